@@ -1,0 +1,40 @@
+//! linetokd keeps LINE Messaging API channel access tokens alive.
+//!
+//! It issues channel access tokens v2.1 with signed JWT assertions, rotates
+//! each one ahead of its expiry, keeps at most two live tokens per consumer
+//! group, revokes or reports whatever goes stale, and hands the current token
+//! to the programs that use it. `../shared/DESIGN.md` is the design; this
+//! page is the map of the code.
+//!
+//! # Layout
+//!
+//! - [`domain`]: the vocabulary as plain data (channel, group, key ID, token
+//!   record); [`secret`]: the newtype that keeps token values out of output.
+//! - [`clock`]: where "now" comes from; a manual clock for tests.
+//! - [`line`]: the typed client for LINE's token endpoints, the JWT
+//!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
+//! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
+//!   demo, the tests and users who want to try their setup offline.
+//! - [`keygen`]: writes a fresh assertion key pair for the console.
+//! - [`cli`]: the command line; `main.rs` only parses and dispatches.
+//!
+//! # The dependency rule
+//!
+//! Arrows mean "may call"; nothing calls upward.
+//!
+//! - `main` → `cli` → `app` → `scheduler`, `http`, `control`
+//! - `scheduler` → `rotator` → `policy`, `store`, `line`, `delivery`, `clock`
+//! - `policy`, `store`, `line`, `delivery` → `domain`
+//! - `sandbox` → `domain`, `line::jwt` and `line::keys` types only; the daemon
+//!   never calls it
+//! - nothing below `cli`/`app` reads the environment, the wall clock or the
+//!   config file directly: they receive a [`clock::Clock`] and small settings
+//!   structs.
+
+pub mod cli;
+pub mod clock;
+pub mod domain;
+pub mod keygen;
+pub mod line;
+pub mod sandbox;
+pub mod secret;

@@ -1,0 +1,1 @@
+//! The client assertion (filled in on main by the lead).

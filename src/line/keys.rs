@@ -1,0 +1,1 @@
+//! Assertion signing keys (filled in on main by the lead).

@@ -1,0 +1,2 @@
+//! The `linetokd` binary: parse the command line and dispatch to the library.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The LINE emulator (the sandbox helper owns this folder).

@@ -1,0 +1,1 @@
+//! Integration tests, built as one binary. One module per area.
