@@ -59,7 +59,9 @@ pub struct AssertionClaims {
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
     /// The configured assertion window is outside LINE's limits.
-    #[error("assertion window {secs}s is out of range: it must be more than 0 and at most 1800 s (30 min)")]
+    #[error(
+        "assertion window {secs}s is out of range: it must be more than 0 and at most 1800 s (30 min)"
+    )]
     Window {
         /// The window asked for, in seconds.
         secs: i64,
@@ -185,7 +187,8 @@ mod tests {
     fn signer() -> (AssertionSigner, VerifyingKey) {
         let key = keys::generate().unwrap();
         let public = VerifyingKey::parse(key.public_jwk().to_json_pretty().as_bytes()).unwrap();
-        let signer = AssertionSigner::new(ChannelId::new("1234567890"), SigningKid::new("kid-1"), key);
+        let signer =
+            AssertionSigner::new(ChannelId::new("1234567890"), SigningKid::new("kid-1"), key);
         (signer, public)
     }
 

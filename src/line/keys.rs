@@ -106,7 +106,12 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey(RSA-{} {})", self.bits(), self.public_jwk().thumb())
+        write!(
+            f,
+            "SigningKey(RSA-{} {})",
+            self.bits(),
+            self.public_jwk().thumb()
+        )
     }
 }
 
@@ -170,7 +175,10 @@ impl SigningKey {
             .pair
             .as_der()
             .map_err(|_| KeyError::Malformed("cannot encode the key as PKCS#8".into()))?;
-        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec())))
+        Ok(pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            der.as_ref().to_vec(),
+        )))
     }
 
     /// The public half as the JWK the LINE Developers Console takes.

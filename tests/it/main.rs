@@ -1,1 +1,2 @@
 //! Integration tests, built as one binary. One module per area.
+mod keys;
