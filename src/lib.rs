@@ -15,6 +15,8 @@
 //!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
 //! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
 //!   demo, the tests and users who want to try their setup offline.
+//! - [`config`]: the config file: load (file, then environment), validate
+//!   naming the bad key, print resolved with secrets masked.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
@@ -33,6 +35,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod keygen;
 pub mod line;
