@@ -2,7 +2,7 @@
 //!
 //! Parsing is humantime's, so operators may also write `1h 30m` or
 //! `2days`. Formatting picks the largest unit that divides the value evenly
-//! (`24h` prints as `1d`), so the resolved config that `check-config` prints
+//! (`48h` prints as `2d`; one day stays `24h`), so the resolved config that `check-config` prints
 //! reads like a hand-written one and parses back to the same value.
 //!
 //! Depends on `humantime` and `serde` only.
@@ -20,21 +20,28 @@ use serde::de::{self, Deserializer, Visitor};
 /// add the key.
 pub fn parse(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("{text:?} is not a duration ({e}); write a number and a unit, like 30d, 24h, 10m or 90s")
+        format!(
+            "{text:?} is not a duration ({e}); write a number and a unit, like 30d, 24h, 10m or 90s"
+        )
     })
 }
 
-/// Formats a duration in the largest unit that divides it evenly (`1d`,
-/// `36h`, `90s`, `1500ms`); the output parses back with [`parse`].
+/// Formats a duration in the largest unit that divides it evenly (`30d`,
+/// `36h`, `90s`, `1500ms`), except that one day prints as `24h`, the way
+/// people write it; the output parses back with [`parse`].
 pub fn format(value: Duration) -> String {
-    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    const DAY: u64 = 86_400;
+    const UNITS: [(u64, &str); 3] = [(3_600, "h"), (60, "m"), (1, "s")];
     if value.is_zero() {
         return "0s".to_owned();
     }
     if value.subsec_nanos() == 0 {
         let secs = value.as_secs();
+        if secs.is_multiple_of(DAY) && secs > DAY {
+            return format!("{}d", secs / DAY);
+        }
         for (size, unit) in UNITS {
-            if secs % size == 0 {
+            if secs.is_multiple_of(size) {
                 return format!("{}{unit}", secs / size);
             }
         }
@@ -107,7 +114,10 @@ mod tests {
     #[test]
     fn a_bad_value_is_quoted_in_the_error() {
         let err = parse("6 hours please").unwrap_err();
-        assert!(err.contains("\"6 hours please\" is not a duration"), "{err}");
+        assert!(
+            err.contains("\"6 hours please\" is not a duration"),
+            "{err}"
+        );
         assert!(parse("").is_err());
         assert!(parse("12").is_err(), "a unit is required");
     }
@@ -116,7 +126,8 @@ mod tests {
     fn format_uses_the_largest_even_unit_and_round_trips() {
         for (secs, shown) in [
             (0, "0s"),
-            (86_400, "1d"),
+            (86_400, "24h"),
+            (2 * 86_400, "2d"),
             (30 * 86_400, "30d"),
             (36 * 3_600, "36h"),
             (600, "10m"),

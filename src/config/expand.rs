@@ -94,10 +94,25 @@ mod tests {
     fn unset_or_malformed_variables_are_errors() {
         let e = env(&[]);
         let err = expand("${CREDENTIALS_DIRECTORY}/k.pem", &e).unwrap_err();
-        assert!(err.contains("${CREDENTIALS_DIRECTORY}, which is not set"), "{err}");
+        assert!(
+            err.contains("${CREDENTIALS_DIRECTORY}, which is not set"),
+            "{err}"
+        );
         assert!(err.contains("LoadCredential"), "{err}");
-        assert!(expand("${OPEN/k.pem", &e).unwrap_err().contains("without a closing"));
-        assert!(expand("${1X}/k", &e).unwrap_err().contains("not a variable name"));
-        assert!(expand("${}/k", &e).unwrap_err().contains("not a variable name"));
+        assert!(
+            expand("${OPEN/k.pem", &e)
+                .unwrap_err()
+                .contains("without a closing")
+        );
+        assert!(
+            expand("${1X}/k", &e)
+                .unwrap_err()
+                .contains("not a variable name")
+        );
+        assert!(
+            expand("${}/k", &e)
+                .unwrap_err()
+                .contains("not a variable name")
+        );
     }
 }

@@ -117,9 +117,19 @@ mod tests {
         let missing = read_secret_file(&dir.path().join("nope")).unwrap_err();
         assert!(missing.to_string().contains("cannot be read"), "{missing}");
         let empty = write(dir.path(), "e", b"\n", 0o600);
-        assert!(read_secret_file(&empty).unwrap_err().to_string().contains("is empty"));
+        assert!(
+            read_secret_file(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
         let binary = write(dir.path(), "b", &[0xff, 0xfe], 0o600);
-        assert!(read_secret_file(&binary).unwrap_err().to_string().contains("not UTF-8"));
+        assert!(
+            read_secret_file(&binary)
+                .unwrap_err()
+                .to_string()
+                .contains("not UTF-8")
+        );
         let err = read_secret_file(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
     }

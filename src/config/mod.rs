@@ -324,7 +324,10 @@ impl Settings {
                     fix(format!("channel[{c}].group[{g}].api_key_file"), api_key);
                 }
                 for (s, sink) in group.sinks.iter_mut().enumerate() {
-                    fix(format!("channel[{c}].group[{g}].sinks[{s}].path"), &mut sink.path);
+                    fix(
+                        format!("channel[{c}].group[{g}].sinks[{s}].path"),
+                        &mut sink.path,
+                    );
                 }
             }
         }
@@ -469,17 +472,23 @@ mod tests {
 
     #[test]
     fn array_keys_in_errors_are_dotted() {
-        assert_eq!(repair_key("channel[0]group[1]hook_timeout"), "channel[0].group[1].hook_timeout");
+        assert_eq!(
+            repair_key("channel[0]group[1]hook_timeout"),
+            "channel[0].group[1].hook_timeout"
+        );
         assert_eq!(repair_key("channel[0].kid"), "channel[0].kid");
         assert_eq!(repair_key("a[0][1]"), "a[0][1]");
     }
 
     #[test]
     fn a_bad_duration_names_its_key_and_value() {
-        let text = "[[channel]]\nid = \"1\"\n[[channel.group]]\nname = \"g\"\nhook_timeout = \"soon\"\n";
+        let text =
+            "[[channel]]\nid = \"1\"\n[[channel.group]]\nname = \"g\"\nhook_timeout = \"soon\"\n";
         let err = parse(text, &[]).unwrap_err().to_string();
         assert!(
-            err.starts_with("test.toml: channel[0].group[0].hook_timeout: \"soon\" is not a duration"),
+            err.starts_with(
+                "test.toml: channel[0].group[0].hook_timeout: \"soon\" is not a duration"
+            ),
             "{err}"
         );
     }
@@ -489,7 +498,10 @@ mod tests {
         let err = parse("[rotation]\nrotate_befor = \"1h\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("rotation: unknown field `rotate_befor`"), "{err}");
+        assert!(
+            err.contains("rotation: unknown field `rotate_befor`"),
+            "{err}"
+        );
     }
 
     #[test]

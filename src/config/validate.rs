@@ -226,8 +226,14 @@ impl Validator {
         if d.state_dir.as_os_str().is_empty() {
             self.problem("daemon.state_dir", "is empty");
         }
-        if d.database.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            self.problem("daemon.database", "is empty: remove it to use state_dir/linetokd.db");
+        if d.database
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.problem(
+                "daemon.database",
+                "is empty: remove it to use state_dir/linetokd.db",
+            );
         }
         self.positive("daemon.request_timeout", d.request_timeout);
         let line_api = self.keep("daemon.line_api", parse_line_api(&d.line_api));
@@ -401,7 +407,10 @@ impl Validator {
                 None
             }
             Some(argv) if argv[0].trim().is_empty() => {
-                self.problem(format!("{at}.on_rotate[0]"), "is empty: it is the program to run");
+                self.problem(
+                    format!("{at}.on_rotate[0]"),
+                    "is empty: it is the program to run",
+                );
                 None
             }
             Some(argv) => Some(Some(HookConfig {
@@ -426,7 +435,10 @@ impl Validator {
 
     fn sink(&mut self, at: &str, s: &super::SinkSettings) -> Option<SinkConfig> {
         if s.path.as_os_str().is_empty() {
-            self.problem(format!("{at}.path"), "is missing: the file to write the token to");
+            self.problem(
+                format!("{at}.path"),
+                "is missing: the file to write the token to",
+            );
         }
         let format = self.keep(
             &format!("{at}.format"),
@@ -435,12 +447,20 @@ impl Validator {
                 "json" => Ok(SinkFormat::Json),
                 "env" => Ok(SinkFormat::Env),
                 "" => Err("is missing: one of \"raw\", \"json\", \"env\"".to_owned()),
-                other => Err(format!("{other:?} is not one of \"raw\", \"json\", \"env\"")),
+                other => Err(format!(
+                    "{other:?} is not one of \"raw\", \"json\", \"env\""
+                )),
             },
         );
         let mode = self.keep(&format!("{at}.mode"), check_sink_mode(&s.mode));
-        let owner = self.keep(&format!("{at}.owner"), check_account(s.owner.as_deref(), "user"));
-        let group = self.keep(&format!("{at}.group"), check_account(s.group.as_deref(), "group"));
+        let owner = self.keep(
+            &format!("{at}.owner"),
+            check_account(s.owner.as_deref(), "user"),
+        );
+        let group = self.keep(
+            &format!("{at}.group"),
+            check_account(s.group.as_deref(), "group"),
+        );
         if s.path.as_os_str().is_empty() {
             return None;
         }
@@ -544,7 +564,9 @@ fn check_channel_id(id: &str) -> Result<ChannelId, String> {
 /// log fields, so they are kept to characters that need no escaping there.
 fn check_name(name: &str, what: &str) -> Result<String, String> {
     if name.is_empty() {
-        return Err(format!("is missing: a short name for the {what}, like \"backend\""));
+        return Err(format!(
+            "is missing: a short name for the {what}, like \"backend\""
+        ));
     }
     let safe = name
         .bytes()

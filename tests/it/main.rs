@@ -1,2 +1,3 @@
 //! Integration tests, built as one binary. One module per area.
+mod config;
 mod keys;
