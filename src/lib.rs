@@ -36,5 +36,6 @@ pub mod clock;
 pub mod domain;
 pub mod keygen;
 pub mod line;
+pub mod logging;
 pub mod sandbox;
 pub mod secret;
