@@ -39,5 +39,6 @@ pub mod config;
 pub mod domain;
 pub mod keygen;
 pub mod line;
+pub mod logging;
 pub mod sandbox;
 pub mod secret;
