@@ -517,6 +517,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.rotation.rotate_before, Duration::from_secs(12 * 3_600));
         assert_eq!(s.rotation.max_issues_per_hour, 3);
+        assert_eq!(s.rotation.revoke_previous_after, None);
+
+        let s = parse("", &[("LINETOKD__ROTATION__REVOKE_PREVIOUS_AFTER", "1h")]).unwrap();
+        assert_eq!(
+            s.rotation.revoke_previous_after,
+            Some(Duration::from_secs(3_600))
+        );
 
         let err = parse("", &[("LINETOKD__ROTATION__VERIFY_INTERVAL", "often")])
             .unwrap_err()

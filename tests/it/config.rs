@@ -448,3 +448,52 @@ fn missing_path(message: &str) -> PathBuf {
     let quoted = message.split('"').nth(1).unwrap();
     PathBuf::from(quoted)
 }
+
+/// `linetokd check-config`, the real binary: exit 0 with the masked config,
+/// exit 2 with every problem on stderr.
+#[test]
+fn check_config_command_exits_0_or_2() {
+    let creds = Credentials::new();
+    let good = creds.path().join("good.toml");
+    fs::write(&good, VALID).unwrap();
+    let run = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .env("LINETOKD__ROTATION__ROTATE_BEFORE", "36h")
+            .output()
+            .unwrap()
+    };
+
+    let ok = run(&good);
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("rotate_before = \"36h\""), "{stdout}");
+    assert!(stdout.contains("(secret, "), "{stdout}");
+    assert!(!stdout.contains(CHANNEL_SECRET), "{stdout}");
+
+    let bad = creds.path().join("bad.toml");
+    fs::write(
+        &bad,
+        VALID
+            .replace("kid-shop-bot", "")
+            .replace("\"json\"", "\"yaml\""),
+    )
+    .unwrap();
+    let failed = run(&bad);
+    let stderr = String::from_utf8(failed.stderr).unwrap();
+    assert_eq!(failed.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("2 problems in the configuration:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\n  channel[0].kid is empty"), "{stderr}");
+    assert!(
+        stderr.contains("\n  channel[0].group[0].sinks[0].format \"yaml\""),
+        "{stderr}"
+    );
+    assert!(failed.stdout.is_empty());
+}
