@@ -1,1 +1,3 @@
 //! Integration tests, built as one binary. One module per area.
+
+mod store;
