@@ -38,6 +38,7 @@ pub mod clock;
 pub mod domain;
 pub mod keygen;
 pub mod line;
+pub mod logging;
 pub mod sandbox;
 pub mod secret;
 pub mod store;

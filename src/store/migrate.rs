@@ -143,7 +143,6 @@ fn db_path(conn: &Connection) -> PathBuf {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,7 +1,6 @@
 //! The SQLite store: migrations, file mode and WAL, the writer lock, the
 //! issuance journal, reconcile, and the rule that no table but `tokens` ever
 //! holds a token value. Every test uses its own temp directory.
-#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
