@@ -400,7 +400,16 @@ fn prepare_private_file(path: &Path) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => tighten(path).map_err(file_err),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Never chmod a directory or device someone pointed us at.
+            if !fs::metadata(path).map_err(file_err)?.is_file() {
+                return Err(file_err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it exists but is not a regular file",
+                )));
+            }
+            tighten(path).map_err(file_err)
+        }
         Err(e) => Err(file_err(e)),
     }
 }

@@ -254,6 +254,17 @@ fn a_missing_directory_is_named_and_not_created() {
 }
 
 #[test]
+fn a_database_path_that_is_a_directory_is_refused_untouched() {
+    let (_dir, path) = fresh();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::File { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert_eq!(mode(&path), 0o755);
+}
+
+#[test]
 fn a_second_writer_is_refused_with_the_holders_pid_until_the_first_drops() {
     let (_dir, path) = fresh();
     let first = WriterLock::acquire(&path).unwrap();
