@@ -17,6 +17,8 @@
 //!   demo, the tests and users who want to try their setup offline.
 //! - [`config`]: the config file: load (file, then environment), validate
 //!   naming the bad key, print resolved with secrets masked.
+//! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
+//!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
@@ -42,3 +44,4 @@ pub mod line;
 pub mod logging;
 pub mod sandbox;
 pub mod secret;
+pub mod store;

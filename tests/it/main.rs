@@ -7,3 +7,4 @@
 mod config;
 mod keygen;
 mod keys;
+mod store;
