@@ -123,9 +123,9 @@ mod tests {
         );
     }
 
-    const PINNED_BACKEND_MS: i64 = 0;
-    const PINNED_CRM_MS: i64 = 0;
-    const PINNED_VERIFY_MS: i64 = 0;
+    const PINNED_BACKEND_MS: i64 = 891_067;
+    const PINNED_CRM_MS: i64 = 550_993;
+    const PINNED_VERIFY_MS: i64 = 1_499_927;
 
     #[test]
     fn zero_or_negative_span_gives_zero() {
