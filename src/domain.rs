@@ -185,7 +185,12 @@ mod tests {
     fn tokens_and_secrets_print_as_fingerprints() {
         let t = AccessToken::new("tok-VALUE-123");
         let s = ChannelSecret::new("sec-VALUE-456");
-        for shown in [format!("{t:?}"), format!("{t}"), format!("{s:?}"), format!("{s}")] {
+        for shown in [
+            format!("{t:?}"),
+            format!("{t}"),
+            format!("{s:?}"),
+            format!("{s}"),
+        ] {
             assert!(!shown.contains("VALUE"), "{shown}");
         }
     }

@@ -87,8 +87,14 @@ pub fn backoff_with(rules: &RetryRules, attempt: u32, u: f64) -> Duration {
     // 2^(attempt-1), stopping as soon as the cap is reached so the shift can
     // never overflow however long the streak.
     let doublings = attempt.saturating_sub(1).min(62);
-    let ceiling_ms = base_ms.checked_mul(1_i64 << doublings).map_or(cap_ms, |c| c.min(cap_ms));
-    let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.0 };
+    let ceiling_ms = base_ms
+        .checked_mul(1_i64 << doublings)
+        .map_or(cap_ms, |c| c.min(cap_ms));
+    let u = if u.is_finite() {
+        u.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     // The product is at most ceiling_ms (< 2^63), so the conversion is exact
     // enough and cannot overflow; `min` keeps u == 1.0 inside the range.
     let wait_ms = ((ceiling_ms as f64) * u).floor() as i64;
@@ -108,11 +114,14 @@ mod tests {
     #[test]
     fn ceiling_doubles_from_five_seconds_to_ten_minutes() {
         let just_under_one = 1.0 - f64::EPSILON;
-        let ceilings: Vec<i64> =
-            (1..=10).map(|a| backoff(a, just_under_one).num_milliseconds() + 1).collect();
+        let ceilings: Vec<i64> = (1..=10)
+            .map(|a| backoff(a, just_under_one).num_milliseconds() + 1)
+            .collect();
         assert_eq!(
             ceilings,
-            [5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000, 600_000, 600_000, 600_000]
+            [
+                5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000, 600_000, 600_000, 600_000
+            ]
         );
         assert_eq!(backoff(1, 0.0), Duration::zero());
         assert_eq!(backoff(3, 0.5), Duration::seconds(10));
@@ -124,7 +133,10 @@ mod tests {
         for u in [f64::NAN, f64::INFINITY, -1.0, 1.0, 7.0] {
             for a in [0, 1, 64, u32::MAX] {
                 let d = backoff(a, u);
-                assert!(d >= Duration::zero() && d < Duration::minutes(10), "{a} {u} {d}");
+                assert!(
+                    d >= Duration::zero() && d < Duration::minutes(10),
+                    "{a} {u} {d}"
+                );
             }
         }
     }
@@ -133,7 +145,10 @@ mod tests {
     fn transient_failures_honour_retry_after_when_longer() {
         let r = RetryRules::default();
         let first = RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.5, &r);
-        assert_eq!((first.failures, first.not_before), (1, t0() + Duration::milliseconds(2_500)));
+        assert_eq!(
+            (first.failures, first.not_before),
+            (1, t0() + Duration::milliseconds(2_500))
+        );
         let second = RetryState::after_failure(
             Some(&first),
             t0(),
@@ -142,7 +157,10 @@ mod tests {
             0.5,
             &r,
         );
-        assert_eq!((second.failures, second.not_before), (2, t0() + Duration::seconds(120)));
+        assert_eq!(
+            (second.failures, second.not_before),
+            (2, t0() + Duration::seconds(120))
+        );
         let third = RetryState::after_failure(
             Some(&second),
             t0(),
@@ -160,7 +178,10 @@ mod tests {
         let s = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.0, &r);
         assert_eq!(s.not_before, t0() + Duration::minutes(30));
         let s = RetryState::after_failure(Some(&s), t0(), FailureKind::Permanent, None, 0.99, &r);
-        assert_eq!((s.failures, s.not_before), (2, t0() + Duration::minutes(30)));
+        assert_eq!(
+            (s.failures, s.not_before),
+            (2, t0() + Duration::minutes(30))
+        );
     }
 
     proptest! {

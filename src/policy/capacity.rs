@@ -21,7 +21,9 @@ use crate::domain::{GroupName, KeyId};
 /// Negative when the channel is over the cap (LINE counted differently, or
 /// the cap was lowered).
 pub fn free_capacity(channel: &ChannelView, rules: &Rules, revoking: u32) -> i64 {
-    i64::from(rules.channel_token_cap) - i64::from(channel.live_ours) - i64::from(channel.foreign)
+    i64::from(rules.channel_token_cap)
+        - i64::from(channel.live_ours)
+        - i64::from(channel.foreign)
         - i64::from(channel.lost)
         + i64::from(revoking)
 }
@@ -51,9 +53,17 @@ pub fn capacity_victims(
             // Nobody should still use them: the grace is over. Rank them as
             // superseded at the removal, when their use was meant to end.
             Some(at) if now >= time::add(at, time::non_negative(rules.removal_grace)) => {
-                candidates.extend(g.live_tokens(now).into_iter().map(|t| (at, &g.group, &t.key_id)));
+                candidates.extend(
+                    g.live_tokens(now)
+                        .into_iter()
+                        .map(|t| (at, &g.group, &t.key_id)),
+                );
             }
-            _ => candidates.extend(g.superseded(now).into_iter().map(|(k, at)| (at, &g.group, k))),
+            _ => candidates.extend(
+                g.superseded(now)
+                    .into_iter()
+                    .map(|(k, at)| (at, &g.group, k)),
+            ),
         }
     }
     candidates.sort();

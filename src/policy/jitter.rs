@@ -114,11 +114,20 @@ mod tests {
     fn jitter_values_are_pinned() {
         let ch = ChannelId::new("1234567890");
         let span = Duration::minutes(30);
-        let backend = stable_jitter(&ch, &GroupName::new("backend"), JitterPurpose::Rotation, span);
+        let backend = stable_jitter(
+            &ch,
+            &GroupName::new("backend"),
+            JitterPurpose::Rotation,
+            span,
+        );
         let crm = stable_jitter(&ch, &GroupName::new("crm"), JitterPurpose::Rotation, span);
         let verify = stable_jitter(&ch, &GroupName::new("backend"), JitterPurpose::Verify, span);
         assert_eq!(
-            (backend.num_milliseconds(), crm.num_milliseconds(), verify.num_milliseconds()),
+            (
+                backend.num_milliseconds(),
+                crm.num_milliseconds(),
+                verify.num_milliseconds()
+            ),
             (PINNED_BACKEND_MS, PINNED_CRM_MS, PINNED_VERIFY_MS)
         );
     }
@@ -131,14 +140,25 @@ mod tests {
     fn zero_or_negative_span_gives_zero() {
         let (ch, g) = (ChannelId::new("1"), GroupName::new("g"));
         for span in [Duration::zero(), Duration::seconds(-5)] {
-            assert_eq!(stable_jitter(&ch, &g, JitterPurpose::Rotation, span), Duration::zero());
+            assert_eq!(
+                stable_jitter(&ch, &g, JitterPurpose::Rotation, span),
+                Duration::zero()
+            );
         }
     }
 
     #[test]
     fn separators_keep_split_names_apart() {
-        let a = group_hash(&ChannelId::new("ab"), &GroupName::new("c"), JitterPurpose::Rotation);
-        let b = group_hash(&ChannelId::new("a"), &GroupName::new("bc"), JitterPurpose::Rotation);
+        let a = group_hash(
+            &ChannelId::new("ab"),
+            &GroupName::new("c"),
+            JitterPurpose::Rotation,
+        );
+        let b = group_hash(
+            &ChannelId::new("a"),
+            &GroupName::new("bc"),
+            JitterPurpose::Rotation,
+        );
         assert_ne!(a, b);
     }
 
@@ -156,9 +176,16 @@ mod tests {
             })
             .collect();
         let distinct: HashSet<_> = secs.iter().collect();
-        assert!(distinct.len() >= 95, "{} distinct seconds of 100", distinct.len());
+        assert!(
+            distinct.len() >= 95,
+            "{} distinct seconds of 100",
+            distinct.len()
+        );
         let early = secs.iter().filter(|&&s| s < 900).count();
-        assert!((30..=70).contains(&early), "{early} of 100 in the first half");
+        assert!(
+            (30..=70).contains(&early),
+            "{early} of 100 in the first half"
+        );
     }
 
     proptest! {

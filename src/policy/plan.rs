@@ -256,7 +256,10 @@ pub fn rotation_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) ->
         JitterPurpose::Rotation,
         rules.rotation_jitter,
     );
-    time::sub(token.expires_at, time::sum(time::non_negative(rules.rotate_before), jitter))
+    time::sub(
+        token.expires_at,
+        time::sum(time::non_negative(rules.rotate_before), jitter),
+    )
 }
 
 /// The instant the current token is due for verification: a
@@ -267,7 +270,9 @@ pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> D
     let interval = time::at_least(rules.verify_interval, MIN_INTERVAL);
     let span = time::non_negative(rules.rotation_jitter).min(interval / 2);
     let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
-    let since = group.last_verified_at.map_or(token.issued_at, |v| v.max(token.issued_at));
+    let since = group
+        .last_verified_at
+        .map_or(token.issued_at, |v| v.max(token.issued_at));
     time::sub(time::add(since, interval), jitter)
 }
 
@@ -294,11 +299,20 @@ impl Draft {
     ) -> Plan {
         let latest = time::add(self.now, MAX_SLEEP);
         let wake_at = if steps.is_empty() {
-            self.wakes.into_iter().min().map_or(latest, |w| w.min(latest))
+            self.wakes
+                .into_iter()
+                .min()
+                .map_or(latest, |w| w.min(latest))
         } else {
             self.now
         };
-        Plan { steps, wake_at, next_rotation_at, hold, alerts: self.alerts }
+        Plan {
+            steps,
+            wake_at,
+            next_rotation_at,
+            hold,
+            alerts: self.alerts,
+        }
     }
 }
 
@@ -308,14 +322,27 @@ impl Draft {
 /// that concern every group of the channel (`live_ours` includes this
 /// group's live tokens). See the module documentation for how to execute
 /// the plan and what it guarantees.
-pub fn plan_group(now: DateTime<Utc>, group: &GroupView, channel: &ChannelView, rules: &Rules) -> Plan {
-    let mut draft = Draft { now, wakes: Vec::new(), alerts: Vec::new() };
+pub fn plan_group(
+    now: DateTime<Utc>,
+    group: &GroupView,
+    channel: &ChannelView,
+    rules: &Rules,
+) -> Plan {
+    let mut draft = Draft {
+        now,
+        wakes: Vec::new(),
+        alerts: Vec::new(),
+    };
     let live = group.live_tokens(now);
     for t in &live {
         // An expiry changes who is current or previous, and frees capacity.
         draft.wake(t.expires_at);
     }
-    let retry_until = group.retry.as_ref().map(|r| r.not_before).filter(|nb| *nb > now);
+    let retry_until = group
+        .retry
+        .as_ref()
+        .map(|r| r.not_before)
+        .filter(|nb| *nb > now);
     if let Some(r) = &group.retry {
         draft.wake(r.not_before);
         if r.kind == FailureKind::Permanent {
@@ -329,7 +356,11 @@ pub fn plan_group(now: DateTime<Utc>, group: &GroupView, channel: &ChannelView, 
     match group.removed_at {
         Some(removed_at) => {
             plan_removed(&mut draft, &mut revokes, group, &live, removed_at, rules);
-            let steps = if retry_until.is_some() { Vec::new() } else { revokes.into_steps() };
+            let steps = if retry_until.is_some() {
+                Vec::new()
+            } else {
+                revokes.into_steps()
+            };
             draft.finish(steps, None, None)
         }
         None => plan_active(draft, revokes, group, channel, rules, &live, retry_until),
@@ -346,14 +377,23 @@ impl Revokes {
     }
 
     /// Plans the revocation of `token` if the group can revoke, or alerts.
-    fn want(&mut self, draft: &mut Draft, group: &GroupView, token: &TokenRecord, reason: RevokeReason) {
+    fn want(
+        &mut self,
+        draft: &mut Draft,
+        group: &GroupView,
+        token: &TokenRecord,
+        reason: RevokeReason,
+    ) {
         if self.contains(&token.key_id) {
             return;
         }
         if group.can_revoke {
             self.0.push((token.key_id.clone(), reason));
         } else {
-            draft.alerts.push(Alert::RevokeNeedsSecret { key_id: token.key_id.clone(), reason });
+            draft.alerts.push(Alert::RevokeNeedsSecret {
+                key_id: token.key_id.clone(),
+                reason,
+            });
         }
     }
 
@@ -362,7 +402,10 @@ impl Revokes {
     }
 
     fn into_steps(self) -> Vec<Step> {
-        self.0.into_iter().map(|(key_id, reason)| Step::Revoke { key_id, reason }).collect()
+        self.0
+            .into_iter()
+            .map(|(key_id, reason)| Step::Revoke { key_id, reason })
+            .collect()
     }
 }
 
@@ -414,7 +457,9 @@ fn plan_active(
             revokes.want(&mut draft, group, t, RevokeReason::Excess);
         }
     }
-    if let (Some(cur), Some(prev), Some(after)) = (current, live.get(1), rules.revoke_previous_after) {
+    if let (Some(cur), Some(prev), Some(after)) =
+        (current, live.get(1), rules.revoke_previous_after)
+    {
         let revoke_at = time::add(cur.issued_at, time::non_negative(after));
         if now >= revoke_at {
             revokes.want(&mut draft, group, prev, RevokeReason::Superseded);
@@ -423,16 +468,22 @@ fn plan_active(
         }
     }
     // What the group is left with once those revocations succeed.
-    let remaining: Vec<&TokenRecord> =
-        live.iter().copied().filter(|t| !revokes.contains(&t.key_id)).collect();
+    let remaining: Vec<&TokenRecord> = live
+        .iter()
+        .copied()
+        .filter(|t| !revokes.contains(&t.key_id))
+        .collect();
 
     // Does the group need a new token, and from when?
     let due_at = current.map(|c| rotation_due_at(c, group, rules));
-    let reason = if current.is_some_and(|c| group.revoke_requested_at.is_some_and(|at| c.issued_at < at)) {
+    let reason = if current
+        .is_some_and(|c| group.revoke_requested_at.is_some_and(|at| c.issued_at < at))
+    {
         Some(IssueReason::Incident)
     } else if remaining.is_empty() {
         Some(IssueReason::NoCurrent)
-    } else if current.is_some_and(|c| group.rotate_requested_at.is_some_and(|at| c.issued_at < at)) {
+    } else if current.is_some_and(|c| group.rotate_requested_at.is_some_and(|at| c.issued_at < at))
+    {
         Some(IssueReason::Requested)
     } else if due_at.is_some_and(|d| now >= d) {
         Some(IssueReason::Due)
@@ -446,8 +497,11 @@ fn plan_active(
     // Time gates on issuing. The new token must not be a third live one:
     // with the secret, the older of two goes first (planned below, only if
     // the issue happens now); without it, wait for all but one to expire.
-    let make_room: Vec<&TokenRecord> =
-        if group.can_revoke { remaining.iter().skip(1).copied().collect() } else { Vec::new() };
+    let make_room: Vec<&TokenRecord> = if group.can_revoke {
+        remaining.iter().skip(1).copied().collect()
+    } else {
+        Vec::new()
+    };
     let room_at = if group.can_revoke || remaining.len() < 2 {
         now
     } else {
@@ -455,8 +509,16 @@ fn plan_active(
         expiries.sort();
         expiries[expiries.len() - 2]
     };
-    let rate_at = next_issue_allowed_at(now, &channel.issue_times_last_hour, rules.max_issues_per_hour);
-    let wanted_from = if reason.is_some() { now } else { due_at.unwrap_or(now) };
+    let rate_at = next_issue_allowed_at(
+        now,
+        &channel.issue_times_last_hour,
+        rules.max_issues_per_hour,
+    );
+    let wanted_from = if reason.is_some() {
+        now
+    } else {
+        due_at.unwrap_or(now)
+    };
     let earliest = [Some(wanted_from), retry_until, Some(room_at), Some(rate_at)]
         .into_iter()
         .flatten()
@@ -468,7 +530,8 @@ fn plan_active(
     let reconcile_fresh_for_issue = !reconcile_is_due
         && channel.lost == 0
         && channel.last_reconcile_at.is_some_and(|at| {
-            now.signed_duration_since(at) <= time::non_negative(rules.reconcile_max_age_before_issue)
+            now.signed_duration_since(at)
+                <= time::non_negative(rules.reconcile_max_age_before_issue)
         });
 
     let mut hold = None;
@@ -488,7 +551,9 @@ fn plan_active(
             hold = Some(Hold::Reconcile);
             reconcile = true;
         } else {
-            let freed = revokes.count().saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
+            let freed = revokes
+                .count()
+                .saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
             let free = free_capacity(channel, rules, freed);
             if free < 1 {
                 let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
@@ -532,7 +597,13 @@ fn plan_active(
         Some(cur) if issue.is_none() => {
             // Holding for capacity, the next look is the next wake-up.
             let next = next_attempt_at.unwrap_or_else(|| {
-                draft.wakes.iter().copied().min().unwrap_or(time::add(now, MAX_SLEEP)).min(time::add(now, MAX_SLEEP))
+                draft
+                    .wakes
+                    .iter()
+                    .copied()
+                    .min()
+                    .unwrap_or(time::add(now, MAX_SLEEP))
+                    .min(time::add(now, MAX_SLEEP))
             });
             if cur.expires_at <= next {
                 draft.alerts.push(Alert::ExpiresBeforeSuccessor {
@@ -547,7 +618,10 @@ fn plan_active(
 
     let mut steps = Vec::new();
     if retry_until.is_none() {
-        let make_room_start = revokes.0.iter().position(|(_, r)| *r == RevokeReason::MakeRoom);
+        let make_room_start = revokes
+            .0
+            .iter()
+            .position(|(_, r)| *r == RevokeReason::MakeRoom);
         let mut all = revokes.into_steps();
         let tail = make_room_start.map_or_else(Vec::new, |i| all.split_off(i));
         steps = all;
@@ -559,7 +633,10 @@ fn plan_active(
         }
         steps.extend(tail);
         if let Some(reason) = issue {
-            steps.push(Step::Issue { reason, token_exp: rules.token_lifetime });
+            steps.push(Step::Issue {
+                reason,
+                token_exp: rules.token_lifetime,
+            });
         }
     }
     draft.finish(steps, hold, Some(earliest))

@@ -21,12 +21,20 @@ pub const ISSUE_WINDOW: Duration = Duration::hours(1);
 /// clock went back) are counted, since they will be inside the window for
 /// longer, not shorter. With `max == 0` nothing is ever allowed: the answer
 /// is the end of time.
-pub fn next_issue_allowed_at(now: DateTime<Utc>, times: &[DateTime<Utc>], max: u32) -> DateTime<Utc> {
+pub fn next_issue_allowed_at(
+    now: DateTime<Utc>,
+    times: &[DateTime<Utc>],
+    max: u32,
+) -> DateTime<Utc> {
     if max == 0 {
         return DateTime::<Utc>::MAX_UTC;
     }
     let window_start = time::sub(now, ISSUE_WINDOW);
-    let mut recent: Vec<DateTime<Utc>> = times.iter().copied().filter(|t| *t > window_start).collect();
+    let mut recent: Vec<DateTime<Utc>> = times
+        .iter()
+        .copied()
+        .filter(|t| *t > window_start)
+        .collect();
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     if recent.len() < max {
         return now;
@@ -71,7 +79,10 @@ mod tests {
 
     #[test]
     fn zero_allows_nothing_ever() {
-        assert_eq!(next_issue_allowed_at(t(0), &[], 0), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            next_issue_allowed_at(t(0), &[], 0),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     proptest! {

@@ -183,7 +183,10 @@ impl Rules {
         }
         let mut non_negative = vec![
             ("rotation_jitter", self.rotation_jitter),
-            ("reconcile_max_age_before_issue", self.reconcile_max_age_before_issue),
+            (
+                "reconcile_max_age_before_issue",
+                self.reconcile_max_age_before_issue,
+            ),
             ("removal_grace", self.removal_grace),
         ];
         if let Some(after) = self.revoke_previous_after {
@@ -249,24 +252,75 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         let cases: Vec<(Rules, &str)> = vec![
-            (Rules { token_lifetime: Duration::days(31), ..Rules::default() }, "token_lifetime"),
-            (Rules { rotate_before: Duration::zero(), ..Rules::default() }, "rotate_before must be positive"),
-            (
-                Rules { rotate_before: Duration::days(30), ..Rules::default() },
-                "rotate_before (30d) plus rotation_jitter (30m)",
-            ),
-            (Rules { rotation_jitter: Duration::seconds(-1), ..Rules::default() }, "rotation_jitter"),
-            (Rules { verify_interval: Duration::zero(), ..Rules::default() }, "verify_interval"),
-            (Rules { reconcile_interval: Duration::zero(), ..Rules::default() }, "reconcile_interval"),
-            (
-                Rules { revoke_previous_after: Some(Duration::seconds(-1)), ..Rules::default() },
-                "revoke_previous_after",
-            ),
-            (Rules { max_issues_per_hour: 0, ..Rules::default() }, "max_issues_per_hour"),
-            (Rules { channel_token_cap: 0, ..Rules::default() }, "channel_token_cap"),
             (
                 Rules {
-                    retry: RetryRules { cap: Duration::seconds(1), ..RetryRules::default() },
+                    token_lifetime: Duration::days(31),
+                    ..Rules::default()
+                },
+                "token_lifetime",
+            ),
+            (
+                Rules {
+                    rotate_before: Duration::zero(),
+                    ..Rules::default()
+                },
+                "rotate_before must be positive",
+            ),
+            (
+                Rules {
+                    rotate_before: Duration::days(30),
+                    ..Rules::default()
+                },
+                "rotate_before (30d) plus rotation_jitter (30m)",
+            ),
+            (
+                Rules {
+                    rotation_jitter: Duration::seconds(-1),
+                    ..Rules::default()
+                },
+                "rotation_jitter",
+            ),
+            (
+                Rules {
+                    verify_interval: Duration::zero(),
+                    ..Rules::default()
+                },
+                "verify_interval",
+            ),
+            (
+                Rules {
+                    reconcile_interval: Duration::zero(),
+                    ..Rules::default()
+                },
+                "reconcile_interval",
+            ),
+            (
+                Rules {
+                    revoke_previous_after: Some(Duration::seconds(-1)),
+                    ..Rules::default()
+                },
+                "revoke_previous_after",
+            ),
+            (
+                Rules {
+                    max_issues_per_hour: 0,
+                    ..Rules::default()
+                },
+                "max_issues_per_hour",
+            ),
+            (
+                Rules {
+                    channel_token_cap: 0,
+                    ..Rules::default()
+                },
+                "channel_token_cap",
+            ),
+            (
+                Rules {
+                    retry: RetryRules {
+                        cap: Duration::seconds(1),
+                        ..RetryRules::default()
+                    },
                     ..Rules::default()
                 },
                 "retry cap",

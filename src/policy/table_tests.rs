@@ -32,13 +32,20 @@ fn tok30(key: &str, issued: i64) -> TokenRecord {
 
 /// DESIGN.md's defaults without jitter, so due times are exact.
 fn rules() -> Rules {
-    Rules { rotation_jitter: Duration::zero(), ..Rules::default() }
+    Rules {
+        rotation_jitter: Duration::zero(),
+        ..Rules::default()
+    }
 }
 
 fn group(tokens: Vec<TokenRecord>) -> GroupView {
     GroupView {
         tokens,
-        ..GroupView::new(ChannelId::new("1234567890"), GroupName::new("backend"), true)
+        ..GroupView::new(
+            ChannelId::new("1234567890"),
+            GroupName::new("backend"),
+            true,
+        )
     }
 }
 
@@ -56,15 +63,24 @@ fn plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView) -> Plan {
 }
 
 fn issue(reason: IssueReason) -> Step {
-    Step::Issue { reason, token_exp: Duration::days(30) }
+    Step::Issue {
+        reason,
+        token_exp: Duration::days(30),
+    }
 }
 
 fn revoke(key: &str, reason: RevokeReason) -> Step {
-    Step::Revoke { key_id: KeyId::new(key), reason }
+    Step::Revoke {
+        key_id: KeyId::new(key),
+        reason,
+    }
 }
 
 fn critical(p: &Plan) -> Vec<&Alert> {
-    p.alerts.iter().filter(|a| a.severity() == Severity::Critical).collect()
+    p.alerts
+        .iter()
+        .filter(|a| a.severity() == Severity::Critical)
+        .collect()
 }
 
 // --- 4.1 No current token -------------------------------------------------
@@ -73,13 +89,23 @@ fn critical(p: &Plan) -> Vec<&Alert> {
 fn a_new_group_reconciles_first_then_issues() {
     let g = group(vec![]);
     let now = t(0);
-    let c = ChannelView { last_reconcile_at: None, ..channel(now, &g) };
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![Step::Reconcile]);
     assert_eq!((p.hold.clone(), p.wake_at), (Some(Hold::Reconcile), now));
-    assert!(critical(&p).is_empty(), "a first issue is not an incident: {:?}", p.alerts);
+    assert!(
+        critical(&p).is_empty(),
+        "a first issue is not an incident: {:?}",
+        p.alerts
+    );
 
-    let c = ChannelView { last_reconcile_at: Some(now), ..c };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..c
+    };
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
     assert_eq!(p.next_rotation_at, Some(now));
@@ -103,11 +129,28 @@ fn expired_revoked_and_gone_tokens_are_not_current() {
 fn rotation_is_due_rotate_before_ahead_of_expiry() {
     let due = t(29 * DAY);
     let before = due - Duration::seconds(1);
-    let g = GroupView { last_verified_at: Some(before), ..group(vec![tok30("a", 0)]) };
-    let p = plan(before, &g, &ChannelView { last_reconcile_at: Some(before), ..channel(before, &g) });
-    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })), "{:?}", p.steps);
+    let g = GroupView {
+        last_verified_at: Some(before),
+        ..group(vec![tok30("a", 0)])
+    };
+    let p = plan(
+        before,
+        &g,
+        &ChannelView {
+            last_reconcile_at: Some(before),
+            ..channel(before, &g)
+        },
+    );
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::Issue { .. })),
+        "{:?}",
+        p.steps
+    );
     assert_eq!(p.next_rotation_at, Some(due));
-    assert_eq!(p.wake_at, due, "the plan must wake exactly when rotation is due");
+    assert_eq!(
+        p.wake_at, due,
+        "the plan must wake exactly when rotation is due"
+    );
 
     let p = plan(due, &g, &channel(due, &g));
     assert_eq!(p.steps, vec![issue(IssueReason::Due)]);
@@ -118,11 +161,21 @@ fn rotation_is_due_rotate_before_ahead_of_expiry() {
 fn jitter_moves_rotation_earlier_by_the_groups_stable_offset() {
     let rules = Rules::default();
     let g = group(vec![tok30("a", 0)]);
-    let jitter = stable_jitter(&g.channel, &g.group, JitterPurpose::Rotation, rules.rotation_jitter);
+    let jitter = stable_jitter(
+        &g.channel,
+        &g.group,
+        JitterPurpose::Rotation,
+        rules.rotation_jitter,
+    );
     assert!(jitter > Duration::zero() && jitter <= Duration::minutes(30));
     let due = t(29 * DAY) - jitter;
     assert_eq!(rotation_due_at(&g.tokens[0], &g, &rules), due);
-    let p = plan_group(due - Duration::milliseconds(1), &g, &channel(due, &g), &rules);
+    let p = plan_group(
+        due - Duration::milliseconds(1),
+        &g,
+        &channel(due, &g),
+        &rules,
+    );
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
     let p = plan_group(due, &g, &channel(due, &g), &rules);
     assert_eq!(p.steps, vec![issue(IssueReason::Due)]);
@@ -132,29 +185,62 @@ fn jitter_moves_rotation_earlier_by_the_groups_stable_offset() {
 fn due_with_two_live_revokes_the_older_first() {
     // An operator rotated an hour after the older token was issued, so at
     // the current one's rotation time the older is still live.
-    let g = group(vec![tok("old", 0, 29 * DAY + 2 * HOUR), tok("cur", HOUR, 30 * DAY)]);
+    let g = group(vec![
+        tok("old", 0, 29 * DAY + 2 * HOUR),
+        tok("cur", HOUR, 30 * DAY),
+    ]);
     let now = t(29 * DAY);
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.steps, vec![revoke("old", RevokeReason::MakeRoom), issue(IssueReason::Due)]);
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("old", RevokeReason::MakeRoom),
+            issue(IssueReason::Due)
+        ]
+    );
 }
 
 #[test]
 fn due_with_two_live_and_no_secret_waits_for_the_older_to_expire() {
     let g = GroupView {
         can_revoke: false,
-        ..group(vec![tok("old", 0, 29 * DAY + 30 * MIN), tok("cur", HOUR, 30 * DAY)])
+        ..group(vec![
+            tok("old", 0, 29 * DAY + 30 * MIN),
+            tok("cur", HOUR, 30 * DAY),
+        ])
     };
     let now = t(29 * DAY);
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.steps, vec![Step::Verify { key_id: KeyId::new("cur") }], "still in use, so verified");
+    assert_eq!(
+        p.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("cur")
+        }],
+        "still in use, so verified"
+    );
     let older_expiry = t(29 * DAY + 30 * MIN);
-    assert_eq!(p.hold, Some(Hold::OlderTokenLive { until: older_expiry }));
+    assert_eq!(
+        p.hold,
+        Some(Hold::OlderTokenLive {
+            until: older_expiry
+        })
+    );
     assert_eq!(p.next_rotation_at, Some(older_expiry));
-    assert!(critical(&p).is_empty(), "the current token outlives the wait: {:?}", p.alerts);
+    assert!(
+        critical(&p).is_empty(),
+        "the current token outlives the wait: {:?}",
+        p.alerts
+    );
 
     // Planning again after any verify step, the wake-up is the older's expiry.
-    let g = GroupView { last_verified_at: Some(now), ..g };
-    let c = ChannelView { last_reconcile_at: Some(now), ..channel(now, &g) };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!((p.steps.clone(), p.wake_at), (vec![], older_expiry));
     let p = plan(older_expiry, &g, &channel(older_expiry, &g));
@@ -164,7 +250,10 @@ fn due_with_two_live_and_no_secret_waits_for_the_older_to_expire() {
 #[test]
 fn an_older_token_outliving_the_current_one_is_a_critical_deadline() {
     // The lifetime was shortened: the older token expires after the current.
-    let g = GroupView { can_revoke: false, ..group(vec![tok("old", 0, 30 * DAY), tok("cur", DAY, 2 * DAY)]) };
+    let g = GroupView {
+        can_revoke: false,
+        ..group(vec![tok("old", 0, 30 * DAY), tok("cur", DAY, 2 * DAY)])
+    };
     let now = t(DAY + 12 * HOUR);
     let p = plan(now, &g, &channel(now, &g));
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
@@ -181,16 +270,37 @@ fn an_older_token_outliving_the_current_one_is_a_critical_deadline() {
 
 #[test]
 fn more_than_two_live_revokes_the_oldest_extras_first() {
-    let g = group(vec![tok30("b", 2 * HOUR), tok30("d", 4 * HOUR), tok30("a", HOUR), tok30("c", 3 * HOUR)]);
+    let g = group(vec![
+        tok30("b", 2 * HOUR),
+        tok30("d", 4 * HOUR),
+        tok30("a", HOUR),
+        tok30("c", 3 * HOUR),
+    ]);
     let now = t(5 * HOUR);
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.steps, vec![revoke("a", RevokeReason::Excess), revoke("b", RevokeReason::Excess)]);
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("a", RevokeReason::Excess),
+            revoke("b", RevokeReason::Excess)
+        ]
+    );
 
-    let g = GroupView { can_revoke: false, ..g };
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
     let p = plan(now, &g, &channel(now, &g));
-    assert!(p.steps.iter().all(|s| !matches!(s, Step::Revoke { .. } | Step::Issue { .. })));
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| !matches!(s, Step::Revoke { .. } | Step::Issue { .. }))
+    );
     assert!(p.alerts.contains(&Alert::TooManyLive { live: 4 }));
-    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret { key_id: KeyId::new("a"), reason: RevokeReason::Excess }));
+    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
+        key_id: KeyId::new("a"),
+        reason: RevokeReason::Excess
+    }));
 }
 
 #[test]
@@ -200,7 +310,11 @@ fn never_plans_an_issue_that_would_make_a_third_live_token() {
     let g = GroupView {
         can_revoke: false,
         rotate_requested_at: Some(t(10 * HOUR)),
-        ..group(vec![tok("a", 0, 10 * DAY), tok("b", HOUR, 20 * DAY), tok30("c", 2 * HOUR)])
+        ..group(vec![
+            tok("a", 0, 10 * DAY),
+            tok("b", HOUR, 20 * DAY),
+            tok30("c", 2 * HOUR),
+        ])
     };
     let now = t(11 * HOUR);
     let p = plan(now, &g, &channel(now, &g));
@@ -214,7 +328,11 @@ fn never_plans_an_issue_that_would_make_a_third_live_token() {
 fn a_full_channel_holds_the_issue_and_alerts() {
     let g = group(vec![tok30("a", 0)]);
     let now = t(29 * DAY);
-    let c = ChannelView { live_ours: 21, foreign: 9, ..channel(now, &g) };
+    let c = ChannelView {
+        live_ours: 21,
+        foreign: 9,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
     assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
@@ -229,13 +347,29 @@ fn a_full_channel_holds_the_issue_and_alerts() {
 
 #[test]
 fn the_groups_own_revokes_count_as_freed_capacity() {
-    let g = group(vec![tok("old", 0, 29 * DAY + 2 * HOUR), tok("cur", HOUR, 30 * DAY)]);
+    let g = group(vec![
+        tok("old", 0, 29 * DAY + 2 * HOUR),
+        tok("cur", HOUR, 30 * DAY),
+    ]);
     let now = t(29 * DAY);
-    let c = ChannelView { live_ours: 2, foreign: 28, ..channel(now, &g) };
+    let c = ChannelView {
+        live_ours: 2,
+        foreign: 28,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
-    assert_eq!(p.steps, vec![revoke("old", RevokeReason::MakeRoom), issue(IssueReason::Due)]);
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("old", RevokeReason::MakeRoom),
+            issue(IssueReason::Due)
+        ]
+    );
     // Without the secret the older cannot go, so nothing is freed.
-    let g = GroupView { can_revoke: false, ..g };
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
     let p = plan(now, &g, &c);
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
 }
@@ -244,10 +378,28 @@ fn the_groups_own_revokes_count_as_freed_capacity() {
 fn unsettled_attempts_count_against_capacity_and_force_a_reconcile() {
     let g = group(vec![]);
     let now = t(0);
-    let c = ChannelView { lost: 1, ..channel(now, &g) };
+    let c = ChannelView {
+        lost: 1,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
-    assert_eq!((p.steps, p.hold), (vec![Step::Reconcile], Some(Hold::Reconcile)));
-    assert_eq!(free_capacity(&ChannelView { live_ours: 20, foreign: 8, lost: 1, ..c }, &rules(), 0), 1);
+    assert_eq!(
+        (p.steps, p.hold),
+        (vec![Step::Reconcile], Some(Hold::Reconcile))
+    );
+    assert_eq!(
+        free_capacity(
+            &ChannelView {
+                live_ours: 20,
+                foreign: 8,
+                lost: 1,
+                ..c
+            },
+            &rules(),
+            0
+        ),
+        1
+    );
 }
 
 #[test]
@@ -262,15 +414,29 @@ fn capacity_victims_are_other_groups_oldest_superseded_tokens() {
         // superseded at 9d
         mk("a", true, vec![tok30("a-prev", 0), tok30("a-cur", 9 * DAY)]),
         // superseded at 8d
-        mk("b", true, vec![tok30("b-prev", DAY), tok30("b-cur", 8 * DAY)]),
+        mk(
+            "b",
+            true,
+            vec![tok30("b-prev", DAY), tok30("b-cur", 8 * DAY)],
+        ),
         // only a current token: nothing to give
         mk("c", true, vec![tok30("c-cur", 2 * DAY)]),
         // cannot revoke
-        mk("d", false, vec![tok30("d-prev", 0), tok30("d-cur", 7 * DAY)]),
+        mk(
+            "d",
+            false,
+            vec![tok30("d-prev", 0), tok30("d-cur", 7 * DAY)],
+        ),
         // removed and past its grace: everything goes, ranked by removal (5d)
-        GroupView { removed_at: Some(t(5 * DAY)), ..mk("e", true, vec![tok30("e-cur", 3 * DAY)]) },
+        GroupView {
+            removed_at: Some(t(5 * DAY)),
+            ..mk("e", true, vec![tok30("e-cur", 3 * DAY)])
+        },
         // removed but still in its grace: its current token stays
-        GroupView { removed_at: Some(t(10 * DAY - HOUR)), ..mk("f", true, vec![tok30("f-cur", 3 * DAY)]) },
+        GroupView {
+            removed_at: Some(t(10 * DAY - HOUR)),
+            ..mk("f", true, vec![tok30("f-cur", 3 * DAY)])
+        },
     ];
     let victims = capacity_victims(now, &groups, 10, &rules());
     let keys: Vec<&str> = victims.iter().map(|(_, k)| k.as_str()).collect();
@@ -286,16 +452,28 @@ fn capacity_victims_are_other_groups_oldest_superseded_tokens() {
 fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
     let g = group(vec![tok30("a", 0)]);
     let now = t(29 * DAY);
-    let attempts: Vec<_> = [50, 40, 30, 20, 10, 5].iter().map(|m| now - Duration::minutes(*m)).collect();
-    let c = ChannelView { issue_times_last_hour: attempts, ..channel(now, &g) };
+    let attempts: Vec<_> = [50, 40, 30, 20, 10, 5]
+        .iter()
+        .map(|m| now - Duration::minutes(*m))
+        .collect();
+    let c = ChannelView {
+        issue_times_last_hour: attempts,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     let opens = now + Duration::minutes(10);
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
     assert_eq!(p.hold, Some(Hold::RateLimit { until: opens }));
     assert!(p.alerts.contains(&Alert::RateLimited { until: opens }));
-    let g = GroupView { last_verified_at: Some(now), ..g };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
     assert_eq!(plan(now, &g, &c).wake_at, opens);
-    let c = ChannelView { last_reconcile_at: Some(opens), ..c };
+    let c = ChannelView {
+        last_reconcile_at: Some(opens),
+        ..c
+    };
     assert_eq!(plan(opens, &g, &c).steps, vec![issue(IssueReason::Due)]);
 }
 
@@ -304,11 +482,23 @@ fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
 #[test]
 fn a_stale_reconcile_is_redone_before_issuing() {
     let now = t(29 * DAY);
-    let g = GroupView { last_verified_at: Some(now), ..group(vec![tok30("a", 0)]) };
-    let c = ChannelView { last_reconcile_at: Some(now - Duration::minutes(6)), ..channel(now, &g) };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(6)),
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
-    assert_eq!((p.steps, p.hold), (vec![Step::Reconcile], Some(Hold::Reconcile)));
-    let c = ChannelView { last_reconcile_at: Some(now - Duration::minutes(5)), ..c };
+    assert_eq!(
+        (p.steps, p.hold),
+        (vec![Step::Reconcile], Some(Hold::Reconcile))
+    );
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(5)),
+        ..c
+    };
     assert_eq!(plan(now, &g, &c).steps, vec![issue(IssueReason::Due)]);
 }
 
@@ -316,11 +506,20 @@ fn a_stale_reconcile_is_redone_before_issuing() {
 fn the_channel_is_reconciled_every_interval() {
     let g = group(vec![tok30("a", 0)]);
     let now = t(DAY);
-    let g = GroupView { last_verified_at: Some(now), ..g };
-    let c = ChannelView { last_reconcile_at: Some(now - Duration::minutes(59)), ..channel(now, &g) };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(59)),
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!((p.steps, p.wake_at), (vec![], now + Duration::minutes(1)));
-    let c = ChannelView { last_reconcile_at: Some(now - Duration::hours(1)), ..c };
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::hours(1)),
+        ..c
+    };
     assert_eq!(plan(now, &g, &c).steps, vec![Step::Reconcile]);
 }
 
@@ -331,33 +530,61 @@ fn the_current_token_is_verified_every_interval_less_its_stable_jitter() {
     let rules = Rules::default();
     let g = group(vec![tok30("a", 0)]);
     let verified = t(2 * DAY);
-    let g = GroupView { last_verified_at: Some(verified), ..g };
-    let jitter = stable_jitter(&g.channel, &g.group, JitterPurpose::Verify, Duration::minutes(30));
+    let g = GroupView {
+        last_verified_at: Some(verified),
+        ..g
+    };
+    let jitter = stable_jitter(
+        &g.channel,
+        &g.group,
+        JitterPurpose::Verify,
+        Duration::minutes(30),
+    );
     let due = verified + Duration::hours(6) - jitter;
     assert_eq!(verify_due_at(&g.tokens[0], &g, &rules), due);
     let before = due - Duration::seconds(1);
-    let c = ChannelView { last_reconcile_at: Some(before), ..channel(before, &g) };
+    let c = ChannelView {
+        last_reconcile_at: Some(before),
+        ..channel(before, &g)
+    };
     let p = plan_group(before, &g, &c, &rules);
     assert_eq!((p.steps, p.wake_at), (vec![], due));
     let p = plan_group(due, &g, &c, &rules);
-    assert_eq!(p.steps, vec![Step::Verify { key_id: KeyId::new("a") }]);
+    assert_eq!(
+        p.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("a")
+        }]
+    );
 }
 
 #[test]
 fn verification_counts_from_issue_when_never_verified() {
     let g = group(vec![tok30("a", DAY)]);
     let due = verify_due_at(&g.tokens[0], &g, &rules());
-    assert!(due <= t(DAY + 6 * HOUR) && due >= t(DAY + 6 * HOUR - 30 * MIN), "{due}");
+    assert!(
+        due <= t(DAY + 6 * HOUR) && due >= t(DAY + 6 * HOUR - 30 * MIN),
+        "{due}"
+    );
     // A verification of an older token does not count for the new one.
-    let g = GroupView { last_verified_at: Some(t(0)), ..g };
+    let g = GroupView {
+        last_verified_at: Some(t(0)),
+        ..g
+    };
     assert_eq!(verify_due_at(&g.tokens[0], &g, &rules()), due);
 }
 
 #[test]
 fn a_token_being_replaced_is_not_verified() {
-    let g = GroupView { last_verified_at: Some(t(0)), ..group(vec![tok30("a", 0)]) };
+    let g = GroupView {
+        last_verified_at: Some(t(0)),
+        ..group(vec![tok30("a", 0)])
+    };
     let now = t(29 * DAY);
-    assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![issue(IssueReason::Due)]);
+    assert_eq!(
+        plan(now, &g, &channel(now, &g)).steps,
+        vec![issue(IssueReason::Due)]
+    );
 }
 
 // --- 4.3 Previous -------------------------------------------------------------------
@@ -366,8 +593,14 @@ fn a_token_being_replaced_is_not_verified() {
 fn the_previous_token_is_left_to_expire_by_default() {
     let g = group(vec![tok30("prev", 0), tok30("cur", 29 * DAY)]);
     let now = t(29 * DAY + 23 * HOUR);
-    let g = GroupView { last_verified_at: Some(now), ..g };
-    let c = ChannelView { last_reconcile_at: Some(now), ..channel(now, &g) };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![]);
     assert_eq!(p.wake_at, t(30 * DAY), "wake when the previous expires");
@@ -375,17 +608,26 @@ fn the_previous_token_is_left_to_expire_by_default() {
 
 #[test]
 fn revoke_previous_after_revokes_it_once_superseded_that_long() {
-    let rules = Rules { revoke_previous_after: Some(Duration::hours(1)), ..rules() };
+    let rules = Rules {
+        revoke_previous_after: Some(Duration::hours(1)),
+        ..rules()
+    };
     let g = group(vec![tok30("prev", 0), tok30("cur", 29 * DAY)]);
     let before = t(29 * DAY + 59 * MIN);
-    let g = GroupView { last_verified_at: Some(before), ..g };
+    let g = GroupView {
+        last_verified_at: Some(before),
+        ..g
+    };
     let p = plan_group(before, &g, &channel(before, &g), &rules);
     assert_eq!((p.steps, p.wake_at), (vec![], t(29 * DAY + HOUR)));
     let at = t(29 * DAY + HOUR);
     let p = plan_group(at, &g, &channel(at, &g), &rules);
     assert_eq!(p.steps, vec![revoke("prev", RevokeReason::Superseded)]);
 
-    let g = GroupView { can_revoke: false, ..g };
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
     let p = plan_group(at, &g, &channel(at, &g), &rules);
     assert_eq!(p.steps, vec![]);
     assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
@@ -409,13 +651,25 @@ fn a_removed_group_is_revoked_after_its_grace_and_never_reissued() {
     assert_eq!(p.wake_at, t(DAY + 2 * HOUR), "at most an hour");
     let end = t(2 * DAY);
     let p = plan(end, &g, &channel(end, &g));
-    assert_eq!(p.steps, vec![revoke("prev", RevokeReason::Removed), revoke("cur", RevokeReason::Removed)]);
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("prev", RevokeReason::Removed),
+            revoke("cur", RevokeReason::Removed)
+        ]
+    );
 
-    let gone = GroupView { tokens: vec![], ..g.clone() };
+    let gone = GroupView {
+        tokens: vec![],
+        ..g.clone()
+    };
     let p = plan(end, &gone, &channel(end, &gone));
     assert_eq!((p.steps, p.alerts), (vec![], vec![]));
 
-    let g = GroupView { can_revoke: false, ..g };
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
     let p = plan(end, &g, &channel(end, &g));
     assert_eq!(p.steps, vec![]);
     assert_eq!(p.alerts.len(), 2, "{:?}", p.alerts);
@@ -426,11 +680,18 @@ fn a_removed_group_is_revoked_after_its_grace_and_never_reissued() {
 #[test]
 fn a_rotate_request_issues_now_and_is_satisfied_by_the_new_token() {
     let requested = t(DAY);
-    let g = GroupView { rotate_requested_at: Some(requested), ..group(vec![tok30("a", 0)]) };
+    let g = GroupView {
+        rotate_requested_at: Some(requested),
+        ..group(vec![tok30("a", 0)])
+    };
     let now = t(DAY + 1);
     let p = plan(now, &g, &channel(now, &g));
     assert_eq!(p.steps, vec![issue(IssueReason::Requested)]);
-    let g = GroupView { tokens: vec![tok30("a", 0), tok30("b", DAY + 1)], last_verified_at: Some(now), ..g };
+    let g = GroupView {
+        tokens: vec![tok30("a", 0), tok30("b", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
     assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
 }
 
@@ -456,7 +717,11 @@ fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
     prev.state = TokenState::Revoked;
     let mut cur = tok30("cur", HOUR);
     cur.state = TokenState::Revoked;
-    let g = GroupView { tokens: vec![prev, cur, tok30("new", DAY + 1)], last_verified_at: Some(now), ..g };
+    let g = GroupView {
+        tokens: vec![prev, cur, tok30("new", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
     assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
 }
 
@@ -476,7 +741,11 @@ fn an_incident_without_the_secret_still_issues_a_fresh_token() {
     }));
     // The fresh token is current; the leaked one waits for its expiry with
     // an alert, and no second fresh token is issued.
-    let g = GroupView { tokens: vec![tok30("cur", HOUR), tok30("new", DAY + 1)], last_verified_at: Some(now), ..g };
+    let g = GroupView {
+        tokens: vec![tok30("cur", HOUR), tok30("new", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
     let p = plan(now, &g, &channel(now, &g));
     assert_eq!(p.steps, vec![]);
     assert_eq!(p.alerts.len(), 1, "{:?}", p.alerts);
@@ -487,25 +756,62 @@ fn an_incident_without_the_secret_still_issues_a_fresh_token() {
 #[test]
 fn a_retry_holds_every_request_until_its_time() {
     let now = t(29 * DAY);
-    let retry = RetryState { failures: 2, kind: FailureKind::Transient, not_before: now + Duration::seconds(8) };
-    let g = GroupView { retry: Some(retry.clone()), ..group(vec![tok30("a", 0)]) };
-    let c = ChannelView { last_reconcile_at: None, ..channel(now, &g) };
+    let retry = RetryState {
+        failures: 2,
+        kind: FailureKind::Transient,
+        not_before: now + Duration::seconds(8),
+    };
+    let g = GroupView {
+        retry: Some(retry.clone()),
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![]);
-    assert_eq!(p.hold, Some(Hold::Retry { until: retry.not_before }));
+    assert_eq!(
+        p.hold,
+        Some(Hold::Retry {
+            until: retry.not_before
+        })
+    );
     assert_eq!(p.wake_at, retry.not_before);
     assert!(p.alerts.is_empty(), "{:?}", p.alerts);
-    let c = ChannelView { last_reconcile_at: Some(retry.not_before), ..c };
-    assert_eq!(plan(retry.not_before, &g, &c).steps, vec![issue(IssueReason::Due)]);
+    let c = ChannelView {
+        last_reconcile_at: Some(retry.not_before),
+        ..c
+    };
+    assert_eq!(
+        plan(retry.not_before, &g, &c).steps,
+        vec![issue(IssueReason::Due)]
+    );
 }
 
 #[test]
 fn a_permanent_failure_alerts_and_retries_slowly() {
     let now = t(DAY);
-    let retry = RetryState::after_failure(None, now, FailureKind::Permanent, None, 0.3, &RetryRules::default());
-    let g = GroupView { retry: Some(retry), ..group(vec![tok30("a", 0)]) };
+    let retry = RetryState::after_failure(
+        None,
+        now,
+        FailureKind::Permanent,
+        None,
+        0.3,
+        &RetryRules::default(),
+    );
+    let g = GroupView {
+        retry: Some(retry),
+        ..group(vec![tok30("a", 0)])
+    };
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.alerts, vec![Alert::PermanentFailure { failures: 1, retry_at: now + Duration::minutes(30) }]);
+    assert_eq!(
+        p.alerts,
+        vec![Alert::PermanentFailure {
+            failures: 1,
+            retry_at: now + Duration::minutes(30)
+        }]
+    );
     assert_eq!(p.wake_at, now + Duration::minutes(30));
 }
 
@@ -522,8 +828,12 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
         ..Rules::default()
     };
     let now = t(80);
-    let retry = RetryState::after_failure(None, now, FailureKind::Permanent, None, 0.0, &rules.retry);
-    let g = GroupView { retry: Some(retry), ..group(vec![tok("a", 0, 120)]) };
+    let retry =
+        RetryState::after_failure(None, now, FailureKind::Permanent, None, 0.0, &rules.retry);
+    let g = GroupView {
+        retry: Some(retry),
+        ..group(vec![tok("a", 0, 120)])
+    };
     let p = plan_group(now, &g, &channel(now, &g), &rules);
     assert_eq!(
         critical(&p),
@@ -534,37 +844,68 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
         }]
     );
     // A short transient backoff that ends before expiry is no emergency.
-    let retry = RetryState { failures: 1, kind: FailureKind::Transient, not_before: t(85) };
-    let g = GroupView { retry: Some(retry), ..g };
+    let retry = RetryState {
+        failures: 1,
+        kind: FailureKind::Transient,
+        not_before: t(85),
+    };
+    let g = GroupView {
+        retry: Some(retry),
+        ..g
+    };
     assert!(critical(&plan_group(now, &g, &channel(now, &g), &rules)).is_empty());
     // The alert comes before rotation is even due if the retry reaches past expiry.
     let early = t(60);
-    let retry = RetryState { failures: 9, kind: FailureKind::Permanent, not_before: t(60 + 30 * MIN) };
-    let g = GroupView { retry: Some(retry), ..g };
-    assert_eq!(critical(&plan_group(early, &g, &channel(early, &g), &rules)).len(), 1);
+    let retry = RetryState {
+        failures: 9,
+        kind: FailureKind::Permanent,
+        not_before: t(60 + 30 * MIN),
+    };
+    let g = GroupView {
+        retry: Some(retry),
+        ..g
+    };
+    assert_eq!(
+        critical(&plan_group(early, &g, &channel(early, &g), &rules)).len(),
+        1
+    );
 }
 
 #[test]
 fn no_token_and_failing_is_critical_even_while_retrying() {
     let now = t(0);
     let g = GroupView {
-        retry: Some(RetryState { failures: 3, kind: FailureKind::Transient, not_before: now }),
+        retry: Some(RetryState {
+            failures: 3,
+            kind: FailureKind::Transient,
+            not_before: now,
+        }),
         ..group(vec![])
     };
     let p = plan(now, &g, &channel(now, &g));
     assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
-    assert_eq!(critical(&p), vec![&Alert::NoLiveToken { next_attempt_at: Some(now) }]);
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::NoLiveToken {
+            next_attempt_at: Some(now)
+        }]
+    );
 }
 
 #[test]
 fn no_token_held_by_the_budget_is_critical() {
     let now = t(0);
     let g = group(vec![]);
-    let c = ChannelView { issue_times_last_hour: vec![now - Duration::minutes(1); 6], ..channel(now, &g) };
+    let c = ChannelView {
+        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!(
         critical(&p),
-        vec![&Alert::NoLiveToken { next_attempt_at: Some(now + Duration::minutes(59)) }]
+        vec![&Alert::NoLiveToken {
+            next_attempt_at: Some(now + Duration::minutes(59))
+        }]
     );
 }
 
@@ -574,11 +915,20 @@ fn no_token_held_by_the_budget_is_critical() {
 fn plans_with_steps_wake_now_and_idle_plans_sleep_at_most_an_hour() {
     let g = group(vec![tok30("a", 0)]);
     let now = t(DAY);
-    let g = GroupView { last_verified_at: Some(now), ..g };
-    let c = ChannelView { last_reconcile_at: Some(now), ..channel(now, &g) };
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
     let p = plan(now, &g, &c);
     assert_eq!((p.steps, p.wake_at), (vec![], now + Duration::hours(1)));
-    let c = ChannelView { last_reconcile_at: None, ..c };
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..c
+    };
     let p = plan(now, &g, &c);
     assert_eq!((p.steps, p.wake_at), (vec![Step::Reconcile], now));
 }
@@ -596,5 +946,11 @@ fn the_demo_rotates_a_two_minute_token_forty_seconds_plus_jitter_ahead() {
     let due = rotation_due_at(&g.tokens[0], &g, &rules);
     assert!(due >= t(75) && due <= t(80), "{due}");
     let p = plan_group(due, &g, &channel(due, &g), &rules);
-    assert_eq!(p.steps, vec![Step::Issue { reason: IssueReason::Due, token_exp: Duration::minutes(2) }]);
+    assert_eq!(
+        p.steps,
+        vec![Step::Issue {
+            reason: IssueReason::Due,
+            token_exp: Duration::minutes(2)
+        }]
+    );
 }

@@ -62,7 +62,13 @@ pub(crate) fn human(d: &Duration) -> String {
         out.push('-');
     }
     let mut rest = ms.unsigned_abs();
-    for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000u64),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;
@@ -79,8 +85,14 @@ mod tests {
     fn sums_saturate_instead_of_panicking() {
         let t = DateTime::<Utc>::MAX_UTC;
         assert_eq!(add(t, Duration::days(1)), DateTime::<Utc>::MAX_UTC);
-        assert_eq!(sub(DateTime::<Utc>::MIN_UTC, Duration::days(1)), DateTime::<Utc>::MIN_UTC);
-        assert_eq!(add(DateTime::<Utc>::MIN_UTC, Duration::MIN), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(
+            sub(DateTime::<Utc>::MIN_UTC, Duration::days(1)),
+            DateTime::<Utc>::MIN_UTC
+        );
+        assert_eq!(
+            add(DateTime::<Utc>::MIN_UTC, Duration::MIN),
+            DateTime::<Utc>::MIN_UTC
+        );
         assert_eq!(sub(t, Duration::MIN), DateTime::<Utc>::MAX_UTC);
         assert_eq!(sum(Duration::MAX, Duration::seconds(1)), Duration::MAX);
         assert_eq!(sum(Duration::MIN, Duration::seconds(-1)), Duration::MIN);
@@ -91,8 +103,14 @@ mod tests {
         let t = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         assert_eq!(add(t, Duration::seconds(5)).timestamp(), 1_700_000_005);
         assert_eq!(sub(t, Duration::seconds(5)).timestamp(), 1_699_999_995);
-        assert_eq!(sum(Duration::seconds(2), Duration::seconds(3)), Duration::seconds(5));
-        assert_eq!(at_least(Duration::zero(), Duration::seconds(1)), Duration::seconds(1));
+        assert_eq!(
+            sum(Duration::seconds(2), Duration::seconds(3)),
+            Duration::seconds(5)
+        );
+        assert_eq!(
+            at_least(Duration::zero(), Duration::seconds(1)),
+            Duration::seconds(1)
+        );
         assert_eq!(non_negative(Duration::seconds(-3)), Duration::zero());
     }
 

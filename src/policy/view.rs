@@ -88,8 +88,10 @@ impl GroupView {
     /// replaced it. Oldest first.
     pub fn superseded(&self, now: DateTime<Utc>) -> Vec<(&KeyId, DateTime<Utc>)> {
         let live = self.live_tokens(now);
-        let mut out: Vec<(&KeyId, DateTime<Utc>)> =
-            live.windows(2).map(|w| (&w[1].key_id, w[0].issued_at)).collect();
+        let mut out: Vec<(&KeyId, DateTime<Utc>)> = live
+            .windows(2)
+            .map(|w| (&w[1].key_id, w[0].issued_at))
+            .collect();
         out.reverse();
         out
     }
