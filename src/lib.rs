@@ -18,6 +18,10 @@
 //!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
 //! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
 //!   demo, the tests and users who want to try their setup offline.
+//! - [`config`]: the config file: load (file, then environment), validate
+//!   naming the bad key, print resolved with secrets masked.
+//! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
+//!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
@@ -36,9 +40,12 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod keygen;
 pub mod line;
+pub mod logging;
 pub mod policy;
 pub mod sandbox;
 pub mod secret;
+pub mod store;
