@@ -11,6 +11,9 @@
 //! - [`domain`]: the vocabulary as plain data (channel, group, key ID, token
 //!   record); [`secret`]: the newtype that keeps token values out of output.
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
+//! - [`policy`]: the pure rotation policy: from a group's tokens, its
+//!   channel's counts and the rules to a plan (issue, revoke, verify,
+//!   reconcile, when to wake).
 //! - [`line`]: the typed client for LINE's token endpoints, the JWT
 //!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
 //! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
@@ -42,6 +45,7 @@ pub mod domain;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod policy;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
