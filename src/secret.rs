@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn fingerprints_differ_for_different_values() {
-        assert_ne!(Secret::new("a").fingerprint(), Secret::new("b").fingerprint());
+        assert_ne!(
+            Secret::new("a").fingerprint(),
+            Secret::new("b").fingerprint()
+        );
         assert_eq!(Secret::new("a").fingerprint().len(), 8);
     }
 }
