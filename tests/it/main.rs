@@ -6,3 +6,5 @@
 
 mod keygen;
 mod keys;
+mod line_client;
+mod support;
