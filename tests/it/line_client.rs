@@ -209,7 +209,7 @@ async fn rate_limits_carry_retry_after_as_an_http_date() {
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_without_showing_the_url() {
     // The handler never completes; the client's own timeout ends the wait.
-    let app = axum::Router::new().fallback(|| std::future::pending::<&'static str>());
+    let app = axum::Router::new().fallback(std::future::pending::<&'static str>);
     let served = support::serve(app).await;
     let client = support::line_client(
         &served.base_url,
@@ -535,7 +535,8 @@ async fn the_observer_sees_every_request_with_its_status() {
         _ => Reply::empty(500),
     })
     .await;
-    let calls: Arc<Mutex<Vec<(Endpoint, Option<u16>)>>> = Arc::default();
+    type Calls = Vec<(Endpoint, Option<u16>)>;
+    let calls: Arc<Mutex<Calls>> = Arc::default();
     let record = calls.clone();
     let config = LineClientConfig {
         base_url: mock.base_url.clone(),
