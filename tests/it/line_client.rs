@@ -567,6 +567,11 @@ fn logs_name_endpoint_status_and_request_id_but_no_credential() {
         .with_ansi(false)
         .with_writer(move || LogWriter(writer.clone()))
         .finish();
+    // tracing caches each callsite's interest globally. With a single live
+    // dispatcher it asks whichever thread hits a callsite first, and a
+    // parallel test thread (no subscriber) would cache "never". A second live
+    // dispatcher makes tracing consult every dispatcher, ours included.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
     // One thread, so the subscriber sees the client's events.
     let runtime = tokio::runtime::Builder::new_current_thread()
