@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod config;
+mod contract;
 mod keygen;
 mod keys;
+mod line_client;
 mod store;
+mod support;
