@@ -38,6 +38,7 @@
 //!   config file directly: they receive a [`clock::Clock`] and small settings
 //!   structs.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -46,6 +47,8 @@ pub mod keygen;
 pub mod line;
 pub mod logging;
 pub mod policy;
+pub mod rotator;
 pub mod sandbox;
+pub mod scheduler;
 pub mod secret;
 pub mod store;

@@ -15,6 +15,8 @@
 //! [`AssertionClaims`] is shared with the sandbox, which checks the same rules
 //! from the other side.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
@@ -82,18 +84,20 @@ pub enum JwtError {
 pub struct AssertionSigner {
     channel_id: ChannelId,
     kid: SigningKid,
-    key: SigningKey,
+    /// Shared: the config holds the loaded key too, and a reload builds
+    /// new signers from the same key.
+    key: Arc<SigningKey>,
     window: Duration,
 }
 
 impl AssertionSigner {
     /// A signer for `channel_id` with the registered key `kid`, using the
     /// default 10-minute window.
-    pub fn new(channel_id: ChannelId, kid: SigningKid, key: SigningKey) -> Self {
+    pub fn new(channel_id: ChannelId, kid: SigningKid, key: impl Into<Arc<SigningKey>>) -> Self {
         Self {
             channel_id,
             kid,
-            key,
+            key: key.into(),
             window: DEFAULT_ASSERTION_WINDOW,
         }
     }

@@ -456,7 +456,7 @@ impl Rotator {
 /// for this channel, with a sane time left. The error says what is wrong.
 fn check_verification(answer: &Verification, setup: &ChannelSetup) -> Result<(), String> {
     match answer {
-        Verification::Valid(v) if v.client_id != setup.id.as_str() => Err(format!(
+        Verification::Valid(v) if v.client_id != setup.id => Err(format!(
             "LINE says the token belongs to channel {}, not {}",
             v.client_id, setup.id
         )),
