@@ -1,2 +1,9 @@
-//! Integration tests, built as one binary. One module per area.
+//! Integration tests, built as one binary (one link, one place to look).
+//! One module per area; shared helpers live in `support`.
+
+// Tests fail loudly by design: an unwrap is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod keygen;
 mod keys;
+mod store;
