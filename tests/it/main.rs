@@ -6,4 +6,5 @@
 
 mod keygen;
 mod keys;
+mod sandbox;
 mod store;
