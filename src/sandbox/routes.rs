@@ -78,9 +78,14 @@ pub(crate) async fn stamp_headers(
     req: Request,
     next: Next,
 ) -> Response {
+    // The path only: verify's query string carries a token.
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let mut response = next.run(req).await;
+    let id = request_id();
+    tracing::debug!(%method, %path, status = response.status().as_u16(), request_id = %id, "sandbox answered");
     let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&request_id()) {
+    if let Ok(id) = HeaderValue::from_str(&id) {
         headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
     }
     let date = sandbox

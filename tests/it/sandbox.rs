@@ -1219,3 +1219,30 @@ async fn a_public_key_written_by_keygen_registers_as_is() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "kids": [] }));
 }
+
+#[tokio::test]
+async fn run_reports_a_bad_config_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sandbox.toml");
+    std::fs::write(&path, "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"absent.jwk\" }]\n").unwrap();
+    let clock: linetokd::clock::SharedClock = std::sync::Arc::new(ManualClock::new(start()));
+    let err = linetokd::sandbox::run(
+        "127.0.0.1:0".parse().unwrap(),
+        &path,
+        clock.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("absent.jwk"), "{err:#}");
+    let missing = dir.path().join("nope.toml");
+    let err = linetokd::sandbox::run(
+        "127.0.0.1:0".parse().unwrap(),
+        &missing,
+        clock,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("nope.toml"), "{err:#}");
+}
