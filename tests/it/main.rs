@@ -9,5 +9,6 @@ mod contract;
 mod keygen;
 mod keys;
 mod line_client;
+mod sandbox;
 mod store;
 mod support;
