@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,7 +20,7 @@ use crate::config::{ChannelConfig, ValidConfig};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig};
 use crate::policy::{RetryRules, Rules};
-use crate::rotator::{ChannelSetup, Rotator, RotatorParts};
+use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::{ChannelSpec, Store};
 
@@ -44,6 +44,9 @@ pub struct Daemon {
     pub scheduler: watch::Receiver<SchedulerState>,
     /// Makes the scheduler run a pass now.
     pub waker: Arc<Notify>,
+    /// Everything the rotator does, subscribed before the first pass so
+    /// nothing is missed. Dropping it is fine.
+    pub events: broadcast::Receiver<RotationEvent>,
     tasks: TaskTracker,
 }
 
@@ -111,6 +114,7 @@ impl Daemon {
             tracing::warn!(lost, "issuances left unfinished by the previous run were reported as lost");
         }
 
+        let events = rotator.subscribe();
         let scheduler = Scheduler::new(Arc::clone(&rotator));
         let state = scheduler.state();
         let waker = scheduler.waker();
@@ -127,6 +131,7 @@ impl Daemon {
             rotator,
             scheduler: state,
             waker,
+            events,
             tasks,
         })
     }
