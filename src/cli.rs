@@ -7,12 +7,13 @@
 //! Only `cli` and `app` read the config file and the environment; what lies
 //! below gets small settings structs.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::keygen;
+use crate::{config, keygen};
 
 /// linetokd keeps LINE Messaging API channel access tokens alive.
 #[derive(Debug, Parser)]
@@ -34,6 +35,12 @@ pub enum Command {
         /// File name prefix: writes NAME.private.pem and NAME.public.jwk.
         #[arg(long, default_value = "assertion")]
         name: String,
+    },
+    /// Validate the config file and print it resolved, secrets masked.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -70,7 +77,33 @@ impl Failure {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Keygen { out, name } => keygen_cmd(&out, &name),
+        Command::CheckConfig { config } => check_config_cmd(&config),
     }
+}
+
+/// The process environment, for config overrides and `${NAME}` expansion.
+/// Variables that are not UTF-8 cannot name a config key, so they are left
+/// out rather than aborting.
+fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+fn check_config_cmd(path: &Path) -> Result<(), Failure> {
+    let shown = config::check(path, &process_env()).map_err(|e| {
+        let invalid = matches!(e, config::ConfigError::Invalid { .. });
+        let e = anyhow::Error::new(e);
+        // Read and parse errors name the file already; a list of problems
+        // does not.
+        Failure::Usage(if invalid {
+            e.context(path.display().to_string())
+        } else {
+            e
+        })
+    })?;
+    print!("{shown}");
+    Ok(())
 }
 
 fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {

@@ -89,6 +89,14 @@ impl AccessToken {
     }
 }
 
+/// Tokens arrive in LINE's JSON answers; deserializing straight into
+/// `AccessToken` means no intermediate `String` can be Debug-printed.
+impl<'de> Deserialize<'de> for AccessToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AccessToken(sha256:{})", self.0.fingerprint())
@@ -193,5 +201,12 @@ mod tests {
         ] {
             assert!(!shown.contains("VALUE"), "{shown}");
         }
+    }
+
+    #[test]
+    fn access_tokens_deserialize_from_json_strings() {
+        let t: AccessToken = serde_json::from_str("\"tok-VALUE-123\"").unwrap();
+        assert_eq!(t.expose(), "tok-VALUE-123");
+        assert!(serde_json::from_str::<AccessToken>("42").is_err());
     }
 }

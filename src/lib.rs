@@ -11,10 +11,15 @@
 //! - [`domain`]: the vocabulary as plain data (channel, group, key ID, token
 //!   record); [`secret`]: the newtype that keeps token values out of output.
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
+//! - [`policy`]: the pure rotation policy: from a group's tokens, its
+//!   channel's counts and the rules to a plan (issue, revoke, verify,
+//!   reconcile, when to wake).
 //! - [`line`]: the typed client for LINE's token endpoints, the JWT
 //!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
 //! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
 //!   demo, the tests and users who want to try their setup offline.
+//! - [`config`]: the config file: load (file, then environment), validate
+//!   naming the bad key, print resolved with secrets masked.
 //! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
 //!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
@@ -35,10 +40,12 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod policy;
 pub mod sandbox;
 pub mod secret;
 pub mod store;

@@ -1,7 +1,31 @@
-//! LINE's channel access token endpoints, as types.
+//! LINE's channel access token endpoints, as types and a client.
 //!
+//! This folder is LINE's contract (`line-openapi/channel-access-token.yml`,
+//! LINE-API.md) written down in Rust:
+//!
+//! - [`endpoint`]: the eight operations, with path, method and operationId.
+//! - [`types`]: the request and answer schemas, by their OpenAPI names.
+//! - [`client`]: [`LineClient`], one async method per operation.
+//! - [`error`]: [`LineError`], every failure classified as transient,
+//!   rate-limited, too many tokens, permanent or a local assertion problem.
+//! - [`headers`]: `X-Line-Request-Id`, `Retry-After` and `Date`.
 //! - [`keys`]: assertion signing keys (load PEM/JWK, generate, public JWK).
 //! - [`jwt`]: the client assertion LINE's v2.1 endpoints authenticate with.
+//!
+//! Depends on `domain` and `clock` only; the rotator calls it, the sandbox
+//! uses [`jwt`] and [`keys`] types only.
 
+pub mod client;
+pub mod endpoint;
+pub mod error;
+pub mod headers;
 pub mod jwt;
 pub mod keys;
+mod skew;
+pub mod types;
+
+pub use client::{LineClient, LineClientConfig, RequestObserver};
+pub use endpoint::Endpoint;
+pub use error::{ErrorBody, LineError, TransientCause};
+pub use skew::{WARN_INTERVAL as SKEW_WARN_INTERVAL, WARN_THRESHOLD as SKEW_WARN_THRESHOLD};
+pub use types::Verification;

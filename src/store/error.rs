@@ -230,6 +230,14 @@ pub enum StoreError {
         /// The key ID.
         key_id: KeyId,
     },
+
+    /// The task running a store call died (it panicked or the runtime is
+    /// shutting down) before it could answer.
+    #[error("a store task failed: {what}")]
+    Internal {
+        /// What the runtime said.
+        what: String,
+    },
 }
 
 fn describe_pid(pid: Option<u32>) -> String {

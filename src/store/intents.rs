@@ -370,6 +370,33 @@ impl Store {
     }
 }
 
+impl Store {
+    /// How many of the channel's issuances since `since` (all of them when
+    /// `None`) ended without a stored token: failed or lost. Any of them may
+    /// have produced a token LINE counts but we never stored (a timeout
+    /// after LINE answered, a crash), so until a reconcile at or after
+    /// `since` settles them, each counts against the channel's capacity.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn unsettled_issues_since(
+        &self,
+        channel: &ChannelId,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<u32, StoreError> {
+        self.read("counting unsettled issuances", |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM issue_intents WHERE channel_id = ?1 \
+                     AND outcome IN ('failed', 'lost') AND (?2 IS NULL OR started_at >= ?2)",
+                )?
+                .query_row(params![channel.as_str(), since.map(secs)], |row| row.get(0))?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+}
+
 /// The intent, which must exist and be open.
 fn open_intent(conn: &Connection, intent: IntentId) -> Result<IssueIntent, Fail> {
     let journal = load_intent(conn, intent)?.ok_or(StoreError::UnknownIntent { intent })?;

@@ -158,6 +158,19 @@ impl Store {
     pub fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<KeyId>, StoreError> {
         self.write("expiring tokens", |tx| expire_in(tx, now, None))
     }
+
+    /// [`Store::expire_due`] for one channel's tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn expire_due_in(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        self.write("expiring tokens", |tx| expire_in(tx, now, Some(channel)))
+    }
 }
 
 /// Expires the due live tokens of one channel (or all) inside the caller's

@@ -4,7 +4,11 @@
 // Tests fail loudly by design: an unwrap is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod config;
+mod contract;
 mod keygen;
 mod keys;
+mod line_client;
 mod sandbox;
 mod store;
+mod support;

@@ -1,0 +1,154 @@
+//! The resolved configuration as `linetokd check-config` prints it.
+//!
+//! A view of [`Settings`] with every default filled in and durations in
+//! their short form, serialized as TOML so it reads like the file the
+//! operator wrote. File-backed secrets (`key_file`, `secret_file`,
+//! `api_key_file`) show their path with `(secret, N bytes, mode 0600)`:
+//! enough to spot a wrong file or mode, and only ever from metadata, so no
+//! byte of a secret can reach the output.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Settings;
+use super::duration::format as fmt_dur;
+use super::files::describe;
+
+#[derive(Serialize)]
+struct View {
+    daemon: DaemonView,
+    rotation: RotationView,
+    channel: Vec<ChannelView>,
+}
+
+#[derive(Serialize)]
+struct DaemonView {
+    database: String,
+    state_dir: String,
+    line_api: String,
+    request_timeout: String,
+    listen: String,
+    log_format: String,
+}
+
+#[derive(Serialize)]
+struct RotationView {
+    token_lifetime: String,
+    rotate_before: String,
+    rotation_jitter: String,
+    verify_interval: String,
+    reconcile_interval: String,
+    max_issues_per_hour: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoke_previous_after: Option<String>,
+    removal_grace: String,
+    assertion_window: String,
+}
+
+#[derive(Serialize)]
+struct ChannelView {
+    id: String,
+    name: String,
+    key_file: String,
+    kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_file: Option<String>,
+    group: Vec<GroupView>,
+}
+
+#[derive(Serialize)]
+struct GroupView {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_rotate: Option<Vec<String>>,
+    hook_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<String>,
+    sinks: Vec<SinkView>,
+}
+
+#[derive(Serialize)]
+struct SinkView {
+    path: String,
+    format: String,
+    mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+}
+
+fn secret_file(path: &Path) -> String {
+    format!("{} ({})", path.display(), describe(path))
+}
+
+fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl Settings {
+    /// The resolved configuration as TOML, secrets masked: what
+    /// `linetokd check-config` prints. Reads file metadata, never contents.
+    pub fn render_resolved(&self) -> String {
+        let d = &self.daemon;
+        let r = &self.rotation;
+        let view = View {
+            daemon: DaemonView {
+                database: shown(&d.database_path()),
+                state_dir: shown(&d.state_dir),
+                line_api: d.line_api.clone(),
+                request_timeout: fmt_dur(d.request_timeout),
+                listen: d.listen.clone(),
+                log_format: d.log_format.clone(),
+            },
+            rotation: RotationView {
+                token_lifetime: fmt_dur(r.token_lifetime),
+                rotate_before: fmt_dur(r.rotate_before),
+                rotation_jitter: fmt_dur(r.rotation_jitter),
+                verify_interval: fmt_dur(r.verify_interval),
+                reconcile_interval: fmt_dur(r.reconcile_interval),
+                max_issues_per_hour: r.max_issues_per_hour,
+                revoke_previous_after: r.revoke_previous_after.map(fmt_dur),
+                removal_grace: fmt_dur(r.removal_grace),
+                assertion_window: fmt_dur(r.assertion_window),
+            },
+            channel: self
+                .channels
+                .iter()
+                .map(|c| ChannelView {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    key_file: secret_file(&c.key_file),
+                    kid: c.kid.clone(),
+                    secret_file: c.secret_file.as_deref().map(secret_file),
+                    group: c
+                        .groups
+                        .iter()
+                        .map(|g| GroupView {
+                            name: g.name.clone(),
+                            on_rotate: g.on_rotate.clone(),
+                            hook_timeout: fmt_dur(g.hook_timeout),
+                            api_key_file: g.api_key_file.as_deref().map(secret_file),
+                            sinks: g
+                                .sinks
+                                .iter()
+                                .map(|s| SinkView {
+                                    path: shown(&s.path),
+                                    format: s.format.clone(),
+                                    mode: s.mode.clone(),
+                                    owner: s.owner.clone(),
+                                    group: s.group.clone(),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        // The view holds only strings, numbers and arrays, which TOML can
+        // always represent; still, a failure is reported, not panicked on.
+        toml::to_string_pretty(&view)
+            .unwrap_or_else(|e| format!("# cannot render the resolved config: {e}\n"))
+    }
+}

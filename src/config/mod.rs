@@ -1,0 +1,539 @@
+//! The configuration file (DESIGN.md section 7): load, validate, print.
+//!
+//! Three stages, each a type:
+//!
+//! 1. [`Settings::load`]: the TOML file, then `LINETOKD__SECTION__KEY`
+//!    environment overrides (through the `config` crate), then `${NAME}`
+//!    expansion in path values. Unknown keys are refused (`deny_unknown_fields`)
+//!    so a typo is an error naming the key, not a silently ignored line.
+//!    Serde stops at the first type error, so this stage reports one problem.
+//! 2. [`Settings::validate`]: every rule of section 7 and a few more, each
+//!    problem named by its key (`channel[1].id "123" duplicates
+//!    channel[0].id`), all of them collected before giving up. It reads the
+//!    key and secret files (checking their mode and the key's size) and
+//!    returns a [`ValidConfig`] of typed values, so nothing downstream can
+//!    hold a half-checked config.
+//! 3. [`Settings::render_resolved`]: the resolved config as TOML for
+//!    `linetokd check-config`, with defaults filled in and secret files shown
+//!    as their path, size and mode, never their contents.
+//!
+//! The environment is always a parameter (`&HashMap<String, String>`): this
+//! module never reads the process environment, so tests pass their own and
+//! run in parallel.
+//!
+//! Only `cli` and `app` use this module. Lower modules (rotator, delivery,
+//! http) get their own small structs, built by `app` from a [`ValidConfig`],
+//! so the file format can change without touching them.
+//!
+//! Depends on `domain`, `secret`, `line::keys` (to check assertion keys), the
+//! `config`, `toml` and `humantime` crates.
+
+pub mod duration;
+mod error;
+mod expand;
+mod files;
+mod masked;
+mod validate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, Problem};
+pub use files::read_secret_file;
+pub use validate::{
+    ChannelConfig, DaemonConfig, GroupConfig, HookConfig, LogFormat, SinkConfig, SinkFormat,
+    ValidConfig,
+};
+
+/// Where the daemon looks for its config file unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/linetokd/linetokd.toml";
+
+/// The prefix of environment variables that override config keys:
+/// `LINETOKD__ROTATION__ROTATE_BEFORE=12h` sets `rotation.rotate_before`.
+pub const ENV_PREFIX: &str = "LINETOKD__";
+
+/// The sections whose keys the environment may override. `[[channel]]` is an
+/// array, which `SECTION__KEY` cannot address, so it is refused rather than
+/// half-supported.
+const ENV_SECTIONS: [&str; 2] = ["daemon", "rotation"];
+
+/// The whole file, as written, after environment overrides and `${NAME}`
+/// expansion, with defaults filled in. Not yet validated: call
+/// [`Settings::validate`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `[daemon]`: where the daemon keeps its state and how it talks.
+    #[serde(default)]
+    pub daemon: DaemonSettings,
+    /// `[rotation]`: when tokens are issued, verified, reconciled, revoked.
+    #[serde(default)]
+    pub rotation: RotationSettings,
+    /// `[[channel]]`: the LINE channels whose tokens linetokd keeps.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelSettings>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// The SQLite database. `None` means `state_dir/linetokd.db`; see
+    /// [`DaemonSettings::database_path`].
+    pub database: Option<PathBuf>,
+    /// The daemon's own directory: the control socket lives here.
+    pub state_dir: PathBuf,
+    /// LINE's API base URL; the sandbox's URL in tests and demos.
+    pub line_api: String,
+    /// How long one request to LINE may take before it counts as transient.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub request_timeout: Duration,
+    /// `IP:port` for health, metrics and the token API.
+    pub listen: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl DaemonSettings {
+    /// The database path: `database` if set, else `state_dir/linetokd.db`,
+    /// so moving `state_dir` moves the database with it.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("linetokd.db"))
+    }
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            database: None,
+            state_dir: PathBuf::from("/var/lib/linetokd"),
+            line_api: "https://api.line.me".to_owned(),
+            request_timeout: Duration::from_secs(10),
+            listen: "127.0.0.1:9464".to_owned(),
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+/// `[rotation]`: the rules of DESIGN.md section 4, shared by every channel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RotationSettings {
+    /// Requested lifetime of each token (`token_exp`); at most 30 days.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub token_lifetime: Duration,
+    /// Rotation starts this long before the current token expires.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub rotate_before: Duration,
+    /// Upper bound of the stable per-group offset that spreads rotations.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub rotation_jitter: Duration,
+    /// How often the current token is checked with LINE's verify endpoint.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub verify_interval: Duration,
+    /// How often each channel's live key IDs are listed and compared.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub reconcile_interval: Duration,
+    /// Most tokens issued per channel per hour, whatever happens.
+    pub max_issues_per_hour: u32,
+    /// Revoke the previous token this long after rotation; `None` lets it
+    /// expire on its own so slow consumers keep working.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub revoke_previous_after: Option<Duration>,
+    /// A group removed from the config keeps its tokens this long.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub removal_grace: Duration,
+    /// Lifetime of each signed assertion (its `exp`); at most 30 minutes.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub assertion_window: Duration,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        const HOUR: u64 = 3_600;
+        Self {
+            token_lifetime: Duration::from_secs(30 * 24 * HOUR),
+            rotate_before: Duration::from_secs(24 * HOUR),
+            rotation_jitter: Duration::from_secs(30 * 60),
+            verify_interval: Duration::from_secs(6 * HOUR),
+            reconcile_interval: Duration::from_secs(HOUR),
+            max_issues_per_hour: 6,
+            revoke_previous_after: None,
+            removal_grace: Duration::from_secs(24 * HOUR),
+            assertion_window: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// One `[[channel]]`. Required strings default to empty so that validation,
+/// not serde, reports them missing, all at once and by key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// The channel ID from the LINE Developers Console (digits).
+    #[serde(default)]
+    pub id: String,
+    /// A short name for logs, metrics, status and the token API's URLs.
+    #[serde(default)]
+    pub name: String,
+    /// The assertion signing private key (PEM or private JWK), mode 0600.
+    #[serde(default)]
+    pub key_file: PathBuf,
+    /// The `kid` the console assigned to the registered public key.
+    #[serde(default)]
+    pub kid: String,
+    /// The channel secret; needed only to revoke tokens.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// `[[channel.group]]`: the consumers of this channel's tokens.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupSettings>,
+}
+
+/// One `[[channel.group]]`: a consumer with its own token lineage.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSettings {
+    /// The group's name, unique within its channel.
+    #[serde(default)]
+    pub name: String,
+    /// Files the current token is written to.
+    #[serde(default)]
+    pub sinks: Vec<SinkSettings>,
+    /// A program (argv, no shell) run after each new token is stored; it
+    /// gets the token on stdin.
+    #[serde(default)]
+    pub on_rotate: Option<Vec<String>>,
+    /// How long `on_rotate` may run before it is killed.
+    #[serde(
+        default = "default_hook_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub hook_timeout: Duration,
+    /// A file holding this group's key for the token API; without it the API
+    /// serves this group nothing.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One file sink of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    /// The file written (atomically) with the token.
+    #[serde(default)]
+    pub path: PathBuf,
+    /// `raw`, `json` or `env`.
+    #[serde(default)]
+    pub format: String,
+    /// The file mode as an octal string.
+    #[serde(default = "default_sink_mode")]
+    pub mode: String,
+    /// Owner (user name or uid) to give the file; unchanged when absent.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Group (name or gid) to give the file; unchanged when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn default_sink_mode() -> String {
+    "0600".to_owned()
+}
+
+impl Settings {
+    /// Reads `path`, applies `LINETOKD__SECTION__KEY` overrides from `env`,
+    /// and expands `${NAME}` in path values from `env`.
+    ///
+    /// `env` is the environment to use, usually `std::env::vars().collect()`
+    /// in `cli`; tests pass their own.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] when the file cannot be read,
+    /// [`ConfigError::Parse`] for bad TOML, an unknown key or a bad value,
+    /// [`ConfigError::Invalid`] for environment variables that name no
+    /// overridable key or `${NAME}`s that are not set.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path, env)
+    }
+
+    /// Like [`Settings::load`] for TOML already in memory; `origin` names it
+    /// in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`Settings::load`], without the read error.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let overrides = env_overrides(env)?;
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                    .separator("__")
+                    .source(Some(overrides.clone())),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>());
+        let mut settings = built.map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: describe(e, &overrides),
+        })?;
+        settings.expand_paths(env)?;
+        Ok(settings)
+    }
+
+    /// Expands `${NAME}` in every path value, collecting every failure.
+    fn expand_paths(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut fix = |key: String, path: &mut PathBuf| {
+            let Some(text) = path.to_str() else { return };
+            match expand::expand(text, env) {
+                Ok(expanded) => *path = PathBuf::from(expanded),
+                Err(message) => problems.push(Problem::new(key, message)),
+            }
+        };
+        if let Some(db) = self.daemon.database.as_mut() {
+            fix("daemon.database".into(), db);
+        }
+        fix("daemon.state_dir".into(), &mut self.daemon.state_dir);
+        for (c, channel) in self.channels.iter_mut().enumerate() {
+            fix(format!("channel[{c}].key_file"), &mut channel.key_file);
+            if let Some(secret) = channel.secret_file.as_mut() {
+                fix(format!("channel[{c}].secret_file"), secret);
+            }
+            for (g, group) in channel.groups.iter_mut().enumerate() {
+                if let Some(api_key) = group.api_key_file.as_mut() {
+                    fix(format!("channel[{c}].group[{g}].api_key_file"), api_key);
+                }
+                for (s, sink) in group.sinks.iter_mut().enumerate() {
+                    fix(
+                        format!("channel[{c}].group[{g}].sinks[{s}].path"),
+                        &mut sink.path,
+                    );
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+}
+
+/// What `linetokd check-config` does: load, validate, and render the
+/// resolved config with secrets masked.
+///
+/// # Errors
+///
+/// Whatever [`Settings::load`] or [`Settings::validate`] finds.
+pub fn check(path: &Path, env: &HashMap<String, String>) -> Result<String, ConfigError> {
+    let settings = Settings::load(path, env)?;
+    settings.validate()?;
+    Ok(settings.render_resolved())
+}
+
+/// The `LINETOKD__SECTION__KEY` variables of `env`, keyed as the `config`
+/// crate expects. Anything else with the prefix is an error rather than
+/// ignored: a misspelt override that silently does nothing is worse.
+fn env_overrides(env: &HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
+    let mut overrides = HashMap::new();
+    let mut problems = Vec::new();
+    let mut names: Vec<&String> = env.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(rest) = strip_prefix_ignore_case(name, ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split("__").collect();
+        match parts.as_slice() {
+            [section, key]
+                if ENV_SECTIONS.contains(&section.to_ascii_lowercase().as_str())
+                    && !key.is_empty() =>
+            {
+                overrides.insert(name.clone(), env[name].clone());
+            }
+            _ => problems.push(Problem::new(
+                name.clone(),
+                "does not name a key the environment can set: use LINETOKD__DAEMON__<KEY> or \
+                 LINETOKD__ROTATION__<KEY> ([[channel]] entries live only in the file)",
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(overrides)
+    } else {
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// Turns a `config` crate error into one line that starts with the key, and
+/// says which environment variable set the value when one did.
+fn describe(err: config::ConfigError, overrides: &HashMap<String, String>) -> String {
+    let (key, message) = split_key(err);
+    let Some(key) = key else { return message };
+    let from_env = overrides
+        .keys()
+        .find(|name| {
+            let dotted = name[ENV_PREFIX.len()..].replace("__", ".");
+            dotted.eq_ignore_ascii_case(&key)
+        })
+        .map(|name| format!(" (set by {name})"))
+        .unwrap_or_default();
+    format!("{key}{from_env}: {message}")
+}
+
+fn split_key(err: config::ConfigError) -> (Option<String>, String) {
+    match err {
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => {
+            let (_, inner) = split_key(*error);
+            (Some(repair_key(&key)), inner)
+        }
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => (
+            Some(repair_key(&key)),
+            format!("found {unexpected}, expected {expected}"),
+        ),
+        config::ConfigError::NotFound(key) => (Some(repair_key(&key)), "is missing".to_owned()),
+        config::ConfigError::FileParse { cause, .. } => (None, cause.to_string()),
+        other => (None, other.to_string()),
+    }
+}
+
+/// The `config` crate joins an array index and the next key without a dot
+/// (`channel[0]kid`); put the dot back so keys read as the file does.
+fn repair_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| *n != '.' && *n != '[') {
+            out.push('.');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_toml(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn an_empty_file_gets_every_default() {
+        let s = parse("", &[]).unwrap();
+        assert_eq!(s.daemon, DaemonSettings::default());
+        assert_eq!(s.rotation, RotationSettings::default());
+        assert!(s.channels.is_empty());
+        assert_eq!(
+            s.daemon.database_path(),
+            PathBuf::from("/var/lib/linetokd/linetokd.db")
+        );
+    }
+
+    #[test]
+    fn array_keys_in_errors_are_dotted() {
+        assert_eq!(
+            repair_key("channel[0]group[1]hook_timeout"),
+            "channel[0].group[1].hook_timeout"
+        );
+        assert_eq!(repair_key("channel[0].kid"), "channel[0].kid");
+        assert_eq!(repair_key("a[0][1]"), "a[0][1]");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key_and_value() {
+        let text =
+            "[[channel]]\nid = \"1\"\n[[channel.group]]\nname = \"g\"\nhook_timeout = \"soon\"\n";
+        let err = parse(text, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "test.toml: channel[0].group[0].hook_timeout: \"soon\" is not a duration"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let err = parse("[rotation]\nrotate_befor = \"1h\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rotation: unknown field `rotate_befor`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_win_and_bad_ones_name_the_variable() {
+        let s = parse(
+            "[rotation]\nrotate_before = \"24h\"\n",
+            &[
+                ("LINETOKD__ROTATION__ROTATE_BEFORE", "12h"),
+                ("LINETOKD__ROTATION__MAX_ISSUES_PER_HOUR", "3"),
+                ("LINETOKD_CONFIG", "/not/an/override"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.rotation.rotate_before, Duration::from_secs(12 * 3_600));
+        assert_eq!(s.rotation.max_issues_per_hour, 3);
+        assert_eq!(s.rotation.revoke_previous_after, None);
+
+        let s = parse("", &[("LINETOKD__ROTATION__REVOKE_PREVIOUS_AFTER", "1h")]).unwrap();
+        assert_eq!(
+            s.rotation.revoke_previous_after,
+            Some(Duration::from_secs(3_600))
+        );
+
+        let err = parse("", &[("LINETOKD__ROTATION__VERIFY_INTERVAL", "often")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rotation.verify_interval (set by LINETOKD__ROTATION__VERIFY_INTERVAL)"),
+            "{err}"
+        );
+
+        let err = parse("", &[("LINETOKD__CHANNEL__0__KID", "x")]).unwrap_err();
+        assert_eq!(err.problems()[0].key, "LINETOKD__CHANNEL__0__KID");
+    }
+}

@@ -1,0 +1,687 @@
+//! Validation: every rule of DESIGN.md section 7, each problem named by its
+//! key, all problems collected, and a typed [`ValidConfig`] as the result.
+//!
+//! The rules, in the order they are checked:
+//!
+//! - `[daemon]`: `line_api` an http(s) URL, `listen` an `IP:port`,
+//!   `log_format` text or json, `request_timeout` above zero.
+//! - `[rotation]`: `token_lifetime` 1 s to 30 days (LINE's `token_exp`),
+//!   `rotate_before` shorter than it, `rotate_before + rotation_jitter`
+//!   shorter too (else a new token is due the moment it is issued),
+//!   `verify_interval` and `reconcile_interval` above zero,
+//!   `max_issues_per_hour` at least 1, `assertion_window` above zero and at
+//!   most 30 minutes.
+//! - `[[channel]]`: `id` digits and unique, `name` a safe identifier and
+//!   unique, `kid` not empty, `key_file` a readable RSA-2048 private key
+//!   that other users cannot access, `secret_file` likewise private and not
+//!   empty (and present when `revoke_previous_after` needs it), at most 15
+//!   groups (LINE keeps 30 live tokens per channel; each group may hold 2).
+//! - `[[channel.group]]`: `name` a safe identifier, unique in its channel;
+//!   sinks with a path (unique across the file), a known format, an octal
+//!   mode no one but the owner can write and others cannot read; `on_rotate`
+//!   a non-empty argv; `hook_timeout` above zero; `api_key_file` private and
+//!   not empty.
+//!
+//! Validation reads the key and secret files once and hands their contents
+//! on in the [`ValidConfig`], so what was checked is what is used.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{ChannelId, ChannelSecret, GroupName, SigningKid};
+use crate::line::keys::SigningKey;
+use crate::secret::Secret;
+
+use super::duration::format as fmt_dur;
+use super::files::{read_private, secret_from_bytes};
+use super::{ChannelSettings, ConfigError, GroupSettings, Problem, RotationSettings, Settings};
+
+/// LINE's cap on live v2.1 tokens per channel.
+const CHANNEL_TOKEN_CAP: usize = 30;
+/// Live tokens one group may hold: current and previous.
+const TOKENS_PER_GROUP: usize = 2;
+/// So many groups fit in one channel.
+pub const MAX_GROUPS_PER_CHANNEL: usize = CHANNEL_TOKEN_CAP / TOKENS_PER_GROUP;
+
+/// LINE's longest token lifetime (`token_exp`).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// LINE's longest assertion lifetime.
+const MAX_ASSERTION_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// Longest channel or group name: it appears in URLs, paths and labels.
+const MAX_NAME_LEN: usize = 64;
+
+/// A configuration that passed every rule, in typed form. Built only by
+/// [`Settings::validate`].
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[rotation]`, as written (every value is already typed and checked).
+    pub rotation: RotationSettings,
+    /// `[[channel]]`, in file order.
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// `[daemon]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The SQLite database (default `state_dir/linetokd.db`).
+    pub database: PathBuf,
+    /// The daemon's directory; the control socket lives here.
+    pub state_dir: PathBuf,
+    /// LINE's API base URL.
+    pub line_api: reqwest::Url,
+    /// Per-request timeout for calls to LINE.
+    pub request_timeout: Duration,
+    /// Address of the health, metrics and token API listener.
+    pub listen: SocketAddr,
+    /// How logs are written.
+    pub log_format: LogFormat,
+}
+
+/// How the daemon writes logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[[channel]]`, checked, with its key and secret loaded.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// The channel's short name.
+    pub name: String,
+    /// The `kid` of the registered public key.
+    pub kid: SigningKid,
+    /// Where the signing key came from (for messages).
+    pub key_file: PathBuf,
+    /// The RSA-2048 assertion signing key, shared because it cannot be
+    /// cloned.
+    pub key: Arc<SigningKey>,
+    /// The channel secret, when configured; needed to revoke.
+    pub secret: Option<ChannelSecret>,
+    /// The channel's groups, in file order.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// One `[[channel.group]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The group's name, unique in its channel.
+    pub name: GroupName,
+    /// Files the current token is written to.
+    pub sinks: Vec<SinkConfig>,
+    /// The program run after each new token, if any.
+    pub on_rotate: Option<HookConfig>,
+    /// The group's token API key, if any.
+    pub api_key: Option<Secret>,
+}
+
+/// A group's `on_rotate` hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Program and arguments; never run through a shell.
+    pub argv: Vec<String>,
+    /// How long it may run.
+    pub timeout: Duration,
+}
+
+/// One file sink, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// The file.
+    pub path: PathBuf,
+    /// What goes in it.
+    pub format: SinkFormat,
+    /// Its mode (permission bits only).
+    pub mode: u32,
+    /// Owner to set (user name or uid).
+    pub owner: Option<String>,
+    /// Group to set (group name or gid).
+    pub group: Option<String>,
+}
+
+/// What a sink file holds (DESIGN.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    /// The token alone.
+    Raw,
+    /// `access_token`, `token_type`, `key_id`, `expires_at`, and the previous
+    /// token.
+    Json,
+    /// `LINE_CHANNEL_ACCESS_TOKEN=...`.
+    Env,
+}
+
+impl Settings {
+    /// Checks every rule and returns the typed configuration. Reads the key,
+    /// secret and API key files (and nothing else).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] listing every problem found, each naming its
+    /// key.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        let mut v = Validator::default();
+        let daemon = v.daemon(self);
+        v.rotation(&self.rotation);
+        let channels: Vec<Option<ChannelConfig>> = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| v.channel(self, i, c))
+            .collect();
+        v.duplicates(self);
+        if !v.problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                problems: v.problems,
+            });
+        }
+        let channels: Option<Vec<ChannelConfig>> = channels.into_iter().collect();
+        let (Some(daemon), Some(channels)) = (daemon, channels) else {
+            // Every `None` above pushed a problem, so this is unreachable in
+            // practice; report it rather than panic if a rule forgets to.
+            return Err(ConfigError::Invalid {
+                problems: vec![Problem::new("config", "failed validation")],
+            });
+        };
+        Ok(ValidConfig {
+            daemon,
+            rotation: self.rotation.clone(),
+            channels,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(key, message));
+    }
+
+    /// Records the error (if any) and hands on the value.
+    fn keep<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|m| self.problem(key, m)).ok()
+    }
+
+    fn positive(&mut self, key: &str, value: Duration) {
+        if value.is_zero() {
+            self.problem(key, "must be longer than 0s");
+        }
+    }
+
+    fn daemon(&mut self, s: &Settings) -> Option<DaemonConfig> {
+        let d = &s.daemon;
+        if d.state_dir.as_os_str().is_empty() {
+            self.problem("daemon.state_dir", "is empty");
+        }
+        if d.database
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.problem(
+                "daemon.database",
+                "is empty: remove it to use state_dir/linetokd.db",
+            );
+        }
+        self.positive("daemon.request_timeout", d.request_timeout);
+        let line_api = self.keep("daemon.line_api", parse_line_api(&d.line_api));
+        let listen = self.keep(
+            "daemon.listen",
+            d.listen.trim().parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "{:?} is not an IP address and port like \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                    d.listen
+                )
+            }),
+        );
+        let log_format = self.keep(
+            "daemon.log_format",
+            match d.log_format.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!("{other:?} is not one of \"text\", \"json\"")),
+            },
+        );
+        Some(DaemonConfig {
+            database: d.database_path(),
+            state_dir: d.state_dir.clone(),
+            line_api: line_api?,
+            request_timeout: d.request_timeout,
+            listen: listen?,
+            log_format: log_format?,
+        })
+    }
+
+    fn rotation(&mut self, r: &RotationSettings) {
+        let lifetime = r.token_lifetime;
+        if lifetime > MAX_TOKEN_LIFETIME {
+            self.problem(
+                "rotation.token_lifetime",
+                format!(
+                    "({}) must be at most 30d, the longest token lifetime LINE grants",
+                    fmt_dur(lifetime)
+                ),
+            );
+        } else if lifetime < Duration::from_secs(1) {
+            self.problem("rotation.token_lifetime", "must be at least 1s");
+        }
+        if r.rotate_before >= lifetime {
+            self.problem(
+                "rotation.rotate_before",
+                format!(
+                    "({}) must be shorter than rotation.token_lifetime ({})",
+                    fmt_dur(r.rotate_before),
+                    fmt_dur(lifetime)
+                ),
+            );
+        } else if r.rotate_before.saturating_add(r.rotation_jitter) >= lifetime {
+            self.problem(
+                "rotation.rotation_jitter",
+                format!(
+                    "({}) plus rotation.rotate_before ({}) must be shorter than \
+                     rotation.token_lifetime ({}), or a new token is due as soon as it is issued",
+                    fmt_dur(r.rotation_jitter),
+                    fmt_dur(r.rotate_before),
+                    fmt_dur(lifetime)
+                ),
+            );
+        }
+        self.positive("rotation.verify_interval", r.verify_interval);
+        self.positive("rotation.reconcile_interval", r.reconcile_interval);
+        if r.max_issues_per_hour == 0 {
+            self.problem(
+                "rotation.max_issues_per_hour",
+                "is 0, so no token could ever be issued; it must be at least 1",
+            );
+        }
+        if r.assertion_window.is_zero() {
+            self.problem("rotation.assertion_window", "must be longer than 0s");
+        } else if r.assertion_window > MAX_ASSERTION_WINDOW {
+            self.problem(
+                "rotation.assertion_window",
+                format!(
+                    "({}) must be at most 30m, the longest assertion lifetime LINE accepts",
+                    fmt_dur(r.assertion_window)
+                ),
+            );
+        }
+    }
+
+    fn channel(&mut self, s: &Settings, i: usize, c: &ChannelSettings) -> Option<ChannelConfig> {
+        let at = format!("channel[{i}]");
+        let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
+        let name_ok = self
+            .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
+            .is_some();
+        let kid = if c.kid.trim().is_empty() {
+            self.problem(
+                format!("{at}.kid"),
+                "is empty: paste the kid the LINE Developers Console assigned to the public key",
+            );
+            None
+        } else {
+            Some(SigningKid::new(c.kid.trim()))
+        };
+        let key = self.keep(&format!("{at}.key_file"), load_key(&c.key_file));
+        let secret = match &c.secret_file {
+            Some(path) => self
+                .keep(&format!("{at}.secret_file"), load_secret(path))
+                .map(|s| Some(ChannelSecret::new(s.expose()))),
+            None => {
+                if let Some(after) = s.rotation.revoke_previous_after {
+                    self.problem(
+                        format!("{at}.secret_file"),
+                        format!(
+                            "is missing, but rotation.revoke_previous_after ({}) needs the \
+                             channel secret to revoke tokens",
+                            fmt_dur(after)
+                        ),
+                    );
+                }
+                Some(None)
+            }
+        };
+        if c.groups.len() > MAX_GROUPS_PER_CHANNEL {
+            self.problem(
+                format!("{at}.group"),
+                format!(
+                    "has {} groups; at most {MAX_GROUPS_PER_CHANNEL} fit in one channel \
+                     (LINE allows {CHANNEL_TOKEN_CAP} live tokens and each group may hold \
+                     {TOKENS_PER_GROUP})",
+                    c.groups.len()
+                ),
+            );
+        }
+        let groups: Vec<Option<GroupConfig>> = c
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| self.group(&format!("{at}.group[{g}]"), group))
+            .collect();
+        let groups: Option<Vec<GroupConfig>> = groups.into_iter().collect();
+        name_ok.then_some(())?;
+        Some(ChannelConfig {
+            id: id?,
+            name: c.name.clone(),
+            kid: kid?,
+            key_file: c.key_file.clone(),
+            key: Arc::new(key?),
+            secret: secret?,
+            groups: groups?,
+        })
+    }
+
+    fn group(&mut self, at: &str, g: &GroupSettings) -> Option<GroupConfig> {
+        let name = self.keep(&format!("{at}.name"), check_name(&g.name, "group"));
+        let sinks: Option<Vec<SinkConfig>> = g
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(s, sink)| {
+                let key = format!("{at}.sinks[{s}]");
+                self.sink(&key, sink)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        let on_rotate = match &g.on_rotate {
+            None => Some(None),
+            Some(argv) if argv.is_empty() => {
+                self.problem(
+                    format!("{at}.on_rotate"),
+                    "is empty: give the program and its arguments, e.g. \
+                     [\"/usr/local/bin/reload-backend\"], or remove the key",
+                );
+                None
+            }
+            Some(argv) if argv[0].trim().is_empty() => {
+                self.problem(
+                    format!("{at}.on_rotate[0]"),
+                    "is empty: it is the program to run",
+                );
+                None
+            }
+            Some(argv) => Some(Some(HookConfig {
+                argv: argv.clone(),
+                timeout: g.hook_timeout,
+            })),
+        };
+        self.positive(&format!("{at}.hook_timeout"), g.hook_timeout);
+        let api_key = match &g.api_key_file {
+            Some(path) => self
+                .keep(&format!("{at}.api_key_file"), load_secret(path))
+                .map(Some),
+            None => Some(None),
+        };
+        Some(GroupConfig {
+            name: GroupName::new(name?),
+            sinks: sinks?,
+            on_rotate: on_rotate?,
+            api_key: api_key?,
+        })
+    }
+
+    fn sink(&mut self, at: &str, s: &super::SinkSettings) -> Option<SinkConfig> {
+        if s.path.as_os_str().is_empty() {
+            self.problem(
+                format!("{at}.path"),
+                "is missing: the file to write the token to",
+            );
+        }
+        let format = self.keep(
+            &format!("{at}.format"),
+            match s.format.as_str() {
+                "raw" => Ok(SinkFormat::Raw),
+                "json" => Ok(SinkFormat::Json),
+                "env" => Ok(SinkFormat::Env),
+                "" => Err("is missing: one of \"raw\", \"json\", \"env\"".to_owned()),
+                other => Err(format!(
+                    "{other:?} is not one of \"raw\", \"json\", \"env\""
+                )),
+            },
+        );
+        let mode = self.keep(&format!("{at}.mode"), check_sink_mode(&s.mode));
+        let owner = self.keep(
+            &format!("{at}.owner"),
+            check_account(s.owner.as_deref(), "user"),
+        );
+        let group = self.keep(
+            &format!("{at}.group"),
+            check_account(s.group.as_deref(), "group"),
+        );
+        if s.path.as_os_str().is_empty() {
+            return None;
+        }
+        Some(SinkConfig {
+            path: s.path.clone(),
+            format: format?,
+            mode: mode?,
+            owner: owner?,
+            group: group?,
+        })
+    }
+
+    /// Rules across entries: duplicate channel IDs and names, group names
+    /// within a channel, sink paths anywhere.
+    fn duplicates(&mut self, s: &Settings) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut sink_paths: HashMap<&Path, String> = HashMap::new();
+        for (i, c) in s.channels.iter().enumerate() {
+            if !c.id.is_empty() {
+                if let Some(first) = ids.get(c.id.as_str()) {
+                    self.problem(
+                        format!("channel[{i}].id"),
+                        format!("{:?} duplicates channel[{first}].id", c.id),
+                    );
+                } else {
+                    ids.insert(&c.id, i);
+                }
+            }
+            if !c.name.is_empty() {
+                if let Some(first) = names.get(c.name.as_str()) {
+                    self.problem(
+                        format!("channel[{i}].name"),
+                        format!("{:?} duplicates channel[{first}].name", c.name),
+                    );
+                } else {
+                    names.insert(&c.name, i);
+                }
+            }
+            let mut groups: HashMap<&str, usize> = HashMap::new();
+            for (g, group) in c.groups.iter().enumerate() {
+                if !group.name.is_empty() {
+                    if let Some(first) = groups.get(group.name.as_str()) {
+                        self.problem(
+                            format!("channel[{i}].group[{g}].name"),
+                            format!(
+                                "{:?} duplicates channel[{i}].group[{first}].name in channel {:?}",
+                                group.name, c.name
+                            ),
+                        );
+                    } else {
+                        groups.insert(&group.name, g);
+                    }
+                }
+                for (k, sink) in group.sinks.iter().enumerate() {
+                    if sink.path.as_os_str().is_empty() {
+                        continue;
+                    }
+                    let here = format!("channel[{i}].group[{g}].sinks[{k}].path");
+                    if let Some(first) = sink_paths.get(sink.path.as_path()) {
+                        self.problem(
+                            here,
+                            format!(
+                                "{:?} duplicates {first}: two sinks would overwrite each other",
+                                sink.path.display().to_string()
+                            ),
+                        );
+                    } else {
+                        sink_paths.insert(&sink.path, here);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_line_api(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("{text:?} is not a URL ({e}); LINE's is \"https://api.line.me\""))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!(
+            "{text:?} must be an http:// or https:// URL; LINE's is \"https://api.line.me\""
+        ));
+    }
+    Ok(url)
+}
+
+fn check_channel_id(id: &str) -> Result<ChannelId, String> {
+    if id.is_empty() {
+        return Err("is missing: the channel ID from the LINE Developers Console".to_owned());
+    }
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{id:?} must be the channel's numeric ID from the LINE Developers Console (digits only)"
+        ));
+    }
+    Ok(ChannelId::new(id))
+}
+
+/// Channel and group names end up in URLs, file names, metric labels and
+/// log fields, so they are kept to characters that need no escaping there.
+fn check_name(name: &str, what: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err(format!(
+            "is missing: a short name for the {what}, like \"backend\""
+        ));
+    }
+    let safe = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !safe || name.len() > MAX_NAME_LEN || name.starts_with('.') {
+        return Err(format!(
+            "{name:?} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not starting \
+             with '.' (it appears in URLs, file names and metric labels)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A sink mode: an octal string (`"0600"`, `"640"`, `"0o600"`) that lets
+/// neither the group nor others write the file, nor others read it: the
+/// file holds a live token.
+fn check_sink_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            format!("{text:?} is not an octal file mode like \"0600\" (write it as a string)")
+        })?;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{text:?} lets the group or other users write the token file; use \"0600\" or \"0640\""
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{text:?} lets other users read the token; use \"0600\", or \"0640\" with a group"
+        ));
+    }
+    Ok(mode)
+}
+
+fn check_account(value: Option<&str>, what: &str) -> Result<Option<String>, String> {
+    match value {
+        None => Ok(None),
+        Some(v)
+            if !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
+            Ok(Some(v.to_owned()))
+        }
+        Some(v) => Err(format!(
+            "{v:?} is not a {what} name or numeric id; remove the key to leave it unchanged"
+        )),
+    }
+}
+
+fn load_key(path: &Path) -> Result<SigningKey, String> {
+    if path.as_os_str().is_empty() {
+        return Err(
+            "is missing: the path of the channel's assertion signing key (PEM or private JWK)"
+                .to_owned(),
+        );
+    }
+    let shown = path.display().to_string();
+    let bytes = read_private(path).map_err(|reason| format!("{shown:?} {reason}"))?;
+    SigningKey::parse(&bytes).map_err(|e| format!("{shown:?}: {e}"))
+}
+
+fn load_secret(path: &Path) -> Result<Secret, String> {
+    if path.as_os_str().is_empty() {
+        return Err("is empty: give a file path or remove the key".to_owned());
+    }
+    let shown = path.display().to_string();
+    read_private(path)
+        .and_then(secret_from_bytes)
+        .map_err(|reason| format!("{shown:?} {reason}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_modes() {
+        assert_eq!(check_sink_mode("0600"), Ok(0o600));
+        assert_eq!(check_sink_mode("640"), Ok(0o640));
+        assert_eq!(check_sink_mode("0o400"), Ok(0o400));
+        for bad in ["", "rw", "0x600", "0800", "17777", "-600"] {
+            let err = check_sink_mode(bad).unwrap_err();
+            assert!(err.contains("is not an octal file mode"), "{bad}: {err}");
+        }
+        assert!(check_sink_mode("0660").unwrap_err().contains("write"));
+        assert!(check_sink_mode("0602").unwrap_err().contains("write"));
+        assert!(check_sink_mode("0644").unwrap_err().contains("read"));
+    }
+
+    #[test]
+    fn names_and_ids() {
+        assert!(check_channel_id("1234567890").is_ok());
+        assert!(check_channel_id("12a").unwrap_err().contains("digits only"));
+        assert!(check_channel_id("").unwrap_err().contains("is missing"));
+        assert!(check_name("shop-bot.v2_x", "channel").is_ok());
+        assert!(check_name("shop bot", "channel").is_err());
+        assert!(check_name(".hidden", "group").is_err());
+        assert!(check_name(&"a".repeat(65), "group").is_err());
+    }
+
+    #[test]
+    fn line_api_urls() {
+        assert!(parse_line_api("https://api.line.me").is_ok());
+        assert!(parse_line_api("http://127.0.0.1:8080").is_ok());
+        assert!(parse_line_api("api.line.me").is_err());
+        assert!(parse_line_api("ftp://api.line.me").is_err());
+    }
+
+    #[test]
+    fn the_group_cap_follows_from_lines_token_cap() {
+        assert_eq!(MAX_GROUPS_PER_CHANNEL, 15);
+    }
+}

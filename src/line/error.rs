@@ -1,0 +1,672 @@
+//! Every way a call to LINE can fail, classified for the caller.
+//!
+//! The rotator decides what to do next from the class alone (DESIGN.md
+//! section 5): retry soon with backoff ([`LineError::Transient`],
+//! [`LineError::RateLimited`] with LINE's `Retry-After`), free capacity
+//! ([`LineError::TooManyTokens`]), or alert and retry slowly
+//! ([`LineError::Permanent`], [`LineError::Assertion`]). The class comes
+//! from the HTTP status (and, once, from which of LINE's two body shapes a
+//! 400 has), never from the wording of a description: LINE words the same
+//! error differently on different pages.
+//!
+//! Invariant: no error carries a token, a channel secret or an assertion.
+//! `reqwest` errors are stored without their URL (verify puts the token in
+//! the query string, kid listing the assertion), raw bodies are never kept,
+//! and the texts LINE sends back are shortened, stripped of control
+//! characters and scrubbed of every secret the request carried.
+//!
+//! Depends on `line::endpoint`, `line::types`, `line::jwt` (its error).
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::line::endpoint::Endpoint;
+use crate::line::jwt::JwtError;
+use crate::line::types::{ErrorResponse, MessageErrorResponse};
+
+/// Longest text from LINE kept in an error. LINE's descriptions are one
+/// short sentence; more than this is not a description.
+const MAX_TEXT_LEN: usize = 200;
+
+/// A failed call to LINE.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// LINE could not be reached, or answered in a way that may well change
+    /// on retry: connect error, timeout, broken connection, 5xx or 408, or a
+    /// success whose body does not match the contract.
+    #[error("{endpoint}: {cause}{}", RequestIdNote(request_id))]
+    Transient {
+        /// The operation that failed.
+        endpoint: Endpoint,
+        /// What went wrong.
+        cause: TransientCause,
+        /// LINE's `Retry-After`, if it sent one with a 5xx.
+        retry_after: Option<Duration>,
+        /// `X-Line-Request-Id`, when LINE answered at all.
+        request_id: Option<String>,
+        /// The transport error, stripped of its URL.
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
+    /// LINE answered 429 Too Many Requests.
+    #[error(
+        "{endpoint}: LINE is rate limiting this channel (429 Too Many Requests, {}){}",
+        RetryAfterNote(retry_after),
+        RequestIdNote(request_id)
+    )]
+    RateLimited {
+        /// The operation that failed.
+        endpoint: Endpoint,
+        /// How long LINE asked us to wait (`Retry-After`), if it said.
+        retry_after: Option<Duration>,
+        /// What the body said.
+        body: ErrorBody,
+        /// `X-Line-Request-Id`.
+        request_id: Option<String>,
+    },
+
+    /// LINE refused to issue a v2.1 token because the channel already has
+    /// 30 valid ones. Retrying will not help until a token is revoked or
+    /// expires.
+    #[error(
+        "{endpoint}: LINE refused to issue a token: the channel already has the maximum of 30 \
+         valid v2.1 tokens (400 with {body}){}",
+        RequestIdNote(request_id)
+    )]
+    TooManyTokens {
+        /// Always [`Endpoint::IssueV21`].
+        endpoint: Endpoint,
+        /// What the body said.
+        body: ErrorBody,
+        /// `X-Line-Request-Id`.
+        request_id: Option<String>,
+    },
+
+    /// LINE refused the request and will refuse it again until something
+    /// changes: a bad assertion or unregistered key (400 `invalid_client`,
+    /// 404), a wrong channel ID or secret, a malformed token.
+    #[error(
+        "{endpoint}: LINE refused the request: {status} with {body}{}",
+        RequestIdNote(request_id)
+    )]
+    Permanent {
+        /// The operation that failed.
+        endpoint: Endpoint,
+        /// LINE's status (4xx, or an unexpected 1xx/3xx).
+        status: StatusCode,
+        /// What the body said.
+        body: ErrorBody,
+        /// `X-Line-Request-Id`.
+        request_id: Option<String>,
+    },
+
+    /// The client assertion could not be signed; nothing was sent.
+    #[error("{endpoint}: could not build the client assertion")]
+    Assertion {
+        /// The operation that was not attempted.
+        endpoint: Endpoint,
+        /// Why signing failed.
+        #[source]
+        source: JwtError,
+    },
+}
+
+impl LineError {
+    /// The operation that failed.
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Self::Transient { endpoint, .. }
+            | Self::RateLimited { endpoint, .. }
+            | Self::TooManyTokens { endpoint, .. }
+            | Self::Permanent { endpoint, .. }
+            | Self::Assertion { endpoint, .. } => *endpoint,
+        }
+    }
+
+    /// True when the same request may succeed later without any change on
+    /// our side: retry with backoff (honouring [`Self::retry_after`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. } | Self::RateLimited { .. })
+    }
+
+    /// How long LINE asked us to wait before retrying, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// LINE's `X-Line-Request-Id` for the failed request, when it answered.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Transient { request_id, .. }
+            | Self::RateLimited { request_id, .. }
+            | Self::TooManyTokens { request_id, .. }
+            | Self::Permanent { request_id, .. } => request_id.as_deref(),
+            Self::Assertion { .. } => None,
+        }
+    }
+
+    /// The HTTP status LINE answered with, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Transient { cause, .. } => cause.status(),
+            Self::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            Self::TooManyTokens { .. } => Some(StatusCode::BAD_REQUEST),
+            Self::Permanent { status, .. } => Some(*status),
+            Self::Assertion { .. } => None,
+        }
+    }
+
+    /// The body LINE's error answer carried, when there was one.
+    pub fn body(&self) -> Option<&ErrorBody> {
+        match self {
+            Self::Transient {
+                cause: TransientCause::ServerError { body, .. },
+                ..
+            }
+            | Self::RateLimited { body, .. }
+            | Self::TooManyTokens { body, .. }
+            | Self::Permanent { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// LINE's `error` code (`invalid_client`, `invalid_request`, ...), when
+    /// the body had the OAuth shape.
+    pub fn code(&self) -> Option<&str> {
+        self.body().and_then(ErrorBody::code)
+    }
+
+    /// True when LINE does not know the assertion's signing key on this
+    /// channel (404 from an endpoint that takes an assertion): the `kid` or
+    /// the key file in the config is wrong, or the key was deleted in the
+    /// console.
+    pub fn is_unknown_signing_key(&self) -> bool {
+        matches!(
+            self,
+            Self::Permanent { endpoint: Endpoint::IssueV21 | Endpoint::ValidKeyIdsV21 | Endpoint::IssueStateless, status, .. }
+                if *status == StatusCode::NOT_FOUND
+        )
+    }
+}
+
+/// Why a [`LineError::Transient`] happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransientCause {
+    /// No connection could be made (refused, DNS, TLS handshake).
+    Connect,
+    /// LINE did not answer within the client's timeout.
+    Timeout,
+    /// The connection broke while sending or receiving (reset, closed).
+    Network,
+    /// LINE answered 5xx (or 408 Request Timeout).
+    ServerError {
+        /// The status.
+        status: StatusCode,
+        /// What the body said.
+        body: ErrorBody,
+    },
+    /// LINE answered 2xx, but the body is not what the contract promises. For
+    /// an issue call, a token may have been issued that we could not read:
+    /// the next reconcile reports its key ID as unknown.
+    UnreadableAnswer {
+        /// The status.
+        status: StatusCode,
+        /// What is wrong with the body (no values from it).
+        reason: String,
+    },
+}
+
+impl TransientCause {
+    /// The status of the answer, when there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::ServerError { status, .. } | Self::UnreadableAnswer { status, .. } => {
+                Some(*status)
+            }
+            Self::Connect | Self::Timeout | Self::Network => None,
+        }
+    }
+}
+
+impl fmt::Display for TransientCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect => f.write_str("could not connect to LINE"),
+            Self::Timeout => f.write_str("LINE did not answer within the request timeout"),
+            Self::Network => f.write_str("the connection to LINE broke"),
+            Self::ServerError { status, body } => {
+                write!(f, "LINE answered {status} with {body}")
+            }
+            Self::UnreadableAnswer { status, reason } => write!(
+                f,
+                "LINE answered {status} but the body does not match the contract: {reason}"
+            ),
+        }
+    }
+}
+
+/// The body of an error answer, in whichever of LINE's shapes it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorBody {
+    /// `{"error": ..., "error_description": ...}` (the contract's
+    /// `ErrorResponse`), the OAuth style.
+    OAuth(ErrorResponse),
+    /// `{"message": ...}`, the Messaging API style (30-token refusal,
+    /// unknown signing key).
+    Message(MessageErrorResponse),
+    /// No body at all.
+    Empty,
+    /// JSON in neither shape.
+    OtherJson,
+    /// Not JSON: typically an HTML page from a proxy or load balancer.
+    NotJson {
+        /// The `Content-Type` it came with, if any.
+        content_type: Option<String>,
+    },
+}
+
+impl ErrorBody {
+    /// Reads an error body. `secrets` are the values the request carried
+    /// (token, channel secret, assertion): any occurrence of them in LINE's
+    /// texts is replaced, so an echoing server cannot leak them into logs.
+    pub fn parse(content_type: Option<&str>, body: &[u8], secrets: &[&str]) -> Self {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Self::Empty;
+        }
+        let map = match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Self::OtherJson,
+            Err(_) => {
+                return Self::NotJson {
+                    content_type: content_type.map(|c| clean_text(c, &[])),
+                };
+            }
+        };
+        let text = |key: &str| -> Result<Option<String>, ()> {
+            match map.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(clean_text(s, secrets))),
+                Some(_) => Err(()),
+            }
+        };
+        if map.contains_key("error") || map.contains_key("error_description") {
+            return match (text("error"), text("error_description")) {
+                (Ok(error), Ok(error_description)) => Self::OAuth(ErrorResponse {
+                    error,
+                    error_description,
+                }),
+                _ => Self::OtherJson,
+            };
+        }
+        match text("message") {
+            Ok(Some(message)) => Self::Message(MessageErrorResponse { message }),
+            _ => Self::OtherJson,
+        }
+    }
+
+    /// LINE's `error` code, in the OAuth shape.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::OAuth(e) => e.error.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// LINE's `error_description` or `message`, for humans.
+    pub fn description(&self) -> Option<&str> {
+        match self {
+            Self::OAuth(e) => e.error_description.as_deref(),
+            Self::Message(m) => Some(&m.message),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OAuth(ErrorResponse {
+                error,
+                error_description,
+            }) => match (error, error_description) {
+                (Some(e), Some(d)) => write!(f, "error {e:?} ({d:?})"),
+                (Some(e), None) => write!(f, "error {e:?}"),
+                (None, Some(d)) => write!(f, "error description {d:?}"),
+                (None, None) => f.write_str("an empty OAuth error body"),
+            },
+            Self::Message(m) => write!(f, "message {:?}", m.message),
+            Self::Empty => f.write_str("an empty body"),
+            Self::OtherJson => f.write_str("a JSON body in neither of LINE's error shapes"),
+            Self::NotJson {
+                content_type: Some(c),
+            } => write!(f, "a non-JSON body ({c})"),
+            Self::NotJson { content_type: None } => f.write_str("a non-JSON body"),
+        }
+    }
+}
+
+/// Classifies a non-2xx answer. `secrets` are scrubbed from LINE's texts.
+///
+/// The rules, by status: 429 is [`LineError::RateLimited`]; 5xx and 408 are
+/// transient; on [`Endpoint::IssueV21`], a 400 whose body has the `message`
+/// shape is [`LineError::TooManyTokens`]; everything else is permanent.
+///
+/// Why the 30-token refusal is recognised by body shape: LINE documents two
+/// 400s on `/oauth2/v2.1/token`, a failed assertion as
+/// `{"error":"invalid_client",...}` and the 30-token refusal as
+/// `{"message":...}`. The shape separates them without matching LINE's
+/// wording, which it does not keep stable. A caller that must be sure (before
+/// revoking to make room, say) confirms with the kid list.
+pub(crate) fn classify(
+    endpoint: Endpoint,
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+) -> LineError {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return LineError::RateLimited {
+            endpoint,
+            retry_after,
+            body,
+            request_id,
+        };
+    }
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return LineError::Transient {
+            endpoint,
+            cause: TransientCause::ServerError { status, body },
+            retry_after,
+            request_id,
+            source: None,
+        };
+    }
+    if endpoint == Endpoint::IssueV21
+        && status == StatusCode::BAD_REQUEST
+        && matches!(body, ErrorBody::Message(_))
+    {
+        return LineError::TooManyTokens {
+            endpoint,
+            body,
+            request_id,
+        };
+    }
+    LineError::Permanent {
+        endpoint,
+        status,
+        body,
+        request_id,
+    }
+}
+
+/// Classifies a transport failure, stripping the URL from the error first.
+pub(crate) fn transport(
+    endpoint: Endpoint,
+    err: reqwest::Error,
+    request_id: Option<String>,
+) -> LineError {
+    let err = err.without_url();
+    let cause = if err.is_timeout() {
+        TransientCause::Timeout
+    } else if err.is_connect() {
+        TransientCause::Connect
+    } else {
+        TransientCause::Network
+    };
+    LineError::Transient {
+        endpoint,
+        cause,
+        retry_after: None,
+        request_id,
+        source: Some(err),
+    }
+}
+
+/// A 2xx whose body does not match the contract. `reason` is serde's
+/// message with every quoted value blanked out: serde quotes the offending
+/// value (`invalid type: string "..."`), and that value could be a token.
+pub(crate) fn unreadable(
+    endpoint: Endpoint,
+    status: StatusCode,
+    reason: &serde_json::Error,
+    request_id: Option<String>,
+) -> LineError {
+    LineError::Transient {
+        endpoint,
+        cause: TransientCause::UnreadableAnswer {
+            status,
+            reason: blank_quoted(&reason.to_string()),
+        },
+        retry_after: None,
+        request_id,
+        source: None,
+    }
+}
+
+/// Replaces the contents of every `"..."` with `…`. serde prints values
+/// with `{:?}`, so a quote inside a value is escaped (`\"`) and skipped.
+fn blank_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if inside && escaped {
+            escaped = false;
+        } else if inside && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            out.push_str(if inside { "…\"" } else { "\"" });
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    if inside {
+        out.push_str("…\"");
+    }
+    out
+}
+
+/// Shortens a text from the network, removes control characters and
+/// replaces every non-empty secret in it.
+fn clean_text(text: &str, secrets: &[&str]) -> String {
+    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "[redacted]");
+    }
+    if text.chars().count() > MAX_TEXT_LEN {
+        text = text.chars().take(MAX_TEXT_LEN).collect();
+        text.push('…');
+    }
+    text
+}
+
+/// Formats ` (request id X)` or nothing.
+struct RequestIdNote<'a>(&'a Option<String>);
+
+impl fmt::Display for RequestIdNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (X-Line-Request-Id {id})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Formats how long LINE asked us to wait.
+struct RetryAfterNote<'a>(&'a Option<Duration>);
+
+impl fmt::Display for RetryAfterNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "retry after {}", humantime::format_duration(*d)),
+            None => f.write_str("no Retry-After"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> ErrorBody {
+        ErrorBody::parse(Some("application/json"), json.as_bytes(), &[])
+    }
+
+    #[test]
+    fn both_body_shapes_parse() {
+        let oauth = body(r#"{"error":"invalid_client","error_description":"Invalid exp"}"#);
+        assert_eq!(oauth.code(), Some("invalid_client"));
+        assert_eq!(oauth.description(), Some("Invalid exp"));
+        let only_error = body(r#"{"error":"invalid_request"}"#);
+        assert_eq!(only_error.code(), Some("invalid_request"));
+        assert_eq!(only_error.description(), None);
+        let message =
+            body(r#"{"message":"The maximum number of access tokens has already been issued"}"#);
+        assert_eq!(message.code(), None);
+        assert!(matches!(message, ErrorBody::Message(_)));
+    }
+
+    #[test]
+    fn odd_bodies_are_named_not_dropped() {
+        assert_eq!(ErrorBody::parse(None, b"", &[]), ErrorBody::Empty);
+        assert_eq!(ErrorBody::parse(None, b" \n", &[]), ErrorBody::Empty);
+        assert_eq!(body(r#"{"foo":1}"#), ErrorBody::OtherJson);
+        assert_eq!(body(r#"{"error":5}"#), ErrorBody::OtherJson);
+        assert_eq!(body(r#"[1,2]"#), ErrorBody::OtherJson);
+        let html = ErrorBody::parse(Some("text/html"), b"<html>502</html>", &[]);
+        assert_eq!(
+            html,
+            ErrorBody::NotJson {
+                content_type: Some("text/html".into())
+            }
+        );
+        assert_eq!(html.to_string(), "a non-JSON body (text/html)");
+    }
+
+    #[test]
+    fn secrets_echoed_by_the_server_are_scrubbed() {
+        let b = ErrorBody::parse(
+            None,
+            br#"{"error":"invalid_request","error_description":"bad token TOPSECRET\n here"}"#,
+            &["TOPSECRET", ""],
+        );
+        assert_eq!(b.description(), Some("bad token [redacted] here"));
+    }
+
+    #[test]
+    fn long_texts_are_cut() {
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(5000));
+        let d = body(&long).description().unwrap().chars().count();
+        assert_eq!(d, MAX_TEXT_LEN + 1);
+    }
+
+    #[test]
+    fn classification_by_status_and_shape() {
+        let oauth = || body(r#"{"error":"invalid_client"}"#);
+        let message = || body(r#"{"message":"x"}"#);
+        let cases: Vec<(Endpoint, u16, ErrorBody, &str)> = vec![
+            (Endpoint::IssueV21, 400, message(), "too_many"),
+            (Endpoint::IssueV21, 400, oauth(), "permanent"),
+            (Endpoint::IssueV21, 400, ErrorBody::Empty, "permanent"),
+            (Endpoint::IssueV21, 404, message(), "permanent"),
+            (Endpoint::ValidKeyIdsV21, 400, message(), "permanent"),
+            (Endpoint::IssueStateless, 400, message(), "permanent"),
+            (Endpoint::RevokeV21, 401, oauth(), "permanent"),
+            (Endpoint::IssueV21, 302, ErrorBody::Empty, "permanent"),
+            (Endpoint::IssueV21, 429, message(), "rate_limited"),
+            (Endpoint::VerifyV21, 500, ErrorBody::Empty, "transient"),
+            (Endpoint::VerifyV21, 503, oauth(), "transient"),
+            (Endpoint::VerifyV21, 408, ErrorBody::Empty, "transient"),
+        ];
+        for (endpoint, status, body, want) in cases {
+            let status = StatusCode::from_u16(status).unwrap();
+            let e = classify(endpoint, status, body, None, Some("rid".into()));
+            let got = match &e {
+                LineError::TooManyTokens { .. } => "too_many",
+                LineError::Permanent { .. } => "permanent",
+                LineError::RateLimited { .. } => "rate_limited",
+                LineError::Transient { .. } => "transient",
+                LineError::Assertion { .. } => "assertion",
+            };
+            assert_eq!(got, want, "{endpoint} {status}");
+            assert_eq!(e.status(), Some(status));
+            assert_eq!(e.request_id(), Some("rid"));
+            assert_eq!(
+                e.is_transient(),
+                want == "transient" || want == "rate_limited"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_signing_key_is_a_404_on_an_assertion_endpoint() {
+        let e = classify(
+            Endpoint::IssueV21,
+            StatusCode::NOT_FOUND,
+            ErrorBody::Empty,
+            None,
+            None,
+        );
+        assert!(e.is_unknown_signing_key());
+        let e = classify(
+            Endpoint::RevokeV21,
+            StatusCode::NOT_FOUND,
+            ErrorBody::Empty,
+            None,
+            None,
+        );
+        assert!(!e.is_unknown_signing_key());
+    }
+
+    #[test]
+    fn display_names_endpoint_status_body_and_request_id() {
+        let e = classify(
+            Endpoint::IssueV21,
+            StatusCode::BAD_REQUEST,
+            body(r#"{"error":"invalid_client","error_description":"Invalid exp"}"#),
+            None,
+            Some("abc123".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "POST /oauth2/v2.1/token: LINE refused the request: 400 Bad Request with \
+             error \"invalid_client\" (\"Invalid exp\") (X-Line-Request-Id abc123)"
+        );
+        let e = classify(
+            Endpoint::VerifyV21,
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorBody::Empty,
+            Some(Duration::from_secs(30)),
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "GET /oauth2/v2.1/verify: LINE is rate limiting this channel \
+             (429 Too Many Requests, retry after 30s)"
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn quoted_values_are_blanked() {
+        assert_eq!(
+            blank_quoted(r#"invalid type: string "SECRET", expected i64 at line 1"#),
+            r#"invalid type: string "…", expected i64 at line 1"#
+        );
+        assert_eq!(
+            blank_quoted("missing field `key_id`"),
+            "missing field `key_id`"
+        );
+        assert_eq!(blank_quoted(r#"open "SECRET"#), r#"open "…""#);
+        assert_eq!(blank_quoted(r#"s "A\"B" t"#), r#"s "…" t"#);
+    }
+}

@@ -1,0 +1,51 @@
+//! The rotation policy: a pure function from (now, one group's tokens, its
+//! channel's counts, the rules) to a [`Plan`] — what to issue, what to
+//! revoke, what to verify or reconcile, when to look again, and what to
+//! alert on. This is where DESIGN.md sections 3, 4 and 5 become code.
+//!
+//! Purity is the point. The policy depends on `crate::domain`, chrono and
+//! std only: no IO, no clock reads (every function takes `now`), no
+//! randomness (full-jitter backoff takes its random number as an argument),
+//! no config (it gets its own [`Rules`]). The rotator is the one place where a
+//! plan meets IO; `cargo test policy` needs nothing else.
+//!
+//! # Files
+//!
+//! - [`rules`]: [`Rules`], the tunables, with DESIGN.md's defaults.
+//! - [`view`]: [`GroupView`] and [`ChannelView`], what a plan is made from.
+//! - [`plan`]: [`plan_group`] and the [`Plan`] it returns.
+//! - [`capacity`]: the channel's room (invariant 3) and [`capacity_victims`].
+//! - [`rate`]: the rolling-hour issue budget (invariant 4).
+//! - [`backoff`]: retries after failures, [`RetryState`].
+//! - [`jitter`]: the stable per-group offsets.
+//! - `time`: saturating time arithmetic, so odd inputs never panic.
+//!
+//! Tests: each file has its unit tests; `table_tests` walks every lifecycle
+//! case with concrete times, and `world_tests` drives a channel through
+//! random time, failures and foreign tokens with proptest, checking
+//! invariants 1 to 4 after every step.
+
+pub mod backoff;
+pub mod capacity;
+pub mod jitter;
+pub mod plan;
+pub mod rate;
+pub mod rules;
+mod time;
+pub mod view;
+
+#[cfg(test)]
+mod table_tests;
+#[cfg(test)]
+mod world_tests;
+
+pub use backoff::{FailureKind, RetryState, backoff};
+pub use capacity::{capacity_victims, free_capacity, live_ours};
+pub use jitter::{JitterPurpose, stable_jitter};
+pub use plan::{
+    Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, plan_group,
+    rotation_due_at, verify_due_at,
+};
+pub use rate::next_issue_allowed_at;
+pub use rules::{RetryRules, Rules, RulesError};
+pub use view::{ChannelView, GroupView};

@@ -1,0 +1,643 @@
+//! The decision: from one group's tokens, its channel and the rules, at one
+//! instant, to a [`Plan`] (DESIGN.md sections 4 and 5).
+//!
+//! [`plan_group`] is a pure function. It never reads a clock, never draws a
+//! random number and never does IO, so every lifecycle case is a table test
+//! and the invariants are property tests (see the `table_tests` and
+//! `world_tests` modules).
+//!
+//! # How the rotator uses a plan
+//!
+//! Execute the steps in order. Each step assumes the ones before it
+//! succeeded, so stop at the first failure (record it in the group's
+//! [`RetryState`](super::RetryState)) or at any surprise (a verify that finds
+//! the token dead: mark it gone). Then plan again with fresh views. A plan
+//! with steps always has `wake_at == now`: the state changed, so plan again
+//! at once; planning converges to an empty plan within a few rounds. A plan
+//! without steps says when to plan again: `wake_at`. Channel-wide steps
+//! (`Reconcile`) show up in the plan of every group that needs them; refresh
+//! the [`ChannelView`] between groups and the later groups will not repeat
+//! them. When a plan holds for capacity, pick victims with
+//! [`capacity_victims`](super::capacity_victims), revoke them, and plan again.
+//!
+//! # Invariants this module guarantees (DESIGN.md section 3)
+//!
+//! 1. An `Issue` is only planned when, after the plan's own revokes, the
+//!    group has at most one live token: never a third.
+//! 3. An `Issue` is only planned when the channel has room after the plan's
+//!    own revokes, and never in the same plan as a `Reconcile` (whose result
+//!    could change that count), and only when the last reconcile is at most
+//!    `reconcile_max_age_before_issue` old with no unsettled attempts.
+//! 4. An `Issue` is only planned when the channel's attempts in the last hour
+//!    are below `max_issues_per_hour`, and never before a retry's time.
+//!
+//! Invariant 2 (a current token with time left) is what the timing buys:
+//! rotation is planned from `rotate_before` plus the group's jitter ahead of
+//! expiry, and a critical alert is raised as soon as the arithmetic shows a
+//! successor cannot come in time.
+//!
+//! Depends on `crate::domain`, chrono and the sibling modules.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::backoff::FailureKind;
+use super::capacity::free_capacity;
+use super::jitter::{JitterPurpose, stable_jitter};
+use super::rate::next_issue_allowed_at;
+use super::rules::Rules;
+use super::time;
+use super::view::{ChannelView, GroupView};
+use crate::domain::{KeyId, TokenRecord};
+
+/// The longest a plan may sleep: even with nothing due, plan again within
+/// the hour. Every due time is wall-clock arithmetic; if the clock jumps, the
+/// machine suspends, or a bug computes a wake time too far ahead, this caps
+/// the damage at an hour of delay for the price of one cheap pure call.
+pub const MAX_SLEEP: Duration = Duration::hours(1);
+
+/// The shortest interval between two verifications or reconciles, whatever
+/// the settings say: a zero interval would make the step due again the
+/// instant it ran.
+const MIN_INTERVAL: Duration = Duration::seconds(1);
+
+/// What to do for one group, and when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The requests to make now, in order.
+    pub steps: Vec<Step>,
+    /// When to plan again: `now` if there are steps (plan again right after
+    /// them), otherwise the earliest instant anything could change, and never
+    /// later than `now + MAX_SLEEP`.
+    pub wake_at: DateTime<Utc>,
+    /// The earliest a new token could be issued, if nothing else changes:
+    /// the rotation time pushed back by whatever holds it (retry, rate,
+    /// a live older token). `None` for a removed group. For status and
+    /// metrics (`linetokd_next_rotation_timestamp_seconds`).
+    pub next_rotation_at: Option<DateTime<Utc>>,
+    /// Why an issue the group needs is not in `steps`, if it is not.
+    pub hold: Option<Hold>,
+    /// Conditions an operator should hear about. They describe the state at
+    /// `now` (level, not edge): the caller de-duplicates repeats.
+    pub alerts: Vec<Alert>,
+}
+
+/// One request to LINE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// List the channel's live key IDs (`/oauth2/v2.1/tokens/kid`): mark our
+    /// missing tokens gone, count foreign ones, settle lost attempts.
+    Reconcile,
+    /// Revoke one of this group's live tokens (needs the channel secret).
+    Revoke {
+        /// The token.
+        key_id: KeyId,
+        /// Why, for the event log.
+        reason: RevokeReason,
+    },
+    /// Check the current token with `/oauth2/v2.1/verify`. If LINE refuses
+    /// it, mark it gone and plan again: the group will be issued a new one.
+    Verify {
+        /// The token.
+        key_id: KeyId,
+    },
+    /// Issue a new token for the group, verify it, store it, publish it.
+    Issue {
+        /// Why, for the event log.
+        reason: IssueReason,
+        /// The `token_exp` to ask for: the rules' `token_lifetime`.
+        token_exp: Duration,
+    },
+}
+
+/// Why a token is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IssueReason {
+    /// The group has no live token (new group, expired, gone, revoked).
+    NoCurrent,
+    /// The current token is within `rotate_before` plus jitter of expiry.
+    Due,
+    /// An operator asked (`linetokd rotate`).
+    Requested,
+    /// An operator declared an incident (`linetokd revoke`).
+    Incident,
+}
+
+/// Why a token is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevokeReason {
+    /// An operator declared an incident: every token issued before it goes.
+    Incident,
+    /// A third (or later) live token, e.g. after a crash: the oldest go.
+    Excess,
+    /// The previous token has been superseded for `revoke_previous_after`.
+    Superseded,
+    /// Rotation is due and the group already has two live tokens: the older
+    /// goes so the new one is not a third.
+    MakeRoom,
+    /// The group left the config and its `removal_grace` is over.
+    Removed,
+    /// Another group of the channel needs the room
+    /// ([`capacity_victims`](super::capacity_victims)).
+    FreeCapacity,
+}
+
+/// Why an issue the group needs waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// The last attempt failed; the next may start at `until`.
+    Retry {
+        /// The retry's time.
+        until: DateTime<Utc>,
+    },
+    /// Two tokens are live and there is no channel secret to revoke the
+    /// older: wait until it expires.
+    OlderTokenLive {
+        /// When the group is down to one live token.
+        until: DateTime<Utc>,
+    },
+    /// The channel's hourly issue budget is spent.
+    RateLimit {
+        /// When the rolling window has room again.
+        until: DateTime<Utc>,
+    },
+    /// The plan reconciles first; the issue comes in the next plan, on
+    /// fresh counts.
+    Reconcile,
+    /// The channel is full. Free `needed` tokens elsewhere
+    /// ([`capacity_victims`](super::capacity_victims)) and plan again.
+    Capacity {
+        /// How many tokens must go before one can be issued.
+        needed: u32,
+    },
+}
+
+/// How loud an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Something needs attention, consumers still work.
+    Warning,
+    /// Consumers are about to lose (or have lost) their token.
+    Critical,
+}
+
+/// A condition worth telling an operator about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alert {
+    /// The group has no live token and is failing, or is held by something
+    /// slower than one reconcile. Consumers are without a token now.
+    NoLiveToken {
+        /// When a new token could be issued, if that is known.
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// Deadline arithmetic: the current token expires before the earliest
+    /// instant a successor can be issued.
+    ExpiresBeforeSuccessor {
+        /// The current token.
+        key_id: KeyId,
+        /// Its expiry.
+        expires_at: DateTime<Utc>,
+        /// The earliest next attempt.
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// Rotation is held because the channel is full.
+    NoCapacity {
+        /// How many tokens must go before one can be issued.
+        needed: u32,
+    },
+    /// Rotation is held by the channel's hourly issue budget.
+    RateLimited {
+        /// When the budget has room again.
+        until: DateTime<Utc>,
+    },
+    /// LINE refuses this group's requests in a way only a change of config
+    /// or console can fix; retrying slowly.
+    PermanentFailure {
+        /// Consecutive failures.
+        failures: u32,
+        /// The next attempt.
+        retry_at: DateTime<Utc>,
+    },
+    /// The group has more than two live tokens and no secret to revoke the
+    /// extras (invariant 1 is broken until they expire).
+    TooManyLive {
+        /// How many are live.
+        live: usize,
+    },
+    /// The lifecycle calls for revoking a token, but the channel has no
+    /// secret configured; it will live until it expires.
+    RevokeNeedsSecret {
+        /// The token.
+        key_id: KeyId,
+        /// Why it should go.
+        reason: RevokeReason,
+    },
+}
+
+impl Alert {
+    /// How loud this alert is.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Self::NoLiveToken { .. } | Self::ExpiresBeforeSuccessor { .. } => Severity::Critical,
+            Self::NoCapacity { .. }
+            | Self::RateLimited { .. }
+            | Self::PermanentFailure { .. }
+            | Self::TooManyLive { .. }
+            | Self::RevokeNeedsSecret { .. } => Severity::Warning,
+        }
+    }
+}
+
+/// The instant rotation of `token` is due for the group: its expiry minus
+/// `rotate_before` minus the group's stable jitter.
+pub fn rotation_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> DateTime<Utc> {
+    let jitter = stable_jitter(
+        &group.channel,
+        &group.group,
+        JitterPurpose::Rotation,
+        rules.rotation_jitter,
+    );
+    time::sub(
+        token.expires_at,
+        time::sum(time::non_negative(rules.rotate_before), jitter),
+    )
+}
+
+/// The instant the current token is due for verification: a
+/// `verify_interval` after it was last verified (or issued), less the
+/// group's stable verify jitter of up to `min(rotation_jitter,
+/// verify_interval / 2)`.
+pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> DateTime<Utc> {
+    let interval = time::at_least(rules.verify_interval, MIN_INTERVAL);
+    let span = time::non_negative(rules.rotation_jitter).min(interval / 2);
+    let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
+    let since = group
+        .last_verified_at
+        .map_or(token.issued_at, |v| v.max(token.issued_at));
+    time::sub(time::add(since, interval), jitter)
+}
+
+/// Collects a plan's pieces while the rules are walked.
+struct Draft {
+    now: DateTime<Utc>,
+    wakes: Vec<DateTime<Utc>>,
+    alerts: Vec<Alert>,
+}
+
+impl Draft {
+    /// Something may change at `at`: wake then, if it is still ahead.
+    fn wake(&mut self, at: DateTime<Utc>) {
+        if at > self.now {
+            self.wakes.push(at);
+        }
+    }
+
+    fn finish(
+        self,
+        steps: Vec<Step>,
+        hold: Option<Hold>,
+        next_rotation_at: Option<DateTime<Utc>>,
+    ) -> Plan {
+        let latest = time::add(self.now, MAX_SLEEP);
+        let wake_at = if steps.is_empty() {
+            self.wakes
+                .into_iter()
+                .min()
+                .map_or(latest, |w| w.min(latest))
+        } else {
+            self.now
+        };
+        Plan {
+            steps,
+            wake_at,
+            next_rotation_at,
+            hold,
+            alerts: self.alerts,
+        }
+    }
+}
+
+/// Decides what to do for one group at `now`.
+///
+/// `group` holds the group's own tokens and requests; `channel` the counts
+/// that concern every group of the channel (`live_ours` includes this
+/// group's live tokens). See the module documentation for how to execute
+/// the plan and what it guarantees.
+pub fn plan_group(
+    now: DateTime<Utc>,
+    group: &GroupView,
+    channel: &ChannelView,
+    rules: &Rules,
+) -> Plan {
+    let mut draft = Draft {
+        now,
+        wakes: Vec::new(),
+        alerts: Vec::new(),
+    };
+    let live = group.live_tokens(now);
+    for t in &live {
+        // An expiry changes who is current or previous, and frees capacity.
+        draft.wake(t.expires_at);
+    }
+    let retry_until = group
+        .retry
+        .as_ref()
+        .map(|r| r.not_before)
+        .filter(|nb| *nb > now);
+    if let Some(r) = &group.retry {
+        draft.wake(r.not_before);
+        if r.kind == FailureKind::Permanent {
+            draft.alerts.push(Alert::PermanentFailure {
+                failures: r.failures,
+                retry_at: r.not_before.max(now),
+            });
+        }
+    }
+    let mut revokes = Revokes::default();
+    match group.removed_at {
+        Some(removed_at) => {
+            plan_removed(&mut draft, &mut revokes, group, &live, removed_at, rules);
+            let steps = if retry_until.is_some() {
+                Vec::new()
+            } else {
+                revokes.into_steps()
+            };
+            draft.finish(steps, None, None)
+        }
+        None => plan_active(draft, revokes, group, channel, rules, &live, retry_until),
+    }
+}
+
+/// The revocations a plan has decided on, in order.
+#[derive(Default)]
+struct Revokes(Vec<(KeyId, RevokeReason)>);
+
+impl Revokes {
+    fn contains(&self, key: &KeyId) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    /// Plans the revocation of `token` if the group can revoke, or alerts.
+    fn want(
+        &mut self,
+        draft: &mut Draft,
+        group: &GroupView,
+        token: &TokenRecord,
+        reason: RevokeReason,
+    ) {
+        if self.contains(&token.key_id) {
+            return;
+        }
+        if group.can_revoke {
+            self.0.push((token.key_id.clone(), reason));
+        } else {
+            draft.alerts.push(Alert::RevokeNeedsSecret {
+                key_id: token.key_id.clone(),
+                reason,
+            });
+        }
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+
+    fn into_steps(self) -> Vec<Step> {
+        self.0
+            .into_iter()
+            .map(|(key_id, reason)| Step::Revoke { key_id, reason })
+            .collect()
+    }
+}
+
+/// A removed group: no issue, no verify; revoke everything once the grace is
+/// over (or at once for tokens an incident condemned).
+fn plan_removed(
+    draft: &mut Draft,
+    revokes: &mut Revokes,
+    group: &GroupView,
+    live: &[&TokenRecord],
+    removed_at: DateTime<Utc>,
+    rules: &Rules,
+) {
+    let grace_over_at = time::add(removed_at, time::non_negative(rules.removal_grace));
+    draft.wake(grace_over_at);
+    for t in live.iter().rev() {
+        if draft.now >= grace_over_at {
+            revokes.want(draft, group, t, RevokeReason::Removed);
+        } else if group.revoke_requested_at.is_some_and(|at| t.issued_at < at) {
+            revokes.want(draft, group, t, RevokeReason::Incident);
+        }
+    }
+}
+
+fn plan_active(
+    mut draft: Draft,
+    mut revokes: Revokes,
+    group: &GroupView,
+    channel: &ChannelView,
+    rules: &Rules,
+    live: &[&TokenRecord],
+    retry_until: Option<DateTime<Utc>>,
+) -> Plan {
+    let now = draft.now;
+    let current = live.first().copied();
+
+    // Revocations that stand whether or not a token is issued now. Oldest
+    // first, so a failure part-way leaves the newest tokens in place.
+    if let Some(at) = group.revoke_requested_at {
+        for t in live.iter().rev().filter(|t| t.issued_at < at) {
+            revokes.want(&mut draft, group, t, RevokeReason::Incident);
+        }
+    }
+    if live.len() > 2 {
+        if !group.can_revoke {
+            draft.alerts.push(Alert::TooManyLive { live: live.len() });
+        }
+        for t in live[2..].iter().rev() {
+            revokes.want(&mut draft, group, t, RevokeReason::Excess);
+        }
+    }
+    if let (Some(cur), Some(prev), Some(after)) =
+        (current, live.get(1), rules.revoke_previous_after)
+    {
+        let revoke_at = time::add(cur.issued_at, time::non_negative(after));
+        if now >= revoke_at {
+            revokes.want(&mut draft, group, prev, RevokeReason::Superseded);
+        } else {
+            draft.wake(revoke_at);
+        }
+    }
+    // What the group is left with once those revocations succeed.
+    let remaining: Vec<&TokenRecord> = live
+        .iter()
+        .copied()
+        .filter(|t| !revokes.contains(&t.key_id))
+        .collect();
+
+    // Does the group need a new token, and from when?
+    let due_at = current.map(|c| rotation_due_at(c, group, rules));
+    let reason = if current
+        .is_some_and(|c| group.revoke_requested_at.is_some_and(|at| c.issued_at < at))
+    {
+        Some(IssueReason::Incident)
+    } else if remaining.is_empty() {
+        Some(IssueReason::NoCurrent)
+    } else if current.is_some_and(|c| group.rotate_requested_at.is_some_and(|at| c.issued_at < at))
+    {
+        Some(IssueReason::Requested)
+    } else if due_at.is_some_and(|d| now >= d) {
+        Some(IssueReason::Due)
+    } else {
+        None
+    };
+    if let Some(d) = due_at {
+        draft.wake(d);
+    }
+
+    // Time gates on issuing. The new token must not be a third live one:
+    // with the secret, the older of two goes first (planned below, only if
+    // the issue happens now); without it, wait for all but one to expire.
+    let make_room: Vec<&TokenRecord> = if group.can_revoke {
+        remaining.iter().skip(1).copied().collect()
+    } else {
+        Vec::new()
+    };
+    let room_at = if group.can_revoke || remaining.len() < 2 {
+        now
+    } else {
+        let mut expiries: Vec<DateTime<Utc>> = remaining.iter().map(|t| t.expires_at).collect();
+        expiries.sort();
+        expiries[expiries.len() - 2]
+    };
+    let rate_at = next_issue_allowed_at(
+        now,
+        &channel.issue_times_last_hour,
+        rules.max_issues_per_hour,
+    );
+    let wanted_from = if reason.is_some() {
+        now
+    } else {
+        due_at.unwrap_or(now)
+    };
+    let earliest = [Some(wanted_from), retry_until, Some(room_at), Some(rate_at)]
+        .into_iter()
+        .flatten()
+        .fold(now, DateTime::max);
+    let reconcile_due_at = channel
+        .last_reconcile_at
+        .map(|at| time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL)));
+    let reconcile_is_due = reconcile_due_at.is_none_or(|at| now >= at);
+    let reconcile_fresh_for_issue = !reconcile_is_due
+        && channel.lost == 0
+        && channel.last_reconcile_at.is_some_and(|at| {
+            now.signed_duration_since(at)
+                <= time::non_negative(rules.reconcile_max_age_before_issue)
+        });
+
+    let mut hold = None;
+    let mut reconcile = reconcile_is_due;
+    let mut issue = None;
+    if let Some(reason) = reason {
+        if let Some(until) = retry_until {
+            hold = Some(Hold::Retry { until });
+        } else if room_at > now {
+            hold = Some(Hold::OlderTokenLive { until: room_at });
+            draft.wake(room_at);
+        } else if rate_at > now {
+            hold = Some(Hold::RateLimit { until: rate_at });
+            draft.alerts.push(Alert::RateLimited { until: rate_at });
+            draft.wake(rate_at);
+        } else if !reconcile_fresh_for_issue {
+            hold = Some(Hold::Reconcile);
+            reconcile = true;
+        } else {
+            let freed = revokes
+                .count()
+                .saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
+            let free = free_capacity(channel, rules, freed);
+            if free < 1 {
+                let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
+                hold = Some(Hold::Capacity { needed });
+                draft.alerts.push(Alert::NoCapacity { needed });
+            } else {
+                for t in &make_room {
+                    revokes.want(&mut draft, group, t, RevokeReason::MakeRoom);
+                }
+                issue = Some(reason);
+            }
+        }
+    }
+    if let Some(at) = reconcile_due_at {
+        draft.wake(at);
+    }
+
+    // Verify the token consumers are using, unless it is being replaced now.
+    let verify = match remaining.first() {
+        Some(cur) if issue.is_none() => {
+            let at = verify_due_at(cur, group, rules);
+            draft.wake(at);
+            (now >= at).then(|| cur.key_id.clone())
+        }
+        _ => None,
+    };
+
+    // Deadline arithmetic (DESIGN.md section 5): alert as soon as the
+    // successor cannot come in time, not when the token has expired.
+    let next_attempt_at = match hold {
+        Some(Hold::Capacity { .. }) => None,
+        _ => Some(earliest),
+    };
+    match remaining.first() {
+        None => {
+            let held_long = hold.as_ref().is_some_and(|h| *h != Hold::Reconcile);
+            if group.retry.is_some() || held_long {
+                draft.alerts.push(Alert::NoLiveToken { next_attempt_at });
+            }
+        }
+        Some(cur) if issue.is_none() => {
+            // Holding for capacity, the next look is the next wake-up.
+            let next = next_attempt_at.unwrap_or_else(|| {
+                draft
+                    .wakes
+                    .iter()
+                    .copied()
+                    .min()
+                    .unwrap_or(time::add(now, MAX_SLEEP))
+                    .min(time::add(now, MAX_SLEEP))
+            });
+            if cur.expires_at <= next {
+                draft.alerts.push(Alert::ExpiresBeforeSuccessor {
+                    key_id: cur.key_id.clone(),
+                    expires_at: cur.expires_at,
+                    next_attempt_at: next,
+                });
+            }
+        }
+        Some(_) => {}
+    }
+
+    let mut steps = Vec::new();
+    if retry_until.is_none() {
+        let make_room_start = revokes
+            .0
+            .iter()
+            .position(|(_, r)| *r == RevokeReason::MakeRoom);
+        let mut all = revokes.into_steps();
+        let tail = make_room_start.map_or_else(Vec::new, |i| all.split_off(i));
+        steps = all;
+        if reconcile {
+            steps.push(Step::Reconcile);
+        }
+        if let Some(key_id) = verify {
+            steps.push(Step::Verify { key_id });
+        }
+        steps.extend(tail);
+        if let Some(reason) = issue {
+            steps.push(Step::Issue {
+                reason,
+                token_exp: rules.token_lifetime,
+            });
+        }
+    }
+    draft.finish(steps, hold, Some(earliest))
+}

@@ -1,0 +1,956 @@
+//! Table tests: each lifecycle case of DESIGN.md sections 4 and 5 with
+//! concrete times. Most use `rotation_jitter = 0` so the expected instants
+//! can be written down; the jitter cases compute the group's offset.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+
+const MIN: i64 = 60;
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
+
+/// An instant, in seconds after a fixed origin.
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_750_000_000 + secs, 0).unwrap()
+}
+
+fn tok(key: &str, issued: i64, expires: i64) -> TokenRecord {
+    TokenRecord {
+        key_id: KeyId::new(key),
+        issued_at: t(issued),
+        expires_at: t(expires),
+        state: TokenState::Live,
+    }
+}
+
+/// A 30-day token issued at `issued`.
+fn tok30(key: &str, issued: i64) -> TokenRecord {
+    tok(key, issued, issued + 30 * DAY)
+}
+
+/// DESIGN.md's defaults without jitter, so due times are exact.
+fn rules() -> Rules {
+    Rules {
+        rotation_jitter: Duration::zero(),
+        ..Rules::default()
+    }
+}
+
+fn group(tokens: Vec<TokenRecord>) -> GroupView {
+    GroupView {
+        tokens,
+        ..GroupView::new(
+            ChannelId::new("1234567890"),
+            GroupName::new("backend"),
+            true,
+        )
+    }
+}
+
+/// The channel around `g` alone, reconciled a minute before `now`.
+fn channel(now: DateTime<Utc>, g: &GroupView) -> ChannelView {
+    ChannelView {
+        live_ours: live_ours(now, std::slice::from_ref(g)),
+        last_reconcile_at: Some(now - Duration::minutes(1)),
+        ..ChannelView::default()
+    }
+}
+
+fn plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView) -> Plan {
+    plan_group(now, g, c, &rules())
+}
+
+fn issue(reason: IssueReason) -> Step {
+    Step::Issue {
+        reason,
+        token_exp: Duration::days(30),
+    }
+}
+
+fn revoke(key: &str, reason: RevokeReason) -> Step {
+    Step::Revoke {
+        key_id: KeyId::new(key),
+        reason,
+    }
+}
+
+fn critical(p: &Plan) -> Vec<&Alert> {
+    p.alerts
+        .iter()
+        .filter(|a| a.severity() == Severity::Critical)
+        .collect()
+}
+
+// --- 4.1 No current token -------------------------------------------------
+
+#[test]
+fn a_new_group_reconciles_first_then_issues() {
+    let g = group(vec![]);
+    let now = t(0);
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![Step::Reconcile]);
+    assert_eq!((p.hold.clone(), p.wake_at), (Some(Hold::Reconcile), now));
+    assert!(
+        critical(&p).is_empty(),
+        "a first issue is not an incident: {:?}",
+        p.alerts
+    );
+
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..c
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
+    assert_eq!(p.next_rotation_at, Some(now));
+}
+
+#[test]
+fn expired_revoked_and_gone_tokens_are_not_current() {
+    let now = t(40 * DAY);
+    let mut revoked = tok30("revoked", 20 * DAY);
+    revoked.state = TokenState::Revoked;
+    let mut gone = tok30("gone", 21 * DAY);
+    gone.state = TokenState::Gone;
+    let g = group(vec![tok30("expired", 0), revoked, gone]);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
+}
+
+// --- 4.2 Due ----------------------------------------------------------------
+
+#[test]
+fn rotation_is_due_rotate_before_ahead_of_expiry() {
+    let due = t(29 * DAY);
+    let before = due - Duration::seconds(1);
+    let g = GroupView {
+        last_verified_at: Some(before),
+        ..group(vec![tok30("a", 0)])
+    };
+    let p = plan(
+        before,
+        &g,
+        &ChannelView {
+            last_reconcile_at: Some(before),
+            ..channel(before, &g)
+        },
+    );
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::Issue { .. })),
+        "{:?}",
+        p.steps
+    );
+    assert_eq!(p.next_rotation_at, Some(due));
+    assert_eq!(
+        p.wake_at, due,
+        "the plan must wake exactly when rotation is due"
+    );
+
+    let p = plan(due, &g, &channel(due, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)]);
+    assert_eq!(p.wake_at, due);
+}
+
+#[test]
+fn jitter_moves_rotation_earlier_by_the_groups_stable_offset() {
+    let rules = Rules::default();
+    let g = group(vec![tok30("a", 0)]);
+    let jitter = stable_jitter(
+        &g.channel,
+        &g.group,
+        JitterPurpose::Rotation,
+        rules.rotation_jitter,
+    );
+    assert!(jitter > Duration::zero() && jitter <= Duration::minutes(30));
+    let due = t(29 * DAY) - jitter;
+    assert_eq!(rotation_due_at(&g.tokens[0], &g, &rules), due);
+    let p = plan_group(
+        due - Duration::milliseconds(1),
+        &g,
+        &channel(due, &g),
+        &rules,
+    );
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+    let p = plan_group(due, &g, &channel(due, &g), &rules);
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)]);
+}
+
+#[test]
+fn due_with_two_live_revokes_the_older_first() {
+    // An operator rotated an hour after the older token was issued, so at
+    // the current one's rotation time the older is still live.
+    let g = group(vec![
+        tok("old", 0, 29 * DAY + 2 * HOUR),
+        tok("cur", HOUR, 30 * DAY),
+    ]);
+    let now = t(29 * DAY);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("old", RevokeReason::MakeRoom),
+            issue(IssueReason::Due)
+        ]
+    );
+}
+
+#[test]
+fn due_with_two_live_and_no_secret_waits_for_the_older_to_expire() {
+    let g = GroupView {
+        can_revoke: false,
+        ..group(vec![
+            tok("old", 0, 29 * DAY + 30 * MIN),
+            tok("cur", HOUR, 30 * DAY),
+        ])
+    };
+    let now = t(29 * DAY);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(
+        p.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("cur")
+        }],
+        "still in use, so verified"
+    );
+    let older_expiry = t(29 * DAY + 30 * MIN);
+    assert_eq!(
+        p.hold,
+        Some(Hold::OlderTokenLive {
+            until: older_expiry
+        })
+    );
+    assert_eq!(p.next_rotation_at, Some(older_expiry));
+    assert!(
+        critical(&p).is_empty(),
+        "the current token outlives the wait: {:?}",
+        p.alerts
+    );
+
+    // Planning again after any verify step, the wake-up is the older's expiry.
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!((p.steps.clone(), p.wake_at), (vec![], older_expiry));
+    let p = plan(older_expiry, &g, &channel(older_expiry, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)]);
+}
+
+#[test]
+fn an_older_token_outliving_the_current_one_is_a_critical_deadline() {
+    // The lifetime was shortened: the older token expires after the current.
+    let g = GroupView {
+        can_revoke: false,
+        ..group(vec![tok("old", 0, 30 * DAY), tok("cur", DAY, 2 * DAY)])
+    };
+    let now = t(DAY + 12 * HOUR);
+    let p = plan(now, &g, &channel(now, &g));
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::ExpiresBeforeSuccessor {
+            key_id: KeyId::new("cur"),
+            expires_at: t(2 * DAY),
+            // Down to one live token only when "cur" itself expires.
+            next_attempt_at: t(2 * DAY),
+        }]
+    );
+}
+
+#[test]
+fn more_than_two_live_revokes_the_oldest_extras_first() {
+    let g = group(vec![
+        tok30("b", 2 * HOUR),
+        tok30("d", 4 * HOUR),
+        tok30("a", HOUR),
+        tok30("c", 3 * HOUR),
+    ]);
+    let now = t(5 * HOUR);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("a", RevokeReason::Excess),
+            revoke("b", RevokeReason::Excess)
+        ]
+    );
+
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
+    let p = plan(now, &g, &channel(now, &g));
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| !matches!(s, Step::Revoke { .. } | Step::Issue { .. }))
+    );
+    assert!(p.alerts.contains(&Alert::TooManyLive { live: 4 }));
+    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
+        key_id: KeyId::new("a"),
+        reason: RevokeReason::Excess
+    }));
+}
+
+#[test]
+fn never_plans_an_issue_that_would_make_a_third_live_token() {
+    // Three live, no secret, rotation requested: nothing can be issued until
+    // two of them have expired.
+    let g = GroupView {
+        can_revoke: false,
+        rotate_requested_at: Some(t(10 * HOUR)),
+        ..group(vec![
+            tok("a", 0, 10 * DAY),
+            tok("b", HOUR, 20 * DAY),
+            tok30("c", 2 * HOUR),
+        ])
+    };
+    let now = t(11 * HOUR);
+    let p = plan(now, &g, &channel(now, &g));
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+    assert_eq!(p.hold, Some(Hold::OlderTokenLive { until: t(20 * DAY) }));
+}
+
+// --- 4.2c Capacity ------------------------------------------------------------
+
+#[test]
+fn a_full_channel_holds_the_issue_and_alerts() {
+    let g = group(vec![tok30("a", 0)]);
+    let now = t(29 * DAY);
+    let c = ChannelView {
+        live_ours: 21,
+        foreign: 9,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
+    assert!(p.alerts.contains(&Alert::NoCapacity { needed: 1 }));
+    // Over the cap (the cap was lowered): more must go.
+    let c = ChannelView { foreign: 12, ..c };
+    assert_eq!(plan(now, &g, &c).hold, Some(Hold::Capacity { needed: 4 }));
+    // One free slot: issue.
+    let c = ChannelView { foreign: 8, ..c };
+    assert_eq!(plan(now, &g, &c).steps, vec![issue(IssueReason::Due)]);
+}
+
+#[test]
+fn the_groups_own_revokes_count_as_freed_capacity() {
+    let g = group(vec![
+        tok("old", 0, 29 * DAY + 2 * HOUR),
+        tok("cur", HOUR, 30 * DAY),
+    ]);
+    let now = t(29 * DAY);
+    let c = ChannelView {
+        live_ours: 2,
+        foreign: 28,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("old", RevokeReason::MakeRoom),
+            issue(IssueReason::Due)
+        ]
+    );
+    // Without the secret the older cannot go, so nothing is freed.
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
+    let p = plan(now, &g, &c);
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+}
+
+#[test]
+fn unsettled_attempts_count_against_capacity_and_force_a_reconcile() {
+    let g = group(vec![]);
+    let now = t(0);
+    let c = ChannelView {
+        lost: 1,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(
+        (p.steps, p.hold),
+        (vec![Step::Reconcile], Some(Hold::Reconcile))
+    );
+    assert_eq!(
+        free_capacity(
+            &ChannelView {
+                live_ours: 20,
+                foreign: 8,
+                lost: 1,
+                ..c
+            },
+            &rules(),
+            0
+        ),
+        1
+    );
+}
+
+#[test]
+fn capacity_victims_are_other_groups_oldest_superseded_tokens() {
+    let now = t(10 * DAY);
+    let ch = ChannelId::new("1234567890");
+    let mk = |name: &str, can_revoke: bool, tokens: Vec<TokenRecord>| GroupView {
+        tokens,
+        ..GroupView::new(ch.clone(), GroupName::new(name), can_revoke)
+    };
+    let groups = vec![
+        // superseded at 9d
+        mk("a", true, vec![tok30("a-prev", 0), tok30("a-cur", 9 * DAY)]),
+        // superseded at 8d
+        mk(
+            "b",
+            true,
+            vec![tok30("b-prev", DAY), tok30("b-cur", 8 * DAY)],
+        ),
+        // only a current token: nothing to give
+        mk("c", true, vec![tok30("c-cur", 2 * DAY)]),
+        // cannot revoke
+        mk(
+            "d",
+            false,
+            vec![tok30("d-prev", 0), tok30("d-cur", 7 * DAY)],
+        ),
+        // removed and past its grace: everything goes, ranked by removal (5d)
+        GroupView {
+            removed_at: Some(t(5 * DAY)),
+            ..mk("e", true, vec![tok30("e-cur", 3 * DAY)])
+        },
+        // removed but still in its grace: its current token stays
+        GroupView {
+            removed_at: Some(t(10 * DAY - HOUR)),
+            ..mk("f", true, vec![tok30("f-cur", 3 * DAY)])
+        },
+    ];
+    let victims = capacity_victims(now, &groups, 10, &rules());
+    let keys: Vec<&str> = victims.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(keys, ["e-cur", "b-prev", "a-prev"]);
+    assert_eq!(victims[1].0, GroupName::new("b"));
+    assert_eq!(capacity_victims(now, &groups, 1, &rules()).len(), 1);
+    assert!(capacity_victims(now, &groups, 0, &rules()).is_empty());
+}
+
+// --- Rate: max_issues_per_hour -----------------------------------------------
+
+#[test]
+fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
+    let g = group(vec![tok30("a", 0)]);
+    let now = t(29 * DAY);
+    let attempts: Vec<_> = [50, 40, 30, 20, 10, 5]
+        .iter()
+        .map(|m| now - Duration::minutes(*m))
+        .collect();
+    let c = ChannelView {
+        issue_times_last_hour: attempts,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    let opens = now + Duration::minutes(10);
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+    assert_eq!(p.hold, Some(Hold::RateLimit { until: opens }));
+    assert!(p.alerts.contains(&Alert::RateLimited { until: opens }));
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    assert_eq!(plan(now, &g, &c).wake_at, opens);
+    let c = ChannelView {
+        last_reconcile_at: Some(opens),
+        ..c
+    };
+    assert_eq!(plan(opens, &g, &c).steps, vec![issue(IssueReason::Due)]);
+}
+
+// --- 4.2a and 4.5 Reconcile -------------------------------------------------------
+
+#[test]
+fn a_stale_reconcile_is_redone_before_issuing() {
+    let now = t(29 * DAY);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(6)),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(
+        (p.steps, p.hold),
+        (vec![Step::Reconcile], Some(Hold::Reconcile))
+    );
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(5)),
+        ..c
+    };
+    assert_eq!(plan(now, &g, &c).steps, vec![issue(IssueReason::Due)]);
+}
+
+#[test]
+fn the_channel_is_reconciled_every_interval() {
+    let g = group(vec![tok30("a", 0)]);
+    let now = t(DAY);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(59)),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!((p.steps, p.wake_at), (vec![], now + Duration::minutes(1)));
+    let c = ChannelView {
+        last_reconcile_at: Some(now - Duration::hours(1)),
+        ..c
+    };
+    assert_eq!(plan(now, &g, &c).steps, vec![Step::Reconcile]);
+}
+
+// --- 4.4 Verify ------------------------------------------------------------------
+
+#[test]
+fn the_current_token_is_verified_every_interval_less_its_stable_jitter() {
+    let rules = Rules::default();
+    let g = group(vec![tok30("a", 0)]);
+    let verified = t(2 * DAY);
+    let g = GroupView {
+        last_verified_at: Some(verified),
+        ..g
+    };
+    let jitter = stable_jitter(
+        &g.channel,
+        &g.group,
+        JitterPurpose::Verify,
+        Duration::minutes(30),
+    );
+    let due = verified + Duration::hours(6) - jitter;
+    assert_eq!(verify_due_at(&g.tokens[0], &g, &rules), due);
+    let before = due - Duration::seconds(1);
+    let c = ChannelView {
+        last_reconcile_at: Some(before),
+        ..channel(before, &g)
+    };
+    let p = plan_group(before, &g, &c, &rules);
+    assert_eq!((p.steps, p.wake_at), (vec![], due));
+    let p = plan_group(due, &g, &c, &rules);
+    assert_eq!(
+        p.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("a")
+        }]
+    );
+}
+
+#[test]
+fn verification_counts_from_issue_when_never_verified() {
+    let g = group(vec![tok30("a", DAY)]);
+    let due = verify_due_at(&g.tokens[0], &g, &rules());
+    assert!(
+        due <= t(DAY + 6 * HOUR) && due >= t(DAY + 6 * HOUR - 30 * MIN),
+        "{due}"
+    );
+    // A verification of an older token does not count for the new one.
+    let g = GroupView {
+        last_verified_at: Some(t(0)),
+        ..g
+    };
+    assert_eq!(verify_due_at(&g.tokens[0], &g, &rules()), due);
+}
+
+#[test]
+fn a_token_being_replaced_is_not_verified() {
+    let g = GroupView {
+        last_verified_at: Some(t(0)),
+        ..group(vec![tok30("a", 0)])
+    };
+    let now = t(29 * DAY);
+    assert_eq!(
+        plan(now, &g, &channel(now, &g)).steps,
+        vec![issue(IssueReason::Due)]
+    );
+}
+
+// --- 4.3 Previous -------------------------------------------------------------------
+
+#[test]
+fn the_previous_token_is_left_to_expire_by_default() {
+    let g = group(vec![tok30("prev", 0), tok30("cur", 29 * DAY)]);
+    let now = t(29 * DAY + 23 * HOUR);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![]);
+    assert_eq!(p.wake_at, t(30 * DAY), "wake when the previous expires");
+}
+
+#[test]
+fn revoke_previous_after_revokes_it_once_superseded_that_long() {
+    let rules = Rules {
+        revoke_previous_after: Some(Duration::hours(1)),
+        ..rules()
+    };
+    let g = group(vec![tok30("prev", 0), tok30("cur", 29 * DAY)]);
+    let before = t(29 * DAY + 59 * MIN);
+    let g = GroupView {
+        last_verified_at: Some(before),
+        ..g
+    };
+    let p = plan_group(before, &g, &channel(before, &g), &rules);
+    assert_eq!((p.steps, p.wake_at), (vec![], t(29 * DAY + HOUR)));
+    let at = t(29 * DAY + HOUR);
+    let p = plan_group(at, &g, &channel(at, &g), &rules);
+    assert_eq!(p.steps, vec![revoke("prev", RevokeReason::Superseded)]);
+
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
+    let p = plan_group(at, &g, &channel(at, &g), &rules);
+    assert_eq!(p.steps, vec![]);
+    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
+        key_id: KeyId::new("prev"),
+        reason: RevokeReason::Superseded
+    }));
+}
+
+// --- 4.6 Removed group ----------------------------------------------------------------
+
+#[test]
+fn a_removed_group_is_revoked_after_its_grace_and_never_reissued() {
+    let removed = t(DAY);
+    let g = GroupView {
+        removed_at: Some(removed),
+        ..group(vec![tok30("prev", 0), tok30("cur", 12 * HOUR)])
+    };
+    let during = t(DAY + HOUR);
+    let p = plan(during, &g, &channel(during, &g));
+    assert_eq!((p.steps.clone(), p.next_rotation_at), (vec![], None));
+    assert_eq!(p.wake_at, t(DAY + 2 * HOUR), "at most an hour");
+    let end = t(2 * DAY);
+    let p = plan(end, &g, &channel(end, &g));
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("prev", RevokeReason::Removed),
+            revoke("cur", RevokeReason::Removed)
+        ]
+    );
+
+    let gone = GroupView {
+        tokens: vec![],
+        ..g.clone()
+    };
+    let p = plan(end, &gone, &channel(end, &gone));
+    assert_eq!((p.steps, p.alerts), (vec![], vec![]));
+
+    let g = GroupView {
+        can_revoke: false,
+        ..g
+    };
+    let p = plan(end, &g, &channel(end, &g));
+    assert_eq!(p.steps, vec![]);
+    assert_eq!(p.alerts.len(), 2, "{:?}", p.alerts);
+}
+
+// --- 4.7 Operator requests ----------------------------------------------------------------
+
+#[test]
+fn a_rotate_request_issues_now_and_is_satisfied_by_the_new_token() {
+    let requested = t(DAY);
+    let g = GroupView {
+        rotate_requested_at: Some(requested),
+        ..group(vec![tok30("a", 0)])
+    };
+    let now = t(DAY + 1);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::Requested)]);
+    let g = GroupView {
+        tokens: vec![tok30("a", 0), tok30("b", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
+    assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
+}
+
+#[test]
+fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
+    let requested = t(DAY);
+    let g = GroupView {
+        revoke_requested_at: Some(requested),
+        ..group(vec![tok30("prev", 0), tok30("cur", HOUR)])
+    };
+    let now = t(DAY + 1);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(
+        p.steps,
+        vec![
+            revoke("prev", RevokeReason::Incident),
+            revoke("cur", RevokeReason::Incident),
+            issue(IssueReason::Incident)
+        ]
+    );
+    // After it ran: one fresh token, and nothing more to do.
+    let mut prev = tok30("prev", 0);
+    prev.state = TokenState::Revoked;
+    let mut cur = tok30("cur", HOUR);
+    cur.state = TokenState::Revoked;
+    let g = GroupView {
+        tokens: vec![prev, cur, tok30("new", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
+    assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
+}
+
+#[test]
+fn an_incident_without_the_secret_still_issues_a_fresh_token() {
+    let g = GroupView {
+        can_revoke: false,
+        revoke_requested_at: Some(t(DAY)),
+        ..group(vec![tok30("cur", HOUR)])
+    };
+    let now = t(DAY + 1);
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::Incident)]);
+    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
+        key_id: KeyId::new("cur"),
+        reason: RevokeReason::Incident
+    }));
+    // The fresh token is current; the leaked one waits for its expiry with
+    // an alert, and no second fresh token is issued.
+    let g = GroupView {
+        tokens: vec![tok30("cur", HOUR), tok30("new", DAY + 1)],
+        last_verified_at: Some(now),
+        ..g
+    };
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![]);
+    assert_eq!(p.alerts.len(), 1, "{:?}", p.alerts);
+}
+
+// --- 5 Failures -----------------------------------------------------------------------
+
+#[test]
+fn a_retry_holds_every_request_until_its_time() {
+    let now = t(29 * DAY);
+    let retry = RetryState {
+        failures: 2,
+        kind: FailureKind::Transient,
+        not_before: now + Duration::seconds(8),
+    };
+    let g = GroupView {
+        retry: Some(retry.clone()),
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![]);
+    assert_eq!(
+        p.hold,
+        Some(Hold::Retry {
+            until: retry.not_before
+        })
+    );
+    assert_eq!(p.wake_at, retry.not_before);
+    assert!(p.alerts.is_empty(), "{:?}", p.alerts);
+    let c = ChannelView {
+        last_reconcile_at: Some(retry.not_before),
+        ..c
+    };
+    assert_eq!(
+        plan(retry.not_before, &g, &c).steps,
+        vec![issue(IssueReason::Due)]
+    );
+}
+
+#[test]
+fn a_permanent_failure_alerts_and_retries_slowly() {
+    let now = t(DAY);
+    let retry = RetryState::after_failure(
+        None,
+        now,
+        FailureKind::Permanent,
+        None,
+        0.3,
+        &RetryRules::default(),
+    );
+    let g = GroupView {
+        retry: Some(retry),
+        ..group(vec![tok30("a", 0)])
+    };
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(
+        p.alerts,
+        vec![Alert::PermanentFailure {
+            failures: 1,
+            retry_at: now + Duration::minutes(30)
+        }]
+    );
+    assert_eq!(p.wake_at, now + Duration::minutes(30));
+}
+
+#[test]
+fn deadline_arithmetic_alerts_before_the_token_expires() {
+    // The demo's settings: 2-minute tokens rotated 40 s ahead. A permanent
+    // failure at rotation time puts the next attempt 30 min out, long after
+    // the current token's expiry: critical now, not at expiry.
+    let rules = Rules {
+        token_lifetime: Duration::minutes(2),
+        rotate_before: Duration::seconds(40),
+        rotation_jitter: Duration::zero(),
+        verify_interval: Duration::seconds(30),
+        ..Rules::default()
+    };
+    let now = t(80);
+    let retry =
+        RetryState::after_failure(None, now, FailureKind::Permanent, None, 0.0, &rules.retry);
+    let g = GroupView {
+        retry: Some(retry),
+        ..group(vec![tok("a", 0, 120)])
+    };
+    let p = plan_group(now, &g, &channel(now, &g), &rules);
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::ExpiresBeforeSuccessor {
+            key_id: KeyId::new("a"),
+            expires_at: t(120),
+            next_attempt_at: t(80 + 30 * MIN),
+        }]
+    );
+    // A short transient backoff that ends before expiry is no emergency.
+    let retry = RetryState {
+        failures: 1,
+        kind: FailureKind::Transient,
+        not_before: t(85),
+    };
+    let g = GroupView {
+        retry: Some(retry),
+        ..g
+    };
+    assert!(critical(&plan_group(now, &g, &channel(now, &g), &rules)).is_empty());
+    // The alert comes before rotation is even due if the retry reaches past expiry.
+    let early = t(60);
+    let retry = RetryState {
+        failures: 9,
+        kind: FailureKind::Permanent,
+        not_before: t(60 + 30 * MIN),
+    };
+    let g = GroupView {
+        retry: Some(retry),
+        ..g
+    };
+    assert_eq!(
+        critical(&plan_group(early, &g, &channel(early, &g), &rules)).len(),
+        1
+    );
+}
+
+#[test]
+fn no_token_and_failing_is_critical_even_while_retrying() {
+    let now = t(0);
+    let g = GroupView {
+        retry: Some(RetryState {
+            failures: 3,
+            kind: FailureKind::Transient,
+            not_before: now,
+        }),
+        ..group(vec![])
+    };
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::NoLiveToken {
+            next_attempt_at: Some(now)
+        }]
+    );
+}
+
+#[test]
+fn no_token_held_by_the_budget_is_critical() {
+    let now = t(0);
+    let g = group(vec![]);
+    let c = ChannelView {
+        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::NoLiveToken {
+            next_attempt_at: Some(now + Duration::minutes(59))
+        }]
+    );
+}
+
+// --- Waking ----------------------------------------------------------------------------
+
+#[test]
+fn plans_with_steps_wake_now_and_idle_plans_sleep_at_most_an_hour() {
+    let g = group(vec![tok30("a", 0)]);
+    let now = t(DAY);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let c = ChannelView {
+        last_reconcile_at: Some(now),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!((p.steps, p.wake_at), (vec![], now + Duration::hours(1)));
+    let c = ChannelView {
+        last_reconcile_at: None,
+        ..c
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!((p.steps, p.wake_at), (vec![Step::Reconcile], now));
+}
+
+#[test]
+fn the_demo_rotates_a_two_minute_token_forty_seconds_plus_jitter_ahead() {
+    let rules = Rules {
+        token_lifetime: Duration::minutes(2),
+        rotate_before: Duration::seconds(40),
+        rotation_jitter: Duration::seconds(5),
+        verify_interval: Duration::seconds(30),
+        ..Rules::default()
+    };
+    let g = group(vec![tok("a", 0, 120)]);
+    let due = rotation_due_at(&g.tokens[0], &g, &rules);
+    assert!(due >= t(75) && due <= t(80), "{due}");
+    let p = plan_group(due, &g, &channel(due, &g), &rules);
+    assert_eq!(
+        p.steps,
+        vec![Step::Issue {
+            reason: IssueReason::Due,
+            token_exp: Duration::minutes(2)
+        }]
+    );
+}

@@ -1,0 +1,95 @@
+//! What the rotator tells the rest of the daemon: one [`RotationEvent`] per
+//! thing that happened, on a broadcast channel.
+//!
+//! The demo prints them; delivery (sinks, hooks, the token API) listens for
+//! [`RotationEvent::Issued`]. An `Issued` event is sent only after the token
+//! is durably stored (invariant 6). The token inside is an [`AccessToken`],
+//! whose `Debug` and `Display` show a fingerprint, so an event can be logged
+//! whole without leaking it.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
+use crate::policy::{Alert, IssueReason, RevokeReason};
+
+/// Something the rotator did or found.
+#[derive(Debug, Clone)]
+pub enum RotationEvent {
+    /// A new token was issued, verified and stored: publish it.
+    Issued {
+        /// The channel.
+        channel: ChannelId,
+        /// The group it belongs to.
+        group: GroupName,
+        /// Its key ID.
+        key_id: KeyId,
+        /// The token.
+        token: AccessToken,
+        /// When it was issued.
+        issued_at: DateTime<Utc>,
+        /// When it expires.
+        expires_at: DateTime<Utc>,
+        /// Why it was issued.
+        reason: IssueReason,
+        /// False when LINE's verify could not be reached right after issue
+        /// (the token is published anyway: LINE issued it a moment ago).
+        verified: bool,
+    },
+    /// A token of ours was revoked at LINE.
+    Revoked {
+        /// The channel.
+        channel: ChannelId,
+        /// The group it belonged to.
+        group: GroupName,
+        /// Its key ID.
+        key_id: KeyId,
+        /// Why.
+        reason: RevokeReason,
+    },
+    /// Tokens of ours passed their expiry.
+    Expired {
+        /// The channel.
+        channel: ChannelId,
+        /// Their key IDs.
+        key_ids: Vec<KeyId>,
+    },
+    /// A token of ours is no longer accepted by LINE without our doing
+    /// (missing from the key-ID list, or refused by verify).
+    Gone {
+        /// The channel.
+        channel: ChannelId,
+        /// Its key ID.
+        key_id: KeyId,
+        /// How we found out.
+        why: String,
+    },
+    /// LINE lists a key ID on the channel that we did not issue.
+    ForeignSeen {
+        /// The channel.
+        channel: ChannelId,
+        /// The key ID.
+        key_id: KeyId,
+    },
+    /// A request to LINE failed; the group retries later.
+    Failed {
+        /// The channel.
+        channel: ChannelId,
+        /// The group whose plan made the request.
+        group: GroupName,
+        /// What was attempted ("issue", "verify", "revoke", "reconcile").
+        step: &'static str,
+        /// The error, with its causes.
+        error: String,
+        /// When the group tries again.
+        retry_at: DateTime<Utc>,
+    },
+    /// A condition an operator should hear about started.
+    Alert {
+        /// The channel.
+        channel: ChannelId,
+        /// The group.
+        group: GroupName,
+        /// What.
+        alert: Alert,
+    },
+}

@@ -1,0 +1,122 @@
+//! One channel's state as the policy needs it, read from the store in one
+//! blocking call and turned into [`GroupView`]s and a [`ChannelView`].
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{ChannelSetup, GroupState, Rotator};
+use crate::domain::TokenState;
+use crate::policy::{self, ChannelView, FailureKind, GroupView, RetryState};
+use crate::store::{ChannelRow, GroupRow, StoreError, StoredToken};
+
+/// The store's view of one channel at one instant.
+pub(super) struct Snapshot {
+    channel: Option<ChannelRow>,
+    /// Groups to plan: the configured ones, and removed ones that still
+    /// hold live tokens (they are revoked after `removal_grace`).
+    groups: Vec<(GroupRow, Vec<StoredToken>)>,
+    foreign: u32,
+    unsettled: u32,
+    issue_times_last_hour: Vec<DateTime<Utc>>,
+}
+
+impl Snapshot {
+    pub(super) async fn load(
+        rotator: &Rotator,
+        setup: &ChannelSetup,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        let channel_id = setup.id.clone();
+        rotator
+            .db(move |store| {
+                let channel = store.channel(&channel_id)?;
+                let mut groups = Vec::new();
+                for row in store.groups(&channel_id)? {
+                    let tokens = store.tokens_of_group(&channel_id, &row.name)?;
+                    let has_live = tokens.iter().any(|t| t.record.is_live_at(now));
+                    if row.is_active() || has_live {
+                        groups.push((row, tokens));
+                    }
+                }
+                let foreign = store
+                    .foreign_kids(&channel_id)?
+                    .iter()
+                    .filter(|k| k.gone_at.is_none())
+                    .count();
+                let last_reconcile = channel.as_ref().and_then(|c| c.last_reconcile_at);
+                let unsettled = store.unsettled_issues_since(&channel_id, last_reconcile)?;
+                let issue_times_last_hour =
+                    store.issue_times_since(&channel_id, now - Duration::hours(1))?;
+                Ok(Self {
+                    channel,
+                    groups,
+                    foreign: u32::try_from(foreign).unwrap_or(u32::MAX),
+                    unsettled,
+                    issue_times_last_hour,
+                })
+            })
+            .await
+    }
+
+    /// The policy's view of each group, with the rotator's in-memory state
+    /// (retry streaks, operator requests) folded in.
+    pub(super) fn group_views(&self, rotator: &Rotator, setup: &ChannelSetup) -> Vec<GroupView> {
+        let mut states = rotator.lock_groups();
+        self.groups
+            .iter()
+            .map(|(row, tokens)| {
+                let state = states
+                    .entry((setup.id.clone(), row.name.clone()))
+                    .or_default();
+                seed_from_store(state, row);
+                let current_verified = tokens
+                    .iter()
+                    .filter(|t| t.record.state == TokenState::Live)
+                    .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
+                    .and_then(|t| t.last_verified_at);
+                GroupView {
+                    channel: setup.id.clone(),
+                    group: row.name.clone(),
+                    tokens: tokens.iter().map(|t| t.record.clone()).collect(),
+                    last_verified_at: current_verified,
+                    can_revoke: setup.secret.is_some(),
+                    removed_at: row.removed_at,
+                    rotate_requested_at: state.rotate_requested_at,
+                    revoke_requested_at: state.revoke_requested_at,
+                    retry: state.retry.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The channel's counts for capacity, budget and reconciling.
+    pub(super) fn channel_view(&self, now: DateTime<Utc>, views: &[GroupView]) -> ChannelView {
+        ChannelView {
+            live_ours: policy::live_ours(now, views),
+            foreign: self.foreign,
+            lost: self.unsettled,
+            issue_times_last_hour: self.issue_times_last_hour.clone(),
+            last_reconcile_at: self.channel.as_ref().and_then(|c| c.last_reconcile_at),
+        }
+    }
+}
+
+/// After a restart the failure streak lives only in the store: carry it
+/// over once, so a crash loop cannot reset the backoff.
+fn seed_from_store(state: &mut GroupState, row: &GroupRow) {
+    if state.seeded {
+        return;
+    }
+    state.seeded = true;
+    if state.retry.is_none() && row.runtime.consecutive_failures > 0 {
+        if let Some(not_before) = row.runtime.retry_not_before {
+            state.retry = Some(RetryState {
+                failures: row.runtime.consecutive_failures,
+                // The store does not keep the kind; transient is the
+                // conservative reading (it retries sooner, and a permanent
+                // failure shows itself again at once).
+                kind: FailureKind::Transient,
+                not_before,
+            });
+        }
+    }
+}

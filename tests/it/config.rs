@@ -1,0 +1,499 @@
+//! The config file: shipped examples, environment overrides, `${NAME}`
+//! expansion, masked printing, and the table of bad configs under
+//! `tests/bad-config/` with the message each must produce.
+//!
+//! Key and secret files are created in a temp dir (keys by
+//! `line::keys::generate`, wrong-kind keys copied from `tests/fixtures/keys`)
+//! with the modes the rules expect; configs reach them through
+//! `${CREDENTIALS_DIRECTORY}`, which each test passes in its own environment
+//! map, so nothing touches the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use linetokd::config::{self, ConfigError, LogFormat, Settings, SinkFormat};
+use serde::Deserialize;
+
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+const CHANNEL_SECRET: &str = "0123456789abcdef0123456789abcdef";
+const API_KEY: &str = "api-key-for-backend-7f3a";
+
+/// One generated RSA-2048 key (PKCS#8 PEM) shared by every test: generating
+/// is the slow part and the tests only need a valid key, not a unique one.
+fn key_pem() -> &'static str {
+    static PEM: OnceLock<String> = OnceLock::new();
+    PEM.get_or_init(|| {
+        linetokd::line::keys::generate()
+            .unwrap()
+            .to_pkcs8_pem()
+            .unwrap()
+    })
+}
+
+fn write(path: &Path, body: &[u8], mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn fixture_key(name: &str) -> Vec<u8> {
+    fs::read(Path::new(MANIFEST).join("tests/fixtures/keys").join(name)).unwrap()
+}
+
+/// A credentials directory holding every file the bad configs refer to.
+struct Credentials {
+    dir: tempfile::TempDir,
+}
+
+impl Credentials {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        write(&p.join("shop-bot.pem"), key_pem().as_bytes(), 0o600);
+        write(&p.join("world-readable.pem"), key_pem().as_bytes(), 0o644);
+        write(
+            &p.join("rsa1024.pem"),
+            &fixture_key("rsa1024-pkcs8.pem"),
+            0o600,
+        );
+        write(
+            &p.join("ec-p256.pem"),
+            &fixture_key("ec-p256-pkcs8.pem"),
+            0o600,
+        );
+        let secret = format!("{CHANNEL_SECRET}\n");
+        write(&p.join("shop-bot.secret"), secret.as_bytes(), 0o600);
+        write(&p.join("world-readable.secret"), secret.as_bytes(), 0o644);
+        write(&p.join("backend.apikey"), API_KEY.as_bytes(), 0o640);
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn env(&self) -> HashMap<String, String> {
+        env(&[("CREDENTIALS_DIRECTORY", self.path().to_str().unwrap())])
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load_str(text: &str, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linetokd.toml");
+    fs::write(&path, text).unwrap();
+    Settings::load(&path, env)
+}
+
+const VALID: &str = r#"
+[daemon]
+state_dir = "${CREDENTIALS_DIRECTORY}/state"
+
+[[channel]]
+id = "1234567890"
+name = "shop-bot"
+key_file = "${CREDENTIALS_DIRECTORY}/shop-bot.pem"
+kid = "kid-shop-bot"
+secret_file = "${CREDENTIALS_DIRECTORY}/shop-bot.secret"
+
+  [[channel.group]]
+  name = "backend"
+  sinks = [
+    { path = "${CREDENTIALS_DIRECTORY}/out/backend.json", format = "json" },
+    { path = "/run/linetokd/backend.env", format = "env", mode = "0640", group = "backend" },
+  ]
+  on_rotate = ["/usr/local/bin/reload-backend", "--graceful"]
+  api_key_file = "${CREDENTIALS_DIRECTORY}/backend.apikey"
+"#;
+
+#[test]
+fn credentials_directory_expands_in_every_path_and_the_result_is_typed() {
+    let creds = Credentials::new();
+    let settings = load_str(VALID, &creds.env()).unwrap();
+    let valid = settings.validate().unwrap();
+
+    let dir = creds.path();
+    assert_eq!(valid.daemon.state_dir, dir.join("state"));
+    assert_eq!(valid.daemon.database, dir.join("state/linetokd.db"));
+    assert_eq!(valid.daemon.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(valid.daemon.log_format, LogFormat::Text);
+    assert_eq!(valid.daemon.line_api.as_str(), "https://api.line.me/");
+    assert_eq!(
+        valid.rotation.token_lifetime,
+        Duration::from_secs(30 * 86_400)
+    );
+
+    let [channel] = valid.channels.as_slice() else {
+        panic!("one channel expected: {valid:?}")
+    };
+    assert_eq!(channel.id.as_str(), "1234567890");
+    assert_eq!(channel.kid.as_str(), "kid-shop-bot");
+    assert_eq!(channel.key_file, dir.join("shop-bot.pem"));
+    assert_eq!(channel.key.bits(), 2048);
+    assert_eq!(channel.secret.as_ref().unwrap().expose(), CHANNEL_SECRET);
+
+    let [group] = channel.groups.as_slice() else {
+        panic!("one group expected: {channel:?}")
+    };
+    assert_eq!(group.name.as_str(), "backend");
+    assert_eq!(group.api_key.as_ref().unwrap().expose(), API_KEY);
+    let hook = group.on_rotate.as_ref().unwrap();
+    assert_eq!(hook.argv, ["/usr/local/bin/reload-backend", "--graceful"]);
+    assert_eq!(hook.timeout, Duration::from_secs(30));
+    assert_eq!(group.sinks[0].path, dir.join("out/backend.json"));
+    assert_eq!(group.sinks[0].format, SinkFormat::Json);
+    assert_eq!(group.sinks[0].mode, 0o600);
+    assert_eq!(group.sinks[1].format, SinkFormat::Env);
+    assert_eq!(group.sinks[1].mode, 0o640);
+    assert_eq!(group.sinks[1].group.as_deref(), Some("backend"));
+
+    // Invariant 5: the typed config may be logged with {:?}.
+    let debug = format!("{valid:?}");
+    assert!(!debug.contains(CHANNEL_SECRET), "{debug}");
+    assert!(!debug.contains(API_KEY), "{debug}");
+    assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+}
+
+#[test]
+fn an_unset_credentials_directory_names_every_key_that_uses_it() {
+    let err = load_str(VALID, &env(&[])).unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "daemon.state_dir",
+            "channel[0].key_file",
+            "channel[0].secret_file",
+            "channel[0].group[0].api_key_file",
+            "channel[0].group[0].sinks[0].path",
+        ],
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("${CREDENTIALS_DIRECTORY}, which is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_overrides_apply_over_the_file() {
+    let creds = Credentials::new();
+    let mut env = creds.env();
+    env.extend(self::env(&[
+        ("LINETOKD__ROTATION__ROTATE_BEFORE", "12h"),
+        ("LINETOKD__ROTATION__MAX_ISSUES_PER_HOUR", "2"),
+        ("LINETOKD__DAEMON__LISTEN", "0.0.0.0:9000"),
+        ("LINETOKD__DAEMON__LOG_FORMAT", "json"),
+        (
+            "LINETOKD__DAEMON__DATABASE",
+            "${CREDENTIALS_DIRECTORY}/db.sqlite",
+        ),
+    ]));
+    let text = format!("[rotation]\nrotate_before = \"36h\"\nmax_issues_per_hour = 5\n{VALID}");
+    let valid = load_str(&text, &env).unwrap().validate().unwrap();
+    assert_eq!(
+        valid.rotation.rotate_before,
+        Duration::from_secs(12 * 3_600)
+    );
+    assert_eq!(valid.rotation.max_issues_per_hour, 2);
+    assert_eq!(valid.daemon.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(valid.daemon.log_format, LogFormat::Json);
+    assert_eq!(valid.daemon.database, creds.path().join("db.sqlite"));
+}
+
+#[test]
+fn environment_overrides_are_validated_like_the_file() {
+    let creds = Credentials::new();
+    let mut env = creds.env();
+    env.insert("LINETOKD__ROTATION__TOKEN_LIFETIME".into(), "40d".into());
+    let err = load_str(VALID, &env).unwrap().validate().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rotation.token_lifetime (40d) must be at most 30d"),
+        "{err}"
+    );
+
+    let mut env = creds.env();
+    env.insert("LINETOKD__ROTATION__ROTATE_BEFOR".into(), "1h".into());
+    let err = load_str(VALID, &env).unwrap_err().to_string();
+    assert!(err.contains("unknown field `rotate_befor`"), "{err}");
+}
+
+#[test]
+fn environment_variables_cannot_address_channels() {
+    let creds = Credentials::new();
+    let mut env = creds.env();
+    env.insert("LINETOKD__CHANNEL__KID".into(), "x".into());
+    env.insert("LINETOKD__LISTEN".into(), "0.0.0.0:1".into());
+    let err = load_str(VALID, &env).unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["LINETOKD__CHANNEL__KID", "LINETOKD__LISTEN"],
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_prints_the_resolved_config_with_secrets_masked() {
+    let creds = Credentials::new();
+    let path = creds.path().join("linetokd.toml");
+    fs::write(&path, VALID).unwrap();
+    let shown = config::check(&path, &creds.env()).unwrap();
+
+    let secret_len = CHANNEL_SECRET.len() + 1; // the file ends with a newline
+    let dir = creds.path().display();
+    for expected in [
+        format!("{dir}/shop-bot.secret (secret, {secret_len} bytes, mode 0600)"),
+        format!(
+            "{dir}/backend.apikey (secret, {} bytes, mode 0640)",
+            API_KEY.len()
+        ),
+        format!(
+            "{dir}/shop-bot.pem (secret, {} bytes, mode 0600)",
+            key_pem().len()
+        ),
+        // Defaults are filled in.
+        "token_lifetime = \"30d\"".to_owned(),
+        "rotate_before = \"24h\"".to_owned(),
+        "hook_timeout = \"30s\"".to_owned(),
+        "mode = \"0600\"".to_owned(),
+        format!("database = \"{dir}/state/linetokd.db\""),
+    ] {
+        assert!(
+            shown.contains(&expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
+    assert!(!shown.contains(CHANNEL_SECRET), "{shown}");
+    assert!(!shown.contains(API_KEY), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    // The output is TOML.
+    shown.parse::<toml::Table>().unwrap();
+}
+
+#[test]
+fn check_config_fails_with_every_problem() {
+    let creds = Credentials::new();
+    let path = creds.path().join("linetokd.toml");
+    let text = VALID
+        .replace("kid-shop-bot", "")
+        .replace("1234567890", "x1");
+    fs::write(&path, text).unwrap();
+    let err = config::check(&path, &creds.env()).unwrap_err();
+    assert_eq!(err.problems().len(), 2, "{err}");
+    let missing = config::check(&creds.path().join("nope.toml"), &creds.env()).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+}
+
+/// `tests/bad-config/expected.toml`: for each bad file, substrings its error
+/// must contain and how many problems it has (default 1: each file breaks
+/// one rule, so a second problem means the file tests more than it says).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expectation {
+    contains: Vec<String>,
+    #[serde(default = "one")]
+    problems: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[test]
+fn every_bad_config_fails_with_its_expected_message() {
+    let dir = Path::new(MANIFEST).join("tests/bad-config");
+    let table: BTreeMap<String, Expectation> =
+        toml::from_str(&fs::read_to_string(dir.join("expected.toml")).unwrap()).unwrap();
+    let creds = Credentials::new();
+    let env = creds.env();
+
+    let mut files: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".toml") && name != "expected.toml")
+        .collect();
+    files.sort();
+    assert!(files.len() >= 12, "only {} bad configs", files.len());
+
+    let mut failures = Vec::new();
+    for name in &files {
+        let result = Settings::load(&dir.join(name), &env).and_then(|s| s.validate());
+        let err = match result {
+            Ok(_) => {
+                failures.push(format!("{name}: validated, but it must fail"));
+                continue;
+            }
+            Err(err) => err,
+        };
+        let shown = err.to_string().replace(
+            &creds.path().display().to_string(),
+            "$CREDENTIALS_DIRECTORY",
+        );
+        let Some(expected) = table.get(name) else {
+            failures.push(format!(
+                "{name}: no entry in expected.toml; it fails with:\n    {shown}"
+            ));
+            continue;
+        };
+        for needle in &expected.contains {
+            if !shown.contains(needle) {
+                failures.push(format!("{name}: error lacks {needle:?}:\n    {shown}"));
+            }
+        }
+        let count = err.problems().len().max(1);
+        if count != expected.problems {
+            failures.push(format!(
+                "{name}: {count} problems, expected {}:\n    {shown}",
+                expected.problems
+            ));
+        }
+    }
+    for name in table.keys() {
+        if !files.contains(name) {
+            failures.push(format!("{name}: in expected.toml but no such file"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Every `config/*.toml` is TOML, and every daemon config among them
+/// (`config/linetokd*.toml`) loads. Its key and secret files cannot exist on
+/// a test machine, so validation must report exactly those as missing and
+/// nothing else; then the test creates them under a temp dir, points the
+/// config there, and the config must validate completely.
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = Path::new(MANIFEST).join("config");
+    let mut daemon_configs = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        text.parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("{name} is not TOML: {e}"));
+        if name.starts_with("linetokd") {
+            daemon_configs += 1;
+            check_shipped_daemon_config(&name, &text);
+        }
+    }
+    assert!(daemon_configs >= 1, "config/linetokd.toml is missing");
+}
+
+fn check_shipped_daemon_config(name: &str, text: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let env = env(&[(
+        "CREDENTIALS_DIRECTORY",
+        root.path().join("credentials").to_str().unwrap(),
+    )]);
+    let settings = Settings::from_toml(text, Path::new(name), &env)
+        .unwrap_or_else(|e| panic!("{name} does not load: {e}"));
+    assert!(!settings.channels.is_empty(), "{name} shows no channel");
+
+    let err = settings
+        .validate()
+        .expect_err("the shipped files point at files this machine lacks");
+    let mut relocated = text.to_owned();
+    for problem in err.problems() {
+        let is_file_key = ["key_file", "secret_file", "api_key_file"]
+            .iter()
+            .any(|k| problem.key.ends_with(k));
+        assert!(
+            is_file_key && problem.message.contains("cannot be read: No such file"),
+            "{name}: only missing files may fail, not: {problem}"
+        );
+        let missing = missing_path(&problem.message);
+        let target = if missing.starts_with(root.path()) {
+            missing.clone()
+        } else {
+            let moved = root.path().join(missing.strip_prefix("/").unwrap());
+            relocated = relocated.replace(missing.to_str().unwrap(), moved.to_str().unwrap());
+            moved
+        };
+        let body = if problem.key.ends_with("key_file") && !problem.key.ends_with("api_key_file") {
+            if target.extension().is_some_and(|e| e == "jwk") {
+                fixture_key("rsa2048-private.jwk")
+            } else {
+                key_pem().as_bytes().to_vec()
+            }
+        } else {
+            b"shipped-config-test-secret\n".to_vec()
+        };
+        write(&target, &body, 0o600);
+    }
+
+    let valid = Settings::from_toml(&relocated, Path::new(name), &env)
+        .and_then(|s| s.validate())
+        .unwrap_or_else(|e| panic!("{name} with its files in place: {e}"));
+    assert_eq!(valid.channels.len(), settings.channels.len());
+}
+
+/// The path quoted at the start of a file problem's message.
+fn missing_path(message: &str) -> PathBuf {
+    let quoted = message.split('"').nth(1).unwrap();
+    PathBuf::from(quoted)
+}
+
+/// `linetokd check-config`, the real binary: exit 0 with the masked config,
+/// exit 2 with every problem on stderr.
+#[test]
+fn check_config_command_exits_0_or_2() {
+    let creds = Credentials::new();
+    let good = creds.path().join("good.toml");
+    fs::write(&good, VALID).unwrap();
+    let run = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .env("LINETOKD__ROTATION__ROTATE_BEFORE", "36h")
+            .output()
+            .unwrap()
+    };
+
+    let ok = run(&good);
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("rotate_before = \"36h\""), "{stdout}");
+    assert!(stdout.contains("(secret, "), "{stdout}");
+    assert!(!stdout.contains(CHANNEL_SECRET), "{stdout}");
+
+    let bad = creds.path().join("bad.toml");
+    fs::write(
+        &bad,
+        VALID
+            .replace("kid-shop-bot", "")
+            .replace("\"json\"", "\"yaml\""),
+    )
+    .unwrap();
+    let failed = run(&bad);
+    let stderr = String::from_utf8(failed.stderr).unwrap();
+    assert_eq!(failed.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("2 problems in the configuration:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\n  channel[0].kid is empty"), "{stderr}");
+    assert!(
+        stderr.contains("\n  channel[0].group[0].sinks[0].format \"yaml\""),
+        "{stderr}"
+    );
+    assert!(failed.stdout.is_empty());
+}

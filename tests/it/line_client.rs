@@ -1,0 +1,670 @@
+//! The LINE client: every call, every class of answer.
+//!
+//! The first half talks to a [`Mock`] that answers what a test tells it to,
+//! so each failure class is produced on purpose: 5xx, 429 with both
+//! `Retry-After` forms, empty and HTML bodies, both error shapes, the
+//! 30-token refusal, a server that never answers, a reset connection, a
+//! refused connection, a redirect. Every error produced is checked for leaks
+//! of the token, the secret and the assertion the request carried.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linetokd::clock::SharedClock;
+use linetokd::domain::{AccessToken, ChannelId, ChannelSecret};
+use linetokd::line::{
+    Endpoint, ErrorBody, LineClient, LineClientConfig, LineError, TransientCause, Verification,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use crate::support::{self, Mock, Reply, Seen, assert_leaks_nothing};
+
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.TOKEN-VALUE-never-shown.sig";
+const SECRET: &str = "channel-SECRET-never-shown";
+const CHANNEL: &str = "1234567890";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn token() -> AccessToken {
+    AccessToken::new(TOKEN)
+}
+
+fn secret() -> ChannelSecret {
+    ChannelSecret::new(SECRET)
+}
+
+fn channel() -> ChannelId {
+    ChannelId::new(CHANNEL)
+}
+
+fn client_for(mock: &Mock) -> LineClient {
+    support::line_client(&mock.base_url, &support::manual_clock(), TIMEOUT)
+}
+
+/// Checks `err` against the fixed secrets and every value `mock` received
+/// (which includes the assertions the client signed).
+fn assert_no_leak(err: &LineError, mock: &Mock) {
+    let seen: Vec<String> = mock.seen().iter().flat_map(Seen::values).collect();
+    let mut secrets: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|v| v.len() > 20) // the credentials, not `client_credentials`-sized noise
+        .collect();
+    secrets.extend([TOKEN, SECRET]);
+    assert_leaks_nothing(err, &secrets);
+}
+
+const ISSUED: &str = r#"{"access_token":"eyJhbGciOiJIUz.TOKEN-VALUE-never-shown.sig","expires_in":2592000,"token_type":"Bearer","key_id":"sDTOzw5wIfxxxxPEzcmeQA"}"#;
+
+// ---------------------------------------------------------------------------
+// Success shapes against the mock
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn revoke_accepts_an_empty_200_body() {
+    let mock = Mock::start(|_| Reply::empty(200)).await;
+    let client = client_for(&mock);
+    client
+        .revoke_v21(&channel(), &secret(), &token())
+        .await
+        .unwrap();
+    client.revoke_short_lived(&token()).await.unwrap();
+    let seen = mock.seen();
+    assert_eq!(seen[0].param("client_secret"), Some(SECRET));
+    assert_eq!(seen[1].param("access_token"), Some(TOKEN));
+}
+
+#[tokio::test]
+async fn verify_400_is_an_answer_not_an_error() {
+    let mock = Mock::start(|seen| match seen.param("access_token") {
+        Some("good") => Reply::json(
+            200,
+            r#"{"client_id":"1234567890","expires_in":3138007490,"scope":"P CM"}"#,
+        ),
+        Some("oauth") => Reply::json(
+            400,
+            r#"{"error":"invalid_request","error_description":"The access token expired"}"#,
+        )
+        .header("x-line-request-id", "rid-400"),
+        _ => Reply::json(400, r#"{"message":"failed to parse"}"#),
+    })
+    .await;
+    let client = client_for(&mock);
+    for verify_short in [false, true] {
+        let verify = |t: &'static str| {
+            let client = client.clone();
+            async move {
+                let t = AccessToken::new(t);
+                if verify_short {
+                    client.verify_short_lived(&t).await
+                } else {
+                    client.verify_v21(&t).await
+                }
+            }
+        };
+        match verify("good").await.unwrap() {
+            Verification::Valid(v) => {
+                assert_eq!(v.client_id, channel());
+                assert_eq!(v.expires_in, 3_138_007_490); // beyond i32
+                assert_eq!(v.scope.as_deref(), Some("P CM"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            verify("oauth").await.unwrap(),
+            Verification::Rejected {
+                code: Some("invalid_request".into()),
+                description: Some("The access token expired".into()),
+                request_id: Some("rid-400".into()),
+            }
+        );
+        assert_eq!(
+            verify("other").await.unwrap(),
+            Verification::Rejected {
+                code: None,
+                description: Some("failed to parse".into()),
+                request_id: None,
+            }
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Transient
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn server_errors_are_transient_and_keep_the_request_id() {
+    let mock = Mock::start(|_| Reply {
+        status: 503,
+        headers: vec![
+            ("content-type".into(), "text/html; charset=utf-8".into()),
+            ("x-line-request-id".into(), "b5f2c0de".into()),
+        ],
+        body: "<html><body>503 Service Unavailable</body></html>".into(),
+    })
+    .await;
+    let client = client_for(&mock);
+    let err = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(err.request_id(), Some("b5f2c0de"));
+    assert_eq!(err.endpoint(), Endpoint::IssueV21);
+    match &err {
+        LineError::Transient {
+            cause: TransientCause::ServerError { status, body },
+            ..
+        } => {
+            assert_eq!(*status, 503);
+            assert_eq!(
+                *body,
+                ErrorBody::NotJson {
+                    content_type: Some("text/html; charset=utf-8".into())
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let shown = err.to_string();
+    assert!(shown.contains("503 Service Unavailable"), "{shown}");
+    assert!(shown.contains("non-JSON body"), "{shown}");
+    assert!(shown.contains("b5f2c0de"), "{shown}");
+    assert!(!shown.contains("<html>"), "raw bodies stay out: {shown}");
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_after_in_seconds() {
+    let mock = Mock::start(|_| {
+        Reply::json(429, r#"{"message":"Too many requests"}"#).header("retry-after", "120")
+    })
+    .await;
+    let err = client_for(&mock)
+        .issue_short_lived(&channel(), &secret())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_after_as_an_http_date() {
+    // LINE's date is 90 s after our (manual) clock's now.
+    let at = support::start_time() + chrono::Duration::seconds(90);
+    let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let mock = Mock::start(move |_| Reply::empty(429).header("retry-after", &date)).await;
+    let err = client_for(&mock).verify_v21(&token()).await.unwrap_err();
+    assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_without_showing_the_url() {
+    // The handler never completes; the client's own timeout ends the wait.
+    let app = axum::Router::new().fallback(std::future::pending::<&'static str>);
+    let served = support::serve(app).await;
+    let client = support::line_client(
+        &served.base_url,
+        &support::manual_clock(),
+        Duration::from_millis(300),
+    );
+    // verify puts the token in the query string: reqwest's error would show it.
+    let err = client.verify_v21(&token()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Timeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(err.request_id(), None);
+    assert_leaks_nothing(&err, &[TOKEN, "access_token="]);
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_transient() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        // Read the request, then reset the connection instead of answering.
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await.unwrap();
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    });
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client
+        .revoke_v21(&channel(), &secret(), &token())
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Network,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_leaks_nothing(&err, &[TOKEN, SECRET]);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    // Bind then drop: the port is free and nothing listens on it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client.verify_v21(&token()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Connect,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("GET /oauth2/v2.1/verify: could not connect"),
+        "{err}"
+    );
+    assert_leaks_nothing(&err, &[TOKEN]);
+}
+
+#[tokio::test]
+async fn a_success_off_contract_is_an_unreadable_answer() {
+    let mock = Mock::start(|seen| match seen.path.as_str() {
+        // key_id missing.
+        "/oauth2/v2.1/token" => Reply::json(200, r#"{"access_token":"eyJ.TOKEN-VALUE-never-shown.x","expires_in":1,"token_type":"Bearer"}"#),
+        // A token-like string where a number belongs: serde would quote it.
+        _ => Reply::json(200, r#"{"access_token":"a","expires_in":"TOKEN-VALUE-never-shown","token_type":"Bearer"}"#),
+    })
+    .await;
+    let client = client_for(&mock);
+    let missing = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(1),
+        )
+        .await
+        .unwrap_err();
+    let mistyped = client
+        .issue_stateless_with_secret(&channel(), &secret())
+        .await
+        .unwrap_err();
+    for err in [&missing, &mistyped] {
+        assert!(
+            matches!(
+                err,
+                LineError::Transient {
+                    cause: TransientCause::UnreadableAnswer { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_leaks_nothing(err, &["TOKEN-VALUE-never-shown"]);
+        assert_no_leak(err, &mock);
+    }
+    assert!(
+        missing.to_string().contains("missing field `key_id`"),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_not_buffered() {
+    let mock =
+        Mock::start(|_| Reply::json(200, &format!(r#"{{"kids":["{}"]}}"#, "k".repeat(200_000))))
+            .await;
+    let err = client_for(&mock)
+        .valid_key_ids(&support::signer(CHANNEL, "kid-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::UnreadableAnswer { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Permanent and the 30-token refusal
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_thirty_token_refusal_is_its_own_variant() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            400,
+            r#"{"message":"The maximum number of access tokens has already been issued"}"#,
+        )
+        .header("x-line-request-id", "rid-30")
+    })
+    .await;
+    let err = client_for(&mock)
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LineError::TooManyTokens { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(err.request_id(), Some("rid-30"));
+    assert!(err.to_string().contains("30 valid v2.1 tokens"), "{err}");
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn a_rejected_assertion_is_permanent_with_its_code() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            400,
+            r#"{"error":"invalid_client","error_description":"Invalid exp"}"#,
+        )
+    })
+    .await;
+    let client = client_for(&mock);
+    let signer = support::signer(CHANNEL, "kid-1");
+    let errors = [
+        client
+            .issue_v21(&signer, chrono::Duration::days(30))
+            .await
+            .unwrap_err(),
+        client.valid_key_ids(&signer).await.unwrap_err(),
+        client
+            .issue_stateless_with_assertion(&signer)
+            .await
+            .unwrap_err(),
+    ];
+    for err in &errors {
+        assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert_eq!(err.code(), Some("invalid_client"));
+        assert_eq!(err.status(), Some(reqwest::StatusCode::BAD_REQUEST));
+        assert_no_leak(err, &mock);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_signing_key_is_a_permanent_404() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            404,
+            r#"{"message":"Cannot find channel key that satisfies the conditions"}"#,
+        )
+    })
+    .await;
+    let err = client_for(&mock)
+        .valid_key_ids(&support::signer(CHANNEL, "kid-unknown"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unknown_signing_key(), "{err:?}");
+    assert!(!err.is_transient());
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn empty_and_html_error_bodies_still_name_the_status() {
+    let mock = Mock::start(|seen| match seen.path.as_str() {
+        "/oauth2/v2.1/revoke" => Reply::empty(400),
+        _ => Reply {
+            status: 403,
+            headers: vec![("content-type".into(), "text/html".into())],
+            body: "<html>Forbidden</html>".into(),
+        },
+    })
+    .await;
+    let client = client_for(&mock);
+    let empty = client
+        .revoke_v21(&channel(), &secret(), &token())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        empty.to_string(),
+        "POST /oauth2/v2.1/revoke: LINE refused the request: 400 Bad Request with an empty body"
+    );
+    let html = client
+        .issue_short_lived(&channel(), &secret())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        html.to_string(),
+        "POST /v2/oauth/accessToken: LINE refused the request: 403 Forbidden with a non-JSON body (text/html)"
+    );
+    for err in [&empty, &html] {
+        assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+        assert_no_leak(err, &mock);
+    }
+}
+
+#[tokio::test]
+async fn secrets_echoed_in_an_error_body_are_scrubbed() {
+    let echo = format!(
+        r#"{{"error":"invalid_client","error_description":"bad secret {SECRET} for token {TOKEN}"}}"#
+    );
+    let mock = Mock::start(move |_| Reply::json(400, &echo)).await;
+    let err = client_for(&mock)
+        .revoke_v21(&channel(), &secret(), &token())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("[redacted]"), "{err}");
+    assert_no_leak(&err, &mock);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let elsewhere = Mock::start(|_| Reply::json(200, ISSUED)).await;
+    let location = format!("{}/steal", elsewhere.base_url);
+    let mock = Mock::start(move |_| Reply::empty(307).header("location", &location)).await;
+    let err = client_for(&mock)
+        .revoke_v21(&channel(), &secret(), &token())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(reqwest::StatusCode::TEMPORARY_REDIRECT));
+    assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+    assert!(
+        elsewhere.seen().is_empty(),
+        "credentials were sent to the redirect target"
+    );
+}
+
+#[tokio::test]
+async fn a_lifetime_beyond_thirty_days_is_refused_before_sending() {
+    let mock = Mock::start(|_| Reply::json(200, ISSUED)).await;
+    let err = client_for(&mock)
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(31),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LineError::Assertion { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(mock.seen().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Clock skew, observer, logs
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_date_header_gives_the_clock_skew() {
+    // LINE's clock is 45 s behind ours.
+    let line_now = support::start_time() - chrono::Duration::seconds(45);
+    let date = line_now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let mock = Mock::start(move |_| Reply::empty(200).header("date", &date)).await;
+    let client = client_for(&mock);
+    assert_eq!(client.last_clock_skew(), None);
+    client.revoke_short_lived(&token()).await.unwrap();
+    assert_eq!(
+        client.last_clock_skew(),
+        Some(chrono::Duration::seconds(45))
+    );
+}
+
+#[tokio::test]
+async fn the_observer_sees_every_request_with_its_status() {
+    let mock = Mock::start(|seen| match seen.path.as_str() {
+        "/v2/oauth/revoke" => Reply::empty(200),
+        _ => Reply::empty(500),
+    })
+    .await;
+    type Calls = Vec<(Endpoint, Option<u16>)>;
+    let calls: Arc<Mutex<Calls>> = Arc::default();
+    let record = calls.clone();
+    let config = LineClientConfig {
+        base_url: mock.base_url.clone(),
+        timeout: TIMEOUT,
+        observer: Some(Arc::new(move |endpoint, status, _latency| {
+            record.lock().unwrap().push((endpoint, status));
+        })),
+    };
+    let clock: SharedClock = Arc::new(support::manual_clock());
+    let client = LineClient::new(config, clock).unwrap();
+    client.revoke_short_lived(&token()).await.unwrap();
+    client.verify_v21(&token()).await.unwrap_err();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            (Endpoint::RevokeShortLived, Some(200)),
+            (Endpoint::VerifyV21, Some(500))
+        ]
+    );
+}
+
+#[test]
+fn logs_name_endpoint_status_and_request_id_but_no_credential() {
+    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("linetokd=debug")
+        .with_ansi(false)
+        .with_writer(move || LogWriter(writer.clone()))
+        .finish();
+    // tracing caches each callsite's interest globally. With a single live
+    // dispatcher it asks whichever thread hits a callsite first, and a
+    // parallel test thread (no subscriber) would cache "never". A second live
+    // dispatcher makes tracing consult every dispatcher, ours included.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // One thread, so the subscriber sees the client's events.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let assertions = runtime.block_on(async {
+        // LINE's clock 2 minutes behind ours: worth a warning.
+        let date = (support::start_time() - chrono::Duration::minutes(2))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let mock = Mock::start(move |seen| {
+            match seen.path.as_str() {
+                "/oauth2/v2.1/tokens/kid" => {
+                    Reply::json(200, r#"{"kids":["k1"]}"#).header("x-line-request-id", "rid-kids")
+                }
+                _ => Reply::json(400, r#"{"error":"invalid_client"}"#)
+                    .header("x-line-request-id", "rid-revoke"),
+            }
+            .header("date", &date)
+        })
+        .await;
+        let client = client_for(&mock);
+        let kids = client
+            .valid_key_ids(&support::signer(CHANNEL, "kid-1"))
+            .await
+            .unwrap();
+        assert_eq!(kids.len(), 1);
+        client
+            .revoke_v21(&channel(), &secret(), &token())
+            .await
+            .unwrap_err();
+        mock.seen()
+            .iter()
+            .flat_map(Seen::values)
+            .collect::<Vec<_>>()
+    });
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("endpoint=\"v21_key_ids\""), "{logs}");
+    assert!(logs.contains("status=200"), "{logs}");
+    assert!(logs.contains("request_id=\"rid-kids\""), "{logs}");
+    assert!(logs.contains("request_id=\"rid-revoke\""), "{logs}");
+    assert!(logs.contains("latency_ms="), "{logs}");
+    // The skew warning, once although two answers were skewed.
+    assert_eq!(logs.matches("check NTP").count(), 1, "{logs}");
+    for value in assertions
+        .iter()
+        .filter(|v| v.len() > 20)
+        .map(String::as_str)
+        .chain([TOKEN, SECRET])
+    {
+        assert!(
+            !logs.contains(value),
+            "a credential reached the log: {logs}"
+        );
+    }
+}
+
+/// A `MakeWriter` target appending to a shared buffer.
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn bad_configs_are_refused_with_a_reason() {
+    let clock: SharedClock = Arc::new(support::manual_clock());
+    let bad = LineClient::new(
+        LineClientConfig {
+            base_url: "api.line.me".into(),
+            ..LineClientConfig::default()
+        },
+        clock.clone(),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("\"api.line.me\""), "{bad}");
+    let zero = LineClient::new(
+        LineClientConfig {
+            timeout: Duration::ZERO,
+            ..LineClientConfig::default()
+        },
+        clock.clone(),
+    )
+    .unwrap_err();
+    assert!(zero.to_string().contains("timeout"), "{zero}");
+    let default = LineClient::new(LineClientConfig::default(), clock).unwrap();
+    assert_eq!(default.base_url(), "https://api.line.me");
+}
