@@ -30,12 +30,15 @@ fn start() -> DateTime<Utc> {
     DateTime::from_timestamp(1_790_000_000, 0).unwrap()
 }
 
-/// One RSA key per test binary run: generation is the slow part.
+/// The repository's RSA-2048 fixture key (loading beats generating).
 fn key_pem() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
-    PEM.get_or_init(|| keys::generate().unwrap().to_pkcs8_pem().unwrap())
+    PEM.get_or_init(|| {
+        std::fs::read_to_string(repo().join("tests/fixtures/keys/rsa2048-pkcs8.pem")).unwrap()
+    })
 }
 
+/// A second key, registered nowhere: one generation per test binary run.
 fn other_key_pem() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| keys::generate().unwrap().to_pkcs8_pem().unwrap())
@@ -1245,4 +1248,130 @@ async fn run_reports_a_bad_config_with_its_path() {
     .await
     .unwrap_err();
     assert!(format!("{err:#}").contains("nope.toml"), "{err:#}");
+}
+
+// ---- LINE's contract -----------------------------------------------------
+
+/// The answer's keys are the schema's: all required ones, nothing undeclared,
+/// each with the declared JSON type.
+fn assert_matches_contract(
+    contract: &crate::contract::Contract,
+    method: &str,
+    path: &str,
+    body: &Value,
+) {
+    let op = contract
+        .operation(method, path)
+        .unwrap_or_else(|| panic!("{method} {path} is not in the contract"));
+    let schema = contract.ok_schema(op).unwrap();
+    let fields = body.as_object().unwrap();
+    for (key, value) in fields {
+        let property = schema
+            .properties
+            .get(key)
+            .unwrap_or_else(|| panic!("{path}: undeclared {key}"));
+        let declared = property["type"].as_str().unwrap();
+        let ok = match declared {
+            "string" => value.is_string(),
+            "integer" => value.is_i64(),
+            "array" => value.is_array(),
+            other => panic!("{path}: unexpected type {other}"),
+        };
+        assert!(ok, "{path}: {key} = {value} is not {declared}");
+    }
+    for key in &schema.required {
+        assert!(fields.contains_key(key), "{path}: missing required {key}");
+    }
+}
+
+#[tokio::test]
+async fn every_sandbox_endpoint_and_answer_is_the_one_lines_contract_defines() {
+    use linetokd::sandbox::Endpoint;
+    let contract = crate::contract::Contract::load();
+    let methods = |e: Endpoint| match e {
+        Endpoint::VerifyV21 | Endpoint::ListKids => "GET",
+        _ => "POST",
+    };
+    let ours: Vec<(String, String)> = Endpoint::ALL
+        .iter()
+        .map(|e| (methods(*e).to_owned(), e.path().to_owned()))
+        .collect();
+    let theirs: Vec<(String, String)> = contract
+        .operations()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    for op in &theirs {
+        assert!(ours.contains(op), "the sandbox does not serve {op:?}");
+    }
+    for op in &ours {
+        assert!(theirs.contains(op), "{op:?} is not a LINE operation");
+    }
+
+    let lab = lab().await;
+    let issued = lab.issue(30).await;
+    assert_matches_contract(&contract, "POST", "/oauth2/v2.1/token", &issued);
+    let token = issued["access_token"].as_str().unwrap();
+    let verified: Value = lab.verify(token).await.json().await.unwrap();
+    assert_matches_contract(&contract, "GET", "/oauth2/v2.1/verify", &verified);
+    let kids = json!({ "kids": lab.kids().await });
+    assert_matches_contract(&contract, "GET", "/oauth2/v2.1/tokens/kid", &kids);
+    let short = lab
+        .post_form(
+            "/v2/oauth/accessToken",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", CHANNEL),
+                ("client_secret", SECRET),
+            ],
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_matches_contract(&contract, "POST", "/v2/oauth/accessToken", &short);
+    let short_verified: Value = verify_short_lived(&lab, short["access_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_matches_contract(&contract, "POST", "/v2/oauth/verify", &short_verified);
+    let stateless: Value = lab
+        .post_form(
+            "/oauth2/v3/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", CHANNEL),
+                ("client_secret", SECRET),
+            ],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_matches_contract(&contract, "POST", "/oauth2/v3/token", &stateless);
+    // the two revokes answer 200 with no body, as the contract (no content) says
+    for (path, form) in [
+        (
+            "/oauth2/v2.1/revoke",
+            vec![
+                ("client_id", CHANNEL),
+                ("client_secret", SECRET),
+                ("access_token", token),
+            ],
+        ),
+        (
+            "/v2/oauth/revoke",
+            vec![("access_token", short["access_token"].as_str().unwrap())],
+        ),
+    ] {
+        assert!(
+            contract
+                .ok_schema(contract.operation("POST", path).unwrap())
+                .is_none()
+        );
+        let r = lab.post_form(path, &form).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
 }
