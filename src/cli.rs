@@ -8,12 +8,17 @@
 //! below gets small settings structs.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config, keygen};
+use crate::clock::SystemClock;
+use crate::logging::{self, LogFormat};
+use crate::store::Store;
+use crate::{app, config, demo, keygen, sandbox};
 
 /// linetokd keeps LINE Messaging API channel access tokens alive.
 #[derive(Debug, Parser)]
@@ -42,6 +47,37 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Run the daemon: issue, rotate, verify, reconcile and revoke tokens.
+    Run {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Dev mode: the LINE sandbox plus the real daemon with 2-minute tokens, offline, no setup.
+    Demo {
+        /// Stop after this long (e.g. `5m`); default: until Ctrl-C.
+        #[arg(long = "for", value_parser = parse_duration)]
+        run_for: Option<std::time::Duration>,
+    },
+    /// Run the LINE sandbox: an offline emulator of LINE's token endpoints.
+    Sandbox {
+        /// Address to listen on; port 0 picks a free port (the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The sandbox's config file (channels, secrets, registered public keys).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Apply database migrations and exit (refused while the daemon runs).
+    Migrate {
+        /// The config file (for the database path).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    config::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// How a command failed, which decides the exit code.
@@ -78,7 +114,87 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Keygen { out, name } => keygen_cmd(&out, &name),
         Command::CheckConfig { config } => check_config_cmd(&config),
+        Command::Run { config } => run_cmd(&config),
+        Command::Demo { run_for } => demo_cmd(run_for),
+        Command::Sandbox { listen, config } => sandbox_cmd(listen, &config),
+        Command::Migrate { config } => migrate_cmd(&config),
     }
+}
+
+/// Loads and validates the config; every problem is a usage error (exit 2).
+fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
+    let settings = config::Settings::load(path, &process_env())
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    settings
+        .validate()
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
+}
+
+/// Sets up logging from the config's format and `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("RUST_LOG").ok();
+    logging::init(format, filter.as_deref());
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while starting the async runtime")))
+}
+
+fn run_cmd(path: &Path) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    init_logging(config.daemon.log_format);
+    runtime()?.block_on(async {
+        let shutdown = app::shutdown_on_signals()
+            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        app::run(&config, Arc::new(SystemClock), shutdown)
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
+    // The demo prints its own story on stdout; logs only for trouble.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    logging::init(LogFormat::Text, Some(&filter));
+    runtime()?.block_on(async {
+        let shutdown = app::shutdown_on_signals()
+            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        demo::run(shutdown, run_for, &mut std::io::stdout())
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+fn sandbox_cmd(listen: SocketAddr, path: &Path) -> Result<(), Failure> {
+    init_logging(LogFormat::Text);
+    runtime()?.block_on(async {
+        let shutdown = app::shutdown_on_signals()
+            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        sandbox::run(listen, path, Arc::new(SystemClock), shutdown)
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+fn migrate_cmd(path: &Path) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let migrated = Store::migrate(&config.daemon.database).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while migrating the database"))
+    })?;
+    if migrated.was_current() {
+        println!("{}: schema version {}, already current", config.daemon.database.display(), migrated.to);
+    } else {
+        println!(
+            "{}: migrated from schema version {} to {}",
+            config.daemon.database.display(),
+            migrated.from,
+            migrated.to
+        );
+    }
+    Ok(())
 }
 
 /// The process environment, for config overrides and `${NAME}` expansion.
