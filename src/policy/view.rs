@@ -5,7 +5,7 @@
 //! views at the same instant always give the same plan. The caller builds
 //! them fresh for every call (after executing a plan, state has changed).
 //!
-//! Depends on `crate::domain`, chrono and [`super::backoff`].
+//! Depends on `crate::domain`, chrono and [`super::backoff`](mod@super::backoff).
 
 use chrono::{DateTime, Utc};
 
