@@ -103,7 +103,8 @@ pub enum Step {
         reason: RevokeReason,
     },
     /// Check the current token with `/oauth2/v2.1/verify`. If LINE refuses
-    /// it, mark it gone and plan again: the group will be issued a new one.
+    /// it (revoked in the console, or by someone else), mark it gone, alert,
+    /// and plan again: the group will be issued a new one at once.
     Verify {
         /// The token.
         key_id: KeyId,
