@@ -16,7 +16,7 @@
 //! - [`plan`]: [`plan_group`] and the [`Plan`] it returns.
 //! - [`capacity`]: the channel's room (invariant 3) and [`capacity_victims`].
 //! - [`rate`]: the rolling-hour issue budget (invariant 4).
-//! - [`backoff`]: retries after failures, [`RetryState`].
+//! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
 //!

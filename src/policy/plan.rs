@@ -8,33 +8,41 @@
 //!
 //! # How the rotator uses a plan
 //!
-//! Execute the steps in order. Each step assumes the ones before it
-//! succeeded, so stop at the first failure (record it in the group's
-//! [`RetryState`](super::RetryState)) or at any surprise (a verify that finds
-//! the token dead: mark it gone). Then plan again with fresh views. A plan
-//! with steps always has `wake_at == now`: the state changed, so plan again
-//! at once; planning converges to an empty plan within a few rounds. A plan
-//! without steps says when to plan again: `wake_at`. Channel-wide steps
-//! (`Reconcile`) show up in the plan of every group that needs them; refresh
-//! the [`ChannelView`] between groups and the later groups will not repeat
-//! them. When a plan holds for capacity, pick victims with
-//! [`capacity_victims`](super::capacity_victims), revoke them, and plan again.
+//! - Execute the steps in order. Each step assumes the ones before it
+//!   succeeded, so stop at the first failure (record it with
+//!   [`RetryState::after_failure`](super::RetryState::after_failure)) or at
+//!   any surprise (a verify or reconcile that finds one of our tokens dead:
+//!   mark it gone). After a plan whose steps all ran, drop the retry state.
+//! - Then plan again with fresh views. A plan with steps always has
+//!   `wake_at == now` (the state changed, look again at once); planning
+//!   converges to a plan without steps within a few rounds, whose `wake_at`
+//!   says when to look next.
+//! - `Issue` is the whole of DESIGN.md 4.2d: record the attempt (it counts
+//!   against `max_issues_per_hour` whatever the outcome), issue, verify,
+//!   store, publish.
+//! - `Reconcile` is channel-wide and shows up in the plan of every group
+//!   that needs it; rebuild the [`ChannelView`] between groups (also for the
+//!   issue times and live counts) and later groups will not repeat it.
+//! - When a plan holds for capacity, pick victims with
+//!   [`capacity_victims`](super::capacity_victims), revoke them, and plan
+//!   again; if there are none, the plan's alert stands and the group is
+//!   looked at again at `wake_at`.
 //!
 //! # Invariants this module guarantees (DESIGN.md section 3)
 //!
-//! 1. An `Issue` is only planned when, after the plan's own revokes, the
-//!    group has at most one live token: never a third.
-//! 3. An `Issue` is only planned when the channel has room after the plan's
-//!    own revokes, and never in the same plan as a `Reconcile` (whose result
-//!    could change that count), and only when the last reconcile is at most
-//!    `reconcile_max_age_before_issue` old with no unsettled attempts.
-//! 4. An `Issue` is only planned when the channel's attempts in the last hour
-//!    are below `max_issues_per_hour`, and never before a retry's time.
-//!
-//! Invariant 2 (a current token with time left) is what the timing buys:
-//! rotation is planned from `rotate_before` plus the group's jitter ahead of
-//! expiry, and a critical alert is raised as soon as the arithmetic shows a
-//! successor cannot come in time.
+//! - Invariant 1: an `Issue` is only planned when, after the plan's own
+//!   revokes, the group has at most one live token: never a third.
+//! - Invariant 3: an `Issue` is only planned when the channel has room after
+//!   the plan's own revokes, never in the same plan as a `Reconcile` (whose
+//!   result could change the count), and only when the last reconcile is at
+//!   most `reconcile_max_age_before_issue` old with no unsettled attempts.
+//! - Invariant 4: an `Issue` is only planned when the channel's attempts in
+//!   the last hour are below `max_issues_per_hour`, and never before a
+//!   retry's time.
+//! - Invariant 2 (a current token with time left) is what the timing buys:
+//!   rotation is planned `rotate_before` plus the group's jitter ahead of
+//!   expiry, and a critical alert is raised as soon as the arithmetic shows
+//!   a successor cannot come in time.
 //!
 //! Depends on `crate::domain`, chrono and the sibling modules.
 
@@ -95,7 +103,8 @@ pub enum Step {
         reason: RevokeReason,
     },
     /// Check the current token with `/oauth2/v2.1/verify`. If LINE refuses
-    /// it, mark it gone and plan again: the group will be issued a new one.
+    /// it (revoked in the console, or by someone else), mark it gone, alert,
+    /// and plan again: the group will be issued a new one at once.
     Verify {
         /// The token.
         key_id: KeyId,
@@ -291,18 +300,24 @@ impl Draft {
         }
     }
 
+    /// When the plan would sleep until, were it to have no steps.
+    fn next_look(&self) -> DateTime<Utc> {
+        let latest = time::add(self.now, MAX_SLEEP);
+        self.wakes
+            .iter()
+            .copied()
+            .min()
+            .map_or(latest, |w| w.min(latest))
+    }
+
     fn finish(
         self,
         steps: Vec<Step>,
         hold: Option<Hold>,
         next_rotation_at: Option<DateTime<Utc>>,
     ) -> Plan {
-        let latest = time::add(self.now, MAX_SLEEP);
         let wake_at = if steps.is_empty() {
-            self.wakes
-                .into_iter()
-                .min()
-                .map_or(latest, |w| w.min(latest))
+            self.next_look()
         } else {
             self.now
         };
@@ -535,6 +550,7 @@ fn plan_active(
         });
 
     let mut hold = None;
+    let mut room = Revokes::default();
     let mut reconcile = reconcile_is_due;
     let mut issue = None;
     if let Some(reason) = reason {
@@ -560,8 +576,11 @@ fn plan_active(
                 hold = Some(Hold::Capacity { needed });
                 draft.alerts.push(Alert::NoCapacity { needed });
             } else {
+                // Only now, with the issue certain to be planned, does the
+                // older token go: revoking it without a successor would only
+                // cut off consumers that have not switched yet.
                 for t in &make_room {
-                    revokes.want(&mut draft, group, t, RevokeReason::MakeRoom);
+                    room.want(&mut draft, group, t, RevokeReason::MakeRoom);
                 }
                 issue = Some(reason);
             }
@@ -582,7 +601,9 @@ fn plan_active(
     };
 
     // Deadline arithmetic (DESIGN.md section 5): alert as soon as the
-    // successor cannot come in time, not when the token has expired.
+    // successor cannot come in time, not when the token has expired. Nothing
+    // says when a full channel frees up, so a capacity hold is not given a
+    // time; its only known next chance is the next look at the group.
     let next_attempt_at = match hold {
         Some(Hold::Capacity { .. }) => None,
         _ => Some(earliest),
@@ -595,16 +616,7 @@ fn plan_active(
             }
         }
         Some(cur) if issue.is_none() => {
-            // Holding for capacity, the next look is the next wake-up.
-            let next = next_attempt_at.unwrap_or_else(|| {
-                draft
-                    .wakes
-                    .iter()
-                    .copied()
-                    .min()
-                    .unwrap_or(time::add(now, MAX_SLEEP))
-                    .min(time::add(now, MAX_SLEEP))
-            });
+            let next = next_attempt_at.unwrap_or_else(|| draft.next_look());
             if cur.expires_at <= next {
                 draft.alerts.push(Alert::ExpiresBeforeSuccessor {
                     key_id: cur.key_id.clone(),
@@ -616,22 +628,19 @@ fn plan_active(
         Some(_) => {}
     }
 
+    // The order: revocations that stand on their own (an incident's first),
+    // then reading (reconcile, verify), then the make-room revocation and the
+    // issue it exists for, last, so that any earlier failure stops the issue.
     let mut steps = Vec::new();
     if retry_until.is_none() {
-        let make_room_start = revokes
-            .0
-            .iter()
-            .position(|(_, r)| *r == RevokeReason::MakeRoom);
-        let mut all = revokes.into_steps();
-        let tail = make_room_start.map_or_else(Vec::new, |i| all.split_off(i));
-        steps = all;
+        steps = revokes.into_steps();
         if reconcile {
             steps.push(Step::Reconcile);
         }
         if let Some(key_id) = verify {
             steps.push(Step::Verify { key_id });
         }
-        steps.extend(tail);
+        steps.extend(room.into_steps());
         if let Some(reason) = issue {
             steps.push(Step::Issue {
                 reason,

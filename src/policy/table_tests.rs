@@ -954,3 +954,57 @@ fn the_demo_rotates_a_two_minute_token_forty_seconds_plus_jitter_ahead() {
         }]
     );
 }
+
+#[test]
+fn a_full_channel_is_critical_once_the_token_expires_before_the_next_look() {
+    // Demo-sized token, full channel: nothing says when room comes, so the
+    // next chance is the next look, which is after the token's expiry.
+    let rules = Rules {
+        token_lifetime: Duration::minutes(2),
+        rotate_before: Duration::seconds(40),
+        rotation_jitter: Duration::zero(),
+        ..Rules::default()
+    };
+    let now = t(110);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok("a", 0, 120)])
+    };
+    let c = ChannelView {
+        live_ours: 1,
+        foreign: 29,
+        last_reconcile_at: Some(now),
+        ..ChannelView::default()
+    };
+    let p = plan_group(now, &g, &c, &rules);
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
+    assert_eq!(
+        critical(&p),
+        vec![&Alert::ExpiresBeforeSuccessor {
+            key_id: KeyId::new("a"),
+            expires_at: t(120),
+            next_attempt_at: t(120),
+        }]
+    );
+    // With a day left, a full channel is a warning, not yet critical.
+    let g = group(vec![tok30("a", 0)]);
+    let now = t(29 * DAY);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..g
+    };
+    let p = plan_group(
+        now,
+        &g,
+        &ChannelView {
+            last_reconcile_at: Some(now),
+            ..c
+        },
+        &Rules {
+            rotation_jitter: Duration::zero(),
+            ..Rules::default()
+        },
+    );
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
+    assert!(critical(&p).is_empty(), "{:?}", p.alerts);
+}

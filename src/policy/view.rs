@@ -5,7 +5,7 @@
 //! views at the same instant always give the same plan. The caller builds
 //! them fresh for every call (after executing a plan, state has changed).
 //!
-//! Depends on `crate::domain`, chrono and [`super::backoff`].
+//! Depends on `crate::domain`, chrono and [`super::backoff`](mod@super::backoff).
 
 use chrono::{DateTime, Utc};
 
@@ -32,13 +32,16 @@ pub struct GroupView {
     /// When the group left the config, if it did. Its tokens are revoked
     /// `removal_grace` later and it is never issued another.
     pub removed_at: Option<DateTime<Utc>>,
-    /// When an operator asked for a rotation (`linetokd rotate`). Satisfied,
-    /// and so ignored, once the current token was issued at or after it: the
-    /// caller need not clear it at the right moment.
+    /// When an operator asked for a rotation (`linetokd rotate`), stamped
+    /// with the daemon's clock. The caller clears it once the `Issue` it
+    /// caused succeeds; the policy also reads it as satisfied once the
+    /// current token was issued at or after it, so a clear lost in a crash
+    /// cannot cause a second rotation.
     pub rotate_requested_at: Option<DateTime<Utc>>,
     /// When an operator declared an incident (`linetokd revoke`): every live
     /// token issued before it is revoked at once and a fresh one issued.
-    /// Satisfied once no such token is live.
+    /// Cleared like `rotate_requested_at`, and likewise satisfied once the
+    /// current token is younger than it.
     pub revoke_requested_at: Option<DateTime<Utc>>,
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
