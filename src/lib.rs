@@ -15,6 +15,8 @@
 //!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
 //! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
 //!   demo, the tests and users who want to try their setup offline.
+//! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
+//!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
@@ -36,5 +38,7 @@ pub mod clock;
 pub mod domain;
 pub mod keygen;
 pub mod line;
+pub mod logging;
 pub mod sandbox;
 pub mod secret;
+pub mod store;

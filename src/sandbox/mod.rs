@@ -1,1 +1,347 @@
-//! The LINE emulator (the sandbox helper owns this folder).
+//! The LINE sandbox: a faithful emulator of LINE's channel access token
+//! endpoints (DESIGN.md §9), used by `linetokd demo`, the tests, the
+//! simulation, and users who want to try their setup offline.
+//!
+//! - [`Sandbox`] is the emulator: cheap to clone (an `Arc` inside), driven
+//!   entirely by the [`SharedClock`] it is given, so a test can run months
+//!   of virtual time through it. [`Sandbox::router`] is its axum app;
+//!   [`Sandbox::serve`] serves it on a listener until a shutdown token fires;
+//!   [`run`] is `linetokd sandbox`.
+//! - [`config`]: the config file (channels, secrets, public key files).
+//! - [`state`]: the token book and LINE's counting rules, pure.
+//! - [`assertion`]: LINE's checks on a client assertion.
+//! - `routes`: LINE's endpoints over HTTP; `inspect`: `/_sandbox/...`.
+//! - [`faults`]: error rate, 429, latency, hangs, drops, outage.
+//! - `conn`: the per-connection kill switch behind dropped connections.
+//! - [`errors`]: set-up errors and LINE's two error body shapes.
+//!
+//! Depends on `domain`, `clock`, and `line::jwt`/`line::keys` types only; the
+//! daemon never calls it. Locks are std mutexes, each held for one short
+//! step and never across `.await`, and never two at once.
+
+pub mod assertion;
+pub mod config;
+mod conn;
+pub mod errors;
+pub mod faults;
+mod inspect;
+mod routes;
+pub mod state;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::Context as _;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{ChannelConfig, SandboxConfig};
+pub use self::errors::{LineRefusal, SandboxError};
+pub use self::faults::{Endpoint, FaultRule, Faults};
+pub use self::routes::REQUEST_ID_HEADER;
+pub use self::state::{SandboxToken, SandboxTokenState, TokenKind};
+
+use self::assertion::{AssertionError, Purpose, VerifiedAssertion};
+use self::conn::{ConnKill, KillableListener};
+use self::faults::{Decision, FaultEngine};
+use self::state::Book;
+use crate::clock::SharedClock;
+use crate::domain::{ChannelId, ChannelSecret, KeyId, SigningKid};
+use crate::line::keys::VerifyingKey;
+
+/// The LINE emulator. Clones share one state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// "Now" for every rule: assertion exp, token expiry, the Date header.
+    clock: SharedClock,
+    channels: Mutex<Channels>,
+    book: Mutex<Book>,
+    faults: Mutex<FaultEngine>,
+    /// How many requests are currently held by a hang fault; tests wait on
+    /// it instead of sleeping.
+    hung: watch::Sender<usize>,
+}
+
+/// Registered channels and their keys.
+#[derive(Default)]
+struct Channels {
+    secrets: HashMap<ChannelId, ChannelSecret>,
+    /// kid → (channel, key): LINE finds a key by its globally unique kid.
+    keys: HashMap<SigningKid, (ChannelId, Arc<VerifyingKey>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks cannot leave the data
+    // half-updated in a way later requests would trip on; keep serving.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sandbox {
+    /// A sandbox with the channels and faults of `config`.
+    ///
+    /// # Errors
+    /// [`SandboxError`] for a kid registered twice, a key that is not
+    /// RSA-2048, or invalid fault rules.
+    pub fn new(config: SandboxConfig, clock: SharedClock) -> Result<Self, SandboxError> {
+        let sandbox = Self::empty(clock);
+        for channel in config.channels {
+            sandbox.register_channel(channel.id, channel.secret, channel.keys)?;
+        }
+        sandbox.set_faults(config.faults)?;
+        Ok(sandbox)
+    }
+
+    /// A sandbox with no channels and no faults.
+    pub fn empty(clock: SharedClock) -> Self {
+        let (hung, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                channels: Mutex::new(Channels::default()),
+                book: Mutex::new(Book::new()),
+                faults: Mutex::new(FaultEngine::default()),
+                hung,
+            }),
+        }
+    }
+
+    /// Registers (or re-registers, replacing secret and keys) a channel with
+    /// its secret and assertion public keys. Tokens already issued stay.
+    ///
+    /// # Errors
+    /// [`SandboxError::DuplicateKid`] if a kid belongs to another channel;
+    /// [`SandboxError::KeySize`] for a key that is not RSA-2048.
+    pub fn register_channel(
+        &self,
+        id: ChannelId,
+        secret: ChannelSecret,
+        keys: Vec<(SigningKid, VerifyingKey)>,
+    ) -> Result<(), SandboxError> {
+        for (kid, key) in &keys {
+            config::check_key_size(&id, kid, key)?;
+        }
+        let mut channels = lock(&self.inner.channels);
+        for (kid, _) in &keys {
+            if let Some((owner, _)) = channels.keys.get(kid)
+                && *owner != id
+            {
+                return Err(SandboxError::DuplicateKid {
+                    kid: kid.clone(),
+                    owner: owner.clone(),
+                });
+            }
+        }
+        channels.keys.retain(|_, (owner, _)| *owner != id);
+        for (kid, key) in keys {
+            channels.keys.insert(kid, (id.clone(), Arc::new(key)));
+        }
+        channels.secrets.insert(id, secret);
+        Ok(())
+    }
+
+    /// The sandbox's idea of now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// True if `channel` is registered.
+    pub fn has_channel(&self, channel: &ChannelId) -> bool {
+        lock(&self.inner.channels).secrets.contains_key(channel)
+    }
+
+    /// The whole app: LINE's endpoints (with faults) and `/_sandbox/...`,
+    /// every response stamped with `X-Line-Request-Id` and the sandbox
+    /// `Date`. Served without [`Self::serve`] (e.g. with `oneshot`), a
+    /// dropped-connection fault becomes a garbled answer and a hung request
+    /// hangs until the caller drops it.
+    pub fn router(&self) -> Router {
+        routes::line_routes(self.clone())
+            .merge(inspect::routes(self.clone()))
+            .fallback(routes::not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                routes::stamp_headers,
+            ))
+    }
+
+    /// Serves the sandbox on `listener` until `shutdown` is cancelled, then
+    /// finishes the requests in flight (hung ones are dropped) and returns.
+    ///
+    /// # Errors
+    /// The IO error that stopped the server.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let app = routes::with_serve_shutdown(self.router(), shutdown.clone())
+            .into_make_service_with_connect_info::<ConnKill>();
+        axum::serve(KillableListener(listener), app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+
+    /// Every token ever issued on `channel`, oldest first, with its state
+    /// now. Empty for an unknown channel.
+    pub fn tokens(&self, channel: &ChannelId) -> Vec<SandboxToken> {
+        let now = self.now();
+        lock(&self.inner.book).tokens(channel, now)
+    }
+
+    /// The key IDs `/oauth2/v2.1/tokens/kid` would list for `channel` now.
+    pub fn live_key_ids(&self, channel: &ChannelId) -> Vec<KeyId> {
+        let now = self.now();
+        lock(&self.inner.book).live_key_ids(channel, now)
+    }
+
+    /// Revokes the v2.1 token `key_id` behind the client's back (as an
+    /// operator in the LINE console would). True if it was live and is now
+    /// revoked; false if it was unknown or already dead.
+    pub fn revoke_key_id(&self, channel: &ChannelId, key_id: &KeyId) -> bool {
+        self.try_revoke_key_id(channel, key_id).unwrap_or(false)
+    }
+
+    /// As [`Self::revoke_key_id`], telling unknown (`None`) from dead.
+    pub fn try_revoke_key_id(&self, channel: &ChannelId, key_id: &KeyId) -> Option<bool> {
+        let now = self.now();
+        lock(&self.inner.book).revoke_key_id(channel, key_id, now)
+    }
+
+    /// Replaces the fault rules and restarts the fault RNG from their seed.
+    ///
+    /// # Errors
+    /// [`SandboxError::Faults`] naming a bad rule; the old rules stay.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), SandboxError> {
+        faults.validate()?;
+        *lock(&self.inner.faults) = FaultEngine::new(faults);
+        Ok(())
+    }
+
+    /// The fault rules in force.
+    pub fn faults(&self) -> Faults {
+        lock(&self.inner.faults).faults().clone()
+    }
+
+    /// Takes LINE down (every LINE endpoint answers 503) or brings it back,
+    /// keeping the other fault rules and the RNG's position.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.inner.faults).set_down(down);
+    }
+
+    /// How many requests a hang fault is holding right now.
+    pub fn hung_requests(&self) -> usize {
+        *self.inner.hung.borrow()
+    }
+
+    /// Waits until at least `n` requests are held by a hang fault (when `n`
+    /// is 0: until none are), so a test needs no sleep.
+    pub async fn wait_for_hung(&self, n: usize) {
+        let mut rx = self.inner.hung.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        let _ = rx
+            .wait_for(|&count| if n == 0 { count == 0 } else { count >= n })
+            .await;
+    }
+
+    pub(crate) fn decide_fault(&self, endpoint: Endpoint) -> Decision {
+        lock(&self.inner.faults).decide(endpoint)
+    }
+
+    pub(crate) fn hung_guard(&self) -> HungGuard {
+        self.inner.hung.send_modify(|c| *c += 1);
+        HungGuard(self.clone())
+    }
+
+    pub(crate) fn with_book<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
+        f(&mut lock(&self.inner.book))
+    }
+
+    /// LINE's assertion checks against the registered keys, at `now`. The
+    /// signature is verified outside the channel lock.
+    pub(crate) fn verify_assertion(
+        &self,
+        assertion: &str,
+        now: DateTime<Utc>,
+        purpose: Purpose,
+    ) -> Result<VerifiedAssertion, AssertionError> {
+        let lookup = |kid: &SigningKid| lock(&self.inner.channels).keys.get(kid).cloned();
+        assertion::verify(assertion, now, purpose, &lookup)
+    }
+
+    /// Checks a channel ID and secret, as the revoke and secret-form
+    /// endpoints do; LINE's texts for the two failures (LINE-API.md §5a).
+    pub(crate) fn authenticate_secret(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<ChannelId, LineRefusal> {
+        let id = ChannelId::new(client_id);
+        let channels = lock(&self.inner.channels);
+        match channels.secrets.get(&id) {
+            None => Err(LineRefusal::invalid_client("invalid client_id")),
+            Some(secret) if !secrets_equal(secret.expose(), client_secret) => {
+                Err(LineRefusal::invalid_client("invalid client_secret"))
+            }
+            Some(_) => Ok(id),
+        }
+    }
+}
+
+/// Constant-time comparison, so the sandbox models good practice even
+/// though nobody attacks a test double.
+fn secrets_equal(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+/// Counts a request as hung while it lives.
+pub(crate) struct HungGuard(Sandbox);
+
+impl Drop for HungGuard {
+    fn drop(&mut self) {
+        self.0.inner.hung.send_modify(|c| *c = c.saturating_sub(1));
+    }
+}
+
+/// `linetokd sandbox`: loads `config`, binds `listen`, prints
+/// `linetokd sandbox listening on http://ADDR` on stdout (so `--listen
+/// 127.0.0.1:0` works from scripts), and serves until `shutdown`.
+///
+/// # Errors
+/// An unreadable or invalid config, a listen address that cannot be bound,
+/// or the server failing; each with what was being done.
+pub async fn run(
+    listen: SocketAddr,
+    config: &Path,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = SandboxConfig::load(config)?;
+    let sandbox = Sandbox::new(config, clock)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("while binding the sandbox to {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("while reading the bound address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "linetokd sandbox listening on http://{addr}")
+            .and_then(|()| out.flush())
+            .context("while printing the listening address")?;
+    }
+    tracing::info!(%addr, "sandbox listening");
+    sandbox
+        .serve(listener, shutdown)
+        .await
+        .context("while serving the sandbox")
+}

@@ -8,4 +8,6 @@ mod contract;
 mod keygen;
 mod keys;
 mod line_client;
+mod sandbox;
+mod store;
 mod support;

@@ -1,0 +1,49 @@
+//! Log output: human text or JSON lines on stderr, filtered `RUST_LOG`-style.
+//!
+//! Called once by `cli` at start-up. Events carry `channel`, `group` and
+//! `key_id` fields where they concern one; a token value is never a field
+//! (tokens print as fingerprints, see [`crate::secret`]).
+
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::EnvFilter;
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The filter used when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive
+/// string (the caller reads the environment); `None` means [`DEFAULT_FILTER`].
+/// A second call is ignored, so tests may call it freely.
+pub fn init(format: LogFormat, filter: Option<&str>) {
+    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let result = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+    // Already installed (tests, or `demo` calling into `run`): keep the first.
+    let _ = result;
+}

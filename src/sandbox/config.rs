@@ -1,0 +1,260 @@
+//! The sandbox's config file: which channels exist, their secrets and their
+//! registered assertion public keys, plus optional fault rules.
+//!
+//! ```toml
+//! [[channels]]
+//! id = "1234567890"
+//! secret = "0123456789abcdef0123456789abcdef"
+//! keys = [{ kid = "…", public_key_file = "sandbox-keys/example-public.jwk" }]
+//!
+//! [faults]            # optional, same shape as GET /_sandbox/faults
+//! seed = 7
+//! [faults.endpoints."*"]
+//! latency_ms = 20
+//! ```
+//!
+//! A public key file is what `linetokd keygen` writes for the console (a
+//! public JWK) or a PEM; relative paths are taken from the config file's
+//! directory. Loading reads and checks every key file, so a loaded config is
+//! ready to serve: channel IDs are digits and unique, kids are unique across
+//! channels (LINE assigns them), keys are RSA-2048, rates are probabilities.
+//!
+//! The channel secret sits inline: this is a test double's config, not the
+//! daemon's. Depends on `line::keys`, `domain` and `faults`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::errors::SandboxError;
+use super::faults::Faults;
+use crate::domain::{ChannelId, ChannelSecret, SigningKid};
+use crate::line::keys::{REQUIRED_BITS, VerifyingKey};
+
+/// A loaded, checked sandbox configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// The channels the sandbox knows.
+    pub channels: Vec<ChannelConfig>,
+    /// Fault rules in force at start.
+    pub faults: Faults,
+}
+
+/// One channel: its ID, secret and registered public keys.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// The channel ID (the assertion's `iss`/`sub`).
+    pub id: ChannelId,
+    /// The channel secret (revoke, short-lived and stateless secret forms).
+    pub secret: ChannelSecret,
+    /// Registered assertion public keys by `kid`.
+    pub keys: Vec<(SigningKid, VerifyingKey)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    channels: Vec<RawChannel>,
+    #[serde(default)]
+    faults: Faults,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    id: String,
+    secret: String,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    public_key_file: PathBuf,
+}
+
+impl SandboxConfig {
+    /// Reads and checks the config file at `path`, loading every key file.
+    ///
+    /// # Errors
+    /// [`SandboxError`] naming the file, the key and what is wrong.
+    pub fn load(path: &Path) -> Result<Self, SandboxError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SandboxError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base).map_err(|e| match e {
+            SandboxError::ConfigParse { source, .. } => SandboxError::ConfigParse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text; relative key paths are taken from `base_dir`.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, SandboxError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| SandboxError::ConfigParse {
+            path: PathBuf::from("<text>"),
+            source: Box::new(source),
+        })?;
+        raw.faults.validate()?;
+        let mut kid_owner: HashMap<SigningKid, ChannelId> = HashMap::new();
+        let mut channels: Vec<ChannelConfig> = Vec::with_capacity(raw.channels.len());
+        for ch in raw.channels {
+            if ch.id.is_empty() || !ch.id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(SandboxError::BadChannelId(ch.id));
+            }
+            let id = ChannelId::new(ch.id);
+            if channels.iter().any(|c| c.id == id) {
+                return Err(SandboxError::DuplicateChannel(id));
+            }
+            if ch.secret.is_empty() {
+                return Err(SandboxError::EmptySecret(id));
+            }
+            let mut keys = Vec::with_capacity(ch.keys.len());
+            for k in ch.keys {
+                let kid = SigningKid::new(k.kid);
+                if let Some(owner) = kid_owner.insert(kid.clone(), id.clone()) {
+                    return Err(SandboxError::DuplicateKid { kid, owner });
+                }
+                let file = base_dir.join(&k.public_key_file);
+                let key = VerifyingKey::from_file(&file).map_err(|source| SandboxError::Key {
+                    channel: id.clone(),
+                    kid: kid.clone(),
+                    source,
+                })?;
+                check_key_size(&id, &kid, &key)?;
+                keys.push((kid, key));
+            }
+            channels.push(ChannelConfig {
+                id,
+                secret: ChannelSecret::new(ch.secret),
+                keys,
+            });
+        }
+        Ok(Self {
+            channels,
+            faults: raw.faults,
+        })
+    }
+}
+
+/// LINE registers RSA-2048 keys only (LINE-API.md §8).
+pub(crate) fn check_key_size(
+    channel: &ChannelId,
+    kid: &SigningKid,
+    key: &VerifyingKey,
+) -> Result<(), SandboxError> {
+    let bits = key.modulus_bits();
+    if bits == REQUIRED_BITS {
+        Ok(())
+    } else {
+        Err(SandboxError::KeySize {
+            channel: channel.clone(),
+            kid: kid.clone(),
+            bits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
+    }
+
+    fn parse(text: &str) -> Result<SandboxConfig, SandboxError> {
+        SandboxConfig::parse(text, &fixtures())
+    }
+
+    #[test]
+    fn jwk_and_pem_public_keys_load_from_relative_paths() {
+        let cfg = parse(
+            r#"
+            [[channels]]
+            id = "1234567890"
+            secret = "s3cret"
+            keys = [{ kid = "a", public_key_file = "rsa2048-public.jwk" },
+                    { kid = "b", public_key_file = "rsa2048-public.pem" }]
+            [[channels]]
+            id = "42"
+            secret = "other"
+            [faults]
+            seed = 3
+            [faults.endpoints."*"]
+            latency_ms = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.channels.len(), 2);
+        assert_eq!(cfg.channels[0].keys.len(), 2);
+        assert_eq!(cfg.faults.seed, Some(3));
+        assert_eq!(cfg.faults.endpoints["*"].latency_ms, 5);
+    }
+
+    #[test]
+    fn each_mistake_is_named() {
+        let cases = [
+            ("[[channels]]\nid = \"12a\"\nsecret = \"s\"", "12a"),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"s\"\n[[channels]]\nid = \"1\"\nsecret = \"t\"",
+                "listed twice",
+            ),
+            ("[[channels]]\nid = \"1\"\nsecret = \"\"", "secret"),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"rsa1024-pkcs8.pem\" }]",
+                "1024",
+            ),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"missing.jwk\" }]",
+                "missing.jwk",
+            ),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"ec-p256-pkcs8.pem\" }]",
+                "kid k",
+            ),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"rsa2048-public.jwk\" }]\n[[channels]]\nid = \"2\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"rsa2048-public.jwk\" }]",
+                "already registered on channel 1",
+            ),
+            ("[[channels]]\nid = \"1\"\nsecrets = \"s\"", "secrets"),
+            ("[faults.endpoints.\"/nope\"]\nerror_rate = 0.5", "/nope"),
+            ("[faults.endpoints.\"*\"]\ndrop_rate = 2.0", "drop_rate"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}\n=> {err}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file_and_resolves_paths_from_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = fixtures().join("rsa2048-public.jwk");
+        std::fs::copy(&key, dir.path().join("k.jwk")).unwrap();
+        let path = dir.path().join("sandbox.toml");
+        std::fs::write(
+            &path,
+            "[[channels]]\nid = \"1\"\nsecret = \"s\"\nkeys = [{ kid = \"k\", public_key_file = \"k.jwk\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            SandboxConfig::load(&path).unwrap().channels[0].keys.len(),
+            1
+        );
+        std::fs::write(&path, "channels = 3").unwrap();
+        let err = SandboxConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("sandbox.toml"), "{err}");
+    }
+}

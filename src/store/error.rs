@@ -1,0 +1,240 @@
+//! What can go wrong in the store, as one enum callers can branch on.
+//!
+//! Every variant names the database path or the row it is about. None ever
+//! carries a token value: SQLite's own messages name constraints and columns,
+//! never bound values, and the store's variants carry only key IDs, channel
+//! IDs and group names, which are not secret.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::domain::{ChannelId, GroupName, KeyId};
+
+use super::IntentId;
+
+/// A failure of the SQLite store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory meant to hold the database does not exist. The store
+    /// does not create it: a missing state directory usually means a wrong
+    /// path or a missing `StateDirectory=`, and guessing would hide that.
+    #[error("the directory {dir} for the database {path} does not exist")]
+    MissingDirectory {
+        /// The missing directory.
+        dir: PathBuf,
+        /// The database path that was asked for.
+        path: PathBuf,
+    },
+
+    /// A read-only open found no database file.
+    #[error("there is no database at {path} (has `linetokd run` or `linetokd migrate` been run?)")]
+    NoDatabase {
+        /// The database path that was asked for.
+        path: PathBuf,
+    },
+
+    /// Creating the database file or setting its permissions failed.
+    #[error("cannot prepare the database file {path}: {source}")]
+    File {
+        /// The database path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// SQLite refused to open or configure the database.
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database was written by a newer linetokd: its schema version is
+    /// one this binary does not know, and downgrades are refused.
+    #[error(
+        "the database {path} has schema version {found}, but this linetokd only knows versions up to {known}; \
+         use a newer linetokd (downgrades are not supported)"
+    )]
+    TooNew {
+        /// The database path.
+        path: PathBuf,
+        /// The version found in the database.
+        found: u32,
+        /// The newest version this binary knows.
+        known: u32,
+    },
+
+    /// A read-only open found a database that still needs migrations.
+    #[error(
+        "the database {path} has schema version {found}, but this linetokd needs version {known}; \
+         run `linetokd migrate` (or start the daemon) first"
+    )]
+    NeedsMigration {
+        /// The database path.
+        path: PathBuf,
+        /// The version found in the database.
+        found: u32,
+        /// The version this binary needs.
+        known: u32,
+    },
+
+    /// A migration failed; it was rolled back and the schema version is
+    /// unchanged.
+    #[error(
+        "migration {version} ({name}) of the database {path} failed and was rolled back: {source}"
+    )]
+    Migration {
+        /// The database path.
+        path: PathBuf,
+        /// The migration's version.
+        version: u32,
+        /// The migration's name (its file name without `.sql`).
+        name: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The list of migrations compiled into the binary is malformed
+    /// (versions must be 1, 2, 3, ... in order).
+    #[error("migration list is malformed: expected version {expected} but found {found} ({name})")]
+    MigrationOrder {
+        /// The version expected at this position.
+        expected: u32,
+        /// The version found there.
+        found: u32,
+        /// The migration's name.
+        name: &'static str,
+    },
+
+    /// Another process (or another store in this process) holds the writer
+    /// lock on this database.
+    #[error("another linetokd ({}) is using {}", describe_pid(*.pid), .path.display())]
+    Locked {
+        /// The database path.
+        path: PathBuf,
+        /// The holder's process ID, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+
+    /// The lock file could not be created, read or locked.
+    #[error("cannot use the lock file {path}: {source}")]
+    LockFile {
+        /// The lock file path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A write was attempted through a store opened read-only.
+    #[error("the database {path} was opened read-only (the running daemon is its only writer)")]
+    ReadOnly {
+        /// The database path.
+        path: PathBuf,
+    },
+
+    /// A query failed.
+    #[error("database {path}: {what} failed: {source}")]
+    Query {
+        /// The database path.
+        path: PathBuf,
+        /// What the store was doing, e.g. "storing an issued token".
+        what: &'static str,
+        /// SQLite's error (it names constraints and columns, never values).
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A row holds something this binary cannot read (an unknown state
+    /// name, a time out of range).
+    #[error("database {path}: {what}")]
+    Corrupt {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong, naming the table and column.
+        what: String,
+    },
+
+    /// The channel is not in the store (not in the config at the last sync).
+    #[error("channel {channel} is not in the store")]
+    UnknownChannel {
+        /// The channel.
+        channel: ChannelId,
+    },
+
+    /// The channel or group is not in the store (not in the config at the
+    /// last sync).
+    #[error("channel {channel} has no group {group} in the store")]
+    UnknownGroup {
+        /// The channel.
+        channel: ChannelId,
+        /// The group.
+        group: GroupName,
+    },
+
+    /// The group has been removed from the config; no token is issued for it.
+    #[error("group {group} of channel {channel} was removed from the config")]
+    GroupRemoved {
+        /// The channel.
+        channel: ChannelId,
+        /// The group.
+        group: GroupName,
+    },
+
+    /// An issuance is already in flight for the group. Refusing a second one
+    /// is the store's last line against double issuance.
+    #[error(
+        "an issuance for group {group} of channel {channel} is already in flight (intent {intent}); \
+         if a previous run crashed, close it with `close_lost_intents` at start"
+    )]
+    IssueInFlight {
+        /// The channel.
+        channel: ChannelId,
+        /// The group.
+        group: GroupName,
+        /// The open intent.
+        intent: IntentId,
+    },
+
+    /// No issuance intent has this ID.
+    #[error("no issuance intent {intent}")]
+    UnknownIntent {
+        /// The intent asked for.
+        intent: IntentId,
+    },
+
+    /// The issuance intent was already closed.
+    #[error("issuance intent {intent} is already closed ({outcome})")]
+    IntentClosed {
+        /// The intent.
+        intent: IntentId,
+        /// How it was closed.
+        outcome: &'static str,
+    },
+
+    /// No token with this key ID is stored.
+    #[error("no stored token has key ID {key_id}")]
+    UnknownToken {
+        /// The key ID asked for.
+        key_id: KeyId,
+    },
+
+    /// A token with this key ID is already stored.
+    #[error("a token with key ID {key_id} is already stored")]
+    DuplicateToken {
+        /// The key ID.
+        key_id: KeyId,
+    },
+}
+
+fn describe_pid(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_owned(),
+    }
+}

@@ -1,0 +1,268 @@
+//! The event history: what happened to which channel, group and token.
+//!
+//! Events name tokens by key ID only. Their free-text `detail` is screened
+//! against every stored token value before it is written, so even a caller
+//! that passes a LINE response body containing a token cannot put the value
+//! here (DESIGN.md invariant 5).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row, params};
+
+use super::{Fail, Store, StoreError, screen, secs, time_at};
+use crate::domain::{ChannelId, GroupName, KeyId};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A token was issued and stored.
+    Issued,
+    /// An issuance failed (LINE refused or did not answer).
+    IssueFailed,
+    /// An issuance was in flight when a previous run stopped: LINE may have
+    /// issued a token that was never stored.
+    IntentLost,
+    /// LINE confirmed a token is valid.
+    Verified,
+    /// Verifying a token failed.
+    VerifyFailed,
+    /// linetokd revoked a token.
+    Revoked,
+    /// Revoking a token failed.
+    RevokeFailed,
+    /// A token passed its expiry.
+    Expired,
+    /// A token of ours is no longer valid at LINE without our doing.
+    Gone,
+    /// LINE lists a key ID on the channel that is not ours.
+    ForeignSeen,
+    /// A foreign key ID is no longer listed.
+    ForeignGone,
+    /// Listing the channel's valid key IDs failed.
+    ReconcileFailed,
+    /// A channel appeared in (or came back to) the config.
+    ChannelAdded,
+    /// A channel left the config.
+    ChannelRemoved,
+    /// A group appeared in (or came back to) the config.
+    GroupAdded,
+    /// A group left the config.
+    GroupRemoved,
+}
+
+impl EventKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: [EventKind; 16] = [
+        Self::Issued,
+        Self::IssueFailed,
+        Self::IntentLost,
+        Self::Verified,
+        Self::VerifyFailed,
+        Self::Revoked,
+        Self::RevokeFailed,
+        Self::Expired,
+        Self::Gone,
+        Self::ForeignSeen,
+        Self::ForeignGone,
+        Self::ReconcileFailed,
+        Self::ChannelAdded,
+        Self::ChannelRemoved,
+        Self::GroupAdded,
+        Self::GroupRemoved,
+    ];
+
+    /// The name stored in the database and shown in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::IssueFailed => "issue_failed",
+            Self::IntentLost => "intent_lost",
+            Self::Verified => "verified",
+            Self::VerifyFailed => "verify_failed",
+            Self::Revoked => "revoked",
+            Self::RevokeFailed => "revoke_failed",
+            Self::Expired => "expired",
+            Self::Gone => "gone",
+            Self::ForeignSeen => "foreign_seen",
+            Self::ForeignGone => "foreign_gone",
+            Self::ReconcileFailed => "reconcile_failed",
+            Self::ChannelAdded => "channel_added",
+            Self::ChannelRemoved => "channel_removed",
+            Self::GroupAdded => "group_added",
+            Self::GroupRemoved => "group_removed",
+        }
+    }
+
+    /// The kind stored as `name`, if this binary knows it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The channel it concerns.
+    pub channel_id: ChannelId,
+    /// The group, if it concerns one.
+    pub group: Option<GroupName>,
+    /// The token, if it concerns one.
+    pub key_id: Option<KeyId>,
+    /// What happened.
+    pub kind: EventKind,
+    /// Free text (an error message, a reason). Screened before storage.
+    pub detail: String,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its sequence number (increasing).
+    pub id: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The channel it concerns.
+    pub channel_id: ChannelId,
+    /// The group, if it concerns one.
+    pub group: Option<GroupName>,
+    /// The token, if it concerns one.
+    pub key_id: Option<KeyId>,
+    /// What happened.
+    pub kind: EventKind,
+    /// Free text; never a token value.
+    pub detail: String,
+}
+
+const EVENT_COLUMNS: &str = "id, at, channel_id, group_name, key_id, kind, detail";
+
+impl Store {
+    /// Records an event at `now` and returns its ID.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn record_event(&self, now: DateTime<Utc>, event: &NewEvent) -> Result<i64, StoreError> {
+        self.write("recording an event", |tx| {
+            insert_event(
+                tx,
+                now,
+                &event.channel_id,
+                event.group.as_ref(),
+                event.key_id.as_ref(),
+                event.kind,
+                &event.detail,
+            )
+        })
+    }
+
+    /// The newest `limit` events, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn recent_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.read("listing events", |conn| {
+            query_events(
+                conn,
+                &format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?1"),
+                params![i64::from(limit)],
+            )
+        })
+    }
+
+    /// The newest `limit` events of one channel, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn events_of_channel(
+        &self,
+        channel: &ChannelId,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read("listing a channel's events", |conn| {
+            query_events(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE channel_id = ?1 ORDER BY id DESC LIMIT ?2"
+                ),
+                params![channel.as_str(), i64::from(limit)],
+            )
+        })
+    }
+
+    /// Deletes events older than `before`; returns how many went. The
+    /// history otherwise grows by a few rows per group per day.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.write("pruning old events", |tx| {
+            Ok(tx.execute("DELETE FROM events WHERE at < ?1", [secs(before)])?)
+        })
+    }
+}
+
+/// Inserts one event inside the caller's transaction, screening `detail`.
+pub(super) fn insert_event(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    group: Option<&GroupName>,
+    key_id: Option<&KeyId>,
+    kind: EventKind,
+    detail: &str,
+) -> Result<i64, Fail> {
+    let detail = screen(conn, detail)?;
+    conn.prepare_cached(
+        "INSERT INTO events (at, channel_id, group_name, key_id, kind, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        secs(now),
+        channel.as_str(),
+        group.map(GroupName::as_str),
+        key_id.map(KeyId::as_str),
+        kind.as_str(),
+        detail,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn query_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Event>, Fail> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(event_from_row(row)?);
+    }
+    Ok(out)
+}
+
+fn event_from_row(row: &Row<'_>) -> Result<Event, Fail> {
+    let kind: String = row.get("kind")?;
+    Ok(Event {
+        id: row.get("id")?,
+        at: time_at(row, "at")?,
+        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+        group: row
+            .get::<_, Option<String>>("group_name")?
+            .map(GroupName::new),
+        key_id: row.get::<_, Option<String>>("key_id")?.map(KeyId::new),
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| Fail::Corrupt(format!("events.kind holds unknown kind {kind:?}")))?,
+        detail: row.get("detail")?,
+    })
+}

@@ -1,0 +1,247 @@
+//! Reconcile: apply LINE's list of a channel's valid key IDs to the store
+//! (DESIGN.md section 4, step 5).
+//!
+//! Ours that LINE no longer lists are gone; key IDs LINE lists that are not
+//! ours are foreign, kept with the first time they were seen so status can
+//! say how long someone else has been issuing on the channel. Their values
+//! are unknown, so they cannot be revoked; they count against capacity until
+//! LINE stops listing them.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row, params};
+
+use super::events::insert_event;
+use super::sync::load_channel;
+use super::tokens::{TOKEN_COLUMNS, change_state, expire_in, query_tokens};
+use super::{EventKind, Fail, Store, StoreError, opt_time_at, secs, time_at};
+use crate::domain::{ChannelId, KeyId, TokenState};
+
+/// A key ID LINE listed on a channel that linetokd did not issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKid {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The key ID.
+    pub key_id: KeyId,
+    /// The first reconcile that saw it.
+    pub first_seen_at: DateTime<Utc>,
+    /// The last reconcile that saw it.
+    pub last_seen_at: DateTime<Utc>,
+    /// The first reconcile that no longer saw it; `None` while listed.
+    pub gone_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Store::reconcile`] changed and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Ours that passed their expiry.
+    pub expired: Vec<KeyId>,
+    /// Ours, recorded live and not expired, that LINE no longer lists.
+    pub gone: Vec<KeyId>,
+    /// Foreign key IDs seen for the first time (or again after they had
+    /// gone).
+    pub new_foreign: Vec<KeyId>,
+    /// Foreign key IDs no longer listed.
+    pub foreign_gone: Vec<KeyId>,
+    /// Ours still recorded live after the reconcile.
+    pub ours_live: u32,
+    /// Foreign key IDs LINE lists now.
+    pub foreign_live: u32,
+}
+
+impl Store {
+    /// Applies `live_kids`, LINE's list of the channel's valid key IDs, in
+    /// one transaction:
+    ///
+    /// 1. ours past their expiry become expired;
+    /// 2. ours recorded live but not listed become gone, except tokens
+    ///    issued at or after `now` (LINE may have issued them after it built
+    ///    the list);
+    /// 3. listed key IDs that are not ours are upserted as foreign, keeping
+    ///    `first_seen_at`; foreign ones no longer listed get `gone_at`;
+    /// 4. the channel's `last_reconcile_at` becomes `now`.
+    ///
+    /// `now` must be the time the list was requested, not when it arrived.
+    /// Every change is also an event.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownChannel`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn reconcile(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        live_kids: &[KeyId],
+    ) -> Result<ReconcileReport, StoreError> {
+        self.write("reconciling against LINE's key IDs", |tx| {
+            if load_channel(tx, channel)?.is_none() {
+                return Err(StoreError::UnknownChannel {
+                    channel: channel.clone(),
+                }
+                .into());
+            }
+            let listed: BTreeSet<&KeyId> = live_kids.iter().collect();
+            let mut report = ReconcileReport {
+                expired: expire_in(tx, now, Some(channel))?,
+                ..ReconcileReport::default()
+            };
+
+            let live = query_tokens(
+                tx,
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
+                     ORDER BY issued_at, key_id"
+                ),
+                params![channel.as_str()],
+            )?;
+            for token in &live {
+                if token.record.issued_at < now && !listed.contains(&token.record.key_id) {
+                    change_state(
+                        tx,
+                        now,
+                        token,
+                        TokenState::Gone,
+                        "no longer listed by LINE as valid (revoked outside linetokd?)",
+                    )?;
+                    report.gone.push(token.record.key_id.clone());
+                }
+            }
+            report.ours_live = count(live.len() - report.gone.len());
+
+            let ours = ours_among(tx, channel, &listed)?;
+            for kid in listed.iter().filter(|k| !ours.contains(**k)) {
+                if upsert_foreign(tx, now, channel, kid)? {
+                    insert_event(
+                        tx,
+                        now,
+                        channel,
+                        None,
+                        Some(kid),
+                        EventKind::ForeignSeen,
+                        "listed by LINE but not issued by linetokd",
+                    )?;
+                    report.new_foreign.push((*kid).clone());
+                }
+                report.foreign_live += 1;
+            }
+
+            for kid in foreign_listed_before(tx, channel)? {
+                if !listed.contains(&kid) {
+                    tx.execute(
+                        "UPDATE foreign_kids SET gone_at = ?3 WHERE channel_id = ?1 AND key_id = ?2",
+                        params![channel.as_str(), kid.as_str(), secs(now)],
+                    )?;
+                    insert_event(
+                        tx,
+                        now,
+                        channel,
+                        None,
+                        Some(&kid),
+                        EventKind::ForeignGone,
+                        "no longer listed by LINE",
+                    )?;
+                    report.foreign_gone.push(kid);
+                }
+            }
+
+            tx.execute(
+                "UPDATE channels SET last_reconcile_at = ?2 WHERE id = ?1",
+                params![channel.as_str(), secs(now)],
+            )?;
+            Ok(report)
+        })
+    }
+
+    /// The foreign key IDs ever seen on a channel, first seen first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn foreign_kids(&self, channel: &ChannelId) -> Result<Vec<ForeignKid>, StoreError> {
+        self.read("listing foreign key IDs", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel_id, key_id, first_seen_at, last_seen_at, gone_at FROM foreign_kids \
+                 WHERE channel_id = ?1 ORDER BY first_seen_at, key_id",
+            )?;
+            let mut rows = stmt.query([channel.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(foreign_from_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The listed key IDs that are ours (stored tokens of the channel, in any
+/// state: a token we think dead but LINE still lists is still not foreign).
+fn ours_among(
+    tx: &Connection,
+    channel: &ChannelId,
+    listed: &BTreeSet<&KeyId>,
+) -> Result<BTreeSet<KeyId>, Fail> {
+    let mut stmt =
+        tx.prepare_cached("SELECT 1 FROM tokens WHERE channel_id = ?1 AND key_id = ?2")?;
+    let mut ours = BTreeSet::new();
+    for kid in listed {
+        if stmt.exists(params![channel.as_str(), kid.as_str()])? {
+            ours.insert((*kid).clone());
+        }
+    }
+    Ok(ours)
+}
+
+/// Records a sighting; true when the key ID is new, or back after it had
+/// gone.
+fn upsert_foreign(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    kid: &KeyId,
+) -> Result<bool, Fail> {
+    let was_live: Option<bool> = tx
+        .prepare_cached(
+            "SELECT gone_at IS NULL FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
+        )?
+        .query([channel.as_str(), kid.as_str()])?
+        .next()?
+        .map(|row| row.get(0))
+        .transpose()?;
+    tx.execute(
+        "INSERT INTO foreign_kids (channel_id, key_id, first_seen_at, last_seen_at) \
+         VALUES (?1, ?2, ?3, ?3) \
+         ON CONFLICT (channel_id, key_id) DO UPDATE SET last_seen_at = ?3, gone_at = NULL",
+        params![channel.as_str(), kid.as_str(), secs(now)],
+    )?;
+    Ok(was_live != Some(true))
+}
+
+/// Foreign key IDs of the channel not yet marked gone.
+fn foreign_listed_before(tx: &Connection, channel: &ChannelId) -> Result<Vec<KeyId>, Fail> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT key_id FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL ORDER BY key_id",
+    )?;
+    let rows = stmt.query_map([channel.as_str()], |row| row.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for kid in rows {
+        out.push(KeyId::new(kid?));
+    }
+    Ok(out)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn foreign_from_row(row: &Row<'_>) -> Result<ForeignKid, Fail> {
+    Ok(ForeignKid {
+        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+        key_id: KeyId::new(row.get::<_, String>("key_id")?),
+        first_seen_at: time_at(row, "first_seen_at")?,
+        last_seen_at: time_at(row, "last_seen_at")?,
+        gone_at: opt_time_at(row, "gone_at")?,
+    })
+}

@@ -1,0 +1,425 @@
+//! The issuance-intent journal (DESIGN.md section 5, "Crash journal").
+//!
+//! The rotator calls [`Store::begin_issue`] before asking LINE for a token,
+//! then [`Store::complete_issue`] (token stored and intent closed in one
+//! transaction) or [`Store::fail_issue`]. Only after `complete_issue`
+//! returns may the token be published (invariant 6). An intent still open
+//! when the daemon starts stands for a token LINE may have issued that was
+//! never stored: [`Store::close_lost_intents`] reports and closes those, and
+//! the next reconcile shows any such token as foreign, so it is never lost
+//! silently.
+//!
+//! Intents are also the persisted issuance count: [`Store::issue_times_since`]
+//! counts every attempt, whatever its outcome, so `max_issues_per_hour`
+//! holds across restarts and crash loops (invariant 4).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row, params};
+
+use super::events::insert_event;
+use super::sync::load_group;
+use super::tokens::load_token;
+use super::{EventKind, Fail, Store, StoreError, StoredToken, opt_time_at, screen, secs, time_at};
+use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
+
+/// The ID of one issuance intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntentId(i64);
+
+impl IntentId {
+    /// The row ID.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    pub(super) fn from_raw(id: i64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for IntentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How an intent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntentOutcome {
+    /// Still in flight (or its process died).
+    Open,
+    /// The token was stored.
+    Issued,
+    /// LINE refused or did not answer.
+    Failed,
+    /// Found open at start: the process stopped mid-issuance.
+    Lost,
+}
+
+impl IntentOutcome {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Issued => "issued",
+            Self::Failed => "failed",
+            Self::Lost => "lost",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Open, Self::Issued, Self::Failed, Self::Lost]
+            .into_iter()
+            .find(|o| o.as_str() == name)
+    }
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueIntent {
+    /// Its ID.
+    pub id: IntentId,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The group the token was for.
+    pub group: GroupName,
+    /// When it began (before LINE was asked).
+    pub started_at: DateTime<Utc>,
+    /// When it was closed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub outcome: IntentOutcome,
+    /// The issued token's key ID, when [`IntentOutcome::Issued`].
+    pub key_id: Option<KeyId>,
+    /// Why it failed, when [`IntentOutcome::Failed`] or [`IntentOutcome::Lost`].
+    pub error: Option<String>,
+}
+
+/// A token LINE just issued, as [`Store::complete_issue`] stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// LINE's `key_id`.
+    pub key_id: KeyId,
+    /// LINE's `access_token`.
+    pub value: AccessToken,
+    /// When it was issued (our clock at the response).
+    pub issued_at: DateTime<Utc>,
+    /// `issued_at + expires_in`.
+    pub expires_at: DateTime<Utc>,
+    /// When LINE's verify endpoint confirmed it, if it was verified before
+    /// being stored.
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+const INTENT_COLUMNS: &str =
+    "id, channel_id, group_name, started_at, finished_at, outcome, key_id, error";
+
+/// The `error` of intents closed by [`Store::close_lost_intents`].
+const LOST_REASON: &str = "linetokd stopped while this issuance was in flight; \
+                           a token LINE issued for it would show up as foreign";
+
+impl Store {
+    /// Journals an issuance for a group before LINE is asked.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownGroup`], [`StoreError::GroupRemoved`],
+    /// [`StoreError::IssueInFlight`] when the group already has an open
+    /// intent, [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn begin_issue(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        group: &GroupName,
+    ) -> Result<IntentId, StoreError> {
+        self.write("journaling an issuance", |tx| {
+            let row = load_group(tx, channel, group)?.ok_or_else(|| StoreError::UnknownGroup {
+                channel: channel.clone(),
+                group: group.clone(),
+            })?;
+            if !row.is_active() {
+                return Err(StoreError::GroupRemoved {
+                    channel: channel.clone(),
+                    group: group.clone(),
+                }
+                .into());
+            }
+            let open = query_intents(
+                tx,
+                &format!(
+                    "SELECT {INTENT_COLUMNS} FROM issue_intents \
+                     WHERE outcome = 'open' AND channel_id = ?1 AND group_name = ?2"
+                ),
+                params![channel.as_str(), group.as_str()],
+            )?;
+            if let Some(intent) = open.first() {
+                return Err(StoreError::IssueInFlight {
+                    channel: channel.clone(),
+                    group: group.clone(),
+                    intent: intent.id,
+                }
+                .into());
+            }
+            tx.execute(
+                "INSERT INTO issue_intents (channel_id, group_name, started_at) VALUES (?1, ?2, ?3)",
+                params![channel.as_str(), group.as_str(), secs(now)],
+            )?;
+            Ok(IntentId(tx.last_insert_rowid()))
+        })
+    }
+
+    /// Stores the token LINE issued for `intent` and closes the intent, in
+    /// one transaction, with an `issued` event. If the key ID had been seen
+    /// as foreign (a reconcile ran while LINE was answering), it is ours and
+    /// leaves the foreign list. After this returns the token is durable and
+    /// may be published.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownIntent`], [`StoreError::IntentClosed`],
+    /// [`StoreError::DuplicateToken`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`]. On error nothing is written.
+    pub fn complete_issue(
+        &self,
+        now: DateTime<Utc>,
+        intent: IntentId,
+        token: &IssuedToken,
+    ) -> Result<StoredToken, StoreError> {
+        self.write("storing an issued token", |tx| {
+            let journal = open_intent(tx, intent)?;
+            if load_token(tx, &token.key_id)?.is_some() {
+                return Err(StoreError::DuplicateToken {
+                    key_id: token.key_id.clone(),
+                }
+                .into());
+            }
+            tx.execute(
+                "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
+                 expires_at, state, state_changed_at, last_verified_at, intent_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7, ?8, ?9)",
+                params![
+                    token.key_id.as_str(),
+                    journal.channel_id.as_str(),
+                    journal.group.as_str(),
+                    token.value.expose(),
+                    secs(token.issued_at),
+                    secs(token.expires_at),
+                    secs(now),
+                    token.verified_at.map(secs),
+                    intent.0,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE issue_intents SET outcome = 'issued', finished_at = ?2, key_id = ?3 \
+                 WHERE id = ?1",
+                params![intent.0, secs(now), token.key_id.as_str()],
+            )?;
+            tx.execute(
+                "DELETE FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
+                params![journal.channel_id.as_str(), token.key_id.as_str()],
+            )?;
+            insert_event(
+                tx,
+                now,
+                &journal.channel_id,
+                Some(&journal.group),
+                Some(&token.key_id),
+                EventKind::Issued,
+                &format!("expires at {}", token.expires_at.to_rfc3339()),
+            )?;
+            load_token(tx, &token.key_id)?.ok_or_else(|| {
+                Fail::Corrupt("the token just stored cannot be read back".to_owned())
+            })
+        })
+    }
+
+    /// Closes `intent` as failed with the error (screened, cut to length)
+    /// and an `issue_failed` event.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownIntent`], [`StoreError::IntentClosed`],
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn fail_issue(
+        &self,
+        now: DateTime<Utc>,
+        intent: IntentId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.write("journaling a failed issuance", |tx| {
+            let journal = open_intent(tx, intent)?;
+            let error = screen(tx, error)?;
+            tx.execute(
+                "UPDATE issue_intents SET outcome = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
+                params![intent.0, secs(now), error],
+            )?;
+            insert_event(
+                tx,
+                now,
+                &journal.channel_id,
+                Some(&journal.group),
+                None,
+                EventKind::IssueFailed,
+                &error,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// One journal entry.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn intent(&self, intent: IntentId) -> Result<Option<IssueIntent>, StoreError> {
+        self.read("reading an issuance intent", |conn| {
+            load_intent(conn, intent)
+        })
+    }
+
+    /// Every intent still open, oldest first. At start (before any new
+    /// issuance) these are issuances a previous run did not finish.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn open_intents(&self) -> Result<Vec<IssueIntent>, StoreError> {
+        self.read("listing open issuance intents", |conn| {
+            query_intents(
+                conn,
+                &format!(
+                    "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
+                ),
+                [],
+            )
+        })
+    }
+
+    /// Closes every open intent as lost, with an `intent_lost` event each,
+    /// and returns them (closed). Call once at start, after taking the
+    /// writer lock and before the first issuance: at that moment every open
+    /// intent belongs to a run that died.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`],
+    /// [`StoreError::ReadOnly`].
+    pub fn close_lost_intents(&self, now: DateTime<Utc>) -> Result<Vec<IssueIntent>, StoreError> {
+        self.write("closing issuance intents of a previous run", |tx| {
+            let open = query_intents(
+                tx,
+                &format!(
+                    "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
+                ),
+                [],
+            )?;
+            let mut closed = Vec::with_capacity(open.len());
+            for mut intent in open {
+                tx.execute(
+                    "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3 WHERE id = ?1",
+                    params![intent.id.0, secs(now), LOST_REASON],
+                )?;
+                insert_event(
+                    tx,
+                    now,
+                    &intent.channel_id,
+                    Some(&intent.group),
+                    None,
+                    EventKind::IntentLost,
+                    &format!(
+                        "issuance intent {} started at {} was never completed; {LOST_REASON}",
+                        intent.id,
+                        intent.started_at.to_rfc3339()
+                    ),
+                )?;
+                intent.outcome = IntentOutcome::Lost;
+                intent.finished_at = Some(now);
+                intent.error = Some(LOST_REASON.to_owned());
+                closed.push(intent);
+            }
+            Ok(closed)
+        })
+    }
+
+    /// When each issuance of the channel at or after `since` began, oldest
+    /// first, whatever its outcome (failed and lost attempts count: each
+    /// reached, or may have reached, LINE).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn issue_times_since(
+        &self,
+        channel: &ChannelId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        self.read("counting recent issuances", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT started_at FROM issue_intents WHERE channel_id = ?1 AND started_at >= ?2 \
+                 ORDER BY started_at, id",
+            )?;
+            let mut rows = stmt.query(params![channel.as_str(), secs(since)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(time_at(row, "started_at")?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The intent, which must exist and be open.
+fn open_intent(conn: &Connection, intent: IntentId) -> Result<IssueIntent, Fail> {
+    let journal = load_intent(conn, intent)?.ok_or(StoreError::UnknownIntent { intent })?;
+    if journal.outcome != IntentOutcome::Open {
+        return Err(StoreError::IntentClosed {
+            intent,
+            outcome: journal.outcome.as_str(),
+        }
+        .into());
+    }
+    Ok(journal)
+}
+
+fn load_intent(conn: &Connection, intent: IntentId) -> Result<Option<IssueIntent>, Fail> {
+    let mut found = query_intents(
+        conn,
+        &format!("SELECT {INTENT_COLUMNS} FROM issue_intents WHERE id = ?1"),
+        [intent.0],
+    )?;
+    Ok(found.pop())
+}
+
+fn query_intents(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<IssueIntent>, Fail> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(intent_from_row(row)?);
+    }
+    Ok(out)
+}
+
+fn intent_from_row(row: &Row<'_>) -> Result<IssueIntent, Fail> {
+    let outcome: String = row.get("outcome")?;
+    Ok(IssueIntent {
+        id: IntentId(row.get("id")?),
+        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+        group: GroupName::new(row.get::<_, String>("group_name")?),
+        started_at: time_at(row, "started_at")?,
+        finished_at: opt_time_at(row, "finished_at")?,
+        outcome: IntentOutcome::parse(&outcome).ok_or_else(|| {
+            Fail::Corrupt(format!(
+                "issue_intents.outcome holds unknown outcome {outcome:?}"
+            ))
+        })?,
+        key_id: row.get::<_, Option<String>>("key_id")?.map(KeyId::new),
+        error: row.get("error")?,
+    })
+}

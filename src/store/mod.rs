@@ -1,0 +1,450 @@
+//! The SQLite store: channels and groups, tokens, the issuance-intent
+//! journal, foreign key IDs and the event history.
+//!
+//! # Shape
+//!
+//! [`Store`] wraps one rusqlite [`Connection`] behind a std `Mutex` in an
+//! `Arc`, so it is `Clone + Send + Sync` and cheap to hand to tasks. Its API
+//! is synchronous (rusqlite blocks): async callers run it on
+//! `spawn_blocking`. The typed queries live in one file per concern:
+//! `sync` (channels and groups from the config, runtime state), `tokens`,
+//! `intents` (the crash journal), `foreign` (reconcile against LINE's list of
+//! valid key IDs) and `events`; `migrate` runs `migrations/*.sql` and `lock`
+//! keeps a second daemon out.
+//!
+//! Depends on `domain` and rusqlite; nothing above it. It never reads the
+//! clock: every time is an argument (`now`), so the simulation can drive it
+//! on a manual clock.
+//!
+//! # Invariants
+//!
+//! - **One writer** (DESIGN.md section 5): [`Store::open`] takes the
+//!   [`WriterLock`] and holds it as long as any clone of the store lives; a
+//!   second writer is refused with the holder's PID. Readers
+//!   ([`Store::open_read_only`]) need no lock: WAL lets them read while the
+//!   daemon writes.
+//! - **Durable before published** (invariant 6): WAL with
+//!   `synchronous = FULL`, so a committed transaction survives power loss;
+//!   a token and the closing of its intent commit in one transaction
+//!   ([`Store::complete_issue`]).
+//! - **No token value outside `tokens.access_token`** (invariant 5): every
+//!   free-text column is screened against the stored token values before it
+//!   is written, and errors carry no values.
+//! - Times are stored as integer unix seconds (UTC), truncated: LINE counts
+//!   lifetimes in whole seconds and integers compare and index directly in
+//!   SQL.
+//! - The database file (and its `-wal`/`-shm` companions) is mode 0600.
+
+mod error;
+mod events;
+mod foreign;
+mod intents;
+mod lock;
+pub mod migrate;
+mod sync;
+mod tokens;
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+
+pub use error::StoreError;
+pub use events::{Event, EventKind, NewEvent};
+pub use foreign::{ForeignKid, ReconcileReport};
+pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
+pub use lock::WriterLock;
+pub use migrate::Migrated;
+pub use sync::{ChannelRow, ChannelSpec, GroupRow, GroupRuntime, SyncReport};
+pub use tokens::StoredToken;
+
+/// How long a statement waits for a lock held by another connection (a
+/// `status` reader checkpointing, say) before giving up with "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQLite store. Clones share one connection (and, for a writer, one
+/// [`WriterLock`]).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Declared before `lock` so the connection closes before the lock is
+    /// released when the last clone drops.
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    migrated: Migrated,
+    /// `None` for a read-only store.
+    lock: Option<WriterLock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("read_only", &self.is_read_only())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the database at `path` for writing: takes the writer lock,
+    /// creates the file (mode 0600) if it is missing, tightens an existing
+    /// file's mode to 0600, switches to WAL and applies pending migrations.
+    /// The parent directory must exist. `linetokd run` and `linetokd migrate`
+    /// both go through here.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::MissingDirectory`], [`StoreError::Locked`] (another
+    /// daemon), [`StoreError::File`], [`StoreError::Open`],
+    /// [`StoreError::TooNew`] (a newer linetokd wrote it),
+    /// [`StoreError::Migration`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        check_parent(path)?;
+        let lock = WriterLock::acquire(path)?;
+        prepare_private_file(path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // No CREATE flag: the file was just created with the right mode, and
+        // SQLite must not create one with the umask's.
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("SQLite refused WAL mode (journal_mode stays {mode})"),
+            });
+        }
+        // WAL's default (NORMAL) may lose the last commits on power loss; a
+        // token must be durable before it is published, so sync every commit.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        let migrated = migrate::apply(&mut conn, migrate::MIGRATIONS)?;
+        // The first write created -wal and -shm; SQLite gives them the
+        // database file's mode, but an older pair may be looser.
+        tighten_companions(path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.to_path_buf(),
+                migrated,
+                lock: Some(lock),
+            }),
+        })
+    }
+
+    /// Applies pending migrations to the database at `path` and closes it:
+    /// `linetokd migrate`. Same as [`Store::open`] followed by a drop, so it
+    /// also refuses to run beside a running daemon.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn migrate(path: &Path) -> Result<Migrated, StoreError> {
+        Ok(Self::open(path)?.migrated())
+    }
+
+    /// Opens an existing database read-only, without the writer lock, for
+    /// `linetokd status`, `plan` and `token` while the daemon runs. Every
+    /// write method returns [`StoreError::ReadOnly`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoDatabase`] when the file is missing,
+    /// [`StoreError::TooNew`] or [`StoreError::NeedsMigration`] when its
+    /// schema is not the one this binary reads, [`StoreError::Open`].
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NoDatabase {
+                path: path.to_path_buf(),
+            });
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(open_err)?;
+        let found = migrate::schema_version(&conn).map_err(open_err)?;
+        let known = migrate::latest_version();
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < known {
+            return Err(StoreError::NeedsMigration {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.to_path_buf(),
+                migrated: Migrated {
+                    from: found,
+                    to: found,
+                },
+                lock: None,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// True for a store from [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.lock.is_none()
+    }
+
+    /// The schema versions before and after the migrations applied at open.
+    pub fn migrated(&self) -> Migrated {
+        self.inner.migrated
+    }
+
+    /// Runs `f` on the connection outside any explicit transaction (reads).
+    fn read<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+    }
+
+    /// Runs `f` in one immediate transaction, committed only if `f`
+    /// succeeds. A panic or error inside rolls everything back.
+    fn write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly {
+                path: self.inner.path.clone(),
+            });
+        }
+        let mut conn = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let run = |conn: &mut Connection| -> Result<T, Fail> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run(&mut conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+    }
+}
+
+/// The inner error of a query closure: SQLite's, a malformed row, or a
+/// domain refusal. Turned into a [`StoreError`] naming the path and the
+/// operation by [`Store::read`]/[`Store::write`].
+enum Fail {
+    Sql(rusqlite::Error),
+    Corrupt(String),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl Fail {
+    fn into_store_error(self, path: &Path, what: &'static str) -> StoreError {
+        match self {
+            Self::Sql(source) => StoreError::Query {
+                path: path.to_path_buf(),
+                what,
+                source,
+            },
+            Self::Corrupt(detail) => StoreError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("{what}: {detail}"),
+            },
+            Self::Store(e) => e,
+        }
+    }
+}
+
+/// A time as stored: unix seconds.
+fn secs(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+/// A stored time from column `col`.
+fn time_at(row: &Row<'_>, col: &str) -> Result<DateTime<Utc>, Fail> {
+    let s: i64 = row.get(col)?;
+    DateTime::from_timestamp(s, 0)
+        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {s}, which is not a time")))
+}
+
+/// A stored optional time from column `col`.
+fn opt_time_at(row: &Row<'_>, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
+    let s: Option<i64> = row.get(col)?;
+    s.map(|s| {
+        DateTime::from_timestamp(s, 0)
+            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {s}, which is not a time")))
+    })
+    .transpose()
+}
+
+/// What a free-text column gets instead of a text that contained a token.
+const WITHHELD: &str = "[withheld: the text contained a token value]";
+
+/// Free text longer than this is cut (LINE error bodies can be long).
+const MAX_TEXT_CHARS: usize = 2000;
+
+/// Screens free text before it is stored outside `tokens.access_token`:
+/// a text containing any stored token value is replaced by [`WITHHELD`]
+/// (the check runs before truncation so half a token cannot slip through),
+/// and long texts are cut.
+fn screen(conn: &Connection, text: &str) -> Result<String, Fail> {
+    let holds_token: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
+        [text],
+        |row| row.get(0),
+    )?;
+    if holds_token {
+        return Ok(WITHHELD.to_owned());
+    }
+    Ok(match text.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    })
+}
+
+fn check_parent(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(StoreError::MissingDirectory {
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite sees it, or
+/// tightens an existing one. The mode is set explicitly after creation
+/// because `OpenOptions::mode` is filtered through the umask.
+fn prepare_private_file(path: &Path) -> Result<(), StoreError> {
+    let file_err = |source| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => {
+            file.set_permissions(Permissions::from_mode(0o600))
+                .map_err(file_err)?;
+            file.sync_all().map_err(file_err)?;
+            // Make the new directory entry durable too.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(file_err)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Never chmod a directory or device someone pointed us at.
+            if !fs::metadata(path).map_err(file_err)?.is_file() {
+                return Err(file_err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it exists but is not a regular file",
+                )));
+            }
+            tighten(path).map_err(file_err)
+        }
+        Err(e) => Err(file_err(e)),
+    }
+}
+
+/// Tightens the `-wal` and `-shm` files, if present, to 0600.
+fn tighten_companions(db: &Path) -> Result<(), StoreError> {
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let companion = PathBuf::from(name);
+        match tighten(&companion) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::File {
+                    path: companion,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path` to 0600 if group or others have any access, with a warning:
+/// the database holds token values.
+fn tighten(path: &Path) -> io::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "database file was readable by others; setting it to 0600"
+        );
+        fs::set_permissions(path, Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,436 @@
+//! Channels and groups: synced from the config, read by the scheduler, and
+//! the per-group runtime state it keeps between passes (failures, backoff).
+//!
+//! A channel or group that leaves the config is marked `removed_at`, never
+//! deleted: its tokens keep their parent row and are revoked after
+//! `removal_grace`, and its history stays readable. One that comes back is
+//! simply marked present again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::events::insert_event;
+use super::{EventKind, Fail, Store, StoreError, opt_time_at, screen, secs, time_at};
+use crate::domain::{ChannelId, GroupName};
+
+/// One channel as the config lists it: the part of the config the store
+/// keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// The operator's name for it (shown in status).
+    pub name: String,
+    /// Its consumer groups.
+    pub groups: Vec<GroupName>,
+}
+
+/// What [`Store::sync_config`] changed. Channels and groups that came back
+/// after a removal count as added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Channels new to the store, or back in the config.
+    pub added_channels: Vec<ChannelId>,
+    /// Channels no longer in the config.
+    pub removed_channels: Vec<ChannelId>,
+    /// Groups new to the store, or back in the config.
+    pub added_groups: Vec<(ChannelId, GroupName)>,
+    /// Groups no longer in the config (including every group of a removed
+    /// channel).
+    pub removed_groups: Vec<(ChannelId, GroupName)>,
+}
+
+impl SyncReport {
+    /// True when the store already matched the config.
+    pub fn is_empty(&self) -> bool {
+        self.added_channels.is_empty()
+            && self.removed_channels.is_empty()
+            && self.added_groups.is_empty()
+            && self.removed_groups.is_empty()
+    }
+}
+
+/// A stored channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// The operator's name for it.
+    pub name: String,
+    /// When it first appeared in the config.
+    pub added_at: DateTime<Utc>,
+    /// When it left the config; `None` while it is in it.
+    pub removed_at: Option<DateTime<Utc>>,
+    /// When LINE's list of valid key IDs was last applied
+    /// ([`Store::reconcile`]).
+    pub last_reconcile_at: Option<DateTime<Utc>>,
+}
+
+impl ChannelRow {
+    /// True while the channel is in the config.
+    pub fn is_active(&self) -> bool {
+        self.removed_at.is_none()
+    }
+}
+
+/// The scheduler's state of one group, kept across restarts so backoff and
+/// the last error survive them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupRuntime {
+    /// The last failure of an issue, verify or revoke step (screened: never
+    /// a token value).
+    pub last_error: Option<String>,
+    /// When that failure happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// No new attempt before this time (backoff).
+    pub retry_not_before: Option<DateTime<Utc>>,
+}
+
+/// A stored group. The time of its last successful verify is its current
+/// token's [`StoredToken::last_verified_at`](super::StoredToken).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// Its name.
+    pub name: GroupName,
+    /// When it first appeared in the config.
+    pub added_at: DateTime<Utc>,
+    /// When it left the config; `None` while it is in it.
+    pub removed_at: Option<DateTime<Utc>>,
+    /// The scheduler's state for it.
+    pub runtime: GroupRuntime,
+}
+
+impl GroupRow {
+    /// True while the group is in the config.
+    pub fn is_active(&self) -> bool {
+        self.removed_at.is_none()
+    }
+}
+
+const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at";
+const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
+                             consecutive_failures, retry_not_before";
+
+impl Store {
+    /// Makes the stored channels and groups match the config: adds new
+    /// ones, marks missing ones removed (`removed_at = now`), marks returning
+    /// ones present again, updates channel names. Each change is also an
+    /// event. One transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] (e.g. a channel ID listed twice),
+    /// [`StoreError::ReadOnly`].
+    pub fn sync_config(
+        &self,
+        now: DateTime<Utc>,
+        channels: &[ChannelSpec],
+    ) -> Result<SyncReport, StoreError> {
+        self.write("syncing channels and groups from the config", |tx| {
+            let mut report = SyncReport::default();
+            let existing: BTreeMap<ChannelId, ChannelRow> = load_channels(tx)?
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect();
+            for spec in channels {
+                match existing.get(&spec.id) {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO channels (id, name, added_at) VALUES (?1, ?2, ?3)",
+                            params![spec.id.as_str(), spec.name, secs(now)],
+                        )?;
+                        insert_event(tx, now, &spec.id, None, None, EventKind::ChannelAdded, "")?;
+                        report.added_channels.push(spec.id.clone());
+                    }
+                    Some(row) => {
+                        if !row.is_active() {
+                            insert_event(
+                                tx,
+                                now,
+                                &spec.id,
+                                None,
+                                None,
+                                EventKind::ChannelAdded,
+                                "back in the config",
+                            )?;
+                            report.added_channels.push(spec.id.clone());
+                        }
+                        tx.execute(
+                            "UPDATE channels SET name = ?2, removed_at = NULL WHERE id = ?1",
+                            params![spec.id.as_str(), spec.name],
+                        )?;
+                    }
+                }
+                sync_groups(tx, now, &spec.id, &spec.groups, &mut report)?;
+            }
+            for row in existing.values() {
+                if row.is_active() && !channels.iter().any(|s| s.id == row.id) {
+                    tx.execute(
+                        "UPDATE channels SET removed_at = ?2 WHERE id = ?1",
+                        params![row.id.as_str(), secs(now)],
+                    )?;
+                    insert_event(tx, now, &row.id, None, None, EventKind::ChannelRemoved, "")?;
+                    report.removed_channels.push(row.id.clone());
+                    sync_groups(tx, now, &row.id, &[], &mut report)?;
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// Every stored channel, removed ones included, ordered by ID.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn channels(&self) -> Result<Vec<ChannelRow>, StoreError> {
+        self.read("listing channels", load_channels)
+    }
+
+    /// One stored channel.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn channel(&self, id: &ChannelId) -> Result<Option<ChannelRow>, StoreError> {
+        self.read("reading a channel", |conn| load_channel(conn, id))
+    }
+
+    /// The groups of one channel, removed ones included, ordered by name.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn groups(&self, channel: &ChannelId) -> Result<Vec<GroupRow>, StoreError> {
+        self.read("listing groups", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 ORDER BY name"
+            ))?;
+            let mut rows = stmt.query([channel.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(group_from_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every stored group of every channel, removed ones included, ordered
+    /// by channel and name.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn all_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        self.read("listing groups", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GROUP_COLUMNS} FROM groups ORDER BY channel_id, name"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(group_from_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One stored group.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn group(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+    ) -> Result<Option<GroupRow>, StoreError> {
+        self.read("reading a group", |conn| load_group(conn, channel, group))
+    }
+
+    /// Replaces a group's runtime state. `last_error` is screened against
+    /// stored token values and cut to a sane length.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownGroup`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn set_group_runtime(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+        runtime: &GroupRuntime,
+    ) -> Result<(), StoreError> {
+        self.write("saving a group's runtime state", |tx| {
+            let last_error = runtime
+                .last_error
+                .as_deref()
+                .map(|e| screen(tx, e))
+                .transpose()?;
+            let changed = tx.execute(
+                "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
+                 retry_not_before = ?6 WHERE channel_id = ?1 AND name = ?2",
+                params![
+                    channel.as_str(),
+                    group.as_str(),
+                    last_error,
+                    runtime.last_error_at.map(secs),
+                    i64::from(runtime.consecutive_failures),
+                    runtime.retry_not_before.map(secs),
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::UnknownGroup {
+                    channel: channel.clone(),
+                    group: group.clone(),
+                }
+                .into());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Adds, restores and removes the groups of one channel to match `wanted`.
+fn sync_groups(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    wanted: &[GroupName],
+    report: &mut SyncReport,
+) -> Result<(), Fail> {
+    let existing: BTreeMap<GroupName, Option<i64>> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT name, removed_at FROM groups WHERE channel_id = ?1")?;
+        let rows = stmt.query_map([channel.as_str()], |row| {
+            Ok((GroupName::new(row.get::<_, String>(0)?), row.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for name in wanted {
+        match existing.get(name) {
+            None => {
+                tx.execute(
+                    "INSERT INTO groups (channel_id, name, added_at) VALUES (?1, ?2, ?3)",
+                    params![channel.as_str(), name.as_str(), secs(now)],
+                )?;
+                insert_event(
+                    tx,
+                    now,
+                    channel,
+                    Some(name),
+                    None,
+                    EventKind::GroupAdded,
+                    "",
+                )?;
+                report.added_groups.push((channel.clone(), name.clone()));
+            }
+            Some(Some(_)) => {
+                tx.execute(
+                    "UPDATE groups SET removed_at = NULL WHERE channel_id = ?1 AND name = ?2",
+                    params![channel.as_str(), name.as_str()],
+                )?;
+                insert_event(
+                    tx,
+                    now,
+                    channel,
+                    Some(name),
+                    None,
+                    EventKind::GroupAdded,
+                    "back in the config",
+                )?;
+                report.added_groups.push((channel.clone(), name.clone()));
+            }
+            Some(None) => {}
+        }
+    }
+    for (name, removed_at) in &existing {
+        if removed_at.is_none() && !wanted.contains(name) {
+            tx.execute(
+                "UPDATE groups SET removed_at = ?3 WHERE channel_id = ?1 AND name = ?2",
+                params![channel.as_str(), name.as_str(), secs(now)],
+            )?;
+            insert_event(
+                tx,
+                now,
+                channel,
+                Some(name),
+                None,
+                EventKind::GroupRemoved,
+                "",
+            )?;
+            report.removed_groups.push((channel.clone(), name.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn load_channels(conn: &Connection) -> Result<Vec<ChannelRow>, Fail> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(channel_from_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn load_channel(conn: &Connection, id: &ChannelId) -> Result<Option<ChannelRow>, Fail> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"
+    ))?;
+    let mut rows = stmt.query([id.as_str()])?;
+    rows.next()?.map(channel_from_row).transpose()
+}
+
+pub(super) fn load_group(
+    conn: &Connection,
+    channel: &ChannelId,
+    group: &GroupName,
+) -> Result<Option<GroupRow>, Fail> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 AND name = ?2"
+    ))?;
+    let row = stmt
+        .query_row([channel.as_str(), group.as_str()], |row| {
+            Ok(group_from_row(row))
+        })
+        .optional()?;
+    row.transpose()
+}
+
+fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
+    Ok(ChannelRow {
+        id: ChannelId::new(row.get::<_, String>("id")?),
+        name: row.get("name")?,
+        added_at: time_at(row, "added_at")?,
+        removed_at: opt_time_at(row, "removed_at")?,
+        last_reconcile_at: opt_time_at(row, "last_reconcile_at")?,
+    })
+}
+
+fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
+    let failures: i64 = row.get("consecutive_failures")?;
+    Ok(GroupRow {
+        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+        name: GroupName::new(row.get::<_, String>("name")?),
+        added_at: time_at(row, "added_at")?,
+        removed_at: opt_time_at(row, "removed_at")?,
+        runtime: GroupRuntime {
+            last_error: row.get("last_error")?,
+            last_error_at: opt_time_at(row, "last_error_at")?,
+            consecutive_failures: u32::try_from(failures).map_err(|_| {
+                Fail::Corrupt(format!("groups.consecutive_failures holds {failures}"))
+            })?,
+            retry_not_before: opt_time_at(row, "retry_not_before")?,
+        },
+    })
+}

@@ -1,0 +1,277 @@
+//! Tokens linetokd issued: their values, times and states.
+//!
+//! Tokens enter only through [`Store::complete_issue`] (with their intent).
+//! A token's state moves once, from live to revoked, expired or gone, and
+//! then stays: LINE never brings a dead token back, and the first cause
+//! recorded is the one worth keeping.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row, params};
+
+use super::events::insert_event;
+use super::{EventKind, Fail, IntentId, Store, StoreError, opt_time_at, screen, secs, time_at};
+use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+
+/// A stored token with its value. `Debug` shows the value's fingerprint
+/// only ([`AccessToken`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// The group it was issued for.
+    pub group: GroupName,
+    /// Key ID, times and state.
+    pub record: TokenRecord,
+    /// The token itself, for the sinks, the token API and revocation.
+    pub value: AccessToken,
+    /// Why it left the live state (e.g. "revoked: superseded").
+    pub state_reason: Option<String>,
+    /// When its state last changed (its issue time while live).
+    pub state_changed_at: DateTime<Utc>,
+    /// When LINE last confirmed it valid.
+    pub last_verified_at: Option<DateTime<Utc>>,
+    /// The issuance intent that produced it.
+    pub intent: Option<IntentId>,
+}
+
+pub(super) const TOKEN_COLUMNS: &str = "key_id, channel_id, group_name, access_token, issued_at, \
+     expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id";
+
+impl Store {
+    /// The token with this key ID.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn token(&self, key_id: &KeyId) -> Result<Option<StoredToken>, StoreError> {
+        self.read("reading a token", |conn| load_token(conn, key_id))
+    }
+
+    /// Every token of a group in every state, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn tokens_of_group(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        self.read("listing a group's tokens", |conn| {
+            query_tokens(
+                conn,
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND group_name = ?2 \
+                     ORDER BY issued_at, key_id"
+                ),
+                params![channel.as_str(), group.as_str()],
+            )
+        })
+    }
+
+    /// The tokens of a channel (all groups, removed ones included) recorded
+    /// live, oldest first. A token past its expiry stays recorded live until
+    /// [`Store::expire_due`] or [`Store::reconcile`] runs; use
+    /// [`TokenRecord::is_live_at`] to judge.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn live_tokens_of_channel(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        self.read("listing a channel's live tokens", |conn| {
+            query_tokens(
+                conn,
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
+                     ORDER BY issued_at, key_id"
+                ),
+                params![channel.as_str()],
+            )
+        })
+    }
+
+    /// Moves a live token to `state` with a reason (screened like every
+    /// free text) and records the matching event. Returns false, changing
+    /// nothing, when the token is already in `state` or has already left the
+    /// live state (the first cause is kept).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownToken`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn set_token_state(
+        &self,
+        now: DateTime<Utc>,
+        key_id: &KeyId,
+        state: TokenState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        self.write("changing a token's state", |tx| {
+            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
+                key_id: key_id.clone(),
+            })?;
+            if token.record.state != TokenState::Live || state == TokenState::Live {
+                return Ok(false);
+            }
+            change_state(tx, now, &token, state, reason)?;
+            Ok(true)
+        })
+    }
+
+    /// Records that LINE confirmed the token valid at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownToken`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn record_verified(&self, now: DateTime<Utc>, key_id: &KeyId) -> Result<(), StoreError> {
+        self.write("recording a verify", |tx| {
+            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
+                key_id: key_id.clone(),
+            })?;
+            tx.execute(
+                "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
+                params![key_id.as_str(), secs(now)],
+            )?;
+            insert_event(
+                tx,
+                now,
+                &token.channel_id,
+                Some(&token.group),
+                Some(key_id),
+                EventKind::Verified,
+                "",
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Marks every live token (of every channel) whose expiry is at or
+    /// before `now` as expired; returns their key IDs.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<KeyId>, StoreError> {
+        self.write("expiring tokens", |tx| expire_in(tx, now, None))
+    }
+}
+
+/// Expires the due live tokens of one channel (or all) inside the caller's
+/// transaction.
+pub(super) fn expire_in(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: Option<&ChannelId>,
+) -> Result<Vec<KeyId>, Fail> {
+    let due = query_tokens(
+        tx,
+        &format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
+             AND (?2 IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id"
+        ),
+        params![secs(now), channel.map(ChannelId::as_str)],
+    )?;
+    let mut expired = Vec::with_capacity(due.len());
+    for token in due {
+        change_state(tx, now, &token, TokenState::Expired, "past its expiry")?;
+        expired.push(token.record.key_id);
+    }
+    Ok(expired)
+}
+
+/// Writes a live token's new state and the matching event.
+pub(super) fn change_state(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    token: &StoredToken,
+    state: TokenState,
+    reason: &str,
+) -> Result<(), Fail> {
+    let reason = screen(tx, reason)?;
+    tx.execute(
+        "UPDATE tokens SET state = ?2, state_reason = ?3, state_changed_at = ?4 WHERE key_id = ?1",
+        params![
+            token.record.key_id.as_str(),
+            state.as_str(),
+            reason,
+            secs(now)
+        ],
+    )?;
+    let kind = match state {
+        TokenState::Revoked => EventKind::Revoked,
+        TokenState::Expired => EventKind::Expired,
+        // Live never reaches here (callers refuse it); Gone is the rest.
+        TokenState::Gone | TokenState::Live => EventKind::Gone,
+    };
+    insert_event(
+        tx,
+        now,
+        &token.channel_id,
+        Some(&token.group),
+        Some(&token.record.key_id),
+        kind,
+        &reason,
+    )?;
+    Ok(())
+}
+
+pub(super) fn load_token(conn: &Connection, key_id: &KeyId) -> Result<Option<StoredToken>, Fail> {
+    let mut found = query_tokens(
+        conn,
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE key_id = ?1"),
+        params![key_id.as_str()],
+    )?;
+    Ok(found.pop())
+}
+
+pub(super) fn query_tokens(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StoredToken>, Fail> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(token_from_row(row)?);
+    }
+    Ok(out)
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<StoredToken, Fail> {
+    let state: String = row.get("state")?;
+    Ok(StoredToken {
+        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+        group: GroupName::new(row.get::<_, String>("group_name")?),
+        record: TokenRecord {
+            key_id: KeyId::new(row.get::<_, String>("key_id")?),
+            issued_at: time_at(row, "issued_at")?,
+            expires_at: time_at(row, "expires_at")?,
+            state: parse_state(&state).ok_or_else(|| {
+                Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
+            })?,
+        },
+        value: AccessToken::new(row.get::<_, String>("access_token")?),
+        state_reason: row.get("state_reason")?,
+        state_changed_at: time_at(row, "state_changed_at")?,
+        last_verified_at: opt_time_at(row, "last_verified_at")?,
+        intent: row
+            .get::<_, Option<i64>>("intent_id")?
+            .map(IntentId::from_raw),
+    })
+}
+
+fn parse_state(name: &str) -> Option<TokenState> {
+    [
+        TokenState::Live,
+        TokenState::Revoked,
+        TokenState::Expired,
+        TokenState::Gone,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == name)
+}
