@@ -733,7 +733,7 @@ mod against_the_sandbox {
         }
         assert_eq!(
             client.valid_key_ids(&lab.signer).await.unwrap(),
-            [issued.key_id.clone()]
+            std::slice::from_ref(&issued.key_id)
         );
 
         client
