@@ -6,7 +6,7 @@
 //! and returns the contract's answer types ([`crate::line::types`]) or a
 //! classified [`LineError`]. Where LINE wants a client assertion, the method
 //! takes the channel's [`AssertionSigner`] and signs a fresh one from
-//! [`Clock::now`] for that request alone (LINE judges `exp` by its clock, so
+//! [`crate::clock::Clock::now`] for that request alone (LINE judges `exp` by its clock, so
 //! an assertion is never reused).
 //!
 //! What it guarantees:

@@ -8,16 +8,24 @@
 //! required one is sent, enum values are allowed ones, GETs carry no body,
 //! POSTs a form, and nothing carries an `Authorization` header. Every client
 //! call must also read the contract's example answer.
+//!
+//! Sandbox side: every operation is called on the real sandbox with
+//! requests that themselves pass the client-side check, and every 200 answer
+//! must be exactly what the contract's schema defines (every field declared,
+//! with its type, every required one present; revoke's body empty); error
+//! answers must be one of LINE's two shapes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use linetokd::clock::Clock as _;
 use linetokd::domain::{AccessToken, ChannelId, ChannelSecret};
+use linetokd::line::jwt::CLIENT_ASSERTION_TYPE;
 use linetokd::line::{Endpoint, LineClient, Verification};
 use serde_yaml_ng::Value;
 
-use crate::support::{self, Mock, Reply, Seen};
+use crate::support::{self, LAB_CHANNEL, LAB_SECRET, Mock, Reply, SandboxLab, Seen};
 
 /// LINE's OpenAPI file, parsed.
 pub struct Contract {
@@ -515,4 +523,312 @@ fn the_checker_catches_what_the_sdks_got_wrong() {
     assert!(camel.contains("`accessToken` is not declared"), "{camel}");
     let empty = check_request(&contract, &empty_fields).unwrap_err();
     assert!(empty.contains("must match exactly one"), "{empty}");
+}
+
+/// Checks an error answer's body: `{"error", "error_description"}` (the
+/// contract's `ErrorResponse`, fields optional but not both absent) or
+/// `{"message"}`, nothing else.
+fn check_error_answer(contract: &Contract, what: &str, body: &[u8]) -> Result<(), String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("{what}: error body is not JSON: {e}"))?;
+    let Some(object) = json.as_object() else {
+        return Err(format!("{what}: error body is not an object"));
+    };
+    let error_response = contract.schema(&contract.doc["components"]["schemas"]["ErrorResponse"]);
+    let oauth = !object.is_empty()
+        && object
+            .iter()
+            .all(|(k, v)| error_response.properties.contains_key(k) && v.is_string());
+    let message = object.len() == 1
+        && object
+            .get("message")
+            .is_some_and(serde_json::Value::is_string);
+    ensure!(
+        oauth || message,
+        "{what}: error body in neither of LINE's shapes: {json}"
+    );
+    Ok(())
+}
+
+/// Sends one request to the sandbox after checking it against the contract
+/// itself; returns the status and body.
+async fn call(
+    contract: &Contract,
+    lab: &SandboxLab,
+    method: &str,
+    path: &str,
+    params: &[(&str, String)],
+) -> (u16, Vec<u8>) {
+    let pairs: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let get = method == "GET";
+    let seen = Seen {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: if get { pairs.clone() } else { Vec::new() },
+        form: if get { Vec::new() } else { pairs.clone() },
+        content_type: (!get).then(|| "application/x-www-form-urlencoded".to_owned()),
+        authorization: false,
+    };
+    check_request(contract, &seen).unwrap_or_else(|e| panic!("the test's own request: {e}"));
+    let http = reqwest::Client::new();
+    let url = format!("{}{path}", lab.base_url);
+    let request = if get {
+        http.get(url).query(&pairs)
+    } else {
+        http.post(url).form(&pairs)
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        response.headers().contains_key("x-line-request-id"),
+        "{method} {path}: no X-Line-Request-Id"
+    );
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn every_answer_the_sandbox_gives_is_the_one_the_contract_defines() {
+    let contract = Contract::load();
+    let lab = support::sandbox_lab().await;
+    let now = lab.clock.now();
+    let issue_assertion = lab
+        .signer
+        .sign(now, Some(chrono::Duration::days(30)))
+        .unwrap();
+    let plain_assertion = lab.signer.sign(now, None).unwrap();
+    let jwt_form = |assertion: &str| {
+        vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()),
+            ("client_assertion", assertion.to_owned()),
+        ]
+    };
+    let secret_form = || {
+        vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_id", LAB_CHANNEL.to_owned()),
+            ("client_secret", LAB_SECRET.to_owned()),
+        ]
+    };
+    let ok = |what: &str, (status, body): (u16, Vec<u8>)| {
+        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+        body
+    };
+    let token_of = |body: &[u8]| -> String {
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        json["access_token"].as_str().unwrap().to_owned()
+    };
+    let mut answers: Vec<(&str, &str, Vec<u8>)> = Vec::new();
+
+    // v2.1
+    let issued = ok(
+        "issue",
+        call(
+            &contract,
+            &lab,
+            "POST",
+            "/oauth2/v2.1/token",
+            &jwt_form(&issue_assertion),
+        )
+        .await,
+    );
+    let v21 = token_of(&issued);
+    answers.push(("POST", "/oauth2/v2.1/token", issued));
+    let verified = ok(
+        "verify",
+        call(
+            &contract,
+            &lab,
+            "GET",
+            "/oauth2/v2.1/verify",
+            &[("access_token", v21.clone())],
+        )
+        .await,
+    );
+    answers.push(("GET", "/oauth2/v2.1/verify", verified));
+    let kid_query = vec![
+        ("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()),
+        ("client_assertion", plain_assertion.clone()),
+    ];
+    let kids = ok(
+        "kids",
+        call(
+            &contract,
+            &lab,
+            "GET",
+            "/oauth2/v2.1/tokens/kid",
+            &kid_query,
+        )
+        .await,
+    );
+    answers.push(("GET", "/oauth2/v2.1/tokens/kid", kids));
+    let revoke_form = vec![
+        ("client_id", LAB_CHANNEL.to_owned()),
+        ("client_secret", LAB_SECRET.to_owned()),
+        ("access_token", v21.clone()),
+    ];
+    let revoked = ok(
+        "revoke",
+        call(&contract, &lab, "POST", "/oauth2/v2.1/revoke", &revoke_form).await,
+    );
+    answers.push(("POST", "/oauth2/v2.1/revoke", revoked));
+
+    // short-lived
+    let short = ok(
+        "short issue",
+        call(
+            &contract,
+            &lab,
+            "POST",
+            "/v2/oauth/accessToken",
+            &secret_form(),
+        )
+        .await,
+    );
+    let short_token = token_of(&short);
+    answers.push(("POST", "/v2/oauth/accessToken", short));
+    let verified = ok(
+        "short verify",
+        call(
+            &contract,
+            &lab,
+            "POST",
+            "/v2/oauth/verify",
+            &[("access_token", short_token.clone())],
+        )
+        .await,
+    );
+    answers.push(("POST", "/v2/oauth/verify", verified));
+    let revoked = ok(
+        "short revoke",
+        call(
+            &contract,
+            &lab,
+            "POST",
+            "/v2/oauth/revoke",
+            &[("access_token", short_token.clone())],
+        )
+        .await,
+    );
+    answers.push(("POST", "/v2/oauth/revoke", revoked));
+
+    // stateless, both forms
+    let by_jwt = ok(
+        "stateless jwt",
+        call(
+            &contract,
+            &lab,
+            "POST",
+            "/oauth2/v3/token",
+            &jwt_form(&plain_assertion),
+        )
+        .await,
+    );
+    answers.push(("POST", "/oauth2/v3/token", by_jwt));
+    let by_secret = ok(
+        "stateless secret",
+        call(&contract, &lab, "POST", "/oauth2/v3/token", &secret_form()).await,
+    );
+    answers.push(("POST", "/oauth2/v3/token", by_secret));
+
+    let operations: BTreeSet<(&str, &str)> = answers.iter().map(|(m, p, _)| (*m, *p)).collect();
+    assert_eq!(
+        operations.len(),
+        contract.operations().len(),
+        "every operation answered"
+    );
+    for (method, path, body) in &answers {
+        check_answer(&contract, method, path, body).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    // Refusals: a dead token, a wrong secret, an unknown kid.
+    let stranger = support::signer(LAB_CHANNEL, "kid-never-registered")
+        .sign(now, None)
+        .unwrap();
+    let wrong_secret = vec![
+        ("client_id", LAB_CHANNEL.to_owned()),
+        ("client_secret", "wrong-secret".to_owned()),
+        ("access_token", short_token.clone()),
+    ];
+    let refusals = [
+        (
+            "dead v2.1 token",
+            call(
+                &contract,
+                &lab,
+                "GET",
+                "/oauth2/v2.1/verify",
+                &[("access_token", v21.clone())],
+            )
+            .await,
+            400,
+        ),
+        (
+            "dead short-lived token",
+            call(
+                &contract,
+                &lab,
+                "POST",
+                "/v2/oauth/verify",
+                &[("access_token", short_token.clone())],
+            )
+            .await,
+            400,
+        ),
+        (
+            "wrong secret",
+            call(
+                &contract,
+                &lab,
+                "POST",
+                "/oauth2/v2.1/revoke",
+                &wrong_secret,
+            )
+            .await,
+            400,
+        ),
+        (
+            "unknown kid",
+            call(
+                &contract,
+                &lab,
+                "POST",
+                "/oauth2/v3/token",
+                &jwt_form(&stranger),
+            )
+            .await,
+            404,
+        ),
+    ];
+    for (what, (status, body), want) in refusals {
+        assert_eq!(status, want, "{what}");
+        check_error_answer(&contract, what, &body).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn the_error_checker_accepts_lines_two_shapes_only() {
+    let contract = Contract::load();
+    for good in [
+        r#"{"error":"invalid_client","error_description":"Invalid exp"}"#,
+        r#"{"error":"invalid_request"}"#,
+        r#"{"message":"Cannot find channel key that satisfies the conditions"}"#,
+    ] {
+        check_error_answer(&contract, good, good.as_bytes()).unwrap();
+    }
+    for bad in [
+        r#"{}"#,
+        r#"{"err":"x"}"#,
+        r#"{"message":"x","error":"y"}"#,
+        r#"{"error":5}"#,
+        "<html/>",
+    ] {
+        assert!(
+            check_error_answer(&contract, bad, bad.as_bytes()).is_err(),
+            "{bad}"
+        );
+    }
 }

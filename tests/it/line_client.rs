@@ -668,3 +668,430 @@ fn bad_configs_are_refused_with_a_reason() {
     let default = LineClient::new(LineClientConfig::default(), clock).unwrap();
     assert_eq!(default.base_url(), "https://api.line.me");
 }
+
+// ---------------------------------------------------------------------------
+// Against the sandbox: every call's success, then each failure class
+// ---------------------------------------------------------------------------
+
+mod against_the_sandbox {
+    use std::time::Duration;
+
+    use linetokd::domain::{ChannelId, ChannelSecret, KeyId};
+    use linetokd::line::{LineError, TransientCause, Verification};
+    use linetokd::sandbox::{FaultRule, Faults, SandboxTokenState, TokenKind};
+
+    use crate::support::{self, LAB_KID, LAB_SECRET, SandboxLab, assert_leaks_nothing};
+
+    /// Every token value the lab's sandbox ever issued, plus the secret.
+    fn secrets(lab: &SandboxLab) -> Vec<String> {
+        let mut all: Vec<String> = lab
+            .sandbox
+            .tokens(&lab.channel())
+            .iter()
+            .map(|t| t.access_token.expose().to_owned())
+            .collect();
+        all.push(LAB_SECRET.to_owned());
+        all
+    }
+
+    fn assert_no_leak(err: &LineError, lab: &SandboxLab) {
+        let secrets = secrets(lab);
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        assert_leaks_nothing(err, &secrets);
+    }
+
+    fn faults(path: &str, rule: FaultRule) -> Faults {
+        Faults {
+            seed: Some(7),
+            down: false,
+            endpoints: [(path.to_owned(), rule)].into_iter().collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_v21_call_succeeds() {
+        let lab = support::sandbox_lab().await;
+        let client = &lab.client;
+        let issued = client
+            .issue_v21(&lab.signer, chrono::Duration::days(30))
+            .await
+            .unwrap();
+        assert_eq!(issued.expires_in, 2_592_000);
+        assert_eq!(issued.token_type, "Bearer");
+        // The sandbox's own book agrees on the key ID and the value.
+        let book = lab.sandbox.tokens(&lab.channel());
+        assert_eq!(book.len(), 1);
+        assert_eq!(book[0].key_id.as_ref(), Some(&issued.key_id));
+        assert_eq!(book[0].access_token, issued.access_token);
+
+        match client.verify_v21(&issued.access_token).await.unwrap() {
+            Verification::Valid(v) => {
+                assert_eq!(v.client_id, lab.channel());
+                assert_eq!(v.expires_in, 2_592_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            client.valid_key_ids(&lab.signer).await.unwrap(),
+            std::slice::from_ref(&issued.key_id)
+        );
+
+        client
+            .revoke_v21(&lab.channel(), &lab.secret(), &issued.access_token)
+            .await
+            .unwrap();
+        assert_eq!(
+            lab.sandbox.tokens(&lab.channel())[0].state,
+            SandboxTokenState::Revoked
+        );
+        assert!(matches!(
+            client.verify_v21(&issued.access_token).await.unwrap(),
+            Verification::Rejected { .. }
+        ));
+        assert_eq!(
+            client.valid_key_ids(&lab.signer).await.unwrap(),
+            Vec::<KeyId>::new()
+        );
+        // Same clock on both sides: no skew.
+        assert_eq!(client.last_clock_skew(), Some(chrono::Duration::zero()));
+    }
+
+    #[tokio::test]
+    async fn verify_reports_an_expired_token_as_rejected() {
+        let lab = support::sandbox_lab().await;
+        let issued = lab
+            .client
+            .issue_v21(&lab.signer, chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        lab.clock
+            .advance(chrono::Duration::hours(1) + chrono::Duration::seconds(1));
+        match lab.client.verify_v21(&issued.access_token).await.unwrap() {
+            Verification::Rejected {
+                code, request_id, ..
+            } => {
+                assert_eq!(code.as_deref(), Some("invalid_request"));
+                assert!(request_id.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_short_lived_call_succeeds() {
+        let lab = support::sandbox_lab().await;
+        let client = &lab.client;
+        let issued = client
+            .issue_short_lived(&lab.channel(), &lab.secret())
+            .await
+            .unwrap();
+        assert_eq!(issued.expires_in, 2_592_000);
+        assert!(
+            client
+                .verify_short_lived(&issued.access_token)
+                .await
+                .unwrap()
+                .is_valid()
+        );
+        client
+            .revoke_short_lived(&issued.access_token)
+            .await
+            .unwrap();
+        assert!(
+            !client
+                .verify_short_lived(&issued.access_token)
+                .await
+                .unwrap()
+                .is_valid()
+        );
+        let book = lab.sandbox.tokens(&lab.channel());
+        assert_eq!(book[0].kind, TokenKind::ShortLived);
+        assert_eq!(book[0].state, SandboxTokenState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn both_stateless_forms_succeed() {
+        let lab = support::sandbox_lab().await;
+        let by_jwt = lab
+            .client
+            .issue_stateless_with_assertion(&lab.signer)
+            .await
+            .unwrap();
+        let by_secret = lab
+            .client
+            .issue_stateless_with_secret(&lab.channel(), &lab.secret())
+            .await
+            .unwrap();
+        for issued in [&by_jwt, &by_secret] {
+            assert_eq!(issued.expires_in, 900);
+            assert_eq!(issued.token_type, "Bearer");
+        }
+        assert_ne!(by_jwt.access_token, by_secret.access_token);
+        let kinds: Vec<TokenKind> = lab
+            .sandbox
+            .tokens(&lab.channel())
+            .iter()
+            .map(|t| t.kind)
+            .collect();
+        assert_eq!(kinds, [TokenKind::Stateless, TokenKind::Stateless]);
+    }
+
+    #[tokio::test]
+    async fn an_unregistered_kid_is_a_permanent_404_on_every_assertion_call() {
+        let lab = support::sandbox_lab().await;
+        let stranger = support::signer(support::LAB_CHANNEL, "kid-never-registered");
+        let errors = [
+            lab.client
+                .issue_v21(&stranger, chrono::Duration::days(1))
+                .await
+                .unwrap_err(),
+            lab.client.valid_key_ids(&stranger).await.unwrap_err(),
+            lab.client
+                .issue_stateless_with_assertion(&stranger)
+                .await
+                .unwrap_err(),
+        ];
+        for err in &errors {
+            assert!(err.is_unknown_signing_key(), "{err:?}");
+            assert!(!err.is_transient());
+            assert!(err.request_id().is_some(), "{err:?}");
+            assert_no_leak(err, &lab);
+        }
+        assert!(lab.sandbox.tokens(&lab.channel()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_permanent() {
+        let lab = support::sandbox_lab().await;
+        let issued = lab
+            .client
+            .issue_v21(&lab.signer, chrono::Duration::days(1))
+            .await
+            .unwrap();
+        let wrong = ChannelSecret::new("not-the-channel-secret-at-all");
+        let errors = [
+            lab.client
+                .revoke_v21(&lab.channel(), &wrong, &issued.access_token)
+                .await
+                .unwrap_err(),
+            lab.client
+                .issue_short_lived(&lab.channel(), &wrong)
+                .await
+                .unwrap_err(),
+            lab.client
+                .issue_stateless_with_secret(&lab.channel(), &wrong)
+                .await
+                .unwrap_err(),
+            lab.client
+                .issue_short_lived(&ChannelId::new("1999999999"), &lab.secret())
+                .await
+                .unwrap_err(),
+        ];
+        // LINE's codes: invalid_client, except the stateless endpoint's
+        // "Invalid 'client_credentials'." invalid_request (LINE-API.md 6).
+        let codes = [
+            "invalid_client",
+            "invalid_client",
+            "invalid_request",
+            "invalid_client",
+        ];
+        for (err, code) in errors.iter().zip(codes) {
+            assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+            assert_eq!(err.status(), Some(reqwest::StatusCode::BAD_REQUEST));
+            assert_eq!(err.code(), Some(code), "{err}");
+            assert_no_leak(err, &lab);
+            assert_leaks_nothing(err, &["not-the-channel-secret-at-all"]);
+        }
+        // The token survived the failed revoke.
+        assert_eq!(
+            lab.sandbox.tokens(&lab.channel())[0].state,
+            SandboxTokenState::Live
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_assertions_are_permanent() {
+        let lab = support::sandbox_lab().await;
+        // The registered kid, signed for another channel: iss does not match.
+        let wrong_channel = support::signer("1999999999", LAB_KID);
+        let err = lab
+            .client
+            .issue_v21(&wrong_channel, chrono::Duration::days(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("invalid_client"));
+        assert_no_leak(&err, &lab);
+
+        // Our clock 40 minutes behind LINE's: the assertion is already
+        // expired when it arrives, and the client sees the skew.
+        let slow = support::manual_clock();
+        slow.advance(chrono::Duration::minutes(-40));
+        let client = lab.client_with(&slow, Duration::from_secs(10));
+        let err = client.valid_key_ids(&lab.signer).await.unwrap_err();
+        assert!(matches!(err, LineError::Permanent { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("invalid_client"));
+        assert_eq!(
+            client.last_clock_skew(),
+            Some(chrono::Duration::minutes(-40))
+        );
+        assert_no_leak(&err, &lab);
+        assert!(lab.sandbox.tokens(&lab.channel()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_31st_token_is_refused_as_too_many_tokens() {
+        let lab = support::sandbox_lab().await;
+        let mut issued = Vec::new();
+        for _ in 0..30 {
+            issued.push(
+                lab.client
+                    .issue_v21(&lab.signer, chrono::Duration::days(30))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let err = lab
+            .client
+            .issue_v21(&lab.signer, chrono::Duration::days(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LineError::TooManyTokens { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(err.request_id().is_some());
+        assert_no_leak(&err, &lab);
+        assert_eq!(
+            lab.client.valid_key_ids(&lab.signer).await.unwrap().len(),
+            30
+        );
+
+        // Revoking one makes room for exactly one more.
+        lab.client
+            .revoke_v21(&lab.channel(), &lab.secret(), &issued[0].access_token)
+            .await
+            .unwrap();
+        lab.client
+            .issue_v21(&lab.signer, chrono::Duration::days(30))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn injected_server_errors_and_outages_are_transient() {
+        let lab = support::sandbox_lab().await;
+        let rule = FaultRule {
+            error_rate: 1.0,
+            ..FaultRule::default()
+        };
+        lab.sandbox
+            .set_faults(faults("/oauth2/v2.1/token", rule))
+            .unwrap();
+        let err = lab
+            .client
+            .issue_v21(&lab.signer, chrono::Duration::days(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LineError::Transient { cause: TransientCause::ServerError { status, .. }, .. } if *status == 500),
+            "{err:?}"
+        );
+        assert!(err.request_id().is_some());
+        assert_no_leak(&err, &lab);
+
+        lab.sandbox.set_faults(Faults::default()).unwrap();
+        lab.sandbox.set_down(true);
+        let err = lab
+            .client
+            .revoke_short_lived(&linetokd::domain::AccessToken::new("x"))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert_eq!(err.status(), Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+        lab.sandbox.set_down(false);
+        lab.client.valid_key_ids(&lab.signer).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_injected_429_is_rate_limited_with_its_retry_after() {
+        let lab = support::sandbox_lab().await;
+        let rule = FaultRule {
+            rate_limit_rate: 1.0,
+            retry_after_secs: 7,
+            ..FaultRule::default()
+        };
+        lab.sandbox
+            .set_faults(faults("/v2/oauth/accessToken", rule))
+            .unwrap();
+        let err = lab
+            .client
+            .issue_short_lived(&lab.channel(), &lab.secret())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        assert!(err.request_id().is_some());
+        assert_no_leak(&err, &lab);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_transient() {
+        let lab = support::sandbox_lab().await;
+        let issued = lab
+            .client
+            .issue_v21(&lab.signer, chrono::Duration::days(1))
+            .await
+            .unwrap();
+        let rule = FaultRule {
+            drop_rate: 1.0,
+            ..FaultRule::default()
+        };
+        lab.sandbox
+            .set_faults(faults("/oauth2/v2.1/verify", rule))
+            .unwrap();
+        let err = lab
+            .client
+            .verify_v21(&issued.access_token)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LineError::Transient {
+                    cause: TransientCause::Network,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_no_leak(&err, &lab);
+    }
+
+    #[tokio::test]
+    async fn a_hung_request_times_out() {
+        let lab = support::sandbox_lab().await;
+        let rule = FaultRule {
+            hang_rate: 1.0,
+            ..FaultRule::default()
+        };
+        lab.sandbox
+            .set_faults(faults("/oauth2/v2.1/revoke", rule))
+            .unwrap();
+        let client = lab.client_with(&lab.clock, Duration::from_millis(300));
+        let token = linetokd::domain::AccessToken::new("a.b.c");
+        let err = client
+            .revoke_v21(&lab.channel(), &lab.secret(), &token)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LineError::Transient {
+                    cause: TransientCause::Timeout,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_no_leak(&err, &lab);
+    }
+}

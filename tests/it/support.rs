@@ -1,5 +1,7 @@
 //! Shared test helpers: a fixed start time and manual clock, a signer over
-//! the fixture key, a LINE client, and serving an axum app on 127.0.0.1:0.
+//! the fixture key, a LINE client, serving an axum app on 127.0.0.1:0, a
+//! recording [`Mock`] LINE, and [`SandboxLab`]: the real sandbox on a fresh
+//! port with one channel whose key is registered.
 //!
 //! Everything here binds port 0, talks to loopback only and stops when
 //! dropped, so tests run in parallel without sharing anything.
@@ -13,12 +15,14 @@ use std::time::Duration;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use linetokd::clock::{ManualClock, SharedClock};
-use linetokd::domain::{ChannelId, SigningKid};
+use linetokd::domain::{ChannelId, ChannelSecret, SigningKid};
 use linetokd::line::jwt::AssertionSigner;
-use linetokd::line::keys::SigningKey;
+use linetokd::line::keys::{SigningKey, VerifyingKey};
 use linetokd::line::{LineClient, LineClientConfig};
+use linetokd::sandbox::Sandbox;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// 2026-03-01T00:00:00Z: where manual clocks start.
 pub fn start_time() -> DateTime<Utc> {
@@ -274,4 +278,78 @@ fn pairs(encoded: &str) -> Vec<(String, String)> {
     url.query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
+}
+
+/// The channel a [`SandboxLab`] registers.
+pub const LAB_CHANNEL: &str = "1234567890";
+/// Its channel secret.
+pub const LAB_SECRET: &str = "lab-channel-SECRET-0123456789abcdef";
+/// The `kid` its fixture key is registered under.
+pub const LAB_KID: &str = "5e0d1c2b-lab-kid";
+
+/// The sandbox served on 127.0.0.1:0 with one channel ([`LAB_CHANNEL`],
+/// [`LAB_SECRET`], the fixture key as [`LAB_KID`]), a manual clock shared
+/// with a LINE client, and a signer. Dropping it shuts the sandbox down.
+pub struct SandboxLab {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The sandbox itself, for inspection and faults.
+    pub sandbox: Sandbox,
+    /// The clock the sandbox and [`Self::client`] share.
+    pub clock: ManualClock,
+    /// A client for the sandbox (10 s timeout).
+    pub client: LineClient,
+    /// A signer for the channel with its registered key.
+    pub signer: AssertionSigner,
+    shutdown: CancellationToken,
+}
+
+impl SandboxLab {
+    /// The lab's channel ID.
+    pub fn channel(&self) -> ChannelId {
+        ChannelId::new(LAB_CHANNEL)
+    }
+
+    /// The lab's channel secret.
+    pub fn secret(&self) -> ChannelSecret {
+        ChannelSecret::new(LAB_SECRET)
+    }
+
+    /// A client for the sandbox on its own clock (to model skew) and timeout.
+    pub fn client_with(&self, clock: &ManualClock, timeout: Duration) -> LineClient {
+        line_client(&self.base_url, clock, timeout)
+    }
+}
+
+impl Drop for SandboxLab {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a [`SandboxLab`].
+pub async fn sandbox_lab() -> SandboxLab {
+    let clock = manual_clock();
+    let sandbox = Sandbox::empty(Arc::new(clock.clone()));
+    let public =
+        VerifyingKey::parse(fixture_key().public_jwk().to_json_pretty().as_bytes()).unwrap();
+    sandbox
+        .register_channel(
+            ChannelId::new(LAB_CHANNEL),
+            ChannelSecret::new(LAB_SECRET),
+            vec![(SigningKid::new(LAB_KID), public)],
+        )
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(sandbox.clone().serve(listener, shutdown.clone()));
+    SandboxLab {
+        client: line_client(&base_url, &clock, Duration::from_secs(10)),
+        signer: signer(LAB_CHANNEL, LAB_KID),
+        base_url,
+        sandbox,
+        clock,
+        shutdown,
+    }
 }
