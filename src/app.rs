@@ -111,7 +111,10 @@ impl Daemon {
             .await
             .context("while checking the issuance journal")?;
         if lost > 0 {
-            tracing::warn!(lost, "issuances left unfinished by the previous run were reported as lost");
+            tracing::warn!(
+                lost,
+                "issuances left unfinished by the previous run were reported as lost"
+            );
         }
 
         let events = rotator.subscribe();

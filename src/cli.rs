@@ -140,15 +140,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while starting the async runtime")))
+        .map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while starting the async runtime"))
+        })
 }
 
 fn run_cmd(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
     init_logging(config.daemon.log_format);
     runtime()?.block_on(async {
-        let shutdown = app::shutdown_on_signals()
-            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        let shutdown = app::shutdown_on_signals().map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
+        })?;
         app::run(&config, Arc::new(SystemClock), shutdown)
             .await
             .map_err(Failure::Runtime)
@@ -160,8 +163,9 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
     logging::init(LogFormat::Text, Some(&filter));
     runtime()?.block_on(async {
-        let shutdown = app::shutdown_on_signals()
-            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        let shutdown = app::shutdown_on_signals().map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
+        })?;
         demo::run(shutdown, run_for, &mut std::io::stdout())
             .await
             .map_err(Failure::Runtime)
@@ -171,8 +175,9 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
 fn sandbox_cmd(listen: SocketAddr, path: &Path) -> Result<(), Failure> {
     init_logging(LogFormat::Text);
     runtime()?.block_on(async {
-        let shutdown = app::shutdown_on_signals()
-            .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers")))?;
+        let shutdown = app::shutdown_on_signals().map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
+        })?;
         sandbox::run(listen, path, Arc::new(SystemClock), shutdown)
             .await
             .map_err(Failure::Runtime)
@@ -185,7 +190,11 @@ fn migrate_cmd(path: &Path) -> Result<(), Failure> {
         Failure::Runtime(anyhow::Error::new(e).context("while migrating the database"))
     })?;
     if migrated.was_current() {
-        println!("{}: schema version {}, already current", config.daemon.database.display(), migrated.to);
+        println!(
+            "{}: schema version {}, already current",
+            config.daemon.database.display(),
+            migrated.to
+        );
     } else {
         println!(
             "{}: migrated from schema version {} to {}",

@@ -86,7 +86,10 @@ pub async fn run(
          {}\n",
         config_path.display(),
         match run_for {
-            Some(d) => format!("Runs for {}; Ctrl-C stops it sooner.", humantime::format_duration(d)),
+            Some(d) => format!(
+                "Runs for {}; Ctrl-C stops it sooner.",
+                humantime::format_duration(d)
+            ),
             None => "Ctrl-C stops it.".to_owned(),
         }
     )?;
@@ -159,7 +162,11 @@ fn write_demo_setup(dir: &Path, sandbox: &Sandbox, line_api: &str) -> anyhow::Re
         write_private(&secret_file, secret.as_bytes())?;
         let kid = SigningKid::new(format!("demo-kid-{name}"));
         let public = VerifyingKey::parse(key.public_jwk().to_json_pretty().as_bytes())?;
-        sandbox.register_channel(ChannelId::new(id), ChannelSecret::new(secret), vec![(kid.clone(), public)])?;
+        sandbox.register_channel(
+            ChannelId::new(id),
+            ChannelSecret::new(secret),
+            vec![(kid.clone(), public)],
+        )?;
 
         write!(
             toml,
@@ -237,7 +244,11 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
                 ids.join(", ")
             )
         }
-        RotationEvent::Gone { channel, key_id, why } => {
+        RotationEvent::Gone {
+            channel,
+            key_id,
+            why,
+        } => {
             format!("[{now}] {:<20} GONE    {key_id}: {why}", name(channel))
         }
         RotationEvent::ForeignSeen { channel, key_id } => {
@@ -275,10 +286,7 @@ fn live_at_sandbox(sandbox: &Sandbox, channel: &ChannelId, tally: &mut Tally) ->
         .filter(|t| t.kind == TokenKind::V21 && t.state == SandboxTokenState::Live)
         .collect();
     let owners = owners_of(channel);
-    let mut per_group: Vec<(GroupName, usize)> = owners
-        .iter()
-        .map(|g| (g.clone(), 0))
-        .collect();
+    let mut per_group: Vec<(GroupName, usize)> = owners.iter().map(|g| (g.clone(), 0)).collect();
     for token in &live {
         if let Some(group) = token.key_id.as_ref().and_then(|k| tally.owners.get(k))
             && let Some(slot) = per_group.iter_mut().find(|(g, _)| g == group)

@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{ChannelSetup, Rotator, RotationEvent, error_chain};
+use super::{ChannelSetup, RotationEvent, Rotator, error_chain};
 use crate::domain::{AccessToken, GroupName, KeyId, TokenState};
 use crate::line::{LineError, Verification};
 use crate::policy::{FailureKind, IssueReason, Plan, RetryState, RevokeReason, Step};
@@ -66,16 +66,16 @@ impl Rotator {
         for step in &plan.steps {
             let outcome = match step {
                 Step::Reconcile => self.reconcile(setup).await,
-                Step::Revoke { key_id, reason } => {
-                    self.revoke(setup, group, key_id, *reason).await
-                }
+                Step::Revoke { key_id, reason } => self.revoke(setup, group, key_id, *reason).await,
                 Step::Verify { key_id } => self.verify(setup, group, key_id).await,
                 Step::Issue { reason, token_exp } => {
                     self.issue(setup, group, *reason, *token_exp).await
                 }
             };
             if let Err(error) = outcome {
-                return self.record_failure(setup, group, step_name(step), error).await;
+                return self
+                    .record_failure(setup, group, step_name(step), error)
+                    .await;
             }
         }
         self.record_success(setup, group).await
@@ -197,7 +197,8 @@ impl Rotator {
         match check_verification(&answer, setup) {
             Ok(()) => {
                 let key = key_id.clone();
-                self.db(move |store| store.record_verified(now, &key)).await?;
+                self.db(move |store| store.record_verified(now, &key))
+                    .await?;
                 tracing::debug!(channel = %setup.id, group = %group, key_id = %key_id, "token verified");
                 Ok(())
             }
@@ -255,9 +256,19 @@ impl Rotator {
         let issued_at = self.clock.now();
         if !(1..=MAX_SANE_EXPIRES_IN).contains(&issued.expires_in) {
             // Store it anyway so it is never lost, but dead on arrival.
-            let why = format!("LINE answered expires_in {} for a new token", issued.expires_in);
-            self.store_token(intent, &issued.key_id, &issued.access_token, issued_at, issued_at, None)
-                .await?;
+            let why = format!(
+                "LINE answered expires_in {} for a new token",
+                issued.expires_in
+            );
+            self.store_token(
+                intent,
+                &issued.key_id,
+                &issued.access_token,
+                issued_at,
+                issued_at,
+                None,
+            )
+            .await?;
             let (key, reason) = (issued.key_id.clone(), format!("gone: {why}"));
             self.db(move |store| store.set_token_state(issued_at, &key, TokenState::Gone, &reason))
                 .await?;
@@ -270,12 +281,21 @@ impl Rotator {
             Ok(answer) => match check_verification(answer, setup) {
                 Ok(()) => Some(self.clock.now()),
                 Err(why) => {
-                    self.store_token(intent, &issued.key_id, &issued.access_token, issued_at, expires_at, None)
-                        .await?;
+                    self.store_token(
+                        intent,
+                        &issued.key_id,
+                        &issued.access_token,
+                        issued_at,
+                        expires_at,
+                        None,
+                    )
+                    .await?;
                     let (key, reason) = (issued.key_id.clone(), format!("gone: {why}"));
                     let now = self.clock.now();
-                    self.db(move |store| store.set_token_state(now, &key, TokenState::Gone, &reason))
-                        .await?;
+                    self.db(move |store| {
+                        store.set_token_state(now, &key, TokenState::Gone, &reason)
+                    })
+                    .await?;
                     return Err(StepError::Contract(format!(
                         "the token LINE just issued failed verification: {why}"
                     )));
@@ -292,8 +312,15 @@ impl Rotator {
                 None
             }
         };
-        self.store_token(intent, &issued.key_id, &issued.access_token, issued_at, expires_at, verified_at)
-            .await?;
+        self.store_token(
+            intent,
+            &issued.key_id,
+            &issued.access_token,
+            issued_at,
+            expires_at,
+            verified_at,
+        )
+        .await?;
         tracing::info!(
             channel = %setup.id,
             group = %group,
@@ -339,9 +366,11 @@ impl Rotator {
     async fn stored_value(&self, key_id: &KeyId) -> Result<AccessToken, StepError> {
         let key = key_id.clone();
         let token = self.db(move |store| store.token(&key)).await?;
-        token
-            .map(|t| t.value)
-            .ok_or_else(|| StepError::Store(StoreError::UnknownToken { key_id: key_id.clone() }))
+        token.map(|t| t.value).ok_or_else(|| {
+            StepError::Store(StoreError::UnknownToken {
+                key_id: key_id.clone(),
+            })
+        })
     }
 
     async fn record_failure(
@@ -434,7 +463,11 @@ impl Rotator {
         Ok(())
     }
 
-    async fn record_success(&self, setup: &ChannelSetup, group: &GroupName) -> Result<(), StoreError> {
+    async fn record_success(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupName,
+    ) -> Result<(), StoreError> {
         let had_streak = {
             let mut groups = self.lock_groups();
             let state = groups.entry((setup.id.clone(), group.clone())).or_default();

@@ -144,9 +144,7 @@ impl Rotator {
             line: parts.line,
             clock: parts.clock,
             rules: parts.rules,
-            channels: RwLock::new(Arc::new(
-                parts.channels.into_iter().map(Arc::new).collect(),
-            )),
+            channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
             groups: Mutex::new(HashMap::new()),
             events,
             rng: Mutex::new(rng),
@@ -187,7 +185,10 @@ impl Rotator {
     /// Replaces the configured channels (a config reload). The store must
     /// already have been synced with the same channels and groups.
     pub fn set_channels(&self, channels: Vec<ChannelSetup>) {
-        *self.channels.write().unwrap_or_else(PoisonError::into_inner) =
+        *self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) =
             Arc::new(channels.into_iter().map(Arc::new).collect());
     }
 
@@ -202,7 +203,9 @@ impl Rotator {
         group: Option<&GroupName>,
     ) -> Result<Vec<GroupName>, RequestError> {
         let now = self.clock.now();
-        self.for_groups(channel, group, |state| state.rotate_requested_at = Some(now))
+        self.for_groups(channel, group, |state| {
+            state.rotate_requested_at = Some(now)
+        })
     }
 
     /// Declares an incident for one group (`linetokd revoke`): every token of
@@ -260,9 +263,7 @@ impl Rotator {
     /// [`StoreError`] when the store cannot be read or written.
     pub async fn start_up(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let lost = self
-            .db(move |store| store.close_lost_intents(now))
-            .await?;
+        let lost = self.db(move |store| store.close_lost_intents(now)).await?;
         for intent in &lost {
             tracing::warn!(
                 channel = %intent.channel_id,
@@ -306,7 +307,11 @@ impl Rotator {
         wake
     }
 
-    async fn channel_pass(&self, setup: &ChannelSetup, cancel: &CancellationToken) -> DateTime<Utc> {
+    async fn channel_pass(
+        &self,
+        setup: &ChannelSetup,
+        cancel: &CancellationToken,
+    ) -> DateTime<Utc> {
         for _ in 0..MAX_PLANS_PER_CHANNEL_PASS {
             if cancel.is_cancelled() {
                 return self.clock.now();
@@ -330,11 +335,15 @@ impl Rotator {
     /// Plans every group of the channel once and executes the first plan
     /// that has work. `Ok(None)` means something was done (plan again);
     /// `Ok(Some(wake))` means nothing is due before `wake`.
-    async fn channel_step(&self, setup: &ChannelSetup) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn channel_step(
+        &self,
+        setup: &ChannelSetup,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
         let expired = {
             let channel = setup.id.clone();
-            self.db(move |store| store.expire_due_in(now, &channel)).await?
+            self.db(move |store| store.expire_due_in(now, &channel))
+                .await?
         };
         if !expired.is_empty() {
             tracing::info!(channel = %setup.id, key_ids = ?expired, "tokens expired");
@@ -409,7 +418,9 @@ impl Rotator {
         let _ = self.events.send(event);
     }
 
-    fn lock_groups(&self) -> std::sync::MutexGuard<'_, HashMap<(ChannelId, GroupName), GroupState>> {
+    fn lock_groups(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(ChannelId, GroupName), GroupState>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -461,9 +472,9 @@ pub fn describe_alert(alert: &Alert) -> String {
         Alert::PermanentFailure { failures, retry_at } => format!(
             "LINE refuses this group's requests ({failures} failures in a row); retrying slowly, next at {retry_at}"
         ),
-        Alert::TooManyLive { live } => format!(
-            "the group has {live} live tokens and no channel secret to revoke the extras"
-        ),
+        Alert::TooManyLive { live } => {
+            format!("the group has {live} live tokens and no channel secret to revoke the extras")
+        }
         Alert::RevokeNeedsSecret { key_id, reason } => format!(
             "token {key_id} should be revoked ({reason:?}) but the channel has no secret_file; it lives until it expires"
         ),

@@ -107,16 +107,17 @@ fn seed_from_store(state: &mut GroupState, row: &GroupRow) {
         return;
     }
     state.seeded = true;
-    if state.retry.is_none() && row.runtime.consecutive_failures > 0 {
-        if let Some(not_before) = row.runtime.retry_not_before {
-            state.retry = Some(RetryState {
-                failures: row.runtime.consecutive_failures,
-                // The store does not keep the kind; transient is the
-                // conservative reading (it retries sooner, and a permanent
-                // failure shows itself again at once).
-                kind: FailureKind::Transient,
-                not_before,
-            });
-        }
+    if state.retry.is_none()
+        && row.runtime.consecutive_failures > 0
+        && let Some(not_before) = row.runtime.retry_not_before
+    {
+        state.retry = Some(RetryState {
+            failures: row.runtime.consecutive_failures,
+            // The store does not keep the kind; transient is the
+            // conservative reading (it retries sooner, and a permanent
+            // failure shows itself again at once).
+            kind: FailureKind::Transient,
+            not_before,
+        });
     }
 }
