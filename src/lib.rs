@@ -42,6 +42,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod domain;
 pub mod keygen;
