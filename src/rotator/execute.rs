@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain};
 use crate::domain::{AccessToken, GroupName, KeyId, TokenState};
 use crate::line::{LineError, Verification};
-use crate::policy::{FailureKind, IssueReason, Plan, RetryState, RevokeReason, Step};
+use crate::policy::{FailureKind, GroupView, IssueReason, Plan, RetryState, RevokeReason, Step};
 use crate::store::{GroupRuntime, IssuedToken, StoreError};
 
 /// The longest lifetime a sane answer from LINE can report: its 30-day
@@ -53,16 +53,18 @@ impl StepError {
 }
 
 impl Rotator {
-    /// Executes `plan` for `group`, stopping at the first failed step.
+    /// Executes `plan` for the group of `view` (the view it was planned
+    /// from), stopping at the first failed step.
     ///
     /// # Errors
     /// Only store failures; LINE's are recorded and end in a backoff.
     pub(super) async fn execute(
         &self,
         setup: &ChannelSetup,
-        group: &GroupName,
+        view: &GroupView,
         plan: &Plan,
     ) -> Result<(), StoreError> {
+        let group = &view.group;
         for step in &plan.steps {
             let outcome = match step {
                 Step::Reconcile => self.reconcile(setup).await,
@@ -77,8 +79,40 @@ impl Rotator {
                     .record_failure(setup, group, step_name(step), error)
                     .await;
             }
+            if matches!(step, Step::Issue { .. }) {
+                self.settle_requests(setup, view);
+            }
         }
         self.record_success(setup, group).await
+    }
+
+    /// Clears the operator requests `view` carried, once they are done: the
+    /// issue they asked for succeeded (every incident revocation comes
+    /// before the issue in a plan, so those are done too), or a plan made
+    /// from the view found nothing left to do.
+    ///
+    /// The policy also reads a request as satisfied once the current token
+    /// was issued at or after it, but the store keeps whole seconds: a
+    /// token issued at 12:00:00.7 for a request stamped 12:00:00.5 reads
+    /// back as issued at 12:00:00, before the request, and without this
+    /// clear it would be revoked and replaced again and again until the
+    /// clock reached the next second or the hourly budget ran out. A
+    /// request that arrived after the plan was made carries another stamp
+    /// and is kept.
+    pub(super) fn settle_requests(&self, setup: &ChannelSetup, view: &GroupView) {
+        let mut groups = self.lock_groups();
+        if let Some(state) = groups.get_mut(&(setup.id.clone(), view.group.clone())) {
+            if state.rotate_requested_at.is_some()
+                && state.rotate_requested_at == view.rotate_requested_at
+            {
+                state.rotate_requested_at = None;
+            }
+            if state.revoke_requested_at.is_some()
+                && state.revoke_requested_at == view.revoke_requested_at
+            {
+                state.revoke_requested_at = None;
+            }
+        }
     }
 
     /// Revokes other groups' superseded tokens so `group` can be issued one

@@ -115,6 +115,17 @@ pub struct Rotator {
     concurrency: usize,
 }
 
+/// A group's operator requests not yet carried out
+/// ([`Rotator::pending_requests`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingRequests {
+    /// When `linetokd rotate` asked, if that rotation is still to come.
+    pub rotation: Option<DateTime<Utc>>,
+    /// When `linetokd revoke` declared an incident, if it is still to be
+    /// carried out.
+    pub incident: Option<DateTime<Utc>>,
+}
+
 /// Why an operator request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -224,6 +235,21 @@ impl Rotator {
             state.revoke_requested_at = Some(now);
         })
         .map(|_| ())
+    }
+
+    /// The operator requests for a group that are not carried out yet:
+    /// each is the time it was stamped, cleared once the issue it asked
+    /// for succeeded (or a plan found nothing left to do for it). The
+    /// control socket waits on this to tell the operator when a `rotate`
+    /// or `revoke` is done.
+    pub fn pending_requests(&self, channel: &ChannelId, group: &GroupName) -> PendingRequests {
+        self.lock_groups()
+            .get(&(channel.clone(), group.clone()))
+            .map(|state| PendingRequests {
+                rotation: state.rotate_requested_at,
+                incident: state.revoke_requested_at,
+            })
+            .unwrap_or_default()
     }
 
     fn for_groups(
@@ -362,8 +388,15 @@ impl Rotator {
             let plan = policy::plan_group(now, view, &channel_view, &self.rules);
             self.raise_alerts(setup, &view.group, &plan);
             if !plan.steps.is_empty() {
-                self.execute(setup, &view.group, &plan).await?;
+                self.execute(setup, view, &plan).await?;
                 return Ok(None);
+            }
+            if plan.hold.is_none() && view.retry.as_ref().is_none_or(|r| r.not_before <= now) {
+                // Nothing to do, nothing held back, no backoff hiding
+                // steps: whatever the view's requests asked for is done
+                // (e.g. a rotation that an issue already in flight
+                // satisfied), so they stop being reported as pending.
+                self.settle_requests(setup, view);
             }
             if let Some(Hold::Capacity { needed }) = plan.hold {
                 let victims = policy::capacity_victims(now, &views, needed, &self.rules);
