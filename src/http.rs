@@ -1,0 +1,476 @@
+//! The daemon's HTTP listener: health and the token API (DESIGN.md sections
+//! 6 and 10).
+//!
+//! [`app`] builds the router from an [`HttpState`], so tests drive it with
+//! tower's `oneshot` and no socket; [`serve`] runs it on a listener the
+//! caller bound (port 0 in tests) until a cancellation token fires.
+//!
+//! # The token API
+//!
+//! `GET /v1/channels/{channel}/groups/{group}/token` with
+//! `Authorization: Bearer <the group's API key>` answers the group's
+//! current token (and the previous one, so a client can fall back) from the
+//! in-memory [`TokenBook`], never from the database. Keys are held only as
+//! SHA-256 digests ([`ApiKeys`]) and compared in constant time.
+//!
+//! The order of the checks decides what a caller can learn:
+//!
+//! 1. no `Authorization` header, or not a well-formed `Bearer` one: **401**
+//!    with `WWW-Authenticate: Bearer`;
+//! 2. a key that opens no group at all: **403**, whatever the path (so a
+//!    caller without a valid key cannot probe which channels and groups
+//!    exist);
+//! 3. a valid key, but the path names no configured group: **404**
+//!    `unknown_group`;
+//! 4. a valid key of another group, or a group without `api_key_file`:
+//!    **403**;
+//! 5. the right key but no live token yet (the first issue is pending or
+//!    LINE is down): **503** `not_issued` with `Retry-After`, distinct from
+//!    404 so a client retries instead of giving up on its configuration;
+//! 6. otherwise **200** with the JSON below and `Cache-Control: no-store`.
+//!
+//! Refusals are `{"error": "<code>", "message": "<sentence>"}`; they never
+//! echo the path, the header or any token. Neither the `Authorization`
+//! header nor a token is ever logged.
+//!
+//! ```json
+//! {"access_token": "...", "token_type": "Bearer", "key_id": "...",
+//!  "expires_at": "2026-03-31T00:00:00Z", "issued_at": "2026-03-01T00:00:00Z",
+//!  "channel": "1234567890", "group": "backend",
+//!  "previous": {"access_token": "...", "key_id": "...", "expires_at": "..."} | null}
+//! ```
+//!
+//! The same shape as the `json` file sink, so a consumer can switch between
+//! the file and the API without changing its parser.
+//!
+//! Depends on `delivery` (the token book), `domain`, `secret` and `clock`.
+//! Reads no config: `app` hands it an [`HttpState`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lc_rs::{constant_time, digest};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::delivery::{PublishedToken, TokenBook};
+use crate::domain::{ChannelId, GroupName};
+use crate::secret::Secret;
+
+/// How long a client should wait before asking again for a token that is
+/// not issued yet (`Retry-After`, seconds).
+const NOT_ISSUED_RETRY_AFTER_SECS: u32 = 5;
+
+/// The longest `Authorization` header value looked at; anything longer is
+/// malformed (API keys are short, and hashing megabytes per request would
+/// be a cheap way to load the daemon).
+const MAX_AUTHORIZATION_LEN: usize = 1024;
+
+/// What the HTTP handlers share. Issue 5 adds readiness and metrics
+/// sources here.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Every group's published tokens; filled by delivery from the
+    /// rotator's events. The token API reads only this.
+    pub tokens: TokenBook,
+    /// The configured groups and their API key digests.
+    pub keys: Arc<ApiKeys>,
+    /// For judging whether a published token has expired.
+    pub clock: SharedClock,
+}
+
+/// The configured groups, each with the SHA-256 digest of its API key if it
+/// has one. The keys themselves are not kept.
+#[derive(Default)]
+pub struct ApiKeys {
+    groups: HashMap<(ChannelId, GroupName), Option<KeyDigest>>,
+}
+
+/// SHA-256 of an API key.
+#[derive(Clone, Copy)]
+struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    fn of(key: &[u8]) -> Self {
+        let d = digest::digest(&digest::SHA256, key);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Self(out)
+    }
+
+    /// Constant time: how much of the digests match must not show in how
+    /// long the comparison takes.
+    fn matches(&self, other: &Self) -> bool {
+        constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
+    }
+}
+
+/// What a presented key opens, for one requested group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The key is the requested group's.
+    Granted,
+    /// The key opens no configured group.
+    InvalidKey,
+    /// The key is valid, but the requested channel or group is not
+    /// configured.
+    UnknownGroup,
+    /// The key is valid for another group, or the requested group has no
+    /// API key configured.
+    OtherGroup,
+}
+
+impl ApiKeys {
+    /// No groups.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a configured group; `key` is its API key, `None` when it has no
+    /// `api_key_file` (the token API then refuses every request for it).
+    pub fn insert(&mut self, channel: ChannelId, group: GroupName, key: Option<&Secret>) {
+        let digest = key.map(|k| KeyDigest::of(k.expose().as_bytes()));
+        self.groups.insert((channel, group), digest);
+    }
+
+    /// True when the group is configured.
+    pub fn contains(&self, channel: &ChannelId, group: &GroupName) -> bool {
+        self.groups.contains_key(&(channel.clone(), group.clone()))
+    }
+
+    /// Decides what `presented` opens for the requested group. Every
+    /// configured key is compared, with no early exit, so the time taken
+    /// does not depend on which key (if any) matched.
+    pub fn check(&self, channel: &ChannelId, group: &GroupName, presented: &str) -> Access {
+        let presented = KeyDigest::of(presented.as_bytes());
+        let mut valid_somewhere = false;
+        let mut valid_here = false;
+        for ((c, g), digest) in &self.groups {
+            let Some(digest) = digest else { continue };
+            let matched = digest.matches(&presented);
+            valid_somewhere |= matched;
+            valid_here |= matched && c == channel && g == group;
+        }
+        if !valid_somewhere {
+            Access::InvalidKey
+        } else if valid_here {
+            Access::Granted
+        } else if !self.contains(channel, group) {
+            Access::UnknownGroup
+        } else {
+            Access::OtherGroup
+        }
+    }
+}
+
+/// The router: `/healthz` and the token API.
+pub fn app(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/v1/channels/{channel}/groups/{group}/token",
+            get(group_token),
+        )
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` fires, then lets requests
+/// in flight finish.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// 200 "ok" while the process runs: liveness only (readiness is `/readyz`).
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The body of a 200 from the token API.
+#[derive(Debug, Serialize)]
+struct TokenAnswer<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    key_id: &'a str,
+    expires_at: DateTime<Utc>,
+    issued_at: DateTime<Utc>,
+    channel: &'a str,
+    group: &'a str,
+    previous: Option<PreviousAnswer<'a>>,
+}
+
+/// The previous token inside a [`TokenAnswer`].
+#[derive(Debug, Serialize)]
+struct PreviousAnswer<'a> {
+    access_token: &'a str,
+    key_id: &'a str,
+    expires_at: DateTime<Utc>,
+}
+
+/// A refusal: a stable code for programs and a sentence for people.
+#[derive(Debug, Serialize)]
+struct Refusal {
+    error: &'static str,
+    message: &'static str,
+}
+
+/// Why a token request was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    NoCredentials,
+    MalformedCredentials,
+    InvalidKey,
+    UnknownGroup,
+    OtherGroup,
+    NotIssued,
+}
+
+impl Refused {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::NoCredentials | Self::MalformedCredentials => StatusCode::UNAUTHORIZED,
+            Self::InvalidKey | Self::OtherGroup => StatusCode::FORBIDDEN,
+            Self::UnknownGroup => StatusCode::NOT_FOUND,
+            Self::NotIssued => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(self) -> Refusal {
+        let (error, message) = match self {
+            Self::NoCredentials => (
+                "missing_credentials",
+                "send the group's API key as `Authorization: Bearer <key>`",
+            ),
+            Self::MalformedCredentials => (
+                "malformed_credentials",
+                "the Authorization header must be `Bearer <key>`",
+            ),
+            Self::InvalidKey => ("invalid_key", "the API key is not valid"),
+            Self::OtherGroup => (
+                "forbidden",
+                "the API key does not give access to this group's token",
+            ),
+            Self::UnknownGroup => ("unknown_group", "no such channel or group is configured"),
+            Self::NotIssued => (
+                "not_issued",
+                "the group has no live token yet; retry shortly",
+            ),
+        };
+        Refusal { error, message }
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Self::NoCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"linetokd\""),
+                );
+            }
+            Self::MalformedCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"linetokd\", error=\"invalid_request\"",
+                    ),
+                );
+            }
+            Self::NotIssued => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(NOT_ISSUED_RETRY_AFTER_SECS),
+                );
+            }
+            Self::InvalidKey | Self::OtherGroup | Self::UnknownGroup => {}
+        }
+        response
+    }
+}
+
+/// The bearer credential of a request, if its header is well formed.
+fn bearer(headers: &HeaderMap) -> Result<&str, Refused> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Refused::NoCredentials);
+    };
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(Refused::MalformedCredentials);
+    }
+    let value = value.to_str().map_err(|_| Refused::MalformedCredentials)?;
+    let (scheme, credential) = value.split_once(' ').ok_or(Refused::MalformedCredentials)?;
+    let credential = credential.trim_start_matches(' ');
+    // RFC 6750's b64token: no spaces, nothing after the credential.
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !credential.is_empty()
+        && credential.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+        });
+    if well_formed {
+        Ok(credential)
+    } else {
+        Err(Refused::MalformedCredentials)
+    }
+}
+
+async fn group_token(
+    State(state): State<HttpState>,
+    Path((channel, group)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (channel, group) = (ChannelId::new(channel), GroupName::new(group));
+    match answer(&state, &channel, &group, &headers) {
+        Ok(response) => response,
+        Err(refused) => {
+            // Channel and group are logged only once the caller proved to
+            // hold a valid key; before that they are whatever it typed.
+            match refused {
+                Refused::NoCredentials | Refused::MalformedCredentials | Refused::InvalidKey => {
+                    tracing::info!(reason = refused.body().error, "token API request refused");
+                }
+                Refused::UnknownGroup | Refused::OtherGroup | Refused::NotIssued => {
+                    tracing::info!(channel = %channel, group = %group, reason = refused.body().error, "token API request refused");
+                }
+            }
+            refused.into_response()
+        }
+    }
+}
+
+fn answer(
+    state: &HttpState,
+    channel: &ChannelId,
+    group: &GroupName,
+    headers: &HeaderMap,
+) -> Result<Response, Refused> {
+    let presented = bearer(headers)?;
+    match state.keys.check(channel, group, presented) {
+        Access::Granted => {}
+        Access::InvalidKey => return Err(Refused::InvalidKey),
+        Access::UnknownGroup => return Err(Refused::UnknownGroup),
+        Access::OtherGroup => return Err(Refused::OtherGroup),
+    }
+    let now = state.clock.now();
+    let published = state.tokens.get(channel, group);
+    // The book drops tokens on expiry events; judging by the clock as well
+    // means a token is never served past its expiry, whatever the timing.
+    let mut live = [published.current, published.previous]
+        .into_iter()
+        .flatten()
+        .filter(|t| t.expires_at > now);
+    let current = live.next().ok_or(Refused::NotIssued)?;
+    let previous = live.next();
+    tracing::debug!(channel = %channel, group = %group, key_id = %current.key_id, "token served");
+    Ok(token_response(channel, group, &current, previous.as_ref()))
+}
+
+fn token_response(
+    channel: &ChannelId,
+    group: &GroupName,
+    current: &PublishedToken,
+    previous: Option<&PublishedToken>,
+) -> Response {
+    let body = TokenAnswer {
+        access_token: current.token.expose(),
+        token_type: "Bearer",
+        key_id: current.key_id.as_str(),
+        expires_at: current.expires_at,
+        issued_at: current.issued_at,
+        channel: channel.as_str(),
+        group: group.as_str(),
+        previous: previous.map(|p| PreviousAnswer {
+            access_token: p.token.expose(),
+            key_id: p.key_id.as_str(),
+            expires_at: p.expires_at,
+        }),
+    };
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert!(matches!(
+            bearer(&HeaderMap::new()),
+            Err(Refused::NoCredentials)
+        ));
+        assert_eq!(bearer(&headers("Bearer abc-123")).unwrap(), "abc-123");
+        assert_eq!(bearer(&headers("bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer(&headers("BEARER  abc")).unwrap(), "abc");
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+            "Bearer a b",
+            "Bearer a\tb",
+            "Token abc",
+            "abc",
+        ] {
+            assert!(
+                matches!(bearer(&headers(bad)), Err(Refused::MalformedCredentials)),
+                "{bad:?}"
+            );
+        }
+        let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
+        assert!(matches!(
+            bearer(&headers(&long)),
+            Err(Refused::MalformedCredentials)
+        ));
+    }
+
+    #[test]
+    fn key_checks() {
+        let (c, other_c) = (ChannelId::new("1"), ChannelId::new("2"));
+        let (a, b, none) = (
+            GroupName::new("a"),
+            GroupName::new("b"),
+            GroupName::new("keyless"),
+        );
+        let mut keys = ApiKeys::new();
+        keys.insert(c.clone(), a.clone(), Some(&Secret::new("key-a")));
+        keys.insert(c.clone(), b.clone(), Some(&Secret::new("key-b")));
+        keys.insert(c.clone(), none.clone(), None);
+        assert_eq!(keys.check(&c, &a, "key-a"), Access::Granted);
+        assert_eq!(keys.check(&c, &a, "key-b"), Access::OtherGroup);
+        assert_eq!(keys.check(&c, &none, "key-a"), Access::OtherGroup);
+        assert_eq!(keys.check(&c, &a, "key-a "), Access::InvalidKey);
+        assert_eq!(keys.check(&c, &a, ""), Access::InvalidKey);
+        assert_eq!(keys.check(&other_c, &a, "key-a"), Access::UnknownGroup);
+        assert_eq!(keys.check(&other_c, &a, "nope"), Access::InvalidKey);
+        assert!(keys.contains(&c, &none));
+    }
+}
