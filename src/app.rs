@@ -7,16 +7,22 @@
 //! Below `app`, nothing reads the config file, the environment or the wall
 //! clock.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::{ChannelConfig, ValidConfig};
+use crate::control::{self, ControlHandler, ControlServer};
+use crate::delivery::TokenBook;
+use crate::http::{self, ApiKeys, HttpState};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig};
 use crate::policy::{RetryRules, Rules};
@@ -47,6 +53,13 @@ pub struct Daemon {
     /// Everything the rotator does, subscribed before the first pass so
     /// nothing is missed. Dropping it is fine.
     pub events: broadcast::Receiver<RotationEvent>,
+    /// Where the HTTP listener (health, token API) is bound: the configured
+    /// `listen`, with the real port when it asked for port 0.
+    pub http_addr: SocketAddr,
+    /// The control socket `linetokd rotate` and `linetokd revoke` connect to.
+    pub control_socket: PathBuf,
+    /// Every group's published tokens, which the token API answers from.
+    pub tokens: TokenBook,
     tasks: TaskTracker,
 }
 
@@ -68,6 +81,10 @@ impl Daemon {
         let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
             .await
             .context("while opening the database")??;
+        // Bound before anything runs, so a taken port or state directory
+        // stops the start with nothing half-started.
+        let listener = bind_http(config).await?;
+        let control = bind_control(config)?;
         let now = clock.now();
         let specs = channel_specs(config);
         let synced = {
@@ -97,6 +114,7 @@ impl Daemon {
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
+        let http_clock = Arc::clone(&clock);
         let rotator = Rotator::new(RotatorParts {
             store,
             line,
@@ -122,6 +140,29 @@ impl Daemon {
         let state = scheduler.state();
         let waker = scheduler.waker();
         let tasks = TaskTracker::new();
+        let tokens = TokenBook::new();
+        let http_addr = spawn_http(
+            config,
+            listener,
+            HttpState {
+                tokens: tokens.clone(),
+                keys: Arc::new(api_keys(config)),
+                clock: http_clock,
+            },
+            &tasks,
+            &shutdown,
+        )?;
+        let control_socket = spawn_control(
+            control,
+            ControlHandler::new(
+                Arc::clone(&rotator),
+                Arc::clone(&waker),
+                state.clone(),
+                control::DEFAULT_WAIT,
+            ),
+            &tasks,
+            &shutdown,
+        );
         tasks.spawn(scheduler.run(shutdown.child_token()));
         tasks.close();
         tracing::info!(
@@ -135,6 +176,9 @@ impl Daemon {
             scheduler: state,
             waker,
             events,
+            http_addr,
+            control_socket,
+            tokens,
             tasks,
         })
     }
@@ -143,6 +187,88 @@ impl Daemon {
     pub async fn stopped(self) {
         self.tasks.wait().await;
     }
+}
+
+/// Binds `daemon.listen` for health and the token API.
+///
+/// # Errors
+/// When the address cannot be bound (in use, not local).
+async fn bind_http(config: &ValidConfig) -> anyhow::Result<TcpListener> {
+    let listen = config.daemon.listen;
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("while binding daemon.listen {listen}"))
+}
+
+/// Serves the HTTP app on `listener` until shutdown; returns the bound
+/// address.
+///
+/// # Errors
+/// When the listener's address cannot be read.
+fn spawn_http(
+    config: &ValidConfig,
+    listener: TcpListener,
+    state: HttpState,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr().with_context(|| {
+        format!(
+            "while reading the address bound for {}",
+            config.daemon.listen
+        )
+    })?;
+    let stop = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(e) = http::serve(listener, state, stop).await {
+            tracing::error!(error = %e, "the HTTP listener failed");
+        }
+    });
+    tracing::info!(listen = %addr, "HTTP listening (/healthz, token API)");
+    Ok(addr)
+}
+
+/// The token API's keys: every configured group, with its API key digest
+/// when it has an `api_key_file`.
+pub fn api_keys(config: &ValidConfig) -> ApiKeys {
+    let mut keys = ApiKeys::new();
+    for channel in &config.channels {
+        for group in &channel.groups {
+            keys.insert(
+                channel.id.clone(),
+                group.name.clone(),
+                group.api_key.as_ref(),
+            );
+        }
+    }
+    keys
+}
+
+/// Takes the state directory and binds its control socket.
+///
+/// # Errors
+/// When another daemon uses the state directory, or the socket cannot be
+/// created.
+fn bind_control(config: &ValidConfig) -> anyhow::Result<ControlServer> {
+    ControlServer::bind(&config.daemon.state_dir).with_context(|| {
+        format!(
+            "while setting up the control socket in daemon.state_dir {}",
+            config.daemon.state_dir.display()
+        )
+    })
+}
+
+/// Serves the control socket until shutdown; returns its path.
+fn spawn_control(
+    server: ControlServer,
+    handler: ControlHandler,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> PathBuf {
+    let path = server.path().to_path_buf();
+    tasks.spawn(server.serve(handler, shutdown.child_token()));
+    tracing::info!(socket = %path.display(), "control socket listening (linetokd rotate, linetokd revoke)");
+    path
 }
 
 /// Runs the daemon until `shutdown` fires, then stops it.

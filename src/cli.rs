@@ -16,12 +16,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::clock::SystemClock;
-use crate::domain::{ChannelId, SigningKid};
+use crate::domain::{ChannelId, GroupName, SigningKid, TokenState};
 use crate::line::jwt::AssertionSigner;
 use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
-use crate::{app, config, demo, keygen, sandbox};
+use crate::{app, config, control, demo, keygen, sandbox};
 
 /// linetokd keeps LINE Messaging API channel access tokens alive.
 #[derive(Debug, Parser)]
@@ -92,6 +92,42 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Ask the running daemon to rotate now: a fresh token for one group, or every group of the channel.
+    Rotate {
+        /// The channel ID.
+        #[arg(long)]
+        channel: String,
+        /// The group; omit to rotate every group of the channel.
+        #[arg(long)]
+        group: Option<String>,
+        /// The config file (for the state directory and its control socket).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Incident: make the running daemon revoke every token of a group at LINE and issue a fresh one.
+    Revoke {
+        /// The channel ID.
+        #[arg(long)]
+        channel: String,
+        /// The group whose tokens are compromised; no other group is touched.
+        #[arg(long)]
+        group: String,
+        /// The config file (for the state directory and its control socket).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print a group's current token (newest live one) for scripts; works with or without a running daemon.
+    Token {
+        /// The channel ID.
+        #[arg(long)]
+        channel: String,
+        /// The group.
+        #[arg(long)]
+        group: String,
+        /// The config file (for the database path).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -142,6 +178,33 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             key,
             token_exp,
         } => assertion_cmd(channel, kid, &key, token_exp),
+        Command::Rotate {
+            channel,
+            group,
+            config,
+        } => control_cmd(
+            &config,
+            control::Request::Rotate {
+                channel: ChannelId::new(channel),
+                group: group.map(GroupName::new),
+            },
+        ),
+        Command::Revoke {
+            channel,
+            group,
+            config,
+        } => control_cmd(
+            &config,
+            control::Request::Revoke {
+                channel: ChannelId::new(channel),
+                group: GroupName::new(group),
+            },
+        ),
+        Command::Token {
+            channel,
+            group,
+            config,
+        } => token_cmd(&config, &ChannelId::new(channel), &GroupName::new(group)),
     }
 }
 
@@ -282,4 +345,68 @@ fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {
     })?;
     print!("{}", keygen::next_steps(&generated));
     Ok(())
+}
+
+/// `rotate` and `revoke`: send the request over the control socket and
+/// print the daemon's answer. Exit 0 when carried out, 2 when refused
+/// (unknown channel or group), 1 when it failed, is still pending, or no
+/// daemon runs.
+fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let response = control::send(&config.daemon.state_dir, &request, control::CLIENT_TIMEOUT)
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let text = response.describe();
+    let text = text.trim_end();
+    match response {
+        control::Response::Done { .. } => {
+            println!("{text}");
+            Ok(())
+        }
+        control::Response::Refused { .. } => Err(Failure::Usage(anyhow::anyhow!("{text}"))),
+        control::Response::Failed { .. } | control::Response::Pending { .. } => {
+            Err(Failure::Runtime(anyhow::anyhow!("{text}")))
+        }
+    }
+}
+
+/// `token`: print the group's newest live, unexpired token from the store,
+/// opened read-only so it works beside a running daemon.
+fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let configured = config
+        .channels
+        .iter()
+        .find(|c| &c.id == channel)
+        .ok_or_else(|| {
+            Failure::Usage(anyhow::anyhow!(
+                "channel {channel} is not configured in {}",
+                path.display()
+            ))
+        })?;
+    if !configured.groups.iter().any(|g| &g.name == group) {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "group {group} is not configured in channel {channel} ({})",
+            path.display()
+        )));
+    }
+    let store = Store::open_read_only(&config.daemon.database).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while opening the database read-only"))
+    })?;
+    let tokens = store.tokens_of_group(channel, group).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while reading the group's tokens"))
+    })?;
+    let now = chrono::Utc::now();
+    let current = tokens
+        .iter()
+        .filter(|t| t.record.state == TokenState::Live && t.record.expires_at > now)
+        .max_by_key(|t| (t.record.issued_at, t.record.expires_at));
+    match current {
+        Some(token) => {
+            println!("{}", token.value.expose());
+            Ok(())
+        }
+        None => Err(Failure::Runtime(anyhow::anyhow!(
+            "group {group} of channel {channel} has no live token (has the daemon issued one yet? see `linetokd status`)"
+        ))),
+    }
 }

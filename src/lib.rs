@@ -23,6 +23,9 @@
 //! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
 //!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
+//! - [`http`]: the daemon's HTTP listener: health and the token API.
+//! - [`control`]: the local control socket behind `linetokd rotate` and
+//!   `linetokd revoke`.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -42,9 +45,11 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod demo;
 pub mod domain;
+pub mod http;
 pub mod keygen;
 pub mod line;
 pub mod logging;

@@ -7,9 +7,11 @@
 mod cli;
 mod config;
 mod contract;
+mod control;
 mod keygen;
 mod keys;
 mod line_client;
 mod sandbox;
 mod store;
 mod support;
+mod token_api;

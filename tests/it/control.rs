@@ -1,0 +1,546 @@
+//! The control socket and the `rotate`, `revoke` and `token` commands.
+//!
+//! - With no daemon running, the real binary says so and exits 1.
+//! - The socket file: mode 0600, one daemon per state directory, a stale
+//!   socket replaced, a foreign file left alone, removed on shutdown.
+//! - The incident end to end: the in-process sandbox, the real daemon
+//!   (`app::Daemon::start`) on the sandbox's manual clock, and the real
+//!   binary for `rotate`, `revoke` and `token`: every earlier token of the
+//!   group is dead at the sandbox, a fresh one is live and published, and
+//!   the other group's tokens are untouched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use linetokd::app::{Daemon, RunOptions};
+use linetokd::clock::{Clock as _, SharedClock};
+use linetokd::config::Settings;
+use linetokd::control::{self, ControlError, ControlServer, Request, Response};
+use linetokd::domain::{ChannelId, GroupName, KeyId};
+use linetokd::policy::{IssueReason, RevokeReason};
+use linetokd::rotator::RotationEvent;
+use linetokd::sandbox::SandboxTokenState;
+use tempfile::TempDir;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{LAB_CHANNEL, LAB_KID, LAB_SECRET, SandboxLab, sandbox_lab};
+
+fn linetokd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linetokd"))
+}
+
+/// Runs the binary on a blocking thread, so the in-process daemon it talks
+/// to keeps running on the test's runtime.
+async fn run_binary(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || linetokd().args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn args(list: &[&str], config: &Path) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+    v.push("--config".to_owned());
+    v.push(config.display().to_string());
+    v
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// A config in a fresh temp dir: one channel (the lab's, with its secret)
+/// and groups `a` and `b`, each with an API key; the database and the
+/// control socket in the temp dir. Returns the dir and the config path.
+fn write_config(line_api: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/rsa2048-pkcs8.pem");
+    write_private(&d.join("key.pem"), &fs::read(fixture).unwrap());
+    write_private(&d.join("secret"), LAB_SECRET.as_bytes());
+    write_private(&d.join("a.apikey"), b"api-key-a-0123456789");
+    write_private(&d.join("b.apikey"), b"api-key-b-0123456789");
+    let toml = format!(
+        r#"
+[daemon]
+database = "{db}"
+state_dir = "{dir}"
+line_api = "{line_api}"
+listen = "127.0.0.1:0"
+
+[rotation]
+max_issues_per_hour = 60
+
+[[channel]]
+id = "{LAB_CHANNEL}"
+name = "lab"
+key_file = "{dir}/key.pem"
+kid = "{LAB_KID}"
+secret_file = "{dir}/secret"
+
+  [[channel.group]]
+  name = "a"
+  api_key_file = "{dir}/a.apikey"
+
+  [[channel.group]]
+  name = "b"
+  api_key_file = "{dir}/b.apikey"
+"#,
+        db = d.join("linetokd.db").display(),
+        dir = d.display(),
+    );
+    let path = d.join("linetokd.toml");
+    fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn rotate_revoke_and_token_with_no_daemon_running() {
+    let (dir, config) = write_config("http://127.0.0.1:9");
+    let socket = dir.path().join("control.sock");
+    let expected = format!(
+        "no linetokd daemon is running (no control socket at {})",
+        socket.display()
+    );
+    for cmd in [
+        &["rotate", "--channel", LAB_CHANNEL][..],
+        &["rotate", "--channel", LAB_CHANNEL, "--group", "a"],
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+    ] {
+        let out = run_binary(args(cmd, &config)).await;
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&expected),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty());
+    }
+
+    // A socket file left by a crashed daemon: nothing answers on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+        &config,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no linetokd daemon is running"),
+        "{}",
+        stderr(&out)
+    );
+
+    // `token` reads the store, which does not exist yet.
+    let out = run_binary(args(
+        &["token", "--channel", LAB_CHANNEL, "--group", "a"],
+        &config,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("there is no database at"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+
+    // A group the config does not know is a usage error, for every command.
+    for cmd in [
+        &["token", "--channel", LAB_CHANNEL, "--group", "zzz"][..],
+        &["token", "--channel", "42", "--group", "a"],
+    ] {
+        let out = run_binary(args(cmd, &config)).await;
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not configured"), "{}", stderr(&out));
+    }
+    // And a bad config is exit 2 before any socket is looked for.
+    let out = run_binary(args(
+        &["rotate", "--channel", LAB_CHANNEL],
+        &dir.path().join("missing.toml"),
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn the_socket_is_private_single_and_replaces_only_stale_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+
+    // Created (with the state directory) mode 0600.
+    let server = ControlServer::bind(&state).unwrap();
+    let path = control::socket_path(&state);
+    assert_eq!(server.path(), path);
+    let mode = fs::symlink_metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // No staging directory is left behind.
+    let mut names: Vec<String> = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [control::LOCK_FILE, control::SOCKET_FILE]);
+
+    // A second daemon on the same state directory (another database) is
+    // refused, naming the holder; the live socket is left alone.
+    let err = ControlServer::bind(&state).err().unwrap();
+    assert!(
+        matches!(err, ControlError::InUse { pid: Some(p), .. } if p == std::process::id()),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("only one daemon may use a state directory")
+    );
+    assert!(path.exists());
+
+    // Dropped: the socket goes.
+    drop(server);
+    assert!(!path.exists());
+
+    // (The cases below use fresh state directories: right after a drop, a
+    // child that another test is spawning may still hold a copy of the
+    // lock's descriptor between its fork and its exec.)
+
+    // A stale socket (a crashed run) is replaced.
+    let state = dir.path().join("stale");
+    fs::create_dir(&state).unwrap();
+    let path = control::socket_path(&state);
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_err());
+    let server = ControlServer::bind(&state).unwrap();
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    drop(server);
+
+    // Anything that is not a socket is not ours to delete.
+    let state = dir.path().join("foreign");
+    fs::create_dir(&state).unwrap();
+    let path = control::socket_path(&state);
+    fs::write(&path, "precious").unwrap();
+    let err = ControlServer::bind(&state).err().unwrap();
+    assert!(matches!(err, ControlError::NotASocket { .. }), "{err}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
+}
+
+/// The sandbox, a config for it, and the real daemon on the sandbox's
+/// manual clock.
+struct DaemonLab {
+    lab: SandboxLab,
+    dir: TempDir,
+    config: PathBuf,
+    daemon: Option<Daemon>,
+    events: broadcast::Receiver<RotationEvent>,
+    shutdown: CancellationToken,
+}
+
+impl DaemonLab {
+    async fn start() -> Self {
+        let lab = sandbox_lab().await;
+        // `linetokd token` (a separate process) judges expiry by the wall
+        // clock, so the manual clock starts at the wall clock's whole
+        // second.
+        let now = chrono::Utc::now().timestamp();
+        lab.clock
+            .set(chrono::DateTime::from_timestamp(now, 0).unwrap());
+        let (dir, config) = write_config(&lab.base_url);
+        let valid = Settings::load(&config, &HashMap::new())
+            .unwrap()
+            .validate()
+            .unwrap();
+        let clock: SharedClock = Arc::new(lab.clock.clone());
+        let shutdown = CancellationToken::new();
+        let mut daemon = Daemon::start(&valid, clock, shutdown.clone(), RunOptions::default())
+            .await
+            .unwrap();
+        // The daemon's own receiver was subscribed before the first pass:
+        // keep it, so the first issues are seen.
+        let tail = daemon.events.resubscribe();
+        let events = std::mem::replace(&mut daemon.events, tail);
+        Self {
+            lab,
+            dir,
+            config,
+            daemon: Some(daemon),
+            events,
+            shutdown,
+        }
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    /// Waits for the next `Issued` event of each of `groups`; returns
+    /// their key IDs.
+    async fn issued(&mut self, groups: &[&str]) -> BTreeMap<String, KeyId> {
+        let mut seen = BTreeMap::new();
+        while seen.len() < groups.len() {
+            let event = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .expect("no Issued event within 30 s")
+                .unwrap();
+            if let RotationEvent::Issued { group, key_id, .. } = event
+                && groups.contains(&group.as_str())
+            {
+                seen.insert(group.as_str().to_owned(), key_id);
+            }
+        }
+        seen
+    }
+
+    /// Every v2.1 token the sandbox ever issued on the channel: key ID →
+    /// (state, value).
+    fn at_sandbox(&self) -> BTreeMap<KeyId, (SandboxTokenState, String)> {
+        self.lab
+            .sandbox
+            .tokens(&ChannelId::new(LAB_CHANNEL))
+            .into_iter()
+            .filter_map(|t| {
+                let key = t.key_id?;
+                Some((key, (t.state, t.access_token.expose().to_owned())))
+            })
+            .collect()
+    }
+
+    /// The key IDs the store holds for a group, with their states.
+    fn in_store(&self, group: &str) -> BTreeMap<KeyId, String> {
+        self.daemon()
+            .rotator
+            .store()
+            .tokens_of_group(&ChannelId::new(LAB_CHANNEL), &GroupName::new(group))
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.record.key_id, t.record.state.as_str().to_owned()))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let socket = self.daemon().control_socket.clone();
+        self.daemon.take().unwrap().stopped().await;
+        assert!(!socket.exists(), "the control socket outlived the daemon");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_revoke_end_to_end_touches_only_its_group() {
+    let mut lab = DaemonLab::start().await;
+    let first = lab.issued(&["a", "b"]).await;
+    let socket = lab.daemon().control_socket.clone();
+    assert_eq!(socket, lab.dir.path().join("control.sock"));
+    let mode = fs::symlink_metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // `linetokd rotate` gives group a a second live token. (A request at
+    // the very instant of the current token's issue would count as already
+    // satisfied, so the clock moves on first, as it would in real life.)
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+    let out = run_binary(args(
+        &["rotate", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let rotated = lab.issued(&["a"]).await["a"].clone();
+    assert!(
+        stdout(&out).contains(&format!("new token {rotated}")),
+        "{}",
+        stdout(&out)
+    );
+    let a_before: Vec<KeyId> = vec![first["a"].clone(), rotated.clone()];
+    for k in &a_before {
+        assert_eq!(lab.at_sandbox()[k].0, SandboxTokenState::Live);
+    }
+    let b_store_before = lab.in_store("b");
+    let b_sandbox_before: Vec<_> = b_store_before
+        .keys()
+        .map(|k| (k.clone(), lab.at_sandbox()[k].0))
+        .collect();
+    assert_eq!(b_store_before.len(), 1);
+
+    // Unknown group: the daemon refuses, exit 2, nothing happens.
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "zzz"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("group zzz is not configured"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The incident.
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+
+    // What the daemon did, from its events: both earlier tokens revoked
+    // for the incident, then exactly one fresh token issued.
+    let mut revoked = Vec::new();
+    let fresh = loop {
+        match lab.events.recv().await.unwrap() {
+            RotationEvent::Revoked {
+                group,
+                key_id,
+                reason,
+                ..
+            } => {
+                assert_eq!(group.as_str(), "a", "another group was touched");
+                assert_eq!(reason, RevokeReason::Incident);
+                revoked.push(key_id);
+            }
+            RotationEvent::Issued {
+                group,
+                key_id,
+                reason,
+                ..
+            } => {
+                assert_eq!(group.as_str(), "a", "another group was issued a token");
+                assert_eq!(reason, IssueReason::Incident);
+                break key_id;
+            }
+            _ => {}
+        }
+    };
+    revoked.sort();
+    let mut expected = a_before.clone();
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert!(text.contains("revoked 2 tokens"), "{text}");
+    assert!(text.contains(&format!("new token {fresh}")), "{text}");
+    for k in &a_before {
+        assert!(text.contains(k.as_str()), "{text}");
+    }
+
+    // The sandbox's inspection: a's earlier tokens are dead, the new one
+    // lives; b's are exactly as before.
+    let sandbox = lab.at_sandbox();
+    for k in &a_before {
+        assert_eq!(sandbox[k].0, SandboxTokenState::Revoked, "{k}");
+    }
+    assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
+    let b_sandbox_after: Vec<_> = b_store_before
+        .keys()
+        .map(|k| (k.clone(), sandbox[k].0))
+        .collect();
+    assert_eq!(b_sandbox_after, b_sandbox_before);
+    assert_eq!(lab.in_store("b"), b_store_before);
+    // Nothing else was issued on the channel.
+    assert_eq!(sandbox.len(), 4);
+
+    // Published: `linetokd token` prints the fresh token.
+    let out = run_binary(args(
+        &["token", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{}\n", sandbox[&fresh].1));
+    let out = run_binary(args(
+        &["token", "--channel", LAB_CHANNEL, "--group", "b"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(stdout(&out), format!("{}\n", sandbox[&first["b"]].1));
+
+    // No command output carries a token value but `token`'s own.
+    for (_, value) in sandbox.values() {
+        assert!(!text.contains(value.as_str()));
+    }
+    lab.stop().await;
+}
+
+/// Regression: the store keeps whole seconds, so with the clock at
+/// 12:00:00.5 the token an incident issues reads back as issued at
+/// 12:00:00, before the request. The rotator used to take it for one of
+/// the condemned and revoke and reissue again and again (until the hourly
+/// budget ran out). The request is now cleared once its issue succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_at_a_fractional_second_issues_exactly_one_token() {
+    let mut lab = DaemonLab::start().await;
+    lab.issued(&["a", "b"]).await;
+    lab.lab.clock.advance(chrono::Duration::milliseconds(500));
+    assert_ne!(lab.lab.clock.now().timestamp_subsec_millis(), 0);
+    let before = lab.at_sandbox().len();
+
+    let state_dir = lab.dir.path().to_path_buf();
+    let response = tokio::task::spawn_blocking(move || {
+        control::send(
+            &state_dir,
+            &Request::Revoke {
+                channel: ChannelId::new(LAB_CHANNEL),
+                group: GroupName::new("a"),
+            },
+            control::CLIENT_TIMEOUT,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let Response::Done { groups } = &response else {
+        panic!("{response:?}");
+    };
+    assert_eq!(groups.len(), 1);
+    assert!(groups[0].done);
+    assert_eq!(groups[0].revoked.len(), 1, "{response:?}");
+    let fresh = groups[0].issued.clone().unwrap().key_id;
+
+    // Let a further pass run: it must find nothing to do for group a.
+    let passes = lab.daemon().scheduler.borrow().passes;
+    lab.daemon().waker.notify_one();
+    let mut state = lab.daemon().scheduler.clone();
+    state.wait_for(|s| s.passes > passes).await.unwrap();
+
+    let sandbox = lab.at_sandbox();
+    assert_eq!(sandbox.len(), before + 1, "more than one token was issued");
+    assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
+    assert!(
+        lab.daemon()
+            .rotator
+            .pending_requests(&ChannelId::new(LAB_CHANNEL), &GroupName::new("a"))
+            .incident
+            .is_none()
+    );
+    lab.stop().await;
+}
