@@ -23,6 +23,8 @@
 //! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
 //!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
+//! - [`notify`]: the systemd notification protocol (ready, reloading,
+//!   stopping, watchdog, status); `app` hands it the environment's values.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -48,6 +50,7 @@ pub mod domain;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod notify;
 pub mod policy;
 pub mod rotator;
 pub mod sandbox;
