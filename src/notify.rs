@@ -16,7 +16,8 @@
 //!    means "not under systemd" and every step below is skipped; an error
 //!    is logged (the daemon runs on without notifications);
 //! 2. once the store is open and the first pass is planned: [`Notifier::ready`],
-//!    and spawn [`Notifier::keep_watchdog`] with the shutdown token;
+//!    and spawn [`Notifier::keep_watchdog`] with the clock and the shutdown
+//!    token;
 //! 3. on SIGHUP: [`Notifier::reloading`], reload, then [`Notifier::ready`]
 //!    again (the same pair `Type=notify-reload` expects on systemd 253+);
 //! 4. on SIGTERM/SIGINT: [`Notifier::stopping`] before finishing the work
@@ -35,15 +36,16 @@
 //! (line breaks become spaces). Only std's `UnixDatagram` is used for the
 //! socket, including abstract addresses (`@name`); `rustix` supplies
 //! `CLOCK_MONOTONIC` for `MONOTONIC_USEC`, which std does not expose.
-//! Depends on nothing else in the crate.
+//! Depends on `clock` only (the watchdog waits on it).
 
 use std::io;
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
 
 /// Why notifications cannot be set up or sent. Every variant names the
 /// variable or the message involved; none carries a secret (the protocol
@@ -217,24 +219,37 @@ impl Notifier {
     ///
     /// The pings prove that the async runtime still runs tasks, which is
     /// what a wedged daemon stops doing. A failed send is logged and the
-    /// next tick tries again: systemd decides what a missing ping means.
-    /// Runs on tokio's timer, so tests drive it with a paused clock.
-    pub async fn keep_watchdog(&self, shutdown: CancellationToken) {
-        let Some(every) = self.watchdog_interval().filter(|d| !d.is_zero()) else {
+    /// next one tries again: systemd decides what a missing ping means.
+    ///
+    /// Waits on `clock` so tests drive it with a [`ManualClock`]
+    /// (`next_deadline`, then `advance`). Each wait starts from the time
+    /// read just before it, so on the system clock it lasts the interval
+    /// whatever the wall clock does meanwhile (and at most
+    /// [`MAX_SYSTEM_SLEEP`]: waking early only pings early, which is safe).
+    ///
+    /// [`ManualClock`]: crate::clock::ManualClock
+    /// [`MAX_SYSTEM_SLEEP`]: crate::clock::MAX_SYSTEM_SLEEP
+    pub async fn keep_watchdog(&self, clock: &dyn Clock, shutdown: CancellationToken) {
+        let Some(every) = self
+            .watchdog_interval()
+            .filter(|d| !d.is_zero())
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+        else {
             return;
         };
-        let mut ticks = tokio::time::interval(every);
-        // After a stall, ping once and keep the period, rather than a burst.
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            if let Err(e) = self.watchdog() {
+                tracing::warn!(error = %e, "watchdog ping not sent");
+            }
+            let Some(next) = clock.now().checked_add_signed(every) else {
+                // An interval past the end of time: nothing more to send.
+                shutdown.cancelled().await;
+                return;
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {
-                    if let Err(e) = self.watchdog() {
-                        tracing::warn!(error = %e, "watchdog ping not sent");
-                    }
-                }
+                () = clock.sleep_until(next) => {}
             }
         }
     }

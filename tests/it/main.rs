@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod contract;
+mod deploy;
 mod keygen;
 mod keys;
 mod line_client;
