@@ -417,7 +417,7 @@ fn systemd_unit_exposure_stays_low() {
     };
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_for_verify(dir.path(), &read(UNIT));
-    // Exposure runs from 0 (locked down) to 10 (none); the unit scores 1.3
+    // Exposure runs from 0 (locked down) to 10 (none); the unit scores 1.4
     // with systemd 252. --threshold is in tenths.
     let out = Command::new(&analyze)
         .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
