@@ -48,6 +48,7 @@ pub mod domain;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod rotator;
 pub mod sandbox;
