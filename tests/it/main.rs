@@ -11,5 +11,6 @@ mod keygen;
 mod keys;
 mod line_client;
 mod sandbox;
+mod sinks;
 mod store;
 mod support;
