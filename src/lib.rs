@@ -50,6 +50,7 @@ pub mod domain;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod rotator;

@@ -12,5 +12,6 @@ mod keygen;
 mod keys;
 mod line_client;
 mod sandbox;
+mod sinks;
 mod store;
 mod support;
