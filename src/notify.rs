@@ -25,8 +25,8 @@
 //! 5. [`Notifier::status`] for a one-line summary `systemctl status` shows.
 //!
 //! Child processes (the `on_rotate` hooks) should not inherit
-//! `NOTIFY_SOCKET`, `WATCHDOG_USEC` or `WATCHDOG_PID`: whoever spawns them
-//! removes those variables. The socket itself is close-on-exec (std's
+//! `NOTIFY_SOCKET`, `WATCHDOG_USEC` or `WATCHDOG_PID` ([`ENV_VARS`]):
+//! whoever spawns them removes those variables. The socket itself is close-on-exec (std's
 //! default), so hooks never get it.
 //!
 //! Invariants: nothing here reads the environment (the values are
@@ -46,6 +46,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+
+/// The environment variables the protocol uses, in the order
+/// [`Notifier::from_env_values`] takes their values. `app` reads them; a
+/// spawner of child processes (hooks) removes them from the child's
+/// environment, so no child speaks for the daemon.
+pub const ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Why notifications cannot be set up or sent. Every variant names the
 /// variable or the message involved; none carries a secret (the protocol
