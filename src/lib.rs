@@ -26,6 +26,8 @@
 //! - [`http`]: the daemon's HTTP listener: health and the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`.
+//! - [`notify`]: the systemd notification protocol (ready, reloading,
+//!   stopping, watchdog, status); `app` hands it the environment's values.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -53,6 +55,8 @@ pub mod http;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod rotator;
 pub mod sandbox;

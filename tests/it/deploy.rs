@@ -1,0 +1,1050 @@
+//! Deployment: the sd_notify protocol ([`linetokd::notify`]) through sockets
+//! the tests own, and every file under `deploy/` checked against what it
+//! claims: the systemd unit by `systemd-analyze verify` and `security`, the
+//! sysusers file by `systemd-sysusers --dry-run`, each shipped config by the
+//! config loader (with the credentials its unit or image provides), the
+//! Dockerfile and compose file by their required pieces, and the compose
+//! demo's image layout by running the real daemon against the real sandbox
+//! with exactly those files.
+//!
+//! Docker itself cannot run here (no engine), so the images are not built;
+//! the systemd tools are run where installed and skipped with a printed
+//! reason where not.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use linetokd::app::{Daemon, RunOptions};
+use linetokd::clock::{Clock, SharedClock};
+use linetokd::config::Settings;
+use linetokd::domain::ChannelId;
+use linetokd::line::keys::{SigningKey, VerifyingKey};
+use linetokd::notify::{Notifier, NotifyError};
+use linetokd::rotator::RotationEvent;
+use linetokd::sandbox::{Sandbox, SandboxConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn env(pairs: &[(&str, &Path)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn write_private(path: &Path, body: &[u8], mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Where a program is, if it is installed.
+fn installed(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/bin".into(), "/bin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// sd_notify
+
+/// A datagram socket in a temp dir standing in for systemd's.
+struct FakeManager {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl FakeManager {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        // A bound on a broken test, not a wait: messages are already queued
+        // when recv is called.
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    fn notifier(&self, watchdog_usec: Option<&str>) -> Notifier {
+        Notifier::from_env_values(
+            Some(self.path.to_str().unwrap()),
+            watchdog_usec,
+            Some(&std::process::id().to_string()),
+            std::process::id(),
+        )
+        .unwrap()
+        .expect("NOTIFY_SOCKET is set")
+    }
+
+    fn recv(&self) -> String {
+        recv(&self.socket)
+    }
+
+    /// True when no message is waiting.
+    fn is_quiet(&self) -> bool {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let quiet = matches!(
+            self.socket.recv(&mut buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        self.socket.set_nonblocking(false).unwrap();
+        quiet
+    }
+}
+
+fn recv(socket: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification");
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap() * 1_000_000 + u64::try_from(t.tv_nsec).unwrap() / 1_000
+}
+
+#[test]
+fn notifier_sends_ready_watchdog_and_stopping_in_order() {
+    let manager = FakeManager::new();
+    let notifier = manager.notifier(Some("30000000"));
+    assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(15)));
+
+    notifier.ready().unwrap();
+    notifier.watchdog().unwrap();
+    notifier.stopping().unwrap();
+
+    assert_eq!(manager.recv(), "READY=1");
+    assert_eq!(manager.recv(), "WATCHDOG=1");
+    assert_eq!(manager.recv(), "STOPPING=1");
+    assert!(manager.is_quiet());
+}
+
+#[test]
+fn reloading_carries_the_monotonic_time_and_status_stays_one_field() {
+    let manager = FakeManager::new();
+    let notifier = manager.notifier(None);
+    assert_eq!(notifier.watchdog_interval(), None);
+
+    let before = monotonic_usec();
+    notifier.reloading().unwrap();
+    let after = monotonic_usec();
+    notifier.ready().unwrap();
+    notifier
+        .status("2 channels, 3 groups\nREADY=1\r\nnext rotation in 23h")
+        .unwrap();
+
+    let reloading = manager.recv();
+    let fields: Vec<&str> = reloading.lines().collect();
+    assert_eq!(fields[0], "RELOADING=1", "{reloading}");
+    let usec: u64 = fields[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reloading}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&usec),
+        "{before} <= {usec} <= {after}"
+    );
+    assert_eq!(fields.len(), 2, "{reloading}");
+    assert_eq!(manager.recv(), "READY=1");
+    // A line break in a status would start a field of its own.
+    assert_eq!(
+        manager.recv(),
+        "STATUS=2 channels, 3 groups READY=1  next rotation in 23h"
+    );
+}
+
+#[test]
+fn abstract_socket_addresses_work() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::SocketAddr;
+
+    let name = format!("linetokd-test-notify-{}-{}", std::process::id(), line!());
+    let socket =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let notifier = Notifier::from_env_values(Some(&format!("@{name}")), None, None, 1)
+        .unwrap()
+        .unwrap();
+    notifier.ready().unwrap();
+    assert_eq!(recv(&socket), "READY=1");
+}
+
+#[test]
+fn nothing_to_notify_without_a_socket_and_bad_values_are_named() {
+    assert!(
+        Notifier::from_env_values(None, Some("1000000"), None, 1)
+            .unwrap()
+            .is_none()
+    );
+    let err = Notifier::from_env_values(Some("relative/notify"), None, None, 1).unwrap_err();
+    assert!(matches!(err, NotifyError::Address { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("NOTIFY_SOCKET=\"relative/notify\"")
+    );
+    let err = Notifier::from_env_values(Some("/run/notify"), Some("soon"), None, 1).unwrap_err();
+    assert!(err.to_string().contains("WATCHDOG_USEC=\"soon\""), "{err}");
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_not_ours() {
+    let manager = FakeManager::new();
+    let notifier = Notifier::from_env_values(
+        Some(manager.path.to_str().unwrap()),
+        Some("30000000"),
+        Some("1"),
+        std::process::id(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(notifier.watchdog_interval(), None);
+}
+
+#[test]
+fn sending_to_a_vanished_manager_is_an_error_naming_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone.sock");
+    let notifier = Notifier::from_env_values(Some(path.to_str().unwrap()), None, None, 1)
+        .unwrap()
+        .unwrap();
+    let err = notifier.ready().unwrap_err();
+    assert!(matches!(err, NotifyError::Send { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("READY=1") && text.contains("gone.sock"),
+        "{text}"
+    );
+}
+
+/// The manager's socket for an async test: a blocking receive would stall
+/// the runtime the notifier runs on.
+fn async_socket(manager: &FakeManager) -> tokio::net::UnixDatagram {
+    let socket = manager.socket.try_clone().unwrap();
+    socket.set_nonblocking(true).unwrap();
+    tokio::net::UnixDatagram::from_std(socket).unwrap()
+}
+
+async fn recv_async(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    // A bound on a broken test, not a wait.
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("a notification within 10 s")
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+fn quiet(socket: &tokio::net::UnixDatagram) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(socket.try_recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn keep_watchdog_pings_every_half_timeout_until_shutdown() {
+    let manager = FakeManager::new();
+    let socket = async_socket(&manager);
+    let notifier = Arc::new(manager.notifier(Some("20000000")));
+    let clock = support::manual_clock();
+    let start = clock.now();
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (notifier, clock, shutdown) = (notifier.clone(), clock.clone(), shutdown.clone());
+        tokio::spawn(async move { notifier.keep_watchdog(&clock, shutdown).await })
+    };
+
+    // The first ping goes at once, then one per 10 s of clock time, and
+    // none before its time.
+    for n in 0..3 {
+        assert_eq!(recv_async(&socket).await, "WATCHDOG=1", "ping {n}");
+        let next = clock.next_deadline().await;
+        assert_eq!(next, start + chrono::Duration::seconds(10 * (n + 1)));
+        assert!(quiet(&socket), "a ping before its time after ping {n}");
+        clock.set(next);
+    }
+    assert_eq!(recv_async(&socket).await, "WATCHDOG=1");
+
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(quiet(&socket));
+}
+
+#[tokio::test]
+async fn keep_watchdog_returns_at_once_when_not_watched() {
+    let manager = FakeManager::new();
+    let notifier = manager.notifier(None);
+    let clock = support::manual_clock();
+    // Never cancelled: returning at all is the point.
+    notifier
+        .keep_watchdog(&clock, CancellationToken::new())
+        .await;
+    assert!(manager.is_quiet());
+}
+
+// ---------------------------------------------------------------------------
+// systemd
+
+const UNIT: &str = "deploy/systemd/linetokd.service";
+const INSTALLED_BINARY: &str = "/usr/local/bin/linetokd";
+
+/// `(section, key, value)` for every setting of a unit file, in order.
+fn unit_settings(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a setting: {line}"));
+        out.push((
+            section.clone(),
+            key.trim().to_owned(),
+            value.trim().to_owned(),
+        ));
+    }
+    out
+}
+
+fn service_values(settings: &[(String, String, String)], key: &str) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|(s, k, _)| s == "Service" && k == key)
+        .map(|(_, _, v)| v.clone())
+        .collect()
+}
+
+fn service_value(settings: &[(String, String, String)], key: &str) -> String {
+    let values = service_values(settings, key);
+    assert_eq!(values.len(), 1, "[Service] {key}= should be set once");
+    values[0].clone()
+}
+
+/// The unit as it would be installed, with ExecStart pointing at the binary
+/// cargo built (verify wants an executable there).
+fn unit_for_verify(dir: &Path, text: &str) -> PathBuf {
+    let binary = env!("CARGO_BIN_EXE_linetokd");
+    assert!(text.contains(INSTALLED_BINARY));
+    let path = dir.join("linetokd.service");
+    fs::write(&path, text.replace(INSTALLED_BINARY, binary)).unwrap();
+    path
+}
+
+/// Runs `systemd-analyze verify` on `unit`; `Err` carries every complaint:
+/// a failing exit, or any message about the unit (verify reports unknown
+/// keys and bad values as warnings and still exits 0).
+fn verify(analyze: &Path, unit: &Path) -> Result<(), String> {
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about_unit: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("linetokd.service"))
+        .collect();
+    if out.status.success() && about_unit.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {stderr}", out.status))
+    }
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = installed("systemd-analyze") else {
+        println!("skipping: systemd-analyze not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = read(UNIT);
+    let unit = unit_for_verify(dir.path(), &text);
+    if let Err(complaints) = verify(&analyze, &unit) {
+        panic!("systemd-analyze verify {UNIT}: {complaints}");
+    }
+
+    // The check above can fail: a misspelt value and an unknown key are
+    // both caught.
+    let broken = text.replace("ProtectSystem=strict", "ProtectSystem=strictly");
+    let unit = unit_for_verify(dir.path(), &broken);
+    let complaints = verify(&analyze, &unit).unwrap_err();
+    assert!(complaints.contains("strictly"), "{complaints}");
+    let broken = text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes");
+    let unit = unit_for_verify(dir.path(), &broken);
+    assert!(verify(&analyze, &unit).is_err());
+}
+
+#[test]
+fn systemd_unit_exposure_stays_low() {
+    let Some(analyze) = installed("systemd-analyze") else {
+        println!("skipping: systemd-analyze not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_for_verify(dir.path(), &read(UNIT));
+    // Exposure runs from 0 (locked down) to 10 (none); the unit scores 1.4
+    // with systemd 252. --threshold is in tenths.
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("unrecognized option") {
+        println!("skipping: this systemd-analyze has no offline security review");
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{UNIT} is exposed above 2.0:\n{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn systemd_unit_has_notify_reload_user_directories_credentials_and_hardening() {
+    let settings = unit_settings(&read(UNIT));
+    let one = |key: &str| service_value(&settings, key);
+
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "main");
+    assert!(!one("WatchdogSec").is_empty());
+    assert_eq!(
+        one("ExecStart"),
+        format!("{INSTALLED_BINARY} run --config /etc/linetokd/linetokd.toml")
+    );
+    let reload = one("ExecReload");
+    assert!(reload.ends_with("kill -HUP $MAINPID"), "{reload}");
+    assert_eq!(one("RestartPreventExitStatus"), "2", "config errors exit 2");
+
+    // A dedicated user, the one the sysusers file creates.
+    let user = one("User");
+    assert_ne!(user, "root");
+    let sysusers = read("deploy/systemd/linetokd.sysusers");
+    let declared: Vec<&str> = sysusers
+        .lines()
+        .filter(|l| l.starts_with("u "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(declared, [user.as_str()]);
+
+    assert_eq!(one("StateDirectory"), "linetokd");
+    assert_eq!(one("ConfigurationDirectory"), "linetokd");
+    assert_eq!(one("RuntimeDirectory"), "linetokd");
+    assert!(!service_values(&settings, "LoadCredential").is_empty());
+
+    for (key, value) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+        ("CapabilityBoundingSet", ""),
+        ("UMask", "0077"),
+    ] {
+        assert_eq!(one(key), value, "{key}");
+    }
+    let filters = service_values(&settings, "SystemCallFilter");
+    assert_eq!(filters.first().map(String::as_str), Some("@system-service"));
+}
+
+#[test]
+fn systemd_sysusers_file_parses() {
+    let Some(sysusers) = installed("systemd-sysusers") else {
+        println!("skipping: systemd-sysusers not found");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir(root.path().join("etc")).unwrap();
+    let out = Command::new(sysusers)
+        .arg(format!("--root={}", root.path().display()))
+        .arg("--dry-run")
+        .arg(repo("deploy/systemd/linetokd.sysusers"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Creating user 'linetokd'"),
+        "{stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Every `${CREDENTIALS_DIRECTORY}/NAME` a config refers to.
+fn credential_names(config: &str) -> BTreeSet<String> {
+    config
+        .split("${CREDENTIALS_DIRECTORY}/")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+/// Makes every credential a config names in `dir`, with `mode`: keys are
+/// RSA-2048 PEMs (the fixture key), everything else a secret string.
+fn make_credentials(dir: &Path, names: &BTreeSet<String>, mode: u32) {
+    let key = fs::read(repo("tests/fixtures/keys/rsa2048-pkcs8.pem")).unwrap();
+    for name in names {
+        let body: &[u8] = if name.ends_with(".pem") {
+            &key
+        } else {
+            b"0123456789abcdef0123456789abcdef\n"
+        };
+        write_private(&dir.join(name), body, mode);
+    }
+}
+
+#[test]
+fn systemd_config_validates_with_exactly_the_units_credentials() {
+    let text = read("deploy/systemd/linetokd.toml");
+    let needed = credential_names(&text);
+    assert!(needed.iter().any(|n| n.ends_with(".pem")), "{needed:?}");
+
+    // LoadCredential=NAME:PATH for each, from the root-only credstore.
+    let settings = unit_settings(&read(UNIT));
+    let loaded: BTreeSet<String> = service_values(&settings, "LoadCredential")
+        .iter()
+        .map(|v| {
+            let (name, path) = v.split_once(':').unwrap();
+            assert!(path.starts_with("/etc/credstore/linetokd/"), "{v}");
+            name.to_owned()
+        })
+        .collect();
+    assert_eq!(
+        loaded, needed,
+        "LoadCredential= lines vs the config's files"
+    );
+
+    // systemd hands credentials over as 0400 files of the service user.
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    let runtime = dir.path().join("run");
+    make_credentials(&creds, &needed, 0o400);
+    let environment = env(&[
+        ("CREDENTIALS_DIRECTORY", &creds),
+        ("RUNTIME_DIRECTORY", &runtime),
+    ]);
+    let origin = repo("deploy/systemd/linetokd.toml");
+    let valid = Settings::from_toml(&text, &origin, &environment)
+        .unwrap()
+        .validate()
+        .unwrap_or_else(|e| panic!("{}: {e}", origin.display()));
+
+    // Its paths are the unit's directories.
+    assert!(valid.daemon.database.starts_with("/var/lib/linetokd"));
+    assert_eq!(valid.daemon.state_dir, Path::new("/var/lib/linetokd"));
+    for channel in &valid.channels {
+        for group in &channel.groups {
+            for sink in &group.sinks {
+                assert!(sink.path.starts_with(&runtime), "{}", sink.path.display());
+            }
+        }
+    }
+    assert!(valid.daemon.listen.ip().is_loopback());
+}
+
+// ---------------------------------------------------------------------------
+// Docker
+
+const DOCKERFILE: &str = "deploy/docker/Dockerfile";
+
+/// One Dockerfile instruction, continuation lines joined.
+#[derive(Debug)]
+struct Instruction {
+    stage: String,
+    keyword: String,
+    args: String,
+}
+
+fn dockerfile() -> Vec<Instruction> {
+    let mut out = Vec::new();
+    let mut stage = String::new();
+    let mut pending = String::new();
+    for line in read(DOCKERFILE).lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (pending.is_empty() && trimmed.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(trimmed);
+        let full = std::mem::take(&mut pending);
+        let (keyword, args) = full.split_once(char::is_whitespace).unwrap();
+        let keyword = keyword.to_ascii_uppercase();
+        let args = args.split_whitespace().collect::<Vec<_>>().join(" ");
+        if keyword == "FROM" {
+            let words: Vec<&str> = args.split(' ').collect();
+            assert!(
+                words.len() == 3 && words[1].eq_ignore_ascii_case("AS"),
+                "every stage is named: FROM {args}"
+            );
+            stage = words[2].to_owned();
+        }
+        out.push(Instruction {
+            stage: stage.clone(),
+            keyword,
+            args,
+        });
+    }
+    out
+}
+
+/// The stages `stage` is built on, itself first.
+fn lineage(instructions: &[Instruction], stage: &str) -> Vec<String> {
+    let mut chain = vec![stage.to_owned()];
+    loop {
+        let current = chain.last().unwrap().clone();
+        let from = instructions
+            .iter()
+            .find(|i| i.keyword == "FROM" && i.stage == current)
+            .unwrap();
+        let base = from.args.split(' ').next().unwrap();
+        if instructions
+            .iter()
+            .any(|i| i.keyword == "FROM" && i.stage == base)
+        {
+            chain.push(base.to_owned());
+        } else {
+            return chain;
+        }
+    }
+}
+
+fn in_stages<'a>(
+    instructions: &'a [Instruction],
+    stages: &[String],
+    keyword: &str,
+) -> Vec<&'a Instruction> {
+    instructions
+        .iter()
+        .filter(|i| i.keyword == keyword && stages.contains(&i.stage))
+        .collect()
+}
+
+#[test]
+fn dockerfile_is_multi_stage_small_non_root_with_volume_and_healthcheck() {
+    let all = dockerfile();
+    let froms: Vec<&Instruction> = all.iter().filter(|i| i.keyword == "FROM").collect();
+    assert!(
+        froms
+            .iter()
+            .any(|f| f.stage == "build" && f.args.starts_with("rust:")),
+        "a `FROM rust:... AS build` stage"
+    );
+    let last = froms.last().unwrap();
+    assert_eq!(
+        last.stage, "runtime",
+        "the default target is the runtime image"
+    );
+
+    for target in ["runtime", "demo"] {
+        let stages = lineage(&all, target);
+        let root_image = all
+            .iter()
+            .find(|i| i.keyword == "FROM" && Some(&i.stage) == stages.last())
+            .unwrap();
+        assert!(
+            root_image.args.starts_with("gcr.io/distroless/"),
+            "{target} is built on a small base: {}",
+            root_image.args
+        );
+        let users = in_stages(&all, &stages, "USER");
+        let user = &users.last().expect("a USER").args;
+        let uid = user.split(':').next().unwrap();
+        assert!(uid != "0" && uid != "root", "{target} runs as {user}");
+        assert!(
+            in_stages(&all, &stages, "VOLUME")
+                .iter()
+                .any(|v| v.args.contains("\"/var/lib/linetokd\"")),
+            "{target}: VOLUME /var/lib/linetokd"
+        );
+        let health = in_stages(&all, &stages, "HEALTHCHECK");
+        assert_eq!(health.len(), 1, "{target}");
+        assert!(
+            health[0]
+                .args
+                .ends_with("CMD [\"/usr/local/bin/linetokd\", \"health\"]"),
+            "{}",
+            health[0].args
+        );
+        let entry = in_stages(&all, &stages, "ENTRYPOINT");
+        assert_eq!(entry[0].args, "[\"/usr/local/bin/linetokd\"]");
+    }
+
+    // The build uses the toolchain the repository pins.
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .unwrap()
+        .trim_matches('"');
+    let arg = all
+        .iter()
+        .find(|i| i.keyword == "ARG" && i.args.starts_with("RUST_VERSION="))
+        .unwrap();
+    assert_eq!(arg.args, format!("RUST_VERSION={channel}"));
+}
+
+/// A `COPY` from the build context: flags, sources, destination.
+struct Copy {
+    chmod: Option<u32>,
+    sources: Vec<String>,
+    dest: String,
+}
+
+fn context_copies(instructions: &[Instruction], stage: &str) -> Vec<Copy> {
+    instructions
+        .iter()
+        .filter(|i| i.keyword == "COPY" && i.stage == stage && !i.args.contains("--from="))
+        .map(|i| {
+            let mut chmod = None;
+            let mut paths = Vec::new();
+            for word in i.args.split(' ') {
+                if let Some(mode) = word.strip_prefix("--chmod=") {
+                    chmod = Some(u32::from_str_radix(mode, 8).unwrap());
+                } else if !word.starts_with("--") {
+                    paths.push(word.to_owned());
+                }
+            }
+            let dest = paths.pop().unwrap();
+            Copy {
+                chmod,
+                sources: paths,
+                dest,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_the_rest() {
+    let ignore = read(".dockerignore");
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules.first(),
+        Some(&"*"),
+        "an allow-list: everything out first"
+    );
+    let allowed: Vec<&str> = rules[1..]
+        .iter()
+        .map(|r| r.strip_prefix('!').expect("only exceptions after `*`"))
+        .map(|r| r.trim_end_matches('/'))
+        .collect();
+    let let_in = |path: &str| {
+        allowed
+            .iter()
+            .any(|a| path == *a || path.starts_with(&format!("{a}/")))
+    };
+    // What `cargo build` reads, and nothing of the target dir, git or
+    // the toolchain file (see the Dockerfile).
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "migrations/0001_init.sql",
+    ] {
+        assert!(let_in(needed), "{needed} is needed to build");
+        assert!(repo(needed).exists(), "{needed}");
+    }
+    for kept_out in ["target", ".git", "rust-toolchain.toml", "tests/it/main.rs"] {
+        assert!(
+            !let_in(kept_out),
+            "{kept_out} should stay out of the context"
+        );
+    }
+    let all = dockerfile();
+    for stage in ["build", "runtime-base", "demo", "runtime"] {
+        for copy in context_copies(&all, stage) {
+            for source in &copy.sources {
+                if source != "." {
+                    assert!(let_in(source), "COPY {source}: not in the build context");
+                    assert!(repo(source).is_file(), "COPY {source}: no such file");
+                }
+            }
+        }
+    }
+}
+
+fn compose() -> serde_yaml_ng::Value {
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read("deploy/docker/compose.yaml")).unwrap();
+    value.apply_merge().unwrap();
+    value
+}
+
+fn strings(value: &serde_yaml_ng::Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("a list: {value:?}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn compose_runs_the_sandbox_and_the_daemon_from_the_demo_image() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["sandbox", "daemon"]));
+
+    let compose_dir = repo("deploy/docker");
+    for name in ["sandbox", "daemon"] {
+        let build = &compose["services"][name]["build"];
+        let context = compose_dir.join(build["context"].as_str().unwrap());
+        let dockerfile = context.join(build["dockerfile"].as_str().unwrap());
+        assert_eq!(
+            dockerfile.canonicalize().unwrap(),
+            repo(DOCKERFILE).canonicalize().unwrap(),
+            "{name}"
+        );
+        assert_eq!(build["target"].as_str(), Some("demo"), "{name}");
+    }
+
+    // The sandbox listens where the daemon's demo config looks for it.
+    let sandbox = strings(&compose["services"]["sandbox"]["command"]);
+    assert_eq!(sandbox[0], "sandbox");
+    let listen = &sandbox[sandbox.iter().position(|a| a == "--listen").unwrap() + 1];
+    let port = listen.rsplit(':').next().unwrap();
+    assert_eq!(
+        sandbox[sandbox.iter().position(|a| a == "--config").unwrap() + 1],
+        "/etc/linetokd/sandbox.toml"
+    );
+    let demo: toml::Value = toml::from_str(&read("deploy/docker/demo/linetokd.toml")).unwrap();
+    assert_eq!(
+        demo["daemon"]["line_api"].as_str(),
+        Some(format!("http://sandbox:{port}").as_str())
+    );
+
+    // The daemon runs, keeps its database on a volume, and publishes its
+    // listener.
+    let daemon = &compose["services"]["daemon"];
+    assert_eq!(
+        strings(&daemon["command"]),
+        ["run", "--config", "/etc/linetokd/linetokd.toml"]
+    );
+    assert!(
+        strings(&daemon["volumes"])
+            .iter()
+            .any(|v| v.ends_with(":/var/lib/linetokd")),
+        "the database on a volume"
+    );
+    let listen_port = demo["daemon"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        strings(&daemon["ports"])
+            .iter()
+            .any(|p| p.ends_with(&format!(":{listen_port}"))),
+        "port {listen_port} published"
+    );
+    let depends = &daemon["depends_on"];
+    assert!(
+        strings(depends).contains(&"sandbox".to_owned()),
+        "{depends:?}"
+    );
+}
+
+#[test]
+fn docker_config_validates_with_secrets_from_run_secrets() {
+    let text = read("deploy/docker/linetokd.toml");
+    let needed = credential_names(&text);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let runtime = dir.path().join("run");
+    make_credentials(&secrets, &needed, 0o600);
+    let environment = env(&[
+        ("CREDENTIALS_DIRECTORY", &secrets),
+        ("RUNTIME_DIRECTORY", &runtime),
+    ]);
+    let origin = repo("deploy/docker/linetokd.toml");
+    let valid = Settings::from_toml(&text, &origin, &environment)
+        .unwrap()
+        .validate()
+        .unwrap_or_else(|e| panic!("{}: {e}", origin.display()));
+    // Inside a container the listener must face the container's network.
+    assert!(valid.daemon.listen.ip().is_unspecified());
+    assert!(valid.daemon.database.starts_with("/var/lib/linetokd"));
+
+    // The image sets the variables this config relies on.
+    let all = dockerfile();
+    let image_env: String = in_stages(&all, &lineage(&all, "runtime"), "ENV")
+        .iter()
+        .map(|i| i.args.clone())
+        .collect();
+    assert!(image_env.contains("CREDENTIALS_DIRECTORY=/run/secrets"));
+    assert!(image_env.contains("RUNTIME_DIRECTORY=/run/linetokd"));
+}
+
+/// The demo image's `/etc/linetokd`, laid out in a temp dir by the demo
+/// stage's own `COPY` and `ENV` lines.
+struct DemoImage {
+    root: tempfile::TempDir,
+    credentials: PathBuf,
+}
+
+impl DemoImage {
+    fn lay_out() -> Self {
+        let all = dockerfile();
+        let root = tempfile::tempdir().unwrap();
+        for copy in context_copies(&all, "demo") {
+            assert_eq!(copy.sources.len(), 1);
+            let to = root.path().join(copy.dest.trim_start_matches('/'));
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(repo(&copy.sources[0]), &to).unwrap();
+            let mode = copy.chmod.expect("the demo sets every file's mode");
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let credentials = in_stages(&all, &["demo".to_owned()], "ENV")
+            .iter()
+            .find_map(|i| i.args.strip_prefix("CREDENTIALS_DIRECTORY="))
+            .expect("the demo names its credentials directory")
+            .to_owned();
+        let credentials = root.path().join(credentials.trim_start_matches('/'));
+        Self { root, credentials }
+    }
+
+    fn path(&self, in_image: &str) -> PathBuf {
+        self.root.path().join(in_image.trim_start_matches('/'))
+    }
+}
+
+#[tokio::test]
+async fn demo_image_files_make_a_daemon_that_issues_from_the_demo_sandbox() {
+    let image = DemoImage::lay_out();
+    let clock = support::manual_clock();
+    let shared: SharedClock = Arc::new(clock.clone());
+
+    // The sandbox service: its config from the image, as compose runs it.
+    let sandbox_config = SandboxConfig::load(&image.path("/etc/linetokd/sandbox.toml")).unwrap();
+    let channel = ChannelId::new("1234567890");
+    let sandbox = Sandbox::new(sandbox_config, Arc::clone(&shared)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
+    let stop_sandbox = CancellationToken::new();
+    tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
+
+    // The daemon service: its config from the image, with compose's network
+    // and volumes swapped for loopback and temp dirs.
+    let state = tempfile::tempdir().unwrap();
+    let environment = env(&[
+        ("CREDENTIALS_DIRECTORY", &image.credentials),
+        ("RUNTIME_DIRECTORY", &state.path().join("run")),
+        ("LINETOKD__DAEMON__LINE_API", Path::new(&sandbox_url)),
+        ("LINETOKD__DAEMON__STATE_DIR", state.path()),
+        (
+            "LINETOKD__DAEMON__DATABASE",
+            &state.path().join("linetokd.db"),
+        ),
+        ("LINETOKD__DAEMON__LISTEN", Path::new("127.0.0.1:0")),
+    ]);
+    let config = Settings::load(&image.path("/etc/linetokd/linetokd.toml"), &environment)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(config.channels[0].id, channel);
+
+    // The key pair in the image is one: the sandbox verifies what the
+    // daemon signs.
+    let private = SigningKey::from_file(&image.credentials.join("example-private.pem")).unwrap();
+    let public_file = image.path("/etc/linetokd/demo/example-public.jwk");
+    let registered: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&public_file).unwrap()).unwrap();
+    let derived: serde_json::Value =
+        serde_json::from_str(&private.public_jwk().to_json_pretty()).unwrap();
+    assert_eq!(
+        (&registered["n"], &registered["e"]),
+        (&derived["n"], &derived["e"])
+    );
+    assert_eq!(
+        VerifyingKey::from_file(&public_file)
+            .unwrap()
+            .modulus_bits(),
+        2048
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut daemon = Daemon::start(&config, shared, shutdown.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    let mut issued = BTreeMap::new();
+    let groups: BTreeSet<String> = config.channels[0]
+        .groups
+        .iter()
+        .map(|g| g.name.as_str().to_owned())
+        .collect();
+    // A bound on a broken test, not a wait: the first pass issues at once.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while issued.len() < groups.len() {
+            match daemon.events.recv().await.unwrap() {
+                RotationEvent::Issued {
+                    group,
+                    key_id,
+                    verified,
+                    ..
+                } => {
+                    assert!(verified, "the sandbox verifies the demo's tokens");
+                    issued.insert(group.as_str().to_owned(), key_id);
+                }
+                failed @ RotationEvent::Failed { .. } => panic!("{failed:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("both demo groups get a token");
+    assert_eq!(issued.keys().cloned().collect::<BTreeSet<_>>(), groups);
+    let live: BTreeSet<_> = sandbox.live_key_ids(&channel).into_iter().collect();
+    assert!(issued.values().all(|k| live.contains(k)), "{live:?}");
+
+    shutdown.cancel();
+    daemon.stopped().await;
+    stop_sandbox.cancel();
+}
