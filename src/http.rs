@@ -40,10 +40,12 @@
 //!  "previous": {"access_token": "...", "key_id": "...", "expires_at": "..."} | null}
 //! ```
 //!
-//! The same shape as the `json` file sink, so a consumer can switch between
-//! the file and the API without changing its parser.
+//! It is the `json` file sink's document, rendered by the sink's own code,
+//! so a consumer can switch between the file and the API without changing
+//! its parser.
 //!
-//! Depends on `delivery` (the token book), `domain`, `secret` and `clock`.
+//! Depends on `delivery` (the token book and the sink renderer), `domain`,
+//! `secret` and `clock`.
 //! Reads no config: `app` hands it an [`HttpState`].
 
 use std::collections::HashMap;
@@ -57,13 +59,13 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::delivery::{PublishedToken, TokenBook};
+use crate::delivery::sink::{self, SinkContext, SinkFormat};
+use crate::delivery::{GroupTokens, PublishedToken, TokenBook};
 use crate::domain::{ChannelId, GroupName};
 use crate::secret::Secret;
 
@@ -204,27 +206,6 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The body of a 200 from the token API.
-#[derive(Debug, Serialize)]
-struct TokenAnswer<'a> {
-    access_token: &'a str,
-    token_type: &'static str,
-    key_id: &'a str,
-    expires_at: DateTime<Utc>,
-    issued_at: DateTime<Utc>,
-    channel: &'a str,
-    group: &'a str,
-    previous: Option<PreviousAnswer<'a>>,
-}
-
-/// The previous token inside a [`TokenAnswer`].
-#[derive(Debug, Serialize)]
-struct PreviousAnswer<'a> {
-    access_token: &'a str,
-    key_id: &'a str,
-    expires_at: DateTime<Utc>,
-}
-
 /// A refusal: a stable code for programs and a sentence for people.
 #[derive(Debug, Serialize)]
 struct Refusal {
@@ -241,6 +222,8 @@ enum Refused {
     UnknownGroup,
     OtherGroup,
     NotIssued,
+    /// A bug: the answer could not be built.
+    Internal,
 }
 
 impl Refused {
@@ -250,6 +233,7 @@ impl Refused {
             Self::InvalidKey | Self::OtherGroup => StatusCode::FORBIDDEN,
             Self::UnknownGroup => StatusCode::NOT_FOUND,
             Self::NotIssued => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -272,6 +256,10 @@ impl Refused {
             Self::NotIssued => (
                 "not_issued",
                 "the group has no live token yet; retry shortly",
+            ),
+            Self::Internal => (
+                "internal",
+                "the answer could not be built; see the daemon's log",
             ),
         };
         Refusal { error, message }
@@ -304,7 +292,7 @@ impl IntoResponse for Refused {
                     HeaderValue::from(NOT_ISSUED_RETRY_AFTER_SECS),
                 );
             }
-            Self::InvalidKey | Self::OtherGroup | Self::UnknownGroup => {}
+            Self::InvalidKey | Self::OtherGroup | Self::UnknownGroup | Self::Internal => {}
         }
         response
     }
@@ -349,7 +337,10 @@ async fn group_token(
                 Refused::NoCredentials | Refused::MalformedCredentials | Refused::InvalidKey => {
                     tracing::info!(reason = refused.body().error, "token API request refused");
                 }
-                Refused::UnknownGroup | Refused::OtherGroup | Refused::NotIssued => {
+                Refused::UnknownGroup
+                | Refused::OtherGroup
+                | Refused::NotIssued
+                | Refused::Internal => {
                     tracing::info!(channel = %channel, group = %group, reason = refused.body().error, "token API request refused");
                 }
             }
@@ -382,34 +373,41 @@ fn answer(
     let current = live.next().ok_or(Refused::NotIssued)?;
     let previous = live.next();
     tracing::debug!(channel = %channel, group = %group, key_id = %current.key_id, "token served");
-    Ok(token_response(channel, group, &current, previous.as_ref()))
+    token_response(channel, group, current, previous)
 }
 
+/// The 200 answer: the `json` sink's document, so the file and the API can
+/// never drift apart.
 fn token_response(
     channel: &ChannelId,
     group: &GroupName,
-    current: &PublishedToken,
-    previous: Option<&PublishedToken>,
-) -> Response {
-    let body = TokenAnswer {
-        access_token: current.token.expose(),
-        token_type: "Bearer",
-        key_id: current.key_id.as_str(),
-        expires_at: current.expires_at,
-        issued_at: current.issued_at,
-        channel: channel.as_str(),
-        group: group.as_str(),
-        previous: previous.map(|p| PreviousAnswer {
-            access_token: p.token.expose(),
-            key_id: p.key_id.as_str(),
-            expires_at: p.expires_at,
-        }),
+    current: PublishedToken,
+    previous: Option<PublishedToken>,
+) -> Result<Response, Refused> {
+    let tokens = GroupTokens {
+        current: Some(current),
+        previous,
     };
-    let mut response = (StatusCode::OK, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    let body = sink::render(
+        SinkFormat::Json,
+        &SinkContext {
+            channel,
+            group,
+            tokens: &tokens,
+        },
+    )
+    .map_err(|e| {
+        tracing::error!(channel = %channel, group = %group, error = %e, "could not render the token document");
+        Refused::Internal
+    })?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 #[cfg(test)]
