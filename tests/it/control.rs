@@ -544,3 +544,64 @@ async fn an_incident_at_a_fractional_second_issues_exactly_one_token() {
     );
     lab.stop().await;
 }
+
+/// A daemon-side failure: LINE is down when the incident is declared. The
+/// command says so and exits 1; the incident stays in force and the daemon
+/// carries it out on its own once LINE answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_line_refuses_exits_1_and_the_daemon_finishes_it_later() {
+    let mut lab = DaemonLab::start().await;
+    let first = lab.issued(&["a", "b"]).await;
+    lab.lab.sandbox.set_down(true);
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("the request failed"), "{err}");
+    assert!(
+        err.contains("revoke:") && err.contains("retries at"),
+        "{err}"
+    );
+    assert_eq!(
+        lab.at_sandbox()[&first["a"]].0,
+        SandboxTokenState::Live,
+        "nothing can have been revoked"
+    );
+
+    // LINE is back; once the backoff passes, the daemon completes the
+    // incident without being asked again.
+    lab.lab.sandbox.set_down(false);
+    lab.lab.clock.advance(chrono::Duration::minutes(1));
+    let fresh = loop {
+        match lab.events.recv().await.unwrap() {
+            RotationEvent::Issued {
+                group,
+                key_id,
+                reason,
+                ..
+            } => {
+                assert_eq!(group.as_str(), "a");
+                assert_eq!(reason, IssueReason::Incident);
+                break key_id;
+            }
+            RotationEvent::Revoked { group, .. } => assert_eq!(group.as_str(), "a"),
+            _ => {}
+        }
+    };
+    let sandbox = lab.at_sandbox();
+    assert_eq!(sandbox[&first["a"]].0, SandboxTokenState::Revoked);
+    assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
+    assert_eq!(sandbox[&first["b"]].0, SandboxTokenState::Live);
+    lab.stop().await;
+}
