@@ -119,6 +119,7 @@ impl Rotator {
         let report = self
             .db(move |store| store.reconcile(asked_at, &channel, &kids))
             .await?;
+        self.set_settled(&setup.id, true);
         for key_id in &report.gone {
             tracing::warn!(channel = %setup.id, key_id = %key_id, "a token of ours is no longer listed by LINE: marked gone");
             self.emit(RotationEvent::Gone {
@@ -247,6 +248,9 @@ impl Rotator {
         let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
+                // LINE may have issued it anyway: unsettled until the next
+                // reconcile, whatever the store manages to record.
+                self.set_settled(&setup.id, false);
                 self.metrics.rotation(&setup.id, group, false);
                 let (now, text) = (self.clock.now(), error_chain(&e));
                 self.db(move |store| store.fail_issue(now, intent, &text))

@@ -10,6 +10,7 @@ mod contract;
 mod keygen;
 mod keys;
 mod line_client;
+mod regressions;
 mod sandbox;
 mod store;
 mod support;
