@@ -245,6 +245,9 @@ impl Rotator {
             self.db(move |store| store.begin_issue(started, &channel, &group))
                 .await?
         };
+        // The intent is journaled: from here a crash leaves it open, and
+        // the next start reports it (tests wait on this line to kill us).
+        tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = ?reason, "issuing a token");
         let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
