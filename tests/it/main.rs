@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod contract;
+mod e2e;
 mod keygen;
 mod keys;
 mod line_client;
