@@ -13,5 +13,6 @@ mod keys;
 mod line_client;
 mod regressions;
 mod sandbox;
+mod sinks;
 mod store;
 mod support;
