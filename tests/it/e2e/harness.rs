@@ -334,8 +334,9 @@ fn read_lines(
     })
 }
 
-/// One token as the sandbox's inspection API shows it.
-#[derive(Debug, Clone, Deserialize)]
+/// One token as the sandbox's inspection API shows it. `Debug` leaves the
+/// value out, so a failing assertion does not print tokens either.
+#[derive(Clone, Deserialize)]
 pub struct SandboxToken {
     /// LINE's key ID.
     pub key_id: String,
@@ -349,6 +350,18 @@ pub struct SandboxToken {
     pub state: String,
     /// When it was revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SandboxToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxToken")
+            .field("key_id", &self.key_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("state", &self.state)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SandboxToken {
