@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use self::event::RotationEvent;
+pub use self::execute::revoke_reason_text;
 pub use self::snapshot::Snapshot;
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName};
