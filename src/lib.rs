@@ -23,6 +23,10 @@
 //! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
 //!   its migrations; one writer per database.
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
+//! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
+//!   pure, like `policy`.
+//! - [`status`]: what `linetokd status` and `linetokd plan` read from the
+//!   store (read-only, beside a running daemon) and how they print it.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -44,6 +48,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod forecast;
 pub mod keygen;
 pub mod line;
 pub mod logging;
@@ -52,4 +57,5 @@ pub mod rotator;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secret;
+pub mod status;
 pub mod store;

@@ -10,5 +10,6 @@ mod keygen;
 mod keys;
 mod line_client;
 mod sandbox;
+mod status_plan;
 mod store;
 mod support;
