@@ -49,9 +49,9 @@ use crate::policy::{
 pub const SYNTHETIC_KEY_PREFIX: &str = "next-";
 
 /// The most rounds (instants at which anything happens) one forecast runs.
-/// A year of hourly looks at a few channels is far below it; it only stops
-/// a bug from looping forever.
-pub const MAX_ROUNDS: usize = 100_000;
+/// A year of a channel's hourly reconciles and its groups' verifies is a
+/// few tens of thousands; the bound only stops a runaway loop.
+pub const MAX_ROUNDS: usize = 1_000_000;
 
 /// The most plans one channel may carry out at one instant, as in the
 /// rotator: every plan changes the state, so the next one differs.
@@ -156,18 +156,29 @@ pub fn forecast(
     let mut names = Names::new(&channels);
     let mut sims: Vec<ChannelSim> = channels.into_iter().map(ChannelSim::new).collect();
     let mut actions = Vec::new();
+    // When each channel is next due. Channels share nothing (capacity and
+    // the hourly budget are per channel), so a channel is only looked at
+    // when its own plans asked: looking at it in between, as a daemon pass
+    // for another channel does, finds nothing to do by construction (plans
+    // wake at every instant their answer could change).
+    let mut due: Vec<DateTime<Utc>> = vec![now; sims.len()];
     let mut t = now;
     let mut complete = false;
     for _ in 0..MAX_ROUNDS {
-        let mut wake = t
-            .checked_add_signed(policy::MAX_SLEEP)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        for sim in &mut sims {
-            wake = wake.min(sim.round(t, rules, &mut names, &mut actions));
+        for (sim, at) in sims.iter_mut().zip(due.iter_mut()) {
+            if *at <= t {
+                // Every plan without steps wakes strictly later; the max
+                // only keeps a bug from stalling virtual time.
+                *at = sim
+                    .round(t, rules, &mut names, &mut actions)
+                    .max(t + Duration::seconds(1));
+            }
         }
-        // Every plan without steps wakes strictly later; the guard only
-        // keeps a bug from stalling virtual time.
-        let next = wake.max(t + Duration::seconds(1));
+        let next = due
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if next > until {
             complete = true;
             break;
@@ -281,6 +292,9 @@ impl ChannelSim {
                     });
                 }
             }
+            // Only live tokens matter to the policy; dropping the rest keeps
+            // every later plan cheap over a long forecast.
+            g.tokens.retain(|tok| tok.state == TokenState::Live);
         }
     }
 
@@ -403,6 +417,9 @@ impl ChannelSim {
             .find(|tok| &tok.key_id == key_id && tok.state == TokenState::Live);
         if let Some(tok) = token {
             tok.state = TokenState::Revoked;
+        }
+        for g in &mut self.groups {
+            g.tokens.retain(|tok| tok.state == TokenState::Live);
         }
         out.push(PlannedAction {
             at: t,
@@ -813,6 +830,59 @@ mod tests {
                 "issue next-2 NoCurrent".into()
             )
         );
+    }
+
+    /// Replays a timeline per group and checks invariants 1 and 2 on it:
+    /// never more than two live tokens, and once the first token is issued,
+    /// always one live.
+    fn check_invariants(f: &Forecast) {
+        let mut live: HashMap<GroupName, BTreeSet<KeyId>> = HashMap::new();
+        for a in &f.actions {
+            let group = live.entry(a.group.clone()).or_default();
+            match &a.action {
+                Action::Issue { key_id, .. } => {
+                    group.insert(key_id.clone());
+                }
+                Action::Revoke { key_id, .. } | Action::Expire { key_id } => {
+                    group.remove(key_id);
+                    assert!(
+                        !group.is_empty(),
+                        "{} left without a token at {}",
+                        a.group,
+                        a.at
+                    );
+                }
+                _ => {}
+            }
+            assert!(group.len() <= 2, "{} holds {group:?} at {}", a.group, a.at);
+        }
+    }
+
+    #[test]
+    fn four_months_of_a_full_channel_complete_and_keep_the_invariants() {
+        let rules = Rules {
+            revoke_previous_after: Some(Duration::hours(6)),
+            ..Rules::default()
+        };
+        let groups = (0..15)
+            .map(|i| group(&format!("g{i}"), true, vec![]))
+            .collect();
+        let f = run(vec![input(groups, None)], &rules, 120);
+        assert!(f.complete);
+        check_invariants(&f);
+        let issues = f
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Issue { .. }))
+            .count();
+        // Each group: one at once, then one about every 29 days.
+        assert_eq!(issues, 15 * 5);
+        let no_secret = (0..3)
+            .map(|i| group(&format!("n{i}"), false, vec![]))
+            .collect();
+        let f = run(vec![input(no_secret, None)], &Rules::default(), 120);
+        assert!(f.complete);
+        check_invariants(&f);
     }
 
     #[test]

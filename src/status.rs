@@ -651,10 +651,10 @@ fn group_status(
         in_config: g.in_config,
         known_to_daemon: g.row.is_some(),
         removed_at: g.row.and_then(|r| r.removed_at),
-        revoke_at: view
-            .removed_at
-            .filter(|_| !live.is_empty())
-            .map(|at| at + rules.removal_grace),
+        revoke_at: view.removed_at.filter(|_| !live.is_empty()).map(|at| {
+            at.checked_add_signed(rules.removal_grace)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        }),
         live_tokens: count(live.len()),
         current: token(0),
         previous: token(1),
