@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::{ChannelConfig, ValidConfig};
 use crate::line::jwt::AssertionSigner;
-use crate::line::{LineClient, LineClientConfig};
+use crate::line::{LineClient, LineClientConfig, RequestObserver};
+use crate::metrics::Metrics;
 use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
 use crate::scheduler::{Scheduler, SchedulerState};
@@ -44,6 +45,8 @@ pub struct Daemon {
     pub scheduler: watch::Receiver<SchedulerState>,
     /// Makes the scheduler run a pass now.
     pub waker: Arc<Notify>,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
     /// Everything the rotator does, subscribed before the first pass so
     /// nothing is missed. Dropping it is fine.
     pub events: broadcast::Receiver<RotationEvent>,
@@ -83,11 +86,18 @@ impl Daemon {
             tracing::warn!(channel = %channel, group = %group, "group no longer in the config: its tokens are revoked after removal_grace");
         }
 
+        let metrics = Metrics::shared();
+        let observer: RequestObserver = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move |endpoint, status, latency| {
+                metrics.line_request(endpoint.as_str(), status, latency);
+            })
+        };
         let line = LineClient::new(
             LineClientConfig {
                 base_url: config.daemon.line_api.to_string(),
                 timeout: config.daemon.request_timeout,
-                observer: None,
+                observer: Some(observer),
             },
             Arc::clone(&clock),
         )
@@ -105,6 +115,7 @@ impl Daemon {
             channels: channel_setups(config)?,
             concurrency: CHANNEL_CONCURRENCY,
             seed: options.seed,
+            metrics: Arc::clone(&metrics),
         });
         let lost = rotator
             .start_up()
@@ -134,6 +145,7 @@ impl Daemon {
             rotator,
             scheduler: state,
             waker,
+            metrics,
             events,
             tasks,
         })

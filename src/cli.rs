@@ -16,6 +16,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::clock::{Clock as _, SystemClock};
+use crate::domain::{ChannelId, SigningKid};
+use crate::line::jwt::AssertionSigner;
+use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
 use crate::store::{Store, StoreError};
 use crate::{app, config, demo, keygen, sandbox, status};
@@ -92,6 +95,21 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print a freshly signed client assertion (JWT), e.g. to call LINE or the sandbox with curl.
+    Assertion {
+        /// The channel ID (the JWT's iss and sub).
+        #[arg(long)]
+        channel: String,
+        /// The kid the console assigned to the registered public key.
+        #[arg(long)]
+        kid: String,
+        /// The private key file (PEM or private JWK).
+        #[arg(long)]
+        key: PathBuf,
+        /// The token lifetime to request (token_exp), e.g. `30d`; omit for calls that issue nothing.
+        #[arg(long, value_parser = parse_duration)]
+        token_exp: Option<std::time::Duration>,
+    },
     /// Apply database migrations and exit (refused while the daemon runs).
     Migrate {
         /// The config file (for the database path).
@@ -149,6 +167,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             json,
             all,
         } => plan_cmd(&config, days, json, all),
+        Command::Assertion {
+            channel,
+            kid,
+            key,
+            token_exp,
+        } => assertion_cmd(channel, kid, &key, token_exp),
     }
 }
 
@@ -213,6 +237,26 @@ fn sandbox_cmd(listen: SocketAddr, path: &Path) -> Result<(), Failure> {
             .await
             .map_err(Failure::Runtime)
     })
+}
+
+fn assertion_cmd(
+    channel: String,
+    kid: String,
+    key: &Path,
+    token_exp: Option<std::time::Duration>,
+) -> Result<(), Failure> {
+    let usage = |e: anyhow::Error| Failure::Usage(e);
+    let key = SigningKey::from_file(key).map_err(|e| usage(e.into()))?;
+    let token_exp = token_exp
+        .map(chrono::Duration::from_std)
+        .transpose()
+        .map_err(|e| usage(anyhow::anyhow!("--token-exp is out of range: {e}")))?;
+    let signer = AssertionSigner::new(ChannelId::new(channel), SigningKid::new(kid), key);
+    let jwt = signer
+        .sign(chrono::Utc::now(), token_exp)
+        .map_err(|e| usage(e.into()))?;
+    println!("{jwt}");
+    Ok(())
 }
 
 fn migrate_cmd(path: &Path) -> Result<(), Failure> {

@@ -247,6 +247,7 @@ impl Rotator {
         let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
+                self.metrics.rotation(&setup.id, group, false);
                 let (now, text) = (self.clock.now(), error_chain(&e));
                 self.db(move |store| store.fail_issue(now, intent, &text))
                     .await?;

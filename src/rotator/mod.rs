@@ -41,6 +41,7 @@ use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName};
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
+use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Hold, Plan, RetryState, Rules, Severity};
 use crate::store::{Store, StoreError};
 
@@ -84,6 +85,8 @@ pub struct RotatorParts {
     /// Seed for the backoff jitter; `None` seeds from the OS. Simulations fix
     /// it so a run can be repeated.
     pub seed: Option<u64>,
+    /// Where token and rotation metrics go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// In-memory state of one group that the store does not need to keep.
@@ -114,6 +117,7 @@ pub struct Rotator {
     events: broadcast::Sender<RotationEvent>,
     rng: Mutex<StdRng>,
     concurrency: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Why an operator request was refused.
@@ -150,6 +154,7 @@ impl Rotator {
             events,
             rng: Mutex::new(rng),
             concurrency: parts.concurrency.max(1),
+            metrics: parts.metrics,
         })
     }
 
@@ -296,6 +301,9 @@ impl Rotator {
             });
         }
         let mut wake = self.clock.now() + policy::MAX_SLEEP;
+        if let Some(skew) = self.line.last_clock_skew() {
+            self.metrics.set_clock_skew(skew);
+        }
         while let Some(result) = tasks.join_next().await {
             match result {
                 Ok(at) => wake = wake.min(at),
@@ -359,9 +367,19 @@ impl Rotator {
         let channel_view = snapshot.channel_view(now, &views);
 
         let mut wake = now + policy::MAX_SLEEP;
+        self.metrics
+            .set_channel(&setup.id, channel_view.live_ours, channel_view.foreign);
         for view in &views {
             let plan = policy::plan_group(now, view, &channel_view, &self.rules);
             self.raise_alerts(setup, &view.group, &plan);
+            let live = view.live_tokens(now);
+            self.metrics.set_group(
+                &setup.id,
+                &view.group,
+                live.len(),
+                live.first().map(|t| t.expires_at),
+                plan.next_rotation_at,
+            );
             if !plan.steps.is_empty() {
                 self.execute(setup, &view.group, &plan).await?;
                 return Ok(None);

@@ -4,12 +4,14 @@
 // Tests fail loudly by design: an unwrap is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod config;
 mod contract;
 mod keygen;
 mod keys;
 mod line_client;
 mod sandbox;
+mod sinks;
 mod status_plan;
 mod store;
 mod support;

@@ -1,0 +1,325 @@
+//! Prometheus metrics (DESIGN.md section 10).
+//!
+//! One [`Metrics`] value is shared by the rotator (token and rotation
+//! gauges and counters, updated as it plans and acts), the LINE client's
+//! request observer (requests by endpoint and status, with latency), and the
+//! config reloader. `GET /metrics` renders it in the Prometheus text format.
+//!
+//! Labels carry channel IDs, group names and endpoint names only: nothing
+//! here ever holds a token.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::domain::{ChannelId, GroupName};
+
+/// Labels of a per-group metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// The channel ID.
+    pub channel: String,
+    /// The group name.
+    pub group: String,
+}
+
+/// Labels of the per-channel token count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    /// The channel ID.
+    pub channel: String,
+    /// `ours` or `foreign`.
+    pub owner: String,
+}
+
+/// Labels of the rotation counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    /// The channel ID.
+    pub channel: String,
+    /// The group name.
+    pub group: String,
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Labels of the LINE request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The LINE operation, e.g. `issue_v21`.
+    pub endpoint: String,
+    /// The HTTP status, or `none` when LINE did not answer.
+    pub status: String,
+}
+
+/// Labels of the LINE latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The LINE operation.
+    pub endpoint: String,
+}
+
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+/// Every metric linetokd exports.
+pub struct Metrics {
+    registry: Registry,
+    token_expiry: Family<GroupLabels, GaugeF>,
+    next_rotation: Family<GroupLabels, GaugeF>,
+    live_tokens: Family<GroupLabels, Gauge>,
+    channel_tokens: Family<OwnerLabels, Gauge>,
+    rotations: Family<RotationLabels, Counter>,
+    line_requests: Family<RequestLabels, Counter>,
+    line_latency: Family<EndpointLabels, Histogram>,
+    clock_skew: GaugeF,
+    config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("linetokd");
+        let token_expiry = Family::<GroupLabels, GaugeF>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When the group's current token expires (Unix time)",
+            token_expiry.clone(),
+        );
+        let next_rotation = Family::<GroupLabels, GaugeF>::default();
+        registry.register(
+            "next_rotation_timestamp_seconds",
+            "When the group's next token is due to be issued (Unix time)",
+            next_rotation.clone(),
+        );
+        let live_tokens = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "live_tokens",
+            "Live tokens linetokd issued for the group (at most 2)",
+            live_tokens.clone(),
+        );
+        let channel_tokens = Family::<OwnerLabels, Gauge>::default();
+        registry.register(
+            "channel_tokens",
+            "Live v2.1 tokens on the channel, ours and foreign (LINE caps the sum at 30)",
+            channel_tokens.clone(),
+        );
+        let rotations = Family::<RotationLabels, Counter>::default();
+        registry.register("rotations", "Token issuances by result", rotations.clone());
+        let line_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "line_requests",
+            "Requests to LINE by endpoint and HTTP status",
+            line_requests.clone(),
+        );
+        let line_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "line_request_duration_seconds",
+            "Latency of requests to LINE",
+            line_latency.clone(),
+        );
+        let clock_skew = GaugeF::default();
+        registry.register(
+            "clock_skew_seconds",
+            "Local clock minus LINE's Date header at the last answer",
+            clock_skew.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            token_expiry,
+            next_rotation,
+            live_tokens,
+            channel_tokens,
+            rotations,
+            line_requests,
+            line_latency,
+            clock_skew,
+            config_reloads,
+        }
+    }
+
+    /// A shared handle.
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records a group's state after planning.
+    pub fn set_group(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+        live: usize,
+        current_expiry: Option<DateTime<Utc>>,
+        next_rotation: Option<DateTime<Utc>>,
+    ) {
+        let labels = group_labels(channel, group);
+        self.live_tokens
+            .get_or_create(&labels)
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        match current_expiry {
+            Some(at) => {
+                self.token_expiry.get_or_create(&labels).set(unix(at));
+            }
+            None => {
+                self.token_expiry.remove(&labels);
+            }
+        }
+        match next_rotation {
+            Some(at) => {
+                self.next_rotation.get_or_create(&labels).set(unix(at));
+            }
+            None => {
+                self.next_rotation.remove(&labels);
+            }
+        }
+    }
+
+    /// Forgets a group that left the config.
+    pub fn remove_group(&self, channel: &ChannelId, group: &GroupName) {
+        let labels = group_labels(channel, group);
+        self.live_tokens.remove(&labels);
+        self.token_expiry.remove(&labels);
+        self.next_rotation.remove(&labels);
+    }
+
+    /// Records a channel's live token counts.
+    pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32) {
+        for (owner, n) in [("ours", ours), ("foreign", foreign)] {
+            self.channel_tokens
+                .get_or_create(&OwnerLabels {
+                    channel: channel.to_string(),
+                    owner: owner.to_owned(),
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    /// Counts an issuance.
+    pub fn rotation(&self, channel: &ChannelId, group: &GroupName, success: bool) {
+        self.rotations
+            .get_or_create(&RotationLabels {
+                channel: channel.to_string(),
+                group: group.to_string(),
+                result: if success { "success" } else { "failure" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request to LINE and observes its latency.
+    pub fn line_request(&self, endpoint: &str, status: Option<u16>, latency: Duration) {
+        self.line_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                status: status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            })
+            .inc();
+        self.line_latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Sets the measured clock skew.
+    pub fn set_clock_skew(&self, skew: chrono::Duration) {
+        // Milliseconds are exact in f64 for any realistic skew.
+        #[allow(clippy::cast_precision_loss)]
+        self.clock_skew.set(skew.num_milliseconds() as f64 / 1000.0);
+    }
+
+    /// Counts a config reload.
+    pub fn config_reload(&self, success: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if success { "success" } else { "failure" }.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn group_labels(channel: &ChannelId, group: &GroupName) -> GroupLabels {
+    GroupLabels {
+        channel: channel.to_string(),
+        group: group.to_string(),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn unix(at: DateTime<Utc>) -> f64 {
+    // Whole seconds: far inside f64's exact integer range.
+    at.timestamp() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_design_names_with_labels() {
+        let m = Metrics::new();
+        let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        m.set_group(&c, &g, 2, Some(at), Some(at));
+        m.set_channel(&c, 3, 10);
+        m.rotation(&c, &g, true);
+        m.line_request("issue_v21", Some(200), Duration::from_millis(30));
+        m.config_reload(false);
+        let text = m.render();
+        for needle in [
+            r#"linetokd_token_expiry_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
+            r#"linetokd_next_rotation_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
+            r#"linetokd_live_tokens{channel="1",group="backend"} 2"#,
+            r#"linetokd_channel_tokens{channel="1",owner="foreign"} 10"#,
+            r#"linetokd_rotations_total{channel="1",group="backend",result="success"} 1"#,
+            r#"linetokd_line_requests_total{endpoint="issue_v21",status="200"} 1"#,
+            r#"linetokd_line_request_duration_seconds_count{endpoint="issue_v21"} 1"#,
+            "linetokd_clock_skew_seconds",
+            r#"linetokd_config_reloads_total{result="failure"} 1"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

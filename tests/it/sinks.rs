@@ -1,0 +1,651 @@
+//! File sinks: each format's exact content and mode, owner and group,
+//! atomic replacement under a reader in a tight loop, removal, and errors
+//! that name the path and step but never the token.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+use linetokd::delivery::sink::{
+    self, AccountKind, SinkContext, SinkError, SinkFormat, SinkSpec, SinkStep,
+};
+use linetokd::delivery::{GroupTokens, PublishedToken};
+use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId};
+
+use crate::support::assert_leaks_nothing;
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+}
+
+fn published(token: &str, key_id: &str, issued: &str, expires: &str) -> PublishedToken {
+    PublishedToken {
+        key_id: KeyId::new(key_id),
+        token: AccessToken::new(token),
+        issued_at: at(issued),
+        expires_at: at(expires),
+    }
+}
+
+/// A group whose current token replaced a still-live previous one.
+fn rotated() -> GroupTokens {
+    let old = published(
+        "eyJhbGciOiJIUzI1NiJ9.OLD.token-sig_1",
+        "kid-old",
+        "2025-01-01T00:00:00Z",
+        "2025-01-31T00:00:00Z",
+    );
+    // Sub-second precision is dropped in the files.
+    let new = PublishedToken {
+        issued_at: at("2025-01-20T08:30:00Z") + Duration::milliseconds(250),
+        ..published(
+            "eyJhbGciOiJIUzI1NiJ9.NEW.token-sig_2",
+            "kid-new",
+            "2025-01-20T08:30:00Z",
+            "2025-02-19T08:30:00Z",
+        )
+    };
+    GroupTokens::default()
+        .with_new(old, at("2025-01-01T00:00:00Z"))
+        .with_new(new, at("2025-01-20T08:30:00Z"))
+}
+
+fn spec(path: PathBuf, format: SinkFormat, mode: u32) -> SinkSpec {
+    SinkSpec {
+        path,
+        format,
+        mode,
+        owner: None,
+        group: None,
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Every entry of `dir`, sorted: shows leftover temporary files.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn channel() -> ChannelId {
+    ChannelId::new("1234567890")
+}
+
+fn group() -> GroupName {
+    GroupName::new("backend")
+}
+
+#[test]
+fn raw_is_the_token_alone_without_a_newline_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.txt");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    sink::write(&spec(path.clone(), SinkFormat::Raw, 0o600), &ctx).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"eyJhbGciOiJIUzI1NiJ9.NEW.token-sig_2"
+    );
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(entries(dir.path()), ["backend.txt"]);
+}
+
+#[test]
+fn json_has_current_and_previous_with_key_ids_and_times_mode_0640() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.json");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    sink::write(&spec(path.clone(), SinkFormat::Json, 0o640), &ctx).unwrap();
+    let expected = r#"{
+  "access_token": "eyJhbGciOiJIUzI1NiJ9.NEW.token-sig_2",
+  "token_type": "Bearer",
+  "key_id": "kid-new",
+  "expires_at": "2025-02-19T08:30:00Z",
+  "issued_at": "2025-01-20T08:30:00Z",
+  "channel": "1234567890",
+  "group": "backend",
+  "previous": {
+    "access_token": "eyJhbGciOiJIUzI1NiJ9.OLD.token-sig_1",
+    "key_id": "kid-old",
+    "expires_at": "2025-01-31T00:00:00Z"
+  }
+}
+"#;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+    assert_eq!(mode_of(&path), 0o640);
+
+    // Without a previous token, `previous` is null (present, so a client
+    // can tell "none" from "old file format").
+    let first = GroupTokens::default().with_new(
+        published(
+            "tok.FIRST",
+            "kid-1",
+            "2025-01-01T00:00:00Z",
+            "2025-01-31T00:00:00Z",
+        ),
+        at("2025-01-01T00:00:00Z"),
+    );
+    let ctx = SinkContext {
+        tokens: &first,
+        ..ctx
+    };
+    let doc: serde_json::Value =
+        serde_json::from_slice(&sink::render(SinkFormat::Json, &ctx).unwrap()).unwrap();
+    assert_eq!(doc["access_token"], "tok.FIRST");
+    assert_eq!(doc["previous"], serde_json::Value::Null);
+    assert!(doc.as_object().unwrap().contains_key("previous"));
+}
+
+#[test]
+fn env_is_three_unquoted_lines_for_systemd_and_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.env");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    sink::write(&spec(path.clone(), SinkFormat::Env, 0o600), &ctx).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "LINE_CHANNEL_ACCESS_TOKEN=eyJhbGciOiJIUzI1NiJ9.NEW.token-sig_2\n\
+         LINE_CHANNEL_ACCESS_TOKEN_KEY_ID=kid-new\n\
+         LINE_CHANNEL_ACCESS_TOKEN_EXPIRES_AT=2025-02-19T08:30:00Z\n"
+    );
+    assert_eq!(mode_of(&path), 0o600);
+}
+
+#[test]
+fn env_refuses_a_value_that_would_need_quoting_and_does_not_show_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.env");
+    let bad = "tok with space$HOME";
+    let tokens = GroupTokens::default().with_new(
+        published(bad, "kid-1", "2025-01-01T00:00:00Z", "2025-01-31T00:00:00Z"),
+        at("2025-01-01T00:00:00Z"),
+    );
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    let err = sink::write(&spec(path.clone(), SinkFormat::Env, 0o600), &ctx).unwrap_err();
+    assert!(
+        matches!(err, SinkError::UnsafeEnvValue { field: "token", .. }),
+        "{err:?}"
+    );
+    assert_leaks_nothing(&err, &[bad, "with space"]);
+    assert!(!path.exists());
+    // The same token is fine in the raw and json formats.
+    sink::write(&spec(path.clone(), SinkFormat::Json, 0o600), &ctx).unwrap();
+}
+
+#[test]
+fn the_configured_mode_is_exact_whatever_the_old_file_or_umask_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.txt");
+    std::fs::write(&path, "stale").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    // Set-id bits are not permission bits: dropped.
+    sink::write(&spec(path.clone(), SinkFormat::Raw, 0o4640), &ctx).unwrap();
+    assert_eq!(mode_of(&path), 0o640);
+    sink::write(&spec(path.clone(), SinkFormat::Raw, 0o400), &ctx).unwrap();
+    assert_eq!(mode_of(&path), 0o400);
+}
+
+#[test]
+fn a_group_without_a_token_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.txt");
+    let empty = GroupTokens::default();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &empty,
+    };
+    for format in [SinkFormat::Raw, SinkFormat::Json, SinkFormat::Env] {
+        let err = sink::write(&spec(path.clone(), format, 0o600), &ctx).unwrap_err();
+        assert!(matches!(err, SinkError::NoCurrentToken { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("backend") && shown.contains("1234567890"),
+            "{shown}"
+        );
+    }
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn missing_parent_directories_are_created_0755_and_existing_ones_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let path = dir.path().join("run/shop-bot/backend.json");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    sink::write(&spec(path.clone(), SinkFormat::Json, 0o600), &ctx).unwrap();
+    assert_eq!(mode_of(&dir.path().join("run")), 0o755);
+    assert_eq!(mode_of(&dir.path().join("run/shop-bot")), 0o755);
+    assert_eq!(mode_of(dir.path()), 0o711);
+    assert_eq!(mode_of(&path), 0o600);
+}
+
+/// Our uid and gid, as the owner of a file we just made (no libc needed).
+fn own_ids(dir: &Path) -> (u32, u32) {
+    let probe = dir.join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let meta = std::fs::metadata(&probe).unwrap();
+    std::fs::remove_file(&probe).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+#[test]
+fn owner_and_group_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, gid) = own_ids(dir.path());
+    let path = dir.path().join("backend.txt");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+
+    // Anyone may "give" a file to themselves.
+    let mut mine = spec(path.clone(), SinkFormat::Raw, 0o640);
+    mine.owner = Some(uid.to_string());
+    mine.group = Some(gid.to_string());
+    sink::write(&mine, &ctx).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+
+    let mut other = spec(path.clone(), SinkFormat::Raw, 0o640);
+    if uid == 0 {
+        // Root gives it away for real.
+        other.owner = Some("65534".into());
+        other.group = Some("65533".into());
+        sink::write(&other, &ctx).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65533));
+        assert_eq!(mode_of(&path), 0o640);
+    } else {
+        // Anyone else is refused, with the step named and nothing left.
+        other.owner = Some("0".into());
+        let err = sink::write(&other, &ctx).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                SinkError::Io {
+                    step: SinkStep::ChangeOwner { uid: Some(0), .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("needs root"), "{err}");
+        assert_eq!(entries(dir.path()), ["backend.txt"]);
+    }
+}
+
+#[test]
+fn owner_by_name_is_looked_up_in_etc_passwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, _) = own_ids(dir.path());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let accounts: Vec<(String, u32)> = passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
+        })
+        .collect();
+    // Root proves the lookup by giving the file to someone else; anyone
+    // else can only name themselves.
+    let Some((name, want)) = accounts
+        .iter()
+        .find(|(_, id)| if uid == 0 { *id != 0 } else { *id == uid })
+        .cloned()
+    else {
+        panic!("/etc/passwd has no usable entry for this test (uid {uid})");
+    };
+    let path = dir.path().join("backend.txt");
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    let mut named = spec(path.clone(), SinkFormat::Raw, 0o600);
+    named.owner = Some(name);
+    sink::write(&named, &ctx).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().uid(), want);
+}
+
+#[test]
+fn an_unknown_user_or_group_name_is_a_clear_error_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.txt");
+    std::fs::write(&path, "old").unwrap();
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+
+    let mut s = spec(path.clone(), SinkFormat::Raw, 0o600);
+    s.owner = Some("no-such-user-linetokd".into());
+    let err = sink::write(&s, &ctx).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::UnknownAccount { kind: AccountKind::User, name, database: "/etc/passwd", .. } if name == "no-such-user-linetokd"),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.contains("no-such-user-linetokd")
+            && shown.contains("/etc/passwd")
+            && shown.contains(&path.display().to_string()),
+        "{shown}"
+    );
+
+    let mut s = spec(path.clone(), SinkFormat::Raw, 0o600);
+    s.group = Some("no-such-group-linetokd".into());
+    let err = sink::write(&s, &ctx).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SinkError::UnknownAccount {
+                kind: AccountKind::Group,
+                database: "/etc/group",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+    assert_eq!(entries(dir.path()), ["backend.txt"]);
+}
+
+#[test]
+fn a_failed_replace_names_the_step_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The target is a non-empty directory: rename cannot replace it.
+    let path = dir.path().join("backend.txt");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("keep"), "x").unwrap();
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    let err = sink::write(&spec(path.clone(), SinkFormat::Raw, 0o600), &ctx).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SinkError::Io {
+                step: SinkStep::Rename,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(entries(dir.path()), ["backend.txt"]);
+    assert_eq!(entries(&path), ["keep"]);
+}
+
+#[test]
+fn remove_deletes_the_file_and_tolerates_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backend.json");
+    let s = spec(path.clone(), SinkFormat::Json, 0o600);
+    let tokens = rotated();
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    sink::write(&s, &ctx).unwrap();
+    assert!(path.exists());
+    sink::remove(&s).unwrap();
+    assert!(!path.exists());
+    sink::remove(&s).unwrap();
+    // Even its directory may be gone (a tmpfs after reboot).
+    sink::remove(&spec(
+        dir.path().join("gone/x.json"),
+        SinkFormat::Json,
+        0o600,
+    ))
+    .unwrap();
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn errors_never_contain_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = rotated();
+    let secrets = [
+        "eyJhbGciOiJIUzI1NiJ9.NEW.token-sig_2",
+        "eyJhbGciOiJIUzI1NiJ9.OLD.token-sig_1",
+        "NEW.token",
+    ];
+    let ctx = SinkContext {
+        channel: &channel(),
+        group: &group(),
+        tokens: &tokens,
+    };
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let target_dir = dir.path().join("a-dir");
+    std::fs::create_dir_all(target_dir.join("inside")).unwrap();
+
+    let mut unknown = spec(dir.path().join("t.json"), SinkFormat::Json, 0o600);
+    unknown.owner = Some("no-such-user-linetokd".into());
+    let errors = [
+        // A parent that is a file.
+        sink::write(&spec(blocker.join("t.json"), SinkFormat::Json, 0o600), &ctx).unwrap_err(),
+        // A target that is a directory.
+        sink::write(&spec(target_dir.clone(), SinkFormat::Env, 0o600), &ctx).unwrap_err(),
+        sink::write(&unknown, &ctx).unwrap_err(),
+        sink::write(&spec(PathBuf::from("/"), SinkFormat::Raw, 0o600), &ctx).unwrap_err(),
+        sink::remove(&spec(target_dir, SinkFormat::Raw, 0o600)).unwrap_err(),
+    ];
+    for err in &errors {
+        assert_leaks_nothing(err, &secrets);
+    }
+    assert!(
+        matches!(
+            &errors[0],
+            SinkError::Io {
+                step: SinkStep::CreateTemporary | SinkStep::CreateDirectory(_),
+                ..
+            }
+        ),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(
+            &errors[4],
+            SinkError::Io {
+                step: SinkStep::Remove,
+                ..
+            }
+        ),
+        "{:?}",
+        errors[4]
+    );
+}
+
+/// The token set after `n` rotations.
+fn generation(n: usize) -> PublishedToken {
+    let issued = at("2025-01-01T00:00:00Z") + Duration::minutes(n as i64);
+    PublishedToken {
+        key_id: KeyId::new(format!("kid-{n}")),
+        token: AccessToken::new(format!("eyJhbGciOiJSUzI1NiJ9.gen{n:04}.sig-{n}_x")),
+        issued_at: issued,
+        expires_at: issued + Duration::days(30),
+    }
+}
+
+#[test]
+fn a_reader_in_a_tight_loop_never_sees_a_partial_empty_or_missing_file() {
+    const ROTATIONS: usize = 500;
+    const CHECK_EVERY: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let channel = channel();
+    let group = group();
+    let specs: Vec<SinkSpec> = [
+        ("t.txt", SinkFormat::Raw),
+        ("t.json", SinkFormat::Json),
+        ("t.env", SinkFormat::Env),
+    ]
+    .into_iter()
+    .map(|(name, format)| spec(dir.path().join(name), format, 0o600))
+    .collect();
+
+    // Every state the group passes through, and each sink's exact bytes
+    // for it: a read must match one of them byte for byte.
+    let mut states = Vec::with_capacity(ROTATIONS + 1);
+    let mut tokens = GroupTokens::default();
+    for n in 0..=ROTATIONS {
+        let now = generation(n).issued_at;
+        tokens = tokens.with_new(generation(n), now);
+        states.push(tokens.clone());
+    }
+    let render_all = |s: &SinkSpec| -> HashSet<Vec<u8>> {
+        states
+            .iter()
+            .map(|t| {
+                let ctx = SinkContext {
+                    channel: &channel,
+                    group: &group,
+                    tokens: t,
+                };
+                sink::render(s.format, &ctx).unwrap()
+            })
+            .collect()
+    };
+
+    // The first state is on disk before any reader starts: from then on
+    // the file must always be there.
+    for s in &specs {
+        let ctx = SinkContext {
+            channel: &channel,
+            group: &group,
+            tokens: &states[0],
+        };
+        sink::write(s, &ctx).unwrap();
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = specs
+        .iter()
+        .map(|s| {
+            let valid = render_all(s);
+            let path = s.path.clone();
+            let stop = Arc::clone(&stop);
+            let reads = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&reads);
+            let handle = std::thread::spawn(move || {
+                let mut seen = HashSet::new();
+                loop {
+                    // Read the flag first so the last read is after the
+                    // last write.
+                    let last = stop.load(Ordering::SeqCst);
+                    let bytes = std::fs::read(&path)
+                        .unwrap_or_else(|e| panic!("{} was missing: {e}", path.display()));
+                    assert!(!bytes.is_empty(), "{} was empty", path.display());
+                    assert!(
+                        valid.contains(&bytes),
+                        "{} held bytes that are no complete rendering ({} bytes)",
+                        path.display(),
+                        bytes.len()
+                    );
+                    seen.insert(bytes);
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if last {
+                        return seen.len();
+                    }
+                }
+            });
+            (handle, reads)
+        })
+        .collect();
+
+    for (n, state) in states.iter().enumerate().skip(1) {
+        for s in &specs {
+            let ctx = SinkContext {
+                channel: &channel,
+                group: &group,
+                tokens: state,
+            };
+            sink::write(s, &ctx).unwrap();
+        }
+        if n % CHECK_EVERY == 0 {
+            // Make sure every reader really runs between our writes (not
+            // only before or after them): wait for two more reads each. The
+            // second starts after this rotation and before the next, so it
+            // sees exactly state `n`.
+            for (handle, reads) in &readers {
+                let before = reads.load(Ordering::SeqCst);
+                while reads.load(Ordering::SeqCst) < before + 2 && !handle.is_finished() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for (handle, _) in readers {
+        let distinct = handle.join().expect("a reader saw a bad file");
+        // Each checkpoint's state was seen, so at least one per checkpoint.
+        assert!(distinct >= ROTATIONS / CHECK_EVERY, "{distinct}");
+    }
+
+    let last = SinkContext {
+        channel: &channel,
+        group: &group,
+        tokens: &states[ROTATIONS],
+    };
+    for s in &specs {
+        assert_eq!(
+            std::fs::read(&s.path).unwrap(),
+            sink::render(s.format, &last).unwrap()
+        );
+    }
+    assert_eq!(entries(dir.path()), ["t.env", "t.json", "t.txt"]);
+}
