@@ -319,7 +319,8 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let config = load_config(path)?;
     let db = &config.daemon.database;
     let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
-    let now = SystemClock.now();
+    // Whole seconds, like every time the store keeps.
+    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
     let state = status::read_store(&store, now).map_err(|e| {
         Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
     })?;
@@ -342,7 +343,8 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
 fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure> {
     let config = load_config(path)?;
     let db = &config.daemon.database;
-    let now = SystemClock.now();
+    // Whole seconds, like every time the store keeps.
+    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
     // Without a database the forecast starts from nothing: what a first
     // start with this config would do.
     let state = match open_read_only(db)? {
