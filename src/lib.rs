@@ -25,6 +25,10 @@
 //! - [`keygen`]: writes a fresh assertion key pair for the console.
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
+//! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
+//!   pure, like `policy`.
+//! - [`status`]: what `linetokd status` and `linetokd plan` read from the
+//!   store (read-only, beside a running daemon) and how they print it.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -47,6 +51,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod domain;
+pub mod forecast;
 pub mod keygen;
 pub mod line;
 pub mod logging;
@@ -57,4 +62,5 @@ pub mod rotator;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secret;
+pub mod status;
 pub mod store;

@@ -22,7 +22,7 @@
 
 mod event;
 mod execute;
-mod snapshot;
+pub mod snapshot;
 
 use std::collections::{HashMap, HashSet};
 use std::mem::Discriminant;
@@ -35,7 +35,8 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use self::event::RotationEvent;
-use self::snapshot::Snapshot;
+pub use self::execute::revoke_reason_text;
+pub use self::snapshot::Snapshot;
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName};
 use crate::line::LineClient;

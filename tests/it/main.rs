@@ -15,5 +15,6 @@ mod line_client;
 mod regressions;
 mod sandbox;
 mod sinks;
+mod status_plan;
 mod store;
 mod support;
