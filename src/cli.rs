@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::domain::{ChannelId, GroupName, SigningKid, TokenState};
 use crate::line::jwt::AssertionSigner;
 use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
-use crate::store::Store;
-use crate::{app, config, control, demo, keygen, sandbox};
+use crate::store::{Store, StoreError};
+use crate::{app, config, control, demo, keygen, sandbox, status};
 
 /// linetokd keeps LINE Messaging API channel access tokens alive.
 #[derive(Debug, Parser)]
@@ -70,6 +70,30 @@ pub enum Command {
         /// The sandbox's config file (channels, secrets, registered public keys).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Show every channel and group: current key, expiry, next rotation, capacity, last error.
+    Status {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print JSON (a documented, versioned shape) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what will be issued, revoked and expire in the coming days, and when.
+    Plan {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// How many days ahead to look.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=400))]
+        days: u32,
+        /// Print JSON (a documented, versioned shape) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list the routine verifies and reconciles.
+        #[arg(long)]
+        all: bool,
     },
     /// Print a freshly signed client assertion (JWT), e.g. to call LINE or the sandbox with curl.
     Assertion {
@@ -172,6 +196,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { run_for } => demo_cmd(run_for),
         Command::Sandbox { listen, config } => sandbox_cmd(listen, &config),
         Command::Migrate { config } => migrate_cmd(&config),
+        Command::Status { config, json } => status_cmd(&config, json),
+        Command::Plan {
+            config,
+            days,
+            json,
+            all,
+        } => plan_cmd(&config, days, json, all),
         Command::Assertion {
             channel,
             kid,
@@ -389,9 +420,8 @@ fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), 
             path.display()
         )));
     }
-    let store = Store::open_read_only(&config.daemon.database).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context("while opening the database read-only"))
-    })?;
+    let db = &config.daemon.database;
+    let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
     let tokens = store.tokens_of_group(channel, group).map_err(|e| {
         Failure::Runtime(anyhow::Error::new(e).context("while reading the group's tokens"))
     })?;
@@ -409,4 +439,99 @@ fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), 
             "group {group} of channel {channel} has no live token (has the daemon issued one yet? see `linetokd status`)"
         ))),
     }
+}
+
+fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let db = &config.daemon.database;
+    let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
+    // Whole seconds, like every time the store keeps.
+    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
+    let state = status::read_store(&store, now).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
+    })?;
+    let report = status::status_report(
+        now,
+        db,
+        &configured_channels(&config),
+        &app::rules(&config),
+        &state,
+        status::probe_daemon(db),
+    );
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print!("{}", status::render_status(&report));
+    }
+    Ok(())
+}
+
+fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let db = &config.daemon.database;
+    // Whole seconds, like every time the store keeps.
+    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
+    // Without a database the forecast starts from nothing: what a first
+    // start with this config would do.
+    let state = match open_read_only(db)? {
+        Some(store) => Some(status::read_store(&store, now).map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
+        })?),
+        None => None,
+    };
+    let until = now + chrono::Duration::days(i64::from(days));
+    let report = status::plan_report(
+        now,
+        db,
+        &configured_channels(&config),
+        &app::rules(&config),
+        state.as_ref(),
+        until,
+        all,
+    );
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print!("{}", status::render_plan(&report));
+    }
+    Ok(())
+}
+
+/// Opens the database read-only beside a running daemon; `None` when there
+/// is no database file.
+fn open_read_only(db: &Path) -> Result<Option<Store>, Failure> {
+    match Store::open_read_only(db) {
+        Ok(store) => Ok(Some(store)),
+        Err(StoreError::NoDatabase { .. }) => Ok(None),
+        Err(e) => Err(Failure::Runtime(
+            anyhow::Error::new(e).context("while opening the database read-only"),
+        )),
+    }
+}
+
+fn no_database(db: &Path) -> Failure {
+    Failure::Runtime(anyhow::anyhow!(
+        "no database at {}: has linetokd run yet?",
+        db.display()
+    ))
+}
+
+/// What `status` and `plan` need of the config's channels.
+fn configured_channels(config: &config::ValidConfig) -> Vec<status::ConfiguredChannel> {
+    config
+        .channels
+        .iter()
+        .map(|c| status::ConfiguredChannel {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            groups: c.groups.iter().map(|g| g.name.clone()).collect(),
+            can_revoke: c.secret.is_some(),
+        })
+        .collect()
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string_pretty(value).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while writing the report as JSON"))
+    })
 }

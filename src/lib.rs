@@ -28,6 +28,10 @@
 //!   `linetokd revoke`.
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
+//! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
+//!   pure, like `policy`.
+//! - [`status`]: what `linetokd status` and `linetokd plan` read from the
+//!   store (read-only, beside a running daemon) and how they print it.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
 //! # The dependency rule
@@ -51,6 +55,7 @@ pub mod control;
 pub mod delivery;
 pub mod demo;
 pub mod domain;
+pub mod forecast;
 pub mod http;
 pub mod keygen;
 pub mod line;
@@ -62,4 +67,5 @@ pub mod rotator;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secret;
+pub mod status;
 pub mod store;

@@ -153,6 +153,7 @@ impl Rotator {
         let report = self
             .db(move |store| store.reconcile(asked_at, &channel, &kids))
             .await?;
+        self.set_settled(&setup.id, true);
         for key_id in &report.gone {
             tracing::warn!(channel = %setup.id, key_id = %key_id, "a token of ours is no longer listed by LINE: marked gone");
             self.emit(RotationEvent::Gone {
@@ -278,9 +279,15 @@ impl Rotator {
             self.db(move |store| store.begin_issue(started, &channel, &group))
                 .await?
         };
+        // The intent is journaled: from here a crash leaves it open, and
+        // the next start reports it (tests wait on this line to kill us).
+        tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = ?reason, "issuing a token");
         let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
+                // LINE may have issued it anyway: unsettled until the next
+                // reconcile, whatever the store manages to record.
+                self.set_settled(&setup.id, false);
                 self.metrics.rotation(&setup.id, group, false);
                 let (now, text) = (self.clock.now(), error_chain(&e));
                 self.db(move |store| store.fail_issue(now, intent, &text))

@@ -22,9 +22,9 @@
 
 mod event;
 mod execute;
-mod snapshot;
+pub mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::Discriminant;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -35,7 +35,8 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use self::event::RotationEvent;
-use self::snapshot::Snapshot;
+pub use self::execute::revoke_reason_text;
+pub use self::snapshot::Snapshot;
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName};
 use crate::line::LineClient;
@@ -113,6 +114,14 @@ pub struct Rotator {
     rules: Rules,
     channels: RwLock<Arc<Vec<Arc<ChannelSetup>>>>,
     groups: Mutex<HashMap<(ChannelId, GroupName), GroupState>>,
+    /// Channels reconciled, in this process, after their last issue attempt
+    /// that ended without a stored token. The store keeps whole seconds, so
+    /// it cannot tell an attempt from a reconcile in the same second and
+    /// keeps counting such an attempt as unsettled; the rotator knows the
+    /// order of its own steps. Without this, a failed (or, at start, lost)
+    /// issuance followed by a reconcile in the same second made the policy
+    /// ask for a reconcile again and again until the second was over.
+    settled: Mutex<HashSet<ChannelId>>,
     events: broadcast::Sender<RotationEvent>,
     rng: Mutex<StdRng>,
     concurrency: usize,
@@ -161,6 +170,7 @@ impl Rotator {
             rules: parts.rules,
             channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
             groups: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashSet::new()),
             events,
             rng: Mutex::new(rng),
             concurrency: parts.concurrency.max(1),
@@ -389,7 +399,10 @@ impl Rotator {
 
         let snapshot = Snapshot::load(self, setup, now).await?;
         let views = snapshot.group_views(self, setup);
-        let channel_view = snapshot.channel_view(now, &views);
+        let mut channel_view = snapshot.channel_view(now, &views);
+        if self.is_settled(&setup.id) {
+            channel_view.lost = 0;
+        }
 
         let mut wake = now + policy::MAX_SLEEP;
         self.metrics
@@ -467,6 +480,26 @@ impl Rotator {
     fn emit(&self, event: RotationEvent) {
         // No receiver is fine: nobody is listening (e.g. `plan`).
         let _ = self.events.send(event);
+    }
+
+    /// True when this process reconciled the channel after its last issue
+    /// attempt that ended without a stored token (see `settled`).
+    fn is_settled(&self, channel: &ChannelId) -> bool {
+        self.settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(channel)
+    }
+
+    /// Records that the channel was just reconciled (`true`) or that an issue
+    /// attempt just ended with its outcome at LINE unknown (`false`).
+    fn set_settled(&self, channel: &ChannelId, settled: bool) {
+        let mut set = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        if settled {
+            set.insert(channel.clone());
+        } else {
+            set.remove(channel);
+        }
     }
 
     fn lock_groups(

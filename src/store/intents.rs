@@ -371,6 +371,30 @@ impl Store {
 }
 
 impl Store {
+    /// Every issuance of the channel that began at or after `since`, in
+    /// any outcome, oldest first: what `linetokd status` shows of recent
+    /// failed and lost attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn intents_since(
+        &self,
+        channel: &ChannelId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<IssueIntent>, StoreError> {
+        self.read("listing recent issuances", |conn| {
+            query_intents(
+                conn,
+                &format!(
+                    "SELECT {INTENT_COLUMNS} FROM issue_intents \
+                     WHERE channel_id = ?1 AND started_at >= ?2 ORDER BY started_at, id"
+                ),
+                params![channel.as_str(), secs(since)],
+            )
+        })
+    }
+
     /// How many of the channel's issuances since `since` (all of them when
     /// `None`) ended without a stored token: failed or lost. Any of them may
     /// have produced a token LINE counts but we never stored (a timeout

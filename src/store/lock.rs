@@ -76,6 +76,13 @@ impl WriterLock {
         })
     }
 
+    /// The lock file guarding the database at `db_path`: `<db_path>.lock`.
+    /// `linetokd status` reads it (never locks it) to tell whether a daemon
+    /// holds the database.
+    pub fn path_for(db_path: &Path) -> PathBuf {
+        lock_path_of(db_path)
+    }
+
     /// The database this lock guards.
     pub fn db_path(&self) -> &Path {
         &self.db_path

@@ -1,0 +1,903 @@
+//! The forecast behind `linetokd plan`: the rotation policy run forward in
+//! virtual time, assuming every call to LINE succeeds.
+//!
+//! [`forecast`] starts from the views the daemon would build now (one
+//! [`GroupView`] per group, one [`ChannelView`] per channel) and does what
+//! the rotator does, step for step, without IO: every round it expires
+//! tokens whose time is up, asks [`plan_group`] for each group of each
+//! channel, carries out the first plan that has steps (or frees capacity
+//! for a group held by a full channel, as the rotator does with
+//! [`capacity_victims`]) and plans the channel again; when no group has
+//! anything to do, virtual time jumps to the earliest `wake_at`. What the
+//! rotator would have done is recorded as a timeline of
+//! [`PlannedAction`]s.
+//!
+//! How the steps are imagined to succeed:
+//!
+//! - `Issue`: LINE issues a token living exactly `token_exp`, given a
+//!   synthetic key ID (`next-1`, `next-2`, ...) since the real one is only
+//!   known once LINE answers; it is verified on the spot, as the rotator
+//!   verifies each new token. The attempt counts against the hourly budget.
+//! - `Revoke`: the token is revoked. `Verify`: it is still valid.
+//! - `Reconcile`: LINE lists exactly what the store knows, so unsettled
+//!   attempts settle to nothing and foreign tokens stay. A foreign token's
+//!   expiry is unknown, so it is assumed to stay live for the whole
+//!   forecast: the forecast errs on the side of a fuller channel.
+//! - A failure streak the store recorded holds the group until its retry
+//!   time, as it holds the daemon.
+//!
+//! Operator requests (`linetokd rotate`, `linetokd revoke`) live only in the
+//! running daemon's memory, so a forecast never sees them.
+//!
+//! This module is pure: it depends on `policy`, `domain` and chrono only,
+//! reads no clock (`now` is an argument) and does no IO. The loop is
+//! bounded ([`MAX_ROUNDS`]); a forecast that hits the bound says so
+//! ([`Forecast::complete`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::mem::Discriminant;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+use crate::policy::{
+    self, Alert, ChannelView, GroupView, Hold, IssueReason, RevokeReason, Rules, Step,
+    capacity_victims, plan_group,
+};
+
+/// The prefix of the key IDs given to tokens the forecast imagines issued.
+pub const SYNTHETIC_KEY_PREFIX: &str = "next-";
+
+/// The most rounds (instants at which anything happens) one forecast runs.
+/// A year of a channel's hourly reconciles and its groups' verifies is a
+/// few tens of thousands; the bound only stops a runaway loop.
+pub const MAX_ROUNDS: usize = 1_000_000;
+
+/// The most plans one channel may carry out at one instant, as in the
+/// rotator: every plan changes the state, so the next one differs.
+const MAX_PLANS_PER_ROUND: usize = 64;
+
+/// What the policy is to plan for one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelInput {
+    /// The channel.
+    pub channel: ChannelId,
+    /// True when the daemon looks after this channel (it is in the
+    /// config). A channel that left the config is never planned: its tokens
+    /// only expire.
+    pub managed: bool,
+    /// Its groups, in the order the daemon plans them.
+    pub groups: Vec<GroupView>,
+    /// Its counts; `live_ours` is recounted from `groups` at every instant.
+    pub view: ChannelView,
+}
+
+/// One thing the daemon is expected to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedAction {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// On which channel.
+    pub channel: ChannelId,
+    /// For which group (for a reconcile: the group whose plan asked for
+    /// it; reconciling is channel-wide).
+    pub group: GroupName,
+    /// What.
+    pub action: Action,
+}
+
+/// What the daemon is expected to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Issue a new token (DESIGN.md 4.2d).
+    Issue {
+        /// A synthetic key ID ([`SYNTHETIC_KEY_PREFIX`]): LINE picks the
+        /// real one.
+        key_id: KeyId,
+        /// Why.
+        reason: IssueReason,
+        /// When the new token will expire.
+        expires_at: DateTime<Utc>,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The token: a stored one's key ID, or a synthetic one.
+        key_id: KeyId,
+        /// Why.
+        reason: RevokeReason,
+    },
+    /// A token reaches its expiry.
+    Expire {
+        /// The token.
+        key_id: KeyId,
+    },
+    /// Verify the current token with LINE.
+    Verify {
+        /// The token.
+        key_id: KeyId,
+    },
+    /// List the channel's valid key IDs.
+    Reconcile,
+    /// An alert condition starts (the daemon logs each when it starts).
+    Alert(Alert),
+}
+
+impl Action {
+    /// True for the routine reads (verify, reconcile): many, and only noise
+    /// in a timeline of what changes.
+    pub fn is_routine(&self) -> bool {
+        matches!(self, Self::Verify { .. } | Self::Reconcile)
+    }
+}
+
+/// The timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    /// Where it starts.
+    pub from: DateTime<Utc>,
+    /// Where it ends (inclusive).
+    pub until: DateTime<Utc>,
+    /// What happens, in time order (same-instant actions in the order the
+    /// daemon would do them).
+    pub actions: Vec<PlannedAction>,
+    /// False when [`MAX_ROUNDS`] was reached before `until`: the timeline
+    /// stops early.
+    pub complete: bool,
+}
+
+/// Runs the policy forward from `now` to `until`, as the rotator would if
+/// every call to LINE succeeded. See the module documentation.
+pub fn forecast(
+    now: DateTime<Utc>,
+    channels: Vec<ChannelInput>,
+    rules: &Rules,
+    until: DateTime<Utc>,
+) -> Forecast {
+    let mut names = Names::new(&channels);
+    let mut sims: Vec<ChannelSim> = channels.into_iter().map(ChannelSim::new).collect();
+    let mut actions = Vec::new();
+    // When each channel is next due. Channels share nothing (capacity and
+    // the hourly budget are per channel), so a channel is only looked at
+    // when its own plans asked: looking at it in between, as a daemon pass
+    // for another channel does, finds nothing to do by construction (plans
+    // wake at every instant their answer could change).
+    let mut due: Vec<DateTime<Utc>> = vec![now; sims.len()];
+    let mut t = now;
+    let mut complete = false;
+    for _ in 0..MAX_ROUNDS {
+        for (sim, at) in sims.iter_mut().zip(due.iter_mut()) {
+            if *at <= t {
+                // Every plan without steps wakes strictly later; the max
+                // only keeps a bug from stalling virtual time.
+                *at = sim
+                    .round(t, rules, &mut names, &mut actions)
+                    .max(t + Duration::seconds(1));
+            }
+        }
+        let next = due
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if next > until {
+            complete = true;
+            break;
+        }
+        t = next;
+    }
+    actions.retain(|a| a.at <= until);
+    // Expiries are stamped with their own instant, which a round reaches
+    // exactly (plans wake at every expiry); the sort is stable, so actions
+    // of one instant keep the order they were done in.
+    actions.sort_by_key(|a| a.at);
+    Forecast {
+        from: now,
+        until,
+        actions,
+        complete,
+    }
+}
+
+/// Hands out synthetic key IDs that collide with no stored one.
+struct Names {
+    taken: BTreeSet<KeyId>,
+    next: u64,
+}
+
+impl Names {
+    fn new(channels: &[ChannelInput]) -> Self {
+        let taken = channels
+            .iter()
+            .flat_map(|c| c.groups.iter())
+            .flat_map(|g| g.tokens.iter())
+            .map(|t| t.key_id.clone())
+            .collect();
+        Self { taken, next: 1 }
+    }
+
+    fn fresh(&mut self) -> KeyId {
+        loop {
+            let candidate = KeyId::new(format!("{SYNTHETIC_KEY_PREFIX}{}", self.next));
+            self.next += 1;
+            if self.taken.insert(candidate.clone()) {
+                return candidate;
+            }
+        }
+    }
+}
+
+/// One channel's evolving state.
+struct ChannelSim {
+    channel: ChannelId,
+    managed: bool,
+    groups: Vec<GroupView>,
+    view: ChannelView,
+    /// The alert kinds each group has raised, to record each when it starts.
+    alerts: HashMap<GroupName, Vec<Discriminant<Alert>>>,
+}
+
+impl ChannelSim {
+    fn new(input: ChannelInput) -> Self {
+        Self {
+            channel: input.channel,
+            managed: input.managed,
+            groups: input.groups,
+            view: input.view,
+            alerts: HashMap::new(),
+        }
+    }
+
+    /// Everything the daemon would do on this channel at `t`; returns when
+    /// to look again.
+    fn round(
+        &mut self,
+        t: DateTime<Utc>,
+        rules: &Rules,
+        names: &mut Names,
+        out: &mut Vec<PlannedAction>,
+    ) -> DateTime<Utc> {
+        self.expire(t, out);
+        if !self.managed {
+            return self
+                .groups
+                .iter()
+                .flat_map(|g| g.live_tokens(t))
+                .map(|tok| tok.expires_at)
+                .min()
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        }
+        for _ in 0..MAX_PLANS_PER_ROUND {
+            if let Some(wake) = self.step(t, rules, names, out) {
+                return wake;
+            }
+        }
+        // As the rotator: a channel that never settles is looked at again
+        // shortly.
+        t + Duration::seconds(1)
+    }
+
+    /// Marks the tokens whose expiry has come as expired.
+    fn expire(&mut self, t: DateTime<Utc>, out: &mut Vec<PlannedAction>) {
+        for g in &mut self.groups {
+            for tok in &mut g.tokens {
+                if tok.state == TokenState::Live && tok.expires_at <= t {
+                    tok.state = TokenState::Expired;
+                    out.push(PlannedAction {
+                        at: tok.expires_at,
+                        channel: self.channel.clone(),
+                        group: g.group.clone(),
+                        action: Action::Expire {
+                            key_id: tok.key_id.clone(),
+                        },
+                    });
+                }
+            }
+            // Only live tokens matter to the policy; dropping the rest keeps
+            // every later plan cheap over a long forecast.
+            g.tokens.retain(|tok| tok.state == TokenState::Live);
+        }
+    }
+
+    /// The rotator's `channel_step`: plans each group in turn and carries
+    /// out the first plan with work. `None` when something was done (plan
+    /// again), `Some(wake)` when nothing is due before `wake`.
+    fn step(
+        &mut self,
+        t: DateTime<Utc>,
+        rules: &Rules,
+        names: &mut Names,
+        out: &mut Vec<PlannedAction>,
+    ) -> Option<DateTime<Utc>> {
+        let window_start = t - policy::rate::ISSUE_WINDOW;
+        self.view
+            .issue_times_last_hour
+            .retain(|at| *at > window_start);
+        self.view.live_ours = policy::live_ours(t, &self.groups);
+        let mut wake = DateTime::<Utc>::MAX_UTC;
+        for i in 0..self.groups.len() {
+            let plan = plan_group(t, &self.groups[i], &self.view, rules);
+            self.note_alerts(t, i, &plan.alerts, out);
+            if !plan.steps.is_empty() {
+                for step in &plan.steps {
+                    self.apply(t, i, step, rules, names, out);
+                }
+                // A plan whose steps all ran ends the failure streak.
+                self.groups[i].retry = None;
+                return None;
+            }
+            if let Some(Hold::Capacity { needed }) = plan.hold {
+                let victims = capacity_victims(t, &self.groups, needed, rules);
+                if !victims.is_empty() {
+                    for (owner, key_id) in victims {
+                        self.revoke(t, &owner, &key_id, RevokeReason::FreeCapacity, out);
+                    }
+                    return None;
+                }
+            }
+            wake = wake.min(plan.wake_at);
+        }
+        Some(wake.max(t))
+    }
+
+    fn apply(
+        &mut self,
+        t: DateTime<Utc>,
+        i: usize,
+        step: &Step,
+        rules: &Rules,
+        names: &mut Names,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let group = self.groups[i].group.clone();
+        let action = match step {
+            Step::Reconcile => {
+                self.view.last_reconcile_at = Some(t);
+                self.view.lost = 0;
+                Action::Reconcile
+            }
+            Step::Revoke { key_id, reason } => {
+                self.revoke(t, &group, key_id, *reason, out);
+                return;
+            }
+            Step::Verify { key_id } => {
+                self.groups[i].last_verified_at = Some(t);
+                Action::Verify {
+                    key_id: key_id.clone(),
+                }
+            }
+            Step::Issue { reason, token_exp } => {
+                let key_id = names.fresh();
+                let lifetime = if *token_exp > Duration::zero() {
+                    *token_exp
+                } else {
+                    rules.token_lifetime
+                };
+                let expires_at = t
+                    .checked_add_signed(lifetime)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                self.view.issue_times_last_hour.push(t);
+                let g = &mut self.groups[i];
+                g.tokens.push(TokenRecord {
+                    key_id: key_id.clone(),
+                    issued_at: t,
+                    expires_at,
+                    state: TokenState::Live,
+                });
+                g.last_verified_at = Some(t);
+                g.rotate_requested_at = None;
+                g.revoke_requested_at = None;
+                Action::Issue {
+                    key_id,
+                    reason: *reason,
+                    expires_at,
+                }
+            }
+        };
+        out.push(PlannedAction {
+            at: t,
+            channel: self.channel.clone(),
+            group,
+            action,
+        });
+    }
+
+    fn revoke(
+        &mut self,
+        t: DateTime<Utc>,
+        owner: &GroupName,
+        key_id: &KeyId,
+        reason: RevokeReason,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let token = self
+            .groups
+            .iter_mut()
+            .filter(|g| &g.group == owner)
+            .flat_map(|g| g.tokens.iter_mut())
+            .find(|tok| &tok.key_id == key_id && tok.state == TokenState::Live);
+        if let Some(tok) = token {
+            tok.state = TokenState::Revoked;
+        }
+        for g in &mut self.groups {
+            g.tokens.retain(|tok| tok.state == TokenState::Live);
+        }
+        out.push(PlannedAction {
+            at: t,
+            channel: self.channel.clone(),
+            group: owner.clone(),
+            action: Action::Revoke {
+                key_id: key_id.clone(),
+                reason,
+            },
+        });
+    }
+
+    /// Records each alert kind of group `i` when it starts, as the rotator
+    /// logs it.
+    fn note_alerts(
+        &mut self,
+        t: DateTime<Utc>,
+        i: usize,
+        alerts: &[Alert],
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let group = self.groups[i].group.clone();
+        let raised = self.alerts.entry(group.clone()).or_default();
+        let kinds: Vec<_> = alerts.iter().map(std::mem::discriminant).collect();
+        for alert in alerts {
+            if !raised.contains(&std::mem::discriminant(alert)) {
+                out.push(PlannedAction {
+                    at: t,
+                    channel: self.channel.clone(),
+                    group: group.clone(),
+                    action: Action::Alert(alert.clone()),
+                });
+            }
+        }
+        *raised = kinds;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{FailureKind, JitterPurpose, RetryState, stable_jitter};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn ch() -> ChannelId {
+        ChannelId::new("1234567890")
+    }
+
+    fn token(key: &str, issued: DateTime<Utc>, lifetime: Duration) -> TokenRecord {
+        TokenRecord {
+            key_id: KeyId::new(key),
+            issued_at: issued,
+            expires_at: issued + lifetime,
+            state: TokenState::Live,
+        }
+    }
+
+    fn group(name: &str, can_revoke: bool, tokens: Vec<TokenRecord>) -> GroupView {
+        GroupView {
+            tokens,
+            ..GroupView::new(ch(), GroupName::new(name), can_revoke)
+        }
+    }
+
+    fn input(groups: Vec<GroupView>, last_reconcile_at: Option<DateTime<Utc>>) -> ChannelInput {
+        ChannelInput {
+            channel: ch(),
+            managed: true,
+            groups,
+            view: ChannelView {
+                last_reconcile_at,
+                ..ChannelView::default()
+            },
+        }
+    }
+
+    fn run(channels: Vec<ChannelInput>, rules: &Rules, days: i64) -> Forecast {
+        forecast(t0(), channels, rules, t0() + Duration::days(days))
+    }
+
+    /// The non-routine actions as (offset from t0, group, short text).
+    fn timeline(f: &Forecast) -> Vec<(Duration, String, String)> {
+        f.actions
+            .iter()
+            .filter(|a| !a.action.is_routine() && !matches!(a.action, Action::Alert(_)))
+            .map(|a| {
+                let what = match &a.action {
+                    Action::Issue { key_id, reason, .. } => format!("issue {key_id} {reason:?}"),
+                    Action::Revoke { key_id, reason } => format!("revoke {key_id} {reason:?}"),
+                    Action::Expire { key_id } => format!("expire {key_id}"),
+                    other => format!("{other:?}"),
+                };
+                (a.at - t0(), a.group.to_string(), what)
+            })
+            .collect()
+    }
+
+    fn rotation_jitter(group: &str, rules: &Rules) -> Duration {
+        stable_jitter(
+            &ch(),
+            &GroupName::new(group),
+            JitterPurpose::Rotation,
+            rules.rotation_jitter,
+        )
+    }
+
+    #[test]
+    fn a_fresh_group_issues_now_and_rotates_at_lifetime_less_rotate_before_and_jitter() {
+        let rules = Rules::default();
+        let f = run(
+            vec![input(vec![group("backend", true, vec![])], None)],
+            &rules,
+            60,
+        );
+        assert!(f.complete);
+        // Reconcile first (no listing yet), then the issue, at once.
+        assert_eq!(f.actions[0].action, Action::Reconcile);
+        assert_eq!(f.actions[0].at, t0());
+        let rotate_after =
+            rules.token_lifetime - rules.rotate_before - rotation_jitter("backend", &rules);
+        let issues: Vec<_> = timeline(&f)
+            .into_iter()
+            .filter(|(_, _, what)| what.starts_with("issue"))
+            .collect();
+        assert_eq!(
+            issues[..3],
+            [
+                (
+                    Duration::zero(),
+                    "backend".into(),
+                    "issue next-1 NoCurrent".into()
+                ),
+                (rotate_after, "backend".into(), "issue next-2 Due".into()),
+                (
+                    rotate_after * 2,
+                    "backend".into(),
+                    "issue next-3 Due".into()
+                ),
+            ]
+        );
+        // Without revoke_previous_after the previous token expires on its own.
+        assert!(timeline(&f).contains(&(
+            rules.token_lifetime,
+            "backend".into(),
+            "expire next-1".into()
+        )));
+        assert!(!timeline(&f).iter().any(|(_, _, w)| w.starts_with("revoke")));
+    }
+
+    #[test]
+    fn verifies_and_reconciles_are_recorded_as_routine() {
+        let rules = Rules::default();
+        let f = run(
+            vec![input(vec![group("backend", true, vec![])], None)],
+            &rules,
+            2,
+        );
+        let verifies = f
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Verify { .. }))
+            .count();
+        // Every 6 h less a stable jitter, over two days.
+        assert!((7..=9).contains(&verifies), "{verifies}");
+        assert!(
+            f.actions
+                .iter()
+                .filter(|a| a.action == Action::Reconcile)
+                .count()
+                >= 40
+        );
+        assert!(f.actions.iter().all(|a| a.at >= t0() && a.at <= f.until));
+    }
+
+    #[test]
+    fn two_live_tokens_and_no_secret_wait_for_the_older_to_expire() {
+        let rules = Rules::default();
+        // Current expires in 10 h (rotation is due), previous in 2 h.
+        let prev = token(
+            "old",
+            t0() - Duration::days(29) - Duration::hours(22),
+            rules.token_lifetime,
+        );
+        let cur = token(
+            "cur",
+            t0() - Duration::days(29) - Duration::hours(14),
+            rules.token_lifetime,
+        );
+        let f = run(
+            vec![input(
+                vec![group("crm", false, vec![prev, cur])],
+                Some(t0()),
+            )],
+            &rules,
+            1,
+        );
+        let tl = timeline(&f);
+        assert_eq!(
+            tl[..2],
+            [
+                (Duration::hours(2), "crm".into(), "expire old".into()),
+                (Duration::hours(2), "crm".into(), "issue next-1 Due".into()),
+            ],
+            "{tl:?}"
+        );
+        assert!(!tl.iter().any(|(_, _, w)| w.starts_with("revoke")));
+    }
+
+    #[test]
+    fn revoke_previous_after_shows_the_revocation() {
+        let rules = Rules {
+            revoke_previous_after: Some(Duration::hours(1)),
+            ..Rules::default()
+        };
+        // Due in 3 h plus jitter.
+        let cur = token(
+            "cur",
+            t0() - Duration::days(28) - Duration::hours(21),
+            rules.token_lifetime,
+        );
+        let due = cur.expires_at - rules.rotate_before - rotation_jitter("backend", &rules) - t0();
+        let f = run(
+            vec![input(vec![group("backend", true, vec![cur])], Some(t0()))],
+            &rules,
+            2,
+        );
+        assert_eq!(
+            timeline(&f)[..2],
+            [
+                (due, "backend".into(), "issue next-1 Due".into()),
+                (
+                    due + Duration::hours(1),
+                    "backend".into(),
+                    "revoke cur Superseded".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_group_is_revoked_after_its_grace() {
+        let rules = Rules::default();
+        let removed = GroupView {
+            removed_at: Some(t0() - Duration::hours(1)),
+            ..group(
+                "old-team",
+                true,
+                vec![
+                    token("a", t0() - Duration::days(3), rules.token_lifetime),
+                    token("b", t0() - Duration::days(1), rules.token_lifetime),
+                ],
+            )
+        };
+        let f = run(vec![input(vec![removed], Some(t0()))], &rules, 3);
+        assert_eq!(
+            timeline(&f),
+            [
+                (
+                    Duration::hours(23),
+                    "old-team".into(),
+                    "revoke a Removed".into()
+                ),
+                (
+                    Duration::hours(23),
+                    "old-team".into(),
+                    "revoke b Removed".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retry_streak_holds_the_issue_until_its_time() {
+        let rules = Rules::default();
+        let failing = GroupView {
+            retry: Some(RetryState {
+                failures: 3,
+                kind: FailureKind::Transient,
+                not_before: t0() + Duration::minutes(7),
+            }),
+            ..group("backend", true, vec![])
+        };
+        let f = run(vec![input(vec![failing], Some(t0()))], &rules, 1);
+        let first_issue = timeline(&f)
+            .into_iter()
+            .find(|(_, _, w)| w.starts_with("issue"));
+        assert_eq!(
+            first_issue,
+            Some((
+                Duration::minutes(7),
+                "backend".into(),
+                "issue next-1 NoCurrent".into()
+            ))
+        );
+        // The group has no token while it waits: the daemon alerts at once.
+        assert!(
+            f.actions
+                .iter()
+                .any(|a| a.at == t0()
+                    && matches!(a.action, Action::Alert(Alert::NoLiveToken { .. })))
+        );
+    }
+
+    #[test]
+    fn the_hourly_budget_spreads_issues() {
+        let rules = Rules {
+            max_issues_per_hour: 2,
+            ..Rules::default()
+        };
+        let groups = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|g| group(g, true, vec![]))
+            .collect();
+        let f = run(vec![input(groups, Some(t0()))], &rules, 1);
+        let issues: Vec<Duration> = timeline(&f)
+            .into_iter()
+            .filter(|(_, _, w)| w.starts_with("issue"))
+            .map(|(at, _, _)| at)
+            .collect();
+        assert_eq!(
+            issues,
+            [
+                Duration::zero(),
+                Duration::zero(),
+                Duration::hours(1),
+                Duration::hours(1),
+                Duration::hours(2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_channel_frees_capacity_from_superseded_tokens() {
+        let rules = Rules {
+            channel_token_cap: 3,
+            ..Rules::default()
+        };
+        // "a" holds a current and a previous; "b" has nothing.
+        let a = group(
+            "a",
+            true,
+            vec![
+                token("a-old", t0() - Duration::days(10), rules.token_lifetime),
+                token("a-cur", t0() - Duration::days(1), rules.token_lifetime),
+            ],
+        );
+        let b = group("b", true, vec![]);
+        let mut channel = input(vec![a, b], Some(t0()));
+        channel.view.foreign = 1;
+        let f = run(vec![channel], &rules, 1);
+        assert_eq!(
+            timeline(&f)[..2],
+            [
+                (
+                    Duration::zero(),
+                    "a".into(),
+                    "revoke a-old FreeCapacity".into()
+                ),
+                (
+                    Duration::zero(),
+                    "b".into(),
+                    "issue next-1 NoCurrent".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unmanaged_channel_only_expires() {
+        let rules = Rules::default();
+        let mut channel = input(
+            vec![group(
+                "gone",
+                true,
+                vec![token("x", t0() - Duration::days(29), rules.token_lifetime)],
+            )],
+            None,
+        );
+        channel.managed = false;
+        let f = run(vec![channel], &rules, 3);
+        assert_eq!(
+            timeline(&f),
+            [(Duration::days(1), "gone".into(), "expire x".into())]
+        );
+        assert_eq!(f.actions.len(), 1);
+    }
+
+    #[test]
+    fn synthetic_key_ids_never_reuse_a_stored_one() {
+        let rules = Rules::default();
+        let expired = TokenRecord {
+            state: TokenState::Expired,
+            ..token("next-1", t0() - Duration::days(40), rules.token_lifetime)
+        };
+        let f = run(
+            vec![input(vec![group("g", true, vec![expired])], Some(t0()))],
+            &rules,
+            1,
+        );
+        assert_eq!(
+            timeline(&f)[0],
+            (
+                Duration::zero(),
+                "g".into(),
+                "issue next-2 NoCurrent".into()
+            )
+        );
+    }
+
+    /// Replays a timeline per group and checks invariants 1 and 2 on it:
+    /// never more than two live tokens, and once the first token is issued,
+    /// always one live.
+    fn check_invariants(f: &Forecast) {
+        let mut live: HashMap<GroupName, BTreeSet<KeyId>> = HashMap::new();
+        for a in &f.actions {
+            let group = live.entry(a.group.clone()).or_default();
+            match &a.action {
+                Action::Issue { key_id, .. } => {
+                    group.insert(key_id.clone());
+                }
+                Action::Revoke { key_id, .. } | Action::Expire { key_id } => {
+                    group.remove(key_id);
+                    assert!(
+                        !group.is_empty(),
+                        "{} left without a token at {}",
+                        a.group,
+                        a.at
+                    );
+                }
+                _ => {}
+            }
+            assert!(group.len() <= 2, "{} holds {group:?} at {}", a.group, a.at);
+        }
+    }
+
+    #[test]
+    fn four_months_of_a_full_channel_complete_and_keep_the_invariants() {
+        let rules = Rules {
+            revoke_previous_after: Some(Duration::hours(6)),
+            ..Rules::default()
+        };
+        let groups = (0..15)
+            .map(|i| group(&format!("g{i}"), true, vec![]))
+            .collect();
+        let f = run(vec![input(groups, None)], &rules, 120);
+        assert!(f.complete);
+        check_invariants(&f);
+        let issues = f
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Issue { .. }))
+            .count();
+        // Each group: one at once, then one about every 29 days.
+        assert_eq!(issues, 15 * 5);
+        let no_secret = (0..3)
+            .map(|i| group(&format!("n{i}"), false, vec![]))
+            .collect();
+        let f = run(vec![input(no_secret, None)], &Rules::default(), 120);
+        assert!(f.complete);
+        check_invariants(&f);
+    }
+
+    #[test]
+    fn nothing_is_listed_past_until_and_a_quiet_forecast_completes() {
+        let rules = Rules::default();
+        let f = run(vec![], &rules, 7);
+        assert!(f.complete);
+        assert!(f.actions.is_empty());
+        let f = forecast(
+            t0(),
+            vec![input(vec![group("g", true, vec![])], None)],
+            &rules,
+            t0(),
+        );
+        assert!(f.complete);
+        assert!(f.actions.iter().all(|a| a.at == t0()));
+    }
+}

@@ -1,0 +1,139 @@
+//! Regression tests for bugs the end-to-end tests found in code below
+//! `app`, each named for what it guards. They drive the rotator directly on
+//! a manual clock against a recording mock LINE, so the condition that
+//! triggered the bug holds by construction instead of by timing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use linetokd::domain::{ChannelId, GroupName};
+use linetokd::metrics::Metrics;
+use linetokd::policy::Rules;
+use linetokd::rotator::{ChannelSetup, Rotator, RotatorParts};
+use linetokd::store::{ChannelSpec, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, Mock, Reply, Seen};
+
+const CHANNEL: &str = "1234567890";
+const KID_LIST: &str = "/oauth2/v2.1/tokens/kid";
+const ISSUE: &str = "/oauth2/v2.1/token";
+
+/// A LINE that lists no key IDs, verifies every token as the channel's, and
+/// issues unique tokens, except that the first `failing_issues` issue
+/// requests get a 500.
+async fn mock_line(failing_issues: usize) -> Mock {
+    let issues = AtomicUsize::new(0);
+    Mock::start(move |seen: &Seen| match seen.path.as_str() {
+        KID_LIST => Reply::json(200, r#"{"kids":[]}"#),
+        ISSUE => {
+            let n = issues.fetch_add(1, Ordering::SeqCst);
+            if n < failing_issues {
+                Reply::json(500, r#"{"message":"Internal server error"}"#)
+            } else {
+                Reply::json(
+                    200,
+                    &format!(
+                        r#"{{"access_token":"regression-token-{n}","token_type":"Bearer","expires_in":2592000,"key_id":"kid-{n}"}}"#
+                    ),
+                )
+            }
+        }
+        "/oauth2/v2.1/verify" => Reply::json(
+            200,
+            &format!(r#"{{"client_id":"{CHANNEL}","expires_in":2591990,"scope":"profile"}}"#),
+        ),
+        _ => Reply::json(404, r#"{"message":"Not found"}"#),
+    })
+    .await
+}
+
+/// A rotator for one channel with groups `a` and `b`, on a clock that never
+/// moves, over a fresh store in `dir`. Returns the store too, so a test can
+/// prepare what a previous run left behind.
+fn rotator(dir: &std::path::Path, base_url: &str) -> (Arc<Rotator>, Store) {
+    let clock = support::manual_clock();
+    let store = Store::open(&dir.join("linetokd.db")).unwrap();
+    let groups = vec![GroupName::new("a"), GroupName::new("b")];
+    store
+        .sync_config(
+            support::start_time(),
+            &[ChannelSpec {
+                id: ChannelId::new(CHANNEL),
+                name: "chan".into(),
+                groups: groups.clone(),
+            }],
+        )
+        .unwrap();
+    let rotator = Rotator::new(RotatorParts {
+        store: store.clone(),
+        line: support::line_client(base_url, &clock, Duration::from_secs(10)),
+        clock: Arc::new(clock),
+        rules: Rules::default(),
+        channels: vec![ChannelSetup {
+            id: ChannelId::new(CHANNEL),
+            name: "chan".into(),
+            signer: support::signer(CHANNEL, "regression-kid"),
+            secret: None,
+            groups,
+        }],
+        concurrency: 1,
+        seed: Some(7),
+        metrics: Metrics::shared(),
+    });
+    (rotator, store)
+}
+
+fn count(mock: &Mock, path: &str) -> usize {
+    mock.seen().iter().filter(|s| s.path == path).count()
+}
+
+/// The paths LINE was asked, in order (the requests themselves carry
+/// assertions: too long to print).
+fn paths(mock: &Mock) -> Vec<String> {
+    mock.seen().into_iter().map(|s| s.path).collect()
+}
+
+/// Bug: the store keeps whole seconds, so an issuance lost in a crash that
+/// started in the same second as the restart's reconcile still counted as
+/// unsettled after that reconcile; the policy asked for another reconcile,
+/// and another, until the second was over (64 requests to LINE in a burst,
+/// seen end to end after a kill -9 and a quick restart).
+#[tokio::test]
+async fn a_lost_issuance_is_settled_by_one_reconcile_in_the_same_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_line(0).await;
+    let (rotator, store) = rotator(dir.path(), &mock.base_url);
+    // What a run killed mid-issuance leaves: an open intent, this very second.
+    store
+        .begin_issue(
+            support::start_time(),
+            &ChannelId::new(CHANNEL),
+            &GroupName::new("a"),
+        )
+        .unwrap();
+    assert_eq!(rotator.start_up().await.unwrap(), 1);
+
+    rotator.pass(&CancellationToken::new()).await;
+
+    assert_eq!(count(&mock, KID_LIST), 1, "{:?}", paths(&mock));
+    assert_eq!(count(&mock, ISSUE), 2, "both groups got their token");
+}
+
+/// The same bug after a failed issue: group `a`'s issue fails, and group
+/// `b`, planned right after in the same second, must not reconcile in a
+/// loop before it may issue.
+#[tokio::test]
+async fn a_failed_issuance_is_settled_by_one_reconcile_in_the_same_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_line(1).await;
+    let (rotator, _store) = rotator(dir.path(), &mock.base_url);
+    assert_eq!(rotator.start_up().await.unwrap(), 0);
+
+    rotator.pass(&CancellationToken::new()).await;
+
+    // One reconcile before the first issue, one to settle the failed one.
+    assert_eq!(count(&mock, KID_LIST), 2, "{:?}", paths(&mock));
+    assert_eq!(count(&mock, ISSUE), 2, "a failed once, b was issued");
+}
