@@ -309,12 +309,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refused> {
     let value = value.to_str().map_err(|_| Refused::MalformedCredentials)?;
     let (scheme, credential) = value.split_once(' ').ok_or(Refused::MalformedCredentials)?;
     let credential = credential.trim_start_matches(' ');
-    // RFC 6750's b64token: no spaces, nothing after the credential.
+    // One word of visible ASCII, nothing after it. (RFC 6750's b64token is
+    // narrower, but `api_key_file` may hold any such characters, and a key
+    // the operator chose must not be unusable.)
     let well_formed = scheme.eq_ignore_ascii_case("bearer")
         && !credential.is_empty()
-        && credential.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
-        });
+        && credential.bytes().all(|b| b.is_ascii_graphic());
     if well_formed {
         Ok(credential)
     } else {
@@ -429,6 +429,7 @@ mod tests {
         assert_eq!(bearer(&headers("Bearer abc-123")).unwrap(), "abc-123");
         assert_eq!(bearer(&headers("bearer abc")).unwrap(), "abc");
         assert_eq!(bearer(&headers("BEARER  abc")).unwrap(), "abc");
+        assert_eq!(bearer(&headers("Bearer a!#%")).unwrap(), "a!#%");
         for bad in [
             "Bearer",
             "Bearer ",
