@@ -246,6 +246,15 @@ pub fn api_keys(config: &ValidConfig) -> ApiKeys {
     let mut keys = ApiKeys::new();
     for channel in &config.channels {
         for group in &channel.groups {
+            if let Some(key) = &group.api_key
+                && !http::usable_api_key(key)
+            {
+                tracing::warn!(
+                    channel = %channel.id,
+                    group = %group.name,
+                    "the api_key_file holds spaces or control characters, which no `Authorization: Bearer` header can carry: the token API will refuse every request for this group"
+                );
+            }
             keys.insert(
                 channel.id.clone(),
                 group.name.clone(),

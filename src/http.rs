@@ -298,6 +298,16 @@ impl IntoResponse for Refused {
     }
 }
 
+/// True when `key` can be presented as a bearer credential at all: one
+/// word of visible ASCII.
+pub fn usable_api_key(key: &Secret) -> bool {
+    is_credential(key.expose())
+}
+
+fn is_credential(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The bearer credential of a request, if its header is well formed.
 fn bearer(headers: &HeaderMap) -> Result<&str, Refused> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -312,9 +322,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refused> {
     // One word of visible ASCII, nothing after it. (RFC 6750's b64token is
     // narrower, but `api_key_file` may hold any such characters, and a key
     // the operator chose must not be unusable.)
-    let well_formed = scheme.eq_ignore_ascii_case("bearer")
-        && !credential.is_empty()
-        && credential.bytes().all(|b| b.is_ascii_graphic());
+    let well_formed = scheme.eq_ignore_ascii_case("bearer") && is_credential(credential);
     if well_formed {
         Ok(credential)
     } else {
@@ -471,5 +479,8 @@ mod tests {
         assert_eq!(keys.check(&other_c, &a, "key-a"), Access::UnknownGroup);
         assert_eq!(keys.check(&other_c, &a, "nope"), Access::InvalidKey);
         assert!(keys.contains(&c, &none));
+        assert!(usable_api_key(&Secret::new("k3y!")));
+        assert!(!usable_api_key(&Secret::new("two words")));
+        assert!(!usable_api_key(&Secret::new("tab\there")));
     }
 }
