@@ -69,3 +69,4 @@ pub mod scheduler;
 pub mod secret;
 pub mod status;
 pub mod store;
+pub mod watch;
