@@ -67,10 +67,13 @@ impl ConfigWatcher {
                 | WatchFlags::ATTRIB
                 | WatchFlags::ONLYDIR,
         )?;
-        Ok(Self {
-            fd: AsyncFd::new(fd)?,
-            file_name,
-        })
+        // `AsyncFd::new` is deprecated because a `T` that merely borrows a
+        // descriptor could let it be closed while registered; an `OwnedFd`
+        // owns it, so it lives exactly as long as the registration. The
+        // replacement (`register`) is `unsafe`, which this crate forbids.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(fd)?;
+        Ok(Self { fd, file_name })
     }
 
     /// Resolves when an event about the file arrives.
