@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use chrono::Duration;
@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::config::{ChannelConfig, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::TokenBook;
-use crate::http::{self, ApiKeys, HttpState};
+use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
 use crate::metrics::Metrics;
@@ -152,13 +152,17 @@ impl Daemon {
         let waker = scheduler.waker();
         let tasks = TaskTracker::new();
         let tokens = TokenBook::new();
+        let keys = Arc::new(RwLock::new(api_keys(config)));
+        let readiness = readiness(&rotator, &tokens, state.clone(), Arc::clone(&http_clock));
         let http_addr = spawn_http(
             config,
             listener,
             HttpState {
                 tokens: tokens.clone(),
-                keys: Arc::new(api_keys(config)),
+                keys: Arc::clone(&keys),
                 clock: http_clock,
+                metrics: Some(Arc::clone(&metrics)),
+                readiness: Some(readiness),
             },
             &tasks,
             &shutdown,
@@ -199,6 +203,39 @@ impl Daemon {
     pub async fn stopped(self) {
         self.tasks.wait().await;
     }
+}
+
+/// Readiness (`/readyz`): the first pass has run and every configured group
+/// has a live published token. A group that is failing, or held back by
+/// capacity or the hourly budget, keeps the daemon unready: its consumers
+/// have nothing to use.
+fn readiness(
+    rotator: &Arc<Rotator>,
+    tokens: &TokenBook,
+    scheduler: watch::Receiver<SchedulerState>,
+    clock: SharedClock,
+) -> Readiness {
+    let (rotator, tokens) = (Arc::clone(rotator), tokens.clone());
+    Arc::new(move || {
+        let mut waiting = Vec::new();
+        if scheduler.borrow().passes == 0 {
+            waiting.push("the first pass has not finished".to_owned());
+        }
+        let now = clock.now();
+        for channel in rotator.channels().iter() {
+            for group in &channel.groups {
+                let published = tokens.get(&channel.id, group);
+                if published.current.is_none_or(|t| t.expires_at <= now) {
+                    waiting.push(format!("{}/{group} has no live token", channel.id));
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
+    })
 }
 
 /// Binds `daemon.listen` for health and the token API.

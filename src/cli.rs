@@ -110,6 +110,12 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         token_exp: Option<std::time::Duration>,
     },
+    /// Exit 0 when the running daemon is ready (its /readyz answers 200): for Docker's HEALTHCHECK.
+    Health {
+        /// The config file (for the listen address).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Apply database migrations and exit (refused while the daemon runs).
     Migrate {
         /// The config file (for the database path).
@@ -196,6 +202,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { run_for } => demo_cmd(run_for),
         Command::Sandbox { listen, config } => sandbox_cmd(listen, &config),
         Command::Migrate { config } => migrate_cmd(&config),
+        Command::Health { config } => health_cmd(&config),
         Command::Status { config, json } => status_cmd(&config, json),
         Command::Plan {
             config,
@@ -320,6 +327,46 @@ fn assertion_cmd(
         .map_err(|e| usage(e.into()))?;
     println!("{jwt}");
     Ok(())
+}
+
+/// How long `linetokd health` waits for the daemon's answer.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn health_cmd(path: &Path) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    // A daemon listening on every address is reached on loopback.
+    let mut addr = config.daemon.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/readyz");
+    let runtime_failure = |e: anyhow::Error| Failure::Runtime(e);
+    runtime()?.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(HEALTH_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| runtime_failure(anyhow::Error::new(e)))?;
+        let response = client.get(&url).send().await.map_err(|e| {
+            runtime_failure(anyhow::anyhow!(
+                "no linetokd daemon answers at {addr}: {}",
+                e.without_url()
+            ))
+        })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            println!("ready");
+            Ok(())
+        } else {
+            Err(runtime_failure(anyhow::anyhow!(
+                "the daemon at {addr} is not ready ({status}): {body}"
+            )))
+        }
+    })
 }
 
 fn migrate_cmd(path: &Path) -> Result<(), Failure> {

@@ -44,12 +44,18 @@
 //! so a consumer can switch between the file and the API without changing
 //! its parser.
 //!
+//! # Health and metrics
+//!
+//! `GET /healthz` is liveness (200 while the process answers), `GET /readyz`
+//! readiness (see [`Readiness`]), `GET /metrics` the Prometheus text of
+//! [`Metrics`]. None of them carries a secret.
+//!
 //! Depends on `delivery` (the token book and the sink renderer), `domain`,
-//! `secret` and `clock`.
+//! `secret`, `metrics` and `clock`.
 //! Reads no config: `app` hands it an [`HttpState`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use aws_lc_rs::{constant_time, digest};
 use axum::Json;
@@ -67,6 +73,7 @@ use crate::clock::SharedClock;
 use crate::delivery::sink::{self, SinkContext, SinkFormat};
 use crate::delivery::{GroupTokens, PublishedToken, TokenBook};
 use crate::domain::{ChannelId, GroupName};
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 /// How long a client should wait before asking again for a token that is
@@ -85,11 +92,20 @@ pub struct HttpState {
     /// Every group's published tokens; filled by delivery from the
     /// rotator's events. The token API reads only this.
     pub tokens: TokenBook,
-    /// The configured groups and their API key digests.
-    pub keys: Arc<ApiKeys>,
+    /// The configured groups and their API key digests. Behind a lock
+    /// because a config reload replaces them.
+    pub keys: Arc<RwLock<ApiKeys>>,
     /// For judging whether a published token has expired.
     pub clock: SharedClock,
+    /// What `/metrics` renders; `None` answers 404 (tests of the token API
+    /// need no metrics).
+    pub metrics: Option<Arc<Metrics>>,
+    /// What `/readyz` asks; `None` means always ready.
+    pub readiness: Option<Readiness>,
 }
+
+/// Decides readiness: `Ok` when ready, otherwise what is still missing.
+pub type Readiness = Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>;
 
 /// The configured groups, each with the SHA-256 digest of its API key if it
 /// has one. The keys themselves are not kept.
@@ -179,6 +195,8 @@ impl ApiKeys {
 pub fn app(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/channels/{channel}/groups/{group}/token",
             get(group_token),
@@ -204,6 +222,37 @@ pub async fn serve(
 /// 200 "ok" while the process runs: liveness only (readiness is `/readyz`).
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// 200 once the daemon serves what it should: the store is open, the first
+/// pass has run, and every configured group has a live token. 503 with
+/// what is missing otherwise. Docker's HEALTHCHECK (`linetokd health`) and
+/// orchestrators ask this.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    match state.readiness.as_ref().map_or(Ok(()), |ready| ready()) {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ready": true }))).into_response(),
+        Err(waiting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "waiting": waiting })),
+        )
+            .into_response(),
+    }
+}
+
+/// The Prometheus text exposition.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match &state.metrics {
+        Some(metrics) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            metrics.render(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// A refusal: a stable code for programs and a sentence for people.
@@ -364,7 +413,12 @@ fn answer(
     headers: &HeaderMap,
 ) -> Result<Response, Refused> {
     let presented = bearer(headers)?;
-    match state.keys.check(channel, group, presented) {
+    let access = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .check(channel, group, presented);
+    match access {
         Access::Granted => {}
         Access::InvalidKey => return Err(Refused::InvalidKey),
         Access::UnknownGroup => return Err(Refused::UnknownGroup),

@@ -88,8 +88,10 @@ fn lab() -> Lab {
     Lab {
         state: HttpState {
             tokens: book,
-            keys: Arc::new(keys),
+            keys: Arc::new(std::sync::RwLock::new(keys)),
             clock: Arc::new(clock.clone()),
+            metrics: None,
+            readiness: None,
         },
         clock,
     }
