@@ -7,9 +7,10 @@
 //! Below `app`, nothing reads the config file, the environment or the wall
 //! clock.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context as _;
 use chrono::Duration;
@@ -19,17 +20,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-use crate::config::{ChannelConfig, ValidConfig};
+use crate::config::{ChannelConfig, DaemonConfig, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::TokenBook;
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
 use crate::scheduler::{Scheduler, SchedulerState};
+use crate::store::LAST_RELOAD;
 use crate::store::{ChannelSpec, Store};
+use crate::watch::ConfigWatcher;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// How many channels are worked on at once.
 const CHANNEL_CONCURRENCY: usize = 4;
@@ -63,6 +68,11 @@ pub struct Daemon {
     pub control_socket: PathBuf,
     /// Every group's published tokens, which the token API answers from.
     pub tokens: TokenBook,
+    /// The token API's keys, replaced on reload.
+    keys: Arc<RwLock<ApiKeys>>,
+    /// The `[daemon]` section in force: a reload cannot change it live.
+    daemon_config: DaemonConfig,
+    clock: SharedClock,
     tasks: TaskTracker,
 }
 
@@ -125,6 +135,7 @@ impl Daemon {
             rules.retry = retry;
         }
         let http_clock = Arc::clone(&clock);
+        let reload_clock = Arc::clone(&clock);
         let rotator = Rotator::new(RotatorParts {
             store,
             line,
@@ -195,8 +206,46 @@ impl Daemon {
             http_addr,
             control_socket,
             tokens,
+            keys,
+            daemon_config: config.daemon.clone(),
+            clock: Arc::clone(&reload_clock),
             tasks,
         })
+    }
+
+    /// Applies a new, validated config while running (DESIGN.md section 7,
+    /// "Reload"): channels and groups are synced into the store (a new one
+    /// is issued a token at the next pass, a removed group's tokens are
+    /// revoked after `removal_grace`), the rotator gets the new channels and
+    /// rules, the token API the new keys, and a pass runs at once. The
+    /// `[daemon]` section needs a restart; a change there is logged.
+    ///
+    /// # Errors
+    /// When the store cannot be written or a signer cannot be built; the old
+    /// config then stays in force.
+    pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
+        let setups = channel_setups(config)?;
+        let specs = channel_specs(config);
+        let now = self.clock.now();
+        let store = self.rotator.store().clone();
+        let synced = tokio::task::spawn_blocking(move || store.sync_config(now, &specs))
+            .await
+            .context("while syncing the reloaded config into the database")??;
+        self.rotator.set_channels(setups);
+        self.rotator.set_rules(rules(config));
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
+        for (channel, group) in &synced.added_groups {
+            tracing::info!(channel = %channel, group = %group, "group added by reload");
+        }
+        for (channel, group) in &synced.removed_groups {
+            self.metrics.remove_group(channel, group);
+            tracing::warn!(channel = %channel, group = %group, "group removed by reload: its tokens are revoked after removal_grace");
+        }
+        if config.daemon != self.daemon_config {
+            tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
+        }
+        self.waker.notify_one();
+        Ok(())
     }
 
     /// Waits until every task has stopped (after shutdown).
@@ -329,21 +378,147 @@ fn spawn_control(
     path
 }
 
-/// Runs the daemon until `shutdown` fires, then stops it.
+/// Runs the daemon from the config at `config_path` until `shutdown` fires:
+/// tells systemd when it is ready (and keeps its watchdog fed), reloads the
+/// config on SIGHUP and when the file changes, and stops cleanly.
+///
+/// `env` is the process environment (for `LINETOKD__` overrides, `${NAME}`
+/// expansion and systemd's `NOTIFY_SOCKET`/`WATCHDOG_*`).
 ///
 /// # Errors
-/// As [`Daemon::start`].
+/// As [`Daemon::start`], or when the SIGHUP handler cannot be installed.
 pub async fn run(
+    config_path: &Path,
+    env: &HashMap<String, String>,
     config: &ValidConfig,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let daemon = Daemon::start(config, clock, shutdown.clone(), RunOptions::default()).await?;
-    shutdown.cancelled().await;
+    // Installed first: SIGHUP's default action would kill the process.
+    let mut hangup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
+    let notifier = systemd_notifier(env).map(Arc::new);
+    let daemon = Daemon::start(
+        config,
+        Arc::clone(&clock),
+        shutdown.clone(),
+        RunOptions::default(),
+    )
+    .await?;
+
+    // READY=1 once the store is open and the first pass has planned.
+    let mut progress = daemon.scheduler.clone();
+    tokio::select! {
+        _ = progress.wait_for(|s| s.passes >= 1) => {}
+        () = shutdown.cancelled() => {}
+    }
+    let watchdog = notifier.as_ref().map(|n| {
+        let _ = n
+            .ready()
+            .map_err(|e| tracing::warn!(error = %e, "could not tell systemd we are ready"));
+        let (n, clock, stop) = (Arc::clone(n), Arc::clone(&clock), shutdown.child_token());
+        tokio::spawn(async move { n.keep_watchdog(clock.as_ref(), stop).await })
+    });
+
+    let mut watcher = match ConfigWatcher::new(config_path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(path = %config_path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+    loop {
+        let cause = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = hangup.recv() => "SIGHUP",
+            changed = file_changed(&mut watcher) => {
+                if let Err(e) = changed {
+                    tracing::warn!(error = %e, "watching the config file failed; reload with SIGHUP");
+                    watcher = None;
+                    continue;
+                }
+                "the config file changed"
+            }
+        };
+        if let Some(n) = &notifier {
+            let _ = n.reloading();
+        }
+        reload(&daemon, config_path, env, cause).await;
+        if let Some(n) = &notifier {
+            let _ = n.ready();
+        }
+    }
+
     tracing::info!("shutting down: finishing the LINE call in flight");
+    if let Some(n) = &notifier {
+        let _ = n.stopping();
+    }
     daemon.stopped().await;
+    if let Some(task) = watchdog {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the config file must be quiet before a change is applied: an
+/// editor's save is several events.
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+async fn file_changed(watcher: &mut Option<ConfigWatcher>) -> std::io::Result<()> {
+    match watcher {
+        Some(w) => {
+            w.changed().await?;
+            w.settled(RELOAD_DEBOUNCE).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads, validates and applies the config file. A bad file leaves the old
+/// config in force: the error is logged with the offending keys, counted in
+/// `linetokd_config_reloads_total{result="failure"}`, and noted for
+/// `linetokd status`.
+async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cause: &str) {
+    tracing::info!(cause, path = %path.display(), "reloading the config");
+    let outcome = match Settings::load(path, env).and_then(|s| s.validate()) {
+        Ok(config) => daemon.reload(&config).await,
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    let note = match &outcome {
+        Ok(()) => {
+            daemon.metrics.config_reload(true);
+            tracing::info!("config reloaded");
+            format!("ok ({cause})")
+        }
+        Err(e) => {
+            daemon.metrics.config_reload(false);
+            tracing::error!(error = %format!("{e:#}"), "config reload failed; the previous config stays in force");
+            format!("failed ({cause}): {e:#}")
+        }
+    };
+    let (store, now) = (daemon.rotator.store().clone(), daemon.clock.now());
+    let written =
+        tokio::task::spawn_blocking(move || store.set_note(now, LAST_RELOAD, &note)).await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!(error = %e, "could not record the reload's outcome");
+    }
+}
+
+/// The systemd notifier, when running under `Type=notify`.
+fn systemd_notifier(env: &HashMap<String, String>) -> Option<Notifier> {
+    let get = |k: &str| env.get(k).map(String::as_str);
+    match Notifier::from_env_values(
+        get("NOTIFY_SOCKET"),
+        get("WATCHDOG_USEC"),
+        get("WATCHDOG_PID"),
+        std::process::id(),
+    ) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring systemd's notification settings");
+            None
+        }
+    }
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -351,7 +526,6 @@ pub async fn run(
 /// # Errors
 /// When the signal handlers cannot be installed.
 pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -277,9 +277,15 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
         })?;
-        app::run(&config, Arc::new(SystemClock), shutdown)
-            .await
-            .map_err(Failure::Runtime)
+        app::run(
+            path,
+            &process_env(),
+            &config,
+            Arc::new(SystemClock),
+            shutdown,
+        )
+        .await
+        .map_err(Failure::Runtime)
     })
 }
 

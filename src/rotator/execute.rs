@@ -445,7 +445,7 @@ impl Rotator {
                 kind,
                 retry_after.and_then(|d| Duration::from_std(d).ok()),
                 u,
-                &self.rules.retry,
+                &self.rules().retry,
             );
             state.retry = Some(retry.clone());
             retry

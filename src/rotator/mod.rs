@@ -111,7 +111,8 @@ pub struct Rotator {
     store: Store,
     line: LineClient,
     clock: SharedClock,
-    rules: Rules,
+    /// Replaced whole on a config reload.
+    rules: RwLock<Arc<Rules>>,
     channels: RwLock<Arc<Vec<Arc<ChannelSetup>>>>,
     groups: Mutex<HashMap<(ChannelId, GroupName), GroupState>>,
     /// Channels reconciled, in this process, after their last issue attempt
@@ -167,7 +168,7 @@ impl Rotator {
             store: parts.store,
             line: parts.line,
             clock: parts.clock,
-            rules: parts.rules,
+            rules: RwLock::new(Arc::new(parts.rules)),
             channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
             groups: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashSet::new()),
@@ -184,8 +185,13 @@ impl Rotator {
     }
 
     /// The rules in force.
-    pub fn rules(&self) -> &Rules {
-        &self.rules
+    pub fn rules(&self) -> Arc<Rules> {
+        Arc::clone(&self.rules.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the rules (a config reload); the next pass plans with them.
+    pub fn set_rules(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
     }
 
     /// The clock the rotator reads.
@@ -397,6 +403,7 @@ impl Rotator {
             });
         }
 
+        let rules = self.rules();
         let snapshot = Snapshot::load(self, setup, now).await?;
         let views = snapshot.group_views(self, setup);
         let mut channel_view = snapshot.channel_view(now, &views);
@@ -408,7 +415,7 @@ impl Rotator {
         self.metrics
             .set_channel(&setup.id, channel_view.live_ours, channel_view.foreign);
         for view in &views {
-            let plan = policy::plan_group(now, view, &channel_view, &self.rules);
+            let plan = policy::plan_group(now, view, &channel_view, &rules);
             self.raise_alerts(setup, &view.group, &plan);
             let live = view.live_tokens(now);
             self.metrics.set_group(
@@ -430,7 +437,7 @@ impl Rotator {
                 self.settle_requests(setup, view);
             }
             if let Some(Hold::Capacity { needed }) = plan.hold {
-                let victims = policy::capacity_victims(now, &views, needed, &self.rules);
+                let victims = policy::capacity_victims(now, &views, needed, &rules);
                 if !victims.is_empty() {
                     self.free_capacity(setup, &view.group, victims).await?;
                     return Ok(None);

@@ -41,6 +41,7 @@ mod foreign;
 mod intents;
 mod lock;
 pub mod migrate;
+mod notes;
 mod sync;
 mod tokens;
 
@@ -60,6 +61,7 @@ pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use migrate::Migrated;
+pub use notes::{DaemonNote, LAST_RELOAD};
 pub use sync::{ChannelRow, ChannelSpec, GroupRow, GroupRuntime, SyncReport};
 pub use tokens::StoredToken;
 

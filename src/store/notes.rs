@@ -1,0 +1,61 @@
+//! Notes the daemon leaves about itself for `linetokd status`: the outcome
+//! of the last config reload. One value per key, overwritten.
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+
+use super::{Store, StoreError, screen, secs, time_at};
+
+/// The key of the last config reload's outcome.
+pub const LAST_RELOAD: &str = "last_reload";
+
+/// One note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonNote {
+    /// What it is about, e.g. [`LAST_RELOAD`].
+    pub key: String,
+    /// The text (screened like every free-text column).
+    pub value: String,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Writes (or overwrites) a note.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn set_note(&self, now: DateTime<Utc>, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write("writing a daemon note", |tx| {
+            let value = screen(tx, value)?;
+            tx.execute(
+                "INSERT INTO daemon_notes (key, value, at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, at = excluded.at",
+                params![key, value, secs(now)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The note under `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn note(&self, key: &str) -> Result<Option<DaemonNote>, StoreError> {
+        self.read("reading a daemon note", |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT key, value, at FROM daemon_notes WHERE key = ?1")?;
+            let mut rows = stmt.query(params![key])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(DaemonNote {
+                    key: row.get(0)?,
+                    value: row.get(1)?,
+                    at: time_at(row, "at")?,
+                })),
+                None => Ok(None),
+            }
+        })
+    }
+}
