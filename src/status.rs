@@ -42,7 +42,8 @@ use crate::policy::{
 use crate::rotator::snapshot::{Snapshot, stored_group_view};
 use crate::rotator::{describe_alert, revoke_reason_text};
 use crate::store::{
-    ForeignKid, GroupRow, IntentOutcome, IssueIntent, Store, StoreError, StoredToken, WriterLock,
+    DaemonNote, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD, Store, StoreError,
+    StoredToken, WriterLock,
 };
 
 /// The version of the JSON shapes below; bumped only when a field changes
@@ -71,6 +72,7 @@ pub struct ConfiguredChannel {
 pub struct StoredState {
     channels: BTreeMap<ChannelId, StoredChannel>,
     open_intents: Vec<IssueIntent>,
+    last_reload: Option<DaemonNote>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ impl StoredState {
         Self {
             channels: BTreeMap::new(),
             open_intents: Vec::new(),
+            last_reload: None,
         }
     }
 }
@@ -118,6 +121,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
     Ok(StoredState {
         channels,
         open_intents: store.open_intents()?,
+        last_reload: store.note(LAST_RELOAD)?,
     })
 }
 
@@ -350,6 +354,10 @@ pub struct StatusReport {
     pub daemon: DaemonStatus,
     /// LINE's cap on live tokens per channel.
     pub channel_token_cap: u32,
+    /// The outcome of the daemon's last config reload, if it reloaded:
+    /// `ok (...)` or `failed (...): <the problems>`. A failed reload leaves
+    /// the previous config in force.
+    pub last_reload: Option<ReloadStatus>,
     /// Every configured channel (file order), then stored channels no
     /// longer configured that still hold live tokens.
     pub channels: Vec<ChannelStatus>,
@@ -530,8 +538,24 @@ pub fn status_report(
         database: database.to_path_buf(),
         daemon,
         channel_token_cap: rules.channel_token_cap,
+        last_reload: state.last_reload.as_ref().map(|n| ReloadStatus {
+            ok: n.value.starts_with("ok"),
+            outcome: n.value.clone(),
+            at: n.at,
+        }),
         channels,
     }
+}
+
+/// The last config reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// True when it was applied.
+    pub ok: bool,
+    /// What happened, with the problems of a failed one.
+    pub outcome: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 fn channel_status(
@@ -740,6 +764,14 @@ pub fn render_status(report: &StatusReport) -> String {
         (None, None) => "unknown".to_owned(),
     };
     let _ = writeln!(out, "daemon:   {daemon}");
+    if let Some(reload) = &report.last_reload {
+        let _ = writeln!(
+            out,
+            "last config reload at {}: {}",
+            ts(reload.at),
+            reload.outcome
+        );
+    }
     if report.channels.is_empty() {
         let _ = writeln!(out, "\nno channels configured");
     }
