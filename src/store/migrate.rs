@@ -31,11 +31,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_add_hook_events",
+        sql: include_str!("../../migrations/0002_add_hook_events.sql"),
+    },
+];
 
 /// The schema version this binary writes and reads.
 pub fn latest_version() -> u32 {
