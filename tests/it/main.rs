@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod contract;
+mod hooks;
 mod keygen;
 mod keys;
 mod line_client;
