@@ -42,8 +42,8 @@ use crate::policy::{
 use crate::rotator::snapshot::{Snapshot, stored_group_view};
 use crate::rotator::{describe_alert, revoke_reason_text};
 use crate::store::{
-    DaemonNote, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD, Store, StoreError,
-    StoredToken, WriterLock,
+    DaemonNote, Event, EventKind, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD,
+    Store, StoreError, StoredToken, WriterLock,
 };
 
 /// The version of the JSON shapes below; bumped only when a field changes
@@ -80,6 +80,8 @@ struct StoredChannel {
     snapshot: Snapshot,
     foreign: Vec<ForeignKid>,
     recent_intents: Vec<IssueIntent>,
+    /// Each group's latest hook outcome.
+    hooks: BTreeMap<GroupName, Event>,
 }
 
 impl StoredState {
@@ -109,12 +111,23 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
             .filter(|k| k.gone_at.is_none())
             .collect();
         let recent_intents = store.intents_since(&row.id, now - RECENT_INTENTS)?;
+        let mut hooks = BTreeMap::new();
+        for (group, _) in &snapshot.groups {
+            if let Some(event) = store.latest_group_event(
+                &row.id,
+                &group.name,
+                &[EventKind::HookSucceeded, EventKind::HookFailed],
+            )? {
+                hooks.insert(group.name.clone(), event);
+            }
+        }
         channels.insert(
             row.id.clone(),
             StoredChannel {
                 snapshot,
                 foreign,
                 recent_intents,
+                hooks,
             },
         );
     }
@@ -438,6 +451,22 @@ pub struct GroupStatus {
     pub alerts: Vec<AlertStatus>,
     /// The running failure streak, if the last attempt failed.
     pub last_error: Option<ErrorStatus>,
+    /// The outcome of the group's `on_rotate` hook for its latest token, if
+    /// it has one.
+    pub last_hook: Option<HookStatus>,
+}
+
+/// The last run of a group's hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    /// True when it succeeded.
+    pub ok: bool,
+    /// The key ID of the token it announced.
+    pub key_id: Option<KeyId>,
+    /// What happened (`hook exited with status 1 (5 attempts): ...`).
+    pub detail: String,
+    /// When it ended.
+    pub at: DateTime<Utc>,
 }
 
 /// One live token, by key ID: never its value.
@@ -698,6 +727,15 @@ fn group_status(
             })
             .unwrap_or_default(),
         last_error,
+        last_hook: w
+            .stored
+            .and_then(|s| s.hooks.get(&view.group))
+            .map(|e| HookStatus {
+                ok: e.kind == EventKind::HookSucceeded,
+                key_id: e.key_id.clone(),
+                detail: e.detail.clone(),
+                at: e.at,
+            }),
     }
 }
 
@@ -849,6 +887,14 @@ pub fn render_status(report: &StatusReport) -> String {
             }
             if let Some(h) = &g.hold {
                 let _ = writeln!(out, "  {}: waiting: {}", g.name, h.message);
+            }
+            if let Some(hook) = &g.last_hook {
+                let what = if hook.ok {
+                    "hook succeeded".to_owned()
+                } else {
+                    format!("HOOK FAILED: {}", hook.detail)
+                };
+                let _ = writeln!(out, "  {}: {what} {}", g.name, when(now, hook.at));
             }
             for a in &g.alerts {
                 let _ = writeln!(

@@ -13,7 +13,9 @@ use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 use linetokd::line::keys;
 use linetokd::policy::{GroupView, Rules, rotation_due_at};
-use linetokd::store::{ChannelSpec, GroupRuntime, IssuedToken, Store};
+use linetokd::store::{
+    ChannelSpec, EventKind, GroupRuntime, IssuedToken, LAST_RELOAD, NewEvent, Store,
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -263,6 +265,26 @@ fn lab() -> Lab {
     store
         .begin_issue(now - Duration::minutes(1), &ch(NEWS), &gr("analytics"))
         .unwrap();
+    // backend's hook failed for its current token; a reload was refused.
+    store
+        .record_event(
+            now - Duration::minutes(20),
+            &NewEvent {
+                channel_id: ch(SHOP),
+                group: Some(gr("backend")),
+                key_id: Some(KeyId::new("kid-b-cur")),
+                kind: EventKind::HookFailed,
+                detail: "hook exited with status 3 (5 attempts): backend unreachable".into(),
+            },
+        )
+        .unwrap();
+    store
+        .set_note(
+            now - Duration::minutes(5),
+            LAST_RELOAD,
+            "failed (SIGHUP): rotation.rotate_before (30d) must be shorter than rotation.token_lifetime (30d)",
+        )
+        .unwrap();
     drop(store);
     lab
 }
@@ -313,7 +335,26 @@ fn status_json_reports_what_the_store_knows() {
     assert!(shop["last_reconcile_ago_secs"].as_i64().unwrap() >= 3 * 3600);
     assert_eq!(shop["foreign"][0]["key_id"], "kid-foreign-1");
 
+    assert_eq!(report["last_reload"]["ok"], false);
+    assert!(
+        report["last_reload"]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("rotation.rotate_before"),
+        "{}",
+        report["last_reload"]
+    );
+
     let backend = group(shop, "backend");
+    assert_eq!(backend["last_hook"]["ok"], false);
+    assert_eq!(backend["last_hook"]["key_id"], "kid-b-cur");
+    assert!(
+        backend["last_hook"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("status 3")
+    );
+    assert!(group(shop, "crm")["last_hook"].is_null());
     assert_eq!(backend["live_tokens"], 2);
     assert_eq!(backend["current"]["key_id"], "kid-b-cur");
     assert_eq!(backend["previous"]["key_id"], "kid-b-old");
@@ -399,6 +440,9 @@ fn status_text_is_a_table_of_key_ids() {
         "foreign key ID kid-foreign-1",
         "channel secret: no (cannot revoke)",
         "in flight since",
+        "backend: HOOK FAILED: hook exited with status 3",
+        "last config reload at",
+        "failed (SIGHUP): rotation.rotate_before",
     ] {
         assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
     }
