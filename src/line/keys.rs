@@ -122,11 +122,7 @@ impl SigningKey {
     /// [`KeyError`] naming the file and what it holds when it cannot be
     /// read or is not an RSA-2048 private key.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&bytes).map_err(|e| e.in_file(path))
+        parse_file(path, Self::parse)
     }
 
     /// Parses a private key from PEM (PKCS#8 or PKCS#1) or a private JWK.
@@ -259,11 +255,7 @@ impl VerifyingKey {
     /// [`KeyError`] naming the file when it cannot be read or is not an
     /// RSA public key.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&bytes).map_err(|e| e.in_file(path))
+        parse_file(path, Self::parse)
     }
 
     /// Parses a public key: a JWK with `kty` RSA, or a PEM `PUBLIC KEY`
@@ -297,6 +289,15 @@ impl VerifyingKey {
     pub fn modulus_bits(&self) -> usize {
         self.bits
     }
+}
+
+/// Reads `path` and parses it with `parse`, naming the file in any error.
+fn parse_file<T>(path: &Path, parse: fn(&[u8]) -> Result<T, KeyError>) -> Result<T, KeyError> {
+    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&bytes).map_err(|e| e.in_file(path))
 }
 
 enum Format {
