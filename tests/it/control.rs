@@ -465,6 +465,31 @@ async fn incident_revoke_end_to_end_touches_only_its_group() {
     // Nothing else was issued on the channel.
     assert_eq!(sandbox.len(), 4);
 
+    // Published to consumers: the token API's book serves the fresh token
+    // (delivery applies the events in its own task: wait for it to catch up,
+    // by yielding, not by sleeping), and b's published token is unchanged.
+    let book = lab.daemon().tokens.clone();
+    let (channel, a) = (ChannelId::new(LAB_CHANNEL), GroupName::new("a"));
+    let current_a =
+        |book: &linetokd::delivery::TokenBook| book.get(&channel, &a).current.map(|t| t.key_id);
+    for _ in 0..1_000_000 {
+        if current_a(&book).as_ref() == Some(&fresh) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        current_a(&book),
+        Some(fresh.clone()),
+        "the fresh token was not published"
+    );
+    assert_eq!(
+        book.get(&channel, &GroupName::new("b"))
+            .current
+            .map(|t| t.key_id),
+        Some(first["b"].clone())
+    );
+
     // Published: `linetokd token` prints the fresh token.
     let out = run_binary(args(
         &["token", "--channel", LAB_CHANNEL, "--group", "a"],
