@@ -20,9 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-use crate::config::{ChannelConfig, DaemonConfig, Settings, ValidConfig};
+use crate::config::{self, ChannelConfig, DaemonConfig, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
-use crate::delivery::TokenBook;
+use crate::delivery::hook::{self, HookRetry, HookSpec};
+use crate::delivery::sink::{SinkFormat, SinkSpec};
+use crate::delivery::{Delivery, GroupDelivery, TokenBook};
+use crate::domain::{ChannelId, GroupName};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
@@ -70,6 +73,8 @@ pub struct Daemon {
     pub tokens: TokenBook,
     /// The token API's keys, replaced on reload.
     keys: Arc<RwLock<ApiKeys>>,
+    /// Sinks and hooks, replaced on reload.
+    delivery: Arc<Delivery>,
     /// The `[daemon]` section in force: a reload cannot change it live.
     daemon_config: DaemonConfig,
     clock: SharedClock,
@@ -163,6 +168,21 @@ impl Daemon {
         let waker = scheduler.waker();
         let tasks = TaskTracker::new();
         let tokens = TokenBook::new();
+        // Delivery fills the book from the store and rewrites every sink
+        // before the first pass (a tmpfs may be empty after a reboot), and
+        // subscribes before the scheduler starts so it misses no event.
+        let delivery = Delivery::new(
+            tokens.clone(),
+            rotator.store().clone(),
+            Arc::clone(&http_clock),
+            delivery_groups(config),
+            HookRetry::default(),
+        );
+        delivery
+            .load()
+            .await
+            .context("while publishing the stored tokens")?;
+        tasks.spawn(Arc::clone(&delivery).run(rotator.subscribe(), shutdown.child_token()));
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(&rotator, &tokens, state.clone(), Arc::clone(&http_clock));
         let http_addr = spawn_http(
@@ -207,6 +227,7 @@ impl Daemon {
             control_socket,
             tokens,
             keys,
+            delivery,
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
@@ -234,6 +255,7 @@ impl Daemon {
         self.rotator.set_channels(setups);
         self.rotator.set_rules(rules(config));
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
+        self.delivery.set_groups(delivery_groups(config));
         for (channel, group) in &synced.added_groups {
             tracing::info!(channel = %channel, group = %group, "group added by reload");
         }
@@ -324,6 +346,43 @@ fn spawn_http(
     });
     tracing::info!(listen = %addr, "HTTP listening (/healthz, token API)");
     Ok(addr)
+}
+
+/// Each configured group's sinks and hook, for the delivery service.
+pub fn delivery_groups(config: &ValidConfig) -> HashMap<(ChannelId, GroupName), GroupDelivery> {
+    // Hooks inherit a small, fixed part of the daemon's environment
+    // (PATH, HOME, locale, TZ): never NOTIFY_SOCKET or anything secret.
+    let hook_env = hook::inherited_env(std::env::vars());
+    let mut groups = HashMap::new();
+    for channel in &config.channels {
+        for group in &channel.groups {
+            let sinks = group
+                .sinks
+                .iter()
+                .map(|s| SinkSpec {
+                    path: s.path.clone(),
+                    format: match s.format {
+                        config::SinkFormat::Raw => SinkFormat::Raw,
+                        config::SinkFormat::Json => SinkFormat::Json,
+                        config::SinkFormat::Env => SinkFormat::Env,
+                    },
+                    mode: s.mode,
+                    owner: s.owner.clone(),
+                    group: s.group.clone(),
+                })
+                .collect();
+            let hook = group.on_rotate.as_ref().map(|h| HookSpec {
+                argv: h.argv.clone(),
+                timeout: h.timeout,
+                env: hook_env.clone(),
+            });
+            groups.insert(
+                (channel.id.clone(), group.name.clone()),
+                GroupDelivery { sinks, hook },
+            );
+        }
+    }
+    groups
 }
 
 /// The token API's keys: every configured group, with its API key digest

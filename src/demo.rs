@@ -82,9 +82,11 @@ pub async fn run(
         "linetokd demo: the LINE sandbox is listening on http://{sandbox_addr}\n\
          config: {} (tokens live 2 min, rotate 40 s before expiry)\n\
          channels: shop-bot (backend, crm) and news-bot (analytics)\n\
+         each group's token is kept in {}/<channel>/<group>.json\n\
          Watch tokens being issued, rotated early, and never more than two per group.\n\
          {}\n",
         config_path.display(),
+        dir.path().join("sinks").display(),
         match run_for {
             Some(d) => format!(
                 "Runs for {}; Ctrl-C stops it sooner.",
@@ -175,7 +177,12 @@ fn write_demo_setup(dir: &Path, sandbox: &Sandbox, line_api: &str) -> anyhow::Re
             secret_file.display()
         )?;
         for group in groups {
-            write!(toml, "\n  [[channel.group]]\n  name = \"{group}\"\n")?;
+            let sink = dir.join("sinks").join(name).join(format!("{group}.json"));
+            write!(
+                toml,
+                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"json\" }}]\n",
+                sink.display()
+            )?;
         }
     }
     let path = dir.join("linetokd.toml");

@@ -1,15 +1,22 @@
 //! Delivery: getting the current token to the programs that use it
 //! (DESIGN.md section 6).
 //!
+//! - [`service`]: the [`Delivery`] service: listens to the rotator, keeps
+//!   the book, writes the sinks and runs the hooks.
 //! - [`published`]: the in-memory book of each group's current and
 //!   previous token, fed by the rotator's events.
 //! - [`sink`]: files holding a group's token (raw, json, env), written
 //!   atomically with a given mode and owner.
+//! - [`hook`]: runs a group's `on_rotate` program with the new token on
+//!   stdin, with a timeout and retries.
 //!
 //! Depends on `domain` (and `clock` for hook retries); reads no config:
 //! `app` hands it small specs.
 
+pub mod hook;
 pub mod published;
+pub mod service;
 pub mod sink;
 
 pub use published::{GroupTokens, PublishedToken, TokenBook};
+pub use service::{Delivery, GroupDelivery};

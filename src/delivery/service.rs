@@ -20,7 +20,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::hook::{self, HookOutcome, HookRetry, HookRun, HookSpec};
+use super::hook::{self, HookOutcome, HookReport, HookRetry, HookRun, HookSpec};
 use super::published::{GroupTokens, PublishedToken, TokenBook};
 use super::sink::{self, SinkContext, SinkSpec};
 use crate::clock::SharedClock;
@@ -312,7 +312,9 @@ impl Delivery {
         for (path, result) in outcome.unwrap_or_default() {
             match result {
                 Ok(()) => tracing::debug!(path = %path.display(), "sink written"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "writing a sink failed"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "writing a sink failed")
+                }
             }
         }
     }
@@ -336,9 +338,10 @@ impl Delivery {
                 group: &group,
                 token: &token,
             };
-            let outcome =
+            let report =
                 hook::run_with_retries(&spec, &run, &this.hook_retry, &this.clock, &cancel).await;
-            this.record_hook(&channel, &group, &token.key_id, &outcome).await;
+            this.record_hook(&channel, &group, &token.key_id, &report)
+                .await;
         });
     }
 
@@ -347,12 +350,15 @@ impl Delivery {
         channel: &ChannelId,
         group: &GroupName,
         key_id: &KeyId,
-        outcome: &HookOutcome,
+        report: &HookReport,
     ) {
-        let (kind, detail) = match outcome {
-            HookOutcome::Succeeded { .. } => (EventKind::HookSucceeded, String::new()),
-            other => (EventKind::HookFailed, other.to_string()),
+        let kind = match report.last.outcome {
+            // Superseded by a newer token, or shutdown: nothing to report.
+            HookOutcome::Cancelled => return,
+            HookOutcome::Succeeded => EventKind::HookSucceeded,
+            _ => EventKind::HookFailed,
         };
+        let detail = report.summary();
         let now: DateTime<Utc> = self.clock.now();
         let event = NewEvent {
             channel_id: channel.clone(),

@@ -14,6 +14,10 @@ use super::{Fail, Store, StoreError, screen, secs, time_at};
 use crate::domain::{ChannelId, GroupName, KeyId};
 
 /// What happened.
+///
+/// A new kind needs a new migration (see `migrations/0003_add_hook_events.sql`)
+/// even though `events.kind` is free text: the version bump makes an older
+/// linetokd refuse the database instead of failing on a kind it cannot parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// A token was issued and stored.
@@ -49,11 +53,17 @@ pub enum EventKind {
     GroupAdded,
     /// A group left the config.
     GroupRemoved,
+    /// A group's `on_rotate` hook ran to success for a new token (schema
+    /// version 3).
+    HookSucceeded,
+    /// A group's `on_rotate` hook failed for a new token, after its retries
+    /// (schema version 3).
+    HookFailed,
 }
 
 impl EventKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 18] = [
         Self::Issued,
         Self::IssueFailed,
         Self::IntentLost,
@@ -70,6 +80,8 @@ impl EventKind {
         Self::ChannelRemoved,
         Self::GroupAdded,
         Self::GroupRemoved,
+        Self::HookSucceeded,
+        Self::HookFailed,
     ];
 
     /// The name stored in the database and shown in status.
@@ -91,6 +103,8 @@ impl EventKind {
             Self::ChannelRemoved => "channel_removed",
             Self::GroupAdded => "group_added",
             Self::GroupRemoved => "group_removed",
+            Self::HookSucceeded => "hook_succeeded",
+            Self::HookFailed => "hook_failed",
         }
     }
 
@@ -195,6 +209,38 @@ impl Store {
                 ),
                 params![channel.as_str(), i64::from(limit)],
             )
+        })
+    }
+
+    /// The newest event of one group whose kind is one of `kinds`, if any:
+    /// status uses it for a group's latest hook result
+    /// (`[HookSucceeded, HookFailed]`).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn latest_group_event(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+        kinds: &[EventKind],
+    ) -> Result<Option<Event>, StoreError> {
+        // Kinds are few and fixed, so they are matched through a JSON array
+        // parameter rather than a statement built per call.
+        let kinds = serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
+            .to_string();
+        self.read("finding a group's latest event", |conn| {
+            Ok(query_events(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events \
+                     WHERE channel_id = ?1 AND group_name = ?2 \
+                       AND kind IN (SELECT value FROM json_each(?3)) \
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![channel.as_str(), group.as_str(), kinds],
+            )?
+            .pop())
         })
     }
 

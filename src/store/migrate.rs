@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_create_daemon_notes",
         sql: include_str!("../../migrations/0002_create_daemon_notes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_add_hook_events",
+        sql: include_str!("../../migrations/0003_add_hook_events.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

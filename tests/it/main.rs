@@ -10,6 +10,7 @@ mod contract;
 mod control;
 mod deploy;
 mod e2e;
+mod hooks;
 mod keygen;
 mod keys;
 mod line_client;
