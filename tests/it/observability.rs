@@ -86,9 +86,7 @@ impl Exposition {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        self.named(name)
-            .find(|s| s.labels == want)
-            .map(|s| s.value)
+        self.named(name).find(|s| s.labels == want).map(|s| s.value)
     }
 }
 
@@ -161,7 +159,10 @@ pub fn client() -> reqwest::Client {
 pub async fn scrape(url: &str) -> Exposition {
     let response = client().get(format!("{url}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(
         content_type.starts_with("text/plain"),
         "/metrics is {content_type}"
@@ -240,7 +241,9 @@ pub async fn status_json(config: &Path) -> Value {
 
 /// A JSON timestamp as Unix seconds.
 fn unix(value: &Value) -> i64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a time: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {value}"));
     DateTime::parse_from_rfc3339(text)
         .unwrap()
         .with_timezone(&Utc)
@@ -291,7 +294,9 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
     }
     // The pass re-plans after each issue, so the pass that issued both
     // tokens has put them in the metrics by the time it is done.
-    daemon.wait_for(last, "the pass done", |l| l.is("pass done")).await;
+    daemon
+        .wait_for(last, "the pass done", |l| l.is("pass done"))
+        .await;
     let mark = daemon.mark();
     daemon.signal("HUP");
     daemon
@@ -306,7 +311,8 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
         assert_eq!(
             metrics.types.get(family).map(String::as_str),
             Some(kind),
-            "# TYPE of {family}"
+            "# TYPE of {family} in {:?}",
+            metrics.types
         );
         let suffixes: &[&str] = match kind {
             "counter" => &["_total"],
@@ -353,8 +359,15 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
         let live = metrics.get("linetokd_live_tokens", &labels).unwrap();
         assert_eq!(live, g["live_tokens"].as_f64().unwrap(), "{group}");
         assert_eq!(live, 1.0);
-        let rotations = [("channel", CHANNEL), ("group", group), ("result", "success")];
-        assert_eq!(metrics.get("linetokd_rotations_total", &rotations), Some(1.0));
+        let rotations = [
+            ("channel", CHANNEL),
+            ("group", group),
+            ("result", "success"),
+        ];
+        assert_eq!(
+            metrics.get("linetokd_rotations_total", &rotations),
+            Some(1.0)
+        );
     }
     // Per channel: ours and foreign.
     let ours = metrics.get(
@@ -372,8 +385,11 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
 
     // LINE requests: the two issues, each timed once in the histogram,
     // whose buckets only grow and end at the count.
-    let issue = [("endpoint", "issue_v21"), ("status", "200")];
-    assert_eq!(metrics.get("linetokd_line_requests_total", &issue), Some(2.0));
+    let issue = [("endpoint", "v21_issue"), ("status", "200")];
+    assert_eq!(
+        metrics.get("linetokd_line_requests_total", &issue),
+        Some(2.0)
+    );
     let requests: f64 = metrics
         .named("linetokd_line_requests_total")
         .map(|s| s.value)
@@ -386,12 +402,12 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
     let count = metrics
         .get(
             "linetokd_line_request_duration_seconds_count",
-            &[("endpoint", "issue_v21")],
+            &[("endpoint", "v21_issue")],
         )
         .unwrap();
     let mut buckets: Vec<(f64, f64)> = metrics
         .named("linetokd_line_request_duration_seconds_bucket")
-        .filter(|s| s.labels["endpoint"] == "issue_v21")
+        .filter(|s| s.labels["endpoint"] == "v21_issue")
         .map(|s| {
             let le = match s.labels["le"].as_str() {
                 "+Inf" => f64::INFINITY,
@@ -492,7 +508,9 @@ async fn readiness_waits_for_the_first_issue_and_health_exit_codes_follow() {
     // LINE issues again: once both tokens are published, ready.
     lab.set_faults(json!({})).await;
     for group in GROUPS {
-        daemon.wait_for(0, "its sink written", sink_written(group)).await;
+        daemon
+            .wait_for(0, "its sink written", sink_written(group))
+            .await;
     }
     let (status, body) = readyz(&url).await;
     assert_eq!(status, 200, "{body}");
@@ -527,7 +545,11 @@ async fn readiness_waits_for_the_first_issue_and_health_exit_codes_follow() {
     )
     .await;
     assert_eq!(code, 2, "{}", proc.all_text());
-    assert!(proc.all_text().contains("missing.toml"), "{}", proc.all_text());
+    assert!(
+        proc.all_text().contains("missing.toml"),
+        "{}",
+        proc.all_text()
+    );
     let bad = lab.dir().join("bad.toml");
     std::fs::write(
         &bad,
@@ -573,6 +595,11 @@ const TOKEN_EVENTS: [&str; 4] = [
     "token served",
 ];
 
+/// LINE endpoints whose requests name the channel: their "LINE request"
+/// lines carry it (a verify names only the token; the rotator's "token
+/// verified" line says whose it is).
+const CHANNEL_ENDPOINTS: [&str; 3] = ["v21_issue", "v21_key_ids", "v21_revoke"];
+
 /// Verifies and reconciles every couple of seconds, so their events show up
 /// within the test; nothing rotates.
 const BUSY: &str = r#"
@@ -594,7 +621,9 @@ async fn json_log_lines_parse_and_carry_channel_group_and_key_id() {
     let mut daemon = lab.run("daemon", DEBUG, &[]);
     let url = http_url(&daemon).await;
     for group in GROUPS {
-        daemon.wait_for(0, "its sink written", sink_written(group)).await;
+        daemon
+            .wait_for(0, "its sink written", sink_written(group))
+            .await;
         daemon
             .wait_for(0, "its token verified", |l| {
                 l.is_with("token verified", "group", group)
@@ -622,13 +651,23 @@ async fn json_log_lines_parse_and_carry_channel_group_and_key_id() {
     let config = lab.config.to_str().unwrap();
     let (code, revoke) = linetokd(
         "revoke",
-        &["revoke", "--channel", CHANNEL, "--group", "a", "--config", config],
+        &[
+            "revoke",
+            "--channel",
+            CHANNEL,
+            "--group",
+            "a",
+            "--config",
+            config,
+        ],
         &[],
     )
     .await;
     assert_eq!(code, 0, "{}", revoke.all_text());
     daemon
-        .wait_for(mark, "a revoke", |l| l.is_with("token revoked", "group", "a"))
+        .wait_for(mark, "a revoke", |l| {
+            l.is_with("token revoked", "group", "a")
+        })
         .await;
     daemon.wait_for(mark, "a fresh token", issued("a")).await;
     daemon.signal("TERM");
@@ -645,18 +684,37 @@ async fn json_log_lines_parse_and_carry_channel_group_and_key_id() {
         let message = json["message"].as_str().unwrap();
         let has = |f: &str| json.get(f).is_some_and(|v| !v.is_null());
         if has("group") || has("key_id") {
-            assert!(has("channel"), "a group or token without its channel: {}", line.text);
+            assert!(
+                has("channel"),
+                "a group or token without its channel: {}",
+                line.text
+            );
         }
         if let Some(m) = GROUP_EVENTS.iter().find(|m| **m == message) {
             *seen.entry(m).or_default() += 1;
             assert!(has("channel") && has("group"), "{}", line.text);
         }
+        if message == "LINE request" {
+            let endpoint = json["endpoint"].as_str().unwrap();
+            *seen.entry("LINE request").or_default() += 1;
+            if CHANNEL_ENDPOINTS.contains(&endpoint) {
+                assert_eq!(json.get("channel"), Some(&json!(CHANNEL)), "{}", line.text);
+            }
+        }
         if let Some(m) = TOKEN_EVENTS.iter().find(|m| **m == message) {
             *seen.entry(m).or_default() += 1;
-            assert!(has("channel") && has("group") && has("key_id"), "{}", line.text);
+            assert!(
+                has("channel") && has("group") && has("key_id"),
+                "{}",
+                line.text
+            );
         }
     }
-    for m in GROUP_EVENTS.iter().chain(TOKEN_EVENTS.iter()) {
+    for m in GROUP_EVENTS
+        .iter()
+        .chain(TOKEN_EVENTS.iter())
+        .chain(&["LINE request"])
+    {
         assert!(seen.contains_key(m), "no {m:?} event in the run: {seen:?}");
     }
     lab.assert_nothing_secret_printed(&[&daemon, &revoke]).await;

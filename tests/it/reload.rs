@@ -27,7 +27,9 @@ fn reloading(cause: &str) -> impl Fn(&Line) -> bool + '_ {
 
 /// When a JSON log line was written.
 fn logged_at(line: &Line) -> DateTime<Utc> {
-    let at = line.field("timestamp").expect("JSON lines carry a timestamp");
+    let at = line
+        .field("timestamp")
+        .expect("JSON lines carry a timestamp");
     DateTime::parse_from_rfc3339(&at)
         .unwrap()
         .with_timezone(&Utc)
@@ -43,7 +45,9 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     let mut daemon = lab.run("daemon", DEBUG, &[]);
     let url = http_url(&daemon).await;
     for group in ["a", "b"] {
-        daemon.wait_for(0, "its sink written", sink_written(group)).await;
+        daemon
+            .wait_for(0, "its sink written", sink_written(group))
+            .await;
     }
     let (_, first_b) = daemon.wait_for(0, "b's token", issued("b")).await;
     let key_b = first_b.field("key_id").unwrap();
@@ -55,13 +59,21 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     let mark = daemon.mark();
     lab.replace_config(&lab.config_text(STEADY, &format!("{a}{b}{c}")));
     daemon
-        .wait_for(mark, "a reload for the file change", reloading("the config file changed"))
+        .wait_for(
+            mark,
+            "a reload for the file change",
+            reloading("the config file changed"),
+        )
         .await;
     daemon
-        .wait_for(mark, "c added", |l| l.is_with("group added by reload", "group", "c"))
+        .wait_for(mark, "c added", |l| {
+            l.is_with("group added by reload", "group", "c")
+        })
         .await;
     daemon.wait_for(mark, "c's token", issued("c")).await;
-    daemon.wait_for(mark, "c's sink written", sink_written("c")).await;
+    daemon
+        .wait_for(mark, "c's sink written", sink_written("c"))
+        .await;
     let sink_c: Value =
         serde_json::from_str(&std::fs::read_to_string(sink_path(&lab, "c")).unwrap()).unwrap();
     assert_eq!(sink_c["group"], "c");
@@ -79,10 +91,12 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     let without_b = lab.config_text(&grace, &format!("{a}{c}"));
     lab.replace_config(&without_b);
     daemon.signal("HUP");
-    daemon.wait_for(mark, "a reload for SIGHUP", reloading("SIGHUP")).await;
+    daemon
+        .wait_for(mark, "a reload for SIGHUP", reloading("SIGHUP"))
+        .await;
     let (_, removed) = daemon
         .wait_for(mark, "b removed", |l| {
-            l.is_with("group removed by reload", "group", "b")
+            l.begins("group removed by reload") && l.field("group").as_deref() == Some("b")
         })
         .await;
     let (_, revoked) = daemon
@@ -99,7 +113,7 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     assert!(!sink_path(&lab, "b").exists(), "b's sink is gone");
     assert!(sink_path(&lab, "a").exists() && sink_path(&lab, "c").exists());
     assert_eq!(
-        daemon.count(mark, |l| l.is("group removed by reload")),
+        daemon.count(mark, |l| l.begins("group removed by reload")),
         1,
         "b is removed once, whatever reloads"
     );
@@ -181,7 +195,11 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
         "{reload_line}"
     );
     let report = status_json(&valid).await;
-    assert_eq!(report["last_reload"]["ok"], false, "{}", report["last_reload"]);
+    assert_eq!(
+        report["last_reload"]["ok"], false,
+        "{}",
+        report["last_reload"]
+    );
     let outcome = report["last_reload"]["outcome"].as_str().unwrap();
     assert!(outcome.contains("rotation.rotate_before"), "{outcome}");
 

@@ -441,7 +441,11 @@ impl Lab {
             groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
         }
         let config_path = dir.path().join("linetokd.toml");
-        std::fs::write(&config_path, daemon_config(dir.path(), &url, rotation, &groups)).unwrap();
+        std::fs::write(
+            &config_path,
+            daemon_config(dir.path(), &url, rotation, &groups),
+        )
+        .unwrap();
 
         Self {
             sandbox,
