@@ -9,7 +9,7 @@
 //! over it). Every wait is on a log line of the daemon (JSON, debug).
 
 use chrono::{DateTime, Duration, Utc};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::e2e::harness::{CHANNEL, Lab, Line, Stream, http_url};
 use crate::observability::{
@@ -206,4 +206,41 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     daemon.signal("TERM");
     daemon.exit_ok().await;
     lab.assert_nothing_secret_printed(&[&daemon, &status]).await;
+}
+
+/// Bug: the daemon began watching the config file only after its first
+/// pass, so an edit saved while the first tokens were being issued was
+/// never applied (seen as a reload test that waited forever under load).
+/// Here LINE answers slowly, so the edit lands inside the first pass by
+/// construction.
+#[tokio::test]
+async fn a_config_edit_during_the_first_pass_is_not_missed() {
+    let lab = Lab::start(STEADY, "info").await;
+    let a = group_toml(&lab, "a", None);
+    let c = group_toml(&lab, "c", None);
+    lab.replace_config(&lab.config_text(STEADY, &a));
+    lab.set_faults(json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 3000}}}))
+        .await;
+    let mut daemon = lab.run("daemon", DEBUG, &[]);
+    daemon
+        .wait_for(0, "the first issue begun", |l| {
+            l.is_with("issuing a token", "group", "a")
+        })
+        .await;
+    lab.replace_config(&lab.config_text(STEADY, &format!("{a}{c}")));
+    lab.set_faults(json!({})).await;
+    daemon
+        .wait_for(
+            0,
+            "a reload for the file change",
+            reloading("the config file changed"),
+        )
+        .await;
+    daemon.wait_for(0, "c's token", issued("c")).await;
+    daemon
+        .wait_for(0, "c's sink written", sink_written("c"))
+        .await;
+    daemon.signal("TERM");
+    daemon.exit_ok().await;
+    lab.assert_nothing_secret_printed(&[&daemon]).await;
 }
