@@ -455,6 +455,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Installed first: SIGHUP's default action would kill the process.
     let mut hangup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
+    // Watching before anything starts: an edit made while the store opens
+    // or the first pass runs is queued, not missed.
+    let mut watcher = match ConfigWatcher::new(config_path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(path = %config_path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
     let notifier = systemd_notifier(env).map(Arc::new);
     let daemon = Daemon::start(
         config,
@@ -478,13 +487,6 @@ pub async fn run(
         tokio::spawn(async move { n.keep_watchdog(clock.as_ref(), stop).await })
     });
 
-    let mut watcher = match ConfigWatcher::new(config_path) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(path = %config_path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-            None
-        }
-    };
     loop {
         let cause = tokio::select! {
             () = shutdown.cancelled() => break,

@@ -296,8 +296,10 @@ impl Delivery {
             return;
         }
         let tokens = self.book.get(channel, group);
-        let (channel, group) = key;
+        // The token the sinks now hold, for the log: never its value.
+        let key_id = tokens.current.as_ref().map(|t| t.key_id.to_string());
         let outcome = tokio::task::spawn_blocking(move || {
+            let (channel, group) = key;
             let ctx = SinkContext {
                 channel: &channel,
                 group: &group,
@@ -311,9 +313,11 @@ impl Delivery {
         .await;
         for (path, result) in outcome.unwrap_or_default() {
             match result {
-                Ok(()) => tracing::debug!(path = %path.display(), "sink written"),
+                Ok(()) => {
+                    tracing::debug!(channel = %channel, group = %group, key_id = key_id.as_deref(), path = %path.display(), "sink written");
+                }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "writing a sink failed")
+                    tracing::error!(channel = %channel, group = %group, key_id = key_id.as_deref(), path = %path.display(), error = %e, "writing a sink failed");
                 }
             }
         }

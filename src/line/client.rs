@@ -212,7 +212,9 @@ impl LineClient {
             client_assertion_type: CLIENT_ASSERTION_TYPE,
             client_assertion: &assertion,
         };
-        let answer = self.call(endpoint, &form, &[&assertion]).await?;
+        let answer = self
+            .call(endpoint, Some(signer.channel_id()), &form, &[&assertion])
+            .await?;
         parse(endpoint, answer)
     }
 
@@ -240,7 +242,9 @@ impl LineClient {
             client_assertion_type: CLIENT_ASSERTION_TYPE,
             client_assertion: &assertion,
         };
-        let answer = self.call(endpoint, &query, &[&assertion]).await?;
+        let answer = self
+            .call(endpoint, Some(signer.channel_id()), &query, &[&assertion])
+            .await?;
         parse::<ChannelAccessTokenKeyIdsResponse>(endpoint, answer).map(|r| r.kids)
     }
 
@@ -262,7 +266,7 @@ impl LineClient {
             access_token: token.expose(),
         };
         let secrets = [secret.expose(), token.expose()];
-        self.call(Endpoint::RevokeV21, &form, &secrets)
+        self.call(Endpoint::RevokeV21, Some(channel_id), &form, &secrets)
             .await
             .map(drop)
     }
@@ -287,7 +291,9 @@ impl LineClient {
             client_id: channel_id.as_str(),
             client_secret: secret.expose(),
         };
-        let answer = self.call(endpoint, &form, &[secret.expose()]).await?;
+        let answer = self
+            .call(endpoint, Some(channel_id), &form, &[secret.expose()])
+            .await?;
         parse(endpoint, answer)
     }
 
@@ -309,7 +315,7 @@ impl LineClient {
         let form = AccessTokenParam {
             access_token: token.expose(),
         };
-        self.call(Endpoint::RevokeShortLived, &form, &[token.expose()])
+        self.call(Endpoint::RevokeShortLived, None, &form, &[token.expose()])
             .await
             .map(drop)
     }
@@ -333,7 +339,9 @@ impl LineClient {
             client_assertion_type: CLIENT_ASSERTION_TYPE,
             client_assertion: &assertion,
         };
-        let answer = self.call(endpoint, &form, &[&assertion]).await?;
+        let answer = self
+            .call(endpoint, Some(signer.channel_id()), &form, &[&assertion])
+            .await?;
         parse(endpoint, answer)
     }
 
@@ -355,7 +363,9 @@ impl LineClient {
             client_id: channel_id.as_str(),
             client_secret: secret.expose(),
         };
-        let answer = self.call(endpoint, &form, &[secret.expose()]).await?;
+        let answer = self
+            .call(endpoint, Some(channel_id), &form, &[secret.expose()])
+            .await?;
         parse(endpoint, answer)
     }
 
@@ -381,7 +391,7 @@ impl LineClient {
         let params = AccessTokenParam {
             access_token: token.expose(),
         };
-        match self.call(endpoint, &params, &[token.expose()]).await {
+        match self.call(endpoint, None, &params, &[token.expose()]).await {
             Ok(answer) => parse(endpoint, answer).map(Verification::Valid),
             Err(LineError::Permanent {
                 status: StatusCode::BAD_REQUEST,
@@ -400,9 +410,12 @@ impl LineClient {
     /// Sends one request and classifies the answer. GET endpoints get
     /// `params` as a query string, POST endpoints as a form body. `secrets`
     /// are the credentials in `params`, scrubbed from whatever LINE echoes.
+    /// `channel` is the channel the request is about, when the request
+    /// names it, for the log line (a verify names only the token).
     async fn call<P: Serialize + ?Sized>(
         &self,
         endpoint: Endpoint,
+        channel: Option<&ChannelId>,
         params: &P,
         secrets: &[&str],
     ) -> Result<Answer, LineError> {
@@ -424,6 +437,7 @@ impl LineClient {
         };
         let status_code = status.map(|s| s.as_u16());
         tracing::debug!(
+            channel = channel.map(ChannelId::as_str),
             endpoint = endpoint.as_str(),
             status = status_code,
             latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),

@@ -363,6 +363,7 @@ impl Rotator {
             verified_at,
         )
         .await?;
+        self.metrics.rotation(&setup.id, group, true);
         tracing::info!(
             channel = %setup.id,
             group = %group,

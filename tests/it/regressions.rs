@@ -53,6 +53,15 @@ async fn mock_line(failing_issues: usize) -> Mock {
 /// moves, over a fresh store in `dir`. Returns the store too, so a test can
 /// prepare what a previous run left behind.
 fn rotator(dir: &std::path::Path, base_url: &str) -> (Arc<Rotator>, Store) {
+    rotator_with_metrics(dir, base_url, Metrics::shared())
+}
+
+/// [`rotator`], recording into `metrics`.
+fn rotator_with_metrics(
+    dir: &std::path::Path,
+    base_url: &str,
+    metrics: Arc<Metrics>,
+) -> (Arc<Rotator>, Store) {
     let clock = support::manual_clock();
     let store = Store::open(&dir.join("linetokd.db")).unwrap();
     let groups = vec![GroupName::new("a"), GroupName::new("b")];
@@ -80,7 +89,7 @@ fn rotator(dir: &std::path::Path, base_url: &str) -> (Arc<Rotator>, Store) {
         }],
         concurrency: 1,
         seed: Some(7),
-        metrics: Metrics::shared(),
+        metrics,
     });
     (rotator, store)
 }
@@ -136,4 +145,29 @@ async fn a_failed_issuance_is_settled_by_one_reconcile_in_the_same_second() {
     // One reconcile before the first issue, one to settle the failed one.
     assert_eq!(count(&mock, KID_LIST), 2, "{:?}", paths(&mock));
     assert_eq!(count(&mock, ISSUE), 2, "a failed once, b was issued");
+}
+
+/// Bug: only failed issues were counted in `linetokd_rotations_total`;
+/// a successful one never showed up as `result="success"` (seen by
+/// scraping `/metrics` of a running daemon).
+#[tokio::test]
+async fn successful_and_failed_issues_are_both_counted_in_rotations_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_line(1).await;
+    let metrics = Metrics::shared();
+    let (rotator, _store) = rotator_with_metrics(dir.path(), &mock.base_url, Arc::clone(&metrics));
+    rotator.pass(&CancellationToken::new()).await;
+
+    let text = metrics.render();
+    let count = |group: &str, result: &str| {
+        let needle = format!(
+            r#"linetokd_rotations_total{{channel="{CHANNEL}",group="{group}",result="{result}"}} "#
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(count("a", "failure"), Some(1), "{text}");
+    assert_eq!(count("b", "success"), Some(1), "{text}");
+    assert_eq!(count("a", "success"), None, "{text}");
 }

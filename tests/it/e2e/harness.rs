@@ -434,25 +434,18 @@ impl Lab {
             .trim_start_matches("linetokd sandbox listening on ")
             .to_owned();
 
-        let secret_file = dir.path().join("chan.secret");
-        write_private(&secret_file, SECRET);
+        write_private(&dir.path().join("chan.secret"), SECRET);
         let db = dir.path().join("linetokd.db");
-        let mut config = format!(
-            "[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{state}\"\nline_api = \"{url}\"\n\
-             listen = \"127.0.0.1:0\"\nlog_format = \"json\"\nrequest_timeout = \"30s\"\n\n\
-             [rotation]\n{rotation}\n\n\
-             [[channel]]\nid = \"{CHANNEL}\"\nname = \"chan\"\nkey_file = \"{key}\"\n\
-             kid = \"{KID}\"\nsecret_file = \"{secret}\"\n",
-            db = db.display(),
-            state = dir.path().display(),
-            key = keys.join("chan.private.pem").display(),
-            secret = secret_file.display(),
-        );
+        let mut groups = String::new();
         for group in GROUPS {
-            config.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
+            groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
         }
         let config_path = dir.path().join("linetokd.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(
+            &config_path,
+            daemon_config(dir.path(), &url, rotation, &groups),
+        )
+        .unwrap();
 
         Self {
             sandbox,
@@ -463,6 +456,27 @@ impl Lab {
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+
+    /// The lab's temp dir: a place for sinks, API key files and config
+    /// copies.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// A daemon config like the one [`Lab::start`] writes, with the
+    /// caller's `[rotation]` lines and the channel's `[[channel.group]]`
+    /// tables (`groups`, TOML).
+    pub fn config_text(&self, rotation: &str, groups: &str) -> String {
+        daemon_config(self.dir(), &self.url, rotation, groups)
+    }
+
+    /// Replaces the daemon's config file as an editor does: writes a temp
+    /// file beside it, then renames it over the old one.
+    pub fn replace_config(&self, text: &str) {
+        let temp = self.dir().join(".linetokd.toml.new");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &self.config).unwrap();
     }
 
     /// Starts `linetokd run` with `RUST_LOG=rust_log` and `env`.
@@ -569,8 +583,38 @@ pub fn assert_nothing_secret_in(tokens: &[SandboxToken], procs: &[&Proc]) {
     }
 }
 
+/// The daemon config of a lab in `dir` whose sandbox is at `url`: JSON
+/// logs, port 0, the keygen key and the channel secret, `rotation` as the
+/// `[rotation]` lines and `groups` as the channel's `[[channel.group]]`
+/// tables.
+fn daemon_config(dir: &Path, url: &str, rotation: &str, groups: &str) -> String {
+    format!(
+        "[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{state}\"\nline_api = \"{url}\"\n\
+         listen = \"127.0.0.1:0\"\nlog_format = \"json\"\nrequest_timeout = \"30s\"\n\n\
+         [rotation]\n{rotation}\n\n\
+         [[channel]]\nid = \"{CHANNEL}\"\nname = \"chan\"\nkey_file = \"{key}\"\n\
+         kid = \"{KID}\"\nsecret_file = \"{secret}\"\n{groups}",
+        db = dir.join("linetokd.db").display(),
+        state = dir.display(),
+        key = dir.join("keys").join("chan.private.pem").display(),
+        secret = dir.join("chan.secret").display(),
+    )
+}
+
+/// The address of a running daemon's HTTP listener (`http://IP:PORT`), from
+/// its "HTTP listening" log line (the config asks for port 0).
+pub async fn http_url(daemon: &Proc) -> String {
+    let (_, line) = daemon
+        .wait_for(0, "its HTTP address", |l| l.begins("HTTP listening"))
+        .await;
+    let listen = line
+        .field("listen")
+        .unwrap_or_else(|| panic!("no listen field in {}", line.text));
+    format!("http://{listen}")
+}
+
 /// Writes a file only its owner may read, as the daemon demands for secrets.
-fn write_private(path: &Path, contents: &str) {
+pub fn write_private(path: &Path, contents: &str) {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
