@@ -495,7 +495,7 @@ fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), 
 }
 
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = load_config(path).map_err(|failure| with_last_reload(path, failure))?;
     let db = &config.daemon.database;
     let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
     // Whole seconds, like every time the store keeps.
@@ -517,6 +517,27 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         print!("{}", status::render_status(&report));
     }
     Ok(())
+}
+
+/// An operator who saved a bad config and asks for status learns both what
+/// is wrong with the file and that the running daemon refused it and kept
+/// its previous config (the note its reload left in the database).
+fn with_last_reload(path: &Path, failure: Failure) -> Failure {
+    let Failure::Usage(error) = failure else {
+        return failure;
+    };
+    let note = config::Settings::load(path, &process_env())
+        .ok()
+        .and_then(|settings| Store::open_read_only(&settings.daemon.database_path()).ok())
+        .and_then(|store| store.note(crate::store::LAST_RELOAD).ok().flatten());
+    match note {
+        Some(note) => Failure::Usage(error.context(format!(
+            "the running daemon's last config reload at {}: {} (a refused reload leaves the previous config in force)",
+            note.at.to_rfc3339(),
+            note.value
+        ))),
+        None => Failure::Usage(error),
+    }
 }
 
 fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure> {

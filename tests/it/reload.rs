@@ -203,9 +203,27 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     let outcome = report["last_reload"]["outcome"].as_str().unwrap();
     assert!(outcome.contains("rotation.rotate_before"), "{outcome}");
 
+    // `status` against the live, invalid file: exit 2 with the problem, and
+    // the daemon's refusal of it.
+    let (code, refused) = linetokd(
+        "status-invalid",
+        &["status", "--config", lab.config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{}", refused.all_text());
+    let said = printed(&refused, Stream::Stderr);
+    assert!(
+        said.contains("rotation.rotate_before")
+            && said.contains("the running daemon's last config reload at")
+            && said.contains("previous config in force"),
+        "{said}"
+    );
+
     daemon.signal("TERM");
     daemon.exit_ok().await;
-    lab.assert_nothing_secret_printed(&[&daemon, &status]).await;
+    lab.assert_nothing_secret_printed(&[&daemon, &status, &refused])
+        .await;
 }
 
 /// Bug: the daemon began watching the config file only after its first
