@@ -55,7 +55,7 @@ pub struct RotationLabels {
 /// Labels of the LINE request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The LINE operation, e.g. `issue_v21`.
+    /// The LINE operation, e.g. `v21_issue`.
     pub endpoint: String,
     /// The HTTP status, or `none` when LINE did not answer.
     pub status: String,
@@ -305,7 +305,7 @@ mod tests {
         m.set_group(&c, &g, 2, Some(at), Some(at));
         m.set_channel(&c, 3, 10);
         m.rotation(&c, &g, true);
-        m.line_request("issue_v21", Some(200), Duration::from_millis(30));
+        m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);
         let text = m.render();
         for needle in [
@@ -314,8 +314,8 @@ mod tests {
             r#"linetokd_live_tokens{channel="1",group="backend"} 2"#,
             r#"linetokd_channel_tokens{channel="1",owner="foreign"} 10"#,
             r#"linetokd_rotations_total{channel="1",group="backend",result="success"} 1"#,
-            r#"linetokd_line_requests_total{endpoint="issue_v21",status="200"} 1"#,
-            r#"linetokd_line_request_duration_seconds_count{endpoint="issue_v21"} 1"#,
+            r#"linetokd_line_requests_total{endpoint="v21_issue",status="200"} 1"#,
+            r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",
             r#"linetokd_config_reloads_total{result="failure"} 1"#,
         ] {
