@@ -63,6 +63,28 @@ pub use migrate::Migrated;
 pub use sync::{ChannelRow, ChannelSpec, GroupRow, GroupRuntime, SyncReport};
 pub use tokens::StoredToken;
 
+/// How hard each commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: a commit returns once it is on disk, so a stored
+    /// token survives a power loss (invariant 6). The default, and the only
+    /// setting the daemon uses outside tests.
+    #[default]
+    Full,
+    /// `synchronous = OFF`: commits reach the OS but are not synced. A crash
+    /// of the process loses nothing, a power loss may lose the last commits.
+    /// For tests and the simulation, whose databases are thrown away and
+    /// which would otherwise spend most of their time in fsync.
+    Unsynced,
+}
+
+/// How [`Store::open_with`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreOptions {
+    /// How hard each commit is pushed to disk.
+    pub durability: Durability,
+}
+
 /// How long a statement waits for a lock held by another connection (a
 /// `status` reader checkpointing, say) before giving up with "busy".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,6 +129,16 @@ impl Store {
     /// [`StoreError::TooNew`] (a newer linetokd wrote it),
     /// [`StoreError::Migration`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit [`StoreOptions`]. Production opens with
+    /// the defaults; tests and the simulation may trade durability for speed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         check_parent(path)?;
         let lock = WriterLock::acquire(path)?;
         prepare_private_file(path)?;
@@ -133,7 +165,11 @@ impl Store {
         }
         // WAL's default (NORMAL) may lose the last commits on power loss; a
         // token must be durable before it is published, so sync every commit.
-        conn.pragma_update(None, "synchronous", "FULL")
+        let synchronous = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Unsynced => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
@@ -447,4 +483,30 @@ fn tighten(path: &Path) -> io::Result<()> {
         fs::set_permissions(path, Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .read("reading the sync mode", |conn| {
+                Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_default_syncs_every_commit_and_unsynced_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Store::open(&dir.path().join("full.db")).unwrap();
+        // SQLite's numbering: OFF = 0, NORMAL = 1, FULL = 2.
+        assert_eq!(synchronous(&full), 2);
+        let options = StoreOptions {
+            durability: Durability::Unsynced,
+        };
+        let off = Store::open_with(&dir.path().join("off.db"), options).unwrap();
+        assert_eq!(synchronous(&off), 0);
+    }
 }
