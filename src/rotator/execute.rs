@@ -63,6 +63,7 @@ impl Rotator {
         group: &GroupName,
         plan: &Plan,
     ) -> Result<(), StoreError> {
+        let planned_at = self.clock.now();
         for step in &plan.steps {
             let outcome = match step {
                 Step::Reconcile => self.reconcile(setup).await,
@@ -77,8 +78,37 @@ impl Rotator {
                     .record_failure(setup, group, step_name(step), error)
                     .await;
             }
+            if matches!(step, Step::Issue { .. }) {
+                self.clear_satisfied_requests(setup, group, planned_at);
+            }
         }
         self.record_success(setup, group).await
+    }
+
+    /// A new token satisfies every rotation or incident request made before
+    /// the plan that issued it (an incident's revocations come earlier in
+    /// the same plan, so they are done too). Clearing them here is what the
+    /// policy expects of its caller: its own fallback, `issued_at <
+    /// requested_at`, compares the store's whole-second issue time with a
+    /// request stamped to the nanosecond, so a request made in the same
+    /// second as the issue would look unsatisfied and rotate the group again
+    /// and again until the hourly budget ran out. A request made after the
+    /// plan began is kept: it asks for a token newer than this one.
+    fn clear_satisfied_requests(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupName,
+        planned_at: DateTime<Utc>,
+    ) {
+        let mut groups = self.lock_groups();
+        if let Some(state) = groups.get_mut(&(setup.id.clone(), group.clone())) {
+            if state.rotate_requested_at.is_some_and(|at| at <= planned_at) {
+                state.rotate_requested_at = None;
+            }
+            if state.revoke_requested_at.is_some_and(|at| at <= planned_at) {
+                state.revoke_requested_at = None;
+            }
+        }
     }
 
     /// Revokes other groups' superseded tokens so `group` can be issued one
