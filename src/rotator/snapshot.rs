@@ -44,8 +44,15 @@ impl Snapshot {
                     .count();
                 let last_reconcile = channel.as_ref().and_then(|c| c.last_reconcile_at);
                 let unsettled = store.unsettled_issues_since(&channel_id, last_reconcile)?;
-                let issue_times_last_hour =
-                    store.issue_times_since(&channel_id, now - Duration::hours(1))?;
+                // The store keeps whole seconds, truncated: an attempt
+                // recorded at `t` started within [t, t + 1 s). Counted at the
+                // end of its second, it leaves the rolling hour no earlier
+                // than it really does, so the budget never reopens early.
+                let issue_times_last_hour = store
+                    .issue_times_since(&channel_id, now - Duration::hours(1) - Duration::seconds(1))?
+                    .into_iter()
+                    .map(|t| t + Duration::seconds(1))
+                    .collect();
                 Ok(Self {
                     channel,
                     groups,
