@@ -29,9 +29,16 @@ impl Snapshot {
         rotator
             .db(move |store| {
                 let channel = store.channel(&channel_id)?;
+                // Only the tokens still recorded live: the policy ignores the
+                // rest (GroupView::tokens), and a group's dead tokens pile up
+                // with every rotation, so reading them made every pass
+                // slower the longer the daemon ran.
+                let mut live = store.live_tokens_of_channel(&channel_id)?;
                 let mut groups = Vec::new();
                 for row in store.groups(&channel_id)? {
-                    let tokens = store.tokens_of_group(&channel_id, &row.name)?;
+                    let (tokens, rest) = live.into_iter().partition(|t| t.group == row.name);
+                    live = rest;
+                    let tokens: Vec<StoredToken> = tokens;
                     let has_live = tokens.iter().any(|t| t.record.is_live_at(now));
                     if row.is_active() || has_live {
                         groups.push((row, tokens));
