@@ -35,7 +35,7 @@ use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
-use crate::store::{ChannelSpec, Store};
+use crate::store::{ChannelSpec, Durability, Store, StoreOptions};
 use crate::watch::ConfigWatcher;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -43,12 +43,30 @@ use tokio::signal::unix::{SignalKind, signal};
 const CHANNEL_CONCURRENCY: usize = 4;
 
 /// Extra knobs for tests and the simulation; production uses the defaults.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Fixes the backoff jitter's random sequence.
     pub seed: Option<u64>,
     /// Overrides the retry pacing (tests shrink it).
     pub retry: Option<RetryRules>,
+    /// How hard the store syncs its commits. Production keeps the default
+    /// ([`Durability::Full`]); the simulation, which throws its database
+    /// away, skips the fsyncs.
+    pub durability: Durability,
+    /// Called for every request the daemon makes to LINE (endpoint, status,
+    /// latency), so a test can count what the daemon asked from the outside.
+    pub observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("seed", &self.seed)
+            .field("retry", &self.retry)
+            .field("durability", &self.durability)
+            .field("observer", &self.observer.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 /// A started daemon: its rotator, and handles to wait on it.
@@ -96,7 +114,10 @@ impl Daemon {
         options: RunOptions,
     ) -> anyhow::Result<Self> {
         let db_path = config.daemon.database.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        let store_options = StoreOptions {
+            durability: options.durability,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, store_options))
             .await
             .context("while opening the database")??;
         // Bound before anything runs, so a taken port or state directory
@@ -121,8 +142,14 @@ impl Daemon {
         let metrics = Metrics::shared();
         let observer: RequestObserver = {
             let metrics = Arc::clone(&metrics);
+            // A test's own observer (the simulation counts requests) sees
+            // every request too.
+            let extra = options.observer.clone();
             Arc::new(move |endpoint, status, latency| {
                 metrics.line_request(endpoint.as_str(), status, latency);
+                if let Some(extra) = &extra {
+                    extra(endpoint, status, latency);
+                }
             })
         };
         let line = LineClient::new(

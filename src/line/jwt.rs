@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
@@ -170,9 +172,22 @@ impl AssertionSigner {
         let mut header = Header::new(Algorithm::RS256);
         header.typ = Some("JWT".to_owned());
         header.kid = Some(self.kid.to_string());
-        jsonwebtoken::encode(&header, &claims, self.key.encoding_key())
-            .map_err(|e| JwtError::Sign(e.to_string()))
+        // The compact JWS as `jsonwebtoken::encode` builds it, signed with
+        // the key parsed once at load (see `SigningKey::sign_rs256`).
+        let message = format!("{}.{}", json_part(&header)?, json_part(&claims)?);
+        let signature = self
+            .key
+            .sign_rs256(message.as_bytes())
+            .map_err(|e| JwtError::Sign(e.to_string()))?;
+        Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
+}
+
+/// One base64url-encoded JSON part of a compact JWS.
+fn json_part<T: Serialize>(value: &T) -> Result<String, JwtError> {
+    serde_json::to_vec(value)
+        .map(|json| URL_SAFE_NO_PAD.encode(json))
+        .map_err(|e| JwtError::Sign(e.to_string()))
 }
 
 #[cfg(test)]

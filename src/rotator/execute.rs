@@ -449,6 +449,23 @@ impl Rotator {
                 &self.rules().retry,
             );
             state.retry = Some(retry.clone());
+            if step == "reconcile" {
+                // The listing is channel-wide: the other groups' plans would
+                // list the same key IDs next and fail the same way, each then
+                // retrying on its own timer (a 12-group channel sent twelve
+                // listings per backoff to a LINE that was down). They wait
+                // with this group instead.
+                for other in setup.groups.iter().filter(|g| *g != group) {
+                    let other = groups.entry((setup.id.clone(), other.clone())).or_default();
+                    if other
+                        .retry
+                        .as_ref()
+                        .is_none_or(|r| r.not_before < retry.not_before)
+                    {
+                        other.retry = Some(retry.clone());
+                    }
+                }
+            }
             retry
         };
         let text = error.describe();

@@ -11,7 +11,9 @@
 //! one after another, because they share the channel's capacity and hourly
 //! issue budget, and every step changes what the next plan sees. After each
 //! executed plan the channel is planned again from fresh store reads, so
-//! the policy always decides on the current state.
+//! the policy always decides on the current state. A channel whose last
+//! plans said nothing can change before some instant is skipped until then,
+//! unless an operator request or a config change touched it.
 //!
 //! A pass is never interrupted in the middle of a LINE call: cancellation is
 //! checked between steps, so the call in flight finishes and its result is
@@ -28,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::mem::Discriminant;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::{Semaphore, broadcast};
@@ -123,11 +125,23 @@ pub struct Rotator {
     /// issuance followed by a reconcile in the same second made the policy
     /// ask for a reconcile again and again until the second was over.
     settled: Mutex<HashSet<ChannelId>>,
+    /// When each channel was last planned, and when it next needs planning
+    /// as that pass said. A pass skips a channel whose time has not come:
+    /// its plans are a pure function of its own store rows, its groups'
+    /// in-memory state and the clock, and the policy's `wake_at` is the
+    /// earliest instant any of that can change them. What changes those
+    /// inputs from outside the channel's own pass (an operator request, new
+    /// channels) forgets the entry. Without this, every wake-up of any
+    /// channel re-read and re-planned all of them.
+    next_look: Mutex<HashMap<ChannelId, NextLook>>,
     events: broadcast::Sender<RotationEvent>,
     rng: Mutex<StdRng>,
     concurrency: usize,
     metrics: Arc<Metrics>,
 }
+
+/// When a channel was last planned, and when that plan said to look again.
+type NextLook = (DateTime<Utc>, DateTime<Utc>);
 
 /// A group's operator requests not yet carried out
 /// ([`Rotator::pending_requests`]).
@@ -172,6 +186,7 @@ impl Rotator {
             channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
             groups: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashSet::new()),
+            next_look: Mutex::new(HashMap::new()),
             events,
             rng: Mutex::new(rng),
             concurrency: parts.concurrency.max(1),
@@ -192,6 +207,8 @@ impl Rotator {
     /// Replaces the rules (a config reload); the next pass plans with them.
     pub fn set_rules(&self, rules: Rules) {
         *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+        // Every channel's plan depends on the rules: plan them all again.
+        self.lock_next_look().clear();
     }
 
     /// The clock the rotator reads.
@@ -222,6 +239,7 @@ impl Rotator {
             .write()
             .unwrap_or_else(PoisonError::into_inner) =
             Arc::new(channels.into_iter().map(Arc::new).collect());
+        self.lock_next_look().clear();
     }
 
     /// Asks for a rotation of one group, or of every group of the channel,
@@ -298,6 +316,7 @@ impl Rotator {
         for g in &targets {
             apply(groups.entry((channel.clone(), g.clone())).or_default());
         }
+        self.lock_next_look().remove(channel);
         Ok(targets)
     }
 
@@ -328,9 +347,26 @@ impl Rotator {
     /// again. Stops between steps once `cancel` fires.
     pub async fn pass(self: &Arc<Self>, cancel: &CancellationToken) -> DateTime<Utc> {
         let channels = self.channels();
+        let now = self.clock.now();
+        let mut wake = now + policy::MAX_SLEEP;
         let semaphore = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         for setup in channels.iter() {
+            // Skipped only while its time is ahead and no more than a plan's
+            // longest sleep away (after the clock stepped back, the entry
+            // says nothing about now), and while its plan was made in the
+            // current period of that length: the first pass of a period
+            // re-plans every channel, so their safety re-plans (a plan
+            // sleeps at most MAX_SLEEP) fall into one pass instead of each
+            // waking the scheduler on its own.
+            let period_start = now.duration_trunc(policy::MAX_SLEEP).unwrap_or(now);
+            let planned = self.lock_next_look().get(&setup.id).copied();
+            if let Some((_, at)) = planned.filter(|(planned_at, at)| {
+                *at > now && *at <= now + policy::MAX_SLEEP && *planned_at >= period_start
+            }) {
+                wake = wake.min(at);
+                continue;
+            }
             let this = Arc::clone(self);
             let setup = Arc::clone(setup);
             let cancel = cancel.clone();
@@ -338,18 +374,24 @@ impl Rotator {
             tasks.spawn(async move {
                 // The semaphore is never closed, so acquiring cannot fail.
                 let _permit = semaphore.acquire_owned().await.ok();
-                this.channel_pass(&setup, &cancel).await
+                let planned_at = this.clock.now();
+                let at = this.channel_pass(&setup, &cancel).await;
+                (setup.id.clone(), planned_at, at)
             });
         }
-        let mut wake = self.clock.now() + policy::MAX_SLEEP;
         if let Some(skew) = self.line.last_clock_skew() {
             self.metrics.set_clock_skew(skew);
         }
         while let Some(result) = tasks.join_next().await {
             match result {
-                Ok(at) => wake = wake.min(at),
+                Ok((channel, planned_at, at)) => {
+                    wake = wake.min(at);
+                    self.lock_next_look().insert(channel, (planned_at, at));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "a channel pass panicked; retrying soon");
+                    // Which channel is unknown: plan them all next time.
+                    self.lock_next_look().clear();
                     wake = wake.min(self.clock.now() + STORE_RETRY);
                 }
             }
@@ -513,6 +555,12 @@ impl Rotator {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(ChannelId, GroupName), GroupState>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_next_look(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, NextLook>> {
+        self.next_look
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A uniform random number in `[0, 1)` for full-jitter backoff.

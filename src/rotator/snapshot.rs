@@ -21,8 +21,8 @@ pub struct Snapshot {
     /// The channel's row; `None` when the store does not know the channel.
     pub channel: Option<ChannelRow>,
     /// Groups to plan: the active ones, and removed ones that still hold
-    /// live tokens (they are revoked after `removal_grace`), each with every
-    /// token it ever had. Ordered by group name.
+    /// live tokens (they are revoked after `removal_grace`), each with its
+    /// tokens still recorded live. Ordered by group name.
     pub groups: Vec<(GroupRow, Vec<StoredToken>)>,
     /// Foreign key IDs the last reconcile saw listed.
     pub foreign: u32,
@@ -45,9 +45,16 @@ impl Snapshot {
         now: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
         let channel = store.channel(channel_id)?;
+        // Only the tokens still recorded live: the policy ignores the rest
+        // (GroupView::tokens), and a group's dead tokens pile up with every
+        // rotation, so reading them made every pass slower the longer the
+        // daemon ran.
+        let mut live = store.live_tokens_of_channel(channel_id)?;
         let mut groups = Vec::new();
         for row in store.groups(channel_id)? {
-            let tokens = store.tokens_of_group(channel_id, &row.name)?;
+            let (tokens, rest): (Vec<StoredToken>, Vec<StoredToken>) =
+                live.into_iter().partition(|t| t.group == row.name);
+            live = rest;
             let has_live = tokens.iter().any(|t| t.record.is_live_at(now));
             if row.is_active() || has_live {
                 groups.push((row, tokens));
@@ -60,8 +67,15 @@ impl Snapshot {
             .count();
         let last_reconcile = channel.as_ref().and_then(|c| c.last_reconcile_at);
         let unsettled = store.unsettled_issues_since(channel_id, last_reconcile)?;
-        let issue_times_last_hour =
-            store.issue_times_since(channel_id, now - Duration::hours(1))?;
+        // The store keeps whole seconds, truncated: an attempt recorded at
+        // `t` started within [t, t + 1 s). Counted at the end of its second,
+        // it leaves the rolling hour no earlier than it really does, so the
+        // budget never reopens early.
+        let issue_times_last_hour = store
+            .issue_times_since(channel_id, now - Duration::hours(1) - Duration::seconds(1))?
+            .into_iter()
+            .map(|t| t + Duration::seconds(1))
+            .collect();
         Ok(Self {
             channel,
             groups,
