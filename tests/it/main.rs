@@ -18,6 +18,7 @@ mod observability;
 mod regressions;
 mod reload;
 mod sandbox;
+mod simulation;
 mod sinks;
 mod status_plan;
 mod store;
