@@ -524,7 +524,9 @@ impl Lab {
     }
 }
 
-static PROBE: Mutex<BTreeMap<usize, (u64, std::time::Duration)>> = Mutex::new(BTreeMap::new());
+/// A token as the sandbox knows it: state, revocation time, expiry.
+type TruthRow = (SandboxTokenState, Option<DateTime<Utc>>, DateTime<Utc>);
+
 /// The whole simulation.
 struct Sim {
     lab: Lab,
@@ -643,18 +645,7 @@ impl Sim {
                 }
                 _ => {
                     self.checker.coverage(now, deadline);
-                    let n0 = self.lab.requests.lock().unwrap().len();
-                    let t = std::time::Instant::now();
                     self.lab.pass_at(deadline).await;
-                    let el = t.elapsed();
-                    let n = self.lab.requests.lock().unwrap().len() - n0;
-                    let e = PROBE
-                        .lock()
-                        .unwrap()
-                        .entry(n.min(3))
-                        .or_insert((0, std::time::Duration::ZERO))
-                        .clone();
-                    PROBE.lock().unwrap().insert(n.min(3), (e.0 + 1, e.1 + el));
                 }
             }
         }
@@ -1304,12 +1295,11 @@ impl Checker {
             return;
         }
         for channel in &self.channels {
-            let truth: HashMap<KeyId, (SandboxTokenState, Option<DateTime<Utc>>, DateTime<Utc>)> =
-                sandbox
-                    .tokens(&channel.id)
-                    .into_iter()
-                    .filter_map(|t| Some((t.key_id?, (t.state, t.revoked_at, t.expires_at))))
-                    .collect();
+            let truth: HashMap<KeyId, TruthRow> = sandbox
+                .tokens(&channel.id)
+                .into_iter()
+                .filter_map(|t| Some((t.key_id?, (t.state, t.revoked_at, t.expires_at))))
+                .collect();
             for stored in store.live_tokens_of_channel(&channel.id).unwrap() {
                 let key_id = &stored.record.key_id;
                 let (state, revoked_at, expires_at) = truth[key_id];
@@ -1418,7 +1408,6 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
     if std::env::var("SIM_DAYS").is_ok() {
         let steps = sim.checker.stats.steps;
         let (stats, passes) = sim.stop().await;
-        println!("probe {:?}", PROBE.lock().unwrap());
         println!(
             "steps {steps} passes {passes} wall {:.1}s {:?}",
             wall.elapsed().as_secs_f64(),
