@@ -15,7 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use anyhow::Context as _;
 use chrono::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,7 +32,7 @@ use crate::line::{LineClient, LineClientConfig, RequestObserver};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::{RetryRules, Rules};
-use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
+use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
 use crate::store::{ChannelSpec, Durability, Store, StoreOptions};
@@ -76,7 +76,7 @@ pub struct Daemon {
     /// The scheduler's progress.
     pub scheduler: watch::Receiver<SchedulerState>,
     /// Makes the scheduler run a pass now.
-    pub waker: Arc<Notify>,
+    pub wakes: Arc<Wakes>,
     /// The daemon's metrics.
     pub metrics: Arc<Metrics>,
     /// Everything the rotator does, subscribed before the first pass so
@@ -192,8 +192,9 @@ impl Daemon {
         let events = rotator.subscribe();
         let scheduler = Scheduler::new(Arc::clone(&rotator));
         let state = scheduler.state();
-        let waker = scheduler.waker();
+        let wakes = rotator.wakes();
         let tasks = TaskTracker::new();
+        let shutdown_child = shutdown.child_token();
         let tokens = TokenBook::new();
         // Delivery fills the book from the store and rewrites every sink
         // before the first pass (a tmpfs may be empty after a reboot), and
@@ -227,16 +228,22 @@ impl Daemon {
         )?;
         let control_socket = spawn_control(
             control,
-            ControlHandler::new(
-                Arc::clone(&rotator),
-                Arc::clone(&waker),
-                state.clone(),
-                control::DEFAULT_WAIT,
-            ),
+            ControlHandler::new(Arc::clone(&rotator), state.clone(), control::DEFAULT_WAIT),
             &tasks,
             &shutdown,
         );
-        tasks.spawn(scheduler.run(shutdown.child_token()));
+        let fatal = scheduler.fatal();
+        let stop_all = shutdown.clone();
+        tasks.spawn(async move {
+            // The database vanished or was replaced underfoot: stop the whole
+            // daemon (the error was logged) rather than store tokens where
+            // nobody will find them.
+            fatal.cancelled().await;
+            stop_all.cancel();
+        });
+        tasks.spawn(async move {
+            let _ = scheduler.run(shutdown_child).await;
+        });
         tasks.close();
         tracing::info!(
             channels = config.channels.len(),
@@ -247,7 +254,7 @@ impl Daemon {
         Ok(Self {
             rotator,
             scheduler: state,
-            waker,
+            wakes,
             metrics,
             events,
             http_addr,
@@ -293,7 +300,6 @@ impl Daemon {
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
         }
-        self.waker.notify_one();
         Ok(())
     }
 
@@ -655,7 +661,32 @@ pub fn channel_specs(config: &ValidConfig) -> Vec<ChannelSpec> {
             id: c.id.clone(),
             name: c.name.clone(),
             groups: c.groups.iter().map(|g| g.name.clone()).collect(),
+            fingerprint: Some(channel_fingerprint(c)),
         })
+        .collect()
+}
+
+/// A digest of what LINE judges a channel's requests by: its ID, key ID,
+/// the signing key's public half and the secret. When it changes (a config
+/// fix), the store ends the channel's failure streaks, also across a
+/// restart. SHA-256, so the stored digest reveals nothing of the secret.
+fn channel_fingerprint(c: &ChannelConfig) -> String {
+    let jwk = c.key.public_jwk();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [
+        c.id.as_str(),
+        &c.kid.to_string(),
+        &jwk.n,
+        &jwk.e,
+        c.secret.as_ref().map_or("", |s| s.expose()),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect()
 }
 

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -500,7 +500,6 @@ async fn connection(
 /// Carries out requests against the rotator and waits for their outcome.
 pub struct ControlHandler {
     rotator: Arc<Rotator>,
-    waker: Arc<Notify>,
     scheduler: watch::Receiver<SchedulerState>,
     wait: Duration,
 }
@@ -517,13 +516,11 @@ impl ControlHandler {
     /// watches its passes on `scheduler`, and answers after at most `wait`.
     pub fn new(
         rotator: Arc<Rotator>,
-        waker: Arc<Notify>,
         scheduler: watch::Receiver<SchedulerState>,
         wait: Duration,
     ) -> Self {
         Self {
             rotator,
-            waker,
             scheduler,
             wait,
         }
@@ -536,18 +533,16 @@ impl ControlHandler {
         let mut events = self.rotator.subscribe();
         let mut passes = self.scheduler.clone();
         passes.mark_unchanged();
-        let mut work = match self.ask(request) {
+        let mut work = match self.ask(request).await {
             Ok(work) => work,
             Err(error) => {
                 tracing::info!(error = %error, "control request refused");
                 return Response::Refused { error };
             }
         };
-        self.waker.notify_one();
-
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            self.check_done(&mut work);
+            self.check_done(&mut work).await;
             if work.reports.iter().all(|r| r.done) {
                 // The rotator sends an event before it clears the request,
                 // so whatever the outcome's events are, they are queued by
@@ -599,14 +594,18 @@ impl ControlHandler {
     }
 
     /// Places the request with the rotator.
-    fn ask(&self, request: Request) -> Result<Work, String> {
+    async fn ask(&self, request: Request) -> Result<Work, String> {
         match request {
             Request::Rotate { channel, group } => {
                 let groups = self
                     .rotator
-                    .request_rotation(&channel, group.as_ref())
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(channel = %channel, groups = ?groups, "rotation requested over the control socket");
+                    .request_rotation(&channel, group.as_ref(), "the control socket")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(g, _)| g)
+                    .collect::<Vec<_>>();
+                tracing::info!(channel = %channel, groups = %crate::domain::join(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
             }
             Request::Revoke { channel, group } => {
@@ -620,7 +619,8 @@ impl ControlHandler {
                     ));
                 }
                 self.rotator
-                    .request_incident(&channel, &group)
+                    .request_incident(&channel, &group, "the control socket")
+                    .await
                     .map_err(|e| e.to_string())?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![group], true))
@@ -628,9 +628,18 @@ impl ControlHandler {
         }
     }
 
-    fn check_done(&self, work: &mut Work) {
+    async fn check_done(&self, work: &mut Work) {
         for report in &mut work.reports {
-            let pending = self.rotator.pending_requests(&work.channel, &report.group);
+            let pending = match self
+                .rotator
+                .pending_requests(&work.channel, &report.group)
+                .await
+            {
+                Ok(p) => p,
+                // The store could not be read: not done, ask again at the
+                // next round.
+                Err(_) => continue,
+            };
             let still = if work.incident {
                 pending.incident
             } else {

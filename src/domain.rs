@@ -165,6 +165,130 @@ impl TokenState {
     }
 }
 
+/// Items joined by ", " with their `Display`: key IDs or group names in a
+/// log line read as words, not as Rust debug output.
+pub fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a request to LINE failed, which decides how the engine waits before
+/// the next attempt (DESIGN.md section 5, and `docs/design.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A network error, a timeout before sending, or a 5xx: back off with
+    /// full jitter.
+    Transient,
+    /// A 429: wait at least its `Retry-After` (capped), then as transient.
+    RateLimited,
+    /// Only a change of config or console can fix it (a wrong key ID, a
+    /// wrong key, a wrong secret): retry slowly until the config changes or
+    /// an operator runs `linetokd rotate`.
+    Permanent,
+    /// LINE's 30-token refusal: the channel is full at LINE right now.
+    /// Reconcile, free capacity, and retry at the next expiry LINE honours.
+    ChannelFull,
+    /// The answer leaves open whether LINE issued a token (a timeout after
+    /// sending, a 200 that breaks the contract): it counts against capacity
+    /// until a reconcile settles it, and retries are slow.
+    MaybeIssued,
+}
+
+impl FailureKind {
+    /// Every kind, for parsing.
+    pub const ALL: [Self; 5] = [
+        Self::Transient,
+        Self::RateLimited,
+        Self::Permanent,
+        Self::ChannelFull,
+        Self::MaybeIssued,
+    ];
+
+    /// The name stored in the database and shown in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::RateLimited => "rate_limited",
+            Self::Permanent => "permanent",
+            Self::ChannelFull => "channel_full",
+            Self::MaybeIssued => "maybe_issued",
+        }
+    }
+
+    /// The kind stored as `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Transient => "transient failure",
+            Self::RateLimited => "rate limited by LINE",
+            Self::Permanent => "permanent failure",
+            Self::ChannelFull => "channel full at LINE",
+            Self::MaybeIssued => "outcome unknown (LINE may have issued)",
+        })
+    }
+}
+
+/// What an operator asked the daemon to do for a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// `linetokd rotate`: issue a fresh token now (and try now, whatever
+    /// held the group).
+    Rotate,
+    /// `linetokd revoke`: revoke every live token of the group and issue a
+    /// fresh one.
+    Incident,
+}
+
+impl RequestKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rotate => "rotate",
+            Self::Incident => "incident",
+        }
+    }
+
+    /// The kind stored as `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Rotate, Self::Incident]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rotate => "rotation",
+            Self::Incident => "incident revoke",
+        })
+    }
+}
+
+/// An operator request not yet carried out, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRequest {
+    /// The store's ID for it; the issue that carries it out closes it by ID
+    /// in the same transaction that stores the new token.
+    pub id: i64,
+    /// What was asked.
+    pub kind: RequestKind,
+    /// When it was accepted (the daemon's clock).
+    pub at: DateTime<Utc>,
+    /// Who asked.
+    pub by: String,
+}
+
 /// One v2.1 token linetokd issued, without its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -176,12 +300,36 @@ pub struct TokenRecord {
     pub expires_at: DateTime<Utc>,
     /// Where it stands.
     pub state: TokenState,
+    /// When LINE's verify refused it while it was recorded live. Such a
+    /// token is never handed out as current again, but LINE may still count
+    /// it (its key-ID list may still list it), so it stays live for
+    /// capacity and for the two-per-group bound until it is revoked,
+    /// expires, or a reconcile no longer finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_at: Option<DateTime<Utc>>,
 }
 
 impl TokenRecord {
-    /// True while LINE should still accept it: recorded live and not expired.
+    /// A live token that verify has never refused.
+    pub fn live(key_id: KeyId, issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> Self {
+        Self {
+            key_id,
+            issued_at,
+            expires_at,
+            state: TokenState::Live,
+            refused_at: None,
+        }
+    }
+
+    /// True while LINE may still count it: recorded live and not expired
+    /// (to the millisecond: LINE's expiries are instants).
     pub fn is_live_at(&self, now: DateTime<Utc>) -> bool {
         self.state == TokenState::Live && now < self.expires_at
+    }
+
+    /// True while it can be handed out: live and never refused by verify.
+    pub fn is_usable_at(&self, now: DateTime<Utc>) -> bool {
+        self.is_live_at(now) && self.refused_at.is_none()
     }
 }
 

@@ -41,8 +41,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 use crate::policy::{
-    self, Alert, ChannelView, GroupView, Hold, IssueReason, RevokeReason, Rules, Step,
-    capacity_victims, plan_group,
+    self, Alert, ChannelState, ChannelView, GroupView, IssueReason, Next, RevokeReason, Rules,
+    Step, drive,
 };
 
 /// The prefix of the key IDs given to tokens the forecast imagines issued.
@@ -231,6 +231,9 @@ struct ChannelSim {
     channel: ChannelId,
     managed: bool,
     groups: Vec<GroupView>,
+    /// Each group's issue attempts in the last hour (the first-start burst
+    /// reads their count).
+    group_issues: Vec<Vec<DateTime<Utc>>>,
     view: ChannelView,
     /// The alert kinds each group has raised, to record each when it starts.
     alerts: HashMap<GroupName, Vec<Discriminant<Alert>>>,
@@ -238,9 +241,11 @@ struct ChannelSim {
 
 impl ChannelSim {
     fn new(input: ChannelInput) -> Self {
+        let group_issues = input.groups.iter().map(|_| Vec::new()).collect();
         Self {
             channel: input.channel,
             managed: input.managed,
+            group_issues,
             groups: input.groups,
             view: input.view,
             alerts: HashMap::new(),
@@ -298,9 +303,9 @@ impl ChannelSim {
         }
     }
 
-    /// The rotator's `channel_step`: plans each group in turn and carries
-    /// out the first plan with work. `None` when something was done (plan
-    /// again), `Some(wake)` when nothing is due before `wake`.
+    /// One round of the rotator's loop, through the same driver
+    /// ([`drive`]): `None` when something was done (drive again),
+    /// `Some(wake)` when nothing is due before `wake`.
     fn step(
         &mut self,
         t: DateTime<Utc>,
@@ -312,31 +317,35 @@ impl ChannelSim {
         self.view
             .issue_times_last_hour
             .retain(|at| *at > window_start);
-        self.view.live_ours = policy::live_ours(t, &self.groups);
-        let mut wake = DateTime::<Utc>::MAX_UTC;
-        for i in 0..self.groups.len() {
-            let plan = plan_group(t, &self.groups[i], &self.view, rules);
+        for (g, times) in self.groups.iter_mut().zip(&mut self.group_issues) {
+            times.retain(|at| *at > window_start);
+            g.issued_last_hour = u32::try_from(times.len()).unwrap_or(u32::MAX);
+        }
+        let state = ChannelState {
+            groups: self.groups.clone(),
+            view: self.view.clone(),
+        };
+        let decision = drive(t, &state, rules);
+        for (i, plan) in decision.plans.iter().enumerate() {
             self.note_alerts(t, i, &plan.alerts, out);
-            if !plan.steps.is_empty() {
+        }
+        match decision.next {
+            Next::Execute { group, plan } => {
                 for step in &plan.steps {
-                    self.apply(t, i, step, rules, names, out);
+                    self.apply(t, group, step, rules, names, out);
                 }
                 // A plan whose steps all ran ends the failure streak.
-                self.groups[i].retry = None;
-                return None;
+                self.groups[group].retry = None;
+                None
             }
-            if let Some(Hold::Capacity { needed }) = plan.hold {
-                let victims = capacity_victims(t, &self.groups, needed, rules);
-                if !victims.is_empty() {
-                    for (owner, key_id) in victims {
-                        self.revoke(t, &owner, &key_id, RevokeReason::FreeCapacity, out);
-                    }
-                    return None;
+            Next::FreeCapacity { victims, .. } => {
+                for (owner, key_id) in victims {
+                    self.revoke(t, &owner, &key_id, RevokeReason::FreeCapacity, out);
                 }
+                None
             }
-            wake = wake.min(plan.wake_at);
+            Next::Idle { until } => Some(until.max(t)),
         }
-        Some(wake.max(t))
     }
 
     fn apply(
@@ -353,6 +362,7 @@ impl ChannelSim {
             Step::Reconcile => {
                 self.view.last_reconcile_at = Some(t);
                 self.view.lost = 0;
+                self.view.reconcile_retry = None;
                 Action::Reconcile
             }
             Step::Revoke { key_id, reason } => {
@@ -365,7 +375,13 @@ impl ChannelSim {
                     key_id: key_id.clone(),
                 }
             }
-            Step::Issue { reason, token_exp } => {
+            Step::CloseRequests { .. } => {
+                self.groups[i].requests.clear();
+                return;
+            }
+            Step::Issue {
+                reason, token_exp, ..
+            } => {
                 let key_id = names.fresh();
                 let lifetime = if *token_exp > Duration::zero() {
                     *token_exp
@@ -376,16 +392,13 @@ impl ChannelSim {
                     .checked_add_signed(lifetime)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 self.view.issue_times_last_hour.push(t);
+                self.group_issues[i].push(t);
                 let g = &mut self.groups[i];
-                g.tokens.push(TokenRecord {
-                    key_id: key_id.clone(),
-                    issued_at: t,
-                    expires_at,
-                    state: TokenState::Live,
-                });
+                g.issued_last_hour = g.issued_last_hour.saturating_add(1);
+                g.tokens
+                    .push(TokenRecord::live(key_id.clone(), t, expires_at));
                 g.last_verified_at = Some(t);
-                g.rotate_requested_at = None;
-                g.revoke_requested_at = None;
+                g.requests.clear();
                 Action::Issue {
                     key_id,
                     reason: *reason,

@@ -89,6 +89,7 @@ pub struct Metrics {
     line_latency: Family<EndpointLabels, Histogram>,
     clock_skew: GaugeF,
     config_reloads: Family<ResultLabels, Counter>,
+    scheduler_wakeups: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,7 +160,14 @@ impl Metrics {
             "Config reloads by result",
             config_reloads.clone(),
         );
+        let scheduler_wakeups = Counter::default();
+        registry.register(
+            "scheduler_wakeups",
+            "Times the scheduler woke up to work due channels (zero between due times)",
+            scheduler_wakeups.clone(),
+        );
         Self {
+            scheduler_wakeups,
             registry,
             token_expiry,
             next_rotation,
@@ -184,6 +192,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one scheduler wake-up that found channels due.
+    pub fn scheduler_woke(&self) {
+        self.scheduler_wakeups.inc();
     }
 
     /// Records a group's state after planning.

@@ -39,8 +39,8 @@ use crate::forecast::{self, Action, ChannelInput, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{
     self, Alert, ChannelView, GroupView, Hold, IssueReason, RevokeReason, Rules, Severity,
 };
-use crate::rotator::snapshot::{Snapshot, stored_group_view};
 use crate::rotator::{describe_alert, revoke_reason_text};
+use crate::snapshot::Snapshot;
 use crate::store::{
     DaemonNote, Event, EventKind, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD,
     Store, StoreError, StoredToken, WriterLock,
@@ -210,7 +210,7 @@ fn world<'a>(
     let mut groups: Vec<GroupWorld<'a>> = Vec::new();
     if let Some(stored) = stored {
         for (row, tokens) in &stored.snapshot.groups {
-            let mut view = stored_group_view(&id, row, tokens, can_revoke);
+            let mut view = stored.snapshot.group_view(&id, row, tokens, can_revoke);
             let in_config = wanted(&row.name);
             // As `Store::sync_config` will: back in the config means active;
             // gone from it means removed, from now if not already.
@@ -241,17 +241,7 @@ fn world<'a>(
     }
     // The daemon plans a channel's groups in the store's order: by name.
     groups.sort_by(|a, b| a.view.group.cmp(&b.view.group));
-    let view = stored.map_or_else(ChannelView::default, |s| ChannelView {
-        live_ours: 0,
-        foreign: s.snapshot.foreign,
-        lost: s.snapshot.unsettled,
-        issue_times_last_hour: s.snapshot.issue_times_last_hour.clone(),
-        last_reconcile_at: s
-            .snapshot
-            .channel
-            .as_ref()
-            .and_then(|c| c.last_reconcile_at),
-    });
+    let view = stored.map_or_else(ChannelView::default, |s| s.snapshot.channel_view());
     let name = configured
         .map(|c| c.name.clone())
         .or_else(|| stored.and_then(|s| s.snapshot.channel.as_ref().map(|c| c.name.clone())))
@@ -1203,6 +1193,7 @@ fn revoke_reason_name(r: RevokeReason) -> &'static str {
         RevokeReason::MakeRoom => "make_room",
         RevokeReason::Removed => "removed",
         RevokeReason::FreeCapacity => "free_capacity",
+        RevokeReason::Refused => "refused",
     }
 }
 

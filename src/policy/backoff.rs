@@ -1,9 +1,14 @@
 //! When to try again after LINE fails (DESIGN.md section 5).
 //!
-//! Transient failures (network, timeout, 5xx, 429) back off exponentially
-//! with full jitter, honouring LINE's `Retry-After`; permanent ones (bad key,
-//! unknown `kid`, wrong secret) retry at a slow fixed pace so a config fix
-//! is picked up. The random number full jitter needs is an argument, so this
+//! Transient failures (network, timeout, 5xx) back off exponentially with
+//! full jitter; a 429 waits at least its `Retry-After` (capped at
+//! [`MAX_RETRY_AFTER`]); an answer that leaves open whether LINE issued
+//! waits at least [`MAYBE_ISSUED_FLOOR`]; permanent ones (bad key, unknown
+//! `kid`, wrong secret) retry at a slow fixed pace. Every wait is
+//! deadline-aware: while attempts fail, the next is never scheduled after
+//! the deadline (the current token's expiry less a safety margin), so a
+//! long backoff cannot carry the group past the moment its consumers lose
+//! access. The random number full jitter needs is an argument, so this
 //! stays a pure function the rotator feeds from its own RNG and tests feed
 //! fixed values.
 //!
@@ -14,17 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::rules::RetryRules;
 use super::time;
-
-/// How a failed request failed, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// Worth retrying soon: network error, timeout, 5xx, 429.
-    Transient,
-    /// Will fail again until someone changes something: 400
-    /// `invalid_client`, 404 unknown signing key, wrong channel secret,
-    /// LINE's "maximum number of access tokens" refusal.
-    Permanent,
-}
+pub use crate::domain::FailureKind;
 
 /// A group's failure streak: the rotator keeps one per group, replaces it
 /// after each failure with [`RetryState::after_failure`], and drops it after
@@ -41,14 +36,39 @@ pub struct RetryState {
     pub not_before: DateTime<Utc>,
 }
 
+/// The longest LINE's `Retry-After` is honoured: a 429 asking for 99999999
+/// seconds must not park a group for years (and the deadline caps it
+/// further).
+pub const MAX_RETRY_AFTER: Duration = Duration::hours(1);
+
+/// The shortest wait after an answer that leaves open whether LINE issued:
+/// each such retry may leave a live token nobody can revoke, so they are
+/// slow, and the next step is a reconcile anyway.
+pub const MAYBE_ISSUED_FLOOR: Duration = Duration::minutes(1);
+
+/// The shortest wait after a permanent failure, even at the deadline: a
+/// wrong key fails the same way every time.
+const PERMANENT_FLOOR: Duration = Duration::minutes(1);
+
 impl RetryState {
     /// The streak after one more failure at `now`.
     ///
     /// `previous` is the streak before it (`None` after a success);
-    /// `retry_after` is LINE's `Retry-After`, if it sent one; `u` is a
-    /// uniform random number in `[0, 1)` (out-of-range values are clamped).
-    /// Transient: wait `max(backoff(failures, u), retry_after)`. Permanent:
-    /// wait `permanent_interval`, or longer if LINE asked for longer.
+    /// `retry_after` is LINE's `Retry-After`, if it sent one (capped at
+    /// [`MAX_RETRY_AFTER`]); `u` is a uniform random number in `[0, 1)`
+    /// (out-of-range values are clamped).
+    ///
+    /// - transient: `backoff(failures, u)`;
+    /// - rate limited: the backoff, or longer if `Retry-After` says so;
+    /// - may have issued: as transient, but at least [`MAYBE_ISSUED_FLOOR`];
+    /// - permanent: `permanent_interval`;
+    /// - channel full: as transient (the channel's own hold does the rest).
+    ///
+    /// Then the deadline: with `deadline` (the current token's expiry less
+    /// the safety margin), the attempt is moved up to the deadline; once
+    /// the deadline is near or past, attempts come at most `retry.base`
+    /// apart (a minute for permanent failures), because every attempt is a
+    /// chance to keep consumers served.
     pub fn after_failure(
         previous: Option<&RetryState>,
         now: DateTime<Utc>,
@@ -56,13 +76,30 @@ impl RetryState {
         retry_after: Option<Duration>,
         u: f64,
         rules: &RetryRules,
+        deadline: Option<DateTime<Utc>>,
     ) -> RetryState {
         let failures = previous.map_or(1, |p| p.failures.saturating_add(1));
+        let jittered = backoff_with(rules, failures, u);
+        let asked = retry_after
+            .map_or(Duration::zero(), time::non_negative)
+            .min(MAX_RETRY_AFTER);
         let wait = match kind {
-            FailureKind::Transient => backoff_with(rules, failures, u),
-            FailureKind::Permanent => time::non_negative(rules.permanent_interval),
+            FailureKind::Transient | FailureKind::ChannelFull => jittered.max(asked),
+            FailureKind::RateLimited => jittered.max(asked),
+            FailureKind::MaybeIssued => jittered.max(asked).max(MAYBE_ISSUED_FLOOR),
+            FailureKind::Permanent => time::non_negative(rules.permanent_interval).max(asked),
         };
-        let wait = wait.max(retry_after.map_or(Duration::zero(), time::non_negative));
+        let floor = match kind {
+            FailureKind::Permanent => PERMANENT_FLOOR,
+            _ => time::non_negative(rules.base),
+        };
+        let wait = match deadline {
+            Some(deadline) => {
+                let left = deadline.signed_duration_since(now);
+                wait.min(left.max(floor.min(wait)))
+            }
+            None => wait,
+        };
         RetryState {
             failures,
             kind,
@@ -144,7 +181,8 @@ mod tests {
     #[test]
     fn transient_failures_honour_retry_after_when_longer() {
         let r = RetryRules::default();
-        let first = RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.5, &r);
+        let first =
+            RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.5, &r, None);
         assert_eq!(
             (first.failures, first.not_before),
             (1, t0() + Duration::milliseconds(2_500))
@@ -156,6 +194,7 @@ mod tests {
             Some(Duration::seconds(120)),
             0.5,
             &r,
+            None,
         );
         assert_eq!(
             (second.failures, second.not_before),
@@ -168,16 +207,68 @@ mod tests {
             Some(Duration::seconds(1)),
             0.5,
             &r,
+            None,
         );
         assert_eq!(third.not_before, t0() + Duration::seconds(10));
     }
 
     #[test]
+    fn retry_after_is_capped_at_an_hour_and_never_past_the_deadline() {
+        let r = RetryRules::default();
+        let huge = Some(Duration::seconds(99_999_999));
+        let s =
+            RetryState::after_failure(None, t0(), FailureKind::RateLimited, huge, 0.5, &r, None);
+        assert_eq!(s.not_before, t0() + MAX_RETRY_AFTER);
+        let deadline = t0() + Duration::minutes(7);
+        let s = RetryState::after_failure(
+            None,
+            t0(),
+            FailureKind::RateLimited,
+            huge,
+            0.5,
+            &r,
+            Some(deadline),
+        );
+        assert_eq!(s.not_before, deadline);
+    }
+
+    #[test]
+    fn at_the_deadline_attempts_come_at_most_a_base_apart() {
+        let r = RetryRules::default();
+        let past = Some(t0() - Duration::minutes(1));
+        let mut streak = None;
+        for _ in 0..12 {
+            let s = RetryState::after_failure(
+                streak.as_ref(),
+                t0(),
+                FailureKind::Transient,
+                None,
+                0.99,
+                &r,
+                past,
+            );
+            assert!(s.not_before <= t0() + r.base, "{s:?}");
+            streak = Some(s);
+        }
+        let p = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.5, &r, past);
+        assert_eq!(p.not_before, t0() + Duration::minutes(1));
+    }
+
+    #[test]
+    fn an_unknown_outcome_retries_slowly() {
+        let r = RetryRules::default();
+        let s =
+            RetryState::after_failure(None, t0(), FailureKind::MaybeIssued, None, 0.0, &r, None);
+        assert_eq!(s.not_before, t0() + MAYBE_ISSUED_FLOOR);
+    }
+
+    #[test]
     fn permanent_failures_retry_every_thirty_minutes() {
         let r = RetryRules::default();
-        let s = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.0, &r);
+        let s = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.0, &r, None);
         assert_eq!(s.not_before, t0() + Duration::minutes(30));
-        let s = RetryState::after_failure(Some(&s), t0(), FailureKind::Permanent, None, 0.99, &r);
+        let s =
+            RetryState::after_failure(Some(&s), t0(), FailureKind::Permanent, None, 0.99, &r, None);
         assert_eq!(
             (s.failures, s.not_before),
             (2, t0() + Duration::minutes(30))

@@ -14,6 +14,9 @@
 //! - [`rules`]: [`Rules`], the tunables, with DESIGN.md's defaults.
 //! - [`view`]: [`GroupView`] and [`ChannelView`], what a plan is made from.
 //! - [`plan`]: [`plan_group`] and the [`Plan`] it returns.
+//! - [`channel`]: [`drive`], the one per-channel loop (execute a group's
+//!   plan, free capacity, or idle until an instant) that the rotator, the
+//!   forecast and the property tests all call.
 //! - [`capacity`]: the channel's room (invariant 3) and [`capacity_victims`].
 //! - [`rate`]: the rolling-hour issue budget (invariant 4).
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
@@ -27,6 +30,7 @@
 
 pub mod backoff;
 pub mod capacity;
+pub mod channel;
 pub mod jitter;
 pub mod plan;
 pub mod rate;
@@ -41,9 +45,10 @@ mod world_tests;
 
 pub use backoff::{FailureKind, RetryState, backoff};
 pub use capacity::{capacity_victims, free_capacity, live_ours};
+pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadline};
 pub use jitter::{JitterPurpose, stable_jitter};
 pub use plan::{
-    Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, plan_group,
+    Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, deadline, plan_group,
     rotation_due_at, verify_due_at,
 };
 pub use rate::next_issue_allowed_at;

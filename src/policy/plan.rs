@@ -55,7 +55,7 @@ use super::rate::next_issue_allowed_at;
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
-use crate::domain::{KeyId, TokenRecord};
+use crate::domain::{KeyId, RequestKind, TokenRecord};
 
 /// The longest a plan may sleep: even with nothing due, plan again within
 /// the hour. Every due time is wall-clock arithmetic; if the clock jumps, the
@@ -115,6 +115,15 @@ pub enum Step {
         reason: IssueReason,
         /// The `token_exp` to ask for: the rules' `token_lifetime`.
         token_exp: Duration,
+        /// The operator requests this issue carries out: closed in the
+        /// transaction that stores the new token.
+        closes: Vec<i64>,
+    },
+    /// Close operator requests that need no issue (an incident or rotation
+    /// asked for a group that left the config, once its tokens are gone).
+    CloseRequests {
+        /// The requests.
+        ids: Vec<i64>,
     },
 }
 
@@ -145,6 +154,9 @@ pub enum RevokeReason {
     MakeRoom,
     /// The group left the config and its `removal_grace` is over.
     Removed,
+    /// LINE's verify refused it, but LINE may still count it (its key-ID
+    /// list may still list it): revoke it so the slot is certainly free.
+    Refused,
     /// Another group of the channel needs the room
     /// ([`capacity_victims`](super::capacity_victims)).
     FreeCapacity,
@@ -232,6 +244,20 @@ pub enum Alert {
         /// How many are live.
         live: usize,
     },
+    /// Listing the channel's key IDs keeps failing (channel-wide); issues
+    /// wait for a fresh listing.
+    ReconcileFailing {
+        /// Consecutive failures.
+        failures: u32,
+        /// The next attempt.
+        retry_at: DateTime<Utc>,
+    },
+    /// LINE refused an issue because the channel holds 30 live tokens
+    /// (channel-wide); the next attempt is at the next expiry LINE honours.
+    ChannelFull {
+        /// When LINE should have room again.
+        until: DateTime<Utc>,
+    },
     /// The lifecycle calls for revoking a token, but the channel has no
     /// secret configured; it will live until it expires.
     RevokeNeedsSecret {
@@ -251,6 +277,8 @@ impl Alert {
             | Self::RateLimited { .. }
             | Self::PermanentFailure { .. }
             | Self::TooManyLive { .. }
+            | Self::ReconcileFailing { .. }
+            | Self::ChannelFull { .. }
             | Self::RevokeNeedsSecret { .. } => Severity::Warning,
         }
     }
@@ -283,6 +311,16 @@ pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> D
         .last_verified_at
         .map_or(token.issued_at, |v| v.max(token.issued_at));
     time::sub(time::add(since, interval), jitter)
+}
+
+/// The instant a failing group's next attempt must come by: its current
+/// token's expiry less the safety margin (`deadline_margin`, at most a
+/// quarter of `rotate_before`). `None` when it has no usable token (then
+/// every attempt is already late, and the backoff's floor applies).
+pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<DateTime<Utc>> {
+    let margin =
+        time::non_negative(rules.deadline_margin).min(time::non_negative(rules.rotate_before) / 4);
+    group.current(now).map(|t| time::sub(t.expires_at, margin))
 }
 
 /// Collects a plan's pieces while the rules are walked.
@@ -374,7 +412,15 @@ pub fn plan_group(
             let steps = if retry_until.is_some() {
                 Vec::new()
             } else {
-                revokes.into_steps()
+                let mut steps = revokes.into_steps();
+                // A rotation means nothing for a group that left; an
+                // incident is done once nothing of it is left to revoke.
+                if !group.requests.is_empty() && steps.is_empty() {
+                    steps.push(Step::CloseRequests {
+                        ids: group.request_ids(),
+                    });
+                }
+                steps
             };
             draft.finish(steps, None, None)
         }
@@ -439,7 +485,7 @@ fn plan_removed(
     for t in live.iter().rev() {
         if draft.now >= grace_over_at {
             revokes.want(draft, group, t, RevokeReason::Removed);
-        } else if group.revoke_requested_at.is_some_and(|at| t.issued_at < at) {
+        } else if group.request(RequestKind::Incident).is_some() {
             revokes.want(draft, group, t, RevokeReason::Incident);
         }
     }
@@ -455,14 +501,21 @@ fn plan_active(
     retry_until: Option<DateTime<Utc>>,
 ) -> Plan {
     let now = draft.now;
-    let current = live.first().copied();
+    let current = live.first().copied().filter(|t| t.refused_at.is_none());
+    let incident = group.request(RequestKind::Incident).is_some();
 
     // Revocations that stand whether or not a token is issued now. Oldest
-    // first, so a failure part-way leaves the newest tokens in place.
-    if let Some(at) = group.revoke_requested_at {
-        for t in live.iter().rev().filter(|t| t.issued_at < at) {
+    // first, so a failure part-way leaves the newest tokens in place. An
+    // open incident condemns every live token: the issue that carries the
+    // incident out closes it in the transaction that stores its token, so
+    // while it is open no live token is the incident's own.
+    if incident {
+        for t in live.iter().rev() {
             revokes.want(&mut draft, group, t, RevokeReason::Incident);
         }
+    }
+    for t in live.iter().rev().filter(|t| t.refused_at.is_some()) {
+        revokes.want(&mut draft, group, t, RevokeReason::Refused);
     }
     if live.len() > 2 {
         if !group.can_revoke {
@@ -491,14 +544,12 @@ fn plan_active(
 
     // Does the group need a new token, and from when?
     let due_at = current.map(|c| rotation_due_at(c, group, rules));
-    let reason = if current
-        .is_some_and(|c| group.revoke_requested_at.is_some_and(|at| c.issued_at < at))
-    {
+    let usable_left = remaining.iter().any(|t| t.refused_at.is_none());
+    let reason = if incident {
         Some(IssueReason::Incident)
-    } else if remaining.is_empty() {
+    } else if !usable_left {
         Some(IssueReason::NoCurrent)
-    } else if current.is_some_and(|c| group.rotate_requested_at.is_some_and(|at| c.issued_at < at))
-    {
+    } else if group.request(RequestKind::Rotate).is_some() {
         Some(IssueReason::Requested)
     } else if due_at.is_some_and(|d| now >= d) {
         Some(IssueReason::Due)
@@ -512,6 +563,8 @@ fn plan_active(
     // Time gates on issuing. The new token must not be a third live one:
     // with the secret, the older of two goes first (planned below, only if
     // the issue happens now); without it, wait for all but one to expire.
+    // With the secret every refused token is already being revoked, so
+    // `remaining` is usable tokens, newest first.
     let make_room: Vec<&TokenRecord> = if group.can_revoke {
         remaining.iter().skip(1).copied().collect()
     } else {
@@ -524,11 +577,20 @@ fn plan_active(
         expiries.sort();
         expiries[expiries.len() - 2]
     };
-    let rate_at = next_issue_allowed_at(
-        now,
-        &channel.issue_times_last_hour,
-        rules.max_issues_per_hour,
-    );
+    // The first-start burst: a group with no usable token that has not
+    // been tried within the hour goes ahead even when the channel's budget
+    // is spent (15 new groups are all live after one pass, not two hours);
+    // once per group per hour, so a crash or bug loop stays bounded.
+    let burst = reason == Some(IssueReason::NoCurrent) && group.issued_last_hour == 0;
+    let rate_at = if burst {
+        now
+    } else {
+        next_issue_allowed_at(
+            now,
+            &channel.issue_times_last_hour,
+            rules.max_issues_per_hour,
+        )
+    };
     let wanted_from = if reason.is_some() {
         now
     } else {
@@ -542,11 +604,16 @@ fn plan_active(
         .last_reconcile_at
         .map(|at| time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL)));
     let reconcile_is_due = reconcile_due_at.is_none_or(|at| now >= at);
+    // After LINE's 30-token refusal our count was wrong: only a listing
+    // asked for after the refusal is fresh.
+    let full_since = channel.full.map(|(since, _)| since);
+    let full_until = channel.full.map(|(_, until)| until).filter(|u| *u > now);
     let reconcile_fresh_for_issue = !reconcile_is_due
         && channel.lost == 0
         && channel.last_reconcile_at.is_some_and(|at| {
             now.signed_duration_since(at)
                 <= time::non_negative(rules.reconcile_max_age_before_issue)
+                && full_since.is_none_or(|since| at > since)
         });
 
     let mut hold = None;
@@ -570,7 +637,13 @@ fn plan_active(
             let freed = revokes
                 .count()
                 .saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
-            let free = free_capacity(channel, rules, freed);
+            let mut free = free_capacity(channel, rules, freed);
+            if let Some(until) = full_until {
+                // LINE said the channel is full: only what we revoke
+                // ourselves is certainly room before `until`.
+                free = free.min(i64::from(freed));
+                draft.wake(until);
+            }
             if free < 1 {
                 let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
                 hold = Some(Hold::Capacity { needed });
@@ -645,6 +718,7 @@ fn plan_active(
             steps.push(Step::Issue {
                 reason,
                 token_exp: rules.token_lifetime,
+                closes: group.request_ids(),
             });
         }
     }

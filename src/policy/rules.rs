@@ -66,6 +66,14 @@ pub struct Rules {
     pub channel_token_cap: u32,
     /// How failed requests are retried (DESIGN.md section 5).
     pub retry: RetryRules,
+    /// How long before the current token's expiry a failing group's
+    /// attempts must come (at most a quarter of `rotate_before`): the
+    /// backoff never schedules past it (default 5 min).
+    pub deadline_margin: Duration,
+    /// After LINE's 30-token refusal, when the next expiry LINE will honour
+    /// is unknown (only foreign tokens, whose expiry nobody knows), how soon
+    /// to list the key IDs and try again (default 1 min).
+    pub full_recheck: Duration,
 }
 
 impl Default for Rules {
@@ -82,6 +90,8 @@ impl Default for Rules {
             removal_grace: Duration::hours(24),
             channel_token_cap: LINE_CHANNEL_TOKEN_CAP,
             retry: RetryRules::default(),
+            deadline_margin: Duration::minutes(5),
+            full_recheck: Duration::minutes(1),
         }
     }
 }

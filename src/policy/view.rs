@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 
 use super::backoff::RetryState;
-use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord};
+use crate::domain::{ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord};
 
 /// One group as the policy sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,17 +32,16 @@ pub struct GroupView {
     /// When the group left the config, if it did. Its tokens are revoked
     /// `removal_grace` later and it is never issued another.
     pub removed_at: Option<DateTime<Utc>>,
-    /// When an operator asked for a rotation (`linetokd rotate`), stamped
-    /// with the daemon's clock. The caller clears it once the `Issue` it
-    /// caused succeeds; the policy also reads it as satisfied once the
-    /// current token was issued at or after it, so a clear lost in a crash
-    /// cannot cause a second rotation.
-    pub rotate_requested_at: Option<DateTime<Utc>>,
-    /// When an operator declared an incident (`linetokd revoke`): every live
-    /// token issued before it is revoked at once and a fresh one issued.
-    /// Cleared like `rotate_requested_at`, and likewise satisfied once the
-    /// current token is younger than it.
-    pub revoke_requested_at: Option<DateTime<Utc>>,
+    /// Operator requests not yet carried out (`linetokd rotate`,
+    /// `linetokd revoke`), oldest first. The issue that carries them out
+    /// closes them by ID in the same transaction that stores its token
+    /// ([`Step::Issue`](super::Step::Issue) lists them), so a request is
+    /// never judged done by comparing times.
+    pub requests: Vec<OpenRequest>,
+    /// The group's issue attempts in the last hour (any outcome). A group
+    /// with no live token and no attempt in the hour may be issued one even
+    /// when the channel's hourly budget is spent (the first-start burst).
+    pub issued_last_hour: u32,
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
 }
@@ -58,32 +57,49 @@ impl GroupView {
             last_verified_at: None,
             can_revoke,
             removed_at: None,
-            rotate_requested_at: None,
-            revoke_requested_at: None,
+            requests: Vec::new(),
+            issued_last_hour: 0,
             retry: None,
         }
     }
 
-    /// The group's live tokens at `now`, newest first: index 0 is the
-    /// current token, index 1 the previous one, anything after is an excess
-    /// (only possible after a crash or a bug). "Newest" is by issue time;
-    /// ties go to the later expiry, then to the key ID, so the order is total
-    /// and stable.
+    /// The group's live tokens at `now` (LINE may count them all), usable
+    /// ones first and newest first within each part: index 0 is the current
+    /// token when it is usable, index 1 the previous one, anything after is
+    /// an excess (only possible after a crash, a refusal or a bug). A token
+    /// verify refused sorts after every usable one. "Newest" is by issue
+    /// time; ties go to the later expiry, then to the key ID, so the order
+    /// is total and stable.
     pub fn live_tokens(&self, now: DateTime<Utc>) -> Vec<&TokenRecord> {
         let mut live: Vec<&TokenRecord> =
             self.tokens.iter().filter(|t| t.is_live_at(now)).collect();
         live.sort_by(|a, b| {
-            b.issued_at
-                .cmp(&a.issued_at)
+            a.refused_at
+                .is_some()
+                .cmp(&b.refused_at.is_some())
+                .then(b.issued_at.cmp(&a.issued_at))
                 .then(b.expires_at.cmp(&a.expires_at))
                 .then(b.key_id.cmp(&a.key_id))
         });
         live
     }
 
-    /// The newest live token, which consumers should be using.
+    /// The newest usable token, which consumers should be using.
     pub fn current(&self, now: DateTime<Utc>) -> Option<&TokenRecord> {
-        self.live_tokens(now).into_iter().next()
+        self.live_tokens(now)
+            .into_iter()
+            .next()
+            .filter(|t| t.refused_at.is_none())
+    }
+
+    /// The open request of `kind`, if any (the oldest).
+    pub fn request(&self, kind: RequestKind) -> Option<&OpenRequest> {
+        self.requests.iter().find(|r| r.kind == kind)
+    }
+
+    /// The IDs of every open request: an issue closes them all.
+    pub fn request_ids(&self) -> Vec<i64> {
+        self.requests.iter().map(|r| r.id).collect()
     }
 
     /// The live tokens that have been superseded (all but the current), each
@@ -101,7 +117,7 @@ impl GroupView {
 }
 
 /// The channel around a group, as far as capacity and reconciling go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelView {
     /// Live tokens linetokd issued on the channel, in every group including
     /// the one being planned (count them with [`TokenRecord::is_live_at`] at
@@ -124,4 +140,12 @@ pub struct ChannelView {
     pub issue_times_last_hour: Vec<DateTime<Utc>>,
     /// When the channel's key IDs were last listed successfully.
     pub last_reconcile_at: Option<DateTime<Utc>>,
+    /// The key-ID listing's failure streak: it backs off per channel, and
+    /// holds only the listing (and the issues that wait for a fresh one),
+    /// never a group's verify or revoke.
+    pub reconcile_retry: Option<RetryState>,
+    /// LINE's 30-token refusal: `(since, until)`. Until `until` the channel
+    /// counts as full (only revoking our own tokens makes room), and an
+    /// issue needs a reconcile newer than `since`.
+    pub full: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }

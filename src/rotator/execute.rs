@@ -1,23 +1,37 @@
-//! Carrying out a plan's steps against LINE, and recording each outcome.
+//! Carrying out the driver's decisions against LINE, and recording each
+//! outcome in the store.
 //!
 //! The order inside an issue is the heart of invariant 6: journal the
 //! intent, ask LINE, verify the answer, store the token and close the intent
-//! in one transaction, and only then publish. A crash between any two of
-//! these leaves either nothing or an open intent, which the next start
-//! reports.
+//! (and the operator requests it carries out) in one transaction, and only
+//! then publish. A crash between any two of these leaves either nothing or
+//! an open intent, which the next start reports and counts against capacity
+//! until a reconcile settles it.
 //!
-//! A failed step ends the plan: the group's failure streak grows (full-jitter
-//! backoff for transient failures, a slow fixed pace for permanent ones) and
-//! the next plan waits for it. A plan whose steps all succeed ends the
-//! streak.
+//! How failures are recorded (each kind is decided in `classify`):
+//!
+//! - a failed issue, verify or revoke starts or extends the group's streak
+//!   (deadline-aware backoff, see [`RetryState::after_failure`]); it ends
+//!   when the step that failed (or any issue) succeeds, never because
+//!   another step did;
+//! - a failed key-ID listing extends the channel's listing streak, which
+//!   holds only the listing and the issues that wait for it;
+//! - LINE's 30-token refusal sets the channel's full hold until the next
+//!   expiry LINE will honour: no streak, no half-hour wait;
+//! - an answer that leaves open whether LINE issued (a timeout after
+//!   sending, a 200 that breaks the contract) closes the intent as "may
+//!   have issued": counted against capacity until a reconcile settles it.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 
-use super::{ChannelSetup, RotationEvent, Rotator, error_chain};
-use crate::domain::{AccessToken, GroupName, KeyId, TokenState};
-use crate::line::{LineError, Verification};
-use crate::policy::{FailureKind, GroupView, IssueReason, Plan, RetryState, RevokeReason, Step};
-use crate::store::{GroupRuntime, IssuedToken, StoreError};
+use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
+use crate::domain::{AccessToken, FailureKind, GroupName, KeyId, TokenState};
+use crate::line::{Endpoint, LineError, TransientCause, Verification};
+use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
+use crate::snapshot::Snapshot;
+use crate::store::{
+    EventKind, FullHold, GroupRuntime, IssuedToken, NewEvent, ReconcileRuntime, StoreError,
+};
 
 /// The longest lifetime a sane answer from LINE can report: its 30-day
 /// maximum, plus a minute for clocks and rounding.
@@ -26,13 +40,17 @@ const MAX_SANE_EXPIRES_IN: i64 = 2_592_000 + 60;
 /// Why a step failed.
 #[derive(Debug)]
 enum StepError {
-    /// LINE failed or refused; the group backs off.
+    /// LINE failed or refused.
     Line(LineError),
     /// LINE answered, but not with what the contract promises (a token for
-    /// another channel, an absurd lifetime, a token it refuses a moment
-    /// after issuing it). Treated as permanent: a retry would get the same.
-    Contract(String),
-    /// The store failed: the pass stops and is retried.
+    /// another channel, an absurd lifetime, a fresh token verify refuses).
+    Contract {
+        /// What is wrong.
+        what: String,
+        /// How to wait before the next attempt.
+        kind: FailureKind,
+    },
+    /// The store failed: the round stops and the channel is retried.
     Store(StoreError),
 }
 
@@ -46,83 +64,160 @@ impl StepError {
     fn describe(&self) -> String {
         match self {
             Self::Line(e) => error_chain(e),
-            Self::Contract(text) => text.clone(),
+            Self::Contract { what, .. } => what.clone(),
             Self::Store(e) => error_chain(e),
+        }
+    }
+
+    fn kind(&self) -> FailureKind {
+        match self {
+            Self::Line(e) => classify(e),
+            Self::Contract { kind, .. } => *kind,
+            Self::Store(_) => FailureKind::Transient,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Line(e) => e.retry_after().and_then(|d| Duration::from_std(d).ok()),
+            _ => None,
         }
     }
 }
 
+/// How a LINE failure is retried. An issue whose request may have reached
+/// LINE without an answer we can use "may have issued"; everything else
+/// follows the class the client gave it.
+fn classify(e: &LineError) -> FailureKind {
+    match e {
+        LineError::TooManyTokens { .. } => FailureKind::ChannelFull,
+        LineError::RateLimited { .. } => FailureKind::RateLimited,
+        LineError::Permanent { .. } | LineError::Assertion { .. } => FailureKind::Permanent,
+        LineError::Transient {
+            endpoint, cause, ..
+        } => match cause {
+            TransientCause::Timeout
+            | TransientCause::Network
+            | TransientCause::UnreadableAnswer { .. }
+                if *endpoint == Endpoint::IssueV21 =>
+            {
+                FailureKind::MaybeIssued
+            }
+            _ => FailureKind::Transient,
+        },
+    }
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Reconcile => "reconcile",
+        Step::Revoke { .. } => "revoke",
+        Step::Verify { .. } => "verify",
+        Step::Issue { .. } => "issue",
+        Step::CloseRequests { .. } => "close requests",
+    }
+}
+
 impl Rotator {
-    /// Executes `plan` for the group of `view` (the view it was planned
-    /// from), stopping at the first failed step.
+    /// Executes `plan` for `state.groups[gi]`, stopping at the first failed
+    /// step.
     ///
     /// # Errors
     /// Only store failures; LINE's are recorded and end in a backoff.
     pub(super) async fn execute(
         &self,
         setup: &ChannelSetup,
-        view: &GroupView,
+        snapshot: &Snapshot,
+        state: &ChannelState,
+        gi: usize,
         plan: &Plan,
     ) -> Result<(), StoreError> {
+        let view = &state.groups[gi];
         let group = &view.group;
         for step in &plan.steps {
             let outcome = match step {
                 Step::Reconcile => self.reconcile(setup).await,
-                Step::Revoke { key_id, reason } => self.revoke(setup, group, key_id, *reason).await,
+                Step::Revoke { key_id, reason } => {
+                    self.revoke(setup, snapshot, group, key_id, *reason).await
+                }
                 Step::Verify { key_id } => self.verify(setup, group, key_id).await,
-                Step::Issue { reason, token_exp } => {
-                    self.issue(setup, group, *reason, *token_exp).await
+                Step::Issue {
+                    reason,
+                    token_exp,
+                    closes,
+                } => {
+                    self.issue(setup, state, group, *reason, *token_exp, closes)
+                        .await
+                }
+                Step::CloseRequests { ids } => {
+                    let (now, channel, ids) = (self.clock.now(), setup.id.clone(), ids.clone());
+                    self.db(move |store| store.close_requests(now, &channel, &ids, "dropped"))
+                        .await
+                        .map_err(StepError::Store)
                 }
             };
-            if let Err(error) = outcome {
-                return self
-                    .record_failure(setup, group, step_name(step), error)
-                    .await;
-            }
-            if matches!(step, Step::Issue { .. }) {
-                self.settle_requests(setup, view);
-            }
-        }
-        self.record_success(setup, group).await
-    }
-
-    /// Clears the operator requests `view` carried, once they are done: the
-    /// issue they asked for succeeded (every incident revocation comes
-    /// before the issue in a plan, so those are done too), or a plan made
-    /// from the view found nothing left to do.
-    ///
-    /// The policy also reads a request as satisfied once the current token
-    /// was issued at or after it, but the store keeps whole seconds: a
-    /// token issued at 12:00:00.7 for a request stamped 12:00:00.5 reads
-    /// back as issued at 12:00:00, before the request, and without this
-    /// clear it would be revoked and replaced again and again until the
-    /// clock reached the next second or the hourly budget ran out. A
-    /// request that arrived after the plan was made carries another stamp
-    /// and is kept.
-    pub(super) fn settle_requests(&self, setup: &ChannelSetup, view: &GroupView) {
-        let mut groups = self.lock_groups();
-        if let Some(state) = groups.get_mut(&(setup.id.clone(), view.group.clone())) {
-            if state.rotate_requested_at.is_some()
-                && state.rotate_requested_at == view.rotate_requested_at
-            {
-                state.rotate_requested_at = None;
-            }
-            if state.revoke_requested_at.is_some()
-                && state.revoke_requested_at == view.revoke_requested_at
-            {
-                state.revoke_requested_at = None;
+            match outcome {
+                Ok(()) => {
+                    self.end_streak_if_done(setup, snapshot, group, step)
+                        .await?;
+                }
+                Err(StepError::Store(e)) => return Err(e),
+                Err(error) if *step == Step::Reconcile => {
+                    return self
+                        .record_listing_failure(setup, snapshot, state, error)
+                        .await;
+                }
+                Err(error) => {
+                    return self
+                        .record_failure(setup, state, gi, step_name(step), error)
+                        .await;
+                }
             }
         }
+        Ok(())
     }
 
-    /// Revokes other groups' superseded tokens so `group` can be issued one
-    /// (DESIGN.md section 4, step 2c).
+    /// Ends the group's failure streak when `step` is the step that failed
+    /// (or an issue, which is what every streak is ultimately about). A
+    /// reconcile or another step succeeding says nothing about the failed
+    /// one: ending the streak there made the backoff restart at its first
+    /// step before every retry.
+    async fn end_streak_if_done(
+        &self,
+        setup: &ChannelSetup,
+        snapshot: &Snapshot,
+        group: &GroupName,
+        step: &Step,
+    ) -> Result<(), StoreError> {
+        let Some((row, _)) = snapshot.groups.iter().find(|(r, _)| &r.name == group) else {
+            return Ok(());
+        };
+        if row.runtime.consecutive_failures == 0 {
+            return Ok(());
+        }
+        let name = step_name(step);
+        let ends =
+            matches!(step, Step::Issue { .. }) || row.runtime.failed_step.as_deref() == Some(name);
+        if !ends {
+            return Ok(());
+        }
+        tracing::info!(channel = %setup.id, group = %group, step = name, failures = row.runtime.consecutive_failures, "LINE answers again; failure streak over");
+        let (channel, group) = (setup.id.clone(), group.clone());
+        self.db(move |store| store.set_group_runtime(&channel, &group, &GroupRuntime::default()))
+            .await
+    }
+
+    /// Revokes other groups' superseded tokens so `state.groups[gi]` can be
+    /// issued one (DESIGN.md section 4, step 2c).
     pub(super) async fn free_capacity(
         &self,
         setup: &ChannelSetup,
-        group: &GroupName,
+        snapshot: &Snapshot,
+        state: &ChannelState,
+        gi: usize,
         victims: Vec<(GroupName, KeyId)>,
     ) -> Result<(), StoreError> {
+        let group = &state.groups[gi].group;
         tracing::info!(
             channel = %setup.id,
             group = %group,
@@ -130,20 +225,33 @@ impl Rotator {
             "the channel is full: revoking superseded tokens of other groups to make room"
         );
         for (owner, key_id) in victims {
-            if let Err(error) = self
-                .revoke(setup, &owner, &key_id, RevokeReason::FreeCapacity)
+            match self
+                .revoke(setup, snapshot, &owner, &key_id, RevokeReason::FreeCapacity)
                 .await
             {
-                return self.record_failure(setup, group, "revoke", error).await;
+                Ok(()) => {}
+                Err(StepError::Store(e)) => return Err(e),
+                Err(error) => {
+                    let owner_index = state.groups.iter().position(|g| g.group == owner);
+                    return self
+                        .record_failure(setup, state, owner_index.unwrap_or(gi), "revoke", error)
+                        .await;
+                }
             }
         }
         Ok(())
     }
 
     async fn reconcile(&self, setup: &ChannelSetup) -> Result<(), StepError> {
-        // The store needs the time the list was requested, not received: a
-        // token issued after LINE built the list must not be marked gone.
+        // The store needs the time the list was asked for, not received: a
+        // token issued after LINE built the list must not be marked gone;
+        // and the newest intent at that time, which the listing settles.
         let asked_at = self.clock.now();
+        let settles = {
+            let channel = setup.id.clone();
+            self.db(move |store| store.newest_intent_id(&channel))
+                .await?
+        };
         let kids = self
             .line
             .valid_key_ids(&setup.signer)
@@ -151,9 +259,8 @@ impl Rotator {
             .map_err(StepError::Line)?;
         let channel = setup.id.clone();
         let report = self
-            .db(move |store| store.reconcile(asked_at, &channel, &kids))
+            .db(move |store| store.reconcile(asked_at, &channel, &kids, settles))
             .await?;
-        self.set_settled(&setup.id, true);
         for key_id in &report.gone {
             tracing::warn!(channel = %setup.id, key_id = %key_id, "a token of ours is no longer listed by LINE: marked gone");
             self.emit(RotationEvent::Gone {
@@ -174,27 +281,26 @@ impl Rotator {
                 key_id: key_id.clone(),
             });
         }
-        tracing::debug!(
-            channel = %setup.id,
-            ours = report.ours_live,
-            foreign = report.foreign_live,
-            "reconciled with LINE"
-        );
+        tracing::debug!(channel = %setup.id, ours = report.ours_live, foreign = report.foreign_live, "reconciled with LINE");
         Ok(())
     }
 
     async fn revoke(
         &self,
         setup: &ChannelSetup,
+        snapshot: &Snapshot,
         group: &GroupName,
         key_id: &KeyId,
         reason: RevokeReason,
     ) -> Result<(), StepError> {
         let Some(secret) = &setup.secret else {
-            return Err(StepError::Contract(format!(
-                "cannot revoke {key_id}: channel {} has no secret_file",
-                setup.id
-            )));
+            return Err(StepError::Contract {
+                what: format!(
+                    "cannot revoke {key_id}: channel {} has no secret_file",
+                    setup.id
+                ),
+                kind: FailureKind::Permanent,
+            });
         };
         let token = self.stored_value(key_id).await?;
         self.line
@@ -204,8 +310,17 @@ impl Rotator {
         let now = self.clock.now();
         let key = key_id.clone();
         let why = format!("revoked: {}", revoke_reason_text(reason));
-        self.db(move |store| store.set_token_state(now, &key, TokenState::Revoked, &why))
-            .await?;
+        let channel = setup.id.clone();
+        // A slot of ours is free at LINE now, whatever its full refusal said.
+        let clear_full = snapshot.channel.as_ref().is_some_and(|c| c.full.is_some());
+        self.db(move |store| {
+            store.set_token_state(now, &key, TokenState::Revoked, &why)?;
+            if clear_full {
+                store.set_channel_full(&channel, None)?;
+            }
+            Ok(())
+        })
+        .await?;
         tracing::info!(channel = %setup.id, group = %group, key_id = %key_id, reason = revoke_reason_text(reason), "token revoked");
         self.emit(RotationEvent::Revoked {
             channel: setup.id.clone(),
@@ -239,23 +354,20 @@ impl Rotator {
             }
             Err(why) => {
                 // LINE no longer accepts the current token (revoked in the
-                // console, or leaked and revoked): rotate at once and alert.
+                // console, or leaked and revoked). It may still be listed and
+                // counted, so it is kept as refused: never handed out, still
+                // counted, revoked when the secret is there; the policy
+                // issues a replacement at once.
                 let key = key_id.clone();
-                let reason = format!("gone: {why}");
-                self.db(move |store| store.set_token_state(now, &key, TokenState::Gone, &reason))
+                let reason = format!("refused by verify: {why}");
+                self.db(move |store| store.mark_refused(now, &key, &reason))
                     .await?;
                 tracing::error!(
                     channel = %setup.id,
                     group = %group,
                     key_id = %key_id,
-                    "LINE no longer accepts the current token ({why}); rotating now"
+                    "LINE no longer accepts the current token ({why}); replacing it now"
                 );
-                if let Some(state) = self
-                    .lock_groups()
-                    .get_mut(&(setup.id.clone(), group.clone()))
-                {
-                    state.rotate_requested_at = Some(now);
-                }
                 self.emit(RotationEvent::Gone {
                     channel: setup.id.clone(),
                     key_id: key_id.clone(),
@@ -269,9 +381,11 @@ impl Rotator {
     async fn issue(
         &self,
         setup: &ChannelSetup,
+        state: &ChannelState,
         group: &GroupName,
         reason: IssueReason,
         token_exp: Duration,
+        closes: &[i64],
     ) -> Result<(), StepError> {
         let started = self.clock.now();
         let intent = {
@@ -281,95 +395,105 @@ impl Rotator {
         };
         // The intent is journaled: from here a crash leaves it open, and
         // the next start reports it (tests wait on this line to kill us).
-        tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = ?reason, "issuing a token");
+        tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = %reason_text(reason), "issuing a token");
         let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
-                // LINE may have issued it anyway: unsettled until the next
-                // reconcile, whatever the store manages to record.
-                self.set_settled(&setup.id, false);
+                let kind = classify(&e);
                 self.metrics.rotation(&setup.id, group, false);
-                let (now, text) = (self.clock.now(), error_chain(&e));
-                self.db(move |store| store.fail_issue(now, intent, &text))
+                let now = self.clock.now();
+                let text = error_chain(&e);
+                let maybe = kind == FailureKind::MaybeIssued;
+                self.db(move |store| store.fail_issue(now, intent, &text, maybe))
                     .await?;
+                if kind == FailureKind::ChannelFull {
+                    return self.hold_full_channel(setup, state, group, e).await;
+                }
                 return Err(StepError::Line(e));
             }
         };
         let issued_at = self.clock.now();
-        if !(1..=MAX_SANE_EXPIRES_IN).contains(&issued.expires_in) {
-            // Store it anyway so it is never lost, but dead on arrival.
-            let why = format!(
+        // LINE's expiry lies between `started` and `issued_at` plus its
+        // lifetime; the later bound keeps the token counted until LINE has
+        // certainly dropped it.
+        let sane = (1..=MAX_SANE_EXPIRES_IN).contains(&issued.expires_in);
+        let expires_at = issued_at
+            + Duration::seconds(if sane {
+                issued.expires_in
+            } else {
+                MAX_SANE_EXPIRES_IN
+            });
+        let refusal = if sane {
+            match self.line.verify_v21(&issued.access_token).await {
+                Ok(answer) => check_verification(&answer, setup).err(),
+                Err(e) => {
+                    tracing::warn!(
+                        channel = %setup.id,
+                        group = %group,
+                        key_id = %issued.key_id,
+                        error = %error_chain(&e),
+                        "could not verify the new token right away; storing and publishing it, the next verify checks it"
+                    );
+                    None
+                }
+            }
+        } else {
+            Some(format!(
                 "LINE answered expires_in {} for a new token",
                 issued.expires_in
-            );
-            self.store_token(
-                intent,
-                &issued.key_id,
-                &issued.access_token,
-                issued_at,
-                issued_at,
-                None,
-            )
-            .await?;
-            let (key, reason) = (issued.key_id.clone(), format!("gone: {why}"));
-            self.db(move |store| store.set_token_state(issued_at, &key, TokenState::Gone, &reason))
-                .await?;
-            return Err(StepError::Contract(why));
-        }
-        let expires_at = issued_at + Duration::seconds(issued.expires_in);
-
-        let verification = self.line.verify_v21(&issued.access_token).await;
-        let verified_at = match &verification {
-            Ok(answer) => match check_verification(answer, setup) {
-                Ok(()) => Some(self.clock.now()),
-                Err(why) => {
-                    self.store_token(
-                        intent,
-                        &issued.key_id,
-                        &issued.access_token,
-                        issued_at,
-                        expires_at,
-                        None,
-                    )
-                    .await?;
-                    let (key, reason) = (issued.key_id.clone(), format!("gone: {why}"));
-                    let now = self.clock.now();
-                    self.db(move |store| {
-                        store.set_token_state(now, &key, TokenState::Gone, &reason)
-                    })
-                    .await?;
-                    return Err(StepError::Contract(format!(
-                        "the token LINE just issued failed verification: {why}"
-                    )));
-                }
-            },
-            Err(e) => {
-                tracing::warn!(
-                    channel = %setup.id,
-                    group = %group,
-                    key_id = %issued.key_id,
-                    error = %error_chain(e),
-                    "could not verify the new token right away; storing and publishing it, the next verify checks it"
-                );
-                None
-            }
+            ))
         };
-        self.store_token(
-            intent,
-            &issued.key_id,
-            &issued.access_token,
+        let verified_at = if refusal.is_none() && sane {
+            Some(self.clock.now())
+        } else {
+            None
+        };
+        let token = IssuedToken {
+            key_id: issued.key_id.clone(),
+            value: issued.access_token.clone(),
             issued_at,
             expires_at,
             verified_at,
-        )
+        };
+        // A token that fails its first verify carries out no request: it
+        // is stored (LINE may count it), refused, revoked when possible, and
+        // the group retries on the transient schedule.
+        let closes: Vec<i64> = if refusal.is_none() {
+            closes.to_vec()
+        } else {
+            Vec::new()
+        };
+        let refused_why = refusal.clone();
+        let key = issued.key_id.clone();
+        self.db(move |store| {
+            store.complete_issue(issued_at, intent, &token, &closes)?;
+            if let Some(why) = refused_why {
+                store.mark_refused(
+                    issued_at,
+                    &key,
+                    &format!("the new token failed verification: {why}"),
+                )?;
+            }
+            Ok(())
+        })
         .await?;
+        if let Some(why) = refusal {
+            self.metrics.rotation(&setup.id, group, false);
+            return Err(StepError::Contract {
+                what: format!(
+                    "the token LINE just issued ({}) failed verification: {why}",
+                    issued.key_id
+                ),
+                kind: FailureKind::Transient,
+            });
+        }
         self.metrics.rotation(&setup.id, group, true);
         tracing::info!(
             channel = %setup.id,
             group = %group,
             key_id = %issued.key_id,
             expires_at = %expires_at,
-            reason = ?reason,
+            reason = %reason_text(reason),
             "token issued"
         );
         self.emit(RotationEvent::Issued {
@@ -385,25 +509,51 @@ impl Rotator {
         Ok(())
     }
 
-    async fn store_token(
+    /// LINE's 30-token refusal: the channel is full at LINE right now. Not
+    /// a failure of the group: the channel is held until the next expiry
+    /// LINE will honour, and the next issue waits for a fresh listing.
+    async fn hold_full_channel(
         &self,
-        intent: crate::store::IntentId,
-        key_id: &KeyId,
-        value: &AccessToken,
-        issued_at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-        verified_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
-        let token = IssuedToken {
-            key_id: key_id.clone(),
-            value: value.clone(),
-            issued_at,
-            expires_at,
-            verified_at,
-        };
-        self.db(move |store| store.complete_issue(issued_at, intent, &token))
-            .await
-            .map(|_| ())
+        setup: &ChannelSetup,
+        state: &ChannelState,
+        group: &GroupName,
+        error: LineError,
+    ) -> Result<(), StepError> {
+        let now = self.clock.now();
+        let until = policy::full_until(now, state, &self.rules());
+        let channel = setup.id.clone();
+        let detail = format!("{}; trying again at {until}", error_chain(&error));
+        let group_name = group.clone();
+        self.db(move |store| {
+            store.set_channel_full(&channel, Some(FullHold { since: now, until }))?;
+            store.record_event(
+                now,
+                &NewEvent {
+                    channel_id: channel.clone(),
+                    group: Some(group_name),
+                    key_id: None,
+                    kind: EventKind::IssueFailed,
+                    detail,
+                },
+            )?;
+            Ok(())
+        })
+        .await?;
+        tracing::warn!(
+            channel = %setup.id,
+            group = %group,
+            request_id = error.request_id().unwrap_or("-"),
+            retry_at = %until,
+            "LINE refused to issue: the channel holds 30 live tokens; listing the key IDs again and trying at the next expiry"
+        );
+        self.emit(RotationEvent::Failed {
+            channel: setup.id.clone(),
+            group: group.clone(),
+            step: "issue",
+            error: "the channel holds 30 live tokens at LINE".to_owned(),
+            retry_at: until,
+        });
+        Ok(())
     }
 
     async fn stored_value(&self, key_id: &KeyId) -> Result<AccessToken, StepError> {
@@ -419,79 +569,51 @@ impl Rotator {
     async fn record_failure(
         &self,
         setup: &ChannelSetup,
-        group: &GroupName,
+        state: &ChannelState,
+        gi: usize,
         step: &'static str,
         error: StepError,
     ) -> Result<(), StoreError> {
-        let error = match error {
-            // The store failing is not LINE's fault: no backoff, the pass
-            // stops and is retried.
-            StepError::Store(e) => return Err(e),
-            other => other,
-        };
-        let (kind, retry_after) = match &error {
-            StepError::Store(_) => (FailureKind::Transient, None),
-            StepError::Line(e) if e.is_transient() => (FailureKind::Transient, e.retry_after()),
-            StepError::Line(e) => (FailureKind::Permanent, e.retry_after()),
-            StepError::Contract(_) => (FailureKind::Permanent, None),
-        };
+        let view = &state.groups[gi];
+        let group = &view.group;
+        let rules: std::sync::Arc<Rules> = self.rules();
         let now = self.clock.now();
-        let u = self.jitter();
-        let retry = {
-            let mut groups = self.lock_groups();
-            let state = groups.entry((setup.id.clone(), group.clone())).or_default();
-            let retry = RetryState::after_failure(
-                state.retry.as_ref(),
-                now,
-                kind,
-                retry_after.and_then(|d| Duration::from_std(d).ok()),
-                u,
-                &self.rules().retry,
-            );
-            state.retry = Some(retry.clone());
-            if step == "reconcile" {
-                // The listing is channel-wide: the other groups' plans would
-                // list the same key IDs next and fail the same way, each then
-                // retrying on its own timer (a 12-group channel sent twelve
-                // listings per backoff to a LINE that was down). They wait
-                // with this group instead.
-                for other in setup.groups.iter().filter(|g| *g != group) {
-                    let other = groups.entry((setup.id.clone(), other.clone())).or_default();
-                    if other
-                        .retry
-                        .as_ref()
-                        .is_none_or(|r| r.not_before < retry.not_before)
-                    {
-                        other.retry = Some(retry.clone());
-                    }
-                }
-            }
-            retry
-        };
+        let kind = error.kind();
+        let retry = RetryState::after_failure(
+            view.retry.as_ref(),
+            now,
+            kind,
+            error.retry_after(),
+            self.jitter(),
+            &rules.retry,
+            policy::deadline(now, view, &rules),
+        );
         let text = error.describe();
-        if let StepError::Line(e) = &error {
-            tracing::warn!(
-                channel = %setup.id,
-                group = %group,
-                step,
-                request_id = e.request_id().unwrap_or("-"),
-                failures = retry.failures,
-                retry_at = %retry.not_before,
-                "{step} failed: {text}"
-            );
-        } else {
-            tracing::warn!(channel = %setup.id, group = %group, step, failures = retry.failures, retry_at = %retry.not_before, "{step} failed: {text}");
-        }
+        let request_id = match &error {
+            StepError::Line(e) => e.request_id().unwrap_or("-").to_owned(),
+            _ => "-".to_owned(),
+        };
+        tracing::warn!(
+            channel = %setup.id,
+            group = %group,
+            step,
+            kind = %kind,
+            request_id,
+            failures = retry.failures,
+            retry_at = %retry.not_before,
+            "{step} failed: {text}"
+        );
         let runtime = GroupRuntime {
             last_error: Some(format!("{step}: {text}")),
             last_error_at: Some(now),
             consecutive_failures: retry.failures,
             retry_not_before: Some(retry.not_before),
+            failure_kind: Some(kind),
+            failed_step: Some(step.to_owned()),
         };
         let event_kind = match step {
-            "verify" => Some(crate::store::EventKind::VerifyFailed),
-            "revoke" => Some(crate::store::EventKind::RevokeFailed),
-            "reconcile" => Some(crate::store::EventKind::ReconcileFailed),
+            "verify" => Some(EventKind::VerifyFailed),
+            "revoke" => Some(EventKind::RevokeFailed),
             // The issue journal records its own failures.
             _ => None,
         };
@@ -501,7 +623,7 @@ impl Rotator {
             if let Some(kind) = event_kind {
                 store.record_event(
                     now,
-                    &crate::store::NewEvent {
+                    &NewEvent {
                         channel_id: channel.clone(),
                         group: Some(group_name.clone()),
                         key_id: None,
@@ -523,25 +645,69 @@ impl Rotator {
         Ok(())
     }
 
-    async fn record_success(
+    /// A failed key-ID listing: the channel's streak grows (deadline-aware,
+    /// against the earliest group deadline); no group is held by it.
+    async fn record_listing_failure(
         &self,
         setup: &ChannelSetup,
-        group: &GroupName,
+        snapshot: &Snapshot,
+        state: &ChannelState,
+        error: StepError,
     ) -> Result<(), StoreError> {
-        let had_streak = {
-            let mut groups = self.lock_groups();
-            let state = groups.entry((setup.id.clone(), group.clone())).or_default();
-            state.retry.take().is_some()
+        let rules = self.rules();
+        let now = self.clock.now();
+        let previous = state.view.reconcile_retry.clone();
+        let failures_before = snapshot
+            .channel
+            .as_ref()
+            .map_or(0, |c| c.reconcile.failures);
+        let kind = match error.kind() {
+            FailureKind::RateLimited => FailureKind::RateLimited,
+            FailureKind::Permanent => FailureKind::Permanent,
+            _ => FailureKind::Transient,
         };
-        if had_streak {
-            tracing::info!(channel = %setup.id, group = %group, "LINE answers again; failure streak over");
-            let (channel, group) = (setup.id.clone(), group.clone());
-            self.db(move |store| {
-                store.set_group_runtime(&channel, &group, &GroupRuntime::default())
-            })
-            .await?;
-        }
-        Ok(())
+        let retry = RetryState::after_failure(
+            previous.as_ref().filter(|_| failures_before > 0),
+            now,
+            kind,
+            error.retry_after(),
+            self.jitter(),
+            &rules.retry,
+            policy::listing_deadline(now, state, &rules),
+        );
+        let text = error.describe();
+        tracing::warn!(channel = %setup.id, kind = %kind, failures = retry.failures, retry_at = %retry.not_before, "listing the channel's key IDs failed: {text}");
+        let runtime = ReconcileRuntime {
+            failures: retry.failures,
+            retry_not_before: Some(retry.not_before),
+            error: Some(text.clone()),
+        };
+        let channel = setup.id.clone();
+        self.db(move |store| {
+            store.set_reconcile_runtime(&channel, &runtime)?;
+            store.record_event(
+                now,
+                &NewEvent {
+                    channel_id: channel.clone(),
+                    group: None,
+                    key_id: None,
+                    kind: EventKind::ReconcileFailed,
+                    detail: text,
+                },
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A phrase for why a token is issued, for logs.
+fn reason_text(reason: IssueReason) -> &'static str {
+    match reason {
+        IssueReason::NoCurrent => "the group has no live token",
+        IssueReason::Due => "rotation due",
+        IssueReason::Requested => "rotation requested",
+        IssueReason::Incident => "incident",
     }
 }
 
@@ -569,23 +735,34 @@ fn check_verification(answer: &Verification, setup: &ChannelSetup) -> Result<(),
     }
 }
 
-fn step_name(step: &Step) -> &'static str {
-    match step {
-        Step::Reconcile => "reconcile",
-        Step::Revoke { .. } => "revoke",
-        Step::Verify { .. } => "verify",
-        Step::Issue { .. } => "issue",
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A short phrase for logs, status and the event history.
-pub fn revoke_reason_text(reason: RevokeReason) -> &'static str {
-    match reason {
-        RevokeReason::Incident => "incident",
-        RevokeReason::Excess => "more than two live tokens",
-        RevokeReason::Superseded => "superseded for revoke_previous_after",
-        RevokeReason::MakeRoom => "making room for the next rotation",
-        RevokeReason::Removed => "group removed from the config",
-        RevokeReason::FreeCapacity => "freeing channel capacity",
+    #[test]
+    fn only_an_issue_without_a_usable_answer_may_have_issued() {
+        let timeout = |endpoint| LineError::Transient {
+            endpoint,
+            cause: TransientCause::Timeout,
+            retry_after: None,
+            request_id: None,
+            source: None,
+        };
+        assert_eq!(
+            classify(&timeout(Endpoint::IssueV21)),
+            FailureKind::MaybeIssued
+        );
+        assert_eq!(
+            classify(&timeout(Endpoint::VerifyV21)),
+            FailureKind::Transient
+        );
+        let connect = LineError::Transient {
+            endpoint: Endpoint::IssueV21,
+            cause: TransientCause::Connect,
+            retry_after: None,
+            request_id: None,
+            source: None,
+        };
+        assert_eq!(classify(&connect), FailureKind::Transient);
     }
 }

@@ -1,56 +1,54 @@
-//! The rotator: where a plan meets IO.
+//! The rotator: where the policy's decisions meet IO.
 //!
-//! One [`Rotator::pass`] looks at every configured channel, builds each
-//! group's view from the store, asks the pure [`policy`](crate::policy) for
-//! a plan, and carries out the steps against LINE, recording every outcome
-//! in the store before telling anyone ([`RotationEvent`]). It returns when
-//! nothing is due and says when to look again; the
-//! [`scheduler`](crate::scheduler) sleeps until then.
+//! [`Rotator::work_channel`] works one channel until nothing is due: read
+//! the channel's state from the store ([`Snapshot`]), ask the pure driver
+//! ([`policy::drive`]) for the next thing to do, do it against LINE while
+//! recording every outcome in the store before telling anyone
+//! ([`RotationEvent`]), and drive again; when the driver says "idle until
+//! T", return T. The [`scheduler`](crate::scheduler) owns those due times
+//! and calls `work_channel` for the channels that are due.
 //!
-//! Channels are worked on concurrently (bounded); the groups of one channel
-//! one after another, because they share the channel's capacity and hourly
-//! issue budget, and every step changes what the next plan sees. After each
-//! executed plan the channel is planned again from fresh store reads, so
-//! the policy always decides on the current state. A channel whose last
-//! plans said nothing can change before some instant is skipped until then,
-//! unless an operator request or a config change touched it.
+//! The rotator keeps no state a restart would lose: failure streaks (with
+//! their kind and step), the channel's listing streak and full hold,
+//! operator requests and raised alerts are all rows. What it holds in
+//! memory is configuration (channels, rules), the random source for
+//! backoff jitter, and [`Wakes`], the channels the scheduler should look at
+//! now because something outside their own timers changed.
 //!
-//! A pass is never interrupted in the middle of a LINE call: cancellation is
-//! checked between steps, so the call in flight finishes and its result is
-//! stored before the daemon stops.
+//! A channel is never interrupted in the middle of a LINE call:
+//! cancellation is checked between steps, so the call in flight finishes
+//! and its result is stored before the daemon stops.
 //!
-//! Depends on `policy`, `store`, `line`, `clock` and `domain`. Reads no
-//! config: `app` hands it [`ChannelSetup`]s and [`Rules`].
+//! Depends on `policy`, `snapshot`, `store`, `line`, `clock`, `metrics`
+//! and `domain`. Reads no config: `app` hands it [`ChannelSetup`]s and
+//! [`Rules`].
 
-mod event;
 mod execute;
-pub mod snapshot;
+pub mod wakes;
 
-use std::collections::{HashMap, HashSet};
-use std::mem::Discriminant;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use chrono::{DateTime, Duration, DurationRound as _, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use self::event::RotationEvent;
-pub use self::execute::revoke_reason_text;
-pub use self::snapshot::Snapshot;
+pub use self::wakes::Wakes;
 use crate::clock::SharedClock;
-use crate::domain::{ChannelId, ChannelSecret, GroupName};
+use crate::domain::{ChannelId, ChannelSecret, GroupName, RequestKind};
+pub use crate::event::RotationEvent;
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
 use crate::metrics::Metrics;
-use crate::policy::{self, Alert, Hold, Plan, RetryState, Rules, Severity};
-use crate::store::{Store, StoreError};
+use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
+use crate::snapshot::Snapshot;
+use crate::store::{AlertSpec, Store, StoreError};
 
-/// How many plans one channel may execute in one pass before the pass
-/// moves on. Each executed plan changes the state so the next plan differs;
-/// this bound only matters if a bug made a step change nothing.
-const MAX_PLANS_PER_CHANNEL_PASS: usize = 64;
+/// How many driver rounds one call of [`Rotator::work_channel`] may run.
+/// Every executed step changes the state so the next decision differs; the
+/// bound only matters if a bug made a step change nothing.
+const MAX_ROUNDS: usize = 64;
 
 /// How soon to look again after the store failed (disk full, IO error).
 const STORE_RETRY: Duration = Duration::seconds(30);
@@ -82,29 +80,13 @@ pub struct RotatorParts {
     pub rules: Rules,
     /// The configured channels.
     pub channels: Vec<ChannelSetup>,
-    /// How many channels are worked on at once.
+    /// How many channels are worked on at once (the scheduler reads it).
     pub concurrency: usize,
     /// Seed for the backoff jitter; `None` seeds from the OS. Simulations fix
     /// it so a run can be repeated.
     pub seed: Option<u64>,
     /// Where token and rotation metrics go.
     pub metrics: Arc<Metrics>,
-}
-
-/// In-memory state of one group that the store does not need to keep.
-#[derive(Debug, Default)]
-struct GroupState {
-    /// The failure streak; seeded from the store's group row after a restart.
-    retry: Option<RetryState>,
-    /// Set when an operator (or a failed verify) asks for a rotation.
-    rotate_requested_at: Option<DateTime<Utc>>,
-    /// Set by the incident command.
-    revoke_requested_at: Option<DateTime<Utc>>,
-    /// The kinds of alert currently raised, so each is logged when it starts
-    /// rather than on every pass.
-    alerts: Vec<Discriminant<Alert>>,
-    /// True once `retry` was seeded from the store.
-    seeded: bool,
 }
 
 /// The rotation engine. Shared behind an `Arc` by the scheduler, the control
@@ -116,32 +98,12 @@ pub struct Rotator {
     /// Replaced whole on a config reload.
     rules: RwLock<Arc<Rules>>,
     channels: RwLock<Arc<Vec<Arc<ChannelSetup>>>>,
-    groups: Mutex<HashMap<(ChannelId, GroupName), GroupState>>,
-    /// Channels reconciled, in this process, after their last issue attempt
-    /// that ended without a stored token. The store keeps whole seconds, so
-    /// it cannot tell an attempt from a reconcile in the same second and
-    /// keeps counting such an attempt as unsettled; the rotator knows the
-    /// order of its own steps. Without this, a failed (or, at start, lost)
-    /// issuance followed by a reconcile in the same second made the policy
-    /// ask for a reconcile again and again until the second was over.
-    settled: Mutex<HashSet<ChannelId>>,
-    /// When each channel was last planned, and when it next needs planning
-    /// as that pass said. A pass skips a channel whose time has not come:
-    /// its plans are a pure function of its own store rows, its groups'
-    /// in-memory state and the clock, and the policy's `wake_at` is the
-    /// earliest instant any of that can change them. What changes those
-    /// inputs from outside the channel's own pass (an operator request, new
-    /// channels) forgets the entry. Without this, every wake-up of any
-    /// channel re-read and re-planned all of them.
-    next_look: Mutex<HashMap<ChannelId, NextLook>>,
     events: broadcast::Sender<RotationEvent>,
     rng: Mutex<StdRng>,
     concurrency: usize,
     metrics: Arc<Metrics>,
+    wakes: Arc<Wakes>,
 }
-
-/// When a channel was last planned, and when that plan said to look again.
-type NextLook = (DateTime<Utc>, DateTime<Utc>);
 
 /// A group's operator requests not yet carried out
 /// ([`Rotator::pending_requests`]).
@@ -168,6 +130,9 @@ pub enum RequestError {
         /// The group.
         group: GroupName,
     },
+    /// The store could not record the request.
+    #[error("the request could not be recorded: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl Rotator {
@@ -184,13 +149,11 @@ impl Rotator {
             clock: parts.clock,
             rules: RwLock::new(Arc::new(parts.rules)),
             channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
-            groups: Mutex::new(HashMap::new()),
-            settled: Mutex::new(HashSet::new()),
-            next_look: Mutex::new(HashMap::new()),
             events,
             rng: Mutex::new(rng),
             concurrency: parts.concurrency.max(1),
             metrics: parts.metrics,
+            wakes: Arc::new(Wakes::default()),
         })
     }
 
@@ -204,11 +167,11 @@ impl Rotator {
         Arc::clone(&self.rules.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the rules (a config reload); the next pass plans with them.
+    /// Replaces the rules (a config reload); every channel is looked at
+    /// again at once, since every plan depends on them.
     pub fn set_rules(&self, rules: Rules) {
         *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
-        // Every channel's plan depends on the rules: plan them all again.
-        self.lock_next_look().clear();
+        self.wakes.wake_all();
     }
 
     /// The clock the rotator reads.
@@ -226,104 +189,143 @@ impl Rotator {
         &self.line
     }
 
+    /// The metrics the rotator writes.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many channels the scheduler may work on at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The channels the scheduler should look at before their due time.
+    pub fn wakes(&self) -> Arc<Wakes> {
+        Arc::clone(&self.wakes)
+    }
+
     /// The configured channels.
     pub fn channels(&self) -> Arc<Vec<Arc<ChannelSetup>>> {
         Arc::clone(&self.channels.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the configured channels (a config reload). The store must
-    /// already have been synced with the same channels and groups.
+    /// Replaces the configured channels (a config reload) and wakes every
+    /// channel. The store must already have been synced with the same
+    /// channels and groups.
     pub fn set_channels(&self, channels: Vec<ChannelSetup>) {
         *self
             .channels
             .write()
             .unwrap_or_else(PoisonError::into_inner) =
             Arc::new(channels.into_iter().map(Arc::new).collect());
-        self.lock_next_look().clear();
+        self.wakes.wake_all();
+    }
+
+    fn setup(&self, channel: &ChannelId) -> Option<Arc<ChannelSetup>> {
+        self.channels().iter().find(|c| &c.id == channel).cloned()
     }
 
     /// Asks for a rotation of one group, or of every group of the channel,
-    /// at the next pass (`linetokd rotate`).
+    /// now (`linetokd rotate`): a request row per group, and the channel's
+    /// failure streaks and holds end (the operator says "try now"). `by`
+    /// says who asked. Returns the groups and their request IDs.
     ///
     /// # Errors
-    /// [`RequestError`] when the channel or group is not configured.
-    pub fn request_rotation(
+    /// [`RequestError`] when the channel or group is not configured or the
+    /// store fails.
+    pub async fn request_rotation(
         &self,
         channel: &ChannelId,
         group: Option<&GroupName>,
-    ) -> Result<Vec<GroupName>, RequestError> {
-        let now = self.clock.now();
-        self.for_groups(channel, group, |state| {
-            state.rotate_requested_at = Some(now)
-        })
+        by: &str,
+    ) -> Result<Vec<(GroupName, i64)>, RequestError> {
+        let targets = self.targets(channel, group)?;
+        self.request(channel, targets, RequestKind::Rotate, by)
+            .await
     }
 
-    /// Declares an incident for one group (`linetokd revoke`): every token of
-    /// the group issued before now is revoked and a fresh one issued at the
-    /// next pass, touching no other group.
+    /// Declares an incident for one group (`linetokd revoke`): every live
+    /// token of the group is revoked and a fresh one issued, touching no
+    /// other group. Kept in the store, so a restart carries it out.
     ///
     /// # Errors
-    /// [`RequestError`] when the channel or group is not configured.
-    pub fn request_incident(
+    /// [`RequestError`] when the channel or group is not configured or the
+    /// store fails.
+    pub async fn request_incident(
         &self,
         channel: &ChannelId,
         group: &GroupName,
-    ) -> Result<(), RequestError> {
-        let now = self.clock.now();
-        self.for_groups(channel, Some(group), |state| {
-            state.revoke_requested_at = Some(now);
-        })
-        .map(|_| ())
+        by: &str,
+    ) -> Result<i64, RequestError> {
+        let targets = self.targets(channel, Some(group))?;
+        let ids = self
+            .request(channel, targets, RequestKind::Incident, by)
+            .await?;
+        Ok(ids.first().map_or(0, |(_, id)| *id))
     }
 
-    /// The operator requests for a group that are not carried out yet:
-    /// each is the time it was stamped, cleared once the issue it asked
-    /// for succeeded (or a plan found nothing left to do for it). The
-    /// control socket waits on this to tell the operator when a `rotate`
-    /// or `revoke` is done.
-    pub fn pending_requests(&self, channel: &ChannelId, group: &GroupName) -> PendingRequests {
-        self.lock_groups()
-            .get(&(channel.clone(), group.clone()))
-            .map(|state| PendingRequests {
-                rotation: state.rotate_requested_at,
-                incident: state.revoke_requested_at,
-            })
-            .unwrap_or_default()
-    }
-
-    fn for_groups(
+    fn targets(
         &self,
         channel: &ChannelId,
         group: Option<&GroupName>,
-        mut apply: impl FnMut(&mut GroupState),
     ) -> Result<Vec<GroupName>, RequestError> {
-        let channels = self.channels();
-        let setup = channels
-            .iter()
-            .find(|c| &c.id == channel)
+        let setup = self
+            .setup(channel)
             .ok_or_else(|| RequestError::UnknownChannel(channel.clone()))?;
-        let targets: Vec<GroupName> = match group {
-            Some(g) if setup.groups.contains(g) => vec![g.clone()],
-            Some(g) => {
-                return Err(RequestError::UnknownGroup {
-                    channel: channel.clone(),
-                    group: g.clone(),
-                });
-            }
-            None => setup.groups.clone(),
-        };
-        let mut groups = self.lock_groups();
-        for g in &targets {
-            apply(groups.entry((channel.clone(), g.clone())).or_default());
+        match group {
+            Some(g) if setup.groups.contains(g) => Ok(vec![g.clone()]),
+            Some(g) => Err(RequestError::UnknownGroup {
+                channel: channel.clone(),
+                group: g.clone(),
+            }),
+            None => Ok(setup.groups.clone()),
         }
-        self.lock_next_look().remove(channel);
-        Ok(targets)
+    }
+
+    async fn request(
+        &self,
+        channel: &ChannelId,
+        groups: Vec<GroupName>,
+        kind: RequestKind,
+        by: &str,
+    ) -> Result<Vec<(GroupName, i64)>, RequestError> {
+        let now = self.clock.now();
+        let (ch, gs, by) = (channel.clone(), groups.clone(), by.to_owned());
+        let ids = self
+            .db(move |store| store.add_requests(now, &ch, &gs, kind, &by))
+            .await?;
+        self.wakes.wake(channel);
+        Ok(groups.into_iter().zip(ids).collect())
+    }
+
+    /// The operator requests of a group not carried out yet, read from the
+    /// store. The control socket waits on this to tell the operator when a
+    /// `rotate` or `revoke` is done.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn pending_requests(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+    ) -> Result<PendingRequests, StoreError> {
+        let ch = channel.clone();
+        let open = self.db(move |store| store.open_requests(&ch)).await?;
+        let at = |kind| {
+            open.iter()
+                .find(|(g, r)| g == group && r.kind == kind)
+                .map(|(_, r)| r.at)
+        };
+        Ok(PendingRequests {
+            rotation: at(RequestKind::Rotate),
+            incident: at(RequestKind::Incident),
+        })
     }
 
     /// Start-up duties before the first pass: every issuance a previous run
-    /// left open is closed as lost and reported (DESIGN.md section 5, crash
-    /// journal). Such a token, if LINE issued it, shows up as foreign at the
-    /// next reconcile and counts against capacity until it expires.
+    /// left open is closed as lost and reported (the crash journal). Such a
+    /// token, if LINE issued it, counts against capacity until a reconcile
+    /// settles it, then shows up as foreign until it expires.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read or written.
@@ -336,101 +338,61 @@ impl Rotator {
                 group = %intent.group,
                 intent = %intent.id,
                 started_at = %intent.started_at,
-                "an issuance was in flight when linetokd last stopped; if LINE issued that token, \
-                 the next reconcile reports it as foreign and it counts against capacity until it expires"
+                "an issuance was in flight when linetokd last stopped; it counts against capacity \
+                 until the next reconcile, which reports its token (if LINE issued one) as foreign"
             );
         }
         Ok(lost.len())
     }
 
-    /// Works every channel until nothing is due, and returns when to look
-    /// again. Stops between steps once `cancel` fires.
-    pub async fn pass(self: &Arc<Self>, cancel: &CancellationToken) -> DateTime<Utc> {
-        let channels = self.channels();
-        let now = self.clock.now();
-        let mut wake = now + policy::MAX_SLEEP;
-        let semaphore = Arc::new(Semaphore::new(self.concurrency));
-        let mut tasks = tokio::task::JoinSet::new();
-        for setup in channels.iter() {
-            // Skipped only while its time is ahead and no more than a plan's
-            // longest sleep away (after the clock stepped back, the entry
-            // says nothing about now), and while its plan was made in the
-            // current period of that length: the first pass of a period
-            // re-plans every channel, so their safety re-plans (a plan
-            // sleeps at most MAX_SLEEP) fall into one pass instead of each
-            // waking the scheduler on its own.
-            let period_start = now.duration_trunc(policy::MAX_SLEEP).unwrap_or(now);
-            let planned = self.lock_next_look().get(&setup.id).copied();
-            if let Some((_, at)) = planned.filter(|(planned_at, at)| {
-                *at > now && *at <= now + policy::MAX_SLEEP && *planned_at >= period_start
-            }) {
-                wake = wake.min(at);
-                continue;
-            }
-            let this = Arc::clone(self);
-            let setup = Arc::clone(setup);
-            let cancel = cancel.clone();
-            let semaphore = Arc::clone(&semaphore);
-            tasks.spawn(async move {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = semaphore.acquire_owned().await.ok();
-                let planned_at = this.clock.now();
-                let at = this.channel_pass(&setup, &cancel).await;
-                (setup.id.clone(), planned_at, at)
-            });
-        }
+    /// The configured channel IDs, for the scheduler.
+    pub fn channel_ids(&self) -> Vec<ChannelId> {
+        self.channels().iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// Works one channel until nothing is due and returns when it is next
+    /// due; `Ok(None)` when the channel is not configured (any more). Stops
+    /// between steps once `cancel` fires.
+    ///
+    /// # Errors
+    /// Only a fatal store error (the database file is gone): the daemon
+    /// must stop. Other store errors are logged and the channel is looked
+    /// at again shortly.
+    pub async fn work_channel(
+        &self,
+        channel: &ChannelId,
+        cancel: &CancellationToken,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let Some(setup) = self.setup(channel) else {
+            return Ok(None);
+        };
         if let Some(skew) = self.line.last_clock_skew() {
             self.metrics.set_clock_skew(skew);
         }
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok((channel, planned_at, at)) => {
-                    wake = wake.min(at);
-                    self.lock_next_look().insert(channel, (planned_at, at));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "a channel pass panicked; retrying soon");
-                    // Which channel is unknown: plan them all next time.
-                    self.lock_next_look().clear();
-                    wake = wake.min(self.clock.now() + STORE_RETRY);
-                }
-            }
-        }
-        wake
-    }
-
-    async fn channel_pass(
-        &self,
-        setup: &ChannelSetup,
-        cancel: &CancellationToken,
-    ) -> DateTime<Utc> {
-        for _ in 0..MAX_PLANS_PER_CHANNEL_PASS {
+        for _ in 0..MAX_ROUNDS {
             if cancel.is_cancelled() {
-                return self.clock.now();
+                return Ok(Some(self.clock.now()));
             }
-            match self.channel_step(setup).await {
-                Ok(Some(wake)) => return wake,
+            match self.round(&setup).await {
+                Ok(Some(until)) => return Ok(Some(until)),
                 Ok(None) => {}
+                Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
-                    tracing::error!(channel = %setup.id, error = %error_chain(&e), "the store failed; retrying soon");
-                    return self.clock.now() + STORE_RETRY;
+                    tracing::error!(channel = %setup.id, error = %error_chain(&e), "the store failed; looking at the channel again soon");
+                    return Ok(Some(self.clock.now() + STORE_RETRY));
                 }
             }
         }
         tracing::warn!(
             channel = %setup.id,
-            "{MAX_PLANS_PER_CHANNEL_PASS} plans in one pass without settling; looking again shortly"
+            "{MAX_ROUNDS} steps in a row without settling; looking again shortly"
         );
-        self.clock.now() + Duration::seconds(1)
+        Ok(Some(self.clock.now() + Duration::seconds(1)))
     }
 
-    /// Plans every group of the channel once and executes the first plan
-    /// that has work. `Ok(None)` means something was done (plan again);
-    /// `Ok(Some(wake))` means nothing is due before `wake`.
-    async fn channel_step(
-        &self,
-        setup: &ChannelSetup,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// One driver round: `Ok(None)` when something was done (drive again),
+    /// `Ok(Some(until))` when the channel idles until `until`.
+    async fn round(&self, setup: &ChannelSetup) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
         let expired = {
             let channel = setup.id.clone();
@@ -438,129 +400,120 @@ impl Rotator {
                 .await?
         };
         if !expired.is_empty() {
-            tracing::info!(channel = %setup.id, key_ids = ?expired, "tokens expired");
+            tracing::info!(channel = %setup.id, key_ids = %crate::domain::join(&expired), "tokens expired");
             self.emit(RotationEvent::Expired {
                 channel: setup.id.clone(),
                 key_ids: expired,
             });
         }
-
         let rules = self.rules();
-        let snapshot = Snapshot::load(self, setup, now).await?;
-        let views = snapshot.group_views(self, setup);
-        let mut channel_view = snapshot.channel_view(now, &views);
-        if self.is_settled(&setup.id) {
-            channel_view.lost = 0;
+        let snapshot = {
+            let channel = setup.id.clone();
+            self.db(move |store| Snapshot::read(store, &channel, now))
+                .await?
+        };
+        let state = snapshot.state(&setup.id, setup.secret.is_some());
+        let decision = policy::drive(now, &state, &rules);
+        match decision.next.clone() {
+            Next::Execute { group, plan } => {
+                self.execute(setup, &snapshot, &state, group, &plan).await?;
+                Ok(None)
+            }
+            Next::FreeCapacity { group, victims } => {
+                self.free_capacity(setup, &snapshot, &state, group, victims)
+                    .await?;
+                Ok(None)
+            }
+            Next::Idle { until } => {
+                self.report(setup, &state, &decision, now).await?;
+                Ok(Some(until))
+            }
         }
+    }
 
-        let mut wake = now + policy::MAX_SLEEP;
+    /// Metrics and alerts for a channel at rest: each group's live count,
+    /// expiry and next rotation; the alerts its plans raise, synced with
+    /// the store (which logs each start and end once).
+    async fn report(
+        &self,
+        setup: &ChannelSetup,
+        state: &policy::ChannelState,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let live_ours = policy::live_ours(now, &state.groups);
         self.metrics
-            .set_channel(&setup.id, channel_view.live_ours, channel_view.foreign);
-        for view in &views {
-            let plan = policy::plan_group(now, view, &channel_view, &rules);
-            self.raise_alerts(setup, &view.group, &plan);
+            .set_channel(&setup.id, live_ours, state.view.foreign);
+        let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
+        let mut add = |group: Option<&GroupName>, alert: &Alert| {
+            let name = alert_name(alert);
+            if specs
+                .iter()
+                .any(|(s, _)| s.alertname == name && s.group.as_ref() == group)
+            {
+                return;
+            }
+            specs.push((
+                AlertSpec {
+                    group: group.cloned(),
+                    alertname: name,
+                    severity: match alert.severity() {
+                        Severity::Critical => "critical",
+                        Severity::Warning => "warning",
+                    },
+                    summary: describe_alert(alert),
+                },
+                alert.clone(),
+            ));
+        };
+        for (view, plan) in state.groups.iter().zip(&decision.plans) {
             let live = view.live_tokens(now);
             self.metrics.set_group(
                 &setup.id,
                 &view.group,
                 live.len(),
-                live.first().map(|t| t.expires_at),
+                view.current(now).map(|t| t.expires_at),
                 plan.next_rotation_at,
             );
-            if !plan.steps.is_empty() {
-                self.execute(setup, view, &plan).await?;
-                return Ok(None);
+            for alert in &plan.alerts {
+                add(Some(&view.group), alert);
             }
-            if plan.hold.is_none() && view.retry.as_ref().is_none_or(|r| r.not_before <= now) {
-                // Nothing to do, nothing held back, no backoff hiding
-                // steps: whatever the view's requests asked for is done
-                // (e.g. a rotation that an issue already in flight
-                // satisfied), so they stop being reported as pending.
-                self.settle_requests(setup, view);
-            }
-            if let Some(Hold::Capacity { needed }) = plan.hold {
-                let victims = policy::capacity_victims(now, &views, needed, &rules);
-                if !victims.is_empty() {
-                    self.free_capacity(setup, &view.group, victims).await?;
-                    return Ok(None);
-                }
-            }
-            wake = wake.min(plan.wake_at);
         }
-        Ok(Some(wake.max(now)))
-    }
-
-    /// Logs (and emits) each alert of a plan when its kind starts, and the
-    /// end of each kind that stopped; a level condition repeated on every
-    /// pass would drown the log.
-    fn raise_alerts(&self, setup: &ChannelSetup, group: &GroupName, plan: &Plan) {
-        let kinds: Vec<_> = plan.alerts.iter().map(std::mem::discriminant).collect();
-        let started: Vec<&Alert> = {
-            let mut groups = self.lock_groups();
-            let state = groups.entry((setup.id.clone(), group.clone())).or_default();
-            let started = plan
-                .alerts
-                .iter()
-                .filter(|a| !state.alerts.contains(&std::mem::discriminant(*a)))
-                .collect();
-            if state.alerts.len() > kinds.iter().filter(|k| state.alerts.contains(k)).count() {
-                tracing::info!(channel = %setup.id, group = %group, "an alert condition cleared");
-            }
-            state.alerts = kinds;
-            started
-        };
-        for alert in started {
-            match alert.severity() {
-                Severity::Critical => {
-                    tracing::error!(channel = %setup.id, group = %group, alert = ?alert, "CRITICAL: {}", describe_alert(alert));
-                }
-                Severity::Warning => {
-                    tracing::warn!(channel = %setup.id, group = %group, alert = ?alert, "{}", describe_alert(alert));
-                }
-            }
-            self.emit(RotationEvent::Alert {
-                channel: setup.id.clone(),
-                group: group.clone(),
-                alert: alert.clone(),
-            });
+        for alert in &decision.channel_alerts {
+            add(None, alert);
         }
+        let channel = setup.id.clone();
+        let wanted: Vec<AlertSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
+        let changes = self
+            .db(move |store| store.sync_alerts(now, &channel, &wanted))
+            .await?;
+        for raised in &changes.raised {
+            let group = raised.group.as_ref().map_or("-", GroupName::as_str);
+            if raised.severity == "critical" {
+                tracing::error!(channel = %setup.id, group, alert = raised.alertname, "CRITICAL: {}", raised.summary);
+            } else {
+                tracing::warn!(channel = %setup.id, group, alert = raised.alertname, "{}", raised.summary);
+            }
+            if let (Some(g), Some((_, alert))) = (
+                raised.group.as_ref(),
+                specs.iter().find(|(s, _)| s == raised),
+            ) {
+                self.emit(RotationEvent::Alert {
+                    channel: setup.id.clone(),
+                    group: g.clone(),
+                    alert: alert.clone(),
+                });
+            }
+        }
+        for fingerprint in &changes.resolved {
+            tracing::info!(channel = %setup.id, alert = %fingerprint, "alert resolved");
+        }
+        Ok(())
     }
 
     fn emit(&self, event: RotationEvent) {
         // No receiver is fine: nobody is listening (e.g. `plan`).
         let _ = self.events.send(event);
-    }
-
-    /// True when this process reconciled the channel after its last issue
-    /// attempt that ended without a stored token (see `settled`).
-    fn is_settled(&self, channel: &ChannelId) -> bool {
-        self.settled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(channel)
-    }
-
-    /// Records that the channel was just reconciled (`true`) or that an issue
-    /// attempt just ended with its outcome at LINE unknown (`false`).
-    fn set_settled(&self, channel: &ChannelId, settled: bool) {
-        let mut set = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
-        if settled {
-            set.insert(channel.clone());
-        } else {
-            set.remove(channel);
-        }
-    }
-
-    fn lock_groups(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(ChannelId, GroupName), GroupState>> {
-        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_next_look(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, NextLook>> {
-        self.next_look
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A uniform random number in `[0, 1)` for full-jitter backoff.
@@ -585,6 +538,21 @@ impl Rotator {
                     what: format!("a store task failed: {e}"),
                 })
             })
+    }
+}
+
+/// The stable name of an alert, the last part of its fingerprint.
+pub fn alert_name(alert: &Alert) -> &'static str {
+    match alert {
+        Alert::NoLiveToken { .. } => "no_live_token",
+        Alert::ExpiresBeforeSuccessor { .. } => "deadline_at_risk",
+        Alert::NoCapacity { .. } => "capacity_exhausted",
+        Alert::RateLimited { .. } => "issue_budget_exhausted",
+        Alert::PermanentFailure { .. } => "rotation_failing",
+        Alert::TooManyLive { .. } => "too_many_live",
+        Alert::ReconcileFailing { .. } => "reconcile_failing",
+        Alert::ChannelFull { .. } => "channel_full",
+        Alert::RevokeNeedsSecret { .. } => "revoke_needs_secret",
     }
 }
 
@@ -614,9 +582,30 @@ pub fn describe_alert(alert: &Alert) -> String {
         Alert::TooManyLive { live } => {
             format!("the group has {live} live tokens and no channel secret to revoke the extras")
         }
-        Alert::RevokeNeedsSecret { key_id, reason } => format!(
-            "token {key_id} should be revoked ({reason:?}) but the channel has no secret_file; it lives until it expires"
+        Alert::ReconcileFailing { failures, retry_at } => format!(
+            "listing the channel's key IDs failed {failures} times in a row; issues wait for a fresh listing, next attempt at {retry_at}"
         ),
+        Alert::ChannelFull { until } => format!(
+            "LINE refused an issue: the channel holds 30 live tokens; trying again at {until}, when the next token LINE counts expires"
+        ),
+        Alert::RevokeNeedsSecret { key_id, reason } => format!(
+            "token {key_id} should be revoked ({}) but the channel has no secret_file; it lives until it expires",
+            revoke_reason_text(*reason)
+        ),
+    }
+}
+
+/// A short phrase for logs, status and the event history.
+pub fn revoke_reason_text(reason: policy::RevokeReason) -> &'static str {
+    use policy::RevokeReason;
+    match reason {
+        RevokeReason::Incident => "incident",
+        RevokeReason::Excess => "more than two live tokens",
+        RevokeReason::Superseded => "superseded for revoke_previous_after",
+        RevokeReason::MakeRoom => "making room for the next rotation",
+        RevokeReason::Removed => "group removed from the config",
+        RevokeReason::FreeCapacity => "freeing channel capacity",
+        RevokeReason::Refused => "refused by LINE's verify but possibly still counted",
     }
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
-use super::{Fail, Store, StoreError, screen, secs, time_at};
+use super::{Fail, Store, StoreError, millis, screen, time_at};
 use crate::domain::{ChannelId, GroupName, KeyId};
 
 /// What happened.
@@ -59,11 +59,24 @@ pub enum EventKind {
     /// A group's `on_rotate` hook failed for a new token, after its retries
     /// (schema version 3).
     HookFailed,
+    /// A channel's key, key ID or secret changed and its failure streaks
+    /// were ended (schema version 4).
+    ConfigChanged,
+    /// An operator request (`rotate`, `revoke`) was accepted (schema
+    /// version 4).
+    Requested,
+    /// LINE's verify refused a token that may still be live at LINE
+    /// (schema version 4).
+    Refused,
+    /// An alert started firing (schema version 4).
+    AlertRaised,
+    /// An alert stopped firing (schema version 4).
+    AlertResolved,
 }
 
 impl EventKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 23] = [
         Self::Issued,
         Self::IssueFailed,
         Self::IntentLost,
@@ -82,6 +95,11 @@ impl EventKind {
         Self::GroupRemoved,
         Self::HookSucceeded,
         Self::HookFailed,
+        Self::ConfigChanged,
+        Self::Requested,
+        Self::Refused,
+        Self::AlertRaised,
+        Self::AlertResolved,
     ];
 
     /// The name stored in the database and shown in status.
@@ -105,6 +123,11 @@ impl EventKind {
             Self::GroupRemoved => "group_removed",
             Self::HookSucceeded => "hook_succeeded",
             Self::HookFailed => "hook_failed",
+            Self::ConfigChanged => "config_changed",
+            Self::Requested => "requested",
+            Self::Refused => "refused",
+            Self::AlertRaised => "alert_raised",
+            Self::AlertResolved => "alert_resolved",
         }
     }
 
@@ -252,7 +275,7 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.write("pruning old events", |tx| {
-            Ok(tx.execute("DELETE FROM events WHERE at < ?1", [secs(before)])?)
+            Ok(tx.execute("DELETE FROM events WHERE at < ?1", [millis(before)])?)
         })
     }
 }
@@ -273,7 +296,7 @@ pub(super) fn insert_event(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
-        secs(now),
+        millis(now),
         channel.as_str(),
         group.map(GroupName::as_str),
         key_id.map(KeyId::as_str),

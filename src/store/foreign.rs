@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::sync::load_channel;
 use super::tokens::{TOKEN_COLUMNS, change_state, expire_in, query_tokens};
-use super::{EventKind, Fail, Store, StoreError, opt_time_at, secs, time_at};
+use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, time_at};
 use crate::domain::{ChannelId, KeyId, TokenState};
 
 /// A key ID LINE listed on a channel that linetokd did not issue.
@@ -61,7 +61,12 @@ impl Store {
     ///    the list);
     /// 3. listed key IDs that are not ours are upserted as foreign, keeping
     ///    `first_seen_at`; foreign ones no longer listed get `gone_at`;
-    /// 4. the channel's `last_reconcile_at` becomes `now`.
+    /// 4. the channel's `last_reconcile_at` becomes `now`, its listing
+    ///    failure streak ends, and every issue intent up to
+    ///    `settles_through` (the newest intent ID when the list was asked
+    ///    for: see [`Store::newest_intent_id`]) is settled: an unknown
+    ///    outcome among them is now either one of the listed foreign key
+    ///    IDs or nothing.
     ///
     /// `now` must be the time the list was requested, not when it arrived.
     /// Every change is also an event.
@@ -75,6 +80,7 @@ impl Store {
         now: DateTime<Utc>,
         channel: &ChannelId,
         live_kids: &[KeyId],
+        settles_through: i64,
     ) -> Result<ReconcileReport, StoreError> {
         self.write("reconciling against LINE's key IDs", |tx| {
             if load_channel(tx, channel)?.is_none() {
@@ -132,7 +138,7 @@ impl Store {
                 if !listed.contains(&kid) {
                     tx.execute(
                         "UPDATE foreign_kids SET gone_at = ?3 WHERE channel_id = ?1 AND key_id = ?2",
-                        params![channel.as_str(), kid.as_str(), secs(now)],
+                        params![channel.as_str(), kid.as_str(), millis(now)],
                     )?;
                     insert_event(
                         tx,
@@ -147,9 +153,13 @@ impl Store {
                 }
             }
 
+            // A successful listing ends the channel's listing streak and
+            // settles every attempt journaled before it was asked for.
             tx.execute(
-                "UPDATE channels SET last_reconcile_at = ?2 WHERE id = ?1",
-                params![channel.as_str(), secs(now)],
+                "UPDATE channels SET last_reconcile_at = ?2, reconcile_failures = 0, \
+                 reconcile_retry_not_before = NULL, reconcile_error = NULL, \
+                 settled_through_intent = max(settled_through_intent, ?3) WHERE id = ?1",
+                params![channel.as_str(), millis(now), settles_through],
             )?;
             Ok(report)
         })
@@ -172,6 +182,23 @@ impl Store {
                 out.push(foreign_from_row(row)?);
             }
             Ok(out)
+        })
+    }
+
+    /// How many foreign key IDs the last reconcile saw listed on a channel
+    /// (what counts against capacity), without reading the ones long gone.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn live_foreign_count(&self, channel: &ChannelId) -> Result<u32, StoreError> {
+        self.read("counting foreign key IDs", |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL",
+                )?
+                .query_row([channel.as_str()], |row| row.get(0))?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
     }
 }
@@ -214,7 +241,7 @@ fn upsert_foreign(
         "INSERT INTO foreign_kids (channel_id, key_id, first_seen_at, last_seen_at) \
          VALUES (?1, ?2, ?3, ?3) \
          ON CONFLICT (channel_id, key_id) DO UPDATE SET last_seen_at = ?3, gone_at = NULL",
-        params![channel.as_str(), kid.as_str(), secs(now)],
+        params![channel.as_str(), kid.as_str(), millis(now)],
     )?;
     Ok(was_live != Some(true))
 }

@@ -21,7 +21,9 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::sync::load_group;
 use super::tokens::load_token;
-use super::{EventKind, Fail, Store, StoreError, StoredToken, opt_time_at, screen, secs, time_at};
+use super::{
+    EventKind, Fail, Store, StoreError, StoredToken, millis, opt_time_at, screen, time_at,
+};
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
 
 /// The ID of one issuance intent.
@@ -164,7 +166,7 @@ impl Store {
             }
             tx.execute(
                 "INSERT INTO issue_intents (channel_id, group_name, started_at) VALUES (?1, ?2, ?3)",
-                params![channel.as_str(), group.as_str(), secs(now)],
+                params![channel.as_str(), group.as_str(), millis(now)],
             )?;
             Ok(IntentId(tx.last_insert_rowid()))
         })
@@ -186,6 +188,7 @@ impl Store {
         now: DateTime<Utc>,
         intent: IntentId,
         token: &IssuedToken,
+        closes: &[i64],
     ) -> Result<StoredToken, StoreError> {
         self.write("storing an issued token", |tx| {
             let journal = open_intent(tx, intent)?;
@@ -204,22 +207,26 @@ impl Store {
                     journal.channel_id.as_str(),
                     journal.group.as_str(),
                     token.value.expose(),
-                    secs(token.issued_at),
-                    secs(token.expires_at),
-                    secs(now),
-                    token.verified_at.map(secs),
+                    millis(token.issued_at),
+                    millis(token.expires_at),
+                    millis(now),
+                    token.verified_at.map(millis),
                     intent.0,
                 ],
             )?;
             tx.execute(
                 "UPDATE issue_intents SET outcome = 'issued', finished_at = ?2, key_id = ?3 \
                  WHERE id = ?1",
-                params![intent.0, secs(now), token.key_id.as_str()],
+                params![intent.0, millis(now), token.key_id.as_str()],
             )?;
             tx.execute(
                 "DELETE FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
                 params![journal.channel_id.as_str(), token.key_id.as_str()],
             )?;
+            // The operator requests this issue carries out end with it, in
+            // the same transaction: a crash never leaves a request done
+            // without its token, or a token without its request closed.
+            super::requests::close_in(tx, now, &journal.channel_id, closes, "done")?;
             insert_event(
                 tx,
                 now,
@@ -236,7 +243,10 @@ impl Store {
     }
 
     /// Closes `intent` as failed with the error (screened, cut to length)
-    /// and an `issue_failed` event.
+    /// and an `issue_failed` event. `maybe_issued` says LINE may have issued
+    /// a token anyway (a timeout after sending, a 200 that broke the
+    /// contract): such an attempt counts against capacity until a reconcile
+    /// settles it ([`Store::unsettled_issues`]).
     ///
     /// # Errors
     ///
@@ -247,13 +257,15 @@ impl Store {
         now: DateTime<Utc>,
         intent: IntentId,
         error: &str,
+        maybe_issued: bool,
     ) -> Result<(), StoreError> {
         self.write("journaling a failed issuance", |tx| {
             let journal = open_intent(tx, intent)?;
             let error = screen(tx, error)?;
             tx.execute(
-                "UPDATE issue_intents SET outcome = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
-                params![intent.0, secs(now), error],
+                "UPDATE issue_intents SET outcome = 'failed', finished_at = ?2, error = ?3, \
+                 maybe_issued = ?4 WHERE id = ?1",
+                params![intent.0, millis(now), error, i64::from(maybe_issued)],
             )?;
             insert_event(
                 tx,
@@ -318,8 +330,9 @@ impl Store {
             let mut closed = Vec::with_capacity(open.len());
             for mut intent in open {
                 tx.execute(
-                    "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3 WHERE id = ?1",
-                    params![intent.id.0, secs(now), LOST_REASON],
+                    "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3, \
+                     maybe_issued = 1 WHERE id = ?1",
+                    params![intent.id.0, millis(now), LOST_REASON],
                 )?;
                 insert_event(
                     tx,
@@ -354,18 +367,37 @@ impl Store {
         &self,
         channel: &ChannelId,
         since: DateTime<Utc>,
-    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+    ) -> Result<Vec<(GroupName, DateTime<Utc>)>, StoreError> {
         self.read("counting recent issuances", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT started_at FROM issue_intents WHERE channel_id = ?1 AND started_at >= ?2 \
-                 ORDER BY started_at, id",
+                "SELECT group_name, started_at FROM issue_intents \
+                 WHERE channel_id = ?1 AND started_at >= ?2 ORDER BY started_at, id",
             )?;
-            let mut rows = stmt.query(params![channel.as_str(), secs(since)])?;
+            let mut rows = stmt.query(params![channel.as_str(), millis(since)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(time_at(row, "started_at")?);
+                out.push((
+                    GroupName::new(row.get::<_, String>("group_name")?),
+                    time_at(row, "started_at")?,
+                ));
             }
             Ok(out)
+        })
+    }
+
+    /// The newest issue intent ID of a channel (0 when there is none): a
+    /// reconcile asked for after it settles every intent up to it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn newest_intent_id(&self, channel: &ChannelId) -> Result<i64, StoreError> {
+        self.read("reading the newest issuance", |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT coalesce(max(id), 0) FROM issue_intents WHERE channel_id = ?1",
+                )?
+                .query_row([channel.as_str()], |row| row.get(0))?)
         })
     }
 }
@@ -390,38 +422,36 @@ impl Store {
                     "SELECT {INTENT_COLUMNS} FROM issue_intents \
                      WHERE channel_id = ?1 AND started_at >= ?2 ORDER BY started_at, id"
                 ),
-                params![channel.as_str(), secs(since)],
+                params![channel.as_str(), millis(since)],
             )
         })
     }
 
-    /// How many of the channel's issuances since `since` (all of them when
-    /// `None`) ended without a stored token: failed or lost. Any of them may
-    /// have produced a token LINE counts but we never stored (a timeout
-    /// after LINE answered, a crash), so until a reconcile at or after
-    /// `since` settles them, each counts against the channel's capacity.
+    /// Issue attempts of a channel whose outcome is unknown (lost in a
+    /// crash, or failed in a way LINE may have issued anyway) that no
+    /// reconcile has settled yet: those after intent `settled_through`.
+    /// Each may be a live token nobody recorded.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`].
-    pub fn unsettled_issues_since(
+    pub fn unsettled_issues(
         &self,
         channel: &ChannelId,
-        since: Option<DateTime<Utc>>,
+        settled_through: i64,
     ) -> Result<u32, StoreError> {
         self.read("counting unsettled issuances", |conn| {
             let n: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM issue_intents WHERE channel_id = ?1 \
-                     AND outcome IN ('failed', 'lost') AND (?2 IS NULL OR started_at >= ?2)",
+                    "SELECT count(*) FROM issue_intents WHERE channel_id = ?1 AND id > ?2 \
+                     AND outcome IN ('failed', 'lost') AND maybe_issued = 1",
                 )?
-                .query_row(params![channel.as_str(), since.map(secs)], |row| row.get(0))?;
+                .query_row(params![channel.as_str(), settled_through], |row| row.get(0))?;
             Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
     }
 }
 
-/// The intent, which must exist and be open.
 fn open_intent(conn: &Connection, intent: IntentId) -> Result<IssueIntent, Fail> {
     let journal = load_intent(conn, intent)?.ok_or(StoreError::UnknownIntent { intent })?;
     if journal.outcome != IntentOutcome::Open {

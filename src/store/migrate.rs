@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_add_hook_events",
         sql: include_str!("../../migrations/0003_add_hook_events.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_store_milliseconds_and_engine_state",
+        sql: include_str!("../../migrations/0004_store_milliseconds_and_engine_state.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

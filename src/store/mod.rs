@@ -7,9 +7,10 @@
 //! `Arc`, so it is `Clone + Send + Sync` and cheap to hand to tasks. Its API
 //! is synchronous (rusqlite blocks): async callers run it on
 //! `spawn_blocking`. The typed queries live in one file per concern:
-//! `sync` (channels and groups from the config, runtime state), `tokens`,
-//! `intents` (the crash journal), `foreign` (reconcile against LINE's list of
-//! valid key IDs) and `events`; `migrate` runs `migrations/*.sql` and `lock`
+//! `sync` (channels and groups from the config, failure streaks and holds),
+//! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
+//! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
+//! (raised alerts) and `events`; `migrate` runs `migrations/*.sql` and `lock`
 //! keeps a second daemon out.
 //!
 //! Depends on `domain` and rusqlite; nothing above it. It never reads the
@@ -30,11 +31,11 @@
 //! - **No token value outside `tokens.access_token`** (invariant 5): every
 //!   free-text column is screened against the stored token values before it
 //!   is written, and errors carry no values.
-//! - Times are stored as integer unix seconds (UTC), truncated: LINE counts
-//!   lifetimes in whole seconds and integers compare and index directly in
-//!   SQL.
+//! - Times are stored as integer unix milliseconds (UTC): LINE's expiries
+//!   are instants, and integers compare and index directly in SQL.
 //! - The database file (and its `-wal`/`-shm` companions) is mode 0600.
 
+mod alerts;
 mod error;
 mod events;
 mod foreign;
@@ -42,6 +43,7 @@ mod intents;
 mod lock;
 pub mod migrate;
 mod notes;
+mod requests;
 mod sync;
 mod tokens;
 
@@ -55,6 +57,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 
+pub use alerts::{AlertChanges, AlertSpec, FiringAlert, fingerprint};
 pub use error::StoreError;
 pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
@@ -62,7 +65,9 @@ pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use migrate::Migrated;
 pub use notes::{DaemonNote, LAST_RELOAD};
-pub use sync::{ChannelRow, ChannelSpec, GroupRow, GroupRuntime, SyncReport};
+pub use sync::{
+    ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
+};
 pub use tokens::StoredToken;
 
 /// How hard each commit is pushed to disk.
@@ -367,24 +372,26 @@ fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
     .map(|_| ())
 }
 
-/// A time as stored: unix seconds.
-fn secs(t: DateTime<Utc>) -> i64 {
-    t.timestamp()
+/// A time as stored: unix milliseconds. LINE's expiries are instants, and
+/// the engine must never act in the second a token expires as if LINE had
+/// already freed its slot (schema version 4).
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
 /// A stored time from column `col`.
 fn time_at(row: &Row<'_>, col: &str) -> Result<DateTime<Utc>, Fail> {
-    let s: i64 = row.get(col)?;
-    DateTime::from_timestamp(s, 0)
-        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {s}, which is not a time")))
+    let ms: i64 = row.get(col)?;
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
 }
 
 /// A stored optional time from column `col`.
 fn opt_time_at(row: &Row<'_>, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
-    let s: Option<i64> = row.get(col)?;
-    s.map(|s| {
-        DateTime::from_timestamp(s, 0)
-            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {s}, which is not a time")))
+    let ms: Option<i64> = row.get(col)?;
+    ms.map(|ms| {
+        DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
     })
     .transpose()
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use super::{Store, StoreError, screen, secs, time_at};
+use super::{Store, StoreError, millis, screen, time_at};
 
 /// The key of the last config reload's outcome.
 pub const LAST_RELOAD: &str = "last_reload";
@@ -32,7 +32,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO daemon_notes (key, value, at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, at = excluded.at",
-                params![key, value, secs(now)],
+                params![key, value, millis(now)],
             )?;
             Ok(())
         })

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, Store, StoreError, opt_time_at, screen, secs, time_at};
-use crate::domain::{ChannelId, GroupName};
+use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use crate::domain::{ChannelId, FailureKind, GroupName};
 
 /// One channel as the config lists it: the part of the config the store
 /// keeps.
@@ -25,6 +25,12 @@ pub struct ChannelSpec {
     pub name: String,
     /// Its consumer groups.
     pub groups: Vec<GroupName>,
+    /// A digest of what LINE judges the channel's requests by (channel ID,
+    /// key ID, signing key, secret). When it differs from the stored one,
+    /// every failure streak of the channel ends: a permanent failure's hold
+    /// must not outlive the config that caused it, not even across a
+    /// restart. `None` leaves the stored one (and the streaks) alone.
+    pub fingerprint: Option<String>,
 }
 
 /// What [`Store::sync_config`] changed. Channels and groups that came back
@@ -40,6 +46,9 @@ pub struct SyncReport {
     /// Groups no longer in the config (including every group of a removed
     /// channel).
     pub removed_groups: Vec<(ChannelId, GroupName)>,
+    /// Channels whose config (key, key ID, secret) changed: their failure
+    /// streaks and holds were ended so they are tried again now.
+    pub changed_channels: Vec<ChannelId>,
 }
 
 impl SyncReport {
@@ -49,6 +58,7 @@ impl SyncReport {
             && self.removed_channels.is_empty()
             && self.added_groups.is_empty()
             && self.removed_groups.is_empty()
+            && self.changed_channels.is_empty()
     }
 }
 
@@ -66,6 +76,37 @@ pub struct ChannelRow {
     /// When LINE's list of valid key IDs was last applied
     /// ([`Store::reconcile`]).
     pub last_reconcile_at: Option<DateTime<Utc>>,
+    /// The digest of the channel's config at the last sync.
+    pub config_fingerprint: Option<String>,
+    /// The key-ID listing's failure streak (it backs off per channel).
+    pub reconcile: ReconcileRuntime,
+    /// Set by LINE's 30-token refusal: from `full_since` the channel counts
+    /// as full until `full_until`, and an issue needs a reconcile newer than
+    /// `full_since`.
+    pub full: Option<FullHold>,
+    /// The newest issue intent a reconcile has settled: intents up to it
+    /// whose outcome was unknown are no longer counted as possibly live.
+    pub settled_through_intent: i64,
+}
+
+/// The key-ID listing's failure streak for one channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileRuntime {
+    /// Failures since the last successful listing.
+    pub failures: u32,
+    /// No listing before this instant.
+    pub retry_not_before: Option<DateTime<Utc>>,
+    /// The last failure, for status.
+    pub error: Option<String>,
+}
+
+/// A channel LINE refused an issue on because it holds 30 live tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullHold {
+    /// When LINE refused.
+    pub since: DateTime<Utc>,
+    /// The next instant LINE will have room, as far as we know.
+    pub until: DateTime<Utc>,
 }
 
 impl ChannelRow {
@@ -88,6 +129,11 @@ pub struct GroupRuntime {
     pub consecutive_failures: u32,
     /// No new attempt before this time (backoff).
     pub retry_not_before: Option<DateTime<Utc>>,
+    /// How the last attempt failed; `None` without a streak (and for
+    /// streaks written before schema version 4).
+    pub failure_kind: Option<FailureKind>,
+    /// The step that failed (`issue`, `verify` or `revoke`).
+    pub failed_step: Option<String>,
 }
 
 /// A stored group. The time of its last successful verify is its current
@@ -113,9 +159,11 @@ impl GroupRow {
     }
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at";
+const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at, \
+     config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
+     full_since, full_until, settled_through_intent";
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
-                             consecutive_failures, retry_not_before";
+                             consecutive_failures, retry_not_before, failure_kind, failed_step";
 
 impl Store {
     /// Makes the stored channels and groups match the config: adds new
@@ -143,7 +191,7 @@ impl Store {
                     None => {
                         tx.execute(
                             "INSERT INTO channels (id, name, added_at) VALUES (?1, ?2, ?3)",
-                            params![spec.id.as_str(), spec.name, secs(now)],
+                            params![spec.id.as_str(), spec.name, millis(now)],
                         )?;
                         insert_event(tx, now, &spec.id, None, None, EventKind::ChannelAdded, "")?;
                         report.added_channels.push(spec.id.clone());
@@ -165,7 +213,20 @@ impl Store {
                             "UPDATE channels SET name = ?2, removed_at = NULL WHERE id = ?1",
                             params![spec.id.as_str(), spec.name],
                         )?;
+                        if spec.fingerprint.is_some()
+                            && row.config_fingerprint.is_some()
+                            && spec.fingerprint != row.config_fingerprint
+                        {
+                            end_streaks(tx, now, &spec.id)?;
+                            report.changed_channels.push(spec.id.clone());
+                        }
                     }
+                }
+                if let Some(fingerprint) = &spec.fingerprint {
+                    tx.execute(
+                        "UPDATE channels SET config_fingerprint = ?2 WHERE id = ?1",
+                        params![spec.id.as_str(), fingerprint],
+                    )?;
                 }
                 sync_groups(tx, now, &spec.id, &spec.groups, &mut report)?;
             }
@@ -173,7 +234,7 @@ impl Store {
                 if row.is_active() && !channels.iter().any(|s| s.id == row.id) {
                     tx.execute(
                         "UPDATE channels SET removed_at = ?2 WHERE id = ?1",
-                        params![row.id.as_str(), secs(now)],
+                        params![row.id.as_str(), millis(now)],
                     )?;
                     insert_event(tx, now, &row.id, None, None, EventKind::ChannelRemoved, "")?;
                     report.removed_channels.push(row.id.clone());
@@ -275,14 +336,17 @@ impl Store {
                 .transpose()?;
             let changed = tx.execute(
                 "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
-                 retry_not_before = ?6 WHERE channel_id = ?1 AND name = ?2",
+                 retry_not_before = ?6, failure_kind = ?7, failed_step = ?8 \
+                 WHERE channel_id = ?1 AND name = ?2",
                 params![
                     channel.as_str(),
                     group.as_str(),
                     last_error,
-                    runtime.last_error_at.map(secs),
+                    runtime.last_error_at.map(millis),
                     i64::from(runtime.consecutive_failures),
-                    runtime.retry_not_before.map(secs),
+                    runtime.retry_not_before.map(millis),
+                    runtime.failure_kind.map(FailureKind::as_str),
+                    runtime.failed_step,
                 ],
             )?;
             if changed == 0 {
@@ -292,6 +356,69 @@ impl Store {
                 }
                 .into());
             }
+            Ok(())
+        })
+    }
+}
+
+impl Store {
+    /// Replaces a channel's key-ID listing streak (the error is screened).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownChannel`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn set_reconcile_runtime(
+        &self,
+        channel: &ChannelId,
+        runtime: &ReconcileRuntime,
+    ) -> Result<(), StoreError> {
+        self.write("saving a channel's listing streak", |tx| {
+            let error = runtime
+                .error
+                .as_deref()
+                .map(|e| screen(tx, e))
+                .transpose()?;
+            let changed = tx.execute(
+                "UPDATE channels SET reconcile_failures = ?2, reconcile_retry_not_before = ?3, \
+                 reconcile_error = ?4 WHERE id = ?1",
+                params![
+                    channel.as_str(),
+                    i64::from(runtime.failures),
+                    runtime.retry_not_before.map(millis),
+                    error
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::UnknownChannel {
+                    channel: channel.clone(),
+                }
+                .into());
+            }
+            Ok(())
+        })
+    }
+
+    /// Sets (after LINE's 30-token refusal) or clears (after we freed a
+    /// slot) a channel's "full at LINE" hold.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn set_channel_full(
+        &self,
+        channel: &ChannelId,
+        hold: Option<FullHold>,
+    ) -> Result<(), StoreError> {
+        self.write("saving a channel's full hold", |tx| {
+            tx.execute(
+                "UPDATE channels SET full_since = ?2, full_until = ?3 WHERE id = ?1",
+                params![
+                    channel.as_str(),
+                    hold.map(|h| millis(h.since)),
+                    hold.map(|h| millis(h.until))
+                ],
+            )?;
             Ok(())
         })
     }
@@ -318,7 +445,7 @@ fn sync_groups(
             None => {
                 tx.execute(
                     "INSERT INTO groups (channel_id, name, added_at) VALUES (?1, ?2, ?3)",
-                    params![channel.as_str(), name.as_str(), secs(now)],
+                    params![channel.as_str(), name.as_str(), millis(now)],
                 )?;
                 insert_event(
                     tx,
@@ -354,7 +481,7 @@ fn sync_groups(
         if removed_at.is_none() && !wanted.contains(name) {
             tx.execute(
                 "UPDATE groups SET removed_at = ?3 WHERE channel_id = ?1 AND name = ?2",
-                params![channel.as_str(), name.as_str(), secs(now)],
+                params![channel.as_str(), name.as_str(), millis(now)],
             )?;
             insert_event(
                 tx,
@@ -408,13 +535,69 @@ pub(super) fn load_group(
 }
 
 fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
+    let failures: i64 = row.get("reconcile_failures")?;
+    let full = match (
+        opt_time_at(row, "full_since")?,
+        opt_time_at(row, "full_until")?,
+    ) {
+        (Some(since), Some(until)) => Some(FullHold { since, until }),
+        _ => None,
+    };
     Ok(ChannelRow {
         id: ChannelId::new(row.get::<_, String>("id")?),
         name: row.get("name")?,
         added_at: time_at(row, "added_at")?,
         removed_at: opt_time_at(row, "removed_at")?,
         last_reconcile_at: opt_time_at(row, "last_reconcile_at")?,
+        config_fingerprint: row.get("config_fingerprint")?,
+        reconcile: ReconcileRuntime {
+            failures: u32::try_from(failures).map_err(|_| {
+                Fail::Corrupt(format!("channels.reconcile_failures holds {failures}"))
+            })?,
+            retry_not_before: opt_time_at(row, "reconcile_retry_not_before")?,
+            error: row.get("reconcile_error")?,
+        },
+        full,
+        settled_through_intent: row.get("settled_through_intent")?,
     })
+}
+
+/// Ends every failure streak and hold of a channel (its config changed, or
+/// an operator said "try now"), with an event saying why.
+pub(super) fn end_streaks(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+) -> Result<(), Fail> {
+    let held: i64 = tx.query_row(
+        "SELECT count(*) FROM groups WHERE channel_id = ?1 AND consecutive_failures > 0",
+        [channel.as_str()],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "UPDATE groups SET consecutive_failures = 0, retry_not_before = NULL, \
+         failure_kind = NULL, failed_step = NULL WHERE channel_id = ?1",
+        [channel.as_str()],
+    )?;
+    tx.execute(
+        "UPDATE channels SET reconcile_failures = 0, reconcile_retry_not_before = NULL, \
+         reconcile_error = NULL, full_since = NULL, full_until = NULL WHERE id = ?1",
+        [channel.as_str()],
+    )?;
+    if held > 0 {
+        insert_event(
+            tx,
+            now,
+            channel,
+            None,
+            None,
+            EventKind::ConfigChanged,
+            &format!(
+                "the channel's key, key ID or secret changed: {held} group(s) no longer held by earlier failures"
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
@@ -431,6 +614,14 @@ fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
                 Fail::Corrupt(format!("groups.consecutive_failures holds {failures}"))
             })?,
             retry_not_before: opt_time_at(row, "retry_not_before")?,
+            failure_kind: row
+                .get::<_, Option<String>>("failure_kind")?
+                .map(|k| {
+                    FailureKind::parse(&k)
+                        .ok_or_else(|| Fail::Corrupt(format!("groups.failure_kind holds {k:?}")))
+                })
+                .transpose()?,
+            failed_step: row.get("failed_step")?,
         },
     })
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, IntentId, Store, StoreError, opt_time_at, screen, secs, time_at};
+use super::{EventKind, Fail, IntentId, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
 /// A stored token with its value. `Debug` shows the value's fingerprint
@@ -35,7 +35,7 @@ pub struct StoredToken {
 }
 
 pub(super) const TOKEN_COLUMNS: &str = "key_id, channel_id, group_name, access_token, issued_at, \
-     expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id";
+     expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id, refused_at";
 
 impl Store {
     /// The token with this key ID.
@@ -134,7 +134,7 @@ impl Store {
             })?;
             tx.execute(
                 "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
-                params![key_id.as_str(), secs(now)],
+                params![key_id.as_str(), millis(now)],
             )?;
             insert_event(
                 tx,
@@ -144,6 +144,48 @@ impl Store {
                 Some(key_id),
                 EventKind::Verified,
                 "",
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that LINE's verify refused a live token that may still be
+    /// live at LINE: it is never handed out again, but stays live (counted
+    /// against capacity and the two-per-group bound) until it is revoked,
+    /// expires, or a reconcile no longer lists it. A `refused` event carries
+    /// `why`. Refusing an already refused or no longer live token does
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownToken`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn mark_refused(
+        &self,
+        now: DateTime<Utc>,
+        key_id: &KeyId,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        self.write("recording a refused token", |tx| {
+            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
+                key_id: key_id.clone(),
+            })?;
+            if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
+                return Ok(());
+            }
+            tx.execute(
+                "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
+                params![key_id.as_str(), millis(now)],
+            )?;
+            let why = screen(tx, why)?;
+            insert_event(
+                tx,
+                now,
+                &token.channel_id,
+                Some(&token.group),
+                Some(key_id),
+                EventKind::Refused,
+                &why,
             )?;
             Ok(())
         })
@@ -186,7 +228,7 @@ pub(super) fn expire_in(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
              AND (?2 IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id"
         ),
-        params![secs(now), channel.map(ChannelId::as_str)],
+        params![millis(now), channel.map(ChannelId::as_str)],
     )?;
     let mut expired = Vec::with_capacity(due.len());
     for token in due {
@@ -211,7 +253,7 @@ pub(super) fn change_state(
             token.record.key_id.as_str(),
             state.as_str(),
             reason,
-            secs(now)
+            millis(now)
         ],
     )?;
     let kind = match state {
@@ -267,6 +309,7 @@ fn token_from_row(row: &Row<'_>) -> Result<StoredToken, Fail> {
             state: parse_state(&state).ok_or_else(|| {
                 Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
             })?,
+            refused_at: opt_time_at(row, "refused_at")?,
         },
         value: AccessToken::new(row.get::<_, String>("access_token")?),
         state_reason: row.get("state_reason")?,

@@ -1,0 +1,366 @@
+//! The channel driver: from (now, one channel's state, the rules) to the
+//! next thing to do on that channel. The one place the per-channel loop
+//! lives: the rotator (with IO), `linetokd plan` (the forecast, imagining
+//! success) and the property tests all call [`drive`], so they cannot
+//! disagree about what the daemon does.
+//!
+//! Each call plans every group of the channel ([`plan_group`]) against the
+//! same channel counts and picks one thing:
+//!
+//! 1. the first group (in the state's order) whose plan has steps: execute
+//!    that plan, then drive again on fresh state;
+//! 2. else, if a group waits for capacity and our own superseded tokens
+//!    (or a removed group's) can make room: revoke those, then drive again;
+//! 3. else idle until the earliest instant any plan or the channel's own
+//!    timers (listing backoff, full hold) could change the answer.
+//!
+//! The key-ID listing (reconcile) is channel-wide: it backs off per
+//! channel, so while its streak runs the listing is taken out of every
+//! group's plan and only the issues that need a fresh listing wait; the
+//! groups' verifies and revocations go on.
+//!
+//! Pure, like the rest of `policy`: no clock, no IO, no randomness.
+
+use chrono::{DateTime, Utc};
+
+use super::capacity::{capacity_victims, live_ours};
+use super::plan::{Alert, Hold, MAX_SLEEP, Plan, Step, plan_group};
+use super::rules::Rules;
+use super::time;
+use super::view::{ChannelView, GroupView};
+use crate::domain::{GroupName, KeyId};
+
+/// One channel as the driver sees it: its groups (active ones, and removed
+/// ones that still hold live tokens) and its counts. `view.live_ours` is
+/// recounted from `groups` by [`drive`]; callers may leave it at zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelState {
+    /// The groups, in the order the daemon plans them (by name).
+    pub groups: Vec<GroupView>,
+    /// The channel's counts, timers and streak.
+    pub view: ChannelView,
+}
+
+/// What to do next on a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Carry out `plan` for `groups[group]`, stopping at the first failed
+    /// step; then drive again.
+    Execute {
+        /// Index into [`ChannelState::groups`].
+        group: usize,
+        /// The plan, with at least one step.
+        plan: Plan,
+    },
+    /// Revoke `victims` (our own superseded tokens, or a removed group's)
+    /// so `groups[group]` can be issued one; then drive again.
+    FreeCapacity {
+        /// The group that needs the room.
+        group: usize,
+        /// `(owner group, key ID)`, oldest superseded first.
+        victims: Vec<(GroupName, KeyId)>,
+    },
+    /// Nothing to do before `until`.
+    Idle {
+        /// When to drive again (at most [`MAX_SLEEP`] ahead).
+        until: DateTime<Utc>,
+    },
+}
+
+/// The driver's answer: the next thing to do, and what each group's plan
+/// said (for status, metrics and alerts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What to do.
+    pub next: Next,
+    /// Each group's plan at this instant, in the state's order.
+    pub plans: Vec<Plan>,
+    /// Conditions of the channel as a whole (the listing failing, LINE's
+    /// full refusal).
+    pub channel_alerts: Vec<Alert>,
+}
+
+/// Decides the next thing to do on one channel at `now`. See the module
+/// documentation.
+pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decision {
+    let view = ChannelView {
+        live_ours: live_ours(now, &state.groups),
+        ..state.view.clone()
+    };
+    let listing_held_until = view
+        .reconcile_retry
+        .as_ref()
+        .map(|r| r.not_before)
+        .filter(|at| *at > now);
+    let mut plans: Vec<Plan> = state
+        .groups
+        .iter()
+        .map(|g| {
+            let mut plan = plan_group(now, g, &view, rules);
+            if let Some(until) = listing_held_until {
+                hold_listing(&mut plan, now, until);
+            }
+            plan
+        })
+        .collect();
+
+    let mut channel_alerts = Vec::new();
+    if let Some(r) = &view.reconcile_retry {
+        channel_alerts.push(Alert::ReconcileFailing {
+            failures: r.failures,
+            retry_at: r.not_before.max(now),
+        });
+    }
+    if let Some((_, until)) = view.full.filter(|(_, until)| *until > now) {
+        channel_alerts.push(Alert::ChannelFull { until });
+    }
+
+    let next = if let Some(i) = plans.iter().position(|p| !p.steps.is_empty()) {
+        Next::Execute {
+            group: i,
+            plan: plans[i].clone(),
+        }
+    } else if let Some((i, victims)) = plans.iter().enumerate().find_map(|(i, p)| match p.hold {
+        Some(Hold::Capacity { needed }) => {
+            let victims = capacity_victims(now, &state.groups, needed, rules);
+            (!victims.is_empty()).then_some((i, victims))
+        }
+        _ => None,
+    }) {
+        Next::FreeCapacity { group: i, victims }
+    } else {
+        let latest = time::add(now, MAX_SLEEP);
+        let until = plans
+            .iter()
+            .map(|p| p.wake_at)
+            .chain(listing_held_until)
+            .fold(latest, DateTime::min)
+            .max(now);
+        Next::Idle { until }
+    };
+    // Only the plan being executed may have steps in the returned plans'
+    // eyes of a reader: the others are what each group would do next.
+    for p in &mut plans {
+        p.wake_at = p.wake_at.max(now);
+    }
+    Decision {
+        next,
+        plans,
+        channel_alerts,
+    }
+}
+
+/// Takes the key-ID listing out of a plan while the channel's listing
+/// streak holds it until `until`: the plan's other steps stand (verify and
+/// revoke do not need it), and a plan left without steps wakes at `until`.
+fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>) {
+    let before = plan.steps.len();
+    plan.steps.retain(|s| *s != Step::Reconcile);
+    if plan.steps.len() != before && plan.steps.is_empty() {
+        plan.wake_at = until.min(time::add(now, MAX_SLEEP));
+    }
+}
+
+/// When to try again after LINE's 30-token refusal at `now`: the next
+/// expiry LINE will honour (the earliest live token of ours on the channel,
+/// whose instant we know) plus a second's margin, but no later than
+/// `full_recheck` (foreign tokens expire at instants nobody knows, so the
+/// key IDs are listed again then).
+pub fn full_until(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> DateTime<Utc> {
+    let margin = chrono::Duration::seconds(1);
+    let recheck = time::add(now, time::non_negative(rules.full_recheck).max(margin));
+    state
+        .groups
+        .iter()
+        .flat_map(|g| g.live_tokens(now))
+        .map(|t| time::add(t.expires_at, margin))
+        .fold(recheck, DateTime::min)
+}
+
+/// The instant a channel's failing key-ID listing must be retried by: the
+/// earliest deadline of a group that waits for it, if any.
+pub fn listing_deadline(
+    now: DateTime<Utc>,
+    state: &ChannelState,
+    rules: &Rules,
+) -> Option<DateTime<Utc>> {
+    state
+        .groups
+        .iter()
+        .filter(|g| g.removed_at.is_none())
+        .filter_map(|g| super::plan::deadline(now, g, rules))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::domain::{ChannelId, FailureKind, TokenRecord};
+    use crate::policy::{IssueReason, RetryState};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn group(name: &str, tokens: Vec<TokenRecord>) -> GroupView {
+        GroupView {
+            tokens,
+            ..GroupView::new(ChannelId::new("c1"), GroupName::new(name), true)
+        }
+    }
+
+    fn fresh_view() -> ChannelView {
+        ChannelView {
+            last_reconcile_at: Some(t0()),
+            ..ChannelView::default()
+        }
+    }
+
+    #[test]
+    fn fifteen_new_groups_are_all_issued_in_one_pass_despite_the_budget() {
+        let rules = Rules::default();
+        let mut state = ChannelState {
+            groups: (0..15)
+                .map(|i| group(&format!("g{i:02}"), vec![]))
+                .collect(),
+            view: fresh_view(),
+        };
+        let mut issued = 0;
+        for _ in 0..100 {
+            match drive(t0(), &state, &rules).next {
+                Next::Execute { group: i, plan } => {
+                    assert!(matches!(
+                        plan.steps.last(),
+                        Some(Step::Issue {
+                            reason: IssueReason::NoCurrent,
+                            ..
+                        })
+                    ));
+                    let key = KeyId::new(format!("k{i}"));
+                    state.groups[i].tokens.push(TokenRecord::live(
+                        key,
+                        t0(),
+                        t0() + Duration::days(30),
+                    ));
+                    state.groups[i].issued_last_hour += 1;
+                    state.view.issue_times_last_hour.push(t0());
+                    issued += 1;
+                }
+                Next::Idle { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(issued, 15);
+    }
+
+    #[test]
+    fn a_failing_listing_holds_issues_but_not_verifies() {
+        let rules = Rules::default();
+        let now = t0() + Duration::days(1);
+        let tok = TokenRecord::live(KeyId::new("a"), t0(), t0() + Duration::days(30));
+        let state = ChannelState {
+            groups: vec![group("fresh", vec![]), group("old", vec![tok])],
+            view: ChannelView {
+                last_reconcile_at: Some(t0()),
+                reconcile_retry: Some(RetryState {
+                    failures: 3,
+                    kind: FailureKind::Transient,
+                    not_before: now + Duration::seconds(40),
+                }),
+                ..ChannelView::default()
+            },
+        };
+        let d = drive(now, &state, &rules);
+        // The group without a token waits for the listing; the other
+        // verifies (its verify is long due).
+        match d.next {
+            Next::Execute { group, plan } => {
+                assert_eq!(group, 1);
+                assert!(matches!(plan.steps.as_slice(), [Step::Verify { .. }]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(d.plans[0].hold, Some(Hold::Reconcile));
+        assert!(
+            d.channel_alerts
+                .iter()
+                .any(|a| matches!(a, Alert::ReconcileFailing { failures: 3, .. }))
+        );
+    }
+
+    #[test]
+    fn a_full_refusal_waits_for_the_next_expiry_and_a_fresh_listing() {
+        let rules = Rules::default();
+        let expiring = TokenRecord::live(
+            KeyId::new("old"),
+            t0() - Duration::days(30),
+            t0() + Duration::milliseconds(700),
+        );
+        let mut state = ChannelState {
+            groups: vec![group("a", vec![expiring]), group("b", vec![])],
+            view: fresh_view(),
+        };
+        let until = full_until(t0(), &state, &rules);
+        assert_eq!(until, t0() + Duration::milliseconds(1_700));
+        state.view.full = Some((t0(), until));
+        state.view.foreign = 28;
+        // At once: our count was wrong, so the key IDs are listed again.
+        let d = drive(t0(), &state, &rules);
+        match d.next {
+            Next::Execute { plan, .. } => assert_eq!(plan.steps, vec![Step::Reconcile]),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Listed; before `until` both groups wait (nothing of ours can
+        // make room) and the channel idles no later than `until`.
+        state.view.last_reconcile_at = Some(t0() + Duration::milliseconds(1));
+        let d = drive(t0() + Duration::milliseconds(800), &state, &rules);
+        assert!(matches!(d.plans[1].hold, Some(Hold::Capacity { .. })));
+        assert!(matches!(d.next, Next::Idle { until: u } if u <= until));
+        // At `until` the issue goes ahead, not half an hour later.
+        let d = drive(until, &state, &rules);
+        match d.next {
+            Next::Execute { plan, .. } => {
+                assert!(matches!(plan.steps.last(), Some(Step::Issue { .. })))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_token_is_revoked_and_replaced_and_still_counted() {
+        let rules = Rules::default();
+        let mut refused = TokenRecord::live(KeyId::new("r"), t0(), t0() + Duration::days(30));
+        refused.refused_at = Some(t0() + Duration::hours(1));
+        let state = ChannelState {
+            groups: vec![group("a", vec![refused])],
+            view: ChannelView {
+                last_reconcile_at: Some(t0() + Duration::hours(2)),
+                ..ChannelView::default()
+            },
+        };
+        let now = t0() + Duration::hours(2);
+        let d = drive(now, &state, &rules);
+        assert_eq!(live_ours(now, &state.groups), 1);
+        match d.next {
+            Next::Execute { plan, .. } => {
+                assert!(matches!(
+                    plan.steps.first(),
+                    Some(Step::Revoke {
+                        reason: crate::policy::RevokeReason::Refused,
+                        ..
+                    })
+                ));
+                assert!(matches!(
+                    plan.steps.last(),
+                    Some(Step::Issue {
+                        reason: IssueReason::NoCurrent,
+                        ..
+                    })
+                ));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

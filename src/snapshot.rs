@@ -1,0 +1,169 @@
+//! One channel's state as the policy needs it, read from the store in one
+//! blocking call and turned into a [`ChannelState`] for the pure driver
+//! ([`policy::drive`]).
+//!
+//! Shared by the rotator, `linetokd status` and `linetokd plan` (which read
+//! a read-only store beside a running daemon), so all three show the policy
+//! exactly the same state. Everything the policy decides on is in the
+//! store: tokens (to the millisecond), failure streaks with their kind,
+//! the channel's listing streak and full hold, operator requests, the
+//! hourly issue attempts; the daemon's memory adds nothing.
+//!
+//! Depends on `store`, `policy` and `domain`.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ChannelId, FailureKind, GroupName, OpenRequest, TokenState};
+use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState};
+use crate::store::{ChannelRow, GroupRow, GroupRuntime, Store, StoreError, StoredToken};
+
+/// The store's view of one channel at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The channel's row; `None` when the store does not know the channel.
+    pub channel: Option<ChannelRow>,
+    /// Groups to plan: the active ones, and removed ones that still hold
+    /// live tokens (they are revoked after `removal_grace`), each with its
+    /// tokens still recorded live. Ordered by group name.
+    pub groups: Vec<(GroupRow, Vec<StoredToken>)>,
+    /// Foreign key IDs the last reconcile saw listed.
+    pub foreign: u32,
+    /// Issue attempts with an unknown outcome that no reconcile has settled:
+    /// each may be a live token nobody recorded.
+    pub unsettled: u32,
+    /// The channel's issue attempts in the hour before `now`, by group.
+    pub issues_last_hour: Vec<(GroupName, DateTime<Utc>)>,
+    /// Open operator requests, by group, oldest first.
+    pub requests: Vec<(GroupName, OpenRequest)>,
+}
+
+impl Snapshot {
+    /// Reads one channel's state at `now`. Blocking: async callers run it on
+    /// the blocking pool. Works on a read-only store.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a query fails.
+    pub fn read(
+        store: &Store,
+        channel_id: &ChannelId,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        let channel = store.channel(channel_id)?;
+        // Only the tokens still recorded live: the policy ignores the rest,
+        // and a group's dead tokens pile up with every rotation.
+        let mut live = store.live_tokens_of_channel(channel_id)?;
+        let mut groups = Vec::new();
+        for row in store.groups(channel_id)? {
+            let (tokens, rest): (Vec<StoredToken>, Vec<StoredToken>) =
+                live.into_iter().partition(|t| t.group == row.name);
+            live = rest;
+            let has_live = tokens.iter().any(|t| t.record.is_live_at(now));
+            if row.is_active() || has_live {
+                groups.push((row, tokens));
+            }
+        }
+        let foreign = store.live_foreign_count(channel_id)?;
+        let settled = channel.as_ref().map_or(0, |c| c.settled_through_intent);
+        let unsettled = store.unsettled_issues(channel_id, settled)?;
+        let issues_last_hour = store
+            .issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?
+            .into_iter()
+            .filter(|(_, at)| *at > now - policy::rate::ISSUE_WINDOW)
+            .collect();
+        let requests = store.open_requests(channel_id)?;
+        Ok(Self {
+            channel,
+            groups,
+            foreign,
+            unsettled,
+            issues_last_hour,
+            requests,
+        })
+    }
+
+    /// The policy's view of one stored group.
+    pub fn group_view(
+        &self,
+        channel: &ChannelId,
+        row: &GroupRow,
+        tokens: &[StoredToken],
+        can_revoke: bool,
+    ) -> GroupView {
+        let current_verified = tokens
+            .iter()
+            .filter(|t| t.record.state == TokenState::Live && t.record.refused_at.is_none())
+            .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
+            .and_then(|t| t.last_verified_at);
+        let issued_last_hour = self
+            .issues_last_hour
+            .iter()
+            .filter(|(g, _)| *g == row.name)
+            .count();
+        GroupView {
+            channel: channel.clone(),
+            group: row.name.clone(),
+            tokens: tokens.iter().map(|t| t.record.clone()).collect(),
+            last_verified_at: current_verified,
+            can_revoke,
+            removed_at: row.removed_at,
+            requests: self
+                .requests
+                .iter()
+                .filter(|(g, _)| *g == row.name)
+                .map(|(_, r)| r.clone())
+                .collect(),
+            issued_last_hour: u32::try_from(issued_last_hour).unwrap_or(u32::MAX),
+            retry: retry_from_runtime(&row.runtime),
+        }
+    }
+
+    /// The channel's counts, timers and streak (`live_ours` left at zero:
+    /// the driver counts it from the groups).
+    pub fn channel_view(&self) -> ChannelView {
+        let row = self.channel.as_ref();
+        ChannelView {
+            live_ours: 0,
+            foreign: self.foreign,
+            lost: self.unsettled,
+            issue_times_last_hour: self.issues_last_hour.iter().map(|(_, at)| *at).collect(),
+            last_reconcile_at: row.and_then(|c| c.last_reconcile_at),
+            reconcile_retry: row.and_then(|c| {
+                (c.reconcile.failures > 0).then(|| RetryState {
+                    failures: c.reconcile.failures,
+                    kind: FailureKind::Transient,
+                    not_before: c
+                        .reconcile
+                        .retry_not_before
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                })
+            }),
+            full: row.and_then(|c| c.full).map(|f| (f.since, f.until)),
+        }
+    }
+
+    /// The whole channel for the driver.
+    pub fn state(&self, channel: &ChannelId, can_revoke: bool) -> ChannelState {
+        ChannelState {
+            groups: self
+                .groups
+                .iter()
+                .map(|(row, tokens)| self.group_view(channel, row, tokens, can_revoke))
+                .collect(),
+            view: self.channel_view(),
+        }
+    }
+}
+
+/// The failure streak the store kept for a group, if one is running. A
+/// streak written before schema version 4 has no kind; transient is the
+/// conservative reading (it retries sooner).
+pub fn retry_from_runtime(runtime: &GroupRuntime) -> Option<RetryState> {
+    if runtime.consecutive_failures == 0 {
+        return None;
+    }
+    runtime.retry_not_before.map(|not_before| RetryState {
+        failures: runtime.consecutive_failures,
+        kind: runtime.failure_kind.unwrap_or(FailureKind::Transient),
+        not_before,
+    })
+}

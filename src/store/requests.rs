@@ -1,0 +1,159 @@
+//! Operator requests: `linetokd rotate` and `linetokd revoke` (an incident),
+//! kept as rows until the engine carries them out.
+//!
+//! A request accepted by the daemon is in the store before the operator is
+//! told so; the issue that carries it out closes it in the same transaction
+//! that stores the new token ([`Store::complete_issue`]). So a `revoke`
+//! followed by kill -9 is carried out after the restart, and `status` and
+//! `plan` show what is pending. A `rotate` is also the operator saying "try
+//! now": accepting it ends the group's failure streak and the channel's
+//! holds.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::events::insert_event;
+use super::sync::{end_streaks, load_group};
+use super::{EventKind, Fail, Store, StoreError, millis, time_at};
+use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind};
+
+impl Store {
+    /// Records a request for each of `groups` of `channel`, with who asked,
+    /// in one transaction. A `rotate` also ends the channel's failure
+    /// streaks and holds (the operator says "try now"). Returns the new
+    /// request IDs in the order of `groups`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownGroup`] (also for a removed group),
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn add_requests(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        groups: &[GroupName],
+        kind: RequestKind,
+        by: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.write("recording an operator request", |tx| {
+            let mut ids = Vec::with_capacity(groups.len());
+            for group in groups {
+                let active = load_group(tx, channel, group)?.is_some_and(|g| g.is_active());
+                if !active {
+                    return Err(StoreError::UnknownGroup {
+                        channel: channel.clone(),
+                        group: group.clone(),
+                    }
+                    .into());
+                }
+                tx.execute(
+                    "INSERT INTO requests (channel_id, group_name, kind, requested_at, requested_by) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![channel.as_str(), group.as_str(), kind.as_str(), millis(now), by],
+                )?;
+                ids.push(tx.last_insert_rowid());
+                insert_event(
+                    tx,
+                    now,
+                    channel,
+                    Some(group),
+                    None,
+                    EventKind::Requested,
+                    &format!("{kind} requested by {by}"),
+                )?;
+            }
+            if kind == RequestKind::Rotate {
+                end_streaks(tx, now, channel)?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// The open requests of every group of a channel, oldest first, as
+    /// `(group, request)`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn open_requests(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<Vec<(GroupName, OpenRequest)>, StoreError> {
+        self.read("listing open requests", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, group_name, kind, requested_at, requested_by FROM requests \
+                 WHERE channel_id = ?1 AND done_at IS NULL ORDER BY id",
+            )?;
+            let mut rows = stmt.query([channel.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let kind: String = row.get("kind")?;
+                out.push((
+                    GroupName::new(row.get::<_, String>("group_name")?),
+                    OpenRequest {
+                        id: row.get("id")?,
+                        kind: RequestKind::parse(&kind).ok_or_else(|| {
+                            Fail::Corrupt(format!("requests.kind holds {kind:?}"))
+                        })?,
+                        at: time_at(row, "requested_at")?,
+                        by: row.get("requested_by")?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// True while request `id` is open.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn request_is_open(&self, id: i64) -> Result<bool, StoreError> {
+        self.read("reading a request", |conn| {
+            Ok(conn
+                .prepare_cached("SELECT count(*) FROM requests WHERE id = ?1 AND done_at IS NULL")?
+                .query_row([id], |row| row.get::<_, i64>(0))?
+                > 0)
+        })
+    }
+
+    /// Closes requests of `channel` (carried out without an issue, e.g. an
+    /// incident on a removed group whose tokens are all revoked, or
+    /// `dropped` because their group left the config).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn close_requests(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        ids: &[i64],
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.write("closing operator requests", |tx| {
+            close_in(tx, now, channel, ids, outcome)
+        })
+    }
+}
+
+/// Closes the open requests `ids` of `channel` inside the caller's
+/// transaction. Requests of another channel or already closed are left
+/// alone.
+pub(super) fn close_in(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    ids: &[i64],
+    outcome: &str,
+) -> Result<(), Fail> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE requests SET done_at = ?3, outcome = ?4 \
+         WHERE id = ?1 AND channel_id = ?2 AND done_at IS NULL",
+    )?;
+    for id in ids {
+        stmt.execute(params![id, channel.as_str(), millis(now), outcome])?;
+    }
+    Ok(())
+}
