@@ -490,6 +490,7 @@ mod tests {
             issued_at: issued,
             expires_at: issued + lifetime,
             state: TokenState::Live,
+            refused_at: None,
         }
     }
 
@@ -740,7 +741,9 @@ mod tests {
     }
 
     #[test]
-    fn the_hourly_budget_spreads_issues() {
+    fn new_groups_are_issued_at_once_despite_the_hourly_budget() {
+        // The first-start burst: five new groups on a budget of two an hour
+        // are all issued in the first round, not over three hours.
         let rules = Rules {
             max_issues_per_hour: 2,
             ..Rules::default()
@@ -755,16 +758,38 @@ mod tests {
             .filter(|(_, _, w)| w.starts_with("issue"))
             .map(|(at, _, _)| at)
             .collect();
-        assert_eq!(
-            issues,
-            [
-                Duration::zero(),
-                Duration::zero(),
-                Duration::hours(1),
-                Duration::hours(1),
-                Duration::hours(2),
-            ]
-        );
+        assert_eq!(issues, [Duration::zero(); 5]);
+    }
+
+    #[test]
+    fn the_hourly_budget_spreads_rotations() {
+        // Five groups whose tokens all fall due at once rotate two an hour.
+        let rules = Rules {
+            max_issues_per_hour: 2,
+            rotation_jitter: Duration::zero(),
+            ..Rules::default()
+        };
+        let issued = t0() - Duration::days(29) + Duration::minutes(1);
+        let groups = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|g| {
+                group(
+                    g,
+                    true,
+                    vec![token(&format!("{g}1"), issued, Duration::days(30))],
+                )
+            })
+            .collect();
+        let f = run(vec![input(groups, Some(t0()))], &rules, 1);
+        let issues: Vec<Duration> = timeline(&f)
+            .into_iter()
+            .filter(|(_, _, w)| w.starts_with("issue"))
+            .map(|(at, _, _)| at)
+            .collect();
+        assert_eq!(issues.len(), 5, "{issues:?}");
+        for pair in issues.windows(3) {
+            assert!(pair[2] - pair[0] >= Duration::hours(1), "{issues:?}");
+        }
     }
 
     #[test]

@@ -309,7 +309,10 @@ mod tests {
         // At once: our count was wrong, so the key IDs are listed again.
         let d = drive(t0(), &state, &rules);
         match d.next {
-            Next::Execute { plan, .. } => assert_eq!(plan.steps, vec![Step::Reconcile]),
+            Next::Execute { plan, .. } => {
+                assert!(plan.steps.contains(&Step::Reconcile), "{plan:?}");
+                assert!(!plan.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
+            }
             other => panic!("unexpected {other:?}"),
         }
         // Listed; before `until` both groups wait (nothing of ours can

@@ -5,7 +5,9 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
-use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+use crate::domain::{
+    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord, TokenState,
+};
 
 const MIN: i64 = 60;
 const HOUR: i64 = 3_600;
@@ -22,7 +24,18 @@ fn tok(key: &str, issued: i64, expires: i64) -> TokenRecord {
         issued_at: t(issued),
         expires_at: t(expires),
         state: TokenState::Live,
+        refused_at: None,
     }
+}
+
+/// An open operator request with ID 1.
+fn req(kind: RequestKind, at: DateTime<Utc>) -> Vec<OpenRequest> {
+    vec![OpenRequest {
+        id: 1,
+        kind,
+        at,
+        by: "test".to_owned(),
+    }]
 }
 
 /// A 30-day token issued at `issued`.
@@ -66,6 +79,16 @@ fn issue(reason: IssueReason) -> Step {
     Step::Issue {
         reason,
         token_exp: Duration::days(30),
+        closes: vec![],
+    }
+}
+
+/// An issue that carries out the request of [`req`].
+fn issue_closing(reason: IssueReason) -> Step {
+    Step::Issue {
+        reason,
+        token_exp: Duration::days(30),
+        closes: vec![1],
     }
 }
 
@@ -309,7 +332,7 @@ fn never_plans_an_issue_that_would_make_a_third_live_token() {
     // two of them have expired.
     let g = GroupView {
         can_revoke: false,
-        rotate_requested_at: Some(t(10 * HOUR)),
+        requests: req(RequestKind::Rotate, t(10 * HOUR)),
         ..group(vec![
             tok("a", 0, 10 * DAY),
             tok("b", HOUR, 20 * DAY),
@@ -681,15 +704,17 @@ fn a_removed_group_is_revoked_after_its_grace_and_never_reissued() {
 fn a_rotate_request_issues_now_and_is_satisfied_by_the_new_token() {
     let requested = t(DAY);
     let g = GroupView {
-        rotate_requested_at: Some(requested),
+        requests: req(RequestKind::Rotate, requested),
         ..group(vec![tok30("a", 0)])
     };
     let now = t(DAY + 1);
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.steps, vec![issue(IssueReason::Requested)]);
+    assert_eq!(p.steps, vec![issue_closing(IssueReason::Requested)]);
+    // The issue closed the request with its token.
     let g = GroupView {
         tokens: vec![tok30("a", 0), tok30("b", DAY + 1)],
         last_verified_at: Some(now),
+        requests: vec![],
         ..g
     };
     assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
@@ -699,7 +724,7 @@ fn a_rotate_request_issues_now_and_is_satisfied_by_the_new_token() {
 fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
     let requested = t(DAY);
     let g = GroupView {
-        revoke_requested_at: Some(requested),
+        requests: req(RequestKind::Incident, requested),
         ..group(vec![tok30("prev", 0), tok30("cur", HOUR)])
     };
     let now = t(DAY + 1);
@@ -709,7 +734,7 @@ fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
         vec![
             revoke("prev", RevokeReason::Incident),
             revoke("cur", RevokeReason::Incident),
-            issue(IssueReason::Incident)
+            issue_closing(IssueReason::Incident)
         ]
     );
     // After it ran: one fresh token, and nothing more to do.
@@ -720,6 +745,7 @@ fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
     let g = GroupView {
         tokens: vec![prev, cur, tok30("new", DAY + 1)],
         last_verified_at: Some(now),
+        requests: vec![],
         ..g
     };
     assert_eq!(plan(now, &g, &channel(now, &g)).steps, vec![]);
@@ -729,26 +755,26 @@ fn an_incident_revokes_every_earlier_token_then_issues_one_fresh() {
 fn an_incident_without_the_secret_still_issues_a_fresh_token() {
     let g = GroupView {
         can_revoke: false,
-        revoke_requested_at: Some(t(DAY)),
+        requests: req(RequestKind::Incident, t(DAY)),
         ..group(vec![tok30("cur", HOUR)])
     };
     let now = t(DAY + 1);
     let p = plan(now, &g, &channel(now, &g));
-    assert_eq!(p.steps, vec![issue(IssueReason::Incident)]);
+    assert_eq!(p.steps, vec![issue_closing(IssueReason::Incident)]);
     assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
         key_id: KeyId::new("cur"),
         reason: RevokeReason::Incident
     }));
-    // The fresh token is current; the leaked one waits for its expiry with
-    // an alert, and no second fresh token is issued.
+    // The fresh token is current and the incident closed with it; the
+    // leaked one waits for its expiry, and no second fresh token is issued.
     let g = GroupView {
         tokens: vec![tok30("cur", HOUR), tok30("new", DAY + 1)],
         last_verified_at: Some(now),
+        requests: vec![],
         ..g
     };
     let p = plan(now, &g, &channel(now, &g));
     assert_eq!(p.steps, vec![]);
-    assert_eq!(p.alerts.len(), 1, "{:?}", p.alerts);
 }
 
 // --- 5 Failures -----------------------------------------------------------------------
@@ -799,6 +825,7 @@ fn a_permanent_failure_alerts_and_retries_slowly() {
         None,
         0.3,
         &RetryRules::default(),
+        None,
     );
     let g = GroupView {
         retry: Some(retry),
@@ -828,8 +855,15 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
         ..Rules::default()
     };
     let now = t(80);
-    let retry =
-        RetryState::after_failure(None, now, FailureKind::Permanent, None, 0.0, &rules.retry);
+    let retry = RetryState::after_failure(
+        None,
+        now,
+        FailureKind::Permanent,
+        None,
+        0.0,
+        &rules.retry,
+        None,
+    );
     let g = GroupView {
         retry: Some(retry),
         ..group(vec![tok("a", 0, 120)])
@@ -893,9 +927,33 @@ fn no_token_and_failing_is_critical_even_while_retrying() {
 }
 
 #[test]
-fn no_token_held_by_the_budget_is_critical() {
+fn a_group_without_a_token_bursts_past_the_budget_once_an_hour() {
     let now = t(0);
     let g = group(vec![]);
+    let c = ChannelView {
+        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![issue(IssueReason::NoCurrent)]);
+    // A rotation (the group has a token) is not a burst.
+    let g = group(vec![tok30("a", -29 * DAY)]);
+    let c = ChannelView {
+        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert!(matches!(p.hold, Some(Hold::RateLimit { .. })), "{p:?}");
+}
+
+#[test]
+fn no_token_held_by_the_budget_is_critical() {
+    let now = t(0);
+    // Tried within the hour already, so the first-start burst is spent.
+    let g = GroupView {
+        issued_last_hour: 1,
+        ..group(vec![])
+    };
     let c = ChannelView {
         issue_times_last_hour: vec![now - Duration::minutes(1); 6],
         ..channel(now, &g)
@@ -949,6 +1007,7 @@ fn the_demo_rotates_a_two_minute_token_forty_seconds_plus_jitter_ahead() {
     assert_eq!(
         p.steps,
         vec![Step::Issue {
+            closes: vec![],
             reason: IssueReason::Due,
             token_exp: Duration::minutes(2)
         }]

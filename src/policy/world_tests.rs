@@ -23,7 +23,10 @@ use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+use crate::domain::{
+    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord, TokenState,
+};
+use crate::policy::channel::{ChannelState, Next, drive, full_until, listing_deadline};
 
 /// splitmix64: small, seedable, good enough to roll dice.
 struct Rng(u64);
@@ -142,6 +145,13 @@ struct World {
     lost: u32,
     last_reconcile_at: Option<DateTime<Utc>>,
     attempts: Vec<DateTime<Utc>>,
+    /// Each attempt's group, for the first-start burst.
+    group_attempts: Vec<(usize, DateTime<Utc>)>,
+    /// The key-ID listing's streak (per channel).
+    reconcile_retry: Option<RetryState>,
+    /// LINE's 30-token refusal: `(since, until)`.
+    full: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    next_request: i64,
     next_key: u64,
     stats: Stats,
 }
@@ -176,13 +186,25 @@ impl World {
             lost: 0,
             last_reconcile_at: None,
             attempts: Vec::new(),
+            group_attempts: Vec::new(),
+            reconcile_retry: None,
+            full: None,
+            next_request: 0,
             next_key: 0,
             stats: Stats::default(),
         }
     }
 
     fn view(&self, gi: usize) -> GroupView {
+        let hour_ago = self.now - Duration::hours(1);
         GroupView {
+            issued_last_hour: u32::try_from(
+                self.group_attempts
+                    .iter()
+                    .filter(|(g, at)| *g == gi && *at > hour_ago)
+                    .count(),
+            )
+            .unwrap(),
             tokens: self
                 .ours
                 .iter()
@@ -210,6 +232,8 @@ impl World {
                 .filter(|t| *t > window_start)
                 .collect(),
             last_reconcile_at: self.last_reconcile_at,
+            reconcile_retry: self.reconcile_retry.clone(),
+            full: self.full,
         }
     }
 
@@ -319,7 +343,21 @@ impl World {
                     Outcome::Surprise
                 }
             }
-            Step::Issue { reason, token_exp } => self.issue(gi, *reason, *token_exp),
+            Step::Issue {
+                reason,
+                token_exp,
+                closes,
+            } => {
+                let outcome = self.issue(gi, *reason, *token_exp);
+                if matches!(outcome, Outcome::Done) {
+                    self.groups[gi].requests.retain(|r| !closes.contains(&r.id));
+                }
+                outcome
+            }
+            Step::CloseRequests { ids } => {
+                self.groups[gi].requests.retain(|r| !ids.contains(&r.id));
+                Outcome::Done
+            }
         }
     }
 
@@ -332,15 +370,28 @@ impl World {
             "invariant 1: issue would make a third live token"
         );
         // Invariant 4, counted the way the store counts: every attempt.
+        // Bursts (a group without a usable token, not tried within the
+        // hour) may exceed the channel's budget, at most once per group.
+        let burst = view.issued_last_hour == 0 && view.current(now).is_none();
         self.attempts.push(now);
+        self.group_attempts.push((gi, now));
         let in_hour = self
             .attempts
             .iter()
             .filter(|t| **t > now - Duration::hours(1))
             .count();
         assert!(
-            in_hour <= self.p.rules.max_issues_per_hour as usize,
+            burst || in_hour <= self.p.rules.max_issues_per_hour as usize + self.groups.len(),
             "invariant 4: {in_hour} attempts in the hour ending {now}"
+        );
+        let group_in_hour = self
+            .group_attempts
+            .iter()
+            .filter(|(g, t)| *g == gi && *t > now - Duration::hours(1))
+            .count();
+        assert!(
+            !burst || group_in_hour == 1,
+            "a burst issue for group {gi} with {group_in_hour} attempts in the hour"
         );
         // Invariant 3: room on the channel as far as anyone could know it:
         // our recorded tokens LINE holds, the foreign ones the last reconcile
@@ -411,7 +462,7 @@ impl World {
             // LINE's 400 "maximum number of access tokens": someone issued
             // behind the last reconcile's back.
             self.stats.refused_full += 1;
-            return Outcome::Failed(FailureKind::Permanent, None);
+            return Outcome::Failed(FailureKind::ChannelFull, None);
         }
         self.next_key += 1;
         self.ours.push(Ours {
@@ -420,6 +471,7 @@ impl World {
                 issued_at: now,
                 expires_at: now + token_exp,
                 state: TokenState::Live,
+                refused_at: None,
             },
             group: gi,
             at_line: true,
@@ -430,33 +482,42 @@ impl World {
         Outcome::Done
     }
 
-    /// Plans and executes for one group until its plan is empty; returns its
-    /// wake-up.
-    fn run_group(&mut self, gi: usize) -> DateTime<Utc> {
-        for _round in 0..12 {
-            let view = self.view(gi);
-            let channel = self.channel_view();
-            let plan = plan_group(self.now, &view, &channel, &self.p.rules);
-            check_plan(self.now, &view, &channel, &self.p.rules, &plan);
-            self.stats.criticals += u32::from(
-                plan.alerts
-                    .iter()
-                    .any(|a| a.severity() == Severity::Critical),
-            );
-            match plan.hold {
-                Some(Hold::Capacity { .. }) => self.stats.capacity_holds += 1,
-                Some(Hold::RateLimit { .. }) => self.stats.rate_holds += 1,
-                _ => {}
+    /// Drives the channel through [`drive`], as the rotator does, until it
+    /// idles; returns when it is next due.
+    fn run_channel(&mut self) -> DateTime<Utc> {
+        for _round in 0..64 {
+            let state = ChannelState {
+                groups: self.views(),
+                view: self.channel_view(),
+            };
+            let decision = drive(self.now, &state, &self.p.rules);
+            let cv = ChannelView {
+                live_ours: live_ours(self.now, &state.groups),
+                ..state.view.clone()
+            };
+            for (g, plan) in state.groups.iter().zip(&decision.plans) {
+                check_plan(self.now, g, &cv, &self.p.rules, plan);
+                self.stats.criticals += u32::from(
+                    plan.alerts
+                        .iter()
+                        .any(|a| a.severity() == Severity::Critical),
+                );
+                match plan.hold {
+                    Some(Hold::Capacity { .. }) => self.stats.capacity_holds += 1,
+                    Some(Hold::RateLimit { .. }) => self.stats.rate_holds += 1,
+                    _ => {}
+                }
             }
-            if plan.steps.is_empty() {
-                if let Some(Hold::Capacity { needed }) = plan.hold
-                    && self.free_capacity(needed)
-                {
+            let (gi, plan) = match decision.next {
+                Next::Idle { until } => return until,
+                Next::FreeCapacity { victims, .. } => {
+                    self.revoke_victims(&victims);
                     continue;
                 }
-                return plan.wake_at;
-            }
+                Next::Execute { group, plan } => (group, plan),
+            };
             let mut outcome = Outcome::Done;
+            let mut failed_step = None;
             for step in &plan.steps {
                 if matches!(
                     step,
@@ -470,12 +531,30 @@ impl World {
                 outcome = self.exec(gi, step);
                 self.check_two_live();
                 if !matches!(outcome, Outcome::Done) {
+                    failed_step = Some(step.clone());
                     break;
                 }
             }
             match outcome {
+                Outcome::Failed(kind, _) if failed_step == Some(Step::Reconcile) => {
+                    let u = self.rng.unit();
+                    let deadline = listing_deadline(self.now, &state, &self.p.rules);
+                    self.reconcile_retry = Some(RetryState::after_failure(
+                        self.reconcile_retry.as_ref(),
+                        self.now,
+                        kind,
+                        None,
+                        u,
+                        &self.p.rules.retry,
+                        deadline,
+                    ));
+                }
+                Outcome::Failed(FailureKind::ChannelFull, _) => {
+                    self.full = Some((self.now, full_until(self.now, &state, &self.p.rules)));
+                }
                 Outcome::Failed(kind, retry_after) => {
                     let u = self.rng.unit();
+                    let deadline = deadline(self.now, &state.groups[gi], &self.p.rules);
                     let g = &mut self.groups[gi];
                     g.retry = Some(RetryState::after_failure(
                         g.retry.as_ref(),
@@ -484,20 +563,20 @@ impl World {
                         retry_after,
                         u,
                         &self.p.rules.retry,
+                        deadline,
                     ));
                 }
                 Outcome::Done | Outcome::Surprise => self.groups[gi].retry = None,
             }
         }
-        panic!("plans for group {gi} did not converge at {}", self.now);
+        panic!("the channel did not settle at {}", self.now);
     }
 
     /// The rotator's answer to a capacity hold: revoke other groups'
     /// superseded tokens. True if anything was freed.
-    fn free_capacity(&mut self, needed: u32) -> bool {
+    fn revoke_victims(&mut self, victims: &[(GroupName, KeyId)]) {
         let views = self.views();
-        let victims = capacity_victims(self.now, &views, needed, &self.p.rules);
-        for (group, key) in &victims {
+        for (group, key) in victims {
             let gi = views.iter().position(|v| v.group == *group).unwrap();
             let current = views[gi].current(self.now).map(|c| c.key_id.clone());
             let retired = views[gi]
@@ -512,8 +591,9 @@ impl World {
             self.ours[i].at_line = false;
             self.ours[i].rec.state = TokenState::Revoked;
             self.stats.victims += 1;
+            // A slot of ours is free at LINE now.
+            self.full = None;
         }
-        !victims.is_empty()
     }
 
     /// The world's own events between ticks.
@@ -541,11 +621,18 @@ impl World {
         }
         if self.rng.chance(f.operator) {
             let gi = self.rng.next() as usize % self.groups.len();
-            if self.rng.chance(0.5) {
-                self.groups[gi].rotate_requested_at = Some(now);
+            let kind = if self.rng.chance(0.5) {
+                RequestKind::Rotate
             } else {
-                self.groups[gi].revoke_requested_at = Some(now);
-            }
+                RequestKind::Incident
+            };
+            self.next_request += 1;
+            self.groups[gi].requests.push(OpenRequest {
+                id: self.next_request,
+                kind,
+                at: now,
+                by: "world".to_owned(),
+            });
         }
         if self.rng.chance(f.removal) {
             let gi = self.rng.next() as usize % self.groups.len();
@@ -575,10 +662,7 @@ impl World {
         let happy = self.p.faults.none();
         for _tick in 0..self.p.ticks {
             self.weather();
-            let mut wake = self.now + MAX_SLEEP;
-            for gi in 0..self.groups.len() {
-                wake = wake.min(self.run_group(gi));
-            }
+            let wake = self.run_channel().min(self.now + MAX_SLEEP);
             if happy {
                 self.check_everyone_has_a_token();
             }
@@ -590,6 +674,7 @@ impl World {
             let (now, hour_ago) = (self.now, self.now - Duration::hours(1));
             self.ours.retain(|o| o.rec.expires_at > now);
             self.attempts.retain(|t| *t > hour_ago);
+            self.group_attempts.retain(|(_, t)| *t > hour_ago);
         }
     }
 }
@@ -620,6 +705,9 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                 );
                 assert!(!revoked.contains(&key_id), "revoke planned twice");
                 revoked.push(key_id);
+            }
+            Step::CloseRequests { ids } => {
+                assert!(!ids.is_empty(), "closing no request");
             }
             Step::Verify { key_id } => {
                 assert!(g.removed_at.is_none());
@@ -664,8 +752,12 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                     .iter()
                     .filter(|t| **t > now - Duration::hours(1))
                     .count();
+                // Invariant 4, with the first-start burst: over the
+                // channel's budget only for a group without a usable token
+                // that was not tried within the hour.
+                let burst = g.issued_last_hour == 0 && g.current(now).is_none();
                 assert!(
-                    in_hour < rules.max_issues_per_hour as usize,
+                    in_hour < rules.max_issues_per_hour as usize || burst,
                     "invariant 4: issue over the budget"
                 );
             }
@@ -819,12 +911,23 @@ proptest! {
                     issued_at: t(issued),
                     expires_at: t(issued + life),
                     state: states[usize::from(state)],
+                    refused_at: None,
                 })
                 .collect(),
             last_verified_at: verified.map(t),
             removed_at: removed.map(t),
-            rotate_requested_at: rotate.map(t),
-            revoke_requested_at: incident.map(t),
+            requests: rotate
+                .map(|at| (RequestKind::Rotate, at))
+                .into_iter()
+                .chain(incident.map(|at| (RequestKind::Incident, at)))
+                .enumerate()
+                .map(|(i, (kind, at))| OpenRequest {
+                    id: i64::try_from(i).unwrap(),
+                    kind,
+                    at: t(at),
+                    by: "test".to_owned(),
+                })
+                .collect(),
             retry: retry.map(|(failures, permanent, at)| RetryState {
                 failures,
                 kind: if permanent { FailureKind::Permanent } else { FailureKind::Transient },
@@ -838,6 +941,7 @@ proptest! {
             lost,
             issue_times_last_hour: attempts.into_iter().map(t).collect(),
             last_reconcile_at: reconciled.map(t),
+            ..ChannelView::default()
         };
         let rules = Rules {
             token_lifetime: Duration::seconds(lifetime),
