@@ -390,6 +390,22 @@ impl Rotator {
         Ok(Some(self.clock.now() + Duration::seconds(1)))
     }
 
+    /// Works every configured channel once, one after another, and returns
+    /// the earliest instant any of them is due again. For tests and tools
+    /// that drive the engine without the scheduler.
+    ///
+    /// # Errors
+    /// A fatal store error.
+    pub async fn pass(&self, cancel: &CancellationToken) -> Result<DateTime<Utc>, StoreError> {
+        let mut next = self.clock.now() + policy::MAX_SLEEP;
+        for channel in self.channel_ids() {
+            if let Some(at) = self.work_channel(&channel, cancel).await? {
+                next = next.min(at);
+            }
+        }
+        Ok(next)
+    }
+
     /// One driver round: `Ok(None)` when something was done (drive again),
     /// `Ok(Some(until))` when the channel idles until `until`.
     async fn round(&self, setup: &ChannelSetup) -> Result<Option<DateTime<Utc>>, StoreError> {

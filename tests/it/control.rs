@@ -549,7 +549,7 @@ async fn an_incident_at_a_fractional_second_issues_exactly_one_token() {
 
     // Let a further pass run: it must find nothing to do for group a.
     let passes = lab.daemon().scheduler.borrow().passes;
-    lab.daemon().waker.notify_one();
+    lab.daemon().wakes.wake_all();
     let mut state = lab.daemon().scheduler.clone();
     state.wait_for(|s| s.passes > passes).await.unwrap();
 
@@ -560,6 +560,8 @@ async fn an_incident_at_a_fractional_second_issues_exactly_one_token() {
         lab.daemon()
             .rotator
             .pending_requests(&ChannelId::new(LAB_CHANNEL), &GroupName::new("a"))
+            .await
+            .unwrap()
             .incident
             .is_none()
     );

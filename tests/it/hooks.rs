@@ -545,12 +545,13 @@ fn hook_events_are_recorded_and_a_groups_latest_hook_result_is_found() {
                 id: channel.clone(),
                 name: "shop-bot".into(),
                 groups: vec![backend.clone(), crm.clone()],
+                fingerprint: None,
             }],
         )
         .unwrap();
     let intent = store.begin_issue(t0, &channel, &backend).unwrap();
     store
-        .complete_issue(t0, intent, &issued("kid-1", TOKEN))
+        .complete_issue(t0, intent, &issued("kid-1", TOKEN), &[])
         .unwrap();
     let event = |group: &GroupName, kind, detail: &str| NewEvent {
         channel_id: channel.clone(),

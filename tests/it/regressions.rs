@@ -72,6 +72,7 @@ fn rotator_with_metrics(
                 id: ChannelId::new(CHANNEL),
                 name: "chan".into(),
                 groups: groups.clone(),
+                fingerprint: None,
             }],
         )
         .unwrap();
@@ -124,7 +125,7 @@ async fn a_lost_issuance_is_settled_by_one_reconcile_in_the_same_second() {
         .unwrap();
     assert_eq!(rotator.start_up().await.unwrap(), 1);
 
-    rotator.pass(&CancellationToken::new()).await;
+    rotator.pass(&CancellationToken::new()).await.unwrap();
 
     assert_eq!(count(&mock, KID_LIST), 1, "{:?}", paths(&mock));
     assert_eq!(count(&mock, ISSUE), 2, "both groups got their token");
@@ -140,7 +141,7 @@ async fn a_failed_issuance_is_settled_by_one_reconcile_in_the_same_second() {
     let (rotator, _store) = rotator(dir.path(), &mock.base_url);
     assert_eq!(rotator.start_up().await.unwrap(), 0);
 
-    rotator.pass(&CancellationToken::new()).await;
+    rotator.pass(&CancellationToken::new()).await.unwrap();
 
     // One reconcile before the first issue, one to settle the failed one.
     assert_eq!(count(&mock, KID_LIST), 2, "{:?}", paths(&mock));
@@ -156,7 +157,7 @@ async fn successful_and_failed_issues_are_both_counted_in_rotations_total() {
     let mock = mock_line(1).await;
     let metrics = Metrics::shared();
     let (rotator, _store) = rotator_with_metrics(dir.path(), &mock.base_url, Arc::clone(&metrics));
-    rotator.pass(&CancellationToken::new()).await;
+    rotator.pass(&CancellationToken::new()).await.unwrap();
 
     let text = metrics.render();
     let count = |group: &str, result: &str| {

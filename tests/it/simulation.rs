@@ -485,7 +485,7 @@ impl Lab {
     /// Wakes the daemon now and waits for its pass.
     async fn wake(&self) {
         let before = self.passes();
-        self.daemon.waker.notify_one();
+        self.daemon.wakes.wake_all();
         let mut state = self.daemon.scheduler.clone();
         guarded("a pass", state.wait_for(|s| s.passes > before))
             .await
@@ -1222,6 +1222,8 @@ impl Checker {
                         Alert::PermanentFailure { .. } => "PermanentFailure",
                         Alert::TooManyLive { .. } => "TooManyLive",
                         Alert::RevokeNeedsSecret { .. } => "RevokeNeedsSecret",
+                        Alert::ReconcileFailing { .. } => "ReconcileFailing",
+                        Alert::ChannelFull { .. } => "ChannelFull",
                     };
                     *self.stats.alerts.entry(kind).or_default() += 1;
                 }
@@ -1490,7 +1492,8 @@ async fn a_rotation_request_made_mid_second_issues_exactly_one_token() {
         .set(start + Duration::minutes(10) + Duration::milliseconds(500));
     lab.daemon
         .rotator
-        .request_rotation(&lab.specs[0].id, Some(&GroupName::new("g00")))
+        .request_rotation(&lab.specs[0].id, Some(&GroupName::new("g00")), "test")
+        .await
         .unwrap();
     lab.wake().await;
     lab.run_until(start + Duration::hours(3), Duration::zero())

@@ -151,6 +151,7 @@ fn issue(store: &Store, channel: &str, group: &str, key: &str, value: &str, at: 
                 expires_at: at + Duration::days(30),
                 verified_at: Some(at),
             },
+            &[],
         )
         .unwrap();
 }
@@ -161,11 +162,13 @@ fn specs(shop_groups: &[&str]) -> Vec<ChannelSpec> {
             id: ch(SHOP),
             name: "shop-bot".into(),
             groups: shop_groups.iter().map(|g| gr(g)).collect(),
+            fingerprint: None,
         },
         ChannelSpec {
             id: ch(NEWS),
             name: "news-bot".into(),
             groups: vec![gr("analytics")],
+            fingerprint: None,
         },
     ]
 }
@@ -226,6 +229,7 @@ fn lab() -> Lab {
                 KeyId::new("kid-legacy"),
                 KeyId::new("kid-foreign-1"),
             ],
+            i64::MAX,
         )
         .unwrap();
     // The legacy group leaves the config two hours ago.
@@ -247,6 +251,7 @@ fn lab() -> Lab {
             now - Duration::minutes(30),
             failed,
             "LINE answered 500 Internal Server Error",
+            true,
         )
         .unwrap();
     store
@@ -258,6 +263,8 @@ fn lab() -> Lab {
                 last_error_at: Some(now - Duration::minutes(30)),
                 consecutive_failures: 3,
                 retry_not_before: Some(now + Duration::minutes(10)),
+                failure_kind: None,
+                failed_step: None,
             },
         )
         .unwrap();
@@ -367,6 +374,7 @@ fn status_json_reports_what_the_store_knows() {
         issued_at: now - Duration::days(1),
         expires_at: cur_expires,
         state: TokenState::Live,
+        refused_at: None,
     };
     let due = rotation_due_at(
         &record,

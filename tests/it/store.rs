@@ -47,6 +47,7 @@ fn synced_store(path: &Path) -> Store {
                 id: ch("1000"),
                 name: "shop-bot".into(),
                 groups: vec![gr("backend"), gr("crm")],
+                fingerprint: None,
             }],
         )
         .unwrap();
@@ -67,7 +68,7 @@ fn issued(key_id: &str, value: &str, at: DateTime<Utc>) -> IssuedToken {
 fn issue(store: &Store, group: &str, key_id: &str, value: &str, at: DateTime<Utc>) {
     let intent = store.begin_issue(at, &ch("1000"), &gr(group)).unwrap();
     store
-        .complete_issue(at, intent, &issued(key_id, value, at))
+        .complete_issue(at, intent, &issued(key_id, value, at), &[])
         .unwrap();
 }
 
@@ -350,7 +351,7 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
     assert_eq!(store.open_intents().unwrap().len(), 1);
 
     let stored = store
-        .complete_issue(at, intent, &issued("k1", "tok-1", at))
+        .complete_issue(at, intent, &issued("k1", "tok-1", at), &[])
         .unwrap();
     assert_eq!(stored.record.state, TokenState::Live);
     assert_eq!(stored.record.expires_at, at + Duration::days(30));
@@ -377,7 +378,7 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
         .unwrap();
     let intent2 = store.begin_issue(at, &ch("1000"), &gr("crm")).unwrap();
     let err = store
-        .complete_issue(at, intent2, &issued("k2", "tok-2", at))
+        .complete_issue(at, intent2, &issued("k2", "tok-2", at), &[])
         .unwrap_err();
     assert!(matches!(err, StoreError::Query { .. }), "{err:?}");
     assert!(
@@ -391,7 +392,7 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
 
     // Completing a closed intent, or storing a key ID twice, is refused.
     let err = store
-        .complete_issue(at, intent, &issued("k3", "tok-3", at))
+        .complete_issue(at, intent, &issued("k3", "tok-3", at), &[])
         .unwrap_err();
     assert!(matches!(err, StoreError::IntentClosed { .. }), "{err:?}");
     Connection::open(&path)
@@ -399,7 +400,7 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
         .execute_batch("DROP TRIGGER sabotage;")
         .unwrap();
     let err = store
-        .complete_issue(at, intent2, &issued("k1", "tok-other", at))
+        .complete_issue(at, intent2, &issued("k1", "tok-other", at), &[])
         .unwrap_err();
     assert!(matches!(err, StoreError::DuplicateToken { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("tok-other"));
@@ -439,7 +440,7 @@ fn open_intents_of_a_crashed_run_are_listed_then_closed_as_lost() {
     );
 
     let err = store
-        .complete_issue(later, intent, &issued("k1", "tok-1", later))
+        .complete_issue(later, intent, &issued("k1", "tok-1", later), &[])
         .unwrap_err();
     assert!(
         matches!(
@@ -466,7 +467,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
     let intent = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap();
     let mut short = issued("ours-old", "tok-old", t0() - Duration::days(29));
     short.expires_at = t0() + Duration::hours(1);
-    store.complete_issue(t0(), intent, &short).unwrap();
+    store.complete_issue(t0(), intent, &short, &[]).unwrap();
 
     let t1 = t0() + Duration::hours(2);
     let report = store
@@ -474,6 +475,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             t1,
             &ch("1000"),
             &[kid("ours-a"), kid("f1"), kid("ours-old")],
+            i64::MAX,
         )
         .unwrap();
     assert_eq!(
@@ -500,7 +502,12 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
     let t2 = t1 + Duration::hours(1);
     issue(&store, "crm", "ours-new", "tok-new", t2);
     let report = store
-        .reconcile(t2, &ch("1000"), &[kid("ours-a"), kid("f1"), kid("f2")])
+        .reconcile(
+            t2,
+            &ch("1000"),
+            &[kid("ours-a"), kid("f1"), kid("f2")],
+            i64::MAX,
+        )
         .unwrap();
     assert!(report.gone.is_empty(), "{report:?}");
     assert_eq!(report.new_foreign, [kid("f2")], "f1 is not new again");
@@ -522,6 +529,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             t3,
             &ch("1000"),
             &[kid("ours-a"), kid("ours-new"), kid("f2")],
+            i64::MAX,
         )
         .unwrap();
     assert_eq!(report.foreign_gone, [kid("f1")]);
@@ -545,7 +553,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
     // ran while LINE was answering our issue) leaves the foreign list.
     let intent = store.begin_issue(t3, &ch("1000"), &gr("backend")).unwrap();
     store
-        .complete_issue(t3, intent, &issued("f2", "tok-f2", t3))
+        .complete_issue(t3, intent, &issued("f2", "tok-f2", t3), &[])
         .unwrap();
     assert!(
         store
@@ -555,7 +563,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             .all(|f| f.key_id != kid("f2"))
     );
 
-    let err = store.reconcile(t3, &ch("9999"), &[]).unwrap_err();
+    let err = store.reconcile(t3, &ch("9999"), &[], i64::MAX).unwrap_err();
     assert!(matches!(err, StoreError::UnknownChannel { .. }), "{err:?}");
 }
 
@@ -571,11 +579,13 @@ fn issue_times_since_counts_every_attempt_across_restarts() {
                     id: ch("1000"),
                     name: "shop-bot".into(),
                     groups: vec![gr("backend"), gr("crm")],
+                    fingerprint: None,
                 },
                 ChannelSpec {
                     id: ch("2000"),
                     name: "other".into(),
                     groups: vec![gr("backend")],
+                    fingerprint: None,
                 },
             ],
         )
@@ -592,7 +602,12 @@ fn issue_times_since_counts_every_attempt_across_restarts() {
         .begin_issue(t0() + Duration::minutes(10), &ch("1000"), &gr("crm"))
         .unwrap();
     store
-        .fail_issue(t0() + Duration::minutes(11), failed, "LINE answered 500")
+        .fail_issue(
+            t0() + Duration::minutes(11),
+            failed,
+            "LINE answered 500",
+            true,
+        )
         .unwrap();
     store
         .begin_issue(t0() + Duration::minutes(20), &ch("1000"), &gr("crm"))
@@ -608,7 +623,10 @@ fn issue_times_since_counts_every_attempt_across_restarts() {
         .unwrap();
     let times = store
         .issue_times_since(&ch("1000"), t0() - Duration::minutes(30))
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect::<Vec<_>>();
     assert_eq!(
         times,
         [
@@ -630,7 +648,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
     let at = t0();
     let intent = store.begin_issue(at, &ch("1000"), &gr("backend")).unwrap();
     let stored = store
-        .complete_issue(at, intent, &issued("k1", value, at))
+        .complete_issue(at, intent, &issued("k1", value, at), &[])
         .unwrap();
     assert!(!format!("{stored:?}").contains(value));
     store.record_verified(at, &kid("k1")).unwrap();
@@ -641,7 +659,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
         .begin_issue(at + Duration::minutes(1), &ch("1000"), &gr("crm"))
         .unwrap();
     store
-        .fail_issue(at + Duration::minutes(1), failed, &careless)
+        .fail_issue(at + Duration::minutes(1), failed, &careless, true)
         .unwrap();
     store
         .record_event(
@@ -664,6 +682,8 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
                 last_error_at: Some(at),
                 consecutive_failures: 1,
                 retry_not_before: Some(at + Duration::minutes(5)),
+                failure_kind: None,
+                failed_step: None,
             },
         )
         .unwrap();
@@ -672,6 +692,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
             at + Duration::minutes(2),
             &ch("1000"),
             &[kid("k1"), kid("foreign")],
+            i64::MAX,
         )
         .unwrap();
     assert!(
@@ -742,11 +763,13 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                     id: ch("1000"),
                     name: "renamed".into(),
                     groups: vec![gr("backend")],
+                    fingerprint: None,
                 },
                 ChannelSpec {
                     id: ch("2000"),
                     name: "new".into(),
                     groups: vec![gr("x")],
+                    fingerprint: None,
                 },
             ],
         )
@@ -777,6 +800,7 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                 id: ch("1000"),
                 name: "renamed".into(),
                 groups: vec![gr("backend"), gr("crm")],
+                fingerprint: None,
             }],
         )
         .unwrap();
@@ -808,6 +832,7 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                 id: ch("1000"),
                 name: "renamed".into(),
                 groups: vec![gr("backend"), gr("crm")],
+                fingerprint: None,
             }],
         )
         .unwrap();
@@ -866,6 +891,8 @@ fn group_runtime_state_round_trips() {
         last_error_at: Some(t0()),
         consecutive_failures: 3,
         retry_not_before: Some(t0() + Duration::minutes(4)),
+        failure_kind: Some(linetokd::domain::FailureKind::RateLimited),
+        failed_step: Some("verify".into()),
     };
     store
         .set_group_runtime(&ch("1000"), &gr("backend"), &runtime)
