@@ -7,7 +7,7 @@
 //! truncated to the millisecond and expires exactly `lifetime` later, and a
 //! token is live while `now < expires_at` (and it is not revoked). Every
 //! rule below (the cap, the key-ID list, verify, revoke) asks the same
-//! [`Entry::is_live_at`], so they agree to the millisecond.
+//! `Entry::is_live_at`, so they agree to the millisecond.
 //!
 //! Rules reproduced (LINE-API.md §1, §5, §6, §9):
 //! - v2.1: at most [`MAX_LIVE_TOKENS`] live tokens per channel; the next one
