@@ -194,6 +194,12 @@ mod tests {
             seed = 3
             [faults.endpoints."*"]
             latency_ms = 5
+            [faults.endpoints."/oauth2/v2.1/verify"]
+            refuse_live_rate = 0.1
+            refuse_live_as = "invalid"
+            [faults.endpoints."/oauth2/v2.1/token"]
+            malformed_rate = 0.2
+            malformed_as = "truncated_json"
             "#,
         )
         .unwrap();
@@ -201,6 +207,16 @@ mod tests {
         assert_eq!(cfg.channels[0].keys.len(), 2);
         assert_eq!(cfg.faults.seed, Some(3));
         assert_eq!(cfg.faults.endpoints["*"].latency_ms, 5);
+        let verify = &cfg.faults.endpoints["/oauth2/v2.1/verify"];
+        assert_eq!(
+            (verify.refuse_live_rate, verify.refuse_live_as),
+            (0.1, Some(super::super::VerifyRefusal::Invalid))
+        );
+        let issue = &cfg.faults.endpoints["/oauth2/v2.1/token"];
+        assert_eq!(
+            (issue.malformed_rate, issue.malformed_as),
+            (0.2, Some(super::super::MalformedBody::TruncatedJson))
+        );
     }
 
     #[test]
@@ -231,6 +247,14 @@ mod tests {
             ("[[channels]]\nid = \"1\"\nsecrets = \"s\"", "secrets"),
             ("[faults.endpoints.\"/nope\"]\nerror_rate = 0.5", "/nope"),
             ("[faults.endpoints.\"*\"]\ndrop_rate = 2.0", "drop_rate"),
+            (
+                "[faults.endpoints.\"/oauth2/v2.1/revoke\"]\nmalformed_rate = 0.5",
+                "malformed_rate",
+            ),
+            (
+                "[faults.endpoints.\"*\"]\nmalformed_as = \"xml\"",
+                "malformed_as",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(text).map(|_| ()).unwrap_err().to_string();

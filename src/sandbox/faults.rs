@@ -8,11 +8,20 @@
 //! config. [`FaultEngine::decide`] draws one [`Decision`] per request from a
 //! seeded RNG; the HTTP layer (`routes`) carries it out.
 //!
-//! Invariants: a rule's rates are within 0..=1 (checked by
-//! [`Faults::validate`]); every request draws the same number of random
-//! numbers, so a seed replays the same faults for the same request sequence.
+//! Two rules act on one endpoint only, because they model one endpoint's
+//! failure: `refuse_live_rate` (verify answers 400 for a live token, while
+//! the key-ID list still lists it) on `/oauth2/v2.1/verify`, and
+//! `malformed_rate` (the token is issued, the 200's body is broken: "LINE
+//! may have issued") on `/oauth2/v2.1/token`.
 //!
-//! Depends on nothing in the crate but the error type.
+//! Invariants: a rule's rates are within 0..=1 (checked by
+//! [`Faults::validate`]); each endpoint draws from its own RNG stream
+//! (derived from the seed and the endpoint) and every request draws the same
+//! number of random numbers, so a seed replays the same faults for the same
+//! sequence of requests to each endpoint, however calls to different
+//! endpoints interleave.
+//!
+//! Depends on the error type and `state`'s [`VerifyRefusal`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +31,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
 use super::errors::SandboxError;
+use super::state::VerifyRefusal;
 
 /// The key of the default rule, applied to endpoints without their own.
 pub const ANY_ENDPOINT: &str = "*";
@@ -80,9 +90,27 @@ impl Endpoint {
     }
 }
 
+/// The broken bodies a malformed 200 from the issue endpoint can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MalformedBody {
+    /// Valid JSON without `key_id`.
+    MissingKeyId,
+    /// The JSON answer cut in half (it may hold part of the token value).
+    TruncatedJson,
+    /// An HTML page (`text/html`), as a proxy's error page would be.
+    Html,
+}
+
+impl MalformedBody {
+    /// Every shape, in the order a draw picks among them.
+    pub const ALL: [MalformedBody; 3] = [Self::MissingKeyId, Self::TruncatedJson, Self::Html];
+}
+
 /// What can go wrong on one endpoint. Every field defaults to "nothing".
 /// Rates are probabilities per request, checked in the order hang, drop,
-/// rate limit, error, drop-after.
+/// rate limit, error, drop-after; the verify refusal and the malformed body
+/// apply to requests that pass all of those.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultRule {
@@ -104,6 +132,18 @@ pub struct FaultRule {
     /// revoked) and then closes the connection without answering: the lost
     /// answer that the daemon's crash journal and reconcile must handle.
     pub drop_after_rate: f64,
+    /// `/oauth2/v2.1/verify` only: share of verify calls for a LIVE token
+    /// answered 400 `invalid_request` as if it were dead, while the key-ID
+    /// list still lists it and the cap still counts it.
+    pub refuse_live_rate: f64,
+    /// How those refusals read; absent: each one draws expired or invalid
+    /// evenly.
+    pub refuse_live_as: Option<VerifyRefusal>,
+    /// `/oauth2/v2.1/token` only: share of issue requests that really issue
+    /// the token (live, counted, listed) but answer 200 with a broken body.
+    pub malformed_rate: f64,
+    /// Which broken body; absent: each one draws among the three evenly.
+    pub malformed_as: Option<MalformedBody>,
 }
 
 impl FaultRule {
@@ -114,12 +154,36 @@ impl FaultRule {
             ("hang_rate", self.hang_rate),
             ("drop_rate", self.drop_rate),
             ("drop_after_rate", self.drop_after_rate),
+            ("refuse_live_rate", self.refuse_live_rate),
+            ("malformed_rate", self.malformed_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(SandboxError::Faults {
                     key: format!("endpoints.{endpoint:?}.{name}"),
                     problem: format!("{rate} is not a probability between 0 and 1"),
+                });
+            }
+        }
+        // The one-endpoint rules, set on another endpoint, would silently
+        // do nothing: say so instead.
+        let only = [
+            (
+                Endpoint::VerifyV21,
+                "refuse_live_rate",
+                self.refuse_live_rate > 0.0 || self.refuse_live_as.is_some(),
+            ),
+            (
+                Endpoint::IssueV21,
+                "malformed_rate",
+                self.malformed_rate > 0.0 || self.malformed_as.is_some(),
+            ),
+        ];
+        for (target, name, set) in only {
+            if set && endpoint != ANY_ENDPOINT && endpoint != target.path() {
+                return Err(SandboxError::Faults {
+                    key: format!("endpoints.{endpoint:?}.{name}"),
+                    problem: format!("only {} acts on it; set it there", target.path()),
                 });
             }
         }
@@ -199,13 +263,31 @@ pub struct Decision {
     pub latency: Duration,
     /// What to do.
     pub action: Action,
+    /// Verify only, when passing: refuse a live token this way.
+    pub refuse_live: Option<VerifyRefusal>,
+    /// v2.1 issue only, when passing: issue, then answer this broken body.
+    pub malformed: Option<MalformedBody>,
 }
 
-/// The current [`Faults`] plus the RNG that draws from them.
+/// The current [`Faults`] plus one RNG stream per endpoint.
 #[derive(Debug)]
 pub struct FaultEngine {
     faults: Faults,
-    rng: StdRng,
+    /// Indexed like [`Endpoint::ALL`].
+    rngs: Vec<StdRng>,
+}
+
+/// The RNG stream of the endpoint at `index` in [`Endpoint::ALL`]: distinct
+/// per endpoint, fixed by the seed.
+fn endpoint_rng(seed: Option<u64>, index: usize) -> StdRng {
+    match seed {
+        // Offsets by the golden-ratio constant keep the streams apart;
+        // seed_from_u64 mixes the result further.
+        Some(seed) => {
+            StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
+        None => StdRng::from_os_rng(),
+    }
 }
 
 impl Default for FaultEngine {
@@ -217,11 +299,10 @@ impl Default for FaultEngine {
 impl FaultEngine {
     /// An engine applying `faults` (assumed validated).
     pub fn new(faults: Faults) -> Self {
-        let rng = match faults.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
-        Self { faults, rng }
+        let rngs = (0..Endpoint::ALL.len())
+            .map(|i| endpoint_rng(faults.seed, i))
+            .collect();
+        Self { faults, rngs }
     }
 
     /// The faults in force.
@@ -237,10 +318,31 @@ impl FaultEngine {
     /// Draws the decision for one request to `endpoint`.
     pub fn decide(&mut self, endpoint: Endpoint) -> Decision {
         let rule = self.faults.rule_for(endpoint).cloned().unwrap_or_default();
-        // Always draw all five so a seed replays identically whatever the
+        let index = Endpoint::ALL
+            .iter()
+            .position(|e| *e == endpoint)
+            .unwrap_or_default();
+        let rng = &mut self.rngs[index];
+        // Always draw all nine so a seed replays identically whatever the
         // outcome of each draw.
-        let draws: [f64; 5] = std::array::from_fn(|_| self.rng.random::<f64>());
+        let draws: [f64; 9] = std::array::from_fn(|_| rng.random::<f64>());
         let latency = Duration::from_millis(rule.latency_ms);
+        let refuse_live = (endpoint == Endpoint::VerifyV21 && draws[5] < rule.refuse_live_rate)
+            .then(|| {
+                rule.refuse_live_as.unwrap_or(if draws[6] < 0.5 {
+                    VerifyRefusal::Expired
+                } else {
+                    VerifyRefusal::Invalid
+                })
+            });
+        let malformed =
+            (endpoint == Endpoint::IssueV21 && draws[7] < rule.malformed_rate).then(|| {
+                rule.malformed_as.unwrap_or_else(|| {
+                    // draws[8] < 1, so the product is below 3.
+                    let pick = (draws[8] * MalformedBody::ALL.len() as f64) as usize;
+                    MalformedBody::ALL[pick.min(MalformedBody::ALL.len() - 1)]
+                })
+            });
         let action = if self.faults.down {
             Action::Down
         } else if draws[0] < rule.hang_rate {
@@ -256,7 +358,13 @@ impl FaultEngine {
         } else {
             Action::Pass
         };
-        Decision { latency, action }
+        let passes = action == Action::Pass;
+        Decision {
+            latency,
+            action,
+            refuse_live: refuse_live.filter(|_| passes),
+            malformed: malformed.filter(|_| passes),
+        }
     }
 }
 
@@ -353,6 +461,146 @@ mod tests {
             ..FaultRule::default()
         });
         assert!(nan.validate().is_err());
+    }
+
+    #[test]
+    fn each_endpoint_replays_its_own_sequence_however_calls_interleave() {
+        let rule = FaultRule {
+            error_rate: 0.5,
+            ..FaultRule::default()
+        };
+        let alone: Vec<Action> = {
+            let mut engine = FaultEngine::new(faults(rule.clone()));
+            (0..200)
+                .map(|_| engine.decide(Endpoint::IssueV21).action)
+                .collect()
+        };
+        let mut engine = FaultEngine::new(faults(rule));
+        let interleaved: Vec<Action> = (0..200)
+            .map(|i| {
+                for _ in 0..i % 3 {
+                    engine.decide(Endpoint::VerifyV21);
+                }
+                engine.decide(Endpoint::IssueV21).action
+            })
+            .collect();
+        assert_eq!(alone, interleaved);
+        // and the streams differ between endpoints
+        let mut engine = FaultEngine::new(faults(FaultRule {
+            error_rate: 0.5,
+            ..FaultRule::default()
+        }));
+        let verify: Vec<Action> = (0..200)
+            .map(|_| engine.decide(Endpoint::VerifyV21).action)
+            .collect();
+        assert_ne!(alone, verify);
+    }
+
+    #[test]
+    fn refusals_and_malformed_bodies_act_on_their_endpoint_only_and_when_passing() {
+        let mut engine = FaultEngine::new(faults(FaultRule {
+            refuse_live_rate: 1.0,
+            malformed_rate: 1.0,
+            ..FaultRule::default()
+        }));
+        let verify = engine.decide(Endpoint::VerifyV21);
+        assert!(verify.refuse_live.is_some());
+        assert_eq!(verify.malformed, None);
+        let issue = engine.decide(Endpoint::IssueV21);
+        assert!(issue.malformed.is_some());
+        assert_eq!(issue.refuse_live, None);
+        let list = engine.decide(Endpoint::ListKids);
+        assert_eq!((list.refuse_live, list.malformed), (None, None));
+        // a 500 wins over them: nothing is issued, so nothing is malformed
+        let mut engine = FaultEngine::new(faults(FaultRule {
+            error_rate: 1.0,
+            malformed_rate: 1.0,
+            ..FaultRule::default()
+        }));
+        let d = engine.decide(Endpoint::IssueV21);
+        assert_eq!((d.action, d.malformed), (Action::Error, None));
+    }
+
+    #[test]
+    fn unpinned_shapes_are_all_drawn_and_a_pinned_one_always_used() {
+        let mut engine = FaultEngine::new(faults(FaultRule {
+            refuse_live_rate: 1.0,
+            malformed_rate: 1.0,
+            ..FaultRule::default()
+        }));
+        let shapes: std::collections::HashSet<_> = (0..100)
+            .filter_map(|_| engine.decide(Endpoint::IssueV21).malformed)
+            .collect();
+        assert_eq!(shapes.len(), MalformedBody::ALL.len());
+        let refusals: std::collections::HashSet<_> = (0..100)
+            .filter_map(|_| engine.decide(Endpoint::VerifyV21).refuse_live)
+            .collect();
+        assert_eq!(refusals.len(), 2);
+        let mut engine = FaultEngine::new(faults(FaultRule {
+            malformed_rate: 1.0,
+            malformed_as: Some(MalformedBody::Html),
+            refuse_live_rate: 1.0,
+            refuse_live_as: Some(VerifyRefusal::Invalid),
+            ..FaultRule::default()
+        }));
+        for _ in 0..20 {
+            assert_eq!(
+                engine.decide(Endpoint::IssueV21).malformed,
+                Some(MalformedBody::Html)
+            );
+            assert_eq!(
+                engine.decide(Endpoint::VerifyV21).refuse_live,
+                Some(VerifyRefusal::Invalid)
+            );
+        }
+    }
+
+    #[test]
+    fn one_endpoint_rules_set_elsewhere_are_refused_by_name() {
+        let mut f = Faults::default();
+        f.endpoints.insert(
+            Endpoint::ListKids.path().to_owned(),
+            FaultRule {
+                malformed_rate: 0.5,
+                ..FaultRule::default()
+            },
+        );
+        let err = f.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("malformed_rate") && err.contains("/oauth2/v2.1/token"),
+            "{err}"
+        );
+        let mut f = Faults::default();
+        f.endpoints.insert(
+            Endpoint::IssueV21.path().to_owned(),
+            FaultRule {
+                refuse_live_as: Some(VerifyRefusal::Expired),
+                ..FaultRule::default()
+            },
+        );
+        let err = f.validate().unwrap_err().to_string();
+        assert!(err.contains("refuse_live_rate"), "{err}");
+        let mut f = Faults::default();
+        f.endpoints.insert(
+            Endpoint::VerifyV21.path().to_owned(),
+            FaultRule {
+                refuse_live_rate: 0.5,
+                ..FaultRule::default()
+            },
+        );
+        f.endpoints.insert(
+            ANY_ENDPOINT.to_owned(),
+            FaultRule {
+                malformed_rate: 0.5,
+                ..FaultRule::default()
+            },
+        );
+        assert!(f.validate().is_ok());
+        let bad = faults(FaultRule {
+            malformed_rate: 2.0,
+            ..FaultRule::default()
+        });
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -3,17 +3,27 @@
 //! simulation, and users who want to try their setup offline.
 //!
 //! - [`Sandbox`] is the emulator: cheap to clone (an `Arc` inside), driven
-//!   entirely by the [`SharedClock`] it is given, so a test can run months
-//!   of virtual time through it. [`Sandbox::router`] is its axum app;
+//!   entirely by the [`SharedClock`] it is given, read to the millisecond,
+//!   so a test can run months of virtual time through it and place an
+//!   expiry on an exact instant. [`Sandbox::router`] is its axum app;
 //!   [`Sandbox::serve`] serves it on a listener until a shutdown token fires;
 //!   [`run`] is `linetokd sandbox`.
 //! - [`config`]: the config file (channels, secrets, public key files).
 //! - [`state`]: the token book and LINE's counting rules, pure.
 //! - [`assertion`]: LINE's checks on a client assertion.
-//! - `routes`: LINE's endpoints over HTTP; `inspect`: `/_sandbox/...`.
-//! - [`faults`]: error rate, 429, latency, hangs, drops, outage.
+//! - `routes`: LINE's endpoints over HTTP; `inspect`: `/_sandbox/...` (its
+//!   module doc lists every path and JSON shape).
+//! - [`faults`]: per-endpoint error rate, 429, latency, hangs, drops,
+//!   outage, verify refusing live tokens, malformed issue answers.
 //! - `conn`: the per-connection kill switch behind dropped connections.
 //! - [`errors`]: set-up errors and LINE's two error body shapes.
+//!
+//! Beyond LINE's endpoints, a test in the same process uses the methods
+//! here: [`Sandbox::live_tokens`] (the truth at an instant, O(live)),
+//! [`Sandbox::tokens_since`] and [`Sandbox::token`] (history without
+//! rescanning it), [`Sandbox::add_foreign_tokens`] (a channel pre-filled by
+//! another issuer), [`Sandbox::set_verify_refusal`] (verify refuses one live
+//! token), [`Sandbox::revoke_key_id`] and [`Sandbox::set_faults`].
 //!
 //! Depends on `domain`, `clock`, and `line::jwt`/`line::keys` types only; the
 //! daemon never calls it. Locks are std mutexes, each held for one short
@@ -28,7 +38,7 @@ mod inspect;
 mod routes;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,9 +53,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{ChannelConfig, SandboxConfig};
 pub use self::errors::{LineRefusal, SandboxError};
-pub use self::faults::{Endpoint, FaultRule, Faults};
+pub use self::faults::{Endpoint, FaultRule, Faults, MalformedBody};
 pub use self::routes::REQUEST_ID_HEADER;
-pub use self::state::{SandboxToken, SandboxTokenState, TokenKind};
+pub use self::state::{
+    ForeignTokenError, LiveToken, SandboxToken, SandboxTokenState, TokenIssuer, TokenKind,
+    VerifyRefusal,
+};
 
 use self::assertion::{AssertionError, Purpose, VerifiedAssertion};
 use self::conn::{ConnKill, KillableListener};
@@ -149,9 +162,10 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The sandbox's idea of now.
+    /// The sandbox's idea of now, truncated to the millisecond: every
+    /// issue, expiry and liveness check uses this.
     pub fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
+        state::to_millis(self.inner.clock.now())
     }
 
     /// True if `channel` is registered.
@@ -192,10 +206,96 @@ impl Sandbox {
     }
 
     /// Every token ever issued on `channel`, oldest first, with its state
-    /// now. Empty for an unknown channel.
+    /// now. Empty for an unknown channel. O(every token ever issued): in a
+    /// loop prefer [`Self::live_tokens`], [`Self::tokens_since`] or
+    /// [`Self::token`].
     pub fn tokens(&self, channel: &ChannelId) -> Vec<SandboxToken> {
         let now = self.now();
         lock(&self.inner.book).tokens(channel, now)
+    }
+
+    /// The tokens issued on `channel` from position `from` on (`seq >=
+    /// from`), with their state now: remember how many you have seen and
+    /// read only the new ones.
+    pub fn tokens_since(&self, channel: &ChannelId, from: usize) -> Vec<SandboxToken> {
+        let now = self.now();
+        lock(&self.inner.book).tokens_since(channel, from, now)
+    }
+
+    /// The v2.1 token `key_id` of `channel` with its state now, if it was
+    /// ever issued there. O(1).
+    pub fn token(&self, channel: &ChannelId, key_id: &KeyId) -> Option<SandboxToken> {
+        let now = self.now();
+        lock(&self.inner.book).token(channel, key_id, now)
+    }
+
+    /// The live v2.1 tokens of `channel` now, oldest first, API-issued and
+    /// foreign alike: the tokens the key-ID list shows and the 30-token cap
+    /// counts, with key ID, issuer and expiry. O(live tokens), so a
+    /// simulation can check its invariants after every step.
+    pub fn live_tokens(&self, channel: &ChannelId) -> Vec<LiveToken> {
+        let now = self.now();
+        lock(&self.inner.book).live_v21(channel, now)
+    }
+
+    /// [`Self::live_tokens`] of every registered channel at one instant,
+    /// returned with that instant.
+    pub fn live_tokens_all(&self) -> (DateTime<Utc>, BTreeMap<ChannelId, Vec<LiveToken>>) {
+        let now = self.now();
+        let channels: Vec<ChannelId> = lock(&self.inner.channels).secrets.keys().cloned().collect();
+        let mut book = lock(&self.inner.book);
+        let live = channels
+            .into_iter()
+            .map(|c| {
+                let tokens = book.live_v21(&c, now);
+                (c, tokens)
+            })
+            .collect();
+        (now, live)
+    }
+
+    /// Adds live v2.1 tokens of "another issuer" to `channel`, one per
+    /// instant in `expires_at` (to the millisecond), issued now. They are
+    /// listed by the key-ID list, count against the 30-token cap, verify as
+    /// valid, can be revoked, and show as [`TokenIssuer::Foreign`]. All or
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`ForeignTokenError`]: unknown channel, no expiries, an expiry not
+    /// after now or more than 30 days ahead, or more than 30 live tokens.
+    pub fn add_foreign_tokens(
+        &self,
+        channel: &ChannelId,
+        expires_at: &[DateTime<Utc>],
+    ) -> Result<Vec<LiveToken>, ForeignTokenError> {
+        self.add_foreign_tokens_at(channel, self.now(), expires_at)
+    }
+
+    /// [`Self::add_foreign_tokens`] at an instant already read.
+    pub(crate) fn add_foreign_tokens_at(
+        &self,
+        channel: &ChannelId,
+        now: DateTime<Utc>,
+        expires_at: &[DateTime<Utc>],
+    ) -> Result<Vec<LiveToken>, ForeignTokenError> {
+        if !self.has_channel(channel) {
+            return Err(ForeignTokenError::UnknownChannel(channel.clone()));
+        }
+        lock(&self.inner.book).add_foreign_v21(channel, now, expires_at)
+    }
+
+    /// Makes `/oauth2/v2.1/verify` refuse the v2.1 token `key_id` of
+    /// `channel` while it is live (`Some`: LINE's 400 `invalid_request`, as
+    /// if expired or invalid), or accept it again (`None`). The key-ID list
+    /// keeps listing it and the cap keeps counting it. False when the key
+    /// ID was never issued on the channel.
+    pub fn set_verify_refusal(
+        &self,
+        channel: &ChannelId,
+        key_id: &KeyId,
+        refusal: Option<VerifyRefusal>,
+    ) -> bool {
+        lock(&self.inner.book).set_verify_refusal(channel, key_id, refusal)
     }
 
     /// The key IDs `/oauth2/v2.1/tokens/kid` would list for `channel` now.

@@ -34,8 +34,8 @@ use super::Sandbox;
 use super::assertion::Purpose;
 use super::conn::ConnKill;
 use super::errors::LineRefusal;
-use super::faults::{Action, Endpoint};
-use super::state::{TokenKind, Verdict, looks_like_jws};
+use super::faults::{Action, Endpoint, MalformedBody};
+use super::state::{TokenKind, Verdict, VerifyRefusal, looks_like_jws};
 use crate::line::jwt::CLIENT_ASSERTION_TYPE;
 
 /// The response header LINE identifies each request with.
@@ -126,7 +126,23 @@ async fn apply_faults(State(sandbox): State<Sandbox>, req: Request, next: Next) 
         tokio::time::sleep(decision.latency).await;
     }
     match decision.action {
-        Action::Pass => next.run(req).await,
+        Action::Pass => {
+            let response = next.run(req).await;
+            // Only a success is turned into a fault: a refused request
+            // stays refused.
+            if response.status() != StatusCode::OK {
+                return response;
+            }
+            if let Some(refusal) = decision.refuse_live {
+                // Verify found the token live; LINE says otherwise.
+                return verify_refusal(refusal).into_response();
+            }
+            match decision.malformed {
+                // The token is issued; only the answer is broken.
+                Some(shape) => malformed(response, shape).await,
+                None => response,
+            }
+        }
         // Guessed body: LINE documents no text for an outage.
         Action::Down => {
             LineRefusal::message(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -165,6 +181,54 @@ async fn apply_faults(State(sandbox): State<Sandbox>, req: Request, next: Next) 
             let _ = next.run(req).await;
             dropped(conn)
         }
+    }
+}
+
+/// LINE's verify answer for a token it will not accept.
+fn verify_refusal(refusal: VerifyRefusal) -> LineRefusal {
+    match refusal {
+        VerifyRefusal::Expired => LineRefusal::invalid_request("The access token expired"),
+        // Guess: LINE documents a 400 for a non-existent token, no text.
+        VerifyRefusal::Invalid => LineRefusal::invalid_request("The access token is invalid"),
+    }
+}
+
+/// The issue endpoint's 200 with its body broken into `shape`.
+async fn malformed(response: Response, shape: MalformedBody) -> Response {
+    let json = |body: Vec<u8>| {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    // The answer is a few hundred bytes of the sandbox's own JSON.
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    match shape {
+        MalformedBody::MissingKeyId => {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("key_id");
+            }
+            json(value.to_string().into_bytes())
+        }
+        MalformedBody::TruncatedJson => {
+            let mut body = body;
+            body.truncate(body.len() / 2);
+            json(body)
+        }
+        MalformedBody::Html => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!DOCTYPE html>\n<html><head><title>Bad Gateway</title></head>\n\
+             <body><h1>502 Bad Gateway</h1></body></html>\n",
+        )
+            .into_response(),
     }
 }
 
@@ -314,11 +378,9 @@ async fn verify_v21(
             expires_in,
             scope: V21_SCOPE,
         })),
-        Verdict::Expired => Err(LineRefusal::invalid_request("The access token expired")),
-        // Guess: LINE documents a 400 for a non-existent token, no text.
-        Verdict::Ended | Verdict::Unknown => {
-            Err(LineRefusal::invalid_request("The access token is invalid"))
-        }
+        Verdict::Expired => Err(verify_refusal(VerifyRefusal::Expired)),
+        Verdict::Refused(refusal) => Err(verify_refusal(refusal)),
+        Verdict::Ended | Verdict::Unknown => Err(verify_refusal(VerifyRefusal::Invalid)),
     }
 }
 
@@ -405,7 +467,7 @@ async fn verify_short_lived(
             expires_in,
             scope: SHORT_LIVED_SCOPE,
         })),
-        Verdict::Expired | Verdict::Ended | Verdict::Unknown => {
+        Verdict::Expired | Verdict::Ended | Verdict::Unknown | Verdict::Refused(_) => {
             Err(LineRefusal::invalid_request("access_token invalid"))
         }
     }

@@ -15,7 +15,8 @@ use linetokd::domain::{ChannelId, ChannelSecret, KeyId, SigningKid};
 use linetokd::line::jwt::{AUDIENCE, AssertionSigner, CLIENT_ASSERTION_TYPE};
 use linetokd::line::keys::{self, SigningKey, VerifyingKey};
 use linetokd::sandbox::{
-    FaultRule, Faults, REQUEST_ID_HEADER, Sandbox, SandboxConfig, SandboxTokenState, TokenKind,
+    FaultRule, Faults, MalformedBody, REQUEST_ID_HEADER, Sandbox, SandboxConfig, SandboxTokenState,
+    TokenIssuer, TokenKind, VerifyRefusal,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -189,6 +190,35 @@ impl Lab {
             .send()
             .await
             .unwrap()
+    }
+
+    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// Issue statuses of `n` v2.1 issue requests living a day.
+    async fn issue_statuses(&self, n: usize) -> Vec<StatusCode> {
+        let mut statuses = Vec::with_capacity(n);
+        for _ in 0..n {
+            let assertion = self.assertion(Some(Duration::days(1)));
+            statuses.push(self.issue_with(&assertion).await.status());
+        }
+        statuses
     }
 
     async fn put_faults(&self, faults: &Value) -> reqwest::Response {
@@ -1136,6 +1166,610 @@ async fn hung_requests_are_dropped_when_the_sandbox_shuts_down() {
     lab.server.take().unwrap().await.unwrap().unwrap();
     assert!(request.await.unwrap().is_err());
     assert_eq!(lab.sandbox.hung_requests(), 0);
+}
+
+// ---- time to the millisecond ----------------------------------------------
+
+fn channel() -> ChannelId {
+    ChannelId::new(CHANNEL)
+}
+
+fn ms(n: i64) -> Duration {
+    Duration::milliseconds(n)
+}
+
+#[tokio::test]
+async fn a_token_expiring_at_a_sub_second_instant_counts_until_that_millisecond() {
+    let lab = lab().await;
+    // Issued at t = start + 0.7 s, living a day: expires at t + 1 day, to
+    // the millisecond.
+    lab.clock.set(start() + ms(700));
+    let first = lab.issue(1).await;
+    for _ in 1..30 {
+        lab.issue(30).await;
+    }
+    let (_, listed) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens"))
+        .await;
+    assert_eq!(listed[0]["issued_at"], "2026-09-21T14:13:20.700Z");
+    assert_eq!(listed[0]["expires_at"], "2026-09-22T14:13:20.700Z");
+    let expiry = start() + Duration::days(1) + ms(700);
+    let token = first["access_token"].as_str().unwrap();
+
+    // 0.1 s before: still live everywhere, so the 31st is refused
+    lab.clock.set(expiry - ms(100));
+    assert_eq!(
+        lab.issue_statuses(1).await,
+        vec![StatusCode::BAD_REQUEST],
+        "the 31st issue while the first still counts"
+    );
+    assert_eq!(lab.kids().await.len(), 30);
+    let r = lab.verify(token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["expires_in"], 0);
+    assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 30);
+
+    // at the instant: gone from the count, the list and verify
+    lab.clock.set(expiry);
+    assert_eq!(lab.kids().await.len(), 29);
+    let body = assert_oauth_error(
+        lab.verify(token).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(body["error_description"], "The access token expired");
+    assert_eq!(lab.revoke(SECRET, token).await.status(), StatusCode::OK);
+    assert_eq!(
+        lab.sandbox
+            .token(&channel(), &KeyId::new(first["key_id"].as_str().unwrap()))
+            .unwrap()
+            .state,
+        SandboxTokenState::Expired,
+        "revoking at the expiry instant revokes nothing"
+    );
+    assert_eq!(lab.issue_statuses(1).await, vec![StatusCode::OK]);
+}
+
+#[tokio::test]
+async fn the_sandbox_reads_its_clock_to_the_millisecond() {
+    let lab = lab().await;
+    lab.clock.set(start() + Duration::nanoseconds(250_999_999));
+    assert_eq!(lab.sandbox.now(), start() + ms(250));
+    let issued = lab.issue(1).await;
+    let token = lab
+        .sandbox
+        .token(&channel(), &KeyId::new(issued["key_id"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(token.issued_at, start() + ms(250));
+    assert_eq!(token.expires_at, start() + Duration::days(1) + ms(250));
+    assert_eq!(token.issuer, TokenIssuer::Api);
+}
+
+// ---- foreign (pre-filled) tokens -------------------------------------------
+
+#[tokio::test]
+async fn foreign_tokens_are_listed_counted_verified_and_marked_over_http() {
+    let lab = lab().await;
+    let path = format!("/_sandbox/channels/{CHANNEL}/foreign-tokens");
+    let at = "2026-09-21T14:13:25.250Z"; // start + 5.25 s
+    let (status, added) = lab
+        .send_json(
+            reqwest::Method::POST,
+            &path,
+            Some(&json!({ "expires_in_ms": [700, 86_400_000], "expires_at": [at] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["now"], "2026-09-21T14:13:20.000Z");
+    let tokens = added["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3);
+    let expiries: Vec<&str> = tokens
+        .iter()
+        .map(|t| t["expires_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        expiries,
+        vec!["2026-09-21T14:13:20.700Z", "2026-09-22T14:13:20.000Z", at]
+    );
+    assert!(tokens.iter().all(|t| t["issuer"] == "foreign"));
+    assert!(tokens.iter().all(|t| t["verify_refusal"].is_null()));
+
+    // LINE's endpoints treat them like any other token
+    let key_ids: Vec<String> = tokens
+        .iter()
+        .map(|t| t["key_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(lab.kids().await, key_ids);
+    let r = lab
+        .verify(tokens[1]["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["client_id"].as_str(), v["expires_in"].as_i64()),
+        (Some(CHANNEL), Some(86_400))
+    );
+    // the history marks them too
+    let (_, history) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens"))
+        .await;
+    assert_eq!(history[0]["issuer"], "foreign");
+    assert_eq!(history[0]["kind"], "v2.1");
+    // and LINE's revoke, with the channel secret, revokes one
+    let r = lab
+        .revoke(SECRET, tokens[2]["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(lab.kids().await, key_ids[..2].to_vec());
+
+    // the cap counts them: 2 live foreign + 28 issued = 30
+    for _ in 0..28 {
+        lab.issue(30).await;
+    }
+    assert_eq!(lab.issue_statuses(1).await, vec![StatusCode::BAD_REQUEST]);
+    let (status, refused) = lab
+        .send_json(
+            reqwest::Method::POST,
+            &path,
+            Some(&json!({ "expires_in_ms": [1000] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused["message"].as_str().unwrap().contains("cap of 30"),
+        "{refused}"
+    );
+
+    // refusals name the problem
+    for (body, needle) in [
+        (json!({}), "no tokens"),
+        (json!({ "expires_in_ms": [0] }), "not after"),
+        (json!({ "expires_in_ms": [2_592_000_001_i64] }), "30 days"),
+        (json!({ "expires_in": [5] }), "expires_in"),
+    ] {
+        let (status, msg) = lab
+            .send_json(reqwest::Method::POST, &path, Some(&body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            msg["message"].as_str().unwrap().contains(needle),
+            "{body}: {msg}"
+        );
+    }
+    let (status, _) = lab
+        .send_json(
+            reqwest::Method::POST,
+            "/_sandbox/channels/42/foreign-tokens",
+            Some(&json!({ "expires_in_ms": [1000] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_foreign_token_expiring_at_t_plus_0_7s_counts_at_0_6s_and_not_at_0_7s() {
+    let lab = lab().await;
+    let t = lab.sandbox.now();
+    let foreign = lab
+        .sandbox
+        .add_foreign_tokens(&channel(), &[t + ms(700)])
+        .unwrap();
+    assert_eq!(foreign[0].issuer, TokenIssuer::Foreign);
+    assert_eq!(foreign[0].expires_at, t + ms(700));
+    for _ in 0..29 {
+        lab.issue(30).await;
+    }
+    lab.clock.set(t + ms(600));
+    assert_eq!(lab.issue_statuses(1).await, vec![StatusCode::BAD_REQUEST]);
+    assert_eq!(lab.kids().await.len(), 30);
+    lab.clock.set(t + ms(700));
+    assert_eq!(lab.kids().await.len(), 29);
+    assert_eq!(lab.issue_statuses(1).await, vec![StatusCode::OK]);
+    let err = lab
+        .sandbox
+        .add_foreign_tokens(&channel(), &[t + Duration::days(1)])
+        .unwrap_err();
+    assert!(err.to_string().contains("30"), "{err}");
+    assert!(
+        lab.sandbox
+            .add_foreign_tokens(&ChannelId::new("42"), &[t + Duration::days(1)])
+            .is_err()
+    );
+}
+
+// ---- verify refusing a live token ------------------------------------------
+
+#[tokio::test]
+async fn verify_refuses_a_chosen_live_token_that_the_list_still_shows_and_the_cap_counts() {
+    let lab = lab().await;
+    let a = lab.issue(30).await;
+    let b = lab.issue(30).await;
+    let key_a = a["key_id"].as_str().unwrap();
+    let token_a = a["access_token"].as_str().unwrap();
+    let path = format!("/_sandbox/channels/{CHANNEL}/tokens/{key_a}/verify-refusal");
+    let (status, set) = lab
+        .send_json(
+            reqwest::Method::PUT,
+            &path,
+            Some(&json!({ "as": "expired" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(set, json!({ "key_id": key_a, "verify_refusal": "expired" }));
+
+    let body = assert_oauth_error(
+        lab.verify(token_a).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(body["error_description"], "The access token expired");
+    // the other token verifies; the list shows both
+    assert_eq!(
+        lab.verify(b["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(lab.kids().await.len(), 2);
+    let (_, live) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/live"))
+        .await;
+    assert_eq!(live["tokens"][0]["key_id"], key_a);
+    assert_eq!(live["tokens"][0]["verify_refusal"], "expired");
+    assert!(live["tokens"][1]["verify_refusal"].is_null());
+
+    // in process: the other wording, and the cap still counts the token
+    assert!(lab.sandbox.set_verify_refusal(
+        &channel(),
+        &KeyId::new(key_a),
+        Some(VerifyRefusal::Invalid)
+    ));
+    let body = assert_oauth_error(
+        lab.verify(token_a).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(body["error_description"], "The access token is invalid");
+    let now = lab.sandbox.now();
+    lab.sandbox
+        .add_foreign_tokens(&channel(), &vec![now + Duration::days(1); 28])
+        .unwrap();
+    assert_eq!(lab.issue_statuses(1).await, vec![StatusCode::BAD_REQUEST]);
+
+    // lifted: verify accepts it again
+    let (status, cleared) = lab.send_json(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cleared["verify_refusal"].is_null());
+    assert_eq!(lab.verify(token_a).await.status(), StatusCode::OK);
+
+    let (status, _) = lab
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/_sandbox/channels/{CHANNEL}/tokens/nope/verify-refusal"),
+            Some(&json!({ "as": "expired" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = lab
+        .send_json(reqwest::Method::PUT, &path, Some(&json!({ "as": "gone" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn refuse_live_rate_refuses_a_share_of_verify_calls_reproducibly() {
+    let lab = lab().await;
+    let issued = lab.issue(30).await;
+    let token = issued["access_token"].as_str().unwrap();
+    let faults = json!({
+        "seed": 5,
+        "endpoints": { "/oauth2/v2.1/verify": { "refuse_live_rate": 0.5 } }
+    });
+    let run = || async {
+        assert_eq!(lab.put_faults(&faults).await.status(), StatusCode::OK);
+        let mut answers = Vec::new();
+        for _ in 0..40 {
+            let r = lab.verify(token).await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            answers.push((
+                status,
+                body["error_description"].as_str().map(str::to_owned),
+            ));
+        }
+        answers
+    };
+    let first = run().await;
+    let refused = first
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::BAD_REQUEST)
+        .count();
+    assert!((8..=32).contains(&refused), "{refused} of 40 refused");
+    let wordings: std::collections::HashSet<_> =
+        first.iter().filter_map(|(_, d)| d.clone()).collect();
+    assert_eq!(wordings.len(), 2, "{wordings:?}");
+    // the same seed, the same answers, with the list untouched throughout
+    assert_eq!(run().await, first);
+    assert_eq!(lab.kids().await.len(), 1);
+    // only live tokens are affected: a dead one keeps its own answer
+    lab.clock.advance(Duration::days(30));
+    for _ in 0..5 {
+        let body = assert_oauth_error(
+            lab.verify(token).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        assert_eq!(body["error_description"], "The access token expired");
+    }
+}
+
+// ---- malformed issue answers --------------------------------------------
+
+#[tokio::test]
+async fn a_malformed_issue_answer_still_issues_the_token() {
+    let lab = lab().await;
+    for (n, shape) in ["missing_key_id", "truncated_json", "html"]
+        .into_iter()
+        .enumerate()
+    {
+        let faults = json!({
+            "seed": 3,
+            "endpoints": {
+                "/oauth2/v2.1/token": { "malformed_rate": 1.0, "malformed_as": shape }
+            }
+        });
+        assert_eq!(lab.put_faults(&faults).await.status(), StatusCode::OK);
+        let r = lab
+            .issue_with(&lab.assertion(Some(Duration::days(1))))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{shape}");
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let body = r.text().await.unwrap();
+        let parsed = serde_json::from_str::<Value>(&body);
+        match shape {
+            "missing_key_id" => {
+                let parsed = parsed.unwrap();
+                assert!(parsed["access_token"].is_string() && parsed.get("key_id").is_none());
+                assert_eq!(content_type, "application/json");
+            }
+            "truncated_json" => {
+                assert!(parsed.is_err(), "{shape}");
+                assert!(body.starts_with('{'));
+            }
+            _ => {
+                assert!(parsed.is_err());
+                assert!(content_type.starts_with("text/html"), "{content_type}");
+            }
+        }
+        // LINE issued it: live, listed, counted, from the API
+        let live = lab.sandbox.live_tokens(&channel());
+        assert_eq!(live.len(), n + 1, "{shape}");
+        assert!(live.iter().all(|t| t.issuer == TokenIssuer::Api));
+        assert_eq!(lab.kids().await.len(), n + 1);
+    }
+    // a refused issue stays refused, never a malformed 200
+    lab.sandbox
+        .set_faults(Faults {
+            seed: Some(1),
+            down: false,
+            endpoints: [(
+                "/oauth2/v2.1/token".to_owned(),
+                FaultRule {
+                    malformed_rate: 1.0,
+                    malformed_as: Some(MalformedBody::MissingKeyId),
+                    ..FaultRule::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+        })
+        .unwrap();
+    let forged = forge(KID, &json!({ "iss": CHANNEL }), key_pem());
+    assert_eq!(
+        lab.issue_with(&forged).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+// ---- per-endpoint faults -------------------------------------------------
+
+#[tokio::test]
+async fn each_endpoint_gets_its_own_fault() {
+    let lab = lab().await;
+    let now = lab.sandbox.now();
+    let foreign = lab
+        .sandbox
+        .add_foreign_tokens(&channel(), &[now + Duration::days(1)])
+        .unwrap();
+    let token = foreign[0].access_token.expose().to_owned();
+    let faults = json!({
+        "seed": 11,
+        "endpoints": {
+            "/oauth2/v2.1/token": { "error_rate": 1.0 },
+            "/oauth2/v2.1/verify": { "rate_limit_rate": 1.0, "retry_after_secs": 9 },
+            "/oauth2/v2.1/tokens/kid": { "drop_rate": 1.0 },
+            "/oauth2/v2.1/revoke": { "hang_rate": 1.0 }
+        }
+    });
+    assert_eq!(lab.put_faults(&faults).await.status(), StatusCode::OK);
+
+    assert_eq!(
+        lab.issue_statuses(1).await,
+        vec![StatusCode::INTERNAL_SERVER_ERROR]
+    );
+    let r = lab.verify(&token).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "9");
+    let err = lab
+        .http
+        .get(lab.url("/oauth2/v2.1/tokens/kid"))
+        .query(&[
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", &lab.assertion(None)),
+        ])
+        .send()
+        .await
+        .unwrap_err();
+    assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(StdDuration::from_millis(300))
+        .build()
+        .unwrap();
+    let url = lab.url("/oauth2/v2.1/revoke");
+    let request = tokio::spawn(async move {
+        http.post(url)
+            .form(&[
+                ("client_id", CHANNEL),
+                ("client_secret", SECRET),
+                ("access_token", token.as_str()),
+            ])
+            .send()
+            .await
+    });
+    lab.sandbox.wait_for_hung(1).await;
+    assert!(request.await.unwrap().unwrap_err().is_timeout());
+    lab.sandbox.wait_for_hung(0).await;
+    // none of it changed LINE's state
+    assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
+}
+
+#[tokio::test]
+async fn a_seed_replays_an_endpoints_faults_whatever_else_is_called() {
+    let lab = lab().await;
+    let faults = json!({
+        "seed": 42,
+        "endpoints": { "*": { "error_rate": 0.5 } }
+    });
+    let kid_statuses = |interleave: bool| {
+        let lab = &lab;
+        let faults = &faults;
+        async move {
+            assert_eq!(lab.put_faults(faults).await.status(), StatusCode::OK);
+            let mut statuses = Vec::new();
+            for i in 0..16 {
+                if interleave && i % 2 == 0 {
+                    lab.verify("eyJa.b.c").await;
+                }
+                let r = lab
+                    .http
+                    .get(lab.url("/oauth2/v2.1/tokens/kid"))
+                    .query(&[
+                        ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                        ("client_assertion", &lab.assertion(None)),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status());
+            }
+            statuses
+        }
+    };
+    let alone = kid_statuses(false).await;
+    assert!(alone.contains(&StatusCode::OK) && alone.contains(&StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(kid_statuses(true).await, alone);
+}
+
+// ---- inspection of the live tokens -----------------------------------------
+
+#[tokio::test]
+async fn live_inspection_shows_exactly_the_live_tokens_at_an_instant() {
+    let lab = lab().await;
+    let a = lab.issue(1).await;
+    let b = lab.issue(2).await;
+    let c = lab.issue(30).await;
+    let now = lab.sandbox.now();
+    lab.sandbox
+        .add_foreign_tokens(&channel(), &[now + Duration::days(1) + ms(500)])
+        .unwrap();
+    assert!(
+        lab.sandbox
+            .revoke_key_id(&channel(), &KeyId::new(b["key_id"].as_str().unwrap()))
+    );
+    lab.clock.advance(Duration::days(1));
+
+    let (status, live) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/live"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(live["now"], "2026-09-22T14:13:20.000Z");
+    let tokens = live["tokens"].as_array().unwrap();
+    let shown: Vec<(&str, &str, &str)> = tokens
+        .iter()
+        .map(|t| {
+            (
+                t["key_id"].as_str().unwrap(),
+                t["issuer"].as_str().unwrap(),
+                t["expires_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let foreign_key = lab.sandbox.tokens(&channel())[3].key_id.clone().unwrap();
+    assert_eq!(
+        shown,
+        vec![
+            (
+                c["key_id"].as_str().unwrap(),
+                "api",
+                "2026-10-21T14:13:20.000Z"
+            ),
+            (foreign_key.as_str(), "foreign", "2026-09-22T14:13:20.500Z"),
+        ]
+    );
+    assert_eq!(tokens[0]["seq"], 2);
+    assert_eq!(tokens[0]["access_token"], c["access_token"]);
+    // the same in process, and for every channel at once
+    let in_process: Vec<String> = lab
+        .sandbox
+        .live_tokens(&channel())
+        .iter()
+        .map(|t| t.key_id.as_str().to_owned())
+        .collect();
+    assert_eq!(in_process, lab.kids().await);
+    let (_, all) = lab.get_json("/_sandbox/live").await;
+    assert_eq!(all["channels"][CHANNEL], live["tokens"]);
+    let (at, all) = lab.sandbox.live_tokens_all();
+    assert_eq!(at, lab.sandbox.now());
+    assert_eq!(all[&channel()].len(), 2);
+    lab.clock.advance(ms(500));
+    assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
+
+    // history without rescanning it: since N, and one token by key ID
+    let (_, since) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens?since=2"))
+        .await;
+    let since = since.as_array().unwrap();
+    assert_eq!(since.len(), 2);
+    assert_eq!(
+        (since[0]["seq"].as_u64(), since[1]["issuer"].as_str()),
+        (Some(2), Some("foreign"))
+    );
+    assert!(lab.sandbox.tokens_since(&channel(), 4).is_empty());
+    let key_a = a["key_id"].as_str().unwrap();
+    let (status, one) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens/{key_a}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (one["state"].as_str(), one["seq"].as_u64()),
+        (Some("expired"), Some(0))
+    );
+    let (status, _) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens/nope"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = lab.get_json("/_sandbox/channels/42/live").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = lab
+        .get_json(&format!("/_sandbox/channels/{CHANNEL}/tokens?since=x"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 // ---- config --------------------------------------------------------------
