@@ -13,13 +13,17 @@
 //!   prints a fingerprint, so an answer can be logged without leaking.
 //!
 //! Answers tolerate unknown fields (LINE may add some); the contract test
-//! checks the sandbox's answers strictly instead.
+//! checks the sandbox's answers strictly instead. The values that leave the
+//! client (key IDs, tokens, a new token's lifetime) are checked while they
+//! are parsed ([`crate::line::validate`]): an answer value exists only if it
+//! has LINE's shape.
 //!
-//! Depends on `domain` only.
+//! Depends on `domain` and `line::validate`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AccessToken, ChannelId, KeyId};
+use crate::line::validate;
 
 /// The only `grant_type` these endpoints accept.
 pub const GRANT_TYPE_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -94,13 +98,17 @@ pub(crate) struct RevokeChannelTokenByJwtRequest<'a> {
 /// required by the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct IssueChannelAccessTokenResponse {
-    /// The token (opaque; a JWS today).
+    /// The token (opaque; a JWS today), checked by [`validate::access_token`].
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
-    /// Seconds from issue to expiry.
+    /// Seconds from issue to expiry, checked by [`validate::issued_lifetime`].
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,
-    /// LINE's unique ID of this token, as `/oauth2/v2.1/tokens/kid` lists it.
+    /// LINE's unique ID of this token, as `/oauth2/v2.1/tokens/kid` lists it;
+    /// checked by [`validate::key_id`].
+    #[serde(deserialize_with = "validate::de_key_id")]
     pub key_id: KeyId,
 }
 
@@ -120,7 +128,9 @@ pub struct VerifyChannelAccessTokenResponse {
 /// `ChannelAccessTokenKeyIdsResponse`: the channel's valid v2.1 tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ChannelAccessTokenKeyIdsResponse {
-    /// The `key_id` of every valid v2.1 token on the channel, ours or not.
+    /// The `key_id` of every valid v2.1 token on the channel, ours or not;
+    /// each checked by [`validate::key_id`], and one bad entry fails all.
+    #[serde(deserialize_with = "validate::de_key_ids")]
     pub kids: Vec<KeyId>,
 }
 
@@ -129,8 +139,10 @@ pub struct ChannelAccessTokenKeyIdsResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct IssueShortLivedChannelAccessTokenResponse {
     /// The token.
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
     /// Seconds from issue to expiry.
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,
@@ -141,8 +153,10 @@ pub struct IssueShortLivedChannelAccessTokenResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct IssueStatelessChannelAccessTokenResponse {
     /// The token; "never try to parse" it.
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
     /// Seconds from issue to expiry.
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,
