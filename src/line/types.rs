@@ -12,7 +12,8 @@
 //! - token values deserialize straight into [`AccessToken`], whose `Debug`
 //!   prints a fingerprint, so an answer can be logged without leaking.
 //!
-//! Answers tolerate unknown fields (LINE may add some); the contract test
+//! Answers tolerate unknown fields (LINE may add some) and name what they
+//! expected in words (`expecting`), not by their Rust type name; the contract test
 //! checks the sandbox's answers strictly instead. The values that leave the
 //! client (key IDs, tokens, a new token's lifetime) are checked while they
 //! are parsed ([`crate::line::validate`]): an answer value exists only if it
@@ -97,6 +98,7 @@ pub(crate) struct RevokeChannelTokenByJwtRequest<'a> {
 /// `IssueChannelAccessTokenResponse`: a new v2.1 token. All four fields are
 /// required by the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueChannelAccessTokenResponse {
     /// The token (opaque; a JWS today), checked by [`validate::access_token`].
     #[serde(deserialize_with = "validate::de_access_token")]
@@ -115,6 +117,7 @@ pub struct IssueChannelAccessTokenResponse {
 /// `VerifyChannelAccessTokenResponse`: the answer of both verify endpoints
 /// for a token LINE still accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "a verify answer (a JSON object)")]
 pub struct VerifyChannelAccessTokenResponse {
     /// The channel the token was issued for.
     pub client_id: ChannelId,
@@ -127,6 +130,7 @@ pub struct VerifyChannelAccessTokenResponse {
 
 /// `ChannelAccessTokenKeyIdsResponse`: the channel's valid v2.1 tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "a key-ID list (a JSON object)")]
 pub struct ChannelAccessTokenKeyIdsResponse {
     /// The `key_id` of every valid v2.1 token on the channel, ours or not;
     /// each checked by [`validate::key_id`], and one bad entry fails all.
@@ -137,6 +141,7 @@ pub struct ChannelAccessTokenKeyIdsResponse {
 /// `IssueShortLivedChannelAccessTokenResponse`: a new short-lived token
 /// (30 days; the 31st on a channel silently revokes the oldest).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueShortLivedChannelAccessTokenResponse {
     /// The token.
     #[serde(deserialize_with = "validate::de_access_token")]
@@ -151,6 +156,7 @@ pub struct IssueShortLivedChannelAccessTokenResponse {
 /// `IssueStatelessChannelAccessTokenResponse`: a new stateless token (15
 /// minutes, no issuance limit, cannot be revoked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueStatelessChannelAccessTokenResponse {
     /// The token; "never try to parse" it.
     #[serde(deserialize_with = "validate::de_access_token")]

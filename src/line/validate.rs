@@ -73,7 +73,8 @@ pub enum InvalidValue {
     },
     /// The string has a character outside LINE's set.
     #[error(
-        "the {what} has {kind} at byte {at}; LINE's values use only ASCII letters, digits and -._~+/="
+        "the {what} has {kind} at byte {at} (LINE's values use only ASCII letters, digits and \
+         -._~+/=)"
     )]
     BadCharacter {
         /// What the value is.
@@ -85,8 +86,8 @@ pub enum InvalidValue {
     },
     /// A new token's lifetime is outside what LINE issues.
     #[error(
-        "expires_in is {secs} seconds; LINE issues tokens for 1 second to 30 days \
-         (at most {MAX_EXPIRES_IN_SECS})"
+        "expires_in is {secs} seconds, outside the 1 to {MAX_EXPIRES_IN_SECS} (30 days and a \
+         minute) LINE issues tokens for"
     )]
     Lifetime {
         /// The lifetime LINE reported.
