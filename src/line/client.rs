@@ -556,13 +556,7 @@ impl LineClient {
 /// tokens and lifetimes [`crate::line::validate`] checks on the way.
 fn parse<T: DeserializeOwned>(endpoint: Endpoint, answer: Answer) -> Result<T, LineError> {
     serde_json::from_slice(&answer.body).map_err(|e| {
-        error::unreadable(
-            endpoint,
-            answer.status,
-            &answer.body,
-            &e,
-            answer.request_id,
-        )
+        error::unreadable(endpoint, answer.status, &answer.body, &e, answer.request_id)
     })
 }
 

@@ -611,7 +611,10 @@ pub(crate) fn unread_success(
 /// The `key_id` of an otherwise unusable issue answer, if the body is a
 /// JSON object whose `key_id` passes [`validate::key_id`].
 fn readable_key_id(body: &[u8]) -> Option<KeyId> {
-    match serde_json::from_slice::<serde_json::Value>(body).ok()?.get("key_id")? {
+    match serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("key_id")?
+    {
         serde_json::Value::String(k) => validate::key_id(k).ok(),
         _ => None,
     }
@@ -915,7 +918,9 @@ mod tests {
             classify(
                 Endpoint::IssueV21,
                 StatusCode::BAD_REQUEST,
-                body(r#"{"message":"The maximum number of access tokens has already been issued"}"#),
+                body(
+                    r#"{"message":"The maximum number of access tokens has already been issued"}"#,
+                ),
                 None,
                 Some("rid".into()),
             ),

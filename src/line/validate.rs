@@ -256,7 +256,10 @@ mod tests {
         ] {
             assert_eq!(access_token(ok).unwrap().expose(), ok);
         }
-        assert_eq!(key_id(&"k".repeat(MAX_KEY_ID_LEN)).unwrap().as_str().len(), 128);
+        assert_eq!(
+            key_id(&"k".repeat(MAX_KEY_ID_LEN)).unwrap().as_str().len(),
+            128
+        );
         assert!(access_token(&"t".repeat(MAX_ACCESS_TOKEN_LEN)).is_ok());
     }
 

@@ -773,10 +773,30 @@ async fn every_malformed_issue_answer_may_have_issued() {
             "application/json",
             false,
         ),
-        ("expires_in a float", issue_answer(&t, "2592000.5", kid), "application/json", true),
-        ("expires_in a string", issue_answer(&t, r#""2592000""#, kid), "application/json", true),
-        ("expires_in negative", issue_answer(&t, "-1", kid), "application/json", true),
-        ("expires_in zero", issue_answer(&t, "0", kid), "application/json", true),
+        (
+            "expires_in a float",
+            issue_answer(&t, "2592000.5", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in a string",
+            issue_answer(&t, r#""2592000""#, kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in negative",
+            issue_answer(&t, "-1", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in zero",
+            issue_answer(&t, "0", kid),
+            "application/json",
+            true,
+        ),
         (
             "expires_in 30 days and 61 s",
             issue_answer(&t, "2592061", kid),
@@ -789,7 +809,12 @@ async fn every_malformed_issue_answer_may_have_issued() {
             "application/json",
             true,
         ),
-        ("HTML", "<html><body>OK</body></html>".into(), "text/html", false),
+        (
+            "HTML",
+            "<html><body>OK</body></html>".into(),
+            "text/html",
+            false,
+        ),
         ("an empty body", String::new(), "application/json", false),
         (
             "truncated JSON",
@@ -798,7 +823,12 @@ async fn every_malformed_issue_answer_may_have_issued() {
             false,
         ),
         ("JSON null", "null".into(), "application/json", false),
-        ("an empty access_token", issue_answer(r#""""#, "2592000", kid), "application/json", true),
+        (
+            "an empty access_token",
+            issue_answer(r#""""#, "2592000", kid),
+            "application/json",
+            true,
+        ),
         (
             "a token with a newline",
             issue_answer(&format!("\"{HOSTILE_TOKEN}\\n\""), "2592000", kid),
@@ -811,10 +841,30 @@ async fn every_malformed_issue_answer_may_have_issued() {
             "application/json",
             true,
         ),
-        ("a token over 4096 bytes", issue_answer(&long_token, "2592000", kid), "application/json", true),
-        ("a numeric token", issue_answer("42", "2592000", kid), "application/json", true),
-        ("an empty key_id", issue_answer(&t, "2592000", r#""""#), "application/json", false),
-        ("a key_id over 128 bytes", issue_answer(&t, "2592000", &long_kid), "application/json", false),
+        (
+            "a token over 4096 bytes",
+            issue_answer(&long_token, "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "a numeric token",
+            issue_answer("42", "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "an empty key_id",
+            issue_answer(&t, "2592000", r#""""#),
+            "application/json",
+            false,
+        ),
+        (
+            "a key_id over 128 bytes",
+            issue_answer(&t, "2592000", &long_kid),
+            "application/json",
+            false,
+        ),
         (
             "a key_id with a control character",
             issue_answer(&t, "2592000", r#""kid\u001b[31m""#),
@@ -827,7 +877,12 @@ async fn every_malformed_issue_answer_may_have_issued() {
             "application/json",
             false,
         ),
-        ("a key_id with a quote", issue_answer(&t, "2592000", r#""k\"id""#), "application/json", false),
+        (
+            "a key_id with a quote",
+            issue_answer(&t, "2592000", r#""k\"id""#),
+            "application/json",
+            false,
+        ),
     ];
     for (what, body, content_type, kid_readable) in cases {
         let reply = Reply {
@@ -857,7 +912,10 @@ async fn every_malformed_issue_answer_may_have_issued() {
         let shown = err.to_string();
         assert!(shown.contains("may have issued a token"), "{what}: {shown}");
         assert!(!shown.contains("forged"), "{what}: {shown}");
-        assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{what}: {shown}");
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{what}: {shown}"
+        );
         assert_leaks_nothing(&err, &[HOSTILE_TOKEN, "HOSTILE-TOKEN-VALUE"]);
         assert_no_leak(&err, &mock);
         assert_reads_as_words(&err);
@@ -887,12 +945,24 @@ async fn a_well_formed_issue_answer_still_parses() {
 #[tokio::test]
 async fn error_statuses_on_issue_mean_nothing_was_issued() {
     let cases = [
-        (400, r#"{"error":"invalid_client","error_description":"Invalid exp"}"#, false),
-        (400, r#"{"message":"The maximum number of access tokens has already been issued"}"#, true),
+        (
+            400,
+            r#"{"error":"invalid_client","error_description":"Invalid exp"}"#,
+            false,
+        ),
+        (
+            400,
+            r#"{"message":"The maximum number of access tokens has already been issued"}"#,
+            true,
+        ),
         // The same shape with other words is still the 30-token refusal:
         // the class never depends on LINE's wording.
         (400, r#"{"message":"Zu viele Token"}"#, true),
-        (404, r#"{"message":"Cannot find channel key that satisfies the conditions"}"#, false),
+        (
+            404,
+            r#"{"message":"Cannot find channel key that satisfies the conditions"}"#,
+            false,
+        ),
         (429, r#"{"message":"Too many requests"}"#, false),
         (500, r#"{"message":"Internal server error"}"#, false),
         (503, "<html>503</html>", false),
@@ -945,7 +1015,10 @@ async fn a_malformed_key_id_fails_the_whole_listing() {
         assert!(err.is_transient(), "{body}");
         assert!(!err.may_have_issued(), "{body}");
         let shown = err.to_string();
-        assert!(!shown.contains("forged") && !shown.contains(&long), "{shown}");
+        assert!(
+            !shown.contains("forged") && !shown.contains(&long),
+            "{shown}"
+        );
         assert_reads_as_words(&err);
     }
     let mock = Mock::start(|_| Reply::json(200, r#"{"kids":["ok-1","a b"]}"#)).await;
@@ -1055,7 +1128,8 @@ async fn an_answer_cut_off_mid_body_is_classified_by_its_status() {
     assert!(err.may_have_issued());
     assert_eq!(err.request_id(), Some("rid-cut"));
     assert!(
-        err.to_string().contains("the connection broke while the body was read"),
+        err.to_string()
+            .contains("the connection broke while the body was read"),
         "{err}"
     );
     assert_leaks_nothing(&err, &["HOSTILE"]);

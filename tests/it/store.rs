@@ -936,7 +936,9 @@ fn a_database_deleted_while_open_refuses_every_write() {
     issue(&store, "backend", "k1", "tok-1", t0());
     std::fs::remove_file(&path).unwrap();
 
-    let err = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap_err();
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
     assert_replaced(&err, &path);
     // Every later write too, not just the first: the check is per write.
     let event = NewEvent {
@@ -950,7 +952,9 @@ fn a_database_deleted_while_open_refuses_every_write() {
     assert_replaced(&err, &path);
     // A new file at the path is not the one opened either.
     std::fs::write(&path, b"").unwrap();
-    let err = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap_err();
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
     assert_replaced(&err, &path);
 }
 
@@ -966,7 +970,9 @@ fn a_file_renamed_over_the_database_refuses_every_write() {
     std::fs::copy(&path, &copy).unwrap();
     std::fs::rename(&copy, &path).unwrap();
 
-    let err = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap_err();
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
     assert_replaced(&err, &path);
 }
 
