@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::clock::SharedClock;
 use crate::domain::{AccessToken, ChannelId, ChannelSecret, KeyId};
 use crate::line::endpoint::Endpoint;
-use crate::line::error::{self, ErrorBody, LineError, TransientCause};
+use crate::line::error::{self, ErrorBody, LineError};
 use crate::line::headers;
 use crate::line::jwt::{AssertionSigner, CLIENT_ASSERTION_TYPE};
 use crate::line::skew::SkewTracker;
@@ -199,7 +199,10 @@ impl LineClient {
     /// [`LineError::Assertion`] for a lifetime outside 1 s..=30 days;
     /// [`LineError::TooManyTokens`] when the channel has 30 valid tokens;
     /// [`LineError::Permanent`] for a rejected assertion (400) or an
-    /// unregistered key (404); transient classes otherwise.
+    /// unregistered key (404); [`LineError::MaybeIssued`] for a success
+    /// whose answer is unusable (off-contract, a key ID or token not shaped
+    /// like LINE's, `expires_in` outside 1 s..=30 days); transient classes
+    /// otherwise. Check [`LineError::may_have_issued`] on every error.
     pub async fn issue_v21(
         &self,
         signer: &AssertionSigner,
@@ -234,7 +237,10 @@ impl LineClient {
     ///
     /// # Errors
     /// [`LineError::Permanent`] for a rejected assertion (400) or an
-    /// unregistered key (404); transient classes otherwise.
+    /// unregistered key (404); transient classes otherwise, including a
+    /// list with any key ID not shaped like LINE's
+    /// ([`crate::line::validate::key_id`]): none of a half-trusted list is
+    /// returned.
     pub async fn valid_key_ids(&self, signer: &AssertionSigner) -> Result<Vec<KeyId>, LineError> {
         let endpoint = Endpoint::ValidKeyIdsV21;
         let assertion = self.sign(endpoint, signer, None)?;
@@ -491,21 +497,39 @@ impl LineClient {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY_BYTES {
-                        return Err(LineError::Transient {
-                            endpoint,
-                            cause: TransientCause::UnreadableAnswer {
-                                status,
-                                reason: format!("body larger than {MAX_BODY_BYTES} bytes"),
-                            },
-                            retry_after,
-                            request_id,
-                            source: None,
+                        let reason = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+                        return Err(if status.is_success() {
+                            error::unread_success(endpoint, status, reason, request_id, None)
+                        } else {
+                            // The status is LINE's answer; the body is noise.
+                            let body = ErrorBody::TooLarge;
+                            error::classify(endpoint, status, body, retry_after, request_id)
                         });
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(error::transport(endpoint, e, request_id)),
+                // The status arrived, so LINE answered: a success cut off
+                // may still have issued, an error status did not.
+                Err(e) if status.is_success() => {
+                    let reason = "the connection broke while the body was read".to_owned();
+                    return Err(error::unread_success(
+                        endpoint,
+                        status,
+                        reason,
+                        request_id,
+                        Some(e),
+                    ));
+                }
+                Err(_) => {
+                    return Err(error::classify(
+                        endpoint,
+                        status,
+                        ErrorBody::Cut,
+                        retry_after,
+                        request_id,
+                    ));
+                }
             }
         }
 
@@ -528,10 +552,12 @@ impl LineClient {
     }
 }
 
-/// Parses a 2xx body into the contract's answer type.
+/// Parses a 2xx body into the contract's answer type, whose key IDs,
+/// tokens and lifetimes [`crate::line::validate`] checks on the way.
 fn parse<T: DeserializeOwned>(endpoint: Endpoint, answer: Answer) -> Result<T, LineError> {
-    serde_json::from_slice(&answer.body)
-        .map_err(|e| error::unreadable(endpoint, answer.status, &e, answer.request_id))
+    serde_json::from_slice(&answer.body).map_err(|e| {
+        error::unreadable(endpoint, answer.status, &answer.body, &e, answer.request_id)
+    })
 }
 
 /// Checks the base URL and returns it without a trailing slash.

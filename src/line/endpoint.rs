@@ -83,6 +83,16 @@ impl Endpoint {
         }
     }
 
+    /// True for the endpoints that create a token (v2.1, short-lived and
+    /// stateless issue): the ones where a lost or unreadable answer may
+    /// leave a token on LINE's side that no one holds.
+    pub fn issues_tokens(self) -> bool {
+        matches!(
+            self,
+            Self::IssueV21 | Self::IssueShortLived | Self::IssueStateless
+        )
+    }
+
     /// The OpenAPI `operationId`.
     pub fn operation_id(self) -> &'static str {
         match self {
@@ -136,6 +146,22 @@ mod tests {
         assert_eq!(labels.len(), Endpoint::ALL.len());
         assert_eq!(ops.len(), Endpoint::ALL.len());
         assert_eq!(routes.len(), Endpoint::ALL.len());
+    }
+
+    #[test]
+    fn only_the_three_issue_endpoints_issue_tokens() {
+        let issuing: Vec<Endpoint> = Endpoint::ALL
+            .into_iter()
+            .filter(|e| e.issues_tokens())
+            .collect();
+        assert_eq!(
+            issuing,
+            [
+                Endpoint::IssueV21,
+                Endpoint::IssueShortLived,
+                Endpoint::IssueStateless
+            ]
+        );
     }
 
     #[test]

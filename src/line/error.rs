@@ -1,54 +1,80 @@
 //! Every way a call to LINE can fail, classified for the caller.
 //!
 //! The rotator decides what to do next from the class alone (DESIGN.md
-//! section 5): retry soon with backoff ([`LineError::Transient`],
-//! [`LineError::RateLimited`] with LINE's `Retry-After`), free capacity
-//! ([`LineError::TooManyTokens`]), or alert and retry slowly
-//! ([`LineError::Permanent`], [`LineError::Assertion`]). The class comes
-//! from the HTTP status (and, once, from which of LINE's two body shapes a
-//! 400 has), never from the wording of a description: LINE words the same
-//! error differently on different pages.
+//! section 5):
 //!
-//! Invariant: no error carries a token, a channel secret or an assertion.
-//! `reqwest` errors are stored without their URL (verify puts the token in
-//! the query string, kid listing the assertion), raw bodies are never kept,
-//! and the texts LINE sends back are shortened, stripped of control
-//! characters and scrubbed of every secret the request carried.
+//! | class | variant | method | LINE issued a token? |
+//! |---|---|---|---|
+//! | retry soon with backoff | [`LineError::Transient`] | [`LineError::is_transient`] | no, except a timeout or broken connection on an issue call ([`LineError::may_have_issued`]) |
+//! | wait as LINE asks | [`LineError::RateLimited`] | [`LineError::retry_after`] (capped at [`MAX_RETRY_AFTER`]) | no |
+//! | free capacity first | [`LineError::TooManyTokens`] | [`LineError::is_channel_full`] | no |
+//! | LINE said yes, we cannot use it | [`LineError::MaybeIssued`] | [`LineError::may_have_issued`] | maybe |
+//! | alert and retry slowly | [`LineError::Permanent`], [`LineError::Assertion`] | none of the above | no |
 //!
-//! Depends on `line::endpoint`, `line::types`, `line::jwt` (its error).
+//! The class comes from the HTTP status (and, once, from which of LINE's two
+//! body shapes a 400 has), never from the wording of a description: LINE
+//! words the same error differently on different pages. An answer with an
+//! error status (4xx, 5xx, 429) means LINE did not issue; a success whose body
+//! is unusable, or no answer at all after the request left, means it may have.
+//!
+//! Invariant: no error carries a token, a channel secret or an assertion, and
+//! every `Display` is words for an operator (endpoint, status, LINE's request
+//! ID), never a URL. `reqwest` errors are stored without their URL (verify
+//! puts the token in the query string, kid listing the assertion), raw bodies
+//! are never kept, and the texts LINE sends back are shortened, stripped of
+//! control characters and scrubbed of every secret the request carried.
+//!
+//! Depends on `domain`, `line::endpoint`, `line::types`, `line::jwt` (its
+//! error).
 
 use std::fmt;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::domain::KeyId;
 use crate::line::endpoint::Endpoint;
 use crate::line::jwt::JwtError;
 use crate::line::types::{ErrorResponse, MessageErrorResponse};
+use crate::line::validate;
 
 /// Longest text from LINE kept in an error. LINE's descriptions are one
 /// short sentence; more than this is not a description.
 const MAX_TEXT_LEN: usize = 200;
+
+/// The longest wait [`LineError::retry_after`] reports, whatever LINE's
+/// `Retry-After` says. LINE's rate limits reset within minutes; a
+/// `Retry-After: 99999999` (three years) from a confused proxy or a hostile
+/// server would otherwise park a channel's rotation until its tokens are
+/// long dead. An hour keeps LINE's request honoured in every plausible case
+/// and bounds the damage of an implausible one; the rotator also caps any
+/// wait at the token's deadline.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// A failed call to LINE.
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
     /// LINE could not be reached, or answered in a way that may well change
     /// on retry: connect error, timeout, broken connection, 5xx or 408, or a
-    /// success whose body does not match the contract.
+    /// success of a call that issues nothing whose body does not match the
+    /// contract (including a key-ID list with a malformed key ID).
+    ///
+    /// A timeout or broken connection on an issue call may have left a token
+    /// issued: see [`LineError::may_have_issued`].
     #[error("{endpoint}: {cause}{}", RequestIdNote(request_id))]
     Transient {
         /// The operation that failed.
         endpoint: Endpoint,
         /// What went wrong.
         cause: TransientCause,
-        /// LINE's `Retry-After`, if it sent one with a 5xx.
+        /// LINE's `Retry-After` as sent, if it sent one with a 5xx; read it
+        /// through [`LineError::retry_after`], which caps it.
         retry_after: Option<Duration>,
         /// `X-Line-Request-Id`, when LINE answered at all.
         request_id: Option<String>,
         /// The transport error, stripped of its URL.
         #[source]
-        source: Option<reqwest::Error>,
+        source: Option<TransportError>,
     },
 
     /// LINE answered 429 Too Many Requests.
@@ -60,7 +86,8 @@ pub enum LineError {
     RateLimited {
         /// The operation that failed.
         endpoint: Endpoint,
-        /// How long LINE asked us to wait (`Retry-After`), if it said.
+        /// How long LINE asked us to wait (`Retry-After`) as sent, if it
+        /// said; read it through [`LineError::retry_after`], which caps it.
         retry_after: Option<Duration>,
         /// What the body said.
         body: ErrorBody,
@@ -69,11 +96,11 @@ pub enum LineError {
     },
 
     /// LINE refused to issue a v2.1 token because the channel already has
-    /// 30 valid ones. Retrying will not help until a token is revoked or
-    /// expires.
+    /// 30 valid ones ([`LineError::is_channel_full`]). Retrying will not
+    /// help until a token is revoked or expires.
     #[error(
         "{endpoint}: LINE refused to issue a token: the channel already has the maximum of 30 \
-         valid v2.1 tokens (400 with {body}){}",
+         valid v2.1 tokens (400 Bad Request with {body}){}",
         RequestIdNote(request_id)
     )]
     TooManyTokens {
@@ -83,6 +110,37 @@ pub enum LineError {
         body: ErrorBody,
         /// `X-Line-Request-Id`.
         request_id: Option<String>,
+    },
+
+    /// LINE answered an issue call with success (2xx), but the answer cannot
+    /// be used: a missing or mistyped field, a key ID or token not shaped
+    /// like LINE's, an `expires_in` outside 1 s..=30 days, HTML, an empty or
+    /// cut-off body. LINE may well have issued a token that nobody holds: it
+    /// counts toward the channel's 30 until it expires, and the next
+    /// reconcile sees its key ID as unknown. The caller must not treat this
+    /// as "nothing happened" ([`LineError::may_have_issued`]).
+    #[error(
+        "{endpoint}: LINE answered {status} but the answer is unusable ({reason}), so LINE may \
+         have issued a token that linetokd does not hold{}{}",
+        KeyIdNote(key_id),
+        RequestIdNote(request_id)
+    )]
+    MaybeIssued {
+        /// The issue operation.
+        endpoint: Endpoint,
+        /// The 2xx status LINE answered with.
+        status: StatusCode,
+        /// What is wrong with the answer (no values from it but numbers).
+        reason: String,
+        /// The new token's key ID, when the answer had a well-formed one
+        /// (the rest of it being unusable): the token to look for in the
+        /// next key-ID list.
+        key_id: Option<KeyId>,
+        /// `X-Line-Request-Id`.
+        request_id: Option<String>,
+        /// The transport error, when the connection broke mid-answer.
+        #[source]
+        source: Option<TransportError>,
     },
 
     /// LINE refused the request and will refuse it again until something
@@ -121,22 +179,70 @@ impl LineError {
             Self::Transient { endpoint, .. }
             | Self::RateLimited { endpoint, .. }
             | Self::TooManyTokens { endpoint, .. }
+            | Self::MaybeIssued { endpoint, .. }
             | Self::Permanent { endpoint, .. }
             | Self::Assertion { endpoint, .. } => *endpoint,
         }
     }
 
     /// True when the same request may succeed later without any change on
-    /// our side: retry with backoff (honouring [`Self::retry_after`]).
+    /// our side: retry with backoff (honouring [`Self::retry_after`]). When
+    /// [`Self::may_have_issued`] is also true, find out first whether LINE
+    /// issued (list the key IDs) before issuing again.
+    ///
+    /// False for [`LineError::MaybeIssued`]: LINE said yes and its answer
+    /// was unusable, which is not a blip; retrying at backoff pace could
+    /// spend one of the channel's 30 tokens per attempt.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. } | Self::RateLimited { .. })
     }
 
-    /// How long LINE asked us to wait before retrying, if it said.
+    /// True when LINE refused to issue because the channel already has 30
+    /// valid v2.1 tokens: free capacity (revoke, or wait for an expiry)
+    /// before issuing again. Recognised from the status (400) and the body's
+    /// shape on the v2.1 issue endpoint, never from its wording.
+    pub fn is_channel_full(&self) -> bool {
+        matches!(self, Self::TooManyTokens { .. })
+    }
+
+    /// True when LINE may have issued a token although the call failed:
+    ///
+    /// - [`LineError::MaybeIssued`]: LINE answered an issue call with
+    ///   success but the answer is unusable (off-contract, malformed key ID
+    ///   or token, impossible `expires_in`, cut off);
+    /// - a timeout or broken connection on an issue call: the request may
+    ///   have reached LINE and only the answer was lost.
+    ///
+    /// False when nothing was sent (connect error, assertion not signed),
+    /// when LINE answered with an error status (4xx, 5xx, 429: it did not
+    /// issue), and for every call that issues nothing.
+    pub fn may_have_issued(&self) -> bool {
+        match self {
+            Self::MaybeIssued { .. } => true,
+            Self::Transient {
+                endpoint,
+                cause: TransientCause::Timeout | TransientCause::Network,
+                ..
+            } => endpoint.issues_tokens(),
+            _ => false,
+        }
+    }
+
+    /// The key ID of the token LINE may have issued, when its answer was
+    /// unusable but had a well-formed `key_id` ([`LineError::MaybeIssued`]).
+    pub fn issued_key_id(&self) -> Option<&KeyId> {
+        match self {
+            Self::MaybeIssued { key_id, .. } => key_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// How long LINE asked us to wait before retrying, if it said, capped
+    /// at [`MAX_RETRY_AFTER`].
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
-                *retry_after
+                retry_after.map(|d| d.min(MAX_RETRY_AFTER))
             }
             _ => None,
         }
@@ -148,6 +254,7 @@ impl LineError {
             Self::Transient { request_id, .. }
             | Self::RateLimited { request_id, .. }
             | Self::TooManyTokens { request_id, .. }
+            | Self::MaybeIssued { request_id, .. }
             | Self::Permanent { request_id, .. } => request_id.as_deref(),
             Self::Assertion { .. } => None,
         }
@@ -159,7 +266,7 @@ impl LineError {
             Self::Transient { cause, .. } => cause.status(),
             Self::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
             Self::TooManyTokens { .. } => Some(StatusCode::BAD_REQUEST),
-            Self::Permanent { status, .. } => Some(*status),
+            Self::MaybeIssued { status, .. } | Self::Permanent { status, .. } => Some(*status),
             Self::Assertion { .. } => None,
         }
     }
@@ -213,9 +320,9 @@ pub enum TransientCause {
         /// What the body said.
         body: ErrorBody,
     },
-    /// LINE answered 2xx, but the body is not what the contract promises. For
-    /// an issue call, a token may have been issued that we could not read:
-    /// the next reconcile reports its key ID as unknown.
+    /// LINE answered 2xx to a call that issues nothing (verify, the key-ID
+    /// list), but the body is not what the contract promises. (An issue
+    /// call's unusable success is [`LineError::MaybeIssued`] instead.)
     UnreadableAnswer {
         /// The status.
         status: StatusCode,
@@ -271,6 +378,11 @@ pub enum ErrorBody {
         /// The `Content-Type` it came with, if any.
         content_type: Option<String>,
     },
+    /// The connection broke before the whole body arrived; the status is
+    /// all there is.
+    Cut,
+    /// A body too large to be LINE's, not read (the status is all there is).
+    TooLarge,
 }
 
 impl ErrorBody {
@@ -337,18 +449,20 @@ impl fmt::Display for ErrorBody {
                 error,
                 error_description,
             }) => match (error, error_description) {
-                (Some(e), Some(d)) => write!(f, "error {e:?} ({d:?})"),
-                (Some(e), None) => write!(f, "error {e:?}"),
-                (None, Some(d)) => write!(f, "error description {d:?}"),
+                (Some(e), Some(d)) => write!(f, "error {} ({})", Quoted(e), Quoted(d)),
+                (Some(e), None) => write!(f, "error {}", Quoted(e)),
+                (None, Some(d)) => write!(f, "error description {}", Quoted(d)),
                 (None, None) => f.write_str("an empty OAuth error body"),
             },
-            Self::Message(m) => write!(f, "message {:?}", m.message),
+            Self::Message(m) => write!(f, "message {}", Quoted(&m.message)),
             Self::Empty => f.write_str("an empty body"),
             Self::OtherJson => f.write_str("a JSON body in neither of LINE's error shapes"),
             Self::NotJson {
                 content_type: Some(c),
             } => write!(f, "a non-JSON body ({c})"),
             Self::NotJson { content_type: None } => f.write_str("a non-JSON body"),
+            Self::Cut => f.write_str("a body cut off when the connection broke"),
+            Self::TooLarge => f.write_str("a body too large to be LINE's (not read)"),
         }
     }
 }
@@ -408,16 +522,18 @@ pub(crate) fn classify(
 }
 
 /// Classifies a transport failure, stripping the URL from the error first.
+/// A connect error wins over a timeout: a connect timeout is both, and
+/// nothing was sent, which is what [`LineError::may_have_issued`] needs.
 pub(crate) fn transport(
     endpoint: Endpoint,
     err: reqwest::Error,
     request_id: Option<String>,
 ) -> LineError {
     let err = err.without_url();
-    let cause = if err.is_timeout() {
-        TransientCause::Timeout
-    } else if err.is_connect() {
+    let cause = if err.is_connect() {
         TransientCause::Connect
+    } else if err.is_timeout() {
+        TransientCause::Timeout
     } else {
         TransientCause::Network
     };
@@ -426,30 +542,112 @@ pub(crate) fn transport(
         cause,
         retry_after: None,
         request_id,
-        source: Some(err),
+        source: Some(TransportError(err)),
     }
 }
 
 /// A 2xx whose body does not match the contract. `reason` is serde's
 /// message with every quoted value blanked out: serde quotes the offending
 /// value (`invalid type: string "..."`), and that value could be a token.
+/// On an issue call it is [`LineError::MaybeIssued`], with the key ID if
+/// the body has a well-formed one.
 pub(crate) fn unreadable(
     endpoint: Endpoint,
     status: StatusCode,
+    body: &[u8],
     reason: &serde_json::Error,
     request_id: Option<String>,
 ) -> LineError {
+    let reason = blank_quoted(&reason.to_string());
+    if endpoint.issues_tokens() {
+        return LineError::MaybeIssued {
+            endpoint,
+            status,
+            reason,
+            key_id: readable_key_id(body),
+            request_id,
+            source: None,
+        };
+    }
     LineError::Transient {
         endpoint,
-        cause: TransientCause::UnreadableAnswer {
-            status,
-            reason: blank_quoted(&reason.to_string()),
-        },
+        cause: TransientCause::UnreadableAnswer { status, reason },
         retry_after: None,
         request_id,
         source: None,
     }
 }
+
+/// A 2xx answer that could not be read whole: too big, or the connection
+/// broke mid-body (`source`). [`LineError::MaybeIssued`] on an issue call,
+/// transient otherwise.
+pub(crate) fn unread_success(
+    endpoint: Endpoint,
+    status: StatusCode,
+    reason: String,
+    request_id: Option<String>,
+    source: Option<reqwest::Error>,
+) -> LineError {
+    let source = source.map(|e| TransportError(e.without_url()));
+    if endpoint.issues_tokens() {
+        return LineError::MaybeIssued {
+            endpoint,
+            status,
+            reason,
+            key_id: None,
+            request_id,
+            source,
+        };
+    }
+    LineError::Transient {
+        endpoint,
+        cause: TransientCause::UnreadableAnswer { status, reason },
+        retry_after: None,
+        request_id,
+        source,
+    }
+}
+
+/// The `key_id` of an otherwise unusable issue answer, if the body is a
+/// JSON object whose `key_id` passes [`validate::key_id`].
+fn readable_key_id(body: &[u8]) -> Option<KeyId> {
+    match serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("key_id")?
+    {
+        serde_json::Value::String(k) => validate::key_id(k).ok(),
+        _ => None,
+    }
+}
+
+/// A transport failure from `reqwest`, stripped of its URL.
+///
+/// It shows as the innermost cause's words (`connection refused`,
+/// `operation timed out`, `connection closed before message completed`)
+/// and hides the chain above it: `reqwest` and `hyper` wrap that cause in
+/// layers like `error sending request` and `client error (SendRequest)`,
+/// which add type names and nothing an operator can act on.
+#[derive(Debug)]
+pub struct TransportError(reqwest::Error);
+
+impl TransportError {
+    /// The underlying `reqwest` error (its URL already removed).
+    pub fn reqwest(&self) -> &reqwest::Error {
+        &self.0
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut innermost: &dyn std::error::Error = &self.0;
+        while let Some(next) = innermost.source() {
+            innermost = next;
+        }
+        f.write_str(&clean_text(&innermost.to_string(), &[]))
+    }
+}
+
+impl std::error::Error for TransportError {}
 
 /// Replaces the contents of every `"..."` with `…`. serde prints values
 /// with `{:?}`, so a quote inside a value is escaped (`\"`) and skipped.
@@ -501,15 +699,44 @@ impl fmt::Display for RequestIdNote<'_> {
     }
 }
 
-/// Formats how long LINE asked us to wait.
+/// Formats how long LINE asked us to wait, and the cap when LINE asked
+/// for more.
 struct RetryAfterNote<'a>(&'a Option<Duration>);
 
 impl fmt::Display for RetryAfterNote<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
+            Some(d) if *d > MAX_RETRY_AFTER => write!(
+                f,
+                "LINE asked to wait {}, linetokd waits at most {}",
+                humantime::format_duration(*d),
+                humantime::format_duration(MAX_RETRY_AFTER)
+            ),
             Some(d) => write!(f, "retry after {}", humantime::format_duration(*d)),
             None => f.write_str("no Retry-After"),
         }
+    }
+}
+
+/// Formats ` (key ID X)` or nothing.
+struct KeyIdNote<'a>(&'a Option<KeyId>);
+
+impl fmt::Display for KeyIdNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) => write!(f, " (its key ID would be {k})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes a text from LINE in double quotes, as it is: [`clean_text`] has
+/// already removed control characters, and `{:?}` would add Rust's escapes.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0)
     }
 }
 
@@ -596,6 +823,7 @@ mod tests {
                 LineError::RateLimited { .. } => "rate_limited",
                 LineError::Transient { .. } => "transient",
                 LineError::Assertion { .. } => "assertion",
+                LineError::MaybeIssued { .. } => "maybe_issued",
             };
             assert_eq!(got, want, "{endpoint} {status}");
             assert_eq!(e.status(), Some(status));
@@ -604,7 +832,159 @@ mod tests {
                 e.is_transient(),
                 want == "transient" || want == "rate_limited"
             );
+            assert_eq!(e.is_channel_full(), want == "too_many");
+            // An error status is LINE saying no: nothing was issued.
+            assert!(!e.may_have_issued(), "{endpoint} {status}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        let huge = Duration::from_secs(99_999_999);
+        for e in [
+            classify(
+                Endpoint::IssueV21,
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorBody::Empty,
+                Some(huge),
+                None,
+            ),
+            classify(
+                Endpoint::IssueV21,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::Empty,
+                Some(huge),
+                None,
+            ),
+        ] {
+            assert_eq!(e.retry_after(), Some(MAX_RETRY_AFTER), "{e}");
+        }
+        let e = classify(
+            Endpoint::VerifyV21,
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorBody::Empty,
+            Some(huge),
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "GET /oauth2/v2.1/verify: LINE is rate limiting this channel (429 Too Many Requests, \
+             LINE asked to wait 3years 2months 18h 39m 27s, linetokd waits at most 1h)"
+        );
+        // Exactly the cap, and below it, are LINE's value.
+        for secs in [3600, 1] {
+            let e = classify(
+                Endpoint::VerifyV21,
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorBody::Empty,
+                Some(Duration::from_secs(secs)),
+                None,
+            );
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(secs)));
+        }
+    }
+
+    #[test]
+    fn an_unusable_success_may_have_issued_only_on_issue_calls() {
+        let serde_err = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let ok = StatusCode::OK;
+        let body = br#"{"key_id":"sDTOzw5wIfxxxxPEzcmeQA","expires_in":1.5}"#;
+        for endpoint in Endpoint::ALL {
+            let e = unreadable(endpoint, ok, body, &serde_err, None);
+            assert_eq!(e.may_have_issued(), endpoint.issues_tokens(), "{endpoint}");
+            assert_eq!(
+                matches!(e, LineError::MaybeIssued { .. }),
+                endpoint.issues_tokens()
+            );
+            assert!(!e.is_transient() || !endpoint.issues_tokens());
+            assert!(!e.is_channel_full());
+            assert_eq!(e.status(), Some(ok));
+        }
+        let e = unreadable(Endpoint::IssueV21, ok, body, &serde_err, None);
+        assert_eq!(
+            e.issued_key_id().map(KeyId::as_str),
+            Some("sDTOzw5wIfxxxxPEzcmeQA")
+        );
+        // A key ID not shaped like LINE's is not offered as a lead.
+        let bad = br#"{"key_id":"a b"}"#;
+        let e = unreadable(Endpoint::IssueV21, ok, bad, &serde_err, None);
+        assert_eq!(e.issued_key_id(), None);
+    }
+
+    #[test]
+    fn displays_are_words_without_debug_names() {
+        let serde_err = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let errors = [
+            classify(
+                Endpoint::IssueV21,
+                StatusCode::BAD_REQUEST,
+                body(
+                    r#"{"message":"The maximum number of access tokens has already been issued"}"#,
+                ),
+                None,
+                Some("rid".into()),
+            ),
+            classify(
+                Endpoint::VerifyV21,
+                StatusCode::BAD_GATEWAY,
+                ErrorBody::Cut,
+                Some(Duration::from_secs(5)),
+                None,
+            ),
+            classify(
+                Endpoint::RevokeV21,
+                StatusCode::FORBIDDEN,
+                ErrorBody::TooLarge,
+                None,
+                None,
+            ),
+            unreadable(
+                Endpoint::IssueV21,
+                StatusCode::OK,
+                br#"{"key_id":"kid-1"}"#,
+                &serde_err,
+                Some("rid".into()),
+            ),
+            unread_success(
+                Endpoint::ValidKeyIdsV21,
+                StatusCode::OK,
+                "the body is larger than 65536 bytes".into(),
+                None,
+                None,
+            ),
+        ];
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "POST /oauth2/v2.1/token: LINE refused to issue a token: the channel already has \
+                 the maximum of 30 valid v2.1 tokens (400 Bad Request with message \"The maximum \
+                 number of access tokens has already been issued\") (X-Line-Request-Id rid)",
+                "GET /oauth2/v2.1/verify: LINE answered 502 Bad Gateway with a body cut off when \
+                 the connection broke",
+                "POST /oauth2/v2.1/revoke: LINE refused the request: 403 Forbidden with a body too \
+                 large to be LINE's (not read)",
+                "POST /oauth2/v2.1/token: LINE answered 200 OK but the answer is unusable (EOF \
+                 while parsing an object at line 1 column 1), so LINE may have issued a token \
+                 that linetokd does not hold (its key ID would be kid-1) (X-Line-Request-Id rid)",
+                "GET /oauth2/v2.1/tokens/kid: LINE answered 200 OK but the body does not match \
+                 the contract: the body is larger than 65536 bytes",
+            ]
+        );
+        for text in &shown {
+            for debug in ["Some(", "None", "{", "::", "StatusCode", "Endpoint", "\\u{"] {
+                assert!(!text.contains(debug), "{debug} in {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn texts_from_line_are_quoted_without_rust_escapes() {
+        let b = body(r#"{"error":"invalid_client","error_description":"Ungültiges \"exp\""}"#);
+        assert_eq!(
+            b.to_string(),
+            "error \"invalid_client\" (\"Ungültiges \"exp\"\")"
+        );
     }
 
     #[test]

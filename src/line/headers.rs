@@ -39,7 +39,8 @@ pub fn date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
 }
 
 /// How long LINE asks us to wait, from `Retry-After`, measured from `now`.
-/// A date in the past means "now" (zero).
+/// A date in the past means "now" (zero). The value is returned as sent,
+/// however large; [`crate::line::LineError::retry_after`] caps it.
 pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
 }

@@ -7,7 +7,10 @@
 //! - [`types`]: the request and answer schemas, by their OpenAPI names.
 //! - [`client`]: [`LineClient`], one async method per operation.
 //! - [`error`]: [`LineError`], every failure classified as transient,
-//!   rate-limited, too many tokens, permanent or a local assertion problem.
+//!   rate-limited, channel full (30 tokens), maybe issued (LINE said yes,
+//!   the answer is unusable), permanent or a local assertion problem.
+//! - [`validate`]: the shape LINE's key IDs, tokens and lifetimes must have
+//!   before the client hands them on.
 //! - [`headers`]: `X-Line-Request-Id`, `Retry-After` and `Date`.
 //! - [`keys`]: assertion signing keys (load PEM/JWK, generate, public JWK).
 //! - [`jwt`]: the client assertion LINE's v2.1 endpoints authenticate with.
@@ -23,9 +26,10 @@ pub mod jwt;
 pub mod keys;
 mod skew;
 pub mod types;
+pub mod validate;
 
 pub use client::{LineClient, LineClientConfig, RequestObserver};
 pub use endpoint::Endpoint;
-pub use error::{ErrorBody, LineError, TransientCause};
+pub use error::{ErrorBody, LineError, MAX_RETRY_AFTER, TransientCause, TransportError};
 pub use skew::{WARN_INTERVAL as SKEW_WARN_INTERVAL, WARN_THRESHOLD as SKEW_WARN_THRESHOLD};
 pub use types::Verification;

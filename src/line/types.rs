@@ -12,14 +12,19 @@
 //! - token values deserialize straight into [`AccessToken`], whose `Debug`
 //!   prints a fingerprint, so an answer can be logged without leaking.
 //!
-//! Answers tolerate unknown fields (LINE may add some); the contract test
-//! checks the sandbox's answers strictly instead.
+//! Answers tolerate unknown fields (LINE may add some) and name what they
+//! expected in words (`expecting`), not by their Rust type name; the contract test
+//! checks the sandbox's answers strictly instead. The values that leave the
+//! client (key IDs, tokens, a new token's lifetime) are checked while they
+//! are parsed ([`crate::line::validate`]): an answer value exists only if it
+//! has LINE's shape.
 //!
-//! Depends on `domain` only.
+//! Depends on `domain` and `line::validate`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AccessToken, ChannelId, KeyId};
+use crate::line::validate;
 
 /// The only `grant_type` these endpoints accept.
 pub const GRANT_TYPE_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -93,20 +98,26 @@ pub(crate) struct RevokeChannelTokenByJwtRequest<'a> {
 /// `IssueChannelAccessTokenResponse`: a new v2.1 token. All four fields are
 /// required by the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueChannelAccessTokenResponse {
-    /// The token (opaque; a JWS today).
+    /// The token (opaque; a JWS today), checked by [`validate::access_token`].
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
-    /// Seconds from issue to expiry.
+    /// Seconds from issue to expiry, checked by [`validate::issued_lifetime`].
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,
-    /// LINE's unique ID of this token, as `/oauth2/v2.1/tokens/kid` lists it.
+    /// LINE's unique ID of this token, as `/oauth2/v2.1/tokens/kid` lists it;
+    /// checked by [`validate::key_id`].
+    #[serde(deserialize_with = "validate::de_key_id")]
     pub key_id: KeyId,
 }
 
 /// `VerifyChannelAccessTokenResponse`: the answer of both verify endpoints
 /// for a token LINE still accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "a verify answer (a JSON object)")]
 pub struct VerifyChannelAccessTokenResponse {
     /// The channel the token was issued for.
     pub client_id: ChannelId,
@@ -119,18 +130,24 @@ pub struct VerifyChannelAccessTokenResponse {
 
 /// `ChannelAccessTokenKeyIdsResponse`: the channel's valid v2.1 tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "a key-ID list (a JSON object)")]
 pub struct ChannelAccessTokenKeyIdsResponse {
-    /// The `key_id` of every valid v2.1 token on the channel, ours or not.
+    /// The `key_id` of every valid v2.1 token on the channel, ours or not;
+    /// each checked by [`validate::key_id`], and one bad entry fails all.
+    #[serde(deserialize_with = "validate::de_key_ids")]
     pub kids: Vec<KeyId>,
 }
 
 /// `IssueShortLivedChannelAccessTokenResponse`: a new short-lived token
 /// (30 days; the 31st on a channel silently revokes the oldest).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueShortLivedChannelAccessTokenResponse {
     /// The token.
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
     /// Seconds from issue to expiry.
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,
@@ -139,10 +156,13 @@ pub struct IssueShortLivedChannelAccessTokenResponse {
 /// `IssueStatelessChannelAccessTokenResponse`: a new stateless token (15
 /// minutes, no issuance limit, cannot be revoked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(expecting = "an issue answer (a JSON object)")]
 pub struct IssueStatelessChannelAccessTokenResponse {
     /// The token; "never try to parse" it.
+    #[serde(deserialize_with = "validate::de_access_token")]
     pub access_token: AccessToken,
     /// Seconds from issue to expiry.
+    #[serde(deserialize_with = "validate::de_issued_lifetime")]
     pub expires_in: i64,
     /// Always `Bearer`.
     pub token_type: String,

@@ -231,6 +231,20 @@ pub enum StoreError {
         key_id: KeyId,
     },
 
+    /// The database file was deleted, or another file put in its place,
+    /// while the store had it open. SQLite would go on writing to the old,
+    /// unreachable file; every write is refused instead, and the daemon must
+    /// stop ([`StoreError::is_fatal`]).
+    #[error(
+        "the database file {} was deleted or replaced while linetokd ran; stopping so no token \
+         is stored where no one will find it",
+        .path.display()
+    )]
+    Replaced {
+        /// The database path.
+        path: PathBuf,
+    },
+
     /// The task running a store call died (it panicked or the runtime is
     /// shutting down) before it could answer.
     #[error("a store task failed: {what}")]
@@ -238,6 +252,16 @@ pub enum StoreError {
         /// What the runtime said.
         what: String,
     },
+}
+
+impl StoreError {
+    /// True when the store can no longer be used safely and the daemon must
+    /// stop rather than retry: today only [`StoreError::Replaced`]. Every
+    /// other error concerns one operation (a refused write, a busy database,
+    /// an unknown row) and the next pass may succeed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Replaced { .. })
+    }
 }
 
 fn describe_pid(pid: Option<u32>) -> String {

@@ -34,6 +34,12 @@
 //! - Times are stored as integer unix milliseconds (UTC): LINE's expiries
 //!   are instants, and integers compare and index directly in SQL.
 //! - The database file (and its `-wal`/`-shm` companions) is mode 0600.
+//! - **The path still names the file we opened**: a writer records the
+//!   file's device and inode at open and checks them (one `stat`) before
+//!   every write transaction. SQLite keeps writing through its open file
+//!   descriptor after the file is deleted or replaced, so without the check
+//!   tokens would be committed to a file no one can find again;
+//!   [`StoreError::Replaced`] stops that ([`StoreError::is_fatal`]).
 
 mod alerts;
 mod error;
@@ -49,7 +55,7 @@ mod tokens;
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -111,6 +117,27 @@ struct Inner {
     migrated: Migrated,
     /// `None` for a read-only store.
     lock: Option<WriterLock>,
+    /// The database file as opened, checked before every write; `None` for
+    /// a read-only store (it never writes).
+    identity: Option<FileIdentity>,
+}
+
+/// Which file a path named when it was looked at: device and inode. A file
+/// deleted and recreated, or another file renamed over the path, has a
+/// different pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -185,12 +212,21 @@ impl Store {
         // The first write created -wal and -shm; SQLite gives them the
         // database file's mode, but an older pair may be looser.
         tighten_companions(path)?;
+        // Taken after SQLite opened the file, so it is the file SQLite holds
+        // (short of a swap in the last few microseconds of open).
+        let identity = fs::metadata(path)
+            .map(|m| FileIdentity::of(&m))
+            .map_err(|source| StoreError::File {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 path: path.to_path_buf(),
                 migrated,
                 lock: Some(lock),
+                identity: Some(identity),
             }),
         })
     }
@@ -259,6 +295,7 @@ impl Store {
                     to: found,
                 },
                 lock: None,
+                identity: None,
             }),
         })
     }
@@ -293,7 +330,9 @@ impl Store {
     }
 
     /// Runs `f` in one immediate transaction, committed only if `f`
-    /// succeeds. A panic or error inside rolls everything back.
+    /// succeeds. A panic or error inside rolls everything back. Refused with
+    /// [`StoreError::Replaced`] once the path no longer names the file
+    /// opened.
     fn write<T>(
         &self,
         what: &'static str,
@@ -309,6 +348,9 @@ impl Store {
             .conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Under the connection lock, so no write of ours slips in between
+        // the check and the transaction.
+        self.check_same_file()?;
         let run = |conn: &mut Connection| -> Result<T, Fail> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
@@ -316,6 +358,30 @@ impl Store {
             Ok(out)
         };
         run(&mut conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+    }
+
+    /// Checks that the path still names the file opened (one `stat`).
+    ///
+    /// # Errors
+    /// [`StoreError::Replaced`] when the path is gone or names another file;
+    /// [`StoreError::File`] when it cannot be looked at (a permission change
+    /// on the directory, say).
+    fn check_same_file(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.inner.identity else {
+            return Ok(());
+        };
+        let replaced = || StoreError::Replaced {
+            path: self.inner.path.clone(),
+        };
+        match fs::metadata(&self.inner.path) {
+            Ok(meta) if FileIdentity::of(&meta) == opened => Ok(()),
+            Ok(_) => Err(replaced()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(replaced()),
+            Err(source) => Err(StoreError::File {
+                path: self.inner.path.clone(),
+                source,
+            }),
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use linetokd::clock::SharedClock;
 use linetokd::domain::{AccessToken, ChannelId, ChannelSecret};
 use linetokd::line::{
-    Endpoint, ErrorBody, LineClient, LineClientConfig, LineError, TransientCause, Verification,
+    Endpoint, ErrorBody, LineClient, LineClientConfig, LineError, MAX_RETRY_AFTER, TransientCause,
+    Verification,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -291,7 +292,7 @@ async fn a_refused_connection_is_a_connect_error() {
 }
 
 #[tokio::test]
-async fn a_success_off_contract_is_an_unreadable_answer() {
+async fn an_issue_success_off_contract_may_have_issued() {
     let mock = Mock::start(|seen| match seen.path.as_str() {
         // key_id missing.
         "/oauth2/v2.1/token" => Reply::json(200, r#"{"access_token":"eyJ.TOKEN-VALUE-never-shown.x","expires_in":1,"token_type":"Bearer"}"#),
@@ -312,16 +313,9 @@ async fn a_success_off_contract_is_an_unreadable_answer() {
         .await
         .unwrap_err();
     for err in [&missing, &mistyped] {
-        assert!(
-            matches!(
-                err,
-                LineError::Transient {
-                    cause: TransientCause::UnreadableAnswer { .. },
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
+        assert!(err.may_have_issued());
+        assert!(!err.is_transient());
         assert_leaks_nothing(err, &["TOKEN-VALUE-never-shown"]);
         assert_no_leak(err, &mock);
     }
@@ -667,6 +661,583 @@ fn bad_configs_are_refused_with_a_reason() {
     assert!(zero.to_string().contains("timeout"), "{zero}");
     let default = LineClient::new(LineClientConfig::default(), clock).unwrap();
     assert_eq!(default.base_url(), "https://api.line.me");
+}
+
+// ---------------------------------------------------------------------------
+// A hostile LINE (issue 8): caps, "may have issued", validated values, words
+// ---------------------------------------------------------------------------
+
+/// The token value every hostile answer below carries (or a piece of it).
+const HOSTILE_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.HOSTILE-TOKEN-VALUE.sig";
+
+/// An issue answer with `access_token`, `expires_in` and `key_id` as given
+/// (raw JSON fragments).
+fn issue_answer(token: &str, expires_in: &str, key_id: &str) -> String {
+    format!(
+        r#"{{"access_token":{token},"expires_in":{expires_in},"token_type":"Bearer","key_id":{key_id}}}"#
+    )
+}
+
+/// Issues once against a mock that answers `reply`, returning the error.
+async fn issue_against(reply: Reply) -> (LineError, Mock) {
+    let mock = Mock::start(move |_| reply.clone()).await;
+    let err = client_for(&mock)
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    (err, mock)
+}
+
+/// Every rendering of `err` and its sources, joined: what an operator may
+/// see in a log line.
+fn rendered(err: &LineError) -> String {
+    let mut all = vec![err.to_string(), format!("{err:#}")];
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        all.push(s.to_string());
+        source = s.source();
+    }
+    all.join(" | ")
+}
+
+/// Item 4 of issue 8: words for people, the endpoint named, no URL, no
+/// query string, no Rust debug names.
+fn assert_reads_as_words(err: &LineError) {
+    let text = rendered(err);
+    assert!(
+        text.starts_with(&err.endpoint().to_string()),
+        "the endpoint comes first: {text}"
+    );
+    for bad in [
+        "http://",
+        "127.0.0.1",
+        "?",
+        "access_token=",
+        "client_assertion=",
+        "Some(",
+        "None",
+        "::",
+        "{ ",
+        "SendRequest",
+        "Kind",
+        "struct",
+        "Response",
+    ] {
+        assert!(!text.contains(bad), "{bad:?} in {text}");
+    }
+    if let Some(status) = err.status() {
+        assert!(text.contains(status.as_str()), "no status in {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_retry_after_is_capped_at_an_hour() {
+    // Both forms, both statuses that carry one: 99999999 s is three years,
+    // the date is a century away.
+    let far = (support::start_time() + chrono::Duration::days(36_500))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    for (status, value) in [
+        (429, "99999999".to_owned()),
+        (503, "99999999".to_owned()),
+        (429, far.clone()),
+        (503, far),
+    ] {
+        let mock = Mock::start(move |_| Reply::empty(status).header("retry-after", &value)).await;
+        let err = client_for(&mock).verify_v21(&token()).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert_eq!(err.retry_after(), Some(MAX_RETRY_AFTER), "{err}");
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(3600));
+        assert_reads_as_words(&err);
+    }
+    // A plausible value is LINE's.
+    let mock = Mock::start(|_| Reply::empty(429).header("retry-after", "3599")).await;
+    let err = client_for(&mock).verify_v21(&token()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3599)));
+}
+
+#[tokio::test]
+async fn every_malformed_issue_answer_may_have_issued() {
+    let t = format!("\"{HOSTILE_TOKEN}\"");
+    let kid = r#""sDTOzw5wIfxxxxPEzcmeQA""#;
+    let long_kid = format!("\"{}\"", "k".repeat(129));
+    let long_token = format!("\"{}{}\"", HOSTILE_TOKEN, "x".repeat(4096));
+    // (what, body, content type, whether the key ID is still readable)
+    let cases: Vec<(&str, String, &str, bool)> = vec![
+        (
+            "key_id missing",
+            format!(r#"{{"access_token":{t},"expires_in":2592000,"token_type":"Bearer"}}"#),
+            "application/json",
+            false,
+        ),
+        (
+            "expires_in a float",
+            issue_answer(&t, "2592000.5", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in a string",
+            issue_answer(&t, r#""2592000""#, kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in negative",
+            issue_answer(&t, "-1", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in zero",
+            issue_answer(&t, "0", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in 30 days and 61 s",
+            issue_answer(&t, "2592061", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "expires_in beyond i64",
+            issue_answer(&t, "99999999999999999999", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "HTML",
+            "<html><body>OK</body></html>".into(),
+            "text/html",
+            false,
+        ),
+        ("an empty body", String::new(), "application/json", false),
+        (
+            "truncated JSON",
+            issue_answer(&t, "2592000", kid)[..60].to_owned(),
+            "application/json",
+            false,
+        ),
+        ("JSON null", "null".into(), "application/json", false),
+        (
+            "an empty access_token",
+            issue_answer(r#""""#, "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "a token with a newline",
+            issue_answer(&format!("\"{HOSTILE_TOKEN}\\n\""), "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "a token with a space",
+            issue_answer(&format!("\"{HOSTILE_TOKEN} x\""), "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "a token over 4096 bytes",
+            issue_answer(&long_token, "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "a numeric token",
+            issue_answer("42", "2592000", kid),
+            "application/json",
+            true,
+        ),
+        (
+            "an empty key_id",
+            issue_answer(&t, "2592000", r#""""#),
+            "application/json",
+            false,
+        ),
+        (
+            "a key_id over 128 bytes",
+            issue_answer(&t, "2592000", &long_kid),
+            "application/json",
+            false,
+        ),
+        (
+            "a key_id with a control character",
+            issue_answer(&t, "2592000", r#""kid\u001b[31m""#),
+            "application/json",
+            false,
+        ),
+        (
+            "a key_id with a newline",
+            issue_answer(&t, "2592000", r#""kid\nforged log line""#),
+            "application/json",
+            false,
+        ),
+        (
+            "a key_id with a quote",
+            issue_answer(&t, "2592000", r#""k\"id""#),
+            "application/json",
+            false,
+        ),
+    ];
+    for (what, body, content_type, kid_readable) in cases {
+        let reply = Reply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), content_type.into()),
+                ("x-line-request-id".into(), "rid-200".into()),
+            ],
+            body,
+        };
+        let (err, mock) = issue_against(reply).await;
+        assert!(
+            matches!(err, LineError::MaybeIssued { .. }),
+            "{what}: {err:?}"
+        );
+        assert!(err.may_have_issued(), "{what}");
+        assert!(!err.is_transient(), "{what}");
+        assert!(!err.is_channel_full(), "{what}");
+        assert_eq!(err.retry_after(), None, "{what}");
+        assert_eq!(err.status(), Some(reqwest::StatusCode::OK), "{what}");
+        assert_eq!(err.request_id(), Some("rid-200"), "{what}");
+        assert_eq!(
+            err.issued_key_id().map(|k| k.as_str()),
+            kid_readable.then_some("sDTOzw5wIfxxxxPEzcmeQA"),
+            "{what}"
+        );
+        let shown = err.to_string();
+        assert!(shown.contains("may have issued a token"), "{what}: {shown}");
+        assert!(!shown.contains("forged"), "{what}: {shown}");
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{what}: {shown}"
+        );
+        assert_leaks_nothing(&err, &[HOSTILE_TOKEN, "HOSTILE-TOKEN-VALUE"]);
+        assert_no_leak(&err, &mock);
+        assert_reads_as_words(&err);
+    }
+}
+
+#[tokio::test]
+async fn a_well_formed_issue_answer_still_parses() {
+    // The bounds themselves are accepted: 30 days and a minute, a 128-byte
+    // key ID, a 4096-byte token of LINE's characters.
+    let token = format!("eyJ.{}-_~+/=", "t".repeat(4096 - 11));
+    let kid = "k".repeat(128);
+    let body = issue_answer(&format!("\"{token}\""), "2592060", &format!("\"{kid}\""));
+    let mock = Mock::start(move |_| Reply::json(200, &body)).await;
+    let issued = client_for(&mock)
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.access_token.expose(), token);
+    assert_eq!(issued.key_id.as_str(), kid);
+    assert_eq!(issued.expires_in, 2_592_060);
+}
+
+#[tokio::test]
+async fn error_statuses_on_issue_mean_nothing_was_issued() {
+    let cases = [
+        (
+            400,
+            r#"{"error":"invalid_client","error_description":"Invalid exp"}"#,
+            false,
+        ),
+        (
+            400,
+            r#"{"message":"The maximum number of access tokens has already been issued"}"#,
+            true,
+        ),
+        // The same shape with other words is still the 30-token refusal:
+        // the class never depends on LINE's wording.
+        (400, r#"{"message":"Zu viele Token"}"#, true),
+        (
+            404,
+            r#"{"message":"Cannot find channel key that satisfies the conditions"}"#,
+            false,
+        ),
+        (429, r#"{"message":"Too many requests"}"#, false),
+        (500, r#"{"message":"Internal server error"}"#, false),
+        (503, "<html>503</html>", false),
+    ];
+    for (status, body, full) in cases {
+        let (err, mock) = issue_against(Reply::json(status, body)).await;
+        assert!(!err.may_have_issued(), "{status} {body}: {err:?}");
+        assert_eq!(err.is_channel_full(), full, "{status} {body}: {err:?}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        assert_no_leak(&err, &mock);
+        assert_reads_as_words(&err);
+    }
+    // The message shape on the key-ID list is no refusal to issue.
+    let mock = Mock::start(|_| Reply::json(400, r#"{"message":"x"}"#)).await;
+    let err = client_for(&mock)
+        .valid_key_ids(&support::signer(CHANNEL, "kid-1"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_channel_full(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_key_id_fails_the_whole_listing() {
+    let long = "k".repeat(129);
+    let cases = [
+        r#"{"kids":["sDTOzw5wIfxxxxPEzcmeQA",""]}"#.to_owned(),
+        r#"{"kids":["sDTOzw5wIfxxxxPEzcmeQA","a b"]}"#.to_owned(),
+        r#"{"kids":["sDTOzw5wIfxxxxPEzcmeQA","kid\nforged"]}"#.to_owned(),
+        r#"{"kids":["sDTOzw5wIfxxxxPEzcmeQA","kid\u0000"]}"#.to_owned(),
+        format!(r#"{{"kids":["sDTOzw5wIfxxxxPEzcmeQA","{long}"]}}"#),
+        r#"{"kids":["sDTOzw5wIfxxxxPEzcmeQA",7]}"#.to_owned(),
+    ];
+    for body in cases {
+        let answer = body.clone();
+        let mock = Mock::start(move |_| Reply::json(200, &answer)).await;
+        let err = client_for(&mock)
+            .valid_key_ids(&support::signer(CHANNEL, "kid-1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LineError::Transient {
+                    cause: TransientCause::UnreadableAnswer { .. },
+                    ..
+                }
+            ),
+            "{body}: {err:?}"
+        );
+        assert!(err.is_transient(), "{body}");
+        assert!(!err.may_have_issued(), "{body}");
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("forged") && !shown.contains(&long),
+            "{shown}"
+        );
+        assert_reads_as_words(&err);
+    }
+    let mock = Mock::start(|_| Reply::json(200, r#"{"kids":["ok-1","a b"]}"#)).await;
+    let err = client_for(&mock)
+        .valid_key_ids(&support::signer(CHANNEL, "kid-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("entry 2 of 2 in the key-ID list: the key ID has whitespace at byte 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn lost_answers_on_issue_may_have_issued_and_refused_connections_did_not() {
+    // A server that never answers: the request went out, the answer never came.
+    let app = axum::Router::new().fallback(std::future::pending::<&'static str>);
+    let served = support::serve(app).await;
+    let client = support::line_client(
+        &served.base_url,
+        &support::manual_clock(),
+        Duration::from_millis(300),
+    );
+    let signer = support::signer(CHANNEL, "kid-1");
+    let err = client
+        .issue_v21(&signer, chrono::Duration::days(30))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Timeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.may_have_issued() && err.is_transient());
+    assert_reads_as_words(&err);
+    // The same on a call that issues nothing is just transient.
+    let err = client.verify_v21(&token()).await.unwrap_err();
+    assert!(!err.may_have_issued() && err.is_transient());
+    assert_reads_as_words(&err);
+
+    // A reset after the request was read.
+    let (base_url, server) = raw_server(|_| None).await;
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client
+        .issue_short_lived(&channel(), &secret())
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Network,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.may_have_issued());
+    assert_reads_as_words(&err);
+
+    // Nothing listening: nothing was sent.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client
+        .issue_v21(&signer, chrono::Duration::days(30))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LineError::Transient {
+                cause: TransientCause::Connect,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.may_have_issued());
+    assert_reads_as_words(&err);
+}
+
+#[tokio::test]
+async fn an_answer_cut_off_mid_body_is_classified_by_its_status() {
+    // 200 with half an issue answer: LINE issued, we lost the token.
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\
+                x-line-request-id: rid-cut\r\n\r\n{\"access_token\":\"eyJhbGciOiJIUzI1NiJ9.HOSTILE";
+    let (base_url, server) = raw_server(move |_| Some(head.to_owned())).await;
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
+    assert!(err.may_have_issued());
+    assert_eq!(err.request_id(), Some("rid-cut"));
+    assert!(
+        err.to_string()
+            .contains("the connection broke while the body was read"),
+        "{err}"
+    );
+    assert_leaks_nothing(&err, &["HOSTILE"]);
+    assert_reads_as_words(&err);
+
+    // 400 cut off: LINE said no; the status is the answer.
+    let head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+                content-length: 500\r\n\r\n{\"mess";
+    let (base_url, server) = raw_server(move |_| Some(head.to_owned())).await;
+    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
+    let err = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(
+        matches!(
+            err,
+            LineError::Permanent {
+                body: ErrorBody::Cut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.may_have_issued());
+    assert_reads_as_words(&err);
+}
+
+#[tokio::test]
+async fn an_oversized_issue_success_may_have_issued() {
+    let body = issue_answer(
+        &format!("\"{}\"", "t".repeat(100_000)),
+        "2592000",
+        r#""kid""#,
+    );
+    let (err, _mock) = issue_against(Reply::json(200, &body)).await;
+    assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
+    assert!(err.may_have_issued());
+    assert_reads_as_words(&err);
+    // An oversized error answer is still an error status: no token.
+    let (err, _mock) = issue_against(Reply::json(400, &body)).await;
+    assert!(
+        matches!(
+            err,
+            LineError::Permanent {
+                body: ErrorBody::TooLarge,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.may_have_issued());
+}
+
+/// A one-connection HTTP server on loopback: it reads one whole request,
+/// then writes `answer(&request)` raw and closes cleanly, or resets the
+/// connection when `answer` gives `None`.
+async fn raw_server(
+    answer: impl FnOnce(&[u8]) -> Option<String> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let request = read_request(&mut stream).await;
+        match answer(&request) {
+            Some(raw) => {
+                stream.write_all(raw.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+                // Wait for the client to hang up, so our close is a clean
+                // end of stream and never a reset.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            }
+            None => {
+                stream.set_zero_linger().unwrap();
+                drop(stream);
+            }
+        }
+    });
+    (base_url, server)
+}
+
+/// Reads one HTTP/1.1 request: the head, then `content-length` bytes.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the client closed before sending a whole request");
+        request.extend_from_slice(&buf[..n]);
+        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if request.len() >= end + 4 + length {
+            return request;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

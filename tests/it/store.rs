@@ -934,3 +934,86 @@ fn the_store_can_be_shared_between_threads() {
     }
     assert_eq!(store.live_tokens_of_channel(&ch("1000")).unwrap().len(), 2);
 }
+
+// ---------------------------------------------------------------------------
+// The database file deleted or replaced under a running daemon (issue 8)
+// ---------------------------------------------------------------------------
+
+/// Asserts `err` is the fatal "deleted or replaced" error for `path`.
+fn assert_replaced(err: &StoreError, path: &Path) {
+    match err {
+        StoreError::Replaced { path: p } => assert_eq!(p, path),
+        other => panic!("expected Replaced, got {other:?}"),
+    }
+    assert!(err.is_fatal());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the database file {} was deleted or replaced while linetokd ran; stopping so no \
+             token is stored where no one will find it",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn a_database_deleted_while_open_refuses_every_write() {
+    let (_dir, path) = fresh();
+    let store = synced_store(&path);
+    issue(&store, "backend", "k1", "tok-1", t0());
+    std::fs::remove_file(&path).unwrap();
+
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
+    assert_replaced(&err, &path);
+    // Every later write too, not just the first: the check is per write.
+    let event = NewEvent {
+        channel_id: ch("1000"),
+        group: None,
+        key_id: None,
+        kind: EventKind::VerifyFailed,
+        detail: String::new(),
+    };
+    let err = store.record_event(t0(), &event).unwrap_err();
+    assert_replaced(&err, &path);
+    // A new file at the path is not the one opened either.
+    std::fs::write(&path, b"").unwrap();
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
+    assert_replaced(&err, &path);
+}
+
+#[test]
+fn a_file_renamed_over_the_database_refuses_every_write() {
+    let (dir, path) = fresh();
+    let store = synced_store(&path);
+    issue(&store, "backend", "k1", "tok-1", t0());
+    // What a restore from backup looks like: a byte-for-byte copy moved in
+    // place. Same content, another file: the token we would write next
+    // would land in the unlinked original.
+    let copy = dir.path().join("restored.db");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+
+    let err = store
+        .begin_issue(t0(), &ch("1000"), &gr("crm"))
+        .unwrap_err();
+    assert_replaced(&err, &path);
+}
+
+#[test]
+fn an_untouched_database_keeps_writing_and_other_errors_are_not_fatal() {
+    let (_dir, path) = fresh();
+    let store = synced_store(&path);
+    for n in 0..3 {
+        let key = format!("k{n}");
+        issue(&store, "backend", &key, &format!("tok-{n}"), t0());
+    }
+    let err = store
+        .begin_issue(t0(), &ch("9999"), &gr("backend"))
+        .unwrap_err();
+    assert!(!matches!(err, StoreError::Replaced { .. }), "{err:?}");
+    assert!(!err.is_fatal(), "{err:?}");
+}
