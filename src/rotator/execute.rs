@@ -86,25 +86,20 @@ impl StepError {
 }
 
 /// How a LINE failure is retried. An issue whose request may have reached
-/// LINE without an answer we can use "may have issued"; everything else
-/// follows the class the client gave it.
+/// LINE without an answer we can use "may have issued" (the client decides:
+/// a 2xx that breaks the contract, a timeout or broken connection after
+/// sending); everything else follows the class the client gave it.
 fn classify(e: &LineError) -> FailureKind {
+    if e.may_have_issued() {
+        return FailureKind::MaybeIssued;
+    }
+    if e.is_channel_full() {
+        return FailureKind::ChannelFull;
+    }
     match e {
-        LineError::TooManyTokens { .. } => FailureKind::ChannelFull,
         LineError::RateLimited { .. } => FailureKind::RateLimited,
         LineError::Permanent { .. } | LineError::Assertion { .. } => FailureKind::Permanent,
-        LineError::Transient {
-            endpoint, cause, ..
-        } => match cause {
-            TransientCause::Timeout
-            | TransientCause::Network
-            | TransientCause::UnreadableAnswer { .. }
-                if *endpoint == Endpoint::IssueV21 =>
-            {
-                FailureKind::MaybeIssued
-            }
-            _ => FailureKind::Transient,
-        },
+        _ => FailureKind::Transient,
     }
 }
 

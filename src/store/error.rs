@@ -270,11 +270,3 @@ fn describe_pid(pid: Option<u32>) -> String {
         None => "pid unknown".to_owned(),
     }
 }
-
-impl StoreError {
-    /// True when the daemon must stop rather than retry (merge point: the
-    /// `line` branch adds the variant for a database replaced underfoot).
-    pub fn is_fatal(&self) -> bool {
-        false
-    }
-}
