@@ -23,9 +23,19 @@ use crate::logging::{self, LogFormat};
 use crate::store::{Store, StoreError};
 use crate::{app, config, control, demo, keygen, sandbox, status};
 
+/// What `linetokd --version` prints after the name: the crate's version and
+/// the git commit it was built from ("unknown" outside a git checkout; see
+/// `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LINETOKD_GIT_COMMIT"),
+    ")"
+);
+
 /// linetokd keeps LINE Messaging API channel access tokens alive.
 #[derive(Debug, Parser)]
-#[command(name = "linetokd", version, about, long_about = None)]
+#[command(name = "linetokd", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -158,6 +168,34 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print a shell completion script, e.g. `linetokd completions bash > /etc/bash_completion.d/linetokd`.
+    Completions {
+        /// The shell to complete for.
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff), e.g. `linetokd man | man -l -`.
+    Man,
+}
+
+/// The shells `linetokd completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+impl CompletionShell {
+    fn generator(self) -> clap_complete::Shell {
+        match self {
+            Self::Bash => clap_complete::Shell::Bash,
+            Self::Zsh => clap_complete::Shell::Zsh,
+            Self::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -188,6 +226,33 @@ impl Failure {
             Self::Usage(e) | Self::Runtime(e) => e,
         }
     }
+
+    /// Whether the command failed only because its reader went away
+    /// (`linetokd plan | head -1`). `main` ends such a command quietly
+    /// with exit 0, as ripgrep does: the reader had all it wanted.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.error().chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+    }
+}
+
+/// Writes a command's output to stdout. `print!` would panic when the
+/// reader has gone; here that is an `io::Error` of kind `BrokenPipe` in
+/// the failure's chain, which [`Failure::is_broken_pipe`] recognises.
+fn emit(text: impl std::fmt::Display) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while writing to stdout")))
+}
+
+/// [`emit`] with a newline.
+fn emit_line(text: impl std::fmt::Display) -> Result<(), Failure> {
+    emit(format_args!("{text}\n"))
 }
 
 /// Runs the parsed command.
@@ -243,6 +308,107 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             group,
             config,
         } => token_cmd(&config, &ChannelId::new(channel), &GroupName::new(group)),
+        Command::Completions { shell } => completions_cmd(shell),
+        Command::Man => man_cmd(),
+    }
+}
+
+/// `completions`: the shell's completion script, generated from the clap
+/// definitions above.
+fn completions_cmd(shell: CompletionShell) -> Result<(), Failure> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell.generator(), &mut command, "linetokd", &mut script);
+    emit(String::from_utf8_lossy(&script))
+}
+
+/// `man`: the manual page in roff, generated from the clap definitions:
+/// the synopsis, every subcommand with its options, and the exit codes.
+fn man_cmd() -> Result<(), Failure> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let man = clap_mangen::Man::new(command.clone());
+    let mut page = Vec::new();
+    let rendered = (|| -> std::io::Result<()> {
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        render_subcommands(&command, &mut page)?;
+        page.extend_from_slice(MAN_EXIT_STATUS.as_bytes());
+        man.render_version_section(&mut page)?;
+        Ok(())
+    })();
+    rendered.map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while rendering the manual page"))
+    })?;
+    emit(String::from_utf8_lossy(&page))
+}
+
+/// The EXIT STATUS section: clap knows nothing of it.
+const MAN_EXIT_STATUS: &str = ".SH \"EXIT STATUS\"\n\
+.TP\n0\nSuccess (also when the reader of the output went away).\n\
+.TP\n1\nA failure at run time (LINE, the database, the daemon).\n\
+.TP\n2\nBad usage or configuration.\n";
+
+/// One `.SS` subsection per subcommand: its synopsis line, its help and its
+/// options, so the one page documents every command.
+fn render_subcommands(command: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in command.get_subcommands() {
+        writeln!(out, ".SS \"linetokd {}\"", sub.get_name())?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{}", roff_text(&about.to_string()))?;
+        }
+        for arg in sub.get_arguments() {
+            let value = arg
+                .get_value_names()
+                .and_then(|names| names.first())
+                .map_or_else(|| arg.get_id().as_str().to_uppercase(), ToString::to_string);
+            let takes_value = arg.get_action().takes_values();
+            let term = match arg.get_long() {
+                Some(long) if takes_value => format!("\\fB\\-\\-{long}\\fR \\fI{value}\\fR"),
+                Some(long) => format!("\\fB\\-\\-{long}\\fR"),
+                None => format!("\\fI{value}\\fR"),
+            };
+            writeln!(out, ".TP\n{term}")?;
+            let mut help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            if !takes_value {
+                // A flag: its implied true/false says nothing.
+                writeln!(out, "{}", roff_text(help.trim()))?;
+                continue;
+            }
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if !defaults.is_empty() {
+                help.push_str(&format!(" [default: {}]", defaults.join(", ")));
+            }
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !values.is_empty() {
+                help.push_str(&format!(" [possible values: {}]", values.join(", ")));
+            }
+            writeln!(out, "{}", roff_text(help.trim()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Text for a roff body line: backslashes escaped, hyphens kept literal,
+/// and a leading `.` or `'` (a roff request) defused.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
     }
 }
 
@@ -331,8 +497,7 @@ fn assertion_cmd(
     let jwt = signer
         .sign(chrono::Utc::now(), token_exp)
         .map_err(|e| usage(e.into()))?;
-    println!("{jwt}");
-    Ok(())
+    emit_line(jwt)
 }
 
 /// How long `linetokd health` waits for the daemon's answer.
@@ -365,8 +530,7 @@ fn health_cmd(path: &Path) -> Result<(), Failure> {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if status.is_success() {
-            println!("ready");
-            Ok(())
+            emit_line("ready")
         } else {
             Err(runtime_failure(anyhow::anyhow!(
                 "the daemon at {addr} is not ready ({status}): {body}"
@@ -381,20 +545,19 @@ fn migrate_cmd(path: &Path) -> Result<(), Failure> {
         Failure::Runtime(anyhow::Error::new(e).context("while migrating the database"))
     })?;
     if migrated.was_current() {
-        println!(
+        emit_line(format_args!(
             "{}: schema version {}, already current",
             config.daemon.database.display(),
             migrated.to
-        );
+        ))
     } else {
-        println!(
+        emit_line(format_args!(
             "{}: migrated from schema version {} to {}",
             config.daemon.database.display(),
             migrated.from,
             migrated.to
-        );
+        ))
     }
-    Ok(())
 }
 
 /// The process environment, for config overrides and `${NAME}` expansion.
@@ -418,8 +581,7 @@ fn check_config_cmd(path: &Path) -> Result<(), Failure> {
             e
         })
     })?;
-    print!("{shown}");
-    Ok(())
+    emit(shown)
 }
 
 fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {
@@ -427,8 +589,7 @@ fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {
         keygen::KeygenError::Exists(_) => Failure::Usage(e.into()),
         other => Failure::Runtime(other.into()),
     })?;
-    print!("{}", keygen::next_steps(&generated));
-    Ok(())
+    emit(keygen::next_steps(&generated))
 }
 
 /// `rotate` and `revoke`: send the request over the control socket and
@@ -442,10 +603,7 @@ fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
     let text = response.describe();
     let text = text.trim_end();
     match response {
-        control::Response::Done { .. } => {
-            println!("{text}");
-            Ok(())
-        }
+        control::Response::Done { .. } => emit_line(text),
         control::Response::Refused { .. } => Err(Failure::Usage(anyhow::anyhow!("{text}"))),
         control::Response::Failed { .. } | control::Response::Pending { .. } => {
             Err(Failure::Runtime(anyhow::anyhow!("{text}")))
@@ -484,10 +642,7 @@ fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), 
         .filter(|t| t.record.state == TokenState::Live && t.record.expires_at > now)
         .max_by_key(|t| (t.record.issued_at, t.record.expires_at));
     match current {
-        Some(token) => {
-            println!("{}", token.value.expose());
-            Ok(())
-        }
+        Some(token) => emit_line(token.value.expose()),
         None => Err(Failure::Runtime(anyhow::anyhow!(
             "group {group} of channel {channel} has no live token (has the daemon issued one yet? see `linetokd status`)"
         ))),
@@ -512,11 +667,10 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         status::probe_daemon(db),
     );
     if json {
-        println!("{}", to_json(&report)?);
+        emit_line(to_json(&report)?)
     } else {
-        print!("{}", status::render_status(&report));
+        emit(status::render_status(&report))
     }
-    Ok(())
 }
 
 /// An operator who saved a bad config and asks for status learns both what
@@ -564,11 +718,10 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
         all,
     );
     if json {
-        println!("{}", to_json(&report)?);
+        emit_line(to_json(&report)?)
     } else {
-        print!("{}", status::render_plan(&report));
+        emit(status::render_plan(&report))
     }
-    Ok(())
 }
 
 /// Opens the database read-only beside a running daemon; `None` when there

@@ -3,8 +3,10 @@
 //! It issues channel access tokens v2.1 with signed JWT assertions, rotates
 //! each one ahead of its expiry, keeps at most two live tokens per consumer
 //! group, revokes or reports whatever goes stale, and hands the current token
-//! to the programs that use it. `../shared/DESIGN.md` is the design; this
-//! page is the map of the code.
+//! to the programs that use it. The repository's `docs/design.md` is the
+//! design (invariants, lifecycle, failure classes, store, time) and
+//! `docs/architecture.md` the architecture; this page is the map of the
+//! code.
 //!
 //! # Layout
 //!

@@ -1,5 +1,10 @@
-//! The client against LINE's official contract,
-//! `../shared/line-openapi/channel-access-token.yml`.
+//! The client against LINE's official contract: the OpenAPI file
+//! `channel-access-token.yml` of LINE's public `line/line-openapi`
+//! repository. The tests find it through the `LINE_OPENAPI_FILE`
+//! environment variable, else at `../shared/line-openapi/` beside the
+//! repository; where neither exists they print how to get it and pass
+//! without checking (CI, `.ci/run`, sets the variable and refuses to run
+//! without the file, so there they always check).
 //!
 //! Client side: a recording mock answers every operation with the 200
 //! example the contract itself gives, and every request the client sends is
@@ -27,6 +32,9 @@ use serde_yaml_ng::Value;
 
 use crate::support::{self, LAB_CHANNEL, LAB_SECRET, Mock, Reply, SandboxLab, Seen};
 
+/// The environment variable naming LINE's OpenAPI file.
+pub const OPENAPI_FILE_VAR: &str = "LINE_OPENAPI_FILE";
+
 /// LINE's OpenAPI file, parsed.
 pub struct Contract {
     doc: Value,
@@ -45,19 +53,37 @@ pub struct Schema {
 }
 
 impl Contract {
-    /// Reads the file shipped beside the repository.
-    pub fn load() -> Self {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/line-openapi/channel-access-token.yml");
+    /// Reads LINE's OpenAPI file from `LINE_OPENAPI_FILE`, else from
+    /// `../shared/line-openapi/` beside the repository. `None`, after one
+    /// printed line saying how to get the file, where neither exists: the
+    /// caller skips its checks. A path that is set but unreadable or a file
+    /// that does not parse is a failure, not a skip.
+    pub fn load() -> Option<Self> {
+        let path = match std::env::var_os(OPENAPI_FILE_VAR) {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../shared/line-openapi/channel-access-token.yml");
+                if !beside.exists() {
+                    println!(
+                        "skipping the contract checks: no LINE OpenAPI file; get \
+                         channel-access-token.yml from LINE's public line/line-openapi \
+                         repository and set {OPENAPI_FILE_VAR}=/path/to/channel-access-token.yml"
+                    );
+                    return None;
+                }
+                beside
+            }
+        };
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (the contract test needs LINE's OpenAPI file)",
+                "{}: {e} ({OPENAPI_FILE_VAR} or ../shared/line-openapi/ names LINE's OpenAPI file)",
                 path.display()
             )
         });
-        Self {
-            doc: serde_yaml_ng::from_str(&text).unwrap(),
-        }
+        let doc = serde_yaml_ng::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+        Some(Self { doc })
     }
 
     /// Every `(METHOD, path, operationId)` the file defines.
@@ -349,7 +375,9 @@ fn check_answer(contract: &Contract, method: &str, path: &str, body: &[u8]) -> R
 
 #[test]
 fn every_endpoint_is_an_operation_of_the_contract_and_back() {
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     for endpoint in Endpoint::ALL {
         let op = contract
             .operation(endpoint.method().as_str(), endpoint.path())
@@ -373,7 +401,9 @@ fn every_endpoint_is_an_operation_of_the_contract_and_back() {
 
 #[tokio::test]
 async fn every_request_the_client_sends_is_the_one_the_contract_defines() {
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     // Answer every operation with the contract's own 200 example (revoke:
     // the contract defines no body, so an empty one).
     let mut examples = BTreeMap::new();
@@ -462,7 +492,9 @@ async fn every_request_the_client_sends_is_the_one_the_contract_defines() {
 
 #[test]
 fn the_contract_examples_pass_the_answer_checker_and_mistakes_do_not() {
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     for (method, path, _) in contract.operations() {
         let op = contract.operation(&method, &path).unwrap();
         let body = contract
@@ -496,7 +528,9 @@ fn the_contract_examples_pass_the_answer_checker_and_mistakes_do_not() {
 fn the_checker_catches_what_the_sdks_got_wrong() {
     // The camelCase keys LINE's generated Go and Node SDKs once sent
     // (LINE-API.md 10.1), and the empty assertion fields of 10.3, must fail.
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     let camel = Seen {
         method: "GET".into(),
         path: "/oauth2/v2.1/verify".into(),
@@ -591,7 +625,9 @@ async fn call(
 
 #[tokio::test]
 async fn every_answer_the_sandbox_gives_is_the_one_the_contract_defines() {
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     let lab = support::sandbox_lab().await;
     let now = lab.clock.now();
     let issue_assertion = lab
@@ -811,7 +847,9 @@ async fn every_answer_the_sandbox_gives_is_the_one_the_contract_defines() {
 
 #[test]
 fn the_error_checker_accepts_lines_two_shapes_only() {
-    let contract = Contract::load();
+    let Some(contract) = Contract::load() else {
+        return;
+    };
     for good in [
         r#"{"error":"invalid_client","error_description":"Invalid exp"}"#,
         r#"{"error":"invalid_request"}"#,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod cli_output;
 mod config;
 mod contract;
 mod control;
@@ -15,6 +16,7 @@ mod keygen;
 mod keys;
 mod line_client;
 mod observability;
+mod package;
 mod regressions;
 mod reload;
 mod sandbox;
