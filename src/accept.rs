@@ -1,5 +1,5 @@
 //! What every accept loop of the daemon shares (the HTTP listener, the
-//! control socket, the sandbox): waiting out a failed `accept` with backoff
+//! control socket): waiting out a failed `accept` with backoff
 //! instead of spinning, and one log line per streak of failures instead of
 //! one per failure.
 //!

@@ -39,7 +39,9 @@ impl ChannelIndex {
         // clash; this keeps an index of unvalidated input predictable).
         self.by_text.insert(id.as_str().to_owned(), id.clone());
         if !name.is_empty() {
-            self.by_text.entry(name.clone()).or_insert_with(|| id.clone());
+            self.by_text
+                .entry(name.clone())
+                .or_insert_with(|| id.clone());
         }
         self.names.insert(id, name);
     }

@@ -459,7 +459,7 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
     let config = load_config(path)?;
     let configured = config.channel(channel).ok_or_else(|| {
         Failure::Usage(anyhow::anyhow!(
-            "no channel with the ID or name {channel} is configured in {}",
+            "channel {channel} is not configured in {} (by ID or by name)",
             path.display()
         ))
     })?;

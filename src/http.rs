@@ -756,7 +756,10 @@ mod tests {
             );
         }
         let mut two = headers("Bearer abc");
-        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        two.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert!(matches!(bearer(&two), Err(Refused::AmbiguousCredentials)));
         let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
         assert!(matches!(
