@@ -140,6 +140,7 @@ impl Daemon {
         }
 
         let metrics = Metrics::shared();
+        metrics.set_channel_names(config.channel_index());
         let observer: RequestObserver = {
             let metrics = Arc::clone(&metrics);
             // A test's own observer (the simulation counts requests) sees
@@ -287,6 +288,7 @@ impl Daemon {
             .await
             .context("while syncing the reloaded config into the database")??;
         self.rotator.set_channels(setups);
+        self.metrics.set_channel_names(config.channel_index());
         self.rotator.set_rules(rules(config));
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
@@ -372,11 +374,12 @@ fn spawn_http(
         )
     })?;
     let stop = shutdown.child_token();
-    tasks.spawn(async move {
-        if let Err(e) = http::serve(listener, state, stop).await {
-            tracing::error!(error = %e, "the HTTP listener failed");
-        }
-    });
+    tasks.spawn(http::serve(
+        listener,
+        state,
+        http::ServeSettings::default(),
+        stop,
+    ));
     tracing::info!(listen = %addr, "HTTP listening (/healthz, token API)");
     Ok(addr)
 }
@@ -423,6 +426,7 @@ pub fn delivery_groups(config: &ValidConfig) -> HashMap<(ChannelId, GroupName), 
 pub fn api_keys(config: &ValidConfig) -> ApiKeys {
     let mut keys = ApiKeys::new();
     for channel in &config.channels {
+        keys.name_channel(channel.id.clone(), channel.name.clone());
         for group in &channel.groups {
             if let Some(key) = &group.api_key
                 && !http::usable_api_key(key)

@@ -134,7 +134,7 @@ pub enum Command {
     },
     /// Ask the running daemon to rotate now: a fresh token for one group, or every group of the channel.
     Rotate {
-        /// The channel ID.
+        /// The channel: its ID or its configured name.
         #[arg(long)]
         channel: String,
         /// The group; omit to rotate every group of the channel.
@@ -146,7 +146,7 @@ pub enum Command {
     },
     /// Incident: make the running daemon revoke every token of a group at LINE and issue a fresh one.
     Revoke {
-        /// The channel ID.
+        /// The channel: its ID or its configured name.
         #[arg(long)]
         channel: String,
         /// The group whose tokens are compromised; no other group is touched.
@@ -158,7 +158,7 @@ pub enum Command {
     },
     /// Print a group's current token (newest live one) for scripts; works with or without a running daemon.
     Token {
-        /// The channel ID.
+        /// The channel: its ID or its configured name.
         #[arg(long)]
         channel: String,
         /// The group.
@@ -307,7 +307,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             channel,
             group,
             config,
-        } => token_cmd(&config, &ChannelId::new(channel), &GroupName::new(group)),
+        } => token_cmd(&config, &channel, &GroupName::new(group)),
         Command::Completions { shell } => completions_cmd(shell),
         Command::Man => man_cmd(),
     }
@@ -613,18 +613,15 @@ fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
 
 /// `token`: print the group's newest live, unexpired token from the store,
 /// opened read-only so it works beside a running daemon.
-fn token_cmd(path: &Path, channel: &ChannelId, group: &GroupName) -> Result<(), Failure> {
+fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failure> {
     let config = load_config(path)?;
-    let configured = config
-        .channels
-        .iter()
-        .find(|c| &c.id == channel)
-        .ok_or_else(|| {
-            Failure::Usage(anyhow::anyhow!(
-                "channel {channel} is not configured in {}",
-                path.display()
-            ))
-        })?;
+    let configured = config.channel(channel).ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!(
+            "channel {channel} is not configured in {} (by ID or by name)",
+            path.display()
+        ))
+    })?;
+    let channel = &configured.id;
     if !configured.groups.iter().any(|g| &g.name == group) {
         return Err(Failure::Usage(anyhow::anyhow!(
             "group {group} is not configured in channel {channel} ({})",

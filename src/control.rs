@@ -62,6 +62,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::AcceptBackoff;
+use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::rotator::{RotationEvent, Rotator, describe_alert};
 use crate::scheduler::SchedulerState;
@@ -100,7 +102,8 @@ pub enum Request {
     /// `linetokd rotate`: issue a fresh token now for one group, or for
     /// every group of the channel.
     Rotate {
-        /// The channel.
+        /// The channel: its ID or its configured name, as typed (the daemon
+        /// resolves it with the config in force).
         channel: ChannelId,
         /// The group; `None` means every group of the channel.
         #[serde(default)]
@@ -109,7 +112,7 @@ pub enum Request {
     /// `linetokd revoke`: the incident command. Revoke every token of the
     /// group at LINE and issue a fresh one, touching no other group.
     Revoke {
-        /// The channel.
+        /// The channel: its ID or its configured name, as typed.
         channel: ChannelId,
         /// The group.
         group: GroupName,
@@ -357,27 +360,18 @@ impl ControlServer {
     pub async fn serve(self, handler: ControlHandler, shutdown: CancellationToken) {
         let handler = Arc::new(handler);
         let connections = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let handler = Arc::clone(&handler);
-                    let cancel = shutdown.child_token();
-                    let owner = self.owner_uid;
-                    connections.spawn(async move {
-                        if let Err(e) = connection(stream, owner, &handler, &cancel).await {
-                            tracing::warn!(error = %e, "control connection failed");
-                        }
-                    });
+        // EMFILE and the like are waited out with backoff, logged once per
+        // streak: the listener stays.
+        let mut backoff = AcceptBackoff::new("control");
+        while let Some((stream, _)) = backoff.accept(|| self.listener.accept(), &shutdown).await {
+            let handler = Arc::clone(&handler);
+            let cancel = shutdown.child_token();
+            let owner = self.owner_uid;
+            connections.spawn(async move {
+                if let Err(e) = connection(stream, owner, &handler, &cancel).await {
+                    tracing::warn!(error = %e, "control connection failed");
                 }
-                Err(e) => {
-                    // EMFILE and the like: log and go on; the listener stays.
-                    tracing::warn!(error = %e, "accepting a control connection failed");
-                }
-            }
+            });
         }
         connections.close();
         connections.wait().await;
@@ -593,10 +587,23 @@ impl ControlHandler {
         }
     }
 
+    /// The channel that `given` names, by ID or by name, among the
+    /// channels in force; an unknown one as it is, for the rotator to refuse.
+    fn channel_id(&self, given: ChannelId) -> ChannelId {
+        let index: ChannelIndex = self
+            .rotator
+            .channels()
+            .iter()
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        index.resolve(given.as_str()).cloned().unwrap_or(given)
+    }
+
     /// Places the request with the rotator.
     async fn ask(&self, request: Request) -> Result<Work, String> {
         match request {
             Request::Rotate { channel, group } => {
+                let channel = self.channel_id(channel);
                 let groups = self
                     .rotator
                     .request_rotation(&channel, group.as_ref(), "the control socket")
@@ -609,6 +616,7 @@ impl ControlHandler {
                 Ok(Work::new(channel, groups, false))
             }
             Request::Revoke { channel, group } => {
+                let channel = self.channel_id(channel);
                 let channels = self.rotator.channels();
                 if let Some(setup) = channels.iter().find(|c| c.id == channel)
                     && setup.secret.is_none()

@@ -8,7 +8,8 @@
 //! # The token API
 //!
 //! `GET /v1/channels/{channel}/groups/{group}/token` with
-//! `Authorization: Bearer <the group's API key>` answers the group's
+//! `Authorization: Bearer <the group's API key>`, where `{channel}` is the
+//! channel's ID or its configured name ([`ChannelIndex`]), answers the group's
 //! current token (and the previous one, so a client can fall back) from the
 //! in-memory [`TokenBook`], never from the database. Keys are held only as
 //! SHA-256 digests ([`ApiKeys`]) and compared in constant time.
@@ -16,7 +17,9 @@
 //! The order of the checks decides what a caller can learn:
 //!
 //! 1. no `Authorization` header, or not a well-formed `Bearer` one: **401**
-//!    with `WWW-Authenticate: Bearer`;
+//!    with `WWW-Authenticate: Bearer`; two or more `Authorization` headers:
+//!    **400** `ambiguous_credentials` (which one counts would depend on the
+//!    proxies in between, so none does);
 //! 2. a key that opens no group at all: **403**, whatever the path (so a
 //!    caller without a valid key cannot probe which channels and groups
 //!    exist);
@@ -50,12 +53,30 @@
 //! readiness (see [`Readiness`]), `GET /metrics` the Prometheus text of
 //! [`Metrics`]. None of them carries a secret.
 //!
+//! # Holding up against clients that hold on
+//!
+//! [`serve`] runs its own accept loop (axum's `serve` has no connection cap
+//! and no header-read timeout) with the limits of [`ServeSettings`]: at
+//! most `max_connections` at once (further ones wait in the kernel's
+//! backlog, costing the daemon no descriptor), a connection closed when its
+//! request head takes longer than `header_read_timeout` (counted from the
+//! accept, and on a kept-alive connection from the end of the previous
+//! answer, so it is also how long an idle connection stays open), and one
+//! on which no byte moves for `idle_timeout` closed whatever it waits for.
+//! Accept errors (EMFILE) are waited out with [`AcceptBackoff`]. A
+//! connection's state lives in its task only, so memory returns to its
+//! level once a flood of connections is over.
+//!
 //! Depends on `delivery` (the token book and the sink renderer), `domain`,
-//! `secret`, `metrics` and `clock`.
-//! Reads no config: `app` hands it an [`HttpState`].
+//! `secret`, `metrics`, `clock`, `accept` and `channel_index`.
+//! Reads no config: `app` hands it an [`HttpState`] and [`ServeSettings`].
 
 use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use aws_lc_rs::{constant_time, digest};
 use axum::Json;
@@ -65,10 +86,18 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::accept::AcceptBackoff;
+use crate::channel_index::ChannelIndex;
 use crate::clock::SharedClock;
 use crate::delivery::sink::{self, SinkContext, SinkFormat};
 use crate::delivery::{GroupTokens, PublishedToken, TokenBook};
@@ -108,10 +137,12 @@ pub struct HttpState {
 pub type Readiness = Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>;
 
 /// The configured groups, each with the SHA-256 digest of its API key if it
-/// has one. The keys themselves are not kept.
+/// has one, and the channels' names for the paths. The keys themselves are
+/// not kept.
 #[derive(Default)]
 pub struct ApiKeys {
     groups: HashMap<(ChannelId, GroupName), Option<KeyDigest>>,
+    channels: ChannelIndex,
 }
 
 /// SHA-256 of an API key.
@@ -161,6 +192,21 @@ impl ApiKeys {
         self.groups.insert((channel, group), digest);
     }
 
+    /// Lets the paths name the channel `id` by `name` as well as by its ID.
+    pub fn name_channel(&mut self, id: ChannelId, name: impl Into<String>) {
+        self.channels.insert(id, name);
+    }
+
+    /// The channel a path names, by ID or by name. A text that names no
+    /// channel is taken as an ID as it is, which no group matches, so the
+    /// request is refused like any unknown channel.
+    pub fn channel_id(&self, given: &str) -> ChannelId {
+        self.channels
+            .resolve(given)
+            .cloned()
+            .unwrap_or_else(|| ChannelId::new(given))
+    }
+
     /// True when the group is configured.
     pub fn contains(&self, channel: &ChannelId, group: &GroupName) -> bool {
         self.groups.contains_key(&(channel.clone(), group.clone()))
@@ -204,19 +250,199 @@ pub fn app(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` fires, then lets requests
-/// in flight finish.
-///
-/// # Errors
-/// When the listener fails.
+/// The listener's limits (see the module documentation). `app` uses the
+/// defaults; tests shorten the timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Connections served at once; further ones wait in the kernel's
+    /// backlog until one ends.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head, counted from
+    /// the accept or, on a kept-alive connection, from the end of the
+    /// previous answer (so it also ends idle kept-alive connections).
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is
+    /// closed, whatever it waits for (a request body that stops coming, a
+    /// client that stops reading its answer).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeSettings {
+    /// 512 connections (far more than health checks, a scraper and the
+    /// token API's consumers need, far fewer than the unit's
+    /// `LimitNOFILE`), 10 s for a request head, 60 s without progress.
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves [`app`] on `listener` within `settings` until `shutdown` fires,
+/// then stops accepting, lets the requests in flight finish and returns
+/// once every connection is closed.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    settings: ServeSettings,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+) {
+    let app = app(state);
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let mut backoff = AcceptBackoff::new("http");
+    let mut at_cap = false;
+    loop {
+        // A slot before the accept: at the cap, new connections wait in
+        // the backlog and cost the daemon no descriptor.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                at_cap = false;
+                slot
+            }
+            Err(_) => {
+                if !at_cap {
+                    at_cap = true;
+                    tracing::warn!(
+                        max_connections = settings.max_connections,
+                        "the HTTP listener is at its connection cap; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        // Never closed; nothing left to serve if it were.
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let Some((stream, _peer)) = backoff.accept(|| listener.accept(), &shutdown).await else {
+            break;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            connection(stream, service, settings, stop).await;
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until the client or a timeout ends it, or
+/// `shutdown` fires (then the request in flight is answered first).
+async fn connection(
+    stream: TcpStream,
+    service: TowerToHyperService<Router>,
+    settings: ServeSettings,
+    shutdown: CancellationToken,
+) {
+    // Small JSON answers: don't let Nagle delay them.
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(IdleTimeout::new(stream, settings.idle_timeout));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        // Timeouts and clients that vanish: routine, and not worth more.
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// A socket that fails with `TimedOut` once no byte has moved either way
+/// for `limit` while it is waited on. hyper's header timeout covers the
+/// wait for a request head only; this covers the rest.
+struct IdleTimeout<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Bytes moved (or the socket answered): the deadline starts over.
+    fn progressed<T>(&mut self, ready: T) -> Poll<T> {
+        let next = Instant::now() + self.limit;
+        self.deadline.as_mut().reset(next);
+        Poll::Ready(ready)
+    }
+
+    /// The socket is not ready: fail if it has been so for too long.
+    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no data moved on the connection within the idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(ready) => this.progressed(ready),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(ready) => this.progressed(ready),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(ready) => this.progressed(ready),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(ready) => this.progressed(ready),
+            Poll::Pending => this.expired(cx),
+        }
+    }
 }
 
 /// 200 "ok" while the process runs: liveness only (readiness is `/readyz`).
@@ -267,6 +493,8 @@ struct Refusal {
 enum Refused {
     NoCredentials,
     MalformedCredentials,
+    /// More than one `Authorization` header.
+    AmbiguousCredentials,
     InvalidKey,
     UnknownGroup,
     OtherGroup,
@@ -279,6 +507,7 @@ impl Refused {
     fn status(self) -> StatusCode {
         match self {
             Self::NoCredentials | Self::MalformedCredentials => StatusCode::UNAUTHORIZED,
+            Self::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             Self::InvalidKey | Self::OtherGroup => StatusCode::FORBIDDEN,
             Self::UnknownGroup => StatusCode::NOT_FOUND,
             Self::NotIssued => StatusCode::SERVICE_UNAVAILABLE,
@@ -295,6 +524,10 @@ impl Refused {
             Self::MalformedCredentials => (
                 "malformed_credentials",
                 "the Authorization header must be `Bearer <key>`",
+            ),
+            Self::AmbiguousCredentials => (
+                "ambiguous_credentials",
+                "the request has more than one Authorization header; send exactly one",
             ),
             Self::InvalidKey => ("invalid_key", "the API key is not valid"),
             Self::OtherGroup => (
@@ -327,7 +560,7 @@ impl IntoResponse for Refused {
                     HeaderValue::from_static("Bearer realm=\"linetokd\""),
                 );
             }
-            Self::MalformedCredentials => {
+            Self::MalformedCredentials | Self::AmbiguousCredentials => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(
@@ -357,11 +590,18 @@ fn is_credential(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The bearer credential of a request, if its header is well formed.
+/// The bearer credential of a request, if it has exactly one
+/// `Authorization` header and that header is well formed.
 fn bearer(headers: &HeaderMap) -> Result<&str, Refused> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Err(Refused::NoCredentials);
     };
+    if values.next().is_some() {
+        // Taking the first would let whatever sits in between (a proxy
+        // adding or keeping a header) decide who is asking.
+        return Err(Refused::AmbiguousCredentials);
+    }
     if value.len() > MAX_AUTHORIZATION_LEN {
         return Err(Refused::MalformedCredentials);
     }
@@ -384,14 +624,23 @@ async fn group_token(
     Path((channel, group)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (channel, group) = (ChannelId::new(channel), GroupName::new(group));
+    // By ID or by name; the rest of the request only sees the ID.
+    let channel = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .channel_id(&channel);
+    let group = GroupName::new(group);
     match answer(&state, &channel, &group, &headers) {
         Ok(response) => response,
         Err(refused) => {
             // Channel and group are logged only once the caller proved to
             // hold a valid key; before that they are whatever it typed.
             match refused {
-                Refused::NoCredentials | Refused::MalformedCredentials | Refused::InvalidKey => {
+                Refused::NoCredentials
+                | Refused::MalformedCredentials
+                | Refused::AmbiguousCredentials
+                | Refused::InvalidKey => {
                     tracing::info!(reason = refused.body().error, "token API request refused");
                 }
                 Refused::UnknownGroup
@@ -506,11 +755,46 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let mut two = headers("Bearer abc");
+        two.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert!(matches!(bearer(&two), Err(Refused::AmbiguousCredentials)));
         let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
         assert!(matches!(
             bearer(&headers(&long)),
             Err(Refused::MalformedCredentials)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_where_nothing_moves_times_out() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let limit = Duration::from_secs(60);
+
+        // A client that sends nothing: the read fails after the limit.
+        let (server, _client) = tokio::io::duplex(64);
+        let mut server = IdleTimeout::new(server, limit);
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), limit);
+
+        // A client that stops reading its answer: once the buffer is full
+        // the write fails after the limit, counted from the last progress.
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = IdleTimeout::new(server, limit);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        server.write_all(&[1; 64]).await.unwrap();
+        let mut some = [0u8; 16];
+        client.read_exact(&mut some).await.unwrap();
+        server.write_all(&[2; 16]).await.unwrap();
+        let start = Instant::now();
+        let err = server.write_all(&[3; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), limit);
     }
 
     #[test]

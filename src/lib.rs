@@ -28,6 +28,10 @@
 //! - [`http`]: the daemon's HTTP listener: health and the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`.
+//! - [`accept`]: what every accept loop shares: backing off when accepting
+//!   fails (out of descriptors) instead of spinning.
+//! - [`channel_index`]: a channel by its ID or its configured name, for
+//!   `--channel`, the token API's paths and the control socket alike.
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
 //! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
@@ -49,7 +53,9 @@
 //!   config file directly: they receive a [`clock::Clock`] and small settings
 //!   structs.
 
+pub mod accept;
 pub mod app;
+pub mod channel_index;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -6,10 +6,13 @@
 //! config reloader. `GET /metrics` renders it in the Prometheus text format.
 //!
 //! Labels carry channel IDs, group names and endpoint names only: nothing
-//! here ever holds a token.
+//! here ever holds a token. Every per-channel metric carries the channel ID
+//! as `channel` (stable: dashboards and alerts key on it) and the
+//! configured name as `channel_name` (for people); `app` hands over the
+//! names with [`Metrics::set_channel_names`] at start and on every reload.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName};
 
 /// Labels of a per-group metric.
@@ -28,6 +32,8 @@ use crate::domain::{ChannelId, GroupName};
 pub struct GroupLabels {
     /// The channel ID.
     pub channel: String,
+    /// The channel's configured name.
+    pub channel_name: String,
     /// The group name.
     pub group: String,
 }
@@ -37,6 +43,8 @@ pub struct GroupLabels {
 pub struct OwnerLabels {
     /// The channel ID.
     pub channel: String,
+    /// The channel's configured name.
+    pub channel_name: String,
     /// `ours` or `foreign`.
     pub owner: String,
 }
@@ -46,6 +54,8 @@ pub struct OwnerLabels {
 pub struct RotationLabels {
     /// The channel ID.
     pub channel: String,
+    /// The channel's configured name.
+    pub channel_name: String,
     /// The group name.
     pub group: String,
     /// `success` or `failure`.
@@ -90,6 +100,8 @@ pub struct Metrics {
     clock_skew: GaugeF,
     config_reloads: Family<ResultLabels, Counter>,
     scheduler_wakeups: Counter,
+    /// The channels' names, for the `channel_name` label.
+    channels: RwLock<ChannelIndex>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,6 +190,47 @@ impl Metrics {
             line_latency,
             clock_skew,
             config_reloads,
+            channels: RwLock::new(ChannelIndex::new()),
+        }
+    }
+
+    /// Sets the channels' names for the `channel_name` label. When a name
+    /// changed or a channel left, the per-channel series are dropped, so no
+    /// series keeps a name that is no longer configured: the gauges are set
+    /// again by the pass that follows a reload, and the counters start over
+    /// under the new name (Prometheus' `rate` and `increase` read that as
+    /// a reset).
+    pub fn set_channel_names(&self, channels: ChannelIndex) {
+        let mut known = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *known == channels {
+            return;
+        }
+        *known = channels;
+        self.token_expiry.clear();
+        self.next_rotation.clear();
+        self.live_tokens.clear();
+        self.channel_tokens.clear();
+        self.rotations.clear();
+    }
+
+    /// The `channel_name` label of `channel`; empty for an unknown one.
+    fn channel_name(&self, channel: &ChannelId) -> String {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .name(channel)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn group_labels(&self, channel: &ChannelId, group: &GroupName) -> GroupLabels {
+        GroupLabels {
+            channel: channel.to_string(),
+            channel_name: self.channel_name(channel),
+            group: group.to_string(),
         }
     }
 
@@ -208,7 +261,7 @@ impl Metrics {
         current_expiry: Option<DateTime<Utc>>,
         next_rotation: Option<DateTime<Utc>>,
     ) {
-        let labels = group_labels(channel, group);
+        let labels = self.group_labels(channel, group);
         self.live_tokens
             .get_or_create(&labels)
             .set(i64::try_from(live).unwrap_or(i64::MAX));
@@ -232,7 +285,7 @@ impl Metrics {
 
     /// Forgets a group that left the config.
     pub fn remove_group(&self, channel: &ChannelId, group: &GroupName) {
-        let labels = group_labels(channel, group);
+        let labels = self.group_labels(channel, group);
         self.live_tokens.remove(&labels);
         self.token_expiry.remove(&labels);
         self.next_rotation.remove(&labels);
@@ -240,10 +293,12 @@ impl Metrics {
 
     /// Records a channel's live token counts.
     pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32) {
+        let channel_name = self.channel_name(channel);
         for (owner, n) in [("ours", ours), ("foreign", foreign)] {
             self.channel_tokens
                 .get_or_create(&OwnerLabels {
                     channel: channel.to_string(),
+                    channel_name: channel_name.clone(),
                     owner: owner.to_owned(),
                 })
                 .set(i64::from(n));
@@ -255,6 +310,7 @@ impl Metrics {
         self.rotations
             .get_or_create(&RotationLabels {
                 channel: channel.to_string(),
+                channel_name: self.channel_name(channel),
                 group: group.to_string(),
                 result: if success { "success" } else { "failure" }.to_owned(),
             })
@@ -293,13 +349,6 @@ impl Metrics {
     }
 }
 
-fn group_labels(channel: &ChannelId, group: &GroupName) -> GroupLabels {
-    GroupLabels {
-        channel: channel.to_string(),
-        group: group.to_string(),
-    }
-}
-
 #[allow(clippy::cast_precision_loss)]
 fn unix(at: DateTime<Utc>) -> f64 {
     // Whole seconds: far inside f64's exact integer range.
@@ -310,10 +359,39 @@ fn unix(at: DateTime<Utc>) -> f64 {
 mod tests {
     use super::*;
 
+    fn names(channel: &ChannelId, name: &str) -> ChannelIndex {
+        [(channel.clone(), name.to_owned())].into_iter().collect()
+    }
+
+    #[test]
+    fn a_renamed_channel_keeps_no_series_under_its_old_name() {
+        let m = Metrics::new();
+        let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
+        m.set_channel_names(names(&c, "shop-bot"));
+        m.set_group(&c, &g, 1, None, None);
+        m.rotation(&c, &g, true);
+        // A reload that renamed nothing keeps every series.
+        m.set_channel_names(names(&c, "shop-bot"));
+        assert!(m.render().contains(
+            r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="success"} 1"#
+        ));
+        m.set_channel_names(names(&c, "store-bot"));
+        m.set_group(&c, &g, 1, None, None);
+        let text = m.render();
+        assert!(!text.contains("shop-bot"), "{text}");
+        assert!(
+            text.contains(
+                r#"linetokd_live_tokens{channel="1",channel_name="store-bot",group="backend"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn renders_the_design_names_with_labels() {
         let m = Metrics::new();
         let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
+        m.set_channel_names(names(&c, "shop-bot"));
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         m.set_group(&c, &g, 2, Some(at), Some(at));
         m.set_channel(&c, 3, 10);
@@ -322,11 +400,11 @@ mod tests {
         m.config_reload(false);
         let text = m.render();
         for needle in [
-            r#"linetokd_token_expiry_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
-            r#"linetokd_next_rotation_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
-            r#"linetokd_live_tokens{channel="1",group="backend"} 2"#,
-            r#"linetokd_channel_tokens{channel="1",owner="foreign"} 10"#,
-            r#"linetokd_rotations_total{channel="1",group="backend",result="success"} 1"#,
+            r#"linetokd_token_expiry_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
+            r#"linetokd_next_rotation_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
+            r#"linetokd_live_tokens{channel="1",channel_name="shop-bot",group="backend"} 2"#,
+            r#"linetokd_channel_tokens{channel="1",channel_name="shop-bot",owner="foreign"} 10"#,
+            r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="success"} 1"#,
             r#"linetokd_line_requests_total{endpoint="v21_issue",status="200"} 1"#,
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",

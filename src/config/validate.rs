@@ -11,9 +11,10 @@
 //!   `verify_interval` and `reconcile_interval` above zero,
 //!   `max_issues_per_hour` at least 1, `assertion_window` above zero and at
 //!   most 30 minutes.
-//! - `[[channel]]`: `id` digits and unique, `name` a safe identifier and
-//!   unique, `kid` not empty, `key_file` a readable RSA-2048 private key
-//!   that other users cannot access, `secret_file` likewise private and not
+//! - `[[channel]]`: `id` digits and unique, `name` a safe identifier,
+//!   unique, and not another channel's `id` (either names the channel),
+//!   `kid` not empty, `key_file` a readable RSA-2048 private key that other
+//!   users cannot access, `secret_file` likewise private and not
 //!   empty (and present when `revoke_previous_after` needs it), at most 15
 //!   groups (LINE keeps 30 live tokens per channel; each group may hold 2).
 //! - `[[channel.group]]`: `name` a safe identifier, unique in its channel;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, SigningKid};
 use crate::line::keys::SigningKey;
 use crate::secret::Secret;
@@ -63,6 +65,23 @@ pub struct ValidConfig {
     pub rotation: RotationSettings,
     /// `[[channel]]`, in file order.
     pub channels: Vec<ChannelConfig>,
+}
+
+impl ValidConfig {
+    /// The channels by ID and by name, for whatever names a channel
+    /// (`--channel`, the token API's paths).
+    pub fn channel_index(&self) -> ChannelIndex {
+        self.channels
+            .iter()
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect()
+    }
+
+    /// The channel that `given` names, by its ID or its configured name.
+    pub fn channel(&self, given: &str) -> Option<&ChannelConfig> {
+        let id = self.channel_index().resolve(given)?.clone();
+        self.channels.iter().find(|c| c.id == id)
+    }
 }
 
 /// `[daemon]`, checked.
@@ -473,8 +492,9 @@ impl Validator {
         })
     }
 
-    /// Rules across entries: duplicate channel IDs and names, group names
-    /// within a channel, sink paths anywhere.
+    /// Rules across entries: duplicate channel IDs and names, a name that
+    /// is another channel's ID, group names within a channel, sink paths
+    /// anywhere.
     fn duplicates(&mut self, s: &Settings) {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
@@ -532,6 +552,22 @@ impl Validator {
                         sink_paths.insert(&sink.path, here);
                     }
                 }
+            }
+        }
+        // `--channel` and the token API's paths take an ID or a name: a
+        // name that is another channel's ID would name two channels.
+        for (i, c) in s.channels.iter().enumerate() {
+            if let Some(&other) = ids.get(c.name.as_str())
+                && other != i
+            {
+                self.problem(
+                    format!("channel[{i}].name"),
+                    format!(
+                        "{:?} is channel[{other}].id: a channel's name must not be another \
+                         channel's ID, since `--channel` and the token API's URLs take either",
+                        c.name
+                    ),
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ use chrono::Duration;
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
 use crate::domain::{AccessToken, FailureKind, GroupName, KeyId, TokenState};
-use crate::line::{Endpoint, LineError, TransientCause, Verification};
+use crate::line::{LineError, Verification};
 use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
 use crate::snapshot::Snapshot;
 use crate::store::{
@@ -733,6 +733,7 @@ fn check_verification(answer: &Verification, setup: &ChannelSetup) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::line::{Endpoint, TransientCause};
 
     #[test]
     fn only_an_issue_without_a_usable_answer_may_have_issued() {

@@ -164,6 +164,36 @@ fn credentials_directory_expands_in_every_path_and_the_result_is_typed() {
     assert!(!debug.contains("PRIVATE KEY"), "{debug}");
 }
 
+/// `--channel` and the token API's paths find a channel by its ID or its
+/// name; a name may equal its own channel's ID, never another's (that case
+/// is `tests/bad-config/name-is-another-channels-id.toml`).
+#[test]
+fn a_channel_is_found_by_its_id_or_its_name() {
+    let creds = Credentials::new();
+    let second = r#"
+[[channel]]
+id = "2345678901"
+name = "2345678901"
+key_file = "${CREDENTIALS_DIRECTORY}/shop-bot.pem"
+kid = "kid-other-bot"
+"#;
+    let valid = load_str(&format!("{VALID}{second}"), &creds.env())
+        .unwrap()
+        .validate()
+        .unwrap();
+    for (given, id) in [
+        ("1234567890", "1234567890"),
+        ("shop-bot", "1234567890"),
+        ("2345678901", "2345678901"),
+    ] {
+        let channel = valid.channel(given).unwrap_or_else(|| panic!("{given}"));
+        assert_eq!(channel.id.as_str(), id, "{given}");
+        assert_eq!(valid.channel_index().resolve(given).unwrap().as_str(), id);
+    }
+    assert!(valid.channel("other-bot").is_none());
+    assert!(valid.channel("SHOP-BOT").is_none());
+}
+
 #[test]
 fn an_unset_credentials_directory_names_every_key_that_uses_it() {
     let err = load_str(VALID, &env(&[])).unwrap_err();

@@ -253,25 +253,37 @@ fn unix(value: &Value) -> i64 {
 // ---------------------------------------------------------------------------
 // metrics
 
+/// The name the lab's config gives its channel: the `channel_name` label
+/// beside the ID in `channel`.
+const CHANNEL_NAME: &str = "chan";
+
 /// The metric families of DESIGN.md section 10, with their type and the
 /// label names every sample carries (histogram buckets add `le`).
 const FAMILIES: [(&str, &str, &[&str]); 9] = [
     (
         "linetokd_token_expiry_timestamp_seconds",
         "gauge",
-        &["channel", "group"],
+        &["channel", "channel_name", "group"],
     ),
     (
         "linetokd_next_rotation_timestamp_seconds",
         "gauge",
-        &["channel", "group"],
+        &["channel", "channel_name", "group"],
     ),
-    ("linetokd_live_tokens", "gauge", &["channel", "group"]),
-    ("linetokd_channel_tokens", "gauge", &["channel", "owner"]),
+    (
+        "linetokd_live_tokens",
+        "gauge",
+        &["channel", "channel_name", "group"],
+    ),
+    (
+        "linetokd_channel_tokens",
+        "gauge",
+        &["channel", "channel_name", "owner"],
+    ),
     (
         "linetokd_rotations",
         "counter",
-        &["channel", "group", "result"],
+        &["channel", "channel_name", "group", "result"],
     ),
     ("linetokd_line_requests", "counter", &["endpoint", "status"]),
     (
@@ -346,7 +358,11 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
             .iter()
             .find(|g| g["name"] == group)
             .unwrap();
-        let labels = [("channel", CHANNEL), ("group", group)];
+        let labels = [
+            ("channel", CHANNEL),
+            ("channel_name", CHANNEL_NAME),
+            ("group", group),
+        ];
         let expiry = metrics
             .get("linetokd_token_expiry_timestamp_seconds", &labels)
             .unwrap();
@@ -361,6 +377,7 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
         assert_eq!(live, 1.0);
         let rotations = [
             ("channel", CHANNEL),
+            ("channel_name", CHANNEL_NAME),
             ("group", group),
             ("result", "success"),
         ];
@@ -372,13 +389,21 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
     // Per channel: ours and foreign.
     let ours = metrics.get(
         "linetokd_channel_tokens",
-        &[("channel", CHANNEL), ("owner", "ours")],
+        &[
+            ("channel", CHANNEL),
+            ("channel_name", CHANNEL_NAME),
+            ("owner", "ours"),
+        ],
     );
     assert_eq!(ours, channel["live_ours"].as_f64());
     assert_eq!(ours, Some(2.0));
     let foreign = metrics.get(
         "linetokd_channel_tokens",
-        &[("channel", CHANNEL), ("owner", "foreign")],
+        &[
+            ("channel", CHANNEL),
+            ("channel_name", CHANNEL_NAME),
+            ("owner", "foreign"),
+        ],
     );
     assert_eq!(foreign, channel["foreign_live"].as_f64());
     assert_eq!(foreign, Some(0.0));

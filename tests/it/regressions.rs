@@ -156,13 +156,19 @@ async fn successful_and_failed_issues_are_both_counted_in_rotations_total() {
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_line(1).await;
     let metrics = Metrics::shared();
+    // As `app` does: the channel's name becomes the `channel_name` label.
+    metrics.set_channel_names(
+        [(ChannelId::new(CHANNEL), "chan".to_owned())]
+            .into_iter()
+            .collect(),
+    );
     let (rotator, _store) = rotator_with_metrics(dir.path(), &mock.base_url, Arc::clone(&metrics));
     rotator.pass(&CancellationToken::new()).await.unwrap();
 
     let text = metrics.render();
     let count = |group: &str, result: &str| {
         let needle = format!(
-            r#"linetokd_rotations_total{{channel="{CHANNEL}",group="{group}",result="{result}"}} "#
+            r#"linetokd_rotations_total{{channel="{CHANNEL}",channel_name="chan",group="{group}",result="{result}"}} "#
         );
         text.lines()
             .find_map(|l| l.strip_prefix(needle.as_str()))
