@@ -63,6 +63,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{ChannelId, GroupName, KeyId};
+use crate::policy::joined;
 use crate::rotator::{RotationEvent, Rotator, describe_alert};
 use crate::scheduler::SchedulerState;
 
@@ -606,7 +607,7 @@ impl ControlHandler {
                     .rotator
                     .request_rotation(&channel, group.as_ref())
                     .map_err(|e| e.to_string())?;
-                tracing::info!(channel = %channel, groups = ?groups, "rotation requested over the control socket");
+                tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
             }
             Request::Revoke { channel, group } => {

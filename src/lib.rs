@@ -26,6 +26,8 @@
 //! - [`http`]: the daemon's HTTP listener: health and the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`.
+//! - [`addresses`]: where a running daemon listens, recorded in its state
+//!   directory for `linetokd health` and `status` (port 0 included).
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
 //! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
@@ -47,6 +49,7 @@
 //!   config file directly: they receive a [`clock::Clock`] and small settings
 //!   structs.
 
+pub mod addresses;
 pub mod app;
 pub mod cli;
 pub mod clock;

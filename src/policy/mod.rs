@@ -19,6 +19,8 @@
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
+//! - [`words`]: `Display` for the policy's values, for whatever a person
+//!   reads (logs, `status`, the demo); never their `Debug` names.
 //!
 //! Tests: each file has its unit tests; `table_tests` walks every lifecycle
 //! case with concrete times, and `world_tests` drives a channel through
@@ -33,6 +35,7 @@ pub mod rate;
 pub mod rules;
 mod time;
 pub mod view;
+pub mod words;
 
 #[cfg(test)]
 mod table_tests;
@@ -49,3 +52,4 @@ pub use plan::{
 pub use rate::next_issue_allowed_at;
 pub use rules::{RetryRules, Rules, RulesError};
 pub use view::{ChannelView, GroupView};
+pub use words::{Joined, joined};

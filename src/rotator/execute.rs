@@ -580,12 +580,7 @@ fn step_name(step: &Step) -> &'static str {
 
 /// A short phrase for logs, status and the event history.
 pub fn revoke_reason_text(reason: RevokeReason) -> &'static str {
-    match reason {
-        RevokeReason::Incident => "incident",
-        RevokeReason::Excess => "more than two live tokens",
-        RevokeReason::Superseded => "superseded for revoke_previous_after",
-        RevokeReason::MakeRoom => "making room for the next rotation",
-        RevokeReason::Removed => "group removed from the config",
-        RevokeReason::FreeCapacity => "freeing channel capacity",
-    }
+    // The words live with the policy's others (`policy::words`); `Display`
+    // writes the same text.
+    reason.text()
 }

@@ -590,34 +590,8 @@ impl Rotator {
 
 /// An operator-facing sentence for an alert.
 pub fn describe_alert(alert: &Alert) -> String {
-    match alert {
-        Alert::NoLiveToken { next_attempt_at } => match next_attempt_at {
-            Some(at) => format!("the group has no live token; next attempt at {at}"),
-            None => "the group has no live token".to_owned(),
-        },
-        Alert::ExpiresBeforeSuccessor {
-            key_id,
-            expires_at,
-            next_attempt_at,
-        } => format!(
-            "token {key_id} expires at {expires_at}, before the next possible issue at {next_attempt_at}: consumers will lose access"
-        ),
-        Alert::NoCapacity { needed } => format!(
-            "the channel has no room for another token ({needed} must go first) and none of ours can be revoked"
-        ),
-        Alert::RateLimited { until } => {
-            format!("the channel's hourly issue budget is spent until {until}")
-        }
-        Alert::PermanentFailure { failures, retry_at } => format!(
-            "LINE refuses this group's requests ({failures} failures in a row); retrying slowly, next at {retry_at}"
-        ),
-        Alert::TooManyLive { live } => {
-            format!("the group has {live} live tokens and no channel secret to revoke the extras")
-        }
-        Alert::RevokeNeedsSecret { key_id, reason } => format!(
-            "token {key_id} should be revoked ({reason:?}) but the channel has no secret_file; it lives until it expires"
-        ),
-    }
+    // The sentences live with the policy's other words (`policy::words`).
+    alert.to_string()
 }
 
 /// An error and its sources on one line, `a: b: c`.

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod contract;
 mod control;
+mod demo;
 mod deploy;
 mod e2e;
 mod hooks;
