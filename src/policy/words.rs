@@ -222,10 +222,16 @@ mod tests {
         ] {
             assert!(!text.contains(name), "{variant} shows {name}: {text}");
         }
-        // A "(" must follow a space: words in brackets, not a tuple struct.
+        // A "(" after a capitalised name is a tuple struct (`KeyId(`,
+        // `Some(`); words in brackets and "token(s)" are fine.
         for (i, _) in text.match_indices('(') {
+            let before: String = text[..i]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric())
+                .collect();
             assert!(
-                i == 0 || text[..i].ends_with(' '),
+                !before.chars().last().is_some_and(char::is_uppercase),
                 "{variant} shows a tuple struct: {text}"
             );
         }
