@@ -364,7 +364,8 @@ fn daemon_http_addr(path: &Path, config: &config::ValidConfig) -> Result<SocketA
             Ok(record.reachable_http())
         }
         _ if any_port => Err(Failure::Runtime(anyhow::anyhow!(
-            "daemon.listen is {listen}, a port the system picks, and no running daemon has recorded              the port it got in {}: is `linetokd run --config {}` running?",
+            "daemon.listen is {listen}, a port the system picks, and no running daemon has recorded \
+             the port it got in {}: is `linetokd run --config {}` running?",
             addresses::path(state_dir).display(),
             path.display()
         ))),
