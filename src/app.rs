@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::addresses;
 use crate::clock::SharedClock;
 use crate::config::{self, ChannelConfig, DaemonConfig, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
@@ -89,6 +90,9 @@ pub struct Daemon {
     pub control_socket: PathBuf,
     /// Every group's published tokens, which the token API answers from.
     pub tokens: TokenBook,
+    /// `<state_dir>/daemon.json`, naming the bound addresses for
+    /// `linetokd health` and `status`; removed when the daemon stops.
+    address_record: Option<addresses::RecordFile>,
     /// The token API's keys, replaced on reload.
     keys: Arc<RwLock<ApiKeys>>,
     /// Sinks and hooks, replaced on reload.
@@ -246,6 +250,7 @@ impl Daemon {
             let _ = scheduler.run(shutdown_child).await;
         });
         tasks.close();
+        let address_record = record_addresses(config, http_addr, &control_socket);
         tracing::info!(
             channels = config.channels.len(),
             groups = config.channels.iter().map(|c| c.groups.len()).sum::<usize>(),
@@ -261,6 +266,7 @@ impl Daemon {
             http_addr,
             control_socket,
             tokens,
+            address_record,
             keys,
             delivery,
             daemon_config: config.daemon.clone(),
@@ -306,7 +312,10 @@ impl Daemon {
     }
 
     /// Waits until every task has stopped (after shutdown).
-    pub async fn stopped(self) {
+    pub async fn stopped(mut self) {
+        // Gone first: once the tasks end, the control lock is free and the
+        // next daemon may write its own record.
+        self.address_record.take();
         self.tasks.wait().await;
     }
 }
@@ -382,6 +391,30 @@ fn spawn_http(
     ));
     tracing::info!(listen = %addr, "HTTP listening (/healthz, token API)");
     Ok(addr)
+}
+
+/// Records the bound addresses in the state directory (see [`addresses`]).
+/// A failure only costs `health` and `status` their way to a port-0
+/// daemon, so it is logged, not fatal.
+fn record_addresses(
+    config: &ValidConfig,
+    http: SocketAddr,
+    control_socket: &Path,
+) -> Option<addresses::RecordFile> {
+    let record = addresses::Recorded {
+        pid: std::process::id(),
+        http,
+        control_socket: control_socket.to_path_buf(),
+    };
+    addresses::write(&config.daemon.state_dir, &record)
+        .map_err(|e| {
+            tracing::warn!(
+                state_dir = %config.daemon.state_dir.display(),
+                error = %e,
+                "could not record the daemon's addresses; `linetokd health` finds it only at daemon.listen"
+            );
+        })
+        .ok()
 }
 
 /// Each configured group's sinks and hook, for the delivery service.

@@ -21,7 +21,7 @@ use crate::line::jwt::AssertionSigner;
 use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
 use crate::store::{Store, StoreError};
-use crate::{app, config, control, demo, keygen, sandbox, status};
+use crate::{addresses, app, config, control, demo, keygen, sandbox, status};
 
 /// What `linetokd --version` prints after the name: the crate's version and
 /// the git commit it was built from ("unknown" outside a git checkout; see
@@ -463,7 +463,12 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
         })?;
-        demo::run(shutdown, run_for, &mut std::io::stdout())
+        // The printed commands start the way the user started us.
+        let program = std::env::args_os().next().map_or_else(
+            || "linetokd".to_owned(),
+            |p| p.to_string_lossy().into_owned(),
+        );
+        demo::run(shutdown, run_for, &program, &mut std::io::stdout())
             .await
             .map_err(Failure::Runtime)
     })
@@ -500,19 +505,45 @@ fn assertion_cmd(
     emit_line(jwt)
 }
 
+/// Where the daemon's HTTP listener is, for `health`: the address the
+/// running daemon recorded in its state directory ([`addresses`]) when the
+/// config leaves the port to the system (port 0) or the record is newer
+/// than the config file (a changed `listen` takes effect at the next
+/// restart); otherwise `daemon.listen`. A daemon listening on every
+/// address is reached on loopback.
+fn daemon_http_addr(path: &Path, config: &config::ValidConfig) -> Result<SocketAddr, Failure> {
+    let listen = config.daemon.listen;
+    let state_dir = &config.daemon.state_dir;
+    let any_port = listen.port() == 0;
+    let recorded = match addresses::read(state_dir) {
+        Ok(recorded) => recorded,
+        Err(e) if any_port => return Err(Failure::Runtime(e.into())),
+        // A fixed port still works without the record.
+        Err(_) => None,
+    };
+    let config_written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match recorded {
+        Some((record, written))
+            if any_port || config_written.is_none_or(|config| written >= config) =>
+        {
+            Ok(record.reachable_http())
+        }
+        _ if any_port => Err(Failure::Runtime(anyhow::anyhow!(
+            "daemon.listen is {listen}, a port the system picks, and no running daemon has recorded \
+             the port it got in {}: is `linetokd run --config {}` running?",
+            addresses::path(state_dir).display(),
+            path.display()
+        ))),
+        _ => Ok(addresses::reachable(listen)),
+    }
+}
+
 /// How long `linetokd health` waits for the daemon's answer.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn health_cmd(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
-    // A daemon listening on every address is reached on loopback.
-    let mut addr = config.daemon.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
+    let addr = daemon_http_addr(path, &config)?;
     let url = format!("http://{addr}/readyz");
     let runtime_failure = |e: anyhow::Error| Failure::Runtime(e);
     runtime()?.block_on(async {
@@ -661,13 +692,26 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         &configured_channels(&config),
         &app::rules(&config),
         &state,
-        status::probe_daemon(db),
+        probe_daemon(&config),
     );
     if json {
         emit_line(to_json(&report)?)
     } else {
         emit(status::render_status(&report))
     }
+}
+
+/// Whether a daemon holds the database, and where it listens for HTTP when
+/// it recorded that in its state directory ([`addresses`]).
+fn probe_daemon(config: &config::ValidConfig) -> status::DaemonStatus {
+    let mut daemon = status::probe_daemon(&config.daemon.database);
+    if daemon.running != Some(false) {
+        daemon.http = addresses::read(&config.daemon.state_dir)
+            .ok()
+            .flatten()
+            .map(|(record, _)| record.reachable_http());
+    }
+    daemon
 }
 
 /// An operator who saved a bad config and asks for status learns both what

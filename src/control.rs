@@ -65,6 +65,7 @@ use tokio_util::task::TaskTracker;
 use crate::accept::AcceptBackoff;
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, KeyId};
+use crate::policy::joined;
 use crate::rotator::{RotationEvent, Rotator, describe_alert};
 use crate::scheduler::SchedulerState;
 
@@ -612,7 +613,7 @@ impl ControlHandler {
                     .into_iter()
                     .map(|(g, _)| g)
                     .collect::<Vec<_>>();
-                tracing::info!(channel = %channel, groups = %crate::domain::join(&groups), "rotation requested over the control socket");
+                tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
             }
             Request::Revoke { channel, group } => {

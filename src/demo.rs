@@ -9,13 +9,24 @@
 //! revocation and expiry is printed as it happens, with the number of live
 //! tokens each group has *at the sandbox*, checked from the outside.
 //!
+//! Once the daemon runs, the demo prints where it listens and a short
+//! block of commands to paste into a second terminal (`status`, `plan`,
+//! `token`, `rotate`, `revoke`, `health`, and `curl` of `/metrics` and of
+//! the token API), all with the demo's real config path. Each group gets an
+//! API key in a private file of the temporary directory; the commands name
+//! that file (`$(cat FILE)`), never the key itself.
+//!
 //! Timescale: tokens live 2 minutes and rotate 40 seconds before expiry, so
 //! a month-long lifecycle plays out in minutes.
+//!
+//! Every line is written in words: reasons and alerts through their
+//! `Display` (`policy::words`), never Rust's debug names.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +42,8 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, SigningKid};
 use crate::line::keys::{self, VerifyingKey};
-use crate::rotator::{RotationEvent, describe_alert};
+use crate::policy::joined;
+use crate::rotator::RotationEvent;
 use crate::sandbox::{Sandbox, SandboxTokenState, TokenKind};
 
 /// The demo's channels: (ID, name, groups).
@@ -53,11 +65,15 @@ removal_grace = "1m"
 
 /// Runs the demo until `shutdown` fires (Ctrl-C) or `run_for` passes.
 ///
+/// `program` is how the user invoked linetokd (`argv[0]`), so the printed
+/// commands run as they are pasted.
+///
 /// # Errors
 /// When the temporary directory, the sandbox or the daemon cannot be set up.
 pub async fn run(
     shutdown: CancellationToken,
     run_for: Option<std::time::Duration>,
+    program: &str,
     out: &mut (dyn std::io::Write + Send),
 ) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
@@ -97,6 +113,12 @@ pub async fn run(
     )?;
 
     let mut daemon = Daemon::start(&config, clock, shutdown.clone(), RunOptions::default()).await?;
+    write!(
+        out,
+        "{}",
+        try_these(program, &config_path, daemon.http_addr, dir.path())
+    )?;
+    out.flush()?;
     let deadline = async {
         match run_for {
             Some(d) => tokio::time::sleep(d).await,
@@ -178,16 +200,78 @@ fn write_demo_setup(dir: &Path, sandbox: &Sandbox, line_api: &str) -> anyhow::Re
         )?;
         for group in groups {
             let sink = dir.join("sinks").join(name).join(format!("{group}.json"));
+            let api_key_file = api_key_path(dir, name, group);
+            write_private(&api_key_file, new_api_key().as_bytes())?;
             write!(
                 toml,
-                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"json\" }}]\n",
-                sink.display()
+                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"json\" }}]\n  api_key_file = \"{}\"\n",
+                sink.display(),
+                api_key_file.display()
             )?;
         }
     }
     let path = dir.join("linetokd.toml");
     fs::write(&path, toml).with_context(|| format!("while writing {}", path.display()))?;
     Ok(path)
+}
+
+/// Where the demo keeps a group's token API key.
+fn api_key_path(dir: &Path, channel_name: &str, group: &str) -> PathBuf {
+    dir.join(format!("{channel_name}-{group}.apikey"))
+}
+
+/// A fresh random API key: 32 bytes as hex.
+fn new_api_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// The block of commands to try in a second terminal while the demo runs.
+fn try_these(program: &str, config: &Path, http: SocketAddr, dir: &Path) -> String {
+    let (id, name, groups) = CHANNELS[0];
+    let group = groups[0];
+    let linetokd = shell_word(program);
+    let config = shell_word(&config.display().to_string());
+    let key_file = shell_word(&api_key_path(dir, name, group).display().to_string());
+    let http = crate::addresses::reachable(http);
+    let mut text = format!(
+        "The daemon listens on http://{http} (/healthz, /readyz, /metrics, the token API).\n\
+         Try these in a second terminal while the demo runs:\n"
+    );
+    let lines = [
+        format!("{linetokd} status --config {config}"),
+        format!("{linetokd} plan --config {config}"),
+        format!("{linetokd} token --config {config} --channel {id} --group {group}"),
+        format!("{linetokd} rotate --config {config} --channel {id} --group {group}"),
+        format!("{linetokd} revoke --config {config} --channel {id} --group {group}"),
+        format!("{linetokd} health --config {config}"),
+        format!("curl -s http://{http}/metrics"),
+        format!(
+            "curl -s -H \"Authorization: Bearer $(cat {key_file})\" http://{http}/v1/channels/{id}/groups/{group}/token"
+        ),
+    ];
+    for line in lines {
+        let _ = writeln!(text, "  {line}");
+    }
+    text.push('\n');
+    text
+}
+
+/// `word` as one shell word: as is when it holds only characters no shell
+/// treats specially, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -223,7 +307,7 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
             tally.owners.insert(key_id.clone(), group.clone());
             let live = live_at_sandbox(sandbox, channel, tally);
             format!(
-                "[{now}] {:<20} ISSUED  {key_id}  expires {} ({reason:?})  live at LINE: {live}",
+                "[{now}] {:<20} ISSUED  {key_id}  expires {} ({reason})  live at LINE: {live}",
                 format!("{}/{group}", name(channel)),
                 local(*expires_at),
             )
@@ -237,18 +321,17 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
             tally.revoked += 1;
             let live = live_at_sandbox(sandbox, channel, tally);
             format!(
-                "[{now}] {:<20} REVOKED {key_id}  ({reason:?})  live at LINE: {live}",
+                "[{now}] {:<20} REVOKED {key_id}  ({reason})  live at LINE: {live}",
                 format!("{}/{group}", name(channel))
             )
         }
         RotationEvent::Expired { channel, key_ids } => {
             tally.expired += key_ids.len();
             let live = live_at_sandbox(sandbox, channel, tally);
-            let ids: Vec<String> = key_ids.iter().map(ToString::to_string).collect();
             format!(
                 "[{now}] {:<20} EXPIRED {}  live at LINE: {live}",
                 name(channel),
-                ids.join(", ")
+                joined(key_ids)
             )
         }
         RotationEvent::Gone {
@@ -279,7 +362,7 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
         } => format!(
             "[{now}] {:<20} ALERT   {}",
             format!("{}/{group}", name(channel)),
-            describe_alert(alert)
+            alert
         ),
     }
 }
@@ -321,4 +404,28 @@ fn owners_of(channel: &ChannelId) -> Vec<GroupName> {
 
 fn local(t: DateTime<Utc>) -> String {
     t.with_timezone(&Local).format("%H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_survive_pasting() {
+        assert_eq!(
+            shell_word("/tmp/linetokd-demo-x/linetokd.toml"),
+            "/tmp/linetokd-demo-x/linetokd.toml"
+        );
+        assert_eq!(shell_word("/a b/linetokd"), "'/a b/linetokd'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn api_keys_are_fresh_and_fit_a_bearer_header() {
+        let (a, b) = (new_api_key(), new_api_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(crate::http::usable_api_key(&crate::secret::Secret::new(a)));
+    }
 }

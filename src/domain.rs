@@ -165,16 +165,6 @@ impl TokenState {
     }
 }
 
-/// Items joined by ", " with their `Display`: key IDs or group names in a
-/// log line read as words, not as Rust debug output.
-pub fn join<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// How a request to LINE failed, which decides how the engine waits before
 /// the next attempt (DESIGN.md section 5, and `docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -32,6 +32,8 @@
 //!   fails (out of descriptors) instead of spinning.
 //! - [`channel_index`]: a channel by its ID or its configured name, for
 //!   `--channel`, the token API's paths and the control socket alike.
+//! - [`addresses`]: where a running daemon listens, recorded in its state
+//!   directory for `linetokd health` and `status` (port 0 included).
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
 //! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
@@ -54,6 +56,7 @@
 //!   structs.
 
 pub mod accept;
+pub mod addresses;
 pub mod app;
 pub mod channel_index;
 pub mod cli;

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -271,6 +272,10 @@ pub struct DaemonStatus {
     pub pid: Option<u32>,
     /// The lock file.
     pub lock_file: PathBuf,
+    /// Where the running daemon's HTTP listener is bound (health, metrics,
+    /// the token API), as it recorded in its state directory; `null` when
+    /// no running daemon recorded one.
+    pub http: Option<SocketAddr>,
 }
 
 /// Tells whether a daemon holds the writer lock of the database at `db`.
@@ -296,6 +301,7 @@ pub fn probe_daemon(db: &Path) -> DaemonStatus {
                 running,
                 pid: None,
                 lock_file,
+                http: None,
             };
         }
     };
@@ -308,17 +314,20 @@ pub fn probe_daemon(db: &Path) -> DaemonStatus {
                 running: Some(true),
                 pid: pid_in_file.or(kernel_pid),
                 lock_file,
+                http: None,
             },
             None => DaemonStatus {
                 running: Some(false),
                 pid: None,
                 lock_file,
+                http: None,
             },
         },
         Err(_) => DaemonStatus {
             running: None,
             pid: pid_in_file,
             lock_file,
+            http: None,
         },
     }
 }
@@ -730,52 +739,23 @@ fn group_status(
 }
 
 fn hold_status(hold: &Hold) -> HoldStatus {
-    let (kind, until, message) = match hold {
-        Hold::Retry { until } => (
-            "retry",
-            Some(*until),
-            format!("the last attempt failed; retrying at {}", ts(*until)),
-        ),
-        Hold::OlderTokenLive { until } => (
-            "older_token_live",
-            Some(*until),
-            format!(
-                "two tokens are live and there is no channel secret to revoke the older; \
-                 waiting for it to expire at {}",
-                ts(*until)
-            ),
-        ),
-        Hold::RateLimit { until } => (
-            "rate_limit",
-            Some(*until),
-            format!(
-                "the channel's hourly issue budget is spent until {}",
-                ts(*until)
-            ),
-        ),
-        Hold::Reconcile => (
-            "reconcile",
-            None,
-            "the channel's key IDs are listed first".to_owned(),
-        ),
-        Hold::Capacity { needed } => (
-            "capacity",
-            None,
-            format!("the channel is full: {needed} token(s) must go first"),
-        ),
+    let (kind, until) = match hold {
+        Hold::Retry { until } => ("retry", Some(*until)),
+        Hold::OlderTokenLive { until } => ("older_token_live", Some(*until)),
+        Hold::RateLimit { until } => ("rate_limit", Some(*until)),
+        Hold::Reconcile => ("reconcile", None),
+        Hold::Capacity { .. } => ("capacity", None),
     };
     HoldStatus {
         kind,
         until,
-        message,
+        // The sentence is the hold's `Display` (`policy::words`).
+        message: hold.to_string(),
     }
 }
 
 fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Warning => "warning",
-        Severity::Critical => "critical",
-    }
+    s.text()
 }
 
 /// The status report as a compact human table.
@@ -790,6 +770,12 @@ pub fn render_status(report: &StatusReport) -> String {
         (Some(false), _) => "not running".to_owned(),
         (None, Some(pid)) => format!("unknown (the lock file names pid {pid})"),
         (None, None) => "unknown".to_owned(),
+    };
+    let daemon = match report.daemon.http {
+        Some(http) if report.daemon.running != Some(false) => {
+            format!("{daemon}, HTTP on http://{http}")
+        }
+        _ => daemon,
     };
     let _ = writeln!(out, "daemon:   {daemon}");
     if let Some(reload) = &report.last_reload {
@@ -1099,11 +1085,7 @@ fn planned_status(
             Some(key_id),
             Some(issue_reason_name(*reason)),
             Some(*expires_at),
-            format!(
-                "{}; expires {}",
-                issue_reason_text(*reason),
-                ts(*expires_at)
-            ),
+            format!("{reason}; expires {}", ts(*expires_at)),
         ),
         Action::Revoke { key_id, reason } => (
             "revoke",
@@ -1172,15 +1154,6 @@ fn issue_reason_name(r: IssueReason) -> &'static str {
         IssueReason::NoCurrent => "no_current",
         IssueReason::Due => "due",
         IssueReason::Requested => "requested",
-        IssueReason::Incident => "incident",
-    }
-}
-
-fn issue_reason_text(r: IssueReason) -> &'static str {
-    match r {
-        IssueReason::NoCurrent => "no live token",
-        IssueReason::Due => "rotation due",
-        IssueReason::Requested => "rotation requested",
         IssueReason::Incident => "incident",
     }
 }

@@ -22,6 +22,8 @@
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
+//! - [`words`]: `Display` for the policy's values, for whatever a person
+//!   reads (logs, `status`, the demo); never their `Debug` names.
 //!
 //! Tests: each file has its unit tests; `table_tests` walks every lifecycle
 //! case with concrete times, and `world_tests` drives a channel through
@@ -37,6 +39,7 @@ pub mod rate;
 pub mod rules;
 mod time;
 pub mod view;
+pub mod words;
 
 #[cfg(test)]
 mod table_tests;
@@ -54,3 +57,4 @@ pub use plan::{
 pub use rate::next_issue_allowed_at;
 pub use rules::{RetryRules, Rules, RulesError};
 pub use view::{ChannelView, GroupView};
+pub use words::{Joined, joined};

@@ -416,7 +416,7 @@ impl Rotator {
                 .await?
         };
         if !expired.is_empty() {
-            tracing::info!(channel = %setup.id, key_ids = %crate::domain::join(&expired), "tokens expired");
+            tracing::info!(channel = %setup.id, key_ids = %policy::joined(&expired), "tokens expired");
             self.emit(RotationEvent::Expired {
                 channel: setup.id.clone(),
                 key_ids: expired,
@@ -574,55 +574,13 @@ pub fn alert_name(alert: &Alert) -> &'static str {
 
 /// An operator-facing sentence for an alert.
 pub fn describe_alert(alert: &Alert) -> String {
-    match alert {
-        Alert::NoLiveToken { next_attempt_at } => match next_attempt_at {
-            Some(at) => format!("the group has no live token; next attempt at {at}"),
-            None => "the group has no live token".to_owned(),
-        },
-        Alert::ExpiresBeforeSuccessor {
-            key_id,
-            expires_at,
-            next_attempt_at,
-        } => format!(
-            "token {key_id} expires at {expires_at}, before the next possible issue at {next_attempt_at}: consumers will lose access"
-        ),
-        Alert::NoCapacity { needed } => format!(
-            "the channel has no room for another token ({needed} must go first) and none of ours can be revoked"
-        ),
-        Alert::RateLimited { until } => {
-            format!("the channel's hourly issue budget is spent until {until}")
-        }
-        Alert::PermanentFailure { failures, retry_at } => format!(
-            "LINE refuses this group's requests ({failures} failures in a row); retrying slowly, next at {retry_at}"
-        ),
-        Alert::TooManyLive { live } => {
-            format!("the group has {live} live tokens and no channel secret to revoke the extras")
-        }
-        Alert::ReconcileFailing { failures, retry_at } => format!(
-            "listing the channel's key IDs failed {failures} times in a row; issues wait for a fresh listing, next attempt at {retry_at}"
-        ),
-        Alert::ChannelFull { until } => format!(
-            "LINE refused an issue: the channel holds 30 live tokens; trying again at {until}, when the next token LINE counts expires"
-        ),
-        Alert::RevokeNeedsSecret { key_id, reason } => format!(
-            "token {key_id} should be revoked ({}) but the channel has no secret_file; it lives until it expires",
-            revoke_reason_text(*reason)
-        ),
-    }
+    // The sentences live with the policy's other words (`policy::words`).
+    alert.to_string()
 }
 
 /// A short phrase for logs, status and the event history.
 pub fn revoke_reason_text(reason: policy::RevokeReason) -> &'static str {
-    use policy::RevokeReason;
-    match reason {
-        RevokeReason::Incident => "incident",
-        RevokeReason::Excess => "more than two live tokens",
-        RevokeReason::Superseded => "superseded for revoke_previous_after",
-        RevokeReason::MakeRoom => "making room for the next rotation",
-        RevokeReason::Removed => "group removed from the config",
-        RevokeReason::FreeCapacity => "freeing channel capacity",
-        RevokeReason::Refused => "refused by LINE's verify but possibly still counted",
-    }
+    reason.text()
 }
 
 /// An error and its sources on one line, `a: b: c`.

@@ -9,6 +9,7 @@ mod cli_output;
 mod config;
 mod contract;
 mod control;
+mod demo;
 mod deploy;
 mod e2e;
 mod hooks;

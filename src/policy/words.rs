@@ -1,0 +1,358 @@
+//! The policy's values in words, for every line a person reads.
+//!
+//! `Debug` is for developers: `NoCurrent`, `KeyId("…")`,
+//! `NoLiveToken { next_attempt_at: Some(…) }` must never reach a log line,
+//! the demo, `status` or a control answer. Everything a person reads goes
+//! through the `Display` impls here instead: [`IssueReason`],
+//! [`RevokeReason`], [`Severity`], [`Hold`] and [`Alert`], plus [`joined`]
+//! for lists of key IDs or group names (`a, b, c`).
+//!
+//! Depends on the policy's own types, `domain` (through them) and chrono.
+//! Pure like the rest of `policy`: formatting only, no clock, no IO. Times
+//! are written as RFC 3339 in UTC to the second, the form `status` uses.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::plan::{Alert, Hold, IssueReason, RevokeReason, Severity};
+
+/// An instant as people read it in linetokd's output: `2026-03-01T12:00:00Z`.
+fn at(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl IssueReason {
+    /// Why the token is issued, in a few words ("rotation due").
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::NoCurrent => "no live token",
+            Self::Due => "rotation due",
+            Self::Requested => "rotation requested",
+            Self::Incident => "incident",
+        }
+    }
+}
+
+impl fmt::Display for IssueReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl RevokeReason {
+    /// Why the token is revoked, in a few words ("superseded for
+    /// revoke_previous_after").
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Incident => "incident",
+            Self::Excess => "more than two live tokens",
+            Self::Superseded => "superseded for revoke_previous_after",
+            Self::MakeRoom => "making room for the next rotation",
+            Self::Removed => "group removed from the config",
+            Self::FreeCapacity => "freeing channel capacity",
+            Self::Refused => "refused by LINE's verify but possibly still counted",
+        }
+    }
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl Severity {
+    /// `warning` or `critical`: the word logs, `status` and its JSON use.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Retry { until } => {
+                write!(f, "the last attempt failed; retrying at {}", at(*until))
+            }
+            Self::OlderTokenLive { until } => write!(
+                f,
+                "two tokens are live and there is no channel secret to revoke the older; \
+                 waiting for it to expire at {}",
+                at(*until)
+            ),
+            Self::RateLimit { until } => write!(
+                f,
+                "the channel's hourly issue budget is spent until {}",
+                at(*until)
+            ),
+            Self::Reconcile => f.write_str("the channel's key IDs are listed first"),
+            Self::Capacity { needed } => {
+                write!(f, "the channel is full: {needed} token(s) must go first")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoLiveToken { next_attempt_at } => match next_attempt_at {
+                Some(next) => write!(
+                    f,
+                    "the group has no live token; next attempt at {}",
+                    at(*next)
+                ),
+                None => f.write_str("the group has no live token"),
+            },
+            Self::ExpiresBeforeSuccessor {
+                key_id,
+                expires_at,
+                next_attempt_at,
+            } => write!(
+                f,
+                "token {key_id} expires at {}, before the next possible issue at {}: \
+                 consumers will lose access",
+                at(*expires_at),
+                at(*next_attempt_at)
+            ),
+            Self::NoCapacity { needed } => write!(
+                f,
+                "the channel has no room for another token ({needed} must go first) \
+                 and none of ours can be revoked"
+            ),
+            Self::RateLimited { until } => write!(
+                f,
+                "the channel's hourly issue budget is spent until {}",
+                at(*until)
+            ),
+            Self::PermanentFailure { failures, retry_at } => write!(
+                f,
+                "LINE refuses this group's requests ({failures} failures in a row); \
+                 retrying slowly, next at {}",
+                at(*retry_at)
+            ),
+            Self::TooManyLive { live } => write!(
+                f,
+                "the group has {live} live tokens and no channel secret to revoke the extras"
+            ),
+            Self::ReconcileFailing { failures, retry_at } => write!(
+                f,
+                "listing the channel's key IDs failed {failures} times in a row; issues wait \
+                 for a fresh listing, next attempt at {}",
+                at(*retry_at)
+            ),
+            Self::ChannelFull { until } => write!(
+                f,
+                "LINE refused an issue: the channel holds 30 live tokens; trying again at {}, \
+                 when the next token LINE counts expires",
+                at(*until)
+            ),
+            Self::RevokeNeedsSecret { key_id, reason } => write!(
+                f,
+                "token {key_id} should be revoked ({reason}) but the channel has no \
+                 secret_file; it lives until it expires"
+            ),
+        }
+    }
+}
+
+/// A list shown as its items' `Display` joined by ", " (`k1, k2`), for key
+/// IDs and group names in logs and messages; `none` when empty.
+#[derive(Clone, Copy)]
+pub struct Joined<'a, T>(&'a [T]);
+
+/// Shows `items` as `a, b, c` (see [`Joined`]).
+pub fn joined<T: fmt::Display>(items: &[T]) -> Joined<'_, T> {
+    Joined(items)
+}
+
+impl<T: fmt::Display> fmt::Display for Joined<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items = self.0.iter();
+        match items.next() {
+            None => f.write_str("none"),
+            Some(first) => {
+                write!(f, "{first}")?;
+                for item in items {
+                    write!(f, ", {item}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<T: fmt::Display> fmt::Debug for Joined<'_, T> {
+    /// The same words: a `Joined` handed to a `?` field still reads well.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{GroupName, KeyId};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_772_323_200, 0).unwrap()
+    }
+
+    /// What a debug name would leave in the text: a struct's `{`, a tuple
+    /// struct's `(` right after a type name (`KeyId(`, `Some(`), quotes, or
+    /// a CamelCase variant name.
+    fn assert_words(text: &str, variant: &str) {
+        assert!(!text.is_empty(), "{variant} shows as nothing");
+        assert!(!text.contains('{'), "{variant} shows a struct: {text}");
+        assert!(
+            !text.contains('"'),
+            "{variant} shows a quoted string: {text}"
+        );
+        for word in text.split(|c: char| !c.is_alphanumeric() && c != '_') {
+            let chars: Vec<char> = word.chars().collect();
+            let camel = chars
+                .windows(2)
+                .any(|w| w[0].is_lowercase() && w[1].is_uppercase());
+            assert!(!camel, "{variant} shows the name {word}: {text}");
+        }
+        for name in [
+            "Some(",
+            "None",
+            "KeyId(",
+            "GroupName(",
+            "ChannelId(",
+            variant,
+        ] {
+            assert!(!text.contains(name), "{variant} shows {name}: {text}");
+        }
+        // A "(" after a capitalised name is a tuple struct (`KeyId(`,
+        // `Some(`); words in brackets and "token(s)" are fine.
+        for (i, _) in text.match_indices('(') {
+            let before: String = text[..i]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric())
+                .collect();
+            assert!(
+                !before.chars().last().is_some_and(char::is_uppercase),
+                "{variant} shows a tuple struct: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn issue_reasons_read_as_words() {
+        for (reason, name) in [
+            (IssueReason::NoCurrent, "NoCurrent"),
+            (IssueReason::Due, "Due"),
+            (IssueReason::Requested, "Requested"),
+            (IssueReason::Incident, "Incident"),
+        ] {
+            assert_words(&reason.to_string(), name);
+        }
+        assert_eq!(IssueReason::Due.to_string(), "rotation due");
+    }
+
+    #[test]
+    fn revoke_reasons_read_as_words() {
+        for (reason, name) in [
+            (RevokeReason::Incident, "Incident"),
+            (RevokeReason::Excess, "Excess"),
+            (RevokeReason::Superseded, "Superseded"),
+            (RevokeReason::MakeRoom, "MakeRoom"),
+            (RevokeReason::Removed, "Removed"),
+            (RevokeReason::FreeCapacity, "FreeCapacity"),
+        ] {
+            assert_words(&reason.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn severities_read_as_words() {
+        assert_eq!(Severity::Warning.to_string(), "warning");
+        assert_eq!(Severity::Critical.to_string(), "critical");
+    }
+
+    #[test]
+    fn holds_read_as_words() {
+        for (hold, name) in [
+            (Hold::Retry { until: t0() }, "Retry"),
+            (Hold::OlderTokenLive { until: t0() }, "OlderTokenLive"),
+            (Hold::RateLimit { until: t0() }, "RateLimit"),
+            (Hold::Reconcile, "Reconcile"),
+            (Hold::Capacity { needed: 2 }, "Capacity"),
+        ] {
+            assert_words(&hold.to_string(), name);
+        }
+        assert_eq!(
+            Hold::Retry { until: t0() }.to_string(),
+            "the last attempt failed; retrying at 2026-03-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn alerts_read_as_words() {
+        let key_id = KeyId::new("kid-1");
+        for (alert, name) in [
+            (
+                Alert::NoLiveToken {
+                    next_attempt_at: Some(t0()),
+                },
+                "NoLiveToken",
+            ),
+            (
+                Alert::NoLiveToken {
+                    next_attempt_at: None,
+                },
+                "NoLiveToken",
+            ),
+            (
+                Alert::ExpiresBeforeSuccessor {
+                    key_id: key_id.clone(),
+                    expires_at: t0(),
+                    next_attempt_at: t0(),
+                },
+                "ExpiresBeforeSuccessor",
+            ),
+            (Alert::NoCapacity { needed: 1 }, "NoCapacity"),
+            (Alert::RateLimited { until: t0() }, "RateLimited"),
+            (
+                Alert::PermanentFailure {
+                    failures: 3,
+                    retry_at: t0(),
+                },
+                "PermanentFailure",
+            ),
+            (Alert::TooManyLive { live: 3 }, "TooManyLive"),
+            (
+                Alert::RevokeNeedsSecret {
+                    key_id,
+                    reason: RevokeReason::MakeRoom,
+                },
+                "RevokeNeedsSecret",
+            ),
+        ] {
+            assert_words(&alert.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn lists_join_with_commas() {
+        let keys = [KeyId::new("k1"), KeyId::new("k2")];
+        assert_eq!(joined(&keys).to_string(), "k1, k2");
+        assert_eq!(format!("{:?}", joined(&keys)), "k1, k2");
+        let groups = [GroupName::new("g1")];
+        assert_eq!(joined(&groups).to_string(), "g1");
+        assert_eq!(joined::<GroupName>(&[]).to_string(), "none");
+    }
+}
