@@ -17,7 +17,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::plan::{Alert, Hold, IssueReason, RevokeReason, Severity};
 
-/// An instant as people read it in linetokd's output: `2026-03-01T12:00:00Z`.
+/// An instant as people read it in linetokd's output, to the millisecond
+/// (LINE's expiries are instants): `2026-03-01T12:00:00.250Z`.
 fn at(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
