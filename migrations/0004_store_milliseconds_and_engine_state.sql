@@ -53,10 +53,12 @@ ALTER TABLE channels ADD COLUMN reconcile_retry_not_before INTEGER;
 ALTER TABLE channels ADD COLUMN reconcile_error TEXT;
 -- LINE refused an issue because the channel holds 30 live tokens: from
 -- full_since the channel counts as full until full_until (the next expiry
--- LINE will honour, plus a margin), and an issue needs a reconcile newer
--- than full_since.
+-- LINE will honour, plus a margin), and the next issue needs a reconcile
+-- that settles full_intent (the refused attempt): order by intent ID, never
+-- by timestamps, which tie on a clock that does not move between steps.
 ALTER TABLE channels ADD COLUMN full_since INTEGER;
 ALTER TABLE channels ADD COLUMN full_until INTEGER;
+ALTER TABLE channels ADD COLUMN full_intent INTEGER;
 -- Issue attempts with an unknown outcome (lost in a crash, or answered in a
 -- way that leaves open whether LINE issued) count against capacity until a
 -- reconcile started after them. The reconcile records the newest intent ID

@@ -363,6 +363,7 @@ impl ChannelSim {
                 self.view.last_reconcile_at = Some(t);
                 self.view.lost = 0;
                 self.view.reconcile_retry = None;
+                self.view.relist_needed = false;
                 Action::Reconcile
             }
             Step::Revoke { key_id, reason } => {

@@ -137,7 +137,10 @@ impl Snapshot {
                         .unwrap_or(DateTime::<Utc>::MIN_UTC),
                 })
             }),
-            full: row.and_then(|c| c.full).map(|f| (f.since, f.until)),
+            full_until: row.and_then(|c| c.full).map(|f| f.until),
+            relist_needed: row
+                .and_then(|c| c.full.map(|f| c.settled_through_intent < f.intent))
+                .unwrap_or(false),
         }
     }
 

@@ -111,7 +111,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             retry_at: r.not_before.max(now),
         });
     }
-    if let Some((_, until)) = view.full.filter(|(_, until)| *until > now) {
+    if let Some(until) = view.full_until.filter(|until| *until > now) {
         channel_alerts.push(Alert::ChannelFull { until });
     }
 
@@ -304,7 +304,8 @@ mod tests {
         };
         let until = full_until(t0(), &state, &rules);
         assert_eq!(until, t0() + Duration::milliseconds(1_700));
-        state.view.full = Some((t0(), until));
+        state.view.full_until = Some(until);
+        state.view.relist_needed = true;
         state.view.foreign = 28;
         // At once: our count was wrong, so the key IDs are listed again.
         let d = drive(t0(), &state, &rules);
@@ -317,7 +318,9 @@ mod tests {
         }
         // Listed; before `until` both groups wait (nothing of ours can
         // make room) and the channel idles no later than `until`.
-        state.view.last_reconcile_at = Some(t0() + Duration::milliseconds(1));
+        // (at the same instant: order is by the listing, not the clock)
+        state.view.last_reconcile_at = Some(t0());
+        state.view.relist_needed = false;
         let d = drive(t0() + Duration::milliseconds(800), &state, &rules);
         assert!(matches!(d.plans[1].hold, Some(Hold::Capacity { .. })));
         assert!(matches!(d.next, Next::Idle { until: u } if u <= until));

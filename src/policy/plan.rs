@@ -606,14 +606,13 @@ fn plan_active(
     let reconcile_is_due = reconcile_due_at.is_none_or(|at| now >= at);
     // After LINE's 30-token refusal our count was wrong: only a listing
     // asked for after the refusal is fresh.
-    let full_since = channel.full.map(|(since, _)| since);
-    let full_until = channel.full.map(|(_, until)| until).filter(|u| *u > now);
+    let full_until = channel.full_until.filter(|u| *u > now);
     let reconcile_fresh_for_issue = !reconcile_is_due
         && channel.lost == 0
+        && !channel.relist_needed
         && channel.last_reconcile_at.is_some_and(|at| {
             now.signed_duration_since(at)
                 <= time::non_negative(rules.reconcile_max_age_before_issue)
-                && full_since.is_none_or(|since| at > since)
         });
 
     let mut hold = None;

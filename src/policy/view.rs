@@ -144,8 +144,10 @@ pub struct ChannelView {
     /// holds only the listing (and the issues that wait for a fresh one),
     /// never a group's verify or revoke.
     pub reconcile_retry: Option<RetryState>,
-    /// LINE's 30-token refusal: `(since, until)`. Until `until` the channel
-    /// counts as full (only revoking our own tokens makes room), and an
-    /// issue needs a reconcile newer than `since`.
-    pub full: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// LINE's 30-token refusal: until this instant the channel counts as
+    /// full (only revoking our own tokens makes room).
+    pub full_until: Option<DateTime<Utc>>,
+    /// True after LINE's 30-token refusal until a key-ID listing asked for
+    /// after it succeeds: our count was wrong, so no issue before it.
+    pub relist_needed: bool,
 }

@@ -297,7 +297,7 @@ mod tests {
         }
         assert_eq!(
             Hold::Retry { until: t0() }.to_string(),
-            "the last attempt failed; retrying at 2026-03-01T00:00:00Z"
+            "the last attempt failed; retrying at 2026-03-01T00:00:00.000Z"
         );
     }
 

@@ -149,8 +149,9 @@ struct World {
     group_attempts: Vec<(usize, DateTime<Utc>)>,
     /// The key-ID listing's streak (per channel).
     reconcile_retry: Option<RetryState>,
-    /// LINE's 30-token refusal: `(since, until)`.
-    full: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// LINE's 30-token refusal: until when, and whether a listing since.
+    full_until: Option<DateTime<Utc>>,
+    relist_needed: bool,
     next_request: i64,
     next_key: u64,
     stats: Stats,
@@ -188,7 +189,8 @@ impl World {
             attempts: Vec::new(),
             group_attempts: Vec::new(),
             reconcile_retry: None,
-            full: None,
+            full_until: None,
+            relist_needed: false,
             next_request: 0,
             next_key: 0,
             stats: Stats::default(),
@@ -233,7 +235,8 @@ impl World {
                 .collect(),
             last_reconcile_at: self.last_reconcile_at,
             reconcile_retry: self.reconcile_retry.clone(),
-            full: self.full,
+            full_until: self.full_until,
+            relist_needed: self.relist_needed,
         }
     }
 
@@ -302,6 +305,7 @@ impl World {
                 }
                 self.known_foreign = u32::try_from(self.others.len()).unwrap();
                 self.lost = 0;
+                self.relist_needed = false;
                 self.last_reconcile_at = Some(now);
                 // A token of ours went missing: the rest of the plan was
                 // made without knowing, so plan again.
@@ -550,7 +554,8 @@ impl World {
                     ));
                 }
                 Outcome::Failed(FailureKind::ChannelFull, _) => {
-                    self.full = Some((self.now, full_until(self.now, &state, &self.p.rules)));
+                    self.full_until = Some(full_until(self.now, &state, &self.p.rules));
+                    self.relist_needed = true;
                 }
                 Outcome::Failed(kind, retry_after) => {
                     let u = self.rng.unit();
@@ -592,7 +597,7 @@ impl World {
             self.ours[i].rec.state = TokenState::Revoked;
             self.stats.victims += 1;
             // A slot of ours is free at LINE now.
-            self.full = None;
+            self.full_until = None;
         }
     }
 

@@ -402,7 +402,9 @@ impl Rotator {
                 self.db(move |store| store.fail_issue(now, intent, &text, maybe))
                     .await?;
                 if kind == FailureKind::ChannelFull {
-                    return self.hold_full_channel(setup, state, group, e).await;
+                    return self
+                        .hold_full_channel(setup, state, group, intent.get(), e)
+                        .await;
                 }
                 return Err(StepError::Line(e));
             }
@@ -512,6 +514,7 @@ impl Rotator {
         setup: &ChannelSetup,
         state: &ChannelState,
         group: &GroupName,
+        intent: i64,
         error: LineError,
     ) -> Result<(), StepError> {
         let now = self.clock.now();
@@ -520,7 +523,14 @@ impl Rotator {
         let detail = format!("{}; trying again at {until}", error_chain(&error));
         let group_name = group.clone();
         self.db(move |store| {
-            store.set_channel_full(&channel, Some(FullHold { since: now, until }))?;
+            store.set_channel_full(
+                &channel,
+                Some(FullHold {
+                    since: now,
+                    until,
+                    intent,
+                }),
+            )?;
             store.record_event(
                 now,
                 &NewEvent {

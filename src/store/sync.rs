@@ -107,6 +107,10 @@ pub struct FullHold {
     pub since: DateTime<Utc>,
     /// The next instant LINE will have room, as far as we know.
     pub until: DateTime<Utc>,
+    /// The refused issue attempt: a reconcile that settles it (see
+    /// [`ChannelRow::settled_through_intent`]) was asked for after the
+    /// refusal.
+    pub intent: i64,
 }
 
 impl ChannelRow {
@@ -161,7 +165,7 @@ impl GroupRow {
 
 const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at, \
      config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
-     full_since, full_until, settled_through_intent";
+     full_since, full_until, full_intent, settled_through_intent";
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step";
 
@@ -412,11 +416,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write("saving a channel's full hold", |tx| {
             tx.execute(
-                "UPDATE channels SET full_since = ?2, full_until = ?3 WHERE id = ?1",
+                "UPDATE channels SET full_since = ?2, full_until = ?3, full_intent = ?4 WHERE id = ?1",
                 params![
                     channel.as_str(),
                     hold.map(|h| millis(h.since)),
-                    hold.map(|h| millis(h.until))
+                    hold.map(|h| millis(h.until)),
+                    hold.map(|h| h.intent)
                 ],
             )?;
             Ok(())
@@ -539,8 +544,13 @@ fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
     let full = match (
         opt_time_at(row, "full_since")?,
         opt_time_at(row, "full_until")?,
+        row.get::<_, Option<i64>>("full_intent")?,
     ) {
-        (Some(since), Some(until)) => Some(FullHold { since, until }),
+        (Some(since), Some(until), Some(intent)) => Some(FullHold {
+            since,
+            until,
+            intent,
+        }),
         _ => None,
     };
     Ok(ChannelRow {
@@ -581,7 +591,8 @@ pub(super) fn end_streaks(
     )?;
     tx.execute(
         "UPDATE channels SET reconcile_failures = 0, reconcile_retry_not_before = NULL, \
-         reconcile_error = NULL, full_since = NULL, full_until = NULL WHERE id = ?1",
+         reconcile_error = NULL, full_since = NULL, full_until = NULL, full_intent = NULL \
+         WHERE id = ?1",
         [channel.as_str()],
     )?;
     if held > 0 {
