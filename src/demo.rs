@@ -43,7 +43,7 @@ use crate::config::Settings;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, SigningKid};
 use crate::line::keys::{self, VerifyingKey};
 use crate::policy::joined;
-use crate::rotator::RotationEvent;
+use crate::event::RotationEvent;
 use crate::sandbox::{Sandbox, SandboxTokenState, TokenKind};
 
 /// The demo's channels: (ID, name, groups).

@@ -21,7 +21,7 @@
 //! `generated_at`. Token values are never read into any report: only key
 //! IDs, times and the store's screened error texts are.
 //!
-//! Depends on `store`, `rotator::snapshot` (shared view building),
+//! Depends on `store`, `snapshot` (shared view building),
 //! `policy`, `forecast` and `domain`. Reads no config file and no clock:
 //! `cli` passes the configured channels ([`ConfiguredChannel`]), the rules
 //! and `now`.
@@ -35,15 +35,14 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::domain::{ChannelId, GroupName, KeyId};
+use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::forecast::{self, Action, ChannelInput, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{
-    self, Alert, ChannelView, GroupView, Hold, IssueReason, RevokeReason, Rules, Severity,
+    self, Alert, ChannelView, GroupView, Hold, IssueReason, Plan, RevokeReason, Rules, Severity,
 };
-use crate::rotator::{describe_alert, revoke_reason_text};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    DaemonNote, Event, EventKind, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD,
+    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD,
     Store, StoreError, StoredToken, WriterLock,
 };
 
@@ -83,6 +82,8 @@ struct StoredChannel {
     recent_intents: Vec<IssueIntent>,
     /// Each group's latest hook outcome.
     hooks: BTreeMap<GroupName, Event>,
+    /// The alerts the daemon raised on the channel and has not resolved.
+    firing: Vec<FiringAlert>,
 }
 
 impl StoredState {
@@ -122,6 +123,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
                 hooks.insert(group.name.clone(), event);
             }
         }
+        let firing = store.firing_alerts(Some(&row.id))?;
         channels.insert(
             row.id.clone(),
             StoredChannel {
@@ -129,6 +131,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
                 foreign,
                 recent_intents,
                 hooks,
+                firing,
             },
         );
     }
@@ -407,6 +410,13 @@ pub struct ChannelStatus {
     pub last_reconcile_at: Option<DateTime<Utc>>,
     /// Seconds since then.
     pub last_reconcile_ago_secs: Option<i64>,
+    /// The key-ID listing's failure streak, while one runs.
+    pub listing: Option<ListingStatus>,
+    /// After LINE's 30-token refusal: the channel counts as full until then.
+    pub full_until: Option<DateTime<Utc>>,
+    /// Alerts the daemon raised on this channel and has not resolved (the
+    /// store's rows: what the daemon itself reported).
+    pub firing: Vec<FiringStatus>,
     /// The groups: configured ones, and removed ones still holding tokens.
     pub groups: Vec<GroupStatus>,
     /// Foreign key IDs LINE lists on the channel.
@@ -446,6 +456,9 @@ pub struct GroupStatus {
     pub next_rotation_in_secs: Option<i64>,
     /// Why an issue the group needs waits, if it does.
     pub hold: Option<HoldStatus>,
+    /// Operator requests (`rotate`, `revoke`) accepted and not yet carried
+    /// out, oldest first.
+    pub pending_requests: Vec<RequestStatus>,
     /// Conditions an operator should hear about, at `generated_at`.
     pub alerts: Vec<AlertStatus>,
     /// The running failure streak, if the last attempt failed.
@@ -485,6 +498,43 @@ pub struct TokenStatus {
 
 /// Why a needed issue waits.
 #[derive(Debug, Clone, Serialize)]
+pub struct RequestStatus {
+    /// `rotate` or `incident`.
+    pub kind: &'static str,
+    /// When the daemon accepted it.
+    pub requested_at: DateTime<Utc>,
+    /// Who asked.
+    pub by: String,
+}
+
+/// The key-ID listing's failure streak of a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListingStatus {
+    /// Failures in a row.
+    pub failures: u32,
+    /// The next attempt.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub error: Option<String>,
+}
+
+/// An alert the daemon raised and has not resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct FiringStatus {
+    /// The group, or none for the channel as a whole.
+    pub group: Option<GroupName>,
+    /// The alert's stable name (`no_live_token`, `deadline_at_risk`, ...).
+    pub alertname: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The sentence.
+    pub summary: String,
+    /// When it started firing.
+    pub since: DateTime<Utc>,
+}
+
+/// Why an issue waits.
+#[derive(Debug, Clone, Serialize)]
 pub struct HoldStatus {
     /// `retry`, `older_token_live`, `rate_limit`, `reconcile` or
     /// `capacity`.
@@ -513,6 +563,11 @@ pub struct ErrorStatus {
     pub at: Option<DateTime<Utc>>,
     /// Failures in a row.
     pub consecutive_failures: u32,
+    /// How it failed (`transient`, `rate_limited`, `permanent`,
+    /// `channel_full`, `maybe_issued`), when known.
+    pub kind: Option<&'static str>,
+    /// The step that failed (`issue`, `verify`, `revoke`).
+    pub step: Option<String>,
     /// No new attempt before this.
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Seconds until then.
@@ -594,12 +649,29 @@ fn channel_status(
 ) -> ChannelStatus {
     let views = w.views();
     let cv = w.channel_view(now, &views);
+    // The same driver the daemon runs, so status shows what it would do.
+    // A channel the daemon no longer looks after is never planned.
+    let decision = w.managed().then(|| {
+        policy::drive(
+            now,
+            &policy::ChannelState {
+                groups: views.clone(),
+                view: cv.clone(),
+            },
+            rules,
+        )
+    });
     let groups = w
         .groups
         .iter()
         .zip(&views)
-        .map(|(g, view)| group_status(now, w, g, view, &cv, rules))
+        .enumerate()
+        .map(|(i, (g, view))| {
+            let plan = decision.as_ref().and_then(|d| d.plans.get(i));
+            group_status(now, w, g, view, plan, rules)
+        })
         .collect();
+    let channel_row = w.stored.and_then(|s| s.snapshot.channel.as_ref());
     let intent = |i: &IssueIntent| IntentStatus {
         id: i.id.get(),
         group: i.group.clone(),
@@ -628,6 +700,29 @@ fn channel_status(
         max_issues_per_hour: rules.max_issues_per_hour,
         last_reconcile_at: cv.last_reconcile_at,
         last_reconcile_ago_secs: cv.last_reconcile_at.map(|at| (now - at).num_seconds()),
+        listing: channel_row
+            .filter(|c| c.reconcile.failures > 0)
+            .map(|c| ListingStatus {
+                failures: c.reconcile.failures,
+                next_retry_at: c.reconcile.retry_not_before,
+                error: c.reconcile.error.clone(),
+            }),
+        full_until: cv.full_until.filter(|at| *at > now),
+        firing: w
+            .stored
+            .map(|s| {
+                s.firing
+                    .iter()
+                    .map(|a| FiringStatus {
+                        group: a.group.clone(),
+                        alertname: a.alertname.clone(),
+                        severity: a.severity.clone(),
+                        summary: a.summary.clone(),
+                        since: a.started_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         groups,
         foreign: w
             .stored
@@ -666,7 +761,7 @@ fn group_status(
     w: &ChannelWorld<'_>,
     g: &GroupWorld<'_>,
     view: &GroupView,
-    cv: &ChannelView,
+    plan: Option<&Plan>,
     rules: &Rules,
 ) -> GroupStatus {
     let live = view.live_tokens(now);
@@ -683,10 +778,6 @@ fn group_status(
                 .and_then(|s| s.last_verified_at),
         })
     };
-    // A channel the daemon no longer looks after is never planned.
-    let plan = w
-        .managed()
-        .then(|| policy::plan_group(now, view, cv, rules));
     let runtime = g.row.map(|r| &r.runtime);
     let last_error = runtime
         .filter(|r| r.consecutive_failures > 0 || r.last_error.is_some())
@@ -694,10 +785,12 @@ fn group_status(
             message: r.last_error.clone(),
             at: r.last_error_at,
             consecutive_failures: r.consecutive_failures,
+            kind: r.failure_kind.map(FailureKind::as_str),
+            step: r.failed_step.clone(),
             next_retry_at: r.retry_not_before,
             next_retry_in_secs: r.retry_not_before.map(|at| (at - now).num_seconds()),
         });
-    let next_rotation_at = plan.as_ref().and_then(|p| p.next_rotation_at);
+    let next_rotation_at = plan.and_then(|p| p.next_rotation_at);
     GroupStatus {
         name: view.group.clone(),
         in_config: g.in_config,
@@ -712,15 +805,23 @@ fn group_status(
         previous: token(1),
         next_rotation_at,
         next_rotation_in_secs: next_rotation_at.map(|at| (at - now).num_seconds()),
-        hold: plan.as_ref().and_then(|p| p.hold.as_ref()).map(hold_status),
+        hold: plan.and_then(|p| p.hold.as_ref()).map(hold_status),
+        pending_requests: view
+            .requests
+            .iter()
+            .map(|r| RequestStatus {
+                kind: r.kind.as_str(),
+                requested_at: r.at,
+                by: r.by.clone(),
+            })
+            .collect(),
         alerts: plan
-            .as_ref()
             .map(|p| {
                 p.alerts
                     .iter()
                     .map(|a| AlertStatus {
                         severity: severity_name(a.severity()),
-                        message: describe_alert(a),
+                        message: a.to_string(),
                     })
                     .collect()
             })
@@ -818,6 +919,38 @@ pub fn render_status(report: &StatusReport) -> String {
                 "no (cannot revoke)"
             },
         );
+        if let Some(l) = &c.listing {
+            let _ = writeln!(
+                out,
+                "  listing key IDs failed {} time(s) in a row{}: {}",
+                l.failures,
+                l.next_retry_at
+                    .map(|at| format!(", next attempt {}", when(now, at)))
+                    .unwrap_or_default(),
+                l.error.as_deref().unwrap_or("(no message)")
+            );
+        }
+        if let Some(until) = c.full_until {
+            let _ = writeln!(
+                out,
+                "  LINE refused an issue: the channel holds 30 live tokens; trying again {}",
+                when(now, until)
+            );
+        }
+        for a in &c.firing {
+            let _ = writeln!(
+                out,
+                "  firing since {}: {} {}{}: {}",
+                when(now, a.since),
+                a.severity.to_uppercase(),
+                a.alertname,
+                a.group
+                    .as_ref()
+                    .map(|g| format!(" ({g})"))
+                    .unwrap_or_default(),
+                a.summary
+            );
+        }
         let mut rows = vec![vec![
             "GROUP".to_owned(),
             "CURRENT KEY".to_owned(),
@@ -851,9 +984,10 @@ pub fn render_status(report: &StatusReport) -> String {
             if let Some(e) = &g.last_error {
                 let _ = writeln!(
                     out,
-                    "  {}: {} failure(s) in a row, the last {}: {}{}",
+                    "  {}: {} {}failure(s) in a row, the last {}: {}{}",
                     g.name,
                     e.consecutive_failures,
+                    e.kind.map(|k| format!("{k} ")).unwrap_or_default(),
                     e.at.map_or_else(|| "at an unknown time".to_owned(), |at| when(now, at)),
                     e.message.as_deref().unwrap_or("(no message)"),
                     e.next_retry_at
@@ -863,6 +997,16 @@ pub fn render_status(report: &StatusReport) -> String {
             }
             if let Some(h) = &g.hold {
                 let _ = writeln!(out, "  {}: waiting: {}", g.name, h.message);
+            }
+            for r in &g.pending_requests {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} requested by {} {}, not carried out yet",
+                    g.name,
+                    r.kind,
+                    r.by,
+                    when(now, r.requested_at)
+                );
             }
             if let Some(hook) = &g.last_hook {
                 let what = if hook.ok {
@@ -1092,7 +1236,7 @@ fn planned_status(
             Some(key_id),
             Some(revoke_reason_name(*reason)),
             None,
-            revoke_reason_text(*reason).to_owned(),
+            reason.text().to_owned(),
         ),
         Action::Expire { key_id } => (
             "expire",
@@ -1120,7 +1264,7 @@ fn planned_status(
             alert_key(alert),
             Some(severity_name(alert.severity())),
             None,
-            describe_alert(alert),
+            alert.to_string(),
         ),
     };
     PlannedStatus {

@@ -25,7 +25,7 @@ use super::published::{GroupTokens, PublishedToken, TokenBook};
 use super::sink::{self, SinkContext, SinkSpec};
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, GroupName, KeyId};
-use crate::rotator::RotationEvent;
+use crate::event::RotationEvent;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
 
 /// Where one group's token goes.
