@@ -89,6 +89,8 @@ pub struct Metrics {
     line_latency: Family<EndpointLabels, Histogram>,
     clock_skew: GaugeF,
     config_reloads: Family<ResultLabels, Counter>,
+    sink_failures: Family<GroupLabels, Counter>,
+    sink_last_success: Family<GroupLabels, GaugeF>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +161,18 @@ impl Metrics {
             "Config reloads by result",
             config_reloads.clone(),
         );
+        let sink_failures = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "sink_failures",
+            "Failed writes of the group's sink files (each sink, each attempt)",
+            sink_failures.clone(),
+        );
+        let sink_last_success = Family::<GroupLabels, GaugeF>::default();
+        registry.register(
+            "sink_last_success_timestamp_seconds",
+            "When every sink file of the group was last written (Unix time)",
+            sink_last_success.clone(),
+        );
         Self {
             registry,
             token_expiry,
@@ -170,6 +184,8 @@ impl Metrics {
             line_latency,
             clock_skew,
             config_reloads,
+            sink_failures,
+            sink_last_success,
         }
     }
 
@@ -223,6 +239,14 @@ impl Metrics {
         self.live_tokens.remove(&labels);
         self.token_expiry.remove(&labels);
         self.next_rotation.remove(&labels);
+        self.remove_sinks(channel, group);
+    }
+
+    /// Forgets a group's sink metrics (its sinks were deleted).
+    pub fn remove_sinks(&self, channel: &ChannelId, group: &GroupName) {
+        let labels = group_labels(channel, group);
+        self.sink_failures.remove(&labels);
+        self.sink_last_success.remove(&labels);
     }
 
     /// Records a channel's live token counts.
@@ -270,6 +294,23 @@ impl Metrics {
         self.clock_skew.set(skew.num_milliseconds() as f64 / 1000.0);
     }
 
+    /// Counts `failed` failed sink writes of a group (one per sink per
+    /// attempt).
+    pub fn sink_failures(&self, channel: &ChannelId, group: &GroupName, failed: u64) {
+        self.sink_failures
+            .get_or_create(&group_labels(channel, group))
+            .inc_by(failed);
+    }
+
+    /// Records that every sink of a group was written at `at`; the failure
+    /// counter appears (at 0) from the first write, so a rate over it works
+    /// before anything failed.
+    pub fn sinks_written(&self, channel: &ChannelId, group: &GroupName, at: DateTime<Utc>) {
+        let labels = group_labels(channel, group);
+        let _ = self.sink_failures.get_or_create(&labels);
+        self.sink_last_success.get_or_create(&labels).set(unix(at));
+    }
+
     /// Counts a config reload.
     pub fn config_reload(&self, success: bool) {
         self.config_reloads
@@ -307,6 +348,8 @@ mod tests {
         m.rotation(&c, &g, true);
         m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);
+        m.sinks_written(&c, &g, at);
+        m.sink_failures(&c, &g, 2);
         let text = m.render();
         for needle in [
             r#"linetokd_token_expiry_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
@@ -318,6 +361,8 @@ mod tests {
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",
             r#"linetokd_config_reloads_total{result="failure"} 1"#,
+            r#"linetokd_sink_failures_total{channel="1",group="backend"} 2"#,
+            r#"linetokd_sink_last_success_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

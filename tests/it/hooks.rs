@@ -58,7 +58,7 @@ fn spec(script: &Path, args: &[&str], timeout: Duration) -> HookSpec {
     HookSpec {
         argv,
         timeout,
-        env: inherited_env(std::env::vars()),
+        env: inherited_env(std::env::vars_os()),
     }
 }
 
@@ -244,7 +244,7 @@ async fn argv_is_passed_verbatim_and_never_through_a_shell() {
     let spec = HookSpec {
         argv,
         timeout: Duration::from_secs(30),
-        env: inherited_env(std::env::vars()),
+        env: inherited_env(std::env::vars_os()),
     };
     let token = published(TOKEN, "kid-1");
     let mut attempt = once(&spec, "backend", &token).await;
