@@ -60,7 +60,10 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
             ),
         )
     };
-    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > limit) {
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > limit)
+    {
         return Err(too_large());
     }
     let mut bytes = Vec::new();

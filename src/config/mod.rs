@@ -323,9 +323,8 @@ impl Settings {
         let mut problems = Vec::new();
         let mut fix = |key: String, path: &mut PathBuf| {
             let Some(text) = path.to_str() else { return };
-            let too_long = |len: usize| {
-                format!("is {len} bytes long; a path is at most {MAX_PATH_LEN} bytes")
-            };
+            let too_long =
+                |len: usize| format!("is {len} bytes long; a path is at most {MAX_PATH_LEN} bytes");
             if text.len() > MAX_PATH_LEN {
                 problems.push(Problem::new(key, too_long(text.len())));
                 return;

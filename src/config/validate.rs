@@ -785,8 +785,12 @@ fn check_sink_path(path: &Path) -> Result<(), String> {
 fn check_program(program: &str, search_path: Option<&str>) -> Result<(), String> {
     let shown = quoted(program);
     let executable = |path: &Path| -> Result<(), String> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("{} cannot be used: {e}", quoted(&path.display().to_string())))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            format!(
+                "{} cannot be used: {e}",
+                quoted(&path.display().to_string())
+            )
+        })?;
         if !meta.is_file() {
             return Err(format!(
                 "{} is not a regular file",
@@ -929,7 +933,11 @@ mod tests {
         let err = check_kid(&huge).unwrap_err();
         assert!(err.starts_with("is 10485760 bytes long"), "{err}");
         assert!(err.len() < 300, "{} bytes of error", err.len());
-        assert!(check_kid("a\u{7}b").unwrap_err().contains("control character"));
+        assert!(
+            check_kid("a\u{7}b")
+                .unwrap_err()
+                .contains("control character")
+        );
         let err = check_name(&huge, "group").unwrap_err();
         assert!(err.len() < 300 && err.contains("(10485760 bytes)"), "{err}");
     }
@@ -943,7 +951,11 @@ mod tests {
         }
         assert!(check_sink_path(Path::new("/run/dir/")).is_err());
         assert!(check_sink_path(Path::new("/")).is_err());
-        assert!(check_sink_path(Path::new("")).unwrap_err().contains("missing"));
+        assert!(
+            check_sink_path(Path::new(""))
+                .unwrap_err()
+                .contains("missing")
+        );
     }
 
     #[test]
@@ -968,7 +980,10 @@ mod tests {
         let err = check_program(path, None).unwrap_err();
         assert!(err.contains("is not a regular file"), "{err}");
         let err = check_program("reload", Some("/nonexistent")).unwrap_err();
-        assert!(err.contains("not an executable file in any directory of PATH"), "{err}");
+        assert!(
+            err.contains("not an executable file in any directory of PATH"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -406,7 +406,12 @@ impl Delivery {
 
     /// Takes a token out of the book (and the sinks) of whichever group
     /// holds it.
-    async fn drop_token(self: &Arc<Self>, channel: &ChannelId, group: Option<&GroupName>, key_id: &KeyId) {
+    async fn drop_token(
+        self: &Arc<Self>,
+        channel: &ChannelId,
+        group: Option<&GroupName>,
+        key_id: &KeyId,
+    ) {
         let holders: Vec<GroupName> = self
             .book
             .groups()
@@ -516,7 +521,8 @@ impl Delivery {
         if sinks.is_empty() || tokens.current.is_none() {
             // Nothing to deliver (no sink, or the last token went): any
             // failure is moot; the next token writes afresh.
-            self.sinks.send_if_modified(|board| board.remove(key).is_some());
+            self.sinks
+                .send_if_modified(|board| board.remove(key).is_some());
             return;
         }
         // The token the sinks now hold, for the log: never its value.
@@ -562,49 +568,51 @@ impl Delivery {
                 }
             }
         }
-        let mut note = String::new();
-        self.sinks.send_modify(|board| {
-            let health = board.entry(key.clone()).or_default();
-            health.rounds += 1;
-            if failed.is_empty() {
-                if health.failed_rounds > 0 {
-                    tracing::info!(channel = %channel, group = %group, "every sink written again");
-                }
-                health.failing.clear();
-                health.failed_rounds = 0;
-                health.next_retry = None;
-                health.last_success = Some(now);
-            } else {
-                health.failed_rounds = health.failed_rounds.saturating_add(1);
-                let before = std::mem::take(&mut health.failing);
-                health.failing = failed
-                    .iter()
-                    .map(|(path, error)| FailingSink {
-                        path: path.clone(),
-                        error: error.clone(),
-                        since: before
-                            .iter()
-                            .find(|f| &f.path == path)
-                            .map_or(now, |f| f.since),
-                    })
-                    .collect();
-                let wait = self.sink_retry.delay_after(health.failed_rounds);
-                health.next_retry = Some(
-                    chrono::Duration::from_std(wait)
-                        .ok()
-                        .and_then(|w| now.checked_add_signed(w))
-                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
-                );
+        // This group's entry changes only here, under its lock: compute it,
+        // record it (metrics, the status note), then publish it, so whoever
+        // watches the health finds the note and metrics already current.
+        let mut health = self.sinks.borrow().get(key).cloned().unwrap_or_default();
+        health.rounds += 1;
+        if failed.is_empty() {
+            if health.failed_rounds > 0 {
+                tracing::info!(channel = %channel, group = %group, "every sink written again");
             }
-            note = note_text(health);
-        });
+            health.failing.clear();
+            health.failed_rounds = 0;
+            health.next_retry = None;
+            health.last_success = Some(now);
+        } else {
+            health.failed_rounds = health.failed_rounds.saturating_add(1);
+            let before = std::mem::take(&mut health.failing);
+            health.failing = failed
+                .iter()
+                .map(|(path, error)| FailingSink {
+                    path: path.clone(),
+                    error: error.clone(),
+                    since: before
+                        .iter()
+                        .find(|f| &f.path == path)
+                        .map_or(now, |f| f.since),
+                })
+                .collect();
+            let wait = self.sink_retry.delay_after(health.failed_rounds);
+            health.next_retry = Some(
+                chrono::Duration::from_std(wait)
+                    .ok()
+                    .and_then(|w| now.checked_add_signed(w))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            );
+        }
         if failed.is_empty() {
             self.metrics.sinks_written(channel, group, now);
         } else {
-            self.metrics
-                .sink_failures(channel, group, u64::try_from(failed.len()).unwrap_or(u64::MAX));
+            self.metrics.sink_failures(
+                channel,
+                group,
+                u64::try_from(failed.len()).unwrap_or(u64::MAX),
+            );
         }
-        // Still under the group's lock, so notes land in round order.
+        let note = note_text(&health);
         let store = self.store.clone();
         let note_key = sink_note_key(channel, group);
         let result =
@@ -612,6 +620,9 @@ impl Delivery {
         if let Ok(Err(e)) = result {
             tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the sinks' state for status");
         }
+        self.sinks.send_modify(|board| {
+            board.insert(key.clone(), health);
+        });
     }
 
     /// Starts the group's retry task unless one runs or nothing fails.
@@ -759,5 +770,8 @@ fn note_text(health: &SinkHealth) -> String {
         .iter()
         .map(|f| format!("{}: {}", f.path.display(), f.error))
         .collect();
-    format!("failing since {since} ({rounds}{next}): {}", sinks.join("; "))
+    format!(
+        "failing since {since} ({rounds}{next}): {}",
+        sinks.join("; ")
+    )
 }

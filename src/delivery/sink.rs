@@ -490,7 +490,10 @@ pub fn remove_stale_temporaries(spec: &SinkSpec) -> Result<Vec<PathBuf>, SinkErr
     let mut removed = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io(SinkStep::ListDirectory))?;
-        if !is_temporary_of(name.as_encoded_bytes(), entry.file_name().as_encoded_bytes()) {
+        if !is_temporary_of(
+            name.as_encoded_bytes(),
+            entry.file_name().as_encoded_bytes(),
+        ) {
             continue;
         }
         // A symlink or directory of that name is not something we wrote.

@@ -541,7 +541,11 @@ fn the_config_file_is_read_with_a_size_limit_and_a_long_kid_is_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{config}: {stderr}");
         assert!(stderr.contains("larger than 1 MiB"), "{config}: {stderr}");
-        assert!(stderr.len() < 1000, "{config}: {} bytes of error", stderr.len());
+        assert!(
+            stderr.len() < 1000,
+            "{config}: {} bytes of error",
+            stderr.len()
+        );
     }
 }
 
@@ -550,15 +554,31 @@ fn the_config_file_is_read_with_a_size_limit_and_a_long_kid_is_refused() {
 fn durations_are_bounded_and_the_bound_is_named() {
     let creds = Credentials::new();
     for (setting, key, bound) in [
-        ("[rotation]\nverify_interval = \"500000000y\"\n", "rotation.verify_interval", "30d"),
-        ("[rotation]\nreconcile_interval = \"31d\"\n", "rotation.reconcile_interval", "30d"),
-        ("[rotation]\nremoval_grace = \"1000y\"\n", "rotation.removal_grace", "30d"),
+        (
+            "[rotation]\nverify_interval = \"500000000y\"\n",
+            "rotation.verify_interval",
+            "30d",
+        ),
+        (
+            "[rotation]\nreconcile_interval = \"31d\"\n",
+            "rotation.reconcile_interval",
+            "30d",
+        ),
+        (
+            "[rotation]\nremoval_grace = \"1000y\"\n",
+            "rotation.removal_grace",
+            "30d",
+        ),
         (
             "[rotation]\nrevoke_previous_after = \"60d\"\n",
             "rotation.revoke_previous_after",
             "30d",
         ),
-        ("[daemon]\nrequest_timeout = \"2h\"\n", "daemon.request_timeout", "5m"),
+        (
+            "[daemon]\nrequest_timeout = \"2h\"\n",
+            "daemon.request_timeout",
+            "5m",
+        ),
     ] {
         let text = match setting.strip_prefix("[daemon]\n") {
             Some(rest) => VALID.replacen("[daemon]\n", &format!("[daemon]\n{rest}"), 1),
@@ -604,8 +624,14 @@ fn hook_programs_are_checked_at_validation() {
         .unwrap();
 
     for (argv, message) in [
-        (r#"["reload-backend"]"#, "not an executable file in any directory of PATH"),
-        (r#"["/usr/local/bin/no-such-hook-program"]"#, "cannot be used: No such file"),
+        (
+            r#"["reload-backend"]"#,
+            "not an executable file in any directory of PATH",
+        ),
+        (
+            r#"["/usr/local/bin/no-such-hook-program"]"#,
+            "cannot be used: No such file",
+        ),
         (r#"["/etc/passwd"]"#, "is not executable"),
         (r#"["/etc"]"#, "is not a regular file"),
     ] {
@@ -671,27 +697,35 @@ kid = "kid-shop-bot"
         .spawn()
         .unwrap();
     // Reads the log until the daemon says it runs, or its stderr closes
-    // (it exited): no sleeping.
+    // (it exited): no sleeping. The reader keeps draining afterwards, so
+    // the daemon never writes into a closed pipe.
     let stderr = daemon.stderr.take().unwrap();
-    let mut printed = String::new();
-    let mut running = false;
-    for line in std::io::BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.contains("linetokd running") {
-            running = true;
-            break;
+    let (tell, running) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut printed = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("linetokd running") {
+                let _ = tell.send(());
+            }
+            printed.push_str(&line);
+            printed.push('\n');
         }
-    }
+        printed
+    });
+    // Bounded: a daemon that neither starts nor exits fails the test.
+    let running = running.recv_timeout(Duration::from_secs(90)).is_ok();
     if running {
         let term = std::process::Command::new("kill")
             .args(["-s", "TERM", &daemon.id().to_string()])
             .status()
             .unwrap();
         assert!(term.success());
+    } else {
+        let _ = daemon.kill();
     }
     let status = daemon.wait().unwrap();
+    let printed = reader.join().unwrap();
     assert!(running, "the daemon did not start ({status}):\n{printed}");
     assert_eq!(status.code(), Some(0), "{printed}");
 

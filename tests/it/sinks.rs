@@ -811,7 +811,9 @@ mod service {
         );
         let text = metrics.render();
         assert!(
-            text.contains(r#"linetokd_sink_failures_total{channel="1234567890",group="backend"} 3"#),
+            text.contains(
+                r#"linetokd_sink_failures_total{channel="1234567890",group="backend"} 3"#
+            ),
             "{text}"
         );
         assert!(
