@@ -208,6 +208,7 @@ impl Daemon {
             tokens.clone(),
             rotator.store().clone(),
             Arc::clone(&http_clock),
+            Arc::clone(&metrics),
             delivery_groups(config),
             HookRetry::default(),
         );
@@ -217,7 +218,13 @@ impl Daemon {
             .context("while publishing the stored tokens")?;
         tasks.spawn(Arc::clone(&delivery).run(rotator.subscribe(), shutdown.child_token()));
         let keys = Arc::new(RwLock::new(api_keys(config)));
-        let readiness = readiness(&rotator, &tokens, state.clone(), Arc::clone(&http_clock));
+        let readiness = readiness(
+            &rotator,
+            &tokens,
+            &delivery,
+            state.clone(),
+            Arc::clone(&http_clock),
+        );
         let http_addr = spawn_http(
             config,
             listener,
@@ -322,17 +329,19 @@ impl Daemon {
     }
 }
 
-/// Readiness (`/readyz`): the first pass has run and every configured group
-/// has a live published token. A group that is failing, or held back by
-/// capacity or the hourly budget, keeps the daemon unready: its consumers
-/// have nothing to use.
+/// Readiness (`/readyz`): the first pass has run, every configured group
+/// has a live published token, and no sink fails to be written. A group
+/// that is failing, or held back by capacity or the hourly budget, keeps
+/// the daemon unready: its consumers have nothing to use; so does a sink
+/// that cannot be written: its consumer reads a stale token.
 fn readiness(
     rotator: &Arc<Rotator>,
     tokens: &TokenBook,
+    delivery: &Arc<Delivery>,
     scheduler: watch::Receiver<SchedulerState>,
     clock: SharedClock,
 ) -> Readiness {
-    let (rotator, tokens) = (Arc::clone(rotator), tokens.clone());
+    let (rotator, tokens, delivery) = (Arc::clone(rotator), tokens.clone(), Arc::clone(delivery));
     Arc::new(move || {
         let mut waiting = Vec::new();
         if scheduler.borrow().passes == 0 {
@@ -347,6 +356,7 @@ fn readiness(
                 }
             }
         }
+        waiting.extend(delivery.failing_sinks());
         if waiting.is_empty() {
             Ok(())
         } else {
@@ -423,7 +433,9 @@ fn record_addresses(
 pub fn delivery_groups(config: &ValidConfig) -> HashMap<(ChannelId, GroupName), GroupDelivery> {
     // Hooks inherit a small, fixed part of the daemon's environment
     // (PATH, HOME, locale, TZ): never NOTIFY_SOCKET or anything secret.
-    let hook_env = hook::inherited_env(std::env::vars());
+    // `vars_os`: a variable that is not UTF-8 must not stop the daemon
+    // (`vars` panics on one); those inherited are passed on as they are.
+    let hook_env = hook::inherited_env(std::env::vars_os());
     let mut groups = HashMap::new();
     for channel in &config.channels {
         for group in &channel.groups {

@@ -414,7 +414,7 @@ fn roff_text(text: &str) -> String {
 
 /// Loads and validates the config; every problem is a usage error (exit 2).
 fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
-    let settings = config::Settings::load(path, &process_env())
+    let settings = config::Settings::load(path, &process_env()?)
         .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
     settings
         .validate()
@@ -445,7 +445,7 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
         })?;
         app::run(
             path,
-            &process_env(),
+            &process_env()?,
             &config,
             Arc::new(SystemClock),
             shutdown,
@@ -591,17 +591,15 @@ fn migrate_cmd(path: &Path) -> Result<(), Failure> {
     }
 }
 
-/// The process environment, for config overrides and `${NAME}` expansion.
-/// Variables that are not UTF-8 cannot name a config key, so they are left
-/// out rather than aborting.
-fn process_env() -> HashMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+/// The process environment, for config overrides and `${NAME}` expansion
+/// (see [`config::environment`]): a variable that is not UTF-8 is left out,
+/// unless it is a `LINETOKD__` override, which is a usage error.
+fn process_env() -> Result<HashMap<String, String>, Failure> {
+    config::environment(std::env::vars_os()).map_err(|e| Failure::Usage(anyhow::Error::new(e)))
 }
 
 fn check_config_cmd(path: &Path) -> Result<(), Failure> {
-    let shown = config::check(path, &process_env()).map_err(|e| {
+    let shown = config::check(path, &process_env()?).map_err(|e| {
         let invalid = matches!(e, config::ConfigError::Invalid { .. });
         let e = anyhow::Error::new(e);
         // Read and parse errors name the file already; a list of problems
@@ -721,8 +719,9 @@ fn with_last_reload(path: &Path, failure: Failure) -> Failure {
     let Failure::Usage(error) = failure else {
         return failure;
     };
-    let note = config::Settings::load(path, &process_env())
+    let note = process_env()
         .ok()
+        .and_then(|env| config::Settings::load(path, &env).ok())
         .and_then(|settings| Store::open_read_only(&settings.daemon.database_path()).ok())
         .and_then(|store| store.note(crate::store::LAST_RELOAD).ok().flatten());
     match note {

@@ -102,6 +102,8 @@ pub struct Metrics {
     scheduler_wakeups: Counter,
     /// The channels' names, for the `channel_name` label.
     channels: RwLock<ChannelIndex>,
+    sink_failures: Family<GroupLabels, Counter>,
+    sink_last_success: Family<GroupLabels, GaugeF>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,6 +180,18 @@ impl Metrics {
             "Times the scheduler woke up to work due channels (zero between due times)",
             scheduler_wakeups.clone(),
         );
+        let sink_failures = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "sink_failures",
+            "Failed writes of the group's sink files (each sink, each attempt)",
+            sink_failures.clone(),
+        );
+        let sink_last_success = Family::<GroupLabels, GaugeF>::default();
+        registry.register(
+            "sink_last_success_timestamp_seconds",
+            "When every sink file of the group was last written (Unix time)",
+            sink_last_success.clone(),
+        );
         Self {
             scheduler_wakeups,
             registry,
@@ -190,6 +204,8 @@ impl Metrics {
             line_latency,
             clock_skew,
             config_reloads,
+            sink_failures,
+            sink_last_success,
             channels: RwLock::new(ChannelIndex::new()),
         }
     }
@@ -289,6 +305,14 @@ impl Metrics {
         self.live_tokens.remove(&labels);
         self.token_expiry.remove(&labels);
         self.next_rotation.remove(&labels);
+        self.remove_sinks(channel, group);
+    }
+
+    /// Forgets a group's sink metrics (its sinks were deleted).
+    pub fn remove_sinks(&self, channel: &ChannelId, group: &GroupName) {
+        let labels = self.group_labels(channel, group);
+        self.sink_failures.remove(&labels);
+        self.sink_last_success.remove(&labels);
     }
 
     /// Records a channel's live token counts.
@@ -337,6 +361,23 @@ impl Metrics {
         // Milliseconds are exact in f64 for any realistic skew.
         #[allow(clippy::cast_precision_loss)]
         self.clock_skew.set(skew.num_milliseconds() as f64 / 1000.0);
+    }
+
+    /// Counts `failed` failed sink writes of a group (one per sink per
+    /// attempt).
+    pub fn sink_failures(&self, channel: &ChannelId, group: &GroupName, failed: u64) {
+        self.sink_failures
+            .get_or_create(&self.group_labels(channel, group))
+            .inc_by(failed);
+    }
+
+    /// Records that every sink of a group was written at `at`; the failure
+    /// counter appears (at 0) from the first write, so a rate over it works
+    /// before anything failed.
+    pub fn sinks_written(&self, channel: &ChannelId, group: &GroupName, at: DateTime<Utc>) {
+        let labels = self.group_labels(channel, group);
+        let _ = self.sink_failures.get_or_create(&labels);
+        self.sink_last_success.get_or_create(&labels).set(unix(at));
     }
 
     /// Counts a config reload.
@@ -398,6 +439,8 @@ mod tests {
         m.rotation(&c, &g, true);
         m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);
+        m.sinks_written(&c, &g, at);
+        m.sink_failures(&c, &g, 2);
         let text = m.render();
         for needle in [
             r#"linetokd_token_expiry_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
@@ -409,6 +452,8 @@ mod tests {
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",
             r#"linetokd_config_reloads_total{result="failure"} 1"#,
+            r#"linetokd_sink_failures_total{channel="1",group="backend"} 2"#,
+            r#"linetokd_sink_last_success_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::delivery::sink_note_key;
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::forecast::{self, Action, ChannelInput, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{
@@ -84,6 +85,8 @@ struct StoredChannel {
     hooks: BTreeMap<GroupName, Event>,
     /// The alerts the daemon raised on the channel and has not resolved.
     firing: Vec<FiringAlert>,
+    /// Each group's sink state, as the daemon last noted it.
+    sinks: BTreeMap<GroupName, DaemonNote>,
 }
 
 impl StoredState {
@@ -124,6 +127,12 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
             }
         }
         let firing = store.firing_alerts(Some(&row.id))?;
+        let mut sinks = BTreeMap::new();
+        for (group, _) in &snapshot.groups {
+            if let Some(note) = store.note(&sink_note_key(&row.id, &group.name))? {
+                sinks.insert(group.name.clone(), note);
+            }
+        }
         channels.insert(
             row.id.clone(),
             StoredChannel {
@@ -132,6 +141,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
                 recent_intents,
                 hooks,
                 firing,
+                sinks,
             },
         );
     }
@@ -466,6 +476,21 @@ pub struct GroupStatus {
     /// The outcome of the group's `on_rotate` hook for its latest token, if
     /// it has one.
     pub last_hook: Option<HookStatus>,
+    /// How the group's sink files stand, if it has any and the daemon wrote
+    /// them.
+    pub sinks: Option<SinkStatus>,
+}
+
+/// A group's sink files, as the daemon last wrote (or failed to write)
+/// them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStatus {
+    /// True when every sink was written.
+    pub ok: bool,
+    /// The daemon's note (`failing since ...: <path>: <error>`).
+    pub detail: String,
+    /// When the last write round ended.
+    pub at: DateTime<Utc>,
 }
 
 /// The last run of a group's hook.
@@ -836,6 +861,14 @@ fn group_status(
                 detail: e.detail.clone(),
                 at: e.at,
             }),
+        sinks: w
+            .stored
+            .and_then(|s| s.sinks.get(&view.group))
+            .map(|n| SinkStatus {
+                ok: n.value.starts_with("ok"),
+                detail: n.value.clone(),
+                at: n.at,
+            }),
     }
 }
 
@@ -1016,6 +1049,14 @@ pub fn render_status(report: &StatusReport) -> String {
                 };
                 let _ = writeln!(out, "  {}: {what} {}", g.name, when(now, hook.at));
             }
+            if let Some(sinks) = &g.sinks {
+                let what = if sinks.ok {
+                    "sinks written".to_owned()
+                } else {
+                    format!("SINK FAILING: {}; last attempt", sinks.detail)
+                };
+                let _ = writeln!(out, "  {}: {what} {}", g.name, when(now, sinks.at));
+            }
             for a in &g.alerts {
                 let _ = writeln!(
                     out,
@@ -1074,6 +1115,9 @@ fn group_state(g: &GroupStatus) -> String {
     }
     if g.last_error.is_some() {
         return "failing".to_owned();
+    }
+    if g.sinks.as_ref().is_some_and(|s| !s.ok) {
+        return "sink failing".to_owned();
     }
     if g.hold.is_some() {
         return "waiting".to_owned();

@@ -19,6 +19,16 @@ use serde::de::{self, Deserializer, Visitor};
 /// Returns a sentence naming the bad value and the expected shape; callers
 /// add the key.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    // Long enough for "1d 2h 3m 4s"-style values; a longer one is not a
+    // duration and is not worth quoting whole.
+    const LONGEST: usize = 64;
+    if text.len() > LONGEST {
+        return Err(format!(
+            "is {} bytes long, too long for a duration; write a number and a unit, like 30d, \
+             24h, 10m or 90s",
+            text.len()
+        ));
+    }
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "{text:?} is not a duration ({e}); write a number and a unit, like 30d, 24h, 10m or 90s"
@@ -120,6 +130,9 @@ mod tests {
         );
         assert!(parse("").is_err());
         assert!(parse("12").is_err(), "a unit is required");
+        let long = "1s ".repeat(1000);
+        let err = parse(&long).unwrap_err();
+        assert!(err.starts_with("is 3000 bytes long"), "{err}");
     }
 
     #[test]

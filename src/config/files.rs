@@ -9,6 +9,7 @@
 //! Unix only, like the daemon: modes are what makes a secret file safe.
 
 use std::fs;
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -18,6 +19,60 @@ use super::ConfigError;
 
 /// Access bits for "other users"; any of them set refuses the file.
 const OTHERS: u32 = 0o007;
+
+/// The largest secret file read: an RSA-2048 key is under 2 KiB as PEM and
+/// 4 KiB as a private JWK; secrets and API keys are shorter still. A larger
+/// file is a wrong path (a log, a disk image), refused before it is read.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// The largest config file read: hundreds of channels with comments fit
+/// many times over; `--config /dev/zero` stops here instead of filling
+/// memory.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// "64 KiB", "1 MiB": a limit as people write it.
+pub fn size_text(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 && bytes.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Reads at most `limit` bytes of `path`; a longer file (or a device that
+/// never ends, like `/dev/zero`) is an error naming the limit, found by
+/// reading one byte past it rather than trusting the size metadata, which
+/// devices and `/proc` files do not report.
+///
+/// # Errors
+///
+/// The I/O error, or [`std::io::ErrorKind::FileTooLarge`] saying the limit.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let file = fs::File::open(path)?;
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "it is larger than {}, the most linetokd reads from such a file",
+                size_text(limit)
+            ),
+        )
+    };
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > limit)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
 
 /// Reads a secret file (channel secret, API key) for the daemon: checks that
 /// other users cannot access it, drops a trailing newline (editors add one),
@@ -37,8 +92,8 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 /// The checks shared by every secret file, as a reason to follow its name:
-/// it exists, is a regular file, other users cannot access it, and it can be
-/// read. Returns its bytes.
+/// it exists, is a regular file, other users cannot access it, it is at
+/// most [`MAX_SECRET_FILE`] long, and it can be read. Returns its bytes.
 pub(super) fn read_private(path: &Path) -> Result<Vec<u8>, String> {
     let meta = fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
     if !meta.is_file() {
@@ -50,7 +105,14 @@ pub(super) fn read_private(path: &Path) -> Result<Vec<u8>, String> {
             "has mode {mode:04o}, so other users can access it; run chmod 600 (or 640 with a group) on it"
         ));
     }
-    fs::read(path).map_err(|e| format!("cannot be read: {e}"))
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "is {} bytes long; a key or secret file is at most {} (is this the right file?)",
+            meta.len(),
+            size_text(MAX_SECRET_FILE)
+        ));
+    }
+    read_limited(path, MAX_SECRET_FILE).map_err(|e| format!("cannot be read: {e}"))
 }
 
 /// Turns a secret file's bytes into a [`Secret`], trimming one trailing
@@ -132,6 +194,23 @@ mod tests {
         );
         let err = read_secret_file(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_file_larger_than_the_limit_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'a'; usize::try_from(MAX_SECRET_FILE).unwrap() + 1];
+        let p = write(dir.path(), "big", &big, 0o600);
+        let err = read_secret_file(&p).unwrap_err().to_string();
+        assert!(err.contains("is 65537 bytes long"), "{err}");
+        assert!(err.contains("at most 64 KiB"), "{err}");
+        let exact = write(dir.path(), "exact", &big[1..], 0o600);
+        assert!(read_secret_file(&exact).is_ok());
+        // A device reports no size: the read itself stops past the limit.
+        let err = read_limited(Path::new("/dev/zero"), 10).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(err.to_string().contains("larger than 10 bytes"), "{err}");
+        assert_eq!(size_text(MAX_CONFIG_FILE), "1 MiB");
     }
 
     #[test]

@@ -36,13 +36,14 @@ mod masked;
 mod validate;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use error::{ConfigError, Problem};
-pub use files::read_secret_file;
+pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use validate::{
     ChannelConfig, DaemonConfig, GroupConfig, HookConfig, LogFormat, SinkConfig, SinkFormat,
     ValidConfig,
@@ -54,6 +55,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/linetokd/linetokd.toml";
 /// The prefix of environment variables that override config keys:
 /// `LINETOKD__ROTATION__ROTATE_BEFORE=12h` sets `rotation.rotate_before`.
 pub const ENV_PREFIX: &str = "LINETOKD__";
+
+/// The longest path value, after `${NAME}` expansion (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
 
 /// The sections whose keys the environment may override. `[[channel]]` is an
 /// array, which `SECTION__KEY` cannot address, so it is refused rather than
@@ -75,6 +79,12 @@ pub struct Settings {
     /// `[[channel]]`: the LINE channels whose tokens linetokd keeps.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelSettings>,
+    /// The `PATH` of the environment the file was loaded with: where
+    /// validation looks for an `on_rotate` program given without a slash,
+    /// as the hook will be run with the daemon's `PATH`. Not a key of the
+    /// file.
+    #[serde(skip)]
+    pub hook_search_path: Option<String>,
 }
 
 /// `[daemon]`.
@@ -264,9 +274,16 @@ impl Settings {
     /// [`ConfigError::Invalid`] for environment variables that name no
     /// overridable key or `${NAME}`s that are not set.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let bytes = files::read_limited(path, MAX_CONFIG_FILE).map_err(read)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not UTF-8 text",
+            ))
         })?;
         Self::from_toml(&text, path, env)
     }
@@ -297,6 +314,7 @@ impl Settings {
             message: describe(e, &overrides),
         })?;
         settings.expand_paths(env)?;
+        settings.hook_search_path = env.get("PATH").cloned();
         Ok(settings)
     }
 
@@ -305,7 +323,16 @@ impl Settings {
         let mut problems = Vec::new();
         let mut fix = |key: String, path: &mut PathBuf| {
             let Some(text) = path.to_str() else { return };
+            let too_long =
+                |len: usize| format!("is {len} bytes long; a path is at most {MAX_PATH_LEN} bytes");
+            if text.len() > MAX_PATH_LEN {
+                problems.push(Problem::new(key, too_long(text.len())));
+                return;
+            }
             match expand::expand(text, env) {
+                Ok(expanded) if expanded.len() > MAX_PATH_LEN => {
+                    problems.push(Problem::new(key, too_long(expanded.len())));
+                }
                 Ok(expanded) => *path = PathBuf::from(expanded),
                 Err(message) => problems.push(Problem::new(key, message)),
             }
@@ -349,6 +376,55 @@ pub fn check(path: &Path, env: &HashMap<String, String>) -> Result<String, Confi
     let settings = Settings::load(path, env)?;
     settings.validate()?;
     Ok(settings.render_resolved())
+}
+
+/// The process environment as the config sees it, from
+/// `std::env::vars_os()` (which, unlike `vars()`, does not panic on a
+/// variable that is not UTF-8).
+///
+/// A variable whose name or value is not UTF-8 cannot be a config override
+/// or a `${NAME}` path value, and is left out, except that a
+/// `LINETOKD__...` one is an error naming it: an override that silently did
+/// nothing would be worse.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming every `LINETOKD__` variable that is not
+/// UTF-8 (the name shown with `\xNN` escapes for its bad bytes).
+pub fn environment(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut env = HashMap::new();
+    let mut problems = Vec::new();
+    for (name, value) in vars {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => {
+                env.insert(name, value);
+            }
+            (name, _) => {
+                let shown = match name {
+                    Ok(name) => name,
+                    Err(name) => name.as_encoded_bytes().escape_ascii().to_string(),
+                };
+                let bytes = shown.as_bytes();
+                let ours = bytes.len() >= ENV_PREFIX.len()
+                    && bytes[..ENV_PREFIX.len()].eq_ignore_ascii_case(ENV_PREFIX.as_bytes());
+                if ours {
+                    problems.push(Problem::new(
+                        shown,
+                        "is not UTF-8 text, so it cannot set a config value; \
+                         fix or unset the variable",
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(env)
+    } else {
+        problems.sort_by(|a, b| a.key.cmp(&b.key));
+        Err(ConfigError::Invalid { problems })
+    }
 }
 
 /// The `LINETOKD__SECTION__KEY` variables of `env`, keyed as the `config`
@@ -535,5 +611,33 @@ mod tests {
 
         let err = parse("", &[("LINETOKD__CHANNEL__0__KID", "x")]).unwrap_err();
         assert_eq!(err.problems()[0].key, "LINETOKD__CHANNEL__0__KID");
+    }
+
+    #[test]
+    fn a_variable_that_is_not_utf8_is_skipped_unless_it_is_an_override() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let env = environment([
+            (os(b"HOME"), os(b"/home/x")),
+            (os(b"JUNK"), os(b"\xff\xfe")),
+            (os(b"JUNK\xff"), os(b"x")),
+        ])
+        .unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["HOME"], "/home/x");
+
+        let err = environment([
+            (os(b"LINETOKD__DAEMON__STATE_DIR"), os(b"/var/\xff")),
+            (os(b"linetokd__rotation__x\xfe"), os(b"1h")),
+            (os(b"JUNK"), os(b"\xff")),
+        ])
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["LINETOKD__DAEMON__STATE_DIR", "linetokd__rotation__x\\xfe"],
+            "{err}"
+        );
+        assert!(err.to_string().contains("is not UTF-8"), "{err}");
     }
 }

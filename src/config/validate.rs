@@ -4,27 +4,38 @@
 //! The rules, in the order they are checked:
 //!
 //! - `[daemon]`: `line_api` an http(s) URL, `listen` an `IP:port`,
-//!   `log_format` text or json, `request_timeout` above zero.
+//!   `log_format` text or json, `request_timeout` above zero and at most
+//!   5 minutes.
 //! - `[rotation]`: `token_lifetime` 1 s to 30 days (LINE's `token_exp`),
 //!   `rotate_before` shorter than it, `rotate_before + rotation_jitter`
 //!   shorter too (else a new token is due the moment it is issued),
-//!   `verify_interval` and `reconcile_interval` above zero,
-//!   `max_issues_per_hour` at least 1, `assertion_window` above zero and at
-//!   most 30 minutes.
-//! - `[[channel]]`: `id` digits and unique, `name` a safe identifier,
-//!   unique, and not another channel's `id` (either names the channel),
-//!   `kid` not empty, `key_file` a readable RSA-2048 private key that other
-//!   users cannot access, `secret_file` likewise private and not
-//!   empty (and present when `revoke_previous_after` needs it), at most 15
-//!   groups (LINE keeps 30 live tokens per channel; each group may hold 2).
+//!   `verify_interval` and `reconcile_interval` above zero and at most 30
+//!   days, `revoke_previous_after` and `removal_grace` at most 30 days (no
+//!   token lives longer), `max_issues_per_hour` at least 1,
+//!   `assertion_window` above zero and at most 30 minutes.
+//! - `[[channel]]`: `id` digits (at most 32) and unique, `name` a safe
+//!   identifier, unique and not another channel's `id` (either names the channel), `kid` not empty, at most 128 bytes, no control
+//!   characters, `key_file` a readable RSA-2048 private key that other users
+//!   cannot access, `secret_file` likewise private and not empty (and
+//!   present when `revoke_previous_after` needs it), at most 15 groups (LINE
+//!   keeps 30 live tokens per channel; each group may hold 2).
 //! - `[[channel.group]]`: `name` a safe identifier, unique in its channel;
-//!   sinks with a path (unique across the file), a known format, an octal
-//!   mode no one but the owner can write and others cannot read; `on_rotate`
-//!   a non-empty argv; `hook_timeout` above zero; `api_key_file` private and
-//!   not empty.
+//!   sinks with an absolute path (unique across the file), a known format,
+//!   an octal mode no one but the owner can write and others cannot read;
+//!   `on_rotate` a non-empty argv (at most 256 arguments of 4096 bytes)
+//!   whose program exists and is executable (looked up in the `PATH` the
+//!   config was loaded with when it has no slash, as the hook will be);
+//!   `hook_timeout` above zero and at most 1 hour; `api_key_file` private
+//!   and not empty.
+//!
+//! Every value is bounded, so nothing downstream overflows on
+//! `verify_interval = "500000000y"` or carries a megabyte `kid` into every
+//! request; an error quotes at most the start of an overlong value. Key and
+//! secret files are read only up to [`super::MAX_SECRET_FILE`].
 //!
 //! Validation reads the key and secret files once and hands their contents
-//! on in the [`ValidConfig`], so what was checked is what is used.
+//! on in the [`ValidConfig`], so what was checked is what is used; it also
+//! looks at (but does not run) each hook program.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +65,32 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 const MAX_ASSERTION_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// Longest channel or group name: it appears in URLs, paths and labels.
 const MAX_NAME_LEN: usize = 64;
+/// Longest `kid`: the console's are UUIDs (36 bytes); it goes into every
+/// assertion's header.
+const MAX_KID_LEN: usize = 128;
+/// Longest channel ID: LINE's are 10 digits.
+const MAX_CHANNEL_ID_LEN: usize = 32;
+/// Longest `line_api` URL.
+const MAX_URL_LEN: usize = 2048;
+/// Longest user or group name for a sink's owner.
+const MAX_ACCOUNT_LEN: usize = 64;
+/// Most arguments of an `on_rotate` argv, the program included.
+const MAX_HOOK_ARGS: usize = 256;
+/// Longest argument of an `on_rotate` argv (Linux's `PATH_MAX`, too).
+const MAX_HOOK_ARG_LEN: usize = 4096;
+/// Longest `request_timeout`: a LINE call slower than this is not coming.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Longest `verify_interval`, `reconcile_interval`, `revoke_previous_after`
+/// and `removal_grace`: no token lives longer, so a longer value means
+/// "never" and is a typo more likely than a wish.
+const MAX_INTERVAL: Duration = MAX_TOKEN_LIFETIME;
+/// Longest `hook_timeout`.
+const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Where an `on_rotate` program without a slash is looked for when the
+/// environment has no `PATH` (the usual default of `execvp`).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How much of an overlong value an error message quotes.
+const QUOTE_LEN: usize = 60;
 
 /// A configuration that passed every rule, in typed form. Built only by
 /// [`Settings::validate`].
@@ -188,7 +225,10 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
-        let mut v = Validator::default();
+        let mut v = Validator {
+            search_path: self.hook_search_path.clone(),
+            ..Validator::default()
+        };
         let daemon = v.daemon(self);
         v.rotation(&self.rotation);
         let channels: Vec<Option<ChannelConfig>> = self
@@ -222,6 +262,9 @@ impl Settings {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// The `PATH` to find `on_rotate` programs in (see
+    /// [`Settings::hook_search_path`]).
+    search_path: Option<String>,
 }
 
 impl Validator {
@@ -240,6 +283,22 @@ impl Validator {
         }
     }
 
+    /// Above zero and at most `max` (`max_text` says why that is the
+    /// limit).
+    fn bounded(&mut self, key: &str, value: Duration, max: Duration, why: &str) {
+        self.positive(key, value);
+        self.at_most(key, value, max, why);
+    }
+
+    fn at_most(&mut self, key: &str, value: Duration, max: Duration, why: &str) {
+        if value > max {
+            self.problem(
+                key,
+                format!("({}) must be at most {}{why}", fmt_dur(value), fmt_dur(max)),
+            );
+        }
+    }
+
     fn daemon(&mut self, s: &Settings) -> Option<DaemonConfig> {
         let d = &s.daemon;
         if d.state_dir.as_os_str().is_empty() {
@@ -254,14 +313,19 @@ impl Validator {
                 "is empty: remove it to use state_dir/linetokd.db",
             );
         }
-        self.positive("daemon.request_timeout", d.request_timeout);
+        self.bounded(
+            "daemon.request_timeout",
+            d.request_timeout,
+            MAX_REQUEST_TIMEOUT,
+            "",
+        );
         let line_api = self.keep("daemon.line_api", parse_line_api(&d.line_api));
         let listen = self.keep(
             "daemon.listen",
             d.listen.trim().parse::<SocketAddr>().map_err(|_| {
                 format!(
-                    "{:?} is not an IP address and port like \"127.0.0.1:9464\" or \"[::1]:9464\"",
-                    d.listen
+                    "{} is not an IP address and port like \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                    quoted(&d.listen)
                 )
             }),
         );
@@ -270,7 +334,10 @@ impl Validator {
             match d.log_format.as_str() {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
-                other => Err(format!("{other:?} is not one of \"text\", \"json\"")),
+                other => Err(format!(
+                    "{} is not one of \"text\", \"json\"",
+                    quoted(other)
+                )),
             },
         );
         Some(DaemonConfig {
@@ -317,8 +384,35 @@ impl Validator {
                 ),
             );
         }
-        self.positive("rotation.verify_interval", r.verify_interval);
-        self.positive("rotation.reconcile_interval", r.reconcile_interval);
+        let longest = ", the longest a token lives";
+        self.bounded(
+            "rotation.verify_interval",
+            r.verify_interval,
+            MAX_INTERVAL,
+            longest,
+        );
+        self.bounded(
+            "rotation.reconcile_interval",
+            r.reconcile_interval,
+            MAX_INTERVAL,
+            longest,
+        );
+        if let Some(after) = r.revoke_previous_after {
+            self.at_most(
+                "rotation.revoke_previous_after",
+                after,
+                MAX_INTERVAL,
+                longest,
+            );
+        }
+        self.at_most(
+            "rotation.removal_grace",
+            r.removal_grace,
+            MAX_INTERVAL,
+            longest,
+        );
+        // rotation_jitter is bounded by the rule above: with rotate_before
+        // it must stay under token_lifetime.
         if r.max_issues_per_hour == 0 {
             self.problem(
                 "rotation.max_issues_per_hour",
@@ -344,15 +438,9 @@ impl Validator {
         let name_ok = self
             .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
             .is_some();
-        let kid = if c.kid.trim().is_empty() {
-            self.problem(
-                format!("{at}.kid"),
-                "is empty: paste the kid the LINE Developers Console assigned to the public key",
-            );
-            None
-        } else {
-            Some(SigningKid::new(c.kid.trim()))
-        };
+        let kid = self
+            .keep(&format!("{at}.kid"), check_kid(&c.kid))
+            .map(SigningKid::new);
         let key = self.keep(&format!("{at}.key_file"), load_key(&c.key_file));
         let secret = match &c.secret_file {
             Some(path) => self
@@ -432,12 +520,52 @@ impl Validator {
                 );
                 None
             }
-            Some(argv) => Some(Some(HookConfig {
-                argv: argv.clone(),
-                timeout: g.hook_timeout,
-            })),
+            Some(argv) if argv.len() > MAX_HOOK_ARGS => {
+                self.problem(
+                    format!("{at}.on_rotate"),
+                    format!(
+                        "has {} arguments; at most {MAX_HOOK_ARGS} are allowed",
+                        argv.len()
+                    ),
+                );
+                None
+            }
+            Some(argv) => {
+                let mut ok = true;
+                for (n, arg) in argv.iter().enumerate() {
+                    if arg.len() > MAX_HOOK_ARG_LEN {
+                        self.problem(
+                            format!("{at}.on_rotate[{n}]"),
+                            format!(
+                                "is {} bytes long; an argument is at most {MAX_HOOK_ARG_LEN}",
+                                arg.len()
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+                if ok {
+                    ok = self
+                        .keep(
+                            &format!("{at}.on_rotate[0]"),
+                            check_program(&argv[0], self.search_path.as_deref()),
+                        )
+                        .is_some();
+                }
+                ok.then(|| {
+                    Some(HookConfig {
+                        argv: argv.clone(),
+                        timeout: g.hook_timeout,
+                    })
+                })
+            }
         };
-        self.positive(&format!("{at}.hook_timeout"), g.hook_timeout);
+        self.bounded(
+            &format!("{at}.hook_timeout"),
+            g.hook_timeout,
+            MAX_HOOK_TIMEOUT,
+            "",
+        );
         let api_key = match &g.api_key_file {
             Some(path) => self
                 .keep(&format!("{at}.api_key_file"), load_secret(path))
@@ -453,12 +581,9 @@ impl Validator {
     }
 
     fn sink(&mut self, at: &str, s: &super::SinkSettings) -> Option<SinkConfig> {
-        if s.path.as_os_str().is_empty() {
-            self.problem(
-                format!("{at}.path"),
-                "is missing: the file to write the token to",
-            );
-        }
+        let path_ok = self
+            .keep(&format!("{at}.path"), check_sink_path(&s.path))
+            .is_some();
         let format = self.keep(
             &format!("{at}.format"),
             match s.format.as_str() {
@@ -467,7 +592,8 @@ impl Validator {
                 "env" => Ok(SinkFormat::Env),
                 "" => Err("is missing: one of \"raw\", \"json\", \"env\"".to_owned()),
                 other => Err(format!(
-                    "{other:?} is not one of \"raw\", \"json\", \"env\""
+                    "{} is not one of \"raw\", \"json\", \"env\"",
+                    quoted(other)
                 )),
             },
         );
@@ -480,7 +606,7 @@ impl Validator {
             &format!("{at}.group"),
             check_account(s.group.as_deref(), "group"),
         );
-        if s.path.as_os_str().is_empty() {
+        if !path_ok {
             return None;
         }
         Some(SinkConfig {
@@ -504,7 +630,7 @@ impl Validator {
                 if let Some(first) = ids.get(c.id.as_str()) {
                     self.problem(
                         format!("channel[{i}].id"),
-                        format!("{:?} duplicates channel[{first}].id", c.id),
+                        format!("{} duplicates channel[{first}].id", quoted(&c.id)),
                     );
                 } else {
                     ids.insert(&c.id, i);
@@ -514,7 +640,7 @@ impl Validator {
                 if let Some(first) = names.get(c.name.as_str()) {
                     self.problem(
                         format!("channel[{i}].name"),
-                        format!("{:?} duplicates channel[{first}].name", c.name),
+                        format!("{} duplicates channel[{first}].name", quoted(&c.name)),
                     );
                 } else {
                     names.insert(&c.name, i);
@@ -527,8 +653,9 @@ impl Validator {
                         self.problem(
                             format!("channel[{i}].group[{g}].name"),
                             format!(
-                                "{:?} duplicates channel[{i}].group[{first}].name in channel {:?}",
-                                group.name, c.name
+                                "{} duplicates channel[{i}].group[{first}].name in channel {}",
+                                quoted(&group.name),
+                                quoted(&c.name)
                             ),
                         );
                     } else {
@@ -573,12 +700,32 @@ impl Validator {
     }
 }
 
+/// `text` quoted as `{:?}` does, cut after [`QUOTE_LEN`] characters with
+/// its length added, so a megabyte value makes a one-line error.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_LEN) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
 fn parse_line_api(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text)
-        .map_err(|e| format!("{text:?} is not a URL ({e}); LINE's is \"https://api.line.me\""))?;
+    if text.len() > MAX_URL_LEN {
+        return Err(format!(
+            "{} is longer than {MAX_URL_LEN} bytes; LINE's is \"https://api.line.me\"",
+            quoted(text)
+        ));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        format!(
+            "{} is not a URL ({e}); LINE's is \"https://api.line.me\"",
+            quoted(text)
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
         return Err(format!(
-            "{text:?} must be an http:// or https:// URL; LINE's is \"https://api.line.me\""
+            "{} must be an http:// or https:// URL; LINE's is \"https://api.line.me\"",
+            quoted(text)
         ));
     }
     Ok(url)
@@ -588,12 +735,41 @@ fn check_channel_id(id: &str) -> Result<ChannelId, String> {
     if id.is_empty() {
         return Err("is missing: the channel ID from the LINE Developers Console".to_owned());
     }
-    if !id.bytes().all(|b| b.is_ascii_digit()) {
+    if !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > MAX_CHANNEL_ID_LEN {
         return Err(format!(
-            "{id:?} must be the channel's numeric ID from the LINE Developers Console (digits only)"
+            "{} must be the channel's numeric ID from the LINE Developers Console (digits only, \
+             at most {MAX_CHANNEL_ID_LEN})",
+            quoted(id)
         ));
     }
     Ok(ChannelId::new(id))
+}
+
+/// The `kid` as it goes into every assertion's header: trimmed, not empty,
+/// at most [`MAX_KID_LEN`] bytes, no control characters.
+fn check_kid(kid: &str) -> Result<String, String> {
+    let kid = kid.trim();
+    if kid.is_empty() {
+        return Err(
+            "is empty: paste the kid the LINE Developers Console assigned to the public key"
+                .to_owned(),
+        );
+    }
+    if kid.len() > MAX_KID_LEN {
+        return Err(format!(
+            "is {} bytes long; a kid from the LINE Developers Console is at most {MAX_KID_LEN} \
+             (it starts {})",
+            kid.len(),
+            quoted(kid)
+        ));
+    }
+    if kid.chars().any(char::is_control) {
+        return Err(format!(
+            "{} holds a control character; paste the kid exactly as the console shows it",
+            quoted(kid)
+        ));
+    }
+    Ok(kid.to_owned())
 }
 
 /// Channel and group names end up in URLs, file names, metric labels and
@@ -609,11 +785,79 @@ fn check_name(name: &str, what: &str) -> Result<String, String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !safe || name.len() > MAX_NAME_LEN || name.starts_with('.') {
         return Err(format!(
-            "{name:?} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not starting \
-             with '.' (it appears in URLs, file names and metric labels)"
+            "{} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not starting \
+             with '.' (it appears in URLs, file names and metric labels)",
+            quoted(name)
         ));
     }
     Ok(name.to_owned())
+}
+
+/// A sink path: absolute (a relative one would depend on the daemon's
+/// working directory) and naming a file.
+fn check_sink_path(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("is missing: the file to write the token to".to_owned());
+    }
+    let shown = quoted(&path.display().to_string());
+    if !path.is_absolute() {
+        return Err(format!(
+            "{shown} is relative; give an absolute path (a relative one would depend on the \
+             daemon's working directory)"
+        ));
+    }
+    if path.file_name().is_none() || path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(format!("{shown} does not name a file"));
+    }
+    Ok(())
+}
+
+/// An `on_rotate` program: one with a slash must be an executable regular
+/// file there; one without is looked for in `search_path` (or
+/// [`DEFAULT_PATH`]), as the hook will be run. Checked with `access(X_OK)`
+/// for the user validating, which is the daemon's own user when the daemon
+/// validates.
+fn check_program(program: &str, search_path: Option<&str>) -> Result<(), String> {
+    let shown = quoted(program);
+    let executable = |path: &Path| -> Result<(), String> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            format!(
+                "{} cannot be used: {e}",
+                quoted(&path.display().to_string())
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(format!(
+                "{} is not a regular file",
+                quoted(&path.display().to_string())
+            ));
+        }
+        rustix::fs::access(path, rustix::fs::Access::EXEC_OK).map_err(|e| {
+            use std::os::unix::fs::PermissionsExt as _;
+            format!(
+                "{} is not executable (mode {:04o}): {e}",
+                quoted(&path.display().to_string()),
+                meta.permissions().mode() & 0o7777
+            )
+        })
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    let search_path = search_path.unwrap_or(DEFAULT_PATH);
+    let found = search_path
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .any(|dir| executable(&Path::new(dir).join(program)).is_ok());
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} is not an executable file in any directory of PATH ({}); give its \
+             absolute path",
+            quoted(search_path)
+        ))
+    }
 }
 
 /// A sink mode: an octal string (`"0600"`, `"640"`, `"0o600"`) that lets
@@ -626,7 +870,10 @@ fn check_sink_mode(text: &str) -> Result<u32, String> {
         .flatten()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| {
-            format!("{text:?} is not an octal file mode like \"0600\" (write it as a string)")
+            format!(
+                "{} is not an octal file mode like \"0600\" (write it as a string)",
+                quoted(text)
+            )
         })?;
     if mode & 0o022 != 0 {
         return Err(format!(
@@ -646,13 +893,16 @@ fn check_account(value: Option<&str>, what: &str) -> Result<Option<String>, Stri
         None => Ok(None),
         Some(v)
             if !v.is_empty()
+                && v.len() <= MAX_ACCOUNT_LEN
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
         {
             Ok(Some(v.to_owned()))
         }
         Some(v) => Err(format!(
-            "{v:?} is not a {what} name or numeric id; remove the key to leave it unchanged"
+            "{} is not a {what} name (at most {MAX_ACCOUNT_LEN} letters, digits, '-', '_', '.') \
+             or numeric id; remove the key to leave it unchanged",
+            quoted(v)
         )),
     }
 }
@@ -706,6 +956,69 @@ mod tests {
         assert!(check_name("shop bot", "channel").is_err());
         assert!(check_name(".hidden", "group").is_err());
         assert!(check_name(&"a".repeat(65), "group").is_err());
+        assert!(check_channel_id(&"1".repeat(33)).is_err());
+        assert!(check_channel_id(&"1".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn kids_are_bounded_and_errors_quote_only_the_start_of_a_long_value() {
+        assert_eq!(check_kid("  5e0d-kid \n").unwrap(), "5e0d-kid");
+        assert!(check_kid(&"k".repeat(MAX_KID_LEN)).is_ok());
+        let huge = "k".repeat(10 * 1024 * 1024);
+        let err = check_kid(&huge).unwrap_err();
+        assert!(err.starts_with("is 10485760 bytes long"), "{err}");
+        assert!(err.len() < 300, "{} bytes of error", err.len());
+        assert!(
+            check_kid("a\u{7}b")
+                .unwrap_err()
+                .contains("control character")
+        );
+        let err = check_name(&huge, "group").unwrap_err();
+        assert!(err.len() < 300 && err.contains("(10485760 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn sink_paths_must_be_absolute_files() {
+        assert!(check_sink_path(Path::new("/run/linetokd/a.json")).is_ok());
+        for bad in ["run/a.json", "./a.json", "a.json"] {
+            let err = check_sink_path(Path::new(bad)).unwrap_err();
+            assert!(err.contains("is relative"), "{bad}: {err}");
+        }
+        assert!(check_sink_path(Path::new("/run/dir/")).is_err());
+        assert!(check_sink_path(Path::new("/")).is_err());
+        assert!(
+            check_sink_path(Path::new(""))
+                .unwrap_err()
+                .contains("missing")
+        );
+    }
+
+    #[test]
+    fn hook_programs_must_exist_and_be_executable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("reload");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.path().to_str().unwrap();
+
+        assert!(check_program(script.to_str().unwrap(), None).is_ok());
+        assert!(check_program("reload", Some(path)).is_ok());
+        assert!(check_program("sh", Some("/nonexistent:/bin:/usr/bin")).is_ok());
+        let err = check_program(plain.to_str().unwrap(), None).unwrap_err();
+        assert!(err.contains("is not executable (mode 0644)"), "{err}");
+        let err = check_program(&format!("{path}/missing"), None).unwrap_err();
+        assert!(err.contains("No such file"), "{err}");
+        let err = check_program(path, None).unwrap_err();
+        assert!(err.contains("is not a regular file"), "{err}");
+        let err = check_program("reload", Some("/nonexistent")).unwrap_err();
+        assert!(
+            err.contains("not an executable file in any directory of PATH"),
+            "{err}"
+        );
     }
 
     #[test]

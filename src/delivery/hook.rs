@@ -16,13 +16,19 @@
 //!   and `LINETOKD_EXPIRES_AT` (RFC 3339, UTC, whole seconds). Anything else
 //!   the daemon was started with (its `LINETOKD__*` overrides, a service
 //!   manager's credential paths) stays out of reach of a third-party script.
-//! - **Its own process group and a timeout**: the hook is started as the
-//!   leader of a new process group. When [`HookSpec::timeout`] passes, or the
-//!   run is cancelled (its future dropped), the whole group gets `SIGKILL`,
-//!   so a `sleep` the script started dies with it. A descendant that leaves
-//!   the group on purpose (`setsid`, a daemonizing double fork) survives: a
-//!   hook should not start long-lived processes. After a normal exit nothing
-//!   is killed.
+//! - **Its own process group, ended with the hook**: the hook is started as
+//!   the leader of a new process group. When the hook's main process exits
+//!   (success or failure), when [`HookSpec::timeout`] passes, or when the run
+//!   is cancelled (its future dropped), the whole group gets `SIGKILL`, so a
+//!   `sleep 1000 &` the script left behind dies with it instead of
+//!   outliving every rotation. A descendant that leaves the group on purpose
+//!   (`setsid`, a daemonizing double fork) survives: a hook must not start
+//!   long-lived processes.
+//!
+//!   The group is signalled while its leader is still unreaped (a zombie):
+//!   the exit is noticed with `waitid(WNOWAIT)` on `SIGCHLD`, the group
+//!   killed, and only then the leader reaped. A zombie leader pins its PID,
+//!   so the group ID cannot have been reused by an unrelated process.
 //!
 //! # Output
 //!
@@ -30,9 +36,13 @@
 //! each, and logged line by line (stdout at info, stderr at warn) with the
 //! channel, group and key ID. Before anything is kept or logged, every
 //! occurrence of the token value is replaced by its fingerprint, so a hook
-//! that echoes its stdin cannot put the token into the log. (Only the exact
-//! value is recognised: a hook that prints it transformed, say base64, is
-//! beyond what can be screened.)
+//! that echoes its stdin cannot put the token into the log. The common
+//! encodings of the whole token are screened too ([`token_forms`]): standard
+//! and URL-safe base64 with and without padding, percent-encoding (of the
+//! reserved bytes, and of every byte) and hex, each in upper and lower case
+//! where case is free. A transformation beyond those (the token base64'd
+//! together with other bytes, encrypted, split over lines) cannot be
+//! screened: a hook should not print what it got on stdin.
 //!
 //! # Retries
 //!
@@ -49,6 +59,7 @@
 //! Depends on `domain`, `clock` and [`super::published`]; reads no config
 //! and no environment (`app` passes both in).
 
+use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -57,6 +68,7 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::published::PublishedToken;
@@ -76,10 +88,14 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
 
 /// The part of an environment a hook inherits: the [`INHERITED_ENV`]
-/// variables among `vars`. `app` calls it with `std::env::vars()`.
-pub fn inherited_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+/// variables among `vars`. `app` calls it with `std::env::vars_os()`:
+/// names and values need not be UTF-8 (a `PATH` entry or `HOME` may not
+/// be), and are passed on byte for byte.
+pub fn inherited_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
     vars.into_iter()
-        .filter(|(name, _)| INHERITED_ENV.contains(&name.as_str()))
+        .filter(|(name, _)| INHERITED_ENV.iter().any(|n| name.as_os_str() == *n))
         .collect()
 }
 
@@ -94,7 +110,7 @@ pub struct HookSpec {
     pub timeout: Duration,
     /// The base environment, before the `LINETOKD_*` variables are added;
     /// usually [`inherited_env`] of the daemon's.
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// One delivery to run a hook for: which group, which token.
@@ -200,10 +216,10 @@ pub async fn run_once(spec: &HookSpec, run: &HookRun<'_>) -> HookAttempt {
 }
 
 async fn attempt(spec: &HookSpec, run: &HookRun<'_>) -> HookAttempt {
-    let token = run.token.token.expose().as_bytes();
+    let forms = token_forms(run.token.token.expose().as_bytes());
     let marker = format!("[token sha256:{}]", run.token.token.fingerprint());
-    let mut stdout = Tail::new(token, marker.as_bytes());
-    let mut stderr = Tail::new(token, marker.as_bytes());
+    let mut stdout = Tail::new(&forms, marker.as_bytes());
+    let mut stderr = Tail::new(&forms, marker.as_bytes());
     let outcome = supervise(spec, run, &mut stdout, &mut stderr).await;
     HookAttempt {
         outcome,
@@ -247,6 +263,17 @@ async fn supervise(
         // future is dropped before the group guard is set up.
         .process_group(0)
         .kill_on_drop(true);
+    // Listening for SIGCHLD before the hook exists, so its exit cannot be
+    // missed: the exit is noticed without reaping (see `exited`), which
+    // lets the group be killed while the zombie leader still pins its ID.
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            return HookOutcome::SpawnFailed {
+                reason: format!("cannot watch for the hook's exit (SIGCHLD): {e}"),
+            };
+        }
+    };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -271,36 +298,53 @@ async fn supervise(
     tokio::pin!(io);
     let mut io_done = false;
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let waited = loop {
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            _ = &mut io, if !io_done => io_done = true,
-            () = tokio::time::sleep_until(deadline) => break None,
-        }
-    };
-    let outcome = match waited {
-        Some(Ok(status)) => HookOutcome::from_status(status),
-        Some(Err(e)) => HookOutcome::SpawnFailed {
-            reason: format!("waiting for {program}: {e}"),
-        },
-        None => {
-            group.kill();
-            // Should the group signal fail, the leader at least must go.
-            let _ = child.start_kill();
-            // SIGKILL cannot be caught, so this returns promptly; it reaps
-            // the leader so no zombie is left behind.
-            let _ = child.wait().await;
-            HookOutcome::TimedOut {
-                after: spec.timeout,
+    let timed_out = loop {
+        match group.exited() {
+            Ok(true) => break false,
+            Ok(false) => {}
+            Err(e) => {
+                // Cannot tell without reaping: fall back to waiting for
+                // the leader, then the group is killed after all.
+                tracing::debug!(error = %e, "waitid on a hook failed; waiting for it instead");
+                break tokio::select! {
+                    _ = child.wait() => false,
+                    () = tokio::time::sleep_until(deadline) => true,
+                };
             }
         }
+        tokio::select! {
+            _ = sigchld.recv() => {}
+            _ = &mut io, if !io_done => io_done = true,
+            () = tokio::time::sleep_until(deadline) => break true,
+        }
     };
+    // The leader has exited (or ran out of time) and is not reaped yet:
+    // end whatever it left running in its group. Should the group signal
+    // fail, the leader at least must go.
+    group.kill();
+    let _ = child.start_kill();
+    // SIGKILL cannot be caught, so this returns promptly; it reaps the
+    // leader so no zombie is left behind.
+    let waited = child.wait().await;
     // The leader is reaped: its PID may be reused from here on, so the
     // group must not be signalled any more.
     group.disarm();
+    let outcome = if timed_out {
+        HookOutcome::TimedOut {
+            after: spec.timeout,
+        }
+    } else {
+        match waited {
+            Ok(status) => HookOutcome::from_status(status),
+            Err(e) => HookOutcome::SpawnFailed {
+                reason: format!("waiting for {program}: {e}"),
+            },
+        }
+    };
     if !io_done {
         // Output written just before the exit is still in the pipes; a
-        // grandchild holding them open is given up on after a grace.
+        // descendant outside the group holding them open is given up on
+        // after a grace.
         let _ = tokio::time::timeout(OUTPUT_GRACE, &mut io).await;
     }
     outcome
@@ -343,6 +387,17 @@ impl GroupKiller {
         Self { pgid }
     }
 
+    /// True once the leader has exited, without reaping it
+    /// (`waitid(P_PID, WEXITED | WNOWAIT | WNOHANG)`).
+    fn exited(&self) -> std::io::Result<bool> {
+        let Some(pid) = self.pgid else {
+            return Ok(true);
+        };
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        Ok(waitid(WaitId::Pid(pid), options)?.is_some())
+    }
+
     fn kill(&mut self) {
         if let Some(pgid) = self.pgid {
             // ESRCH (the group is already gone) is the outcome we wanted.
@@ -361,23 +416,69 @@ impl Drop for GroupKiller {
     }
 }
 
-/// The end of one output stream, with the token value replaced.
+/// The token and the encodings of it a hook might print, longest first
+/// (so a padded base64 form is replaced whole before its unpadded prefix),
+/// without duplicates and without empty strings.
 ///
-/// Redaction runs before anything is cut, and at least the token's length
-/// is always kept, so a token split across two reads is still whole in the
-/// buffer when the second part arrives.
+/// Standard and URL-safe base64, each with and without padding; hex in
+/// lower and upper case; percent-encoding of every byte outside RFC 3986's
+/// unreserved set, and of every byte, each with lower- and upper-case hex.
+pub fn token_forms(token: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    if token.is_empty() {
+        return Vec::new();
+    }
+    let mut forms: Vec<Vec<u8>> = vec![token.to_vec()];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(token).into_bytes());
+    }
+    let hex_lower: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(hex_lower.to_ascii_uppercase().into_bytes());
+    forms.push(hex_lower.into_bytes());
+    for upper in [true, false] {
+        let mut reserved = String::new();
+        let mut every = String::new();
+        for &b in token {
+            let escaped = if upper {
+                format!("%{b:02X}")
+            } else {
+                format!("%{b:02x}")
+            };
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                reserved.push(char::from(b));
+            } else {
+                reserved.push_str(&escaped);
+            }
+            every.push_str(&escaped);
+        }
+        forms.push(reserved.into_bytes());
+        forms.push(every.into_bytes());
+    }
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// The end of one output stream, with the token (and its encodings, see
+/// [`token_forms`]) replaced.
+///
+/// Redaction runs before anything is cut, and at least the longest form's
+/// length is always kept, so a form split across two reads is still whole in
+/// the buffer when the second part arrives.
 struct Tail<'a> {
     buf: Vec<u8>,
-    token: &'a [u8],
+    /// What to replace, longest first.
+    forms: &'a [Vec<u8>],
     marker: &'a [u8],
     truncated: bool,
 }
 
 impl<'a> Tail<'a> {
-    fn new(token: &'a [u8], marker: &'a [u8]) -> Self {
+    fn new(forms: &'a [Vec<u8>], marker: &'a [u8]) -> Self {
         Self {
             buf: Vec::new(),
-            token,
+            forms,
             marker,
             truncated: false,
         }
@@ -385,7 +486,8 @@ impl<'a> Tail<'a> {
 
     /// How much must stay in the buffer between reads.
     fn keep(&self) -> usize {
-        OUTPUT_TAIL_BYTES.max(self.token.len())
+        let longest = self.forms.iter().map(Vec::len).max().unwrap_or(0);
+        OUTPUT_TAIL_BYTES.max(longest)
     }
 
     fn push(&mut self, chunk: &[u8]) {
@@ -416,18 +518,20 @@ impl<'a> Tail<'a> {
     }
 
     fn redact(&mut self) {
-        if self.token.is_empty() || self.buf.len() < self.token.len() {
-            return;
+        for form in self.forms {
+            if form.is_empty() || self.buf.len() < form.len() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(self.buf.len());
+            let mut rest = self.buf.as_slice();
+            while let Some(at) = find(rest, form) {
+                out.extend_from_slice(&rest[..at]);
+                out.extend_from_slice(self.marker);
+                rest = &rest[at + form.len()..];
+            }
+            out.extend_from_slice(rest);
+            self.buf = out;
         }
-        let mut out = Vec::with_capacity(self.buf.len());
-        let mut rest = self.buf.as_slice();
-        while let Some(at) = find(rest, self.token) {
-            out.extend_from_slice(&rest[..at]);
-            out.extend_from_slice(self.marker);
-            rest = &rest[at + self.token.len()..];
-        }
-        out.extend_from_slice(rest);
-        self.buf = out;
     }
 }
 
@@ -599,7 +703,8 @@ mod tests {
 
     fn tail_of(token: &str, chunks: &[&str]) -> String {
         let marker = b"[T]";
-        let mut tail = Tail::new(token.as_bytes(), marker);
+        let forms = token_forms(token.as_bytes());
+        let mut tail = Tail::new(&forms, marker);
         for c in chunks {
             tail.push(c.as_bytes());
         }
@@ -643,17 +748,23 @@ mod tests {
 
     #[test]
     fn only_the_listed_variables_are_inherited() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let os = |s: &str| OsString::from(s);
+        let not_utf8 = OsString::from_vec(b"/home/\xff".to_vec());
         let env = inherited_env([
-            ("PATH".to_owned(), "/bin".to_owned()),
-            ("LINETOKD__DAEMON__STATE_DIR".to_owned(), "/x".to_owned()),
-            ("CREDENTIALS_DIRECTORY".to_owned(), "/run/c".to_owned()),
-            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            (os("PATH"), os("/bin")),
+            (os("LINETOKD__DAEMON__STATE_DIR"), os("/x")),
+            (os("CREDENTIALS_DIRECTORY"), os("/run/c")),
+            (OsString::from_vec(b"JUNK\xfe".to_vec()), os("x")),
+            (os("HOME"), not_utf8.clone()),
+            (os("LANG"), os("C.UTF-8")),
         ]);
         assert_eq!(
             env,
             [
-                ("PATH".to_owned(), "/bin".to_owned()),
-                ("LANG".to_owned(), "C.UTF-8".to_owned())
+                (os("PATH"), os("/bin")),
+                (os("HOME"), not_utf8),
+                (os("LANG"), os("C.UTF-8"))
             ]
         );
     }

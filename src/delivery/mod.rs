@@ -2,7 +2,8 @@
 //! (DESIGN.md section 6).
 //!
 //! - [`service`]: the [`Delivery`] service: listens to the rotator, keeps
-//!   the book, writes the sinks and runs the hooks.
+//!   the book, writes the sinks (retrying failed ones with backoff, and
+//!   reporting their state) and runs the hooks.
 //! - [`published`]: the in-memory book of each group's current and
 //!   previous token, fed by the rotator's events.
 //! - [`sink`]: files holding a group's token (raw, json, env), written
@@ -10,8 +11,8 @@
 //! - [`hook`]: runs a group's `on_rotate` program with the new token on
 //!   stdin, with a timeout and retries.
 //!
-//! Depends on `domain` (and `clock` for hook retries); reads no config:
-//! `app` hands it small specs.
+//! Depends on `domain`, `clock` (for retries), `store` (hook events, sink
+//! notes) and `metrics`; reads no config: `app` hands it small specs.
 
 pub mod hook;
 pub mod published;
@@ -19,4 +20,6 @@ pub mod service;
 pub mod sink;
 
 pub use published::{GroupTokens, PublishedToken, TokenBook};
-pub use service::{Delivery, GroupDelivery};
+pub use service::{
+    Delivery, FailingSink, GroupDelivery, SinkBoard, SinkHealth, SinkRetry, sink_note_key,
+};

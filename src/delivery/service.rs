@@ -9,14 +9,34 @@
 //! retries of an older token's hook: only the current token is worth
 //! announcing.
 //!
-//! At start the book is filled from the store and every sink rewritten (a
-//! tmpfs may be empty after a reboot).
+//! At start the book is filled from the store, the temporary files a
+//! killed writer left next to the configured sinks are removed, and every
+//! sink rewritten (a tmpfs may be empty after a reboot).
+//!
+//! # Failing sinks
+//!
+//! A sink write that fails (a read-only directory, a directory where the
+//! file should be, a full disk) is retried on the injected clock with
+//! backoff ([`SinkRetry`]: 1 s, doubling, at most 5 min) until it succeeds,
+//! so a fixed directory gets the current token within minutes, not at the
+//! next rotation. Each group's sink state ([`SinkHealth`]) is kept in a
+//! `watch` channel that readiness reads; every write round is counted in
+//! the metrics (`linetokd_sink_failures_total`,
+//! `linetokd_sink_last_success_timestamp_seconds`) and recorded as a store
+//! note under [`sink_note_key`], which `linetokd status` (another process)
+//! reads. Writes of one group's sinks are serialised, and read the book
+//! inside that lock, so a retry can never put an older token over a newer
+//! one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +46,7 @@ use super::sink::{self, SinkContext, SinkSpec};
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::event::RotationEvent;
+use crate::metrics::Metrics;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
 
 /// Where one group's token goes.
@@ -40,12 +61,95 @@ pub struct GroupDelivery {
 /// Key of a group.
 type GroupKey = (ChannelId, GroupName);
 
+/// How far apart failed sink writes are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkRetry {
+    /// The wait after the first failed round; it doubles after each further
+    /// one.
+    pub base: Duration,
+    /// The longest wait.
+    pub cap: Duration,
+}
+
+impl Default for SinkRetry {
+    /// 1 s, doubling, at most 5 min: a directory fixed by hand gets the
+    /// token within minutes, and a sink broken for days costs one attempt
+    /// every 5 minutes.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl SinkRetry {
+    /// The wait after the `rounds`-th failed round in a row (counting from
+    /// 1): `base * 2^(rounds-1)`, at most `cap`.
+    pub fn delay_after(&self, rounds: u32) -> Duration {
+        let doublings = rounds.saturating_sub(1).min(31);
+        self.base
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.cap)
+            .min(self.cap)
+    }
+}
+
+/// A sink whose last write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingSink {
+    /// The sink file.
+    pub path: PathBuf,
+    /// Why the last write failed (names the path and step, never a token).
+    pub error: String,
+    /// When it started failing.
+    pub since: DateTime<Utc>,
+}
+
+/// How a group's sinks stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkHealth {
+    /// The sinks whose last write failed; empty when all are current.
+    pub failing: Vec<FailingSink>,
+    /// When every sink of the group was last written.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Write rounds failed in a row (the backoff's exponent); 0 when the
+    /// last round succeeded.
+    pub failed_rounds: u32,
+    /// When the failing sinks are tried again.
+    pub next_retry: Option<DateTime<Utc>>,
+    /// Write rounds done since start, failed or not.
+    pub rounds: u64,
+}
+
+/// Every group's [`SinkHealth`], by channel and group.
+pub type SinkBoard = BTreeMap<(ChannelId, GroupName), SinkHealth>;
+
+/// The store note under which a group's sink state is recorded for
+/// `linetokd status`: `ok: ...` or `failing since ...`.
+pub fn sink_note_key(channel: &ChannelId, group: &GroupName) -> String {
+    format!("sinks/{channel}/{group}")
+}
+
 /// Publishes tokens to sinks and hooks.
 pub struct Delivery {
     book: TokenBook,
     store: Store,
     clock: SharedClock,
+    metrics: Arc<Metrics>,
     hook_retry: HookRetry,
+    sink_retry: SinkRetry,
+    /// Each group's sink state; readiness and tests watch it.
+    sinks: watch::Sender<SinkBoard>,
+    /// Groups with a running sink retry task. Checked together with
+    /// `sinks` under this lock, so a failure is never left without one.
+    retrying: Mutex<HashSet<GroupKey>>,
+    /// One lock per group: its sink writes never overlap.
+    write_locks: Mutex<HashMap<GroupKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether the stale temporaries were cleaned up (once, at start).
+    cleaned: AtomicBool,
+    /// Stops the retry tasks when the service stops.
+    stop: CancellationToken,
     /// The configured groups' delivery, replaced on reload.
     groups: RwLock<HashMap<GroupKey, GroupDelivery>>,
     /// Groups that left the config: their sinks go once their tokens do.
@@ -61,6 +165,7 @@ impl Delivery {
         book: TokenBook,
         store: Store,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
         groups: HashMap<GroupKey, GroupDelivery>,
         hook_retry: HookRetry,
     ) -> Arc<Self> {
@@ -68,7 +173,14 @@ impl Delivery {
             book,
             store,
             clock,
+            metrics,
             hook_retry,
+            sink_retry: SinkRetry::default(),
+            sinks: watch::Sender::new(SinkBoard::new()),
+            retrying: Mutex::new(HashSet::new()),
+            write_locks: Mutex::new(HashMap::new()),
+            cleaned: AtomicBool::new(false),
+            stop: CancellationToken::new(),
             groups: RwLock::new(groups),
             removed: Mutex::new(HashMap::new()),
             hooks: Mutex::new(HashMap::new()),
@@ -81,11 +193,40 @@ impl Delivery {
         &self.book
     }
 
-    /// Fills the book from the store's live tokens and rewrites every sink.
+    /// Every group's sink state, updated after each write round.
+    pub fn sink_health(&self) -> watch::Receiver<SinkBoard> {
+        self.sinks.subscribe()
+    }
+
+    /// One sentence per sink whose last write failed, naming the group, the
+    /// path and the error: what `/readyz` reports.
+    pub fn failing_sinks(&self) -> Vec<String> {
+        let board = self.sinks.borrow();
+        board
+            .iter()
+            .flat_map(|((channel, group), health)| {
+                health.failing.iter().map(move |f| {
+                    format!(
+                        "{channel}/{group}: the sink {} is failing since {}: {}",
+                        f.path.display(),
+                        f.since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        f.error
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Fills the book from the store's live tokens and rewrites every sink;
+    /// the first time, removes first the temporary files a killed writer
+    /// left next to the configured sinks.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn load(&self) -> Result<(), StoreError> {
+    pub async fn load(self: &Arc<Self>) -> Result<(), StoreError> {
+        if !self.cleaned.swap(true, Ordering::SeqCst) {
+            self.remove_stale_temporaries().await;
+        }
         let now = self.clock.now();
         let keys: Vec<GroupKey> = self.read_groups().keys().cloned().collect();
         let store = self.store.clone();
@@ -127,20 +268,67 @@ impl Delivery {
         Ok(())
     }
 
-    /// Replaces the configured groups (config reload). Groups no longer
-    /// configured keep their sinks until their tokens are gone.
-    pub fn set_groups(&self, groups: HashMap<GroupKey, GroupDelivery>) {
-        let mut current = self.groups.write().unwrap_or_else(PoisonError::into_inner);
-        let mut removed = self.removed.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, delivery) in current.drain() {
-            if !groups.contains_key(&key) {
-                removed.insert(key, delivery);
+    /// Removes the temporary files of every configured sink that a writer
+    /// killed mid-write left behind (each holds a token).
+    async fn remove_stale_temporaries(&self) {
+        let specs: Vec<SinkSpec> = self
+            .read_groups()
+            .values()
+            .flat_map(|d| d.sinks.iter().cloned())
+            .collect();
+        let outcome = tokio::task::spawn_blocking(move || {
+            specs
+                .iter()
+                .map(|spec| (spec.path.clone(), sink::remove_stale_temporaries(spec)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (path, result) in outcome.unwrap_or_default() {
+            match result {
+                Ok(removed) => {
+                    for leftover in removed {
+                        tracing::warn!(sink = %path.display(), leftover = %leftover.display(), "removed a temporary sink file an interrupted write left behind");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sink = %path.display(), error = %e, "could not remove the temporary files an interrupted write left");
+                }
             }
         }
-        for key in groups.keys() {
-            removed.remove(key);
+    }
+
+    /// Replaces the configured groups (config reload). Groups no longer
+    /// configured keep their sinks until their tokens are gone. A group
+    /// whose sinks changed gets them written now, not at its next rotation.
+    pub fn set_groups(self: &Arc<Self>, groups: HashMap<GroupKey, GroupDelivery>) {
+        let mut changed = Vec::new();
+        {
+            let mut current = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+            let mut removed = self.removed.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, delivery) in groups.iter() {
+                let before = current.get(key).map(|d| &d.sinks);
+                if before != Some(&delivery.sinks) && !delivery.sinks.is_empty() {
+                    changed.push(key.clone());
+                }
+            }
+            for (key, delivery) in current.drain() {
+                if !groups.contains_key(&key) {
+                    removed.insert(key, delivery);
+                }
+            }
+            for key in groups.keys() {
+                removed.remove(key);
+            }
+            *current = groups;
         }
-        *current = groups;
+        for (channel, group) in changed {
+            if self.book.get(&channel, &group).current.is_none() {
+                continue;
+            }
+            let this = Arc::clone(self);
+            self.tasks
+                .spawn(async move { this.write_sinks(&channel, &group).await });
+        }
     }
 
     /// Applies events until `shutdown`, then waits for running hooks to
@@ -168,6 +356,7 @@ impl Delivery {
         for token in self.lock_hooks().values() {
             token.cancel();
         }
+        self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }
@@ -217,7 +406,12 @@ impl Delivery {
 
     /// Takes a token out of the book (and the sinks) of whichever group
     /// holds it.
-    async fn drop_token(&self, channel: &ChannelId, group: Option<&GroupName>, key_id: &KeyId) {
+    async fn drop_token(
+        self: &Arc<Self>,
+        channel: &ChannelId,
+        group: Option<&GroupName>,
+        key_id: &KeyId,
+    ) {
         let holders: Vec<GroupName> = self
             .book
             .groups()
@@ -259,6 +453,11 @@ impl Delivery {
         if let Some(token) = self.lock_hooks().remove(&key) {
             token.cancel();
         }
+        // Its retry task (if any) sees no failure left and ends.
+        self.sinks.send_modify(|board| {
+            board.remove(&key);
+        });
+        self.metrics.remove_sinks(channel, group);
         let Some(delivery) = delivery else { return };
         let result = tokio::task::spawn_blocking(move || {
             delivery
@@ -280,46 +479,204 @@ impl Delivery {
         }
     }
 
-    /// Rewrites every sink of a group from the book.
-    async fn write_sinks(&self, channel: &ChannelId, group: &GroupName) {
+    /// Rewrites every sink of a group from the book and, when a write
+    /// fails, makes sure a retry task runs for the group.
+    async fn write_sinks(self: &Arc<Self>, channel: &ChannelId, group: &GroupName) {
         let key = (channel.clone(), group.clone());
-        let configured = self.read_groups().get(&key).map(|d| d.sinks.clone());
-        let sinks = configured.unwrap_or_else(|| {
+        self.write_round(&key).await;
+        self.ensure_retry(&key);
+    }
+
+    /// The sinks of a configured group, or of a removed one still
+    /// publishing its last tokens.
+    fn sinks_of(&self, key: &GroupKey) -> Vec<SinkSpec> {
+        let configured = self.read_groups().get(key).map(|d| d.sinks.clone());
+        configured.unwrap_or_else(|| {
             self.removed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)
+                .get(key)
                 .map(|d| d.sinks.clone())
                 .unwrap_or_default()
-        });
-        if sinks.is_empty() {
+        })
+    }
+
+    /// One write round: every sink of the group from the book, under the
+    /// group's write lock; then the group's [`SinkHealth`], metrics and
+    /// status note are updated.
+    async fn write_round(&self, key: &GroupKey) {
+        let lock = Arc::clone(
+            self.write_locks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default(),
+        );
+        let _serialised = lock.lock().await;
+        let (channel, group) = key;
+        let sinks = self.sinks_of(key);
+        // Read inside the lock: a round that started later never writes
+        // an older token than one that started earlier.
+        let tokens = self.book.get(channel, group);
+        if sinks.is_empty() || tokens.current.is_none() {
+            // Nothing to deliver (no sink, or the last token went): any
+            // failure is moot; the next token writes afresh.
+            self.sinks
+                .send_if_modified(|board| board.remove(key).is_some());
             return;
         }
-        let tokens = self.book.get(channel, group);
         // The token the sinks now hold, for the log: never its value.
         let key_id = tokens.current.as_ref().map(|t| t.key_id.to_string());
-        let outcome = tokio::task::spawn_blocking(move || {
-            let (channel, group) = key;
-            let ctx = SinkContext {
-                channel: &channel,
-                group: &group,
-                tokens: &tokens,
-            };
-            sinks
-                .iter()
-                .map(|spec| (spec.path.clone(), sink::write(spec, &ctx)))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        for (path, result) in outcome.unwrap_or_default() {
+        let paths: Vec<PathBuf> = sinks.iter().map(|s| s.path.clone()).collect();
+        let written = {
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                let (channel, group) = key;
+                let ctx = SinkContext {
+                    channel: &channel,
+                    group: &group,
+                    tokens: &tokens,
+                };
+                sinks
+                    .iter()
+                    .map(|spec| (spec.path.clone(), sink::write(spec, &ctx)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        };
+        let results: Vec<(PathBuf, Result<(), String>)> = match written {
+            Ok(results) => results
+                .into_iter()
+                .map(|(path, r)| (path, r.map_err(|e| e.to_string())))
+                .collect(),
+            // The writer panicked: nothing is known to be written.
+            Err(e) => paths
+                .into_iter()
+                .map(|path| (path, Err(format!("the sink writer stopped: {e}"))))
+                .collect(),
+        };
+        let now = self.clock.now();
+        let mut failed = Vec::new();
+        for (path, result) in results {
             match result {
                 Ok(()) => {
                     tracing::debug!(channel = %channel, group = %group, key_id = key_id.as_deref(), path = %path.display(), "sink written");
                 }
-                Err(e) => {
-                    tracing::error!(channel = %channel, group = %group, key_id = key_id.as_deref(), path = %path.display(), error = %e, "writing a sink failed");
+                Err(error) => {
+                    tracing::error!(channel = %channel, group = %group, key_id = key_id.as_deref(), path = %path.display(), error = %error, "writing a sink failed; retrying with backoff");
+                    failed.push((path, error));
                 }
             }
+        }
+        // This group's entry changes only here, under its lock: compute it,
+        // record it (metrics, the status note), then publish it, so whoever
+        // watches the health finds the note and metrics already current.
+        let mut health = self.sinks.borrow().get(key).cloned().unwrap_or_default();
+        health.rounds += 1;
+        if failed.is_empty() {
+            if health.failed_rounds > 0 {
+                tracing::info!(channel = %channel, group = %group, "every sink written again");
+            }
+            health.failing.clear();
+            health.failed_rounds = 0;
+            health.next_retry = None;
+            health.last_success = Some(now);
+        } else {
+            health.failed_rounds = health.failed_rounds.saturating_add(1);
+            let before = std::mem::take(&mut health.failing);
+            health.failing = failed
+                .iter()
+                .map(|(path, error)| FailingSink {
+                    path: path.clone(),
+                    error: error.clone(),
+                    since: before
+                        .iter()
+                        .find(|f| &f.path == path)
+                        .map_or(now, |f| f.since),
+                })
+                .collect();
+            let wait = self.sink_retry.delay_after(health.failed_rounds);
+            health.next_retry = Some(
+                chrono::Duration::from_std(wait)
+                    .ok()
+                    .and_then(|w| now.checked_add_signed(w))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            );
+        }
+        if failed.is_empty() {
+            self.metrics.sinks_written(channel, group, now);
+        } else {
+            self.metrics.sink_failures(
+                channel,
+                group,
+                u64::try_from(failed.len()).unwrap_or(u64::MAX),
+            );
+        }
+        let note = note_text(&health);
+        let store = self.store.clone();
+        let note_key = sink_note_key(channel, group);
+        let result =
+            tokio::task::spawn_blocking(move || store.set_note(now, &note_key, &note)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the sinks' state for status");
+        }
+        self.sinks.send_modify(|board| {
+            board.insert(key.clone(), health);
+        });
+    }
+
+    /// Starts the group's retry task unless one runs or nothing fails.
+    fn ensure_retry(self: &Arc<Self>, key: &GroupKey) {
+        let mut retrying = self.retrying.lock().unwrap_or_else(PoisonError::into_inner);
+        let failing = self
+            .sinks
+            .borrow()
+            .get(key)
+            .is_some_and(|h| !h.failing.is_empty());
+        if !failing || retrying.contains(key) {
+            return;
+        }
+        retrying.insert(key.clone());
+        let this = Arc::clone(self);
+        let key = key.clone();
+        self.tasks.spawn(async move { this.retry_sinks(key).await });
+    }
+
+    /// Rewrites a group's sinks at each [`SinkHealth::next_retry`] until a
+    /// round succeeds, the group has nothing left to write, or the service
+    /// stops.
+    async fn retry_sinks(self: Arc<Self>, key: GroupKey) {
+        loop {
+            let due = {
+                // Decided under the same lock `ensure_retry` takes: a
+                // failure recorded after this check finds no task and
+                // starts one.
+                let mut retrying = self.retrying.lock().unwrap_or_else(PoisonError::into_inner);
+                let due = self
+                    .sinks
+                    .borrow()
+                    .get(&key)
+                    .filter(|h| !h.failing.is_empty())
+                    .and_then(|h| h.next_retry);
+                if due.is_none() {
+                    retrying.remove(&key);
+                    return;
+                }
+                due
+            };
+            let Some(due) = due else { return };
+            // A system clock may wake early (see Clock::sleep_until): re-check.
+            while self.clock.now() < due {
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => {
+                        self.retrying.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                        return;
+                    }
+                    () = self.clock.sleep_until(due) => {}
+                }
+            }
+            self.write_round(&key).await;
         }
     }
 
@@ -385,4 +742,36 @@ impl Delivery {
     fn lock_hooks(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, CancellationToken>> {
         self.hooks.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The store note for a group's sinks: `ok: every sink written` or
+/// `failing since <time> (<n> rounds; next retry at <time>): <path>: <error>; ...`.
+fn note_text(health: &SinkHealth) -> String {
+    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    if health.failing.is_empty() {
+        return "ok: every sink written".to_owned();
+    }
+    let since = health
+        .failing
+        .iter()
+        .map(|f| f.since)
+        .min()
+        .map_or_else(String::new, ts);
+    let rounds = if health.failed_rounds == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{} attempts", health.failed_rounds)
+    };
+    let next = health
+        .next_retry
+        .map_or_else(String::new, |t| format!("; next retry at {}", ts(t)));
+    let sinks: Vec<String> = health
+        .failing
+        .iter()
+        .map(|f| format!("{}: {}", f.path.display(), f.error))
+        .collect();
+    format!(
+        "failing since {since} ({rounds}{next}): {}",
+        sinks.join("; ")
+    )
 }

@@ -3,9 +3,12 @@
 //!
 //! [`render`] turns a group's published tokens into the bytes of one of the
 //! three [`SinkFormat`]s; [`write`] puts them on disk atomically; [`remove`]
-//! deletes a sink whose group left the config. The caller (the delivery
-//! service) writes every sink at start, because a tmpfs may be empty after
-//! boot, and after every rotation.
+//! deletes a sink whose group left the config;
+//! [`remove_stale_temporaries`] deletes the temporary files a writer killed
+//! mid-write (`kill -9`) left behind. The caller (the delivery service)
+//! cleans up and writes every sink at start, because a tmpfs may be empty
+//! after boot, after every rotation, and again with backoff while a write
+//! fails.
 //!
 //! # Invariants
 //!
@@ -137,6 +140,10 @@ pub enum SinkStep {
     SyncDirectory,
     /// Removing the sink.
     Remove,
+    /// Listing the sink's directory for leftover temporary files.
+    ListDirectory,
+    /// Removing a temporary file a killed writer left behind.
+    RemoveTemporary(PathBuf),
 }
 
 impl fmt::Display for SinkStep {
@@ -163,6 +170,10 @@ impl fmt::Display for SinkStep {
             Self::Rename => f.write_str("rename the temporary file over it"),
             Self::SyncDirectory => f.write_str("flush its directory to disk"),
             Self::Remove => f.write_str("remove it"),
+            Self::ListDirectory => f.write_str("list its directory for leftover temporary files"),
+            Self::RemoveTemporary(path) => {
+                write!(f, "remove the leftover temporary file {}", path.display())
+            }
         }
     }
 }
@@ -445,6 +456,81 @@ pub fn remove(spec: &SinkSpec) -> Result<(), SinkError> {
     sync_dir(dir).map_err(io(SinkStep::SyncDirectory))
 }
 
+/// The suffix of a temporary sink file: `.<name>.<16 hex digits>.linetokd-tmp`
+/// (see [`Temporary::create`]).
+const TEMP_SUFFIX: &str = ".linetokd-tmp";
+
+/// Removes the temporary files a killed writer of this sink left behind
+/// (`kill -9` between creating `.<name>.<hex>.linetokd-tmp` and renaming
+/// it): each holds a token. Only regular files named exactly that way for
+/// this sink's file name are touched, in the sink's own directory; anything
+/// else there, including other sinks' temporaries, is left alone. Call it
+/// only while no write of this sink runs (the daemon does at start). A
+/// missing directory has nothing to clean. Returns the files removed.
+///
+/// # Errors
+///
+/// [`SinkError::Io`] when the directory cannot be listed or a leftover
+/// cannot be removed (those removed before it stay removed).
+pub fn remove_stale_temporaries(spec: &SinkSpec) -> Result<Vec<PathBuf>, SinkError> {
+    let path = spec.path.as_path();
+    let io = |step: SinkStep| {
+        move |source: io::Error| SinkError::Io {
+            path: path.to_owned(),
+            step,
+            source,
+        }
+    };
+    let (dir, name) = split(path)?;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(SinkStep::ListDirectory)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(SinkStep::ListDirectory))?;
+        if !is_temporary_of(
+            name.as_encoded_bytes(),
+            entry.file_name().as_encoded_bytes(),
+        ) {
+            continue;
+        }
+        // A symlink or directory of that name is not something we wrote.
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file {
+            continue;
+        }
+        let leftover = entry.path();
+        match fs::remove_file(&leftover) {
+            Ok(()) => removed.push(leftover),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(SinkStep::RemoveTemporary(leftover))(e)),
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir).map_err(io(SinkStep::SyncDirectory))?;
+    }
+    Ok(removed)
+}
+
+/// True when `candidate` is `.<name>.<16 lowercase hex>.linetokd-tmp`.
+fn is_temporary_of(name: &[u8], candidate: &[u8]) -> bool {
+    let Some(rest) = candidate.strip_prefix(b".") else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(name) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_suffix(TEMP_SUFFIX.as_bytes()) else {
+        return false;
+    };
+    let Some(hex) = rest.strip_prefix(b".") else {
+        return false;
+    };
+    hex.len() == 16 && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The directory and file name of a sink; a bare name lives in `.`.
 fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr), SinkError> {
     let name = path.file_name().ok_or_else(|| SinkError::NotAFile {
@@ -510,7 +596,7 @@ impl Temporary {
     fn create(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<Self> {
         let mut file_name = std::ffi::OsString::from(".");
         file_name.push(name);
-        file_name.push(format!(".{:016x}.linetokd-tmp", rand::random::<u64>()));
+        file_name.push(format!(".{:016x}{TEMP_SUFFIX}", rand::random::<u64>()));
         let path = dir.join(file_name);
         let file = OpenOptions::new()
             .write(true)
@@ -629,6 +715,31 @@ mod tests {
             split(Path::new("/run/..")),
             Err(SinkError::NotAFile { .. })
         ));
+    }
+
+    #[test]
+    fn only_our_own_temporary_names_count_as_leftovers() {
+        let name = b"backend.json";
+        assert!(is_temporary_of(
+            name,
+            b".backend.json.0123456789abcdef.linetokd-tmp"
+        ));
+        for other in [
+            &b".backend.json.0123456789ABCDEF.linetokd-tmp"[..],
+            b".backend.json.0123456789abcde.linetokd-tmp",
+            b".backend.json.0123456789abcdef0.linetokd-tmp",
+            b"backend.json.0123456789abcdef.linetokd-tmp",
+            b".other.json.0123456789abcdef.linetokd-tmp",
+            b".backend.json.x.0123456789abcdef.linetokd-tmp",
+            b".backend.json.0123456789abcdef.linetokd-tmp.keep",
+            b"backend.json",
+        ] {
+            assert!(
+                !is_temporary_of(name, other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]

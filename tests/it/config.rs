@@ -112,7 +112,7 @@ secret_file = "${CREDENTIALS_DIRECTORY}/shop-bot.secret"
     { path = "${CREDENTIALS_DIRECTORY}/out/backend.json", format = "json" },
     { path = "/run/linetokd/backend.env", format = "env", mode = "0640", group = "backend" },
   ]
-  on_rotate = ["/usr/local/bin/reload-backend", "--graceful"]
+  on_rotate = ["/bin/sh", "-c", "exit 0"]
   api_key_file = "${CREDENTIALS_DIRECTORY}/backend.apikey"
 "#;
 
@@ -148,7 +148,7 @@ fn credentials_directory_expands_in_every_path_and_the_result_is_typed() {
     assert_eq!(group.name.as_str(), "backend");
     assert_eq!(group.api_key.as_ref().unwrap().expose(), API_KEY);
     let hook = group.on_rotate.as_ref().unwrap();
-    assert_eq!(hook.argv, ["/usr/local/bin/reload-backend", "--graceful"]);
+    assert_eq!(hook.argv, ["/bin/sh", "-c", "exit 0"]);
     assert_eq!(hook.timeout, Duration::from_secs(30));
     assert_eq!(group.sinks[0].path, dir.join("out/backend.json"));
     assert_eq!(group.sinks[0].format, SinkFormat::Json);
@@ -443,8 +443,11 @@ fn check_shipped_daemon_config(name: &str, text: &str) {
         let is_file_key = ["key_file", "secret_file", "api_key_file"]
             .iter()
             .any(|k| problem.key.ends_with(k));
+        // The example's hook program is the operator's own, absent here.
+        let is_hook = problem.key.ends_with("on_rotate[0]");
         assert!(
-            is_file_key && problem.message.contains("cannot be read: No such file"),
+            (is_file_key && problem.message.contains("cannot be read: No such file"))
+                || (is_hook && problem.message.contains("cannot be used: No such file")),
             "{name}: only missing files may fail, not: {problem}"
         );
         let missing = missing_path(&problem.message);
@@ -461,10 +464,12 @@ fn check_shipped_daemon_config(name: &str, text: &str) {
             } else {
                 key_pem().as_bytes().to_vec()
             }
+        } else if is_hook {
+            b"#!/bin/sh\nexit 0\n".to_vec()
         } else {
             b"shipped-config-test-secret\n".to_vec()
         };
-        write(&target, &body, 0o600);
+        write(&target, &body, if is_hook { 0o755 } else { 0o600 });
     }
 
     let valid = Settings::from_toml(&relocated, Path::new(name), &env)
@@ -526,4 +531,244 @@ fn check_config_command_exits_0_or_2() {
         "{stderr}"
     );
     assert!(failed.stdout.is_empty());
+}
+
+/// A config file is read up to 1 MiB: `/dev/zero` and a file with a 10 MB
+/// `kid` end with an error naming the limit, from the library and from
+/// `check-config`; a kid over 128 bytes is refused by name.
+#[test]
+fn the_config_file_is_read_with_a_size_limit_and_a_long_kid_is_refused() {
+    let creds = Credentials::new();
+    let err = Settings::load(Path::new("/dev/zero"), &creds.env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+
+    let huge = creds.path().join("huge-kid.toml");
+    fs::write(
+        &huge,
+        VALID.replace("kid-shop-bot", &"k".repeat(10 * 1024 * 1024)),
+    )
+    .unwrap();
+    let err = Settings::load(&huge, &creds.env()).unwrap_err();
+    assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+
+    let long = VALID.replace("kid-shop-bot", &"k".repeat(129));
+    let err = load_str(&long, &creds.env())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert_eq!(err.problems()[0].key, "channel[0].kid");
+    assert!(err.to_string().contains("is 129 bytes long"), "{err}");
+
+    for config in ["/dev/zero", huge.to_str().unwrap()] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+            .args(["check-config", "--config", config])
+            .env_clear()
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}: {stderr}");
+        assert!(stderr.contains("larger than 1 MiB"), "{config}: {stderr}");
+        assert!(
+            stderr.len() < 1000,
+            "{config}: {} bytes of error",
+            stderr.len()
+        );
+    }
+}
+
+/// Every duration has an upper bound that the error states.
+#[test]
+fn durations_are_bounded_and_the_bound_is_named() {
+    let creds = Credentials::new();
+    for (setting, key, bound) in [
+        (
+            "[rotation]\nverify_interval = \"500000000y\"\n",
+            "rotation.verify_interval",
+            "30d",
+        ),
+        (
+            "[rotation]\nreconcile_interval = \"31d\"\n",
+            "rotation.reconcile_interval",
+            "30d",
+        ),
+        (
+            "[rotation]\nremoval_grace = \"1000y\"\n",
+            "rotation.removal_grace",
+            "30d",
+        ),
+        (
+            "[rotation]\nrevoke_previous_after = \"60d\"\n",
+            "rotation.revoke_previous_after",
+            "30d",
+        ),
+        (
+            "[daemon]\nrequest_timeout = \"2h\"\n",
+            "daemon.request_timeout",
+            "5m",
+        ),
+    ] {
+        let text = match setting.strip_prefix("[daemon]\n") {
+            Some(rest) => VALID.replacen("[daemon]\n", &format!("[daemon]\n{rest}"), 1),
+            None => format!("{setting}{VALID}"),
+        };
+        let err = load_str(&text, &creds.env())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{setting}: {err}");
+        assert_eq!(err.problems()[0].key, key, "{err}");
+        assert!(
+            err.problems()[0]
+                .message
+                .contains(&format!("must be at most {bound}")),
+            "{setting}: {err}"
+        );
+    }
+    let err = load_str(
+        &VALID.replace("api_key_file", "hook_timeout = \"2h\"\n  api_key_file"),
+        &creds.env(),
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.problems()[0].key, "channel[0].group[0].hook_timeout");
+    assert!(err.to_string().contains("(2h) must be at most 1h"), "{err}");
+}
+
+/// A hook program is found where the hook would be run from: by path, or
+/// in the `PATH` the config was loaded with.
+#[test]
+fn hook_programs_are_checked_at_validation() {
+    let creds = Credentials::new();
+    let bin = creds.path().join("bin");
+    write(&bin.join("reload-backend"), b"#!/bin/sh\nexit 0\n", 0o755);
+    let with_hook = |argv: &str| VALID.replace(r#"["/bin/sh", "-c", "exit 0"]"#, argv);
+    let mut env = creds.env();
+    env.insert("PATH".into(), format!("/nonexistent:{}", bin.display()));
+    load_str(&with_hook(r#"["reload-backend", "--graceful"]"#), &env)
+        .unwrap()
+        .validate()
+        .unwrap();
+
+    for (argv, message) in [
+        (
+            r#"["reload-backend"]"#,
+            "not an executable file in any directory of PATH",
+        ),
+        (
+            r#"["/usr/local/bin/no-such-hook-program"]"#,
+            "cannot be used: No such file",
+        ),
+        (r#"["/etc/passwd"]"#, "is not executable"),
+        (r#"["/etc"]"#, "is not a regular file"),
+    ] {
+        let err = load_str(&with_hook(argv), &creds.env())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{argv}: {err}");
+        assert_eq!(err.problems()[0].key, "channel[0].group[0].on_rotate[0]");
+        assert!(err.to_string().contains(message), "{argv}: {err}");
+    }
+}
+
+/// The real binary: a variable that is not UTF-8 in the environment does
+/// not stop `run` (it panicked in `std::env::vars()`), and a `LINETOKD__`
+/// override that is not UTF-8 is an error naming it instead of being
+/// ignored.
+#[test]
+fn a_non_utf8_environment_does_not_stop_run_and_a_non_utf8_override_is_refused() {
+    use std::io::BufRead as _;
+    use std::os::unix::ffi::OsStringExt as _;
+
+    let not_utf8 = std::ffi::OsString::from_vec(b"caf\xe9".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("key.pem"), key_pem().as_bytes(), 0o600);
+    fs::create_dir(d.join("state")).unwrap();
+    let config = d.join("linetokd.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+state_dir = "{d}/state"
+line_api = "http://127.0.0.1:1"
+listen = "127.0.0.1:0"
+
+[[channel]]
+id = "1234567890"
+name = "shop-bot"
+key_file = "{d}/key.pem"
+kid = "kid-shop-bot"
+
+  [[channel.group]]
+  name = "backend"
+  sinks = [{{ path = "{d}/out/backend.json", format = "json" }}]
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("PATH", "/usr/bin:/bin")
+        .env("JUNK", &not_utf8)
+        .env(std::ffi::OsString::from_vec(b"ALSO\xffJUNK".to_vec()), "x")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reads the log until the daemon says it runs, or its stderr closes
+    // (it exited): no sleeping. The reader keeps draining afterwards, so
+    // the daemon never writes into a closed pipe.
+    let stderr = daemon.stderr.take().unwrap();
+    let (tell, running) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut printed = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("linetokd running") {
+                let _ = tell.send(());
+            }
+            printed.push_str(&line);
+            printed.push('\n');
+        }
+        printed
+    });
+    // Bounded: a daemon that neither starts nor exits fails the test.
+    let running = running.recv_timeout(Duration::from_secs(90)).is_ok();
+    if running {
+        let term = std::process::Command::new("kill")
+            .args(["-s", "TERM", &daemon.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    } else {
+        let _ = daemon.kill();
+    }
+    let status = daemon.wait().unwrap();
+    let printed = reader.join().unwrap();
+    assert!(running, "the daemon did not start ({status}):\n{printed}");
+    assert_eq!(status.code(), Some(0), "{printed}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("LINETOKD__ROTATION__VERIFY_INTERVAL", &not_utf8)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("LINETOKD__ROTATION__VERIFY_INTERVAL is not UTF-8"),
+        "{stderr}"
+    );
 }

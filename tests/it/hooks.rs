@@ -58,7 +58,7 @@ fn spec(script: &Path, args: &[&str], timeout: Duration) -> HookSpec {
     HookSpec {
         argv,
         timeout,
-        env: inherited_env(std::env::vars()),
+        env: inherited_env(std::env::vars_os()),
     }
 }
 
@@ -244,7 +244,7 @@ async fn argv_is_passed_verbatim_and_never_through_a_shell() {
     let spec = HookSpec {
         argv,
         timeout: Duration::from_secs(30),
-        env: inherited_env(std::env::vars()),
+        env: inherited_env(std::env::vars_os()),
     };
     let token = published(TOKEN, "kid-1");
     let mut attempt = once(&spec, "backend", &token).await;
@@ -642,4 +642,115 @@ fn a_database_with_hook_events_is_refused_by_a_binary_that_predates_them() {
         "{err:?}"
     );
     assert_eq!(migrate::schema_version(&conn).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_background_child_dies_when_the_hook_exits_whether_it_succeeded_or_failed() {
+    for (code, expected) in [
+        (0, HookOutcome::Succeeded),
+        (3, HookOutcome::Exited { code: 3 }),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let life = Lifeline::new(dir.path());
+        let reader = life.open();
+        // The child holds the lifeline (fd 3) and outlives the script
+        // unless the daemon ends the hook's process group.
+        let s = script(
+            dir.path(),
+            "leaves-a-child.sh",
+            &format!(
+                r#"exec 3> "$1"
+sleep 1000 &
+echo $! > "$2/child.pid"
+exit {code}"#
+            ),
+        );
+        let token = published(TOKEN, "kid-1");
+        let spec = spec(
+            &s,
+            &[life.path.to_str().unwrap(), dir.path().to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        let attempt = once(&spec, "backend", &token).await;
+        assert_eq!(attempt.outcome, expected);
+        // Returns once every holder of the lifeline is gone (bounded).
+        until_all_holders_exit(reader.await.unwrap()).await;
+        // A killed process closes its files a moment before it turns into
+        // a zombie: poll its state, bounded.
+        let pid = fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        let gone = tokio::time::timeout(Duration::from_secs(30), async {
+            while !is_dead(&pid) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the hook's child {} survived", pid.trim());
+    }
+}
+
+#[tokio::test]
+async fn encodings_of_the_token_are_redacted_in_the_captured_output() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    // A token whose base64 forms differ between the alphabets and need
+    // padding, and whose percent-encoding differs from it.
+    let value = "eyJhbGciOiJSUzI1NiJ9.p?q>r~s.sig";
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    let percent: String = value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let every: String = value.bytes().map(|b| format!("%{b:02x}")).collect();
+    let forms = [
+        STANDARD.encode(value),
+        STANDARD_NO_PAD.encode(value),
+        URL_SAFE.encode(value),
+        URL_SAFE_NO_PAD.encode(value),
+        hex.clone(),
+        hex.to_uppercase(),
+        percent,
+        every,
+    ];
+    assert_ne!(
+        forms[0], forms[2],
+        "the alphabets must differ for this test"
+    );
+    assert_ne!(forms[0], forms[1], "padding must be needed for this test");
+    let dir = TempDir::new().unwrap();
+    let printed = dir.path().join("printed");
+    fs::write(
+        &printed,
+        forms
+            .iter()
+            .map(|f| format!("x {f} y\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let s = script(
+        dir.path(),
+        "encodes.sh",
+        r#"cat > /dev/null; cat "$1"; cat "$1" >&2"#,
+    );
+    let token = published(value, "kid-enc");
+    let attempt = once(
+        &spec(&s, &[printed.to_str().unwrap()], Duration::from_secs(30)),
+        "backend",
+        &token,
+    )
+    .await;
+    assert_eq!(attempt.outcome, HookOutcome::Succeeded);
+    let mark = format!("x [token sha256:{}] y\n", token.token.fingerprint());
+    for output in [&attempt.stdout, &attempt.stderr] {
+        assert_eq!(
+            *output,
+            mark.repeat(forms.len()),
+            "not all forms were redacted"
+        );
+    }
 }

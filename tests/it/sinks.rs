@@ -649,3 +649,225 @@ fn a_reader_in_a_tight_loop_never_sees_a_partial_empty_or_missing_file() {
     }
     assert_eq!(entries(dir.path()), ["t.env", "t.json", "t.txt"]);
 }
+
+// ---------------------------------------------------------------------------
+// The delivery service: stale temporaries at start, failing sinks retried
+// with backoff on the manual clock and reported (health, readiness text,
+// metrics, the status note), and rewritten once the path is fixed.
+
+mod service {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration as StdDuration;
+
+    use chrono::Duration;
+    use linetokd::clock::{Clock as _, SharedClock};
+    use linetokd::delivery::hook::HookRetry;
+    use linetokd::delivery::sink::{SinkFormat, SinkSpec};
+    use linetokd::delivery::{
+        Delivery, GroupDelivery, SinkBoard, SinkHealth, TokenBook, sink_note_key,
+    };
+    use linetokd::domain::{AccessToken, KeyId};
+    use linetokd::metrics::Metrics;
+    use linetokd::policy::IssueReason;
+    use linetokd::rotator::RotationEvent;
+    use linetokd::store::Store;
+    use tokio::sync::{broadcast, watch};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{channel, entries, group};
+    use crate::support;
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.retry-test.token-sig";
+
+    /// Waits (bounded) until the group's sink health satisfies `pred`.
+    async fn health_until(
+        health: &mut watch::Receiver<SinkBoard>,
+        pred: impl Fn(&SinkHealth) -> bool,
+    ) -> SinkHealth {
+        let key = (channel(), group());
+        let board = tokio::time::timeout(
+            StdDuration::from_secs(30),
+            health.wait_for(|b| b.get(&key).is_some_and(&pred)),
+        )
+        .await
+        .expect("the sinks did not reach the expected state within 30 s")
+        .unwrap();
+        board[&key].clone()
+    }
+
+    fn temp_name(dir: &Path, sink: &str, hex: &str) -> std::path::PathBuf {
+        dir.join(format!(".{sink}.{hex}.linetokd-tmp"))
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_is_retried_with_backoff_reported_and_rewritten_once_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let path = out.join("backend.json");
+        // A directory where the file should be: the rename over it fails,
+        // even for root (a read-only directory would not stop root).
+        std::fs::create_dir(&path).unwrap();
+        // What a `kill -9` during a write leaves: ours goes at start, the
+        // rest stays (another name, not our pattern, not a file).
+        let stale = temp_name(&out, "backend.json", "0123456789abcdef");
+        std::fs::write(&stale, "stale-token").unwrap();
+        let others = [
+            temp_name(&out, "other.json", "0123456789abcdef"),
+            temp_name(&out, "backend.json", "not-hex-at-all!!"),
+            out.join("backend.json.0123456789abcdef.linetokd-tmp"),
+        ];
+        for other in &others {
+            std::fs::write(other, "not ours").unwrap();
+        }
+        std::fs::create_dir(temp_name(&out, "backend.json", "fedcba9876543210")).unwrap();
+
+        let clock = support::manual_clock();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let metrics = Metrics::shared();
+        let groups = HashMap::from([(
+            (channel(), group()),
+            GroupDelivery {
+                sinks: vec![SinkSpec {
+                    path: path.clone(),
+                    format: SinkFormat::Json,
+                    mode: 0o600,
+                    owner: None,
+                    group: None,
+                }],
+                hook: None,
+            },
+        )]);
+        let delivery = Delivery::new(
+            TokenBook::new(),
+            store.clone(),
+            shared,
+            Arc::clone(&metrics),
+            groups,
+            HookRetry::default(),
+        );
+        delivery.load().await.unwrap();
+        assert!(!stale.exists(), "the leftover temporary file was kept");
+        assert_eq!(
+            entries(&out),
+            [
+                ".backend.json.fedcba9876543210.linetokd-tmp",
+                ".backend.json.not-hex-at-all!!.linetokd-tmp",
+                ".other.json.0123456789abcdef.linetokd-tmp",
+                "backend.json",
+                "backend.json.0123456789abcdef.linetokd-tmp",
+            ]
+        );
+
+        let (events, receiver) = broadcast::channel(16);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(Arc::clone(&delivery).run(receiver, shutdown.clone()));
+        let mut health = delivery.sink_health();
+        let start = clock.now();
+        events
+            .send(RotationEvent::Issued {
+                channel: channel(),
+                group: group(),
+                key_id: KeyId::new("kid-retry"),
+                token: AccessToken::new(TOKEN),
+                issued_at: start,
+                expires_at: start + Duration::days(30),
+                reason: IssueReason::NoCurrent,
+                verified: true,
+            })
+            .unwrap();
+
+        // Three failed rounds, 1 s then 2 s then 4 s apart on the clock.
+        let mut waits = Vec::new();
+        for round in 1..=3u32 {
+            let h = health_until(&mut health, |h| h.rounds == u64::from(round)).await;
+            assert_eq!(h.failed_rounds, round);
+            assert_eq!(h.failing.len(), 1, "{h:?}");
+            assert_eq!(h.failing[0].path, path);
+            assert_eq!(h.failing[0].since, start);
+            assert!(h.failing[0].error.contains("rename"), "{h:?}");
+            assert_eq!(h.last_success, None);
+            let due = clock.next_deadline().await;
+            assert_eq!(Some(due), h.next_retry);
+            waits.push((due - clock.now()).num_seconds());
+            if round < 3 {
+                clock.set(due);
+            }
+        }
+        assert_eq!(waits, [1, 2, 4]);
+
+        // Reported where readiness, metrics and status look.
+        let failing = delivery.failing_sinks();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(
+            failing[0].starts_with(&format!(
+                "1234567890/backend: the sink {} is failing since",
+                path.display()
+            )),
+            "{failing:?}"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"linetokd_sink_failures_total{channel="1234567890",group="backend"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("linetokd_sink_last_success_timestamp_seconds{"),
+            "{text}"
+        );
+        let note = store
+            .note(&sink_note_key(&channel(), &group()))
+            .unwrap()
+            .unwrap();
+        assert!(
+            note.value.starts_with("failing since 2026-03-01T00:00:00Z (3 attempts; next retry at 2026-03-01T00:00:07Z): "),
+            "{}",
+            note.value
+        );
+        assert!(note.value.contains(&path.display().to_string()));
+        for shown in [&note.value, &failing[0], &text] {
+            assert!(!shown.contains(TOKEN), "the token leaked: {shown}");
+        }
+
+        // The path is fixed: the next retry writes it, without a rotation.
+        std::fs::remove_dir(&path).unwrap();
+        let due = clock.next_deadline().await;
+        clock.set(due);
+        let h = health_until(&mut health, |h| h.rounds == 4).await;
+        assert!(h.failing.is_empty(), "{h:?}");
+        assert_eq!(h.failed_rounds, 0);
+        assert_eq!(h.next_retry, None);
+        assert_eq!(h.last_success, Some(due));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc["access_token"], TOKEN);
+        assert!(delivery.failing_sinks().is_empty());
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                r#"linetokd_sink_last_success_timestamp_seconds{{channel="1234567890",group="backend"}} {}"#,
+                due.timestamp()
+            )),
+            "{text}"
+        );
+        let note = store
+            .note(&sink_note_key(&channel(), &group()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(note.value, "ok: every sink written");
+        assert_eq!(note.at, due);
+        // No retry is left sleeping once everything is written.
+        assert_eq!(clock.sleepers(), 0);
+
+        shutdown.cancel();
+        tokio::time::timeout(StdDuration::from_secs(30), running)
+            .await
+            .expect("the delivery service stops")
+            .unwrap();
+    }
+}
