@@ -190,7 +190,7 @@ impl Daemon {
         }
 
         let events = rotator.subscribe();
-        let scheduler = Scheduler::new(Arc::clone(&rotator));
+        let scheduler = Scheduler::new(Arc::clone(&rotator), Arc::clone(&metrics));
         let state = scheduler.state();
         let waker = scheduler.waker();
         let tasks = TaskTracker::new();

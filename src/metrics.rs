@@ -1,9 +1,9 @@
 //! Prometheus metrics (DESIGN.md section 10).
 //!
 //! One [`Metrics`] value is shared by the rotator (token and rotation
-//! gauges and counters, updated as it plans and acts), the LINE client's
-//! request observer (requests by endpoint and status, with latency), and the
-//! config reloader. `GET /metrics` renders it in the Prometheus text format.
+//! gauges and counters, updated as it plans and acts), the scheduler (its
+//! wake-ups), the LINE client's request observer (requests by endpoint and
+//! status, with latency), and the config reloader. `GET /metrics` renders it in the Prometheus text format.
 //!
 //! Labels carry channel IDs, group names and endpoint names only: nothing
 //! here ever holds a token.
@@ -89,6 +89,7 @@ pub struct Metrics {
     line_latency: Family<EndpointLabels, Histogram>,
     clock_skew: GaugeF,
     config_reloads: Family<ResultLabels, Counter>,
+    scheduler_wakeups: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +160,12 @@ impl Metrics {
             "Config reloads by result",
             config_reloads.clone(),
         );
+        let scheduler_wakeups = Counter::default();
+        registry.register(
+            "scheduler_wakeups",
+            "Times the scheduler woke up to look for due work (0 while nothing is due is the goal)",
+            scheduler_wakeups.clone(),
+        );
         Self {
             registry,
             token_expiry,
@@ -170,6 +177,7 @@ impl Metrics {
             line_latency,
             clock_skew,
             config_reloads,
+            scheduler_wakeups,
         }
     }
 
@@ -270,6 +278,13 @@ impl Metrics {
         self.clock_skew.set(skew.num_milliseconds() as f64 / 1000.0);
     }
 
+    /// Counts one scheduler wake-up: a sleep that ended because something
+    /// came due, a wake-up request arrived, or a capped system sleep ran
+    /// out. `linetokd bench` reads it to count wake-ups while idle.
+    pub fn scheduler_woke(&self) {
+        self.scheduler_wakeups.inc();
+    }
+
     /// Counts a config reload.
     pub fn config_reload(&self, success: bool) {
         self.config_reloads
@@ -307,6 +322,8 @@ mod tests {
         m.rotation(&c, &g, true);
         m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);
+        m.scheduler_woke();
+        m.scheduler_woke();
         let text = m.render();
         for needle in [
             r#"linetokd_token_expiry_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
@@ -318,6 +335,7 @@ mod tests {
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",
             r#"linetokd_config_reloads_total{result="failure"} 1"#,
+            "linetokd_scheduler_wakeups_total 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

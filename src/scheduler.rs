@@ -7,7 +7,7 @@
 //! suspended machine or a clock step never skips a rotation; the system
 //! clock's sleeps are also capped (see [`crate::clock::MAX_SYSTEM_SLEEP`]).
 //!
-//! Depends on `rotator` and `clock`.
+//! Depends on `rotator`, `clock` and `metrics` (it counts its wake-ups).
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::rotator::Rotator;
 
 /// What the scheduler last did, for readiness and `status`.
@@ -29,15 +30,17 @@ pub struct SchedulerState {
 /// Runs passes until `shutdown` fires.
 pub struct Scheduler {
     rotator: Arc<Rotator>,
+    metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     state: watch::Sender<SchedulerState>,
 }
 
 impl Scheduler {
-    /// A scheduler for `rotator`.
-    pub fn new(rotator: Arc<Rotator>) -> Self {
+    /// A scheduler for `rotator` that counts its wake-ups in `metrics`.
+    pub fn new(rotator: Arc<Rotator>, metrics: Arc<Metrics>) -> Self {
         Self {
             rotator,
+            metrics,
             wake: Arc::new(Notify::new()),
             state: watch::Sender::new(SchedulerState::default()),
         }
@@ -73,6 +76,7 @@ impl Scheduler {
                 () = self.wake.notified() => {}
                 () = clock.sleep_until(next) => {}
             }
+            self.metrics.scheduler_woke();
         }
         tracing::debug!("scheduler stopped");
     }
