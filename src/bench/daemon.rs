@@ -106,7 +106,11 @@ impl Daemon {
     /// # Errors
     /// When it has exited: its exit status and last log lines.
     pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait().context("while checking on the daemon")? {
+        match self
+            .child
+            .try_wait()
+            .context("while checking on the daemon")?
+        {
             None => Ok(()),
             Some(status) => {
                 drain(&mut self.reader).await;

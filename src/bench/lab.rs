@@ -57,10 +57,7 @@ impl Lab {
     /// # Errors
     /// When the directory, a file or the listener cannot be made.
     pub async fn new(groups: usize, per_channel: usize, key: &SigningKey) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            per_channel > 0,
-            "groups per channel must be at least 1"
-        );
+        anyhow::ensure!(per_channel > 0, "groups per channel must be at least 1");
         let dir = tempfile::Builder::new()
             .prefix("linetokd-bench-")
             .tempdir()
@@ -255,7 +252,10 @@ mod tests {
         assert_eq!(counts, vec![15, 15, 10]);
         assert_eq!(spread(30, 15).len(), 2);
         assert!(spread(0, 15).is_empty());
-        let ids: Vec<String> = spread(2, 1).into_iter().map(|(c, _)| c.to_string()).collect();
+        let ids: Vec<String> = spread(2, 1)
+            .into_iter()
+            .map(|(c, _)| c.to_string())
+            .collect();
         assert_eq!(ids, vec!["2000000000", "2000000001"]);
     }
 }

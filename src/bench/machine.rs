@@ -36,7 +36,11 @@ impl Machine {
                 let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
                     .await
                     .is_some_and(|changes| !changes.is_empty());
-                Some(if dirty { format!("{commit}-dirty") } else { commit })
+                Some(if dirty {
+                    format!("{commit}-dirty")
+                } else {
+                    commit
+                })
             }
             None => None,
         };

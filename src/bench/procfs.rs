@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn memory_lines_in_kib() {
-        let status = "Name:\tlinetokd\nVmPeak:\t  900000 kB\nVmHWM:\t   25100 kB\nVmRSS:\t   24000 kB\n";
+        let status =
+            "Name:\tlinetokd\nVmPeak:\t  900000 kB\nVmHWM:\t   25100 kB\nVmRSS:\t   24000 kB\n";
         assert_eq!(
             parse_memory(status),
             Some(Memory {

@@ -379,7 +379,9 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "19.6", "40", "-"]
+            [
+                "1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "19.6", "40", "-"
+            ]
         );
         assert!(table_row(&partial, &sig).contains("400 of 1000 groups live"));
     }

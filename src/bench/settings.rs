@@ -91,9 +91,11 @@ impl Settings {
         if flags.clients == 0 {
             return Err("--clients must be at least 1".into());
         }
-        let requests = flags
-            .requests
-            .unwrap_or(if flags.quick { QUICK_REQUESTS } else { REQUESTS });
+        let requests = flags.requests.unwrap_or(if flags.quick {
+            QUICK_REQUESTS
+        } else {
+            REQUESTS
+        });
         if requests < flags.clients {
             return Err(format!(
                 "--requests ({requests}) must be at least --clients ({})",

@@ -52,12 +52,13 @@ pub struct Target {
 ///
 /// # Errors
 /// When a client cannot be built or a request fails or is refused.
-pub async fn measure(target: Target, clients: usize, requests: usize) -> anyhow::Result<Throughput> {
+pub async fn measure(
+    target: Target,
+    clients: usize,
+    requests: usize,
+) -> anyhow::Result<Throughput> {
     anyhow::ensure!(clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(
-        requests >= clients,
-        "--requests must be at least --clients"
-    );
+    anyhow::ensure!(requests >= clients, "--requests must be at least --clients");
     let url = format!(
         "http://{}/v1/channels/{}/groups/{}/token",
         target.http, target.channel, target.group
