@@ -209,6 +209,17 @@ impl Progress {
         self.live
     }
 
+    /// A full count, for when the wait is over: every pending channel is
+    /// asked, and one with some of its groups live counts those.
+    pub fn count_all(&self, lab: &Lab) -> usize {
+        self.live
+            + self
+                .pending
+                .iter()
+                .map(|(channel, groups)| lab.sandbox.live_key_ids(channel).len().min(*groups))
+                .sum::<usize>()
+    }
+
     /// True once every group has a live token.
     pub fn done(&self) -> bool {
         self.pending.is_empty()

@@ -151,8 +151,11 @@ async fn bootstrap(
     let mut progress = lab.progress();
     let live_groups = loop {
         let live = progress.poll(&lab);
-        if progress.done() || started.elapsed() >= settings.timeout {
+        if progress.done() {
             break live;
+        }
+        if started.elapsed() >= settings.timeout {
+            break progress.count_all(&lab);
         }
         daemon.ensure_running().await?;
         tokio::time::sleep(POLL_INTERVAL).await;
