@@ -21,7 +21,7 @@ use crate::line::jwt::AssertionSigner;
 use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
 use crate::store::{Store, StoreError};
-use crate::{addresses, app, config, control, demo, keygen, sandbox, status};
+use crate::{addresses, app, bench, config, control, demo, keygen, sandbox, status};
 
 /// What `linetokd --version` prints after the name: the crate's version and
 /// the git commit it was built from ("unknown" outside a git checkout; see
@@ -155,6 +155,33 @@ pub enum Command {
         /// The config file (for the state directory and its control socket).
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// Measure this build here: bootstrap N groups against the sandbox, status/plan time, token API, idle wake-ups.
+    Bench {
+        /// Group counts to bootstrap, comma-separated (default 1000,10000,100000; 30 with --quick).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<usize>>,
+        /// Groups per channel (LINE keeps 30 live tokens per channel, 2 per group).
+        #[arg(long, default_value_t = 15)]
+        per_channel: usize,
+        /// Concurrent token API clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Token API requests in all (default 20000; 2000 with --quick).
+        #[arg(long)]
+        requests: Option<usize>,
+        /// How long to count scheduler wake-ups while idle (default 60s; 5s with --quick).
+        #[arg(long, value_parser = parse_duration)]
+        idle: Option<std::time::Duration>,
+        /// The most one bootstrap (or one status/plan run) may take; a bootstrap that runs out is reported as such.
+        #[arg(long, value_parser = parse_duration, default_value = "30m")]
+        timeout: std::time::Duration,
+        /// A smoke run: N = 30, a short idle wait, fewer requests.
+        #[arg(long)]
+        quick: bool,
+        /// Append every figure as JSON lines to this file.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
     },
     /// Print a group's current token (newest live one) for scripts; works with or without a running daemon.
     Token {
@@ -310,6 +337,25 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         } => token_cmd(&config, &channel, &GroupName::new(group)),
         Command::Completions { shell } => completions_cmd(shell),
         Command::Man => man_cmd(),
+        Command::Bench {
+            groups,
+            per_channel,
+            clients,
+            requests,
+            idle,
+            timeout,
+            quick,
+            json_out,
+        } => bench_cmd(bench::Flags {
+            groups,
+            per_channel,
+            clients,
+            requests,
+            idle,
+            timeout,
+            quick,
+            json_out,
+        }),
     }
 }
 
@@ -469,6 +515,26 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
             |p| p.to_string_lossy().into_owned(),
         );
         demo::run(shutdown, run_for, &program, &mut std::io::stdout())
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+fn bench_cmd(flags: bench::Flags) -> Result<(), Failure> {
+    // The table is the output; the in-process sandbox logs only trouble.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    logging::init(LogFormat::Text, Some(&filter));
+    // The daemon under test is this very binary.
+    let binary = std::env::current_exe().map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("while locating the linetokd binary"))
+    })?;
+    let settings = bench::Settings::resolve(flags, binary)
+        .map_err(|message| Failure::Usage(anyhow::anyhow!(message)))?;
+    runtime()?.block_on(async {
+        let shutdown = app::shutdown_on_signals().map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
+        })?;
+        bench::run(&settings, shutdown, &mut std::io::stdout())
             .await
             .map_err(Failure::Runtime)
     })

@@ -41,6 +41,8 @@
 //! - [`status`]: what `linetokd status` and `linetokd plan` read from the
 //!   store (read-only, beside a running daemon) and how they print it.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
+//! - [`bench`]: `linetokd bench`, which runs this binary as a daemon
+//!   against the sandbox and measures it from outside; at `cli`'s level.
 //!
 //! # The dependency rule
 //!
@@ -59,6 +61,7 @@ pub mod accept;
 pub mod addresses;
 pub mod app;
 pub mod channel_index;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

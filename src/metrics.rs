@@ -1,9 +1,9 @@
 //! Prometheus metrics (DESIGN.md section 10).
 //!
 //! One [`Metrics`] value is shared by the rotator (token and rotation
-//! gauges and counters, updated as it plans and acts), the LINE client's
-//! request observer (requests by endpoint and status, with latency), and the
-//! config reloader. `GET /metrics` renders it in the Prometheus text format.
+//! gauges and counters, updated as it plans and acts), the scheduler (its
+//! wake-ups), the LINE client's request observer (requests by endpoint and
+//! status, with latency), and the config reloader. `GET /metrics` renders it in the Prometheus text format.
 //!
 //! Labels carry channel IDs, group names and endpoint names only: nothing
 //! here ever holds a token. Every per-channel metric carries the channel ID
@@ -441,6 +441,8 @@ mod tests {
         m.config_reload(false);
         m.sinks_written(&c, &g, at);
         m.sink_failures(&c, &g, 2);
+        m.scheduler_woke();
+        m.scheduler_woke();
         let text = m.render();
         for needle in [
             r#"linetokd_token_expiry_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
@@ -452,8 +454,9 @@ mod tests {
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,
             "linetokd_clock_skew_seconds",
             r#"linetokd_config_reloads_total{result="failure"} 1"#,
-            r#"linetokd_sink_failures_total{channel="1",group="backend"} 2"#,
-            r#"linetokd_sink_last_success_timestamp_seconds{channel="1",group="backend"} 1800000000"#,
+            r#"linetokd_sink_failures_total{channel="1",channel_name="shop-bot",group="backend"} 2"#,
+            r#"linetokd_sink_last_success_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
+            "linetokd_scheduler_wakeups_total 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -1,0 +1,410 @@
+//! The figures a run measured, as a table for people and as JSON lines for
+//! files that collect runs (`--json-out`).
+//!
+//! Plain data and formatting only: no IO but the [`JsonLines`] writer. The
+//! table prints one row per N as soon as that N is measured, so a long run
+//! shows progress; the summary lines follow the table.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+
+use super::machine::Machine;
+use super::procfs::Memory;
+use super::signature::SignatureCost;
+use super::stats::{self, Line};
+use super::token_api::Throughput;
+
+/// One bootstrap of N groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// Groups configured.
+    pub groups: usize,
+    /// Channels they are spread over.
+    pub channels: usize,
+    /// Groups with a live token at the sandbox when the wait ended.
+    pub live_groups: usize,
+    /// From spawning the daemon to every group live (or to the time limit).
+    pub wall: Duration,
+    /// The daemon's user + system CPU over that time.
+    pub cpu: Duration,
+    /// The daemon's memory at that moment.
+    pub memory: Memory,
+    /// `linetokd status` afterwards; `None` if it hit the time limit.
+    pub status: Option<Duration>,
+    /// `linetokd plan --days 30` afterwards; `None` if it hit the time limit.
+    pub plan: Option<Duration>,
+}
+
+impl Bootstrap {
+    /// True when every group got a live token within the time limit.
+    pub fn complete(&self) -> bool {
+        self.live_groups == self.groups
+    }
+
+    /// Wall milliseconds per group; only for a complete bootstrap.
+    pub fn ms_per_group(&self) -> Option<f64> {
+        self.per_group(stats::ms(self.wall))
+    }
+
+    /// Daemon CPU milliseconds per group; only for a complete bootstrap.
+    pub fn cpu_ms_per_group(&self) -> Option<f64> {
+        self.per_group(stats::ms(self.cpu))
+    }
+
+    fn per_group(&self, total_ms: f64) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        (self.complete() && self.groups > 0).then(|| total_ms / self.groups as f64)
+    }
+}
+
+/// Scheduler wake-ups counted while the daemon had nothing due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idle {
+    /// How long the counter was watched.
+    pub waited: Duration,
+    /// The counter's increase over that time.
+    pub wakeups: f64,
+}
+
+impl Idle {
+    /// Wake-ups per minute.
+    pub fn per_minute(&self) -> f64 {
+        self.wakeups * 60.0 / self.waited.as_secs_f64().max(f64::EPSILON)
+    }
+}
+
+/// RSS after bootstrap against N: the least-squares line over the complete
+/// runs, in KiB and KiB per group. `None` with fewer than two distinct N.
+pub fn rss_fit(runs: &[Bootstrap]) -> Option<Line> {
+    #[allow(clippy::cast_precision_loss)]
+    let points: Vec<(f64, f64)> = runs
+        .iter()
+        .filter(|r| r.complete())
+        .map(|r| (r.groups as f64, r.memory.rss_kib as f64))
+        .collect();
+    stats::least_squares(&points)
+}
+
+/// The first lines: where the run happened and the signature yardstick.
+pub fn preamble(machine: &Machine, signature: &SignatureCost) -> String {
+    format!(
+        "linetokd bench: nproc {}, {}, commit {}\n\
+         RSA-2048 RS256 signature: {:.3} ms (median of {}, aws-lc-rs, the daemon's signing code)\n",
+        machine.nproc,
+        machine.rustc.as_deref().unwrap_or("rustc unknown"),
+        machine.commit.as_deref().unwrap_or("unknown"),
+        signature.median_ms,
+        signature.ops,
+    )
+}
+
+/// The table's title and column names (each one word, so the table is easy
+/// to read by program too).
+pub fn table_header(per_channel: usize) -> String {
+    format!(
+        "\nbootstrap against the sandbox ({per_channel} groups per channel, loopback):\n\
+         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>8} {:>10} {:>11}\n",
+        "groups",
+        "channels",
+        "wall_s",
+        "ms/group",
+        "cpu_ms/group",
+        "cpu/sig",
+        "rss_MiB",
+        "hwm_MiB",
+        "status_ms",
+        "plan30d_ms",
+    )
+}
+
+/// One row of the table, and for an incomplete bootstrap a line saying how
+/// far it got.
+pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
+    let cpu_per_sig = run
+        .cpu_ms_per_group()
+        .map(|cpu| cpu / signature.median_ms.max(f64::EPSILON));
+    let mut row = format!(
+        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>8.1} {:>10} {:>11}\n",
+        run.groups,
+        run.channels,
+        run.wall.as_secs_f64(),
+        cell(run.ms_per_group(), 3),
+        cell(run.cpu_ms_per_group(), 3),
+        cell(cpu_per_sig, 2),
+        mib(run.memory.rss_kib),
+        mib(run.memory.hwm_kib),
+        cell(run.status.map(stats::ms), 0),
+        cell(run.plan.map(stats::ms), 0),
+    );
+    if !run.complete() {
+        let _ = writeln!(
+            row,
+            "         ({} of {} groups live when the time limit ran out after {:.0} s)",
+            run.live_groups,
+            run.groups,
+            run.wall.as_secs_f64()
+        );
+    }
+    row
+}
+
+/// The lines after the table: RSS fit, token API, idle wake-ups.
+pub fn summary(
+    runs: &[Bootstrap],
+    token_api: Option<&(usize, Throughput)>,
+    idle: Option<&(usize, Idle)>,
+) -> String {
+    let mut text = String::from("\n");
+    let complete = runs.iter().filter(|r| r.complete()).count();
+    let _ = match rss_fit(runs) {
+        Some(line) => writeln!(
+            text,
+            "rss after bootstrap: {:.1} MiB + {:.2} KiB per group (least squares over {complete} runs)",
+            line.intercept / 1024.0,
+            line.slope
+        ),
+        None => writeln!(
+            text,
+            "rss after bootstrap: no fit (needs complete runs at two or more N)"
+        ),
+    };
+    let _ = match token_api {
+        Some((groups, t)) => writeln!(
+            text,
+            "token API at {groups} groups: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} clients, {} requests)",
+            t.per_second, t.p50_ms, t.p99_ms, t.clients, t.requests
+        ),
+        None => writeln!(
+            text,
+            "token API: not measured (the smallest N did not finish bootstrap)"
+        ),
+    };
+    let _ = match idle {
+        Some((groups, idle)) => writeln!(
+            text,
+            "idle scheduler wake-ups at {groups} groups: {:.1} per minute ({} in {:.1} s)",
+            idle.per_minute(),
+            idle.wakeups,
+            idle.waited.as_secs_f64()
+        ),
+        None => writeln!(
+            text,
+            "idle scheduler wake-ups: not measured (the smallest N did not finish bootstrap)"
+        ),
+    };
+    text
+}
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Appends one JSON object per figure to a file; each carries the run's
+/// start time, nproc, rustc and commit, so lines from many runs can share
+/// one file.
+pub struct JsonLines {
+    file: File,
+    common: Map<String, Value>,
+}
+
+impl JsonLines {
+    /// Opens (creating, appending to) `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open(path: &Path, machine: &Machine, started: DateTime<Utc>) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("while opening {} for the JSON lines", path.display()))?;
+        let mut common = Map::new();
+        common.insert(
+            "run".into(),
+            json!(started.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        );
+        common.insert("nproc".into(), json!(machine.nproc));
+        common.insert("rustc".into(), json!(machine.rustc));
+        common.insert("commit".into(), json!(machine.commit));
+        Ok(Self { file, common })
+    }
+
+    /// The signature yardstick.
+    ///
+    /// # Errors
+    /// When the line cannot be written.
+    pub fn signature(&mut self, signature: &SignatureCost) -> anyhow::Result<()> {
+        self.write(
+            "signature",
+            json!({"ms_per_op": signature.median_ms, "ops": signature.ops}),
+        )
+    }
+
+    /// One bootstrap, with the signature's cost beside it.
+    ///
+    /// # Errors
+    /// When the line cannot be written.
+    pub fn bootstrap(
+        &mut self,
+        run: &Bootstrap,
+        per_channel: usize,
+        signature: &SignatureCost,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "bootstrap",
+            json!({
+                "groups": run.groups,
+                "channels": run.channels,
+                "per_channel": per_channel,
+                "complete": run.complete(),
+                "live_groups": run.live_groups,
+                "wall_ms": stats::ms(run.wall),
+                "ms_per_group": run.ms_per_group(),
+                "cpu_ms": stats::ms(run.cpu),
+                "cpu_ms_per_group": run.cpu_ms_per_group(),
+                "signature_ms": signature.median_ms,
+                "vm_rss_kib": run.memory.rss_kib,
+                "vm_hwm_kib": run.memory.hwm_kib,
+                "status_ms": run.status.map(stats::ms),
+                "plan_30d_ms": run.plan.map(stats::ms),
+            }),
+        )
+    }
+
+    /// The RSS fit, the token API and the idle wake-ups.
+    ///
+    /// # Errors
+    /// When a line cannot be written.
+    pub fn summary(
+        &mut self,
+        runs: &[Bootstrap],
+        token_api: Option<&(usize, Throughput)>,
+        idle: Option<&(usize, Idle)>,
+    ) -> anyhow::Result<()> {
+        if let Some(line) = rss_fit(runs) {
+            self.write(
+                "rss_fit",
+                json!({
+                    "runs": runs.iter().filter(|r| r.complete()).count(),
+                    "fixed_kib": line.intercept,
+                    "kib_per_group": line.slope,
+                }),
+            )?;
+        }
+        if let Some((groups, t)) = token_api {
+            self.write(
+                "token_api",
+                json!({
+                    "groups": groups,
+                    "clients": t.clients,
+                    "requests": t.requests,
+                    "elapsed_ms": stats::ms(t.elapsed),
+                    "requests_per_second": t.per_second,
+                    "p50_ms": t.p50_ms,
+                    "p99_ms": t.p99_ms,
+                }),
+            )?;
+        }
+        if let Some((groups, idle)) = idle {
+            self.write(
+                "idle_wakeups",
+                json!({
+                    "groups": groups,
+                    "waited_ms": stats::ms(idle.waited),
+                    "wakeups": idle.wakeups,
+                    "per_minute": idle.per_minute(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, figure: &str, fields: Value) -> anyhow::Result<()> {
+        let mut object = self.common.clone();
+        object.insert("figure".into(), json!(figure));
+        if let Value::Object(fields) = fields {
+            object.extend(fields);
+        }
+        let line = Value::Object(object).to_string();
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .context("while writing the JSON lines")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(groups: usize, live: usize, rss_kib: u64) -> Bootstrap {
+        Bootstrap {
+            groups,
+            channels: groups.div_ceil(15),
+            live_groups: live,
+            wall: Duration::from_millis(2 * groups as u64),
+            cpu: Duration::from_millis(groups as u64),
+            memory: Memory {
+                rss_kib,
+                hwm_kib: rss_kib + 100,
+            },
+            status: Some(Duration::from_millis(40)),
+            plan: None,
+        }
+    }
+
+    #[test]
+    fn per_group_figures_only_for_a_complete_bootstrap() {
+        let done = run(1000, 1000, 20_000);
+        assert_eq!(done.ms_per_group(), Some(2.0));
+        assert_eq!(done.cpu_ms_per_group(), Some(1.0));
+        let partial = run(1000, 400, 20_000);
+        assert_eq!(partial.ms_per_group(), None);
+        let sig = SignatureCost {
+            median_ms: 0.25,
+            ops: 10,
+        };
+        let row = table_row(&done, &sig);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "19.6", "40", "-"
+            ]
+        );
+        assert!(table_row(&partial, &sig).contains("400 of 1000 groups live"));
+    }
+
+    #[test]
+    fn rss_fit_uses_complete_runs_only() {
+        let runs = [
+            run(1000, 1000, 21_000),
+            run(10_000, 10_000, 30_000),
+            run(100_000, 5, 1),
+        ];
+        let line = rss_fit(&runs).expect("two complete runs");
+        assert!((line.slope - 1.0).abs() < 1e-9);
+        assert!((line.intercept - 20_000.0).abs() < 1e-6);
+        assert_eq!(rss_fit(&runs[..1]), None);
+    }
+
+    #[test]
+    fn idle_wakeups_per_minute() {
+        let idle = Idle {
+            waited: Duration::from_secs(30),
+            wakeups: 2.0,
+        };
+        assert!((idle.per_minute() - 4.0).abs() < 1e-12);
+    }
+}
