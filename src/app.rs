@@ -240,7 +240,7 @@ impl Daemon {
         )?;
         let control_socket = spawn_control(
             control,
-            ControlHandler::new(Arc::clone(&rotator), state.clone(), control::DEFAULT_WAIT),
+            ControlHandler::new(rotator.clone(), state.clone(), control::DEFAULT_WAIT),
             &tasks,
             &shutdown,
         );
@@ -739,6 +739,61 @@ fn channel_fingerprint(c: &ChannelConfig) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The control socket's view of the rotator (see [`control::Engine`]).
+impl control::Engine for Rotator {
+    fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
+        Rotator::subscribe(self)
+    }
+
+    fn channels(&self) -> Vec<(ChannelId, String, bool)> {
+        Rotator::channels(self)
+            .iter()
+            .map(|c| (c.id.clone(), c.name.clone(), c.secret.is_some()))
+            .collect()
+    }
+
+    fn request_rotation<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: Option<&'a GroupName>,
+        by: &'a str,
+    ) -> control::EngineFuture<'a, Result<Vec<GroupName>, String>> {
+        Box::pin(async move {
+            Rotator::request_rotation(self, channel, group, by)
+                .await
+                .map(|groups| groups.into_iter().map(|(g, _)| g).collect())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn request_incident<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+        by: &'a str,
+    ) -> control::EngineFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            Rotator::request_incident(self, channel, group, by)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn pending<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+    ) -> control::EngineFuture<'a, Option<(bool, bool)>> {
+        Box::pin(async move {
+            Rotator::pending_requests(self, channel, group)
+                .await
+                .ok()
+                .map(|p| (p.rotation.is_some(), p.incident.is_some()))
+        })
+    }
 }
 
 /// The rotator's channels: signers built from the loaded keys.

@@ -34,11 +34,12 @@
 //! scheduler, and then watches two things: the events of the targeted
 //! groups (what was revoked, what was issued, what failed) and the end of
 //! each scheduler pass, after which it asks the rotator whether the request
-//! is still pending ([`Rotator::pending_requests`]). The rotator clears a
+//! is still pending ([`Engine::pending`]). The rotator clears a
 //! request once the issue it asked for succeeded, so "no longer pending" is
 //! exactly "done", with no guessing from timestamps.
 //!
-//! Depends on `rotator` and `scheduler` (its progress), `domain`; reads no
+//! Depends on the [`Engine`] contract (which `app` implements for the
+//! rotator), `event`, `scheduler` (its progress) and `domain`; reads no
 //! config: `app` binds the server and hands it a [`ControlHandler`]. The
 //! client half ([`send`]) is plain blocking std IO for the CLI.
 
@@ -66,7 +67,7 @@ use crate::accept::AcceptBackoff;
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::policy::joined;
-use crate::rotator::{RotationEvent, Rotator, describe_alert};
+use crate::event::RotationEvent;
 use crate::scheduler::SchedulerState;
 
 /// The socket's file name inside the state directory.
@@ -492,9 +493,45 @@ async fn connection(
     write.shutdown().await
 }
 
-/// Carries out requests against the rotator and waits for their outcome.
+/// A future the [`Engine`] returns (boxed, so the trait stays object safe).
+pub type EngineFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the control socket asks of the rotation engine. `app` implements it
+/// for the rotator, so this module knows the engine only by this contract
+/// (and its [`RotationEvent`]s).
+pub trait Engine: Send + Sync {
+    /// A receiver of everything the engine does from now on.
+    fn subscribe(&self) -> broadcast::Receiver<RotationEvent>;
+    /// The configured channels: ID, name, and whether its secret is
+    /// configured (an incident needs it).
+    fn channels(&self) -> Vec<(ChannelId, String, bool)>;
+    /// Records a rotation request for one group or every group of the
+    /// channel; the groups it covers, or why it was refused.
+    fn request_rotation<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: Option<&'a GroupName>,
+        by: &'a str,
+    ) -> EngineFuture<'a, Result<Vec<GroupName>, String>>;
+    /// Records an incident for one group, or says why it was refused.
+    fn request_incident<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+        by: &'a str,
+    ) -> EngineFuture<'a, Result<(), String>>;
+    /// Whether the group's rotation and incident requests are still open,
+    /// as `(rotation, incident)`; `None` when the engine cannot tell now.
+    fn pending<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+    ) -> EngineFuture<'a, Option<(bool, bool)>>;
+}
+
+/// Carries out requests against the engine and waits for their outcome.
 pub struct ControlHandler {
-    rotator: Arc<Rotator>,
+    rotator: Arc<dyn Engine>,
     scheduler: watch::Receiver<SchedulerState>,
     wait: Duration,
 }
@@ -510,7 +547,7 @@ impl ControlHandler {
     /// A handler that asks `rotator`, wakes the scheduler through `waker`,
     /// watches its passes on `scheduler`, and answers after at most `wait`.
     pub fn new(
-        rotator: Arc<Rotator>,
+        rotator: Arc<dyn Engine>,
         scheduler: watch::Receiver<SchedulerState>,
         wait: Duration,
     ) -> Self {
@@ -594,8 +631,8 @@ impl ControlHandler {
         let index: ChannelIndex = self
             .rotator
             .channels()
-            .iter()
-            .map(|c| (c.id.clone(), c.name.clone()))
+            .into_iter()
+            .map(|(id, name, _)| (id, name))
             .collect();
         index.resolve(given.as_str()).cloned().unwrap_or(given)
     }
@@ -609,18 +646,16 @@ impl ControlHandler {
                     .rotator
                     .request_rotation(&channel, group.as_ref(), "the control socket")
                     .await
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(|(g, _)| g)
-                    .collect::<Vec<_>>();
+                    ?;
                 tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
             }
             Request::Revoke { channel, group } => {
                 let channel = self.channel_id(channel);
                 let channels = self.rotator.channels();
-                if let Some(setup) = channels.iter().find(|c| c.id == channel)
-                    && setup.secret.is_none()
+                if channels
+                    .iter()
+                    .any(|(id, _, can_revoke)| *id == channel && !can_revoke)
                 {
                     return Err(format!(
                         "channel {channel} has no secret_file: its tokens cannot be revoked at LINE, \
@@ -629,8 +664,7 @@ impl ControlHandler {
                 }
                 self.rotator
                     .request_incident(&channel, &group, "the control socket")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![group], true))
             }
@@ -639,22 +673,14 @@ impl ControlHandler {
 
     async fn check_done(&self, work: &mut Work) {
         for report in &mut work.reports {
-            let pending = match self
-                .rotator
-                .pending_requests(&work.channel, &report.group)
-                .await
-            {
-                Ok(p) => p,
-                // The store could not be read: not done, ask again at the
-                // next round.
-                Err(_) => continue,
+            // When the engine cannot tell (the store could not be read),
+            // the request is not done: ask again at the next round.
+            let Some((rotation, incident)) =
+                self.rotator.pending(&work.channel, &report.group).await
+            else {
+                continue;
             };
-            let still = if work.incident {
-                pending.incident
-            } else {
-                pending.rotation
-            };
-            report.done = still.is_none();
+            report.done = !if work.incident { incident } else { rotation };
         }
     }
 }
@@ -735,7 +761,7 @@ impl Work {
                 alert,
             } => {
                 if let Some(r) = self.report(channel, group) {
-                    r.notes.push(describe_alert(alert));
+                    r.notes.push(alert.to_string());
                 }
             }
             RotationEvent::Expired { .. }

@@ -148,8 +148,10 @@ impl Scheduler {
                     s.passes += 1;
                     s.next_wake = next;
                 });
-                if let Some(next) = next {
-                    tracing::debug!(next_wake = %next, "channels worked");
+                // Tests and operators wait on this line (at debug level).
+                match next {
+                    Some(next) => tracing::debug!(next_wake = %next, "pass done"),
+                    None => tracing::debug!("pass done"),
                 }
             }
             if shutdown.is_cancelled() {

@@ -23,8 +23,9 @@ pub struct Snapshot {
     /// The channel's row; `None` when the store does not know the channel.
     pub channel: Option<ChannelRow>,
     /// Groups to plan: the active ones, and removed ones that still hold
-    /// live tokens (they are revoked after `removal_grace`), each with its
-    /// tokens still recorded live. Ordered by group name.
+    /// tokens recorded live (revoked after `removal_grace`, or marked
+    /// expired), each with its tokens still recorded live. Ordered by group
+    /// name.
     pub groups: Vec<(GroupRow, Vec<StoredToken>)>,
     /// Foreign key IDs the last reconcile saw listed.
     pub foreign: u32,
@@ -57,8 +58,9 @@ impl Snapshot {
             let (tokens, rest): (Vec<StoredToken>, Vec<StoredToken>) =
                 live.into_iter().partition(|t| t.group == row.name);
             live = rest;
-            let has_live = tokens.iter().any(|t| t.record.is_live_at(now));
-            if row.is_active() || has_live {
+            // A removed group stays while it holds a token still recorded
+            // live, even past its expiry: the rotator marks it expired.
+            if row.is_active() || !tokens.is_empty() {
                 groups.push((row, tokens));
             }
         }

@@ -647,6 +647,27 @@ fn plan_active(
                 let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
                 hold = Some(Hold::Capacity { needed });
                 draft.alerts.push(Alert::NoCapacity { needed });
+                // Foreign and unsettled tokens expire at instants nobody
+                // tells us, so the key IDs are listed again: every
+                // `full_recheck` while consumers have no token at all,
+                // every `reconcile_max_age_before_issue` for a rotation.
+                // The first slot LINE frees is then used within that, not
+                // at the next hourly reconcile.
+                if channel.foreign > 0 || channel.lost > 0 {
+                    let every = if usable_left {
+                        rules.reconcile_max_age_before_issue
+                    } else {
+                        rules.full_recheck
+                    };
+                    let recheck_at = channel.last_reconcile_at.map_or(now, |at| {
+                        time::add(at, time::at_least(every, MIN_INTERVAL))
+                    });
+                    if now >= recheck_at {
+                        reconcile = true;
+                    } else {
+                        draft.wake(recheck_at);
+                    }
+                }
             } else {
                 // Only now, with the issue certain to be planned, does the
                 // older token go: revoking it without a successor would only

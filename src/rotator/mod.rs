@@ -410,24 +410,31 @@ impl Rotator {
     /// `Ok(Some(until))` when the channel idles until `until`.
     async fn round(&self, setup: &ChannelSetup) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
-        let expired = {
-            let channel = setup.id.clone();
-            self.db(move |store| store.expire_due_in(now, &channel))
-                .await?
-        };
-        if !expired.is_empty() {
-            tracing::info!(channel = %setup.id, key_ids = %policy::joined(&expired), "tokens expired");
-            self.emit(RotationEvent::Expired {
-                channel: setup.id.clone(),
-                key_ids: expired,
-            });
-        }
         let rules = self.rules();
-        let snapshot = {
+        let mut snapshot = self.snapshot(setup, now).await?;
+        // Tokens whose expiry has come are marked expired (an event each)
+        // before anything is decided. The policy itself reads expiry from
+        // the instant, so this write is only needed when one is due: most
+        // rounds skip it.
+        let due = snapshot
+            .groups
+            .iter()
+            .flat_map(|(_, tokens)| tokens)
+            .any(|t| t.record.state == crate::domain::TokenState::Live && t.record.expires_at <= now);
+        if due {
             let channel = setup.id.clone();
-            self.db(move |store| Snapshot::read(store, &channel, now))
-                .await?
-        };
+            let expired = self
+                .db(move |store| store.expire_due_in(now, &channel))
+                .await?;
+            if !expired.is_empty() {
+                tracing::info!(channel = %setup.id, key_ids = %policy::joined(&expired), "tokens expired");
+                self.emit(RotationEvent::Expired {
+                    channel: setup.id.clone(),
+                    key_ids: expired,
+                });
+            }
+            snapshot = self.snapshot(setup, now).await?;
+        }
         let state = snapshot.state(&setup.id, setup.secret.is_some());
         let decision = policy::drive(now, &state, &rules);
         match decision.next.clone() {
@@ -445,6 +452,12 @@ impl Rotator {
                 Ok(Some(until))
             }
         }
+    }
+
+    async fn snapshot(&self, setup: &ChannelSetup, now: DateTime<Utc>) -> Result<Snapshot, StoreError> {
+        let channel = setup.id.clone();
+        self.db(move |store| Snapshot::read(store, &channel, now))
+            .await
     }
 
     /// Metrics and alerts for a channel at rest: each group's live count,

@@ -626,22 +626,22 @@ fn a_database_with_hook_events_is_refused_by_a_binary_that_predates_them() {
     let path = dir.path().join("linetokd.db");
     drop(Store::open(&path).unwrap());
     let mut conn = rusqlite::Connection::open(&path).unwrap();
-    // What linetokd before hook events would run at open: every migration
-    // but the hook events' one (the last).
-    let older = &MIGRATIONS[..MIGRATIONS.len() - 1];
+    // What linetokd before hook events would run at open: the migrations
+    // before the hook events' one (version 3).
+    let older = &MIGRATIONS[..2];
     let err = migrate::apply(&mut conn, older).unwrap_err();
     assert!(
         matches!(
             err,
             StoreError::TooNew {
-                found: 3,
+                found: 4,
                 known: 2,
                 ..
             }
         ),
         "{err:?}"
     );
-    assert_eq!(migrate::schema_version(&conn).unwrap(), 3);
+    assert_eq!(migrate::schema_version(&conn).unwrap(), 4);
 }
 
 #[tokio::test]

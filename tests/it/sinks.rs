@@ -812,7 +812,7 @@ mod service {
         let text = metrics.render();
         assert!(
             text.contains(
-                r#"linetokd_sink_failures_total{channel="1234567890",group="backend"} 3"#
+                r#"linetokd_sink_failures_total{channel="1234567890",channel_name="",group="backend"} 3"#
             ),
             "{text}"
         );
@@ -850,7 +850,7 @@ mod service {
         let text = metrics.render();
         assert!(
             text.contains(&format!(
-                r#"linetokd_sink_last_success_timestamp_seconds{{channel="1234567890",group="backend"}} {}"#,
+                r#"linetokd_sink_last_success_timestamp_seconds{{channel="1234567890",channel_name="",group="backend"}} {}"#,
                 due.timestamp()
             )),
             "{text}"

@@ -229,7 +229,7 @@ fn lab() -> Lab {
                 KeyId::new("kid-legacy"),
                 KeyId::new("kid-foreign-1"),
             ],
-            i64::MAX,
+            store.newest_intent_id(&ch(SHOP)).unwrap(),
         )
         .unwrap();
     // The legacy group leaves the config two hours ago.

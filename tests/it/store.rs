@@ -475,7 +475,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             t1,
             &ch("1000"),
             &[kid("ours-a"), kid("f1"), kid("ours-old")],
-            i64::MAX,
+            store.newest_intent_id(&ch("1000")).unwrap(),
         )
         .unwrap();
     assert_eq!(
@@ -506,7 +506,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             t2,
             &ch("1000"),
             &[kid("ours-a"), kid("f1"), kid("f2")],
-            i64::MAX,
+            store.newest_intent_id(&ch("1000")).unwrap(),
         )
         .unwrap();
     assert!(report.gone.is_empty(), "{report:?}");
@@ -529,7 +529,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             t3,
             &ch("1000"),
             &[kid("ours-a"), kid("ours-new"), kid("f2")],
-            i64::MAX,
+            store.newest_intent_id(&ch("1000")).unwrap(),
         )
         .unwrap();
     assert_eq!(report.foreign_gone, [kid("f1")]);
@@ -563,7 +563,7 @@ fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
             .all(|f| f.key_id != kid("f2"))
     );
 
-    let err = store.reconcile(t3, &ch("9999"), &[], i64::MAX).unwrap_err();
+    let err = store.reconcile(t3, &ch("9999"), &[], 0).unwrap_err();
     assert!(matches!(err, StoreError::UnknownChannel { .. }), "{err:?}");
 }
 
@@ -692,7 +692,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
             at + Duration::minutes(2),
             &ch("1000"),
             &[kid("k1"), kid("foreign")],
-            i64::MAX,
+            store.newest_intent_id(&ch("1000")).unwrap(),
         )
         .unwrap();
     assert!(
