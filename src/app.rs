@@ -171,6 +171,11 @@ impl Daemon {
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
+        // Config validation already refuses these; the policy's own check is
+        // the second line of defence for rules built in code (tests, demo).
+        rules
+            .validate()
+            .context("while checking the rotation rules")?;
         let http_clock = Arc::clone(&clock);
         let reload_clock = Arc::clone(&clock);
         let rotator = Rotator::new(RotatorParts {
@@ -296,6 +301,10 @@ impl Daemon {
     /// config then stays in force.
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
+        let new_rules = rules(config);
+        new_rules
+            .validate()
+            .context("while checking the reloaded rotation rules")?;
         let specs = channel_specs(config);
         let now = self.clock.now();
         let store = self.rotator.store().clone();
@@ -304,7 +313,7 @@ impl Daemon {
             .context("while syncing the reloaded config into the database")??;
         self.rotator.set_channels(setups);
         self.metrics.set_channel_names(config.channel_index());
-        self.rotator.set_rules(rules(config));
+        self.rotator.set_rules(new_rules);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
         for (channel, group) in &synced.added_groups {

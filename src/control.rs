@@ -66,8 +66,8 @@ use tokio_util::task::TaskTracker;
 use crate::accept::AcceptBackoff;
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, KeyId};
-use crate::policy::joined;
 use crate::event::RotationEvent;
+use crate::policy::joined;
 use crate::scheduler::SchedulerState;
 
 /// The socket's file name inside the state directory.
@@ -645,8 +645,7 @@ impl ControlHandler {
                 let groups = self
                     .rotator
                     .request_rotation(&channel, group.as_ref(), "the control socket")
-                    .await
-                    ?;
+                    .await?;
                 tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
             }

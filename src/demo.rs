@@ -41,9 +41,9 @@ use crate::app::{Daemon, RunOptions};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, SigningKid};
+use crate::event::RotationEvent;
 use crate::line::keys::{self, VerifyingKey};
 use crate::policy::joined;
-use crate::event::RotationEvent;
 use crate::sandbox::{Sandbox, SandboxTokenState, TokenKind};
 
 /// The demo's channels: (ID, name, groups).

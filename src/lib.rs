@@ -10,47 +10,74 @@
 //!
 //! # Layout
 //!
+//! The vocabulary and the pure heart:
 //! - [`domain`]: the vocabulary as plain data (channel, group, key ID, token
-//!   record); [`secret`]: the newtype that keeps token values out of output.
+//!   record, failure kinds, operator requests); [`secret`]: the newtype that
+//!   keeps token values out of output.
 //! - [`clock`]: where "now" comes from; a manual clock for tests.
-//! - [`policy`]: the pure rotation policy: from a group's tokens, its
-//!   channel's counts and the rules to a plan (issue, revoke, verify,
-//!   reconcile, when to wake).
+//! - [`policy`]: the pure rotation policy: a group's plan
+//!   ([`policy::plan_group`]) and the one channel driver ([`policy::drive`]:
+//!   execute a group's plan, free capacity, or idle until an instant) that
+//!   the rotator, `plan` and the property tests all call; its words for
+//!   people ([`policy::words`]).
+//! - [`forecast`]: the driver run forward in virtual time (`linetokd plan`);
+//!   pure, like `policy`.
+//!
+//! Around it, with IO:
+//! - [`store`]: the SQLite store (tokens, the issuance journal, failure
+//!   streaks and holds, operator requests, alerts, events) and its
+//!   migrations; every instant in milliseconds; one writer per database.
+//! - [`snapshot`]: one channel's state read from the store as the driver
+//!   sees it, shared by the rotator, `status` and `plan`.
 //! - [`line`]: the typed client for LINE's token endpoints, the JWT
-//!   assertion ([`line::jwt`]) and assertion signing keys ([`line::keys`]).
-//! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
-//!   demo, the tests and users who want to try their setup offline.
-//! - [`config`]: the config file: load (file, then environment), validate
-//!   naming the bad key, print resolved with secrets masked.
-//! - [`store`]: the SQLite store (tokens, the issuance journal, events) and
-//!   its migrations; one writer per database.
-//! - [`keygen`]: writes a fresh assertion key pair for the console.
-//! - [`http`]: the daemon's HTTP listener: health and the token API.
+//!   assertion ([`line::jwt`]), assertion signing keys ([`line::keys`]) and
+//!   the checks on what LINE answers ([`line::validate`]).
+//! - [`rotator`]: where the driver's decisions meet IO: one channel worked
+//!   until idle, every outcome stored before anyone is told.
+//! - [`event`]: what the rotator tells the rest ([`event::RotationEvent`]).
+//! - [`scheduler`]: owns every channel's due time; works the due ones.
+//! - [`delivery`]: file sinks, hooks and the token book, fed by events.
+//! - [`http`]: the daemon's HTTP listener: health, metrics, the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
-//!   `linetokd revoke`.
+//!   `linetokd revoke`, speaking to the engine through [`control::Engine`].
 //! - [`accept`]: what every accept loop shares: backing off when accepting
 //!   fails (out of descriptors) instead of spinning.
-//! - [`channel_index`]: a channel by its ID or its configured name, for
-//!   `--channel`, the token API's paths and the control socket alike.
-//! - [`addresses`]: where a running daemon listens, recorded in its state
-//!   directory for `linetokd health` and `status` (port 0 included).
+//! - [`metrics`]: the Prometheus metrics; [`logging`]: log output and the
+//!   one-line error chain.
 //! - [`notify`]: the systemd notification protocol (ready, reloading,
 //!   stopping, watchdog, status); `app` hands it the environment's values.
-//! - [`forecast`]: the policy run forward in virtual time (`linetokd plan`);
-//!   pure, like `policy`.
+//! - [`watch`]: notices edits of the config file.
+//! - [`keygen`]: writes a fresh assertion key pair for the console.
+//! - [`sandbox`]: a faithful emulator of LINE's token endpoints, used by the
+//!   demo, the tests, the benchmark and users who want to try their setup
+//!   offline.
+//!
+//! At the top:
+//! - [`config`]: the config file: load (file, then environment), validate
+//!   naming the bad key, print resolved with secrets masked;
+//!   [`channel_index`]: a channel by its ID or its configured name.
+//! - [`app`]: wiring for `run` and `demo`; [`addresses`]: where a running
+//!   daemon listens, recorded in its state directory.
 //! - [`status`]: what `linetokd status` and `linetokd plan` read from the
 //!   store (read-only, beside a running daemon) and how they print it.
+//! - [`demo`]: `linetokd demo`; [`bench`]: `linetokd bench`, which runs this
+//!   binary as a daemon against the sandbox and measures it from outside.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
-//! - [`bench`]: `linetokd bench`, which runs this binary as a daemon
-//!   against the sandbox and measures it from outside; at `cli`'s level.
 //!
 //! # The dependency rule
 //!
 //! Arrows mean "may call"; nothing calls upward.
 //!
-//! - `main` → `cli` → `app` → `scheduler`, `http`, `control`
-//! - `scheduler` → `rotator` → `policy`, `store`, `line`, `delivery`, `clock`
-//! - `policy`, `store`, `line`, `delivery` → `domain`
+//! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`
+//! - `app` → `scheduler`, `http`, `control`, `delivery`, `rotator`, `store`
+//! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
+//!   `event`, `metrics`, `clock`
+//! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
+//! - `control`, `delivery` → `event` (never `rotator`); `control` reaches
+//!   the engine only through the [`control::Engine`] contract and watches
+//!   the scheduler's progress; `demo` runs `app` and the sandbox
+//! - `snapshot` → `store`, `policy`; `forecast` → `policy`
+//! - `policy`, `store`, `line`, `event` → `domain`
 //! - `sandbox` → `domain`, `line::jwt` and `line::keys` types only; the daemon
 //!   never calls it
 //! - nothing below `cli`/`app` reads the environment, the wall clock or the
@@ -60,8 +87,8 @@
 pub mod accept;
 pub mod addresses;
 pub mod app;
-pub mod channel_index;
 pub mod bench;
+pub mod channel_index;
 pub mod cli;
 pub mod clock;
 pub mod config;

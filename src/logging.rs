@@ -38,3 +38,19 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     // Already installed (tests, or `demo` calling into `run`): keep the first.
     let _ = result;
 }
+
+/// An error and its sources on one line, `a: b: c`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

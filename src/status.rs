@@ -8,7 +8,7 @@
 //!
 //! Both commands see the world the same way ([`read_store`], then
 //! `worlds`): each channel's store snapshot, built exactly as the rotator
-//! builds its views ([`crate::rotator::snapshot`]), with the config file
+//! builds its views ([`crate::snapshot`]), with the config file
 //! applied on top the way the daemon applies it at start: configured groups
 //! the store does not know yet start fresh, stored groups the config no
 //! longer lists count as removed now. `status` plans every group once at
@@ -43,8 +43,8 @@ use crate::policy::{
 };
 use crate::snapshot::Snapshot;
 use crate::store::{
-    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, GroupRow, IntentOutcome, IssueIntent, LAST_RELOAD,
-    Store, StoreError, StoredToken, WriterLock,
+    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, GroupRow, IntentOutcome, IssueIntent,
+    LAST_RELOAD, Store, StoreError, StoredToken, WriterLock,
 };
 
 /// The version of the JSON shapes below; bumped only when a field changes

@@ -346,7 +346,7 @@ impl Delivery {
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "delivery fell behind the rotator; reloading from the store");
                         if let Err(e) = self.load().await {
-                            tracing::error!(error = %crate::rotator::error_chain(&e), "reloading published tokens failed");
+                            tracing::error!(error = %crate::logging::error_chain(&e), "reloading published tokens failed");
                         }
                     }
                     Err(RecvError::Closed) => break,

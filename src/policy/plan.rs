@@ -659,9 +659,9 @@ fn plan_active(
                     } else {
                         rules.full_recheck
                     };
-                    let recheck_at = channel.last_reconcile_at.map_or(now, |at| {
-                        time::add(at, time::at_least(every, MIN_INTERVAL))
-                    });
+                    let recheck_at = channel
+                        .last_reconcile_at
+                        .map_or(now, |at| time::add(at, time::at_least(every, MIN_INTERVAL)));
                     if now >= recheck_at {
                         reconcile = true;
                     } else {

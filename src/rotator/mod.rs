@@ -40,6 +40,7 @@ use crate::domain::{ChannelId, ChannelSecret, GroupName, RequestKind};
 pub use crate::event::RotationEvent;
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
+pub use crate::logging::error_chain;
 use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
@@ -420,7 +421,9 @@ impl Rotator {
             .groups
             .iter()
             .flat_map(|(_, tokens)| tokens)
-            .any(|t| t.record.state == crate::domain::TokenState::Live && t.record.expires_at <= now);
+            .any(|t| {
+                t.record.state == crate::domain::TokenState::Live && t.record.expires_at <= now
+            });
         if due {
             let channel = setup.id.clone();
             let expired = self
@@ -454,7 +457,11 @@ impl Rotator {
         }
     }
 
-    async fn snapshot(&self, setup: &ChannelSetup, now: DateTime<Utc>) -> Result<Snapshot, StoreError> {
+    async fn snapshot(
+        &self,
+        setup: &ChannelSetup,
+        now: DateTime<Utc>,
+    ) -> Result<Snapshot, StoreError> {
         let channel = setup.id.clone();
         self.db(move |store| Snapshot::read(store, &channel, now))
             .await
@@ -594,20 +601,4 @@ pub fn describe_alert(alert: &Alert) -> String {
 /// A short phrase for logs, status and the event history.
 pub fn revoke_reason_text(reason: policy::RevokeReason) -> &'static str {
     reason.text()
-}
-
-/// An error and its sources on one line, `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source in their own message.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
