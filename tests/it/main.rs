@@ -19,6 +19,7 @@ mod line_client;
 mod observability;
 mod package;
 mod regressions;
+mod recovery;
 mod reload;
 mod sandbox;
 mod simulation;
