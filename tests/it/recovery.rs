@@ -656,3 +656,355 @@ async fn a_near_full_channel_is_filled_as_soon_as_line_has_room() {
     }
     assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
 }
+
+// ---------------------------------------------------------------------------
+// 2. A fixed mistake is picked up.
+
+/// How the operator fixes the wrong `kid`.
+#[derive(Debug, Clone, Copy)]
+enum Fix {
+    /// The config names the right kid; the daemon reloads it.
+    Reload,
+    /// The kid is registered at LINE (the console); `linetokd rotate`.
+    Rotate,
+    /// The config names the right kid; the daemon restarts.
+    Restart,
+}
+
+/// A channel whose config names a kid LINE does not know (404: a permanent
+/// failure, retried every 30 min). After the fix the group is issued a
+/// token within seconds of virtual time; before it, nothing happens for
+/// minutes and the store shows the long hold.
+async fn a_fixed_kid_is_picked_up(fix: Fix) {
+    let mut c = chan(0, 1);
+    c.kid_in_config = SigningKid::new("recovery-kid-wrong");
+    if matches!(fix, Fix::Rotate) {
+        // The config is right; LINE does not know the kid yet.
+        c.kid_at_line = SigningKid::new("recovery-kid-registered-later");
+    }
+    let t0 = support::start_time();
+    let mut rig = Rig::start(
+        vec![c],
+        rotation("30d", "24h", "30m", "6h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::minutes(5)).await;
+    assert!(
+        rig.live_of(0, "g00").is_empty(),
+        "issued with a kid LINE does not know"
+    );
+    // The mistake is held as permanent: nothing before 30 minutes.
+    let id = rig.chans[0].id.clone();
+    let row = rig.store().channel(&id).unwrap().unwrap();
+    let group = &rig.store().groups(&id).unwrap()[0];
+    let held_until = row
+        .reconcile
+        .retry_not_before
+        .into_iter()
+        .chain(group.runtime.retry_not_before)
+        .max()
+        .expect("the failure is recorded");
+    assert!(
+        held_until - t0 >= Duration::minutes(25),
+        "a wrong kid is a permanent failure, held until {held_until}"
+    );
+
+    let fixed_at = rig.now();
+    match fix {
+        Fix::Reload => {
+            rig.chans[0].kid_in_config = rig.chans[0].kid_at_line.clone();
+            rig.reload().await;
+        }
+        Fix::Rotate => {
+            let public = support::fixture_key().public_jwk().to_json_pretty();
+            rig.sandbox
+                .register_channel(
+                    id.clone(),
+                    ChannelSecret::new(rig.chans[0].secret.clone()),
+                    vec![(
+                        rig.chans[0].kid_in_config.clone(),
+                        VerifyingKey::parse(public.as_bytes()).unwrap(),
+                    )],
+                )
+                .unwrap();
+            rig.chans[0].kid_at_line = rig.chans[0].kid_in_config.clone();
+            let before = rig.passes();
+            rig.daemon()
+                .rotator
+                .request_rotation(&id, None, "test")
+                .await
+                .unwrap();
+            rig.pass_after(before).await;
+        }
+        Fix::Restart => {
+            rig.stop_daemon().await;
+            rig.chans[0].kid_in_config = rig.chans[0].kid_at_line.clone();
+            rig.start_daemon().await;
+        }
+    }
+    rig.run_until(fixed_at + Duration::minutes(2)).await;
+    let watch = rig.finish().await;
+    println!("fixed kid ({fix:?}):\n{}", watch.summary());
+    let first = watch.gaps[0].to.expect("never issued after the fix");
+    assert!(
+        first - fixed_at <= Duration::seconds(10),
+        "{fix:?}: fixed at {fixed_at}, issued at {first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kid_fixed_by_reload_is_picked_up_at_once() {
+    a_fixed_kid_is_picked_up(Fix::Reload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_ends_the_hold_of_a_kid_fixed_at_line() {
+    a_fixed_kid_is_picked_up(Fix::Rotate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kid_fixed_by_restart_is_picked_up_at_once() {
+    a_fixed_kid_is_picked_up(Fix::Restart).await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. Partial failure does not starve.
+
+/// 20 % 500s and 10 % 429s (Retry-After 30 s) on every endpoint for a
+/// virtual day; three channels of three groups; 2-hour tokens rotated
+/// 30 min ahead, so every group rotates a dozen times. LINE answers most of
+/// the time, so no group is ever without a live token once it had its
+/// first, and no group ever has more than 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failure_for_a_day_never_starves_a_group() {
+    let faults = Faults {
+        seed: Some(0x8_0003),
+        down: false,
+        endpoints: BTreeMap::from([(
+            ANY_ENDPOINT.to_owned(),
+            FaultRule {
+                error_rate: 0.20,
+                rate_limit_rate: 0.10,
+                retry_after_secs: 30,
+                ..FaultRule::default()
+            },
+        )]),
+    };
+    let t0 = support::start_time();
+    let mut rig = Rig::start(
+        (0..3).map(|i| chan(i, 3)).collect(),
+        rotation("2h", "30m", "5m", "30m", "15m"),
+        faults,
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::days(1)).await;
+    let issued: usize = rig
+        .chans
+        .iter()
+        .map(|c| {
+            rig.sandbox
+                .tokens(&c.id)
+                .iter()
+                .filter(|t| t.issuer == TokenIssuer::Api)
+                .count()
+        })
+        .sum();
+    let watch = rig.finish().await;
+    let end = watch.end.unwrap();
+    let first_wait = watch
+        .gaps
+        .iter()
+        .filter(|g| g.first)
+        .map(|g| g.length(end))
+        .max()
+        .unwrap();
+    println!(
+        "partial failure: {issued} tokens issued; longest wait for a first token {} ms\n{}",
+        first_wait.num_milliseconds(),
+        watch.summary()
+    );
+    assert!(
+        issued >= 9 * 12,
+        "only {issued} tokens in a day of 2-hour tokens"
+    );
+    assert!(
+        first_wait <= Duration::minutes(5),
+        "a group waited {first_wait} for its first token"
+    );
+    assert!(
+        watch.later_gaps().is_empty(),
+        "groups were without a live token:\n{}",
+        watch.summary()
+    );
+    assert!(watch.max_live_group <= 2);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Verify refusing a listed token.
+
+/// Verify refuses group g00's current token while LINE's key-ID list still
+/// lists it and its cap still counts it: the daemon marks it refused,
+/// revokes it (the secret is configured) and issues a replacement; the
+/// group never holds more than 2 live tokens at LINE, and after the next
+/// reconcile the daemon's count (ours + foreign) is LINE's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_verify_refuses_is_revoked_replaced_and_counted() {
+    let t0 = support::start_time();
+    let chans = vec![chan(0, 2)];
+    let id = chans[0].id.clone();
+    let foreign: Vec<DateTime<Utc>> = (0..3)
+        .map(|i| t0 + Duration::days(2) + Duration::milliseconds(333 * i))
+        .collect();
+    let mut rig = Rig::start(
+        chans,
+        rotation("30d", "24h", "30m", "1h", "2h"),
+        Faults::default(),
+        |sandbox| {
+            sandbox.add_foreign_tokens(&id, &foreign).unwrap();
+        },
+    )
+    .await;
+    rig.run_until(t0 + Duration::minutes(10)).await;
+    let first = rig.live_of(0, "g00");
+    assert_eq!(first.len(), 1);
+    let refused = first[0].key_id.clone();
+    assert!(
+        rig.sandbox
+            .set_verify_refusal(&id, &refused, Some(VerifyRefusal::Invalid))
+    );
+    assert!(rig.sandbox.live_key_ids(&id).contains(&refused));
+
+    // The next verify (within the hour) finds it.
+    rig.run_until(t0 + Duration::minutes(70)).await;
+    let at_line = rig.sandbox.token(&id, &refused).unwrap();
+    assert_eq!(
+        at_line.state,
+        SandboxTokenState::Revoked,
+        "the refused token is revoked at LINE"
+    );
+    let stored = rig.store().token(&refused).unwrap().unwrap();
+    assert!(
+        stored.record.refused_at.is_some(),
+        "the store marks it refused"
+    );
+    let now_live = rig.live_of(0, "g00");
+    assert_eq!(now_live.len(), 1, "one replacement");
+    assert!(now_live[0].issued_at >= at_line.revoked_at.unwrap());
+    let replaced_after = now_live[0].issued_at - at_line.revoked_at.unwrap();
+
+    // After the next reconcile, the daemon counts what LINE counts.
+    let reconciled = rig
+        .store()
+        .channel(&id)
+        .unwrap()
+        .unwrap()
+        .last_reconcile_at
+        .unwrap();
+    rig.run_until(reconciled + Duration::hours(2) + Duration::minutes(1))
+        .await;
+    assert!(rig.store().channel(&id).unwrap().unwrap().last_reconcile_at > Some(reconciled));
+    let (ours, foreign_count, unsettled, _) = rig.counts(0);
+    let line_live = rig.sandbox.live_tokens(&id).len();
+    assert_eq!(
+        (ours + foreign_count + unsettled) as usize,
+        line_live,
+        "the daemon counts {ours} ours + {foreign_count} foreign + {unsettled} unsettled, LINE \
+         holds {line_live}"
+    );
+    assert_eq!(foreign_count, 3);
+    let watch = rig.finish().await;
+    println!(
+        "verify refusal: replaced {} ms after the revoke\n{}",
+        replaced_after.num_milliseconds(),
+        watch.summary()
+    );
+    assert!(watch.max_live_group <= 2);
+}
+
+/// A freshly issued token that fails its first verify (`refuse_live_rate`
+/// 1.0 for that one call): it is stored refused, revoked at LINE, and the
+/// group retries on the transient schedule (seconds), not 30 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_that_fails_verify_is_revoked_and_retried_soon() {
+    let t0 = support::start_time();
+    let chans = vec![chan(0, 2)];
+    let id = chans[0].id.clone();
+    let mut rig = Rig::start(
+        chans,
+        rotation("30d", "24h", "30m", "6h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::minutes(10)).await;
+    let before: Vec<KeyId> = rig.live_of(0, "g01").into_iter().map(|t| t.key_id).collect();
+    assert_eq!(before.len(), 1);
+    let seen = rig.sandbox.tokens(&id).len();
+
+    rig.sandbox
+        .set_faults(Faults {
+            seed: Some(1),
+            down: false,
+            endpoints: BTreeMap::from([(
+                Endpoint::VerifyV21.path().to_owned(),
+                FaultRule {
+                    refuse_live_rate: 1.0,
+                    refuse_live_as: Some(VerifyRefusal::Invalid),
+                    ..FaultRule::default()
+                },
+            )]),
+        })
+        .unwrap();
+    let asked = rig.now();
+    let passes = rig.passes();
+    rig.daemon()
+        .rotator
+        .request_rotation(&id, Some(&GroupName::new("g01")), "test")
+        .await
+        .unwrap();
+    rig.pass_after(passes).await;
+    // The fresh token was issued, failed its verify, and the group waits
+    // on the transient schedule.
+    let fresh = rig.sandbox.tokens_since(&id, seen);
+    assert_eq!(fresh.len(), 1, "one issue before the failure");
+    let bad = fresh[0].key_id.clone().unwrap();
+    let stored = rig.store().token(&bad).unwrap().unwrap();
+    assert!(stored.record.refused_at.is_some(), "stored as refused");
+    let group = rig
+        .store()
+        .group(&id, &GroupName::new("g01"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(group.runtime.failure_kind, Some(FailureKind::Transient));
+    let retry_at = group.runtime.retry_not_before.unwrap();
+    assert!(
+        retry_at - asked <= Duration::seconds(30),
+        "the retry waits until {retry_at}"
+    );
+    rig.sandbox.set_faults(Faults::default()).unwrap();
+
+    rig.run_until(asked + Duration::minutes(5)).await;
+    assert_eq!(
+        rig.sandbox.token(&id, &bad).unwrap().state,
+        SandboxTokenState::Revoked,
+        "the refused fresh token is revoked"
+    );
+    let after = rig.live_of(0, "g01");
+    assert_eq!(after.len(), 2, "the old token and the replacement");
+    assert_eq!(after[0].key_id, before[0]);
+    let replaced_after = after[1].issued_at - asked;
+    assert!(
+        replaced_after <= Duration::seconds(30),
+        "replaced {replaced_after} after the request"
+    );
+    let watch = rig.finish().await;
+    println!(
+        "fresh token refused: replaced {} ms after the request\n{}",
+        replaced_after.num_milliseconds(),
+        watch.summary()
+    );
+    assert!(watch.later_gaps().is_empty());
+}
