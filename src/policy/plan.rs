@@ -648,22 +648,6 @@ fn plan_active(
                 let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
                 hold = Some(Hold::Capacity { needed });
                 draft.alerts.push(Alert::NoCapacity { needed });
-                // Foreign and unsettled tokens expire at instants nobody
-                // tells us: while consumers have no token at all, list the
-                // key IDs again every `full_recheck`, so the first slot
-                // LINE frees is used within that, not at the next hourly
-                // reconcile.
-                if !usable_left && (channel.foreign > 0 || channel.lost > 0) {
-                    let recheck = time::at_least(rules.full_recheck, MIN_INTERVAL);
-                    let recheck_at = channel
-                        .last_reconcile_at
-                        .map_or(now, |at| time::add(at, recheck));
-                    if now >= recheck_at {
-                        reconcile = true;
-                    } else {
-                        draft.wake(recheck_at);
-                    }
-                }
             } else {
                 // Only now, with the issue certain to be planned, does the
                 // older token go: revoking it without a successor would only

@@ -72,9 +72,7 @@ pub struct Rules {
     pub deadline_margin: Duration,
     /// After LINE's 30-token refusal, when the next expiry LINE will honour
     /// is unknown (only foreign tokens, whose expiry nobody knows), how soon
-    /// to list the key IDs and try again (default 1 min). Also how often
-    /// the key IDs are listed while a group without a usable token waits
-    /// for room that foreign or unsettled tokens hold.
+    /// to list the key IDs and try again (default 1 min).
     pub full_recheck: Duration,
 }
 
