@@ -19,6 +19,7 @@ mod keys;
 mod line_client;
 mod observability;
 mod package;
+mod recovery;
 mod regressions;
 mod reload;
 mod sandbox;
