@@ -175,6 +175,10 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Another test running in parallel may have evaluated these
+        // callsites while no subscriber wanted them, and tracing caches
+        // that "never": recompute with this thread's subscriber counted.
+        tracing::callsite::rebuild_interest_cache();
 
         let mut script: VecDeque<io::Result<u32>> = VecDeque::new();
         script.extend((0..10).map(|_| emfile()));

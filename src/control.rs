@@ -463,7 +463,13 @@ async fn connection(
     handler: &ControlHandler,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
-    let peer_uid = stream.peer_cred()?.uid();
+    let peer = stream.peer_cred()?;
+    let peer_uid = peer.uid();
+    // Who asked, as the request row records it.
+    let by = match peer.pid() {
+        Some(pid) => format!("uid {peer_uid} (pid {pid}) over the control socket"),
+        None => format!("uid {peer_uid} over the control socket"),
+    };
     let (read, mut write) = stream.into_split();
     let response = if peer_uid != owner_uid && peer_uid != 0 {
         tracing::warn!(peer_uid, "control request from another user refused");
@@ -480,7 +486,7 @@ async fn connection(
             },
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim_end()) {
-                Ok(request) => handler.handle(request, cancel).await,
+                Ok(request) => handler.handle_from(request, &by, cancel).await,
                 Err(e) => Response::Refused {
                     error: format!("malformed request: {e}"),
                 },
@@ -561,11 +567,23 @@ impl ControlHandler {
     /// Carries out `request` and waits for its outcome (see the module
     /// documentation). `cancel` cuts the wait short (daemon shutdown).
     pub async fn handle(&self, request: Request, cancel: &CancellationToken) -> Response {
+        self.handle_from(request, "the control socket", cancel)
+            .await
+    }
+
+    /// [`ControlHandler::handle`] for a request from `by` (who asked, as
+    /// the request row records it: the socket peer's uid and pid).
+    pub async fn handle_from(
+        &self,
+        request: Request,
+        by: &str,
+        cancel: &CancellationToken,
+    ) -> Response {
         // Subscribed before asking, so no event of the request is missed.
         let mut events = self.rotator.subscribe();
         let mut passes = self.scheduler.clone();
         passes.mark_unchanged();
-        let mut work = match self.ask(request).await {
+        let mut work = match self.ask(request, by).await {
             Ok(work) => work,
             Err(error) => {
                 tracing::info!(error = %error, "control request refused");
@@ -638,13 +656,13 @@ impl ControlHandler {
     }
 
     /// Places the request with the rotator.
-    async fn ask(&self, request: Request) -> Result<Work, String> {
+    async fn ask(&self, request: Request, by: &str) -> Result<Work, String> {
         match request {
             Request::Rotate { channel, group } => {
                 let channel = self.channel_id(channel);
                 let groups = self
                     .rotator
-                    .request_rotation(&channel, group.as_ref(), "the control socket")
+                    .request_rotation(&channel, group.as_ref(), by)
                     .await?;
                 tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
                 Ok(Work::new(channel, groups, false))
@@ -662,7 +680,7 @@ impl ControlHandler {
                     ));
                 }
                 self.rotator
-                    .request_incident(&channel, &group, "the control socket")
+                    .request_incident(&channel, &group, by)
                     .await?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![group], true))

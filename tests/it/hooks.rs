@@ -411,6 +411,8 @@ fn an_echoed_token_is_redacted_in_the_captured_output_and_the_log() {
     // thread from caching "no interest" for these callsites.
     let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Parallel tests may have cached "nobody listens" for these callsites.
+    tracing::callsite::rebuild_interest_cache();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

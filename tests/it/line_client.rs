@@ -567,6 +567,8 @@ fn logs_name_endpoint_status_and_request_id_but_no_credential() {
     // dispatcher makes tracing consult every dispatcher, ours included.
     let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Parallel tests may have cached "nobody listens" for these callsites.
+    tracing::callsite::rebuild_interest_cache();
     // One thread, so the subscriber sees the client's events.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
