@@ -679,9 +679,7 @@ impl ControlHandler {
                          so an incident cannot be handled; add secret_file to the channel"
                     ));
                 }
-                self.rotator
-                    .request_incident(&channel, &group, by)
-                    .await?;
+                self.rotator.request_incident(&channel, &group, by).await?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![group], true))
             }
