@@ -84,6 +84,11 @@ UPDATE issue_intents SET maybe_issued = 1 WHERE outcome IN ('failed', 'lost');
 -- once a reconcile no longer lists it.
 ALTER TABLE tokens ADD COLUMN refused_at INTEGER;
 
+-- The store screens free text for token values before writing it; the
+-- shortest stored token's length tells, from an index, whether a text can
+-- hold one at all, so the common case never scans every token.
+CREATE INDEX tokens_by_value_length ON tokens (length(access_token));
+
 -- Operator requests (`linetokd rotate`, `linetokd revoke`), open until the
 -- engine carries them out; a request accepted just before a crash is carried
 -- out after the restart.

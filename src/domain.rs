@@ -165,6 +165,14 @@ impl TokenState {
     }
 }
 
+/// True for the characters LINE's key IDs and tokens are made of: ASCII
+/// letters, digits and `-._~+/=` (base64, base64url, JWS separators and
+/// padding; `~` is the last URL-unreserved character). The LINE client
+/// refuses anything else; the store relies on it to screen text cheaply.
+pub fn is_line_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=')
+}
+
 /// How a request to LINE failed, which decides how the engine waits before
 /// the next attempt (DESIGN.md section 5, and `docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -120,12 +120,7 @@ impl fmt::Display for CharKind {
     }
 }
 
-/// True for the characters LINE's key IDs and tokens are made of: ASCII
-/// letters, digits and `-._~+/=` (base64, base64url, JWS separators and
-/// padding; `~` is the last URL-unreserved character).
-pub fn is_line_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=')
-}
+pub use crate::domain::is_line_char;
 
 /// A key ID from LINE's answer (an issue answer's `key_id`, an entry of the
 /// key-ID list).

@@ -478,11 +478,29 @@ fn screen(conn: &Connection, text: &str) -> Result<String, Fail> {
     if text.is_empty() {
         return Ok(String::new());
     }
-    let holds_token: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
-        [text],
-        |row| row.get(0),
-    )?;
+    // A stored token is made of LINE's token characters only, so it can only
+    // sit inside a run of them at least as long as itself. The texts the
+    // engine writes on every issue ("expires at 2026-…") have short runs;
+    // only when a run is as long as the shortest stored token (an index
+    // answers that) is every token scanned. Without this, every issue
+    // scanned every token ever stored: bootstrap cost grew with the square
+    // of the number of groups.
+    let longest_run = text
+        .split(|c: char| !crate::domain::is_line_char(c))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    let shortest: Option<i64> = conn
+        .prepare_cached("SELECT min(length(access_token)) FROM tokens")?
+        .query_row([], |row| row.get(0))?;
+    let could_hold = shortest
+        .is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
+    let holds_token: bool = could_hold
+        && conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
+            [text],
+            |row| row.get(0),
+        )?;
     if holds_token {
         return Ok(WITHHELD.to_owned());
     }
