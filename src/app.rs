@@ -242,9 +242,12 @@ impl Daemon {
         tasks.spawn(async move {
             // The database vanished or was replaced underfoot: stop the whole
             // daemon (the error was logged) rather than store tokens where
-            // nobody will find them.
-            fatal.cancelled().await;
-            stop_all.cancel();
+            // nobody will find them. The watch ends with the daemon too,
+            // or `stopped` would wait for it forever.
+            tokio::select! {
+                () = fatal.cancelled() => stop_all.cancel(),
+                () = stop_all.cancelled() => {}
+            }
         });
         tasks.spawn(async move {
             let _ = scheduler.run(shutdown_child).await;
