@@ -486,8 +486,8 @@ struct Stats {
     restarts: usize,
     crashes_mid_work: usize,
     refusals_targeted: usize,
-    /// Verify refusals of a live token the daemon reported (`Gone` for a
-    /// token LINE still lists).
+    /// Verify refusals of a live token the daemon noticed: `Gone` for a
+    /// token LINE still lists, or a fresh token stored refused.
     refusals_seen: usize,
     refusal_replaced_after: Vec<Duration>,
     refills: usize,
@@ -1542,6 +1542,11 @@ impl Checker {
                     .unwrap_or_else(|| {
                         panic!("{key_id}: stored for unknown group {}", stored.group)
                     });
+                // A fresh token that failed its first verify is stored
+                // refused (and published nowhere).
+                if stored.record.refused_at.is_some() && self.refused.insert(key_id.clone()) {
+                    self.stats.refusals_seen += 1;
+                }
                 Owner::Group(ci, gi)
             } else {
                 Owner::Lost(ci)
@@ -1832,7 +1837,13 @@ impl Checker {
                     if *reason == IssueReason::Due {
                         let tokens = &model.groups[gi].tokens;
                         let me = tokens.iter().position(|t| t.key_id == *key_id).unwrap();
-                        let previous = tokens[..me].last().unwrap_or_else(|| {
+                        // The token rotated is the newest one verify did not
+                        // refuse (a fresh token refused in between is not).
+                        let previous = tokens[..me]
+                            .iter()
+                            .rev()
+                            .find(|t| !self.refused.contains(&t.key_id));
+                        let previous = previous.unwrap_or_else(|| {
                             panic!("{channel}/{group}: a Due rotation with no previous token")
                         });
                         let earliest = previous.expires_at
