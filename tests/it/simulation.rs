@@ -1632,10 +1632,13 @@ impl Checker {
                 );
             }
             let group = &mut channel.groups[gi];
-            if group
-                .exempt
-                .as_ref()
-                .is_some_and(|e| token.issued_at >= e.since)
+            // A fresh token verify refused replaces nothing.
+            let usable = !self.refused.contains(&key_id);
+            if usable
+                && group
+                    .exempt
+                    .as_ref()
+                    .is_some_and(|e| token.issued_at >= e.since)
             {
                 let exemption = group.exempt.take().unwrap();
                 let after = token.issued_at - exemption.since;
