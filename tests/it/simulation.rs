@@ -1631,9 +1631,28 @@ impl Checker {
                     token.issued_at
                 );
             }
+            let secret = channel.secret;
             let group = &mut channel.groups[gi];
-            // A fresh token verify refused replaces nothing.
+            // A fresh token verify refused replaces nothing. Without the
+            // secret it cannot be revoked either: with two refused tokens
+            // live, a third is not allowed until the older expires.
             let usable = !self.refused.contains(&key_id);
+            if !usable && !secret {
+                let older_expiry = group
+                    .tokens
+                    .iter()
+                    .filter(|t| t.expires_at > token.issued_at)
+                    .filter(|t| {
+                        sandbox
+                            .token(&channel_id, &t.key_id)
+                            .is_some_and(|s| s.state == SandboxTokenState::Live)
+                    })
+                    .map(|t| t.expires_at)
+                    .min();
+                if let (Some(e), Some(expiry)) = (group.exempt.as_mut(), older_expiry) {
+                    e.deadline = e.deadline.max(expiry + first_token_bound());
+                }
+            }
             if usable
                 && group
                     .exempt
