@@ -493,8 +493,8 @@ fn screen(conn: &Connection, text: &str) -> Result<String, Fail> {
     let shortest: Option<i64> = conn
         .prepare_cached("SELECT min(length(access_token)) FROM tokens")?
         .query_row([], |row| row.get(0))?;
-    let could_hold = shortest
-        .is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
+    let could_hold =
+        shortest.is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
     let holds_token: bool = could_hold
         && conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
