@@ -231,7 +231,9 @@ fn new_api_key() -> String {
 
 /// The block of commands to try in a second terminal while the demo runs.
 fn try_these(program: &str, config: &Path, http: SocketAddr, dir: &Path) -> String {
-    let (id, name, groups) = CHANNELS[0];
+    // A channel is named by its ID or its configured name everywhere; the
+    // name reads better.
+    let (_, name, groups) = CHANNELS[0];
     let group = groups[0];
     let linetokd = shell_word(program);
     let config = shell_word(&config.display().to_string());
@@ -244,13 +246,13 @@ fn try_these(program: &str, config: &Path, http: SocketAddr, dir: &Path) -> Stri
     let lines = [
         format!("{linetokd} status --config {config}"),
         format!("{linetokd} plan --config {config}"),
-        format!("{linetokd} token --config {config} --channel {id} --group {group}"),
-        format!("{linetokd} rotate --config {config} --channel {id} --group {group}"),
-        format!("{linetokd} revoke --config {config} --channel {id} --group {group}"),
+        format!("{linetokd} token --config {config} --channel {name} --group {group}"),
+        format!("{linetokd} rotate --config {config} --channel {name} --group {group}"),
+        format!("{linetokd} revoke --config {config} --channel {name} --group {group}"),
         format!("{linetokd} health --config {config}"),
         format!("curl -s http://{http}/metrics"),
         format!(
-            "curl -s -H \"Authorization: Bearer $(cat {key_file})\" http://{http}/v1/channels/{id}/groups/{group}/token"
+            "curl -s -H \"Authorization: Bearer $(cat {key_file})\" http://{http}/v1/channels/{name}/groups/{group}/token"
         ),
     ];
     for line in lines {
