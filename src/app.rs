@@ -26,7 +26,7 @@ use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
 use crate::delivery::{Delivery, GroupDelivery, TokenBook};
-use crate::domain::{ChannelId, GroupName};
+use crate::domain::{ChannelId, GroupName, RequestOutcome};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
@@ -768,11 +768,10 @@ impl control::Engine for Rotator {
         channel: &'a ChannelId,
         group: Option<&'a GroupName>,
         by: &'a str,
-    ) -> control::EngineFuture<'a, Result<Vec<GroupName>, String>> {
+    ) -> control::EngineFuture<'a, Result<Vec<(GroupName, i64)>, String>> {
         Box::pin(async move {
             Rotator::request_rotation(self, channel, group, by)
                 .await
-                .map(|groups| groups.into_iter().map(|(g, _)| g).collect())
                 .map_err(|e| e.to_string())
         })
     }
@@ -782,25 +781,22 @@ impl control::Engine for Rotator {
         channel: &'a ChannelId,
         group: &'a GroupName,
         by: &'a str,
-    ) -> control::EngineFuture<'a, Result<(), String>> {
+    ) -> control::EngineFuture<'a, Result<i64, String>> {
         Box::pin(async move {
             Rotator::request_incident(self, channel, group, by)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         })
     }
 
-    fn pending<'a>(
-        &'a self,
-        channel: &'a ChannelId,
-        group: &'a GroupName,
-    ) -> control::EngineFuture<'a, Option<(bool, bool)>> {
+    fn request_outcome(&self, id: i64) -> control::EngineFuture<'_, Option<RequestOutcome>> {
         Box::pin(async move {
-            Rotator::pending_requests(self, channel, group)
+            let store = self.store().clone();
+            tokio::task::spawn_blocking(move || store.request_outcome(id))
                 .await
                 .ok()
-                .map(|p| (p.rotation.is_some(), p.incident.is_some()))
+                .and_then(Result::ok)
+                .flatten()
         })
     }
 }
