@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use chrono::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,7 +37,7 @@ use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
-use crate::store::{ChannelSpec, Durability, Store, StoreOptions};
+use crate::store::{ChannelSpec, Durability, Store, StoreError, StoreOptions};
 use crate::watch::ConfigWatcher;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,6 +102,9 @@ pub struct Daemon {
     daemon_config: DaemonConfig,
     clock: SharedClock,
     tasks: TaskTracker,
+    /// The scheduler's task: its error is the fatal store error that
+    /// stopped the daemon, which [`Daemon::stopped`] hands back.
+    scheduler_task: JoinHandle<Result<(), StoreError>>,
 }
 
 impl Daemon {
@@ -260,9 +264,7 @@ impl Daemon {
                 () = stop_all.cancelled() => {}
             }
         });
-        tasks.spawn(async move {
-            let _ = scheduler.run(shutdown_child).await;
-        });
+        let scheduler_task = tasks.spawn(scheduler.run(shutdown_child));
         tasks.close();
         let address_record = record_addresses(config, http_addr, &control_socket);
         tracing::info!(
@@ -286,6 +288,7 @@ impl Daemon {
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
+            scheduler_task,
         })
     }
 
@@ -330,11 +333,21 @@ impl Daemon {
     }
 
     /// Waits until every task has stopped (after shutdown).
-    pub async fn stopped(mut self) {
+    ///
+    /// # Errors
+    /// The fatal store error that stopped the daemon on its own (the
+    /// database file was deleted or replaced while it ran): `run` exits 1
+    /// with it.
+    pub async fn stopped(mut self) -> Result<(), StoreError> {
         // Gone first: once the tasks end, the control lock is free and the
         // next daemon may write its own record.
         self.address_record.take();
         self.tasks.wait().await;
+        match self.scheduler_task.await {
+            Ok(outcome) => outcome,
+            // A panic was reported where it happened; it is no store error.
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -606,10 +619,12 @@ pub async fn run(
     if let Some(n) = &notifier {
         let _ = n.stopping();
     }
-    daemon.stopped().await;
+    let outcome = daemon.stopped().await;
     if let Some(task) = watchdog {
         let _ = task.await;
     }
+    // The database went away underfoot: the error names the file; exit 1.
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }

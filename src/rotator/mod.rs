@@ -292,10 +292,14 @@ impl Rotator {
     ) -> Result<Vec<(GroupName, i64)>, RequestError> {
         let now = self.clock.now();
         let (ch, gs, by) = (channel.clone(), groups.clone(), by.to_owned());
-        let ids = self
+        let recorded = self
             .db(move |store| store.add_requests(now, &ch, &gs, kind, &by))
-            .await?;
+            .await;
+        // Woken also when the database is gone: the channel's work meets
+        // the same fatal error at its first write, and the scheduler stops
+        // the daemon instead of running on until the next due time.
         self.wakes.wake(channel);
+        let ids = recorded?;
         Ok(groups.into_iter().zip(ids).collect())
     }
 
