@@ -17,6 +17,7 @@ mod hooks;
 mod keygen;
 mod keys;
 mod line_client;
+mod migrate_v3;
 mod observability;
 mod package;
 mod recovery;
