@@ -14,6 +14,7 @@ mod demo;
 mod deploy;
 mod e2e;
 mod hooks;
+mod hostile;
 mod keygen;
 mod keys;
 mod line_client;
