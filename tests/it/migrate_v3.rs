@@ -258,7 +258,9 @@ fn a_migration_that_fails_midway_leaves_version_3_and_every_old_value() {
         (columns.clone(), values(&conn, &columns))
     };
 
-    let err = Store::open(&path).err().expect("the migration must fail");
+    let Err(err) = Store::open(&path) else {
+        panic!("the migration must fail");
+    };
     assert!(
         matches!(err, StoreError::Migration { version: 4, .. }),
         "{err:?}"
