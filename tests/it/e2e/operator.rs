@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use super::harness::{CHANNEL, Lab, Proc};
-use super::{DEBUG, STEADY, issued, wait_issued};
+use super::{DEBUG, STEADY, issued, pass_done, wait_issued};
 
 /// Runs `linetokd ARGS --config <the lab's config>` to its end.
 async fn cli(lab: &Lab, name: &str, args: &[&str]) -> Proc {
@@ -163,11 +163,9 @@ async fn a_database_deleted_under_the_daemon_stops_it_with_exit_1_naming_the_fil
     let lab = Lab::start(STEADY, "info").await;
     let mut daemon = lab.run("daemon", DEBUG, &[]);
     wait_issued(&daemon, 1).await;
-    // The first round is over (its alerts written): from here only the
+    // The first pass is over (its alerts written): from here only the
     // rotate below writes, so it is what meets the missing file.
-    daemon
-        .wait_for(0, "the first round's end", |l| l.is("channels worked"))
-        .await;
+    daemon.wait_for(0, "the first pass's end", pass_done).await;
     let mark = daemon.mark();
 
     std::fs::remove_file(&lab.db).unwrap();
