@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use chrono::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +27,7 @@ use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
 use crate::delivery::{Delivery, GroupDelivery, TokenBook};
-use crate::domain::{ChannelId, GroupName};
+use crate::domain::{ChannelId, GroupName, RequestOutcome};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
@@ -36,7 +37,7 @@ use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
-use crate::store::{ChannelSpec, Durability, Store, StoreOptions};
+use crate::store::{ChannelSpec, Durability, Store, StoreError, StoreOptions};
 use crate::watch::ConfigWatcher;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,6 +102,9 @@ pub struct Daemon {
     daemon_config: DaemonConfig,
     clock: SharedClock,
     tasks: TaskTracker,
+    /// The scheduler's task: its error is the fatal store error that
+    /// stopped the daemon, which [`Daemon::stopped`] hands back.
+    scheduler_task: JoinHandle<Result<(), StoreError>>,
 }
 
 impl Daemon {
@@ -260,9 +264,7 @@ impl Daemon {
                 () = stop_all.cancelled() => {}
             }
         });
-        tasks.spawn(async move {
-            let _ = scheduler.run(shutdown_child).await;
-        });
+        let scheduler_task = tasks.spawn(scheduler.run(shutdown_child));
         tasks.close();
         let address_record = record_addresses(config, http_addr, &control_socket);
         tracing::info!(
@@ -286,6 +288,7 @@ impl Daemon {
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
+            scheduler_task,
         })
     }
 
@@ -330,11 +333,21 @@ impl Daemon {
     }
 
     /// Waits until every task has stopped (after shutdown).
-    pub async fn stopped(mut self) {
+    ///
+    /// # Errors
+    /// The fatal store error that stopped the daemon on its own (the
+    /// database file was deleted or replaced while it ran): `run` exits 1
+    /// with it.
+    pub async fn stopped(mut self) -> Result<(), StoreError> {
         // Gone first: once the tasks end, the control lock is free and the
         // next daemon may write its own record.
         self.address_record.take();
         self.tasks.wait().await;
+        match self.scheduler_task.await {
+            Ok(outcome) => outcome,
+            // A panic was reported where it happened; it is no store error.
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -606,10 +619,12 @@ pub async fn run(
     if let Some(n) = &notifier {
         let _ = n.stopping();
     }
-    daemon.stopped().await;
+    let outcome = daemon.stopped().await;
     if let Some(task) = watchdog {
         let _ = task.await;
     }
+    // The database went away underfoot: the error names the file; exit 1.
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -768,11 +783,10 @@ impl control::Engine for Rotator {
         channel: &'a ChannelId,
         group: Option<&'a GroupName>,
         by: &'a str,
-    ) -> control::EngineFuture<'a, Result<Vec<GroupName>, String>> {
+    ) -> control::EngineFuture<'a, Result<Vec<(GroupName, i64)>, String>> {
         Box::pin(async move {
             Rotator::request_rotation(self, channel, group, by)
                 .await
-                .map(|groups| groups.into_iter().map(|(g, _)| g).collect())
                 .map_err(|e| e.to_string())
         })
     }
@@ -782,25 +796,22 @@ impl control::Engine for Rotator {
         channel: &'a ChannelId,
         group: &'a GroupName,
         by: &'a str,
-    ) -> control::EngineFuture<'a, Result<(), String>> {
+    ) -> control::EngineFuture<'a, Result<i64, String>> {
         Box::pin(async move {
             Rotator::request_incident(self, channel, group, by)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         })
     }
 
-    fn pending<'a>(
-        &'a self,
-        channel: &'a ChannelId,
-        group: &'a GroupName,
-    ) -> control::EngineFuture<'a, Option<(bool, bool)>> {
+    fn request_outcome(&self, id: i64) -> control::EngineFuture<'_, Option<RequestOutcome>> {
         Box::pin(async move {
-            Rotator::pending_requests(self, channel, group)
+            let store = self.store().clone();
+            tokio::task::spawn_blocking(move || store.request_outcome(id))
                 .await
                 .ok()
-                .map(|p| (p.rotation.is_some(), p.incident.is_some()))
+                .and_then(Result::ok)
+                .flatten()
         })
     }
 }

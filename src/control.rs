@@ -33,10 +33,17 @@
 //! The handler subscribes to the rotator's events before it asks, wakes the
 //! scheduler, and then watches two things: the events of the targeted
 //! groups (what was revoked, what was issued, what failed) and the end of
-//! each scheduler pass, after which it asks the rotator whether the request
-//! is still pending ([`Engine::pending`]). The rotator clears a
-//! request once the issue it asked for succeeded, so "no longer pending" is
-//! exactly "done", with no guessing from timestamps.
+//! each scheduler pass. After each, it asks the engine where its own
+//! request rows stand ([`Engine::request_outcome`]): the issue that carries
+//! a request out closes it in the transaction that stores the new token, so
+//! "closed" is exactly "done", with no guessing from timestamps.
+//!
+//! The engine announces the new token (`Issued`) right after that
+//! transaction commits, so the handler can see a request closed a moment
+//! before the event is sent. A request closed by an issue is therefore
+//! answered only once its group's `Issued` event is in (or events were lost
+//! to lag); answering at the first sight of the closed row sent `done`
+//! without the new key ID, which a loaded machine showed.
 //!
 //! Depends on the [`Engine`] contract (which `app` implements for the
 //! rotator), `event`, `scheduler` (its progress) and `domain`; reads no
@@ -65,7 +72,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::AcceptBackoff;
 use crate::channel_index::ChannelIndex;
-use crate::domain::{ChannelId, GroupName, KeyId};
+use crate::domain::{ChannelId, GroupName, KeyId, RequestOutcome};
 use crate::event::RotationEvent;
 use crate::policy::joined;
 use crate::scheduler::SchedulerState;
@@ -512,27 +519,25 @@ pub trait Engine: Send + Sync {
     /// configured (an incident needs it).
     fn channels(&self) -> Vec<(ChannelId, String, bool)>;
     /// Records a rotation request for one group or every group of the
-    /// channel; the groups it covers, or why it was refused.
+    /// channel; the groups it covers with their request IDs, or why it was
+    /// refused.
     fn request_rotation<'a>(
         &'a self,
         channel: &'a ChannelId,
         group: Option<&'a GroupName>,
         by: &'a str,
-    ) -> EngineFuture<'a, Result<Vec<GroupName>, String>>;
-    /// Records an incident for one group, or says why it was refused.
+    ) -> EngineFuture<'a, Result<Vec<(GroupName, i64)>, String>>;
+    /// Records an incident for one group: its request ID, or why it was
+    /// refused.
     fn request_incident<'a>(
         &'a self,
         channel: &'a ChannelId,
         group: &'a GroupName,
         by: &'a str,
-    ) -> EngineFuture<'a, Result<(), String>>;
-    /// Whether the group's rotation and incident requests are still open,
-    /// as `(rotation, incident)`; `None` when the engine cannot tell now.
-    fn pending<'a>(
-        &'a self,
-        channel: &'a ChannelId,
-        group: &'a GroupName,
-    ) -> EngineFuture<'a, Option<(bool, bool)>>;
+    ) -> EngineFuture<'a, Result<i64, String>>;
+    /// Where request `id` stands; `None` when the engine cannot tell now
+    /// (the store could not be read, or it knows no such request).
+    fn request_outcome(&self, id: i64) -> EngineFuture<'_, Option<RequestOutcome>>;
 }
 
 /// Carries out requests against the engine and waits for their outcome.
@@ -545,8 +550,13 @@ pub struct ControlHandler {
 /// The request being worked on.
 struct Work {
     channel: ChannelId,
-    incident: bool,
     reports: Vec<GroupReport>,
+    /// The request row of each report's group, in the same order, and
+    /// where it stood when last asked.
+    requests: Vec<(i64, RequestOutcome)>,
+    /// True once the handler fell behind the engine's events: some detail
+    /// is lost, so an `Issued` event is not waited for.
+    lagged: bool,
 }
 
 impl ControlHandler {
@@ -594,21 +604,23 @@ impl ControlHandler {
         loop {
             self.check_done(&mut work).await;
             if work.reports.iter().all(|r| r.done) {
-                // The rotator sends an event before it clears the request,
-                // so whatever the outcome's events are, they are queued by
-                // now: take them in for the report.
+                // Take in what is queued: the revokes and, once the engine
+                // has announced it, the new token.
                 loop {
                     match events.try_recv() {
                         Ok(event) => work.apply(&event),
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => work.lagged = true,
                         Err(_) => break,
                     }
                 }
-                return Response::Done {
-                    groups: work.reports,
-                };
-            }
-            if work.reports.iter().any(|r| r.failure.is_some()) {
+                if work.announced() {
+                    return Response::Done {
+                        groups: work.reports,
+                    };
+                }
+                // Closed by an issue whose `Issued` event is a moment behind
+                // the commit: wait for it below.
+            } else if work.reports.iter().any(|r| r.failure.is_some()) {
                 return Response::Failed {
                     groups: work.reports,
                 };
@@ -634,6 +646,7 @@ impl ControlHandler {
                     // the request is done is asked of the rotator.
                     Err(RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "control handler lagged behind the rotator's events");
+                        work.lagged = true;
                     }
                     Err(RecvError::Closed) => {
                         return pending(work, "the rotator stopped".to_owned());
@@ -660,12 +673,13 @@ impl ControlHandler {
         match request {
             Request::Rotate { channel, group } => {
                 let channel = self.channel_id(channel);
-                let groups = self
+                let requests = self
                     .rotator
                     .request_rotation(&channel, group.as_ref(), by)
                     .await?;
+                let groups: Vec<GroupName> = requests.iter().map(|(g, _)| g.clone()).collect();
                 tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
-                Ok(Work::new(channel, groups, false))
+                Ok(Work::new(channel, requests))
             }
             Request::Revoke { channel, group } => {
                 let channel = self.channel_id(channel);
@@ -679,23 +693,23 @@ impl ControlHandler {
                          so an incident cannot be handled; add secret_file to the channel"
                     ));
                 }
-                self.rotator.request_incident(&channel, &group, by).await?;
+                let id = self.rotator.request_incident(&channel, &group, by).await?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
-                Ok(Work::new(channel, vec![group], true))
+                Ok(Work::new(channel, vec![(group, id)]))
             }
         }
     }
 
+    /// Asks where each of the work's request rows stands.
     async fn check_done(&self, work: &mut Work) {
-        for report in &mut work.reports {
+        for (report, (id, outcome)) in work.reports.iter_mut().zip(&mut work.requests) {
             // When the engine cannot tell (the store could not be read),
-            // the request is not done: ask again at the next round.
-            let Some((rotation, incident)) =
-                self.rotator.pending(&work.channel, &report.group).await
-            else {
+            // nothing changes: ask again at the next event or pass.
+            let Some(now) = self.rotator.request_outcome(*id).await else {
                 continue;
             };
-            report.done = !if work.incident { incident } else { rotation };
+            *outcome = now;
+            report.done = now != RequestOutcome::Open;
         }
     }
 }
@@ -708,16 +722,33 @@ fn pending(work: Work, reason: String) -> Response {
 }
 
 impl Work {
-    fn new(channel: ChannelId, groups: Vec<GroupName>, incident: bool) -> Self {
-        let reports = groups
+    fn new(channel: ChannelId, requests: Vec<(GroupName, i64)>) -> Self {
+        let (reports, requests) = requests
             .into_iter()
-            .map(|g| GroupReport::new(channel.clone(), g))
-            .collect();
+            .map(|(g, id)| {
+                (
+                    GroupReport::new(channel.clone(), g),
+                    (id, RequestOutcome::Open),
+                )
+            })
+            .unzip();
         Self {
             channel,
-            incident,
             reports,
+            requests,
+            lagged: false,
         }
+    }
+
+    /// True when every request an issue carried out has its new token in
+    /// the report (or events were lost, so it never will).
+    fn announced(&self) -> bool {
+        self.lagged
+            || self
+                .reports
+                .iter()
+                .zip(&self.requests)
+                .all(|(r, (_, outcome))| *outcome != RequestOutcome::Done || r.issued.is_some())
     }
 
     fn report(&mut self, channel: &ChannelId, group: &GroupName) -> Option<&mut GroupReport> {

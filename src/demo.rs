@@ -142,7 +142,10 @@ pub async fn run(
             },
         }
     }
-    daemon.stopped().await;
+    daemon
+        .stopped()
+        .await
+        .context("the demo's daemon stopped on a store error")?;
     serving.await.ok();
     writeln!(
         out,

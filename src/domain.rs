@@ -287,6 +287,19 @@ pub struct OpenRequest {
     pub by: String,
 }
 
+/// Where an operator request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestOutcome {
+    /// Not carried out yet.
+    Open,
+    /// Carried out by an issue: closed in the transaction that stored the
+    /// new token, which the engine announces right after the commit.
+    Done,
+    /// Closed without an issue (its group left the config).
+    Dropped,
+}
+
 /// One v2.1 token linetokd issued, without its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {

@@ -22,7 +22,7 @@
 //!   sending, a 200 that breaks the contract) closes the intent as "may
 //!   have issued": counted against capacity until a reconcile settles it.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
 use crate::domain::{AccessToken, FailureKind, GroupName, KeyId, TokenState};
@@ -409,7 +409,7 @@ impl Rotator {
                 return Err(StepError::Line(e));
             }
         };
-        let issued_at = self.clock.now();
+        let issued_at = after_newest(self.clock.now(), state, group);
         // LINE's expiry lies between `started` and `issued_at` plus its
         // lifetime; the later bound keeps the token counted until LINE has
         // certainly dropped it.
@@ -703,6 +703,27 @@ impl Rotator {
             Ok(())
         })
         .await
+    }
+}
+
+/// The issue time to record for a token of `group` received at `now`:
+/// `now`, or a millisecond after the group's newest token if that is not
+/// earlier. Issue times order a group's tokens everywhere (the newest is
+/// handed out, the oldest revoked first); two issues within one
+/// millisecond (a clock that does not move, or steps back) tied, and the
+/// tie went by key ID, at random, so the newest token could be revoked.
+/// Stamped strictly after, the later token is always the newer. The
+/// expiry computed from it errs late by that millisecond, the safe side
+/// for counting a token against the cap.
+fn after_newest(now: DateTime<Utc>, state: &ChannelState, group: &GroupName) -> DateTime<Utc> {
+    let newest = state
+        .groups
+        .iter()
+        .find(|g| &g.group == group)
+        .and_then(|g| g.tokens.iter().map(|t| t.issued_at).max());
+    match newest {
+        Some(newest) if newest >= now => newest + Duration::milliseconds(1),
+        _ => now,
     }
 }
 

@@ -26,6 +26,7 @@
 mod execute;
 pub mod wakes;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -104,6 +105,10 @@ pub struct Rotator {
     concurrency: usize,
     metrics: Arc<Metrics>,
     wakes: Arc<Wakes>,
+    /// Set when an operator request met a fatal store error: the next
+    /// channel work checks the file and stops the scheduler with that
+    /// error. A round that has nothing to write would not notice.
+    store_suspect: AtomicBool,
 }
 
 /// A group's operator requests not yet carried out
@@ -155,6 +160,7 @@ impl Rotator {
             concurrency: parts.concurrency.max(1),
             metrics: parts.metrics,
             wakes: Arc::new(Wakes::default()),
+            store_suspect: AtomicBool::new(false),
         })
     }
 
@@ -292,10 +298,16 @@ impl Rotator {
     ) -> Result<Vec<(GroupName, i64)>, RequestError> {
         let now = self.clock.now();
         let (ch, gs, by) = (channel.clone(), groups.clone(), by.to_owned());
-        let ids = self
+        let recorded = self
             .db(move |store| store.add_requests(now, &ch, &gs, kind, &by))
-            .await?;
+            .await;
+        // When the database is gone the daemon must stop, not run on until
+        // the next due time: the woken channel's work checks the file first.
+        if recorded.as_ref().is_err_and(StoreError::is_fatal) {
+            self.store_suspect.store(true, Ordering::SeqCst);
+        }
         self.wakes.wake(channel);
+        let ids = recorded?;
         Ok(groups.into_iter().zip(ids).collect())
     }
 
@@ -369,6 +381,10 @@ impl Rotator {
         };
         if let Some(skew) = self.line.last_clock_skew() {
             self.metrics.set_clock_skew(skew);
+        }
+        if self.store_suspect.load(Ordering::SeqCst) {
+            self.db(Store::check_same_file).await?;
+            self.store_suspect.store(false, Ordering::SeqCst);
         }
         for _ in 0..MAX_ROUNDS {
             if cancel.is_cancelled() {

@@ -360,13 +360,14 @@ impl Store {
         run(&mut conn).map_err(|e| e.into_store_error(&self.inner.path, what))
     }
 
-    /// Checks that the path still names the file opened (one `stat`).
+    /// Checks that the path still names the file opened (one `stat`); every
+    /// write does this first. Always fine for a read-only store.
     ///
     /// # Errors
     /// [`StoreError::Replaced`] when the path is gone or names another file;
     /// [`StoreError::File`] when it cannot be looked at (a permission change
     /// on the directory, say).
-    fn check_same_file(&self) -> Result<(), StoreError> {
+    pub fn check_same_file(&self) -> Result<(), StoreError> {
         let Some(opened) = self.inner.identity else {
             return Ok(());
         };

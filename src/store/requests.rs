@@ -10,12 +10,12 @@
 //! holds.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::events::insert_event;
 use super::sync::{end_streaks, load_group};
 use super::{EventKind, Fail, Store, StoreError, millis, time_at};
-use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind};
+use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind, RequestOutcome};
 
 impl Store {
     /// Records a request for each of `groups` of `channel`, with who asked,
@@ -115,6 +115,29 @@ impl Store {
                 .prepare_cached("SELECT count(*) FROM requests WHERE id = ?1 AND done_at IS NULL")?
                 .query_row([id], |row| row.get::<_, i64>(0))?
                 > 0)
+        })
+    }
+
+    /// Where request `id` stands: open, carried out by an issue, or dropped;
+    /// `None` when there is no such request.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn request_outcome(&self, id: i64) -> Result<Option<RequestOutcome>, StoreError> {
+        self.read("reading a request", |conn| {
+            let outcome: Option<Option<String>> = conn
+                .prepare_cached("SELECT outcome FROM requests WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            outcome
+                .map(|o| match o.as_deref() {
+                    None => Ok(RequestOutcome::Open),
+                    Some("done") => Ok(RequestOutcome::Done),
+                    Some("dropped") => Ok(RequestOutcome::Dropped),
+                    Some(other) => Err(Fail::Corrupt(format!("requests.outcome holds {other:?}"))),
+                })
+                .transpose()
         })
     }
 

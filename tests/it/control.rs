@@ -335,7 +335,7 @@ impl DaemonLab {
     async fn stop(mut self) {
         self.shutdown.cancel();
         let socket = self.daemon().control_socket.clone();
-        self.daemon.take().unwrap().stopped().await;
+        self.daemon.take().unwrap().stopped().await.unwrap();
         assert!(!socket.exists(), "the control socket outlived the daemon");
     }
 }

@@ -374,6 +374,6 @@ async fn health_finds_a_daemon_listening_on_port_0() {
     assert_eq!(recorded["pid"], std::process::id());
 
     shutdown.cancel();
-    daemon.stopped().await;
+    daemon.stopped().await.unwrap();
     assert!(!record.exists(), "the address record outlived the daemon");
 }

@@ -1045,6 +1045,6 @@ async fn demo_image_files_make_a_daemon_that_issues_from_the_demo_sandbox() {
     assert!(issued.values().all(|k| live.contains(k)), "{live:?}");
 
     shutdown.cancel();
-    daemon.stopped().await;
+    daemon.stopped().await.unwrap();
     stop_sandbox.cancel();
 }

@@ -13,6 +13,7 @@
 //! sleeps: every wait is on a log line, an exit, or a reply.
 
 pub mod harness;
+mod operator;
 
 use std::collections::HashMap;
 

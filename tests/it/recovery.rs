@@ -252,7 +252,7 @@ impl Rig {
     async fn stop_daemon(&mut self) {
         self.daemon_stop.cancel();
         let daemon = self.daemon.take().unwrap();
-        guarded("shutdown", daemon.stopped()).await;
+        guarded("shutdown", daemon.stopped()).await.unwrap();
     }
 
     fn daemon(&self) -> &Daemon {

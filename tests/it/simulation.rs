@@ -670,7 +670,7 @@ impl Running {
                     drop(rt);
                     drop(daemon);
                 } else {
-                    rt.block_on(daemon.stopped());
+                    rt.block_on(daemon.stopped()).unwrap();
                 }
                 dead_tx.send_replace(true);
             })

@@ -1,0 +1,513 @@
+//! A hostile LINE (issue 8, "Why" item 9): the answers a fake LINE sent in
+//! an outside tester's run, each as a regression test of the engine.
+//!
+//! - a 429 with `Retry-After: 99999999` parks the group at most an hour and
+//!   never past its current token's deadline, and `rotate` overrides it;
+//! - the reconcile before each retry does not end the failure streak, so
+//!   the backoff grows;
+//! - a 200 that breaks the contract closes the intent as "may have
+//!   issued", the next step is a listing that reports the token as
+//!   foreign, and the retry waits at least a minute;
+//! - an empty `access_token` in a 200 does not wedge the group;
+//! - three rotations on a clock that does not move keep the newest token
+//!   and revoke the oldest.
+//!
+//! Each drives the rotator directly ([`Rotator::pass`]) on a manual clock,
+//! against a recording [`Mock`] LINE or the in-process sandbox, and checks
+//! what the store recorded: the condition holds by construction, not by
+//! timing.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use linetokd::clock::{Clock as _, ManualClock};
+use linetokd::domain::{ChannelId, ChannelSecret, FailureKind, GroupName, KeyId, TokenState};
+use linetokd::line::jwt::AssertionSigner;
+use linetokd::metrics::Metrics;
+use linetokd::policy::Rules;
+use linetokd::policy::backoff::{MAX_RETRY_AFTER, MAYBE_ISSUED_FLOOR};
+use linetokd::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts};
+use linetokd::sandbox::{Faults, SandboxTokenState};
+use linetokd::store::{ChannelSpec, GroupRow, Store};
+use rusqlite::Connection;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, LAB_CHANNEL, LAB_KID, LAB_SECRET, Mock, Reply, Seen};
+
+const ISSUE: &str = "/oauth2/v2.1/token";
+const KID_LIST: &str = "/oauth2/v2.1/tokens/kid";
+const VERIFY: &str = "/oauth2/v2.1/verify";
+
+/// One channel ([`LAB_CHANNEL`]) with one group `a`, worked by a rotator
+/// on `clock` over a fresh store.
+struct Engine {
+    rotator: Arc<Rotator>,
+    store: Store,
+    dir: TempDir,
+}
+
+impl Engine {
+    fn new(
+        base_url: &str,
+        clock: &ManualClock,
+        signer: AssertionSigner,
+        secret: Option<&str>,
+        rules: Rules,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let groups = vec![GroupName::new("a")];
+        store
+            .sync_config(
+                clock.now(),
+                &[ChannelSpec {
+                    id: channel(),
+                    name: "chan".into(),
+                    groups: groups.clone(),
+                    fingerprint: None,
+                }],
+            )
+            .unwrap();
+        let rotator = Rotator::new(RotatorParts {
+            store: store.clone(),
+            line: support::line_client(base_url, clock, StdDuration::from_secs(10)),
+            clock: Arc::new(clock.clone()),
+            rules,
+            channels: vec![ChannelSetup {
+                id: channel(),
+                name: "chan".into(),
+                signer,
+                secret: secret.map(ChannelSecret::new),
+                groups,
+            }],
+            concurrency: 1,
+            seed: Some(11),
+            metrics: Metrics::shared(),
+        });
+        Self {
+            rotator,
+            store,
+            dir,
+        }
+    }
+
+    /// Works the channel until it idles; returns when it is due again.
+    async fn pass(&self) -> DateTime<Utc> {
+        self.rotator.pass(&CancellationToken::new()).await.unwrap()
+    }
+
+    /// Group `a` as stored.
+    fn group(&self) -> GroupRow {
+        self.store
+            .groups(&channel())
+            .unwrap()
+            .into_iter()
+            .find(|g| g.name == group())
+            .unwrap()
+    }
+
+    /// `(key ID, state)` of group `a`'s stored tokens, oldest first.
+    fn tokens(&self) -> Vec<(KeyId, TokenState)> {
+        self.store
+            .tokens_of_group(&channel(), &group())
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.record.key_id, t.record.state))
+            .collect()
+    }
+
+    /// `(outcome, maybe_issued)` of every issue intent, in order, read
+    /// beside the rotator's connection.
+    fn intents(&self) -> Vec<(String, i64)> {
+        let conn = Connection::open(self.dir.path().join("linetokd.db")).unwrap();
+        conn.prepare("SELECT outcome, maybe_issued FROM issue_intents ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    async fn rotate(&self) {
+        self.rotator
+            .request_rotation(&channel(), Some(&group()), "the test")
+            .await
+            .unwrap();
+    }
+}
+
+fn channel() -> ChannelId {
+    ChannelId::new(LAB_CHANNEL)
+}
+
+fn group() -> GroupName {
+    GroupName::new("a")
+}
+
+/// Rules whose hourly budget never gets in the way.
+fn generous() -> Rules {
+    Rules {
+        max_issues_per_hour: 1000,
+        ..Rules::default()
+    }
+}
+
+/// How a [`fake_line`] answers an issue request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IssueAnswer {
+    /// A fresh token, 30 days.
+    Token,
+    /// 429 with `Retry-After: 99999999`.
+    RetryAfterYears,
+    /// 500.
+    ServerError,
+    /// 200 with an empty `access_token` (LINE may have issued a token
+    /// under `key_id` `empty-kid`).
+    EmptyToken,
+}
+
+/// A fake LINE: issues unique tokens (or fails as `answer` says), lists
+/// every key ID it handed out (and `empty-kid` once an empty token was
+/// answered), verifies every token as the channel's for 30 days.
+struct FakeLine {
+    mock: Mock,
+    answer: Arc<Mutex<IssueAnswer>>,
+}
+
+impl FakeLine {
+    async fn start(answer: IssueAnswer) -> Self {
+        let answer = Arc::new(Mutex::new(answer));
+        let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+        let n = AtomicUsize::new(0);
+        let answered_empty = AtomicBool::new(false);
+        let current = Arc::clone(&answer);
+        let mock = Mock::start(move |seen: &Seen| match seen.path.as_str() {
+            ISSUE => match *current.lock().unwrap() {
+                IssueAnswer::Token => {
+                    let i = n.fetch_add(1, Ordering::SeqCst);
+                    issued.lock().unwrap().push(format!("kid-{i}"));
+                    Reply::json(
+                        200,
+                        &format!(
+                            r#"{{"access_token":"hostile-token-{i}","token_type":"Bearer","expires_in":2592000,"key_id":"kid-{i}"}}"#
+                        ),
+                    )
+                }
+                IssueAnswer::RetryAfterYears => {
+                    Reply::json(429, r#"{"message":"Too many requests"}"#)
+                        .header("retry-after", "99999999")
+                }
+                IssueAnswer::ServerError => {
+                    Reply::json(500, r#"{"message":"Internal server error"}"#)
+                }
+                IssueAnswer::EmptyToken => {
+                    answered_empty.store(true, Ordering::SeqCst);
+                    Reply::json(
+                        200,
+                        r#"{"access_token":"","token_type":"Bearer","expires_in":2592000,"key_id":"empty-kid"}"#,
+                    )
+                }
+            },
+            KID_LIST => {
+                let mut kids = issued.lock().unwrap().clone();
+                if answered_empty.load(Ordering::SeqCst) {
+                    kids.push("empty-kid".to_owned());
+                }
+                Reply::json(200, &serde_json::json!({ "kids": kids }).to_string())
+            }
+            VERIFY => Reply::json(
+                200,
+                &format!(r#"{{"client_id":"{LAB_CHANNEL}","expires_in":2591990,"scope":""}}"#),
+            ),
+            _ => Reply::json(404, r#"{"message":"Not found"}"#),
+        })
+        .await;
+        Self { mock, answer }
+    }
+
+    fn answer(&self, answer: IssueAnswer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.mock.seen().iter().filter(|s| s.path == path).count()
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_of_three_years_waits_at_most_an_hour_never_past_the_deadline_and_rotate_overrides_it()
+ {
+    let line = FakeLine::start(IssueAnswer::RetryAfterYears).await;
+    let clock = support::manual_clock();
+    let engine = Engine::new(
+        &line.mock.base_url,
+        &clock,
+        support::signer(LAB_CHANNEL, "hostile-kid"),
+        None,
+        generous(),
+    );
+
+    // No token yet: the first issue is refused with a 3-year Retry-After.
+    let t0 = clock.now();
+    engine.pass().await;
+    let g = engine.group();
+    assert_eq!(g.runtime.consecutive_failures, 1);
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::RateLimited));
+    let retry = g.runtime.retry_not_before.unwrap();
+    assert!(retry > t0, "{retry}");
+    assert!(retry <= t0 + MAX_RETRY_AFTER, "parked until {retry}");
+
+    // `rotate` is the operator saying "try now": it ends the wait.
+    line.answer(IssueAnswer::Token);
+    engine.rotate().await;
+    assert_eq!(engine.group().runtime.retry_not_before, None);
+    engine.pass().await;
+    assert_eq!(clock.now(), t0, "the clock did not move");
+    let tokens = engine.tokens();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(engine.group().runtime.consecutive_failures, 0);
+    let current = engine
+        .store
+        .token(&tokens[0].0)
+        .unwrap()
+        .unwrap()
+        .record
+        .expires_at;
+
+    // Half an hour before that token expires its rotation is refused the
+    // same way: the next attempt must come before the token's deadline.
+    clock.set(current - Duration::minutes(30));
+    line.answer(IssueAnswer::RetryAfterYears);
+    let now = clock.now();
+    engine.pass().await;
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::RateLimited));
+    let retry = g.runtime.retry_not_before.unwrap();
+    let deadline = current - Rules::default().deadline_margin;
+    assert!(
+        retry > now && retry <= deadline,
+        "retry at {retry}, the current token's deadline is {deadline}"
+    );
+
+    // And `rotate` overrides that wait too.
+    line.answer(IssueAnswer::Token);
+    engine.rotate().await;
+    engine.pass().await;
+    assert_eq!(clock.now(), now);
+    assert_eq!(engine.tokens().len(), 2, "{:?}", engine.tokens());
+    assert_eq!(engine.group().runtime.consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn the_reconcile_before_each_retry_does_not_end_the_failure_streak() {
+    let line = FakeLine::start(IssueAnswer::ServerError).await;
+    let clock = support::manual_clock();
+    // A listing is due before every retry.
+    let rules = Rules {
+        reconcile_interval: Duration::seconds(1),
+        ..generous()
+    };
+    let engine = Engine::new(
+        &line.mock.base_url,
+        &clock,
+        support::signer(LAB_CHANNEL, "hostile-kid"),
+        None,
+        rules,
+    );
+
+    let end = clock.now() + Duration::minutes(10);
+    let mut streak = Vec::new();
+    let mut waits = Vec::new();
+    while clock.now() < end {
+        let at = clock.now();
+        engine.pass().await;
+        let g = engine.group();
+        let retry = g.runtime.retry_not_before.unwrap();
+        streak.push(g.runtime.consecutive_failures);
+        waits.push(retry - at);
+        clock.set(retry.max(at + Duration::milliseconds(1)));
+    }
+
+    // Every retry failed once more: 1, 2, 3, ... with a listing before each.
+    let expected: Vec<u32> = (1..=u32::try_from(streak.len()).unwrap()).collect();
+    assert_eq!(streak, expected, "waits {waits:?}");
+    assert_eq!(line.count(ISSUE), streak.len());
+    assert!(
+        line.count(KID_LIST) >= streak.len(),
+        "{} listings for {} issues",
+        line.count(KID_LIST),
+        streak.len()
+    );
+    // The backoff grew: a streak that restarted at 1 would retry every few
+    // seconds (about 240 attempts in 10 minutes); the doubling ceiling
+    // (5 s, 10 s, ... 10 min) allows a handful.
+    assert!(
+        (3..=20).contains(&streak.len()),
+        "{} attempts in 10 minutes: {waits:?}",
+        streak.len()
+    );
+    let late = waits.iter().skip(5).max().copied().unwrap_or_default();
+    assert!(
+        late > Duration::seconds(5),
+        "the waits never outgrew the first ceiling: {waits:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_200_that_breaks_the_contract_may_have_issued_lists_next_and_waits_a_minute() {
+    let lab = support::sandbox_lab().await;
+    let faults: Faults = serde_json::from_value(serde_json::json!({
+        "endpoints": { ISSUE: { "malformed_rate": 1.0, "malformed_as": "missing_key_id" } }
+    }))
+    .unwrap();
+    lab.sandbox.set_faults(faults).unwrap();
+    let engine = Engine::new(
+        &lab.base_url,
+        &lab.clock,
+        support::signer(LAB_CHANNEL, LAB_KID),
+        Some(LAB_SECRET),
+        generous(),
+    );
+    let mut events = engine.rotator.subscribe();
+
+    let t0 = lab.clock.now();
+    engine.pass().await;
+    // LINE issued (the sandbox holds a live token) but the answer was
+    // unusable: the intent is closed as "may have issued".
+    let at_line = lab.sandbox.tokens(&channel());
+    assert_eq!(at_line.len(), 1);
+    assert_eq!(at_line[0].state, SandboxTokenState::Live);
+    let lost = at_line[0].key_id.clone().unwrap();
+    assert_eq!(engine.intents(), [("failed".to_owned(), 1)]);
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+    let retry = g.runtime.retry_not_before.unwrap();
+    assert!(retry >= t0 + MAYBE_ISSUED_FLOOR, "retry at {retry}");
+    assert!(engine.tokens().is_empty());
+
+    // LINE behaves again, but nothing is asked before the wait is over.
+    lab.sandbox.set_faults(Faults::default()).unwrap();
+    engine.pass().await;
+    assert_eq!(lab.sandbox.tokens(&channel()).len(), 1);
+
+    lab.clock.set(retry);
+    engine.pass().await;
+    let fresh = engine.tokens();
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+
+    // What happened after the failure: a listing that named the lost token
+    // foreign, then the issue.
+    let mut after_failure = Vec::new();
+    let mut failed = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            RotationEvent::Failed { .. } => failed = true,
+            RotationEvent::ForeignSeen { key_id, .. } if failed => {
+                after_failure.push(format!("foreign {key_id}"));
+            }
+            RotationEvent::Issued { key_id, .. } if failed => {
+                after_failure.push(format!("issued {key_id}"));
+            }
+            _ => {}
+        }
+    }
+    assert!(failed);
+    assert_eq!(
+        after_failure,
+        [format!("foreign {lost}"), format!("issued {}", fresh[0].0)]
+    );
+    let foreign = engine.store.foreign_kids(&channel()).unwrap();
+    assert_eq!(foreign.len(), 1);
+    assert_eq!(foreign[0].key_id, lost);
+}
+
+#[tokio::test]
+async fn an_empty_access_token_in_a_200_does_not_wedge_the_group() {
+    let line = FakeLine::start(IssueAnswer::EmptyToken).await;
+    let clock = support::manual_clock();
+    let engine = Engine::new(
+        &line.mock.base_url,
+        &clock,
+        support::signer(LAB_CHANNEL, "hostile-kid"),
+        None,
+        generous(),
+    );
+
+    engine.pass().await;
+    let g = engine.group();
+    assert_eq!(g.runtime.consecutive_failures, 1);
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+    let error = g.runtime.last_error.clone().unwrap_or_default();
+    assert!(!error.contains("close_"), "an internal name: {error}");
+    assert_eq!(engine.intents(), [("failed".to_owned(), 1)]);
+
+    // At the retry LINE answers properly: the group gets its token.
+    line.answer(IssueAnswer::Token);
+    clock.set(g.runtime.retry_not_before.unwrap());
+    engine.pass().await;
+    let tokens = engine.tokens();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].1, TokenState::Live);
+    assert_eq!(engine.group().runtime.consecutive_failures, 0);
+    // The possibly issued empty one was listed and is counted as foreign.
+    let foreign = engine.store.foreign_kids(&channel()).unwrap();
+    assert_eq!(foreign.len(), 1);
+    assert_eq!(foreign[0].key_id.as_str(), "empty-kid");
+}
+
+#[tokio::test]
+async fn three_rotations_on_a_still_clock_keep_the_newest_and_revoke_the_oldest() {
+    let lab = support::sandbox_lab().await;
+    let engine = Engine::new(
+        &lab.base_url,
+        &lab.clock,
+        support::signer(LAB_CHANNEL, LAB_KID),
+        Some(LAB_SECRET),
+        generous(),
+    );
+    engine.pass().await;
+    let t0 = lab.clock.now();
+    for _ in 0..3 {
+        engine.rotate().await;
+        engine.pass().await;
+    }
+    assert_eq!(lab.clock.now(), t0, "the clock never moved");
+
+    // The sandbox issued four tokens, in order; the store holds all four.
+    let at_line: Vec<(KeyId, SandboxTokenState)> = lab
+        .sandbox
+        .tokens(&channel())
+        .into_iter()
+        .map(|t| (t.key_id.unwrap(), t.state))
+        .collect();
+    assert_eq!(at_line.len(), 4, "{at_line:?}");
+    let state = |i: usize| at_line[i].1;
+    // At most two live: the newest two; the oldest two revoked.
+    assert_eq!(
+        [state(0), state(1), state(2), state(3)],
+        [
+            SandboxTokenState::Revoked,
+            SandboxTokenState::Revoked,
+            SandboxTokenState::Live,
+            SandboxTokenState::Live
+        ],
+        "{at_line:?}"
+    );
+    let stored = engine.tokens();
+    for (key, at_sandbox) in &at_line {
+        let (_, in_store) = stored.iter().find(|(k, _)| k == key).unwrap();
+        assert_eq!(
+            *in_store == TokenState::Live,
+            *at_sandbox == SandboxTokenState::Live,
+            "{key}: {stored:?}"
+        );
+    }
+    // The token handed out is the newest.
+    let snapshot = linetokd::snapshot::Snapshot::read(&engine.store, &channel(), t0).unwrap();
+    let state = snapshot.state(&channel(), true);
+    let current = state.groups[0].current(t0).unwrap();
+    assert_eq!(current.key_id, at_line[3].0);
+}
