@@ -292,7 +292,7 @@ impl Daemon {
         })
     }
 
-    /// Applies a new, validated config while running (DESIGN.md section 7,
+    /// Applies a new, validated config while running (docs/design.md section 7,
     /// "Reload"): channels and groups are synced into the store (a new one
     /// is issued a token at the next pass, a removed group's tokens are
     /// revoked after `removal_grace`), the rotator gets the new channels and

@@ -1,6 +1,6 @@
 //! The command line: clap definitions and one function per subcommand.
 //!
-//! This is the contract of DESIGN.md section 8: tests and operators rely on
+//! This is the contract of docs/design.md section 8: tests and operators rely on
 //! it. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error. Errors
 //! print their whole cause chain on one line (`{:#}`), never a backtrace.
 //!

@@ -1,5 +1,5 @@
 //! The local control socket: how `linetokd rotate` and `linetokd revoke`
-//! reach the running daemon (DESIGN.md section 6, "Control"), so the daemon
+//! reach the running daemon (docs/design.md section 6, "Control"), so the daemon
 //! stays the only writer of the database.
 //!
 //! # Protocol

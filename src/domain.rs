@@ -1,4 +1,4 @@
-//! The vocabulary of linetokd as plain data (DESIGN.md section 2).
+//! The vocabulary of linetokd as plain data (docs/design.md section 2).
 //!
 //! Everything else speaks in these types. They carry no IO and no clock; the
 //! pure `policy` needs nothing else. Identifiers are newtypes so a channel ID
@@ -174,7 +174,7 @@ pub fn is_line_char(c: char) -> bool {
 }
 
 /// How a request to LINE failed, which decides how the engine waits before
-/// the next attempt (DESIGN.md section 5, and `docs/design.md`).
+/// the next attempt (docs/design.md section 5, and `docs/design.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {

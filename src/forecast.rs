@@ -89,7 +89,7 @@ pub struct PlannedAction {
 /// What the daemon is expected to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Issue a new token (DESIGN.md 4.2d).
+    /// Issue a new token (docs/design.md 4.2d).
     Issue {
         /// A synthetic key ID ([`SYNTHETIC_KEY_PREFIX`]): LINE picks the
         /// real one.

@@ -1,4 +1,4 @@
-//! The daemon's HTTP listener: health and the token API (DESIGN.md sections
+//! The daemon's HTTP listener: health and the token API (docs/design.md sections
 //! 6 and 10).
 //!
 //! [`app`] builds the router from an [`HttpState`], so tests drive it with

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md section 10).
+//! Prometheus metrics (docs/design.md section 10).
 //!
 //! One [`Metrics`] value is shared by the rotator (token and rotation
 //! gauges and counters, updated as it plans and acts), the scheduler (its

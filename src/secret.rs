@@ -1,7 +1,7 @@
 //! Secret strings: access tokens, channel secrets, API keys.
 //!
 //! A [`Secret`] holds a value that must never reach logs, errors, metrics or
-//! status output (DESIGN.md invariant 5). Its `Debug` and `Display` print a
+//! status output (docs/design.md invariant 5). Its `Debug` and `Display` print a
 //! short, non-reversible fingerprint instead, so a secret can sit in a struct
 //! that derives `Debug` or appear in a `tracing` field without leaking. The
 //! only way to the value is [`Secret::expose`], whose call sites are the few

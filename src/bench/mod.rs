@@ -1,7 +1,7 @@
 //! `linetokd bench`: measures this build on this machine against the LINE
-//! sandbox, as the rotation engine's targets are stated (issue 8,
-//! SPECS.md §6): bootstrap of N groups in wall and daemon CPU ms per group
-//! beside one RSA-2048 signature's cost, RSS after bootstrap (fixed part and
+//! sandbox, the figures the rotation engine's targets are stated in (see
+//! README "Benchmarks"): bootstrap of N groups in wall and daemon CPU ms per
+//! group beside one RSA-2048 signature's cost, RSS after bootstrap (fixed part and
 //! per-group slope), `status` and `plan --days 30` times at each N, token
 //! API throughput and latency, and scheduler wake-ups while idle.
 //!

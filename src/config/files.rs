@@ -1,6 +1,6 @@
 //! Files that hold secrets: assertion keys, channel secrets, API keys.
 //!
-//! The daemon refuses a secret file that other users can access (DESIGN.md
+//! The daemon refuses a secret file that other users can access (docs/design.md
 //! section 11): `mode & 0o007` must be zero. Group access is allowed so a
 //! file can be `0640 root:linetokd`, the usual shape of a packaged secret.
 //! Every message here names the file and what is wrong with it (missing,

@@ -1,4 +1,4 @@
-//! The configuration file (DESIGN.md section 7): load, validate, print.
+//! The configuration file (docs/design.md section 7): load, validate, print.
 //!
 //! Three stages, each a type:
 //!
@@ -130,7 +130,7 @@ impl Default for DaemonSettings {
     }
 }
 
-/// `[rotation]`: the rules of DESIGN.md section 4, shared by every channel.
+/// `[rotation]`: the rules of docs/design.md section 4, shared by every channel.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RotationSettings {

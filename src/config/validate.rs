@@ -1,4 +1,4 @@
-//! Validation: every rule of DESIGN.md section 7, each problem named by its
+//! Validation: every rule of docs/design.md section 7, each problem named by its
 //! key, all problems collected, and a typed [`ValidConfig`] as the result.
 //!
 //! The rules, in the order they are checked:
@@ -204,7 +204,7 @@ pub struct SinkConfig {
     pub group: Option<String>,
 }
 
-/// What a sink file holds (DESIGN.md section 6).
+/// What a sink file holds (docs/design.md section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkFormat {
     /// The token alone.

@@ -1,5 +1,5 @@
 //! Rotation hooks: a group's `on_rotate` program, run after each new token
-//! (DESIGN.md section 6, issue 4 item 2).
+//! (docs/design.md section 6, issue 4 item 2).
 //!
 //! # What a hook gets
 //!

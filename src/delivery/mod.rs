@@ -1,5 +1,5 @@
 //! Delivery: getting the current token to the programs that use it
-//! (DESIGN.md section 6).
+//! (docs/design.md section 6).
 //!
 //! - [`service`]: the [`Delivery`] service: listens to the rotator, keeps
 //!   the book, writes the sinks (retrying failed ones with backoff, and

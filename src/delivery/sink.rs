@@ -1,5 +1,5 @@
 //! File sinks: a group's token written to a file its consumer reads
-//! (DESIGN.md section 6, issue 4 item 1).
+//! (docs/design.md section 6, issue 4 item 1).
 //!
 //! [`render`] turns a group's published tokens into the bytes of one of the
 //! three [`SinkFormat`]s; [`write`] puts them on disk atomically; [`remove`]

@@ -1,6 +1,6 @@
 //! Every way a call to LINE can fail, classified for the caller.
 //!
-//! The rotator decides what to do next from the class alone (DESIGN.md
+//! The rotator decides what to do next from the class alone (docs/design.md
 //! section 5):
 //!
 //! | class | variant | method | LINE issued a token? |

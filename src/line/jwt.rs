@@ -1,7 +1,7 @@
 //! The client assertion: the signed JWT with which LINE's v2.1 endpoints
 //! (issue, key-ID listing) and the stateless endpoint authenticate a channel.
 //!
-//! LINE's rules (LINE-API.md §8): header `alg` RS256, `typ` JWT, `kid` of a
+//! LINE's rules (docs/line-api.md §8): header `alg` RS256, `typ` JWT, `kid` of a
 //! public key registered on the channel; claims `iss` = `sub` = channel ID,
 //! `aud` `https://api.line.me/`, `exp` at most 30 minutes ahead, and, when
 //! issuing, `token_exp` (the requested token lifetime) at most 30 days. All

@@ -1,7 +1,7 @@
 //! Assertion signing keys: the RSA-2048 pair whose public half is registered
 //! in the LINE Developers Console.
 //!
-//! LINE accepts only RSA-2048 keys used with RS256 (LINE-API.md §8). Keys
+//! LINE accepts only RSA-2048 keys used with RS256 (docs/line-api.md §8). Keys
 //! arrive in whatever format the operator's tooling produced: a PKCS#8
 //! (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM, or a private JWK as
 //! LINE's own documentation generates. Every format is normalised through

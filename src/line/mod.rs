@@ -1,7 +1,7 @@
 //! LINE's channel access token endpoints, as types and a client.
 //!
 //! This folder is LINE's contract (`line-openapi/channel-access-token.yml`,
-//! LINE-API.md) written down in Rust:
+//! docs/line-api.md) written down in Rust:
 //!
 //! - [`endpoint`]: the eight operations, with path, method and operationId.
 //! - [`types`]: the request and answer schemas, by their OpenAPI names.

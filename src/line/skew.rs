@@ -1,6 +1,6 @@
 //! How far our clock is from LINE's.
 //!
-//! LINE judges the assertion's `exp` by its own clock (LINE-API.md section
+//! LINE judges the assertion's `exp` by its own clock (docs/line-api.md section
 //! 8): a local clock running fast pushes `exp` past LINE's 30-minute window, a
 //! slow one makes a fresh assertion look expired. The client compares each
 //! answer's `Date` header with [`crate::clock::Clock::now`], keeps the last

@@ -5,7 +5,7 @@
 //! serde needs no renames and a reader can hold this file next to the YAML.
 //! The requests are form bodies or query strings (`Serialize`), the answers
 //! JSON (`Deserialize`). Two deliberate choices, both from SDK bugs listed in
-//! LINE-API.md section 10:
+//! docs/line-api.md section 10:
 //!
 //! - every `expires_in` is an `i64`: the file says int32 for some answers,
 //!   but long-lived tokens report values above `i32::MAX`;
@@ -51,7 +51,7 @@ pub(crate) struct IssueChannelTokenByJwtRequest<'a> {
 /// Form body of `POST /v2/oauth/accessToken` ("Request of the
 /// issueChannelToken"), and of the secret form of `POST /oauth2/v3/token`
 /// (`IssueStatelessChannelTokenByClientSecretRequest`). It has no assertion
-/// fields at all: sending them empty is the mistake LINE-API.md 10.3 records.
+/// fields at all: sending them empty is the mistake docs/line-api.md 10.3 records.
 #[derive(Serialize)]
 pub(crate) struct IssueChannelTokenByClientSecretRequest<'a> {
     /// Always [`GRANT_TYPE_CLIENT_CREDENTIALS`].

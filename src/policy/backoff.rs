@@ -1,4 +1,4 @@
-//! When to try again after LINE fails (DESIGN.md section 5).
+//! When to try again after LINE fails (docs/design.md section 5).
 //!
 //! Transient failures (network, timeout, 5xx) back off exponentially with
 //! full jitter; a 429 waits at least its `Retry-After` (capped at

@@ -1,7 +1,7 @@
 //! The rotation policy: a pure function from (now, one group's tokens, its
 //! channel's counts, the rules) to a [`Plan`] — what to issue, what to
 //! revoke, what to verify or reconcile, when to look again, and what to
-//! alert on. This is where DESIGN.md sections 3, 4 and 5 become code.
+//! alert on. This is where docs/design.md sections 3, 4 and 5 become code.
 //!
 //! Purity is the point. The policy depends on `crate::domain`, chrono and
 //! std only: no IO, no clock reads (every function takes `now`), no
@@ -11,7 +11,7 @@
 //!
 //! # Files
 //!
-//! - [`rules`]: [`Rules`], the tunables, with DESIGN.md's defaults.
+//! - [`rules`]: [`Rules`], the tunables, with docs/design.md's defaults.
 //! - [`view`]: [`GroupView`] and [`ChannelView`], what a plan is made from.
 //! - [`plan`]: [`plan_group`] and the [`Plan`] it returns.
 //! - [`channel`]: [`drive`], the one per-channel loop (execute a group's

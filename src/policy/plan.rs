@@ -1,5 +1,5 @@
 //! The decision: from one group's tokens, its channel and the rules, at one
-//! instant, to a [`Plan`] (DESIGN.md sections 4 and 5).
+//! instant, to a [`Plan`] (docs/design.md sections 4 and 5).
 //!
 //! [`plan_group`] is a pure function. It never reads a clock, never draws a
 //! random number and never does IO, so every lifecycle case is a table test
@@ -17,7 +17,7 @@
 //!   `wake_at == now` (the state changed, look again at once); planning
 //!   converges to a plan without steps within a few rounds, whose `wake_at`
 //!   says when to look next.
-//! - `Issue` is the whole of DESIGN.md 4.2d: record the attempt (it counts
+//! - `Issue` is the whole of docs/design.md 4.2d: record the attempt (it counts
 //!   against `max_issues_per_hour` whatever the outcome), issue, verify,
 //!   store, publish.
 //! - `Reconcile` is channel-wide and shows up in the plan of every group
@@ -28,7 +28,7 @@
 //!   again; if there are none, the plan's alert stands and the group is
 //!   looked at again at `wake_at`.
 //!
-//! # Invariants this module guarantees (DESIGN.md section 3)
+//! # Invariants this module guarantees (docs/design.md section 3)
 //!
 //! - Invariant 1: an `Issue` is only planned when, after the plan's own
 //!   revokes, the group has at most one live token: never a third.
@@ -693,7 +693,7 @@ fn plan_active(
         _ => None,
     };
 
-    // Deadline arithmetic (DESIGN.md section 5): alert as soon as the
+    // Deadline arithmetic (docs/design.md section 5): alert as soon as the
     // successor cannot come in time, not when the token has expired. Nothing
     // says when a full channel frees up, so a capacity hold is not given a
     // time; its only known next chance is the next look at the group.

@@ -2,7 +2,7 @@
 //!
 //! [`Rules`] is the policy's own small settings struct (STYLE.md: lower
 //! modules never read the config); `app` builds it from the `[rotation]`
-//! section. Every field documents why it exists. The defaults are DESIGN.md's.
+//! section. Every field documents why it exists. The defaults are docs/design.md's.
 //!
 //! The policy never panics on odd values: intervals shorter than a second are
 //! read as one second (a zero interval would make a step due again the
@@ -22,7 +22,7 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::days(30);
 /// LINE's cap on live v2.1 tokens per channel.
 pub const LINE_CHANNEL_TOKEN_CAP: u32 = 30;
 
-/// How the lifecycle of DESIGN.md section 4 is tuned. All durations are
+/// How the lifecycle of docs/design.md section 4 is tuned. All durations are
 /// chrono durations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
@@ -64,7 +64,7 @@ pub struct Rules {
     /// LINE's cap on live v2.1 tokens per channel (30). A setting only so
     /// tests can use a small cap; production leaves it at LINE's value.
     pub channel_token_cap: u32,
-    /// How failed requests are retried (DESIGN.md section 5).
+    /// How failed requests are retried (docs/design.md section 5).
     pub retry: RetryRules,
     /// How long before the current token's expiry a failing group's
     /// attempts must come (at most a quarter of `rotate_before`): the
@@ -96,7 +96,7 @@ impl Default for Rules {
     }
 }
 
-/// Backoff after failures (DESIGN.md section 5).
+/// Backoff after failures (docs/design.md section 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryRules {
     /// The first transient retry waits up to this long (default 5 s); each

@@ -1,4 +1,4 @@
-//! Table tests: each lifecycle case of DESIGN.md sections 4 and 5 with
+//! Table tests: each lifecycle case of docs/design.md sections 4 and 5 with
 //! concrete times. Most use `rotation_jitter = 0` so the expected instants
 //! can be written down; the jitter cases compute the group's offset.
 
@@ -43,7 +43,7 @@ fn tok30(key: &str, issued: i64) -> TokenRecord {
     tok(key, issued, issued + 30 * DAY)
 }
 
-/// DESIGN.md's defaults without jitter, so due times are exact.
+/// docs/design.md's defaults without jitter, so due times are exact.
 fn rules() -> Rules {
     Rules {
         rotation_jitter: Duration::zero(),

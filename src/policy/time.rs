@@ -3,7 +3,7 @@
 //! chrono's `DateTime + Duration` panics on overflow, and the policy's inputs
 //! (expiry times from the store, durations from the config) are data, not
 //! constants: a corrupt row or an absurd setting must give a strange plan,
-//! never a panic (DESIGN.md invariant 7). Every sum the policy forms goes
+//! never a panic (docs/design.md invariant 7). Every sum the policy forms goes
 //! through these helpers, which clamp to the ends of chrono's range instead.
 //!
 //! Depends on chrono only.

@@ -1,4 +1,4 @@
-//! Property tests of invariants 1 to 4 (DESIGN.md section 3).
+//! Property tests of invariants 1 to 4 (docs/design.md section 3).
 //!
 //! A tiny in-test "world" plays both the rotator and LINE for one channel
 //! with several groups: it builds views, calls [`plan_group`], executes the

@@ -203,7 +203,7 @@ impl Rotator {
     }
 
     /// Revokes other groups' superseded tokens so `state.groups[gi]` can be
-    /// issued one (DESIGN.md section 4, step 2c).
+    /// issued one (docs/design.md section 4, step 2c).
     pub(super) async fn free_capacity(
         &self,
         setup: &ChannelSetup,

@@ -1,4 +1,4 @@
-//! LINE's checks on a client assertion (LINE-API.md §8), against the
+//! LINE's checks on a client assertion (docs/line-api.md §8), against the
 //! sandbox's clock.
 //!
 //! LINE finds the public key by the header's `kid` (kids are unique across
@@ -15,7 +15,7 @@
 //! 7. when issuing a v2.1 token, `token_exp` is a number in 1..=2,592,000.
 //!
 //! jsonwebtoken only checks the signature here: its own `exp` check reads
-//! the system clock, which the sandbox must never do (DESIGN.md §9).
+//! the system clock, which the sandbox must never do (docs/design.md §9).
 //! Depends on `line::jwt` constants and claim names, `line::keys` for the
 //! public key, and the refusal type.
 

@@ -148,7 +148,7 @@ impl SandboxConfig {
     }
 }
 
-/// LINE registers RSA-2048 keys only (LINE-API.md §8).
+/// LINE registers RSA-2048 keys only (docs/line-api.md §8).
 pub(crate) fn check_key_size(
     channel: &ChannelId,
     kid: &SigningKid,

@@ -1,7 +1,7 @@
 //! The sandbox's two kinds of failure: its own set-up errors ([`SandboxError`])
 //! and the refusals it answers LINE's clients with ([`LineRefusal`]).
 //!
-//! LINE answers errors in two body shapes (LINE-API.md §0), and the sandbox
+//! LINE answers errors in two body shapes (docs/line-api.md §0), and the sandbox
 //! reproduces both so the daemon's error classification is exercised:
 //!
 //! - OAuth style `{"error", "error_description"}` for authentication and
@@ -10,7 +10,7 @@
 //!   signing key (404), rate limiting, outages and inspection errors.
 //!
 //! Depends on nothing but `domain` types; no refusal ever carries a token
-//! value or a channel secret (DESIGN.md invariant 5).
+//! value or a channel secret (docs/design.md invariant 5).
 
 use std::path::PathBuf;
 
@@ -141,7 +141,7 @@ impl LineRefusal {
         }
     }
 
-    /// LINE's 404 for a `kid` that is not registered (LINE-API.md §1, §3, §6).
+    /// LINE's 404 for a `kid` that is not registered (docs/line-api.md §1, §3, §6).
     pub fn unknown_key() -> Self {
         Self::message(
             StatusCode::NOT_FOUND,
@@ -149,7 +149,7 @@ impl LineRefusal {
         )
     }
 
-    /// LINE's 400 once a channel has 30 live v2.1 tokens (LINE-API.md §1).
+    /// LINE's 400 once a channel has 30 live v2.1 tokens (docs/line-api.md §1).
     pub fn too_many_tokens() -> Self {
         Self::message(
             StatusCode::BAD_REQUEST,

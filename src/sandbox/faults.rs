@@ -1,5 +1,5 @@
 //! Fault injection for the sandbox's LINE endpoints: the failures the daemon
-//! must survive (DESIGN.md §5), on demand and reproducibly.
+//! must survive (docs/design.md §5), on demand and reproducibly.
 //!
 //! A [`Faults`] value holds a rule per endpoint path, a `"*"` default, a
 //! seed, and a `down` switch (every LINE endpoint answers 503, for the

@@ -1,5 +1,5 @@
 //! The LINE sandbox: a faithful emulator of LINE's channel access token
-//! endpoints (DESIGN.md §9), used by `linetokd demo`, the tests, the
+//! endpoints (docs/design.md §9), used by `linetokd demo`, the tests, the
 //! simulation, and users who want to try their setup offline.
 //!
 //! - [`Sandbox`] is the emulator: cheap to clone (an `Arc` inside), driven
@@ -379,7 +379,7 @@ impl Sandbox {
     }
 
     /// Checks a channel ID and secret, as the revoke and secret-form
-    /// endpoints do; LINE's texts for the two failures (LINE-API.md §5a).
+    /// endpoints do; LINE's texts for the two failures (docs/line-api.md §5a).
     pub(crate) fn authenticate_secret(
         &self,
         client_id: &str,

@@ -402,7 +402,7 @@ async fn list_kids(
 }
 
 /// `POST /oauth2/v2.1/revoke`: 200 with an empty body, also for a
-/// well-formed token that is unknown or already dead (LINE-API.md §4).
+/// well-formed token that is unknown or already dead (docs/line-api.md §4).
 async fn revoke_v21(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,
@@ -474,7 +474,7 @@ async fn verify_short_lived(
 }
 
 /// `POST /v2/oauth/revoke`: 200 empty, also for unknown tokens; only
-/// short-lived tokens are revoked here (LINE-API.md §5c).
+/// short-lived tokens are revoked here (docs/line-api.md §5c).
 async fn revoke_short_lived(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,

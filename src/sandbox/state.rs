@@ -9,7 +9,7 @@
 //! rule below (the cap, the key-ID list, verify, revoke) asks the same
 //! `Entry::is_live_at`, so they agree to the millisecond.
 //!
-//! Rules reproduced (LINE-API.md §1, §5, §6, §9):
+//! Rules reproduced (docs/line-api.md §1, §5, §6, §9):
 //! - v2.1: at most [`MAX_LIVE_TOKENS`] live tokens per channel; the next one
 //!   is refused. Expired and revoked tokens do not count. Foreign tokens
 //!   ([`Book::add_foreign_v21`]: issued by "another issuer", not through the
@@ -41,10 +41,10 @@ use crate::domain::{AccessToken, ChannelId, KeyId};
 /// LINE's cap on live tokens of one kind per channel.
 pub const MAX_LIVE_TOKENS: usize = 30;
 
-/// Lifetime of a short-lived token: 30 days (LINE-API.md §5a).
+/// Lifetime of a short-lived token: 30 days (docs/line-api.md §5a).
 pub const SHORT_LIVED_SECS: i64 = 2_592_000;
 
-/// Lifetime of a stateless token: 15 minutes (LINE-API.md §6; LINE's
+/// Lifetime of a stateless token: 15 minutes (docs/line-api.md §6; LINE's
 /// reference says 900, its OpenAPI example 899).
 pub const STATELESS_SECS: i64 = 900;
 
@@ -676,7 +676,7 @@ impl Book {
         else {
             return false;
         };
-        // Stateless tokens cannot be revoked (LINE-API.md §6).
+        // Stateless tokens cannot be revoked (docs/line-api.md §6).
         if !kinds.contains(&entry.kind)
             || entry.kind == TokenKind::Stateless
             || !entry.is_live_at(now)

@@ -3,7 +3,7 @@
 //! Events name tokens by key ID only. Their free-text `detail` is screened
 //! against every stored token value before it is written, so even a caller
 //! that passes a LINE response body containing a token cannot put the value
-//! here (DESIGN.md invariant 5).
+//! here (docs/design.md invariant 5).
 
 use std::fmt;
 

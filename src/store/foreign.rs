@@ -1,5 +1,5 @@
 //! Reconcile: apply LINE's list of a channel's valid key IDs to the store
-//! (DESIGN.md section 4, step 5).
+//! (docs/design.md section 4, step 5).
 //!
 //! Ours that LINE no longer lists are gone; key IDs LINE lists that are not
 //! ours are foreign, kept with the first time they were seen so status can

@@ -1,4 +1,4 @@
-//! The issuance-intent journal (DESIGN.md section 5, "Crash journal").
+//! The issuance-intent journal (docs/design.md section 5, "Crash journal").
 //!
 //! The rotator calls [`Store::begin_issue`] before asking LINE for a token,
 //! then [`Store::complete_issue`] (token stored and intent closed in one

@@ -1,4 +1,4 @@
-//! One writer per database (DESIGN.md section 5, "One writer").
+//! One writer per database (docs/design.md section 5, "One writer").
 //!
 //! A [`WriterLock`] is an exclusive `flock` on `<db>.lock` beside the
 //! database. The kernel drops it when the holder closes the file or dies, so

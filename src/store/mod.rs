@@ -19,7 +19,7 @@
 //!
 //! # Invariants
 //!
-//! - **One writer** (DESIGN.md section 5): [`Store::open`] takes the
+//! - **One writer** (docs/design.md section 5): [`Store::open`] takes the
 //!   [`WriterLock`] and holds it as long as any clone of the store lives; a
 //!   second writer is refused with the holder's PID. Readers
 //!   ([`Store::open_read_only`]) need no lock: WAL lets them read while the

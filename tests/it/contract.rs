@@ -506,7 +506,7 @@ fn the_contract_examples_pass_the_answer_checker_and_mistakes_do_not() {
     }
     let issue = "/oauth2/v2.1/token";
     let wrong = [
-        // camelCase, as an SDK typing once had it (LINE-API.md 10.6).
+        // camelCase, as an SDK typing once had it (docs/line-api.md 10.6).
         r#"{"accessToken":"t","expires_in":1,"token_type":"Bearer","key_id":"k"}"#,
         // key_id missing.
         r#"{"access_token":"t","expires_in":1,"token_type":"Bearer"}"#,
@@ -527,7 +527,7 @@ fn the_contract_examples_pass_the_answer_checker_and_mistakes_do_not() {
 #[test]
 fn the_checker_catches_what_the_sdks_got_wrong() {
     // The camelCase keys LINE's generated Go and Node SDKs once sent
-    // (LINE-API.md 10.1), and the empty assertion fields of 10.3, must fail.
+    // (docs/line-api.md 10.1), and the empty assertion fields of 10.3, must fail.
     let Some(contract) = Contract::load() else {
         return;
     };

@@ -1461,7 +1461,7 @@ mod against_the_sandbox {
                 .unwrap_err(),
         ];
         // LINE's codes: invalid_client, except the stateless endpoint's
-        // "Invalid 'client_credentials'." invalid_request (LINE-API.md 6).
+        // "Invalid 'client_credentials'." invalid_request (docs/line-api.md 6).
         let codes = [
             "invalid_client",
             "invalid_client",

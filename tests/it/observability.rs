@@ -257,7 +257,7 @@ fn unix(value: &Value) -> i64 {
 /// beside the ID in `channel`.
 const CHANNEL_NAME: &str = "chan";
 
-/// The metric families of DESIGN.md section 10, with their type and the
+/// The metric families of docs/design.md section 10, with their type and the
 /// label names every sample carries (histogram buckets add `le`).
 const FAMILIES: [(&str, &str, &[&str]); 9] = [
     (

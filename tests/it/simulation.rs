@@ -1,4 +1,4 @@
-//! The simulation (DESIGN.md section 14, issue 3): the real daemon
+//! The simulation (docs/testing.md, issue 3): the real daemon
 //! (scheduler, rotator, store, LINE client) and the LINE sandbox in one
 //! process, on one manual clock, for 400 virtual days, with faults injected
 //! and invariants 1 to 4 and 6 checked from the outside after every step.
@@ -144,7 +144,7 @@ const NEAR_FULL: usize = 2;
 /// How many times the daemon is killed (as kill -9 would) and restarted.
 const RESTARTS: usize = 8;
 
-/// The `[rotation]` section: DESIGN.md's defaults except the two intervals,
+/// The `[rotation]` section: docs/design.md's defaults except the two intervals,
 /// daily rather than every 6 h and hourly, so 400 days stay well under a
 /// minute in a debug build.
 const ROTATION: &str = r#"
