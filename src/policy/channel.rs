@@ -335,6 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn a_group_without_a_token_retries_within_a_minute_whatever_line_asks() {
+        // Found by the recovery test: once a token had expired the group
+        // had no deadline, so a 429's five-minute Retry-After and the
+        // growing backoff left it without a token for 14 minutes.
+        let rules = Rules::default();
+        let g = group("a", vec![]);
+        let at = crate::policy::deadline(t0(), &g, &rules);
+        assert_eq!(at, Some(t0() + crate::policy::plan::NO_TOKEN_RETRY));
+        let retry = RetryState::after_failure(
+            None,
+            t0(),
+            FailureKind::RateLimited,
+            Some(Duration::minutes(5)),
+            0.9,
+            &rules.retry,
+            at,
+        );
+        assert!(
+            retry.not_before <= t0() + crate::policy::plan::NO_TOKEN_RETRY,
+            "{retry:?}"
+        );
+        // A removed group has no deadline.
+        let removed = GroupView {
+            removed_at: Some(t0()),
+            ..group("b", vec![])
+        };
+        assert_eq!(crate::policy::deadline(t0(), &removed, &rules), None);
+    }
+
+    #[test]
     fn a_refused_token_is_revoked_and_replaced_and_still_counted() {
         let rules = Rules::default();
         let mut refused = TokenRecord::live(KeyId::new("r"), t0(), t0() + Duration::days(30));

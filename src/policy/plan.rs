@@ -313,14 +313,29 @@ pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> D
     time::sub(time::add(since, interval), jitter)
 }
 
+/// How long a group with no usable token waits at most between failed
+/// attempts (a permanent failure aside, see [`deadline`]): its consumers are
+/// without a token, so neither a growing backoff nor a long `Retry-After`
+/// may stretch the gap; the hourly budget still bounds the attempts.
+pub const NO_TOKEN_RETRY: Duration = Duration::minutes(1);
+
 /// The instant a failing group's next attempt must come by: its current
 /// token's expiry less the safety margin (`deadline_margin`, at most a
-/// quarter of `rotate_before`). `None` when it has no usable token (then
-/// every attempt is already late, and the backoff's floor applies).
+/// quarter of `rotate_before`). A group in the config with no usable token
+/// is past any such deadline: its next attempt comes within
+/// [`NO_TOKEN_RETRY`]. A removed group has none. (The rotator leaves a
+/// permanent failure of a group without a token at its slow pace: only a
+/// config change or an operator fixes that, and both end the hold at once.)
 pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<DateTime<Utc>> {
+    if group.removed_at.is_some() {
+        return None;
+    }
     let margin =
         time::non_negative(rules.deadline_margin).min(time::non_negative(rules.rotate_before) / 4);
-    group.current(now).map(|t| time::sub(t.expires_at, margin))
+    Some(group.current(now).map_or_else(
+        || time::add(now, NO_TOKEN_RETRY),
+        |t| time::sub(t.expires_at, margin),
+    ))
 }
 
 /// Collects a plan's pieces while the rules are walked.

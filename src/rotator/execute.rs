@@ -591,7 +591,13 @@ impl Rotator {
             error.retry_after(),
             self.jitter(),
             &rules.retry,
-            policy::deadline(now, view, &rules),
+            // A permanent failure of a group without a token keeps its slow
+            // pace: retrying a wrong key every minute fixes nothing, and a
+            // config change or `rotate` ends the hold at once.
+            match kind {
+                FailureKind::Permanent if view.current(now).is_none() => None,
+                _ => policy::deadline(now, view, &rules),
+            },
         );
         let text = error.describe();
         let request_id = match &error {
@@ -678,7 +684,11 @@ impl Rotator {
             error.retry_after(),
             self.jitter(),
             &rules.retry,
-            policy::listing_deadline(now, state, &rules),
+            // As for a group: a permanent failure keeps its slow pace.
+            match kind {
+                FailureKind::Permanent => None,
+                _ => policy::listing_deadline(now, state, &rules),
+            },
         );
         let text = error.describe();
         tracing::warn!(channel = %setup.id, kind = %kind, failures = retry.failures, retry_at = %retry.not_before, "listing the channel's key IDs failed: {text}");

@@ -800,7 +800,13 @@ async fn partial_failure_for_a_day_never_starves_a_group() {
     let t0 = support::start_time();
     let mut rig = Rig::start(
         (0..3).map(|i| chan(i, 3)).collect(),
-        rotation("2h", "30m", "5m", "30m", "15m"),
+        // The hourly budget is the operator's own bound (invariant 4): at
+        // 12 an hour, failed attempts under 30 % errors can spend it and
+        // hold a group past its expiry (the deadline alert fires 20 minutes
+        // ahead; seen 1 run in 6). This test is about LINE's failures, so
+        // the budget is set high enough not to be what is measured.
+        rotation("2h", "30m", "5m", "30m", "15m")
+            .replace("max_issues_per_hour = 12", "max_issues_per_hour = 40"),
         faults,
         |_| {},
     )
