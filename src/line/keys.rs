@@ -316,12 +316,32 @@ impl VerifyingKey {
     }
 }
 
-/// Reads `path` and parses it with `parse`, naming the file in any error.
+/// The largest key file read: an RSA-4096 private JWK is under 4 KiB, so a
+/// bigger file is a wrong path (a log, a disk image), refused before it is
+/// read whole.
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads `path` (at most [`MAX_KEY_FILE`]) and parses it with `parse`,
+/// naming the file in any error.
 fn parse_file<T>(path: &Path, parse: fn(&[u8]) -> Result<T, KeyError>) -> Result<T, KeyError> {
-    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+    use std::io::Read as _;
+    let read_err = |source| KeyError::Read {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "it is larger than {} KiB, the most a key file may be",
+                MAX_KEY_FILE / 1024
+            ),
+        )));
+    }
     parse(&bytes).map_err(|e| e.in_file(path))
 }
 
@@ -553,6 +573,15 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_file_that_is_not_a_key_file_is_refused_before_it_is_read_whole() {
+        let err = SigningKey::from_file(Path::new("/dev/zero"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("larger than 64 KiB"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -83,10 +83,28 @@ impl SandboxConfig {
     /// # Errors
     /// [`SandboxError`] naming the file, the key and what is wrong.
     pub fn load(path: &Path) -> Result<Self, SandboxError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SandboxError::ConfigRead {
+        // Read with a bound (16 MiB holds 100,000 channels): a wrong
+        // path such as /dev/zero must end with an error, not fill memory.
+        const MAX_SANDBOX_CONFIG: u64 = 16 * 1024 * 1024;
+        let read_err = |source| SandboxError::ConfigRead {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        {
+            use std::io::Read as _;
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_SANDBOX_CONFIG + 1).read_to_end(&mut bytes))
+                .map_err(read_err)?;
+        }
+        if bytes.len() as u64 > MAX_SANDBOX_CONFIG {
+            return Err(read_err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "it is larger than 16 MiB, the most the sandbox reads from its config file",
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::parse(&text, base).map_err(|e| match e {
             SandboxError::ConfigParse { source, .. } => SandboxError::ConfigParse {
@@ -280,5 +298,13 @@ mod tests {
         std::fs::write(&path, "channels = 3").unwrap();
         let err = SandboxConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("sandbox.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_config_file_ends_with_an_error_not_a_full_memory() {
+        let err = SandboxConfig::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than 16 MiB"), "{err}");
     }
 }
