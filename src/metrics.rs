@@ -104,6 +104,16 @@ pub struct Metrics {
     channels: RwLock<ChannelIndex>,
     sink_failures: Family<GroupLabels, Counter>,
     sink_last_success: Family<GroupLabels, GaugeF>,
+    hook_runs: Family<HookLabels, Counter>,
+}
+
+/// A group's labels and a hook run's result (`success` or `failure`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    channel: String,
+    channel_name: String,
+    group: String,
+    result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,6 +196,12 @@ impl Metrics {
             "Failed writes of the group's sink files (each sink, each attempt)",
             sink_failures.clone(),
         );
+        let hook_runs = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "hook_runs",
+            "A group's on_rotate hook runs for new tokens, by result (after its retries)",
+            hook_runs.clone(),
+        );
         let sink_last_success = Family::<GroupLabels, GaugeF>::default();
         registry.register(
             "sink_last_success_timestamp_seconds",
@@ -206,6 +222,7 @@ impl Metrics {
             config_reloads,
             sink_failures,
             sink_last_success,
+            hook_runs,
             channels: RwLock::new(ChannelIndex::new()),
         }
     }
@@ -230,6 +247,7 @@ impl Metrics {
         self.live_tokens.clear();
         self.channel_tokens.clear();
         self.rotations.clear();
+        self.hook_runs.clear();
     }
 
     /// The `channel_name` label of `channel`; empty for an unknown one.
@@ -363,6 +381,19 @@ impl Metrics {
         self.clock_skew.set(skew.num_milliseconds() as f64 / 1000.0);
     }
 
+    /// Counts one finished hook run of a group (after its retries).
+    pub fn hook_run(&self, channel: &ChannelId, group: &GroupName, success: bool) {
+        let g = self.group_labels(channel, group);
+        self.hook_runs
+            .get_or_create(&HookLabels {
+                channel: g.channel,
+                channel_name: g.channel_name,
+                group: g.group,
+                result: if success { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
     /// Counts `failed` failed sink writes of a group (one per sink per
     /// attempt).
     pub fn sink_failures(&self, channel: &ChannelId, group: &GroupName, failed: u64) {
@@ -441,6 +472,7 @@ mod tests {
         m.config_reload(false);
         m.sinks_written(&c, &g, at);
         m.sink_failures(&c, &g, 2);
+        m.hook_run(&c, &g, false);
         m.scheduler_woke();
         m.scheduler_woke();
         let text = m.render();
@@ -457,6 +489,7 @@ mod tests {
             r#"linetokd_sink_failures_total{channel="1",channel_name="shop-bot",group="backend"} 2"#,
             r#"linetokd_sink_last_success_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
             "linetokd_scheduler_wakeups_total 2",
+            r#"linetokd_hook_runs_total{channel="1",channel_name="shop-bot",group="backend",result="failure"} 1"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -719,6 +719,8 @@ impl Delivery {
             HookOutcome::Succeeded => EventKind::HookSucceeded,
             _ => EventKind::HookFailed,
         };
+        self.metrics
+            .hook_run(channel, group, kind == EventKind::HookSucceeded);
         let detail = report.summary();
         let now: DateTime<Utc> = self.clock.now();
         let event = NewEvent {
