@@ -45,7 +45,7 @@ CREATE TABLE groups (
     PRIMARY KEY (channel_id, name)
 ) STRICT;
 
--- The issuance-intent journal (DESIGN.md section 5, "Crash journal"): a row
+-- The issuance-intent journal (docs/design.md section 5.7, "The crash journal"): a row
 -- is written before LINE is asked for a token and closed in the same
 -- transaction that stores the token. An intent still 'open' after a crash
 -- may stand for a token LINE issued that we never stored.
