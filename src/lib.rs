@@ -78,8 +78,9 @@
 //!   the scheduler's progress; `demo` runs `app` and the sandbox
 //! - `snapshot` → `store`, `policy`; `forecast` → `policy`
 //! - `policy`, `store`, `line`, `event` → `domain`
-//! - `sandbox` → `domain`, `line::jwt` and `line::keys` types only; the daemon
-//!   never calls it
+//! - `sandbox` → `domain`, `accept` (its accept loop backs off like the
+//!   daemon's), `line::jwt` and `line::keys` types only; the daemon never
+//!   calls it
 //! - nothing below `cli`/`app` reads the environment, the wall clock or the
 //!   config file directly: they receive a [`clock::Clock`] and small settings
 //!   structs.

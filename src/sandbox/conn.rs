@@ -16,12 +16,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::AcceptBackoff;
 
 /// The switch that cuts one connection. Clones share the switch.
 #[derive(Debug, Clone, Default)]
@@ -44,50 +46,53 @@ impl Connected<IncomingStream<'_, KillableListener>> for ConnKill {
     }
 }
 
-/// A TCP listener whose connections carry a [`ConnKill`].
+/// A TCP listener whose connections carry a [`ConnKill`]. Failed accepts
+/// (out of descriptors) back off as the daemon's listeners do
+/// ([`AcceptBackoff`]: 10 ms doubling to 1 s, one log line per streak).
 #[derive(Debug)]
-pub struct KillableListener(pub TcpListener);
+pub struct KillableListener {
+    listener: TcpListener,
+    backoff: AcceptBackoff,
+    /// Never cancelled: axum's serve loop owns shutdown.
+    never: CancellationToken,
+}
+
+impl KillableListener {
+    /// Wraps a bound listener.
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            backoff: AcceptBackoff::new("sandbox"),
+            never: CancellationToken::new(),
+        }
+    }
+}
 
 impl Listener for KillableListener {
     type Io = KillableIo;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let listener = &self.listener;
         loop {
-            match self.0.accept().await {
-                Ok((stream, addr)) => {
-                    // Small JSON answers: don't let Nagle delay them.
-                    let _ = stream.set_nodelay(true);
-                    let io = KillableIo {
-                        inner: stream,
-                        kill: ConnKill::default(),
-                    };
-                    return (io, addr);
-                }
-                // A connection that failed before we took it: next one.
-                Err(e) if is_connection_error(&e) => {}
-                // Out of file descriptors or similar: back off briefly, as
-                // axum's own TcpListener does, instead of spinning.
-                Err(e) => {
-                    tracing::warn!(error = %e, "sandbox: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            // `never` is never cancelled, so this only ends with a stream.
+            if let Some((stream, addr)) =
+                self.backoff.accept(|| listener.accept(), &self.never).await
+            {
+                // Small JSON answers: don't let Nagle delay them.
+                let _ = stream.set_nodelay(true);
+                let io = KillableIo {
+                    inner: stream,
+                    kill: ConnKill::default(),
+                };
+                return (io, addr);
             }
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
-}
-
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
 
 /// An accepted socket with a kill switch.

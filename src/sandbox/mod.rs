@@ -200,7 +200,7 @@ impl Sandbox {
     ) -> std::io::Result<()> {
         let app = routes::with_serve_shutdown(self.router(), shutdown.clone())
             .into_make_service_with_connect_info::<ConnKill>();
-        axum::serve(KillableListener(listener), app)
+        axum::serve(KillableListener::new(listener), app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
     }
