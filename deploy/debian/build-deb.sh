@@ -87,6 +87,8 @@ maintainer="${DEBFULLNAME:-linetokd maintainers} <${DEBEMAIL:-linetokd@localhost
 mkdir -p "$out"
 root="$(mktemp -d "$out/.linetokd-deb.XXXXXX")"
 trap 'rm -rf "$root"' EXIT
+# mktemp makes it 0700; it becomes the package's "/".
+chmod 0755 "$root"
 umask 022
 
 install -D -m 0755 "$binary" "$root/usr/bin/linetokd"

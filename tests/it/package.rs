@@ -106,6 +106,9 @@ fn debian_package_holds_the_systemd_deployment() {
             .unwrap_or_else(|| panic!("{path} is not in the package: {entries:#?}"))
     };
     for (path, mode) in [
+        // The package's root becomes the system's: never narrower.
+        ("/", "drwxr-xr-x"),
+        ("/etc/linetokd/", "drwxr-xr-x"),
         ("/usr/bin/linetokd", "-rwxr-xr-x"),
         ("/usr/lib/systemd/system/linetokd.service", "-rw-r--r--"),
         ("/usr/lib/sysusers.d/linetokd.conf", "-rw-r--r--"),
