@@ -182,6 +182,9 @@ pub enum Command {
         /// Append every figure as JSON lines to this file.
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Keep each run's directory (config, database, key files) and print its path, to profile `status` and `plan` by hand afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// Print a group's current token (newest live one) for scripts; works with or without a running daemon.
     Token {
@@ -346,6 +349,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
             quick,
             json_out,
+            keep,
         } => bench_cmd(bench::Flags {
             groups,
             per_channel,
@@ -355,6 +359,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
             quick,
             json_out,
+            keep,
         }),
     }
 }

@@ -34,7 +34,8 @@
 //! bounded ([`MAX_ROUNDS`]); a forecast that hits the bound says so
 //! ([`Forecast::complete`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::mem::Discriminant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -48,10 +49,31 @@ use crate::policy::{
 /// The prefix of the key IDs given to tokens the forecast imagines issued.
 pub const SYNTHETIC_KEY_PREFIX: &str = "next-";
 
-/// The most rounds (instants at which anything happens) one forecast runs.
-/// A year of a channel's hourly reconciles and its groups' verifies is a
-/// few tens of thousands; the bound only stops a runaway loop.
-pub const MAX_ROUNDS: usize = 1_000_000;
+/// The most rounds (instants at which anything happens) one channel runs
+/// in one forecast. A year of a channel's hourly reconciles and fifteen
+/// groups' verifies is about 30,000; the bound only stops a runaway loop.
+pub const MAX_ROUNDS_PER_CHANNEL: usize = 100_000;
+
+/// Whether the routine reads (verify, reconcile) are run forward too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routine {
+    /// Every verify and reconcile is simulated and recorded: exact counts,
+    /// and a round every few hours per group and every hour per channel.
+    Simulate,
+    /// Only what changes the channel is simulated. Under "every call
+    /// succeeds" a routine read changes nothing a later decision reads,
+    /// with one exception: an issue needs a fresh listing, and the policy
+    /// asks for that itself (`Hold::Reconcile`) at the instant of the
+    /// issue. So the issues, revocations and expiries are the same as with
+    /// [`Routine::Simulate`] (a test holds the two to that), at a cost
+    /// that grows with the rotations rather than with the hours; the
+    /// routine reads are not counted ([`Forecast::routine`] is `None`).
+    Skip,
+}
+
+/// The verify and reconcile interval [`Routine::Skip`] plans with: beyond
+/// any horizon, so no routine read is ever due on the clock.
+const BEYOND_ANY_HORIZON: Duration = Duration::MAX;
 
 /// The most plans one channel may carry out at one instant, as in the
 /// rotator: every plan changes the state, so the next one differs.
@@ -140,9 +162,12 @@ pub struct Forecast {
     /// What happens, in time order (same-instant actions in the order the
     /// daemon would do them).
     pub actions: Vec<PlannedAction>,
-    /// False when [`MAX_ROUNDS`] was reached before `until`: the timeline
-    /// stops early.
+    /// False when a channel reached [`MAX_ROUNDS_PER_CHANNEL`] before
+    /// `until`: its timeline stops early.
     pub complete: bool,
+    /// The routine reads simulated, as (verifies, reconciles); `None` with
+    /// [`Routine::Skip`], which does not simulate them all.
+    pub routine: Option<(usize, usize)>,
 }
 
 /// Runs the policy forward from `now` to `until`, as the rotator would if
@@ -152,49 +177,75 @@ pub fn forecast(
     channels: Vec<ChannelInput>,
     rules: &Rules,
     until: DateTime<Utc>,
+    routine: Routine,
 ) -> Forecast {
+    let rules = match routine {
+        Routine::Simulate => rules.clone(),
+        Routine::Skip => Rules {
+            verify_interval: BEYOND_ANY_HORIZON,
+            reconcile_interval: BEYOND_ANY_HORIZON,
+            ..rules.clone()
+        },
+    };
+    // Virtual time neither jumps nor suspends: the hourly look the daemon
+    // takes for safety would only be a round that finds nothing to do.
+    let rules = Rules {
+        max_sleep: BEYOND_ANY_HORIZON,
+        ..rules
+    };
     let mut names = Names::new(&channels);
     let mut sims: Vec<ChannelSim> = channels.into_iter().map(ChannelSim::new).collect();
     let mut actions = Vec::new();
-    // When each channel is next due. Channels share nothing (capacity and
-    // the hourly budget are per channel), so a channel is only looked at
-    // when its own plans asked: looking at it in between, as a daemon pass
-    // for another channel does, finds nothing to do by construction (plans
-    // wake at every instant their answer could change).
-    let mut due: Vec<DateTime<Utc>> = vec![now; sims.len()];
-    let mut t = now;
-    let mut complete = false;
-    for _ in 0..MAX_ROUNDS {
-        for (sim, at) in sims.iter_mut().zip(due.iter_mut()) {
-            if *at <= t {
-                // Every plan without steps wakes strictly later; the max
-                // only keeps a bug from stalling virtual time.
-                *at = sim
-                    .round(t, rules, &mut names, &mut actions)
-                    .max(t + Duration::seconds(1));
-            }
-        }
-        let next = due
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        if next > until {
-            complete = true;
+    // When each channel is next due, earliest first; ties in channel order,
+    // as the daemon's scheduler works them. Channels share nothing
+    // (capacity and the hourly budget are per channel), so a channel is
+    // only looked at when its own plans asked: looking at it in between,
+    // as a daemon pass for another channel does, finds nothing to do by
+    // construction (plans wake at every instant their answer could change).
+    // So the cost grows with the channels' own rounds, not with channels
+    // times instants.
+    let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
+        (0..sims.len()).map(|i| Reverse((now, i))).collect();
+    let mut complete = true;
+    while let Some(Reverse((t, i))) = due.pop() {
+        if t > until {
             break;
         }
-        t = next;
+        let sim = &mut sims[i];
+        if sim.rounds >= MAX_ROUNDS_PER_CHANNEL {
+            complete = false;
+            continue;
+        }
+        sim.rounds += 1;
+        // Every plan without steps wakes strictly later; the max only keeps
+        // a bug from stalling virtual time.
+        let next = sim
+            .round(t, &rules, &mut names, &mut actions)
+            .max(t + Duration::seconds(1));
+        due.push(Reverse((next, i)));
     }
     actions.retain(|a| a.at <= until);
     // Expiries are stamped with their own instant, which a round reaches
     // exactly (plans wake at every expiry); the sort is stable, so actions
     // of one instant keep the order they were done in.
     actions.sort_by_key(|a| a.at);
+    let routine = (routine == Routine::Simulate).then(|| {
+        let verifies = actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Verify { .. }))
+            .count();
+        let reconciles = actions
+            .iter()
+            .filter(|a| a.action == Action::Reconcile)
+            .count();
+        (verifies, reconciles)
+    });
     Forecast {
         from: now,
         until,
         actions,
         complete,
+        routine,
     }
 }
 
@@ -230,11 +281,13 @@ impl Names {
 struct ChannelSim {
     channel: ChannelId,
     managed: bool,
-    groups: Vec<GroupView>,
+    /// What the driver reads, changed in place as steps succeed.
+    state: ChannelState,
     /// Each group's issue attempts in the last hour (the first-start burst
     /// reads their count).
     group_issues: Vec<Vec<DateTime<Utc>>>,
-    view: ChannelView,
+    /// Rounds run so far ([`MAX_ROUNDS_PER_CHANNEL`]).
+    rounds: usize,
     /// The alert kinds each group has raised, to record each when it starts.
     alerts: HashMap<GroupName, Vec<Discriminant<Alert>>>,
 }
@@ -246,8 +299,11 @@ impl ChannelSim {
             channel: input.channel,
             managed: input.managed,
             group_issues,
-            groups: input.groups,
-            view: input.view,
+            state: ChannelState {
+                groups: input.groups,
+                view: input.view,
+            },
+            rounds: 0,
             alerts: HashMap::new(),
         }
     }
@@ -264,6 +320,7 @@ impl ChannelSim {
         self.expire(t, out);
         if !self.managed {
             return self
+                .state
                 .groups
                 .iter()
                 .flat_map(|g| g.live_tokens(t))
@@ -283,7 +340,7 @@ impl ChannelSim {
 
     /// Marks the tokens whose expiry has come as expired.
     fn expire(&mut self, t: DateTime<Utc>, out: &mut Vec<PlannedAction>) {
-        for g in &mut self.groups {
+        for g in &mut self.state.groups {
             for tok in &mut g.tokens {
                 if tok.state == TokenState::Live && tok.expires_at <= t {
                     tok.state = TokenState::Expired;
@@ -314,18 +371,15 @@ impl ChannelSim {
         out: &mut Vec<PlannedAction>,
     ) -> Option<DateTime<Utc>> {
         let window_start = t - policy::rate::ISSUE_WINDOW;
-        self.view
+        self.state
+            .view
             .issue_times_last_hour
             .retain(|at| *at > window_start);
-        for (g, times) in self.groups.iter_mut().zip(&mut self.group_issues) {
+        for (g, times) in self.state.groups.iter_mut().zip(&mut self.group_issues) {
             times.retain(|at| *at > window_start);
             g.issued_last_hour = u32::try_from(times.len()).unwrap_or(u32::MAX);
         }
-        let state = ChannelState {
-            groups: self.groups.clone(),
-            view: self.view.clone(),
-        };
-        let decision = drive(t, &state, rules);
+        let decision = drive(t, &self.state, rules);
         for (i, plan) in decision.plans.iter().enumerate() {
             self.note_alerts(t, i, &plan.alerts, out);
         }
@@ -335,7 +389,7 @@ impl ChannelSim {
                     self.apply(t, group, step, rules, names, out);
                 }
                 // A plan whose steps all ran ends the failure streak.
-                self.groups[group].retry = None;
+                self.state.groups[group].retry = None;
                 None
             }
             Next::FreeCapacity { victims, .. } => {
@@ -357,13 +411,13 @@ impl ChannelSim {
         names: &mut Names,
         out: &mut Vec<PlannedAction>,
     ) {
-        let group = self.groups[i].group.clone();
+        let group = self.state.groups[i].group.clone();
         let action = match step {
             Step::Reconcile => {
-                self.view.last_reconcile_at = Some(t);
-                self.view.lost = 0;
-                self.view.reconcile_retry = None;
-                self.view.relist_needed = false;
+                self.state.view.last_reconcile_at = Some(t);
+                self.state.view.lost = 0;
+                self.state.view.reconcile_retry = None;
+                self.state.view.relist_needed = false;
                 Action::Reconcile
             }
             Step::Revoke { key_id, reason } => {
@@ -371,13 +425,13 @@ impl ChannelSim {
                 return;
             }
             Step::Verify { key_id } => {
-                self.groups[i].last_verified_at = Some(t);
+                self.state.groups[i].last_verified_at = Some(t);
                 Action::Verify {
                     key_id: key_id.clone(),
                 }
             }
             Step::CloseRequests { .. } => {
-                self.groups[i].requests.clear();
+                self.state.groups[i].requests.clear();
                 return;
             }
             Step::Issue {
@@ -392,9 +446,9 @@ impl ChannelSim {
                 let expires_at = t
                     .checked_add_signed(lifetime)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                self.view.issue_times_last_hour.push(t);
+                self.state.view.issue_times_last_hour.push(t);
                 self.group_issues[i].push(t);
-                let g = &mut self.groups[i];
+                let g = &mut self.state.groups[i];
                 g.issued_last_hour = g.issued_last_hour.saturating_add(1);
                 g.tokens
                     .push(TokenRecord::live(key_id.clone(), t, expires_at));
@@ -424,6 +478,7 @@ impl ChannelSim {
         out: &mut Vec<PlannedAction>,
     ) {
         let token = self
+            .state
             .groups
             .iter_mut()
             .filter(|g| &g.group == owner)
@@ -432,7 +487,7 @@ impl ChannelSim {
         if let Some(tok) = token {
             tok.state = TokenState::Revoked;
         }
-        for g in &mut self.groups {
+        for g in &mut self.state.groups {
             g.tokens.retain(|tok| tok.state == TokenState::Live);
         }
         out.push(PlannedAction {
@@ -455,7 +510,7 @@ impl ChannelSim {
         alerts: &[Alert],
         out: &mut Vec<PlannedAction>,
     ) {
-        let group = self.groups[i].group.clone();
+        let group = self.state.groups[i].group.clone();
         let raised = self.alerts.entry(group.clone()).or_default();
         let kinds: Vec<_> = alerts.iter().map(std::mem::discriminant).collect();
         for alert in alerts {
@@ -514,8 +569,17 @@ mod tests {
         }
     }
 
+    /// The forecast with every routine read, after checking that the
+    /// forecast without them changes the channels at the same instants in
+    /// the same way (the promise of [`Routine::Skip`]).
     fn run(channels: Vec<ChannelInput>, rules: &Rules, days: i64) -> Forecast {
-        forecast(t0(), channels, rules, t0() + Duration::days(days))
+        let until = t0() + Duration::days(days);
+        let full = forecast(t0(), channels.clone(), rules, until, Routine::Simulate);
+        let lean = forecast(t0(), channels, rules, until, Routine::Skip);
+        assert_eq!(timeline(&lean), timeline(&full), "Skip and Simulate differ");
+        assert_eq!(lean.complete, full.complete);
+        assert!(lean.routine.is_none() && full.routine.is_some());
+        full
     }
 
     /// The non-routine actions as (offset from t0, group, short text).
@@ -935,6 +999,7 @@ mod tests {
             vec![input(vec![group("g", true, vec![])], None)],
             &rules,
             t0(),
+            Routine::Simulate,
         );
         assert!(f.complete);
         assert!(f.actions.iter().all(|a| a.at == t0()));

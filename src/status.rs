@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::delivery::sink_note_key;
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
-use crate::forecast::{self, Action, ChannelInput, SYNTHETIC_KEY_PREFIX};
+use crate::forecast::{self, Action, ChannelInput, Routine, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{
     self, Alert, ChannelView, GroupView, Hold, IssueReason, Plan, RevokeReason, Rules, Severity,
 };
@@ -1165,10 +1165,10 @@ pub struct PlanCounts {
     pub revoke: u32,
     /// Tokens expiring.
     pub expire: u32,
-    /// Verifications.
-    pub verify: u32,
-    /// Reconciles.
-    pub reconcile: u32,
+    /// Verifications; `null` unless `--all`, which simulates every one.
+    pub verify: Option<u32>,
+    /// Reconciles; `null` unless `--all`.
+    pub reconcile: Option<u32>,
     /// Alerts raised.
     pub alert: u32,
 }
@@ -1227,18 +1227,26 @@ pub fn plan_report(
             view: w.view.clone(),
         })
         .collect();
-    let f = forecast::forecast(now, inputs, rules, until);
+    let routine = if include_routine {
+        Routine::Simulate
+    } else {
+        Routine::Skip
+    };
+    let f = forecast::forecast(now, inputs, rules, until, routine);
     let mut counts = PlanCounts::default();
     for a in &f.actions {
         let n = match a.action {
             Action::Issue { .. } => &mut counts.issue,
             Action::Revoke { .. } => &mut counts.revoke,
             Action::Expire { .. } => &mut counts.expire,
-            Action::Verify { .. } => &mut counts.verify,
-            Action::Reconcile => &mut counts.reconcile,
+            Action::Verify { .. } | Action::Reconcile => continue,
             Action::Alert(_) => &mut counts.alert,
         };
         *n = n.saturating_add(1);
+    }
+    if let Some((verifies, reconciles)) = f.routine {
+        counts.verify = Some(count(verifies));
+        counts.reconcile = Some(count(reconciles));
     }
     let actions = f
         .actions
@@ -1401,20 +1409,17 @@ pub fn render_plan(report: &PlanReport) -> String {
         table(&mut out, "", &rows);
     }
     let c = &report.counts;
+    let routine = match (c.verify, c.reconcile) {
+        (Some(verify), Some(reconcile)) => {
+            format!("{verify} verify(ies) and {reconcile} reconcile(s)")
+        }
+        _ => "routine verifies and reconciles not simulated (--all simulates and lists them)"
+            .to_owned(),
+    };
     let _ = writeln!(
         out,
-        "\n{} issue(s), {} revocation(s), {} expiry(ies), {} alert(s); {} verify(ies) and {} reconcile(s){}",
-        c.issue,
-        c.revoke,
-        c.expire,
-        c.alert,
-        c.verify,
-        c.reconcile,
-        if report.routine_listed {
-            ""
-        } else {
-            " not listed (--all lists them)"
-        }
+        "\n{} issue(s), {} revocation(s), {} expiry(ies), {} alert(s); {routine}",
+        c.issue, c.revoke, c.expire, c.alert,
     );
     if report.any_synthetic() {
         let _ = writeln!(

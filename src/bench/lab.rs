@@ -158,13 +158,13 @@ impl Lab {
         }
     }
 
-    /// Stops the sandbox and deletes the directory. Call after the daemon
-    /// has stopped.
-    pub async fn close(self) {
+    /// Stops the sandbox and deletes the directory, or with `keep` leaves
+    /// it and returns its path. Call after the daemon has stopped.
+    pub async fn close(self, keep: bool) -> Option<PathBuf> {
         self.shutdown.cancel();
         // The server's own error at shutdown tells the benchmark nothing.
         let _ = self.serving.await;
-        drop(self.dir);
+        keep.then(|| self.dir.keep())
     }
 }
 

@@ -199,7 +199,9 @@ async fn bootstrap(
         idle = Some(count_idle_wakeups(&daemon, settings.idle).await?);
     }
     daemon.stop().await?;
-    lab.close().await;
+    if let Some(dir) = lab.close(settings.keep).await {
+        eprintln!("bench: kept {} (N = {groups})", dir.display());
+    }
     Ok(Measured {
         run,
         token_api,

@@ -24,6 +24,8 @@ pub struct Flags {
     pub quick: bool,
     /// `--json-out`.
     pub json_out: Option<PathBuf>,
+    /// `--keep`.
+    pub keep: bool,
 }
 
 /// The default N values: the 1k, 10k and 100k groups.
@@ -63,6 +65,8 @@ pub struct Settings {
     pub signature_ops: usize,
     /// Where to append JSON lines, if anywhere.
     pub json_out: Option<PathBuf>,
+    /// Keep each run's directory rather than deleting it.
+    pub keep: bool,
 }
 
 impl Settings {
@@ -121,6 +125,7 @@ impl Settings {
             timeout: flags.timeout,
             signature_ops: SIGNATURE_OPS,
             json_out: flags.json_out,
+            keep: flags.keep,
         })
     }
 }

@@ -24,7 +24,7 @@
 use chrono::{DateTime, Utc};
 
 use super::capacity::{capacity_victims, live_ours};
-use super::plan::{Alert, Hold, MAX_SLEEP, Plan, Step, plan_group};
+use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
@@ -62,7 +62,7 @@ pub enum Next {
     },
     /// Nothing to do before `until`.
     Idle {
-        /// When to drive again (at most [`MAX_SLEEP`] ahead).
+        /// When to drive again (at most [`Rules::max_sleep`] ahead).
         until: DateTime<Utc>,
     },
 }
@@ -98,7 +98,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         .map(|g| {
             let mut plan = plan_group(now, g, &view, rules);
             if let Some(until) = listing_held_until {
-                hold_listing(&mut plan, now, until);
+                hold_listing(&mut plan, now, until, rules);
             }
             plan
         })
@@ -129,7 +129,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
     }) {
         Next::FreeCapacity { group: i, victims }
     } else {
-        let latest = time::add(now, MAX_SLEEP);
+        let latest = time::add(now, rules.max_sleep);
         let until = plans
             .iter()
             .map(|p| p.wake_at)
@@ -153,11 +153,11 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
 /// Takes the key-ID listing out of a plan while the channel's listing
 /// streak holds it until `until`: the plan's other steps stand (verify and
 /// revoke do not need it), and a plan left without steps wakes at `until`.
-fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>) {
+fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>, rules: &Rules) {
     let before = plan.steps.len();
     plan.steps.retain(|s| *s != Step::Reconcile);
     if plan.steps.len() != before && plan.steps.is_empty() {
-        plan.wake_at = until.min(time::add(now, MAX_SLEEP));
+        plan.wake_at = until.min(time::add(now, rules.max_sleep));
     }
 }
 

@@ -57,10 +57,11 @@ use super::time;
 use super::view::{ChannelView, GroupView};
 use crate::domain::{KeyId, RequestKind, TokenRecord};
 
-/// The longest a plan may sleep: even with nothing due, plan again within
-/// the hour. Every due time is wall-clock arithmetic; if the clock jumps, the
-/// machine suspends, or a bug computes a wake time too far ahead, this caps
-/// the damage at an hour of delay for the price of one cheap pure call.
+/// The longest a plan may sleep by default ([`Rules::max_sleep`]): even
+/// with nothing due, plan again within the hour. Every due time is
+/// wall-clock arithmetic; if the clock jumps, the machine suspends, or a bug
+/// computes a wake time too far ahead, this caps the damage at an hour of
+/// delay for the price of one cheap pure call.
 pub const MAX_SLEEP: Duration = Duration::hours(1);
 
 /// The shortest interval between two verifications or reconciles, whatever
@@ -341,6 +342,8 @@ pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<
 /// Collects a plan's pieces while the rules are walked.
 struct Draft {
     now: DateTime<Utc>,
+    /// `now + max_sleep`: the latest a plan without steps wakes.
+    latest: DateTime<Utc>,
     wakes: Vec<DateTime<Utc>>,
     alerts: Vec<Alert>,
 }
@@ -355,12 +358,11 @@ impl Draft {
 
     /// When the plan would sleep until, were it to have no steps.
     fn next_look(&self) -> DateTime<Utc> {
-        let latest = time::add(self.now, MAX_SLEEP);
         self.wakes
             .iter()
             .copied()
             .min()
-            .map_or(latest, |w| w.min(latest))
+            .map_or(self.latest, |w| w.min(self.latest))
     }
 
     fn finish(
@@ -398,6 +400,7 @@ pub fn plan_group(
 ) -> Plan {
     let mut draft = Draft {
         now,
+        latest: time::add(now, rules.max_sleep),
         wakes: Vec::new(),
         alerts: Vec::new(),
     };

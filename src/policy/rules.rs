@@ -74,6 +74,12 @@ pub struct Rules {
     /// is unknown (only foreign tokens, whose expiry nobody knows), how soon
     /// to list the key IDs and try again (default 1 min).
     pub full_recheck: Duration,
+    /// The longest the driver idles before looking at a channel again,
+    /// even with nothing due (default [`super::MAX_SLEEP`], 1 h): the
+    /// daemon's due times are wall-clock arithmetic, and a clock that jumps
+    /// or a machine that suspends must not stretch a wait unseen. Not a
+    /// setting; the forecast, whose clock is virtual, plans without it.
+    pub max_sleep: Duration,
 }
 
 impl Default for Rules {
@@ -92,6 +98,7 @@ impl Default for Rules {
             retry: RetryRules::default(),
             deadline_margin: Duration::minutes(5),
             full_recheck: Duration::minutes(1),
+            max_sleep: super::MAX_SLEEP,
         }
     }
 }
