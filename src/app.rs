@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::addresses;
 use crate::clock::SharedClock;
-use crate::config::{self, ChannelConfig, DaemonConfig, Settings, ValidConfig};
+use crate::config::{self, ChannelConfig, DaemonConfig, RotationSettings, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
@@ -171,7 +171,7 @@ impl Daemon {
         )
         .context("while setting up the LINE client")?;
 
-        let mut rules = rules(config);
+        let mut rules = rules(&config.rotation);
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
@@ -304,7 +304,7 @@ impl Daemon {
     /// config then stays in force.
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
-        let new_rules = rules(config);
+        let new_rules = rules(&config.rotation);
         new_rules
             .validate()
             .context("while checking the reloaded rotation rules")?;
@@ -711,8 +711,7 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
 }
 
 /// The policy's rules from the `[rotation]` settings.
-pub fn rules(config: &ValidConfig) -> Rules {
-    let r = &config.rotation;
+pub fn rules(r: &RotationSettings) -> Rules {
     let d = |std: std::time::Duration| Duration::from_std(std).unwrap_or(Duration::MAX);
     Rules {
         token_lifetime: d(r.token_lifetime),

@@ -472,6 +472,16 @@ fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
         .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
 }
 
+/// Loads the config's [`config::Outline`] (no secret file read) for the
+/// commands that only report; every problem is a usage error (exit 2).
+fn load_outline(path: &Path) -> Result<config::Outline, Failure> {
+    let settings = config::Settings::load(path, &process_env()?)
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    settings
+        .outline()
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
+}
+
 /// Sets up logging from the config's format and `RUST_LOG`.
 fn init_logging(format: LogFormat) {
     let filter = std::env::var("RUST_LOG").ok();
@@ -747,11 +757,10 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
 }
 
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
-    let config = load_config(path).map_err(|failure| with_last_reload(path, failure))?;
+    let config = load_outline(path).map_err(|failure| with_last_reload(path, failure))?;
     let db = &config.daemon.database;
     let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
-    // Whole seconds, like every time the store keeps.
-    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
+    let now = SystemClock.now();
     let state = status::read_store(&store, now).map_err(|e| {
         Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
     })?;
@@ -759,7 +768,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         now,
         db,
         &configured_channels(&config),
-        &app::rules(&config),
+        &app::rules(&config.rotation),
         &state,
         probe_daemon(&config),
     );
@@ -772,7 +781,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
 
 /// Whether a daemon holds the database, and where it listens for HTTP when
 /// it recorded that in its state directory ([`addresses`]).
-fn probe_daemon(config: &config::ValidConfig) -> status::DaemonStatus {
+fn probe_daemon(config: &config::Outline) -> status::DaemonStatus {
     let mut daemon = status::probe_daemon(&config.daemon.database);
     if daemon.running != Some(false) {
         daemon.http = addresses::read(&config.daemon.state_dir)
@@ -806,10 +815,9 @@ fn with_last_reload(path: &Path, failure: Failure) -> Failure {
 }
 
 fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = load_outline(path)?;
     let db = &config.daemon.database;
-    // Whole seconds, like every time the store keeps.
-    let now = chrono::SubsecRound::trunc_subsecs(SystemClock.now(), 0);
+    let now = SystemClock.now();
     // Without a database the forecast starts from nothing: what a first
     // start with this config would do.
     let state = match open_read_only(db)? {
@@ -823,7 +831,7 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
         now,
         db,
         &configured_channels(&config),
-        &app::rules(&config),
+        &app::rules(&config.rotation),
         state.as_ref(),
         until,
         all,
@@ -855,15 +863,15 @@ fn no_database(db: &Path) -> Failure {
 }
 
 /// What `status` and `plan` need of the config's channels.
-fn configured_channels(config: &config::ValidConfig) -> Vec<status::ConfiguredChannel> {
+fn configured_channels(config: &config::Outline) -> Vec<status::ConfiguredChannel> {
     config
         .channels
         .iter()
         .map(|c| status::ConfiguredChannel {
             id: c.id.clone(),
             name: c.name.clone(),
-            groups: c.groups.iter().map(|g| g.name.clone()).collect(),
-            can_revoke: c.secret.is_some(),
+            groups: c.groups.clone(),
+            can_revoke: c.has_secret,
         })
         .collect()
 }

@@ -26,7 +26,7 @@
 //! `cli` passes the configured channels ([`ConfiguredChannel`]), the rules
 //! and `now`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::delivery::sink_note_key;
+use crate::delivery::{SINK_NOTE_PREFIX, sink_note_key};
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::forecast::{self, Action, ChannelInput, Routine, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{
@@ -44,7 +44,7 @@ use crate::policy::{
 use crate::snapshot::Snapshot;
 use crate::store::{
     DaemonNote, Event, EventKind, FiringAlert, ForeignKid, GroupRow, IntentOutcome, IssueIntent,
-    LAST_RELOAD, Store, StoreError, StoredToken, WriterLock,
+    LAST_RELOAD, Scope, Store, StoreError, StoredToken, WriterLock,
 };
 
 /// The version of the JSON shapes below; bumped only when a field changes
@@ -80,6 +80,7 @@ pub struct StoredState {
 struct StoredChannel {
     snapshot: Snapshot,
     foreign: Vec<ForeignKid>,
+    /// Issue attempts within [`RECENT_INTENTS`] that failed or were lost.
     recent_intents: Vec<IssueIntent>,
     /// Each group's latest hook outcome.
     hooks: BTreeMap<GroupName, Event>,
@@ -107,43 +108,58 @@ impl StoredState {
 /// # Errors
 /// [`StoreError`] when a query fails.
 pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, StoreError> {
-    let mut channels = BTreeMap::new();
-    for row in store.channels()? {
-        let snapshot = Snapshot::read(store, &row.id, now)?;
-        let foreign = store
-            .foreign_kids(&row.id)?
-            .into_iter()
-            .filter(|k| k.gone_at.is_none())
-            .collect();
-        let recent_intents = store.intents_since(&row.id, now - RECENT_INTENTS)?;
-        let mut hooks = BTreeMap::new();
-        for (group, _) in &snapshot.groups {
-            if let Some(event) = store.latest_group_event(
-                &row.id,
-                &group.name,
-                &[EventKind::HookSucceeded, EventKind::HookFailed],
-            )? {
-                hooks.insert(group.name.clone(), event);
+    // One query per table for all channels, sorted out here: a query per
+    // channel and group would be hundreds of thousands at 100k groups.
+    let mut channels: BTreeMap<ChannelId, StoredChannel> = Snapshot::read_all(store, now)?
+        .into_iter()
+        .filter_map(|snapshot| {
+            let id = snapshot.channel.as_ref()?.id.clone();
+            Some((
+                id,
+                StoredChannel {
+                    snapshot,
+                    foreign: Vec::new(),
+                    recent_intents: Vec::new(),
+                    hooks: BTreeMap::new(),
+                    firing: Vec::new(),
+                    sinks: BTreeMap::new(),
+                },
+            ))
+        })
+        .collect();
+    for kid in store.foreign_kids_in(Scope::All)? {
+        if let Some(c) = channels.get_mut(&kid.channel_id)
+            && kid.gone_at.is_none()
+        {
+            c.foreign.push(kid);
+        }
+    }
+    for intent in store.unfinished_intents_in(Scope::All, now - RECENT_INTENTS)? {
+        if let Some(c) = channels.get_mut(&intent.channel_id) {
+            c.recent_intents.push(intent);
+        }
+    }
+    for event in store.latest_group_events(&[EventKind::HookSucceeded, EventKind::HookFailed])? {
+        if let (Some(c), Some(group)) = (channels.get_mut(&event.channel_id), event.group.clone()) {
+            c.hooks.insert(group, event);
+        }
+    }
+    for alert in store.firing_alerts(None)? {
+        if let Some(c) = channels.get_mut(&alert.channel_id) {
+            c.firing.push(alert);
+        }
+    }
+    let sink_notes: BTreeMap<String, DaemonNote> = store
+        .notes_with_prefix(SINK_NOTE_PREFIX)?
+        .into_iter()
+        .map(|n| (n.key.clone(), n))
+        .collect();
+    for (id, c) in &mut channels {
+        for (group, _) in &c.snapshot.groups {
+            if let Some(note) = sink_notes.get(&sink_note_key(id, &group.name)) {
+                c.sinks.insert(group.name.clone(), note.clone());
             }
         }
-        let firing = store.firing_alerts(Some(&row.id))?;
-        let mut sinks = BTreeMap::new();
-        for (group, _) in &snapshot.groups {
-            if let Some(note) = store.note(&sink_note_key(&row.id, &group.name))? {
-                sinks.insert(group.name.clone(), note);
-            }
-        }
-        channels.insert(
-            row.id.clone(),
-            StoredChannel {
-                snapshot,
-                foreign,
-                recent_intents,
-                hooks,
-                firing,
-                sinks,
-            },
-        );
     }
     Ok(StoredState {
         channels,
@@ -201,8 +217,9 @@ fn worlds<'a>(
         .iter()
         .map(|c| world(now, c.id.clone(), Some(c), state.channels.get(&c.id)))
         .collect();
+    let configured_ids: BTreeSet<&ChannelId> = configured.iter().map(|c| &c.id).collect();
     for (id, stored) in &state.channels {
-        if configured.iter().any(|c| &c.id == id) {
+        if configured_ids.contains(id) {
             continue;
         }
         let w = world(now, id.clone(), None, Some(stored));

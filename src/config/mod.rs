@@ -45,8 +45,8 @@ use serde::Deserialize;
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use validate::{
-    ChannelConfig, DaemonConfig, GroupConfig, HookConfig, LogFormat, SinkConfig, SinkFormat,
-    ValidConfig,
+    ChannelConfig, ChannelOutline, DaemonConfig, GroupConfig, HookConfig, LogFormat, Outline,
+    SinkConfig, SinkFormat, ValidConfig,
 };
 
 /// Where the daemon looks for its config file unless told otherwise.

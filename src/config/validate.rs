@@ -147,6 +147,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `linetokd status` and `linetokd plan` need of a config: the
+/// `[daemon]` and `[rotation]` sections and each channel's ID, name, groups
+/// and whether it has a secret, checked as [`Settings::validate`] checks
+/// them. Each channel's key and secret file is read, so a config the
+/// daemon would refuse for a missing or unreadable one is refused here
+/// too, but the key is not parsed and the groups' API key files are not
+/// read: an RSA key parse per channel and a file per group were most of
+/// `status`'s time at 100,000 groups, and neither changes what a report of
+/// the store shows.
+#[derive(Debug, Clone)]
+pub struct Outline {
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[rotation]`.
+    pub rotation: RotationSettings,
+    /// `[[channel]]`, in file order.
+    pub channels: Vec<ChannelOutline>,
+}
+
+/// One `[[channel]]` as [`Outline`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOutline {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// The channel's short name.
+    pub name: String,
+    /// Its groups' names, in file order.
+    pub groups: Vec<GroupName>,
+    /// True when `secret_file` is set (needed to revoke); the file is not
+    /// read.
+    pub has_secret: bool,
+}
+
 /// One `[[channel]]`, checked, with its key and secret loaded.
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
@@ -252,6 +285,48 @@ impl Settings {
             });
         };
         Ok(ValidConfig {
+            daemon,
+            rotation: self.rotation.clone(),
+            channels,
+        })
+    }
+}
+
+impl Settings {
+    /// The [`Outline`] of the config: every rule of [`Self::validate`] on
+    /// `[daemon]`, `[rotation]`, channel IDs and names and group names,
+    /// and no secret file read.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] listing every problem found, each naming its
+    /// key.
+    pub fn outline(&self) -> Result<Outline, ConfigError> {
+        let mut v = Validator {
+            search_path: self.hook_search_path.clone(),
+            ..Validator::default()
+        };
+        let daemon = v.daemon(self);
+        v.rotation(&self.rotation);
+        let channels: Vec<Option<ChannelOutline>> = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| v.channel_outline(i, c))
+            .collect();
+        v.duplicates(self);
+        if !v.problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                problems: v.problems,
+            });
+        }
+        let channels: Option<Vec<ChannelOutline>> = channels.into_iter().collect();
+        let (Some(daemon), Some(channels)) = (daemon, channels) else {
+            return Err(ConfigError::Invalid {
+                problems: vec![Problem::new("config", "failed validation")],
+            });
+        };
+        Ok(Outline {
             daemon,
             rotation: self.rotation.clone(),
             channels,
@@ -487,6 +562,43 @@ impl Validator {
             key: Arc::new(key?),
             secret: secret?,
             groups: groups?,
+        })
+    }
+
+    /// The part of [`Self::channel`] an [`Outline`] needs.
+    fn channel_outline(&mut self, i: usize, c: &ChannelSettings) -> Option<ChannelOutline> {
+        let at = format!("channel[{i}]");
+        let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
+        let name_ok = self
+            .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
+            .is_some();
+        let key_ok = self
+            .keep(&format!("{at}.key_file"), read_key_file(&c.key_file))
+            .is_some();
+        let secret_ok = c.secret_file.as_ref().is_none_or(|path| {
+            self.keep(&format!("{at}.secret_file"), load_secret(path))
+                .is_some()
+        });
+        let groups: Option<Vec<GroupName>> = c
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| {
+                self.keep(
+                    &format!("{at}.group[{g}].name"),
+                    check_name(&group.name, "group"),
+                )
+                .map(GroupName::new)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        (name_ok && key_ok && secret_ok).then_some(())?;
+        Some(ChannelOutline {
+            id: id?,
+            name: c.name.clone(),
+            groups: groups?,
+            has_secret: c.secret_file.is_some(),
         })
     }
 
@@ -908,15 +1020,19 @@ fn check_account(value: Option<&str>, what: &str) -> Result<Option<String>, Stri
 }
 
 fn load_key(path: &Path) -> Result<SigningKey, String> {
+    let bytes = read_key_file(path)?;
+    SigningKey::parse(&bytes).map_err(|e| format!("{:?}: {e}", path.display().to_string()))
+}
+
+/// A key file's bytes, read as a private file (see [`read_private`]).
+fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     if path.as_os_str().is_empty() {
         return Err(
             "is missing: the path of the channel's assertion signing key (PEM or private JWK)"
                 .to_owned(),
         );
     }
-    let shown = path.display().to_string();
-    let bytes = read_private(path).map_err(|reason| format!("{shown:?} {reason}"))?;
-    SigningKey::parse(&bytes).map_err(|e| format!("{shown:?}: {e}"))
+    read_private(path).map_err(|reason| format!("{:?} {reason}", path.display().to_string()))
 }
 
 fn load_secret(path: &Path) -> Result<Secret, String> {

@@ -21,5 +21,6 @@ pub mod sink;
 
 pub use published::{GroupTokens, PublishedToken, TokenBook};
 pub use service::{
-    Delivery, FailingSink, GroupDelivery, SinkBoard, SinkHealth, SinkRetry, sink_note_key,
+    Delivery, FailingSink, GroupDelivery, SINK_NOTE_PREFIX, SinkBoard, SinkHealth, SinkRetry,
+    sink_note_key,
 };

@@ -128,8 +128,11 @@ pub type SinkBoard = BTreeMap<(ChannelId, GroupName), SinkHealth>;
 /// The store note under which a group's sink state is recorded for
 /// `linetokd status`: `ok: ...` or `failing since ...`.
 pub fn sink_note_key(channel: &ChannelId, group: &GroupName) -> String {
-    format!("sinks/{channel}/{group}")
+    format!("{SINK_NOTE_PREFIX}{channel}/{group}")
 }
+
+/// The start of every [`sink_note_key`], to read them all at once.
+pub const SINK_NOTE_PREFIX: &str = "sinks/";
 
 /// Publishes tokens to sinks and hooks.
 pub struct Delivery {

@@ -235,6 +235,31 @@ impl Store {
         })
     }
 
+    /// For every group of every channel, its newest event whose kind is one
+    /// of `kinds` ([`Self::latest_group_event`] for all groups at once).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn latest_group_events(&self, kinds: &[EventKind]) -> Result<Vec<Event>, StoreError> {
+        let kinds = serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
+            .to_string();
+        self.read("finding each group's latest event", |conn| {
+            query_events(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ( \
+                       SELECT max(id) FROM events \
+                       WHERE group_name IS NOT NULL \
+                         AND kind IN (SELECT value FROM json_each(?1)) \
+                       GROUP BY channel_id, group_name) \
+                     ORDER BY id"
+                ),
+                params![kinds],
+            )
+        })
+    }
+
     /// The newest event of one group whose kind is one of `kinds`, if any:
     /// status uses it for a group's latest hook result
     /// (`[HookSucceeded, HookFailed]`).

@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::sync::load_channel;
 use super::tokens::{TOKEN_COLUMNS, change_state, expire_in, query_tokens};
-use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, time_at};
+use super::{EventKind, Fail, Scope, Store, StoreError, millis, opt_time_at, time_at};
 use crate::domain::{ChannelId, KeyId, TokenState};
 
 /// A key ID LINE listed on a channel that linetokd did not issue.
@@ -171,12 +171,22 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn foreign_kids(&self, channel: &ChannelId) -> Result<Vec<ForeignKid>, StoreError> {
+        self.foreign_kids_in(Scope::Channel(channel))
+    }
+
+    /// [`Self::foreign_kids`] of one channel or of all.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn foreign_kids_in(&self, scope: Scope<'_>) -> Result<Vec<ForeignKid>, StoreError> {
         self.read("listing foreign key IDs", |conn| {
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT channel_id, key_id, first_seen_at, last_seen_at, gone_at FROM foreign_kids \
-                 WHERE channel_id = ?1 ORDER BY first_seen_at, key_id",
-            )?;
-            let mut rows = stmt.query([channel.as_str()])?;
+                 WHERE {} ORDER BY first_seen_at, key_id",
+                scope.condition("channel_id")
+            ))?;
+            let mut rows = stmt.query([scope.param()])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push(foreign_from_row(row)?);

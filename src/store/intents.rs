@@ -22,7 +22,7 @@ use super::events::insert_event;
 use super::sync::load_group;
 use super::tokens::load_token;
 use super::{
-    EventKind, Fail, Store, StoreError, StoredToken, millis, opt_time_at, screen, time_at,
+    EventKind, Fail, Scope, Store, StoreError, StoredToken, millis, opt_time_at, screen, time_at,
 };
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
 
@@ -368,15 +368,35 @@ impl Store {
         channel: &ChannelId,
         since: DateTime<Utc>,
     ) -> Result<Vec<(GroupName, DateTime<Utc>)>, StoreError> {
+        Ok(self
+            .issue_times_in(Scope::Channel(channel), since)?
+            .into_iter()
+            .map(|(_, group, at)| (group, at))
+            .collect())
+    }
+
+    /// [`Self::issue_times_since`] for one channel or all, each with its
+    /// channel.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn issue_times_in(
+        &self,
+        scope: Scope<'_>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(ChannelId, GroupName, DateTime<Utc>)>, StoreError> {
         self.read("counting recent issuances", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT group_name, started_at FROM issue_intents \
-                 WHERE channel_id = ?1 AND started_at >= ?2 ORDER BY started_at, id",
-            )?;
-            let mut rows = stmt.query(params![channel.as_str(), millis(since)])?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT channel_id, group_name, started_at FROM issue_intents \
+                 WHERE {} AND started_at >= ?2 ORDER BY started_at, id",
+                scope.condition("channel_id")
+            ))?;
+            let mut rows = stmt.query(params![scope.param(), millis(since)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push((
+                    ChannelId::new(row.get::<_, String>("channel_id")?),
                     GroupName::new(row.get::<_, String>("group_name")?),
                     time_at(row, "started_at")?,
                 ));
@@ -424,6 +444,59 @@ impl Store {
                 ),
                 params![channel.as_str(), millis(since)],
             )
+        })
+    }
+
+    /// The issue attempts of one channel or all since `since` that failed
+    /// or were lost in a crash (what `status` lists), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn unfinished_intents_in(
+        &self,
+        scope: Scope<'_>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<IssueIntent>, StoreError> {
+        self.read("listing recent failed issuances", |conn| {
+            query_intents(
+                conn,
+                &format!(
+                    "SELECT {INTENT_COLUMNS} FROM issue_intents \
+                     WHERE {} AND started_at >= ?2 AND outcome IN ('failed', 'lost') \
+                     ORDER BY started_at, id",
+                    scope.condition("channel_id")
+                ),
+                params![scope.param(), millis(since)],
+            )
+        })
+    }
+
+    /// [`Self::unsettled_issues`] of every channel that has any, each
+    /// counted past its own `channels.settled_through_intent`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn unsettled_issues_by_channel(&self) -> Result<Vec<(ChannelId, u32)>, StoreError> {
+        self.read("counting unsettled issuances", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT i.channel_id, count(*) FROM issue_intents i \
+                 LEFT JOIN channels c ON c.id = i.channel_id \
+                 WHERE i.id > coalesce(c.settled_through_intent, 0) \
+                   AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
+                 GROUP BY i.channel_id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let n: i64 = row.get(1)?;
+                out.push((
+                    ChannelId::new(row.get::<_, String>(0)?),
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                ));
+            }
+            Ok(out)
         })
     }
 

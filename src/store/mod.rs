@@ -63,6 +63,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 
+use crate::domain::ChannelId;
+
 pub use alerts::{AlertChanges, AlertSpec, FiringAlert, fingerprint};
 pub use error::StoreError;
 pub use events::{Event, EventKind, NewEvent};
@@ -75,6 +77,37 @@ pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
 };
 pub use tokens::StoredToken;
+
+/// Which channels a read covers: one (the rotator, channel by channel), or
+/// every channel at once (`status` and `plan`, which would otherwise ask
+/// the same question once per channel: 40 queries a channel, 270,000 at
+/// 100,000 groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// One channel.
+    Channel(&'a ChannelId),
+    /// Every channel.
+    All,
+}
+
+impl<'a> Scope<'a> {
+    /// The SQL condition on `channel_id` (`column`), with its one
+    /// parameter as `?1` ([`Self::param`]).
+    fn condition(self, column: &str) -> String {
+        match self {
+            Self::Channel(_) => format!("{column} = ?1"),
+            Self::All => "?1 IS NULL".to_owned(),
+        }
+    }
+
+    /// The value for `?1`.
+    fn param(self) -> Option<&'a str> {
+        match self {
+            Self::Channel(id) => Some(id.as_str()),
+            Self::All => None,
+        }
+    }
+}
 
 /// How hard each commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

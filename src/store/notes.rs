@@ -38,6 +38,31 @@ impl Store {
         })
     }
 
+    /// Every note whose key starts with `prefix`, by key.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn notes_with_prefix(&self, prefix: &str) -> Result<Vec<DaemonNote>, StoreError> {
+        self.read("reading daemon notes", |conn| {
+            // `substr` rather than LIKE: a prefix may hold `%` or `_`.
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, value, at FROM daemon_notes \
+                 WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )?;
+            let mut rows = stmt.query(params![prefix])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(DaemonNote {
+                    key: row.get(0)?,
+                    value: row.get(1)?,
+                    at: time_at(row, "at")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// The note under `key`, if any.
     ///
     /// # Errors

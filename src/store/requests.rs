@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::events::insert_event;
 use super::sync::{end_streaks, load_group};
-use super::{EventKind, Fail, Store, StoreError, millis, time_at};
+use super::{EventKind, Fail, Scope, Store, StoreError, millis, time_at};
 use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind, RequestOutcome};
 
 impl Store {
@@ -79,16 +79,35 @@ impl Store {
         &self,
         channel: &ChannelId,
     ) -> Result<Vec<(GroupName, OpenRequest)>, StoreError> {
+        Ok(self
+            .open_requests_in(Scope::Channel(channel))?
+            .into_iter()
+            .map(|(_, group, request)| (group, request))
+            .collect())
+    }
+
+    /// [`Self::open_requests`] of one channel or all, each with its
+    /// channel.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn open_requests_in(
+        &self,
+        scope: Scope<'_>,
+    ) -> Result<Vec<(ChannelId, GroupName, OpenRequest)>, StoreError> {
         self.read("listing open requests", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, group_name, kind, requested_at, requested_by FROM requests \
-                 WHERE channel_id = ?1 AND done_at IS NULL ORDER BY id",
-            )?;
-            let mut rows = stmt.query([channel.as_str()])?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT id, channel_id, group_name, kind, requested_at, requested_by FROM requests \
+                 WHERE {} AND done_at IS NULL ORDER BY id",
+                scope.condition("channel_id")
+            ))?;
+            let mut rows = stmt.query([scope.param()])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let kind: String = row.get("kind")?;
                 out.push((
+                    ChannelId::new(row.get::<_, String>("channel_id")?),
                     GroupName::new(row.get::<_, String>("group_name")?),
                     OpenRequest {
                         id: row.get("id")?,

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, IntentId, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::{
+    EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at, screen, time_at,
+};
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
 /// A stored token with its value. `Debug` shows the value's fingerprint
@@ -81,14 +83,25 @@ impl Store {
         &self,
         channel: &ChannelId,
     ) -> Result<Vec<StoredToken>, StoreError> {
-        self.read("listing a channel's live tokens", |conn| {
+        self.live_tokens_in(Scope::Channel(channel))
+    }
+
+    /// [`Self::live_tokens_of_channel`] for one channel or all (oldest
+    /// first either way).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn live_tokens_in(&self, scope: Scope<'_>) -> Result<Vec<StoredToken>, StoreError> {
+        self.read("listing live tokens", |conn| {
             query_tokens(
                 conn,
                 &format!(
-                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
-                     ORDER BY issued_at, key_id"
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} AND state = 'live' \
+                     ORDER BY issued_at, key_id",
+                    scope.condition("channel_id")
                 ),
-                params![channel.as_str()],
+                params![scope.param()],
             )
         })
     }

@@ -579,7 +579,7 @@ fn plan_text_is_a_timeline() {
         "kid-b-old",
         "reaches its expiry",
         "rotation due",
-        "not listed (--all lists them)",
+        "routine verifies and reconciles not simulated (--all simulates and lists them)",
         "keys named next-N stand for tokens not issued yet",
     ] {
         assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
