@@ -35,7 +35,7 @@
 //! ([`Forecast::complete`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::mem::Discriminant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -288,13 +288,15 @@ struct ChannelSim {
     group_issues: Vec<Vec<DateTime<Utc>>>,
     /// Rounds run so far ([`MAX_ROUNDS_PER_CHANNEL`]).
     rounds: usize,
-    /// The alert kinds each group has raised, to record each when it starts.
-    alerts: HashMap<GroupName, Vec<Discriminant<Alert>>>,
+    /// The alert kinds each group (by index, as `state.groups`) has
+    /// raised, to record each when it starts.
+    alerts: Vec<Vec<Discriminant<Alert>>>,
 }
 
 impl ChannelSim {
     fn new(input: ChannelInput) -> Self {
         let group_issues = input.groups.iter().map(|_| Vec::new()).collect();
+        let alerts = input.groups.iter().map(|_| Vec::new()).collect();
         Self {
             channel: input.channel,
             managed: input.managed,
@@ -304,7 +306,7 @@ impl ChannelSim {
                 view: input.view,
             },
             rounds: 0,
-            alerts: HashMap::new(),
+            alerts,
         }
     }
 
@@ -510,15 +512,18 @@ impl ChannelSim {
         alerts: &[Alert],
         out: &mut Vec<PlannedAction>,
     ) {
-        let group = self.state.groups[i].group.clone();
-        let raised = self.alerts.entry(group.clone()).or_default();
+        let raised = &mut self.alerts[i];
+        if alerts.is_empty() && raised.is_empty() {
+            // The common case, and a forecast plans every group many times.
+            return;
+        }
         let kinds: Vec<_> = alerts.iter().map(std::mem::discriminant).collect();
         for alert in alerts {
             if !raised.contains(&std::mem::discriminant(alert)) {
                 out.push(PlannedAction {
                     at: t,
                     channel: self.channel.clone(),
-                    group: group.clone(),
+                    group: self.state.groups[i].group.clone(),
                     action: Action::Alert(alert.clone()),
                 });
             }
@@ -529,6 +534,8 @@ impl ChannelSim {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::policy::{FailureKind, JitterPurpose, RetryState, stable_jitter};
 

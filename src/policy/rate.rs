@@ -30,15 +30,17 @@ pub fn next_issue_allowed_at(
         return DateTime::<Utc>::MAX_UTC;
     }
     let window_start = time::sub(now, ISSUE_WINDOW);
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    // Counted before anything is collected: the policy asks on every plan,
+    // and the budget is rarely spent.
+    if times.iter().filter(|t| **t > window_start).count() < max {
+        return now;
+    }
     let mut recent: Vec<DateTime<Utc>> = times
         .iter()
         .copied()
         .filter(|t| *t > window_start)
         .collect();
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
-    if recent.len() < max {
-        return now;
-    }
     recent.sort();
     // Once the (len - max)th oldest attempt leaves the window, max - 1 remain
     // in it and one more fits.
