@@ -57,6 +57,11 @@ impl ChannelIndex {
         self.names.get(id).map(String::as_str)
     }
 
+    /// Every indexed channel's ID and name, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = (&ChannelId, &str)> {
+        self.names.iter().map(|(id, name)| (id, name.as_str()))
+    }
+
     /// How many channels are indexed.
     pub fn len(&self) -> usize {
         self.names.len()

@@ -11,6 +11,7 @@
 //! configured name as `channel_name` (for people); `app` hands over the
 //! names with [`Metrics::set_channel_names`] at start and on every reload.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -27,39 +28,45 @@ use prometheus_client::registry::Registry;
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName};
 
+/// A label value shared by every series that carries it. Per-group series
+/// are most of the daemon's memory at 100,000 groups: the channel's ID and
+/// name are one allocation per channel (interned in [`Metrics`]), not one
+/// per series.
+type Label = Arc<str>;
+
 /// Labels of a per-group metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     /// The channel ID.
-    pub channel: String,
+    pub channel: Label,
     /// The channel's configured name.
-    pub channel_name: String,
+    pub channel_name: Label,
     /// The group name.
-    pub group: String,
+    pub group: Label,
 }
 
 /// Labels of the per-channel token count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OwnerLabels {
     /// The channel ID.
-    pub channel: String,
+    pub channel: Label,
     /// The channel's configured name.
-    pub channel_name: String,
+    pub channel_name: Label,
     /// `ours` or `foreign`.
-    pub owner: String,
+    pub owner: &'static str,
 }
 
 /// Labels of the rotation counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
     /// The channel ID.
-    pub channel: String,
+    pub channel: Label,
     /// The channel's configured name.
-    pub channel_name: String,
+    pub channel_name: Label,
     /// The group name.
-    pub group: String,
+    pub group: Label,
     /// `success` or `failure`.
-    pub result: String,
+    pub result: &'static str,
 }
 
 /// Labels of the LINE request counter.
@@ -102,6 +109,8 @@ pub struct Metrics {
     scheduler_wakeups: Counter,
     /// The channels' names, for the `channel_name` label.
     channels: RwLock<ChannelIndex>,
+    /// Each configured channel's `channel` and `channel_name` label values.
+    channel_labels: RwLock<HashMap<ChannelId, (Label, Label)>>,
     sink_failures: Family<GroupLabels, Counter>,
     sink_last_success: Family<GroupLabels, GaugeF>,
     hook_runs: Family<HookLabels, Counter>,
@@ -110,9 +119,9 @@ pub struct Metrics {
 /// A group's labels and a hook run's result (`success` or `failure`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookLabels {
-    channel: String,
-    channel_name: String,
-    group: String,
+    channel: Label,
+    channel_name: Label,
+    group: Label,
     result: &'static str,
 }
 
@@ -224,6 +233,7 @@ impl Metrics {
             sink_last_success,
             hook_runs,
             channels: RwLock::new(ChannelIndex::new()),
+            channel_labels: RwLock::new(HashMap::new()),
         }
     }
 
@@ -241,6 +251,13 @@ impl Metrics {
         if *known == channels {
             return;
         }
+        *self
+            .channel_labels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = channels
+            .ids()
+            .map(|(id, name)| (id.clone(), (Label::from(id.as_str()), Label::from(name))))
+            .collect();
         *known = channels;
         self.token_expiry.clear();
         self.next_rotation.clear();
@@ -250,21 +267,23 @@ impl Metrics {
         self.hook_runs.clear();
     }
 
-    /// The `channel_name` label of `channel`; empty for an unknown one.
-    fn channel_name(&self, channel: &ChannelId) -> String {
-        self.channels
+    /// The `channel` and `channel_name` labels of `channel`; an unknown
+    /// one gets an empty name.
+    fn channel_labels(&self, channel: &ChannelId) -> (Label, Label) {
+        self.channel_labels
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .name(channel)
-            .unwrap_or_default()
-            .to_owned()
+            .get(channel)
+            .cloned()
+            .unwrap_or_else(|| (Label::from(channel.as_str()), Label::from("")))
     }
 
     fn group_labels(&self, channel: &ChannelId, group: &GroupName) -> GroupLabels {
+        let (channel, channel_name) = self.channel_labels(channel);
         GroupLabels {
-            channel: channel.to_string(),
-            channel_name: self.channel_name(channel),
-            group: group.to_string(),
+            channel,
+            channel_name,
+            group: Label::from(group.as_str()),
         }
     }
 
@@ -335,13 +354,13 @@ impl Metrics {
 
     /// Records a channel's live token counts.
     pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32) {
-        let channel_name = self.channel_name(channel);
+        let (channel, channel_name) = self.channel_labels(channel);
         for (owner, n) in [("ours", ours), ("foreign", foreign)] {
             self.channel_tokens
                 .get_or_create(&OwnerLabels {
-                    channel: channel.to_string(),
+                    channel: channel.clone(),
                     channel_name: channel_name.clone(),
-                    owner: owner.to_owned(),
+                    owner,
                 })
                 .set(i64::from(n));
         }
@@ -349,12 +368,13 @@ impl Metrics {
 
     /// Counts an issuance.
     pub fn rotation(&self, channel: &ChannelId, group: &GroupName, success: bool) {
+        let g = self.group_labels(channel, group);
         self.rotations
             .get_or_create(&RotationLabels {
-                channel: channel.to_string(),
-                channel_name: self.channel_name(channel),
-                group: group.to_string(),
-                result: if success { "success" } else { "failure" }.to_owned(),
+                channel: g.channel,
+                channel_name: g.channel_name,
+                group: g.group,
+                result: if success { "success" } else { "failure" },
             })
             .inc();
     }

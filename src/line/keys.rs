@@ -104,7 +104,6 @@ const NEED_PUBLIC: &str = "an RSA-2048 public key is needed (JWK or PEM)";
 /// reaches a log.
 pub struct SigningKey {
     pair: KeyPair,
-    encoding: EncodingKey,
 }
 
 impl fmt::Debug for SigningKey {
@@ -146,13 +145,7 @@ impl SigningKey {
         if bits != REQUIRED_BITS {
             return Err(KeyError::WrongSize { bits });
         }
-        let pkcs8 = pair
-            .as_der()
-            .map_err(|_| KeyError::Malformed("cannot re-encode the key as PKCS#8".into()))?;
-        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
-        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())
-            .map_err(|e| KeyError::Malformed(format!("jsonwebtoken refused the key: {e}")))?;
-        Ok(Self { pair, encoding })
+        Ok(Self { pair })
     }
 
     /// The modulus size in bits (always 2048 for a loaded key).
@@ -160,9 +153,16 @@ impl SigningKey {
         self.pair.public_modulus_len() * 8
     }
 
-    /// The key `jsonwebtoken` signs with.
-    pub fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// The key for `jsonwebtoken`, built on demand (tests sign odd JWTs
+    /// with it). Not kept: the daemon signs with [`Self::sign_rs256`], and
+    /// a second copy of every channel's key would cost memory for nothing.
+    ///
+    /// # Errors
+    /// [`KeyError::Malformed`] if the key cannot be encoded.
+    pub fn encoding_key(&self) -> Result<EncodingKey, KeyError> {
+        let pem = self.to_pkcs8_pem()?;
+        EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|e| KeyError::Malformed(format!("jsonwebtoken refused the key: {e}")))
     }
 
     /// The RS256 signature (RSASSA-PKCS1-v1_5 with SHA-256) of `message`,

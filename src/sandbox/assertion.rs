@@ -238,8 +238,8 @@ mod tests {
             let other = keys::generate().unwrap();
             let jwk = signing.public_jwk().to_json_pretty();
             Fixture {
-                encoding: signing.encoding_key().clone(),
-                other: other.encoding_key().clone(),
+                encoding: signing.encoding_key().unwrap(),
+                other: other.encoding_key().unwrap(),
                 verifying: Arc::new(VerifyingKey::parse(jwk.as_bytes()).unwrap()),
             }
         })
