@@ -136,11 +136,13 @@ impl Snapshot {
             .filter(|t| t.record.state == TokenState::Live && t.record.refused_at.is_none())
             .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
             .and_then(|t| t.last_verified_at);
-        let issued_last_hour = self
-            .issues_last_hour
-            .iter()
-            .filter(|(g, _)| *g == row.name)
-            .count();
+        let own_issues = || {
+            self.issues_last_hour
+                .iter()
+                .filter(|(g, _)| *g == row.name)
+                .map(|(_, at)| *at)
+        };
+        let issued_last_hour = own_issues().count();
         GroupView {
             channel: channel.clone(),
             group: row.name.clone(),
@@ -155,6 +157,7 @@ impl Snapshot {
                 .map(|(_, r)| r.clone())
                 .collect(),
             issued_last_hour: u32::try_from(issued_last_hour).unwrap_or(u32::MAX),
+            last_issue_at: own_issues().max(),
             retry: retry_from_runtime(&row.runtime),
         }
     }

@@ -149,7 +149,9 @@ pub struct RotationSettings {
     /// How often each channel's live key IDs are listed and compared.
     #[serde(deserialize_with = "duration::deserialize")]
     pub reconcile_interval: Duration,
-    /// Most tokens issued per channel per hour, whatever happens.
+    /// Issue attempts per channel per rolling hour; a group about to lose
+    /// its token may go over it, up to twice this plus one per group
+    /// (`policy::rate`).
     pub max_issues_per_hour: u32,
     /// Revoke the previous token this long after rotation; `None` lets it
     /// expire on its own so slow consumers keep working.

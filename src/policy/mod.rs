@@ -18,7 +18,8 @@
 //!   plan, free capacity, or idle until an instant) that the rotator, the
 //!   forecast and the property tests all call.
 //! - [`capacity`]: the channel's room (invariant 3) and [`capacity_victims`].
-//! - [`rate`]: the rolling-hour issue budget (invariant 4).
+//! - [`rate`]: the rolling-hour issue budget (invariant 4) and its two
+//!   bounded exceptions (first-start burst, deadline rescue).
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
@@ -54,7 +55,7 @@ pub use plan::{
     Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, deadline, plan_group,
     rotation_due_at, verify_due_at,
 };
-pub use rate::next_issue_allowed_at;
+pub use rate::{BudgetInput, Urgency, issue_allowed_at, next_issue_allowed_at};
 pub use rules::{RetryRules, Rules, RulesError};
 pub use view::{ChannelView, GroupView};
 pub use words::{Joined, joined};

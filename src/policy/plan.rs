@@ -37,8 +37,11 @@
 //!   result could change the count), and only when the last reconcile is at
 //!   most `reconcile_max_age_before_issue` old with no unsettled attempts.
 //! - Invariant 4: an `Issue` is only planned when the channel's attempts in
-//!   the last hour are below `max_issues_per_hour`, and never before a
-//!   retry's time.
+//!   the last hour are below `max_issues_per_hour`, or as one of the
+//!   budget's two bounded exceptions (the first-start burst and the
+//!   deadline rescue, see [`rate`](super::rate)), so no rolling hour holds
+//!   more than twice the budget plus one attempt per group; and never
+//!   before a retry's time.
 //! - Invariant 2 (a current token with time left) is what the timing buys:
 //!   rotation is planned `rotate_before` plus the group's jitter ahead of
 //!   expiry, and a critical alert is raised as soon as the arithmetic shows
@@ -51,7 +54,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::backoff::FailureKind;
 use super::capacity::free_capacity;
 use super::jitter::{JitterPurpose, stable_jitter};
-use super::rate::next_issue_allowed_at;
+use super::rate::{BudgetInput, Urgency, issue_allowed_at};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
@@ -177,9 +180,12 @@ pub enum Hold {
         /// When the group is down to one live token.
         until: DateTime<Utc>,
     },
-    /// The channel's hourly issue budget is spent.
+    /// The channel's hourly issue budget is spent, and the group may not go
+    /// over it now (it is not at risk, or its over-budget attempts are
+    /// spent: see [`rate`](super::rate)).
     RateLimit {
-        /// When the rolling window has room again.
+        /// When the group may attempt again: the rolling window has room,
+        /// or an over-budget attempt is allowed.
         until: DateTime<Utc>,
     },
     /// The plan reconciles first; the issue comes in the next plan, on
@@ -595,20 +601,28 @@ fn plan_active(
         expiries.sort();
         expiries[expiries.len() - 2]
     };
-    // The first-start burst: a group with no usable token that has not
-    // been tried within the hour goes ahead even when the channel's budget
-    // is spent (15 new groups are all live after one pass, not two hours);
-    // once per group per hour, so a crash or bug loop stays bounded.
-    let burst = reason == Some(IssueReason::NoCurrent) && group.issued_last_hour == 0;
-    let rate_at = if burst {
-        now
-    } else {
-        next_issue_allowed_at(
-            now,
-            &channel.issue_times_last_hour,
-            rules.max_issues_per_hour,
-        )
+    // The hourly budget (invariant 4) and its two bounded exceptions
+    // (`rate` has the rule and the bound): the first-start burst, so 15
+    // new groups are all live after one pass, not two hours; and the
+    // deadline rescue, so failed attempts spending the budget cannot hold
+    // a group past its token's expiry while LINE answers.
+    let urgency = match (usable_left, deadline(now, group, rules)) {
+        (true, d) => Urgency::Until {
+            deadline: d.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        },
+        (false, _) => Urgency::NoToken {
+            first_in_hour: reason == Some(IssueReason::NoCurrent) && group.issued_last_hour == 0,
+        },
     };
+    let rate_at = issue_allowed_at(
+        now,
+        &BudgetInput {
+            channel_times: &channel.issue_times_last_hour,
+            max_per_hour: rules.max_issues_per_hour,
+            urgency,
+            group_last_attempt: group.last_issue_at,
+        },
+    );
     let wanted_from = if reason.is_some() {
         now
     } else {

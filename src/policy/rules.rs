@@ -53,9 +53,11 @@ pub struct Rules {
     /// (`None`, the default: let it expire, so consumers that have not yet
     /// switched keep working). Needs the channel secret.
     pub revoke_previous_after: Option<Duration>,
-    /// The most issue attempts per channel in any rolling hour (default 6).
-    /// The caller persists attempt times, so no crash loop or bug can hammer
-    /// LINE's issuing endpoint (invariant 4).
+    /// The issue attempts per channel in any rolling hour (default 6). The
+    /// caller persists attempt times, so no crash loop or bug can hammer
+    /// LINE's issuing endpoint (invariant 4). A group at risk of losing its
+    /// token may go over it, within twice this plus one per group
+    /// ([`rate`](super::rate)).
     pub max_issues_per_hour: u32,
     /// How long a group removed from the config keeps its tokens before they
     /// are revoked (default 24 h), so an edit mistake can be undone without

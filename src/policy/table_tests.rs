@@ -500,6 +500,173 @@ fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
     assert_eq!(plan(opens, &g, &c).steps, vec![issue(IssueReason::Due)]);
 }
 
+/// The deadline rescue (`rate`'s rule 3), case by case. Budget 6 an hour
+/// (so a ceiling of 12); the group's token expires at `expires` (minutes
+/// from now), so its deadline is 5 minutes earlier; the channel made
+/// `attempts` (minutes ago) and the group's own last attempt was `last`
+/// minutes ago (0: 20 s ago). `held` is `None` when the issue goes ahead
+/// now, else when (seconds from now) the rate hold ends.
+#[test]
+fn the_budget_lets_a_group_at_risk_go_over_within_the_bound() {
+    struct Case {
+        what: &'static str,
+        expires: i64,
+        attempts: Vec<i64>,
+        last: Option<i64>,
+        held: Option<i64>,
+    }
+    let spent = |oldest: i64| vec![oldest, 25, 20, 15, 10, 8];
+    let cases = [
+        Case {
+            what: "budget spent, deadline after the next slot: wait for the budget",
+            expires: 60,
+            attempts: spent(50),
+            last: None,
+            held: Some(10 * MIN),
+        },
+        Case {
+            what: "budget spent, next slot after the deadline: go now",
+            expires: 20,
+            attempts: spent(30),
+            last: Some(8),
+            held: None,
+        },
+        Case {
+            what: "budget spent, past the deadline: go now",
+            expires: 2,
+            attempts: spent(30),
+            last: Some(8),
+            held: None,
+        },
+        Case {
+            what: "at risk, but the group tried 20 s ago: one minute apart",
+            expires: 20,
+            attempts: spent(30),
+            last: Some(0),
+            held: Some(40),
+        },
+        Case {
+            what: "at risk, but the channel is at twice its budget: the loop stops",
+            expires: 20,
+            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8],
+            last: Some(8),
+            held: Some(2 * MIN),
+        },
+        Case {
+            what: "at twice the budget even right at expiry: still held",
+            expires: 1,
+            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8],
+            last: Some(8),
+            held: Some(2 * MIN),
+        },
+        Case {
+            what: "within the budget: go now, whatever the deadline",
+            expires: 60,
+            attempts: vec![50, 25, 20, 15, 10],
+            last: Some(0),
+            held: None,
+        },
+    ];
+    for case in cases {
+        // 29 days 23 h in: rotation (24 h ahead of expiry) is long due.
+        let now = t(40 * DAY);
+        let mins = |m: i64| now + Duration::minutes(m);
+        // "0 minutes ago" in `last` means 20 s ago.
+        let last = case.last.map(|m| {
+            if m == 0 {
+                now - Duration::seconds(20)
+            } else {
+                mins(-m)
+            }
+        });
+        let g = GroupView {
+            last_verified_at: Some(now),
+            issued_last_hour: 1,
+            last_issue_at: last,
+            ..group(vec![tok(
+                "a",
+                40 * DAY - 30 * DAY + case.expires * MIN,
+                40 * DAY + case.expires * MIN,
+            )])
+        };
+        let c = ChannelView {
+            issue_times_last_hour: case.attempts.iter().map(|m| mins(-m)).collect(),
+            ..channel(now, &g)
+        };
+        let p = plan(now, &g, &c);
+        match case.held {
+            None => assert_eq!(p.steps, vec![issue(IssueReason::Due)], "{}", case.what),
+            Some(secs) => {
+                let until = now + Duration::seconds(secs);
+                assert!(
+                    !p.steps.iter().any(|s| matches!(s, Step::Issue { .. })),
+                    "{}: {p:?}",
+                    case.what
+                );
+                assert_eq!(p.hold, Some(Hold::RateLimit { until }), "{}", case.what);
+                // Sooner if the token expires first.
+                assert_eq!(
+                    p.wake_at,
+                    until.min(now + Duration::minutes(case.expires)),
+                    "{}",
+                    case.what
+                );
+            }
+        }
+    }
+}
+
+/// A group without a usable token: its first attempt of the hour bursts
+/// past everything (rule 2); later ones are rescues (rule 3), a minute
+/// apart and below twice the budget.
+#[test]
+fn a_group_without_a_token_goes_over_the_budget_a_minute_apart() {
+    let now = t(0);
+    let mins = |m: i64| now + Duration::minutes(m);
+    let at_ceiling: Vec<_> = (0..12).map(|i| mins(-50 + i)).collect();
+    let cases = [
+        // (issued in the hour, its last attempt, channel attempts, held until)
+        (0, None, at_ceiling.clone(), None),
+        (
+            1,
+            Some(now - Duration::seconds(30)),
+            vec![mins(-1); 6],
+            Some(now + Duration::seconds(30)),
+        ),
+        (1, Some(mins(-1)), vec![mins(-1); 6], None),
+        (1, Some(mins(-1)), at_ceiling.clone(), Some(mins(10))),
+    ];
+    for (issued, last, attempts, held) in cases {
+        let g = GroupView {
+            issued_last_hour: issued,
+            last_issue_at: last,
+            ..group(vec![])
+        };
+        let c = ChannelView {
+            issue_times_last_hour: attempts,
+            ..channel(now, &g)
+        };
+        let p = plan(now, &g, &c);
+        match held {
+            None => assert_eq!(
+                p.steps,
+                vec![issue(IssueReason::NoCurrent)],
+                "{issued} {last:?}"
+            ),
+            Some(until) => {
+                assert_eq!(p.steps, vec![], "{issued} {last:?}");
+                assert_eq!(p.hold, Some(Hold::RateLimit { until }));
+                assert_eq!(
+                    critical(&p),
+                    vec![&Alert::NoLiveToken {
+                        next_attempt_at: Some(until)
+                    }]
+                );
+            }
+        }
+    }
+}
+
 // --- 4.2a and 4.5 Reconcile -------------------------------------------------------
 
 #[test]
@@ -949,13 +1116,15 @@ fn a_group_without_a_token_bursts_past_the_budget_once_an_hour() {
 #[test]
 fn no_token_held_by_the_budget_is_critical() {
     let now = t(0);
-    // Tried within the hour already, so the first-start burst is spent.
+    // Tried within the hour already, so the first-start burst is spent; and
+    // the channel is at twice its budget, so no rescue either.
     let g = GroupView {
         issued_last_hour: 1,
+        last_issue_at: Some(now - Duration::minutes(1)),
         ..group(vec![])
     };
     let c = ChannelView {
-        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        issue_times_last_hour: vec![now - Duration::minutes(1); 12],
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);

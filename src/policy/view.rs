@@ -42,6 +42,12 @@ pub struct GroupView {
     /// with no live token and no attempt in the hour may be issued one even
     /// when the channel's hourly budget is spent (the first-start burst).
     pub issued_last_hour: u32,
+    /// The group's latest issue attempt (any outcome) within the last hour,
+    /// from the same journal as `issued_last_hour`. An attempt over the
+    /// channel's budget to save a token about to expire (the deadline
+    /// rescue, [`rate`](super::rate)) comes at least
+    /// [`OVER_BUDGET_SPACING`](super::rate::OVER_BUDGET_SPACING) after it.
+    pub last_issue_at: Option<DateTime<Utc>>,
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
 }
@@ -59,6 +65,7 @@ impl GroupView {
             removed_at: None,
             requests: Vec::new(),
             issued_last_hour: 0,
+            last_issue_at: None,
             retry: None,
         }
     }
