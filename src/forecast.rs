@@ -380,6 +380,13 @@ impl ChannelSim {
         for (g, times) in self.state.groups.iter_mut().zip(&mut self.group_issues) {
             times.retain(|at| *at > window_start);
             g.issued_last_hour = u32::try_from(times.len()).unwrap_or(u32::MAX);
+            // As the snapshot reads it: the group's latest attempt within
+            // the hour.
+            g.last_issue_at = times
+                .iter()
+                .copied()
+                .max()
+                .or(g.last_issue_at.filter(|at| *at > window_start));
         }
         let decision = drive(t, &self.state, rules);
         for (i, plan) in decision.plans.iter().enumerate() {
@@ -452,6 +459,7 @@ impl ChannelSim {
                 self.group_issues[i].push(t);
                 let g = &mut self.state.groups[i];
                 g.issued_last_hour = g.issued_last_hour.saturating_add(1);
+                g.last_issue_at = Some(t);
                 g.tokens
                     .push(TokenRecord::live(key_id.clone(), t, expires_at));
                 g.last_verified_at = Some(t);
