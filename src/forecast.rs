@@ -3,14 +3,15 @@
 //!
 //! [`forecast`] starts from the views the daemon would build now (one
 //! [`GroupView`] per group, one [`ChannelView`] per channel) and does what
-//! the rotator does, step for step, without IO: every round it expires
-//! tokens whose time is up, asks [`plan_group`] for each group of each
-//! channel, carries out the first plan that has steps (or frees capacity
-//! for a group held by a full channel, as the rotator does with
-//! [`capacity_victims`]) and plans the channel again; when no group has
-//! anything to do, virtual time jumps to the earliest `wake_at`. What the
-//! rotator would have done is recorded as a timeline of
-//! [`PlannedAction`]s.
+//! the rotator does, step for step, without IO: at each channel's due
+//! instant it expires tokens whose time is up and asks the channel driver
+//! ([`drive`]) what to do, carries it out (a group's plan, or freeing
+//! capacity for a group held by a full channel) and drives again; when the
+//! driver says idle, the channel is due again at that instant. Channels
+//! come off a heap of due instants, so the work grows with each channel's
+//! own rounds. What the rotator would have done is recorded as a timeline
+//! of [`PlannedAction`]s. With [`Routine::Skip`] the routine reads are
+//! left out (see there).
 //!
 //! How the steps are imagined to succeed:
 //!
@@ -26,13 +27,13 @@
 //! - A failure streak the store recorded holds the group until its retry
 //!   time, as it holds the daemon.
 //!
-//! Operator requests (`linetokd rotate`, `linetokd revoke`) live only in the
-//! running daemon's memory, so a forecast never sees them.
+//! - Operator requests (`linetokd rotate`, `linetokd revoke`) are in the
+//!   store, so the views carry them and the first plan carries them out.
 //!
 //! This module is pure: it depends on `policy`, `domain` and chrono only,
-//! reads no clock (`now` is an argument) and does no IO. The loop is
-//! bounded ([`MAX_ROUNDS`]); a forecast that hits the bound says so
-//! ([`Forecast::complete`]).
+//! reads no clock (`now` is an argument) and does no IO. Each channel's
+//! rounds are bounded ([`MAX_ROUNDS_PER_CHANNEL`]); a forecast that hits
+//! the bound says so ([`Forecast::complete`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
