@@ -195,7 +195,7 @@ pub fn forecast(
         ..rules
     };
     let mut names = Names::new(&channels);
-    let mut sims: Vec<ChannelSim> = channels.into_iter().map(ChannelSim::new).collect();
+    let mut runs: Vec<ChannelRun> = channels.into_iter().map(ChannelRun::new).collect();
     let mut actions = Vec::new();
     // When each channel is next due, earliest first; ties in channel order,
     // as the daemon's scheduler works them. Channels share nothing
@@ -206,23 +206,24 @@ pub fn forecast(
     // So the cost grows with the channels' own rounds, not with channels
     // times instants.
     let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
-        (0..sims.len()).map(|i| Reverse((now, i))).collect();
+        (0..runs.len()).map(|i| Reverse((now, i))).collect();
     let mut complete = true;
     while let Some(Reverse((t, i))) = due.pop() {
         if t > until {
             break;
         }
-        let sim = &mut sims[i];
-        if sim.rounds >= MAX_ROUNDS_PER_CHANNEL {
+        let run = &mut runs[i];
+        if run.rounds >= MAX_ROUNDS_PER_CHANNEL {
             complete = false;
             continue;
         }
-        sim.rounds += 1;
+        run.rounds += 1;
         // Every plan without steps wakes strictly later; the max only keeps
-        // a bug from stalling virtual time.
-        let next = sim
+        // a bug from stalling virtual time (by the store's resolution, a
+        // millisecond, so the timeline keeps the daemon's instants).
+        let next = run
             .round(t, &rules, &mut names, &mut actions)
-            .max(t + Duration::seconds(1));
+            .max(t + Duration::milliseconds(1));
         due.push(Reverse((next, i)));
     }
     actions.retain(|a| a.at <= until);
@@ -279,7 +280,7 @@ impl Names {
 }
 
 /// One channel's evolving state.
-struct ChannelSim {
+struct ChannelRun {
     channel: ChannelId,
     managed: bool,
     /// What the driver reads, changed in place as steps succeed.
@@ -294,7 +295,7 @@ struct ChannelSim {
     alerts: Vec<Vec<Discriminant<Alert>>>,
 }
 
-impl ChannelSim {
+impl ChannelRun {
     fn new(input: ChannelInput) -> Self {
         let group_issues = input.groups.iter().map(|_| Vec::new()).collect();
         let alerts = input.groups.iter().map(|_| Vec::new()).collect();

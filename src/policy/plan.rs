@@ -363,7 +363,7 @@ impl Draft {
     }
 
     /// When the plan would sleep until, were it to have no steps.
-    fn next_look(&self) -> DateTime<Utc> {
+    fn earliest_wake(&self) -> DateTime<Utc> {
         self.wakes
             .iter()
             .copied()
@@ -378,7 +378,7 @@ impl Draft {
         next_rotation_at: Option<DateTime<Utc>>,
     ) -> Plan {
         let wake_at = if steps.is_empty() {
-            self.next_look()
+            self.earliest_wake()
         } else {
             self.now
         };
@@ -741,7 +741,7 @@ fn plan_active(
             }
         }
         Some(cur) if issue.is_none() => {
-            let next = next_attempt_at.unwrap_or_else(|| draft.next_look());
+            let next = next_attempt_at.unwrap_or_else(|| draft.earliest_wake());
             if cur.expires_at <= next {
                 draft.alerts.push(Alert::ExpiresBeforeSuccessor {
                     key_id: cur.key_id.clone(),
