@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::{
+    EventKind, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index, screen, time_at,
+    time_at_index,
+};
 use crate::domain::{ChannelId, FailureKind, GroupName};
 
 /// One channel as the config lists it: the part of the config the store
@@ -166,6 +169,9 @@ impl GroupRow {
 const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at, \
      config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
      full_since, full_until, full_intent, settled_through_intent";
+/// The columns every group query selects, in this order: [`group_from_row`]
+/// reads them by position (see [`super::time_at_index`] for why), and a
+/// test holds the two together.
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step";
 
@@ -611,28 +617,54 @@ pub(super) fn end_streaks(
     Ok(())
 }
 
+/// Decodes a row of [`GROUP_COLUMNS`], by position.
 fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
-    let failures: i64 = row.get("consecutive_failures")?;
+    let failures: i64 = row.get(6)?;
     Ok(GroupRow {
-        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-        name: GroupName::new(row.get::<_, String>("name")?),
-        added_at: time_at(row, "added_at")?,
-        removed_at: opt_time_at(row, "removed_at")?,
+        channel_id: ChannelId::new(row.get::<_, String>(0)?),
+        name: GroupName::new(row.get::<_, String>(1)?),
+        added_at: time_at_index(row, 2, "added_at")?,
+        removed_at: opt_time_at_index(row, 3, "removed_at")?,
         runtime: GroupRuntime {
-            last_error: row.get("last_error")?,
-            last_error_at: opt_time_at(row, "last_error_at")?,
+            last_error: row.get(4)?,
+            last_error_at: opt_time_at_index(row, 5, "last_error_at")?,
             consecutive_failures: u32::try_from(failures).map_err(|_| {
                 Fail::Corrupt(format!("groups.consecutive_failures holds {failures}"))
             })?,
-            retry_not_before: opt_time_at(row, "retry_not_before")?,
+            retry_not_before: opt_time_at_index(row, 7, "retry_not_before")?,
             failure_kind: row
-                .get::<_, Option<String>>("failure_kind")?
+                .get::<_, Option<String>>(8)?
                 .map(|k| {
                     FailureKind::parse(&k)
                         .ok_or_else(|| Fail::Corrupt(format!("groups.failure_kind holds {k:?}")))
                 })
                 .transpose()?,
-            failed_step: row.get("failed_step")?,
+            failed_step: row.get(9)?,
         },
     })
+}
+
+#[cfg(test)]
+mod column_tests {
+    /// [`super::group_from_row`] reads by position; this is the order it
+    /// reads in. Reorder both or neither.
+    #[test]
+    fn group_columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::GROUP_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "channel_id",
+                "name",
+                "added_at",
+                "removed_at",
+                "last_error",
+                "last_error_at",
+                "consecutive_failures",
+                "retry_not_before",
+                "failure_kind",
+                "failed_step"
+            ]
+        );
+    }
 }

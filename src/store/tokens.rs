@@ -10,7 +10,8 @@ use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
 use super::{
-    EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at, screen, time_at,
+    EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at_index, screen,
+    time_at_index,
 };
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
@@ -36,6 +37,9 @@ pub struct StoredToken {
     pub intent: Option<IntentId>,
 }
 
+/// The columns every token query selects, in this order: [`token_from_row`]
+/// reads them by position (see [`super::time_at_index`] for why), and a
+/// test holds the two together.
 pub(super) const TOKEN_COLUMNS: &str = "key_id, channel_id, group_name, access_token, issued_at, \
      expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id, refused_at";
 
@@ -310,27 +314,26 @@ pub(super) fn query_tokens(
     Ok(out)
 }
 
+/// Decodes a row of [`TOKEN_COLUMNS`], by position.
 fn token_from_row(row: &Row<'_>) -> Result<StoredToken, Fail> {
-    let state: String = row.get("state")?;
+    let state: String = row.get(6)?;
     Ok(StoredToken {
-        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-        group: GroupName::new(row.get::<_, String>("group_name")?),
+        channel_id: ChannelId::new(row.get::<_, String>(1)?),
+        group: GroupName::new(row.get::<_, String>(2)?),
         record: TokenRecord {
-            key_id: KeyId::new(row.get::<_, String>("key_id")?),
-            issued_at: time_at(row, "issued_at")?,
-            expires_at: time_at(row, "expires_at")?,
+            key_id: KeyId::new(row.get::<_, String>(0)?),
+            issued_at: time_at_index(row, 4, "issued_at")?,
+            expires_at: time_at_index(row, 5, "expires_at")?,
             state: parse_state(&state).ok_or_else(|| {
                 Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
             })?,
-            refused_at: opt_time_at(row, "refused_at")?,
+            refused_at: opt_time_at_index(row, 11, "refused_at")?,
         },
-        value: AccessToken::new(row.get::<_, String>("access_token")?),
-        state_reason: row.get("state_reason")?,
-        state_changed_at: time_at(row, "state_changed_at")?,
-        last_verified_at: opt_time_at(row, "last_verified_at")?,
-        intent: row
-            .get::<_, Option<i64>>("intent_id")?
-            .map(IntentId::from_raw),
+        value: AccessToken::new(row.get::<_, String>(3)?),
+        state_reason: row.get(7)?,
+        state_changed_at: time_at_index(row, 8, "state_changed_at")?,
+        last_verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
+        intent: row.get::<_, Option<i64>>(10)?.map(IntentId::from_raw),
     })
 }
 
@@ -343,4 +346,31 @@ fn parse_state(name: &str) -> Option<TokenState> {
     ]
     .into_iter()
     .find(|s| s.as_str() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::token_from_row`] reads by position; this is the order it
+    /// reads in. Reorder both or neither.
+    #[test]
+    fn token_columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::TOKEN_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "key_id",
+                "channel_id",
+                "group_name",
+                "access_token",
+                "issued_at",
+                "expires_at",
+                "state",
+                "state_reason",
+                "state_changed_at",
+                "last_verified_at",
+                "intent_id",
+                "refused_at"
+            ]
+        );
+    }
 }
