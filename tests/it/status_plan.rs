@@ -326,7 +326,7 @@ fn status_json_reports_what_the_store_knows() {
     let lab = lab();
     let now = lab.now;
     let report = lab.json(&["status", "--json"]);
-    assert_eq!(report["version"], 1);
+    assert_eq!(report["version"], 2);
     assert_eq!(report["daemon"]["running"], false);
     assert_eq!(report["channel_token_cap"], 30);
 

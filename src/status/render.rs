@@ -1,0 +1,364 @@
+//! The `status` report as a table for people, and the small formatting
+//! helpers `status` and `plan` share.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use super::{GroupStatus, StatusReport};
+
+/// The status report as a compact human table.
+pub fn render_status(report: &StatusReport) -> String {
+    let now = report.generated_at;
+    let mut out = String::new();
+    let _ = writeln!(out, "linetokd status at {}", ts(now));
+    let _ = writeln!(out, "database: {}", report.database.display());
+    let daemon = match (report.daemon.running, report.daemon.pid) {
+        (Some(true), Some(pid)) => format!("running (pid {pid})"),
+        (Some(true), None) => "running".to_owned(),
+        (Some(false), _) => "not running".to_owned(),
+        (None, Some(pid)) => format!("unknown (the lock file names pid {pid})"),
+        (None, None) => "unknown".to_owned(),
+    };
+    let daemon = match report.daemon.http {
+        Some(http) if report.daemon.running != Some(false) => {
+            format!("{daemon}, HTTP on http://{http}")
+        }
+        _ => daemon,
+    };
+    let _ = writeln!(out, "daemon:   {daemon}");
+    if let Some(reload) = &report.last_reload {
+        let _ = writeln!(
+            out,
+            "last config reload at {}: {}",
+            ts(reload.at),
+            reload.outcome
+        );
+    }
+    if report.channels.is_empty() {
+        let _ = writeln!(out, "\nno channels configured");
+    }
+    for c in &report.channels {
+        let _ = writeln!(out);
+        let mut title = format!("channel {} ({})", c.name, c.id);
+        if !c.in_config {
+            title.push_str(
+                " — no longer in the config: not looked after, its tokens expire on their own",
+            );
+        } else if !c.known_to_daemon {
+            title.push_str(" — not yet known to the daemon: it is added at the next start");
+        }
+        let _ = writeln!(out, "{title}");
+        let _ = writeln!(
+            out,
+            "  tokens: {} ours, {} foreign, {} unsettled; capacity {} of {}",
+            c.live_ours, c.foreign_live, c.unsettled, c.capacity, report.channel_token_cap
+        );
+        let _ = writeln!(
+            out,
+            "  issued in the last hour: {} of {}; last reconcile: {}; channel secret: {}",
+            c.issues_last_hour,
+            c.max_issues_per_hour,
+            c.last_reconcile_at
+                .map_or_else(|| "never".to_owned(), |at| when(now, at)),
+            if c.can_revoke {
+                "yes"
+            } else {
+                "no (cannot revoke)"
+            },
+        );
+        if let Some(l) = &c.listing {
+            let _ = writeln!(
+                out,
+                "  listing key IDs failed {} time(s) in a row{}: {}",
+                l.failures,
+                l.next_retry_at
+                    .map(|at| format!(", next attempt {}", when(now, at)))
+                    .unwrap_or_default(),
+                l.error.as_deref().unwrap_or("(no message)")
+            );
+        }
+        if let Some(until) = c.full_until {
+            let _ = writeln!(
+                out,
+                "  LINE refused an issue: the channel holds 30 live tokens; trying again {}",
+                when(now, until)
+            );
+        }
+        for a in &c.firing {
+            let _ = writeln!(
+                out,
+                "  firing since {}: {} {}{}: {}",
+                when(now, a.since),
+                a.severity.to_uppercase(),
+                a.alertname,
+                a.group
+                    .as_ref()
+                    .map(|g| format!(" ({g})"))
+                    .unwrap_or_default(),
+                a.summary
+            );
+        }
+        let mut rows = vec![vec![
+            "GROUP".to_owned(),
+            "CURRENT KEY".to_owned(),
+            "EXPIRES".to_owned(),
+            "PREVIOUS KEY".to_owned(),
+            "LIVE".to_owned(),
+            "NEXT ROTATION".to_owned(),
+            "STATE".to_owned(),
+        ]];
+        for g in &c.groups {
+            rows.push(vec![
+                g.name.to_string(),
+                g.current
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| t.key_id.to_string()),
+                g.current
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| when(now, t.expires_at)),
+                g.previous.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |t| format!("{} (expires {})", t.key_id, span_from(now, t.expires_at)),
+                ),
+                g.live_tokens.to_string(),
+                g.next_rotation_at
+                    .map_or_else(|| "-".to_owned(), |at| when(now, at)),
+                group_state(g),
+            ]);
+        }
+        table(&mut out, "  ", &rows);
+        for g in &c.groups {
+            if let Some(e) = &g.last_error {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} {}failure(s) in a row, the last {}: {}{}",
+                    g.name,
+                    e.consecutive_failures,
+                    e.kind.map(|k| format!("{k} ")).unwrap_or_default(),
+                    e.at.map_or_else(|| "at an unknown time".to_owned(), |at| when(now, at)),
+                    e.message.as_deref().unwrap_or("(no message)"),
+                    e.next_retry_at
+                        .map(|at| format!("; next attempt {}", when(now, at)))
+                        .unwrap_or_default(),
+                );
+            }
+            if let Some(h) = &g.hold {
+                let _ = writeln!(out, "  {}: waiting: {}", g.name, h.message);
+            }
+            for r in &g.pending_requests {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} requested by {} {}, not carried out yet",
+                    g.name,
+                    r.kind,
+                    r.by,
+                    when(now, r.requested_at)
+                );
+            }
+            if let Some(hook) = &g.last_hook {
+                let what = if hook.ok {
+                    "hook succeeded".to_owned()
+                } else {
+                    format!("HOOK FAILED: {}", hook.detail)
+                };
+                let _ = writeln!(out, "  {}: {what} {}", g.name, when(now, hook.at));
+            }
+            if let Some(sinks) = &g.sinks {
+                let what = if sinks.ok {
+                    "sinks written".to_owned()
+                } else {
+                    format!("SINK FAILING: {}; last attempt", sinks.detail)
+                };
+                let _ = writeln!(out, "  {}: {what} {}", g.name, when(now, sinks.at));
+            }
+            for a in &g.alerts {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}: {}",
+                    g.name,
+                    a.severity.to_uppercase(),
+                    a.message
+                );
+            }
+        }
+        for k in &c.foreign {
+            let _ = writeln!(
+                out,
+                "  foreign key ID {} (first seen {}, last seen {})",
+                k.key_id,
+                when(now, k.first_seen_at),
+                when(now, k.last_seen_at)
+            );
+        }
+        for i in &c.open_intents {
+            let _ = writeln!(
+                out,
+                "  issuance {} for {} in flight since {} (if no daemon runs, the next start reports it lost)",
+                i.id,
+                i.group,
+                when(now, i.started_at)
+            );
+        }
+        for i in &c.recent_unfinished_intents {
+            let _ = writeln!(
+                out,
+                "  issuance {} for {} {} {}: {}",
+                i.id,
+                i.group,
+                i.outcome,
+                when(now, i.finished_at.unwrap_or(i.started_at)),
+                i.error.as_deref().unwrap_or("(no message)")
+            );
+        }
+    }
+    out
+}
+
+fn group_state(g: &GroupStatus) -> String {
+    if !g.in_config {
+        return match g.revoke_at {
+            Some(at) => format!("removed: revoked at {}", ts(at)),
+            None => "removed".to_owned(),
+        };
+    }
+    if !g.known_to_daemon {
+        return "new: added at the next start".to_owned();
+    }
+    if g.alerts.iter().any(|a| a.severity == "critical") {
+        return "CRITICAL".to_owned();
+    }
+    if g.last_error.is_some() {
+        return "failing".to_owned();
+    }
+    if g.sinks.as_ref().is_some_and(|s| !s.ok) {
+        return "sink failing".to_owned();
+    }
+    if g.hold.is_some() {
+        return "waiting".to_owned();
+    }
+    if g.current.is_none() {
+        return "no token yet".to_owned();
+    }
+    "ok".to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Formatting helpers.
+
+pub(super) fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// RFC 3339 to the second, UTC.
+pub(super) fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `2024-05-01T12:00:00Z (in 3d 4h)` / `(5m ago)`.
+pub(super) fn when(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
+    format!("{} ({})", ts(at), span_from(now, at))
+}
+
+/// `in 3d 4h`, `5m ago`, `now`.
+pub(super) fn span_from(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
+    let d = at - now;
+    if d.num_seconds() == 0 {
+        "now".to_owned()
+    } else if d > Duration::zero() {
+        format!("in {}", compact(d))
+    } else {
+        format!("{} ago", compact(-d))
+    }
+}
+
+/// A positive span in its largest unit and the next one down, leaving out
+/// a zero: `29d 23h`, `5h 12m`, `2d`, `45s`.
+pub(super) fn compact(d: Duration) -> String {
+    const UNITS: [(i64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let secs = d.num_seconds().max(0);
+    let Some(first) = UNITS.iter().position(|(size, _)| secs >= *size) else {
+        return "0s".to_owned();
+    };
+    let (size, unit) = UNITS[first];
+    let mut text = format!("{}{unit}", secs / size);
+    if let Some((next, next_unit)) = UNITS.get(first + 1) {
+        let rest = (secs % size) / next;
+        if rest > 0 {
+            let _ = write!(text, " {rest}{next_unit}");
+        }
+    }
+    text
+}
+
+/// Writes `rows` as left-aligned columns two spaces apart.
+pub(super) fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = indent.to_owned();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_spans_keep_the_two_largest_units() {
+        let cases = [
+            (Duration::seconds(0), "0s"),
+            (Duration::seconds(45), "45s"),
+            (Duration::seconds(60), "1m"),
+            (Duration::seconds(312), "5m 12s"),
+            (
+                Duration::hours(5) + Duration::minutes(12) + Duration::seconds(9),
+                "5h 12m",
+            ),
+            (
+                Duration::days(29) + Duration::hours(23) + Duration::minutes(59),
+                "29d 23h",
+            ),
+            (Duration::days(2) + Duration::seconds(5), "2d"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(compact(d), want, "{d:?}");
+        }
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(span_from(now, now + Duration::hours(2)), "in 2h");
+        assert_eq!(span_from(now, now - Duration::minutes(5)), "5m ago");
+        assert_eq!(span_from(now, now), "now");
+    }
+
+    #[test]
+    fn the_table_aligns_columns() {
+        let mut out = String::new();
+        table(
+            &mut out,
+            "  ",
+            &[
+                vec!["A".into(), "BB".into(), "C".into()],
+                vec!["long".into(), "x".into(), "".into()],
+            ],
+        );
+        assert_eq!(out, "  A     BB  C\n  long  x\n");
+    }
+}

@@ -1,0 +1,544 @@
+//! The `status` report: its JSON shape (the field docs are its
+//! documentation) and how it is built from the world at `now`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{
+    ChannelWorld, ConfiguredChannel, DaemonStatus, GroupWorld, JSON_VERSION, StoredState, count,
+    worlds,
+};
+use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
+use crate::policy::{self, GroupView, Hold, Plan, Rules, Severity};
+use crate::store::{EventKind, IntentOutcome, IssueIntent};
+
+// ---------------------------------------------------------------------------
+// status
+
+/// `linetokd status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// [`JSON_VERSION`].
+    pub version: u32,
+    /// The instant the report describes.
+    pub generated_at: DateTime<Utc>,
+    /// The database read.
+    pub database: PathBuf,
+    /// Whether a daemon holds it.
+    pub daemon: DaemonStatus,
+    /// LINE's cap on live tokens per channel.
+    pub channel_token_cap: u32,
+    /// The outcome of the daemon's last config reload, if it reloaded:
+    /// `ok (...)` or `failed (...): <the problems>`. A failed reload leaves
+    /// the previous config in force.
+    pub last_reload: Option<ReloadStatus>,
+    /// Every configured channel (file order), then stored channels no
+    /// longer configured that still hold live tokens.
+    pub channels: Vec<ChannelStatus>,
+}
+
+/// One channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStatus {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// Its name.
+    pub name: String,
+    /// True when the config lists it. A channel that left the config is no
+    /// longer looked after: its tokens expire on their own.
+    pub in_config: bool,
+    /// True when the store knows it (the daemon has run with it).
+    pub known_to_daemon: bool,
+    /// True when a channel secret is configured (needed to revoke).
+    pub can_revoke: bool,
+    /// Live tokens linetokd issued on the channel, all groups.
+    pub live_ours: u32,
+    /// Live foreign key IDs, as the last reconcile listed them.
+    pub foreign_live: u32,
+    /// Issue attempts since the last reconcile that failed or were lost:
+    /// each may be a token LINE counts, so each counts against capacity.
+    pub unsettled: u32,
+    /// Room for more tokens: cap − ours − foreign − unsettled (negative
+    /// when over the cap).
+    pub capacity: i64,
+    /// Issue attempts in the last hour.
+    pub issues_last_hour: u32,
+    /// The cap on those.
+    pub max_issues_per_hour: u32,
+    /// When LINE's list of valid key IDs was last applied.
+    pub last_reconcile_at: Option<DateTime<Utc>>,
+    /// Seconds since then.
+    pub last_reconcile_ago_secs: Option<i64>,
+    /// The key-ID listing's failure streak, while one runs.
+    pub listing: Option<ListingStatus>,
+    /// After LINE's 30-token refusal: the channel counts as full until then.
+    pub full_until: Option<DateTime<Utc>>,
+    /// Alerts the daemon raised on this channel and has not resolved (the
+    /// store's rows: what the daemon itself reported).
+    pub firing: Vec<FiringStatus>,
+    /// The groups: configured ones, and removed ones still holding tokens.
+    pub groups: Vec<GroupStatus>,
+    /// Foreign key IDs LINE lists on the channel.
+    pub foreign: Vec<ForeignStatus>,
+    /// Issuances in flight (or left open by a daemon that stopped: the next
+    /// start reports them as lost).
+    pub open_intents: Vec<IntentStatus>,
+    /// Issuances of the last 7 days that were lost or failed.
+    pub recent_unfinished_intents: Vec<IntentStatus>,
+}
+
+/// One group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// Its name.
+    pub name: GroupName,
+    /// True when the config lists it.
+    pub in_config: bool,
+    /// True when the store knows it. A configured group the daemon does
+    /// not know yet is added when the daemon starts with this config.
+    pub known_to_daemon: bool,
+    /// When it left the config, as the store recorded it.
+    pub removed_at: Option<DateTime<Utc>>,
+    /// For a removed group: when its tokens are revoked (`removal_grace`
+    /// after the removal).
+    pub revoke_at: Option<DateTime<Utc>>,
+    /// Live tokens of the group (2 at most, unless something went wrong).
+    pub live_tokens: u32,
+    /// The newest live token, the one consumers should use.
+    pub current: Option<TokenStatus>,
+    /// The live token it replaced.
+    pub previous: Option<TokenStatus>,
+    /// The earliest a new token can be issued if nothing else changes
+    /// (`null` for a removed group).
+    pub next_rotation_at: Option<DateTime<Utc>>,
+    /// Seconds until then (0 or less: due now).
+    pub next_rotation_in_secs: Option<i64>,
+    /// Why an issue the group needs waits, if it does.
+    pub hold: Option<HoldStatus>,
+    /// Operator requests (`rotate`, `revoke`) accepted and not yet carried
+    /// out, oldest first.
+    pub pending_requests: Vec<RequestStatus>,
+    /// Conditions an operator should hear about, at `generated_at`.
+    pub alerts: Vec<AlertStatus>,
+    /// The running failure streak, if the last attempt failed.
+    pub last_error: Option<ErrorStatus>,
+    /// The outcome of the group's `on_rotate` hook for its latest token, if
+    /// it has one.
+    pub last_hook: Option<HookStatus>,
+    /// How the group's sink files stand, if it has any and the daemon wrote
+    /// them.
+    pub sinks: Option<SinkStatus>,
+}
+
+/// A group's sink files, as the daemon last wrote (or failed to write)
+/// them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStatus {
+    /// True when every sink was written.
+    pub ok: bool,
+    /// The daemon's note (`failing since ...: <path>: <error>`).
+    pub detail: String,
+    /// When the last write round ended.
+    pub at: DateTime<Utc>,
+}
+
+/// The last run of a group's hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    /// True when it succeeded.
+    pub ok: bool,
+    /// The key ID of the token it announced.
+    pub key_id: Option<KeyId>,
+    /// What happened (`hook exited with status 1 (5 attempts): ...`).
+    pub detail: String,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+}
+
+/// One live token, by key ID: never its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStatus {
+    /// LINE's key ID.
+    pub key_id: KeyId,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// Seconds until then.
+    pub expires_in_secs: i64,
+    /// When LINE last confirmed it valid.
+    pub last_verified_at: Option<DateTime<Utc>>,
+}
+
+/// Why a needed issue waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestStatus {
+    /// `rotate` or `incident`.
+    pub kind: &'static str,
+    /// When the daemon accepted it.
+    pub requested_at: DateTime<Utc>,
+    /// Who asked.
+    pub by: String,
+}
+
+/// The key-ID listing's failure streak of a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListingStatus {
+    /// Failures in a row.
+    pub failures: u32,
+    /// The next attempt.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub error: Option<String>,
+}
+
+/// An alert the daemon raised and has not resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct FiringStatus {
+    /// The group, or none for the channel as a whole.
+    pub group: Option<GroupName>,
+    /// The alert's stable name (`no_live_token`, `deadline_at_risk`, ...).
+    pub alertname: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The sentence.
+    pub summary: String,
+    /// When it started firing.
+    pub since: DateTime<Utc>,
+}
+
+/// Why an issue waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldStatus {
+    /// `retry`, `older_token_live`, `rate_limit`, `reconcile` or
+    /// `capacity`.
+    pub kind: &'static str,
+    /// Until when, when known.
+    pub until: Option<DateTime<Utc>>,
+    /// In words.
+    pub message: String,
+}
+
+/// An alert condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertStatus {
+    /// `warning` or `critical`.
+    pub severity: &'static str,
+    /// In words.
+    pub message: String,
+}
+
+/// A group's failure streak.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorStatus {
+    /// The last error (`step: what LINE or the network said`).
+    pub message: Option<String>,
+    /// When it happened.
+    pub at: Option<DateTime<Utc>>,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// How it failed (`transient`, `rate_limited`, `permanent`,
+    /// `channel_full`, `maybe_issued`), when known.
+    pub kind: Option<&'static str>,
+    /// The step that failed (`issue`, `verify`, `revoke`).
+    pub step: Option<String>,
+    /// No new attempt before this.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Seconds until then.
+    pub next_retry_in_secs: Option<i64>,
+}
+
+/// A foreign key ID.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForeignStatus {
+    /// The key ID.
+    pub key_id: KeyId,
+    /// The first reconcile that saw it.
+    pub first_seen_at: DateTime<Utc>,
+    /// The last reconcile that saw it.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// An issuance from the journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentStatus {
+    /// The journal entry's ID.
+    pub id: i64,
+    /// The group the token was for.
+    pub group: GroupName,
+    /// `open`, `failed` or `lost`.
+    pub outcome: &'static str,
+    /// When it began.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed or was lost.
+    pub error: Option<String>,
+}
+
+/// Builds the status report at `now`.
+pub fn status_report(
+    now: DateTime<Utc>,
+    database: &Path,
+    configured: &[ConfiguredChannel],
+    rules: &Rules,
+    state: &StoredState,
+    daemon: DaemonStatus,
+) -> StatusReport {
+    let channels = worlds(now, configured, state)
+        .iter()
+        .map(|w| channel_status(now, w, rules, state))
+        .collect();
+    StatusReport {
+        version: JSON_VERSION,
+        generated_at: now,
+        database: database.to_path_buf(),
+        daemon,
+        channel_token_cap: rules.channel_token_cap,
+        last_reload: state.last_reload.as_ref().map(|n| ReloadStatus {
+            ok: n.value.starts_with("ok"),
+            outcome: n.value.clone(),
+            at: n.at,
+        }),
+        channels,
+    }
+}
+
+/// The last config reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// True when it was applied.
+    pub ok: bool,
+    /// What happened, with the problems of a failed one.
+    pub outcome: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+fn channel_status(
+    now: DateTime<Utc>,
+    w: &ChannelWorld<'_>,
+    rules: &Rules,
+    state: &StoredState,
+) -> ChannelStatus {
+    let views = w.views();
+    let cv = w.channel_view(now, &views);
+    // The same driver the daemon runs, so status shows what it would do.
+    // A channel the daemon no longer looks after is never planned.
+    let decision = w.managed().then(|| {
+        policy::drive(
+            now,
+            &policy::ChannelState {
+                groups: views.clone(),
+                view: cv.clone(),
+            },
+            rules,
+        )
+    });
+    let groups = w
+        .groups
+        .iter()
+        .zip(&views)
+        .enumerate()
+        .map(|(i, (g, view))| {
+            let plan = decision.as_ref().and_then(|d| d.plans.get(i));
+            group_status(now, w, g, view, plan, rules)
+        })
+        .collect();
+    let channel_row = w.stored.and_then(|s| s.snapshot.channel.as_ref());
+    let intent = |i: &IssueIntent| IntentStatus {
+        id: i.id.get(),
+        group: i.group.clone(),
+        outcome: i.outcome.as_str(),
+        started_at: i.started_at,
+        finished_at: i.finished_at,
+        error: i.error.clone(),
+    };
+    let window_start = now - policy::rate::ISSUE_WINDOW;
+    ChannelStatus {
+        id: w.id.clone(),
+        name: w.name.clone(),
+        in_config: w.managed(),
+        known_to_daemon: w.stored.is_some_and(|s| s.snapshot.channel.is_some()),
+        can_revoke: w.configured.is_some_and(|c| c.can_revoke),
+        live_ours: cv.live_ours,
+        foreign_live: cv.foreign,
+        unsettled: cv.lost,
+        capacity: policy::free_capacity(&cv, rules, 0),
+        issues_last_hour: count(
+            cv.issue_times_last_hour
+                .iter()
+                .filter(|t| **t > window_start)
+                .count(),
+        ),
+        max_issues_per_hour: rules.max_issues_per_hour,
+        last_reconcile_at: cv.last_reconcile_at,
+        last_reconcile_ago_secs: cv.last_reconcile_at.map(|at| (now - at).num_seconds()),
+        listing: channel_row
+            .filter(|c| c.reconcile.failures > 0)
+            .map(|c| ListingStatus {
+                failures: c.reconcile.failures,
+                next_retry_at: c.reconcile.retry_not_before,
+                error: c.reconcile.error.clone(),
+            }),
+        full_until: cv.full_until.filter(|at| *at > now),
+        firing: w
+            .stored
+            .map(|s| {
+                s.firing
+                    .iter()
+                    .map(|a| FiringStatus {
+                        group: a.group.clone(),
+                        alertname: a.alertname.clone(),
+                        severity: a.severity.clone(),
+                        summary: a.summary.clone(),
+                        since: a.started_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        groups,
+        foreign: w
+            .stored
+            .map(|s| {
+                s.foreign
+                    .iter()
+                    .map(|k| ForeignStatus {
+                        key_id: k.key_id.clone(),
+                        first_seen_at: k.first_seen_at,
+                        last_seen_at: k.last_seen_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        open_intents: state
+            .open_intents
+            .iter()
+            .filter(|i| i.channel_id == w.id)
+            .map(intent)
+            .collect(),
+        recent_unfinished_intents: w
+            .stored
+            .map(|s| {
+                s.recent_intents
+                    .iter()
+                    .filter(|i| matches!(i.outcome, IntentOutcome::Lost | IntentOutcome::Failed))
+                    .map(intent)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn group_status(
+    now: DateTime<Utc>,
+    w: &ChannelWorld<'_>,
+    g: &GroupWorld<'_>,
+    view: &GroupView,
+    plan: Option<&Plan>,
+    rules: &Rules,
+) -> GroupStatus {
+    let live = view.live_tokens(now);
+    let token = |i: usize| {
+        live.get(i).map(|t| TokenStatus {
+            key_id: t.key_id.clone(),
+            issued_at: t.issued_at,
+            expires_at: t.expires_at,
+            expires_in_secs: (t.expires_at - now).num_seconds(),
+            last_verified_at: g
+                .tokens
+                .iter()
+                .find(|s| s.record.key_id == t.key_id)
+                .and_then(|s| s.last_verified_at),
+        })
+    };
+    let runtime = g.row.map(|r| &r.runtime);
+    let last_error = runtime
+        .filter(|r| r.consecutive_failures > 0 || r.last_error.is_some())
+        .map(|r| ErrorStatus {
+            message: r.last_error.clone(),
+            at: r.last_error_at,
+            consecutive_failures: r.consecutive_failures,
+            kind: r.failure_kind.map(FailureKind::as_str),
+            step: r.failed_step.clone(),
+            next_retry_at: r.retry_not_before,
+            next_retry_in_secs: r.retry_not_before.map(|at| (at - now).num_seconds()),
+        });
+    let next_rotation_at = plan.and_then(|p| p.next_rotation_at);
+    GroupStatus {
+        name: view.group.clone(),
+        in_config: g.in_config,
+        known_to_daemon: g.row.is_some(),
+        removed_at: g.row.and_then(|r| r.removed_at),
+        revoke_at: view.removed_at.filter(|_| !live.is_empty()).map(|at| {
+            at.checked_add_signed(rules.removal_grace)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        }),
+        live_tokens: count(live.len()),
+        current: token(0),
+        previous: token(1),
+        next_rotation_at,
+        next_rotation_in_secs: next_rotation_at.map(|at| (at - now).num_seconds()),
+        hold: plan.and_then(|p| p.hold.as_ref()).map(hold_status),
+        pending_requests: view
+            .requests
+            .iter()
+            .map(|r| RequestStatus {
+                kind: r.kind.as_str(),
+                requested_at: r.at,
+                by: r.by.clone(),
+            })
+            .collect(),
+        alerts: plan
+            .map(|p| {
+                p.alerts
+                    .iter()
+                    .map(|a| AlertStatus {
+                        severity: severity_name(a.severity()),
+                        message: a.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        last_error,
+        last_hook: w
+            .stored
+            .and_then(|s| s.hooks.get(&view.group))
+            .map(|e| HookStatus {
+                ok: e.kind == EventKind::HookSucceeded,
+                key_id: e.key_id.clone(),
+                detail: e.detail.clone(),
+                at: e.at,
+            }),
+        sinks: w
+            .stored
+            .and_then(|s| s.sinks.get(&view.group))
+            .map(|n| SinkStatus {
+                ok: n.value.starts_with("ok"),
+                detail: n.value.clone(),
+                at: n.at,
+            }),
+    }
+}
+
+pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
+    let (kind, until) = match hold {
+        Hold::Retry { until } => ("retry", Some(*until)),
+        Hold::OlderTokenLive { until } => ("older_token_live", Some(*until)),
+        Hold::RateLimit { until } => ("rate_limit", Some(*until)),
+        Hold::Reconcile => ("reconcile", None),
+        Hold::Capacity { .. } => ("capacity", None),
+    };
+    HoldStatus {
+        kind,
+        until,
+        // The sentence is the hold's `Display` (`policy::words`).
+        message: hold.to_string(),
+    }
+}
+
+pub(super) fn severity_name(s: Severity) -> &'static str {
+    s.text()
+}

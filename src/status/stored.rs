@@ -1,0 +1,130 @@
+//! What `status` and `plan` read from the store: every channel's
+//! snapshot, listed foreign key IDs, recent failed issuances, hook and sink
+//! outcomes and firing alerts, each table read once for all channels.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::RECENT_INTENTS;
+use crate::delivery::{SINK_NOTE_PREFIX, sink_note_key};
+use crate::domain::{ChannelId, GroupName};
+use crate::snapshot::Snapshot;
+use crate::store::{
+    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, IssueIntent, LAST_RELOAD, Scope, Store,
+    StoreError,
+};
+
+/// One channel as the config file lists it: what `status` and `plan` need
+/// of the config (`cli` builds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfiguredChannel {
+    /// The channel ID.
+    pub id: ChannelId,
+    /// The operator's name for it.
+    pub name: String,
+    /// Its groups, in file order.
+    pub groups: Vec<GroupName>,
+    /// True when a channel secret is configured (needed to revoke).
+    pub can_revoke: bool,
+}
+
+/// Everything `status` and `plan` read from the store, at one instant.
+#[derive(Debug, Clone)]
+pub struct StoredState {
+    pub(super) channels: BTreeMap<ChannelId, StoredChannel>,
+    pub(super) open_intents: Vec<IssueIntent>,
+    pub(super) last_reload: Option<DaemonNote>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct StoredChannel {
+    pub(super) snapshot: Snapshot,
+    pub(super) foreign: Vec<ForeignKid>,
+    /// Issue attempts within [`RECENT_INTENTS`] that failed or were lost.
+    pub(super) recent_intents: Vec<IssueIntent>,
+    /// Each group's latest hook outcome.
+    pub(super) hooks: BTreeMap<GroupName, Event>,
+    /// The alerts the daemon raised on the channel and has not resolved.
+    pub(super) firing: Vec<FiringAlert>,
+    /// Each group's sink state, as the daemon last noted it.
+    pub(super) sinks: BTreeMap<GroupName, DaemonNote>,
+}
+
+impl StoredState {
+    /// A store that holds nothing: what `plan` starts from before the
+    /// daemon has ever run.
+    pub fn empty() -> Self {
+        Self {
+            channels: BTreeMap::new(),
+            open_intents: Vec::new(),
+            last_reload: None,
+        }
+    }
+}
+
+/// Reads every stored channel's snapshot, listed foreign key IDs and
+/// recent issuances at `now`.
+///
+/// # Errors
+/// [`StoreError`] when a query fails.
+pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, StoreError> {
+    // One query per table for all channels, sorted out here: a query per
+    // channel and group would be hundreds of thousands at 100k groups.
+    let mut channels: BTreeMap<ChannelId, StoredChannel> = Snapshot::read_all(store, now)?
+        .into_iter()
+        .filter_map(|snapshot| {
+            let id = snapshot.channel.as_ref()?.id.clone();
+            Some((
+                id,
+                StoredChannel {
+                    snapshot,
+                    foreign: Vec::new(),
+                    recent_intents: Vec::new(),
+                    hooks: BTreeMap::new(),
+                    firing: Vec::new(),
+                    sinks: BTreeMap::new(),
+                },
+            ))
+        })
+        .collect();
+    for kid in store.foreign_kids_in(Scope::All)? {
+        if let Some(c) = channels.get_mut(&kid.channel_id)
+            && kid.gone_at.is_none()
+        {
+            c.foreign.push(kid);
+        }
+    }
+    for intent in store.unfinished_intents_in(Scope::All, now - RECENT_INTENTS)? {
+        if let Some(c) = channels.get_mut(&intent.channel_id) {
+            c.recent_intents.push(intent);
+        }
+    }
+    for event in store.latest_group_events(&[EventKind::HookSucceeded, EventKind::HookFailed])? {
+        if let (Some(c), Some(group)) = (channels.get_mut(&event.channel_id), event.group.clone()) {
+            c.hooks.insert(group, event);
+        }
+    }
+    for alert in store.firing_alerts(None)? {
+        if let Some(c) = channels.get_mut(&alert.channel_id) {
+            c.firing.push(alert);
+        }
+    }
+    let sink_notes: BTreeMap<String, DaemonNote> = store
+        .notes_with_prefix(SINK_NOTE_PREFIX)?
+        .into_iter()
+        .map(|n| (n.key.clone(), n))
+        .collect();
+    for (id, c) in &mut channels {
+        for (group, _) in &c.snapshot.groups {
+            if let Some(note) = sink_notes.get(&sink_note_key(id, &group.name)) {
+                c.sinks.insert(group.name.clone(), note.clone());
+            }
+        }
+    }
+    Ok(StoredState {
+        channels,
+        open_intents: store.open_intents()?,
+        last_reload: store.note(LAST_RELOAD)?,
+    })
+}
