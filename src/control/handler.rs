@@ -1,0 +1,327 @@
+//! What a request does: asks the engine through the [`Engine`] contract,
+//! then waits for its outcome on the engine's events and request rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{GroupReport, IssuedKey, Request, Response};
+use crate::channel_index::ChannelIndex;
+use crate::domain::{ChannelId, GroupName, RequestOutcome};
+use crate::event::RotationEvent;
+use crate::policy::joined;
+use crate::scheduler::SchedulerState;
+
+/// A future the [`Engine`] returns (boxed, so the trait stays object safe).
+pub type EngineFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the control socket asks of the rotation engine. `app` implements it
+/// for the rotator, so this module knows the engine only by this contract
+/// (and its [`RotationEvent`]s).
+pub trait Engine: Send + Sync {
+    /// A receiver of everything the engine does from now on.
+    fn subscribe(&self) -> broadcast::Receiver<RotationEvent>;
+    /// The configured channels: ID, name, and whether its secret is
+    /// configured (an incident needs it).
+    fn channels(&self) -> Vec<(ChannelId, String, bool)>;
+    /// Records a rotation request for one group or every group of the
+    /// channel; the groups it covers with their request IDs, or why it was
+    /// refused.
+    fn request_rotation<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: Option<&'a GroupName>,
+        by: &'a str,
+    ) -> EngineFuture<'a, Result<Vec<(GroupName, i64)>, String>>;
+    /// Records an incident for one group: its request ID, or why it was
+    /// refused.
+    fn request_incident<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+        by: &'a str,
+    ) -> EngineFuture<'a, Result<i64, String>>;
+    /// Where request `id` stands; `None` when the engine cannot tell now
+    /// (the store could not be read, or it knows no such request).
+    fn request_outcome(&self, id: i64) -> EngineFuture<'_, Option<RequestOutcome>>;
+}
+
+/// Carries out requests against the engine and waits for their outcome.
+pub struct ControlHandler {
+    rotator: Arc<dyn Engine>,
+    scheduler: watch::Receiver<SchedulerState>,
+    wait: Duration,
+}
+
+/// The request being worked on.
+struct Work {
+    channel: ChannelId,
+    reports: Vec<GroupReport>,
+    /// The request row of each report's group, in the same order, and
+    /// where it stood when last asked.
+    requests: Vec<(i64, RequestOutcome)>,
+    /// True once the handler fell behind the engine's events: some detail
+    /// is lost, so an `Issued` event is not waited for.
+    lagged: bool,
+}
+
+impl ControlHandler {
+    /// A handler that asks `rotator`, wakes the scheduler through `waker`,
+    /// watches its passes on `scheduler`, and answers after at most `wait`.
+    pub fn new(
+        rotator: Arc<dyn Engine>,
+        scheduler: watch::Receiver<SchedulerState>,
+        wait: Duration,
+    ) -> Self {
+        Self {
+            rotator,
+            scheduler,
+            wait,
+        }
+    }
+
+    /// Carries out `request` and waits for its outcome (see the module
+    /// documentation). `cancel` cuts the wait short (daemon shutdown).
+    pub async fn handle(&self, request: Request, cancel: &CancellationToken) -> Response {
+        self.handle_from(request, "the control socket", cancel)
+            .await
+    }
+
+    /// [`ControlHandler::handle`] for a request from `by` (who asked, as
+    /// the request row records it: the socket peer's uid and pid).
+    pub async fn handle_from(
+        &self,
+        request: Request,
+        by: &str,
+        cancel: &CancellationToken,
+    ) -> Response {
+        // Subscribed before asking, so no event of the request is missed.
+        let mut events = self.rotator.subscribe();
+        let mut passes = self.scheduler.clone();
+        passes.mark_unchanged();
+        let mut work = match self.ask(request, by).await {
+            Ok(work) => work,
+            Err(error) => {
+                tracing::info!(error = %error, "control request refused");
+                return Response::Refused { error };
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            self.check_done(&mut work).await;
+            if work.reports.iter().all(|r| r.done) {
+                // Take in what is queued: the revokes and, once the engine
+                // has announced it, the new token.
+                loop {
+                    match events.try_recv() {
+                        Ok(event) => work.apply(&event),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => work.lagged = true,
+                        Err(_) => break,
+                    }
+                }
+                if work.announced() {
+                    return Response::Done {
+                        groups: work.reports,
+                    };
+                }
+                // Closed by an issue whose `Issued` event is a moment behind
+                // the commit: wait for it below.
+            } else if work.reports.iter().any(|r| r.failure.is_some()) {
+                return Response::Failed {
+                    groups: work.reports,
+                };
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    return pending(work, "the daemon is shutting down; the request is dropped with it".to_owned());
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return pending(work, format!(
+                        "still in progress after {}s; the daemon keeps working on it (see `linetokd status`)",
+                        self.wait.as_secs()
+                    ));
+                }
+                changed = passes.changed() => {
+                    if changed.is_err() {
+                        return pending(work, "the scheduler stopped".to_owned());
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(event) => work.apply(&event),
+                    // Missed events only cost detail in the report; whether
+                    // the request is done is asked of the rotator.
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "control handler lagged behind the rotator's events");
+                        work.lagged = true;
+                    }
+                    Err(RecvError::Closed) => {
+                        return pending(work, "the rotator stopped".to_owned());
+                    }
+                },
+            }
+        }
+    }
+
+    /// The channel that `given` names, by ID or by name, among the
+    /// channels in force; an unknown one as it is, for the rotator to refuse.
+    fn channel_id(&self, given: ChannelId) -> ChannelId {
+        let index: ChannelIndex = self
+            .rotator
+            .channels()
+            .into_iter()
+            .map(|(id, name, _)| (id, name))
+            .collect();
+        index.resolve(given.as_str()).cloned().unwrap_or(given)
+    }
+
+    /// Places the request with the rotator.
+    async fn ask(&self, request: Request, by: &str) -> Result<Work, String> {
+        match request {
+            Request::Rotate { channel, group } => {
+                let channel = self.channel_id(channel);
+                let requests = self
+                    .rotator
+                    .request_rotation(&channel, group.as_ref(), by)
+                    .await?;
+                let groups: Vec<GroupName> = requests.iter().map(|(g, _)| g.clone()).collect();
+                tracing::info!(channel = %channel, groups = %joined(&groups), "rotation requested over the control socket");
+                Ok(Work::new(channel, requests))
+            }
+            Request::Revoke { channel, group } => {
+                let channel = self.channel_id(channel);
+                let channels = self.rotator.channels();
+                if channels
+                    .iter()
+                    .any(|(id, _, can_revoke)| *id == channel && !can_revoke)
+                {
+                    return Err(format!(
+                        "channel {channel} has no secret_file: its tokens cannot be revoked at LINE, \
+                         so an incident cannot be handled; add secret_file to the channel"
+                    ));
+                }
+                let id = self.rotator.request_incident(&channel, &group, by).await?;
+                tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
+                Ok(Work::new(channel, vec![(group, id)]))
+            }
+        }
+    }
+
+    /// Asks where each of the work's request rows stands.
+    async fn check_done(&self, work: &mut Work) {
+        for (report, (id, outcome)) in work.reports.iter_mut().zip(&mut work.requests) {
+            // When the engine cannot tell (the store could not be read),
+            // nothing changes: ask again at the next event or pass.
+            let Some(now) = self.rotator.request_outcome(*id).await else {
+                continue;
+            };
+            *outcome = now;
+            report.done = now != RequestOutcome::Open;
+        }
+    }
+}
+
+fn pending(work: Work, reason: String) -> Response {
+    Response::Pending {
+        groups: work.reports,
+        reason,
+    }
+}
+
+impl Work {
+    fn new(channel: ChannelId, requests: Vec<(GroupName, i64)>) -> Self {
+        let (reports, requests) = requests
+            .into_iter()
+            .map(|(g, id)| {
+                (
+                    GroupReport::new(channel.clone(), g),
+                    (id, RequestOutcome::Open),
+                )
+            })
+            .unzip();
+        Self {
+            channel,
+            reports,
+            requests,
+            lagged: false,
+        }
+    }
+
+    /// True when every request an issue carried out has its new token in
+    /// the report (or events were lost, so it never will).
+    fn announced(&self) -> bool {
+        self.lagged
+            || self
+                .reports
+                .iter()
+                .zip(&self.requests)
+                .all(|(r, (_, outcome))| *outcome != RequestOutcome::Done || r.issued.is_some())
+    }
+
+    fn report(&mut self, channel: &ChannelId, group: &GroupName) -> Option<&mut GroupReport> {
+        if channel != &self.channel {
+            return None;
+        }
+        self.reports.iter_mut().find(|r| &r.group == group)
+    }
+
+    /// Folds one of the rotator's events into the reports.
+    fn apply(&mut self, event: &RotationEvent) {
+        match event {
+            RotationEvent::Issued {
+                channel,
+                group,
+                key_id,
+                expires_at,
+                ..
+            } => {
+                if let Some(r) = self.report(channel, group) {
+                    r.issued = Some(IssuedKey {
+                        key_id: key_id.clone(),
+                        expires_at: *expires_at,
+                    });
+                    // A success after a failure ends that failure.
+                    r.failure = None;
+                }
+            }
+            RotationEvent::Revoked {
+                channel,
+                group,
+                key_id,
+                ..
+            } => {
+                if let Some(r) = self.report(channel, group) {
+                    r.revoked.push(key_id.clone());
+                }
+            }
+            RotationEvent::Failed {
+                channel,
+                group,
+                step,
+                error,
+                retry_at,
+            } => {
+                if let Some(r) = self.report(channel, group) {
+                    r.failure = Some(format!(
+                        "{step}: {error}; the daemon retries at {}",
+                        retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ));
+                }
+            }
+            RotationEvent::Alert {
+                channel,
+                group,
+                alert,
+            } => {
+                if let Some(r) = self.report(channel, group) {
+                    r.notes.push(alert.to_string());
+                }
+            }
+            RotationEvent::Expired { .. }
+            | RotationEvent::Gone { .. }
+            | RotationEvent::ForeignSeen { .. } => {}
+        }
+    }
+}
