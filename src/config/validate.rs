@@ -258,17 +258,49 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        let (daemon, channels) = self.check(|v, i, c| v.channel(self, i, c))?;
+        Ok(ValidConfig {
+            daemon,
+            rotation: self.rotation.clone(),
+            channels,
+        })
+    }
+
+    /// The [`Outline`] of the config: every rule of [`Self::validate`] on
+    /// `[daemon]`, `[rotation]`, channel IDs and names and group names,
+    /// each channel's key and secret file read but the key not parsed, no
+    /// API key file read.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] listing every problem found, each naming its
+    /// key.
+    pub fn outline(&self) -> Result<Outline, ConfigError> {
+        let (daemon, channels) = self.check(Validator::channel_outline)?;
+        Ok(Outline {
+            daemon,
+            rotation: self.rotation.clone(),
+            channels,
+        })
+    }
+
+    /// The walk both share: `[daemon]`, `[rotation]`, each channel through
+    /// `channel`, the duplicates; every problem collected.
+    fn check<T>(
+        &self,
+        mut channel: impl FnMut(&mut Validator, usize, &ChannelSettings) -> Option<T>,
+    ) -> Result<(DaemonConfig, Vec<T>), ConfigError> {
         let mut v = Validator {
             search_path: self.hook_search_path.clone(),
             ..Validator::default()
         };
         let daemon = v.daemon(self);
         v.rotation(&self.rotation);
-        let channels: Vec<Option<ChannelConfig>> = self
+        let channels: Vec<Option<T>> = self
             .channels
             .iter()
             .enumerate()
-            .map(|(i, c)| v.channel(self, i, c))
+            .map(|(i, c)| channel(&mut v, i, c))
             .collect();
         v.duplicates(self);
         if !v.problems.is_empty() {
@@ -276,7 +308,7 @@ impl Settings {
                 problems: v.problems,
             });
         }
-        let channels: Option<Vec<ChannelConfig>> = channels.into_iter().collect();
+        let channels: Option<Vec<T>> = channels.into_iter().collect();
         let (Some(daemon), Some(channels)) = (daemon, channels) else {
             // Every `None` above pushed a problem, so this is unreachable in
             // practice; report it rather than panic if a rule forgets to.
@@ -284,53 +316,7 @@ impl Settings {
                 problems: vec![Problem::new("config", "failed validation")],
             });
         };
-        Ok(ValidConfig {
-            daemon,
-            rotation: self.rotation.clone(),
-            channels,
-        })
-    }
-}
-
-impl Settings {
-    /// The [`Outline`] of the config: every rule of [`Self::validate`] on
-    /// `[daemon]`, `[rotation]`, channel IDs and names and group names,
-    /// and no secret file read.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Invalid`] listing every problem found, each naming its
-    /// key.
-    pub fn outline(&self) -> Result<Outline, ConfigError> {
-        let mut v = Validator {
-            search_path: self.hook_search_path.clone(),
-            ..Validator::default()
-        };
-        let daemon = v.daemon(self);
-        v.rotation(&self.rotation);
-        let channels: Vec<Option<ChannelOutline>> = self
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| v.channel_outline(i, c))
-            .collect();
-        v.duplicates(self);
-        if !v.problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                problems: v.problems,
-            });
-        }
-        let channels: Option<Vec<ChannelOutline>> = channels.into_iter().collect();
-        let (Some(daemon), Some(channels)) = (daemon, channels) else {
-            return Err(ConfigError::Invalid {
-                problems: vec![Problem::new("config", "failed validation")],
-            });
-        };
-        Ok(Outline {
-            daemon,
-            rotation: self.rotation.clone(),
-            channels,
-        })
+        Ok((daemon, channels))
     }
 }
 
