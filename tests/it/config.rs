@@ -779,3 +779,54 @@ kid = "kid-shop-bot"
         "{stderr}"
     );
 }
+
+/// `status` and `plan` take the outline: the same rules on what they use,
+/// each channel's key and secret file read, the key not parsed, no API key
+/// file read.
+#[test]
+fn the_outline_reads_key_and_secret_files_but_parses_no_key_and_reads_no_api_key() {
+    let creds = Credentials::new();
+    let settings = load_str(VALID, &creds.env()).unwrap();
+    let outline = settings.outline().unwrap();
+    assert_eq!(outline.channels.len(), 1);
+    let shop = &outline.channels[0];
+    assert_eq!(
+        (shop.id.as_str(), shop.name.as_str()),
+        ("1234567890", "shop-bot")
+    );
+    assert_eq!(shop.groups[0].as_str(), "backend");
+    assert!(shop.has_secret);
+
+    // No API key file: the daemon refuses the config, the outline does not
+    // read it. A key file that holds no RSA key: the same.
+    fs::remove_file(creds.path().join("backend.apikey")).unwrap();
+    write(
+        &creds.path().join("shop-bot.pem"),
+        &fixture_key("ec-p256-pkcs8.pem"),
+        0o600,
+    );
+    let settings = load_str(VALID, &creds.env()).unwrap();
+    let refused = settings.validate().unwrap_err().to_string();
+    assert!(refused.contains("channel[0].key_file"), "{refused}");
+    assert!(refused.contains("api_key_file"), "{refused}");
+    assert!(settings.outline().is_ok());
+
+    // A missing key or secret file, or a bad channel ID, is refused by both.
+    fs::remove_file(creds.path().join("shop-bot.pem")).unwrap();
+    fs::remove_file(creds.path().join("shop-bot.secret")).unwrap();
+    let text = VALID.replace("id = \"1234567890\"", "id = \"not-a-number\"");
+    let err = load_str(&text, &creds.env())
+        .unwrap()
+        .outline()
+        .unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "channel[0].id",
+            "channel[0].key_file",
+            "channel[0].secret_file"
+        ],
+        "{err}"
+    );
+}
