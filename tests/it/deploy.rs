@@ -1048,3 +1048,122 @@ async fn demo_image_files_make_a_daemon_that_issues_from_the_demo_sandbox() {
     daemon.stopped().await.unwrap();
     stop_sandbox.cancel();
 }
+
+// ---------------------------------------------------------------------------
+// Prometheus rules
+
+/// Every sample name and label set the daemon's /metrics can show, with one
+/// series of each family recorded.
+fn exported_samples() -> Vec<String> {
+    use linetokd::channel_index::ChannelIndex;
+    use linetokd::domain::GroupName;
+    use linetokd::metrics::Metrics;
+
+    let metrics = Metrics::new();
+    let (channel, group) = (ChannelId::new("1234567890"), GroupName::new("backend"));
+    let mut names = ChannelIndex::new();
+    names.insert(channel.clone(), "shop-bot");
+    metrics.set_channel_names(names);
+    let now = chrono::Utc::now();
+    metrics.set_group(&channel, &group, 1, Some(now), Some(now));
+    metrics.set_channel(&channel, 1, 1);
+    metrics.rotation(&channel, &group, false);
+    metrics.line_request("v21_issue", Some(200), Duration::from_millis(5));
+    metrics.set_clock_skew(chrono::Duration::seconds(1));
+    metrics.hook_run(&channel, &group, false);
+    metrics.sink_failures(&channel, &group, 1);
+    metrics.sinks_written(&channel, &group, now);
+    metrics.config_reload(false);
+    metrics.scheduler_woke();
+    metrics
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `linetokd_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("linetokd_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn prometheus_rules_name_only_what_the_daemon_exports() {
+    let text = read("deploy/prometheus/linetokd-rules.yml");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let samples = exported_samples();
+    let rules = doc["groups"][0]["rules"].as_sequence().unwrap();
+    assert!(rules.len() >= 8, "{} rules", rules.len());
+    let mut alerts = BTreeSet::new();
+    for rule in rules {
+        let name = rule["alert"].as_str().unwrap();
+        assert!(alerts.insert(name), "{name} twice");
+        let expr = rule["expr"].as_str().unwrap();
+        let severity = rule["labels"]["severity"].as_str().unwrap();
+        assert!(["warning", "critical"].contains(&severity), "{name}");
+        let summary = rule["annotations"]["summary"].as_str().unwrap();
+        let used = metric_names(expr);
+        if name != "LinetokdDown" {
+            assert!(!used.is_empty(), "{name}: {expr}");
+        }
+        let used_samples: Vec<&String> = samples
+            .iter()
+            .filter(|s| {
+                used.iter()
+                    .any(|m| s.starts_with(&format!("{m}{{")) || s.starts_with(&format!("{m} ")))
+            })
+            .collect();
+        for metric in &used {
+            assert!(
+                used_samples.iter().any(|s| s.starts_with(metric.as_str())),
+                "{name} uses {metric}, which /metrics does not export:\n{}",
+                samples.join("\n")
+            );
+        }
+        // Every label an annotation shows is on the metric it comes from.
+        let mut rest = summary;
+        while let Some(at) = rest.find("$labels.") {
+            let tail = &rest[at + "$labels.".len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let label = &tail[..end];
+            assert!(
+                label == "instance"
+                    || used_samples
+                        .iter()
+                        .any(|s| s.contains(&format!("{label}=\""))),
+                "{name}: the summary shows {label}, which its metrics do not carry"
+            );
+            rest = &tail[end..];
+        }
+    }
+
+    match installed("promtool") {
+        Some(promtool) => {
+            let out = Command::new(promtool)
+                .args(["check", "rules"])
+                .arg(repo("deploy/prometheus/linetokd-rules.yml"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check rules: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => eprintln!("promtool is not installed: the rules were checked by this test only"),
+    }
+}
