@@ -609,3 +609,37 @@ fn plan_without_a_database_starts_from_nothing() {
     );
     assert!(!lab.db().exists(), "plan must not create the database");
 }
+
+/// `status` and `plan` read every channel at once (`Snapshot::read_all`);
+/// the rotator reads one channel at a time (`Snapshot::read`). Both must
+/// give each channel the same snapshot, or `plan` would forecast from a
+/// state the daemon never sees.
+#[test]
+fn reading_all_channels_at_once_gives_each_the_snapshot_the_rotator_reads() {
+    use linetokd::snapshot::Snapshot;
+
+    let lab = lab();
+    let store = Store::open_read_only(&lab.db()).unwrap();
+    let all = Snapshot::read_all(&store, lab.now).unwrap();
+    let channels = store.channels().unwrap();
+    assert_eq!(all.len(), channels.len());
+    assert!(all.len() >= 2, "the lab has more than one channel");
+    for (snapshot, row) in all.iter().zip(&channels) {
+        let one = Snapshot::read(&store, &row.id, lab.now).unwrap();
+        assert_eq!(
+            format!("{snapshot:?}"),
+            format!("{one:?}"),
+            "channel {}",
+            row.id
+        );
+    }
+    // The lab's channels hold what read_all must sort out: tokens of
+    // several groups, a foreign key ID, unsettled issuances and attempts
+    // in the last hour.
+    let shop = all
+        .iter()
+        .find(|s| s.channel.as_ref().is_some_and(|c| c.id.as_str() == SHOP))
+        .unwrap();
+    assert!(shop.groups.len() >= 2 && shop.foreign > 0 && shop.unsettled > 0);
+    assert!(!shop.issues_last_hour.is_empty());
+}
