@@ -50,7 +50,9 @@ use crate::secret::Secret;
 
 use super::duration::format as fmt_dur;
 use super::files::{read_private, secret_from_bytes};
-use super::{ChannelSettings, ConfigError, GroupSettings, Problem, RotationSettings, Settings};
+use super::{
+    AlertsConfig, ChannelSettings, ConfigError, GroupSettings, Problem, RotationSettings, Settings,
+};
 
 /// LINE's cap on live v2.1 tokens per channel.
 const CHANNEL_TOKEN_CAP: usize = 30;
@@ -102,6 +104,8 @@ pub struct ValidConfig {
     pub rotation: RotationSettings,
     /// `[[channel]]`, in file order.
     pub channels: Vec<ChannelConfig>,
+    /// `[alerts]`: where raised alerts are sent.
+    pub alerts: AlertsConfig,
 }
 
 impl ValidConfig {
@@ -271,13 +275,14 @@ impl Settings {
             .map(|(i, c)| v.channel(self, i, c))
             .collect();
         v.duplicates(self);
+        let alerts = super::alerts::validate(&self.alerts, &mut v.problems);
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid {
                 problems: v.problems,
             });
         }
         let channels: Option<Vec<ChannelConfig>> = channels.into_iter().collect();
-        let (Some(daemon), Some(channels)) = (daemon, channels) else {
+        let (Some(daemon), Some(channels), Some(alerts)) = (daemon, channels, alerts) else {
             // Every `None` above pushed a problem, so this is unreachable in
             // practice; report it rather than panic if a rule forgets to.
             return Err(ConfigError::Invalid {
@@ -288,6 +293,7 @@ impl Settings {
             daemon,
             rotation: self.rotation.clone(),
             channels,
+            alerts,
         })
     }
 }
@@ -886,7 +892,7 @@ fn check_kid(kid: &str) -> Result<String, String> {
 
 /// Channel and group names end up in URLs, file names, metric labels and
 /// log fields, so they are kept to characters that need no escaping there.
-fn check_name(name: &str, what: &str) -> Result<String, String> {
+pub(super) fn check_name(name: &str, what: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err(format!(
             "is missing: a short name for the {what}, like \"backend\""
