@@ -87,6 +87,7 @@
 
 pub mod accept;
 pub mod addresses;
+pub mod alerting;
 pub mod app;
 pub mod bench;
 pub mod channel_index;
