@@ -3,4 +3,6 @@
 //!
 //! - [`route`]: PURE: from the time, the alerts and what each receiver was
 //!   sent, the notifications due (group wait, repeats, one resolve, retries).
+pub mod render;
 pub mod route;
+pub mod sign;

@@ -147,8 +147,8 @@ pub enum ReceiverKind {
         url: SecretUrl,
         /// What each request carries.
         format: WebhookFormat,
-        /// The Standard Webhooks signing key (the bytes after `whsec_`,
-        /// base64-decoded), when requests are signed.
+        /// The Standard Webhooks secret (`whsec_<base64>`, checked), when
+        /// requests are signed.
         signing_key: Option<Secret>,
     },
     /// A Slack incoming webhook.
@@ -502,8 +502,8 @@ fn url_from(
     }
 }
 
-/// Reads a Standard Webhooks secret (`whsec_` and base64) and returns the
-/// decoded key, as the HMAC takes it.
+/// Reads a Standard Webhooks secret (`whsec_` and base64 of 24 to 64
+/// bytes) and returns it as written (trimmed).
 fn signing_secret(path: &Path) -> Result<Secret, String> {
     let shown = path.display();
     let secret = read_private(path)
