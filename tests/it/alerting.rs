@@ -213,3 +213,435 @@ mod store {
         assert!(!screened.contains(value), "{screened}");
     }
 }
+
+/// A fake receiver on 127.0.0.1:0: records each request's headers and body
+/// and answers with the status `answer` gives for the n-th request.
+mod fake {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use tokio::sync::mpsc;
+
+    use crate::support::{Served, serve};
+
+    /// One request received.
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub path: String,
+        pub headers: HeaderMap,
+        pub body: String,
+    }
+
+    impl Got {
+        pub fn header(&self, name: &str) -> String {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        }
+
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap()
+        }
+    }
+
+    pub struct Fake {
+        pub base_url: String,
+        got: Arc<Mutex<Vec<Got>>>,
+        arrivals: mpsc::UnboundedReceiver<()>,
+        _served: Served,
+    }
+
+    impl Fake {
+        /// `answer(n)` gives the status and extra headers of the n-th
+        /// request (0-based).
+        pub async fn start(
+            answer: impl Fn(usize) -> (u16, Vec<(&'static str, &'static str)>) + Send + Sync + 'static,
+        ) -> Self {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let (tx, arrivals) = mpsc::unbounded_channel();
+            let answer = Arc::new(answer);
+            let log = got.clone();
+            let app = Router::new().fallback(move |request: axum::extract::Request| {
+                let (log, answer, tx) = (log.clone(), answer.clone(), tx.clone());
+                async move {
+                    let path = request.uri().path().to_owned();
+                    let headers = request.headers().clone();
+                    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    let n = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Got {
+                            path,
+                            headers,
+                            body: String::from_utf8(body.to_vec()).unwrap(),
+                        });
+                        log.len() - 1
+                    };
+                    let (status, extra) = answer(n);
+                    let _ = tx.send(());
+                    let mut response = axum::response::Response::new(axum::body::Body::empty());
+                    *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                    for (k, v) in extra {
+                        response
+                            .headers_mut()
+                            .insert(k, axum::http::HeaderValue::from_static(v));
+                    }
+                    response
+                }
+            });
+            let served = serve(app).await;
+            Self {
+                base_url: served.base_url.clone(),
+                got,
+                arrivals,
+                _served: served,
+            }
+        }
+
+        pub fn got(&self) -> Vec<Got> {
+            self.got.lock().unwrap().clone()
+        }
+
+        /// Waits for the next request to arrive (bounded, so a broken
+        /// notifier fails the test instead of hanging it).
+        pub async fn arrival(&mut self) {
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.arrivals.recv())
+                .await
+                .expect("no request reached the fake receiver")
+                .unwrap();
+        }
+    }
+}
+
+mod notifier {
+    use std::sync::Arc;
+
+    use linetokd::alerting::{
+        self, Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings,
+        Severity, WebhookFormat, sign,
+    };
+    use linetokd::channel_index::ChannelIndex;
+    use linetokd::clock::{Clock, ManualClock, SharedClock};
+    use linetokd::metrics::Metrics;
+    use linetokd::secret::Secret;
+    use proptest::prelude::*;
+    use tokio_util::sync::CancellationToken;
+
+    use super::fake::Fake;
+    use super::*;
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn webhook(fake: &Fake, format: WebhookFormat) -> Receiver {
+        Receiver {
+            name: "ops".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Webhook {
+                url: Endpoint(reqwest::Url::parse(&format!("{}/hook", fake.base_url)).unwrap()),
+                format,
+                secret: Some(Secret::new(WHSEC)),
+            },
+        }
+    }
+
+    fn settings(receivers: Vec<Receiver>) -> NotifierSettings {
+        NotifierSettings {
+            route: RouteSettings {
+                group_wait: Duration::seconds(30),
+                repeat_warning: Duration::hours(4),
+                repeat_critical: Duration::hours(1),
+            },
+            external_url: Some("http://linetokd.internal:9464/status".into()),
+            receivers,
+            channel_names: [(ch(), "shop-bot".to_owned())]
+                .into_iter()
+                .collect::<ChannelIndex>(),
+        }
+    }
+
+    fn notifier(
+        store: &Store,
+        clock: &ManualClock,
+        metrics: &Arc<Metrics>,
+        receivers: Vec<Receiver>,
+    ) -> Arc<Notifier> {
+        let shared: SharedClock = Arc::new(clock.clone());
+        Notifier::new(
+            store.clone(),
+            shared,
+            Arc::clone(metrics),
+            settings(receivers),
+        )
+        .unwrap()
+    }
+
+    fn assert_signed(got: &fake::Got) {
+        let key = sign::decode_secret(WHSEC).unwrap();
+        let id = got.header("webhook-id");
+        let ts: i64 = got.header("webhook-timestamp").parse().unwrap();
+        assert!(!id.is_empty());
+        assert_eq!(
+            got.header("webhook-signature"),
+            sign::sign(&key, &id, ts, got.body.as_bytes()),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_raised_alert_is_sent_after_group_wait_signed_in_alertmanagers_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+
+        assert_eq!(n.step().await.unwrap(), Some(t0() + Duration::seconds(30)));
+        assert!(fake.got().is_empty());
+        clock.set(t0() + Duration::seconds(30));
+        let next = n.step().await.unwrap();
+        assert_eq!(
+            next,
+            Some(t0() + Duration::seconds(30) + Duration::hours(1))
+        );
+        let got = fake.got();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].path, "/hook");
+        assert_eq!(got[0].header("content-type"), "application/json");
+        assert_eq!(
+            got[0].header("webhook-timestamp"),
+            (t0() + Duration::seconds(30)).timestamp().to_string()
+        );
+        assert_signed(&got[0]);
+        let v = got[0].json();
+        assert_eq!(v["version"], "4");
+        assert_eq!(v["receiver"], "ops");
+        assert_eq!(v["status"], "firing");
+        assert_eq!(v["externalURL"], "http://linetokd.internal:9464/status");
+        let alert = &v["alerts"][0];
+        assert_eq!(alert["labels"]["alertname"], "no_live_token");
+        assert_eq!(alert["labels"]["channel_name"], "shop-bot");
+        assert_eq!(alert["labels"]["group"], "backend");
+        assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(alert["annotations"]["summary"], "backend has no live token");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"linetokd_alert_notifications_total{receiver="ops",result="delivered"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"linetokd_alerts_firing{alertname="no_live_token",severity="critical"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_on_500_keep_the_webhook_id_and_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0() + Duration::seconds(30));
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| (if n < 2 { 500 } else { 200 }, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Linetokd)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+
+        let first = t0() + Duration::seconds(30);
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::seconds(5)));
+        clock.set(first + Duration::seconds(5));
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::seconds(15)));
+        clock.set(first + Duration::seconds(15));
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        let ids: Vec<String> = got.iter().map(|g| g.header("webhook-id")).collect();
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        for g in &got {
+            assert_signed(g);
+            assert_eq!(g.json()["id"], ids[0].as_str());
+            assert_eq!(g.json()["status"], "firing");
+        }
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (1, None));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"linetokd_alert_notifications_total{receiver="ops",result="failed"} 2"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_429_retry_after_is_honoured_and_a_400_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| match n {
+            0 => (429, vec![("retry-after", "120")]),
+            _ => (400, vec![]),
+        })
+        .await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(120)));
+        clock.set(at + Duration::seconds(120));
+        // Rejected: given up at once; the repeat interval counts from here.
+        assert_eq!(
+            n.step().await.unwrap(),
+            Some(at + Duration::seconds(120) + Duration::hours(1))
+        );
+        assert_eq!(fake.got().len(), 2);
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!(state.sent_count, 0);
+        assert!(metrics.render().contains(r#"result="rejected"} 1"#));
+    }
+
+    #[tokio::test]
+    async fn a_restart_inside_the_repeat_interval_does_not_page_again_but_sends_the_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linetokd.db");
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let sent_at = t0() + Duration::seconds(30);
+        {
+            let store = synced(&path);
+            let clock = ManualClock::new(sent_at);
+            let n = notifier(
+                &store,
+                &clock,
+                &Metrics::shared(),
+                vec![webhook(&fake, WebhookFormat::Alertmanager)],
+            );
+            store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+            n.step().await.unwrap();
+            assert_eq!(fake.got().len(), 1);
+        }
+        // The daemon restarts half an hour later.
+        let store = Store::open(&path).unwrap();
+        let clock = ManualClock::new(sent_at + Duration::minutes(30));
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        assert_eq!(n.step().await.unwrap(), Some(sent_at + Duration::hours(1)));
+        assert_eq!(fake.got().len(), 1, "paged again after a restart");
+        // Resolved: sent once, and only once.
+        let resolved = sent_at + Duration::minutes(40);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 2);
+        let v = got[1].json();
+        assert_eq!(v["status"], "resolved");
+        assert_eq!(v["alerts"][0]["endsAt"], "2023-11-14T22:53:50.000Z");
+    }
+
+    #[tokio::test]
+    async fn the_task_wakes_when_alerts_change_and_when_they_fall_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let mut fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&n).run(cancel.clone()));
+        // Idle: nothing fires, so nothing sleeps on the clock.
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        // The change woke it; it now sleeps until group_wait is over.
+        assert_eq!(clock.next_deadline().await, t0() + Duration::seconds(30));
+        clock.set(t0() + Duration::seconds(30));
+        fake.arrival().await;
+        assert_eq!(fake.got()[0].json()["status"], "firing");
+        // Resolving wakes it at once.
+        let resolved = t0() + Duration::minutes(5);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        fake.arrival().await;
+        assert_eq!(fake.got()[1].json()["status"], "resolved");
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(clock.now(), resolved);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Token values that reached an alert's text (here: stored after
+        /// the alert was raised, so the store's screen could not know them
+        /// then) never appear in what a receiver gets.
+        #[test]
+        fn no_token_value_reaches_a_payload(
+            values in proptest::collection::vec("[A-Za-z0-9+/=._-]{24,64}", 1..4),
+            format_linetokd in any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = synced(&dir.path().join("linetokd.db"));
+                let clock = ManualClock::new(t0() + Duration::seconds(30));
+                let fake = Fake::start(|_| (200, vec![])).await;
+                let format = if format_linetokd { WebhookFormat::Linetokd } else { WebhookFormat::Alertmanager };
+                let n = notifier(&store, &clock, &Metrics::shared(), vec![webhook(&fake, format)]);
+                let mut alert = no_live_token();
+                alert.summary = format!("leaked {} here", values.join(" and "));
+                store.sync_alerts(t0(), &ch(), &[alert]).unwrap();
+                for (i, v) in values.iter().enumerate() {
+                    store_token(&store, &format!("k{i}"), v, t0());
+                }
+                n.step().await.unwrap();
+                let got = fake.got();
+                prop_assert!(!got.is_empty());
+                for g in &got {
+                    for v in &values {
+                        prop_assert!(!g.body.contains(v.as_str()), "{} leaked in {}", v, g.body);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn the_alerting_module_is_reachable_for_the_app() {
+        // The app builds NotifierSettings from a validated config; a config
+        // without [alerts] yields no receivers and the spec's timings.
+        let settings = settings(Vec::new());
+        assert_eq!(settings.route.group_wait, Duration::seconds(30));
+        let _ = alerting::route::GIVE_UP_AFTER;
+    }
+}
