@@ -526,10 +526,7 @@ fn signing_secret(path: &Path) -> Result<Secret, String> {
             key.len()
         ));
     }
-    // The key is binary; base64 keeps it a string for the Secret wrapper.
-    Ok(Secret::new(
-        base64::engine::general_purpose::STANDARD.encode(key),
-    ))
+    Ok(Secret::new(secret.expose().trim()))
 }
 
 #[cfg(test)]

@@ -321,8 +321,8 @@ mod notifier {
     use std::sync::Arc;
 
     use linetokd::alerting::{
-        self, Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings,
-        Severity, WebhookFormat, sign,
+        Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings, Severity,
+        WebhookFormat, sign,
     };
     use linetokd::channel_index::ChannelIndex;
     use linetokd::clock::{Clock, ManualClock, SharedClock};
@@ -598,6 +598,108 @@ mod notifier {
         assert_eq!(clock.now(), resolved);
     }
 
+    fn slack(fake: &Fake) -> Receiver {
+        Receiver {
+            name: "chat".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Slack {
+                url: Endpoint(
+                    reqwest::Url::parse(&format!("{}/services/T0/B0/x", fake.base_url)).unwrap(),
+                ),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn slack_gets_one_message_a_second_and_its_429_retry_after_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| match n {
+            0 => (429, vec![("retry-after", "7")]),
+            _ => (200, vec![]),
+        })
+        .await;
+        let n = notifier(&store, &clock, &metrics, vec![slack(&fake)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        // 429 with Retry-After: 7 s, longer than the first backoff (5 s).
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(7)));
+        clock.set(at + Duration::seconds(6));
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(7)));
+        assert_eq!(fake.got().len(), 1);
+        let sent = at + Duration::seconds(7);
+        clock.set(sent);
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 2);
+        let v = got[1].json();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "[CRITICAL] no_live_token on shop-bot/backend: backend has no live token"
+            ),
+            "{text}"
+        );
+        // A resolve half a second later waits for Slack's one-a-second.
+        let resolved = sent + Duration::milliseconds(500);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(sent + Duration::seconds(1)));
+        assert_eq!(fake.got().len(), 2);
+        clock.set(sent + Duration::seconds(1));
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        assert!(
+            got[2].json()["text"]
+                .as_str()
+                .unwrap()
+                .contains("[RESOLVED]")
+        );
+    }
+
+    #[tokio::test]
+    async fn alertmanager_gets_firing_alerts_again_every_resend_interval_and_the_resolve_with_ends_at()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let am = Receiver {
+            name: "am".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Alertmanager {
+                urls: vec![reqwest::Url::parse(&fake.base_url).unwrap()],
+                resend_interval: Duration::minutes(1),
+            },
+        };
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![am]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let first = t0() + Duration::seconds(30);
+        clock.set(first);
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::minutes(1)));
+        clock.set(first + Duration::minutes(1));
+        n.step().await.unwrap();
+        let resolved = first + Duration::seconds(70);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|g| g.path == "/api/v2/alerts"));
+        let push = got[0].json();
+        assert_eq!(push[0]["labels"]["alertname"], "no_live_token");
+        assert_eq!(push[0]["startsAt"], "2023-11-14T22:13:20.000Z");
+        // Firing: ends three resend intervals ahead unless re-sent.
+        assert_eq!(push[0]["endsAt"], "2023-11-14T22:16:50.000Z");
+        assert_eq!(got[1].json()[0]["endsAt"], "2023-11-14T22:17:50.000Z");
+        assert_eq!(got[2].json()[0]["endsAt"], "2023-11-14T22:15:00.000Z");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
@@ -637,11 +739,52 @@ mod notifier {
     }
 
     #[test]
-    fn the_alerting_module_is_reachable_for_the_app() {
-        // The app builds NotifierSettings from a validated config; a config
-        // without [alerts] yields no receivers and the spec's timings.
-        let settings = settings(Vec::new());
-        assert_eq!(settings.route.group_wait, Duration::seconds(30));
-        let _ = alerting::route::GIVE_UP_AFTER;
+    fn the_daemon_takes_its_receivers_from_the_config_and_check_config_hides_their_urls() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "https://hooks.example/T0/TOPSECRET\n").unwrap();
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let whsec = dir.path().join("whsec");
+        std::fs::write(&whsec, WHSEC).unwrap();
+        std::fs::set_permissions(&whsec, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[daemon]\nstate_dir = \"{dir}\"\n[alerts]\ngroup_wait = \"10s\"\n\
+             [[alerts.receiver]]\nname = \"ops\"\ntype = \"webhook\"\nurl_file = \"{url}\"\n\
+             format = \"linetokd\"\nsigning_secret_file = \"{whsec}\"\nmin_severity = \"critical\"\n\
+             [[alerts.receiver]]\nname = \"am\"\ntype = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
+            dir = dir.path().display(),
+            url = url.display(),
+            whsec = whsec.display()
+        );
+        let settings = linetokd::config::Settings::from_toml(
+            &text,
+            std::path::Path::new("test.toml"),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        let valid = settings.validate().unwrap();
+        let n = linetokd::app::notifier_settings(&valid);
+        assert_eq!(n.route.group_wait, Duration::seconds(10));
+        assert_eq!(n.route.repeat_critical, Duration::hours(1));
+        assert_eq!(n.receivers.len(), 2);
+        assert_eq!(n.receivers[0].min_severity, Severity::Critical);
+        let ReceiverKind::Webhook {
+            url: u,
+            format,
+            secret,
+        } = &n.receivers[0].kind
+        else {
+            panic!("{:?}", n.receivers[0]);
+        };
+        assert_eq!(u.0.as_str(), "https://hooks.example/T0/TOPSECRET");
+        assert_eq!(*format, WebhookFormat::Linetokd);
+        assert_eq!(secret.as_ref().map(Secret::expose), Some(WHSEC));
+        assert_eq!(n.receivers[1].repeat(), Some(Duration::minutes(1)));
+        for shown in [format!("{n:?}"), settings.render_resolved()] {
+            assert!(!shown.contains("TOPSECRET"), "{shown}");
+            assert!(!shown.contains("MfKQ9r8"), "{shown}");
+        }
+        assert!(settings.render_resolved().contains("url_file = "));
     }
 }
