@@ -160,7 +160,7 @@ impl Notifier {
     ///
     /// # Errors
     /// A store error; what was sent before it is recorded.
-    pub async fn step(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub async fn step(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let settings = self.settings();
         let now = self.clock.now();
         let mut waiting: Option<DateTime<Utc>> = None;
@@ -206,25 +206,56 @@ impl Notifier {
                 self.metrics
                     .alert_notification(&g.receiver, "given_up", std::time::Duration::ZERO);
             }
+            // Receivers are sent to at once: one that is slow or down must
+            // not hold up the others.
+            let alerts = Arc::new(alerts);
+            let mut sends = tokio::task::JoinSet::new();
+            let mut claimed: Vec<&str> = Vec::new();
             for due in routing.due {
                 let Some(receiver) = settings.receivers.iter().find(|r| r.name == due.receiver)
                 else {
                     continue;
                 };
                 if let Some(url) = receiver.rate_limited_url() {
-                    let not_before = self
-                        .spacing
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(url)
-                        .copied();
+                    // Two receivers may share a Slack URL: one message a
+                    // second between them too.
+                    let not_before = if claimed.contains(&url) {
+                        Some(now + SLACK_SPACING)
+                    } else {
+                        self.spacing
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(url)
+                            .copied()
+                    };
                     if let Some(at) = not_before.filter(|at| *at > now) {
                         waiting = min_time(waiting, Some(at));
                         held_back.push(receiver.name.clone());
                         continue;
                     }
+                    claimed.push(url);
                 }
-                self.deliver(&settings, receiver, due, &alerts).await?;
+                let (me, settings, receiver, alerts) = (
+                    Arc::clone(self),
+                    Arc::clone(&settings),
+                    receiver.clone(),
+                    Arc::clone(&alerts),
+                );
+                sends.spawn(async move { me.deliver(&settings, &receiver, due, &alerts).await });
+            }
+            let mut failed = None;
+            while let Some(done) = sends.join_next().await {
+                let done = done.unwrap_or_else(|e| {
+                    Err(StoreError::Internal {
+                        what: format!("an alert notification task failed: {e}"),
+                    })
+                });
+                if let Err(e) = done {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(Some(self.clock.now()))

@@ -700,6 +700,49 @@ mod notifier {
         assert_eq!(got[2].json()[0]["endsAt"], "2023-11-14T22:15:00.000Z");
     }
 
+    #[tokio::test]
+    async fn a_receiver_that_hangs_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0() + Duration::seconds(30));
+        // "stuck" answers only once released.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::clone(&release);
+        let stuck_app = axum::Router::new().fallback(move || {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                axum::http::StatusCode::OK
+            }
+        });
+        let stuck = crate::support::serve(stuck_app).await;
+        let mut fine = Fake::start(|_| (200, vec![])).await;
+        let mut first = webhook(&fine, WebhookFormat::Alertmanager);
+        first.name = "stuck".into();
+        first.kind = ReceiverKind::Webhook {
+            url: Endpoint(reqwest::Url::parse(&stuck.base_url).unwrap()),
+            format: WebhookFormat::Alertmanager,
+            secret: None,
+        };
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![first, webhook(&fine, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let step = tokio::spawn({
+            let n = Arc::clone(&n);
+            async move { n.step().await }
+        });
+        // "ops" is served while "stuck" still waits for its answer.
+        fine.arrival().await;
+        release.notify_one();
+        step.await.unwrap().unwrap();
+        let states = store.notification_states().unwrap();
+        assert!(states.iter().all(|s| s.sent_count == 1), "{states:?}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
