@@ -309,7 +309,7 @@ mod fake {
         /// Waits for the next request to arrive (bounded, so a broken
         /// notifier fails the test instead of hanging it).
         pub async fn arrival(&mut self) {
-            tokio::time::timeout(std::time::Duration::from_secs(30), self.arrivals.recv())
+            tokio::time::timeout(std::time::Duration::from_secs(90), self.arrivals.recv())
                 .await
                 .expect("no request reached the fake receiver")
                 .unwrap();
@@ -829,5 +829,116 @@ mod notifier {
             assert!(!shown.contains("MfKQ9r8"), "{shown}");
         }
         assert!(settings.render_resolved().contains("url_file = "));
+    }
+}
+
+/// The real daemon against the sandbox: LINE down, so the groups have no
+/// live token; the webhook receiver hears of it after group_wait, signed,
+/// and of the resolve once LINE is back. Nothing secret reaches it.
+mod daemon {
+    use serde_json::json;
+
+    use super::fake::Fake;
+    use crate::e2e::harness::{GROUPS, Lab, write_private};
+    use crate::observability::{DEBUG, STEADY};
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[tokio::test]
+    async fn a_daemon_sends_its_alerts_to_a_webhook_and_their_resolve() {
+        let lab = Lab::start(STEADY, "info").await;
+        lab.set_faults(json!({"down": true})).await;
+        let mut fake = Fake::start(|_| (200, vec![])).await;
+        let url_file = lab.dir().join("webhook-url");
+        write_private(&url_file, &format!("{}/hook\n", fake.base_url));
+        let whsec_file = lab.dir().join("whsec");
+        write_private(&whsec_file, WHSEC);
+        let mut groups = String::new();
+        for group in GROUPS {
+            groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
+        }
+        let config = format!(
+            "{}\n[alerts]\ngroup_wait = \"1s\"\n[[alerts.receiver]]\nname = \"ops\"\n\
+             type = \"webhook\"\nurl_file = \"{}\"\nsigning_secret_file = \"{}\"\n",
+            lab.config_text(STEADY, &groups),
+            url_file.display(),
+            whsec_file.display()
+        );
+        lab.replace_config(&config);
+        let mut daemon = lab.run("daemon", DEBUG, &[]);
+
+        fake.arrival().await;
+        let first = fake.got()[0].clone();
+        let v = first.json();
+        assert_eq!(v["status"], "firing", "{v}");
+        assert_eq!(v["receiver"], "ops");
+        let names: Vec<String> = v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        // LINE down: the key-ID listing fails first (reconcile_failing);
+        // groups without a token may add no_live_token.
+        assert!(
+            names
+                .iter()
+                .any(|n| n == "reconcile_failing" || n == "no_live_token"),
+            "{v}"
+        );
+        assert_eq!(
+            v["alerts"][0]["labels"]["channel"],
+            crate::e2e::harness::CHANNEL
+        );
+        let key = linetokd::alerting::sign::decode_secret(WHSEC).unwrap();
+        let ts: i64 = first.header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            first.header("webhook-signature"),
+            linetokd::alerting::sign::sign(
+                &key,
+                &first.header("webhook-id"),
+                ts,
+                first.body.as_bytes()
+            )
+        );
+
+        // LINE is back: tokens are issued, the alerts resolve, and the
+        // receiver hears of it.
+        lab.set_faults(json!({})).await;
+        loop {
+            fake.arrival().await;
+            let got = fake.got();
+            let last = got.last().unwrap().json();
+            if last["status"] == "resolved" {
+                break;
+            }
+        }
+        daemon
+            .wait_for(0, "a delivery logged", |l| {
+                l.is("alert notification delivered")
+            })
+            .await;
+        daemon.signal("TERM");
+        daemon.exit_ok().await;
+        let tokens = lab.tokens().await;
+        assert!(!tokens.is_empty());
+        for got in fake.got() {
+            for t in &tokens {
+                assert!(
+                    !got.body.contains(&t.access_token),
+                    "a token reached the receiver"
+                );
+            }
+        }
+        lab.assert_nothing_secret_printed(&[&daemon]).await;
+        assert!(
+            !daemon.all_text().contains(&fake.base_url),
+            "the webhook URL was logged"
+        );
     }
 }
