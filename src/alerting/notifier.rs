@@ -455,7 +455,7 @@ impl Notifier {
 
 /// A fresh notification id: `msg_` and 128 random bits in hex (Standard
 /// Webhooks ids are opaque strings; Svix's start `msg_`).
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     format!("msg_{:032x}", rand::random::<u128>())
 }
 

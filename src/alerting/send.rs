@@ -304,6 +304,48 @@ pub async fn post(client: &reqwest::Client, timeout: StdDuration, request: &Requ
     }
 }
 
+/// What `linetokd alerts test` sends: one synthetic firing alert, at the
+/// receiver's own `min_severity` so it passes its filter.
+pub fn test_alert(receiver: &Receiver, now: DateTime<Utc>) -> Told {
+    Told {
+        fingerprint: "linetokd/-/linetokd_test".into(),
+        channel: "linetokd".into(),
+        channel_name: None,
+        group: None,
+        alertname: "linetokd_test".into(),
+        severity: receiver.min_severity.as_str().into(),
+        summary: "A test notification sent by `linetokd alerts test`; nothing is wrong.".into(),
+        started_at: now,
+        resolved_at: None,
+        kind: crate::store::NotifyKind::Firing,
+    }
+}
+
+/// Sends [`test_alert`] to `receiver` as a notification with a fresh id
+/// and returns how each request went.
+///
+/// # Errors
+/// When the HTTP client cannot be built.
+pub async fn send_test(
+    receiver: &Receiver,
+    external_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outcome>, reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let ctx = Context {
+        receiver: &receiver.name,
+        external_url,
+    };
+    let id = super::notifier::new_id();
+    let mut outcomes = Vec::new();
+    for request in requests(receiver, ctx, &id, now, &[test_alert(receiver, now)]) {
+        outcomes.push(post(&client, receiver.timeout, &request).await);
+    }
+    Ok(outcomes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -942,3 +942,82 @@ mod daemon {
         );
     }
 }
+
+/// `linetokd alerts test --receiver NAME`: a synthetic alert to one
+/// receiver, its answer printed, never its URL.
+mod command {
+    use super::fake::Fake;
+    use crate::e2e::harness::write_private;
+
+    async fn alerts_test(config: &std::path::Path, receiver: &str) -> std::process::Output {
+        let args = [
+            "alerts".to_owned(),
+            "test".to_owned(),
+            "--receiver".to_owned(),
+            receiver.to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+                .args(&args)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_test_alert_reaches_the_receiver_and_its_answer_is_printed() {
+        let fake = Fake::start(|n| (if n == 0 { 200 } else { 503 }, vec![])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        write_private(&url, &format!("{}/hook/SECRETPATH", fake.base_url));
+        let config = dir.path().join("linetokd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\n[[alerts.receiver]]\nname = \"ops\"\n\
+                 type = \"webhook\"\nurl_file = \"{}\"\nmin_severity = \"critical\"\n",
+                dir.path().display(),
+                url.display()
+            ),
+        )
+        .unwrap();
+
+        let out = alerts_test(&config, "ops").await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout, "ops (request 1): delivered\n");
+        let got = fake.got();
+        assert_eq!(got.len(), 1);
+        let v = got[0].json();
+        assert_eq!(v["alerts"][0]["labels"]["alertname"], "linetokd_test");
+        assert_eq!(v["alerts"][0]["labels"]["severity"], "critical");
+
+        // The receiver now answers 503: exit 1, said without the URL.
+        let out = alerts_test(&config, "ops").await;
+        assert_eq!(out.status.code(), Some(1));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.contains("not delivered: the receiver answered 503"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("SECRETPATH") && !all.contains(&fake.base_url),
+            "{all}"
+        );
+
+        // An unknown receiver is a usage error naming the known ones.
+        let out = alerts_test(&config, "pager").await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("known: ops"));
+    }
+}
