@@ -40,6 +40,8 @@ const STORE_RETRY: Duration = Duration::seconds(30);
 /// At most so many rounds of route-and-send in one step; more means
 /// something keeps falling due at once, and the next step carries on.
 const MAX_ROUNDS: usize = 64;
+/// The shortest time between two steps woken by alert changes.
+const CHANGE_GAP: Duration = Duration::seconds(1);
 /// How often old notification state is pruned.
 const PRUNE_EVERY: Duration = Duration::hours(1);
 
@@ -118,12 +120,16 @@ impl Notifier {
     }
 
     /// Runs until `cancel`: a step at start (a previous run may have left
-    /// a notification in flight), then one whenever alerts change, the
-    /// settings change, or the next due time comes.
+    /// a notification in flight), then one whenever alerts change (at most
+    /// one a second for changes), the settings change, or the next due time
+    /// comes.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut changed = self.store.subscribe_alerts();
         loop {
             changed.borrow_and_update();
+            // When this step began: the changes it may have missed came
+            // after.
+            let stepped = self.clock.now();
             let next = match self.step().await {
                 Ok(next) => next,
                 Err(e) if e.is_fatal() => {
@@ -142,15 +148,30 @@ impl Notifier {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let by_change = tokio::select! {
                 () = cancel.cancelled() => return,
                 changed = changed.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    true
                 }
-                () = self.reloaded.notified() => {}
-                () = sleep => {}
+                () = self.reloaded.notified() => false,
+                () = sleep => false,
+            };
+            // Alerts change in bursts (a bootstrap raises and resolves one
+            // per group): a step reads every alert, so changes wake it at
+            // most once per CHANGE_GAP, each step taking in all changes
+            // made meanwhile. Nothing is due sooner than that anyway but a
+            // resolve, which may go out that much later.
+            if by_change {
+                let at = stepped + CHANGE_GAP;
+                if self.clock.now() < at {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = self.clock.sleep_until(at) => {}
+                    }
+                }
             }
         }
     }
@@ -431,7 +452,13 @@ impl Notifier {
             }
             *last = Some(now);
         }
-        self.db(move |s| s.prune_notifications(now - LOOKBACK))
+        let receivers: Vec<String> = self
+            .settings()
+            .receivers
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        self.db(move |s| s.prune_notifications(now - LOOKBACK, &receivers))
             .await
             .map(|_| ())
     }

@@ -286,20 +286,32 @@ impl Store {
     }
 
     /// Forgets notification state of alerts resolved before `before` and
-    /// of alerts that no longer exist, except what is still in flight.
-    /// Returns how many rows went.
+    /// of alerts that no longer exist, except what is still in flight, and
+    /// every row of a receiver not in `receivers` (removed from the
+    /// config). Returns how many rows went.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
-    pub fn prune_notifications(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+    pub fn prune_notifications(
+        &self,
+        before: DateTime<Utc>,
+        receivers: &[String],
+    ) -> Result<usize, StoreError> {
+        let names = serde_json::to_string(receivers).unwrap_or_else(|_| "[]".to_owned());
         self.write("pruning alert notification state", |tx| {
-            Ok(tx.execute(
+            let gone = tx.execute(
+                "DELETE FROM alert_notifications \
+                 WHERE receiver NOT IN (SELECT value FROM json_each(?1))",
+                [names],
+            )?;
+            let old = tx.execute(
                 "DELETE FROM alert_notifications WHERE pending_id IS NULL AND NOT EXISTS \
                  (SELECT 1 FROM alerts a WHERE a.fingerprint = alert_notifications.fingerprint \
                   AND (a.resolved_at IS NULL OR a.resolved_at >= ?1))",
                 [millis(before)],
-            )?)
+            )?;
+            Ok(gone + old)
         })
     }
 

@@ -174,7 +174,7 @@ mod store {
     }
 
     #[test]
-    fn state_of_long_resolved_alerts_is_pruned_but_not_what_is_in_flight() {
+    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let store = synced(&dir.path().join("linetokd.db"));
         store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
@@ -193,12 +193,22 @@ mod store {
             .unwrap();
         let resolved = t0() + Duration::hours(1);
         store.sync_alerts(resolved, &ch(), &[]).unwrap();
-        assert_eq!(store.prune_notifications(resolved).unwrap(), 0);
+        let both = ["ops".to_owned(), "chat".to_owned()];
+        assert_eq!(store.prune_notifications(resolved, &both).unwrap(), 0);
         let later = resolved + Duration::days(2);
-        assert_eq!(store.prune_notifications(later).unwrap(), 1);
+        assert_eq!(store.prune_notifications(later, &both).unwrap(), 1);
         let left = store.notification_states().unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].receiver, "chat");
+        // A receiver gone from the config takes its state with it, in
+        // flight or not.
+        assert_eq!(
+            store
+                .prune_notifications(resolved, &["ops".to_owned()])
+                .unwrap(),
+            1
+        );
+        assert!(store.notification_states().unwrap().is_empty());
     }
 
     #[test]
@@ -578,16 +588,15 @@ mod notifier {
             &Metrics::shared(),
             vec![webhook(&fake, WebhookFormat::Alertmanager)],
         );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&n).run(cancel.clone()));
-        // Idle: nothing fires, so nothing sleeps on the clock.
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
-        // The change woke it; it now sleeps until group_wait is over.
+        // It sleeps on the clock until group_wait is over, then sends.
         assert_eq!(clock.next_deadline().await, t0() + Duration::seconds(30));
         clock.set(t0() + Duration::seconds(30));
         fake.arrival().await;
         assert_eq!(fake.got()[0].json()["status"], "firing");
-        // Resolving wakes it at once.
+        // Resolving wakes it: nothing else is due for an hour.
         let resolved = t0() + Duration::minutes(5);
         clock.set(resolved);
         store.sync_alerts(resolved, &ch(), &[]).unwrap();
