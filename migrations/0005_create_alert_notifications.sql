@@ -45,3 +45,15 @@ CREATE INDEX alert_notifications_pending ON alert_notifications (receiver, pendi
 
 -- The notifier reads firing alerts and the recently resolved ones.
 CREATE INDEX alerts_by_resolved_at ON alerts (resolved_at) WHERE resolved_at IS NOT NULL;
+
+-- What a `line` receiver pushed in a calendar month (UTC, 'YYYY-MM'):
+-- messages counted against its monthly_message_budget, and whether LINE
+-- refused with its monthly limit (429), after which nothing more is pushed
+-- that month. Kept so a restart does not spend the budget again.
+CREATE TABLE alert_receiver_months (
+    receiver TEXT    NOT NULL,
+    month    TEXT    NOT NULL,
+    messages INTEGER NOT NULL DEFAULT 0 CHECK (messages >= 0),
+    stopped  INTEGER NOT NULL DEFAULT 0 CHECK (stopped IN (0, 1)),
+    PRIMARY KEY (receiver, month)
+) STRICT;

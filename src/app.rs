@@ -234,7 +234,11 @@ impl Daemon {
             rotator.store().clone(),
             Arc::clone(&http_clock),
             Arc::clone(&metrics),
-            notifier_settings(config),
+            {
+                let settings = notifier_settings(config, book_tokens(&tokens));
+                warn_line_only(&settings);
+                settings
+            },
         )
         .context("while setting up the alert notifier")?;
         tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
@@ -332,7 +336,9 @@ impl Daemon {
         self.rotator.set_rules(new_rules);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
-        self.alert_notifier.set_settings(notifier_settings(config));
+        let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
+        warn_line_only(&alert_settings);
+        self.alert_notifier.set_settings(alert_settings);
         for (channel, group) in &synced.added_groups {
             tracing::info!(channel = %channel, group = %group, "group added by reload");
         }
@@ -465,8 +471,9 @@ fn record_addresses(
         .ok()
 }
 
-/// `[alerts]` as the alert notifier takes it.
-pub fn notifier_settings(config: &ValidConfig) -> NotifierSettings {
+/// `[alerts]` as the alert notifier takes it; `line` receivers get their
+/// group's current token from `tokens`.
+pub fn notifier_settings(config: &ValidConfig, tokens: alerting::TokenSource) -> NotifierSettings {
     let a = &config.alerts;
     // Validation bounds every interval to 30 days, so none overflows.
     let dur = |d: std::time::Duration| Duration::from_std(d).unwrap_or(Duration::MAX);
@@ -505,6 +512,18 @@ pub fn notifier_settings(config: &ValidConfig) -> NotifierSettings {
                     urls: urls.clone(),
                     resend_interval: dur(*resend_interval),
                 },
+                config::ReceiverKind::Line {
+                    channel,
+                    group,
+                    to,
+                    monthly_message_budget,
+                } => alerting::ReceiverKind::Line {
+                    api: config.daemon.line_api.clone(),
+                    channel: channel.clone(),
+                    group: group.clone(),
+                    to: to.clone(),
+                    monthly_budget: *monthly_message_budget,
+                },
             },
         })
         .collect();
@@ -517,6 +536,32 @@ pub fn notifier_settings(config: &ValidConfig) -> NotifierSettings {
         external_url: a.external_url.as_ref().map(ToString::to_string),
         receivers,
         channel_names: config.channel_index(),
+        tokens,
+    }
+}
+
+/// The token source of `line` receivers in the daemon: the token book.
+fn book_tokens(book: &TokenBook) -> alerting::TokenSource {
+    let book = book.clone();
+    alerting::TokenSource::new(move |channel, group| {
+        book.get(channel, group).current.map(|t| t.token)
+    })
+}
+
+/// Warns when every receiver of critical alerts is a `line` receiver: the
+/// channel it pushes through may be the one in trouble.
+fn warn_line_only(settings: &NotifierSettings) {
+    // Every receiver gets critical alerts (it is the highest severity).
+    let receivers = &settings.receivers;
+    if !receivers.is_empty()
+        && receivers
+            .iter()
+            .all(|r| matches!(r.kind, alerting::ReceiverKind::Line { .. }))
+    {
+        tracing::warn!(
+            "every alert receiver is a line receiver: when its own channel is the one in trouble, \
+             critical alerts may reach no one; add a webhook, slack or alertmanager receiver"
+        );
     }
 }
 

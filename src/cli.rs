@@ -679,7 +679,21 @@ fn health_cmd(path: &Path) -> Result<(), Failure> {
 /// receiver.
 fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
     let config = load_config(path)?;
-    let settings = crate::app::notifier_settings(&config);
+    // A line receiver pushes with its group's current token, read from the
+    // database as `linetokd token` does.
+    let db = config.daemon.database.clone();
+    let tokens = crate::alerting::TokenSource::new(move |channel, group| {
+        let store = Store::open_read_only(&db).ok()?;
+        let now = chrono::Utc::now();
+        store
+            .tokens_of_group(channel, group)
+            .ok()?
+            .into_iter()
+            .filter(|t| t.record.state == TokenState::Live && t.record.expires_at > now)
+            .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
+            .map(|t| t.value)
+    });
+    let settings = crate::app::notifier_settings(&config, tokens);
     let Some(receiver) = settings.receivers.iter().find(|r| r.name == name) else {
         let known: Vec<&str> = settings.receivers.iter().map(|r| r.name.as_str()).collect();
         return Err(Failure::Usage(anyhow::anyhow!(
@@ -691,10 +705,21 @@ fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
             }
         )));
     };
+    let token = match &receiver.kind {
+        crate::alerting::ReceiverKind::Line { channel, group, .. } => {
+            Some(settings.tokens.current(channel, group).ok_or_else(|| {
+                Failure::Runtime(anyhow::anyhow!(
+                    "group {group} of channel {channel} has no live token to push with (see `linetokd status`)"
+                ))
+            })?)
+        }
+        _ => None,
+    };
     let outcomes = runtime()?.block_on(crate::alerting::send::send_test(
         receiver,
         settings.external_url.as_deref(),
         chrono::Utc::now(),
+        token.as_ref(),
     ));
     let outcomes = outcomes.map_err(|e| Failure::Runtime(anyhow::Error::new(e.without_url())))?;
     let mut failed = 0;
@@ -705,6 +730,10 @@ fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
             | crate::alerting::send::Outcome::Rejected { reason } => {
                 failed += 1;
                 format!("not delivered: {reason}")
+            }
+            crate::alerting::send::Outcome::QuotaExhausted => {
+                failed += 1;
+                "not delivered: LINE's monthly message limit is reached (429)".to_owned()
             }
         };
         emit_line(format_args!("{name} (request {}): {what}", n + 1))?;

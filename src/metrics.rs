@@ -121,7 +121,8 @@ struct AlertLabels {
 }
 
 /// Labels of the alert notification counter: the receiver's name and the
-/// result (`delivered`, `failed`, `rejected`, `given_up`, `withheld`).
+/// result (`delivered`, `failed`, `rejected`, `given_up`, `withheld`,
+/// `quota`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotificationLabels {
     receiver: String,
@@ -245,7 +246,8 @@ impl Metrics {
         registry.register(
             "alert_notifications",
             "Alert notifications by receiver and result: delivered, failed (to be retried), \
-             rejected (a 4xx answer), given_up (after 24 h of retries), withheld (held a token)",
+             rejected (a 4xx answer or a spent budget), given_up (after 24 h of retries), withheld \
+             (held a token), quota (LINE's monthly limit)",
             alert_notifications.clone(),
         );
         let alert_notification_duration =

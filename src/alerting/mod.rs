@@ -8,7 +8,8 @@
 //! - [`render`]: PURE: the payloads (Alertmanager's webhook v4, linetokd's
 //!   event, Slack, Alertmanager's API).
 //! - [`sign`]: Standard Webhooks signatures.
-//! - [`send`]: the receivers' requests and how answers are read.
+//! - [`send`]: the receivers' requests (webhook, Slack, Alertmanager, LINE
+//!   push) and how answers are read.
 //! - [`notifier`]: the daemon's task: reads the store, routes, sends,
 //!   records; wakes on alert changes and due times.
 //!
@@ -29,6 +30,6 @@ pub mod route;
 pub mod send;
 pub mod sign;
 
-pub use notifier::{Notifier, NotifierSettings};
+pub use notifier::{Notifier, NotifierSettings, TokenSource};
 pub use route::{RouteSettings, Severity};
 pub use send::{Endpoint, Receiver, ReceiverKind, WebhookFormat};

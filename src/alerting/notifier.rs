@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::render::{Context, Told};
 use super::route::{self, Due, ReceiverRoute, RouteSettings};
-use super::send::{self, Outcome, Receiver};
+use super::send::{self, Outcome, Receiver, ReceiverKind};
 use crate::channel_index::ChannelIndex;
 use crate::clock::SharedClock;
+use crate::domain::{AccessToken, ChannelId, GroupName};
 use crate::metrics::Metrics;
 use crate::store::{AlertRecord, Store, StoreError};
 
@@ -56,6 +57,41 @@ pub struct NotifierSettings {
     pub receivers: Vec<Receiver>,
     /// Channel names, for the `channel_name` label.
     pub channel_names: ChannelIndex,
+    /// Where a `line` receiver gets the current token of its group.
+    pub tokens: TokenSource,
+}
+
+/// Where the current token of a group comes from, for `line` receivers:
+/// the daemon's token book (what the token API serves).
+#[derive(Clone)]
+pub struct TokenSource(Arc<CurrentToken>);
+
+/// A function from a group to its current token.
+type CurrentToken = dyn Fn(&ChannelId, &GroupName) -> Option<AccessToken> + Send + Sync;
+
+impl TokenSource {
+    /// A source answering with `f`.
+    pub fn new(
+        f: impl Fn(&ChannelId, &GroupName) -> Option<AccessToken> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A source that has no token (for setups without `line` receivers).
+    pub fn none() -> Self {
+        Self::new(|_, _| None)
+    }
+
+    /// The group's current token, if it has one.
+    pub fn current(&self, channel: &ChannelId, group: &GroupName) -> Option<AccessToken> {
+        (self.0)(channel, group)
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
 }
 
 /// The notifier task's state.
@@ -306,7 +342,48 @@ impl Notifier {
             receiver: &name,
             external_url: settings.external_url.as_deref(),
         };
-        let requests = send::requests(receiver, ctx, &id, now, &told);
+        // A LINE push needs the current token of its group and room in the
+        // month's budget.
+        let mut line_month: Option<String> = None;
+        let mut token = None;
+        let mut refusal: Option<Outcome> = None;
+        if let ReceiverKind::Line {
+            channel,
+            group,
+            to,
+            monthly_budget,
+            ..
+        } = &receiver.kind
+        {
+            let month = now.format("%Y-%m").to_string();
+            let (n, m) = (name.clone(), month.clone());
+            let (used, stopped) = self.db(move |s| s.receiver_month(&n, &m)).await?;
+            let wanted = u32::try_from(to.len()).unwrap_or(u32::MAX);
+            if stopped {
+                refusal = Some(Outcome::Rejected {
+                    reason: format!("LINE's monthly message limit was reached in {month}"),
+                });
+            } else if used.saturating_add(wanted) > *monthly_budget {
+                refusal = Some(Outcome::Rejected {
+                    reason: format!(
+                        "its monthly_message_budget ({monthly_budget}) is spent for {month} \
+                         ({used} sent, {wanted} more needed)"
+                    ),
+                });
+            } else {
+                token = settings.tokens.current(channel, group);
+                if token.is_none() {
+                    refusal = Some(Outcome::Failed {
+                        reason: format!(
+                            "group {group} of channel {channel} has no current token to push with"
+                        ),
+                        retry_after: None,
+                    });
+                }
+            }
+            line_month = Some(month);
+        }
+        let requests = send::requests(receiver, ctx, &id, now, &told, token.as_ref());
         let bodies: Vec<String> = requests.iter().map(|r| r.body.clone()).collect();
         let leaks = self
             .db(move |s| {
@@ -331,8 +408,25 @@ impl Notifier {
         }
         let started = std::time::Instant::now();
         let mut outcomes = Vec::with_capacity(requests.len());
-        for request in &requests {
-            outcomes.push(send::post(&self.client, receiver.timeout, request).await);
+        if let Some(refused) = refusal {
+            outcomes.push(refused);
+        } else {
+            for request in &requests {
+                outcomes.push(send::post(&self.client, receiver.timeout, request).await);
+            }
+        }
+        if let Some(month) = line_month {
+            let pushed = outcomes
+                .iter()
+                .filter(|o| **o == Outcome::Delivered)
+                .count();
+            let pushed = u32::try_from(pushed).unwrap_or(u32::MAX);
+            let stop = outcomes.contains(&Outcome::QuotaExhausted);
+            if pushed > 0 || stop {
+                let n = name.clone();
+                self.db(move |s| s.record_receiver_month(&n, &month, pushed, stop))
+                    .await?;
+            }
         }
         let took = started.elapsed();
         let outcome = Outcome::combine(outcomes);
@@ -354,6 +448,12 @@ impl Notifier {
             Outcome::Rejected { reason } => {
                 tracing::error!(receiver = %name, reason = %reason, "alert notification rejected; not retried");
                 self.metrics.alert_notification(&name, "rejected", took);
+                self.db(move |s| s.finish_notification(after, &n, &i, false))
+                    .await
+            }
+            Outcome::QuotaExhausted => {
+                tracing::error!(receiver = %name, "LINE answered 429 (monthly message limit): this receiver pushes nothing more until the month turns");
+                self.metrics.alert_notification(&name, "quota", took);
                 self.db(move |s| s.finish_notification(after, &n, &i, false))
                     .await
             }

@@ -159,6 +159,64 @@ pub fn linetokd_event(ctx: Context<'_>, id: &str, alert: &Told) -> String {
 /// A Slack incoming-webhook message: a `text` line per alert (at most
 /// [`MAX_SLACK_LINES`]), also as one mrkdwn section block.
 pub fn slack_message(ctx: Context<'_>, alerts: &[Told]) -> String {
+    let mut lines = plain_lines(ctx, alerts);
+    if let Some(url) = ctx.external_url {
+        lines.pop();
+        lines.push(format!("<{url}|status>"));
+    }
+    let text = slack_escape(&lines.join("\n"));
+    json!({
+        "text": text,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+    })
+    .to_string()
+}
+
+/// LINE's limit on one text message.
+pub const MAX_LINE_TEXT_CHARS: usize = 5_000;
+
+/// The text of a LINE push: a line per alert (at most
+/// [`MAX_SLACK_LINES`]), cut to LINE's 5,000 characters.
+pub fn line_text(ctx: Context<'_>, alerts: &[Told]) -> String {
+    let text = plain_lines(ctx, alerts).join("\n");
+    match text.char_indices().nth(MAX_LINE_TEXT_CHARS - 1) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// The body of Alertmanager's `POST /api/v2/alerts`: firing alerts end
+/// `3 × resend` from `now` (so Alertmanager keeps them while we keep
+/// re-sending, and resolves them if we stop), resolved ones at their
+/// resolve time.
+pub fn alertmanager_push(
+    ctx: Context<'_>,
+    now: DateTime<Utc>,
+    resend: Duration,
+    alerts: &[Told],
+) -> String {
+    let body: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            let ends = a.ends_at().unwrap_or(now + resend * 3);
+            let mut alert = json!({
+                "labels": a.labels(),
+                "annotations": a.annotations(),
+                "startsAt": time(a.started_at),
+                "endsAt": time(ends),
+            });
+            if let (Some(url), Some(obj)) = (ctx.external_url, alert.as_object_mut()) {
+                obj.insert("generatorURL".into(), Value::String(url.to_owned()));
+            }
+            alert
+        })
+        .collect();
+    Value::Array(body).to_string()
+}
+
+/// A head line (`linetokd: 2 firing, 1 resolved`), a line per alert (at
+/// most [`MAX_SLACK_LINES`]), a count of the rest, and the status URL.
+fn plain_lines(ctx: Context<'_>, alerts: &[Told]) -> Vec<String> {
     let firing = alerts
         .iter()
         .filter(|a| a.kind == NotifyKind::Firing)
@@ -194,43 +252,9 @@ pub fn slack_message(ctx: Context<'_>, alerts: &[Told]) -> String {
         lines.push(format!("… and {} more", alerts.len() - MAX_SLACK_LINES));
     }
     if let Some(url) = ctx.external_url {
-        lines.push(format!("<{url}|status>"));
+        lines.push(url.to_owned());
     }
-    let text = slack_escape(&lines.join("\n"));
-    json!({
-        "text": text,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-    })
-    .to_string()
-}
-
-/// The body of Alertmanager's `POST /api/v2/alerts`: firing alerts end
-/// `3 × resend` from `now` (so Alertmanager keeps them while we keep
-/// re-sending, and resolves them if we stop), resolved ones at their
-/// resolve time.
-pub fn alertmanager_push(
-    ctx: Context<'_>,
-    now: DateTime<Utc>,
-    resend: Duration,
-    alerts: &[Told],
-) -> String {
-    let body: Vec<Value> = alerts
-        .iter()
-        .map(|a| {
-            let ends = a.ends_at().unwrap_or(now + resend * 3);
-            let mut alert = json!({
-                "labels": a.labels(),
-                "annotations": a.annotations(),
-                "startsAt": time(a.started_at),
-                "endsAt": time(ends),
-            });
-            if let (Some(url), Some(obj)) = (ctx.external_url, alert.as_object_mut()) {
-                obj.insert("generatorURL".into(), Value::String(url.to_owned()));
-            }
-            alert
-        })
-        .collect();
-    Value::Array(body).to_string()
+    lines
 }
 
 /// The pairs every map in `maps` shares.

@@ -28,6 +28,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use super::render::{self, Context, Told};
 use super::route::Severity;
 use super::sign;
+use crate::domain::{AccessToken, ChannelId, GroupName};
 use crate::secret::Secret;
 
 /// A URL that may embed a secret: shown as `<hidden>`.
@@ -74,6 +75,20 @@ pub enum ReceiverKind {
         /// How often firing alerts are pushed again.
         resend_interval: Duration,
     },
+    /// A LINE push message, sent with the current token of a group
+    /// linetokd manages.
+    Line {
+        /// LINE's API base URL (`daemon.line_api`).
+        api: reqwest::Url,
+        /// The channel whose token is used.
+        channel: ChannelId,
+        /// The group whose current token is used.
+        group: GroupName,
+        /// Recipients: one push each.
+        to: Vec<String>,
+        /// Messages allowed per calendar month (UTC).
+        monthly_budget: u32,
+    },
 }
 
 /// One configured receiver.
@@ -118,17 +133,25 @@ pub struct Request {
     /// The JSON body.
     pub body: String,
     /// Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
-    /// `webhook-signature`) when the receiver signs.
+    /// `webhook-signature`) when the receiver signs; `X-Line-Retry-Key`
+    /// for a LINE push.
     pub headers: Vec<(&'static str, String)>,
+    /// The bearer token of a LINE push.
+    pub bearer: Option<AccessToken>,
+    /// True for a LINE push: 409 means a retry of a push LINE accepted,
+    /// 429 its monthly limit.
+    pub line: bool,
 }
 
-/// The requests that make notification `id` for `receiver` at `now`.
+/// The requests that make notification `id` for `receiver` at `now`;
+/// `token` is the bearer of a LINE push (none without it).
 pub fn requests(
     receiver: &Receiver,
     ctx: Context<'_>,
     id: &str,
     now: DateTime<Utc>,
     alerts: &[Told],
+    token: Option<&AccessToken>,
 ) -> Vec<Request> {
     match &receiver.kind {
         ReceiverKind::Webhook {
@@ -171,6 +194,8 @@ pub fn requests(
                         url: url.clone(),
                         body,
                         headers,
+                        bearer: None,
+                        line: false,
                     }
                 })
                 .collect()
@@ -179,6 +204,8 @@ pub fn requests(
             url: url.clone(),
             body: render::slack_message(ctx, alerts),
             headers: Vec::new(),
+            bearer: None,
+            line: false,
         }],
         ReceiverKind::Alertmanager {
             urls,
@@ -190,10 +217,55 @@ pub fn requests(
                     url: Endpoint(api_url(base)),
                     body: body.clone(),
                     headers: Vec::new(),
+                    bearer: None,
+                    line: false,
+                })
+                .collect()
+        }
+        ReceiverKind::Line { api, to, .. } => {
+            let Some(token) = token else {
+                return Vec::new();
+            };
+            let text = render::line_text(ctx, alerts);
+            let mut url = api.clone();
+            url.set_path("/v2/bot/message/push");
+            to.iter()
+                .enumerate()
+                .map(|(n, recipient)| Request {
+                    url: Endpoint(url.clone()),
+                    body: serde_json::json!({
+                        "to": recipient,
+                        "messages": [{"type": "text", "text": text}],
+                    })
+                    .to_string(),
+                    headers: vec![("X-Line-Retry-Key", retry_key(id, n))],
+                    bearer: Some(token.clone()),
+                    line: true,
                 })
                 .collect()
         }
     }
+}
+
+/// The `X-Line-Retry-Key` of the push of notification `id` to its `n`-th
+/// recipient: a UUID version 4 in form (LINE checks the form), made from a
+/// hash of both so every retry of the push, even after a restart, carries
+/// the same key and LINE accepts it once (a repeat answers 409).
+pub fn retry_key(id: &str, n: usize) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{id}/{n}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// `base` with `/api/v2/alerts` appended to its path.
@@ -222,6 +294,9 @@ pub enum Outcome {
         /// Why, without the URL.
         reason: String,
     },
+    /// LINE answered a push with 429: its monthly message limit is
+    /// reached; nothing more is pushed until the month turns.
+    QuotaExhausted,
 }
 
 impl Outcome {
@@ -250,7 +325,12 @@ impl Outcome {
                         retry_after: longest,
                     });
                 }
-                r @ Outcome::Rejected { .. } => rejected = rejected.or(Some(r)),
+                Outcome::QuotaExhausted => rejected = Some(Outcome::QuotaExhausted),
+                r @ Outcome::Rejected { .. } => {
+                    if rejected.is_none() {
+                        rejected = Some(r);
+                    }
+                }
             }
         }
         failed.or(rejected).unwrap_or(Outcome::Delivered)
@@ -266,6 +346,9 @@ pub async fn post(client: &reqwest::Client, timeout: StdDuration, request: &Requ
         .body(request.body.clone());
     for (name, value) in &request.headers {
         builder = builder.header(*name, value);
+    }
+    if let Some(token) = &request.bearer {
+        builder = builder.bearer_auth(token.expose());
     }
     let response = match builder.send().await {
         Ok(r) => r,
@@ -284,8 +367,13 @@ pub async fn post(client: &reqwest::Client, timeout: StdDuration, request: &Requ
         }
     };
     let status = response.status();
-    if status.is_success() {
+    // A LINE push retried with the same X-Line-Retry-Key answers 409 once
+    // the first was accepted: delivered.
+    if status.is_success() || (request.line && status.as_u16() == 409) {
         return Outcome::Delivered;
+    }
+    if request.line && status.as_u16() == 429 {
+        return Outcome::QuotaExhausted;
     }
     let retry_after = response
         .headers()
@@ -330,6 +418,7 @@ pub async fn send_test(
     receiver: &Receiver,
     external_url: Option<&str>,
     now: DateTime<Utc>,
+    token: Option<&AccessToken>,
 ) -> Result<Vec<Outcome>, reqwest::Error> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -340,7 +429,7 @@ pub async fn send_test(
     };
     let id = super::notifier::new_id();
     let mut outcomes = Vec::new();
-    for request in requests(receiver, ctx, &id, now, &[test_alert(receiver, now)]) {
+    for request in requests(receiver, ctx, &id, now, &[test_alert(receiver, now)], token) {
         outcomes.push(post(&client, receiver.timeout, &request).await);
     }
     Ok(outcomes)
@@ -384,12 +473,22 @@ mod tests {
         external_url: None,
     };
 
+    fn requests_without_token(
+        r: &Receiver,
+        ctx: Context<'_>,
+        id: &str,
+        now: DateTime<Utc>,
+        alerts: &[Told],
+    ) -> Vec<Request> {
+        requests(r, ctx, id, now, alerts, None)
+    }
+
     #[test]
     fn signed_requests_carry_the_standard_headers_and_one_event_requests_their_own_ids() {
         let now = DateTime::from_timestamp(1_700_000_100, 0).unwrap();
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let r = webhook(WebhookFormat::Linetokd, Some(secret));
-        let reqs = requests(&r, CTX, "n1", now, &[told(), told()]);
+        let reqs = requests(&r, CTX, "n1", now, &[told(), told()], None);
         assert_eq!(reqs.len(), 2);
         let key = sign::decode_secret(secret).unwrap();
         for (n, req) in reqs.iter().enumerate() {
@@ -407,7 +506,7 @@ mod tests {
                 sign::sign(&key, &format!("n1.{n}"), 1_700_000_100, req.body.as_bytes())
             );
         }
-        let unsigned = requests(
+        let unsigned = requests_without_token(
             &webhook(WebhookFormat::Alertmanager, None),
             CTX,
             "n1",
@@ -434,7 +533,7 @@ mod tests {
             },
         };
         let now = DateTime::from_timestamp(1_700_000_100, 0).unwrap();
-        let urls: Vec<String> = requests(&r, CTX, "n", now, &[told()])
+        let urls: Vec<String> = requests(&r, CTX, "n", now, &[told()], None)
             .into_iter()
             .map(|q| q.url.0.to_string())
             .collect();

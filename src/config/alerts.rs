@@ -6,7 +6,9 @@
 //! like every other secret file (not readable by other users) and its
 //! contents never reach a message, a log line or `check-config`'s output.
 //! Validation reads those files once and hands their contents on in an
-//! [`AlertsConfig`], so what was checked is what is used.
+//! [`AlertsConfig`], so what was checked is what is used. A `line`
+//! receiver must name a configured channel and one of its groups (their
+//! current token sends the push) and LINE IDs to push to.
 //!
 //! Depends on `secret`, `config::{duration, files}` and `reqwest::Url`.
 
@@ -16,9 +18,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::ChannelSettings;
 use super::Problem;
 use super::duration;
 use super::files::{read_private, secret_from_bytes};
+use crate::domain::{ChannelId, GroupName};
 use crate::secret::Secret;
 
 /// `[alerts]`, as written.
@@ -63,7 +67,7 @@ pub struct ReceiverSettings {
     /// A short name, unique among receivers (metrics and logs carry it).
     #[serde(default)]
     pub name: String,
-    /// `webhook`, `slack` or `alertmanager`.
+    /// `webhook`, `slack`, `alertmanager` or `line`.
     #[serde(default, rename = "type")]
     pub kind: String,
     /// The least severe alert this receiver gets: `warning` or `critical`.
@@ -91,6 +95,19 @@ pub struct ReceiverSettings {
     /// alertmanager: how often firing alerts are pushed again.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub resend_interval: Option<Duration>,
+    /// line: the channel (ID or name) whose current token sends the push.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// line: the group of that channel whose current token is used.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// line: the user, group or room IDs the message is pushed to.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// line: the most messages (recipients × notifications) sent per
+    /// calendar month (UTC).
+    #[serde(default)]
+    pub monthly_message_budget: Option<u32>,
 }
 
 fn default_min_severity() -> String {
@@ -163,6 +180,17 @@ pub enum ReceiverKind {
         /// How often firing alerts are pushed again.
         resend_interval: Duration,
     },
+    /// A LINE push message through a channel and group linetokd manages.
+    Line {
+        /// The channel's ID.
+        channel: ChannelId,
+        /// The group whose current token is used.
+        group: GroupName,
+        /// Recipients (user, group or room IDs).
+        to: Vec<String>,
+        /// Messages allowed per calendar month (UTC).
+        monthly_message_budget: u32,
+    },
 }
 
 /// What a webhook request carries.
@@ -219,13 +247,22 @@ const DEFAULT_RESEND: Duration = Duration::from_secs(60);
 /// The longest `resend_interval`: beyond this Alertmanager needs a larger
 /// `resolve_timeout` than most setups have.
 const MAX_RESEND: Duration = Duration::from_secs(3_600);
+/// The default monthly budget of a `line` receiver: half of the smallest
+/// paid plan's free messages leaves room for the bot's own.
+const DEFAULT_LINE_BUDGET: u32 = 100;
+/// Most recipients of a `line` receiver.
+const MAX_LINE_RECIPIENTS: usize = 20;
 /// Most receivers; each is a task's worth of requests.
 const MAX_RECEIVERS: usize = 32;
 
 /// Checks `[alerts]`, pushing every problem (named by key) onto
 /// `problems`. Reads the receivers' URL and secret files. `None` when
 /// anything is wrong.
-pub(super) fn validate(s: &AlertsSettings, problems: &mut Vec<Problem>) -> Option<AlertsConfig> {
+pub(super) fn validate(
+    s: &AlertsSettings,
+    channels: &[ChannelSettings],
+    problems: &mut Vec<Problem>,
+) -> Option<AlertsConfig> {
     let before = problems.len();
     let mut problem = |key: String, message: String| problems.push(Problem::new(key, message));
     if s.group_wait > MAX_GROUP_WAIT {
@@ -317,6 +354,10 @@ pub(super) fn validate(s: &AlertsSettings, problems: &mut Vec<Problem>) -> Optio
                 ("signing_secret_file", r.signing_secret_file.is_some()),
                 ("urls", !r.urls.is_empty()),
                 ("resend_interval", r.resend_interval.is_some()),
+                ("channel", r.channel.is_some()),
+                ("group", r.group.is_some()),
+                ("to", !r.to.is_empty()),
+                ("monthly_message_budget", r.monthly_message_budget.is_some()),
             ]
             .into_iter()
             .filter(|(k, set)| *set && !allowed.contains(k))
@@ -404,25 +445,25 @@ pub(super) fn validate(s: &AlertsSettings, problems: &mut Vec<Problem>) -> Optio
                 (kind, foreign(&["urls", "resend_interval"]))
             }
             "line" => {
-                problem(
-                    key("type"),
-                    "\"line\" is not supported by this version yet; use webhook, slack or \
-                     alertmanager"
-                        .into(),
-                );
-                (None, Vec::new())
+                let kind = line_receiver(r, channels, &key, &mut problem);
+                (
+                    kind,
+                    foreign(&["channel", "group", "to", "monthly_message_budget"]),
+                )
             }
             "" => {
                 problem(
                     key("type"),
-                    "is missing: one of \"webhook\", \"slack\", \"alertmanager\"".into(),
+                    "is missing: one of \"webhook\", \"slack\", \"alertmanager\", \"line\"".into(),
                 );
                 (None, Vec::new())
             }
             other => {
                 problem(
                     key("type"),
-                    format!("{other:?} is not one of \"webhook\", \"slack\", \"alertmanager\""),
+                    format!(
+                        "{other:?} is not one of \"webhook\", \"slack\", \"alertmanager\", \"line\""
+                    ),
                 );
                 (None, Vec::new())
             }
@@ -449,6 +490,99 @@ pub(super) fn validate(s: &AlertsSettings, problems: &mut Vec<Problem>) -> Optio
         external_url,
         receivers,
     })
+}
+
+/// A `line` receiver: its channel and group must be configured (their
+/// current token sends the push), its recipients LINE IDs.
+fn line_receiver(
+    r: &ReceiverSettings,
+    channels: &[ChannelSettings],
+    key: &dyn Fn(&str) -> String,
+    problem: &mut impl FnMut(String, String),
+) -> Option<ReceiverKind> {
+    let mut ok = true;
+    let channel = match r.channel.as_deref() {
+        None => {
+            problem(
+                key("channel"),
+                "is missing: the ID or name of a configured channel whose token sends the push"
+                    .into(),
+            );
+            ok = false;
+            None
+        }
+        Some(given) => {
+            let found = channels.iter().find(|c| c.id == given || c.name == given);
+            if found.is_none() {
+                problem(
+                    key("channel"),
+                    format!("{given:?} names no [[channel]] of this file (by id or name)"),
+                );
+                ok = false;
+            }
+            found
+        }
+    };
+    let group = match (r.group.as_deref(), channel) {
+        (None, _) => {
+            problem(
+                key("group"),
+                "is missing: a group of the channel, whose current token is used".into(),
+            );
+            ok = false;
+            None
+        }
+        (Some(given), Some(c)) => {
+            if !c.groups.iter().any(|g| g.name == given) {
+                problem(
+                    key("group"),
+                    format!("{given:?} is not a group of channel {:?}", c.id),
+                );
+                ok = false;
+            }
+            Some(given.to_owned())
+        }
+        (Some(given), None) => Some(given.to_owned()),
+    };
+    if r.to.is_empty() || r.to.len() > MAX_LINE_RECIPIENTS {
+        problem(
+            key("to"),
+            format!("must list 1 to {MAX_LINE_RECIPIENTS} user, group or room IDs to push to"),
+        );
+        ok = false;
+    }
+    for (t, id) in r.to.iter().enumerate() {
+        let shaped = id.len() == 33
+            && matches!(id.as_bytes()[0], b'U' | b'C' | b'R')
+            && id[1..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !shaped {
+            problem(
+                key(&format!("to[{t}]")),
+                format!(
+                    "{:?} is not a LINE user, group or room ID (U, C or R and 32 hex digits)",
+                    id.chars().take(40).collect::<String>()
+                ),
+            );
+            ok = false;
+        }
+    }
+    let budget = r.monthly_message_budget.unwrap_or(DEFAULT_LINE_BUDGET);
+    if budget == 0 {
+        problem(
+            key("monthly_message_budget"),
+            "must be at least 1 (remove the receiver to send nothing)".into(),
+        );
+        ok = false;
+    }
+    match (ok, channel, group) {
+        (true, Some(c), Some(g)) => Some(ReceiverKind::Line {
+            channel: ChannelId::new(c.id.clone()),
+            group: GroupName::new(g),
+            to: r.to.clone(),
+            monthly_message_budget: budget,
+        }),
+        _ => None,
+    }
 }
 
 /// An http(s) URL, or why not (quoting the value: only for URLs written in
@@ -552,7 +686,7 @@ mod tests {
 
     fn check(s: &AlertsSettings) -> Result<AlertsConfig, Vec<Problem>> {
         let mut problems = Vec::new();
-        validate(s, &mut problems).ok_or(problems)
+        validate(s, &[], &mut problems).ok_or(problems)
     }
 
     #[test]
@@ -628,6 +762,58 @@ urls = ["http://127.0.0.1:9093"]
                 urls: vec![reqwest::Url::parse("http://127.0.0.1:9093").unwrap()],
                 resend_interval: Duration::from_secs(60),
             }
+        );
+    }
+
+    fn channels() -> Vec<ChannelSettings> {
+        #[derive(Deserialize)]
+        struct Wrap {
+            channel: Vec<ChannelSettings>,
+        }
+        toml::from_str::<Wrap>(
+            "[[channel]]\nid = \"1234567890\"\nname = \"shop-bot\"\n\
+             [[channel.group]]\nname = \"alerts\"\n",
+        )
+        .unwrap()
+        .channel
+    }
+
+    #[test]
+    fn a_line_receiver_names_a_configured_channel_and_group_and_line_ids() {
+        let good = format!(
+            "[alerts]\n[[alerts.receiver]]\nname = \"admins\"\ntype = \"line\"\n\
+             channel = \"shop-bot\"\ngroup = \"alerts\"\nto = [\"U{}\"]\n",
+            "0123456789abcdef".repeat(2)
+        );
+        let mut problems = Vec::new();
+        let c = validate(&parse(&good), &channels(), &mut problems).unwrap();
+        assert_eq!(
+            c.receivers[0].kind,
+            ReceiverKind::Line {
+                channel: ChannelId::new("1234567890"),
+                group: GroupName::new("alerts"),
+                to: vec![format!("U{}", "0123456789abcdef".repeat(2))],
+                monthly_message_budget: 100,
+            }
+        );
+        let bad = "[alerts]\n[[alerts.receiver]]\nname = \"admins\"\ntype = \"line\"\n\
+                   channel = \"shop-bot\"\ngroup = \"backend\"\nto = [\"bob\"]\n\
+                   monthly_message_budget = 0\n[[alerts.receiver]]\nname = \"x\"\n\
+                   type = \"line\"\nchannel = \"999\"\n";
+        let mut problems = Vec::new();
+        assert!(validate(&parse(bad), &channels(), &mut problems).is_none());
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "alerts.receiver[0].group",
+                "alerts.receiver[0].to[0]",
+                "alerts.receiver[0].monthly_message_budget",
+                "alerts.receiver[1].channel",
+                "alerts.receiver[1].group",
+                "alerts.receiver[1].to",
+            ],
+            "{problems:?}"
         );
     }
 

@@ -50,6 +50,14 @@ struct ReceiverView {
     urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resend_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    to: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly_message_budget: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +202,10 @@ impl Settings {
                         signing_secret_file: r.signing_secret_file.as_deref().map(secret_file),
                         urls: r.urls.clone(),
                         resend_interval: r.resend_interval.map(fmt_dur),
+                        channel: r.channel.clone(),
+                        group: r.group.clone(),
+                        to: r.to.clone(),
+                        monthly_message_budget: r.monthly_message_budget,
                     })
                     .collect(),
             },

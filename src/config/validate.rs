@@ -275,7 +275,7 @@ impl Settings {
             .map(|(i, c)| v.channel(self, i, c))
             .collect();
         v.duplicates(self);
-        let alerts = super::alerts::validate(&self.alerts, &mut v.problems);
+        let alerts = super::alerts::validate(&self.alerts, &self.channels, &mut v.problems);
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid {
                 problems: v.problems,

@@ -315,6 +315,54 @@ impl Store {
         })
     }
 
+    /// What `receiver` pushed in `month` (`YYYY-MM`): messages sent, and
+    /// whether LINE's monthly limit stopped it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn receiver_month(&self, receiver: &str, month: &str) -> Result<(u32, bool), StoreError> {
+        self.read("reading a receiver's monthly messages", |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT messages, stopped FROM alert_receiver_months \
+                     WHERE receiver = ?1 AND month = ?2",
+                )?
+                .query_row(params![receiver, month], |row| {
+                    Ok((row.get::<_, u32>(0)?, row.get::<_, bool>(1)?))
+                });
+            match row {
+                Ok(found) => Ok(found),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok((0, false)),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Counts `messages` more pushed by `receiver` in `month`, and stops
+    /// it for the month when `stop` (LINE's monthly limit answered).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn record_receiver_month(
+        &self,
+        receiver: &str,
+        month: &str,
+        messages: u32,
+        stop: bool,
+    ) -> Result<(), StoreError> {
+        self.write("counting a receiver's monthly messages", |tx| {
+            tx.execute(
+                "INSERT INTO alert_receiver_months (receiver, month, messages, stopped) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver, month) DO UPDATE SET \
+                 messages = messages + ?3, stopped = max(stopped, ?4)",
+                params![receiver, month, messages, stop],
+            )?;
+            Ok(())
+        })
+    }
+
     /// `text` with any stored token value withheld and long text cut, as
     /// every free-text column is stored: for strings about to leave the
     /// process (a notification's fields).

@@ -332,10 +332,11 @@ mod notifier {
 
     use linetokd::alerting::{
         Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings, Severity,
-        WebhookFormat, sign,
+        TokenSource, WebhookFormat, sign,
     };
     use linetokd::channel_index::ChannelIndex;
     use linetokd::clock::{Clock, ManualClock, SharedClock};
+    use linetokd::domain::AccessToken;
     use linetokd::metrics::Metrics;
     use linetokd::secret::Secret;
     use proptest::prelude::*;
@@ -371,7 +372,142 @@ mod notifier {
             channel_names: [(ch(), "shop-bot".to_owned())]
                 .into_iter()
                 .collect::<ChannelIndex>(),
+            tokens: TokenSource::new(|channel, group| {
+                (channel == &ch() && group.as_str() == "backend")
+                    .then(|| AccessToken::new(PUSH_TOKEN))
+            }),
         }
+    }
+
+    /// The token a `line` receiver pushes with in these tests.
+    const PUSH_TOKEN: &str = "push-token-VALUE-0123456789abcdefghij";
+
+    fn line(fake: &Fake, budget: u32) -> Receiver {
+        Receiver {
+            name: "admins".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Line {
+                api: reqwest::Url::parse(&fake.base_url).unwrap(),
+                channel: ch(),
+                group: GroupName::new("backend"),
+                to: vec![
+                    format!("U{}", "a".repeat(32)),
+                    format!("U{}", "b".repeat(32)),
+                ],
+                monthly_budget: budget,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_push_reuses_its_retry_key_takes_409_as_delivered_and_keeps_to_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        // Attempt 1: A fails (500), B is accepted. Attempt 2: A is
+        // accepted, B's repeat answers 409 (LINE saw its retry key).
+        let fake = Fake::start(|n| match n {
+            0 => (500, vec![]),
+            3 => (409, vec![]),
+            _ => (200, vec![]),
+        })
+        .await;
+        let n = notifier(&store, &clock, &metrics, vec![line(&fake, 4)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
+        clock.set(at + Duration::seconds(5));
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 4);
+        let keys: Vec<String> = got.iter().map(|g| g.header("x-line-retry-key")).collect();
+        assert_eq!(keys[0], keys[2], "A's retry carries its key");
+        assert_eq!(keys[1], keys[3], "B's retry carries its key");
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(keys[0].len(), 36);
+        assert_eq!(
+            &keys[0][14..15],
+            "4",
+            "a UUID version 4 in form: {}",
+            keys[0]
+        );
+        for g in &got {
+            assert_eq!(g.path, "/v2/bot/message/push");
+            assert_eq!(g.header("authorization"), format!("Bearer {PUSH_TOKEN}"));
+            assert!(!g.body.contains(PUSH_TOKEN));
+            let v = g.json();
+            let text = v["messages"][0]["text"].as_str().unwrap();
+            assert!(
+                text.contains("[CRITICAL] no_live_token on shop-bot/backend"),
+                "{text}"
+            );
+        }
+        assert_eq!(got[0].json()["to"], format!("U{}", "a".repeat(32)));
+        assert_eq!(got[1].json()["to"], format!("U{}", "b".repeat(32)));
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (1, None));
+        let month = at.format("%Y-%m").to_string();
+        assert_eq!(store.receiver_month("admins", &month).unwrap(), (3, false));
+
+        // The resolve needs two more messages; the budget (4) has one left:
+        // nothing is pushed, and the resolve is given up.
+        let resolved = at + Duration::minutes(1);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        assert_eq!(fake.got().len(), 4);
+        assert!(store.notification_states().unwrap()[0].resolve_sent);
+        assert!(metrics.render().contains(
+            r#"linetokd_alert_notifications_total{receiver="admins",result="rejected"} 1"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn lines_monthly_limit_stops_the_receiver_until_the_month_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let fake = Fake::start(|n| (if n == 0 { 429 } else { 200 }, vec![])).await;
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![line(&fake, 100)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        n.step().await.unwrap();
+        let month = at.format("%Y-%m").to_string();
+        let (_, stopped) = store.receiver_month("admins", &month).unwrap();
+        assert!(stopped);
+        // Inside the month nothing more is pushed, not even the repeat.
+        let later = at + Duration::hours(2);
+        clock.set(later);
+        n.step().await.unwrap();
+        let before = fake.got().len();
+        assert_eq!(before, 2, "A refused (429), B accepted, then nothing");
+        // The next month it pushes again.
+        let next_month = DateTime::parse_from_rfc3339("2023-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        clock.set(next_month);
+        n.step().await.unwrap();
+        assert_eq!(fake.got().len(), before + 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_receiver_waits_for_its_groups_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let mut r = line(&fake, 100);
+        if let ReceiverKind::Line { group, .. } = &mut r.kind {
+            *group = GroupName::new("crm");
+        }
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![r]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        // No token for crm: retried like a failure, nothing sent.
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
+        assert!(fake.got().is_empty());
     }
 
     fn notifier(
@@ -816,7 +952,7 @@ mod notifier {
         )
         .unwrap();
         let valid = settings.validate().unwrap();
-        let n = linetokd::app::notifier_settings(&valid);
+        let n = linetokd::app::notifier_settings(&valid, TokenSource::none());
         assert_eq!(n.route.group_wait, Duration::seconds(10));
         assert_eq!(n.route.repeat_critical, Duration::hours(1));
         assert_eq!(n.receivers.len(), 2);
