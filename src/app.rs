@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addresses;
+use crate::alerting::{self, NotifierSettings};
 use crate::clock::SharedClock;
 use crate::config::{self, ChannelConfig, DaemonConfig, RotationSettings, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
@@ -98,6 +99,9 @@ pub struct Daemon {
     keys: Arc<RwLock<ApiKeys>>,
     /// Sinks and hooks, replaced on reload.
     delivery: Arc<Delivery>,
+    /// Sends raised alerts to the receivers; its settings are replaced on
+    /// reload.
+    alert_notifier: Arc<alerting::Notifier>,
     /// The `[daemon]` section in force: a reload cannot change it live.
     daemon_config: DaemonConfig,
     clock: SharedClock,
@@ -226,6 +230,18 @@ impl Daemon {
             .await
             .context("while publishing the stored tokens")?;
         tasks.spawn(Arc::clone(&delivery).run(rotator.subscribe(), shutdown.child_token()));
+        let alert_notifier = alerting::Notifier::new(
+            rotator.store().clone(),
+            Arc::clone(&http_clock),
+            Arc::clone(&metrics),
+            {
+                let settings = notifier_settings(config, book_tokens(&tokens));
+                warn_line_only(&settings);
+                settings
+            },
+        )
+        .context("while setting up the alert notifier")?;
+        tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
@@ -285,6 +301,7 @@ impl Daemon {
             address_record,
             keys,
             delivery,
+            alert_notifier,
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
@@ -319,6 +336,9 @@ impl Daemon {
         self.rotator.set_rules(new_rules);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
+        let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
+        warn_line_only(&alert_settings);
+        self.alert_notifier.set_settings(alert_settings);
         for (channel, group) in &synced.added_groups {
             tracing::info!(channel = %channel, group = %group, "group added by reload");
         }
@@ -449,6 +469,100 @@ fn record_addresses(
             );
         })
         .ok()
+}
+
+/// `[alerts]` as the alert notifier takes it; `line` receivers get their
+/// group's current token from `tokens`.
+pub fn notifier_settings(config: &ValidConfig, tokens: alerting::TokenSource) -> NotifierSettings {
+    let a = &config.alerts;
+    // Validation bounds every interval to 30 days, so none overflows.
+    let dur = |d: std::time::Duration| Duration::from_std(d).unwrap_or(Duration::MAX);
+    let receivers = a
+        .receivers
+        .iter()
+        .map(|r| alerting::Receiver {
+            name: r.name.clone(),
+            min_severity: match r.min_severity {
+                config::MinSeverity::Warning => alerting::Severity::Warning,
+                config::MinSeverity::Critical => alerting::Severity::Critical,
+            },
+            timeout: r.timeout,
+            kind: match &r.kind {
+                config::ReceiverKind::Webhook {
+                    url,
+                    format,
+                    signing_key,
+                } => alerting::ReceiverKind::Webhook {
+                    url: alerting::Endpoint(url.expose().clone()),
+                    format: match format {
+                        config::WebhookFormat::Alertmanager => {
+                            alerting::WebhookFormat::Alertmanager
+                        }
+                        config::WebhookFormat::Linetokd => alerting::WebhookFormat::Linetokd,
+                    },
+                    secret: signing_key.clone(),
+                },
+                config::ReceiverKind::Slack { url } => alerting::ReceiverKind::Slack {
+                    url: alerting::Endpoint(url.expose().clone()),
+                },
+                config::ReceiverKind::Alertmanager {
+                    urls,
+                    resend_interval,
+                } => alerting::ReceiverKind::Alertmanager {
+                    urls: urls.clone(),
+                    resend_interval: dur(*resend_interval),
+                },
+                config::ReceiverKind::Line {
+                    channel,
+                    group,
+                    to,
+                    monthly_message_budget,
+                } => alerting::ReceiverKind::Line {
+                    api: config.daemon.line_api.clone(),
+                    channel: channel.clone(),
+                    group: group.clone(),
+                    to: to.clone(),
+                    monthly_budget: *monthly_message_budget,
+                },
+            },
+        })
+        .collect();
+    NotifierSettings {
+        route: alerting::RouteSettings {
+            group_wait: dur(a.group_wait),
+            repeat_warning: dur(a.repeat_interval_warning),
+            repeat_critical: dur(a.repeat_interval_critical),
+        },
+        external_url: a.external_url.as_ref().map(ToString::to_string),
+        receivers,
+        channel_names: config.channel_index(),
+        tokens,
+    }
+}
+
+/// The token source of `line` receivers in the daemon: the token book.
+fn book_tokens(book: &TokenBook) -> alerting::TokenSource {
+    let book = book.clone();
+    alerting::TokenSource::new(move |channel, group| {
+        book.get(channel, group).current.map(|t| t.token)
+    })
+}
+
+/// Warns when every receiver of critical alerts is a `line` receiver: the
+/// channel it pushes through may be the one in trouble.
+fn warn_line_only(settings: &NotifierSettings) {
+    // Every receiver gets critical alerts (it is the highest severity).
+    let receivers = &settings.receivers;
+    if !receivers.is_empty()
+        && receivers
+            .iter()
+            .all(|r| matches!(r.kind, alerting::ReceiverKind::Line { .. }))
+    {
+        tracing::warn!(
+            "every alert receiver is a line receiver: when its own channel is the one in trouble, \
+             critical alerts may reach no one; add a webhook, slack or alertmanager receiver"
+        );
+    }
 }
 
 /// Each configured group's sinks and hook, for the delivery service.

@@ -126,6 +126,12 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Alert receivers: `linetokd alerts test --receiver NAME`.
+    Alerts {
+        /// What to do.
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Apply database migrations and exit (refused while the daemon runs).
     Migrate {
         /// The config file (for the database path).
@@ -285,6 +291,20 @@ fn emit_line(text: impl std::fmt::Display) -> Result<(), Failure> {
     emit(format_args!("{text}\n"))
 }
 
+/// `linetokd alerts ...`.
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Send a synthetic alert to one receiver of `[alerts]` and report its answer.
+    Test {
+        /// The receiver's name.
+        #[arg(long)]
+        receiver: String,
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
 /// Runs the parsed command.
 ///
 /// # Errors
@@ -297,6 +317,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { run_for } => demo_cmd(run_for),
         Command::Sandbox { listen, config } => sandbox_cmd(listen, &config),
         Command::Migrate { config } => migrate_cmd(&config),
+        Command::Alerts {
+            command: AlertsCommand::Test { receiver, config },
+        } => alerts_test_cmd(&config, &receiver),
         Command::Health { config } => health_cmd(&config),
         Command::Status { config, json } => status_cmd(&config, json),
         Command::Plan {
@@ -649,6 +672,80 @@ fn health_cmd(path: &Path) -> Result<(), Failure> {
             )))
         }
     })
+}
+
+/// `alerts test`: one synthetic alert to one receiver, its answer printed
+/// (never its URL). Exit 0 when delivered, 1 when not, 2 for an unknown
+/// receiver.
+fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    // A line receiver pushes with its group's current token, read from the
+    // database as `linetokd token` does.
+    let db = config.daemon.database.clone();
+    let tokens = crate::alerting::TokenSource::new(move |channel, group| {
+        let store = Store::open_read_only(&db).ok()?;
+        let now = chrono::Utc::now();
+        store
+            .tokens_of_group(channel, group)
+            .ok()?
+            .into_iter()
+            .filter(|t| t.record.state == TokenState::Live && t.record.expires_at > now)
+            .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
+            .map(|t| t.value)
+    });
+    let settings = crate::app::notifier_settings(&config, tokens);
+    let Some(receiver) = settings.receivers.iter().find(|r| r.name == name) else {
+        let known: Vec<&str> = settings.receivers.iter().map(|r| r.name.as_str()).collect();
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "no receiver named {name:?} in [alerts] (known: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    let token = match &receiver.kind {
+        crate::alerting::ReceiverKind::Line { channel, group, .. } => {
+            Some(settings.tokens.current(channel, group).ok_or_else(|| {
+                Failure::Runtime(anyhow::anyhow!(
+                    "group {group} of channel {channel} has no live token to push with (see `linetokd status`)"
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let outcomes = runtime()?.block_on(crate::alerting::send::send_test(
+        receiver,
+        settings.external_url.as_deref(),
+        chrono::Utc::now(),
+        token.as_ref(),
+    ));
+    let outcomes = outcomes.map_err(|e| Failure::Runtime(anyhow::Error::new(e.without_url())))?;
+    let mut failed = 0;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        let what = match outcome {
+            crate::alerting::send::Outcome::Delivered => "delivered".to_owned(),
+            crate::alerting::send::Outcome::Failed { reason, .. }
+            | crate::alerting::send::Outcome::Rejected { reason } => {
+                failed += 1;
+                format!("not delivered: {reason}")
+            }
+            crate::alerting::send::Outcome::QuotaExhausted => {
+                failed += 1;
+                "not delivered: LINE's monthly message limit is reached (429)".to_owned()
+            }
+        };
+        emit_line(format_args!("{name} (request {}): {what}", n + 1))?;
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "{failed} of {} requests to receiver {name:?} were not delivered",
+            outcomes.len()
+        )))
+    }
 }
 
 fn migrate_cmd(path: &Path) -> Result<(), Failure> {

@@ -37,6 +37,9 @@
 //! - [`event`]: what the rotator tells the rest ([`event::RotationEvent`]).
 //! - [`scheduler`]: owns every channel's due time; works the due ones.
 //! - [`delivery`]: file sinks, hooks and the token book, fed by events.
+//! - [`alerting`]: the alert notifier: routes the alerts the engine stored
+//!   ([`alerting::route`], pure) and sends them to webhook, Slack and
+//!   Alertmanager receivers, recording what was sent in the store.
 //! - [`http`]: the daemon's HTTP listener: health, metrics, the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`, speaking to the engine through [`control::Engine`].
@@ -69,7 +72,10 @@
 //! Arrows mean "may call"; nothing calls upward.
 //!
 //! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`
-//! - `app` → `scheduler`, `http`, `control`, `delivery`, `rotator`, `store`
+//! - `app` → `scheduler`, `http`, `control`, `delivery`, `alerting`,
+//!   `rotator`, `store`
+//! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never
+//!   `rotator`: alerts reach it through the store)
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
 //!   `event`, `metrics`, `clock`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
@@ -87,6 +93,7 @@
 
 pub mod accept;
 pub mod addresses;
+pub mod alerting;
 pub mod app;
 pub mod bench;
 pub mod channel_index;

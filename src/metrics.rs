@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -114,6 +114,34 @@ pub struct Metrics {
     sink_failures: Family<GroupLabels, Counter>,
     sink_last_success: Family<GroupLabels, GaugeF>,
     hook_runs: Family<HookLabels, Counter>,
+    alerts_firing: Family<AlertLabels, Gauge>,
+    alert_notifications: Family<NotificationLabels, Counter>,
+    alert_notification_duration: Family<ReceiverLabels, Histogram>,
+    /// Every (alert name, severity) the firing gauge was ever set for, so
+    /// [`Metrics::set_alerts_firing`] can zero the ones that stopped.
+    alert_names: Mutex<Vec<AlertLabels>>,
+}
+
+/// Labels of the firing-alerts gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    alertname: String,
+    severity: String,
+}
+
+/// Labels of the alert notification counter: the receiver's name and the
+/// result (`delivered`, `failed`, `rejected`, `given_up`, `withheld`,
+/// `quota`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    receiver: String,
+    result: &'static str,
+}
+
+/// Labels of the alert notification latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabels {
+    receiver: String,
 }
 
 /// A group's labels and a hook run's result (`success` or `failure`).
@@ -217,7 +245,34 @@ impl Metrics {
             "When every sink file of the group was last written (Unix time)",
             sink_last_success.clone(),
         );
+        let alerts_firing = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "alerts_firing",
+            "Alerts firing now, by name and severity",
+            alerts_firing.clone(),
+        );
+        let alert_notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "alert_notifications",
+            "Alert notifications by receiver and result: delivered, failed (to be retried), \
+             rejected (a 4xx answer or a spent budget), given_up (after 24 h of retries), withheld \
+             (held a token), quota (LINE's monthly limit)",
+            alert_notifications.clone(),
+        );
+        let alert_notification_duration =
+            Family::<ReceiverLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            });
+        registry.register(
+            "alert_notification_duration_seconds",
+            "How long sending one alert notification took, by receiver",
+            alert_notification_duration.clone(),
+        );
         Self {
+            alerts_firing,
+            alert_notifications,
+            alert_notification_duration,
+            alert_names: Mutex::new(Vec::new()),
             scheduler_wakeups,
             registry,
             token_expiry,
@@ -394,6 +449,58 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// Sets the firing-alerts gauge to exactly `counts` (alert name,
+    /// severity, how many): names that no longer fire drop to zero.
+    pub fn set_alerts_firing(&self, counts: &[(String, String, i64)]) {
+        // Reset what fired before, so a resolved name reads 0, not its
+        // last count.
+        // prometheus-client cannot list a family's series, so the names
+        // set before are kept beside it.
+        let before = std::mem::take(
+            &mut *self
+                .alert_names
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for labels in &before {
+            self.alerts_firing.get_or_create(labels).set(0);
+        }
+        let mut now = Vec::with_capacity(counts.len());
+        for (alertname, severity, n) in counts {
+            let labels = AlertLabels {
+                alertname: alertname.clone(),
+                severity: severity.clone(),
+            };
+            self.alerts_firing.get_or_create(&labels).set(*n);
+            now.push(labels);
+        }
+        now.extend(before);
+        now.sort_by(|a, b| (&a.alertname, &a.severity).cmp(&(&b.alertname, &b.severity)));
+        now.dedup();
+        *self
+            .alert_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = now;
+    }
+
+    /// Counts one alert notification to `receiver` with `result`, and how
+    /// long it took.
+    pub fn alert_notification(&self, receiver: &str, result: &'static str, took: Duration) {
+        self.alert_notifications
+            .get_or_create(&NotificationLabels {
+                receiver: receiver.to_owned(),
+                result,
+            })
+            .inc();
+        if !took.is_zero() {
+            self.alert_notification_duration
+                .get_or_create(&ReceiverLabels {
+                    receiver: receiver.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
     /// Sets the measured clock skew.
     pub fn set_clock_skew(&self, skew: chrono::Duration) {
         // Milliseconds are exact in f64 for any realistic skew.
@@ -453,6 +560,28 @@ mod tests {
 
     fn names(channel: &ChannelId, name: &str) -> ChannelIndex {
         [(channel.clone(), name.to_owned())].into_iter().collect()
+    }
+
+    #[test]
+    fn alerts_that_stop_firing_read_zero_and_notifications_are_counted() {
+        let m = Metrics::new();
+        m.set_alerts_firing(&[
+            ("no_live_token".into(), "critical".into(), 2),
+            ("rotation_failing".into(), "warning".into(), 1),
+        ]);
+        m.set_alerts_firing(&[("no_live_token".into(), "critical".into(), 1)]);
+        m.alert_notification("ops", "delivered", Duration::from_millis(20));
+        m.alert_notification("ops", "given_up", Duration::ZERO);
+        let text = m.render();
+        for line in [
+            r#"linetokd_alerts_firing{alertname="no_live_token",severity="critical"} 1"#,
+            r#"linetokd_alerts_firing{alertname="rotation_failing",severity="warning"} 0"#,
+            r#"linetokd_alert_notifications_total{receiver="ops",result="delivered"} 1"#,
+            r#"linetokd_alert_notifications_total{receiver="ops",result="given_up"} 1"#,
+            r#"linetokd_alert_notification_duration_seconds_count{receiver="ops"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 
     #[test]

@@ -20,6 +20,44 @@ struct View {
     daemon: DaemonView,
     rotation: RotationView,
     channel: Vec<ChannelView>,
+    alerts: AlertsView,
+}
+
+#[derive(Serialize)]
+struct AlertsView {
+    group_wait: String,
+    repeat_interval_warning: String,
+    repeat_interval_critical: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_url: Option<String>,
+    receiver: Vec<ReceiverView>,
+}
+
+#[derive(Serialize)]
+struct ReceiverView {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    min_severity: String,
+    timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_secret_file: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resend_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    to: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly_message_budget: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -145,6 +183,32 @@ impl Settings {
                         .collect(),
                 })
                 .collect(),
+            alerts: AlertsView {
+                group_wait: fmt_dur(self.alerts.group_wait),
+                repeat_interval_warning: fmt_dur(self.alerts.repeat_interval_warning),
+                repeat_interval_critical: fmt_dur(self.alerts.repeat_interval_critical),
+                external_url: self.alerts.external_url.clone(),
+                receiver: self
+                    .alerts
+                    .receivers
+                    .iter()
+                    .map(|r| ReceiverView {
+                        name: r.name.clone(),
+                        kind: r.kind.clone(),
+                        min_severity: r.min_severity.clone(),
+                        timeout: fmt_dur(r.timeout),
+                        url_file: r.url_file.as_deref().map(secret_file),
+                        format: r.format.clone(),
+                        signing_secret_file: r.signing_secret_file.as_deref().map(secret_file),
+                        urls: r.urls.clone(),
+                        resend_interval: r.resend_interval.map(fmt_dur),
+                        channel: r.channel.clone(),
+                        group: r.group.clone(),
+                        to: r.to.clone(),
+                        monthly_message_budget: r.monthly_message_budget,
+                    })
+                    .collect(),
+            },
         };
         // The view holds only strings, numbers and arrays, which TOML can
         // always represent; still, a failure is reported, not panicked on.

@@ -28,6 +28,7 @@
 //! Depends on `domain`, `secret`, `line::keys` (to check assertion keys), the
 //! `config`, `toml` and `humantime` crates.
 
+mod alerts;
 pub mod duration;
 mod error;
 mod expand;
@@ -42,6 +43,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use alerts::{
+    AlertsConfig, AlertsSettings, MinSeverity, ReceiverConfig, ReceiverKind, ReceiverSettings,
+    SecretUrl, WebhookFormat,
+};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use validate::{
@@ -79,6 +84,9 @@ pub struct Settings {
     /// `[[channel]]`: the LINE channels whose tokens linetokd keeps.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelSettings>,
+    /// `[alerts]`: where raised alerts are sent.
+    #[serde(default)]
+    pub alerts: AlertsSettings,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the
@@ -343,6 +351,14 @@ impl Settings {
             fix("daemon.database".into(), db);
         }
         fix("daemon.state_dir".into(), &mut self.daemon.state_dir);
+        for (r, receiver) in self.alerts.receivers.iter_mut().enumerate() {
+            if let Some(url) = receiver.url_file.as_mut() {
+                fix(format!("alerts.receiver[{r}].url_file"), url);
+            }
+            if let Some(secret) = receiver.signing_secret_file.as_mut() {
+                fix(format!("alerts.receiver[{r}].signing_secret_file"), secret);
+            }
+        }
         for (c, channel) in self.channels.iter_mut().enumerate() {
             fix(format!("channel[{c}].key_file"), &mut channel.key_file);
             if let Some(secret) = channel.secret_file.as_mut() {

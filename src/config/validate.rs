@@ -50,7 +50,9 @@ use crate::secret::Secret;
 
 use super::duration::format as fmt_dur;
 use super::files::{read_private, secret_from_bytes};
-use super::{ChannelSettings, ConfigError, GroupSettings, Problem, RotationSettings, Settings};
+use super::{
+    AlertsConfig, ChannelSettings, ConfigError, GroupSettings, Problem, RotationSettings, Settings,
+};
 
 /// LINE's cap on live v2.1 tokens per channel.
 const CHANNEL_TOKEN_CAP: usize = 30;
@@ -102,6 +104,8 @@ pub struct ValidConfig {
     pub rotation: RotationSettings,
     /// `[[channel]]`, in file order.
     pub channels: Vec<ChannelConfig>,
+    /// `[alerts]`: where raised alerts are sent.
+    pub alerts: AlertsConfig,
 }
 
 impl ValidConfig {
@@ -258,11 +262,12 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
-        let (daemon, channels) = self.check(|v, i, c| v.channel(self, i, c))?;
+        let (daemon, channels, alerts) = self.check(|v, i, c| v.channel(self, i, c))?;
         Ok(ValidConfig {
             daemon,
             rotation: self.rotation.clone(),
             channels,
+            alerts,
         })
     }
 
@@ -276,7 +281,9 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn outline(&self) -> Result<Outline, ConfigError> {
-        let (daemon, channels) = self.check(Validator::channel_outline)?;
+        // `[alerts]` is checked (a config the daemon refuses is refused
+        // here too) but not kept: reports do not send alerts.
+        let (daemon, channels, _alerts) = self.check(Validator::channel_outline)?;
         Ok(Outline {
             daemon,
             rotation: self.rotation.clone(),
@@ -285,11 +292,11 @@ impl Settings {
     }
 
     /// The walk both share: `[daemon]`, `[rotation]`, each channel through
-    /// `channel`, the duplicates; every problem collected.
+    /// `channel`, the duplicates, `[alerts]`; every problem collected.
     fn check<T>(
         &self,
         mut channel: impl FnMut(&mut Validator, usize, &ChannelSettings) -> Option<T>,
-    ) -> Result<(DaemonConfig, Vec<T>), ConfigError> {
+    ) -> Result<(DaemonConfig, Vec<T>, AlertsConfig), ConfigError> {
         let mut v = Validator {
             search_path: self.hook_search_path.clone(),
             ..Validator::default()
@@ -303,20 +310,21 @@ impl Settings {
             .map(|(i, c)| channel(&mut v, i, c))
             .collect();
         v.duplicates(self);
+        let alerts = super::alerts::validate(&self.alerts, &self.channels, &mut v.problems);
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid {
                 problems: v.problems,
             });
         }
         let channels: Option<Vec<T>> = channels.into_iter().collect();
-        let (Some(daemon), Some(channels)) = (daemon, channels) else {
+        let (Some(daemon), Some(channels), Some(alerts)) = (daemon, channels, alerts) else {
             // Every `None` above pushed a problem, so this is unreachable in
             // practice; report it rather than panic if a rule forgets to.
             return Err(ConfigError::Invalid {
                 problems: vec![Problem::new("config", "failed validation")],
             });
         };
-        Ok((daemon, channels))
+        Ok((daemon, channels, alerts))
     }
 }
 
@@ -872,7 +880,7 @@ fn check_kid(kid: &str) -> Result<String, String> {
 
 /// Channel and group names end up in URLs, file names, metric labels and
 /// log fields, so they are kept to characters that need no escaping there.
-fn check_name(name: &str, what: &str) -> Result<String, String> {
+pub(super) fn check_name(name: &str, what: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err(format!(
             "is missing: a short name for the {what}, like \"backend\""

@@ -184,6 +184,7 @@ impl Store {
             }
             Ok::<(), Fail>(())
         })?;
+        self.alerts_changed();
         Ok(changes)
     }
 }

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_store_milliseconds_and_engine_state",
         sql: include_str!("../../migrations/0004_store_milliseconds_and_engine_state.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_create_alert_notifications",
+        sql: include_str!("../../migrations/0005_create_alert_notifications.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

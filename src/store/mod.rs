@@ -10,7 +10,8 @@
 //! `sync` (channels and groups from the config, failure streaks and holds),
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
-//! (raised alerts) and `events`; `migrate` runs `migrations/*.sql` and `lock`
+//! (raised alerts), `notifications` (what each alert receiver was sent)
+//! and `events`; `migrate` runs `migrations/*.sql` and `lock`
 //! keeps a second daemon out.
 //!
 //! Depends on `domain` and rusqlite; nothing above it. It never reads the
@@ -49,6 +50,7 @@ mod intents;
 mod lock;
 pub mod migrate;
 mod notes;
+mod notifications;
 mod requests;
 mod sync;
 mod tokens;
@@ -73,6 +75,7 @@ pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use migrate::Migrated;
 pub use notes::{DaemonNote, LAST_RELOAD};
+pub use notifications::{AlertRecord, NotifyItem, NotifyKind, NotifyState, PendingNotification};
 pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
 };
@@ -153,6 +156,9 @@ struct Inner {
     /// The database file as opened, checked before every write; `None` for
     /// a read-only store (it never writes).
     identity: Option<FileIdentity>,
+    /// Moves whenever alerts are raised or resolved: the notifier waits on
+    /// it ([`Store::subscribe_alerts`]).
+    alerts_changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Which file a path named when it was looked at: device and inode. A file
@@ -260,6 +266,7 @@ impl Store {
                 migrated,
                 lock: Some(lock),
                 identity: Some(identity),
+                alerts_changed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -329,6 +336,7 @@ impl Store {
                 },
                 lock: None,
                 identity: None,
+                alerts_changed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }

@@ -166,6 +166,7 @@ fn completion_scripts_name_every_subcommand() {
         "keygen",
         "assertion",
         "migrate",
+        "alerts",
         "completions",
         "man",
     ];

@@ -4,6 +4,7 @@
 // Tests fail loudly by design: an unwrap is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerting;
 mod bench;
 mod cli;
 mod cli_output;

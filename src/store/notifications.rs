@@ -1,0 +1,411 @@
+//! What each alert receiver was sent: one row per (alert fingerprint,
+//! receiver) in `alert_notifications` (schema version 5), so a restart
+//! neither pages again inside the repeat interval nor forgets a resolve,
+//! and a notification being retried keeps its id.
+//!
+//! The notifier (`crate::alerting`) reads [`Store::alerts_to_notify`] and
+//! [`Store::notification_states`], decides (purely) what is due, and
+//! records each notification's life here: [`Store::begin_notification`]
+//! before the first request (so the id survives a crash), then
+//! [`Store::notification_failed`] per failed attempt and
+//! [`Store::finish_notification`] once it was delivered or given up.
+//!
+//! A row describes one episode of its alert (`started_at` is the alert's):
+//! when the alert fires again after a resolve, the row is started afresh.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use crate::domain::{ChannelId, GroupName};
+
+/// An alert as the notifier sees it: firing, or resolved at `resolved_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRecord {
+    /// `channel/group/alertname`.
+    pub fingerprint: String,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The group, if any.
+    pub group: Option<GroupName>,
+    /// Its name.
+    pub alertname: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The latest sentence (screened when stored).
+    pub summary: String,
+    /// When this episode started firing.
+    pub started_at: DateTime<Utc>,
+    /// When it resolved; `None` while it fires.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// What a notification says about an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyKind {
+    /// It fires.
+    Firing,
+    /// It resolved.
+    Resolved,
+}
+
+impl NotifyKind {
+    /// As stored (and as Alertmanager spells an alert's status).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, Fail> {
+        match text {
+            "firing" => Ok(Self::Firing),
+            "resolved" => Ok(Self::Resolved),
+            other => Err(Fail::Corrupt(format!(
+                "alert_notifications.pending_kind holds {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A notification in flight: sent at least once or about to be, not yet
+/// delivered or given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingNotification {
+    /// Its stable id (the Standard Webhooks `webhook-id`), the same on
+    /// every attempt.
+    pub id: String,
+    /// What it says about the alert.
+    pub kind: NotifyKind,
+    /// When it was first attempted.
+    pub since: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_at: DateTime<Utc>,
+}
+
+/// What one receiver was sent about one episode of one alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyState {
+    /// The alert.
+    pub fingerprint: String,
+    /// The receiver's name.
+    pub receiver: String,
+    /// The alert's `started_at` this row describes.
+    pub started_at: DateTime<Utc>,
+    /// When a firing notification was last delivered or given up.
+    pub last_sent_at: Option<DateTime<Utc>>,
+    /// Firing notifications delivered in this episode.
+    pub sent_count: u32,
+    /// True once the resolve was delivered or given up.
+    pub resolve_sent: bool,
+    /// The notification in flight, if any.
+    pub pending: Option<PendingNotification>,
+}
+
+/// One alert a notification carries: the fingerprint, the episode and what
+/// is said about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyItem {
+    /// The alert.
+    pub fingerprint: String,
+    /// The episode (`alerts.started_at`).
+    pub started_at: DateTime<Utc>,
+    /// Firing or resolved.
+    pub kind: NotifyKind,
+}
+
+impl Store {
+    /// The alerts firing now and those resolved at or after `since`,
+    /// oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn alerts_to_notify(&self, since: DateTime<Utc>) -> Result<Vec<AlertRecord>, StoreError> {
+        self.read("listing alerts to notify", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT fingerprint, channel_id, group_name, alertname, severity, summary, \
+                 started_at, resolved_at FROM alerts \
+                 WHERE resolved_at IS NULL OR resolved_at >= ?1 \
+                 ORDER BY started_at, fingerprint",
+            )?;
+            let mut rows = stmt.query([millis(since)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(AlertRecord {
+                    fingerprint: row.get("fingerprint")?,
+                    channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
+                    group: row
+                        .get::<_, Option<String>>("group_name")?
+                        .map(GroupName::new),
+                    alertname: row.get("alertname")?,
+                    severity: row.get("severity")?,
+                    summary: row.get("summary")?,
+                    started_at: time_at(row, "started_at")?,
+                    resolved_at: opt_time_at(row, "resolved_at")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every receiver's notification state, by fingerprint and receiver.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn notification_states(&self) -> Result<Vec<NotifyState>, StoreError> {
+        self.read("reading alert notification state", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT fingerprint, receiver, started_at, last_sent_at, sent_count, \
+                 resolve_sent, pending_id, pending_kind, pending_since, pending_attempts, \
+                 pending_next_at FROM alert_notifications ORDER BY fingerprint, receiver",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let pending = match row.get::<_, Option<String>>("pending_id")? {
+                    None => None,
+                    Some(id) => Some(PendingNotification {
+                        id,
+                        kind: NotifyKind::parse(&row.get::<_, String>("pending_kind")?)?,
+                        since: time_at(row, "pending_since")?,
+                        attempts: row.get("pending_attempts")?,
+                        next_at: time_at(row, "pending_next_at")?,
+                    }),
+                };
+                out.push(NotifyState {
+                    fingerprint: row.get("fingerprint")?,
+                    receiver: row.get("receiver")?,
+                    started_at: time_at(row, "started_at")?,
+                    last_sent_at: opt_time_at(row, "last_sent_at")?,
+                    sent_count: row.get("sent_count")?,
+                    resolve_sent: row.get("resolve_sent")?,
+                    pending,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records that notification `id` to `receiver` is about to be
+    /// attempted for the first time, carrying `items`. A row left by an
+    /// earlier episode of an alert is started afresh. Written before the
+    /// first request, so a crash mid-send retries with the same id.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn begin_notification(
+        &self,
+        now: DateTime<Utc>,
+        receiver: &str,
+        id: &str,
+        items: &[NotifyItem],
+    ) -> Result<(), StoreError> {
+        self.write("recording an alert notification", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO alert_notifications (fingerprint, receiver, started_at, pending_id, \
+                 pending_kind, pending_since, pending_attempts, pending_next_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6) \
+                 ON CONFLICT (fingerprint, receiver) DO UPDATE SET \
+                 last_sent_at = CASE WHEN started_at = excluded.started_at THEN last_sent_at END, \
+                 sent_count = CASE WHEN started_at = excluded.started_at THEN sent_count ELSE 0 END, \
+                 resolve_sent = CASE WHEN started_at = excluded.started_at THEN resolve_sent ELSE 0 END, \
+                 started_at = excluded.started_at, pending_id = excluded.pending_id, \
+                 pending_kind = excluded.pending_kind, pending_since = excluded.pending_since, \
+                 pending_attempts = 0, pending_next_at = excluded.pending_next_at",
+            )?;
+            for item in items {
+                stmt.execute(params![
+                    item.fingerprint,
+                    receiver,
+                    millis(item.started_at),
+                    id,
+                    item.kind.as_str(),
+                    millis(now)
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a failed attempt of notification `id`: one more attempt,
+    /// the next one due at `next_at`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn notification_failed(
+        &self,
+        receiver: &str,
+        id: &str,
+        next_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write("recording a failed alert notification", |tx| {
+            tx.execute(
+                "UPDATE alert_notifications SET pending_attempts = pending_attempts + 1, \
+                 pending_next_at = ?3 WHERE receiver = ?1 AND pending_id = ?2",
+                params![receiver, id, millis(next_at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Ends notification `id`: delivered (`delivered`) or given up. A
+    /// firing one sets `last_sent_at` (the repeat interval counts from
+    /// here either way) and, when delivered, counts as sent; a resolve is
+    /// marked sent either way, so a given-up resolve is not tried forever.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn finish_notification(
+        &self,
+        now: DateTime<Utc>,
+        receiver: &str,
+        id: &str,
+        delivered: bool,
+    ) -> Result<(), StoreError> {
+        self.write("recording a finished alert notification", |tx| {
+            tx.execute(
+                "UPDATE alert_notifications SET \
+                 last_sent_at = CASE pending_kind WHEN 'firing' THEN ?3 ELSE last_sent_at END, \
+                 sent_count = sent_count + (pending_kind = 'firing' AND ?4), \
+                 resolve_sent = CASE pending_kind WHEN 'resolved' THEN 1 ELSE resolve_sent END, \
+                 pending_id = NULL, pending_kind = NULL, pending_since = NULL, \
+                 pending_attempts = 0, pending_next_at = NULL \
+                 WHERE receiver = ?1 AND pending_id = ?2",
+                params![receiver, id, millis(now), delivered],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets notification state of alerts resolved before `before` and
+    /// of alerts that no longer exist, except what is still in flight, and
+    /// every row of a receiver not in `receivers` (removed from the
+    /// config). Returns how many rows went.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn prune_notifications(
+        &self,
+        before: DateTime<Utc>,
+        receivers: &[String],
+    ) -> Result<usize, StoreError> {
+        let names = serde_json::to_string(receivers).unwrap_or_else(|_| "[]".to_owned());
+        self.write("pruning alert notification state", |tx| {
+            let gone = tx.execute(
+                "DELETE FROM alert_notifications \
+                 WHERE receiver NOT IN (SELECT value FROM json_each(?1))",
+                [names],
+            )?;
+            let old = tx.execute(
+                "DELETE FROM alert_notifications WHERE pending_id IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM alerts a WHERE a.fingerprint = alert_notifications.fingerprint \
+                  AND (a.resolved_at IS NULL OR a.resolved_at >= ?1))",
+                [millis(before)],
+            )?;
+            Ok(gone + old)
+        })
+    }
+
+    /// What `receiver` pushed in `month` (`YYYY-MM`): messages sent, and
+    /// whether LINE's monthly limit stopped it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn receiver_month(&self, receiver: &str, month: &str) -> Result<(u32, bool), StoreError> {
+        self.read("reading a receiver's monthly messages", |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT messages, stopped FROM alert_receiver_months \
+                     WHERE receiver = ?1 AND month = ?2",
+                )?
+                .query_row(params![receiver, month], |row| {
+                    Ok((row.get::<_, u32>(0)?, row.get::<_, bool>(1)?))
+                });
+            match row {
+                Ok(found) => Ok(found),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok((0, false)),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Counts `messages` more pushed by `receiver` in `month`, and stops
+    /// it for the month when `stop` (LINE's monthly limit answered).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn record_receiver_month(
+        &self,
+        receiver: &str,
+        month: &str,
+        messages: u32,
+        stop: bool,
+    ) -> Result<(), StoreError> {
+        self.write("counting a receiver's monthly messages", |tx| {
+            tx.execute(
+                "INSERT INTO alert_receiver_months (receiver, month, messages, stopped) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver, month) DO UPDATE SET \
+                 messages = messages + ?3, stopped = max(stopped, ?4)",
+                params![receiver, month, messages, stop],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// `text` with any stored token value withheld and long text cut, as
+    /// every free-text column is stored: for strings about to leave the
+    /// process (a notification's fields).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn screen_text(&self, text: &str) -> Result<String, StoreError> {
+        self.read("screening text for token values", |conn| screen(conn, text))
+    }
+
+    /// True when `text` contains any stored token value: the last check on
+    /// a rendered notification before it is sent.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn holds_token(&self, text: &str) -> Result<bool, StoreError> {
+        self.read("screening text for token values", |conn| {
+            holds_token(conn, text)
+        })
+    }
+
+    /// A receiver of alert changes: its value moves whenever
+    /// [`Store::sync_alerts`] raised or resolved something, so the
+    /// notifier wakes on changes instead of polling.
+    pub fn subscribe_alerts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.alerts_changed.subscribe()
+    }
+
+    /// Tells the subscribers of [`Store::subscribe_alerts`] that alerts
+    /// changed.
+    pub(super) fn alerts_changed(&self) {
+        self.inner
+            .alerts_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn holds_token(conn: &Connection, text: &str) -> Result<bool, Fail> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
+        [text],
+        |row| row.get(0),
+    )?)
+}

@@ -1,0 +1,1168 @@
+//! Alert notifications: the store's per-receiver state (restarts neither
+//! re-page nor forget a resolve), the notifier against fake receivers on
+//! loopback (Alertmanager v4 shape, Standard Webhooks signatures, retries
+//! with a stable `webhook-id`), on a manual clock.
+
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId};
+use linetokd::store::{
+    AlertSpec, ChannelSpec, IssuedToken, NotifyItem, NotifyKind, Store, fingerprint,
+};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+}
+
+fn ch() -> ChannelId {
+    ChannelId::new("1000")
+}
+
+fn synced(path: &Path) -> Store {
+    let store = Store::open(path).unwrap();
+    store
+        .sync_config(
+            t0(),
+            &[ChannelSpec {
+                id: ch(),
+                name: "shop-bot".into(),
+                groups: vec![GroupName::new("backend")],
+                fingerprint: None,
+            }],
+        )
+        .unwrap();
+    store
+}
+
+fn no_live_token() -> AlertSpec {
+    AlertSpec {
+        group: Some(GroupName::new("backend")),
+        alertname: "no_live_token",
+        severity: "critical",
+        summary: "backend has no live token".into(),
+    }
+}
+
+fn store_token(store: &Store, key_id: &str, value: &str, at: DateTime<Utc>) {
+    let intent = store
+        .begin_issue(at, &ch(), &GroupName::new("backend"))
+        .unwrap();
+    store
+        .complete_issue(
+            at,
+            intent,
+            &IssuedToken {
+                key_id: KeyId::new(key_id),
+                value: AccessToken::new(value),
+                issued_at: at,
+                expires_at: at + Duration::days(30),
+                verified_at: Some(at),
+            },
+            &[],
+        )
+        .unwrap();
+}
+
+mod store {
+    use super::*;
+
+    #[test]
+    fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linetokd.db");
+        let store = synced(&path);
+        let mut changed = store.subscribe_alerts();
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        assert!(
+            changed.has_changed().unwrap(),
+            "raising must wake the notifier"
+        );
+        changed.mark_unchanged();
+        let fp = fingerprint(&ch(), Some(&GroupName::new("backend")), "no_live_token");
+        let alerts = store.alerts_to_notify(t0()).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].fingerprint, fp);
+        assert_eq!(alerts[0].resolved_at, None);
+
+        let item = NotifyItem {
+            fingerprint: fp.clone(),
+            started_at: t0(),
+            kind: NotifyKind::Firing,
+        };
+        let at = t0() + Duration::seconds(30);
+        store
+            .begin_notification(at, "ops", "id-1", std::slice::from_ref(&item))
+            .unwrap();
+        store
+            .notification_failed("ops", "id-1", at + Duration::seconds(5))
+            .unwrap();
+        drop(store);
+
+        // A restart: the notification is still in flight, with its id.
+        let store = Store::open(&path).unwrap();
+        let states = store.notification_states().unwrap();
+        assert_eq!(states.len(), 1);
+        let pending = states[0].pending.clone().unwrap();
+        assert_eq!(pending.id, "id-1");
+        assert_eq!(pending.attempts, 1);
+        assert_eq!(pending.since, at);
+        assert_eq!(pending.next_at, at + Duration::seconds(5));
+        assert_eq!(states[0].sent_count, 0);
+
+        let sent = at + Duration::seconds(5);
+        store
+            .finish_notification(sent, "ops", "id-1", true)
+            .unwrap();
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!(state.pending, None);
+        assert_eq!(state.sent_count, 1);
+        assert_eq!(state.last_sent_at, Some(sent));
+        assert!(!state.resolve_sent);
+
+        // Resolved: listed while recent, and the resolve is recorded once.
+        let resolved_at = t0() + Duration::hours(1);
+        let changed = store.subscribe_alerts();
+        store.sync_alerts(resolved_at, &ch(), &[]).unwrap();
+        assert!(changed.has_changed().unwrap());
+        let alerts = store.alerts_to_notify(resolved_at).unwrap();
+        assert_eq!(alerts[0].resolved_at, Some(resolved_at));
+        assert!(
+            store
+                .alerts_to_notify(resolved_at + Duration::seconds(1))
+                .unwrap()
+                .is_empty()
+        );
+        let resolve = NotifyItem {
+            kind: NotifyKind::Resolved,
+            ..item.clone()
+        };
+        store
+            .begin_notification(resolved_at, "ops", "id-2", &[resolve])
+            .unwrap();
+        store
+            .finish_notification(resolved_at, "ops", "id-2", true)
+            .unwrap();
+        let state = &store.notification_states().unwrap()[0];
+        assert!(state.resolve_sent);
+        assert_eq!(
+            state.sent_count, 1,
+            "a resolve is not a firing notification"
+        );
+
+        // The alert fires again: a new episode starts the row afresh.
+        let again = t0() + Duration::hours(2);
+        store.sync_alerts(again, &ch(), &[no_live_token()]).unwrap();
+        let episode = NotifyItem {
+            started_at: again,
+            ..item
+        };
+        store
+            .begin_notification(again, "ops", "id-3", &[episode])
+            .unwrap();
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!(state.started_at, again);
+        assert_eq!(state.sent_count, 0);
+        assert_eq!(state.last_sent_at, None);
+        assert!(!state.resolve_sent);
+        // Given up: the repeat interval counts from here, nothing was sent.
+        store
+            .finish_notification(again, "ops", "id-3", false)
+            .unwrap();
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.last_sent_at), (0, Some(again)));
+    }
+
+    #[test]
+    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let fp = fingerprint(&ch(), Some(&GroupName::new("backend")), "no_live_token");
+        let item = NotifyItem {
+            fingerprint: fp,
+            started_at: t0(),
+            kind: NotifyKind::Firing,
+        };
+        store
+            .begin_notification(t0(), "ops", "a", std::slice::from_ref(&item))
+            .unwrap();
+        store.finish_notification(t0(), "ops", "a", true).unwrap();
+        store
+            .begin_notification(t0(), "chat", "b", &[item])
+            .unwrap();
+        let resolved = t0() + Duration::hours(1);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        let both = ["ops".to_owned(), "chat".to_owned()];
+        assert_eq!(store.prune_notifications(resolved, &both).unwrap(), 0);
+        let later = resolved + Duration::days(2);
+        assert_eq!(store.prune_notifications(later, &both).unwrap(), 1);
+        let left = store.notification_states().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].receiver, "chat");
+        // A receiver gone from the config takes its state with it, in
+        // flight or not.
+        assert_eq!(
+            store
+                .prune_notifications(resolved, &["ops".to_owned()])
+                .unwrap(),
+            1
+        );
+        assert!(store.notification_states().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stored_token_values_are_found_and_screened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let value = "eyJhbGciOiJIUzI1NiJ9.tokentokentokentoken";
+        store_token(&store, "k1", value, t0());
+        assert!(store.holds_token(&format!("x {value} y")).unwrap());
+        assert!(!store.holds_token("nothing here").unwrap());
+        let screened = store.screen_text(&format!("leak: {value}")).unwrap();
+        assert!(!screened.contains(value), "{screened}");
+    }
+}
+
+/// A fake receiver on 127.0.0.1:0: records each request's headers and body
+/// and answers with the status `answer` gives for the n-th request.
+mod fake {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use tokio::sync::mpsc;
+
+    use crate::support::{Served, serve};
+
+    /// One request received.
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub path: String,
+        pub headers: HeaderMap,
+        pub body: String,
+    }
+
+    impl Got {
+        pub fn header(&self, name: &str) -> String {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        }
+
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap()
+        }
+    }
+
+    pub struct Fake {
+        pub base_url: String,
+        got: Arc<Mutex<Vec<Got>>>,
+        arrivals: mpsc::UnboundedReceiver<()>,
+        _served: Served,
+    }
+
+    impl Fake {
+        /// `answer(n)` gives the status and extra headers of the n-th
+        /// request (0-based).
+        pub async fn start(
+            answer: impl Fn(usize) -> (u16, Vec<(&'static str, &'static str)>) + Send + Sync + 'static,
+        ) -> Self {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let (tx, arrivals) = mpsc::unbounded_channel();
+            let answer = Arc::new(answer);
+            let log = got.clone();
+            let app = Router::new().fallback(move |request: axum::extract::Request| {
+                let (log, answer, tx) = (log.clone(), answer.clone(), tx.clone());
+                async move {
+                    let path = request.uri().path().to_owned();
+                    let headers = request.headers().clone();
+                    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    let n = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Got {
+                            path,
+                            headers,
+                            body: String::from_utf8(body.to_vec()).unwrap(),
+                        });
+                        log.len() - 1
+                    };
+                    let (status, extra) = answer(n);
+                    let _ = tx.send(());
+                    let mut response = axum::response::Response::new(axum::body::Body::empty());
+                    *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                    for (k, v) in extra {
+                        response
+                            .headers_mut()
+                            .insert(k, axum::http::HeaderValue::from_static(v));
+                    }
+                    response
+                }
+            });
+            let served = serve(app).await;
+            Self {
+                base_url: served.base_url.clone(),
+                got,
+                arrivals,
+                _served: served,
+            }
+        }
+
+        pub fn got(&self) -> Vec<Got> {
+            self.got.lock().unwrap().clone()
+        }
+
+        /// Waits for the next request to arrive (bounded, so a broken
+        /// notifier fails the test instead of hanging it).
+        pub async fn arrival(&mut self) {
+            tokio::time::timeout(std::time::Duration::from_secs(90), self.arrivals.recv())
+                .await
+                .expect("no request reached the fake receiver")
+                .unwrap();
+        }
+    }
+}
+
+mod notifier {
+    use std::sync::Arc;
+
+    use linetokd::alerting::{
+        Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings, Severity,
+        TokenSource, WebhookFormat, sign,
+    };
+    use linetokd::channel_index::ChannelIndex;
+    use linetokd::clock::{Clock, ManualClock, SharedClock};
+    use linetokd::domain::AccessToken;
+    use linetokd::metrics::Metrics;
+    use linetokd::secret::Secret;
+    use proptest::prelude::*;
+    use tokio_util::sync::CancellationToken;
+
+    use super::fake::Fake;
+    use super::*;
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn webhook(fake: &Fake, format: WebhookFormat) -> Receiver {
+        Receiver {
+            name: "ops".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Webhook {
+                url: Endpoint(reqwest::Url::parse(&format!("{}/hook", fake.base_url)).unwrap()),
+                format,
+                secret: Some(Secret::new(WHSEC)),
+            },
+        }
+    }
+
+    fn settings(receivers: Vec<Receiver>) -> NotifierSettings {
+        NotifierSettings {
+            route: RouteSettings {
+                group_wait: Duration::seconds(30),
+                repeat_warning: Duration::hours(4),
+                repeat_critical: Duration::hours(1),
+            },
+            external_url: Some("http://linetokd.internal:9464/status".into()),
+            receivers,
+            channel_names: [(ch(), "shop-bot".to_owned())]
+                .into_iter()
+                .collect::<ChannelIndex>(),
+            tokens: TokenSource::new(|channel, group| {
+                (channel == &ch() && group.as_str() == "backend")
+                    .then(|| AccessToken::new(PUSH_TOKEN))
+            }),
+        }
+    }
+
+    /// The token a `line` receiver pushes with in these tests.
+    const PUSH_TOKEN: &str = "push-token-VALUE-0123456789abcdefghij";
+
+    fn line(fake: &Fake, budget: u32) -> Receiver {
+        Receiver {
+            name: "admins".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Line {
+                api: reqwest::Url::parse(&fake.base_url).unwrap(),
+                channel: ch(),
+                group: GroupName::new("backend"),
+                to: vec![
+                    format!("U{}", "a".repeat(32)),
+                    format!("U{}", "b".repeat(32)),
+                ],
+                monthly_budget: budget,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_push_reuses_its_retry_key_takes_409_as_delivered_and_keeps_to_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        // Attempt 1: A fails (500), B is accepted. Attempt 2: A is
+        // accepted, B's repeat answers 409 (LINE saw its retry key).
+        let fake = Fake::start(|n| match n {
+            0 => (500, vec![]),
+            3 => (409, vec![]),
+            _ => (200, vec![]),
+        })
+        .await;
+        let n = notifier(&store, &clock, &metrics, vec![line(&fake, 4)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
+        clock.set(at + Duration::seconds(5));
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 4);
+        let keys: Vec<String> = got.iter().map(|g| g.header("x-line-retry-key")).collect();
+        assert_eq!(keys[0], keys[2], "A's retry carries its key");
+        assert_eq!(keys[1], keys[3], "B's retry carries its key");
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(keys[0].len(), 36);
+        assert_eq!(
+            &keys[0][14..15],
+            "4",
+            "a UUID version 4 in form: {}",
+            keys[0]
+        );
+        for g in &got {
+            assert_eq!(g.path, "/v2/bot/message/push");
+            assert_eq!(g.header("authorization"), format!("Bearer {PUSH_TOKEN}"));
+            assert!(!g.body.contains(PUSH_TOKEN));
+            let v = g.json();
+            let text = v["messages"][0]["text"].as_str().unwrap();
+            assert!(
+                text.contains("[CRITICAL] no_live_token on shop-bot/backend"),
+                "{text}"
+            );
+        }
+        assert_eq!(got[0].json()["to"], format!("U{}", "a".repeat(32)));
+        assert_eq!(got[1].json()["to"], format!("U{}", "b".repeat(32)));
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (1, None));
+        let month = at.format("%Y-%m").to_string();
+        assert_eq!(store.receiver_month("admins", &month).unwrap(), (3, false));
+
+        // The resolve needs two more messages; the budget (4) has one left:
+        // nothing is pushed, and the resolve is given up.
+        let resolved = at + Duration::minutes(1);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        assert_eq!(fake.got().len(), 4);
+        assert!(store.notification_states().unwrap()[0].resolve_sent);
+        assert!(metrics.render().contains(
+            r#"linetokd_alert_notifications_total{receiver="admins",result="rejected"} 1"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn lines_monthly_limit_stops_the_receiver_until_the_month_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let fake = Fake::start(|n| (if n == 0 { 429 } else { 200 }, vec![])).await;
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![line(&fake, 100)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        n.step().await.unwrap();
+        let month = at.format("%Y-%m").to_string();
+        let (_, stopped) = store.receiver_month("admins", &month).unwrap();
+        assert!(stopped);
+        // Inside the month nothing more is pushed, not even the repeat.
+        let later = at + Duration::hours(2);
+        clock.set(later);
+        n.step().await.unwrap();
+        let before = fake.got().len();
+        assert_eq!(before, 2, "A refused (429), B accepted, then nothing");
+        // The next month it pushes again.
+        let next_month = DateTime::parse_from_rfc3339("2023-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        clock.set(next_month);
+        n.step().await.unwrap();
+        assert_eq!(fake.got().len(), before + 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_receiver_waits_for_its_groups_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let mut r = line(&fake, 100);
+        if let ReceiverKind::Line { group, .. } = &mut r.kind {
+            *group = GroupName::new("crm");
+        }
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![r]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        // No token for crm: retried like a failure, nothing sent.
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
+        assert!(fake.got().is_empty());
+    }
+
+    fn notifier(
+        store: &Store,
+        clock: &ManualClock,
+        metrics: &Arc<Metrics>,
+        receivers: Vec<Receiver>,
+    ) -> Arc<Notifier> {
+        let shared: SharedClock = Arc::new(clock.clone());
+        Notifier::new(
+            store.clone(),
+            shared,
+            Arc::clone(metrics),
+            settings(receivers),
+        )
+        .unwrap()
+    }
+
+    fn assert_signed(got: &fake::Got) {
+        let key = sign::decode_secret(WHSEC).unwrap();
+        let id = got.header("webhook-id");
+        let ts: i64 = got.header("webhook-timestamp").parse().unwrap();
+        assert!(!id.is_empty());
+        assert_eq!(
+            got.header("webhook-signature"),
+            sign::sign(&key, &id, ts, got.body.as_bytes()),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_raised_alert_is_sent_after_group_wait_signed_in_alertmanagers_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+
+        assert_eq!(n.step().await.unwrap(), Some(t0() + Duration::seconds(30)));
+        assert!(fake.got().is_empty());
+        clock.set(t0() + Duration::seconds(30));
+        let next = n.step().await.unwrap();
+        assert_eq!(
+            next,
+            Some(t0() + Duration::seconds(30) + Duration::hours(1))
+        );
+        let got = fake.got();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].path, "/hook");
+        assert_eq!(got[0].header("content-type"), "application/json");
+        assert_eq!(
+            got[0].header("webhook-timestamp"),
+            (t0() + Duration::seconds(30)).timestamp().to_string()
+        );
+        assert_signed(&got[0]);
+        let v = got[0].json();
+        assert_eq!(v["version"], "4");
+        assert_eq!(v["receiver"], "ops");
+        assert_eq!(v["status"], "firing");
+        assert_eq!(v["externalURL"], "http://linetokd.internal:9464/status");
+        let alert = &v["alerts"][0];
+        assert_eq!(alert["labels"]["alertname"], "no_live_token");
+        assert_eq!(alert["labels"]["channel_name"], "shop-bot");
+        assert_eq!(alert["labels"]["group"], "backend");
+        assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(alert["annotations"]["summary"], "backend has no live token");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"linetokd_alert_notifications_total{receiver="ops",result="delivered"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"linetokd_alerts_firing{alertname="no_live_token",severity="critical"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_on_500_keep_the_webhook_id_and_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0() + Duration::seconds(30));
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| (if n < 2 { 500 } else { 200 }, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Linetokd)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+
+        let first = t0() + Duration::seconds(30);
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::seconds(5)));
+        clock.set(first + Duration::seconds(5));
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::seconds(15)));
+        clock.set(first + Duration::seconds(15));
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        let ids: Vec<String> = got.iter().map(|g| g.header("webhook-id")).collect();
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        for g in &got {
+            assert_signed(g);
+            assert_eq!(g.json()["id"], ids[0].as_str());
+            assert_eq!(g.json()["status"], "firing");
+        }
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (1, None));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"linetokd_alert_notifications_total{receiver="ops",result="failed"} 2"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_429_retry_after_is_honoured_and_a_400_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| match n {
+            0 => (429, vec![("retry-after", "120")]),
+            _ => (400, vec![]),
+        })
+        .await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(120)));
+        clock.set(at + Duration::seconds(120));
+        // Rejected: given up at once; the repeat interval counts from here.
+        assert_eq!(
+            n.step().await.unwrap(),
+            Some(at + Duration::seconds(120) + Duration::hours(1))
+        );
+        assert_eq!(fake.got().len(), 2);
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!(state.sent_count, 0);
+        assert!(metrics.render().contains(r#"result="rejected"} 1"#));
+    }
+
+    #[tokio::test]
+    async fn a_restart_inside_the_repeat_interval_does_not_page_again_but_sends_the_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linetokd.db");
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let sent_at = t0() + Duration::seconds(30);
+        {
+            let store = synced(&path);
+            let clock = ManualClock::new(sent_at);
+            let n = notifier(
+                &store,
+                &clock,
+                &Metrics::shared(),
+                vec![webhook(&fake, WebhookFormat::Alertmanager)],
+            );
+            store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+            n.step().await.unwrap();
+            assert_eq!(fake.got().len(), 1);
+        }
+        // The daemon restarts half an hour later.
+        let store = Store::open(&path).unwrap();
+        let clock = ManualClock::new(sent_at + Duration::minutes(30));
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        assert_eq!(n.step().await.unwrap(), Some(sent_at + Duration::hours(1)));
+        assert_eq!(fake.got().len(), 1, "paged again after a restart");
+        // Resolved: sent once, and only once.
+        let resolved = sent_at + Duration::minutes(40);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 2);
+        let v = got[1].json();
+        assert_eq!(v["status"], "resolved");
+        assert_eq!(v["alerts"][0]["endsAt"], "2023-11-14T22:53:50.000Z");
+    }
+
+    #[tokio::test]
+    async fn the_task_wakes_when_alerts_change_and_when_they_fall_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let mut fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&n).run(cancel.clone()));
+        // It sleeps on the clock until group_wait is over, then sends.
+        assert_eq!(clock.next_deadline().await, t0() + Duration::seconds(30));
+        clock.set(t0() + Duration::seconds(30));
+        fake.arrival().await;
+        assert_eq!(fake.got()[0].json()["status"], "firing");
+        // Resolving wakes it: nothing else is due for an hour.
+        let resolved = t0() + Duration::minutes(5);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        fake.arrival().await;
+        assert_eq!(fake.got()[1].json()["status"], "resolved");
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(clock.now(), resolved);
+    }
+
+    fn slack(fake: &Fake) -> Receiver {
+        Receiver {
+            name: "chat".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Slack {
+                url: Endpoint(
+                    reqwest::Url::parse(&format!("{}/services/T0/B0/x", fake.base_url)).unwrap(),
+                ),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn slack_gets_one_message_a_second_and_its_429_retry_after_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|n| match n {
+            0 => (429, vec![("retry-after", "7")]),
+            _ => (200, vec![]),
+        })
+        .await;
+        let n = notifier(&store, &clock, &metrics, vec![slack(&fake)]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        // 429 with Retry-After: 7 s, longer than the first backoff (5 s).
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(7)));
+        clock.set(at + Duration::seconds(6));
+        assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(7)));
+        assert_eq!(fake.got().len(), 1);
+        let sent = at + Duration::seconds(7);
+        clock.set(sent);
+        n.step().await.unwrap();
+        let got = fake.got();
+        assert_eq!(got.len(), 2);
+        let v = got[1].json();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "[CRITICAL] no_live_token on shop-bot/backend: backend has no live token"
+            ),
+            "{text}"
+        );
+        // A resolve half a second later waits for Slack's one-a-second.
+        let resolved = sent + Duration::milliseconds(500);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), Some(sent + Duration::seconds(1)));
+        assert_eq!(fake.got().len(), 2);
+        clock.set(sent + Duration::seconds(1));
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        assert!(
+            got[2].json()["text"]
+                .as_str()
+                .unwrap()
+                .contains("[RESOLVED]")
+        );
+    }
+
+    #[tokio::test]
+    async fn alertmanager_gets_firing_alerts_again_every_resend_interval_and_the_resolve_with_ends_at()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let am = Receiver {
+            name: "am".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Alertmanager {
+                urls: vec![reqwest::Url::parse(&fake.base_url).unwrap()],
+                resend_interval: Duration::minutes(1),
+            },
+        };
+        let n = notifier(&store, &clock, &Metrics::shared(), vec![am]);
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let first = t0() + Duration::seconds(30);
+        clock.set(first);
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::minutes(1)));
+        clock.set(first + Duration::minutes(1));
+        n.step().await.unwrap();
+        let resolved = first + Duration::seconds(70);
+        clock.set(resolved);
+        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        assert_eq!(n.step().await.unwrap(), None);
+        let got = fake.got();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|g| g.path == "/api/v2/alerts"));
+        let push = got[0].json();
+        assert_eq!(push[0]["labels"]["alertname"], "no_live_token");
+        assert_eq!(push[0]["startsAt"], "2023-11-14T22:13:20.000Z");
+        // Firing: ends three resend intervals ahead unless re-sent.
+        assert_eq!(push[0]["endsAt"], "2023-11-14T22:16:50.000Z");
+        assert_eq!(got[1].json()[0]["endsAt"], "2023-11-14T22:17:50.000Z");
+        assert_eq!(got[2].json()[0]["endsAt"], "2023-11-14T22:15:00.000Z");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_hangs_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0() + Duration::seconds(30));
+        // "stuck" answers only once released.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::clone(&release);
+        let stuck_app = axum::Router::new().fallback(move || {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                axum::http::StatusCode::OK
+            }
+        });
+        let stuck = crate::support::serve(stuck_app).await;
+        let mut fine = Fake::start(|_| (200, vec![])).await;
+        let mut first = webhook(&fine, WebhookFormat::Alertmanager);
+        first.name = "stuck".into();
+        first.kind = ReceiverKind::Webhook {
+            url: Endpoint(reqwest::Url::parse(&stuck.base_url).unwrap()),
+            format: WebhookFormat::Alertmanager,
+            secret: None,
+        };
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![first, webhook(&fine, WebhookFormat::Alertmanager)],
+        );
+        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        let step = tokio::spawn({
+            let n = Arc::clone(&n);
+            async move { n.step().await }
+        });
+        // "ops" is served while "stuck" still waits for its answer.
+        fine.arrival().await;
+        release.notify_one();
+        step.await.unwrap().unwrap();
+        let states = store.notification_states().unwrap();
+        assert!(states.iter().all(|s| s.sent_count == 1), "{states:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Token values that reached an alert's text (here: stored after
+        /// the alert was raised, so the store's screen could not know them
+        /// then) never appear in what a receiver gets.
+        #[test]
+        fn no_token_value_reaches_a_payload(
+            values in proptest::collection::vec("[A-Za-z0-9+/=._-]{24,64}", 1..4),
+            format_linetokd in any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = synced(&dir.path().join("linetokd.db"));
+                let clock = ManualClock::new(t0() + Duration::seconds(30));
+                let fake = Fake::start(|_| (200, vec![])).await;
+                let format = if format_linetokd { WebhookFormat::Linetokd } else { WebhookFormat::Alertmanager };
+                let n = notifier(&store, &clock, &Metrics::shared(), vec![webhook(&fake, format)]);
+                let mut alert = no_live_token();
+                alert.summary = format!("leaked {} here", values.join(" and "));
+                store.sync_alerts(t0(), &ch(), &[alert]).unwrap();
+                for (i, v) in values.iter().enumerate() {
+                    store_token(&store, &format!("k{i}"), v, t0());
+                }
+                n.step().await.unwrap();
+                let got = fake.got();
+                prop_assert!(!got.is_empty());
+                for g in &got {
+                    for v in &values {
+                        prop_assert!(!g.body.contains(v.as_str()), "{} leaked in {}", v, g.body);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn the_daemon_takes_its_receivers_from_the_config_and_check_config_hides_their_urls() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "https://hooks.example/T0/TOPSECRET\n").unwrap();
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let whsec = dir.path().join("whsec");
+        std::fs::write(&whsec, WHSEC).unwrap();
+        std::fs::set_permissions(&whsec, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[daemon]\nstate_dir = \"{dir}\"\n[alerts]\ngroup_wait = \"10s\"\n\
+             [[alerts.receiver]]\nname = \"ops\"\ntype = \"webhook\"\nurl_file = \"{url}\"\n\
+             format = \"linetokd\"\nsigning_secret_file = \"{whsec}\"\nmin_severity = \"critical\"\n\
+             [[alerts.receiver]]\nname = \"am\"\ntype = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
+            dir = dir.path().display(),
+            url = url.display(),
+            whsec = whsec.display()
+        );
+        let settings = linetokd::config::Settings::from_toml(
+            &text,
+            std::path::Path::new("test.toml"),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        let valid = settings.validate().unwrap();
+        let n = linetokd::app::notifier_settings(&valid, TokenSource::none());
+        assert_eq!(n.route.group_wait, Duration::seconds(10));
+        assert_eq!(n.route.repeat_critical, Duration::hours(1));
+        assert_eq!(n.receivers.len(), 2);
+        assert_eq!(n.receivers[0].min_severity, Severity::Critical);
+        let ReceiverKind::Webhook {
+            url: u,
+            format,
+            secret,
+        } = &n.receivers[0].kind
+        else {
+            panic!("{:?}", n.receivers[0]);
+        };
+        assert_eq!(u.0.as_str(), "https://hooks.example/T0/TOPSECRET");
+        assert_eq!(*format, WebhookFormat::Linetokd);
+        assert_eq!(secret.as_ref().map(Secret::expose), Some(WHSEC));
+        assert_eq!(n.receivers[1].repeat(), Some(Duration::minutes(1)));
+        for shown in [format!("{n:?}"), settings.render_resolved()] {
+            assert!(!shown.contains("TOPSECRET"), "{shown}");
+            assert!(!shown.contains("MfKQ9r8"), "{shown}");
+        }
+        assert!(settings.render_resolved().contains("url_file = "));
+    }
+}
+
+/// The real daemon against the sandbox: LINE down, so the groups have no
+/// live token; the webhook receiver hears of it after group_wait, signed,
+/// and of the resolve once LINE is back. Nothing secret reaches it.
+mod daemon {
+    use serde_json::json;
+
+    use super::fake::Fake;
+    use crate::e2e::harness::{GROUPS, Lab, write_private};
+    use crate::observability::{DEBUG, STEADY};
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[tokio::test]
+    async fn a_daemon_sends_its_alerts_to_a_webhook_and_their_resolve() {
+        let lab = Lab::start(STEADY, "info").await;
+        lab.set_faults(json!({"down": true})).await;
+        let mut fake = Fake::start(|_| (200, vec![])).await;
+        let url_file = lab.dir().join("webhook-url");
+        write_private(&url_file, &format!("{}/hook\n", fake.base_url));
+        let whsec_file = lab.dir().join("whsec");
+        write_private(&whsec_file, WHSEC);
+        let mut groups = String::new();
+        for group in GROUPS {
+            groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
+        }
+        let config = format!(
+            "{}\n[alerts]\ngroup_wait = \"1s\"\n[[alerts.receiver]]\nname = \"ops\"\n\
+             type = \"webhook\"\nurl_file = \"{}\"\nsigning_secret_file = \"{}\"\n",
+            lab.config_text(STEADY, &groups),
+            url_file.display(),
+            whsec_file.display()
+        );
+        lab.replace_config(&config);
+        let mut daemon = lab.run("daemon", DEBUG, &[]);
+
+        fake.arrival().await;
+        let first = fake.got()[0].clone();
+        let v = first.json();
+        assert_eq!(v["status"], "firing", "{v}");
+        assert_eq!(v["receiver"], "ops");
+        let names: Vec<String> = v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        // LINE down: the key-ID listing fails first (reconcile_failing);
+        // groups without a token may add no_live_token.
+        assert!(
+            names
+                .iter()
+                .any(|n| n == "reconcile_failing" || n == "no_live_token"),
+            "{v}"
+        );
+        assert_eq!(
+            v["alerts"][0]["labels"]["channel"],
+            crate::e2e::harness::CHANNEL
+        );
+        let key = linetokd::alerting::sign::decode_secret(WHSEC).unwrap();
+        let ts: i64 = first.header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            first.header("webhook-signature"),
+            linetokd::alerting::sign::sign(
+                &key,
+                &first.header("webhook-id"),
+                ts,
+                first.body.as_bytes()
+            )
+        );
+
+        // LINE is back: tokens are issued, the alerts resolve, and the
+        // receiver hears of it.
+        lab.set_faults(json!({})).await;
+        loop {
+            fake.arrival().await;
+            let got = fake.got();
+            let last = got.last().unwrap().json();
+            if last["status"] == "resolved" {
+                break;
+            }
+        }
+        daemon
+            .wait_for(0, "a delivery logged", |l| {
+                l.is("alert notification delivered")
+            })
+            .await;
+        daemon.signal("TERM");
+        daemon.exit_ok().await;
+        let tokens = lab.tokens().await;
+        assert!(!tokens.is_empty());
+        for got in fake.got() {
+            for t in &tokens {
+                assert!(
+                    !got.body.contains(&t.access_token),
+                    "a token reached the receiver"
+                );
+            }
+        }
+        lab.assert_nothing_secret_printed(&[&daemon]).await;
+        assert!(
+            !daemon.all_text().contains(&fake.base_url),
+            "the webhook URL was logged"
+        );
+    }
+}
+
+/// `linetokd alerts test --receiver NAME`: a synthetic alert to one
+/// receiver, its answer printed, never its URL.
+mod command {
+    use super::fake::Fake;
+    use crate::e2e::harness::write_private;
+
+    async fn alerts_test(config: &std::path::Path, receiver: &str) -> std::process::Output {
+        let args = [
+            "alerts".to_owned(),
+            "test".to_owned(),
+            "--receiver".to_owned(),
+            receiver.to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+                .args(&args)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_test_alert_reaches_the_receiver_and_its_answer_is_printed() {
+        let fake = Fake::start(|n| (if n == 0 { 200 } else { 503 }, vec![])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        write_private(&url, &format!("{}/hook/SECRETPATH", fake.base_url));
+        let config = dir.path().join("linetokd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\n[[alerts.receiver]]\nname = \"ops\"\n\
+                 type = \"webhook\"\nurl_file = \"{}\"\nmin_severity = \"critical\"\n",
+                dir.path().display(),
+                url.display()
+            ),
+        )
+        .unwrap();
+
+        let out = alerts_test(&config, "ops").await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout, "ops (request 1): delivered\n");
+        let got = fake.got();
+        assert_eq!(got.len(), 1);
+        let v = got[0].json();
+        assert_eq!(v["alerts"][0]["labels"]["alertname"], "linetokd_test");
+        assert_eq!(v["alerts"][0]["labels"]["severity"], "critical");
+
+        // The receiver now answers 503: exit 1, said without the URL.
+        let out = alerts_test(&config, "ops").await;
+        assert_eq!(out.status.code(), Some(1));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.contains("not delivered: the receiver answered 503"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("SECRETPATH") && !all.contains(&fake.base_url),
+            "{all}"
+        );
+
+        // An unknown receiver is a usage error naming the known ones.
+        let out = alerts_test(&config, "pager").await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("known: ops"));
+    }
+}
