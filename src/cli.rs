@@ -500,9 +500,13 @@ fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
 fn load_outline(path: &Path) -> Result<config::Outline, Failure> {
     let settings = config::Settings::load(path, &process_env()?)
         .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
-    settings
+    let outline = settings
         .outline()
-        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())));
+    // Both commands end soon after: the file as parsed goes with the
+    // process, as their reports do.
+    exit_without_freeing(settings);
+    outline
 }
 
 /// Sets up logging from the config's format and `RUST_LOG`.

@@ -72,7 +72,46 @@ impl Snapshot {
     ///
     /// # Errors
     /// [`StoreError`] when a query fails.
-    pub fn read_all(store: &Store, now: DateTime<Utc>) -> Result<Vec<Self>, StoreError> {
+    ///
+    /// The live tokens, the biggest read, come from `tokens_from`: given a
+    /// second connection to the same database, it reads them on another
+    /// thread while `store` reads the rest (given `store` itself, the two
+    /// reads take turns).
+    pub fn read_all(
+        store: &Store,
+        tokens_from: &Store,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self>, StoreError> {
+        let (tokens, rest) = std::thread::scope(|scope| {
+            let tokens = scope.spawn(|| tokens_from.live_tokens_in(Scope::All));
+            let rest = Self::read_all_but_tokens(store, now);
+            let tokens = tokens
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (tokens, rest)
+        });
+        let mut parts = rest?;
+        for t in tokens? {
+            if let Some(p) = parts.1.get_mut(&t.channel_id) {
+                p.live.push(t);
+            }
+        }
+        let (rows, mut parts) = parts;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let p = parts.remove(&row.id)?;
+                Some(p.assemble(Some(row), now))
+            })
+            .collect())
+    }
+
+    /// Every table [`Self::read_all`] reads but the tokens, sorted out by
+    /// channel.
+    fn read_all_but_tokens(
+        store: &Store,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<ChannelRow>, BTreeMap<ChannelId, Parts>), StoreError> {
         let rows = store.channels()?;
         let mut parts: BTreeMap<ChannelId, Parts> = rows
             .iter()
@@ -83,11 +122,6 @@ impl Snapshot {
         for g in store.all_groups()? {
             if let Some(p) = parts.get_mut(&g.channel_id) {
                 p.groups.push(g);
-            }
-        }
-        for t in store.live_tokens_in(Scope::All)? {
-            if let Some(p) = parts.get_mut(&t.channel_id) {
-                p.live.push(t);
             }
         }
         for k in store.foreign_kids_in(Scope::All)? {
@@ -114,13 +148,7 @@ impl Snapshot {
                 p.requests.push((group, request));
             }
         }
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let p = parts.remove(&row.id)?;
-                Some(p.assemble(Some(row), now))
-            })
-            .collect())
+        Ok((rows, parts))
     }
 
     /// The policy's view of one stored group.

@@ -57,5 +57,35 @@ use self::world::{ChannelWorld, GroupWorld, worlds};
 /// unless `--all` (the routine reads are then not simulated).
 pub const JSON_VERSION: u32 = 2;
 
+/// `f` over `items`, on as many scoped threads as there are cores (at most
+/// [`MAX_THREADS`]), the results in the items' order. A report's channels
+/// are independent; at 100,000 groups building and printing them is a
+/// third of `status`'s time. Few items stay on this thread.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_THREADS);
+    if threads < 2 || items.len() < PARALLEL_FROM {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The most threads [`in_parallel`] uses.
+const MAX_THREADS: usize = 4;
+
+/// Below this many items [`in_parallel`] does not start threads.
+const PARALLEL_FROM: usize = 256;
+
 /// How far back `status` lists lost and failed issuances.
 pub const RECENT_INTENTS: Duration = Duration::days(7);

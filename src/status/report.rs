@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     ChannelWorld, ConfiguredChannel, DaemonStatus, GroupWorld, JSON_VERSION, StoredState, count,
-    worlds,
+    in_parallel, worlds,
 };
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::policy::{self, GroupView, Hold, Plan, Rules, Severity};
@@ -287,10 +287,8 @@ pub fn status_report(
     state: &StoredState,
     daemon: DaemonStatus,
 ) -> StatusReport {
-    let channels = worlds(now, configured, state)
-        .iter()
-        .map(|w| channel_status(now, w, rules, state))
-        .collect();
+    let worlds = worlds(now, configured, state);
+    let channels = in_parallel(&worlds, |w| channel_status(now, w, rules, state));
     StatusReport {
         version: JSON_VERSION,
         generated_at: now,

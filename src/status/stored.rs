@@ -69,25 +69,30 @@ impl StoredState {
 /// # Errors
 /// [`StoreError`] when a query fails.
 pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, StoreError> {
+    // A second read-only connection reads the live tokens, the biggest
+    // read, while this one reads the rest (`Snapshot::read_all`). Where
+    // none opens, this one reads them too.
+    let second = Store::open_read_only(store.path()).ok();
     // One query per table for all channels, sorted out here: a query per
     // channel and group would be hundreds of thousands at 100k groups.
-    let mut channels: BTreeMap<ChannelId, StoredChannel> = Snapshot::read_all(store, now)?
-        .into_iter()
-        .filter_map(|snapshot| {
-            let id = snapshot.channel.as_ref()?.id.clone();
-            Some((
-                id,
-                StoredChannel {
-                    snapshot,
-                    foreign: Vec::new(),
-                    recent_intents: Vec::new(),
-                    hooks: BTreeMap::new(),
-                    firing: Vec::new(),
-                    sinks: BTreeMap::new(),
-                },
-            ))
-        })
-        .collect();
+    let mut channels: BTreeMap<ChannelId, StoredChannel> =
+        Snapshot::read_all(store, second.as_ref().unwrap_or(store), now)?
+            .into_iter()
+            .filter_map(|snapshot| {
+                let id = snapshot.channel.as_ref()?.id.clone();
+                Some((
+                    id,
+                    StoredChannel {
+                        snapshot,
+                        foreign: Vec::new(),
+                        recent_intents: Vec::new(),
+                        hooks: BTreeMap::new(),
+                        firing: Vec::new(),
+                        sinks: BTreeMap::new(),
+                    },
+                ))
+            })
+            .collect();
     for kid in store.foreign_kids_in(Scope::All)? {
         if let Some(c) = channels.get_mut(&kid.channel_id)
             && kid.gone_at.is_none()

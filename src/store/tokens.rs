@@ -90,24 +90,33 @@ impl Store {
         self.live_tokens_in(Scope::Channel(channel))
     }
 
-    /// [`Self::live_tokens_of_channel`] for one channel or all (oldest
-    /// first either way).
+    /// [`Self::live_tokens_of_channel`] for one channel or all: one
+    /// channel's oldest first; all channels' by channel, each oldest first.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn live_tokens_in(&self, scope: Scope<'_>) -> Result<Vec<StoredToken>, StoreError> {
-        self.read("listing live tokens", |conn| {
+        let mut tokens = self.read("listing live tokens", |conn| {
             query_tokens(
                 conn,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} AND state = 'live' \
-                     ORDER BY issued_at, key_id",
+                     ORDER BY channel_id",
                     scope.condition("channel_id")
                 ),
                 params![scope.param()],
             )
-        })
+        })?;
+        // By channel is the live-token index's own order, so SQLite sorts
+        // nothing; sorting each channel's few tokens here is cheaper than
+        // SQLite sorting 100,000 wide rows by issue time.
+        for channel in tokens.chunk_by_mut(|a, b| a.channel_id == b.channel_id) {
+            channel.sort_by(|a, b| {
+                (a.record.issued_at, &a.record.key_id).cmp(&(b.record.issued_at, &b.record.key_id))
+            });
+        }
+        Ok(tokens)
     }
 
     /// Moves a live token to `state` with a reason (screened like every

@@ -620,7 +620,12 @@ fn reading_all_channels_at_once_gives_each_the_snapshot_the_rotator_reads() {
 
     let lab = lab();
     let store = Store::open_read_only(&lab.db()).unwrap();
-    let all = Snapshot::read_all(&store, lab.now).unwrap();
+    // The tokens read on a second connection, as `status` does, and on the
+    // same one: both as the rotator sees each channel.
+    let second = Store::open_read_only(&lab.db()).unwrap();
+    let all = Snapshot::read_all(&store, &second, lab.now).unwrap();
+    let alone = Snapshot::read_all(&store, &store, lab.now).unwrap();
+    assert_eq!(format!("{all:?}"), format!("{alone:?}"));
     let channels = store.channels().unwrap();
     assert_eq!(all.len(), channels.len());
     assert!(all.len() >= 2, "the lab has more than one channel");
