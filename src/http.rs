@@ -221,7 +221,7 @@ impl ApiKeys {
     }
 
     /// Decides what `presented` opens for the requested group: one lookup
-    /// of its digest (see [`KeyDigest`] for why that is safe).
+    /// of its digest (see `KeyDigest` for why that is safe).
     pub fn check(&self, channel: &ChannelId, group: &GroupName, presented: &str) -> Access {
         let presented = KeyDigest::of(presented.as_bytes());
         let Some(owners) = self.owners.get(&presented.0) else {

@@ -29,7 +29,7 @@
 //!   migrations; every instant in milliseconds; one writer per database.
 //! - [`snapshot`]: one channel's state read from the store as the driver
 //!   sees it, shared by the rotator, `status` and `plan`.
-//! - [`line`]: the typed client for LINE's token endpoints, the JWT
+//! - [`line`](mod@line): the typed client for LINE's token endpoints, the JWT
 //!   assertion ([`line::jwt`]), assertion signing keys ([`line::keys`]) and
 //!   the checks on what LINE answers ([`line::validate`]).
 //! - [`rotator`]: where the driver's decisions meet IO: one channel worked
@@ -63,7 +63,7 @@
 //!   daemon listens, recorded in its state directory.
 //! - [`status`]: what `linetokd status` and `linetokd plan` read from the
 //!   store (read-only, beside a running daemon) and how they print it.
-//! - [`demo`]: `linetokd demo`; [`bench`]: `linetokd bench`, which runs this
+//! - [`demo`]: `linetokd demo`; [`bench`](mod@bench): `linetokd bench`, which runs this
 //!   binary as a daemon against the sandbox and measures it from outside.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!

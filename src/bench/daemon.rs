@@ -140,7 +140,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the daemon to exit (SIGKILL after
-    /// [`PATIENCE`]).
+    /// `PATIENCE`).
     ///
     /// # Errors
     /// When it had to be killed or exited with a failure.

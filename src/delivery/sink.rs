@@ -2,7 +2,7 @@
 //! (docs/design.md section 6, issue 4 item 1).
 //!
 //! [`render`] turns a group's published tokens into the bytes of one of the
-//! three [`SinkFormat`]s; [`write`] puts them on disk atomically; [`remove`]
+//! three [`SinkFormat`]s; [`write`](fn@write) puts them on disk atomically; [`remove`]
 //! deletes a sink whose group left the config;
 //! [`remove_stale_temporaries`] deletes the temporary files a writer killed
 //! mid-write (`kill -9`) left behind. The caller (the delivery service)
