@@ -52,8 +52,9 @@ pub const SYNTHETIC_KEY_PREFIX: &str = "next-";
 
 /// The most rounds (instants at which anything happens) one channel runs
 /// in one forecast. A year of a channel's hourly reconciles and fifteen
-/// groups' verifies is about 30,000; the bound only stops a runaway loop.
-pub const MAX_ROUNDS_PER_CHANNEL: usize = 100_000;
+/// groups' verifies is about 30,000, and the demo's 30-second intervals over
+/// 30 days with `--all` about 350,000; the bound only stops a runaway loop.
+pub const MAX_ROUNDS_PER_CHANNEL: usize = 1_000_000;
 
 /// Whether the routine reads (verify, reconcile) are run forward too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +298,18 @@ struct ChannelRun {
 
 impl ChannelRun {
     fn new(input: ChannelInput) -> Self {
-        let group_issues = input.groups.iter().map(|_| Vec::new()).collect();
+        // The store's attempts of the last hour, by group: the views carry
+        // their count and the latest, so each counts as made at the latest.
+        // That keeps "no attempt within the hour" (the first-start burst)
+        // exact, and holds the count no shorter than the daemon would.
+        let group_issues = input
+            .groups
+            .iter()
+            .map(|g| match g.last_issue_at {
+                Some(at) => vec![at; usize::try_from(g.issued_last_hour).unwrap_or(0)],
+                None => Vec::new(),
+            })
+            .collect();
         let alerts = input.groups.iter().map(|_| Vec::new()).collect();
         Self {
             channel: input.channel,
@@ -384,11 +396,7 @@ impl ChannelRun {
             g.issued_last_hour = u32::try_from(times.len()).unwrap_or(u32::MAX);
             // As the snapshot reads it: the group's latest attempt within
             // the hour.
-            g.last_issue_at = times
-                .iter()
-                .copied()
-                .max()
-                .or(g.last_issue_at.filter(|at| *at > window_start));
+            g.last_issue_at = times.iter().copied().max();
         }
         let decision = drive(t, &self.state, rules);
         for (i, plan) in decision.plans.iter().enumerate() {

@@ -38,8 +38,8 @@
 //! - [`scheduler`]: owns every channel's due time; works the due ones.
 //! - [`delivery`]: file sinks, hooks and the token book, fed by events.
 //! - [`alerting`]: the alert notifier: routes the alerts the engine stored
-//!   ([`alerting::route`], pure) and sends them to webhook, Slack and
-//!   Alertmanager receivers, recording what was sent in the store.
+//!   ([`alerting::route`], pure) and sends them to webhook, Slack,
+//!   Alertmanager and LINE receivers, recording what was sent in the store.
 //! - [`http`]: the daemon's HTTP listener: health, metrics, the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`, speaking to the engine through [`control::Engine`].
@@ -71,7 +71,8 @@
 //!
 //! Arrows mean "may call"; nothing calls upward.
 //!
-//! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`
+//! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`, and
+//!   `alerting` for `linetokd alerts test`
 //! - `app` → `scheduler`, `http`, `control`, `delivery`, `alerting`,
 //!   `rotator`, `store`
 //! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never

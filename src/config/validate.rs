@@ -154,10 +154,11 @@ pub enum LogFormat {
 /// What `linetokd status` and `linetokd plan` need of a config: the
 /// `[daemon]` and `[rotation]` sections and each channel's ID, name, groups
 /// and whether it has a secret, checked as [`Settings::validate`] checks
-/// them. Each channel's key and secret file is read, so a config the
-/// daemon would refuse for a missing or unreadable one is refused here
-/// too, but the key is not parsed and the groups' API key files are not
-/// read: an RSA key parse per channel and a file per group were most of
+/// them ([`Settings::outline`] lists what it leaves out). Each channel's key
+/// and secret file is read, so a config the daemon would refuse for a
+/// missing or unreadable one is refused here too, but the key is not parsed
+/// and the groups' own rules (sinks, hooks, API key files) are not checked:
+/// an RSA key parse per channel and a file per group were most of
 /// `status`'s time at 100,000 groups, and neither changes what a report of
 /// the store shows.
 #[derive(Debug, Clone)]
@@ -179,8 +180,8 @@ pub struct ChannelOutline {
     pub name: String,
     /// Its groups' names, in file order.
     pub groups: Vec<GroupName>,
-    /// True when `secret_file` is set (needed to revoke); the file is not
-    /// read.
+    /// True when `secret_file` is set (needed to revoke); the file is read
+    /// to check it, its content not kept.
     pub has_secret: bool,
 }
 
@@ -271,10 +272,11 @@ impl Settings {
         })
     }
 
-    /// The [`Outline`] of the config: every rule of [`Self::validate`] on
-    /// `[daemon]`, `[rotation]`, channel IDs and names and group names,
-    /// each channel's key and secret file read but the key not parsed, no
-    /// API key file read.
+    /// The [`Outline`] of the config: every rule of [`Self::validate`] but
+    /// the key's parse and the groups' own rules (sinks, hooks, API key
+    /// files): `[daemon]`, `[rotation]`, `[alerts]` (its URL and secret
+    /// files read), each channel's ID, name, kid, key and secret file (read,
+    /// the key not parsed) and group count, group names, duplicates.
     ///
     /// # Errors
     ///
@@ -283,7 +285,7 @@ impl Settings {
     pub fn outline(&self) -> Result<Outline, ConfigError> {
         // `[alerts]` is checked (a config the daemon refuses is refused
         // here too) but not kept: reports do not send alerts.
-        let (daemon, channels, _alerts) = self.check(Validator::channel_outline)?;
+        let (daemon, channels, _alerts) = self.check(|v, i, c| v.channel_outline(self, i, c))?;
         Ok(Outline {
             daemon,
             rotation: self.rotation.clone(),
@@ -503,43 +505,15 @@ impl Validator {
 
     fn channel(&mut self, s: &Settings, i: usize, c: &ChannelSettings) -> Option<ChannelConfig> {
         let at = format!("channel[{i}]");
-        let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
-        let name_ok = self
-            .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
-            .is_some();
-        let kid = self
-            .keep(&format!("{at}.kid"), check_kid(&c.kid))
-            .map(SigningKid::new);
+        let (id, name_ok, kid) = self.channel_names(&at, c);
         let key = self.keep(&format!("{at}.key_file"), load_key(&c.key_file));
         let secret = match &c.secret_file {
             Some(path) => self
                 .keep(&format!("{at}.secret_file"), load_secret(path))
                 .map(|s| Some(ChannelSecret::new(s.expose()))),
-            None => {
-                if let Some(after) = s.rotation.revoke_previous_after {
-                    self.problem(
-                        format!("{at}.secret_file"),
-                        format!(
-                            "is missing, but rotation.revoke_previous_after ({}) needs the \
-                             channel secret to revoke tokens",
-                            fmt_dur(after)
-                        ),
-                    );
-                }
-                Some(None)
-            }
+            None => Some(None),
         };
-        if c.groups.len() > MAX_GROUPS_PER_CHANNEL {
-            self.problem(
-                format!("{at}.group"),
-                format!(
-                    "has {} groups; at most {MAX_GROUPS_PER_CHANNEL} fit in one channel \
-                     (LINE allows {CHANNEL_TOKEN_CAP} live tokens and each group may hold \
-                     {TOKENS_PER_GROUP})",
-                    c.groups.len()
-                ),
-            );
-        }
+        self.channel_limits(s, &at, c);
         let groups: Vec<Option<GroupConfig>> = c
             .groups
             .iter()
@@ -559,13 +533,16 @@ impl Validator {
         })
     }
 
-    /// The part of [`Self::channel`] an [`Outline`] needs.
-    fn channel_outline(&mut self, i: usize, c: &ChannelSettings) -> Option<ChannelOutline> {
+    /// The part of [`Self::channel`] an [`Outline`] needs: every rule but
+    /// the key's parse and the groups' own (sinks, hooks, API keys).
+    fn channel_outline(
+        &mut self,
+        s: &Settings,
+        i: usize,
+        c: &ChannelSettings,
+    ) -> Option<ChannelOutline> {
         let at = format!("channel[{i}]");
-        let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
-        let name_ok = self
-            .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
-            .is_some();
+        let (id, name_ok, kid) = self.channel_names(&at, c);
         let key_ok = self
             .keep(&format!("{at}.key_file"), read_key_file(&c.key_file))
             .is_some();
@@ -573,6 +550,7 @@ impl Validator {
             self.keep(&format!("{at}.secret_file"), load_secret(path))
                 .is_some()
         });
+        self.channel_limits(s, &at, c);
         let groups: Option<Vec<GroupName>> = c
             .groups
             .iter()
@@ -587,13 +565,57 @@ impl Validator {
             .collect::<Vec<_>>()
             .into_iter()
             .collect();
-        (name_ok && key_ok && secret_ok).then_some(())?;
+        (name_ok && key_ok && secret_ok && kid.is_some()).then_some(())?;
         Some(ChannelOutline {
             id: id?,
             name: c.name.clone(),
             groups: groups?,
             has_secret: c.secret_file.is_some(),
         })
+    }
+
+    /// A channel's ID, name and kid, checked.
+    fn channel_names(
+        &mut self,
+        at: &str,
+        c: &ChannelSettings,
+    ) -> (Option<ChannelId>, bool, Option<SigningKid>) {
+        let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
+        let name_ok = self
+            .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
+            .is_some();
+        let kid = self
+            .keep(&format!("{at}.kid"), check_kid(&c.kid))
+            .map(SigningKid::new);
+        (id, name_ok, kid)
+    }
+
+    /// The rules on a channel as a whole: the secret that
+    /// `revoke_previous_after` needs, and how many groups fit.
+    fn channel_limits(&mut self, s: &Settings, at: &str, c: &ChannelSettings) {
+        if c.secret_file.is_none()
+            && let Some(after) = s.rotation.revoke_previous_after
+        {
+            self.problem(
+                format!("{at}.secret_file"),
+                format!(
+                    "is missing, but rotation.revoke_previous_after ({}) needs the \
+                     channel secret to revoke tokens",
+                    fmt_dur(after)
+                ),
+            );
+        }
+        if c.groups.len() > MAX_GROUPS_PER_CHANNEL {
+            self.problem(
+                format!("{at}.group"),
+                format!(
+                    "has {} groups; at most {MAX_GROUPS_PER_CHANNEL} fit in one channel \
+                     (LINE allows {CHANNEL_TOKEN_CAP} live tokens and each group may hold \
+                     {TOKENS_PER_GROUP})",
+                    c.groups.len()
+                ),
+            );
+        }
     }
 
     fn group(&mut self, at: &str, g: &GroupSettings) -> Option<GroupConfig> {

@@ -20,7 +20,4 @@ pub mod service;
 pub mod sink;
 
 pub use published::{GroupTokens, PublishedToken, TokenBook};
-pub use service::{
-    Delivery, FailingSink, GroupDelivery, SINK_NOTE_PREFIX, SinkBoard, SinkHealth, SinkRetry,
-    sink_note_key,
-};
+pub use service::{Delivery, FailingSink, GroupDelivery, SinkBoard, SinkHealth, SinkRetry};

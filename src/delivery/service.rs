@@ -47,7 +47,7 @@ use crate::clock::SharedClock;
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::event::RotationEvent;
 use crate::metrics::Metrics;
-use crate::store::{EventKind, NewEvent, Store, StoreError};
+use crate::store::{EventKind, NewEvent, Store, StoreError, sink_note_key};
 
 /// Where one group's token goes.
 #[derive(Debug, Clone, Default)]
@@ -124,15 +124,6 @@ pub struct SinkHealth {
 
 /// Every group's [`SinkHealth`], by channel and group.
 pub type SinkBoard = BTreeMap<(ChannelId, GroupName), SinkHealth>;
-
-/// The store note under which a group's sink state is recorded for
-/// `linetokd status`: `ok: ...` or `failing since ...`.
-pub fn sink_note_key(channel: &ChannelId, group: &GroupName) -> String {
-    format!("{SINK_NOTE_PREFIX}{channel}/{group}")
-}
-
-/// The start of every [`sink_note_key`], to read them all at once.
-pub const SINK_NOTE_PREFIX: &str = "sinks/";
 
 /// Publishes tokens to sinks and hooks.
 pub struct Delivery {

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::RECENT_INTENTS;
-use crate::delivery::{SINK_NOTE_PREFIX, sink_note_key};
 use crate::domain::{ChannelId, GroupName};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, IssueIntent, LAST_RELOAD, Scope, Store,
-    StoreError,
+    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, IssueIntent, LAST_RELOAD,
+    SINK_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
 };
 
 /// One channel as the config file lists it: what `status` and `plan` need
@@ -29,7 +28,10 @@ pub struct ConfiguredChannel {
     pub can_revoke: bool,
 }
 
-/// Everything `status` and `plan` read from the store, at one instant.
+/// Everything `status` and `plan` read from the store for one `now`. Each
+/// table is read by its own statement (the live tokens on a second
+/// connection), so a commit by the running daemon between two reads can
+/// show a table a moment newer than another: a report, not a transaction.
 #[derive(Debug, Clone)]
 pub struct StoredState {
     pub(super) channels: BTreeMap<ChannelId, StoredChannel>,

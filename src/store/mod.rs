@@ -74,7 +74,7 @@ pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use migrate::Migrated;
-pub use notes::{DaemonNote, LAST_RELOAD};
+pub use notes::{DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, sink_note_key};
 pub use notifications::{AlertRecord, NotifyItem, NotifyKind, NotifyState, PendingNotification};
 pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,

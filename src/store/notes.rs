@@ -5,9 +5,20 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use super::{Store, StoreError, millis, screen, time_at};
+use crate::domain::{ChannelId, GroupName};
 
 /// The key of the last config reload's outcome.
 pub const LAST_RELOAD: &str = "last_reload";
+
+/// The note under which a group's sink state is recorded for `linetokd
+/// status` (`ok: ...` or `failing since ...`): delivery writes it, status
+/// reads it, and neither needs the other.
+pub fn sink_note_key(channel: &ChannelId, group: &GroupName) -> String {
+    format!("{SINK_NOTE_PREFIX}{channel}/{group}")
+}
+
+/// The start of every [`sink_note_key`], to read them all at once.
+pub const SINK_NOTE_PREFIX: &str = "sinks/";
 
 /// One note.
 #[derive(Debug, Clone, PartialEq, Eq)]

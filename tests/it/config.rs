@@ -814,7 +814,9 @@ fn the_outline_reads_key_and_secret_files_but_parses_no_key_and_reads_no_api_key
     // A missing key or secret file, or a bad channel ID, is refused by both.
     fs::remove_file(creds.path().join("shop-bot.pem")).unwrap();
     fs::remove_file(creds.path().join("shop-bot.secret")).unwrap();
-    let text = VALID.replace("id = \"1234567890\"", "id = \"not-a-number\"");
+    let text = VALID
+        .replace("id = \"1234567890\"", "id = \"not-a-number\"")
+        .replace("kid = \"kid-shop-bot\"", "kid = \"\"");
     let err = load_str(&text, &creds.env())
         .unwrap()
         .outline()
@@ -824,6 +826,7 @@ fn the_outline_reads_key_and_secret_files_but_parses_no_key_and_reads_no_api_key
         keys,
         [
             "channel[0].id",
+            "channel[0].kid",
             "channel[0].key_file",
             "channel[0].secret_file"
         ],

@@ -665,14 +665,13 @@ mod service {
     use linetokd::clock::{Clock as _, SharedClock};
     use linetokd::delivery::hook::HookRetry;
     use linetokd::delivery::sink::{SinkFormat, SinkSpec};
-    use linetokd::delivery::{
-        Delivery, GroupDelivery, SinkBoard, SinkHealth, TokenBook, sink_note_key,
-    };
+    use linetokd::delivery::{Delivery, GroupDelivery, SinkBoard, SinkHealth, TokenBook};
     use linetokd::domain::{AccessToken, KeyId};
     use linetokd::metrics::Metrics;
     use linetokd::policy::IssueReason;
     use linetokd::rotator::RotationEvent;
     use linetokd::store::Store;
+    use linetokd::store::sink_note_key;
     use tokio::sync::{broadcast, watch};
     use tokio_util::sync::CancellationToken;
 
