@@ -568,14 +568,7 @@ impl Notifier {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Internal {
-                    what: format!("a store task failed: {e}"),
-                })
-            })
+        self.store.blocking(f).await
     }
 }
 

@@ -370,6 +370,27 @@ impl Store {
         f(&conn).map_err(|e| e.into_store_error(&self.inner.path, what))
     }
 
+    /// Runs `f` with this store on tokio's blocking pool, for async
+    /// callers: rusqlite blocks. A task that panicked or was cancelled
+    /// comes back as [`StoreError::Internal`].
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or [`StoreError::Internal`].
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Internal {
+                    what: e.to_string(),
+                })
+            })
+    }
+
     /// Runs `f` in one immediate transaction, committed only if `f`
     /// succeeds. A panic or error inside rolls everything back. Refused with
     /// [`StoreError::Replaced`] once the path no longer names the file
