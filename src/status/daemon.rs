@@ -61,7 +61,17 @@ pub fn probe_daemon(db: &Path) -> DaemonStatus {
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok());
     match std::fs::read_to_string("/proc/locks") {
-        Ok(table) => match flock_holder(&table, meta.ino()) {
+        // `/proc/locks` is generated as it is read, a page at a time: when
+        // other processes take or drop locks between two reads, a line can
+        // be skipped (seen under load, with many tests locking at once).
+        // So a holder missing from it is looked for where the kernel lists
+        // one process's locks alone: the fdinfo of the PID the lock file
+        // names.
+        Ok(table) => match flock_holder(&table, meta.ino()).or_else(|| {
+            pid_in_file
+                .filter(|pid| holds_flock(*pid, meta.ino()))
+                .map(Some)
+        }) {
             Some(kernel_pid) => DaemonStatus {
                 running: Some(true),
                 pid: pid_in_file.or(kernel_pid),
@@ -99,6 +109,25 @@ fn flock_holder(table: &str, ino: u64) -> Option<Option<u32>> {
         }
         let inode: u64 = dev_ino.rsplit(':').next()?.parse().ok()?;
         (inode == ino).then(|| pid.parse::<u32>().ok().filter(|p| *p > 0))
+    })
+}
+
+/// True when process `pid` holds an exclusive `flock` on the file with
+/// inode `ino`, as its `/proc/PID/fdinfo/*` `lock:` lines show (the same
+/// format as `/proc/locks`, one process at a time).
+fn holds_flock(pid: u32, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+            let table: String = info
+                .lines()
+                .filter_map(|line| line.strip_prefix("lock:"))
+                .map(|line| format!("{}\n", line.trim()))
+                .collect();
+            flock_holder(&table, ino).is_some()
+        })
     })
 }
 
@@ -147,7 +176,12 @@ mod tests {
         if std::fs::read_to_string("/proc/locks").is_ok() {
             assert_eq!(probe.running, Some(true));
             assert_eq!(probe.pid, Some(std::process::id()));
+            // The holder's own lock table tells the same, without the
+            // system-wide table that can skip lines while others lock.
+            let ino = std::fs::metadata(WriterLock::path_for(&db)).unwrap().ino();
+            assert!(holds_flock(std::process::id(), ino));
             drop(lock);
+            assert!(!holds_flock(std::process::id(), ino));
             assert_eq!(probe_daemon(&db).running, Some(false));
         } else {
             assert_eq!(probe.running, None);
