@@ -175,7 +175,7 @@ impl Daemon {
         )
         .context("while setting up the LINE client")?;
 
-        let mut rules = rules(&config.rotation);
+        let mut rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
@@ -321,7 +321,7 @@ impl Daemon {
     /// config then stays in force.
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
-        let new_rules = rules(&config.rotation);
+        let new_rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
         new_rules
             .validate()
             .context("while checking the reloaded rotation rules")?;
@@ -824,8 +824,9 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
-/// The policy's rules from the `[rotation]` settings.
-pub fn rules(r: &RotationSettings) -> Rules {
+/// The policy's rules from the `[rotation]` settings and `[alerts]
+/// capacity_low_threshold`.
+pub fn rules(r: &RotationSettings, capacity_low_threshold: u32) -> Rules {
     let d = |std: std::time::Duration| Duration::from_std(std).unwrap_or(Duration::MAX);
     Rules {
         token_lifetime: d(r.token_lifetime),
@@ -836,6 +837,7 @@ pub fn rules(r: &RotationSettings) -> Rules {
         revoke_previous_after: r.revoke_previous_after.map(d),
         max_issues_per_hour: r.max_issues_per_hour,
         removal_grace: d(r.removal_grace),
+        capacity_low_threshold,
         ..Rules::default()
     }
 }

@@ -869,7 +869,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         now,
         db,
         &configured_channels(&config),
-        &app::rules(&config.rotation),
+        &app::rules(&config.rotation, config.capacity_low_threshold),
         &state,
         probe_daemon(&config),
     );
@@ -943,7 +943,7 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
         now,
         db,
         &configured_channels(&config),
-        &app::rules(&config.rotation),
+        &app::rules(&config.rotation, config.capacity_low_threshold),
         state.as_ref(),
         until,
         all,

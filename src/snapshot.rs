@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ChannelId, FailureKind, GroupName, OpenRequest, TokenState};
+use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenState};
 use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState};
 use crate::store::{ChannelRow, GroupRow, GroupRuntime, Scope, Store, StoreError, StoredToken};
 
@@ -30,10 +30,11 @@ pub struct Snapshot {
     /// name.
     pub groups: Vec<(GroupRow, Vec<StoredToken>)>,
     /// Foreign key IDs the last reconcile saw listed.
-    pub foreign: u32,
-    /// Issue attempts with an unknown outcome that no reconcile has settled:
-    /// each may be a live token nobody recorded.
-    pub unsettled: u32,
+    pub foreign: Vec<KeyId>,
+    /// Issue attempts with an unknown outcome that no reconcile has settled,
+    /// by the group that made each: each may be a live token nobody
+    /// recorded.
+    pub unsettled: Vec<GroupName>,
     /// The channel's issue attempts in the hour before `now`, by group.
     pub issues_last_hour: Vec<(GroupName, DateTime<Utc>)>,
     /// Open operator requests, by group, oldest first.
@@ -58,7 +59,7 @@ impl Snapshot {
             // rest, and a group's dead tokens pile up with every rotation.
             live: store.live_tokens_of_channel(channel_id)?,
             groups: store.groups(channel_id)?,
-            foreign: store.live_foreign_count(channel_id)?,
+            foreign: store.live_foreign_kids(channel_id)?,
             unsettled: store.unsettled_issues(channel_id, settled)?,
             issues: store.issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?,
             requests: store.open_requests(channel_id)?,
@@ -128,12 +129,12 @@ impl Snapshot {
             if let Some(p) = parts.get_mut(&k.channel_id)
                 && k.gone_at.is_none()
             {
-                p.foreign = p.foreign.saturating_add(1);
+                p.foreign.push(k.key_id);
             }
         }
-        for (channel, n) in store.unsettled_issues_by_channel()? {
+        for (channel, group) in store.unsettled_issues_by_channel()? {
             if let Some(p) = parts.get_mut(&channel) {
-                p.unsettled = n;
+                p.unsettled.push(group);
             }
         }
         for (channel, group, at) in
@@ -196,8 +197,8 @@ impl Snapshot {
         let row = self.channel.as_ref();
         ChannelView {
             live_ours: 0,
-            foreign: self.foreign,
-            lost: self.unsettled,
+            foreign: count(self.foreign.len()),
+            lost: count(self.unsettled.len()),
             issue_times_last_hour: self.issues_last_hour.iter().map(|(_, at)| *at).collect(),
             last_reconcile_at: row.and_then(|c| c.last_reconcile_at),
             reconcile_retry: row.and_then(|c| {
@@ -237,8 +238,8 @@ struct Parts {
     live: Vec<StoredToken>,
     /// Group rows, by name.
     groups: Vec<GroupRow>,
-    foreign: u32,
-    unsettled: u32,
+    foreign: Vec<KeyId>,
+    unsettled: Vec<GroupName>,
     /// Issue attempts since an hour before `now` (the bound included).
     issues: Vec<(GroupName, DateTime<Utc>)>,
     requests: Vec<(GroupName, OpenRequest)>,
@@ -272,6 +273,10 @@ impl Parts {
             requests: self.requests,
         }
     }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The failure streak the store kept for a group, if one is running. A

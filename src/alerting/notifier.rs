@@ -496,9 +496,9 @@ impl Notifier {
             };
             raw.push((
                 a.clone(),
-                settings
-                    .channel_names
-                    .name(&a.channel_id)
+                a.channel_id
+                    .as_ref()
+                    .and_then(|c| settings.channel_names.name(c))
                     .map(str::to_owned),
                 item.kind,
             ));
@@ -508,12 +508,21 @@ impl Notifier {
                 .map(|(a, channel_name, kind)| {
                     Ok(Told {
                         fingerprint: s.screen_text(&a.fingerprint)?,
-                        channel: s.screen_text(a.channel_id.as_str())?,
+                        channel: a
+                            .channel_id
+                            .as_ref()
+                            .map(|c| s.screen_text(c.as_str()))
+                            .transpose()?,
                         channel_name: channel_name.map(|n| s.screen_text(&n)).transpose()?,
                         group: a
                             .group
                             .as_ref()
                             .map(|g| s.screen_text(g.as_str()))
+                            .transpose()?,
+                        label: a
+                            .label
+                            .as_ref()
+                            .map(|(n, v)| Ok::<_, StoreError>((n.clone(), s.screen_text(v)?)))
                             .transpose()?,
                         alertname: s.screen_text(&a.alertname)?,
                         severity: s.screen_text(&a.severity)?,

@@ -32,12 +32,14 @@ const NO_END: &str = "0001-01-01T00:00:00Z";
 pub struct Told {
     /// linetokd's fingerprint, `channel/group/alertname`.
     pub fingerprint: String,
-    /// The channel ID.
-    pub channel: String,
+    /// The channel ID; `None` for an alert about the daemon as a whole.
+    pub channel: Option<String>,
     /// The channel's configured name, if known.
     pub channel_name: Option<String>,
     /// The group, if any.
     pub group: Option<String>,
+    /// The extra label (`key_id`, `sink`, `hook`, `receiver`), if any.
+    pub label: Option<(String, String)>,
     /// The alert's name.
     pub alertname: String,
     /// `warning` or `critical`.
@@ -53,21 +55,45 @@ pub struct Told {
 }
 
 impl Told {
-    /// Its labels: `alertname`, `severity`, `channel`, `channel_name`,
-    /// `group` (the last two when known).
-    pub fn labels(&self) -> BTreeMap<&'static str, String> {
+    /// Its labels: `alertname`, `severity`, then those it has of
+    /// `channel`, `channel_name`, `group` and its extra label.
+    pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::from([
-            ("alertname", self.alertname.clone()),
-            ("severity", self.severity.clone()),
-            ("channel", self.channel.clone()),
+            ("alertname".to_owned(), self.alertname.clone()),
+            ("severity".to_owned(), self.severity.clone()),
         ]);
+        if let Some(channel) = &self.channel {
+            labels.insert("channel".to_owned(), channel.clone());
+        }
         if let Some(name) = &self.channel_name {
-            labels.insert("channel_name", name.clone());
+            labels.insert("channel_name".to_owned(), name.clone());
         }
         if let Some(group) = &self.group {
-            labels.insert("group", group.clone());
+            labels.insert("group".to_owned(), group.clone());
+        }
+        if let Some((name, value)) = &self.label {
+            labels.insert(name.clone(), value.clone());
         }
         labels
+    }
+
+    /// Where it is, for people: `channel/group [label=value]`, the
+    /// channel by its configured name when known, `linetokd` for an alert
+    /// about the daemon as a whole.
+    pub fn place(&self) -> String {
+        let channel = self
+            .channel_name
+            .as_deref()
+            .or(self.channel.as_deref())
+            .unwrap_or("linetokd");
+        let mut place = match &self.group {
+            Some(g) => format!("{channel}/{g}"),
+            None => channel.to_owned(),
+        };
+        if let Some((name, value)) = &self.label {
+            place.push_str(&format!(" [{name}={value}]"));
+        }
+        place
     }
 
     fn annotations(&self) -> BTreeMap<&'static str, String> {
@@ -234,11 +260,7 @@ fn plain_lines(ctx: Context<'_>, alerts: &[Told]) -> Vec<String> {
     }
     let mut lines = vec![head];
     for a in alerts.iter().take(MAX_SLACK_LINES) {
-        let channel = a.channel_name.as_deref().unwrap_or(&a.channel);
-        let place = match &a.group {
-            Some(g) => format!("{channel}/{g}"),
-            None => channel.to_owned(),
-        };
+        let place = a.place();
         let mark = match a.kind {
             NotifyKind::Firing => a.severity.to_uppercase(),
             NotifyKind::Resolved => "RESOLVED".to_owned(),
@@ -258,9 +280,7 @@ fn plain_lines(ctx: Context<'_>, alerts: &[Told]) -> Vec<String> {
 }
 
 /// The pairs every map in `maps` shares.
-fn common(
-    mut maps: impl Iterator<Item = BTreeMap<&'static str, String>>,
-) -> BTreeMap<&'static str, String> {
+fn common<K: Ord>(mut maps: impl Iterator<Item = BTreeMap<K, String>>) -> BTreeMap<K, String> {
     let Some(mut shared) = maps.next() else {
         return BTreeMap::new();
     };
@@ -299,7 +319,8 @@ mod tests {
     fn told(name: &str, group: Option<&str>, kind: NotifyKind) -> Told {
         Told {
             fingerprint: format!("1000/{}/{name}", group.unwrap_or("-")),
-            channel: "1000".into(),
+            channel: Some("1000".into()),
+            label: None,
             channel_name: Some("shop-bot".into()),
             group: group.map(str::to_owned),
             alertname: name.into(),

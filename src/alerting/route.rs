@@ -321,7 +321,8 @@ mod tests {
     fn alert(name: &str, severity: &str, started: DateTime<Utc>) -> AlertRecord {
         AlertRecord {
             fingerprint: format!("1000/g/{name}"),
-            channel_id: ChannelId::new("1000"),
+            channel_id: Some(ChannelId::new("1000")),
+            label: None,
             group: None,
             alertname: name.into(),
             severity: severity.into(),

@@ -396,10 +396,11 @@ pub async fn post(client: &reqwest::Client, timeout: StdDuration, request: &Requ
 /// receiver's own `min_severity` so it passes its filter.
 pub fn test_alert(receiver: &Receiver, now: DateTime<Utc>) -> Told {
     Told {
-        fingerprint: "linetokd/-/linetokd_test".into(),
-        channel: "linetokd".into(),
+        fingerprint: "-/-/linetokd_test".into(),
+        channel: None,
         channel_name: None,
         group: None,
+        label: None,
         alertname: "linetokd_test".into(),
         severity: receiver.min_severity.as_str().into(),
         summary: "A test notification sent by `linetokd alerts test`; nothing is wrong.".into(),
@@ -443,7 +444,8 @@ mod tests {
     fn told() -> Told {
         Told {
             fingerprint: "1000/backend/no_live_token".into(),
-            channel: "1000".into(),
+            channel: Some("1000".into()),
+            label: None,
             channel_name: None,
             group: Some("backend".into()),
             alertname: "no_live_token".into(),

@@ -42,6 +42,9 @@ pub struct AlertsSettings {
     /// Where people can look at the daemon (its status page); sent as each
     /// alert's `generatorURL` and the payload's `externalURL`.
     pub external_url: Option<String>,
+    /// `capacity_low` fires when a channel can take at most this many more
+    /// tokens after linetokd revoked its own superseded ones.
+    pub capacity_low_threshold: u32,
     /// `[[alerts.receiver]]`: where notifications go.
     #[serde(rename = "receiver")]
     pub receivers: Vec<ReceiverSettings>,
@@ -54,6 +57,7 @@ impl Default for AlertsSettings {
             repeat_interval_warning: Duration::from_secs(4 * 3_600),
             repeat_interval_critical: Duration::from_secs(3_600),
             external_url: None,
+            capacity_low_threshold: 4,
             receivers: Vec::new(),
         }
     }
@@ -129,6 +133,8 @@ pub struct AlertsConfig {
     pub repeat_interval_critical: Duration,
     /// See [`AlertsSettings::external_url`].
     pub external_url: Option<reqwest::Url>,
+    /// See [`AlertsSettings::capacity_low_threshold`].
+    pub capacity_low_threshold: u32,
     /// The receivers, in file order.
     pub receivers: Vec<ReceiverConfig>,
 }
@@ -265,6 +271,18 @@ pub(super) fn validate(
 ) -> Option<AlertsConfig> {
     let before = problems.len();
     let mut problem = |key: String, message: String| problems.push(Problem::new(key, message));
+    if usize::try_from(s.capacity_low_threshold).unwrap_or(usize::MAX)
+        >= super::validate::CHANNEL_TOKEN_CAP
+    {
+        problem(
+            "alerts.capacity_low_threshold".into(),
+            format!(
+                "({}) must be below LINE's {} tokens per channel",
+                s.capacity_low_threshold,
+                super::validate::CHANNEL_TOKEN_CAP
+            ),
+        );
+    }
     if s.group_wait > MAX_GROUP_WAIT {
         problem(
             "alerts.group_wait".into(),
@@ -488,6 +506,7 @@ pub(super) fn validate(
         repeat_interval_warning: s.repeat_interval_warning,
         repeat_interval_critical: s.repeat_interval_critical,
         external_url,
+        capacity_low_threshold: s.capacity_low_threshold,
         receivers,
     })
 }

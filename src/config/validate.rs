@@ -55,7 +55,7 @@ use super::{
 };
 
 /// LINE's cap on live v2.1 tokens per channel.
-const CHANNEL_TOKEN_CAP: usize = 30;
+pub(super) const CHANNEL_TOKEN_CAP: usize = 30;
 /// Live tokens one group may hold: current and previous.
 const TOKENS_PER_GROUP: usize = 2;
 /// So many groups fit in one channel.
@@ -167,6 +167,8 @@ pub struct Outline {
     pub daemon: DaemonConfig,
     /// `[rotation]`.
     pub rotation: RotationSettings,
+    /// `[alerts] capacity_low_threshold` (a rule the forecast applies).
+    pub capacity_low_threshold: u32,
     /// `[[channel]]`, in file order.
     pub channels: Vec<ChannelOutline>,
 }
@@ -284,11 +286,13 @@ impl Settings {
     /// key.
     pub fn outline(&self) -> Result<Outline, ConfigError> {
         // `[alerts]` is checked (a config the daemon refuses is refused
-        // here too) but not kept: reports do not send alerts.
-        let (daemon, channels, _alerts) = self.check(|v, i, c| v.channel_outline(self, i, c))?;
+        // here too) but only its capacity threshold kept: reports do not
+        // send alerts.
+        let (daemon, channels, alerts) = self.check(|v, i, c| v.channel_outline(self, i, c))?;
         Ok(Outline {
             daemon,
             rotation: self.rotation.clone(),
+            capacity_low_threshold: alerts.capacity_low_threshold,
             channels,
         })
     }

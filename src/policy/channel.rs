@@ -23,7 +23,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::capacity::{capacity_victims, live_ours};
+use super::capacity::{capacity_victims, free_capacity, live_ours};
 use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
@@ -76,7 +76,7 @@ pub struct Decision {
     /// Each group's plan at this instant, in the state's order.
     pub plans: Vec<Plan>,
     /// Conditions of the channel as a whole (the listing failing, LINE's
-    /// full refusal).
+    /// full refusal, little room left).
     pub channel_alerts: Vec<Alert>,
 }
 
@@ -113,6 +113,16 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
     }
     if let Some(until) = view.full_until.filter(|until| *until > now) {
         channel_alerts.push(Alert::ChannelFull { until });
+    }
+    // Our own superseded tokens are room we can take back at any time, so
+    // they do not make the channel "nearly full"; what cannot be freed does.
+    let freeable = capacity_victims(now, &state.groups, u32::MAX, rules).len();
+    let free = free_capacity(&view, rules, u32::try_from(freeable).unwrap_or(u32::MAX));
+    if free <= i64::from(rules.capacity_low_threshold) {
+        channel_alerts.push(Alert::CapacityLow {
+            free,
+            threshold: rules.capacity_low_threshold,
+        });
     }
 
     let next = if let Some(i) = plans.iter().position(|p| !p.steps.is_empty()) {

@@ -273,6 +273,30 @@ pub enum Alert {
         /// Why it should go.
         reason: RevokeReason,
     },
+    /// Channel-wide: the room left once our own superseded tokens are
+    /// revoked is at most `rules.capacity_low_threshold`, so a foreign
+    /// issuer or a few more tokens will fill the channel.
+    CapacityLow {
+        /// Tokens the channel can still take after freeing what we can.
+        free: i64,
+        /// The threshold it is at or below.
+        threshold: u32,
+    },
+    /// Channel-wide, one per key ID: the last listing showed a token that
+    /// is not ours (another issuer's, or ours lost in a crash). It counts
+    /// against the channel's 30 until it is gone.
+    ForeignToken {
+        /// Its key ID.
+        key_id: KeyId,
+    },
+    /// An issue attempt of this group ended without knowing whether LINE
+    /// issued (a crash mid-call, a lost answer): a token nobody can hand
+    /// out may be live. Counted against capacity until a listing settles
+    /// it; if LINE did issue, its key ID then shows as a foreign token.
+    LostToken {
+        /// Such attempts of the group not yet settled.
+        attempts: u32,
+    },
 }
 
 impl Alert {
@@ -286,7 +310,10 @@ impl Alert {
             | Self::TooManyLive { .. }
             | Self::ReconcileFailing { .. }
             | Self::ChannelFull { .. }
-            | Self::RevokeNeedsSecret { .. } => Severity::Warning,
+            | Self::RevokeNeedsSecret { .. }
+            | Self::CapacityLow { .. }
+            | Self::ForeignToken { .. }
+            | Self::LostToken { .. } => Severity::Warning,
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Rules {
     /// LINE's cap on live v2.1 tokens per channel (30). A setting only so
     /// tests can use a small cap; production leaves it at LINE's value.
     pub channel_token_cap: u32,
+    /// `capacity_low` fires when the channel can take at most this many
+    /// more tokens once our own superseded ones are revoked (default 4).
+    pub capacity_low_threshold: u32,
     /// How failed requests are retried (docs/design.md section 5).
     pub retry: RetryRules,
     /// How long before the current token's expiry a failing group's
@@ -97,6 +100,7 @@ impl Default for Rules {
             max_issues_per_hour: 6,
             removal_grace: Duration::hours(24),
             channel_token_cap: LINE_CHANNEL_TOKEN_CAP,
+            capacity_low_threshold: 4,
             retry: RetryRules::default(),
             deadline_margin: Duration::minutes(5),
             full_recheck: Duration::minutes(1),

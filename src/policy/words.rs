@@ -163,6 +163,23 @@ impl fmt::Display for Alert {
                 "token {key_id} should be revoked ({reason}) but the channel has no \
                  secret_file; it lives until it expires"
             ),
+            Self::CapacityLow { free, threshold } => write!(
+                f,
+                "the channel can take only {free} more tokens even after revoking our superseded \
+                 ones (warning at {threshold} or fewer); another issuer or a few more groups \
+                 will fill it"
+            ),
+            Self::ForeignToken { key_id } => write!(
+                f,
+                "LINE lists token {key_id} on the channel and it is not one of ours; it counts \
+                 against the channel's 30 until it expires or its issuer revokes it"
+            ),
+            Self::LostToken { attempts } => write!(
+                f,
+                "{attempts} issue attempt(s) of this group ended without an answer (a crash or a \
+                 lost reply); LINE may hold a token of ours nobody can hand out, counted against \
+                 capacity until the next listing shows it"
+            ),
         }
     }
 }
@@ -335,6 +352,20 @@ mod tests {
                 "PermanentFailure",
             ),
             (Alert::TooManyLive { live: 3 }, "TooManyLive"),
+            (
+                Alert::CapacityLow {
+                    free: 3,
+                    threshold: 4,
+                },
+                "CapacityLow",
+            ),
+            (
+                Alert::ForeignToken {
+                    key_id: key_id.clone(),
+                },
+                "ForeignToken",
+            ),
+            (Alert::LostToken { attempts: 1 }, "LostToken"),
             (
                 Alert::RevokeNeedsSecret {
                     key_id,

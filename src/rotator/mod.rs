@@ -45,7 +45,7 @@ pub use crate::logging::error_chain;
 use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
-use crate::store::{AlertSpec, Store, StoreError};
+use crate::store::{AlertLabel, AlertScope, AlertSpec, Store, StoreError};
 
 /// How many driver rounds one call of [`Rotator::work_channel`] may run.
 /// Every executed step changes the state so the next decision differs; the
@@ -467,7 +467,8 @@ impl Rotator {
                 Ok(None)
             }
             Next::Idle { until } => {
-                self.report(setup, &state, &decision, now).await?;
+                self.report(setup, &snapshot, &state, &decision, now)
+                    .await?;
                 Ok(Some(until))
             }
         }
@@ -484,11 +485,13 @@ impl Rotator {
     }
 
     /// Metrics and alerts for a channel at rest: each group's live count,
-    /// expiry and next rotation; the alerts its plans raise, synced with
-    /// the store (which logs each start and end once).
+    /// expiry and next rotation; the alerts its plans raise, the foreign
+    /// tokens listed and the issue attempts lost, synced with the store
+    /// (which logs each start and end once).
     async fn report(
         &self,
         setup: &ChannelSetup,
+        snapshot: &Snapshot,
         state: &policy::ChannelState,
         decision: &Decision,
         now: DateTime<Utc>,
@@ -496,28 +499,7 @@ impl Rotator {
         let live_ours = policy::live_ours(now, &state.groups);
         self.metrics
             .set_channel(&setup.id, live_ours, state.view.foreign);
-        let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
-        let mut add = |group: Option<&GroupName>, alert: &Alert| {
-            let name = alert_name(alert);
-            if specs
-                .iter()
-                .any(|(s, _)| s.alertname == name && s.group.as_ref() == group)
-            {
-                return;
-            }
-            specs.push((
-                AlertSpec {
-                    group: group.cloned(),
-                    alertname: name,
-                    severity: match alert.severity() {
-                        Severity::Critical => "critical",
-                        Severity::Warning => "warning",
-                    },
-                    summary: describe_alert(alert),
-                },
-                alert.clone(),
-            ));
-        };
+        let mut alerts: Vec<(Option<GroupName>, Alert)> = Vec::new();
         for (view, plan) in state.groups.iter().zip(&decision.plans) {
             let live = view.live_tokens(now);
             self.metrics.set_group(
@@ -527,17 +509,34 @@ impl Rotator {
                 view.current(now).map(|t| t.expires_at),
                 plan.next_rotation_at,
             );
-            for alert in &plan.alerts {
-                add(Some(&view.group), alert);
-            }
+            alerts.extend(
+                plan.alerts
+                    .iter()
+                    .map(|a| (Some(view.group.clone()), a.clone())),
+            );
         }
-        for alert in &decision.channel_alerts {
-            add(None, alert);
+        alerts.extend(decision.channel_alerts.iter().map(|a| (None, a.clone())));
+        alerts.extend(standing_alerts(snapshot));
+        let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
+        for (group, alert) in alerts {
+            let spec = alert_spec(group, &alert);
+            if !specs.iter().any(|(s, _)| {
+                s.alertname == spec.alertname && s.group == spec.group && s.label == spec.label
+            }) {
+                specs.push((spec, alert));
+            }
         }
         let channel = setup.id.clone();
         let wanted: Vec<AlertSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
         let changes = self
-            .db(move |store| store.sync_alerts(now, &channel, &wanted))
+            .db(move |store| {
+                let scope = AlertScope {
+                    channel: Some(&channel),
+                    group: None,
+                    names: ENGINE_ALERTS,
+                };
+                store.sync_alerts(now, scope, &wanted)
+            })
             .await?;
         for raised in &changes.raised {
             let group = raised.group.as_ref().map_or("-", GroupName::as_str);
@@ -557,8 +556,8 @@ impl Rotator {
                 });
             }
         }
-        for fingerprint in &changes.resolved {
-            tracing::info!(channel = %setup.id, alert = %fingerprint, "alert resolved");
+        for resolved in &changes.resolved {
+            tracing::info!(channel = %setup.id, alert = %resolved.fingerprint, "alert resolved");
         }
         Ok(())
     }
@@ -586,7 +585,26 @@ impl Rotator {
     }
 }
 
-/// The stable name of an alert, the last part of its fingerprint.
+/// Every alert name the rotator raises and resolves on a channel (its
+/// scope in [`Store::sync_alerts`]): the policy's, `foreign_token` and
+/// `lost_token`.
+pub const ENGINE_ALERTS: &[&str] = &[
+    "no_live_token",
+    "deadline_at_risk",
+    "capacity_exhausted",
+    "issue_budget_exhausted",
+    "rotation_failing",
+    "too_many_live",
+    "reconcile_failing",
+    "channel_full",
+    "revoke_needs_secret",
+    "capacity_low",
+    "foreign_token",
+    "lost_token",
+];
+
+/// The stable name of an alert, the part of its fingerprint after the
+/// channel and group.
 pub fn alert_name(alert: &Alert) -> &'static str {
     match alert {
         Alert::NoLiveToken { .. } => "no_live_token",
@@ -598,6 +616,62 @@ pub fn alert_name(alert: &Alert) -> &'static str {
         Alert::ReconcileFailing { .. } => "reconcile_failing",
         Alert::ChannelFull { .. } => "channel_full",
         Alert::RevokeNeedsSecret { .. } => "revoke_needs_secret",
+        Alert::CapacityLow { .. } => "capacity_low",
+        Alert::ForeignToken { .. } => "foreign_token",
+        Alert::LostToken { .. } => "lost_token",
+    }
+}
+
+/// The alerts a channel's stored facts raise by themselves: one per
+/// foreign key ID listed, one per group with issue attempts whose outcome
+/// no listing has settled.
+pub fn standing_alerts(snapshot: &Snapshot) -> Vec<(Option<GroupName>, Alert)> {
+    let mut out: Vec<(Option<GroupName>, Alert)> = snapshot
+        .foreign
+        .iter()
+        .map(|key_id| {
+            (
+                None,
+                Alert::ForeignToken {
+                    key_id: key_id.clone(),
+                },
+            )
+        })
+        .collect();
+    let mut lost: Vec<(&GroupName, u32)> = Vec::new();
+    for group in &snapshot.unsettled {
+        match lost.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, n)) => *n += 1,
+            None => lost.push((group, 1)),
+        }
+    }
+    out.extend(
+        lost.into_iter()
+            .map(|(g, attempts)| (Some(g.clone()), Alert::LostToken { attempts })),
+    );
+    out
+}
+
+/// An alert as the store keeps it: its name, severity, sentence and, for a
+/// foreign token, the `key_id` label that tells it from the channel's
+/// others.
+pub fn alert_spec(group: Option<GroupName>, alert: &Alert) -> AlertSpec {
+    let label = match alert {
+        Alert::ForeignToken { key_id } => Some(AlertLabel {
+            name: "key_id",
+            value: key_id.to_string(),
+        }),
+        _ => None,
+    };
+    AlertSpec {
+        group,
+        label,
+        alertname: alert_name(alert),
+        severity: match alert.severity() {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        },
+        summary: describe_alert(alert),
     }
 }
 

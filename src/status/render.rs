@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
-use super::{ChannelStatus, GroupStatus, StatusReport, in_parallel};
+use super::{ChannelStatus, FiringStatus, GroupStatus, StatusReport, in_parallel};
 
 /// The status report as a compact human table.
 pub fn render_status(report: &StatusReport) -> String {
@@ -34,6 +34,9 @@ pub fn render_status(report: &StatusReport) -> String {
             ts(reload.at),
             reload.outcome
         );
+    }
+    for a in &report.alerts {
+        render_firing(&mut out, now, a);
     }
     if report.channels.is_empty() {
         let _ = writeln!(out, "\nno channels configured");
@@ -100,18 +103,8 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
         );
     }
     for a in &c.firing {
-        let _ = writeln!(
-            out,
-            "  firing since {}: {} {}{}: {}",
-            when(now, a.since),
-            a.severity.to_uppercase(),
-            a.alertname,
-            a.group
-                .as_ref()
-                .map(|g| format!(" ({g})"))
-                .unwrap_or_default(),
-            a.summary
-        );
+        out.push_str("  ");
+        render_firing(out, now, a);
     }
     let mut rows = vec![vec![
         "GROUP".to_owned(),
@@ -373,4 +366,25 @@ mod tests {
         );
         assert_eq!(out, "  A     BB  C\n  long  x\n");
     }
+}
+
+/// One firing alert on one line: `firing since …: SEVERITY name (group)
+/// [label=value]: summary`.
+fn render_firing(out: &mut String, now: DateTime<Utc>, a: &FiringStatus) {
+    let _ = writeln!(
+        out,
+        "firing since {}: {} {}{}{}: {}",
+        when(now, a.since),
+        a.severity.to_uppercase(),
+        a.alertname,
+        a.group
+            .as_ref()
+            .map(|g| format!(" ({g})"))
+            .unwrap_or_default(),
+        a.label
+            .as_ref()
+            .map(|l| format!(" [{}={}]", l.name, l.value))
+            .unwrap_or_default(),
+        a.summary
+    );
 }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::policy::{self, GroupView, Hold, Plan, Rules, Severity};
+use crate::store::AlertRecord;
 use crate::store::{EventKind, IntentOutcome, IssueIntent};
 
 // ---------------------------------------------------------------------------
@@ -34,6 +35,9 @@ pub struct StatusReport {
     /// `ok (...)` or `failed (...): <the problems>`. A failed reload leaves
     /// the previous config in force.
     pub last_reload: Option<ReloadStatus>,
+    /// Firing alerts about the daemon as a whole (`config_reload_failed`,
+    /// `clock_skew`, `line_receiver_quota`); each channel lists its own.
+    pub alerts: Vec<FiringStatus>,
     /// Every configured channel (file order), then stored channels no
     /// longer configured that still hold live tokens.
     pub channels: Vec<ChannelStatus>,
@@ -199,6 +203,9 @@ pub struct ListingStatus {
 pub struct FiringStatus {
     /// The group, or none for the channel as a whole.
     pub group: Option<GroupName>,
+    /// The label that tells it from others of its name (`key_id` of a
+    /// foreign token, `sink`, `hook`, `receiver`), if it has one.
+    pub label: Option<AlertLabelStatus>,
     /// The alert's stable name (`no_live_token`, `deadline_at_risk`, ...).
     pub alertname: String,
     /// `warning` or `critical`.
@@ -207,6 +214,15 @@ pub struct FiringStatus {
     pub summary: String,
     /// When it started firing.
     pub since: DateTime<Utc>,
+}
+
+/// An alert's extra label.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertLabelStatus {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// Why an issue waits.
@@ -300,7 +316,23 @@ pub fn status_report(
             outcome: n.value.clone(),
             at: n.at,
         }),
+        alerts: state.daemon_firing.iter().map(firing_status).collect(),
         channels,
+    }
+}
+
+/// A stored firing alert as the report shows it.
+pub(super) fn firing_status(a: &AlertRecord) -> FiringStatus {
+    FiringStatus {
+        group: a.group.clone(),
+        label: a.label.as_ref().map(|(name, value)| AlertLabelStatus {
+            name: name.clone(),
+            value: value.clone(),
+        }),
+        alertname: a.alertname.clone(),
+        severity: a.severity.clone(),
+        summary: a.summary.clone(),
+        since: a.started_at,
     }
 }
 
@@ -384,18 +416,7 @@ fn channel_status(
         full_until: cv.full_until.filter(|at| *at > now),
         firing: w
             .stored
-            .map(|s| {
-                s.firing
-                    .iter()
-                    .map(|a| FiringStatus {
-                        group: a.group.clone(),
-                        alertname: a.alertname.clone(),
-                        severity: a.severity.clone(),
-                        summary: a.summary.clone(),
-                        since: a.started_at,
-                    })
-                    .collect()
-            })
+            .map(|s| s.firing.iter().map(firing_status).collect())
             .unwrap_or_default(),
         groups,
         foreign: w

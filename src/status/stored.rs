@@ -10,7 +10,7 @@ use super::RECENT_INTENTS;
 use crate::domain::{ChannelId, GroupName};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    DaemonNote, Event, EventKind, FiringAlert, ForeignKid, IssueIntent, LAST_RELOAD,
+    AlertRecord, DaemonNote, Event, EventKind, ForeignKid, IssueIntent, LAST_RELOAD,
     SINK_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
 };
 
@@ -37,6 +37,9 @@ pub struct StoredState {
     pub(super) channels: BTreeMap<ChannelId, StoredChannel>,
     pub(super) open_intents: Vec<IssueIntent>,
     pub(super) last_reload: Option<DaemonNote>,
+    /// Firing alerts about the daemon as a whole (a rejected reload, clock
+    /// skew, a receiver out of quota).
+    pub(super) daemon_firing: Vec<AlertRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +51,7 @@ pub(super) struct StoredChannel {
     /// Each group's latest hook outcome.
     pub(super) hooks: BTreeMap<GroupName, Event>,
     /// The alerts the daemon raised on the channel and has not resolved.
-    pub(super) firing: Vec<FiringAlert>,
+    pub(super) firing: Vec<AlertRecord>,
     /// Each group's sink state, as the daemon last noted it.
     pub(super) sinks: BTreeMap<GroupName, DaemonNote>,
 }
@@ -61,6 +64,7 @@ impl StoredState {
             channels: BTreeMap::new(),
             open_intents: Vec::new(),
             last_reload: None,
+            daemon_firing: Vec::new(),
         }
     }
 }
@@ -112,9 +116,15 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
             c.hooks.insert(group, event);
         }
     }
-    for alert in store.firing_alerts(None)? {
-        if let Some(c) = channels.get_mut(&alert.channel_id) {
-            c.firing.push(alert);
+    let mut daemon_firing = Vec::new();
+    for alert in store.firing_alerts()? {
+        match &alert.channel_id {
+            None => daemon_firing.push(alert),
+            Some(id) => {
+                if let Some(c) = channels.get_mut(id) {
+                    c.firing.push(alert);
+                }
+            }
         }
     }
     let sink_notes: BTreeMap<String, DaemonNote> = store
@@ -133,5 +143,6 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         channels,
         open_intents: store.open_intents()?,
         last_reload: store.note(LAST_RELOAD)?,
+        daemon_firing,
     })
 }

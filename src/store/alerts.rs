@@ -1,25 +1,45 @@
 //! Alerts the engine raised, kept as rows: one per fingerprint (channel,
-//! group, alert name), with when it started, when it was last seen and
-//! when it resolved. A restart neither forgets what is firing nor raises it
-//! again; `status` lists what fires.
+//! group, alert name and, for some alerts, one more label), with when it
+//! started, when it was last seen and when it resolved. A restart neither
+//! forgets what is firing nor raises it again; `status` lists what fires.
 //!
-//! The engine hands [`Store::sync_alerts`] the complete set of conditions a
-//! channel has at one instant; the store raises what is new, resolves what
-//! is gone, and reports both so the engine logs each edge once.
+//! Each part of the daemon owns some alert names in some scope
+//! ([`AlertScope`]): the rotator a channel's policy alerts, delivery a
+//! group's sink and hook alerts, `app` the daemon-wide ones. It hands
+//! [`Store::sync_alerts`] the complete set of conditions it sees in its
+//! scope at one instant; the store raises what is new, resolves what is
+//! gone, and reports both so the caller logs each edge once. Alerts of
+//! other names or scopes are untouched, so one owner never resolves
+//! another's.
 
 use chrono::{DateTime, Utc};
-use rusqlite::params;
+use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, Store, StoreError, millis, screen, time_at};
+use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::{ChannelId, GroupName};
 
-/// One alert condition, as the engine states it.
+/// The extra label some alerts carry, telling two alerts of one name and
+/// group apart: `key_id` of a foreign token, `sink` (its path) of a failing
+/// sink, `hook` (its name) of a failing hook, `receiver` of a receiver out
+/// of quota.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AlertLabel {
+    /// The label's name.
+    pub name: &'static str,
+    /// Its value (screened when stored).
+    pub value: String,
+}
+
+/// One alert condition, as its owner states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertSpec {
-    /// The group it concerns; `None` for the channel as a whole.
+    /// The group it concerns; `None` for the channel (or daemon) as a
+    /// whole. Must be inside the scope it is synced in.
     pub group: Option<GroupName>,
-    /// A stable name, e.g. `no_live_token` (the fingerprint's last part).
+    /// The extra label, if this alert has one.
+    pub label: Option<AlertLabel>,
+    /// A stable name, e.g. `no_live_token` (part of the fingerprint).
     pub alertname: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -27,23 +47,40 @@ pub struct AlertSpec {
     pub summary: String,
 }
 
-/// A firing alert as stored.
+/// The alerts one owner states completely: those of `names` on `channel`
+/// (`None`: the daemon-wide ones) and, when `group` is set, only that
+/// group's.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertScope<'a> {
+    /// The channel, or `None` for alerts about the daemon as a whole.
+    pub channel: Option<&'a ChannelId>,
+    /// Narrows the scope to one group's alerts.
+    pub group: Option<&'a GroupName>,
+    /// The alert names the owner raises and resolves.
+    pub names: &'a [&'static str],
+}
+
+/// An alert as stored: firing, or resolved at `resolved_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FiringAlert {
-    /// `channel/group/alertname`.
+pub struct AlertRecord {
+    /// [`fingerprint`] of its channel, group, name and label.
     pub fingerprint: String,
-    /// The channel.
-    pub channel_id: ChannelId,
+    /// The channel; `None` for an alert about the daemon as a whole.
+    pub channel_id: Option<ChannelId>,
     /// The group, if any.
     pub group: Option<GroupName>,
+    /// The extra label, if any.
+    pub label: Option<(String, String)>,
     /// Its name.
     pub alertname: String,
     /// `warning` or `critical`.
     pub severity: String,
-    /// The latest sentence.
+    /// The latest sentence (screened when stored).
     pub summary: String,
-    /// When it started firing.
+    /// When this episode started firing.
     pub started_at: DateTime<Utc>,
+    /// When it resolved; `None` while it fires.
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Store::sync_alerts`] changed.
@@ -51,58 +88,99 @@ pub struct FiringAlert {
 pub struct AlertChanges {
     /// Alerts that started firing now.
     pub raised: Vec<AlertSpec>,
-    /// Fingerprints that stopped firing now.
-    pub resolved: Vec<String>,
+    /// Alerts that stopped firing now.
+    pub resolved: Vec<AlertRecord>,
 }
 
-/// The fingerprint of an alert: what identifies it across restarts.
-pub fn fingerprint(channel: &ChannelId, group: Option<&GroupName>, alertname: &str) -> String {
-    format!(
+/// The fingerprint of an alert: what identifies it across restarts,
+/// `channel/group/alertname` with `-` for a missing channel or group, and
+/// `/value` of the extra label appended when there is one.
+pub fn fingerprint(
+    channel: Option<&ChannelId>,
+    group: Option<&GroupName>,
+    alertname: &str,
+    label: Option<&str>,
+) -> String {
+    let mut fp = format!(
         "{}/{}/{}",
-        channel,
+        channel.map_or("-", ChannelId::as_str),
         group.map_or("-", GroupName::as_str),
         alertname
-    )
+    );
+    if let Some(value) = label {
+        fp.push('/');
+        fp.push_str(value);
+    }
+    fp
+}
+
+/// The columns [`alert_row`] decodes, in its order.
+pub(super) const ALERT_COLUMNS: &str = "fingerprint, channel_id, group_name, label_name, \
+     label_value, alertname, severity, summary, started_at, resolved_at";
+
+/// Decodes a row selected with [`ALERT_COLUMNS`].
+pub(super) fn alert_row(row: &Row<'_>) -> Result<AlertRecord, Fail> {
+    let label = match (
+        row.get::<_, Option<String>>("label_name")?,
+        row.get::<_, Option<String>>("label_value")?,
+    ) {
+        (Some(name), Some(value)) => Some((name, value)),
+        _ => None,
+    };
+    Ok(AlertRecord {
+        fingerprint: row.get("fingerprint")?,
+        channel_id: row
+            .get::<_, Option<String>>("channel_id")?
+            .map(ChannelId::new),
+        group: row
+            .get::<_, Option<String>>("group_name")?
+            .map(GroupName::new),
+        label,
+        alertname: row.get("alertname")?,
+        severity: row.get("severity")?,
+        summary: row.get("summary")?,
+        started_at: time_at(row, "started_at")?,
+        resolved_at: opt_time_at(row, "resolved_at")?,
+    })
+}
+
+fn firing_in(conn: &Connection, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
+         ORDER BY started_at, fingerprint"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let alert = alert_row(row)?;
+        if scope.is_none_or(|s| in_scope(&alert, s)) {
+            out.push(alert);
+        }
+    }
+    Ok(out)
+}
+
+fn in_scope(alert: &AlertRecord, scope: AlertScope<'_>) -> bool {
+    alert.channel_id.as_ref() == scope.channel
+        && scope.group.is_none_or(|g| alert.group.as_ref() == Some(g))
+        && scope.names.contains(&alert.alertname.as_str())
 }
 
 impl Store {
-    /// The alerts firing on a channel (or on every channel with `None`),
-    /// oldest first.
+    /// Every alert firing now, daemon-wide and on every channel, oldest
+    /// first.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
-    pub fn firing_alerts(
-        &self,
-        channel: Option<&ChannelId>,
-    ) -> Result<Vec<FiringAlert>, StoreError> {
-        self.read("listing firing alerts", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT fingerprint, channel_id, group_name, alertname, severity, summary, started_at \
-                 FROM alerts WHERE resolved_at IS NULL AND (?1 IS NULL OR channel_id = ?1) \
-                 ORDER BY started_at, fingerprint",
-            )?;
-            let mut rows = stmt.query([channel.map(ChannelId::as_str)])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(FiringAlert {
-                    fingerprint: row.get("fingerprint")?,
-                    channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-                    group: row.get::<_, Option<String>>("group_name")?.map(GroupName::new),
-                    alertname: row.get("alertname")?,
-                    severity: row.get("severity")?,
-                    summary: row.get("summary")?,
-                    started_at: time_at(row, "started_at")?,
-                });
-            }
-            Ok(out)
-        })
+    pub fn firing_alerts(&self) -> Result<Vec<AlertRecord>, StoreError> {
+        self.read("listing firing alerts", |conn| firing_in(conn, None))
     }
 
-    /// Makes the channel's firing alerts exactly `now_firing`: raises the
-    /// new ones (an `alert_raised` event each), refreshes the ones still
-    /// firing, resolves the rest (an `alert_resolved` event each). One
-    /// transaction; writes nothing when nothing changed.
+    /// Makes the firing alerts in `scope` exactly `now_firing`: raises the
+    /// new ones (an `alert_raised` event each), refreshes the summary of
+    /// the ones still firing, resolves the rest (an `alert_resolved` event
+    /// each). One transaction; writes nothing when nothing changed.
     ///
     /// # Errors
     ///
@@ -110,81 +188,129 @@ impl Store {
     pub fn sync_alerts(
         &self,
         now: DateTime<Utc>,
-        channel: &ChannelId,
+        scope: AlertScope<'_>,
         now_firing: &[AlertSpec],
     ) -> Result<AlertChanges, StoreError> {
-        let firing = self.firing_alerts(Some(channel))?;
+        let channel = scope.channel;
         let wanted: Vec<(String, &AlertSpec)> = now_firing
             .iter()
-            .map(|a| (fingerprint(channel, a.group.as_ref(), a.alertname), a))
+            .map(|a| {
+                let label = a.label.as_ref().map(|l| l.value.as_str());
+                (
+                    fingerprint(channel, a.group.as_ref(), a.alertname, label),
+                    a,
+                )
+            })
             .collect();
+        let outside = |a: &AlertSpec| {
+            !scope.names.contains(&a.alertname)
+                || scope.group.is_some_and(|g| a.group.as_ref() != Some(g))
+                || (channel.is_none() && a.group.is_some())
+        };
+        // An alert outside its owner's scope would be resolved by the next
+        // sync of whoever owns it: a bug in the caller, caught by tests.
+        debug_assert!(
+            !now_firing.iter().any(outside),
+            "an alert lies outside the scope it was stated in"
+        );
+        let wanted: Vec<(String, &AlertSpec)> =
+            wanted.into_iter().filter(|(_, a)| !outside(a)).collect();
+        let firing = self.read("listing firing alerts", |conn| firing_in(conn, Some(scope)))?;
         let mut changes = AlertChanges::default();
+        let mut refreshed = Vec::new();
         for (fp, spec) in &wanted {
-            if !firing.iter().any(|f| &f.fingerprint == fp) {
-                changes.raised.push((*spec).clone());
+            match firing.iter().find(|f| &f.fingerprint == fp) {
+                None => changes.raised.push((*spec).clone()),
+                Some(f) if f.summary != spec.summary || f.severity != spec.severity => {
+                    refreshed.push((fp.clone(), *spec));
+                }
+                Some(_) => {}
             }
         }
         for f in &firing {
             if !wanted.iter().any(|(fp, _)| fp == &f.fingerprint) {
-                changes.resolved.push(f.fingerprint.clone());
+                changes.resolved.push(f.clone());
             }
         }
-        if changes == AlertChanges::default() {
+        if changes == AlertChanges::default() && refreshed.is_empty() {
             return Ok(changes);
         }
+        // The events of a daemon-wide alert are kept under the empty
+        // channel ID, which no configured channel has.
+        let event_channel = channel.cloned().unwrap_or_else(|| ChannelId::new(""));
         self.write("recording alerts", |tx| {
             for spec in &changes.raised {
-                let fp = fingerprint(channel, spec.group.as_ref(), spec.alertname);
+                let label = spec.label.as_ref();
+                let fp = fingerprint(
+                    channel,
+                    spec.group.as_ref(),
+                    spec.alertname,
+                    label.map(|l| l.value.as_str()),
+                );
                 let summary = screen(tx, &spec.summary)?;
+                let label_value = label.map(|l| screen(tx, &l.value)).transpose()?;
                 tx.execute(
-                    "INSERT INTO alerts (fingerprint, channel_id, group_name, alertname, severity, \
-                     summary, started_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                     ON CONFLICT (fingerprint) DO UPDATE SET severity = ?5, summary = ?6, \
-                     started_at = ?7, last_seen_at = ?7, resolved_at = NULL",
+                    "INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, \
+                     label_value, alertname, severity, summary, started_at, last_seen_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+                     ON CONFLICT (fingerprint) DO UPDATE SET severity = ?7, summary = ?8, \
+                     started_at = ?9, last_seen_at = ?9, resolved_at = NULL",
                     params![
                         fp,
-                        channel.as_str(),
+                        channel.map(ChannelId::as_str),
                         spec.group.as_ref().map(GroupName::as_str),
+                        label.map(|l| l.name),
+                        label_value,
                         spec.alertname,
                         spec.severity,
                         summary,
                         millis(now)
                     ],
                 )?;
+                let about = label_value.map(|v| format!(" [{v}]")).unwrap_or_default();
                 insert_event(
                     tx,
                     now,
-                    channel,
+                    &event_channel,
                     spec.group.as_ref(),
                     None,
                     EventKind::AlertRaised,
-                    &format!("{} ({}): {summary}", spec.alertname, spec.severity),
+                    &format!("{}{about} ({}): {summary}", spec.alertname, spec.severity),
                 )?;
             }
-            for fp in &changes.resolved {
-                let group: Option<String> = tx.query_row(
-                    "SELECT group_name FROM alerts WHERE fingerprint = ?1",
-                    [fp],
-                    |row| row.get(0),
+            for (fp, spec) in &refreshed {
+                let summary = screen(tx, &spec.summary)?;
+                tx.execute(
+                    "UPDATE alerts SET severity = ?2, summary = ?3, last_seen_at = ?4 \
+                     WHERE fingerprint = ?1",
+                    params![fp, spec.severity, summary, millis(now)],
                 )?;
+            }
+            for f in &changes.resolved {
                 tx.execute(
                     "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
-                    params![fp, millis(now)],
+                    params![f.fingerprint, millis(now)],
                 )?;
-                let name = fp.rsplit('/').next().unwrap_or(fp);
+                let about = f
+                    .label
+                    .as_ref()
+                    .map(|(_, v)| format!(" [{v}]"))
+                    .unwrap_or_default();
                 insert_event(
                     tx,
                     now,
-                    channel,
-                    group.map(GroupName::new).as_ref(),
+                    &event_channel,
+                    f.group.as_ref(),
                     None,
                     EventKind::AlertResolved,
-                    name,
+                    &format!("{}{about}", f.alertname),
                 )?;
             }
             Ok::<(), Fail>(())
         })?;
-        self.alerts_changed();
+        if !changes.raised.is_empty() || !changes.resolved.is_empty() {
+            self.alerts_changed();
+        }
         Ok(changes)
     }
 }

@@ -195,20 +195,25 @@ impl Store {
         })
     }
 
-    /// How many foreign key IDs the last reconcile saw listed on a channel
-    /// (what counts against capacity), without reading the ones long gone.
+    /// The foreign key IDs the last reconcile saw listed on a channel
+    /// (what counts against capacity), by key ID, without reading the ones
+    /// long gone.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`].
-    pub fn live_foreign_count(&self, channel: &ChannelId) -> Result<u32, StoreError> {
-        self.read("counting foreign key IDs", |conn| {
-            let n: i64 = conn
-                .prepare_cached(
-                    "SELECT count(*) FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL",
-                )?
-                .query_row([channel.as_str()], |row| row.get(0))?;
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    pub fn live_foreign_kids(&self, channel: &ChannelId) -> Result<Vec<KeyId>, StoreError> {
+        self.read("listing foreign key IDs", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key_id FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL \
+                 ORDER BY key_id",
+            )?;
+            let mut rows = stmt.query([channel.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(KeyId::new(row.get::<_, String>(0)?));
+            }
+            Ok(out)
         })
     }
 }

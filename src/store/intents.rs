@@ -473,27 +473,27 @@ impl Store {
     }
 
     /// [`Self::unsettled_issues`] of every channel that has any, each
-    /// counted past its own `channels.settled_through_intent`.
+    /// past its own `channels.settled_through_intent`: one `(channel,
+    /// group)` per attempt, oldest first.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`].
-    pub fn unsettled_issues_by_channel(&self) -> Result<Vec<(ChannelId, u32)>, StoreError> {
-        self.read("counting unsettled issuances", |conn| {
+    pub fn unsettled_issues_by_channel(&self) -> Result<Vec<(ChannelId, GroupName)>, StoreError> {
+        self.read("listing unsettled issuances", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT i.channel_id, count(*) FROM issue_intents i \
+                "SELECT i.channel_id, i.group_name FROM issue_intents i \
                  LEFT JOIN channels c ON c.id = i.channel_id \
                  WHERE i.id > coalesce(c.settled_through_intent, 0) \
                    AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
-                 GROUP BY i.channel_id",
+                 ORDER BY i.id",
             )?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let n: i64 = row.get(1)?;
                 out.push((
                     ChannelId::new(row.get::<_, String>(0)?),
-                    u32::try_from(n).unwrap_or(u32::MAX),
+                    GroupName::new(row.get::<_, String>(1)?),
                 ));
             }
             Ok(out)
@@ -502,8 +502,9 @@ impl Store {
 
     /// Issue attempts of a channel whose outcome is unknown (lost in a
     /// crash, or failed in a way LINE may have issued anyway) that no
-    /// reconcile has settled yet: those after intent `settled_through`.
-    /// Each may be a live token nobody recorded.
+    /// reconcile has settled yet: those after intent `settled_through`,
+    /// one group name per attempt, oldest first. Each may be a live token
+    /// nobody recorded.
     ///
     /// # Errors
     ///
@@ -512,15 +513,18 @@ impl Store {
         &self,
         channel: &ChannelId,
         settled_through: i64,
-    ) -> Result<u32, StoreError> {
-        self.read("counting unsettled issuances", |conn| {
-            let n: i64 = conn
-                .prepare_cached(
-                    "SELECT count(*) FROM issue_intents WHERE channel_id = ?1 AND id > ?2 \
-                     AND outcome IN ('failed', 'lost') AND maybe_issued = 1",
-                )?
-                .query_row(params![channel.as_str(), settled_through], |row| row.get(0))?;
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    ) -> Result<Vec<GroupName>, StoreError> {
+        self.read("listing unsettled issuances", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT group_name FROM issue_intents WHERE channel_id = ?1 AND id > ?2 \
+                 AND outcome IN ('failed', 'lost') AND maybe_issued = 1 ORDER BY id",
+            )?;
+            let mut rows = stmt.query(params![channel.as_str(), settled_through])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(GroupName::new(row.get::<_, String>(0)?));
+            }
+            Ok(out)
         })
     }
 }

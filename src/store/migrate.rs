@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_create_alert_notifications",
         sql: include_str!("../../migrations/0005_create_alert_notifications.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_alerts_for_the_daemon_and_extra_labels",
+        sql: include_str!("../../migrations/0006_alerts_for_the_daemon_and_extra_labels.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

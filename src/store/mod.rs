@@ -67,7 +67,7 @@ use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 
 use crate::domain::ChannelId;
 
-pub use alerts::{AlertChanges, AlertSpec, FiringAlert, fingerprint};
+pub use alerts::{AlertChanges, AlertLabel, AlertRecord, AlertScope, AlertSpec, fingerprint};
 pub use error::StoreError;
 pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
@@ -75,7 +75,7 @@ pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use migrate::Migrated;
 pub use notes::{DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, sink_note_key};
-pub use notifications::{AlertRecord, NotifyItem, NotifyKind, NotifyState, PendingNotification};
+pub use notifications::{NotifyItem, NotifyKind, NotifyState, PendingNotification};
 pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
 };

@@ -16,29 +16,8 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
+use super::alerts::{ALERT_COLUMNS, AlertRecord, alert_row};
 use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
-use crate::domain::{ChannelId, GroupName};
-
-/// An alert as the notifier sees it: firing, or resolved at `resolved_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertRecord {
-    /// `channel/group/alertname`.
-    pub fingerprint: String,
-    /// The channel.
-    pub channel_id: ChannelId,
-    /// The group, if any.
-    pub group: Option<GroupName>,
-    /// Its name.
-    pub alertname: String,
-    /// `warning` or `critical`.
-    pub severity: String,
-    /// The latest sentence (screened when stored).
-    pub summary: String,
-    /// When this episode started firing.
-    pub started_at: DateTime<Utc>,
-    /// When it resolved; `None` while it fires.
-    pub resolved_at: Option<DateTime<Utc>>,
-}
 
 /// What a notification says about an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,27 +105,15 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn alerts_to_notify(&self, since: DateTime<Utc>) -> Result<Vec<AlertRecord>, StoreError> {
         self.read("listing alerts to notify", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT fingerprint, channel_id, group_name, alertname, severity, summary, \
-                 started_at, resolved_at FROM alerts \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts \
                  WHERE resolved_at IS NULL OR resolved_at >= ?1 \
-                 ORDER BY started_at, fingerprint",
-            )?;
+                 ORDER BY started_at, fingerprint"
+            ))?;
             let mut rows = stmt.query([millis(since)])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(AlertRecord {
-                    fingerprint: row.get("fingerprint")?,
-                    channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-                    group: row
-                        .get::<_, Option<String>>("group_name")?
-                        .map(GroupName::new),
-                    alertname: row.get("alertname")?,
-                    severity: row.get("severity")?,
-                    summary: row.get("summary")?,
-                    started_at: time_at(row, "started_at")?,
-                    resolved_at: opt_time_at(row, "resolved_at")?,
-                });
+                out.push(alert_row(row)?);
             }
             Ok(out)
         })

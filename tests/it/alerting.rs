@@ -7,8 +7,10 @@ use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
 use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId};
+use linetokd::rotator::ENGINE_ALERTS;
 use linetokd::store::{
-    AlertSpec, ChannelSpec, IssuedToken, NotifyItem, NotifyKind, Store, fingerprint,
+    AlertChanges, AlertScope, AlertSpec, ChannelSpec, IssuedToken, NotifyItem, NotifyKind, Store,
+    fingerprint,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -35,8 +37,20 @@ fn synced(path: &Path) -> Store {
     store
 }
 
+/// States the channel's engine alerts as the rotator does.
+fn sync(store: &Store, at: DateTime<Utc>, specs: &[AlertSpec]) -> AlertChanges {
+    let channel = ch();
+    let scope = AlertScope {
+        channel: Some(&channel),
+        group: None,
+        names: ENGINE_ALERTS,
+    };
+    store.sync_alerts(at, scope, specs).unwrap()
+}
+
 fn no_live_token() -> AlertSpec {
     AlertSpec {
+        label: None,
         group: Some(GroupName::new("backend")),
         alertname: "no_live_token",
         severity: "critical",
@@ -73,13 +87,18 @@ mod store {
         let path = dir.path().join("linetokd.db");
         let store = synced(&path);
         let mut changed = store.subscribe_alerts();
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         assert!(
             changed.has_changed().unwrap(),
             "raising must wake the notifier"
         );
         changed.mark_unchanged();
-        let fp = fingerprint(&ch(), Some(&GroupName::new("backend")), "no_live_token");
+        let fp = fingerprint(
+            Some(&ch()),
+            Some(&GroupName::new("backend")),
+            "no_live_token",
+            None,
+        );
         let alerts = store.alerts_to_notify(t0()).unwrap();
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].fingerprint, fp);
@@ -123,7 +142,7 @@ mod store {
         // Resolved: listed while recent, and the resolve is recorded once.
         let resolved_at = t0() + Duration::hours(1);
         let changed = store.subscribe_alerts();
-        store.sync_alerts(resolved_at, &ch(), &[]).unwrap();
+        sync(&store, resolved_at, &[]);
         assert!(changed.has_changed().unwrap());
         let alerts = store.alerts_to_notify(resolved_at).unwrap();
         assert_eq!(alerts[0].resolved_at, Some(resolved_at));
@@ -152,7 +171,7 @@ mod store {
 
         // The alert fires again: a new episode starts the row afresh.
         let again = t0() + Duration::hours(2);
-        store.sync_alerts(again, &ch(), &[no_live_token()]).unwrap();
+        sync(&store, again, &[no_live_token()]);
         let episode = NotifyItem {
             started_at: again,
             ..item
@@ -177,8 +196,13 @@ mod store {
     fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let store = synced(&dir.path().join("linetokd.db"));
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
-        let fp = fingerprint(&ch(), Some(&GroupName::new("backend")), "no_live_token");
+        sync(&store, t0(), &[no_live_token()]);
+        let fp = fingerprint(
+            Some(&ch()),
+            Some(&GroupName::new("backend")),
+            "no_live_token",
+            None,
+        );
         let item = NotifyItem {
             fingerprint: fp,
             started_at: t0(),
@@ -192,7 +216,7 @@ mod store {
             .begin_notification(t0(), "chat", "b", &[item])
             .unwrap();
         let resolved = t0() + Duration::hours(1);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         let both = ["ops".to_owned(), "chat".to_owned()];
         assert_eq!(store.prune_notifications(resolved, &both).unwrap(), 0);
         let later = resolved + Duration::days(2);
@@ -416,7 +440,7 @@ mod notifier {
         })
         .await;
         let n = notifier(&store, &clock, &metrics, vec![line(&fake, 4)]);
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
         clock.set(at + Duration::seconds(5));
         n.step().await.unwrap();
@@ -455,7 +479,7 @@ mod notifier {
         // nothing is pushed, and the resolve is given up.
         let resolved = at + Duration::minutes(1);
         clock.set(resolved);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         assert_eq!(n.step().await.unwrap(), None);
         assert_eq!(fake.got().len(), 4);
         assert!(store.notification_states().unwrap()[0].resolve_sent);
@@ -472,7 +496,7 @@ mod notifier {
         let clock = ManualClock::new(at);
         let fake = Fake::start(|n| (if n == 0 { 429 } else { 200 }, vec![])).await;
         let n = notifier(&store, &clock, &Metrics::shared(), vec![line(&fake, 100)]);
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         n.step().await.unwrap();
         let month = at.format("%Y-%m").to_string();
         let (_, stopped) = store.receiver_month("admins", &month).unwrap();
@@ -504,7 +528,7 @@ mod notifier {
             *group = GroupName::new("crm");
         }
         let n = notifier(&store, &clock, &Metrics::shared(), vec![r]);
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         // No token for crm: retried like a failure, nothing sent.
         assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(5)));
         assert!(fake.got().is_empty());
@@ -551,7 +575,7 @@ mod notifier {
             &metrics,
             vec![webhook(&fake, WebhookFormat::Alertmanager)],
         );
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
 
         assert_eq!(n.step().await.unwrap(), Some(t0() + Duration::seconds(30)));
         assert!(fake.got().is_empty());
@@ -609,7 +633,7 @@ mod notifier {
             &metrics,
             vec![webhook(&fake, WebhookFormat::Linetokd)],
         );
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
 
         let first = t0() + Duration::seconds(30);
         assert_eq!(n.step().await.unwrap(), Some(first + Duration::seconds(5)));
@@ -655,7 +679,7 @@ mod notifier {
             &metrics,
             vec![webhook(&fake, WebhookFormat::Alertmanager)],
         );
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(120)));
         clock.set(at + Duration::seconds(120));
         // Rejected: given up at once; the repeat interval counts from here.
@@ -684,7 +708,7 @@ mod notifier {
                 &Metrics::shared(),
                 vec![webhook(&fake, WebhookFormat::Alertmanager)],
             );
-            store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+            sync(&store, t0(), &[no_live_token()]);
             n.step().await.unwrap();
             assert_eq!(fake.got().len(), 1);
         }
@@ -702,7 +726,7 @@ mod notifier {
         // Resolved: sent once, and only once.
         let resolved = sent_at + Duration::minutes(40);
         clock.set(resolved);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         assert_eq!(n.step().await.unwrap(), None);
         assert_eq!(n.step().await.unwrap(), None);
         let got = fake.got();
@@ -724,7 +748,7 @@ mod notifier {
             &Metrics::shared(),
             vec![webhook(&fake, WebhookFormat::Alertmanager)],
         );
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&n).run(cancel.clone()));
         // It sleeps on the clock until group_wait is over, then sends.
@@ -735,7 +759,7 @@ mod notifier {
         // Resolving wakes it: nothing else is due for an hour.
         let resolved = t0() + Duration::minutes(5);
         clock.set(resolved);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         fake.arrival().await;
         assert_eq!(fake.got()[1].json()["status"], "resolved");
         cancel.cancel();
@@ -769,7 +793,7 @@ mod notifier {
         })
         .await;
         let n = notifier(&store, &clock, &metrics, vec![slack(&fake)]);
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         // 429 with Retry-After: 7 s, longer than the first backoff (5 s).
         assert_eq!(n.step().await.unwrap(), Some(at + Duration::seconds(7)));
         clock.set(at + Duration::seconds(6));
@@ -791,7 +815,7 @@ mod notifier {
         // A resolve half a second later waits for Slack's one-a-second.
         let resolved = sent + Duration::milliseconds(500);
         clock.set(resolved);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         assert_eq!(n.step().await.unwrap(), Some(sent + Duration::seconds(1)));
         assert_eq!(fake.got().len(), 2);
         clock.set(sent + Duration::seconds(1));
@@ -823,7 +847,7 @@ mod notifier {
             },
         };
         let n = notifier(&store, &clock, &Metrics::shared(), vec![am]);
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         let first = t0() + Duration::seconds(30);
         clock.set(first);
         assert_eq!(n.step().await.unwrap(), Some(first + Duration::minutes(1)));
@@ -831,7 +855,7 @@ mod notifier {
         n.step().await.unwrap();
         let resolved = first + Duration::seconds(70);
         clock.set(resolved);
-        store.sync_alerts(resolved, &ch(), &[]).unwrap();
+        sync(&store, resolved, &[]);
         assert_eq!(n.step().await.unwrap(), None);
         let got = fake.got();
         assert_eq!(got.len(), 3);
@@ -875,7 +899,7 @@ mod notifier {
             &Metrics::shared(),
             vec![first, webhook(&fine, WebhookFormat::Alertmanager)],
         );
-        store.sync_alerts(t0(), &ch(), &[no_live_token()]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
         let step = tokio::spawn({
             let n = Arc::clone(&n);
             async move { n.step().await }
@@ -909,7 +933,7 @@ mod notifier {
                 let n = notifier(&store, &clock, &Metrics::shared(), vec![webhook(&fake, format)]);
                 let mut alert = no_live_token();
                 alert.summary = format!("leaked {} here", values.join(" and "));
-                store.sync_alerts(t0(), &ch(), &[alert]).unwrap();
+                sync(&store, t0(), &[alert]);
                 for (i, v) in values.iter().enumerate() {
                     store_token(&store, &format!("k{i}"), v, t0());
                 }

@@ -1928,6 +1928,9 @@ impl Checker {
                         Alert::RevokeNeedsSecret { .. } => "RevokeNeedsSecret",
                         Alert::ReconcileFailing { .. } => "ReconcileFailing",
                         Alert::ChannelFull { .. } => "ChannelFull",
+                        Alert::CapacityLow { .. } => "CapacityLow",
+                        Alert::ForeignToken { .. } => "ForeignToken",
+                        Alert::LostToken { .. } => "LostToken",
                     };
                     *self.stats.alerts.entry(kind).or_default() += 1;
                 }
