@@ -323,6 +323,27 @@ pub(super) fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
     }
 }
 
+/// One firing alert on one line: `firing since …: SEVERITY name (group)
+/// [label=value]: summary`.
+fn render_firing(out: &mut String, now: DateTime<Utc>, a: &FiringStatus) {
+    let _ = writeln!(
+        out,
+        "firing since {}: {} {}{}{}: {}",
+        when(now, a.since),
+        a.severity.to_uppercase(),
+        a.alertname,
+        a.group
+            .as_ref()
+            .map(|g| format!(" ({g})"))
+            .unwrap_or_default(),
+        a.label
+            .as_ref()
+            .map(|l| format!(" [{}={}]", l.name, l.value))
+            .unwrap_or_default(),
+        a.summary
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,25 +387,4 @@ mod tests {
         );
         assert_eq!(out, "  A     BB  C\n  long  x\n");
     }
-}
-
-/// One firing alert on one line: `firing since …: SEVERITY name (group)
-/// [label=value]: summary`.
-fn render_firing(out: &mut String, now: DateTime<Utc>, a: &FiringStatus) {
-    let _ = writeln!(
-        out,
-        "firing since {}: {} {}{}{}: {}",
-        when(now, a.since),
-        a.severity.to_uppercase(),
-        a.alertname,
-        a.group
-            .as_ref()
-            .map(|g| format!(" ({g})"))
-            .unwrap_or_default(),
-        a.label
-            .as_ref()
-            .map(|l| format!(" [{}={}]", l.name, l.value))
-            .unwrap_or_default(),
-        a.summary
-    );
 }
