@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context as _;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -38,7 +38,9 @@ use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
-use crate::store::{ChannelSpec, Durability, Store, StoreError, StoreOptions};
+use crate::store::{
+    AlertScope, AlertSpec, ChannelSpec, Durability, Store, StoreError, StoreOptions,
+};
 use crate::watch::ConfigWatcher;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -207,6 +209,10 @@ impl Daemon {
             );
         }
 
+        // This start loaded a valid config: a reload rejected by an earlier
+        // run is over.
+        reload_alert(rotator.store(), rotator.clock().now(), None).await;
+
         let events = rotator.subscribe();
         let scheduler = Scheduler::new(Arc::clone(&rotator));
         let state = scheduler.state();
@@ -235,9 +241,8 @@ impl Daemon {
             Arc::clone(&http_clock),
             Arc::clone(&metrics),
             {
-                let settings = notifier_settings(config, book_tokens(&tokens));
-                warn_line_only(&settings);
-                settings
+                log_config_warnings(config);
+                notifier_settings(config, book_tokens(&tokens))
             },
         )
         .context("while setting up the alert notifier")?;
@@ -337,7 +342,7 @@ impl Daemon {
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
         let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
-        warn_line_only(&alert_settings);
+        log_config_warnings(config);
         self.alert_notifier.set_settings(alert_settings);
         for (channel, group) in &synced.added_groups {
             tracing::info!(channel = %channel, group = %group, "group added by reload");
@@ -548,20 +553,11 @@ fn book_tokens(book: &TokenBook) -> alerting::TokenSource {
     })
 }
 
-/// Warns when every receiver of critical alerts is a `line` receiver: the
-/// channel it pushes through may be the one in trouble.
-fn warn_line_only(settings: &NotifierSettings) {
-    // Every receiver gets critical alerts (it is the highest severity).
-    let receivers = &settings.receivers;
-    if !receivers.is_empty()
-        && receivers
-            .iter()
-            .all(|r| matches!(r.kind, alerting::ReceiverKind::Line { .. }))
-    {
-        tracing::warn!(
-            "every alert receiver is a line receiver: when its own channel is the one in trouble, \
-             critical alerts may reach no one; add a webhook, slack or alertmanager receiver"
-        );
+/// Logs what the config allows but is likely a mistake
+/// ([`ValidConfig::warnings`]).
+fn log_config_warnings(config: &ValidConfig) {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -784,6 +780,45 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
         tokio::task::spawn_blocking(move || store.set_note(now, LAST_RELOAD, &note)).await;
     if let Ok(Err(e)) = written {
         tracing::warn!(error = %e, "could not record the reload's outcome");
+    }
+    let failure = outcome.err().map(|e| {
+        format!(
+            "the config reload ({cause}) was rejected and the previous config stays in force: {e:#}"
+        )
+    });
+    reload_alert(daemon.rotator.store(), now, failure).await;
+}
+
+/// The daemon-wide alert for a rejected config reload: raised with
+/// `failure`, resolved by the next good load (a reload or a start).
+pub const CONFIG_RELOAD_FAILED: &str = "config_reload_failed";
+
+/// States `config_reload_failed`: firing with `failure`'s sentence, or
+/// resolved when `None`. A store failure is logged: the outcome is also in
+/// the log and `linetokd status`.
+async fn reload_alert(store: &Store, now: DateTime<Utc>, failure: Option<String>) {
+    let specs: Vec<AlertSpec> = failure
+        .into_iter()
+        .map(|summary| AlertSpec {
+            group: None,
+            label: None,
+            alertname: CONFIG_RELOAD_FAILED,
+            severity: "warning",
+            summary,
+        })
+        .collect();
+    let synced = store
+        .blocking(move |store| {
+            let scope = AlertScope {
+                channel: None,
+                group: None,
+                names: &[CONFIG_RELOAD_FAILED],
+            };
+            store.sync_alerts(now, scope, &specs)
+        })
+        .await;
+    if let Err(e) = synced {
+        tracing::warn!(error = %e, "could not record the config_reload_failed alert");
     }
 }
 

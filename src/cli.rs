@@ -792,7 +792,12 @@ fn check_config_cmd(path: &Path) -> Result<(), Failure> {
             e
         })
     })?;
-    emit(shown)
+    // Warnings go to stderr: stdout stays the resolved config, usable as a
+    // file.
+    for warning in &shown.warnings {
+        eprintln!("warning: {warning}");
+    }
+    emit(shown.resolved)
 }
 
 fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {

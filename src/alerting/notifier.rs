@@ -29,7 +29,7 @@ use crate::channel_index::ChannelIndex;
 use crate::clock::SharedClock;
 use crate::domain::{AccessToken, ChannelId, GroupName};
 use crate::metrics::Metrics;
-use crate::store::{AlertRecord, Store, StoreError};
+use crate::store::{AlertLabel, AlertRecord, AlertScope, AlertSpec, Store, StoreError};
 
 /// Resolved alerts are read back this far: beyond the 24 h after which any
 /// notification is given up, with room for a daemon that was down a while.
@@ -219,7 +219,9 @@ impl Notifier {
     pub async fn step(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let settings = self.settings();
         let now = self.clock.now();
-        let mut waiting: Option<DateTime<Utc>> = None;
+        // A line receiver out of quota is an alert for the others, until
+        // the month turns (then it is looked at again).
+        let mut waiting: Option<DateTime<Utc>> = self.judge_line_quotas(&settings, now).await?;
         let mut held_back: Vec<String> = Vec::new();
         for round in 0..MAX_ROUNDS {
             let now = if round == 0 { now } else { self.clock.now() };
@@ -315,6 +317,71 @@ impl Notifier {
             }
         }
         Ok(Some(self.clock.now()))
+    }
+
+    /// Raises `line_receiver_quota` (daemon-wide, labelled with the
+    /// receiver) for every `line` receiver that can push nothing more this
+    /// month (LINE answered 429, or its budget cannot fit one more
+    /// notification) and resolves it for the others. Returns the start of
+    /// next month when any is out, so the month's turn resolves it.
+    async fn judge_line_quotas(
+        &self,
+        settings: &NotifierSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let month = now.format("%Y-%m").to_string();
+        let lines: Vec<(String, u32, u32)> = settings
+            .receivers
+            .iter()
+            .filter_map(|r| match &r.kind {
+                ReceiverKind::Line {
+                    to, monthly_budget, ..
+                } => Some((
+                    r.name.clone(),
+                    u32::try_from(to.len()).unwrap_or(u32::MAX),
+                    *monthly_budget,
+                )),
+                _ => None,
+            })
+            .collect();
+        let specs = self
+            .db(move |s| {
+                let mut specs = Vec::new();
+                for (name, wanted, budget) in lines {
+                    let (used, stopped) = s.receiver_month(&name, &month)?;
+                    let why = if stopped {
+                        format!("LINE refused a push with its monthly message limit (429) in {month}")
+                    } else if used.saturating_add(wanted) > budget {
+                        format!(
+                            "its monthly_message_budget ({budget}) is spent for {month} ({used} sent)"
+                        )
+                    } else {
+                        continue;
+                    };
+                    specs.push(AlertSpec {
+                        group: None,
+                        label: Some(AlertLabel {
+                            name: "receiver",
+                            value: name.clone(),
+                        }),
+                        alertname: LINE_RECEIVER_QUOTA,
+                        severity: "warning",
+                        summary: format!(
+                            "the line receiver {name} pushes nothing more until the month turns: {why}"
+                        ),
+                    });
+                }
+                let scope = AlertScope {
+                    channel: None,
+                    group: None,
+                    names: &[LINE_RECEIVER_QUOTA],
+                };
+                let out = !specs.is_empty();
+                s.sync_alerts(now, scope, &specs)?;
+                Ok(out)
+            })
+            .await?;
+        Ok(specs.then(|| next_month(now)))
     }
 
     /// Records, renders, screens, sends and records one notification.
@@ -592,4 +659,21 @@ fn min_time(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTi
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The alert for a `line` receiver that can push nothing more this month.
+pub const LINE_RECEIVER_QUOTA: &str = "line_receiver_quota";
+
+/// The first instant of the calendar month (UTC) after `now`'s: when a
+/// receiver's monthly quota starts afresh.
+fn next_month(now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{Datelike as _, NaiveDate, TimeZone as _};
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(DateTime::<Utc>::MAX_UTC, |t| Utc.from_utc_datetime(&t))
 }

@@ -15,7 +15,8 @@
 //!   notification was delivered or given up.
 //! - A resolve is sent once, and only to receivers that were told the alert
 //!   fired.
-//! - A receiver sees only alerts at or above its `min_severity`.
+//! - A receiver sees only alerts at or above its `min_severity`, and none
+//!   about itself (a `line` receiver out of quota).
 //! - A receiver has at most one notification in flight. A failed one is
 //!   retried with the same id and the same alerts, 5 s after the first
 //!   failure, doubling to 5 min, and given up 24 h after its first attempt;
@@ -36,6 +37,16 @@ pub const MAX_RETRY: Duration = Duration::minutes(5);
 /// A notification not delivered this long after its first attempt is given
 /// up.
 pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
+
+/// True for an alert about receiver `name` itself (`line_receiver_quota`
+/// labelled with its name): that receiver cannot send it, the others
+/// must.
+fn is_about(alert: &AlertRecord, name: &str) -> bool {
+    alert
+        .label
+        .as_ref()
+        .is_some_and(|(label, value)| label == "receiver" && value == name)
+}
 
 /// An alert's severity, ordered: a receiver with `min_severity = warning`
 /// gets both.
@@ -170,7 +181,7 @@ pub fn route(
         let mut earliest: Option<DateTime<Utc>> = None;
         for a in alerts {
             let severity = Severity::parse(&a.severity);
-            if severity < r.min_severity {
+            if severity < r.min_severity || is_about(a, &r.name) {
                 continue;
             }
             // A row of an earlier episode says nothing about this one.

@@ -139,6 +139,31 @@ pub struct AlertsConfig {
     pub receivers: Vec<ReceiverConfig>,
 }
 
+impl AlertsConfig {
+    /// What is allowed but likely a mistake: every receiver of critical
+    /// alerts is a `line` receiver, which pushes through a channel
+    /// linetokd manages and so goes quiet exactly when that channel's
+    /// token is the one in trouble.
+    pub fn warnings(&self) -> Vec<String> {
+        // Every receiver gets critical alerts (the highest severity).
+        let all_line = !self.receivers.is_empty()
+            && self
+                .receivers
+                .iter()
+                .all(|r| matches!(r.kind, ReceiverKind::Line { .. }));
+        if all_line {
+            vec![
+                "alerts: every receiver is a line receiver: when the channel it pushes through is \
+                 the one in trouble, critical alerts reach no one; add a webhook, slack or \
+                 alertmanager receiver"
+                    .to_owned(),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 /// A severity as a receiver's threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MinSeverity {

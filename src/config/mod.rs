@@ -390,10 +390,22 @@ impl Settings {
 /// # Errors
 ///
 /// Whatever [`Settings::load`] or [`Settings::validate`] finds.
-pub fn check(path: &Path, env: &HashMap<String, String>) -> Result<String, ConfigError> {
+pub fn check(path: &Path, env: &HashMap<String, String>) -> Result<Checked, ConfigError> {
     let settings = Settings::load(path, env)?;
-    settings.validate()?;
-    Ok(settings.render_resolved())
+    let valid = settings.validate()?;
+    Ok(Checked {
+        resolved: settings.render_resolved(),
+        warnings: valid.warnings(),
+    })
+}
+
+/// What [`check`] found in a valid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The resolved config as TOML.
+    pub resolved: String,
+    /// What is allowed but likely a mistake ([`ValidConfig::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// The process environment as the config sees it, from

@@ -109,6 +109,12 @@ pub struct ValidConfig {
 }
 
 impl ValidConfig {
+    /// What is allowed but likely a mistake, one sentence each: shown by
+    /// `linetokd check-config` and logged when the daemon loads the file.
+    pub fn warnings(&self) -> Vec<String> {
+        self.alerts.warnings()
+    }
+
     /// The channels by ID and by name, for whatever names a channel
     /// (`--channel`, the token API's paths).
     pub fn channel_index(&self) -> ChannelIndex {

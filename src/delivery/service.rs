@@ -47,7 +47,9 @@ use crate::clock::SharedClock;
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::event::RotationEvent;
 use crate::metrics::Metrics;
-use crate::store::{EventKind, NewEvent, Store, StoreError, sink_note_key};
+use crate::store::{
+    AlertLabel, AlertScope, AlertSpec, EventKind, NewEvent, Store, StoreError, sink_note_key,
+};
 
 /// Where one group's token goes.
 #[derive(Debug, Clone, Default)]
@@ -452,6 +454,10 @@ impl Delivery {
             board.remove(&key);
         });
         self.metrics.remove_sinks(channel, group);
+        for name in [SINK_FAILING, HOOK_FAILING] {
+            self.sync_group_alerts(channel, group, name, Vec::new())
+                .await;
+        }
         let Some(delivery) = delivery else { return };
         let result = tokio::task::spawn_blocking(move || {
             delivery
@@ -614,9 +620,48 @@ impl Delivery {
         if let Ok(Err(e)) = result {
             tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the sinks' state for status");
         }
+        self.sync_group_alerts(channel, group, SINK_FAILING, sink_alerts(group, &health))
+            .await;
         self.sinks.send_modify(|board| {
             board.insert(key.clone(), health);
         });
+    }
+
+    /// States the group's `name` alerts in the store (raising and
+    /// resolving as needed). A store failure is logged: the alert is a
+    /// report, the next round states it again.
+    async fn sync_group_alerts(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+        name: &'static str,
+        specs: Vec<AlertSpec>,
+    ) {
+        let (ch, g, now) = (channel.clone(), group.clone(), self.clock.now());
+        let changes = self
+            .store
+            .blocking(move |store| {
+                let scope = AlertScope {
+                    channel: Some(&ch),
+                    group: Some(&g),
+                    names: &[name],
+                };
+                store.sync_alerts(now, scope, &specs)
+            })
+            .await;
+        match changes {
+            Ok(changes) => {
+                for raised in &changes.raised {
+                    tracing::warn!(channel = %channel, group = %group, alert = raised.alertname, "{}", raised.summary);
+                }
+                for resolved in &changes.resolved {
+                    tracing::info!(channel = %channel, group = %group, alert = %resolved.fingerprint, "alert resolved");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the {name} alert");
+            }
+        }
     }
 
     /// Starts the group's retry task unless one runs or nothing fails.
@@ -729,6 +774,24 @@ impl Delivery {
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "could not record the hook's outcome");
         }
+        // A run is already every attempt the retry rules allow: one failed
+        // run is the hook failing, one that succeeds ends it.
+        let alerts = if kind == EventKind::HookFailed {
+            vec![AlertSpec {
+                group: Some(group.clone()),
+                label: None,
+                alertname: HOOK_FAILING,
+                severity: "warning",
+                summary: format!(
+                    "the on_rotate hook failed for token {key_id}: {}",
+                    report.summary()
+                ),
+            }]
+        } else {
+            Vec::new()
+        };
+        self.sync_group_alerts(channel, group, HOOK_FAILING, alerts)
+            .await;
     }
 
     fn read_groups(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupKey, GroupDelivery>> {
@@ -738,6 +801,43 @@ impl Delivery {
     fn lock_hooks(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, CancellationToken>> {
         self.hooks.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The alert a group's sinks raise after [`SINK_ALERT_AFTER_ROUNDS`]
+/// failed write rounds in a row.
+pub const SINK_FAILING: &str = "sink_failing";
+/// The alert a group's hook raises when a run failed every attempt.
+pub const HOOK_FAILING: &str = "hook_failing";
+/// Failed write rounds in a row (each retried with backoff) after which a
+/// failing sink raises `sink_failing`: one failed write can be a passing
+/// hiccup, five in a row (15 s with the default backoff) are not.
+pub const SINK_ALERT_AFTER_ROUNDS: u32 = 5;
+
+/// One `sink_failing` alert per failing sink (labelled by its path) once
+/// the group's writes failed [`SINK_ALERT_AFTER_ROUNDS`] rounds in a row.
+fn sink_alerts(group: &GroupName, health: &SinkHealth) -> Vec<AlertSpec> {
+    if health.failed_rounds < SINK_ALERT_AFTER_ROUNDS {
+        return Vec::new();
+    }
+    health
+        .failing
+        .iter()
+        .map(|f| AlertSpec {
+            group: Some(group.clone()),
+            label: Some(AlertLabel {
+                name: "sink",
+                value: f.path.display().to_string(),
+            }),
+            alertname: SINK_FAILING,
+            severity: "warning",
+            summary: format!(
+                "writing the sink {} failed {} times in a row: {}",
+                f.path.display(),
+                health.failed_rounds,
+                f.error
+            ),
+        })
+        .collect()
 }
 
 /// The store note for a group's sinks: `ok: every sink written` or

@@ -38,6 +38,7 @@ pub mod jitter;
 pub mod plan;
 pub mod rate;
 pub mod rules;
+pub mod skew;
 mod time;
 pub mod view;
 pub mod words;
@@ -57,5 +58,6 @@ pub use plan::{
 };
 pub use rate::{BudgetInput, Urgency, issue_allowed_at, next_issue_allowed_at};
 pub use rules::{RetryRules, Rules, RulesError};
+pub use skew::clock_skew_fires;
 pub use view::{ChannelView, GroupView};
 pub use words::{Joined, joined};

@@ -109,6 +109,10 @@ pub struct Rotator {
     /// channel work checks the file and stops the scheduler with that
     /// error. A round that has nothing to write would not notice.
     store_suspect: AtomicBool,
+    /// Whether `clock_skew` fires, as last stated to the store; `None`
+    /// until first judged, when the store's row is read (so a restart
+    /// keeps the hysteresis where it was).
+    skew_firing: Mutex<Option<bool>>,
 }
 
 /// A group's operator requests not yet carried out
@@ -161,6 +165,7 @@ impl Rotator {
             metrics: parts.metrics,
             wakes: Arc::new(Wakes::default()),
             store_suspect: AtomicBool::new(false),
+            skew_firing: Mutex::new(None),
         })
     }
 
@@ -381,6 +386,13 @@ impl Rotator {
         };
         if let Some(skew) = self.line.last_clock_skew() {
             self.metrics.set_clock_skew(skew);
+            match self.judge_clock_skew(skew).await {
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "could not record the clock_skew alert");
+                }
+                Ok(()) => {}
+            }
         }
         if self.store_suspect.load(Ordering::SeqCst) {
             self.db(Store::check_same_file).await?;
@@ -562,6 +574,70 @@ impl Rotator {
         Ok(())
     }
 
+    /// Raises or resolves the daemon-wide `clock_skew` alert for the
+    /// latest skew LINE's answers showed ([`policy::clock_skew_fires`]).
+    /// Writes only when the judgement changes.
+    async fn judge_clock_skew(&self, skew: Duration) -> Result<(), StoreError> {
+        let known = *self
+            .skew_firing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was = match known {
+            Some(was) => was,
+            None => self
+                .db(|store| store.firing_alerts())
+                .await?
+                .iter()
+                .any(|a| a.channel_id.is_none() && a.alertname == CLOCK_SKEW),
+        };
+        let fires = policy::clock_skew_fires(skew, was);
+        if known == Some(fires) {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let specs: Vec<AlertSpec> = if fires {
+            vec![AlertSpec {
+                group: None,
+                label: None,
+                alertname: CLOCK_SKEW,
+                severity: "warning",
+                summary: format!(
+                    "this machine's clock is {} s {} LINE's (from the Date of LINE's answers); \
+                     rotations and deadlines are computed on the local clock: check NTP",
+                    skew.num_seconds().abs(),
+                    if skew > Duration::zero() {
+                        "ahead of"
+                    } else {
+                        "behind"
+                    }
+                ),
+            }]
+        } else {
+            Vec::new()
+        };
+        let changes = self
+            .db(move |store| {
+                let scope = AlertScope {
+                    channel: None,
+                    group: None,
+                    names: &[CLOCK_SKEW],
+                };
+                store.sync_alerts(now, scope, &specs)
+            })
+            .await?;
+        for raised in &changes.raised {
+            tracing::warn!(alert = raised.alertname, "{}", raised.summary);
+        }
+        if !changes.resolved.is_empty() {
+            tracing::info!(alert = CLOCK_SKEW, "the clock agrees with LINE's again");
+        }
+        *self
+            .skew_firing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fires);
+        Ok(())
+    }
+
     fn emit(&self, event: RotationEvent) {
         // No receiver is fine: nobody is listening (e.g. `plan`).
         let _ = self.events.send(event);
@@ -584,6 +660,9 @@ impl Rotator {
         self.store.blocking(f).await
     }
 }
+
+/// The daemon-wide alert for a local clock far from LINE's.
+pub const CLOCK_SKEW: &str = "clock_skew";
 
 /// Every alert name the rotator raises and resolves on a channel (its
 /// scope in [`Store::sync_alerts`]): the policy's, `foreign_token` and

@@ -145,11 +145,13 @@ pub(super) fn alert_row(row: &Row<'_>) -> Result<AlertRecord, Fail> {
 }
 
 fn firing_in(conn: &Connection, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
+    // `IS` matches a NULL channel (daemon-wide) too.
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
-         ORDER BY started_at, fingerprint"
+         AND (?1 = 0 OR channel_id IS ?2) ORDER BY started_at, fingerprint"
     ))?;
-    let mut rows = stmt.query([])?;
+    let channel = scope.and_then(|s| s.channel).map(ChannelId::as_str);
+    let mut rows = stmt.query(params![scope.is_some(), channel])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let alert = alert_row(row)?;

@@ -280,7 +280,7 @@ fn check_config_prints_the_resolved_config_with_secrets_masked() {
     let creds = Credentials::new();
     let path = creds.path().join("linetokd.toml");
     fs::write(&path, VALID).unwrap();
-    let shown = config::check(&path, &creds.env()).unwrap();
+    let shown = config::check(&path, &creds.env()).unwrap().resolved;
 
     let secret_len = CHANNEL_SECRET.len() + 1; // the file ends with a newline
     let dir = creds.path().display();
