@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, Utc};
 use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId};
 use linetokd::rotator::ENGINE_ALERTS;
 use linetokd::store::{
-    AlertChanges, AlertScope, AlertSpec, ChannelSpec, IssuedToken, NotifyItem, NotifyKind, Store,
-    fingerprint,
+    AlertChanges, AlertLabel, AlertScope, AlertSpec, ChannelSpec, IssuedToken, NotifyItem,
+    NotifyKind, Store, fingerprint,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -233,6 +233,144 @@ mod store {
             1
         );
         assert!(store.notification_states().unwrap().is_empty());
+    }
+
+    #[test]
+    fn owners_state_only_their_own_alerts_and_daemon_wide_ones_have_no_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let channel = ch();
+        let backend = GroupName::new("backend");
+        let sink = |path: &str| AlertSpec {
+            group: Some(backend.clone()),
+            label: Some(AlertLabel {
+                name: "sink",
+                value: path.into(),
+            }),
+            alertname: "sink_failing",
+            severity: "warning",
+            summary: format!("writing {path} failed"),
+        };
+        let delivery = AlertScope {
+            channel: Some(&channel),
+            group: Some(&backend),
+            names: &["sink_failing"],
+        };
+        let daemon = AlertScope {
+            channel: None,
+            group: None,
+            names: &["config_reload_failed"],
+        };
+        let reload = AlertSpec {
+            group: None,
+            label: None,
+            alertname: "config_reload_failed",
+            severity: "warning",
+            summary: "bad kid".into(),
+        };
+        sync(&store, t0(), &[no_live_token()]);
+        let raised = store
+            .sync_alerts(t0(), delivery, &[sink("/run/a.json"), sink("/run/b.env")])
+            .unwrap();
+        assert_eq!(
+            raised.raised.len(),
+            2,
+            "one per sink: the label tells them apart"
+        );
+        store.sync_alerts(t0(), daemon, &[reload.clone()]).unwrap();
+
+        // The engine states its alerts without the delivery's: they stay.
+        let later = t0() + Duration::minutes(1);
+        let changes = sync(&store, later, &[]);
+        assert_eq!(changes.resolved.len(), 1);
+        assert_eq!(changes.resolved[0].alertname, "no_live_token");
+        let firing = store.firing_alerts().unwrap();
+        let names: Vec<(&str, Option<&str>)> = firing
+            .iter()
+            .map(|a| {
+                (
+                    a.alertname.as_str(),
+                    a.label.as_ref().map(|(_, v)| v.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("config_reload_failed", None),
+                ("sink_failing", Some("/run/a.json")),
+                ("sink_failing", Some("/run/b.env")),
+            ]
+        );
+        let fingerprints: Vec<&str> = firing.iter().map(|a| a.fingerprint.as_str()).collect();
+        assert!(fingerprints.contains(&"-/-/config_reload_failed"));
+        assert!(fingerprints.contains(&"1000/backend/sink_failing//run/a.json"));
+        assert_eq!(firing[0].channel_id, None);
+
+        // One sink fixed: only its alert resolves; a changed summary is
+        // kept without raising again.
+        let mut b = sink("/run/b.env");
+        b.summary = "writing /run/b.env failed 6 times".into();
+        let changes = store.sync_alerts(later, delivery, &[b]).unwrap();
+        assert!(changes.raised.is_empty());
+        assert_eq!(changes.resolved.len(), 1);
+        let b_row = store
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .find(|a| a.label.as_ref().is_some_and(|(_, v)| v == "/run/b.env"))
+            .unwrap();
+        assert_eq!(b_row.summary, "writing /run/b.env failed 6 times");
+        assert_eq!(b_row.started_at, t0());
+        // The daemon-wide alert resolves on its own owner's word.
+        let changes = store.sync_alerts(later, daemon, &[]).unwrap();
+        assert_eq!(changes.resolved.len(), 1);
+        assert_eq!(changes.resolved[0].channel_id, None);
+        assert!(
+            store
+                .firing_alerts()
+                .unwrap()
+                .iter()
+                .all(|a| a.alertname == "sink_failing")
+        );
+    }
+
+    #[test]
+    fn a_schema_5_database_keeps_its_alerts_through_migration_6() {
+        use linetokd::store::migrate::{self, MIGRATIONS};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linetokd.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            migrate::apply(&mut conn, &MIGRATIONS[..5]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop', 1);
+                 INSERT INTO alerts (fingerprint, channel_id, group_name, alertname, severity,
+                                     summary, started_at, last_seen_at, resolved_at) VALUES
+                   ('1000/backend/no_live_token', '1000', 'backend', 'no_live_token',
+                    'critical', 'no token', 1000, 2000, NULL),
+                   ('1000/-/channel_full', '1000', NULL, 'channel_full', 'warning',
+                    'full', 500, 900, 900);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let firing = store.firing_alerts().unwrap();
+        assert_eq!(firing.len(), 1);
+        let a = &firing[0];
+        assert_eq!(a.fingerprint, "1000/backend/no_live_token");
+        assert_eq!(a.channel_id, Some(ch()));
+        assert_eq!(a.group, Some(GroupName::new("backend")));
+        assert_eq!(a.label, None);
+        assert_eq!(a.started_at.timestamp_millis(), 1000);
+        let all = store
+            .alerts_to_notify(DateTime::from_timestamp_millis(0).unwrap())
+            .unwrap();
+        assert_eq!(all.len(), 2, "the resolved row is kept too");
+        // And the engine's next statement resolves the migrated alert as
+        // its own.
+        let changes = sync(&store, t0(), &[]);
+        assert_eq!(changes.resolved.len(), 1);
     }
 
     #[test]
@@ -480,7 +618,19 @@ mod notifier {
         let resolved = at + Duration::minutes(1);
         clock.set(resolved);
         sync(&store, resolved, &[]);
-        assert_eq!(n.step().await.unwrap(), None);
+        // The spent budget is itself an alert (for other receivers) until
+        // the month turns: that is when the notifier looks next.
+        let next_month = DateTime::parse_from_rfc3339("2023-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(n.step().await.unwrap(), Some(next_month));
+        assert!(
+            store
+                .firing_alerts()
+                .unwrap()
+                .iter()
+                .any(|a| a.alertname == "line_receiver_quota")
+        );
         assert_eq!(fake.got().len(), 4);
         assert!(store.notification_states().unwrap()[0].resolve_sent);
         assert!(metrics.render().contains(
@@ -514,6 +664,97 @@ mod notifier {
         clock.set(next_month);
         n.step().await.unwrap();
         assert_eq!(fake.got().len(), before + 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_receiver_out_of_quota_is_an_alert_for_the_others_until_the_month_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let at = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(at);
+        // LINE refuses this month's pushes (429) and takes next month's.
+        let line_fake = Fake::start(|n| (if n < 2 { 429 } else { 200 }, vec![])).await;
+        let hook_fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![
+                line(&line_fake, 100),
+                webhook(&hook_fake, WebhookFormat::Alertmanager),
+            ],
+        );
+        sync(&store, t0(), &[no_live_token()]);
+        n.step().await.unwrap();
+        assert_eq!(
+            line_fake.got().len(),
+            2,
+            "a push per recipient, refused with 429"
+        );
+        assert_eq!(hook_fake.got().len(), 1, "the webhook got no_live_token");
+
+        // The next step sees the stopped month: the quota alert fires,
+        // daemon-wide, labelled with the receiver.
+        n.step().await.unwrap();
+        let quota: Vec<_> = store
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.alertname == "line_receiver_quota")
+            .collect();
+        assert_eq!(quota.len(), 1, "{quota:?}");
+        assert_eq!(quota[0].channel_id, None);
+        assert_eq!(
+            quota[0].label,
+            Some(("receiver".to_owned(), "admins".to_owned()))
+        );
+        // After group_wait the webhook is told; the line receiver is not
+        // asked to push news of its own silence.
+        clock.set(at + Duration::seconds(31));
+        let due = n.step().await.unwrap();
+        let got = hook_fake.got();
+        assert_eq!(got.len(), 2, "the quota alert went to the webhook");
+        let body = got[1].json();
+        let alert = &body["alerts"][0];
+        assert_eq!(alert["labels"]["alertname"], "line_receiver_quota");
+        assert_eq!(alert["labels"]["receiver"], "admins");
+        assert!(alert["labels"].get("channel").is_none(), "{body}");
+        assert_eq!(line_fake.got().len(), 2);
+        // The notifier wakes no later than the month's turn, which
+        // resolves it and tells the webhook once.
+        let next_month = DateTime::parse_from_rfc3339("2023-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(due.is_some_and(|d| d <= next_month), "{due:?}");
+        clock.set(next_month);
+        n.step().await.unwrap();
+        assert!(
+            !store
+                .firing_alerts()
+                .unwrap()
+                .iter()
+                .any(|a| a.alertname == "line_receiver_quota")
+        );
+        clock.set(next_month + Duration::seconds(31));
+        n.step().await.unwrap();
+        let resolves: Vec<serde_json::Value> = hook_fake
+            .got()
+            .iter()
+            .flat_map(|g| g.json()["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|a| {
+                a["status"] == "resolved" && a["labels"]["alertname"] == "line_receiver_quota"
+            })
+            .collect();
+        assert_eq!(
+            resolves.len(),
+            1,
+            "one resolve for the quota alert; sent: {:#?}",
+            hook_fake
+                .got()
+                .iter()
+                .map(fake::Got::json)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
