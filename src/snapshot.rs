@@ -59,7 +59,11 @@ impl Snapshot {
             // rest, and a group's dead tokens pile up with every rotation.
             live: store.live_tokens_of_channel(channel_id)?,
             groups: store.groups(channel_id)?,
-            foreign: store.live_foreign_kids(channel_id)?,
+            foreign: store
+                .live_foreign_kids(channel_id)?
+                .into_iter()
+                .map(|k| k.key_id)
+                .collect(),
             unsettled: store.unsettled_issues(channel_id, settled)?,
             issues: store.issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?,
             requests: store.open_requests(channel_id)?,

@@ -409,4 +409,89 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    fn capacity_low(d: &Decision) -> Option<(i64, u32)> {
+        d.channel_alerts.iter().find_map(|a| match a {
+            Alert::CapacityLow { free, threshold } => Some((*free, *threshold)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn capacity_low_counts_what_cannot_be_freed_not_our_superseded_tokens() {
+        let rules = Rules::default();
+        let now = t0() + Duration::days(29) + Duration::hours(12);
+        // Three groups mid-rotation: each holds its previous token (to
+        // expire in 12 h) and the current one.
+        let rotated = |g: &str| {
+            group(
+                g,
+                vec![
+                    TokenRecord::live(
+                        KeyId::new(format!("{g}-old")),
+                        t0(),
+                        t0() + Duration::days(30),
+                    ),
+                    TokenRecord::live(
+                        KeyId::new(format!("{g}-new")),
+                        t0() + Duration::days(29),
+                        t0() + Duration::days(59),
+                    ),
+                ],
+            )
+        };
+        let mut state = ChannelState {
+            groups: vec![rotated("a"), rotated("b"), rotated("c")],
+            view: ChannelView {
+                last_reconcile_at: Some(now),
+                foreign: 22,
+                ..ChannelView::default()
+            },
+        };
+        // 30 - 22 foreign - 6 ours = 2 free, but the 3 previous tokens can
+        // be revoked: 5 > 4, no alert.
+        assert_eq!(capacity_low(&drive(now, &state, &rules)), None);
+        // Without the secret they cannot: 2 free, at or below 4.
+        for g in &mut state.groups {
+            g.can_revoke = false;
+        }
+        assert_eq!(capacity_low(&drive(now, &state, &rules)), Some((2, 4)));
+        // With it, one more foreign token brings the channel to 4.
+        for g in &mut state.groups {
+            g.can_revoke = true;
+        }
+        state.view.foreign = 23;
+        assert_eq!(capacity_low(&drive(now, &state, &rules)), Some((4, 4)));
+        // An unsettled issue counts like a foreign token.
+        state.view.foreign = 22;
+        state.view.lost = 1;
+        assert_eq!(capacity_low(&drive(now, &state, &rules)), Some((4, 4)));
+        // The threshold is a rule.
+        let quiet = Rules {
+            capacity_low_threshold: 3,
+            ..Rules::default()
+        };
+        assert_eq!(capacity_low(&drive(now, &state, &quiet)), None);
+    }
+
+    #[test]
+    fn fifteen_groups_on_their_own_channel_are_not_low_on_capacity() {
+        let rules = Rules::default();
+        let state = ChannelState {
+            groups: (0..15)
+                .map(|i| {
+                    group(
+                        &format!("g{i:02}"),
+                        vec![TokenRecord::live(
+                            KeyId::new(format!("k{i}")),
+                            t0(),
+                            t0() + Duration::days(30),
+                        )],
+                    )
+                })
+                .collect(),
+            view: fresh_view(),
+        };
+        assert_eq!(capacity_low(&drive(t0(), &state, &rules)), None);
+    }
 }

@@ -35,6 +35,7 @@ pub mod backoff;
 pub mod capacity;
 pub mod channel;
 pub mod jitter;
+pub mod lost;
 pub mod plan;
 pub mod rate;
 pub mod rules;
@@ -52,6 +53,7 @@ pub use backoff::{FailureKind, RetryState, backoff};
 pub use capacity::{capacity_victims, free_capacity, live_ours};
 pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadline};
 pub use jitter::{JitterPurpose, stable_jitter};
+pub use lost::{UnknownOutcome, lost_tokens};
 pub use plan::{
     Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, deadline, plan_group,
     rotation_due_at, verify_due_at,

@@ -289,13 +289,18 @@ pub enum Alert {
         /// Its key ID.
         key_id: KeyId,
     },
-    /// An issue attempt of this group ended without knowing whether LINE
-    /// issued (a crash mid-call, a lost answer): a token nobody can hand
-    /// out may be live. Counted against capacity until a listing settles
-    /// it; if LINE did issue, its key ID then shows as a foreign token.
+    /// Issue attempts of this group ended without knowing whether LINE
+    /// issued (a crash mid-call, a lost answer): a token of ours nobody
+    /// can hand out may be live ([`lost`](super::lost)).
     LostToken {
-        /// Such attempts of the group not yet settled.
+        /// Such attempts that may still have a live token.
         attempts: u32,
+        /// How many of them no key-ID listing has settled yet.
+        unsettled: u32,
+        /// When the earliest of them began.
+        since: DateTime<Utc>,
+        /// Key IDs listed since then that may be the lost token.
+        candidates: Vec<KeyId>,
     },
 }
 

@@ -174,12 +174,30 @@ impl fmt::Display for Alert {
                 "LINE lists token {key_id} on the channel and it is not one of ours; it counts \
                  against the channel's 30 until it expires or its issuer revokes it"
             ),
-            Self::LostToken { attempts } => write!(
-                f,
-                "{attempts} issue attempt(s) of this group ended without an answer (a crash or a \
-                 lost reply); LINE may hold a token of ours nobody can hand out, counted against \
-                 capacity until the next listing shows it"
-            ),
+            Self::LostToken {
+                attempts,
+                unsettled,
+                since,
+                candidates,
+            } => {
+                write!(
+                    f,
+                    "{attempts} issue attempt(s) of this group since {} ended without an answer \
+                     (a crash or a lost reply), so LINE may hold a token of ours nobody can hand \
+                     out or revoke; ",
+                    at(*since)
+                )?;
+                if *unsettled > 0 {
+                    f.write_str("counted against capacity until the next key-ID listing")
+                } else {
+                    write!(
+                        f,
+                        "listed since then and possibly ours: {} (counted as foreign until it \
+                         expires)",
+                        joined(candidates)
+                    )
+                }
+            }
         }
     }
 }
@@ -365,7 +383,24 @@ mod tests {
                 },
                 "ForeignToken",
             ),
-            (Alert::LostToken { attempts: 1 }, "LostToken"),
+            (
+                Alert::LostToken {
+                    attempts: 1,
+                    unsettled: 1,
+                    since: t0(),
+                    candidates: vec![],
+                },
+                "LostToken",
+            ),
+            (
+                Alert::LostToken {
+                    attempts: 1,
+                    unsettled: 0,
+                    since: t0(),
+                    candidates: vec![KeyId::new("kid-9")],
+                },
+                "LostToken",
+            ),
             (
                 Alert::RevokeNeedsSecret {
                     key_id,

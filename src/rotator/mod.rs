@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::wakes::Wakes;
 use crate::clock::SharedClock;
-use crate::domain::{ChannelId, ChannelSecret, GroupName, RequestKind};
+use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, RequestKind};
 pub use crate::event::RotationEvent;
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
@@ -45,7 +45,7 @@ pub use crate::logging::error_chain;
 use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
-use crate::store::{AlertLabel, AlertScope, AlertSpec, Store, StoreError};
+use crate::store::{AlertLabel, AlertScope, AlertSpec, ForeignKid, Store, StoreError};
 
 /// How many driver rounds one call of [`Rotator::work_channel`] may run.
 /// Every executed step changes the state so the next decision differs; the
@@ -528,7 +528,32 @@ impl Rotator {
             );
         }
         alerts.extend(decision.channel_alerts.iter().map(|a| (None, a.clone())));
-        alerts.extend(standing_alerts(snapshot));
+        // Foreign and lost tokens need the listing's first-seen times and
+        // the journal; a channel with neither (the usual case) skips the
+        // read.
+        if !snapshot.foreign.is_empty() || !snapshot.unsettled.is_empty() {
+            let channel = setup.id.clone();
+            let since = now - policy::rules::MAX_TOKEN_LIFETIME;
+            let (foreign, attempts) = self
+                .db(move |store| {
+                    let attempts = store
+                        .unknown_outcomes_since(&channel, since)?
+                        .into_iter()
+                        .map(|(intent, group, started_at)| policy::UnknownOutcome {
+                            intent,
+                            group,
+                            started_at,
+                        })
+                        .collect::<Vec<_>>();
+                    Ok((store.live_foreign_kids(&channel)?, attempts))
+                })
+                .await?;
+            let settled = snapshot
+                .channel
+                .as_ref()
+                .map_or(0, |c| c.settled_through_intent);
+            alerts.extend(standing_alerts(&foreign, &attempts, settled));
+        }
         let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
         for (group, alert) in alerts {
             let spec = alert_spec(group, &alert);
@@ -701,32 +726,34 @@ pub fn alert_name(alert: &Alert) -> &'static str {
     }
 }
 
-/// The alerts a channel's stored facts raise by themselves: one per
-/// foreign key ID listed, one per group with issue attempts whose outcome
-/// no listing has settled.
-pub fn standing_alerts(snapshot: &Snapshot) -> Vec<(Option<GroupName>, Alert)> {
-    let mut out: Vec<(Option<GroupName>, Alert)> = snapshot
-        .foreign
+/// The alerts a channel's listing and journal raise by themselves: one
+/// per foreign key ID listed, and `lost_token` for each group whose issue
+/// attempts of unknown outcome may have left a token
+/// ([`policy::lost_tokens`]).
+pub fn standing_alerts(
+    foreign: &[ForeignKid],
+    attempts: &[policy::UnknownOutcome],
+    settled_through: i64,
+) -> Vec<(Option<GroupName>, Alert)> {
+    let mut out: Vec<(Option<GroupName>, Alert)> = foreign
         .iter()
-        .map(|key_id| {
+        .map(|k| {
             (
                 None,
                 Alert::ForeignToken {
-                    key_id: key_id.clone(),
+                    key_id: k.key_id.clone(),
                 },
             )
         })
         .collect();
-    let mut lost: Vec<(&GroupName, u32)> = Vec::new();
-    for group in &snapshot.unsettled {
-        match lost.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, n)) => *n += 1,
-            None => lost.push((group, 1)),
-        }
-    }
+    let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
+        .iter()
+        .map(|k| (k.key_id.clone(), k.first_seen_at))
+        .collect();
     out.extend(
-        lost.into_iter()
-            .map(|(g, attempts)| (Some(g.clone()), Alert::LostToken { attempts })),
+        policy::lost_tokens(attempts, settled_through, &listed)
+            .into_iter()
+            .map(|(g, alert)| (Some(g), alert)),
     );
     out
 }

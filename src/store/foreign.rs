@@ -202,16 +202,16 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::Query`].
-    pub fn live_foreign_kids(&self, channel: &ChannelId) -> Result<Vec<KeyId>, StoreError> {
+    pub fn live_foreign_kids(&self, channel: &ChannelId) -> Result<Vec<ForeignKid>, StoreError> {
         self.read("listing foreign key IDs", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT key_id FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL \
-                 ORDER BY key_id",
+                "SELECT channel_id, key_id, first_seen_at, last_seen_at, gone_at FROM foreign_kids \
+                 WHERE channel_id = ?1 AND gone_at IS NULL ORDER BY key_id",
             )?;
             let mut rows = stmt.query([channel.as_str()])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(KeyId::new(row.get::<_, String>(0)?));
+                out.push(foreign_from_row(row)?);
             }
             Ok(out)
         })

@@ -500,6 +500,38 @@ impl Store {
         })
     }
 
+    /// Issue attempts of a channel started at or after `since` whose
+    /// outcome is unknown (lost in a crash, or failed in a way LINE may
+    /// have issued anyway), settled or not, oldest first: `(intent ID,
+    /// group, started_at)`. What `lost_token` is judged from.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn unknown_outcomes_since(
+        &self,
+        channel: &ChannelId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(i64, GroupName, DateTime<Utc>)>, StoreError> {
+        self.read("listing issuances of unknown outcome", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, group_name, started_at FROM issue_intents WHERE channel_id = ?1 \
+                 AND started_at >= ?2 AND outcome IN ('failed', 'lost') AND maybe_issued = 1 \
+                 ORDER BY id",
+            )?;
+            let mut rows = stmt.query(params![channel.as_str(), millis(since)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push((
+                    row.get(0)?,
+                    GroupName::new(row.get::<_, String>(1)?),
+                    time_at(row, "started_at")?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     /// Issue attempts of a channel whose outcome is unknown (lost in a
     /// crash, or failed in a way LINE may have issued anyway) that no
     /// reconcile has settled yet: those after intent `settled_through`,

@@ -340,6 +340,38 @@ async fn kill_9_during_an_issuance(fault: serde_json::Value, after_answer: bool)
         .filter(|l| l.is_with("LINE request", "endpoint", "v21_key_ids"))
         .count();
     assert_eq!(reconciles, 1, "{}", second.all_text());
+    // The alerts tell the operator the same: with a token LINE issued for
+    // the lost attempt, `lost_token` names it as a candidate and it is a
+    // `foreign_token`; without one, the listing proved nothing was lost.
+    let firing = lab.store().firing_alerts().unwrap();
+    let lost: Vec<_> = firing
+        .iter()
+        .filter(|a| a.alertname == "lost_token")
+        .collect();
+    let foreign: Vec<_> = firing
+        .iter()
+        .filter(|a| a.alertname == "foreign_token")
+        .collect();
+    match &lost_key_id {
+        Some(key_id) => {
+            assert_eq!(lost.len(), 1, "{firing:#?}");
+            assert_eq!(
+                lost[0].group.as_ref().map(|g| g.as_str()),
+                Some(group.as_str())
+            );
+            assert!(
+                lost[0].summary.contains(key_id.as_str()),
+                "{}",
+                lost[0].summary
+            );
+            assert_eq!(foreign.len(), 1, "{firing:#?}");
+            assert_eq!(
+                foreign[0].label,
+                Some(("key_id".to_owned(), key_id.clone()))
+            );
+        }
+        None => assert!(lost.is_empty() && foreign.is_empty(), "{firing:#?}"),
+    }
     second.signal("TERM");
     second.exit_ok().await;
 

@@ -629,10 +629,35 @@ async fn a_near_full_channel_is_filled_as_soon_as_line_has_room() {
         (1, 29, 0),
         "the daemon issues what fits"
     );
+    // Every foreign token is an alert of its own, and the channel is low
+    // on room.
+    let firing = rig.store().firing_alerts().unwrap();
+    let foreign: Vec<_> = firing
+        .iter()
+        .filter(|a| a.alertname == "foreign_token")
+        .collect();
+    assert_eq!(foreign.len(), 29, "{firing:#?}");
+    assert!(
+        foreign.iter().all(
+            |a| a.group.is_none() && a.label.as_ref().is_some_and(|(name, _)| name == "key_id")
+        )
+    );
+    assert!(
+        firing.iter().any(|a| a.alertname == "capacity_low"),
+        "{firing:#?}"
+    );
 
     rig.run_until(t0 + Duration::minutes(45)).await;
     let now = rig.now();
     assert_no_long_hold(rig.store(), &rig.chans[0].id, now);
+    // The foreign tokens expired and the channel has room: all resolved.
+    let firing = rig.store().firing_alerts().unwrap();
+    assert!(
+        !firing
+            .iter()
+            .any(|a| a.alertname == "foreign_token" || a.alertname == "capacity_low"),
+        "{firing:#?}"
+    );
     let watch = rig.finish().await;
     println!("near-full channel:\n{}", watch.summary());
 
