@@ -384,6 +384,13 @@ impl Rotator {
         let Some(setup) = self.setup(channel) else {
             return Ok(None);
         };
+        if self.store_suspect.load(Ordering::SeqCst) {
+            self.db(Store::check_same_file).await?;
+            self.store_suspect.store(false, Ordering::SeqCst);
+        }
+        let next = self.work_rounds(&setup, cancel).await?;
+        // LINE's answers of this work carry its Date: judged now, not at
+        // the channel's next work an hour later.
         if let Some(skew) = self.line.last_clock_skew() {
             self.metrics.set_clock_skew(skew);
             match self.judge_clock_skew(skew).await {
@@ -394,21 +401,26 @@ impl Rotator {
                 Ok(()) => {}
             }
         }
-        if self.store_suspect.load(Ordering::SeqCst) {
-            self.db(Store::check_same_file).await?;
-            self.store_suspect.store(false, Ordering::SeqCst);
-        }
+        Ok(Some(next))
+    }
+
+    /// Driver rounds until the channel idles; returns when it is next due.
+    async fn work_rounds(
+        &self,
+        setup: &ChannelSetup,
+        cancel: &CancellationToken,
+    ) -> Result<DateTime<Utc>, StoreError> {
         for _ in 0..MAX_ROUNDS {
             if cancel.is_cancelled() {
-                return Ok(Some(self.clock.now()));
+                return Ok(self.clock.now());
             }
-            match self.round(&setup).await {
-                Ok(Some(until)) => return Ok(Some(until)),
+            match self.round(setup).await {
+                Ok(Some(until)) => return Ok(until),
                 Ok(None) => {}
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
                     tracing::error!(channel = %setup.id, error = %error_chain(&e), "the store failed; looking at the channel again soon");
-                    return Ok(Some(self.clock.now() + STORE_RETRY));
+                    return Ok(self.clock.now() + STORE_RETRY);
                 }
             }
         }
@@ -416,7 +428,7 @@ impl Rotator {
             channel = %setup.id,
             "{MAX_ROUNDS} steps in a row without settling; looking again shortly"
         );
-        Ok(Some(self.clock.now() + Duration::seconds(1)))
+        Ok(self.clock.now() + Duration::seconds(1))
     }
 
     /// Works every configured channel once, one after another, and returns

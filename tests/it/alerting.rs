@@ -277,7 +277,9 @@ mod store {
             2,
             "one per sink: the label tells them apart"
         );
-        store.sync_alerts(t0(), daemon, std::slice::from_ref(&reload)).unwrap();
+        store
+            .sync_alerts(t0(), daemon, std::slice::from_ref(&reload))
+            .unwrap();
 
         // The engine states its alerts without the delivery's: they stay.
         let later = t0() + Duration::minutes(1);

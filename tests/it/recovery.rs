@@ -34,10 +34,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Duration, Utc};
 use linetokd::app::{Daemon, RunOptions};
-use linetokd::clock::{Clock as _, ManualClock, SharedClock};
+use linetokd::clock::{Clock, ManualClock, SharedClock, Sleep};
 use linetokd::config::{Settings, ValidConfig};
 use linetokd::domain::{ChannelId, ChannelSecret, FailureKind, GroupName, KeyId, SigningKid};
 use linetokd::line::keys::VerifyingKey;
@@ -117,8 +118,33 @@ async fn guarded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// The sandbox on a loopback port, a config for it, and the real daemon on
 /// the sandbox's manual clock; the daemon can be restarted on the same
 /// database and reloaded with an edited config.
+/// The sandbox's clock: the rig's, `offset_ms` ahead (LINE's clock and
+/// ours disagree).
+struct OffsetClock {
+    base: ManualClock,
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl OffsetClock {
+    fn offset(&self) -> Duration {
+        Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base.now() + self.offset()
+    }
+
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep<'_> {
+        self.base.sleep_until(deadline - self.offset())
+    }
+}
+
 struct Rig {
     clock: ManualClock,
+    /// How far LINE's (the sandbox's) clock is ahead of ours.
+    line_ahead_ms: Arc<AtomicI64>,
     sandbox: Sandbox,
     base_url: String,
     chans: Vec<Chan>,
@@ -141,7 +167,11 @@ impl Rig {
         prepare: impl FnOnce(&Sandbox),
     ) -> Self {
         let clock = ManualClock::new(support::start_time());
-        let sandbox = Sandbox::empty(Arc::new(clock.clone()));
+        let line_ahead_ms = Arc::new(AtomicI64::new(0));
+        let sandbox = Sandbox::empty(Arc::new(OffsetClock {
+            base: clock.clone(),
+            offset_ms: Arc::clone(&line_ahead_ms),
+        }));
         sandbox.set_faults(faults).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
@@ -170,6 +200,7 @@ impl Rig {
         let watch = Watch::new(clock.now(), &chans);
         let mut rig = Self {
             clock,
+            line_ahead_ms,
             sandbox,
             base_url,
             chans,
@@ -685,6 +716,54 @@ async fn a_near_full_channel_is_filled_as_soon_as_line_has_room() {
         );
     }
     assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+}
+
+// ---------------------------------------------------------------------------
+// Clock skew.
+
+/// LINE's clock runs 90 s ahead of ours: the daemon-wide `clock_skew`
+/// alert fires at the next answer; at 45 s it keeps firing (hysteresis);
+/// once the clocks agree within 30 s it resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_far_from_lines_raises_clock_skew_until_it_agrees_again() {
+    let t0 = support::start_time();
+    let mut rig = Rig::start(
+        vec![chan(0, 1)],
+        rotation("30d", "24h", "30m", "6h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    let skew_alerts = |rig: &Rig| -> Vec<String> {
+        rig.store()
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.alertname == "clock_skew")
+            .map(|a| {
+                assert_eq!(a.channel_id, None, "clock_skew is about the daemon");
+                a.summary
+            })
+            .collect()
+    };
+    assert!(skew_alerts(&rig).is_empty());
+    let mut at = t0;
+    for (ahead_s, fires) in [(90, true), (45, true), (10, false)] {
+        rig.line_ahead_ms.store(ahead_s * 1000, Ordering::SeqCst);
+        // The hourly listing asks LINE, whose answer carries its Date.
+        at += Duration::minutes(61);
+        rig.run_until(at).await;
+        let firing = skew_alerts(&rig);
+        assert_eq!(
+            !firing.is_empty(),
+            fires,
+            "LINE {ahead_s} s ahead: {firing:?}"
+        );
+        if ahead_s == 90 {
+            assert!(firing[0].contains("90 s behind"), "{firing:?}");
+        }
+    }
+    rig.finish().await;
 }
 
 // ---------------------------------------------------------------------------
