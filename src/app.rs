@@ -817,8 +817,22 @@ async fn reload_alert(store: &Store, now: DateTime<Utc>, failure: Option<String>
             store.sync_alerts(now, scope, &specs)
         })
         .await;
-    if let Err(e) = synced {
-        tracing::warn!(error = %e, "could not record the config_reload_failed alert");
+    // Each edge logged once, as every other alert owner does.
+    match synced {
+        Ok(changes) => {
+            for raised in &changes.raised {
+                tracing::warn!(alert = raised.alertname, "{}", raised.summary);
+            }
+            if !changes.resolved.is_empty() {
+                tracing::info!(
+                    alert = CONFIG_RELOAD_FAILED,
+                    "alert resolved: the config in force was loaded without problems"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the config_reload_failed alert");
+        }
     }
 }
 

@@ -106,6 +106,10 @@ pub struct FailingSink {
     pub error: String,
     /// When it started failing.
     pub since: DateTime<Utc>,
+    /// Write rounds this sink failed in a row. It can be fewer than the
+    /// group's [`SinkHealth::failed_rounds`]: a sink added (or broken)
+    /// while another already failed starts at 1.
+    pub rounds: u32,
 }
 
 /// How a group's sinks stand.
@@ -449,6 +453,12 @@ impl Delivery {
         if let Some(token) = self.lock_hooks().remove(&key) {
             token.cancel();
         }
+        // Under the group's write lock: a retry round in flight finishes
+        // first, so it can neither put the group's state (and a
+        // `sink_failing` alert) back after this, nor write a sink after it
+        // is deleted. A later round finds no sinks and nothing to write.
+        let lock = self.write_lock(&key);
+        let _serialised = lock.lock().await;
         // Its retry task (if any) sees no failure left and ends.
         self.sinks.send_modify(|board| {
             board.remove(&key);
@@ -505,13 +515,7 @@ impl Delivery {
     /// group's write lock; then the group's [`SinkHealth`], metrics and
     /// status note are updated.
     async fn write_round(&self, key: &GroupKey) {
-        let lock = Arc::clone(
-            self.write_locks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key.clone())
-                .or_default(),
-        );
+        let lock = self.write_lock(key);
         let _serialised = lock.lock().await;
         let (channel, group) = key;
         let sinks = self.sinks_of(key);
@@ -520,7 +524,18 @@ impl Delivery {
         let tokens = self.book.get(channel, group);
         if sinks.is_empty() || tokens.current.is_none() {
             // Nothing to deliver (no sink, or the last token went): any
-            // failure is moot; the next token writes afresh.
+            // failure is moot; the next token writes afresh. Its alerts go
+            // too (before the board changes, as below), or a sink dropped
+            // from the config would stay `sink_failing` for good.
+            let was_failing = self
+                .sinks
+                .borrow()
+                .get(key)
+                .is_some_and(|h| !h.failing.is_empty());
+            if was_failing {
+                self.sync_group_alerts(channel, group, SINK_FAILING, Vec::new())
+                    .await;
+            }
             self.sinks
                 .send_if_modified(|board| board.remove(key).is_some());
             return;
@@ -586,13 +601,14 @@ impl Delivery {
             let before = std::mem::take(&mut health.failing);
             health.failing = failed
                 .iter()
-                .map(|(path, error)| FailingSink {
-                    path: path.clone(),
-                    error: error.clone(),
-                    since: before
-                        .iter()
-                        .find(|f| &f.path == path)
-                        .map_or(now, |f| f.since),
+                .map(|(path, error)| {
+                    let earlier = before.iter().find(|f| &f.path == path);
+                    FailingSink {
+                        path: path.clone(),
+                        error: error.clone(),
+                        since: earlier.map_or(now, |f| f.since),
+                        rounds: earlier.map_or(1, |f| f.rounds.saturating_add(1)),
+                    }
                 })
                 .collect();
             let wait = self.sink_retry.delay_after(health.failed_rounds);
@@ -625,6 +641,17 @@ impl Delivery {
         self.sinks.send_modify(|board| {
             board.insert(key.clone(), health);
         });
+    }
+
+    /// The lock that serialises the group's sink writes.
+    fn write_lock(&self, key: &GroupKey) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            self.write_locks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default(),
+        )
     }
 
     /// States the group's `name` alerts in the store (raising and
@@ -813,15 +840,15 @@ pub const HOOK_FAILING: &str = "hook_failing";
 /// hiccup, five in a row (15 s with the default backoff) are not.
 pub const SINK_ALERT_AFTER_ROUNDS: u32 = 5;
 
-/// One `sink_failing` alert per failing sink (labelled by its path) once
-/// the group's writes failed [`SINK_ALERT_AFTER_ROUNDS`] rounds in a row.
+/// One `sink_failing` alert per sink (labelled by its path) that failed
+/// [`SINK_ALERT_AFTER_ROUNDS`] write rounds in a row. Counted per sink: a
+/// sink that just started failing beside one failing for long is a hiccup
+/// until it, too, has failed that often.
 fn sink_alerts(group: &GroupName, health: &SinkHealth) -> Vec<AlertSpec> {
-    if health.failed_rounds < SINK_ALERT_AFTER_ROUNDS {
-        return Vec::new();
-    }
     health
         .failing
         .iter()
+        .filter(|f| f.rounds >= SINK_ALERT_AFTER_ROUNDS)
         .map(|f| AlertSpec {
             group: Some(group.clone()),
             label: Some(AlertLabel {
@@ -833,7 +860,7 @@ fn sink_alerts(group: &GroupName, health: &SinkHealth) -> Vec<AlertSpec> {
             summary: format!(
                 "writing the sink {} failed {} times in a row: {}",
                 f.path.display(),
-                health.failed_rounds,
+                f.rounds,
                 f.error
             ),
         })

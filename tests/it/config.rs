@@ -533,6 +533,77 @@ fn check_config_command_exits_0_or_2() {
     assert!(failed.stdout.is_empty());
 }
 
+/// `check-config` warns (stderr, exit 0) when every alert receiver is a
+/// `line` receiver, which pushes through a channel linetokd itself manages;
+/// stdout stays exactly the resolved config. A webhook beside it silences
+/// the warning.
+#[test]
+fn check_config_warns_on_stderr_when_every_alert_receiver_is_a_line_receiver() {
+    let creds = Credentials::new();
+    write(
+        &creds.path().join("ops.url"),
+        b"https://hooks.example/ops\n",
+        0o600,
+    );
+    let line_receiver = format!(
+        "\n[alerts]\n[[alerts.receiver]]\nname = \"admins\"\ntype = \"line\"\n\
+         channel = \"shop-bot\"\ngroup = \"backend\"\nto = [\"U{}\"]\n\
+         monthly_message_budget = 50\n",
+        "0123456789abcdef".repeat(2)
+    );
+    let webhook = "[[alerts.receiver]]\nname = \"ops\"\ntype = \"webhook\"\n\
+                   url_file = \"${CREDENTIALS_DIRECTORY}/ops.url\"\n";
+    let run = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+            .args(["check-config", "--config"])
+            .arg(config)
+            .env_clear()
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .output()
+            .unwrap()
+    };
+
+    let line_only = creds.path().join("line-only.toml");
+    fs::write(&line_only, format!("{VALID}{line_receiver}")).unwrap();
+    let out = run(&line_only);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().collect();
+    let [warning] = warnings.as_slice() else {
+        panic!("one warning expected on stderr: {stderr}")
+    };
+    assert!(
+        warning.starts_with("warning: alerts: every receiver is a line receiver: "),
+        "{warning}"
+    );
+    assert!(warning.contains("add a webhook, slack or alertmanager receiver"));
+    // Stdout is the resolved config the library renders, warning-free, so
+    // it can still be saved as a file.
+    let checked = config::check(&line_only, &creds.env()).unwrap();
+    assert_eq!(stdout, checked.resolved);
+    assert!(!stdout.contains("line receiver"), "{stdout}");
+    assert!(stdout.contains("type = \"line\""), "{stdout}");
+    assert_eq!(checked.warnings.len(), 1);
+
+    let mixed = creds.path().join("mixed.toml");
+    fs::write(&mixed, format!("{VALID}{line_receiver}{webhook}")).unwrap();
+    let out = run(&mixed);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "no warning with a webhook receiver too");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout,
+        config::check(&mixed, &creds.env()).unwrap().resolved
+    );
+    assert!(stdout.contains("type = \"webhook\""), "{stdout}");
+    assert!(
+        !stdout.contains("hooks.example"),
+        "the URL is masked: {stdout}"
+    );
+}
+
 /// A config file is read up to 64 MiB: `/dev/zero` ends with an error
 /// naming the limit, a file with a 10 MB `kid` with one naming the kid's
 /// length, from the library and from `check-config`; a kid over 128 bytes

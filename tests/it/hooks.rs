@@ -759,3 +759,119 @@ async fn encodings_of_the_token_are_redacted_in_the_captured_output() {
         );
     }
 }
+
+/// Through the delivery service: a run that failed every attempt raises
+/// `hook_failing` for the group (one alert, whatever the attempts); a later
+/// run for a newer token that succeeds resolves it.
+#[tokio::test]
+async fn a_run_failing_every_attempt_raises_hook_failing_and_a_newer_tokens_success_resolves_it() {
+    use linetokd::delivery::{Delivery, GroupDelivery, TokenBook};
+    use linetokd::metrics::Metrics;
+    use linetokd::policy::IssueReason;
+    use linetokd::rotator::RotationEvent;
+    use std::collections::HashMap;
+    use tokio::sync::broadcast;
+
+    let dir = TempDir::new().unwrap();
+    let count = dir.path().join("count");
+    let fixed = dir.path().join("fixed");
+    let s = script(
+        dir.path(),
+        "reload.sh",
+        r#"echo run >> "$1"; [ -e "$2" ] && exit 0; echo "backend refused the reload" >&2; exit 3"#,
+    );
+    let channel = ChannelId::new("1000");
+    let group = GroupName::new("backend");
+    let clock = support::manual_clock();
+    let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+    let delivery = Delivery::new(
+        TokenBook::new(),
+        store.clone(),
+        Arc::new(clock.clone()),
+        Metrics::shared(),
+        HashMap::from([(
+            (channel.clone(), group.clone()),
+            GroupDelivery {
+                sinks: Vec::new(),
+                hook: Some(spec(
+                    &s,
+                    &[count.to_str().unwrap(), fixed.to_str().unwrap()],
+                    Duration::from_secs(30),
+                )),
+            },
+        )]),
+        HookRetry {
+            attempts: 3,
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(60),
+        },
+    );
+    let (events, receiver) = broadcast::channel(16);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(Arc::clone(&delivery).run(receiver, shutdown.clone()));
+    let issue = |key_id: &str| {
+        let at = clock.now();
+        events
+            .send(RotationEvent::Issued {
+                channel: channel.clone(),
+                group: group.clone(),
+                key_id: KeyId::new(key_id),
+                token: AccessToken::new(TOKEN),
+                issued_at: at,
+                expires_at: at + chrono::Duration::days(30),
+                reason: IssueReason::NoCurrent,
+                verified: true,
+            })
+            .unwrap();
+    };
+
+    issue("kid-1");
+    let firing = support::firing_until(&store, Some(&clock), |f| !f.is_empty()).await;
+    // Raised only once every attempt had failed, 10 s then 20 s apart.
+    assert_eq!(fs::read_to_string(&count).unwrap(), "run\n".repeat(3));
+    let [alert] = firing.as_slice() else {
+        panic!("one alert expected: {firing:#?}")
+    };
+    assert_eq!(alert.alertname, "hook_failing");
+    assert_eq!(alert.channel_id.as_ref(), Some(&channel));
+    assert_eq!(alert.group.as_ref(), Some(&group));
+    assert_eq!(alert.label, None);
+    assert_eq!(alert.severity, "warning");
+    assert_eq!(alert.resolved_at, None);
+    assert_eq!(
+        alert.started_at,
+        support::start_time() + chrono::Duration::seconds(30)
+    );
+    assert_eq!(
+        alert.summary,
+        "the on_rotate hook failed for token kid-1: \
+         hook exited with status 3 (3 attempts): backend refused the reload"
+    );
+
+    // The backend is fixed; the next token's hook succeeds at once.
+    fs::write(&fixed, "").unwrap();
+    issue("kid-2");
+    support::firing_until(&store, Some(&clock), <[_]>::is_empty).await;
+    assert_eq!(fs::read_to_string(&count).unwrap(), "run\n".repeat(4));
+    let events = store.events_of_channel(&channel, 100).unwrap();
+    let kinds: Vec<EventKind> = events.iter().rev().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::HookFailed,
+            EventKind::AlertRaised,
+            EventKind::HookSucceeded,
+            EventKind::AlertResolved,
+        ],
+        "{events:#?}"
+    );
+    for e in &events {
+        assert!(!e.detail.contains(TOKEN), "{e:?}");
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the delivery service stops")
+        .unwrap();
+}

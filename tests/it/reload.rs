@@ -262,3 +262,145 @@ async fn a_config_edit_during_the_first_pass_is_not_missed() {
     daemon.exit_ok().await;
     lab.assert_nothing_secret_printed(&[&daemon]).await;
 }
+
+/// A predicate: the daemon logged `config_reload_failed` raised.
+fn reload_alert_raised(l: &Line) -> bool {
+    l.field("alert").as_deref() == Some("config_reload_failed")
+        && l.field("level").as_deref() == Some("WARN")
+}
+
+/// A predicate: the daemon logged `config_reload_failed` resolved.
+fn reload_alert_resolved(l: &Line) -> bool {
+    l.field("alert").as_deref() == Some("config_reload_failed") && l.begins("alert resolved")
+}
+
+/// The daemon-wide alerts `linetokd status --json` lists, after checking
+/// that no channel lists `config_reload_failed` as its own.
+async fn daemon_alerts(config: &std::path::Path) -> Vec<Value> {
+    let report = status_json(config).await;
+    for channel in report["channels"].as_array().unwrap() {
+        let firing = channel["firing"].as_array().unwrap();
+        assert!(
+            firing
+                .iter()
+                .all(|a| a["alertname"] != "config_reload_failed"),
+            "{channel}"
+        );
+    }
+    report["alerts"].as_array().unwrap().clone()
+}
+
+/// Issue 10: a rejected reload (a file change or SIGHUP) raises the
+/// daemon-wide `config_reload_failed` naming the problem, which `status`
+/// shows (JSON and text); the next good reload resolves it, and so does a
+/// start with a valid config after a run that left it firing.
+#[tokio::test]
+async fn a_rejected_reload_raises_config_reload_failed_until_a_good_load() {
+    let lab = Lab::start(STEADY, "info").await;
+    let a = group_toml(&lab, "a", None);
+    let good = lab.config_text(STEADY, &a);
+    lab.replace_config(&good);
+    let valid = lab.dir().join("valid.toml");
+    std::fs::write(&valid, &good).unwrap();
+    let mut daemon = lab.run("daemon", DEBUG, &[]);
+    daemon
+        .wait_for(0, "a's sink written", sink_written("a"))
+        .await;
+    assert!(daemon_alerts(&valid).await.is_empty());
+
+    // 1. A bad edit, applied by the file watch.
+    let mark = daemon.mark();
+    let invalid = STEADY.replace("rotate_before = \"1m\"", "rotate_before = \"20m\"");
+    assert_ne!(invalid, STEADY);
+    lab.replace_config(&lab.config_text(&invalid, &a));
+    daemon
+        .wait_for(mark, "the failed reload", |l| {
+            l.is("config reload failed; the previous config stays in force")
+        })
+        .await;
+    daemon
+        .wait_for(mark, "the alert raised", reload_alert_raised)
+        .await;
+    let alerts = daemon_alerts(&valid).await;
+    let [alert] = alerts.as_slice() else {
+        panic!("one daemon-wide alert expected: {alerts:#?}")
+    };
+    assert_eq!(alert["alertname"], "config_reload_failed");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["group"], Value::Null);
+    assert_eq!(alert["label"], Value::Null);
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(
+            "the config reload (the config file changed) was rejected and the previous \
+             config stays in force: "
+        ) && summary.contains("rotation.rotate_before"),
+        "{summary}"
+    );
+    // The text output shows it on a line of its own.
+    let (code, status) = linetokd(
+        "status",
+        &["status", "--config", valid.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{}", status.all_text());
+    let table = printed(&status, Stream::Stdout);
+    let lines: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("config_reload_failed"))
+        .collect();
+    let [line] = lines.as_slice() else {
+        panic!("one alert line expected in\n{table}")
+    };
+    assert!(
+        line.starts_with("firing since ")
+            && line.contains(&format!(": WARNING config_reload_failed: {summary}")),
+        "{line}"
+    );
+
+    // 2. The file is put right: the reload resolves the alert.
+    let mark = daemon.mark();
+    lab.replace_config(&good);
+    daemon
+        .wait_for(mark, "the alert resolved", reload_alert_resolved)
+        .await;
+    assert!(daemon_alerts(&valid).await.is_empty());
+
+    // 3. SIGHUP while the channel's secret file is missing (the file watch
+    //    sees no change to the config itself): raised again, naming it.
+    let secret = lab.dir().join("chan.secret");
+    let away = lab.dir().join("chan.secret.away");
+    std::fs::rename(&secret, &away).unwrap();
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    daemon
+        .wait_for(mark, "the alert raised for SIGHUP", reload_alert_raised)
+        .await;
+    std::fs::rename(&away, &secret).unwrap();
+    let alerts = daemon_alerts(&valid).await;
+    let [alert] = alerts.as_slice() else {
+        panic!("one daemon-wide alert expected: {alerts:#?}")
+    };
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("the config reload (SIGHUP) was rejected")
+            && summary.contains(secret.to_str().unwrap()),
+        "{summary}"
+    );
+
+    // 4. The daemon stops with it firing; status still shows it (it is in
+    //    the store). A start with a valid config resolves it.
+    daemon.signal("TERM");
+    daemon.exit_ok().await;
+    assert_eq!(daemon_alerts(&valid).await.len(), 1);
+    let mut again = lab.run("daemon-again", DEBUG, &[]);
+    again
+        .wait_for(0, "the alert resolved at start", reload_alert_resolved)
+        .await;
+    assert!(daemon_alerts(&valid).await.is_empty());
+    again.signal("TERM");
+    again.exit_ok().await;
+    lab.assert_nothing_secret_printed(&[&daemon, &again, &status])
+        .await;
+}

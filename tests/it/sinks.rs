@@ -664,14 +664,16 @@ mod service {
     use chrono::Duration;
     use linetokd::clock::{Clock as _, SharedClock};
     use linetokd::delivery::hook::HookRetry;
+    use linetokd::delivery::hook::{HookSpec, inherited_env};
     use linetokd::delivery::sink::{SinkFormat, SinkSpec};
     use linetokd::delivery::{Delivery, GroupDelivery, SinkBoard, SinkHealth, TokenBook};
-    use linetokd::domain::{AccessToken, KeyId};
+    use linetokd::domain::{AccessToken, GroupName, KeyId};
     use linetokd::metrics::Metrics;
     use linetokd::policy::IssueReason;
+    use linetokd::policy::RevokeReason;
     use linetokd::rotator::RotationEvent;
-    use linetokd::store::Store;
     use linetokd::store::sink_note_key;
+    use linetokd::store::{AlertRecord, AlertScope, AlertSpec, EventKind, Store};
     use tokio::sync::{broadcast, watch};
     use tokio_util::sync::CancellationToken;
 
@@ -868,5 +870,371 @@ mod service {
             .await
             .expect("the delivery service stops")
             .unwrap();
+    }
+
+    // -----------------------------------------------------------------------
+    // The `sink_failing` and `hook_failing` alerts delivery raises and
+    // resolves. Each round's alerts are stated before its health is
+    // published, so once `health_until` sees a round, the store shows its
+    // alerts.
+
+    /// A json sink at `path`, mode 0600.
+    fn json_sink(path: &Path) -> SinkSpec {
+        SinkSpec {
+            path: path.to_owned(),
+            format: SinkFormat::Json,
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }
+    }
+
+    /// A sink path the rename cannot replace (a directory is there), even
+    /// for root.
+    fn broken_sink(dir: &Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    }
+
+    /// A delivery service for the one group of `delivery`, running on
+    /// `clock`, with its event sender and the handle of its task.
+    struct Running {
+        delivery: Arc<Delivery>,
+        events: broadcast::Sender<RotationEvent>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn start(
+            store: &Store,
+            clock: &linetokd::clock::ManualClock,
+            delivery: GroupDelivery,
+            hook_retry: HookRetry,
+        ) -> Self {
+            let shared: SharedClock = Arc::new(clock.clone());
+            let delivery = Delivery::new(
+                TokenBook::new(),
+                store.clone(),
+                shared,
+                Metrics::shared(),
+                HashMap::from([((channel(), group()), delivery)]),
+                hook_retry,
+            );
+            delivery.load().await.unwrap();
+            let (events, receiver) = broadcast::channel(16);
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(Arc::clone(&delivery).run(receiver, shutdown.clone()));
+            Self {
+                delivery,
+                events,
+                shutdown,
+                task,
+            }
+        }
+
+        fn issue(&self, key_id: &str, at: chrono::DateTime<chrono::Utc>) {
+            self.events
+                .send(RotationEvent::Issued {
+                    channel: channel(),
+                    group: group(),
+                    key_id: KeyId::new(key_id),
+                    token: AccessToken::new(TOKEN),
+                    issued_at: at,
+                    expires_at: at + Duration::days(30),
+                    reason: IssueReason::NoCurrent,
+                    verified: true,
+                })
+                .unwrap();
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(StdDuration::from_secs(30), self.task)
+                .await
+                .expect("the delivery service stops")
+                .unwrap();
+        }
+    }
+
+    /// Waits for the group's write round `round` to be done.
+    async fn next_round(health: &mut watch::Receiver<SinkBoard>, round: u64) -> SinkHealth {
+        health_until(health, |h| h.rounds == round).await
+    }
+
+    /// The firing `sink_failing` alerts, by the sink path they name.
+    fn sink_alerts(store: &Store) -> Vec<AlertRecord> {
+        let mut firing: Vec<AlertRecord> = store
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.alertname == "sink_failing")
+            .collect();
+        firing.sort_by(|a, b| a.label.cmp(&b.label));
+        firing
+    }
+
+    fn sink_label(path: &Path) -> Option<(String, String)> {
+        Some(("sink".to_owned(), path.display().to_string()))
+    }
+
+    #[tokio::test]
+    async fn five_failed_rounds_in_a_row_raise_sink_failing_per_sink_until_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad1 = broken_sink(dir.path(), "one.json");
+        let bad2 = broken_sink(dir.path(), "two.json");
+        let good = dir.path().join("good.json");
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let sinks = vec![json_sink(&bad1), json_sink(&bad2), json_sink(&good)];
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: sinks.clone(),
+                hook: None,
+            },
+            HookRetry::default(),
+        )
+        .await;
+        let mut health = running.delivery.sink_health();
+        running.issue("kid-1", clock.now());
+
+        // Four failed rounds are hiccups: nothing fires.
+        for round in 1..=4 {
+            let h = next_round(&mut health, round).await;
+            assert_eq!(h.failing.len(), 2, "{h:?}");
+            assert!(
+                store.firing_alerts().unwrap().is_empty(),
+                "round {round}: {:?}",
+                store.firing_alerts().unwrap()
+            );
+            clock.set(h.next_retry.unwrap());
+        }
+
+        // The fifth: one warning per failing sink, none for the good one.
+        let fifth = clock.now();
+        let h = next_round(&mut health, 5).await;
+        assert_eq!(h.failed_rounds, 5);
+        let firing = sink_alerts(&store);
+        assert_eq!(firing.len(), 2, "{firing:#?}");
+        assert_eq!(firing.len(), store.firing_alerts().unwrap().len());
+        for (alert, path) in firing.iter().zip([&bad1, &bad2]) {
+            assert_eq!(alert.channel_id, Some(channel()));
+            assert_eq!(alert.group, Some(group()));
+            assert_eq!(alert.label, sink_label(path));
+            assert_eq!(alert.severity, "warning");
+            assert_eq!(alert.started_at, fifth);
+            assert_eq!(alert.resolved_at, None);
+            assert!(
+                alert.summary.starts_with(&format!(
+                    "writing the sink {} failed 5 times in a row: ",
+                    path.display()
+                )),
+                "{}",
+                alert.summary
+            );
+            assert!(!alert.summary.contains(TOKEN), "{}", alert.summary);
+        }
+
+        // A sixth failed round raises nothing new: the same two alerts, the
+        // same start, the count brought up to date.
+        clock.set(h.next_retry.unwrap());
+        let h = next_round(&mut health, 6).await;
+        let firing = sink_alerts(&store);
+        assert_eq!(firing.len(), 2, "{firing:#?}");
+        assert!(firing.iter().all(|a| a.started_at == fifth), "{firing:#?}");
+        assert!(
+            firing[0].summary.contains("failed 6 times in a row"),
+            "{}",
+            firing[0].summary
+        );
+
+        // One sink fixed: its alert resolves at the next round, the other's
+        // fires on.
+        std::fs::remove_dir(&bad1).unwrap();
+        clock.set(h.next_retry.unwrap());
+        let h = next_round(&mut health, 7).await;
+        assert_eq!(h.failing.len(), 1, "{h:?}");
+        let firing = sink_alerts(&store);
+        assert_eq!(firing.len(), 1, "{firing:#?}");
+        assert_eq!(firing[0].label, sink_label(&bad2));
+        assert_eq!(firing[0].started_at, fifth);
+
+        // A reload adds a third sink that fails too: the group has failed 8
+        // rounds in a row, but the new sink only once, which is no alert.
+        let bad3 = broken_sink(dir.path(), "three.json");
+        let mut with_third = sinks.clone();
+        with_third.push(json_sink(&bad3));
+        running.delivery.set_groups(HashMap::from([(
+            (channel(), group()),
+            GroupDelivery {
+                sinks: with_third,
+                hook: None,
+            },
+        )]));
+        let h = next_round(&mut health, 8).await;
+        assert_eq!(h.failed_rounds, 8);
+        assert_eq!(h.failing.len(), 2, "{h:?}");
+        let firing = sink_alerts(&store);
+        assert_eq!(firing.len(), 1, "{firing:#?}");
+        assert_eq!(firing[0].label, sink_label(&bad2));
+
+        // Both fixed: the next retry writes every sink and nothing fires.
+        std::fs::remove_dir(&bad2).unwrap();
+        std::fs::remove_dir(&bad3).unwrap();
+        clock.set(h.next_retry.unwrap());
+        let h = next_round(&mut health, 9).await;
+        assert!(h.failing.is_empty(), "{h:?}");
+        assert!(store.firing_alerts().unwrap().is_empty());
+        for path in [&bad1, &bad2, &bad3, &good] {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            assert_eq!(doc["key_id"], "kid-1", "{}", path.display());
+        }
+        // Every edge is in the event log once: two raised, two resolved.
+        let events = store.events_of_channel(&channel(), 100).unwrap();
+        let count = |kind: EventKind| events.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(count(EventKind::AlertRaised), 2, "{events:#?}");
+        assert_eq!(count(EventKind::AlertResolved), 2, "{events:#?}");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_dropped_from_the_config_resolves_its_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = broken_sink(dir.path(), "one.json");
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: vec![json_sink(&bad)],
+                hook: None,
+            },
+            HookRetry::default(),
+        )
+        .await;
+        let mut health = running.delivery.sink_health();
+        running.issue("kid-1", clock.now());
+        for round in 1..=4 {
+            let h = next_round(&mut health, round).await;
+            clock.set(h.next_retry.unwrap());
+        }
+        next_round(&mut health, 5).await;
+        assert_eq!(sink_alerts(&store).len(), 1);
+
+        // The group stays, without sinks: at its next retry there is
+        // nothing left to write, and nothing left failing.
+        running.delivery.set_groups(HashMap::from([(
+            (channel(), group()),
+            GroupDelivery::default(),
+        )]));
+        let due = clock.next_deadline().await;
+        clock.set(due);
+        let key = (channel(), group());
+        tokio::time::timeout(
+            StdDuration::from_secs(30),
+            health.wait_for(|b| !b.contains_key(&key)),
+        )
+        .await
+        .expect("the group's sink state was not dropped within 30 s")
+        .unwrap();
+        assert!(
+            store.firing_alerts().unwrap().is_empty(),
+            "{:#?}",
+            store.firing_alerts().unwrap()
+        );
+        assert_eq!(clock.sleepers(), 0, "no retry is left");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_removed_group_retired_with_its_last_token_resolves_its_sink_and_hook_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = broken_sink(dir.path(), "one.json");
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let hook = HookSpec {
+            argv: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "echo backend down >&2; exit 3".to_owned(),
+            ],
+            timeout: StdDuration::from_secs(30),
+            env: inherited_env(std::env::vars_os()),
+        };
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: vec![json_sink(&bad)],
+                hook: Some(hook),
+            },
+            HookRetry {
+                attempts: 1,
+                base: StdDuration::from_secs(1),
+                cap: StdDuration::from_secs(1),
+            },
+        )
+        .await;
+        let mut health = running.delivery.sink_health();
+        running.issue("kid-1", clock.now());
+        let firing = support::firing_until(&store, Some(&clock), |f| f.len() == 2).await;
+        let mut names: Vec<&str> = firing.iter().map(|a| a.alertname.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["hook_failing", "sink_failing"], "{firing:#?}");
+        assert!(firing.iter().all(|a| a.group == Some(group())));
+
+        // Another group's alert of the same name is not the retired
+        // group's to resolve.
+        let other = GroupName::new("other");
+        store
+            .sync_alerts(
+                clock.now(),
+                AlertScope {
+                    channel: Some(&channel()),
+                    group: Some(&other),
+                    names: &["sink_failing"],
+                },
+                &[AlertSpec {
+                    group: Some(other.clone()),
+                    label: None,
+                    alertname: "sink_failing",
+                    severity: "warning",
+                    summary: "another group's sink".to_owned(),
+                }],
+            )
+            .unwrap();
+
+        // The group leaves the config; its sinks stay until its token goes.
+        running.delivery.set_groups(HashMap::new());
+        assert!(bad.is_dir());
+        running
+            .events
+            .send(RotationEvent::Revoked {
+                channel: channel(),
+                group: group(),
+                key_id: KeyId::new("kid-1"),
+                reason: RevokeReason::Removed,
+            })
+            .unwrap();
+        let left = support::firing_until(&store, None, |f| {
+            f.iter().all(|a| a.group.as_ref() != Some(&group()))
+        })
+        .await;
+        assert_eq!(left.len(), 1, "{left:#?}");
+        assert_eq!(left[0].group.as_ref(), Some(&other));
+        let key = (channel(), group());
+        tokio::time::timeout(
+            StdDuration::from_secs(30),
+            health.wait_for(|b| !b.contains_key(&key)),
+        )
+        .await
+        .expect("the retired group's sink state was not dropped within 30 s")
+        .unwrap();
+        running.stop().await;
     }
 }

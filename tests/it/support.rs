@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use axum::Router;
 use chrono::{DateTime, Utc};
-use linetokd::clock::{ManualClock, SharedClock};
+use linetokd::clock::{Clock as _, ManualClock, SharedClock};
 use linetokd::domain::{ChannelId, ChannelSecret, SigningKid};
 use linetokd::line::jwt::AssertionSigner;
 use linetokd::line::keys::{SigningKey, VerifyingKey};
 use linetokd::line::{LineClient, LineClientConfig};
 use linetokd::sandbox::Sandbox;
+use linetokd::store::{AlertRecord, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,51 @@ pub fn line_client(base_url: &str, clock: &ManualClock, timeout: Duration) -> Li
     };
     let clock: SharedClock = Arc::new(clock.clone());
     LineClient::new(config, clock).unwrap()
+}
+
+/// Waits (at most 30 s) until the alerts firing in `store` satisfy `pred`
+/// and returns them. Meanwhile, when `clock` is given, moves it to each
+/// deadline something sleeps on (a sink retry, a hook's backoff), so what
+/// runs on the clock gets there. Wakes on [`Store::subscribe_alerts`], never
+/// on a timer: it subscribes before its first look, so no change is missed.
+pub async fn firing_until(
+    store: &Store,
+    clock: Option<&ManualClock>,
+    pred: impl Fn(&[AlertRecord]) -> bool,
+) -> Vec<AlertRecord> {
+    let mut changed = store.subscribe_alerts();
+    let wait = async {
+        loop {
+            let firing = store.firing_alerts().unwrap();
+            if pred(&firing) {
+                return firing;
+            }
+            let deadline = async {
+                match clock {
+                    Some(clock) => clock.next_deadline().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = changed.changed() => changed.unwrap(),
+                due = deadline => {
+                    let clock = clock.expect("only a clock has deadlines");
+                    if due > clock.now() {
+                        clock.set(due);
+                    }
+                    // A woken sleeper stays listed until its task runs: let it.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(firing) => firing,
+        Err(_) => panic!(
+            "the firing alerts did not reach the expected state within 30 s: {:#?}",
+            store.firing_alerts().unwrap()
+        ),
+    }
 }
 
 /// An axum app served on 127.0.0.1:0 until dropped.
