@@ -168,6 +168,55 @@ fn in_scope(alert: &AlertRecord, scope: AlertScope<'_>) -> bool {
         && scope.names.contains(&alert.alertname.as_str())
 }
 
+/// Alert names delivery owns per group: nobody states them again once
+/// their group left the config.
+const GROUP_DELIVERY_ALERTS: [&str; 2] = ["sink_failing", "hook_failing"];
+
+/// Resolves the firing alerts nobody will state again under the config
+/// being synced (`configured`: each channel with its groups): every alert
+/// of a channel no longer configured, and the sink and hook alerts of a
+/// group no longer configured. The engine's own alerts of a removed group
+/// are left to the rotator, which keeps stating them while the group still
+/// holds tokens. Returns how many were resolved.
+pub(super) fn resolve_unowned(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    configured: &[(&ChannelId, &[GroupName])],
+) -> Result<usize, Fail> {
+    let unowned: Vec<AlertRecord> = firing_in(tx, None)?
+        .into_iter()
+        .filter(|a| {
+            let Some(channel) = &a.channel_id else {
+                return false;
+            };
+            match configured.iter().find(|(c, _)| *c == channel) {
+                None => true,
+                Some((_, groups)) => a.group.as_ref().is_some_and(|g| {
+                    !groups.contains(g) && GROUP_DELIVERY_ALERTS.contains(&a.alertname.as_str())
+                }),
+            }
+        })
+        .collect();
+    for a in &unowned {
+        tx.execute(
+            "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
+            params![a.fingerprint, millis(now)],
+        )?;
+        if let Some(channel) = &a.channel_id {
+            insert_event(
+                tx,
+                now,
+                channel,
+                a.group.as_ref(),
+                None,
+                EventKind::AlertResolved,
+                &format!("{} (no longer configured)", a.alertname),
+            )?;
+        }
+    }
+    Ok(unowned.len())
+}
+
 impl Store {
     /// Every alert firing now, daemon-wide and on every channel, oldest
     /// first.

@@ -52,6 +52,9 @@ pub struct SyncReport {
     /// Channels whose config (key, key ID, secret) changed: their failure
     /// streaks and holds were ended so they are tried again now.
     pub changed_channels: Vec<ChannelId>,
+    /// Firing alerts resolved because nothing configured states them any
+    /// more (a removed channel's; a removed group's sink and hook alerts).
+    pub resolved_alerts: usize,
 }
 
 impl SyncReport {
@@ -62,6 +65,7 @@ impl SyncReport {
             && self.added_groups.is_empty()
             && self.removed_groups.is_empty()
             && self.changed_channels.is_empty()
+            && self.resolved_alerts == 0
     }
 }
 
@@ -251,7 +255,17 @@ impl Store {
                     sync_groups(tx, now, &row.id, &[], &mut report)?;
                 }
             }
+            let configured: Vec<(&ChannelId, &[GroupName])> = channels
+                .iter()
+                .map(|c| (&c.id, c.groups.as_slice()))
+                .collect();
+            report.resolved_alerts = super::alerts::resolve_unowned(tx, now, &configured)?;
             Ok(report)
+        })
+        .inspect(|report| {
+            if report.resolved_alerts > 0 {
+                self.alerts_changed();
+            }
         })
     }
 

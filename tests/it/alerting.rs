@@ -338,6 +338,56 @@ mod store {
     }
 
     #[test]
+    fn alerts_nobody_states_any_more_resolve_when_the_config_drops_their_group_or_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let channel = ch();
+        let backend = GroupName::new("backend");
+        let sink = AlertSpec {
+            group: Some(backend.clone()),
+            label: Some(AlertLabel {
+                name: "sink",
+                value: "/run/a.json".into(),
+            }),
+            alertname: "sink_failing",
+            severity: "warning",
+            summary: "writing /run/a.json failed".into(),
+        };
+        let delivery = AlertScope {
+            channel: Some(&channel),
+            group: Some(&backend),
+            names: &["sink_failing"],
+        };
+        store.sync_alerts(t0(), delivery, &[sink]).unwrap();
+        sync(&store, t0(), &[no_live_token()]);
+        let spec = |groups: Vec<GroupName>| ChannelSpec {
+            id: ch(),
+            name: "shop-bot".into(),
+            groups,
+            fingerprint: None,
+        };
+        // The group leaves the config (e.g. while the daemon was stopped):
+        // its sink alert has no owner any more; the engine's alert stays
+        // with the rotator, which states it while the group holds tokens.
+        let later = t0() + Duration::minutes(1);
+        let report = store
+            .sync_config(later, &[spec(vec![GroupName::new("other")])])
+            .unwrap();
+        assert_eq!(report.resolved_alerts, 1);
+        let names: Vec<String> = store
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.alertname)
+            .collect();
+        assert_eq!(names, vec!["no_live_token".to_owned()]);
+        // The channel leaves the config: everything of it resolves.
+        let report = store.sync_config(later, &[]).unwrap();
+        assert_eq!(report.resolved_alerts, 1);
+        assert!(store.firing_alerts().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_schema_5_database_keeps_its_alerts_through_migration_6() {
         use linetokd::store::migrate::{self, MIGRATIONS};
         let dir = tempfile::tempdir().unwrap();
