@@ -221,7 +221,7 @@ impl Notifier {
         let now = self.clock.now();
         // A line receiver out of quota is an alert for the others, until
         // the month turns (then it is looked at again).
-        let mut waiting: Option<DateTime<Utc>> = self.judge_line_quotas(&settings, now).await?;
+        let (out_of_quota, mut waiting) = self.judge_line_quotas(&settings, now).await?;
         let mut held_back: Vec<String> = Vec::new();
         for round in 0..MAX_ROUNDS {
             let now = if round == 0 { now } else { self.clock.now() };
@@ -239,7 +239,9 @@ impl Notifier {
             let routes: Vec<ReceiverRoute> = settings
                 .receivers
                 .iter()
-                .filter(|r| !held_back.contains(&r.name))
+                // A line receiver out of quota is not routed to until the
+                // month turns: what still fires then is sent then.
+                .filter(|r| !held_back.contains(&r.name) && !out_of_quota.contains(&r.name))
                 .map(|r| ReceiverRoute {
                     name: r.name.clone(),
                     min_severity: r.min_severity,
@@ -322,13 +324,14 @@ impl Notifier {
     /// Raises `line_receiver_quota` (daemon-wide, labelled with the
     /// receiver) for every `line` receiver that can push nothing more this
     /// month (LINE answered 429, or its budget cannot fit one more
-    /// notification) and resolves it for the others. Returns the start of
-    /// next month when any is out, so the month's turn resolves it.
+    /// notification) and resolves it for the others. Returns the
+    /// receivers out of quota, and the start of next month when any is, so
+    /// the month's turn resolves it.
     async fn judge_line_quotas(
         &self,
         settings: &NotifierSettings,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ) -> Result<(Vec<String>, Option<DateTime<Utc>>), StoreError> {
         let month = now.format("%Y-%m").to_string();
         let lines: Vec<(String, u32, u32)> = settings
             .receivers
@@ -347,6 +350,7 @@ impl Notifier {
         let specs = self
             .db(move |s| {
                 let mut specs = Vec::new();
+                let mut out = Vec::new();
                 for (name, wanted, budget) in lines {
                     let (used, stopped) = s.receiver_month(&name, &month)?;
                     let why = if stopped {
@@ -358,6 +362,7 @@ impl Notifier {
                     } else {
                         continue;
                     };
+                    out.push(name.clone());
                     specs.push(AlertSpec {
                         group: None,
                         label: Some(AlertLabel {
@@ -376,12 +381,12 @@ impl Notifier {
                     group: None,
                     names: &[LINE_RECEIVER_QUOTA],
                 };
-                let out = !specs.is_empty();
                 s.sync_alerts(now, scope, &specs)?;
                 Ok(out)
             })
             .await?;
-        Ok(specs.then(|| next_month(now)))
+        let next = (!specs.is_empty()).then(|| next_month(now));
+        Ok((specs, next))
     }
 
     /// Records, renders, screens, sends and records one notification.
@@ -496,7 +501,19 @@ impl Notifier {
             }
         }
         let took = started.elapsed();
-        let outcome = Outcome::combine(outcomes);
+        // Alertmanager instances of a cluster share what one of them got,
+        // and firing alerts are pushed again every resend_interval: one
+        // instance taking the push is delivery. One that is down must not
+        // hold every later alert back behind a day of retries.
+        let any_took = outcomes.contains(&Outcome::Delivered);
+        let outcome = if any_took && matches!(receiver.kind, ReceiverKind::Alertmanager { .. }) {
+            for failed in outcomes.iter().filter(|o| **o != Outcome::Delivered) {
+                tracing::warn!(receiver = %name, outcome = ?failed, "an Alertmanager instance did not take the push; another did");
+            }
+            Outcome::Delivered
+        } else {
+            Outcome::combine(outcomes)
+        };
         let after = self.clock.now();
         if let Some(url) = receiver.rate_limited_url() {
             self.spacing

@@ -48,7 +48,8 @@ use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::event::RotationEvent;
 use crate::metrics::Metrics;
 use crate::store::{
-    AlertLabel, AlertScope, AlertSpec, EventKind, NewEvent, Store, StoreError, sink_note_key,
+    AlertLabel, AlertRecord, AlertScope, AlertSpec, EventKind, NewEvent, Store, StoreError,
+    sink_note_key,
 };
 
 /// Where one group's token goes.
@@ -265,6 +266,7 @@ impl Delivery {
                 self.write_sinks(&channel, &group).await;
             }
         }
+        self.resolve_stale_alerts().await;
         Ok(())
     }
 
@@ -329,6 +331,9 @@ impl Delivery {
             self.tasks
                 .spawn(async move { this.write_sinks(&channel, &group).await });
         }
+        let this = Arc::clone(self);
+        self.tasks
+            .spawn(async move { this.resolve_stale_alerts().await });
     }
 
     /// Applies events until `shutdown`, then waits for running hooks to
@@ -465,7 +470,7 @@ impl Delivery {
         });
         self.metrics.remove_sinks(channel, group);
         for name in [SINK_FAILING, HOOK_FAILING] {
-            self.sync_group_alerts(channel, group, name, Vec::new())
+            self.sync_group_alerts(channel, group, name, |_| Vec::new())
                 .await;
         }
         let Some(delivery) = delivery else { return };
@@ -533,7 +538,7 @@ impl Delivery {
                 .get(key)
                 .is_some_and(|h| !h.failing.is_empty());
             if was_failing {
-                self.sync_group_alerts(channel, group, SINK_FAILING, Vec::new())
+                self.sync_group_alerts(channel, group, SINK_FAILING, |_| Vec::new())
                     .await;
             }
             self.sinks
@@ -636,8 +641,18 @@ impl Delivery {
         if let Ok(Err(e)) = result {
             tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the sinks' state for status");
         }
-        self.sync_group_alerts(channel, group, SINK_FAILING, sink_alerts(group, &health))
-            .await;
+        // A group that left the config is still written while it holds
+        // tokens, but raises nothing new: the config no longer asks for it.
+        let configured = self.read_groups().contains_key(key);
+        let (g, failing) = (group.clone(), health.failing.clone());
+        self.sync_group_alerts(channel, group, SINK_FAILING, move |firing| {
+            if configured {
+                sink_alerts(&g, &failing, firing)
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
         self.sinks.send_modify(|board| {
             board.insert(key.clone(), health);
         });
@@ -655,14 +670,15 @@ impl Delivery {
     }
 
     /// States the group's `name` alerts in the store (raising and
-    /// resolving as needed). A store failure is logged: the alert is a
-    /// report, the next round states it again.
+    /// resolving as needed): `specs` builds them from what fires now. A
+    /// store failure is logged: the alert is a report, the next round
+    /// states it again.
     async fn sync_group_alerts(
         &self,
         channel: &ChannelId,
         group: &GroupName,
         name: &'static str,
-        specs: Vec<AlertSpec>,
+        specs: impl FnOnce(&[AlertRecord]) -> Vec<AlertSpec> + Send + 'static,
     ) {
         let (ch, g, now) = (channel.clone(), group.clone(), self.clock.now());
         let changes = self
@@ -673,7 +689,8 @@ impl Delivery {
                     group: Some(&g),
                     names: &[name],
                 };
-                store.sync_alerts(now, scope, &specs)
+                let firing = store.firing_in(scope)?;
+                store.sync_alerts(now, scope, &specs(&firing))
             })
             .await;
         match changes {
@@ -688,6 +705,75 @@ impl Delivery {
             Err(e) => {
                 tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the {name} alert");
             }
+        }
+    }
+
+    /// Resolves the sink and hook alerts the config no longer backs: a
+    /// `hook_failing` of a group that has no hook now, a `sink_failing` of
+    /// a path no longer among the group's sinks (at start, such alerts may
+    /// be left by a run with another config). One read of what fires; a
+    /// write only for the groups concerned. Groups that left the config are
+    /// the store's to resolve (`Store::sync_config`).
+    async fn resolve_stale_alerts(&self) {
+        let firing = match self.store.blocking(Store::firing_alerts).await {
+            Ok(firing) => firing,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the firing alerts");
+                return;
+            }
+        };
+        let mut stale: Vec<(ChannelId, GroupName, &'static str)> = Vec::new();
+        {
+            let groups = self.read_groups();
+            for a in &firing {
+                let (Some(channel), Some(group)) = (&a.channel_id, &a.group) else {
+                    continue;
+                };
+                let Some(delivery) = groups.get(&(channel.clone(), group.clone())) else {
+                    continue;
+                };
+                let name = match a.alertname.as_str() {
+                    HOOK_FAILING if delivery.hook.is_none() => HOOK_FAILING,
+                    SINK_FAILING
+                        if !a.label.as_ref().is_some_and(|(_, path)| {
+                            delivery
+                                .sinks
+                                .iter()
+                                .any(|s| s.path.display().to_string() == *path)
+                        }) =>
+                    {
+                        SINK_FAILING
+                    }
+                    _ => continue,
+                };
+                let key = (channel.clone(), group.clone(), name);
+                if !stale.contains(&key) {
+                    stale.push(key);
+                }
+            }
+        }
+        for (channel, group, name) in stale {
+            let sinks: Vec<String> = self
+                .read_groups()
+                .get(&(channel.clone(), group.clone()))
+                .map(|d| {
+                    d.sinks
+                        .iter()
+                        .map(|s| s.path.display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.sync_group_alerts(&channel, &group, name, move |firing| {
+                if name == HOOK_FAILING {
+                    return Vec::new();
+                }
+                firing
+                    .iter()
+                    .filter(|a| a.label.as_ref().is_some_and(|(_, p)| sinks.contains(p)))
+                    .map(restated_sink_alert)
+                    .collect()
+            })
+            .await;
         }
     }
 
@@ -817,7 +903,7 @@ impl Delivery {
         } else {
             Vec::new()
         };
-        self.sync_group_alerts(channel, group, HOOK_FAILING, alerts)
+        self.sync_group_alerts(channel, group, HOOK_FAILING, move |_| alerts)
             .await;
     }
 
@@ -843,12 +929,23 @@ pub const SINK_ALERT_AFTER_ROUNDS: u32 = 5;
 /// One `sink_failing` alert per sink (labelled by its path) that failed
 /// [`SINK_ALERT_AFTER_ROUNDS`] write rounds in a row. Counted per sink: a
 /// sink that just started failing beside one failing for long is a hiccup
-/// until it, too, has failed that often.
-fn sink_alerts(group: &GroupName, health: &SinkHealth) -> Vec<AlertSpec> {
-    health
-        .failing
+/// until it, too, has failed that often. A sink whose alert already fires
+/// (`firing`, e.g. from before a restart, which starts the count again)
+/// keeps it while it still fails: only a write that succeeds resolves it.
+fn sink_alerts(
+    group: &GroupName,
+    failing: &[FailingSink],
+    firing: &[AlertRecord],
+) -> Vec<AlertSpec> {
+    failing
         .iter()
-        .filter(|f| f.rounds >= SINK_ALERT_AFTER_ROUNDS)
+        .filter(|f| {
+            let path = f.path.display().to_string();
+            f.rounds >= SINK_ALERT_AFTER_ROUNDS
+                || firing
+                    .iter()
+                    .any(|a| a.label.as_ref().is_some_and(|(_, p)| *p == path))
+        })
         .map(|f| AlertSpec {
             group: Some(group.clone()),
             label: Some(AlertLabel {
@@ -865,6 +962,20 @@ fn sink_alerts(group: &GroupName, health: &SinkHealth) -> Vec<AlertSpec> {
             ),
         })
         .collect()
+}
+
+/// A firing `sink_failing` stated again as it stands.
+fn restated_sink_alert(a: &AlertRecord) -> AlertSpec {
+    AlertSpec {
+        group: a.group.clone(),
+        label: a.label.as_ref().map(|(_, value)| AlertLabel {
+            name: "sink",
+            value: value.clone(),
+        }),
+        alertname: SINK_FAILING,
+        severity: "warning",
+        summary: a.summary.clone(),
+    }
 }
 
 /// The store note for a group's sinks: `ok: every sink written` or

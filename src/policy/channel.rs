@@ -106,9 +106,11 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
 
     let mut channel_alerts = Vec::new();
     if let Some(r) = &view.reconcile_retry {
+        // The stored retry instant, not "now" once it passed: the alert's
+        // words must not change on every decision.
         channel_alerts.push(Alert::ReconcileFailing {
             failures: r.failures,
-            retry_at: r.not_before.max(now),
+            retry_at: r.not_before,
         });
     }
     if let Some(until) = view.full_until.filter(|until| *until > now) {

@@ -112,7 +112,9 @@ pub struct Rotator {
     /// Whether `clock_skew` fires, as last stated to the store; `None`
     /// until first judged, when the store's row is read (so a restart
     /// keeps the hysteresis where it was).
-    skew_firing: Mutex<Option<bool>>,
+    /// Held across a judgement, so two channels' works never interleave
+    /// theirs.
+    skew_firing: tokio::sync::Mutex<Option<bool>>,
 }
 
 /// A group's operator requests not yet carried out
@@ -165,7 +167,7 @@ impl Rotator {
             metrics: parts.metrics,
             wakes: Arc::new(Wakes::default()),
             store_suspect: AtomicBool::new(false),
-            skew_firing: Mutex::new(None),
+            skew_firing: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -575,6 +577,11 @@ impl Rotator {
                 specs.push((spec, alert));
             }
         }
+        // A reload that removed the channel meanwhile resolved its alerts;
+        // stating them now would raise them again with nobody to end them.
+        if self.setup(&setup.id).is_none() {
+            return Ok(());
+        }
         let channel = setup.id.clone();
         let wanted: Vec<AlertSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
         let changes = self
@@ -596,7 +603,11 @@ impl Rotator {
             }
             if let (Some(g), Some((_, alert))) = (
                 raised.group.as_ref(),
-                specs.iter().find(|(s, _)| s == raised),
+                specs.iter().find(|(s, _)| {
+                    s.alertname == raised.alertname
+                        && s.group == raised.group
+                        && s.label == raised.label
+                }),
             ) {
                 self.emit(RotationEvent::Alert {
                     channel: setup.id.clone(),
@@ -615,10 +626,8 @@ impl Rotator {
     /// latest skew LINE's answers showed ([`policy::clock_skew_fires`]).
     /// Writes only when the judgement changes.
     async fn judge_clock_skew(&self, skew: Duration) -> Result<(), StoreError> {
-        let known = *self
-            .skew_firing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut judged = self.skew_firing.lock().await;
+        let known = *judged;
         let was = match known {
             Some(was) => was,
             None => self
@@ -668,10 +677,7 @@ impl Rotator {
         if !changes.resolved.is_empty() {
             tracing::info!(alert = CLOCK_SKEW, "the clock agrees with LINE's again");
         }
-        *self
-            .skew_firing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(fires);
+        *judged = Some(fires);
         Ok(())
     }
 

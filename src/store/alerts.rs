@@ -21,8 +21,7 @@ use crate::domain::{ChannelId, GroupName};
 
 /// The extra label some alerts carry, telling two alerts of one name and
 /// group apart: `key_id` of a foreign token, `sink` (its path) of a failing
-/// sink, `hook` (its name) of a failing hook, `receiver` of a receiver out
-/// of quota.
+/// sink, `receiver` of a `line` receiver out of quota.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AlertLabel {
     /// The label's name.
@@ -228,10 +227,21 @@ impl Store {
         self.read("listing firing alerts", |conn| firing_in(conn, None))
     }
 
+    /// The alerts firing in `scope`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn firing_in(&self, scope: AlertScope<'_>) -> Result<Vec<AlertRecord>, StoreError> {
+        self.read("listing firing alerts", |conn| firing_in(conn, Some(scope)))
+    }
+
     /// Makes the firing alerts in `scope` exactly `now_firing`: raises the
     /// new ones (an `alert_raised` event each), refreshes the summary of
     /// the ones still firing, resolves the rest (an `alert_resolved` event
-    /// each). One transaction; writes nothing when nothing changed.
+    /// each). One transaction; writes nothing when nothing changed. Every
+    /// text is screened against the stored token values first: the
+    /// returned [`AlertChanges`] carry the screened texts.
     ///
     /// # Errors
     ///
@@ -243,16 +253,6 @@ impl Store {
         now_firing: &[AlertSpec],
     ) -> Result<AlertChanges, StoreError> {
         let channel = scope.channel;
-        let wanted: Vec<(String, &AlertSpec)> = now_firing
-            .iter()
-            .map(|a| {
-                let label = a.label.as_ref().map(|l| l.value.as_str());
-                (
-                    fingerprint(channel, a.group.as_ref(), a.alertname, label),
-                    a,
-                )
-            })
-            .collect();
         let outside = |a: &AlertSpec| {
             !scope.names.contains(&a.alertname)
                 || scope.group.is_some_and(|g| a.group.as_ref() != Some(g))
@@ -264,16 +264,43 @@ impl Store {
             !now_firing.iter().any(outside),
             "an alert lies outside the scope it was stated in"
         );
-        let wanted: Vec<(String, &AlertSpec)> =
-            wanted.into_iter().filter(|(_, a)| !outside(a)).collect();
-        let firing = self.read("listing firing alerts", |conn| firing_in(conn, Some(scope)))?;
+        // Every text is screened before anything is compared or reported,
+        // so what callers log is what is stored, and a summary the screen
+        // changes is not rewritten on every sync.
+        let (wanted, firing) = self.read("listing firing alerts", |conn| {
+            let mut wanted: Vec<(String, AlertSpec)> = Vec::new();
+            for a in now_firing.iter().filter(|a| !outside(a)) {
+                let label = match &a.label {
+                    Some(l) => Some(AlertLabel {
+                        name: l.name,
+                        value: screen(conn, &l.value)?,
+                    }),
+                    None => None,
+                };
+                let spec = AlertSpec {
+                    group: a.group.clone(),
+                    summary: screen(conn, &a.summary)?,
+                    label,
+                    alertname: a.alertname,
+                    severity: a.severity,
+                };
+                let fp = fingerprint(
+                    channel,
+                    spec.group.as_ref(),
+                    spec.alertname,
+                    spec.label.as_ref().map(|l| l.value.as_str()),
+                );
+                wanted.push((fp, spec));
+            }
+            Ok((wanted, firing_in(conn, Some(scope))?))
+        })?;
         let mut changes = AlertChanges::default();
         let mut refreshed = Vec::new();
         for (fp, spec) in &wanted {
             match firing.iter().find(|f| &f.fingerprint == fp) {
-                None => changes.raised.push((*spec).clone()),
+                None => changes.raised.push(spec.clone()),
                 Some(f) if f.summary != spec.summary || f.severity != spec.severity => {
-                    refreshed.push((fp.clone(), *spec));
+                    refreshed.push((fp.clone(), spec));
                 }
                 Some(_) => {}
             }
@@ -298,8 +325,8 @@ impl Store {
                     spec.alertname,
                     label.map(|l| l.value.as_str()),
                 );
-                let summary = screen(tx, &spec.summary)?;
-                let label_value = label.map(|l| screen(tx, &l.value)).transpose()?;
+                let summary = &spec.summary;
+                let label_value = label.map(|l| l.value.as_str());
                 tx.execute(
                     "INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, \
                      label_value, alertname, severity, summary, started_at, last_seen_at) \
@@ -330,11 +357,10 @@ impl Store {
                 )?;
             }
             for (fp, spec) in &refreshed {
-                let summary = screen(tx, &spec.summary)?;
                 tx.execute(
                     "UPDATE alerts SET severity = ?2, summary = ?3, last_seen_at = ?4 \
                      WHERE fingerprint = ?1",
-                    params![fp, spec.severity, summary, millis(now)],
+                    params![fp, spec.severity, spec.summary, millis(now)],
                 )?;
             }
             for f in &changes.resolved {

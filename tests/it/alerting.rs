@@ -666,7 +666,8 @@ mod notifier {
         assert_eq!(store.receiver_month("admins", &month).unwrap(), (3, false));
 
         // The resolve needs two more messages; the budget (4) has one left:
-        // nothing is pushed, and the resolve is given up.
+        // the receiver is out of quota, so nothing is routed to it (no
+        // attempt, no rejection logged each repeat) until the month turns.
         let resolved = at + Duration::minutes(1);
         clock.set(resolved);
         sync(&store, resolved, &[]);
@@ -684,9 +685,9 @@ mod notifier {
                 .any(|a| a.alertname == "line_receiver_quota")
         );
         assert_eq!(fake.got().len(), 4);
-        assert!(store.notification_states().unwrap()[0].resolve_sent);
-        assert!(metrics.render().contains(
-            r#"linetokd_alert_notifications_total{receiver="admins",result="rejected"} 1"#
+        assert!(!store.notification_states().unwrap()[0].resolve_sent);
+        assert!(!metrics.render().contains(
+            r#"linetokd_alert_notifications_total{receiver="admins",result="rejected"}"#
         ));
     }
 
@@ -1160,6 +1161,45 @@ mod notifier {
         assert_eq!(push[0]["endsAt"], "2023-11-14T22:16:50.000Z");
         assert_eq!(got[1].json()[0]["endsAt"], "2023-11-14T22:17:50.000Z");
         assert_eq!(got[2].json()[0]["endsAt"], "2023-11-14T22:15:00.000Z");
+    }
+
+    /// An Alertmanager pair with one instance down: the other taking the
+    /// push is delivery (a cluster shares it), so later alerts are not held
+    /// behind a day of retries of the one that is down.
+    #[tokio::test]
+    async fn one_alertmanager_of_a_pair_taking_the_push_is_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let up = Fake::start(|_| (200, vec![])).await;
+        let down = Fake::start(|_| (503, vec![])).await;
+        let am = Receiver {
+            name: "am".into(),
+            min_severity: Severity::Warning,
+            timeout: std::time::Duration::from_secs(10),
+            kind: ReceiverKind::Alertmanager {
+                urls: vec![
+                    reqwest::Url::parse(&down.base_url).unwrap(),
+                    reqwest::Url::parse(&up.base_url).unwrap(),
+                ],
+                resend_interval: Duration::minutes(1),
+            },
+        };
+        let metrics = Metrics::shared();
+        let n = notifier(&store, &clock, &metrics, vec![am]);
+        sync(&store, t0(), &[no_live_token()]);
+        let first = t0() + Duration::seconds(30);
+        clock.set(first);
+        // Delivered: the next step is the resend, not a retry in 5 s.
+        assert_eq!(n.step().await.unwrap(), Some(first + Duration::minutes(1)));
+        assert_eq!((up.got().len(), down.got().len()), (1, 1));
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (1, None));
+        assert!(
+            metrics.render().contains(
+                r#"linetokd_alert_notifications_total{receiver="am",result="delivered"} 1"#
+            )
+        );
     }
 
     #[tokio::test]

@@ -673,7 +673,7 @@ mod service {
     use linetokd::policy::RevokeReason;
     use linetokd::rotator::RotationEvent;
     use linetokd::store::sink_note_key;
-    use linetokd::store::{AlertRecord, AlertScope, AlertSpec, EventKind, Store};
+    use linetokd::store::{AlertLabel, AlertRecord, AlertScope, AlertSpec, EventKind, Store};
     use tokio::sync::{broadcast, watch};
     use tokio_util::sync::CancellationToken;
 
@@ -1098,6 +1098,111 @@ mod service {
         let count = |kind: EventKind| events.iter().filter(|e| e.kind == kind).count();
         assert_eq!(count(EventKind::AlertRaised), 2, "{events:#?}");
         assert_eq!(count(EventKind::AlertResolved), 2, "{events:#?}");
+        running.stop().await;
+    }
+
+    /// A restart starts every sink's count again; a sink still failing
+    /// keeps its alert (same start, no resolve and new page), and only a
+    /// write that succeeds resolves it.
+    #[tokio::test]
+    async fn a_restart_with_the_sink_still_failing_keeps_its_alert_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = broken_sink(dir.path(), "one.json");
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let delivery = || GroupDelivery {
+            sinks: vec![json_sink(&bad)],
+            hook: None,
+        };
+        let running = Running::start(&store, &clock, delivery(), HookRetry::default()).await;
+        let mut health = running.delivery.sink_health();
+        running.issue("kid-1", clock.now());
+        for round in 1..=5 {
+            let h = next_round(&mut health, round).await;
+            if round < 5 {
+                clock.set(h.next_retry.unwrap());
+            }
+        }
+        let before = sink_alerts(&store);
+        assert_eq!(before.len(), 1, "{before:#?}");
+        running.stop().await;
+
+        // The restart: its first round fails (count 1 of 5).
+        let running = Running::start(&store, &clock, delivery(), HookRetry::default()).await;
+        let mut health = running.delivery.sink_health();
+        running.issue("kid-1", clock.now());
+        let h = next_round(&mut health, 1).await;
+        assert_eq!(h.failed_rounds, 1);
+        let after = sink_alerts(&store);
+        assert_eq!(after.len(), 1, "{after:#?}");
+        assert_eq!(after[0].started_at, before[0].started_at);
+        let events = store.events_of_channel(&channel(), 100).unwrap();
+        let resolved = events
+            .iter()
+            .filter(|e| e.kind == EventKind::AlertResolved)
+            .count();
+        assert_eq!(resolved, 0, "{events:#?}");
+
+        // Fixed: the next retry writes it and the alert resolves.
+        std::fs::remove_dir(&bad).unwrap();
+        clock.set(h.next_retry.unwrap());
+        let h = next_round(&mut health, 2).await;
+        assert!(h.failing.is_empty(), "{h:?}");
+        assert!(sink_alerts(&store).is_empty());
+        running.stop().await;
+    }
+
+    /// Alerts the config no longer backs resolve when the config changes
+    /// (or at start): a failing sink's path dropped while the group keeps
+    /// another sink, a failing hook removed from the group.
+    #[tokio::test]
+    async fn a_sink_path_or_hook_dropped_from_the_config_resolves_its_alert_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = broken_sink(dir.path(), "one.json");
+        let good = dir.path().join("good.json");
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let (ch, g) = (channel(), group());
+        let state = |name: &'static str, label: Option<AlertLabel>| {
+            let scope = AlertScope {
+                channel: Some(&ch),
+                group: Some(&g),
+                names: &[name],
+            };
+            let spec = AlertSpec {
+                group: Some(g.clone()),
+                label,
+                alertname: name,
+                severity: "warning",
+                summary: format!("{name} before the restart"),
+            };
+            store.sync_alerts(clock.now(), scope, &[spec]).unwrap();
+        };
+        // Left by an earlier run: the failing sink and a failing hook.
+        state(
+            "sink_failing",
+            Some(AlertLabel {
+                name: "sink",
+                value: bad.display().to_string(),
+            }),
+        );
+        state("hook_failing", None);
+        // This run's config keeps only the good sink and no hook.
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: vec![json_sink(&good)],
+                hook: None,
+            },
+            HookRetry::default(),
+        )
+        .await;
+        assert!(
+            store.firing_alerts().unwrap().is_empty(),
+            "{:#?}",
+            store.firing_alerts()
+        );
         running.stop().await;
     }
 
