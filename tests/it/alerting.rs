@@ -1248,34 +1248,73 @@ mod notifier {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
-        /// Token values that reached an alert's text (here: stored after
-        /// the alert was raised, so the store's screen could not know them
-        /// then) never appear in what a receiver gets.
+        /// Token values that reached an alert's text or label (here:
+        /// stored after the alert was raised, so the store's screen could
+        /// not know them then) never appear in what any receiver gets:
+        /// both webhook formats, Slack, Alertmanager and a LINE push.
         #[test]
         fn no_token_value_reaches_a_payload(
             values in proptest::collection::vec("[A-Za-z0-9+/=._-]{24,64}", 1..4),
-            format_linetokd in any::<bool>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let store = synced(&dir.path().join("linetokd.db"));
                 let clock = ManualClock::new(t0() + Duration::seconds(30));
-                let fake = Fake::start(|_| (200, vec![])).await;
-                let format = if format_linetokd { WebhookFormat::Linetokd } else { WebhookFormat::Alertmanager };
-                let n = notifier(&store, &clock, &Metrics::shared(), vec![webhook(&fake, format)]);
+                let fakes = [
+                    Fake::start(|_| (200, vec![])).await,
+                    Fake::start(|_| (200, vec![])).await,
+                    Fake::start(|_| (200, vec![])).await,
+                    Fake::start(|_| (200, vec![])).await,
+                    Fake::start(|_| (200, vec![])).await,
+                ];
+                let mut linetokd_format = webhook(&fakes[1], WebhookFormat::Linetokd);
+                linetokd_format.name = "ops-events".into();
+                let am = Receiver {
+                    name: "am".into(),
+                    min_severity: Severity::Warning,
+                    timeout: std::time::Duration::from_secs(10),
+                    kind: ReceiverKind::Alertmanager {
+                        urls: vec![reqwest::Url::parse(&fakes[3].base_url).unwrap()],
+                        resend_interval: Duration::minutes(1),
+                    },
+                };
+                let receivers = vec![
+                    webhook(&fakes[0], WebhookFormat::Alertmanager),
+                    linetokd_format,
+                    slack(&fakes[2]),
+                    am,
+                    line(&fakes[4], 1000),
+                ];
+                let n = notifier(&store, &clock, &Metrics::shared(), receivers);
                 let mut alert = no_live_token();
                 alert.summary = format!("leaked {} here", values.join(" and "));
                 sync(&store, t0(), &[alert]);
+                let (channel, backend) = (ch(), GroupName::new("backend"));
+                let scope = AlertScope {
+                    channel: Some(&channel),
+                    group: Some(&backend),
+                    names: &["sink_failing"],
+                };
+                let sink = AlertSpec {
+                    group: Some(backend.clone()),
+                    label: Some(AlertLabel { name: "sink", value: format!("/run/{}", values[0]) }),
+                    alertname: "sink_failing",
+                    severity: "warning",
+                    summary: "a sink fails".into(),
+                };
+                store.sync_alerts(t0(), scope, &[sink]).unwrap();
                 for (i, v) in values.iter().enumerate() {
                     store_token(&store, &format!("k{i}"), v, t0());
                 }
                 n.step().await.unwrap();
-                let got = fake.got();
-                prop_assert!(!got.is_empty());
-                for g in &got {
-                    for v in &values {
-                        prop_assert!(!g.body.contains(v.as_str()), "{} leaked in {}", v, g.body);
+                for fake in &fakes {
+                    let got = fake.got();
+                    prop_assert!(!got.is_empty(), "{} got nothing", fake.base_url);
+                    for g in &got {
+                        for v in &values {
+                            prop_assert!(!g.body.contains(v.as_str()), "{} leaked in {}", v, g.body);
+                        }
                     }
                 }
                 Ok(())
