@@ -61,6 +61,10 @@ pub struct RunOptions {
     /// Called for every request the daemon makes to LINE (endpoint, status,
     /// latency), so a test can count what the daemon asked from the outside.
     pub observer: Option<RequestObserver>,
+    /// Leaves the alert notifier's task unstarted: the caller steps the
+    /// daemon's notifier itself ([`Daemon::alert_notifier`]), so the
+    /// simulation can send on its manual clock without real-time waits.
+    pub manual_alerts: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for RunOptions {
             .field("retry", &self.retry)
             .field("durability", &self.durability)
             .field("observer", &self.observer.as_ref().map(|_| "set"))
+            .field("manual_alerts", &self.manual_alerts)
             .finish()
     }
 }
@@ -246,7 +251,9 @@ impl Daemon {
             },
         )
         .context("while setting up the alert notifier")?;
-        tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
+        if !options.manual_alerts {
+            tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
+        }
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
@@ -355,6 +362,12 @@ impl Daemon {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
         }
         Ok(())
+    }
+
+    /// The alert notifier, for a caller that steps it itself
+    /// ([`RunOptions::manual_alerts`]).
+    pub fn alert_notifier(&self) -> Arc<alerting::Notifier> {
+        Arc::clone(&self.alert_notifier)
     }
 
     /// Waits until every task has stopped (after shutdown).

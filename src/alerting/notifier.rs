@@ -566,7 +566,9 @@ impl Notifier {
 
     /// What the notification says about each of its alerts, every text
     /// screened against the stored token values. An alert no longer in the
-    /// store (pruned) is left out.
+    /// store (pruned), or firing again in a later episode than the one the
+    /// notification is about (a retry outlived it), is left out: the row
+    /// now describes the new episode, which is not what was to be said.
     async fn tell(
         &self,
         settings: &NotifierSettings,
@@ -575,7 +577,10 @@ impl Notifier {
     ) -> Result<Vec<Told>, StoreError> {
         let mut raw = Vec::new();
         for item in &due.items {
-            let Some(a) = alerts.iter().find(|a| a.fingerprint == item.fingerprint) else {
+            let Some(a) = alerts
+                .iter()
+                .find(|a| a.fingerprint == item.fingerprint && a.started_at == item.started_at)
+            else {
                 continue;
             };
             raw.push((

@@ -271,6 +271,7 @@ impl Rig {
                 retry: None,
                 durability: Durability::Unsynced,
                 observer: None,
+                manual_alerts: false,
             },
         )
         .await

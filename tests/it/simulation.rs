@@ -93,9 +93,40 @@
 //! Plus the bookkeeping converges: a token LINE no longer accepts is not
 //! recorded live for longer than the reconcile interval and an hour.
 //!
+//! # Alerts that reach people
+//!
+//! Each run's own alert notifier (configured from the `[alerts]` section,
+//! its task left unstarted: `RunOptions::manual_alerts`) is stepped by the
+//! driver while the daemon sleeps, whenever alerts changed, a run started
+//! or its due time came; the driver moves the clock to that due time too,
+//! so group waits, repeats and retries happen at their own instants. It
+//! sends Alertmanager (v4) payloads, signed, to two loopback webhook
+//! receivers with the default routing (group wait 30 s, repeats every 4 h
+//! for warnings and 1 h for critical alerts): `ops` answers 200, `flaky`
+//! 500 to 30 % of requests and to all for 29 h over the first 429 burst.
+//! The alert episodes are read from the store's alert rows. Checked at the
+//! end, per receiver: a retry carries its first attempt's id and says
+//! nothing new; nothing is tried past the 24 h give-up; a firing
+//! notification falls inside its episode, and the next one of the same
+//! episode comes a repeat interval later or more; an episode is resolved
+//! at most once, only to a receiver that was told it fired, and always
+//! once to such a receiver (delivered or given up) unless the alert fired
+//! again first (never for `ops`); notifications stay within
+//! Σ(1 + firing time / repeat interval) + resolves over the episodes; and
+//! no body holds a piece of any token LINE issued, stored or not.
+//!
+//! One run: 1244 alert episodes (1170 `reconcile_failing`, 1098 over
+//! within the group wait, so never sent), all resolved; `ops` got 643
+//! notifications (546 firing, 97 resolves), no retries, at most 46 in one
+//! hour (the first 429 burst: every `reconcile_failing` that outlives the
+//! group wait is a notification of its own, as linetokd has no group
+//! interval); `flaky` got 536 (481 firing, 55 resolves) in 828 POSTs (292
+//! retries, 1 given up), at most 27 in an hour.
+//!
 //! The test prints one `simulation faults:` line (faults injected, issues,
 //! refusals seen, restarts, the longest a group was without a token, alerts
-//! raised) for the notes.
+//! raised) and one `simulation alerts:` line (the figures above) for the
+//! notes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -105,6 +136,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
+use linetokd::alerting::Notifier;
 use linetokd::app::{Daemon, RunOptions};
 use linetokd::clock::{Clock as _, ManualClock, SharedClock};
 use linetokd::config::{Settings, ValidConfig};
@@ -239,6 +271,7 @@ fn write_setup(
     line_api: &str,
     specs: &[ChannelSpec],
     rotation: &str,
+    alerts: &str,
 ) -> PathBuf {
     let key_file = dir.join("assertion.pem");
     let pem = fs::read(
@@ -249,7 +282,7 @@ fn write_setup(
     let public = support::fixture_key().public_jwk().to_json_pretty();
     let mut toml = format!(
         "[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{dir}\"\nline_api = \"{line_api}\"\n\
-         listen = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\n[rotation]{rotation}",
+         listen = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\n[rotation]{rotation}\n{alerts}",
         db = dir.join("linetokd.db").display(),
         dir = dir.display(),
     );
@@ -332,6 +365,8 @@ enum Happening {
     },
     OutageStart,
     OutageEnd,
+    /// The flaky alert receiver answers every request 500 (or stops).
+    ReceiverDown(bool),
 }
 
 /// Which fault windows are open.
@@ -574,6 +609,12 @@ struct Running {
     scheduler: watch::Receiver<SchedulerState>,
     wakes: Arc<Wakes>,
     events: broadcast::Receiver<RotationEvent>,
+    /// The run's alert notifier, which the simulation steps itself on the
+    /// manual clock (its task is not started). It holds the run's store:
+    /// it goes with the run.
+    notifier: Arc<Notifier>,
+    /// Moves whenever the run raised or resolved an alert.
+    alerts_changed: watch::Receiver<u64>,
     /// True once the run's runtime is gone (killed or stopped).
     dead: watch::Receiver<bool>,
     thread: std::thread::JoinHandle<()>,
@@ -634,6 +675,7 @@ impl Running {
                     retry: None,
                     durability: Durability::Unsynced,
                     observer: Some(observer),
+                    manual_alerts: true,
                 };
                 let started = rt.block_on(Daemon::start(&config, clock, shutdown.clone(), options));
                 let mut daemon = match started {
@@ -653,6 +695,7 @@ impl Running {
                     daemon.scheduler.clone(),
                     Arc::clone(&daemon.wakes),
                     events,
+                    daemon.alert_notifier(),
                 );
                 if ready_tx.send(Ok(handles)).is_err() {
                     return;
@@ -679,15 +722,18 @@ impl Running {
                 dead_tx.send_replace(true);
             })
             .unwrap();
-        let (rotator, scheduler, wakes, events) = guarded("the daemon's start", ready_rx)
+        let (rotator, scheduler, wakes, events, notifier) = guarded("the daemon's start", ready_rx)
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("the daemon did not start: {e}"));
+        let alerts_changed = rotator.store().subscribe_alerts();
         Self {
             rotator,
             scheduler,
             wakes,
             events,
+            notifier,
+            alerts_changed,
             dead: dead_rx,
             thread,
         }
@@ -699,6 +745,7 @@ impl Lab {
         start: DateTime<Utc>,
         specs: Vec<ChannelSpec>,
         rotation: &str,
+        alerts: &str,
         faults: Faults,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -711,7 +758,7 @@ impl Lab {
         let shutdown = CancellationToken::new();
         tokio::spawn(sandbox.clone().serve(listener, shutdown.child_token()));
 
-        let config_path = write_setup(dir.path(), &sandbox, &base_url, &specs, rotation);
+        let config_path = write_setup(dir.path(), &sandbox, &base_url, &specs, rotation, alerts);
         let config = Settings::load(&config_path, &HashMap::new())
             .unwrap()
             .validate()
@@ -786,13 +833,14 @@ impl Lab {
         let Running {
             rotator,
             mut events,
+            notifier,
             mut dead,
             thread,
             ..
         } = old;
-        // The old run's last handle on its store goes, so the new run can
+        // The old run's last handles on its store go, so the new run can
         // take the writer lock.
-        drop(rotator);
+        drop((rotator, notifier));
         guarded("the killed run's end", dead.wait_for(|d| *d))
             .await
             .unwrap();
@@ -883,11 +931,12 @@ impl Lab {
         if let Some(run) = self.daemon.take() {
             let Running {
                 rotator,
+                notifier,
                 mut dead,
                 thread,
                 ..
             } = run;
-            drop(rotator);
+            drop((rotator, notifier));
             guarded("shutdown", dead.wait_for(|d| *d)).await.unwrap();
             thread.join().unwrap();
         }
@@ -900,6 +949,478 @@ fn issues_in_hour(issues: &[DateTime<Utc>], at: DateTime<Utc>) -> usize {
         .iter()
         .filter(|t| **t > at - Duration::hours(1) && **t <= at)
         .count()
+}
+
+/// The alert receivers' Standard Webhooks secret (signing gives every
+/// request a `webhook-id`: a retry carries its notification's id).
+const ALERT_WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The share of requests the flaky receiver answers 500.
+const FLAKY_FAILS: f64 = 0.3;
+/// How long after its first attempt a notification is given up (the
+/// notifier's rule), and how long it may take the next step to do it.
+fn give_up_after() -> Duration {
+    Duration::hours(24) + Duration::minutes(5)
+}
+/// How often a firing alert of `severity` is sent again (the defaults).
+fn repeat_interval(severity: &str) -> Duration {
+    if severity == "warning" {
+        Duration::hours(4)
+    } else {
+        Duration::hours(1)
+    }
+}
+
+/// A webhook receiver on loopback that records every POST and answers
+/// 200, or 500 for a seeded share of them and for all while it is down.
+/// Requests are not timed here: the notifier sends only while the driver
+/// steps it, so the driver stamps them with the clock.
+struct Sink {
+    name: &'static str,
+    /// Answers every request 500 while set.
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// (webhook-id, status answered, body), not yet stamped.
+    got: Arc<Mutex<Vec<(String, u16, String)>>>,
+    url: String,
+    _served: support::Served,
+}
+
+impl Sink {
+    async fn start(name: &'static str, fail_rate: f64, seed: u64) -> Self {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, off) = (Arc::clone(&got), Arc::clone(&down));
+        let app =
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+                let (log, off) = (Arc::clone(&log), Arc::clone(&off));
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut log = log.lock().unwrap();
+                    let n = log.len() as u64;
+                    let fails = off.load(std::sync::atomic::Ordering::SeqCst)
+                        || StdRng::seed_from_u64(seed ^ n).random_bool(fail_rate);
+                    let status = if fails { 500 } else { 200 };
+                    log.push((id, status, body));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            });
+        let served = support::serve(app).await;
+        Self {
+            name,
+            down,
+            got,
+            url: format!("{}/hook", served.base_url),
+            _served: served,
+        }
+    }
+
+    /// The `[[alerts.receiver]]` table, its URL and secret in files.
+    fn config(&self, dir: &Path) -> String {
+        let url_file = dir.join(format!("{}.url", self.name));
+        let secret_file = dir.join(format!("{}.whsec", self.name));
+        write_private(&url_file, self.url.as_bytes());
+        write_private(&secret_file, ALERT_WHSEC.as_bytes());
+        format!(
+            "\n[[alerts.receiver]]\nname = \"{}\"\ntype = \"webhook\"\nformat = \"alertmanager\"\n\
+             url_file = \"{}\"\nsigning_secret_file = \"{}\"\nmin_severity = \"warning\"\n",
+            self.name,
+            url_file.display(),
+            secret_file.display()
+        )
+    }
+}
+
+/// One POST a receiver got.
+#[derive(Debug, Clone)]
+struct Post {
+    /// The virtual time of the notifier step that sent it.
+    at: DateTime<Utc>,
+    /// The notification's id (`webhook-id`): the same on every attempt.
+    id: String,
+    status: u16,
+    body: String,
+}
+
+/// One episode of an alert: from its raise to its resolve. Keyed as the
+/// Alertmanager payload names it (its labels and `startsAt`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct EpisodeKey {
+    channel: String,
+    group: Option<String>,
+    alertname: String,
+    started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct Episode {
+    severity: String,
+    resolved_at: Option<DateTime<Utc>>,
+    /// The alert fired again before a read saw this episode resolve.
+    superseded: bool,
+}
+
+/// The daemon's alert notifier as the simulation drives it, the receivers
+/// it sends to, and the alert episodes read from the store.
+struct AlertWatch {
+    sinks: Vec<Sink>,
+    /// What each sink got, stamped.
+    posts: Vec<Vec<Post>>,
+    episodes: BTreeMap<EpisodeKey, Episode>,
+    /// Each alert's (channel, group, name) latest episode start.
+    latest: HashMap<(String, Option<String>, String), DateTime<Utc>>,
+    /// When the notifier is next due; `None`: not without a change.
+    due: Option<DateTime<Utc>>,
+    /// A new run started: its notifier is stepped whatever changed.
+    fresh: bool,
+    steps: u64,
+    _dir: tempfile::TempDir,
+}
+
+/// What the simulation's alerting came to, per receiver.
+#[derive(Debug, Default)]
+struct SinkFigures {
+    posts: usize,
+    notifications: usize,
+    firing: usize,
+    resolved: usize,
+    retries: usize,
+    given_up: usize,
+    max_per_hour: usize,
+    /// When that hour began, and how many alerts of each name it told of.
+    worst_hour: Option<(DateTime<Utc>, BTreeMap<String, usize>)>,
+    /// Resolves of episodes told firing that never went out because the
+    /// alert fired again first.
+    resolves_lost_to_refire: usize,
+}
+
+impl AlertWatch {
+    async fn start() -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec![
+            Sink::start("ops", 0.0, 0x5eed_0003).await,
+            Sink::start("flaky", FLAKY_FAILS, 0x5eed_0004).await,
+        ];
+        let config: String = sinks.iter().map(|s| s.config(dir.path())).collect();
+        let watch = Self {
+            posts: vec![Vec::new(); sinks.len()],
+            sinks,
+            episodes: BTreeMap::new(),
+            latest: HashMap::new(),
+            due: None,
+            fresh: true,
+            steps: 0,
+            _dir: dir,
+        };
+        (watch, config)
+    }
+
+    /// Reads the alert rows and notes new episodes and resolves.
+    fn track(&mut self, now: DateTime<Utc>, store: &Store) {
+        let rows = store.alerts_to_notify(now - Duration::hours(48)).unwrap();
+        for row in rows {
+            let key = EpisodeKey {
+                channel: row.channel_id.as_str().to_owned(),
+                group: row.group.as_ref().map(|g| g.as_str().to_owned()),
+                alertname: row.alertname.clone(),
+                started_at: row.started_at,
+            };
+            let alert = (
+                key.channel.clone(),
+                key.group.clone(),
+                key.alertname.clone(),
+            );
+            let latest = self.latest.entry(alert).or_insert(key.started_at);
+            if *latest < key.started_at {
+                let previous = EpisodeKey {
+                    started_at: *latest,
+                    ..key.clone()
+                };
+                if let Some(e) = self.episodes.get_mut(&previous) {
+                    e.superseded |= e.resolved_at.is_none();
+                }
+                *latest = key.started_at;
+            }
+            let episode = self.episodes.entry(key).or_insert_with(|| Episode {
+                severity: row.severity.clone(),
+                resolved_at: None,
+                superseded: false,
+            });
+            episode.resolved_at = row.resolved_at;
+        }
+    }
+
+    /// Stamps what the sinks got in the step at `now`.
+    fn collect(&mut self, now: DateTime<Utc>) {
+        for (sink, posts) in self.sinks.iter().zip(&mut self.posts) {
+            for (id, status, body) in sink.got.lock().unwrap().drain(..) {
+                posts.push(Post {
+                    at: now,
+                    id,
+                    status,
+                    body,
+                });
+            }
+        }
+    }
+
+    fn sink(&self, name: &str) -> &Sink {
+        self.sinks.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Counts and checks what every receiver got against the episodes:
+    /// the bounds that keep alerting from becoming a storm.
+    fn figures(&self, end: DateTime<Utc>) -> (usize, Vec<(&'static str, SinkFigures)>) {
+        let firing_time = |k: &EpisodeKey, e: &Episode| e.resolved_at.unwrap_or(end) - k.started_at;
+        // Each episode may be sent when it starts and once per repeat
+        // interval while it fires, plus one resolve.
+        let bound: usize = self
+            .episodes
+            .iter()
+            .map(|(k, e)| {
+                let repeats = firing_time(k, e).num_milliseconds()
+                    / repeat_interval(&e.severity).num_milliseconds();
+                1 + usize::try_from(repeats).unwrap() + usize::from(e.resolved_at.is_some())
+            })
+            .sum();
+        let figures = self
+            .sinks
+            .iter()
+            .zip(&self.posts)
+            .map(|(sink, posts)| (sink.name, self.check_sink(sink.name, posts, end, bound)))
+            .collect();
+        (bound, figures)
+    }
+
+    fn check_sink(
+        &self,
+        name: &str,
+        posts: &[Post],
+        end: DateTime<Utc>,
+        bound: usize,
+    ) -> SinkFigures {
+        // Each notification: its attempts and what it said of each episode.
+        struct Sent {
+            first: DateTime<Utc>,
+            last: DateTime<Utc>,
+            delivered: bool,
+            items: BTreeMap<EpisodeKey, String>,
+        }
+        let mut sent: BTreeMap<&str, Sent> = BTreeMap::new();
+        let mut f = SinkFigures {
+            posts: posts.len(),
+            ..SinkFigures::default()
+        };
+        for p in posts {
+            assert!(
+                !p.id.is_empty(),
+                "{}: a notification to {name} had no webhook-id",
+                p.at
+            );
+            let v: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+            assert_eq!(v["version"], "4", "{}", p.body);
+            assert_eq!(v["receiver"], name, "{}", p.body);
+            assert_eq!(v["truncatedAlerts"], 0, "{}", p.body);
+            let mut items = BTreeMap::new();
+            for a in v["alerts"].as_array().unwrap() {
+                let label = |l: &str| a["labels"][l].as_str().map(str::to_owned);
+                let key = EpisodeKey {
+                    channel: label("channel").unwrap(),
+                    group: label("group"),
+                    alertname: label("alertname").unwrap(),
+                    started_at: DateTime::parse_from_rfc3339(a["startsAt"].as_str().unwrap())
+                        .unwrap()
+                        .with_timezone(&Utc),
+                };
+                assert!(
+                    self.episodes.contains_key(&key),
+                    "{}: {name} was told of {key:?}, which never fired",
+                    p.at
+                );
+                items.insert(key, a["status"].as_str().unwrap().to_owned());
+            }
+            assert!(
+                !items.is_empty(),
+                "{}: an empty notification to {name}",
+                p.at
+            );
+            match sent.get_mut(p.id.as_str()) {
+                Some(s) => {
+                    f.retries += 1;
+                    // A retry says what the first attempt said, less
+                    // the episodes that ended by firing again meanwhile.
+                    assert!(
+                        items.iter().all(|(k, v)| s.items.get(k) == Some(v)),
+                        "{}: a retry to {name} said something else: {items:?}, first {:?}",
+                        p.at,
+                        s.items
+                    );
+                    assert!(
+                        !s.delivered,
+                        "{}: {name} was sent {} again after a 200",
+                        p.at, p.id
+                    );
+                    s.last = p.at;
+                    s.delivered = p.status == 200;
+                }
+                None => {
+                    f.notifications += 1;
+                    if v["status"] == "firing" {
+                        f.firing += 1;
+                    } else {
+                        f.resolved += 1;
+                    }
+                    sent.insert(
+                        &p.id,
+                        Sent {
+                            first: p.at,
+                            last: p.at,
+                            delivered: p.status == 200,
+                            items,
+                        },
+                    );
+                }
+            }
+        }
+        for (id, s) in &sent {
+            assert!(
+                s.last - s.first <= give_up_after(),
+                "{name}: notification {id} was still tried {} after its first attempt",
+                s.last - s.first
+            );
+            if !s.delivered && s.first + give_up_after() <= end {
+                f.given_up += 1;
+            }
+        }
+        // Per episode: repeats no closer than the repeat interval, at most
+        // one resolve, and one for every episode the receiver was told of.
+        for (key, episode) in &self.episodes {
+            let repeat = repeat_interval(&episode.severity);
+            let mut firing: Vec<&Sent> = Vec::new();
+            let mut resolves: Vec<&Sent> = Vec::new();
+            for s in sent.values() {
+                match s.items.get(key).map(String::as_str) {
+                    Some("firing") => firing.push(s),
+                    Some("resolved") => resolves.push(s),
+                    Some(other) => panic!("{name}: an alert with status {other:?}"),
+                    None => {}
+                }
+            }
+            firing.sort_by_key(|s| s.first);
+            for s in &firing {
+                assert!(
+                    s.first >= key.started_at && episode.resolved_at.is_none_or(|r| s.first < r),
+                    "{name}: {key:?} was sent firing at {} outside its episode ({:?})",
+                    s.first,
+                    episode.resolved_at
+                );
+            }
+            for pair in firing.windows(2) {
+                assert!(
+                    pair[1].first - pair[0].first >= repeat,
+                    "{name}: {key:?} ({}) was sent firing at {} and again at {}",
+                    episode.severity,
+                    pair[0].first,
+                    pair[1].first
+                );
+            }
+            assert!(
+                resolves.len() <= 1,
+                "{name}: {key:?} was sent {} resolves",
+                resolves.len()
+            );
+            for r in &resolves {
+                assert!(episode.resolved_at.is_some_and(|at| r.first >= at));
+                assert!(
+                    firing.iter().any(|s| s.delivered),
+                    "{name}: {key:?} was resolved to a receiver never told it fired"
+                );
+            }
+            let told = firing.iter().any(|s| s.delivered);
+            let Some(resolved_at) = episode.resolved_at.filter(|_| told) else {
+                continue;
+            };
+            if resolves.is_empty() {
+                // Only a resolve overtaken by the next raise of the same
+                // alert may be missing (the row then describes the new
+                // episode), or one that may still be retried at the end.
+                let refired = self.episodes.keys().any(|k| {
+                    (&k.channel, &k.group, &k.alertname)
+                        == (&key.channel, &key.group, &key.alertname)
+                        && k.started_at > key.started_at
+                        && k.started_at <= resolved_at + give_up_after()
+                });
+                assert!(
+                    refired || episode.superseded || resolved_at + give_up_after() > end,
+                    "{name}: {key:?} resolved at {resolved_at} and the receiver, told it \
+                     fired, was never told"
+                );
+                f.resolves_lost_to_refire += usize::from(refired || episode.superseded);
+            }
+        }
+        assert!(
+            f.notifications <= bound,
+            "{name} got {} notifications; the episodes allow at most {bound}",
+            f.notifications
+        );
+        // Posts are in time order (the driver stamps them as it goes).
+        let mut from = 0;
+        let mut worst = 0;
+        for (i, p) in posts.iter().enumerate() {
+            while p.at - posts[from].at >= Duration::hours(1) {
+                from += 1;
+            }
+            if i + 1 - from > f.max_per_hour {
+                f.max_per_hour = i + 1 - from;
+                worst = from;
+            }
+        }
+        if let Some(first) = posts.get(worst) {
+            let mut names: BTreeMap<String, usize> = BTreeMap::new();
+            for p in posts[worst..worst + f.max_per_hour].iter() {
+                for k in sent[p.id.as_str()].items.keys() {
+                    *names.entry(k.alertname.clone()).or_default() += 1;
+                }
+            }
+            f.worst_hour = Some((first.at, names));
+        }
+        f
+    }
+
+    /// Panics when any body a receiver got holds a piece (24 characters)
+    /// of any token LINE issued, stored or not.
+    fn assert_no_token_in_bodies(&self, sandbox: &Sandbox, specs: &[ChannelSpec]) -> usize {
+        const PIECE: usize = 24;
+        let mut pieces: HashSet<String> = HashSet::new();
+        for spec in specs {
+            for t in sandbox.tokens(&spec.id) {
+                let value = t.access_token.expose();
+                // After the JOSE header every LINE token shares.
+                let tail = value.split_once('.').map_or(value, |(_, rest)| rest);
+                pieces.insert(tail.chars().take(PIECE).collect());
+            }
+        }
+        let tokenish = |c: char| c.is_ascii_alphanumeric() || "-_+/=.".contains(c);
+        for (sink, posts) in self.sinks.iter().zip(&self.posts) {
+            for p in posts {
+                for run in p.body.split(|c: char| !tokenish(c)) {
+                    let run = run.as_bytes();
+                    for w in run.windows(PIECE) {
+                        let w = std::str::from_utf8(w).unwrap();
+                        assert!(
+                            !pieces.contains(w),
+                            "{}: a notification to {} holds a token value",
+                            p.at,
+                            sink.name
+                        );
+                    }
+                }
+            }
+        }
+        pieces.len()
+    }
 }
 
 /// The whole simulation.
@@ -917,6 +1438,7 @@ struct Sim {
     /// A happening was applied since the last step.
     happened: bool,
     checker: Checker,
+    alerts: AlertWatch,
 }
 
 /// Waits on the daemon, with a generous real-time guard so a hung daemon
@@ -935,10 +1457,12 @@ impl Sim {
         let fault_seed = 0x5eed_0001;
         let specs = channel_specs();
         let checker = Checker::new(t0, &specs);
+        let (alerts, receivers) = AlertWatch::start().await;
         let lab = Lab::start(
             t0,
             specs,
             ROTATION,
+            &receivers,
             faults(fault_seed, FaultMode::default()),
         )
         .await;
@@ -959,6 +1483,7 @@ impl Sim {
             bursts: Vec::new(),
             happened: false,
             checker,
+            alerts,
         };
         // 429 bursts: the first over every group's first rotation (due
         // 29 days minus up to 30 min after the start), the others anywhere.
@@ -1007,6 +1532,10 @@ impl Sim {
         }
         sim.at(t0 + days(305, 0), Happening::RefuseWindowStart);
         sim.at(t0 + days(312, 0), Happening::RefuseWindowEnd);
+        // The flaky receiver is down for 29 h over the first 429 burst:
+        // the first notification of the burst's alerts is given up.
+        sim.at(t0 + days(28, 19), Happening::ReceiverDown(true));
+        sim.at(t0 + days(30, 0), Happening::ReceiverDown(false));
         // Restarts at random instants, most of them mid-pass.
         for _ in 0..RESTARTS {
             let at = t0 + Duration::milliseconds(sim.rng.random_range(1..DAYS * 86_400_000));
@@ -1034,11 +1563,22 @@ impl Sim {
             };
             let now = self.lab.clock.now();
             self.step(now);
+            self.notify(now).await;
             if now >= end {
                 break;
             }
             self.place_outage(now);
             let next_happening = self.schedule.keys().next().map(|(at, _)| *at);
+            // The notifier falls due before anything else: group waits,
+            // repeats and retries happen at their own times.
+            let notify_at = self.alerts.due.filter(|at| {
+                *at < deadline && *at <= end && next_happening.is_none_or(|h| *at < h)
+            });
+            if let Some(at) = notify_at {
+                self.checker.coverage(now, at);
+                self.lab.clock.set(at.max(now));
+                continue;
+            }
             match next_happening {
                 Some(at) if at < deadline && at <= end => {
                     self.checker.coverage(now, at);
@@ -1077,6 +1617,7 @@ impl Sim {
         );
         self.lab.restart().await;
         self.checker.stats.restarts += 1;
+        self.alerts.fresh = true;
         // Whatever the dead run had in flight may have reached LINE.
         self.happened = true;
     }
@@ -1114,6 +1655,29 @@ impl Sim {
             &events,
             &requests,
         );
+    }
+
+    /// Steps the alert notifier when anything may be due: alerts changed,
+    /// its due time came, or a new run started. It sends while the daemon
+    /// sleeps, at the clock's time.
+    async fn notify(&mut self, now: DateTime<Utc>) {
+        let run = self.lab.daemon.as_mut().expect("a run of the daemon");
+        let changed = run.alerts_changed.has_changed().unwrap_or(true);
+        let watch = &mut self.alerts;
+        if !(watch.fresh || changed || watch.due.is_some_and(|at| at <= now)) {
+            return;
+        }
+        run.alerts_changed.borrow_and_update();
+        if watch.fresh || changed {
+            watch.track(now, &self.lab.store);
+        }
+        watch.fresh = false;
+        let notifier = Arc::clone(&run.notifier);
+        watch.due = guarded("an alert notifier step", notifier.step())
+            .await
+            .unwrap_or_else(|e| panic!("{now}: the alert notifier failed: {e}"));
+        watch.steps += 1;
+        watch.collect(now);
     }
 
     /// Places the outage once armed, the first time it fits: it must swallow
@@ -1230,6 +1794,11 @@ impl Sim {
                     why: Why::VerifyRefused,
                 });
             }
+            Happening::ReceiverDown(down) => self
+                .alerts
+                .sink("flaky")
+                .down
+                .store(down, std::sync::atomic::Ordering::SeqCst),
             Happening::Crash { after } => {
                 if after > 0 {
                     self.checker.stats.crashes_mid_work += 1;
@@ -2142,6 +2711,33 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
         return;
     }
     sim.checker.finish(&sim.lab.store);
+    let end = sim.lab.clock.now();
+    let (bound, alerting) = sim.alerts.figures(end);
+    let token_pieces = sim
+        .alerts
+        .assert_no_token_in_bodies(&sim.lab.sandbox, &sim.lab.specs);
+    let episodes = &sim.alerts.episodes;
+    let (raised, resolved) = (
+        episodes.len(),
+        episodes
+            .values()
+            .filter(|e| e.resolved_at.is_some())
+            .count(),
+    );
+    let unseen_resolves = episodes.values().filter(|e| e.superseded).count();
+    // Episodes over before the group wait are never sent.
+    let brief = episodes
+        .iter()
+        .filter(|(k, e)| {
+            e.resolved_at
+                .is_some_and(|r| r - k.started_at < Duration::seconds(30))
+        })
+        .count();
+    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+    for k in episodes.keys() {
+        *by_name.entry(k.alertname.clone()).or_default() += 1;
+    }
+    let alert_steps = sim.alerts.steps;
     let (stats, passes) = sim.stop().await;
 
     // The simulation did what it claims to.
@@ -2182,6 +2778,21 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
         "verify refused no live token the daemon noticed beyond the targeted ones: {stats:#?}"
     );
     let heavy = stats.transient_heavy_day as f64 / stats.requests_heavy_day as f64;
+    let (ops, flaky) = (&alerting[0].1, &alerting[1].1);
+    assert!(
+        raised >= 20 && resolved >= 10,
+        "too few alerts to say anything: {raised} raised, {resolved} resolved"
+    );
+    assert!(ops.firing >= 1 && ops.resolved >= 1, "{alerting:?}");
+    assert_eq!(ops.retries, 0, "a receiver answering 200 had retries");
+    assert_eq!(
+        ops.resolves_lost_to_refire, 0,
+        "a receiver that never fails missed a resolve"
+    );
+    assert!(
+        flaky.retries >= 10 && flaky.given_up >= 1,
+        "the flaky receiver saw too few retries or give-ups: {flaky:?}"
+    );
     assert!(
         stats.requests_heavy_day >= 50 && heavy >= 0.25,
         "the heavy day failed {:.1} % of {} requests",
@@ -2224,6 +2835,33 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
         stats.alerts,
         stats.failed_events,
     );
+    let receivers: Vec<String> = alerting
+        .iter()
+        .map(|(name, f)| {
+            format!(
+                "{name}: {} notifications ({} firing, {} resolved), {} retries, {} given up, \
+                 {} POSTs, max {} in an hour (from {}), {} resolves lost to a re-fire",
+                f.notifications,
+                f.firing,
+                f.resolved,
+                f.retries,
+                f.given_up,
+                f.posts,
+                f.max_per_hour,
+                f.worst_hour
+                    .as_ref()
+                    .map_or_else(String::new, |(at, _)| at.to_string()),
+                f.resolves_lost_to_refire
+            )
+        })
+        .collect();
+    println!("alert episodes by name {by_name:?}\n{alerting:#?}");
+    println!(
+        "simulation alerts: {raised} raised, {resolved} resolved ({unseen_resolves} resolves \
+         unseen, {brief} over within the 30 s group wait), {alert_steps} notifier steps, at most \
+         {bound} notifications per receiver allowed; {}; no body held any of {token_pieces} tokens",
+        receivers.join("; ")
+    );
 }
 
 /// `n` channels with a secret, each with the given number of groups.
@@ -2254,7 +2892,7 @@ fn lab_rules(max_issues_per_hour: u32, verify: &str, reconcile: &str) -> String 
 async fn a_rotation_request_made_mid_second_issues_exactly_one_token() {
     let start = support::start_time() + Duration::milliseconds(250);
     let rules = lab_rules(6, "6h", "1h");
-    let lab = Lab::start(start, small_specs(1), &rules, Faults::default()).await;
+    let lab = Lab::start(start, small_specs(1), &rules, "", Faults::default()).await;
     lab.deadline().await;
     assert_eq!(lab.group_tokens(0, "g00").len(), 1);
 
@@ -2288,7 +2926,7 @@ async fn a_token_revoked_behind_the_daemons_back_is_replaced_exactly_once() {
     let start = support::start_time();
     // A verify, not a reconcile, finds the revoke.
     let rules = lab_rules(6, "1h", "6h");
-    let lab = Lab::start(start, small_specs(1), &rules, Faults::default()).await;
+    let lab = Lab::start(start, small_specs(1), &rules, "", Faults::default()).await;
     lab.deadline().await;
     let first = lab.group_tokens(0, "g00").pop().unwrap();
     assert!(
@@ -2319,7 +2957,7 @@ async fn a_token_revoked_behind_the_daemons_back_is_replaced_exactly_once() {
 async fn a_failed_reconcile_is_retried_once_per_channel_not_once_per_group() {
     let start = support::start_time();
     let rules = lab_rules(6, "6h", "1h");
-    let lab = Lab::start(start, small_specs(3), &rules, Faults::default()).await;
+    let lab = Lab::start(start, small_specs(3), &rules, "", Faults::default()).await;
     lab.deadline().await;
     lab.sandbox.set_down(true);
     lab.run_until(start + Duration::hours(4), Duration::zero())
@@ -2352,7 +2990,7 @@ async fn a_failed_reconcile_is_retried_once_per_channel_not_once_per_group() {
 async fn the_hourly_issue_budget_never_reopens_within_the_hour() {
     let start = support::start_time() + Duration::milliseconds(600);
     let rules = lab_rules(1, "6h", "1h");
-    let lab = Lab::start(start, small_specs(2), &rules, Faults::default()).await;
+    let lab = Lab::start(start, small_specs(2), &rules, "", Faults::default()).await;
     lab.deadline().await.expect("the daemon runs");
     lab.clock
         .set(start + Duration::minutes(10) + Duration::milliseconds(300));
