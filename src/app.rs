@@ -548,6 +548,7 @@ pub fn notifier_settings(config: &ValidConfig, tokens: alerting::TokenSource) ->
     NotifierSettings {
         route: alerting::RouteSettings {
             group_wait: dur(a.group_wait),
+            group_interval: dur(a.group_interval),
             repeat_warning: dur(a.repeat_interval_warning),
             repeat_critical: dur(a.repeat_interval_critical),
         },

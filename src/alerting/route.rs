@@ -6,10 +6,13 @@
 //!
 //! The rules (SPECS.md section 3b, after Alertmanager's):
 //!
-//! - A new alert is first sent `group_wait` after it started. When anything
-//!   is due for a receiver, every alert it has not been told of yet goes
-//!   along (a flush carries the whole group, as in Alertmanager), so what
-//!   fires together goes out in one notification.
+//! - A new alert is first sent `group_wait` after it started; a warning,
+//!   and a resolve, also not before `group_interval` after the receiver's
+//!   last notification, so a burst of them goes out as one (critical alerts
+//!   do not wait for it). When anything is due for a receiver, every alert
+//!   firing for it goes along (a flush carries the whole group, as in
+//!   Alertmanager): what fires together goes out in one notification, and
+//!   the alerts' repeats fall due together afterwards.
 //! - A firing alert is sent again every repeat interval (by severity, or the
 //!   receiver's own, e.g. Alertmanager's `resend_interval`) after the last
 //!   notification was delivered or given up.
@@ -83,6 +86,9 @@ impl Severity {
 pub struct RouteSettings {
     /// How long a new alert waits before its first notification.
     pub group_wait: Duration,
+    /// How long new warnings and resolves wait after the receiver's last
+    /// notification, so a burst goes out as one message, not one each.
+    pub group_interval: Duration,
     /// How often a firing warning is sent again.
     pub repeat_warning: Duration,
     /// How often a firing critical alert is sent again.
@@ -178,7 +184,15 @@ pub fn route(
         }
         let mut due_now = Vec::new();
         let mut untold = Vec::new();
+        let mut firing = Vec::new();
         let mut earliest: Option<DateTime<Utc>> = None;
+        // New warnings and resolves wait `group_interval` after the last
+        // notification the receiver got; a critical alert does not.
+        let last_told = mine.values().filter_map(|s| s.last_sent_at).max();
+        let paced = |at: DateTime<Utc>, severity: Severity| match last_told {
+            Some(last) if severity < Severity::Critical => at.max(last + settings.group_interval),
+            _ => at,
+        };
         for a in alerts {
             let severity = Severity::parse(&a.severity);
             if severity < r.min_severity || is_about(a, &r.name) {
@@ -193,6 +207,9 @@ pub fn route(
                 started_at: a.started_at,
                 kind,
             };
+            if a.resolved_at.is_none() {
+                firing.push(item(NotifyKind::Firing));
+            }
             let (at, kind) = match (a.resolved_at, state) {
                 (
                     None,
@@ -203,10 +220,13 @@ pub fn route(
                 ) => (*last + repeat(r, severity, settings), NotifyKind::Firing),
                 (None, _) => {
                     untold.push(item(NotifyKind::Firing));
-                    (a.started_at + settings.group_wait, NotifyKind::Firing)
+                    (
+                        paced(a.started_at + settings.group_wait, severity),
+                        NotifyKind::Firing,
+                    )
                 }
                 (Some(resolved), Some(s)) if s.sent_count > 0 && !s.resolve_sent => {
-                    (resolved, NotifyKind::Resolved)
+                    (paced(resolved, severity), NotifyKind::Resolved)
                 }
                 (Some(_), _) => continue,
             };
@@ -220,9 +240,12 @@ pub fn route(
             out.next_at = min_time(out.next_at, earliest);
             continue;
         }
-        // A flush carries every alert the receiver has not been told of.
+        // A flush carries the receiver's whole group, as Alertmanager's
+        // does: every alert firing for it (so their repeats fall due
+        // together from now on, one message per repeat interval rather than
+        // one per alert) and the resolves due.
         let mut items: BTreeMap<String, NotifyItem> = BTreeMap::new();
-        for item in due_now.into_iter().chain(untold) {
+        for item in due_now.into_iter().chain(untold).chain(firing) {
             items.entry(item.fingerprint.clone()).or_insert(item);
         }
         out.due.push(Due {
@@ -316,6 +339,7 @@ mod tests {
     fn settings() -> RouteSettings {
         RouteSettings {
             group_wait: secs(30),
+            group_interval: secs(300),
             repeat_warning: Duration::hours(4),
             repeat_critical: Duration::hours(1),
         }
@@ -481,6 +505,47 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_warnings_waits_group_interval_after_the_last_send_and_a_critical_does_not() {
+        let mut w = World::new(vec![receiver("ops", Severity::Warning)]);
+        w.alerts.push(alert("w0", "warning", t0()));
+        w.step(t0() + secs(30), false);
+        assert_eq!(w.sent_to("ops").len(), 1);
+        // Warnings keep coming, one a minute: they wait until 5 min after
+        // that send and go out together.
+        for i in 1..=4 {
+            w.alerts.push(alert(
+                &format!("w{i}"),
+                "warning",
+                t0() + Duration::minutes(i),
+            ));
+        }
+        let paced = t0() + secs(30) + Duration::minutes(5);
+        assert_eq!(
+            w.step(t0() + Duration::minutes(4) + secs(31), false),
+            Some(paced)
+        );
+        assert_eq!(w.sent_to("ops").len(), 1);
+        w.step(paced, false);
+        let sent = w.sent_to("ops");
+        assert_eq!(sent.len(), 2);
+        // The whole group: the four new ones and "w0".
+        assert_eq!(sent[1].1.len(), 5, "{:?}", sent[1].1);
+        // A critical alert goes out after group_wait whatever was sent.
+        let at = paced + Duration::minutes(1);
+        w.alerts.push(alert("c", "critical", at));
+        assert_eq!(w.step(at, false), Some(at + secs(30)));
+        w.step(at + secs(30), false);
+        assert_eq!(w.sent_to("ops").len(), 3);
+        // A resolve of a warning waits too.
+        let resolved = at + Duration::minutes(2);
+        w.alerts[0].resolved_at = Some(resolved);
+        assert_eq!(
+            w.step(resolved, false),
+            Some(at + secs(30) + Duration::minutes(5))
+        );
+    }
+
+    #[test]
     fn first_send_waits_group_wait_and_batches_what_fired_together() {
         let mut w = World::new(vec![receiver("ops", Severity::Warning)]);
         w.alerts.push(alert("a", "critical", t0()));
@@ -525,14 +590,20 @@ mod tests {
         // At 4 h both were due: one notification carries both.
         let last = w.sent_to("ops").pop().unwrap_or_else(|| (t0(), Vec::new()));
         assert_eq!(last.1.len(), 2, "{last:?}");
-        // Resolve "crit": sent once, at once; nothing more for it.
+        // Every hourly repeat carried the whole group, "warn" too.
+        assert!(w.sent_to("ops").iter().all(|(_, items)| items.len() == 2));
+        // Resolve "crit": sent once, at once (with the group's firing
+        // "warn", as every flush); nothing more for it.
         let resolved = first + Duration::hours(4) + secs(1);
         w.alerts[0].resolved_at = Some(resolved);
         w.step(resolved, false);
         let sent = w.sent_to("ops");
         assert_eq!(
             sent.last().map(|s| s.1.clone()),
-            Some(vec![("1000/g/crit".to_owned(), NotifyKind::Resolved)])
+            Some(vec![
+                ("1000/g/crit".to_owned(), NotifyKind::Resolved),
+                ("1000/g/warn".to_owned(), NotifyKind::Firing)
+            ])
         );
         let count = sent.len();
         w.step(resolved + Duration::hours(10), false);

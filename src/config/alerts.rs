@@ -33,6 +33,11 @@ pub struct AlertsSettings {
     /// fires together goes out together.
     #[serde(deserialize_with = "duration::deserialize")]
     pub group_wait: Duration,
+    /// After a receiver was sent a notification, how long new warnings and
+    /// resolves for it wait, so a burst of them goes out together rather
+    /// than one message each (critical alerts do not wait).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub group_interval: Duration,
     /// How often a firing warning is sent again.
     #[serde(deserialize_with = "duration::deserialize")]
     pub repeat_interval_warning: Duration,
@@ -54,6 +59,7 @@ impl Default for AlertsSettings {
     fn default() -> Self {
         Self {
             group_wait: Duration::from_secs(30),
+            group_interval: Duration::from_secs(300),
             repeat_interval_warning: Duration::from_secs(4 * 3_600),
             repeat_interval_critical: Duration::from_secs(3_600),
             external_url: None,
@@ -127,6 +133,8 @@ fn default_receiver_timeout() -> Duration {
 pub struct AlertsConfig {
     /// See [`AlertsSettings::group_wait`].
     pub group_wait: Duration,
+    /// See [`AlertsSettings::group_interval`].
+    pub group_interval: Duration,
     /// See [`AlertsSettings::repeat_interval_warning`].
     pub repeat_interval_warning: Duration,
     /// See [`AlertsSettings::repeat_interval_critical`].
@@ -315,6 +323,16 @@ pub(super) fn validate(
                 "({}) must be at most {}",
                 duration::format(s.group_wait),
                 duration::format(MAX_GROUP_WAIT)
+            ),
+        );
+    }
+    if s.group_interval > MAX_INTERVAL {
+        problem(
+            "alerts.group_interval".into(),
+            format!(
+                "({}) must be at most {}",
+                duration::format(s.group_interval),
+                duration::format(MAX_INTERVAL)
             ),
         );
     }
@@ -528,6 +546,7 @@ pub(super) fn validate(
     }
     (problems.len() == before).then_some(AlertsConfig {
         group_wait: s.group_wait,
+        group_interval: s.group_interval,
         repeat_interval_warning: s.repeat_interval_warning,
         repeat_interval_critical: s.repeat_interval_critical,
         external_url,

@@ -1044,12 +1044,18 @@ struct Post {
     body: String,
 }
 
+/// An alert across its episodes: channel, group, extra label, name.
+type AlertIdentity = (Option<String>, Option<String>, Option<String>, String);
+
 /// One episode of an alert: from its raise to its resolve. Keyed as the
 /// Alertmanager payload names it (its labels and `startsAt`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct EpisodeKey {
-    channel: String,
+    /// `None` for an alert about the daemon as a whole.
+    channel: Option<String>,
     group: Option<String>,
+    /// The extra label's value (`key_id`, `sink`, `receiver`), if any.
+    label: Option<String>,
     alertname: String,
     started_at: DateTime<Utc>,
 }
@@ -1070,7 +1076,7 @@ struct AlertWatch {
     posts: Vec<Vec<Post>>,
     episodes: BTreeMap<EpisodeKey, Episode>,
     /// Each alert's (channel, group, name) latest episode start.
-    latest: HashMap<(String, Option<String>, String), DateTime<Utc>>,
+    latest: HashMap<AlertIdentity, DateTime<Utc>>,
     /// When the notifier is next due; `None`: not without a change.
     due: Option<DateTime<Utc>>,
     /// A new run started: its notifier is stepped whatever changed.
@@ -1122,14 +1128,16 @@ impl AlertWatch {
         let rows = store.alerts_to_notify(now - Duration::hours(48)).unwrap();
         for row in rows {
             let key = EpisodeKey {
-                channel: row.channel_id.as_str().to_owned(),
+                channel: row.channel_id.as_ref().map(|c| c.as_str().to_owned()),
                 group: row.group.as_ref().map(|g| g.as_str().to_owned()),
+                label: row.label.as_ref().map(|(_, v)| v.clone()),
                 alertname: row.alertname.clone(),
                 started_at: row.started_at,
             };
             let alert = (
                 key.channel.clone(),
                 key.group.clone(),
+                key.label.clone(),
                 key.alertname.clone(),
             );
             let latest = self.latest.entry(alert).or_insert(key.started_at);
@@ -1227,8 +1235,11 @@ impl AlertWatch {
             for a in v["alerts"].as_array().unwrap() {
                 let label = |l: &str| a["labels"][l].as_str().map(str::to_owned);
                 let key = EpisodeKey {
-                    channel: label("channel").unwrap(),
+                    channel: label("channel"),
                     group: label("group"),
+                    label: label("key_id")
+                        .or_else(|| label("sink"))
+                        .or_else(|| label("receiver")),
                     alertname: label("alertname").unwrap(),
                     started_at: DateTime::parse_from_rfc3339(a["startsAt"].as_str().unwrap())
                         .unwrap()
@@ -1347,8 +1358,8 @@ impl AlertWatch {
                 // alert may be missing (the row then describes the new
                 // episode), or one that may still be retried at the end.
                 let refired = self.episodes.keys().any(|k| {
-                    (&k.channel, &k.group, &k.alertname)
-                        == (&key.channel, &key.group, &key.alertname)
+                    (&k.channel, &k.group, &k.label, &k.alertname)
+                        == (&key.channel, &key.group, &key.label, &key.alertname)
                         && k.started_at > key.started_at
                         && k.started_at <= resolved_at + give_up_after()
                 });
