@@ -130,6 +130,8 @@ impl Daemon {
         let db_path = config.daemon.database.clone();
         let store_options = StoreOptions {
             durability: options.durability,
+            keyring: config.encryption.as_ref().map(|e| Arc::clone(&e.keyring)),
+            keep_plaintext: false,
         };
         let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, store_options))
             .await
@@ -247,6 +249,16 @@ impl Daemon {
         )
         .context("while setting up the alert notifier")?;
         tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
+        crate::rekey::refresh_metrics(rotator.store(), &metrics).await;
+        if config.encryption.is_some() {
+            // Re-encrypts under a changed active key, a step per tick.
+            tasks.spawn(crate::rekey::run(
+                rotator.store().clone(),
+                rotator.clock(),
+                Arc::clone(&metrics),
+                shutdown.child_token(),
+            ));
+        }
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
