@@ -532,6 +532,12 @@ impl super::Store {
         self.inner.values.keyring()
     }
 
+    /// [`Self::keyring`], shared: for a second connection to the same
+    /// database.
+    pub fn shared_keyring(&self) -> Option<Arc<Keyring>> {
+        self.inner.values.keyring.clone()
+    }
+
     /// One re-encryption step: seals at most [`REKEY_BATCH`] rows that are
     /// under another key (or plaintext) under the active key, in one
     /// transaction. Without a keyring it does nothing.
