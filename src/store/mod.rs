@@ -735,6 +735,7 @@ mod tests {
         assert_eq!(synchronous(&full), 2);
         let options = StoreOptions {
             durability: Durability::Unsynced,
+            ..StoreOptions::default()
         };
         let off = Store::open_with(&dir.path().join("off.db"), options).unwrap();
         assert_eq!(synchronous(&off), 0);

@@ -260,6 +260,10 @@ pub(super) fn prepare(
             |row| row.get(0),
         )?;
         if plaintext > 0 {
+            tracing::info!(
+                rows = plaintext,
+                "encrypting every plaintext token value in one transaction"
+            );
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sealed = reseal(&tx, values, None)?;
             tx.commit()?;
