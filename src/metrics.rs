@@ -621,7 +621,11 @@ impl Metrics {
             .iter()
             .map(|(key, n)| {
                 let labels = DbValueLabels {
-                    state: if key.is_some() { "encrypted" } else { "plaintext" },
+                    state: if key.is_some() {
+                        "encrypted"
+                    } else {
+                        "plaintext"
+                    },
                     key_id: key.map(|k| k.to_string()).unwrap_or_default(),
                 };
                 (labels, *n)

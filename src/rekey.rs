@@ -52,7 +52,11 @@ pub async fn run(
                     );
                     announced = false;
                 }
-                if progress.remaining > 0 { BUSY_TICK } else { IDLE_TICK }
+                if progress.remaining > 0 {
+                    BUSY_TICK
+                } else {
+                    IDLE_TICK
+                }
             }
             Err(e) => {
                 tracing::error!(error = %crate::logging::error_chain(&e), "re-encrypting token values failed");

@@ -71,7 +71,10 @@ pub(super) fn validate(
     let mut keys = Vec::new();
     for (i, entry) in settings.key_files.iter().enumerate() {
         let at = format!("encryption.key_files[{i}]");
-        if let Some(first) = settings.key_files[..i].iter().position(|k| k.id == entry.id) {
+        if let Some(first) = settings.key_files[..i]
+            .iter()
+            .position(|k| k.id == entry.id)
+        {
             problems.push(Problem::new(
                 format!("{at}.id"),
                 format!(
@@ -86,13 +89,21 @@ pub(super) fn validate(
         }
     }
     if !settings.key_files.iter().any(|k| k.id == settings.active) {
-        let listed: Vec<String> = settings.key_files.iter().map(|k| k.id.to_string()).collect();
+        let listed: Vec<String> = settings
+            .key_files
+            .iter()
+            .map(|k| k.id.to_string())
+            .collect();
         problems.push(Problem::new(
             "encryption.active",
             format!(
                 "{} is not the id of any key_files entry (listed: {})",
                 settings.active,
-                if listed.is_empty() { "none".to_owned() } else { listed.join(", ") }
+                if listed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    listed.join(", ")
+                }
             ),
         ));
     }

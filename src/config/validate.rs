@@ -276,8 +276,7 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
-        let (daemon, channels, alerts, encryption) =
-            self.check(|v, i, c| v.channel(self, i, c))?;
+        let (daemon, channels, alerts, encryption) = self.check(|v, i, c| v.channel(self, i, c))?;
         Ok(ValidConfig {
             daemon,
             rotation: self.rotation.clone(),

@@ -76,10 +76,7 @@ impl KeyMaterial {
         let expected = "a database key file holds 44 base64 characters (32 random bytes), \
                         as `linetokd keygen --db-key` writes";
         if text.len() != KEY_FILE_CHARS {
-            return Err(format!(
-                "holds {} characters; {expected}",
-                text.len()
-            ));
+            return Err(format!("holds {} characters; {expected}", text.len()));
         }
         let decoded = STANDARD
             .decode(text)
@@ -262,7 +259,9 @@ pub fn key_id_of(sealed: &[u8]) -> Result<u32, CryptError> {
     if sealed[1] != ALG_AES_256_GCM {
         return Err(CryptError::Algorithm(sealed[1]));
     }
-    Ok(u32::from_be_bytes([sealed[2], sealed[3], sealed[4], sealed[5]]))
+    Ok(u32::from_be_bytes([
+        sealed[2], sealed[3], sealed[4], sealed[5],
+    ]))
 }
 
 /// Why a value could not be sealed or opened, or a keyring built. Never
@@ -337,7 +336,10 @@ mod tests {
             group: "api",
             ..place("kid-a")
         };
-        assert_eq!(ring.open(&other_group, &sealed), Err(CryptError::Tampered(2)));
+        assert_eq!(
+            ring.open(&other_group, &sealed),
+            Err(CryptError::Tampered(2))
+        );
         // Relabelled with the other key's ID: the AAD binds the ID.
         let mut relabelled = sealed.clone();
         relabelled[5] = 1;
@@ -379,7 +381,10 @@ mod tests {
         let ring = Keyring::new([(1, material(1))], 1).unwrap();
         let other = Keyring::new([(3, material(3))], 3).unwrap();
         let sealed = other.seal(&place("k"), b"x").unwrap();
-        assert_eq!(ring.open(&place("k"), &sealed), Err(CryptError::UnknownKey(3)));
+        assert_eq!(
+            ring.open(&place("k"), &sealed),
+            Err(CryptError::UnknownKey(3))
+        );
         assert!(!format!("{ring:?}").contains("1, 1, 1"));
     }
 

@@ -269,7 +269,9 @@ pub enum StoreError {
 
     /// A stored token value did not open: altered, moved from another row,
     /// sealed under a key not configured or a different key of that ID.
-    #[error("the stored value of token {key_id} (channel {channel}, group {group}) cannot be decrypted: {reason}")]
+    #[error(
+        "the stored value of token {key_id} (channel {channel}, group {group}) cannot be decrypted: {reason}"
+    )]
     Undecryptable {
         /// The token's LINE key ID (the row).
         key_id: KeyId,
@@ -326,7 +328,9 @@ impl StoreError {
     pub fn needs_config_change(&self) -> bool {
         matches!(
             self,
-            Self::EncryptedWithoutKeys { .. } | Self::MissingKeys { .. } | Self::Undecryptable { .. }
+            Self::EncryptedWithoutKeys { .. }
+                | Self::MissingKeys { .. }
+                | Self::Undecryptable { .. }
         )
     }
 }

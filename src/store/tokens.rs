@@ -142,8 +142,10 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         self.write("changing a token's state", |tx| {
-            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             if token.record.state != TokenState::Live || state == TokenState::Live {
                 return Ok(false);
@@ -161,8 +163,10 @@ impl Store {
     /// [`StoreError::ReadOnly`].
     pub fn record_verified(&self, now: DateTime<Utc>, key_id: &KeyId) -> Result<(), StoreError> {
         self.write("recording a verify", |tx| {
-            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             tx.execute(
                 "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
@@ -199,8 +203,10 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         self.write("recording a refused token", |tx| {
-            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
                 return Ok(());

@@ -337,7 +337,9 @@ fn describe_counts(counts: &[ValueCount]) -> String {
     counts
         .iter()
         .map(|c| {
-            let key = c.key.map_or_else(|| "plaintext".to_owned(), |k| format!("key {k}"));
+            let key = c
+                .key
+                .map_or_else(|| "plaintext".to_owned(), |k| format!("key {k}"));
             let rows = if c.rows == 1 { "row" } else { "rows" };
             format!("{key}: {} {rows}", c.rows)
         })

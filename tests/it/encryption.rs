@@ -25,7 +25,10 @@ fn t0() -> DateTime<Utc> {
 
 /// A token value as long as LINE's, distinct per `n`.
 fn value(n: usize) -> String {
-    format!("eyJhbGciOiJIUzI1NiJ9.secret-token-value-{n:04}-{}", "Qx".repeat(40))
+    format!(
+        "eyJhbGciOiJIUzI1NiJ9.secret-token-value-{n:04}-{}",
+        "Qx".repeat(40)
+    )
 }
 
 /// Writes a fresh database key file with `linetokd keygen`'s code.
@@ -229,7 +232,10 @@ fn a_flipped_byte_swapped_values_and_an_unknown_key_each_fail_naming_the_row() {
     let err = read_a().unwrap_err();
     assert!(matches!(err, StoreError::Undecryptable { .. }), "{err}");
     let text = linetokd::logging::error_chain(&err);
-    assert!(text.contains("token kid-a (channel 1234567890, group a)"), "{text}");
+    assert!(
+        text.contains("token kid-a (channel 1234567890, group a)"),
+        "{text}"
+    );
     assert!(text.contains("altered, moved from another row"), "{text}");
     assert_no_value_in(&err, &values);
     // The daemon refuses to start on it, naming the row.
@@ -275,7 +281,10 @@ fn a_flipped_byte_swapped_values_and_an_unknown_key_each_fail_naming_the_row() {
     );
     // And no keyring at all: refused, naming [encryption].
     let err = open(&db, None).unwrap_err();
-    assert!(matches!(err, StoreError::EncryptedWithoutKeys { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::EncryptedWithoutKeys { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("no [encryption]"), "{err}");
     assert!(err.to_string().contains("key 1: 2 rows"), "{err}");
 }
@@ -377,7 +386,10 @@ fn a_new_active_key_re_encrypts_every_row_and_the_old_key_becomes_unused() {
     // Key 1 can go: a keyring of key 2 alone opens every value.
     let store = open(&db, Some(ring(&[(2, &k2)], 2))).unwrap();
     for n in [0, 101, 249] {
-        let t = store.token(&KeyId::new(format!("kid-{n}"))).unwrap().unwrap();
+        let t = store
+            .token(&KeyId::new(format!("kid-{n}")))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.value.expose(), value(n));
     }
 }
@@ -445,7 +457,10 @@ fn a_failure_in_the_middle_of_the_migration_leaves_every_row_plaintext() {
     }
     let k1 = key_file(dir.path(), "db-1.key");
     let err = open(&db, Some(ring(&[(1, &k1)], 1))).unwrap_err();
-    assert!(matches!(err, StoreError::KeyWornOut { enc_key_id: 1 }), "{err}");
+    assert!(
+        matches!(err, StoreError::KeyWornOut { enc_key_id: 1 }),
+        "{err}"
+    );
     assert!(err.to_string().contains("2^31"), "{err}");
     assert_eq!(raw_counts(&db), (10, 0), "all plaintext, nothing half done");
 
@@ -532,7 +547,11 @@ async fn an_encrypted_database_without_encryption_in_the_config_exits_2() {
     // `run` names the keys and rows it would need.
     let mut run = Proc::spawn("run", &["run", "--config", config.to_str().unwrap()], &[]);
     run.exit().await;
-    assert!(run.all_text().contains("key 1: 2 rows"), "{}", run.all_text());
+    assert!(
+        run.all_text().contains("key 1: 2 rows"),
+        "{}",
+        run.all_text()
+    );
     assert_eq!(raw_counts(&db), (0, 2), "nothing was changed");
 }
 
@@ -554,7 +573,11 @@ async fn kill_9_in_the_middle_of_the_migration_leaves_all_plaintext_or_all_encry
             tx.execute(
                 "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
                  expires_at, state, state_changed_at) VALUES (?1, ?2, 'b', ?3, 0, 1, 'expired', 0)",
-                rusqlite::params![format!("kid-{n}"), CHANNEL, value(usize::try_from(n).unwrap())],
+                rusqlite::params![
+                    format!("kid-{n}"),
+                    CHANNEL,
+                    value(usize::try_from(n).unwrap())
+                ],
             )
             .unwrap();
         }
@@ -608,10 +631,18 @@ async fn keygen_writes_a_private_db_key_and_never_overwrites_one() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let written = std::fs::read(&out).unwrap();
     assert!(KeyMaterial::from_file_bytes(&written).is_ok());
-    assert!(!first.all_text().contains(std::str::from_utf8(&written).unwrap().trim()));
+    assert!(
+        !first
+            .all_text()
+            .contains(std::str::from_utf8(&written).unwrap().trim())
+    );
     let mut again = Proc::spawn("keygen again", &args, &[]);
     assert_eq!(again.exit().await.code(), Some(2), "{}", again.all_text());
-    assert!(again.all_text().contains("already exists"), "{}", again.all_text());
+    assert!(
+        again.all_text().contains("already exists"),
+        "{}",
+        again.all_text()
+    );
     assert_eq!(std::fs::read(&out).unwrap(), written);
 }
 
@@ -628,9 +659,12 @@ max_issues_per_hour = 1000
 async fn wait_issued(daemon: &Proc, n: usize) {
     for group in GROUPS {
         daemon
-            .wait_for_n(0, n, &format!("{n} tokens issued for {group}"), |l: &Line| {
-                l.is_with("token issued", "group", group)
-            })
+            .wait_for_n(
+                0,
+                n,
+                &format!("{n} tokens issued for {group}"),
+                |l: &Line| l.is_with("token issued", "group", group),
+            )
             .await;
     }
 }
@@ -681,7 +715,9 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
     token.exit_ok().await;
     let printed = token.lines()[0].text.clone();
     assert!(
-        tokens.iter().any(|t| t.access_token == printed && t.state == "live"),
+        tokens
+            .iter()
+            .any(|t| t.access_token == printed && t.state == "live"),
         "`token` printed a value the sandbox issued"
     );
     daemon.signal("TERM");
@@ -691,7 +727,11 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
     assert!(tokens.len() >= 4, "{tokens:?}");
     let bytes = file_bytes(&lab.db);
     for t in &tokens {
-        assert!(!contains(&bytes, &t.access_token), "{} is on disk", t.key_id);
+        assert!(
+            !contains(&bytes, &t.access_token),
+            "{} is on disk",
+            t.key_id
+        );
     }
     let keys = ring(&[(1, &k1)], 1);
     let store = Store::open_read_only_with(&lab.db, Some(keys)).unwrap();
@@ -723,7 +763,11 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
     daemon.exit_ok().await;
     let bytes = file_bytes(&lab.db);
     for t in lab.tokens().await {
-        assert!(!contains(&bytes, &t.access_token), "{} is on disk", t.key_id);
+        assert!(
+            !contains(&bytes, &t.access_token),
+            "{} is on disk",
+            t.key_id
+        );
     }
     lab.assert_nothing_secret_printed(&[&daemon]).await;
 }
