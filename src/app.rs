@@ -366,6 +366,13 @@ impl Daemon {
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
         }
+        let keys =
+            |ring: Option<&crate::store::crypt::Keyring>| ring.map(|r| (r.active(), r.ids()));
+        if keys(config.encryption.as_ref().map(|e| &*e.keyring))
+            != keys(self.rotator.store().keyring())
+        {
+            tracing::warn!("the [encryption] section changed; it takes effect at the next restart");
+        }
         Ok(())
     }
 

@@ -35,6 +35,8 @@ pub async fn run(
     let mut announced = false;
     loop {
         let step = store.blocking(Store::rekey_step).await;
+        // Before the logs below, so what they say is what /metrics shows.
+        refresh_metrics(&store, &metrics).await;
         let tick = match step {
             Ok(progress) => {
                 if progress.rekeyed > 0 && !announced {
@@ -63,7 +65,6 @@ pub async fn run(
                 IDLE_TICK
             }
         };
-        refresh_metrics(&store, &metrics).await;
         let wake = clock.now() + tick;
         tokio::select! {
             () = shutdown.cancelled() => return,

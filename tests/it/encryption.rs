@@ -759,6 +759,27 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
     let values = status_values(&lab).await;
     let rows = values[0]["rows"].as_u64().unwrap();
     assert_eq!(values, serde_json::json!([{ "key": 2, "rows": rows }]));
+    let url = crate::e2e::harness::http_url(&daemon).await;
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "linetokd_db_values{state=\"encrypted\",key_id=\"1\"} 0",
+        "linetokd_db_decrypt_failures_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains("linetokd_db_values{state=\"encrypted\",key_id=\"2\"} "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("linetokd_db_encryptions_total{key_id=\"2\"} "),
+        "{metrics}"
+    );
     daemon.signal("TERM");
     daemon.exit_ok().await;
     let bytes = file_bytes(&lab.db);
@@ -770,4 +791,93 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
         );
     }
     lab.assert_nothing_secret_printed(&[&daemon]).await;
+}
+
+#[tokio::test]
+async fn db_rekey_and_db_decrypt_run_with_the_daemon_stopped_and_name_it_when_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("linetokd.db");
+    let k1 = key_file(dir.path(), "db-1.key");
+    let k2 = key_file(dir.path(), "db-2.key");
+    let store = open(&db, Some(ring(&[(1, &k1)], 1))).unwrap();
+    sync(&store);
+    store_token(&store, "a", "kid-a", &value(1));
+    store_token(&store, "b", "kid-b", &value(2));
+    drop(store);
+    let config = binary_config(dir.path(), &encryption_section(&[(1, &k1), (2, &k2)], 2));
+    let config = config.to_str().unwrap();
+    let run = |name: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config]);
+        Proc::spawn(name, &all, &[])
+    };
+
+    let mut rekey = run("rekey", &["db", "rekey"]);
+    rekey.exit_ok().await;
+    assert!(
+        rekey
+            .all_text()
+            .contains("re-encrypted 2 token values under key 2; 2 encrypted with key 2"),
+        "{}",
+        rekey.all_text()
+    );
+
+    let mut daemon = Proc::spawn(
+        "daemon",
+        &["run", "--config", config],
+        &[("RUST_LOG", "info")],
+    );
+    daemon
+        .wait_for(0, "the daemon to run", |l: &Line| l.is("linetokd running"))
+        .await;
+    let mut refused = run("rekey beside the daemon", &["db", "rekey"]);
+    assert_eq!(
+        refused.exit().await.code(),
+        Some(1),
+        "{}",
+        refused.all_text()
+    );
+    let text = refused.all_text();
+    assert!(
+        text.contains(&format!("a running linetokd (pid {})", daemon.pid())),
+        "{text}"
+    );
+    assert!(text.contains("in the background"), "{text}");
+    let mut waited = run("rekey --wait", &["db", "rekey", "--wait"]);
+    waited.exit_ok().await;
+    assert!(
+        waited
+            .all_text()
+            .contains("the daemon has re-encrypted every token value under key 2"),
+        "{}",
+        waited.all_text()
+    );
+    let mut refused = run("decrypt beside the daemon", &["db", "decrypt"]);
+    assert_eq!(
+        refused.exit().await.code(),
+        Some(1),
+        "{}",
+        refused.all_text()
+    );
+    assert!(
+        refused.all_text().contains("stop it first"),
+        "{}",
+        refused.all_text()
+    );
+    daemon.signal("TERM");
+    daemon.exit().await;
+
+    let mut decrypt = run("decrypt", &["db", "decrypt"]);
+    decrypt.exit_ok().await;
+    assert!(
+        decrypt
+            .all_text()
+            .contains("decrypted 2 token values; 2 plaintext"),
+        "{}",
+        decrypt.all_text()
+    );
+    assert_eq!(raw_counts(&db), (2, 0));
+    for p in [&rekey, &waited, &decrypt] {
+        assert!(!p.all_text().contains(&value(1)));
+    }
 }
