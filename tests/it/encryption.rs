@@ -881,3 +881,58 @@ async fn db_rekey_and_db_decrypt_run_with_the_daemon_stopped_and_name_it_when_it
         assert!(!p.all_text().contains(&value(1)));
     }
 }
+
+#[test]
+fn a_schema_6_database_keeps_every_token_through_migration_7_and_is_then_sealed() {
+    use linetokd::store::migrate::{self, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("linetokd.db");
+    {
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        migrate::apply(&mut conn, &MIGRATIONS[..6]).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO channels (id, name, added_at) VALUES ('{CHANNEL}', 'chan', 1);
+             INSERT INTO groups (channel_id, name, added_at) VALUES ('{CHANNEL}', 'a', 1);
+             INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at,
+                                 expires_at, state, state_reason, state_changed_at,
+                                 last_verified_at, refused_at) VALUES
+               ('kid-live', '{CHANNEL}', 'a', '{live}', 1000, 9000000000000, 'live', NULL,
+                1000, 2000, NULL),
+               ('kid-old', '{CHANNEL}', 'a', '{old}', 500, 900, 'revoked', 'superseded',
+                950, NULL, 800);",
+            live = value(1),
+            old = value(2),
+        ))
+        .unwrap();
+    }
+    let store = open(&db, None).unwrap();
+    assert_eq!(store.migrated().to, 7);
+    let tokens = store
+        .tokens_of_group(&ChannelId::new(CHANNEL), &GroupName::new("a"))
+        .unwrap();
+    assert_eq!(tokens.len(), 2);
+    let old = &tokens[0];
+    assert_eq!(old.record.key_id.as_str(), "kid-old");
+    assert_eq!(old.value.expose(), value(2));
+    assert_eq!(old.state_reason.as_deref(), Some("superseded"));
+    assert_eq!(
+        old.record.refused_at.map(|t| t.timestamp_millis()),
+        Some(800)
+    );
+    assert_eq!(tokens[1].value.expose(), value(1));
+    assert_eq!(
+        tokens[1].last_verified_at.map(|t| t.timestamp_millis()),
+        Some(2000)
+    );
+    assert_eq!(raw_counts(&db), (2, 0));
+    drop(store);
+
+    let k1 = key_file(dir.path(), "db-1.key");
+    let store = open(&db, Some(ring(&[(1, &k1)], 1))).unwrap();
+    let again = store
+        .tokens_of_group(&ChannelId::new(CHANNEL), &GroupName::new("a"))
+        .unwrap();
+    assert_eq!(again, tokens);
+    drop(store);
+    assert_eq!(raw_counts(&db), (0, 2));
+}
