@@ -12,7 +12,9 @@
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
 //! (raised alerts), `notifications` (what each alert receiver was sent)
 //! and `events`; `migrate` runs `migrations/*.sql` and `lock`
-//! keeps a second daemon out.
+//! keeps a second daemon out. [`crypt`] is the sealed-value format of
+//! encryption at rest and `values` the rules around it (sealing on write,
+//! the checks at open, re-encryption, `db decrypt`).
 //!
 //! Depends on `domain` and rusqlite; nothing above it. It never reads the
 //! clock: every time is an argument (`now`), so the simulation can drive it
