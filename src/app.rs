@@ -135,6 +135,8 @@ impl Daemon {
         let db_path = config.daemon.database.clone();
         let store_options = StoreOptions {
             durability: options.durability,
+            keyring: config.encryption.as_ref().map(|e| Arc::clone(&e.keyring)),
+            keep_plaintext: false,
         };
         let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, store_options))
             .await
@@ -254,6 +256,16 @@ impl Daemon {
         if !options.manual_alerts {
             tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
         }
+        crate::rekey::refresh_metrics(rotator.store(), &metrics).await;
+        if config.encryption.is_some() {
+            // Re-encrypts under a changed active key, a step per tick.
+            tasks.spawn(crate::rekey::run(
+                rotator.store().clone(),
+                rotator.clock(),
+                Arc::clone(&metrics),
+                shutdown.child_token(),
+            ));
+        }
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
@@ -360,6 +372,13 @@ impl Daemon {
         }
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
+        }
+        let keys =
+            |ring: Option<&crate::store::crypt::Keyring>| ring.map(|r| (r.active(), r.ids()));
+        if keys(config.encryption.as_ref().map(|e| &*e.keyring))
+            != keys(self.rotator.store().keyring())
+        {
+            tracing::warn!("the [encryption] section changed; it takes effect at the next restart");
         }
         Ok(())
     }

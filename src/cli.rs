@@ -45,14 +45,23 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate an RSA-2048 assertion signing key pair for the LINE Developers Console.
+    /// Generate an RSA-2048 assertion signing key pair for the LINE Developers Console (or, with --db-key, a database key).
     Keygen {
-        /// Directory to write the key pair into (created if missing).
+        /// Directory to write the key pair into (created if missing); with --db-key, the key file to write.
         #[arg(long)]
         out: PathBuf,
         /// File name prefix: writes NAME.private.pem and NAME.public.jwk.
         #[arg(long, default_value = "assertion")]
         name: String,
+        /// Write a database key for [encryption] key_files (32 random bytes, base64, mode 0600) to --out instead.
+        #[arg(long)]
+        db_key: bool,
+    },
+    /// Token values at rest: `linetokd db rekey`, `linetokd db decrypt`.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        command: DbCommand,
     },
     /// Validate the config file and print it resolved, secrets masked.
     CheckConfig {
@@ -305,13 +314,45 @@ pub enum AlertsCommand {
     },
 }
 
+/// `linetokd db ...`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Re-encrypt every stored token value under [encryption] active now (refused while the daemon runs: it does this in the background).
+    Rekey {
+        /// Beside a running daemon, wait until it has re-encrypted every value instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// The config file (for the database path and [encryption]).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Decrypt every stored token value back to plaintext (the daemon must be stopped); then remove [encryption].
+    Decrypt {
+        /// The config file (for the database path and [encryption]).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
 /// Runs the parsed command.
 ///
 /// # Errors
 /// A [`Failure`] carrying the exit code and the error chain.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Keygen { out, name } => keygen_cmd(&out, &name),
+        Command::Keygen { out, name, db_key } => {
+            if db_key {
+                db_keygen_cmd(&out)
+            } else {
+                keygen_cmd(&out, &name)
+            }
+        }
+        Command::Db {
+            command: DbCommand::Rekey { wait, config },
+        } => db_rekey_cmd(&config, wait),
+        Command::Db {
+            command: DbCommand::Decrypt { config },
+        } => db_decrypt_cmd(&config),
         Command::CheckConfig { config } => check_config_cmd(&config),
         Command::Run { config } => run_cmd(&config),
         Command::Demo { run_for } => demo_cmd(run_for),
@@ -539,7 +580,19 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
             shutdown,
         )
         .await
-        .map_err(Failure::Runtime)
+        .map_err(|e| {
+            // A database the config has no keys for is a config error.
+            let config_error = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::needs_config_change)
+            });
+            if config_error {
+                Failure::Usage(e)
+            } else {
+                Failure::Runtime(e)
+            }
+        })
     })
 }
 
@@ -686,8 +739,9 @@ fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
     // A line receiver pushes with its group's current token, read from the
     // database as `linetokd token` does.
     let db = config.daemon.database.clone();
+    let ring = keyring(config.encryption.as_ref());
     let tokens = crate::alerting::TokenSource::new(move |channel, group| {
-        let store = Store::open_read_only(&db).ok()?;
+        let store = Store::open_read_only_with(&db, ring.clone()).ok()?;
         let now = chrono::Utc::now();
         store
             .tokens_of_group(channel, group)
@@ -754,9 +808,12 @@ fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
 
 fn migrate_cmd(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
-    let migrated = Store::migrate(&config.daemon.database).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context("while migrating the database"))
-    })?;
+    let options = crate::store::StoreOptions {
+        keyring: keyring(config.encryption.as_ref()),
+        ..crate::store::StoreOptions::default()
+    };
+    let migrated = Store::migrate_with(&config.daemon.database, options)
+        .map_err(|e| store_failure(e, "while migrating the database"))?;
     if migrated.was_current() {
         emit_line(format_args!(
             "{}: schema version {}, already current",
@@ -845,10 +902,11 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
         )));
     }
     let db = &config.daemon.database;
-    let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
-    let tokens = store.tokens_of_group(channel, group).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context("while reading the group's tokens"))
-    })?;
+    let store =
+        open_read_only(db, keyring(config.encryption.as_ref()))?.ok_or_else(|| no_database(db))?;
+    let tokens = store
+        .tokens_of_group(channel, group)
+        .map_err(|e| store_failure(e, "while reading the group's tokens"))?;
     let now = chrono::Utc::now();
     let current = tokens
         .iter()
@@ -865,11 +923,11 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let config = load_outline(path).map_err(|failure| with_last_reload(path, failure))?;
     let db = &config.daemon.database;
-    let store = open_read_only(db)?.ok_or_else(|| no_database(db))?;
+    let store =
+        open_read_only(db, keyring(config.encryption.as_ref()))?.ok_or_else(|| no_database(db))?;
     let now = SystemClock.now();
-    let state = status::read_store(&store, now).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
-    })?;
+    let state = status::read_store(&store, now)
+        .map_err(|e| store_failure(e, "while reading the database"))?;
     let report = status::status_report(
         now,
         db,
@@ -937,10 +995,11 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
     let now = SystemClock.now();
     // Without a database the forecast starts from nothing: what a first
     // start with this config would do.
-    let state = match open_read_only(db)? {
-        Some(store) => Some(status::read_store(&store, now).map_err(|e| {
-            Failure::Runtime(anyhow::Error::new(e).context("while reading the database"))
-        })?),
+    let state = match open_read_only(db, keyring(config.encryption.as_ref()))? {
+        Some(store) => Some(
+            status::read_store(&store, now)
+                .map_err(|e| store_failure(e, "while reading the database"))?,
+        ),
         None => None,
     };
     let until = now + chrono::Duration::days(i64::from(days));
@@ -964,14 +1023,210 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
 
 /// Opens the database read-only beside a running daemon; `None` when there
 /// is no database file.
-fn open_read_only(db: &Path) -> Result<Option<Store>, Failure> {
-    match Store::open_read_only(db) {
+fn open_read_only(
+    db: &Path,
+    keyring: Option<Arc<crate::store::crypt::Keyring>>,
+) -> Result<Option<Store>, Failure> {
+    match Store::open_read_only_with(db, keyring) {
         Ok(store) => Ok(Some(store)),
         Err(StoreError::NoDatabase { .. }) => Ok(None),
         Err(e) => Err(Failure::Runtime(
             anyhow::Error::new(e).context("while opening the database read-only"),
         )),
     }
+}
+
+/// The config's database keys, shared with the store.
+fn keyring(
+    encryption: Option<&config::EncryptionConfig>,
+) -> Option<Arc<crate::store::crypt::Keyring>> {
+    encryption.map(|e| Arc::clone(&e.keyring))
+}
+
+/// A store error as a command failure: exit 2 when the config must change
+/// (database keys missing or wrong), else 1.
+fn store_failure(e: StoreError, context: &'static str) -> Failure {
+    let config_error = e.needs_config_change();
+    let e = anyhow::Error::new(e).context(context);
+    if config_error {
+        Failure::Usage(e)
+    } else {
+        Failure::Runtime(e)
+    }
+}
+
+/// `keygen --db-key`: a database key file for `[encryption]`.
+fn db_keygen_cmd(out: &Path) -> Result<(), Failure> {
+    keygen::write_db_key(out).map_err(|e| match e {
+        keygen::KeygenError::Exists(_) => Failure::Usage(e.into()),
+        other => Failure::Runtime(other.into()),
+    })?;
+    emit_line(format_args!(
+        "wrote a database key to {} (mode 0600); list it in [encryption] key_files with an unused id",
+        out.display()
+    ))
+}
+
+/// The config's `[encryption]`, which `db rekey` and `db decrypt` need.
+fn require_encryption(
+    path: &Path,
+    config: &config::ValidConfig,
+) -> Result<Arc<crate::store::crypt::Keyring>, Failure> {
+    keyring(config.encryption.as_ref()).ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!(
+            "{} has no [encryption] section: it names the database keys this command needs",
+            path.display()
+        ))
+    })
+}
+
+/// Opens the database for writing with the config's keys; a running
+/// daemon (the writer lock) is `running`'s error.
+fn open_writer(
+    db: &Path,
+    options: crate::store::StoreOptions,
+    running: impl FnOnce(Option<u32>) -> Failure,
+) -> Result<Store, Failure> {
+    match Store::open_with(db, options) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Locked { pid, .. }) => Err(running(pid)),
+        Err(e) => Err(store_failure(e, "while opening the database")),
+    }
+}
+
+/// `db rekey`: every value under the active key now. The daemon holds the
+/// single-writer lock while it runs and re-encrypts in the background
+/// itself, so beside it this command fails (exit 1) or, with `--wait`,
+/// watches the database read-only until the daemon is done.
+fn db_rekey_cmd(path: &Path, wait: bool) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let ring = require_encryption(path, &config)?;
+    let active = ring.active();
+    let db = &config.daemon.database;
+    let options = crate::store::StoreOptions {
+        keyring: Some(Arc::clone(&ring)),
+        ..crate::store::StoreOptions::default()
+    };
+    let store = match open_writer(db, options, |pid| {
+        Failure::Runtime(anyhow::anyhow!(
+            "a running linetokd ({}) holds {}; it re-encrypts every value under key {active} in \
+             the background ({} rows a second): watch `linetokd status`, or pass --wait",
+            pid.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}")),
+            db.display(),
+            crate::store::REKEY_BATCH
+        ))
+    }) {
+        Ok(store) => store,
+        Err(failure) if wait && is_running(db) => {
+            drop(failure);
+            return wait_for_daemon_rekey(db, ring);
+        }
+        Err(failure) => return Err(failure),
+    };
+    let mut total = 0;
+    loop {
+        let step = store
+            .rekey_step()
+            .map_err(|e| store_failure(e, "while re-encrypting token values"))?;
+        total += step.rekeyed;
+        if step.remaining == 0 {
+            break;
+        }
+    }
+    emit_line(format_args!(
+        "{}: re-encrypted {total} token values under key {active}; {}",
+        db.display(),
+        describe_values(&store)?
+    ))
+}
+
+/// Whether a daemon holds the database's writer lock.
+fn is_running(db: &Path) -> bool {
+    status::probe_daemon(db).running == Some(true)
+}
+
+/// How long `db rekey --wait` waits between looks at the database.
+const REKEY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `db rekey --wait` beside a running daemon: reads the rows per key each
+/// [`REKEY_POLL`] until none is off the active key (or the daemon stops).
+fn wait_for_daemon_rekey(
+    db: &Path,
+    ring: Arc<crate::store::crypt::Keyring>,
+) -> Result<(), Failure> {
+    let active = ring.active();
+    let store = open_read_only(db, Some(ring))?.ok_or_else(|| no_database(db))?;
+    loop {
+        let counts = store
+            .value_counts()
+            .map_err(|e| store_failure(e, "while counting token values"))?;
+        let off: u64 = counts
+            .iter()
+            .filter(|c| c.key != Some(active))
+            .map(|c| c.rows)
+            .sum();
+        if off == 0 {
+            return emit_line(format_args!(
+                "{}: the daemon has re-encrypted every token value under key {active}; {}",
+                db.display(),
+                describe_values(&store)?
+            ));
+        }
+        if !is_running(db) {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "the daemon stopped with {off} token values not yet under key {active}; \
+                 run `linetokd db rekey` now"
+            )));
+        }
+        std::thread::sleep(REKEY_POLL);
+    }
+}
+
+/// `db decrypt`: every value back to plaintext, the daemon stopped.
+fn db_decrypt_cmd(path: &Path) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let ring = require_encryption(path, &config)?;
+    let db = &config.daemon.database;
+    let options = crate::store::StoreOptions {
+        keyring: Some(ring),
+        keep_plaintext: true,
+        ..crate::store::StoreOptions::default()
+    };
+    let store = open_writer(db, options, |pid| {
+        Failure::Runtime(anyhow::anyhow!(
+            "a running linetokd ({}) holds {}; stop it first: it would encrypt the values again",
+            pid.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}")),
+            db.display()
+        ))
+    })?;
+    let opened = store
+        .decrypt_all()
+        .map_err(|e| store_failure(e, "while decrypting token values"))?;
+    emit_line(format_args!(
+        "{}: decrypted {opened} token values; {}. Remove [encryption] from {} before the next \
+         start, or the daemon encrypts them again.",
+        db.display(),
+        describe_values(&store)?,
+        path.display()
+    ))
+}
+
+/// "12 plaintext" or "12 encrypted with key 2": the rows per key now.
+fn describe_values(store: &Store) -> Result<String, Failure> {
+    let counts = store
+        .value_counts()
+        .map_err(|e| store_failure(e, "while counting token values"))?;
+    if counts.is_empty() {
+        return Ok("no tokens stored".to_owned());
+    }
+    Ok(counts
+        .iter()
+        .map(|c| match c.key {
+            None => format!("{} plaintext", c.rows),
+            Some(k) => format!("{} encrypted with key {k}", c.rows),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 fn no_database(db: &Path) -> Failure {

@@ -6,6 +6,11 @@
 //! lock the daemon out of that channel. The public half is the JWK the
 //! console takes (`kty`, `alg` RS256, `use` sig, `n`, `e`, no `kid`); the
 //! sandbox registers the same file as is.
+//!
+//! `linetokd keygen --db-key --out FILE` writes a database key for
+//! `[encryption]` instead: 32 random bytes as base64 and a newline, mode
+//! 0600, never over an existing file (losing a database key loses every
+//! value sealed with it).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -31,6 +36,24 @@ pub enum KeygenError {
     /// Key generation failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The random generator failed for a database key.
+    #[error("cannot generate a database key: {0}")]
+    DbKey(#[from] crate::store::crypt::CryptError),
+}
+
+/// Writes a fresh database key (`[encryption] key_files`) to `path`:
+/// 44 base64 characters and a newline, mode 0600. The parent directory
+/// must exist.
+///
+/// # Errors
+/// [`KeygenError::Exists`] if `path` exists; [`KeygenError::Write`] on IO
+/// failure; [`KeygenError::DbKey`] when no random key could be drawn.
+pub fn write_db_key(path: &Path) -> Result<(), KeygenError> {
+    if path.exists() {
+        return Err(KeygenError::Exists(path.to_owned()));
+    }
+    let key = crate::store::crypt::KeyMaterial::generate()?;
+    write_new(path, key.to_file_text().as_bytes(), 0o600)
 }
 
 /// What keygen wrote.

@@ -36,6 +36,9 @@
 //!   until idle, every outcome stored before anyone is told.
 //! - [`event`]: what the rotator tells the rest ([`event::RotationEvent`]).
 //! - [`scheduler`]: owns every channel's due time; works the due ones.
+//! - [`rekey`]: re-encrypts stored token values after the active database
+//!   key changed, a small step per tick, and keeps the `linetokd_db_*`
+//!   metrics current.
 //! - [`delivery`]: file sinks, hooks and the token book, fed by events.
 //! - [`alerting`]: the alert notifier: routes the alerts the engine stored
 //!   ([`alerting::route`], pure) and sends them to webhook, Slack,
@@ -77,6 +80,7 @@
 //!   `rotator`, `store`
 //! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never
 //!   `rotator`: alerts reach it through the store)
+//! - `rekey` → `store`, `metrics`, `clock`
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
 //!   `event`, `metrics`, `clock`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
@@ -114,6 +118,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod rekey;
 pub mod rotator;
 pub mod sandbox;
 pub mod scheduler;

@@ -120,6 +120,8 @@ pub struct Metrics {
     /// Every (alert name, severity) the firing gauge was ever set for, so
     /// [`Metrics::set_alerts_firing`] can zero the ones that stopped.
     alert_names: Mutex<Vec<AlertLabels>>,
+    /// Token values at rest ([`DbMetrics`]).
+    db: DbMetrics,
 }
 
 /// Labels of the firing-alerts gauge.
@@ -268,7 +270,9 @@ impl Metrics {
             "How long sending one alert notification took, by receiver",
             alert_notification_duration.clone(),
         );
+        let db = DbMetrics::register(&mut registry);
         Self {
+            db,
             alerts_firing,
             alert_notifications,
             alert_notification_duration,
@@ -545,6 +549,110 @@ impl Metrics {
                 result: if success { "success" } else { "failure" }.to_owned(),
             })
             .inc();
+    }
+}
+
+/// The metrics of token values at rest (`[encryption]`): rows per state
+/// and key, values that failed to open, values sealed per key.
+struct DbMetrics {
+    values: Family<DbValueLabels, Gauge>,
+    decrypt_failures: Counter,
+    encryptions: Family<DbKeyLabels, Counter>,
+    /// Every label set `values` was set for, so a key that holds no rows
+    /// any more reads 0 instead of its last count.
+    seen: Mutex<Vec<DbValueLabels>>,
+}
+
+/// `state` (`plaintext` or `encrypted`) and `key_id` (empty for plaintext).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbValueLabels {
+    state: &'static str,
+    key_id: String,
+}
+
+/// A database key's ID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbKeyLabels {
+    key_id: String,
+}
+
+impl DbMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let values = Family::<DbValueLabels, Gauge>::default();
+        registry.register(
+            "db_values",
+            "Stored token values by state (plaintext or encrypted) and database key",
+            values.clone(),
+        );
+        let decrypt_failures = Counter::default();
+        registry.register(
+            "db_decrypt_failures",
+            "Stored token values that failed to decrypt",
+            decrypt_failures.clone(),
+        );
+        let encryptions = Family::<DbKeyLabels, Counter>::default();
+        registry.register(
+            "db_encryptions",
+            "Token values encrypted, by database key, since the key was first used",
+            encryptions.clone(),
+        );
+        Self {
+            values,
+            decrypt_failures,
+            encryptions,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets the token-values-at-rest metrics from the store's counts: rows
+    /// per key (`None` for plaintext), values sealed per key ever, and
+    /// values that failed to open since the store was opened. The counters
+    /// only move forward.
+    pub fn set_db_values(
+        &self,
+        rows: &[(Option<u32>, u64)],
+        sealed: &[(u32, u64)],
+        decrypt_failures: u64,
+    ) {
+        let mut seen = self.db.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now: Vec<(DbValueLabels, u64)> = rows
+            .iter()
+            .map(|(key, n)| {
+                let labels = DbValueLabels {
+                    state: if key.is_some() {
+                        "encrypted"
+                    } else {
+                        "plaintext"
+                    },
+                    key_id: key.map(|k| k.to_string()).unwrap_or_default(),
+                };
+                (labels, *n)
+            })
+            .collect();
+        for labels in seen.iter() {
+            if !now.iter().any(|(l, _)| l == labels) {
+                self.db.values.get_or_create(labels).set(0);
+            }
+        }
+        for (labels, n) in now {
+            self.db
+                .values
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            if !seen.contains(&labels) {
+                seen.push(labels);
+            }
+        }
+        for (key, total) in sealed {
+            let counter = self.db.encryptions.get_or_create(&DbKeyLabels {
+                key_id: key.to_string(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let failures = &self.db.decrypt_failures;
+        failures.inc_by(decrypt_failures.saturating_sub(failures.get()));
     }
 }
 

@@ -21,6 +21,20 @@ struct View {
     rotation: RotationView,
     channel: Vec<ChannelView>,
     alerts: AlertsView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<EncryptionView>,
+}
+
+#[derive(Serialize)]
+struct EncryptionView {
+    key_files: Vec<KeyFileView>,
+    active: u32,
+}
+
+#[derive(Serialize)]
+struct KeyFileView {
+    id: u32,
+    file: String,
 }
 
 #[derive(Serialize)]
@@ -209,6 +223,17 @@ impl Settings {
                     })
                     .collect(),
             },
+            encryption: self.encryption.as_ref().map(|e| EncryptionView {
+                key_files: e
+                    .key_files
+                    .iter()
+                    .map(|k| KeyFileView {
+                        id: k.id,
+                        file: secret_file(&k.file),
+                    })
+                    .collect(),
+                active: e.active,
+            }),
         };
         // The view holds only strings, numbers and arrays, which TOML can
         // always represent; still, a failure is reported, not panicked on.

@@ -25,11 +25,13 @@
 //! http) get their own small structs, built by `app` from a [`ValidConfig`],
 //! so the file format can change without touching them.
 //!
-//! Depends on `domain`, `secret`, `line::keys` (to check assertion keys), the
+//! Depends on `domain`, `secret`, `line::keys` (to check assertion keys),
+//! `store::crypt` (to check database keys for `[encryption]`), the
 //! `config`, `toml` and `humantime` crates.
 
 mod alerts;
 pub mod duration;
+mod encryption;
 mod error;
 mod expand;
 mod files;
@@ -47,6 +49,7 @@ pub use alerts::{
     AlertsConfig, AlertsSettings, MinSeverity, ReceiverConfig, ReceiverKind, ReceiverSettings,
     SecretUrl, WebhookFormat,
 };
+pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use validate::{
@@ -87,6 +90,10 @@ pub struct Settings {
     /// `[alerts]`: where raised alerts are sent.
     #[serde(default)]
     pub alerts: AlertsSettings,
+    /// `[encryption]`: the database keys sealing token values at rest;
+    /// absent means values are stored in plaintext.
+    #[serde(default)]
+    pub encryption: Option<EncryptionSettings>,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the
@@ -351,6 +358,11 @@ impl Settings {
             fix("daemon.database".into(), db);
         }
         fix("daemon.state_dir".into(), &mut self.daemon.state_dir);
+        if let Some(encryption) = self.encryption.as_mut() {
+            for (i, key) in encryption.key_files.iter_mut().enumerate() {
+                fix(format!("encryption.key_files[{i}].file"), &mut key.file);
+            }
+        }
         for (r, receiver) in self.alerts.receivers.iter_mut().enumerate() {
             if let Some(url) = receiver.url_file.as_mut() {
                 fix(format!("alerts.receiver[{r}].url_file"), url);

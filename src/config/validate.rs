@@ -106,6 +106,8 @@ pub struct ValidConfig {
     pub channels: Vec<ChannelConfig>,
     /// `[alerts]`: where raised alerts are sent.
     pub alerts: AlertsConfig,
+    /// `[encryption]`, when present: the database keys.
+    pub encryption: Option<super::EncryptionConfig>,
 }
 
 impl ValidConfig {
@@ -177,6 +179,9 @@ pub struct Outline {
     pub capacity_low_threshold: u32,
     /// `[[channel]]`, in file order.
     pub channels: Vec<ChannelOutline>,
+    /// `[encryption]`, when present: `status`, `plan` and `token` open
+    /// sealed values with it.
+    pub encryption: Option<super::EncryptionConfig>,
 }
 
 /// One `[[channel]]` as [`Outline`] sees it.
@@ -271,12 +276,13 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
-        let (daemon, channels, alerts) = self.check(|v, i, c| v.channel(self, i, c))?;
+        let (daemon, channels, alerts, encryption) = self.check(|v, i, c| v.channel(self, i, c))?;
         Ok(ValidConfig {
             daemon,
             rotation: self.rotation.clone(),
             channels,
             alerts,
+            encryption,
         })
     }
 
@@ -294,12 +300,14 @@ impl Settings {
         // `[alerts]` is checked (a config the daemon refuses is refused
         // here too) but only its capacity threshold kept: reports do not
         // send alerts.
-        let (daemon, channels, alerts) = self.check(|v, i, c| v.channel_outline(self, i, c))?;
+        let (daemon, channels, alerts, encryption) =
+            self.check(|v, i, c| v.channel_outline(self, i, c))?;
         Ok(Outline {
             daemon,
             rotation: self.rotation.clone(),
             capacity_low_threshold: alerts.capacity_low_threshold,
             channels,
+            encryption,
         })
     }
 
@@ -308,7 +316,7 @@ impl Settings {
     fn check<T>(
         &self,
         mut channel: impl FnMut(&mut Validator, usize, &ChannelSettings) -> Option<T>,
-    ) -> Result<(DaemonConfig, Vec<T>, AlertsConfig), ConfigError> {
+    ) -> Result<Checked<T>, ConfigError> {
         let mut v = Validator {
             search_path: self.hook_search_path.clone(),
             ..Validator::default()
@@ -323,22 +331,40 @@ impl Settings {
             .collect();
         v.duplicates(self);
         let alerts = super::alerts::validate(&self.alerts, &self.channels, &mut v.problems);
+        let encryption = self
+            .encryption
+            .as_ref()
+            .map(|e| super::encryption::validate(e, &mut v.problems));
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid {
                 problems: v.problems,
             });
         }
         let channels: Option<Vec<T>> = channels.into_iter().collect();
-        let (Some(daemon), Some(channels), Some(alerts)) = (daemon, channels, alerts) else {
+        let (Some(daemon), Some(channels), Some(alerts), Some(encryption)) = (
+            daemon,
+            channels,
+            alerts,
+            encryption.map_or(Some(None), |e| e.map(Some)),
+        ) else {
             // Every `None` above pushed a problem, so this is unreachable in
             // practice; report it rather than panic if a rule forgets to.
             return Err(ConfigError::Invalid {
                 problems: vec![Problem::new("config", "failed validation")],
             });
         };
-        Ok((daemon, channels, alerts))
+        Ok((daemon, channels, alerts, encryption))
     }
 }
+
+/// What [`Settings::check`] hands back: `[daemon]`, the channels as the
+/// caller checked them, `[alerts]` and `[encryption]`.
+type Checked<T> = (
+    DaemonConfig,
+    Vec<T>,
+    AlertsConfig,
+    Option<super::EncryptionConfig>,
+);
 
 #[derive(Default)]
 struct Validator {

@@ -7,6 +7,22 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{ChannelStatus, FiringStatus, GroupStatus, StatusReport, in_parallel};
 
+/// "3 plaintext" or "12 encrypted with key 2, 4 encrypted with key 1": how the
+/// stored token values are held.
+fn token_values(counts: &[crate::store::ValueCount]) -> String {
+    if counts.is_empty() {
+        return "no tokens stored".to_owned();
+    }
+    counts
+        .iter()
+        .map(|c| match c.key {
+            None => format!("{} plaintext", c.rows),
+            Some(key) => format!("{} encrypted with key {key}", c.rows),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The status report as a compact human table.
 pub fn render_status(report: &StatusReport) -> String {
     let now = report.generated_at;
@@ -27,6 +43,7 @@ pub fn render_status(report: &StatusReport) -> String {
         _ => daemon,
     };
     let _ = writeln!(out, "daemon:   {daemon}");
+    let _ = writeln!(out, "values:   {}", token_values(&report.token_values));
     if let Some(reload) = &report.last_reload {
         let _ = writeln!(
             out,

@@ -41,6 +41,11 @@ pub struct StatusReport {
     /// Every configured channel (file order), then stored channels no
     /// longer configured that still hold live tokens.
     pub channels: Vec<ChannelStatus>,
+    /// Stored token values by how they are held: `{"key": null, "rows":
+    /// N}` for plaintext rows, `{"key": 2, "rows": N}` for rows encrypted
+    /// under database key 2 (`[encryption]`). A key that is no longer
+    /// listed holds no rows and can be removed from the config.
+    pub token_values: Vec<crate::store::ValueCount>,
 }
 
 /// One channel.
@@ -318,6 +323,7 @@ pub fn status_report(
         }),
         alerts: state.daemon_firing.iter().map(firing_status).collect(),
         channels,
+        token_values: state.token_values.clone(),
     }
 }
 

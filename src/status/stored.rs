@@ -40,6 +40,8 @@ pub struct StoredState {
     /// Firing alerts about the daemon as a whole (a rejected reload, clock
     /// skew, a receiver out of quota).
     pub(super) daemon_firing: Vec<AlertRecord>,
+    /// Token rows per database key (plaintext as `key: None`).
+    pub(super) token_values: Vec<crate::store::ValueCount>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ impl StoredState {
             open_intents: Vec::new(),
             last_reload: None,
             daemon_firing: Vec::new(),
+            token_values: Vec::new(),
         }
     }
 }
@@ -78,7 +81,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
     // A second read-only connection reads the live tokens, the biggest
     // read, while this one reads the rest (`Snapshot::read_all`). Where
     // none opens, this one reads them too.
-    let second = Store::open_read_only(store.path()).ok();
+    let second = Store::open_read_only_with(store.path(), store.shared_keyring()).ok();
     // One query per table for all channels, sorted out here: a query per
     // channel and group would be hundreds of thousands at 100k groups.
     let mut channels: BTreeMap<ChannelId, StoredChannel> =
@@ -144,5 +147,6 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         open_intents: store.open_intents()?,
         last_reload: store.note(LAST_RELOAD)?,
         daemon_firing,
+        token_values: store.value_counts()?,
     })
 }

@@ -245,6 +245,65 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// The database holds sealed token values and the store was opened
+    /// without a keyring: the config lacks `[encryption]`. Refused, never
+    /// started with values it cannot read.
+    #[error(
+        "the database holds encrypted token values ({counts}) but the config has no [encryption] \
+         section; add [encryption] with those key files (or run `linetokd db decrypt` with them first)"
+    )]
+    EncryptedWithoutKeys {
+        /// Rows per key, e.g. "key 1: 3 rows".
+        counts: String,
+    },
+
+    /// Rows are sealed under keys the keyring lacks.
+    #[error(
+        "the database holds token values encrypted under keys missing from [encryption] key_files \
+         ({counts}); add those key files"
+    )]
+    MissingKeys {
+        /// The missing keys and their rows, e.g. "key 1: 3 rows".
+        counts: String,
+    },
+
+    /// A stored token value did not open: altered, moved from another row,
+    /// sealed under a key not configured or a different key of that ID.
+    #[error(
+        "the stored value of token {key_id} (channel {channel}, group {group}) cannot be decrypted: {reason}"
+    )]
+    Undecryptable {
+        /// The token's LINE key ID (the row).
+        key_id: KeyId,
+        /// Its channel.
+        channel: String,
+        /// Its group.
+        group: String,
+        /// Why.
+        #[source]
+        reason: super::crypt::CryptError,
+    },
+
+    /// A token value could not be sealed.
+    #[error("the value of token {key_id} cannot be encrypted: {reason}")]
+    Seal {
+        /// The token's LINE key ID.
+        key_id: KeyId,
+        /// Why.
+        #[source]
+        reason: super::crypt::CryptError,
+    },
+
+    /// The active database key has sealed as many values as it may.
+    #[error(
+        "database key {enc_key_id} has encrypted 2^31 values, the most one key may (random nonces); \
+         add a new key file, make it [encryption] active, and restart"
+    )]
+    KeyWornOut {
+        /// The worn-out key.
+        enc_key_id: u32,
+    },
+
     /// The task running a store call died (it panicked or the runtime is
     /// shutting down) before it could answer.
     #[error("a store task failed: {what}")]
@@ -261,6 +320,18 @@ impl StoreError {
     /// an unknown row) and the next pass may succeed.
     pub fn is_fatal(&self) -> bool {
         matches!(self, Self::Replaced { .. })
+    }
+
+    /// True when the config must change before the store can be used: the
+    /// database keys it needs are missing or wrong (`[encryption]`). The
+    /// commands exit 2 for these, as for any config error.
+    pub fn needs_config_change(&self) -> bool {
+        matches!(
+            self,
+            Self::EncryptedWithoutKeys { .. }
+                | Self::MissingKeys { .. }
+                | Self::Undecryptable { .. }
+        )
     }
 }
 

@@ -91,12 +91,13 @@ impl Store {
             }
             let listed: BTreeSet<&KeyId> = live_kids.iter().collect();
             let mut report = ReconcileReport {
-                expired: expire_in(tx, now, Some(channel))?,
+                expired: expire_in(tx, &self.inner.values, now, Some(channel))?,
                 ..ReconcileReport::default()
             };
 
             let live = query_tokens(
                 tx,
+                &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
                      ORDER BY issued_at, key_id"

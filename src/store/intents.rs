@@ -21,6 +21,7 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::sync::load_group;
 use super::tokens::load_token;
+use super::values::Row as ValueRow;
 use super::{
     EventKind, Fail, Scope, Store, StoreError, StoredToken, millis, opt_time_at, screen, time_at,
 };
@@ -192,26 +193,42 @@ impl Store {
     ) -> Result<StoredToken, StoreError> {
         self.write("storing an issued token", |tx| {
             let journal = open_intent(tx, intent)?;
-            if load_token(tx, &token.key_id)?.is_some() {
+            let values = &self.inner.values;
+            if load_token(tx, values, &token.key_id)?.is_some() {
                 return Err(StoreError::DuplicateToken {
                     key_id: token.key_id.clone(),
                 }
                 .into());
             }
+            // Sealed under the active key when the store has a keyring;
+            // the value joins the screening set in this transaction.
+            let column = values.column(
+                tx,
+                ValueRow {
+                    key_id: token.key_id.as_str(),
+                    channel: journal.channel_id.as_str(),
+                    group: journal.group.as_str(),
+                },
+                &token.value,
+            )?;
+            super::values::remember(tx, &token.value)?;
             tx.execute(
                 "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
-                 expires_at, state, state_changed_at, last_verified_at, intent_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7, ?8, ?9)",
+                 expires_at, state, state_changed_at, last_verified_at, intent_id, \
+                 access_token_enc, enc_key_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7, ?8, ?9, ?10, ?11)",
                 params![
                     token.key_id.as_str(),
                     journal.channel_id.as_str(),
                     journal.group.as_str(),
-                    token.value.expose(),
+                    column.plain,
                     millis(token.issued_at),
                     millis(token.expires_at),
                     millis(now),
                     token.verified_at.map(millis),
                     intent.0,
+                    column.sealed,
+                    column.key,
                 ],
             )?;
             tx.execute(
@@ -236,7 +253,7 @@ impl Store {
                 EventKind::Issued,
                 &format!("expires at {}", token.expires_at.to_rfc3339()),
             )?;
-            load_token(tx, &token.key_id)?.ok_or_else(|| {
+            load_token(tx, values, &token.key_id)?.ok_or_else(|| {
                 Fail::Corrupt("the token just stored cannot be read back".to_owned())
             })
         })

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_alerts_for_the_daemon_and_extra_labels",
         sql: include_str!("../../migrations/0006_alerts_for_the_daemon_and_extra_labels.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_encrypt_token_values_at_rest",
+        sql: include_str!("../../migrations/0007_encrypt_token_values_at_rest.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

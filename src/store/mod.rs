@@ -12,7 +12,9 @@
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
 //! (raised alerts), `notifications` (what each alert receiver was sent)
 //! and `events`; `migrate` runs `migrations/*.sql` and `lock`
-//! keeps a second daemon out.
+//! keeps a second daemon out. [`crypt`] is the sealed-value format of
+//! encryption at rest and `values` the rules around it (sealing on write,
+//! the checks at open, re-encryption, `db decrypt`).
 //!
 //! Depends on `domain` and rusqlite; nothing above it. It never reads the
 //! clock: every time is an argument (`now`), so the simulation can drive it
@@ -43,6 +45,7 @@
 //!   [`StoreError::Replaced`] stops that ([`StoreError::is_fatal`]).
 
 mod alerts;
+pub mod crypt;
 mod error;
 mod events;
 mod foreign;
@@ -54,6 +57,7 @@ mod notifications;
 mod requests;
 mod sync;
 mod tokens;
+mod values;
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
@@ -80,6 +84,7 @@ pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
 };
 pub use tokens::StoredToken;
+pub use values::{REKEY_BATCH, RekeyProgress, ValueCount};
 
 /// Which channels a read covers: one (the rotator, channel by channel), or
 /// every channel at once (`status` and `plan`, which would otherwise ask
@@ -128,10 +133,18 @@ pub enum Durability {
 }
 
 /// How [`Store::open_with`] opens the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// How hard each commit is pushed to disk.
     pub durability: Durability,
+    /// The database keys (`[encryption]`): with one, every token value is
+    /// sealed under its active key, and plaintext rows found at open are
+    /// sealed then ([`values`]). Without one, a database holding sealed
+    /// values is refused.
+    pub keyring: Option<Arc<crypt::Keyring>>,
+    /// Leaves plaintext rows as they are at open even with a keyring: for
+    /// `linetokd db decrypt`, which is about to open every row anyway.
+    pub keep_plaintext: bool,
 }
 
 /// How long a statement waits for a lock held by another connection (a
@@ -159,6 +172,8 @@ struct Inner {
     /// Moves whenever alerts are raised or resolved: the notifier waits on
     /// it ([`Store::subscribe_alerts`]).
     alerts_changed: tokio::sync::watch::Sender<u64>,
+    /// How token values are sealed and opened (the keyring, if any).
+    values: values::Values,
 }
 
 /// Which file a path named when it was looked at: device and inode. A file
@@ -259,6 +274,9 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let values = values::Values::new(options.keyring);
+        values::prepare(&mut conn, &values, options.keep_plaintext)
+            .map_err(|e| e.into_store_error(path, "checking the stored token values"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -267,6 +285,7 @@ impl Store {
                 lock: Some(lock),
                 identity: Some(identity),
                 alerts_changed: tokio::sync::watch::Sender::new(0),
+                values,
             }),
         })
     }
@@ -279,7 +298,17 @@ impl Store {
     ///
     /// As [`Store::open`].
     pub fn migrate(path: &Path) -> Result<Migrated, StoreError> {
-        Ok(Self::open(path)?.migrated())
+        Self::migrate_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::migrate`] with explicit [`StoreOptions`]: `linetokd migrate`
+    /// passes the config's keyring, which an encrypted database needs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn migrate_with(path: &Path, options: StoreOptions) -> Result<Migrated, StoreError> {
+        Ok(Self::open_with(path, options)?.migrated())
     }
 
     /// Opens an existing database read-only, without the writer lock, for
@@ -292,6 +321,20 @@ impl Store {
     /// [`StoreError::TooNew`] or [`StoreError::NeedsMigration`] when its
     /// schema is not the one this binary reads, [`StoreError::Open`].
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Self::open_read_only_with(path, None)
+    }
+
+    /// [`Store::open_read_only`] with the database keys, for the commands
+    /// that read token values (`status`, `plan`, `token`): without them a
+    /// sealed value read is [`StoreError::Undecryptable`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open_read_only`].
+    pub fn open_read_only_with(
+        path: &Path,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
         if !path.is_file() {
             return Err(StoreError::NoDatabase {
                 path: path.to_path_buf(),
@@ -337,6 +380,7 @@ impl Store {
                 lock: None,
                 identity: None,
                 alerts_changed: tokio::sync::watch::Sender::new(0),
+                values: values::Values::new(keyring),
             }),
         })
     }
@@ -550,7 +594,7 @@ const WITHHELD: &str = "[withheld: the text contained a token value]";
 /// Free text longer than this is cut (LINE error bodies can be long).
 const MAX_TEXT_CHARS: usize = 2000;
 
-/// Screens free text before it is stored outside `tokens.access_token`:
+/// Screens free text before it is stored outside the token value columns:
 /// a text containing any stored token value is replaced by [`WITHHELD`]
 /// (the check runs before truncation so half a token cannot slip through),
 /// and long texts are cut.
@@ -572,18 +616,9 @@ fn screen(conn: &Connection, text: &str) -> Result<String, Fail> {
         .map(str::len)
         .max()
         .unwrap_or(0);
-    let shortest: Option<i64> = conn
-        .prepare_cached("SELECT min(length(access_token)) FROM tokens")?
-        .query_row([], |row| row.get(0))?;
-    let could_hold =
-        shortest.is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
-    let holds_token: bool = could_hold
-        && conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM tokens WHERE instr(?1, access_token) > 0)",
-            [text],
-            |row| row.get(0),
-        )?;
-    if holds_token {
+    // The values are in the writer's in-memory screening table, in the
+    // clear even when the rows are sealed ([`values`]).
+    if values::holds_value(conn, text, longest_run)? {
         return Ok(WITHHELD.to_owned());
     }
     Ok(match text.char_indices().nth(MAX_TEXT_CHARS) {
@@ -702,6 +737,7 @@ mod tests {
         assert_eq!(synchronous(&full), 2);
         let options = StoreOptions {
             durability: Durability::Unsynced,
+            ..StoreOptions::default()
         };
         let off = Store::open_with(&dir.path().join("off.db"), options).unwrap();
         assert_eq!(synchronous(&off), 0);

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
+use super::values::{Row as ValueRow, Values};
 use super::{
     EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at_index, screen,
     time_at_index,
@@ -41,7 +42,8 @@ pub struct StoredToken {
 /// reads them by position (see [`super::time_at_index`] for why), and a
 /// test holds the two together.
 pub(super) const TOKEN_COLUMNS: &str = "key_id, channel_id, group_name, access_token, issued_at, \
-     expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id, refused_at";
+     expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id, refused_at, \
+     access_token_enc";
 
 impl Store {
     /// The token with this key ID.
@@ -50,7 +52,9 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn token(&self, key_id: &KeyId) -> Result<Option<StoredToken>, StoreError> {
-        self.read("reading a token", |conn| load_token(conn, key_id))
+        self.read("reading a token", |conn| {
+            load_token(conn, &self.inner.values, key_id)
+        })
     }
 
     /// Every token of a group in every state, oldest first.
@@ -66,6 +70,7 @@ impl Store {
         self.read("listing a group's tokens", |conn| {
             query_tokens(
                 conn,
+                &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND group_name = ?2 \
                      ORDER BY issued_at, key_id"
@@ -100,6 +105,7 @@ impl Store {
         let mut tokens = self.read("listing live tokens", |conn| {
             query_tokens(
                 conn,
+                &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} AND state = 'live' \
                      ORDER BY channel_id",
@@ -136,8 +142,10 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         self.write("changing a token's state", |tx| {
-            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             if token.record.state != TokenState::Live || state == TokenState::Live {
                 return Ok(false);
@@ -155,8 +163,10 @@ impl Store {
     /// [`StoreError::ReadOnly`].
     pub fn record_verified(&self, now: DateTime<Utc>, key_id: &KeyId) -> Result<(), StoreError> {
         self.write("recording a verify", |tx| {
-            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             tx.execute(
                 "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
@@ -193,8 +203,10 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         self.write("recording a refused token", |tx| {
-            let token = load_token(tx, key_id)?.ok_or_else(|| StoreError::UnknownToken {
-                key_id: key_id.clone(),
+            let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
+                StoreError::UnknownToken {
+                    key_id: key_id.clone(),
+                }
             })?;
             if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
                 return Ok(());
@@ -224,7 +236,9 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<KeyId>, StoreError> {
-        self.write("expiring tokens", |tx| expire_in(tx, now, None))
+        self.write("expiring tokens", |tx| {
+            expire_in(tx, &self.inner.values, now, None)
+        })
     }
 
     /// [`Store::expire_due`] for one channel's tokens.
@@ -237,7 +251,9 @@ impl Store {
         now: DateTime<Utc>,
         channel: &ChannelId,
     ) -> Result<Vec<KeyId>, StoreError> {
-        self.write("expiring tokens", |tx| expire_in(tx, now, Some(channel)))
+        self.write("expiring tokens", |tx| {
+            expire_in(tx, &self.inner.values, now, Some(channel))
+        })
     }
 }
 
@@ -245,11 +261,13 @@ impl Store {
 /// transaction.
 pub(super) fn expire_in(
     tx: &Connection,
+    values: &Values,
     now: DateTime<Utc>,
     channel: Option<&ChannelId>,
 ) -> Result<Vec<KeyId>, Fail> {
     let due = query_tokens(
         tx,
+        values,
         &format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
              AND (?2 IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id"
@@ -300,9 +318,14 @@ pub(super) fn change_state(
     Ok(())
 }
 
-pub(super) fn load_token(conn: &Connection, key_id: &KeyId) -> Result<Option<StoredToken>, Fail> {
+pub(super) fn load_token(
+    conn: &Connection,
+    values: &Values,
+    key_id: &KeyId,
+) -> Result<Option<StoredToken>, Fail> {
     let mut found = query_tokens(
         conn,
+        values,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE key_id = ?1"),
         params![key_id.as_str()],
     )?;
@@ -311,6 +334,7 @@ pub(super) fn load_token(conn: &Connection, key_id: &KeyId) -> Result<Option<Sto
 
 pub(super) fn query_tokens(
     conn: &Connection,
+    values: &Values,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<StoredToken>, Fail> {
@@ -318,19 +342,32 @@ pub(super) fn query_tokens(
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(token_from_row(row)?);
+        out.push(token_from_row(row, values)?);
     }
     Ok(out)
 }
 
-/// Decodes a row of [`TOKEN_COLUMNS`], by position.
-fn token_from_row(row: &Row<'_>) -> Result<StoredToken, Fail> {
+/// Decodes a row of [`TOKEN_COLUMNS`], by position, opening a sealed
+/// value with `values`' keyring.
+fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
     let state: String = row.get(6)?;
+    let key_id: String = row.get(0)?;
+    let channel: String = row.get(1)?;
+    let group: String = row.get(2)?;
+    let value = values.open(
+        ValueRow {
+            key_id: &key_id,
+            channel: &channel,
+            group: &group,
+        },
+        row.get(3)?,
+        row.get(12)?,
+    )?;
     Ok(StoredToken {
-        channel_id: ChannelId::new(row.get::<_, String>(1)?),
-        group: GroupName::new(row.get::<_, String>(2)?),
+        channel_id: ChannelId::new(channel),
+        group: GroupName::new(group),
         record: TokenRecord {
-            key_id: KeyId::new(row.get::<_, String>(0)?),
+            key_id: KeyId::new(key_id),
             issued_at: time_at_index(row, 4, "issued_at")?,
             expires_at: time_at_index(row, 5, "expires_at")?,
             state: parse_state(&state).ok_or_else(|| {
@@ -338,7 +375,7 @@ fn token_from_row(row: &Row<'_>) -> Result<StoredToken, Fail> {
             })?,
             refused_at: opt_time_at_index(row, 11, "refused_at")?,
         },
-        value: AccessToken::new(row.get::<_, String>(3)?),
+        value,
         state_reason: row.get(7)?,
         state_changed_at: time_at_index(row, 8, "state_changed_at")?,
         last_verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
@@ -378,7 +415,8 @@ mod tests {
                 "state_changed_at",
                 "last_verified_at",
                 "intent_id",
-                "refused_at"
+                "refused_at",
+                "access_token_enc"
             ]
         );
     }

@@ -14,6 +14,7 @@ mod control;
 mod demo;
 mod deploy;
 mod e2e;
+mod encryption;
 mod hooks;
 mod hostile;
 mod keygen;

@@ -1,0 +1,602 @@
+//! Token values at rest: which column holds a value, sealing on write,
+//! opening on read, and the database-wide steps of encryption (the checks
+//! at open, sealing every plaintext row, re-encryption under a new active
+//! key, `linetokd db decrypt`).
+//!
+//! A token's value is either plaintext in `tokens.access_token` or sealed
+//! ([`super::crypt`]) in `tokens.access_token_enc` with its key ID in
+//! `tokens.enc_key_id` (schema version 7). A store opened with a
+//! [`Keyring`] seals every value it writes under the active key and, at
+//! open, every plaintext row it finds (one transaction), then truncates the
+//! WAL, vacuums and turns on `secure_delete`, so no plaintext value is left
+//! in the file or its WAL.
+//!
+//! # Invariants
+//!
+//! - A writer never starts on a database it cannot fully read: every key
+//!   ID a row names must be in the keyring, and one row per key is opened
+//!   as a probe ([`prepare`]); sealed rows without a keyring are refused,
+//!   never silently left unreadable.
+//! - Every seal is counted per key in `encryptions`, in the transaction
+//!   that stores the value; a key past
+//!   [`crypt::MAX_ENCRYPTIONS_PER_KEY`] seals nothing more.
+//! - Screening (docs/design.md invariant 5) needs the values in the clear:
+//!   a writer keeps them in the connection's in-memory `temp.screen_values`
+//!   table (`temp_store = MEMORY`, never written to disk), filled at open
+//!   and in the transaction that stores each new token, so a rolled-back
+//!   issue leaves no stray value behind. Errors name rows and key IDs,
+//!   never values.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+
+use super::crypt::{self, CryptError, Keyring, Place};
+use super::{Fail, StoreError};
+use crate::domain::{AccessToken, KeyId};
+
+/// The table sealed values live in (part of the additional data).
+const TABLE: &str = "tokens";
+
+/// The most rows one re-encryption step seals, so a rekey never holds the
+/// writer for long.
+pub const REKEY_BATCH: usize = 100;
+
+/// How a store reads and writes token values: its keyring, if any, and
+/// how often a value failed to open.
+#[derive(Debug, Default)]
+pub(super) struct Values {
+    keyring: Option<Arc<Keyring>>,
+    decrypt_failures: AtomicU64,
+}
+
+/// A value as it goes into its row.
+pub(super) struct Column {
+    /// `access_token`.
+    pub plain: Option<String>,
+    /// `access_token_enc`.
+    pub sealed: Option<Vec<u8>>,
+    /// `enc_key_id`.
+    pub key: Option<u32>,
+}
+
+/// How many token rows hold their value one way: plaintext (`key` is
+/// `None`) or sealed under one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ValueCount {
+    /// The database key, or `None` for plaintext rows.
+    pub key: Option<u32>,
+    /// How many rows.
+    pub rows: u64,
+}
+
+/// What one re-encryption step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyProgress {
+    /// Rows sealed under the active key in this step.
+    pub rekeyed: u64,
+    /// Rows still under another key (or plaintext) after it.
+    pub remaining: u64,
+}
+
+impl Values {
+    pub(super) fn new(keyring: Option<Arc<Keyring>>) -> Self {
+        Self {
+            keyring,
+            decrypt_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_deref()
+    }
+
+    /// How many values failed to open since the store was opened.
+    pub(super) fn decrypt_failures(&self) -> u64 {
+        self.decrypt_failures.load(Ordering::Relaxed)
+    }
+
+    /// A row's value from its two columns.
+    pub(super) fn open(
+        &self,
+        row: Row<'_>,
+        plain: Option<String>,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<AccessToken, Fail> {
+        match (plain, sealed) {
+            (Some(plain), None) => Ok(AccessToken::new(plain)),
+            (None, Some(sealed)) => self.open_sealed(row, &sealed).map_err(|reason| {
+                self.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+                Fail::Store(StoreError::Undecryptable {
+                    key_id: KeyId::new(row.key_id),
+                    channel: row.channel.to_owned(),
+                    group: row.group.to_owned(),
+                    reason,
+                })
+            }),
+            _ => Err(Fail::Corrupt(format!(
+                "tokens row {}: exactly one of access_token and access_token_enc must be set",
+                row.key_id
+            ))),
+        }
+    }
+
+    fn open_sealed(&self, row: Row<'_>, sealed: &[u8]) -> Result<AccessToken, CryptError> {
+        let Some(keyring) = self.keyring() else {
+            return Err(CryptError::UnknownKey(crypt::key_id_of(sealed)?));
+        };
+        let bytes = keyring.open(&row.place(), sealed)?;
+        // Sealed from a `&str`, so text unless altered, and altered text
+        // fails the tag first.
+        String::from_utf8(bytes)
+            .map(AccessToken::new)
+            .map_err(|_| CryptError::Tampered(crypt::key_id_of(sealed).unwrap_or(0)))
+    }
+
+    /// How `value` goes into its row: sealed under the active key (and the
+    /// seal counted in `tx`) when the store has a keyring, else plaintext.
+    pub(super) fn column(
+        &self,
+        tx: &Connection,
+        row: Row<'_>,
+        value: &AccessToken,
+    ) -> Result<Column, Fail> {
+        let Some(keyring) = self.keyring() else {
+            return Ok(Column {
+                plain: Some(value.expose().to_owned()),
+                sealed: None,
+                key: None,
+            });
+        };
+        let key = keyring.active();
+        count_seal(tx, key)?;
+        let sealed = keyring
+            .seal(&row.place(), value.expose().as_bytes())
+            .map_err(|reason| {
+                Fail::Store(StoreError::Seal {
+                    key_id: KeyId::new(row.key_id),
+                    reason,
+                })
+            })?;
+        Ok(Column {
+            plain: None,
+            sealed: Some(sealed),
+            key: Some(key),
+        })
+    }
+}
+
+/// Where a token row is: its LINE key ID, channel and group.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Row<'a> {
+    pub key_id: &'a str,
+    pub channel: &'a str,
+    pub group: &'a str,
+}
+
+impl Row<'_> {
+    fn place(&self) -> Place<'_> {
+        Place {
+            table: TABLE,
+            channel: self.channel,
+            group: self.group,
+            row: self.key_id,
+        }
+    }
+}
+
+/// Counts one seal under `key`, refusing it past the key's limit.
+fn count_seal(tx: &Connection, key: u32) -> Result<(), Fail> {
+    let sealed: i64 = tx.query_row(
+        "INSERT INTO encryptions (enc_key_id, sealed) VALUES (?1, 1) \
+         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = sealed + 1 RETURNING sealed",
+        [key],
+        |row| row.get(0),
+    )?;
+    if u64::try_from(sealed).unwrap_or(u64::MAX) > crypt::MAX_ENCRYPTIONS_PER_KEY {
+        return Err(Fail::Store(StoreError::KeyWornOut { enc_key_id: key }));
+    }
+    Ok(())
+}
+
+/// Rows per key, plaintext first.
+pub(super) fn value_counts(conn: &Connection) -> Result<Vec<ValueCount>, Fail> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT enc_key_id, count(*) FROM tokens GROUP BY enc_key_id ORDER BY enc_key_id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, rows) = row?;
+        let key = key
+            .map(|k| {
+                u32::try_from(k)
+                    .map_err(|_| Fail::Corrupt(format!("tokens.enc_key_id holds {k}, not a u32")))
+            })
+            .transpose()?;
+        out.push(ValueCount {
+            key,
+            rows: u64::try_from(rows).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// Seals counted per key, ever.
+pub(super) fn seal_counts(conn: &Connection) -> Result<Vec<(u32, u64)>, Fail> {
+    let mut stmt =
+        conn.prepare_cached("SELECT enc_key_id, sealed FROM encryptions ORDER BY enc_key_id")?;
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, sealed) = row?;
+        if let Ok(key) = u32::try_from(key) {
+            out.push((key, u64::try_from(sealed).unwrap_or(0)));
+        }
+    }
+    Ok(out)
+}
+
+/// What a writer does at open, after the migrations: refuse a database it
+/// could not fully read, seal plaintext rows when it has a keyring (unless
+/// `keep_plaintext`), and fill the screening table.
+pub(super) fn prepare(
+    conn: &mut Connection,
+    values: &Values,
+    keep_plaintext: bool,
+) -> Result<(), Fail> {
+    check_keys(conn, values)?;
+    if values.keyring().is_some() {
+        // From now on deleted content is zeroed, not left in free pages.
+        conn.pragma_update(None, "secure_delete", true)?;
+    }
+    if values.keyring().is_some() && !keep_plaintext {
+        let plaintext: i64 = conn.query_row(
+            "SELECT count(*) FROM tokens WHERE access_token IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        if plaintext > 0 {
+            tracing::info!(
+                rows = plaintext,
+                "encrypting every plaintext token value in one transaction"
+            );
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sealed = reseal(&tx, values, None)?;
+            tx.commit()?;
+            scrub(conn)?;
+            tracing::warn!(
+                sealed,
+                "encrypted every plaintext token value in the database; backups and copies made \
+                 before now still hold them in plaintext"
+            );
+        }
+    }
+    fill_screen(conn, values)
+}
+
+/// Every key a row names is in the keyring, and opens a row of its own.
+fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
+    let sealed: Vec<ValueCount> = value_counts(conn)?
+        .into_iter()
+        .filter(|c| c.key.is_some())
+        .collect();
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let Some(keyring) = values.keyring() else {
+        return Err(Fail::Store(StoreError::EncryptedWithoutKeys {
+            counts: describe_counts(&sealed),
+        }));
+    };
+    let missing: Vec<ValueCount> = sealed
+        .iter()
+        .copied()
+        .filter(|c| c.key.is_some_and(|k| !keyring.contains(k)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Fail::Store(StoreError::MissingKeys {
+            counts: describe_counts(&missing),
+        }));
+    }
+    // One row per key, as a probe: a wrong key file under the right ID is
+    // found now, not at the first revoke.
+    for count in &sealed {
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
+             WHERE enc_key_id = ?1 LIMIT 1",
+        )?;
+        let probe = stmt
+            .query_row([count.key], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            })
+            .optional()?;
+        if let Some((key_id, channel, group, plain, sealed)) = probe {
+            let row = Row {
+                key_id: &key_id,
+                channel: &channel,
+                group: &group,
+            };
+            values.open(row, plain, sealed)?;
+        }
+    }
+    Ok(())
+}
+
+/// "key 1: 3 rows, key 4: 1 row".
+fn describe_counts(counts: &[ValueCount]) -> String {
+    counts
+        .iter()
+        .map(|c| {
+            let key = c
+                .key
+                .map_or_else(|| "plaintext".to_owned(), |k| format!("key {k}"));
+            let rows = if c.rows == 1 { "row" } else { "rows" };
+            format!("{key}: {} {rows}", c.rows)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Seals under the active key every row that is plaintext or under
+/// another key, at most `limit` rows (all when `None`); returns how many.
+/// Runs inside the caller's transaction.
+pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> Result<u64, Fail> {
+    let Some(keyring) = values.keyring() else {
+        return Ok(0);
+    };
+    let active = keyring.active();
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
+             WHERE enc_key_id IS NULL OR enc_key_id <> ?1 LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![active, limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<Vec<u8>>>(4)?,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut done = 0;
+    for (key_id, channel, group, plain, sealed) in rows {
+        let row = Row {
+            key_id: &key_id,
+            channel: &channel,
+            group: &group,
+        };
+        let value = values.open(row, plain, sealed)?;
+        let column = values.column(tx, row, &value)?;
+        tx.execute(
+            "UPDATE tokens SET access_token = NULL, access_token_enc = ?2, enc_key_id = ?3 \
+             WHERE key_id = ?1",
+            params![key_id, column.sealed, column.key],
+        )?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Rows not yet under the active key (plaintext included).
+pub(super) fn off_active(conn: &Connection, values: &Values) -> Result<u64, Fail> {
+    let Some(keyring) = values.keyring() else {
+        return Ok(0);
+    };
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id <> ?1",
+        [keyring.active()],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Opens every sealed row back to plaintext inside the caller's
+/// transaction; returns how many.
+pub(super) fn unseal_all(tx: &Connection, values: &Values) -> Result<u64, Fail> {
+    let rows = {
+        let mut stmt = tx.prepare(
+            "SELECT key_id, channel_id, group_name, access_token_enc FROM tokens \
+             WHERE access_token_enc IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut done = 0;
+    for (key_id, channel, group, sealed) in rows {
+        let row = Row {
+            key_id: &key_id,
+            channel: &channel,
+            group: &group,
+        };
+        let value = values.open(row, None, Some(sealed))?;
+        tx.execute(
+            "UPDATE tokens SET access_token = ?2, access_token_enc = NULL, enc_key_id = NULL \
+             WHERE key_id = ?1",
+            params![key_id, value.expose()],
+        )?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// After values changed form: moves the WAL into the file and truncates
+/// it, then rebuilds the file, so neither holds the old form in free pages.
+pub(super) fn scrub(conn: &Connection) -> Result<(), Fail> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.execute_batch("VACUUM")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// Fills `temp.screen_values` with every stored value, in the clear, for
+/// screening free text. `temp_store = MEMORY` keeps the table off disk.
+fn fill_screen(conn: &Connection, values: &Values) -> Result<(), Fail> {
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS screen_values (value TEXT NOT NULL); \
+         CREATE INDEX IF NOT EXISTS temp.screen_values_by_length ON screen_values (length(value)); \
+         DELETE FROM temp.screen_values; \
+         INSERT INTO temp.screen_values SELECT access_token FROM tokens \
+             WHERE access_token IS NOT NULL;",
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT key_id, channel_id, group_name, access_token_enc FROM tokens \
+         WHERE access_token_enc IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut insert = conn.prepare("INSERT INTO temp.screen_values (value) VALUES (?1)")?;
+    while let Some(r) = rows.next()? {
+        let key_id: String = r.get(0)?;
+        let channel: String = r.get(1)?;
+        let group: String = r.get(2)?;
+        let sealed: Vec<u8> = r.get(3)?;
+        let row = Row {
+            key_id: &key_id,
+            channel: &channel,
+            group: &group,
+        };
+        let value = values.open(row, None, Some(sealed))?;
+        insert.execute([value.expose()])?;
+    }
+    Ok(())
+}
+
+/// Adds a newly stored value to the screening table, in the caller's
+/// transaction.
+pub(super) fn remember(tx: &Connection, value: &AccessToken) -> Result<(), Fail> {
+    tx.execute(
+        "INSERT INTO temp.screen_values (value) VALUES (?1)",
+        [value.expose()],
+    )?;
+    Ok(())
+}
+
+/// Whether `text` contains a stored value; `could_hold` first asks the
+/// length index whether any value is short enough to fit in `longest_run`.
+pub(super) fn holds_value(conn: &Connection, text: &str, longest_run: usize) -> Result<bool, Fail> {
+    let shortest: Option<i64> = conn
+        .prepare_cached("SELECT min(length(value)) FROM temp.screen_values")?
+        .query_row([], |row| row.get(0))?;
+    let could_hold =
+        shortest.is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
+    Ok(could_hold
+        && conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM temp.screen_values WHERE instr(?1, value) > 0)",
+            )?
+            .query_row([text], |row| row.get(0))?)
+}
+
+impl super::Store {
+    /// Rows per key: plaintext (`key: None`) first, then each database
+    /// key, for `status` and the metrics.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn value_counts(&self) -> Result<Vec<ValueCount>, StoreError> {
+        self.read("counting token values per key", value_counts)
+    }
+
+    /// How many values each database key has sealed, ever.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn seal_counts(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.read("counting encryptions per key", seal_counts)
+    }
+
+    /// How many stored values failed to open since this store was opened.
+    pub fn decrypt_failures(&self) -> u64 {
+        self.inner.values.decrypt_failures()
+    }
+
+    /// The keyring this store seals and opens with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.inner.values.keyring()
+    }
+
+    /// [`Self::keyring`], shared: for a second connection to the same
+    /// database.
+    pub fn shared_keyring(&self) -> Option<Arc<Keyring>> {
+        self.inner.values.keyring.clone()
+    }
+
+    /// One re-encryption step: seals at most [`REKEY_BATCH`] rows that are
+    /// under another key (or plaintext) under the active key, in one
+    /// transaction. Without a keyring it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Undecryptable`], [`StoreError::KeyWornOut`],
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn rekey_step(&self) -> Result<RekeyProgress, StoreError> {
+        let values = &self.inner.values;
+        if values.keyring().is_none() {
+            return Ok(RekeyProgress {
+                rekeyed: 0,
+                remaining: 0,
+            });
+        }
+        self.write("re-encrypting token values", |tx| {
+            let rekeyed = reseal(tx, values, Some(REKEY_BATCH))?;
+            let remaining = off_active(tx, values)?;
+            Ok(RekeyProgress { rekeyed, remaining })
+        })
+    }
+
+    /// `linetokd db decrypt`: every sealed value back to plaintext in one
+    /// transaction, then the WAL truncated and the file rebuilt. Returns
+    /// how many rows were opened. The config's `[encryption]` must be
+    /// removed before the next start, or the daemon seals them again.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Undecryptable`], [`StoreError::Query`],
+    /// [`StoreError::ReadOnly`].
+    pub fn decrypt_all(&self) -> Result<u64, StoreError> {
+        let values = &self.inner.values;
+        let opened = self.write("decrypting token values", |tx| unseal_all(tx, values))?;
+        self.read("truncating the WAL and vacuuming", scrub)?;
+        Ok(opened)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_people_say_them() {
+        let counts = [
+            ValueCount { key: None, rows: 2 },
+            ValueCount {
+                key: Some(4),
+                rows: 1,
+            },
+        ];
+        assert_eq!(describe_counts(&counts), "plaintext: 2 rows, key 4: 1 row");
+    }
+}
