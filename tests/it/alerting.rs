@@ -920,6 +920,60 @@ mod notifier {
         );
     }
 
+    /// A resolve being retried when its alert fires again: the retry must
+    /// not tell the new episode (its `startsAt`) as resolved; the new
+    /// episode goes out as firing instead.
+    #[tokio::test]
+    async fn a_resolve_retried_after_its_alert_fired_again_does_not_resolve_the_new_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let first = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(first);
+        // The resolve (the second request) fails once.
+        let fake = Fake::start(|n| (if n == 1 { 500 } else { 200 }, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &Metrics::shared(),
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        sync(&store, t0(), &[no_live_token()]);
+        n.step().await.unwrap();
+        let resolved = t0() + Duration::seconds(60);
+        clock.set(resolved);
+        sync(&store, resolved, &[]);
+        n.step().await.unwrap();
+        assert_eq!(fake.got().len(), 2, "firing, then the resolve (500)");
+        // It fires again before the resolve's retry.
+        let again = resolved + Duration::seconds(2);
+        clock.set(again);
+        sync(&store, again, &[no_live_token()]);
+        // The retry falls due; then the new episode after group_wait.
+        for at in [
+            resolved + Duration::seconds(5),
+            again + Duration::seconds(30),
+        ] {
+            clock.set(at);
+            n.step().await.unwrap();
+        }
+        let starts = |a: &serde_json::Value| a["startsAt"].as_str().unwrap_or_default().to_owned();
+        let new_start = "2023-11-14T22:14:22.000Z";
+        let mut told_new_firing = false;
+        for g in fake.got() {
+            for a in g.json()["alerts"].as_array().cloned().unwrap_or_default() {
+                if starts(&a) == new_start {
+                    assert_eq!(a["status"], "firing", "the new episode told as {a}");
+                    told_new_firing = true;
+                }
+            }
+        }
+        assert!(
+            told_new_firing,
+            "{:#?}",
+            fake.got().iter().map(fake::Got::json).collect::<Vec<_>>()
+        );
+    }
+
     #[tokio::test]
     async fn retries_on_500_keep_the_webhook_id_and_back_off() {
         let dir = tempfile::tempdir().unwrap();
