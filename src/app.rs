@@ -38,9 +38,7 @@ use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
 use crate::store::LAST_RELOAD;
-use crate::store::{
-    AlertScope, AlertSpec, ChannelSpec, Durability, Store, StoreError, StoreOptions,
-};
+use crate::store::{ChannelSpec, Durability, Store, StoreError, StoreOptions};
 use crate::watch::ConfigWatcher;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -830,25 +828,8 @@ pub const CONFIG_RELOAD_FAILED: &str = "config_reload_failed";
 /// resolved when `None`. A store failure is logged: the outcome is also in
 /// the log and `linetokd status`.
 async fn reload_alert(store: &Store, now: DateTime<Utc>, failure: Option<String>) {
-    let specs: Vec<AlertSpec> = failure
-        .into_iter()
-        .map(|summary| AlertSpec {
-            group: None,
-            label: None,
-            alertname: CONFIG_RELOAD_FAILED,
-            severity: "warning",
-            summary,
-        })
-        .collect();
     let synced = store
-        .blocking(move |store| {
-            let scope = AlertScope {
-                channel: None,
-                group: None,
-                names: &[CONFIG_RELOAD_FAILED],
-            };
-            store.sync_alerts(now, scope, &specs)
-        })
+        .blocking(move |store| store.set_daemon_warning(now, CONFIG_RELOAD_FAILED, failure))
         .await;
     // Each edge logged once, as every other alert owner does.
     match synced {

@@ -641,35 +641,20 @@ impl Rotator {
             return Ok(());
         }
         let now = self.clock.now();
-        let specs: Vec<AlertSpec> = if fires {
-            vec![AlertSpec {
-                group: None,
-                label: None,
-                alertname: CLOCK_SKEW,
-                severity: "warning",
-                summary: format!(
-                    "this machine's clock is {} s {} LINE's (from the Date of LINE's answers); \
-                     rotations and deadlines are computed on the local clock: check NTP",
-                    skew.num_seconds().abs(),
-                    if skew > Duration::zero() {
-                        "ahead of"
-                    } else {
-                        "behind"
-                    }
-                ),
-            }]
-        } else {
-            Vec::new()
-        };
+        let summary = fires.then(|| {
+            format!(
+                "this machine's clock is {} s {} LINE's (from the Date of LINE's answers); \
+                 rotations and deadlines are computed on the local clock: check NTP",
+                skew.num_seconds().abs(),
+                if skew > Duration::zero() {
+                    "ahead of"
+                } else {
+                    "behind"
+                }
+            )
+        });
         let changes = self
-            .db(move |store| {
-                let scope = AlertScope {
-                    channel: None,
-                    group: None,
-                    names: &[CLOCK_SKEW],
-                };
-                store.sync_alerts(now, scope, &specs)
-            })
+            .db(move |store| store.set_daemon_warning(now, CLOCK_SKEW, summary))
             .await?;
         for raised in &changes.raised {
             tracing::warn!(alert = raised.alertname, "{}", raised.summary);

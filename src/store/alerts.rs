@@ -227,6 +227,37 @@ impl Store {
         self.read("listing firing alerts", |conn| firing_in(conn, None))
     }
 
+    /// States one daemon-wide warning (no channel, no group, no label):
+    /// firing with `summary`, or resolved when `None`. The owner of
+    /// `alertname` is the only caller that states it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::sync_alerts`].
+    pub fn set_daemon_warning(
+        &self,
+        now: DateTime<Utc>,
+        alertname: &'static str,
+        summary: Option<String>,
+    ) -> Result<AlertChanges, StoreError> {
+        let specs: Vec<AlertSpec> = summary
+            .into_iter()
+            .map(|summary| AlertSpec {
+                group: None,
+                label: None,
+                alertname,
+                severity: "warning",
+                summary,
+            })
+            .collect();
+        let scope = AlertScope {
+            channel: None,
+            group: None,
+            names: &[alertname],
+        };
+        self.sync_alerts(now, scope, &specs)
+    }
+
     /// The alerts firing in `scope`, oldest first.
     ///
     /// # Errors
