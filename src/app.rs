@@ -261,6 +261,7 @@ impl Daemon {
                 rotator.store().clone(),
                 rotator.clock(),
                 Arc::clone(&metrics),
+                rotator.subscribe(),
                 shutdown.child_token(),
             ));
         }

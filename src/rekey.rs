@@ -4,32 +4,43 @@
 //!
 //! Each tick seals at most [`REKEY_BATCH`] rows in one short transaction
 //! ([`Store::rekey_step`]), so the rotator never waits long for the
-//! writer. Ticks wait on the [`Clock`](crate::clock::Clock), never spin:
-//! [`BUSY_TICK`] while rows remain, [`IDLE_TICK`] once every row is under
-//! the active key (then only the metrics are refreshed).
+//! writer. Ticks wait on the [`Clock`](crate::clock::Clock), never spin,
+//! [`BUSY_TICK`] apart while rows remain. Afterwards the task wakes only
+//! for the rotator's events, to count the values again for the metrics:
+//! no timer runs between due times.
 //!
-//! Depends on `store`, `metrics` and `clock`; `app` starts it when the
-//! config has `[encryption]`.
+//! Depends on `store`, `metrics`, `clock` and `event`; `app` starts it
+//! when the config has `[encryption]`.
 
 use std::sync::Arc;
 
 use chrono::Duration;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::broadcast;
+
 use crate::clock::SharedClock;
+use crate::event::RotationEvent;
 use crate::metrics::Metrics;
 use crate::store::{REKEY_BATCH, Store, StoreError};
 
 /// The wait between re-encryption steps while rows remain.
 pub const BUSY_TICK: Duration = Duration::seconds(1);
-/// The wait between metric refreshes once every row is under the active key.
-pub const IDLE_TICK: Duration = Duration::seconds(60);
 
-/// Runs until `shutdown` is cancelled.
+/// How long the metric refresh waits after a token event for more of them
+/// (real time: it only bounds the counting work, decides nothing).
+const REFRESH_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Re-encrypts what is under other keys, a step per [`BUSY_TICK`] of the
+/// clock, then keeps the metrics current: a refresh after the token events
+/// of each second, and no wake-up without one. Runs until `shutdown` is
+/// cancelled. The active key changes only with a restart, so once every
+/// row is under it the re-encryption is done for this run.
 pub async fn run(
     store: Store,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    mut events: broadcast::Receiver<RotationEvent>,
     shutdown: CancellationToken,
 ) {
     let mut announced = false;
@@ -37,7 +48,7 @@ pub async fn run(
         let step = store.blocking(Store::rekey_step).await;
         // Before the logs below, so what they say is what /metrics shows.
         refresh_metrics(&store, &metrics).await;
-        let tick = match step {
+        match step {
             Ok(progress) => {
                 if progress.rekeyed > 0 && !announced {
                     tracing::info!(
@@ -47,29 +58,42 @@ pub async fn run(
                     );
                     announced = true;
                 }
-                if progress.remaining == 0 && announced {
-                    tracing::info!(
-                        "every stored token value is encrypted under the active database key; \
-                         keys no longer shown by `linetokd status` can be removed"
-                    );
-                    announced = false;
-                }
-                if progress.remaining > 0 {
-                    BUSY_TICK
-                } else {
-                    IDLE_TICK
+                if progress.remaining == 0 {
+                    if announced {
+                        tracing::info!(
+                            "every stored token value is encrypted under the active database \
+                             key; keys no longer shown by `linetokd status` can be removed"
+                        );
+                    }
+                    break;
                 }
             }
             Err(e) => {
-                tracing::error!(error = %crate::logging::error_chain(&e), "re-encrypting token values failed");
-                IDLE_TICK
+                tracing::error!(error = %crate::logging::error_chain(&e), "re-encrypting token values failed; trying again");
             }
-        };
-        let wake = clock.now() + tick;
+        }
+        let wake = clock.now() + BUSY_TICK;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = clock.sleep_until(wake) => {}
         }
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = events.recv() => {
+                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
+        // Take in what else happens meanwhile: one count for a burst.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(REFRESH_GAP) => {}
+        }
+        events = events.resubscribe();
+        refresh_metrics(&store, &metrics).await;
     }
 }
 

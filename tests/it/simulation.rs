@@ -286,11 +286,17 @@ fn write_setup(
     .unwrap();
     write_private(&key_file, &pem);
     let public = support::fixture_key().public_jwk().to_json_pretty();
+    // Every token value is stored encrypted (issue 11: the simulation
+    // passes with encryption on); the end checks the files hold none.
+    let db_key = dir.join("db-1.key");
+    linetokd::keygen::write_db_key(&db_key).unwrap();
     let mut toml = format!(
         "[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{dir}\"\nline_api = \"{line_api}\"\n\
-         listen = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\n[rotation]{rotation}\n{alerts}",
+         listen = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\n[rotation]{rotation}\n{alerts}\n\
+         [encryption]\nkey_files = [{{ id = 1, file = \"{key}\" }}]\nactive = 1\n",
         db = dir.join("linetokd.db").display(),
         dir = dir.display(),
+        key = db_key.display(),
     );
     for spec in specs {
         // LINE needs a secret for every channel; the daemon is only told
@@ -747,6 +753,11 @@ impl Running {
 }
 
 impl Lab {
+    /// The daemon's database file.
+    fn db_path(&self) -> PathBuf {
+        self.store.path().to_path_buf()
+    }
+
     async fn start(
         start: DateTime<Utc>,
         specs: Vec<ChannelSpec>,
@@ -773,7 +784,8 @@ impl Lab {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let crash = Arc::new(Mutex::new(Crash::default()));
         let daemon = Running::start(&config, &clock, &requests, &crash, &shutdown, 400).await;
-        let store = Store::open_read_only(&dir.path().join("linetokd.db")).unwrap();
+        let keyring = config.encryption.as_ref().map(|e| Arc::clone(&e.keyring));
+        let store = Store::open_read_only_with(&dir.path().join("linetokd.db"), keyring).unwrap();
         Self {
             clock,
             sandbox,
@@ -1451,22 +1463,13 @@ impl AlertWatch {
     /// Panics when any body a receiver got holds a piece (24 characters)
     /// of any token LINE issued, stored or not.
     fn assert_no_token_in_bodies(&self, sandbox: &Sandbox, specs: &[ChannelSpec]) -> usize {
-        const PIECE: usize = 24;
-        let mut pieces: HashSet<String> = HashSet::new();
-        for spec in specs {
-            for t in sandbox.tokens(&spec.id) {
-                let value = t.access_token.expose();
-                // After the JOSE header every LINE token shares.
-                let tail = value.split_once('.').map_or(value, |(_, rest)| rest);
-                pieces.insert(tail.chars().take(PIECE).collect());
-            }
-        }
+        let pieces = token_pieces(sandbox, specs);
         let tokenish = |c: char| c.is_ascii_alphanumeric() || "-_+/=.".contains(c);
         for (sink, posts) in self.sinks.iter().zip(&self.posts) {
             for p in posts {
                 for run in p.body.split(|c: char| !tokenish(c)) {
                     let run = run.as_bytes();
-                    for w in run.windows(PIECE) {
+                    for w in run.windows(TOKEN_PIECE) {
                         let w = std::str::from_utf8(w).unwrap();
                         assert!(
                             !pieces.contains(w),
@@ -1479,6 +1482,42 @@ impl AlertWatch {
             }
         }
         pieces.len()
+    }
+}
+
+/// How long a piece of a token value the end's searches look for.
+const TOKEN_PIECE: usize = 24;
+
+/// A piece ([`TOKEN_PIECE`] characters) of every token LINE issued, stored
+/// or not: the part after the JOSE header every LINE token shares.
+fn token_pieces(sandbox: &Sandbox, specs: &[ChannelSpec]) -> HashSet<String> {
+    let mut pieces: HashSet<String> = HashSet::new();
+    for spec in specs {
+        for t in sandbox.tokens(&spec.id) {
+            let value = t.access_token.expose();
+            let tail = value.split_once('.').map_or(value, |(_, rest)| rest);
+            pieces.insert(tail.chars().take(TOKEN_PIECE).collect());
+        }
+    }
+    pieces
+}
+
+/// Panics when the database file or its WAL holds a piece of any token
+/// LINE issued: with `[encryption]` every stored value is sealed.
+fn assert_no_token_in_files(db: &Path, pieces: &HashSet<String>) {
+    for path in [db.to_path_buf(), db.with_extension("db-wal")] {
+        let Ok(bytes) = fs::read(&path) else {
+            continue;
+        };
+        for w in bytes.windows(TOKEN_PIECE) {
+            if let Ok(w) = std::str::from_utf8(w) {
+                assert!(
+                    !pieces.contains(w),
+                    "{} holds a token value in plaintext",
+                    path.display()
+                );
+            }
+        }
     }
 }
 
@@ -2772,9 +2811,13 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
     sim.checker.finish(&sim.lab.store);
     let end = sim.lab.clock.now();
     let (bound, alerting) = sim.alerts.figures(end);
-    let token_pieces = sim
+    let tokens_searched = sim
         .alerts
         .assert_no_token_in_bodies(&sim.lab.sandbox, &sim.lab.specs);
+    assert_no_token_in_files(
+        &sim.lab.db_path(),
+        &token_pieces(&sim.lab.sandbox, &sim.lab.specs),
+    );
     let episodes = &sim.alerts.episodes;
     let (raised, resolved) = (
         episodes.len(),
@@ -2918,7 +2961,7 @@ async fn four_hundred_days_with_faults_keep_every_invariant() {
     println!(
         "simulation alerts: {raised} raised, {resolved} resolved ({unseen_resolves} resolves \
          unseen, {brief} over within the 30 s group wait), {alert_steps} notifier steps, at most \
-         {bound} notifications per receiver allowed; {}; no body held any of {token_pieces} tokens",
+         {bound} notifications per receiver allowed; {}; no body held any of {tokens_searched} tokens, nor the database",
         receivers.join("; ")
     );
 }
