@@ -27,6 +27,9 @@ use crate::store::{REKEY_BATCH, Store, StoreError};
 /// The wait between re-encryption steps while rows remain.
 pub const BUSY_TICK: Duration = Duration::seconds(1);
 
+/// The longest wait between attempts after re-encryption failed.
+const MAX_ERROR_WAIT: Duration = Duration::hours(1);
+
 /// How long the metric refresh waits after a token event for more of them
 /// (real time: it only bounds the counting work, decides nothing).
 const REFRESH_GAP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -44,12 +47,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut announced = false;
+    let mut wait = BUSY_TICK;
     loop {
         let step = store.blocking(Store::rekey_step).await;
         // Before the logs below, so what they say is what /metrics shows.
         refresh_metrics(&store, &metrics).await;
         match step {
             Ok(progress) => {
+                wait = BUSY_TICK;
                 if progress.rekeyed > 0 && !announced {
                     tracing::info!(
                         remaining = progress.remaining + progress.rekeyed,
@@ -69,10 +74,13 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %crate::logging::error_chain(&e), "re-encrypting token values failed; trying again");
+                // A worn-out or missing key does not mend itself: back off
+                // rather than log the same error every second.
+                wait = (wait * 2).min(MAX_ERROR_WAIT);
+                tracing::error!(error = %crate::logging::error_chain(&e), retry_in_s = wait.num_seconds(), "re-encrypting token values failed; trying again");
             }
         }
-        let wake = clock.now() + BUSY_TICK;
+        let wake = clock.now() + wait;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = clock.sleep_until(wake) => {}

@@ -248,10 +248,19 @@ pub(super) fn prepare(
     values: &Values,
     keep_plaintext: bool,
 ) -> Result<(), Fail> {
+    // Before anything may need a temporary file (VACUUM's copy, the
+    // screening table): they stay in memory, never in $TMPDIR.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     check_keys(conn, values)?;
     if values.keyring().is_some() {
         // From now on deleted content is zeroed, not left in free pages.
         conn.pragma_update(None, "secure_delete", true)?;
+        // A run that sealed the plaintext rows but died before scrubbing
+        // the file left the old values in free pages and the WAL.
+        if scrub_pending(conn)? {
+            tracing::info!("finishing an interrupted scrub of plaintext token values");
+            scrub(conn)?;
+        }
     }
     if values.keyring().is_some() && !keep_plaintext {
         let plaintext: i64 = conn.query_row(
@@ -266,6 +275,13 @@ pub(super) fn prepare(
             );
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sealed = reseal(&tx, values, None)?;
+            // Committed with the seals: a crash before the scrub below is
+            // finished at the next open.
+            tx.execute(
+                "INSERT INTO daemon_notes (key, value, at) VALUES (?1, 'pending', 0) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [SCRUB_PENDING],
+            )?;
             tx.commit()?;
             scrub(conn)?;
             tracing::warn!(
@@ -358,8 +374,10 @@ pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> 
     let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let rows = {
         let mut stmt = tx.prepare_cached(
+            // Ranges, not `<>`: the index on enc_key_id serves them, so a
+            // step does not scan the rows already under the active key.
             "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
-             WHERE enc_key_id IS NULL OR enc_key_id <> ?1 LIMIT ?2",
+             WHERE enc_key_id IS NULL OR enc_key_id < ?1 OR enc_key_id > ?1 LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![active, limit], |row| {
             Ok((
@@ -397,7 +415,8 @@ pub(super) fn off_active(conn: &Connection, values: &Values) -> Result<u64, Fail
         return Ok(0);
     };
     let n: i64 = conn.query_row(
-        "SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id <> ?1",
+        "SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id < ?1 \
+         OR enc_key_id > ?1",
         [keyring.active()],
         |row| row.get(0),
     )?;
@@ -440,19 +459,48 @@ pub(super) fn unseal_all(tx: &Connection, values: &Values) -> Result<u64, Fail> 
     Ok(done)
 }
 
+/// The daemon note that says plaintext values were sealed but the file
+/// not yet scrubbed of their old form.
+const SCRUB_PENDING: &str = "scrub_pending";
+
+fn scrub_pending(conn: &Connection) -> Result<bool, Fail> {
+    Ok(conn
+        .prepare("SELECT 1 FROM daemon_notes WHERE key = ?1")?
+        .exists([SCRUB_PENDING])?)
+}
+
 /// After values changed form: moves the WAL into the file and truncates
-/// it, then rebuilds the file, so neither holds the old form in free pages.
+/// it, then rebuilds the file, so neither holds the old form in free pages;
+/// then clears [`SCRUB_PENDING`].
 pub(super) fn scrub(conn: &Connection) -> Result<(), Fail> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    checkpoint_truncate(conn)?;
     conn.execute_batch("VACUUM")?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.execute("DELETE FROM daemon_notes WHERE key = ?1", [SCRUB_PENDING])?;
+    checkpoint_truncate(conn)?;
     Ok(())
+}
+
+/// `wal_checkpoint(TRUNCATE)`, which reports a reader in the way as a
+/// result, not an error: retried for a few seconds, then an error (the
+/// WAL would otherwise keep the old values while the log says otherwise).
+fn checkpoint_truncate(conn: &Connection) -> Result<(), Fail> {
+    for _ in 0..50 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(Fail::Corrupt(
+        "the WAL could not be truncated after sealing token values: another connection kept \
+         reading for 5 s; the old values stay in the -wal file until the next checkpoint"
+            .to_owned(),
+    ))
 }
 
 /// Fills `temp.screen_values` with every stored value, in the clear, for
 /// screening free text. `temp_store = MEMORY` keeps the table off disk.
 fn fill_screen(conn: &Connection, values: &Values) -> Result<(), Fail> {
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS screen_values (value TEXT NOT NULL); \
          CREATE INDEX IF NOT EXISTS temp.screen_values_by_length ON screen_values (length(value)); \
