@@ -1156,6 +1156,11 @@ fn wait_for_daemon_rekey(
 ) -> Result<(), Failure> {
     let active = ring.active();
     let store = open_read_only(db, Some(ring))?.ok_or_else(|| no_database(db))?;
+    // The daemon re-encrypts 100 rows a second under the key it started
+    // with: no progress for this many looks means it was not restarted
+    // after `active` changed.
+    const STALLED_LOOKS: u32 = 10;
+    let (mut last_off, mut still) = (u64::MAX, 0_u32);
     loop {
         let counts = store
             .value_counts()
@@ -1176,6 +1181,15 @@ fn wait_for_daemon_rekey(
             return Err(Failure::Runtime(anyhow::anyhow!(
                 "the daemon stopped with {off} token values not yet under key {active}; \
                  run `linetokd db rekey` now"
+            )));
+        }
+        still = if off < last_off { 0 } else { still + 1 };
+        last_off = off;
+        if still >= STALLED_LOOKS {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "{off} token values are not under key {active} and the running daemon has not \
+                 re-encrypted any for {STALLED_LOOKS} s: it uses the active key it started with; \
+                 restart it to take [encryption] active = {active}"
             )));
         }
         std::thread::sleep(REKEY_POLL);

@@ -907,6 +907,32 @@ async fn db_rekey_and_db_decrypt_run_with_the_daemon_stopped_and_name_it_when_it
         "{}",
         waited.all_text()
     );
+    // The config asks for key 1 now, but the daemon was not restarted: it
+    // keeps sealing under key 2, and `--wait` says so instead of waiting
+    // for ever.
+    let stale = dir.path().join("active-1.toml");
+    let text = std::fs::read_to_string(config).unwrap();
+    let swapped = text.replace("active = 2", "active = 1");
+    assert_ne!(text, swapped, "{text}");
+    std::fs::write(&stale, swapped).unwrap();
+    let mut stalled = Proc::spawn(
+        "rekey --wait, daemon not restarted",
+        &["db", "rekey", "--wait", "--config", stale.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(
+        stalled.exit().await.code(),
+        Some(1),
+        "{}",
+        stalled.all_text()
+    );
+    assert!(
+        stalled
+            .all_text()
+            .contains("restart it to take [encryption] active = 1"),
+        "{}",
+        stalled.all_text()
+    );
     let mut refused = run("decrypt beside the daemon", &["db", "decrypt"]);
     assert_eq!(
         refused.exit().await.code(),
