@@ -974,6 +974,50 @@ mod notifier {
         );
     }
 
+    /// A receiver down for a day: the notification is given up 24 h after
+    /// its first attempt, counted and ended (not retried any more).
+    #[tokio::test]
+    async fn a_notification_failing_for_24_hours_is_given_up_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let first = t0() + Duration::seconds(30);
+        let clock = ManualClock::new(first);
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|_| (503, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        sync(&store, t0(), &[no_live_token()]);
+        let mut at = first;
+        while at < first + Duration::hours(24) {
+            at = n.step().await.unwrap().expect("a retry is due");
+            clock.set(at);
+        }
+        n.step().await.unwrap();
+        let attempts = fake.got().len();
+        assert!(
+            attempts > 250,
+            "5 s doubling to 5 min over a day: {attempts}"
+        );
+        let state = &store.notification_states().unwrap()[0];
+        assert_eq!((state.sent_count, state.pending.clone()), (0, None));
+        assert!(
+            metrics.render().contains(
+                r#"linetokd_alert_notifications_total{receiver="ops",result="given_up"} 1"#
+            ),
+            "{}",
+            metrics.render()
+        );
+        // Given up, not retried: the next step waits for the repeat.
+        let after = clock.now();
+        let next = n.step().await.unwrap();
+        assert_eq!(fake.got().len(), attempts);
+        assert!(next.is_some_and(|t| t > after), "{next:?}");
+    }
+
     #[tokio::test]
     async fn retries_on_500_keep_the_webhook_id_and_back_off() {
         let dir = tempfile::tempdir().unwrap();
