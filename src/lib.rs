@@ -80,7 +80,7 @@
 //!   `rotator`, `store`
 //! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never
 //!   `rotator`: alerts reach it through the store)
-//! - `rekey` → `store`, `metrics`, `clock`
+//! - `rekey` → `store`, `metrics`, `clock`, `event`
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
 //!   `event`, `metrics`, `clock`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)

@@ -22,6 +22,10 @@
 //!   bounded exceptions (first-start burst, deadline rescue).
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
+//! - [`lost`]: when an issue of unknown outcome may have left a token
+//!   (`lost_token`).
+//! - [`skew`]: when the local clock is far enough from LINE's to alert
+//!   (`clock_skew`, with hysteresis).
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
 //! - [`words`]: `Display` for the policy's values, for whatever a person
 //!   reads (logs, `status`, the demo); never their `Debug` names.
