@@ -53,7 +53,7 @@ pub enum Command {
         /// File name prefix: writes NAME.private.pem and NAME.public.jwk.
         #[arg(long, default_value = "assertion")]
         name: String,
-        /// Write a database key for [encryption] key_files (32 random bytes, base64, mode 0600) to --out instead.
+        /// Write a database key for `[encryption]` key_files (32 random bytes, base64, mode 0600) to --out instead.
         #[arg(long)]
         db_key: bool,
     },
@@ -317,18 +317,18 @@ pub enum AlertsCommand {
 /// `linetokd db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Re-encrypt every stored token value under [encryption] active now (refused while the daemon runs: it does this in the background).
+    /// Re-encrypt every stored token value under `[encryption]` active now (refused while the daemon runs: it does this in the background).
     Rekey {
         /// Beside a running daemon, wait until it has re-encrypted every value instead of failing.
         #[arg(long)]
         wait: bool,
-        /// The config file (for the database path and [encryption]).
+        /// The config file (for the database path and `[encryption]`).
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Decrypt every stored token value back to plaintext (the daemon must be stopped); then remove [encryption].
+    /// Decrypt every stored token value back to plaintext (the daemon must be stopped); then remove `[encryption]`.
     Decrypt {
-        /// The config file (for the database path and [encryption]).
+        /// The config file (for the database path and `[encryption]`).
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },

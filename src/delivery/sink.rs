@@ -64,7 +64,7 @@ use crate::domain::{ChannelId, GroupName};
 const PASSWD: &str = "/etc/passwd";
 /// Where names given as a sink's `group` are looked up.
 const GROUP: &str = "/etc/group";
-/// The mode of a directory [`write`] has to create (see the module docs).
+/// The mode of a directory [`write()`] has to create (see the module docs).
 const CREATED_DIR_MODE: u32 = 0o755;
 
 /// What a sink file holds.

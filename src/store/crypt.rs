@@ -27,7 +27,7 @@
 //!   or read today.
 //!
 //! Pure: depends on aws-lc-rs and base64 only; no IO, no clock. The store
-//! ([`super::values`]) decides which rows are sealed and counts
+//! (`store::values`) decides which rows are sealed and counts
 //! encryptions per key; `config` reads key files through
 //! [`KeyMaterial::from_file_bytes`].
 

@@ -139,7 +139,7 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// The database keys (`[encryption]`): with one, every token value is
     /// sealed under its active key, and plaintext rows found at open are
-    /// sealed then ([`values`]). Without one, a database holding sealed
+    /// sealed then (`values`). Without one, a database holding sealed
     /// values is refused.
     pub keyring: Option<Arc<crypt::Keyring>>,
     /// Leaves plaintext rows as they are at open even with a keyring: for
