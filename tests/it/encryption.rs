@@ -768,6 +768,20 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
         &[],
     );
     token.exit_ok().await;
+    // `plan` reads the same encrypted store beside the running daemon.
+    let mut plan = Proc::spawn(
+        "plan",
+        &[
+            "plan",
+            "--days",
+            "1",
+            "--config",
+            lab.config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    plan.exit_ok().await;
+    assert!(plan.all_text().contains("issue"), "{}", plan.all_text());
     let printed = token.lines()[0].text.clone();
     assert!(
         tokens
@@ -845,7 +859,7 @@ async fn a_daemon_with_encryption_issues_rotates_and_serves_and_rekeys_without_a
             t.key_id
         );
     }
-    lab.assert_nothing_secret_printed(&[&daemon]).await;
+    lab.assert_nothing_secret_printed(&[&daemon, &plan]).await;
 }
 
 #[tokio::test]
