@@ -28,7 +28,7 @@ use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
 use crate::delivery::{Delivery, GroupDelivery, TokenBook};
-use crate::domain::{ChannelId, GroupName, RequestOutcome};
+use crate::domain::{ChannelId, GroupName, RequestOutcome, TokenKind};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
@@ -915,6 +915,12 @@ pub fn channel_specs(config: &ValidConfig) -> Vec<ChannelSpec> {
             id: c.id.clone(),
             name: c.name.clone(),
             groups: c.groups.iter().map(|g| g.name.clone()).collect(),
+            short_lived: c
+                .groups
+                .iter()
+                .filter(|g| g.kind == TokenKind::ShortLived)
+                .map(|g| g.name.clone())
+                .collect(),
             fingerprint: Some(channel_fingerprint(c)),
         })
         .collect()

@@ -68,6 +68,86 @@ id_type!(
     SigningKid
 );
 
+/// The prefix of the identity linetokd gives a short-lived token. LINE gives
+/// short-lived tokens no key ID, so the store keys them by a fingerprint of
+/// the value instead; `:` is not a character of LINE's key IDs
+/// ([`is_line_char`]), so the two can never collide and the kind of any
+/// stored token is read from its identity alone.
+pub const SHORT_LIVED_PREFIX: &str = "sl:";
+
+impl KeyId {
+    /// The identity of a short-lived token: `sl:` and the first 16 hex
+    /// digits of the SHA-256 of its value. Not reversible, and stable, so
+    /// the same token always maps to the same row.
+    pub fn short_lived(token: &AccessToken) -> Self {
+        use aws_lc_rs::digest::{SHA256, digest};
+        let hash = digest(&SHA256, token.expose().as_bytes());
+        let hex: String = hash.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self(format!("{SHORT_LIVED_PREFIX}{hex}"))
+    }
+
+    /// The kind of token this identity belongs to.
+    pub fn kind(&self) -> TokenKind {
+        if self.0.starts_with(SHORT_LIVED_PREFIX) {
+            TokenKind::ShortLived
+        } else {
+            TokenKind::V21
+        }
+    }
+}
+
+/// The kind of channel access token a group is kept with (docs/design.md,
+/// "Token kinds"). Each kind has its own pool of 30 at LINE.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum TokenKind {
+    /// Channel access token v2.1: issued with a signed JWT assertion, up to
+    /// 30 days, listed by key ID; LINE refuses a 31st.
+    #[default]
+    #[serde(rename = "v2.1")]
+    V21,
+    /// Short-lived channel access token: issued with the channel secret,
+    /// 30 days, never listed; a 31st silently evicts the channel's oldest.
+    #[serde(rename = "short-lived")]
+    ShortLived,
+}
+
+impl TokenKind {
+    /// The name used in the config, the store, status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V21 => "v2.1",
+            Self::ShortLived => "short-lived",
+        }
+    }
+
+    /// The kind named `name` in the config or the store.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "v2.1" => Some(Self::V21),
+            "short-lived" => Some(Self::ShortLived),
+            _ => None,
+        }
+    }
+
+    /// True when LINE lists live tokens of this kind by key ID, so a
+    /// reconcile can count them (and foreign ones). Short-lived tokens can
+    /// only be checked one by one with verify.
+    pub fn is_listed(self) -> bool {
+        self == Self::V21
+    }
+}
+
+impl fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A channel access token. Prints as its fingerprint, never its value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(Secret);
@@ -318,6 +398,11 @@ pub struct TokenRecord {
     /// expires, or a reconcile no longer finds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_at: Option<DateTime<Utc>>,
+    /// When LINE's verify last accepted it. The policy verifies every live
+    /// short-lived token on its own schedule (nothing lists them); for v2.1
+    /// only the group's current token is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
 }
 
 impl TokenRecord {
@@ -329,7 +414,13 @@ impl TokenRecord {
             expires_at,
             state: TokenState::Live,
             refused_at: None,
+            verified_at: None,
         }
+    }
+
+    /// The kind of token, read from its identity.
+    pub fn kind(&self) -> TokenKind {
+        self.key_id.kind()
     }
 
     /// True while LINE may still count it: recorded live and not expired
@@ -360,6 +451,24 @@ mod tests {
         ] {
             assert!(!shown.contains("VALUE"), "{shown}");
         }
+    }
+
+    #[test]
+    fn short_lived_identities_are_stable_fingerprints_of_their_own_kind() {
+        let a = KeyId::short_lived(&AccessToken::new("tok-VALUE-123"));
+        assert_eq!(a, KeyId::short_lived(&AccessToken::new("tok-VALUE-123")));
+        assert_ne!(a, KeyId::short_lived(&AccessToken::new("tok-VALUE-124")));
+        assert!(
+            a.as_str().starts_with("sl:") && a.as_str().len() == 19,
+            "{a}"
+        );
+        assert!(!a.as_str().contains("VALUE"));
+        assert_eq!(a.kind(), TokenKind::ShortLived);
+        assert_eq!(KeyId::new("sDTOzw5wIfxxxxPEzcmeQA").kind(), TokenKind::V21);
+        for kind in [TokenKind::V21, TokenKind::ShortLived] {
+            assert_eq!(TokenKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(TokenKind::parse("long-lived"), None);
     }
 
     #[test]

@@ -41,10 +41,12 @@ use std::mem::Discriminant;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::domain::{ChannelId, GroupName, KeyId, TokenRecord, TokenState};
+use crate::domain::{
+    ChannelId, GroupName, KeyId, SHORT_LIVED_PREFIX, TokenKind, TokenRecord, TokenState,
+};
 use crate::policy::{
     self, Alert, ChannelState, ChannelView, GroupView, IssueReason, Next, RevokeReason, Rules,
-    Step, drive,
+    Step, drive, rules::SHORT_LIVED_LIFETIME,
 };
 
 /// The prefix of the key IDs given to tokens the forecast imagines issued.
@@ -269,9 +271,16 @@ impl Names {
         Self { taken, next: 1 }
     }
 
-    fn fresh(&mut self) -> KeyId {
+    /// A fresh name for a token of `kind`: short-lived ones carry the
+    /// `sl:` prefix their real identities have, so the driver counts them
+    /// in their own pool.
+    fn fresh(&mut self, kind: TokenKind) -> KeyId {
+        let prefix = match kind {
+            TokenKind::V21 => "",
+            TokenKind::ShortLived => SHORT_LIVED_PREFIX,
+        };
         loop {
-            let candidate = KeyId::new(format!("{SYNTHETIC_KEY_PREFIX}{}", self.next));
+            let candidate = KeyId::new(format!("{prefix}{SYNTHETIC_KEY_PREFIX}{}", self.next));
             self.next += 1;
             if self.taken.insert(candidate.clone()) {
                 return candidate;
@@ -444,7 +453,13 @@ impl ChannelRun {
                 return;
             }
             Step::Verify { key_id } => {
-                self.state.groups[i].last_verified_at = Some(t);
+                let g = &mut self.state.groups[i];
+                if g.current(t).is_some_and(|c| c.key_id == *key_id) {
+                    g.last_verified_at = Some(t);
+                }
+                if let Some(token) = g.tokens.iter_mut().find(|k| k.key_id == *key_id) {
+                    token.verified_at = Some(t);
+                }
                 Action::Verify {
                     key_id: key_id.clone(),
                 }
@@ -456,11 +471,12 @@ impl ChannelRun {
             Step::Issue {
                 reason, token_exp, ..
             } => {
-                let key_id = names.fresh();
-                let lifetime = if *token_exp > Duration::zero() {
-                    *token_exp
-                } else {
-                    rules.token_lifetime
+                let kind = self.state.groups[i].kind;
+                let key_id = names.fresh(kind);
+                let lifetime = match kind {
+                    TokenKind::ShortLived => SHORT_LIVED_LIFETIME,
+                    TokenKind::V21 if *token_exp > Duration::zero() => *token_exp,
+                    TokenKind::V21 => rules.token_lifetime,
                 };
                 let expires_at = t
                     .checked_add_signed(lifetime)
@@ -470,8 +486,10 @@ impl ChannelRun {
                 let g = &mut self.state.groups[i];
                 g.issued_last_hour = g.issued_last_hour.saturating_add(1);
                 g.last_issue_at = Some(t);
-                g.tokens
-                    .push(TokenRecord::live(key_id.clone(), t, expires_at));
+                g.tokens.push(TokenRecord {
+                    verified_at: Some(t),
+                    ..TokenRecord::live(key_id.clone(), t, expires_at)
+                });
                 g.last_verified_at = Some(t);
                 g.requests.clear();
                 Action::Issue {
@@ -572,6 +590,7 @@ mod tests {
             expires_at: issued + lifetime,
             state: TokenState::Live,
             refused_at: None,
+            verified_at: None,
         }
     }
 

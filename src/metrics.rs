@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::channel_index::ChannelIndex;
-use crate::domain::{ChannelId, GroupName};
+use crate::domain::{ChannelId, GroupName, TokenKind};
 
 /// A label value shared by every series that carries it. Per-group series
 /// are most of the daemon's memory at 100,000 groups: the channel's ID and
@@ -54,6 +54,31 @@ pub struct OwnerLabels {
     pub channel_name: Label,
     /// `ours` or `foreign`.
     pub owner: &'static str,
+    /// The token kind (`v2.1`, `short-lived`): each kind is its own pool
+    /// of 30 at LINE.
+    pub kind: &'static str,
+}
+
+/// Labels of a group's live-token gauge: the group's labels and its kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindGroupLabels {
+    /// The channel ID.
+    pub channel: Label,
+    /// The channel's configured name.
+    pub channel_name: Label,
+    /// The group name.
+    pub group: Label,
+    /// The kind of token the group is kept with.
+    pub kind: &'static str,
+}
+
+/// Labels of a per-channel counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// The channel ID.
+    pub channel: Label,
+    /// The channel's configured name.
+    pub channel_name: Label,
 }
 
 /// Labels of the rotation counter.
@@ -92,6 +117,16 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// `labels` with the `kind` label.
+fn kind_labels(labels: &GroupLabels, kind: TokenKind) -> KindGroupLabels {
+    KindGroupLabels {
+        channel: labels.channel.clone(),
+        channel_name: labels.channel_name.clone(),
+        group: labels.group.clone(),
+        kind: kind.as_str(),
+    }
+}
+
 type GaugeF = Gauge<f64, AtomicU64>;
 
 /// Every metric linetokd exports.
@@ -99,8 +134,9 @@ pub struct Metrics {
     registry: Registry,
     token_expiry: Family<GroupLabels, GaugeF>,
     next_rotation: Family<GroupLabels, GaugeF>,
-    live_tokens: Family<GroupLabels, Gauge>,
+    live_tokens: Family<KindGroupLabels, Gauge>,
     channel_tokens: Family<OwnerLabels, Gauge>,
+    short_lived_evictions: Family<ChannelLabels, Counter>,
     rotations: Family<RotationLabels, Counter>,
     line_requests: Family<RequestLabels, Counter>,
     line_latency: Family<EndpointLabels, Histogram>,
@@ -183,17 +219,25 @@ impl Metrics {
             "When the group's next token is due to be issued (Unix time)",
             next_rotation.clone(),
         );
-        let live_tokens = Family::<GroupLabels, Gauge>::default();
+        let live_tokens = Family::<KindGroupLabels, Gauge>::default();
         registry.register(
             "live_tokens",
-            "Live tokens linetokd issued for the group (at most 2)",
+            "Live tokens linetokd issued for the group (at most 2), labelled with the group's kind",
             live_tokens.clone(),
         );
         let channel_tokens = Family::<OwnerLabels, Gauge>::default();
         registry.register(
             "channel_tokens",
-            "Live v2.1 tokens on the channel, ours and foreign (LINE caps the sum at 30)",
+            "Live tokens on the channel by kind, ours and foreign (LINE caps each kind at 30; \
+             foreign short-lived tokens cannot be seen)",
             channel_tokens.clone(),
+        );
+        let short_lived_evictions = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "short_lived_evictions",
+            "Short-lived tokens of ours that LINE's verify refused with time left \
+             (evicted by a 31st, or revoked outside linetokd)",
+            short_lived_evictions.clone(),
         );
         let rotations = Family::<RotationLabels, Counter>::default();
         registry.register("rotations", "Token issuances by result", rotations.clone());
@@ -283,6 +327,7 @@ impl Metrics {
             next_rotation,
             live_tokens,
             channel_tokens,
+            short_lived_evictions,
             rotations,
             line_requests,
             line_latency,
@@ -322,6 +367,7 @@ impl Metrics {
         self.next_rotation.clear();
         self.live_tokens.clear();
         self.channel_tokens.clear();
+        self.short_lived_evictions.clear();
         self.rotations.clear();
         self.hook_runs.clear();
     }
@@ -369,13 +415,20 @@ impl Metrics {
         &self,
         channel: &ChannelId,
         group: &GroupName,
+        kind: TokenKind,
         live: usize,
         current_expiry: Option<DateTime<Utc>>,
         next_rotation: Option<DateTime<Utc>>,
     ) {
         let labels = self.group_labels(channel, group);
+        // One series per group: a group that changed kind drops the other.
+        for other in [TokenKind::V21, TokenKind::ShortLived] {
+            if other != kind {
+                self.live_tokens.remove(&kind_labels(&labels, other));
+            }
+        }
         self.live_tokens
-            .get_or_create(&labels)
+            .get_or_create(&kind_labels(&labels, kind))
             .set(i64::try_from(live).unwrap_or(i64::MAX));
         match current_expiry {
             Some(at) => {
@@ -398,7 +451,9 @@ impl Metrics {
     /// Forgets a group that left the config.
     pub fn remove_group(&self, channel: &ChannelId, group: &GroupName) {
         let labels = self.group_labels(channel, group);
-        self.live_tokens.remove(&labels);
+        for kind in [TokenKind::V21, TokenKind::ShortLived] {
+            self.live_tokens.remove(&kind_labels(&labels, kind));
+        }
         self.token_expiry.remove(&labels);
         self.next_rotation.remove(&labels);
         self.remove_sinks(channel, group);
@@ -411,18 +466,37 @@ impl Metrics {
         self.sink_last_success.remove(&labels);
     }
 
-    /// Records a channel's live token counts.
-    pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32) {
+    /// Records a channel's live token counts: ours and foreign v2.1 tokens
+    /// (LINE lists both), and our short-lived ones (nobody can list
+    /// another issuer's).
+    pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32, ours_short: u32) {
         let (channel, channel_name) = self.channel_labels(channel);
-        for (owner, n) in [("ours", ours), ("foreign", foreign)] {
+        for (owner, kind, n) in [
+            ("ours", TokenKind::V21, ours),
+            ("foreign", TokenKind::V21, foreign),
+            ("ours", TokenKind::ShortLived, ours_short),
+        ] {
             self.channel_tokens
                 .get_or_create(&OwnerLabels {
                     channel: channel.clone(),
                     channel_name: channel_name.clone(),
                     owner,
+                    kind: kind.as_str(),
                 })
                 .set(i64::from(n));
         }
+    }
+
+    /// Counts a short-lived token of ours that LINE's verify refused with
+    /// time left.
+    pub fn short_lived_evicted(&self, channel: &ChannelId) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.short_lived_evictions
+            .get_or_create(&ChannelLabels {
+                channel,
+                channel_name,
+            })
+            .inc();
     }
 
     /// Counts an issuance.
@@ -697,7 +771,7 @@ mod tests {
         let m = Metrics::new();
         let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
         m.set_channel_names(names(&c, "shop-bot"));
-        m.set_group(&c, &g, 1, None, None);
+        m.set_group(&c, &g, TokenKind::V21, 1, None, None);
         m.rotation(&c, &g, true);
         // A reload that renamed nothing keeps every series.
         m.set_channel_names(names(&c, "shop-bot"));
@@ -705,12 +779,12 @@ mod tests {
             r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="success"} 1"#
         ));
         m.set_channel_names(names(&c, "store-bot"));
-        m.set_group(&c, &g, 1, None, None);
+        m.set_group(&c, &g, TokenKind::V21, 1, None, None);
         let text = m.render();
         assert!(!text.contains("shop-bot"), "{text}");
         assert!(
             text.contains(
-                r#"linetokd_live_tokens{channel="1",channel_name="store-bot",group="backend"} 1"#
+                r#"linetokd_live_tokens{channel="1",channel_name="store-bot",group="backend",kind="v2.1"} 1"#
             ),
             "{text}"
         );
@@ -722,8 +796,8 @@ mod tests {
         let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
         m.set_channel_names(names(&c, "shop-bot"));
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        m.set_group(&c, &g, 2, Some(at), Some(at));
-        m.set_channel(&c, 3, 10);
+        m.set_group(&c, &g, TokenKind::V21, 2, Some(at), Some(at));
+        m.set_channel(&c, 3, 10, 0);
         m.rotation(&c, &g, true);
         m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);
@@ -736,8 +810,9 @@ mod tests {
         for needle in [
             r#"linetokd_token_expiry_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
             r#"linetokd_next_rotation_timestamp_seconds{channel="1",channel_name="shop-bot",group="backend"} 1800000000"#,
-            r#"linetokd_live_tokens{channel="1",channel_name="shop-bot",group="backend"} 2"#,
-            r#"linetokd_channel_tokens{channel="1",channel_name="shop-bot",owner="foreign"} 10"#,
+            r#"linetokd_live_tokens{channel="1",channel_name="shop-bot",group="backend",kind="v2.1"} 2"#,
+            r#"linetokd_channel_tokens{channel="1",channel_name="shop-bot",owner="foreign",kind="v2.1"} 10"#,
+            r#"linetokd_channel_tokens{channel="1",channel_name="shop-bot",owner="ours",kind="short-lived"} 0"#,
             r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="success"} 1"#,
             r#"linetokd_line_requests_total{endpoint="v21_issue",status="200"} 1"#,
             r#"linetokd_line_request_duration_seconds_count{endpoint="v21_issue"} 1"#,

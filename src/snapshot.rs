@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenState};
+use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenKind, TokenState};
 use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState};
 use crate::store::{ChannelRow, GroupRow, GroupRuntime, Scope, Store, StoreError, StoredToken};
 
@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub issues_last_hour: Vec<(GroupName, DateTime<Utc>)>,
     /// Open operator requests, by group, oldest first.
     pub requests: Vec<(GroupName, OpenRequest)>,
+    /// Each group's latest short-lived token found evicted within
+    /// [`policy::EVICTION_ALERT_SPAN`] of `now`.
+    pub evictions: Vec<(GroupName, DateTime<Utc>)>,
 }
 
 impl Snapshot {
@@ -54,7 +57,7 @@ impl Snapshot {
     ) -> Result<Self, StoreError> {
         let channel = store.channel(channel_id)?;
         let settled = channel.as_ref().map_or(0, |c| c.settled_through_intent);
-        let parts = Parts {
+        let mut parts = Parts {
             // Only the tokens still recorded live: the policy ignores the
             // rest, and a group's dead tokens pile up with every rotation.
             live: store.live_tokens_of_channel(channel_id)?,
@@ -67,7 +70,20 @@ impl Snapshot {
             unsettled: store.unsettled_issues(channel_id, settled)?,
             issues: store.issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?,
             requests: store.open_requests(channel_id)?,
+            evictions: Vec::new(),
         };
+        // Only a channel with short-lived groups can have evictions: the
+        // usual channel skips the read.
+        if parts.groups.iter().any(|g| g.kind == TokenKind::ShortLived) {
+            parts.evictions = store
+                .evictions_in(
+                    Scope::Channel(channel_id),
+                    now - policy::EVICTION_ALERT_SPAN,
+                )?
+                .into_iter()
+                .map(|(_, group, at)| (group, at))
+                .collect();
+        }
         Ok(parts.assemble(channel, now))
     }
 
@@ -153,6 +169,13 @@ impl Snapshot {
                 p.requests.push((group, request));
             }
         }
+        for (channel, group, at) in
+            store.evictions_in(Scope::All, now - policy::EVICTION_ALERT_SPAN)?
+        {
+            if let Some(p) = parts.get_mut(&channel) {
+                p.evictions.push((group, at));
+            }
+        }
         Ok((rows, parts))
     }
 
@@ -179,6 +202,7 @@ impl Snapshot {
         GroupView {
             channel: channel.clone(),
             group: row.name.clone(),
+            kind: row.kind,
             tokens: tokens.iter().map(|t| t.record.clone()).collect(),
             last_verified_at: current_verified,
             can_revoke,
@@ -192,6 +216,12 @@ impl Snapshot {
             issued_last_hour: u32::try_from(issued_last_hour).unwrap_or(u32::MAX),
             last_issue_at: own_issues().max(),
             retry: retry_from_runtime(&row.runtime),
+            evicted_at: self
+                .evictions
+                .iter()
+                .filter(|(g, _)| *g == row.name)
+                .map(|(_, at)| *at)
+                .max(),
         }
     }
 
@@ -247,6 +277,7 @@ struct Parts {
     /// Issue attempts since an hour before `now` (the bound included).
     issues: Vec<(GroupName, DateTime<Utc>)>,
     requests: Vec<(GroupName, OpenRequest)>,
+    evictions: Vec<(GroupName, DateTime<Utc>)>,
 }
 
 impl Parts {
@@ -275,6 +306,7 @@ impl Parts {
                 .filter(|(_, at)| *at > window_start)
                 .collect(),
             requests: self.requests,
+            evictions: self.evictions,
         }
     }
 }

@@ -112,6 +112,7 @@ struct ChannelView {
 #[derive(Serialize)]
 struct GroupView {
     name: String,
+    kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     on_rotate: Option<Vec<String>>,
     hook_timeout: String,
@@ -179,6 +180,7 @@ impl Settings {
                         .iter()
                         .map(|g| GroupView {
                             name: g.name.clone(),
+                            kind: g.kind.clone(),
                             on_rotate: g.on_rotate.clone(),
                             hook_timeout: fmt_dur(g.hook_timeout),
                             api_key_file: g.api_key_file.as_deref().map(secret_file),

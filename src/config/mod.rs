@@ -229,6 +229,11 @@ pub struct GroupSettings {
     /// The group's name, unique within its channel.
     #[serde(default)]
     pub name: String,
+    /// The kind of token the group is kept with: `"v2.1"` (the default;
+    /// JWT assertion) or `"short-lived"` (needs the channel's
+    /// `secret_file`).
+    #[serde(default = "default_kind")]
+    pub kind: String,
     /// Files the current token is written to.
     #[serde(default)]
     pub sinks: Vec<SinkSettings>,
@@ -246,6 +251,10 @@ pub struct GroupSettings {
     /// serves this group nothing.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
+}
+
+fn default_kind() -> String {
+    crate::domain::TokenKind::V21.as_str().to_owned()
 }
 
 fn default_hook_timeout() -> Duration {

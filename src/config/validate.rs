@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::channel_index::ChannelIndex;
-use crate::domain::{ChannelId, ChannelSecret, GroupName, SigningKid};
+use crate::domain::{ChannelId, ChannelSecret, GroupName, SigningKid, TokenKind};
 use crate::line::keys::SigningKey;
 use crate::secret::Secret;
 
@@ -114,7 +114,26 @@ impl ValidConfig {
     /// What is allowed but likely a mistake, one sentence each: shown by
     /// `linetokd check-config` and logged when the daemon loads the file.
     pub fn warnings(&self) -> Vec<String> {
-        self.alerts.warnings()
+        let mut out = self.alerts.warnings();
+        for c in &self.channels {
+            let short: Vec<&str> = c
+                .groups
+                .iter()
+                .filter(|g| g.kind == TokenKind::ShortLived)
+                .map(|g| g.name.as_str())
+                .collect();
+            if !short.is_empty() {
+                out.push(format!(
+                    "channel {} keeps {} with short-lived tokens: LINE evicts the channel's \
+                     oldest short-lived token when a 31st is issued, so another issuer on \
+                     this channel can evict ours (and ours theirs); linetokd notices an \
+                     eviction only at the next verify (rotation.verify_interval)",
+                    c.name,
+                    short.join(", ")
+                ));
+            }
+        }
+        out
     }
 
     /// The channels by ID and by name, for whatever names a channel
@@ -223,6 +242,8 @@ pub struct ChannelConfig {
 pub struct GroupConfig {
     /// The group's name, unique in its channel.
     pub name: GroupName,
+    /// The kind of token it is kept with.
+    pub kind: TokenKind,
     /// Files the current token is written to.
     pub sinks: Vec<SinkConfig>,
     /// The program run after each new token, if any.
@@ -641,14 +662,35 @@ impl Validator {
                 ),
             );
         }
-        if c.groups.len() > MAX_GROUPS_PER_CHANNEL {
+        for kind in [TokenKind::V21, TokenKind::ShortLived] {
+            let n = c
+                .groups
+                .iter()
+                .filter(|g| TokenKind::parse(&g.kind) == Some(kind))
+                .count();
+            if n > MAX_GROUPS_PER_CHANNEL {
+                self.problem(
+                    format!("{at}.group"),
+                    format!(
+                        "has {n} {kind} groups; at most {MAX_GROUPS_PER_CHANNEL} fit in one channel \
+                         (LINE allows {CHANNEL_TOKEN_CAP} live {kind} tokens and each group may \
+                         hold {TOKENS_PER_GROUP})"
+                    ),
+                );
+            }
+        }
+        if c.secret_file.is_none()
+            && let Some(g) = c
+                .groups
+                .iter()
+                .find(|g| TokenKind::parse(&g.kind) == Some(TokenKind::ShortLived))
+        {
             self.problem(
-                format!("{at}.group"),
+                format!("{at}.secret_file"),
                 format!(
-                    "has {} groups; at most {MAX_GROUPS_PER_CHANNEL} fit in one channel \
-                     (LINE allows {CHANNEL_TOKEN_CAP} live tokens and each group may hold \
-                     {TOKENS_PER_GROUP})",
-                    c.groups.len()
+                    "is missing, but group {:?} is kept with short-lived tokens, which LINE \
+                     issues only with the channel secret",
+                    g.name
                 ),
             );
         }
@@ -736,8 +778,10 @@ impl Validator {
                 .map(Some),
             None => Some(None),
         };
+        let kind = self.keep(&format!("{at}.kind"), check_kind(&g.kind));
         Some(GroupConfig {
             name: GroupName::new(name?),
+            kind: kind?,
             sinks: sinks?,
             on_rotate: on_rotate?,
             api_key: api_key?,
@@ -934,6 +978,16 @@ fn check_kid(kid: &str) -> Result<String, String> {
         ));
     }
     Ok(kid.to_owned())
+}
+
+/// A group's `kind`: one of the token kinds a group can be kept with.
+fn check_kind(kind: &str) -> Result<TokenKind, String> {
+    TokenKind::parse(kind).ok_or_else(|| {
+        format!(
+            "is {kind:?}; a group is kept with \"v2.1\" (the default) or \"short-lived\" tokens \
+             (stateless and long-lived tokens are set per channel, not per group)"
+        )
+    })
 }
 
 /// Channel and group names end up in URLs, file names, metric labels and

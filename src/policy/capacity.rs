@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
-use crate::domain::{GroupName, KeyId};
+use crate::domain::{GroupName, KeyId, TokenKind};
 
 /// How many more tokens the channel can take, once `revoking` of our live
 /// tokens are revoked: `cap - live_ours - foreign - lost + revoking`.
@@ -28,14 +28,25 @@ pub fn free_capacity(channel: &ChannelView, rules: &Rules, revoking: u32) -> i64
         + i64::from(revoking)
 }
 
-/// The number of our live tokens across `groups` at `now`: the value for
-/// [`ChannelView::live_ours`].
-pub fn live_ours(now: DateTime<Utc>, groups: &[GroupView]) -> u32 {
-    let n: usize = groups.iter().map(|g| g.live_tokens(now).len()).sum();
+/// The number of our live tokens of `kind` across `groups` at `now`: the
+/// value for [`ChannelView::live_ours`] of that kind's pool. Tokens are
+/// counted by their own kind, not their group's: a group that changed kind
+/// still holds tokens of the old one in the old pool.
+pub fn live_ours(now: DateTime<Utc>, groups: &[GroupView], kind: TokenKind) -> u32 {
+    let n: usize = groups
+        .iter()
+        .map(|g| {
+            g.live_tokens(now)
+                .into_iter()
+                .filter(|t| t.kind() == kind)
+                .count()
+        })
+        .sum();
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Up to `needed` of our own tokens whose revocation frees capacity without
+/// Up to `needed` of our own tokens of `kind` whose revocation frees capacity
+/// in that kind's pool without
 /// taking any group's current token: superseded ("previous" and excess)
 /// tokens, and every live token of groups removed longer than
 /// `removal_grace` ago. Only groups that can revoke contribute. The token
@@ -46,6 +57,7 @@ pub fn capacity_victims(
     groups: &[GroupView],
     needed: u32,
     rules: &Rules,
+    kind: TokenKind,
 ) -> Vec<(GroupName, KeyId)> {
     let mut candidates: Vec<(DateTime<Utc>, &GroupName, &KeyId)> = Vec::new();
     for g in groups.iter().filter(|g| g.can_revoke) {
@@ -56,12 +68,14 @@ pub fn capacity_victims(
                 candidates.extend(
                     g.live_tokens(now)
                         .into_iter()
+                        .filter(|t| t.kind() == kind)
                         .map(|t| (at, &g.group, &t.key_id)),
                 );
             }
             _ => candidates.extend(
                 g.superseded(now)
                     .into_iter()
+                    .filter(|(k, _)| k.kind() == kind)
                     .map(|(k, at)| (at, &g.group, k)),
             ),
         }

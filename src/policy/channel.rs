@@ -19,6 +19,13 @@
 //! group's plan and only the issues that need a fresh listing wait; the
 //! groups' verifies and revocations go on.
 //!
+//! A channel has one pool of 30 per token kind at LINE. Each group is
+//! planned against the pool of its own kind ([`pool_view`]): v2.1 groups
+//! against the listed counts (ours, foreign, lost), short-lived groups
+//! against our own short-lived tokens only, since LINE lists none of them
+//! (other issuers' short-lived tokens are invisible; the 31st evicts the
+//! oldest, which only verify notices). Capacity is freed within a pool.
+//!
 //! Pure, like the rest of `policy`: no clock, no IO, no randomness.
 
 use chrono::{DateTime, Utc};
@@ -28,7 +35,7 @@ use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
-use crate::domain::{GroupName, KeyId};
+use crate::domain::{GroupName, KeyId, TokenKind};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
 /// ones that still hold live tokens) and its counts. `view.live_ours` is
@@ -83,10 +90,8 @@ pub struct Decision {
 /// Decides the next thing to do on one channel at `now`. See the module
 /// documentation.
 pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decision {
-    let view = ChannelView {
-        live_ours: live_ours(now, &state.groups),
-        ..state.view.clone()
-    };
+    let view = pool_view(now, state, TokenKind::V21);
+    let short_view = pool_view(now, state, TokenKind::ShortLived);
     let listing_held_until = view
         .reconcile_retry
         .as_ref()
@@ -96,6 +101,9 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         .groups
         .iter()
         .map(|g| {
+            if !g.kind.is_listed() {
+                return plan_group(now, g, &short_view, rules);
+            }
             let mut plan = plan_group(now, g, &view, rules);
             if let Some(until) = listing_held_until {
                 hold_listing(&mut plan, now, until, rules);
@@ -118,7 +126,10 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
     }
     // Our own superseded tokens are room we can take back at any time, so
     // they do not make the channel "nearly full"; what cannot be freed does.
-    let freeable = capacity_victims(now, &state.groups, u32::MAX, rules).len();
+    // Only the v2.1 pool is judged: the short-lived one holds at most our
+    // own (validation keeps them within 30), and other issuers' short-lived
+    // tokens cannot be seen at all.
+    let freeable = capacity_victims(now, &state.groups, u32::MAX, rules, TokenKind::V21).len();
     let free = free_capacity(&view, rules, u32::try_from(freeable).unwrap_or(u32::MAX));
     if free <= i64::from(rules.capacity_low_threshold) {
         channel_alerts.push(Alert::CapacityLow {
@@ -134,7 +145,8 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         }
     } else if let Some((i, victims)) = plans.iter().enumerate().find_map(|(i, p)| match p.hold {
         Some(Hold::Capacity { needed }) => {
-            let victims = capacity_victims(now, &state.groups, needed, rules);
+            let kind = state.groups[i].kind;
+            let victims = capacity_victims(now, &state.groups, needed, rules, kind);
             (!victims.is_empty()).then_some((i, victims))
         }
         _ => None,
@@ -162,6 +174,27 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
     }
 }
 
+/// The pool of `kind` on the channel as the groups of that kind see it: our
+/// live tokens of that kind counted from the groups, and for v2.1 the
+/// channel's listing, foreign and lost counts and holds. LINE lists no
+/// short-lived tokens, so their pool has none of those: only our own count
+/// and the channel's hourly budget, which every kind shares.
+fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> ChannelView {
+    let live_ours = live_ours(now, &state.groups, kind);
+    if kind.is_listed() {
+        ChannelView {
+            live_ours,
+            ..state.view.clone()
+        }
+    } else {
+        ChannelView {
+            live_ours,
+            issue_times_last_hour: state.view.issue_times_last_hour.clone(),
+            ..ChannelView::default()
+        }
+    }
+}
+
 /// Takes the key-ID listing out of a plan while the channel's listing
 /// streak holds it until `until`: the plan's other steps stand (verify and
 /// revoke do not need it), and a plan left without steps wakes at `until`.
@@ -185,6 +218,7 @@ pub fn full_until(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Da
         .groups
         .iter()
         .flat_map(|g| g.live_tokens(now))
+        .filter(|t| t.kind() == TokenKind::V21)
         .map(|t| time::add(t.expires_at, margin))
         .fold(recheck, DateTime::min)
 }
@@ -199,7 +233,7 @@ pub fn listing_deadline(
     state
         .groups
         .iter()
-        .filter(|g| g.removed_at.is_none())
+        .filter(|g| g.removed_at.is_none() && g.kind.is_listed())
         .filter_map(|g| super::plan::deadline(now, g, rules))
         .min()
 }
@@ -390,7 +424,7 @@ mod tests {
         };
         let now = t0() + Duration::hours(2);
         let d = drive(now, &state, &rules);
-        assert_eq!(live_ours(now, &state.groups), 1);
+        assert_eq!(live_ours(now, &state.groups, TokenKind::V21), 1);
         match d.next {
             Next::Execute { plan, .. } => {
                 assert!(matches!(

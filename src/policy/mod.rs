@@ -59,8 +59,8 @@ pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadl
 pub use jitter::{JitterPurpose, stable_jitter};
 pub use lost::{UnknownOutcome, lost_tokens};
 pub use plan::{
-    Alert, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step, deadline, plan_group,
-    rotation_due_at, verify_due_at,
+    Alert, EVICTION_ALERT_SPAN, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step,
+    deadline, plan_group, rotation_due_at, token_verify_due_at, verify_due_at,
 };
 pub use rate::{BudgetInput, Urgency, issue_allowed_at, next_issue_allowed_at};
 pub use rules::{RetryRules, Rules, RulesError};

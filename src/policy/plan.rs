@@ -58,7 +58,7 @@ use super::rate::{BudgetInput, Urgency, issue_allowed_at};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
-use crate::domain::{KeyId, RequestKind, TokenRecord};
+use crate::domain::{KeyId, RequestKind, TokenKind, TokenRecord};
 
 /// The longest a plan may sleep by default ([`Rules::max_sleep`]): even
 /// with nothing due, plan again within the hour. Every due time is
@@ -66,6 +66,12 @@ use crate::domain::{KeyId, RequestKind, TokenRecord};
 /// computes a wake time too far ahead, this caps the damage at an hour of
 /// delay for the price of one cheap pure call.
 pub const MAX_SLEEP: Duration = Duration::hours(1);
+
+/// How long [`Alert::ShortLivedEvicted`] keeps firing after an eviction was
+/// found: long enough to reach people although the group's replacement is
+/// issued at once (an alert that resolved within seconds would never be
+/// sent), short enough to end once the other issuer stops.
+pub const EVICTION_ALERT_SPAN: Duration = Duration::hours(1);
 
 /// The shortest interval between two verifications or reconciles, whatever
 /// the settings say: a zero interval would make the step due again the
@@ -106,9 +112,13 @@ pub enum Step {
         /// Why, for the event log.
         reason: RevokeReason,
     },
-    /// Check the current token with `/oauth2/v2.1/verify`. If LINE refuses
-    /// it (revoked in the console, or by someone else), mark it gone, alert,
-    /// and plan again: the group will be issued a new one at once.
+    /// Check a token with LINE's verify of its kind (`/oauth2/v2.1/verify`,
+    /// `/v2/oauth/verify`): a v2.1 group's current token, or any live
+    /// short-lived token of ours. If LINE refuses a v2.1 token (revoked in
+    /// the console, or by someone else) it is kept as refused (LINE may
+    /// still count it); a refused short-lived token is gone (evicted or
+    /// revoked). Either way plan again: a group left without a usable
+    /// token is issued a new one at once.
     Verify {
         /// The token.
         key_id: KeyId,
@@ -289,6 +299,14 @@ pub enum Alert {
         /// Its key ID.
         key_id: KeyId,
     },
+    /// LINE's verify refused a short-lived token of this group that still
+    /// had time left, at `at`: evicted by another issuer's 31st short-lived
+    /// token on the channel, or revoked outside linetokd. Fires for
+    /// [`EVICTION_ALERT_SPAN`] after the latest such refusal.
+    ShortLivedEvicted {
+        /// When the latest eviction was found.
+        at: DateTime<Utc>,
+    },
     /// Issue attempts of this group ended without knowing whether LINE
     /// issued (a crash mid-call, a lost answer): a token of ours nobody
     /// can hand out may be live ([`lost`](super::lost)).
@@ -318,6 +336,7 @@ impl Alert {
             | Self::RevokeNeedsSecret { .. }
             | Self::CapacityLow { .. }
             | Self::ForeignToken { .. }
+            | Self::ShortLivedEvicted { .. }
             | Self::LostToken { .. } => Severity::Warning,
         }
     }
@@ -348,6 +367,21 @@ pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> D
     let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
     let since = group
         .last_verified_at
+        .map_or(token.issued_at, |v| v.max(token.issued_at));
+    time::sub(time::add(since, interval), jitter)
+}
+
+/// The instant a token other than the group's current one is due for
+/// verification: a `verify_interval` after LINE last accepted it (or its
+/// issue), less the group's verify jitter. Only short-lived tokens are
+/// verified this way: nothing lists them, so a previous token evicted by
+/// another issuer would otherwise go unnoticed.
+pub fn token_verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> DateTime<Utc> {
+    let interval = time::at_least(rules.verify_interval, MIN_INTERVAL);
+    let span = time::non_negative(rules.rotation_jitter).min(interval / 2);
+    let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
+    let since = token
+        .verified_at
         .map_or(token.issued_at, |v| v.max(token.issued_at));
     time::sub(time::add(since, interval), jitter)
 }
@@ -459,6 +493,13 @@ pub fn plan_group(
                 failures: r.failures,
                 retry_at: r.not_before.max(now),
             });
+        }
+    }
+    if let Some(at) = group.evicted_at {
+        let until = time::add(at, EVICTION_ALERT_SPAN);
+        if now < until {
+            draft.alerts.push(Alert::ShortLivedEvicted { at });
+            draft.wake(until);
         }
     }
     let mut revokes = Revokes::default();
@@ -667,17 +708,21 @@ fn plan_active(
     let reconcile_due_at = channel
         .last_reconcile_at
         .map(|at| time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL)));
-    let reconcile_is_due = reconcile_due_at.is_none_or(|at| now >= at);
+    // Only v2.1 tokens are listed: a short-lived group never waits for (or
+    // asks for) a listing, and its pool has no foreign or lost tokens.
+    let listed = group.kind.is_listed();
+    let reconcile_is_due = listed && reconcile_due_at.is_none_or(|at| now >= at);
     // After LINE's 30-token refusal our count was wrong: only a listing
     // asked for after the refusal is fresh.
     let full_until = channel.full_until.filter(|u| *u > now);
-    let reconcile_fresh_for_issue = !reconcile_is_due
-        && channel.lost == 0
-        && !channel.relist_needed
-        && channel.last_reconcile_at.is_some_and(|at| {
-            now.signed_duration_since(at)
-                <= time::non_negative(rules.reconcile_max_age_before_issue)
-        });
+    let reconcile_fresh_for_issue = !listed
+        || (!reconcile_is_due
+            && channel.lost == 0
+            && !channel.relist_needed
+            && channel.last_reconcile_at.is_some_and(|at| {
+                now.signed_duration_since(at)
+                    <= time::non_negative(rules.reconcile_max_age_before_issue)
+            }));
 
     let mut hold = None;
     let mut room = Revokes::default();
@@ -743,19 +788,35 @@ fn plan_active(
             }
         }
     }
-    if let Some(at) = reconcile_due_at {
+    if let Some(at) = reconcile_due_at.filter(|_| listed) {
         draft.wake(at);
     }
 
-    // Verify the token consumers are using, unless it is being replaced now.
-    let verify = match remaining.first() {
-        Some(cur) if issue.is_none() => {
+    // Verify the token consumers are using, unless it is being replaced now;
+    // and every other live short-lived token on its own schedule, since
+    // nothing lists them and an evicted previous token would otherwise go
+    // unnoticed by the consumers that still use it.
+    let mut verify = Vec::new();
+    if issue.is_none() {
+        if let Some(cur) = remaining.first() {
             let at = verify_due_at(cur, group, rules);
             draft.wake(at);
-            (now >= at).then(|| cur.key_id.clone())
+            if now >= at {
+                verify.push(cur.key_id.clone());
+            }
         }
-        _ => None,
-    };
+        for t in remaining
+            .iter()
+            .skip(1)
+            .filter(|t| t.kind() == TokenKind::ShortLived && t.refused_at.is_none())
+        {
+            let at = token_verify_due_at(t, group, rules);
+            draft.wake(at);
+            if now >= at {
+                verify.push(t.key_id.clone());
+            }
+        }
+    }
 
     // Deadline arithmetic (docs/design.md section 5): alert as soon as the
     // successor cannot come in time, not when the token has expired. Nothing
@@ -794,9 +855,7 @@ fn plan_active(
         if reconcile {
             steps.push(Step::Reconcile);
         }
-        if let Some(key_id) = verify {
-            steps.push(Step::Verify { key_id });
-        }
+        steps.extend(verify.into_iter().map(|key_id| Step::Verify { key_id }));
         steps.extend(room.into_steps());
         if let Some(reason) = issue {
             steps.push(Step::Issue {

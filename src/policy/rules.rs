@@ -19,6 +19,10 @@ use crate::policy::time::{human, sum};
 /// The longest `token_exp` LINE accepts for a v2.1 token: 30 days.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::days(30);
 
+/// The lifetime LINE gives every short-lived token: 30 days, fixed (no
+/// `token_exp` to ask for).
+pub const SHORT_LIVED_LIFETIME: Duration = Duration::days(30);
+
 /// LINE's cap on live v2.1 tokens per channel.
 pub const LINE_CHANNEL_TOKEN_CAP: u32 = 30;
 

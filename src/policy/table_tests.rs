@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::*;
 use crate::domain::{
-    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord, TokenState,
+    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenKind, TokenRecord, TokenState,
 };
 
 const MIN: i64 = 60;
@@ -25,6 +25,7 @@ fn tok(key: &str, issued: i64, expires: i64) -> TokenRecord {
         expires_at: t(expires),
         state: TokenState::Live,
         refused_at: None,
+        verified_at: None,
     }
 }
 
@@ -65,7 +66,7 @@ fn group(tokens: Vec<TokenRecord>) -> GroupView {
 /// The channel around `g` alone, reconciled a minute before `now`.
 fn channel(now: DateTime<Utc>, g: &GroupView) -> ChannelView {
     ChannelView {
-        live_ours: live_ours(now, std::slice::from_ref(g)),
+        live_ours: live_ours(now, std::slice::from_ref(g), TokenKind::V21),
         last_reconcile_at: Some(now - Duration::minutes(1)),
         ..ChannelView::default()
     }
@@ -461,12 +462,15 @@ fn capacity_victims_are_other_groups_oldest_superseded_tokens() {
             ..mk("f", true, vec![tok30("f-cur", 3 * DAY)])
         },
     ];
-    let victims = capacity_victims(now, &groups, 10, &rules());
+    let victims = capacity_victims(now, &groups, 10, &rules(), TokenKind::V21);
     let keys: Vec<&str> = victims.iter().map(|(_, k)| k.as_str()).collect();
     assert_eq!(keys, ["e-cur", "b-prev", "a-prev"]);
     assert_eq!(victims[1].0, GroupName::new("b"));
-    assert_eq!(capacity_victims(now, &groups, 1, &rules()).len(), 1);
-    assert!(capacity_victims(now, &groups, 0, &rules()).is_empty());
+    assert_eq!(
+        capacity_victims(now, &groups, 1, &rules(), TokenKind::V21).len(),
+        1
+    );
+    assert!(capacity_victims(now, &groups, 0, &rules(), TokenKind::V21).is_empty());
 }
 
 // --- Rate: max_issues_per_hour -----------------------------------------------

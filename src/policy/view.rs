@@ -10,7 +10,9 @@
 use chrono::{DateTime, Utc};
 
 use super::backoff::RetryState;
-use crate::domain::{ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord};
+use crate::domain::{
+    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenKind, TokenRecord,
+};
 
 /// One group as the policy sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +21,11 @@ pub struct GroupView {
     pub channel: ChannelId,
     /// The group's name: part of the stable jitter.
     pub group: GroupName,
+    /// The kind of token the group is kept with: which pool of 30 its next
+    /// token counts in, and whether a key-ID listing must come before it.
+    /// Its live tokens may include some of the other kind (the group
+    /// changed kind); each is verified and revoked as its own kind is.
+    pub kind: TokenKind,
     /// The tokens linetokd issued for this group, in any state and order.
     /// Only live ones matter; the rest may be left out.
     pub tokens: Vec<TokenRecord>,
@@ -50,6 +57,12 @@ pub struct GroupView {
     pub last_issue_at: Option<DateTime<Utc>>,
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
+    /// When LINE's verify last refused a short-lived token of the group
+    /// that still had time left: another issuer's 31st token evicted it,
+    /// or it was revoked outside linetokd. Raises
+    /// [`Alert::ShortLivedEvicted`](super::Alert::ShortLivedEvicted) for
+    /// [`EVICTION_ALERT_SPAN`](super::plan::EVICTION_ALERT_SPAN).
+    pub evicted_at: Option<DateTime<Utc>>,
 }
 
 impl GroupView {
@@ -59,6 +72,7 @@ impl GroupView {
         Self {
             channel,
             group,
+            kind: TokenKind::V21,
             tokens: Vec::new(),
             last_verified_at: None,
             can_revoke,
@@ -67,6 +81,7 @@ impl GroupView {
             issued_last_hour: 0,
             last_issue_at: None,
             retry: None,
+            evicted_at: None,
         }
     }
 
@@ -123,7 +138,9 @@ impl GroupView {
     }
 }
 
-/// The channel around a group, as far as capacity and reconciling go.
+/// The channel around a group, as far as capacity and reconciling go: the
+/// pool of the group's kind. For short-lived groups the driver shows a pool
+/// with no foreign or lost tokens and no listing (LINE lists none of them).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelView {
     /// Live tokens linetokd issued on the channel, in every group including

@@ -169,6 +169,13 @@ impl fmt::Display for Alert {
                  ones (warning at {threshold} or fewer); another issuer or a few more groups \
                  will fill it"
             ),
+            Self::ShortLivedEvicted { at: when } => write!(
+                f,
+                "LINE's verify refused a short-lived token of this group that still had time \
+                 left (at {}): another issuer's 31st short-lived token evicted it, or it was \
+                 revoked outside linetokd; a replacement is issued at once",
+                at(*when)
+            ),
             Self::ForeignToken { key_id } => write!(
                 f,
                 "LINE lists token {key_id} on the channel and it is not one of ours; it counts \

@@ -30,7 +30,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::domain::{
-    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenRecord, TokenState,
+    ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenKind, TokenRecord, TokenState,
 };
 use crate::policy::channel::{ChannelState, Next, drive, full_until, listing_deadline};
 
@@ -233,7 +233,7 @@ impl World {
     fn channel_view(&self) -> ChannelView {
         let window_start = self.now - Duration::hours(1);
         ChannelView {
-            live_ours: live_ours(self.now, &self.views()),
+            live_ours: live_ours(self.now, &self.views(), TokenKind::V21),
             foreign: self.known_foreign,
             lost: self.lost,
             issue_times_last_hour: self
@@ -510,6 +510,7 @@ impl World {
                 expires_at: now + token_exp,
                 state: TokenState::Live,
                 refused_at: None,
+                verified_at: None,
             },
             group: gi,
             at_line: true,
@@ -530,7 +531,7 @@ impl World {
             };
             let decision = drive(self.now, &state, &self.p.rules);
             let cv = ChannelView {
-                live_ours: live_ours(self.now, &state.groups),
+                live_ours: live_ours(self.now, &state.groups, TokenKind::V21),
                 ..state.view.clone()
             };
             for (g, plan) in state.groups.iter().zip(&decision.plans) {
@@ -990,6 +991,7 @@ proptest! {
                     expires_at: t(issued + life),
                     state: states[usize::from(state)],
                     refused_at: None,
+                    verified_at: None,
                 })
                 .collect(),
             last_verified_at: verified.map(t),

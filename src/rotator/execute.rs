@@ -25,7 +25,9 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
-use crate::domain::{AccessToken, FailureKind, GroupName, KeyId, TokenState};
+use crate::domain::{
+    AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, TokenKind, TokenState,
+};
 use crate::line::{LineError, Verification};
 use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
 use crate::snapshot::Snapshot;
@@ -288,20 +290,25 @@ impl Rotator {
         key_id: &KeyId,
         reason: RevokeReason,
     ) -> Result<(), StepError> {
-        let Some(secret) = &setup.secret else {
-            return Err(StepError::Contract {
-                what: format!(
-                    "cannot revoke {key_id}: channel {} has no secret_file",
-                    setup.id
-                ),
-                kind: FailureKind::Permanent,
-            });
-        };
         let token = self.stored_value(key_id).await?;
-        self.line
-            .revoke_v21(&setup.id, secret, &token)
-            .await
-            .map_err(StepError::Line)?;
+        match key_id.kind() {
+            TokenKind::V21 => {
+                let Some(secret) = &setup.secret else {
+                    return Err(StepError::Contract {
+                        what: format!(
+                            "cannot revoke {key_id}: channel {} has no secret_file",
+                            setup.id
+                        ),
+                        kind: FailureKind::Permanent,
+                    });
+                };
+                self.line
+                    .revoke_v21(&setup.id, secret, &token)
+                    .await
+                    .map_err(StepError::Line)?;
+            }
+            TokenKind::ShortLived => self.revoke_short_lived(key_id, &token).await?,
+        }
         let now = self.clock.now();
         let key = key_id.clone();
         let why = format!("revoked: {}", revoke_reason_text(reason));
@@ -326,6 +333,75 @@ impl Rotator {
         Ok(())
     }
 
+    /// Issues a token in `form`: v2.1 with the channel's assertion key,
+    /// short-lived with its secret. A short-lived token gets its identity
+    /// from its fingerprint: LINE gives it no key ID.
+    async fn issue_in(
+        &self,
+        setup: &ChannelSetup,
+        form: IssueForm<'_>,
+        token_exp: Duration,
+    ) -> Result<Issued, LineError> {
+        match form {
+            IssueForm::V21 => {
+                let r = self.line.issue_v21(&setup.signer, token_exp).await?;
+                Ok(Issued {
+                    key_id: r.key_id,
+                    access_token: r.access_token,
+                    expires_in: r.expires_in,
+                })
+            }
+            IssueForm::ShortLived(secret) => {
+                let r = self.line.issue_short_lived(&setup.id, secret).await?;
+                Ok(Issued {
+                    key_id: KeyId::short_lived(&r.access_token),
+                    access_token: r.access_token,
+                    expires_in: r.expires_in,
+                })
+            }
+        }
+    }
+
+    /// LINE's verify for a token of `kind`.
+    async fn verify_of_kind(
+        &self,
+        token: &AccessToken,
+        kind: TokenKind,
+    ) -> Result<Verification, LineError> {
+        match kind {
+            TokenKind::V21 => self.line.verify_v21(token).await,
+            TokenKind::ShortLived => self.line.verify_short_lived(token).await,
+        }
+    }
+
+    /// Revokes a short-lived token (`/v2/oauth/revoke`, the token alone)
+    /// and confirms it with verify: LINE answers 200 to a revoke of a token
+    /// it does not know, so only a refused verify shows the token is gone.
+    async fn revoke_short_lived(
+        &self,
+        key_id: &KeyId,
+        token: &AccessToken,
+    ) -> Result<(), StepError> {
+        self.line
+            .revoke_short_lived(token)
+            .await
+            .map_err(StepError::Line)?;
+        match self
+            .line
+            .verify_short_lived(token)
+            .await
+            .map_err(StepError::Line)?
+        {
+            Verification::Rejected { .. } => Ok(()),
+            Verification::Valid(_) => Err(StepError::Contract {
+                what: format!(
+                    "LINE answered the revoke of {key_id}, but its verify still accepts the token"
+                ),
+                kind: FailureKind::Transient,
+            }),
+        }
+    }
+
     async fn verify(
         &self,
         setup: &ChannelSetup,
@@ -334,8 +410,7 @@ impl Rotator {
     ) -> Result<(), StepError> {
         let token = self.stored_value(key_id).await?;
         let answer = self
-            .line
-            .verify_v21(&token)
+            .verify_of_kind(&token, key_id.kind())
             .await
             .map_err(StepError::Line)?;
         let now = self.clock.now();
@@ -345,6 +420,32 @@ impl Rotator {
                 self.db(move |store| store.record_verified(now, &key))
                     .await?;
                 tracing::debug!(channel = %setup.id, group = %group, key_id = %key_id, "token verified");
+                Ok(())
+            }
+            Err(why) if key_id.kind() == TokenKind::ShortLived => {
+                // Nothing lists short-lived tokens, and LINE counts none it
+                // refuses: the token is gone, evicted by another issuer's
+                // 31st or revoked outside linetokd. Its group is issued a
+                // replacement at once if it was the current one.
+                let key = key_id.clone();
+                let reason = format!(
+                    "evicted or revoked: LINE's verify refused the short-lived token with time \
+                     left ({why})"
+                );
+                self.db(move |store| store.set_token_state(now, &key, TokenState::Gone, &reason))
+                    .await?;
+                self.metrics.short_lived_evicted(&setup.id);
+                tracing::error!(
+                    channel = %setup.id,
+                    group = %group,
+                    key_id = %key_id,
+                    "LINE no longer accepts a short-lived token of ours with time left: evicted by another issuer's 31st short-lived token, or revoked outside linetokd ({why})"
+                );
+                self.emit(RotationEvent::Gone {
+                    channel: setup.id.clone(),
+                    key_id: key_id.clone(),
+                    why,
+                });
                 Ok(())
             }
             Err(why) => {
@@ -382,6 +483,26 @@ impl Rotator {
         token_exp: Duration,
         closes: &[i64],
     ) -> Result<(), StepError> {
+        let kind = state
+            .groups
+            .iter()
+            .find(|g| &g.group == group)
+            .map_or(TokenKind::V21, |g| g.kind);
+        let form = match (kind, &setup.secret) {
+            (TokenKind::V21, _) => IssueForm::V21,
+            (TokenKind::ShortLived, Some(secret)) => IssueForm::ShortLived(secret),
+            // Validation refuses this config; a store edited by hand is
+            // the only way here.
+            (TokenKind::ShortLived, None) => {
+                return Err(StepError::Contract {
+                    what: format!(
+                        "cannot issue a short-lived token: channel {} has no secret_file",
+                        setup.id
+                    ),
+                    kind: FailureKind::Permanent,
+                });
+            }
+        };
         let started = self.clock.now();
         let intent = {
             let (channel, group) = (setup.id.clone(), group.clone());
@@ -391,17 +512,26 @@ impl Rotator {
         // The intent is journaled: from here a crash leaves it open, and
         // the next start reports it (tests wait on this line to kill us).
         tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = %reason_text(reason), "issuing a token");
-        let issued = match self.line.issue_v21(&setup.signer, token_exp).await {
+        let issued = match self.issue_in(setup, form, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
-                let kind = classify(&e);
+                let failure = classify(&e);
                 self.metrics.rotation(&setup.id, group, false);
                 let now = self.clock.now();
                 let text = error_chain(&e);
-                let maybe = kind == FailureKind::MaybeIssued;
+                // A v2.1 token LINE may have issued is settled by the next
+                // key-ID listing, so the attempt stays counted until then.
+                // Nothing lists short-lived tokens: such a token, if it
+                // exists, is invisible for its 30 days (later issues evict
+                // it as the oldest), so counting it would hold the pool for
+                // good. The retry is still the slow "may have issued" one.
+                let maybe = failure == FailureKind::MaybeIssued && kind.is_listed();
+                if failure == FailureKind::MaybeIssued && !kind.is_listed() {
+                    tracing::warn!(channel = %setup.id, group = %group, "LINE may have issued a short-lived token that linetokd never received; it cannot be listed or revoked, and expires in 30 days or is evicted by later issues");
+                }
                 self.db(move |store| store.fail_issue(now, intent, &text, maybe))
                     .await?;
-                if kind == FailureKind::ChannelFull {
+                if failure == FailureKind::ChannelFull {
                     return self
                         .hold_full_channel(setup, state, group, intent.get(), e)
                         .await;
@@ -421,7 +551,7 @@ impl Rotator {
                 MAX_SANE_EXPIRES_IN
             });
         let refusal = if sane {
-            match self.line.verify_v21(&issued.access_token).await {
+            match self.verify_of_kind(&issued.access_token, kind).await {
                 Ok(answer) => check_verification(&answer, setup).err(),
                 Err(e) => {
                     tracing::warn!(
@@ -735,6 +865,24 @@ fn after_newest(now: DateTime<Utc>, state: &ChannelState, group: &GroupName) -> 
         Some(newest) if newest >= now => newest + Duration::milliseconds(1),
         _ => now,
     }
+}
+
+/// How a token is asked for: the kind, with what that kind needs.
+#[derive(Clone, Copy)]
+enum IssueForm<'a> {
+    /// v2.1, with the channel's assertion key.
+    V21,
+    /// Short-lived, with the channel secret.
+    ShortLived(&'a ChannelSecret),
+}
+
+/// What LINE answered to an issue, whatever the kind.
+struct Issued {
+    /// The token's identity: LINE's key ID, or a short-lived token's
+    /// fingerprint.
+    key_id: KeyId,
+    access_token: AccessToken,
+    expires_in: i64,
 }
 
 /// A phrase for why a token is issued, for logs.

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::wakes::Wakes;
 use crate::clock::SharedClock;
-use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, RequestKind};
+use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, RequestKind, TokenKind};
 pub use crate::event::RotationEvent;
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
@@ -522,15 +522,17 @@ impl Rotator {
         decision: &Decision,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let live_ours = policy::live_ours(now, &state.groups);
+        let live_ours = policy::live_ours(now, &state.groups, TokenKind::V21);
+        let live_short = policy::live_ours(now, &state.groups, TokenKind::ShortLived);
         self.metrics
-            .set_channel(&setup.id, live_ours, state.view.foreign);
+            .set_channel(&setup.id, live_ours, state.view.foreign, live_short);
         let mut alerts: Vec<(Option<GroupName>, Alert)> = Vec::new();
         for (view, plan) in state.groups.iter().zip(&decision.plans) {
             let live = view.live_tokens(now);
             self.metrics.set_group(
                 &setup.id,
                 &view.group,
+                view.kind,
                 live.len(),
                 view.current(now).map(|t| t.expires_at),
                 plan.next_rotation_at,
@@ -708,6 +710,7 @@ pub const ENGINE_ALERTS: &[&str] = &[
     "capacity_low",
     "foreign_token",
     "lost_token",
+    "short_lived_evicted",
 ];
 
 /// The stable name of an alert, the part of its fingerprint after the
@@ -726,6 +729,7 @@ pub fn alert_name(alert: &Alert) -> &'static str {
         Alert::CapacityLow { .. } => "capacity_low",
         Alert::ForeignToken { .. } => "foreign_token",
         Alert::LostToken { .. } => "lost_token",
+        Alert::ShortLivedEvicted { .. } => "short_lived_evicted",
     }
 }
 

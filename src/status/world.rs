@@ -43,7 +43,7 @@ impl ChannelWorld<'_> {
 
     pub(super) fn channel_view(&self, now: DateTime<Utc>, views: &[GroupView]) -> ChannelView {
         ChannelView {
-            live_ours: policy::live_ours(now, views),
+            live_ours: policy::live_ours(now, views, crate::domain::TokenKind::V21),
             ..self.view.clone()
         }
     }

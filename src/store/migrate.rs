@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_encrypt_token_values_at_rest",
         sql: include_str!("../../migrations/0007_encrypt_token_values_at_rest.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_group_token_kinds",
+        sql: include_str!("../../migrations/0008_group_token_kinds.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

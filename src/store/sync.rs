@@ -16,7 +16,7 @@ use super::{
     EventKind, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index, screen, time_at,
     time_at_index,
 };
-use crate::domain::{ChannelId, FailureKind, GroupName};
+use crate::domain::{ChannelId, FailureKind, GroupName, TokenKind};
 
 /// One channel as the config lists it: the part of the config the store
 /// keeps.
@@ -28,6 +28,9 @@ pub struct ChannelSpec {
     pub name: String,
     /// Its consumer groups.
     pub groups: Vec<GroupName>,
+    /// The groups (of `groups`) kept with short-lived tokens; the rest are
+    /// v2.1 groups.
+    pub short_lived: Vec<GroupName>,
     /// A digest of what LINE judges the channel's requests by (channel ID,
     /// key ID, signing key, secret). When it differs from the stored one,
     /// every failure streak of the channel ends: a permanent failure's hold
@@ -159,6 +162,8 @@ pub struct GroupRow {
     pub added_at: DateTime<Utc>,
     /// When it left the config; `None` while it is in it.
     pub removed_at: Option<DateTime<Utc>>,
+    /// The kind of token it is kept with, as the config last said.
+    pub kind: TokenKind,
     /// The scheduler's state for it.
     pub runtime: GroupRuntime,
 }
@@ -177,7 +182,7 @@ const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at
 /// reads them by position (see [`super::time_at_index`] for why), and a
 /// test holds the two together.
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
-                             consecutive_failures, retry_not_before, failure_kind, failed_step";
+                             consecutive_failures, retry_not_before, failure_kind, failed_step, kind";
 
 impl Store {
     /// Makes the stored channels and groups match the config: adds new
@@ -243,6 +248,7 @@ impl Store {
                     )?;
                 }
                 sync_groups(tx, now, &spec.id, &spec.groups, &mut report)?;
+                sync_kinds(tx, &spec.id, &spec.short_lived)?;
             }
             for row in existing.values() {
                 if row.is_active() && !channels.iter().any(|s| s.id == row.id) {
@@ -447,6 +453,24 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Records each group's token kind: `short_lived` ones are short-lived,
+/// every other group of the channel v2.1. A group that changes kind keeps
+/// its live tokens of the old kind (each is revoked and verified the way
+/// its own kind is) until its next rotation brings one of the new kind.
+fn sync_kinds(tx: &Connection, channel: &ChannelId, short_lived: &[GroupName]) -> Result<(), Fail> {
+    tx.execute(
+        "UPDATE groups SET kind = 'v2.1' WHERE channel_id = ?1 AND kind <> 'v2.1'",
+        [channel.as_str()],
+    )?;
+    for name in short_lived {
+        tx.execute(
+            "UPDATE groups SET kind = 'short-lived' WHERE channel_id = ?1 AND name = ?2",
+            params![channel.as_str(), name.as_str()],
+        )?;
+    }
+    Ok(())
 }
 
 /// Adds, restores and removes the groups of one channel to match `wanted`.
@@ -655,6 +679,10 @@ fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
                 .transpose()?,
             failed_step: row.get(9)?,
         },
+        kind: {
+            let k: String = row.get(10)?;
+            TokenKind::parse(&k).ok_or_else(|| Fail::Corrupt(format!("groups.kind holds {k:?}")))?
+        },
     })
 }
 
@@ -677,7 +705,8 @@ mod column_tests {
                 "consecutive_failures",
                 "retry_not_before",
                 "failure_kind",
-                "failed_step"
+                "failed_step",
+                "kind"
             ]
         );
     }

@@ -12,7 +12,7 @@ use super::events::insert_event;
 use super::values::{Row as ValueRow, Values};
 use super::{
     EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at_index, screen,
-    time_at_index,
+    time_at, time_at_index,
 };
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
@@ -152,6 +152,37 @@ impl Store {
             }
             change_state(tx, now, &token, state, reason)?;
             Ok(true)
+        })
+    }
+
+    /// Each group's latest short-lived token found evicted (marked gone:
+    /// LINE's verify refused it with time left) at or after `since`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn evictions_in(
+        &self,
+        scope: Scope<'_>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(ChannelId, GroupName, DateTime<Utc>)>, StoreError> {
+        self.read("reading evicted short-lived tokens", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT channel_id, group_name, MAX(state_changed_at) AS at FROM tokens \
+                 WHERE {} AND state = 'gone' AND substr(key_id, 1, 3) = 'sl:' \
+                 AND state_changed_at >= ?2 GROUP BY channel_id, group_name",
+                scope.condition("channel_id")
+            ))?;
+            let mut rows = stmt.query(params![scope.param(), millis(since)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push((
+                    ChannelId::new(row.get::<_, String>("channel_id")?),
+                    GroupName::new(row.get::<_, String>("group_name")?),
+                    time_at(row, "at")?,
+                ));
+            }
+            Ok(out)
         })
     }
 
@@ -374,6 +405,7 @@ fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
                 Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
             })?,
             refused_at: opt_time_at_index(row, 11, "refused_at")?,
+            verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
         },
         value,
         state_reason: row.get(7)?,

@@ -31,6 +31,7 @@ fn synced(path: &Path) -> Store {
                 name: "shop-bot".into(),
                 groups: vec![GroupName::new("backend")],
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();
@@ -365,6 +366,7 @@ mod store {
             name: "shop-bot".into(),
             groups,
             fingerprint: None,
+            short_lived: Vec::new(),
         };
         // The group leaves the config (e.g. while the daemon was stopped):
         // its sink alert has no owner any more; the engine's alert stays

@@ -1065,8 +1065,15 @@ fn exported_samples() -> Vec<String> {
     names.insert(channel.clone(), "shop-bot");
     metrics.set_channel_names(names);
     let now = chrono::Utc::now();
-    metrics.set_group(&channel, &group, 1, Some(now), Some(now));
-    metrics.set_channel(&channel, 1, 1);
+    metrics.set_group(
+        &channel,
+        &group,
+        linetokd::domain::TokenKind::V21,
+        1,
+        Some(now),
+        Some(now),
+    );
+    metrics.set_channel(&channel, 1, 1, 0);
     metrics.rotation(&channel, &group, false);
     metrics.line_request("v21_issue", Some(200), Duration::from_millis(5));
     metrics.set_clock_skew(chrono::Duration::seconds(1));

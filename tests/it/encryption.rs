@@ -69,6 +69,7 @@ fn sync(store: &Store) {
                 name: "chan".into(),
                 groups: GROUPS.iter().map(|g| GroupName::new(*g)).collect(),
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();

@@ -548,6 +548,7 @@ fn hook_events_are_recorded_and_a_groups_latest_hook_result_is_found() {
                 name: "shop-bot".into(),
                 groups: vec![backend.clone(), crm.clone()],
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();

@@ -68,6 +68,7 @@ impl Engine {
                     name: "chan".into(),
                     groups: groups.clone(),
                     fingerprint: None,
+                    short_lived: Vec::new(),
                 }],
             )
             .unwrap();

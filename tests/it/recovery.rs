@@ -400,7 +400,7 @@ fn channel_counts(store: &Store, channel: &ChannelId, now: DateTime<Utc>) -> (u3
         .unwrap()
         .state(channel, true);
     let view = policy::ChannelView {
-        live_ours: policy::live_ours(now, &state.groups),
+        live_ours: policy::live_ours(now, &state.groups, linetokd::domain::TokenKind::V21),
         ..state.view
     };
     let capacity = policy::free_capacity(&view, &Rules::default(), 0);

@@ -73,6 +73,7 @@ fn rotator_with_metrics(
                 name: "chan".into(),
                 groups: groups.clone(),
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();

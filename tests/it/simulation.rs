@@ -2598,6 +2598,7 @@ impl Checker {
                         Alert::CapacityLow { .. } => "CapacityLow",
                         Alert::ForeignToken { .. } => "ForeignToken",
                         Alert::LostToken { .. } => "LostToken",
+                        Alert::ShortLivedEvicted { .. } => "ShortLivedEvicted",
                     };
                     *self.stats.alerts.entry(kind).or_default() += 1;
                 }

@@ -163,12 +163,14 @@ fn specs(shop_groups: &[&str]) -> Vec<ChannelSpec> {
             name: "shop-bot".into(),
             groups: shop_groups.iter().map(|g| gr(g)).collect(),
             fingerprint: None,
+            short_lived: Vec::new(),
         },
         ChannelSpec {
             id: ch(NEWS),
             name: "news-bot".into(),
             groups: vec![gr("analytics")],
             fingerprint: None,
+            short_lived: Vec::new(),
         },
     ]
 }
@@ -375,6 +377,7 @@ fn status_json_reports_what_the_store_knows() {
         expires_at: cur_expires,
         state: TokenState::Live,
         refused_at: None,
+        verified_at: None,
     };
     let due = rotation_due_at(
         &record,

@@ -48,6 +48,7 @@ fn synced_store(path: &Path) -> Store {
                 name: "shop-bot".into(),
                 groups: vec![gr("backend"), gr("crm")],
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();
@@ -580,12 +581,14 @@ fn issue_times_since_counts_every_attempt_across_restarts() {
                     name: "shop-bot".into(),
                     groups: vec![gr("backend"), gr("crm")],
                     fingerprint: None,
+                    short_lived: Vec::new(),
                 },
                 ChannelSpec {
                     id: ch("2000"),
                     name: "other".into(),
                     groups: vec![gr("backend")],
                     fingerprint: None,
+                    short_lived: Vec::new(),
                 },
             ],
         )
@@ -764,12 +767,14 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                     name: "renamed".into(),
                     groups: vec![gr("backend")],
                     fingerprint: None,
+                    short_lived: Vec::new(),
                 },
                 ChannelSpec {
                     id: ch("2000"),
                     name: "new".into(),
                     groups: vec![gr("x")],
                     fingerprint: None,
+                    short_lived: Vec::new(),
                 },
             ],
         )
@@ -801,6 +806,7 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                 name: "renamed".into(),
                 groups: vec![gr("backend"), gr("crm")],
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();
@@ -833,6 +839,7 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
                 name: "renamed".into(),
                 groups: vec![gr("backend"), gr("crm")],
                 fingerprint: None,
+                short_lived: Vec::new(),
             }],
         )
         .unwrap();
