@@ -1240,3 +1240,168 @@ fn a_full_channel_is_critical_once_the_token_expires_before_the_next_look() {
     assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
     assert!(critical(&p).is_empty(), "{:?}", p.alerts);
 }
+
+// --- Short-lived groups ---------------------------------------------------
+
+/// A short-lived group named `name` holding `tokens`.
+fn short_group(name: &str, tokens: Vec<TokenRecord>) -> GroupView {
+    GroupView {
+        kind: TokenKind::ShortLived,
+        tokens,
+        ..GroupView::new(ChannelId::new("1234567890"), GroupName::new(name), true)
+    }
+}
+
+/// A short-lived token: its identity carries the `sl:` prefix.
+fn sl(key: &str, issued: i64) -> TokenRecord {
+    tok30(&format!("sl:{key}"), issued)
+}
+
+#[test]
+fn a_short_lived_group_is_issued_without_any_listing() {
+    // Never listed, a listing failing, lost v2.1 attempts: none of it
+    // concerns the short-lived pool.
+    let now = t(0);
+    let state = ChannelState {
+        groups: vec![short_group("liff", vec![])],
+        view: ChannelView {
+            lost: 3,
+            relist_needed: true,
+            ..ChannelView::default()
+        },
+    };
+    let d = drive(now, &state, &rules());
+    let Next::Execute { plan, .. } = d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!(plan.steps, vec![issue(IssueReason::NoCurrent)]);
+}
+
+#[test]
+fn a_full_v21_pool_does_not_hold_a_short_lived_group_and_the_reverse() {
+    let now = t(0);
+    // 30 foreign v2.1 tokens: the v2.1 group waits, the short-lived one not.
+    let state = ChannelState {
+        groups: vec![group(vec![]), short_group("liff", vec![])],
+        view: ChannelView {
+            foreign: 30,
+            last_reconcile_at: Some(now - Duration::minutes(1)),
+            ..ChannelView::default()
+        },
+    };
+    let d = drive(now, &state, &rules());
+    assert_eq!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 }));
+    assert_eq!(d.plans[1].steps, vec![issue(IssueReason::NoCurrent)]);
+
+    // 15 short-lived groups with two tokens each fill their pool; a 16th
+    // (only a hand-edited store gets here) may take the room of a
+    // superseded short-lived token, never a v2.1 one.
+    let verified = |mut t: TokenRecord| {
+        t.verified_at = Some(now);
+        t
+    };
+    let mut groups: Vec<GroupView> = (0..15)
+        .map(|i| GroupView {
+            last_verified_at: Some(now),
+            ..short_group(
+                &format!("s{i:02}"),
+                vec![
+                    verified(sl(&format!("{i}a"), -2 * DAY)),
+                    verified(sl(&format!("{i}b"), -DAY)),
+                ],
+            )
+        })
+        .collect();
+    groups.push(GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok30("v-old", -2 * DAY), tok30("v-new", -DAY)])
+    });
+    groups.push(short_group("zz-new", vec![]));
+    let state = ChannelState {
+        groups,
+        view: ChannelView {
+            last_reconcile_at: Some(now - Duration::minutes(1)),
+            ..ChannelView::default()
+        },
+    };
+    let d = drive(now, &state, &rules());
+    let Next::FreeCapacity { group, victims } = d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!(group, 16);
+    assert_eq!(victims.len(), 1);
+    assert!(victims[0].1.as_str().starts_with("sl:"), "{victims:?}");
+    // The v2.1 pool is not "nearly full": only 2 of its 30 are taken.
+    assert!(
+        !d.channel_alerts
+            .iter()
+            .any(|a| matches!(a, Alert::CapacityLow { .. }))
+    );
+}
+
+#[test]
+fn every_live_short_lived_token_is_verified_on_its_own_schedule() {
+    let rules = rules();
+    let mut previous = sl("prev", 0);
+    previous.verified_at = Some(t(HOUR / 2));
+    let current = sl("cur", DAY);
+    let g = GroupView {
+        last_verified_at: Some(t(DAY)),
+        ..short_group("liff", vec![previous, current])
+    };
+    let state = ChannelState {
+        groups: vec![g],
+        view: ChannelView::default(),
+    };
+    // The previous token is due half an hour after its last verify plus
+    // the interval; the current one a day later.
+    let prev_due = t(HOUR / 2) + rules.verify_interval;
+    let before = drive(prev_due - Duration::seconds(1), &state, &rules);
+    assert!(matches!(before.next, Next::Idle { until } if until <= prev_due));
+    let at = t(DAY) + Duration::minutes(1);
+    let d = drive(at, &state, &rules);
+    let Next::Execute { plan, .. } = d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!(
+        plan.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("sl:prev")
+        }]
+    );
+    // A v2.1 group verifies its current token only.
+    let v21 = GroupView {
+        last_verified_at: Some(t(DAY)),
+        ..group(vec![tok30("prev", 0), tok30("cur", DAY)])
+    };
+    let p = plan_group(at, &v21, &channel(at, &v21), &rules);
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::Verify { .. })),
+        "{:?}",
+        p.steps
+    );
+}
+
+#[test]
+fn an_eviction_is_alerted_for_an_hour_after_it_was_found() {
+    let found = t(0);
+    let g = GroupView {
+        evicted_at: Some(found),
+        ..short_group("liff", vec![sl("new", 0)])
+    };
+    let state = ChannelState {
+        groups: vec![g],
+        view: ChannelView::default(),
+    };
+    let evicted = |p: &Plan| {
+        p.alerts
+            .iter()
+            .any(|a| matches!(a, Alert::ShortLivedEvicted { at } if *at == found))
+    };
+    let during = drive(found + Duration::minutes(59), &state, &rules());
+    assert!(evicted(&during.plans[0]));
+    // It wakes to resolve it.
+    assert!(matches!(during.next, Next::Idle { until } if until <= found + EVICTION_ALERT_SPAN));
+    let after = drive(found + EVICTION_ALERT_SPAN, &state, &rules());
+    assert!(!evicted(&after.plans[0]));
+}

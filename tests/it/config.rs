@@ -604,6 +604,51 @@ fn check_config_warns_on_stderr_when_every_alert_receiver_is_a_line_receiver() {
     );
 }
 
+/// A channel with short-lived groups validates (they need its secret,
+/// which `VALID` has), `check-config` resolves their kind, and warns once
+/// that other issuers on the channel can evict them; v2.1 groups alone give
+/// no such warning.
+#[test]
+fn check_config_warns_that_short_lived_tokens_can_be_evicted() {
+    let creds = Credentials::new();
+    let path = creds.path().join("short.toml");
+    let body = format!(
+        "{VALID}\n  [[channel.group]]\n  name = \"liff\"\n  kind = \"short-lived\"\n\n  \
+         [[channel.group]]\n  name = \"liff-admin\"\n  kind = \"short-lived\"\n"
+    );
+    fs::write(&path, body).unwrap();
+    let checked = config::check(&path, &creds.env()).unwrap();
+    assert!(
+        checked.resolved.contains("kind = \"short-lived\""),
+        "{}",
+        checked.resolved
+    );
+    assert!(
+        checked.resolved.contains("kind = \"v2.1\""),
+        "{}",
+        checked.resolved
+    );
+    let [warning] = checked.warnings.as_slice() else {
+        panic!("one warning expected: {:?}", checked.warnings)
+    };
+    assert!(
+        warning.contains("channel shop-bot keeps liff, liff-admin with short-lived tokens"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("can evict ours (and ours theirs)"),
+        "{warning}"
+    );
+    let plain = creds.path().join("plain.toml");
+    fs::write(&plain, VALID).unwrap();
+    assert!(
+        config::check(&plain, &creds.env())
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+}
+
 /// A config file is read up to 64 MiB: `/dev/zero` ends with an error
 /// naming the limit, a file with a 10 MB `kid` with one naming the kid's
 /// length, from the library and from `check-config`; a kid over 128 bytes

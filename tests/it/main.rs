@@ -27,6 +27,7 @@ mod recovery;
 mod regressions;
 mod reload;
 mod sandbox;
+mod short_lived;
 mod simulation;
 mod sinks;
 mod status_plan;

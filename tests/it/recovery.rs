@@ -66,18 +66,22 @@ fn recheck_bound() -> Duration {
 
 /// One configured channel.
 #[derive(Clone)]
-struct Chan {
-    id: ChannelId,
+pub(crate) struct Chan {
+    pub(crate) id: ChannelId,
     name: String,
     /// The `kid` the fixture key is registered under at LINE.
     kid_at_line: SigningKid,
     /// The `kid` the config names (wrong when it differs).
     kid_in_config: SigningKid,
-    secret: String,
+    pub(crate) secret: String,
     groups: Vec<GroupName>,
+    /// Groups kept with short-lived tokens (`kind = "short-lived"`). The
+    /// [`Watch`] follows v2.1 groups only (it reads LINE's v2.1 listing);
+    /// `short_lived.rs` watches these itself.
+    pub(crate) short_lived: Vec<GroupName>,
 }
 
-fn chan(i: usize, groups: usize) -> Chan {
+pub(crate) fn chan(i: usize, groups: usize) -> Chan {
     let kid = SigningKid::new(format!("recovery-kid-{i:02}"));
     Chan {
         id: ChannelId::new(format!("{}", 1_700_000_000 + i)),
@@ -88,11 +92,18 @@ fn chan(i: usize, groups: usize) -> Chan {
         groups: (0..groups)
             .map(|g| GroupName::new(format!("g{g:02}")))
             .collect(),
+        short_lived: Vec::new(),
     }
 }
 
 /// The `[rotation]` section: the defaults, with the intervals given.
-fn rotation(lifetime: &str, before: &str, jitter: &str, verify: &str, reconcile: &str) -> String {
+pub(crate) fn rotation(
+    lifetime: &str,
+    before: &str,
+    jitter: &str,
+    verify: &str,
+    reconcile: &str,
+) -> String {
     format!(
         "\ntoken_lifetime = \"{lifetime}\"\nrotate_before = \"{before}\"\n\
          rotation_jitter = \"{jitter}\"\nverify_interval = \"{verify}\"\n\
@@ -141,13 +152,13 @@ impl Clock for OffsetClock {
     }
 }
 
-struct Rig {
-    clock: ManualClock,
+pub(crate) struct Rig {
+    pub(crate) clock: ManualClock,
     /// How far LINE's (the sandbox's) clock is ahead of ours.
     line_ahead_ms: Arc<AtomicI64>,
-    sandbox: Sandbox,
-    base_url: String,
-    chans: Vec<Chan>,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) base_url: String,
+    pub(crate) chans: Vec<Chan>,
     rotation: String,
     daemon: Option<Daemon>,
     daemon_stop: CancellationToken,
@@ -160,7 +171,7 @@ impl Rig {
     /// Registers `chans` at a fresh sandbox (each with its `kid_at_line`),
     /// applies `faults`, lets `prepare` act on the sandbox before the daemon
     /// exists, then starts the daemon.
-    async fn start(
+    pub(crate) async fn start(
         chans: Vec<Chan>,
         rotation: String,
         faults: Faults,
@@ -247,6 +258,13 @@ impl Rig {
             for g in &c.groups {
                 write!(toml, "\n  [[channel.group]]\n  name = \"{g}\"\n").unwrap();
             }
+            for g in &c.short_lived {
+                write!(
+                    toml,
+                    "\n  [[channel.group]]\n  name = \"{g}\"\n  kind = \"short-lived\"\n"
+                )
+                .unwrap();
+            }
         }
         fs::write(self.config_path(), toml).unwrap();
         Settings::load(&self.config_path(), &HashMap::new())
@@ -287,26 +305,26 @@ impl Rig {
         guarded("shutdown", daemon.stopped()).await.unwrap();
     }
 
-    fn daemon(&self) -> &Daemon {
+    pub(crate) fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().unwrap()
     }
 
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.daemon().rotator.store()
     }
 
-    fn passes(&self) -> u64 {
+    pub(crate) fn passes(&self) -> u64 {
         self.daemon().scheduler.borrow().passes
     }
 
     /// Waits until the daemon sleeps and returns when it wants to wake.
-    async fn deadline(&self) -> DateTime<Utc> {
+    pub(crate) async fn deadline(&self) -> DateTime<Utc> {
         guarded("the next sleep", self.clock.next_deadline()).await
     }
 
     /// Waits for the pass after `before` to end, then for the daemon to
     /// sleep again.
-    async fn pass_after(&self, before: u64) {
+    pub(crate) async fn pass_after(&self, before: u64) {
         let mut state = self.daemon().scheduler.clone();
         guarded("a pass", state.wait_for(|s| s.passes > before))
             .await
@@ -316,7 +334,7 @@ impl Rig {
 
     /// Reloads the config as it stands now (what the file watch and
     /// SIGHUP do) and waits for the pass it causes.
-    async fn reload(&self) {
+    pub(crate) async fn reload(&self) {
         let before = self.passes();
         let config = self.write_config();
         self.daemon().reload(&config).await.unwrap();
@@ -331,7 +349,7 @@ impl Rig {
 
     /// Lets the daemon run every pass it wants until `until`, checking the
     /// world after each; ends with the clock at `until`.
-    async fn run_until(&mut self, until: DateTime<Utc>) {
+    pub(crate) async fn run_until(&mut self, until: DateTime<Utc>) {
         let mut same_instant = 0;
         let mut last = self.now();
         loop {
@@ -359,7 +377,7 @@ impl Rig {
         }
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
@@ -384,7 +402,7 @@ impl Rig {
         channel_counts(self.store(), &self.chans[ci].id, self.now())
     }
 
-    async fn finish(mut self) -> Watch {
+    pub(crate) async fn finish(mut self) -> Watch {
         self.observe();
         self.stop_daemon().await;
         self.sandbox_stop.cancel();
@@ -437,7 +455,7 @@ struct Cover {
 }
 
 /// The outside observer: what LINE holds, checked after every step.
-struct Watch {
+pub(crate) struct Watch {
     chans: Vec<(ChannelId, Vec<GroupName>)>,
     cover: BTreeMap<(usize, GroupName), Cover>,
     gaps: Vec<Gap>,

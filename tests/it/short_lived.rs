@@ -1,0 +1,256 @@
+//! Short-lived groups against the sandbox (issue 11, part 1): the real
+//! daemon and the sandbox on one manual clock (the `recovery` rig), judged
+//! from the outside at the sandbox.
+//!
+//! LINE lists no short-lived tokens and silently evicts a channel's oldest
+//! when a 31st is issued, by anyone. So the daemon can only learn of an
+//! eviction by verifying each of its short-lived tokens; these tests check
+//! that it does, alerts, reissues, never holds more than 2 per group, and
+//! that its revoke reaches `/v2/oauth/revoke` and is confirmed.
+//!
+//! Depends on `recovery` (the rig) and the crate's public API.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use linetokd::domain::{GroupName, KeyId, TokenState};
+use linetokd::sandbox::{Faults, SandboxToken, SandboxTokenState, TokenKind};
+use linetokd::store::AlertScope;
+
+use crate::recovery::{Rig, chan, rotation};
+
+/// Our short-lived tokens LINE holds live now, by group (read at the
+/// sandbox, mapped to groups through the store by fingerprint); and how
+/// many live short-lived tokens the channel has in all.
+fn ours_at_line(rig: &Rig) -> (BTreeMap<GroupName, Vec<SandboxToken>>, usize) {
+    let now = rig.sandbox.now();
+    let live: Vec<SandboxToken> = rig
+        .sandbox
+        .tokens_since(&rig.chans[0].id, 0)
+        .into_iter()
+        .filter(|t| {
+            t.kind == TokenKind::ShortLived
+                && t.state == SandboxTokenState::Live
+                && now < t.expires_at
+        })
+        .collect();
+    let total = live.len();
+    let mut by_group: BTreeMap<GroupName, Vec<SandboxToken>> = BTreeMap::new();
+    for t in live {
+        let id = KeyId::short_lived(&t.access_token);
+        if let Some(stored) = rig.store().token(&id).unwrap() {
+            by_group.entry(stored.group).or_default().push(t);
+        }
+    }
+    (by_group, total)
+}
+
+/// Checks the invariants at LINE: at most 2 live short-lived tokens per
+/// group of ours, at most 30 on the channel.
+fn check(rig: &Rig) -> BTreeMap<GroupName, Vec<SandboxToken>> {
+    let (ours, total) = ours_at_line(rig);
+    assert!(total <= 30, "{} short-lived tokens live at LINE", total);
+    for (g, tokens) in &ours {
+        assert!(
+            tokens.len() <= 2,
+            "{g} has {} live short-lived tokens",
+            tokens.len()
+        );
+    }
+    ours
+}
+
+/// Another issuer on the channel takes a short-lived token, as LINE's
+/// own SDK would: `POST /v2/oauth/accessToken` with the channel secret.
+async fn foreign_issue(rig: &Rig) {
+    let c = &rig.chans[0];
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v2/oauth/accessToken", rig.base_url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", c.id.as_str()),
+            ("client_secret", c.secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+/// Runs the daemon until `until`, checking the invariants at LINE after
+/// every step it takes.
+async fn run_checked(rig: &mut Rig, until: chrono::DateTime<chrono::Utc>) {
+    loop {
+        let deadline = rig.deadline().await;
+        check(rig);
+        if deadline > until {
+            rig.run_until(until).await;
+            check(rig);
+            return;
+        }
+        let before = rig.passes();
+        rig.clock.set(deadline.max(rig.now()));
+        rig.pass_after(before).await;
+    }
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name)
+}
+
+#[tokio::test]
+async fn the_31st_short_lived_token_evicts_ours_and_the_daemon_reissues_at_its_next_verify() {
+    let mut c = chan(0, 1);
+    c.short_lived = vec![group("liff-a"), group("liff-b")];
+    let mut rig = Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", "1h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+
+    // The first pass issued one short-lived token per group (and the v2.1
+    // group its own, in the other pool).
+    let first = check(&rig);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.values().all(|t| t.len() == 1));
+    let oldest = first
+        .iter()
+        .min_by_key(|(_, t)| t[0].seq)
+        .map(|(g, t)| (g.clone(), KeyId::short_lived(&t[0].access_token)))
+        .unwrap();
+    let status = rig.store().token(&oldest.1).unwrap().unwrap();
+    assert_eq!(status.record.state, TokenState::Live);
+
+    // Another issuer takes 29: the 31st evicts the channel's oldest, ours.
+    for _ in 0..29 {
+        foreign_issue(&rig).await;
+    }
+    let after = check(&rig);
+    assert!(
+        !after.contains_key(&oldest.0),
+        "{} should have lost its token at LINE",
+        oldest.0
+    );
+    // The daemon cannot know yet: nothing lists short-lived tokens.
+    assert_eq!(
+        rig.store().token(&oldest.1).unwrap().unwrap().record.state,
+        TokenState::Live
+    );
+
+    // Within one verify interval (plus the jitter's reach) it finds out,
+    // alerts, and issues a replacement; the replacement (the 31st again)
+    // evicts the next oldest, the other group's, which its own next verify
+    // finds, and so on until every group holds a token.
+    let start = rig.now();
+    run_checked(&mut rig, start + Duration::hours(1)).await;
+    let stored = rig.store().token(&oldest.1).unwrap().unwrap();
+    assert_eq!(stored.record.state, TokenState::Gone, "{stored:?}");
+    assert!(
+        stored
+            .state_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("evicted"),
+        "{:?}",
+        stored.state_reason
+    );
+    // The alert fires for the evicted group, and lasts an hour after the
+    // latest eviction so it reaches people although the group was given a
+    // replacement at once.
+    let channel = rig.chans[0].id.clone();
+    let evicted_alert = |rig: &Rig| {
+        rig.store()
+            .firing_in(AlertScope {
+                channel: Some(&channel),
+                group: Some(&oldest.0),
+                names: &["short_lived_evicted"],
+            })
+            .unwrap()
+    };
+    let firing = evicted_alert(&rig);
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert_eq!(firing[0].severity, "warning");
+    assert!(
+        firing[0].summary.contains("evicted"),
+        "{}",
+        firing[0].summary
+    );
+
+    run_checked(&mut rig, start + Duration::hours(3)).await;
+    let now_ours = check(&rig);
+    for g in [group("liff-a"), group("liff-b")] {
+        let tokens = now_ours.get(&g).cloned().unwrap_or_default();
+        assert_eq!(tokens.len(), 1, "{g} at LINE: {tokens:?}");
+        // The token LINE holds is the one the daemon hands out.
+        let id = KeyId::short_lived(&tokens[0].access_token);
+        let book = rig.daemon().tokens.get(&channel, &g);
+        assert_eq!(book.current.unwrap().key_id, id);
+    }
+    assert!(
+        evicted_alert(&rig).is_empty(),
+        "the alert should have resolved an hour after the last eviction"
+    );
+    let metrics = rig.daemon().metrics.render();
+    let evictions: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("linetokd_short_lived_evictions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(evictions >= 1, "{metrics}");
+    assert!(
+        metrics.contains(r#"group="liff-a",kind="short-lived"} 1"#),
+        "{metrics}"
+    );
+    // No token value reached the metrics.
+    for t in rig.sandbox.tokens_since(&channel, 0) {
+        assert!(!metrics.contains(t.access_token.expose()));
+    }
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms_it() {
+    let mut c = chan(0, 0);
+    c.short_lived = vec![group("liff")];
+    let mut rig = Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", "1h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    let before = check(&rig);
+    let old = before[&group("liff")][0].clone();
+    let channel = rig.chans[0].id.clone();
+    let passes = rig.passes();
+    rig.daemon()
+        .rotator
+        .request_incident(&channel, &group("liff"), "test")
+        .await
+        .unwrap();
+    rig.pass_after(passes).await;
+    let now = rig.now();
+    run_checked(&mut rig, now + Duration::minutes(1)).await;
+
+    // At LINE: the old token revoked (not evicted, not expired), one new.
+    let old_now = rig
+        .sandbox
+        .tokens_since(&channel, old.seq)
+        .into_iter()
+        .find(|t| t.seq == old.seq)
+        .unwrap();
+    assert_eq!(old_now.state, SandboxTokenState::Revoked);
+    let after = check(&rig);
+    let new = &after[&group("liff")];
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].access_token, old.access_token);
+    let stored = rig
+        .store()
+        .token(&KeyId::short_lived(&old.access_token))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.record.state, TokenState::Revoked);
+    rig.finish().await;
+}
