@@ -1259,6 +1259,7 @@ fn configured_channels(config: &config::Outline) -> Vec<status::ConfiguredChanne
             id: c.id.clone(),
             name: c.name.clone(),
             groups: c.groups.clone(),
+            short_lived: c.short_lived.clone(),
             can_revoke: c.has_secret,
         })
         .collect()

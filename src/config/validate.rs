@@ -212,6 +212,8 @@ pub struct ChannelOutline {
     pub name: String,
     /// Its groups' names, in file order.
     pub groups: Vec<GroupName>,
+    /// The groups (of `groups`) kept with short-lived tokens.
+    pub short_lived: Vec<GroupName>,
     /// True when `secret_file` is set (needed to revoke); the file is read
     /// to check it, its content not kept.
     pub has_secret: bool,
@@ -623,10 +625,17 @@ impl Validator {
             .into_iter()
             .collect();
         (name_ok && key_ok && secret_ok && kid.is_some()).then_some(())?;
+        let short_lived = c
+            .groups
+            .iter()
+            .filter(|g| TokenKind::parse(&g.kind) == Some(TokenKind::ShortLived))
+            .map(|g| GroupName::new(g.name.clone()))
+            .collect();
         Some(ChannelOutline {
             id: id?,
             name: c.name.clone(),
             groups: groups?,
+            short_lived,
             has_secret: c.secret_file.is_some(),
         })
     }

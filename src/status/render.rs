@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{ChannelStatus, FiringStatus, GroupStatus, StatusReport, in_parallel};
+use crate::domain::TokenKind;
 
 /// "3 plaintext" or "12 encrypted with key 2, 4 encrypted with key 1": how the
 /// stored token values are held.
@@ -134,7 +135,12 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
     ]];
     for g in &c.groups {
         rows.push(vec![
-            g.name.to_string(),
+            // v2.1 is the default and stays unmarked.
+            if g.kind == TokenKind::V21.as_str() {
+                g.name.to_string()
+            } else {
+                format!("{} ({})", g.name, g.kind)
+            },
             g.current
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |t| t.key_id.to_string()),

@@ -103,6 +103,8 @@ pub struct ChannelStatus {
 pub struct GroupStatus {
     /// Its name.
     pub name: GroupName,
+    /// The kind of token it is kept with (`v2.1`, `short-lived`).
+    pub kind: &'static str,
     /// True when the config lists it.
     pub in_config: bool,
     /// True when the store knows it. A configured group the daemon does
@@ -494,6 +496,7 @@ fn group_status(
     let next_rotation_at = plan.and_then(|p| p.next_rotation_at);
     GroupStatus {
         name: view.group.clone(),
+        kind: view.kind.as_str(),
         in_config: g.in_config,
         known_to_daemon: g.row.is_some(),
         removed_at: g.row.and_then(|r| r.removed_at),

@@ -24,6 +24,8 @@ pub struct ConfiguredChannel {
     pub name: String,
     /// Its groups, in file order.
     pub groups: Vec<GroupName>,
+    /// The groups (of `groups`) kept with short-lived tokens.
+    pub short_lived: Vec<GroupName>,
     /// True when a channel secret is configured (needed to revoke).
     pub can_revoke: bool,
 }

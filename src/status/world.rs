@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use super::{ConfiguredChannel, StoredChannel, StoredState};
-use crate::domain::{ChannelId, GroupName};
+use crate::domain::{ChannelId, GroupName, TokenKind};
 use crate::policy::{self, ChannelView, GroupView};
 use crate::store::{GroupRow, StoredToken};
 
@@ -81,11 +81,24 @@ pub(super) fn world<'a>(
 ) -> ChannelWorld<'a> {
     let can_revoke = configured.is_some_and(|c| c.can_revoke);
     let wanted = |name: &GroupName| configured.is_some_and(|c| c.groups.contains(name));
+    // The config's kind, as `Store::sync_config` will record it.
+    let configured_kind = |name: &GroupName| {
+        configured.map(|c| {
+            if c.short_lived.contains(name) {
+                TokenKind::ShortLived
+            } else {
+                TokenKind::V21
+            }
+        })
+    };
     let mut groups: Vec<GroupWorld<'a>> = Vec::new();
     if let Some(stored) = stored {
         for (row, tokens) in &stored.snapshot.groups {
             let mut view = stored.snapshot.group_view(&id, row, tokens, can_revoke);
             let in_config = wanted(&row.name);
+            if in_config && let Some(kind) = configured_kind(&row.name) {
+                view.kind = kind;
+            }
             // As `Store::sync_config` will: back in the config means active;
             // gone from it means removed, from now if not already.
             view.removed_at = if in_config {
@@ -105,7 +118,10 @@ pub(super) fn world<'a>(
         for name in &c.groups {
             if !groups.iter().any(|g| &g.view.group == name) {
                 groups.push(GroupWorld {
-                    view: GroupView::new(id.clone(), name.clone(), c.can_revoke),
+                    view: GroupView {
+                        kind: configured_kind(name).unwrap_or_default(),
+                        ..GroupView::new(id.clone(), name.clone(), c.can_revoke)
+                    },
                     row: None,
                     tokens: &[],
                     in_config: true,

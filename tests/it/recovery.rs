@@ -226,7 +226,7 @@ impl Rig {
         rig
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("linetokd.toml")
     }
 

@@ -252,5 +252,23 @@ async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms
         .unwrap()
         .unwrap();
     assert_eq!(stored.record.state, TokenState::Revoked);
+
+    // `status` beside the running daemon names the group's kind, never a
+    // token value. (It reads the system clock, which is not the rig's, so
+    // which tokens it calls live is not asserted here.)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+        .args(["status", "--json", "--config"])
+        .arg(rig.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let g = &report["channels"][0]["groups"][0];
+    assert_eq!(g["name"], "liff");
+    assert_eq!(g["kind"], "short-lived");
+    for t in rig.sandbox.tokens_since(&channel, 0) {
+        assert!(!text.contains(t.access_token.expose()));
+    }
     rig.finish().await;
 }
