@@ -1024,3 +1024,102 @@ fn an_untouched_database_keeps_writing_and_other_errors_are_not_fatal() {
     assert!(!matches!(err, StoreError::Replaced { .. }), "{err:?}");
     assert!(!err.is_fatal(), "{err:?}");
 }
+
+/// Migration 8 gives every group of a schema-7 database the kind it always
+/// had (v2.1); a config sync then records each group's configured kind, a
+/// reconcile never marks a short-lived token gone (LINE lists none), and a
+/// short-lived token found evicted is read back as that group's eviction.
+#[test]
+fn groups_get_their_kind_and_short_lived_tokens_stay_out_of_the_listing() {
+    use linetokd::domain::TokenKind;
+    use linetokd::store::Scope;
+    use linetokd::store::migrate::{self, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linetokd.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate::apply(&mut conn, &MIGRATIONS[..7]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop-bot', 1);
+             INSERT INTO groups (channel_id, name, added_at) VALUES ('1000', 'backend', 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.migrated().from, 7);
+    let groups = store.groups(&ch("1000")).unwrap();
+    assert_eq!(groups[0].kind, TokenKind::V21);
+
+    let spec = |short: Vec<GroupName>| ChannelSpec {
+        id: ch("1000"),
+        name: "shop-bot".into(),
+        groups: vec![gr("backend"), gr("liff")],
+        fingerprint: None,
+        short_lived: short,
+    };
+    store.sync_config(t0(), &[spec(vec![gr("liff")])]).unwrap();
+    let kinds: Vec<(String, TokenKind)> = store
+        .groups(&ch("1000"))
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.name.to_string(), g.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("backend".to_owned(), TokenKind::V21),
+            ("liff".to_owned(), TokenKind::ShortLived)
+        ]
+    );
+
+    let value = AccessToken::new("short-lived-VALUE-1");
+    let sl = KeyId::short_lived(&value);
+    let intent = store.begin_issue(t0(), &ch("1000"), &gr("liff")).unwrap();
+    store
+        .complete_issue(
+            t0(),
+            intent,
+            &IssuedToken {
+                key_id: sl.clone(),
+                value: value.clone(),
+                issued_at: t0(),
+                expires_at: t0() + Duration::days(30),
+                verified_at: Some(t0()),
+            },
+            &[],
+        )
+        .unwrap();
+    issue(&store, "backend", "kid-v21", "v21-VALUE", t0());
+    // LINE lists no key ID at all: only the v2.1 token is missing from it.
+    let later = t0() + Duration::minutes(1);
+    let report = store.reconcile(later, &ch("1000"), &[], 0).unwrap();
+    assert_eq!(report.gone, vec![kid("kid-v21")]);
+    assert_eq!(
+        store.token(&sl).unwrap().unwrap().record.state,
+        TokenState::Live
+    );
+    assert!(store.evictions_in(Scope::All, t0()).unwrap().is_empty());
+    store
+        .set_token_state(later, &sl, TokenState::Gone, "evicted or revoked")
+        .unwrap();
+    let evictions = store
+        .evictions_in(Scope::Channel(&ch("1000")), t0())
+        .unwrap();
+    assert_eq!(evictions, vec![(ch("1000"), gr("liff"), later)]);
+    assert!(
+        store
+            .evictions_in(Scope::All, later + Duration::seconds(1))
+            .unwrap()
+            .is_empty()
+    );
+
+    // Back to v2.1 in the config: the kind follows.
+    store.sync_config(later, &[spec(vec![])]).unwrap();
+    assert!(
+        store
+            .groups(&ch("1000"))
+            .unwrap()
+            .iter()
+            .all(|g| g.kind == TokenKind::V21)
+    );
+}
