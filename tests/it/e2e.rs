@@ -500,6 +500,14 @@ async fn a_second_instance_on_the_same_database_is_refused() {
 #[tokio::test]
 async fn no_token_reaches_any_output_of_a_full_run_at_trace_level() {
     let mut lab = Lab::start(ROTATING, "trace").await;
+    // Beside the rotating v2.1 groups, a short-lived one: its tokens are
+    // issued, verified and logged through their own endpoints.
+    let mut groups = String::new();
+    for group in GROUPS {
+        groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
+    }
+    groups.push_str("\n  [[channel.group]]\n  name = \"liff\"\n  kind = \"short-lived\"\n");
+    lab.replace_config(&lab.config_text(ROTATING, &groups));
 
     // A run with JSON logs: issue, verify, reconcile, rotate, revoke.
     let mut first = lab.run("first run (json)", "trace", &[]);
@@ -536,9 +544,20 @@ async fn no_token_reaches_any_output_of_a_full_run_at_trace_level() {
         tokens.iter().any(|t| t.state == "revoked"),
         "a token was revoked"
     );
+    assert!(
+        tokens.iter().any(|t| t.kind == "short_lived"),
+        "a short-lived token was issued"
+    );
     assert!(first.count(0, |l| l.field("level").as_deref() == Some("TRACE")) > 0);
     assert!(second.count(0, |l| l.text.contains("TRACE")) > 0);
-    for verb in ["v21_issue", "v21_verify", "v21_key_ids", "v21_revoke"] {
+    for verb in [
+        "v21_issue",
+        "v21_verify",
+        "v21_key_ids",
+        "v21_revoke",
+        "short_lived_issue",
+        "short_lived_verify",
+    ] {
         assert!(
             first.count(0, |l| l.is_with("LINE request", "endpoint", verb)) > 0,
             "the run called {verb}"

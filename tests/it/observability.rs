@@ -273,12 +273,12 @@ const FAMILIES: [(&str, &str, &[&str]); 9] = [
     (
         "linetokd_live_tokens",
         "gauge",
-        &["channel", "channel_name", "group"],
+        &["channel", "channel_name", "group", "kind"],
     ),
     (
         "linetokd_channel_tokens",
         "gauge",
-        &["channel", "channel_name", "owner"],
+        &["channel", "channel_name", "kind", "owner"],
     ),
     (
         "linetokd_rotations",
@@ -372,7 +372,17 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
             .unwrap();
         assert_eq!(next, unix(&g["next_rotation_at"]) as f64, "{group}");
         assert!(next < expiry, "{group} rotates before its token expires");
-        let live = metrics.get("linetokd_live_tokens", &labels).unwrap();
+        let live = metrics
+            .get(
+                "linetokd_live_tokens",
+                &[
+                    ("channel", CHANNEL),
+                    ("channel_name", CHANNEL_NAME),
+                    ("group", group),
+                    ("kind", "v2.1"),
+                ],
+            )
+            .unwrap();
         assert_eq!(live, g["live_tokens"].as_f64().unwrap(), "{group}");
         assert_eq!(live, 1.0);
         let rotations = [
@@ -393,6 +403,7 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
             ("channel", CHANNEL),
             ("channel_name", CHANNEL_NAME),
             ("owner", "ours"),
+            ("kind", "v2.1"),
         ],
     );
     assert_eq!(ours, channel["live_ours"].as_f64());
@@ -403,6 +414,7 @@ async fn metrics_carry_the_design_names_and_agree_with_status() {
             ("channel", CHANNEL),
             ("channel_name", CHANNEL_NAME),
             ("owner", "foreign"),
+            ("kind", "v2.1"),
         ],
     );
     assert_eq!(foreign, channel["foreign_live"].as_f64());

@@ -337,9 +337,13 @@ fn read_lines(
 /// One token as the sandbox's inspection API shows it. `Debug` leaves the
 /// value out, so a failing assertion does not print tokens either.
 #[derive(Clone, Deserialize)]
+#[serde(from = "InspectedToken")]
 pub struct SandboxToken {
-    /// LINE's key ID.
+    /// LINE's key ID; for a short-lived token (LINE gives none) the
+    /// fingerprint identity linetokd stores it under.
     pub key_id: String,
+    /// `v2.1`, `short_lived` or `stateless`.
+    pub kind: String,
     /// The value.
     pub access_token: String,
     /// When the sandbox issued it.
@@ -350,6 +354,38 @@ pub struct SandboxToken {
     pub state: String,
     /// When it was revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// [`SandboxToken`] as the inspection API sends it.
+#[derive(Deserialize)]
+struct InspectedToken {
+    key_id: Option<String>,
+    kind: String,
+    access_token: String,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    state: String,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<InspectedToken> for SandboxToken {
+    fn from(t: InspectedToken) -> Self {
+        let key_id = t.key_id.unwrap_or_else(|| {
+            linetokd::domain::KeyId::short_lived(&linetokd::domain::AccessToken::new(
+                t.access_token.clone(),
+            ))
+            .to_string()
+        });
+        Self {
+            key_id,
+            kind: t.kind,
+            access_token: t.access_token,
+            issued_at: t.issued_at,
+            expires_at: t.expires_at,
+            state: t.state,
+            revoked_at: t.revoked_at,
+        }
+    }
 }
 
 impl std::fmt::Debug for SandboxToken {
