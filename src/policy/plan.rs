@@ -362,13 +362,7 @@ pub fn rotation_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) ->
 /// group's stable verify jitter of up to `min(rotation_jitter,
 /// verify_interval / 2)`.
 pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> DateTime<Utc> {
-    let interval = time::at_least(rules.verify_interval, MIN_INTERVAL);
-    let span = time::non_negative(rules.rotation_jitter).min(interval / 2);
-    let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
-    let since = group
-        .last_verified_at
-        .map_or(token.issued_at, |v| v.max(token.issued_at));
-    time::sub(time::add(since, interval), jitter)
+    verify_due_after(group.last_verified_at, token, group, rules)
 }
 
 /// The instant a token other than the group's current one is due for
@@ -377,12 +371,21 @@ pub fn verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> D
 /// verified this way: nothing lists them, so a previous token evicted by
 /// another issuer would otherwise go unnoticed.
 pub fn token_verify_due_at(token: &TokenRecord, group: &GroupView, rules: &Rules) -> DateTime<Utc> {
+    verify_due_after(token.verified_at, token, group, rules)
+}
+
+/// A `verify_interval` after `verified` (or the token's issue, whichever
+/// is later), less the group's verify jitter.
+fn verify_due_after(
+    verified: Option<DateTime<Utc>>,
+    token: &TokenRecord,
+    group: &GroupView,
+    rules: &Rules,
+) -> DateTime<Utc> {
     let interval = time::at_least(rules.verify_interval, MIN_INTERVAL);
     let span = time::non_negative(rules.rotation_jitter).min(interval / 2);
     let jitter = stable_jitter(&group.channel, &group.group, JitterPurpose::Verify, span);
-    let since = token
-        .verified_at
-        .map_or(token.issued_at, |v| v.max(token.issued_at));
+    let since = verified.map_or(token.issued_at, |v| v.max(token.issued_at));
     time::sub(time::add(since, interval), jitter)
 }
 

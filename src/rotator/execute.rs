@@ -422,7 +422,10 @@ impl Rotator {
                 tracing::debug!(channel = %setup.id, group = %group, key_id = %key_id, "token verified");
                 Ok(())
             }
-            Err(why) if key_id.kind() == TokenKind::ShortLived => {
+            Err(why)
+                if key_id.kind() == TokenKind::ShortLived
+                    && matches!(answer, Verification::Rejected { .. }) =>
+            {
                 // Nothing lists short-lived tokens, and LINE counts none it
                 // refuses: the token is gone, evicted by another issuer's
                 // 31st or revoked outside linetokd. Its group is issued a
