@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_encrypt_token_values_at_rest",
         sql: include_str!("../../migrations/0007_encrypt_token_values_at_rest.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_watch_long_lived_tokens",
+        sql: include_str!("../../migrations/0008_watch_long_lived_tokens.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.
