@@ -107,6 +107,26 @@ pub struct Settings {
 /// error names the file, never its contents.
 pub type TokenReader = fn(&Path) -> Result<AccessToken, String>;
 
+/// `linetokd long-lived retire` without a running daemon: revokes and
+/// confirms, then records the retirement in `store` so the next start
+/// neither verifies nor alerts about the token.
+///
+/// # Errors
+/// As [`revoke_and_confirm`], or when the store cannot be written.
+pub async fn retire_offline(
+    line: &LineClient,
+    store: &Store,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    token: &AccessToken,
+) -> Result<(), RetireError> {
+    revoke_and_confirm(line, token).await?;
+    let fp = fingerprint(token);
+    store
+        .retire_long_lived(now, channel, &fp)
+        .map_err(|e| format!("revoked {fp}, but recording it failed: {}", crate::logging::error_chain(&e)))
+}
+
 /// Everything a channel's watcher needs besides its own settings.
 #[derive(Clone)]
 pub struct Parts {
