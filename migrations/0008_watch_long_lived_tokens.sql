@@ -1,4 +1,5 @@
--- linetokd schema, version 8: long-lived channel access tokens, watched.
+-- linetokd schema, version 8: long-lived channel access tokens, watched, and
+-- `info` alerts.
 --
 -- Applied by src/store/migrate.rs inside one transaction together with
 -- `PRAGMA user_version = 8`. Only new tables: every earlier row is kept.
@@ -30,3 +31,39 @@ CREATE TABLE long_lived_tokens (
     retired_at      INTEGER,
     PRIMARY KEY (channel_id, fingerprint)
 ) STRICT;
+
+-- `long_lived_old_still_valid` is an `info` alert: listed by `status`,
+-- counted by `linetokd_alerts_firing`, never sent (every receiver's
+-- `min_severity` is at least `warning`). SQLite cannot change a CHECK in
+-- place, so the alerts table is rebuilt with every row kept.
+
+CREATE TABLE alerts_v8 (
+    fingerprint  TEXT    NOT NULL PRIMARY KEY,
+    -- NULL for an alert about the daemon as a whole.
+    channel_id   TEXT,
+    -- NULL for a channel-wide (or daemon-wide) alert.
+    group_name   TEXT,
+    -- The extra label's name and value (`key_id`, `sink`, `fingerprint`, ...).
+    label_name   TEXT,
+    label_value  TEXT,
+    alertname    TEXT    NOT NULL,
+    severity     TEXT    NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    summary      TEXT    NOT NULL,
+    started_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    resolved_at  INTEGER,
+    CHECK ((label_name IS NULL) = (label_value IS NULL)),
+    CHECK (channel_id IS NOT NULL OR group_name IS NULL)
+) STRICT;
+
+INSERT INTO alerts_v8 (fingerprint, channel_id, group_name, label_name, label_value, alertname,
+                       severity, summary, started_at, last_seen_at, resolved_at)
+    SELECT fingerprint, channel_id, group_name, label_name, label_value, alertname,
+           severity, summary, started_at, last_seen_at, resolved_at
+    FROM alerts;
+
+DROP TABLE alerts;
+ALTER TABLE alerts_v8 RENAME TO alerts;
+
+CREATE INDEX alerts_by_channel ON alerts (channel_id) WHERE resolved_at IS NULL;
+CREATE INDEX alerts_by_resolved_at ON alerts (resolved_at) WHERE resolved_at IS NOT NULL;

@@ -19,6 +19,7 @@ mod hooks;
 mod hostile;
 mod keygen;
 mod keys;
+mod long_lived;
 mod line_client;
 mod migrate_v3;
 mod observability;
