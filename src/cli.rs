@@ -980,14 +980,15 @@ fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Fa
             };
             let store = Store::open_with(&config.daemon.database, options)
                 .map_err(|e| store_failure(e, "while opening the database"))?;
-            runtime()?.block_on(crate::longlived::retire_offline(
-                &line,
-                &store,
-                SystemClock.now(),
-                &channel,
-                &token,
-            ))
-            .map_err(|e| Failure::Runtime(anyhow::anyhow!("{e}")))?;
+            runtime()?
+                .block_on(crate::longlived::retire_offline(
+                    &line,
+                    &store,
+                    SystemClock.now(),
+                    &channel,
+                    &token,
+                ))
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("{e}")))?;
             emit_line(format_args!(
                 "channel {channel}: long-lived token {fp} revoked; LINE no longer accepts it"
             ))

@@ -584,13 +584,17 @@ impl Metrics {
             channel,
             channel_name,
         };
-        self.long_lived_valid.get_or_create(&labels).set(match valid {
-            Some(true) => 1,
-            Some(false) => 0,
-            None => -1,
-        });
+        self.long_lived_valid
+            .get_or_create(&labels)
+            .set(match valid {
+                Some(true) => 1,
+                Some(false) => 0,
+                None => -1,
+            });
         if let Some(at) = verified_at {
-            self.long_lived_verified.get_or_create(&labels).set(unix(at));
+            self.long_lived_verified
+                .get_or_create(&labels)
+                .set(unix(at));
         }
     }
 

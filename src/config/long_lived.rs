@@ -53,7 +53,10 @@ pub struct LongLivedConfig {
 
 /// Checks `[channel.long_lived]` of the channel at `at` (`channel[0]`):
 /// every problem as (key, message).
-pub(super) fn check(at: &str, s: &LongLivedSettings) -> Result<LongLivedConfig, Vec<(String, String)>> {
+pub(super) fn check(
+    at: &str,
+    s: &LongLivedSettings,
+) -> Result<LongLivedConfig, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let key = |k: &str| format!("{at}.long_lived.{k}");
     if let Err(m) = read_token_file(&s.token_file) {
@@ -128,10 +131,17 @@ mod tests {
         assert!(err.contains("mode 0644"), "{err}");
         let two = file(dir.path(), "abc\ndef\n", 0o600);
         let err = read_token_file(&two).unwrap_err();
-        assert!(err.contains("one channel access token") && !err.contains("abc"), "{err}");
+        assert!(
+            err.contains("one channel access token") && !err.contains("abc"),
+            "{err}"
+        );
         let empty = file(dir.path(), "\n", 0o600);
         assert!(read_token_file(&empty).is_err());
-        assert!(read_token_file(Path::new("")).unwrap_err().contains("is empty"));
+        assert!(
+            read_token_file(Path::new(""))
+                .unwrap_err()
+                .contains("is empty")
+        );
     }
 
     #[test]

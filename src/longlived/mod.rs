@@ -122,9 +122,12 @@ pub async fn retire_offline(
 ) -> Result<(), RetireError> {
     revoke_and_confirm(line, token).await?;
     let fp = fingerprint(token);
-    store
-        .retire_long_lived(now, channel, &fp)
-        .map_err(|e| format!("revoked {fp}, but recording it failed: {}", crate::logging::error_chain(&e)))
+    store.retire_long_lived(now, channel, &fp).map_err(|e| {
+        format!(
+            "revoked {fp}, but recording it failed: {}",
+            crate::logging::error_chain(&e)
+        )
+    })
 }
 
 /// Everything a channel's watcher needs besides its own settings.
@@ -171,10 +174,16 @@ impl Service {
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn start(parts: Parts, shutdown: CancellationToken) -> Result<Arc<Self>, crate::store::StoreError> {
+    pub async fn start(
+        parts: Parts,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
         let forgotten = parts.store.blocking(Store::forget_old_long_lived).await?;
         if forgotten > 0 {
-            tracing::info!(forgotten, "old long-lived token values of the previous run are no longer verified");
+            tracing::info!(
+                forgotten,
+                "old long-lived token values of the previous run are no longer verified"
+            );
         }
         Ok(Arc::new(Self {
             parts,
@@ -197,11 +206,23 @@ impl Service {
                 if !wanted.contains_key(channel) {
                     self.parts.metrics.remove_long_lived(channel);
                     // Its alerts resolve: nobody watches that token now.
-                    let (store, ch, now) = (self.parts.store.clone(), channel.clone(), self.parts.clock.now());
+                    let (store, ch, now) = (
+                        self.parts.store.clone(),
+                        channel.clone(),
+                        self.parts.clock.now(),
+                    );
                     self.tasks.spawn(async move {
                         let _ = store
                             .blocking(move |s| {
-                                s.sync_alerts(now, AlertScope { channel: Some(&ch), group: None, names: rules::ALERT_NAMES }, &[])
+                                s.sync_alerts(
+                                    now,
+                                    AlertScope {
+                                        channel: Some(&ch),
+                                        group: None,
+                                        names: rules::ALERT_NAMES,
+                                    },
+                                    &[],
+                                )
                             })
                             .await;
                     });
@@ -217,7 +238,14 @@ impl Service {
             let (tx, rx) = mpsc::channel(4);
             let watcher = Watcher::new(self.parts.clone(), channel.clone(), config.clone());
             self.tasks.spawn(watcher.run(stop.clone(), rx));
-            running.insert(channel, Running { config, stop, retire: tx });
+            running.insert(
+                channel,
+                Running {
+                    config,
+                    stop,
+                    retire: tx,
+                },
+            );
         }
     }
 
@@ -234,7 +262,9 @@ impl Service {
             .unwrap_or_else(PoisonError::into_inner)
             .get(channel)
             .map(|r| r.retire.clone())
-            .ok_or_else(|| format!("channel {channel} has no [channel.long_lived] in the config in force"))?;
+            .ok_or_else(|| {
+                format!("channel {channel} has no [channel.long_lived] in the config in force")
+            })?;
         let (tx, rx) = oneshot::channel();
         sender
             .send(tx)
@@ -345,7 +375,9 @@ impl Watcher {
                     .collect();
                 self.stored = rows.into_iter().filter(|r| r.channel == channel).collect();
             }
-            Err(e) => tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot read the long-lived tokens' rows"),
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot read the long-lived tokens' rows")
+            }
         }
     }
 }
@@ -446,7 +478,11 @@ impl Watcher {
     /// rejected.
     async fn verify_due(&mut self) {
         let now = self.now();
-        if self.current.as_ref().is_some_and(|c| c.tracked.next_at <= now) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.tracked.next_at <= now)
+        {
             // Before each verify of the current token: a missed inotify
             // event costs at most one interval.
             self.read_file();
@@ -491,7 +527,13 @@ impl Watcher {
         };
         let interval = self.interval();
         let before = held.tracked.result;
-        rules::apply(&mut held.tracked, &self.channel, self.now(), &answer, interval);
+        rules::apply(
+            &mut held.tracked,
+            &self.channel,
+            self.now(),
+            &answer,
+            interval,
+        );
         if held.tracked.result != before {
             tracing::info!(channel = %self.channel, fingerprint = %held.tracked.fingerprint, token = which,
                 result = held.tracked.result.as_str(), "{}", held.tracked.detail);
@@ -505,7 +547,11 @@ impl Watcher {
         if let Some(c) = &self.current {
             rows.push((c.tracked.clone(), LongLivedRole::Current));
         }
-        rows.extend(self.old.iter().map(|o| (o.tracked.clone(), LongLivedRole::Old)));
+        rows.extend(
+            self.old
+                .iter()
+                .map(|o| (o.tracked.clone(), LongLivedRole::Old)),
+        );
         for (t, role) in &rows {
             self.record(t, *role).await;
         }
@@ -537,7 +583,9 @@ impl Watcher {
                     tracing::info!(channel = %self.channel, alert = resolved.alertname, "resolved");
                 }
             }
-            Err(e) => tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot store the long-lived token's alerts"),
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot store the long-lived token's alerts")
+            }
         }
         let (valid, verified) = match &current {
             Some(t) => (
@@ -552,7 +600,9 @@ impl Watcher {
             None if self.current.is_some() => (Some(false), None),
             None => (None, None),
         };
-        self.parts.metrics.set_long_lived(&self.channel, valid, verified);
+        self.parts
+            .metrics
+            .set_long_lived(&self.channel, valid, verified);
     }
 
     async fn record(&self, t: &Tracked, role: LongLivedRole) {
@@ -567,7 +617,12 @@ impl Watcher {
             detail: t.detail.clone(),
             retired_at: None,
         };
-        if let Err(e) = self.parts.store.blocking(move |s| s.record_long_lived(&row)).await {
+        if let Err(e) = self
+            .parts
+            .store
+            .blocking(move |s| s.record_long_lived(&row))
+            .await
+        {
             tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot store the long-lived token's state");
         }
     }
@@ -588,7 +643,12 @@ impl Watcher {
             .store
             .blocking(move |s| s.retire_long_lived(now, &channel, &stored_fp))
             .await
-            .map_err(|e| format!("revoked {fp}, but recording it failed: {}", crate::logging::error_chain(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "revoked {fp}, but recording it failed: {}",
+                    crate::logging::error_chain(&e)
+                )
+            })?;
         self.retired.insert(fp.clone());
         if let Some(c) = self.current.as_mut() {
             c.tracked.result = LongLivedResult::Invalid;

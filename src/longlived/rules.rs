@@ -118,7 +118,13 @@ impl Tracked {
 
 /// Applies `answer` at `now` to `t`; `interval` is the jittered verify
 /// interval to wait after an answer.
-pub fn apply(t: &mut Tracked, channel: &ChannelId, now: DateTime<Utc>, answer: &Answer, interval: Duration) {
+pub fn apply(
+    t: &mut Tracked,
+    channel: &ChannelId,
+    now: DateTime<Utc>,
+    answer: &Answer,
+    interval: Duration,
+) {
     match answer {
         Answer::Valid {
             client_id,
@@ -181,7 +187,11 @@ fn at(t: DateTime<Utc>) -> String {
 /// The alerts a channel's watcher states: about the `current` token
 /// (`None` when the file could not be read, or the current is retired),
 /// the `old` values still in memory, and the file's problem if any.
-pub fn alerts(current: Option<&Tracked>, old: &[Tracked], file_problem: Option<&str>) -> Vec<AlertSpec> {
+pub fn alerts(
+    current: Option<&Tracked>,
+    old: &[Tracked],
+    file_problem: Option<&str>,
+) -> Vec<AlertSpec> {
     let mut out = Vec::new();
     if let Some(t) = current {
         match t.result {
@@ -241,7 +251,9 @@ pub fn alerts(current: Option<&Tracked>, old: &[Tracked], file_problem: Option<&
             label: None,
             alertname: LONG_LIVED_FILE_UNREADABLE,
             severity: "warning",
-            summary: format!("the long-lived token file {problem}; the last value read is still watched"),
+            summary: format!(
+                "the long-lived token file {problem}; the last value read is still watched"
+            ),
         });
     }
     out
@@ -270,25 +282,63 @@ mod tests {
         let table: Vec<(Vec<Answer>, LongLivedResult, u32, Duration)> = vec![
             (vec![valid("1000")], LongLivedResult::Valid, 0, hour),
             (vec![valid("2000")], LongLivedResult::WrongChannel, 0, hour),
-            (vec![Answer::Rejected { code: Some("invalid_request".into()) }], LongLivedResult::Invalid, 0, hour),
-            (vec![Answer::Failed], LongLivedResult::Pending, 1, Duration::seconds(30)),
-            (vec![valid("1000"), Answer::Failed, Answer::Failed], LongLivedResult::Valid, 2, Duration::seconds(60)),
-            (vec![Answer::Failed, Answer::Failed, Answer::Failed], LongLivedResult::Unknown, 3, Duration::seconds(120)),
-            (vec![Answer::Failed, Answer::Failed, Answer::Failed, valid("1000")], LongLivedResult::Valid, 0, hour),
+            (
+                vec![Answer::Rejected {
+                    code: Some("invalid_request".into()),
+                }],
+                LongLivedResult::Invalid,
+                0,
+                hour,
+            ),
+            (
+                vec![Answer::Failed],
+                LongLivedResult::Pending,
+                1,
+                Duration::seconds(30),
+            ),
+            (
+                vec![valid("1000"), Answer::Failed, Answer::Failed],
+                LongLivedResult::Valid,
+                2,
+                Duration::seconds(60),
+            ),
+            (
+                vec![Answer::Failed, Answer::Failed, Answer::Failed],
+                LongLivedResult::Unknown,
+                3,
+                Duration::seconds(120),
+            ),
+            (
+                vec![
+                    Answer::Failed,
+                    Answer::Failed,
+                    Answer::Failed,
+                    valid("1000"),
+                ],
+                LongLivedResult::Valid,
+                0,
+                hour,
+            ),
         ];
         for (answers, result, failures, wait) in table {
             let mut t = Tracked::new("sha256:00000000".into(), t0());
             for a in &answers {
                 apply(&mut t, &ch, t0(), a, hour);
             }
-            assert_eq!((t.result, t.failures, t.next_at - t0()), (result, failures, wait), "{answers:?}");
+            assert_eq!(
+                (t.result, t.failures, t.next_at - t0()),
+                (result, failures, wait),
+                "{answers:?}"
+            );
         }
     }
 
     #[test]
     fn retries_double_up_to_the_interval() {
         let hour = Duration::hours(1);
-        let waits: Vec<i64> = (1..=9).map(|f| retry_after(f, hour).num_seconds()).collect();
+        let waits: Vec<i64> = (1..=9)
+            .map(|f| retry_after(f, hour).num_seconds())
+            .collect();
         assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(retry_after(u32::MAX, hour), hour);
     }
@@ -309,26 +359,54 @@ mod tests {
             specs.iter().map(|s| (s.alertname, s.severity)).collect()
         };
         let mut current = Tracked::new("sha256:11111111".into(), t0());
-        assert!(alerts(Some(&current), &[], None).is_empty(), "pending raises nothing");
+        assert!(
+            alerts(Some(&current), &[], None).is_empty(),
+            "pending raises nothing"
+        );
         apply(&mut current, &ch, t0(), &valid("1000"), hour);
         assert!(alerts(Some(&current), &[], None).is_empty());
         let mut old = Tracked::new("sha256:22222222".into(), t0() - Duration::days(9));
         apply(&mut old, &ch, t0(), &valid("1000"), hour);
         let specs = alerts(Some(&current), std::slice::from_ref(&old), None);
         assert_eq!(names(specs.clone()), [(LONG_LIVED_OLD_STILL_VALID, "info")]);
-        assert!(specs[0].summary.contains("first seen 2027-01-06T08:00:00Z"), "{}", specs[0].summary);
-        assert_eq!(specs[0].label.as_ref().map(|l| l.value.as_str()), Some("sha256:22222222"));
-        apply(&mut current, &ch, t0(), &Answer::Rejected { code: None }, hour);
+        assert!(
+            specs[0].summary.contains("first seen 2027-01-06T08:00:00Z"),
+            "{}",
+            specs[0].summary
+        );
+        assert_eq!(
+            specs[0].label.as_ref().map(|l| l.value.as_str()),
+            Some("sha256:22222222")
+        );
+        apply(
+            &mut current,
+            &ch,
+            t0(),
+            &Answer::Rejected { code: None },
+            hour,
+        );
         assert_eq!(
             names(alerts(Some(&current), &[], Some("cannot be read"))),
-            [(LONG_LIVED_INVALID, "critical"), (LONG_LIVED_FILE_UNREADABLE, "warning")]
+            [
+                (LONG_LIVED_INVALID, "critical"),
+                (LONG_LIVED_FILE_UNREADABLE, "warning")
+            ]
         );
         apply(&mut current, &ch, t0(), &valid("2000"), hour);
-        assert_eq!(names(alerts(Some(&current), &[], None)), [(LONG_LIVED_INVALID, "critical")]);
+        assert_eq!(
+            names(alerts(Some(&current), &[], None)),
+            [(LONG_LIVED_INVALID, "critical")]
+        );
         for _ in 0..UNKNOWN_AFTER {
             apply(&mut current, &ch, t0(), &Answer::Failed, hour);
         }
-        assert_eq!(names(alerts(Some(&current), &[], None)), [(LONG_LIVED_UNKNOWN, "warning")]);
-        assert!(alerts(None, &[], None).is_empty(), "a retired token raises nothing");
+        assert_eq!(
+            names(alerts(Some(&current), &[], None)),
+            [(LONG_LIVED_UNKNOWN, "warning")]
+        );
+        assert!(
+            alerts(None, &[], None).is_empty(),
+            "a retired token raises nothing"
+        );
     }
 }

@@ -295,10 +295,13 @@ fn console_token(
     match result {
         Ok(token) => Ok(Json(json!({ "access_token": token.expose() }))),
         Err(SandboxError::UnknownChannel(c)) => Err(unknown_channel(&c)),
-        Err(SandboxError::LongLived(LongLivedRefusal::BadGrace(secs))) => Err(bad_request(
-            LongLivedRefusal::BadGrace(secs).to_string(),
+        Err(SandboxError::LongLived(LongLivedRefusal::BadGrace(secs))) => {
+            Err(bad_request(LongLivedRefusal::BadGrace(secs).to_string()))
+        }
+        Err(other) => Err(LineRefusal::message(
+            StatusCode::CONFLICT,
+            other.to_string(),
         )),
-        Err(other) => Err(LineRefusal::message(StatusCode::CONFLICT, other.to_string())),
     }
 }
 

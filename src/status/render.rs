@@ -69,7 +69,10 @@ pub fn render_status(report: &StatusReport) -> String {
         out.push_str(&text);
     }
     if !report.long_lived.is_empty() {
-        let _ = writeln!(out, "\nlong-lived tokens (fingerprints; values stay in the token files):");
+        let _ = writeln!(
+            out,
+            "\nlong-lived tokens (fingerprints; values stay in the token files):"
+        );
     }
     for t in &report.long_lived {
         let seen = |at: Option<DateTime<Utc>>| at.map_or_else(|| "never".to_owned(), ts);

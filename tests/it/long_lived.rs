@@ -127,7 +127,10 @@ fn firing(store: &Store) -> Vec<AlertRecord> {
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -135,7 +138,9 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// Waits until LINE answered a verify of `value` at `at` or later.
 async fn verified_at(store: &Store, value: &str, at: DateTime<Utc>) {
     until("the long-lived token is verified", || {
-        row(store, value).and_then(|r| r.last_checked_at).is_some_and(|c| c >= at)
+        row(store, value)
+            .and_then(|r| r.last_checked_at)
+            .is_some_and(|c| c >= at)
     })
     .await;
 }
@@ -174,11 +179,23 @@ fn a_console_reissue_is_watched_through_its_grace_and_no_value_is_ever_shown() {
         .unwrap();
     let (values, metrics, status) = runtime.block_on(scenario());
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("long-lived token replaced in the file"), "{logs}");
+    assert!(
+        logs.contains("long-lived token replaced in the file"),
+        "{logs}"
+    );
     for value in &values {
-        assert!(!logs.contains(value.as_str()), "a long-lived value is in the log");
-        assert!(!metrics.contains(value.as_str()), "a long-lived value is in the metrics");
-        assert!(!status.contains(value.as_str()), "a long-lived value is in status");
+        assert!(
+            !logs.contains(value.as_str()),
+            "a long-lived value is in the log"
+        );
+        assert!(
+            !metrics.contains(value.as_str()),
+            "a long-lived value is in the metrics"
+        );
+        assert!(
+            !status.contains(value.as_str()),
+            "a long-lived value is in status"
+        );
     }
 }
 
@@ -193,7 +210,10 @@ async fn scenario() -> (Vec<String>, String, String) {
     let t1 = console(&lab.base_url, "long-lived").await;
     write_private(&token_file, format!("{t1}\n").as_bytes());
     let config = write_config(dir.path(), &lab.base_url, &token_file);
-    let valid = Settings::load(&config, &HashMap::new()).unwrap().validate().unwrap();
+    let valid = Settings::load(&config, &HashMap::new())
+        .unwrap()
+        .validate()
+        .unwrap();
     let clock: SharedClock = Arc::new(lab.clock.clone());
     let shutdown = CancellationToken::new();
     let daemon = Daemon::start(&valid, clock, shutdown.clone(), RunOptions::default())
@@ -202,23 +222,36 @@ async fn scenario() -> (Vec<String>, String, String) {
     let store = daemon.rotator.store().clone();
     verified_at(&store, &t1, start).await;
     let r1 = row(&store, &t1).unwrap();
-    assert_eq!((r1.role, r1.result), (LongLivedRole::Current, LongLivedResult::Valid));
+    assert_eq!(
+        (r1.role, r1.result),
+        (LongLivedRole::Current, LongLivedResult::Valid)
+    );
     let metrics = daemon.metrics.render();
     assert!(
-        metrics.contains(&format!(r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 1"#)),
+        metrics.contains(&format!(
+            r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 1"#
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains("linetokd_long_lived_last_verified_timestamp_seconds{"), "{metrics}");
+    assert!(
+        metrics.contains("linetokd_long_lived_last_verified_timestamp_seconds{"),
+        "{metrics}"
+    );
 
     // 1. Console reissue with a 24 h grace, and the file replaced: the old
     //    value is verified until LINE drops it.
     let t2 = console(&lab.base_url, "long-lived/reissue?grace=24h").await;
     replace_token(&token_file, &t2);
-    until("the new token is current and the old one still valid", || {
-        let (new, old) = (row(&store, &t2), row(&store, &t1));
-        new.is_some_and(|r| r.role == LongLivedRole::Current && r.result == LongLivedResult::Valid)
-            && old.is_some_and(|r| r.role == LongLivedRole::Old && r.result == LongLivedResult::Valid)
-    })
+    until(
+        "the new token is current and the old one still valid",
+        || {
+            let (new, old) = (row(&store, &t2), row(&store, &t1));
+            new.is_some_and(|r| {
+                r.role == LongLivedRole::Current && r.result == LongLivedResult::Valid
+            }) && old
+                .is_some_and(|r| r.role == LongLivedRole::Old && r.result == LongLivedResult::Valid)
+        },
+    )
     .await;
     // The rows are stored before the alerts are stated.
     until("the info alert fires", || !firing(&store).is_empty()).await;
@@ -264,27 +297,42 @@ async fn scenario() -> (Vec<String>, String, String) {
     assert_eq!(row(&store, &t2).unwrap().result, LongLivedResult::Invalid);
     let metrics = daemon.metrics.render();
     assert!(
-        metrics.contains(&format!(r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 0"#)),
+        metrics.contains(&format!(
+            r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 0"#
+        )),
         "{metrics}"
     );
 
     // 3. Retired through the running daemon: revoked (confirmed with
     //    verify), recorded, and no longer alerting.
     let bin = env!("CARGO_BIN_EXE_linetokd");
-    let args: Vec<String> = ["long-lived", "retire", "--channel", "lab", "--yes", "--config"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([config.display().to_string()])
-        .collect();
+    let args: Vec<String> = [
+        "long-lived",
+        "retire",
+        "--channel",
+        "lab",
+        "--yes",
+        "--config",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([config.display().to_string()])
+    .collect();
     let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains(&fp(&t2)) && stdout.contains("revoked"), "{stdout}");
+    assert!(
+        stdout.contains(&fp(&t2)) && stdout.contains("revoked"),
+        "{stdout}"
+    );
     assert!(row(&store, &t2).unwrap().retired_at.is_some());
-    until("the alert of the retired token resolves", || firing(&store).is_empty()).await;
+    until("the alert of the retired token resolves", || {
+        firing(&store).is_empty()
+    })
+    .await;
 
     // The console's current token put in the file: watched, valid.
     replace_token(&token_file, &t3);
@@ -294,12 +342,20 @@ async fn scenario() -> (Vec<String>, String, String) {
     .await;
     let metrics = daemon.metrics.render();
     let status = {
-        let args = vec!["status".to_owned(), "--config".to_owned(), config.display().to_string()];
-        let out = tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
-            .await
-            .unwrap();
+        let args = vec![
+            "status".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        let out =
+            tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
+                .await
+                .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(text.contains(&fp(&t3)) && text.contains("retired"), "{text}");
+        assert!(
+            text.contains(&fp(&t3)) && text.contains("retired"),
+            "{text}"
+        );
         text + &String::from_utf8_lossy(&out.stderr)
     };
     // The store's rows hold no value either (only fingerprints).
