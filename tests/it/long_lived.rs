@@ -367,3 +367,75 @@ async fn scenario() -> (Vec<String>, String, String) {
     daemon.stopped().await.unwrap();
     (vec![t1, t2, t3], metrics, status)
 }
+
+/// The console routes answer as documented: one current token per channel
+/// (409), a grace of at most 24 h (400), and a reissue without grace
+/// invalidates the old token at once, as LINE's verify then says.
+#[tokio::test]
+async fn the_sandbox_console_keeps_one_long_lived_token_and_limits_the_grace() {
+    use linetokd::line::Verification;
+    let lab = sandbox_lab().await;
+    let http = reqwest::Client::new();
+    let post = |path: &str| {
+        http.post(format!(
+            "{}/_sandbox/channels/{LAB_CHANNEL}/{path}",
+            lab.base_url
+        ))
+        .send()
+    };
+    assert_eq!(post("long-lived/reissue").await.unwrap().status(), 409);
+    let first = console(&lab.base_url, "long-lived").await;
+    assert_eq!(post("long-lived").await.unwrap().status(), 409);
+    assert_eq!(
+        post("long-lived/reissue?grace=25h").await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        post("long-lived/reissue?grace=soon")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let token = |v: &str| linetokd::domain::AccessToken::new(v);
+    match lab.client.verify_short_lived(&token(&first)).await.unwrap() {
+        Verification::Valid(v) => {
+            assert_eq!(v.client_id.as_str(), LAB_CHANNEL);
+            assert!(v.expires_in > i64::from(i32::MAX), "{}", v.expires_in);
+        }
+        other => panic!("{other:?}"),
+    }
+    let second = console(&lab.base_url, "long-lived/reissue?grace=0").await;
+    assert!(matches!(
+        lab.client.verify_short_lived(&token(&first)).await.unwrap(),
+        Verification::Rejected { .. }
+    ));
+    assert!(
+        lab.client
+            .verify_short_lived(&token(&second))
+            .await
+            .unwrap()
+            .is_valid()
+    );
+    // Revoked with /v2/oauth/revoke like a short-lived token.
+    lab.client
+        .revoke_short_lived(&token(&second))
+        .await
+        .unwrap();
+    assert!(
+        !lab.client
+            .verify_short_lived(&token(&second))
+            .await
+            .unwrap()
+            .is_valid()
+    );
+    let listed = lab.sandbox.tokens(&lab.channel());
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.kind == linetokd::sandbox::TokenKind::LongLived
+                && t.issuer == linetokd::sandbox::TokenIssuer::Console)
+    );
+    assert_eq!(post("missing").await.unwrap().status(), 404);
+}
