@@ -306,6 +306,15 @@ impl Daemon {
                 clock: http_clock,
                 metrics: Some(Arc::clone(&metrics)),
                 readiness: Some(readiness),
+                long_lived: Some({
+                    let long_lived = Arc::clone(&long_lived);
+                    Arc::new(move |channel: &ChannelId| {
+                        long_lived.served(channel).map(|s| http::LongLivedToken {
+                            token: s.token,
+                            fingerprint: s.fingerprint,
+                        })
+                    })
+                }),
             },
             &tasks,
             &shutdown,
@@ -680,6 +689,9 @@ pub fn api_keys(config: &ValidConfig) -> ApiKeys {
                 group.name.clone(),
                 group.api_key.as_ref(),
             );
+        }
+        if let Some(ll) = &channel.long_lived {
+            keys.insert_long_lived(channel.id.clone(), ll.api_key.as_ref());
         }
     }
     keys

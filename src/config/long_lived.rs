@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::duration::{self, format as fmt_dur};
 use super::files::{read_private, secret_from_bytes};
 use crate::domain::AccessToken;
+use crate::secret::Secret;
 
 /// The shortest `verify_interval`: LINE asks clients not to hammer it.
 const MIN_VERIFY_INTERVAL: Duration = Duration::from_secs(60);
@@ -35,6 +36,10 @@ pub struct LongLivedSettings {
         deserialize_with = "duration::deserialize"
     )]
     pub verify_interval: Duration,
+    /// A file holding the key for `GET /v1/channels/{channel}/long-lived-token`;
+    /// without it the API serves the long-lived token to nobody.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
 }
 
 fn default_verify_interval() -> Duration {
@@ -49,6 +54,8 @@ pub struct LongLivedConfig {
     pub token_file: PathBuf,
     /// How often the token is verified.
     pub verify_interval: Duration,
+    /// The key of the long-lived token API, if any.
+    pub api_key: Option<Secret>,
 }
 
 /// Checks `[channel.long_lived]` of the channel at `at` (`channel[0]`):
@@ -62,6 +69,26 @@ pub(super) fn check(
     if let Err(m) = read_token_file(&s.token_file) {
         problems.push((key("token_file"), m));
     }
+    let api_key = match &s.api_key_file {
+        None => None,
+        Some(path) if path.as_os_str().is_empty() => {
+            problems.push((
+                key("api_key_file"),
+                "is empty: give a file path or remove the key".to_owned(),
+            ));
+            None
+        }
+        Some(path) => match read_private(path).and_then(secret_from_bytes) {
+            Ok(secret) => Some(secret),
+            Err(reason) => {
+                problems.push((
+                    key("api_key_file"),
+                    format!("{:?} {reason}", path.display().to_string()),
+                ));
+                None
+            }
+        },
+    };
     if s.verify_interval < MIN_VERIFY_INTERVAL || s.verify_interval > MAX_VERIFY_INTERVAL {
         problems.push((
             key("verify_interval"),
@@ -77,6 +104,7 @@ pub(super) fn check(
         Ok(LongLivedConfig {
             token_file: s.token_file.clone(),
             verify_interval: s.verify_interval,
+            api_key,
         })
     } else {
         Err(problems)
@@ -150,6 +178,7 @@ mod tests {
         let s = LongLivedSettings {
             token_file: dir.path().join("missing"),
             verify_interval: Duration::from_secs(1),
+            api_key_file: Some(PathBuf::new()),
         };
         let problems = check("channel[2]", &s).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
@@ -157,6 +186,7 @@ mod tests {
             keys,
             [
                 "channel[2].long_lived.token_file",
+                "channel[2].long_lived.api_key_file",
                 "channel[2].long_lived.verify_interval"
             ]
         );

@@ -115,6 +115,8 @@ struct ChannelView {
 struct LongLivedView {
     token_file: String,
     verify_interval: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -206,6 +208,7 @@ impl Settings {
                     long_lived: c.long_lived.as_ref().map(|ll| LongLivedView {
                         token_file: secret_file(&ll.token_file),
                         verify_interval: fmt_dur(ll.verify_interval),
+                        api_key_file: ll.api_key_file.as_deref().map(secret_file),
                     }),
                 })
                 .collect(),

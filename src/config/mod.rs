@@ -386,6 +386,9 @@ impl Settings {
                     format!("channel[{c}].long_lived.token_file"),
                     &mut ll.token_file,
                 );
+                if let Some(api_key) = ll.api_key_file.as_mut() {
+                    fix(format!("channel[{c}].long_lived.api_key_file"), api_key);
+                }
             }
             for (g, group) in channel.groups.iter_mut().enumerate() {
                 if let Some(api_key) = group.api_key_file.as_mut() {

@@ -153,9 +153,23 @@ struct Running {
     retire: mpsc::Sender<oneshot::Sender<Result<Retired, RetireError>>>,
 }
 
+/// A long-lived token the token API may hand out.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The value read from the token file.
+    pub token: AccessToken,
+    /// Its fingerprint.
+    pub fingerprint: String,
+}
+
+/// What each channel's watcher serves through the token API: the file's
+/// current value while it is neither refused by LINE nor retired.
+type ServedBook = Arc<Mutex<HashMap<ChannelId, Served>>>;
+
 /// The watchers of every channel with `[channel.long_lived]`.
 pub struct Service {
     parts: Parts,
+    served: ServedBook,
     running: Mutex<HashMap<ChannelId, Running>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -187,6 +201,7 @@ impl Service {
         }
         Ok(Arc::new(Self {
             parts,
+            served: Arc::default(),
             running: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
@@ -203,6 +218,10 @@ impl Service {
             let keep = wanted.get(channel) == Some(&r.config);
             if !keep {
                 r.stop.cancel();
+                self.served
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(channel);
                 if !wanted.contains_key(channel) {
                     self.parts.metrics.remove_long_lived(channel);
                     // Its alerts resolve: nobody watches that token now.
@@ -236,7 +255,12 @@ impl Service {
             }
             let stop = self.shutdown.child_token();
             let (tx, rx) = mpsc::channel(4);
-            let watcher = Watcher::new(self.parts.clone(), channel.clone(), config.clone());
+            let watcher = Watcher::new(
+                self.parts.clone(),
+                Arc::clone(&self.served),
+                channel.clone(),
+                config.clone(),
+            );
             self.tasks.spawn(watcher.run(stop.clone(), rx));
             running.insert(
                 channel,
@@ -274,6 +298,15 @@ impl Service {
             .map_err(|_| "the long-lived watcher of the channel stopped".to_owned())?
     }
 
+    /// The long-lived token `channel` serves through the token API, if any.
+    pub fn served(&self, channel: &ChannelId) -> Option<Served> {
+        self.served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .cloned()
+    }
+
     /// Waits until every watcher stopped (after shutdown).
     pub async fn stopped(&self) {
         self.tasks.close();
@@ -289,6 +322,7 @@ struct Held {
 
 struct Watcher {
     parts: Parts,
+    served: ServedBook,
     channel: ChannelId,
     config: Settings,
     current: Option<Held>,
@@ -301,13 +335,14 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(parts: Parts, channel: ChannelId, config: Settings) -> Self {
+    fn new(parts: Parts, served: ServedBook, channel: ChannelId, config: Settings) -> Self {
         let rng = match parts.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
         Self {
             parts,
+            served,
             channel,
             config,
             current: None,
@@ -603,6 +638,18 @@ impl Watcher {
         self.parts
             .metrics
             .set_long_lived(&self.channel, valid, verified);
+        let serve = self
+            .current_watched()
+            .filter(|c| !c.tracked.refused())
+            .map(|c| Served {
+                token: c.value.clone(),
+                fingerprint: c.tracked.fingerprint.clone(),
+            });
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        match serve {
+            Some(token) => served.insert(self.channel.clone(), token),
+            None => served.remove(&self.channel),
+        };
     }
 
     async fn record(&self, t: &Tracked, role: LongLivedRole) {

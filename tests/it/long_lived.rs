@@ -57,6 +57,7 @@ fn write_config(dir: &Path, line_api: &str, token_file: &Path) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/rsa2048-pkcs8.pem");
     write_private(&dir.join("key.pem"), &fs::read(fixture).unwrap());
     write_private(&dir.join("secret"), LAB_SECRET.as_bytes());
+    write_private(&dir.join("ll.apikey"), API_KEY.as_bytes());
     let toml = format!(
         r#"
 [daemon]
@@ -78,6 +79,7 @@ secret_file = "{dir}/secret"
   [channel.long_lived]
   token_file = "{token}"
   verify_interval = "1h"
+  api_key_file = "{dir}/ll.apikey"
 "#,
         db = dir.join("linetokd.db").display(),
         dir = dir.display(),
@@ -99,6 +101,23 @@ async fn console(base: &str, path: &str) -> String {
     assert_eq!(answer.status(), 200, "{path}");
     let body: serde_json::Value = answer.json().await.unwrap();
     body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The long-lived token API's key in the test config.
+const API_KEY: &str = "long-lived-api-key-0123456789";
+
+/// `GET /v1/channels/lab/long-lived-token` with `key`: status and body.
+async fn api(daemon: &Daemon, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().get(format!(
+        "http://{}/v1/channels/lab/long-lived-token",
+        daemon.http_addr
+    ));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or_default())
 }
 
 fn fp(value: &str) -> String {
@@ -295,6 +314,11 @@ async fn scenario() -> (Vec<String>, String, String) {
     })
     .await;
     assert_eq!(row(&store, &t2).unwrap().result, LongLivedResult::Invalid);
+    assert_eq!(
+        api(&daemon, Some(API_KEY)).await.0,
+        503,
+        "a refused token is not served"
+    );
     let metrics = daemon.metrics.render();
     assert!(
         metrics.contains(&format!(
@@ -340,6 +364,18 @@ async fn scenario() -> (Vec<String>, String, String) {
         row(&store, &t3).is_some_and(|r| r.result == LongLivedResult::Valid)
     })
     .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = api(&daemon, Some(API_KEY)).await;
+        if status == 200 && body["access_token"] == t3.as_str() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new token is not served: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let metrics = daemon.metrics.render();
     let status = {
         let args = vec![
