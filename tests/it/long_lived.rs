@@ -475,3 +475,90 @@ async fn the_sandbox_console_keeps_one_long_lived_token_and_limits_the_grace() {
     );
     assert_eq!(post("missing").await.unwrap().status(), 404);
 }
+
+/// Without a daemon, `long-lived retire` works from the config alone:
+/// prints the fingerprint, refuses without `--yes`, revokes with it
+/// (confirmed at the sandbox), and records it, so the daemon started
+/// afterwards neither verifies nor alerts about that token.
+#[tokio::test]
+async fn retire_without_a_daemon_is_remembered_by_the_next_start() {
+    let lab = sandbox_lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("lab.longlived");
+    let value = console(&lab.base_url, "long-lived").await;
+    write_private(&token_file, value.as_bytes());
+    let config = write_config(dir.path(), &lab.base_url, &token_file);
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = ["long-lived", "retire", "--channel", LAB_CHANNEL]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(["--config".to_owned(), config.display().to_string()]);
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_linetokd"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let dry = run(&[]).await.unwrap();
+    assert_eq!(dry.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&dry.stdout).into_owned() + &String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        text.contains(&fp(&value)) && text.contains("--yes"),
+        "{text}"
+    );
+    assert!(!text.contains(&value));
+    assert!(
+        lab.client
+            .verify_short_lived(&linetokd::domain::AccessToken::new(&value))
+            .await
+            .unwrap()
+            .is_valid(),
+        "nothing is revoked without --yes"
+    );
+    let done = run(&["--yes"]).await.unwrap();
+    let text =
+        String::from_utf8_lossy(&done.stdout).into_owned() + &String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{text}");
+    assert!(!text.contains(&value));
+    let at_sandbox = lab.sandbox.tokens(&lab.channel());
+    assert_eq!(
+        at_sandbox[0].state,
+        linetokd::sandbox::SandboxTokenState::Revoked
+    );
+
+    let valid = Settings::load(&config, &HashMap::new())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let clock: SharedClock = Arc::new(lab.clock.clone());
+    let daemon = Daemon::start(&valid, clock, shutdown.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    let store = daemon.rotator.store().clone();
+    // The watcher has read the file and published its first round once the
+    // gauge says 0 (a retired token is not valid, and not served).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.metrics.render().contains(&format!(
+        r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 0"#
+    )) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher never published"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(api(&daemon, Some(API_KEY)).await.0, 503);
+    // Published after its first round, in which a watched token is
+    // verified at once: this one was not.
+    let r = row(&store, &value).unwrap();
+    assert!(r.retired_at.is_some());
+    assert_eq!(r.last_checked_at, None, "a retired token is never verified");
+    assert!(firing(&store).is_empty());
+    shutdown.cancel();
+    daemon.stopped().await.unwrap();
+}
