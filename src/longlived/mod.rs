@@ -331,6 +331,9 @@ struct Watcher {
     retired: HashSet<String>,
     /// The channel's rows as the store had them at start.
     stored: Vec<LongLivedRow>,
+    /// Tokens the last run had as current that the file no longer holds
+    /// (replaced while the daemon was stopped): ended at the next publish.
+    stale: Vec<Tracked>,
     rng: StdRng,
 }
 
@@ -350,6 +353,7 @@ impl Watcher {
             file_problem: None,
             retired: HashSet::new(),
             stored: Vec::new(),
+            stale: Vec::new(),
             rng,
         }
     }
@@ -464,6 +468,22 @@ impl Watcher {
             None => self.restored(&fp, now),
         };
         tracing::info!(channel = %self.channel, fingerprint = %fp, "long-lived token read from the token file");
+        if self.current.is_none() {
+            // The first value this run read: a current token of the last
+            // run that the file no longer holds was replaced meanwhile, and
+            // its value is gone.
+            let stale: Vec<Tracked> = self
+                .stored
+                .iter()
+                .filter(|r| r.role == LongLivedRole::Current && r.fingerprint != fp)
+                .map(|r| {
+                    let mut t = self.restored(&r.fingerprint, now);
+                    t.detail = "replaced in the token file while the daemon was stopped".to_owned();
+                    t
+                })
+                .collect();
+            self.stale = stale;
+        }
         if let Some(previous) = self.current.take() {
             tracing::info!(channel = %self.channel, fingerprint = %previous.tracked.fingerprint,
                 "long-lived token replaced in the file; the old value is verified until LINE rejects it");
@@ -587,6 +607,9 @@ impl Watcher {
                 .iter()
                 .map(|o| (o.tracked.clone(), LongLivedRole::Old)),
         );
+        for t in std::mem::take(&mut self.stale) {
+            self.record(&t, LongLivedRole::Ended).await;
+        }
         for (t, role) in &rows {
             self.record(t, *role).await;
         }

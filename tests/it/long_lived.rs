@@ -561,4 +561,24 @@ async fn retire_without_a_daemon_is_remembered_by_the_next_start() {
     assert!(firing(&store).is_empty());
     shutdown.cancel();
     daemon.stopped().await.unwrap();
+    drop(store);
+
+    // A new console token put in the file while no daemon runs: the next
+    // start watches it, and the row of the one the file no longer holds
+    // ends.
+    let next = console(&lab.base_url, "long-lived").await;
+    replace_token(&token_file, &next);
+    let shutdown = CancellationToken::new();
+    let clock: SharedClock = Arc::new(lab.clock.clone());
+    let daemon = Daemon::start(&valid, clock, shutdown.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    let store = daemon.rotator.store().clone();
+    until("the new token is valid and the retired one ended", || {
+        row(&store, &next).is_some_and(|r| r.result == LongLivedResult::Valid)
+            && row(&store, &value).is_some_and(|r| r.role == LongLivedRole::Ended)
+    })
+    .await;
+    shutdown.cancel();
+    daemon.stopped().await.unwrap();
 }
