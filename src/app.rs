@@ -107,6 +107,8 @@ pub struct Daemon {
     /// Sends raised alerts to the receivers; its settings are replaced on
     /// reload.
     alert_notifier: Arc<alerting::Notifier>,
+    /// The long-lived token watchers, changed on reload.
+    long_lived: Arc<crate::longlived::Service>,
     /// The `[daemon]` section in force: a reload cannot change it live.
     daemon_config: DaemonConfig,
     clock: SharedClock,
@@ -193,6 +195,7 @@ impl Daemon {
             .context("while checking the rotation rules")?;
         let http_clock = Arc::clone(&clock);
         let reload_clock = Arc::clone(&clock);
+        let long_lived_line = line.clone();
         let rotator = Rotator::new(RotatorParts {
             store,
             line,
@@ -265,6 +268,27 @@ impl Daemon {
                 shutdown.child_token(),
             ));
         }
+        let long_lived = crate::longlived::Service::start(
+            crate::longlived::Parts {
+                store: rotator.store().clone(),
+                line: long_lived_line,
+                clock: Arc::clone(&http_clock),
+                metrics: Arc::clone(&metrics),
+                seed: options.seed,
+                read: config::read_token_file,
+            },
+            shutdown.child_token(),
+        )
+        .await
+        .context("while starting the long-lived token watchers")?;
+        long_lived.set_channels(long_lived_channels(config));
+        {
+            let (long_lived, stop) = (Arc::clone(&long_lived), shutdown.clone());
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                long_lived.stopped().await;
+            });
+        }
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
@@ -282,13 +306,23 @@ impl Daemon {
                 clock: http_clock,
                 metrics: Some(Arc::clone(&metrics)),
                 readiness: Some(readiness),
+                long_lived: Some({
+                    let long_lived = Arc::clone(&long_lived);
+                    Arc::new(move |channel: &ChannelId| {
+                        long_lived.served(channel).map(|s| http::LongLivedToken {
+                            token: s.token,
+                            fingerprint: s.fingerprint,
+                        })
+                    })
+                }),
             },
             &tasks,
             &shutdown,
         )?;
         let control_socket = spawn_control(
             control,
-            ControlHandler::new(rotator.clone(), state.clone(), control::DEFAULT_WAIT),
+            ControlHandler::new(rotator.clone(), state.clone(), control::DEFAULT_WAIT)
+                .with_long_lived(Arc::clone(&long_lived) as Arc<dyn control::LongLivedEngine>),
             &tasks,
             &shutdown,
         );
@@ -325,6 +359,7 @@ impl Daemon {
             keys,
             delivery,
             alert_notifier,
+            long_lived,
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
@@ -359,6 +394,7 @@ impl Daemon {
         self.rotator.set_rules(new_rules);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
         self.delivery.set_groups(delivery_groups(config));
+        self.long_lived.set_channels(long_lived_channels(config));
         let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
         log_config_warnings(config);
         self.alert_notifier.set_settings(alert_settings);
@@ -654,6 +690,9 @@ pub fn api_keys(config: &ValidConfig) -> ApiKeys {
                 group.api_key.as_ref(),
             );
         }
+        if let Some(ll) = &channel.long_lived {
+            keys.insert_long_lived(channel.id.clone(), ll.api_key.as_ref());
+        }
     }
     keys
 }
@@ -948,6 +987,35 @@ fn channel_fingerprint(c: &ChannelConfig) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Every channel's `[channel.long_lived]`, for the watchers.
+pub fn long_lived_channels(config: &ValidConfig) -> Vec<(ChannelId, crate::longlived::Settings)> {
+    config
+        .channels
+        .iter()
+        .filter_map(|c| {
+            c.long_lived.as_ref().map(|ll| {
+                (
+                    c.id.clone(),
+                    crate::longlived::Settings {
+                        token_file: ll.token_file.clone(),
+                        verify_interval: ll.verify_interval,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// The control socket's view of the long-lived watchers.
+impl control::LongLivedEngine for crate::longlived::Service {
+    fn retire<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+    ) -> control::EngineFuture<'a, Result<String, String>> {
+        Box::pin(async move { self.retire(channel).await.map(|r| r.fingerprint) })
+    }
 }
 
 /// The control socket's view of the rotator (see [`control::Engine`]).

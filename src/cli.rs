@@ -171,6 +171,12 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Long-lived tokens (issued in LINE's console, watched by linetokd).
+    LongLived {
+        /// What to do.
+        #[command(subcommand)]
+        command: LongLivedCommand,
+    },
     /// Measure this build here: bootstrap N groups against the sandbox, status/plan time, token API, idle wake-ups.
     Bench {
         /// Group counts to bootstrap, comma-separated (default 1000,10000,100000; 30 with --quick).
@@ -314,6 +320,23 @@ pub enum AlertsCommand {
     },
 }
 
+/// `linetokd long-lived ...`.
+#[derive(Debug, Subcommand)]
+pub enum LongLivedCommand {
+    /// Revoke the channel's long-lived token (the one its token_file holds) once its consumers moved to v2.1 tokens; prints its fingerprint first.
+    Retire {
+        /// The channel: its ID or its configured name.
+        #[arg(long)]
+        channel: String,
+        /// Really revoke it (without this, only the fingerprint is printed).
+        #[arg(long)]
+        yes: bool,
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
 /// `linetokd db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -402,6 +425,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             group,
             config,
         } => token_cmd(&config, &channel, &GroupName::new(group)),
+        Command::LongLived {
+            command:
+                LongLivedCommand::Retire {
+                    channel,
+                    yes,
+                    config,
+                },
+        } => long_lived_retire_cmd(&config, &channel, yes),
         Command::Completions { shell } => completions_cmd(shell),
         Command::Man => man_cmd(),
         Command::Bench {
@@ -876,11 +907,93 @@ fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
     let text = response.describe();
     let text = text.trim_end();
     match response {
-        control::Response::Done { .. } => emit_line(text),
+        control::Response::Done { .. } | control::Response::Retired { .. } => emit_line(text),
         control::Response::Refused { .. } => Err(Failure::Usage(anyhow::anyhow!("{text}"))),
         control::Response::Failed { .. } | control::Response::Pending { .. } => {
             Err(Failure::Runtime(anyhow::anyhow!("{text}")))
         }
+    }
+}
+
+/// `long-lived retire`: print the fingerprint of the channel's long-lived
+/// token, then (with `--yes`) revoke it: through the running daemon, which
+/// stops verifying it, or, when none runs, here from the config alone and
+/// recorded in the database so the next start does not alert about it.
+fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let configured = config.channel(channel).ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!(
+            "channel {channel} is not configured in {} (by ID or by name)",
+            path.display()
+        ))
+    })?;
+    let Some(ll) = &configured.long_lived else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "channel {} has no [channel.long_lived] in {}",
+            configured.id,
+            path.display()
+        )));
+    };
+    let token = config::read_token_file(&ll.token_file).map_err(|reason| {
+        Failure::Usage(anyhow::anyhow!(
+            "channel {}: long_lived.token_file {reason}",
+            configured.id
+        ))
+    })?;
+    let fp = crate::longlived::fingerprint(&token);
+    emit_line(format_args!(
+        "channel {}: the long-lived token in {} is {fp}",
+        configured.id,
+        ll.token_file.display()
+    ))?;
+    if !yes {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "nothing revoked: add --yes to revoke {fp} at LINE (consumers still using it will fail)"
+        )));
+    }
+    let request = control::Request::RetireLongLived {
+        channel: configured.id.clone(),
+    };
+    match control::send(&config.daemon.state_dir, &request, control::CLIENT_TIMEOUT) {
+        Ok(response) => {
+            let text = response.describe();
+            let text = text.trim_end();
+            match response {
+                control::Response::Retired { .. } => emit_line(text),
+                _ => Err(Failure::Runtime(anyhow::anyhow!("{text}"))),
+            }
+        }
+        Err(control::ClientError::NoSocket { .. } | control::ClientError::NotListening { .. }) => {
+            let channel = configured.id.clone();
+            let line = crate::line::LineClient::new(
+                crate::line::LineClientConfig {
+                    base_url: config.daemon.line_api.to_string(),
+                    timeout: config.daemon.request_timeout,
+                    observer: None,
+                },
+                Arc::new(SystemClock),
+            )
+            .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+            let options = crate::store::StoreOptions {
+                keyring: keyring(config.encryption.as_ref()),
+                ..crate::store::StoreOptions::default()
+            };
+            let store = Store::open_with(&config.daemon.database, options)
+                .map_err(|e| store_failure(e, "while opening the database"))?;
+            runtime()?
+                .block_on(crate::longlived::retire_offline(
+                    &line,
+                    &store,
+                    SystemClock.now(),
+                    &channel,
+                    &token,
+                ))
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("{e}")))?;
+            emit_line(format_args!(
+                "channel {channel}: long-lived token {fp} revoked; LINE no longer accepts it"
+            ))
+        }
+        Err(e) => Err(Failure::Runtime(e.into())),
     }
 }
 

@@ -47,6 +47,22 @@
 //! so a consumer can switch between the file and the API without changing
 //! its parser.
 //!
+//! `GET /v1/channels/{channel}/long-lived-token`, with the key of the
+//! channel's `[channel.long_lived] api_key_file`, serves the console-issued
+//! long-lived token the daemon watches, with the same checks in the same
+//! order (404 `unknown_group` when the channel has no `[channel.long_lived]`;
+//! 503 `not_issued` while no token was read, or LINE refused it, or it was
+//! retired) and the same document where it applies: `key_id` is null
+//! (LINE gives long-lived tokens none) and `fingerprint` names it instead,
+//! `expires_at` is null (valid until reissued or revoked), there is no
+//! `group`, `issued_at` or `previous` token, and `kind` is `"long_lived"`:
+//!
+//! ```json
+//! {"access_token": "...", "token_type": "Bearer", "key_id": null,
+//!  "fingerprint": "sha256:0123abcd", "expires_at": null,
+//!  "channel": "1234567890", "kind": "long_lived", "previous": null}
+//! ```
+//!
 //! # Health and metrics
 //!
 //! `GET /healthz` is liveness (200 while the process answers), `GET /readyz`
@@ -131,6 +147,22 @@ pub struct HttpState {
     pub metrics: Option<Arc<Metrics>>,
     /// What `/readyz` asks; `None` means always ready.
     pub readiness: Option<Readiness>,
+    /// The long-lived token each watched channel serves; `None` serves
+    /// none (the route answers as for an unconfigured channel).
+    pub long_lived: Option<LongLivedSource>,
+}
+
+/// A channel's long-lived token as the API serves it: `None` while none
+/// was read, or LINE refused it, or it was retired.
+pub type LongLivedSource = Arc<dyn Fn(&ChannelId) -> Option<LongLivedToken> + Send + Sync>;
+
+/// A long-lived token to serve.
+#[derive(Debug, Clone)]
+pub struct LongLivedToken {
+    /// The value, read from the channel's `token_file`.
+    pub token: crate::domain::AccessToken,
+    /// `sha256:` and 8 hex digits, in place of a key ID.
+    pub fingerprint: String,
 }
 
 /// Decides readiness: `Ok` when ready, otherwise what is still missing.
@@ -148,6 +180,11 @@ pub struct ApiKeys {
     /// 50,000).
     owners: HashMap<[u8; 32], Vec<(ChannelId, GroupName)>>,
     channels: ChannelIndex,
+    /// The channels with `[channel.long_lived]`, each with its API key's
+    /// digest if it has one.
+    long_lived: HashMap<ChannelId, Option<KeyDigest>>,
+    /// Which channels' long-lived token each key digest opens.
+    long_lived_owners: HashMap<[u8; 32], Vec<ChannelId>>,
 }
 
 /// SHA-256 of an API key. Keys are looked up by their digest: what a
@@ -220,13 +257,54 @@ impl ApiKeys {
         self.groups.contains_key(&(channel.clone(), group.clone()))
     }
 
+    /// Adds a channel with `[channel.long_lived]`; `key` is its
+    /// `api_key_file`'s key (`None`: the long-lived token API refuses every
+    /// request for it).
+    pub fn insert_long_lived(&mut self, channel: ChannelId, key: Option<&Secret>) {
+        let digest = key.map(|k| KeyDigest::of(k.expose().as_bytes()));
+        if let Some(d) = digest {
+            self.long_lived_owners
+                .entry(d.0)
+                .or_default()
+                .push(channel.clone());
+        }
+        self.long_lived.insert(channel, digest);
+    }
+
+    /// True when `digest` is any configured key, a group's or a long-lived
+    /// token's.
+    fn opens_anything(&self, digest: &KeyDigest) -> bool {
+        self.owners.contains_key(&digest.0) || self.long_lived_owners.contains_key(&digest.0)
+    }
+
+    /// Decides what `presented` opens for the channel's long-lived token, in
+    /// the group route's order (see the module documentation).
+    pub fn check_long_lived(&self, channel: &ChannelId, presented: &str) -> Access {
+        let presented = KeyDigest::of(presented.as_bytes());
+        if !self.opens_anything(&presented) {
+            return Access::InvalidKey;
+        }
+        if self
+            .long_lived_owners
+            .get(&presented.0)
+            .is_some_and(|owners| owners.contains(channel))
+        {
+            Access::Granted
+        } else if !self.long_lived.contains_key(channel) {
+            Access::UnknownGroup
+        } else {
+            Access::OtherGroup
+        }
+    }
+
     /// Decides what `presented` opens for the requested group: one lookup
     /// of its digest (see `KeyDigest` for why that is safe).
     pub fn check(&self, channel: &ChannelId, group: &GroupName, presented: &str) -> Access {
         let presented = KeyDigest::of(presented.as_bytes());
-        let Some(owners) = self.owners.get(&presented.0) else {
+        if !self.opens_anything(&presented) {
             return Access::InvalidKey;
-        };
+        }
+        let owners = self.owners.get(&presented.0).map_or(&[][..], Vec::as_slice);
         if owners.iter().any(|(c, g)| c == channel && g == group) {
             Access::Granted
         } else if !self.contains(channel, group) {
@@ -246,6 +324,10 @@ pub fn app(state: HttpState) -> Router {
         .route(
             "/v1/channels/{channel}/groups/{group}/token",
             get(group_token),
+        )
+        .route(
+            "/v1/channels/{channel}/long-lived-token",
+            get(long_lived_token),
         )
         .with_state(state)
 }
@@ -685,6 +767,101 @@ fn answer(
     let previous = live.next();
     tracing::debug!(channel = %channel, group = %group, key_id = %current.key_id, "token served");
     token_response(channel, group, current, previous)
+}
+
+async fn long_lived_token(
+    State(state): State<HttpState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let channel = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .channel_id(&channel);
+    match long_lived_answer(&state, &channel, &headers) {
+        Ok(response) => response,
+        Err(refused) => {
+            match refused {
+                Refused::NoCredentials
+                | Refused::MalformedCredentials
+                | Refused::AmbiguousCredentials
+                | Refused::InvalidKey => {
+                    tracing::info!(
+                        reason = refused.body().error,
+                        "long-lived token API request refused"
+                    );
+                }
+                Refused::UnknownGroup
+                | Refused::OtherGroup
+                | Refused::NotIssued
+                | Refused::Internal => {
+                    tracing::info!(channel = %channel, reason = refused.body().error, "long-lived token API request refused");
+                }
+            }
+            refused.into_response()
+        }
+    }
+}
+
+/// The long-lived token's document: the `json` sink's fields where they
+/// apply, `key_id` null (LINE gives long-lived tokens none) with the
+/// `fingerprint` instead, no expiry (`expires_at` null: valid until
+/// reissued or revoked), no group, and `"kind": "long_lived"`.
+#[derive(Serialize)]
+struct LongLivedDocument<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    key_id: Option<&'a str>,
+    fingerprint: &'a str,
+    expires_at: Option<&'a str>,
+    channel: &'a str,
+    kind: &'static str,
+    previous: Option<()>,
+}
+
+fn long_lived_answer(
+    state: &HttpState,
+    channel: &ChannelId,
+    headers: &HeaderMap,
+) -> Result<Response, Refused> {
+    let presented = bearer(headers)?;
+    let access = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .check_long_lived(channel, presented);
+    match access {
+        Access::Granted => {}
+        Access::InvalidKey => return Err(Refused::InvalidKey),
+        Access::UnknownGroup => return Err(Refused::UnknownGroup),
+        Access::OtherGroup => return Err(Refused::OtherGroup),
+    }
+    let served = state
+        .long_lived
+        .as_ref()
+        .and_then(|source| source(channel))
+        .ok_or(Refused::NotIssued)?;
+    tracing::debug!(channel = %channel, fingerprint = %served.fingerprint, "long-lived token served");
+    let body = serde_json::to_vec(&LongLivedDocument {
+        access_token: served.token.expose(),
+        token_type: "Bearer",
+        key_id: None,
+        fingerprint: &served.fingerprint,
+        expires_at: None,
+        channel: channel.as_str(),
+        kind: "long_lived",
+        previous: None,
+    })
+    .map_err(|_| Refused::Internal)?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 /// The 200 answer: the `json` sink's document, so the file and the API can

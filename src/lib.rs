@@ -46,6 +46,10 @@
 //! - [`http`]: the daemon's HTTP listener: health, metrics, the token API.
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`, speaking to the engine through [`control::Engine`].
+//! - [`longlived`]: watches each channel's console-issued long-lived
+//!   token (read from its file, verified, the old value kept in memory
+//!   through LINE's reissue grace), alerts and retires it; its rules
+//!   ([`longlived::rules`]) are pure.
 //! - [`accept`]: what every accept loop shares: backing off when accepting
 //!   fails (out of descriptors) instead of spinning.
 //! - [`metrics`]: the Prometheus metrics; [`logging`]: log output and the
@@ -81,6 +85,7 @@
 //! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never
 //!   `rotator`: alerts reach it through the store)
 //! - `rekey` → `store`, `metrics`, `clock`, `event`
+//! - `longlived` → `line`, `store`, `metrics`, `clock`, `watch`
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
 //!   `event`, `metrics`, `clock`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
@@ -115,6 +120,7 @@ pub mod http;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod longlived;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

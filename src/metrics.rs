@@ -158,6 +158,11 @@ pub struct Metrics {
     alert_names: Mutex<Vec<AlertLabels>>,
     /// Token values at rest ([`DbMetrics`]).
     db: DbMetrics,
+    /// Each watched long-lived token's verify result: 1 valid, 0 invalid,
+    /// -1 unknown.
+    long_lived_valid: Family<ChannelLabels, Gauge>,
+    /// When each watched long-lived token was last verified (Unix time).
+    long_lived_verified: Family<ChannelLabels, GaugeF>,
 }
 
 /// Labels of the firing-alerts gauge.
@@ -314,9 +319,24 @@ impl Metrics {
             "How long sending one alert notification took, by receiver",
             alert_notification_duration.clone(),
         );
+        let long_lived_valid = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "long_lived_valid",
+            "Whether the channel's watched long-lived token is valid: 1 yes, 0 no (LINE refused it \
+             or it belongs to another channel), -1 unknown (not verified yet, or verify failing)",
+            long_lived_valid.clone(),
+        );
+        let long_lived_verified = Family::<ChannelLabels, GaugeF>::default();
+        registry.register(
+            "long_lived_last_verified_timestamp_seconds",
+            "When LINE last answered a verify of the channel's long-lived token (Unix time)",
+            long_lived_verified.clone(),
+        );
         let db = DbMetrics::register(&mut registry);
         Self {
             db,
+            long_lived_valid,
+            long_lived_verified,
             alerts_firing,
             alert_notifications,
             alert_notification_duration,
@@ -370,6 +390,8 @@ impl Metrics {
         self.short_lived_evictions.clear();
         self.rotations.clear();
         self.hook_runs.clear();
+        self.long_lived_valid.clear();
+        self.long_lived_verified.clear();
     }
 
     /// The `channel` and `channel_name` labels of `channel`; an unknown
@@ -614,6 +636,45 @@ impl Metrics {
         let labels = self.group_labels(channel, group);
         let _ = self.sink_failures.get_or_create(&labels);
         self.sink_last_success.get_or_create(&labels).set(unix(at));
+    }
+
+    /// Records the verify result of `channel`'s long-lived token: `Some`
+    /// valid or not, `None` unknown; `verified_at` when LINE last answered.
+    pub fn set_long_lived(
+        &self,
+        channel: &ChannelId,
+        valid: Option<bool>,
+        verified_at: Option<DateTime<Utc>>,
+    ) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        let labels = ChannelLabels {
+            channel,
+            channel_name,
+        };
+        self.long_lived_valid
+            .get_or_create(&labels)
+            .set(match valid {
+                Some(true) => 1,
+                Some(false) => 0,
+                None => -1,
+            });
+        if let Some(at) = verified_at {
+            self.long_lived_verified
+                .get_or_create(&labels)
+                .set(unix(at));
+        }
+    }
+
+    /// Drops `channel`'s long-lived series (its `[channel.long_lived]` was
+    /// removed by a reload).
+    pub fn remove_long_lived(&self, channel: &ChannelId) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        let labels = ChannelLabels {
+            channel,
+            channel_name,
+        };
+        self.long_lived_valid.remove(&labels);
+        self.long_lived_verified.remove(&labels);
     }
 
     /// Counts a config reload.

@@ -55,6 +55,10 @@ fn is_about(alert: &AlertRecord, name: &str) -> bool {
 /// gets both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
+    /// For the record (`long_lived_old_still_valid`): below every
+    /// receiver's `min_severity`, so it is listed by `status` and counted in
+    /// metrics but never sent.
+    Info,
     /// Needs attention soon.
     Warning,
     /// Needs attention now.
@@ -62,19 +66,20 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// The stored spelling; anything but `warning` counts as critical, so
-    /// an unknown severity is never filtered away.
+    /// The stored spelling; anything but `info` and `warning` counts as
+    /// critical, so an unknown severity is never filtered away.
     pub fn parse(text: &str) -> Self {
-        if text == "warning" {
-            Self::Warning
-        } else {
-            Self::Critical
+        match text {
+            "info" => Self::Info,
+            "warning" => Self::Warning,
+            _ => Self::Critical,
         }
     }
 
-    /// `warning` or `critical`.
+    /// `info`, `warning` or `critical`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Info => "info",
             Self::Warning => "warning",
             Self::Critical => "critical",
         }
@@ -310,7 +315,7 @@ fn in_flight(
 
 fn repeat(r: &ReceiverRoute, severity: Severity, settings: &RouteSettings) -> Duration {
     r.repeat.unwrap_or(match severity {
-        Severity::Warning => settings.repeat_warning,
+        Severity::Info | Severity::Warning => settings.repeat_warning,
         Severity::Critical => settings.repeat_critical,
     })
 }

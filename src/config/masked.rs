@@ -107,6 +107,16 @@ struct ChannelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<String>,
     group: Vec<GroupView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    long_lived: Option<LongLivedView>,
+}
+
+#[derive(Serialize)]
+struct LongLivedView {
+    token_file: String,
+    verify_interval: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -197,6 +207,11 @@ impl Settings {
                                 .collect(),
                         })
                         .collect(),
+                    long_lived: c.long_lived.as_ref().map(|ll| LongLivedView {
+                        token_file: secret_file(&ll.token_file),
+                        verify_interval: fmt_dur(ll.verify_interval),
+                        api_key_file: ll.api_key_file.as_deref().map(secret_file),
+                    }),
                 })
                 .collect(),
             alerts: AlertsView {

@@ -35,6 +35,7 @@ mod encryption;
 mod error;
 mod expand;
 mod files;
+mod long_lived;
 mod masked;
 mod validate;
 
@@ -52,6 +53,7 @@ pub use alerts::{
 pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
+pub use long_lived::{LongLivedConfig, LongLivedSettings, read_token_file};
 pub use validate::{
     ChannelConfig, ChannelOutline, DaemonConfig, GroupConfig, HookConfig, LogFormat, Outline,
     SinkConfig, SinkFormat, ValidConfig,
@@ -220,6 +222,9 @@ pub struct ChannelSettings {
     /// `[[channel.group]]`: the consumers of this channel's tokens.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSettings>,
+    /// `[channel.long_lived]`: a console-issued long-lived token to watch.
+    #[serde(default)]
+    pub long_lived: Option<LongLivedSettings>,
 }
 
 /// One `[[channel.group]]`: a consumer with its own token lineage.
@@ -384,6 +389,15 @@ impl Settings {
             fix(format!("channel[{c}].key_file"), &mut channel.key_file);
             if let Some(secret) = channel.secret_file.as_mut() {
                 fix(format!("channel[{c}].secret_file"), secret);
+            }
+            if let Some(ll) = channel.long_lived.as_mut() {
+                fix(
+                    format!("channel[{c}].long_lived.token_file"),
+                    &mut ll.token_file,
+                );
+                if let Some(api_key) = ll.api_key_file.as_mut() {
+                    fix(format!("channel[{c}].long_lived.api_key_file"), api_key);
+                }
             }
             for (g, group) in channel.groups.iter_mut().enumerate() {
                 if let Some(api_key) = group.api_key_file.as_mut() {

@@ -237,6 +237,8 @@ pub struct ChannelConfig {
     pub secret: Option<ChannelSecret>,
     /// The channel's groups, in file order.
     pub groups: Vec<GroupConfig>,
+    /// The watched long-lived token, when `[channel.long_lived]` is set.
+    pub long_lived: Option<super::LongLivedConfig>,
 }
 
 /// One `[[channel.group]]`, checked.
@@ -580,6 +582,18 @@ impl Validator {
             .map(|(g, group)| self.group(&format!("{at}.group[{g}]"), group))
             .collect();
         let groups: Option<Vec<GroupConfig>> = groups.into_iter().collect();
+        let long_lived = match &c.long_lived {
+            None => Some(None),
+            Some(ll) => match super::long_lived::check(&at, ll) {
+                Ok(ll) => Some(Some(ll)),
+                Err(problems) => {
+                    for (key, message) in problems {
+                        self.problem(key, message);
+                    }
+                    None
+                }
+            },
+        };
         name_ok.then_some(())?;
         Some(ChannelConfig {
             id: id?,
@@ -589,6 +603,7 @@ impl Validator {
             key: Arc::new(key?),
             secret: secret?,
             groups: groups?,
+            long_lived: long_lived?,
         })
     }
 

@@ -49,11 +49,21 @@ pub trait Engine: Send + Sync {
     fn request_outcome(&self, id: i64) -> EngineFuture<'_, Option<RequestOutcome>>;
 }
 
+/// What the control socket asks of the long-lived token watchers
+/// (`linetokd long-lived retire`); `app` implements it for
+/// [`crate::longlived::Service`].
+pub trait LongLivedEngine: Send + Sync {
+    /// Revokes the channel's long-lived token and confirms it: its
+    /// fingerprint, or why not.
+    fn retire<'a>(&'a self, channel: &'a ChannelId) -> EngineFuture<'a, Result<String, String>>;
+}
+
 /// Carries out requests against the engine and waits for their outcome.
 pub struct ControlHandler {
     rotator: Arc<dyn Engine>,
     scheduler: watch::Receiver<SchedulerState>,
     wait: Duration,
+    long_lived: Option<Arc<dyn LongLivedEngine>>,
 }
 
 /// The request being worked on.
@@ -80,7 +90,15 @@ impl ControlHandler {
             rotator,
             scheduler,
             wait,
+            long_lived: None,
         }
+    }
+
+    /// The handler, also answering `long-lived retire` through `engine`.
+    #[must_use]
+    pub fn with_long_lived(mut self, engine: Arc<dyn LongLivedEngine>) -> Self {
+        self.long_lived = Some(engine);
+        self
     }
 
     /// Carries out `request` and waits for its outcome (see the module
@@ -98,6 +116,22 @@ impl ControlHandler {
         by: &str,
         cancel: &CancellationToken,
     ) -> Response {
+        if let Request::RetireLongLived { channel } = request {
+            let channel = self.channel_id(channel);
+            let Some(engine) = &self.long_lived else {
+                return Response::Refused {
+                    error: "this daemon watches no long-lived tokens".to_owned(),
+                };
+            };
+            tracing::info!(channel = %channel, by, "long-lived retire requested over the control socket");
+            return match engine.retire(&channel).await {
+                Ok(fingerprint) => Response::Retired {
+                    channel,
+                    fingerprint,
+                },
+                Err(error) => Response::Refused { error },
+            };
+        }
         // Subscribed before asking, so no event of the request is missed.
         let mut events = self.rotator.subscribe();
         let mut passes = self.scheduler.clone();
@@ -206,6 +240,9 @@ impl ControlHandler {
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![(group, id)]))
             }
+            Request::RetireLongLived { channel } => Err(format!(
+                "channel {channel}: long-lived retire is not a rotation request"
+            )),
         }
     }
 

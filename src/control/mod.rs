@@ -1,6 +1,8 @@
-//! The local control socket: how `linetokd rotate` and `linetokd revoke`
-//! reach the running daemon (docs/design.md section 6, "Control"), so the daemon
-//! stays the only writer of the database.
+//! The local control socket: how `linetokd rotate`, `linetokd revoke` and
+//! `linetokd long-lived retire` reach the running daemon (docs/design.md
+//! section 6, "Control"), so the daemon stays the only writer of the
+//! database. A retire is answered at once by the long-lived watchers
+//! ([`LongLivedEngine`]), not through the rotator's request rows.
 //!
 //! # Protocol
 //!

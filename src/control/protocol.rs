@@ -28,6 +28,13 @@ pub enum Request {
         /// The group.
         group: GroupName,
     },
+    /// `linetokd long-lived retire`: revoke the channel's long-lived token
+    /// (the one its `token_file` holds) once consumers moved on; the daemon
+    /// stops verifying and alerting about it.
+    RetireLongLived {
+        /// The channel: its ID or its configured name, as typed.
+        channel: ChannelId,
+    },
 }
 
 /// The daemon's answer.
@@ -51,6 +58,14 @@ pub enum Response {
         groups: Vec<GroupReport>,
         /// Why the answer came before the outcome.
         reason: String,
+    },
+    /// The long-lived token was revoked at LINE and LINE confirmed it no
+    /// longer accepts it.
+    Retired {
+        /// The channel.
+        channel: ChannelId,
+        /// The revoked token's fingerprint (never its value).
+        fingerprint: String,
     },
     /// The request was refused and nothing was done (unknown channel or
     /// group, no channel secret to revoke with, a malformed request).
@@ -157,6 +172,14 @@ impl Response {
                 for g in groups {
                     g.describe(&mut out);
                 }
+            }
+            Self::Retired {
+                channel,
+                fingerprint,
+            } => {
+                out.push_str(&format!(
+                    "channel {channel}: long-lived token {fingerprint} revoked; LINE no longer accepts it\n"
+                ));
             }
             Self::Refused { error } => {
                 out.push_str(error);

@@ -81,6 +81,12 @@ pub enum SandboxError {
     /// A channel without a secret (revoke and the secret forms need one).
     #[error("channels[].secret of channel {0}: must not be empty")]
     EmptySecret(ChannelId),
+    /// A channel that is not registered in the sandbox.
+    #[error("no channel {0} is registered in the sandbox")]
+    UnknownChannel(ChannelId),
+    /// The console refused a long-lived issue or reissue.
+    #[error(transparent)]
+    LongLived(#[from] super::state::LongLivedRefusal),
     /// A fault rule that makes no sense.
     #[error("faults.{key}: {problem}")]
     Faults {

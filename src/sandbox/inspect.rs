@@ -5,7 +5,8 @@
 //! Instants are RFC 3339 with milliseconds (`2026-09-21T12:00:00.700Z`); a
 //! token is live while `now < expires_at`. Token JSON shapes:
 //! - *history token* ([`SandboxToken`]): `{"seq", "channel_id", "kind"
-//!   ("v2.1"|"short_lived"|"stateless"), "issuer" ("api"|"foreign"),
+//!   ("v2.1"|"short_lived"|"stateless"|"long_lived"), "issuer"
+//!   ("api"|"foreign"|"console"),
 //!   "key_id", "access_token", "issued_at", "expires_at", "state"
 //!   ("live"|"expired"|"revoked"|"evicted"), "revoked_at",
 //!   "verify_refusal" (null|"expired"|"invalid")}`;
@@ -37,6 +38,16 @@
 //!   path lifts it. 404 if the key ID is unknown.
 //! - `POST /_sandbox/channels/{channel_id}/tokens/{key_id}/revoke` →
 //!   `{"revoked": bool}` (false when already dead); 404 if unknown.
+//! - `POST /_sandbox/channels/{channel_id}/long-lived` → `{"access_token"}`:
+//!   the console's "Issue" button, a long-lived token (valid
+//!   indefinitely: verify answers `expires_in` ≈ 99 years; listed among
+//!   the history tokens as `"kind": "long_lived", "issuer": "console"`). 409
+//!   when the channel already has a live one.
+//! - `POST /_sandbox/channels/{channel_id}/long-lived/reissue?grace=24h` →
+//!   `{"access_token"}`: the console's "Reissue": a new long-lived token;
+//!   the old one stays valid until now + `grace` (0–24h, a humantime
+//!   duration or `0`; default `0`: invalid at once). 409 without a live
+//!   one, 400 for a grace outside 0–24h.
 //! - `GET  /_sandbox/faults` → the [`Faults`] in force.
 //! - `PUT  /_sandbox/faults` with a [`Faults`] document → replaces them
 //!   (and restarts the fault RNG from its seed); 400 naming a bad key.
@@ -57,9 +68,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Sandbox;
-use super::errors::LineRefusal;
+use super::errors::{LineRefusal, SandboxError};
 use super::faults::Faults;
-use super::state::{ForeignTokenError, LiveToken, SandboxToken, VerifyRefusal, millis};
+use super::state::{
+    ForeignTokenError, LiveToken, LongLivedRefusal, SandboxToken, VerifyRefusal, millis,
+};
 use crate::domain::{ChannelId, KeyId};
 
 /// The inspection and control routes.
@@ -83,6 +96,14 @@ pub(crate) fn routes(sandbox: Sandbox) -> Router {
         .route(
             "/_sandbox/channels/{channel_id}/foreign-tokens",
             post(add_foreign),
+        )
+        .route(
+            "/_sandbox/channels/{channel_id}/long-lived",
+            post(issue_long_lived),
+        )
+        .route(
+            "/_sandbox/channels/{channel_id}/long-lived/reissue",
+            post(reissue_long_lived),
         )
         .route("/_sandbox/faults", get(get_faults).put(put_faults))
         .with_state(sandbox)
@@ -264,6 +285,57 @@ async fn revoke_key_id(
         Some(revoked) => Ok(Json(json!({ "revoked": revoked }))),
         None => Err(unknown_key_id(&channel, &key_id)),
     }
+}
+
+/// The console's answer: the long-lived token's value, which the operator
+/// copies into linetokd's `token_file`.
+fn console_token(
+    result: Result<crate::domain::AccessToken, SandboxError>,
+) -> Result<Json<Value>, LineRefusal> {
+    match result {
+        Ok(token) => Ok(Json(json!({ "access_token": token.expose() }))),
+        Err(SandboxError::UnknownChannel(c)) => Err(unknown_channel(&c)),
+        Err(SandboxError::LongLived(LongLivedRefusal::BadGrace(secs))) => {
+            Err(bad_request(LongLivedRefusal::BadGrace(secs).to_string()))
+        }
+        Err(other) => Err(LineRefusal::message(
+            StatusCode::CONFLICT,
+            other.to_string(),
+        )),
+    }
+}
+
+async fn issue_long_lived(
+    State(sandbox): State<Sandbox>,
+    Path(channel_id): Path<String>,
+) -> Result<Json<Value>, LineRefusal> {
+    console_token(sandbox.issue_long_lived(&ChannelId::new(channel_id)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraceQuery {
+    grace: Option<String>,
+}
+
+async fn reissue_long_lived(
+    State(sandbox): State<Sandbox>,
+    Path(channel_id): Path<String>,
+    query: Result<Query<GraceQuery>, QueryRejection>,
+) -> Result<Json<Value>, LineRefusal> {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let grace = match query.grace.as_deref().map(str::trim) {
+        None | Some("0") => TimeDelta::zero(),
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .and_then(|d| TimeDelta::from_std(d).ok())
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "grace {text:?} is not a duration such as 24h, 90m or 0"
+                ))
+            })?,
+    };
+    console_token(sandbox.reissue_long_lived(&ChannelId::new(channel_id), grace))
 }
 
 async fn get_faults(State(sandbox): State<Sandbox>) -> Json<Faults> {

@@ -56,8 +56,8 @@ pub use self::errors::{LineRefusal, SandboxError};
 pub use self::faults::{Endpoint, FaultRule, Faults, MalformedBody};
 pub use self::routes::REQUEST_ID_HEADER;
 pub use self::state::{
-    ForeignTokenError, LiveToken, SandboxToken, SandboxTokenState, TokenIssuer, TokenKind,
-    VerifyRefusal,
+    ForeignTokenError, LONG_LIVED_SECS, LiveToken, LongLivedRefusal, MAX_LONG_LIVED_GRACE,
+    SandboxToken, SandboxTokenState, TokenIssuer, TokenKind, VerifyRefusal,
 };
 
 use self::assertion::{AssertionError, Purpose, VerifiedAssertion};
@@ -65,7 +65,7 @@ use self::conn::{ConnKill, KillableListener};
 use self::faults::{Decision, FaultEngine};
 use self::state::Book;
 use crate::clock::SharedClock;
-use crate::domain::{ChannelId, ChannelSecret, KeyId, SigningKid};
+use crate::domain::{AccessToken, ChannelId, ChannelSecret, KeyId, SigningKid};
 use crate::line::keys::VerifyingKey;
 
 /// The LINE emulator. Clones share one state.
@@ -282,6 +282,45 @@ impl Sandbox {
             return Err(ForeignTokenError::UnknownChannel(channel.clone()));
         }
         lock(&self.inner.book).add_foreign_v21(channel, now, expires_at)
+    }
+
+    /// The console's "Issue" button for a long-lived token on `channel`:
+    /// valid indefinitely, verified and revoked through `/v2/oauth/...`.
+    ///
+    /// # Errors
+    /// [`SandboxError::LongLived`] for an unknown channel or one that
+    /// already has a current long-lived token.
+    pub fn issue_long_lived(&self, channel: &ChannelId) -> Result<AccessToken, SandboxError> {
+        self.known(channel)?;
+        let now = self.now();
+        let issued = lock(&self.inner.book).issue_long_lived(channel, now)?;
+        Ok(issued.access_token)
+    }
+
+    /// The console's "Reissue" button: a new long-lived token on `channel`;
+    /// the current one stays valid for `grace` (0–24 hours; zero: invalid
+    /// at once).
+    ///
+    /// # Errors
+    /// [`SandboxError::LongLived`] for an unknown channel, no current
+    /// token, or a grace outside 0–24 hours.
+    pub fn reissue_long_lived(
+        &self,
+        channel: &ChannelId,
+        grace: chrono::Duration,
+    ) -> Result<AccessToken, SandboxError> {
+        self.known(channel)?;
+        let now = self.now();
+        let issued = lock(&self.inner.book).reissue_long_lived(channel, now, grace)?;
+        Ok(issued.access_token)
+    }
+
+    fn known(&self, channel: &ChannelId) -> Result<(), SandboxError> {
+        if self.has_channel(channel) {
+            Ok(())
+        } else {
+            Err(SandboxError::UnknownChannel(channel.clone()))
+        }
     }
 
     /// Makes `/oauth2/v2.1/verify` refuse the v2.1 token `key_id` of

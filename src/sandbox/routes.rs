@@ -445,7 +445,8 @@ fn plausible_short_lived(token: &str) -> bool {
     token.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// `POST /v2/oauth/verify`
+/// `POST /v2/oauth/verify`: short-lived and long-lived tokens (a
+/// long-lived one answers its huge `expires_in`, ≈ 99 years).
 async fn verify_short_lived(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,
@@ -458,7 +459,8 @@ async fn verify_short_lived(
         ));
     }
     let now = sandbox.now();
-    match sandbox.with_book(|book| book.verify(token, &[TokenKind::ShortLived], now)) {
+    let kinds = [TokenKind::ShortLived, TokenKind::LongLived];
+    match sandbox.with_book(|book| book.verify(token, &kinds, now)) {
         Verdict::Live {
             channel_id,
             expires_in,
@@ -474,7 +476,8 @@ async fn verify_short_lived(
 }
 
 /// `POST /v2/oauth/revoke`: 200 empty, also for unknown tokens; only
-/// short-lived tokens are revoked here (docs/line-api.md §5c).
+/// short-lived and long-lived tokens are revoked here (docs/line-api.md
+/// §5c).
 async fn revoke_short_lived(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,
@@ -490,7 +493,8 @@ async fn revoke_short_lived(
         return Err(malformed);
     }
     let now = sandbox.now();
-    sandbox.with_book(|book| book.revoke_value(token, &[TokenKind::ShortLived], None, now));
+    let kinds = [TokenKind::ShortLived, TokenKind::LongLived];
+    sandbox.with_book(|book| book.revoke_value(token, &kinds, None, now));
     Ok(StatusCode::OK)
 }
 

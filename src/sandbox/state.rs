@@ -17,6 +17,12 @@
 //! - short-lived: at most [`MAX_LIVE_TOKENS`] live per channel; the next one
 //!   silently evicts (revokes) the oldest live one. 30 days.
 //! - stateless: unlimited, 15 minutes, not revocable.
+//! - long-lived: issued only from the console ([`Book::issue_long_lived`]),
+//!   at most one current per channel, valid indefinitely (verify answers
+//!   `expires_in` ≈ 99 years, as LINE's example); a console reissue
+//!   ([`Book::reissue_long_lived`]) makes a new one and keeps the old one
+//!   valid for a grace of 0–24 hours (0: invalid at once). Revocable with
+//!   `/v2/oauth/revoke`.
 //! - each kind has its own count.
 //!
 //! Invariants: a token value maps to exactly one entry; an entry's end
@@ -48,6 +54,14 @@ pub const SHORT_LIVED_SECS: i64 = 2_592_000;
 /// reference says 900, its OpenAPI example 899).
 pub const STATELESS_SECS: i64 = 900;
 
+/// How long a long-lived token lives in the sandbox: LINE's verify example
+/// answers `expires_in` 3138007490 (≈ 99 years) for one.
+pub const LONG_LIVED_SECS: i64 = 3_138_007_490;
+
+/// The longest grace a console reissue may give the old long-lived token:
+/// LINE lets it stay valid "by up to 24 hours".
+pub const MAX_LONG_LIVED_GRACE: Duration = Duration::hours(24);
+
 /// The JOSE header LINE's v2.1 and stateless tokens start with
 /// (`{"alg":"HS256"}`), so values look like LINE's (`eyJhbGciOiJIUz...`).
 const JWS_HEADER: &str = "eyJhbGciOiJIUzI1NiJ9";
@@ -73,6 +87,9 @@ pub enum TokenKind {
     /// Stateless channel access token (`/oauth2/v3/token`).
     #[serde(rename = "stateless")]
     Stateless,
+    /// Long-lived channel access token (issued in the console only).
+    #[serde(rename = "long_lived")]
+    LongLived,
 }
 
 /// Where a sandbox token stands at a given instant.
@@ -100,6 +117,9 @@ pub enum TokenIssuer {
     /// "another issuer" (an operator, another system) got from LINE, which
     /// the client under test never saw being issued.
     Foreign,
+    /// Issued in the LINE Developers Console (long-lived tokens, through the
+    /// inspection API's console routes).
+    Console,
 }
 
 /// How verify refuses a token it would otherwise accept (the fault of
@@ -230,6 +250,21 @@ pub enum IssueRefusal {
     TooManyTokens,
 }
 
+/// Why the console refused a long-lived issue or reissue; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LongLivedRefusal {
+    /// "Issue" while the channel has a current long-lived token: the
+    /// console offers only "Reissue" then.
+    #[error("channel {0} already has a long-lived token: reissue it instead")]
+    AlreadyIssued(ChannelId),
+    /// "Reissue" without a current long-lived token.
+    #[error("channel {0} has no long-lived token to reissue: issue one first")]
+    NoneIssued(ChannelId),
+    /// A grace outside 0–24 hours.
+    #[error("a grace of {0}s is outside LINE's 0 to 24 hours")]
+    BadGrace(i64),
+}
+
 /// Why foreign tokens could not be added; nothing was added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForeignTokenError {
@@ -345,6 +380,9 @@ struct ChannelTokens {
     live_short: VecDeque<usize>,
     /// v2.1 key ID → entry index.
     by_key_id: HashMap<KeyId, usize>,
+    /// The current long-lived token (the one the console shows), if any; a
+    /// reissued one in its grace is no longer current.
+    long_lived: Option<usize>,
 }
 
 impl ChannelTokens {
@@ -539,6 +577,84 @@ impl Book {
         self.issued(channel, index, STATELESS_SECS)
     }
 
+    /// The console's "Issue" button: a long-lived token for `channel`,
+    /// valid indefinitely.
+    ///
+    /// # Errors
+    /// [`LongLivedRefusal::AlreadyIssued`] when the channel has a current
+    /// one that is still live.
+    pub fn issue_long_lived(
+        &mut self,
+        channel: &ChannelId,
+        now: DateTime<Utc>,
+    ) -> Result<Issued, LongLivedRefusal> {
+        let now = to_millis(now);
+        if self.current_long_lived(channel, now).is_some() {
+            return Err(LongLivedRefusal::AlreadyIssued(channel.clone()));
+        }
+        Ok(self.push_long_lived(channel, now))
+    }
+
+    /// The console's "Reissue" button: a new long-lived token for
+    /// `channel`; the current one stays valid until `now + grace` (LINE's
+    /// optional extension of up to 24 hours), or is revoked at once when
+    /// `grace` is zero.
+    ///
+    /// # Errors
+    /// [`LongLivedRefusal::NoneIssued`] without a live current token,
+    /// [`LongLivedRefusal::BadGrace`] for a grace outside 0–24 hours.
+    pub fn reissue_long_lived(
+        &mut self,
+        channel: &ChannelId,
+        now: DateTime<Utc>,
+        grace: Duration,
+    ) -> Result<Issued, LongLivedRefusal> {
+        let now = to_millis(now);
+        if grace < Duration::zero() || grace > MAX_LONG_LIVED_GRACE {
+            return Err(LongLivedRefusal::BadGrace(grace.num_seconds()));
+        }
+        let Some(old) = self.current_long_lived(channel, now) else {
+            return Err(LongLivedRefusal::NoneIssued(channel.clone()));
+        };
+        if let Some(entry) = self
+            .channels
+            .get_mut(channel)
+            .and_then(|t| t.entries.get_mut(old))
+        {
+            if grace.is_zero() {
+                entry.ended = Some((End::Revoked, now));
+            } else {
+                // Invalid from the end of the grace on: expired, as LINE
+                // would answer verify.
+                entry.expires_at = entry.expires_at.min(to_millis(now + grace));
+            }
+        }
+        Ok(self.push_long_lived(channel, now))
+    }
+
+    /// The index of the channel's current long-lived token, if it is live.
+    fn current_long_lived(&self, channel: &ChannelId, now: DateTime<Utc>) -> Option<usize> {
+        let tokens = self.channels.get(channel)?;
+        let index = tokens.long_lived?;
+        tokens.entries[index].is_live_at(now).then_some(index)
+    }
+
+    fn push_long_lived(&mut self, channel: &ChannelId, now: DateTime<Utc>) -> Issued {
+        // LINE's long-lived tokens look like its short-lived ones: opaque
+        // standard base64, 172 characters.
+        let value = random_b64(&mut self.rng, 128);
+        let index = self.push(
+            channel,
+            TokenKind::LongLived,
+            TokenIssuer::Console,
+            None,
+            value,
+            now,
+            now + Duration::seconds(LONG_LIVED_SECS),
+        );
+        self.issued(channel, index, LONG_LIVED_SECS)
+    }
+
     #[allow(clippy::too_many_arguments)] // one private constructor, every field
     fn push(
         &mut self,
@@ -558,6 +674,7 @@ impl Book {
         match kind {
             TokenKind::V21 => tokens.live_v21.push(index),
             TokenKind::ShortLived => tokens.live_short.push_back(index),
+            TokenKind::LongLived => tokens.long_lived = Some(index),
             // Stateless tokens are never counted or revoked: no index.
             TokenKind::Stateless => {}
         }
@@ -726,7 +843,7 @@ impl Book {
         match kind {
             TokenKind::V21 => t.live_v21.iter().filter(|i| live(i)).count(),
             TokenKind::ShortLived => t.live_short.iter().filter(|i| live(i)).count(),
-            TokenKind::Stateless => t
+            TokenKind::Stateless | TokenKind::LongLived => t
                 .entries
                 .iter()
                 .filter(|e| e.kind == kind && e.is_live_at(now))
@@ -822,6 +939,66 @@ mod tests {
     }
 
     const DAY: i64 = 86_400;
+
+    #[test]
+    fn a_console_reissue_keeps_the_old_long_lived_token_for_its_grace() {
+        let mut book = Book::seeded(7);
+        let ch = ChannelId::new("1000");
+        let ll = [TokenKind::LongLived];
+        let old = book.issue_long_lived(&ch, t0()).unwrap();
+        assert_eq!(
+            book.issue_long_lived(&ch, t0()).unwrap_err(),
+            LongLivedRefusal::AlreadyIssued(ch.clone())
+        );
+        assert_eq!(
+            book.verify(old.access_token.expose(), &ll, t0()),
+            Verdict::Live {
+                channel_id: ch.clone(),
+                expires_in: LONG_LIVED_SECS
+            }
+        );
+        // Not a short-lived token: a verify for that kind only knows nothing.
+        assert_eq!(
+            book.verify(old.access_token.expose(), &[TokenKind::ShortLived], t0()),
+            Verdict::Unknown
+        );
+        let grace = Duration::hours(24);
+        let new = book.reissue_long_lived(&ch, t0(), grace).unwrap();
+        assert_ne!(new.access_token, old.access_token);
+        let last_ms = t0() + grace - Duration::milliseconds(1);
+        assert!(matches!(
+            book.verify(old.access_token.expose(), &ll, last_ms),
+            Verdict::Live { .. }
+        ));
+        assert_eq!(
+            book.verify(old.access_token.expose(), &ll, t0() + grace),
+            Verdict::Expired
+        );
+        assert!(matches!(
+            book.verify(new.access_token.expose(), &ll, t0() + grace),
+            Verdict::Live { .. }
+        ));
+        // A grace of zero invalidates the old one at once.
+        let newer = book
+            .reissue_long_lived(&ch, t0(), Duration::zero())
+            .unwrap();
+        assert_eq!(
+            book.verify(new.access_token.expose(), &ll, t0()),
+            Verdict::Ended
+        );
+        assert!(book.revoke_value(newer.access_token.expose(), &ll, None, t0()));
+        assert_eq!(
+            book.reissue_long_lived(&ch, t0(), grace).unwrap_err(),
+            LongLivedRefusal::NoneIssued(ch.clone())
+        );
+        assert_eq!(
+            book.reissue_long_lived(&ch, t0(), Duration::hours(25))
+                .unwrap_err(),
+            LongLivedRefusal::BadGrace(25 * 3600)
+        );
+        // Revoked, the channel may be issued a new one.
+        assert!(book.issue_long_lived(&ch, t0()).is_ok());
+    }
 
     #[test]
     fn the_31st_live_v21_token_is_refused_until_one_dies() {

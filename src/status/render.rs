@@ -69,6 +69,31 @@ pub fn render_status(report: &StatusReport) -> String {
     for text in channels {
         out.push_str(&text);
     }
+    if !report.long_lived.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nlong-lived tokens (fingerprints; values stay in the token files):"
+        );
+    }
+    for t in &report.long_lived {
+        let seen = |at: Option<DateTime<Utc>>| at.map_or_else(|| "never".to_owned(), ts);
+        let retired = t
+            .retired_at
+            .map(|at| format!(", retired {}", ts(at)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  channel {} {} {}: {} ({}); first seen {}, last valid {}, last verified {}{retired}",
+            t.channel,
+            t.role,
+            t.fingerprint,
+            t.result,
+            t.detail,
+            ts(t.first_seen_at),
+            seen(t.last_valid_at),
+            seen(t.last_verified_at),
+        );
+    }
     out
 }
 

@@ -46,6 +46,35 @@ pub struct StatusReport {
     /// under database key 2 (`[encryption]`). A key that is no longer
     /// listed holds no rows and can be removed from the config.
     pub token_values: Vec<crate::store::ValueCount>,
+    /// Watched long-lived tokens (`[channel.long_lived]`), by channel:
+    /// the file's current one first, then old values still verified
+    /// through LINE's reissue grace, then ended ones. Fingerprints only.
+    pub long_lived: Vec<LongLivedStatus>,
+}
+
+/// One watched long-lived token, as `status` shows it (never its value).
+#[derive(Debug, Clone, Serialize)]
+pub struct LongLivedStatus {
+    /// The channel.
+    pub channel: ChannelId,
+    /// `sha256:` and 8 hex digits of the value's SHA-256.
+    pub fingerprint: String,
+    /// `current` (the file holds it), `old` (replaced, verified until LINE
+    /// rejects it) or `ended`.
+    pub role: &'static str,
+    /// The last verify's result: `pending`, `valid`, `invalid`,
+    /// `wrong_channel` or `unknown`.
+    pub result: &'static str,
+    /// A few words on it.
+    pub detail: String,
+    /// When the daemon first read it.
+    pub first_seen_at: DateTime<Utc>,
+    /// When LINE last said it is valid.
+    pub last_valid_at: Option<DateTime<Utc>>,
+    /// When LINE last answered a verify of it.
+    pub last_verified_at: Option<DateTime<Utc>>,
+    /// When `linetokd long-lived retire` revoked it.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 /// One channel.
@@ -326,6 +355,21 @@ pub fn status_report(
         alerts: state.daemon_firing.iter().map(firing_status).collect(),
         channels,
         token_values: state.token_values.clone(),
+        long_lived: state
+            .long_lived
+            .iter()
+            .map(|r| LongLivedStatus {
+                channel: r.channel.clone(),
+                fingerprint: r.fingerprint.clone(),
+                role: r.role.as_str(),
+                result: r.result.as_str(),
+                detail: r.detail.clone(),
+                first_seen_at: r.first_seen_at,
+                last_valid_at: r.last_valid_at,
+                last_verified_at: r.last_checked_at,
+                retired_at: r.retired_at,
+            })
+            .collect(),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct StoredState {
     pub(super) daemon_firing: Vec<AlertRecord>,
     /// Token rows per database key (plaintext as `key: None`).
     pub(super) token_values: Vec<crate::store::ValueCount>,
+    /// Watched long-lived tokens, by fingerprint (never the value).
+    pub(super) long_lived: Vec<crate::store::LongLivedRow>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ impl StoredState {
             last_reload: None,
             daemon_firing: Vec::new(),
             token_values: Vec::new(),
+            long_lived: Vec::new(),
         }
     }
 }
@@ -150,5 +153,6 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         last_reload: store.note(LAST_RELOAD)?,
         daemon_firing,
         token_values: store.value_counts()?,
+        long_lived: store.long_lived_rows()?,
     })
 }

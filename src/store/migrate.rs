@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_group_token_kinds",
         sql: include_str!("../../migrations/0008_group_token_kinds.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_watch_long_lived_tokens",
+        sql: include_str!("../../migrations/0009_watch_long_lived_tokens.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

@@ -10,8 +10,8 @@
 //! `sync` (channels and groups from the config, failure streaks and holds),
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
-//! (raised alerts), `notifications` (what each alert receiver was sent)
-//! and `events`; `migrate` runs `migrations/*.sql` and `lock`
+//! (raised alerts), `notifications` (what each alert receiver was sent),
+//! `long_lived` (watched long-lived tokens, by fingerprint) and `events`; `migrate` runs `migrations/*.sql` and `lock`
 //! keeps a second daemon out. [`crypt`] is the sealed-value format of
 //! encryption at rest and `values` the rules around it (sealing on write,
 //! the checks at open, re-encryption, `db decrypt`).
@@ -51,6 +51,7 @@ mod events;
 mod foreign;
 mod intents;
 mod lock;
+mod long_lived;
 pub mod migrate;
 mod notes;
 mod notifications;
@@ -77,6 +78,7 @@ pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
+pub use long_lived::{LongLivedResult, LongLivedRole, LongLivedRow};
 pub use migrate::Migrated;
 pub use notes::{DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, sink_note_key};
 pub use notifications::{NotifyItem, NotifyKind, NotifyState, PendingNotification};

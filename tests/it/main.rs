@@ -20,6 +20,7 @@ mod hostile;
 mod keygen;
 mod keys;
 mod line_client;
+mod long_lived;
 mod migrate_v3;
 mod observability;
 mod package;

@@ -1123,3 +1123,55 @@ fn groups_get_their_kind_and_short_lived_tokens_stay_out_of_the_listing() {
             .all(|g| g.kind == TokenKind::V21)
     );
 }
+
+/// Migration 9 on a schema-8 database: the alerts keep every row and
+/// column, now also accept `info`, and the long-lived table starts empty.
+#[test]
+fn a_schema_8_database_keeps_its_alerts_through_migration_9() {
+    use linetokd::store::migrate::MIGRATIONS;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linetokd.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        migrate::apply(&mut conn, &MIGRATIONS[..8]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop', 1);
+             INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, label_value,
+                                 alertname, severity, summary, started_at, last_seen_at,
+                                 resolved_at) VALUES
+               ('1000/-/foreign_token/k1', '1000', NULL, 'key_id', 'k1', 'foreign_token',
+                'warning', 'foreign', 1000, 2000, NULL);",
+        )
+        .unwrap();
+        let info = conn.execute(
+            "INSERT INTO alerts (fingerprint, channel_id, alertname, severity, summary, \
+             started_at, last_seen_at) VALUES ('x', '1000', 'x', 'info', 'x', 1, 1)",
+            [],
+        );
+        assert!(info.is_err(), "schema 8 refuses info alerts");
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.migrated().from, 8);
+    let firing = store.firing_alerts().unwrap();
+    assert_eq!(firing.len(), 1);
+    assert_eq!(
+        firing[0].label,
+        Some(("key_id".to_owned(), "k1".to_owned()))
+    );
+    assert_eq!(firing[0].started_at.timestamp_millis(), 1000);
+    assert!(store.long_lived_rows().unwrap().is_empty());
+    let at = chrono::DateTime::from_timestamp_millis(5000).unwrap();
+    let ch = linetokd::domain::ChannelId::new("1000");
+    store.retire_long_lived(at, &ch, "sha256:0123abcd").unwrap();
+    let rows = store.long_lived_rows().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].retired_at, Some(at));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO alerts (fingerprint, channel_id, alertname, severity, summary, \
+         started_at, last_seen_at) VALUES ('y', '1000', 'y', 'info', 'y', 1, 1)",
+        [],
+    )
+    .unwrap();
+}
