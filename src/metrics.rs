@@ -122,6 +122,18 @@ pub struct Metrics {
     alert_names: Mutex<Vec<AlertLabels>>,
     /// Token values at rest ([`DbMetrics`]).
     db: DbMetrics,
+    /// Stateless token requests by how they were answered.
+    stateless_requests: Family<StatelessLabels, Counter>,
+    /// Stateless token calls to LINE by result.
+    stateless_issues: Family<StatelessLabels, Counter>,
+}
+
+/// A channel's labels and a result: the stateless counters' labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatelessLabels {
+    channel: Label,
+    channel_name: Label,
+    result: &'static str,
 }
 
 /// Labels of the firing-alerts gauge.
@@ -270,9 +282,24 @@ impl Metrics {
             "How long sending one alert notification took, by receiver",
             alert_notification_duration.clone(),
         );
+        let stateless_requests = Family::<StatelessLabels, Counter>::default();
+        registry.register(
+            "stateless_requests",
+            "Stateless token requests by result: hit, refresh_ahead (served, a refresh due), miss \
+             (issued for this request), coalesced (waited for another request's issue), error",
+            stateless_requests.clone(),
+        );
+        let stateless_issues = Family::<StatelessLabels, Counter>::default();
+        registry.register(
+            "stateless_issues",
+            "Stateless token issues at LINE by result: success, transient, permanent",
+            stateless_issues.clone(),
+        );
         let db = DbMetrics::register(&mut registry);
         Self {
             db,
+            stateless_requests,
+            stateless_issues,
             alerts_firing,
             alert_notifications,
             alert_notification_duration,
@@ -324,6 +351,8 @@ impl Metrics {
         self.channel_tokens.clear();
         self.rotations.clear();
         self.hook_runs.clear();
+        self.stateless_requests.clear();
+        self.stateless_issues.clear();
     }
 
     /// The `channel` and `channel_name` labels of `channel`; an unknown
@@ -434,6 +463,32 @@ impl Metrics {
                 channel_name: g.channel_name,
                 group: g.group,
                 result: if success { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Counts a stateless token request by `result` (`hit`,
+    /// `refresh_ahead`, `miss`, `coalesced`, `error`).
+    pub fn stateless_request(&self, channel: &ChannelId, result: &'static str) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.stateless_requests
+            .get_or_create(&StatelessLabels {
+                channel,
+                channel_name,
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a stateless token issue at LINE by `result` (`success`,
+    /// `transient`, `permanent`).
+    pub fn stateless_issue(&self, channel: &ChannelId, result: &'static str) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.stateless_issues
+            .get_or_create(&StatelessLabels {
+                channel,
+                channel_name,
+                result,
             })
             .inc();
     }
