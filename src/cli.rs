@@ -1260,6 +1260,7 @@ fn configured_channels(config: &config::Outline) -> Vec<status::ConfiguredChanne
             name: c.name.clone(),
             groups: c.groups.clone(),
             can_revoke: c.has_secret,
+            stateless: c.stateless,
         })
         .collect()
 }

@@ -107,6 +107,30 @@ struct ChannelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<String>,
     group: Vec<GroupView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stateless: Option<StatelessView>,
+}
+
+#[derive(Serialize)]
+struct StatelessView {
+    enabled: bool,
+    auth: String,
+    refresh_margin: String,
+    refresh_ahead: String,
+    max_issues_per_minute: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<String>,
+    sinks: Vec<SinkView>,
+}
+
+fn sink_view(s: &super::SinkSettings) -> SinkView {
+    SinkView {
+        path: shown(&s.path),
+        format: s.format.clone(),
+        mode: s.mode.clone(),
+        owner: s.owner.clone(),
+        group: s.group.clone(),
+    }
 }
 
 #[derive(Serialize)]
@@ -195,6 +219,15 @@ impl Settings {
                                 .collect(),
                         })
                         .collect(),
+                    stateless: c.stateless.as_ref().map(|s| StatelessView {
+                        enabled: s.enabled,
+                        auth: s.auth.clone(),
+                        refresh_margin: fmt_dur(s.refresh_margin),
+                        refresh_ahead: fmt_dur(s.refresh_ahead),
+                        max_issues_per_minute: s.max_issues_per_minute,
+                        api_key_file: s.api_key_file.as_deref().map(secret_file),
+                        sinks: s.sinks.iter().map(sink_view).collect(),
+                    }),
                 })
                 .collect(),
             alerts: AlertsView {

@@ -36,6 +36,7 @@ mod error;
 mod expand;
 mod files;
 mod masked;
+mod stateless;
 mod validate;
 
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ pub use alerts::{
 pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
+pub use stateless::{StatelessAuthKind, StatelessConfig, StatelessOutline, StatelessSettings};
 pub use validate::{
     ChannelConfig, ChannelOutline, DaemonConfig, GroupConfig, HookConfig, LogFormat, Outline,
     SinkConfig, SinkFormat, ValidConfig,
@@ -220,6 +222,9 @@ pub struct ChannelSettings {
     /// `[[channel.group]]`: the consumers of this channel's tokens.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSettings>,
+    /// `[channel.stateless]`: stateless tokens on demand, if wanted.
+    #[serde(default)]
+    pub stateless: Option<StatelessSettings>,
 }
 
 /// One `[[channel.group]]`: a consumer with its own token lineage.
@@ -375,6 +380,17 @@ impl Settings {
             fix(format!("channel[{c}].key_file"), &mut channel.key_file);
             if let Some(secret) = channel.secret_file.as_mut() {
                 fix(format!("channel[{c}].secret_file"), secret);
+            }
+            if let Some(stateless) = channel.stateless.as_mut() {
+                if let Some(api_key) = stateless.api_key_file.as_mut() {
+                    fix(format!("channel[{c}].stateless.api_key_file"), api_key);
+                }
+                for (s, sink) in stateless.sinks.iter_mut().enumerate() {
+                    fix(
+                        format!("channel[{c}].stateless.sinks[{s}].path"),
+                        &mut sink.path,
+                    );
+                }
             }
             for (g, group) in channel.groups.iter_mut().enumerate() {
                 if let Some(api_key) = group.api_key_file.as_mut() {

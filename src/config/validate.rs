@@ -196,6 +196,8 @@ pub struct ChannelOutline {
     /// True when `secret_file` is set (needed to revoke); the file is read
     /// to check it, its content not kept.
     pub has_secret: bool,
+    /// `[channel.stateless]`, when enabled (its API key file not read).
+    pub stateless: Option<super::StatelessOutline>,
 }
 
 /// One `[[channel]]`, checked, with its key and secret loaded.
@@ -216,6 +218,8 @@ pub struct ChannelConfig {
     pub secret: Option<ChannelSecret>,
     /// The channel's groups, in file order.
     pub groups: Vec<GroupConfig>,
+    /// `[channel.stateless]`, when enabled.
+    pub stateless: Option<super::StatelessConfig>,
 }
 
 /// One `[[channel.group]]`, checked.
@@ -557,6 +561,7 @@ impl Validator {
             .map(|(g, group)| self.group(&format!("{at}.group[{g}]"), group))
             .collect();
         let groups: Option<Vec<GroupConfig>> = groups.into_iter().collect();
+        let stateless = self.stateless(&at, c);
         name_ok.then_some(())?;
         Some(ChannelConfig {
             id: id?,
@@ -566,6 +571,7 @@ impl Validator {
             key: Arc::new(key?),
             secret: secret?,
             groups: groups?,
+            stateless: stateless?,
         })
     }
 
@@ -601,13 +607,55 @@ impl Validator {
             .collect::<Vec<_>>()
             .into_iter()
             .collect();
+        let stateless = c.stateless.as_ref().and_then(|s| {
+            super::stateless::check(at.as_str(), s, c.secret_file.is_some(), &mut self.problems)
+        });
         (name_ok && key_ok && secret_ok && kid.is_some()).then_some(())?;
         Some(ChannelOutline {
             id: id?,
             name: c.name.clone(),
             groups: groups?,
             has_secret: c.secret_file.is_some(),
+            stateless,
         })
+    }
+
+    /// `[channel.stateless]`: its values (`super::stateless::check`), its
+    /// API key and its sinks. `Some(None)` when absent or disabled, `None`
+    /// after a problem.
+    fn stateless(
+        &mut self,
+        at: &str,
+        c: &ChannelSettings,
+    ) -> Option<Option<super::StatelessConfig>> {
+        let Some(s) = &c.stateless else {
+            return Some(None);
+        };
+        let before = self.problems.len();
+        let outline =
+            super::stateless::check(at, s, c.secret_file.is_some(), &mut self.problems);
+        let sinks: Vec<Option<SinkConfig>> = s
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(k, sink)| self.sink(&format!("{at}.stateless.sinks[{k}]"), sink))
+            .collect();
+        let api_key = match (&s.api_key_file, s.enabled) {
+            (Some(path), true) => self.keep(&format!("{at}.stateless.api_key_file"), load_secret(path)),
+            _ => None,
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        let Some(outline) = outline else {
+            // Disabled (a problem would have been counted above).
+            return Some(None);
+        };
+        Some(Some(super::StatelessConfig {
+            outline,
+            api_key: api_key?,
+            sinks: sinks.into_iter().collect::<Option<Vec<_>>>()?,
+        }))
     }
 
     /// A channel's ID, name and kid, checked.
@@ -808,6 +856,24 @@ impl Validator {
                     );
                 } else {
                     names.insert(&c.name, i);
+                }
+            }
+            let stateless_sinks = c.stateless.iter().flat_map(|s| s.sinks.iter().enumerate());
+            for (k, sink) in stateless_sinks {
+                if sink.path.as_os_str().is_empty() {
+                    continue;
+                }
+                let here = format!("channel[{i}].stateless.sinks[{k}].path");
+                if let Some(first) = sink_paths.get(sink.path.as_path()) {
+                    self.problem(
+                        here,
+                        format!(
+                            "{:?} duplicates {first}: two sinks would overwrite each other",
+                            sink.path.display().to_string()
+                        ),
+                    );
+                } else {
+                    sink_paths.insert(&sink.path, here);
                 }
             }
             let mut groups: HashMap<&str, usize> = HashMap::new();

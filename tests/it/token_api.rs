@@ -107,6 +107,7 @@ fn lab() -> Lab {
             clock: Arc::new(clock.clone()),
             metrics: None,
             readiness: None,
+            stateless: None,
         },
         clock,
     }
