@@ -231,7 +231,10 @@ impl Slot {
     async fn issue(&self, cx: &Context) -> Result<Cached, StatelessError> {
         let rules = self.rules();
         let now = cx.clock.now();
-        if let Err(free_at) = self.state().window.take(now, rules.max_issues_per_minute) {
+        // Bound first: the guard must be dropped before the lock is taken
+        // again below.
+        let taken = self.state().window.take(now, rules.max_issues_per_minute);
+        if let Err(free_at) = taken {
             let failure = StatelessError::LocalLimit {
                 channel: self.channel.clone(),
                 max: rules.max_issues_per_minute,

@@ -29,6 +29,7 @@ mod reload;
 mod sandbox;
 mod simulation;
 mod sinks;
+mod stateless;
 mod status_plan;
 mod store;
 mod support;

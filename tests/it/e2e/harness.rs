@@ -338,7 +338,8 @@ fn read_lines(
 /// value out, so a failing assertion does not print tokens either.
 #[derive(Clone, Deserialize)]
 pub struct SandboxToken {
-    /// LINE's key ID.
+    /// LINE's key ID; empty for kinds without one (stateless).
+    #[serde(deserialize_with = "null_as_empty")]
     pub key_id: String,
     /// The value.
     pub access_token: String,
@@ -362,6 +363,11 @@ impl std::fmt::Debug for SandboxToken {
             .field("revoked_at", &self.revoked_at)
             .finish_non_exhaustive()
     }
+}
+
+/// A string that may be `null` (read as empty).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl SandboxToken {
