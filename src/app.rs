@@ -703,7 +703,10 @@ pub fn stateless_setups(config: &ValidConfig) -> anyhow::Result<Vec<StatelessSet
                 StatelessAuth::Secret(secret.clone())
             }
             (config::StatelessAuthKind::Secret, None) => {
-                anyhow::bail!("channel {}: stateless.auth = \"secret\" needs secret_file", c.id)
+                anyhow::bail!(
+                    "channel {}: stateless.auth = \"secret\" needs secret_file",
+                    c.id
+                )
             }
             (config::StatelessAuthKind::Assertion, _) => StatelessAuth::Assertion(Arc::new(
                 AssertionSigner::new(c.id.clone(), c.kid.clone(), Arc::clone(&c.key))

@@ -832,7 +832,10 @@ async fn stateless_token(
         Refused::OtherGroup | Refused::NotStateless => {
             tracing::info!(channel = %channel, reason = refused.body().error, "stateless token request refused");
         }
-        _ => tracing::info!(reason = refused.body().error, "stateless token request refused"),
+        _ => tracing::info!(
+            reason = refused.body().error,
+            "stateless token request refused"
+        ),
     }
     refused.into_response()
 }
@@ -1038,7 +1041,10 @@ mod tests {
         keys.insert_stateless(c.clone(), &Secret::new("key-s"));
         assert_eq!(keys.check_stateless(&c, "key-s"), Access::Granted);
         assert_eq!(keys.check_stateless(&c, "key-a"), Access::OtherGroup);
-        assert_eq!(keys.check_stateless(&other_c, "key-s"), Access::UnknownGroup);
+        assert_eq!(
+            keys.check_stateless(&other_c, "key-s"),
+            Access::UnknownGroup
+        );
         assert_eq!(keys.check_stateless(&c, "nope"), Access::InvalidKey);
         assert_eq!(keys.check(&c, &a, "key-s"), Access::OtherGroup);
         assert_eq!(keys.check(&other_c, &a, "key-s"), Access::UnknownGroup);

@@ -236,18 +236,27 @@ mod tests {
             refresh_ahead: Duration::from_secs(120),
             ..good()
         };
-        assert_eq!(keys(&inverted, true), ["channel[0].stateless.refresh_ahead"]);
+        assert_eq!(
+            keys(&inverted, true),
+            ["channel[0].stateless.refresh_ahead"]
+        );
         let too_long = StatelessSettings {
             refresh_ahead: Duration::from_secs(15 * 60),
             ..good()
         };
-        assert_eq!(keys(&too_long, true), ["channel[0].stateless.refresh_ahead"]);
+        assert_eq!(
+            keys(&too_long, true),
+            ["channel[0].stateless.refresh_ahead"]
+        );
         for n in [0, MAX_ISSUES_PER_MINUTE + 1] {
             let s = StatelessSettings {
                 max_issues_per_minute: n,
                 ..good()
             };
-            assert_eq!(keys(&s, true), ["channel[0].stateless.max_issues_per_minute"]);
+            assert_eq!(
+                keys(&s, true),
+                ["channel[0].stateless.max_issues_per_minute"]
+            );
         }
         let keyless = StatelessSettings {
             api_key_file: None,
@@ -267,6 +276,9 @@ mod tests {
             refresh_ahead: Duration::from_secs(60),
             ..StatelessSettings::default()
         };
-        assert_eq!(keys(&off_bad, false), ["channel[0].stateless.refresh_ahead"]);
+        assert_eq!(
+            keys(&off_bad, false),
+            ["channel[0].stateless.refresh_ahead"]
+        );
     }
 }

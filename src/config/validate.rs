@@ -632,8 +632,7 @@ impl Validator {
             return Some(None);
         };
         let before = self.problems.len();
-        let outline =
-            super::stateless::check(at, s, c.secret_file.is_some(), &mut self.problems);
+        let outline = super::stateless::check(at, s, c.secret_file.is_some(), &mut self.problems);
         let sinks: Vec<Option<SinkConfig>> = s
             .sinks
             .iter()
@@ -641,7 +640,9 @@ impl Validator {
             .map(|(k, sink)| self.sink(&format!("{at}.stateless.sinks[{k}]"), sink))
             .collect();
         let api_key = match (&s.api_key_file, s.enabled) {
-            (Some(path), true) => self.keep(&format!("{at}.stateless.api_key_file"), load_secret(path)),
+            (Some(path), true) => {
+                self.keep(&format!("{at}.stateless.api_key_file"), load_secret(path))
+            }
             _ => None,
         };
         if self.problems.len() > before {

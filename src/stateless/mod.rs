@@ -167,7 +167,9 @@ pub enum StatelessError {
     /// LINE could not be reached or answered with a transient failure
     /// (5xx, 429, a timeout, an unusable success): HTTP 503 with
     /// `Retry-After`.
-    #[error("channel {channel}: LINE did not issue a stateless token ({cause}); next attempt at {retry_at}")]
+    #[error(
+        "channel {channel}: LINE did not issue a stateless token ({cause}); next attempt at {retry_at}"
+    )]
     Unavailable {
         /// The channel.
         channel: ChannelId,
@@ -178,7 +180,9 @@ pub enum StatelessError {
     },
     /// LINE refused (400, 404: wrong credentials, unknown key): HTTP 502
     /// naming LINE's error code.
-    #[error("channel {channel}: LINE refused to issue a stateless token ({cause}); next attempt at {retry_at}")]
+    #[error(
+        "channel {channel}: LINE refused to issue a stateless token ({cause}); next attempt at {retry_at}"
+    )]
     Refused {
         /// The channel.
         channel: ChannelId,
@@ -194,7 +198,9 @@ pub enum StatelessError {
     },
     /// The local guard: `max_issues_per_minute` calls were made in the
     /// last minute. HTTP 503 with `Retry-After`; LINE is not called.
-    #[error("channel {channel}: {max} stateless tokens were issued in the last minute (max_issues_per_minute); next attempt at {retry_at}")]
+    #[error(
+        "channel {channel}: {max} stateless tokens were issued in the last minute (max_issues_per_minute); next attempt at {retry_at}"
+    )]
     LocalLimit {
         /// The channel.
         channel: ChannelId,

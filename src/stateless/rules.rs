@@ -140,11 +140,7 @@ impl IssueWindow {
     /// # Errors
     /// The instant the window has room again.
     pub fn take(&mut self, now: DateTime<Utc>, max: u32) -> Result<(), DateTime<Utc>> {
-        while self
-            .times
-            .front()
-            .is_some_and(|t| *t + ISSUE_WINDOW <= now)
-        {
+        while self.times.front().is_some_and(|t| *t + ISSUE_WINDOW <= now) {
             self.times.pop_front();
         }
         if self.times.len() >= max as usize {
@@ -183,8 +179,9 @@ mod tests {
             ahead,
             start_refresh,
         };
-        // (seconds after t0, cached?, held?, refreshing?, expected)
-        let table: Vec<(i64, bool, Option<DateTime<Utc>>, bool, Decision)> = vec![
+        /// (seconds after t0, cached?, held until, refreshing?, expected)
+        type Row = (i64, bool, Option<DateTime<Utc>>, bool, Decision);
+        let table: Vec<Row> = vec![
             // cold cache: issue, unless held back
             (0, false, None, false, Decision::Issue),
             (
@@ -205,7 +202,13 @@ mod tests {
             // inside refresh_ahead (10 min in): served, one refresh starts
             (600, true, None, false, serve(true, true)),
             (600, true, None, true, serve(true, false)),
-            (600, true, Some(t0() + Duration::minutes(11)), false, serve(true, false)),
+            (
+                600,
+                true,
+                Some(t0() + Duration::minutes(11)),
+                false,
+                serve(true, false),
+            ),
             (779, true, None, false, serve(true, true)),
             // inside refresh_margin (13 min in): never served
             (780, true, None, false, Decision::Issue),
@@ -266,7 +269,10 @@ mod tests {
     fn retry_after_rounds_up_to_at_least_one_second() {
         assert_eq!(retry_after_secs(t0(), t0()), 1);
         assert_eq!(retry_after_secs(t0(), t0() - Duration::seconds(5)), 1);
-        assert_eq!(retry_after_secs(t0(), t0() + Duration::milliseconds(1500)), 2);
+        assert_eq!(
+            retry_after_secs(t0(), t0() + Duration::milliseconds(1500)),
+            2
+        );
         assert_eq!(retry_after_secs(t0(), t0() + Duration::seconds(30)), 30);
     }
 }

@@ -98,7 +98,10 @@ impl Slot {
 
     /// Takes a reload's margins, guard and sinks.
     pub(super) fn update(&self, setup: StatelessSetup) {
-        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = (setup.rules, setup.sinks);
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (setup.rules, setup.sinks);
     }
 
     fn rules(&self) -> StatelessRules {

@@ -186,9 +186,7 @@ fn issues(metrics: &Metrics, result: &str) -> f64 {
 /// The stateless endpoint's own fault rule.
 fn stateless_fault(rule: FaultRule) -> Faults {
     let mut faults = Faults::default();
-    faults
-        .endpoints
-        .insert("/oauth2/v3/token".to_owned(), rule);
+    faults.endpoints.insert("/oauth2/v3/token".to_owned(), rule);
     faults
 }
 
@@ -202,7 +200,11 @@ async fn a_thousand_concurrent_requests_on_a_cold_cache_make_one_issue() {
             ..FaultRule::default()
         }))
         .unwrap();
-    let rig = rig(&lab.base_url, &lab.clock, setup(assertion(), "a", rules(30)));
+    let rig = rig(
+        &lab.base_url,
+        &lab.clock,
+        setup(assertion(), "a", rules(30)),
+    );
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let state = rig.state.clone();
@@ -347,7 +349,11 @@ async fn an_outage_gives_every_waiter_503_and_the_next_request_within_2s_does_no
             ..FaultRule::default()
         }))
         .unwrap();
-    let rig = rig(&lab.base_url, &lab.clock, setup(assertion(), "a", rules(30)));
+    let rig = rig(
+        &lab.base_url,
+        &lab.clock,
+        setup(assertion(), "a", rules(30)),
+    );
     let waiters: Vec<_> = (0..50)
         .map(|_| {
             let state = rig.state.clone();
@@ -356,11 +362,20 @@ async fn an_outage_gives_every_waiter_503_and_the_next_request_within_2s_does_no
         .collect();
     for waiter in waiters {
         let answer = waiter.await.unwrap();
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.json);
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.json
+        );
         assert_eq!(answer.json["error"], "line_unavailable");
         assert_eq!(answer.retry_after, Some(2));
     }
-    assert_eq!(rig.calls.load(Ordering::SeqCst), 1, "one call for 50 waiters");
+    assert_eq!(
+        rig.calls.load(Ordering::SeqCst),
+        1,
+        "one call for 50 waiters"
+    );
     assert_eq!(requests(&rig.metrics, "error"), 50.0);
 
     // Within the 2 s: answered at once, LINE not called.
@@ -397,7 +412,11 @@ async fn an_outage_gives_every_waiter_503_and_the_next_request_within_2s_does_no
 async fn a_permanent_refusal_is_502_naming_lines_error_code_and_is_held_back() {
     let lab = sandbox_lab().await;
     let wrong = "not-the-channel-secret-0123456789";
-    let rig = rig(&lab.base_url, &lab.clock, setup(secret(wrong), "s", rules(30)));
+    let rig = rig(
+        &lab.base_url,
+        &lab.clock,
+        setup(secret(wrong), "s", rules(30)),
+    );
     let refused = get(&rig.state, PATH, Some(KEY)).await;
     assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.json);
     assert_eq!(refused.json["error"], "line_refused");
@@ -420,7 +439,11 @@ async fn the_secret_form_sends_exactly_grant_type_client_id_and_client_secret() 
     })
     .await;
     let clock = crate::support::manual_clock();
-    let rig = rig(&mock.base_url, &clock, setup(secret(LAB_SECRET), "s", rules(30)));
+    let rig = rig(
+        &mock.base_url,
+        &clock,
+        setup(secret(LAB_SECRET), "s", rules(30)),
+    );
     assert_eq!(
         get(&rig.state, PATH, Some(KEY)).await.token(),
         "eyJhbGciOiJIUzI1NiJ9.from-mock"
@@ -453,7 +476,10 @@ async fn the_local_guard_answers_503_without_calling_line() {
     let clock = crate::support::manual_clock();
     let rig = rig(&mock.base_url, &clock, setup(assertion(), "a", rules(2)));
     for _ in 0..2 {
-        assert_eq!(get(&rig.state, PATH, Some(KEY)).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&rig.state, PATH, Some(KEY)).await.status,
+            StatusCode::OK
+        );
         clock.advance(Duration::seconds(10));
     }
     let limited = get(&rig.state, PATH, Some(KEY)).await;
@@ -462,14 +488,21 @@ async fn the_local_guard_answers_503_without_calling_line() {
     assert_eq!(limited.retry_after, Some(40));
     assert_eq!(mock.seen().len(), 2);
     clock.advance(Duration::seconds(40));
-    assert_eq!(get(&rig.state, PATH, Some(KEY)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&rig.state, PATH, Some(KEY)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(mock.seen().len(), 3);
 }
 
 #[tokio::test]
 async fn refusals_come_in_the_token_apis_order() {
     let lab = sandbox_lab().await;
-    let rig = rig(&lab.base_url, &lab.clock, setup(assertion(), "a", rules(30)));
+    let rig = rig(
+        &lab.base_url,
+        &lab.clock,
+        setup(assertion(), "a", rules(30)),
+    );
     {
         let mut keys = rig.state.keys.write().unwrap();
         keys.insert_stateless(ChannelId::new("555"), &Secret::new("key-of-555"));
@@ -481,9 +514,15 @@ async fn refusals_come_in_the_token_apis_order() {
     }
     let code = |a: &Answer| a.json["error"].as_str().unwrap().to_owned();
     let none = get(&rig.state, PATH, None).await;
-    assert_eq!((none.status, code(&none)), (StatusCode::UNAUTHORIZED, "missing_credentials".into()));
+    assert_eq!(
+        (none.status, code(&none)),
+        (StatusCode::UNAUTHORIZED, "missing_credentials".into())
+    );
     let wrong = get(&rig.state, PATH, Some("nope")).await;
-    assert_eq!((wrong.status, code(&wrong)), (StatusCode::FORBIDDEN, "invalid_key".into()));
+    assert_eq!(
+        (wrong.status, code(&wrong)),
+        (StatusCode::FORBIDDEN, "invalid_key".into())
+    );
     let wrong_elsewhere = get(&rig.state, "/v1/channels/999/stateless-token", Some("nope")).await;
     assert_eq!(wrong_elsewhere.status, StatusCode::FORBIDDEN);
     let not_enabled = get(&rig.state, "/v1/channels/999/stateless-token", Some(KEY)).await;
@@ -492,7 +531,10 @@ async fn refusals_come_in_the_token_apis_order() {
         (StatusCode::NOT_FOUND, "stateless_not_enabled".into())
     );
     let other = get(&rig.state, PATH, Some("key-of-555")).await;
-    assert_eq!((other.status, code(&other)), (StatusCode::FORBIDDEN, "forbidden".into()));
+    assert_eq!(
+        (other.status, code(&other)),
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
     let group_key = get(&rig.state, PATH, Some("group-key")).await;
     assert_eq!(group_key.status, StatusCode::FORBIDDEN);
     // By the channel's name too.
@@ -504,7 +546,11 @@ async fn refusals_come_in_the_token_apis_order() {
 #[tokio::test]
 async fn a_reload_keeps_the_token_unless_the_credentials_changed() {
     let lab = sandbox_lab().await;
-    let rig = rig(&lab.base_url, &lab.clock, setup(assertion(), "a", rules(30)));
+    let rig = rig(
+        &lab.base_url,
+        &lab.clock,
+        setup(assertion(), "a", rules(30)),
+    );
     let first = get(&rig.state, PATH, Some(KEY)).await.token().to_owned();
     // New margins, same credentials: the token stays; the new
     // refresh_ahead (10 min) applies at once.
@@ -530,7 +576,10 @@ async fn a_reload_keeps_the_token_unless_the_credentials_changed() {
     assert_eq!(rig.calls.load(Ordering::SeqCst), 3);
     // Gone from the config: the channel serves nothing.
     rig.stateless.set_channels(Vec::new());
-    assert_eq!(get(&rig.state, PATH, Some(KEY)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&rig.state, PATH, Some(KEY)).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// The real daemon with `[channel.stateless]`: the API answers, the sink
@@ -578,10 +627,25 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
     assert_eq!(written["channel"], harness::CHANNEL);
 
     let metrics = scrape(&url).await;
-    let labels = |result| [("channel", harness::CHANNEL), ("channel_name", "chan"), ("result", result)];
-    assert_eq!(metrics.get("linetokd_stateless_requests_total", &labels("miss")), Some(1.0));
-    assert_eq!(metrics.get("linetokd_stateless_requests_total", &labels("hit")), Some(1.0));
-    assert_eq!(metrics.get("linetokd_stateless_issues_total", &labels("success")), Some(1.0));
+    let labels = |result| {
+        [
+            ("channel", harness::CHANNEL),
+            ("channel_name", "chan"),
+            ("result", result),
+        ]
+    };
+    assert_eq!(
+        metrics.get("linetokd_stateless_requests_total", &labels("miss")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.get("linetokd_stateless_requests_total", &labels("hit")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.get("linetokd_stateless_issues_total", &labels("success")),
+        Some(1.0)
+    );
     let raw_metrics = client
         .get(format!("{url}/metrics"))
         .send()
@@ -608,7 +672,8 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
         "{}",
         text.all_text()
     );
-    let (code, checked) = linetokd("check-config", &["check-config", "--config", config], &[]).await;
+    let (code, checked) =
+        linetokd("check-config", &["check-config", "--config", config], &[]).await;
     assert_eq!(code, 0, "{}", checked.all_text());
     let resolved = printed(&checked, Stream::Stdout);
     assert!(resolved.contains("[channel.stateless]"), "{resolved}");
