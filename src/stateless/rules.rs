@@ -2,7 +2,7 @@
 //! served, when a background refresh starts, when a request has to issue,
 //! how long a failure holds issuing back, and the local per-minute guard.
 //!
-//! No IO, no clock: every function takes `now`. The slot ([`super::slot`])
+//! No IO, no clock: every function takes `now`. The slot (`stateless::slot`)
 //! applies these under its lock; the table tests below pin them down.
 //!
 //! Depends on nothing but `chrono`.
