@@ -75,7 +75,9 @@ pub(super) struct Slot {
     /// Margins, guard, sinks: a reload replaces them in place.
     settings: RwLock<(StatelessRules, Vec<SinkSpec>)>,
     state: Mutex<State>,
-    flight: tokio::sync::Mutex<()>,
+    /// Held by whoever calls LINE; shared so a flight's task can own its
+    /// guard (see [`Slot::flight`]).
+    flight: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Slot {
@@ -86,7 +88,7 @@ impl Slot {
             auth: setup.auth,
             settings: RwLock::new((setup.rules, setup.sinks)),
             state: Mutex::new(State::default()),
-            flight: tokio::sync::Mutex::new(()),
+            flight: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -181,11 +183,13 @@ impl Slot {
     }
 
     /// The single flight: the first request issues, the others wait for
-    /// it and take its outcome.
-    async fn flight(&self, cx: &Context) -> Result<Served, StatelessError> {
-        let (_flight, waited) = match self.flight.try_lock() {
+    /// it and take its outcome. The call runs in its own task, which owns
+    /// the flight's guard: a client that hangs up does not cancel the call
+    /// its waiters are waiting for (they would each start another).
+    async fn flight(self: &Arc<Self>, cx: &Context) -> Result<Served, StatelessError> {
+        let (guard, waited) = match Arc::clone(&self.flight).try_lock_owned() {
             Ok(guard) => (guard, false),
-            Err(_) => (self.flight.lock().await, true),
+            Err(_) => (Arc::clone(&self.flight).lock_owned().await, true),
         };
         // Re-check: a flight may have finished while this request waited
         // (or between its first look and the lock).
@@ -201,7 +205,22 @@ impl Slot {
             Look::Failure(e) => return Err(e),
             Look::Issue => {}
         }
-        let token = self.issue(cx).await?;
+        let (slot, task_cx) = (Arc::clone(self), cx.clone());
+        let call = tokio::spawn(async move {
+            let _guard = guard;
+            slot.issue(&task_cx).await
+        });
+        let token = match call.await {
+            Ok(outcome) => outcome?,
+            // Only a panic ends the task early; its waiters re-check.
+            Err(e) => {
+                return Err(StatelessError::Unavailable {
+                    channel: self.channel.clone(),
+                    cause: format!("the issuing task ended: {e}"),
+                    retry_at: cx.clock.now(),
+                });
+            }
+        };
         Ok(Served {
             token,
             result: RequestResult::Miss,

@@ -14,6 +14,7 @@
 //!   `client_secret`;
 //! - the local `max_issues_per_minute` guard answers 503 without calling
 //!   LINE;
+//! - a leader whose client hangs up does not cancel its flight;
 //! - the order of refusals; a reload keeps or drops the cached token;
 //! - the real daemon: config, answer, metrics, `status`, `check-config`,
 //!   and no stateless token in any log, metric, status output or error.
@@ -337,6 +338,29 @@ async fn a_refresh_ahead_of_expiry_serves_the_old_token_until_the_new_one_lands(
     assert_eq!(after.json["expires_in"], 900 - 50);
     assert_eq!(*gate.calls.borrow(), 2);
     assert_eq!(issues(&rig.metrics, "success"), 2.0);
+}
+
+#[tokio::test]
+async fn a_leader_that_hangs_up_does_not_cancel_the_flight_its_waiters_wait_for() {
+    let gate = gate().await;
+    let clock = crate::support::manual_clock();
+    let rig = rig(&gate.base_url, &clock, setup(assertion(), "a", rules(30)));
+    let state = rig.state.clone();
+    let leader = tokio::spawn(async move { get(&state, PATH, Some(KEY)).await });
+    let mut calls = gate.calls.clone();
+    tokio::time::timeout(PATIENCE, calls.wait_for(|n| *n == 1))
+        .await
+        .expect("the leader's call reached LINE")
+        .unwrap();
+    // The client goes away mid-call; another request comes.
+    leader.abort();
+    let state = rig.state.clone();
+    let waiter = tokio::spawn(async move { get(&state, PATH, Some(KEY)).await });
+    gate.permits.add_permits(1);
+    let answer = waiter.await.unwrap();
+    assert_eq!(answer.token(), "eyJhbGciOiJIUzI1NiJ9.stateless-token-1");
+    assert_eq!(*gate.calls.borrow(), 1, "one call to LINE");
+    assert_eq!(issues(&rig.metrics, "success"), 1.0);
 }
 
 #[tokio::test]
