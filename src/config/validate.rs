@@ -27,6 +27,10 @@
 //!   config was loaded with when it has no slash, as the hook will be);
 //!   `hook_timeout` above zero and at most 1 hour; `api_key_file` private
 //!   and not empty.
+//! - `[channel.stateless]`: the rules of `super::stateless` (auth, the
+//!   secret it needs, margins, the per-minute guard, a required
+//!   `api_key_file` while enabled), its API key file read like a group's,
+//!   its sinks checked like a group's (paths unique across the file).
 //!
 //! Every value is bounded, so nothing downstream overflows on
 //! `verify_interval = "500000000y"` or carries a megabyte `kid` into every
