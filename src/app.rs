@@ -37,6 +37,7 @@ use crate::notify::Notifier;
 use crate::policy::{RetryRules, Rules};
 use crate::rotator::{ChannelSetup, RotationEvent, Rotator, RotatorParts, Wakes};
 use crate::scheduler::{Scheduler, SchedulerState};
+use crate::stateless::{Margins, Stateless, StatelessAuth, StatelessRules, StatelessSetup};
 use crate::store::LAST_RELOAD;
 use crate::store::{ChannelSpec, Durability, Store, StoreError, StoreOptions};
 use crate::watch::ConfigWatcher;
@@ -102,6 +103,8 @@ pub struct Daemon {
     address_record: Option<addresses::RecordFile>,
     /// The token API's keys, replaced on reload.
     keys: Arc<RwLock<ApiKeys>>,
+    /// The stateless token cache; its channels are replaced on reload.
+    stateless: Arc<Stateless>,
     /// Sinks and hooks, replaced on reload.
     delivery: Arc<Delivery>,
     /// Sends raised alerts to the receivers; its settings are replaced on
@@ -196,6 +199,14 @@ impl Daemon {
         let http_clock = Arc::clone(&clock);
         let reload_clock = Arc::clone(&clock);
         let long_lived_line = line.clone();
+        // Stateless tokens share the client (its pool, its skew record and
+        // the request metrics) but nothing of the rotator.
+        let stateless = Arc::new(Stateless::new(
+            line.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        ));
+        stateless.set_channels(stateless_setups(config)?);
         let rotator = Rotator::new(RotatorParts {
             store,
             line,
@@ -315,6 +326,7 @@ impl Daemon {
                         })
                     })
                 }),
+                stateless: Some(Arc::clone(&stateless)),
             },
             &tasks,
             &shutdown,
@@ -357,6 +369,7 @@ impl Daemon {
             tokens,
             address_record,
             keys,
+            stateless,
             delivery,
             alert_notifier,
             long_lived,
@@ -379,6 +392,7 @@ impl Daemon {
     /// config then stays in force.
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
+        let stateless = stateless_setups(config)?;
         let new_rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
         new_rules
             .validate()
@@ -393,6 +407,9 @@ impl Daemon {
         self.metrics.set_channel_names(config.channel_index());
         self.rotator.set_rules(new_rules);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = api_keys(config);
+        // Changed margins and sinks apply at once; a channel whose auth or
+        // key changed starts cold.
+        self.stateless.set_channels(stateless);
         self.delivery.set_groups(delivery_groups(config));
         self.long_lived.set_channels(long_lived_channels(config));
         let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
@@ -693,8 +710,102 @@ pub fn api_keys(config: &ValidConfig) -> ApiKeys {
         if let Some(ll) = &channel.long_lived {
             keys.insert_long_lived(channel.id.clone(), ll.api_key.as_ref());
         }
+        if let Some(stateless) = &channel.stateless {
+            if !http::usable_api_key(&stateless.api_key) {
+                tracing::warn!(
+                    channel = %channel.id,
+                    "the stateless api_key_file holds spaces or control characters, which no `Authorization: Bearer` header can carry: the stateless token API will refuse every request for this channel"
+                );
+            }
+            keys.insert_stateless(channel.id.clone(), &stateless.api_key);
+        }
     }
     keys
+}
+
+/// The stateless token cache's channels: every channel whose
+/// `[channel.stateless]` is enabled, with its credentials, rules and
+/// sinks. The load timeout is `daemon.request_timeout`.
+///
+/// # Errors
+/// When an assertion window is out of LINE's range (validation already
+/// refuses that).
+pub fn stateless_setups(config: &ValidConfig) -> anyhow::Result<Vec<StatelessSetup>> {
+    let window = Duration::from_std(config.rotation.assertion_window)
+        .context("rotation.assertion_window is out of range")?;
+    let mut setups = Vec::new();
+    for c in &config.channels {
+        let Some(s) = &c.stateless else { continue };
+        let d = |std: std::time::Duration| Duration::from_std(std).unwrap_or(Duration::MAX);
+        let auth = match (s.outline.auth, &c.secret) {
+            (config::StatelessAuthKind::Secret, Some(secret)) => {
+                StatelessAuth::Secret(secret.clone())
+            }
+            (config::StatelessAuthKind::Secret, None) => {
+                anyhow::bail!(
+                    "channel {}: stateless.auth = \"secret\" needs secret_file",
+                    c.id
+                )
+            }
+            (config::StatelessAuthKind::Assertion, _) => StatelessAuth::Assertion(Arc::new(
+                AssertionSigner::new(c.id.clone(), c.kid.clone(), Arc::clone(&c.key))
+                    .with_window(window)
+                    .with_context(|| format!("channel {}: rotation.assertion_window", c.id))?,
+            )),
+        };
+        setups.push(StatelessSetup {
+            channel: c.id.clone(),
+            identity: stateless_identity(c, &auth),
+            auth,
+            rules: StatelessRules {
+                margins: Margins {
+                    refresh_margin: d(s.outline.refresh_margin),
+                    refresh_ahead: d(s.outline.refresh_ahead),
+                },
+                max_issues_per_minute: s.outline.max_issues_per_minute,
+                load_timeout: config.daemon.request_timeout,
+            },
+            sinks: s.sinks.iter().map(sink_spec).collect(),
+        });
+    }
+    Ok(setups)
+}
+
+/// A digest of the credentials a channel's stateless issues use: the
+/// auth kind and, by assertion, the kid and the key's public half, by
+/// secret, the secret. SHA-256, so it reveals nothing of the secret.
+fn stateless_identity(c: &ChannelConfig, auth: &StatelessAuth) -> String {
+    let jwk = c.key.public_jwk();
+    let kid = c.kid.to_string();
+    let parts: Vec<&str> = match auth {
+        StatelessAuth::Assertion(_) => vec![c.id.as_str(), "assertion", &kid, &jwk.n, &jwk.e],
+        StatelessAuth::Secret(secret) => vec![c.id.as_str(), "secret", secret.expose()],
+    };
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A configured sink as the writer takes it.
+fn sink_spec(s: &config::SinkConfig) -> SinkSpec {
+    SinkSpec {
+        path: s.path.clone(),
+        format: match s.format {
+            config::SinkFormat::Raw => SinkFormat::Raw,
+            config::SinkFormat::Json => SinkFormat::Json,
+            config::SinkFormat::Env => SinkFormat::Env,
+        },
+        mode: s.mode,
+        owner: s.owner.clone(),
+        group: s.group.clone(),
+    }
 }
 
 /// Takes the state directory and binds its control socket.

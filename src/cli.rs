@@ -1374,6 +1374,7 @@ fn configured_channels(config: &config::Outline) -> Vec<status::ConfiguredChanne
             groups: c.groups.clone(),
             short_lived: c.short_lived.clone(),
             can_revoke: c.has_secret,
+            stateless: c.stateless,
         })
         .collect()
 }

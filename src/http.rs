@@ -63,6 +63,29 @@
 //!  "channel": "1234567890", "kind": "long_lived", "previous": null}
 //! ```
 //!
+//! # Stateless tokens
+//!
+//! `GET /v1/channels/{channel}/stateless-token` with `Authorization: Bearer
+//! <the channel's stateless API key>` (`[channel.stateless] api_key_file`)
+//! answers a stateless token from the in-memory cache ([`Stateless`]):
+//!
+//! ```json
+//! {"access_token": "...", "token_type": "Bearer",
+//!  "expires_at": "2026-03-01T00:15:00Z", "expires_in": 840}
+//! ```
+//!
+//! `expires_in` is the whole seconds left now. The checks run in the same
+//! order: 401/400 for missing, malformed or repeated credentials; **403**
+//! for a key that opens nothing (no group, no channel's stateless tokens);
+//! **404** `stateless_not_enabled` when the channel does not serve
+//! stateless tokens; **403** for another channel's (or a group's) key;
+//! then **503** `line_unavailable` (LINE failed transiently, or the
+//! backoff after a failure runs) or `issue_limit` (the channel's
+//! `max_issues_per_minute` is reached), both with `Retry-After`; **502**
+//! `line_refused` naming LINE's status and error code (`line_status`,
+//! `line_error`) when LINE refused; else **200**. No refusal carries a
+//! token.
+//!
 //! # Health and metrics
 //!
 //! `GET /healthz` is liveness (200 while the process answers), `GET /readyz`
@@ -83,8 +106,9 @@
 //! connection's state lives in its task only, so memory returns to its
 //! level once a flood of connections is over.
 //!
-//! Depends on `delivery` (the token book and the sink renderer), `domain`,
-//! `secret`, `metrics`, `clock`, `accept` and `channel_index`.
+//! Depends on `delivery` (the token book and the sink renderer),
+//! `stateless` (the stateless token cache), `domain`, `secret`, `metrics`,
+//! `clock`, `accept` and `channel_index`.
 //! Reads no config: `app` hands it an [`HttpState`] and [`ServeSettings`].
 
 use std::collections::HashMap;
@@ -120,6 +144,7 @@ use crate::delivery::{GroupTokens, PublishedToken, TokenBook};
 use crate::domain::{ChannelId, GroupName};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::stateless::{Stateless, StatelessError, rules::retry_after_secs};
 
 /// How long a client should wait before asking again for a token that is
 /// not issued yet (`Retry-After`, seconds).
@@ -150,6 +175,9 @@ pub struct HttpState {
     /// The long-lived token each watched channel serves; `None` serves
     /// none (the route answers as for an unconfigured channel).
     pub long_lived: Option<LongLivedSource>,
+    /// The stateless token cache; `None` answers every stateless request
+    /// as for a channel without stateless tokens.
+    pub stateless: Option<Arc<Stateless>>,
 }
 
 /// A channel's long-lived token as the API serves it: `None` while none
@@ -185,6 +213,10 @@ pub struct ApiKeys {
     long_lived: HashMap<ChannelId, Option<KeyDigest>>,
     /// Which channels' long-lived token each key digest opens.
     long_lived_owners: HashMap<[u8; 32], Vec<ChannelId>>,
+    /// Each channel serving stateless tokens, with its key's digest.
+    stateless: HashMap<ChannelId, KeyDigest>,
+    /// Which channels' stateless tokens each key digest opens.
+    stateless_owners: HashMap<[u8; 32], Vec<ChannelId>>,
 }
 
 /// SHA-256 of an API key. Keys are looked up by their digest: what a
@@ -271,12 +303,6 @@ impl ApiKeys {
         self.long_lived.insert(channel, digest);
     }
 
-    /// True when `digest` is any configured key, a group's or a long-lived
-    /// token's.
-    fn opens_anything(&self, digest: &KeyDigest) -> bool {
-        self.owners.contains_key(&digest.0) || self.long_lived_owners.contains_key(&digest.0)
-    }
-
     /// Decides what `presented` opens for the channel's long-lived token, in
     /// the group route's order (see the module documentation).
     pub fn check_long_lived(&self, channel: &ChannelId, presented: &str) -> Access {
@@ -295,6 +321,44 @@ impl ApiKeys {
         } else {
             Access::OtherGroup
         }
+    }
+
+    /// Lets `key` open `channel`'s stateless tokens.
+    pub fn insert_stateless(&mut self, channel: ChannelId, key: &Secret) {
+        let digest = KeyDigest::of(key.expose().as_bytes());
+        self.stateless_owners
+            .entry(digest.0)
+            .or_default()
+            .push(channel.clone());
+        self.stateless.insert(channel, digest);
+    }
+
+    /// Decides what `presented` opens of `channel`'s stateless tokens, as
+    /// [`Self::check`] does for a group: `UnknownGroup` means the channel
+    /// serves no stateless tokens.
+    pub fn check_stateless(&self, channel: &ChannelId, presented: &str) -> Access {
+        let presented = KeyDigest::of(presented.as_bytes());
+        if self
+            .stateless_owners
+            .get(&presented.0)
+            .is_some_and(|channels| channels.contains(channel))
+        {
+            Access::Granted
+        } else if !self.opens_anything(&presented) {
+            Access::InvalidKey
+        } else if !self.stateless.contains_key(channel) {
+            Access::UnknownGroup
+        } else {
+            Access::OtherGroup
+        }
+    }
+
+    /// True when `digest` is any configured key: a group's, a channel's
+    /// long-lived token's or its stateless tokens'.
+    fn opens_anything(&self, digest: &KeyDigest) -> bool {
+        self.owners.contains_key(&digest.0)
+            || self.long_lived_owners.contains_key(&digest.0)
+            || self.stateless_owners.contains_key(&digest.0)
     }
 
     /// Decides what `presented` opens for the requested group: one lookup
@@ -328,6 +392,10 @@ pub fn app(state: HttpState) -> Router {
         .route(
             "/v1/channels/{channel}/long-lived-token",
             get(long_lived_token),
+        )
+        .route(
+            "/v1/channels/{channel}/stateless-token",
+            get(stateless_token),
         )
         .with_state(state)
 }
@@ -581,6 +649,8 @@ enum Refused {
     UnknownGroup,
     OtherGroup,
     NotIssued,
+    /// The channel serves no stateless tokens.
+    NotStateless,
     /// A bug: the answer could not be built.
     Internal,
 }
@@ -591,7 +661,7 @@ impl Refused {
             Self::NoCredentials | Self::MalformedCredentials => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             Self::InvalidKey | Self::OtherGroup => StatusCode::FORBIDDEN,
-            Self::UnknownGroup => StatusCode::NOT_FOUND,
+            Self::UnknownGroup | Self::NotStateless => StatusCode::NOT_FOUND,
             Self::NotIssued => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -617,6 +687,10 @@ impl Refused {
                 "the API key does not give access to this group's token",
             ),
             Self::UnknownGroup => ("unknown_group", "no such channel or group is configured"),
+            Self::NotStateless => (
+                "stateless_not_enabled",
+                "no such channel serves stateless tokens",
+            ),
             Self::NotIssued => (
                 "not_issued",
                 "the group has no live token yet; retry shortly",
@@ -656,7 +730,11 @@ impl IntoResponse for Refused {
                     HeaderValue::from(NOT_ISSUED_RETRY_AFTER_SECS),
                 );
             }
-            Self::InvalidKey | Self::OtherGroup | Self::UnknownGroup | Self::Internal => {}
+            Self::InvalidKey
+            | Self::OtherGroup
+            | Self::UnknownGroup
+            | Self::NotStateless
+            | Self::Internal => {}
         }
         response
     }
@@ -728,6 +806,7 @@ async fn group_token(
                 Refused::UnknownGroup
                 | Refused::OtherGroup
                 | Refused::NotIssued
+                | Refused::NotStateless
                 | Refused::Internal => {
                     tracing::info!(channel = %channel, group = %group, reason = refused.body().error, "token API request refused");
                 }
@@ -795,6 +874,7 @@ async fn long_lived_token(
                 Refused::UnknownGroup
                 | Refused::OtherGroup
                 | Refused::NotIssued
+                | Refused::NotStateless
                 | Refused::Internal => {
                     tracing::info!(channel = %channel, reason = refused.body().error, "long-lived token API request refused");
                 }
@@ -898,6 +978,135 @@ fn token_response(
     Ok((StatusCode::OK, headers, body).into_response())
 }
 
+async fn stateless_token(
+    State(state): State<HttpState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let channel = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .channel_id(&channel);
+    let refused = match stateless_access(&state, &channel, &headers) {
+        Ok(stateless) => return stateless_answer(&state, &stateless, &channel).await,
+        Err(refused) => refused,
+    };
+    // As for groups: the channel is logged only once the caller proved to
+    // hold a valid key.
+    match refused {
+        Refused::OtherGroup | Refused::NotStateless => {
+            tracing::info!(channel = %channel, reason = refused.body().error, "stateless token request refused");
+        }
+        _ => tracing::info!(
+            reason = refused.body().error,
+            "stateless token request refused"
+        ),
+    }
+    refused.into_response()
+}
+
+/// The checks before the cache is asked (see the module docs for their
+/// order).
+fn stateless_access(
+    state: &HttpState,
+    channel: &ChannelId,
+    headers: &HeaderMap,
+) -> Result<Arc<Stateless>, Refused> {
+    let presented = bearer(headers)?;
+    let access = state
+        .keys
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .check_stateless(channel, presented);
+    match access {
+        Access::Granted => {}
+        Access::InvalidKey => return Err(Refused::InvalidKey),
+        Access::UnknownGroup => return Err(Refused::NotStateless),
+        Access::OtherGroup => return Err(Refused::OtherGroup),
+    }
+    state
+        .stateless
+        .as_ref()
+        .filter(|s| s.serves(channel))
+        .cloned()
+        .ok_or(Refused::NotStateless)
+}
+
+/// The stateless answer: the cached (or freshly issued) token, or the
+/// failure as 503/502.
+async fn stateless_answer(
+    state: &HttpState,
+    stateless: &Stateless,
+    channel: &ChannelId,
+) -> Response {
+    let Some(outcome) = stateless.token(channel).await else {
+        // Dropped by a reload while the request ran.
+        return Refused::NotStateless.into_response();
+    };
+    let now = state.clock.now();
+    let no_store = (header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match outcome {
+        Ok(served) => {
+            let token = served.token;
+            tracing::debug!(channel = %channel, result = served.result.as_str(), "stateless token served");
+            let body = serde_json::json!({
+                "access_token": token.token.expose(),
+                "token_type": token.token_type,
+                "expires_at": sink::timestamp(token.expires_at),
+                "expires_in": (token.expires_at - now).num_seconds().max(0),
+            });
+            (StatusCode::OK, [no_store], Json(body)).into_response()
+        }
+        Err(e) => {
+            tracing::info!(channel = %channel, error = %e, "stateless token request failed");
+            let retry = retry_after_secs(now, e.retry_at());
+            let (status, body) = match &e {
+                StatelessError::Refused { status, code, .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({
+                        "error": "line_refused",
+                        "message": format!(
+                            "LINE refused to issue a stateless token ({}{}); check the channel's \
+                             credentials",
+                            status.map_or_else(|| "no status".to_owned(), |s| s.to_string()),
+                            code.as_ref().map(|c| format!(" {c}")).unwrap_or_default()
+                        ),
+                        "line_status": status,
+                        "line_error": code,
+                    }),
+                ),
+                StatelessError::Unavailable { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({
+                        "error": "line_unavailable",
+                        "message": format!(
+                            "LINE did not issue a stateless token; retry after {retry} s"
+                        ),
+                    }),
+                ),
+                StatelessError::LocalLimit { max, .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({
+                        "error": "issue_limit",
+                        "message": format!(
+                            "the channel issued {max} stateless tokens in the last minute \
+                             (max_issues_per_minute); retry after {retry} s"
+                        ),
+                    }),
+                ),
+            };
+            let mut response = (status, [no_store], Json(body)).into_response();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            }
+            response
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,6 +1203,17 @@ mod tests {
         assert_eq!(keys.check(&other_c, &a, "key-a"), Access::UnknownGroup);
         assert_eq!(keys.check(&other_c, &a, "nope"), Access::InvalidKey);
         assert!(keys.contains(&c, &none));
+        // A channel's stateless key opens its stateless tokens only.
+        keys.insert_stateless(c.clone(), &Secret::new("key-s"));
+        assert_eq!(keys.check_stateless(&c, "key-s"), Access::Granted);
+        assert_eq!(keys.check_stateless(&c, "key-a"), Access::OtherGroup);
+        assert_eq!(
+            keys.check_stateless(&other_c, "key-s"),
+            Access::UnknownGroup
+        );
+        assert_eq!(keys.check_stateless(&c, "nope"), Access::InvalidKey);
+        assert_eq!(keys.check(&c, &a, "key-s"), Access::OtherGroup);
+        assert_eq!(keys.check(&other_c, &a, "key-s"), Access::UnknownGroup);
         assert!(usable_api_key(&Secret::new("k3y!")));
         assert!(!usable_api_key(&Secret::new("two words")));
         assert!(!usable_api_key(&Secret::new("tab\there")));

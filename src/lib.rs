@@ -44,6 +44,10 @@
 //!   ([`alerting::route`], pure) and sends them to webhook, Slack,
 //!   Alertmanager and LINE receivers, recording what was sent in the store.
 //! - [`http`]: the daemon's HTTP listener: health, metrics, the token API.
+//! - [`stateless`]: stateless channel tokens on demand, held in memory
+//!   only: one cache slot per channel, a single flight per miss, a
+//!   refresh ahead of expiry, a backoff after failures ([`stateless::rules`]
+//!   is the pure part).
 //! - [`control`]: the local control socket behind `linetokd rotate` and
 //!   `linetokd revoke`, speaking to the engine through [`control::Engine`].
 //! - [`longlived`]: watches each channel's console-issued long-lived
@@ -82,6 +86,8 @@
 //!   `alerting` for `linetokd alerts test`
 //! - `app` → `scheduler`, `http`, `control`, `delivery`, `alerting`,
 //!   `rotator`, `store`
+//! - `http` → `stateless` → `line`, `delivery` (the sink writer),
+//!   `metrics`, `clock`
 //! - `alerting` → `store`, `metrics`, `clock`, `channel_index` (never
 //!   `rotator`: alerts reach it through the store)
 //! - `rekey` → `store`, `metrics`, `clock`, `event`
@@ -130,6 +136,7 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod secret;
 pub mod snapshot;
+pub mod stateless;
 pub mod status;
 pub mod store;
 pub mod watch;

@@ -163,6 +163,18 @@ pub struct Metrics {
     long_lived_valid: Family<ChannelLabels, Gauge>,
     /// When each watched long-lived token was last verified (Unix time).
     long_lived_verified: Family<ChannelLabels, GaugeF>,
+    /// Stateless token requests by how they were answered.
+    stateless_requests: Family<StatelessLabels, Counter>,
+    /// Stateless token calls to LINE by result.
+    stateless_issues: Family<StatelessLabels, Counter>,
+}
+
+/// A channel's labels and a result: the stateless counters' labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatelessLabels {
+    channel: Label,
+    channel_name: Label,
+    result: &'static str,
 }
 
 /// Labels of the firing-alerts gauge.
@@ -332,11 +344,26 @@ impl Metrics {
             "When LINE last answered a verify of the channel's long-lived token (Unix time)",
             long_lived_verified.clone(),
         );
+        let stateless_requests = Family::<StatelessLabels, Counter>::default();
+        registry.register(
+            "stateless_requests",
+            "Stateless token requests by result: hit, refresh_ahead (served, a refresh due), miss \
+             (issued for this request), coalesced (waited for another request's issue), error",
+            stateless_requests.clone(),
+        );
+        let stateless_issues = Family::<StatelessLabels, Counter>::default();
+        registry.register(
+            "stateless_issues",
+            "Stateless token issues at LINE by result: success, transient, permanent",
+            stateless_issues.clone(),
+        );
         let db = DbMetrics::register(&mut registry);
         Self {
             db,
             long_lived_valid,
             long_lived_verified,
+            stateless_requests,
+            stateless_issues,
             alerts_firing,
             alert_notifications,
             alert_notification_duration,
@@ -392,6 +419,8 @@ impl Metrics {
         self.hook_runs.clear();
         self.long_lived_valid.clear();
         self.long_lived_verified.clear();
+        self.stateless_requests.clear();
+        self.stateless_issues.clear();
     }
 
     /// The `channel` and `channel_name` labels of `channel`; an unknown
@@ -530,6 +559,32 @@ impl Metrics {
                 channel_name: g.channel_name,
                 group: g.group,
                 result: if success { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Counts a stateless token request by `result` (`hit`,
+    /// `refresh_ahead`, `miss`, `coalesced`, `error`).
+    pub fn stateless_request(&self, channel: &ChannelId, result: &'static str) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.stateless_requests
+            .get_or_create(&StatelessLabels {
+                channel,
+                channel_name,
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a stateless token issue at LINE by `result` (`success`,
+    /// `transient`, `permanent`).
+    pub fn stateless_issue(&self, channel: &ChannelId, result: &'static str) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.stateless_issues
+            .get_or_create(&StatelessLabels {
+                channel,
+                channel_name,
+                result,
             })
             .inc();
     }

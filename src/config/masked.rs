@@ -109,6 +109,8 @@ struct ChannelView {
     group: Vec<GroupView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     long_lived: Option<LongLivedView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stateless: Option<StatelessView>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +119,28 @@ struct LongLivedView {
     verify_interval: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatelessView {
+    enabled: bool,
+    auth: String,
+    refresh_margin: String,
+    refresh_ahead: String,
+    max_issues_per_minute: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<String>,
+    sinks: Vec<SinkView>,
+}
+
+fn sink_view(s: &super::SinkSettings) -> SinkView {
+    SinkView {
+        path: shown(&s.path),
+        format: s.format.clone(),
+        mode: s.mode.clone(),
+        owner: s.owner.clone(),
+        group: s.group.clone(),
+    }
 }
 
 #[derive(Serialize)]
@@ -211,6 +235,15 @@ impl Settings {
                         token_file: secret_file(&ll.token_file),
                         verify_interval: fmt_dur(ll.verify_interval),
                         api_key_file: ll.api_key_file.as_deref().map(secret_file),
+                    }),
+                    stateless: c.stateless.as_ref().map(|s| StatelessView {
+                        enabled: s.enabled,
+                        auth: s.auth.clone(),
+                        refresh_margin: fmt_dur(s.refresh_margin),
+                        refresh_ahead: fmt_dur(s.refresh_ahead),
+                        max_issues_per_minute: s.max_issues_per_minute,
+                        api_key_file: s.api_key_file.as_deref().map(secret_file),
+                        sinks: s.sinks.iter().map(sink_view).collect(),
                     }),
                 })
                 .collect(),

@@ -37,6 +37,7 @@ mod expand;
 mod files;
 mod long_lived;
 mod masked;
+mod stateless;
 mod validate;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use long_lived::{LongLivedConfig, LongLivedSettings, read_token_file};
+pub use stateless::{StatelessAuthKind, StatelessConfig, StatelessOutline, StatelessSettings};
 pub use validate::{
     ChannelConfig, ChannelOutline, DaemonConfig, GroupConfig, HookConfig, LogFormat, Outline,
     SinkConfig, SinkFormat, ValidConfig,
@@ -225,6 +227,9 @@ pub struct ChannelSettings {
     /// `[channel.long_lived]`: a console-issued long-lived token to watch.
     #[serde(default)]
     pub long_lived: Option<LongLivedSettings>,
+    /// `[channel.stateless]`: stateless tokens on demand, if wanted.
+    #[serde(default)]
+    pub stateless: Option<StatelessSettings>,
 }
 
 /// One `[[channel.group]]`: a consumer with its own token lineage.
@@ -397,6 +402,17 @@ impl Settings {
                 );
                 if let Some(api_key) = ll.api_key_file.as_mut() {
                     fix(format!("channel[{c}].long_lived.api_key_file"), api_key);
+                }
+            }
+            if let Some(stateless) = channel.stateless.as_mut() {
+                if let Some(api_key) = stateless.api_key_file.as_mut() {
+                    fix(format!("channel[{c}].stateless.api_key_file"), api_key);
+                }
+                for (s, sink) in stateless.sinks.iter_mut().enumerate() {
+                    fix(
+                        format!("channel[{c}].stateless.sinks[{s}].path"),
+                        &mut sink.path,
+                    );
                 }
             }
             for (g, group) in channel.groups.iter_mut().enumerate() {

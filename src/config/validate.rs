@@ -27,6 +27,10 @@
 //!   config was loaded with when it has no slash, as the hook will be);
 //!   `hook_timeout` above zero and at most 1 hour; `api_key_file` private
 //!   and not empty.
+//! - `[channel.stateless]`: the rules of `super::stateless` (auth, the
+//!   secret it needs, margins, the per-minute guard, a required
+//!   `api_key_file` while enabled), its API key file read like a group's,
+//!   its sinks checked like a group's (paths unique across the file).
 //!
 //! Every value is bounded, so nothing downstream overflows on
 //! `verify_interval = "500000000y"` or carries a megabyte `kid` into every
@@ -217,6 +221,8 @@ pub struct ChannelOutline {
     /// True when `secret_file` is set (needed to revoke); the file is read
     /// to check it, its content not kept.
     pub has_secret: bool,
+    /// `[channel.stateless]`, when enabled (its API key file not read).
+    pub stateless: Option<super::StatelessOutline>,
 }
 
 /// One `[[channel]]`, checked, with its key and secret loaded.
@@ -239,6 +245,8 @@ pub struct ChannelConfig {
     pub groups: Vec<GroupConfig>,
     /// The watched long-lived token, when `[channel.long_lived]` is set.
     pub long_lived: Option<super::LongLivedConfig>,
+    /// `[channel.stateless]`, when enabled.
+    pub stateless: Option<super::StatelessConfig>,
 }
 
 /// One `[[channel.group]]`, checked.
@@ -594,6 +602,7 @@ impl Validator {
                 }
             },
         };
+        let stateless = self.stateless(&at, c);
         name_ok.then_some(())?;
         Some(ChannelConfig {
             id: id?,
@@ -604,6 +613,7 @@ impl Validator {
             secret: secret?,
             groups: groups?,
             long_lived: long_lived?,
+            stateless: stateless?,
         })
     }
 
@@ -639,6 +649,9 @@ impl Validator {
             .collect::<Vec<_>>()
             .into_iter()
             .collect();
+        let stateless = c.stateless.as_ref().and_then(|s| {
+            super::stateless::check(at.as_str(), s, c.secret_file.is_some(), &mut self.problems)
+        });
         (name_ok && key_ok && secret_ok && kid.is_some()).then_some(())?;
         let short_lived = c
             .groups
@@ -652,7 +665,47 @@ impl Validator {
             groups: groups?,
             short_lived,
             has_secret: c.secret_file.is_some(),
+            stateless,
         })
+    }
+
+    /// `[channel.stateless]`: its values (`super::stateless::check`), its
+    /// API key and its sinks. `Some(None)` when absent or disabled, `None`
+    /// after a problem.
+    fn stateless(
+        &mut self,
+        at: &str,
+        c: &ChannelSettings,
+    ) -> Option<Option<super::StatelessConfig>> {
+        let Some(s) = &c.stateless else {
+            return Some(None);
+        };
+        let before = self.problems.len();
+        let outline = super::stateless::check(at, s, c.secret_file.is_some(), &mut self.problems);
+        let sinks: Vec<Option<SinkConfig>> = s
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(k, sink)| self.sink(&format!("{at}.stateless.sinks[{k}]"), sink))
+            .collect();
+        let api_key = match (&s.api_key_file, s.enabled) {
+            (Some(path), true) => {
+                self.keep(&format!("{at}.stateless.api_key_file"), load_secret(path))
+            }
+            _ => None,
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        let Some(outline) = outline else {
+            // Disabled (a problem would have been counted above).
+            return Some(None);
+        };
+        Some(Some(super::StatelessConfig {
+            outline,
+            api_key: api_key?,
+            sinks: sinks.into_iter().collect::<Option<Vec<_>>>()?,
+        }))
     }
 
     /// A channel's ID, name and kid, checked.
@@ -876,6 +929,24 @@ impl Validator {
                     );
                 } else {
                     names.insert(&c.name, i);
+                }
+            }
+            let stateless_sinks = c.stateless.iter().flat_map(|s| s.sinks.iter().enumerate());
+            for (k, sink) in stateless_sinks {
+                if sink.path.as_os_str().is_empty() {
+                    continue;
+                }
+                let here = format!("channel[{i}].stateless.sinks[{k}].path");
+                if let Some(first) = sink_paths.get(sink.path.as_path()) {
+                    self.problem(
+                        here,
+                        format!(
+                            "{:?} duplicates {first}: two sinks would overwrite each other",
+                            sink.path.display().to_string()
+                        ),
+                    );
+                } else {
+                    sink_paths.insert(&sink.path, here);
                 }
             }
             let mut groups: HashMap<&str, usize> = HashMap::new();

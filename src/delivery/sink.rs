@@ -373,7 +373,7 @@ fn render_env(ctx: &SinkContext<'_>, current: &PublishedToken) -> Result<Vec<u8>
 
 /// True when every env-file reader takes `value` literally without quotes:
 /// no whitespace, quotes, `$`, backslash, `#` or control characters.
-fn env_safe(value: &str) -> bool {
+pub(crate) fn env_safe(value: &str) -> bool {
     !value.is_empty()
         && value
             .bytes()
@@ -382,7 +382,7 @@ fn env_safe(value: &str) -> bool {
 
 /// RFC 3339 in UTC to the second (`2025-01-31T12:00:00Z`): what every JSON
 /// and shell date parser reads.
-fn timestamp(t: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -398,7 +398,15 @@ pub fn write(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<(), SinkError> {
     write_bytes(spec, &bytes)
 }
 
-fn write_bytes(spec: &SinkSpec, bytes: &[u8]) -> Result<(), SinkError> {
+/// Replaces the sink file with `bytes` atomically, as [`write()`] does
+/// with a group's rendered tokens (the stateless cache renders its own
+/// documents and writes them through here).
+///
+/// # Errors
+///
+/// Any [`SinkError`] but the rendering ones; the previous file, if any,
+/// is then left untouched and no temporary file remains.
+pub fn write_bytes(spec: &SinkSpec, bytes: &[u8]) -> Result<(), SinkError> {
     let path = spec.path.as_path();
     let io = |step: SinkStep| {
         move |source: io::Error| SinkError::Io {

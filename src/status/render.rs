@@ -127,6 +127,21 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
             "no (cannot revoke)"
         },
     );
+    if let Some(st) = &c.stateless {
+        let _ = writeln!(
+            out,
+            "  stateless tokens: on demand by {}, held in memory only; refreshed {}s before expiry, \
+             never served with {}s or less left; at most {} issues a minute{}",
+            st.auth,
+            st.refresh_ahead_secs,
+            st.refresh_margin_secs,
+            st.max_issues_per_minute,
+            match st.sinks {
+                0 => String::new(),
+                n => format!("; {n} sink(s)"),
+            }
+        );
+    }
     if let Some(l) = &c.listing {
         let _ = writeln!(
             out,

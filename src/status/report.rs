@@ -91,6 +91,10 @@ pub struct ChannelStatus {
     pub known_to_daemon: bool,
     /// True when a channel secret is configured (needed to revoke).
     pub can_revoke: bool,
+    /// How the daemon serves stateless tokens for the channel, when the
+    /// config enables them (`null` otherwise). From the config: stateless
+    /// tokens live in the daemon's memory only, never in the store.
+    pub stateless: Option<StatelessStatus>,
     /// Live tokens linetokd issued on the channel, all groups.
     pub live_ours: u32,
     /// Live foreign key IDs, as the last reconcile listed them.
@@ -125,6 +129,22 @@ pub struct ChannelStatus {
     pub open_intents: Vec<IntentStatus>,
     /// Issuances of the last 7 days that were lost or failed.
     pub recent_unfinished_intents: Vec<IntentStatus>,
+}
+
+/// A channel's `[channel.stateless]`, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatelessStatus {
+    /// `assertion` or `secret`: how each token is issued.
+    pub auth: &'static str,
+    /// A token with this little left (seconds) is never handed out.
+    pub refresh_margin_secs: u64,
+    /// Inside this many seconds before expiry a token is refreshed in the
+    /// background.
+    pub refresh_ahead_secs: u64,
+    /// The local guard on calls to LINE.
+    pub max_issues_per_minute: u32,
+    /// Files rewritten with every new token.
+    pub sinks: usize,
 }
 
 /// One group.
@@ -445,6 +465,16 @@ fn channel_status(
         in_config: w.managed(),
         known_to_daemon: w.stored.is_some_and(|s| s.snapshot.channel.is_some()),
         can_revoke: w.configured.is_some_and(|c| c.can_revoke),
+        stateless: w
+            .configured
+            .and_then(|c| c.stateless.as_ref())
+            .map(|s| StatelessStatus {
+                auth: s.auth.as_str(),
+                refresh_margin_secs: s.refresh_margin.as_secs(),
+                refresh_ahead_secs: s.refresh_ahead.as_secs(),
+                max_issues_per_minute: s.max_issues_per_minute,
+                sinks: s.sinks,
+            }),
         live_ours: cv.live_ours,
         foreign_live: cv.foreign,
         unsettled: cv.lost,

@@ -28,6 +28,10 @@ pub struct ConfiguredChannel {
     pub short_lived: Vec<GroupName>,
     /// True when a channel secret is configured (needed to revoke).
     pub can_revoke: bool,
+    /// `[channel.stateless]`, when enabled: how the daemon serves
+    /// stateless tokens (held in memory only, so the store has nothing of
+    /// them).
+    pub stateless: Option<crate::config::StatelessOutline>,
 }
 
 /// Everything `status` and `plan` read from the store for one `now`. Each

@@ -31,6 +31,7 @@ mod sandbox;
 mod short_lived;
 mod simulation;
 mod sinks;
+mod stateless;
 mod status_plan;
 mod store;
 mod support;

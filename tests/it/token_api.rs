@@ -108,6 +108,7 @@ fn lab() -> Lab {
             metrics: None,
             readiness: None,
             long_lived: None,
+            stateless: None,
         },
         clock,
     }

@@ -340,7 +340,8 @@ fn read_lines(
 #[serde(from = "InspectedToken")]
 pub struct SandboxToken {
     /// LINE's key ID; for a short-lived token (LINE gives none) the
-    /// fingerprint identity linetokd stores it under.
+    /// fingerprint identity linetokd stores it under; empty for a stateless
+    /// one.
     pub key_id: String,
     /// `v2.1`, `short_lived` or `stateless`.
     pub kind: String,
@@ -370,11 +371,17 @@ struct InspectedToken {
 
 impl From<InspectedToken> for SandboxToken {
     fn from(t: InspectedToken) -> Self {
+        // Short-lived tokens have no key ID at LINE: the store names them by
+        // fingerprint. Stateless ones are never stored: no identity at all.
         let key_id = t.key_id.unwrap_or_else(|| {
-            linetokd::domain::KeyId::short_lived(&linetokd::domain::AccessToken::new(
-                t.access_token.clone(),
-            ))
-            .to_string()
+            if t.kind == "short_lived" {
+                linetokd::domain::KeyId::short_lived(&linetokd::domain::AccessToken::new(
+                    t.access_token.clone(),
+                ))
+                .to_string()
+            } else {
+                String::new()
+            }
         });
         Self {
             key_id,
@@ -400,6 +407,7 @@ impl std::fmt::Debug for SandboxToken {
     }
 }
 
+/// A string that may be `null` (read as empty).
 impl SandboxToken {
     /// True if LINE accepted it at `at`.
     pub fn live_at(&self, at: DateTime<Utc>) -> bool {
