@@ -1112,6 +1112,7 @@ pub fn long_lived_channels(config: &ValidConfig) -> Vec<(ChannelId, crate::longl
                     crate::longlived::Settings {
                         token_file: ll.token_file.clone(),
                         verify_interval: ll.verify_interval,
+                        sinks: ll.sinks.iter().map(sink_spec).collect(),
                     },
                 )
             })

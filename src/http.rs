@@ -884,22 +884,6 @@ async fn long_lived_token(
     }
 }
 
-/// The long-lived token's document: the `json` sink's fields where they
-/// apply, `key_id` null (LINE gives long-lived tokens none) with the
-/// `fingerprint` instead, no expiry (`expires_at` null: valid until
-/// reissued or revoked), no group, and `"kind": "long_lived"`.
-#[derive(Serialize)]
-struct LongLivedDocument<'a> {
-    access_token: &'a str,
-    token_type: &'static str,
-    key_id: Option<&'a str>,
-    fingerprint: &'a str,
-    expires_at: Option<&'a str>,
-    channel: &'a str,
-    kind: &'static str,
-    previous: Option<()>,
-}
-
 fn long_lived_answer(
     state: &HttpState,
     channel: &ChannelId,
@@ -923,16 +907,12 @@ fn long_lived_answer(
         .and_then(|source| source(channel))
         .ok_or(Refused::NotIssued)?;
     tracing::debug!(channel = %channel, fingerprint = %served.fingerprint, "long-lived token served");
-    let body = serde_json::to_vec(&LongLivedDocument {
-        access_token: served.token.expose(),
-        token_type: "Bearer",
-        key_id: None,
-        fingerprint: &served.fingerprint,
-        expires_at: None,
-        channel: channel.as_str(),
-        kind: "long_lived",
-        previous: None,
-    })
+    let body = crate::delivery::long_lived::render(
+        SinkFormat::Json,
+        channel,
+        &served.token,
+        &served.fingerprint,
+    )
     .map_err(|_| Refused::Internal)?;
     let headers = [
         (

@@ -1,6 +1,6 @@
 //! Alerts that reach people: the notifier that sends the alerts the engine
 //! raised (rows of the store's `alerts` table) to the configured receivers
-//! (SPECS.md section 3b).
+//! (docs/design.md, "Alerts").
 //!
 //! - [`route`]: PURE: from the time, the alerts and what each receiver was
 //!   sent, the notifications due (group wait, repeats, one resolve,

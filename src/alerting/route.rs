@@ -4,7 +4,7 @@
 //! what it returns, records the outcome and calls it again; the tests call
 //! it with times of their choosing.
 //!
-//! The rules (SPECS.md section 3b, after Alertmanager's):
+//! The rules (docs/design.md, "Alerts"; after Alertmanager's):
 //!
 //! - A new alert is first sent `group_wait` after it started; a warning,
 //!   and a resolve, also not before `group_interval` after the receiver's

@@ -1,5 +1,5 @@
 //! `[alerts]` and `[[alerts.receiver]]`: where the alerts the engine raises
-//! are sent (SPECS.md section 3b), as written and as validated.
+//! are sent (docs/design.md, "Alerts"), as written and as validated.
 //!
 //! Receiver URLs and signing secrets live in files, never inline: a webhook
 //! URL usually embeds a credential (Slack's does), so the file is checked

@@ -40,6 +40,11 @@ pub struct LongLivedSettings {
     /// without it the API serves the long-lived token to nobody.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
+    /// Files the token is written to whenever the watched file brings a new
+    /// one (raw, json, env, as a group's sinks), so consumers read it the
+    /// way they read every other token.
+    #[serde(default)]
+    pub sinks: Vec<super::SinkSettings>,
 }
 
 fn default_verify_interval() -> Duration {
@@ -56,6 +61,8 @@ pub struct LongLivedConfig {
     pub verify_interval: Duration,
     /// The key of the long-lived token API, if any.
     pub api_key: Option<Secret>,
+    /// Files the current token is written to.
+    pub sinks: Vec<super::SinkConfig>,
 }
 
 /// Checks `[channel.long_lived]` of the channel at `at` (`channel[0]`):
@@ -105,6 +112,9 @@ pub(super) fn check(
             token_file: s.token_file.clone(),
             verify_interval: s.verify_interval,
             api_key,
+            // Checked and filled in by the validator, which checks every
+            // sink the same way.
+            sinks: Vec::new(),
         })
     } else {
         Err(problems)
@@ -179,6 +189,7 @@ mod tests {
             token_file: dir.path().join("missing"),
             verify_interval: Duration::from_secs(1),
             api_key_file: Some(PathBuf::new()),
+            sinks: Vec::new(),
         };
         let problems = check("channel[2]", &s).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();

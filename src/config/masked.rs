@@ -119,6 +119,7 @@ struct LongLivedView {
     verify_interval: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key_file: Option<String>,
+    sinks: Vec<SinkView>,
 }
 
 #[derive(Serialize)]
@@ -235,6 +236,7 @@ impl Settings {
                         token_file: secret_file(&ll.token_file),
                         verify_interval: fmt_dur(ll.verify_interval),
                         api_key_file: ll.api_key_file.as_deref().map(secret_file),
+                        sinks: ll.sinks.iter().map(sink_view).collect(),
                     }),
                     stateless: c.stateless.as_ref().map(|s| StatelessView {
                         enabled: s.enabled,

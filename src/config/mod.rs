@@ -403,6 +403,12 @@ impl Settings {
                 if let Some(api_key) = ll.api_key_file.as_mut() {
                     fix(format!("channel[{c}].long_lived.api_key_file"), api_key);
                 }
+                for (s, sink) in ll.sinks.iter_mut().enumerate() {
+                    fix(
+                        format!("channel[{c}].long_lived.sinks[{s}].path"),
+                        &mut sink.path,
+                    );
+                }
             }
             if let Some(stateless) = channel.stateless.as_mut() {
                 if let Some(api_key) = stateless.api_key_file.as_mut() {

@@ -1,4 +1,4 @@
-//! `[channel.stateless]`: stateless channel tokens on demand (SPECS.md §1c).
+//! `[channel.stateless]`: stateless channel tokens on demand (docs/design.md §6, "Stateless tokens").
 //!
 //! ```toml
 //! [channel.stateless]

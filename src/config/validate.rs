@@ -592,15 +592,25 @@ impl Validator {
         let groups: Option<Vec<GroupConfig>> = groups.into_iter().collect();
         let long_lived = match &c.long_lived {
             None => Some(None),
-            Some(ll) => match super::long_lived::check(&at, ll) {
-                Ok(ll) => Some(Some(ll)),
-                Err(problems) => {
-                    for (key, message) in problems {
-                        self.problem(key, message);
+            Some(ll) => {
+                let sinks: Option<Vec<SinkConfig>> = ll
+                    .sinks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, sink)| self.sink(&format!("{at}.long_lived.sinks[{k}]"), sink))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect();
+                match super::long_lived::check(&at, ll) {
+                    Ok(ll) => sinks.map(|sinks| Some(super::LongLivedConfig { sinks, ..ll })),
+                    Err(problems) => {
+                        for (key, message) in problems {
+                            self.problem(key, message);
+                        }
+                        None
                     }
-                    None
                 }
-            },
+            }
         };
         let stateless = self.stateless(&at, c);
         name_ok.then_some(())?;
@@ -931,12 +941,20 @@ impl Validator {
                     names.insert(&c.name, i);
                 }
             }
-            let stateless_sinks = c.stateless.iter().flat_map(|s| s.sinks.iter().enumerate());
-            for (k, sink) in stateless_sinks {
+            let stateless_sinks = c
+                .stateless
+                .iter()
+                .flat_map(|s| s.sinks.iter().enumerate())
+                .map(|(k, sink)| (format!("channel[{i}].stateless.sinks[{k}].path"), sink));
+            let long_lived_sinks = c
+                .long_lived
+                .iter()
+                .flat_map(|s| s.sinks.iter().enumerate())
+                .map(|(k, sink)| (format!("channel[{i}].long_lived.sinks[{k}].path"), sink));
+            for (here, sink) in stateless_sinks.chain(long_lived_sinks) {
                 if sink.path.as_os_str().is_empty() {
                     continue;
                 }
-                let here = format!("channel[{i}].stateless.sinks[{k}].path");
                 if let Some(first) = sink_paths.get(sink.path.as_path()) {
                     self.problem(
                         here,

@@ -8,6 +8,8 @@
 //!   previous token, fed by the rotator's events.
 //! - [`sink`]: files holding a group's token (raw, json, env), written
 //!   atomically with a given mode and owner.
+//! - [`long_lived`]: the document a watched long-lived token is handed out
+//!   in, by its sinks and by the token API.
 //! - [`hook`]: runs a group's `on_rotate` program with the new token on
 //!   stdin, with a timeout and retries.
 //!
@@ -15,6 +17,7 @@
 //! notes) and `metrics`; reads no config: `app` hands it small specs.
 
 pub mod hook;
+pub mod long_lived;
 pub mod published;
 pub mod service;
 pub mod sink;

@@ -232,6 +232,16 @@ pub enum SinkError {
         /// Which value (`token`, `key_id`, `expires_at`).
         field: &'static str,
     },
+    /// A channel's long-lived token holds a character an `env` file cannot
+    /// carry unquoted.
+    #[error(
+        "the long-lived token of channel {channel} holds a character an env file cannot carry \
+         unquoted (allowed: letters, digits and . _ - ~ + / = :); use the json format for it"
+    )]
+    UnsafeEnvToken {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The JSON document could not be encoded. Strings and timestamps
     /// always encode, so this means a bug, reported rather than written as
     /// an empty file.

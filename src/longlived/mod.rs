@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
+use crate::delivery::long_lived;
+use crate::delivery::sink::{self, SinkSpec};
 use crate::domain::{AccessToken, ChannelId};
 use crate::line::{LineClient, Verification};
 use crate::metrics::Metrics;
@@ -100,6 +102,8 @@ pub struct Settings {
     pub token_file: PathBuf,
     /// How often the token is verified (before jitter).
     pub verify_interval: std::time::Duration,
+    /// Files the current token is written to whenever it changes.
+    pub sinks: Vec<SinkSpec>,
 }
 
 /// Reads a token file, with the checks every secret file gets (`app` hands
@@ -334,6 +338,9 @@ struct Watcher {
     /// Tokens the last run had as current that the file no longer holds
     /// (replaced while the daemon was stopped): ended at the next publish.
     stale: Vec<Tracked>,
+    /// The fingerprint the sinks hold, once every one of them was written;
+    /// in memory: a restart writes them again, which is harmless.
+    written: Option<String>,
     rng: StdRng,
 }
 
@@ -354,6 +361,7 @@ impl Watcher {
             retired: HashSet::new(),
             stored: Vec::new(),
             stale: Vec::new(),
+            written: None,
             rng,
         }
     }
@@ -668,11 +676,58 @@ impl Watcher {
                 token: c.value.clone(),
                 fingerprint: c.tracked.fingerprint.clone(),
             });
+        if let Some(token) = &serve {
+            self.write_sinks(token).await;
+        }
         let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         match serve {
             Some(token) => served.insert(self.channel.clone(), token),
             None => served.remove(&self.channel),
         };
+    }
+
+    /// Writes the token the API serves to every sink, once per token: a new
+    /// value in the file is written at the next publish, and a failed write
+    /// is tried again at the one after (each verify publishes). A token LINE
+    /// refused or that was retired is not served, so its files are left as
+    /// they are: the watcher cannot know a better value.
+    async fn write_sinks(&mut self, token: &Served) {
+        if self.config.sinks.is_empty() || self.written.as_ref() == Some(&token.fingerprint) {
+            return;
+        }
+        let mut all = true;
+        for spec in &self.config.sinks {
+            let bytes = match long_lived::render(
+                spec.format,
+                &self.channel,
+                &token.token,
+                &token.fingerprint,
+            ) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, path = %spec.path.display(), error = %e, "cannot render the long-lived token for a sink");
+                    all = false;
+                    continue;
+                }
+            };
+            let owned = spec.clone();
+            match tokio::task::spawn_blocking(move || sink::write_bytes(&owned, &bytes)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(channel = %self.channel, path = %spec.path.display(), fingerprint = %token.fingerprint, "long-lived token written to its sink");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "cannot write the long-lived token's sink; trying again at the next verify");
+                    all = false;
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, path = %spec.path.display(), error = %e, "the long-lived sink writer stopped");
+                    all = false;
+                }
+            }
+        }
+        if all {
+            self.written = Some(token.fingerprint.clone());
+        }
     }
 
     async fn record(&self, t: &Tracked, role: LongLivedRole) {

@@ -1,4 +1,4 @@
-//! Stateless channel access tokens on demand (SPECS.md §1c), behind
+//! Stateless channel access tokens on demand (docs/design.md §6, "Stateless tokens"), behind
 //! `GET /v1/channels/{channel}/stateless-token`.
 //!
 //! LINE's stateless tokens live 15 minutes, cannot be revoked and are

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
 
-/// The first wait after a failed issue (SPECS.md §1c: "next attempt not
-/// before 2 s").
+/// The first wait after a failed issue (docs/design.md §6): an outage of
+/// LINE is not hammered.
 pub const BACKOFF_FIRST: Duration = Duration::seconds(2);
 
 /// The longest wait after repeated failures; a success resets the

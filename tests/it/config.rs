@@ -69,6 +69,11 @@ impl Credentials {
         write(&p.join("shop-bot.secret"), secret.as_bytes(), 0o600);
         write(&p.join("world-readable.secret"), secret.as_bytes(), 0o644);
         write(&p.join("backend.apikey"), API_KEY.as_bytes(), 0o640);
+        write(
+            &p.join("shop-bot.longlived"),
+            b"LongLivedTokenFromTheConsole0123456789+/=\n",
+            0o600,
+        );
         Self { dir }
     }
 

@@ -80,6 +80,7 @@ secret_file = "{dir}/secret"
   token_file = "{token}"
   verify_interval = "1h"
   api_key_file = "{dir}/ll.apikey"
+  sinks = [{{ path = "{dir}/ll.json", format = "json" }}, {{ path = "{dir}/ll.env", format = "env" }}]
 "#,
         db = dir.join("linetokd.db").display(),
         dir = dir.display(),
@@ -245,6 +246,16 @@ async fn scenario() -> (Vec<String>, String, String) {
         (r1.role, r1.result),
         (LongLivedRole::Current, LongLivedResult::Valid)
     );
+    // The sinks hold it, in the API's document.
+    let sink = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    until("the sinks hold the token", || sink("ll.env").contains(&t1)).await;
+    let doc: serde_json::Value = serde_json::from_str(&sink("ll.json")).unwrap();
+    assert_eq!(doc["access_token"], t1.as_str());
+    assert_eq!(doc["fingerprint"], fp(&t1));
+    assert_eq!(doc["kind"], "long_lived");
+    assert!(doc["key_id"].is_null() && doc["expires_at"].is_null());
+    assert_eq!(api(&daemon, Some(API_KEY)).await.1, doc);
+    assert_eq!(sink("ll.env"), format!("LINE_CHANNEL_ACCESS_TOKEN={t1}\n"));
     let metrics = daemon.metrics.render();
     assert!(
         metrics.contains(&format!(
@@ -271,6 +282,11 @@ async fn scenario() -> (Vec<String>, String, String) {
                 .is_some_and(|r| r.role == LongLivedRole::Old && r.result == LongLivedResult::Valid)
         },
     )
+    .await;
+    // The new value reaches the sinks.
+    until("the sinks hold the new token", || {
+        sink("ll.json").contains(&t2) && sink("ll.env").contains(&t2)
+    })
     .await;
     // The rows are stored before the alerts are stated.
     until("the info alert fires", || !firing(&store).is_empty()).await;

@@ -1,4 +1,4 @@
-//! Stateless tokens on demand (SPECS.md §1c): the cache behind
+//! Stateless tokens on demand (docs/design.md §6, "Stateless tokens"): the cache behind
 //! `GET /v1/channels/{channel}/stateless-token`, driven through the HTTP
 //! app (`oneshot`, no socket) against the sandbox, a gated stub or a
 //! recording mock, all on a manual wall clock:
