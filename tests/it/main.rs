@@ -20,6 +20,7 @@ mod hostile;
 mod keygen;
 mod keys;
 mod line_client;
+mod login_client;
 mod migrate_v3;
 mod observability;
 mod package;
