@@ -81,6 +81,14 @@ pub enum SandboxError {
     /// A channel without a secret (revoke and the secret forms need one).
     #[error("channels[].secret of channel {0}: must not be empty")]
     EmptySecret(ChannelId),
+    /// A LINE Login channel that cannot be registered.
+    #[error("login_channels[] {channel:?}: {problem}")]
+    LoginChannel {
+        /// The channel ID as given.
+        channel: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A fault rule that makes no sense.
     #[error("faults.{key}: {problem}")]
     Faults {

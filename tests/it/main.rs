@@ -21,6 +21,7 @@ mod keygen;
 mod keys;
 mod line_client;
 mod login_client;
+mod login_sandbox;
 mod migrate_v3;
 mod observability;
 mod package;
