@@ -60,7 +60,11 @@ use super::login::{LoginGrantView, LoginRefusal, LoginVerdict, TokenGrant};
 use super::routes::{self, Fields, PARAMS_INVALID, form_fields, optional, required};
 use super::state::{TokenKind, Verdict};
 use crate::domain::ChannelId;
-use crate::line::login::{GRANT_TYPE_AUTHORIZATION_CODE, GRANT_TYPE_REFRESH_TOKEN};
+
+/// LINE Login's two grant types (spelled out here: the sandbox uses no
+/// `line` items but the JWT and key types).
+const GRANT_TYPE_AUTHORIZATION_CODE: &str = "authorization_code";
+const GRANT_TYPE_REFRESH_TOKEN: &str = "refresh_token";
 
 /// LINE's answer for a missing or unaccepted bearer token (the Messaging
 /// API's 401 text).

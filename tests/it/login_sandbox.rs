@@ -515,6 +515,16 @@ async fn fault_rules_apply_to_the_login_endpoints() {
     assert_eq!(lab.sandbox.login_grants(&native())[0].refreshes, 1);
 }
 
+#[test]
+fn the_shipped_sandbox_config_has_a_login_channel() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sandbox.toml");
+    let config = SandboxConfig::load(&path).unwrap();
+    let channel = &config.login_channels[0];
+    assert_eq!(channel.id, native());
+    assert_eq!(channel.app_type, LoginAppType::Web);
+    assert!(!channel.rotate_refresh_tokens);
+}
+
 #[tokio::test]
 async fn the_config_file_registers_login_channels() {
     let config = SandboxConfig::parse(
