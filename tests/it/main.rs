@@ -20,6 +20,8 @@ mod hostile;
 mod keygen;
 mod keys;
 mod line_client;
+mod login_client;
+mod login_sandbox;
 mod long_lived;
 mod migrate_v3;
 mod observability;
