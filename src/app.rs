@@ -1125,8 +1125,9 @@ impl control::LongLivedEngine for crate::longlived::Service {
     fn retire<'a>(
         &'a self,
         channel: &'a ChannelId,
+        expected: Option<&'a str>,
     ) -> control::EngineFuture<'a, Result<String, String>> {
-        Box::pin(async move { self.retire(channel).await.map(|r| r.fingerprint) })
+        Box::pin(async move { self.retire(channel, expected).await.map(|r| r.fingerprint) })
     }
 }
 

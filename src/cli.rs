@@ -953,6 +953,7 @@ fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Fa
     }
     let request = control::Request::RetireLongLived {
         channel: configured.id.clone(),
+        fingerprint: Some(fp.clone()),
     };
     match control::send(&config.daemon.state_dir, &request, control::CLIENT_TIMEOUT) {
         Ok(response) => {

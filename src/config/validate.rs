@@ -1002,6 +1002,38 @@ impl Validator {
                 }
             }
         }
+        // A watched long-lived token file belongs to the operator: no sink
+        // may overwrite it, and two channels cannot watch one token (LINE
+        // issues one per channel).
+        let mut token_files: HashMap<&Path, usize> = HashMap::new();
+        for (i, c) in s.channels.iter().enumerate() {
+            let Some(ll) = &c.long_lived else { continue };
+            if ll.token_file.as_os_str().is_empty() {
+                continue;
+            }
+            let here = format!("channel[{i}].long_lived.token_file");
+            if let Some(sink) = sink_paths.get(ll.token_file.as_path()) {
+                self.problem(
+                    here.clone(),
+                    format!(
+                        "{:?} is also {sink}: the sink would overwrite the watched token",
+                        ll.token_file.display().to_string()
+                    ),
+                );
+            }
+            if let Some(first) = token_files.get(ll.token_file.as_path()) {
+                self.problem(
+                    here,
+                    format!(
+                        "{:?} is also channel[{first}].long_lived.token_file: a long-lived \
+                         token belongs to one channel",
+                        ll.token_file.display().to_string()
+                    ),
+                );
+            } else {
+                token_files.insert(&ll.token_file, i);
+            }
+        }
         // `--channel` and the token API's paths take an ID or a name: a
         // name that is another channel's ID would name two channels.
         for (i, c) in s.channels.iter().enumerate() {

@@ -55,7 +55,11 @@ pub trait Engine: Send + Sync {
 pub trait LongLivedEngine: Send + Sync {
     /// Revokes the channel's long-lived token and confirms it: its
     /// fingerprint, or why not.
-    fn retire<'a>(&'a self, channel: &'a ChannelId) -> EngineFuture<'a, Result<String, String>>;
+    fn retire<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        expected: Option<&'a str>,
+    ) -> EngineFuture<'a, Result<String, String>>;
 }
 
 /// Carries out requests against the engine and waits for their outcome.
@@ -116,7 +120,11 @@ impl ControlHandler {
         by: &str,
         cancel: &CancellationToken,
     ) -> Response {
-        if let Request::RetireLongLived { channel } = request {
+        if let Request::RetireLongLived {
+            channel,
+            fingerprint,
+        } = request
+        {
             let channel = self.channel_id(channel);
             let Some(engine) = &self.long_lived else {
                 return Response::Refused {
@@ -124,7 +132,7 @@ impl ControlHandler {
                 };
             };
             tracing::info!(channel = %channel, by, "long-lived retire requested over the control socket");
-            return match engine.retire(&channel).await {
+            return match engine.retire(&channel, fingerprint.as_deref()).await {
                 Ok(fingerprint) => Response::Retired {
                     channel,
                     fingerprint,
@@ -240,7 +248,7 @@ impl ControlHandler {
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
                 Ok(Work::new(channel, vec![(group, id)]))
             }
-            Request::RetireLongLived { channel } => Err(format!(
+            Request::RetireLongLived { channel, .. } => Err(format!(
                 "channel {channel}: long-lived retire is not a rotation request"
             )),
         }

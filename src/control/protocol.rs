@@ -34,6 +34,10 @@ pub enum Request {
     RetireLongLived {
         /// The channel: its ID or its configured name, as typed.
         channel: ChannelId,
+        /// The fingerprint `linetokd long-lived retire` showed the operator:
+        /// the daemon revokes nothing if the file now holds another token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
     },
 }
 

@@ -71,6 +71,13 @@ pub struct Retired {
 /// Why a retire failed; never carries the token.
 pub type RetireError = String;
 
+/// A retire handed to a channel's watcher: the fingerprint the operator was
+/// shown (if any), and where the outcome goes.
+type RetireAsk = (
+    Option<String>,
+    oneshot::Sender<Result<Retired, RetireError>>,
+);
+
 /// Revokes `token` of `channel` at LINE and confirms with verify, since
 /// `/v2/oauth/revoke` answers 200 for an invalid token too. Used by the
 /// running daemon and by `linetokd long-lived retire` without one.
@@ -154,7 +161,7 @@ pub struct Parts {
 struct Running {
     config: Settings,
     stop: CancellationToken,
-    retire: mpsc::Sender<oneshot::Sender<Result<Retired, RetireError>>>,
+    retire: mpsc::Sender<RetireAsk>,
 }
 
 /// A long-lived token the token API may hand out.
@@ -282,8 +289,13 @@ impl Service {
     ///
     /// # Errors
     /// When the channel has no `[channel.long_lived]`, the file cannot be
-    /// read, or the revoke is not confirmed.
-    pub async fn retire(&self, channel: &ChannelId) -> Result<Retired, RetireError> {
+    /// read or holds another token than `expected` (the fingerprint the
+    /// operator was shown), or the revoke is not confirmed.
+    pub async fn retire(
+        &self,
+        channel: &ChannelId,
+        expected: Option<&str>,
+    ) -> Result<Retired, RetireError> {
         let sender = self
             .running
             .lock()
@@ -295,7 +307,7 @@ impl Service {
             })?;
         let (tx, rx) = oneshot::channel();
         sender
-            .send(tx)
+            .send((expected.map(str::to_owned), tx))
             .await
             .map_err(|_| "the long-lived watcher of the channel stopped".to_owned())?;
         rx.await
@@ -366,11 +378,7 @@ impl Watcher {
         }
     }
 
-    async fn run(
-        mut self,
-        stop: CancellationToken,
-        mut retires: mpsc::Receiver<oneshot::Sender<Result<Retired, RetireError>>>,
-    ) {
+    async fn run(mut self, stop: CancellationToken, mut retires: mpsc::Receiver<RetireAsk>) {
         self.load_stored().await;
         let mut file_watch = match ConfigWatcher::new(&self.config.token_file) {
             Ok(w) => Some(w),
@@ -401,8 +409,8 @@ impl Watcher {
                     }
                     self.read_file();
                 }
-                Some(reply) = retires.recv() => {
-                    let outcome = self.retire().await;
+                Some((expected, reply)) = retires.recv() => {
+                    let outcome = self.retire(expected.as_deref()).await;
                     let _ = reply.send(outcome);
                 }
             }
@@ -753,7 +761,7 @@ impl Watcher {
     }
 
     /// Revokes the current token, confirms, and stops watching it.
-    async fn retire(&mut self) -> Result<Retired, RetireError> {
+    async fn retire(&mut self, expected: Option<&str>) -> Result<Retired, RetireError> {
         self.read_file();
         let Some(current) = &self.current else {
             return Err(match &self.file_problem {
@@ -762,6 +770,12 @@ impl Watcher {
             });
         };
         let (value, fp) = (current.value.clone(), current.tracked.fingerprint.clone());
+        if let Some(expected) = expected.filter(|e| *e != fp) {
+            return Err(format!(
+                "the token file now holds {fp}, not {expected} that was shown; nothing \
+                 revoked: run retire again to see what it would revoke"
+            ));
+        }
         revoke_and_confirm(&self.parts.line, &value).await?;
         let (channel, now, stored_fp) = (self.channel.clone(), self.now(), fp.clone());
         self.parts

@@ -358,8 +358,8 @@ impl Rotator {
                 group = %intent.group,
                 intent = %intent.id,
                 started_at = %intent.started_at,
-                "an issuance was in flight when linetokd last stopped; it counts against capacity \
-                 until the next reconcile, which reports its token (if LINE issued one) as foreign"
+                "an issuance was in flight when linetokd last stopped: {}",
+                intent.error.as_deref().unwrap_or("its outcome is unknown")
             );
         }
         Ok(lost.len())

@@ -42,6 +42,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::delivery::sink::SinkSpec;
@@ -252,6 +253,19 @@ pub struct Stateless {
     slots: RwLock<HashMap<ChannelId, Arc<Slot>>>,
     cx: Context,
     flights: watch::Receiver<u64>,
+    /// Stops the sink keepers of the channels as they stand; replaced by
+    /// every [`Stateless::set_channels`], cancelled when the cache is
+    /// dropped.
+    keepers: std::sync::Mutex<CancellationToken>,
+}
+
+impl Drop for Stateless {
+    fn drop(&mut self) {
+        self.keepers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cancel();
+    }
 }
 
 impl fmt::Debug for Stateless {
@@ -276,6 +290,7 @@ impl Stateless {
                 flights: Arc::new(tx),
             },
             flights,
+            keepers: std::sync::Mutex::new(CancellationToken::new()),
         }
     }
 
@@ -305,6 +320,17 @@ impl Stateless {
             };
             next.insert(channel, slot);
         }
+        // A file consumer reads no API: a channel with sinks keeps its token
+        // fresh by itself, one keeper per such channel.
+        let stop = CancellationToken::new();
+        for slot in next.values().filter(|s| s.has_sinks()) {
+            tokio::spawn(keep_sinks(Arc::clone(slot), self.cx.clone(), stop.clone()));
+        }
+        let old = std::mem::replace(
+            &mut *self.keepers.lock().unwrap_or_else(PoisonError::into_inner),
+            stop,
+        );
+        old.cancel();
         *slots = next;
     }
 
@@ -328,5 +354,24 @@ impl Stateless {
     /// can wait for a background refresh without sleeping.
     pub fn flights(&self) -> watch::Receiver<u64> {
         self.flights.clone()
+    }
+}
+
+/// Keeps a channel's sinks holding a live token without any request: the
+/// token is refreshed as it enters `refresh_ahead` (one issue about every
+/// `15m - refresh_ahead`), and after a failure at the end of its hold (the
+/// same 2 s doubling to 30 s backoff requests see). It shares the slot's
+/// flight lock, so it never issues beside a request's flight.
+async fn keep_sinks(slot: Arc<Slot>, cx: Context, stop: CancellationToken) {
+    loop {
+        let at = slot.keep_at(cx.clock.now());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = cx.clock.sleep_until(at) => {}
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        slot.refresh(&cx).await;
     }
 }

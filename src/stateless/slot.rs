@@ -78,6 +78,10 @@ pub(super) struct Slot {
     /// Held by whoever calls LINE; shared so a flight's task can own its
     /// guard (see [`Slot::flight`]).
     flight: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the sinks are written, with the expiry of the token they
+    /// hold: writes run after the flight released its waiters, one at a
+    /// time, and never put an older token over a newer one.
+    sink_writes: Arc<tokio::sync::Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl Slot {
@@ -89,7 +93,31 @@ impl Slot {
             settings: RwLock::new((setup.rules, setup.sinks)),
             state: Mutex::new(State::default()),
             flight: Arc::new(tokio::sync::Mutex::new(())),
+            sink_writes: Arc::new(tokio::sync::Mutex::new(None)),
         }
+    }
+
+    /// True when the slot writes sinks.
+    pub(super) fn has_sinks(&self) -> bool {
+        !self
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .is_empty()
+    }
+
+    /// When the sink keeper should next look (see [`super::keep_sinks`]):
+    /// when the cached token enters `refresh_ahead`, at once when nothing is
+    /// cached, and never before a failure's hold ends.
+    pub(super) fn keep_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let rules = self.rules();
+        let st = self.state();
+        let due = st
+            .token
+            .as_ref()
+            .map_or(now, |t| t.expires_at - rules.margins.refresh_ahead);
+        st.held.as_ref().map_or(due, |(until, _)| due.max(*until))
     }
 
     /// True when `setup` speaks with the same credentials: the slot (and
@@ -227,9 +255,10 @@ impl Slot {
         })
     }
 
-    /// The background refresh started inside `refresh_ahead`: takes the
-    /// flight lock, and issues unless a flight already replaced the token.
-    async fn refresh(&self, cx: &Context) {
+    /// The background refresh started inside `refresh_ahead` (by a request,
+    /// or by the sink keeper): takes the flight lock, and issues unless a
+    /// flight already replaced the token.
+    pub(super) async fn refresh(self: &Arc<Self>, cx: &Context) {
         {
             let _flight = self.flight.lock().await;
             let now = cx.clock.now();
@@ -250,7 +279,7 @@ impl Slot {
 
     /// One call to LINE, under the flight lock: the local guard, the call
     /// bounded by the load timeout, then the cache, the hold and the sinks.
-    async fn issue(&self, cx: &Context) -> Result<Cached, StatelessError> {
+    async fn issue(self: &Arc<Self>, cx: &Context) -> Result<Cached, StatelessError> {
         let rules = self.rules();
         let now = cx.clock.now();
         // Bound first: the guard must be dropped before the lock is taken
@@ -314,13 +343,7 @@ impl Slot {
                 }
                 cx.metrics.stateless_issue(&self.channel, "success");
                 tracing::info!(channel = %self.channel, expires_at = %cached.expires_at, "stateless token issued");
-                let sink_specs = self
-                    .settings
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .1
-                    .clone();
-                sinks::write_all(&self.channel, &sink_specs, &cached).await;
+                self.write_sinks(&cached);
                 Ok(cached)
             }
             Err((failure, hint)) => {
@@ -341,6 +364,33 @@ impl Slot {
         };
         cx.flights.send_modify(|n| *n += 1);
         outcome
+    }
+
+    /// Writes `token` to the sinks in a task of its own, so a slow disk
+    /// never holds up the requests waiting for this flight.
+    fn write_sinks(&self, token: &Cached) {
+        let specs = self
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone();
+        if specs.is_empty() {
+            return;
+        }
+        let (lock, channel, token) = (
+            Arc::clone(&self.sink_writes),
+            self.channel.clone(),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            let mut written = lock.lock().await;
+            if written.is_some_and(|at| at >= token.expires_at) {
+                return;
+            }
+            sinks::write_all(&channel, &specs, &token).await;
+            *written = Some(token.expires_at);
+        });
     }
 
     /// LINE's failure as clients see it: transient ones (network, 5xx,

@@ -123,6 +123,11 @@ const INTENT_COLUMNS: &str =
 const LOST_REASON: &str = "linetokd stopped while this issuance was in flight; \
                            a token LINE issued for it would show up as foreign";
 
+/// The same for a short-lived group's issuance, which no listing can settle.
+const LOST_SHORT_LIVED_REASON: &str = "linetokd stopped while this short-lived issuance was in \
+     flight; a token LINE issued for it cannot be seen or revoked, and lives in the channel's \
+     short-lived pool until later issues evict it or it expires";
+
 impl Store {
     /// Journals an issuance for a group before LINE is asked.
     ///
@@ -346,10 +351,25 @@ impl Store {
             )?;
             let mut closed = Vec::with_capacity(open.len());
             for mut intent in open {
+                // Only a v2.1 issuance can be settled by a key-ID listing, so
+                // only it stays counted until one: a short-lived token LINE
+                // may have issued is invisible (docs/design.md §4.1), and
+                // counting it would hold the v2.1 pool for nothing.
+                let short_lived: bool = tx.query_row(
+                    "SELECT coalesce((SELECT kind = 'short-lived' FROM groups \
+                     WHERE channel_id = ?1 AND name = ?2), 0)",
+                    params![intent.channel_id.as_str(), intent.group.as_str()],
+                    |row| row.get(0),
+                )?;
+                let reason = if short_lived {
+                    LOST_SHORT_LIVED_REASON
+                } else {
+                    LOST_REASON
+                };
                 tx.execute(
                     "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3, \
-                     maybe_issued = 1 WHERE id = ?1",
-                    params![intent.id.0, millis(now), LOST_REASON],
+                     maybe_issued = ?4 WHERE id = ?1",
+                    params![intent.id.0, millis(now), reason, !short_lived],
                 )?;
                 insert_event(
                     tx,
@@ -359,14 +379,14 @@ impl Store {
                     None,
                     EventKind::IntentLost,
                     &format!(
-                        "issuance intent {} started at {} was never completed; {LOST_REASON}",
+                        "issuance intent {} started at {} was never completed; {reason}",
                         intent.id,
                         intent.started_at.to_rfc3339()
                     ),
                 )?;
                 intent.outcome = IntentOutcome::Lost;
                 intent.finished_at = Some(now);
-                intent.error = Some(LOST_REASON.to_owned());
+                intent.error = Some(reason.to_owned());
                 closed.push(intent);
             }
             Ok(closed)

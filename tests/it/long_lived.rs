@@ -343,6 +343,29 @@ async fn scenario() -> (Vec<String>, String, String) {
         "{metrics}"
     );
 
+    // A retire naming another fingerprint than the file's (the file was
+    // replaced after the operator was shown one) revokes nothing.
+    let state_dir = dir.path().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        linetokd::control::send(
+            &state_dir,
+            &linetokd::control::Request::RetireLongLived {
+                channel: linetokd::domain::ChannelId::new("lab"),
+                fingerprint: Some("sha256:00000000".to_owned()),
+            },
+            linetokd::control::CLIENT_TIMEOUT,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = answer.describe();
+    assert!(
+        text.contains("nothing revoked") && text.contains(&fp(&t2)),
+        "{text}"
+    );
+    assert!(row(&store, &t2).unwrap().retired_at.is_none());
+
     // 3. Retired through the running daemon: revoked (confirmed with
     //    verify), recorded, and no longer alerting.
     let bin = env!("CARGO_BIN_EXE_linetokd");

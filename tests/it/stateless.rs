@@ -634,6 +634,12 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
             .bearer_auth(key)
             .send()
     };
+    // The channel has a sink: its keeper issues at start, with no request.
+    daemon
+        .wait_for(0, "the stateless sink written", |l| {
+            l.is("stateless sink written")
+        })
+        .await;
     let answer = fetch(KEY).await.unwrap();
     assert_eq!(answer.status(), 200);
     let answer: Value = answer.json().await.unwrap();
@@ -642,11 +648,6 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
     let again: Value = fetch(KEY).await.unwrap().json().await.unwrap();
     assert_eq!(again["access_token"], token.as_str());
     assert_eq!(fetch("wrong-key").await.unwrap().status(), 403);
-    daemon
-        .wait_for(0, "the stateless sink written", |l| {
-            l.is("stateless sink written")
-        })
-        .await;
     let written: Value = serde_json::from_slice(&std::fs::read(&sink).unwrap()).unwrap();
     assert_eq!(written["access_token"], token.as_str());
     assert_eq!(written["channel"], harness::CHANNEL);
@@ -659,13 +660,14 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
             ("result", result),
         ]
     };
+    // Both requests were served from the keeper's token.
     assert_eq!(
         metrics.get("linetokd_stateless_requests_total", &labels("miss")),
-        Some(1.0)
+        None
     );
     assert_eq!(
         metrics.get("linetokd_stateless_requests_total", &labels("hit")),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         metrics.get("linetokd_stateless_issues_total", &labels("success")),
@@ -715,4 +717,78 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
         .assert_nothing_secret_printed(&[&daemon, &text, &checked])
         .await;
     assert!(searched >= 1);
+}
+
+/// A channel with sinks keeps them fresh without any request: the keeper
+/// issues at once (cold), again as the token enters `refresh_ahead`, and
+/// the file always holds the newest token; a channel without sinks issues
+/// nothing by itself.
+#[tokio::test]
+async fn sinks_are_kept_fresh_without_requests() {
+    use linetokd::delivery::sink::{SinkFormat, SinkSpec};
+    let lab = sandbox_lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stateless.raw");
+    let mut with_sinks = setup(assertion(), "a", rules(30));
+    with_sinks.sinks = vec![SinkSpec {
+        path: path.clone(),
+        format: SinkFormat::Raw,
+        mode: 0o600,
+        owner: None,
+        group: None,
+    }];
+    let rig = rig(&lab.base_url, &lab.clock, with_sinks);
+    let mut flights = rig.stateless.flights();
+    let on_file = || std::fs::read_to_string(&path).unwrap_or_default();
+    let issued = |lab: &crate::support::SandboxLab| {
+        lab.sandbox
+            .tokens_since(&lab.channel(), 0)
+            .into_iter()
+            .filter(|t| t.kind == TokenKind::Stateless)
+            .map(|t| t.access_token.expose().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // Cold: the keeper issues with no request, and the file gets the token.
+    flights.wait_for(|n| *n == 1).await.unwrap();
+    let first = issued(&lab);
+    assert_eq!(first.len(), 1);
+    wait_until("the sink holds the first token", || on_file() == first[0]).await;
+    assert_eq!(rig.calls.load(Ordering::SeqCst), 1);
+
+    // Nothing more until the token enters refresh_ahead (15m - 5m).
+    lab.clock.advance(Duration::minutes(9));
+    tokio::task::yield_now().await;
+    assert_eq!(issued(&lab).len(), 1);
+    lab.clock
+        .advance(Duration::minutes(1) + Duration::seconds(1));
+    flights.wait_for(|n| *n == 2).await.unwrap();
+    let both = issued(&lab);
+    assert_eq!(both.len(), 2);
+    wait_until("the sink holds the refreshed token", || {
+        on_file() == both[1]
+    })
+    .await;
+    // Served from the cache now, with no further call.
+    assert_eq!(get(&rig.state, PATH, Some(KEY)).await.token(), both[1]);
+    assert_eq!(rig.calls.load(Ordering::SeqCst), 2);
+
+    // Without sinks nothing is issued until a request asks.
+    rig.stateless
+        .set_channels(vec![setup(secret(LAB_SECRET), "s", rules(30))]);
+    lab.clock.advance(Duration::minutes(30));
+    tokio::task::yield_now().await;
+    assert_eq!(rig.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Waits (polling on real time, bounded) until `cond` holds: the sink is
+/// written by a task of its own after the flight ends.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    panic!("{what}: not within 10 s");
 }
