@@ -177,10 +177,18 @@ pub struct Served {
 /// current value while it is neither refused by LINE nor retired.
 type ServedBook = Arc<Mutex<HashMap<ChannelId, Served>>>;
 
+/// Each channel's values as its watcher last published them, in memory
+/// only: a watcher restarted by a reload (its settings changed) takes them
+/// over, so an old value inside a console reissue's grace is still
+/// verified. A restart of the daemon forgets them, as it must (the values
+/// are never stored).
+type Memory = Arc<Mutex<HashMap<ChannelId, (Option<Held>, Vec<Held>)>>>;
+
 /// The watchers of every channel with `[channel.long_lived]`.
 pub struct Service {
     parts: Parts,
     served: ServedBook,
+    memory: Memory,
     running: Mutex<HashMap<ChannelId, Running>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -213,6 +221,7 @@ impl Service {
         Ok(Arc::new(Self {
             parts,
             served: Arc::default(),
+            memory: Arc::default(),
             running: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
@@ -221,7 +230,9 @@ impl Service {
 
     /// Makes the watchers match `channels`: starts the new ones, restarts
     /// those whose config changed, stops the removed ones (at start and on
-    /// every reload). An unchanged watcher keeps its in-memory old values.
+    /// every reload). A restarted watcher takes over its predecessor's
+    /// values, current and old (a [`Memory`]), so a reload never stops the
+    /// verifying of an old value inside its grace.
     pub fn set_channels(&self, channels: Vec<(ChannelId, Settings)>) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let wanted: HashMap<ChannelId, Settings> = channels.into_iter().collect();
@@ -234,6 +245,10 @@ impl Service {
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(channel);
                 if !wanted.contains_key(channel) {
+                    self.memory
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(channel);
                     self.parts.metrics.remove_long_lived(channel);
                     // Its alerts resolve: nobody watches that token now.
                     let (store, ch, now) = (
@@ -269,6 +284,7 @@ impl Service {
             let watcher = Watcher::new(
                 self.parts.clone(),
                 Arc::clone(&self.served),
+                Arc::clone(&self.memory),
                 channel.clone(),
                 config.clone(),
             );
@@ -331,6 +347,7 @@ impl Service {
 }
 
 /// A token the watcher holds: its value (memory only) and what is known.
+#[derive(Clone)]
 struct Held {
     value: AccessToken,
     tracked: Tracked,
@@ -339,6 +356,7 @@ struct Held {
 struct Watcher {
     parts: Parts,
     served: ServedBook,
+    memory: Memory,
     channel: ChannelId,
     config: Settings,
     current: Option<Held>,
@@ -357,7 +375,13 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(parts: Parts, served: ServedBook, channel: ChannelId, config: Settings) -> Self {
+    fn new(
+        parts: Parts,
+        served: ServedBook,
+        memory: Memory,
+        channel: ChannelId,
+        config: Settings,
+    ) -> Self {
         let rng = match parts.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -365,6 +389,7 @@ impl Watcher {
         Self {
             parts,
             served,
+            memory,
             channel,
             config,
             current: None,
@@ -380,6 +405,18 @@ impl Watcher {
 
     async fn run(mut self, stop: CancellationToken, mut retires: mpsc::Receiver<RetireAsk>) {
         self.load_stored().await;
+        // A reload restarted this watcher: what its predecessor held (the
+        // file's value, and old values still inside their grace) goes on.
+        if let Some((current, old)) = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&self.channel)
+            .cloned()
+        {
+            self.current = current;
+            self.old = old;
+        }
         let mut file_watch = match ConfigWatcher::new(&self.config.token_file) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -687,6 +724,13 @@ impl Watcher {
         if let Some(token) = &serve {
             self.write_sinks(token).await;
         }
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                self.channel.clone(),
+                (self.current.clone(), self.old.clone()),
+            );
         let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         match serve {
             Some(token) => served.insert(self.channel.clone(), token),

@@ -1075,6 +1075,7 @@ fn exported_samples() -> Vec<String> {
     );
     metrics.set_channel(&channel, 1, 1, 0);
     metrics.short_lived_evicted(&channel);
+    metrics.set_long_lived(&channel, Some(true), Some(now));
     metrics.rotation(&channel, &group, false);
     metrics.line_request("v21_issue", Some(200), Duration::from_millis(5));
     metrics.set_clock_skew(chrono::Duration::seconds(1));

@@ -297,6 +297,22 @@ async fn scenario() -> (Vec<String>, String, String) {
         ("long_lived_old_still_valid", "info")
     );
     assert_eq!(alerts[0].label, Some(("fingerprint".to_owned(), fp(&t1))));
+    // A reload that changes the section restarts the watcher: the old value
+    // inside its grace is still watched (memory only, never stored).
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("verify_interval = \"1h\"", "verify_interval = \"90m\"");
+    fs::write(&config, text).unwrap();
+    let reloaded = Settings::load(&config, &HashMap::new())
+        .unwrap()
+        .validate()
+        .unwrap();
+    daemon.reload(&reloaded).await.unwrap();
+    let after_reload = start + chrono::Duration::hours(3);
+    lab.clock.set(after_reload);
+    verified_at(&store, &t1, after_reload).await;
+    assert_eq!(row(&store, &t1).unwrap().role, LongLivedRole::Old);
+    assert_eq!(firing(&store).len(), 1);
     // The last millisecond of the grace: still valid.
     let last = start + chrono::Duration::hours(24) - chrono::Duration::milliseconds(1);
     lab.clock.set(last);
