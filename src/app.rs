@@ -747,11 +747,19 @@ pub fn stateless_setups(config: &ValidConfig) -> anyhow::Result<Vec<StatelessSet
                     c.id
                 )
             }
-            (config::StatelessAuthKind::Assertion, _) => StatelessAuth::Assertion(Arc::new(
-                AssertionSigner::new(c.id.clone(), c.kid.clone(), Arc::clone(&c.key))
-                    .with_window(window)
-                    .with_context(|| format!("channel {}: rotation.assertion_window", c.id))?,
-            )),
+            (config::StatelessAuthKind::Assertion, _) => {
+                let Some(a) = &c.assertion else {
+                    anyhow::bail!(
+                        "channel {}: stateless.auth = \"assertion\" needs key_file and kid",
+                        c.id
+                    )
+                };
+                StatelessAuth::Assertion(Arc::new(
+                    AssertionSigner::new(c.id.clone(), a.kid.clone(), Arc::clone(&a.key))
+                        .with_window(window)
+                        .with_context(|| format!("channel {}: rotation.assertion_window", c.id))?,
+                ))
+            }
         };
         setups.push(StatelessSetup {
             channel: c.id.clone(),
@@ -775,10 +783,9 @@ pub fn stateless_setups(config: &ValidConfig) -> anyhow::Result<Vec<StatelessSet
 /// auth kind and, by assertion, the kid and the key's public half, by
 /// secret, the secret. SHA-256, so it reveals nothing of the secret.
 fn stateless_identity(c: &ChannelConfig, auth: &StatelessAuth) -> String {
-    let jwk = c.key.public_jwk();
-    let kid = c.kid.to_string();
+    let (kid, n, e) = assertion_parts(c);
     let parts: Vec<&str> = match auth {
-        StatelessAuth::Assertion(_) => vec![c.id.as_str(), "assertion", &kid, &jwk.n, &jwk.e],
+        StatelessAuth::Assertion(_) => vec![c.id.as_str(), "assertion", &kid, &n, &e],
         StatelessAuth::Secret(secret) => vec![c.id.as_str(), "secret", secret.expose()],
     };
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -1076,18 +1083,27 @@ pub fn channel_specs(config: &ValidConfig) -> Vec<ChannelSpec> {
         .collect()
 }
 
+/// The channel's assertion `kid` and the public key's `n` and `e`, empty
+/// without a key: what digests of the channel's credentials take in.
+fn assertion_parts(c: &ChannelConfig) -> (String, String, String) {
+    c.assertion.as_ref().map_or_else(Default::default, |a| {
+        let jwk = a.key.public_jwk();
+        (a.kid.to_string(), jwk.n, jwk.e)
+    })
+}
+
 /// A digest of what LINE judges a channel's requests by: its ID, key ID,
 /// the signing key's public half and the secret. When it changes (a config
 /// fix), the store ends the channel's failure streaks, also across a
 /// restart. SHA-256, so the stored digest reveals nothing of the secret.
 fn channel_fingerprint(c: &ChannelConfig) -> String {
-    let jwk = c.key.public_jwk();
+    let (kid, n, e) = assertion_parts(c);
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in [
         c.id.as_str(),
-        &c.kid.to_string(),
-        &jwk.n,
-        &jwk.e,
+        &kid,
+        &n,
+        &e,
         c.secret.as_ref().map_or("", |s| s.expose()),
     ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
@@ -1194,9 +1210,15 @@ pub fn channel_setups(config: &ValidConfig) -> anyhow::Result<Vec<ChannelSetup>>
         .channels
         .iter()
         .map(|c: &ChannelConfig| {
-            let signer = AssertionSigner::new(c.id.clone(), c.kid.clone(), Arc::clone(&c.key))
-                .with_window(window)
-                .with_context(|| format!("channel {}: rotation.assertion_window", c.id))?;
+            let signer = c
+                .assertion
+                .as_ref()
+                .map(|a| {
+                    AssertionSigner::new(c.id.clone(), a.kid.clone(), Arc::clone(&a.key))
+                        .with_window(window)
+                        .with_context(|| format!("channel {}: rotation.assertion_window", c.id))
+                })
+                .transpose()?;
             Ok(ChannelSetup {
                 id: c.id.clone(),
                 name: c.name.clone(),

@@ -102,8 +102,10 @@ struct RotationView {
 struct ChannelView {
     id: String,
     name: String,
-    key_file: String,
-    kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<String>,
     group: Vec<GroupView>,
@@ -207,8 +209,10 @@ impl Settings {
                 .map(|c| ChannelView {
                     id: c.id.clone(),
                     name: c.name.clone(),
-                    key_file: secret_file(&c.key_file),
-                    kid: c.kid.clone(),
+                    // A channel without v2.1 groups may have neither.
+                    key_file: (!c.key_file.as_os_str().is_empty())
+                        .then(|| secret_file(&c.key_file)),
+                    kid: (!c.kid.is_empty()).then(|| c.kid.clone()),
                     secret_file: c.secret_file.as_deref().map(secret_file),
                     group: c
                         .groups

@@ -232,13 +232,11 @@ pub struct ChannelConfig {
     pub id: ChannelId,
     /// The channel's short name.
     pub name: String,
-    /// The `kid` of the registered public key.
-    pub kid: SigningKid,
-    /// Where the signing key came from (for messages).
-    pub key_file: PathBuf,
-    /// The RSA-2048 assertion signing key, shared because it cannot be
-    /// cloned.
-    pub key: Arc<SigningKey>,
+    /// The assertion signing key and its `kid`: required when a v2.1 group
+    /// or `stateless.auth = "assertion"` needs it, optional otherwise (a
+    /// channel of short-lived groups, stateless tokens by secret or a
+    /// watched long-lived token needs none).
+    pub assertion: Option<AssertionKey>,
     /// The channel secret, when configured; needed to revoke.
     pub secret: Option<ChannelSecret>,
     /// The channel's groups, in file order.
@@ -247,6 +245,35 @@ pub struct ChannelConfig {
     pub long_lived: Option<super::LongLivedConfig>,
     /// `[channel.stateless]`, when enabled.
     pub stateless: Option<super::StatelessConfig>,
+}
+
+/// A channel's assertion signing key, checked and loaded.
+#[derive(Debug, Clone)]
+pub struct AssertionKey {
+    /// The `kid` of the registered public key.
+    pub kid: SigningKid,
+    /// Where the signing key came from (for messages).
+    pub key_file: PathBuf,
+    /// The RSA-2048 assertion signing key, shared because it cannot be
+    /// cloned.
+    pub key: Arc<SigningKey>,
+}
+
+/// True when the channel's config calls for its assertion key: a v2.1 group
+/// (issued and listed with assertions) or stateless tokens by assertion.
+fn needs_assertion_key(c: &ChannelSettings) -> bool {
+    c.groups
+        .iter()
+        .any(|g| TokenKind::parse(&g.kind) != Some(TokenKind::ShortLived))
+        || c.stateless
+            .as_ref()
+            .is_some_and(|s| s.enabled && s.auth == "assertion")
+}
+
+/// True when the channel names a key or a kid: then both are checked, even
+/// where nothing needs them.
+fn assertion_given(c: &ChannelSettings) -> bool {
+    !c.key_file.as_os_str().is_empty() || !c.kid.trim().is_empty()
 }
 
 /// One `[[channel.group]]`, checked.
@@ -575,7 +602,12 @@ impl Validator {
     fn channel(&mut self, s: &Settings, i: usize, c: &ChannelSettings) -> Option<ChannelConfig> {
         let at = format!("channel[{i}]");
         let (id, name_ok, kid) = self.channel_names(&at, c);
-        let key = self.keep(&format!("{at}.key_file"), load_key(&c.key_file));
+        let key = if needs_assertion_key(c) || assertion_given(c) {
+            self.keep(&format!("{at}.key_file"), load_key(&c.key_file))
+                .map(Some)
+        } else {
+            Some(None)
+        };
         let secret = match &c.secret_file {
             Some(path) => self
                 .keep(&format!("{at}.secret_file"), load_secret(path))
@@ -614,12 +646,18 @@ impl Validator {
         };
         let stateless = self.stateless(&at, c);
         name_ok.then_some(())?;
+        let assertion = match (kid?, key?) {
+            (Some(kid), Some(key)) => Some(AssertionKey {
+                kid,
+                key_file: c.key_file.clone(),
+                key: Arc::new(key),
+            }),
+            _ => None,
+        };
         Some(ChannelConfig {
             id: id?,
             name: c.name.clone(),
-            kid: kid?,
-            key_file: c.key_file.clone(),
-            key: Arc::new(key?),
+            assertion,
             secret: secret?,
             groups: groups?,
             long_lived: long_lived?,
@@ -637,9 +675,10 @@ impl Validator {
     ) -> Option<ChannelOutline> {
         let at = format!("channel[{i}]");
         let (id, name_ok, kid) = self.channel_names(&at, c);
-        let key_ok = self
-            .keep(&format!("{at}.key_file"), read_key_file(&c.key_file))
-            .is_some();
+        let key_ok = !(needs_assertion_key(c) || assertion_given(c))
+            || self
+                .keep(&format!("{at}.key_file"), read_key_file(&c.key_file))
+                .is_some();
         let secret_ok = c.secret_file.as_ref().is_none_or(|path| {
             self.keep(&format!("{at}.secret_file"), load_secret(path))
                 .is_some()
@@ -719,18 +758,23 @@ impl Validator {
     }
 
     /// A channel's ID, name and kid, checked.
+    /// The kid is `Some(None)` for a channel that neither needs nor names
+    /// an assertion key, `None` after a problem.
     fn channel_names(
         &mut self,
         at: &str,
         c: &ChannelSettings,
-    ) -> (Option<ChannelId>, bool, Option<SigningKid>) {
+    ) -> (Option<ChannelId>, bool, Option<Option<SigningKid>>) {
         let id = self.keep(&format!("{at}.id"), check_channel_id(&c.id));
         let name_ok = self
             .keep(&format!("{at}.name"), check_name(&c.name, "channel"))
             .is_some();
-        let kid = self
-            .keep(&format!("{at}.kid"), check_kid(&c.kid))
-            .map(SigningKid::new);
+        let kid = if needs_assertion_key(c) || assertion_given(c) {
+            self.keep(&format!("{at}.kid"), check_kid(&c.kid))
+                .map(|k| Some(SigningKid::new(k)))
+        } else {
+            Some(None)
+        };
         (id, name_ok, kid)
     }
 

@@ -28,6 +28,7 @@ use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_tex
 use crate::domain::{
     AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, TokenKind, TokenState,
 };
+use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, Verification};
 use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
 use crate::snapshot::Snapshot;
@@ -251,7 +252,7 @@ impl Rotator {
         };
         let kids = self
             .line
-            .valid_key_ids(&setup.signer)
+            .valid_key_ids(signer_of(setup)?)
             .await
             .map_err(StepError::Line)?;
         let channel = setup.id.clone();
@@ -343,8 +344,8 @@ impl Rotator {
         token_exp: Duration,
     ) -> Result<Issued, LineError> {
         match form {
-            IssueForm::V21 => {
-                let r = self.line.issue_v21(&setup.signer, token_exp).await?;
+            IssueForm::V21(signer) => {
+                let r = self.line.issue_v21(signer, token_exp).await?;
                 Ok(Issued {
                     key_id: r.key_id,
                     access_token: r.access_token,
@@ -492,7 +493,7 @@ impl Rotator {
             .find(|g| &g.group == group)
             .map_or(TokenKind::V21, |g| g.kind);
         let form = match (kind, &setup.secret) {
-            (TokenKind::V21, _) => IssueForm::V21,
+            (TokenKind::V21, _) => IssueForm::V21(signer_of(setup)?),
             (TokenKind::ShortLived, Some(secret)) => IssueForm::ShortLived(secret),
             // Validation refuses this config; a store edited by hand is
             // the only way here.
@@ -874,9 +875,22 @@ fn after_newest(now: DateTime<Utc>, state: &ChannelState, group: &GroupName) -> 
 #[derive(Clone, Copy)]
 enum IssueForm<'a> {
     /// v2.1, with the channel's assertion key.
-    V21,
+    V21(&'a AssertionSigner),
     /// Short-lived, with the channel secret.
     ShortLived(&'a ChannelSecret),
+}
+
+/// The channel's assertion signer, which every v2.1 request needs. Only a
+/// hand-edited store or a bug asks for one on a channel configured without
+/// a key: validation requires it wherever a v2.1 group exists.
+fn signer_of(setup: &ChannelSetup) -> Result<&AssertionSigner, StepError> {
+    setup.signer.as_ref().ok_or_else(|| StepError::Contract {
+        what: format!(
+            "channel {} has no key_file and kid, which v2.1 tokens need",
+            setup.id
+        ),
+        kind: FailureKind::Permanent,
+    })
 }
 
 /// What LINE answered to an issue, whatever the kind.

@@ -62,8 +62,9 @@ pub struct ChannelSetup {
     pub id: ChannelId,
     /// The operator's name for it, for logs.
     pub name: String,
-    /// Signs the assertions for issue and key-ID listing.
-    pub signer: AssertionSigner,
+    /// Signs the assertions for issue and key-ID listing; `None` for a
+    /// channel without v2.1 groups (validation requires the key otherwise).
+    pub signer: Option<AssertionSigner>,
     /// The channel secret, without which tokens cannot be revoked.
     pub secret: Option<ChannelSecret>,
     /// The configured groups.

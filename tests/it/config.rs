@@ -142,9 +142,15 @@ fn credentials_directory_expands_in_every_path_and_the_result_is_typed() {
         panic!("one channel expected: {valid:?}")
     };
     assert_eq!(channel.id.as_str(), "1234567890");
-    assert_eq!(channel.kid.as_str(), "kid-shop-bot");
-    assert_eq!(channel.key_file, dir.join("shop-bot.pem"));
-    assert_eq!(channel.key.bits(), 2048);
+    assert_eq!(
+        channel.assertion.as_ref().unwrap().kid.as_str(),
+        "kid-shop-bot"
+    );
+    assert_eq!(
+        channel.assertion.as_ref().unwrap().key_file,
+        dir.join("shop-bot.pem")
+    );
+    assert_eq!(channel.assertion.as_ref().unwrap().key.bits(), 2048);
     assert_eq!(channel.secret.as_ref().unwrap().expose(), CHANNEL_SECRET);
 
     let [group] = channel.groups.as_slice() else {

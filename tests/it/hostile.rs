@@ -80,7 +80,7 @@ impl Engine {
             channels: vec![ChannelSetup {
                 id: channel(),
                 name: "chan".into(),
-                signer,
+                signer: Some(signer),
                 secret: secret.map(ChannelSecret::new),
                 groups,
             }],

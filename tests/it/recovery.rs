@@ -79,6 +79,9 @@ pub(crate) struct Chan {
     /// [`Watch`] follows v2.1 groups only (it reads LINE's v2.1 listing);
     /// `short_lived.rs` watches these itself.
     pub(crate) short_lived: Vec<GroupName>,
+    /// False leaves `key_file` and `kid` out of the config (a channel that
+    /// needs no assertion key).
+    pub(crate) assertion: bool,
 }
 
 pub(crate) fn chan(i: usize, groups: usize) -> Chan {
@@ -93,6 +96,7 @@ pub(crate) fn chan(i: usize, groups: usize) -> Chan {
             .map(|g| GroupName::new(format!("g{g:02}")))
             .collect(),
         short_lived: Vec::new(),
+        assertion: true,
     }
 }
 
@@ -246,15 +250,21 @@ impl Rig {
             write_private(&secret, c.secret.as_bytes());
             write!(
                 toml,
-                "\n[[channel]]\nid = \"{}\"\nname = \"{}\"\nkey_file = \"{}\"\nkid = \"{}\"\n\
-                 secret_file = \"{}\"\n",
+                "\n[[channel]]\nid = \"{}\"\nname = \"{}\"\nsecret_file = \"{}\"\n",
                 c.id,
                 c.name,
-                d.join("assertion.pem").display(),
-                c.kid_in_config,
                 secret.display()
             )
             .unwrap();
+            if c.assertion {
+                write!(
+                    toml,
+                    "key_file = \"{}\"\nkid = \"{}\"\n",
+                    d.join("assertion.pem").display(),
+                    c.kid_in_config,
+                )
+                .unwrap();
+            }
             for g in &c.groups {
                 write!(toml, "\n  [[channel.group]]\n  name = \"{g}\"\n").unwrap();
             }

@@ -85,7 +85,7 @@ fn rotator_with_metrics(
         channels: vec![ChannelSetup {
             id: ChannelId::new(CHANNEL),
             name: "chan".into(),
-            signer: support::signer(CHANNEL, "regression-kid"),
+            signer: Some(support::signer(CHANNEL, "regression-kid")),
             secret: None,
             groups,
         }],

@@ -272,3 +272,34 @@ async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms
     }
     rig.finish().await;
 }
+
+/// A channel of short-lived groups needs no assertion key: configured with
+/// its secret alone, it is issued, verified and rotated like any other.
+#[tokio::test]
+async fn a_channel_without_an_assertion_key_keeps_short_lived_groups() {
+    let mut c = chan(0, 0);
+    c.short_lived = vec![group("liff")];
+    c.assertion = false;
+    let mut rig = Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", "1h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    let first = check(&rig);
+    assert_eq!(first[&group("liff")].len(), 1, "{first:?}");
+    // Into the rotation window: a successor, and never a third.
+    let start = rig.now();
+    run_checked(&mut rig, start + Duration::days(29) + Duration::hours(1)).await;
+    let later = check(&rig);
+    let tokens = &later[&group("liff")];
+    assert!(!tokens.is_empty() && tokens.len() <= 2, "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t.access_token != first[&group("liff")][0].access_token),
+        "rotated"
+    );
+    rig.finish().await;
+}
