@@ -166,6 +166,11 @@ pub struct FaultRule {
     pub malformed_rate: f64,
     /// Which broken body; absent: each one draws among the three evenly.
     pub malformed_as: Option<MalformedBody>,
+    /// The revoke endpoints only: share of revokes answered 200 with an
+    /// empty body **without** revoking. LINE answers exactly that for a
+    /// token it does not know, so only a verify afterwards shows the token
+    /// still lives; this is how a test proves a client confirms.
+    pub ignore_rate: f64,
 }
 
 impl FaultRule {
@@ -178,6 +183,7 @@ impl FaultRule {
             ("drop_after_rate", self.drop_after_rate),
             ("refuse_live_rate", self.refuse_live_rate),
             ("malformed_rate", self.malformed_rate),
+            ("ignore_rate", self.ignore_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -201,6 +207,15 @@ impl FaultRule {
                 self.malformed_rate > 0.0 || self.malformed_as.is_some(),
             ),
         ];
+        if self.ignore_rate > 0.0
+            && endpoint != ANY_ENDPOINT
+            && !REVOKES.iter().any(|e| e.path() == endpoint)
+        {
+            return Err(SandboxError::Faults {
+                key: format!("endpoints.{endpoint:?}.ignore_rate"),
+                problem: "only the revoke endpoints act on it".to_owned(),
+            });
+        }
         for (target, name, set) in only {
             if set && endpoint != ANY_ENDPOINT && endpoint != target.path() {
                 return Err(SandboxError::Faults {
@@ -278,6 +293,9 @@ pub enum Action {
     DropAfter,
 }
 
+/// The endpoints `ignore_rate` acts on.
+const REVOKES: [Endpoint; 2] = [Endpoint::RevokeV21, Endpoint::RevokeShortLived];
+
 /// The fault decision for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -289,6 +307,8 @@ pub struct Decision {
     pub refuse_live: Option<VerifyRefusal>,
     /// v2.1 issue only, when passing: issue, then answer this broken body.
     pub malformed: Option<MalformedBody>,
+    /// Revoke only, when passing: answer 200 without revoking.
+    pub ignore: bool,
 }
 
 /// The current [`Faults`] plus one RNG stream per endpoint.
@@ -380,12 +400,16 @@ impl FaultEngine {
         } else {
             Action::Pass
         };
+        // The revoke endpoints never use the malformed draw: `ignore`
+        // takes it, so adding the rule moved no seeded sequence.
+        let ignore = REVOKES.contains(&endpoint) && draws[7] < rule.ignore_rate;
         let passes = action == Action::Pass;
         Decision {
             latency,
             action,
             refuse_live: refuse_live.filter(|_| passes),
             malformed: malformed.filter(|_| passes),
+            ignore: ignore && passes,
         }
     }
 }

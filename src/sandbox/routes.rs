@@ -133,6 +133,8 @@ async fn apply_faults(State(sandbox): State<Sandbox>, req: Request, next: Next) 
         tokio::time::sleep(decision.latency).await;
     }
     match decision.action {
+        // The revoke is answered as done, and not done.
+        Action::Pass if decision.ignore => StatusCode::OK.into_response(),
         Action::Pass => {
             let response = next.run(req).await;
             // Only a success is turned into a fault: a refused request

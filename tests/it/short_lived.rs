@@ -303,3 +303,88 @@ async fn a_channel_without_an_assertion_key_keeps_short_lived_groups() {
     );
     rig.finish().await;
 }
+
+/// LINE answers 200 to a revoke of a token it does not know, so a revoke
+/// that LINE answers but does not carry out looks like success: only the
+/// confirming verify shows the token still lives. The daemon treats it as
+/// a failed revoke (the token stays recorded live, the step is retried),
+/// and revokes it for real once LINE does.
+#[tokio::test]
+async fn a_revoke_line_answers_but_does_not_carry_out_is_noticed_and_retried() {
+    use linetokd::sandbox::FaultRule;
+    let mut c = chan(0, 0);
+    c.short_lived = vec![group("liff")];
+    let mut rig = Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", "1h", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    let old = check(&rig)[&group("liff")][0].clone();
+    let old_id = KeyId::short_lived(&old.access_token);
+    let channel = rig.chans[0].id.clone();
+    let ignoring = Faults {
+        seed: Some(1),
+        endpoints: [(
+            "/v2/oauth/revoke".to_owned(),
+            FaultRule {
+                ignore_rate: 1.0,
+                ..FaultRule::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Faults::default()
+    };
+    rig.sandbox.set_faults(ignoring).unwrap();
+    let passes = rig.passes();
+    rig.daemon()
+        .rotator
+        .request_incident(&channel, &group("liff"), "test")
+        .await
+        .unwrap();
+    rig.pass_after(passes).await;
+    let now = rig.now();
+    run_checked(&mut rig, now + Duration::seconds(5)).await;
+    // Still live at LINE, still recorded live, and the failure is named.
+    let still = rig
+        .sandbox
+        .tokens_since(&channel, old.seq)
+        .into_iter()
+        .find(|t| t.seq == old.seq)
+        .unwrap();
+    assert_eq!(still.state, SandboxTokenState::Live);
+    assert_eq!(
+        rig.store().token(&old_id).unwrap().unwrap().record.state,
+        TokenState::Live
+    );
+    let runtime = rig.store().groups(&channel).unwrap()[0].runtime.clone();
+    assert!(
+        runtime
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("still accepts the token"),
+        "{runtime:?}"
+    );
+
+    // LINE carries revokes out again: the retry revokes it for real.
+    rig.sandbox.set_faults(Faults::default()).unwrap();
+    let now = rig.now();
+    run_checked(&mut rig, now + Duration::minutes(15)).await;
+    let gone = rig
+        .sandbox
+        .tokens_since(&channel, old.seq)
+        .into_iter()
+        .find(|t| t.seq == old.seq)
+        .unwrap();
+    assert_eq!(gone.state, SandboxTokenState::Revoked);
+    assert_eq!(
+        rig.store().token(&old_id).unwrap().unwrap().record.state,
+        TokenState::Revoked
+    );
+    let after = check(&rig);
+    assert_eq!(after[&group("liff")].len(), 1);
+    rig.finish().await;
+}
