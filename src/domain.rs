@@ -189,6 +189,48 @@ impl fmt::Display for AccessToken {
     }
 }
 
+/// A LINE Login refresh token: a user's grant, good for up to 90 days from
+/// the login that produced it. Prints as its fingerprint, never its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(Secret);
+
+impl RefreshToken {
+    /// Wraps a refresh token value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Secret::new(value))
+    }
+
+    /// The token value, for the few places that must hand it on (a request
+    /// to LINE, the store).
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// A short non-reversible fingerprint for logs.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+}
+
+/// As for [`AccessToken`]: no intermediate `String` can be Debug-printed.
+impl<'de> Deserialize<'de> for RefreshToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RefreshToken(sha256:{})", self.0.fingerprint())
+    }
+}
+
+impl fmt::Display for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// A channel secret (needed to revoke v2.1 tokens and for the short-lived and
 /// stateless secret forms). Prints as its fingerprint, never its value.
 #[derive(Clone, PartialEq, Eq)]
@@ -451,6 +493,17 @@ mod tests {
         ] {
             assert!(!shown.contains("VALUE"), "{shown}");
         }
+    }
+
+    #[test]
+    fn refresh_tokens_print_as_fingerprints() {
+        let r = RefreshToken::new("refresh-VALUE-789");
+        for shown in [format!("{r:?}"), format!("{r}"), format!("{r:#?}")] {
+            assert!(!shown.contains("VALUE"), "{shown}");
+            assert!(shown.contains(&r.fingerprint()), "{shown}");
+        }
+        let de: RefreshToken = serde_json::from_str("\"refresh-VALUE-789\"").unwrap();
+        assert_eq!(de, r);
     }
 
     #[test]

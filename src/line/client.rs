@@ -41,6 +41,7 @@ use crate::line::endpoint::Endpoint;
 use crate::line::error::{self, ErrorBody, LineError};
 use crate::line::headers;
 use crate::line::jwt::{AssertionSigner, CLIENT_ASSERTION_TYPE};
+use crate::line::operation::Operation;
 use crate::line::skew::SkewTracker;
 use crate::line::types::{
     AccessTokenParam, ChannelAccessTokenKeyIdsQuery, ChannelAccessTokenKeyIdsResponse,
@@ -63,7 +64,11 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Called once per request with the endpoint, the HTTP status (`None` when
 /// LINE did not answer) and the latency; the metrics layer counts requests
 /// and fills a histogram with it. It must be cheap: it runs inline.
-pub type RequestObserver = Arc<dyn Fn(Endpoint, Option<u16>, Duration) + Send + Sync>;
+///
+/// `E` is the API's operation enum: [`Endpoint`] for [`LineClient`]'s
+/// channel-token calls (the default), [`crate::line::login::LoginEndpoint`]
+/// for [`crate::line::login::LoginClient`]'s.
+pub type RequestObserver<E = Endpoint> = Arc<dyn Fn(E, Option<u16>, Duration) + Send + Sync>;
 
 /// How to reach LINE.
 #[derive(Clone)]
@@ -143,10 +148,26 @@ impl fmt::Debug for LineClient {
 }
 
 /// A 2xx answer, read but not yet parsed.
-struct Answer {
-    status: StatusCode,
-    body: Vec<u8>,
-    request_id: Option<String>,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
+    pub(crate) request_id: Option<String>,
+}
+
+/// How a request carries its parameters.
+pub(crate) enum Params<'a, P: ?Sized> {
+    /// A query string (GET endpoints).
+    Query(&'a P),
+    /// An `application/x-www-form-urlencoded` body (POST endpoints).
+    Form(&'a P),
+    /// A JSON body with `Authorization: Bearer` (LINE Login's deauthorize,
+    /// the one call here that authenticates with a channel token).
+    BearerJson {
+        /// The bearer token; also one of the call's scrubbed secrets.
+        bearer: &'a str,
+        /// The JSON body.
+        body: &'a P,
+    },
 }
 
 impl LineClient {
@@ -251,7 +272,7 @@ impl LineClient {
         let answer = self
             .call(endpoint, Some(signer.channel_id()), &query, &[&assertion])
             .await?;
-        parse::<ChannelAccessTokenKeyIdsResponse>(endpoint, answer).map(|r| r.kids)
+        parse::<ChannelAccessTokenKeyIdsResponse, _>(endpoint, answer).map(|r| r.kids)
     }
 
     /// Revokes a v2.1 token (`POST /oauth2/v2.1/revoke`). LINE answers 200
@@ -394,11 +415,31 @@ impl LineClient {
         endpoint: Endpoint,
         token: &AccessToken,
     ) -> Result<Verification, LineError> {
+        let observer = self.inner.observer.as_ref();
+        self.verify_with(endpoint, token, observer).await
+    }
+
+    /// A verify call of any API (LINE Login's is the same GET): 400 is
+    /// LINE's answer "not accepted", every other failure an error.
+    pub(crate) async fn verify_with<O: Operation>(
+        &self,
+        op: O,
+        token: &AccessToken,
+        observer: Option<&RequestObserver<O>>,
+    ) -> Result<Verification, LineError<O>> {
         let params = AccessTokenParam {
             access_token: token.expose(),
         };
-        match self.call(endpoint, None, &params, &[token.expose()]).await {
-            Ok(answer) => parse(endpoint, answer).map(Verification::Valid),
+        let params = if op.method() == Method::GET {
+            Params::Query(&params)
+        } else {
+            Params::Form(&params)
+        };
+        match self
+            .send(op, None, params, &[token.expose()], observer)
+            .await
+        {
+            Ok(answer) => parse(op, answer).map(Verification::Valid),
             Err(LineError::Permanent {
                 status: StatusCode::BAD_REQUEST,
                 body,
@@ -413,11 +454,12 @@ impl LineClient {
         }
     }
 
-    /// Sends one request and classifies the answer. GET endpoints get
-    /// `params` as a query string, POST endpoints as a form body. `secrets`
-    /// are the credentials in `params`, scrubbed from whatever LINE echoes.
-    /// `channel` is the channel the request is about, when the request
-    /// names it, for the log line (a verify names only the token).
+    /// Sends one request of a channel-token [`Endpoint`] and classifies the
+    /// answer. GET endpoints get `params` as a query string, POST endpoints
+    /// as a form body. `secrets` are the credentials in `params`, scrubbed
+    /// from whatever LINE echoes. `channel` is the channel the request is
+    /// about, when the request names it, for the log line (a verify names
+    /// only the token).
     async fn call<P: Serialize + ?Sized>(
         &self,
         endpoint: Endpoint,
@@ -425,17 +467,38 @@ impl LineClient {
         params: &P,
         secrets: &[&str],
     ) -> Result<Answer, LineError> {
-        let inner = &*self.inner;
-        let url = format!("{}{}", inner.base, endpoint.path());
-        let method = endpoint.method();
-        let request = inner.http.request(method.clone(), url);
-        let request = if method == Method::GET {
-            request.query(params)
+        let params = if endpoint.method() == Method::GET {
+            Params::Query(params)
         } else {
-            request.form(params)
+            Params::Form(params)
+        };
+        let observer = self.inner.observer.as_ref();
+        self.send(endpoint, channel, params, secrets, observer)
+            .await
+    }
+
+    /// Sends one request of any API's operation: the one path every call
+    /// takes, so every call gets the same timeout, body cap, skew check,
+    /// debug line, observer call and classification. `observer` is the
+    /// caller's hook for this API's operations.
+    pub(crate) async fn send<O: Operation, P: Serialize + ?Sized>(
+        &self,
+        op: O,
+        channel: Option<&ChannelId>,
+        params: Params<'_, P>,
+        secrets: &[&str],
+        observer: Option<&RequestObserver<O>>,
+    ) -> Result<Answer, LineError<O>> {
+        let inner = &*self.inner;
+        let url = format!("{}{}", inner.base, op.path());
+        let request = inner.http.request(op.method(), url);
+        let request = match params {
+            Params::Query(p) => request.query(p),
+            Params::Form(p) => request.form(p),
+            Params::BearerJson { bearer, body } => request.bearer_auth(bearer).json(body),
         };
         let started = Instant::now();
-        let outcome = self.exchange(endpoint, request, secrets).await;
+        let outcome = self.exchange(op, request, secrets).await;
         let latency = started.elapsed();
         let (status, request_id) = match &outcome {
             Ok(answer) => (Some(answer.status), answer.request_id.as_deref()),
@@ -444,24 +507,24 @@ impl LineClient {
         let status_code = status.map(|s| s.as_u16());
         tracing::debug!(
             channel = channel.map(ChannelId::as_str),
-            endpoint = endpoint.as_str(),
+            endpoint = op.label(),
             status = status_code,
             latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             request_id,
             "LINE request"
         );
-        if let Some(observer) = &inner.observer {
-            observer(endpoint, status_code, latency);
+        if let Some(observer) = observer {
+            observer(op, status_code, latency);
         }
         outcome
     }
 
-    async fn exchange(
+    async fn exchange<O: Operation>(
         &self,
-        endpoint: Endpoint,
+        endpoint: O,
         request: reqwest::RequestBuilder,
         secrets: &[&str],
-    ) -> Result<Answer, LineError> {
+    ) -> Result<Answer, LineError<O>> {
         let inner = &*self.inner;
         let mut response = request
             .send()
@@ -554,7 +617,10 @@ impl LineClient {
 
 /// Parses a 2xx body into the contract's answer type, whose key IDs,
 /// tokens and lifetimes [`crate::line::validate`] checks on the way.
-fn parse<T: DeserializeOwned>(endpoint: Endpoint, answer: Answer) -> Result<T, LineError> {
+pub(crate) fn parse<T: DeserializeOwned, O: Operation>(
+    endpoint: O,
+    answer: Answer,
+) -> Result<T, LineError<O>> {
     serde_json::from_slice(&answer.body).map_err(|e| {
         error::unreadable(endpoint, answer.status, &answer.body, &e, answer.request_id)
     })

@@ -17,6 +17,15 @@
 //! error status (4xx, 5xx, 429) means LINE did not issue; a success whose body
 //! is unusable, or no answer at all after the request left, means it may have.
 //!
+//! `LineError<E>` is generic over the operation enum ([`Operation`]):
+//! `LineError` alone is the channel-token API's ([`Endpoint`]), and
+//! [`crate::line::login::LoginError`] the same type over LINE Login's
+//! operations. LINE Login adds two classes read from the OAuth `error` code
+//! of a permanent 4xx, never from its wording:
+//! [`LineError::is_invalid_grant`] (the refresh token is dead: the user must
+//! log in again) and [`LineError::is_invalid_client`] (the channel ID or
+//! secret is wrong).
+//!
 //! Invariant: no error carries a token, a channel secret or an assertion, and
 //! every `Display` is words for an operator (endpoint, status, LINE's request
 //! ID), never a URL. `reqwest` errors are stored without their URL (verify
@@ -24,8 +33,8 @@
 //! are never kept, and the texts LINE sends back are shortened, stripped of
 //! control characters and scrubbed of every secret the request carried.
 //!
-//! Depends on `domain`, `line::endpoint`, `line::types`, `line::jwt` (its
-//! error).
+//! Depends on `domain`, `line::endpoint`, `line::operation`, `line::types`,
+//! `line::jwt` (its error).
 
 use std::fmt;
 use std::time::Duration;
@@ -35,6 +44,7 @@ use reqwest::StatusCode;
 use crate::domain::KeyId;
 use crate::line::endpoint::Endpoint;
 use crate::line::jwt::JwtError;
+use crate::line::operation::Operation;
 use crate::line::types::{ErrorResponse, MessageErrorResponse};
 use crate::line::validate;
 
@@ -53,7 +63,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// A failed call to LINE.
 #[derive(Debug, thiserror::Error)]
-pub enum LineError {
+pub enum LineError<E = Endpoint> {
     /// LINE could not be reached, or answered in a way that may well change
     /// on retry: connect error, timeout, broken connection, 5xx or 408, or a
     /// success of a call that issues nothing whose body does not match the
@@ -64,7 +74,7 @@ pub enum LineError {
     #[error("{endpoint}: {cause}{}", RequestIdNote(request_id))]
     Transient {
         /// The operation that failed.
-        endpoint: Endpoint,
+        endpoint: E,
         /// What went wrong.
         cause: TransientCause,
         /// LINE's `Retry-After` as sent, if it sent one with a 5xx; read it
@@ -85,7 +95,7 @@ pub enum LineError {
     )]
     RateLimited {
         /// The operation that failed.
-        endpoint: Endpoint,
+        endpoint: E,
         /// How long LINE asked us to wait (`Retry-After`) as sent, if it
         /// said; read it through [`LineError::retry_after`], which caps it.
         retry_after: Option<Duration>,
@@ -104,8 +114,8 @@ pub enum LineError {
         RequestIdNote(request_id)
     )]
     TooManyTokens {
-        /// Always [`Endpoint::IssueV21`].
-        endpoint: Endpoint,
+        /// Always [`Endpoint::IssueV21`] (see [`Operation::refuses_when_full`]).
+        endpoint: E,
         /// What the body said.
         body: ErrorBody,
         /// `X-Line-Request-Id`.
@@ -127,7 +137,7 @@ pub enum LineError {
     )]
     MaybeIssued {
         /// The issue operation.
-        endpoint: Endpoint,
+        endpoint: E,
         /// The 2xx status LINE answered with.
         status: StatusCode,
         /// What is wrong with the answer (no values from it but numbers).
@@ -152,7 +162,7 @@ pub enum LineError {
     )]
     Permanent {
         /// The operation that failed.
-        endpoint: Endpoint,
+        endpoint: E,
         /// LINE's status (4xx, or an unexpected 1xx/3xx).
         status: StatusCode,
         /// What the body said.
@@ -165,16 +175,16 @@ pub enum LineError {
     #[error("{endpoint}: could not build the client assertion")]
     Assertion {
         /// The operation that was not attempted.
-        endpoint: Endpoint,
+        endpoint: E,
         /// Why signing failed.
         #[source]
         source: JwtError,
     },
 }
 
-impl LineError {
+impl<E: Operation> LineError<E> {
     /// The operation that failed.
-    pub fn endpoint(&self) -> Endpoint {
+    pub fn endpoint(&self) -> E {
         match self {
             Self::Transient { endpoint, .. }
             | Self::RateLimited { endpoint, .. }
@@ -291,6 +301,37 @@ impl LineError {
         self.body().and_then(ErrorBody::code)
     }
 
+    /// True when LINE refused a LINE Login refresh token (400 with the
+    /// OAuth code `invalid_grant`): it expired (90 days after its login),
+    /// was rotated out, revoked or never existed. Retrying cannot help; the
+    /// user must log in again. Recognised from the status and LINE's error
+    /// code, never from the description's wording.
+    pub fn is_invalid_grant(&self) -> bool {
+        self.is_refusal_with_code("invalid_grant")
+    }
+
+    /// True when LINE rejected the client itself (4xx with the OAuth code
+    /// `invalid_client`): a wrong channel ID or secret on a LINE Login
+    /// call, a rejected assertion on a channel-token call. Every call with
+    /// the same credentials will fail the same way.
+    pub fn is_invalid_client(&self) -> bool {
+        self.is_refusal_with_code("invalid_client")
+    }
+
+    /// True for LINE's 429 ([`LineError::RateLimited`]); the wait it asked
+    /// for is [`Self::retry_after`].
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Self::RateLimited { .. })
+    }
+
+    /// A permanent 4xx whose OAuth body carries `code`.
+    fn is_refusal_with_code(&self, code: &str) -> bool {
+        matches!(self, Self::Permanent { status, body, .. }
+            if status.is_client_error() && body.code() == Some(code))
+    }
+}
+
+impl LineError<Endpoint> {
     /// True when LINE does not know the assertion's signing key on this
     /// channel (404 from an endpoint that takes an assertion): the `kid` or
     /// the key file in the config is wrong, or the key was deleted in the
@@ -479,13 +520,13 @@ impl fmt::Display for ErrorBody {
 /// `{"message":...}`. The shape separates them without matching LINE's
 /// wording, which it does not keep stable. A caller that must be sure (before
 /// revoking to make room, say) confirms with the kid list.
-pub(crate) fn classify(
-    endpoint: Endpoint,
+pub(crate) fn classify<E: Operation>(
+    endpoint: E,
     status: StatusCode,
     body: ErrorBody,
     retry_after: Option<Duration>,
     request_id: Option<String>,
-) -> LineError {
+) -> LineError<E> {
     if status == StatusCode::TOO_MANY_REQUESTS {
         return LineError::RateLimited {
             endpoint,
@@ -503,7 +544,7 @@ pub(crate) fn classify(
             source: None,
         };
     }
-    if endpoint == Endpoint::IssueV21
+    if endpoint.refuses_when_full()
         && status == StatusCode::BAD_REQUEST
         && matches!(body, ErrorBody::Message(_))
     {
@@ -524,11 +565,11 @@ pub(crate) fn classify(
 /// Classifies a transport failure, stripping the URL from the error first.
 /// A connect error wins over a timeout: a connect timeout is both, and
 /// nothing was sent, which is what [`LineError::may_have_issued`] needs.
-pub(crate) fn transport(
-    endpoint: Endpoint,
+pub(crate) fn transport<E: Operation>(
+    endpoint: E,
     err: reqwest::Error,
     request_id: Option<String>,
-) -> LineError {
+) -> LineError<E> {
     let err = err.without_url();
     let cause = if err.is_connect() {
         TransientCause::Connect
@@ -551,13 +592,13 @@ pub(crate) fn transport(
 /// value (`invalid type: string "..."`), and that value could be a token.
 /// On an issue call it is [`LineError::MaybeIssued`], with the key ID if
 /// the body has a well-formed one.
-pub(crate) fn unreadable(
-    endpoint: Endpoint,
+pub(crate) fn unreadable<E: Operation>(
+    endpoint: E,
     status: StatusCode,
     body: &[u8],
     reason: &serde_json::Error,
     request_id: Option<String>,
-) -> LineError {
+) -> LineError<E> {
     let reason = blank_quoted(&reason.to_string());
     if endpoint.issues_tokens() {
         return LineError::MaybeIssued {
@@ -581,13 +622,13 @@ pub(crate) fn unreadable(
 /// A 2xx answer that could not be read whole: too big, or the connection
 /// broke mid-body (`source`). [`LineError::MaybeIssued`] on an issue call,
 /// transient otherwise.
-pub(crate) fn unread_success(
-    endpoint: Endpoint,
+pub(crate) fn unread_success<E: Operation>(
+    endpoint: E,
     status: StatusCode,
     reason: String,
     request_id: Option<String>,
     source: Option<reqwest::Error>,
-) -> LineError {
+) -> LineError<E> {
     let source = source.map(|e| TransportError(e.without_url()));
     if endpoint.issues_tokens() {
         return LineError::MaybeIssued {

@@ -13,6 +13,11 @@
 //!   before the client hands them on.
 //! - [`headers`]: `X-Line-Request-Id`, `Retry-After` and `Date`.
 //! - [`keys`]: assertion signing keys (load PEM/JWK, generate, public JWK).
+//! - [`login`]: LINE Login's user token endpoints ([`login::LoginEndpoint`],
+//!   [`login::LoginClient`]), which share three URLs with the channel token
+//!   API but not its OpenAPI file.
+//! - [`operation`]: what the request plumbing asks of either API's
+//!   operations; [`LineError`] and [`RequestObserver`] are generic over it.
 //! - [`jwt`]: the client assertion LINE's v2.1 endpoints authenticate with.
 //!
 //! Depends on `domain` and `clock` only; the rotator calls it, the sandbox
@@ -24,6 +29,8 @@ pub mod error;
 pub mod headers;
 pub mod jwt;
 pub mod keys;
+pub mod login;
+pub mod operation;
 mod skew;
 pub mod types;
 pub mod validate;
@@ -31,5 +38,7 @@ pub mod validate;
 pub use client::{LineClient, LineClientConfig, RequestObserver};
 pub use endpoint::Endpoint;
 pub use error::{ErrorBody, LineError, MAX_RETRY_AFTER, TransientCause, TransportError};
+pub use login::{Deauthorization, LoginClient, LoginEndpoint, LoginError, LoginTokenResponse};
+pub use operation::Operation;
 pub use skew::{WARN_INTERVAL as SKEW_WARN_INTERVAL, WARN_THRESHOLD as SKEW_WARN_THRESHOLD};
 pub use types::Verification;

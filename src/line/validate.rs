@@ -10,7 +10,8 @@
 //! through the constructors here, which hold them to LINE's shape:
 //!
 //! - non-empty;
-//! - at most [`MAX_KEY_ID_LEN`] / [`MAX_ACCESS_TOKEN_LEN`] bytes;
+//! - at most [`MAX_KEY_ID_LEN`] / [`MAX_ACCESS_TOKEN_LEN`] /
+//!   [`MAX_REFRESH_TOKEN_LEN`] (LINE Login refresh tokens) bytes;
 //! - only ASCII letters, digits and `-._~+/=` ([`is_line_char`]): the
 //!   characters of base64, base64url and compact JWS, which is what LINE's
 //!   key IDs (`sDTOzw5wIfxxxxPEzcmeQA`) and tokens (a JWS for v2.1 and
@@ -31,7 +32,7 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
 
-use crate::domain::{AccessToken, KeyId};
+use crate::domain::{AccessToken, KeyId, RefreshToken};
 
 /// The longest key ID accepted, in bytes. LINE's are 22 characters (16
 /// random bytes in base64url); 128 leaves room for LINE changing the format
@@ -45,6 +46,11 @@ pub const MAX_KEY_ID_LEN: usize = 128;
 /// server accepts (8 KiB is the common limit), which is where the token
 /// ends up.
 pub const MAX_ACCESS_TOKEN_LEN: usize = 4096;
+
+/// The longest LINE Login refresh token accepted, in bytes. LINE's are
+/// about 20 characters; 1024 leaves room for a format change while keeping
+/// a hostile answer out of the store.
+pub const MAX_REFRESH_TOKEN_LEN: usize = 1024;
 
 /// The longest lifetime a new token may report, in seconds: LINE's maximum
 /// of 30 days plus a minute for rounding. A longer one is not a v2.1,
@@ -143,6 +149,16 @@ pub fn access_token(raw: &str) -> Result<AccessToken, InvalidValue> {
     Ok(AccessToken::new(raw))
 }
 
+/// A LINE Login refresh token from LINE's answer.
+///
+/// # Errors
+/// [`InvalidValue`] (without the value) when it is empty, longer than
+/// [`MAX_REFRESH_TOKEN_LEN`] or has a character outside [`is_line_char`].
+pub fn refresh_token(raw: &str) -> Result<RefreshToken, InvalidValue> {
+    check("refresh token", raw, MAX_REFRESH_TOKEN_LEN)?;
+    Ok(RefreshToken::new(raw))
+}
+
 /// A new token's `expires_in`, in seconds.
 ///
 /// # Errors
@@ -224,6 +240,20 @@ pub(crate) fn de_access_token<'de, D: Deserializer<'de>>(d: D) -> Result<AccessT
     let token = AccessToken::deserialize(d)?;
     check("access token", token.expose(), MAX_ACCESS_TOKEN_LEN).map_err(D::Error::custom)?;
     Ok(token)
+}
+
+/// Deserializes an optional refresh token: absent, `null` and `""` are
+/// `None` (LINE sends no new one: keep the old), anything else goes through
+/// [`refresh_token`].
+pub(crate) fn de_optional_refresh_token<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RefreshToken>, D::Error> {
+    match Option::<RefreshToken>::deserialize(d)? {
+        Some(raw) if !raw.expose().is_empty() => refresh_token(raw.expose())
+            .map(Some)
+            .map_err(D::Error::custom),
+        _ => Ok(None),
+    }
 }
 
 /// Deserializes a new token's `expires_in` through [`issued_lifetime`].

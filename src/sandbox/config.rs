@@ -1,11 +1,18 @@
 //! The sandbox's config file: which channels exist, their secrets and their
-//! registered assertion public keys, plus optional fault rules.
+//! registered assertion public keys, the LINE Login channels, plus optional
+//! fault rules.
 //!
 //! ```toml
 //! [[channels]]
 //! id = "1234567890"
 //! secret = "0123456789abcdef0123456789abcdef"
 //! keys = [{ kid = "…", public_key_file = "sandbox-keys/example-public.jwk" }]
+//!
+//! [[login_channels]]  # LINE Login channels (user tokens), optional
+//! id = "1660000000"
+//! secret = "fedcba9876543210fedcba9876543210"
+//! app_type = "web"             # "web": refresh/revoke need the secret; "native": ignored
+//! rotate_refresh_tokens = false # true: each refresh answers a new refresh token
 //!
 //! [faults]            # optional, same shape as GET /_sandbox/faults
 //! seed = 7
@@ -29,6 +36,7 @@ use serde::Deserialize;
 
 use super::errors::SandboxError;
 use super::faults::Faults;
+use super::login::{LoginAppType, LoginChannelConfig};
 use crate::domain::{ChannelId, ChannelSecret, SigningKid};
 use crate::line::keys::{REQUIRED_BITS, VerifyingKey};
 
@@ -37,6 +45,8 @@ use crate::line::keys::{REQUIRED_BITS, VerifyingKey};
 pub struct SandboxConfig {
     /// The channels the sandbox knows.
     pub channels: Vec<ChannelConfig>,
+    /// The LINE Login channels the sandbox knows.
+    pub login_channels: Vec<LoginChannelConfig>,
     /// Fault rules in force at start.
     pub faults: Faults,
 }
@@ -58,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     channels: Vec<RawChannel>,
     #[serde(default)]
+    login_channels: Vec<RawLoginChannel>,
+    #[serde(default)]
     faults: Faults,
 }
 
@@ -68,6 +80,22 @@ struct RawChannel {
     secret: String,
     #[serde(default)]
     keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoginChannel {
+    id: String,
+    secret: String,
+    #[serde(default = "default_app_type")]
+    app_type: LoginAppType,
+    #[serde(default)]
+    rotate_refresh_tokens: bool,
+}
+
+/// The stricter of the two: the secret is checked.
+fn default_app_type() -> LoginAppType {
+    LoginAppType::Web
 }
 
 #[derive(Deserialize)]
@@ -159,10 +187,56 @@ impl SandboxConfig {
                 keys,
             });
         }
+        let mut login_channels: Vec<LoginChannelConfig> =
+            Vec::with_capacity(raw.login_channels.len());
+        for ch in raw.login_channels {
+            let config = LoginChannelConfig {
+                id: ChannelId::new(ch.id),
+                secret: ChannelSecret::new(ch.secret),
+                app_type: ch.app_type,
+                rotate_refresh_tokens: ch.rotate_refresh_tokens,
+            };
+            check_login_channel(&config)?;
+            if login_channels.iter().any(|c| c.id == config.id) {
+                return Err(login_channel_error(&config.id, "listed twice"));
+            }
+            if let Some(c) = channels.iter().find(|c| c.id == config.id)
+                && c.secret != config.secret
+            {
+                return Err(login_channel_error(
+                    &config.id,
+                    "also listed in channels[] with another secret; a channel has one secret",
+                ));
+            }
+            login_channels.push(config);
+        }
         Ok(Self {
             channels,
+            login_channels,
             faults: raw.faults,
         })
+    }
+}
+
+/// A Login channel's own checks: a digit ID and a secret.
+pub(crate) fn check_login_channel(config: &LoginChannelConfig) -> Result<(), SandboxError> {
+    let id = config.id.as_str();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(login_channel_error(
+            &config.id,
+            "a LINE channel ID is a non-empty string of digits",
+        ));
+    }
+    if config.secret.expose().is_empty() {
+        return Err(login_channel_error(&config.id, "secret must not be empty"));
+    }
+    Ok(())
+}
+
+pub(crate) fn login_channel_error(id: &ChannelId, problem: &str) -> SandboxError {
+    SandboxError::LoginChannel {
+        channel: id.as_str().to_owned(),
+        problem: problem.to_owned(),
     }
 }
 
@@ -306,5 +380,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("larger than 16 MiB"), "{err}");
+    }
+
+    #[test]
+    fn login_channels_parse_with_their_defaults_and_checks() {
+        let config = parse(
+            "[[channels]]\nid = \"1660000001\"\nsecret = \"same\"\n\
+             [[login_channels]]\nid = \"1660000000\"\nsecret = \"s\"\n\
+             [[login_channels]]\nid = \"1660000001\"\nsecret = \"same\"\n\
+             app_type = \"native\"\nrotate_refresh_tokens = true\n",
+        )
+        .unwrap();
+        let [web, native] = &config.login_channels[..] else {
+            panic!("{:?}", config.login_channels);
+        };
+        assert_eq!(web.app_type, LoginAppType::Web);
+        assert!(!web.rotate_refresh_tokens);
+        assert_eq!(native.app_type, LoginAppType::Native);
+        assert!(native.rotate_refresh_tokens);
+        for (text, want) in [
+            (
+                "[[login_channels]]\nid = \"x\"\nsecret = \"s\"\n",
+                "non-empty string of digits",
+            ),
+            (
+                "[[login_channels]]\nid = \"1\"\nsecret = \"\"\n",
+                "secret must not be empty",
+            ),
+            (
+                "[[login_channels]]\nid = \"1\"\nsecret = \"s\"\n\
+                 [[login_channels]]\nid = \"1\"\nsecret = \"s\"\n",
+                "listed twice",
+            ),
+            (
+                "[[channels]]\nid = \"1\"\nsecret = \"a\"\n\
+                 [[login_channels]]\nid = \"1\"\nsecret = \"b\"\n",
+                "another secret",
+            ),
+            (
+                "[[login_channels]]\nid = \"1\"\nsecret = \"s\"\napp_type = \"spa\"\n",
+                "unknown variant",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 }

@@ -87,6 +87,14 @@ pub enum SandboxError {
     /// The console refused a long-lived issue or reissue.
     #[error(transparent)]
     LongLived(#[from] super::state::LongLivedRefusal),
+    /// A LINE Login channel that cannot be registered.
+    #[error("login_channels[] {channel:?}: {problem}")]
+    LoginChannel {
+        /// The channel ID as given.
+        channel: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A fault rule that makes no sense.
     #[error("faults.{key}: {problem}")]
     Faults {

@@ -55,6 +55,12 @@ pub enum Endpoint {
     RevokeShortLived,
     /// `POST /oauth2/v3/token`
     IssueStateless,
+    /// `POST /user/v1/deauthorize` (LINE Login). Not an operation of the
+    /// channel token contract, so it is in [`Self::SERVED`], not
+    /// [`Self::ALL`]. LINE Login's token, verify and revoke calls share the
+    /// paths of [`Self::IssueV21`], [`Self::VerifyV21`] and
+    /// [`Self::RevokeV21`], and with them their fault rules.
+    Deauthorize,
 }
 
 impl Endpoint {
@@ -70,7 +76,22 @@ impl Endpoint {
         Self::IssueStateless,
     ];
 
-    /// The endpoint's path, exactly as in LINE's OpenAPI contract.
+    /// Every path the sandbox serves for LINE: [`Self::ALL`] (first, so
+    /// each keeps its RNG stream) and LINE Login's own.
+    pub const SERVED: [Endpoint; 9] = [
+        Self::IssueV21,
+        Self::VerifyV21,
+        Self::ListKids,
+        Self::RevokeV21,
+        Self::IssueShortLived,
+        Self::VerifyShortLived,
+        Self::RevokeShortLived,
+        Self::IssueStateless,
+        Self::Deauthorize,
+    ];
+
+    /// The endpoint's path, exactly as in LINE's OpenAPI contract (LINE
+    /// Login's reference for [`Self::Deauthorize`]).
     pub fn path(self) -> &'static str {
         match self {
             Self::IssueV21 => "/oauth2/v2.1/token",
@@ -81,12 +102,13 @@ impl Endpoint {
             Self::VerifyShortLived => "/v2/oauth/verify",
             Self::RevokeShortLived => "/v2/oauth/revoke",
             Self::IssueStateless => "/oauth2/v3/token",
+            Self::Deauthorize => "/user/v1/deauthorize",
         }
     }
 
     /// The endpoint served at `path`, if any.
     pub fn from_path(path: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.path() == path)
+        Self::SERVED.into_iter().find(|e| e.path() == path)
     }
 }
 
@@ -215,7 +237,7 @@ impl Faults {
     pub fn validate(&self) -> Result<(), SandboxError> {
         for (endpoint, rule) in &self.endpoints {
             if endpoint != ANY_ENDPOINT && Endpoint::from_path(endpoint).is_none() {
-                let known: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
+                let known: Vec<&str> = Endpoint::SERVED.iter().map(|e| e.path()).collect();
                 return Err(SandboxError::Faults {
                     key: format!("endpoints.{endpoint:?}"),
                     problem: format!(
@@ -273,11 +295,11 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct FaultEngine {
     faults: Faults,
-    /// Indexed like [`Endpoint::ALL`].
+    /// Indexed like [`Endpoint::SERVED`].
     rngs: Vec<StdRng>,
 }
 
-/// The RNG stream of the endpoint at `index` in [`Endpoint::ALL`]: distinct
+/// The RNG stream of the endpoint at `index` in [`Endpoint::SERVED`]: distinct
 /// per endpoint, fixed by the seed.
 fn endpoint_rng(seed: Option<u64>, index: usize) -> StdRng {
     match seed {
@@ -299,7 +321,7 @@ impl Default for FaultEngine {
 impl FaultEngine {
     /// An engine applying `faults` (assumed validated).
     pub fn new(faults: Faults) -> Self {
-        let rngs = (0..Endpoint::ALL.len())
+        let rngs = (0..Endpoint::SERVED.len())
             .map(|i| endpoint_rng(faults.seed, i))
             .collect();
         Self { faults, rngs }
@@ -318,7 +340,7 @@ impl FaultEngine {
     /// Draws the decision for one request to `endpoint`.
     pub fn decide(&mut self, endpoint: Endpoint) -> Decision {
         let rule = self.faults.rule_for(endpoint).cloned().unwrap_or_default();
-        let index = Endpoint::ALL
+        let index = Endpoint::SERVED
             .iter()
             .position(|e| *e == endpoint)
             .unwrap_or_default();
@@ -605,7 +627,7 @@ mod tests {
 
     #[test]
     fn every_endpoint_path_round_trips() {
-        for e in Endpoint::ALL {
+        for e in Endpoint::SERVED {
             assert_eq!(Endpoint::from_path(e.path()), Some(e));
         }
         assert_eq!(Endpoint::from_path("/_sandbox/faults"), None);

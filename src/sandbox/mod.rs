@@ -8,8 +8,13 @@
 //!   expiry on an exact instant. [`Sandbox::router`] is its axum app;
 //!   [`Sandbox::serve`] serves it on a listener until a shutdown token fires;
 //!   [`run`] is `linetokd sandbox`.
-//! - [`config`]: the config file (channels, secrets, public key files).
+//! - [`config`]: the config file (channels, secrets, public key files,
+//!   LINE Login channels).
 //! - [`state`]: the token book and LINE's counting rules, pure.
+//! - [`login`]: LINE Login channels, codes, user grants and their 90-day
+//!   horizon, pure; `login_routes`: its endpoints (sharing LINE's token,
+//!   verify and revoke paths, plus `/user/v1/deauthorize`) and its
+//!   `/_sandbox/login/...` control and inspection routes.
 //! - [`assertion`]: LINE's checks on a client assertion.
 //! - `routes`: LINE's endpoints over HTTP; `inspect`: `/_sandbox/...` (its
 //!   module doc lists every path and JSON shape).
@@ -23,7 +28,9 @@
 //! [`Sandbox::tokens_since`] and [`Sandbox::token`] (history without
 //! rescanning it), [`Sandbox::add_foreign_tokens`] (a channel pre-filled by
 //! another issuer), [`Sandbox::set_verify_refusal`] (verify refuses one live
-//! token), [`Sandbox::revoke_key_id`] and [`Sandbox::set_faults`].
+//! token), [`Sandbox::revoke_key_id`] and [`Sandbox::set_faults`]; for LINE
+//! Login, [`Sandbox::register_login_channel`], [`Sandbox::create_login_code`],
+//! [`Sandbox::login`] and [`Sandbox::login_grants`].
 //!
 //! Depends on `domain`, `clock`, and `line::jwt`/`line::keys` types only; the
 //! daemon never calls it. Locks are std mutexes, each held for one short
@@ -35,6 +42,8 @@ mod conn;
 pub mod errors;
 pub mod faults;
 mod inspect;
+pub mod login;
+mod login_routes;
 mod routes;
 pub mod state;
 
@@ -54,6 +63,10 @@ use tokio_util::sync::CancellationToken;
 pub use self::config::{ChannelConfig, SandboxConfig};
 pub use self::errors::{LineRefusal, SandboxError};
 pub use self::faults::{Endpoint, FaultRule, Faults, MalformedBody};
+pub use self::login::{
+    GrantState, LoginAccessTokenView, LoginAppType, LoginChannelConfig, LoginCode, LoginGrantView,
+    LoginRefusal, LoginTokenState, TokenGrant,
+};
 pub use self::routes::REQUEST_ID_HEADER;
 pub use self::state::{
     ForeignTokenError, LONG_LIVED_SECS, LiveToken, LongLivedRefusal, MAX_LONG_LIVED_GRACE,
@@ -63,6 +76,7 @@ pub use self::state::{
 use self::assertion::{AssertionError, Purpose, VerifiedAssertion};
 use self::conn::{ConnKill, KillableListener};
 use self::faults::{Decision, FaultEngine};
+use self::login::LoginBook;
 use self::state::Book;
 use crate::clock::SharedClock;
 use crate::domain::{AccessToken, ChannelId, ChannelSecret, KeyId, SigningKid};
@@ -79,6 +93,8 @@ struct Inner {
     clock: SharedClock,
     channels: Mutex<Channels>,
     book: Mutex<Book>,
+    /// LINE Login channels, codes, grants and user tokens.
+    login: Mutex<LoginBook>,
     faults: Mutex<FaultEngine>,
     /// How many requests are currently held by a hang fault; tests wait on
     /// it instead of sleeping.
@@ -110,6 +126,9 @@ impl Sandbox {
         for channel in config.channels {
             sandbox.register_channel(channel.id, channel.secret, channel.keys)?;
         }
+        for channel in config.login_channels {
+            sandbox.register_login_channel(channel)?;
+        }
         sandbox.set_faults(config.faults)?;
         Ok(sandbox)
     }
@@ -122,6 +141,7 @@ impl Sandbox {
                 clock,
                 channels: Mutex::new(Channels::default()),
                 book: Mutex::new(Book::new()),
+                login: Mutex::new(LoginBook::new()),
                 faults: Mutex::new(FaultEngine::default()),
                 hung,
             }),
@@ -162,6 +182,100 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Registers (or re-registers, keeping its grants) a LINE Login channel.
+    /// A Login channel can also hold channel access tokens (deauthorize
+    /// needs one): unless the channel is registered already, its secret is
+    /// registered for the channel-token endpoints too, so the secret forms
+    /// (stateless, short-lived) issue for it; register assertion keys with
+    /// [`Self::register_channel`] (same secret) for v2.1 tokens.
+    ///
+    /// # Errors
+    /// [`SandboxError::LoginChannel`] for an ID that is not digits, an empty
+    /// secret, or a secret other than the one the channel is registered with.
+    pub fn register_login_channel(&self, config: LoginChannelConfig) -> Result<(), SandboxError> {
+        config::check_login_channel(&config)?;
+        {
+            let mut channels = lock(&self.inner.channels);
+            match channels.secrets.get(&config.id) {
+                Some(secret) if *secret != config.secret => {
+                    return Err(config::login_channel_error(
+                        &config.id,
+                        "registered as a channel with another secret; a channel has one secret",
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    channels
+                        .secrets
+                        .insert(config.id.clone(), config.secret.clone());
+                }
+            }
+        }
+        lock(&self.inner.login).register(config);
+        Ok(())
+    }
+
+    /// True if `channel` is a registered LINE Login channel.
+    pub fn has_login_channel(&self, channel: &ChannelId) -> bool {
+        lock(&self.inner.login).has_channel(channel)
+    }
+
+    /// Makes an authorization code for `subject`'s login on the Login
+    /// channel `channel` (what LINE's login page hands the app's
+    /// `redirect_uri` after the user agrees), good once for ten minutes.
+    ///
+    /// # Errors
+    /// [`LoginRefusal::UnknownClient`] if `channel` is not a Login channel.
+    pub fn create_login_code(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        scope: &str,
+        redirect_uri: &str,
+    ) -> Result<LoginCode, LoginRefusal> {
+        let now = self.now();
+        lock(&self.inner.login).create_code(channel, subject, scope, redirect_uri, now)
+    }
+
+    /// A whole login in one step, for tests: a code for `subject` exchanged
+    /// at once (as `POST /oauth2/v2.1/token` would), starting a grant now.
+    ///
+    /// # Errors
+    /// [`LoginRefusal::UnknownClient`] if `channel` is not a Login channel.
+    pub fn login(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        scope: &str,
+    ) -> Result<TokenGrant, LoginRefusal> {
+        let now = self.now();
+        let mut login = lock(&self.inner.login);
+        let secret = login
+            .channel(channel)
+            .map(|c| c.secret.clone())
+            .ok_or(LoginRefusal::UnknownClient)?;
+        let redirect_uri = "https://sandbox.invalid/callback";
+        let code = login.create_code(channel, subject, scope, redirect_uri, now)?;
+        login.exchange_code(
+            channel.as_str(),
+            Some(secret.expose()),
+            &code.code,
+            redirect_uri,
+            now,
+        )
+    }
+
+    /// Every grant of the Login channel `channel`, oldest first, with its
+    /// state now and its token values. Empty for an unknown channel.
+    pub fn login_grants(&self, channel: &ChannelId) -> Vec<LoginGrantView> {
+        let now = self.now();
+        lock(&self.inner.login).grants(channel, now)
+    }
+
+    pub(crate) fn with_login<T>(&self, f: impl FnOnce(&mut LoginBook) -> T) -> T {
+        f(&mut lock(&self.inner.login))
+    }
+
     /// The sandbox's idea of now, truncated to the millisecond: every
     /// issue, expiry and liveness check uses this.
     pub fn now(&self) -> DateTime<Utc> {
@@ -181,6 +295,7 @@ impl Sandbox {
     pub fn router(&self) -> Router {
         routes::line_routes(self.clone())
             .merge(inspect::routes(self.clone()))
+            .merge(login_routes::control_routes(self.clone()))
             .fallback(routes::not_found)
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),

@@ -35,6 +35,7 @@ use super::assertion::Purpose;
 use super::conn::ConnKill;
 use super::errors::LineRefusal;
 use super::faults::{Action, Endpoint, MalformedBody};
+use super::login_routes;
 use super::state::{TokenKind, Verdict, VerifyRefusal, looks_like_jws};
 use crate::line::jwt::CLIENT_ASSERTION_TYPE;
 
@@ -43,7 +44,7 @@ pub const REQUEST_ID_HEADER: &str = "x-line-request-id";
 
 /// LINE's text for a request missing or mangling a parameter (the OpenAPI
 /// example for `/v2/oauth/accessToken`); used for every malformed request.
-const PARAMS_INVALID: &str = "some parameters missed or invalid";
+pub(super) const PARAMS_INVALID: &str = "some parameters missed or invalid";
 
 /// `scope` in verify answers: LINE's examples for each kind of token.
 const V21_SCOPE: &str = "profile chat_message.write";
@@ -57,14 +58,20 @@ pub(crate) struct ServeShutdown(pub CancellationToken);
 /// The LINE endpoints with fault injection layered on.
 pub(crate) fn line_routes(sandbox: Sandbox) -> Router {
     Router::new()
-        .route(Endpoint::IssueV21.path(), post(issue_v21))
-        .route(Endpoint::VerifyV21.path(), get(verify_v21))
+        // LINE Login shares these three paths; its handlers pass channel
+        // token requests on to the ones here.
+        .route(Endpoint::IssueV21.path(), post(login_routes::token))
+        .route(Endpoint::VerifyV21.path(), get(login_routes::verify))
         .route(Endpoint::ListKids.path(), get(list_kids))
-        .route(Endpoint::RevokeV21.path(), post(revoke_v21))
+        .route(Endpoint::RevokeV21.path(), post(login_routes::revoke))
         .route(Endpoint::IssueShortLived.path(), post(issue_short_lived))
         .route(Endpoint::VerifyShortLived.path(), post(verify_short_lived))
         .route(Endpoint::RevokeShortLived.path(), post(revoke_short_lived))
         .route(Endpoint::IssueStateless.path(), post(issue_stateless))
+        .route(
+            Endpoint::Deauthorize.path(),
+            post(login_routes::deauthorize),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             sandbox.clone(),
             apply_faults,
@@ -250,21 +257,25 @@ fn dropped(conn: Option<ConnKill>) -> Response {
     }
 }
 
-type Fields = HashMap<String, String>;
+pub(super) type Fields = HashMap<String, String>;
 
-fn form_fields(form: Result<Form<Fields>, FormRejection>) -> Result<Fields, LineRefusal> {
+pub(super) fn form_fields(
+    form: Result<Form<Fields>, FormRejection>,
+) -> Result<Fields, LineRefusal> {
     form.map(|Form(f)| f)
         .map_err(|_| LineRefusal::invalid_request(PARAMS_INVALID))
 }
 
-fn query_fields(query: Result<Query<Fields>, QueryRejection>) -> Result<Fields, LineRefusal> {
+pub(super) fn query_fields(
+    query: Result<Query<Fields>, QueryRejection>,
+) -> Result<Fields, LineRefusal> {
     query
         .map(|Query(f)| f)
         .map_err(|_| LineRefusal::invalid_request(PARAMS_INVALID))
 }
 
 /// A required, non-empty field.
-fn required<'a>(fields: &'a Fields, name: &str) -> Result<&'a str, LineRefusal> {
+pub(super) fn required<'a>(fields: &'a Fields, name: &str) -> Result<&'a str, LineRefusal> {
     match fields.get(name).map(String::as_str) {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(LineRefusal::invalid_request(PARAMS_INVALID)),
@@ -272,7 +283,7 @@ fn required<'a>(fields: &'a Fields, name: &str) -> Result<&'a str, LineRefusal> 
 }
 
 /// A non-empty field, if present.
-fn optional<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
+pub(super) fn optional<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
     fields
         .get(name)
         .map(String::as_str)
@@ -297,7 +308,7 @@ fn require_jwt_bearer(fields: &Fields) -> Result<&str, LineRefusal> {
 }
 
 #[derive(Serialize)]
-struct IssueChannelAccessTokenResponse {
+pub(super) struct IssueChannelAccessTokenResponse {
     access_token: String,
     expires_in: i64,
     token_type: &'static str,
@@ -319,7 +330,7 @@ struct IssueStatelessResponse {
 }
 
 #[derive(Serialize)]
-struct VerifyChannelAccessTokenResponse {
+pub(super) struct VerifyChannelAccessTokenResponse {
     client_id: String,
     expires_in: i64,
     scope: &'static str,
@@ -331,7 +342,7 @@ struct ChannelAccessTokenKeyIdsResponse {
 }
 
 /// `POST /oauth2/v2.1/token`
-async fn issue_v21(
+pub(super) async fn issue_v21(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,
 ) -> Result<Json<IssueChannelAccessTokenResponse>, LineRefusal> {
@@ -359,7 +370,7 @@ async fn issue_v21(
 }
 
 /// `GET /oauth2/v2.1/verify?access_token=`
-async fn verify_v21(
+pub(super) async fn verify_v21(
     State(sandbox): State<Sandbox>,
     query: Result<Query<Fields>, QueryRejection>,
 ) -> Result<Json<VerifyChannelAccessTokenResponse>, LineRefusal> {
@@ -403,7 +414,7 @@ async fn list_kids(
 
 /// `POST /oauth2/v2.1/revoke`: 200 with an empty body, also for a
 /// well-formed token that is unknown or already dead (docs/line-api.md §4).
-async fn revoke_v21(
+pub(super) async fn revoke_v21(
     State(sandbox): State<Sandbox>,
     form: Result<Form<Fields>, FormRejection>,
 ) -> Result<StatusCode, LineRefusal> {

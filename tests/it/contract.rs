@@ -538,6 +538,7 @@ fn the_checker_catches_what_the_sdks_got_wrong() {
         form: Vec::new(),
         content_type: None,
         authorization: false,
+        ..Seen::default()
     };
     let empty_fields = Seen {
         method: "POST".into(),
@@ -552,6 +553,7 @@ fn the_checker_catches_what_the_sdks_got_wrong() {
         ],
         content_type: Some("application/x-www-form-urlencoded".into()),
         authorization: false,
+        ..Seen::default()
     };
     let camel = check_request(&contract, &camel).unwrap_err();
     assert!(camel.contains("`accessToken` is not declared"), "{camel}");
@@ -605,6 +607,7 @@ async fn call(
         form: if get { Vec::new() } else { pairs.clone() },
         content_type: (!get).then(|| "application/x-www-form-urlencoded".to_owned()),
         authorization: false,
+        ..Seen::default()
     };
     check_request(contract, &seen).unwrap_or_else(|e| panic!("the test's own request: {e}"));
     let http = reqwest::Client::new();

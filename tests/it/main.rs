@@ -21,6 +21,8 @@ mod keygen;
 mod keys;
 mod line_client;
 mod long_lived;
+mod login_client;
+mod login_sandbox;
 mod migrate_v3;
 mod observability;
 mod package;

@@ -156,7 +156,7 @@ pub fn assert_leaks_nothing(err: &(dyn std::error::Error + 'static), secrets: &[
 }
 
 /// One request a [`Mock`] received, decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Seen {
     /// `GET`, `POST`, ...
     pub method: String,
@@ -170,6 +170,10 @@ pub struct Seen {
     pub content_type: Option<String>,
     /// Whether an `Authorization` header was sent.
     pub authorization: bool,
+    /// The `Authorization` header's value, when sent.
+    pub authorization_value: Option<String>,
+    /// The body, when a JSON body was sent.
+    pub json: Option<serde_json::Value>,
 }
 
 impl Seen {
@@ -182,12 +186,20 @@ impl Seen {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every query and form value: the credentials a request carried.
+    /// Every query and form value, JSON string value and the
+    /// `Authorization` header: the credentials a request carried.
     pub fn values(&self) -> Vec<String> {
+        let json_strings = self
+            .json
+            .iter()
+            .flat_map(|j| j.as_object().into_iter().flat_map(|o| o.values()))
+            .filter_map(|v| v.as_str().map(str::to_owned));
         self.query
             .iter()
             .chain(&self.form)
             .map(|(_, v)| v.clone())
+            .chain(json_strings)
+            .chain(self.authorization_value.clone())
             .collect()
     }
 }
@@ -297,8 +309,12 @@ async fn decode(request: axum::extract::Request) -> Seen {
     };
     let content_type = header(axum::http::header::CONTENT_TYPE);
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let mut json = None;
     let form = if content_type.as_deref() == Some("application/x-www-form-urlencoded") {
         pairs(std::str::from_utf8(&body).unwrap())
+    } else if content_type.as_deref() == Some("application/json") {
+        json = Some(serde_json::from_slice(&body).unwrap());
+        Vec::new()
     } else {
         assert!(body.is_empty(), "unexpected non-form body");
         Vec::new()
@@ -312,6 +328,8 @@ async fn decode(request: axum::extract::Request) -> Seen {
         authorization: parts
             .headers
             .contains_key(axum::http::header::AUTHORIZATION),
+        authorization_value: header(axum::http::header::AUTHORIZATION),
+        json,
     }
 }
 
