@@ -126,6 +126,7 @@ pub mod http;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod login;
 pub mod longlived;
 pub mod metrics;
 pub mod notify;
