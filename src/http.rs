@@ -1241,7 +1241,12 @@ mod tests {
 
 /// A LINE Login API answer that is not a success: `{"error", "message"}`
 /// plus `field` for a 422 and `state` for a 410. Never echoes a value.
-fn login_refusal(status: StatusCode, error: &str, message: &str, extra: serde_json::Value) -> Response {
+fn login_refusal(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    extra: serde_json::Value,
+) -> Response {
     let mut body = serde_json::json!({ "error": error, "message": message });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -1344,8 +1349,8 @@ fn parse_import(body: &[u8]) -> Result<crate::login::Import, crate::login::Login
         field,
         message: message.to_owned(),
     };
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| invalid("body", "is not a JSON object"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| invalid("body", "is not a JSON object"))?;
     let Some(object) = value.as_object() else {
         return Err(invalid("body", "is not a JSON object"));
     };
@@ -1374,7 +1379,12 @@ fn parse_import(body: &[u8]) -> Result<crate::login::Import, crate::login::Login
                 .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
                 .ok_or_else(|| invalid("login_at", "must be a Unix time in seconds"))?,
         ),
-        Some(_) => return Err(invalid("login_at", "must be an RFC 3339 time or Unix seconds")),
+        Some(_) => {
+            return Err(invalid(
+                "login_at",
+                "must be an RFC 3339 time or Unix seconds",
+            ));
+        }
     };
     Ok(crate::login::Import {
         subject: text("subject")?,
@@ -1391,7 +1401,8 @@ async fn login_import(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers) {
+    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
+    {
         Ok(ok) => ok,
         Err(response) => return response,
     };
@@ -1407,7 +1418,12 @@ async fn login_import(
                 "horizon_estimated": imported.horizon_estimated,
                 "replaced": imported.replaced,
             });
-            (StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)).into_response()
+            (
+                StatusCode::CREATED,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                Json(body),
+            )
+                .into_response()
         }
         Err(e) => {
             tracing::info!(channel = %channel, "login grant import refused: {e}");
@@ -1421,10 +1437,11 @@ async fn login_token(
     Path((channel, subject)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (login, channel) = match login_access(&state, crate::login::Role::Reader, &channel, &headers) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
+    let (login, channel) =
+        match login_access(&state, crate::login::Role::Reader, &channel, &headers) {
+            Ok(ok) => ok,
+            Err(response) => return response,
+        };
     match login.token(&channel, &subject).await {
         Ok(served) => {
             let body = serde_json::json!({
@@ -1433,7 +1450,12 @@ async fn login_token(
                 "expires_at": served.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "scope": served.scope,
             });
-            (StatusCode::OK, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)).into_response()
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                Json(body),
+            )
+                .into_response()
         }
         Err(e) => login_error(&e),
     }
@@ -1452,7 +1474,8 @@ async fn login_delete(
     axum::extract::Query(query): axum::extract::Query<DeleteQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers) {
+    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
+    {
         Ok(ok) => ok,
         Err(response) => return response,
     };

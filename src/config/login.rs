@@ -330,7 +330,9 @@ mod tests {
     #[test]
     fn bad_timings_name_their_key() {
         let cases: [(&str, fn(&mut LoginSettings)); 6] = [
-            ("login.refresh_before", |s| s.refresh_before = Duration::ZERO),
+            ("login.refresh_before", |s| {
+                s.refresh_before = Duration::ZERO
+            }),
             ("login.refresh_before", |s| {
                 s.refresh_before = ACCESS_TOKEN_LIFETIME;
             }),

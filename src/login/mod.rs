@@ -518,12 +518,16 @@ impl Login {
                     .refresh_token
                     .filter(|r| r.expose() != tokens.refresh.expose());
                 let rotated = refresh.is_some();
-                let next = rules::next_refresh(
-                    &t,
-                    access_expires_at,
+                let next = rules::after_refresh(
+                    rules::next_refresh(
+                        &t,
+                        access_expires_at,
+                        grant.horizon_at,
+                        rules::jitter(channel.as_str(), &grant.subject),
+                        None,
+                    ),
+                    now,
                     grant.horizon_at,
-                    rules::jitter(channel.as_str(), &grant.subject),
-                    None,
                 );
                 let refreshed = RefreshedGrant {
                     access: answer.access_token,
@@ -592,7 +596,13 @@ impl Login {
                 self.metrics.login_refresh(&channel, "invalid_client");
                 self.inner().next_notice = None;
             }
-            (Action::Retry { after, channel_hold }, _) => {
+            (
+                Action::Retry {
+                    after,
+                    channel_hold,
+                },
+                _,
+            ) => {
                 let retry_at = now + TimeDelta::from_std(after).unwrap_or_default();
                 if let Some(hold) = channel_hold
                     && let Some(c) = self.inner().channels.get_mut(&channel)
@@ -868,7 +878,10 @@ impl Login {
             ));
         }
         if v.expires_in <= 0 {
-            return Err(invalid("access_token", "has expired (LINE's expires_in is 0)"));
+            return Err(invalid(
+                "access_token",
+                "has expired (LINE's expires_in is 0)",
+            ));
         }
         let now = self.clock.now();
         let t = self.inner().timings;
@@ -1005,7 +1018,8 @@ impl Login {
             Err(e) => return Err(LoginApiError::Line(e.to_string())),
         }
         self.permit(channel).await;
-        if let Err(e) = revoke_refresh(&self.client, channel, secret.as_ref(), &tokens.refresh).await
+        if let Err(e) =
+            revoke_refresh(&self.client, channel, secret.as_ref(), &tokens.refresh).await
         {
             tracing::info!(channel = %channel, grant = %hash, "revoking the refresh token (LINE's undocumented form) failed: {e}");
         } else {

@@ -72,6 +72,18 @@ pub fn next_refresh(
     not_before.map_or(at, |n| at.max(n))
 }
 
+/// The next refresh after a successful one at `now`: [`next_refresh`],
+/// unless the horizon's bound has already passed (this was the last
+/// refresh before the horizon), in which case none: the grant's next look
+/// is its horizon, where it ends without a call.
+pub fn after_refresh(
+    next: DateTime<Utc>,
+    now: DateTime<Utc>,
+    horizon_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if next <= now { horizon_at } else { next }
+}
+
 /// A grant's horizon and whether it is an estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
@@ -184,9 +196,10 @@ pub fn backoff(failures: u32, jitter_fraction: f64) -> Duration {
     base + extra
 }
 
-/// A token bucket of `rate` requests per second holding at most `rate`
-/// tokens: the per-channel limit of requests to LINE. Pure: the caller
-/// passes the time.
+/// A token bucket of `rate` requests per second holding at most one
+/// token: the per-channel limit of requests to LINE, strict in every
+/// one-second window (a bucket holding `rate` would allow twice the rate
+/// in the first second). Pure: the caller passes the time.
 #[derive(Debug, Clone)]
 pub struct Bucket {
     rate: u32,
@@ -199,7 +212,7 @@ impl Bucket {
     pub fn new(rate: u32, now: DateTime<Utc>) -> Self {
         Self {
             rate: rate.max(1),
-            tokens: f64::from(rate.max(1)),
+            tokens: 1.0,
             at: now,
         }
     }
@@ -207,7 +220,7 @@ impl Bucket {
     fn fill(&mut self, now: DateTime<Utc>) {
         if now > self.at {
             let secs = (now - self.at).as_seconds_f64();
-            self.tokens = (self.tokens + secs * f64::from(self.rate)).min(f64::from(self.rate));
+            self.tokens = (self.tokens + secs * f64::from(self.rate)).min(1.0);
             self.at = now;
         }
     }
@@ -291,13 +304,31 @@ mod tests {
     fn horizon_table() {
         let now = at(10.0);
         let given = horizon(&t(), now, 2_592_000, Some(at(2.0)));
-        assert_eq!(given, Horizon { at: at(92.0), estimated: false });
+        assert_eq!(
+            given,
+            Horizon {
+                at: at(92.0),
+                estimated: false
+            }
+        );
         // A fresh token: the login was now.
         let fresh = horizon(&t(), now, 2_592_000, None);
-        assert_eq!(fresh, Horizon { at: at(100.0), estimated: true });
+        assert_eq!(
+            fresh,
+            Horizon {
+                at: at(100.0),
+                estimated: true
+            }
+        );
         // Ten days used: the login was ten days ago at the latest.
         let used = horizon(&t(), now, 2_592_000 - 10 * 86_400, None);
-        assert_eq!(used, Horizon { at: at(90.0), estimated: true });
+        assert_eq!(
+            used,
+            Horizon {
+                at: at(90.0),
+                estimated: true
+            }
+        );
         // A longer expires_in than LINE's lifetime never moves it later.
         let odd = horizon(&t(), now, 3_000_000, None);
         assert_eq!(odd.at, at(100.0));
@@ -337,20 +368,32 @@ mod tests {
         assert_eq!(decide(Outcome::InvalidClient, 0, 0.5), Action::PauseChannel);
         assert_eq!(
             decide(Outcome::Transient, 0, 0.0),
-            Action::Retry { after: BACKOFF_BASE, channel_hold: None }
+            Action::Retry {
+                after: BACKOFF_BASE,
+                channel_hold: None
+            }
         );
         assert_eq!(
             decide(Outcome::Transient, 2, 1.0),
-            Action::Retry { after: Duration::from_secs(360), channel_hold: None }
+            Action::Retry {
+                after: Duration::from_secs(360),
+                channel_hold: None
+            }
         );
         assert_eq!(
             decide(Outcome::Transient, 40, 0.0),
-            Action::Retry { after: BACKOFF_MAX, channel_hold: None }
+            Action::Retry {
+                after: BACKOFF_MAX,
+                channel_hold: None
+            }
         );
         let hint = Duration::from_secs(900);
         assert_eq!(
             decide(Outcome::RateLimited(Some(hint)), 0, 0.0),
-            Action::Retry { after: hint, channel_hold: Some(hint) }
+            Action::Retry {
+                after: hint,
+                channel_hold: Some(hint)
+            }
         );
     }
 
@@ -375,8 +418,8 @@ mod tests {
                 Err(next) => now = next,
             }
         }
-        // The full bucket's 5, then 5 a second.
-        assert!((300..=306).contains(&taken), "{taken}");
+        // The one token it starts with, then 5 a second.
+        assert!((300..=301).contains(&taken), "{taken}");
         b.hold(now + TimeDelta::seconds(10));
         assert!(b.take(now + TimeDelta::seconds(9)).is_err());
     }

@@ -315,7 +315,8 @@ impl Store {
     pub fn import_login_grant(&self, now: DateTime<Utc>, g: &NewGrant) -> Result<bool, StoreError> {
         self.write("importing a login grant", |tx| {
             let channel = g.channel.as_str();
-            let (access, key) = self.seal_login(tx, channel, &g.subject, "access", g.access.expose())?;
+            let (access, key) =
+                self.seal_login(tx, channel, &g.subject, "access", g.access.expose())?;
             let (refresh, _) =
                 self.seal_login(tx, channel, &g.subject, "refresh", g.refresh.expose())?;
             let replaced = tx
@@ -362,7 +363,14 @@ impl Store {
                     ""
                 }
             );
-            grant_event(tx, now, &g.channel, &g.subject, EventKind::LoginImported, &detail)?;
+            grant_event(
+                tx,
+                now,
+                &g.channel,
+                &g.subject,
+                EventKind::LoginImported,
+                &detail,
+            )?;
             Ok(replaced)
         })
     }
@@ -587,7 +595,14 @@ impl Store {
                     ""
                 }
             );
-            grant_event(tx, now, channel, subject, EventKind::LoginRefreshed, &detail)?;
+            grant_event(
+                tx,
+                now,
+                channel,
+                subject,
+                EventKind::LoginRefreshed,
+                &detail,
+            )?;
             Ok(true)
         })
     }
@@ -624,7 +639,14 @@ impl Store {
                         "{reason}; retried at {}",
                         retry_at.format("%Y-%m-%dT%H:%M:%SZ")
                     );
-                    grant_event(tx, now, channel, subject, EventKind::LoginRefreshFailed, &detail)?;
+                    grant_event(
+                        tx,
+                        now,
+                        channel,
+                        subject,
+                        EventKind::LoginRefreshFailed,
+                        &detail,
+                    )?;
                 }
                 RefreshFailure::NeedsLogin { reason } => {
                     tx.execute(
@@ -632,7 +654,14 @@ impl Store {
                          WHERE channel_id = ?1 AND subject = ?2",
                         params![c, subject],
                     )?;
-                    grant_event(tx, now, channel, subject, EventKind::LoginNeedsLogin, reason)?;
+                    grant_event(
+                        tx,
+                        now,
+                        channel,
+                        subject,
+                        EventKind::LoginNeedsLogin,
+                        reason,
+                    )?;
                 }
                 RefreshFailure::ChannelPaused { retry_at } => {
                     tx.execute(
@@ -703,7 +732,14 @@ impl Store {
                     "re-login due: the refresh token ends at {}",
                     horizon_at.format("%Y-%m-%dT%H:%M:%SZ")
                 );
-                grant_event(tx, now, channel, subject, EventKind::LoginReauthDue, &detail)?;
+                grant_event(
+                    tx,
+                    now,
+                    channel,
+                    subject,
+                    EventKind::LoginReauthDue,
+                    &detail,
+                )?;
             }
             Ok(changed > 0)
         })
@@ -849,7 +885,12 @@ impl Store {
 }
 
 /// Closes an open intent; false when it was already closed (superseded).
-fn close_intent(tx: &Connection, now: DateTime<Utc>, intent: i64, outcome: &str) -> Result<bool, Fail> {
+fn close_intent(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    intent: i64,
+    outcome: &str,
+) -> Result<bool, Fail> {
     let closed = tx.execute(
         "UPDATE refresh_intents SET closed_at = ?2, outcome = ?3 WHERE id = ?1 AND closed_at IS NULL",
         params![intent, millis(now), outcome],
