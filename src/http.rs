@@ -1267,26 +1267,26 @@ fn login_access(
     role: crate::login::Role,
     channel: &str,
     headers: &HeaderMap,
-) -> Result<(Arc<crate::login::Login>, ChannelId), Response> {
+) -> Result<(Arc<crate::login::Login>, ChannelId), Box<Response>> {
     let Some(login) = state.login.clone() else {
-        return Err(login_refusal(
+        return Err(Box::new(login_refusal(
             StatusCode::NOT_FOUND,
             "login_not_enabled",
             "no [[login_channel]] is configured",
             serde_json::Value::Null,
-        ));
+        )));
     };
-    let presented = bearer(headers).map_err(IntoResponse::into_response)?;
+    let presented = bearer(headers).map_err(|r| Box::new(r.into_response()))?;
     if !login.authorized(role, presented) {
-        return Err(Refused::InvalidKey.into_response());
+        return Err(Box::new(Refused::InvalidKey.into_response()));
     }
     let Some(id) = login.channel_id(channel) else {
-        return Err(login_refusal(
+        return Err(Box::new(login_refusal(
             StatusCode::NOT_FOUND,
             "unknown_login_channel",
             "no login channel has this ID or name",
             serde_json::Value::Null,
-        ));
+        )));
     };
     Ok((login, id))
 }
@@ -1404,7 +1404,7 @@ async fn login_import(
     let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
     {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let import = match parse_import(&body) {
         Ok(import) => import,
@@ -1440,7 +1440,7 @@ async fn login_token(
     let (login, channel) =
         match login_access(&state, crate::login::Role::Reader, &channel, &headers) {
             Ok(ok) => ok,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
     match login.token(&channel, &subject).await {
         Ok(served) => {
@@ -1477,7 +1477,7 @@ async fn login_delete(
     let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
     {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let deauthorize = query.deauthorize;
     // Deauthorize takes a channel token of the login channel itself: a

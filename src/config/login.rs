@@ -329,7 +329,8 @@ mod tests {
 
     #[test]
     fn bad_timings_name_their_key() {
-        let cases: [(&str, fn(&mut LoginSettings)); 6] = [
+        type Edit = fn(&mut LoginSettings);
+        let cases: [(&str, Edit); 6] = [
             ("login.refresh_before", |s| {
                 s.refresh_before = Duration::ZERO
             }),

@@ -38,13 +38,16 @@ const OTHER: &str = "1660000001";
 const ADMIN: &str = "admin-key-0123456789";
 const READER: &str = "reader-key-0123456789";
 
+/// Every call to LINE the module made, with the manual clock's time.
+type Calls = Arc<Mutex<Vec<(LoginEndpoint, DateTime<Utc>)>>>;
+
 struct Rig {
     lab: SandboxLab,
     login: Arc<Login>,
     store: Store,
     metrics: Arc<Metrics>,
     /// Every call the module made, with the manual clock's time.
-    calls: Arc<Mutex<Vec<(LoginEndpoint, DateTime<Utc>)>>>,
+    calls: Calls,
     _dir: tempfile::TempDir,
     db: std::path::PathBuf,
     keyring: Arc<Keyring>,
@@ -113,16 +116,7 @@ fn open(db: &std::path::Path, keyring: &Arc<Keyring>) -> Store {
     .unwrap()
 }
 
-#[allow(clippy::type_complexity)]
-fn module(
-    lab: &SandboxLab,
-    store: &Store,
-    rate: u32,
-) -> (
-    Arc<Login>,
-    Arc<Metrics>,
-    Arc<Mutex<Vec<(LoginEndpoint, DateTime<Utc>)>>>,
-) {
+fn module(lab: &SandboxLab, store: &Store, rate: u32) -> (Arc<Login>, Arc<Metrics>, Calls) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&calls);
     let clock = lab.clock.clone();
