@@ -726,3 +726,39 @@ async fn no_user_token_in_the_database_file_events_alerts_or_metrics() {
     assert!(metrics.contains("linetokd_login_import_total"));
     drop(dir);
 }
+
+/// Migration 10 on a schema-9 database: earlier rows kept, the grant
+/// tables start empty, and a store without keys refuses to write a grant.
+#[test]
+fn a_schema_9_database_gains_the_login_tables() {
+    use linetokd::store::migrate::{self, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linetokd.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        migrate::apply(&mut conn, &MIGRATIONS[..9]).unwrap();
+        conn.execute_batch("INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop', 1);")
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.migrated().from, 9);
+    assert_eq!(store.migrated().to, 10);
+    assert!(store.login_grants().unwrap().is_empty());
+    assert!(store.open_refresh_intents().unwrap().is_empty());
+    let grant = linetokd::store::NewGrant {
+        channel: ChannelId::new(LOGIN),
+        subject: "Uzed".into(),
+        access: linetokd::domain::AccessToken::new("a"),
+        refresh: linetokd::domain::RefreshToken::new("r"),
+        access_expires_at: support::start_time(),
+        login_at: None,
+        horizon_at: support::start_time(),
+        horizon_estimated: true,
+        scope: String::new(),
+        next_refresh_at: support::start_time(),
+    };
+    let refused = store
+        .import_login_grant(support::start_time(), &grant)
+        .unwrap_err();
+    assert!(refused.to_string().contains("[encryption]"), "{refused}");
+}
