@@ -112,6 +112,8 @@ pub struct Daemon {
     alert_notifier: Arc<alerting::Notifier>,
     /// The long-lived token watchers, changed on reload.
     long_lived: Arc<crate::longlived::Service>,
+    /// The LINE Login module, when login channels are configured.
+    pub login: Option<Arc<crate::login::Login>>,
     /// The `[daemon]` section in force: a reload cannot change it live.
     daemon_config: DaemonConfig,
     clock: SharedClock,
@@ -199,6 +201,7 @@ impl Daemon {
         let http_clock = Arc::clone(&clock);
         let reload_clock = Arc::clone(&clock);
         let long_lived_line = line.clone();
+        let login_line = line.clone();
         // Stateless tokens share the client (its pool, its skew record and
         // the request metrics) but nothing of the rotator.
         let stateless = Arc::new(Stateless::new(
@@ -300,6 +303,37 @@ impl Daemon {
                 long_lived.stopped().await;
             });
         }
+        let login = match &config.login {
+            Some(login_config) => {
+                let login_observer: RequestObserver<crate::line::login::LoginEndpoint> = {
+                    let metrics = Arc::clone(&metrics);
+                    Arc::new(move |endpoint, status, latency| {
+                        metrics.line_request(endpoint.as_str(), status, latency);
+                    })
+                };
+                let login = crate::login::Login::new(
+                    login_config,
+                    rotator.store().clone(),
+                    crate::line::login::LoginClient::new(login_line, Some(login_observer)),
+                    Arc::clone(&http_clock),
+                    Arc::clone(&metrics),
+                    options.seed.unwrap_or(0),
+                );
+                let lost = login
+                    .start_up()
+                    .await
+                    .context("while checking the LINE Login refresh journal")?;
+                if lost > 0 {
+                    tracing::warn!(
+                        lost,
+                        "LINE Login refreshes left unfinished by the previous run were reported as lost"
+                    );
+                }
+                tasks.spawn(Arc::clone(&login).run(shutdown.child_token()));
+                Some(login)
+            }
+            None => None,
+        };
         let keys = Arc::new(RwLock::new(api_keys(config)));
         let readiness = readiness(
             &rotator,
@@ -327,6 +361,7 @@ impl Daemon {
                     })
                 }),
                 stateless: Some(Arc::clone(&stateless)),
+                login: login.clone(),
             },
             &tasks,
             &shutdown,
@@ -373,6 +408,7 @@ impl Daemon {
             delivery,
             alert_notifier,
             long_lived,
+            login,
             daemon_config: config.daemon.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
@@ -412,6 +448,14 @@ impl Daemon {
         self.stateless.set_channels(stateless);
         self.delivery.set_groups(delivery_groups(config));
         self.long_lived.set_channels(long_lived_channels(config));
+        match (&self.login, &config.login) {
+            (Some(login), Some(login_config)) => login.reconfigure(login_config),
+            (None, None) => {}
+            _ => tracing::warn!(
+                "login channels were added or all removed: the LINE Login module starts or stops \
+                 only with a restart"
+            ),
+        }
         let alert_settings = notifier_settings(config, book_tokens(&self.tokens));
         log_config_warnings(config);
         self.alert_notifier.set_settings(alert_settings);

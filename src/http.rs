@@ -178,6 +178,9 @@ pub struct HttpState {
     /// The stateless token cache; `None` answers every stateless request
     /// as for a channel without stateless tokens.
     pub stateless: Option<Arc<Stateless>>,
+    /// The LINE Login module; `None` answers every `/v1/login/` request
+    /// 404 `login_not_enabled`.
+    pub login: Option<Arc<crate::login::Login>>,
 }
 
 /// A channel's long-lived token as the API serves it: `None` while none
@@ -396,6 +399,18 @@ pub fn app(state: HttpState) -> Router {
         .route(
             "/v1/channels/{channel}/stateless-token",
             get(stateless_token),
+        )
+        .route(
+            "/v1/login/{channel}/grants",
+            axum::routing::post(login_import),
+        )
+        .route(
+            "/v1/login/{channel}/grants/{subject}/token",
+            get(login_token),
+        )
+        .route(
+            "/v1/login/{channel}/grants/{subject}",
+            axum::routing::delete(login_delete),
         )
         .with_state(state)
 }
@@ -1197,5 +1212,286 @@ mod tests {
         assert!(usable_api_key(&Secret::new("k3y!")));
         assert!(!usable_api_key(&Secret::new("two words")));
         assert!(!usable_api_key(&Secret::new("tab\there")));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LINE Login grants (the `login` module).
+// ---------------------------------------------------------------------------
+
+/// A LINE Login API answer that is not a success: `{"error", "message"}`
+/// plus `field` for a 422 and `state` for a 410. Never echoes a value.
+fn login_refusal(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    extra: serde_json::Value,
+) -> Response {
+    let mut body = serde_json::json!({ "error": error, "message": message });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The checks every login route shares: the module is on, the bearer key
+/// is the route's role's, the channel is a login channel.
+fn login_access(
+    state: &HttpState,
+    role: crate::login::Role,
+    channel: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<crate::login::Login>, ChannelId), Box<Response>> {
+    let Some(login) = state.login.clone() else {
+        return Err(Box::new(login_refusal(
+            StatusCode::NOT_FOUND,
+            "login_not_enabled",
+            "no [[login_channel]] is configured",
+            serde_json::Value::Null,
+        )));
+    };
+    let presented = bearer(headers).map_err(|r| Box::new(r.into_response()))?;
+    if !login.authorized(role, presented) {
+        return Err(Box::new(Refused::InvalidKey.into_response()));
+    }
+    let Some(id) = login.channel_id(channel) else {
+        return Err(Box::new(login_refusal(
+            StatusCode::NOT_FOUND,
+            "unknown_login_channel",
+            "no login channel has this ID or name",
+            serde_json::Value::Null,
+        )));
+    };
+    Ok((login, id))
+}
+
+/// A module error as the API answers it.
+fn login_error(e: &crate::login::LoginApiError) -> Response {
+    use crate::login::LoginApiError as E;
+    let null = serde_json::Value::Null;
+    match e {
+        E::UnknownChannel(_) => login_refusal(
+            StatusCode::NOT_FOUND,
+            "unknown_login_channel",
+            "no login channel has this ID or name",
+            null,
+        ),
+        E::Invalid { field, message } => login_refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            &format!("{field} {message}"),
+            serde_json::json!({ "field": field }),
+        ),
+        E::NoGrant => login_refusal(
+            StatusCode::NOT_FOUND,
+            "unknown_grant",
+            "no grant is stored for this subject",
+            null,
+        ),
+        E::NeedsLogin => login_refusal(
+            StatusCode::GONE,
+            "needs_login",
+            "the user must log in again: the refresh token is dead",
+            serde_json::json!({ "state": "needs_login" }),
+        ),
+        E::NotFresh => login_refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_fresh",
+            "the access token expired and a refresh is pending",
+            null,
+        ),
+        E::Line(_) => login_refusal(
+            StatusCode::BAD_GATEWAY,
+            "line_unavailable",
+            "LINE did not answer usefully; try again",
+            null,
+        ),
+        E::Store(_) => login_refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the answer could not be built; see the daemon's log",
+            null,
+        ),
+    }
+}
+
+/// The import's JSON body, read field by field so that an error names the
+/// field and never echoes a value.
+fn parse_import(body: &[u8]) -> Result<crate::login::Import, crate::login::LoginApiError> {
+    use crate::login::LoginApiError as E;
+    let invalid = |field: &'static str, message: &str| E::Invalid {
+        field,
+        message: message.to_owned(),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| invalid("body", "is not a JSON object"))?;
+    let Some(object) = value.as_object() else {
+        return Err(invalid("body", "is not a JSON object"));
+    };
+    let text = |field: &'static str| -> Result<String, E> {
+        match object.get(field) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(_) => Err(invalid(field, "must be a non-empty string")),
+            None => Err(invalid(field, "is missing")),
+        }
+    };
+    let expires_in = match object.get("expires_in") {
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| invalid("expires_in", "must be an integer (seconds)"))?,
+        None => return Err(invalid("expires_in", "is missing")),
+    };
+    let login_at = match object.get("login_at") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| invalid("login_at", "must be an RFC 3339 time"))?
+                .with_timezone(&chrono::Utc),
+        ),
+        Some(serde_json::Value::Number(n)) => Some(
+            n.as_i64()
+                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+                .ok_or_else(|| invalid("login_at", "must be a Unix time in seconds"))?,
+        ),
+        Some(_) => {
+            return Err(invalid(
+                "login_at",
+                "must be an RFC 3339 time or Unix seconds",
+            ));
+        }
+    };
+    Ok(crate::login::Import {
+        subject: text("subject")?,
+        access_token: text("access_token")?,
+        refresh_token: text("refresh_token")?,
+        expires_in,
+        login_at,
+    })
+}
+
+async fn login_import(
+    State(state): State<HttpState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
+    {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let import = match parse_import(&body) {
+        Ok(import) => import,
+        Err(e) => return login_error(&e),
+    };
+    match login.import(&channel, import).await {
+        Ok(imported) => {
+            let body = serde_json::json!({
+                "access_expires_at": imported.access_expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "horizon_at": imported.horizon_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "horizon_estimated": imported.horizon_estimated,
+                "replaced": imported.replaced,
+            });
+            (
+                StatusCode::CREATED,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                Json(body),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::info!(channel = %channel, "login grant import refused: {e}");
+            login_error(&e)
+        }
+    }
+}
+
+async fn login_token(
+    State(state): State<HttpState>,
+    Path((channel, subject)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (login, channel) =
+        match login_access(&state, crate::login::Role::Reader, &channel, &headers) {
+            Ok(ok) => ok,
+            Err(response) => return *response,
+        };
+    match login.token(&channel, &subject).await {
+        Ok(served) => {
+            let body = serde_json::json!({
+                "access_token": served.access_token.expose(),
+                "token_type": "Bearer",
+                "expires_at": served.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "scope": served.scope,
+            });
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                Json(body),
+            )
+                .into_response()
+        }
+        Err(e) => login_error(&e),
+    }
+}
+
+/// `?deauthorize=true`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    deauthorize: bool,
+}
+
+async fn login_delete(
+    State(state): State<HttpState>,
+    Path((channel, subject)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (login, channel) = match login_access(&state, crate::login::Role::Admin, &channel, &headers)
+    {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let deauthorize = query.deauthorize;
+    // Deauthorize takes a channel token of the login channel itself: a
+    // stateless one, from `[channel.stateless]` of a `[[channel]]` with
+    // the same ID.
+    let channel_token = if deauthorize {
+        let Some(stateless) = state.stateless.as_ref().filter(|s| s.serves(&channel)) else {
+            return login_refusal(
+                StatusCode::CONFLICT,
+                "deauthorize_not_configured",
+                "deauthorize needs a channel token of the login channel: configure a [[channel]] \
+                 with its ID and [channel.stateless]",
+                serde_json::Value::Null,
+            );
+        };
+        match stateless.token(&channel).await {
+            Some(Ok(served)) => Some(served.token.token),
+            _ => {
+                return login_refusal(
+                    StatusCode::BAD_GATEWAY,
+                    "line_unavailable",
+                    "no channel token for deauthorize could be had from LINE; try again",
+                    serde_json::Value::Null,
+                );
+            }
+        }
+    } else {
+        None
+    };
+    match login.delete(&channel, &subject, channel_token).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::info!(channel = %channel, "login grant delete failed: {e}");
+            login_error(&e)
+        }
     }
 }

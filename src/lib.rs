@@ -54,6 +54,11 @@
 //!   token (read from its file, verified, the old value kept in memory
 //!   through LINE's reissue grace), alerts and retires it; its rules
 //!   ([`longlived::rules`]) are pure.
+//! - [`login`](mod@login): LINE Login users' grants (access and refresh
+//!   token, stored only encrypted) imported over the API, refreshed ahead
+//!   of expiry and before the 90-day horizon under a per-channel rate,
+//!   journaled like an issuance, with re-login notices; its rules
+//!   ([`login::rules`]) are pure.
 //! - [`accept`]: what every accept loop shares: backing off when accepting
 //!   fails (out of descriptors) instead of spinning.
 //! - [`metrics`]: the Prometheus metrics; [`logging`]: log output and the
@@ -92,6 +97,7 @@
 //!   `rotator`: alerts reach it through the store)
 //! - `rekey` → `store`, `metrics`, `clock`, `event`
 //! - `longlived` → `line`, `store`, `metrics`, `clock`, `watch`
+//! - `http` → `login` → `line`, `store`, `metrics`, `clock`
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
 //!   `event`, `metrics`, `clock`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
@@ -126,6 +132,7 @@ pub mod http;
 pub mod keygen;
 pub mod line;
 pub mod logging;
+pub mod login;
 pub mod longlived;
 pub mod metrics;
 pub mod notify;

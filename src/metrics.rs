@@ -167,6 +167,34 @@ pub struct Metrics {
     stateless_requests: Family<StatelessLabels, Counter>,
     /// Stateless token calls to LINE by result.
     stateless_issues: Family<StatelessLabels, Counter>,
+    /// LINE Login grants per login channel and state.
+    login_grants: Family<LoginStateLabels, Gauge>,
+    /// LINE Login refreshes by login channel and result.
+    login_refreshes: Family<LoginResultLabels, Counter>,
+    /// LINE Login grants inside the re-login notice window.
+    login_reauth_due: Family<LoginChannelLabels, Gauge>,
+    /// LINE Login grant imports by login channel and result.
+    login_imports: Family<LoginResultLabels, Counter>,
+}
+
+/// A login channel (its ID: login channels are not in the channel index).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginChannelLabels {
+    channel: String,
+}
+
+/// A login channel and a grant state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginStateLabels {
+    channel: String,
+    state: &'static str,
+}
+
+/// A login channel and a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginResultLabels {
+    channel: String,
+    result: &'static str,
 }
 
 /// A channel's labels and a result: the stateless counters' labels.
@@ -357,8 +385,39 @@ impl Metrics {
             "Stateless token issues at LINE by result: success, transient, permanent",
             stateless_issues.clone(),
         );
+        let login_grants = Family::<LoginStateLabels, Gauge>::default();
+        registry.register(
+            "login_grants",
+            "LINE Login grants per login channel and state (active, needs_login, revoked)",
+            login_grants.clone(),
+        );
+        let login_refreshes = Family::<LoginResultLabels, Counter>::default();
+        registry.register(
+            "login_refresh",
+            "LINE Login grant refreshes by result: success, invalid_grant, invalid_client, \
+             rate_limited, transient",
+            login_refreshes.clone(),
+        );
+        let login_reauth_due = Family::<LoginChannelLabels, Gauge>::default();
+        registry.register(
+            "login_reauth_due",
+            "Active LINE Login grants inside the re-login notice window \
+             (horizon - reauth_notify_before)",
+            login_reauth_due.clone(),
+        );
+        let login_imports = Family::<LoginResultLabels, Counter>::default();
+        registry.register(
+            "login_import",
+            "LINE Login grant imports by result: imported, replaced, rejected (verify refused \
+             the token or it belongs to another channel), failed",
+            login_imports.clone(),
+        );
         let db = DbMetrics::register(&mut registry);
         Self {
+            login_grants,
+            login_refreshes,
+            login_reauth_due,
+            login_imports,
             db,
             long_lived_valid,
             long_lived_verified,
@@ -584,6 +643,46 @@ impl Metrics {
             .get_or_create(&StatelessLabels {
                 channel,
                 channel_name,
+                result,
+            })
+            .inc();
+    }
+
+    /// Sets the number of LINE Login grants of `channel` in `state`.
+    pub fn set_login_grants(&self, channel: &ChannelId, state: &'static str, grants: u64) {
+        self.login_grants
+            .get_or_create(&LoginStateLabels {
+                channel: channel.as_str().to_owned(),
+                state,
+            })
+            .set(i64::try_from(grants).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many active grants of `channel` are inside the re-login
+    /// notice window.
+    pub fn set_login_reauth_due(&self, channel: &ChannelId, grants: u64) {
+        self.login_reauth_due
+            .get_or_create(&LoginChannelLabels {
+                channel: channel.as_str().to_owned(),
+            })
+            .set(i64::try_from(grants).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a LINE Login refresh by `result`.
+    pub fn login_refresh(&self, channel: &ChannelId, result: &'static str) {
+        self.login_refreshes
+            .get_or_create(&LoginResultLabels {
+                channel: channel.as_str().to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a LINE Login grant import by `result`.
+    pub fn login_import(&self, channel: &ChannelId, result: &'static str) {
+        self.login_imports
+            .get_or_create(&LoginResultLabels {
+                channel: channel.as_str().to_owned(),
                 result,
             })
             .inc();

@@ -35,6 +35,7 @@ mod encryption;
 mod error;
 mod expand;
 mod files;
+mod login;
 mod long_lived;
 mod masked;
 mod stateless;
@@ -54,6 +55,9 @@ pub use alerts::{
 pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
+pub use login::{
+    LoginChannelConfig, LoginChannelSettings, LoginConfig, LoginSettings, LoginTimings,
+};
 pub use long_lived::{LongLivedConfig, LongLivedSettings, read_token_file};
 pub use stateless::{StatelessAuthKind, StatelessConfig, StatelessOutline, StatelessSettings};
 pub use validate::{
@@ -98,6 +102,13 @@ pub struct Settings {
     /// absent means values are stored in plaintext.
     #[serde(default)]
     pub encryption: Option<EncryptionSettings>,
+    /// `[[login_channel]]`: LINE Login channels whose users' tokens are
+    /// kept fresh.
+    #[serde(default, rename = "login_channel")]
+    pub login_channels: Vec<LoginChannelSettings>,
+    /// `[login]`: the LINE Login module's timings and API keys.
+    #[serde(default)]
+    pub login: LoginSettings,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the
@@ -381,6 +392,17 @@ impl Settings {
             for (i, key) in encryption.key_files.iter_mut().enumerate() {
                 fix(format!("encryption.key_files[{i}].file"), &mut key.file);
             }
+        }
+        for (i, c) in self.login_channels.iter_mut().enumerate() {
+            if let Some(secret) = c.secret_file.as_mut() {
+                fix(format!("login_channel[{i}].secret_file"), secret);
+            }
+        }
+        if let Some(key) = self.login.admin_api_key_file.as_mut() {
+            fix("login.admin_api_key_file".into(), key);
+        }
+        if let Some(key) = self.login.reader_api_key_file.as_mut() {
+            fix("login.reader_api_key_file".into(), key);
         }
         for (r, receiver) in self.alerts.receivers.iter_mut().enumerate() {
             if let Some(url) = receiver.url_file.as_mut() {

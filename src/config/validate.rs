@@ -112,6 +112,9 @@ pub struct ValidConfig {
     pub alerts: AlertsConfig,
     /// `[encryption]`, when present: the database keys.
     pub encryption: Option<super::EncryptionConfig>,
+    /// `[[login_channel]]` and `[login]`, when a login channel is
+    /// configured.
+    pub login: Option<super::LoginConfig>,
 }
 
 impl ValidConfig {
@@ -336,13 +339,34 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every problem found, each naming its
     /// key.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
-        let (daemon, channels, alerts, encryption) = self.check(|v, i, c| v.channel(self, i, c))?;
+        let mut login_problems = Vec::new();
+        let login = super::login::validate(
+            &self.login_channels,
+            &self.login,
+            self.encryption.is_some(),
+            &mut login_problems,
+        );
+        let checked = self.check(|v, i, c| v.channel(self, i, c));
+        let (daemon, channels, alerts, encryption) = match checked {
+            Err(ConfigError::Invalid { mut problems }) if !login_problems.is_empty() => {
+                problems.extend(login_problems);
+                return Err(ConfigError::Invalid { problems });
+            }
+            Err(e) => return Err(e),
+            Ok(_) if !login_problems.is_empty() => {
+                return Err(ConfigError::Invalid {
+                    problems: login_problems,
+                });
+            }
+            Ok(checked) => checked,
+        };
         Ok(ValidConfig {
             daemon,
             rotation: self.rotation.clone(),
             channels,
             alerts,
             encryption,
+            login,
         })
     }
 
@@ -1128,7 +1152,7 @@ fn parse_line_api(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-fn check_channel_id(id: &str) -> Result<ChannelId, String> {
+pub(super) fn check_channel_id(id: &str) -> Result<ChannelId, String> {
     if id.is_empty() {
         return Err("is missing: the channel ID from the LINE Developers Console".to_owned());
     }
@@ -1330,7 +1354,7 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     read_private(path).map_err(|reason| format!("{:?} {reason}", path.display().to_string()))
 }
 
-fn load_secret(path: &Path) -> Result<Secret, String> {
+pub(super) fn load_secret(path: &Path) -> Result<Secret, String> {
     if path.as_os_str().is_empty() {
         return Err("is empty: give a file path or remove the key".to_owned());
     }

@@ -284,6 +284,41 @@ pub enum StoreError {
         reason: super::crypt::CryptError,
     },
 
+    /// A LINE Login grant was to be written or read without database keys:
+    /// its tokens are stored only encrypted.
+    #[error(
+        "LINE Login grants are stored only encrypted, and the database was opened without keys: \
+         configure [encryption]"
+    )]
+    LoginUnencrypted,
+
+    /// A LINE Login grant's token could not be sealed or opened.
+    #[error(
+        "the {kind} token of login grant {subject} (login channel {channel}) cannot be {action}: {reason}"
+    )]
+    LoginValue {
+        /// The login channel.
+        channel: String,
+        /// The short hash of the grant's subject (never the subject).
+        subject: String,
+        /// `access` or `refresh`.
+        kind: &'static str,
+        /// `encrypted` or `decrypted`.
+        action: &'static str,
+        /// Why.
+        #[source]
+        reason: super::crypt::CryptError,
+    },
+
+    /// No grant is stored for this login channel and subject.
+    #[error("no login grant {subject} on login channel {channel}")]
+    NoLoginGrant {
+        /// The login channel.
+        channel: String,
+        /// The short hash of the subject.
+        subject: String,
+    },
+
     /// A token value could not be sealed.
     #[error("the value of token {key_id} cannot be encrypted: {reason}")]
     Seal {
@@ -331,6 +366,7 @@ impl StoreError {
             Self::EncryptedWithoutKeys { .. }
                 | Self::MissingKeys { .. }
                 | Self::Undecryptable { .. }
+                | Self::LoginUnencrypted
         )
     }
 }

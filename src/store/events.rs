@@ -72,11 +72,30 @@ pub enum EventKind {
     AlertRaised,
     /// An alert stopped firing (schema version 4).
     AlertResolved,
+    /// A LINE Login grant was imported (schema version 10).
+    LoginImported,
+    /// A LINE Login grant was refreshed and stored (schema version 10).
+    LoginRefreshed,
+    /// Refreshing a LINE Login grant failed; it is retried (schema version 10).
+    LoginRefreshFailed,
+    /// A grant's refresh was in flight when a previous run stopped: LINE
+    /// may have rotated its refresh token unseen (schema version 10).
+    LoginLostRefresh,
+    /// A grant's refresh token is dead (horizon, `invalid_grant`): the user
+    /// must log in again (schema version 10).
+    LoginNeedsLogin,
+    /// A grant entered its re-login notice window (schema version 10).
+    LoginReauthDue,
+    /// A grant was revoked and deleted (schema version 10).
+    LoginDeleted,
+    /// LINE refused a login channel's ID or secret (`invalid_client`): its
+    /// refreshes are paused (schema version 10).
+    LoginChannelRejected,
 }
 
 impl EventKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 31] = [
         Self::Issued,
         Self::IssueFailed,
         Self::IntentLost,
@@ -100,6 +119,14 @@ impl EventKind {
         Self::Refused,
         Self::AlertRaised,
         Self::AlertResolved,
+        Self::LoginImported,
+        Self::LoginRefreshed,
+        Self::LoginRefreshFailed,
+        Self::LoginLostRefresh,
+        Self::LoginNeedsLogin,
+        Self::LoginReauthDue,
+        Self::LoginDeleted,
+        Self::LoginChannelRejected,
     ];
 
     /// The name stored in the database and shown in status.
@@ -128,6 +155,14 @@ impl EventKind {
             Self::Refused => "refused",
             Self::AlertRaised => "alert_raised",
             Self::AlertResolved => "alert_resolved",
+            Self::LoginImported => "login_imported",
+            Self::LoginRefreshed => "login_refreshed",
+            Self::LoginRefreshFailed => "login_refresh_failed",
+            Self::LoginLostRefresh => "login_lost_refresh",
+            Self::LoginNeedsLogin => "login_needs_login",
+            Self::LoginReauthDue => "login_reauth_due",
+            Self::LoginDeleted => "login_deleted",
+            Self::LoginChannelRejected => "login_channel_rejected",
         }
     }
 

@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_watch_long_lived_tokens",
         sql: include_str!("../../migrations/0009_watch_long_lived_tokens.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_login_grants",
+        sql: include_str!("../../migrations/0010_login_grants.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

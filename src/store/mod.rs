@@ -11,7 +11,8 @@
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
 //! (raised alerts), `notifications` (what each alert receiver was sent),
-//! `long_lived` (watched long-lived tokens, by fingerprint) and `events`; `migrate` runs `migrations/*.sql` and `lock`
+//! `long_lived` (watched long-lived tokens, by fingerprint), `login`
+//! (LINE Login grants, stored only sealed, and their refresh journal) and `events`; `migrate` runs `migrations/*.sql` and `lock`
 //! keeps a second daemon out. [`crypt`] is the sealed-value format of
 //! encryption at rest and `values` the rules around it (sealing on write,
 //! the checks at open, re-encryption, `db decrypt`).
@@ -51,6 +52,7 @@ mod events;
 mod foreign;
 mod intents;
 mod lock;
+mod login;
 mod long_lived;
 pub mod migrate;
 mod notes;
@@ -78,6 +80,10 @@ pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
+pub use login::{
+    GrantCount, GrantRecord, GrantState, GrantTokens, NewGrant, OpenRefreshIntent, RefreshFailure,
+    RefreshedGrant,
+};
 pub use long_lived::{LongLivedResult, LongLivedRole, LongLivedRow};
 pub use migrate::Migrated;
 pub use notes::{DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, sink_note_key};

@@ -167,6 +167,46 @@ impl Values {
     }
 }
 
+impl Values {
+    /// Seals `value` for `place` under the active key, counting the seal in
+    /// `tx`, for values that have no plaintext form (LINE Login grants):
+    /// without a keyring this is [`StoreError::LoginUnencrypted`]. Returns
+    /// the sealed bytes and the key ID.
+    pub(super) fn seal_only(
+        &self,
+        tx: &Connection,
+        place: &Place<'_>,
+        value: &str,
+    ) -> Result<Result<(Vec<u8>, u32), CryptError>, Fail> {
+        let Some(keyring) = self.keyring() else {
+            return Err(Fail::Store(StoreError::LoginUnencrypted));
+        };
+        let key = keyring.active();
+        count_seal(tx, key)?;
+        Ok(keyring.seal(place, value.as_bytes()).map(|v| (v, key)))
+    }
+
+    /// Opens a value [`Self::seal_only`] sealed for `place`; a failure is
+    /// counted like a token row's.
+    pub(super) fn open_only(
+        &self,
+        place: &Place<'_>,
+        sealed: &[u8],
+    ) -> Result<Result<String, CryptError>, Fail> {
+        let Some(keyring) = self.keyring() else {
+            return Err(Fail::Store(StoreError::LoginUnencrypted));
+        };
+        let opened = keyring.open(place, sealed).and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| CryptError::Tampered(crypt::key_id_of(sealed).unwrap_or(0)))
+        });
+        if opened.is_err() {
+            self.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(opened)
+    }
+}
+
 /// Where a token row is: its LINE key ID, channel and group.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Row<'a> {

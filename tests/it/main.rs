@@ -20,6 +20,7 @@ mod hostile;
 mod keygen;
 mod keys;
 mod line_client;
+mod login;
 mod login_client;
 mod login_sandbox;
 mod long_lived;

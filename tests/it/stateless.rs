@@ -119,6 +119,7 @@ fn rig(base_url: &str, clock: &ManualClock, setup: StatelessSetup) -> Rig {
             readiness: None,
             long_lived: None,
             stateless: Some(Arc::clone(&stateless)),
+            login: None,
         },
         stateless,
         metrics,

@@ -109,6 +109,7 @@ fn lab() -> Lab {
             readiness: None,
             long_lived: None,
             stateless: None,
+            login: None,
         },
         clock,
     }

@@ -1,0 +1,1083 @@
+//! LINE Login user grants, kept fresh: import, refresh ahead of expiry
+//! and before the 90-day horizon, serve, revoke, and tell people in time
+//! that a user must log in again (SPECS.md §2c).
+//!
+//! One [`Login`] per daemon. Its task ([`Login::run`]) wakes at the
+//! earliest due refresh or notice, refreshes the due grants under each
+//! login channel's token bucket (`max_requests_per_second`, shared with
+//! imports), and sleeps again. A refresh is journaled: the intent is
+//! committed before the call, and the new access token, the new refresh
+//! token (when LINE sent a non-empty one) and the intent's close commit in
+//! one transaction before the new token is served ([`crate::store`]'s
+//! `login`). What each outcome does is [`rules::decide`]: `invalid_grant`
+//! ends the grant (`needs_login`, no further calls), `invalid_client`
+//! pauses the whole login channel and alerts, 429 and transient failures
+//! back off with jitter.
+//!
+//! Notices: `login_reauth_due` once per grant at horizon −
+//! `reauth_notify_before` (recorded in the grant's row, so a restart does
+//! not repeat it), `login_reauth_required` at the horizon or on
+//! `invalid_grant`, `login_channel_rejected` while a channel is paused:
+//! alerts (daemon-wide, labelled `login_grant` = `channel/hash` or
+//! `login_channel` = the ID, through [`Store::sync_alerts`], so the alert
+//! receivers get them) and events in the history.
+//!
+//! # Invariants
+//! - A user token is stored only sealed (the store refuses otherwise) and
+//!   never reaches a log line, an event, an alert, a metric or an error: a
+//!   grant is named by [`subject_hash`]; the subject itself appears only in
+//!   the API's paths and answers.
+//! - Nothing is served before it is stored; no call is made for a grant
+//!   that needs a new login.
+//! - Requests to LINE per login channel never exceed the bucket's rate.
+//!
+//! Depends on `line::login`, `store`, `metrics`, `clock`; its rules
+//! ([`rules`]) are pure.
+
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::{LoginChannelConfig, LoginConfig};
+use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
+use crate::line::login::{Deauthorization, LoginClient};
+use crate::line::types::Verification;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::store::{
+    AlertLabel, AlertScope, AlertSpec, GrantRecord, GrantState, NewGrant, RefreshFailure,
+    RefreshedGrant, Store, StoreError,
+};
+use rules::{Action, Bucket, Outcome, Timings};
+
+/// The alerts this module owns (daemon-wide scope).
+pub const ALERT_NAMES: [&str; 3] = [
+    "login_reauth_due",
+    "login_reauth_required",
+    "login_channel_rejected",
+];
+
+/// The most due grants one pass takes from the store at once.
+const BATCH: usize = 100;
+
+/// The longest a subject may be (LINE user IDs are 33 characters).
+const MAX_SUBJECT_LEN: usize = 128;
+
+/// Which API key a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Imports and deletes grants.
+    Admin,
+    /// Reads access tokens.
+    Reader,
+}
+
+/// An import as the API receives it.
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// The user's LINE ID (`sub`).
+    pub subject: String,
+    /// The user access token.
+    pub access_token: String,
+    /// The refresh token.
+    pub refresh_token: String,
+    /// Seconds the access token has left, as the importer got it.
+    pub expires_in: i64,
+    /// When the user logged in, if known.
+    pub login_at: Option<DateTime<Utc>>,
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// When the access token expires.
+    pub access_expires_at: DateTime<Utc>,
+    /// When the refresh token dies.
+    pub horizon_at: DateTime<Utc>,
+    /// True when the horizon is an estimate.
+    pub horizon_estimated: bool,
+    /// True when a grant of the subject was replaced.
+    pub replaced: bool,
+}
+
+/// Why a request was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginApiError {
+    /// No such login channel.
+    #[error("no login channel {0} is configured")]
+    UnknownChannel(String),
+    /// A field is wrong (422); names the field, never its value.
+    #[error("{field} {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No grant for this subject.
+    #[error("no grant for this subject")]
+    NoGrant,
+    /// The grant needs a new login (410).
+    #[error("the user must log in again")]
+    NeedsLogin,
+    /// The access token expired and no refresh succeeded yet (503).
+    #[error("the access token expired and is being refreshed")]
+    NotFresh,
+    /// LINE did not answer usefully (502).
+    #[error("LINE: {0}")]
+    Line(String),
+    /// The store failed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An access token to serve.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The token.
+    pub access_token: AccessToken,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// Its scopes.
+    pub scope: String,
+}
+
+/// One login channel as the module holds it.
+#[derive(Debug)]
+struct Channel {
+    config: LoginChannelConfig,
+    bucket: Bucket,
+    /// Set while LINE refuses the channel (`invalid_client`).
+    paused_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    timings: Timings,
+    rate: u32,
+    channels: HashMap<ChannelId, Channel>,
+    admin_digest: Vec<u8>,
+    reader_digest: Vec<u8>,
+    /// The next instant a notice or a horizon falls due, from the last
+    /// full scan; `None` forces a scan.
+    next_notice: Option<DateTime<Utc>>,
+    /// Spreads retry jitter differently per daemon (tests fix it).
+    jitter_seed: u64,
+}
+
+/// The LINE Login module. Cheap to share in an `Arc`.
+pub struct Login {
+    store: Store,
+    client: LoginClient,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").finish_non_exhaustive()
+    }
+}
+
+/// The timings of a checked config.
+pub fn timings(config: &LoginConfig) -> Timings {
+    Timings {
+        refresh_before: config.timings.refresh_before,
+        horizon: config.timings.horizon,
+        horizon_margin: config.timings.horizon_margin,
+        reauth_notify_before: config.timings.reauth_notify_before,
+    }
+}
+
+fn key_digest(key: &Secret) -> Vec<u8> {
+    digest::digest(&digest::SHA256, key.expose().as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Login {
+    /// The module for `config`, not started: [`Self::start_up`] first.
+    pub fn new(
+        config: &LoginConfig,
+        store: Store,
+        client: LoginClient,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        seed: u64,
+    ) -> Arc<Self> {
+        let now = clock.now();
+        let inner = Inner {
+            timings: timings(config),
+            rate: config.timings.max_requests_per_second,
+            channels: config
+                .channels
+                .iter()
+                .map(|c| {
+                    (
+                        c.id.clone(),
+                        Channel {
+                            config: c.clone(),
+                            bucket: Bucket::new(config.timings.max_requests_per_second, now),
+                            paused_until: None,
+                        },
+                    )
+                })
+                .collect(),
+            admin_digest: key_digest(&config.admin_api_key),
+            reader_digest: key_digest(&config.reader_api_key),
+            next_notice: None,
+            jitter_seed: seed,
+        };
+        Arc::new(Self {
+            store,
+            client,
+            clock,
+            metrics,
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a reloaded config: channels added or removed (a channel kept
+    /// keeps its bucket; its pause ends, since its secret may be fixed),
+    /// new timings and keys. Every grant is rescheduled at the next pass.
+    pub fn reconfigure(&self, config: &LoginConfig) {
+        let now = self.clock.now();
+        {
+            let mut inner = self.inner();
+            inner.timings = timings(config);
+            inner.rate = config.timings.max_requests_per_second;
+            let mut old = std::mem::take(&mut inner.channels);
+            for c in &config.channels {
+                let bucket = old.remove(&c.id).map_or_else(
+                    || Bucket::new(config.timings.max_requests_per_second, now),
+                    |o| o.bucket,
+                );
+                inner.channels.insert(
+                    c.id.clone(),
+                    Channel {
+                        config: c.clone(),
+                        bucket,
+                        paused_until: None,
+                    },
+                );
+            }
+            inner.admin_digest = key_digest(&config.admin_api_key);
+            inner.reader_digest = key_digest(&config.reader_api_key);
+            inner.next_notice = None;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Whether `presented` is the key of `role` (digests compared in
+    /// constant time).
+    pub fn authorized(&self, role: Role, presented: &str) -> bool {
+        let want = {
+            let inner = self.inner();
+            match role {
+                Role::Admin => inner.admin_digest.clone(),
+                Role::Reader => inner.reader_digest.clone(),
+            }
+        };
+        let got = digest::digest(&digest::SHA256, presented.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(&want, got.as_ref()).is_ok()
+    }
+
+    /// The login channel `given` names (ID or name).
+    pub fn channel_id(&self, given: &str) -> Option<ChannelId> {
+        let inner = self.inner();
+        inner
+            .channels
+            .values()
+            .find(|c| c.config.id.as_str() == given)
+            .or_else(|| inner.channels.values().find(|c| c.config.name == given))
+            .map(|c| c.config.id.clone())
+    }
+
+    /// Start-up: reschedules every grant under the current timings, closes
+    /// the refresh intents a previous run left open as lost (reported:
+    /// `login_lost_refresh`, the grant due now), states the alerts and
+    /// sets the metrics. Returns how many refreshes were lost.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn start_up(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let t = self.inner().timings;
+        let grants = self.store.blocking(|s| s.login_grants()).await?;
+        let next = schedule(&t, &grants);
+        self.store
+            .blocking(move |s| s.reschedule_login_grants(&next))
+            .await?;
+        let lost = self.store.blocking(|s| s.open_refresh_intents()).await?;
+        for intent in &lost {
+            tracing::warn!(
+                channel = %intent.channel,
+                grant = %subject_hash(&intent.subject),
+                "a LINE Login refresh was in flight when linetokd stopped: LINE may have rotated \
+                 the refresh token without linetokd storing it; refreshing again now"
+            );
+            let intent = intent.clone();
+            self.store
+                .blocking(move |s| s.close_lost_refresh(now, &intent))
+                .await?;
+        }
+        self.scan(now).await?;
+        Ok(lost.len())
+    }
+
+    /// Runs until `stop`: refreshes what is due, states notices, sleeps
+    /// until the next due instant or a wake-up (an import).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let next = match self.pass().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %crate::logging::error_chain(&e), "LINE Login pass failed; retrying in a minute");
+                    Some(self.clock.now() + TimeDelta::minutes(1))
+                }
+            };
+            let sleep = async {
+                match next {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = sleep => {}
+            }
+        }
+    }
+
+    /// One pass: horizons, due refreshes (each waiting for its channel's
+    /// bucket), notices. Returns when the next pass is due.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn pass(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = self.clock.now();
+        let scan_due = {
+            let inner = self.inner();
+            inner.next_notice.is_none_or(|at| at <= now)
+        };
+        if scan_due {
+            self.scan(now).await?;
+        }
+        loop {
+            let now = self.clock.now();
+            let due = self
+                .store
+                .blocking(move |s| s.due_login_grants(now, BATCH))
+                .await?;
+            if due.is_empty() {
+                break;
+            }
+            let mut worked = 0;
+            for grant in due {
+                if self.refresh(grant).await? {
+                    worked += 1;
+                }
+            }
+            if worked == 0 {
+                break;
+            }
+        }
+        let next_refresh = self.store.blocking(|s| s.next_login_refresh()).await?;
+        let next_notice = self.inner().next_notice;
+        Ok(match (next_refresh, next_notice) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Waits for a token of `channel`'s bucket. `None` when the channel is
+    /// not configured.
+    async fn permit(&self, channel: &ChannelId) -> Option<()> {
+        loop {
+            let now = self.clock.now();
+            let wait = {
+                let mut inner = self.inner();
+                let c = inner.channels.get_mut(channel)?;
+                match c.bucket.take(now) {
+                    Ok(()) => return Some(()),
+                    Err(at) => at,
+                }
+            };
+            self.clock.sleep_until(wait).await;
+        }
+    }
+
+    fn jitter_fraction(&self, grant: &GrantRecord, failures: u32) -> f64 {
+        let seed = self.inner().jitter_seed;
+        let key = format!("{seed}/{}/{}/{failures}", grant.channel, grant.subject);
+        let h = crate::policy::jitter::fnv1a64(key.as_bytes());
+        (h % 10_000) as f64 / 10_000.0
+    }
+
+    /// Refreshes one due grant. False when it was skipped (its channel is
+    /// not configured or paused: it is moved out of the way).
+    async fn refresh(&self, grant: GrantRecord) -> Result<bool, StoreError> {
+        let channel = grant.channel.clone();
+        let hash = grant.subject_hash();
+        let (config, paused, t) = {
+            let inner = self.inner();
+            match inner.channels.get(&channel) {
+                Some(c) => (Some(c.config.clone()), c.paused_until, inner.timings),
+                None => (None, None, inner.timings),
+            }
+        };
+        let now = self.clock.now();
+        let Some(config) = config else {
+            // A login channel no longer configured: its grants wait, looked
+            // at again in a day (or when the channel comes back).
+            let retry_at = now + TimeDelta::days(1);
+            self.set_aside(&grant, retry_at).await?;
+            return Ok(false);
+        };
+        if let Some(until) = paused.filter(|u| *u > now) {
+            self.set_aside(&grant, until).await?;
+            return Ok(false);
+        }
+        if grant.horizon_at <= now {
+            // The pass's scan ends it; nothing is sent.
+            let subject = grant.subject.clone();
+            self.store
+                .blocking(move |s| {
+                    s.fail_refresh(
+                        now,
+                        None,
+                        &channel,
+                        &subject,
+                        &RefreshFailure::NeedsLogin {
+                            reason: "the refresh token reached its horizon".to_owned(),
+                        },
+                    )
+                })
+                .await?;
+            self.inner().next_notice = None;
+            return Ok(true);
+        }
+        if self.permit(&channel).await.is_none() {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let (channel2, subject) = (channel.clone(), grant.subject.clone());
+        let Some((_, tokens)) = self
+            .store
+            .blocking(move |s| s.login_grant_tokens(&channel2, &subject))
+            .await?
+        else {
+            return Ok(true);
+        };
+        let (channel2, subject) = (channel.clone(), grant.subject.clone());
+        let intent = self
+            .store
+            .blocking(move |s| s.open_refresh_intent(now, &channel2, &subject))
+            .await?;
+        let answer = self
+            .client
+            .refresh(&channel, config.secret.as_ref(), &tokens.refresh)
+            .await;
+        let now = self.clock.now();
+        let failures = grant.consecutive_failures;
+        let (outcome, detail) = match &answer {
+            Ok(_) => (Outcome::Refreshed, String::new()),
+            Err(e) if e.is_invalid_grant() => (Outcome::InvalidGrant, e.to_string()),
+            Err(e) if e.is_invalid_client() => (Outcome::InvalidClient, e.to_string()),
+            Err(e) if e.is_rate_limited() => (Outcome::RateLimited(e.retry_after()), e.to_string()),
+            Err(e) => (Outcome::Transient, e.to_string()),
+        };
+        let action = rules::decide(outcome, failures, self.jitter_fraction(&grant, failures));
+        let subject = grant.subject.clone();
+        match (action, answer) {
+            (Action::Store, Ok(answer)) => {
+                let access_expires_at = now + TimeDelta::seconds(answer.expires_in);
+                // Store whatever non-empty refresh token came back (LINE may
+                // rotate it), unless it is the one we hold.
+                let refresh = answer
+                    .refresh_token
+                    .filter(|r| r.expose() != tokens.refresh.expose());
+                let rotated = refresh.is_some();
+                let next = rules::after_refresh(
+                    rules::next_refresh(
+                        &t,
+                        access_expires_at,
+                        grant.horizon_at,
+                        rules::jitter(channel.as_str(), &grant.subject),
+                        None,
+                    ),
+                    now,
+                    grant.horizon_at,
+                );
+                let refreshed = RefreshedGrant {
+                    access: answer.access_token,
+                    refresh,
+                    access_expires_at,
+                    scope: answer.scope,
+                    next_refresh_at: next,
+                };
+                let c = channel.clone();
+                let stored = self
+                    .store
+                    .blocking(move |s| s.complete_refresh(now, intent, &c, &subject, &refreshed))
+                    .await?;
+                self.metrics.login_refresh(&channel, "success");
+                tracing::info!(
+                    channel = %channel, grant = %hash, rotated, stored,
+                    access_expires_at = %fmt_time(access_expires_at),
+                    next_refresh_at = %fmt_time(next),
+                    "LINE Login grant refreshed"
+                );
+            }
+            (Action::NeedsLogin, _) => {
+                let reason = if grant.lost_refresh {
+                    format!(
+                        "LINE refused the refresh token (invalid_grant) after a refresh was lost \
+                         in a crash: the lost answer had rotated it ({detail})"
+                    )
+                } else {
+                    format!("LINE refused the refresh token (invalid_grant): {detail}")
+                };
+                tracing::warn!(channel = %channel, grant = %hash, "LINE Login grant needs a new login: {reason}");
+                let c = channel.clone();
+                self.store
+                    .blocking(move |s| {
+                        s.fail_refresh(
+                            now,
+                            Some(intent),
+                            &c,
+                            &subject,
+                            &RefreshFailure::NeedsLogin { reason },
+                        )
+                    })
+                    .await?;
+                self.metrics.login_refresh(&channel, "invalid_grant");
+                self.inner().next_notice = None;
+            }
+            (Action::PauseChannel, _) => {
+                let until = now + TimeDelta::from_std(rules::CHANNEL_PAUSE).unwrap_or_default();
+                tracing::error!(channel = %channel, "LINE refused the login channel's ID or secret (invalid_client): its refreshes are paused until {}: {detail}", fmt_time(until));
+                if let Some(c) = self.inner().channels.get_mut(&channel) {
+                    c.paused_until = Some(until);
+                }
+                let (c, d) = (channel.clone(), detail.clone());
+                self.store
+                    .blocking(move |s| {
+                        s.fail_refresh(
+                            now,
+                            Some(intent),
+                            &c,
+                            &subject,
+                            &RefreshFailure::ChannelPaused { retry_at: until },
+                        )?;
+                        s.note_login_channel_rejected(now, &c, &d)
+                    })
+                    .await?;
+                self.metrics.login_refresh(&channel, "invalid_client");
+                self.inner().next_notice = None;
+            }
+            (
+                Action::Retry {
+                    after,
+                    channel_hold,
+                },
+                _,
+            ) => {
+                let retry_at = now + TimeDelta::from_std(after).unwrap_or_default();
+                if let Some(hold) = channel_hold
+                    && let Some(c) = self.inner().channels.get_mut(&channel)
+                {
+                    c.bucket
+                        .hold(now + TimeDelta::from_std(hold).unwrap_or_default());
+                }
+                tracing::warn!(channel = %channel, grant = %hash, retry_at = %fmt_time(retry_at), "LINE Login refresh failed: {detail}");
+                let reason = detail.clone();
+                let c = channel.clone();
+                self.store
+                    .blocking(move |s| {
+                        s.fail_refresh(
+                            now,
+                            Some(intent),
+                            &c,
+                            &subject,
+                            &RefreshFailure::Retry { retry_at, reason },
+                        )
+                    })
+                    .await?;
+                let result = if channel_hold.is_some() {
+                    "rate_limited"
+                } else {
+                    "transient"
+                };
+                self.metrics.login_refresh(&channel, result);
+            }
+            (Action::Store, Err(_)) => {}
+        }
+        Ok(true)
+    }
+
+    /// Moves a grant's next refresh to `at` without a call.
+    async fn set_aside(&self, grant: &GrantRecord, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let (channel, subject) = (grant.channel.clone(), grant.subject.clone());
+        self.store
+            .blocking(move |s| s.reschedule_login_grants(&[(channel, subject, at)]))
+            .await
+    }
+
+    /// The full scan: ends grants past their horizon, records the notices
+    /// that fell due, states the alerts, sets the metrics and finds the
+    /// next instant a notice or horizon falls due.
+    async fn scan(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.store
+            .blocking(move |s| s.expire_login_horizons(now))
+            .await?;
+        let grants = self.store.blocking(|s| s.login_grants()).await?;
+        let (t, paused): (Timings, Vec<ChannelId>) = {
+            let inner = self.inner();
+            (
+                inner.timings,
+                inner
+                    .channels
+                    .values()
+                    .filter(|c| c.paused_until.is_some_and(|u| u > now))
+                    .map(|c| c.config.id.clone())
+                    .collect(),
+            )
+        };
+        let mut specs = Vec::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut counts: BTreeMap<(ChannelId, &'static str), u64> = BTreeMap::new();
+        let mut in_window: BTreeMap<ChannelId, u64> = BTreeMap::new();
+        let mut to_note = Vec::new();
+        let channels: HashSet<ChannelId> = self.inner().channels.keys().cloned().collect();
+        for c in &channels {
+            for state in GrantState::ALL {
+                counts.insert((c.clone(), state.as_str()), 0);
+            }
+            in_window.insert(c.clone(), 0);
+        }
+        for g in &grants {
+            *counts
+                .entry((g.channel.clone(), g.state.as_str()))
+                .or_default() += 1;
+            let label = AlertLabel {
+                name: "login_grant",
+                value: format!("{}/{}", g.channel, g.subject_hash()),
+            };
+            match g.state {
+                GrantState::NeedsLogin => specs.push(AlertSpec {
+                    group: None,
+                    label: Some(label),
+                    alertname: "login_reauth_required",
+                    severity: "warning",
+                    summary: format!(
+                        "LINE Login grant {} of login channel {} needs a new login: its refresh \
+                         token is no longer accepted",
+                        g.subject_hash(),
+                        g.channel
+                    ),
+                }),
+                GrantState::Active => {
+                    let due_at = rules::reauth_due_at(&t, g.horizon_at);
+                    if rules::in_notice_window(&t, g.horizon_at, now) {
+                        *in_window.entry(g.channel.clone()).or_default() += 1;
+                        if g.reauth_due_notified_at.is_none() {
+                            to_note.push((g.channel.clone(), g.subject.clone(), g.horizon_at));
+                        }
+                        specs.push(AlertSpec {
+                            group: None,
+                            label: Some(label),
+                            alertname: "login_reauth_due",
+                            severity: "warning",
+                            summary: format!(
+                                "LINE Login grant {} of login channel {} ends at {}{}: ask the \
+                                 user to log in again",
+                                g.subject_hash(),
+                                g.channel,
+                                fmt_time(g.horizon_at),
+                                if g.horizon_estimated {
+                                    " (estimated)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        });
+                        next = Some(next.map_or(g.horizon_at, |n| n.min(g.horizon_at)));
+                    } else if due_at > now {
+                        next = Some(next.map_or(due_at, |n| n.min(due_at)));
+                    } else {
+                        next = Some(next.map_or(g.horizon_at, |n| n.min(g.horizon_at)));
+                    }
+                }
+                GrantState::Revoked => {}
+            }
+        }
+        for c in &paused {
+            specs.push(AlertSpec {
+                group: None,
+                label: Some(AlertLabel {
+                    name: "login_channel",
+                    value: c.to_string(),
+                }),
+                alertname: "login_channel_rejected",
+                severity: "critical",
+                summary: format!(
+                    "LINE refuses login channel {c} (invalid_client): check its ID and \
+                     secret_file; its refreshes are paused"
+                ),
+            });
+        }
+        let paused_until = {
+            let inner = self.inner();
+            inner
+                .channels
+                .values()
+                .filter_map(|c| c.paused_until.filter(|u| *u > now))
+                .min()
+        };
+        if let Some(p) = paused_until {
+            next = Some(next.map_or(p, |n| n.min(p)));
+        }
+        for (channel, subject, horizon_at) in to_note {
+            let hash = subject_hash(&subject);
+            let c = channel.clone();
+            let noted = self
+                .store
+                .blocking(move |s| s.note_reauth_due(now, &c, &subject, horizon_at))
+                .await?;
+            if noted {
+                tracing::warn!(channel = %channel, grant = %hash, horizon_at = %fmt_time(horizon_at), "LINE Login grant is due for a new login");
+            }
+        }
+        let changes = self
+            .store
+            .blocking(move |s| {
+                s.sync_alerts(
+                    now,
+                    AlertScope {
+                        channel: None,
+                        group: None,
+                        names: &ALERT_NAMES,
+                    },
+                    &specs,
+                )
+            })
+            .await?;
+        for raised in &changes.raised {
+            tracing::warn!(alert = raised.alertname, "{}", raised.summary);
+        }
+        for ((channel, state), n) in &counts {
+            self.metrics.set_login_grants(channel, state, *n);
+        }
+        for (channel, n) in &in_window {
+            self.metrics.set_login_reauth_due(channel, *n);
+        }
+        // Always look again within a day: a clock step or a reload may
+        // move what is due.
+        let cap = now + TimeDelta::days(1);
+        self.inner().next_notice = Some(next.map_or(cap, |n| n.min(cap)).max(now));
+        Ok(())
+    }
+
+    /// Imports a grant: checks the fields, verifies the access token at
+    /// LINE (within the channel's rate), stores it and wakes the task.
+    ///
+    /// # Errors
+    /// [`LoginApiError::UnknownChannel`], [`LoginApiError::Invalid`] (422,
+    /// naming the field), [`LoginApiError::Line`], [`LoginApiError::Store`].
+    pub async fn import(
+        &self,
+        channel: &ChannelId,
+        import: Import,
+    ) -> Result<Imported, LoginApiError> {
+        let result = self.import_inner(channel, import).await;
+        let label = match &result {
+            Ok(i) if i.replaced => "replaced",
+            Ok(_) => "imported",
+            Err(LoginApiError::Invalid { .. }) => "rejected",
+            Err(LoginApiError::UnknownChannel(_)) => return result,
+            Err(_) => "failed",
+        };
+        self.metrics.login_import(channel, label);
+        result
+    }
+
+    async fn import_inner(
+        &self,
+        channel: &ChannelId,
+        import: Import,
+    ) -> Result<Imported, LoginApiError> {
+        let invalid = |field, message: &str| LoginApiError::Invalid {
+            field,
+            message: message.to_owned(),
+        };
+        if !self.inner().channels.contains_key(channel) {
+            return Err(LoginApiError::UnknownChannel(channel.to_string()));
+        }
+        let subject = import.subject;
+        if subject.is_empty()
+            || subject.len() > MAX_SUBJECT_LEN
+            || !subject.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "subject",
+                "must be the user's LINE ID: 1 to 128 visible ASCII characters",
+            ));
+        }
+        let access = crate::line::validate::access_token(&import.access_token)
+            .map_err(|_| invalid("access_token", "is not shaped like a LINE access token"))?;
+        let refresh = crate::line::validate::refresh_token(&import.refresh_token)
+            .map_err(|_| invalid("refresh_token", "is not shaped like a LINE refresh token"))?;
+        if import.expires_in <= 0 {
+            return Err(invalid(
+                "expires_in",
+                "must be above 0: the access token has expired",
+            ));
+        }
+        if self.permit(channel).await.is_none() {
+            return Err(LoginApiError::UnknownChannel(channel.to_string()));
+        }
+        let verified = self
+            .client
+            .verify(&access)
+            .await
+            .map_err(|e| LoginApiError::Line(e.to_string()))?;
+        let v = match verified {
+            Verification::Valid(v) => v,
+            Verification::Rejected { .. } => {
+                return Err(invalid(
+                    "access_token",
+                    "is not accepted by LINE (expired, revoked or unknown)",
+                ));
+            }
+        };
+        if &v.client_id != channel {
+            return Err(invalid(
+                "access_token",
+                "belongs to another channel (LINE's client_id differs from the login channel)",
+            ));
+        }
+        if v.expires_in <= 0 {
+            return Err(invalid(
+                "access_token",
+                "has expired (LINE's expires_in is 0)",
+            ));
+        }
+        let now = self.clock.now();
+        let t = self.inner().timings;
+        // LINE's answer is the truth about the token; the importer's
+        // expires_in was only checked.
+        let access_expires_at = now + TimeDelta::seconds(v.expires_in);
+        let horizon = rules::horizon(&t, now, v.expires_in, import.login_at);
+        let next = rules::next_refresh(
+            &t,
+            access_expires_at,
+            horizon.at,
+            rules::jitter(channel.as_str(), &subject),
+            None,
+        );
+        let grant = NewGrant {
+            channel: channel.clone(),
+            subject: subject.clone(),
+            access,
+            refresh,
+            access_expires_at,
+            login_at: import.login_at,
+            horizon_at: horizon.at,
+            horizon_estimated: horizon.estimated,
+            scope: v.scope.unwrap_or_default(),
+            next_refresh_at: next,
+        };
+        let replaced = self
+            .store
+            .blocking(move |s| s.import_login_grant(now, &grant))
+            .await?;
+        tracing::info!(
+            channel = %channel, grant = %subject_hash(&subject), replaced,
+            horizon_at = %fmt_time(horizon.at), horizon_estimated = horizon.estimated,
+            "LINE Login grant imported"
+        );
+        {
+            self.inner().next_notice = None;
+        }
+        self.wake.notify_one();
+        Ok(Imported {
+            access_expires_at,
+            horizon_at: horizon.at,
+            horizon_estimated: horizon.estimated,
+            replaced,
+        })
+    }
+
+    /// The current access token of a grant.
+    ///
+    /// # Errors
+    /// [`LoginApiError::NoGrant`], [`LoginApiError::NeedsLogin`] after the
+    /// horizon or `invalid_grant`, [`LoginApiError::NotFresh`] when the
+    /// access token expired, [`LoginApiError::Store`].
+    pub async fn token(&self, channel: &ChannelId, subject: &str) -> Result<Served, LoginApiError> {
+        let (c, s) = (channel.clone(), subject.to_owned());
+        let Some((grant, tokens)) = self
+            .store
+            .blocking(move |st| st.login_grant_tokens(&c, &s))
+            .await?
+        else {
+            return Err(LoginApiError::NoGrant);
+        };
+        let now = self.clock.now();
+        if grant.state != GrantState::Active || grant.horizon_at <= now {
+            return Err(LoginApiError::NeedsLogin);
+        }
+        if grant.access_expires_at <= now {
+            return Err(LoginApiError::NotFresh);
+        }
+        Ok(Served {
+            access_token: tokens.access,
+            expires_at: grant.access_expires_at,
+            scope: grant.scope,
+        })
+    }
+
+    /// Ends a grant: deauthorizes the user first when `deauthorize_with`
+    /// holds a channel token of the login channel, revokes the access
+    /// token (and, best effort, the refresh token) at LINE, then deletes
+    /// the grant. A revoke LINE could not answer keeps the grant, so the
+    /// caller can try again.
+    ///
+    /// # Errors
+    /// [`LoginApiError::NoGrant`], [`LoginApiError::Line`],
+    /// [`LoginApiError::Store`].
+    pub async fn delete(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        deauthorize_with: Option<AccessToken>,
+    ) -> Result<(), LoginApiError> {
+        let secret = {
+            let inner = self.inner();
+            let Some(c) = inner.channels.get(channel) else {
+                return Err(LoginApiError::UnknownChannel(channel.to_string()));
+            };
+            c.config.secret.clone()
+        };
+        let (c, s) = (channel.clone(), subject.to_owned());
+        let Some((_, tokens)) = self
+            .store
+            .blocking(move |st| st.login_grant_tokens(&c, &s))
+            .await?
+        else {
+            return Err(LoginApiError::NoGrant);
+        };
+        let hash = subject_hash(subject);
+        let mut detail = Vec::new();
+        if let Some(channel_token) = deauthorize_with {
+            self.permit(channel).await;
+            match self
+                .client
+                .deauthorize(channel, &channel_token, &tokens.access)
+                .await
+            {
+                Ok(Deauthorization::Deauthorized) => detail.push("deauthorized"),
+                Ok(Deauthorization::NotAccepted { .. }) => {
+                    detail.push("deauthorize not accepted (already deauthorized or token dead)");
+                }
+                Err(e) => return Err(LoginApiError::Line(e.to_string())),
+            }
+        }
+        self.permit(channel).await;
+        match self
+            .client
+            .revoke(channel, secret.as_ref(), &tokens.access)
+            .await
+        {
+            Ok(()) => detail.push("access token revoked"),
+            // A token LINE no longer knows needs no revoke.
+            Err(crate::line::error::LineError::Permanent { .. }) => {
+                detail.push("access token already dead");
+            }
+            Err(e) => return Err(LoginApiError::Line(e.to_string())),
+        }
+        self.permit(channel).await;
+        if let Err(e) =
+            revoke_refresh(&self.client, channel, secret.as_ref(), &tokens.refresh).await
+        {
+            tracing::info!(channel = %channel, grant = %hash, "revoking the refresh token (LINE's undocumented form) failed: {e}");
+        } else {
+            detail.push("refresh token revoked");
+        }
+        let now = self.clock.now();
+        let (c, s, d) = (channel.clone(), subject.to_owned(), detail.join(", "));
+        self.store
+            .blocking(move |st| st.delete_login_grant(now, &c, &s, &d))
+            .await?;
+        tracing::info!(channel = %channel, grant = %hash, "LINE Login grant deleted ({})", detail.join(", "));
+        self.inner().next_notice = None;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Runs one pass now (tests and `linetokd` internals wake the task
+    /// instead).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+async fn revoke_refresh(
+    client: &LoginClient,
+    channel: &ChannelId,
+    secret: Option<&crate::domain::ChannelSecret>,
+    refresh: &RefreshToken,
+) -> Result<(), crate::line::login::LoginError> {
+    client.revoke_refresh_token(channel, secret, refresh).await
+}
+
+/// Every active grant's next refresh under `t` (keeping a pending
+/// backoff): the start-up schedule, also what `linetokd bench` times for
+/// 100,000 grants.
+pub fn schedule(t: &Timings, grants: &[GrantRecord]) -> Vec<(ChannelId, String, DateTime<Utc>)> {
+    grants
+        .iter()
+        .filter(|g| g.state == GrantState::Active)
+        .map(|g| {
+            let next = if g.lost_refresh {
+                g.next_refresh_at
+            } else {
+                rules::next_refresh(
+                    t,
+                    g.access_expires_at,
+                    g.horizon_at,
+                    rules::jitter(g.channel.as_str(), &g.subject),
+                    g.retry_not_before,
+                )
+            };
+            (g.channel.clone(), g.subject.clone(), next)
+        })
+        .collect()
+}
+
+/// How long a bucket at `rate` takes to serve `requests` (for the CLI's
+/// estimate).
+pub fn duration_at_rate(requests: u64, rate: u32) -> Duration {
+    Duration::from_secs_f64(requests as f64 / f64::from(rate.max(1)))
+}

@@ -1,0 +1,899 @@
+//! LINE Login grants and their refresh journal (schema version 10).
+//!
+//! A grant is one user's access and refresh token on one login channel,
+//! keyed by (channel, subject). Both values are stored only sealed
+//! ([`super::crypt`]), each bound by its additional data to
+//! (`login_grants`, channel, `access` | `refresh`, subject, key ID): a
+//! store without database keys refuses to write or read them
+//! ([`StoreError::LoginUnencrypted`]). Every write re-seals both values
+//! under the active key, so a refreshed grant moves to a new key by
+//! itself.
+//!
+//! A refresh is journaled as an issuance is: [`Store::open_refresh_intent`]
+//! commits before the call to LINE; [`Store::complete_refresh`] stores the
+//! new access token, the new refresh token (when LINE sent one) and closes
+//! the intent in one transaction, before anything is published. An intent
+//! found open at start ([`Store::open_refresh_intents`]) is closed as lost
+//! with a `login_lost_refresh` event ([`Store::close_lost_refresh`]).
+//!
+//! Events and errors name a grant by [`subject_hash`], never by its
+//! subject; no token value leaves this file except through
+//! [`Store::login_grant_tokens`].
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+
+use super::crypt::Place;
+use super::events::insert_event;
+use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, time_at};
+use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
+
+/// The table sealed values live in (part of the additional data).
+const TABLE: &str = "login_grants";
+
+/// Where a grant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantState {
+    /// Refreshed ahead of expiry; its access token is served.
+    Active,
+    /// The refresh token is dead (horizon, `invalid_grant`): the user must
+    /// log in again; nothing more is sent to LINE for it.
+    NeedsLogin,
+    /// Revoked by an operator (kept only until deleted).
+    Revoked,
+}
+
+impl GrantState {
+    /// Every state, for metrics.
+    pub const ALL: [GrantState; 3] = [Self::Active, Self::NeedsLogin, Self::Revoked];
+
+    /// The stored spelling, also what metrics and `status` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsLogin => "needs_login",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, Fail> {
+        Ok(match text {
+            "active" => Self::Active,
+            "needs_login" => Self::NeedsLogin,
+            "revoked" => Self::Revoked,
+            other => return Err(Fail::Corrupt(format!("login grant state {other:?}"))),
+        })
+    }
+}
+
+/// A grant as stored, without its token values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// The login channel.
+    pub channel: ChannelId,
+    /// The user's LINE ID as the importer gave it. Personal data: log
+    /// [`GrantRecord::subject_hash`] instead.
+    pub subject: String,
+    /// When the current access token expires.
+    pub access_expires_at: DateTime<Utc>,
+    /// The login time, when the importer gave it.
+    pub login_at: Option<DateTime<Utc>>,
+    /// When the refresh token dies.
+    pub horizon_at: DateTime<Utc>,
+    /// True when `horizon_at` was estimated (no login time given).
+    pub horizon_estimated: bool,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+    /// Active, needs login, revoked.
+    pub state: GrantState,
+    /// When it was (last) imported.
+    pub imported_at: DateTime<Utc>,
+    /// When it was last refreshed.
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    /// Failed refreshes in a row.
+    pub consecutive_failures: u32,
+    /// No refresh before this (after a failure).
+    pub retry_not_before: Option<DateTime<Utc>>,
+    /// When the next refresh is due.
+    pub next_refresh_at: DateTime<Utc>,
+    /// When the "re-login due" notice went out for this horizon.
+    pub reauth_due_notified_at: Option<DateTime<Utc>>,
+    /// A refresh of this grant was lost in a crash.
+    pub lost_refresh: bool,
+}
+
+impl GrantRecord {
+    /// [`subject_hash`] of the subject: what logs and `status` show.
+    pub fn subject_hash(&self) -> String {
+        subject_hash(&self.subject)
+    }
+}
+
+/// A grant's two token values, opened.
+#[derive(Debug, Clone)]
+pub struct GrantTokens {
+    /// The user access token.
+    pub access: AccessToken,
+    /// The refresh token.
+    pub refresh: RefreshToken,
+}
+
+/// A grant to store by import.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    /// The login channel.
+    pub channel: ChannelId,
+    /// The user's LINE ID.
+    pub subject: String,
+    /// The access token (verified by the caller).
+    pub access: AccessToken,
+    /// The refresh token.
+    pub refresh: RefreshToken,
+    /// When the access token expires.
+    pub access_expires_at: DateTime<Utc>,
+    /// The login time, if given.
+    pub login_at: Option<DateTime<Utc>>,
+    /// When the refresh token dies.
+    pub horizon_at: DateTime<Utc>,
+    /// True when `horizon_at` is an estimate.
+    pub horizon_estimated: bool,
+    /// The granted scopes.
+    pub scope: String,
+    /// When the first refresh is due.
+    pub next_refresh_at: DateTime<Utc>,
+}
+
+/// A refresh's answer, to store.
+#[derive(Debug, Clone)]
+pub struct RefreshedGrant {
+    /// The new access token.
+    pub access: AccessToken,
+    /// The refresh token LINE sent, when it sent a non-empty one (it may
+    /// rotate it); `None` keeps the stored one.
+    pub refresh: Option<RefreshToken>,
+    /// When the new access token expires.
+    pub access_expires_at: DateTime<Utc>,
+    /// The granted scopes, when LINE said.
+    pub scope: Option<String>,
+    /// When the next refresh is due.
+    pub next_refresh_at: DateTime<Utc>,
+}
+
+/// How a failed refresh leaves its grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshFailure {
+    /// A transient failure: retried at `retry_at`.
+    Retry {
+        /// The next attempt.
+        retry_at: DateTime<Utc>,
+        /// Why, for the event (never a token value).
+        reason: String,
+    },
+    /// The refresh token is dead: the grant needs a new login.
+    NeedsLogin {
+        /// Why, for the event.
+        reason: String,
+    },
+    /// The channel was refused (`invalid_client`): the grant waits, its
+    /// failure not counted against it, until `retry_at`.
+    ChannelPaused {
+        /// When the channel is tried again.
+        retry_at: DateTime<Utc>,
+    },
+}
+
+/// A refresh intent left open by a previous run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRefreshIntent {
+    /// Its ID.
+    pub id: i64,
+    /// The login channel.
+    pub channel: ChannelId,
+    /// The grant's subject.
+    pub subject: String,
+    /// When it was opened.
+    pub opened_at: DateTime<Utc>,
+}
+
+/// Grants per channel and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantCount {
+    /// The login channel.
+    pub channel: ChannelId,
+    /// The state.
+    pub state: GrantState,
+    /// How many.
+    pub grants: u64,
+}
+
+const GRANT_COLUMNS: &str = "channel_id, subject, access_expires_at, login_at, horizon_at, \
+     horizon_estimated, scope, state, imported_at, last_refresh_at, consecutive_failures, \
+     retry_not_before, next_refresh_at, reauth_due_notified_at, lost_refresh";
+
+fn decode(row: &Row<'_>) -> Result<GrantRecord, Fail> {
+    Ok(GrantRecord {
+        channel: ChannelId::new(row.get::<_, String>("channel_id")?),
+        subject: row.get("subject")?,
+        access_expires_at: time_at(row, "access_expires_at")?,
+        login_at: opt_time_at(row, "login_at")?,
+        horizon_at: time_at(row, "horizon_at")?,
+        horizon_estimated: row.get::<_, i64>("horizon_estimated")? != 0,
+        scope: row.get("scope")?,
+        state: GrantState::parse(&row.get::<_, String>("state")?)?,
+        imported_at: time_at(row, "imported_at")?,
+        last_refresh_at: opt_time_at(row, "last_refresh_at")?,
+        consecutive_failures: u32::try_from(row.get::<_, i64>("consecutive_failures")?)
+            .unwrap_or(u32::MAX),
+        retry_not_before: opt_time_at(row, "retry_not_before")?,
+        next_refresh_at: time_at(row, "next_refresh_at")?,
+        reauth_due_notified_at: opt_time_at(row, "reauth_due_notified_at")?,
+        lost_refresh: row.get::<_, i64>("lost_refresh")? != 0,
+    })
+}
+
+/// The additional data's place of one value.
+fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
+    Place {
+        table: TABLE,
+        channel,
+        group: kind,
+        row: subject,
+    }
+}
+
+/// An event about one grant: the subject only as its hash.
+fn grant_event(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    subject: &str,
+    kind: EventKind,
+    detail: &str,
+) -> Result<(), Fail> {
+    let hash = subject_hash(subject);
+    let text = if detail.is_empty() {
+        format!("grant {hash}")
+    } else {
+        format!("grant {hash}: {detail}")
+    };
+    insert_event(tx, now, channel, None, None, kind, &text).map(drop)
+}
+
+impl Store {
+    /// Seals `value` for a grant, or names the grant in the error.
+    fn seal_login(
+        &self,
+        tx: &Connection,
+        channel: &str,
+        subject: &str,
+        kind: &'static str,
+        value: &str,
+    ) -> Result<(Vec<u8>, u32), Fail> {
+        self.inner
+            .values
+            .seal_only(tx, &place(channel, subject, kind), value)?
+            .map_err(|reason| {
+                Fail::Store(StoreError::LoginValue {
+                    channel: channel.to_owned(),
+                    subject: subject_hash(subject),
+                    kind,
+                    action: "encrypted",
+                    reason,
+                })
+            })
+    }
+
+    fn open_login(
+        &self,
+        channel: &str,
+        subject: &str,
+        kind: &'static str,
+        sealed: &[u8],
+    ) -> Result<String, Fail> {
+        self.inner
+            .values
+            .open_only(&place(channel, subject, kind), sealed)?
+            .map_err(|reason| {
+                Fail::Store(StoreError::LoginValue {
+                    channel: channel.to_owned(),
+                    subject: subject_hash(subject),
+                    kind,
+                    action: "decrypted",
+                    reason,
+                })
+            })
+    }
+
+    /// Stores an imported grant, replacing any grant of the same subject
+    /// (its state, failures, notice and lost flag start over; an open
+    /// refresh intent of the old grant is closed as `superseded`). Returns
+    /// true when a grant was replaced.
+    ///
+    /// # Errors
+    /// [`StoreError::LoginUnencrypted`], [`StoreError::LoginValue`],
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn import_login_grant(&self, now: DateTime<Utc>, g: &NewGrant) -> Result<bool, StoreError> {
+        self.write("importing a login grant", |tx| {
+            let channel = g.channel.as_str();
+            let (access, key) =
+                self.seal_login(tx, channel, &g.subject, "access", g.access.expose())?;
+            let (refresh, _) =
+                self.seal_login(tx, channel, &g.subject, "refresh", g.refresh.expose())?;
+            let replaced = tx
+                .query_row(
+                    "SELECT 1 FROM login_grants WHERE channel_id = ?1 AND subject = ?2",
+                    params![channel, g.subject],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            tx.execute(
+                "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
+                 WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
+                params![channel, g.subject, millis(now)],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO login_grants (channel_id, subject, access_token_enc, \
+                 refresh_token_enc, enc_key_id, access_expires_at, login_at, horizon_at, \
+                 horizon_estimated, scope, state, imported_at, next_refresh_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?12)",
+                params![
+                    channel,
+                    g.subject,
+                    access,
+                    refresh,
+                    key,
+                    millis(g.access_expires_at),
+                    g.login_at.map(millis),
+                    millis(g.horizon_at),
+                    g.horizon_estimated,
+                    g.scope,
+                    millis(now),
+                    millis(g.next_refresh_at),
+                ],
+            )?;
+            let detail = format!(
+                "{}; access token until {}, horizon {}{}",
+                if replaced { "replaced" } else { "new" },
+                g.access_expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                g.horizon_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                if g.horizon_estimated {
+                    " (estimated)"
+                } else {
+                    ""
+                }
+            );
+            grant_event(
+                tx,
+                now,
+                &g.channel,
+                &g.subject,
+                EventKind::LoginImported,
+                &detail,
+            )?;
+            Ok(replaced)
+        })
+    }
+
+    /// One grant, without its values.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn login_grant(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Option<GrantRecord>, StoreError> {
+        self.read("reading a login grant", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM login_grants WHERE channel_id = ?1 AND subject = ?2"
+            ))?;
+            let mut rows = stmt.query(params![channel.as_str(), subject])?;
+            rows.next()?.map(decode).transpose()
+        })
+    }
+
+    /// One grant with its token values opened.
+    ///
+    /// # Errors
+    /// [`StoreError::LoginUnencrypted`], [`StoreError::LoginValue`],
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn login_grant_tokens(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Option<(GrantRecord, GrantTokens)>, StoreError> {
+        self.read("reading a login grant's tokens", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS}, access_token_enc, refresh_token_enc FROM login_grants \
+                 WHERE channel_id = ?1 AND subject = ?2"
+            ))?;
+            let mut rows = stmt.query(params![channel.as_str(), subject])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            let record = decode(row)?;
+            let access: Vec<u8> = row.get("access_token_enc")?;
+            let refresh: Vec<u8> = row.get("refresh_token_enc")?;
+            let access = self.open_login(channel.as_str(), subject, "access", &access)?;
+            let refresh = self.open_login(channel.as_str(), subject, "refresh", &refresh)?;
+            Ok(Some((
+                record,
+                GrantTokens {
+                    access: AccessToken::new(access),
+                    refresh: RefreshToken::new(refresh),
+                },
+            )))
+        })
+    }
+
+    /// Every grant (without values), by channel and subject: `status`,
+    /// the module's start-up schedule and its notices.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn login_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        self.read("listing login grants", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM login_grants ORDER BY channel_id, subject"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(decode(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Active grants due at `now` (`next_refresh_at <= now`), earliest
+    /// first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn due_login_grants(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        self.read("listing due login grants", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM login_grants WHERE state = 'active' \
+                 AND next_refresh_at <= ?1 ORDER BY next_refresh_at LIMIT ?2"
+            ))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(params![millis(now), limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(decode(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The earliest `next_refresh_at` of an active grant.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn next_login_refresh(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read("finding the next login refresh", |conn| {
+            let ms: Option<i64> = conn.query_row(
+                "SELECT min(next_refresh_at) FROM login_grants WHERE state = 'active'",
+                [],
+                |row| row.get(0),
+            )?;
+            ms.map(|ms| {
+                DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| Fail::Corrupt(format!("next_refresh_at holds {ms}")))
+            })
+            .transpose()
+        })
+    }
+
+    /// Sets the next refresh of many grants at once (the start-up
+    /// schedule, after the timings may have changed).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn reschedule_login_grants(
+        &self,
+        next: &[(ChannelId, String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        self.write("rescheduling login grants", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE login_grants SET next_refresh_at = ?3 \
+                 WHERE channel_id = ?1 AND subject = ?2",
+            )?;
+            for (channel, subject, at) in next {
+                stmt.execute(params![channel.as_str(), subject, millis(*at)])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Opens (and commits) a refresh intent before the call to LINE.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] (also when one is already open for the
+    /// grant), [`StoreError::ReadOnly`].
+    pub fn open_refresh_intent(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<i64, StoreError> {
+        self.write("opening a refresh intent", |tx| {
+            tx.execute(
+                "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
+                params![channel.as_str(), subject, millis(now)],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Stores a refresh's answer and closes its intent, in one
+    /// transaction: the new access token, the new refresh token when LINE
+    /// sent one (else the stored one, re-sealed), the next refresh.
+    /// Returns false (storing nothing) when the intent was closed meanwhile
+    /// (the grant was re-imported or deleted).
+    ///
+    /// # Errors
+    /// [`StoreError::LoginUnencrypted`], [`StoreError::LoginValue`],
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn complete_refresh(
+        &self,
+        now: DateTime<Utc>,
+        intent: i64,
+        channel: &ChannelId,
+        subject: &str,
+        answer: &RefreshedGrant,
+    ) -> Result<bool, StoreError> {
+        self.write("storing a refreshed login grant", |tx| {
+            if !close_intent(tx, now, intent, "refreshed")? {
+                return Ok(false);
+            }
+            let c = channel.as_str();
+            let refresh = match &answer.refresh {
+                Some(r) => r.expose().to_owned(),
+                None => {
+                    let sealed: Vec<u8> = tx.query_row(
+                        "SELECT refresh_token_enc FROM login_grants \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![c, subject],
+                        |row| row.get(0),
+                    )?;
+                    self.open_login(c, subject, "refresh", &sealed)?
+                }
+            };
+            let (access_enc, key) =
+                self.seal_login(tx, c, subject, "access", answer.access.expose())?;
+            let (refresh_enc, _) = self.seal_login(tx, c, subject, "refresh", &refresh)?;
+            tx.execute(
+                "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
+                 enc_key_id = ?5, access_expires_at = ?6, scope = coalesce(?7, scope), \
+                 last_refresh_at = ?8, consecutive_failures = 0, retry_not_before = NULL, \
+                 next_refresh_at = ?9, lost_refresh = 0 \
+                 WHERE channel_id = ?1 AND subject = ?2",
+                params![
+                    c,
+                    subject,
+                    access_enc,
+                    refresh_enc,
+                    key,
+                    millis(answer.access_expires_at),
+                    answer.scope,
+                    millis(now),
+                    millis(answer.next_refresh_at),
+                ],
+            )?;
+            let detail = format!(
+                "access token until {}{}",
+                answer.access_expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                if answer.refresh.is_some() {
+                    "; new refresh token stored"
+                } else {
+                    ""
+                }
+            );
+            grant_event(
+                tx,
+                now,
+                channel,
+                subject,
+                EventKind::LoginRefreshed,
+                &detail,
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Records a failed refresh and closes its intent (when `intent` is
+    /// given) in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn fail_refresh(
+        &self,
+        now: DateTime<Utc>,
+        intent: Option<i64>,
+        channel: &ChannelId,
+        subject: &str,
+        failure: &RefreshFailure,
+    ) -> Result<(), StoreError> {
+        self.write("recording a failed login refresh", |tx| {
+            if let Some(intent) = intent
+                && !close_intent(tx, now, intent, "failed")?
+            {
+                return Ok(());
+            }
+            let c = channel.as_str();
+            match failure {
+                RefreshFailure::Retry { retry_at, reason } => {
+                    tx.execute(
+                        "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
+                         retry_not_before = ?3, next_refresh_at = ?3 \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![c, subject, millis(*retry_at)],
+                    )?;
+                    let detail = format!(
+                        "{reason}; retried at {}",
+                        retry_at.format("%Y-%m-%dT%H:%M:%SZ")
+                    );
+                    grant_event(
+                        tx,
+                        now,
+                        channel,
+                        subject,
+                        EventKind::LoginRefreshFailed,
+                        &detail,
+                    )?;
+                }
+                RefreshFailure::NeedsLogin { reason } => {
+                    tx.execute(
+                        "UPDATE login_grants SET state = 'needs_login', retry_not_before = NULL \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![c, subject],
+                    )?;
+                    grant_event(
+                        tx,
+                        now,
+                        channel,
+                        subject,
+                        EventKind::LoginNeedsLogin,
+                        reason,
+                    )?;
+                }
+                RefreshFailure::ChannelPaused { retry_at } => {
+                    tx.execute(
+                        "UPDATE login_grants SET retry_not_before = ?3, next_refresh_at = ?3 \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![c, subject, millis(*retry_at)],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Marks the grants of `channel` whose horizon passed as needing a new
+    /// login (a `login_needs_login` event each); returns their subjects.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn expire_login_horizons(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.write("ending login grants at their horizon", |tx| {
+            let ended: Vec<(String, String)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT channel_id, subject FROM login_grants \
+                     WHERE state = 'active' AND horizon_at <= ?1",
+                )?;
+                let rows = stmt.query_map([millis(now)], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (channel, subject) in &ended {
+                tx.execute(
+                    "UPDATE login_grants SET state = 'needs_login' \
+                     WHERE channel_id = ?1 AND subject = ?2",
+                    params![channel, subject],
+                )?;
+                grant_event(
+                    tx,
+                    now,
+                    &ChannelId::new(channel.clone()),
+                    subject,
+                    EventKind::LoginNeedsLogin,
+                    "the refresh token reached its horizon",
+                )?;
+            }
+            Ok(ended.len())
+        })
+    }
+
+    /// Records the "re-login due" notice of one grant, once: false when it
+    /// was already recorded for this grant's current horizon.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn note_reauth_due(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        subject: &str,
+        horizon_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write("recording a re-login notice", |tx| {
+            let changed = tx.execute(
+                "UPDATE login_grants SET reauth_due_notified_at = ?3 \
+                 WHERE channel_id = ?1 AND subject = ?2 AND reauth_due_notified_at IS NULL",
+                params![channel.as_str(), subject, millis(now)],
+            )?;
+            if changed > 0 {
+                let detail = format!(
+                    "re-login due: the refresh token ends at {}",
+                    horizon_at.format("%Y-%m-%dT%H:%M:%SZ")
+                );
+                grant_event(
+                    tx,
+                    now,
+                    channel,
+                    subject,
+                    EventKind::LoginReauthDue,
+                    &detail,
+                )?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
+    /// Records that LINE refused a login channel (an event).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn note_login_channel_rejected(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.write("recording a refused login channel", |tx| {
+            insert_event(
+                tx,
+                now,
+                channel,
+                None,
+                None,
+                EventKind::LoginChannelRejected,
+                detail,
+            )
+            .map(drop)
+        })
+    }
+
+    /// Refresh intents left open by a previous run.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn open_refresh_intents(&self) -> Result<Vec<OpenRefreshIntent>, StoreError> {
+        self.read("listing open refresh intents", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, channel_id, subject, opened_at FROM refresh_intents \
+                 WHERE closed_at IS NULL ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(OpenRefreshIntent {
+                    id: row.get("id")?,
+                    channel: ChannelId::new(row.get::<_, String>("channel_id")?),
+                    subject: row.get("subject")?,
+                    opened_at: time_at(row, "opened_at")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Closes an intent a previous run left open as lost, with a
+    /// `login_lost_refresh` event, flags its grant and makes it due at
+    /// `now`: its next refresh tells whether the stored refresh token
+    /// still works.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn close_lost_refresh(
+        &self,
+        now: DateTime<Utc>,
+        intent: &OpenRefreshIntent,
+    ) -> Result<(), StoreError> {
+        self.write("closing a lost refresh intent", |tx| {
+            if !close_intent(tx, now, intent.id, "lost")? {
+                return Ok(());
+            }
+            tx.execute(
+                "UPDATE login_grants SET lost_refresh = 1, next_refresh_at = ?3 \
+                 WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
+                params![intent.channel.as_str(), intent.subject, millis(now)],
+            )?;
+            let detail = format!(
+                "a refresh started at {} was in flight when linetokd stopped: LINE may have \
+                 issued a new refresh token that was never stored; refreshing again now",
+                intent.opened_at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            grant_event(
+                tx,
+                now,
+                &intent.channel,
+                &intent.subject,
+                EventKind::LoginLostRefresh,
+                &detail,
+            )
+        })
+    }
+
+    /// Deletes a grant (its rows are zeroed: the store runs with
+    /// `secure_delete` when encrypted) and closes any open intent. False
+    /// when there was none.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn delete_login_grant(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        subject: &str,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        self.write("deleting a login grant", |tx| {
+            tx.execute(
+                "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
+                 WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
+                params![channel.as_str(), subject, millis(now)],
+            )?;
+            let deleted = tx.execute(
+                "DELETE FROM login_grants WHERE channel_id = ?1 AND subject = ?2",
+                params![channel.as_str(), subject],
+            )?;
+            if deleted > 0 {
+                grant_event(tx, now, channel, subject, EventKind::LoginDeleted, detail)?;
+            }
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Grants per channel and state.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn login_grant_counts(&self) -> Result<Vec<GrantCount>, StoreError> {
+        self.read("counting login grants", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel_id, state, count(*) FROM login_grants \
+                 GROUP BY channel_id, state ORDER BY channel_id, state",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(GrantCount {
+                    channel: ChannelId::new(row.get::<_, String>(0)?),
+                    state: GrantState::parse(&row.get::<_, String>(1)?)?,
+                    grants: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Closes an open intent; false when it was already closed (superseded).
+fn close_intent(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    intent: i64,
+    outcome: &str,
+) -> Result<bool, Fail> {
+    let closed = tx.execute(
+        "UPDATE refresh_intents SET closed_at = ?2, outcome = ?3 WHERE id = ?1 AND closed_at IS NULL",
+        params![intent, millis(now), outcome],
+    )?;
+    Ok(closed > 0)
+}
