@@ -300,7 +300,7 @@ pub enum Alert {
         key_id: KeyId,
     },
     /// LINE's verify refused a short-lived token of this group that still
-    /// had time left, at `at`: evicted by another issuer's 31st short-lived
+    /// had time left, at `at`: evicted by a 31st short-lived (anyone's)
     /// token on the channel, or revoked outside linetokd. Fires for
     /// [`EVICTION_ALERT_SPAN`] after the latest such refusal.
     ShortLivedEvicted {

@@ -58,7 +58,7 @@ pub struct GroupView {
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
     /// When LINE's verify last refused a short-lived token of the group
-    /// that still had time left: another issuer's 31st token evicted it,
+    /// that still had time left: a 31st token on the channel (anyone's) evicted it,
     /// or it was revoked outside linetokd. Raises
     /// [`Alert::ShortLivedEvicted`](super::Alert::ShortLivedEvicted) for
     /// [`EVICTION_ALERT_SPAN`](super::plan::EVICTION_ALERT_SPAN).

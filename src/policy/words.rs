@@ -172,7 +172,7 @@ impl fmt::Display for Alert {
             Self::ShortLivedEvicted { at: when } => write!(
                 f,
                 "LINE's verify refused a short-lived token of this group that still had time \
-                 left (at {}): another issuer's 31st short-lived token evicted it, or it was \
+                 left (at {}): a 31st short-lived token on the channel (another issuer's, or one of ours) evicted it, or it was \
                  revoked outside linetokd; a replacement is issued at once",
                 at(*when)
             ),

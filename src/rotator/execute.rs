@@ -443,7 +443,7 @@ impl Rotator {
                     channel = %setup.id,
                     group = %group,
                     key_id = %key_id,
-                    "LINE no longer accepts a short-lived token of ours with time left: evicted by another issuer's 31st short-lived token, or revoked outside linetokd ({why})"
+                    "LINE no longer accepts a short-lived token of ours with time left: evicted by a 31st short-lived token on the channel (another issuer's, or one of ours), or revoked outside linetokd ({why})"
                 );
                 self.emit(RotationEvent::Gone {
                     channel: setup.id.clone(),
