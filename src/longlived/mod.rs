@@ -177,12 +177,20 @@ pub struct Served {
 /// current value while it is neither refused by LINE nor retired.
 type ServedBook = Arc<Mutex<HashMap<ChannelId, Served>>>;
 
-/// Each channel's values as its watcher last published them, in memory
-/// only: a watcher restarted by a reload (its settings changed) takes them
-/// over, so an old value inside a console reissue's grace is still
-/// verified. A restart of the daemon forgets them, as it must (the values
+/// A channel's values as its watcher last published them: the file's
+/// current value and the old ones still inside a reissue's grace.
+type Values = (Option<Held>, Vec<Held>);
+
+/// One channel's [`Values`], in memory only, behind an async lock that a
+/// watcher holds for its whole life: a watcher restarted by a reload (its
+/// settings changed) waits until its predecessor has stopped and then takes
+/// the values over, so no sequence of reloads loses an old value inside
+/// its grace. A restart of the daemon forgets them, as it must (the values
 /// are never stored).
-type Memory = Arc<Mutex<HashMap<ChannelId, (Option<Held>, Vec<Held>)>>>;
+type Slot = Arc<tokio::sync::Mutex<Values>>;
+
+/// Every channel's [`Slot`].
+type Memory = Arc<Mutex<HashMap<ChannelId, Slot>>>;
 
 /// The watchers of every channel with `[channel.long_lived]`.
 pub struct Service {
@@ -250,7 +258,8 @@ impl Service {
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(channel);
                     self.parts.metrics.remove_long_lived(channel);
-                    // Its alerts resolve: nobody watches that token now.
+                    // Its rows end and its alerts resolve: nobody watches
+                    // that token now.
                     let (store, ch, now) = (
                         self.parts.store.clone(),
                         channel.clone(),
@@ -259,6 +268,8 @@ impl Service {
                     self.tasks.spawn(async move {
                         let _ = store
                             .blocking(move |s| {
+                                // Nobody verifies its values any more.
+                                s.sync_long_lived(&ch, &[])?;
                                 s.sync_alerts(
                                     now,
                                     AlertScope {
@@ -281,14 +292,20 @@ impl Service {
             }
             let stop = self.shutdown.child_token();
             let (tx, rx) = mpsc::channel(4);
+            let slot = Arc::clone(
+                self.memory
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(channel.clone())
+                    .or_default(),
+            );
             let watcher = Watcher::new(
                 self.parts.clone(),
                 Arc::clone(&self.served),
-                Arc::clone(&self.memory),
                 channel.clone(),
                 config.clone(),
             );
-            self.tasks.spawn(watcher.run(stop.clone(), rx));
+            self.tasks.spawn(watcher.run(slot, stop.clone(), rx));
             running.insert(
                 channel,
                 Running {
@@ -356,7 +373,6 @@ struct Held {
 struct Watcher {
     parts: Parts,
     served: ServedBook,
-    memory: Memory,
     channel: ChannelId,
     config: Settings,
     current: Option<Held>,
@@ -375,13 +391,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(
-        parts: Parts,
-        served: ServedBook,
-        memory: Memory,
-        channel: ChannelId,
-        config: Settings,
-    ) -> Self {
+    fn new(parts: Parts, served: ServedBook, channel: ChannelId, config: Settings) -> Self {
         let rng = match parts.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -389,7 +399,6 @@ impl Watcher {
         Self {
             parts,
             served,
-            memory,
             channel,
             config,
             current: None,
@@ -403,20 +412,21 @@ impl Watcher {
         }
     }
 
-    async fn run(mut self, stop: CancellationToken, mut retires: mpsc::Receiver<RetireAsk>) {
+    async fn run(
+        mut self,
+        slot: Slot,
+        stop: CancellationToken,
+        mut retires: mpsc::Receiver<RetireAsk>,
+    ) {
+        // A reload restarted this watcher: once its predecessor stopped,
+        // what it held (the file's value, and old values still inside
+        // their grace) goes on here.
+        let mut values = tokio::select! {
+            () = stop.cancelled() => return,
+            values = slot.lock_owned() => values,
+        };
+        (self.current, self.old) = values.clone();
         self.load_stored().await;
-        // A reload restarted this watcher: what its predecessor held (the
-        // file's value, and old values still inside their grace) goes on.
-        if let Some((current, old)) = self
-            .memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&self.channel)
-            .cloned()
-        {
-            self.current = current;
-            self.old = old;
-        }
         let mut file_watch = match ConfigWatcher::new(&self.config.token_file) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -428,7 +438,14 @@ impl Watcher {
         self.read_file();
         loop {
             self.verify_due().await;
+            if stop.is_cancelled() {
+                // Stopped during a verify: the successor takes the values
+                // over and publishes them; this one must not serve any more.
+                *values = (self.current.clone(), self.old.clone());
+                return;
+            }
             self.publish().await;
+            *values = (self.current.clone(), self.old.clone());
             let next = self.next_at();
             let clock = Arc::clone(&self.parts.clock);
             tokio::select! {
@@ -660,11 +677,26 @@ impl Watcher {
                 .iter()
                 .map(|o| (o.tracked.clone(), LongLivedRole::Old)),
         );
-        for t in std::mem::take(&mut self.stale) {
-            self.record(&t, LongLivedRole::Ended).await;
-        }
-        for (t, role) in &rows {
-            self.record(t, *role).await;
+        rows.extend(
+            std::mem::take(&mut self.stale)
+                .into_iter()
+                .map(|t| (t, LongLivedRole::Ended)),
+        );
+        let rows: Vec<LongLivedRow> = rows.iter().map(|(t, role)| self.row(t, *role)).collect();
+        let channel = self.channel.clone();
+        match self
+            .parts
+            .store
+            .blocking(move |s| s.sync_long_lived(&channel, &rows))
+            .await
+        {
+            Ok(0) => {}
+            Ok(ended) => {
+                tracing::info!(channel = %self.channel, ended, "long-lived token rows no watcher holds any more are ended");
+            }
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot store the long-lived tokens' state");
+            }
         }
         let current = self.current_watched().map(|c| c.tracked.clone());
         let old: Vec<Tracked> = self.old.iter().map(|o| o.tracked.clone()).collect();
@@ -724,13 +756,6 @@ impl Watcher {
         if let Some(token) = &serve {
             self.write_sinks(token).await;
         }
-        self.memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                self.channel.clone(),
-                (self.current.clone(), self.old.clone()),
-            );
         let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         match serve {
             Some(token) => served.insert(self.channel.clone(), token),
@@ -779,6 +804,20 @@ impl Watcher {
         }
         if all {
             self.written = Some(token.fingerprint.clone());
+        }
+    }
+
+    fn row(&self, t: &Tracked, role: LongLivedRole) -> LongLivedRow {
+        LongLivedRow {
+            channel: self.channel.clone(),
+            fingerprint: t.fingerprint.clone(),
+            role,
+            first_seen_at: t.first_seen_at,
+            last_valid_at: t.last_valid_at,
+            last_checked_at: t.last_checked_at,
+            result: t.result,
+            detail: t.detail.clone(),
+            retired_at: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! old value lives only in the daemon's memory (migration 0008).
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, params};
+use rusqlite::{Row, Transaction, params};
 
 use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::ChannelId;
@@ -118,6 +118,32 @@ fn decode(row: &Row<'_>) -> Result<LongLivedRow, Fail> {
     })
 }
 
+/// Inserts or updates one row; `retired_at` is kept as stored,
+/// `first_seen_at` as first written.
+fn upsert(tx: &Transaction<'_>, row: &LongLivedRow) -> Result<(), Fail> {
+    let detail = screen(tx, &row.detail)?;
+    tx.execute(
+        "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
+         last_valid_at, last_checked_at, result, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (channel_id, fingerprint) DO UPDATE SET role = excluded.role, \
+         last_valid_at = excluded.last_valid_at, \
+         last_checked_at = excluded.last_checked_at, result = excluded.result, \
+         detail = excluded.detail",
+        params![
+            row.channel.as_str(),
+            row.fingerprint,
+            row.role.as_str(),
+            millis(row.first_seen_at),
+            row.last_valid_at.map(millis),
+            row.last_checked_at.map(millis),
+            row.result.as_str(),
+            detail,
+        ],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Writes what the watcher knows about one token (insert or update);
     /// `retired_at` is kept as stored, `first_seen_at` as first written.
@@ -125,28 +151,46 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn record_long_lived(&self, row: &LongLivedRow) -> Result<(), StoreError> {
-        self.write("recording a long-lived token", |tx| {
-            let detail = screen(tx, &row.detail)?;
-            tx.execute(
-                "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
-                 last_valid_at, last_checked_at, result, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (channel_id, fingerprint) DO UPDATE SET role = excluded.role, \
-                 last_valid_at = excluded.last_valid_at, \
-                 last_checked_at = excluded.last_checked_at, result = excluded.result, \
-                 detail = excluded.detail",
-                params![
-                    row.channel.as_str(),
-                    row.fingerprint,
-                    row.role.as_str(),
-                    millis(row.first_seen_at),
-                    row.last_valid_at.map(millis),
-                    row.last_checked_at.map(millis),
-                    row.result.as_str(),
-                    detail,
-                ],
+        self.write("recording a long-lived token", |tx| upsert(tx, row))
+    }
+
+    /// Writes every token a channel's watcher holds (`rows`, each as
+    /// [`Store::record_long_lived`]) and ends, in the same transaction, the
+    /// channel's `current` and `old` rows that are not among them: a value
+    /// no watcher holds is verified by nobody, so its last answer must not
+    /// stand as if it were. Returns how many rows were ended that way.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn sync_long_lived(
+        &self,
+        channel: &ChannelId,
+        rows: &[LongLivedRow],
+    ) -> Result<usize, StoreError> {
+        self.write("recording a channel's long-lived tokens", |tx| {
+            for row in rows.iter().filter(|r| &r.channel == channel) {
+                upsert(tx, row)?;
+            }
+            let mut stmt = tx.prepare_cached(
+                "SELECT fingerprint FROM long_lived_tokens \
+                 WHERE channel_id = ?1 AND role IN ('current', 'old')",
             )?;
-            Ok(())
+            let held: Vec<String> = stmt
+                .query_map(params![channel.as_str()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut ended = 0;
+            for fp in held
+                .iter()
+                .filter(|fp| !rows.iter().any(|r| &r.fingerprint == *fp))
+            {
+                ended += tx.execute(
+                    "UPDATE long_lived_tokens SET role = 'ended', \
+                     detail = 'no longer verified: the token file no longer holds it' \
+                     WHERE channel_id = ?1 AND fingerprint = ?2",
+                    params![channel.as_str(), fp],
+                )?;
+            }
+            Ok(ended)
         })
     }
 

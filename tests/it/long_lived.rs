@@ -637,3 +637,95 @@ async fn retire_without_a_daemon_is_remembered_by_the_next_start() {
     shutdown.cancel();
     daemon.stopped().await.unwrap();
 }
+
+/// Reloads that move `token_file` to another path holding the same value
+/// and straight back (without waiting for the watchers) keep the old value
+/// inside its grace: it is verified until LINE drops it, then ended. A
+/// channel whose `[channel.long_lived]` is removed ends its rows: nobody
+/// verifies them, so `status` must not show them "valid".
+#[tokio::test]
+async fn path_changes_back_and_forth_keep_an_old_value_and_removal_ends_the_rows() {
+    let lab = sandbox_lab().await;
+    let start = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    lab.clock.set(start);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("lab.longlived");
+    let t1 = console(&lab.base_url, "long-lived").await;
+    write_private(&token_file, format!("{t1}\n").as_bytes());
+    let config = write_config(dir.path(), &lab.base_url, &token_file);
+    let load = || {
+        Settings::load(&config, &HashMap::new())
+            .unwrap()
+            .validate()
+            .unwrap()
+    };
+    let clock: SharedClock = Arc::new(lab.clock.clone());
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::start(&load(), clock, shutdown.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    let store = daemon.rotator.store().clone();
+    verified_at(&store, &t1, start).await;
+    let t2 = console(&lab.base_url, "long-lived/reissue?grace=24h").await;
+    replace_token(&token_file, &t2);
+    until("t1 is old and t2 current", || {
+        row(&store, &t1).is_some_and(|r| r.role == LongLivedRole::Old)
+            && row(&store, &t2).is_some_and(|r| r.role == LongLivedRole::Current)
+    })
+    .await;
+
+    // Another path holding the same value, then back, reloaded at once.
+    let other = dir.path().join("copy.longlived");
+    write_private(&other, format!("{t2}\n").as_bytes());
+    let original = fs::read_to_string(&config).unwrap();
+    let moved = original.replace(
+        &token_file.display().to_string(),
+        &other.display().to_string(),
+    );
+    fs::write(&config, &moved).unwrap();
+    daemon.reload(&load()).await.unwrap();
+    fs::write(&config, &original).unwrap();
+    daemon.reload(&load()).await.unwrap();
+    fs::write(&config, &moved).unwrap();
+    daemon.reload(&load()).await.unwrap();
+
+    let later = start + chrono::Duration::hours(3);
+    lab.clock.set(later);
+    verified_at(&store, &t1, later).await;
+    let r1 = row(&store, &t1).unwrap();
+    assert_eq!(
+        (r1.role, r1.result),
+        (LongLivedRole::Old, LongLivedResult::Valid)
+    );
+    // Past the grace: refused, ended, and t2 alone is current.
+    let past = start + chrono::Duration::hours(26);
+    lab.clock.set(past);
+    until("t1 is ended", || {
+        row(&store, &t1).is_some_and(|r| r.role == LongLivedRole::Ended)
+    })
+    .await;
+    verified_at(&store, &t2, past).await;
+    let current: Vec<_> = store
+        .long_lived_rows()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.role != LongLivedRole::Ended)
+        .map(|r| r.fingerprint)
+        .collect();
+    assert_eq!(current, vec![fp(&t2)]);
+
+    // The section removed: its rows end, nothing stays "current".
+    let start_of_section = original.find("  [channel.long_lived]").unwrap();
+    fs::write(&config, &original[..start_of_section]).unwrap();
+    daemon.reload(&load()).await.unwrap();
+    until("every row is ended", || {
+        store
+            .long_lived_rows()
+            .unwrap()
+            .iter()
+            .all(|r| r.role == LongLivedRole::Ended)
+    })
+    .await;
+    shutdown.cancel();
+    daemon.stopped().await.unwrap();
+}
