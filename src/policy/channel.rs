@@ -101,10 +101,8 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         .groups
         .iter()
         .map(|g| {
-            if !g.kind.is_listed() {
-                return plan_group(now, g, &short_view, rules);
-            }
-            let mut plan = plan_group(now, g, &view, rules);
+            let pool = if g.kind.is_listed() { &view } else { &short_view };
+            let mut plan = plan_group(now, g, pool, rules);
             if let Some(until) = listing_held_until {
                 hold_listing(&mut plan, now, until, rules);
             }
@@ -177,8 +175,9 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
 /// The pool of `kind` on the channel as the groups of that kind see it: our
 /// live tokens of that kind counted from the groups, and for v2.1 the
 /// channel's listing, foreign and lost counts and holds. LINE lists no
-/// short-lived tokens, so their pool has none of those: only our own count
-/// and the channel's hourly budget, which every kind shares.
+/// short-lived tokens, so their pool has none of those: only our own count,
+/// the channel's hourly budget, which every kind shares, and when the
+/// channel was last listed.
 fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> ChannelView {
     let live_ours = live_ours(now, &state.groups, kind);
     if kind.is_listed() {
@@ -190,6 +189,9 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
         ChannelView {
             live_ours,
             issue_times_last_hour: state.view.issue_times_last_hour.clone(),
+            // When the channel was last listed: a short-lived group that
+            // still holds a v2.1 token asks for the listing on its schedule.
+            last_reconcile_at: state.view.last_reconcile_at,
             ..ChannelView::default()
         }
     }

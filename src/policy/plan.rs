@@ -714,7 +714,15 @@ fn plan_active(
     // Only v2.1 tokens are listed: a short-lived group never waits for (or
     // asks for) a listing, and its pool has no foreign or lost tokens.
     let listed = group.kind.is_listed();
-    let reconcile_is_due = listed && reconcile_due_at.is_none_or(|at| now >= at);
+    // A group switched to short-lived keeps its v2.1 tokens until they
+    // expire. LINE lists those, and the listing is also what sees other
+    // issuers' v2.1 tokens on the channel, so it goes on while one is live.
+    let lists = listed
+        || group
+            .live_tokens(now)
+            .iter()
+            .any(|t| t.kind() == crate::domain::TokenKind::V21);
+    let reconcile_is_due = lists && reconcile_due_at.is_none_or(|at| now >= at);
     // After LINE's 30-token refusal our count was wrong: only a listing
     // asked for after the refusal is fresh.
     let full_until = channel.full_until.filter(|u| *u > now);
@@ -791,7 +799,7 @@ fn plan_active(
             }
         }
     }
-    if let Some(at) = reconcile_due_at.filter(|_| listed) {
+    if let Some(at) = reconcile_due_at.filter(|_| lists) {
         draft.wake(at);
     }
 

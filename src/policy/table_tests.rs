@@ -1278,6 +1278,47 @@ fn a_short_lived_group_is_issued_without_any_listing() {
 }
 
 #[test]
+fn a_group_switched_to_short_lived_lists_the_channel_while_its_v21_token_lives() {
+    // Its v2.1 token from before the switch is still live: LINE lists it,
+    // and only the listing sees other issuers' tokens, so it goes on at
+    // the reconcile interval; once that token expired, it stops.
+    let rules = rules();
+    let now = t(0);
+    let switched = |last: DateTime<Utc>| ChannelState {
+        groups: vec![GroupView {
+            last_verified_at: Some(now),
+            ..short_group("liff", vec![tok30("v21-before", -DAY), sl("new", -1)])
+        }],
+        view: ChannelView {
+            last_reconcile_at: Some(last),
+            ..ChannelView::default()
+        },
+    };
+    let due = now - rules.reconcile_interval;
+    let d = drive(now, &switched(due), &rules);
+    let Next::Execute { plan, .. } = d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert!(plan.steps.contains(&Step::Reconcile), "{plan:?}");
+    // Listed a minute ago: it wakes when the listing is due again.
+    let fresh = now - Duration::minutes(1);
+    let d = drive(now, &switched(fresh), &rules);
+    assert!(
+        d.plans[0].wake_at <= fresh + rules.reconcile_interval,
+        "{:?}",
+        d.plans[0]
+    );
+    // The v2.1 token expired: no listing any more.
+    let later = now + Duration::days(31);
+    let d = drive(later, &switched(due), &rules);
+    assert!(
+        d.plans.iter().all(|p| !p.steps.contains(&Step::Reconcile)),
+        "{:?}",
+        d.plans
+    );
+}
+
+#[test]
 fn a_full_v21_pool_does_not_hold_a_short_lived_group_and_the_reverse() {
     let now = t(0);
     // 30 foreign v2.1 tokens: the v2.1 group waits, the short-lived one not.
