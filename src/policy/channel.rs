@@ -101,7 +101,11 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         .groups
         .iter()
         .map(|g| {
-            let pool = if g.kind.is_listed() { &view } else { &short_view };
+            let pool = if g.kind.is_listed() {
+                &view
+            } else {
+                &short_view
+            };
             let mut plan = plan_group(now, g, pool, rules);
             if let Some(until) = listing_held_until {
                 hold_listing(&mut plan, now, until, rules);
@@ -192,9 +196,34 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
             // When the channel was last listed: a short-lived group that
             // still holds a v2.1 token asks for the listing on its schedule.
             last_reconcile_at: state.view.last_reconcile_at,
+            eviction_suspect: eviction_suspect(now, &state.groups),
             ..ChannelView::default()
         }
     }
+}
+
+/// See [`ChannelView::eviction_suspect`]: the oldest of our live
+/// short-lived tokens on the channel, if a newer one of ours was issued
+/// after LINE last accepted it (or after its issue, if never verified).
+/// Once it is verified, or marked gone, the next oldest is the suspect if
+/// a later issue (such as the replacement of an evicted token) could have
+/// evicted it in turn.
+fn eviction_suspect(now: DateTime<Utc>, groups: &[GroupView]) -> Option<KeyId> {
+    let tokens: Vec<_> = groups
+        .iter()
+        .flat_map(|g| g.live_tokens(now))
+        .filter(|t| {
+            t.kind() == TokenKind::ShortLived && t.refused_at.is_none() && t.issued_at <= now
+        })
+        .collect();
+    let oldest = tokens
+        .iter()
+        .min_by_key(|t| (t.issued_at, t.key_id.as_str()))?;
+    let newest_issue = tokens.iter().map(|t| t.issued_at).max()?;
+    let accepted = oldest
+        .verified_at
+        .map_or(oldest.issued_at, |v| v.max(oldest.issued_at));
+    (newest_issue > accepted).then(|| oldest.key_id.clone())
 }
 
 /// Takes the key-ID listing out of a plan while the channel's listing

@@ -807,12 +807,15 @@ fn plan_active(
     // and every other live short-lived token on its own schedule, since
     // nothing lists them and an evicted previous token would otherwise go
     // unnoticed by the consumers that still use it.
+    // A token a newer short-lived issue of ours may have evicted is due at
+    // once ([`ChannelView::eviction_suspect`]).
+    let suspect = |t: &TokenRecord| channel.eviction_suspect.as_ref() == Some(&t.key_id);
     let mut verify = Vec::new();
     if issue.is_none() {
         if let Some(cur) = remaining.first() {
             let at = verify_due_at(cur, group, rules);
             draft.wake(at);
-            if now >= at {
+            if now >= at || suspect(cur) {
                 verify.push(cur.key_id.clone());
             }
         }
@@ -823,7 +826,7 @@ fn plan_active(
         {
             let at = token_verify_due_at(t, group, rules);
             draft.wake(at);
-            if now >= at {
+            if now >= at || suspect(t) {
                 verify.push(t.key_id.clone());
             }
         }

@@ -1319,6 +1319,46 @@ fn a_group_switched_to_short_lived_lists_the_channel_while_its_v21_token_lives()
 }
 
 #[test]
+fn a_short_lived_issue_has_our_oldest_short_lived_token_verified_at_once() {
+    // Group "a" holds the channel's oldest short-lived token of ours,
+    // verified an hour ago; group "b" was just issued one. That issue may
+    // have been the 31st, which evicts the oldest: "a"'s token is verified
+    // now, not at its interval. Once verified it is not asked again.
+    let rules = rules();
+    let now = t(0);
+    let state = |verified: DateTime<Utc>| {
+        let mut old = sl("a-old", -DAY);
+        old.verified_at = Some(verified);
+        ChannelState {
+            groups: vec![
+                GroupView {
+                    last_verified_at: Some(verified),
+                    ..short_group("a", vec![old])
+                },
+                GroupView {
+                    last_verified_at: Some(now),
+                    ..short_group("b", vec![sl("b-new", -1)])
+                },
+            ],
+            view: ChannelView::default(),
+        }
+    };
+    let d = drive(now, &state(now - Duration::hours(1)), &rules);
+    let Next::Execute { group, plan } = d.next else {
+        panic!("{:?}", d.next)
+    };
+    assert_eq!(group, 0);
+    assert_eq!(
+        plan.steps,
+        vec![Step::Verify {
+            key_id: KeyId::new("sl:a-old")
+        }]
+    );
+    let d = drive(now, &state(now), &rules);
+    assert!(matches!(d.next, Next::Idle { .. }), "{:?}", d.next);
+}
+
+#[test]
 fn a_full_v21_pool_does_not_hold_a_short_lived_group_and_the_reverse() {
     let now = t(0);
     // 30 foreign v2.1 tokens: the v2.1 group waits, the short-lived one not.

@@ -174,4 +174,10 @@ pub struct ChannelView {
     /// True after LINE's 30-token refusal until a key-ID listing asked for
     /// after it succeeds: our count was wrong, so no issue before it.
     pub relist_needed: bool,
+    /// Short-lived pool only: our oldest live short-lived token on the
+    /// channel, when one of ours was issued after LINE last accepted it.
+    /// That issue may have been the pool's 31st, and LINE then evicts the
+    /// oldest token on the channel, which is this one if it is not another
+    /// issuer's; so it is verified at once rather than at its interval.
+    pub eviction_suspect: Option<KeyId>,
 }

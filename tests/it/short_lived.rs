@@ -210,6 +210,86 @@ async fn the_31st_short_lived_token_evicts_ours_and_the_daemon_reissues_at_its_n
     rig.finish().await;
 }
 
+/// Our own short-lived issue can be the channel's 31st: LINE then evicts
+/// the oldest token on the channel, which may be one of ours (another
+/// group's, or the rotating group's previous one). The daemon verifies its
+/// oldest short-lived token right after each such issue, so it learns of
+/// the eviction at the same instant, not at that token's next verify.
+#[tokio::test]
+async fn our_own_31st_short_lived_issue_is_followed_by_a_verify_of_our_oldest() {
+    let mut c = chan(0, 0);
+    c.short_lived = vec![group("liff-a"), group("liff-b")];
+    let rig = Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", "1d", "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    assert_eq!(check(&rig).len(), 2);
+    // Another issuer fills the pool to 30.
+    for _ in 0..28 {
+        foreign_issue(&rig).await;
+    }
+    assert_eq!(ours_at_line(&rig).1, 30);
+    let channel = rig.chans[0].id.clone();
+    let issued_by_us = |rig: &Rig| {
+        rig.sandbox
+            .tokens_since(&channel, 0)
+            .into_iter()
+            .filter(|t| t.kind == TokenKind::ShortLived)
+            .filter(|t| {
+                rig.store()
+                    .token(&KeyId::short_lived(&t.access_token))
+                    .unwrap()
+                    .is_some()
+            })
+            .count()
+    };
+    // Time runs until the first rotation: our third issue, the 31st.
+    let limit = rig.now() + Duration::days(30);
+    while issued_by_us(&rig) < 3 {
+        let deadline = rig.deadline().await;
+        assert!(deadline < limit, "no rotation within 30 days");
+        check(&rig);
+        let before = rig.passes();
+        rig.clock.set(deadline.max(rig.now()));
+        rig.pass_after(before).await;
+    }
+    // Let the daemon finish what it does at this instant, without moving
+    // the clock: no token's verify interval elapses.
+    while rig.deadline().await <= rig.now() {
+        let before = rig.passes();
+        rig.pass_after(before).await;
+    }
+    check(&rig);
+    // Every token of ours LINE no longer holds is known to be gone.
+    let now = rig.sandbox.now();
+    let mut evicted = 0;
+    for t in rig.sandbox.tokens_since(&channel, 0) {
+        let id = KeyId::short_lived(&t.access_token);
+        let Some(stored) = rig.store().token(&id).unwrap() else {
+            continue;
+        };
+        let live_at_line = t.state == SandboxTokenState::Live && now < t.expires_at;
+        if !live_at_line {
+            evicted += 1;
+            assert_ne!(
+                stored.record.state,
+                TokenState::Live,
+                "{} of {} was evicted at LINE, but the daemon still counts it live",
+                stored.record.key_id,
+                stored.group
+            );
+        }
+    }
+    assert!(
+        evicted >= 1,
+        "the 31st issue should have evicted one of ours"
+    );
+    rig.finish().await;
+}
+
 #[tokio::test]
 async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms_it() {
     let mut c = chan(0, 0);
