@@ -51,8 +51,9 @@
 //! channel's `[channel.long_lived] api_key_file`, serves the console-issued
 //! long-lived token the daemon watches, with the same checks in the same
 //! order (404 `unknown_group` when the channel has no `[channel.long_lived]`;
-//! 503 `not_issued` while no token was read, or LINE refused it, or it was
-//! retired) and the same document where it applies: `key_id` is null
+//! 503 `long_lived_unavailable`, without `Retry-After`, while no token was
+//! read, or LINE refused it, or it was retired: only an operator changes
+//! that) and the same document where it applies: `key_id` is null
 //! (LINE gives long-lived tokens none) and `fingerprint` names it instead,
 //! `expires_at` is null (valid until reissued or revoked), there is no
 //! `group`, `issued_at` or `previous` token, and `kind` is `"long_lived"`:
@@ -664,6 +665,9 @@ enum Refused {
     UnknownGroup,
     OtherGroup,
     NotIssued,
+    /// The channel's long-lived token cannot be served: unreadable file,
+    /// refused by LINE, or retired. Only an operator changes that.
+    NoLongLived,
     /// The channel serves no stateless tokens.
     NotStateless,
     /// A bug: the answer could not be built.
@@ -677,7 +681,7 @@ impl Refused {
             Self::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             Self::InvalidKey | Self::OtherGroup => StatusCode::FORBIDDEN,
             Self::UnknownGroup | Self::NotStateless => StatusCode::NOT_FOUND,
-            Self::NotIssued => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotIssued | Self::NoLongLived => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -709,6 +713,11 @@ impl Refused {
             Self::NotIssued => (
                 "not_issued",
                 "the group has no live token yet; retry shortly",
+            ),
+            Self::NoLongLived => (
+                "long_lived_unavailable",
+                "the channel has no long-lived token to serve: its token file is unreadable, \
+                 LINE refuses the token, or it was retired; see `linetokd status`",
             ),
             Self::Internal => (
                 "internal",
@@ -748,6 +757,7 @@ impl IntoResponse for Refused {
             Self::InvalidKey
             | Self::OtherGroup
             | Self::UnknownGroup
+            | Self::NoLongLived
             | Self::NotStateless
             | Self::Internal => {}
         }
@@ -821,6 +831,7 @@ async fn group_token(
                 Refused::UnknownGroup
                 | Refused::OtherGroup
                 | Refused::NotIssued
+                | Refused::NoLongLived
                 | Refused::NotStateless
                 | Refused::Internal => {
                     tracing::info!(channel = %channel, group = %group, reason = refused.body().error, "token API request refused");
@@ -889,6 +900,7 @@ async fn long_lived_token(
                 Refused::UnknownGroup
                 | Refused::OtherGroup
                 | Refused::NotIssued
+                | Refused::NoLongLived
                 | Refused::NotStateless
                 | Refused::Internal => {
                     tracing::info!(channel = %channel, reason = refused.body().error, "long-lived token API request refused");
@@ -920,7 +932,7 @@ fn long_lived_answer(
         .long_lived
         .as_ref()
         .and_then(|source| source(channel))
-        .ok_or(Refused::NotIssued)?;
+        .ok_or(Refused::NoLongLived)?;
     tracing::debug!(channel = %channel, fingerprint = %served.fingerprint, "long-lived token served");
     let body = crate::delivery::long_lived::render(
         SinkFormat::Json,
@@ -1054,7 +1066,8 @@ async fn stateless_answer(
             (StatusCode::OK, [no_store], Json(body)).into_response()
         }
         Err(e) => {
-            tracing::info!(channel = %channel, error = %e, "stateless token request failed");
+            // Debug: the slot logs each failed flight once, not once per waiter.
+            tracing::debug!(channel = %channel, error = %e, "stateless token request failed");
             let retry = retry_after_secs(now, e.retry_at());
             let (status, body) = match &e {
                 StatelessError::Refused { status, code, .. } => (

@@ -766,8 +766,9 @@ impl Watcher {
     /// Writes the token the API serves to every sink, once per token: a new
     /// value in the file is written at the next publish, and a failed write
     /// is tried again at the one after (each verify publishes). A token LINE
-    /// refused or that was retired is not served, so its files are left as
-    /// they are: the watcher cannot know a better value.
+    /// refused is not served, and its files are left as they are: the
+    /// watcher cannot know a better value. A retired one's are removed
+    /// ([`Self::remove_sinks`]).
     async fn write_sinks(&mut self, token: &Served) {
         if self.config.sinks.is_empty() || self.written.as_ref() == Some(&token.fingerprint) {
             return;
@@ -804,6 +805,28 @@ impl Watcher {
         }
         if all {
             self.written = Some(token.fingerprint.clone());
+        }
+    }
+
+    /// Removes every sink file after a retire: the token in them was
+    /// revoked on purpose, and a consumer that still reads them should
+    /// find no file rather than a dead token. A later value in the token
+    /// file writes them again.
+    async fn remove_sinks(&mut self) {
+        self.written = None;
+        for spec in &self.config.sinks {
+            let owned = spec.clone();
+            match tokio::task::spawn_blocking(move || sink::remove(&owned)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(channel = %self.channel, path = %spec.path.display(), "sink of the retired long-lived token removed");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "cannot remove the retired long-lived token's sink");
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, path = %spec.path.display(), error = %e, "the long-lived sink remover stopped");
+                }
+            }
         }
     }
 
@@ -872,6 +895,7 @@ impl Watcher {
                 )
             })?;
         self.retired.insert(fp.clone());
+        self.remove_sinks().await;
         if let Some(c) = self.current.as_mut() {
             c.tracked.result = LongLivedResult::Invalid;
             c.tracked.detail = "revoked by linetokd long-lived retire".to_owned();

@@ -412,6 +412,13 @@ async fn scenario() -> (Vec<String>, String, String) {
         firing(&store).is_empty()
     })
     .await;
+    // Its sinks are removed, and the API says why nothing is served.
+    assert!(!dir.path().join("ll.json").exists() && !dir.path().join("ll.env").exists());
+    let (code, body) = api(&daemon, Some(API_KEY)).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (503, Some("long_lived_unavailable"))
+    );
 
     // The console's current token put in the file: watched, valid.
     replace_token(&token_file, &t3);
@@ -431,6 +438,10 @@ async fn scenario() -> (Vec<String>, String, String) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    until("the sinks hold the new token again", || {
+        sink("ll.env").contains(&t3)
+    })
+    .await;
     let metrics = daemon.metrics.render();
     let status = {
         let args = vec![
