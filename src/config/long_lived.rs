@@ -73,7 +73,16 @@ pub(super) fn check(
 ) -> Result<LongLivedConfig, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let key = |k: &str| format!("{at}.long_lived.{k}");
-    if let Err(m) = read_token_file(&s.token_file) {
+    // A file that does not exist (yet) is not a config mistake: a config
+    // manager may be replacing it, or deliver it after the daemon starts,
+    // and refusing a reload for it would lose the reload's other changes.
+    // The watcher reads it when it appears and alerts meanwhile
+    // (`long_lived_file_unreadable`); `check-config` warns
+    // ([`ValidConfig::warnings`](super::ValidConfig::warnings)). A file
+    // that exists must pass every check.
+    if !token_file_missing(&s.token_file)
+        && let Err(m) = read_token_file(&s.token_file)
+    {
         problems.push((key("token_file"), m));
     }
     let api_key = match &s.api_key_file {
@@ -119,6 +128,13 @@ pub(super) fn check(
     } else {
         Err(problems)
     }
+}
+
+/// True when `path` names nothing at all (not even a dangling link) but is
+/// a path: the file may appear later.
+pub fn token_file_missing(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Reads a long-lived token file: the secret-file checks, then one token
@@ -183,14 +199,35 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_token_file_is_no_config_mistake_but_a_bad_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |token_file: PathBuf| LongLivedSettings {
+            token_file,
+            verify_interval: Duration::from_secs(3600),
+            api_key_file: None,
+            sinks: Vec::new(),
+        };
+        let missing = dir.path().join("missing");
+        assert!(token_file_missing(&missing));
+        assert!(check("channel[0]", &settings(missing)).is_ok());
+        let open = file(dir.path(), "x\n", 0o644);
+        assert!(!token_file_missing(&open));
+        let problems = check("channel[0]", &settings(open)).unwrap_err();
+        assert_eq!(problems[0].0, "channel[0].long_lived.token_file");
+        assert!(!token_file_missing(Path::new("")));
+        assert!(check("channel[0]", &settings(PathBuf::new())).is_err());
+    }
+
+    #[test]
     fn problems_are_named_by_key() {
         let dir = tempfile::tempdir().unwrap();
         let s = LongLivedSettings {
-            token_file: dir.path().join("missing"),
+            token_file: dir.path().join("open"),
             verify_interval: Duration::from_secs(1),
             api_key_file: Some(PathBuf::new()),
             sinks: Vec::new(),
         };
+        std::fs::write(&s.token_file, "x\n").unwrap();
         let problems = check("channel[2]", &s).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(

@@ -133,10 +133,22 @@ impl ValidConfig {
                 out.push(format!(
                     "channel {} keeps {} with short-lived tokens: LINE evicts the channel's \
                      oldest short-lived token when a 31st is issued, so another issuer on \
-                     this channel can evict ours (and ours theirs); linetokd notices an \
-                     eviction only at the next verify (rotation.verify_interval)",
+                     this channel can evict ours (and ours theirs); linetokd notices \
+                     another issuer's eviction only at the next verify \
+                     (rotation.verify_interval)",
                     c.name,
                     short.join(", ")
+                ));
+            }
+            if let Some(ll) = &c.long_lived
+                && super::long_lived::token_file_missing(&ll.token_file)
+            {
+                out.push(format!(
+                    "channel {}'s long-lived token_file {:?} does not exist: the daemon \
+                     serves no long-lived token and alerts (long_lived_file_unreadable) \
+                     until it appears",
+                    c.name,
+                    ll.token_file.display().to_string()
                 ));
             }
         }

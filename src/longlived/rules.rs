@@ -252,7 +252,12 @@ pub fn alerts(
             alertname: LONG_LIVED_FILE_UNREADABLE,
             severity: "warning",
             summary: format!(
-                "the long-lived token file {problem}; the last value read is still watched"
+                "the long-lived token file {problem}; {}",
+                if current.is_some() {
+                    "the last value read is still watched"
+                } else {
+                    "no value is served until it can be read"
+                }
             ),
         });
     }

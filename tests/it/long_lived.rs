@@ -740,3 +740,58 @@ async fn path_changes_back_and_forth_keep_an_old_value_and_removal_ends_the_rows
     shutdown.cancel();
     daemon.stopped().await.unwrap();
 }
+
+/// A token file that does not exist yet is no config mistake: the config
+/// validates with a warning, the daemon starts, alerts
+/// `long_lived_file_unreadable` and serves nothing, and picks the token up
+/// as soon as the file appears.
+#[tokio::test]
+async fn a_token_file_that_appears_later_is_picked_up() {
+    let lab = sandbox_lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("later.longlived");
+    let config = write_config(dir.path(), &lab.base_url, &token_file);
+    let valid = Settings::load(&config, &HashMap::new())
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(
+        valid
+            .warnings()
+            .iter()
+            .any(|w| w.contains("later.longlived") && w.contains("does not exist")),
+        "{:?}",
+        valid.warnings()
+    );
+    let clock: SharedClock = Arc::new(lab.clock.clone());
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::start(&valid, clock, shutdown.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    let store = daemon.rotator.store().clone();
+    until("long_lived_file_unreadable fires", || {
+        firing(&store).iter().any(|a| {
+            a.alertname == "long_lived_file_unreadable" && a.summary.contains("no value is served")
+        })
+    })
+    .await;
+    let (code, body) = api(&daemon, Some(API_KEY)).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (503, Some("long_lived_unavailable"))
+    );
+    let value = console(&lab.base_url, "long-lived").await;
+    replace_token(&token_file, &value);
+    until("the token is valid", || {
+        row(&store, &value).is_some_and(|r| r.result == LongLivedResult::Valid)
+    })
+    .await;
+    until("the alert resolves", || firing(&store).is_empty()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api(&daemon, Some(API_KEY)).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    daemon.stopped().await.unwrap();
+}
