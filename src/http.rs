@@ -212,15 +212,53 @@ pub struct ApiKeys {
     /// 50,000).
     owners: HashMap<[u8; 32], Vec<(ChannelId, GroupName)>>,
     channels: ChannelIndex,
-    /// The channels with `[channel.long_lived]`, each with its API key's
-    /// digest if it has one.
-    long_lived: HashMap<ChannelId, Option<KeyDigest>>,
-    /// Which channels' long-lived token each key digest opens.
-    long_lived_owners: HashMap<[u8; 32], Vec<ChannelId>>,
-    /// Each channel serving stateless tokens, with its key's digest.
-    stateless: HashMap<ChannelId, KeyDigest>,
-    /// Which channels' stateless tokens each key digest opens.
-    stateless_owners: HashMap<[u8; 32], Vec<ChannelId>>,
+    /// The channels with `[channel.long_lived]` and their keys.
+    long_lived: ChannelKeys,
+    /// The channels serving stateless tokens and their keys.
+    stateless: ChannelKeys,
+}
+
+/// The channels that serve one per-channel token route (the long-lived
+/// token, stateless tokens), each with its key's digest if it has one, and
+/// which channels each digest opens (one lookup per request, as for
+/// groups).
+#[derive(Default)]
+struct ChannelKeys {
+    channels: HashMap<ChannelId, Option<KeyDigest>>,
+    owners: HashMap<[u8; 32], Vec<ChannelId>>,
+}
+
+impl ChannelKeys {
+    /// Adds `channel`; `key: None` makes the route refuse every request
+    /// for it.
+    fn insert(&mut self, channel: ChannelId, key: Option<&Secret>) {
+        let digest = key.map(|k| KeyDigest::of(k.expose().as_bytes()));
+        if let Some(d) = digest {
+            self.owners.entry(d.0).or_default().push(channel.clone());
+        }
+        self.channels.insert(channel, digest);
+    }
+
+    fn opens_any(&self, digest: &KeyDigest) -> bool {
+        self.owners.contains_key(&digest.0)
+    }
+
+    /// What `presented` opens of `channel` on this route, once it is known
+    /// to be some configured key: `UnknownGroup` when the channel does not
+    /// serve the route.
+    fn check(&self, channel: &ChannelId, presented: &KeyDigest) -> Access {
+        if self
+            .owners
+            .get(&presented.0)
+            .is_some_and(|owners| owners.contains(channel))
+        {
+            Access::Granted
+        } else if !self.channels.contains_key(channel) {
+            Access::UnknownGroup
+        } else {
+            Access::OtherGroup
+        }
+    }
 }
 
 /// SHA-256 of an API key. Keys are looked up by their digest: what a
@@ -297,14 +335,7 @@ impl ApiKeys {
     /// `api_key_file`'s key (`None`: the long-lived token API refuses every
     /// request for it).
     pub fn insert_long_lived(&mut self, channel: ChannelId, key: Option<&Secret>) {
-        let digest = key.map(|k| KeyDigest::of(k.expose().as_bytes()));
-        if let Some(d) = digest {
-            self.long_lived_owners
-                .entry(d.0)
-                .or_default()
-                .push(channel.clone());
-        }
-        self.long_lived.insert(channel, digest);
+        self.long_lived.insert(channel, key);
     }
 
     /// Decides what `presented` opens for the channel's long-lived token, in
@@ -314,27 +345,12 @@ impl ApiKeys {
         if !self.opens_anything(&presented) {
             return Access::InvalidKey;
         }
-        if self
-            .long_lived_owners
-            .get(&presented.0)
-            .is_some_and(|owners| owners.contains(channel))
-        {
-            Access::Granted
-        } else if !self.long_lived.contains_key(channel) {
-            Access::UnknownGroup
-        } else {
-            Access::OtherGroup
-        }
+        self.long_lived.check(channel, &presented)
     }
 
     /// Lets `key` open `channel`'s stateless tokens.
     pub fn insert_stateless(&mut self, channel: ChannelId, key: &Secret) {
-        let digest = KeyDigest::of(key.expose().as_bytes());
-        self.stateless_owners
-            .entry(digest.0)
-            .or_default()
-            .push(channel.clone());
-        self.stateless.insert(channel, digest);
+        self.stateless.insert(channel, Some(key));
     }
 
     /// Decides what `presented` opens of `channel`'s stateless tokens, as
@@ -342,27 +358,18 @@ impl ApiKeys {
     /// serves no stateless tokens.
     pub fn check_stateless(&self, channel: &ChannelId, presented: &str) -> Access {
         let presented = KeyDigest::of(presented.as_bytes());
-        if self
-            .stateless_owners
-            .get(&presented.0)
-            .is_some_and(|channels| channels.contains(channel))
-        {
-            Access::Granted
-        } else if !self.opens_anything(&presented) {
-            Access::InvalidKey
-        } else if !self.stateless.contains_key(channel) {
-            Access::UnknownGroup
-        } else {
-            Access::OtherGroup
+        if !self.opens_anything(&presented) {
+            return Access::InvalidKey;
         }
+        self.stateless.check(channel, &presented)
     }
 
     /// True when `digest` is any configured key: a group's, a channel's
     /// long-lived token's or its stateless tokens'.
     fn opens_anything(&self, digest: &KeyDigest) -> bool {
         self.owners.contains_key(&digest.0)
-            || self.long_lived_owners.contains_key(&digest.0)
-            || self.stateless_owners.contains_key(&digest.0)
+            || self.long_lived.opens_any(digest)
+            || self.stateless.opens_any(digest)
     }
 
     /// Decides what `presented` opens for the requested group: one lookup
