@@ -1094,10 +1094,9 @@ fn login_import_cmd(path: &Path, channel: &str, file: Option<&Path>) -> Result<(
         let input: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> = match file {
             Some(f) => Box::new(tokio::io::BufReader::new(
                 tokio::fs::File::open(f).await.map_err(|e| {
-                    Failure::Usage(anyhow::Error::new(e).context(format!(
-                        "while opening {}",
-                        f.display()
-                    )))
+                    Failure::Usage(
+                        anyhow::Error::new(e).context(format!("while opening {}", f.display())),
+                    )
                 })?,
             )),
             None => Box::new(tokio::io::BufReader::new(tokio::io::stdin())),
@@ -1108,8 +1107,7 @@ fn login_import_cmd(path: &Path, channel: &str, file: Option<&Path>) -> Result<(
         let mut report = |refused: &crate::login_import::Refused| {
             let _ = emit_line(format_args!("refused {refused}"));
         };
-        let result =
-            crate::login_import::import(&target, input, &mut summary, &mut report).await;
+        let result = crate::login_import::import(&target, input, &mut summary, &mut report).await;
         emit_line(summary.describe(&shown))?;
         match result {
             Err(e) if e.is_config() => Err(Failure::Usage(e.into())),
@@ -1132,7 +1130,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let now = SystemClock.now();
     let state = status::read_store(&store, now)
         .map_err(|e| store_failure(e, "while reading the database"))?;
-    let report = status::status_report(
+    let mut report = status::status_report(
         now,
         db,
         &configured_channels(&config),
@@ -1140,6 +1138,13 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         &state,
         probe_daemon(&config),
     );
+    report.login = status::login_status(
+        &store,
+        now,
+        &config.login.channels,
+        config.login.reauth_notify_before,
+    )
+    .map_err(|e| store_failure(e, "while counting LINE Login grants"))?;
     let shown = if json {
         emit_line(to_json(&report)?)
     } else {

@@ -147,6 +147,18 @@ reader_api_key_file = "{d}/reader.key"
             .unwrap()
     }
 
+    /// Any other `linetokd` command with this lab's config.
+    async fn cli(&self, args: &[&str]) -> Output {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"));
+        command
+            .args(args)
+            .args(["--config", self.config.to_str().unwrap()])
+            .env_clear();
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
     /// The grant's access token, as a reader gets it from the daemon.
     async fn served(&self, subject: &str) -> (u16, Value) {
         let response = reqwest::Client::new()
@@ -235,7 +247,10 @@ async fn good_malformed_and_foreign_lines_are_each_reported() {
     ];
     let file = lab.write_lines("grants.jsonl", &lines);
     let out = lab
-        .import(&["--channel", "shop-login", "--file", file.to_str().unwrap()], None)
+        .import(
+            &["--channel", "shop-login", "--file", file.to_str().unwrap()],
+            None,
+        )
         .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -277,8 +292,11 @@ async fn good_malformed_and_foreign_lines_are_each_reported() {
     assert_eq!(body["access_token"], good_a["access_token"]);
     assert_eq!(lab.served("Uforeign").await.0, 404);
 
-    // All good, read from stdin (`-`): exit 0.
-    let again = lab.write_lines("again.jsonl", &[lab.login_line(LOGIN, "Uc").to_string()]);
+    // All good, read from stdin (`-`): exit 0. This user logged in 85
+    // days ago: 5 days to the horizon, inside the 7-day notice window.
+    let mut late = lab.login_line(LOGIN, "Uc");
+    late["login_at"] = json!((chrono::Utc::now() - chrono::Duration::days(85)).to_rfc3339());
+    let again = lab.write_lines("again.jsonl", &[late.to_string()]);
     let out = lab
         .import(&["--channel", LOGIN, "--file", "-"], Some(again))
         .await;
@@ -286,11 +304,48 @@ async fn good_malformed_and_foreign_lines_are_each_reported() {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("1 lines, 1 imported, 0 replaced, 0 refused"));
 
+    // `status` counts the grants per login channel and state, the ones
+    // inside the notice window and the estimated horizons; no subject, no
+    // token.
+    let status = lab.cli(&["status", "--json"]).await;
+    let (stdout, stderr) = text(&status);
+    assert_eq!(status.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["login"],
+        json!({
+            "reauth_notify_before_secs": 7 * 86_400,
+            "channels": [{
+                "channel": LOGIN, "name": "shop-login", "active": 3, "needs_login": 0,
+                "revoked": 0, "reauth_due": 1, "horizon_estimated": 2,
+            }],
+        })
+    );
+    let status = lab.cli(&["status"]).await;
+    let (shown, _) = text(&status);
+    assert!(
+        shown.contains(
+            "login channel shop-login (1660000000): 3 active, 0 needs_login, 0 revoked; 1 inside \
+             the notice window, 2 with an estimated horizon"
+        ),
+        "{shown}"
+    );
+    for out in [&stdout, &shown] {
+        assert!(!out.contains("Ugood") && !out.contains("Uc\""), "{out}");
+        for line in [&good_a, &good_b, &late] {
+            assert!(!out.contains(line["access_token"].as_str().unwrap()));
+            assert!(!out.contains(line["refresh_token"].as_str().unwrap()));
+        }
+    }
+
     // An unknown login channel is a usage error, before anything is read.
     let out = lab.import(&["--channel", "nope"], None).await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("login channel nope is not configured"), "{stderr}");
+    assert!(
+        stderr.contains("login channel nope is not configured"),
+        "{stderr}"
+    );
     lab.stop().await;
 }
 
@@ -357,12 +412,17 @@ async fn a_bulk_import_keeps_to_the_rate_at_the_sandbox() {
         .collect();
     let file = lab.write_lines("bulk.jsonl", &lines);
     let out = lab
-        .import(&["--channel", LOGIN, "--file", file.to_str().unwrap()], None)
+        .import(
+            &["--channel", LOGIN, "--file", file.to_str().unwrap()],
+            None,
+        )
         .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains(&format!("{LINES} lines, {LINES} imported, 0 replaced, 0 refused")),
+        stdout.contains(&format!(
+            "{LINES} lines, {LINES} imported, 0 replaced, 0 refused"
+        )),
         "{stdout}"
     );
     let calls = lab.verify_calls(LOGIN).await;
@@ -404,6 +464,90 @@ async fn a_429_is_waited_out_and_the_line_sent_again() {
     assert!(summary.all_imported());
     let sent = mock.seen();
     assert_eq!(sent.len(), 3, "the one line, sent three times");
-    assert!(sent.iter().all(|s| s.path == format!("/v1/login/{LOGIN}/grants")
-        && s.json.as_ref().is_some_and(|j| j["subject"] == "Ua")));
+    assert!(
+        sent.iter()
+            .all(|s| s.path == format!("/v1/login/{LOGIN}/grants")
+                && s.json.as_ref().is_some_and(|j| j["subject"] == "Ua"))
+    );
+}
+
+/// `check-config` prints the login channels and `[login]` resolved, its
+/// key and secret files by path, size and mode only.
+#[test]
+fn check_config_shows_login_channels_and_timings_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    linetokd::keygen::write_db_key(&d.join("db.key")).unwrap();
+    write_private(&d.join("admin.key"), ADMIN);
+    write_private(&d.join("reader.key"), READER);
+    write_private(&d.join("login.secret"), SECRET);
+    let config = d.join("linetokd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+database = "{d}/linetokd.db"
+state_dir = "{d}/state"
+
+[encryption]
+key_files = [{{ id = 1, file = "{d}/db.key" }}]
+active = 1
+
+[[login_channel]]
+id = "{LOGIN}"
+name = "shop-login"
+secret_file = "{d}/login.secret"
+
+[login]
+horizon_margin = "1d"
+admin_api_key_file = "{d}/admin.key"
+reader_api_key_file = "{d}/reader.key"
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetokd"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let shown: toml::Value = toml::from_str(&stdout).unwrap();
+    let channel = &shown["login_channel"][0];
+    assert_eq!(channel["id"].as_str(), Some(LOGIN));
+    assert_eq!(channel["name"].as_str(), Some("shop-login"));
+    assert_eq!(
+        channel["secret_file"].as_str().unwrap(),
+        format!(
+            "{} (secret, {} bytes, mode 0600)",
+            d.join("login.secret").display(),
+            SECRET.len()
+        )
+    );
+    let login = &shown["login"];
+    for (key, value) in [
+        ("refresh_before", "3d"),
+        ("horizon", "90d"),
+        ("horizon_margin", "1d"),
+        ("reauth_notify_before", "7d"),
+    ] {
+        assert_eq!(login[key].as_str(), Some(value), "{key}: {stdout}");
+    }
+    assert_eq!(login["max_requests_per_second"].as_integer(), Some(5));
+    assert!(
+        login["admin_api_key_file"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(
+                "admin.key (secret, {} bytes, mode 0600)",
+                ADMIN.len()
+            )),
+        "{stdout}"
+    );
+    for secret in [ADMIN, READER, SECRET] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
 }
