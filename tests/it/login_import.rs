@@ -500,7 +500,7 @@ name = "shop-login"
 secret_file = "{d}/login.secret"
 
 [login]
-horizon_margin = "1d"
+horizon_margin = "36h"
 admin_api_key_file = "{d}/admin.key"
 reader_api_key_file = "{d}/reader.key"
 "#,
@@ -531,7 +531,7 @@ reader_api_key_file = "{d}/reader.key"
     for (key, value) in [
         ("refresh_before", "3d"),
         ("horizon", "90d"),
-        ("horizon_margin", "1d"),
+        ("horizon_margin", "36h"),
         ("reauth_notify_before", "7d"),
     ] {
         assert_eq!(login[key].as_str(), Some(value), "{key}: {stdout}");
