@@ -171,6 +171,12 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// LINE Login user grants: `linetokd login import`.
+    Login {
+        /// What to do.
+        #[command(subcommand)]
+        command: LoginCommand,
+    },
     /// Long-lived tokens (issued in LINE's console, watched by linetokd).
     LongLived {
         /// What to do.
@@ -337,6 +343,23 @@ pub enum LongLivedCommand {
     },
 }
 
+/// `linetokd login ...`.
+#[derive(Debug, Subcommand)]
+pub enum LoginCommand {
+    /// Import grants from JSON lines (`{subject, access_token, refresh_token, expires_in, login_at?}` each) through the running daemon, within its per-channel rate.
+    Import {
+        /// The login channel: its ID or its configured name.
+        #[arg(long)]
+        channel: String,
+        /// The JSON lines file; `-` or none reads stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The config file (for the daemon's address and `[login] admin_api_key_file`).
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
 /// `linetokd db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -433,6 +456,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     config,
                 },
         } => long_lived_retire_cmd(&config, &channel, yes),
+        Command::Login {
+            command:
+                LoginCommand::Import {
+                    channel,
+                    file,
+                    config,
+                },
+        } => login_import_cmd(&config, &channel, file.as_deref()),
         Command::Completions { shell } => completions_cmd(shell),
         Command::Man => man_cmd(),
         Command::Bench {
@@ -1034,6 +1065,63 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
     }
 }
 
+/// `login import`: every line through the running daemon's import API
+/// ([`crate::login_import`]). Exit 0 when every line was imported, 1 when
+/// any was refused or the daemon could not be reached, 2 for a config or
+/// usage problem (no such login channel, the daemon refusing the key).
+fn login_import_cmd(path: &Path, channel: &str, file: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(path)?;
+    let Some(login) = &config.login else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "{} configures no [[login_channel]]: there is nothing to import into",
+            path.display()
+        )));
+    };
+    let Some(configured) = login.channel(channel) else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "login channel {channel} is not configured in {} (by ID or by name)",
+            path.display()
+        )));
+    };
+    let shown = format!("{} ({})", configured.name, configured.id);
+    let target = crate::login_import::Target {
+        http: daemon_http_addr(path, &config)?,
+        channel: configured.id.as_str().to_owned(),
+        admin_key: login.admin_api_key.clone(),
+    };
+    let file = file.filter(|f| f.as_os_str() != "-");
+    runtime()?.block_on(async {
+        let input: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> = match file {
+            Some(f) => Box::new(tokio::io::BufReader::new(
+                tokio::fs::File::open(f).await.map_err(|e| {
+                    Failure::Usage(
+                        anyhow::Error::new(e).context(format!("while opening {}", f.display())),
+                    )
+                })?,
+            )),
+            None => Box::new(tokio::io::BufReader::new(tokio::io::stdin())),
+        };
+        let mut summary = crate::login_import::Summary::default();
+        // Refused lines go to stdout as they happen, with the summary: the
+        // report of the run; errors that stop it go to stderr.
+        let mut report = |refused: &crate::login_import::Refused| {
+            let _ = emit_line(format_args!("refused {refused}"));
+        };
+        let result = crate::login_import::import(&target, input, &mut summary, &mut report).await;
+        emit_line(summary.describe(&shown))?;
+        match result {
+            Err(e) if e.is_config() => Err(Failure::Usage(e.into())),
+            Err(e) => Err(Failure::Runtime(e.into())),
+            Ok(()) if summary.all_imported() => Ok(()),
+            Ok(()) => Err(Failure::Runtime(anyhow::anyhow!(
+                "{} of {} lines were not imported (listed above)",
+                summary.refused.len(),
+                summary.lines
+            ))),
+        }
+    })
+}
+
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let config = load_outline(path).map_err(|failure| with_last_reload(path, failure))?;
     let db = &config.daemon.database;
@@ -1042,7 +1130,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let now = SystemClock.now();
     let state = status::read_store(&store, now)
         .map_err(|e| store_failure(e, "while reading the database"))?;
-    let report = status::status_report(
+    let mut report = status::status_report(
         now,
         db,
         &configured_channels(&config),
@@ -1050,6 +1138,13 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         &state,
         probe_daemon(&config),
     );
+    report.login = status::login_status(
+        &store,
+        now,
+        &config.login.channels,
+        config.login.reauth_notify_before,
+    )
+    .map_err(|e| store_failure(e, "while counting LINE Login grants"))?;
     let shown = if json {
         emit_line(to_json(&report)?)
     } else {

@@ -79,6 +79,8 @@
 //!   daemon listens, recorded in its state directory.
 //! - [`status`]: what `linetokd status` and `linetokd plan` read from the
 //!   store (read-only, beside a running daemon) and how they print it.
+//! - [`login_import`]: `linetokd login import`, a client of the running
+//!   daemon's grant API.
 //! - [`demo`]: `linetokd demo`; [`bench`](mod@bench): `linetokd bench`, which runs this
 //!   binary as a daemon against the sandbox and measures it from outside.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
@@ -87,7 +89,8 @@
 //!
 //! Arrows mean "may call"; nothing calls upward.
 //!
-//! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`, and
+//! - `main` → `cli` → `app`, `status`, `demo`, `bench`, `config`,
+//!   `login_import` (an HTTP client of the daemon: `domain`, `secret`), and
 //!   `alerting` for `linetokd alerts test`
 //! - `app` → `scheduler`, `http`, `control`, `delivery`, `alerting`,
 //!   `rotator`, `store`
@@ -133,6 +136,7 @@ pub mod keygen;
 pub mod line;
 pub mod logging;
 pub mod login;
+pub mod login_import;
 pub mod longlived;
 pub mod metrics;
 pub mod notify;

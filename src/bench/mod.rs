@@ -15,7 +15,9 @@
 //!   commit; [`signature`]: the yardstick; [`lab`]: sandbox + config;
 //!   [`daemon`]: the child process; [`commands`]: `status`/`plan` timing;
 //!   [`token_api`]: the load; [`stats`]: median, percentiles, least
-//!   squares; [`report`]: the table and the JSON lines.
+//!   squares; [`report`]: the table and the JSON lines;
+//!   [`login_schedule`]: the LINE Login refresh schedule of 100,000 grants,
+//!   timed in process.
 //!
 //! It sits beside `cli` and `demo` at the top of the dependency rule: it
 //! reads the clock, spawns processes and calls `sandbox` and `line::keys`;
@@ -25,6 +27,7 @@
 pub mod commands;
 pub mod daemon;
 pub mod lab;
+pub mod login_schedule;
 pub mod machine;
 pub mod procfs;
 pub mod report;
@@ -96,10 +99,17 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
     .await
     .context("the signature benchmark panicked")??;
     write!(out, "{}", report::preamble(&machine, &signature))?;
+    let schedule = tokio::task::spawn_blocking(move || {
+        login_schedule::measure(login_schedule::GRANTS, chrono::Utc::now())
+    })
+    .await
+    .context("the LINE Login schedule benchmark panicked")??;
+    write!(out, "{}", login_schedule::line(&schedule))?;
     write!(out, "{}", report::table_header(settings.per_channel))?;
     out.flush()?;
     if let Some(json) = &mut json {
         json.signature(&signature)?;
+        json.login_schedule(&schedule)?;
     }
 
     let mut runs = Vec::new();

@@ -252,6 +252,20 @@ impl JsonLines {
         )
     }
 
+    /// The LINE Login refresh schedule figure.
+    ///
+    /// # Errors
+    /// When the line cannot be written.
+    pub fn login_schedule(
+        &mut self,
+        cost: &super::login_schedule::ScheduleCost,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "login_schedule",
+            json!({"grants": cost.grants, "ms": cost.median_ms, "runs": cost.runs}),
+        )
+    }
+
     /// One bootstrap, with the signature's cost beside it.
     ///
     /// # Errors

@@ -153,6 +153,27 @@ impl LoginConfig {
     }
 }
 
+/// What `linetokd status` needs of the login config: the channels as
+/// written (ID, name) and the notice window. No file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginOutline {
+    /// `[[login_channel]]` IDs and names, in file order.
+    pub channels: Vec<(ChannelId, String)>,
+    /// `[login] reauth_notify_before`.
+    pub reauth_notify_before: Duration,
+}
+
+/// The [`LoginOutline`] of `[[login_channel]]` and `[login]`.
+pub(super) fn outline(channels: &[LoginChannelSettings], s: &LoginSettings) -> LoginOutline {
+    LoginOutline {
+        channels: channels
+            .iter()
+            .map(|c| (ChannelId::new(c.id.clone()), c.name.clone()))
+            .collect(),
+        reauth_notify_before: s.reauth_notify_before,
+    }
+}
+
 /// Checks `[[login_channel]]` and `[login]`, pushing every problem; reads
 /// the secret and API key files. `encrypted` tells whether `[encryption]`
 /// is configured. `None` when no login channel is configured or a problem

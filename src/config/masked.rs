@@ -3,9 +3,10 @@
 //! A view of [`Settings`] with every default filled in and durations in
 //! their short form, serialized as TOML so it reads like the file the
 //! operator wrote. File-backed secrets (`key_file`, `secret_file`,
-//! `api_key_file`) show their path with `(secret, N bytes, mode 0600)`:
-//! enough to spot a wrong file or mode, and only ever from metadata, so no
-//! byte of a secret can reach the output.
+//! `api_key_file`, `[login]`'s `*_api_key_file`) show their path with
+//! `(secret, N bytes, mode 0600)`: enough to spot a wrong file or mode,
+//! and only ever from metadata, so no byte of a secret can reach the
+//! output.
 
 use std::path::Path;
 
@@ -23,6 +24,33 @@ struct View {
     alerts: AlertsView,
     #[serde(skip_serializing_if = "Option::is_none")]
     encryption: Option<EncryptionView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    login_channel: Vec<LoginChannelView>,
+    /// Shown when a login channel is configured (the module is off
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login: Option<LoginView>,
+}
+
+#[derive(Serialize)]
+struct LoginChannelView {
+    id: String,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginView {
+    refresh_before: String,
+    horizon: String,
+    horizon_margin: String,
+    reauth_notify_before: String,
+    max_requests_per_second: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_api_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reader_api_key_file: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -289,6 +317,27 @@ impl Settings {
                     })
                     .collect(),
                 active: e.active,
+            }),
+            login_channel: self
+                .login_channels
+                .iter()
+                .map(|c| LoginChannelView {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    secret_file: c.secret_file.as_deref().map(secret_file),
+                })
+                .collect(),
+            login: (!self.login_channels.is_empty()).then(|| {
+                let l = &self.login;
+                LoginView {
+                    refresh_before: fmt_dur(l.refresh_before),
+                    horizon: fmt_dur(l.horizon),
+                    horizon_margin: fmt_dur(l.horizon_margin),
+                    reauth_notify_before: fmt_dur(l.reauth_notify_before),
+                    max_requests_per_second: l.max_requests_per_second,
+                    admin_api_key_file: l.admin_api_key_file.as_deref().map(secret_file),
+                    reader_api_key_file: l.reader_api_key_file.as_deref().map(secret_file),
+                }
             }),
         };
         // The view holds only strings, numbers and arrays, which TOML can

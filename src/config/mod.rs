@@ -56,7 +56,8 @@ pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
 pub use login::{
-    LoginChannelConfig, LoginChannelSettings, LoginConfig, LoginSettings, LoginTimings,
+    LoginChannelConfig, LoginChannelSettings, LoginConfig, LoginOutline, LoginSettings,
+    LoginTimings,
 };
 pub use long_lived::{LongLivedConfig, LongLivedSettings, read_token_file};
 pub use stateless::{StatelessAuthKind, StatelessConfig, StatelessOutline, StatelessSettings};

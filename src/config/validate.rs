@@ -220,6 +220,9 @@ pub struct Outline {
     /// `[encryption]`, when present: `status`, `plan` and `token` open
     /// sealed values with it.
     pub encryption: Option<super::EncryptionConfig>,
+    /// `[[login_channel]]` and `[login]` as `status` reports them (not
+    /// checked here; the daemon checks them).
+    pub login: super::LoginOutline,
 }
 
 /// One `[[channel]]` as [`Outline`] sees it.
@@ -404,6 +407,7 @@ impl Settings {
             capacity_low_threshold: alerts.capacity_low_threshold,
             channels,
             encryption,
+            login: super::login::outline(&self.login_channels, &self.login),
         })
     }
 

@@ -33,7 +33,7 @@
 //!
 //! Depends on `domain`, `super::state` (time helpers) and `rand`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -296,8 +296,17 @@ pub struct LoginBook {
     access_by_value: HashMap<String, usize>,
     /// Refresh token value (current or retired) → grant.
     refresh_by_value: HashMap<String, usize>,
+    /// When each verify call for a user token was answered, per the
+    /// token's channel: the most recent [`VERIFY_LOG_LEN`], so tests can
+    /// judge a client's request rate from the outside.
+    verify_log: HashMap<ChannelId, VecDeque<DateTime<Utc>>>,
     rng: StdRng,
 }
+
+/// How many verify calls [`LoginBook::verify_calls`] remembers per
+/// channel; older ones are forgotten, so a long-running sandbox does not
+/// grow without bound.
+pub const VERIFY_LOG_LEN: usize = 100_000;
 
 impl Default for LoginBook {
     fn default() -> Self {
@@ -324,6 +333,7 @@ impl LoginBook {
             access: Vec::new(),
             access_by_value: HashMap::new(),
             refresh_by_value: HashMap::new(),
+            verify_log: HashMap::new(),
             rng,
         }
     }
@@ -499,6 +509,30 @@ impl LoginBook {
             LoginTokenState::Expired => LoginVerdict::Expired,
             LoginTokenState::Revoked | LoginTokenState::Ended => LoginVerdict::Ended,
         })
+    }
+
+    /// Records a verify call for `value` at `now` under its token's
+    /// channel (nothing for a value the sandbox did not issue as a user
+    /// token).
+    pub fn note_verify(&mut self, value: &str, now: DateTime<Utc>) {
+        let Some(&index) = self.access_by_value.get(value) else {
+            return;
+        };
+        let channel = self.grants[self.access[index].grant].channel.clone();
+        let log = self.verify_log.entry(channel).or_default();
+        if log.len() == VERIFY_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(to_millis(now));
+    }
+
+    /// When the verify calls for `channel`'s user tokens were answered,
+    /// oldest first (the last [`VERIFY_LOG_LEN`]).
+    pub fn verify_calls(&self, channel: &ChannelId) -> Vec<DateTime<Utc>> {
+        self.verify_log
+            .get(channel)
+            .map(|log| log.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// True if `value` is a user access token the sandbox issued.

@@ -42,6 +42,10 @@
 //!   `refresh_token`, `retired_refresh_tokens`, `refreshes`, `ended_at`,
 //!   `access_tokens`: `[{access_token, issued_at, expires_at, state
 //!   ("live"|"expired"|"revoked"|"ended")}]`), values in clear.
+//! - `GET /_sandbox/login/{channel_id}/verify_calls` → `{"at_ms": [...]}`:
+//!   when each verify call for one of the channel's user tokens was
+//!   answered (Unix milliseconds, sandbox clock, oldest first, the last
+//!   100,000), so a test can judge a client's request rate from outside.
 //! - 404 `{"message"}` for a channel that is not a Login channel.
 //!
 //! Depends on [`Sandbox`], the Login book, and `routes`' form helpers.
@@ -188,7 +192,12 @@ pub(super) async fn verify(
         .ok()
         .and_then(|Query(f)| optional(f, "access_token").map(str::to_owned));
     let now = sandbox.now();
-    let verdict = token.and_then(|t| sandbox.with_login(|login| login.verify(&t, now)));
+    let verdict = token.and_then(|t| {
+        sandbox.with_login(|login| {
+            login.note_verify(&t, now);
+            login.verify(&t, now)
+        })
+    });
     match verdict {
         None => routes::verify_v21(State(sandbox), query)
             .await
@@ -313,6 +322,10 @@ pub(crate) fn control_routes(sandbox: Sandbox) -> Router {
         .route("/_sandbox/login/{channel_id}/codes", post(create_code))
         .route("/_sandbox/login/{channel_id}/logins", post(create_login))
         .route("/_sandbox/login/{channel_id}/grants", get(list_grants))
+        .route(
+            "/_sandbox/login/{channel_id}/verify_calls",
+            get(list_verify_calls),
+        )
         .with_state(sandbox)
 }
 
@@ -390,4 +403,17 @@ async fn list_grants(
 ) -> Result<Json<Vec<LoginGrantView>>, LineRefusal> {
     let channel = login_channel(&sandbox, channel_id)?;
     Ok(Json(sandbox.login_grants(&channel)))
+}
+
+async fn list_verify_calls(
+    State(sandbox): State<Sandbox>,
+    Path(channel_id): Path<String>,
+) -> Result<Response, LineRefusal> {
+    let channel = login_channel(&sandbox, channel_id)?;
+    let at_ms: Vec<i64> = sandbox
+        .login_verify_calls(&channel)
+        .iter()
+        .map(chrono::DateTime::timestamp_millis)
+        .collect();
+    Ok(Json(serde_json::json!({ "at_ms": at_ms })).into_response())
 }

@@ -30,7 +30,8 @@
 //! another issuer), [`Sandbox::set_verify_refusal`] (verify refuses one live
 //! token), [`Sandbox::revoke_key_id`] and [`Sandbox::set_faults`]; for LINE
 //! Login, [`Sandbox::register_login_channel`], [`Sandbox::create_login_code`],
-//! [`Sandbox::login`] and [`Sandbox::login_grants`].
+//! [`Sandbox::login`], [`Sandbox::login_grants`] and
+//! [`Sandbox::login_verify_calls`].
 //!
 //! Depends on `domain`, `clock`, and `line::jwt`/`line::keys` types only; the
 //! daemon never calls it. Locks are std mutexes, each held for one short
@@ -270,6 +271,13 @@ impl Sandbox {
     pub fn login_grants(&self, channel: &ChannelId) -> Vec<LoginGrantView> {
         let now = self.now();
         lock(&self.inner.login).grants(channel, now)
+    }
+
+    /// When each verify call for a user token of the Login channel
+    /// `channel` was answered, oldest first (the last
+    /// [`login::VERIFY_LOG_LEN`]).
+    pub fn login_verify_calls(&self, channel: &ChannelId) -> Vec<DateTime<Utc>> {
+        lock(&self.inner.login).verify_calls(channel)
     }
 
     pub(crate) fn with_login<T>(&self, f: impl FnOnce(&mut LoginBook) -> T) -> T {

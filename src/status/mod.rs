@@ -29,9 +29,11 @@
 //!
 //! The parts: `stored` (reading the store), `world` (store and config
 //! together), `daemon` (is a daemon running?), `report` and `render`
-//! (`status`), `plan` (`plan`).
+//! (`status`), `login` (LINE Login grant counts in `status`), `plan`
+//! (`plan`).
 
 mod daemon;
+mod login;
 mod plan;
 mod render;
 mod report;
@@ -39,6 +41,7 @@ mod stored;
 mod world;
 
 pub use daemon::{DaemonStatus, probe_daemon};
+pub use login::{LoginChannelStatus, LoginStatus, login_status};
 pub use plan::{PlanCounts, PlanReport, PlannedStatus, plan_report, render_plan};
 pub use render::render_status;
 pub use report::*;

@@ -94,6 +94,9 @@ pub fn render_status(report: &StatusReport) -> String {
             seen(t.last_verified_at),
         );
     }
+    if let Some(login) = &report.login {
+        super::login::render_login(&mut out, login);
+    }
     out
 }
 

@@ -50,6 +50,10 @@ pub struct StatusReport {
     /// the file's current one first, then old values still verified
     /// through LINE's reissue grace, then ended ones. Fingerprints only.
     pub long_lived: Vec<LongLivedStatus>,
+    /// LINE Login grants per login channel (counts only), when a login
+    /// channel is configured or grants are stored; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<super::LoginStatus>,
 }
 
 /// One watched long-lived token, as `status` shows it (never its value).
@@ -390,6 +394,8 @@ pub fn status_report(
                 retired_at: r.retired_at,
             })
             .collect(),
+        // `cli` adds it (`login_status`): it needs `[login]`'s window.
+        login: None,
     }
 }
 

@@ -206,6 +206,25 @@ pub struct GrantCount {
     pub grants: u64,
 }
 
+/// One login channel's grants at an instant, for `linetokd status`: no
+/// subject, no token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GrantSummary {
+    /// The login channel.
+    pub channel: ChannelId,
+    /// Grants kept fresh.
+    pub active: u64,
+    /// Grants whose user must log in again.
+    pub needs_login: u64,
+    /// Grants ended.
+    pub revoked: u64,
+    /// Active grants inside the re-login notice window (horizon −
+    /// `reauth_notify_before` ≤ now < horizon).
+    pub reauth_due: u64,
+    /// Active grants whose horizon is an estimate (no login time given).
+    pub horizon_estimated: u64,
+}
+
 const GRANT_COLUMNS: &str = "channel_id, subject, access_expires_at, login_at, horizon_at, \
      horizon_estimated, scope, state, imported_at, last_refresh_at, consecutive_failures, \
      retry_not_before, next_refresh_at, reauth_due_notified_at, lost_refresh";
@@ -857,6 +876,44 @@ impl Store {
                 grant_event(tx, now, channel, subject, EventKind::LoginDeleted, detail)?;
             }
             Ok(deleted > 0)
+        })
+    }
+
+    /// Every login channel's [`GrantSummary`] at `now`, the notice window
+    /// being `reauth_notify_before` long; by channel ID.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub fn login_grant_summary(
+        &self,
+        now: DateTime<Utc>,
+        reauth_notify_before: std::time::Duration,
+    ) -> Result<Vec<GrantSummary>, StoreError> {
+        let window = i64::try_from(reauth_notify_before.as_millis()).unwrap_or(i64::MAX);
+        self.read("summarising login grants", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel_id, \
+                   sum(state = 'active'), sum(state = 'needs_login'), sum(state = 'revoked'), \
+                   sum(state = 'active' AND horizon_at - ?2 <= ?1 AND ?1 < horizon_at), \
+                   sum(state = 'active' AND horizon_estimated != 0) \
+                 FROM login_grants GROUP BY channel_id ORDER BY channel_id",
+            )?;
+            let mut rows = stmt.query(params![millis(now), window])?;
+            let count = |row: &Row<'_>, i: usize| -> Result<u64, Fail> {
+                Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0))
+            };
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(GrantSummary {
+                    channel: ChannelId::new(row.get::<_, String>(0)?),
+                    active: count(row, 1)?,
+                    needs_login: count(row, 2)?,
+                    revoked: count(row, 3)?,
+                    reauth_due: count(row, 4)?,
+                    horizon_estimated: count(row, 5)?,
+                });
+            }
+            Ok(out)
         })
     }
 

@@ -81,8 +81,8 @@ pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use lock::WriterLock;
 pub use login::{
-    GrantCount, GrantRecord, GrantState, GrantTokens, NewGrant, OpenRefreshIntent, RefreshFailure,
-    RefreshedGrant,
+    GrantCount, GrantRecord, GrantState, GrantSummary, GrantTokens, NewGrant, OpenRefreshIntent,
+    RefreshFailure, RefreshedGrant,
 };
 pub use long_lived::{LongLivedResult, LongLivedRole, LongLivedRow};
 pub use migrate::Migrated;

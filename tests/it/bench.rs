@@ -50,6 +50,8 @@ fn quick_bench_reports_every_figure_as_a_number() {
 
     let signature = line_starting(&stdout, "RSA-2048 RS256 signature:");
     assert!(value_after(signature, "signature:") > 0.0, "{signature}");
+    let schedule = line_starting(&stdout, "LINE Login refresh schedule of 100000 grants:");
+    assert!(value_after(schedule, "grants:") > 0.0, "{schedule}");
 
     // The table: a header of one-word columns and the row for N = 30.
     let header: Vec<&str> = line_starting(&stdout, "groups ")
@@ -103,8 +105,9 @@ fn quick_bench_reports_every_figure_as_a_number() {
             .find(|r| r["figure"] == name)
             .unwrap_or_else(|| panic!("no {name} record in:\n{text}"))
     };
-    let fields: [(&str, &[&str]); 4] = [
+    let fields: [(&str, &[&str]); 5] = [
         ("signature", &["ms_per_op"]),
+        ("login_schedule", &["grants", "ms"]),
         (
             "bootstrap",
             &[
