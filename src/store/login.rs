@@ -231,8 +231,9 @@ fn decode(row: &Row<'_>) -> Result<GrantRecord, Fail> {
     })
 }
 
-/// The additional data's place of one value.
-fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
+/// The additional data's place of one value: `kind` is `access` or
+/// `refresh` (also what re-encryption in [`super::values`] uses).
+pub(super) fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
     Place {
         table: TABLE,
         channel,

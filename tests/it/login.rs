@@ -762,3 +762,163 @@ fn a_schema_9_database_gains_the_login_tables() {
         .unwrap_err();
     assert!(refused.to_string().contains("[encryption]"), "{refused}");
 }
+
+/// A keyring of the given key files, `active` among them.
+fn keyring_of(dir: &std::path::Path, ids: &[u32], active: u32) -> Arc<Keyring> {
+    let keys = ids.iter().map(|id| {
+        let file = dir.join(format!("db-{id}.key"));
+        if !file.exists() {
+            linetokd::keygen::write_db_key(&file).unwrap();
+        }
+        let material = KeyMaterial::from_file_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        (*id, material)
+    });
+    Arc::new(Keyring::new(keys, active).unwrap())
+}
+
+/// Grants are encrypted under key 1 of `dir`: moves the rig's key file
+/// to where [`keyring_of`] finds key 1, imports `subjects`, and closes
+/// everything that holds the store. Returns the database path.
+async fn grants_under_key_1(dir: &std::path::Path, subjects: &[&str]) -> std::path::PathBuf {
+    let rig = rig(5).await;
+    for s in subjects {
+        rig.import(s).await;
+    }
+    let db = dir.join("linetokd.db");
+    let Rig {
+        _dir: rig_dir,
+        lab,
+        login,
+        store,
+        calls,
+        db: rig_db,
+        ..
+    } = rig;
+    drop((login, store, lab, calls));
+    std::fs::copy(rig_dir.path().join("db.key"), dir.join("db-1.key")).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", rig_db.display());
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", db.display())).unwrap();
+        }
+    }
+    db
+}
+
+#[tokio::test]
+async fn after_a_key_change_rekey_leaves_the_old_key_unused_by_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let subjects = ["Urekey0", "Urekey1", "Urekey2"];
+    let db = grants_under_key_1(dir.path(), &subjects).await;
+    // Key 2 becomes active; key 1 still decrypts.
+    let both = keyring_of(dir.path(), &[1, 2], 2);
+    let store = open(&db, &both);
+    let counts = store.value_counts().unwrap();
+    assert_eq!(
+        counts,
+        vec![linetokd::store::ValueCount {
+            key: Some(1),
+            rows: 3
+        }],
+        "the grants are counted under their key"
+    );
+    let mut steps = 0;
+    loop {
+        let step = store.rekey_step().unwrap();
+        steps += 1;
+        if step.remaining == 0 {
+            break;
+        }
+        assert!(steps < 10, "rekey makes progress");
+    }
+    assert_eq!(
+        store.value_counts().unwrap(),
+        vec![linetokd::store::ValueCount {
+            key: Some(2),
+            rows: 3
+        }]
+    );
+    let before: Vec<_> = subjects
+        .iter()
+        .map(|s| {
+            let (_, t) = store
+                .login_grant_tokens(&ChannelId::new(LOGIN), s)
+                .unwrap()
+                .unwrap();
+            (t.access.expose().to_owned(), t.refresh.expose().to_owned())
+        })
+        .collect();
+    drop(store);
+    // Key 1 removed: the store opens (no row needs it) and both values of
+    // every grant open under key 2 alone.
+    let only_2 = keyring_of(dir.path(), &[2], 2);
+    let store = open(&db, &only_2);
+    for (s, (access, refresh)) in subjects.iter().zip(before) {
+        let (_, t) = store
+            .login_grant_tokens(&ChannelId::new(LOGIN), s)
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.access.expose(), access);
+        assert_eq!(t.refresh.expose(), refresh);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_key_with_grants_present_refuses_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = grants_under_key_1(dir.path(), &["Umiss0", "Umiss1"]).await;
+    let only_2 = keyring_of(dir.path(), &[2], 2);
+    let refused = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: Some(only_2),
+            keep_plaintext: false,
+        },
+    )
+    .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("key 1: 2 rows (2 login grants)"),
+        "names the key and its grants: {text}"
+    );
+    assert!(refused.needs_config_change(), "exit 2");
+    // Without [encryption] at all: refused too, naming them.
+    let refused = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: None,
+            keep_plaintext: false,
+        },
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("2 login grants"), "{refused}");
+}
+
+#[tokio::test]
+async fn db_decrypt_refuses_while_grants_exist_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = grants_under_key_1(dir.path(), &["Udecrypt"]).await;
+    let ring = keyring_of(dir.path(), &[1], 1);
+    let store = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: Some(ring),
+            keep_plaintext: true,
+        },
+    )
+    .unwrap();
+    let refused = store.decrypt_all().unwrap_err().to_string();
+    assert!(refused.contains("1 LINE Login grant"), "{refused}");
+    assert!(refused.contains("DELETE"), "says what to do: {refused}");
+    assert_eq!(
+        store.value_counts().unwrap(),
+        vec![linetokd::store::ValueCount {
+            key: Some(1),
+            rows: 1
+        }],
+        "nothing was decrypted"
+    );
+}
