@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
@@ -106,6 +106,9 @@ pub struct Imported {
     pub horizon_estimated: bool,
     /// True when a grant of the subject was replaced.
     pub replaced: bool,
+    /// What happened to the replaced access token, when the import asked
+    /// for its revoke and a grant was replaced.
+    pub previous_revoke: Option<PreviousRevoke>,
 }
 
 /// Why a request was not done.
@@ -181,6 +184,69 @@ pub struct Login {
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Held around every refresh, scheduled or reported, and around a
+    /// report's verify: one grant is never refreshed twice at once (the
+    /// journal allows one open intent per grant), and a report sees the
+    /// grant as the last refresh left it.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The "token refused" reports in flight, one per grant: later reports
+    /// of the same grant wait for its end instead of asking LINE again.
+    flights: Mutex<HashMap<(ChannelId, String), watch::Receiver<Option<FlightEnd>>>>,
+}
+
+/// How a "token refused" check ended, as every report waiting on it
+/// learns it (cloneable, so no store error is carried, only its text).
+#[derive(Debug, Clone)]
+enum FlightEnd {
+    /// The grant is as the check left it: serve what the store holds (the
+    /// same token, a refreshed one, or 410 when it needs a new login).
+    Settled,
+    /// No such grant.
+    NoGrant,
+    /// LINE did not answer usefully; nothing changed for good.
+    Line(String),
+    /// The store failed.
+    Store(String),
+}
+
+/// What [`Login::refresh`] did with a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefreshEnd {
+    /// Nothing was sent (channel gone or paused): the grant was moved.
+    Skipped,
+    /// The new token is stored (or the grant changed meanwhile).
+    Stored,
+    /// The grant needs a new login (horizon or `invalid_grant`).
+    NeedsLogin,
+    /// A failure to retry later (transient, rate limit, channel refused).
+    Failed,
+}
+
+/// What re-importing a subject did with the access token it replaced
+/// (`revoke_previous`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreviousRevoke {
+    /// LINE revoked it.
+    Revoked,
+    /// LINE no longer knew it (expired or revoked already).
+    AlreadyDead,
+    /// The replaced grant held the same access token: nothing to revoke.
+    Same,
+    /// The revoke failed; the import stands. Names the failure, never a
+    /// value.
+    Failed(String),
+}
+
+impl PreviousRevoke {
+    /// The API's and the event's word for it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::AlreadyDead => "already_dead",
+            Self::Same => "same_token",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 impl std::fmt::Debug for Login {
@@ -249,6 +315,8 @@ impl Login {
             metrics,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            refreshing: tokio::sync::Mutex::new(()),
+            flights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -394,7 +462,20 @@ impl Login {
             }
             let mut worked = 0;
             for grant in due {
-                if self.refresh(grant).await? {
+                let _refreshing = self.refreshing.lock().await;
+                // A report may have refreshed it while this pass waited.
+                let (c, s) = (grant.channel.clone(), grant.subject.clone());
+                let current = self
+                    .store
+                    .blocking(move |st| st.login_grant(&c, &s))
+                    .await?;
+                let now = self.clock.now();
+                let Some(grant) =
+                    current.filter(|g| g.state == GrantState::Active && g.next_refresh_at <= now)
+                else {
+                    continue;
+                };
+                if self.refresh(grant).await? != RefreshEnd::Skipped {
                     worked += 1;
                 }
             }
@@ -434,9 +515,10 @@ impl Login {
         (h % 10_000) as f64 / 10_000.0
     }
 
-    /// Refreshes one due grant. False when it was skipped (its channel is
-    /// not configured or paused: it is moved out of the way).
-    async fn refresh(&self, grant: GrantRecord) -> Result<bool, StoreError> {
+    /// Refreshes one grant (due, or reported refused), journaled; the
+    /// caller holds `refreshing`. Skipped when its channel is not
+    /// configured or paused: it is moved out of the way.
+    async fn refresh(&self, grant: GrantRecord) -> Result<RefreshEnd, StoreError> {
         let channel = grant.channel.clone();
         let hash = grant.subject_hash();
         let (config, paused, t) = {
@@ -452,11 +534,11 @@ impl Login {
             // at again in a day (or when the channel comes back).
             let retry_at = now + TimeDelta::days(1);
             self.set_aside(&grant, retry_at).await?;
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         };
         if let Some(until) = paused.filter(|u| *u > now) {
             self.set_aside(&grant, until).await?;
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         }
         if grant.horizon_at <= now {
             // The pass's scan ends it; nothing is sent.
@@ -475,10 +557,10 @@ impl Login {
                 })
                 .await?;
             self.inner().next_notice = None;
-            return Ok(true);
+            return Ok(RefreshEnd::NeedsLogin);
         }
         if self.permit(&channel).await.is_none() {
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         }
         let now = self.clock.now();
         let (channel2, subject) = (channel.clone(), grant.subject.clone());
@@ -487,7 +569,7 @@ impl Login {
             .blocking(move |s| s.login_grant_tokens(&channel2, &subject))
             .await?
         else {
-            return Ok(true);
+            return Ok(RefreshEnd::Stored);
         };
         let (channel2, subject) = (channel.clone(), grant.subject.clone());
         let intent = self
@@ -509,6 +591,11 @@ impl Login {
         };
         let action = rules::decide(outcome, failures, self.jitter_fraction(&grant, failures));
         let subject = grant.subject.clone();
+        let end = match &action {
+            Action::Store => RefreshEnd::Stored,
+            Action::NeedsLogin => RefreshEnd::NeedsLogin,
+            Action::PauseChannel | Action::Retry { .. } => RefreshEnd::Failed,
+        };
         match (action, answer) {
             (Action::Store, Ok(answer)) => {
                 let access_expires_at = now + TimeDelta::seconds(answer.expires_in);
@@ -633,7 +720,7 @@ impl Login {
             }
             (Action::Store, Err(_)) => {}
         }
-        Ok(true)
+        Ok(end)
     }
 
     /// Moves a grant's next refresh to `at` without a call.
@@ -810,7 +897,24 @@ impl Login {
         channel: &ChannelId,
         import: Import,
     ) -> Result<Imported, LoginApiError> {
-        let result = self.import_inner(channel, import).await;
+        self.import_replacing(channel, import, false).await
+    }
+
+    /// [`Self::import`], and when `revoke_previous` is set and the import
+    /// replaced a grant, revokes the replaced access token at LINE after
+    /// the new grant is committed. The revoke's outcome is in
+    /// [`Imported::previous_revoke`] and the event history; its failure
+    /// never fails the import.
+    ///
+    /// # Errors
+    /// As [`Self::import`].
+    pub async fn import_replacing(
+        &self,
+        channel: &ChannelId,
+        import: Import,
+        revoke_previous: bool,
+    ) -> Result<Imported, LoginApiError> {
+        let result = self.import_inner(channel, import, revoke_previous).await;
         let label = match &result {
             Ok(i) if i.replaced => "replaced",
             Ok(_) => "imported",
@@ -826,6 +930,7 @@ impl Login {
         &self,
         channel: &ChannelId,
         import: Import,
+        revoke_previous: bool,
     ) -> Result<Imported, LoginApiError> {
         let invalid = |field, message: &str| LoginApiError::Invalid {
             field,
@@ -908,9 +1013,13 @@ impl Login {
             scope: v.scope.unwrap_or_default(),
             next_refresh_at: next,
         };
-        let replaced = self
+        // The token to revoke is the one the import replaces, read in the
+        // same transaction as the replacement (a refresh in between would
+        // otherwise leave the newer token alive).
+        let new_access = grant.access.clone();
+        let (replaced, previous) = self
             .store
-            .blocking(move |s| s.import_login_grant(now, &grant))
+            .blocking(move |s| s.replace_login_grant(now, &grant, revoke_previous))
             .await?;
         tracing::info!(
             channel = %channel, grant = %subject_hash(&subject), replaced,
@@ -921,11 +1030,200 @@ impl Login {
             self.inner().next_notice = None;
         }
         self.wake.notify_one();
+        let previous_revoke = match previous {
+            Some(old) if old.expose() == new_access.expose() => Some(PreviousRevoke::Same),
+            Some(old) => Some(self.revoke_previous(channel, &subject, &old).await),
+            None => None,
+        };
         Ok(Imported {
             access_expires_at,
             horizon_at: horizon.at,
             horizon_estimated: horizon.estimated,
             replaced,
+            previous_revoke,
+        })
+    }
+
+    /// Revokes the access token a re-import replaced, within the
+    /// channel's rate, and records the outcome as an event of the grant.
+    async fn revoke_previous(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        old: &AccessToken,
+    ) -> PreviousRevoke {
+        let secret = {
+            let inner = self.inner();
+            inner.channels.get(channel).map(|c| c.config.secret.clone())
+        };
+        let hash = subject_hash(subject);
+        let outcome = match secret {
+            None => PreviousRevoke::Failed("the login channel is no longer configured".into()),
+            Some(secret) => {
+                self.permit(channel).await;
+                match self.client.revoke(channel, secret.as_ref(), old).await {
+                    Ok(()) => PreviousRevoke::Revoked,
+                    Err(crate::line::error::LineError::Permanent { .. }) => {
+                        PreviousRevoke::AlreadyDead
+                    }
+                    Err(e) => PreviousRevoke::Failed(e.to_string()),
+                }
+            }
+        };
+        let detail = match &outcome {
+            PreviousRevoke::Revoked => "the replaced access token was revoked at LINE".to_owned(),
+            PreviousRevoke::AlreadyDead => {
+                "the replaced access token was already dead at LINE".to_owned()
+            }
+            PreviousRevoke::Same => "the replaced grant held the same access token".to_owned(),
+            PreviousRevoke::Failed(why) => format!(
+                "revoking the replaced access token failed (it lives until it expires): {why}"
+            ),
+        };
+        match &outcome {
+            PreviousRevoke::Failed(why) => {
+                tracing::warn!(channel = %channel, grant = %hash, "revoking the access token a re-import replaced failed; the import stands: {why}");
+            }
+            _ => {
+                tracing::info!(channel = %channel, grant = %hash, outcome = outcome.as_str(), "the access token a re-import replaced was revoked");
+            }
+        }
+        let (now, c, s) = (self.clock.now(), channel.clone(), subject.to_owned());
+        if let Err(e) = self
+            .store
+            .blocking(move |st| st.note_login_import(now, &c, &s, &detail))
+            .await
+        {
+            tracing::error!(channel = %channel, grant = %hash, error = %crate::logging::error_chain(&e), "cannot record the outcome of revoking a replaced access token");
+        }
+        outcome
+    }
+
+    /// A consumer's report that LINE answered 401 to the access token it
+    /// was served (`POST …/token/refused`). Under the grant's single
+    /// flight: verifies the stored token at LINE within the channel's
+    /// rate; if LINE still accepts it, serves it again (the problem is
+    /// elsewhere); if LINE refuses it, makes one journaled refresh, the
+    /// scheduled path's, and serves the new token, or answers
+    /// [`LoginApiError::NeedsLogin`] when LINE refused the refresh token
+    /// too. Reports of one grant that arrive while a check runs wait for
+    /// it and share its end: at most one verify and one refresh.
+    ///
+    /// # Errors
+    /// [`LoginApiError::NoGrant`], [`LoginApiError::NeedsLogin`],
+    /// [`LoginApiError::Line`] when LINE could not be asked or the refresh
+    /// failed transiently, [`LoginApiError::Store`].
+    pub async fn token_refused(
+        self: &Arc<Self>,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Served, LoginApiError> {
+        let key = (channel.clone(), subject.to_owned());
+        let mut end = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(running) = flights.get(&key) {
+                running.clone()
+            } else {
+                let (tx, rx) = watch::channel(None);
+                flights.insert(key.clone(), rx.clone());
+                // Its own task: a report whose client hangs up must not
+                // cut a refresh short between LINE's answer and the store.
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let end = me.check_refused(&key.0, &key.1).await;
+                    me.flights
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&key);
+                    let _ = tx.send(Some(end));
+                });
+                rx
+            }
+        };
+        let settled = end
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        match settled {
+            Some(FlightEnd::Settled) => self.token(channel, subject).await,
+            Some(FlightEnd::NoGrant) => Err(LoginApiError::NoGrant),
+            Some(FlightEnd::Line(why)) => Err(LoginApiError::Line(why)),
+            Some(FlightEnd::Store(what)) => {
+                Err(LoginApiError::Store(StoreError::Internal { what }))
+            }
+            None => Err(LoginApiError::Line(
+                "the check of the refused token stopped before it ended".to_owned(),
+            )),
+        }
+    }
+
+    /// The work of one "token refused" flight.
+    async fn check_refused(&self, channel: &ChannelId, subject: &str) -> FlightEnd {
+        let _refreshing = self.refreshing.lock().await;
+        match self.check_refused_locked(channel, subject).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(channel = %channel, grant = %subject_hash(subject), error = %crate::logging::error_chain(&e), "checking a refused LINE Login token failed");
+                FlightEnd::Store(e.to_string())
+            }
+        }
+    }
+
+    async fn check_refused_locked(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<FlightEnd, StoreError> {
+        let hash = subject_hash(subject);
+        let (c, s) = (channel.clone(), subject.to_owned());
+        let Some((grant, tokens)) = self
+            .store
+            .blocking(move |st| st.login_grant_tokens(&c, &s))
+            .await?
+        else {
+            return Ok(FlightEnd::NoGrant);
+        };
+        let now = self.clock.now();
+        if grant.state != GrantState::Active || grant.horizon_at <= now {
+            // Nothing is sent for a grant that needs a new login.
+            return Ok(FlightEnd::Settled);
+        }
+        if self.permit(channel).await.is_none() {
+            return Ok(FlightEnd::NoGrant);
+        }
+        let verified = match self.client.verify(&tokens.access).await {
+            Ok(v) => v,
+            Err(e) => return Ok(FlightEnd::Line(e.to_string())),
+        };
+        match verified {
+            Verification::Valid(v) if v.expires_in > 0 && &v.client_id == channel => {
+                tracing::info!(channel = %channel, grant = %hash, "a consumer reported a LINE Login token refused, but LINE still accepts it: served again");
+                self.metrics.login_refused(channel, "still_valid");
+                return Ok(FlightEnd::Settled);
+            }
+            _ => {}
+        }
+        tracing::warn!(channel = %channel, grant = %hash, "LINE no longer accepts a LINE Login grant's access token (the user logged out or was deauthorized?): refreshing once");
+        let end = self.refresh(grant).await?;
+        self.wake.notify_one();
+        Ok(match end {
+            RefreshEnd::Stored => {
+                self.metrics.login_refused(channel, "refreshed");
+                FlightEnd::Settled
+            }
+            RefreshEnd::NeedsLogin => {
+                self.metrics.login_refused(channel, "needs_login");
+                FlightEnd::Settled
+            }
+            RefreshEnd::Skipped | RefreshEnd::Failed => {
+                self.metrics.login_refused(channel, "failed");
+                FlightEnd::Line(
+                    "LINE refuses the access token and the refresh did not succeed; it is \
+                     retried later"
+                        .to_owned(),
+                )
+            }
         })
     }
 

@@ -555,7 +555,10 @@ pub(super) fn open_grant_value(
     sealed: &[u8],
 ) -> Result<String, Fail> {
     values
-        .open_only(&super::login::place(channel, subject, kind.as_str()), sealed)?
+        .open_only(
+            &super::login::place(channel, subject, kind.as_str()),
+            sealed,
+        )?
         .map_err(|reason| {
             Fail::Store(StoreError::LoginValue {
                 channel: channel.to_owned(),

@@ -922,3 +922,277 @@ async fn db_decrypt_refuses_while_grants_exist_and_changes_nothing() {
         "nothing was decrypted"
     );
 }
+
+impl Rig {
+    fn calls_to(&self, endpoint: LoginEndpoint) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| *e == endpoint)
+            .count()
+    }
+
+    fn tokens(&self, subject: &str) -> linetokd::store::GrantTokens {
+        self.store
+            .login_grant_tokens(&self.channel(), subject)
+            .unwrap()
+            .unwrap()
+            .1
+    }
+
+    /// A client with no observer: what a user or a test does at LINE.
+    fn outsider(&self) -> LoginClient {
+        LoginClient::new(self.lab.client.clone(), None)
+    }
+
+    async fn report_refused(&self, subject: &str) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants/{subject}/token/refused"),
+            READER,
+            None,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_token_that_line_still_accepts_is_served_again_after_one_verify() {
+    let rig = rig(5).await;
+    rig.import("Ujudy").await;
+    let before = rig.tokens("Ujudy").access.expose().to_owned();
+    let verifies = rig.calls_to(LoginEndpoint::Verify);
+    let (status, answer) = rig.report_refused("Ujudy").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["access_token"], before.as_str(), "the same token");
+    assert_eq!(rig.calls_to(LoginEndpoint::Verify), verifies + 1);
+    assert_eq!(rig.refreshes(), 0, "no refresh when LINE accepts it");
+    // The admin key does not read tokens.
+    let (status, _) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants/Ujudy/token/refused"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn concurrent_reports_of_a_revoked_token_cause_one_verify_and_one_refresh() {
+    let rig = rig(5).await;
+    rig.import("Ukate").await;
+    let old = rig.tokens("Ukate").access;
+    // The user logged out of this device: LINE revokes the access token,
+    // while the refresh token lives and the token has days left.
+    rig.outsider()
+        .revoke(&rig.channel(), None, &old)
+        .await
+        .unwrap();
+    let verifies = rig.calls_to(LoginEndpoint::Verify);
+    let (a, b, c) = tokio::join!(
+        rig.report_refused("Ukate"),
+        rig.report_refused("Ukate"),
+        rig.report_refused("Ukate"),
+    );
+    assert_eq!(
+        rig.calls_to(LoginEndpoint::Verify),
+        verifies + 1,
+        "one verify"
+    );
+    assert_eq!(rig.refreshes(), 1, "one refresh");
+    let new = rig.tokens("Ukate").access.expose().to_owned();
+    assert_ne!(new, old.expose());
+    for (status, answer) in [a, b, c] {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            answer["access_token"],
+            new.as_str(),
+            "every report gets the new token"
+        );
+    }
+    // The refresh was journaled like a scheduled one.
+    assert_eq!(rig.events(EventKind::LoginRefreshed).len(), 1);
+    assert!(rig.store.open_refresh_intents().unwrap().is_empty());
+    let (status, answer) = rig
+        .call(
+            "GET",
+            &format!("/v1/login/{LOGIN}/grants/Ukate/token"),
+            READER,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["access_token"], new.as_str());
+    assert!(
+        rig.metrics.render().contains(
+            "linetokd_login_token_refused_total{channel=\"1660000000\",result=\"refreshed\"} 1"
+        ),
+        "{}",
+        rig.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_whose_refresh_is_refused_gives_410_and_no_further_calls() {
+    let rig = rig(5).await;
+    rig.import("Uliam").await;
+    let tokens = rig.tokens("Uliam");
+    // Logged out everywhere: the whole grant is revoked at LINE.
+    rig.outsider()
+        .revoke_refresh_token(&rig.channel(), None, &tokens.refresh)
+        .await
+        .unwrap();
+    let (status, answer) = rig.report_refused("Uliam").await;
+    assert_eq!(status, StatusCode::GONE, "{answer}");
+    assert_eq!(answer["state"], "needs_login");
+    assert_eq!(
+        rig.calls_to(LoginEndpoint::Verify),
+        2,
+        "import + the report"
+    );
+    assert_eq!(rig.refreshes(), 1);
+    let grant = rig
+        .store
+        .login_grant(&rig.channel(), "Uliam")
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.state, GrantState::NeedsLogin);
+    let calls = rig.calls.lock().unwrap().len();
+    let (status, _) = rig.report_refused("Uliam").await;
+    assert_eq!(status, StatusCode::GONE);
+    for days in [1, 40] {
+        rig.pass_at(rig.now() + Duration::days(days)).await;
+    }
+    assert_eq!(rig.calls.lock().unwrap().len(), calls, "zero further calls");
+    // The notice went out like after a scheduled refresh's invalid_grant.
+    assert!(
+        rig.store
+            .firing_alerts()
+            .unwrap()
+            .iter()
+            .any(|a| a.alertname == "login_reauth_required")
+    );
+}
+
+#[tokio::test]
+async fn a_re_import_can_revoke_the_replaced_access_token_after_the_commit() {
+    let rig = rig(5).await;
+    rig.import("Umia").await;
+    let old = rig.tokens("Umia").access;
+    // The user logs in again; the service imports the new login.
+    let t = rig.sandbox_login(LOGIN, "Umia");
+    let body = json!({
+        "subject": "Umia", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "revoke_previous": true,
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["replaced"], true);
+    assert_eq!(answer["previous_revoke"]["result"], "revoked", "{answer}");
+    let outsider = rig.outsider();
+    assert!(matches!(
+        outsider.verify(&old).await.unwrap(),
+        linetokd::line::types::Verification::Rejected { .. }
+    ));
+    let new = rig.tokens("Umia").access;
+    assert!(matches!(
+        outsider.verify(&new).await.unwrap(),
+        linetokd::line::types::Verification::Valid(_)
+    ));
+    assert!(
+        rig.events(EventKind::LoginImported)
+            .iter()
+            .any(|e| e.contains("replaced access token was revoked")),
+        "{:?}",
+        rig.events(EventKind::LoginImported)
+    );
+    // Without the field (the default): the replaced token lives on.
+    let before = rig.tokens("Umia").access;
+    let t = rig.sandbox_login(LOGIN, "Umia");
+    let body = json!({
+        "subject": "Umia", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(answer.get("previous_revoke").is_none(), "{answer}");
+    assert!(matches!(
+        outsider.verify(&before).await.unwrap(),
+        linetokd::line::types::Verification::Valid(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_revoke_of_the_replaced_token_is_reported_and_the_import_stands() {
+    let rig = rig(5).await;
+    rig.import("Unoah").await;
+    let mut faults = linetokd::sandbox::Faults::default();
+    faults.endpoints.insert(
+        "/oauth2/v2.1/revoke".to_owned(),
+        linetokd::sandbox::FaultRule {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    rig.lab.sandbox.set_faults(faults).unwrap();
+    let t = rig.sandbox_login(LOGIN, "Unoah");
+    let body = json!({
+        "subject": "Unoah", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "revoke_previous": true,
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the import stands: {answer}");
+    assert_eq!(answer["previous_revoke"]["result"], "failed", "{answer}");
+    assert!(answer["previous_revoke"]["message"].is_string());
+    assert_eq!(
+        rig.tokens("Unoah").access.expose(),
+        t["access_token"].as_str().unwrap(),
+        "the new grant is stored"
+    );
+    assert!(
+        rig.events(EventKind::LoginImported)
+            .iter()
+            .any(|e| e.contains("revoking the replaced access token failed")),
+    );
+    // A wrong type is named.
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(
+                json!({"subject": "Unoah", "access_token": t["access_token"],
+                "refresh_token": t["refresh_token"], "expires_in": 100,
+                "revoke_previous": "yes"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["field"], "revoke_previous");
+}
