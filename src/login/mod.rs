@@ -65,6 +65,15 @@ pub const ALERT_NAMES: [&str; 3] = [
     "login_channel_rejected",
 ];
 
+/// More grants than this of one login channel under the same notice
+/// (`login_reauth_due` or `login_reauth_required`) are told to the alert
+/// receivers as one alert of the channel, not one per grant (SPECS §2c);
+/// the event history and the metrics still count each grant.
+pub const AGGREGATE_ABOVE: usize = 20;
+
+/// How many grants' hashes an aggregated notice names.
+const AGGREGATE_NAMES: usize = 5;
+
 /// The most due grants one pass takes from the store at once.
 const BATCH: usize = 100;
 
@@ -756,6 +765,7 @@ impl Login {
         let mut counts: BTreeMap<(ChannelId, &'static str), u64> = BTreeMap::new();
         let mut in_window: BTreeMap<ChannelId, u64> = BTreeMap::new();
         let mut to_note = Vec::new();
+        let mut notices: BTreeMap<(ChannelId, &'static str), Vec<Notice>> = BTreeMap::new();
         let channels: HashSet<ChannelId> = self.inner().channels.keys().cloned().collect();
         for c in &channels {
             for state in GrantState::ALL {
@@ -767,23 +777,11 @@ impl Login {
             *counts
                 .entry((g.channel.clone(), g.state.as_str()))
                 .or_default() += 1;
-            let label = AlertLabel {
-                name: "login_grant",
-                value: format!("{}/{}", g.channel, g.subject_hash()),
-            };
             match g.state {
-                GrantState::NeedsLogin => specs.push(AlertSpec {
-                    group: None,
-                    label: Some(label),
-                    alertname: "login_reauth_required",
-                    severity: "warning",
-                    summary: format!(
-                        "LINE Login grant {} of login channel {} needs a new login: its refresh \
-                         token is no longer accepted",
-                        g.subject_hash(),
-                        g.channel
-                    ),
-                }),
+                GrantState::NeedsLogin => notices
+                    .entry((g.channel.clone(), "login_reauth_required"))
+                    .or_default()
+                    .push(Notice::of(g)),
                 GrantState::Active => {
                     let due_at = rules::reauth_due_at(&t, g.horizon_at);
                     if rules::in_notice_window(&t, g.horizon_at, now) {
@@ -791,24 +789,10 @@ impl Login {
                         if g.reauth_due_notified_at.is_none() {
                             to_note.push((g.channel.clone(), g.subject.clone(), g.horizon_at));
                         }
-                        specs.push(AlertSpec {
-                            group: None,
-                            label: Some(label),
-                            alertname: "login_reauth_due",
-                            severity: "warning",
-                            summary: format!(
-                                "LINE Login grant {} of login channel {} ends at {}{}: ask the \
-                                 user to log in again",
-                                g.subject_hash(),
-                                g.channel,
-                                fmt_time(g.horizon_at),
-                                if g.horizon_estimated {
-                                    " (estimated)"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        });
+                        notices
+                            .entry((g.channel.clone(), "login_reauth_due"))
+                            .or_default()
+                            .push(Notice::of(g));
                         next = Some(next.map_or(g.horizon_at, |n| n.min(g.horizon_at)));
                     } else if due_at > now {
                         next = Some(next.map_or(due_at, |n| n.min(due_at)));
@@ -818,6 +802,9 @@ impl Login {
                 }
                 GrantState::Revoked => {}
             }
+        }
+        for ((channel, alertname), grants) in notices {
+            specs.extend(notice_specs(&channel, alertname, grants));
         }
         for c in &paused {
             specs.push(AlertSpec {
@@ -1341,6 +1328,107 @@ impl Login {
     }
 }
 
+/// One grant under a notice, as its alert tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Notice {
+    hash: String,
+    horizon_at: DateTime<Utc>,
+    estimated: bool,
+}
+
+impl Notice {
+    fn of(g: &GrantRecord) -> Self {
+        Self {
+            hash: g.subject_hash(),
+            horizon_at: g.horizon_at,
+            estimated: g.horizon_estimated,
+        }
+    }
+}
+
+/// The alerts of one login channel's grants under one notice: one per
+/// grant, or, when more than [`AGGREGATE_ABOVE`] are, one for the channel
+/// (labelled `login_channel`) with their count, the span of their
+/// horizons and the first few hashes. A receiver then gets one message
+/// per channel however many grants fall due in a pass; what it supports
+/// (one request per alert for linetokd's event format, a text limit for
+/// LINE) stays within bounds.
+fn notice_specs(
+    channel: &ChannelId,
+    alertname: &'static str,
+    mut grants: Vec<Notice>,
+) -> Vec<AlertSpec> {
+    let due = alertname == "login_reauth_due";
+    if grants.len() <= AGGREGATE_ABOVE {
+        return grants
+            .into_iter()
+            .map(|n| AlertSpec {
+                group: None,
+                label: Some(AlertLabel {
+                    name: "login_grant",
+                    value: format!("{channel}/{}", n.hash),
+                }),
+                alertname,
+                severity: "warning",
+                summary: if due {
+                    format!(
+                        "LINE Login grant {} of login channel {channel} ends at {}{}: ask the \
+                         user to log in again",
+                        n.hash,
+                        fmt_time(n.horizon_at),
+                        if n.estimated { " (estimated)" } else { "" }
+                    )
+                } else {
+                    format!(
+                        "LINE Login grant {} of login channel {channel} needs a new login: its \
+                         refresh token is no longer accepted",
+                        n.hash
+                    )
+                },
+            })
+            .collect();
+    }
+    grants.sort_by(|a, b| (a.horizon_at, &a.hash).cmp(&(b.horizon_at, &b.hash)));
+    let count = grants.len();
+    let first: Vec<&str> = grants
+        .iter()
+        .take(AGGREGATE_NAMES)
+        .map(|n| n.hash.as_str())
+        .collect();
+    let named = format!(
+        "grants {} and {} more; `linetokd status` and the event history list each",
+        first.join(", "),
+        count - first.len()
+    );
+    let summary = if due {
+        let (from, to) = (
+            grants.first().map(|n| n.horizon_at),
+            grants.last().map(|n| n.horizon_at),
+        );
+        format!(
+            "{count} LINE Login grants of login channel {channel} end between {} and {}: ask \
+             their users to log in again ({named})",
+            from.map(fmt_time).unwrap_or_default(),
+            to.map(fmt_time).unwrap_or_default(),
+        )
+    } else {
+        format!(
+            "{count} LINE Login grants of login channel {channel} need a new login: their \
+             refresh tokens are no longer accepted ({named})"
+        )
+    };
+    vec![AlertSpec {
+        group: None,
+        label: Some(AlertLabel {
+            name: "login_channel",
+            value: channel.to_string(),
+        }),
+        alertname,
+        severity: "warning",
+        summary,
+    }]
+}
+
 async fn revoke_refresh(
     client: &LoginClient,
     channel: &ChannelId,
@@ -1378,4 +1466,58 @@ pub fn schedule(t: &Timings, grants: &[GrantRecord]) -> Vec<(ChannelId, String, 
 /// estimate).
 pub fn duration_at_rate(requests: u64, rate: u32) -> Duration {
     Duration::from_secs_f64(requests as f64 / f64::from(rate.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notices(n: usize) -> Vec<Notice> {
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        (0..n)
+            .map(|i| Notice {
+                hash: format!("h{i:07}"),
+                horizon_at: t0 + TimeDelta::hours(i64::try_from(n - i).unwrap_or(0)),
+                estimated: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn up_to_twenty_notices_are_one_alert_each() {
+        let c = ChannelId::new("1660000000");
+        let specs = notice_specs(&c, "login_reauth_due", notices(AGGREGATE_ABOVE));
+        assert_eq!(specs.len(), AGGREGATE_ABOVE);
+        assert!(
+            specs
+                .iter()
+                .all(|s| s.label.as_ref().is_some_and(|l| l.name == "login_grant"))
+        );
+    }
+
+    #[test]
+    fn more_than_twenty_notices_are_one_alert_of_the_channel_naming_the_first_few() {
+        let c = ChannelId::new("1660000000");
+        for alertname in ["login_reauth_due", "login_reauth_required"] {
+            let specs = notice_specs(&c, alertname, notices(AGGREGATE_ABOVE + 1));
+            assert_eq!(specs.len(), 1);
+            let spec = &specs[0];
+            assert_eq!(spec.alertname, alertname);
+            let label = spec.label.as_ref().map(|l| (l.name, l.value.as_str()));
+            assert_eq!(label, Some(("login_channel", "1660000000")));
+            assert!(
+                spec.summary.starts_with("21 LINE Login grants"),
+                "{}",
+                spec.summary
+            );
+            // The earliest horizons first: the last generated ones.
+            assert!(
+                spec.summary.contains(
+                    "grants h0000020, h0000019, h0000018, h0000017, h0000016 and 16 more"
+                ),
+                "{}",
+                spec.summary
+            );
+        }
+    }
 }

@@ -1196,3 +1196,110 @@ async fn a_failed_revoke_of_the_replaced_token_is_reported_and_the_import_stands
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer["field"], "revoke_previous");
 }
+
+/// Imports `subject`'s sandbox login as if it logged in `ago` before now.
+async fn import_logged_in(rig: &Rig, subject: &str, ago: Duration) {
+    let t = rig.sandbox_login(LOGIN, subject);
+    let body = json!({
+        "subject": subject, "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "login_at": (rig.now() - ago).timestamp(),
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+#[tokio::test]
+async fn more_than_twenty_reauth_notices_in_a_pass_reach_a_receiver_as_one_message() {
+    use linetokd::alerting::{
+        Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings, Severity,
+        TokenSource, WebhookFormat,
+    };
+    let rig = rig(1000).await;
+    // 25 users who logged in 84 days ago: their horizons are 6 days away,
+    // inside the 7-day notice window, all at once.
+    let subjects: Vec<String> = (0..25).map(|i| format!("Ubulk{i:02}")).collect();
+    for s in &subjects {
+        import_logged_in(&rig, s, Duration::days(84)).await;
+    }
+    rig.pass_at(rig.now()).await;
+    // The history and the metrics count each grant.
+    assert_eq!(rig.events(EventKind::LoginReauthDue).len(), 25);
+    assert!(
+        rig.metrics
+            .render()
+            .contains("linetokd_login_reauth_due{channel=\"1660000000\"} 25"),
+        "{}",
+        rig.metrics.render()
+    );
+    let fake = crate::alerting::fake::Fake::start(|_| (200, vec![])).await;
+    let notifier = Notifier::new(
+        rig.store.clone(),
+        Arc::new(rig.lab.clock.clone()),
+        Metrics::shared(),
+        NotifierSettings {
+            route: RouteSettings {
+                group_wait: Duration::seconds(30),
+                group_interval: Duration::minutes(5),
+                repeat_warning: Duration::hours(4),
+                repeat_critical: Duration::hours(1),
+            },
+            external_url: None,
+            receivers: vec![Receiver {
+                name: "app".into(),
+                min_severity: Severity::Warning,
+                timeout: StdDuration::from_secs(10),
+                // One request per alert: what a per-grant notice would
+                // multiply.
+                kind: ReceiverKind::Webhook {
+                    url: Endpoint(reqwest::Url::parse(&format!("{}/hook", fake.base_url)).unwrap()),
+                    format: WebhookFormat::Linetokd,
+                    secret: None,
+                },
+            }],
+            channel_names: linetokd::channel_index::ChannelIndex::default(),
+            tokens: TokenSource::none(),
+        },
+    )
+    .unwrap();
+    notifier.step().await.unwrap();
+    rig.lab.clock.set(rig.now() + Duration::seconds(30));
+    notifier.step().await.unwrap();
+    let got = fake.got();
+    assert_eq!(got.len(), 1, "one message for the channel: {got:?}");
+    let body = &got[0].body;
+    assert!(body.contains("25 LINE Login grants"), "{body}");
+    assert!(body.contains("and 20 more"), "{body}");
+    for s in &subjects {
+        assert!(!body.contains(s.as_str()), "no subject in a notice");
+    }
+    // At the threshold each grant is its own alert again: five grants
+    // are deleted, 20 remain due.
+    for s in &subjects[..5] {
+        let (status, _) = rig
+            .call(
+                "DELETE",
+                &format!("/v1/login/{LOGIN}/grants/{s}"),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    rig.pass_at(rig.now()).await;
+    let due: Vec<_> = rig
+        .store
+        .firing_alerts()
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.alertname == "login_reauth_due")
+        .collect();
+    assert_eq!(due.len(), 20, "one per grant at 20");
+}
