@@ -200,8 +200,12 @@ pub struct Login {
     refreshing: tokio::sync::Mutex<()>,
     /// The "token refused" reports in flight, one per grant: later reports
     /// of the same grant wait for its end instead of asking LINE again.
-    flights: Mutex<HashMap<(ChannelId, String), watch::Receiver<Option<FlightEnd>>>>,
+    flights: Mutex<HashMap<(ChannelId, String), Flight>>,
 }
+
+/// Where the reports of one grant learn how its check ended: `None` while
+/// it runs.
+type Flight = watch::Receiver<Option<FlightEnd>>;
 
 /// How a "token refused" check ended, as every report waiting on it
 /// learns it (cloneable, so no store error is carried, only its text).
@@ -1004,6 +1008,14 @@ impl Login {
         // same transaction as the replacement (a refresh in between would
         // otherwise leave the newer token alive).
         let new_access = grant.access.clone();
+        // With a revoke to follow, no refresh of the grant may be in
+        // flight: its answer, superseded by the import, would never be
+        // stored, and its token would outlive the revoke unseen.
+        let _refreshing = if revoke_previous {
+            Some(self.refreshing.lock().await)
+        } else {
+            None
+        };
         let (replaced, previous) = self
             .store
             .blocking(move |s| s.replace_login_grant(now, &grant, revoke_previous))
