@@ -417,6 +417,10 @@ pub fn app(state: HttpState) -> Router {
             get(login_token),
         )
         .route(
+            "/v1/login/{channel}/grants/{subject}/token/refused",
+            axum::routing::post(login_token_refused),
+        )
+        .route(
             "/v1/login/{channel}/grants/{subject}",
             axum::routing::delete(login_delete),
         )
@@ -1395,6 +1399,19 @@ fn parse_import(body: &[u8]) -> Result<crate::login::Import, crate::login::Login
     })
 }
 
+/// The import's optional `revoke_previous` (default false).
+fn parse_revoke_previous(body: &[u8]) -> Result<bool, crate::login::LoginApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match value.get("revoke_previous") {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(crate::login::LoginApiError::Invalid {
+            field: "revoke_previous",
+            message: "must be true or false".to_owned(),
+        }),
+    }
+}
+
 async fn login_import(
     State(state): State<HttpState>,
     Path(channel): Path<String>,
@@ -1410,14 +1427,29 @@ async fn login_import(
         Ok(import) => import,
         Err(e) => return login_error(&e),
     };
-    match login.import(&channel, import).await {
+    let revoke_previous = match parse_revoke_previous(&body) {
+        Ok(revoke) => revoke,
+        Err(e) => return login_error(&e),
+    };
+    match login
+        .import_replacing(&channel, import, revoke_previous)
+        .await
+    {
         Ok(imported) => {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "access_expires_at": imported.access_expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "horizon_at": imported.horizon_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "horizon_estimated": imported.horizon_estimated,
                 "replaced": imported.replaced,
             });
+            if let (Some(previous), Some(body)) = (&imported.previous_revoke, body.as_object_mut())
+            {
+                let mut answer = serde_json::json!({ "result": previous.as_str() });
+                if let crate::login::PreviousRevoke::Failed(why) = previous {
+                    answer["message"] = serde_json::Value::String(why.clone());
+                }
+                body.insert("previous_revoke".to_owned(), answer);
+            }
             (
                 StatusCode::CREATED,
                 [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -1443,20 +1475,43 @@ async fn login_token(
             Err(response) => return *response,
         };
     match login.token(&channel, &subject).await {
-        Ok(served) => {
-            let body = serde_json::json!({
-                "access_token": served.access_token.expose(),
-                "token_type": "Bearer",
-                "expires_at": served.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "scope": served.scope,
-            });
-            (
-                StatusCode::OK,
-                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-                Json(body),
-            )
-                .into_response()
-        }
+        Ok(served) => login_served(&served),
+        Err(e) => login_error(&e),
+    }
+}
+
+/// A grant's access token as the token routes answer it.
+fn login_served(served: &crate::login::Served) -> Response {
+    let body = serde_json::json!({
+        "access_token": served.access_token.expose(),
+        "token_type": "Bearer",
+        "expires_at": served.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "scope": served.scope,
+    });
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// `POST …/token/refused`: a consumer got 401 from LINE with the served
+/// token. The module checks it at LINE and refreshes once if LINE refuses
+/// it; the answer is the token to use now (the same one when LINE still
+/// accepts it), or 410 `needs_login`.
+async fn login_token_refused(
+    State(state): State<HttpState>,
+    Path((channel, subject)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (login, channel) =
+        match login_access(&state, crate::login::Role::Reader, &channel, &headers) {
+            Ok(ok) => ok,
+            Err(response) => return *response,
+        };
+    match login.token_refused(&channel, &subject).await {
+        Ok(served) => login_served(&served),
         Err(e) => login_error(&e),
     }
 }

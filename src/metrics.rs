@@ -175,6 +175,8 @@ pub struct Metrics {
     login_reauth_due: Family<LoginChannelLabels, Gauge>,
     /// LINE Login grant imports by login channel and result.
     login_imports: Family<LoginResultLabels, Counter>,
+    /// "Token refused" reports by login channel and what the check found.
+    login_refused: Family<LoginResultLabels, Counter>,
 }
 
 /// A login channel (its ID: login channels are not in the channel index).
@@ -412,8 +414,16 @@ impl Metrics {
              the token or it belongs to another channel), failed",
             login_imports.clone(),
         );
+        let login_refused = Family::<LoginResultLabels, Counter>::default();
+        registry.register(
+            "login_token_refused",
+            "Checks after a consumer reported a LINE Login access token refused, by result: \
+             still_valid (LINE accepts it), refreshed, needs_login, failed",
+            login_refused.clone(),
+        );
         let db = DbMetrics::register(&mut registry);
         Self {
+            login_refused,
             login_grants,
             login_refreshes,
             login_reauth_due,
@@ -671,6 +681,16 @@ impl Metrics {
     /// Counts a LINE Login refresh by `result`.
     pub fn login_refresh(&self, channel: &ChannelId, result: &'static str) {
         self.login_refreshes
+            .get_or_create(&LoginResultLabels {
+                channel: channel.as_str().to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a checked "token refused" report by `result`.
+    pub fn login_refused(&self, channel: &ChannelId, result: &'static str) {
+        self.login_refused
             .get_or_create(&LoginResultLabels {
                 channel: channel.as_str().to_owned(),
                 result,

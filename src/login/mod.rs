@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
@@ -64,6 +64,15 @@ pub const ALERT_NAMES: [&str; 3] = [
     "login_reauth_required",
     "login_channel_rejected",
 ];
+
+/// More grants than this of one login channel under the same notice
+/// (`login_reauth_due` or `login_reauth_required`) are told to the alert
+/// receivers as one alert of the channel, not one per grant (SPECS §2c);
+/// the event history and the metrics still count each grant.
+pub const AGGREGATE_ABOVE: usize = 20;
+
+/// How many grants' hashes an aggregated notice names.
+const AGGREGATE_NAMES: usize = 5;
 
 /// The most due grants one pass takes from the store at once.
 const BATCH: usize = 100;
@@ -106,6 +115,9 @@ pub struct Imported {
     pub horizon_estimated: bool,
     /// True when a grant of the subject was replaced.
     pub replaced: bool,
+    /// What happened to the replaced access token, when the import asked
+    /// for its revoke and a grant was replaced.
+    pub previous_revoke: Option<PreviousRevoke>,
 }
 
 /// Why a request was not done.
@@ -181,6 +193,73 @@ pub struct Login {
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Held around every refresh, scheduled or reported, and around a
+    /// report's verify: one grant is never refreshed twice at once (the
+    /// journal allows one open intent per grant), and a report sees the
+    /// grant as the last refresh left it.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The "token refused" reports in flight, one per grant: later reports
+    /// of the same grant wait for its end instead of asking LINE again.
+    flights: Mutex<HashMap<(ChannelId, String), Flight>>,
+}
+
+/// Where the reports of one grant learn how its check ended: `None` while
+/// it runs.
+type Flight = watch::Receiver<Option<FlightEnd>>;
+
+/// How a "token refused" check ended, as every report waiting on it
+/// learns it (cloneable, so no store error is carried, only its text).
+#[derive(Debug, Clone)]
+enum FlightEnd {
+    /// The grant is as the check left it: serve what the store holds (the
+    /// same token, a refreshed one, or 410 when it needs a new login).
+    Settled,
+    /// No such grant.
+    NoGrant,
+    /// LINE did not answer usefully; nothing changed for good.
+    Line(String),
+    /// The store failed.
+    Store(String),
+}
+
+/// What [`Login::refresh`] did with a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefreshEnd {
+    /// Nothing was sent (channel gone or paused): the grant was moved.
+    Skipped,
+    /// The new token is stored (or the grant changed meanwhile).
+    Stored,
+    /// The grant needs a new login (horizon or `invalid_grant`).
+    NeedsLogin,
+    /// A failure to retry later (transient, rate limit, channel refused).
+    Failed,
+}
+
+/// What re-importing a subject did with the access token it replaced
+/// (`revoke_previous`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreviousRevoke {
+    /// LINE revoked it.
+    Revoked,
+    /// LINE no longer knew it (expired or revoked already).
+    AlreadyDead,
+    /// The replaced grant held the same access token: nothing to revoke.
+    Same,
+    /// The revoke failed; the import stands. Names the failure, never a
+    /// value.
+    Failed(String),
+}
+
+impl PreviousRevoke {
+    /// The API's and the event's word for it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::AlreadyDead => "already_dead",
+            Self::Same => "same_token",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 impl std::fmt::Debug for Login {
@@ -249,6 +328,8 @@ impl Login {
             metrics,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            refreshing: tokio::sync::Mutex::new(()),
+            flights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -394,7 +475,20 @@ impl Login {
             }
             let mut worked = 0;
             for grant in due {
-                if self.refresh(grant).await? {
+                let _refreshing = self.refreshing.lock().await;
+                // A report may have refreshed it while this pass waited.
+                let (c, s) = (grant.channel.clone(), grant.subject.clone());
+                let current = self
+                    .store
+                    .blocking(move |st| st.login_grant(&c, &s))
+                    .await?;
+                let now = self.clock.now();
+                let Some(grant) =
+                    current.filter(|g| g.state == GrantState::Active && g.next_refresh_at <= now)
+                else {
+                    continue;
+                };
+                if self.refresh(grant).await? != RefreshEnd::Skipped {
                     worked += 1;
                 }
             }
@@ -434,9 +528,10 @@ impl Login {
         (h % 10_000) as f64 / 10_000.0
     }
 
-    /// Refreshes one due grant. False when it was skipped (its channel is
-    /// not configured or paused: it is moved out of the way).
-    async fn refresh(&self, grant: GrantRecord) -> Result<bool, StoreError> {
+    /// Refreshes one grant (due, or reported refused), journaled; the
+    /// caller holds `refreshing`. Skipped when its channel is not
+    /// configured or paused: it is moved out of the way.
+    async fn refresh(&self, grant: GrantRecord) -> Result<RefreshEnd, StoreError> {
         let channel = grant.channel.clone();
         let hash = grant.subject_hash();
         let (config, paused, t) = {
@@ -452,11 +547,11 @@ impl Login {
             // at again in a day (or when the channel comes back).
             let retry_at = now + TimeDelta::days(1);
             self.set_aside(&grant, retry_at).await?;
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         };
         if let Some(until) = paused.filter(|u| *u > now) {
             self.set_aside(&grant, until).await?;
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         }
         if grant.horizon_at <= now {
             // The pass's scan ends it; nothing is sent.
@@ -475,10 +570,10 @@ impl Login {
                 })
                 .await?;
             self.inner().next_notice = None;
-            return Ok(true);
+            return Ok(RefreshEnd::NeedsLogin);
         }
         if self.permit(&channel).await.is_none() {
-            return Ok(false);
+            return Ok(RefreshEnd::Skipped);
         }
         let now = self.clock.now();
         let (channel2, subject) = (channel.clone(), grant.subject.clone());
@@ -487,7 +582,7 @@ impl Login {
             .blocking(move |s| s.login_grant_tokens(&channel2, &subject))
             .await?
         else {
-            return Ok(true);
+            return Ok(RefreshEnd::Stored);
         };
         let (channel2, subject) = (channel.clone(), grant.subject.clone());
         let intent = self
@@ -509,6 +604,11 @@ impl Login {
         };
         let action = rules::decide(outcome, failures, self.jitter_fraction(&grant, failures));
         let subject = grant.subject.clone();
+        let end = match &action {
+            Action::Store => RefreshEnd::Stored,
+            Action::NeedsLogin => RefreshEnd::NeedsLogin,
+            Action::PauseChannel | Action::Retry { .. } => RefreshEnd::Failed,
+        };
         match (action, answer) {
             (Action::Store, Ok(answer)) => {
                 let access_expires_at = now + TimeDelta::seconds(answer.expires_in);
@@ -633,7 +733,7 @@ impl Login {
             }
             (Action::Store, Err(_)) => {}
         }
-        Ok(true)
+        Ok(end)
     }
 
     /// Moves a grant's next refresh to `at` without a call.
@@ -669,6 +769,7 @@ impl Login {
         let mut counts: BTreeMap<(ChannelId, &'static str), u64> = BTreeMap::new();
         let mut in_window: BTreeMap<ChannelId, u64> = BTreeMap::new();
         let mut to_note = Vec::new();
+        let mut notices: BTreeMap<(ChannelId, &'static str), Vec<Notice>> = BTreeMap::new();
         let channels: HashSet<ChannelId> = self.inner().channels.keys().cloned().collect();
         for c in &channels {
             for state in GrantState::ALL {
@@ -680,23 +781,11 @@ impl Login {
             *counts
                 .entry((g.channel.clone(), g.state.as_str()))
                 .or_default() += 1;
-            let label = AlertLabel {
-                name: "login_grant",
-                value: format!("{}/{}", g.channel, g.subject_hash()),
-            };
             match g.state {
-                GrantState::NeedsLogin => specs.push(AlertSpec {
-                    group: None,
-                    label: Some(label),
-                    alertname: "login_reauth_required",
-                    severity: "warning",
-                    summary: format!(
-                        "LINE Login grant {} of login channel {} needs a new login: its refresh \
-                         token is no longer accepted",
-                        g.subject_hash(),
-                        g.channel
-                    ),
-                }),
+                GrantState::NeedsLogin => notices
+                    .entry((g.channel.clone(), "login_reauth_required"))
+                    .or_default()
+                    .push(Notice::of(g)),
                 GrantState::Active => {
                     let due_at = rules::reauth_due_at(&t, g.horizon_at);
                     if rules::in_notice_window(&t, g.horizon_at, now) {
@@ -704,24 +793,10 @@ impl Login {
                         if g.reauth_due_notified_at.is_none() {
                             to_note.push((g.channel.clone(), g.subject.clone(), g.horizon_at));
                         }
-                        specs.push(AlertSpec {
-                            group: None,
-                            label: Some(label),
-                            alertname: "login_reauth_due",
-                            severity: "warning",
-                            summary: format!(
-                                "LINE Login grant {} of login channel {} ends at {}{}: ask the \
-                                 user to log in again",
-                                g.subject_hash(),
-                                g.channel,
-                                fmt_time(g.horizon_at),
-                                if g.horizon_estimated {
-                                    " (estimated)"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        });
+                        notices
+                            .entry((g.channel.clone(), "login_reauth_due"))
+                            .or_default()
+                            .push(Notice::of(g));
                         next = Some(next.map_or(g.horizon_at, |n| n.min(g.horizon_at)));
                     } else if due_at > now {
                         next = Some(next.map_or(due_at, |n| n.min(due_at)));
@@ -731,6 +806,9 @@ impl Login {
                 }
                 GrantState::Revoked => {}
             }
+        }
+        for ((channel, alertname), grants) in notices {
+            specs.extend(notice_specs(&channel, alertname, grants));
         }
         for c in &paused {
             specs.push(AlertSpec {
@@ -810,7 +888,24 @@ impl Login {
         channel: &ChannelId,
         import: Import,
     ) -> Result<Imported, LoginApiError> {
-        let result = self.import_inner(channel, import).await;
+        self.import_replacing(channel, import, false).await
+    }
+
+    /// [`Self::import`], and when `revoke_previous` is set and the import
+    /// replaced a grant, revokes the replaced access token at LINE after
+    /// the new grant is committed. The revoke's outcome is in
+    /// [`Imported::previous_revoke`] and the event history; its failure
+    /// never fails the import.
+    ///
+    /// # Errors
+    /// As [`Self::import`].
+    pub async fn import_replacing(
+        &self,
+        channel: &ChannelId,
+        import: Import,
+        revoke_previous: bool,
+    ) -> Result<Imported, LoginApiError> {
+        let result = self.import_inner(channel, import, revoke_previous).await;
         let label = match &result {
             Ok(i) if i.replaced => "replaced",
             Ok(_) => "imported",
@@ -826,6 +921,7 @@ impl Login {
         &self,
         channel: &ChannelId,
         import: Import,
+        revoke_previous: bool,
     ) -> Result<Imported, LoginApiError> {
         let invalid = |field, message: &str| LoginApiError::Invalid {
             field,
@@ -908,9 +1004,21 @@ impl Login {
             scope: v.scope.unwrap_or_default(),
             next_refresh_at: next,
         };
-        let replaced = self
+        // The token to revoke is the one the import replaces, read in the
+        // same transaction as the replacement (a refresh in between would
+        // otherwise leave the newer token alive).
+        let new_access = grant.access.clone();
+        // With a revoke to follow, no refresh of the grant may be in
+        // flight: its answer, superseded by the import, would never be
+        // stored, and its token would outlive the revoke unseen.
+        let _refreshing = if revoke_previous {
+            Some(self.refreshing.lock().await)
+        } else {
+            None
+        };
+        let (replaced, previous) = self
             .store
-            .blocking(move |s| s.import_login_grant(now, &grant))
+            .blocking(move |s| s.replace_login_grant(now, &grant, revoke_previous))
             .await?;
         tracing::info!(
             channel = %channel, grant = %subject_hash(&subject), replaced,
@@ -921,11 +1029,200 @@ impl Login {
             self.inner().next_notice = None;
         }
         self.wake.notify_one();
+        let previous_revoke = match previous {
+            Some(old) if old.expose() == new_access.expose() => Some(PreviousRevoke::Same),
+            Some(old) => Some(self.revoke_previous(channel, &subject, &old).await),
+            None => None,
+        };
         Ok(Imported {
             access_expires_at,
             horizon_at: horizon.at,
             horizon_estimated: horizon.estimated,
             replaced,
+            previous_revoke,
+        })
+    }
+
+    /// Revokes the access token a re-import replaced, within the
+    /// channel's rate, and records the outcome as an event of the grant.
+    async fn revoke_previous(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        old: &AccessToken,
+    ) -> PreviousRevoke {
+        let secret = {
+            let inner = self.inner();
+            inner.channels.get(channel).map(|c| c.config.secret.clone())
+        };
+        let hash = subject_hash(subject);
+        let outcome = match secret {
+            None => PreviousRevoke::Failed("the login channel is no longer configured".into()),
+            Some(secret) => {
+                self.permit(channel).await;
+                match self.client.revoke(channel, secret.as_ref(), old).await {
+                    Ok(()) => PreviousRevoke::Revoked,
+                    Err(crate::line::error::LineError::Permanent { .. }) => {
+                        PreviousRevoke::AlreadyDead
+                    }
+                    Err(e) => PreviousRevoke::Failed(e.to_string()),
+                }
+            }
+        };
+        let detail = match &outcome {
+            PreviousRevoke::Revoked => "the replaced access token was revoked at LINE".to_owned(),
+            PreviousRevoke::AlreadyDead => {
+                "the replaced access token was already dead at LINE".to_owned()
+            }
+            PreviousRevoke::Same => "the replaced grant held the same access token".to_owned(),
+            PreviousRevoke::Failed(why) => format!(
+                "revoking the replaced access token failed (it lives until it expires): {why}"
+            ),
+        };
+        match &outcome {
+            PreviousRevoke::Failed(why) => {
+                tracing::warn!(channel = %channel, grant = %hash, "revoking the access token a re-import replaced failed; the import stands: {why}");
+            }
+            _ => {
+                tracing::info!(channel = %channel, grant = %hash, outcome = outcome.as_str(), "the access token a re-import replaced was revoked");
+            }
+        }
+        let (now, c, s) = (self.clock.now(), channel.clone(), subject.to_owned());
+        if let Err(e) = self
+            .store
+            .blocking(move |st| st.note_login_import(now, &c, &s, &detail))
+            .await
+        {
+            tracing::error!(channel = %channel, grant = %hash, error = %crate::logging::error_chain(&e), "cannot record the outcome of revoking a replaced access token");
+        }
+        outcome
+    }
+
+    /// A consumer's report that LINE answered 401 to the access token it
+    /// was served (`POST …/token/refused`). Under the grant's single
+    /// flight: verifies the stored token at LINE within the channel's
+    /// rate; if LINE still accepts it, serves it again (the problem is
+    /// elsewhere); if LINE refuses it, makes one journaled refresh, the
+    /// scheduled path's, and serves the new token, or answers
+    /// [`LoginApiError::NeedsLogin`] when LINE refused the refresh token
+    /// too. Reports of one grant that arrive while a check runs wait for
+    /// it and share its end: at most one verify and one refresh.
+    ///
+    /// # Errors
+    /// [`LoginApiError::NoGrant`], [`LoginApiError::NeedsLogin`],
+    /// [`LoginApiError::Line`] when LINE could not be asked or the refresh
+    /// failed transiently, [`LoginApiError::Store`].
+    pub async fn token_refused(
+        self: &Arc<Self>,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Served, LoginApiError> {
+        let key = (channel.clone(), subject.to_owned());
+        let mut end = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(running) = flights.get(&key) {
+                running.clone()
+            } else {
+                let (tx, rx) = watch::channel(None);
+                flights.insert(key.clone(), rx.clone());
+                // Its own task: a report whose client hangs up must not
+                // cut a refresh short between LINE's answer and the store.
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let end = me.check_refused(&key.0, &key.1).await;
+                    me.flights
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&key);
+                    let _ = tx.send(Some(end));
+                });
+                rx
+            }
+        };
+        let settled = end
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        match settled {
+            Some(FlightEnd::Settled) => self.token(channel, subject).await,
+            Some(FlightEnd::NoGrant) => Err(LoginApiError::NoGrant),
+            Some(FlightEnd::Line(why)) => Err(LoginApiError::Line(why)),
+            Some(FlightEnd::Store(what)) => {
+                Err(LoginApiError::Store(StoreError::Internal { what }))
+            }
+            None => Err(LoginApiError::Line(
+                "the check of the refused token stopped before it ended".to_owned(),
+            )),
+        }
+    }
+
+    /// The work of one "token refused" flight.
+    async fn check_refused(&self, channel: &ChannelId, subject: &str) -> FlightEnd {
+        let _refreshing = self.refreshing.lock().await;
+        match self.check_refused_locked(channel, subject).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(channel = %channel, grant = %subject_hash(subject), error = %crate::logging::error_chain(&e), "checking a refused LINE Login token failed");
+                FlightEnd::Store(e.to_string())
+            }
+        }
+    }
+
+    async fn check_refused_locked(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<FlightEnd, StoreError> {
+        let hash = subject_hash(subject);
+        let (c, s) = (channel.clone(), subject.to_owned());
+        let Some((grant, tokens)) = self
+            .store
+            .blocking(move |st| st.login_grant_tokens(&c, &s))
+            .await?
+        else {
+            return Ok(FlightEnd::NoGrant);
+        };
+        let now = self.clock.now();
+        if grant.state != GrantState::Active || grant.horizon_at <= now {
+            // Nothing is sent for a grant that needs a new login.
+            return Ok(FlightEnd::Settled);
+        }
+        if self.permit(channel).await.is_none() {
+            return Ok(FlightEnd::NoGrant);
+        }
+        let verified = match self.client.verify(&tokens.access).await {
+            Ok(v) => v,
+            Err(e) => return Ok(FlightEnd::Line(e.to_string())),
+        };
+        match verified {
+            Verification::Valid(v) if v.expires_in > 0 && &v.client_id == channel => {
+                tracing::info!(channel = %channel, grant = %hash, "a consumer reported a LINE Login token refused, but LINE still accepts it: served again");
+                self.metrics.login_refused(channel, "still_valid");
+                return Ok(FlightEnd::Settled);
+            }
+            _ => {}
+        }
+        tracing::warn!(channel = %channel, grant = %hash, "LINE no longer accepts a LINE Login grant's access token (the user logged out or was deauthorized?): refreshing once");
+        let end = self.refresh(grant).await?;
+        self.wake.notify_one();
+        Ok(match end {
+            RefreshEnd::Stored => {
+                self.metrics.login_refused(channel, "refreshed");
+                FlightEnd::Settled
+            }
+            RefreshEnd::NeedsLogin => {
+                self.metrics.login_refused(channel, "needs_login");
+                FlightEnd::Settled
+            }
+            RefreshEnd::Skipped | RefreshEnd::Failed => {
+                self.metrics.login_refused(channel, "failed");
+                FlightEnd::Line(
+                    "LINE refuses the access token and the refresh did not succeed; it is \
+                     retried later"
+                        .to_owned(),
+                )
+            }
         })
     }
 
@@ -1043,6 +1340,107 @@ impl Login {
     }
 }
 
+/// One grant under a notice, as its alert tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Notice {
+    hash: String,
+    horizon_at: DateTime<Utc>,
+    estimated: bool,
+}
+
+impl Notice {
+    fn of(g: &GrantRecord) -> Self {
+        Self {
+            hash: g.subject_hash(),
+            horizon_at: g.horizon_at,
+            estimated: g.horizon_estimated,
+        }
+    }
+}
+
+/// The alerts of one login channel's grants under one notice: one per
+/// grant, or, when more than [`AGGREGATE_ABOVE`] are, one for the channel
+/// (labelled `login_channel`) with their count, the span of their
+/// horizons and the first few hashes. A receiver then gets one message
+/// per channel however many grants fall due in a pass; what it supports
+/// (one request per alert for linetokd's event format, a text limit for
+/// LINE) stays within bounds.
+fn notice_specs(
+    channel: &ChannelId,
+    alertname: &'static str,
+    mut grants: Vec<Notice>,
+) -> Vec<AlertSpec> {
+    let due = alertname == "login_reauth_due";
+    if grants.len() <= AGGREGATE_ABOVE {
+        return grants
+            .into_iter()
+            .map(|n| AlertSpec {
+                group: None,
+                label: Some(AlertLabel {
+                    name: "login_grant",
+                    value: format!("{channel}/{}", n.hash),
+                }),
+                alertname,
+                severity: "warning",
+                summary: if due {
+                    format!(
+                        "LINE Login grant {} of login channel {channel} ends at {}{}: ask the \
+                         user to log in again",
+                        n.hash,
+                        fmt_time(n.horizon_at),
+                        if n.estimated { " (estimated)" } else { "" }
+                    )
+                } else {
+                    format!(
+                        "LINE Login grant {} of login channel {channel} needs a new login: its \
+                         refresh token is no longer accepted",
+                        n.hash
+                    )
+                },
+            })
+            .collect();
+    }
+    grants.sort_by(|a, b| (a.horizon_at, &a.hash).cmp(&(b.horizon_at, &b.hash)));
+    let count = grants.len();
+    let first: Vec<&str> = grants
+        .iter()
+        .take(AGGREGATE_NAMES)
+        .map(|n| n.hash.as_str())
+        .collect();
+    let named = format!(
+        "grants {} and {} more; `linetokd status` and the event history list each",
+        first.join(", "),
+        count - first.len()
+    );
+    let summary = if due {
+        let (from, to) = (
+            grants.first().map(|n| n.horizon_at),
+            grants.last().map(|n| n.horizon_at),
+        );
+        format!(
+            "{count} LINE Login grants of login channel {channel} end between {} and {}: ask \
+             their users to log in again ({named})",
+            from.map(fmt_time).unwrap_or_default(),
+            to.map(fmt_time).unwrap_or_default(),
+        )
+    } else {
+        format!(
+            "{count} LINE Login grants of login channel {channel} need a new login: their \
+             refresh tokens are no longer accepted ({named})"
+        )
+    };
+    vec![AlertSpec {
+        group: None,
+        label: Some(AlertLabel {
+            name: "login_channel",
+            value: channel.to_string(),
+        }),
+        alertname,
+        severity: "warning",
+        summary,
+    }]
+}
+
 async fn revoke_refresh(
     client: &LoginClient,
     channel: &ChannelId,
@@ -1080,4 +1478,58 @@ pub fn schedule(t: &Timings, grants: &[GrantRecord]) -> Vec<(ChannelId, String, 
 /// estimate).
 pub fn duration_at_rate(requests: u64, rate: u32) -> Duration {
     Duration::from_secs_f64(requests as f64 / f64::from(rate.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notices(n: usize) -> Vec<Notice> {
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        (0..n)
+            .map(|i| Notice {
+                hash: format!("h{i:07}"),
+                horizon_at: t0 + TimeDelta::hours(i64::try_from(n - i).unwrap_or(0)),
+                estimated: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn up_to_twenty_notices_are_one_alert_each() {
+        let c = ChannelId::new("1660000000");
+        let specs = notice_specs(&c, "login_reauth_due", notices(AGGREGATE_ABOVE));
+        assert_eq!(specs.len(), AGGREGATE_ABOVE);
+        assert!(
+            specs
+                .iter()
+                .all(|s| s.label.as_ref().is_some_and(|l| l.name == "login_grant"))
+        );
+    }
+
+    #[test]
+    fn more_than_twenty_notices_are_one_alert_of_the_channel_naming_the_first_few() {
+        let c = ChannelId::new("1660000000");
+        for alertname in ["login_reauth_due", "login_reauth_required"] {
+            let specs = notice_specs(&c, alertname, notices(AGGREGATE_ABOVE + 1));
+            assert_eq!(specs.len(), 1);
+            let spec = &specs[0];
+            assert_eq!(spec.alertname, alertname);
+            let label = spec.label.as_ref().map(|l| (l.name, l.value.as_str()));
+            assert_eq!(label, Some(("login_channel", "1660000000")));
+            assert!(
+                spec.summary.starts_with("21 LINE Login grants"),
+                "{}",
+                spec.summary
+            );
+            // The earliest horizons first: the last generated ones.
+            assert!(
+                spec.summary.contains(
+                    "grants h0000020, h0000019, h0000018, h0000017, h0000016 and 16 more"
+                ),
+                "{}",
+                spec.summary
+            );
+        }
+    }
 }

@@ -310,6 +310,19 @@ pub enum StoreError {
         reason: super::crypt::CryptError,
     },
 
+    /// `db decrypt` with LINE Login grants stored: user tokens are stored
+    /// only encrypted, and decrypting would write them in plaintext.
+    #[error(
+        "the database holds {grants} LINE Login grant(s), whose user tokens are stored only \
+         encrypted; nothing was decrypted. Delete them first (DELETE \
+         /v1/login/{{channel}}/grants/{{subject}}, and remove [[login_channel]]), or keep \
+         [encryption] and change keys with `linetokd db rekey` instead"
+    )]
+    LoginGrantsEncryptedOnly {
+        /// How many grants are stored.
+        grants: u64,
+    },
+
     /// No grant is stored for this login channel and subject.
     #[error("no login grant {subject} on login channel {channel}")]
     NoLoginGrant {

@@ -250,8 +250,9 @@ fn decode(row: &Row<'_>) -> Result<GrantRecord, Fail> {
     })
 }
 
-/// The additional data's place of one value.
-fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
+/// The additional data's place of one value: `kind` is `access` or
+/// `refresh` (also what re-encryption in [`super::values`] uses).
+pub(super) fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
     Place {
         table: TABLE,
         channel,
@@ -332,8 +333,41 @@ impl Store {
     /// [`StoreError::LoginUnencrypted`], [`StoreError::LoginValue`],
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn import_login_grant(&self, now: DateTime<Utc>, g: &NewGrant) -> Result<bool, StoreError> {
+        self.replace_login_grant(now, g, false)
+            .map(|(replaced, _)| replaced)
+    }
+
+    /// [`Self::import_login_grant`], also returning the access token of the
+    /// grant it replaced when `take_previous` is set (read in the same
+    /// transaction, so it is the token the new grant replaced, for a revoke
+    /// after the commit).
+    ///
+    /// # Errors
+    /// As [`Self::import_login_grant`].
+    pub fn replace_login_grant(
+        &self,
+        now: DateTime<Utc>,
+        g: &NewGrant,
+        take_previous: bool,
+    ) -> Result<(bool, Option<AccessToken>), StoreError> {
         self.write("importing a login grant", |tx| {
             let channel = g.channel.as_str();
+            let previous = if take_previous {
+                let sealed: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT access_token_enc FROM login_grants \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![channel, g.subject],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                sealed
+                    .map(|v| self.open_login(channel, &g.subject, "access", &v))
+                    .transpose()?
+                    .map(AccessToken::new)
+            } else {
+                None
+            };
             let (access, key) =
                 self.seal_login(tx, channel, &g.subject, "access", g.access.expose())?;
             let (refresh, _) =
@@ -390,7 +424,25 @@ impl Store {
                 EventKind::LoginImported,
                 &detail,
             )?;
-            Ok(replaced)
+            Ok((replaced, previous))
+        })
+    }
+
+    /// Records something that happened to a grant around its import (the
+    /// revoke of the access token it replaced) as a `login_imported`
+    /// event; `detail` must hold no value.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn note_login_import(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.write("recording a login import's outcome", |tx| {
+            grant_event(tx, now, channel, subject, EventKind::LoginImported, detail)
         })
     }
 

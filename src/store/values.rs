@@ -5,7 +5,12 @@
 //!
 //! A token's value is either plaintext in `tokens.access_token` or sealed
 //! ([`super::crypt`]) in `tokens.access_token_enc` with its key ID in
-//! `tokens.enc_key_id` (schema version 7). A store opened with a
+//! `tokens.enc_key_id` (schema version 7). LINE Login grants
+//! (`login_grants`, schema version 10, [`super::login`]) hold two values,
+//! both only ever sealed, under one `enc_key_id` per row: every step here
+//! that walks the keys (the counts, the probe at open, re-encryption)
+//! covers them too, and `db decrypt` refuses while any exists, since they
+//! have no plaintext form. A store opened with a
 //! [`Keyring`] seals every value it writes under the active key and, at
 //! open, every plaintext row it finds (one transaction), then truncates the
 //! WAL, vacuums and turns on `secure_delete`, so no plaintext value is left
@@ -240,26 +245,57 @@ fn count_seal(tx: &Connection, key: u32) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Rows per key, plaintext first.
+/// Rows per key, plaintext first: token rows and login grants together
+/// (a grant is one row, its two values under one key).
 pub(super) fn value_counts(conn: &Connection) -> Result<Vec<ValueCount>, Fail> {
+    Ok(rows_per_key(conn)?
+        .into_iter()
+        .map(|r| ValueCount {
+            key: r.key,
+            rows: r.tokens + r.grants,
+        })
+        .collect())
+}
+
+/// Rows under one key (or plaintext), split by table: what the refusals
+/// at open name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRows {
+    key: Option<u32>,
+    tokens: u64,
+    grants: u64,
+}
+
+/// [`KeyRows`] per key, plaintext first.
+fn rows_per_key(conn: &Connection) -> Result<Vec<KeyRows>, Fail> {
     let mut stmt = conn.prepare_cached(
-        "SELECT enc_key_id, count(*) FROM tokens GROUP BY enc_key_id ORDER BY enc_key_id",
+        "SELECT enc_key_id, sum(tokens), sum(grants) FROM ( \
+             SELECT enc_key_id, count(*) AS tokens, 0 AS grants FROM tokens GROUP BY enc_key_id \
+             UNION ALL \
+             SELECT enc_key_id, 0, count(*) FROM login_grants GROUP BY enc_key_id) \
+         GROUP BY enc_key_id ORDER BY enc_key_id",
     )?;
     let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, i64>(1)?))
+        Ok((
+            row.get::<_, Option<i64>>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (key, rows) = row?;
+        let (key, tokens, grants) = row?;
         let key = key
             .map(|k| {
-                u32::try_from(k)
-                    .map_err(|_| Fail::Corrupt(format!("tokens.enc_key_id holds {k}, not a u32")))
+                u32::try_from(k).map_err(|_| {
+                    Fail::Corrupt(format!("an enc_key_id column holds {k}, not a u32"))
+                })
             })
             .transpose()?;
-        out.push(ValueCount {
+        out.push(KeyRows {
             key,
-            rows: u64::try_from(rows).unwrap_or(0),
+            tokens: u64::try_from(tokens).unwrap_or(0),
+            grants: u64::try_from(grants).unwrap_or(0),
         });
     }
     Ok(out)
@@ -334,9 +370,10 @@ pub(super) fn prepare(
     fill_screen(conn, values)
 }
 
-/// Every key a row names is in the keyring, and opens a row of its own.
+/// Every key a row names is in the keyring, and opens a row of its own
+/// (a token row, else a login grant's access value).
 fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
-    let sealed: Vec<ValueCount> = value_counts(conn)?
+    let sealed: Vec<KeyRows> = rows_per_key(conn)?
         .into_iter()
         .filter(|c| c.key.is_some())
         .collect();
@@ -345,17 +382,17 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
     }
     let Some(keyring) = values.keyring() else {
         return Err(Fail::Store(StoreError::EncryptedWithoutKeys {
-            counts: describe_counts(&sealed),
+            counts: describe_rows(&sealed),
         }));
     };
-    let missing: Vec<ValueCount> = sealed
+    let missing: Vec<KeyRows> = sealed
         .iter()
         .copied()
         .filter(|c| c.key.is_some_and(|k| !keyring.contains(k)))
         .collect();
     if !missing.is_empty() {
         return Err(Fail::Store(StoreError::MissingKeys {
-            counts: describe_counts(&missing),
+            counts: describe_rows(&missing),
         }));
     }
     // One row per key, as a probe: a wrong key file under the right ID is
@@ -383,9 +420,46 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
                 group: &group,
             };
             values.open(row, plain, sealed)?;
+            continue;
+        }
+        let grant = conn
+            .prepare_cached(
+                "SELECT channel_id, subject, access_token_enc FROM login_grants \
+                 WHERE enc_key_id = ?1 LIMIT 1",
+            )?
+            .query_row([count.key], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()?;
+        if let Some((channel, subject, sealed)) = grant {
+            open_grant_value(values, &channel, &subject, GrantValue::Access, &sealed)?;
         }
     }
     Ok(())
+}
+
+/// "key 1: 3 rows (1 login grant)": [`describe_counts`] with the login
+/// grants among the rows named, so an operator knows user tokens are at
+/// stake.
+fn describe_rows(rows: &[KeyRows]) -> String {
+    rows.iter()
+        .map(|r| {
+            let total = describe_counts(&[ValueCount {
+                key: r.key,
+                rows: r.tokens + r.grants,
+            }]);
+            match r.grants {
+                0 => total,
+                1 => format!("{total} (1 login grant)"),
+                n => format!("{total} ({n} login grants)"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// "key 1: 3 rows, key 4: 1 row".
@@ -446,6 +520,101 @@ pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> 
         )?;
         done += 1;
     }
+    let left = match limit {
+        -1 => -1,
+        l => l - i64::try_from(done).unwrap_or(i64::MAX),
+    };
+    if left != 0 {
+        done += reseal_grants(tx, values, active, left)?;
+    }
+    Ok(done)
+}
+
+/// Which of a grant's two values (part of its additional data).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum GrantValue {
+    Access,
+    Refresh,
+}
+
+impl GrantValue {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Access => "access",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+/// Opens one value of a grant, naming the grant (by its hash) on failure.
+pub(super) fn open_grant_value(
+    values: &Values,
+    channel: &str,
+    subject: &str,
+    kind: GrantValue,
+    sealed: &[u8],
+) -> Result<String, Fail> {
+    values
+        .open_only(
+            &super::login::place(channel, subject, kind.as_str()),
+            sealed,
+        )?
+        .map_err(|reason| {
+            Fail::Store(StoreError::LoginValue {
+                channel: channel.to_owned(),
+                subject: crate::domain::subject_hash(subject),
+                kind: kind.as_str(),
+                action: "decrypted",
+                reason,
+            })
+        })
+}
+
+/// Seals under the `active` key, both values under the same additional
+/// data rules as when written, at most `limit` login grants (all when
+/// negative) that are under another key; returns how many.
+fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
+    let rows = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT channel_id, subject, access_token_enc, refresh_token_enc FROM login_grants \
+             WHERE enc_key_id < ?1 OR enc_key_id > ?1 LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![active, limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut done = 0;
+    for (channel, subject, access, refresh) in rows {
+        let mut sealed = Vec::with_capacity(2);
+        for (kind, value) in [(GrantValue::Access, access), (GrantValue::Refresh, refresh)] {
+            let opened = open_grant_value(values, &channel, &subject, kind, &value)?;
+            let place = super::login::place(&channel, &subject, kind.as_str());
+            let (bytes, key) = values.seal_only(tx, &place, &opened)?.map_err(|reason| {
+                Fail::Store(StoreError::LoginValue {
+                    channel: channel.clone(),
+                    subject: crate::domain::subject_hash(&subject),
+                    kind: kind.as_str(),
+                    action: "encrypted",
+                    reason,
+                })
+            })?;
+            sealed.push((bytes, key));
+        }
+        let [(access, key), (refresh, _)] = <[(Vec<u8>, u32); 2]>::try_from(sealed)
+            .map_err(|_| Fail::Corrupt("a login grant has two values".to_owned()))?;
+        tx.execute(
+            "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
+             enc_key_id = ?5 WHERE channel_id = ?1 AND subject = ?2",
+            params![channel, subject, access, refresh, key],
+        )?;
+        done += 1;
+    }
     Ok(done)
 }
 
@@ -455,8 +624,9 @@ pub(super) fn off_active(conn: &Connection, values: &Values) -> Result<u64, Fail
         return Ok(0);
     };
     let n: i64 = conn.query_row(
-        "SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id < ?1 \
-         OR enc_key_id > ?1",
+        "SELECT (SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id < ?1 \
+         OR enc_key_id > ?1) \
+         + (SELECT count(*) FROM login_grants WHERE enc_key_id < ?1 OR enc_key_id > ?1)",
         [keyring.active()],
         |row| row.get(0),
     )?;
@@ -598,7 +768,8 @@ pub(super) fn holds_value(conn: &Connection, text: &str, longest_run: usize) -> 
 
 impl super::Store {
     /// Rows per key: plaintext (`key: None`) first, then each database
-    /// key, for `status` and the metrics.
+    /// key, for `status` and the metrics; login grants count as one row
+    /// each.
     ///
     /// # Errors
     ///
@@ -632,8 +803,9 @@ impl super::Store {
         self.inner.values.keyring.clone()
     }
 
-    /// One re-encryption step: seals at most [`REKEY_BATCH`] rows that are
-    /// under another key (or plaintext) under the active key, in one
+    /// One re-encryption step: seals at most [`REKEY_BATCH`] rows (token
+    /// rows first, then login grants, both values of each) that are under
+    /// another key (or plaintext) under the active key, in one
     /// transaction. Without a keyring it does nothing.
     ///
     /// # Errors
@@ -659,14 +831,28 @@ impl super::Store {
     /// transaction, then the WAL truncated and the file rebuilt. Returns
     /// how many rows were opened. The config's `[encryption]` must be
     /// removed before the next start, or the daemon seals them again.
+    /// Refused, changing nothing, while any LINE Login grant is stored:
+    /// user tokens are never written in plaintext.
     ///
     /// # Errors
     ///
+    /// [`StoreError::LoginGrantsEncryptedOnly`],
     /// [`StoreError::Undecryptable`], [`StoreError::Query`],
     /// [`StoreError::ReadOnly`].
     pub fn decrypt_all(&self) -> Result<u64, StoreError> {
         let values = &self.inner.values;
-        let opened = self.write("decrypting token values", |tx| unseal_all(tx, values))?;
+        let opened = self.write("decrypting token values", |tx| {
+            // User tokens have no plaintext column, and must not get one:
+            // checked inside the writing transaction, so no import slips in.
+            let grants: i64 =
+                tx.query_row("SELECT count(*) FROM login_grants", [], |row| row.get(0))?;
+            if grants > 0 {
+                return Err(Fail::Store(StoreError::LoginGrantsEncryptedOnly {
+                    grants: u64::try_from(grants).unwrap_or(0),
+                }));
+            }
+            unseal_all(tx, values)
+        })?;
         self.read("truncating the WAL and vacuuming", scrub)?;
         Ok(opened)
     }
@@ -686,5 +872,30 @@ mod tests {
             },
         ];
         assert_eq!(describe_counts(&counts), "plaintext: 2 rows, key 4: 1 row");
+    }
+
+    #[test]
+    fn refusals_name_the_login_grants_among_the_rows() {
+        let rows = [
+            KeyRows {
+                key: Some(1),
+                tokens: 2,
+                grants: 1,
+            },
+            KeyRows {
+                key: Some(3),
+                tokens: 0,
+                grants: 5,
+            },
+            KeyRows {
+                key: Some(4),
+                tokens: 1,
+                grants: 0,
+            },
+        ];
+        assert_eq!(
+            describe_rows(&rows),
+            "key 1: 3 rows (1 login grant), key 3: 5 rows (5 login grants), key 4: 1 row"
+        );
     }
 }

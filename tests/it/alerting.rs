@@ -442,7 +442,7 @@ mod store {
 
 /// A fake receiver on 127.0.0.1:0: records each request's headers and body
 /// and answers with the status `answer` gives for the n-th request.
-mod fake {
+pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
 
     use axum::Router;

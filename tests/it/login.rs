@@ -770,3 +770,544 @@ fn a_schema_9_database_gains_the_login_tables() {
         .unwrap_err();
     assert!(refused.to_string().contains("[encryption]"), "{refused}");
 }
+
+/// A keyring of the given key files, `active` among them.
+fn keyring_of(dir: &std::path::Path, ids: &[u32], active: u32) -> Arc<Keyring> {
+    let keys = ids.iter().map(|id| {
+        let file = dir.join(format!("db-{id}.key"));
+        if !file.exists() {
+            linetokd::keygen::write_db_key(&file).unwrap();
+        }
+        let material = KeyMaterial::from_file_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        (*id, material)
+    });
+    Arc::new(Keyring::new(keys, active).unwrap())
+}
+
+/// Grants are encrypted under key 1 of `dir`: moves the rig's key file
+/// to where [`keyring_of`] finds key 1, imports `subjects`, and closes
+/// everything that holds the store. Returns the database path.
+async fn grants_under_key_1(dir: &std::path::Path, subjects: &[&str]) -> std::path::PathBuf {
+    let rig = rig(5).await;
+    for s in subjects {
+        rig.import(s).await;
+    }
+    let db = dir.join("linetokd.db");
+    let Rig {
+        _dir: rig_dir,
+        lab,
+        login,
+        store,
+        calls,
+        db: rig_db,
+        ..
+    } = rig;
+    drop((login, store, lab, calls));
+    std::fs::copy(rig_dir.path().join("db.key"), dir.join("db-1.key")).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", rig_db.display());
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", db.display())).unwrap();
+        }
+    }
+    db
+}
+
+#[tokio::test]
+async fn after_a_key_change_rekey_leaves_the_old_key_unused_by_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let subjects = ["Urekey0", "Urekey1", "Urekey2"];
+    let db = grants_under_key_1(dir.path(), &subjects).await;
+    // Key 2 becomes active; key 1 still decrypts.
+    let both = keyring_of(dir.path(), &[1, 2], 2);
+    let store = open(&db, &both);
+    let counts = store.value_counts().unwrap();
+    assert_eq!(
+        counts,
+        vec![linetokd::store::ValueCount {
+            key: Some(1),
+            rows: 3
+        }],
+        "the grants are counted under their key"
+    );
+    let mut steps = 0;
+    loop {
+        let step = store.rekey_step().unwrap();
+        steps += 1;
+        if step.remaining == 0 {
+            break;
+        }
+        assert!(steps < 10, "rekey makes progress");
+    }
+    assert_eq!(
+        store.value_counts().unwrap(),
+        vec![linetokd::store::ValueCount {
+            key: Some(2),
+            rows: 3
+        }]
+    );
+    let before: Vec<_> = subjects
+        .iter()
+        .map(|s| {
+            let (_, t) = store
+                .login_grant_tokens(&ChannelId::new(LOGIN), s)
+                .unwrap()
+                .unwrap();
+            (t.access.expose().to_owned(), t.refresh.expose().to_owned())
+        })
+        .collect();
+    drop(store);
+    // Key 1 removed: the store opens (no row needs it) and both values of
+    // every grant open under key 2 alone.
+    let only_2 = keyring_of(dir.path(), &[2], 2);
+    let store = open(&db, &only_2);
+    for (s, (access, refresh)) in subjects.iter().zip(before) {
+        let (_, t) = store
+            .login_grant_tokens(&ChannelId::new(LOGIN), s)
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.access.expose(), access);
+        assert_eq!(t.refresh.expose(), refresh);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_key_with_grants_present_refuses_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = grants_under_key_1(dir.path(), &["Umiss0", "Umiss1"]).await;
+    let only_2 = keyring_of(dir.path(), &[2], 2);
+    let refused = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: Some(only_2),
+            keep_plaintext: false,
+        },
+    )
+    .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("key 1: 2 rows (2 login grants)"),
+        "names the key and its grants: {text}"
+    );
+    assert!(refused.needs_config_change(), "exit 2");
+    // Without [encryption] at all: refused too, naming them.
+    let refused = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: None,
+            keep_plaintext: false,
+        },
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("2 login grants"), "{refused}");
+}
+
+#[tokio::test]
+async fn db_decrypt_refuses_while_grants_exist_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = grants_under_key_1(dir.path(), &["Udecrypt"]).await;
+    let ring = keyring_of(dir.path(), &[1], 1);
+    let store = Store::open_with(
+        &db,
+        StoreOptions {
+            durability: Durability::Unsynced,
+            keyring: Some(ring),
+            keep_plaintext: true,
+        },
+    )
+    .unwrap();
+    let refused = store.decrypt_all().unwrap_err().to_string();
+    assert!(refused.contains("1 LINE Login grant"), "{refused}");
+    assert!(refused.contains("DELETE"), "says what to do: {refused}");
+    assert_eq!(
+        store.value_counts().unwrap(),
+        vec![linetokd::store::ValueCount {
+            key: Some(1),
+            rows: 1
+        }],
+        "nothing was decrypted"
+    );
+}
+
+impl Rig {
+    fn calls_to(&self, endpoint: LoginEndpoint) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| *e == endpoint)
+            .count()
+    }
+
+    fn tokens(&self, subject: &str) -> linetokd::store::GrantTokens {
+        self.store
+            .login_grant_tokens(&self.channel(), subject)
+            .unwrap()
+            .unwrap()
+            .1
+    }
+
+    /// A client with no observer: what a user or a test does at LINE.
+    fn outsider(&self) -> LoginClient {
+        LoginClient::new(self.lab.client.clone(), None)
+    }
+
+    async fn report_refused(&self, subject: &str) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants/{subject}/token/refused"),
+            READER,
+            None,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_token_that_line_still_accepts_is_served_again_after_one_verify() {
+    let rig = rig(5).await;
+    rig.import("Ujudy").await;
+    let before = rig.tokens("Ujudy").access.expose().to_owned();
+    let verifies = rig.calls_to(LoginEndpoint::Verify);
+    let (status, answer) = rig.report_refused("Ujudy").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["access_token"], before.as_str(), "the same token");
+    assert_eq!(rig.calls_to(LoginEndpoint::Verify), verifies + 1);
+    assert_eq!(rig.refreshes(), 0, "no refresh when LINE accepts it");
+    // The admin key does not read tokens.
+    let (status, _) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants/Ujudy/token/refused"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn concurrent_reports_of_a_revoked_token_cause_one_verify_and_one_refresh() {
+    let rig = rig(5).await;
+    rig.import("Ukate").await;
+    let old = rig.tokens("Ukate").access;
+    // The user logged out of this device: LINE revokes the access token,
+    // while the refresh token lives and the token has days left.
+    rig.outsider()
+        .revoke(&rig.channel(), None, &old)
+        .await
+        .unwrap();
+    let verifies = rig.calls_to(LoginEndpoint::Verify);
+    let (a, b, c) = tokio::join!(
+        rig.report_refused("Ukate"),
+        rig.report_refused("Ukate"),
+        rig.report_refused("Ukate"),
+    );
+    assert_eq!(
+        rig.calls_to(LoginEndpoint::Verify),
+        verifies + 1,
+        "one verify"
+    );
+    assert_eq!(rig.refreshes(), 1, "one refresh");
+    let new = rig.tokens("Ukate").access.expose().to_owned();
+    assert_ne!(new, old.expose());
+    for (status, answer) in [a, b, c] {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            answer["access_token"],
+            new.as_str(),
+            "every report gets the new token"
+        );
+    }
+    // The refresh was journaled like a scheduled one.
+    assert_eq!(rig.events(EventKind::LoginRefreshed).len(), 1);
+    assert!(rig.store.open_refresh_intents().unwrap().is_empty());
+    let (status, answer) = rig
+        .call(
+            "GET",
+            &format!("/v1/login/{LOGIN}/grants/Ukate/token"),
+            READER,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["access_token"], new.as_str());
+    assert!(
+        rig.metrics.render().contains(
+            "linetokd_login_token_refused_total{channel=\"1660000000\",result=\"refreshed\"} 1"
+        ),
+        "{}",
+        rig.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_whose_refresh_is_refused_gives_410_and_no_further_calls() {
+    let rig = rig(5).await;
+    rig.import("Uliam").await;
+    let tokens = rig.tokens("Uliam");
+    // Logged out everywhere: the whole grant is revoked at LINE.
+    rig.outsider()
+        .revoke_refresh_token(&rig.channel(), None, &tokens.refresh)
+        .await
+        .unwrap();
+    let (status, answer) = rig.report_refused("Uliam").await;
+    assert_eq!(status, StatusCode::GONE, "{answer}");
+    assert_eq!(answer["state"], "needs_login");
+    assert_eq!(
+        rig.calls_to(LoginEndpoint::Verify),
+        2,
+        "import + the report"
+    );
+    assert_eq!(rig.refreshes(), 1);
+    let grant = rig
+        .store
+        .login_grant(&rig.channel(), "Uliam")
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.state, GrantState::NeedsLogin);
+    let calls = rig.calls.lock().unwrap().len();
+    let (status, _) = rig.report_refused("Uliam").await;
+    assert_eq!(status, StatusCode::GONE);
+    for days in [1, 40] {
+        rig.pass_at(rig.now() + Duration::days(days)).await;
+    }
+    assert_eq!(rig.calls.lock().unwrap().len(), calls, "zero further calls");
+    // The notice went out like after a scheduled refresh's invalid_grant.
+    assert!(
+        rig.store
+            .firing_alerts()
+            .unwrap()
+            .iter()
+            .any(|a| a.alertname == "login_reauth_required")
+    );
+}
+
+#[tokio::test]
+async fn a_re_import_can_revoke_the_replaced_access_token_after_the_commit() {
+    let rig = rig(5).await;
+    rig.import("Umia").await;
+    let old = rig.tokens("Umia").access;
+    // The user logs in again; the service imports the new login.
+    let t = rig.sandbox_login(LOGIN, "Umia");
+    let body = json!({
+        "subject": "Umia", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "revoke_previous": true,
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["replaced"], true);
+    assert_eq!(answer["previous_revoke"]["result"], "revoked", "{answer}");
+    let outsider = rig.outsider();
+    assert!(matches!(
+        outsider.verify(&old).await.unwrap(),
+        linetokd::line::types::Verification::Rejected { .. }
+    ));
+    let new = rig.tokens("Umia").access;
+    assert!(matches!(
+        outsider.verify(&new).await.unwrap(),
+        linetokd::line::types::Verification::Valid(_)
+    ));
+    assert!(
+        rig.events(EventKind::LoginImported)
+            .iter()
+            .any(|e| e.contains("replaced access token was revoked")),
+        "{:?}",
+        rig.events(EventKind::LoginImported)
+    );
+    // Without the field (the default): the replaced token lives on.
+    let before = rig.tokens("Umia").access;
+    let t = rig.sandbox_login(LOGIN, "Umia");
+    let body = json!({
+        "subject": "Umia", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(answer.get("previous_revoke").is_none(), "{answer}");
+    assert!(matches!(
+        outsider.verify(&before).await.unwrap(),
+        linetokd::line::types::Verification::Valid(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_revoke_of_the_replaced_token_is_reported_and_the_import_stands() {
+    let rig = rig(5).await;
+    rig.import("Unoah").await;
+    let mut faults = linetokd::sandbox::Faults::default();
+    faults.endpoints.insert(
+        "/oauth2/v2.1/revoke".to_owned(),
+        linetokd::sandbox::FaultRule {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    rig.lab.sandbox.set_faults(faults).unwrap();
+    let t = rig.sandbox_login(LOGIN, "Unoah");
+    let body = json!({
+        "subject": "Unoah", "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "revoke_previous": true,
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the import stands: {answer}");
+    assert_eq!(answer["previous_revoke"]["result"], "failed", "{answer}");
+    assert!(answer["previous_revoke"]["message"].is_string());
+    assert_eq!(
+        rig.tokens("Unoah").access.expose(),
+        t["access_token"].as_str().unwrap(),
+        "the new grant is stored"
+    );
+    assert!(
+        rig.events(EventKind::LoginImported)
+            .iter()
+            .any(|e| e.contains("revoking the replaced access token failed")),
+    );
+    // A wrong type is named.
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(
+                json!({"subject": "Unoah", "access_token": t["access_token"],
+                "refresh_token": t["refresh_token"], "expires_in": 100,
+                "revoke_previous": "yes"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["field"], "revoke_previous");
+}
+
+/// Imports `subject`'s sandbox login as if it logged in `ago` before now.
+async fn import_logged_in(rig: &Rig, subject: &str, ago: Duration) {
+    let t = rig.sandbox_login(LOGIN, subject);
+    let body = json!({
+        "subject": subject, "access_token": t["access_token"],
+        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+        "login_at": (rig.now() - ago).timestamp(),
+    });
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+#[tokio::test]
+async fn more_than_twenty_reauth_notices_in_a_pass_reach_a_receiver_as_one_message() {
+    use linetokd::alerting::{
+        Endpoint, Notifier, NotifierSettings, Receiver, ReceiverKind, RouteSettings, Severity,
+        TokenSource, WebhookFormat,
+    };
+    let rig = rig(1000).await;
+    // 25 users who logged in 84 days ago: their horizons are 6 days away,
+    // inside the 7-day notice window, all at once.
+    let subjects: Vec<String> = (0..25).map(|i| format!("Ubulk{i:02}")).collect();
+    for s in &subjects {
+        import_logged_in(&rig, s, Duration::days(84)).await;
+    }
+    rig.pass_at(rig.now()).await;
+    // The history and the metrics count each grant.
+    assert_eq!(rig.events(EventKind::LoginReauthDue).len(), 25);
+    assert!(
+        rig.metrics
+            .render()
+            .contains("linetokd_login_reauth_due{channel=\"1660000000\"} 25"),
+        "{}",
+        rig.metrics.render()
+    );
+    let fake = crate::alerting::fake::Fake::start(|_| (200, vec![])).await;
+    let notifier = Notifier::new(
+        rig.store.clone(),
+        Arc::new(rig.lab.clock.clone()),
+        Metrics::shared(),
+        NotifierSettings {
+            route: RouteSettings {
+                group_wait: Duration::seconds(30),
+                group_interval: Duration::minutes(5),
+                repeat_warning: Duration::hours(4),
+                repeat_critical: Duration::hours(1),
+            },
+            external_url: None,
+            receivers: vec![Receiver {
+                name: "app".into(),
+                min_severity: Severity::Warning,
+                timeout: StdDuration::from_secs(10),
+                // One request per alert: what a per-grant notice would
+                // multiply.
+                kind: ReceiverKind::Webhook {
+                    url: Endpoint(reqwest::Url::parse(&format!("{}/hook", fake.base_url)).unwrap()),
+                    format: WebhookFormat::Linetokd,
+                    secret: None,
+                },
+            }],
+            channel_names: linetokd::channel_index::ChannelIndex::default(),
+            tokens: TokenSource::none(),
+        },
+    )
+    .unwrap();
+    notifier.step().await.unwrap();
+    rig.lab.clock.set(rig.now() + Duration::seconds(30));
+    notifier.step().await.unwrap();
+    let got = fake.got();
+    assert_eq!(got.len(), 1, "one message for the channel: {got:?}");
+    let body = &got[0].body;
+    assert!(body.contains("25 LINE Login grants"), "{body}");
+    assert!(body.contains("and 20 more"), "{body}");
+    for s in &subjects {
+        assert!(!body.contains(s.as_str()), "no subject in a notice");
+    }
+    // At the threshold each grant is its own alert again: five grants
+    // are deleted, 20 remain due.
+    for s in &subjects[..5] {
+        let (status, _) = rig
+            .call(
+                "DELETE",
+                &format!("/v1/login/{LOGIN}/grants/{s}"),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    rig.pass_at(rig.now()).await;
+    let due: Vec<_> = rig
+        .store
+        .firing_alerts()
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.alertname == "login_reauth_due")
+        .collect();
+    assert_eq!(due.len(), 20, "one per grant at 20");
+}

@@ -22,6 +22,7 @@ mod keys;
 mod line_client;
 mod login;
 mod login_client;
+mod login_daemon;
 mod login_import;
 mod login_sandbox;
 mod long_lived;
