@@ -204,11 +204,10 @@ impl Daemon {
         let login_line = line.clone();
         // Stateless tokens share the client (its pool, its skew record and
         // the request metrics) but nothing of the rotator.
-        let stateless = Arc::new(Stateless::new(
-            line.clone(),
-            Arc::clone(&clock),
-            Arc::clone(&metrics),
-        ));
+        let stateless = Arc::new(
+            Stateless::new(line.clone(), Arc::clone(&clock), Arc::clone(&metrics))
+                .with_store(store.clone()),
+        );
         stateless.set_channels(stateless_setups(config)?);
         let rotator = Rotator::new(RotatorParts {
             store,

@@ -288,10 +288,19 @@ impl Stateless {
                 clock,
                 metrics,
                 flights: Arc::new(tx),
+                store: None,
             },
             flights,
             keepers: std::sync::Mutex::new(CancellationToken::new()),
         }
+    }
+
+    /// Notes each channel's issuing state (last issue and expiry, or
+    /// "failing since") in `store` for `linetokd status`; never a token.
+    #[must_use]
+    pub fn with_store(mut self, store: crate::store::Store) -> Self {
+        self.cx.store = Some(store);
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ChannelId, Arc<Slot>>> {

@@ -35,6 +35,7 @@ use crate::delivery::sink::SinkSpec;
 use crate::domain::ChannelId;
 use crate::line::{LineClient, LineError};
 use crate::metrics::Metrics;
+use crate::store::{Store, stateless_note_key};
 
 /// The longest lifetime believed from LINE's `expires_in`. LINE documents
 /// 15 minutes for a stateless token; a larger figure is not trusted (a
@@ -53,6 +54,12 @@ struct State {
     window: IssueWindow,
     /// A background refresh is running.
     refreshing: bool,
+    /// When the current run of failed calls began (`None` after a
+    /// success): `status` shows "failing since".
+    failing_since: Option<DateTime<Utc>>,
+    /// Calls to LINE so far, numbering the notes so an older one never
+    /// overwrites a newer.
+    calls: u64,
 }
 
 /// What the slot needs to reach LINE and report.
@@ -63,6 +70,9 @@ pub(super) struct Context {
     pub(super) metrics: Arc<Metrics>,
     /// Told after every flight (success or failure).
     pub(super) flights: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where each channel's issuing state is noted for `linetokd status`
+    /// (never a token); none in tests that need no status.
+    pub(super) store: Option<Store>,
 }
 
 /// One channel's slot (see the module docs).
@@ -82,6 +92,10 @@ pub(super) struct Slot {
     /// hold: writes run after the flight released its waiters, one at a
     /// time, and never put an older token over a newer one.
     sink_writes: Arc<tokio::sync::Mutex<Option<DateTime<Utc>>>>,
+    /// Held while the status note is written, with the number of the call
+    /// it describes: notes are written off the flight, one at a time,
+    /// never an older over a newer.
+    note_writes: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl Slot {
@@ -94,6 +108,7 @@ impl Slot {
             state: Mutex::new(State::default()),
             flight: Arc::new(tokio::sync::Mutex::new(())),
             sink_writes: Arc::new(tokio::sync::Mutex::new(None)),
+            note_writes: Arc::new(tokio::sync::Mutex::new(0)),
         }
     }
 
@@ -335,12 +350,24 @@ impl Slot {
         };
         let outcome = match outcome {
             Ok(cached) => {
-                {
+                let call = {
                     let mut st = self.state();
                     st.token = Some(cached.clone());
                     st.held = None;
                     st.backoff.succeeded();
-                }
+                    st.failing_since = None;
+                    st.calls += 1;
+                    st.calls
+                };
+                self.note(
+                    cx,
+                    call,
+                    format!(
+                        "ok: issued at {}, expires at {}",
+                        rfc3339(sent_at),
+                        rfc3339(cached.expires_at)
+                    ),
+                );
                 cx.metrics.stateless_issue(&self.channel, "success");
                 tracing::info!(channel = %self.channel, expires_at = %cached.expires_at, "stateless token issued");
                 self.write_sinks(&cached);
@@ -348,14 +375,25 @@ impl Slot {
             }
             Err((failure, hint)) => {
                 let done = cx.clock.now();
-                let failure = {
+                let (failure, since, call) = {
                     let mut st = self.state();
                     let hint = hint.and_then(|h| Duration::from_std(h).ok());
                     let until = done + st.backoff.failed(hint);
                     let failure = failure.with_retry_at(until);
                     st.held = Some((until, failure.clone()));
-                    failure
+                    let since = *st.failing_since.get_or_insert(sent_at);
+                    st.calls += 1;
+                    (failure, since, st.calls)
                 };
+                self.note(
+                    cx,
+                    call,
+                    format!(
+                        "failing since {}: {failure}; no call to LINE before {}",
+                        rfc3339(since),
+                        rfc3339(failure.retry_at())
+                    ),
+                );
                 cx.metrics
                     .stateless_issue(&self.channel, failure.issue_result());
                 tracing::warn!(channel = %self.channel, error = %failure, "stateless token not issued; requests get this failure until the retry time");
@@ -390,6 +428,31 @@ impl Slot {
             }
             sinks::write_all(&channel, &specs, &token).await;
             *written = Some(token.expires_at);
+        });
+    }
+
+    /// Writes the channel's status note for call number `call`, in a task
+    /// of its own (a slow disk never holds up the flight's waiters).
+    fn note(&self, cx: &Context, call: u64, text: String) {
+        let Some(store) = cx.store.clone() else {
+            return;
+        };
+        let (lock, key, at) = (
+            Arc::clone(&self.note_writes),
+            stateless_note_key(&self.channel),
+            cx.clock.now(),
+        );
+        tokio::spawn(async move {
+            let mut written = lock.lock().await;
+            if *written >= call {
+                return;
+            }
+            match store.blocking(move |s| s.set_note(at, &key, &text)).await {
+                Ok(()) => *written = call,
+                Err(e) => {
+                    tracing::debug!(error = %crate::logging::error_chain(&e), "cannot note the stateless state for status");
+                }
+            }
         });
     }
 
@@ -434,4 +497,9 @@ enum Look {
     Failure(StatelessError),
     /// Nothing servable: issue.
     Issue,
+}
+
+/// An instant as `status` shows it in a note: RFC 3339, whole seconds.
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -144,6 +144,9 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
                 n => format!("; {n} sink(s)"),
             }
         );
+        if let (Some(state), Some(at)) = (&st.state, st.state_at) {
+            let _ = writeln!(out, "  stateless state ({}): {state}", when(now, at));
+        }
     }
     if let Some(l) = &c.listing {
         let _ = writeln!(

@@ -149,6 +149,12 @@ pub struct StatelessStatus {
     pub max_issues_per_minute: u32,
     /// Files rewritten with every new token.
     pub sinks: usize,
+    /// How the last call to LINE went, as the daemon noted it (`ok:
+    /// issued at ..., expires at ...` or `failing since ...: why; no call
+    /// before ...`); `null` before the first call.
+    pub state: Option<String>,
+    /// When the daemon noted `state`.
+    pub state_at: Option<DateTime<Utc>>,
 }
 
 /// One group.
@@ -480,6 +486,8 @@ fn channel_status(
                 refresh_ahead_secs: s.refresh_ahead.as_secs(),
                 max_issues_per_minute: s.max_issues_per_minute,
                 sinks: s.sinks,
+                state: state.stateless.get(&w.id).map(|n| n.value.clone()),
+                state_at: state.stateless.get(&w.id).map(|n| n.at),
             }),
         live_ours: cv.live_ours,
         foreign_live: cv.foreign,

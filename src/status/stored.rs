@@ -11,7 +11,7 @@ use crate::domain::{ChannelId, GroupName};
 use crate::snapshot::Snapshot;
 use crate::store::{
     AlertRecord, DaemonNote, Event, EventKind, ForeignKid, IssueIntent, LAST_RELOAD,
-    SINK_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
+    SINK_NOTE_PREFIX, STATELESS_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
 };
 
 /// One channel as the config file lists it: what `status` and `plan` need
@@ -50,6 +50,9 @@ pub struct StoredState {
     pub(super) token_values: Vec<crate::store::ValueCount>,
     /// Watched long-lived tokens, by fingerprint (never the value).
     pub(super) long_lived: Vec<crate::store::LongLivedRow>,
+    /// Each channel's stateless issuing state, as the daemon last noted
+    /// it (`ok: ...` or `failing since ...`).
+    pub(super) stateless: BTreeMap<ChannelId, DaemonNote>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,7 @@ impl StoredState {
             daemon_firing: Vec::new(),
             token_values: Vec::new(),
             long_lived: Vec::new(),
+            stateless: BTreeMap::new(),
         }
     }
 }
@@ -158,5 +162,13 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         daemon_firing,
         token_values: store.value_counts()?,
         long_lived: store.long_lived_rows()?,
+        stateless: store
+            .notes_with_prefix(STATELESS_NOTE_PREFIX)?
+            .into_iter()
+            .filter_map(|n| {
+                let id = ChannelId::new(n.key.strip_prefix(STATELESS_NOTE_PREFIX)?);
+                Some((id, n))
+            })
+            .collect(),
     })
 }

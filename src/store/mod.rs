@@ -86,7 +86,10 @@ pub use login::{
 };
 pub use long_lived::{LongLivedResult, LongLivedRole, LongLivedRow};
 pub use migrate::Migrated;
-pub use notes::{DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, sink_note_key};
+pub use notes::{
+    DaemonNote, LAST_RELOAD, SINK_NOTE_PREFIX, STATELESS_NOTE_PREFIX, sink_note_key,
+    stateless_note_key,
+};
 pub use notifications::{NotifyItem, NotifyKind, NotifyState, PendingNotification};
 pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,

@@ -20,6 +20,17 @@ pub fn sink_note_key(channel: &ChannelId, group: &GroupName) -> String {
 /// The start of every [`sink_note_key`], to read them all at once.
 pub const SINK_NOTE_PREFIX: &str = "sinks/";
 
+/// The note under which a channel's stateless issuing state is recorded
+/// for `linetokd status` (`ok: ...` or `failing since ...`): the stateless
+/// cache writes it after each call to LINE (no token value), status reads
+/// it. Stateless tokens themselves are never stored.
+pub fn stateless_note_key(channel: &ChannelId) -> String {
+    format!("{STATELESS_NOTE_PREFIX}{channel}")
+}
+
+/// The start of every [`stateless_note_key`].
+pub const STATELESS_NOTE_PREFIX: &str = "stateless/";
+
 /// One note.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonNote {

@@ -26,6 +26,7 @@ use std::time::Duration as StdDuration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::Duration;
+use linetokd::clock::Clock as _;
 use linetokd::clock::ManualClock;
 use linetokd::delivery::TokenBook;
 use linetokd::domain::{ChannelId, ChannelSecret};
@@ -85,6 +86,16 @@ fn secret(value: &str) -> StatelessAuth {
 
 /// A cache for the lab channel at `base_url` on `clock`, with `setup`.
 fn rig(base_url: &str, clock: &ManualClock, setup: StatelessSetup) -> Rig {
+    rig_noting(base_url, clock, setup, None)
+}
+
+/// [`rig`], noting each channel's issuing state in `store` when given.
+fn rig_noting(
+    base_url: &str,
+    clock: &ManualClock,
+    setup: StatelessSetup,
+    store: Option<linetokd::store::Store>,
+) -> Rig {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let line = LineClient::new(
@@ -101,11 +112,11 @@ fn rig(base_url: &str, clock: &ManualClock, setup: StatelessSetup) -> Rig {
     )
     .unwrap();
     let metrics = Metrics::shared();
-    let stateless = Arc::new(Stateless::new(
-        line,
-        Arc::new(clock.clone()),
-        Arc::clone(&metrics),
-    ));
+    let mut stateless = Stateless::new(line, Arc::new(clock.clone()), Arc::clone(&metrics));
+    if let Some(store) = store {
+        stateless = stateless.with_store(store);
+    }
+    let stateless = Arc::new(stateless);
     stateless.set_channels(vec![setup]);
     let mut keys = ApiKeys::new();
     keys.name_channel(ChannelId::new(LAB_CHANNEL), "shop");
@@ -434,6 +445,82 @@ async fn an_outage_gives_every_waiter_503_and_the_next_request_within_2s_does_no
     assert_eq!(issues(&rig.metrics, "success"), 1.0);
 }
 
+/// The daemon notes each channel's issuing state for `linetokd status`
+/// (the token itself is never stored): "failing since" the first failure
+/// of a run, with the hold, and "ok" with the issue and expiry after a
+/// success.
+#[tokio::test]
+async fn each_calls_outcome_is_noted_for_status_without_the_token() {
+    let lab = sandbox_lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = linetokd::store::Store::open(&dir.path().join("linetokd.db")).unwrap();
+    let note = |store: &linetokd::store::Store| {
+        store
+            .note(&linetokd::store::stateless_note_key(&ChannelId::new(
+                LAB_CHANNEL,
+            )))
+            .unwrap()
+            .map(|n| n.value)
+    };
+    let noted = |store: linetokd::store::Store, prefix: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+        loop {
+            if let Some(text) = note(&store).filter(|t| t.starts_with(prefix)) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no note starting {prefix:?}: {:?}",
+                note(&store)
+            );
+            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        }
+    };
+    lab.sandbox
+        .set_faults(stateless_fault(FaultRule {
+            error_rate: 1.0,
+            ..FaultRule::default()
+        }))
+        .unwrap();
+    let rig = rig_noting(
+        &lab.base_url,
+        &lab.clock,
+        setup(assertion(), "a", rules(30)),
+        Some(store.clone()),
+    );
+    let first = lab.clock.now();
+    assert_eq!(
+        get(&rig.state, PATH, Some(KEY)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let since = first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let failing = noted(store.clone(), "failing since").await;
+    assert!(failing.contains(&since), "{failing}");
+    // A second failure of the same run keeps "since" at the first.
+    lab.clock.advance(Duration::seconds(2));
+    assert_eq!(
+        get(&rig.state, PATH, Some(KEY)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(rig.calls.load(Ordering::SeqCst), 2);
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+    let held_until =
+        (lab.clock.now() + Duration::seconds(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    while !note(&store).is_some_and(|t| t.contains(&held_until)) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", note(&store));
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(note(&store).unwrap().contains(&since));
+    // LINE is back: "ok", and no token anywhere in the note.
+    lab.sandbox.set_faults(Faults::default()).unwrap();
+    lab.clock.advance(Duration::seconds(4));
+    let answer = get(&rig.state, PATH, Some(KEY)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let ok = noted(store.clone(), "ok: issued at").await;
+    let token = answer.json["access_token"].as_str().unwrap();
+    assert!(!ok.contains(token), "{ok}");
+}
+
 #[tokio::test]
 async fn a_permanent_refusal_is_502_naming_lines_error_code_and_is_held_back() {
     let lab = sandbox_lab().await;
@@ -684,8 +771,19 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
         .unwrap();
     assert!(!raw_metrics.contains(&token));
 
-    // `status` (a separate process) shows the kind from the config.
-    let status = status_json(&lab.config).await;
+    // `status` (a separate process) shows the kind from the config, and
+    // how the last call to LINE went (noted by the daemon off the flight,
+    // so it may take a moment).
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+    let status = loop {
+        let status = status_json(&lab.config).await;
+        let state = status["channels"][0]["stateless"]["state"].as_str();
+        if state.is_some_and(|s| s.starts_with("ok: issued at")) {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    };
     let channel = &status["channels"][0];
     assert_eq!(channel["stateless"]["auth"], "secret");
     assert_eq!(channel["stateless"]["refresh_margin_secs"], 60);
@@ -696,7 +794,8 @@ async fn the_daemon_serves_stateless_tokens_and_prints_none() {
     let (code, text) = linetokd("status", &["status", "--config", config], &[]).await;
     assert_eq!(code, 0, "{}", text.all_text());
     assert!(
-        printed(&text, Stream::Stdout).contains("stateless tokens: on demand by secret"),
+        printed(&text, Stream::Stdout).contains("stateless tokens: on demand by secret")
+            && printed(&text, Stream::Stdout).contains("stateless state ("),
         "{}",
         text.all_text()
     );
