@@ -191,7 +191,7 @@ impl Snapshot {
             .iter()
             .filter(|t| t.record.state == TokenState::Live && t.record.refused_at.is_none())
             .max_by_key(|t| (t.record.issued_at, t.record.expires_at))
-            .and_then(|t| t.last_verified_at);
+            .and_then(|t| t.record.verified_at);
         let own_issues = || {
             self.issues_last_hour
                 .iter()

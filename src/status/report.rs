@@ -566,7 +566,7 @@ fn group_status(
                 .tokens
                 .iter()
                 .find(|s| s.record.key_id == t.key_id)
-                .and_then(|s| s.last_verified_at),
+                .and_then(|s| s.record.verified_at),
         })
     };
     let runtime = g.row.map(|r| &r.runtime);

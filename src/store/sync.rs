@@ -151,7 +151,7 @@ pub struct GroupRuntime {
 }
 
 /// A stored group. The time of its last successful verify is its current
-/// token's [`StoredToken::last_verified_at`](super::StoredToken).
+/// token's `record.verified_at` ([`super::StoredToken`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRow {
     /// Its channel.

@@ -32,8 +32,6 @@ pub struct StoredToken {
     pub state_reason: Option<String>,
     /// When its state last changed (its issue time while live).
     pub state_changed_at: DateTime<Utc>,
-    /// When LINE last confirmed it valid.
-    pub last_verified_at: Option<DateTime<Utc>>,
     /// The issuance intent that produced it.
     pub intent: Option<IntentId>,
 }
@@ -410,7 +408,6 @@ fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
         value,
         state_reason: row.get(7)?,
         state_changed_at: time_at_index(row, 8, "state_changed_at")?,
-        last_verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
         intent: row.get::<_, Option<i64>>(10)?.map(IntentId::from_raw),
     })
 }

@@ -1017,7 +1017,7 @@ fn a_schema_6_database_keeps_every_token_through_migration_7_and_is_then_sealed(
     );
     assert_eq!(tokens[1].value.expose(), value(1));
     assert_eq!(
-        tokens[1].last_verified_at.map(|t| t.timestamp_millis()),
+        tokens[1].record.verified_at.map(|t| t.timestamp_millis()),
         Some(2000)
     );
     assert_eq!(raw_counts(&db), (2, 0));

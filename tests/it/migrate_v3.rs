@@ -214,7 +214,7 @@ fn a_version_3_database_is_converted_to_milliseconds_in_place() {
     let k1 = store.token(&KeyId::new("k1")).unwrap().unwrap();
     assert_eq!(k1.record.issued_at, at(T0 + 41));
     assert_eq!(k1.record.expires_at, at(T0 + 41 + 2_592_000));
-    assert_eq!(k1.last_verified_at, Some(at(T0 + 45)));
+    assert_eq!(k1.record.verified_at, Some(at(T0 + 45)));
     assert_eq!(k1.value.expose(), "value-one");
     let channel = ChannelId::new("100");
     let row = store.channel(&channel).unwrap().unwrap();

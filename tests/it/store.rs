@@ -357,7 +357,7 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
     assert_eq!(stored.record.state, TokenState::Live);
     assert_eq!(stored.record.expires_at, at + Duration::days(30));
     assert_eq!(stored.intent, Some(intent));
-    assert_eq!(stored.last_verified_at, Some(at));
+    assert_eq!(stored.record.verified_at, Some(at));
     let journal = store.intent(intent).unwrap().unwrap();
     assert_eq!(journal.outcome, IntentOutcome::Issued);
     assert_eq!(journal.key_id, Some(kid("k1")));
