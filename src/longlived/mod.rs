@@ -248,40 +248,8 @@ impl Service {
             let keep = wanted.get(channel) == Some(&r.config);
             if !keep {
                 r.stop.cancel();
-                self.served
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(channel);
                 if !wanted.contains_key(channel) {
-                    self.memory
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(channel);
-                    self.parts.metrics.remove_long_lived(channel);
-                    // Its rows end and its alerts resolve: nobody watches
-                    // that token now.
-                    let (store, ch, now) = (
-                        self.parts.store.clone(),
-                        channel.clone(),
-                        self.parts.clock.now(),
-                    );
-                    self.tasks.spawn(async move {
-                        let _ = store
-                            .blocking(move |s| {
-                                // Nobody verifies its values any more.
-                                s.sync_long_lived(&ch, &[])?;
-                                s.sync_alerts(
-                                    now,
-                                    AlertScope {
-                                        channel: Some(&ch),
-                                        group: None,
-                                        names: rules::ALERT_NAMES,
-                                    },
-                                    &[],
-                                )
-                            })
-                            .await;
-                    });
+                    self.forget(channel);
                 }
             }
             keep
@@ -315,6 +283,54 @@ impl Service {
                 },
             );
         }
+    }
+
+    /// Cleans up after a channel whose `[channel.long_lived]` was removed,
+    /// once its watcher has stopped (it holds the channel's [`Slot`] until
+    /// then, so its last publish cannot undo this): nothing is served, its
+    /// values are dropped, its rows end and its alerts resolve, since
+    /// nobody watches that token now. The slot stays in the map, so a
+    /// section added back at once waits for this cleanup (the lock is
+    /// fair) and starts from nothing.
+    fn forget(&self, channel: &ChannelId) {
+        let slot = Arc::clone(
+            self.memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(channel.clone())
+                .or_default(),
+        );
+        let (served, metrics, store, clock, ch) = (
+            Arc::clone(&self.served),
+            Arc::clone(&self.parts.metrics),
+            self.parts.store.clone(),
+            Arc::clone(&self.parts.clock),
+            channel.clone(),
+        );
+        self.tasks.spawn(async move {
+            let mut values = slot.lock_owned().await;
+            *values = (None, Vec::new());
+            served
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&ch);
+            metrics.remove_long_lived(&ch);
+            let now = clock.now();
+            let _ = store
+                .blocking(move |s| {
+                    s.sync_long_lived(&ch, &[])?;
+                    s.sync_alerts(
+                        now,
+                        AlertScope {
+                            channel: Some(&ch),
+                            group: None,
+                            names: rules::ALERT_NAMES,
+                        },
+                        &[],
+                    )
+                })
+                .await;
+        });
     }
 
     /// Retires the current long-lived token of `channel` (see the module
