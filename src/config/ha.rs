@@ -101,7 +101,11 @@ pub struct HaConfig {
 /// is cut at a character boundary). The pid makes two instances on one
 /// host distinct, and a restarted instance a new holder, whose
 /// predecessor's grants expire or are fenced by their epoch.
-pub fn resolve_instance_id(configured: Option<&InstanceId>, hostname: &str, pid: u32) -> InstanceId {
+pub fn resolve_instance_id(
+    configured: Option<&InstanceId>,
+    hostname: &str,
+    pid: u32,
+) -> InstanceId {
     if let Some(id) = configured {
         return id.clone();
     }
@@ -354,9 +358,9 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].key, "channel[0].group");
         assert!(
-            got[0]
-                .message
-                .starts_with("has 15 v2.1 groups in channel \"shop-bot\"; with [ha] at most 14 fit"),
+            got[0].message.starts_with(
+                "has 15 v2.1 groups in channel \"shop-bot\"; with [ha] at most 14 fit"
+            ),
             "{}",
             got[0].message
         );
@@ -376,7 +380,10 @@ mod tests {
     fn the_default_instance_id_is_hostname_and_pid() {
         let configured = InstanceId::new("web-1");
         assert_eq!(resolve_instance_id(Some(&configured), "h", 1), configured);
-        assert_eq!(resolve_instance_id(None, "web-2", 4242).as_str(), "web-2:4242");
+        assert_eq!(
+            resolve_instance_id(None, "web-2", 4242).as_str(),
+            "web-2:4242"
+        );
         assert_eq!(resolve_instance_id(None, " \n", 7).as_str(), "localhost:7");
         let long = resolve_instance_id(None, &"é".repeat(100), 4_194_304);
         assert!(long.as_str().len() <= MAX_INSTANCE_ID_LEN);

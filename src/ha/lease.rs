@@ -288,6 +288,8 @@ mod tests {
 
     const TTL: Duration = Duration::seconds(30);
 
+    type Case = (Option<Lease>, i64, i64, Result<(), NotHeld>);
+
     #[test]
     fn acquire_only_when_absent_or_expired_with_the_next_epoch() {
         let a = InstanceId::new("a");
@@ -324,7 +326,8 @@ mod tests {
     #[test]
     fn the_fence_and_renewal_pass_only_for_the_holder_with_its_epoch_while_valid() {
         let a = InstanceId::new("a");
-        let cases: [(Option<Lease>, i64, i64, Result<(), NotHeld>); 6] = [
+        // (row, caller's epoch, now, expected)
+        let cases: [Case; 6] = [
             (Some(lease("a", 3, 10)), 3, 9, Ok(())),
             (None, 3, 9, Err(NotHeld::NoLease)),
             (
@@ -417,10 +420,7 @@ mod tests {
         };
         assert_eq!(e.to_string(), "instance web-2:41 holds the lease (epoch 9)");
         assert_eq!(
-            NotHeld::Lapsed {
-                valid_until: at(0)
-            }
-            .to_string(),
+            NotHeld::Lapsed { valid_until: at(0) }.to_string(),
             "the lease lapsed at 2023-11-14T22:13:20.000Z"
         );
     }

@@ -328,7 +328,10 @@ mod tests {
             },
             TTL,
         );
-        assert_eq!(s.held().unwrap().time_left(ms(8_000)), Duration::seconds(22));
+        assert_eq!(
+            s.held().unwrap().time_left(ms(8_000)),
+            Duration::seconds(22)
+        );
     }
 
     #[test]

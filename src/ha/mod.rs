@@ -64,7 +64,7 @@ mod world_tests;
 
 pub use lease::{Epoch, InstanceId, Lease, NotHeld};
 pub use local::{
-    AcquireAnswer, CALL_MARGIN, Held, Mono, RenewAnswer, StepDown, Standing, may_call_line,
+    AcquireAnswer, CALL_MARGIN, Held, Mono, RenewAnswer, Standing, StepDown, may_call_line,
     may_write,
 };
 pub use orphan::{IntentClass, IssuedFate, PossiblyIssued, UnknownKid};

@@ -244,9 +244,11 @@ impl World {
                 // Invariant 2: the local view is never ahead of the row.
                 if may_write(&self.instances[i].standing, local) {
                     assert!(
-                        self.row
-                            .as_ref()
-                            .is_some_and(|r| r.is_held_by(&me, held.epoch, self.db_now(t))),
+                        self.row.as_ref().is_some_and(|r| r.is_held_by(
+                            &me,
+                            held.epoch,
+                            self.db_now(t)
+                        )),
                         "{me} may write under epoch {} at {t} but the row is {:?} at {}",
                         held.epoch,
                         self.row,
@@ -321,22 +323,20 @@ impl World {
                 Err(l) => Answer::Acquire(AcquireAnswer::Held(l)),
             },
             Op::Renew(e) if failed => Answer::Renew(e, RenewAnswer::Failed),
-            Op::Renew(e) => {
-                match lease::renew(self.row.as_ref(), &me, e, db_now, self.ttl()) {
-                    Ok(l) => {
-                        let valid_until = l.valid_until;
-                        self.row = Some(l);
-                        Answer::Renew(
-                            e,
-                            RenewAnswer::Renewed {
-                                db_now,
-                                valid_until,
-                            },
-                        )
-                    }
-                    Err(n) => Answer::Renew(e, RenewAnswer::Refused(n)),
+            Op::Renew(e) => match lease::renew(self.row.as_ref(), &me, e, db_now, self.ttl()) {
+                Ok(l) => {
+                    let valid_until = l.valid_until;
+                    self.row = Some(l);
+                    Answer::Renew(
+                        e,
+                        RenewAnswer::Renewed {
+                            db_now,
+                            valid_until,
+                        },
+                    )
                 }
-            }
+                Err(n) => Answer::Renew(e, RenewAnswer::Refused(n)),
+            },
             Op::Release(_) if failed => Answer::Released,
             Op::Release(e) => {
                 if let Ok(l) = lease::release(self.row.as_ref(), &me, e, db_now) {
@@ -447,21 +447,27 @@ impl World {
 fn params(hostile: bool) -> impl Strategy<Value = Params> {
     (
         2usize..=3,
-        prop_oneof![Just((30_000i64, 10_000i64, 10_000i64)), Just((20_000, 5_000, 5_000)), Just((60_000, 20_000, 30_000))],
+        prop_oneof![
+            Just((30_000i64, 10_000i64, 10_000i64)),
+            Just((20_000, 5_000, 5_000)),
+            Just((60_000, 20_000, 30_000))
+        ],
         any::<u64>(),
     )
-        .prop_map(move |(instances, (ttl_ms, renew_ms, timeout_ms), seed)| Params {
-            instances,
-            ttl_ms,
-            renew_ms,
-            timeout_ms,
-            horizon_ms: 15 * 60_000,
-            max_delay_ms: if hostile { 4_000 } else { 200 },
-            fail: if hostile { 0.15 } else { 0.0 },
-            lost: if hostile { 0.1 } else { 0.0 },
-            pause: if hostile { 0.02 } else { 0.0 },
-            seed,
-        })
+        .prop_map(
+            move |(instances, (ttl_ms, renew_ms, timeout_ms), seed)| Params {
+                instances,
+                ttl_ms,
+                renew_ms,
+                timeout_ms,
+                horizon_ms: 15 * 60_000,
+                max_delay_ms: if hostile { 4_000 } else { 200 },
+                fail: if hostile { 0.15 } else { 0.0 },
+                lost: if hostile { 0.1 } else { 0.0 },
+                pause: if hostile { 0.02 } else { 0.0 },
+                seed,
+            },
+        )
 }
 
 proptest! {
