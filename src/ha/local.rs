@@ -253,9 +253,13 @@ impl Standing {
 /// renewal's send) than `request_timeout` plus [`CALL_MARGIN`]: a LINE call
 /// started now is over before the grant can pass to another instance.
 pub fn may_call_line(standing: &Standing, local_now: Mono, request_timeout: Duration) -> bool {
-    standing.held().is_some_and(|held| {
-        held.time_left(local_now) > request_timeout.max(Duration::zero()) + CALL_MARGIN
-    })
+    let needed = request_timeout
+        .max(Duration::zero())
+        .checked_add(&CALL_MARGIN)
+        .unwrap_or(Duration::MAX);
+    standing
+        .held()
+        .is_some_and(|held| held.time_left(local_now) > needed)
 }
 
 /// True only while leading with more than [`CALL_MARGIN`] left. The
@@ -346,6 +350,7 @@ mod tests {
             (leader(0, 30_000), 40_000, false),
             (Standing::Follower, 0, false),
         ] {
+            assert!(!may_call_line(&standing, ms(now), Duration::MAX));
             assert_eq!(
                 may_call_line(&standing, ms(now), TIMEOUT),
                 expected,
