@@ -22,6 +22,9 @@
 //!   people ([`policy::words`]).
 //! - [`forecast`]: the driver run forward in virtual time (`linetokd plan`);
 //!   pure, like `policy`.
+//! - [`ha`]: the pure rules of high availability: per-channel leases
+//!   judged by the database's clock, fencing, step-downs, orphaned tokens
+//!   and how channels spread over instances (not wired in yet).
 //!
 //! Around it, with IO:
 //! - [`store`]: the SQLite store (tokens, the issuance journal, failure
@@ -108,6 +111,7 @@
 //!   the engine only through the [`control::Engine`] contract and watches
 //!   the scheduler's progress; `demo` runs `app` and the sandbox
 //! - `snapshot` → `store`, `policy`; `forecast` → `policy`
+//! - `ha` → `domain`, `policy::jitter` (its stable hash)
 //! - `policy`, `store`, `line`, `event` → `domain`
 //! - `sandbox` → `domain`, `accept` (its accept loop backs off like the
 //!   daemon's), `line::jwt` and `line::keys` types only; the daemon never
@@ -131,6 +135,7 @@ pub mod demo;
 pub mod domain;
 pub mod event;
 pub mod forecast;
+pub mod ha;
 pub mod http;
 pub mod keygen;
 pub mod line;

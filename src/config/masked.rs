@@ -30,6 +30,18 @@ struct View {
     /// otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     login: Option<LoginView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ha: Option<HaView>,
+}
+
+/// `[ha]`; `instance_id` is left out when not set: its default
+/// (`hostname:pid`) is only known to the running daemon.
+#[derive(Serialize)]
+struct HaView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<String>,
+    lease: String,
+    renew: String,
 }
 
 #[derive(Serialize)]
@@ -338,6 +350,11 @@ impl Settings {
                     admin_api_key_file: l.admin_api_key_file.as_deref().map(secret_file),
                     reader_api_key_file: l.reader_api_key_file.as_deref().map(secret_file),
                 }
+            }),
+            ha: self.ha.as_ref().map(|h| HaView {
+                instance_id: h.instance_id.clone(),
+                lease: fmt_dur(h.lease),
+                renew: fmt_dur(h.renew),
             }),
         };
         // The view holds only strings, numbers and arrays, which TOML can

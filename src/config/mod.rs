@@ -26,7 +26,8 @@
 //! so the file format can change without touching them.
 //!
 //! Depends on `domain`, `secret`, `line::keys` (to check assertion keys),
-//! `store::crypt` (to check database keys for `[encryption]`), the
+//! `store::crypt` (to check database keys for `[encryption]`), `ha` (the
+//! instance ID type of `[ha]`), the
 //! `config`, `toml` and `humantime` crates.
 
 mod alerts;
@@ -35,6 +36,7 @@ mod encryption;
 mod error;
 mod expand;
 mod files;
+mod ha;
 mod login;
 mod long_lived;
 mod masked;
@@ -55,6 +57,7 @@ pub use alerts::{
 pub use encryption::{EncryptionConfig, EncryptionSettings, KeyFileSettings};
 pub use error::{ConfigError, Problem};
 pub use files::{MAX_CONFIG_FILE, MAX_SECRET_FILE, read_secret_file};
+pub use ha::{HaConfig, HaSettings, resolve_instance_id};
 pub use login::{
     LoginChannelConfig, LoginChannelSettings, LoginConfig, LoginOutline, LoginSettings,
     LoginTimings,
@@ -110,6 +113,10 @@ pub struct Settings {
     /// `[login]`: the LINE Login module's timings and API keys.
     #[serde(default)]
     pub login: LoginSettings,
+    /// `[ha]`: several instances sharing one database, one leader per
+    /// channel; absent means one instance.
+    #[serde(default)]
+    pub ha: Option<HaSettings>,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the

@@ -27,6 +27,8 @@
 //!   config was loaded with when it has no slash, as the hook will be);
 //!   `hook_timeout` above zero and at most 1 hour; `api_key_file` private
 //!   and not empty.
+//! - `[ha]`: the rules of `super::ha` (`lease` longer than
+//!   `request_timeout + renew + 5s`, room for an orphan in every channel).
 //! - `[channel.stateless]`: the rules of `super::stateless` (auth, the
 //!   secret it needs, margins, the per-minute guard, a required
 //!   `api_key_file` while enabled), its API key file read like a group's,
@@ -115,6 +117,8 @@ pub struct ValidConfig {
     /// `[[login_channel]]` and `[login]`, when a login channel is
     /// configured.
     pub login: Option<super::LoginConfig>,
+    /// `[ha]`, when present.
+    pub ha: Option<super::HaConfig>,
 }
 
 impl ValidConfig {
@@ -361,6 +365,16 @@ impl Settings {
             self.encryption.is_some(),
             &mut login_problems,
         );
+        // `[ha]`'s problems join the login ones: both are checked beside
+        // the main walk and reported after it.
+        let ha = self.ha.as_ref().and_then(|h| {
+            super::ha::validate(
+                h,
+                self.daemon.request_timeout,
+                &self.channels,
+                &mut login_problems,
+            )
+        });
         let checked = self.check(|v, i, c| v.channel(self, i, c));
         let (daemon, channels, alerts, encryption) = match checked {
             Err(ConfigError::Invalid { mut problems }) if !login_problems.is_empty() => {
@@ -382,6 +396,7 @@ impl Settings {
             alerts,
             encryption,
             login,
+            ha,
         })
     }
 

@@ -324,6 +324,41 @@ fn check_config_prints_the_resolved_config_with_secrets_masked() {
     shown.parse::<toml::Table>().unwrap();
 }
 
+/// `[ha]` is checked, typed, and shown by `check-config` with its
+/// defaults; an unset `instance_id` is left to the daemon (it resolves
+/// `hostname:pid` itself), and a config without `[ha]` shows none.
+#[test]
+fn check_config_shows_the_ha_section() {
+    let creds = Credentials::new();
+    let path = creds.path().join("linetokd.toml");
+
+    fs::write(&path, format!("{VALID}\n[ha]\ninstance_id = \"web-1\"\n")).unwrap();
+    let shown = config::check(&path, &creds.env()).unwrap().resolved;
+    let table = shown.parse::<toml::Table>().unwrap();
+    let ha = table["ha"].as_table().unwrap();
+    assert_eq!(ha["instance_id"].as_str(), Some("web-1"), "{shown}");
+    assert_eq!(ha["lease"].as_str(), Some("30s"), "{shown}");
+    assert_eq!(ha["renew"].as_str(), Some("10s"), "{shown}");
+    let valid = Settings::load(&path, &creds.env())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let ha = valid.ha.unwrap();
+    assert_eq!(ha.instance_id.unwrap().as_str(), "web-1");
+    assert_eq!(ha.lease, Duration::from_secs(30));
+
+    fs::write(&path, format!("{VALID}\n[ha]\nlease = \"1m\"\n")).unwrap();
+    let shown = config::check(&path, &creds.env()).unwrap().resolved;
+    let table = shown.parse::<toml::Table>().unwrap();
+    let ha = table["ha"].as_table().unwrap();
+    assert!(!ha.contains_key("instance_id"), "{shown}");
+    assert_eq!(ha["lease"].as_str(), Some("1m"), "{shown}");
+
+    fs::write(&path, VALID).unwrap();
+    let shown = config::check(&path, &creds.env()).unwrap().resolved;
+    assert!(!shown.contains("[ha]"), "{shown}");
+}
+
 #[test]
 fn check_config_fails_with_every_problem() {
     let creds = Credentials::new();
