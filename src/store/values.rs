@@ -436,7 +436,13 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
             })
             .optional()?;
         if let Some((channel, subject, sealed)) = grant {
-            super::login::open_value(values, &channel, &subject, GrantValue::Access.as_str(), &sealed)?;
+            super::login::open_value(
+                values,
+                &channel,
+                &subject,
+                GrantValue::Access.as_str(),
+                &sealed,
+            )?;
         }
     }
     Ok(())
