@@ -266,7 +266,7 @@ pub struct Login {
     /// delete never overlaps its refresh, and a report sees the grant as
     /// the last refresh left it. Weak: a lock lives while someone holds or
     /// waits for it.
-    grant_locks: Mutex<HashMap<(ChannelId, String), Weak<tokio::sync::Mutex<()>>>>,
+    grant_locks: Mutex<HashMap<(ChannelId, String), Weak<GrantLock>>>,
     /// The "token refused" checks, so the shutdown waits for them.
     tasks: TaskTracker,
     /// Fires when [`Self::run`]'s `stop` does: ends the waits for a
@@ -276,6 +276,9 @@ pub struct Login {
     /// of the same grant wait for its end instead of asking LINE again.
     flights: Mutex<HashMap<(ChannelId, String), Flight>>,
 }
+
+/// The lock of one grant ([`Login::lock_grant`]).
+type GrantLock = tokio::sync::Mutex<()>;
 
 /// Where the reports of one grant learn how its check ended: `None` while
 /// it runs.
@@ -657,7 +660,7 @@ impl Login {
                 if locks.len() >= GRANT_LOCKS_PRUNE {
                     locks.retain(|_, l| l.strong_count() > 0);
                 }
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                let lock = Arc::new(GrantLock::new(()));
                 locks.insert(key, Arc::downgrade(&lock));
                 lock
             }
@@ -1423,9 +1426,8 @@ impl Login {
             NoPermit::Stopping => FlightEnd::Line(STOPPING.to_owned()),
         };
         // Nothing is sent for a grant that needs a new login.
-        match self.live_grant(channel, subject).await? {
-            Err(end) => return Ok(end),
-            Ok(_) => {}
+        if let Err(end) = self.live_grant(channel, subject).await? {
+            return Ok(end);
         }
         if let Err(e) = self.permit(channel).await {
             return Ok(no_permit(e));

@@ -312,11 +312,14 @@ mod tests {
     fn a_rescheduled_grant_is_not_due_again_for_a_refresh_already_made() {
         let j = Duration::from_secs(600);
         let h = at(90.0);
-        // The last refresh before the horizon was made at 89.4 days: its
-        // access token runs to 119.4, the horizon bound (89.5) passed.
-        let next = next_refresh(&t(), at(119.4), h, j, None);
-        assert!(next < at(89.5));
-        assert_eq!(resume(next, Some(at(89.4)), h), h);
+        // The last refresh before the horizon was made at its slot (89.5
+        // days less the jitter): its slot is the same after a restart.
+        let slot = at(89.5) - TimeDelta::seconds(600);
+        let next = next_refresh(&t(), slot + TimeDelta::days(30), h, j, None);
+        assert_eq!(next, slot);
+        assert_eq!(resume(next, Some(slot), h), h);
+        // Made a minute later (the pass ran late): done too.
+        assert_eq!(resume(next, Some(slot + TimeDelta::minutes(1)), h), h);
         // A refresh at 54 days: the next (81 days) is still ahead.
         let next = next_refresh(&t(), at(84.0), h, j, None);
         assert_eq!(resume(next, Some(at(54.0)), h), next);
