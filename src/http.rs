@@ -1244,7 +1244,8 @@ mod tests {
 // ---------------------------------------------------------------------------
 
 /// A LINE Login API answer that is not a success: `{"error", "message"}`
-/// plus `field` for a 422 and `state` for a 410. Never echoes a value.
+/// plus `field` for a 422, `state` for a 410 and `line_error` (LINE's OAuth
+/// code) for a refusal by LINE. Never echoes a value.
 fn login_refusal(
     status: StatusCode,
     error: &str,
@@ -1335,6 +1336,20 @@ fn login_error(e: &crate::login::LoginApiError) -> Response {
             "line_unavailable",
             "LINE did not answer usefully; try again",
             null,
+        ),
+        E::LineRefused {
+            operation, code, ..
+        } => login_refusal(
+            StatusCode::BAD_GATEWAY,
+            "line_refused",
+            &format!(
+                "LINE refused the {operation}{}; nothing changed: check the login channel's \
+                 ID and secret_file",
+                code.as_deref()
+                    .map(|c| format!(" with {c}"))
+                    .unwrap_or_default()
+            ),
+            serde_json::json!({ "line_error": code }),
         ),
         E::Store(_) => login_refusal(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -37,13 +37,14 @@
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::{LoginChannelConfig, LoginConfig};
@@ -76,6 +77,14 @@ const AGGREGATE_NAMES: usize = 5;
 
 /// The most due grants one pass takes from the store at once.
 const BATCH: usize = 100;
+
+/// Above this many entries the grant-lock table drops the locks nobody
+/// holds or waits for.
+const GRANT_LOCKS_PRUNE: usize = 256;
+
+/// How far in the future an import's `login_at` may lie (the importer's
+/// clock may be ahead of this host's).
+const LOGIN_AT_SKEW: TimeDelta = TimeDelta::minutes(5);
 
 /// The longest a subject may be (LINE user IDs are 33 characters).
 const MAX_SUBJECT_LEN: usize = 128;
@@ -146,6 +155,18 @@ pub enum LoginApiError {
     /// LINE did not answer usefully (502).
     #[error("LINE: {0}")]
     Line(String),
+    /// LINE refused the request with a client error (502): the channel's
+    /// ID or secret is wrong (`invalid_client`) or the request is; nothing
+    /// changed. Names LINE's OAuth code, never a value.
+    #[error("LINE refused the {operation}{}: {detail}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    LineRefused {
+        /// What was asked of LINE.
+        operation: &'static str,
+        /// LINE's OAuth `error` code, when it sent one.
+        code: Option<String>,
+        /// LINE's error as words (status, request ID).
+        detail: String,
+    },
     /// The store failed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -167,9 +188,52 @@ pub struct Served {
 struct Channel {
     config: LoginChannelConfig,
     bucket: Bucket,
-    /// Set while LINE refuses the channel (`invalid_client`).
+    /// Set while LINE refuses the channel (`invalid_client`): no refresh
+    /// before it.
     paused_until: Option<DateTime<Utc>>,
+    /// LINE refused the channel (`invalid_client`) and no refresh has
+    /// succeeded since, nor did its secret change: `login_channel_rejected`
+    /// fires, across the pauses and the tries between them.
+    rejected: bool,
+    /// Transient failures of the channel's refreshes in a row.
+    transient_failures: u32,
+    /// No refresh of the channel before this (after a transient failure).
+    transient_until: Option<DateTime<Utc>>,
 }
+
+impl Channel {
+    fn new(config: LoginChannelConfig, rate: u32, now: DateTime<Utc>) -> Self {
+        Self {
+            config,
+            bucket: Bucket::new(rate, now),
+            paused_until: None,
+            rejected: false,
+            transient_failures: 0,
+            transient_until: None,
+        }
+    }
+}
+
+/// Why no request may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoPermit {
+    /// The login channel is not configured (any more).
+    UnknownChannel,
+    /// The module is stopping.
+    Stopping,
+}
+
+impl NoPermit {
+    fn api_error(self, channel: &ChannelId) -> LoginApiError {
+        match self {
+            Self::UnknownChannel => LoginApiError::UnknownChannel(channel.to_string()),
+            Self::Stopping => LoginApiError::Line(STOPPING.to_owned()),
+        }
+    }
+}
+
+/// What a request cut short by the shutdown answers.
+const STOPPING: &str = "linetokd is stopping; nothing was sent to LINE";
 
 #[derive(Debug)]
 struct Inner {
@@ -181,6 +245,9 @@ struct Inner {
     /// The next instant a notice or a horizon falls due, from the last
     /// full scan; `None` forces a scan.
     next_notice: Option<DateTime<Utc>>,
+    /// A reload changed the schedule's timings: the next pass reschedules
+    /// every grant.
+    reschedule: bool,
     /// Spreads retry jitter differently per daemon (tests fix it).
     jitter_seed: u64,
 }
@@ -193,15 +260,25 @@ pub struct Login {
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     wake: Notify,
-    /// Held around every refresh, scheduled or reported, and around a
-    /// report's verify: one grant is never refreshed twice at once (the
-    /// journal allows one open intent per grant), and a report sees the
-    /// grant as the last refresh left it.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One lock per grant ([`Self::lock_grant`]), held from reading its
+    /// tokens to storing the outcome: one grant is never refreshed twice at
+    /// once (the journal allows one open intent per grant), an import or a
+    /// delete never overlaps its refresh, and a report sees the grant as
+    /// the last refresh left it. Weak: a lock lives while someone holds or
+    /// waits for it.
+    grant_locks: Mutex<HashMap<(ChannelId, String), Weak<GrantLock>>>,
+    /// The "token refused" checks, so the shutdown waits for them.
+    tasks: TaskTracker,
+    /// Fires when [`Self::run`]'s `stop` does: ends the waits for a
+    /// channel's bucket, between refreshes.
+    halt: CancellationToken,
     /// The "token refused" reports in flight, one per grant: later reports
     /// of the same grant wait for its end instead of asking LINE again.
     flights: Mutex<HashMap<(ChannelId, String), Flight>>,
 }
+
+/// The lock of one grant ([`Login::lock_grant`]).
+type GrantLock = tokio::sync::Mutex<()>;
 
 /// Where the reports of one grant learn how its check ended: `None` while
 /// it runs.
@@ -239,10 +316,8 @@ enum RefreshEnd {
 /// (`revoke_previous`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreviousRevoke {
-    /// LINE revoked it.
+    /// LINE revoked it (or no longer knew it: LINE answers both alike).
     Revoked,
-    /// LINE no longer knew it (expired or revoked already).
-    AlreadyDead,
     /// The replaced grant held the same access token: nothing to revoke.
     Same,
     /// The revoke failed; the import stands. Names the failure, never a
@@ -255,7 +330,6 @@ impl PreviousRevoke {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Revoked => "revoked",
-            Self::AlreadyDead => "already_dead",
             Self::Same => "same_token",
             Self::Failed(_) => "failed",
         }
@@ -308,17 +382,14 @@ impl Login {
                 .map(|c| {
                     (
                         c.id.clone(),
-                        Channel {
-                            config: c.clone(),
-                            bucket: Bucket::new(config.timings.max_requests_per_second, now),
-                            paused_until: None,
-                        },
+                        Channel::new(c.clone(), config.timings.max_requests_per_second, now),
                     )
                 })
                 .collect(),
             admin_digest: key_digest(&config.admin_api_key),
             reader_digest: key_digest(&config.reader_api_key),
             next_notice: None,
+            reschedule: false,
             jitter_seed: seed,
         };
         Arc::new(Self {
@@ -328,7 +399,9 @@ impl Login {
             metrics,
             inner: Mutex::new(inner),
             wake: Notify::new(),
-            refreshing: tokio::sync::Mutex::new(()),
+            grant_locks: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            halt: CancellationToken::new(),
             flights: Mutex::new(HashMap::new()),
         })
     }
@@ -338,28 +411,36 @@ impl Login {
     }
 
     /// Takes a reloaded config: channels added or removed (a channel kept
-    /// keeps its bucket; its pause ends, since its secret may be fixed),
-    /// new timings and keys. Every grant is rescheduled at the next pass.
+    /// keeps its bucket and its holds; a refusal by LINE, `invalid_client`,
+    /// and its pause end only when its secret changed), new timings and
+    /// keys. When `refresh_before` or `horizon_margin` changed, the next
+    /// pass reschedules every active grant under them.
     pub fn reconfigure(&self, config: &LoginConfig) {
         let now = self.clock.now();
         {
             let mut inner = self.inner();
-            inner.timings = timings(config);
+            let t = timings(config);
+            if t.refresh_before != inner.timings.refresh_before
+                || t.horizon_margin != inner.timings.horizon_margin
+            {
+                inner.reschedule = true;
+            }
+            inner.timings = t;
             inner.rate = config.timings.max_requests_per_second;
             let mut old = std::mem::take(&mut inner.channels);
             for c in &config.channels {
-                let bucket = old.remove(&c.id).map_or_else(
-                    || Bucket::new(config.timings.max_requests_per_second, now),
-                    |o| o.bucket,
-                );
-                inner.channels.insert(
-                    c.id.clone(),
-                    Channel {
-                        config: c.clone(),
-                        bucket,
-                        paused_until: None,
-                    },
-                );
+                let channel = match old.remove(&c.id) {
+                    Some(mut kept) => {
+                        if kept.config.secret != c.secret {
+                            kept.paused_until = None;
+                            kept.rejected = false;
+                        }
+                        kept.config = c.clone();
+                        kept
+                    }
+                    None => Channel::new(c.clone(), config.timings.max_requests_per_second, now),
+                };
+                inner.channels.insert(c.id.clone(), channel);
             }
             inner.admin_digest = key_digest(&config.admin_api_key);
             inner.reader_digest = key_digest(&config.reader_api_key);
@@ -426,9 +507,24 @@ impl Login {
     }
 
     /// Runs until `stop`: refreshes what is due, states notices, sleeps
-    /// until the next due instant or a wake-up (an import).
+    /// until the next due instant or a wake-up (an import). `stop` also
+    /// ends the waits of a pass and of the "token refused" checks (for
+    /// the channel's bucket, a 429's hold) between grants, never inside
+    /// one refresh: intent, call and commit finish or do not start. Returns
+    /// when the checks in flight have ended too.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        loop {
+        let halt = self.halt.clone();
+        let link = async move {
+            stop.cancelled().await;
+            halt.cancel();
+        };
+        tokio::join!(link, self.run_passes());
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn run_passes(&self) {
+        while !self.halt.is_cancelled() {
             let next = match self.pass().await {
                 Ok(next) => next,
                 Err(e) => {
@@ -443,28 +539,45 @@ impl Login {
                 }
             };
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = self.halt.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = sleep => {}
             }
         }
     }
 
-    /// One pass: horizons, due refreshes (each waiting for its channel's
-    /// bucket), notices. Returns when the next pass is due.
+    /// One pass: a reschedule a reload asked for, horizons, due refreshes
+    /// (each waiting for its channel's bucket), notices. Returns when the
+    /// next pass is due; ends early, between two grants, when the module
+    /// stops.
     ///
     /// # Errors
     /// When the store fails.
     pub async fn pass(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
-        let scan_due = {
-            let inner = self.inner();
-            inner.next_notice.is_none_or(|at| at <= now)
+        let (scan_due, reschedule, t) = {
+            let mut inner = self.inner();
+            let reschedule = std::mem::take(&mut inner.reschedule);
+            (
+                inner.next_notice.is_none_or(|at| at <= now),
+                reschedule,
+                inner.timings,
+            )
         };
+        if reschedule {
+            let grants = self.store.blocking(|s| s.login_grants()).await?;
+            let next = schedule(&t, &grants);
+            self.store
+                .blocking(move |s| s.reschedule_login_grants(&next))
+                .await?;
+        }
         if scan_due {
             self.scan(now).await?;
         }
         loop {
+            if self.halt.is_cancelled() {
+                return Ok(None);
+            }
             let now = self.clock.now();
             let due = self
                 .store
@@ -475,26 +588,21 @@ impl Login {
             }
             let mut worked = 0;
             for grant in due {
-                let _refreshing = self.refreshing.lock().await;
-                // A report may have refreshed it while this pass waited.
-                let (c, s) = (grant.channel.clone(), grant.subject.clone());
-                let current = self
-                    .store
-                    .blocking(move |st| st.login_grant(&c, &s))
-                    .await?;
-                let now = self.clock.now();
-                let Some(grant) =
-                    current.filter(|g| g.state == GrantState::Active && g.next_refresh_at <= now)
-                else {
-                    continue;
-                };
-                if self.refresh(grant).await? != RefreshEnd::Skipped {
+                if self.halt.is_cancelled() {
+                    return Ok(None);
+                }
+                if self.refresh_due(grant).await? != RefreshEnd::Skipped {
                     worked += 1;
                 }
             }
             if worked == 0 {
                 break;
             }
+        }
+        // A refresh changed what the alerts say (a grant needs a new login,
+        // a channel was refused or accepted again): state it now.
+        if self.inner().next_notice.is_none() {
+            self.scan(self.clock.now()).await?;
         }
         let next_refresh = self.store.blocking(|s| s.next_login_refresh()).await?;
         let next_notice = self.inner().next_notice;
@@ -504,58 +612,125 @@ impl Login {
         })
     }
 
-    /// Waits for a token of `channel`'s bucket. `None` when the channel is
-    /// not configured.
-    async fn permit(&self, channel: &ChannelId) -> Option<()> {
+    /// Waits for a token of `channel`'s bucket (the wait ends when the
+    /// module stops). Never called while holding a grant's lock, except by
+    /// a delete, which holds only its own grant.
+    async fn permit(&self, channel: &ChannelId) -> Result<(), NoPermit> {
         loop {
+            if self.halt.is_cancelled() {
+                return Err(NoPermit::Stopping);
+            }
             let now = self.clock.now();
             let wait = {
                 let mut inner = self.inner();
-                let c = inner.channels.get_mut(channel)?;
+                let c = inner
+                    .channels
+                    .get_mut(channel)
+                    .ok_or(NoPermit::UnknownChannel)?;
                 match c.bucket.take(now) {
-                    Ok(()) => return Some(()),
+                    Ok(()) => return Ok(()),
                     Err(at) => at,
                 }
             };
-            self.clock.sleep_until(wait).await;
+            tokio::select! {
+                () = self.halt.cancelled() => return Err(NoPermit::Stopping),
+                () = self.clock.sleep_until(wait) => {}
+            }
         }
     }
 
-    fn jitter_fraction(&self, grant: &GrantRecord, failures: u32) -> f64 {
+    /// The lock of one grant, held from reading its tokens to storing what
+    /// became of them: a refresh (scheduled or reported), an import's
+    /// replacement and a delete of the same grant never overlap; other
+    /// grants and channels are not held up.
+    async fn lock_grant(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .grant_locks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let key = (channel.clone(), subject.to_owned());
+            if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
+                lock
+            } else {
+                if locks.len() >= GRANT_LOCKS_PRUNE {
+                    locks.retain(|_, l| l.strong_count() > 0);
+                }
+                let lock = Arc::new(GrantLock::new(()));
+                locks.insert(key, Arc::downgrade(&lock));
+                lock
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    fn jitter_fraction(&self, key: &str, failures: u32) -> f64 {
         let seed = self.inner().jitter_seed;
-        let key = format!("{seed}/{}/{}/{failures}", grant.channel, grant.subject);
+        let key = format!("{seed}/{key}/{failures}");
         let h = crate::policy::jitter::fnv1a64(key.as_bytes());
         (h % 10_000) as f64 / 10_000.0
     }
 
-    /// Refreshes one grant (due, or reported refused), journaled; the
-    /// caller holds `refreshing`. Skipped when its channel is not
-    /// configured or paused: it is moved out of the way.
-    async fn refresh(&self, grant: GrantRecord) -> Result<RefreshEnd, StoreError> {
-        let channel = grant.channel.clone();
-        let hash = grant.subject_hash();
-        let (config, paused, t) = {
+    /// A due grant of a pass: its channel's gates, a permit (outside the
+    /// grant's lock), then under the lock the grant as it is now (a report
+    /// may have refreshed it meanwhile) and its refresh.
+    async fn refresh_due(&self, grant: GrantRecord) -> Result<RefreshEnd, StoreError> {
+        if let Some(end) = self.gate(&grant).await? {
+            return Ok(end);
+        }
+        if self.permit(&grant.channel).await.is_err() {
+            return Ok(RefreshEnd::Skipped);
+        }
+        let _grant = self.lock_grant(&grant.channel, &grant.subject).await;
+        let (c, s) = (grant.channel.clone(), grant.subject.clone());
+        let current = self
+            .store
+            .blocking(move |st| st.login_grant(&c, &s))
+            .await?;
+        let now = self.clock.now();
+        let Some(grant) =
+            current.filter(|g| g.state == GrantState::Active && g.next_refresh_at <= now)
+        else {
+            return Ok(RefreshEnd::Skipped);
+        };
+        // A hold may have begun while this waited.
+        if let Some(end) = self.gate(&grant).await? {
+            return Ok(end);
+        }
+        self.refresh_locked(grant).await
+    }
+
+    /// What keeps a grant from being refreshed now, done: its channel is
+    /// no longer configured, paused (`invalid_client`) or held after a
+    /// transient failure (the grant is moved to the end of it, no call, no
+    /// failure counted), or its horizon passed (it needs a new login).
+    /// `None` when a refresh may go ahead.
+    async fn gate(&self, grant: &GrantRecord) -> Result<Option<RefreshEnd>, StoreError> {
+        let now = self.clock.now();
+        let held = {
             let inner = self.inner();
-            match inner.channels.get(&channel) {
-                Some(c) => (Some(c.config.clone()), c.paused_until, inner.timings),
-                None => (None, None, inner.timings),
+            match inner.channels.get(&grant.channel) {
+                // A login channel no longer configured: its grants wait,
+                // looked at again in a day (or when the channel comes back).
+                None => Some(now + TimeDelta::days(1)),
+                Some(c) => [c.paused_until, c.transient_until]
+                    .into_iter()
+                    .flatten()
+                    .filter(|u| *u > now)
+                    .max(),
             }
         };
-        let now = self.clock.now();
-        let Some(config) = config else {
-            // A login channel no longer configured: its grants wait, looked
-            // at again in a day (or when the channel comes back).
-            let retry_at = now + TimeDelta::days(1);
-            self.set_aside(&grant, retry_at).await?;
-            return Ok(RefreshEnd::Skipped);
-        };
-        if let Some(until) = paused.filter(|u| *u > now) {
-            self.set_aside(&grant, until).await?;
-            return Ok(RefreshEnd::Skipped);
+        if let Some(until) = held {
+            self.set_aside(grant, until).await?;
+            return Ok(Some(RefreshEnd::Skipped));
         }
         if grant.horizon_at <= now {
             // The pass's scan ends it; nothing is sent.
-            let subject = grant.subject.clone();
+            let (channel, subject) = (grant.channel.clone(), grant.subject.clone());
             self.store
                 .blocking(move |s| {
                     s.fail_refresh(
@@ -570,31 +745,40 @@ impl Login {
                 })
                 .await?;
             self.inner().next_notice = None;
-            return Ok(RefreshEnd::NeedsLogin);
+            return Ok(Some(RefreshEnd::NeedsLogin));
         }
-        if self.permit(&channel).await.is_none() {
-            return Ok(RefreshEnd::Skipped);
-        }
+        Ok(None)
+    }
+
+    /// Refreshes one grant (due, or reported refused), journaled. The
+    /// caller holds the grant's lock and a permit of its channel, and has
+    /// passed [`Self::gate`].
+    async fn refresh_locked(&self, grant: GrantRecord) -> Result<RefreshEnd, StoreError> {
+        let channel = grant.channel.clone();
+        let hash = grant.subject_hash();
+        let (config, t) = {
+            let inner = self.inner();
+            let Some(c) = inner.channels.get(&channel) else {
+                return Ok(RefreshEnd::Skipped);
+            };
+            (c.config.clone(), inner.timings)
+        };
         let now = self.clock.now();
-        let (channel2, subject) = (channel.clone(), grant.subject.clone());
-        let Some((_, tokens)) = self
+        let (c, s) = (channel.clone(), grant.subject.clone());
+        let Some((intent, tokens)) = self
             .store
-            .blocking(move |s| s.login_grant_tokens(&channel2, &subject))
+            .blocking(move |st| st.begin_refresh(now, &c, &s))
             .await?
         else {
-            return Ok(RefreshEnd::Stored);
+            return Ok(RefreshEnd::Skipped);
         };
-        let (channel2, subject) = (channel.clone(), grant.subject.clone());
-        let intent = self
-            .store
-            .blocking(move |s| s.open_refresh_intent(now, &channel2, &subject))
-            .await?;
         let answer = self
             .client
             .refresh(&channel, config.secret.as_ref(), &tokens.refresh)
             .await;
         let now = self.clock.now();
         let failures = grant.consecutive_failures;
+        let lost = answer.as_ref().is_err_and(|e| e.may_have_issued());
         let (outcome, detail) = match &answer {
             Ok(_) => (Outcome::Refreshed, String::new()),
             Err(e) if e.is_invalid_grant() => (Outcome::InvalidGrant, e.to_string()),
@@ -602,7 +786,12 @@ impl Login {
             Err(e) if e.is_rate_limited() => (Outcome::RateLimited(e.retry_after()), e.to_string()),
             Err(e) => (Outcome::Transient, e.to_string()),
         };
-        let action = rules::decide(outcome, failures, self.jitter_fraction(&grant, failures));
+        let grant_key = format!("{channel}/{}", grant.subject);
+        let action = rules::decide(
+            outcome,
+            failures,
+            self.jitter_fraction(&grant_key, failures),
+        );
         let subject = grant.subject.clone();
         let end = match &action {
             Action::Store => RefreshEnd::Stored,
@@ -611,6 +800,20 @@ impl Login {
         };
         match (action, answer) {
             (Action::Store, Ok(answer)) => {
+                // LINE answers this channel again: its holds and its
+                // refusal are over.
+                {
+                    let mut inner = self.inner();
+                    if let Some(c) = inner.channels.get_mut(&channel) {
+                        let was_rejected = std::mem::take(&mut c.rejected);
+                        c.transient_failures = 0;
+                        c.transient_until = None;
+                        c.paused_until = None;
+                        if was_rejected {
+                            inner.next_notice = None;
+                        }
+                    }
+                }
                 let access_expires_at = now + TimeDelta::seconds(answer.expires_in);
                 // Store whatever non-empty refresh token came back (LINE may
                 // rotate it), unless it is the one we hold.
@@ -652,8 +855,8 @@ impl Login {
             (Action::NeedsLogin, _) => {
                 let reason = if grant.lost_refresh {
                     format!(
-                        "LINE refused the refresh token (invalid_grant) after a refresh was lost \
-                         in a crash: the lost answer had rotated it ({detail})"
+                        "LINE refused the refresh token (invalid_grant) after a refresh's answer \
+                         was lost (in a crash or on the way): that answer had rotated it ({detail})"
                     )
                 } else {
                     format!("LINE refused the refresh token (invalid_grant): {detail}")
@@ -679,6 +882,7 @@ impl Login {
                 tracing::error!(channel = %channel, "LINE refused the login channel's ID or secret (invalid_client): its refreshes are paused until {}: {detail}", fmt_time(until));
                 if let Some(c) = self.inner().channels.get_mut(&channel) {
                     c.paused_until = Some(until);
+                    c.rejected = true;
                 }
                 let (c, d) = (channel.clone(), detail.clone());
                 self.store
@@ -704,28 +908,26 @@ impl Login {
                 _,
             ) => {
                 let retry_at = now + TimeDelta::from_std(after).unwrap_or_default();
-                if let Some(hold) = channel_hold
-                    && let Some(c) = self.inner().channels.get_mut(&channel)
-                {
-                    c.bucket
-                        .hold(now + TimeDelta::from_std(hold).unwrap_or_default());
-                }
-                tracing::warn!(channel = %channel, grant = %hash, retry_at = %fmt_time(retry_at), "LINE Login refresh failed: {detail}");
+                let held_until = self.hold_channel(&channel, now, channel_hold);
+                tracing::warn!(
+                    channel = %channel, grant = %hash, retry_at = %fmt_time(retry_at),
+                    channel_held_until = %fmt_time(held_until), lost,
+                    "LINE Login refresh failed: {detail}"
+                );
                 let reason = detail.clone();
+                let failure = if lost {
+                    RefreshFailure::Lost { retry_at, reason }
+                } else {
+                    RefreshFailure::Retry { retry_at, reason }
+                };
                 let c = channel.clone();
                 self.store
-                    .blocking(move |s| {
-                        s.fail_refresh(
-                            now,
-                            Some(intent),
-                            &c,
-                            &subject,
-                            &RefreshFailure::Retry { retry_at, reason },
-                        )
-                    })
+                    .blocking(move |s| s.fail_refresh(now, Some(intent), &c, &subject, &failure))
                     .await?;
                 let result = if channel_hold.is_some() {
                     "rate_limited"
+                } else if lost {
+                    "lost"
                 } else {
                     "transient"
                 };
@@ -734,6 +936,39 @@ impl Login {
             (Action::Store, Err(_)) => {}
         }
         Ok(end)
+    }
+
+    /// Holds a channel after a failed refresh: a 429 empties its bucket
+    /// for LINE's `Retry-After` (imports and reports wait too); any other
+    /// transient failure (5xx, network, a lost answer) holds its refreshes
+    /// for [`rules::backoff`] of the channel's failures in a row, doubling,
+    /// with jitter, until a success, so an outage costs a few calls per
+    /// channel, not one per due grant. Returns the end of the hold.
+    fn hold_channel(
+        &self,
+        channel: &ChannelId,
+        now: DateTime<Utc>,
+        rate_limit: Option<Duration>,
+    ) -> DateTime<Utc> {
+        let failures = self
+            .inner()
+            .channels
+            .get(channel)
+            .map_or(0, |c| c.transient_failures);
+        let jitter = self.jitter_fraction(channel.as_str(), failures);
+        let mut inner = self.inner();
+        let Some(c) = inner.channels.get_mut(channel) else {
+            return now;
+        };
+        if let Some(hold) = rate_limit {
+            let until = now + TimeDelta::from_std(hold).unwrap_or_default();
+            c.bucket.hold(until);
+            return until;
+        }
+        let until = now + TimeDelta::from_std(rules::backoff(failures, jitter)).unwrap_or_default();
+        c.transient_failures = failures.saturating_add(1);
+        c.transient_until = Some(until);
+        until
     }
 
     /// Moves a grant's next refresh to `at` without a call.
@@ -759,7 +994,7 @@ impl Login {
                 inner
                     .channels
                     .values()
-                    .filter(|c| c.paused_until.is_some_and(|u| u > now))
+                    .filter(|c| c.rejected)
                     .map(|c| c.config.id.clone())
                     .collect(),
             )
@@ -821,7 +1056,7 @@ impl Login {
                 severity: "critical",
                 summary: format!(
                     "LINE refuses login channel {c} (invalid_client): check its ID and \
-                     secret_file; its refreshes are paused"
+                     secret_file; its refreshes are paused and tried again hourly"
                 ),
             });
         }
@@ -950,9 +1185,21 @@ impl Login {
                 "must be above 0: the access token has expired",
             ));
         }
-        if self.permit(channel).await.is_none() {
-            return Err(LoginApiError::UnknownChannel(channel.to_string()));
+        if let Some(login_at) = import.login_at {
+            let (now, horizon) = (self.clock.now(), self.inner().timings.horizon);
+            if login_at > now + LOGIN_AT_SKEW {
+                return Err(invalid("login_at", "lies in the future"));
+            }
+            if login_at + TimeDelta::from_std(horizon).unwrap_or(TimeDelta::MAX) <= now {
+                return Err(invalid(
+                    "login_at",
+                    "is older than the horizon: the refresh token of that login is dead",
+                ));
+            }
         }
+        self.permit(channel)
+            .await
+            .map_err(|e| e.api_error(channel))?;
         let verified = self
             .client
             .verify(&access)
@@ -1008,18 +1255,16 @@ impl Login {
         // same transaction as the replacement (a refresh in between would
         // otherwise leave the newer token alive).
         let new_access = grant.access.clone();
-        // With a revoke to follow, no refresh of the grant may be in
-        // flight: its answer, superseded by the import, would never be
-        // stored, and its token would outlive the revoke unseen.
-        let _refreshing = if revoke_previous {
-            Some(self.refreshing.lock().await)
-        } else {
-            None
+        // Under the grant's lock: no refresh of the old grant is in flight
+        // (its answer, superseded by the import, would never be stored, and
+        // its token would outlive a revoke unseen), and none starts on the
+        // old tokens after the replacement.
+        let (replaced, previous) = {
+            let _grant = self.lock_grant(channel, &subject).await;
+            self.store
+                .blocking(move |s| s.replace_login_grant(now, &grant, revoke_previous))
+                .await?
         };
-        let (replaced, previous) = self
-            .store
-            .blocking(move |s| s.replace_login_grant(now, &grant, revoke_previous))
-            .await?;
         tracing::info!(
             channel = %channel, grant = %subject_hash(&subject), replaced,
             horizon_at = %fmt_time(horizon.at), horizon_estimated = horizon.estimated,
@@ -1058,22 +1303,22 @@ impl Login {
         let hash = subject_hash(subject);
         let outcome = match secret {
             None => PreviousRevoke::Failed("the login channel is no longer configured".into()),
-            Some(secret) => {
-                self.permit(channel).await;
-                match self.client.revoke(channel, secret.as_ref(), old).await {
-                    Ok(()) => PreviousRevoke::Revoked,
-                    Err(crate::line::error::LineError::Permanent { .. }) => {
-                        PreviousRevoke::AlreadyDead
-                    }
-                    Err(e) => PreviousRevoke::Failed(e.to_string()),
+            Some(secret) => match self.permit(channel).await {
+                Err(NoPermit::Stopping) => PreviousRevoke::Failed(STOPPING.to_owned()),
+                Err(NoPermit::UnknownChannel) => {
+                    PreviousRevoke::Failed("the login channel is no longer configured".into())
                 }
-            }
+                // LINE answers 200 for a token it no longer knows; a
+                // refusal is about the request (a wrong secret), and the
+                // token lives on.
+                Ok(()) => match self.client.revoke(channel, secret.as_ref(), old).await {
+                    Ok(()) => PreviousRevoke::Revoked,
+                    Err(e) => PreviousRevoke::Failed(e.to_string()),
+                },
+            },
         };
         let detail = match &outcome {
             PreviousRevoke::Revoked => "the replaced access token was revoked at LINE".to_owned(),
-            PreviousRevoke::AlreadyDead => {
-                "the replaced access token was already dead at LINE".to_owned()
-            }
             PreviousRevoke::Same => "the replaced grant held the same access token".to_owned(),
             PreviousRevoke::Failed(why) => format!(
                 "revoking the replaced access token failed (it lives until it expires): {why}"
@@ -1128,7 +1373,7 @@ impl Login {
                 // Its own task: a report whose client hangs up must not
                 // cut a refresh short between LINE's answer and the store.
                 let me = Arc::clone(self);
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let end = me.check_refused(&key.0, &key.1).await;
                     me.flights
                         .lock()
@@ -1159,8 +1404,7 @@ impl Login {
 
     /// The work of one "token refused" flight.
     async fn check_refused(&self, channel: &ChannelId, subject: &str) -> FlightEnd {
-        let _refreshing = self.refreshing.lock().await;
-        match self.check_refused_locked(channel, subject).await {
+        match self.check_refused_inner(channel, subject).await {
             Ok(end) => end,
             Err(e) => {
                 tracing::error!(channel = %channel, grant = %subject_hash(subject), error = %crate::logging::error_chain(&e), "checking a refused LINE Login token failed");
@@ -1169,42 +1413,63 @@ impl Login {
         }
     }
 
-    async fn check_refused_locked(
+    /// A verify, then at most one refresh, each after a permit and under
+    /// the grant's lock (never waiting for the bucket while holding it).
+    async fn check_refused_inner(
         &self,
         channel: &ChannelId,
         subject: &str,
     ) -> Result<FlightEnd, StoreError> {
         let hash = subject_hash(subject);
-        let (c, s) = (channel.clone(), subject.to_owned());
-        let Some((grant, tokens)) = self
-            .store
-            .blocking(move |st| st.login_grant_tokens(&c, &s))
-            .await?
-        else {
-            return Ok(FlightEnd::NoGrant);
+        let no_permit = |e: NoPermit| match e {
+            NoPermit::UnknownChannel => FlightEnd::NoGrant,
+            NoPermit::Stopping => FlightEnd::Line(STOPPING.to_owned()),
         };
-        let now = self.clock.now();
-        if grant.state != GrantState::Active || grant.horizon_at <= now {
-            // Nothing is sent for a grant that needs a new login.
-            return Ok(FlightEnd::Settled);
+        // Nothing is sent for a grant that needs a new login.
+        if let Err(end) = self.live_grant(channel, subject).await? {
+            return Ok(end);
         }
-        if self.permit(channel).await.is_none() {
-            return Ok(FlightEnd::NoGrant);
+        if let Err(e) = self.permit(channel).await {
+            return Ok(no_permit(e));
         }
-        let verified = match self.client.verify(&tokens.access).await {
-            Ok(v) => v,
-            Err(e) => return Ok(FlightEnd::Line(e.to_string())),
+        let checked = {
+            let _grant = self.lock_grant(channel, subject).await;
+            let (_, tokens) = match self.live_grant(channel, subject).await? {
+                Err(end) => return Ok(end),
+                Ok(found) => found,
+            };
+            let verified = match self.client.verify(&tokens.access).await {
+                Ok(v) => v,
+                Err(e) => return Ok(FlightEnd::Line(e.to_string())),
+            };
+            match verified {
+                Verification::Valid(v) if v.expires_in > 0 && &v.client_id == channel => {
+                    tracing::info!(channel = %channel, grant = %hash, "a consumer reported a LINE Login token refused, but LINE still accepts it: served again");
+                    self.metrics.login_refused(channel, "still_valid");
+                    return Ok(FlightEnd::Settled);
+                }
+                _ => tokens.access,
+            }
         };
-        match verified {
-            Verification::Valid(v) if v.expires_in > 0 && &v.client_id == channel => {
-                tracing::info!(channel = %channel, grant = %hash, "a consumer reported a LINE Login token refused, but LINE still accepts it: served again");
-                self.metrics.login_refused(channel, "still_valid");
+        tracing::warn!(channel = %channel, grant = %hash, "LINE no longer accepts a LINE Login grant's access token (the user logged out or was deauthorized?): refreshing once");
+        if let Err(e) = self.permit(channel).await {
+            return Ok(no_permit(e));
+        }
+        let end = {
+            let _grant = self.lock_grant(channel, subject).await;
+            let (grant, tokens) = match self.live_grant(channel, subject).await? {
+                Err(end) => return Ok(end),
+                Ok(found) => found,
+            };
+            if tokens.access.expose() != checked.expose() {
+                // Refreshed or re-imported meanwhile: serve what is stored.
                 return Ok(FlightEnd::Settled);
             }
-            _ => {}
-        }
-        tracing::warn!(channel = %channel, grant = %hash, "LINE no longer accepts a LINE Login grant's access token (the user logged out or was deauthorized?): refreshing once");
-        let end = self.refresh(grant).await?;
+            match self.gate(&grant).await? {
+                Some(end) => end,
+                None => self.refresh_locked(grant).await?,
+            }
+        };
         self.wake.notify_one();
         Ok(match end {
             RefreshEnd::Stored => {
@@ -1224,6 +1489,28 @@ impl Login {
                 )
             }
         })
+    }
+
+    /// A grant with its tokens when it is active and before its horizon;
+    /// otherwise how a report ends (no grant, or settled: it needs a new
+    /// login).
+    async fn live_grant(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Result<(GrantRecord, crate::store::GrantTokens), FlightEnd>, StoreError> {
+        let (c, s) = (channel.clone(), subject.to_owned());
+        let Some((grant, tokens)) = self
+            .store
+            .blocking(move |st| st.login_grant_tokens(&c, &s))
+            .await?
+        else {
+            return Ok(Err(FlightEnd::NoGrant));
+        };
+        if grant.state != GrantState::Active || grant.horizon_at <= self.clock.now() {
+            return Ok(Err(FlightEnd::Settled));
+        }
+        Ok(Ok((grant, tokens)))
     }
 
     /// The current access token of a grant.
@@ -1258,12 +1545,15 @@ impl Login {
     /// Ends a grant: deauthorizes the user first when `deauthorize_with`
     /// holds a channel token of the login channel, revokes the access
     /// token (and, best effort, the refresh token) at LINE, then deletes
-    /// the grant. A revoke LINE could not answer keeps the grant, so the
-    /// caller can try again.
+    /// the grant, all under the grant's lock (a refresh in flight ends
+    /// first, and its token is the one revoked). A revoke LINE did not
+    /// confirm, whether it could not answer or refused the request (a wrong
+    /// secret: LINE answers 200 for a token it no longer knows), keeps the
+    /// grant, so the caller can fix and try again.
     ///
     /// # Errors
     /// [`LoginApiError::NoGrant`], [`LoginApiError::Line`],
-    /// [`LoginApiError::Store`].
+    /// [`LoginApiError::LineRefused`], [`LoginApiError::Store`].
     pub async fn delete(
         &self,
         channel: &ChannelId,
@@ -1277,6 +1567,9 @@ impl Login {
             };
             c.config.secret.clone()
         };
+        let permit = |e: NoPermit| e.api_error(channel);
+        self.permit(channel).await.map_err(permit)?;
+        let _grant = self.lock_grant(channel, subject).await;
         let (c, s) = (channel.clone(), subject.to_owned());
         let Some((_, tokens)) = self
             .store
@@ -1288,7 +1581,6 @@ impl Login {
         let hash = subject_hash(subject);
         let mut detail = Vec::new();
         if let Some(channel_token) = deauthorize_with {
-            self.permit(channel).await;
             match self
                 .client
                 .deauthorize(channel, &channel_token, &tokens.access)
@@ -1300,27 +1592,36 @@ impl Login {
                 }
                 Err(e) => return Err(LoginApiError::Line(e.to_string())),
             }
+            self.permit(channel).await.map_err(permit)?;
         }
-        self.permit(channel).await;
         match self
             .client
             .revoke(channel, secret.as_ref(), &tokens.access)
             .await
         {
             Ok(()) => detail.push("access token revoked"),
-            // A token LINE no longer knows needs no revoke.
-            Err(crate::line::error::LineError::Permanent { .. }) => {
-                detail.push("access token already dead");
+            Err(e @ crate::line::error::LineError::Permanent { .. }) => {
+                return Err(LoginApiError::LineRefused {
+                    operation: "revoke of the access token",
+                    code: e.code().map(str::to_owned),
+                    detail: e.to_string(),
+                });
             }
             Err(e) => return Err(LoginApiError::Line(e.to_string())),
         }
-        self.permit(channel).await;
-        if let Err(e) =
-            revoke_refresh(&self.client, channel, secret.as_ref(), &tokens.refresh).await
-        {
-            tracing::info!(channel = %channel, grant = %hash, "revoking the refresh token (LINE's undocumented form) failed: {e}");
-        } else {
-            detail.push("refresh token revoked");
+        match self.permit(channel).await {
+            Ok(()) => {
+                if let Err(e) =
+                    revoke_refresh(&self.client, channel, secret.as_ref(), &tokens.refresh).await
+                {
+                    tracing::info!(channel = %channel, grant = %hash, "revoking the refresh token (LINE's undocumented form) failed: {e}");
+                } else {
+                    detail.push("refresh token revoked");
+                }
+            }
+            Err(_) => {
+                tracing::info!(channel = %channel, grant = %hash, "the refresh token was not revoked (LINE's undocumented form): linetokd is stopping");
+            }
         }
         let now = self.clock.now();
         let (c, s, d) = (channel.clone(), subject.to_owned(), detail.join(", "));
@@ -1461,12 +1762,16 @@ pub fn schedule(t: &Timings, grants: &[GrantRecord]) -> Vec<(ChannelId, String, 
             let next = if g.lost_refresh {
                 g.next_refresh_at
             } else {
-                rules::next_refresh(
-                    t,
-                    g.access_expires_at,
+                rules::resume(
+                    rules::next_refresh(
+                        t,
+                        g.access_expires_at,
+                        g.horizon_at,
+                        rules::jitter(g.channel.as_str(), &g.subject),
+                        g.retry_not_before,
+                    ),
+                    g.last_refresh_at,
                     g.horizon_at,
-                    rules::jitter(g.channel.as_str(), &g.subject),
-                    g.retry_not_before,
                 )
             };
             (g.channel.clone(), g.subject.clone(), next)

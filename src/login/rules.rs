@@ -84,6 +84,23 @@ pub fn after_refresh(
     if next <= now { horizon_at } else { next }
 }
 
+/// A grant's next refresh when it is scheduled afresh (start-up, a
+/// reload): `next` from [`next_refresh`], unless the refresh it names was
+/// already made, i.e. the last refresh happened at or after it (the last
+/// refresh before the horizon is done; a restart must not make it due
+/// again): then none, the grant's next look is its horizon, as
+/// [`after_refresh`] left it.
+pub fn resume(
+    next: DateTime<Utc>,
+    last_refresh_at: Option<DateTime<Utc>>,
+    horizon_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match last_refresh_at {
+        Some(last) => after_refresh(next, last, horizon_at),
+        None => next,
+    }
+}
+
 /// A grant's horizon and whether it is an estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
@@ -289,6 +306,26 @@ mod tests {
             let got = next_refresh(&t(), at(access), at(horizon), j, not_before.map(at));
             assert_eq!(got, at(want), "{access} {horizon} {not_before:?}");
         }
+    }
+
+    #[test]
+    fn a_rescheduled_grant_is_not_due_again_for_a_refresh_already_made() {
+        let j = Duration::from_secs(600);
+        let h = at(90.0);
+        // The last refresh before the horizon was made at its slot (89.5
+        // days less the jitter): its slot is the same after a restart.
+        let slot = at(89.5) - TimeDelta::seconds(600);
+        let next = next_refresh(&t(), slot + TimeDelta::days(30), h, j, None);
+        assert_eq!(next, slot);
+        assert_eq!(resume(next, Some(slot), h), h);
+        // Made a minute later (the pass ran late): done too.
+        assert_eq!(resume(next, Some(slot + TimeDelta::minutes(1)), h), h);
+        // A refresh at 54 days: the next (81 days) is still ahead.
+        let next = next_refresh(&t(), at(84.0), h, j, None);
+        assert_eq!(resume(next, Some(at(54.0)), h), next);
+        // Never refreshed (imported late): due as computed.
+        let next = next_refresh(&t(), at(100.0), h, j, None);
+        assert_eq!(resume(next, None, h), next);
     }
 
     #[test]

@@ -174,6 +174,18 @@ pub enum RefreshFailure {
         /// Why, for the event.
         reason: String,
     },
+    /// The answer was lost after the request left (timeout, broken
+    /// connection, unusable success): LINE may have rotated the refresh
+    /// token without linetokd getting the new one. Retried at `retry_at`
+    /// like [`RefreshFailure::Retry`], and the grant is flagged
+    /// `lost_refresh` with a `login_lost_refresh` event, so a later
+    /// `invalid_grant` is explained.
+    Lost {
+        /// The next attempt.
+        retry_at: DateTime<Utc>,
+        /// Why, for the event (never a token value).
+        reason: String,
+    },
     /// The channel was refused (`invalid_client`): the grant waits, its
     /// failure not counted against it, until `retry_at`.
     ChannelPaused {
@@ -251,8 +263,8 @@ fn decode(row: &Row<'_>) -> Result<GrantRecord, Fail> {
 }
 
 /// The additional data's place of one value: `kind` is `access` or
-/// `refresh` (also what re-encryption in [`super::values`] uses).
-pub(super) fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
+/// `refresh`.
+fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
     Place {
         table: TABLE,
         channel,
@@ -279,8 +291,53 @@ fn grant_event(
     insert_event(tx, now, channel, None, None, kind, &text).map(drop)
 }
 
+/// Seals one value of a grant (`kind` `access` or `refresh`) under the
+/// active key, naming the grant (by its hash) on failure: every write of a
+/// grant's values, the store's and re-encryption's ([`super::values`]).
+pub(super) fn seal_value(
+    values: &super::values::Values,
+    tx: &Connection,
+    channel: &str,
+    subject: &str,
+    kind: &'static str,
+    value: &str,
+) -> Result<(Vec<u8>, u32), Fail> {
+    values
+        .seal_only(tx, &place(channel, subject, kind), value)?
+        .map_err(|reason| value_error(channel, subject, kind, "encrypted", reason))
+}
+
+/// Opens one value of a grant, naming the grant (by its hash) on failure:
+/// every read of a grant's values, the store's and re-encryption's.
+pub(super) fn open_value(
+    values: &super::values::Values,
+    channel: &str,
+    subject: &str,
+    kind: &'static str,
+    sealed: &[u8],
+) -> Result<String, Fail> {
+    values
+        .open_only(&place(channel, subject, kind), sealed)?
+        .map_err(|reason| value_error(channel, subject, kind, "decrypted", reason))
+}
+
+fn value_error(
+    channel: &str,
+    subject: &str,
+    kind: &'static str,
+    action: &'static str,
+    reason: super::crypt::CryptError,
+) -> Fail {
+    Fail::Store(StoreError::LoginValue {
+        channel: channel.to_owned(),
+        subject: subject_hash(subject),
+        kind,
+        action,
+        reason,
+    })
+}
+
 impl Store {
-    /// Seals `value` for a grant, or names the grant in the error.
     fn seal_login(
         &self,
         tx: &Connection,
@@ -289,18 +346,7 @@ impl Store {
         kind: &'static str,
         value: &str,
     ) -> Result<(Vec<u8>, u32), Fail> {
-        self.inner
-            .values
-            .seal_only(tx, &place(channel, subject, kind), value)?
-            .map_err(|reason| {
-                Fail::Store(StoreError::LoginValue {
-                    channel: channel.to_owned(),
-                    subject: subject_hash(subject),
-                    kind,
-                    action: "encrypted",
-                    reason,
-                })
-            })
+        seal_value(&self.inner.values, tx, channel, subject, kind, value)
     }
 
     fn open_login(
@@ -310,18 +356,7 @@ impl Store {
         kind: &'static str,
         sealed: &[u8],
     ) -> Result<String, Fail> {
-        self.inner
-            .values
-            .open_only(&place(channel, subject, kind), sealed)?
-            .map_err(|reason| {
-                Fail::Store(StoreError::LoginValue {
-                    channel: channel.to_owned(),
-                    subject: subject_hash(subject),
-                    kind,
-                    action: "decrypted",
-                    reason,
-                })
-            })
+        open_value(&self.inner.values, channel, subject, kind, sealed)
     }
 
     /// Stores an imported grant, replacing any grant of the same subject
@@ -602,6 +637,48 @@ impl Store {
         })
     }
 
+    /// Starts a refresh of an active grant: reads its tokens and opens (and
+    /// commits) its intent in one transaction, so the refresh token sent is
+    /// the one the intent was opened for. An import or delete after this
+    /// closes the intent (`superseded`), and [`Self::complete_refresh`]
+    /// then stores nothing: a replaced grant's refresh never lands on the
+    /// new grant. `None` when there is no active grant.
+    ///
+    /// # Errors
+    /// [`StoreError::LoginUnencrypted`], [`StoreError::LoginValue`],
+    /// [`StoreError::Query`] (also when an intent is already open for the
+    /// grant), [`StoreError::ReadOnly`].
+    pub fn begin_refresh(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        subject: &str,
+    ) -> Result<Option<(i64, GrantTokens)>, StoreError> {
+        self.write("starting a login refresh", |tx| {
+            let c = channel.as_str();
+            let sealed: Option<(Vec<u8>, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT access_token_enc, refresh_token_enc FROM login_grants \
+                     WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
+                    params![c, subject],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((access, refresh)) = sealed else {
+                return Ok(None);
+            };
+            let tokens = GrantTokens {
+                access: AccessToken::new(self.open_login(c, subject, "access", &access)?),
+                refresh: RefreshToken::new(self.open_login(c, subject, "refresh", &refresh)?),
+            };
+            tx.execute(
+                "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
+                params![c, subject, millis(now)],
+            )?;
+            Ok(Some((tx.last_insert_rowid(), tokens)))
+        })
+    }
+
     /// Stores a refresh's answer and closes its intent, in one
     /// transaction: the new access token, the new refresh token when LINE
     /// sent one (else the stored one, re-sealed), the next refresh.
@@ -716,6 +793,27 @@ impl Store {
                         channel,
                         subject,
                         EventKind::LoginRefreshFailed,
+                        &detail,
+                    )?;
+                }
+                RefreshFailure::Lost { retry_at, reason } => {
+                    tx.execute(
+                        "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
+                         retry_not_before = ?3, next_refresh_at = ?3, lost_refresh = 1 \
+                         WHERE channel_id = ?1 AND subject = ?2",
+                        params![c, subject, millis(*retry_at)],
+                    )?;
+                    let detail = format!(
+                        "the answer to a refresh was lost ({reason}): LINE may have issued a new \
+                         refresh token that was never stored; retried at {}",
+                        retry_at.format("%Y-%m-%dT%H:%M:%SZ")
+                    );
+                    grant_event(
+                        tx,
+                        now,
+                        channel,
+                        subject,
+                        EventKind::LoginLostRefresh,
                         &detail,
                     )?;
                 }

@@ -436,7 +436,13 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
             })
             .optional()?;
         if let Some((channel, subject, sealed)) = grant {
-            open_grant_value(values, &channel, &subject, GrantValue::Access, &sealed)?;
+            super::login::open_value(
+                values,
+                &channel,
+                &subject,
+                GrantValue::Access.as_str(),
+                &sealed,
+            )?;
         }
     }
     Ok(())
@@ -546,30 +552,6 @@ impl GrantValue {
     }
 }
 
-/// Opens one value of a grant, naming the grant (by its hash) on failure.
-pub(super) fn open_grant_value(
-    values: &Values,
-    channel: &str,
-    subject: &str,
-    kind: GrantValue,
-    sealed: &[u8],
-) -> Result<String, Fail> {
-    values
-        .open_only(
-            &super::login::place(channel, subject, kind.as_str()),
-            sealed,
-        )?
-        .map_err(|reason| {
-            Fail::Store(StoreError::LoginValue {
-                channel: channel.to_owned(),
-                subject: crate::domain::subject_hash(subject),
-                kind: kind.as_str(),
-                action: "decrypted",
-                reason,
-            })
-        })
-}
-
 /// Seals under the `active` key, both values under the same additional
 /// data rules as when written, at most `limit` login grants (all when
 /// negative) that are under another key; returns how many.
@@ -593,17 +575,10 @@ fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> R
     for (channel, subject, access, refresh) in rows {
         let mut sealed = Vec::with_capacity(2);
         for (kind, value) in [(GrantValue::Access, access), (GrantValue::Refresh, refresh)] {
-            let opened = open_grant_value(values, &channel, &subject, kind, &value)?;
-            let place = super::login::place(&channel, &subject, kind.as_str());
-            let (bytes, key) = values.seal_only(tx, &place, &opened)?.map_err(|reason| {
-                Fail::Store(StoreError::LoginValue {
-                    channel: channel.clone(),
-                    subject: crate::domain::subject_hash(&subject),
-                    kind: kind.as_str(),
-                    action: "encrypted",
-                    reason,
-                })
-            })?;
+            let opened =
+                super::login::open_value(values, &channel, &subject, kind.as_str(), &value)?;
+            let (bytes, key) =
+                super::login::seal_value(values, tx, &channel, &subject, kind.as_str(), &opened)?;
             sealed.push((bytes, key));
         }
         let [(access, key), (refresh, _)] = <[(Vec<u8>, u32); 2]>::try_from(sealed)

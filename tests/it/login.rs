@@ -1311,3 +1311,503 @@ async fn more_than_twenty_reauth_notices_in_a_pass_reach_a_receiver_as_one_messa
         .collect();
     assert_eq!(due.len(), 20, "one per grant at 20");
 }
+
+// ---------------------------------------------------------------------------
+// Review fixes: shutdown, revoke refusals, per-grant locks, channel holds,
+// lost answers, the rejected channel, login_at, rescheduling, flights.
+// ---------------------------------------------------------------------------
+
+/// Polls `done` until it holds (a condition, not a fixed sleep); panics
+/// after 20 s of wall time.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < give_up, "never: {what}");
+        tokio::time::sleep(StdDuration::from_millis(2)).await;
+    }
+}
+
+/// [`driven`], but the clock is never moved past `limit`: `None` when
+/// `work` has not ended after 20 s of wall time.
+async fn driven_until<T>(
+    clock: &ManualClock,
+    limit: DateTime<Utc>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let give_up = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            () = tokio::time::sleep(StdDuration::from_millis(1)) => {
+                if tokio::time::Instant::now() > give_up {
+                    return None;
+                }
+                if clock.sleepers() > 0 {
+                    let at = clock.next_deadline().await;
+                    if at <= limit {
+                        clock.set(at);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Rig {
+    fn due_now(&self, subjects: &[&str]) {
+        let now = self.now();
+        let next: Vec<_> = subjects
+            .iter()
+            .map(|s| (self.channel(), (*s).to_owned(), now))
+            .collect();
+        self.store.reschedule_login_grants(&next).unwrap();
+    }
+
+    fn grant(&self, subject: &str) -> linetokd::store::GrantRecord {
+        self.store
+            .login_grant(&self.channel(), subject)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn fault(&self, path: &str, rule: linetokd::sandbox::FaultRule) {
+        let mut faults = linetokd::sandbox::Faults::default();
+        faults.endpoints.insert(path.to_owned(), rule);
+        self.lab.sandbox.set_faults(faults).unwrap();
+    }
+
+    fn no_faults(&self) {
+        self.lab
+            .sandbox
+            .set_faults(linetokd::sandbox::Faults::default())
+            .unwrap();
+    }
+
+    /// LOGIN becomes a web-app channel at LINE, whose secret the module
+    /// does not send: LINE answers `invalid_client`.
+    fn make_web_app(&self, web: bool) {
+        self.lab
+            .sandbox
+            .register_login_channel(SandboxLogin {
+                id: ChannelId::new(LOGIN),
+                secret: ChannelSecret::new(LOGIN_SECRET),
+                app_type: if web {
+                    LoginAppType::Web
+                } else {
+                    LoginAppType::Native
+                },
+                rotate_refresh_tokens: true,
+            })
+            .unwrap();
+    }
+
+    fn rejected_alert(&self) -> Option<linetokd::store::AlertRecord> {
+        self.store
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .find(|a| a.alertname == "login_channel_rejected")
+    }
+}
+
+#[tokio::test]
+async fn stop_ends_a_pass_between_two_refreshes_and_cuts_none() {
+    let rig = rig(1).await;
+    let subjects = ["Us1", "Us2", "Us3", "Us4"];
+    for s in subjects {
+        rig.import(s).await;
+    }
+    rig.due_now(&subjects);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(Arc::clone(&rig.login).run(stop.clone()));
+    // The pass waits for the bucket (1 a second) on a clock nobody moves.
+    wait_until("the pass waits for the bucket", || {
+        rig.lab.clock.sleepers() > 0
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(StdDuration::from_secs(20), run)
+        .await
+        .expect("run ends without the bucket's wait")
+        .unwrap();
+    assert!(rig.refreshes() < subjects.len());
+    assert!(
+        rig.store.open_refresh_intents().unwrap().is_empty(),
+        "no refresh was cut between its intent and its commit"
+    );
+}
+
+#[tokio::test]
+async fn a_revoke_line_refuses_keeps_the_grant_and_names_lines_code() {
+    let rig = rig(5).await;
+    rig.import("Urefused").await;
+    rig.make_web_app(true);
+    let (status, body) = rig
+        .call(
+            "DELETE",
+            &format!("/v1/login/{LOGIN}/grants/Urefused"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "line_refused");
+    assert_eq!(body["line_error"], "invalid_client");
+    assert!(
+        body["message"].as_str().unwrap().contains("invalid_client"),
+        "{body}"
+    );
+    assert_eq!(rig.grant("Urefused").state, GrantState::Active, "kept");
+    // A re-import asking to revoke the replaced token reports the refusal.
+    let t = rig.sandbox_login(LOGIN, "Urefused");
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(json!({
+                "subject": "Urefused", "access_token": t["access_token"],
+                "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+                "revoke_previous": true,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["previous_revoke"]["result"], "failed", "{answer}");
+    assert!(
+        answer["previous_revoke"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_held_by_a_429_does_not_hold_up_another_channels_report() {
+    let rig = rig(5).await;
+    let mut both = config(5);
+    both.channels.push(LoginChannelConfig {
+        id: ChannelId::new(OTHER),
+        name: "other-login".into(),
+        secret: None,
+    });
+    rig.login.reconfigure(&both);
+    rig.import("Ua1").await;
+    rig.import("Ua2").await;
+    let t = rig.sandbox_login(OTHER, "Ub1");
+    let (status, answer) = rig
+        .call(
+            "POST",
+            &format!("/v1/login/{OTHER}/grants"),
+            ADMIN,
+            Some(json!({
+                "subject": "Ub1", "access_token": t["access_token"],
+                "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    rig.fault(
+        "/oauth2/v2.1/token",
+        linetokd::sandbox::FaultRule {
+            rate_limit_rate: 1.0,
+            retry_after_secs: 3600,
+            ..Default::default()
+        },
+    );
+    rig.lab.clock.set(rig.now() + Duration::seconds(1));
+    rig.due_now(&["Ua1", "Ua2"]);
+    let login = Arc::clone(&rig.login);
+    let pass = tokio::spawn(async move { login.pass().await });
+    wait_until("LOGIN is held by a 429", || {
+        rig.refreshes() == 1 && rig.lab.clock.sleepers() > 0
+    })
+    .await;
+    rig.no_faults();
+    // The user of OTHER logs out: LINE no longer accepts the token.
+    LoginClient::new(rig.lab.client.clone(), None)
+        .revoke(
+            &ChannelId::new(OTHER),
+            None,
+            &linetokd::domain::AccessToken::new(t["access_token"].as_str().unwrap()),
+        )
+        .await
+        .unwrap();
+    let start = rig.now();
+    let limit = start + Duration::seconds(60);
+    let report = driven_until(
+        &rig.lab.clock,
+        limit,
+        rig.login.token_refused(&ChannelId::new(OTHER), "Ub1"),
+    )
+    .await
+    .expect("the report of OTHER ends while LOGIN is held");
+    assert!(report.is_ok(), "{report:?}");
+    assert!(rig.now() <= limit);
+    assert!(!pass.is_finished(), "LOGIN is still held");
+    pass.abort();
+}
+
+#[tokio::test]
+async fn a_delete_waits_for_the_refresh_in_flight_and_revokes_its_token() {
+    let rig = rig(5).await;
+    rig.import("Udel").await;
+    rig.fault(
+        "/oauth2/v2.1/token",
+        linetokd::sandbox::FaultRule {
+            latency_ms: 1000,
+            ..Default::default()
+        },
+    );
+    rig.lab.clock.set(rig.now() + Duration::seconds(1));
+    rig.due_now(&["Udel"]);
+    let login = Arc::clone(&rig.login);
+    let pass = tokio::spawn(async move { login.pass().await });
+    wait_until("the refresh is in flight", || {
+        !rig.store.open_refresh_intents().unwrap().is_empty()
+    })
+    .await;
+    let (status, body) = rig
+        .call(
+            "DELETE",
+            &format!("/v1/login/{LOGIN}/grants/Udel"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    pass.await.unwrap().unwrap();
+    assert_eq!(rig.refreshes(), 1);
+    assert!(
+        rig.store
+            .login_grant(&rig.channel(), "Udel")
+            .unwrap()
+            .is_none()
+    );
+    let at_line = rig.lab.sandbox.login_grants(&rig.channel());
+    let grant = at_line.iter().find(|g| g.subject == "Udel").unwrap();
+    assert_eq!(grant.access_tokens.len(), 2, "the refresh's token too");
+    for token in &grant.access_tokens {
+        assert_ne!(
+            token.state,
+            linetokd::sandbox::LoginTokenState::Live,
+            "no live token is left unrecorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_outage_costs_a_few_calls_per_channel_not_one_per_grant() {
+    let rig = rig(50).await;
+    let subjects = ["Uo1", "Uo2", "Uo3", "Uo4", "Uo5", "Uo6", "Uo7", "Uo8"];
+    for s in subjects {
+        rig.import(s).await;
+    }
+    rig.lab
+        .sandbox
+        .set_faults(linetokd::sandbox::Faults {
+            down: true,
+            ..Default::default()
+        })
+        .unwrap();
+    rig.due_now(&subjects);
+    let start = rig.now();
+    rig.pass_at(start).await;
+    assert_eq!(rig.refreshes(), 1, "one failing call, the rest held");
+    // An hour of outage: the channel's hold doubles.
+    loop {
+        let next = driven(&rig.lab.clock, rig.login.pass())
+            .await
+            .unwrap()
+            .unwrap();
+        if next > start + Duration::hours(1) {
+            break;
+        }
+        rig.lab.clock.set(next.max(rig.now()));
+    }
+    let during = rig.refreshes();
+    assert!(during <= 8, "{during} calls in an hour of outage");
+    rig.no_faults();
+    for _ in 0..20 {
+        if subjects
+            .iter()
+            .all(|s| rig.grant(s).last_refresh_at.is_some())
+        {
+            break;
+        }
+        let next = driven(&rig.lab.clock, rig.login.pass())
+            .await
+            .unwrap()
+            .unwrap();
+        rig.lab.clock.set(next.max(rig.now()));
+    }
+    for s in subjects {
+        let g = rig.grant(s);
+        assert!(
+            g.last_refresh_at.is_some(),
+            "{s} refreshed after the outage"
+        );
+        assert_eq!(g.consecutive_failures, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_in_rotation_is_reported_and_explains_the_invalid_grant() {
+    let rig = rig(5).await;
+    rig.import("Ulost").await;
+    rig.fault(
+        "/oauth2/v2.1/token",
+        linetokd::sandbox::FaultRule {
+            drop_after_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    rig.due_now(&["Ulost"]);
+    rig.pass_at(rig.now()).await;
+    assert_eq!(rig.refreshes(), 1);
+    let reported = rig.events(EventKind::LoginLostRefresh);
+    assert_eq!(reported.len(), 1, "never silent: {reported:?}");
+    assert!(!reported[0].contains("Ulost"));
+    assert!(rig.grant("Ulost").lost_refresh);
+    rig.no_faults();
+    for _ in 0..5 {
+        if rig.grant("Ulost").state != GrantState::Active {
+            break;
+        }
+        let at = rig.grant("Ulost").next_refresh_at.max(rig.now());
+        rig.pass_at(at).await;
+    }
+    assert_eq!(rig.grant("Ulost").state, GrantState::NeedsLogin);
+    let why = rig.events(EventKind::LoginNeedsLogin);
+    assert!(why[0].contains("lost"), "{why:?}");
+}
+
+#[tokio::test]
+async fn invalid_client_pauses_the_whole_channel_and_alerts_until_a_refresh_succeeds() {
+    let rig = rig(5).await;
+    rig.import("Uc1").await;
+    rig.import("Uc2").await;
+    rig.make_web_app(true);
+    rig.due_now(&["Uc1", "Uc2"]);
+    let start = rig.now();
+    rig.pass_at(start).await;
+    assert_eq!(rig.refreshes(), 1, "no call for the other grant");
+    rig.pass_at(start + Duration::seconds(1)).await;
+    let fired = rig.rejected_alert().expect("login_channel_rejected fires");
+    rig.pass_at(start + Duration::minutes(30)).await;
+    assert_eq!(rig.refreshes(), 1, "nothing during the pause");
+    // The pause ends: one try, refused again; the alert never resolved.
+    for minutes in [61, 62, 63] {
+        rig.pass_at(start + Duration::minutes(minutes)).await;
+        let again = rig.rejected_alert().expect("still firing");
+        assert_eq!(again.started_at, fired.started_at, "one episode");
+    }
+    assert_eq!(rig.refreshes(), 2);
+    // LINE accepts the channel again: the next try succeeds, the alert ends.
+    rig.make_web_app(false);
+    for minutes in [125, 126, 127] {
+        rig.pass_at(start + Duration::minutes(minutes)).await;
+    }
+    assert!(rig.rejected_alert().is_none());
+    assert!(rig.grant("Uc1").last_refresh_at.is_some());
+    assert!(rig.grant("Uc2").last_refresh_at.is_some());
+}
+
+#[tokio::test]
+async fn a_login_at_in_the_future_or_past_the_horizon_is_refused_naming_it() {
+    let rig = rig(5).await;
+    for login_at in [
+        rig.now() + Duration::days(1),
+        rig.now() - Duration::days(91),
+    ] {
+        let t = rig.sandbox_login(LOGIN, "Uwhen");
+        let (status, body) = rig
+            .call(
+                "POST",
+                &format!("/v1/login/{LOGIN}/grants"),
+                ADMIN,
+                Some(json!({
+                    "subject": "Uwhen", "access_token": t["access_token"],
+                    "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
+                    "login_at": login_at.to_rfc3339(),
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["field"], "login_at");
+    }
+    assert!(
+        rig.store
+            .login_grant(&rig.channel(), "Uwhen")
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_refresh_before_reschedules_the_grants() {
+    let rig = rig(5).await;
+    rig.import("Ure").await;
+    let before = rig.grant("Ure").next_refresh_at;
+    let mut earlier = config(5);
+    earlier.timings.refresh_before = StdDuration::from_secs(5 * 86_400);
+    rig.login.reconfigure(&earlier);
+    rig.pass_at(rig.now()).await;
+    assert_eq!(rig.grant("Ure").next_refresh_at, before - Duration::days(2));
+}
+
+#[tokio::test]
+async fn a_restart_after_the_last_refresh_before_the_horizon_makes_no_extra_refresh() {
+    let rig = rig(5).await;
+    let start = rig.now();
+    rig.import("Ulast").await;
+    let horizon = start + Duration::days(90);
+    for _ in 0..10 {
+        let g = rig.grant("Ulast");
+        if g.next_refresh_at >= horizon {
+            break;
+        }
+        rig.pass_at(g.next_refresh_at).await;
+    }
+    let refreshes = rig.refreshes();
+    assert_eq!(refreshes, 4);
+    let (again, _, calls) = module(&rig.lab, &rig.store, 5);
+    rig.lab.clock.set(rig.now() + Duration::minutes(1));
+    driven(&rig.lab.clock, again.start_up()).await.unwrap();
+    driven(&rig.lab.clock, again.pass()).await.unwrap();
+    assert!(calls.lock().unwrap().is_empty(), "no extra refresh");
+    assert_eq!(rig.grant("Ulast").next_refresh_at, horizon);
+}
+
+#[tokio::test]
+async fn the_shutdown_waits_for_a_token_refused_check_and_ends_its_wait() {
+    let rig = rig(1).await;
+    rig.import("Uflight").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(Arc::clone(&rig.login).run(stop.clone()));
+    wait_until("the module sleeps", || rig.lab.clock.sleepers() > 0).await;
+    let login = Arc::clone(&rig.login);
+    let report =
+        tokio::spawn(async move { login.token_refused(&ChannelId::new(LOGIN), "Uflight").await });
+    // The check waits for the bucket (1 a second) on a clock nobody moves.
+    wait_until("the check waits for the bucket", || {
+        rig.lab.clock.sleepers() > 1
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(StdDuration::from_secs(20), run)
+        .await
+        .expect("run ends")
+        .unwrap();
+    let answer = tokio::time::timeout(StdDuration::from_secs(20), report)
+        .await
+        .expect("the check ended with the shutdown")
+        .unwrap();
+    assert!(
+        matches!(&answer, Err(LoginApiError::Line(why)) if why.contains("stopping")),
+        "{answer:?}"
+    );
+}
