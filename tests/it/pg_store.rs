@@ -503,3 +503,45 @@ fn a_cluster_is_stopped_and_its_dir_removed_when_its_owner_panics() {
         "nothing listens on {port} any more"
     );
 }
+
+#[tokio::test]
+async fn a_database_owner_without_superuser_can_migrate() {
+    let test = "a_database_owner_without_superuser_can_migrate";
+    let Some(db) = test_db(test).await else {
+        return;
+    };
+    // PostgreSQL 15's `public` schema belongs to the database owner, and
+    // nobody else may create in it. Over TLS when the cluster has it, so
+    // SCRAM with channel binding is exercised too.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" OWNER TO {PASSWORD_USER}",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/{}",
+        db.cluster.port, db.name
+    );
+    let url = match db.cluster.ca_file() {
+        Some(ca) => format!("{url}?sslmode=require&sslrootcert={}", ca.display()),
+        None => format!("{url}?sslmode=disable"),
+    };
+    let pool = pool(&url).await.unwrap();
+    let m = pool.migrate().await.unwrap();
+    assert_eq!((m.from, m.to), (0, 10));
+    let superuser: bool = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+}

@@ -360,6 +360,15 @@ impl PgPool {
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(options.connect_timeout);
         }
+        // tokio-postgres bounds each host's TCP connect; the pool bounds the
+        // whole creation (every host tried, then TLS and authentication),
+        // so one more connect timeout's worth is left for those.
+        let per_host = pg_config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(options.connect_timeout);
+        let hosts = u32::try_from(pg_config.get_hosts().len()).unwrap_or(u32::MAX);
+        let create_timeout = per_host.saturating_mul(hosts.saturating_add(1));
         // Fast recycling: a connection that broke is found by the next
         // query's error, and the pool then drops it. Verified recycling
         // would cost a round trip on every checkout.
@@ -377,15 +386,13 @@ impl PgPool {
         let pool = Pool::builder(manager)
             .max_size(options.max_size.max(1))
             .runtime(Runtime::Tokio1)
-            .create_timeout(Some(
-                pg_config_timeout(&target.config).unwrap_or(options.connect_timeout),
-            ))
+            .create_timeout(Some(create_timeout))
             .wait_timeout(Some(options.wait_timeout))
             .build()
             .map_err(|e| PgError::Connect {
                 target: target.redacted.clone(),
                 reason: format!("cannot build the connection pool: {e}"),
-                source: None,
+                driver: None,
             })?;
         let pool = Self {
             pool,
@@ -411,7 +418,7 @@ impl PgPool {
     }
 
     fn pool_error(&self, e: PoolError) -> PgError {
-        let (reason, source) = match e {
+        let (reason, driver) = match e {
             PoolError::Backend(e) => (connect_reason(&e), Some(e)),
             PoolError::Timeout(kind) => (format!("timed out ({kind:?})"), None),
             other => (other.to_string(), None),
@@ -419,13 +426,9 @@ impl PgPool {
         PgError::Connect {
             target: self.target.redacted.clone(),
             reason: scrub(reason, self.target.password()),
-            source,
+            driver,
         }
     }
-}
-
-fn pg_config_timeout(config: &tokio_postgres::Config) -> Option<Duration> {
-    config.get_connect_timeout().copied()
 }
 
 /// What a failed connection attempt says: the server's own message for a
@@ -475,7 +478,7 @@ fn tls_connector(roots: &Roots) -> Result<MakeRustlsConnect, PgError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| PgError::SystemRoots {
+        .map_err(|e| PgError::TlsSetup {
             reason: format!("the TLS provider refused the default protocol versions: {e}"),
         })?
         .with_root_certificates(store)

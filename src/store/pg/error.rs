@@ -43,16 +43,25 @@ pub enum PgError {
         reason: String,
     },
 
+    /// The TLS client could not be set up (not a certificate problem).
+    #[error("cannot set up TLS for PostgreSQL: {reason}")]
+    TlsSetup {
+        /// What failed.
+        reason: String,
+    },
+
     /// No connection could be opened (refused, TLS, authentication, timeout).
     #[error("cannot connect to PostgreSQL at {target}: {reason}")]
     Connect {
         /// The server, as [`super::PgTarget::redacted`] prints it.
         target: String,
-        /// What failed, in words (the server's message for a refused login).
+        /// What failed, in words (the server's message and SQLSTATE for a
+        /// refused login, the driver's cause chain otherwise).
         reason: String,
-        /// The driver's error, when there is one.
-        #[source]
-        source: Option<tokio_postgres::Error>,
+        /// The driver's error, when there is one, for callers that branch
+        /// on it. Not the `source`: `reason` already says what it says, and
+        /// a cause chain printed with `{:#}` would say it twice.
+        driver: Option<tokio_postgres::Error>,
     },
 
     /// A statement failed on an open connection.
