@@ -369,9 +369,10 @@ impl PgPool {
             .unwrap_or(options.connect_timeout);
         let hosts = u32::try_from(pg_config.get_hosts().len()).unwrap_or(u32::MAX);
         let create_timeout = per_host.saturating_mul(hosts.saturating_add(1));
-        // Fast recycling: a connection that broke is found by the next
-        // query's error, and the pool then drops it. Verified recycling
-        // would cost a round trip on every checkout.
+        // Fast recycling checks at checkout only that the connection's task
+        // still runs. A connection that broke unnoticed fails its next
+        // query, which ends its task, so the checkout after that drops it.
+        // Verified recycling would cost a round trip on every checkout.
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
