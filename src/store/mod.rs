@@ -57,6 +57,7 @@ mod long_lived;
 pub mod migrate;
 mod notes;
 mod notifications;
+pub mod pg;
 mod requests;
 mod sync;
 mod tokens;

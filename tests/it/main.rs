@@ -29,6 +29,8 @@ mod long_lived;
 mod migrate_v3;
 mod observability;
 mod package;
+mod pg_harness;
+mod pg_store;
 mod recovery;
 mod regressions;
 mod reload;

@@ -1,0 +1,129 @@
+//! [`PgError`]: what can go wrong between linetokd and a PostgreSQL server.
+//!
+//! Every message names what is wrong and where (the server as
+//! [`super::PgTarget::redacted`] prints it, the CA file, the migration) and
+//! never carries the password: messages are built from the parsed parts of
+//! the URL, never from the URL itself, and tokio-postgres's own errors
+//! (kept as `source`) name options and server messages, not values.
+
+use std::path::PathBuf;
+
+/// A PostgreSQL store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database URL cannot be used; `reason` says why (never quoting
+    /// the password).
+    #[error("the PostgreSQL URL ({redacted}) is invalid: {reason}")]
+    Url {
+        /// The URL with its password masked, or a placeholder when not even
+        /// that much could be read.
+        redacted: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The CA file named by `sslrootcert` cannot be read or holds no
+    /// certificate.
+    #[error("cannot use the CA file {path} (sslrootcert): {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The system's trusted root certificates cannot be loaded (the default
+    /// with `sslmode=require` and no `sslrootcert`).
+    #[error(
+        "cannot load the system's trusted root certificates for TLS to PostgreSQL: {reason}; \
+         name a CA file with ?sslrootcert=/path/to/ca.pem"
+    )]
+    SystemRoots {
+        /// What failed.
+        reason: String,
+    },
+
+    /// The TLS client could not be set up (not a certificate problem).
+    #[error("cannot set up TLS for PostgreSQL: {reason}")]
+    TlsSetup {
+        /// What failed.
+        reason: String,
+    },
+
+    /// No connection could be opened (refused, TLS, authentication, timeout).
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// What failed, in words (the server's message and SQLSTATE for a
+        /// refused login, the driver's cause chain otherwise).
+        reason: String,
+        /// The driver's error, when there is one, for callers that branch
+        /// on it. Not the `source`: `reason` already says what it says, and
+        /// a cause chain printed with `{:#}` would say it twice.
+        driver: Option<tokio_postgres::Error>,
+    },
+
+    /// A statement failed on an open connection.
+    #[error("PostgreSQL at {target}: {what} failed")]
+    Query {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// What was being done, e.g. "reading the schema version".
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The database was migrated by a newer linetokd; downgrades are refused.
+    #[error(
+        "the PostgreSQL database at {target} has schema version {found}, but this linetokd only \
+         knows versions up to {known}; use a newer linetokd (downgrades are not supported)"
+    )]
+    TooNew {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// The version found in `schema_version`.
+        found: u32,
+        /// The newest version this binary knows.
+        known: u32,
+    },
+
+    /// The database's `schema_version` says something no linetokd writes
+    /// (a version below the baseline, say): it was not made by linetokd.
+    #[error("the PostgreSQL database at {target} has an unexpected schema: {reason}")]
+    Schema {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// What is unexpected.
+        reason: String,
+    },
+
+    /// The migration list compiled in is not contiguous (a programming
+    /// error, caught by a unit test).
+    #[error("PostgreSQL migration {name} has version {found}, expected {expected}")]
+    MigrationOrder {
+        /// The version the list should have next.
+        expected: u32,
+        /// The version it has.
+        found: u32,
+        /// The migration's name.
+        name: &'static str,
+    },
+
+    /// A migration's SQL failed; the whole migration transaction was rolled
+    /// back, so the database is as it was.
+    #[error("PostgreSQL migration {version} ({name}) failed at {target}; nothing was applied")]
+    Migration {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// The failing migration's version.
+        version: u32,
+        /// The failing migration's name.
+        name: &'static str,
+        /// The driver's error (the server's message names the statement).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}

@@ -1,0 +1,49 @@
+//! The PostgreSQL store (in progress, issue 12): the connection pool and
+//! the schema. The typed queries of the SQLite store (`super`) get their
+//! PostgreSQL twins behind one store interface later; nothing in the daemon
+//! uses this module yet.
+//!
+//! - `connect`: [`PgTarget`] parses a `postgres://` URL (read by the caller
+//!   from the secret file `[daemon] database_url_file`) and its `sslmode`;
+//!   [`PgPool`] is a deadpool-postgres pool over tokio-postgres, TLS through
+//!   rustls on the tree's aws-lc-rs provider.
+//! - [`migrate`]: `migrations/postgres/*.sql`, the same schema versions as
+//!   SQLite's, applied in one transaction under a transaction-level advisory
+//!   lock; a newer schema is refused.
+//! - `error`: [`PgError`].
+//!
+//! Depends on tokio-postgres, deadpool-postgres and rustls, and on
+//! [`super::Migrated`]; nothing above the store.
+//!
+//! # Invariants
+//!
+//! - No message carries the database password: they name the server by
+//!   [`PgTarget::redacted`].
+//! - A schema change commits with its `schema_version` row or not at all,
+//!   and two instances migrating at once serialize on the advisory lock.
+//! - Times stay integer unix milliseconds (BIGINT), as in SQLite, so both
+//!   backends read and write the same values.
+
+mod connect;
+mod error;
+pub mod migrate;
+
+pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
+pub use error::PgError;
+pub use migrate::{MIGRATIONS, PgMigration, latest_version};
+
+use super::Migrated;
+
+impl PgPool {
+    /// Brings the database's schema to this binary's version
+    /// ([`migrate::apply`] with [`MIGRATIONS`]) on one pooled connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`migrate::apply`], and [`PgError::Connect`] when no connection
+    /// can be had.
+    pub async fn migrate(&self) -> Result<Migrated, PgError> {
+        let mut conn = self.get().await?;
+        migrate::apply(&mut conn, self.target(), MIGRATIONS).await
+    }
+}
