@@ -995,30 +995,31 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
         Ok(config) => daemon.reload(&config).await,
         Err(e) => Err(anyhow::Error::new(e)),
     };
+    daemon.metrics.config_reload(outcome.is_ok());
     let note = match &outcome {
-        Ok(()) => {
-            daemon.metrics.config_reload(true);
-            tracing::info!("config reloaded");
-            format!("ok ({cause})")
-        }
-        Err(e) => {
-            daemon.metrics.config_reload(false);
-            tracing::error!(error = %format!("{e:#}"), "config reload failed; the previous config stays in force");
-            format!("failed ({cause}): {e:#}")
-        }
+        Ok(()) => format!("ok ({cause})"),
+        Err(e) => format!("failed ({cause}): {e:#}"),
     };
+    // The note and the alert are stored before the outcome is logged: what
+    // watches the log (an operator, a test) then finds them in `status`.
     let (store, now) = (daemon.rotator.store().clone(), daemon.clock.now());
     let written =
         tokio::task::spawn_blocking(move || store.set_note(now, LAST_RELOAD, &note)).await;
     if let Ok(Err(e)) = written {
         tracing::warn!(error = %e, "could not record the reload's outcome");
     }
-    let failure = outcome.err().map(|e| {
+    let failure = outcome.as_ref().err().map(|e| {
         format!(
             "the config reload ({cause}) was rejected and the previous config stays in force: {e:#}"
         )
     });
     reload_alert(daemon.rotator.store(), now, failure).await;
+    match &outcome {
+        Ok(()) => tracing::info!("config reloaded"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "config reload failed; the previous config stays in force");
+        }
+    }
 }
 
 /// The daemon-wide alert for a rejected config reload: raised with
