@@ -822,15 +822,11 @@ impl Login {
                     .filter(|r| r.expose() != tokens.refresh.expose());
                 let rotated = refresh.is_some();
                 let next = rules::after_refresh(
-                    rules::next_refresh(
-                        &t,
-                        access_expires_at,
-                        grant.horizon_at,
-                        rules::jitter(channel.as_str(), &grant.subject),
-                        None,
-                    ),
+                    &t,
                     now,
+                    access_expires_at,
                     grant.horizon_at,
+                    rules::jitter(channel.as_str(), &grant.subject),
                 );
                 let refreshed = RefreshedGrant {
                     access: answer.access_token,
@@ -1763,15 +1759,12 @@ pub fn schedule(t: &Timings, grants: &[GrantRecord]) -> Vec<(ChannelId, String, 
                 g.next_refresh_at
             } else {
                 rules::resume(
-                    rules::next_refresh(
-                        t,
-                        g.access_expires_at,
-                        g.horizon_at,
-                        rules::jitter(g.channel.as_str(), &g.subject),
-                        g.retry_not_before,
-                    ),
-                    g.last_refresh_at,
+                    t,
+                    g.access_expires_at,
                     g.horizon_at,
+                    rules::jitter(g.channel.as_str(), &g.subject),
+                    g.retry_not_before,
+                    g.last_refresh_at,
                 )
             };
             (g.channel.clone(), g.subject.clone(), next)

@@ -72,32 +72,60 @@ pub fn next_refresh(
     not_before.map_or(at, |n| at.max(n))
 }
 
-/// The next refresh after a successful one at `now`: [`next_refresh`],
-/// unless the horizon's bound has already passed (this was the last
-/// refresh before the horizon), in which case none: the grant's next look
-/// is its horizon, where it ends without a call.
+/// The next refresh after a successful one at `now` that left the access
+/// token valid until `access_expires_at`: [`next_refresh`], unless that is
+/// not after `now`. Then either the horizon's bound has passed (this was
+/// the last refresh before the horizon), and the grant's next look is its
+/// horizon, where it ends without a call; or only the access bound has
+/// (LINE gave a token with less than `refresh_before` left, or the jitter
+/// pushed the slot back), and the next refresh comes halfway to the
+/// access token's expiry, at least [`MIN_REFRESH_GAP`] later and no later
+/// than the horizon's bound: the token never lapses, and the calls never
+/// loop.
 pub fn after_refresh(
-    next: DateTime<Utc>,
+    t: &Timings,
     now: DateTime<Utc>,
+    access_expires_at: DateTime<Utc>,
     horizon_at: DateTime<Utc>,
+    jitter: Duration,
 ) -> DateTime<Utc> {
-    if next <= now { horizon_at } else { next }
+    let next = next_refresh(t, access_expires_at, horizon_at, jitter, None);
+    if next > now {
+        return next;
+    }
+    let horizon_bound = horizon_at - delta(t.horizon_margin) - delta(jitter);
+    if horizon_bound <= now {
+        return horizon_at;
+    }
+    let halfway = now + (access_expires_at - now) / 2;
+    halfway.max(now + delta(MIN_REFRESH_GAP)).min(horizon_bound)
 }
 
+/// The shortest gap [`after_refresh`] leaves between two refreshes when
+/// the access bound has already passed.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_secs(60);
+
 /// A grant's next refresh when it is scheduled afresh (start-up, a
-/// reload): `next` from [`next_refresh`], unless the refresh it names was
-/// already made, i.e. the last refresh happened at or after it (the last
-/// refresh before the horizon is done; a restart must not make it due
-/// again): then none, the grant's next look is its horizon, as
-/// [`after_refresh`] left it.
+/// reload): [`next_refresh`] (never before `not_before`, a backoff),
+/// unless the refresh it names was already made, i.e. the last refresh
+/// happened at or after it: then what [`after_refresh`] decided after
+/// that refresh, so a restart makes no refresh a running daemon would not
+/// have made (in particular none after the last one before the horizon).
 pub fn resume(
-    next: DateTime<Utc>,
-    last_refresh_at: Option<DateTime<Utc>>,
+    t: &Timings,
+    access_expires_at: DateTime<Utc>,
     horizon_at: DateTime<Utc>,
+    jitter: Duration,
+    not_before: Option<DateTime<Utc>>,
+    last_refresh_at: Option<DateTime<Utc>>,
 ) -> DateTime<Utc> {
+    let next = next_refresh(t, access_expires_at, horizon_at, jitter, not_before);
     match last_refresh_at {
-        Some(last) => after_refresh(next, last, horizon_at),
-        None => next,
+        Some(last) if next <= last => {
+            let after = after_refresh(t, last, access_expires_at, horizon_at, jitter);
+            not_before.map_or(after, |n| after.max(n))
+        }
+        _ => next,
     }
 }
 
@@ -315,17 +343,54 @@ mod tests {
         // The last refresh before the horizon was made at its slot (89.5
         // days less the jitter): its slot is the same after a restart.
         let slot = at(89.5) - TimeDelta::seconds(600);
-        let next = next_refresh(&t(), slot + TimeDelta::days(30), h, j, None);
-        assert_eq!(next, slot);
-        assert_eq!(resume(next, Some(slot), h), h);
+        let access = slot + TimeDelta::days(30);
+        assert_eq!(next_refresh(&t(), access, h, j, None), slot);
+        assert_eq!(resume(&t(), access, h, j, None, Some(slot)), h);
         // Made a minute later (the pass ran late): done too.
-        assert_eq!(resume(next, Some(slot + TimeDelta::minutes(1)), h), h);
+        let late = slot + TimeDelta::minutes(1);
+        assert_eq!(
+            resume(&t(), late + TimeDelta::days(30), h, j, None, Some(late)),
+            h
+        );
         // A refresh at 54 days: the next (81 days) is still ahead.
         let next = next_refresh(&t(), at(84.0), h, j, None);
-        assert_eq!(resume(next, Some(at(54.0)), h), next);
+        assert_eq!(resume(&t(), at(84.0), h, j, None, Some(at(54.0))), next);
         // Never refreshed (imported late): due as computed.
         let next = next_refresh(&t(), at(100.0), h, j, None);
-        assert_eq!(resume(next, None, h), next);
+        assert_eq!(resume(&t(), at(100.0), h, j, None, None), next);
+    }
+
+    #[test]
+    fn only_the_horizons_bound_ends_the_refreshes() {
+        // refresh_before close to the access token's whole life: the
+        // jitter puts the access slot before the refresh that just
+        // happened. That is not the last refresh: the next comes halfway
+        // to the access token's expiry, and the token never lapses.
+        let long = Timings {
+            refresh_before: Duration::from_secs(30 * 86_400 - 600),
+            ..t()
+        };
+        let j = Duration::from_secs(3000);
+        let (now, h) = (at(10.0), at(90.0));
+        let access = now + TimeDelta::days(30);
+        let next = after_refresh(&long, now, access, h, j);
+        assert_eq!(next, now + TimeDelta::days(15));
+        assert!(next < access && next < h);
+        // LINE answered a token with only 90 s left: a minute later at
+        // the soonest, not a loop.
+        let short = now + TimeDelta::seconds(90);
+        assert_eq!(
+            after_refresh(&t(), now, short, h, j),
+            now + TimeDelta::minutes(1)
+        );
+        // Past the horizon's bound: the horizon, no further call.
+        let late = at(89.9);
+        assert_eq!(
+            after_refresh(&t(), late, late + TimeDelta::days(30), h, j),
+            h
+        );
+        // A restart after such a refresh resumes the same decision.
+        assert_eq!(resume(&long, access, h, j, None, Some(now)), next);
     }
 
     #[test]
