@@ -111,7 +111,7 @@ pub struct Daemon {
     /// reload.
     alert_notifier: Arc<alerting::Notifier>,
     /// The long-lived token watchers, changed on reload.
-    long_lived: Arc<crate::longlived::Service>,
+    pub long_lived: Arc<crate::longlived::Service>,
     /// The LINE Login module, when login channels are configured.
     pub login: Option<Arc<crate::login::Login>>,
     /// The `[daemon]` section in force: a reload cannot change it live.

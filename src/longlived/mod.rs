@@ -200,6 +200,8 @@ pub struct Service {
     running: Mutex<HashMap<ChannelId, Running>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Counts the rounds every watcher published (see [`Service::rounds`]).
+    rounds: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -233,6 +235,7 @@ impl Service {
             running: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
+            rounds: Arc::new(tokio::sync::watch::Sender::new(0)),
         }))
     }
 
@@ -273,7 +276,8 @@ impl Service {
                 channel.clone(),
                 config.clone(),
             );
-            self.tasks.spawn(watcher.run(slot, stop.clone(), rx));
+            self.tasks
+                .spawn(watcher.run(slot, Arc::clone(&self.rounds), stop.clone(), rx));
             running.insert(
                 channel,
                 Running {
@@ -363,6 +367,13 @@ impl Service {
             .map_err(|_| "the long-lived watcher of the channel stopped".to_owned())?
     }
 
+    /// How many rounds (read, verify, publish) the watchers have finished
+    /// so far: a caller that must see the effect of the next round (a
+    /// test after a start or a file change) waits for it to grow.
+    pub fn rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.subscribe()
+    }
+
     /// The long-lived token `channel` serves through the token API, if any.
     pub fn served(&self, channel: &ChannelId) -> Option<Served> {
         self.served
@@ -431,6 +442,7 @@ impl Watcher {
     async fn run(
         mut self,
         slot: Slot,
+        rounds: Arc<tokio::sync::watch::Sender<u64>>,
         stop: CancellationToken,
         mut retires: mpsc::Receiver<RetireAsk>,
     ) {
@@ -462,6 +474,7 @@ impl Watcher {
             }
             self.publish().await;
             *values = (self.current.clone(), self.old.clone());
+            rounds.send_modify(|n| *n += 1);
             let next = self.next_at();
             let clock = Arc::clone(&self.parts.clock);
             tokio::select! {
@@ -746,22 +759,23 @@ impl Watcher {
                 tracing::warn!(channel = %self.channel, error = %crate::logging::error_chain(&e), "cannot store the long-lived token's alerts")
             }
         }
-        let (valid, verified) = match &current {
-            Some(t) => (
-                match t.result {
+        match &current {
+            Some(t) => {
+                let valid = match t.result {
                     LongLivedResult::Valid => Some(true),
                     LongLivedResult::Invalid | LongLivedResult::WrongChannel => Some(false),
                     LongLivedResult::Pending | LongLivedResult::Unknown => None,
-                },
-                t.last_checked_at,
-            ),
-            // Retired (revoked on purpose) or never read: not valid.
-            None if self.current.is_some() => (Some(false), None),
-            None => (None, None),
-        };
-        self.parts
-            .metrics
-            .set_long_lived(&self.channel, valid, verified);
+                };
+                self.parts
+                    .metrics
+                    .set_long_lived(&self.channel, valid, t.last_checked_at);
+            }
+            // Retired (revoked on purpose): nothing is watched, so no
+            // series says "invalid" (the shipped rule would page).
+            None if self.current.is_some() => self.parts.metrics.remove_long_lived(&self.channel),
+            // Never read: unknown.
+            None => self.parts.metrics.set_long_lived(&self.channel, None, None),
+        }
         let serve = self
             .current_watched()
             .filter(|c| !c.tracked.refused())

@@ -412,6 +412,14 @@ async fn scenario() -> (Vec<String>, String, String) {
         firing(&store).is_empty()
     })
     .await;
+    // No gauge says "invalid" any more: nothing is watched.
+    until("the gauge of the retired token is removed", || {
+        !daemon
+            .metrics
+            .render()
+            .contains("linetokd_long_lived_valid{")
+    })
+    .await;
     // Its sinks are removed, and the API says why nothing is served.
     assert!(!dir.path().join("ll.json").exists() && !dir.path().join("ll.env").exists());
     let (code, body) = api(&daemon, Some(API_KEY)).await;
@@ -606,18 +614,21 @@ async fn retire_without_a_daemon_is_remembered_by_the_next_start() {
         .await
         .unwrap();
     let store = daemon.rotator.store().clone();
-    // The watcher has read the file and published its first round once the
-    // gauge says 0 (a retired token is not valid, and not served).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !daemon.metrics.render().contains(&format!(
-        r#"linetokd_long_lived_valid{{channel="{LAB_CHANNEL}",channel_name="lab"}} 0"#
-    )) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the watcher never published"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // After the watcher's first round: a retired token is not served, and
+    // no gauge says "invalid" (nothing is watched, so nothing pages).
+    let mut rounds = daemon.long_lived.rounds();
+    tokio::time::timeout(Duration::from_secs(30), rounds.wait_for(|n| *n >= 1))
+        .await
+        .expect("the watcher never published")
+        .unwrap();
+    assert!(
+        !daemon
+            .metrics
+            .render()
+            .contains("linetokd_long_lived_valid{"),
+        "{}",
+        daemon.metrics.render()
+    );
     assert_eq!(api(&daemon, Some(API_KEY)).await.0, 503);
     // Published after its first round, in which a watched token is
     // verified at once: this one was not.
