@@ -462,7 +462,7 @@ impl Metrics {
     /// series keeps a name that is no longer configured: the gauges are set
     /// again by the pass that follows a reload, and the counters start over
     /// under the new name (Prometheus' `rate` and `increase` read that as
-    /// a reset).
+    /// a reset). Channels only added change no series.
     pub fn set_channel_names(&self, channels: ChannelIndex) {
         let mut known = self
             .channels
@@ -478,7 +478,13 @@ impl Metrics {
             .ids()
             .map(|(id, name)| (id.clone(), (Label::from(id.as_str()), Label::from(name))))
             .collect();
+        let only_added = known
+            .ids()
+            .all(|(id, name)| channels.name(id) == Some(name));
         *known = channels;
+        if only_added {
+            return;
+        }
         self.token_expiry.clear();
         self.next_rotation.clear();
         self.live_tokens.clear();
@@ -1008,8 +1014,12 @@ mod tests {
         m.set_channel_names(names(&c, "shop-bot"));
         m.set_group(&c, &g, TokenKind::V21, 1, None, None);
         m.rotation(&c, &g, true);
-        // A reload that renamed nothing keeps every series.
+        // A reload that renamed nothing keeps every series, and so does
+        // one that only adds a channel.
         m.set_channel_names(names(&c, "shop-bot"));
+        let mut more = names(&c, "shop-bot");
+        more.insert(ChannelId::new("2"), "news-bot");
+        m.set_channel_names(more);
         assert!(m.render().contains(
             r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="success"} 1"#
         ));
