@@ -1595,7 +1595,7 @@ impl Login {
             .revoke(channel, secret.as_ref(), &tokens.access)
             .await
         {
-            Ok(()) => detail.push("access token revoked"),
+            Ok(()) => {}
             Err(e @ crate::line::error::LineError::Permanent { .. }) => {
                 return Err(LoginApiError::LineRefused {
                     operation: "revoke of the access token",
@@ -1604,6 +1604,27 @@ impl Login {
                 });
             }
             Err(e) => return Err(LoginApiError::Line(e.to_string())),
+        }
+        // LINE answers the revoke 200 whatever it did (a dead or unknown
+        // token too): only a verify that refuses shows it is gone. Until
+        // then the grant is kept, so the delete can be asked again.
+        self.permit(channel).await.map_err(permit)?;
+        match self.client.verify(&tokens.access).await {
+            Ok(Verification::Rejected { .. }) => detail.push("access token revoked"),
+            Ok(Verification::Valid(_)) => {
+                tracing::warn!(channel = %channel, grant = %hash, "LINE answered the revoke of a LINE Login access token but still accepts it; the grant is kept");
+                return Err(LoginApiError::Line(
+                    "LINE answered the revoke but still accepts the access token; the grant \
+                     is kept: delete it again"
+                        .to_owned(),
+                ));
+            }
+            Err(e) => {
+                return Err(LoginApiError::Line(format!(
+                    "the access token was revoked, but the verify that confirms it failed \
+                     ({e}); the grant is kept: delete it again"
+                )));
+            }
         }
         match self.permit(channel).await {
             Ok(()) => {

@@ -1485,6 +1485,36 @@ async fn a_revoke_line_refuses_keeps_the_grant_and_names_lines_code() {
     );
 }
 
+/// LINE answers a revoke 200 whatever it did: a DELETE confirms with a
+/// verify, and while LINE still accepts the access token the grant is
+/// kept (502) so the delete can be asked again.
+#[tokio::test]
+async fn a_delete_whose_revoke_line_does_not_carry_out_keeps_the_grant() {
+    let rig = rig(5).await;
+    rig.import("Uignored").await;
+    let mut faults = linetokd::sandbox::Faults::default();
+    faults.endpoints.insert(
+        "/oauth2/v2.1/revoke".to_owned(),
+        linetokd::sandbox::FaultRule {
+            ignore_rate: 1.0,
+            ..linetokd::sandbox::FaultRule::default()
+        },
+    );
+    rig.lab.sandbox.set_faults(faults).unwrap();
+    let path = format!("/v1/login/{LOGIN}/grants/Uignored");
+    let (status, body) = rig.call("DELETE", &path, ADMIN, None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "line_unavailable", "{body}");
+    assert_eq!(rig.grant("Uignored").state, GrantState::Active, "kept");
+    // LINE carries it out again: deleted.
+    rig.lab
+        .sandbox
+        .set_faults(linetokd::sandbox::Faults::default())
+        .unwrap();
+    let (status, body) = rig.call("DELETE", &path, ADMIN, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
 #[tokio::test]
 async fn a_channel_held_by_a_429_does_not_hold_up_another_channels_report() {
     let rig = rig(5).await;
