@@ -921,6 +921,16 @@ pub async fn run(
     )
     .await?;
 
+    // The file as it stands, if it still validates (an edit since the
+    // command line read it is reloaded by the watch anyway).
+    if let Ok(text) = crate::config::read_text(config_path)
+        && Settings::from_toml(&text, config_path, env)
+            .and_then(|s| s.validate())
+            .is_ok()
+    {
+        save_config_in_force(&config.daemon.state_dir, &text);
+    }
+
     // READY=1 once the store is open and the first pass has planned.
     let mut progress = daemon.scheduler.clone();
     tokio::select! {
@@ -991,8 +1001,21 @@ async fn file_changed(watcher: &mut Option<ConfigWatcher>) -> std::io::Result<()
 /// `linetokd status`.
 async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cause: &str) {
     tracing::info!(cause, path = %path.display(), "reloading the config");
-    let outcome = match Settings::load(path, env).and_then(|s| s.validate()) {
-        Ok(config) => daemon.reload(&config).await,
+    // The text is read once: what is validated and applied is what is kept
+    // as the config in force.
+    let loaded = crate::config::read_text(path).and_then(|text| {
+        Settings::from_toml(&text, path, env)
+            .and_then(|s| s.validate())
+            .map(|config| (text, config))
+    });
+    let outcome = match loaded {
+        Ok((text, config)) => {
+            let applied = daemon.reload(&config).await;
+            if applied.is_ok() {
+                save_config_in_force(&config.daemon.state_dir, &text);
+            }
+            applied
+        }
         Err(e) => Err(anyhow::Error::new(e)),
     };
     daemon.metrics.config_reload(outcome.is_ok());
@@ -1019,6 +1042,35 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "config reload failed; the previous config stays in force");
         }
+    }
+}
+
+/// The copy of the config file the daemon runs on, in `state_dir`: the
+/// commands that talk to the running daemon (`status`, `health`, `token`,
+/// `rotate`, `revoke`) fall back to it while the file itself has a
+/// mistake, so a half-finished edit never locks the operator out.
+pub const CONFIG_IN_FORCE: &str = "config-in-force.toml";
+
+/// Writes `text` as [`CONFIG_IN_FORCE`] (mode 0600, replaced atomically).
+/// A failure is logged: the file is a convenience for the commands.
+fn save_config_in_force(state_dir: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let target = state_dir.join(CONFIG_IN_FORCE);
+    let temporary = state_dir.join(format!(".{CONFIG_IN_FORCE}.tmp"));
+    let written = (|| {
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &target)
+    })();
+    if let Err(e) = written {
+        tracing::warn!(path = %target.display(), error = %e, "cannot keep a copy of the config in force; the commands cannot fall back to it");
     }
 }
 

@@ -598,6 +598,52 @@ fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
         .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
 }
 
+/// [`load_config`] for the commands that talk to the running daemon
+/// (`health`, `token`, `rotate`, `revoke`): when the file has a mistake,
+/// the copy of the config the daemon runs on ([`app::CONFIG_IN_FORCE`]),
+/// with a warning naming the file's problems, so a half-finished edit never
+/// locks the operator out of a daemon that runs fine.
+fn load_config_or_in_force(path: &Path) -> Result<config::ValidConfig, Failure> {
+    load_config(path).or_else(|failure| in_force(path, failure, config::Settings::validate))
+}
+
+/// [`load_outline`] with the same fallback, for `status`.
+fn load_outline_or_in_force(path: &Path) -> Result<config::Outline, Failure> {
+    load_outline(path).or_else(|failure| in_force(path, failure, |s| s.outline()))
+}
+
+/// The fallback of [`load_config_or_in_force`]: `failure` stands unless the
+/// file still parses (it names the state directory), the daemon's copy is
+/// there and `load` accepts it.
+fn in_force<T>(
+    path: &Path,
+    failure: Failure,
+    load: impl Fn(&config::Settings) -> Result<T, config::ConfigError>,
+) -> Result<T, Failure> {
+    let Failure::Usage(problem) = &failure else {
+        return Err(failure);
+    };
+    let env = process_env()?;
+    let Ok(settings) = config::Settings::load(path, &env) else {
+        return Err(failure);
+    };
+    let copy = settings.daemon.state_dir.join(app::CONFIG_IN_FORCE);
+    if !copy.is_file() {
+        return Err(failure);
+    }
+    match config::Settings::load(&copy, &env).and_then(|s| load(&s)) {
+        Ok(loaded) => {
+            eprintln!(
+                "warning: {problem:#}\nwarning: using the config the running daemon loaded ({}) \
+                 until the file is fixed",
+                copy.display()
+            );
+            Ok(loaded)
+        }
+        Err(_) => Err(failure),
+    }
+}
+
 /// Loads the config's [`config::Outline`] (no secret file read) for the
 /// commands that only report; every problem is a usage error (exit 2).
 fn load_outline(path: &Path) -> Result<config::Outline, Failure> {
@@ -765,7 +811,7 @@ fn daemon_http_addr(path: &Path, config: &config::ValidConfig) -> Result<SocketA
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn health_cmd(path: &Path) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = load_config_or_in_force(path)?;
     let addr = daemon_http_addr(path, &config)?;
     let url = format!("http://{addr}/readyz");
     let runtime_failure = |e: anyhow::Error| Failure::Runtime(e);
@@ -932,7 +978,7 @@ fn keygen_cmd(out: &std::path::Path, name: &str) -> Result<(), Failure> {
 /// (unknown channel or group), 1 when it failed, is still pending, or no
 /// daemon runs.
 fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = load_config_or_in_force(path)?;
     let response = control::send(&config.daemon.state_dir, &request, control::CLIENT_TIMEOUT)
         .map_err(|e| Failure::Runtime(e.into()))?;
     let text = response.describe();
@@ -1032,7 +1078,7 @@ fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Fa
 /// `token`: print the group's newest live, unexpired token from the store,
 /// opened read-only so it works beside a running daemon.
 fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    let config = load_config_or_in_force(path)?;
     let configured = config.channel(channel).ok_or_else(|| {
         Failure::Usage(anyhow::anyhow!(
             "channel {channel} is not configured in {} (by ID or by name)",
@@ -1123,7 +1169,8 @@ fn login_import_cmd(path: &Path, channel: &str, file: Option<&Path>) -> Result<(
 }
 
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
-    let config = load_outline(path).map_err(|failure| with_last_reload(path, failure))?;
+    let config =
+        load_outline_or_in_force(path).map_err(|failure| with_last_reload(path, failure))?;
     let db = &config.daemon.database;
     let store =
         open_read_only(db, keyring(config.encryption.as_ref()))?.ok_or_else(|| no_database(db))?;

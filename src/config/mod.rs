@@ -329,18 +329,7 @@ impl Settings {
     /// [`ConfigError::Invalid`] for environment variables that name no
     /// overridable key or `${NAME}`s that are not set.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let bytes = files::read_limited(path, MAX_CONFIG_FILE).map_err(read)?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            read(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "it is not UTF-8 text",
-            ))
-        })?;
-        Self::from_toml(&text, path, env)
+        Self::from_toml(&read_text(path)?, path, env)
     }
 
     /// Like [`Settings::load`] for TOML already in memory; `origin` names it
@@ -637,6 +626,27 @@ fn repair_key(key: &str) -> String {
         }
     }
     out
+}
+
+/// The config file's text, as [`Settings::load`] reads it (size-limited,
+/// UTF-8): for a caller that must keep the very text it validated (the
+/// daemon's copy of the config in force).
+///
+/// # Errors
+///
+/// [`ConfigError::Read`].
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = files::read_limited(path, MAX_CONFIG_FILE).map_err(read)?;
+    String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text",
+        ))
+    })
 }
 
 #[cfg(test)]

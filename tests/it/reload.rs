@@ -203,16 +203,46 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
     let outcome = report["last_reload"]["outcome"].as_str().unwrap();
     assert!(outcome.contains("rotation.rotate_before"), "{outcome}");
 
-    // `status` against the live, invalid file: exit 2 with the problem, and
-    // the daemon's refusal of it.
+    // `status` and `health` against the live, invalid file: the file's
+    // problem as a warning, and the report from the config the daemon runs
+    // on (its copy in the state directory): a half-finished edit does not
+    // lock the operator out of a running daemon.
     let (code, refused) = linetokd(
         "status-invalid",
         &["status", "--config", lab.config.to_str().unwrap()],
         &[],
     )
     .await;
-    assert_eq!(code, 2, "{}", refused.all_text());
+    assert_eq!(code, 0, "{}", refused.all_text());
     let said = printed(&refused, Stream::Stderr);
+    assert!(
+        said.contains("rotation.rotate_before")
+            && said.contains("using the config the running daemon loaded"),
+        "{said}"
+    );
+    assert!(
+        printed(&refused, Stream::Stdout).contains(": failed (the config file changed): "),
+        "{}",
+        refused.all_text()
+    );
+    let (code, health) = linetokd(
+        "health-invalid",
+        &["health", "--config", lab.config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{}", health.all_text());
+    // Without the daemon's copy: exit 2 with the problem, and the
+    // daemon's refusal of it.
+    std::fs::remove_file(lab.dir().join(linetokd::app::CONFIG_IN_FORCE)).unwrap();
+    let (code, no_copy) = linetokd(
+        "status-no-copy",
+        &["status", "--config", lab.config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{}", no_copy.all_text());
+    let said = printed(&no_copy, Stream::Stderr);
     assert!(
         said.contains("rotation.rotate_before")
             && said.contains("the running daemon's last config reload at")
@@ -222,7 +252,7 @@ async fn reload_adds_removes_after_grace_and_survives_an_invalid_edit() {
 
     daemon.signal("TERM");
     daemon.exit_ok().await;
-    lab.assert_nothing_secret_printed(&[&daemon, &status, &refused])
+    lab.assert_nothing_secret_printed(&[&daemon, &status, &refused, &health, &no_copy])
         .await;
 }
 
