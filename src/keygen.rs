@@ -23,7 +23,7 @@ use crate::line::keys::{self, KeyError};
 #[derive(Debug, thiserror::Error)]
 pub enum KeygenError {
     /// A file it would write already exists.
-    #[error("{0} already exists; keygen never overwrites a key (choose another --out or --name)")]
+    #[error("{0} already exists; keygen never overwrites a key (choose another --out)")]
     Exists(PathBuf),
     /// Writing failed.
     #[error("cannot write {path}: {source}")]

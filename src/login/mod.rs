@@ -1726,7 +1726,7 @@ fn notice_specs(
         .map(|n| n.hash.as_str())
         .collect();
     let named = format!(
-        "grants {} and {} more; `linetokd status` and the event history list each",
+        "grants {} and {} more; `linetokd status` counts them and the event history lists each",
         first.join(", "),
         count - first.len()
     );

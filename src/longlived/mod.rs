@@ -547,7 +547,8 @@ impl Watcher {
         let value = match (self.parts.read)(&self.config.token_file) {
             Ok(value) => value,
             Err(reason) => {
-                let problem = format!("{} {reason}", shown(&self.config.token_file));
+                // The reader's reason names the file already.
+                let problem = reason;
                 if self.file_problem.as_deref() != Some(problem.as_str()) {
                     tracing::warn!(channel = %self.channel, problem = %problem, "cannot read the long-lived token file");
                 }
@@ -749,7 +750,11 @@ impl Watcher {
         match changes {
             Ok(changes) => {
                 for raised in &changes.raised {
-                    tracing::warn!(channel = %self.channel, alert = raised.alertname, "{}", raised.summary);
+                    if raised.severity == "critical" {
+                        tracing::error!(channel = %self.channel, alert = raised.alertname, "{}", raised.summary);
+                    } else {
+                        tracing::warn!(channel = %self.channel, alert = raised.alertname, "{}", raised.summary);
+                    }
                 }
                 for resolved in &changes.resolved {
                     tracing::info!(channel = %self.channel, alert = resolved.alertname, "resolved");
@@ -934,8 +939,4 @@ impl Watcher {
         tracing::warn!(channel = %self.channel, fingerprint = %fp, "long-lived token retired: revoked at LINE");
         Ok(Retired { fingerprint: fp })
     }
-}
-
-fn shown(path: &Path) -> String {
-    format!("{:?}", PathBuf::from(path).display().to_string())
 }

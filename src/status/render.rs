@@ -114,9 +114,23 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
     let _ = writeln!(out, "{title}");
     let _ = writeln!(
         out,
-        "  tokens: {} ours, {} foreign, {} unsettled; capacity {} of {}",
+        "  v2.1 tokens: {} ours, {} foreign, {} unsettled; capacity {} of {}",
         c.live_ours, c.foreign_live, c.unsettled, c.capacity, cap
     );
+    // The short-lived pool is LINE's other 30: only our own tokens in it
+    // are known (LINE lists none).
+    let short_lived = c
+        .groups
+        .iter()
+        .flat_map(|g| g.current.iter().chain(g.previous.iter()))
+        .filter(|t| t.key_id.kind() == TokenKind::ShortLived)
+        .count();
+    if short_lived > 0 || c.groups.iter().any(|g| g.kind == "short-lived") {
+        let _ = writeln!(
+            out,
+            "  short-lived tokens: {short_lived} ours (other issuers' cannot be seen) of {cap}"
+        );
+    }
     let _ = writeln!(
         out,
         "  issued in the last hour: {} of {}; last reconcile: {}; channel secret: {}",
