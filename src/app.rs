@@ -975,6 +975,9 @@ pub async fn run(
     if let Some(task) = watchdog {
         let _ = task.await;
     }
+    // No daemon runs on it any more: the commands must judge the file
+    // itself again (a mistake in it is then a usage error, exit 2).
+    let _ = std::fs::remove_file(config.daemon.state_dir.join(CONFIG_IN_FORCE));
     // The database went away underfoot: the error names the file; exit 1.
     outcome?;
     tracing::info!("stopped");
@@ -1045,10 +1048,11 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
     }
 }
 
-/// The copy of the config file the daemon runs on, in `state_dir`: the
-/// commands that talk to the running daemon (`status`, `health`, `token`,
-/// `rotate`, `revoke`) fall back to it while the file itself has a
-/// mistake, so a half-finished edit never locks the operator out.
+/// The copy of the config file the daemon runs on, in `state_dir`, removed
+/// when it stops: the commands that talk to the running daemon (`status`,
+/// `health`, `token`, `rotate`, `revoke`) fall back to it while the file
+/// itself has a mistake, so a half-finished edit never locks the operator
+/// out.
 pub const CONFIG_IN_FORCE: &str = "config-in-force.toml";
 
 /// Writes `text` as [`CONFIG_IN_FORCE`] (mode 0600, replaced atomically).
