@@ -226,13 +226,13 @@ impl Snapshot {
     }
 
     /// The channel's counts, timers and streak (`live_ours` and
-    /// `eviction_suspect` left empty: the driver derives them from the
+    /// `eviction_suspects` left empty: the driver derives them from the
     /// groups).
     pub fn channel_view(&self) -> ChannelView {
         let row = self.channel.as_ref();
         ChannelView {
             live_ours: 0,
-            eviction_suspect: None,
+            eviction_suspects: Vec::new(),
             foreign: count(self.foreign.len()),
             lost: count(self.unsettled.len()),
             issue_times_last_hour: self.issues_last_hour.iter().map(|(_, at)| *at).collect(),

@@ -34,7 +34,7 @@ use super::capacity::{capacity_victims, free_capacity, live_ours};
 use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
-use super::view::{ChannelView, GroupView};
+use super::view::{ChannelView, EVICTION_ORDER_TOLERANCE, GroupView};
 use crate::domain::{GroupName, KeyId, TokenKind};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
@@ -196,19 +196,19 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
             // When the channel was last listed: a short-lived group that
             // still holds a v2.1 token asks for the listing on its schedule.
             last_reconcile_at: state.view.last_reconcile_at,
-            eviction_suspect: eviction_suspect(now, &state.groups),
+            eviction_suspects: eviction_suspects(now, &state.groups),
             ..ChannelView::default()
         }
     }
 }
 
-/// See [`ChannelView::eviction_suspect`]: the oldest of our live
-/// short-lived tokens on the channel, if a newer one of ours was issued
-/// after LINE last accepted it (or after its issue, if never verified).
-/// Once it is verified, or marked gone, the next oldest is the suspect if
-/// a later issue (such as the replacement of an evicted token) could have
-/// evicted it in turn.
-fn eviction_suspect(now: DateTime<Utc>, groups: &[GroupView]) -> Option<KeyId> {
+/// See [`ChannelView::eviction_suspects`]: our live short-lived tokens
+/// issued within [`EVICTION_ORDER_TOLERANCE`] of the oldest one, each
+/// unless LINE accepted it after the newest issue of ours (or it is that
+/// issue). Once they are verified, or marked gone, the next oldest are the
+/// suspects if a later issue (such as the replacement of an evicted token)
+/// could have evicted one of them in turn.
+fn eviction_suspects(now: DateTime<Utc>, groups: &[GroupView]) -> Vec<KeyId> {
     let tokens: Vec<_> = groups
         .iter()
         .flat_map(|g| g.live_tokens(now))
@@ -216,14 +216,21 @@ fn eviction_suspect(now: DateTime<Utc>, groups: &[GroupView]) -> Option<KeyId> {
             t.kind() == TokenKind::ShortLived && t.refused_at.is_none() && t.issued_at <= now
         })
         .collect();
-    let oldest = tokens
+    let (Some(oldest), Some(newest_issue)) = (
+        tokens.iter().map(|t| t.issued_at).min(),
+        tokens.iter().map(|t| t.issued_at).max(),
+    ) else {
+        return Vec::new();
+    };
+    tokens
         .iter()
-        .min_by_key(|t| (t.issued_at, t.key_id.as_str()))?;
-    let newest_issue = tokens.iter().map(|t| t.issued_at).max()?;
-    let accepted = oldest
-        .verified_at
-        .map_or(oldest.issued_at, |v| v.max(oldest.issued_at));
-    (newest_issue > accepted).then(|| oldest.key_id.clone())
+        .filter(|t| t.issued_at <= oldest + EVICTION_ORDER_TOLERANCE)
+        .filter(|t| {
+            let accepted = t.verified_at.map_or(t.issued_at, |v| v.max(t.issued_at));
+            newest_issue > accepted
+        })
+        .map(|t| t.key_id.clone())
+        .collect()
 }
 
 /// Takes the key-ID listing out of a plan while the channel's listing

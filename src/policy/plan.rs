@@ -808,8 +808,8 @@ fn plan_active(
     // nothing lists them and an evicted previous token would otherwise go
     // unnoticed by the consumers that still use it.
     // A token a newer short-lived issue of ours may have evicted is due at
-    // once ([`ChannelView::eviction_suspect`]).
-    let suspect = |t: &TokenRecord| channel.eviction_suspect.as_ref() == Some(&t.key_id);
+    // once ([`ChannelView::eviction_suspects`]).
+    let suspect = |t: &TokenRecord| channel.eviction_suspects.contains(&t.key_id);
     let mut verify = Vec::new();
     if issue.is_none() {
         if let Some(cur) = remaining.first() {

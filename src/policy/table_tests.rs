@@ -1359,6 +1359,47 @@ fn a_short_lived_issue_has_our_oldest_short_lived_token_verified_at_once() {
 }
 
 #[test]
+fn tokens_issued_together_with_our_oldest_are_all_eviction_suspects() {
+    // Two groups issued at the same instant: which one LINE holds as the
+    // older, our issue times cannot tell, so after a third issue both are
+    // verified at once (a test saw the other one evicted and missed).
+    let rules = rules();
+    let now = t(0);
+    let token = |key: &str| {
+        let mut t = sl(key, -DAY);
+        t.verified_at = Some(now - Duration::hours(1));
+        t
+    };
+    let state = ChannelState {
+        groups: vec![
+            GroupView {
+                last_verified_at: Some(now - Duration::hours(1)),
+                ..short_group("a", vec![token("a-old")])
+            },
+            GroupView {
+                last_verified_at: Some(now - Duration::hours(1)),
+                ..short_group("b", vec![token("b-old")])
+            },
+            GroupView {
+                last_verified_at: Some(now),
+                ..short_group("c", vec![sl("c-new", -1)])
+            },
+        ],
+        view: ChannelView::default(),
+    };
+    let d = drive(now, &state, &rules);
+    for (i, key) in [(0, "sl:a-old"), (1, "sl:b-old")] {
+        assert!(
+            d.plans[i].steps.contains(&Step::Verify {
+                key_id: KeyId::new(key)
+            }),
+            "{:?}",
+            d.plans[i]
+        );
+    }
+}
+
+#[test]
 fn a_full_v21_pool_does_not_hold_a_short_lived_group_and_the_reverse() {
     let now = t(0);
     // 30 foreign v2.1 tokens: the v2.1 group waits, the short-lived one not.

@@ -138,6 +138,10 @@ impl GroupView {
     }
 }
 
+/// How close to the oldest of our short-lived tokens another must have been
+/// issued to be just as likely the oldest at LINE ([`ChannelView::eviction_suspects`]).
+pub const EVICTION_ORDER_TOLERANCE: chrono::Duration = chrono::Duration::seconds(1);
+
 /// The channel around a group, as far as capacity and reconciling go: the
 /// pool of the group's kind. For short-lived groups the driver shows a pool
 /// with no foreign or lost tokens and no listing (LINE lists none of them).
@@ -174,10 +178,13 @@ pub struct ChannelView {
     /// True after LINE's 30-token refusal until a key-ID listing asked for
     /// after it succeeds: our count was wrong, so no issue before it.
     pub relist_needed: bool,
-    /// Short-lived pool only: our oldest live short-lived token on the
-    /// channel, when one of ours was issued after LINE last accepted it.
+    /// Short-lived pool only: our oldest live short-lived tokens on the
+    /// channel (every one issued within [`EVICTION_ORDER_TOLERANCE`] of the
+    /// oldest: our issue times do not order tokens issued together the way
+    /// LINE does) that LINE last accepted before a later issue of ours.
     /// That issue may have been the pool's 31st, and LINE then evicts the
-    /// oldest token on the channel, which is this one if it is not another
-    /// issuer's; so it is verified at once rather than at its interval.
-    pub eviction_suspect: Option<KeyId>,
+    /// oldest token on the channel, which is one of these if it is not
+    /// another issuer's; so they are verified at once rather than at their
+    /// interval.
+    pub eviction_suspects: Vec<KeyId>,
 }

@@ -246,7 +246,7 @@ impl World {
             reconcile_retry: self.reconcile_retry.clone(),
             full_until: self.full_until,
             relist_needed: self.relist_needed,
-            eviction_suspect: None,
+            eviction_suspects: Vec::new(),
         }
     }
 
