@@ -205,23 +205,32 @@ impl Rig {
         (status, json)
     }
 
-    /// Imports `subject`'s sandbox login through the API.
-    async fn import(&self, subject: &str) -> Value {
+    /// `subject` logs in at the sandbox, and the login is posted to the
+    /// import API with `extra` fields added to the body: the answer.
+    async fn post_login(&self, subject: &str, extra: Value) -> (StatusCode, Value) {
         let t = self.sandbox_login(LOGIN, subject);
-        let body = json!({
+        let mut body = json!({
             "subject": subject,
             "access_token": t["access_token"],
             "refresh_token": t["refresh_token"],
             "expires_in": t["expires_in"],
-            "login_at": self.now().to_rfc3339(),
         });
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        self.call(
+            "POST",
+            &format!("/v1/login/{LOGIN}/grants"),
+            ADMIN,
+            Some(body),
+        )
+        .await
+    }
+
+    /// Imports `subject`'s sandbox login through the API.
+    async fn import(&self, subject: &str) -> Value {
         let (status, answer) = self
-            .call(
-                "POST",
-                &format!("/v1/login/{LOGIN}/grants"),
-                ADMIN,
-                Some(body),
-            )
+            .post_login(subject, json!({"login_at": self.now().to_rfc3339()}))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
         answer
@@ -1091,19 +1100,8 @@ async fn a_re_import_can_revoke_the_replaced_access_token_after_the_commit() {
     rig.import("Umia").await;
     let old = rig.tokens("Umia").access;
     // The user logs in again; the service imports the new login.
-    let t = rig.sandbox_login(LOGIN, "Umia");
-    let body = json!({
-        "subject": "Umia", "access_token": t["access_token"],
-        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
-        "revoke_previous": true,
-    });
     let (status, answer) = rig
-        .call(
-            "POST",
-            &format!("/v1/login/{LOGIN}/grants"),
-            ADMIN,
-            Some(body),
-        )
+        .post_login("Umia", json!({"revoke_previous": true}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["replaced"], true);
@@ -1207,19 +1205,8 @@ async fn a_failed_revoke_of_the_replaced_token_is_reported_and_the_import_stands
 
 /// Imports `subject`'s sandbox login as if it logged in `ago` before now.
 async fn import_logged_in(rig: &Rig, subject: &str, ago: Duration) {
-    let t = rig.sandbox_login(LOGIN, subject);
-    let body = json!({
-        "subject": subject, "access_token": t["access_token"],
-        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
-        "login_at": (rig.now() - ago).timestamp(),
-    });
     let (status, answer) = rig
-        .call(
-            "POST",
-            &format!("/v1/login/{LOGIN}/grants"),
-            ADMIN,
-            Some(body),
-        )
+        .post_login(subject, json!({"login_at": (rig.now() - ago).timestamp()}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
 }
@@ -1461,18 +1448,8 @@ async fn a_revoke_line_refuses_keeps_the_grant_and_names_lines_code() {
     );
     assert_eq!(rig.grant("Urefused").state, GrantState::Active, "kept");
     // A re-import asking to revoke the replaced token reports the refusal.
-    let t = rig.sandbox_login(LOGIN, "Urefused");
     let (status, answer) = rig
-        .call(
-            "POST",
-            &format!("/v1/login/{LOGIN}/grants"),
-            ADMIN,
-            Some(json!({
-                "subject": "Urefused", "access_token": t["access_token"],
-                "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
-                "revoke_previous": true,
-            })),
-        )
+        .post_login("Urefused", json!({"revoke_previous": true}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["previous_revoke"]["result"], "failed", "{answer}");
