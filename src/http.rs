@@ -1452,8 +1452,8 @@ async fn login_import(
     {
         Ok(imported) => {
             let mut body = serde_json::json!({
-                "access_expires_at": imported.access_expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "horizon_at": imported.horizon_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "access_expires_at": sink::timestamp(imported.access_expires_at),
+                "horizon_at": sink::timestamp(imported.horizon_at),
                 "horizon_estimated": imported.horizon_estimated,
                 "replaced": imported.replaced,
             });
@@ -1500,7 +1500,7 @@ fn login_served(served: &crate::login::Served) -> Response {
     let body = serde_json::json!({
         "access_token": served.access_token.expose(),
         "token_type": "Bearer",
-        "expires_at": served.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "expires_at": sink::timestamp(served.expires_at),
         "scope": served.scope,
     });
     (

@@ -31,7 +31,7 @@ use super::{
     sinks,
 };
 use crate::clock::SharedClock;
-use crate::delivery::sink::SinkSpec;
+use crate::delivery::sink::{self, SinkSpec};
 use crate::domain::ChannelId;
 use crate::line::{LineClient, LineError};
 use crate::metrics::Metrics;
@@ -364,8 +364,8 @@ impl Slot {
                     call,
                     format!(
                         "ok: issued at {}, expires at {}",
-                        rfc3339(sent_at),
-                        rfc3339(cached.expires_at)
+                        sink::timestamp(sent_at),
+                        sink::timestamp(cached.expires_at)
                     ),
                 );
                 cx.metrics.stateless_issue(&self.channel, "success");
@@ -390,8 +390,8 @@ impl Slot {
                     call,
                     format!(
                         "failing since {}: {failure}; no call to LINE before {}",
-                        rfc3339(since),
-                        rfc3339(failure.retry_at())
+                        sink::timestamp(since),
+                        sink::timestamp(failure.retry_at())
                     ),
                 );
                 cx.metrics
@@ -497,9 +497,4 @@ enum Look {
     Failure(StatelessError),
     /// Nothing servable: issue.
     Issue,
-}
-
-/// An instant as `status` shows it in a note: RFC 3339, whole seconds.
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -572,19 +572,7 @@ async fn imports_are_checked_field_by_field() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Without login_at the horizon is estimated.
-    let t = rig.sandbox_login(LOGIN, "Ugus");
-    let body = json!({
-        "subject": "Ugus", "access_token": t["access_token"],
-        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
-    });
-    let (status, answer) = rig
-        .call(
-            "POST",
-            &format!("/v1/login/{LOGIN}/grants"),
-            ADMIN,
-            Some(body),
-        )
-        .await;
+    let (status, answer) = rig.post_login("Ugus", json!({})).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(answer["horizon_estimated"], true);
     let (status, _) = rig
@@ -1125,19 +1113,7 @@ async fn a_re_import_can_revoke_the_replaced_access_token_after_the_commit() {
     );
     // Without the field (the default): the replaced token lives on.
     let before = rig.tokens("Umia").access;
-    let t = rig.sandbox_login(LOGIN, "Umia");
-    let body = json!({
-        "subject": "Umia", "access_token": t["access_token"],
-        "refresh_token": t["refresh_token"], "expires_in": t["expires_in"],
-    });
-    let (status, answer) = rig
-        .call(
-            "POST",
-            &format!("/v1/login/{LOGIN}/grants"),
-            ADMIN,
-            Some(body),
-        )
-        .await;
+    let (status, answer) = rig.post_login("Umia", json!({})).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(answer.get("previous_revoke").is_none(), "{answer}");
     assert!(matches!(

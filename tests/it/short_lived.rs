@@ -94,20 +94,41 @@ async fn run_checked(rig: &mut Rig, until: chrono::DateTime<chrono::Utc>) {
     }
 }
 
+/// A channel of short-lived groups (and `v21_groups` v2.1 ones) at a
+/// fresh sandbox with no faults, its daemon started: what most tests here
+/// begin with.
+struct Setup<'a> {
+    v21_groups: usize,
+    short_lived: &'a [&'a str],
+    assertion: bool,
+    verify: &'a str,
+}
+
+async fn start(setup: Setup<'_>) -> Rig {
+    let mut c = chan(0, setup.v21_groups);
+    c.short_lived = setup.short_lived.iter().map(|g| group(g)).collect();
+    c.assertion = setup.assertion;
+    Rig::start(
+        vec![c],
+        rotation("30d", "1d", "10m", setup.verify, "1h"),
+        Faults::default(),
+        |_| {},
+    )
+    .await
+}
+
 fn group(name: &str) -> GroupName {
     GroupName::new(name)
 }
 
 #[tokio::test]
 async fn the_31st_short_lived_token_evicts_ours_and_the_daemon_reissues_at_its_next_verify() {
-    let mut c = chan(0, 1);
-    c.short_lived = vec![group("liff-a"), group("liff-b")];
-    let mut rig = Rig::start(
-        vec![c],
-        rotation("30d", "1d", "10m", "1h", "1h"),
-        Faults::default(),
-        |_| {},
-    )
+    let mut rig = start(Setup {
+        v21_groups: 1,
+        short_lived: &["liff-a", "liff-b"],
+        assertion: true,
+        verify: "1h",
+    })
     .await;
 
     // The first pass issued one short-lived token per group (and the v2.1
@@ -217,14 +238,12 @@ async fn the_31st_short_lived_token_evicts_ours_and_the_daemon_reissues_at_its_n
 /// the eviction at the same instant, not at that token's next verify.
 #[tokio::test]
 async fn our_own_31st_short_lived_issue_is_followed_by_a_verify_of_our_oldest() {
-    let mut c = chan(0, 0);
-    c.short_lived = vec![group("liff-a"), group("liff-b")];
-    let rig = Rig::start(
-        vec![c],
-        rotation("30d", "1d", "10m", "1d", "1h"),
-        Faults::default(),
-        |_| {},
-    )
+    let rig = start(Setup {
+        v21_groups: 0,
+        short_lived: &["liff-a", "liff-b"],
+        assertion: true,
+        verify: "1d",
+    })
     .await;
     assert_eq!(check(&rig).len(), 2);
     // Another issuer fills the pool to 30.
@@ -297,14 +316,12 @@ async fn our_own_31st_short_lived_issue_is_followed_by_a_verify_of_our_oldest() 
 
 #[tokio::test]
 async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms_it() {
-    let mut c = chan(0, 0);
-    c.short_lived = vec![group("liff")];
-    let mut rig = Rig::start(
-        vec![c],
-        rotation("30d", "1d", "10m", "1h", "1h"),
-        Faults::default(),
-        |_| {},
-    )
+    let mut rig = start(Setup {
+        v21_groups: 0,
+        short_lived: &["liff"],
+        assertion: true,
+        verify: "1h",
+    })
     .await;
     let before = check(&rig);
     let old = before[&group("liff")][0].clone();
@@ -362,15 +379,12 @@ async fn an_incident_revokes_a_short_lived_token_at_v2_oauth_revoke_and_confirms
 /// its secret alone, it is issued, verified and rotated like any other.
 #[tokio::test]
 async fn a_channel_without_an_assertion_key_keeps_short_lived_groups() {
-    let mut c = chan(0, 0);
-    c.short_lived = vec![group("liff")];
-    c.assertion = false;
-    let mut rig = Rig::start(
-        vec![c],
-        rotation("30d", "1d", "10m", "1h", "1h"),
-        Faults::default(),
-        |_| {},
-    )
+    let mut rig = start(Setup {
+        v21_groups: 0,
+        short_lived: &["liff"],
+        assertion: false,
+        verify: "1h",
+    })
     .await;
     let first = check(&rig);
     assert_eq!(first[&group("liff")].len(), 1, "{first:?}");
@@ -397,14 +411,12 @@ async fn a_channel_without_an_assertion_key_keeps_short_lived_groups() {
 #[tokio::test]
 async fn a_revoke_line_answers_but_does_not_carry_out_is_noticed_and_retried() {
     use linetokd::sandbox::FaultRule;
-    let mut c = chan(0, 0);
-    c.short_lived = vec![group("liff")];
-    let mut rig = Rig::start(
-        vec![c],
-        rotation("30d", "1d", "10m", "1h", "1h"),
-        Faults::default(),
-        |_| {},
-    )
+    let mut rig = start(Setup {
+        v21_groups: 0,
+        short_lived: &["liff"],
+        assertion: true,
+        verify: "1h",
+    })
     .await;
     let old = check(&rig)[&group("liff")][0].clone();
     let old_id = KeyId::short_lived(&old.access_token);
