@@ -891,11 +891,14 @@ fn spawn_control(
 ///
 /// `env` is the process environment (for `LINETOKD__` overrides, `${NAME}`
 /// expansion and systemd's `NOTIFY_SOCKET`/`WATCHDOG_*`).
+/// `config_text` is the file's text that `config` was validated from: kept
+/// as the config in force ([`CONFIG_IN_FORCE`]).
 ///
 /// # Errors
 /// As [`Daemon::start`], or when the SIGHUP handler cannot be installed.
 pub async fn run(
     config_path: &Path,
+    config_text: &str,
     env: &HashMap<String, String>,
     config: &ValidConfig,
     clock: SharedClock,
@@ -921,15 +924,7 @@ pub async fn run(
     )
     .await?;
 
-    // The file as it stands, if it still validates (an edit since the
-    // command line read it is reloaded by the watch anyway).
-    if let Ok(text) = crate::config::read_text(config_path)
-        && Settings::from_toml(&text, config_path, env)
-            .and_then(|s| s.validate())
-            .is_ok()
-    {
-        save_config_in_force(&config.daemon.state_dir, &text);
-    }
+    save_config_in_force(&config.daemon.state_dir, config_text);
 
     // READY=1 once the store is open and the first pass has planned.
     let mut progress = daemon.scheduler.clone();

@@ -591,11 +591,17 @@ fn roff_text(text: &str) -> String {
 
 /// Loads and validates the config; every problem is a usage error (exit 2).
 fn load_config(path: &Path) -> Result<config::ValidConfig, Failure> {
-    let settings = config::Settings::load(path, &process_env()?)
-        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
-    settings
+    load_config_text(path).map(|(_, config)| config)
+}
+
+/// [`load_config`], with the text it was validated from.
+fn load_config_text(path: &Path) -> Result<(String, config::ValidConfig), Failure> {
+    let text = config::read_text(path).map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    let config = config::Settings::from_toml(&text, path, &process_env()?)
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?
         .validate()
-        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e).context(path.display().to_string())))?;
+    Ok((text, config))
 }
 
 /// [`load_config`] for the commands that talk to the running daemon
@@ -674,7 +680,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn run_cmd(path: &Path) -> Result<(), Failure> {
-    let config = load_config(path)?;
+    // Read once: the text validated is the text the daemon keeps as its
+    // config in force.
+    let (text, config) = load_config_text(path)?;
     init_logging(config.daemon.log_format);
     runtime()?.block_on(async {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
@@ -682,6 +690,7 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
         })?;
         app::run(
             path,
+            &text,
             &process_env()?,
             &config,
             Arc::new(SystemClock),
