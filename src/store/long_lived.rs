@@ -5,7 +5,7 @@
 //! old value lives only in the daemon's memory (migration 0008).
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{Row, params};
 
 use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::ChannelId;
@@ -120,7 +120,7 @@ fn decode(row: &Row<'_>) -> Result<LongLivedRow, Fail> {
 
 /// Inserts or updates one row; `retired_at` is kept as stored,
 /// `first_seen_at` as first written.
-fn upsert(tx: &Transaction<'_>, row: &LongLivedRow) -> Result<(), Fail> {
+fn upsert(tx: &rusqlite::Connection, row: &LongLivedRow) -> Result<(), Fail> {
     let detail = screen(tx, &row.detail)?;
     tx.execute(
         "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \

@@ -46,6 +46,7 @@
 //!   [`StoreError::Replaced`] stops that ([`StoreError::is_fatal`]).
 
 mod alerts;
+mod batch;
 pub mod crypt;
 mod error;
 mod events;
@@ -67,11 +68,12 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
 
 use crate::domain::ChannelId;
 
@@ -173,7 +175,13 @@ pub struct Store {
 struct Inner {
     /// Declared before `lock` so the connection closes before the lock is
     /// released when the last clone drops.
-    conn: Mutex<Connection>,
+    conn: Mutex<batch::Connection>,
+    /// Signalled when the writer thread's batch ends
+    /// ([`Store::connection`]).
+    batch_ended: Condvar,
+    /// Where [`Store::blocking`] sends a writer's jobs; the thread starts
+    /// with the first one (`batch`).
+    writer: OnceLock<Sender<batch::Job>>,
     path: PathBuf,
     migrated: Migrated,
     /// `None` for a read-only store.
@@ -291,7 +299,9 @@ impl Store {
             .map_err(|e| e.into_store_error(path, "checking the stored token values"))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                conn: Mutex::new(batch::Connection::new(conn)),
+                batch_ended: Condvar::new(),
+                writer: OnceLock::new(),
                 path: path.to_path_buf(),
                 migrated,
                 lock: Some(lock),
@@ -383,7 +393,9 @@ impl Store {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                conn: Mutex::new(batch::Connection::new(conn)),
+                batch_ended: Condvar::new(),
+                writer: OnceLock::new(),
                 path: path.to_path_buf(),
                 migrated: Migrated {
                     from: found,
@@ -412,70 +424,110 @@ impl Store {
         self.inner.migrated
     }
 
+    /// The connection, once no other thread holds a batch open on it: a
+    /// batch's writes are not committed yet, and nothing may read them or
+    /// write beside them until they are (`batch`).
+    fn connection(&self) -> MutexGuard<'_, batch::Connection> {
+        let mut guard = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while guard.in_other_batch() {
+            guard = self
+                .inner
+                .batch_ended
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        guard
+    }
+
     /// Runs `f` on the connection outside any explicit transaction (reads).
     fn read<T>(
         &self,
         what: &'static str,
         f: impl FnOnce(&Connection) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
-        let conn = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+        let guard = self.connection();
+        f(&guard.conn).map_err(|e| e.into_store_error(&self.inner.path, what))
     }
 
-    /// Runs `f` with this store on tokio's blocking pool, for async
-    /// callers: rusqlite blocks. A task that panicked or was cancelled
-    /// comes back as [`StoreError::Internal`].
+    /// Runs `f` with this store off the async runtime, for async callers:
+    /// rusqlite blocks. A writer's jobs go to its writer thread, which
+    /// commits the jobs that arrive together in one transaction (`batch`);
+    /// the answer comes once `f`'s writes are durable. A read-only store
+    /// uses tokio's blocking pool. A job that panicked or was lost comes
+    /// back as [`StoreError::Internal`].
     ///
     /// # Errors
-    /// Whatever `f` returns, or [`StoreError::Internal`].
+    /// Whatever `f` returns, the batch's commit failure, or
+    /// [`StoreError::Internal`].
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        let lost = |what: String| StoreError::Internal { what };
+        if self.is_read_only() {
+            let store = self.clone();
+            return tokio::task::spawn_blocking(move || f(&store))
+                .await
+                .unwrap_or_else(|e| Err(lost(e.to_string())));
+        }
+        let writer = match self.inner.writer.get() {
+            Some(writer) => writer,
+            None => {
+                let started = batch::start(&self.inner)?;
+                // Another caller may have started one first; the spare
+                // thread ends at once, its sender dropped here.
+                self.inner.writer.get_or_init(|| started)
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer
+            .send(batch::job(f, reply))
+            .map_err(|_| lost("the store's writer thread has stopped".to_owned()))?;
+        answer
             .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Internal {
-                    what: e.to_string(),
-                })
-            })
+            .unwrap_or_else(|_| Err(lost("the store's writer thread dropped a job".to_owned())))
     }
 
     /// Runs `f` in one immediate transaction, committed only if `f`
     /// succeeds. A panic or error inside rolls everything back. Refused with
     /// [`StoreError::Replaced`] once the path no longer names the file
-    /// opened.
+    /// opened. On the writer thread inside a batch, `f` runs in a savepoint
+    /// of the batch's transaction instead, which the batch commits.
     fn write<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Fail>,
+        f: impl FnOnce(&Connection) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         if self.is_read_only() {
             return Err(StoreError::ReadOnly {
                 path: self.inner.path.clone(),
             });
         }
-        let mut conn = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Under the connection lock, so no write of ours slips in between
-        // the check and the transaction.
-        self.check_same_file()?;
-        let run = |conn: &mut Connection| -> Result<T, Fail> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut guard = self.connection();
+        let run = |conn: &mut batch::Connection| -> Result<T, Fail> {
+            if conn.in_my_batch() {
+                // The batch checked the file when it began.
+                let sp = conn.conn.savepoint()?;
+                let out = f(&sp)?;
+                sp.commit()?;
+                return Ok(out);
+            }
+            // Under the connection lock, so no write of ours slips in
+            // between the check and the transaction.
+            self.check_same_file()?;
+            let tx = conn
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         };
-        run(&mut conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+        run(&mut guard).map_err(|e| e.into_store_error(&self.inner.path, what))
     }
 
     /// Checks that the path still names the file opened (one `stat`); every
