@@ -35,6 +35,7 @@
 //! ([`rules`]) are pure.
 
 pub mod rules;
+pub mod setup;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -47,7 +48,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-use crate::config::{LoginChannelConfig, LoginConfig};
 use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
 use crate::line::login::{Deauthorization, LoginClient};
 use crate::line::types::Verification;
@@ -58,6 +58,7 @@ use crate::store::{
     RefreshedGrant, Store, StoreError,
 };
 use rules::{Action, Bucket, Outcome, Timings};
+pub use setup::{LoginChannelConfig, LoginConfig, LoginTimings};
 
 /// The alerts this module owns (daemon-wide scope).
 pub const ALERT_NAMES: [&str; 3] = [
