@@ -87,7 +87,11 @@ pub async fn run(
         .await
         .context("while binding the sandbox to a loopback port")?;
     let sandbox_addr = listener.local_addr()?;
-    let serving = tokio::spawn(sandbox.clone().serve(listener, shutdown.child_token()));
+    // Its own token, cancelled after the daemon has stopped: the daemon's
+    // last work (revokes at shutdown, a final listing) must not meet a
+    // sandbox that is already gone.
+    let sandbox_stop = CancellationToken::new();
+    let serving = tokio::spawn(sandbox.clone().serve(listener, sandbox_stop.clone()));
 
     let config_path = write_demo_setup(dir.path(), &sandbox, &format!("http://{sandbox_addr}"))?;
     let settings = Settings::load(&config_path, &HashMap::new())?;
@@ -142,15 +146,25 @@ pub async fn run(
             },
         }
     }
-    daemon
+    let stopped = daemon
         .stopped()
         .await
-        .context("the demo's daemon stopped on a store error")?;
+        .context("the demo's daemon stopped on a store error");
+    sandbox_stop.cancel();
     serving.await.ok();
+    stopped?;
     writeln!(
         out,
-        "\ndemo over: {} issued, {} revoked, {} expired; at most {} live tokens per group at the sandbox.",
-        tally.issued, tally.revoked, tally.expired, tally.max_live
+        "\ndemo over: {} issued, {} revoked, {} expired; at most {} live {} per group at the sandbox.",
+        tally.issued,
+        tally.revoked,
+        tally.expired,
+        tally.max_live,
+        if tally.max_live == 1 {
+            "token"
+        } else {
+            "tokens"
+        }
     )?;
     Ok(())
 }

@@ -51,12 +51,30 @@ pub fn format(value: Duration) -> String {
             return format!("{}d", secs / DAY);
         }
         for (size, unit) in UNITS {
-            if secs.is_multiple_of(size) {
+            // "36h" and "90s" read well; "43190m" does not, so a count of
+            // a thousand or more is spelled out in parts instead.
+            if secs.is_multiple_of(size) && secs / size < 1_000 {
                 return format!("{}{unit}", secs / size);
             }
         }
+        return in_parts(secs);
     }
     humantime::format_duration(value).to_string()
+}
+
+/// Whole seconds as days, hours, minutes and seconds, the zero parts left
+/// out: "29d 23h 50m".
+fn in_parts(secs: u64) -> String {
+    const PARTS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut left = secs;
+    let mut out = Vec::new();
+    for (size, unit) in PARTS {
+        if left >= size {
+            out.push(format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    out.join(" ")
 }
 
 /// Serde `deserialize_with` for a required duration field.
@@ -145,6 +163,8 @@ mod tests {
             (36 * 3_600, "36h"),
             (600, "10m"),
             (90, "90s"),
+            (43_190 * 60, "29d 23h 50m"),
+            (3_601, "1h 1s"),
         ] {
             let d = Duration::from_secs(secs);
             assert_eq!(format(d), shown);
