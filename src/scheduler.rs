@@ -120,6 +120,7 @@ impl Scheduler {
         for channel in self.rotator.channel_ids() {
             due.set(channel, start);
         }
+        let mut first_pass = true;
         loop {
             let now = clock.now();
             match wakes.take() {
@@ -137,7 +138,11 @@ impl Scheduler {
                 None => {}
             }
             let ready = due.take_due(now);
-            if !ready.is_empty() {
+            // The first pass counts even with nothing to work: a daemon
+            // without channels (LINE Login only, say) is ready at once,
+            // and its reload loop, which waits for the first pass, runs.
+            if !ready.is_empty() || first_pass {
+                first_pass = false;
                 if let Err(e) = self.work(ready, &mut due, &shutdown).await {
                     tracing::error!(error = %error_chain(&e), "stopping: the store cannot be trusted any more");
                     self.fatal.cancel();

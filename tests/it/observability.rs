@@ -647,6 +647,36 @@ verify_interval = "2s"
 reconcile_interval = "2s"
 "#;
 
+/// A daemon without `[[channel]]` (one that keeps only LINE Login grants,
+/// or one being set up) has nothing to work in its first pass, and was
+/// never ready: `/readyz` answered 503 for good, and since the reload loop
+/// waits for the first pass, neither SIGHUP nor an edit was ever applied.
+#[tokio::test]
+async fn a_daemon_without_channels_is_ready_and_takes_a_channel_by_reload() {
+    let lab = Lab::start(STEADY, "info").await;
+    let full = lab.config_text(STEADY, &group_toml(&lab, "a", None));
+    let bare = full.split("[[channel]]").next().unwrap().to_owned();
+    lab.replace_config(&bare);
+    let mut daemon = lab.run("daemon", DEBUG, &[]);
+    let url = http_url(&daemon).await;
+    daemon.wait_for(0, "its first pass", |l| l.is("pass done")).await;
+    let (status, body) = readyz(&url).await;
+    assert_eq!(status, 200, "{body}");
+
+    let from = daemon.mark();
+    daemon.signal("HUP");
+    daemon
+        .wait_for(from, "the reload", |l| l.is("config reloaded"))
+        .await;
+    // An edit that adds a channel is applied, and its group is issued.
+    let from = daemon.mark();
+    lab.replace_config(&full);
+    daemon.wait_for(from, "the group issued", issued("a")).await;
+    daemon.wait_for(from, "its sink written", sink_written("a")).await;
+    daemon.signal("TERM");
+    daemon.exit_ok().await;
+}
+
 #[tokio::test]
 async fn json_log_lines_parse_and_carry_channel_group_and_key_id() {
     let lab = Lab::start(BUSY, "info").await;
