@@ -249,6 +249,10 @@ struct Inner {
     /// A reload changed the schedule's timings: the next pass reschedules
     /// every grant.
     reschedule: bool,
+    /// Channels whose secret a reload changed while LINE refused them: the
+    /// next pass ends their grants' waits, so the refused ones go at once.
+    /// With each, the end of its pause, which its grants were moved to.
+    resumed: Vec<(ChannelId, DateTime<Utc>)>,
     /// Spreads retry jitter differently per daemon (tests fix it).
     jitter_seed: u64,
 }
@@ -391,6 +395,7 @@ impl Login {
             reader_digest: key_digest(&config.reader_api_key),
             next_notice: None,
             reschedule: false,
+            resumed: Vec::new(),
             jitter_seed: seed,
         };
         Arc::new(Self {
@@ -429,10 +434,17 @@ impl Login {
             inner.timings = t;
             inner.rate = config.timings.max_requests_per_second;
             let mut old = std::mem::take(&mut inner.channels);
+            let mut resumed = Vec::new();
             for c in &config.channels {
                 let channel = match old.remove(&c.id) {
                     Some(mut kept) => {
                         if kept.config.secret != c.secret {
+                            // The grant LINE refused waits in the store
+                            // until the pause's end: the next pass lets it
+                            // (and every grant of the channel) go at once.
+                            if let Some(until) = kept.paused_until {
+                                resumed.push((c.id.clone(), until));
+                            }
                             kept.paused_until = None;
                             kept.rejected = false;
                         }
@@ -443,6 +455,7 @@ impl Login {
                 };
                 inner.channels.insert(c.id.clone(), channel);
             }
+            inner.resumed.extend(resumed);
             inner.admin_digest = key_digest(&config.admin_api_key);
             inner.reader_digest = key_digest(&config.reader_api_key);
             inner.next_notice = None;
@@ -556,15 +569,21 @@ impl Login {
     /// When the store fails.
     pub async fn pass(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
-        let (scan_due, reschedule, t) = {
+        let (scan_due, reschedule, resumed, t) = {
             let mut inner = self.inner();
             let reschedule = std::mem::take(&mut inner.reschedule);
             (
                 inner.next_notice.is_none_or(|at| at <= now),
                 reschedule,
+                std::mem::take(&mut inner.resumed),
                 inner.timings,
             )
         };
+        for (channel, until) in resumed {
+            self.store
+                .blocking(move |s| s.end_login_pause(now, &channel, until))
+                .await?;
+        }
         if reschedule {
             let grants = self.store.blocking(|s| s.login_grants()).await?;
             let next = schedule(&t, &grants);

@@ -844,6 +844,29 @@ impl Store {
         })
     }
 
+    /// Ends the pause of `channel` that LINE's `invalid_client` began and
+    /// that was to last `until`: a reload changed the channel's secret. The
+    /// grants moved to the pause's end (the refused one, and those set
+    /// aside while it lasted) were due then, so they are due at `now`.
+    /// Returns how many were moved.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::ReadOnly`].
+    pub fn end_login_pause(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        until: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.write("ending a login channel's pause", |tx| {
+            Ok(tx.execute(
+                "UPDATE login_grants SET retry_not_before = NULL, next_refresh_at = ?2 \
+                 WHERE channel_id = ?1 AND state = 'active' AND next_refresh_at = ?3",
+                params![channel.as_str(), millis(now), millis(until)],
+            )?)
+        })
+    }
+
     /// Marks the grants of `channel` whose horizon passed as needing a new
     /// login (a `login_needs_login` event each); returns their subjects.
     ///

@@ -1699,6 +1699,33 @@ async fn invalid_client_pauses_the_whole_channel_and_alerts_until_a_refresh_succ
     assert!(rig.grant("Uc2").last_refresh_at.is_some());
 }
 
+/// Found by the outside tester: a reload with the right secret cleared the
+/// pause in memory and resolved the alert, but the refused grant kept
+/// waiting in the store until the hour was over.
+#[tokio::test]
+async fn a_reload_with_the_secret_ends_the_pause_at_once() {
+    let rig = rig(5).await;
+    rig.import("Us1").await;
+    rig.import("Us2").await;
+    rig.make_web_app(true);
+    rig.due_now(&["Us1", "Us2"]);
+    let start = rig.now();
+    rig.pass_at(start).await;
+    rig.pass_at(start + Duration::seconds(1)).await;
+    assert!(rig.rejected_alert().is_some());
+    assert_eq!(rig.refreshes(), 1);
+    let mut fixed = config(5);
+    fixed.channels[0].secret = Some(ChannelSecret::new(LOGIN_SECRET));
+    rig.login.reconfigure(&fixed);
+    for seconds in [2, 3, 4] {
+        rig.pass_at(start + Duration::seconds(seconds)).await;
+    }
+    assert_eq!(rig.refreshes(), 3, "both grants refreshed at once");
+    assert!(rig.grant("Us1").last_refresh_at.is_some());
+    assert!(rig.grant("Us2").last_refresh_at.is_some());
+    assert!(rig.rejected_alert().is_none());
+}
+
 #[tokio::test]
 async fn a_login_at_in_the_future_or_past_the_horizon_is_refused_naming_it() {
     let rig = rig(5).await;
