@@ -1337,6 +1337,19 @@ fn login_error(e: &crate::login::LoginApiError) -> Response {
             "LINE did not answer usefully; try again",
             null,
         ),
+        E::RateLimited { retry_after } => {
+            let secs = retry_after.as_secs().max(1);
+            let mut response = login_refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "line_rate_limited",
+                &format!("LINE is rate limiting this login channel; try again in {secs}s"),
+                null,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+        }
         E::LineRefused {
             operation, code, ..
         } => login_refusal(

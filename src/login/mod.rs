@@ -156,6 +156,13 @@ pub enum LoginApiError {
     /// LINE did not answer usefully (502).
     #[error("LINE: {0}")]
     Line(String),
+    /// LINE answered 429: the channel's bucket is held for LINE's
+    /// `Retry-After` and the caller is asked to wait as long (429).
+    #[error("LINE is rate limiting the login channel; try again in {}s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// How long to wait (LINE's `Retry-After`, or a second).
+        retry_after: Duration,
+    },
     /// LINE refused the request with a client error (502): the channel's
     /// ID or secret is wrong (`invalid_client`) or the request is; nothing
     /// changed. Names LINE's OAuth code, never a value.
@@ -954,6 +961,19 @@ impl Login {
         Ok(end)
     }
 
+    /// The API's answer to a failed call to LINE for `channel`: a 429
+    /// holds the channel's bucket for LINE's `Retry-After` (every request
+    /// of the channel waits it out) and asks the caller to wait as long;
+    /// anything else is "LINE did not answer usefully".
+    fn line_failed(&self, channel: &ChannelId, e: &crate::line::LoginError) -> LoginApiError {
+        if e.is_rate_limited() {
+            let retry_after = e.retry_after().unwrap_or(Duration::from_secs(1));
+            self.hold_channel(channel, self.clock.now(), Some(retry_after));
+            return LoginApiError::RateLimited { retry_after };
+        }
+        LoginApiError::Line(e.to_string())
+    }
+
     /// Holds a channel after a failed refresh: a 429 empties its bucket
     /// for LINE's `Retry-After` (imports and reports wait too); any other
     /// transient failure (5xx, network, a lost answer) holds its refreshes
@@ -1220,7 +1240,7 @@ impl Login {
             .client
             .verify(&access)
             .await
-            .map_err(|e| LoginApiError::Line(e.to_string()))?;
+            .map_err(|e| self.line_failed(channel, &e))?;
         let v = match verified {
             Verification::Valid(v) => v,
             Verification::Rejected { .. } => {
@@ -1606,7 +1626,7 @@ impl Login {
                 Ok(Deauthorization::NotAccepted { .. }) => {
                     detail.push("deauthorize not accepted (already deauthorized or token dead)");
                 }
-                Err(e) => return Err(LoginApiError::Line(e.to_string())),
+                Err(e) => return Err(self.line_failed(channel, &e)),
             }
             self.permit(channel).await.map_err(permit)?;
         }
@@ -1623,7 +1643,7 @@ impl Login {
                     detail: e.to_string(),
                 });
             }
-            Err(e) => return Err(LoginApiError::Line(e.to_string())),
+            Err(e) => return Err(self.line_failed(channel, &e)),
         }
         // LINE answers the revoke 200 whatever it did (a dead or unknown
         // token too): only a verify that refuses shows it is gone. Until

@@ -1726,6 +1726,35 @@ async fn a_reload_with_the_secret_ends_the_pause_at_once() {
     assert!(rig.rejected_alert().is_none());
 }
 
+/// Found by the outside tester: LINE's 429 on an import's verify was a 502
+/// (which `login import` retried at once and then dropped the line), and
+/// LINE's `Retry-After` held nothing.
+#[tokio::test]
+async fn a_429_from_line_on_import_is_a_429_and_holds_the_channel() {
+    let rig = rig(5).await;
+    rig.fault(
+        "/oauth2/v2.1/verify",
+        linetokd::sandbox::FaultRule {
+            rate_limit_rate: 1.0,
+            retry_after_secs: 3,
+            ..Default::default()
+        },
+    );
+    let (status, body) = rig.post_login("Urate", json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "line_rate_limited");
+    assert!(body["message"].as_str().unwrap().contains("3s"), "{body}");
+    rig.no_faults();
+    // The next request of the channel waits out LINE's Retry-After.
+    let before = rig.now();
+    rig.import("Urate").await;
+    assert!(
+        rig.now() - before >= Duration::seconds(3),
+        "{}",
+        rig.now() - before
+    );
+}
+
 #[tokio::test]
 async fn a_login_at_in_the_future_or_past_the_horizon_is_refused_naming_it() {
     let rig = rig(5).await;

@@ -659,7 +659,9 @@ async fn a_daemon_without_channels_is_ready_and_takes_a_channel_by_reload() {
     lab.replace_config(&bare);
     let mut daemon = lab.run("daemon", DEBUG, &[]);
     let url = http_url(&daemon).await;
-    daemon.wait_for(0, "its first pass", |l| l.is("pass done")).await;
+    daemon
+        .wait_for(0, "its first pass", |l| l.is("pass done"))
+        .await;
     let (status, body) = readyz(&url).await;
     assert_eq!(status, 200, "{body}");
 
@@ -672,7 +674,9 @@ async fn a_daemon_without_channels_is_ready_and_takes_a_channel_by_reload() {
     let from = daemon.mark();
     lab.replace_config(&full);
     daemon.wait_for(from, "the group issued", issued("a")).await;
-    daemon.wait_for(from, "its sink written", sink_written("a")).await;
+    daemon
+        .wait_for(from, "its sink written", sink_written("a"))
+        .await;
     daemon.signal("TERM");
     daemon.exit_ok().await;
 }
