@@ -701,7 +701,7 @@ impl Refused {
         let (error, message) = match self {
             Self::NoCredentials => (
                 "missing_credentials",
-                "send the group's API key as `Authorization: Bearer <key>`",
+                "send the route's API key (a group's, or for /v1/login the admin or reader key) as `Authorization: Bearer <key>`",
             ),
             Self::MalformedCredentials => (
                 "malformed_credentials",

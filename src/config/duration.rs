@@ -50,6 +50,10 @@ pub fn format(value: Duration) -> String {
         if secs.is_multiple_of(DAY) && secs > DAY {
             return format!("{}d", secs / DAY);
         }
+        // Two days and more read best in days: "29d 23h", not "719h".
+        if secs >= 2 * DAY {
+            return in_parts(secs);
+        }
         for (size, unit) in UNITS {
             // "36h" and "90s" read well; "43190m" does not, so a count of
             // a thousand or more is spelled out in parts instead.
@@ -165,6 +169,7 @@ mod tests {
             (90, "90s"),
             (43_190 * 60, "29d 23h 50m"),
             (3_601, "1h 1s"),
+            (719 * 3_600, "29d 23h"),
         ] {
             let d = Duration::from_secs(secs);
             assert_eq!(format(d), shown);

@@ -8,7 +8,7 @@
 //! secret_file = "/etc/linetokd/secrets/shop-login"   # optional; LINE needs it for web apps
 //!
 //! [login]
-//! refresh_before = "3d"            # refresh when the access token has less left
+//! refresh_before = "3d"            # refresh when the access token has less left (at most 29d)
 //! horizon = "90d"                  # refresh-token lifetime from the login
 //! horizon_margin = "12h"           # the last refresh happens this long before the horizon
 //! reauth_notify_before = "7d"      # "re-login due" this long before the horizon
@@ -19,7 +19,8 @@
 //!
 //! The rules, each problem named by its key: IDs numeric and names as a
 //! channel's, both unique among login channels; `refresh_before` above
-//! zero and below 30 days (an access token's life); `horizon` above 30
+//! zero and at most 29 days (an access token lives 30: refreshes stay a
+//! day apart); `horizon` above 30
 //! days; `horizon_margin` and `reauth_notify_before` above zero and below
 //! `horizon`; `max_requests_per_second` 1 to [`MAX_REQUESTS_PER_SECOND`];
 //! both API key files required (read like any API key file, private and
@@ -46,9 +47,13 @@ use crate::domain::{ChannelId, ChannelSecret};
 /// refresh 100,000 users with room to spare.
 pub const MAX_REQUESTS_PER_SECOND: u32 = 50;
 
-/// How long a LINE Login access token lives: `refresh_before` must be
-/// shorter, `horizon` longer.
+/// How long a LINE Login access token lives: `horizon` must be longer.
 pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The largest `refresh_before`: a refresh gives the access token 30 days,
+/// the next comes `refresh_before` (and up to an hour of jitter) before
+/// their end, so this keeps a grant's refreshes about a day apart.
+pub const MAX_REFRESH_BEFORE: Duration = Duration::from_secs(29 * 24 * 3600);
 
 /// One `[[login_channel]]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -223,11 +228,13 @@ fn check_timings(s: &LoginSettings, problems: &mut Vec<Problem>) -> Option<Login
     let mut problem = |key: &str, message: String| {
         problems.push(Problem::new(format!("login.{key}"), message));
     };
-    if s.refresh_before.is_zero() || s.refresh_before >= ACCESS_TOKEN_LIFETIME {
+    if s.refresh_before.is_zero() || s.refresh_before > MAX_REFRESH_BEFORE {
         problem(
             "refresh_before",
             format!(
-                "({}) must be above 0s and below 30d, the life of a LINE Login access token",
+                "({}) must be above 0s and at most 29d: a LINE Login access token lives 30d, \
+                 and each refresh must leave it a day before the next (closer to 30d, every \
+                 grant would be refreshed again within minutes)",
                 fmt_dur(s.refresh_before)
             ),
         );
@@ -309,7 +316,7 @@ mod tests {
                 s.refresh_before = Duration::ZERO
             }),
             ("login.refresh_before", |s| {
-                s.refresh_before = ACCESS_TOKEN_LIFETIME;
+                s.refresh_before = MAX_REFRESH_BEFORE + Duration::from_secs(1);
             }),
             ("login.horizon", |s| s.horizon = ACCESS_TOKEN_LIFETIME),
             ("login.horizon_margin", |s| s.horizon_margin = s.horizon),

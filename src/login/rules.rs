@@ -139,7 +139,9 @@ pub struct Horizon {
 }
 
 /// The horizon: `login_at + horizon` when the login time is known;
-/// otherwise `now − (2592000 − expires_in) + horizon`, flagged estimated.
+/// otherwise `now − (2592000 − expires_in − 1 s) + horizon`, flagged
+/// estimated (`now` taken after LINE's answer, so never earlier than the
+/// true horizon).
 /// The estimate is exact only when the access token came from the login
 /// itself; after refreshes it is later than the true horizon, so an
 /// earlier `invalid_grant` may reveal the real end (SPECS.md §2c).
@@ -155,7 +157,10 @@ pub fn horizon(
             estimated: false,
         },
         None => {
-            let age = (ACCESS_LIFETIME_SECS - expires_in).max(0);
+            // LINE floors `expires_in` to whole seconds, so the token may
+            // have up to a second more left than it says: the smaller age
+            // keeps the estimate from falling before the true horizon.
+            let age = (ACCESS_LIFETIME_SECS - expires_in - 1).max(0);
             Horizon {
                 at: now - TimeDelta::seconds(age) + delta(t.horizon),
                 estimated: true,
@@ -422,12 +427,13 @@ mod tests {
                 estimated: true
             }
         );
-        // Ten days used: the login was ten days ago at the latest.
+        // Ten days used: the login was ten days ago at the latest, less
+        // the second LINE's whole-second expires_in may hide.
         let used = horizon(&t(), now, 2_592_000 - 10 * 86_400, None);
         assert_eq!(
             used,
             Horizon {
-                at: at(90.0),
+                at: at(90.0) + TimeDelta::seconds(1),
                 estimated: true
             }
         );
