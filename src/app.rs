@@ -391,6 +391,10 @@ impl Daemon {
         let scheduler_task = tasks.spawn(scheduler.run(shutdown_child));
         tasks.close();
         let address_record = record_addresses(config, http_addr, &control_socket);
+        // Logged once the addresses are recorded: whoever waits for this line
+        // and then runs `linetokd health` or `login import` (which find the
+        // daemon through that record) must not race the record.
+        tracing::info!(listen = %http_addr, "HTTP listening (/healthz, token API)");
         tracing::info!(
             channels = config.channels.len(),
             groups = config.channels.iter().map(|c| c.groups.len()).sum::<usize>(),
@@ -580,7 +584,6 @@ fn spawn_http(
         http::ServeSettings::default(),
         stop,
     ));
-    tracing::info!(listen = %addr, "HTTP listening (/healthz, token API)");
     Ok(addr)
 }
 
