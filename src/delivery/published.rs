@@ -66,12 +66,15 @@ impl GroupTokens {
     }
 }
 
+/// Each group's tokens, boxed: the table has room for up to twice the
+/// groups, and an empty slot then costs a pointer, not a whole
+/// [`GroupTokens`] (144 bytes).
+type Book = HashMap<(ChannelId, GroupName), Box<GroupTokens>>;
+
 /// Every group's published tokens, shared between delivery and the HTTP API.
 #[derive(Debug, Clone, Default)]
 pub struct TokenBook {
-    /// Boxed: the table has room for up to twice the groups, and an empty
-    /// slot then costs a pointer, not a whole [`GroupTokens`] (144 bytes).
-    inner: Arc<RwLock<HashMap<(ChannelId, GroupName), Box<GroupTokens>>>>,
+    inner: Arc<RwLock<Book>>,
 }
 
 impl TokenBook {
