@@ -690,7 +690,7 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
         })?;
         app::run(
             path,
-            &text,
+            text,
             &process_env()?,
             &config,
             Arc::new(SystemClock),

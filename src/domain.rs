@@ -5,23 +5,28 @@
 //! can never be passed where a token's key ID belongs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+/// The identifiers below share their text: a clone is a reference count,
+/// not a copy. A group's channel ID and name are keys of several per-group
+/// tables (the token book, delivery, the token API's keys, the rotator's
+/// state); cloned from the config, every table points at the same two
+/// strings instead of holding its own (about 64 bytes per table per group).
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Wraps the raw string.
             pub fn new(value: impl Into<String>) -> Self {
-                Self(value.into())
+                Self(Arc::from(value.into()))
             }
 
             /// The raw string.
@@ -38,13 +43,25 @@ macro_rules! id_type {
 
         impl From<&str> for $name {
             fn from(value: &str) -> Self {
-                Self(value.to_owned())
+                Self(Arc::from(value))
             }
         }
 
         impl From<String> for $name {
             fn from(value: String) -> Self {
-                Self(value)
+                Self(Arc::from(value))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map(Self::from)
             }
         }
     };
@@ -86,7 +103,7 @@ impl KeyId {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Self(format!("{SHORT_LIVED_PREFIX}{hex}"))
+        Self::new(format!("{SHORT_LIVED_PREFIX}{hex}"))
     }
 
     /// The kind of token this identity belongs to.

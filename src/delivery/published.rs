@@ -66,10 +66,15 @@ impl GroupTokens {
     }
 }
 
+/// Each group's tokens, boxed: the table has room for up to twice the
+/// groups, and an empty slot then costs a pointer, not a whole
+/// [`GroupTokens`] (144 bytes).
+type Book = HashMap<(ChannelId, GroupName), Box<GroupTokens>>;
+
 /// Every group's published tokens, shared between delivery and the HTTP API.
 #[derive(Debug, Clone, Default)]
 pub struct TokenBook {
-    inner: Arc<RwLock<HashMap<(ChannelId, GroupName), GroupTokens>>>,
+    inner: Arc<RwLock<Book>>,
 }
 
 impl TokenBook {
@@ -84,7 +89,7 @@ impl TokenBook {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(channel.clone(), group.clone()))
-            .cloned()
+            .map(|g| GroupTokens::clone(g))
             .unwrap_or_default()
     }
 
@@ -97,8 +102,8 @@ impl TokenBook {
     ) -> GroupTokens {
         let mut book = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let entry = book.entry((channel.clone(), group.clone())).or_default();
-        *entry = change(entry);
-        entry.clone()
+        **entry = change(entry);
+        GroupTokens::clone(entry)
     }
 
     /// Forgets a group (removed from the config).
