@@ -5,8 +5,10 @@
 //!
 //! [`Store`] wraps one rusqlite [`Connection`] behind a std `Mutex` in an
 //! `Arc`, so it is `Clone + Send + Sync` and cheap to hand to tasks. Its API
-//! is synchronous (rusqlite blocks): async callers run it on
-//! `spawn_blocking`. The typed queries live in one file per concern:
+//! is synchronous (rusqlite blocks): async callers hand their work to
+//! [`Store::blocking`], which runs a writer's jobs on its own thread and
+//! commits the jobs that arrive together in one transaction (`batch`: group
+//! commit, one fsync for many). The typed queries live in one file per concern:
 //! `sync` (channels and groups from the config, failure streaks and holds),
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
