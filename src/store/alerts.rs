@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::{
+    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
+};
 use crate::domain::{ChannelId, GroupName};
 
 /// The extra label some alerts carry, telling two alerts of one name and
@@ -197,7 +199,7 @@ pub(super) fn resolve_unowned(
         })
         .collect();
     for a in &unowned {
-        tx.execute(
+        tx.exec_cached(
             "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
             params![a.fingerprint, millis(now)],
         )?;
@@ -358,7 +360,7 @@ impl Store {
                 );
                 let summary = &spec.summary;
                 let label_value = label.map(|l| l.value.as_str());
-                tx.execute(
+                tx.exec_cached(
                     "INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, \
                      label_value, alertname, severity, summary, started_at, last_seen_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
@@ -388,14 +390,14 @@ impl Store {
                 )?;
             }
             for (fp, spec) in &refreshed {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE alerts SET severity = ?2, summary = ?3, last_seen_at = ?4 \
                      WHERE fingerprint = ?1",
                     params![fp, spec.severity, spec.summary, millis(now)],
                 )?;
             }
             for f in &changes.resolved {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
                     params![f.fingerprint, millis(now)],
                 )?;

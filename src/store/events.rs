@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
-use super::{Fail, Store, StoreError, millis, screen, time_at};
+use super::{ExecCached as _, Fail, Store, StoreError, millis, screen, time_at};
 use crate::domain::{ChannelId, GroupName, KeyId};
 
 /// What happened.
@@ -335,7 +335,7 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.write("pruning old events", |tx| {
-            Ok(tx.execute("DELETE FROM events WHERE at < ?1", [millis(before)])?)
+            Ok(tx.exec_cached("DELETE FROM events WHERE at < ?1", [millis(before)])?)
         })
     }
 }

@@ -15,7 +15,9 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::sync::load_channel;
 use super::tokens::{TOKEN_COLUMNS, change_state, expire_in, query_tokens};
-use super::{EventKind, Fail, Scope, Store, StoreError, millis, opt_time_at, time_at};
+use super::{
+    EventKind, ExecCached as _, Fail, Scope, Store, StoreError, millis, opt_time_at, time_at,
+};
 use crate::domain::{ChannelId, KeyId, TokenState};
 
 /// A key ID LINE listed on a channel that linetokd did not issue.
@@ -139,7 +141,7 @@ impl Store {
 
             for kid in foreign_listed_before(tx, channel)? {
                 if !listed.contains(&kid) {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE foreign_kids SET gone_at = ?3 WHERE channel_id = ?1 AND key_id = ?2",
                         params![channel.as_str(), kid.as_str(), millis(now)],
                     )?;
@@ -158,7 +160,7 @@ impl Store {
 
             // A successful listing ends the channel's listing streak and
             // settles every attempt journaled before it was asked for.
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE channels SET last_reconcile_at = ?2, reconcile_failures = 0, \
                  reconcile_retry_not_before = NULL, reconcile_error = NULL, \
                  settled_through_intent = max(settled_through_intent, ?3) WHERE id = ?1",
@@ -255,7 +257,7 @@ fn upsert_foreign(
         .next()?
         .map(|row| row.get(0))
         .transpose()?;
-    tx.execute(
+    tx.exec_cached(
         "INSERT INTO foreign_kids (channel_id, key_id, first_seen_at, last_seen_at) \
          VALUES (?1, ?2, ?3, ?3) \
          ON CONFLICT (channel_id, key_id) DO UPDATE SET last_seen_at = ?3, gone_at = NULL",

@@ -23,7 +23,8 @@ use super::sync::load_group;
 use super::tokens::load_token;
 use super::values::Row as ValueRow;
 use super::{
-    EventKind, Fail, Scope, Store, StoreError, StoredToken, millis, opt_time_at, screen, time_at,
+    EventKind, ExecCached as _, Fail, Scope, Store, StoreError, StoredToken, millis, opt_time_at,
+    screen, time_at,
 };
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
 
@@ -170,7 +171,7 @@ impl Store {
                 }
                 .into());
             }
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO issue_intents (channel_id, group_name, started_at) VALUES (?1, ?2, ?3)",
                 params![channel.as_str(), group.as_str(), millis(now)],
             )?;
@@ -217,7 +218,7 @@ impl Store {
                 &token.value,
             )?;
             super::values::remember(tx, &token.value)?;
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
                  expires_at, state, state_changed_at, last_verified_at, intent_id, \
                  access_token_enc, enc_key_id) \
@@ -236,12 +237,12 @@ impl Store {
                     column.key,
                 ],
             )?;
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE issue_intents SET outcome = 'issued', finished_at = ?2, key_id = ?3 \
                  WHERE id = ?1",
                 params![intent.0, millis(now), token.key_id.as_str()],
             )?;
-            tx.execute(
+            tx.exec_cached(
                 "DELETE FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
                 params![journal.channel_id.as_str(), token.key_id.as_str()],
             )?;
@@ -284,7 +285,7 @@ impl Store {
         self.write("journaling a failed issuance", |tx| {
             let journal = open_intent(tx, intent)?;
             let error = screen(tx, error)?;
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE issue_intents SET outcome = 'failed', finished_at = ?2, error = ?3, \
                  maybe_issued = ?4 WHERE id = ?1",
                 params![intent.0, millis(now), error, i64::from(maybe_issued)],
@@ -366,7 +367,7 @@ impl Store {
                 } else {
                     LOST_REASON
                 };
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3, \
                      maybe_issued = ?4 WHERE id = ?1",
                     params![intent.id.0, millis(now), reason, !short_lived],

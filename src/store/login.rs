@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::crypt::Place;
 use super::events::insert_event;
-use super::{EventKind, Fail, Store, StoreError, millis, opt_time_at, time_at};
+use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, time_at};
 use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
 
 /// The table sealed values live in (part of the additional data).
@@ -415,12 +415,12 @@ impl Store {
                 )
                 .optional()?
                 .is_some();
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
                  WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
                 params![channel, g.subject, millis(now)],
             )?;
-            tx.execute(
+            tx.exec_cached(
                 "INSERT OR REPLACE INTO login_grants (channel_id, subject, access_token_enc, \
                  refresh_token_enc, enc_key_id, access_expires_at, login_at, horizon_at, \
                  horizon_estimated, scope, state, imported_at, next_refresh_at) \
@@ -629,7 +629,7 @@ impl Store {
         subject: &str,
     ) -> Result<i64, StoreError> {
         self.write("opening a refresh intent", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
                 params![channel.as_str(), subject, millis(now)],
             )?;
@@ -671,7 +671,7 @@ impl Store {
                 access: AccessToken::new(self.open_login(c, subject, "access", &access)?),
                 refresh: RefreshToken::new(self.open_login(c, subject, "refresh", &refresh)?),
             };
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
                 params![c, subject, millis(now)],
             )?;
@@ -716,7 +716,7 @@ impl Store {
             let (access_enc, key) =
                 self.seal_login(tx, c, subject, "access", answer.access.expose())?;
             let (refresh_enc, _) = self.seal_login(tx, c, subject, "refresh", &refresh)?;
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
                  enc_key_id = ?5, access_expires_at = ?6, scope = coalesce(?7, scope), \
                  last_refresh_at = ?8, consecutive_failures = 0, retry_not_before = NULL, \
@@ -777,7 +777,7 @@ impl Store {
             let c = channel.as_str();
             match failure {
                 RefreshFailure::Retry { retry_at, reason } => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
                          retry_not_before = ?3, next_refresh_at = ?3 \
                          WHERE channel_id = ?1 AND subject = ?2",
@@ -797,7 +797,7 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::Lost { retry_at, reason } => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
                          retry_not_before = ?3, next_refresh_at = ?3, lost_refresh = 1 \
                          WHERE channel_id = ?1 AND subject = ?2",
@@ -818,7 +818,7 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::NeedsLogin { reason } => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE login_grants SET state = 'needs_login', retry_not_before = NULL \
                          WHERE channel_id = ?1 AND subject = ?2",
                         params![c, subject],
@@ -833,7 +833,7 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::ChannelPaused { retry_at } => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE login_grants SET retry_not_before = ?3, next_refresh_at = ?3 \
                          WHERE channel_id = ?1 AND subject = ?2",
                         params![c, subject, millis(*retry_at)],
@@ -859,7 +859,7 @@ impl Store {
         until: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         self.write("ending a login channel's pause", |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec_cached(
                 "UPDATE login_grants SET retry_not_before = NULL, next_refresh_at = ?2 \
                  WHERE channel_id = ?1 AND state = 'active' AND next_refresh_at = ?3",
                 params![channel.as_str(), millis(now), millis(until)],
@@ -883,7 +883,7 @@ impl Store {
                 rows.collect::<Result<_, _>>()?
             };
             for (channel, subject) in &ended {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE login_grants SET state = 'needs_login' \
                      WHERE channel_id = ?1 AND subject = ?2",
                     params![channel, subject],
@@ -914,7 +914,7 @@ impl Store {
         horizon_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.write("recording a re-login notice", |tx| {
-            let changed = tx.execute(
+            let changed = tx.exec_cached(
                 "UPDATE login_grants SET reauth_due_notified_at = ?3 \
                  WHERE channel_id = ?1 AND subject = ?2 AND reauth_due_notified_at IS NULL",
                 params![channel.as_str(), subject, millis(now)],
@@ -1001,7 +1001,7 @@ impl Store {
             if !close_intent(tx, now, intent.id, "lost")? {
                 return Ok(());
             }
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE login_grants SET lost_refresh = 1, next_refresh_at = ?3 \
                  WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
                 params![intent.channel.as_str(), intent.subject, millis(now)],
@@ -1036,12 +1036,12 @@ impl Store {
         detail: &str,
     ) -> Result<bool, StoreError> {
         self.write("deleting a login grant", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
                  WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
                 params![channel.as_str(), subject, millis(now)],
             )?;
-            let deleted = tx.execute(
+            let deleted = tx.exec_cached(
                 "DELETE FROM login_grants WHERE channel_id = ?1 AND subject = ?2",
                 params![channel.as_str(), subject],
             )?;
@@ -1121,7 +1121,7 @@ fn close_intent(
     intent: i64,
     outcome: &str,
 ) -> Result<bool, Fail> {
-    let closed = tx.execute(
+    let closed = tx.exec_cached(
         "UPDATE refresh_intents SET closed_at = ?2, outcome = ?3 WHERE id = ?1 AND closed_at IS NULL",
         params![intent, millis(now), outcome],
     )?;

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Row, params};
 
-use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::ChannelId;
 
 /// Where a watched token stands relative to the channel's `token_file`.
@@ -122,7 +122,7 @@ fn decode(row: &Row<'_>) -> Result<LongLivedRow, Fail> {
 /// `first_seen_at` as first written.
 fn upsert(tx: &rusqlite::Connection, row: &LongLivedRow) -> Result<(), Fail> {
     let detail = screen(tx, &row.detail)?;
-    tx.execute(
+    tx.exec_cached(
         "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
          last_valid_at, last_checked_at, result, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -183,7 +183,7 @@ impl Store {
                 .iter()
                 .filter(|fp| !rows.iter().any(|r| &r.fingerprint == *fp))
             {
-                ended += tx.execute(
+                ended += tx.exec_cached(
                     "UPDATE long_lived_tokens SET role = 'ended', \
                      detail = 'no longer verified: the token file no longer holds it' \
                      WHERE channel_id = ?1 AND fingerprint = ?2",
@@ -223,7 +223,7 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn forget_old_long_lived(&self) -> Result<usize, StoreError> {
         self.write("forgetting old long-lived tokens", |tx| {
-            Ok(tx.execute(
+            Ok(tx.exec_cached(
                 "UPDATE long_lived_tokens SET role = 'ended', \
                  detail = 'no longer verified: the daemon restarted and the old value was only in its memory' \
                  WHERE role = 'old'",
@@ -245,7 +245,7 @@ impl Store {
         fingerprint: &str,
     ) -> Result<(), StoreError> {
         self.write("retiring a long-lived token", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
                  result, detail, retired_at) VALUES (?1, ?2, 'current', ?3, 'invalid', \
                  'revoked by linetokd long-lived retire', ?3) \

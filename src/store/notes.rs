@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use super::{Store, StoreError, millis, screen, time_at};
+use super::{ExecCached as _, Store, StoreError, millis, screen, time_at};
 use crate::domain::{ChannelId, GroupName};
 
 /// The key of the last config reload's outcome.
@@ -51,7 +51,7 @@ impl Store {
     pub fn set_note(&self, now: DateTime<Utc>, key: &str, value: &str) -> Result<(), StoreError> {
         self.write("writing a daemon note", |tx| {
             let value = screen(tx, value)?;
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO daemon_notes (key, value, at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, at = excluded.at",
                 params![key, value, millis(now)],

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
 use super::alerts::{ALERT_COLUMNS, AlertRecord, alert_row};
-use super::{Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 
 /// What a notification says about an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,7 +213,7 @@ impl Store {
         next_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.write("recording a failed alert notification", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE alert_notifications SET pending_attempts = pending_attempts + 1, \
                  pending_next_at = ?3 WHERE receiver = ?1 AND pending_id = ?2",
                 params![receiver, id, millis(next_at)],
@@ -238,7 +238,7 @@ impl Store {
         delivered: bool,
     ) -> Result<(), StoreError> {
         self.write("recording a finished alert notification", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE alert_notifications SET \
                  last_sent_at = CASE pending_kind WHEN 'firing' THEN ?3 ELSE last_sent_at END, \
                  sent_count = sent_count + (pending_kind = 'firing' AND ?4), \
@@ -267,12 +267,12 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let names = serde_json::to_string(receivers).unwrap_or_else(|_| "[]".to_owned());
         self.write("pruning alert notification state", |tx| {
-            let gone = tx.execute(
+            let gone = tx.exec_cached(
                 "DELETE FROM alert_notifications \
                  WHERE receiver NOT IN (SELECT value FROM json_each(?1))",
                 [names],
             )?;
-            let old = tx.execute(
+            let old = tx.exec_cached(
                 "DELETE FROM alert_notifications WHERE pending_id IS NULL AND NOT EXISTS \
                  (SELECT 1 FROM alerts a WHERE a.fingerprint = alert_notifications.fingerprint \
                   AND (a.resolved_at IS NULL OR a.resolved_at >= ?1))",
@@ -320,7 +320,7 @@ impl Store {
         stop: bool,
     ) -> Result<(), StoreError> {
         self.write("counting a receiver's monthly messages", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO alert_receiver_months (receiver, month, messages, stopped) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver, month) DO UPDATE SET \
                  messages = messages + ?3, stopped = max(stopped, ?4)",

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::events::insert_event;
 use super::sync::{end_streaks, load_group};
-use super::{EventKind, Fail, Scope, Store, StoreError, millis, time_at};
+use super::{EventKind, ExecCached as _, Fail, Scope, Store, StoreError, millis, time_at};
 use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind, RequestOutcome};
 
 impl Store {
@@ -46,7 +46,7 @@ impl Store {
                     }
                     .into());
                 }
-                tx.execute(
+                tx.exec_cached(
                     "INSERT INTO requests (channel_id, group_name, kind, requested_at, requested_by) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![channel.as_str(), group.as_str(), kind.as_str(), millis(now), by],

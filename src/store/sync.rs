@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::insert_event;
 use super::{
-    EventKind, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index, screen, time_at,
-    time_at_index,
+    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index,
+    screen, time_at, time_at_index,
 };
 use crate::domain::{ChannelId, FailureKind, GroupName, TokenKind};
 
@@ -208,7 +208,7 @@ impl Store {
             for spec in channels {
                 match existing.get(&spec.id) {
                     None => {
-                        tx.execute(
+                        tx.exec_cached(
                             "INSERT INTO channels (id, name, added_at) VALUES (?1, ?2, ?3)",
                             params![spec.id.as_str(), spec.name, millis(now)],
                         )?;
@@ -228,7 +228,7 @@ impl Store {
                             )?;
                             report.added_channels.push(spec.id.clone());
                         }
-                        tx.execute(
+                        tx.exec_cached(
                             "UPDATE channels SET name = ?2, removed_at = NULL WHERE id = ?1",
                             params![spec.id.as_str(), spec.name],
                         )?;
@@ -242,7 +242,7 @@ impl Store {
                     }
                 }
                 if let Some(fingerprint) = &spec.fingerprint {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE channels SET config_fingerprint = ?2 WHERE id = ?1",
                         params![spec.id.as_str(), fingerprint],
                     )?;
@@ -252,7 +252,7 @@ impl Store {
             }
             for row in existing.values() {
                 if row.is_active() && !channels.iter().any(|s| s.id == row.id) {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE channels SET removed_at = ?2 WHERE id = ?1",
                         params![row.id.as_str(), millis(now)],
                     )?;
@@ -364,7 +364,7 @@ impl Store {
                 .as_deref()
                 .map(|e| screen(tx, e))
                 .transpose()?;
-            let changed = tx.execute(
+            let changed = tx.exec_cached(
                 "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
                  retry_not_before = ?6, failure_kind = ?7, failed_step = ?8 \
                  WHERE channel_id = ?1 AND name = ?2",
@@ -409,7 +409,7 @@ impl Store {
                 .as_deref()
                 .map(|e| screen(tx, e))
                 .transpose()?;
-            let changed = tx.execute(
+            let changed = tx.exec_cached(
                 "UPDATE channels SET reconcile_failures = ?2, reconcile_retry_not_before = ?3, \
                  reconcile_error = ?4 WHERE id = ?1",
                 params![
@@ -441,7 +441,7 @@ impl Store {
         hold: Option<FullHold>,
     ) -> Result<(), StoreError> {
         self.write("saving a channel's full hold", |tx| {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE channels SET full_since = ?2, full_until = ?3, full_intent = ?4 WHERE id = ?1",
                 params![
                     channel.as_str(),
@@ -460,12 +460,12 @@ impl Store {
 /// its live tokens of the old kind (each is revoked and verified the way
 /// its own kind is) until its next rotation brings one of the new kind.
 fn sync_kinds(tx: &Connection, channel: &ChannelId, short_lived: &[GroupName]) -> Result<(), Fail> {
-    tx.execute(
+    tx.exec_cached(
         "UPDATE groups SET kind = 'v2.1' WHERE channel_id = ?1 AND kind <> 'v2.1'",
         [channel.as_str()],
     )?;
     for name in short_lived {
-        tx.execute(
+        tx.exec_cached(
             "UPDATE groups SET kind = 'short-lived' WHERE channel_id = ?1 AND name = ?2",
             params![channel.as_str(), name.as_str()],
         )?;
@@ -492,7 +492,7 @@ fn sync_groups(
     for name in wanted {
         match existing.get(name) {
             None => {
-                tx.execute(
+                tx.exec_cached(
                     "INSERT INTO groups (channel_id, name, added_at) VALUES (?1, ?2, ?3)",
                     params![channel.as_str(), name.as_str(), millis(now)],
                 )?;
@@ -508,7 +508,7 @@ fn sync_groups(
                 report.added_groups.push((channel.clone(), name.clone()));
             }
             Some(Some(_)) => {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE groups SET removed_at = NULL WHERE channel_id = ?1 AND name = ?2",
                     params![channel.as_str(), name.as_str()],
                 )?;
@@ -528,7 +528,7 @@ fn sync_groups(
     }
     for (name, removed_at) in &existing {
         if removed_at.is_none() && !wanted.contains(name) {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE groups SET removed_at = ?3 WHERE channel_id = ?1 AND name = ?2",
                 params![channel.as_str(), name.as_str(), millis(now)],
             )?;
@@ -628,12 +628,12 @@ pub(super) fn end_streaks(
         [channel.as_str()],
         |row| row.get(0),
     )?;
-    tx.execute(
+    tx.exec_cached(
         "UPDATE groups SET consecutive_failures = 0, retry_not_before = NULL, \
          failure_kind = NULL, failed_step = NULL WHERE channel_id = ?1",
         [channel.as_str()],
     )?;
-    tx.execute(
+    tx.exec_cached(
         "UPDATE channels SET reconcile_failures = 0, reconcile_retry_not_before = NULL, \
          reconcile_error = NULL, full_since = NULL, full_until = NULL, full_intent = NULL \
          WHERE id = ?1",

@@ -11,8 +11,8 @@ use rusqlite::{Connection, Row, params};
 use super::events::insert_event;
 use super::values::{Row as ValueRow, Values};
 use super::{
-    EventKind, Fail, IntentId, Scope, Store, StoreError, millis, opt_time_at_index, screen,
-    time_at, time_at_index,
+    EventKind, ExecCached as _, Fail, IntentId, Scope, Store, StoreError, millis,
+    opt_time_at_index, screen, time_at, time_at_index,
 };
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
@@ -197,7 +197,7 @@ impl Store {
                     key_id: key_id.clone(),
                 }
             })?;
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
                 params![key_id.as_str(), millis(now)],
             )?;
@@ -240,7 +240,7 @@ impl Store {
             if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
                 return Ok(());
             }
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
                 params![key_id.as_str(), millis(now)],
             )?;
@@ -320,7 +320,7 @@ pub(super) fn change_state(
     reason: &str,
 ) -> Result<(), Fail> {
     let reason = screen(tx, reason)?;
-    tx.execute(
+    tx.exec_cached(
         "UPDATE tokens SET state = ?2, state_reason = ?3, state_changed_at = ?4 WHERE key_id = ?1",
         params![
             token.record.key_id.as_str(),
