@@ -26,10 +26,12 @@
 
 mod connect;
 mod error;
+pub mod lease;
 pub mod migrate;
 
 pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
 pub use error::PgError;
+pub use lease::{LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};
 pub use migrate::{MIGRATIONS, PgMigration, latest_version};
 
 use super::Migrated;
