@@ -639,6 +639,56 @@ async fn a_takeover_waits_for_an_in_flight_fenced_write_and_then_sees_it() {
     assert!(matches!(err, PgError::Fenced { .. }), "{err:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_that_waited_for_the_row_is_judged_when_it_got_it() {
+    let test = "a_fence_that_waited_for_the_row_is_judged_when_it_got_it";
+    let Some((db, pool)) = migrated(test).await else {
+        return;
+    };
+    let observer = db.client().await;
+    let ch = ChannelId::new("1000000010");
+    let a = InstanceId::new("a");
+    let (_, la) = granted(
+        pool.acquire_lease(&ch, &a, Duration::milliseconds(500))
+            .await
+            .unwrap(),
+    );
+    // Another transaction locks the row (as a takeover's update does)
+    // while a's grant is still valid ...
+    let locker = db.client().await;
+    let pid_locker = backend_pid(&locker).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM channel_leases WHERE channel_id = '{ch}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    // ... and a's fence, asked for before valid_until, waits for it.
+    let conn = pool.get().await.unwrap();
+    let pid_a = backend_pid(&conn).await;
+    assert!(
+        db_now(&observer).await < la.valid_until,
+        "the test machine is too slow"
+    );
+    let write = {
+        let (pool, ch, a) = (pool.clone(), ch.clone(), a.clone());
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let tx = conn.transaction().await.unwrap();
+            fence(&tx, &pool, &ch, &a, Epoch(1)).await
+        })
+    };
+    wait_until_blocked(&observer, pid_a, pid_locker).await;
+    wait_db_until(&observer, la.valid_until).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    // It got the row after valid_until: judged then, the grant had lapsed.
+    let err = write.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, PgError::Fenced { why: NotHeld::Lapsed { valid_until }, .. } if *valid_until == la.valid_until),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_lease_lives_by_the_database_clock_alone() {
     let test = "a_lease_lives_by_the_database_clock_alone";
