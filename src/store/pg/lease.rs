@@ -312,7 +312,7 @@ impl PgPool {
             });
         }
         let why = self
-            .why_not_held(&**conn, "renewal", channel, me, epoch, db_now)
+            .why_not_held(&conn, "renewal", channel, me, epoch, db_now)
             .await?;
         Ok(RenewAnswer::Refused(why))
     }
@@ -358,7 +358,7 @@ impl PgPool {
             }));
         }
         let why = self
-            .why_not_held(&**conn, "release", channel, me, epoch, db_now)
+            .why_not_held(&conn, "release", channel, me, epoch, db_now)
             .await?;
         Ok(Err(why))
     }
