@@ -252,6 +252,32 @@ async fn acquire_renew_release_and_expiry_answer_as_the_model_does() {
     assert_eq!(Ok(l3.clone()), lease::acquire(Some(&l2), &b, now, LONG));
     assert_eq!((l3.epoch, &l3.holder), (Epoch(3), &b));
 
+    // The last epoch saturates, as the model's does, instead of
+    // overflowing the BIGINT.
+    let last = ChannelId::new("1000000011");
+    client
+        .execute(
+            "INSERT INTO channel_leases VALUES ($1, 'old', $2, 0)",
+            &[&last.as_str(), &i64::MAX],
+        )
+        .await
+        .unwrap();
+    let worn = Lease {
+        holder: InstanceId::new("old"),
+        epoch: Epoch(i64::MAX),
+        valid_until: DateTime::from_timestamp_millis(0).unwrap(),
+    };
+    let (now, lm) = granted(pool.acquire_lease(&last, &a, LONG).await.unwrap());
+    assert_eq!(Ok(lm.clone()), lease::acquire(Some(&worn), &a, now, LONG));
+    assert_eq!(lm.epoch, Epoch(i64::MAX));
+    client
+        .execute(
+            "DELETE FROM channel_leases WHERE channel_id = $1",
+            &[&last.as_str()],
+        )
+        .await
+        .unwrap();
+
     // `status` reads every row and the database's now.
     let (_, o1) = granted(pool.acquire_lease(&other, &a, LONG).await.unwrap());
     let table = pool.leases().await.unwrap();
@@ -490,8 +516,9 @@ async fn a_fenced_write_after_a_takeover_rolls_back_and_names_the_fence() {
     let client = db.client().await;
     let ch = ChannelId::new("1000000005");
     let (a, b) = (InstanceId::new("web-1:10"), InstanceId::new("web-2:20"));
+    // Short, but long enough for a loaded machine to pass the fence first.
     let (_, la) = granted(
-        pool.acquire_lease(&ch, &a, Duration::milliseconds(300))
+        pool.acquire_lease(&ch, &a, Duration::milliseconds(1500))
             .await
             .unwrap(),
     );
@@ -588,7 +615,7 @@ async fn a_takeover_waits_for_an_in_flight_fenced_write_and_then_sees_it() {
     let (a, b) = (InstanceId::new("a"), InstanceId::new("b"));
     let (_, la) = granted(
         pool_a
-            .acquire_lease(&ch, &a, Duration::milliseconds(500))
+            .acquire_lease(&ch, &a, Duration::milliseconds(1500))
             .await
             .unwrap(),
     );
@@ -649,7 +676,7 @@ async fn a_fence_that_waited_for_the_row_is_judged_when_it_got_it() {
     let ch = ChannelId::new("1000000010");
     let a = InstanceId::new("a");
     let (_, la) = granted(
-        pool.acquire_lease(&ch, &a, Duration::milliseconds(500))
+        pool.acquire_lease(&ch, &a, Duration::milliseconds(1500))
             .await
             .unwrap(),
     );
@@ -711,7 +738,7 @@ async fn a_lease_lives_by_the_database_clock_alone() {
     let ch = ChannelId::new("1000000007");
     let (a, b) = (InstanceId::new("a"), InstanceId::new("b"));
 
-    let ttl = Duration::milliseconds(700);
+    let ttl = Duration::milliseconds(1500);
     let (granted_at, la) = granted(pool.acquire_lease(&ch, &a, ttl).await.unwrap());
     // The grant is the TTL on the database's clock, from the statement's now.
     assert_eq!(la.valid_until - granted_at, ttl);
