@@ -31,11 +31,11 @@
 //! the lease is instead ([`NotHeld`], judged by [`lease::check`] at the
 //! refused statement's `now`); the decision itself is the one statement.
 //!
-//! Every statement is one round trip in autocommit, except [`fence`], which
-//! runs inside the caller's transaction: no row lock is ever held while
-//! the client thinks, so a paused instance blocks nobody's acquire or
+//! Every statement runs on its own in autocommit, except [`fence`], which
+//! runs inside the caller's transaction: no row lock is ever held between
+//! two round trips, so a paused instance blocks nobody's acquire or
 //! renewal except through a write transaction it left open (the caller's
-//! statement and idle-in-transaction timeouts bound that).
+//! statement and idle-in-transaction timeouts must bound that).
 //!
 //! Depends on tokio-postgres, [`crate::ha`] (the model and its types) and
 //! `domain`; nothing above the store.
