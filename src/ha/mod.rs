@@ -48,9 +48,9 @@
 //!    its assertion's expiry settles it; an unknown key ID that such an
 //!    intent may have made is ours and lost, never foreign.
 //!
-//! Not here yet (docs/design.md §14 lists them): the PostgreSQL lease
-//! table and its statements, the engine's use of these rules, followers,
-//! deployment.
+//! Their SQL on PostgreSQL is `store::pg::lease`, tested against these
+//! functions. Not here yet (docs/design.md §14 lists them): the engine's
+//! use of these rules, followers, deployment.
 //!
 //! Pure; depends on `domain`, `policy::jitter`'s stable hash and chrono.
 

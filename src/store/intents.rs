@@ -38,7 +38,9 @@ impl IntentId {
         self.0
     }
 
-    pub(super) fn from_raw(id: i64) -> Self {
+    /// The intent with row ID `id`, as a backend stored it (the
+    /// PostgreSQL orphan record keeps the intent's ID).
+    pub fn from_raw(id: i64) -> Self {
         Self(id)
     }
 }

@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_login_grants",
         sql: include_str!("../../migrations/0010_login_grants.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_ha_leases_and_orphans",
+        sql: include_str!("../../migrations/0011_ha_leases_and_orphans.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

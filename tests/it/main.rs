@@ -30,6 +30,7 @@ mod migrate_v3;
 mod observability;
 mod package;
 mod pg_harness;
+mod pg_lease;
 mod pg_store;
 mod recovery;
 mod regressions;

@@ -23,6 +23,14 @@ async fn pool(url: &str) -> Result<PgPool, PgError> {
     PgPool::connect(&PgTarget::parse(url)?, &options).await
 }
 
+/// The `schema_version` rows a fully migrated database has.
+fn shipped_versions() -> Vec<(i64, String)> {
+    MIGRATIONS
+        .iter()
+        .map(|m| (i64::from(m.version), m.name.to_owned()))
+        .collect()
+}
+
 async fn versions(db: &TestDb) -> Vec<(i64, String)> {
     db.client()
         .await
@@ -186,8 +194,8 @@ async fn migrations_give_an_empty_database_the_sqlite_schema() {
     };
     let pool = pool(&db.url()).await.unwrap();
     let migrated = pool.migrate().await.unwrap();
-    assert_eq!((migrated.from, migrated.to), (0, 10));
-    assert_eq!(versions(&db).await, vec![(10, "0010_baseline".to_owned())]);
+    assert_eq!((migrated.from, migrated.to), (0, migrate::latest_version()));
+    assert_eq!(versions(&db).await, shipped_versions());
 
     let pg = postgres_shape(&db.client().await).await;
     let sqlite = sqlite_shape();
@@ -214,8 +222,9 @@ async fn migrating_again_is_a_no_op_that_keeps_the_rows() {
         .unwrap();
     let again = pool.migrate().await.unwrap();
     assert!(again.was_current(), "{again:?}");
-    assert_eq!((again.from, again.to), (10, 10));
-    assert_eq!(versions(&db).await.len(), 1);
+    let latest = migrate::latest_version();
+    assert_eq!((again.from, again.to), (latest, latest));
+    assert_eq!(versions(&db).await, shipped_versions());
     let n: i64 = client
         .query_one("SELECT count(*) FROM channels", &[])
         .await
@@ -275,9 +284,9 @@ async fn two_migrators_started_together_wait_on_the_lock_and_end_with_one_schema
     let b = b.await.unwrap().unwrap();
     let applied = [a, b].iter().filter(|m| !m.was_current()).count();
     assert_eq!(applied, 1, "exactly one migrator applies: {a:?} {b:?}");
-    assert_eq!(a.to, 10);
-    assert_eq!(b.to, 10);
-    assert_eq!(versions(&db).await, vec![(10, "0010_baseline".to_owned())]);
+    assert_eq!(a.to, migrate::latest_version());
+    assert_eq!(b.to, migrate::latest_version());
+    assert_eq!(versions(&db).await, shipped_versions());
 }
 
 #[tokio::test]
@@ -288,11 +297,13 @@ async fn a_schema_newer_than_this_binary_is_refused_and_left_alone() {
     };
     let pool = pool(&db.url()).await.unwrap();
     pool.migrate().await.unwrap();
+    let known = migrate::latest_version();
+    let future = known + 1;
     db.client()
         .await
         .execute(
-            "INSERT INTO schema_version (version, name) VALUES (11, '0011_from_the_future')",
-            &[],
+            "INSERT INTO schema_version (version, name) VALUES ($1, 'from_the_future')",
+            &[&i64::from(future)],
         )
         .await
         .unwrap();
@@ -300,20 +311,16 @@ async fn a_schema_newer_than_this_binary_is_refused_and_left_alone() {
     assert!(
         matches!(
             err,
-            PgError::TooNew {
-                found: 11,
-                known: 10,
-                ..
-            }
+            PgError::TooNew { found, known: k, .. } if found == future && k == known
         ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("schema version 11"), "{text}");
-    assert!(text.contains("up to 10"), "{text}");
+    assert!(text.contains(&format!("schema version {future}")), "{text}");
+    assert!(text.contains(&format!("up to {known}")), "{text}");
     assert!(text.contains("downgrades are not supported"), "{text}");
     assert!(text.contains(&db.name), "names the database: {text}");
-    assert_eq!(versions(&db).await.len(), 2);
+    assert_eq!(versions(&db).await.len(), MIGRATIONS.len() + 1);
 }
 
 #[tokio::test]
@@ -531,7 +538,7 @@ async fn a_database_owner_without_superuser_can_migrate() {
     };
     let pool = pool(&url).await.unwrap();
     let m = pool.migrate().await.unwrap();
-    assert_eq!((m.from, m.to), (0, 10));
+    assert_eq!((m.from, m.to), (0, migrate::latest_version()));
     let superuser: bool = pool
         .get()
         .await

@@ -8,6 +8,9 @@
 
 use std::path::PathBuf;
 
+use crate::domain::ChannelId;
+use crate::ha::{Epoch, InstanceId, NotHeld};
+
 /// A PostgreSQL store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -110,6 +113,58 @@ pub enum PgError {
         found: u32,
         /// The migration's name.
         name: &'static str,
+    },
+
+    /// A write transaction's fence failed (docs/design.md §14.1): `holder`
+    /// does not hold `channel`'s lease with `epoch` at the database's now.
+    /// Roll the transaction back (it holds nothing useful) and step down.
+    #[error(
+        "write for channel {channel} fenced: instance {holder} does not hold its lease with \
+         epoch {epoch} ({why}); roll back and step down"
+    )]
+    Fenced {
+        /// The channel written for.
+        channel: ChannelId,
+        /// The instance that tried to write.
+        holder: InstanceId,
+        /// The epoch it wrote under.
+        epoch: Epoch,
+        /// Whose the lease is instead.
+        why: NotHeld,
+    },
+
+    /// The database refused a lease statement for `holder` and `epoch`, yet
+    /// its row, read just after, says `holder` holds it with `epoch`. No
+    /// single instance causes that; two instances sharing one `[ha]
+    /// instance_id` can.
+    #[error(
+        "PostgreSQL at {target}: the {what} of channel {channel}'s lease by instance {holder} \
+         (epoch {epoch}) was refused, yet the row says that instance holds it; is [ha] \
+         instance_id shared by two instances?"
+    )]
+    LeaseConflict {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// "renewal", "release" or "fence".
+        what: &'static str,
+        /// The channel.
+        channel: ChannelId,
+        /// The instance.
+        holder: InstanceId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+
+    /// A row holds a value no linetokd writes (a time out of range, an
+    /// unknown outcome).
+    #[error("PostgreSQL at {target}: {table} holds what no linetokd writes: {reason}")]
+    BadRow {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
     },
 
     /// A migration's SQL failed; the whole migration transaction was rolled

@@ -58,11 +58,18 @@ pub struct PgMigration {
 
 /// Every PostgreSQL migration this binary knows, in order; the first is the
 /// baseline.
-pub const MIGRATIONS: &[PgMigration] = &[PgMigration {
-    version: 10,
-    name: "0010_baseline",
-    sql: include_str!("../../../migrations/postgres/0010_baseline.sql"),
-}];
+pub const MIGRATIONS: &[PgMigration] = &[
+    PgMigration {
+        version: 10,
+        name: "0010_baseline",
+        sql: include_str!("../../../migrations/postgres/0010_baseline.sql"),
+    },
+    PgMigration {
+        version: 11,
+        name: "0011_ha_leases_and_orphans",
+        sql: include_str!("../../../migrations/postgres/0011_ha_leases_and_orphans.sql"),
+    },
+];
 
 /// The schema version this binary writes and reads on PostgreSQL.
 pub fn latest_version() -> u32 {

@@ -1,7 +1,7 @@
-//! The PostgreSQL store (in progress, issue 12): the connection pool and
-//! the schema. The typed queries of the SQLite store (`super`) get their
-//! PostgreSQL twins behind one store interface later; nothing in the daemon
-//! uses this module yet.
+//! The PostgreSQL store (in progress, issue 12): the connection pool, the
+//! schema, and high availability's lease and orphan statements. The typed
+//! queries of the SQLite store (`super`) get their PostgreSQL twins behind
+//! one store interface later; nothing in the daemon uses this module yet.
 //!
 //! - `connect`: [`PgTarget`] parses a `postgres://` URL (read by the caller
 //!   from the secret file `[daemon] database_url_file`) and its `sslmode`;
@@ -10,10 +10,17 @@
 //! - [`migrate`]: `migrations/postgres/*.sql`, the same schema versions as
 //!   SQLite's, applied in one transaction under a transaction-level advisory
 //!   lock; a newer schema is refused.
+//! - [`lease`]: `channel_leases` and `fenced_orphans` (schema 11): acquire,
+//!   renew and release a channel's lease, [`fence`] (the first statement
+//!   of every write transaction for a channel), the lease table for
+//!   `status`, and the orphan record. Each statement decides at the
+//!   database's `clock_timestamp()` and answers as its model in
+//!   [`crate::ha::lease`] does.
 //! - `error`: [`PgError`].
 //!
-//! Depends on tokio-postgres, deadpool-postgres and rustls, and on
-//! [`super::Migrated`]; nothing above the store.
+//! Depends on tokio-postgres, deadpool-postgres and rustls, on
+//! [`super::Migrated`] and [`super::IntentId`], and on [`crate::ha`]'s pure
+//! lease types; nothing above the store.
 //!
 //! # Invariants
 //!
@@ -22,14 +29,20 @@
 //! - A schema change commits with its `schema_version` row or not at all,
 //!   and two instances migrating at once serialize on the advisory lock.
 //! - Times stay integer unix milliseconds (BIGINT), as in SQLite, so both
-//!   backends read and write the same values.
+//!   backends read and write the same values. The lease and orphan
+//!   statements take theirs from the database's clock, never the host's.
+//! - A write transaction for a channel that passed [`fence`] holds its
+//!   lease row `FOR SHARE` until it ends, so no takeover commits in
+//!   between; one that failed it must roll back.
 
 mod connect;
 mod error;
+pub mod lease;
 pub mod migrate;
 
 pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
 pub use error::PgError;
+pub use lease::{LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};
 pub use migrate::{MIGRATIONS, PgMigration, latest_version};
 
 use super::Migrated;
