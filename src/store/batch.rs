@@ -33,7 +33,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Weak};
 use std::thread::{self, ThreadId};
 
-use super::{Inner, Store, StoreError};
+use super::{ExecCached as _, Inner, Store, StoreError};
 
 /// The most jobs one transaction takes: enough to share one fsync among
 /// every job that arrives during it, few enough that the first of them is
@@ -69,6 +69,43 @@ impl Connection {
     /// True when another thread runs an open batch.
     pub(super) fn in_other_batch(&self) -> bool {
         self.batch.is_some_and(|t| t != thread::current().id())
+    }
+}
+
+/// One write inside a batch: a savepoint, released when the write
+/// succeeded and rolled back otherwise, also when the write panicked (the
+/// guard's drop). rusqlite's own savepoint parses its SQL on every use;
+/// these statements come from the statement cache, and a batch runs one
+/// per write.
+pub(super) struct Savepoint<'c> {
+    conn: &'c rusqlite::Connection,
+    released: bool,
+}
+
+impl<'c> Savepoint<'c> {
+    pub(super) fn open(conn: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        conn.exec_cached("SAVEPOINT batch_write", [])?;
+        Ok(Self {
+            conn,
+            released: false,
+        })
+    }
+
+    pub(super) fn release(mut self) -> rusqlite::Result<()> {
+        self.released = true;
+        self.conn.exec_cached("RELEASE batch_write", []).map(|_| ())
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            // Undoes the write; its failure was already reported. If these
+            // fail too, SQLite has ended the transaction itself, and the
+            // batch's commit finds that out.
+            let _ = self.conn.exec_cached("ROLLBACK TO batch_write", []);
+            let _ = self.conn.exec_cached("RELEASE batch_write", []);
+        }
     }
 }
 
@@ -182,15 +219,19 @@ fn commit(store: &Store) -> Result<(), StoreError> {
             what: "SQLite rolled back a batch of writes after an error".to_owned(),
         })
     } else {
-        guard.conn.execute_batch("COMMIT").map_err(|source| {
-            // Not committed: leave no transaction open for the next batch.
-            let _ = guard.conn.execute_batch("ROLLBACK");
-            StoreError::Query {
-                path: store.path().to_path_buf(),
-                what: "committing a batch of writes",
-                source,
-            }
-        })
+        guard
+            .conn
+            .exec_cached("COMMIT", [])
+            .map(|_| ())
+            .map_err(|source| {
+                // Not committed: leave no transaction open for the next batch.
+                let _ = guard.conn.execute_batch("ROLLBACK");
+                StoreError::Query {
+                    path: store.path().to_path_buf(),
+                    what: "committing a batch of writes",
+                    source,
+                }
+            })
     };
     guard.batch = None;
     drop(guard);
@@ -268,6 +309,7 @@ mod tests {
         let (out_a, answers_a) = std::sync::mpsc::channel::<Result<(), StoreError>>();
         let (out_b, answers_b) = std::sync::mpsc::channel::<Result<(), StoreError>>();
         let (out_c, answers_c) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+        let (out_d, answers_d) = std::sync::mpsc::channel::<Result<(), StoreError>>();
         let (seen_send, seen) = std::sync::mpsc::channel::<Option<String>>();
         let jobs = vec![
             job_into(&out_a, move |store: &Store| {
@@ -295,6 +337,16 @@ mod tests {
                 store.set_note(at(), "a", "final")?;
                 panic!("a job that panics");
             }),
+            job_into(&out_d, |store: &Store| {
+                // A write that panics half-way is rolled back too.
+                store.write("a write that panics", |conn| {
+                    conn.execute(
+                        "INSERT INTO daemon_notes (key, value, at) VALUES ('d', 'gone', ?1)",
+                        [millis(at())],
+                    )?;
+                    panic!("a write that panics");
+                })
+            }),
         ];
         let answers = run(&store, jobs);
         assert!(answers.iter().all(|(_, failed)| failed.is_none()));
@@ -306,9 +358,12 @@ mod tests {
         assert!(b.contains("refused on purpose"), "{b}");
         let c = answers_c.recv().unwrap().unwrap_err().to_string();
         assert!(c.contains("a job that panics"), "{c}");
+        let d = answers_d.recv().unwrap().unwrap_err().to_string();
+        assert!(d.contains("a write that panics"), "{d}");
         assert_eq!(seen.recv().unwrap().as_deref(), Some("final"));
         assert_eq!(note(&store, "b").as_deref(), Some("kept"));
         assert_eq!(note(&store, "c"), None);
+        assert_eq!(note(&store, "d"), None);
         // Committed: a second connection sees it.
         drop(store);
         let reader = Store::open_read_only(&dir.path().join("b.db")).unwrap();

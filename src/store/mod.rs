@@ -514,9 +514,9 @@ impl Store {
         let run = |conn: &mut batch::Connection| -> Result<T, Fail> {
             if conn.in_my_batch() {
                 // The batch checked the file when it began.
-                let sp = conn.conn.savepoint()?;
-                let out = f(&sp)?;
-                sp.commit()?;
+                let savepoint = batch::Savepoint::open(&conn.conn)?;
+                let out = f(&conn.conn)?;
+                savepoint.release()?;
                 return Ok(out);
             }
             // Under the connection lock, so no write of ours slips in
