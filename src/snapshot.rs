@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenKind, TokenState};
 use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState};
-use crate::store::{ChannelRow, GroupRow, GroupRuntime, Scope, Store, StoreError, StoredToken};
+use crate::store::{ChannelRow, GroupRow, GroupRuntime, LiveRecord, Scope, Store, StoreError};
 
 /// The store's view of one channel at one instant.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct Snapshot {
     /// tokens recorded live (revoked after `removal_grace`, or marked
     /// expired), each with its tokens still recorded live. Ordered by group
     /// name.
-    pub groups: Vec<(GroupRow, Vec<StoredToken>)>,
+    pub groups: Vec<(GroupRow, Vec<LiveRecord>)>,
     /// Foreign key IDs the last reconcile saw listed.
     pub foreign: Vec<KeyId>,
     /// Issue attempts with an unknown outcome that no reconcile has settled,
@@ -60,7 +60,7 @@ impl Snapshot {
         let mut parts = Parts {
             // Only the tokens still recorded live: the policy ignores the
             // rest, and a group's dead tokens pile up with every rotation.
-            live: store.live_tokens_of_channel(channel_id)?,
+            live: store.live_records_in(Scope::Channel(channel_id))?,
             groups: store.groups(channel_id)?,
             foreign: store
                 .live_foreign_kids(channel_id)?
@@ -104,7 +104,7 @@ impl Snapshot {
         now: DateTime<Utc>,
     ) -> Result<Vec<Self>, StoreError> {
         let (tokens, rest) = std::thread::scope(|scope| {
-            let tokens = scope.spawn(|| tokens_from.live_tokens_in(Scope::All));
+            let tokens = scope.spawn(|| tokens_from.live_records_in(Scope::All));
             let rest = Self::read_all_but_tokens(store, now);
             let tokens = tokens
                 .join()
@@ -184,7 +184,7 @@ impl Snapshot {
         &self,
         channel: &ChannelId,
         row: &GroupRow,
-        tokens: &[StoredToken],
+        tokens: &[LiveRecord],
         can_revoke: bool,
     ) -> GroupView {
         let current_verified = tokens
@@ -271,7 +271,7 @@ impl Snapshot {
 #[derive(Default)]
 struct Parts {
     /// Tokens recorded live, oldest first.
-    live: Vec<StoredToken>,
+    live: Vec<LiveRecord>,
     /// Group rows, by name.
     groups: Vec<GroupRow>,
     foreign: Vec<KeyId>,
@@ -287,7 +287,7 @@ impl Parts {
         let mut live = self.live;
         let mut groups = Vec::new();
         for row in self.groups {
-            let (tokens, rest): (Vec<StoredToken>, Vec<StoredToken>) =
+            let (tokens, rest): (Vec<LiveRecord>, Vec<LiveRecord>) =
                 live.into_iter().partition(|t| t.group == row.name);
             live = rest;
             // A removed group stays while it holds a token still recorded

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{ConfiguredChannel, StoredChannel, StoredState};
 use crate::domain::{ChannelId, GroupName, TokenKind};
 use crate::policy::{self, ChannelView, GroupView};
-use crate::store::{GroupRow, StoredToken};
+use crate::store::{GroupRow, LiveRecord};
 
 // ---------------------------------------------------------------------------
 // The world: store and config together.
@@ -28,7 +28,7 @@ pub(super) struct ChannelWorld<'a> {
 pub(super) struct GroupWorld<'a> {
     pub(super) view: GroupView,
     pub(super) row: Option<&'a GroupRow>,
-    pub(super) tokens: &'a [StoredToken],
+    pub(super) tokens: &'a [LiveRecord],
     pub(super) in_config: bool,
 }
 

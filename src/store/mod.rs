@@ -99,7 +99,7 @@ pub use notifications::{NotifyItem, NotifyKind, NotifyState, PendingNotification
 pub use sync::{
     ChannelRow, ChannelSpec, FullHold, GroupRow, GroupRuntime, ReconcileRuntime, SyncReport,
 };
-pub use tokens::StoredToken;
+pub use tokens::{LiveRecord, StoredToken};
 pub use values::{REKEY_BATCH, RekeyProgress, ValueCount};
 
 /// Which channels a read covers: one (the rotator, channel by channel), or

@@ -36,6 +36,20 @@ pub struct StoredToken {
     pub intent: Option<IntentId>,
 }
 
+/// A live token without its value: what the policy, the driver rounds and
+/// `status` read. Reading the value (and, with `[encryption]`, opening
+/// its seal) for every token of a channel on every driver round cost more
+/// than the rest of the round's reads together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRecord {
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// The group it was issued for.
+    pub group: GroupName,
+    /// Key ID, times and state.
+    pub record: TokenRecord,
+}
+
 /// The columns every token query selects, in this order: [`token_from_row`]
 /// reads them by position (see [`super::time_at_index`] for why), and a
 /// test holds the two together.
@@ -121,6 +135,47 @@ impl Store {
             });
         }
         Ok(tokens)
+    }
+
+    /// The live tokens of one channel or all, as [`Self::live_tokens_in`]
+    /// orders them, without their values.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub fn live_records_in(&self, scope: Scope<'_>) -> Result<Vec<LiveRecord>, StoreError> {
+        let mut records = self.read("listing live tokens", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT key_id, channel_id, group_name, issued_at, expires_at, \
+                 last_verified_at, refused_at FROM tokens WHERE {} AND state = 'live' \
+                 ORDER BY channel_id",
+                scope.condition("channel_id")
+            ))?;
+            let mut rows = stmt.query(params![scope.param()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(LiveRecord {
+                    channel_id: ChannelId::new(row.get::<_, String>(1)?),
+                    group: GroupName::new(row.get::<_, String>(2)?),
+                    record: TokenRecord {
+                        key_id: KeyId::new(row.get::<_, String>(0)?),
+                        issued_at: time_at_index(row, 3, "issued_at")?,
+                        expires_at: time_at_index(row, 4, "expires_at")?,
+                        state: TokenState::Live,
+                        verified_at: opt_time_at_index(row, 5, "last_verified_at")?,
+                        refused_at: opt_time_at_index(row, 6, "refused_at")?,
+                    },
+                });
+            }
+            Ok(out)
+        })?;
+        // As in `live_tokens_in`: each channel's few tokens by issue time.
+        for channel in records.chunk_by_mut(|a, b| a.channel_id == b.channel_id) {
+            channel.sort_by(|a, b| {
+                (a.record.issued_at, &a.record.key_id).cmp(&(b.record.issued_at, &b.record.key_id))
+            });
+        }
+        Ok(records)
     }
 
     /// Moves a live token to `state` with a reason (screened like every

@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, Utc};
 use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenState};
 use linetokd::store::migrate::{self, Migration};
 use linetokd::store::{
-    ChannelSpec, EventKind, GroupRuntime, IntentOutcome, IssuedToken, NewEvent, Store, StoreError,
-    WriterLock,
+    ChannelSpec, EventKind, GroupRuntime, IntentOutcome, IssuedToken, NewEvent, Scope, Store,
+    StoreError, WriterLock,
 };
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -846,6 +846,43 @@ fn sync_config_marks_removed_rows_and_restores_returning_ones() {
     assert!(unchanged.is_empty(), "{unchanged:?}");
 }
 
+/// What the driver rounds and `status` read: the live tokens' records
+/// without their values, the same rows in the same order as with them.
+#[test]
+fn live_records_are_the_live_tokens_without_their_values() {
+    let (_dir, path) = fresh();
+    let store = synced_store(&path);
+    issue(
+        &store,
+        "crm",
+        "k2",
+        "tok-2",
+        t0() + Duration::milliseconds(1),
+    );
+    issue(&store, "backend", "k1", "tok-1", t0());
+    issue(
+        &store,
+        "backend",
+        "k3",
+        "tok-3",
+        t0() + Duration::seconds(5),
+    );
+    store
+        .set_token_state(t0(), &kid("k3"), TokenState::Revoked, "superseded")
+        .unwrap();
+    for scope in [Scope::Channel(&ch("1000")), Scope::All] {
+        let with_values = store.live_tokens_in(scope).unwrap();
+        let records = store.live_records_in(scope).unwrap();
+        assert_eq!(records.len(), 2);
+        for (full, bare) in with_values.iter().zip(&records) {
+            assert_eq!(full.record, bare.record);
+            assert_eq!(full.group, bare.group);
+            assert_eq!(full.channel_id, bare.channel_id);
+        }
+        assert_eq!(records[0].record.key_id, kid("k1"), "oldest first");
+    }
+}
+
 #[test]
 fn a_token_leaves_the_live_state_once_and_keeps_its_first_cause() {
     let (_dir, path) = fresh();
@@ -1032,7 +1069,6 @@ fn an_untouched_database_keeps_writing_and_other_errors_are_not_fatal() {
 #[test]
 fn groups_get_their_kind_and_short_lived_tokens_stay_out_of_the_listing() {
     use linetokd::domain::TokenKind;
-    use linetokd::store::Scope;
     use linetokd::store::migrate::{self, MIGRATIONS};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("linetokd.db");
