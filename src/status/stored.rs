@@ -91,6 +91,9 @@ impl StoredState {
 /// # Errors
 /// [`StoreError`] when a query fails.
 pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, StoreError> {
+    // The report reads no token value, so a missing or wrong database key
+    // would go unnoticed here while the daemon refuses to start with it.
+    store.check_value_keys()?;
     // A second read-only connection reads the live tokens, the biggest
     // read, while this one reads the rest (`Snapshot::read_all`). Where
     // none opens, this one reads them too.

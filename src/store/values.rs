@@ -742,6 +742,22 @@ pub(super) fn holds_value(conn: &Connection, text: &str, longest_run: usize) -> 
 }
 
 impl super::Store {
+    /// Checks that this store's keys open every sealed value, as a writer's
+    /// open does: the commands that read beside the daemon (`status`,
+    /// `plan`) call it, since they no longer read the values themselves and
+    /// would otherwise report an encrypted database without the keys the
+    /// daemon needs to start.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::EncryptedWithoutKeys`], [`StoreError::MissingKeys`],
+    /// [`StoreError::Undecryptable`] (a wrong key file), [`StoreError::Query`].
+    pub fn check_value_keys(&self) -> Result<(), StoreError> {
+        self.read("checking the database keys", |conn| {
+            check_keys(conn, &self.inner.values)
+        })
+    }
+
     /// Rows per key: plaintext (`key: None`) first, then each database
     /// key, for `status` and the metrics; login grants count as one row
     /// each.
