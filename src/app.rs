@@ -158,10 +158,10 @@ impl Daemon {
         let now = clock.now();
         let specs = channel_specs(config);
         let synced = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.sync_config(now, &specs))
+            store
+                .blocking(move |s| s.sync_config(now, &specs))
                 .await
-                .context("while syncing the config into the database")??
+                .context("while syncing the config into the database")?
         };
         for (channel, group) in &synced.added_groups {
             tracing::info!(channel = %channel, group = %group, "group added");
@@ -444,9 +444,10 @@ impl Daemon {
         let specs = channel_specs(config);
         let now = self.clock.now();
         let store = self.rotator.store().clone();
-        let synced = tokio::task::spawn_blocking(move || store.sync_config(now, &specs))
+        let synced = store
+            .blocking(move |s| s.sync_config(now, &specs))
             .await
-            .context("while syncing the reloaded config into the database")??;
+            .context("while syncing the reloaded config into the database")?;
         self.rotator.set_channels(setups);
         self.metrics.set_channel_names(config.channel_index());
         self.rotator.set_rules(new_rules);
@@ -1034,9 +1035,10 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
     // The note and the alert are stored before the outcome is logged: what
     // watches the log (an operator, a test) then finds them in `status`.
     let (store, now) = (daemon.rotator.store().clone(), daemon.clock.now());
-    let written =
-        tokio::task::spawn_blocking(move || store.set_note(now, LAST_RELOAD, &note)).await;
-    if let Ok(Err(e)) = written {
+    let written = store
+        .blocking(move |s| s.set_note(now, LAST_RELOAD, &note))
+        .await;
+    if let Err(e) = written {
         tracing::warn!(error = %e, "could not record the reload's outcome");
     }
     let failure = outcome.as_ref().err().map(|e| {
@@ -1294,10 +1296,10 @@ impl control::Engine for Rotator {
     fn request_outcome(&self, id: i64) -> control::EngineFuture<'_, Option<RequestOutcome>> {
         Box::pin(async move {
             let store = self.store().clone();
-            tokio::task::spawn_blocking(move || store.request_outcome(id))
+            store
+                .blocking(move |s| s.request_outcome(id))
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .flatten()
         })
     }

@@ -274,46 +274,44 @@ impl Delivery {
         let now = self.clock.now();
         let keys: HashSet<GroupKey> = self.read_groups().keys().cloned().collect();
         let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            // One query for every group's live tokens, not one per group:
-            // at 100,000 groups that is the difference between a start in
-            // a moment and one in many seconds.
-            let mut live: HashMap<GroupKey, Vec<PublishedToken>> =
-                HashMap::with_capacity(keys.len());
-            for t in store.live_tokens_in(Scope::All)? {
-                if !t.record.is_live_at(now) {
-                    continue;
+        let loaded = store
+            .blocking(move |store| -> Result<_, StoreError> {
+                // One query for every group's live tokens, not one per group:
+                // at 100,000 groups that is the difference between a start in
+                // a moment and one in many seconds.
+                let mut live: HashMap<GroupKey, Vec<PublishedToken>> =
+                    HashMap::with_capacity(keys.len());
+                for t in store.live_tokens_in(Scope::All)? {
+                    if !t.record.is_live_at(now) {
+                        continue;
+                    }
+                    let key = (t.channel_id, t.group);
+                    if !keys.contains(&key) {
+                        continue;
+                    }
+                    live.entry(key).or_default().push(PublishedToken {
+                        key_id: t.record.key_id,
+                        token: t.value,
+                        issued_at: t.record.issued_at,
+                        expires_at: t.record.expires_at,
+                    });
                 }
-                let key = (t.channel_id, t.group);
-                if !keys.contains(&key) {
-                    continue;
+                let mut out = Vec::with_capacity(keys.len());
+                for (channel, group) in keys {
+                    let mut live = live
+                        .remove(&(channel.clone(), group.clone()))
+                        .unwrap_or_default();
+                    live.sort_by_key(|t| std::cmp::Reverse((t.issued_at, t.expires_at)));
+                    let mut live = live.into_iter();
+                    let tokens = GroupTokens {
+                        current: live.next(),
+                        previous: live.next(),
+                    };
+                    out.push((channel, group, tokens));
                 }
-                live.entry(key).or_default().push(PublishedToken {
-                    key_id: t.record.key_id,
-                    token: t.value,
-                    issued_at: t.record.issued_at,
-                    expires_at: t.record.expires_at,
-                });
-            }
-            let mut out = Vec::with_capacity(keys.len());
-            for (channel, group) in keys {
-                let mut live = live
-                    .remove(&(channel.clone(), group.clone()))
-                    .unwrap_or_default();
-                live.sort_by_key(|t| std::cmp::Reverse((t.issued_at, t.expires_at)));
-                let mut live = live.into_iter();
-                let tokens = GroupTokens {
-                    current: live.next(),
-                    previous: live.next(),
-                };
-                out.push((channel, group, tokens));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Internal {
-            what: e.to_string(),
-        })??;
+                Ok(out)
+            })
+            .await?;
         for (channel, group, tokens) in loaded {
             let has_current = tokens.current.is_some();
             self.book.update(&channel, &group, |_| tokens);
@@ -713,9 +711,10 @@ impl Delivery {
         let note = note_text(&health);
         let store = self.store.clone();
         let note_key = sink_note_key(channel, group);
-        let result =
-            tokio::task::spawn_blocking(move || store.set_note(now, &note_key, &note)).await;
-        if let Ok(Err(e)) = result {
+        let result = store
+            .blocking(move |s| s.set_note(now, &note_key, &note))
+            .await;
+        if let Err(e) = result {
             tracing::warn!(channel = %channel, group = %group, error = %e, "could not record the sinks' state for status");
         }
         // A group that left the config is still written while it holds
@@ -978,8 +977,8 @@ impl Delivery {
             detail,
         };
         let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.record_event(now, &event)).await;
-        if let Ok(Err(e)) = result {
+        let result = store.blocking(move |s| s.record_event(now, &event)).await;
+        if let Err(e) = result {
             tracing::warn!(error = %e, "could not record the hook's outcome");
         }
         // A run is already every attempt the retry rules allow: one failed

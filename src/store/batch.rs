@@ -92,8 +92,11 @@ impl<'c> Savepoint<'c> {
     }
 
     pub(super) fn release(mut self) -> rusqlite::Result<()> {
+        self.conn.exec_cached("RELEASE batch_write", [])?;
+        // Only now: a RELEASE that failed leaves the guard to undo the
+        // write, so the batch never commits a write its caller saw fail.
         self.released = true;
-        self.conn.exec_cached("RELEASE batch_write", []).map(|_| ())
+        Ok(())
     }
 }
 
@@ -180,6 +183,9 @@ fn run(store: &Store, jobs: Vec<Job>) -> Vec<(Answer, Option<StoreError>)> {
     if !begin(store) {
         return jobs.into_iter().map(|job| (job(store), None)).collect();
     }
+    // Ends the batch even if something below panics, so that other
+    // threads waiting for it are not stuck for good.
+    let _end = EndBatch(store);
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
         answers.push(job(store));
@@ -211,8 +217,16 @@ fn begin(store: &Store) -> bool {
 /// commit (or already rolled back after an I/O error), and lets other
 /// threads at the connection again.
 fn commit(store: &Store) -> Result<(), StoreError> {
+    // A file replaced while the batch ran: its writes would go where
+    // nobody finds them, so none is committed and every job hears why.
+    let replaced = store.check_same_file().err();
     let mut guard = store.connection();
-    let result = if guard.conn.is_autocommit() {
+    let result = if let Some(e) = replaced {
+        if !guard.conn.is_autocommit() {
+            let _ = guard.conn.execute_batch("ROLLBACK");
+        }
+        Err(e)
+    } else if guard.conn.is_autocommit() {
         // SQLite ends a transaction on its own after some errors (a full
         // disk, an I/O error): nothing of this batch is stored.
         Err(StoreError::Internal {
@@ -237,6 +251,31 @@ fn commit(store: &Store) -> Result<(), StoreError> {
     drop(guard);
     store.inner.batch_ended.notify_all();
     result
+}
+
+/// Closes a batch that [`commit`] did not close because something
+/// panicked: rolls back what is left and lets other threads at the
+/// connection again. After a normal commit it finds nothing to do.
+struct EndBatch<'s>(&'s Store);
+
+impl Drop for EndBatch<'_> {
+    fn drop(&mut self) {
+        let mut guard = self
+            .0
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !guard.in_my_batch() {
+            return;
+        }
+        if !guard.conn.is_autocommit() {
+            let _ = guard.conn.execute_batch("ROLLBACK");
+        }
+        guard.batch = None;
+        drop(guard);
+        self.0.inner.batch_ended.notify_all();
+    }
 }
 
 /// A failed batch's error, once for each of its callers.
@@ -368,6 +407,80 @@ mod tests {
         drop(store);
         let reader = Store::open_read_only(&dir.path().join("b.db")).unwrap();
         assert_eq!(note(&reader, "a").as_deref(), Some("final"));
+    }
+
+    /// SQLite ends a transaction on its own after some errors (a full disk,
+    /// an I/O error; here a trigger's `RAISE(ROLLBACK)`). The jobs after it
+    /// in the batch must not commit on their own while being told they
+    /// failed.
+    #[test]
+    fn after_sqlite_rolls_a_batch_back_no_later_job_commits_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("r.db")).unwrap();
+        let (out, answers) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+        let jobs = vec![
+            job_into(&out, |store: &Store| store.set_note(at(), "a", "first")),
+            job_into(&out, |store: &Store| {
+                store.write("a trigger that rolls everything back", |conn| {
+                    conn.execute_batch(
+                        "CREATE TEMP TRIGGER boom BEFORE INSERT ON daemon_notes \
+                         WHEN new.key = 'boom' BEGIN SELECT RAISE(ROLLBACK, 'boom'); END",
+                    )?;
+                    Ok(())
+                })?;
+                store.set_note(at(), "boom", "x")
+            }),
+            job_into(&out, |store: &Store| store.set_note(at(), "c", "after")),
+        ];
+        let results = run(&store, jobs);
+        assert!(results.iter().all(|(_, failed)| failed.is_some()));
+        for (answer, failed) in results {
+            answer(failed.as_ref());
+        }
+        for _ in 0..3 {
+            assert!(answers.recv().unwrap().is_err());
+        }
+        assert_eq!(note(&store, "a"), None);
+        assert_eq!(
+            note(&store, "c"),
+            None,
+            "the job after the rollback committed alone"
+        );
+    }
+
+    /// The database file renamed away while a batch runs: nothing of the
+    /// batch is committed to the file nobody will open again, and every
+    /// job hears that it was replaced (fatal).
+    #[test]
+    fn a_file_replaced_during_a_batch_commits_nothing_and_fails_every_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let moved = dir.path().join("moved.db");
+        let store = Store::open(&path).unwrap();
+        let (out, answers) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+        let (from, to) = (path.clone(), moved.clone());
+        let jobs = vec![
+            job_into(&out, |store: &Store| store.set_note(at(), "a", "x")),
+            job_into(&out, move |store: &Store| {
+                std::fs::rename(&from, &to).unwrap();
+                store.set_note(at(), "b", "y")
+            }),
+        ];
+        let results = run(&store, jobs);
+        for (answer, failed) in results {
+            assert!(
+                failed.as_ref().is_some_and(StoreError::is_fatal),
+                "{failed:?}"
+            );
+            answer(failed.as_ref());
+        }
+        for _ in 0..2 {
+            assert!(answers.recv().unwrap().unwrap_err().is_fatal());
+        }
+        // Rolled back: the connection (still on the moved file) has neither.
+        assert_eq!(note(&store, "a"), None);
+        assert_eq!(note(&store, "b"), None);
+        assert!(moved.exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -846,9 +846,11 @@ impl Store {
 
     /// Ends the pause of `channel` that LINE's `invalid_client` began and
     /// that was to last `until`: a reload changed the channel's secret. The
-    /// grants moved to the pause's end (the refused one, and those set
-    /// aside while it lasted) were due then, so they are due at `now`.
-    /// Returns how many were moved.
+    /// grants moved to the pause's end (the refused ones, and those set
+    /// aside while it lasted) were due then, so they are due at `now`. A
+    /// second refusal during the pause moved its end, so every grant due
+    /// between now and `until` is moved; one that was only scheduled in that
+    /// hour is refreshed that much early. Returns how many were moved.
     ///
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
@@ -861,7 +863,8 @@ impl Store {
         self.write("ending a login channel's pause", |tx| {
             Ok(tx.exec_cached(
                 "UPDATE login_grants SET retry_not_before = NULL, next_refresh_at = ?2 \
-                 WHERE channel_id = ?1 AND state = 'active' AND next_refresh_at = ?3",
+                 WHERE channel_id = ?1 AND state = 'active' \
+                 AND next_refresh_at > ?2 AND next_refresh_at <= ?3",
                 params![channel.as_str(), millis(now), millis(until)],
             )?)
         })

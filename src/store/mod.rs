@@ -513,7 +513,20 @@ impl Store {
         let mut guard = self.connection();
         let run = |conn: &mut batch::Connection| -> Result<T, Fail> {
             if conn.in_my_batch() {
-                // The batch checked the file when it began.
+                // SQLite ended the batch's transaction after an error (a
+                // full disk, an I/O error): a savepoint now would begin and
+                // commit a transaction of its own, which the batch would
+                // then report as failed. The batch is over for every job.
+                if conn.conn.is_autocommit() {
+                    return Err(Fail::Store(StoreError::Internal {
+                        what:
+                            "SQLite rolled back this batch of writes after an error; nothing of it \
+                               was stored"
+                                .to_owned(),
+                    }));
+                }
+                // The batch checks the file when it begins and again
+                // before it commits.
                 let savepoint = batch::Savepoint::open(&conn.conn)?;
                 let out = f(&conn.conn)?;
                 savepoint.release()?;
