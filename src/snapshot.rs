@@ -98,6 +98,11 @@ impl Snapshot {
     /// second connection to the same database, it reads them on another
     /// thread while `store` reads the rest (given `store` itself, the two
     /// reads take turns).
+    ///
+    /// Never call it inside [`Store::blocking`] on a writer store: the
+    /// other thread would wait for the batch the caller's job belongs to,
+    /// and the job for that thread. `status` and `plan` call it on
+    /// read-only stores.
     pub fn read_all(
         store: &Store,
         tokens_from: &Store,
