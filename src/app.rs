@@ -505,6 +505,12 @@ impl Daemon {
         // next daemon may write its own record.
         self.address_record.take();
         self.tasks.wait().await;
+        // A task cancelled while its store job waited leaves that job with
+        // the store's writer thread, which holds the store (and so the
+        // writer lock) until the job has run. One empty job behind it makes
+        // sure the thread has let go, so the lock goes with this daemon and
+        // a daemon started next in this process is not refused.
+        let _ = self.rotator.store().blocking(|_| Ok(())).await;
         match self.scheduler_task.await {
             Ok(outcome) => outcome,
             // A panic was reported where it happened; it is no store error.
