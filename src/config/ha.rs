@@ -41,7 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration::{self, format as fmt_dur};
-use super::validate::{CHANNEL_TOKEN_CAP, MAX_GROUPS_PER_CHANNEL};
+use super::validate::{CHANNEL_TOKEN_CAP, MAX_GROUPS_PER_CHANNEL, groups_of_kind};
 use super::{ChannelSettings, Problem};
 use crate::domain::TokenKind;
 use crate::ha::InstanceId;
@@ -184,11 +184,7 @@ pub(super) fn validate(
     }
     for (i, c) in channels.iter().enumerate() {
         for kind in [TokenKind::V21, TokenKind::ShortLived] {
-            let n = c
-                .groups
-                .iter()
-                .filter(|g| TokenKind::parse(&g.kind) == Some(kind))
-                .count();
+            let n = groups_of_kind(c, kind);
             // Over 15 the plain rule (`validate`) already speaks.
             if n <= MAX_GROUPS_PER_CHANNEL && 2 * n + 1 > CHANNEL_TOKEN_CAP {
                 problems.push(Problem::new(

@@ -283,6 +283,15 @@ pub struct AssertionKey {
 
 /// True when the channel's config calls for its assertion key: a v2.1 group
 /// (issued and listed with assertions) or stateless tokens by assertion.
+/// How many of the channel's groups are kept with tokens of `kind` (each
+/// kind has its own pool of 30 at LINE).
+pub(super) fn groups_of_kind(c: &ChannelSettings, kind: TokenKind) -> usize {
+    c.groups
+        .iter()
+        .filter(|g| TokenKind::parse(&g.kind) == Some(kind))
+        .count()
+}
+
 fn needs_assertion_key(c: &ChannelSettings) -> bool {
     c.groups
         .iter()
@@ -849,11 +858,7 @@ impl Validator {
             );
         }
         for kind in [TokenKind::V21, TokenKind::ShortLived] {
-            let n = c
-                .groups
-                .iter()
-                .filter(|g| TokenKind::parse(&g.kind) == Some(kind))
-                .count();
+            let n = groups_of_kind(c, kind);
             if n > MAX_GROUPS_PER_CHANNEL {
                 self.problem(
                     format!("{at}.group"),

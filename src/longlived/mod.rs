@@ -263,13 +263,7 @@ impl Service {
             }
             let stop = self.shutdown.child_token();
             let (tx, rx) = mpsc::channel(4);
-            let slot = Arc::clone(
-                self.memory
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(channel.clone())
-                    .or_default(),
-            );
+            let slot = self.slot(&channel);
             let watcher = Watcher::new(
                 self.parts.clone(),
                 Arc::clone(&self.served),
@@ -289,6 +283,17 @@ impl Service {
         }
     }
 
+    /// The channel's [`Slot`], made on first use and kept for good.
+    fn slot(&self, channel: &ChannelId) -> Slot {
+        Arc::clone(
+            self.memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(channel.clone())
+                .or_default(),
+        )
+    }
+
     /// Cleans up after a channel whose `[channel.long_lived]` was removed,
     /// once its watcher has stopped (it holds the channel's [`Slot`] until
     /// then, so its last publish cannot undo this): nothing is served, its
@@ -297,13 +302,7 @@ impl Service {
     /// section added back at once waits for this cleanup (the lock is
     /// fair) and starts from nothing.
     fn forget(&self, channel: &ChannelId) {
-        let slot = Arc::clone(
-            self.memory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(channel.clone())
-                .or_default(),
-        );
+        let slot = self.slot(channel);
         let (served, metrics, store, clock, ch) = (
             Arc::clone(&self.served),
             Arc::clone(&self.parts.metrics),

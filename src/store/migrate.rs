@@ -18,15 +18,17 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreError;
 
-/// One schema step.
+/// One schema step, of either dialect (PostgreSQL's list uses it too:
+/// `pg::migrate`).
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// The schema version after this step; versions run 1, 2, 3, ...
     pub version: u32,
     /// The file name without `.sql`, e.g. `0001_init`, for messages.
     pub name: &'static str,
-    /// The SQL, run as one batch. It must not contain statements SQLite
-    /// refuses inside a transaction (`VACUUM`, `PRAGMA journal_mode`).
+    /// The SQL, run as one batch inside the migration's transaction. For
+    /// SQLite it must not contain statements SQLite refuses inside a
+    /// transaction (`VACUUM`, `PRAGMA journal_mode`).
     pub sql: &'static str,
 }
 
@@ -175,16 +177,24 @@ pub fn schema_version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 fn check_order(migrations: &[Migration]) -> Result<(), StoreError> {
-    for (expected, m) in (1u32..).zip(migrations) {
-        if m.version != expected {
-            return Err(StoreError::MigrationOrder {
-                expected,
-                found: m.version,
-                name: m.name,
-            });
-        }
+    match out_of_order(migrations, 1) {
+        Some((expected, m)) => Err(StoreError::MigrationOrder {
+            expected,
+            found: m.version,
+            name: m.name,
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first migration of `migrations` whose version is not the one
+/// expected when they count up by one from `first`, with that expected
+/// version. Both dialects' lists are checked with it (PostgreSQL's starts
+/// at its baseline).
+pub(crate) fn out_of_order(migrations: &[Migration], first: u32) -> Option<(u32, &Migration)> {
+    (first..)
+        .zip(migrations)
+        .find(|(expected, m)| m.version != *expected)
 }
 
 fn db_path(conn: &Connection) -> PathBuf {

@@ -126,14 +126,7 @@ impl Store {
                 params![scope.param()],
             )
         })?;
-        // By channel is the live-token index's own order, so SQLite sorts
-        // nothing; sorting each channel's few tokens here is cheaper than
-        // SQLite sorting 100,000 wide rows by issue time.
-        for channel in tokens.chunk_by_mut(|a, b| a.channel_id == b.channel_id) {
-            channel.sort_by(|a, b| {
-                (a.record.issued_at, &a.record.key_id).cmp(&(b.record.issued_at, &b.record.key_id))
-            });
-        }
+        oldest_first_per_channel(&mut tokens, |t| (&t.channel_id, &t.record));
         Ok(tokens)
     }
 
@@ -169,12 +162,7 @@ impl Store {
             }
             Ok(out)
         })?;
-        // As in `live_tokens_in`: each channel's few tokens by issue time.
-        for channel in records.chunk_by_mut(|a, b| a.channel_id == b.channel_id) {
-            channel.sort_by(|a, b| {
-                (a.record.issued_at, &a.record.key_id).cmp(&(b.record.issued_at, &b.record.key_id))
-            });
-        }
+        oldest_first_per_channel(&mut records, |t| (&t.channel_id, &t.record));
         Ok(records)
     }
 
@@ -465,6 +453,19 @@ fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
         state_changed_at: time_at_index(row, 8, "state_changed_at")?,
         intent: row.get::<_, Option<i64>>(10)?.map(IntentId::from_raw),
     })
+}
+
+/// Sorts each channel's run of `items` (read in channel order) oldest
+/// first, ties by key ID. By channel is the live-token index's own order,
+/// so SQLite sorts nothing; sorting each channel's few tokens here is
+/// cheaper than SQLite sorting 100,000 wide rows by issue time.
+fn oldest_first_per_channel<T>(items: &mut [T], of: impl Fn(&T) -> (&ChannelId, &TokenRecord)) {
+    for channel in items.chunk_by_mut(|a, b| of(a).0 == of(b).0) {
+        channel.sort_by(|a, b| {
+            let (a, b) = (of(a).1, of(b).1);
+            (a.issued_at, &a.key_id).cmp(&(b.issued_at, &b.key_id))
+        });
+    }
 }
 
 fn parse_state(name: &str) -> Option<TokenState> {

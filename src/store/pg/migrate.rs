@@ -43,18 +43,9 @@ use crate::store::Migrated;
 /// different databases on one server do not wait for each other.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6c69_6e65_746f_6b64;
 
-/// One PostgreSQL schema step.
-#[derive(Debug, Clone, Copy)]
-pub struct PgMigration {
-    /// The schema version after this step (SQLite's number for the same
-    /// schema).
-    pub version: u32,
-    /// The file name without `.sql`, e.g. `0010_baseline`, for messages and
-    /// the `schema_version` row.
-    pub name: &'static str,
-    /// The SQL, run as one batch inside the migration transaction.
-    pub sql: &'static str,
-}
+/// One PostgreSQL schema step: the SQLite list's type, so a version and
+/// its file are named the same way in both dialects.
+pub type PgMigration = crate::store::migrate::Migration;
 
 /// Every PostgreSQL migration this binary knows, in order; the first is the
 /// baseline.
@@ -202,16 +193,14 @@ fn check_order(migrations: &[PgMigration]) -> Result<(), PgError> {
     let Some(first) = migrations.first() else {
         return Ok(());
     };
-    for (expected, m) in (first.version..).zip(migrations) {
-        if m.version != expected {
-            return Err(PgError::MigrationOrder {
-                expected,
-                found: m.version,
-                name: m.name,
-            });
-        }
+    match crate::store::migrate::out_of_order(migrations, first.version) {
+        Some((expected, m)) => Err(PgError::MigrationOrder {
+            expected,
+            found: m.version,
+            name: m.name,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
