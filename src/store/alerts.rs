@@ -15,6 +15,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
+use super::sql::SqliteDb;
 use super::events::insert_event;
 use super::{
     EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
@@ -180,7 +181,7 @@ const GROUP_DELIVERY_ALERTS: [&str; 2] = ["sink_failing", "hook_failing"];
 /// are left to the rotator, which keeps stating them while the group still
 /// holds tokens. Returns how many were resolved.
 pub(super) fn resolve_unowned(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     now: DateTime<Utc>,
     configured: &[(&ChannelId, &[GroupName])],
 ) -> Result<usize, Fail> {

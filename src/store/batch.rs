@@ -205,7 +205,9 @@ fn begin(store: &Store) -> bool {
     if store.check_same_file().is_err() {
         return false;
     }
-    let mut guard = store.connection();
+    let Ok(mut guard) = store.connection() else {
+        return false;
+    };
     let began = guard.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
     if began {
         guard.batch = Some(thread::current().id());
@@ -220,7 +222,7 @@ fn commit(store: &Store) -> Result<(), StoreError> {
     // A file replaced while the batch ran: its writes would go where
     // nobody finds them, so none is committed and every job hears why.
     let replaced = store.check_same_file().err();
-    let mut guard = store.connection();
+    let mut guard = store.connection()?;
     let result = if let Some(e) = replaced {
         if !guard.conn.is_autocommit() {
             let _ = guard.conn.execute_batch("ROLLBACK");
@@ -260,10 +262,10 @@ struct EndBatch<'s>(&'s Store);
 
 impl Drop for EndBatch<'_> {
     fn drop(&mut self) {
-        let mut guard = self
-            .0
-            .inner
-            .conn
+        let Some(conn) = self.0.inner.sqlite() else {
+            return;
+        };
+        let mut guard = conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !guard.in_my_batch() {

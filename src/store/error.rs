@@ -150,6 +150,24 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The PostgreSQL database cannot be used: its URL, TLS, the
+    /// connection or a migration.
+    #[error(transparent)]
+    Pg(#[from] super::pg::PgError),
+
+    /// A PostgreSQL statement failed, or no pooled connection could be had.
+    #[error("PostgreSQL at {target}: {what} failed: {source}")]
+    Postgres {
+        /// The server, with its password masked (`PgTarget::redacted`).
+        target: String,
+        /// What the store was doing.
+        what: &'static str,
+        /// The server's or the pool's error (it names constraints and
+        /// columns, never values).
+        #[source]
+        source: super::sql::SqlError,
+    },
+
     /// A row holds something this binary cannot read (an unknown state
     /// name, a time out of range).
     #[error("database {path}: {what}")]

@@ -10,6 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
+use super::sql::{Db, p};
 use super::{ExecCached as _, Fail, Store, StoreError, millis, screen, time_at};
 use crate::domain::{ChannelId, GroupName, KeyId};
 
@@ -342,7 +343,7 @@ impl Store {
 
 /// Inserts one event inside the caller's transaction, screening `detail`.
 pub(super) fn insert_event(
-    conn: &Connection,
+    db: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     group: Option<&GroupName>,
@@ -350,20 +351,20 @@ pub(super) fn insert_event(
     kind: EventKind,
     detail: &str,
 ) -> Result<i64, Fail> {
-    let detail = screen(conn, detail)?;
-    conn.prepare_cached(
+    let detail = screen(db, detail)?;
+    Ok(db.query_one(
         "INSERT INTO events (at, channel_id, group_name, key_id, kind, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        millis(now),
-        channel.as_str(),
-        group.map(GroupName::as_str),
-        key_id.map(KeyId::as_str),
-        kind.as_str(),
-        detail,
-    ])?;
-    Ok(conn.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        p![
+            millis(now),
+            channel.as_str(),
+            group.map(GroupName::as_str),
+            key_id.map(KeyId::as_str),
+            kind.as_str(),
+            detail.as_str(),
+        ],
+        |r| r.get_int(0),
+    )?)
 }
 
 fn query_events(

@@ -219,7 +219,7 @@ impl Store {
                 },
                 &token.value,
             )?;
-            super::values::remember(tx, &token.value)?;
+            super::values::remember(tx, &token.value);
             tx.exec_cached(
                 "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
                  expires_at, state, state_changed_at, last_verified_at, intent_id, \

@@ -23,6 +23,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
+use super::sql::SqliteDb;
 use super::crypt::Place;
 use super::events::insert_event;
 use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, time_at};
@@ -275,7 +276,7 @@ fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
 
 /// An event about one grant: the subject only as its hash.
 fn grant_event(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     now: DateTime<Utc>,
     channel: &ChannelId,
     subject: &str,

@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Row, params};
 
+use super::sql::SqliteDb;
 use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
 use crate::domain::ChannelId;
 
@@ -120,7 +121,7 @@ fn decode(row: &Row<'_>) -> Result<LongLivedRow, Fail> {
 
 /// Inserts or updates one row; `retired_at` is kept as stored,
 /// `first_seen_at` as first written.
-fn upsert(tx: &rusqlite::Connection, row: &LongLivedRow) -> Result<(), Fail> {
+fn upsert(tx: &SqliteDb<'_>, row: &LongLivedRow) -> Result<(), Fail> {
     let detail = screen(tx, &row.detail)?;
     tx.exec_cached(
         "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \

@@ -62,6 +62,8 @@ mod notes;
 mod notifications;
 pub mod pg;
 mod requests;
+pub mod screen;
+pub mod sql;
 mod sync;
 mod tokens;
 mod values;
@@ -177,7 +179,9 @@ pub struct Store {
 struct Inner {
     /// Declared before `lock` so the connection closes before the lock is
     /// released when the last clone drops.
-    conn: Mutex<batch::Connection>,
+    conn: Connections,
+    /// True for [`Store::open_read_only`]'s stores.
+    read_only: bool,
     /// Signalled when the writer thread's batch ends
     /// ([`Store::connection`]).
     batch_ended: Condvar,
@@ -187,7 +191,7 @@ struct Inner {
     path: PathBuf,
     migrated: Migrated,
     /// `None` for a read-only store.
-    lock: Option<WriterLock>,
+    _lock: Option<WriterLock>,
     /// The database file as opened, checked before every write; `None` for
     /// a read-only store (it never writes).
     identity: Option<FileIdentity>,
@@ -196,6 +200,27 @@ struct Inner {
     alerts_changed: tokio::sync::watch::Sender<u64>,
     /// How token values are sealed and opened (the keyring, if any).
     values: values::Values,
+    /// The stored values free text is screened against.
+    screen: screen::Screen,
+}
+
+/// Where the store's statements run.
+enum Connections {
+    /// SQLite: one connection (a writer's shared with its writer thread).
+    Sqlite(Mutex<batch::Connection>),
+    /// PostgreSQL: a pool of connections, used one statement or one
+    /// transaction at a time.
+    Postgres(pg::Backend),
+}
+
+impl Inner {
+    /// The SQLite connection; `None` on PostgreSQL.
+    fn sqlite(&self) -> Option<&Mutex<batch::Connection>> {
+        match &self.conn {
+            Connections::Sqlite(conn) => Some(conn),
+            Connections::Postgres(_) => None,
+        }
+    }
 }
 
 /// Which file a path named when it was looked at: device and inode. A file
@@ -297,21 +322,63 @@ impl Store {
                 source,
             })?;
         let values = values::Values::new(options.keyring);
-        values::prepare(&mut conn, &values, options.keep_plaintext)
+        let screen = screen::Screen::default();
+        values::prepare(&mut conn, &values, &screen, options.keep_plaintext)
             .map_err(|e| e.into_store_error(path, "checking the stored token values"))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                conn: Mutex::new(batch::Connection::new(conn)),
+                conn: Connections::Sqlite(Mutex::new(batch::Connection::new(conn))),
+                read_only: false,
                 batch_ended: Condvar::new(),
                 writer: OnceLock::new(),
                 path: path.to_path_buf(),
                 migrated,
-                lock: Some(lock),
+                _lock: Some(lock),
                 identity: Some(identity),
                 alerts_changed: tokio::sync::watch::Sender::new(0),
                 values,
+                screen,
             }),
         })
+    }
+
+    /// Opens the PostgreSQL database `target` names as a writer: connects
+    /// (one connection proves the URL and the credentials), applies pending
+    /// migrations under the advisory lock and fills the screening set.
+    /// Many instances may open one database; which of them writes for a
+    /// channel is the lease's business (docs/design.md section 14), not
+    /// the store's.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Pg`] for the connection, the TLS set-up or a
+    /// migration ([`pg::PgError`] says which); [`StoreError::Postgres`]
+    /// when reading the stored values fails.
+    pub fn open_postgres(
+        target: &pg::PgTarget,
+        pool: &pg::PoolOptions,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let (backend, migrated) = pg::Backend::connect(target, pool)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                conn: Connections::Postgres(backend),
+                read_only: false,
+                batch_ended: Condvar::new(),
+                writer: OnceLock::new(),
+                path: PathBuf::from(target.redacted()),
+                migrated,
+                _lock: None,
+                identity: None,
+                alerts_changed: tokio::sync::watch::Sender::new(0),
+                values: values::Values::new(options.keyring),
+                screen: screen::Screen::default(),
+            }),
+        };
+        store.read_db("reading the stored token values", |db| {
+            values::fill_screen(db, &store.inner.values)
+        })?;
+        Ok(store)
     }
 
     /// Applies pending migrations to the database at `path` and closes it:
@@ -395,7 +462,8 @@ impl Store {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                conn: Mutex::new(batch::Connection::new(conn)),
+                conn: Connections::Sqlite(Mutex::new(batch::Connection::new(conn))),
+                read_only: true,
                 batch_ended: Condvar::new(),
                 writer: OnceLock::new(),
                 path: path.to_path_buf(),
@@ -403,10 +471,11 @@ impl Store {
                     from: found,
                     to: found,
                 },
-                lock: None,
+                _lock: None,
                 identity: None,
                 alerts_changed: tokio::sync::watch::Sender::new(0),
                 values: values::Values::new(keyring),
+                screen: screen::Screen::default(),
             }),
         })
     }
@@ -418,7 +487,7 @@ impl Store {
 
     /// True for a store from [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        self.inner.lock.is_none()
+        self.inner.read_only
     }
 
     /// The schema versions before and after the migrations applied at open.
@@ -429,12 +498,17 @@ impl Store {
     /// The connection, once no other thread holds a batch open on it: a
     /// batch's writes are not committed yet, and nothing may read them or
     /// write beside them until they are (`batch`).
-    fn connection(&self) -> MutexGuard<'_, batch::Connection> {
-        let mut guard = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    ///
+    /// # Errors
+    /// [`StoreError::Internal`] on PostgreSQL, whose statements go through
+    /// [`Store::read_db`] and [`Store::write_db`].
+    fn connection(&self) -> Result<MutexGuard<'_, batch::Connection>, StoreError> {
+        let Some(conn) = self.inner.sqlite() else {
+            return Err(StoreError::Internal {
+                what: "this store operation is not available on PostgreSQL yet".to_owned(),
+            });
+        };
+        let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
         while guard.in_other_batch() {
             guard = self
                 .inner
@@ -442,17 +516,54 @@ impl Store {
                 .wait(guard)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        guard
+        Ok(guard)
     }
 
     /// Runs `f` on the connection outside any explicit transaction (reads).
     fn read<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+        f: impl FnOnce(&sql::SqliteDb<'_>) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
-        let guard = self.connection();
-        f(&guard.conn).map_err(|e| e.into_store_error(&self.inner.path, what))
+        let guard = self.connection()?;
+        f(&sql::SqliteDb::new(&guard.conn, &self.inner.screen))
+            .map_err(|e| e.into_store_error(&self.inner.path, what))
+    }
+
+    /// Runs `f` outside any explicit transaction (reads), on either
+    /// backend.
+    fn read_db<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&dyn sql::Db) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        match &self.inner.conn {
+            Connections::Sqlite(_) => self.read(what, |conn| f(conn)),
+            Connections::Postgres(pg) => pg
+                .read(&self.inner.screen, f)
+                .map_err(|e| e.into_store_error(&self.inner.path, what)),
+        }
+    }
+
+    /// Runs `f` in one transaction (see [`Store::write`]), on either
+    /// backend.
+    fn write_db<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&dyn sql::Db) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        match &self.inner.conn {
+            Connections::Sqlite(_) => self.write(what, |conn| f(conn)),
+            Connections::Postgres(pg) => {
+                if self.is_read_only() {
+                    return Err(StoreError::ReadOnly {
+                        path: self.inner.path.clone(),
+                    });
+                }
+                pg.write(&self.inner.screen, f)
+                    .map_err(|e| e.into_store_error(&self.inner.path, what))
+            }
+        }
     }
 
     /// Runs `f` with this store off the async runtime, for async callers:
@@ -471,7 +582,9 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let lost = |what: String| StoreError::Internal { what };
-        if self.is_read_only() {
+        // PostgreSQL's statements block too (on the store's own runtime),
+        // and a transaction per call needs no writer thread.
+        if self.is_read_only() || self.inner.sqlite().is_none() {
             let store = self.clone();
             return tokio::task::spawn_blocking(move || f(&store))
                 .await
@@ -503,14 +616,14 @@ impl Store {
     fn write<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+        f: impl FnOnce(&sql::SqliteDb<'_>) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         if self.is_read_only() {
             return Err(StoreError::ReadOnly {
                 path: self.inner.path.clone(),
             });
         }
-        let mut guard = self.connection();
+        let mut guard = self.connection()?;
         let run = |conn: &mut batch::Connection| -> Result<T, Fail> {
             if conn.in_my_batch() {
                 // SQLite ended the batch's transaction after an error (a
@@ -528,7 +641,7 @@ impl Store {
                 // The batch checks the file when it begins and again
                 // before it commits.
                 let savepoint = batch::Savepoint::open(&conn.conn)?;
-                let out = f(&conn.conn)?;
+                let out = f(&sql::SqliteDb::new(&conn.conn, &self.inner.screen))?;
                 savepoint.release()?;
                 return Ok(out);
             }
@@ -538,7 +651,7 @@ impl Store {
             let tx = conn
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
+            let out = f(&sql::SqliteDb::new(&tx, &self.inner.screen))?;
             tx.commit()?;
             Ok(out)
         };
@@ -576,6 +689,8 @@ impl Store {
 /// operation by [`Store::read`]/[`Store::write`].
 enum Fail {
     Sql(rusqlite::Error),
+    /// A PostgreSQL statement's (or its pool's) failure.
+    Pg(sql::SqlError),
     Corrupt(String),
     Store(StoreError),
 }
@@ -592,11 +707,26 @@ impl From<StoreError> for Fail {
     }
 }
 
+impl From<sql::SqlError> for Fail {
+    fn from(e: sql::SqlError) -> Self {
+        match e {
+            sql::SqlError::Sqlite(e) => Self::Sql(e),
+            sql::SqlError::Column(detail) => Self::Corrupt(detail),
+            other => Self::Pg(other),
+        }
+    }
+}
+
 impl Fail {
     fn into_store_error(self, path: &Path, what: &'static str) -> StoreError {
         match self {
             Self::Sql(source) => StoreError::Query {
                 path: path.to_path_buf(),
+                what,
+                source,
+            },
+            Self::Pg(source) => StoreError::Postgres {
+                target: path.display().to_string(),
                 what,
                 source,
             },
@@ -698,27 +828,8 @@ const MAX_TEXT_CHARS: usize = 2000;
 /// a text containing any stored token value is replaced by [`WITHHELD`]
 /// (the check runs before truncation so half a token cannot slip through),
 /// and long texts are cut.
-fn screen(conn: &Connection, text: &str) -> Result<String, Fail> {
-    // Most events carry no text (every verify): no need to scan every token
-    // ever stored to learn that nothing is in it.
-    if text.is_empty() {
-        return Ok(String::new());
-    }
-    // A stored token is made of LINE's token characters only, so it can only
-    // sit inside a run of them at least as long as itself. The texts the
-    // engine writes on every issue ("expires at 2026-…") have short runs;
-    // only when a run is as long as the shortest stored token (an index
-    // answers that) is every token scanned. Without this, every issue
-    // scanned every token ever stored: bootstrap cost grew with the square
-    // of the number of groups.
-    let longest_run = text
-        .split(|c: char| !crate::domain::is_line_char(c))
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    // The values are in the writer's in-memory screening table, in the
-    // clear even when the rows are sealed ([`values`]).
-    if values::holds_value(conn, text, longest_run)? {
+fn screen(db: &dyn sql::Db, text: &str) -> Result<String, Fail> {
+    if db.screen().holds(text) {
         return Ok(WITHHELD.to_owned());
     }
     Ok(match text.char_indices().nth(MAX_TEXT_CHARS) {

@@ -14,7 +14,7 @@
 //! when the alert fires again after a resolve, the row is started afresh.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
 use super::alerts::{ALERT_COLUMNS, AlertRecord, alert_row};
 use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
@@ -348,9 +348,7 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn holds_token(&self, text: &str) -> Result<bool, StoreError> {
-        self.read("screening text for token values", |conn| {
-            holds_token(conn, text)
-        })
+        Ok(self.inner.screen.holds(text))
     }
 
     /// A receiver of alert changes: its value moves whenever
@@ -369,14 +367,3 @@ impl Store {
     }
 }
 
-fn holds_token(conn: &Connection, text: &str) -> Result<bool, Fail> {
-    // A stored value is made of LINE's token characters only, so it can
-    // only sit inside a run of them at least as long as itself: the
-    // scan of every value is only needed for a body with such a run.
-    let longest_run = text
-        .split(|c: char| !crate::domain::is_line_char(c))
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    super::values::holds_value(conn, text, longest_run)
-}

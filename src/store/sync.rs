@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::sql::SqliteDb;
 use super::events::insert_event;
 use super::{
     EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index,
@@ -281,7 +282,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn channels(&self) -> Result<Vec<ChannelRow>, StoreError> {
-        self.read("listing channels", load_channels)
+        self.read("listing channels", |c| load_channels(c))
     }
 
     /// One stored channel.
@@ -475,7 +476,7 @@ fn sync_kinds(tx: &Connection, channel: &ChannelId, short_lived: &[GroupName]) -
 
 /// Adds, restores and removes the groups of one channel to match `wanted`.
 fn sync_groups(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     now: DateTime<Utc>,
     channel: &ChannelId,
     wanted: &[GroupName],
@@ -619,7 +620,7 @@ fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
 /// Ends every failure streak and hold of a channel (its config changed, or
 /// an operator said "try now"), with an event saying why.
 pub(super) fn end_streaks(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     now: DateTime<Utc>,
     channel: &ChannelId,
 ) -> Result<(), Fail> {

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
+use super::sql::SqliteDb;
 use super::events::insert_event;
 use super::values::{Row as ValueRow, Values};
 use super::{
@@ -332,7 +333,7 @@ impl Store {
 /// Expires the due live tokens of one channel (or all) inside the caller's
 /// transaction.
 pub(super) fn expire_in(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     values: &Values,
     now: DateTime<Utc>,
     channel: Option<&ChannelId>,
@@ -356,7 +357,7 @@ pub(super) fn expire_in(
 
 /// Writes a live token's new state and the matching event.
 pub(super) fn change_state(
-    tx: &Connection,
+    tx: &SqliteDb<'_>,
     now: DateTime<Utc>,
     token: &StoredToken,
     state: TokenState,

@@ -25,12 +25,10 @@
 //! - Every seal is counted per key in `encryptions`, in the transaction
 //!   that stores the value; a key past
 //!   [`crypt::MAX_ENCRYPTIONS_PER_KEY`] seals nothing more.
-//! - Screening (docs/design.md invariant 5) needs the values in the clear:
-//!   a writer keeps them in the connection's in-memory `temp.screen_values`
-//!   table (`temp_store = MEMORY`, never written to disk), filled at open
-//!   and in the transaction that stores each new token, so a rolled-back
-//!   issue leaves no stray value behind. Errors name rows and key IDs,
-//!   never values.
+//! - Screening (docs/design.md invariant 5) needs every stored value: a
+//!   writer fills its screening set ([`super::screen`], keyed hashes in
+//!   memory) at open and adds each new token as it is stored. Errors name
+//!   rows and key IDs, never values.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::crypt::{self, CryptError, Keyring, Place};
+use super::sql::{Db, p};
 use super::{Fail, StoreError};
 use crate::domain::{AccessToken, KeyId};
 
@@ -322,6 +321,7 @@ pub(super) fn seal_counts(conn: &Connection) -> Result<Vec<(u32, u64)>, Fail> {
 pub(super) fn prepare(
     conn: &mut Connection,
     values: &Values,
+    screen: &super::screen::Screen,
     keep_plaintext: bool,
 ) -> Result<(), Fail> {
     // Before anything may need a temporary file (VACUUM's copy, the
@@ -367,7 +367,7 @@ pub(super) fn prepare(
             );
         }
     }
-    fill_screen(conn, values)
+    fill_screen(&super::sql::SqliteDb::new(conn, screen), values)
 }
 
 /// Every key a row names is in the keyring, and opens a row of its own
@@ -683,62 +683,35 @@ fn checkpoint_truncate(conn: &Connection) -> Result<(), Fail> {
     ))
 }
 
-/// Fills `temp.screen_values` with every stored value, in the clear, for
-/// screening free text. `temp_store = MEMORY` keeps the table off disk.
-fn fill_screen(conn: &Connection, values: &Values) -> Result<(), Fail> {
-    conn.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS screen_values (value TEXT NOT NULL); \
-         CREATE INDEX IF NOT EXISTS temp.screen_values_by_length ON screen_values (length(value)); \
-         DELETE FROM temp.screen_values; \
-         INSERT INTO temp.screen_values SELECT access_token FROM tokens \
-             WHERE access_token IS NOT NULL;",
+/// Fills the store's screening set ([`super::screen`]) with every stored
+/// token value, opening the sealed ones.
+pub(super) fn fill_screen(db: &dyn Db, values: &Values) -> Result<(), Fail> {
+    let sealed = db.query_map(
+        "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens",
+        p![],
+        |r| {
+            if let Some(plain) = r.text(3)? {
+                db.screen().remember(&plain);
+                return Ok(None);
+            }
+            Ok(Some((r.get_text(0)?, r.get_text(1)?, r.get_text(2)?, r.blob(4)?)))
+        },
     )?;
-    let mut stmt = conn.prepare(
-        "SELECT key_id, channel_id, group_name, access_token_enc FROM tokens \
-         WHERE access_token_enc IS NOT NULL",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut insert = conn.prepare("INSERT INTO temp.screen_values (value) VALUES (?1)")?;
-    while let Some(r) = rows.next()? {
-        let key_id: String = r.get(0)?;
-        let channel: String = r.get(1)?;
-        let group: String = r.get(2)?;
-        let sealed: Vec<u8> = r.get(3)?;
+    for (key_id, channel, group, value) in sealed.into_iter().flatten() {
         let row = Row {
             key_id: &key_id,
             channel: &channel,
             group: &group,
         };
-        let value = values.open(row, None, Some(sealed))?;
-        insert.execute([value.expose()])?;
+        db.screen()
+            .remember(values.open(row, None, value)?.expose());
     }
     Ok(())
 }
 
-/// Adds a newly stored value to the screening table, in the caller's
-/// transaction.
-pub(super) fn remember(tx: &Connection, value: &AccessToken) -> Result<(), Fail> {
-    tx.execute(
-        "INSERT INTO temp.screen_values (value) VALUES (?1)",
-        [value.expose()],
-    )?;
-    Ok(())
-}
-
-/// Whether `text` contains a stored value; `could_hold` first asks the
-/// length index whether any value is short enough to fit in `longest_run`.
-pub(super) fn holds_value(conn: &Connection, text: &str, longest_run: usize) -> Result<bool, Fail> {
-    let shortest: Option<i64> = conn
-        .prepare_cached("SELECT min(length(value)) FROM temp.screen_values")?
-        .query_row([], |row| row.get(0))?;
-    let could_hold =
-        shortest.is_some_and(|min| i64::try_from(longest_run).is_ok_and(|run| run >= min));
-    Ok(could_hold
-        && conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM temp.screen_values WHERE instr(?1, value) > 0)",
-            )?
-            .query_row([text], |row| row.get(0))?)
+/// Adds a newly stored value to the screening set.
+pub(super) fn remember(db: &dyn Db, value: &AccessToken) {
+    db.screen().remember(value.expose());
 }
 
 impl super::Store {
@@ -766,7 +739,7 @@ impl super::Store {
     ///
     /// [`StoreError::Query`].
     pub fn value_counts(&self) -> Result<Vec<ValueCount>, StoreError> {
-        self.read("counting token values per key", value_counts)
+        self.read("counting token values per key", |c| value_counts(c))
     }
 
     /// How many values each database key has sealed, ever.
@@ -775,7 +748,7 @@ impl super::Store {
     ///
     /// [`StoreError::Query`].
     pub fn seal_counts(&self) -> Result<Vec<(u32, u64)>, StoreError> {
-        self.read("counting encryptions per key", seal_counts)
+        self.read("counting encryptions per key", |c| seal_counts(c))
     }
 
     /// How many stored values failed to open since this store was opened.
@@ -844,7 +817,7 @@ impl super::Store {
             }
             unseal_all(tx, values)
         })?;
-        self.read("truncating the WAL and vacuuming", scrub)?;
+        self.read("truncating the WAL and vacuuming", |c| scrub(c))?;
         Ok(opened)
     }
 }

@@ -67,6 +67,14 @@ pub enum PgError {
         driver: Option<tokio_postgres::Error>,
     },
 
+    /// The runtime the store's PostgreSQL connections live on could not
+    /// start (out of threads or memory).
+    #[error("cannot start the PostgreSQL store's runtime: {reason}")]
+    Runtime {
+        /// What failed.
+        reason: String,
+    },
+
     /// A statement failed on an open connection.
     #[error("PostgreSQL at {target}: {what} failed")]
     Query {

@@ -35,11 +35,14 @@
 //!   lease row `FOR SHARE` until it ends, so no takeover commits in
 //!   between; one that failed it must roll back.
 
+mod backend;
+pub mod cluster;
 mod connect;
 mod error;
 pub mod lease;
 pub mod migrate;
 
+pub use backend::Backend;
 pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
 pub use error::PgError;
 pub use lease::{LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};
