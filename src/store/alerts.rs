@@ -15,8 +15,8 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
-use super::sql::SqliteDb;
 use super::events::insert_event;
+use super::sql::SqliteDb;
 use super::{
     EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
 };

@@ -23,9 +23,9 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::sql::SqliteDb;
 use super::crypt::Place;
 use super::events::insert_event;
+use super::sql::SqliteDb;
 use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, time_at};
 use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
 

@@ -122,7 +122,8 @@ impl<'a> Scope<'a> {
     fn condition(self, column: &str) -> String {
         match self {
             Self::Channel(_) => format!("{column} = ?1"),
-            Self::All => "?1 IS NULL".to_owned(),
+            // Cast: PostgreSQL cannot infer a parameter's type from IS NULL.
+            Self::All => "CAST(?1 AS TEXT) IS NULL".to_owned(),
         }
     }
 

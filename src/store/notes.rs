@@ -1,11 +1,10 @@
 //! Notes the daemon leaves about itself for `linetokd status`: the outcome
 //! of the last config reload. One value per key, overwritten.
 
-use chrono::{DateTime, Utc};
-use rusqlite::params;
-
-use super::{ExecCached as _, Store, StoreError, millis, screen, time_at};
+use super::sql::{SqlError, SqlRow, p};
+use super::{Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, GroupName};
+use chrono::{DateTime, Utc};
 
 /// The key of the last config reload's outcome.
 pub const LAST_RELOAD: &str = "last_reload";
@@ -43,18 +42,18 @@ pub struct DaemonNote {
 }
 
 impl Store {
-    /// Writes (or overwrites) a note.
+    /// Sets note `key` to `value` (screened like every free-text column).
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn set_note(&self, now: DateTime<Utc>, key: &str, value: &str) -> Result<(), StoreError> {
-        self.write("writing a daemon note", |tx| {
-            let value = screen(tx, value)?;
-            tx.exec_cached(
+        self.write_db("writing a daemon note", |db| {
+            let value = screen(db, value)?;
+            db.execute(
                 "INSERT INTO daemon_notes (key, value, at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, at = excluded.at",
-                params![key, value, millis(now)],
+                p![key, value.as_str(), millis(now)],
             )?;
             Ok(())
         })
@@ -66,43 +65,37 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn notes_with_prefix(&self, prefix: &str) -> Result<Vec<DaemonNote>, StoreError> {
-        self.read("reading daemon notes", |conn| {
+        self.read_db("reading daemon notes", |db| {
             // `substr` rather than LIKE: a prefix may hold `%` or `_`.
-            let mut stmt = conn.prepare_cached(
+            Ok(db.query_map(
                 "SELECT key, value, at FROM daemon_notes \
-                 WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
-            )?;
-            let mut rows = stmt.query(params![prefix])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(DaemonNote {
-                    key: row.get(0)?,
-                    value: row.get(1)?,
-                    at: time_at(row, "at")?,
-                });
-            }
-            Ok(out)
+                 WHERE substr(key, 1, length(CAST(?1 AS TEXT))) = ?1 ORDER BY key",
+                p![prefix],
+                note_from_row,
+            )?)
         })
     }
 
-    /// The note under `key`, if any.
+    /// The note `key`, if there is one.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn note(&self, key: &str) -> Result<Option<DaemonNote>, StoreError> {
-        self.read("reading a daemon note", |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT key, value, at FROM daemon_notes WHERE key = ?1")?;
-            let mut rows = stmt.query(params![key])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(DaemonNote {
-                    key: row.get(0)?,
-                    value: row.get(1)?,
-                    at: time_at(row, "at")?,
-                })),
-                None => Ok(None),
-            }
+        self.read_db("reading a daemon note", |db| {
+            Ok(db.query_opt(
+                "SELECT key, value, at FROM daemon_notes WHERE key = ?1",
+                p![key],
+                note_from_row,
+            )?)
         })
     }
+}
+
+fn note_from_row(row: &dyn SqlRow) -> Result<DaemonNote, SqlError> {
+    Ok(DaemonNote {
+        key: row.get_text(0)?,
+        value: row.get_text(1)?,
+        at: row.time(2, "daemon_notes.at")?,
+    })
 }

@@ -366,4 +366,3 @@ impl Store {
             .send_modify(|n| *n = n.wrapping_add(1));
     }
 }
-

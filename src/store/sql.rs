@@ -27,6 +27,7 @@
 use std::borrow::Cow;
 use std::error::Error as StdError;
 
+use chrono::{DateTime, Utc};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::screen::Screen;
@@ -189,6 +190,24 @@ pub trait SqlRow {
         self.int(i)?
             .ok_or_else(|| SqlError::Column(format!("column {i} is NULL, expected an integer")))
     }
+    /// Column `i` as an instant (unix milliseconds) that must not be NULL;
+    /// `col` names it in errors.
+    ///
+    /// # Errors
+    /// As [`SqlRow::get_int`], and [`SqlError::Column`] for a number that
+    /// is no time.
+    fn time(&self, i: usize, col: &str) -> Result<DateTime<Utc>, SqlError> {
+        let ms = self.get_int(i)?;
+        instant(ms, col)
+    }
+    /// Column `i` as an optional instant (unix milliseconds); `col` names
+    /// it in errors.
+    ///
+    /// # Errors
+    /// As [`SqlRow::time`].
+    fn opt_time(&self, i: usize, col: &str) -> Result<Option<DateTime<Utc>>, SqlError> {
+        self.int(i)?.map(|ms| instant(ms, col)).transpose()
+    }
     /// Column `i` as text that must not be NULL.
     ///
     /// # Errors
@@ -197,6 +216,11 @@ pub trait SqlRow {
         self.text(i)?
             .ok_or_else(|| SqlError::Column(format!("column {i} is NULL, expected text")))
     }
+}
+
+fn instant(ms: i64, col: &str) -> Result<DateTime<Utc>, SqlError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| SqlError::Column(format!("{col} holds {ms}, which is not a time")))
 }
 
 /// A connection, or the transaction open on it, that runs SQL.
@@ -543,7 +567,8 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let screen = Screen::default();
         let db: &dyn Db = &SqliteDb::new(&conn, &screen);
-        db.batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB)").unwrap();
+        db.batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB)")
+            .unwrap();
         let blob = vec![1_u8, 2, 3];
         assert_eq!(
             db.execute(
@@ -569,10 +594,11 @@ mod tests {
             .query_one("SELECT count(*) FROM t", p![], |r| r.get_int(0))
             .unwrap();
         assert_eq!(n, 2);
-        assert!(db
-            .query_opt("SELECT i FROM t WHERE i = ?1", p![8_i64], |r| r.get_int(0))
-            .unwrap()
-            .is_none());
+        assert!(
+            db.query_opt("SELECT i FROM t WHERE i = ?1", p![8_i64], |r| r.get_int(0))
+                .unwrap()
+                .is_none()
+        );
         let err = db
             .query_one("SELECT s FROM t WHERE i IS NULL", p![], |r| r.get_text(0))
             .unwrap_err();

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::sql::SqliteDb;
 use super::events::insert_event;
+use super::sql::SqliteDb;
 use super::{
     EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index,
     screen, time_at, time_at_index,

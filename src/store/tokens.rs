@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 
-use super::sql::SqliteDb;
 use super::events::insert_event;
+use super::sql::SqliteDb;
 use super::values::{Row as ValueRow, Values};
 use super::{
     EventKind, ExecCached as _, Fail, IntentId, Scope, Store, StoreError, millis,

@@ -694,7 +694,12 @@ pub(super) fn fill_screen(db: &dyn Db, values: &Values) -> Result<(), Fail> {
                 db.screen().remember(&plain);
                 return Ok(None);
             }
-            Ok(Some((r.get_text(0)?, r.get_text(1)?, r.get_text(2)?, r.blob(4)?)))
+            Ok(Some((
+                r.get_text(0)?,
+                r.get_text(1)?,
+                r.get_text(2)?,
+                r.blob(4)?,
+            )))
         },
     )?;
     for (key_id, channel, group, value) in sealed.into_iter().flatten() {

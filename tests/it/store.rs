@@ -1255,3 +1255,66 @@ fn a_crash_during_a_short_lived_issue_is_not_left_for_a_listing_to_settle() {
         vec![(ch("1000"), gr("backend"))]
     );
 }
+
+/// A store on one backend, and what keeps it alive.
+struct OnBackend {
+    name: &'static str,
+    store: Store,
+    _dir: Option<TempDir>,
+}
+
+/// The store on every backend this machine has: SQLite always,
+/// PostgreSQL when the test cluster runs (else one skip line, or a failure
+/// under `LINETOKD_REQUIRE_POSTGRES=1`). Each is empty and migrated.
+fn backends(test: &str) -> Vec<OnBackend> {
+    let (dir, path) = fresh();
+    let mut out = vec![OnBackend {
+        name: "sqlite",
+        store: Store::open(&path).unwrap(),
+        _dir: Some(dir),
+    }];
+    if let Some(db) = crate::pg_harness::test_db_blocking(test) {
+        let target = linetokd::store::pg::PgTarget::parse(&db.url()).unwrap();
+        let store = Store::open_postgres(
+            &target,
+            &linetokd::store::pg::PoolOptions::default(),
+            linetokd::store::StoreOptions::default(),
+        )
+        .unwrap();
+        out.push(OnBackend {
+            name: "postgres",
+            store,
+            _dir: None,
+        });
+    }
+    out
+}
+
+#[test]
+fn daemon_notes_are_overwritten_and_listed_by_literal_prefix_on_both_backends() {
+    for b in backends("daemon_notes") {
+        let store = &b.store;
+        let t1 = t0() + Duration::milliseconds(1_234);
+        store.set_note(t0(), "sinks/1000/backend", "first").unwrap();
+        store.set_note(t1, "sinks/1000/backend", "second").unwrap();
+        store.set_note(t0(), "sinks%/x", "percent").unwrap();
+        store.set_note(t0(), "last_reload", "ok").unwrap();
+        let note = store.note("sinks/1000/backend").unwrap().unwrap();
+        assert_eq!((note.value.as_str(), note.at), ("second", t1), "{}", b.name);
+        assert_eq!(store.note("missing").unwrap(), None, "{}", b.name);
+        let keys: Vec<String> = store
+            .notes_with_prefix("sinks/")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.key)
+            .collect();
+        assert_eq!(keys, ["sinks/1000/backend"], "{}", b.name);
+        let keys: Vec<String> = store
+            .notes_with_prefix("sinks%")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.key)
+            .collect();
+        assert_eq!(keys, ["sinks%/x"], "{}", b.name);
+    }
+}

@@ -20,6 +20,12 @@ pub struct Backend {
     /// `Some` until drop.
     runtime: Option<tokio::runtime::Runtime>,
     pool: PgPool,
+    /// Held by every write transaction of this process: the store's
+    /// writes are serialized as SQLite's single writer serializes them, so
+    /// a read-then-write of one transaction never interleaves with
+    /// another's (READ COMMITTED would allow it). Other instances are kept
+    /// apart per channel by the lease (docs/design.md section 14).
+    writes: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -38,10 +44,7 @@ impl Backend {
     ///
     /// [`PgError::Runtime`] when the runtime cannot start, and as
     /// [`PgPool::connect`] and [`PgPool::migrate`].
-    pub fn connect(
-        target: &PgTarget,
-        options: &PoolOptions,
-    ) -> Result<(Self, Migrated), PgError> {
+    pub fn connect(target: &PgTarget, options: &PoolOptions) -> Result<(Self, Migrated), PgError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("linetokd-pg")
@@ -59,6 +62,7 @@ impl Backend {
             Self {
                 runtime: Some(runtime),
                 pool,
+                writes: std::sync::Mutex::new(()),
             },
             migrated,
         ))
@@ -102,6 +106,10 @@ impl Backend {
         screen: &Screen,
         f: impl FnOnce(&dyn Db) -> Result<T, E>,
     ) -> Result<T, E> {
+        let _one_writer = self
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.read(screen, |db| {
             db.batch("BEGIN")?;
             let mut open = OpenTransaction { db, open: true };
