@@ -136,6 +136,26 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// Where a store lives: a SQLite file, or a PostgreSQL database (`[daemon]
+/// database_url_file`). Shown as the path, or as the URL with its password
+/// masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(pg::PgTarget),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(target) => f.write_str(target.redacted()),
+        }
+    }
+}
+
 /// How hard each commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -361,10 +381,41 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let (backend, migrated) = pg::Backend::connect(target, pool)?;
+        Self::on_postgres(target, backend, migrated, false, options.keyring)
+    }
+
+    /// Opens the PostgreSQL database `target` names to read beside a
+    /// running daemon (`status`, `plan`, `token`), as
+    /// [`Store::open_read_only_with`] opens a SQLite file: no writer lock,
+    /// no migration, and every write refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Pg`] for the connection or a schema that is not this
+    /// binary's ([`pg::PgError::NeedsMigration`], [`pg::PgError::TooNew`]).
+    pub fn open_postgres_read_only(
+        target: &pg::PgTarget,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
+        let options = pg::PoolOptions {
+            max_size: 2,
+            ..pg::PoolOptions::default()
+        };
+        let (backend, migrated) = pg::Backend::connect_reader(target, &options)?;
+        Self::on_postgres(target, backend, migrated, true, keyring)
+    }
+
+    fn on_postgres(
+        target: &pg::PgTarget,
+        backend: pg::Backend,
+        migrated: Migrated,
+        read_only: bool,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
         let store = Self {
             inner: Arc::new(Inner {
                 conn: Connections::Postgres(backend),
-                read_only: false,
+                read_only,
                 batch_ended: Condvar::new(),
                 writer: OnceLock::new(),
                 path: PathBuf::from(target.redacted()),
@@ -372,14 +423,48 @@ impl Store {
                 _lock: None,
                 identity: None,
                 alerts_changed: tokio::sync::watch::Sender::new(0),
-                values: values::Values::new(options.keyring),
+                values: values::Values::new(keyring),
                 screen: screen::Screen::default(),
             }),
         };
+        if read_only {
+            return Ok(store);
+        }
         store.read_db("reading the stored token values", |db| {
             values::fill_screen(db, &store.inner.values)
         })?;
         Ok(store)
+    }
+
+    /// [`Store::open_with`] or [`Store::open_postgres`], by where the store
+    /// lives: a writer, its migrations applied.
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn open_at(location: &Location, options: StoreOptions) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::open_with(path, options),
+            Location::Postgres(target) => {
+                Self::open_postgres(target, &pg::PoolOptions::default(), options)
+            }
+        }
+    }
+
+    /// [`Store::open_read_only_with`] or [`Store::open_postgres_read_only`],
+    /// by where the store lives.
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn open_read_only_at(
+        location: &Location,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::open_read_only_with(path, keyring),
+            Location::Postgres(target) => Self::open_postgres_read_only(target, keyring),
+        }
     }
 
     /// Applies pending migrations to the database at `path` and closes it:
