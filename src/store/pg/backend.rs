@@ -223,7 +223,7 @@ async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, 
     let holder: Option<i32> = client
         .query_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid LIMIT 1",
+             AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid LIMIT 1",
             &[&WRITER_LOCK_KEY],
         )
         .await
