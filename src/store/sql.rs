@@ -42,8 +42,10 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A value bound to a statement parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A value bound to a statement parameter. Its `Debug` shows integers but
+/// only the length of text and bytes: a parameter may be a token value, and
+/// tokio-postgres logs every statement's parameters at debug level.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
     /// SQL NULL (of whatever type the parameter has).
     Null,
@@ -53,6 +55,17 @@ pub enum Param<'a> {
     Text(&'a str),
     /// Bytes (a sealed token value).
     Blob(&'a [u8]),
+}
+
+impl std::fmt::Debug for Param<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Null => f.write_str("Null"),
+            Self::Int(v) => write!(f, "Int({v})"),
+            Self::Text(s) => write!(f, "Text(<{} bytes>)", s.len()),
+            Self::Blob(b) => write!(f, "Blob(<{} bytes>)", b.len()),
+        }
+    }
 }
 
 impl From<i64> for Param<'_> {
@@ -552,6 +565,15 @@ impl Db for PgDb<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_shows_no_text_or_bytes() {
+        let shown = format!(
+            "{:?}",
+            p![7_i64, "a-token-value", b"sealed".as_slice(), None::<i64>]
+        );
+        assert_eq!(shown, "[Int(7), Text(<13 bytes>), Blob(<6 bytes>), Null]");
+    }
 
     #[test]
     fn numbered_rewrites_parameters_outside_quotes_only() {
