@@ -42,30 +42,6 @@ impl LongLivedRole {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// [`super::decode`] reads by position; this is the order it reads in.
-    /// Reorder both or neither.
-    #[test]
-    fn columns_are_in_the_order_the_decoder_reads() {
-        let columns: Vec<&str> = super::COLUMNS.split(',').map(str::trim).collect();
-        assert_eq!(
-            columns,
-            [
-                "channel_id",
-                "fingerprint",
-                "role",
-                "first_seen_at",
-                "last_valid_at",
-                "last_checked_at",
-                "result",
-                "detail",
-                "retired_at"
-            ]
-        );
-    }
-}
-
 /// The last verify's answer about a watched token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LongLivedResult {
@@ -102,30 +78,6 @@ impl LongLivedResult {
             "unknown" => Self::Unknown,
             other => return Err(SqlError::Column(format!("long-lived result {other:?}"))),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// [`super::decode`] reads by position; this is the order it reads in.
-    /// Reorder both or neither.
-    #[test]
-    fn columns_are_in_the_order_the_decoder_reads() {
-        let columns: Vec<&str> = super::COLUMNS.split(',').map(str::trim).collect();
-        assert_eq!(
-            columns,
-            [
-                "channel_id",
-                "fingerprint",
-                "role",
-                "first_seen_at",
-                "last_valid_at",
-                "last_checked_at",
-                "result",
-                "detail",
-                "retired_at"
-            ]
-        );
     }
 }
 

@@ -516,6 +516,108 @@ fn parse_state(name: &str) -> Option<TokenState> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sql::p;
+    use super::super::{Store, StoreOptions, pg};
+    use super::*;
+
+    /// A fresh store on SQLite and, when the test cluster runs, on
+    /// PostgreSQL (else one skip line, or a failure under
+    /// `LINETOKD_REQUIRE_POSTGRES=1`), each with what keeps it alive.
+    fn backends(test: &str) -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let mut out = vec![("sqlite", store, Some(dir))];
+        if let Some(db) = pg::cluster::test_db_blocking(test) {
+            let target = pg::PgTarget::parse(&db.url()).unwrap();
+            let store = Store::open_postgres(
+                &target,
+                &pg::PoolOptions::default(),
+                StoreOptions::default(),
+            )
+            .unwrap();
+            out.push(("postgres", store, None));
+        }
+        out
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    /// Every column of [`TOKEN_COLUMNS`] comes back in its field, set and
+    /// NULL, on both backends: the decoder reads by position, and
+    /// PostgreSQL's types (BIGINT, BYTEA) must read as SQLite's do.
+    #[test]
+    fn a_token_row_decodes_every_column_by_position_on_both_backends() {
+        for (name, store, _dir) in backends("token_row_decodes") {
+            let intent = store
+                .write_db("test set-up", |db| {
+                    db.batch(
+                        "INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop', 1); \
+                         INSERT INTO groups (channel_id, name, added_at) \
+                         VALUES ('1000', 'backend', 1);",
+                    )?;
+                    let intent = db.query_one(
+                        "INSERT INTO issue_intents (channel_id, group_name, started_at, \
+                         finished_at, outcome, key_id) \
+                         VALUES ('1000', 'backend', 10, 11, 'issued', 'full') RETURNING id",
+                        p![],
+                        |r| r.get_int(0),
+                    )?;
+                    db.execute(
+                        "INSERT INTO tokens (key_id, channel_id, group_name, access_token, \
+                         issued_at, expires_at, state, state_reason, state_changed_at, \
+                         last_verified_at, intent_id, refused_at) VALUES \
+                         ('full', '1000', 'backend', 'value-full', 12, 13, 'gone', 'why', 14, \
+                          15, ?1, 16), \
+                         ('bare', '1000', 'backend', 'value-bare', 20, 21, 'live', NULL, 22, \
+                          NULL, NULL, NULL)",
+                        p![intent],
+                    )?;
+                    Ok(intent)
+                })
+                .unwrap();
+            let full = store.token(&KeyId::new("full")).unwrap().unwrap();
+            assert_eq!(
+                full,
+                StoredToken {
+                    channel_id: ChannelId::new("1000"),
+                    group: GroupName::new("backend"),
+                    record: TokenRecord {
+                        key_id: KeyId::new("full"),
+                        issued_at: at(12),
+                        expires_at: at(13),
+                        state: TokenState::Gone,
+                        verified_at: Some(at(15)),
+                        refused_at: Some(at(16)),
+                    },
+                    value: AccessToken::new("value-full"),
+                    state_reason: Some("why".to_owned()),
+                    state_changed_at: at(14),
+                    intent: Some(IntentId::from_raw(intent)),
+                },
+                "{name}"
+            );
+            let bare = store.token(&KeyId::new("bare")).unwrap().unwrap();
+            assert_eq!(
+                (
+                    bare.record.state,
+                    bare.record.verified_at,
+                    bare.record.refused_at,
+                    bare.state_reason,
+                    bare.intent,
+                    bare.state_changed_at
+                ),
+                (TokenState::Live, None, None, None, None, at(22)),
+                "{name}"
+            );
+            assert_eq!(bare.value.expose(), "value-bare");
+            let live = store.live_records_in(Scope::All).unwrap();
+            assert_eq!(live.len(), 1, "{name}");
+            assert_eq!(live[0].record, bare.record, "{name}");
+        }
+    }
+
     /// [`super::TokenRow::decode`] reads by position; this is the order it
     /// reads in. Reorder both or neither.
     #[test]
