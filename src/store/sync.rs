@@ -179,8 +179,8 @@ const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at
      config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
      full_since, full_until, full_intent, settled_through_intent";
 /// The columns every group query selects, in this order: [`group_from_row`]
-/// reads them by position (see [`super::time_at_index`] for why), and a
-/// test holds the two together.
+/// reads them by position (a lookup by name scans the statement's column
+/// names for every value), and a test holds the two together.
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step, kind";
 
