@@ -1910,3 +1910,89 @@ fn sealed_values_are_counted_and_opened_on_both_backends() {
         assert_eq!(store.decrypt_failures(), 0);
     }
 }
+
+/// The long-lived watch rows on both backends: an upsert keeps its first
+/// sighting and its retirement, a channel's sync ends the values no
+/// watcher holds, a restart ends the old ones, and the listing is by
+/// channel in byte order (PostgreSQL under a linguistic collation), then
+/// current, old, ended, newest first.
+#[test]
+fn long_lived_rows_are_kept_ended_and_listed_on_both_backends() {
+    use linetokd::store::{LongLivedResult, LongLivedRole, LongLivedRow};
+    for b in backends("long_lived_rows") {
+        if b.is_postgres() {
+            // As in the same-millisecond test: C would hide the order asked
+            // for; ICU's root locale sorts `a` before `B`.
+            b.batch(
+                "ALTER TABLE long_lived_tokens ALTER COLUMN channel_id TYPE TEXT \
+                 COLLATE \"und-x-icu\"",
+            );
+        }
+        let store = &b.store;
+        let row = |channel: &str, fp: &str, role: LongLivedRole, seen: i64| LongLivedRow {
+            channel: ch(channel),
+            fingerprint: fp.to_owned(),
+            role,
+            first_seen_at: t0() + Duration::seconds(seen),
+            last_valid_at: None,
+            last_checked_at: None,
+            result: LongLivedResult::Pending,
+            detail: String::new(),
+            retired_at: None,
+        };
+        store
+            .record_long_lived(&row("a-chan", "sha256:aaaa", LongLivedRole::Current, 1))
+            .unwrap();
+        store
+            .retire_long_lived(t0() + Duration::seconds(9), &ch("B-chan"), "sha256:bbbb")
+            .unwrap();
+        // Written again: first sighting and retirement stay.
+        let mut again = row("B-chan", "sha256:bbbb", LongLivedRole::Old, 5);
+        again.result = LongLivedResult::Valid;
+        again.last_valid_at = Some(t0() + Duration::seconds(6));
+        store.record_long_lived(&again).unwrap();
+        let ended = store
+            .sync_long_lived(
+                &ch("B-chan"),
+                &[row("B-chan", "sha256:cccc", LongLivedRole::Current, 7)],
+            )
+            .unwrap();
+        assert_eq!(ended, 1, "{}", b.name);
+        store
+            .record_long_lived(&row("B-chan", "sha256:dddd", LongLivedRole::Old, 8))
+            .unwrap();
+        assert_eq!(store.forget_old_long_lived().unwrap(), 1, "{}", b.name);
+
+        let rows = store.long_lived_rows().unwrap();
+        let seen: Vec<(&str, &str, LongLivedRole)> = rows
+            .iter()
+            .map(|r| (r.channel.as_str(), r.fingerprint.as_str(), r.role))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("B-chan", "sha256:cccc", LongLivedRole::Current),
+                ("B-chan", "sha256:bbbb", LongLivedRole::Ended),
+                ("B-chan", "sha256:dddd", LongLivedRole::Ended),
+                ("a-chan", "sha256:aaaa", LongLivedRole::Current),
+            ],
+            "{}",
+            b.name
+        );
+        let bbbb = &rows[1];
+        assert_eq!(
+            bbbb.first_seen_at,
+            t0() + Duration::seconds(9),
+            "{}",
+            b.name
+        );
+        assert_eq!(bbbb.retired_at, Some(t0() + Duration::seconds(9)));
+        assert_eq!(bbbb.result, LongLivedResult::Valid);
+        assert_eq!(bbbb.last_valid_at, Some(t0() + Duration::seconds(6)));
+        assert!(
+            bbbb.detail.contains("no longer holds it"),
+            "{}",
+            bbbb.detail
+        );
+    }
+}
