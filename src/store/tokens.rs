@@ -107,6 +107,10 @@ impl Store {
 
     /// [`Self::live_tokens_of_channel`] for one channel or all: one
     /// channel's oldest first; all channels' by channel, each oldest first.
+    /// The channels come in the database's text order, which on PostgreSQL
+    /// is its collation's: callers group by channel and never rely on the
+    /// order between channels, and asking for bytes there would cost the
+    /// live-token index its use.
     ///
     /// # Errors
     ///
