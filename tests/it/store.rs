@@ -1579,6 +1579,28 @@ fn open_postgres(url: &str, options: &linetokd::store::StoreOptions) -> Store {
     .unwrap()
 }
 
+/// [`open_postgres`] just after the last store on `url` dropped: a
+/// PostgreSQL writer's lock on the database goes with its connection,
+/// which the server may notice a moment later, so a refusal to connect or
+/// lock (`StoreError::Pg`) is retried for a while.
+fn reopen_postgres(url: &str, options: &linetokd::store::StoreOptions) -> Store {
+    let target = linetokd::store::pg::PgTarget::parse(url).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::open_postgres(
+            &target,
+            &linetokd::store::pg::PoolOptions::default(),
+            options.clone(),
+        ) {
+            Ok(store) => return store,
+            Err(StoreError::Pg(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening {url}: {e:?}"),
+        }
+    }
+}
+
 impl OnBackend {
     fn is_postgres(&self) -> bool {
         matches!(self.at, Place::Postgres(_))
@@ -1598,7 +1620,7 @@ impl OnBackend {
         drop(store);
         let store = match &at {
             Place::Sqlite(path) => Store::open_with(path, options.clone()).unwrap(),
-            Place::Postgres(url) => open_postgres(url, &options),
+            Place::Postgres(url) => reopen_postgres(url, &options),
         };
         Self {
             name,
