@@ -104,7 +104,7 @@ impl Store {
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
                      AND substr(key_id, 1, 3) <> 'sl:' ORDER BY issued_at, key_id"
                 ),
-                params![channel.as_str()],
+                super::sql::p![channel.as_str()],
             )?;
             // Short-lived tokens are never listed (`sl:` identities): only
             // v2.1 ones can be missing from the list.

@@ -297,7 +297,7 @@ fn grant_event(
 /// grant's values, the store's and re-encryption's ([`super::values`]).
 pub(super) fn seal_value(
     values: &super::values::Values,
-    tx: &Connection,
+    tx: &dyn super::sql::Db,
     channel: &str,
     subject: &str,
     kind: &'static str,
@@ -341,7 +341,7 @@ fn value_error(
 impl Store {
     fn seal_login(
         &self,
-        tx: &Connection,
+        tx: &dyn super::sql::Db,
         channel: &str,
         subject: &str,
         kind: &'static str,

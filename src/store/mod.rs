@@ -875,25 +875,6 @@ fn time_at(row: &Row<'_>, col: &str) -> Result<DateTime<Utc>, Fail> {
         .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
 }
 
-/// A stored time from the column at `idx`, named `col` in errors: for
-/// decoders of many rows, where a lookup by name (a scan of the statement's
-/// column names for every value) is most of the decoding.
-fn time_at_index(row: &Row<'_>, idx: usize, col: &str) -> Result<DateTime<Utc>, Fail> {
-    let ms: i64 = row.get(idx)?;
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-}
-
-/// [`time_at_index`] for an optional time.
-fn opt_time_at_index(row: &Row<'_>, idx: usize, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
-    let ms: Option<i64> = row.get(idx)?;
-    ms.map(|ms| {
-        DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-    })
-    .transpose()
-}
-
 /// A stored optional time from column `col`.
 fn opt_time_at(row: &Row<'_>, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
     let ms: Option<i64> = row.get(col)?;

@@ -10,7 +10,7 @@
 //! holds.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{OptionalExtension as _, params};
 
 use super::events::insert_event;
 use super::sync::{end_streaks, load_group};
@@ -184,18 +184,18 @@ impl Store {
 /// transaction. Requests of another channel or already closed are left
 /// alone.
 pub(super) fn close_in(
-    tx: &Connection,
+    tx: &dyn super::sql::Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     ids: &[i64],
     outcome: &str,
 ) -> Result<(), Fail> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE requests SET done_at = ?3, outcome = ?4 \
-         WHERE id = ?1 AND channel_id = ?2 AND done_at IS NULL",
-    )?;
     for id in ids {
-        stmt.execute(params![id, channel.as_str(), millis(now), outcome])?;
+        tx.execute(
+            "UPDATE requests SET done_at = ?3, outcome = ?4 \
+             WHERE id = ?1 AND channel_id = ?2 AND done_at IS NULL",
+            super::sql::p![*id, channel.as_str(), millis(now), outcome],
+        )?;
     }
     Ok(())
 }

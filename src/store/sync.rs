@@ -9,13 +9,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
+use super::sql::{Db, SqlError, SqlRow, SqliteDb, p};
 use super::{
-    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index,
-    screen, time_at, time_at_index,
+    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
 };
 use crate::domain::{ChannelId, FailureKind, GroupName, TokenKind};
 
@@ -180,8 +179,8 @@ const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at
      config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
      full_since, full_until, full_intent, settled_through_intent";
 /// The columns every group query selects, in this order: [`group_from_row`]
-/// reads them by position (see [`super::time_at_index`] for why), and a
-/// test holds the two together.
+/// reads them by position (a lookup by name scans the statement's column
+/// names for every value), and a test holds the two together.
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step, kind";
 
@@ -569,19 +568,15 @@ pub(super) fn load_channel(conn: &Connection, id: &ChannelId) -> Result<Option<C
 }
 
 pub(super) fn load_group(
-    conn: &Connection,
+    db: &dyn Db,
     channel: &ChannelId,
     group: &GroupName,
 ) -> Result<Option<GroupRow>, Fail> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 AND name = ?2"
-    ))?;
-    let row = stmt
-        .query_row([channel.as_str(), group.as_str()], |row| {
-            Ok(group_from_row(row))
-        })
-        .optional()?;
-    row.transpose()
+    Ok(db.query_opt(
+        &format!("SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 AND name = ?2"),
+        p![channel.as_str(), group.as_str()],
+        group_from_row,
+    )?)
 }
 
 fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
@@ -657,32 +652,33 @@ pub(super) fn end_streaks(
 }
 
 /// Decodes a row of [`GROUP_COLUMNS`], by position.
-fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
-    let failures: i64 = row.get(6)?;
+fn group_from_row(row: &dyn SqlRow) -> Result<GroupRow, SqlError> {
+    let failures = row.get_int(6)?;
     Ok(GroupRow {
-        channel_id: ChannelId::new(row.get::<_, String>(0)?),
-        name: GroupName::new(row.get::<_, String>(1)?),
-        added_at: time_at_index(row, 2, "added_at")?,
-        removed_at: opt_time_at_index(row, 3, "removed_at")?,
+        channel_id: ChannelId::new(row.get_text(0)?),
+        name: GroupName::new(row.get_text(1)?),
+        added_at: row.time(2, "added_at")?,
+        removed_at: row.opt_time(3, "removed_at")?,
         runtime: GroupRuntime {
-            last_error: row.get(4)?,
-            last_error_at: opt_time_at_index(row, 5, "last_error_at")?,
+            last_error: row.text(4)?,
+            last_error_at: row.opt_time(5, "last_error_at")?,
             consecutive_failures: u32::try_from(failures).map_err(|_| {
-                Fail::Corrupt(format!("groups.consecutive_failures holds {failures}"))
+                SqlError::Column(format!("groups.consecutive_failures holds {failures}"))
             })?,
-            retry_not_before: opt_time_at_index(row, 7, "retry_not_before")?,
+            retry_not_before: row.opt_time(7, "retry_not_before")?,
             failure_kind: row
-                .get::<_, Option<String>>(8)?
+                .text(8)?
                 .map(|k| {
                     FailureKind::parse(&k)
-                        .ok_or_else(|| Fail::Corrupt(format!("groups.failure_kind holds {k:?}")))
+                        .ok_or_else(|| SqlError::Column(format!("groups.failure_kind holds {k:?}")))
                 })
                 .transpose()?,
-            failed_step: row.get(9)?,
+            failed_step: row.text(9)?,
         },
         kind: {
-            let k: String = row.get(10)?;
-            TokenKind::parse(&k).ok_or_else(|| Fail::Corrupt(format!("groups.kind holds {k:?}")))?
+            let k = row.get_text(10)?;
+            TokenKind::parse(&k)
+                .ok_or_else(|| SqlError::Column(format!("groups.kind holds {k:?}")))?
         },
     })
 }

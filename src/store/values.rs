@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::crypt::{self, CryptError, Keyring, Place};
-use super::sql::{Db, p};
+use super::sql::{Db, SqliteDb, p};
 use super::{Fail, StoreError};
 use crate::domain::{AccessToken, KeyId};
 
@@ -142,7 +142,7 @@ impl Values {
     /// seal counted in `tx`) when the store has a keyring, else plaintext.
     pub(super) fn column(
         &self,
-        tx: &Connection,
+        tx: &dyn Db,
         row: Row<'_>,
         value: &AccessToken,
     ) -> Result<Column, Fail> {
@@ -178,7 +178,7 @@ impl Values {
     /// the sealed bytes and the key ID.
     pub(super) fn seal_only(
         &self,
-        tx: &Connection,
+        tx: &dyn Db,
         place: &Place<'_>,
         value: &str,
     ) -> Result<Result<(Vec<u8>, u32), CryptError>, Fail> {
@@ -230,13 +230,15 @@ impl Row<'_> {
     }
 }
 
-/// Counts one seal under `key`, refusing it past the key's limit.
-fn count_seal(tx: &Connection, key: u32) -> Result<(), Fail> {
-    let sealed: i64 = tx.query_row(
+/// Counts one seal under `key`, refusing it past the key's limit. The
+/// column is qualified in the update (`encryptions.sealed`) so both
+/// dialects read it as the stored row's, not the proposed one's.
+fn count_seal(tx: &dyn Db, key: u32) -> Result<(), Fail> {
+    let sealed = tx.query_one(
         "INSERT INTO encryptions (enc_key_id, sealed) VALUES (?1, 1) \
-         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = sealed + 1 RETURNING sealed",
-        [key],
-        |row| row.get(0),
+         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = encryptions.sealed + 1 RETURNING sealed",
+        p![key],
+        |row| row.get_int(0),
     )?;
     if u64::try_from(sealed).unwrap_or(u64::MAX) > crypt::MAX_ENCRYPTIONS_PER_KEY {
         return Err(Fail::Store(StoreError::KeyWornOut { enc_key_id: key }));
@@ -301,18 +303,20 @@ fn rows_per_key(conn: &Connection) -> Result<Vec<KeyRows>, Fail> {
 }
 
 /// Seals counted per key, ever.
-pub(super) fn seal_counts(conn: &Connection) -> Result<Vec<(u32, u64)>, Fail> {
-    let mut stmt =
-        conn.prepare_cached("SELECT enc_key_id, sealed FROM encryptions ORDER BY enc_key_id")?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (key, sealed) = row?;
-        if let Ok(key) = u32::try_from(key) {
-            out.push((key, u64::try_from(sealed).unwrap_or(0)));
-        }
-    }
-    Ok(out)
+pub(super) fn seal_counts(db: &dyn Db) -> Result<Vec<(u32, u64)>, Fail> {
+    let rows = db.query_map(
+        "SELECT enc_key_id, sealed FROM encryptions ORDER BY enc_key_id",
+        p![],
+        |row| Ok((row.get_int(0)?, row.get_int(1)?)),
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, sealed)| {
+            u32::try_from(key)
+                .ok()
+                .map(|key| (key, u64::try_from(sealed).unwrap_or(0)))
+        })
+        .collect())
 }
 
 /// What a writer does at open, after the migrations: refuse a database it
@@ -350,7 +354,7 @@ pub(super) fn prepare(
                 "encrypting every plaintext token value in one transaction"
             );
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let sealed = reseal(&tx, values, None)?;
+            let sealed = reseal(&SqliteDb::new(&tx, screen), values, None)?;
             // Committed with the seals: a crash before the scrub below is
             // finished at the next open.
             tx.execute(
@@ -485,8 +489,14 @@ fn describe_counts(counts: &[ValueCount]) -> String {
 
 /// Seals under the active key every row that is plaintext or under
 /// another key, at most `limit` rows (all when `None`); returns how many.
-/// Runs inside the caller's transaction.
-pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> Result<u64, Fail> {
+/// Runs inside the caller's transaction. Still SQLite's (`LIMIT -1` for
+/// no limit, rusqlite reads); it seals through [`Values::column`], which
+/// runs on both.
+pub(super) fn reseal(
+    tx: &SqliteDb<'_>,
+    values: &Values,
+    limit: Option<usize>,
+) -> Result<u64, Fail> {
     let Some(keyring) = values.keyring() else {
         return Ok(0);
     };
@@ -522,7 +532,7 @@ pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> 
         tx.execute(
             "UPDATE tokens SET access_token = NULL, access_token_enc = ?2, enc_key_id = ?3 \
              WHERE key_id = ?1",
-            params![key_id, column.sealed, column.key],
+            p![key_id.as_str(), column.sealed.as_deref(), column.key],
         )?;
         done += 1;
     }
@@ -555,7 +565,7 @@ impl GrantValue {
 /// Seals under the `active` key, both values under the same additional
 /// data rules as when written, at most `limit` login grants (all when
 /// negative) that are under another key; returns how many.
-fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
+fn reseal_grants(tx: &SqliteDb<'_>, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
     let rows = {
         let mut stmt = tx.prepare_cached(
             "SELECT channel_id, subject, access_token_enc, refresh_token_enc FROM login_grants \
@@ -586,7 +596,13 @@ fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> R
         tx.execute(
             "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
              enc_key_id = ?5 WHERE channel_id = ?1 AND subject = ?2",
-            params![channel, subject, access, refresh, key],
+            p![
+                channel.as_str(),
+                subject.as_str(),
+                access.as_slice(),
+                refresh.as_slice(),
+                key
+            ],
         )?;
         done += 1;
     }
@@ -753,7 +769,7 @@ impl super::Store {
     ///
     /// [`StoreError::Query`].
     pub fn seal_counts(&self) -> Result<Vec<(u32, u64)>, StoreError> {
-        self.read("counting encryptions per key", |c| seal_counts(c))
+        self.read_db("counting encryptions per key", seal_counts)
     }
 
     /// How many stored values failed to open since this store was opened.
