@@ -430,6 +430,7 @@ impl Store {
         if read_only {
             return Ok(store);
         }
+        values::prepare_postgres(&store, &store.inner.values)?;
         store.read_db("reading the stored token values", |db| {
             values::fill_screen(db, &store.inner.values)
         })?;
