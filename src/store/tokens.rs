@@ -6,10 +6,10 @@
 //! recorded is the one worth keeping.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
+use rusqlite::params;
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
+use super::sql::{Db, Param, SqlError, SqlRow, p};
 use super::values::{Row as ValueRow, Values};
 use super::{
     EventKind, ExecCached as _, Fail, IntentId, Scope, Store, StoreError, millis,
@@ -88,7 +88,7 @@ impl Store {
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND group_name = ?2 \
                      ORDER BY issued_at, key_id"
                 ),
-                params![channel.as_str(), group.as_str()],
+                p![channel.as_str(), group.as_str()],
             )
         })
     }
@@ -124,7 +124,7 @@ impl Store {
                      ORDER BY channel_id",
                     scope.condition("channel_id")
                 ),
-                params![scope.param()],
+                p![scope.param()],
             )
         })?;
         oldest_first_per_channel(&mut tokens, |t| (&t.channel_id, &t.record));
@@ -333,19 +333,21 @@ impl Store {
 /// Expires the due live tokens of one channel (or all) inside the caller's
 /// transaction.
 pub(super) fn expire_in(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     values: &Values,
     now: DateTime<Utc>,
     channel: Option<&ChannelId>,
 ) -> Result<Vec<KeyId>, Fail> {
+    // Cast: PostgreSQL cannot infer a parameter's type from IS NULL.
     let due = query_tokens(
         tx,
         values,
         &format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
-             AND (?2 IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id"
+             AND (CAST(?2 AS TEXT) IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id{}",
+            tx.dialect().bytewise()
         ),
-        params![millis(now), channel.map(ChannelId::as_str)],
+        p![millis(now), channel.map(ChannelId::as_str)],
     )?;
     let mut expired = Vec::with_capacity(due.len());
     for token in due {
@@ -357,19 +359,19 @@ pub(super) fn expire_in(
 
 /// Writes a live token's new state and the matching event.
 pub(super) fn change_state(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     token: &StoredToken,
     state: TokenState,
     reason: &str,
 ) -> Result<(), Fail> {
     let reason = screen(tx, reason)?;
-    tx.exec_cached(
+    tx.execute(
         "UPDATE tokens SET state = ?2, state_reason = ?3, state_changed_at = ?4 WHERE key_id = ?1",
-        params![
+        p![
             token.record.key_id.as_str(),
             state.as_str(),
-            reason,
+            reason.as_str(),
             millis(now)
         ],
     )?;
@@ -392,67 +394,94 @@ pub(super) fn change_state(
 }
 
 pub(super) fn load_token(
-    conn: &Connection,
+    db: &dyn Db,
     values: &Values,
     key_id: &KeyId,
 ) -> Result<Option<StoredToken>, Fail> {
     let mut found = query_tokens(
-        conn,
+        db,
         values,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE key_id = ?1"),
-        params![key_id.as_str()],
+        p![key_id.as_str()],
     )?;
     Ok(found.pop())
 }
 
+/// The tokens a query of [`TOKEN_COLUMNS`] selects, their values opened
+/// with `values`' keyring.
 pub(super) fn query_tokens(
-    conn: &Connection,
+    db: &dyn Db,
     values: &Values,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[Param<'_>],
 ) -> Result<Vec<StoredToken>, Fail> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(token_from_row(row, values)?);
-    }
-    Ok(out)
+    // Rows are decoded first and opened after: a value that does not open
+    // is a store error (`Undecryptable`), which a row decoder cannot
+    // return. The first that fails stops the rest, as before.
+    db.query_map(sql, params, token_from_row)?
+        .into_iter()
+        .map(|unopened| unopened.open(values))
+        .collect()
 }
 
-/// Decodes a row of [`TOKEN_COLUMNS`], by position, opening a sealed
-/// value with `values`' keyring.
-fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
-    let state: String = row.get(6)?;
-    let key_id: String = row.get(0)?;
-    let channel: String = row.get(1)?;
-    let group: String = row.get(2)?;
-    let value = values.open(
-        ValueRow {
-            key_id: &key_id,
-            channel: &channel,
-            group: &group,
-        },
-        row.get(3)?,
-        row.get(12)?,
-    )?;
-    Ok(StoredToken {
-        channel_id: ChannelId::new(channel),
-        group: GroupName::new(group),
+/// A token row as read, its value not yet opened.
+struct Unopened {
+    channel_id: ChannelId,
+    group: GroupName,
+    record: TokenRecord,
+    state_reason: Option<String>,
+    state_changed_at: DateTime<Utc>,
+    intent: Option<IntentId>,
+    plain: Option<String>,
+    sealed: Option<Vec<u8>>,
+}
+
+impl Unopened {
+    /// The token with its value, opened with `values`' keyring.
+    fn open(self, values: &Values) -> Result<StoredToken, Fail> {
+        let value = values.open(
+            ValueRow {
+                key_id: self.record.key_id.as_str(),
+                channel: self.channel_id.as_str(),
+                group: self.group.as_str(),
+            },
+            self.plain,
+            self.sealed,
+        )?;
+        Ok(StoredToken {
+            channel_id: self.channel_id,
+            group: self.group,
+            record: self.record,
+            value,
+            state_reason: self.state_reason,
+            state_changed_at: self.state_changed_at,
+            intent: self.intent,
+        })
+    }
+}
+
+/// Decodes a row of [`TOKEN_COLUMNS`], by position; its value is opened
+/// by [`Unopened::open`].
+fn token_from_row(row: &dyn SqlRow) -> Result<Unopened, SqlError> {
+    let state = row.get_text(6)?;
+    Ok(Unopened {
+        channel_id: ChannelId::new(row.get_text(1)?),
+        group: GroupName::new(row.get_text(2)?),
         record: TokenRecord {
-            key_id: KeyId::new(key_id),
-            issued_at: time_at_index(row, 4, "issued_at")?,
-            expires_at: time_at_index(row, 5, "expires_at")?,
+            key_id: KeyId::new(row.get_text(0)?),
+            issued_at: row.time(4, "tokens.issued_at")?,
+            expires_at: row.time(5, "tokens.expires_at")?,
             state: parse_state(&state).ok_or_else(|| {
-                Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
+                SqlError::Column(format!("tokens.state holds unknown state {state:?}"))
             })?,
-            refused_at: opt_time_at_index(row, 11, "refused_at")?,
-            verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
+            refused_at: row.opt_time(11, "tokens.refused_at")?,
+            verified_at: row.opt_time(9, "tokens.last_verified_at")?,
         },
-        value,
-        state_reason: row.get(7)?,
-        state_changed_at: time_at_index(row, 8, "state_changed_at")?,
-        intent: row.get::<_, Option<i64>>(10)?.map(IntentId::from_raw),
+        state_reason: row.text(7)?,
+        state_changed_at: row.time(8, "tokens.state_changed_at")?,
+        intent: row.int(10)?.map(IntentId::from_raw),
+        plain: row.text(3)?,
+        sealed: row.blob(12)?,
     })
 }
 
