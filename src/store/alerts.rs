@@ -13,13 +13,11 @@
 //! another's.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
+use rusqlite::params;
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
-use super::{
-    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
-};
+use super::sql::{Db, SqlError, SqlRow, p};
+use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, GroupName};
 
 /// The extra label some alerts carry, telling two alerts of one name and
@@ -120,48 +118,44 @@ pub fn fingerprint(
 pub(super) const ALERT_COLUMNS: &str = "fingerprint, channel_id, group_name, label_name, \
      label_value, alertname, severity, summary, started_at, resolved_at";
 
-/// Decodes a row selected with [`ALERT_COLUMNS`].
-pub(super) fn alert_row(row: &Row<'_>) -> Result<AlertRecord, Fail> {
-    let label = match (
-        row.get::<_, Option<String>>("label_name")?,
-        row.get::<_, Option<String>>("label_value")?,
-    ) {
+/// Decodes a row selected with [`ALERT_COLUMNS`], by position (so a query
+/// may select more columns after those).
+pub(super) fn alert_row(row: &dyn SqlRow) -> Result<AlertRecord, SqlError> {
+    let label = match (row.text(3)?, row.text(4)?) {
         (Some(name), Some(value)) => Some((name, value)),
         _ => None,
     };
     Ok(AlertRecord {
-        fingerprint: row.get("fingerprint")?,
-        channel_id: row
-            .get::<_, Option<String>>("channel_id")?
-            .map(ChannelId::new),
-        group: row
-            .get::<_, Option<String>>("group_name")?
-            .map(GroupName::new),
+        fingerprint: row.get_text(0)?,
+        channel_id: row.text(1)?.map(ChannelId::new),
+        group: row.text(2)?.map(GroupName::new),
         label,
-        alertname: row.get("alertname")?,
-        severity: row.get("severity")?,
-        summary: row.get("summary")?,
-        started_at: time_at(row, "started_at")?,
-        resolved_at: opt_time_at(row, "resolved_at")?,
+        alertname: row.get_text(5)?,
+        severity: row.get_text(6)?,
+        summary: row.get_text(7)?,
+        started_at: row.time(8, "alerts.started_at")?,
+        resolved_at: row.opt_time(9, "alerts.resolved_at")?,
     })
 }
 
-fn firing_in(conn: &Connection, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
-    // `IS` matches a NULL channel (daemon-wide) too.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
-         AND (?1 = 0 OR channel_id IS ?2) ORDER BY started_at, fingerprint"
-    ))?;
+fn firing_in(db: &dyn Db, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
+    // `IS NOT DISTINCT FROM` matches a NULL channel (daemon-wide) too; it
+    // is SQLite's `IS` in words PostgreSQL also knows.
     let channel = scope.and_then(|s| s.channel).map(ChannelId::as_str);
-    let mut rows = stmt.query(params![scope.is_some(), channel])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let alert = alert_row(row)?;
-        if scope.is_none_or(|s| in_scope(&alert, s)) {
-            out.push(alert);
-        }
-    }
-    Ok(out)
+    let alerts = db.query_map(
+        &format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
+             AND (CAST(?1 AS BIGINT) = 0 OR channel_id IS NOT DISTINCT FROM ?2) \
+             ORDER BY started_at, fingerprint{}",
+            db.dialect().bytewise()
+        ),
+        p![scope.is_some(), channel],
+        alert_row,
+    )?;
+    Ok(alerts
+        .into_iter()
+        .filter(|alert| scope.is_none_or(|s| in_scope(alert, s)))
+        .collect())
 }
 
 fn in_scope(alert: &AlertRecord, scope: AlertScope<'_>) -> bool {
@@ -181,7 +175,7 @@ const GROUP_DELIVERY_ALERTS: [&str; 2] = ["sink_failing", "hook_failing"];
 /// are left to the rotator, which keeps stating them while the group still
 /// holds tokens. Returns how many were resolved.
 pub(super) fn resolve_unowned(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     configured: &[(&ChannelId, &[GroupName])],
 ) -> Result<usize, Fail> {
@@ -200,9 +194,9 @@ pub(super) fn resolve_unowned(
         })
         .collect();
     for a in &unowned {
-        tx.exec_cached(
+        tx.execute(
             "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
-            params![a.fingerprint, millis(now)],
+            p![&a.fingerprint, millis(now)],
         )?;
         if let Some(channel) = &a.channel_id {
             insert_event(

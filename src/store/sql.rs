@@ -42,6 +42,20 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// What follows a text expression in `ORDER BY` so it sorts by bytes,
+    /// as SQLite sorts text: nothing on SQLite, `COLLATE "C"` on PostgreSQL,
+    /// whose database collation (en_US, ICU…) would otherwise order
+    /// `"B"` after `"a"` and skip punctuation. SQLite knows no collation
+    /// named `"C"`, so it cannot be written into shared SQL.
+    pub fn bytewise(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " COLLATE \"C\"",
+        }
+    }
+}
+
 /// A value bound to a statement parameter. Its `Debug` shows integers but
 /// only the length of text and bytes: a parameter may be a token value, and
 /// tokio-postgres logs every statement's parameters at debug level.

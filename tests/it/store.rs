@@ -1,6 +1,8 @@
-//! The SQLite store: migrations, file mode and WAL, the writer lock, the
+//! The store: migrations, file mode and WAL, the writer lock, the
 //! issuance journal, reconcile, and the rule that no table but `tokens` ever
-//! holds a token value. Every test uses its own temp directory.
+//! holds a token value. Every test uses its own temp directory; the tests
+//! of what both backends do run on SQLite and on PostgreSQL (`backends`),
+//! each in a fresh database.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,8 @@ use chrono::{DateTime, Duration, Utc};
 use linetokd::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenState};
 use linetokd::store::migrate::{self, Migration};
 use linetokd::store::{
-    ChannelSpec, EventKind, GroupRuntime, IntentOutcome, IssuedToken, NewEvent, Scope, Store,
-    StoreError, WriterLock,
+    ChannelSpec, EventKind, ForeignKid, FullHold, GroupRuntime, IntentOutcome, IssuedToken,
+    NewEvent, ReconcileRuntime, Scope, Store, StoreError, WriterLock,
 };
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -487,112 +489,114 @@ fn open_intents_of_a_crashed_run_are_listed_then_closed_as_lost() {
 
 #[test]
 fn reconcile_marks_ours_gone_and_foreign_keeping_first_seen() {
-    let (_dir, path) = fresh();
-    let store = synced_store(&path);
-    issue(&store, "backend", "ours-a", "tok-a", t0());
-    issue(&store, "crm", "ours-b", "tok-b", t0());
-    // Issued before the token of another group expires: a short-lived one.
-    let intent = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap();
-    let mut short = issued("ours-old", "tok-old", t0() - Duration::days(29));
-    short.expires_at = t0() + Duration::hours(1);
-    store.complete_issue(t0(), intent, &short, &[]).unwrap();
+    for b in backends("reconcile_marks_ours_gone") {
+        let store = &b.store;
+        sync_one_channel(store);
+        issue(store, "backend", "ours-a", "tok-a", t0());
+        issue(store, "crm", "ours-b", "tok-b", t0());
+        // Issued before the token of another group expires: a short-lived one.
+        let intent = store.begin_issue(t0(), &ch("1000"), &gr("crm")).unwrap();
+        let mut short = issued("ours-old", "tok-old", t0() - Duration::days(29));
+        short.expires_at = t0() + Duration::hours(1);
+        store.complete_issue(t0(), intent, &short, &[]).unwrap();
 
-    let t1 = t0() + Duration::hours(2);
-    let report = store
-        .reconcile(
-            t1,
-            &ch("1000"),
-            &[kid("ours-a"), kid("f1"), kid("ours-old")],
-            store.newest_intent_id(&ch("1000")).unwrap(),
-        )
-        .unwrap();
-    assert_eq!(
-        report.expired,
-        [kid("ours-old")],
-        "expired before judged gone"
-    );
-    assert_eq!(report.gone, [kid("ours-b")]);
-    assert_eq!(report.new_foreign, [kid("f1")]);
-    assert_eq!((report.ours_live, report.foreign_live), (1, 1));
-    let b = store.token(&kid("ours-b")).unwrap().unwrap();
-    assert_eq!(b.record.state, TokenState::Gone);
-    assert_eq!(b.state_changed_at, t1);
-    assert_eq!(
-        store
-            .channel(&ch("1000"))
-            .unwrap()
-            .unwrap()
-            .last_reconcile_at,
-        Some(t1)
-    );
+        let t1 = t0() + Duration::hours(2);
+        let report = store
+            .reconcile(
+                t1,
+                &ch("1000"),
+                &[kid("ours-a"), kid("f1"), kid("ours-old")],
+                store.newest_intent_id(&ch("1000")).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            report.expired,
+            [kid("ours-old")],
+            "expired before judged gone"
+        );
+        assert_eq!(report.gone, [kid("ours-b")]);
+        assert_eq!(report.new_foreign, [kid("f1")]);
+        assert_eq!((report.ours_live, report.foreign_live), (1, 1));
+        let ours_b = store.token(&kid("ours-b")).unwrap().unwrap();
+        assert_eq!(ours_b.record.state, TokenState::Gone);
+        assert_eq!(ours_b.state_changed_at, t1);
+        assert_eq!(
+            store
+                .channel(&ch("1000"))
+                .unwrap()
+                .unwrap()
+                .last_reconcile_at,
+            Some(t1)
+        );
 
-    // A token issued after the list was requested is not judged by it.
-    let t2 = t1 + Duration::hours(1);
-    issue(&store, "crm", "ours-new", "tok-new", t2);
-    let report = store
-        .reconcile(
-            t2,
-            &ch("1000"),
-            &[kid("ours-a"), kid("f1"), kid("f2")],
-            store.newest_intent_id(&ch("1000")).unwrap(),
-        )
-        .unwrap();
-    assert!(report.gone.is_empty(), "{report:?}");
-    assert_eq!(report.new_foreign, [kid("f2")], "f1 is not new again");
-    assert_eq!((report.ours_live, report.foreign_live), (2, 2));
-    let f1 = store
-        .foreign_kids(&ch("1000"))
-        .unwrap()
-        .into_iter()
-        .find(|f| f.key_id == kid("f1"))
-        .unwrap();
-    assert_eq!(
-        (f1.first_seen_at, f1.last_seen_at, f1.gone_at),
-        (t1, t2, None)
-    );
-
-    let t3 = t2 + Duration::hours(1);
-    let report = store
-        .reconcile(
-            t3,
-            &ch("1000"),
-            &[kid("ours-a"), kid("ours-new"), kid("f2")],
-            store.newest_intent_id(&ch("1000")).unwrap(),
-        )
-        .unwrap();
-    assert_eq!(report.foreign_gone, [kid("f1")]);
-    assert!(report.new_foreign.is_empty());
-    let kinds: Vec<EventKind> = store
-        .events_of_channel(&ch("1000"), 100)
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
-    for k in [
-        EventKind::Gone,
-        EventKind::Expired,
-        EventKind::ForeignSeen,
-        EventKind::ForeignGone,
-    ] {
-        assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
-    }
-
-    // A key ID first seen as foreign that turns out to be ours (a reconcile
-    // ran while LINE was answering our issue) leaves the foreign list.
-    let intent = store.begin_issue(t3, &ch("1000"), &gr("backend")).unwrap();
-    store
-        .complete_issue(t3, intent, &issued("f2", "tok-f2", t3), &[])
-        .unwrap();
-    assert!(
-        store
+        // A token issued after the list was requested is not judged by it.
+        let t2 = t1 + Duration::hours(1);
+        issue(store, "crm", "ours-new", "tok-new", t2);
+        let report = store
+            .reconcile(
+                t2,
+                &ch("1000"),
+                &[kid("ours-a"), kid("f1"), kid("f2")],
+                store.newest_intent_id(&ch("1000")).unwrap(),
+            )
+            .unwrap();
+        assert!(report.gone.is_empty(), "{report:?}");
+        assert_eq!(report.new_foreign, [kid("f2")], "f1 is not new again");
+        assert_eq!((report.ours_live, report.foreign_live), (2, 2));
+        let f1 = store
             .foreign_kids(&ch("1000"))
             .unwrap()
-            .iter()
-            .all(|f| f.key_id != kid("f2"))
-    );
+            .into_iter()
+            .find(|f| f.key_id == kid("f1"))
+            .unwrap();
+        assert_eq!(
+            (f1.first_seen_at, f1.last_seen_at, f1.gone_at),
+            (t1, t2, None)
+        );
 
-    let err = store.reconcile(t3, &ch("9999"), &[], 0).unwrap_err();
-    assert!(matches!(err, StoreError::UnknownChannel { .. }), "{err:?}");
+        let t3 = t2 + Duration::hours(1);
+        let report = store
+            .reconcile(
+                t3,
+                &ch("1000"),
+                &[kid("ours-a"), kid("ours-new"), kid("f2")],
+                store.newest_intent_id(&ch("1000")).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(report.foreign_gone, [kid("f1")]);
+        assert!(report.new_foreign.is_empty());
+        let kinds: Vec<EventKind> = store
+            .events_of_channel(&ch("1000"), 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        for k in [
+            EventKind::Gone,
+            EventKind::Expired,
+            EventKind::ForeignSeen,
+            EventKind::ForeignGone,
+        ] {
+            assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
+        }
+
+        // A key ID first seen as foreign that turns out to be ours (a reconcile
+        // ran while LINE was answering our issue) leaves the foreign list.
+        let intent = store.begin_issue(t3, &ch("1000"), &gr("backend")).unwrap();
+        store
+            .complete_issue(t3, intent, &issued("f2", "tok-f2", t3), &[])
+            .unwrap();
+        assert!(
+            store
+                .foreign_kids(&ch("1000"))
+                .unwrap()
+                .iter()
+                .all(|f| f.key_id != kid("f2"))
+        );
+
+        let err = store.reconcile(t3, &ch("9999"), &[], 0).unwrap_err();
+        assert!(matches!(err, StoreError::UnknownChannel { .. }), "{err:?}");
+    }
 }
 
 #[test]
@@ -898,96 +902,131 @@ fn postgres_holders(url: &str, value: &str) -> Vec<String> {
 
 #[test]
 fn sync_config_marks_removed_rows_and_restores_returning_ones() {
-    let (_dir, path) = fresh();
-    let store = synced_store(&path);
-    issue(&store, "crm", "k1", "tok-1", t0());
-    let t1 = t0() + Duration::hours(1);
-    let report = store
-        .sync_config(
-            t1,
-            &[
-                ChannelSpec {
+    for b in backends("sync_config_marks_removed_rows") {
+        let store = &b.store;
+        let name = b.name;
+        sync_one_channel(store);
+        issue(store, "crm", "k1", "tok-1", t0());
+        let t1 = t0() + Duration::hours(1);
+        let report = store
+            .sync_config(
+                t1,
+                &[
+                    ChannelSpec {
+                        id: ch("1000"),
+                        name: "renamed".into(),
+                        groups: vec![gr("backend")],
+                        fingerprint: None,
+                        short_lived: Vec::new(),
+                    },
+                    ChannelSpec {
+                        id: ch("2000"),
+                        name: "new".into(),
+                        groups: vec![gr("x")],
+                        fingerprint: None,
+                        short_lived: Vec::new(),
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(report.added_channels, [ch("2000")], "{name}");
+        assert_eq!(report.removed_groups, [(ch("1000"), gr("crm"))], "{name}");
+        assert_eq!(report.added_groups, [(ch("2000"), gr("x"))], "{name}");
+        let crm = store.group(&ch("1000"), &gr("crm")).unwrap().unwrap();
+        assert_eq!(crm.removed_at, Some(t1), "{name}");
+        assert_eq!(store.channel(&ch("1000")).unwrap().unwrap().name, "renamed");
+        assert_eq!(
+            store
+                .tokens_of_group(&ch("1000"), &gr("crm"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = store.begin_issue(t1, &ch("1000"), &gr("crm")).unwrap_err();
+        assert!(matches!(err, StoreError::GroupRemoved { .. }), "{err:?}");
+        let err = store.begin_issue(t1, &ch("1000"), &gr("nope")).unwrap_err();
+        assert!(matches!(err, StoreError::UnknownGroup { .. }), "{err:?}");
+
+        let t2 = t1 + Duration::hours(1);
+        let report = store
+            .sync_config(
+                t2,
+                &[ChannelSpec {
                     id: ch("1000"),
                     name: "renamed".into(),
-                    groups: vec![gr("backend")],
+                    groups: vec![gr("backend"), gr("crm")],
                     fingerprint: None,
                     short_lived: Vec::new(),
-                },
-                ChannelSpec {
-                    id: ch("2000"),
-                    name: "new".into(),
-                    groups: vec![gr("x")],
-                    fingerprint: None,
-                    short_lived: Vec::new(),
-                },
-            ],
-        )
-        .unwrap();
-    assert_eq!(report.added_channels, [ch("2000")]);
-    assert_eq!(report.removed_groups, [(ch("1000"), gr("crm"))]);
-    assert_eq!(report.added_groups, [(ch("2000"), gr("x"))]);
-    let crm = store.group(&ch("1000"), &gr("crm")).unwrap().unwrap();
-    assert_eq!(crm.removed_at, Some(t1));
-    assert_eq!(
-        store
-            .tokens_of_group(&ch("1000"), &gr("crm"))
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(store.channel(&ch("1000")).unwrap().unwrap().name, "renamed");
-    let err = store.begin_issue(t1, &ch("1000"), &gr("crm")).unwrap_err();
-    assert!(matches!(err, StoreError::GroupRemoved { .. }), "{err:?}");
-    let err = store.begin_issue(t1, &ch("1000"), &gr("nope")).unwrap_err();
-    assert!(matches!(err, StoreError::UnknownGroup { .. }), "{err:?}");
-
-    let t2 = t1 + Duration::hours(1);
-    let report = store
-        .sync_config(
-            t2,
-            &[ChannelSpec {
-                id: ch("1000"),
-                name: "renamed".into(),
-                groups: vec![gr("backend"), gr("crm")],
-                fingerprint: None,
-                short_lived: Vec::new(),
-            }],
-        )
-        .unwrap();
-    assert_eq!(report.removed_channels, [ch("2000")]);
-    assert_eq!(report.removed_groups, [(ch("2000"), gr("x"))]);
-    assert_eq!(report.added_groups, [(ch("1000"), gr("crm"))]);
-    assert!(
-        store
-            .group(&ch("1000"), &gr("crm"))
-            .unwrap()
-            .unwrap()
-            .is_active()
-    );
-    let channels = store.channels().unwrap();
-    assert_eq!(channels.len(), 2);
-    assert!(!channels[1].is_active());
-    assert!(
-        store
-            .all_groups()
+                }],
+            )
+            .unwrap();
+        assert_eq!(report.removed_channels, [ch("2000")], "{name}");
+        assert_eq!(report.removed_groups, [(ch("2000"), gr("x"))], "{name}");
+        assert_eq!(report.added_groups, [(ch("1000"), gr("crm"))], "{name}");
+        assert!(
+            store
+                .group(&ch("1000"), &gr("crm"))
+                .unwrap()
+                .unwrap()
+                .is_active(),
+            "{name}"
+        );
+        let channels = store.channels().unwrap();
+        assert_eq!(channels.len(), 2, "{name}");
+        assert_eq!(channels[1].removed_at, Some(t2), "{name}");
+        assert!(
+            store
+                .all_groups()
+                .unwrap()
+                .iter()
+                .any(|g| g.name == gr("x") && g.removed_at == Some(t2)),
+            "{name}"
+        );
+        let kinds: Vec<EventKind> = store
+            .events_of_channel(&ch("2000"), 10)
             .unwrap()
             .iter()
-            .any(|g| g.name == gr("x") && !g.is_active())
-    );
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::GroupRemoved,
+                EventKind::ChannelRemoved,
+                EventKind::GroupAdded,
+                EventKind::ChannelAdded
+            ],
+            "{name}: newest first"
+        );
 
-    let unchanged = store
-        .sync_config(
-            t2,
-            &[ChannelSpec {
-                id: ch("1000"),
-                name: "renamed".into(),
-                groups: vec![gr("backend"), gr("crm")],
-                fingerprint: None,
-                short_lived: Vec::new(),
-            }],
-        )
-        .unwrap();
-    assert!(unchanged.is_empty(), "{unchanged:?}");
+        let unchanged = store
+            .sync_config(
+                t2,
+                &[ChannelSpec {
+                    id: ch("1000"),
+                    name: "renamed".into(),
+                    groups: vec![gr("backend"), gr("crm")],
+                    fingerprint: None,
+                    short_lived: Vec::new(),
+                }],
+            )
+            .unwrap();
+        assert!(unchanged.is_empty(), "{name}: {unchanged:?}");
+
+        // A channel listed twice breaks its primary key: the whole sync is
+        // rolled back, the first listing's changes with it.
+        let twice = ChannelSpec {
+            id: ch("3000"),
+            name: "twice".into(),
+            groups: vec![gr("a")],
+            fingerprint: None,
+            short_lived: Vec::new(),
+        };
+        let err = store.sync_config(t2, &[twice.clone(), twice]).unwrap_err();
+        assert!(!err.is_fatal(), "{name}: {err:?}");
+        assert_eq!(store.channel(&ch("3000")).unwrap(), None, "{name}");
+        assert_eq!(store.channels().unwrap().len(), 2, "{name}");
+    }
 }
 
 /// What the driver rounds and `status` read: the live tokens' records
@@ -1137,33 +1176,65 @@ fn a_token_leaves_the_live_state_once_and_keeps_its_first_cause() {
 
 #[test]
 fn group_runtime_state_round_trips() {
-    let (_dir, path) = fresh();
-    let store = synced_store(&path);
-    let runtime = GroupRuntime {
-        last_error: Some("LINE answered 503".into()),
-        last_error_at: Some(t0()),
-        consecutive_failures: 3,
-        retry_not_before: Some(t0() + Duration::minutes(4)),
-        failure_kind: Some(linetokd::domain::FailureKind::RateLimited),
-        failed_step: Some("verify".into()),
-    };
-    store
-        .set_group_runtime(&ch("1000"), &gr("backend"), &runtime)
-        .unwrap();
-    drop(store);
-    let store = Store::open(&path).unwrap();
-    assert_eq!(
+    for b in backends("group_runtime_state_round_trips") {
+        sync_one_channel(&b.store);
+        let runtime = GroupRuntime {
+            last_error: Some("LINE answered 503".into()),
+            last_error_at: Some(t0()),
+            consecutive_failures: 3,
+            retry_not_before: Some(t0() + Duration::minutes(4)),
+            failure_kind: Some(linetokd::domain::FailureKind::RateLimited),
+            failed_step: Some("verify".into()),
+        };
+        b.store
+            .set_group_runtime(&ch("1000"), &gr("backend"), &runtime)
+            .unwrap();
+        let b = b.reopened();
+        let store = &b.store;
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime,
+            runtime,
+            "{}",
+            b.name
+        );
+        // The other group's state is its own.
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("crm"))
+                .unwrap()
+                .unwrap()
+                .runtime,
+            GroupRuntime::default(),
+            "{}",
+            b.name
+        );
         store
-            .group(&ch("1000"), &gr("backend"))
-            .unwrap()
-            .unwrap()
-            .runtime,
-        runtime
-    );
-    let err = store
-        .set_group_runtime(&ch("1000"), &gr("nope"), &GroupRuntime::default())
-        .unwrap_err();
-    assert!(matches!(err, StoreError::UnknownGroup { .. }), "{err:?}");
+            .set_group_runtime(&ch("1000"), &gr("backend"), &GroupRuntime::default())
+            .unwrap();
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime,
+            GroupRuntime::default(),
+            "{}",
+            b.name
+        );
+        let err = store
+            .set_group_runtime(&ch("1000"), &gr("nope"), &GroupRuntime::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnknownGroup { .. }),
+            "{}: {err:?}",
+            b.name
+        );
+        assert_eq!(store.group(&ch("1000"), &gr("nope")).unwrap(), None);
+    }
 }
 
 #[test]
@@ -1523,7 +1594,7 @@ fn a_crash_during_a_short_lived_issue_is_not_left_for_a_listing_to_settle() {
     }
 }
 
-/// A store on one backend, and what keeps it alive.
+/// A store on one backend, and where its database lives.
 struct OnBackend {
     name: &'static str,
     store: Store,
@@ -1602,6 +1673,16 @@ fn reopen_postgres(url: &str, options: &linetokd::store::StoreOptions) -> Store 
 }
 
 impl OnBackend {
+    /// [`OnBackend::restart`], by the name the sync tests use.
+    fn reopened(self) -> Self {
+        self.restart()
+    }
+
+    /// [`OnBackend::batch`], by the name the sync tests use.
+    fn execute_raw(&self, sql: &str) {
+        self.batch(sql);
+    }
+
     fn is_postgres(&self) -> bool {
         matches!(self.at, Place::Postgres(_))
     }
@@ -2017,4 +2098,819 @@ fn long_lived_rows_are_kept_ended_and_listed_on_both_backends() {
             bbbb.detail
         );
     }
+}
+
+/// Puts a live v2.1 token of group `group` of channel `1000` straight into
+/// `tokens`, as the issuance journal would store it: reconcile's tests
+/// need tokens on every backend, whatever stores them there.
+fn seed_token(
+    b: &OnBackend,
+    group: &str,
+    key_id: &str,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) {
+    b.execute_raw(&format!(
+        "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, expires_at, \
+         state, state_changed_at) VALUES ('{key_id}', '1000', '{group}', 'value-of-{key_id}', \
+         {issued}, {expires}, 'live', {issued})",
+        issued = issued_at.timestamp_millis(),
+        expires = expires_at.timestamp_millis(),
+    ));
+}
+
+/// One channel `1000` with groups `backend` and `crm`, on `store`.
+fn sync_one_channel(store: &Store) {
+    store
+        .sync_config(
+            t0(),
+            &[ChannelSpec {
+                id: ch("1000"),
+                name: "shop-bot".into(),
+                groups: vec![gr("backend"), gr("crm")],
+                fingerprint: None,
+                short_lived: Vec::new(),
+            }],
+        )
+        .unwrap();
+}
+
+#[test]
+fn reconcile_on_both_backends_judges_stored_tokens_and_keeps_foreign_first_seen() {
+    for b in backends("reconcile_on_both_backends") {
+        let store = &b.store;
+        let name = b.name;
+        sync_one_channel(store);
+        let month = Duration::days(30);
+        seed_token(&b, "backend", "ours-a", t0(), t0() + month);
+        seed_token(&b, "crm", "ours-b", t0(), t0() + month);
+        seed_token(
+            &b,
+            "crm",
+            "ours-old",
+            t0() - Duration::days(29),
+            t0() + Duration::hours(1),
+        );
+
+        let t1 = t0() + Duration::hours(2);
+        let report = store
+            .reconcile(
+                t1,
+                &ch("1000"),
+                &[kid("ours-a"), kid("f1"), kid("ours-old")],
+                7,
+            )
+            .unwrap();
+        assert_eq!(
+            report.expired,
+            [kid("ours-old")],
+            "{name}: expired before judged gone"
+        );
+        assert_eq!(report.gone, [kid("ours-b")], "{name}");
+        assert_eq!(report.new_foreign, [kid("f1")], "{name}");
+        assert_eq!((report.ours_live, report.foreign_live), (1, 1), "{name}");
+        let channel = store.channel(&ch("1000")).unwrap().unwrap();
+        assert_eq!(channel.last_reconcile_at, Some(t1), "{name}");
+        assert_eq!(channel.settled_through_intent, 7, "{name}");
+
+        // A token issued at the time the list was asked for is not judged
+        // by it; an older settling point never moves the settled one back.
+        let t2 = t1 + Duration::hours(1);
+        seed_token(&b, "crm", "ours-new", t2, t2 + month);
+        let report = store
+            .reconcile(t2, &ch("1000"), &[kid("ours-a"), kid("f1"), kid("f2")], 3)
+            .unwrap();
+        assert!(report.gone.is_empty(), "{name}: {report:?}");
+        assert_eq!(
+            report.new_foreign,
+            [kid("f2")],
+            "{name}: f1 is not new again"
+        );
+        assert_eq!((report.ours_live, report.foreign_live), (2, 2), "{name}");
+        let channel = store.channel(&ch("1000")).unwrap().unwrap();
+        assert_eq!(channel.settled_through_intent, 7, "{name}");
+
+        // A successful listing ends the channel's listing streak.
+        store
+            .set_reconcile_runtime(
+                &ch("1000"),
+                &ReconcileRuntime {
+                    failures: 2,
+                    retry_not_before: Some(t2 + Duration::minutes(5)),
+                    error: Some("LINE answered 500".into()),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .channel(&ch("1000"))
+                .unwrap()
+                .unwrap()
+                .reconcile
+                .failures,
+            2,
+            "{name}"
+        );
+        let t3 = t2 + Duration::hours(1);
+        let report = store
+            .reconcile(
+                t3,
+                &ch("1000"),
+                &[kid("ours-a"), kid("ours-new"), kid("f2")],
+                9,
+            )
+            .unwrap();
+        assert_eq!(report.foreign_gone, [kid("f1")], "{name}");
+        assert!(report.new_foreign.is_empty(), "{name}");
+        let channel = store.channel(&ch("1000")).unwrap().unwrap();
+        assert_eq!(channel.reconcile, ReconcileRuntime::default(), "{name}");
+        assert_eq!(channel.settled_through_intent, 9, "{name}");
+        let foreign = |key_id: &str, first, last, gone| ForeignKid {
+            channel_id: ch("1000"),
+            key_id: kid(key_id),
+            first_seen_at: first,
+            last_seen_at: last,
+            gone_at: gone,
+        };
+        assert_eq!(
+            store.foreign_kids_in(Scope::All).unwrap(),
+            [foreign("f1", t1, t2, Some(t3)), foreign("f2", t2, t3, None)],
+            "{name}: first seen first"
+        );
+        let live: Vec<KeyId> = store
+            .live_foreign_kids(&ch("1000"))
+            .unwrap()
+            .into_iter()
+            .map(|f| f.key_id)
+            .collect();
+        assert_eq!(live, [kid("f2")], "{name}");
+
+        // Listed again after it had gone: new again, first seen kept.
+        let t4 = t3 + Duration::hours(1);
+        let report = store
+            .reconcile(
+                t4,
+                &ch("1000"),
+                &[kid("ours-a"), kid("ours-new"), kid("f1"), kid("f2")],
+                9,
+            )
+            .unwrap();
+        assert_eq!(report.new_foreign, [kid("f1")], "{name}");
+        let f1 = store
+            .foreign_kids(&ch("1000"))
+            .unwrap()
+            .into_iter()
+            .find(|f| f.key_id == kid("f1"))
+            .unwrap();
+        assert_eq!(
+            (f1.first_seen_at, f1.last_seen_at, f1.gone_at),
+            (t1, t4, None),
+            "{name}"
+        );
+
+        let ours_b = store.token(&kid("ours-b"));
+        let ours_b = ours_b.unwrap().unwrap();
+        assert_eq!(ours_b.record.state, TokenState::Gone);
+        assert_eq!(ours_b.state_changed_at, t1);
+        assert_eq!(
+            ours_b.state_reason.as_deref(),
+            Some("no longer listed by LINE as valid (revoked outside linetokd?)")
+        );
+        let kinds: Vec<EventKind> = store
+            .events_of_channel(&ch("1000"), 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        for k in [
+            EventKind::Gone,
+            EventKind::Expired,
+            EventKind::ForeignSeen,
+            EventKind::ForeignGone,
+        ] {
+            assert!(kinds.contains(&k), "{name}: no {k} event in {kinds:?}");
+        }
+
+        let err = store.reconcile(t4, &ch("9999"), &[], 0).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnknownChannel { .. }),
+            "{name}: {err:?}"
+        );
+    }
+}
+
+/// Text is listed in byte order, as SQLite orders it, on every backend:
+/// channels, groups and foreign key IDs, even on a PostgreSQL database
+/// whose collation would put `"a"` before `"B"`.
+#[test]
+fn channels_groups_and_foreign_key_ids_are_listed_in_byte_order_on_every_backend() {
+    for b in backends_and_icu("listed_in_byte_order") {
+        let store = &b.store;
+        let name = b.name;
+        let spec = |id: &str| ChannelSpec {
+            id: ch(id),
+            name: id.to_owned(),
+            groups: vec![gr("alpha"), gr("Zeta"), gr("_under")],
+            fingerprint: None,
+            short_lived: Vec::new(),
+        };
+        store.sync_config(t0(), &[spec("a1"), spec("B2")]).unwrap();
+        let ids: Vec<String> = store
+            .channels()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        assert_eq!(ids, ["B2", "a1"], "{name}");
+        let groups: Vec<String> = store
+            .groups(&ch("a1"))
+            .unwrap()
+            .into_iter()
+            .map(|g| g.name.to_string())
+            .collect();
+        assert_eq!(groups, ["Zeta", "_under", "alpha"], "{name}");
+        let all: Vec<(String, String)> = store
+            .all_groups()
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.channel_id.to_string(), g.name.to_string()))
+            .collect();
+        let expected: Vec<(String, String)> = ["B2", "a1"]
+            .into_iter()
+            .flat_map(|c| ["Zeta", "_under", "alpha"].map(|g| (c.to_owned(), g.to_owned())))
+            .collect();
+        assert_eq!(all, expected, "{name}");
+
+        let listed = [kid("k1"), kid("K9"), kid("_x")];
+        store.reconcile(t0(), &ch("a1"), &listed, 0).unwrap();
+        let byte_order = [kid("K9"), kid("_x"), kid("k1")];
+        let kids: Vec<KeyId> = store
+            .foreign_kids(&ch("a1"))
+            .unwrap()
+            .into_iter()
+            .map(|f| f.key_id)
+            .collect();
+        assert_eq!(
+            kids, byte_order,
+            "{name}: first seen together, then by key ID"
+        );
+        let kids: Vec<KeyId> = store
+            .live_foreign_kids(&ch("a1"))
+            .unwrap()
+            .into_iter()
+            .map(|f| f.key_id)
+            .collect();
+        assert_eq!(kids, byte_order, "{name}");
+        let report = store
+            .reconcile(t0() + Duration::hours(1), &ch("a1"), &[], 0)
+            .unwrap();
+        assert_eq!(report.foreign_gone, byte_order, "{name}");
+    }
+}
+
+#[test]
+fn a_changed_channel_config_ends_its_streaks_and_holds_on_both_backends() {
+    for b in backends("changed_channel_config") {
+        let store = &b.store;
+        let name = b.name;
+        let spec = |fingerprint: &str| ChannelSpec {
+            id: ch("1000"),
+            name: "shop-bot".into(),
+            groups: vec![gr("backend"), gr("crm")],
+            fingerprint: Some(fingerprint.to_owned()),
+            short_lived: Vec::new(),
+        };
+        store.sync_config(t0(), &[spec("fp1")]).unwrap();
+        let failing = GroupRuntime {
+            last_error: Some("LINE answered 400".into()),
+            last_error_at: Some(t0()),
+            consecutive_failures: 2,
+            retry_not_before: Some(t0() + Duration::hours(1)),
+            failure_kind: Some(linetokd::domain::FailureKind::Permanent),
+            failed_step: Some("issue".into()),
+        };
+        store
+            .set_group_runtime(&ch("1000"), &gr("backend"), &failing)
+            .unwrap();
+        let listing = ReconcileRuntime {
+            failures: 4,
+            retry_not_before: Some(t0() + Duration::minutes(8)),
+            error: Some("LINE answered 500".into()),
+        };
+        store.set_reconcile_runtime(&ch("1000"), &listing).unwrap();
+        let hold = FullHold {
+            since: t0(),
+            until: t0() + Duration::days(30),
+            intent: 12,
+        };
+        store.set_channel_full(&ch("1000"), Some(hold)).unwrap();
+        let channel = store.channel(&ch("1000")).unwrap().unwrap();
+        assert_eq!(
+            (
+                channel.reconcile,
+                channel.full,
+                channel.config_fingerprint.as_deref()
+            ),
+            (listing, Some(hold), Some("fp1")),
+            "{name}"
+        );
+
+        // The same config again changes nothing.
+        let report = store.sync_config(t0(), &[spec("fp1")]).unwrap();
+        assert!(report.is_empty(), "{name}: {report:?}");
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime,
+            failing,
+            "{name}"
+        );
+
+        let t1 = t0() + Duration::minutes(1);
+        let report = store.sync_config(t1, &[spec("fp2")]).unwrap();
+        assert_eq!(report.changed_channels, [ch("1000")], "{name}");
+        let runtime = store
+            .group(&ch("1000"), &gr("backend"))
+            .unwrap()
+            .unwrap()
+            .runtime;
+        assert_eq!(
+            runtime,
+            GroupRuntime {
+                consecutive_failures: 0,
+                retry_not_before: None,
+                failure_kind: None,
+                failed_step: None,
+                ..failing
+            },
+            "{name}: the streak ends, its last error stays for status"
+        );
+        let channel = store.channel(&ch("1000")).unwrap().unwrap();
+        assert_eq!(channel.reconcile, ReconcileRuntime::default(), "{name}");
+        assert_eq!(channel.full, None, "{name}");
+        assert_eq!(channel.config_fingerprint.as_deref(), Some("fp2"), "{name}");
+        let events = store.events_of_channel(&ch("1000"), 1).unwrap();
+        assert_eq!(events[0].kind, EventKind::ConfigChanged, "{name}");
+        assert!(
+            events[0].detail.contains("1 group(s)"),
+            "{name}: {:?}",
+            events[0]
+        );
+
+        store.set_channel_full(&ch("1000"), Some(hold)).unwrap();
+        store.set_channel_full(&ch("1000"), None).unwrap();
+        assert_eq!(store.channel(&ch("1000")).unwrap().unwrap().full, None);
+        let err = store
+            .set_reconcile_runtime(&ch("9999"), &ReconcileRuntime::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnknownChannel { .. }),
+            "{name}: {err:?}"
+        );
+        assert_eq!(store.channel(&ch("9999")).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn operator_requests_are_recorded_listed_and_closed_on_both_backends() {
+    use linetokd::domain::{RequestKind, RequestOutcome};
+    for b in backends("operator_requests") {
+        let store = &b.store;
+        let name = b.name;
+        let two = |groups: Vec<GroupName>| {
+            [
+                ChannelSpec {
+                    id: ch("1000"),
+                    name: "shop-bot".into(),
+                    groups,
+                    fingerprint: None,
+                    short_lived: Vec::new(),
+                },
+                ChannelSpec {
+                    id: ch("2000"),
+                    name: "other".into(),
+                    groups: vec![gr("backend")],
+                    fingerprint: None,
+                    short_lived: Vec::new(),
+                },
+            ]
+        };
+        store
+            .sync_config(t0(), &two(vec![gr("backend"), gr("crm"), gr("old")]))
+            .unwrap();
+        let failing = GroupRuntime {
+            consecutive_failures: 3,
+            retry_not_before: Some(t0() + Duration::hours(1)),
+            ..GroupRuntime::default()
+        };
+        store
+            .set_group_runtime(&ch("1000"), &gr("backend"), &failing)
+            .unwrap();
+
+        let incident = store
+            .add_requests(
+                t0(),
+                &ch("1000"),
+                &[gr("backend"), gr("crm")],
+                RequestKind::Incident,
+                "alice",
+            )
+            .unwrap();
+        assert_eq!(incident.len(), 2, "{name}");
+        assert!(incident[0] < incident[1], "{name}: {incident:?}");
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime,
+            failing,
+            "{name}: an incident is no \"try now\""
+        );
+        let t1 = t0() + Duration::minutes(1);
+        let other = store
+            .add_requests(
+                t1,
+                &ch("2000"),
+                &[gr("backend")],
+                RequestKind::Rotate,
+                "bob",
+            )
+            .unwrap();
+        let rotate = store
+            .add_requests(
+                t1,
+                &ch("1000"),
+                &[gr("backend")],
+                RequestKind::Rotate,
+                "bob",
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime
+                .consecutive_failures,
+            0,
+            "{name}: a rotate is the operator saying \"try now\""
+        );
+        let requested = store
+            .events_of_channel(&ch("1000"), 10)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.kind == EventKind::Requested)
+            .unwrap();
+        assert_eq!(requested.detail, "rotation requested by bob", "{name}");
+
+        let open = store.open_requests(&ch("1000")).unwrap();
+        let summary: Vec<(GroupName, i64, RequestKind, DateTime<Utc>, &str)> = open
+            .iter()
+            .map(|(g, r)| (g.clone(), r.id, r.kind, r.at, r.by.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    gr("backend"),
+                    incident[0],
+                    RequestKind::Incident,
+                    t0(),
+                    "alice"
+                ),
+                (gr("crm"), incident[1], RequestKind::Incident, t0(), "alice"),
+                (gr("backend"), rotate[0], RequestKind::Rotate, t1, "bob"),
+            ],
+            "{name}"
+        );
+        let everywhere: Vec<(ChannelId, i64)> = store
+            .open_requests_in(Scope::All)
+            .unwrap()
+            .into_iter()
+            .map(|(c, _, r)| (c, r.id))
+            .collect();
+        assert_eq!(
+            everywhere,
+            [
+                (ch("1000"), incident[0]),
+                (ch("1000"), incident[1]),
+                (ch("2000"), other[0]),
+                (ch("1000"), rotate[0]),
+            ],
+            "{name}: oldest first"
+        );
+
+        // Closing names the channel: another channel's request is left alone.
+        let t2 = t1 + Duration::minutes(1);
+        store
+            .close_requests(t2, &ch("2000"), &[incident[0]], "done")
+            .unwrap();
+        assert!(store.request_is_open(incident[0]).unwrap(), "{name}");
+        store
+            .close_requests(t2, &ch("1000"), &[incident[0]], "done")
+            .unwrap();
+        store
+            .close_requests(t2, &ch("1000"), &[incident[1]], "dropped")
+            .unwrap();
+        // An already closed request keeps its first outcome.
+        store
+            .close_requests(t2, &ch("1000"), &[incident[0]], "dropped")
+            .unwrap();
+        assert!(!store.request_is_open(incident[0]).unwrap(), "{name}");
+        assert!(store.request_is_open(rotate[0]).unwrap(), "{name}");
+        assert_eq!(
+            [incident[0], incident[1], rotate[0], 999_999]
+                .map(|id| store.request_outcome(id).unwrap()),
+            [
+                Some(RequestOutcome::Done),
+                Some(RequestOutcome::Dropped),
+                Some(RequestOutcome::Open),
+                None
+            ],
+            "{name}"
+        );
+        assert!(!store.request_is_open(999_999).unwrap(), "{name}");
+
+        // A group not (or no longer) configured takes no request, and a
+        // refused group refuses the whole call.
+        store
+            .sync_config(t2, &two(vec![gr("backend"), gr("crm")]))
+            .unwrap();
+        for refused in [[gr("backend"), gr("nope")], [gr("backend"), gr("old")]] {
+            let err = store
+                .add_requests(t2, &ch("1000"), &refused, RequestKind::Rotate, "carol")
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::UnknownGroup { .. }),
+                "{name}: {err:?}"
+            );
+        }
+        assert_eq!(store.open_requests(&ch("1000")).unwrap().len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn events_are_listed_newest_first_by_kind_and_pruned_on_both_backends() {
+    for b in backends("events_listed") {
+        let store = &b.store;
+        let name = b.name;
+        store
+            .sync_config(
+                t0(),
+                &[
+                    ChannelSpec {
+                        id: ch("1000"),
+                        name: "shop-bot".into(),
+                        groups: vec![gr("backend"), gr("crm")],
+                        fingerprint: None,
+                        short_lived: Vec::new(),
+                    },
+                    ChannelSpec {
+                        id: ch("2000"),
+                        name: "other".into(),
+                        groups: vec![gr("backend")],
+                        fingerprint: None,
+                        short_lived: Vec::new(),
+                    },
+                ],
+            )
+            .unwrap();
+        let event = |channel: &str, group: &str, kind: EventKind, detail: &str| NewEvent {
+            channel_id: ch(channel),
+            group: Some(gr(group)),
+            key_id: Some(kid("k1")),
+            kind,
+            detail: detail.to_owned(),
+        };
+        let (t1, t2, t3) = (
+            t0() + Duration::seconds(1),
+            t0() + Duration::seconds(2),
+            t0() + Duration::seconds(3),
+        );
+        let ok = store
+            .record_event(
+                t1,
+                &event("1000", "backend", EventKind::HookSucceeded, "ok"),
+            )
+            .unwrap();
+        let failed = store
+            .record_event(
+                t2,
+                &event("1000", "backend", EventKind::HookFailed, "exit 1"),
+            )
+            .unwrap();
+        let crm = store
+            .record_event(t2, &event("1000", "crm", EventKind::HookSucceeded, ""))
+            .unwrap();
+        let other = store
+            .record_event(t3, &event("2000", "backend", EventKind::HookFailed, ""))
+            .unwrap();
+        assert!(ok < failed && failed < crm && crm < other, "{name}");
+
+        let recent = store.recent_events(2).unwrap();
+        assert_eq!(
+            recent.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [other, crm],
+            "{name}: newest first"
+        );
+        assert_eq!(
+            recent[0],
+            linetokd::store::Event {
+                id: other,
+                at: t3,
+                channel_id: ch("2000"),
+                group: Some(gr("backend")),
+                key_id: Some(kid("k1")),
+                kind: EventKind::HookFailed,
+                detail: String::new(),
+            },
+            "{name}"
+        );
+        let of_channel = store.events_of_channel(&ch("1000"), 100).unwrap();
+        assert_eq!(
+            of_channel.len(),
+            6,
+            "{name}: three from the sync, three recorded"
+        );
+        assert!(
+            of_channel.iter().all(|e| e.channel_id == ch("1000")),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .events_of_channel(&ch("1000"), 2)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>(),
+            [crm, failed],
+            "{name}"
+        );
+
+        let hooks = [EventKind::HookSucceeded, EventKind::HookFailed];
+        let latest = store
+            .latest_group_event(&ch("1000"), &gr("backend"), &hooks)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (latest.id, latest.detail.as_str()),
+            (failed, "exit 1"),
+            "{name}"
+        );
+        let latest = store
+            .latest_group_event(&ch("1000"), &gr("backend"), &[EventKind::HookSucceeded])
+            .unwrap()
+            .unwrap();
+        assert_eq!(latest.id, ok, "{name}");
+        assert_eq!(
+            store
+                .latest_group_event(&ch("1000"), &gr("backend"), &[EventKind::Verified])
+                .unwrap(),
+            None,
+            "{name}"
+        );
+        let ids =
+            |events: Vec<linetokd::store::Event>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.latest_group_events(&hooks).unwrap()),
+            [failed, crm, other],
+            "{name}: each group's newest, by ID"
+        );
+        assert_eq!(
+            store
+                .latest_group_events(&[EventKind::GroupAdded])
+                .unwrap()
+                .len(),
+            3,
+            "{name}"
+        );
+        assert!(store.latest_group_events(&[]).unwrap().is_empty(), "{name}");
+
+        // The sync's five events are older than t1; the recorded ones stay.
+        assert_eq!(store.prune_events(t1).unwrap(), 5, "{name}");
+        assert_eq!(
+            ids(store.recent_events(100).unwrap()),
+            [other, crm, failed, ok],
+            "{name}"
+        );
+        assert_eq!(store.prune_events(t1).unwrap(), 0, "{name}");
+    }
+}
+
+/// A sync resolves the firing alerts nobody states any more: a removed
+/// channel's, and a removed group's delivery alerts. The alerts are put in
+/// by SQL, as raising them is the alert module's.
+#[test]
+fn sync_config_resolves_the_alerts_of_what_left_the_config_on_both_backends() {
+    for b in backends("sync_config_resolves_alerts") {
+        let store = &b.store;
+        let name = b.name;
+        let spec = |id: &str, groups: &[&str]| ChannelSpec {
+            id: ch(id),
+            name: id.to_owned(),
+            groups: groups.iter().map(|g| gr(g)).collect(),
+            fingerprint: None,
+            short_lived: Vec::new(),
+        };
+        store
+            .sync_config(
+                t0(),
+                &[
+                    spec("1000", &["backend", "crm"]),
+                    spec("2000", &["backend"]),
+                ],
+            )
+            .unwrap();
+        let at = t0().timestamp_millis();
+        b.execute_raw(&format!(
+            "INSERT INTO alerts (fingerprint, channel_id, group_name, alertname, severity, \
+             summary, started_at, last_seen_at) VALUES \
+             ('daemon', NULL, NULL, 'store_slow', 'warning', 's', {at}, {at}), \
+             ('ch2000', '2000', NULL, 'channel_full', 'critical', 's', {at}, {at}), \
+             ('sink-crm', '1000', 'crm', 'sink_failing', 'warning', 's', {at}, {at}), \
+             ('engine-crm', '1000', 'crm', 'group_failing', 'critical', 's', {at}, {at}), \
+             ('sink-backend', '1000', 'backend', 'sink_failing', 'warning', 's', {at}, {at})"
+        ));
+        let t1 = t0() + Duration::minutes(1);
+        let report = store
+            .sync_config(t1, &[spec("1000", &["backend"])])
+            .unwrap();
+        assert_eq!(report.resolved_alerts, 2, "{name}: {report:?}");
+        let resolved: Vec<(ChannelId, Option<GroupName>, String)> = store
+            .recent_events(100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::AlertResolved)
+            .map(|e| (e.channel_id, e.group, e.detail))
+            .collect();
+        assert_eq!(resolved.len(), 2, "{name}: {resolved:?}");
+        assert!(
+            resolved.contains(&(
+                ch("2000"),
+                None,
+                "channel_full (no longer configured)".into()
+            )),
+            "{name}: {resolved:?}"
+        );
+        assert!(
+            resolved.contains(&(
+                ch("1000"),
+                Some(gr("crm")),
+                "sink_failing (no longer configured)".into()
+            )),
+            "{name}: {resolved:?}"
+        );
+        // Resolved once: the same config again resolves nothing.
+        let report = store
+            .sync_config(t1, &[spec("1000", &["backend"])])
+            .unwrap();
+        assert_eq!(report.resolved_alerts, 0, "{name}: {report:?}");
+    }
+}
+
+/// [`backends`] plus a PostgreSQL database whose default collation is
+/// ICU's root locale, which sorts text as people read it (`"a"` before
+/// `"B"`) rather than by bytes as SQLite does: the test cluster's own
+/// databases use the C locale, where the two agree and an ORDER BY that
+/// forgot its `COLLATE "C"` would go unnoticed.
+fn backends_and_icu(test: &str) -> Vec<OnBackend> {
+    let mut out = backends(test);
+    let Some(db) = crate::pg_harness::test_db_blocking(&format!("{test}_icu")) else {
+        return out;
+    };
+    let icu_name = format!("{}_icu", db.name);
+    OnBackend::on_postgres(&db.cluster.url("postgres"), async |c| {
+        c.batch_execute(&format!(
+            "CREATE DATABASE \"{icu_name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und'"
+        ))
+        .await
+        .unwrap();
+    });
+    let url = db.cluster.url(&icu_name);
+    // The premise: without a collation of its own, this database orders
+    // text unlike SQLite.
+    let sorted: Vec<String> = OnBackend::on_postgres(&url, async |c| {
+        c.query(
+            "SELECT x FROM (VALUES ('B'), ('a')) AS v (x) ORDER BY x",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    });
+    assert_eq!(sorted, ["a", "B"]);
+    let options = linetokd::store::StoreOptions::default();
+    out.push(OnBackend {
+        name: "postgres (ICU collation)",
+        store: open_postgres(&url, &options),
+        at: Place::Postgres(url),
+        options,
+        _dir: None,
+    });
+    out
 }
