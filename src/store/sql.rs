@@ -18,9 +18,9 @@
 //! BOOLEAN, and [`SqlRow::int`] takes each as an `i64`.
 //!
 //! The PostgreSQL side is synchronous like SQLite's: [`PgDb`] runs each
-//! statement with `block_on` on the runtime its pool lives on, so it must
-//! never be used on an async task's thread (the store's callers already go
-//! through `Store::blocking` or a blocking thread).
+//! statement with [`block_on`] on the runtime its pool lives on (from an
+//! async task's thread, on a helper thread: the daemon's callers go
+//! through `Store::blocking`, so only tests and tools pay for that).
 //!
 //! Depends on rusqlite and tokio-postgres; nothing above the store.
 
@@ -507,6 +507,27 @@ impl SqlRow for tokio_postgres::Row {
     }
 }
 
+/// Runs `future` to its end on `runtime` (the pool's) from synchronous
+/// code. On a thread that drives async tasks (a caller that did not go
+/// through `Store::blocking`, or a test's runtime) blocking there is not
+/// allowed, so the future runs on a helper thread while this one waits:
+/// slower, but the store works from anywhere, as SQLite's does.
+pub fn block_on<F>(runtime: &tokio::runtime::Handle, future: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(future);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(future))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// A pooled PostgreSQL connection used synchronously: each statement runs
 /// to its end with `block_on` on `runtime`, the runtime the pool's
 /// connections live on.
@@ -547,7 +568,7 @@ impl Db for PgDb<'_> {
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, SqlError> {
         let sql = numbered(sql);
         let bound = Self::params(params);
-        self.runtime.block_on(async {
+        block_on(self.runtime, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             Ok(self.client.execute(&stmt, &bound).await?)
         })
@@ -561,7 +582,7 @@ impl Db for PgDb<'_> {
     ) -> Result<(), SqlError> {
         let sql = numbered(sql);
         let bound = Self::params(params);
-        let rows = self.runtime.block_on(async {
+        let rows = block_on(self.runtime, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             self.client.query(&stmt, &bound).await
         })?;
@@ -572,7 +593,7 @@ impl Db for PgDb<'_> {
     }
 
     fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(self.runtime.block_on(self.client.batch_execute(sql))?)
+        Ok(block_on(self.runtime, self.client.batch_execute(sql))?)
     }
 }
 

@@ -5,15 +5,16 @@
 //! The store's API is synchronous (SQLite's is), so its PostgreSQL side
 //! owns a small runtime of its own (one worker thread, `linetokd-pg`) on
 //! which the pool's connection tasks run, and every statement is driven
-//! there with `block_on` from the calling thread. The caller must not be
-//! an async task: `Store::blocking` hands a PostgreSQL store's work to
-//! tokio's blocking pool. The runtime is shut down in the background when
+//! there with `block_on` from the calling thread (`sql::block_on`, which
+//! moves to a helper thread when the caller drives async tasks itself).
+//! The daemon's async code goes through `Store::blocking`, which hands a
+//! PostgreSQL store's work to tokio's blocking pool. The runtime is shut down in the background when
 //! the last clone of the store drops, wherever that happens.
 
 use super::{PgError, PgPool, PgTarget, PoolOptions, migrate};
 use crate::store::Migrated;
 use crate::store::screen::Screen;
-use crate::store::sql::{Db, PgDb, SqlError};
+use crate::store::sql::{Db, PgDb, SqlError, block_on};
 
 /// The PostgreSQL side of a store.
 pub struct Backend {
@@ -82,7 +83,7 @@ impl Backend {
             .map_err(|e| PgError::Runtime {
                 reason: e.to_string(),
             })?;
-        let opened = runtime.block_on(async {
+        let opened = block_on(runtime.handle(), async {
             let pool = PgPool::connect(target, options).await?;
             if !writer {
                 let found =
@@ -161,11 +162,10 @@ impl Backend {
         screen: &Screen,
         f: impl FnOnce(&dyn Db) -> Result<T, E>,
     ) -> Result<T, E> {
-        let runtime = self.runtime();
-        let client = runtime
-            .block_on(self.pool.get())
-            .map_err(|e| SqlError::Pool(e.to_string()))?;
-        let db = PgDb::new(&client, runtime.handle(), screen);
+        let runtime = self.runtime().handle();
+        let client =
+            block_on(runtime, self.pool.get()).map_err(|e| SqlError::Pool(e.to_string()))?;
+        let db = PgDb::new(&client, runtime, screen);
         f(&db)
     }
 
