@@ -1,14 +1,21 @@
-//! The SQLite store: channels and groups, tokens, the issuance-intent
-//! journal, foreign key IDs and the event history.
+//! The store, on SQLite or PostgreSQL: channels and groups, tokens, the
+//! issuance-intent journal, foreign key IDs and the event history.
 //!
 //! # Shape
 //!
-//! [`Store`] wraps one rusqlite [`Connection`] behind a std `Mutex` in an
-//! `Arc`, so it is `Clone + Send + Sync` and cheap to hand to tasks. Its API
-//! is synchronous (rusqlite blocks): async callers hand their work to
-//! [`Store::blocking`], which runs a writer's jobs on its own thread and
-//! commits the jobs that arrive together in one transaction (`batch`: group
-//! commit, one fsync for many). The typed queries live in one file per concern:
+//! [`Store`] wraps, in an `Arc` (so it is `Clone + Send + Sync` and cheap
+//! to hand to tasks), either one rusqlite [`Connection`] behind a std
+//! `Mutex` or a PostgreSQL pool (`pg::Backend`, [`Location`] says which).
+//! Its API is synchronous (rusqlite blocks; PostgreSQL's statements are
+//! driven to their end on the store's own runtime): async callers hand
+//! their work to [`Store::blocking`], which runs a SQLite writer's jobs on
+//! its own thread and commits the jobs that arrive together in one
+//! transaction (`batch`: group commit, one fsync for many), and a
+//! PostgreSQL store's on tokio's blocking pool. Every typed query is
+//! written once against [`sql::Db`] and runs on both backends through
+//! `Store::read_db`/`Store::write_db`; `screen` holds the stored
+//! values free text is screened against. The typed queries live in one
+//! file per concern:
 //! `sync` (channels and groups from the config, failure streaks and holds),
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
@@ -19,7 +26,8 @@
 //! encryption at rest and `values` the rules around it (sealing on write,
 //! the checks at open, re-encryption, `db decrypt`).
 //!
-//! Depends on `domain` and rusqlite; nothing above it. It never reads the
+//! Depends on `domain`, rusqlite and tokio-postgres (`pg`, `sql`); nothing
+//! above it. It never reads the
 //! clock: every time is an argument (`now`), so the simulation can drive it
 //! on a manual clock.
 //!
