@@ -212,6 +212,9 @@ pub enum Command {
         /// Keep each run's directory (config, database, key files) and print its path, to profile `status` and `plan` by hand afterwards.
         #[arg(long)]
         keep: bool,
+        /// Put the daemon's store in a throwaway PostgreSQL 15 cluster on loopback instead of a SQLite file (needs the server binaries in /usr/lib/postgresql/15/bin or LINETOKD_PG_BINDIR).
+        #[arg(long)]
+        postgres: bool,
     },
     /// Print a group's current token (newest live one) for scripts; works with or without a running daemon.
     Token {
@@ -476,6 +479,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             quick,
             json_out,
             keep,
+            postgres,
         } => bench_cmd(bench::Flags {
             groups,
             per_channel,
@@ -486,6 +490,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             quick,
             json_out,
             keep,
+            postgres,
         }),
     }
 }

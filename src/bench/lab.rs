@@ -56,7 +56,14 @@ impl Lab {
     ///
     /// # Errors
     /// When the directory, a file or the listener cannot be made.
-    pub async fn new(groups: usize, per_channel: usize, key: &SigningKey) -> anyhow::Result<Self> {
+    /// With `postgres` (a database URL), the daemon's store is that
+    /// database, named in a private file beside the config.
+    pub async fn new(
+        groups: usize,
+        per_channel: usize,
+        key: &SigningKey,
+        postgres: Option<&str>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(per_channel > 0, "groups per channel must be at least 1");
         let dir = tempfile::Builder::new()
             .prefix("linetokd-bench-")
@@ -81,12 +88,22 @@ impl Lab {
         write_private(&api_key_file, api_key.as_bytes())?;
         let public = VerifyingKey::parse(key.public_jwk().to_json_pretty().as_bytes())?;
 
+        let database = match postgres {
+            None => format!(
+                "database = \"{}\"",
+                dir.path().join("linetokd.db").display()
+            ),
+            Some(url) => {
+                let url_file = dir.path().join("database.url");
+                write_private(&url_file, url.as_bytes())?;
+                format!("database_url_file = \"{}\"", url_file.display())
+            }
+        };
         let channels = spread(groups, per_channel);
         let mut toml = format!(
-            "# Written by `linetokd bench`.\n[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{state}\"\n\
+            "# Written by `linetokd bench`.\n[daemon]\n{database}\nstate_dir = \"{state}\"\n\
              line_api = \"{sandbox_url}\"\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n\n\
              [rotation]\n{ROTATION}",
-            db = dir.path().join("linetokd.db").display(),
             state = dir.path().display(),
         );
         for (i, (id, count)) in channels.iter().enumerate() {

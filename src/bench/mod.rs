@@ -105,6 +105,21 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
     .await
     .context("the LINE Login schedule benchmark panicked")??;
     write!(out, "{}", login_schedule::line(&schedule))?;
+    let cluster = if settings.postgres {
+        let cluster = tokio::task::spawn_blocking(crate::store::pg::cluster::cluster)
+            .await
+            .context("starting the PostgreSQL cluster panicked")?
+            .map_err(|why| anyhow::anyhow!("--postgres needs a PostgreSQL 15 cluster: {why}"))?;
+        writeln!(
+            out,
+            "store: PostgreSQL 15, a throwaway cluster on loopback (its server's CPU is not in \
+             the daemon's figures)"
+        )?;
+        Some(cluster)
+    } else {
+        writeln!(out, "store: SQLite, a file in a temporary directory")?;
+        None
+    };
     write!(out, "{}", report::table_header(settings.per_channel))?;
     out.flush()?;
     if let Some(json) = &mut json {
@@ -116,7 +131,11 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
     let mut token_api = None;
     let mut idle = None;
     for (i, &groups) in settings.groups.iter().enumerate() {
-        let measured = bootstrap(settings, groups, &key, i == 0).await?;
+        let database = match cluster {
+            Some(cluster) => Some(fresh_database(cluster, &format!("bench_{i}_{groups}")).await?),
+            None => None,
+        };
+        let measured = bootstrap(settings, groups, &key, database.as_deref(), i == 0).await?;
         write!(out, "{}", report::table_row(&measured.run, &signature))?;
         out.flush()?;
         if let Some(json) = &mut json {
@@ -153,9 +172,10 @@ async fn bootstrap(
     settings: &Settings,
     groups: usize,
     key: &SigningKey,
+    database: Option<&str>,
     extras: bool,
 ) -> anyhow::Result<Measured> {
-    let lab = Lab::new(groups, settings.per_channel, key).await?;
+    let lab = Lab::new(groups, settings.per_channel, key, database).await?;
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&settings.binary, lab.config_path()).await?;
     let mut progress = lab.progress();
@@ -217,6 +237,25 @@ async fn bootstrap(
         token_api,
         idle,
     })
+}
+
+/// Creates database `name` in `cluster` and returns its URL.
+async fn fresh_database(
+    cluster: &crate::store::pg::cluster::Cluster,
+    name: &str,
+) -> anyhow::Result<String> {
+    let (client, connection) =
+        tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .context("while connecting to the benchmark's PostgreSQL cluster")?;
+    let driving = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .with_context(|| format!("while creating database {name}"))?;
+    drop(client);
+    let _ = driving.await;
+    Ok(cluster.url(name))
 }
 
 /// Reads the wake-up counter, waits `idle` (a benchmark may wait: the

@@ -26,6 +26,8 @@ pub struct Flags {
     pub json_out: Option<PathBuf>,
     /// `--keep`.
     pub keep: bool,
+    /// `--postgres`.
+    pub postgres: bool,
 }
 
 /// The default N values: the 1k, 10k and 100k groups.
@@ -67,6 +69,9 @@ pub struct Settings {
     pub json_out: Option<PathBuf>,
     /// Keep each run's directory rather than deleting it.
     pub keep: bool,
+    /// The daemon's store in a throwaway PostgreSQL cluster rather than a
+    /// SQLite file.
+    pub postgres: bool,
 }
 
 impl Settings {
@@ -126,6 +131,7 @@ impl Settings {
             signature_ops: SIGNATURE_OPS,
             json_out: flags.json_out,
             keep: flags.keep,
+            postgres: flags.postgres,
         })
     }
 }
