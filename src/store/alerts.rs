@@ -13,13 +13,10 @@
 //! another's.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
-use super::{
-    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at,
-};
+use super::sql::{Db, SqlError, SqlRow, p};
+use super::{EventKind, Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, GroupName};
 
 /// The extra label some alerts carry, telling two alerts of one name and
@@ -120,48 +117,47 @@ pub fn fingerprint(
 pub(super) const ALERT_COLUMNS: &str = "fingerprint, channel_id, group_name, label_name, \
      label_value, alertname, severity, summary, started_at, resolved_at";
 
-/// Decodes a row selected with [`ALERT_COLUMNS`].
-pub(super) fn alert_row(row: &Row<'_>) -> Result<AlertRecord, Fail> {
-    let label = match (
-        row.get::<_, Option<String>>("label_name")?,
-        row.get::<_, Option<String>>("label_value")?,
-    ) {
+/// Decodes a row selected with [`ALERT_COLUMNS`] (by index, in its
+/// order).
+pub(super) fn alert_row(row: &dyn SqlRow) -> Result<AlertRecord, SqlError> {
+    let label = match (row.text(3)?, row.text(4)?) {
         (Some(name), Some(value)) => Some((name, value)),
         _ => None,
     };
     Ok(AlertRecord {
-        fingerprint: row.get("fingerprint")?,
-        channel_id: row
-            .get::<_, Option<String>>("channel_id")?
-            .map(ChannelId::new),
-        group: row
-            .get::<_, Option<String>>("group_name")?
-            .map(GroupName::new),
+        fingerprint: row.get_text(0)?,
+        channel_id: row.text(1)?.map(ChannelId::new),
+        group: row.text(2)?.map(GroupName::new),
         label,
-        alertname: row.get("alertname")?,
-        severity: row.get("severity")?,
-        summary: row.get("summary")?,
-        started_at: time_at(row, "started_at")?,
-        resolved_at: opt_time_at(row, "resolved_at")?,
+        alertname: row.get_text(5)?,
+        severity: row.get_text(6)?,
+        summary: row.get_text(7)?,
+        started_at: row.time(8, "started_at")?,
+        resolved_at: row.opt_time(9, "resolved_at")?,
     })
 }
 
-fn firing_in(conn: &Connection, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
-    // `IS` matches a NULL channel (daemon-wide) too.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
-         AND (?1 = 0 OR channel_id IS ?2) ORDER BY started_at, fingerprint"
-    ))?;
-    let channel = scope.and_then(|s| s.channel).map(ChannelId::as_str);
-    let mut rows = stmt.query(params![scope.is_some(), channel])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let alert = alert_row(row)?;
-        if scope.is_none_or(|s| in_scope(&alert, s)) {
-            out.push(alert);
-        }
-    }
-    Ok(out)
+fn firing_in(db: &dyn Db, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
+    // `IS NOT DISTINCT FROM` (SQLite's `IS`, which PostgreSQL lacks for
+    // values) matches a NULL channel (daemon-wide) too. Ties of
+    // `started_at` are ordered by the fingerprint's bytes on both backends.
+    let alerts = db.query_map(
+        &format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
+             AND (?1 = 0 OR channel_id IS NOT DISTINCT FROM ?2) \
+             ORDER BY started_at, fingerprint{}",
+            db.dialect().bytewise()
+        ),
+        p![
+            scope.is_some(),
+            scope.and_then(|s| s.channel).map(ChannelId::as_str)
+        ],
+        alert_row,
+    )?;
+    Ok(alerts
+        .into_iter()
+        .filter(|alert| scope.is_none_or(|s| in_scope(alert, s)))
+        .collect())
 }
 
 fn in_scope(alert: &AlertRecord, scope: AlertScope<'_>) -> bool {
@@ -181,7 +177,7 @@ const GROUP_DELIVERY_ALERTS: [&str; 2] = ["sink_failing", "hook_failing"];
 /// are left to the rotator, which keeps stating them while the group still
 /// holds tokens. Returns how many were resolved.
 pub(super) fn resolve_unowned(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     configured: &[(&ChannelId, &[GroupName])],
 ) -> Result<usize, Fail> {
@@ -200,9 +196,9 @@ pub(super) fn resolve_unowned(
         })
         .collect();
     for a in &unowned {
-        tx.exec_cached(
+        tx.execute(
             "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
-            params![a.fingerprint, millis(now)],
+            p![&a.fingerprint, millis(now)],
         )?;
         if let Some(channel) = &a.channel_id {
             insert_event(
@@ -227,7 +223,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn firing_alerts(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        self.read("listing firing alerts", |conn| firing_in(conn, None))
+        self.read_db("listing firing alerts", |db| firing_in(db, None))
     }
 
     /// States one daemon-wide warning (no channel, no group, no label):
@@ -267,7 +263,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn firing_in(&self, scope: AlertScope<'_>) -> Result<Vec<AlertRecord>, StoreError> {
-        self.read("listing firing alerts", |conn| firing_in(conn, Some(scope)))
+        self.read_db("listing firing alerts", |db| firing_in(db, Some(scope)))
     }
 
     /// Makes the firing alerts in `scope` exactly `now_firing`: raises the
@@ -301,19 +297,19 @@ impl Store {
         // Every text is screened before anything is compared or reported,
         // so what callers log is what is stored, and a summary the screen
         // changes is not rewritten on every sync.
-        let (wanted, firing) = self.read("listing firing alerts", |conn| {
+        let (wanted, firing) = self.read_db("listing firing alerts", |db| {
             let mut wanted: Vec<(String, AlertSpec)> = Vec::new();
             for a in now_firing.iter().filter(|a| !outside(a)) {
                 let label = match &a.label {
                     Some(l) => Some(AlertLabel {
                         name: l.name,
-                        value: screen(conn, &l.value)?,
+                        value: screen(db, &l.value)?,
                     }),
                     None => None,
                 };
                 let spec = AlertSpec {
                     group: a.group.clone(),
-                    summary: screen(conn, &a.summary)?,
+                    summary: screen(db, &a.summary)?,
                     label,
                     alertname: a.alertname,
                     severity: a.severity,
@@ -326,7 +322,7 @@ impl Store {
                 );
                 wanted.push((fp, spec));
             }
-            Ok((wanted, firing_in(conn, Some(scope))?))
+            Ok((wanted, firing_in(db, Some(scope))?))
         })?;
         let mut changes = AlertChanges::default();
         let mut refreshed = Vec::new();
@@ -350,7 +346,7 @@ impl Store {
         // The events of a daemon-wide alert are kept under the empty
         // channel ID, which no configured channel has.
         let event_channel = channel.cloned().unwrap_or_else(|| ChannelId::new(""));
-        self.write("recording alerts", |tx| {
+        self.write_db("recording alerts", |tx| {
             for spec in &changes.raised {
                 let label = spec.label.as_ref();
                 let fp = fingerprint(
@@ -361,14 +357,15 @@ impl Store {
                 );
                 let summary = &spec.summary;
                 let label_value = label.map(|l| l.value.as_str());
-                tx.exec_cached(
+                tx.execute(
                     "INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, \
                      label_value, alertname, severity, summary, started_at, last_seen_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
-                     ON CONFLICT (fingerprint) DO UPDATE SET severity = ?7, summary = ?8, \
-                     started_at = ?9, last_seen_at = ?9, resolved_at = NULL",
-                    params![
-                        fp,
+                     ON CONFLICT (fingerprint) DO UPDATE SET severity = excluded.severity, \
+                     summary = excluded.summary, started_at = excluded.started_at, \
+                     last_seen_at = excluded.last_seen_at, resolved_at = NULL",
+                    p![
+                        &fp,
                         channel.map(ChannelId::as_str),
                         spec.group.as_ref().map(GroupName::as_str),
                         label.map(|l| l.name),
@@ -391,16 +388,16 @@ impl Store {
                 )?;
             }
             for (fp, spec) in &refreshed {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE alerts SET severity = ?2, summary = ?3, last_seen_at = ?4 \
                      WHERE fingerprint = ?1",
-                    params![fp, spec.severity, spec.summary, millis(now)],
+                    p![fp, spec.severity, &spec.summary, millis(now)],
                 )?;
             }
             for f in &changes.resolved {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
-                    params![f.fingerprint, millis(now)],
+                    p![&f.fingerprint, millis(now)],
                 )?;
                 let about = f
                     .label

@@ -42,6 +42,20 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// What follows a text column in `ORDER BY` so it sorts by bytes on
+    /// both backends: SQLite's default (BINARY) already does; PostgreSQL's
+    /// follows the database's locale (`en_US` puts `b` before `C` and skips
+    /// punctuation), so it gets `COLLATE "C"`. SQLite has no collation of
+    /// that name, hence the branch.
+    pub fn bytewise(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " COLLATE \"C\"",
+        }
+    }
+}
+
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {

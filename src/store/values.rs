@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::crypt::{self, CryptError, Keyring, Place};
-use super::sql::{Db, p};
+use super::sql::{Db, SqliteDb, p};
 use super::{Fail, StoreError};
 use crate::domain::{AccessToken, KeyId};
 
@@ -142,7 +142,7 @@ impl Values {
     /// seal counted in `tx`) when the store has a keyring, else plaintext.
     pub(super) fn column(
         &self,
-        tx: &Connection,
+        tx: &dyn Db,
         row: Row<'_>,
         value: &AccessToken,
     ) -> Result<Column, Fail> {
@@ -178,7 +178,7 @@ impl Values {
     /// the sealed bytes and the key ID.
     pub(super) fn seal_only(
         &self,
-        tx: &Connection,
+        tx: &dyn Db,
         place: &Place<'_>,
         value: &str,
     ) -> Result<Result<(Vec<u8>, u32), CryptError>, Fail> {
@@ -230,13 +230,16 @@ impl Row<'_> {
     }
 }
 
-/// Counts one seal under `key`, refusing it past the key's limit.
-fn count_seal(tx: &Connection, key: u32) -> Result<(), Fail> {
-    let sealed: i64 = tx.query_row(
+/// Counts one seal under `key`, refusing it past the key's limit. The
+/// row's column is named with the table: PostgreSQL finds a bare `sealed`
+/// in DO UPDATE ambiguous (`excluded` has one too).
+fn count_seal(tx: &dyn Db, key: u32) -> Result<(), Fail> {
+    let sealed = tx.query_one(
         "INSERT INTO encryptions (enc_key_id, sealed) VALUES (?1, 1) \
-         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = sealed + 1 RETURNING sealed",
-        [key],
-        |row| row.get(0),
+         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = encryptions.sealed + 1 \
+         RETURNING sealed",
+        p![key],
+        |r| r.get_int(0),
     )?;
     if u64::try_from(sealed).unwrap_or(u64::MAX) > crypt::MAX_ENCRYPTIONS_PER_KEY {
         return Err(Fail::Store(StoreError::KeyWornOut { enc_key_id: key }));
@@ -350,7 +353,7 @@ pub(super) fn prepare(
                 "encrypting every plaintext token value in one transaction"
             );
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let sealed = reseal(&tx, values, None)?;
+            let sealed = reseal(&SqliteDb::new(&tx, screen), values, None)?;
             // Committed with the seals: a crash before the scrub below is
             // finished at the next open.
             tx.execute(
@@ -486,7 +489,11 @@ fn describe_counts(counts: &[ValueCount]) -> String {
 /// Seals under the active key every row that is plaintext or under
 /// another key, at most `limit` rows (all when `None`); returns how many.
 /// Runs inside the caller's transaction.
-pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> Result<u64, Fail> {
+pub(super) fn reseal(
+    tx: &SqliteDb<'_>,
+    values: &Values,
+    limit: Option<usize>,
+) -> Result<u64, Fail> {
     let Some(keyring) = values.keyring() else {
         return Ok(0);
     };
@@ -522,7 +529,7 @@ pub(super) fn reseal(tx: &Connection, values: &Values, limit: Option<usize>) -> 
         tx.execute(
             "UPDATE tokens SET access_token = NULL, access_token_enc = ?2, enc_key_id = ?3 \
              WHERE key_id = ?1",
-            params![key_id, column.sealed, column.key],
+            p![&key_id, column.sealed.as_ref(), column.key],
         )?;
         done += 1;
     }
@@ -555,7 +562,7 @@ impl GrantValue {
 /// Seals under the `active` key, both values under the same additional
 /// data rules as when written, at most `limit` login grants (all when
 /// negative) that are under another key; returns how many.
-fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
+fn reseal_grants(tx: &SqliteDb<'_>, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
     let rows = {
         let mut stmt = tx.prepare_cached(
             "SELECT channel_id, subject, access_token_enc, refresh_token_enc FROM login_grants \
@@ -586,7 +593,7 @@ fn reseal_grants(tx: &Connection, values: &Values, active: u32, limit: i64) -> R
         tx.execute(
             "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
              enc_key_id = ?5 WHERE channel_id = ?1 AND subject = ?2",
-            params![channel, subject, access, refresh, key],
+            p![&channel, &subject, &access, &refresh, key],
         )?;
         done += 1;
     }

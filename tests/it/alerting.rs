@@ -81,12 +81,18 @@ fn store_token(store: &Store, key_id: &str, value: &str, at: DateTime<Utc>) {
 
 mod store {
     use super::*;
+    use crate::support::{OnBackend, backends};
 
     #[test]
-    fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("linetokd.db");
-        let store = synced(&path);
+    fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent_on_both_backends() {
+        for b in backends("notification_keeps_its_id") {
+            notification_keeps_its_id(b);
+        }
+    }
+
+    fn notification_keeps_its_id(b: OnBackend) {
+        let name = b.name;
+        let store = &b.store;
         let mut changed = store.subscribe_alerts();
         sync(&store, t0(), &[no_live_token()]);
         assert!(
@@ -117,12 +123,12 @@ mod store {
         store
             .notification_failed("ops", "id-1", at + Duration::seconds(5))
             .unwrap();
-        drop(store);
 
         // A restart: the notification is still in flight, with its id.
-        let store = Store::open(&path).unwrap();
+        let b = b.reopen();
+        let store = &b.store;
         let states = store.notification_states().unwrap();
-        assert_eq!(states.len(), 1);
+        assert_eq!(states.len(), 1, "{name}");
         let pending = states[0].pending.clone().unwrap();
         assert_eq!(pending.id, "id-1");
         assert_eq!(pending.attempts, 1);
@@ -190,14 +196,23 @@ mod store {
             .finish_notification(again, "ops", "id-3", false)
             .unwrap();
         let state = &store.notification_states().unwrap()[0];
-        assert_eq!((state.sent_count, state.last_sent_at), (0, Some(again)));
+        assert_eq!(
+            (state.sent_count, state.last_sent_at),
+            (0, Some(again)),
+            "{name}"
+        );
     }
 
     #[test]
-    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = synced(&dir.path().join("linetokd.db"));
-        sync(&store, t0(), &[no_live_token()]);
+    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight_on_both_backends()
+     {
+        for b in backends("notification_state_is_pruned") {
+            state_is_pruned(&b.store, b.name);
+        }
+    }
+
+    fn state_is_pruned(store: &Store, name: &str) {
+        sync(store, t0(), &[no_live_token()]);
         let fp = fingerprint(
             Some(&ch()),
             Some(&GroupName::new("backend")),
@@ -217,29 +232,42 @@ mod store {
             .begin_notification(t0(), "chat", "b", &[item])
             .unwrap();
         let resolved = t0() + Duration::hours(1);
-        sync(&store, resolved, &[]);
+        sync(store, resolved, &[]);
         let both = ["ops".to_owned(), "chat".to_owned()];
-        assert_eq!(store.prune_notifications(resolved, &both).unwrap(), 0);
+        assert_eq!(
+            store.prune_notifications(resolved, &both).unwrap(),
+            0,
+            "{name}"
+        );
         let later = resolved + Duration::days(2);
-        assert_eq!(store.prune_notifications(later, &both).unwrap(), 1);
+        assert_eq!(
+            store.prune_notifications(later, &both).unwrap(),
+            1,
+            "{name}"
+        );
         let left = store.notification_states().unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].receiver, "chat");
+        assert_eq!(left.len(), 1, "{name}");
+        assert_eq!(left[0].receiver, "chat", "{name}");
         // A receiver gone from the config takes its state with it, in
         // flight or not.
         assert_eq!(
             store
                 .prune_notifications(resolved, &["ops".to_owned()])
                 .unwrap(),
-            1
+            1,
+            "{name}"
         );
-        assert!(store.notification_states().unwrap().is_empty());
+        assert!(store.notification_states().unwrap().is_empty(), "{name}");
     }
 
     #[test]
-    fn owners_state_only_their_own_alerts_and_daemon_wide_ones_have_no_channel() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = synced(&dir.path().join("linetokd.db"));
+    fn owners_state_only_their_own_alerts_and_daemon_wide_ones_have_no_channel_on_both_backends() {
+        for b in backends("owners_state_only_their_own_alerts") {
+            owners_state_their_own(&b.store, b.name);
+        }
+    }
+
+    fn owners_state_their_own(store: &Store, name: &str) {
         let channel = ch();
         let backend = GroupName::new("backend");
         let sink = |path: &str| AlertSpec {
@@ -303,12 +331,13 @@ mod store {
                 ("config_reload_failed", None),
                 ("sink_failing", Some("/run/a.json")),
                 ("sink_failing", Some("/run/b.env")),
-            ]
+            ],
+            "{name}"
         );
         let fingerprints: Vec<&str> = firing.iter().map(|a| a.fingerprint.as_str()).collect();
         assert!(fingerprints.contains(&"-/-/config_reload_failed"));
         assert!(fingerprints.contains(&"1000/backend/sink_failing//run/a.json"));
-        assert_eq!(firing[0].channel_id, None);
+        assert_eq!(firing[0].channel_id, None, "{name}");
 
         // One sink fixed: only its alert resolves; a changed summary is
         // kept without raising again.
@@ -323,8 +352,8 @@ mod store {
             .into_iter()
             .find(|a| a.label.as_ref().is_some_and(|(_, v)| v == "/run/b.env"))
             .unwrap();
-        assert_eq!(b_row.summary, "writing /run/b.env failed 6 times");
-        assert_eq!(b_row.started_at, t0());
+        assert_eq!(b_row.summary, "writing /run/b.env failed 6 times", "{name}");
+        assert_eq!(b_row.started_at, t0(), "{name}");
         // The daemon-wide alert resolves on its own owner's word.
         let changes = store.sync_alerts(later, daemon, &[]).unwrap();
         assert_eq!(changes.resolved.len(), 1);

@@ -15,6 +15,8 @@ use linetokd::store::{
 use rusqlite::Connection;
 use tempfile::TempDir;
 
+use crate::support::backends;
+
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).unwrap()
 }
@@ -1254,40 +1256,6 @@ fn a_crash_during_a_short_lived_issue_is_not_left_for_a_listing_to_settle() {
         store.unsettled_issues_by_channel().unwrap(),
         vec![(ch("1000"), gr("backend"))]
     );
-}
-
-/// A store on one backend, and what keeps it alive.
-struct OnBackend {
-    name: &'static str,
-    store: Store,
-    _dir: Option<TempDir>,
-}
-
-/// The store on every backend this machine has: SQLite always,
-/// PostgreSQL when the test cluster runs (else one skip line, or a failure
-/// under `LINETOKD_REQUIRE_POSTGRES=1`). Each is empty and migrated.
-fn backends(test: &str) -> Vec<OnBackend> {
-    let (dir, path) = fresh();
-    let mut out = vec![OnBackend {
-        name: "sqlite",
-        store: Store::open(&path).unwrap(),
-        _dir: Some(dir),
-    }];
-    if let Some(db) = crate::pg_harness::test_db_blocking(test) {
-        let target = linetokd::store::pg::PgTarget::parse(&db.url()).unwrap();
-        let store = Store::open_postgres(
-            &target,
-            &linetokd::store::pg::PoolOptions::default(),
-            linetokd::store::StoreOptions::default(),
-        )
-        .unwrap();
-        out.push(OnBackend {
-            name: "postgres",
-            store,
-            _dir: None,
-        });
-    }
-    out
 }
 
 #[test]

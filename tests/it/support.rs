@@ -417,3 +417,98 @@ pub async fn sandbox_lab() -> SandboxLab {
         shutdown,
     }
 }
+
+/// A store on one backend, and what keeps it alive.
+pub struct OnBackend {
+    /// `sqlite` or `postgres`, for assertion messages.
+    pub name: &'static str,
+    /// The store, empty and migrated when the fixture made it.
+    pub store: Store,
+    at: BackendAt,
+    options: linetokd::store::StoreOptions,
+}
+
+/// Where an [`OnBackend`]'s database lives.
+enum BackendAt {
+    Sqlite(tempfile::TempDir, PathBuf),
+    Postgres(crate::pg_harness::TestDb),
+}
+
+impl OnBackend {
+    /// The store closed and opened again on the same database, as a
+    /// restart of the daemon does.
+    pub fn reopen(self) -> Self {
+        let Self {
+            name,
+            store,
+            at,
+            options,
+        } = self;
+        // The SQLite writer lock goes with the last clone.
+        drop(store);
+        let store = open_at(&at, options.clone());
+        Self {
+            name,
+            store,
+            at,
+            options,
+        }
+    }
+
+    /// Runs `sql` on the PostgreSQL database directly (as its owner),
+    /// outside the store; `false` on SQLite, where it runs nothing. For
+    /// tests that change the database under the store (a column's
+    /// collation, say).
+    pub fn on_postgres(&self, sql: &str) -> bool {
+        let BackendAt::Postgres(db) = &self.at else {
+            return false;
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { db.client().await.batch_execute(sql).await })
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        true
+    }
+}
+
+fn open_at(at: &BackendAt, options: linetokd::store::StoreOptions) -> Store {
+    match at {
+        BackendAt::Sqlite(_, path) => Store::open_with(path, options).unwrap(),
+        BackendAt::Postgres(db) => {
+            let target = linetokd::store::pg::PgTarget::parse(&db.url()).unwrap();
+            Store::open_postgres(
+                &target,
+                &linetokd::store::pg::PoolOptions::default(),
+                options,
+            )
+            .unwrap()
+        }
+    }
+}
+
+/// The store on every backend this machine has: SQLite always,
+/// PostgreSQL when the test cluster runs (else one skip line, or a failure
+/// under `LINETOKD_REQUIRE_POSTGRES=1`). Each is empty and migrated.
+pub fn backends(test: &str) -> Vec<OnBackend> {
+    backends_with(test, &linetokd::store::StoreOptions::default())
+}
+
+/// [`backends`] opened with `options` (a keyring, say).
+pub fn backends_with(test: &str, options: &linetokd::store::StoreOptions) -> Vec<OnBackend> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linetokd.db");
+    let mut at = vec![("sqlite", BackendAt::Sqlite(dir, path))];
+    if let Some(db) = crate::pg_harness::test_db_blocking(test) {
+        at.push(("postgres", BackendAt::Postgres(db)));
+    }
+    at.into_iter()
+        .map(|(name, at)| OnBackend {
+            name,
+            store: open_at(&at, options.clone()),
+            at,
+            options: options.clone(),
+        })
+        .collect()
+}
