@@ -1068,9 +1068,10 @@ impl Store {
         })
     }
 
-    /// Deletes a grant (its rows are zeroed: the store runs with
-    /// `secure_delete` when encrypted) and closes any open intent. False
-    /// when there was none.
+    /// Deletes a grant and closes any open intent. False when there was
+    /// none. On SQLite its row is zeroed (an encrypted store runs with
+    /// `secure_delete`); PostgreSQL leaves the dead row to VACUUM, and it
+    /// held the values only sealed.
     ///
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].

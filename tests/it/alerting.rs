@@ -456,6 +456,144 @@ mod store {
         assert_eq!(changes.resolved.len(), 1);
     }
 
+    /// PostgreSQL orders text by the database's collation; a database
+    /// created under `en_US` puts `_` before `a` before `B`. SQLite
+    /// orders by bytes (`B` < `_` < `a`), and so must the store on both.
+    /// The PostgreSQL columns are switched to a linguistic collation here,
+    /// since the test cluster's own is C.
+    #[test]
+    fn alerts_and_notification_states_are_listed_in_byte_order_on_both_backends() {
+        for b in backends("alerts_in_byte_order") {
+            b.on_postgres(
+                "ALTER TABLE alerts ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\"; \
+                 ALTER TABLE alert_notifications \
+                   ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\", \
+                   ALTER COLUMN receiver TYPE TEXT COLLATE \"en-US-x-icu\";",
+            );
+            let store = &b.store;
+            let channel = ch();
+            let backend = GroupName::new("backend");
+            let sink = |path: &str| AlertSpec {
+                group: Some(backend.clone()),
+                label: Some(AlertLabel {
+                    name: "sink",
+                    value: path.into(),
+                }),
+                alertname: "sink_failing",
+                severity: "warning",
+                summary: format!("writing {path} failed"),
+            };
+            let delivery = AlertScope {
+                channel: Some(&channel),
+                group: Some(&backend),
+                names: &["sink_failing"],
+            };
+            // All raised at one instant: the fingerprint decides.
+            store
+                .sync_alerts(
+                    t0(),
+                    delivery,
+                    &[sink("/run/a.json"), sink("/run/B.env"), sink("/run/_x")],
+                )
+                .unwrap();
+            let labels = |alerts: Vec<linetokd::store::AlertRecord>| -> Vec<String> {
+                alerts.into_iter().map(|a| a.label.unwrap().1).collect()
+            };
+            let in_bytes = ["/run/B.env", "/run/_x", "/run/a.json"];
+            assert_eq!(
+                labels(store.firing_alerts().unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                labels(store.firing_in(delivery).unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                labels(store.alerts_to_notify(t0()).unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+
+            let item = NotifyItem {
+                fingerprint: fingerprint(
+                    Some(&channel),
+                    Some(&backend),
+                    "sink_failing",
+                    Some("/run/_x"),
+                ),
+                started_at: t0(),
+                kind: NotifyKind::Firing,
+            };
+            for (receiver, id) in [("chat", "1"), ("Ops", "2"), ("_all", "3")] {
+                store
+                    .begin_notification(t0(), receiver, id, std::slice::from_ref(&item))
+                    .unwrap();
+            }
+            let receivers: Vec<String> = store
+                .notification_states()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.receiver)
+                .collect();
+            assert_eq!(receivers, ["Ops", "_all", "chat"], "{}", b.name);
+        }
+    }
+
+    /// The monthly count adds up per receiver and month (the month is
+    /// text the notifier computes, `YYYY-MM`; no date arithmetic in SQL),
+    /// and a stop stays for the month: an upsert that PostgreSQL runs
+    /// without SQLite's two-value `max`.
+    #[test]
+    fn a_receivers_month_adds_up_and_stays_stopped_once_stopped_on_both_backends() {
+        for b in backends("receiver_months") {
+            let store = &b.store;
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+            store
+                .record_receiver_month("admins", "2026-03", 2, false)
+                .unwrap();
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (2, false),
+                "{}",
+                b.name
+            );
+            store
+                .record_receiver_month("admins", "2026-03", 3, true)
+                .unwrap();
+            store
+                .record_receiver_month("admins", "2026-03", 1, false)
+                .unwrap();
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (6, true),
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                store.receiver_month("admins", "2026-04").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                store.receiver_month("others", "2026-03").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+        }
+    }
+
     #[test]
     fn stored_token_values_are_found_and_screened() {
         let dir = tempfile::tempdir().unwrap();
