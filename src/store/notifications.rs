@@ -258,9 +258,10 @@ impl Store {
         receivers: &[String],
     ) -> Result<usize, StoreError> {
         self.write_db("pruning alert notification state", |tx| {
-            // The receivers with state, compared here rather than with
-            // SQLite's `json_each` (PostgreSQL has no such function): a
-            // handful of names, one statement each way on both backends.
+            // The receivers that have state are compared with the
+            // configured ones here, not in SQL through SQLite's
+            // `json_each` (PostgreSQL has no such function): they are a
+            // handful, and each removed one costs one DELETE.
             let stored = tx.query_map(
                 "SELECT DISTINCT receiver FROM alert_notifications",
                 p![],

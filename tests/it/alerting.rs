@@ -94,7 +94,7 @@ mod store {
         let name = b.name;
         let store = &b.store;
         let mut changed = store.subscribe_alerts();
-        sync(&store, t0(), &[no_live_token()]);
+        sync(store, t0(), &[no_live_token()]);
         assert!(
             changed.has_changed().unwrap(),
             "raising must wake the notifier"
@@ -149,7 +149,7 @@ mod store {
         // Resolved: listed while recent, and the resolve is recorded once.
         let resolved_at = t0() + Duration::hours(1);
         let changed = store.subscribe_alerts();
-        sync(&store, resolved_at, &[]);
+        sync(store, resolved_at, &[]);
         assert!(changed.has_changed().unwrap());
         let alerts = store.alerts_to_notify(resolved_at).unwrap();
         assert_eq!(alerts[0].resolved_at, Some(resolved_at));
@@ -178,7 +178,7 @@ mod store {
 
         // The alert fires again: a new episode starts the row afresh.
         let again = t0() + Duration::hours(2);
-        sync(&store, again, &[no_live_token()]);
+        sync(store, again, &[no_live_token()]);
         let episode = NotifyItem {
             started_at: again,
             ..item
@@ -297,7 +297,7 @@ mod store {
             severity: "warning",
             summary: "bad kid".into(),
         };
-        sync(&store, t0(), &[no_live_token()]);
+        sync(store, t0(), &[no_live_token()]);
         let raised = store
             .sync_alerts(t0(), delivery, &[sink("/run/a.json"), sink("/run/b.env")])
             .unwrap();
@@ -312,7 +312,7 @@ mod store {
 
         // The engine states its alerts without the delivery's: they stay.
         let later = t0() + Duration::minutes(1);
-        let changes = sync(&store, later, &[]);
+        let changes = sync(store, later, &[]);
         assert_eq!(changes.resolved.len(), 1);
         assert_eq!(changes.resolved[0].alertname, "no_live_token");
         let firing = store.firing_alerts().unwrap();
