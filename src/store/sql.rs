@@ -42,20 +42,6 @@ pub enum Dialect {
     Postgres,
 }
 
-impl Dialect {
-    /// What follows a text column in `ORDER BY` so it sorts by bytes on
-    /// both backends: SQLite's default (BINARY) already does; PostgreSQL's
-    /// follows the database's locale (`en_US` puts `b` before `C` and skips
-    /// punctuation), so it gets `COLLATE "C"`. SQLite has no collation of
-    /// that name, hence the branch.
-    pub fn bytewise(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " COLLATE \"C\"",
-        }
-    }
-}
-
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
@@ -235,6 +221,20 @@ pub trait SqlRow {
 fn instant(ms: i64, col: &str) -> Result<DateTime<Utc>, SqlError> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| SqlError::Column(format!("{col} holds {ms}, which is not a time")))
+}
+
+impl Dialect {
+    /// What follows a text column in `ORDER BY` so it sorts by bytes on
+    /// both backends: SQLite's default (BINARY) already does; PostgreSQL's
+    /// follows the database's locale (`en_US` puts `b` before `C` and skips
+    /// punctuation), so it gets `COLLATE "C"`. SQLite has no collation of
+    /// that name, hence the branch.
+    pub fn bytewise(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " COLLATE \"C\"",
+        }
+    }
 }
 
 /// A connection, or the transaction open on it, that runs SQL.
