@@ -444,9 +444,26 @@ impl OnBackend {
             at,
             options,
         } = self;
-        // The SQLite writer lock goes with the last clone.
+        // The writer lock goes with the last clone: SQLite's at once; a
+        // PostgreSQL writer's session lock (when the backend takes one)
+        // once the server has seen its connection close, so that open is
+        // retried for a while.
         drop(store);
-        let store = open_at(&at, options.clone());
+        let store = match &at {
+            BackendAt::Sqlite(..) => open_at(&at, options.clone()).unwrap(),
+            BackendAt::Postgres(_) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    match open_at(&at, options.clone()) {
+                        Ok(store) => break store,
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => panic!("reopening on PostgreSQL: {e:?}"),
+                    }
+                }
+            }
+        };
         Self {
             name,
             store,
@@ -473,9 +490,12 @@ impl OnBackend {
     }
 }
 
-fn open_at(at: &BackendAt, options: linetokd::store::StoreOptions) -> Store {
+fn open_at(
+    at: &BackendAt,
+    options: linetokd::store::StoreOptions,
+) -> Result<Store, linetokd::store::StoreError> {
     match at {
-        BackendAt::Sqlite(_, path) => Store::open_with(path, options).unwrap(),
+        BackendAt::Sqlite(_, path) => Store::open_with(path, options),
         BackendAt::Postgres(db) => {
             let target = linetokd::store::pg::PgTarget::parse(&db.url()).unwrap();
             Store::open_postgres(
@@ -483,7 +503,6 @@ fn open_at(at: &BackendAt, options: linetokd::store::StoreOptions) -> Store {
                 &linetokd::store::pg::PoolOptions::default(),
                 options,
             )
-            .unwrap()
         }
     }
 }
@@ -506,7 +525,7 @@ pub fn backends_with(test: &str, options: &linetokd::store::StoreOptions) -> Vec
     at.into_iter()
         .map(|(name, at)| OnBackend {
             name,
-            store: open_at(&at, options.clone()),
+            store: open_at(&at, options.clone()).unwrap(),
             at,
             options: options.clone(),
         })
