@@ -142,13 +142,13 @@ impl Daemon {
         shutdown: CancellationToken,
         options: RunOptions,
     ) -> anyhow::Result<Self> {
-        let db_path = config.daemon.database.clone();
+        let location = config.daemon.store();
         let store_options = StoreOptions {
             durability: options.durability,
             keyring: config.encryption.as_ref().map(|e| Arc::clone(&e.keyring)),
             keep_plaintext: false,
         };
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, store_options))
+        let store = tokio::task::spawn_blocking(move || Store::open_at(&location, store_options))
             .await
             .context("while opening the database")??;
         // Bound before anything runs, so a taken port or state directory

@@ -20,7 +20,7 @@ use crate::domain::{ChannelId, GroupName, SigningKid, TokenState};
 use crate::line::jwt::AssertionSigner;
 use crate::line::keys::SigningKey;
 use crate::logging::{self, LogFormat};
-use crate::store::{Store, StoreError};
+use crate::store::{Location, Store, StoreError};
 use crate::{addresses, app, bench, config, control, demo, keygen, sandbox, status};
 
 /// What `linetokd --version` prints after the name: the crate's version and
@@ -855,10 +855,10 @@ fn alerts_test_cmd(path: &Path, name: &str) -> Result<(), Failure> {
     let config = load_config(path)?;
     // A line receiver pushes with its group's current token, read from the
     // database as `linetokd token` does.
-    let db = config.daemon.database.clone();
+    let db = config.daemon.store();
     let ring = keyring(config.encryption.as_ref());
     let tokens = crate::alerting::TokenSource::new(move |channel, group| {
-        let store = Store::open_read_only_with(&db, ring.clone()).ok()?;
+        let store = Store::open_read_only_at(&db, ring.clone()).ok()?;
         let now = chrono::Utc::now();
         store
             .tokens_of_group(channel, group)
@@ -929,20 +929,19 @@ fn migrate_cmd(path: &Path) -> Result<(), Failure> {
         keyring: keyring(config.encryption.as_ref()),
         ..crate::store::StoreOptions::default()
     };
-    let migrated = Store::migrate_with(&config.daemon.database, options)
+    let db = config.daemon.store();
+    let migrated = Store::open_at(&db, options)
+        .map(|store| store.migrated())
         .map_err(|e| store_failure(e, "while migrating the database"))?;
     if migrated.was_current() {
         emit_line(format_args!(
-            "{}: schema version {}, already current",
-            config.daemon.database.display(),
+            "{db}: schema version {}, already current",
             migrated.to
         ))
     } else {
         emit_line(format_args!(
-            "{}: migrated from schema version {} to {}",
-            config.daemon.database.display(),
-            migrated.from,
-            migrated.to
+            "{db}: migrated from schema version {} to {}",
+            migrated.from, migrated.to
         ))
     }
 }
@@ -1065,7 +1064,7 @@ fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Fa
                 keyring: keyring(config.encryption.as_ref()),
                 ..crate::store::StoreOptions::default()
             };
-            let store = Store::open_with(&config.daemon.database, options)
+            let store = Store::open_at(&config.daemon.store(), options)
                 .map_err(|e| store_failure(e, "while opening the database"))?;
             runtime()?
                 .block_on(crate::longlived::retire_offline(
@@ -1101,7 +1100,7 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
             path.display()
         )));
     }
-    let db = &config.daemon.database;
+    let db = &config.daemon.store();
     let store =
         open_read_only(db, keyring(config.encryption.as_ref()))?.ok_or_else(|| no_database(db))?;
     let tokens = store
@@ -1180,7 +1179,7 @@ fn login_import_cmd(path: &Path, channel: &str, file: Option<&Path>) -> Result<(
 fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
     let config =
         load_outline_or_in_force(path).map_err(|failure| with_last_reload(path, failure))?;
-    let db = &config.daemon.database;
+    let db = &config.daemon.store();
     let store =
         open_read_only(db, keyring(config.encryption.as_ref()))?.ok_or_else(|| no_database(db))?;
     let now = SystemClock.now();
@@ -1222,7 +1221,7 @@ fn exit_without_freeing<T>(big: T) {
 /// Whether a daemon holds the database, and where it listens for HTTP when
 /// it recorded that in its state directory ([`addresses`]).
 fn probe_daemon(config: &config::Outline) -> status::DaemonStatus {
-    let mut daemon = status::probe_daemon(&config.daemon.database);
+    let mut daemon = status::probe_daemon_at(&config.daemon.store());
     if daemon.running != Some(false) {
         daemon.http = addresses::read(&config.daemon.state_dir)
             .ok()
@@ -1242,7 +1241,13 @@ fn with_last_reload(path: &Path, failure: Failure) -> Failure {
     let note = process_env()
         .ok()
         .and_then(|env| config::Settings::load(path, &env).ok())
-        .and_then(|settings| Store::open_read_only(&settings.daemon.database_path()).ok())
+        .and_then(|settings| match settings.daemon.database_url_file {
+            // The rest of the file may be broken: only the store's key
+            // needs to be read.
+            None => Some(Location::Sqlite(settings.daemon.database_path())),
+            Some(_) => settings.outline().ok().map(|o| o.daemon.store()),
+        })
+        .and_then(|location| Store::open_read_only_at(&location, None).ok())
         .and_then(|store| store.note(crate::store::LAST_RELOAD).ok().flatten());
     match note {
         Some(note) => Failure::Usage(error.context(format!(
@@ -1256,7 +1261,7 @@ fn with_last_reload(path: &Path, failure: Failure) -> Failure {
 
 fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure> {
     let config = load_outline(path)?;
-    let db = &config.daemon.database;
+    let db = &config.daemon.store();
     let now = SystemClock.now();
     // Without a database the forecast starts from nothing: what a first
     // start with this config would do.
@@ -1289,10 +1294,10 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
 /// Opens the database read-only beside a running daemon; `None` when there
 /// is no database file.
 fn open_read_only(
-    db: &Path,
+    db: &Location,
     keyring: Option<Arc<crate::store::crypt::Keyring>>,
 ) -> Result<Option<Store>, Failure> {
-    match Store::open_read_only_with(db, keyring) {
+    match Store::open_read_only_at(db, keyring) {
         Ok(store) => Ok(Some(store)),
         Err(StoreError::NoDatabase { .. }) => Ok(None),
         Err(e) => Err(Failure::Runtime(
@@ -1367,7 +1372,7 @@ fn db_rekey_cmd(path: &Path, wait: bool) -> Result<(), Failure> {
     let config = load_config(path)?;
     let ring = require_encryption(path, &config)?;
     let active = ring.active();
-    let db = &config.daemon.database;
+    let db = sqlite_only(&config, "db rekey")?;
     let options = crate::store::StoreOptions {
         keyring: Some(Arc::clone(&ring)),
         ..crate::store::StoreOptions::default()
@@ -1420,7 +1425,8 @@ fn wait_for_daemon_rekey(
     ring: Arc<crate::store::crypt::Keyring>,
 ) -> Result<(), Failure> {
     let active = ring.active();
-    let store = open_read_only(db, Some(ring))?.ok_or_else(|| no_database(db))?;
+    let location = &Location::Sqlite(db.to_path_buf());
+    let store = open_read_only(location, Some(ring))?.ok_or_else(|| no_database(location))?;
     // The daemon re-encrypts 100 rows a second under the key it started
     // with: no progress for this many looks means it was not restarted
     // after `active` changed.
@@ -1465,7 +1471,7 @@ fn wait_for_daemon_rekey(
 fn db_decrypt_cmd(path: &Path) -> Result<(), Failure> {
     let config = load_config(path)?;
     let ring = require_encryption(path, &config)?;
-    let db = &config.daemon.database;
+    let db = sqlite_only(&config, "db decrypt")?;
     let options = crate::store::StoreOptions {
         keyring: Some(ring),
         keep_plaintext: true,
@@ -1508,11 +1514,22 @@ fn describe_values(store: &Store) -> Result<String, Failure> {
         .join(", "))
 }
 
-fn no_database(db: &Path) -> Failure {
+fn no_database(db: &Location) -> Failure {
     Failure::Runtime(anyhow::anyhow!(
-        "no database at {}: has linetokd run yet?",
-        db.display()
+        "no database at {db}: has linetokd run yet?"
     ))
+}
+
+/// The SQLite file of a command that only works on one (`db rekey`, `db
+/// decrypt`): they rewrite the file itself.
+fn sqlite_only<'c>(config: &'c config::ValidConfig, command: &str) -> Result<&'c Path, Failure> {
+    match config.daemon.postgres {
+        None => Ok(&config.daemon.database),
+        Some(_) => Err(Failure::Usage(anyhow::anyhow!(
+            "`linetokd {command}` works on a SQLite database; this config's store is PostgreSQL \
+             (daemon.database_url_file), where it is not available yet"
+        ))),
+    }
 }
 
 /// What `status` and `plan` need of the config's channels.

@@ -27,9 +27,11 @@
 //!   and how channels spread over instances (not wired in yet).
 //!
 //! Around it, with IO:
-//! - [`store`]: the SQLite store (tokens, the issuance journal, failure
-//!   streaks and holds, operator requests, alerts, events) and its
-//!   migrations; every instant in milliseconds; one writer per database.
+//! - [`store`]: the store (tokens, the issuance journal, failure streaks
+//!   and holds, operator requests, alerts, events) and its migrations, on a
+//!   SQLite file or a PostgreSQL database behind one set of queries
+//!   ([`store::sql`]); every instant in milliseconds; one writer per
+//!   database.
 //! - [`snapshot`]: one channel's state read from the store as the driver
 //!   sees it, shared by the rotator, `status` and `plan`.
 //! - [`line`](mod@line): the typed client for LINE's token endpoints, the JWT

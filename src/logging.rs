@@ -13,12 +13,20 @@ pub use crate::config::LogFormat;
 /// The filter used when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";
 
+/// tokio-postgres logs every statement with its parameters at debug level;
+/// a parameter may be a token value (the store's own parameters print
+/// without their text, but defence in depth costs one directive), so its
+/// logs stop at info whatever `RUST_LOG` asks. Added after the caller's
+/// directives, it replaces one for the same target.
+const QUIET_POSTGRES: &str = "tokio_postgres=info";
+
 /// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive
 /// string (the caller reads the environment); `None` means [`DEFAULT_FILTER`].
 /// A second call is ignored, so tests may call it freely.
 pub fn init(format: LogFormat, filter: Option<&str>) {
     let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+        .add_directive(QUIET_POSTGRES.parse().expect("a valid directive"));
     let result = match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -116,7 +116,10 @@ struct ReceiverView {
 
 #[derive(Serialize)]
 struct DaemonView {
-    database: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url_file: Option<String>,
     state_dir: String,
     line_api: String,
     request_timeout: String,
@@ -225,7 +228,13 @@ impl Settings {
         let r = &self.rotation;
         let view = View {
             daemon: DaemonView {
-                database: shown(&d.database_path()),
+                // Only the store in use: the SQLite path when no URL file
+                // is set (its default included), else the URL's file.
+                database: d
+                    .database_url_file
+                    .is_none()
+                    .then(|| shown(&d.database_path())),
+                database_url_file: d.database_url_file.as_deref().map(secret_file),
                 state_dir: shown(&d.state_dir),
                 line_api: d.line_api.clone(),
                 request_timeout: fmt_dur(d.request_timeout),

@@ -132,6 +132,9 @@ pub struct DaemonSettings {
     /// The SQLite database. `None` means `state_dir/linetokd.db`; see
     /// [`DaemonSettings::database_path`].
     pub database: Option<PathBuf>,
+    /// A secret file holding a `postgres://` URL: the store is then that
+    /// PostgreSQL database instead of a SQLite file.
+    pub database_url_file: Option<PathBuf>,
     /// The daemon's own directory: the control socket lives here.
     pub state_dir: PathBuf,
     /// LINE's API base URL; the sandbox's URL in tests and demos.
@@ -159,6 +162,7 @@ impl Default for DaemonSettings {
     fn default() -> Self {
         Self {
             database: None,
+            database_url_file: None,
             state_dir: PathBuf::from("/var/lib/linetokd"),
             line_api: "https://api.line.me".to_owned(),
             request_timeout: Duration::from_secs(10),
@@ -383,6 +387,9 @@ impl Settings {
         };
         if let Some(db) = self.daemon.database.as_mut() {
             fix("daemon.database".into(), db);
+        }
+        if let Some(url) = self.daemon.database_url_file.as_mut() {
+            fix("daemon.database_url_file".into(), url);
         }
         fix("daemon.state_dir".into(), &mut self.daemon.state_dir);
         if let Some(encryption) = self.encryption.as_mut() {

@@ -178,8 +178,12 @@ impl ValidConfig {
 /// `[daemon]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
-    /// The SQLite database (default `state_dir/linetokd.db`).
+    /// The SQLite database (default `state_dir/linetokd.db`); not used when
+    /// `postgres` is set.
     pub database: PathBuf,
+    /// The PostgreSQL database `database_url_file` names, when set: the
+    /// store lives there instead.
+    pub postgres: Option<crate::store::pg::PgTarget>,
     /// The daemon's directory; the control socket lives here.
     pub state_dir: PathBuf,
     /// LINE's API base URL.
@@ -190,6 +194,17 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// How logs are written.
     pub log_format: LogFormat,
+}
+
+impl DaemonConfig {
+    /// Where the store lives: the PostgreSQL database when
+    /// `database_url_file` is set, else the SQLite file.
+    pub fn store(&self) -> crate::store::Location {
+        match &self.postgres {
+            Some(target) => crate::store::Location::Postgres(target.clone()),
+            None => crate::store::Location::Sqlite(self.database.clone()),
+        }
+    }
 }
 
 /// How the daemon writes logs.
@@ -384,6 +399,13 @@ impl Settings {
                 &mut login_problems,
             )
         });
+        if self.ha.is_some() && self.daemon.database_url_file.is_none() {
+            login_problems.push(Problem::new(
+                "ha",
+                "needs daemon.database_url_file: instances share their state only through one \
+                 PostgreSQL database",
+            ));
+        }
         let checked = self.check(|v, i, c| v.channel(self, i, c));
         let (daemon, channels, alerts, encryption) = match checked {
             Err(ConfigError::Invalid { mut problems }) if !login_problems.is_empty() => {
@@ -544,6 +566,18 @@ impl Validator {
                 "is empty: remove it to use state_dir/linetokd.db",
             );
         }
+        let postgres = match (&d.database, &d.database_url_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "daemon.database_url_file",
+                    "and daemon.database are both set: the store is either a SQLite file \
+                     (database) or a PostgreSQL database (database_url_file), not both",
+                );
+                None
+            }
+            (None, Some(file)) => self.keep("daemon.database_url_file", postgres_target(file)),
+            _ => None,
+        };
         self.bounded(
             "daemon.request_timeout",
             d.request_timeout,
@@ -573,6 +607,7 @@ impl Validator {
         );
         Some(DaemonConfig {
             database: d.database_path(),
+            postgres,
             state_dir: d.state_dir.clone(),
             line_api: line_api?,
             request_timeout: d.request_timeout,
@@ -1388,6 +1423,19 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
         );
     }
     read_private(path).map_err(|reason| format!("{:?} {reason}", path.display().to_string()))
+}
+
+/// The PostgreSQL database named by the URL in the secret file `file`. The
+/// message names the file and what is wrong with the URL, never the URL
+/// itself (it holds the password).
+fn postgres_target(file: &Path) -> Result<crate::store::pg::PgTarget, String> {
+    let url = load_secret(file)?;
+    crate::store::pg::PgTarget::parse(url.expose()).map_err(|e| {
+        format!(
+            "{:?} does not hold a usable URL: {e}",
+            file.display().to_string()
+        )
+    })
 }
 
 pub(super) fn load_secret(path: &Path) -> Result<Secret, String> {

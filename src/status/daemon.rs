@@ -22,8 +22,9 @@ pub struct DaemonStatus {
     /// kernel lists it); when `running` is `null`, whatever PID the lock
     /// file holds.
     pub pid: Option<u32>,
-    /// The lock file.
-    pub lock_file: PathBuf,
+    /// The SQLite writer lock file; `null` on PostgreSQL (whose writer
+    /// holds a lock in the database, which `status` does not inspect).
+    pub lock_file: Option<PathBuf>,
     /// Where the running daemon's HTTP listener is bound (health, metrics,
     /// the token API), as it recorded in its state directory; `null` when
     /// no running daemon recorded one.
@@ -41,6 +42,21 @@ pub struct DaemonStatus {
 /// overlay filesystems; a wrong "running" would need another file with the
 /// same inode number to be `flock`ed on another filesystem. Where
 /// `/proc/locks` cannot be read (not Linux), the answer is "unknown".
+pub fn probe_daemon_at(location: &crate::store::Location) -> DaemonStatus {
+    match location {
+        crate::store::Location::Sqlite(db) => probe_daemon(db),
+        // Instances may run on other hosts: nothing here can tell. The
+        // HTTP record in the state directory may still name a local one.
+        crate::store::Location::Postgres(_) => DaemonStatus {
+            running: None,
+            pid: None,
+            lock_file: None,
+            http: None,
+        },
+    }
+}
+
+/// [`probe_daemon_at`] for a SQLite database file.
 pub fn probe_daemon(db: &Path) -> DaemonStatus {
     let lock_file = WriterLock::path_for(db);
     let meta = match std::fs::metadata(&lock_file) {
@@ -52,7 +68,7 @@ pub fn probe_daemon(db: &Path) -> DaemonStatus {
             return DaemonStatus {
                 running,
                 pid: None,
-                lock_file,
+                lock_file: Some(lock_file.clone()),
                 http: None,
             };
         }
@@ -75,20 +91,20 @@ pub fn probe_daemon(db: &Path) -> DaemonStatus {
             Some(kernel_pid) => DaemonStatus {
                 running: Some(true),
                 pid: pid_in_file.or(kernel_pid),
-                lock_file,
+                lock_file: Some(lock_file.clone()),
                 http: None,
             },
             None => DaemonStatus {
                 running: Some(false),
                 pid: None,
-                lock_file,
+                lock_file: Some(lock_file.clone()),
                 http: None,
             },
         },
         Err(_) => DaemonStatus {
             running: None,
             pid: pid_in_file,
-            lock_file,
+            lock_file: Some(lock_file.clone()),
             http: None,
         },
     }

@@ -40,7 +40,7 @@ mod report;
 mod stored;
 mod world;
 
-pub use daemon::{DaemonStatus, probe_daemon};
+pub use daemon::{DaemonStatus, probe_daemon, probe_daemon_at};
 pub use login::{LoginChannelStatus, LoginStatus, login_status};
 pub use plan::{PlanCounts, PlanReport, PlannedStatus, plan_report, render_plan};
 pub use render::render_status;

@@ -1,9 +1,9 @@
 //! The `plan` report: the forecast run from the world at `now`, its JSON
 //! shape and its timeline for people.
 
+use crate::store::Location;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -27,8 +27,9 @@ pub struct PlanReport {
     pub from: DateTime<Utc>,
     /// Where it ends.
     pub until: DateTime<Utc>,
-    /// The database read.
-    pub database: PathBuf,
+    /// The database read: its path, or its PostgreSQL URL with the password
+    /// masked.
+    pub database: String,
     /// False when there was no database: the forecast starts from nothing,
     /// as a first start with this config would.
     pub database_found: bool,
@@ -92,7 +93,7 @@ pub struct PlannedStatus {
 /// is `None` when there is no database yet.
 pub fn plan_report(
     now: DateTime<Utc>,
-    database: &Path,
+    database: &Location,
     configured: &[ConfiguredChannel],
     rules: &Rules,
     state: Option<&StoredState>,
@@ -145,7 +146,7 @@ pub fn plan_report(
         version: JSON_VERSION,
         from: f.from,
         until: f.until,
-        database: database.to_path_buf(),
+        database: database.to_string(),
         database_found: state.is_some(),
         complete: f.complete,
         routine_listed: include_routine,
@@ -266,7 +267,7 @@ pub fn render_plan(report: &PlanReport) -> String {
         let _ = writeln!(
             out,
             "no database at {}: planning from nothing, as a first start with this config would",
-            report.database.display()
+            report.database
         );
     }
     if report.actions.is_empty() {

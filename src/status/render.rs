@@ -29,7 +29,7 @@ pub fn render_status(report: &StatusReport) -> String {
     let now = report.generated_at;
     let mut out = String::new();
     let _ = writeln!(out, "linetokd status at {}", ts(now));
-    let _ = writeln!(out, "database: {}", report.database.display());
+    let _ = writeln!(out, "database: {}", report.database);
     let daemon = match (report.daemon.running, report.daemon.pid) {
         (Some(true), Some(pid)) => format!("running (pid {pid})"),
         (Some(true), None) => "running".to_owned(),

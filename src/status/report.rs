@@ -1,8 +1,6 @@
 //! The `status` report: its JSON shape (the field docs are its
 //! documentation) and how it is built from the world at `now`.
 
-use std::path::{Path, PathBuf};
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -12,7 +10,7 @@ use super::{
 };
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId};
 use crate::policy::{self, GroupView, Hold, Plan, Rules, Severity};
-use crate::store::AlertRecord;
+use crate::store::{AlertRecord, Location};
 use crate::store::{EventKind, IntentOutcome, IssueIntent};
 
 // ---------------------------------------------------------------------------
@@ -25,8 +23,9 @@ pub struct StatusReport {
     pub version: u32,
     /// The instant the report describes.
     pub generated_at: DateTime<Utc>,
-    /// The database read.
-    pub database: PathBuf,
+    /// The database read: its path, or its PostgreSQL URL with the password
+    /// masked.
+    pub database: String,
     /// Whether a daemon holds it.
     pub daemon: DaemonStatus,
     /// LINE's cap on live tokens per channel.
@@ -363,7 +362,7 @@ pub struct IntentStatus {
 /// Builds the status report at `now`.
 pub fn status_report(
     now: DateTime<Utc>,
-    database: &Path,
+    database: &Location,
     configured: &[ConfiguredChannel],
     rules: &Rules,
     state: &StoredState,
@@ -374,7 +373,7 @@ pub fn status_report(
     StatusReport {
         version: JSON_VERSION,
         generated_at: now,
-        database: database.to_path_buf(),
+        database: database.to_string(),
         daemon,
         channel_token_cap: rules.channel_token_cap,
         last_reload: state.last_reload.as_ref().map(|n| ReloadStatus {

@@ -117,8 +117,8 @@ pub fn fingerprint(
 pub(super) const ALERT_COLUMNS: &str = "fingerprint, channel_id, group_name, label_name, \
      label_value, alertname, severity, summary, started_at, resolved_at";
 
-/// Decodes a row selected with [`ALERT_COLUMNS`] (by index, in its
-/// order).
+/// Decodes a row selected with [`ALERT_COLUMNS`], by position (so a query
+/// may select more columns after those).
 pub(super) fn alert_row(row: &dyn SqlRow) -> Result<AlertRecord, SqlError> {
     let label = match (row.text(3)?, row.text(4)?) {
         (Some(name), Some(value)) => Some((name, value)),
@@ -132,26 +132,23 @@ pub(super) fn alert_row(row: &dyn SqlRow) -> Result<AlertRecord, SqlError> {
         alertname: row.get_text(5)?,
         severity: row.get_text(6)?,
         summary: row.get_text(7)?,
-        started_at: row.time(8, "started_at")?,
-        resolved_at: row.opt_time(9, "resolved_at")?,
+        started_at: row.time(8, "alerts.started_at")?,
+        resolved_at: row.opt_time(9, "alerts.resolved_at")?,
     })
 }
 
 fn firing_in(db: &dyn Db, scope: Option<AlertScope<'_>>) -> Result<Vec<AlertRecord>, Fail> {
-    // `IS NOT DISTINCT FROM` (SQLite's `IS`, which PostgreSQL lacks for
-    // values) matches a NULL channel (daemon-wide) too. Ties of
-    // `started_at` are ordered by the fingerprint's bytes on both backends.
+    // `IS NOT DISTINCT FROM` matches a NULL channel (daemon-wide) too; it
+    // is SQLite's `IS` in words PostgreSQL also knows.
+    let channel = scope.and_then(|s| s.channel).map(ChannelId::as_str);
     let alerts = db.query_map(
         &format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL \
-             AND (?1 = 0 OR channel_id IS NOT DISTINCT FROM ?2) \
+             AND (CAST(?1 AS BIGINT) = 0 OR channel_id IS NOT DISTINCT FROM ?2) \
              ORDER BY started_at, fingerprint{}",
             db.dialect().bytewise()
         ),
-        p![
-            scope.is_some(),
-            scope.and_then(|s| s.channel).map(ChannelId::as_str)
-        ],
+        p![scope.is_some(), channel],
         alert_row,
     )?;
     Ok(alerts

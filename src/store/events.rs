@@ -8,10 +8,9 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
 
-use super::sql::{Db, p};
-use super::{ExecCached as _, Fail, Store, StoreError, millis, screen, time_at};
+use super::sql::{Db, Dialect, Param, SqlError, SqlRow, p};
+use super::{Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, GroupName, KeyId};
 
 /// What happened.
@@ -213,6 +212,8 @@ pub struct Event {
     pub detail: String,
 }
 
+/// The columns every event query selects, in this order: [`event_from_row`]
+/// reads them by position, and a test holds the two together.
 const EVENT_COLUMNS: &str = "id, at, channel_id, group_name, key_id, kind, detail";
 
 impl Store {
@@ -222,7 +223,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn record_event(&self, now: DateTime<Utc>, event: &NewEvent) -> Result<i64, StoreError> {
-        self.write("recording an event", |tx| {
+        self.write_db("recording an event", |tx| {
             insert_event(
                 tx,
                 now,
@@ -241,11 +242,13 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn recent_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
-        self.read("listing events", |conn| {
+        self.read_db("listing events", |db| {
             query_events(
-                conn,
-                &format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?1"),
-                params![i64::from(limit)],
+                db,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT CAST(?1 AS BIGINT)"
+                ),
+                p![limit],
             )
         })
     }
@@ -260,13 +263,14 @@ impl Store {
         channel: &ChannelId,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        self.read("listing a channel's events", |conn| {
+        self.read_db("listing a channel's events", |db| {
             query_events(
-                conn,
+                db,
                 &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE channel_id = ?1 ORDER BY id DESC LIMIT ?2"
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE channel_id = ?1 \
+                     ORDER BY id DESC LIMIT CAST(?2 AS BIGINT)"
                 ),
-                params![channel.as_str(), i64::from(limit)],
+                p![channel.as_str(), limit],
             )
         })
     }
@@ -278,20 +282,20 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn latest_group_events(&self, kinds: &[EventKind]) -> Result<Vec<Event>, StoreError> {
-        let kinds = serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
-            .to_string();
-        self.read("finding each group's latest event", |conn| {
+        let kinds = kinds_json(kinds);
+        self.read_db("finding each group's latest event", |db| {
             query_events(
-                conn,
+                db,
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ( \
                        SELECT max(id) FROM events \
                        WHERE group_name IS NOT NULL \
-                         AND kind IN (SELECT value FROM json_each(?1)) \
+                         AND kind IN ({}) \
                        GROUP BY channel_id, group_name) \
-                     ORDER BY id"
+                     ORDER BY id",
+                    kinds_in(db.dialect(), 1)
                 ),
-                params![kinds],
+                p![kinds.as_str()],
             )
         })
     }
@@ -309,20 +313,18 @@ impl Store {
         group: &GroupName,
         kinds: &[EventKind],
     ) -> Result<Option<Event>, StoreError> {
-        // Kinds are few and fixed, so they are matched through a JSON array
-        // parameter rather than a statement built per call.
-        let kinds = serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
-            .to_string();
-        self.read("finding a group's latest event", |conn| {
+        let kinds = kinds_json(kinds);
+        self.read_db("finding a group's latest event", |db| {
             Ok(query_events(
-                conn,
+                db,
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events \
                      WHERE channel_id = ?1 AND group_name = ?2 \
-                       AND kind IN (SELECT value FROM json_each(?3)) \
-                     ORDER BY id DESC LIMIT 1"
+                       AND kind IN ({}) \
+                     ORDER BY id DESC LIMIT 1",
+                    kinds_in(db.dialect(), 3)
                 ),
-                params![channel.as_str(), group.as_str(), kinds],
+                p![channel.as_str(), group.as_str(), kinds.as_str()],
             )?
             .pop())
         })
@@ -335,8 +337,10 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.write("pruning old events", |tx| {
-            Ok(tx.exec_cached("DELETE FROM events WHERE at < ?1", [millis(before)])?)
+        self.write_db("pruning old events", |tx| {
+            let gone = tx.execute("DELETE FROM events WHERE at < ?1", p![millis(before)])?;
+            // No table holds 2^64 rows; saturate rather than wrap all the same.
+            Ok(usize::try_from(gone).unwrap_or(usize::MAX))
         })
     }
 }
@@ -367,32 +371,63 @@ pub(super) fn insert_event(
     )?)
 }
 
-fn query_events(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<Event>, Fail> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(event_from_row(row)?);
-    }
-    Ok(out)
+/// `kinds` as one JSON array of their names: kinds are few and fixed, so
+/// they are matched through one parameter ([`kinds_in`]) rather than a
+/// statement built per number of kinds.
+fn kinds_json(kinds: &[EventKind]) -> String {
+    serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()).to_string()
 }
 
-fn event_from_row(row: &Row<'_>) -> Result<Event, Fail> {
-    let kind: String = row.get("kind")?;
+/// A subquery listing the names in the JSON array bound to parameter `n`
+/// ([`kinds_json`]). The dialects unpack JSON arrays differently: SQLite
+/// with the table-valued `json_each`, PostgreSQL with the set-returning
+/// `json_array_elements_text`.
+fn kinds_in(dialect: Dialect, n: u8) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),
+        Dialect::Postgres => {
+            format!("SELECT json_array_elements_text(CAST(CAST(?{n} AS TEXT) AS JSON))")
+        }
+    }
+}
+
+fn query_events(db: &dyn Db, sql: &str, params: &[Param<'_>]) -> Result<Vec<Event>, Fail> {
+    Ok(db.query_map(sql, params, event_from_row)?)
+}
+
+/// Decodes a row of [`EVENT_COLUMNS`], by position.
+fn event_from_row(row: &dyn SqlRow) -> Result<Event, SqlError> {
+    let kind = row.get_text(5)?;
     Ok(Event {
-        id: row.get("id")?,
-        at: time_at(row, "at")?,
-        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-        group: row
-            .get::<_, Option<String>>("group_name")?
-            .map(GroupName::new),
-        key_id: row.get::<_, Option<String>>("key_id")?.map(KeyId::new),
+        id: row.get_int(0)?,
+        at: row.time(1, "events.at")?,
+        channel_id: ChannelId::new(row.get_text(2)?),
+        group: row.text(3)?.map(GroupName::new),
+        key_id: row.text(4)?.map(KeyId::new),
         kind: EventKind::parse(&kind)
-            .ok_or_else(|| Fail::Corrupt(format!("events.kind holds unknown kind {kind:?}")))?,
-        detail: row.get("detail")?,
+            .ok_or_else(|| SqlError::Column(format!("events.kind holds unknown kind {kind:?}")))?,
+        detail: row.get_text(6)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::event_from_row`] reads by position; this is the order it
+    /// reads in. Reorder both or neither.
+    #[test]
+    fn event_columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::EVENT_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "id",
+                "at",
+                "channel_id",
+                "group_name",
+                "key_id",
+                "kind",
+                "detail"
+            ]
+        );
+    }
 }

@@ -10,14 +10,12 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
+use super::sql::{Db, SqlError, SqlRow, p};
 use super::sync::load_channel;
 use super::tokens::{TOKEN_COLUMNS, change_state, expire_in, query_tokens};
-use super::{
-    EventKind, ExecCached as _, Fail, Scope, Store, StoreError, millis, opt_time_at, time_at,
-};
+use super::{EventKind, Fail, Scope, Store, StoreError, millis};
 use crate::domain::{ChannelId, KeyId, TokenState};
 
 /// A key ID LINE listed on a channel that linetokd did not issue.
@@ -84,7 +82,7 @@ impl Store {
         live_kids: &[KeyId],
         settles_through: i64,
     ) -> Result<ReconcileReport, StoreError> {
-        self.write("reconciling against LINE's key IDs", |tx| {
+        self.write_db("reconciling against LINE's key IDs", |tx| {
             if load_channel(tx, channel)?.is_none() {
                 return Err(StoreError::UnknownChannel {
                     channel: channel.clone(),
@@ -102,9 +100,10 @@ impl Store {
                 &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND state = 'live' \
-                     AND substr(key_id, 1, 3) <> 'sl:' ORDER BY issued_at, key_id"
+                     AND substr(key_id, 1, 3) <> 'sl:' ORDER BY issued_at, key_id{}",
+                    tx.dialect().bytewise()
                 ),
-                params![channel.as_str()],
+                p![channel.as_str()],
             )?;
             // Short-lived tokens are never listed (`sl:` identities): only
             // v2.1 ones can be missing from the list.
@@ -141,9 +140,9 @@ impl Store {
 
             for kid in foreign_listed_before(tx, channel)? {
                 if !listed.contains(&kid) {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE foreign_kids SET gone_at = ?3 WHERE channel_id = ?1 AND key_id = ?2",
-                        params![channel.as_str(), kid.as_str(), millis(now)],
+                        p![channel.as_str(), kid.as_str(), millis(now)],
                     )?;
                     insert_event(
                         tx,
@@ -159,12 +158,15 @@ impl Store {
             }
 
             // A successful listing ends the channel's listing streak and
-            // settles every attempt journaled before it was asked for.
-            tx.exec_cached(
+            // settles every attempt journaled before it was asked for. The
+            // larger of the two by CASE: SQLite's two-argument max() is
+            // PostgreSQL's greatest(), and neither has the other's.
+            tx.execute(
                 "UPDATE channels SET last_reconcile_at = ?2, reconcile_failures = 0, \
                  reconcile_retry_not_before = NULL, reconcile_error = NULL, \
-                 settled_through_intent = max(settled_through_intent, ?3) WHERE id = ?1",
-                params![channel.as_str(), millis(now), settles_through],
+                 settled_through_intent = CASE WHEN settled_through_intent < ?3 THEN ?3 \
+                 ELSE settled_through_intent END WHERE id = ?1",
+                p![channel.as_str(), millis(now), settles_through],
             )?;
             Ok(report)
         })
@@ -185,18 +187,17 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn foreign_kids_in(&self, scope: Scope<'_>) -> Result<Vec<ForeignKid>, StoreError> {
-        self.read("listing foreign key IDs", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT channel_id, key_id, first_seen_at, last_seen_at, gone_at FROM foreign_kids \
-                 WHERE {} ORDER BY first_seen_at, key_id",
-                scope.condition("channel_id")
-            ))?;
-            let mut rows = stmt.query([scope.param()])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(foreign_from_row(row)?);
-            }
-            Ok(out)
+        self.read_db("listing foreign key IDs", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {FOREIGN_COLUMNS} FROM foreign_kids \
+                     WHERE {} ORDER BY first_seen_at, key_id{}",
+                    scope.condition("channel_id"),
+                    db.dialect().bytewise()
+                ),
+                p![scope.param()],
+                foreign_from_row,
+            )?)
         })
     }
 
@@ -208,17 +209,16 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn live_foreign_kids(&self, channel: &ChannelId) -> Result<Vec<ForeignKid>, StoreError> {
-        self.read("listing foreign key IDs", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT channel_id, key_id, first_seen_at, last_seen_at, gone_at FROM foreign_kids \
-                 WHERE channel_id = ?1 AND gone_at IS NULL ORDER BY key_id",
-            )?;
-            let mut rows = stmt.query([channel.as_str()])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(foreign_from_row(row)?);
-            }
-            Ok(out)
+        self.read_db("listing foreign key IDs", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {FOREIGN_COLUMNS} FROM foreign_kids \
+                     WHERE channel_id = ?1 AND gone_at IS NULL ORDER BY key_id{}",
+                    db.dialect().bytewise()
+                ),
+                p![channel.as_str()],
+                foreign_from_row,
+            )?)
         })
     }
 }
@@ -226,15 +226,18 @@ impl Store {
 /// The listed key IDs that are ours (stored tokens of the channel, in any
 /// state: a token we think dead but LINE still lists is still not foreign).
 fn ours_among(
-    tx: &Connection,
+    tx: &dyn Db,
     channel: &ChannelId,
     listed: &BTreeSet<&KeyId>,
 ) -> Result<BTreeSet<KeyId>, Fail> {
-    let mut stmt =
-        tx.prepare_cached("SELECT 1 FROM tokens WHERE channel_id = ?1 AND key_id = ?2")?;
     let mut ours = BTreeSet::new();
     for kid in listed {
-        if stmt.exists(params![channel.as_str(), kid.as_str()])? {
+        let found = tx.query_opt(
+            "SELECT 1 FROM tokens WHERE channel_id = ?1 AND key_id = ?2",
+            p![channel.as_str(), kid.as_str()],
+            |_| Ok(()),
+        )?;
+        if found.is_some() {
             ours.insert((*kid).clone());
         }
     }
@@ -244,51 +247,53 @@ fn ours_among(
 /// Records a sighting; true when the key ID is new, or back after it had
 /// gone.
 fn upsert_foreign(
-    tx: &Connection,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     kid: &KeyId,
 ) -> Result<bool, Fail> {
-    let was_live: Option<bool> = tx
-        .prepare_cached(
-            "SELECT gone_at IS NULL FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
-        )?
-        .query([channel.as_str(), kid.as_str()])?
-        .next()?
-        .map(|row| row.get(0))
-        .transpose()?;
-    tx.exec_cached(
+    // A 0/1 integer on SQLite, a BOOLEAN on PostgreSQL: `int` reads both.
+    let was_live = tx.query_opt(
+        "SELECT gone_at IS NULL FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
+        p![channel.as_str(), kid.as_str()],
+        |row| Ok(row.get_int(0)? != 0),
+    )?;
+    tx.execute(
         "INSERT INTO foreign_kids (channel_id, key_id, first_seen_at, last_seen_at) \
          VALUES (?1, ?2, ?3, ?3) \
          ON CONFLICT (channel_id, key_id) DO UPDATE SET last_seen_at = ?3, gone_at = NULL",
-        params![channel.as_str(), kid.as_str(), millis(now)],
+        p![channel.as_str(), kid.as_str(), millis(now)],
     )?;
     Ok(was_live != Some(true))
 }
 
-/// Foreign key IDs of the channel not yet marked gone.
-fn foreign_listed_before(tx: &Connection, channel: &ChannelId) -> Result<Vec<KeyId>, Fail> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT key_id FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL ORDER BY key_id",
-    )?;
-    let rows = stmt.query_map([channel.as_str()], |row| row.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for kid in rows {
-        out.push(KeyId::new(kid?));
-    }
-    Ok(out)
+/// Foreign key IDs of the channel not yet marked gone, by key ID.
+fn foreign_listed_before(tx: &dyn Db, channel: &ChannelId) -> Result<Vec<KeyId>, Fail> {
+    Ok(tx.query_map(
+        &format!(
+            "SELECT key_id FROM foreign_kids WHERE channel_id = ?1 AND gone_at IS NULL \
+             ORDER BY key_id{}",
+            tx.dialect().bytewise()
+        ),
+        p![channel.as_str()],
+        |row| Ok(KeyId::new(row.get_text(0)?)),
+    )?)
 }
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn foreign_from_row(row: &Row<'_>) -> Result<ForeignKid, Fail> {
+/// The columns [`foreign_from_row`] reads, in its order.
+const FOREIGN_COLUMNS: &str = "channel_id, key_id, first_seen_at, last_seen_at, gone_at";
+
+/// Decodes a row of [`FOREIGN_COLUMNS`], by position.
+fn foreign_from_row(row: &dyn SqlRow) -> Result<ForeignKid, SqlError> {
     Ok(ForeignKid {
-        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-        key_id: KeyId::new(row.get::<_, String>("key_id")?),
-        first_seen_at: time_at(row, "first_seen_at")?,
-        last_seen_at: time_at(row, "last_seen_at")?,
-        gone_at: opt_time_at(row, "gone_at")?,
+        channel_id: ChannelId::new(row.get_text(0)?),
+        key_id: KeyId::new(row.get_text(1)?),
+        first_seen_at: row.time(2, "foreign_kids.first_seen_at")?,
+        last_seen_at: row.time(3, "foreign_kids.last_seen_at")?,
+        gone_at: row.opt_time(4, "foreign_kids.gone_at")?,
     })
 }

@@ -16,16 +16,13 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
+use super::sql::{Db, Param, SqlError, SqlRow, p};
 use super::sync::load_group;
 use super::tokens::load_token;
 use super::values::Row as ValueRow;
-use super::{
-    EventKind, ExecCached as _, Fail, Scope, Store, StoreError, StoredToken, millis, opt_time_at,
-    screen, time_at,
-};
+use super::{EventKind, Fail, Scope, Store, StoreError, StoredToken, millis, screen};
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
 
 /// The ID of one issuance intent.
@@ -119,6 +116,8 @@ pub struct IssuedToken {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
+/// The columns every intent query selects, in the order
+/// [`intent_from_row`] reads them.
 const INTENT_COLUMNS: &str =
     "id, channel_id, group_name, started_at, finished_at, outcome, key_id, error";
 
@@ -145,7 +144,7 @@ impl Store {
         channel: &ChannelId,
         group: &GroupName,
     ) -> Result<IntentId, StoreError> {
-        self.write("journaling an issuance", |tx| {
+        self.write_db("journaling an issuance", |tx| {
             let row = load_group(tx, channel, group)?.ok_or_else(|| StoreError::UnknownGroup {
                 channel: channel.clone(),
                 group: group.clone(),
@@ -163,7 +162,7 @@ impl Store {
                     "SELECT {INTENT_COLUMNS} FROM issue_intents \
                      WHERE outcome = 'open' AND channel_id = ?1 AND group_name = ?2"
                 ),
-                params![channel.as_str(), group.as_str()],
+                p![channel.as_str(), group.as_str()],
             )?;
             if let Some(intent) = open.first() {
                 return Err(StoreError::IssueInFlight {
@@ -173,11 +172,13 @@ impl Store {
                 }
                 .into());
             }
-            tx.exec_cached(
-                "INSERT INTO issue_intents (channel_id, group_name, started_at) VALUES (?1, ?2, ?3)",
-                params![channel.as_str(), group.as_str(), millis(now)],
+            let id = tx.query_one(
+                "INSERT INTO issue_intents (channel_id, group_name, started_at) \
+                 VALUES (?1, ?2, ?3) RETURNING id",
+                p![channel.as_str(), group.as_str(), millis(now)],
+                |row| row.get_int(0),
             )?;
-            Ok(IntentId(tx.last_insert_rowid()))
+            Ok(IntentId(id))
         })
     }
 
@@ -199,7 +200,7 @@ impl Store {
         token: &IssuedToken,
         closes: &[i64],
     ) -> Result<StoredToken, StoreError> {
-        self.write("storing an issued token", |tx| {
+        self.write_db("storing an issued token", |tx| {
             let journal = open_intent(tx, intent)?;
             let values = &self.inner.values;
             if load_token(tx, values, &token.key_id)?.is_some() {
@@ -220,33 +221,33 @@ impl Store {
                 &token.value,
             )?;
             super::values::remember(tx, &token.value);
-            tx.exec_cached(
+            tx.execute(
                 "INSERT INTO tokens (key_id, channel_id, group_name, access_token, issued_at, \
                  expires_at, state, state_changed_at, last_verified_at, intent_id, \
                  access_token_enc, enc_key_id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7, ?8, ?9, ?10, ?11)",
-                params![
+                p![
                     token.key_id.as_str(),
                     journal.channel_id.as_str(),
                     journal.group.as_str(),
-                    column.plain,
+                    column.plain.as_deref(),
                     millis(token.issued_at),
                     millis(token.expires_at),
                     millis(now),
                     token.verified_at.map(millis),
                     intent.0,
-                    column.sealed,
+                    column.sealed.as_deref(),
                     column.key,
                 ],
             )?;
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE issue_intents SET outcome = 'issued', finished_at = ?2, key_id = ?3 \
                  WHERE id = ?1",
-                params![intent.0, millis(now), token.key_id.as_str()],
+                p![intent.0, millis(now), token.key_id.as_str()],
             )?;
-            tx.exec_cached(
+            tx.execute(
                 "DELETE FROM foreign_kids WHERE channel_id = ?1 AND key_id = ?2",
-                params![journal.channel_id.as_str(), token.key_id.as_str()],
+                p![journal.channel_id.as_str(), token.key_id.as_str()],
             )?;
             // The operator requests this issue carries out end with it, in
             // the same transaction: a crash never leaves a request done
@@ -284,13 +285,13 @@ impl Store {
         error: &str,
         maybe_issued: bool,
     ) -> Result<(), StoreError> {
-        self.write("journaling a failed issuance", |tx| {
+        self.write_db("journaling a failed issuance", |tx| {
             let journal = open_intent(tx, intent)?;
             let error = screen(tx, error)?;
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE issue_intents SET outcome = 'failed', finished_at = ?2, error = ?3, \
                  maybe_issued = ?4 WHERE id = ?1",
-                params![intent.0, millis(now), error, i64::from(maybe_issued)],
+                p![intent.0, millis(now), error.as_str(), maybe_issued],
             )?;
             insert_event(
                 tx,
@@ -311,9 +312,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn intent(&self, intent: IntentId) -> Result<Option<IssueIntent>, StoreError> {
-        self.read("reading an issuance intent", |conn| {
-            load_intent(conn, intent)
-        })
+        self.read_db("reading an issuance intent", |db| load_intent(db, intent))
     }
 
     /// Every intent still open, oldest first. At start (before any new
@@ -323,13 +322,13 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn open_intents(&self) -> Result<Vec<IssueIntent>, StoreError> {
-        self.read("listing open issuance intents", |conn| {
+        self.read_db("listing open issuance intents", |db| {
             query_intents(
-                conn,
+                db,
                 &format!(
                     "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
                 ),
-                [],
+                p![],
             )
         })
     }
@@ -344,13 +343,13 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::Corrupt`],
     /// [`StoreError::ReadOnly`].
     pub fn close_lost_intents(&self, now: DateTime<Utc>) -> Result<Vec<IssueIntent>, StoreError> {
-        self.write("closing issuance intents of a previous run", |tx| {
+        self.write_db("closing issuance intents of a previous run", |tx| {
             let open = query_intents(
                 tx,
                 &format!(
                     "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
                 ),
-                [],
+                p![],
             )?;
             let mut closed = Vec::with_capacity(open.len());
             for mut intent in open {
@@ -358,21 +357,24 @@ impl Store {
                 // only it stays counted until one: a short-lived token LINE
                 // may have issued is invisible (docs/design.md §4.1), and
                 // counting it would hold the v2.1 pool for nothing.
-                let short_lived: bool = tx.query_row(
-                    "SELECT coalesce((SELECT kind = 'short-lived' FROM groups \
-                     WHERE channel_id = ?1 AND name = ?2), 0)",
-                    params![intent.channel_id.as_str(), intent.group.as_str()],
-                    |row| row.get(0),
-                )?;
+                // EXISTS, not `coalesce(kind = 'short-lived', 0)`: on
+                // PostgreSQL the comparison is a BOOLEAN, which does not
+                // mix with 0; EXISTS reads as 0/1 on both.
+                let short_lived = tx.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM groups \
+                     WHERE channel_id = ?1 AND name = ?2 AND kind = 'short-lived')",
+                    p![intent.channel_id.as_str(), intent.group.as_str()],
+                    |row| row.get_int(0),
+                )? == 1;
                 let reason = if short_lived {
                     LOST_SHORT_LIVED_REASON
                 } else {
                     LOST_REASON
                 };
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3, \
                      maybe_issued = ?4 WHERE id = ?1",
-                    params![intent.id.0, millis(now), reason, !short_lived],
+                    p![intent.id.0, millis(now), reason, !short_lived],
                 )?;
                 insert_event(
                     tx,
@@ -426,22 +428,22 @@ impl Store {
         scope: Scope<'_>,
         since: DateTime<Utc>,
     ) -> Result<Vec<(ChannelId, GroupName, DateTime<Utc>)>, StoreError> {
-        self.read("counting recent issuances", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT channel_id, group_name, started_at FROM issue_intents \
-                 WHERE {} AND started_at >= ?2 ORDER BY started_at, id",
-                scope.condition("channel_id")
-            ))?;
-            let mut rows = stmt.query(params![scope.param(), millis(since)])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push((
-                    ChannelId::new(row.get::<_, String>("channel_id")?),
-                    GroupName::new(row.get::<_, String>("group_name")?),
-                    time_at(row, "started_at")?,
-                ));
-            }
-            Ok(out)
+        self.read_db("counting recent issuances", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT channel_id, group_name, started_at FROM issue_intents \
+                     WHERE {} AND started_at >= ?2 ORDER BY started_at, id",
+                    scope.condition("channel_id")
+                ),
+                p![scope.param(), millis(since)],
+                |row| {
+                    Ok((
+                        ChannelId::new(row.get_text(0)?),
+                        GroupName::new(row.get_text(1)?),
+                        row.time(2, "started_at")?,
+                    ))
+                },
+            )?)
         })
     }
 
@@ -452,12 +454,12 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn newest_intent_id(&self, channel: &ChannelId) -> Result<i64, StoreError> {
-        self.read("reading the newest issuance", |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT coalesce(max(id), 0) FROM issue_intents WHERE channel_id = ?1",
-                )?
-                .query_row([channel.as_str()], |row| row.get(0))?)
+        self.read_db("reading the newest issuance", |db| {
+            Ok(db.query_one(
+                "SELECT coalesce(max(id), 0) FROM issue_intents WHERE channel_id = ?1",
+                p![channel.as_str()],
+                |row| row.get_int(0),
+            )?)
         })
     }
 }
@@ -475,14 +477,14 @@ impl Store {
         channel: &ChannelId,
         since: DateTime<Utc>,
     ) -> Result<Vec<IssueIntent>, StoreError> {
-        self.read("listing recent issuances", |conn| {
+        self.read_db("listing recent issuances", |db| {
             query_intents(
-                conn,
+                db,
                 &format!(
                     "SELECT {INTENT_COLUMNS} FROM issue_intents \
                      WHERE channel_id = ?1 AND started_at >= ?2 ORDER BY started_at, id"
                 ),
-                params![channel.as_str(), millis(since)],
+                p![channel.as_str(), millis(since)],
             )
         })
     }
@@ -498,16 +500,16 @@ impl Store {
         scope: Scope<'_>,
         since: DateTime<Utc>,
     ) -> Result<Vec<IssueIntent>, StoreError> {
-        self.read("listing recent failed issuances", |conn| {
+        self.read_db("listing recent failed issuances", |db| {
             query_intents(
-                conn,
+                db,
                 &format!(
                     "SELECT {INTENT_COLUMNS} FROM issue_intents \
                      WHERE {} AND started_at >= ?2 AND outcome IN ('failed', 'lost') \
                      ORDER BY started_at, id",
                     scope.condition("channel_id")
                 ),
-                params![scope.param(), millis(since)],
+                p![scope.param(), millis(since)],
             )
         })
     }
@@ -520,23 +522,21 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn unsettled_issues_by_channel(&self) -> Result<Vec<(ChannelId, GroupName)>, StoreError> {
-        self.read("listing unsettled issuances", |conn| {
-            let mut stmt = conn.prepare_cached(
+        self.read_db("listing unsettled issuances", |db| {
+            Ok(db.query_map(
                 "SELECT i.channel_id, i.group_name FROM issue_intents i \
                  LEFT JOIN channels c ON c.id = i.channel_id \
                  WHERE i.id > coalesce(c.settled_through_intent, 0) \
                    AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
                  ORDER BY i.id",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push((
-                    ChannelId::new(row.get::<_, String>(0)?),
-                    GroupName::new(row.get::<_, String>(1)?),
-                ));
-            }
-            Ok(out)
+                p![],
+                |row| {
+                    Ok((
+                        ChannelId::new(row.get_text(0)?),
+                        GroupName::new(row.get_text(1)?),
+                    ))
+                },
+            )?)
         })
     }
 
@@ -553,22 +553,20 @@ impl Store {
         channel: &ChannelId,
         since: DateTime<Utc>,
     ) -> Result<Vec<(i64, GroupName, DateTime<Utc>)>, StoreError> {
-        self.read("listing issuances of unknown outcome", |conn| {
-            let mut stmt = conn.prepare_cached(
+        self.read_db("listing issuances of unknown outcome", |db| {
+            Ok(db.query_map(
                 "SELECT id, group_name, started_at FROM issue_intents WHERE channel_id = ?1 \
                  AND started_at >= ?2 AND outcome IN ('failed', 'lost') AND maybe_issued = 1 \
                  ORDER BY id",
-            )?;
-            let mut rows = stmt.query(params![channel.as_str(), millis(since)])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push((
-                    row.get(0)?,
-                    GroupName::new(row.get::<_, String>(1)?),
-                    time_at(row, "started_at")?,
-                ));
-            }
-            Ok(out)
+                p![channel.as_str(), millis(since)],
+                |row| {
+                    Ok((
+                        row.get_int(0)?,
+                        GroupName::new(row.get_text(1)?),
+                        row.time(2, "started_at")?,
+                    ))
+                },
+            )?)
         })
     }
 
@@ -586,23 +584,19 @@ impl Store {
         channel: &ChannelId,
         settled_through: i64,
     ) -> Result<Vec<GroupName>, StoreError> {
-        self.read("listing unsettled issuances", |conn| {
-            let mut stmt = conn.prepare_cached(
+        self.read_db("listing unsettled issuances", |db| {
+            Ok(db.query_map(
                 "SELECT group_name FROM issue_intents WHERE channel_id = ?1 AND id > ?2 \
                  AND outcome IN ('failed', 'lost') AND maybe_issued = 1 ORDER BY id",
-            )?;
-            let mut rows = stmt.query(params![channel.as_str(), settled_through])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(GroupName::new(row.get::<_, String>(0)?));
-            }
-            Ok(out)
+                p![channel.as_str(), settled_through],
+                |row| Ok(GroupName::new(row.get_text(0)?)),
+            )?)
         })
     }
 }
 
-fn open_intent(conn: &Connection, intent: IntentId) -> Result<IssueIntent, Fail> {
-    let journal = load_intent(conn, intent)?.ok_or(StoreError::UnknownIntent { intent })?;
+fn open_intent(db: &dyn Db, intent: IntentId) -> Result<IssueIntent, Fail> {
+    let journal = load_intent(db, intent)?.ok_or(StoreError::UnknownIntent { intent })?;
     if journal.outcome != IntentOutcome::Open {
         return Err(StoreError::IntentClosed {
             intent,
@@ -613,43 +607,57 @@ fn open_intent(conn: &Connection, intent: IntentId) -> Result<IssueIntent, Fail>
     Ok(journal)
 }
 
-fn load_intent(conn: &Connection, intent: IntentId) -> Result<Option<IssueIntent>, Fail> {
+fn load_intent(db: &dyn Db, intent: IntentId) -> Result<Option<IssueIntent>, Fail> {
     let mut found = query_intents(
-        conn,
+        db,
         &format!("SELECT {INTENT_COLUMNS} FROM issue_intents WHERE id = ?1"),
-        [intent.0],
+        p![intent.0],
     )?;
     Ok(found.pop())
 }
 
-fn query_intents(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<IssueIntent>, Fail> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(intent_from_row(row)?);
-    }
-    Ok(out)
+fn query_intents(db: &dyn Db, sql: &str, params: &[Param<'_>]) -> Result<Vec<IssueIntent>, Fail> {
+    Ok(db.query_map(sql, params, intent_from_row)?)
 }
 
-fn intent_from_row(row: &Row<'_>) -> Result<IssueIntent, Fail> {
-    let outcome: String = row.get("outcome")?;
+/// Decodes a row of [`INTENT_COLUMNS`], by position.
+fn intent_from_row(row: &dyn SqlRow) -> Result<IssueIntent, SqlError> {
+    let outcome = row.get_text(5)?;
     Ok(IssueIntent {
-        id: IntentId(row.get("id")?),
-        channel_id: ChannelId::new(row.get::<_, String>("channel_id")?),
-        group: GroupName::new(row.get::<_, String>("group_name")?),
-        started_at: time_at(row, "started_at")?,
-        finished_at: opt_time_at(row, "finished_at")?,
+        id: IntentId(row.get_int(0)?),
+        channel_id: ChannelId::new(row.get_text(1)?),
+        group: GroupName::new(row.get_text(2)?),
+        started_at: row.time(3, "started_at")?,
+        finished_at: row.opt_time(4, "finished_at")?,
         outcome: IntentOutcome::parse(&outcome).ok_or_else(|| {
-            Fail::Corrupt(format!(
+            SqlError::Column(format!(
                 "issue_intents.outcome holds unknown outcome {outcome:?}"
             ))
         })?,
-        key_id: row.get::<_, Option<String>>("key_id")?.map(KeyId::new),
-        error: row.get("error")?,
+        key_id: row.text(6)?.map(KeyId::new),
+        error: row.text(7)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::intent_from_row`] reads by position; this is the order it
+    /// reads in. Reorder both or neither.
+    #[test]
+    fn intent_columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::INTENT_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "id",
+                "channel_id",
+                "group_name",
+                "started_at",
+                "finished_at",
+                "outcome",
+                "key_id",
+                "error"
+            ]
+        );
+    }
 }

@@ -5,10 +5,9 @@
 //! old value lives only in the daemon's memory (migration 0008).
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, params};
 
-use super::sql::SqliteDb;
-use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::sql::{Db, Dialect, SqlError, SqlRow, p};
+use super::{Fail, Store, StoreError, millis, screen};
 use crate::domain::ChannelId;
 
 /// Where a watched token stands relative to the channel's `token_file`.
@@ -33,12 +32,12 @@ impl LongLivedRole {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, Fail> {
+    fn parse(text: &str) -> Result<Self, SqlError> {
         Ok(match text {
             "current" => Self::Current,
             "old" => Self::Old,
             "ended" => Self::Ended,
-            other => return Err(Fail::Corrupt(format!("long-lived role {other:?}"))),
+            other => return Err(SqlError::Column(format!("long-lived role {other:?}"))),
         })
     }
 }
@@ -70,14 +69,14 @@ impl LongLivedResult {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, Fail> {
+    fn parse(text: &str) -> Result<Self, SqlError> {
         Ok(match text {
             "pending" => Self::Pending,
             "valid" => Self::Valid,
             "invalid" => Self::Invalid,
             "wrong_channel" => Self::WrongChannel,
             "unknown" => Self::Unknown,
-            other => return Err(Fail::Corrupt(format!("long-lived result {other:?}"))),
+            other => return Err(SqlError::Column(format!("long-lived result {other:?}"))),
         })
     }
 }
@@ -105,25 +104,30 @@ pub struct LongLivedRow {
     pub retired_at: Option<DateTime<Utc>>,
 }
 
-fn decode(row: &Row<'_>) -> Result<LongLivedRow, Fail> {
+/// The columns [`decode`] reads, in its order.
+const COLUMNS: &str = "channel_id, fingerprint, role, first_seen_at, last_valid_at, \
+     last_checked_at, result, detail, retired_at";
+
+/// Decodes a row of [`COLUMNS`], by position.
+fn decode(row: &dyn SqlRow) -> Result<LongLivedRow, SqlError> {
     Ok(LongLivedRow {
-        channel: ChannelId::new(row.get::<_, String>("channel_id")?),
-        fingerprint: row.get("fingerprint")?,
-        role: LongLivedRole::parse(&row.get::<_, String>("role")?)?,
-        first_seen_at: time_at(row, "first_seen_at")?,
-        last_valid_at: opt_time_at(row, "last_valid_at")?,
-        last_checked_at: opt_time_at(row, "last_checked_at")?,
-        result: LongLivedResult::parse(&row.get::<_, String>("result")?)?,
-        detail: row.get("detail")?,
-        retired_at: opt_time_at(row, "retired_at")?,
+        channel: ChannelId::new(row.get_text(0)?),
+        fingerprint: row.get_text(1)?,
+        role: LongLivedRole::parse(&row.get_text(2)?)?,
+        first_seen_at: row.time(3, "first_seen_at")?,
+        last_valid_at: row.opt_time(4, "last_valid_at")?,
+        last_checked_at: row.opt_time(5, "last_checked_at")?,
+        result: LongLivedResult::parse(&row.get_text(6)?)?,
+        detail: row.get_text(7)?,
+        retired_at: row.opt_time(8, "retired_at")?,
     })
 }
 
 /// Inserts or updates one row; `retired_at` is kept as stored,
 /// `first_seen_at` as first written.
-fn upsert(tx: &SqliteDb<'_>, row: &LongLivedRow) -> Result<(), Fail> {
+fn upsert(tx: &dyn Db, row: &LongLivedRow) -> Result<(), Fail> {
     let detail = screen(tx, &row.detail)?;
-    tx.exec_cached(
+    tx.execute(
         "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
          last_valid_at, last_checked_at, result, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -131,15 +135,15 @@ fn upsert(tx: &SqliteDb<'_>, row: &LongLivedRow) -> Result<(), Fail> {
          last_valid_at = excluded.last_valid_at, \
          last_checked_at = excluded.last_checked_at, result = excluded.result, \
          detail = excluded.detail",
-        params![
+        p![
             row.channel.as_str(),
-            row.fingerprint,
+            row.fingerprint.as_str(),
             row.role.as_str(),
             millis(row.first_seen_at),
             row.last_valid_at.map(millis),
             row.last_checked_at.map(millis),
             row.result.as_str(),
-            detail,
+            detail.as_str(),
         ],
     )?;
     Ok(())
@@ -152,7 +156,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn record_long_lived(&self, row: &LongLivedRow) -> Result<(), StoreError> {
-        self.write("recording a long-lived token", |tx| upsert(tx, row))
+        self.write_db("recording a long-lived token", |tx| upsert(tx, row))
     }
 
     /// Writes every token a channel's watcher holds (`rows`, each as
@@ -168,30 +172,29 @@ impl Store {
         channel: &ChannelId,
         rows: &[LongLivedRow],
     ) -> Result<usize, StoreError> {
-        self.write("recording a channel's long-lived tokens", |tx| {
+        self.write_db("recording a channel's long-lived tokens", |tx| {
             for row in rows.iter().filter(|r| &r.channel == channel) {
                 upsert(tx, row)?;
             }
-            let mut stmt = tx.prepare_cached(
+            let held = tx.query_map(
                 "SELECT fingerprint FROM long_lived_tokens \
                  WHERE channel_id = ?1 AND role IN ('current', 'old')",
+                p![channel.as_str()],
+                |r| r.get_text(0),
             )?;
-            let held: Vec<String> = stmt
-                .query_map(params![channel.as_str()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
             let mut ended = 0;
             for fp in held
                 .iter()
                 .filter(|fp| !rows.iter().any(|r| &r.fingerprint == *fp))
             {
-                ended += tx.exec_cached(
+                ended += tx.execute(
                     "UPDATE long_lived_tokens SET role = 'ended', \
                      detail = 'no longer verified: the token file no longer holds it' \
                      WHERE channel_id = ?1 AND fingerprint = ?2",
-                    params![channel.as_str(), fp],
+                    p![channel.as_str(), fp.as_str()],
                 )?;
             }
-            Ok(ended)
+            Ok(usize::try_from(ended).unwrap_or(usize::MAX))
         })
     }
 
@@ -201,18 +204,22 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn long_lived_rows(&self) -> Result<Vec<LongLivedRow>, StoreError> {
-        self.read("reading long-lived tokens", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT * FROM long_lived_tokens ORDER BY channel_id, \
-                 CASE role WHEN 'current' THEN 0 WHEN 'old' THEN 1 ELSE 2 END, \
-                 first_seen_at DESC",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(decode(row)?);
-            }
-            Ok(out)
+        self.read_db("reading long-lived tokens", |db| {
+            // By channel in byte order on both: PostgreSQL's database
+            // collation might order text otherwise.
+            let channel = match db.dialect() {
+                Dialect::Sqlite => "channel_id",
+                Dialect::Postgres => "channel_id COLLATE \"C\"",
+            };
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {COLUMNS} FROM long_lived_tokens ORDER BY {channel}, \
+                     CASE role WHEN 'current' THEN 0 WHEN 'old' THEN 1 ELSE 2 END, \
+                     first_seen_at DESC"
+                ),
+                p![],
+                decode,
+            )?)
         })
     }
 
@@ -223,13 +230,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn forget_old_long_lived(&self) -> Result<usize, StoreError> {
-        self.write("forgetting old long-lived tokens", |tx| {
-            Ok(tx.exec_cached(
+        self.write_db("forgetting old long-lived tokens", |tx| {
+            let ended = tx.execute(
                 "UPDATE long_lived_tokens SET role = 'ended', \
                  detail = 'no longer verified: the daemon restarted and the old value was only in its memory' \
                  WHERE role = 'old'",
-                [],
-            )?)
+                p![],
+            )?;
+            Ok(usize::try_from(ended).unwrap_or(usize::MAX))
         })
     }
 
@@ -245,16 +253,40 @@ impl Store {
         channel: &ChannelId,
         fingerprint: &str,
     ) -> Result<(), StoreError> {
-        self.write("retiring a long-lived token", |tx| {
-            tx.exec_cached(
+        self.write_db("retiring a long-lived token", |tx| {
+            tx.execute(
                 "INSERT INTO long_lived_tokens (channel_id, fingerprint, role, first_seen_at, \
                  result, detail, retired_at) VALUES (?1, ?2, 'current', ?3, 'invalid', \
                  'revoked by linetokd long-lived retire', ?3) \
                  ON CONFLICT (channel_id, fingerprint) DO UPDATE SET retired_at = ?3, \
                  result = 'invalid', detail = 'revoked by linetokd long-lived retire'",
-                params![channel.as_str(), fingerprint, millis(now)],
+                p![channel.as_str(), fingerprint, millis(now)],
             )?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::decode`] reads by position; this is the order it reads in.
+    /// Reorder both or neither.
+    #[test]
+    fn columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "channel_id",
+                "fingerprint",
+                "role",
+                "first_seen_at",
+                "last_valid_at",
+                "last_checked_at",
+                "result",
+                "detail",
+                "retired_at"
+            ]
+        );
     }
 }

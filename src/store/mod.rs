@@ -1,14 +1,21 @@
-//! The SQLite store: channels and groups, tokens, the issuance-intent
-//! journal, foreign key IDs and the event history.
+//! The store, on SQLite or PostgreSQL: channels and groups, tokens, the
+//! issuance-intent journal, foreign key IDs and the event history.
 //!
 //! # Shape
 //!
-//! [`Store`] wraps one rusqlite [`Connection`] behind a std `Mutex` in an
-//! `Arc`, so it is `Clone + Send + Sync` and cheap to hand to tasks. Its API
-//! is synchronous (rusqlite blocks): async callers hand their work to
-//! [`Store::blocking`], which runs a writer's jobs on its own thread and
-//! commits the jobs that arrive together in one transaction (`batch`: group
-//! commit, one fsync for many). The typed queries live in one file per concern:
+//! [`Store`] wraps, in an `Arc` (so it is `Clone + Send + Sync` and cheap
+//! to hand to tasks), either one rusqlite [`Connection`] behind a std
+//! `Mutex` or a PostgreSQL pool (`pg::Backend`, [`Location`] says which).
+//! Its API is synchronous (rusqlite blocks; PostgreSQL's statements are
+//! driven to their end on the store's own runtime): async callers hand
+//! their work to [`Store::blocking`], which runs a SQLite writer's jobs on
+//! its own thread and commits the jobs that arrive together in one
+//! transaction (`batch`: group commit, one fsync for many), and a
+//! PostgreSQL store's on tokio's blocking pool. Every typed query is
+//! written once against [`sql::Db`] and runs on both backends through
+//! `Store::read_db`/`Store::write_db`; `screen` holds the stored
+//! values free text is screened against. The typed queries live in one
+//! file per concern:
 //! `sync` (channels and groups from the config, failure streaks and holds),
 //! `tokens`, `intents` (the crash journal), `foreign` (reconcile against
 //! LINE's list of valid key IDs), `requests` (operator requests), `alerts`
@@ -19,7 +26,8 @@
 //! encryption at rest and `values` the rules around it (sealing on write,
 //! the checks at open, re-encryption, `db decrypt`).
 //!
-//! Depends on `domain` and rusqlite; nothing above it. It never reads the
+//! Depends on `domain`, rusqlite and tokio-postgres (`pg`, `sql`); nothing
+//! above it. It never reads the
 //! clock: every time is an argument (`now`), so the simulation can drive it
 //! on a manual clock.
 //!
@@ -77,7 +85,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::domain::ChannelId;
 
@@ -132,6 +140,26 @@ impl<'a> Scope<'a> {
         match self {
             Self::Channel(id) => Some(id.as_str()),
             Self::All => None,
+        }
+    }
+}
+
+/// Where a store lives: a SQLite file, or a PostgreSQL database (`[daemon]
+/// database_url_file`). Shown as the path, or as the URL with its password
+/// masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(pg::PgTarget),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(target) => f.write_str(target.redacted()),
         }
     }
 }
@@ -361,10 +389,41 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let (backend, migrated) = pg::Backend::connect(target, pool)?;
+        Self::on_postgres(target, backend, migrated, false, options.keyring)
+    }
+
+    /// Opens the PostgreSQL database `target` names to read beside a
+    /// running daemon (`status`, `plan`, `token`), as
+    /// [`Store::open_read_only_with`] opens a SQLite file: no writer lock,
+    /// no migration, and every write refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Pg`] for the connection or a schema that is not this
+    /// binary's ([`pg::PgError::NeedsMigration`], [`pg::PgError::TooNew`]).
+    pub fn open_postgres_read_only(
+        target: &pg::PgTarget,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
+        let options = pg::PoolOptions {
+            max_size: 2,
+            ..pg::PoolOptions::default()
+        };
+        let (backend, migrated) = pg::Backend::connect_reader(target, &options)?;
+        Self::on_postgres(target, backend, migrated, true, keyring)
+    }
+
+    fn on_postgres(
+        target: &pg::PgTarget,
+        backend: pg::Backend,
+        migrated: Migrated,
+        read_only: bool,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
         let store = Self {
             inner: Arc::new(Inner {
                 conn: Connections::Postgres(backend),
-                read_only: false,
+                read_only,
                 batch_ended: Condvar::new(),
                 writer: OnceLock::new(),
                 path: PathBuf::from(target.redacted()),
@@ -372,14 +431,49 @@ impl Store {
                 _lock: None,
                 identity: None,
                 alerts_changed: tokio::sync::watch::Sender::new(0),
-                values: values::Values::new(options.keyring),
+                values: values::Values::new(keyring),
                 screen: screen::Screen::default(),
             }),
         };
+        if read_only {
+            return Ok(store);
+        }
+        values::prepare_postgres(&store, &store.inner.values)?;
         store.read_db("reading the stored token values", |db| {
             values::fill_screen(db, &store.inner.values)
         })?;
         Ok(store)
+    }
+
+    /// [`Store::open_with`] or [`Store::open_postgres`], by where the store
+    /// lives: a writer, its migrations applied.
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn open_at(location: &Location, options: StoreOptions) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::open_with(path, options),
+            Location::Postgres(target) => {
+                Self::open_postgres(target, &pg::PoolOptions::default(), options)
+            }
+        }
+    }
+
+    /// [`Store::open_read_only_with`] or [`Store::open_postgres_read_only`],
+    /// by where the store lives.
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn open_read_only_at(
+        location: &Location,
+        keyring: Option<Arc<crypt::Keyring>>,
+    ) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::open_read_only_with(path, keyring),
+            Location::Postgres(target) => Self::open_postgres_read_only(target, keyring),
+        }
     }
 
     /// Applies pending migrations to the database at `path` and closes it:
@@ -781,42 +875,6 @@ fn prepare_once(conn: &Connection) -> rusqlite::Result<()> {
 /// already freed its slot (schema version 4).
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
-}
-
-/// A stored time from column `col`.
-fn time_at(row: &Row<'_>, col: &str) -> Result<DateTime<Utc>, Fail> {
-    let ms: i64 = row.get(col)?;
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-}
-
-/// A stored time from the column at `idx`, named `col` in errors: for
-/// decoders of many rows, where a lookup by name (a scan of the statement's
-/// column names for every value) is most of the decoding.
-fn time_at_index(row: &Row<'_>, idx: usize, col: &str) -> Result<DateTime<Utc>, Fail> {
-    let ms: i64 = row.get(idx)?;
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-}
-
-/// [`time_at_index`] for an optional time.
-fn opt_time_at_index(row: &Row<'_>, idx: usize, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
-    let ms: Option<i64> = row.get(idx)?;
-    ms.map(|ms| {
-        DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-    })
-    .transpose()
-}
-
-/// A stored optional time from column `col`.
-fn opt_time_at(row: &Row<'_>, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
-    let ms: Option<i64> = row.get(col)?;
-    ms.map(|ms| {
-        DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-    })
-    .transpose()
 }
 
 /// What a free-text column gets instead of a text that contained a token.

@@ -10,11 +10,11 @@
 //! holds.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::events::insert_event;
+use super::sql::{Db, SqlError, p};
 use super::sync::{end_streaks, load_group};
-use super::{EventKind, ExecCached as _, Fail, Scope, Store, StoreError, millis, time_at};
+use super::{EventKind, Fail, Scope, Store, StoreError, millis};
 use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind, RequestOutcome};
 
 impl Store {
@@ -35,7 +35,7 @@ impl Store {
         kind: RequestKind,
         by: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        self.write("recording an operator request", |tx| {
+        self.write_db("recording an operator request", |tx| {
             let mut ids = Vec::with_capacity(groups.len());
             for group in groups {
                 let active = load_group(tx, channel, group)?.is_some_and(|g| g.is_active());
@@ -46,12 +46,12 @@ impl Store {
                     }
                     .into());
                 }
-                tx.exec_cached(
+                ids.push(tx.query_one(
                     "INSERT INTO requests (channel_id, group_name, kind, requested_at, requested_by) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![channel.as_str(), group.as_str(), kind.as_str(), millis(now), by],
-                )?;
-                ids.push(tx.last_insert_rowid());
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    p![channel.as_str(), group.as_str(), kind.as_str(), millis(now), by],
+                    |row| row.get_int(0),
+                )?);
                 insert_event(
                     tx,
                     now,
@@ -96,30 +96,30 @@ impl Store {
         &self,
         scope: Scope<'_>,
     ) -> Result<Vec<(ChannelId, GroupName, OpenRequest)>, StoreError> {
-        self.read("listing open requests", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT id, channel_id, group_name, kind, requested_at, requested_by FROM requests \
-                 WHERE {} AND done_at IS NULL ORDER BY id",
-                scope.condition("channel_id")
-            ))?;
-            let mut rows = stmt.query([scope.param()])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                let kind: String = row.get("kind")?;
-                out.push((
-                    ChannelId::new(row.get::<_, String>("channel_id")?),
-                    GroupName::new(row.get::<_, String>("group_name")?),
-                    OpenRequest {
-                        id: row.get("id")?,
-                        kind: RequestKind::parse(&kind).ok_or_else(|| {
-                            Fail::Corrupt(format!("requests.kind holds {kind:?}"))
-                        })?,
-                        at: time_at(row, "requested_at")?,
-                        by: row.get("requested_by")?,
-                    },
-                ));
-            }
-            Ok(out)
+        self.read_db("listing open requests", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT id, channel_id, group_name, kind, requested_at, requested_by \
+                     FROM requests WHERE {} AND done_at IS NULL ORDER BY id",
+                    scope.condition("channel_id")
+                ),
+                p![scope.param()],
+                |row| {
+                    let kind = row.get_text(3)?;
+                    Ok((
+                        ChannelId::new(row.get_text(1)?),
+                        GroupName::new(row.get_text(2)?),
+                        OpenRequest {
+                            id: row.get_int(0)?,
+                            kind: RequestKind::parse(&kind).ok_or_else(|| {
+                                SqlError::Column(format!("requests.kind holds {kind:?}"))
+                            })?,
+                            at: row.time(4, "requests.requested_at")?,
+                            by: row.get_text(5)?,
+                        },
+                    ))
+                },
+            )?)
         })
     }
 
@@ -129,11 +129,12 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn request_is_open(&self, id: i64) -> Result<bool, StoreError> {
-        self.read("reading a request", |conn| {
-            Ok(conn
-                .prepare_cached("SELECT count(*) FROM requests WHERE id = ?1 AND done_at IS NULL")?
-                .query_row([id], |row| row.get::<_, i64>(0))?
-                > 0)
+        self.read_db("reading a request", |db| {
+            Ok(db.query_one(
+                "SELECT count(*) FROM requests WHERE id = ?1 AND done_at IS NULL",
+                p![id],
+                |row| row.get_int(0),
+            )? > 0)
         })
     }
 
@@ -144,19 +145,19 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn request_outcome(&self, id: i64) -> Result<Option<RequestOutcome>, StoreError> {
-        self.read("reading a request", |conn| {
-            let outcome: Option<Option<String>> = conn
-                .prepare_cached("SELECT outcome FROM requests WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?;
-            outcome
-                .map(|o| match o.as_deref() {
+        self.read_db("reading a request", |db| {
+            Ok(db.query_opt(
+                "SELECT outcome FROM requests WHERE id = ?1",
+                p![id],
+                |row| match row.text(0)?.as_deref() {
                     None => Ok(RequestOutcome::Open),
                     Some("done") => Ok(RequestOutcome::Done),
                     Some("dropped") => Ok(RequestOutcome::Dropped),
-                    Some(other) => Err(Fail::Corrupt(format!("requests.outcome holds {other:?}"))),
-                })
-                .transpose()
+                    Some(other) => Err(SqlError::Column(format!(
+                        "requests.outcome holds {other:?}"
+                    ))),
+                },
+            )?)
         })
     }
 
@@ -174,7 +175,7 @@ impl Store {
         ids: &[i64],
         outcome: &str,
     ) -> Result<(), StoreError> {
-        self.write("closing operator requests", |tx| {
+        self.write_db("closing operator requests", |tx| {
             close_in(tx, now, channel, ids, outcome)
         })
     }
@@ -184,18 +185,18 @@ impl Store {
 /// transaction. Requests of another channel or already closed are left
 /// alone.
 pub(super) fn close_in(
-    tx: &Connection,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     ids: &[i64],
     outcome: &str,
 ) -> Result<(), Fail> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE requests SET done_at = ?3, outcome = ?4 \
-         WHERE id = ?1 AND channel_id = ?2 AND done_at IS NULL",
-    )?;
-    for id in ids {
-        stmt.execute(params![id, channel.as_str(), millis(now), outcome])?;
+    for &id in ids {
+        tx.execute(
+            "UPDATE requests SET done_at = ?3, outcome = ?4 \
+             WHERE id = ?1 AND channel_id = ?2 AND done_at IS NULL",
+            p![id, channel.as_str(), millis(now), outcome],
+        )?;
     }
     Ok(())
 }

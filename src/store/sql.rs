@@ -18,9 +18,9 @@
 //! BOOLEAN, and [`SqlRow::int`] takes each as an `i64`.
 //!
 //! The PostgreSQL side is synchronous like SQLite's: [`PgDb`] runs each
-//! statement with `block_on` on the runtime its pool lives on, so it must
-//! never be used on an async task's thread (the store's callers already go
-//! through `Store::blocking` or a blocking thread).
+//! statement with [`block_on`] on the runtime its pool lives on (from an
+//! async task's thread, on a helper thread: the daemon's callers go
+//! through `Store::blocking`, so only tests and tools pay for that).
 //!
 //! Depends on rusqlite and tokio-postgres; nothing above the store.
 
@@ -42,8 +42,24 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A value bound to a statement parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Dialect {
+    /// What follows a text expression in `ORDER BY` so it sorts by bytes,
+    /// as SQLite sorts text: nothing on SQLite, `COLLATE "C"` on PostgreSQL,
+    /// whose database collation (en_US, ICU…) would otherwise order
+    /// `"B"` after `"a"` and skip punctuation. SQLite knows no collation
+    /// named `"C"`, so it cannot be written into shared SQL.
+    pub fn bytewise(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " COLLATE \"C\"",
+        }
+    }
+}
+
+/// A value bound to a statement parameter. Its `Debug` shows integers but
+/// only the length of text and bytes: a parameter may be a token value, and
+/// tokio-postgres logs every statement's parameters at debug level.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
     /// SQL NULL (of whatever type the parameter has).
     Null,
@@ -53,6 +69,17 @@ pub enum Param<'a> {
     Text(&'a str),
     /// Bytes (a sealed token value).
     Blob(&'a [u8]),
+}
+
+impl std::fmt::Debug for Param<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Null => f.write_str("Null"),
+            Self::Int(v) => write!(f, "Int({v})"),
+            Self::Text(s) => write!(f, "Text(<{} bytes>)", s.len()),
+            Self::Blob(b) => write!(f, "Blob(<{} bytes>)", b.len()),
+        }
+    }
 }
 
 impl From<i64> for Param<'_> {
@@ -221,20 +248,6 @@ pub trait SqlRow {
 fn instant(ms: i64, col: &str) -> Result<DateTime<Utc>, SqlError> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| SqlError::Column(format!("{col} holds {ms}, which is not a time")))
-}
-
-impl Dialect {
-    /// What follows a text column in `ORDER BY` so it sorts by bytes on
-    /// both backends: SQLite's default (BINARY) already does; PostgreSQL's
-    /// follows the database's locale (`en_US` puts `b` before `C` and skips
-    /// punctuation), so it gets `COLLATE "C"`. SQLite has no collation of
-    /// that name, hence the branch.
-    pub fn bytewise(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " COLLATE \"C\"",
-        }
-    }
 }
 
 /// A connection, or the transaction open on it, that runs SQL.
@@ -494,6 +507,27 @@ impl SqlRow for tokio_postgres::Row {
     }
 }
 
+/// Runs `future` to its end on `runtime` (the pool's) from synchronous
+/// code. On a thread that drives async tasks (a caller that did not go
+/// through `Store::blocking`, or a test's runtime) blocking there is not
+/// allowed, so the future runs on a helper thread while this one waits:
+/// slower, but the store works from anywhere, as SQLite's does.
+pub fn block_on<F>(runtime: &tokio::runtime::Handle, future: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(future);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(future))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// A pooled PostgreSQL connection used synchronously: each statement runs
 /// to its end with `block_on` on `runtime`, the runtime the pool's
 /// connections live on.
@@ -534,7 +568,7 @@ impl Db for PgDb<'_> {
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, SqlError> {
         let sql = numbered(sql);
         let bound = Self::params(params);
-        self.runtime.block_on(async {
+        block_on(self.runtime, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             Ok(self.client.execute(&stmt, &bound).await?)
         })
@@ -548,7 +582,7 @@ impl Db for PgDb<'_> {
     ) -> Result<(), SqlError> {
         let sql = numbered(sql);
         let bound = Self::params(params);
-        let rows = self.runtime.block_on(async {
+        let rows = block_on(self.runtime, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             self.client.query(&stmt, &bound).await
         })?;
@@ -559,13 +593,22 @@ impl Db for PgDb<'_> {
     }
 
     fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(self.runtime.block_on(self.client.batch_execute(sql))?)
+        Ok(block_on(self.runtime, self.client.batch_execute(sql))?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_shows_no_text_or_bytes() {
+        let shown = format!(
+            "{:?}",
+            p![7_i64, "a-token-value", b"sealed".as_slice(), None::<i64>]
+        );
+        assert_eq!(shown, "[Int(7), Text(<13 bytes>), Blob(<6 bytes>), Null]");
+    }
 
     #[test]
     fn numbered_rewrites_parameters_outside_quotes_only() {

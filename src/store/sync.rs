@@ -9,14 +9,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
-use super::{
-    EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, opt_time_at_index,
-    screen, time_at, time_at_index,
-};
+use super::sql::{Db, SqlError, SqlRow, p};
+use super::{EventKind, Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, FailureKind, GroupName, TokenKind};
 
 /// One channel as the config lists it: the part of the config the store
@@ -176,12 +172,15 @@ impl GroupRow {
     }
 }
 
+/// The columns every channel query selects, in this order:
+/// [`channel_from_row`] reads them by position, and a test holds the two
+/// together.
 const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at, \
      config_fingerprint, reconcile_failures, reconcile_retry_not_before, reconcile_error, \
      full_since, full_until, full_intent, settled_through_intent";
 /// The columns every group query selects, in this order: [`group_from_row`]
-/// reads them by position (see [`super::time_at_index`] for why), and a
-/// test holds the two together.
+/// reads them by position (a lookup by name scans the statement's column
+/// names for every value), and a test holds the two together.
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step, kind";
 
@@ -200,7 +199,7 @@ impl Store {
         now: DateTime<Utc>,
         channels: &[ChannelSpec],
     ) -> Result<SyncReport, StoreError> {
-        self.write("syncing channels and groups from the config", |tx| {
+        self.write_db("syncing channels and groups from the config", |tx| {
             let mut report = SyncReport::default();
             let existing: BTreeMap<ChannelId, ChannelRow> = load_channels(tx)?
                 .into_iter()
@@ -209,9 +208,9 @@ impl Store {
             for spec in channels {
                 match existing.get(&spec.id) {
                     None => {
-                        tx.exec_cached(
+                        tx.execute(
                             "INSERT INTO channels (id, name, added_at) VALUES (?1, ?2, ?3)",
-                            params![spec.id.as_str(), spec.name, millis(now)],
+                            p![spec.id.as_str(), &spec.name, millis(now)],
                         )?;
                         insert_event(tx, now, &spec.id, None, None, EventKind::ChannelAdded, "")?;
                         report.added_channels.push(spec.id.clone());
@@ -229,9 +228,9 @@ impl Store {
                             )?;
                             report.added_channels.push(spec.id.clone());
                         }
-                        tx.exec_cached(
+                        tx.execute(
                             "UPDATE channels SET name = ?2, removed_at = NULL WHERE id = ?1",
-                            params![spec.id.as_str(), spec.name],
+                            p![spec.id.as_str(), &spec.name],
                         )?;
                         if spec.fingerprint.is_some()
                             && row.config_fingerprint.is_some()
@@ -243,9 +242,9 @@ impl Store {
                     }
                 }
                 if let Some(fingerprint) = &spec.fingerprint {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE channels SET config_fingerprint = ?2 WHERE id = ?1",
-                        params![spec.id.as_str(), fingerprint],
+                        p![spec.id.as_str(), fingerprint],
                     )?;
                 }
                 sync_groups(tx, now, &spec.id, &spec.groups, &mut report)?;
@@ -253,9 +252,9 @@ impl Store {
             }
             for row in existing.values() {
                 if row.is_active() && !channels.iter().any(|s| s.id == row.id) {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE channels SET removed_at = ?2 WHERE id = ?1",
-                        params![row.id.as_str(), millis(now)],
+                        p![row.id.as_str(), millis(now)],
                     )?;
                     insert_event(tx, now, &row.id, None, None, EventKind::ChannelRemoved, "")?;
                     report.removed_channels.push(row.id.clone());
@@ -282,7 +281,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn channels(&self) -> Result<Vec<ChannelRow>, StoreError> {
-        self.read("listing channels", |c| load_channels(c))
+        self.read_db("listing channels", load_channels)
     }
 
     /// One stored channel.
@@ -291,7 +290,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn channel(&self, id: &ChannelId) -> Result<Option<ChannelRow>, StoreError> {
-        self.read("reading a channel", |conn| load_channel(conn, id))
+        self.read_db("reading a channel", |db| load_channel(db, id))
     }
 
     /// The groups of one channel, removed ones included, ordered by name.
@@ -300,16 +299,15 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn groups(&self, channel: &ChannelId) -> Result<Vec<GroupRow>, StoreError> {
-        self.read("listing groups", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 ORDER BY name"
-            ))?;
-            let mut rows = stmt.query([channel.as_str()])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(group_from_row(row)?);
-            }
-            Ok(out)
+        self.read_db("listing groups", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 ORDER BY name{}",
+                    db.dialect().bytewise()
+                ),
+                p![channel.as_str()],
+                group_from_row,
+            )?)
         })
     }
 
@@ -320,16 +318,16 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn all_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
-        self.read("listing groups", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GROUP_COLUMNS} FROM groups ORDER BY channel_id, name"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(group_from_row(row)?);
-            }
-            Ok(out)
+        self.read_db("listing groups", |db| {
+            let bytewise = db.dialect().bytewise();
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {GROUP_COLUMNS} FROM groups \
+                     ORDER BY channel_id{bytewise}, name{bytewise}"
+                ),
+                p![],
+                group_from_row,
+            )?)
         })
     }
 
@@ -343,7 +341,7 @@ impl Store {
         channel: &ChannelId,
         group: &GroupName,
     ) -> Result<Option<GroupRow>, StoreError> {
-        self.read("reading a group", |conn| load_group(conn, channel, group))
+        self.read_db("reading a group", |db| load_group(db, channel, group))
     }
 
     /// Replaces a group's runtime state. `last_error` is screened against
@@ -359,25 +357,25 @@ impl Store {
         group: &GroupName,
         runtime: &GroupRuntime,
     ) -> Result<(), StoreError> {
-        self.write("saving a group's runtime state", |tx| {
+        self.write_db("saving a group's runtime state", |tx| {
             let last_error = runtime
                 .last_error
                 .as_deref()
                 .map(|e| screen(tx, e))
                 .transpose()?;
-            let changed = tx.exec_cached(
+            let changed = tx.execute(
                 "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
                  retry_not_before = ?6, failure_kind = ?7, failed_step = ?8 \
                  WHERE channel_id = ?1 AND name = ?2",
-                params![
+                p![
                     channel.as_str(),
                     group.as_str(),
-                    last_error,
+                    last_error.as_deref(),
                     runtime.last_error_at.map(millis),
-                    i64::from(runtime.consecutive_failures),
+                    runtime.consecutive_failures,
                     runtime.retry_not_before.map(millis),
                     runtime.failure_kind.map(FailureKind::as_str),
-                    runtime.failed_step,
+                    runtime.failed_step.as_deref(),
                 ],
             )?;
             if changed == 0 {
@@ -404,20 +402,20 @@ impl Store {
         channel: &ChannelId,
         runtime: &ReconcileRuntime,
     ) -> Result<(), StoreError> {
-        self.write("saving a channel's listing streak", |tx| {
+        self.write_db("saving a channel's listing streak", |tx| {
             let error = runtime
                 .error
                 .as_deref()
                 .map(|e| screen(tx, e))
                 .transpose()?;
-            let changed = tx.exec_cached(
+            let changed = tx.execute(
                 "UPDATE channels SET reconcile_failures = ?2, reconcile_retry_not_before = ?3, \
                  reconcile_error = ?4 WHERE id = ?1",
-                params![
+                p![
                     channel.as_str(),
-                    i64::from(runtime.failures),
+                    runtime.failures,
                     runtime.retry_not_before.map(millis),
-                    error
+                    error.as_deref()
                 ],
             )?;
             if changed == 0 {
@@ -441,10 +439,10 @@ impl Store {
         channel: &ChannelId,
         hold: Option<FullHold>,
     ) -> Result<(), StoreError> {
-        self.write("saving a channel's full hold", |tx| {
-            tx.exec_cached(
+        self.write_db("saving a channel's full hold", |tx| {
+            tx.execute(
                 "UPDATE channels SET full_since = ?2, full_until = ?3, full_intent = ?4 WHERE id = ?1",
-                params![
+                p![
                     channel.as_str(),
                     hold.map(|h| millis(h.since)),
                     hold.map(|h| millis(h.until)),
@@ -460,15 +458,15 @@ impl Store {
 /// every other group of the channel v2.1. A group that changes kind keeps
 /// its live tokens of the old kind (each is revoked and verified the way
 /// its own kind is) until its next rotation brings one of the new kind.
-fn sync_kinds(tx: &Connection, channel: &ChannelId, short_lived: &[GroupName]) -> Result<(), Fail> {
-    tx.exec_cached(
+fn sync_kinds(tx: &dyn Db, channel: &ChannelId, short_lived: &[GroupName]) -> Result<(), Fail> {
+    tx.execute(
         "UPDATE groups SET kind = 'v2.1' WHERE channel_id = ?1 AND kind <> 'v2.1'",
-        [channel.as_str()],
+        p![channel.as_str()],
     )?;
     for name in short_lived {
-        tx.exec_cached(
+        tx.execute(
             "UPDATE groups SET kind = 'short-lived' WHERE channel_id = ?1 AND name = ?2",
-            params![channel.as_str(), name.as_str()],
+            p![channel.as_str(), name.as_str()],
         )?;
     }
     Ok(())
@@ -476,26 +474,26 @@ fn sync_kinds(tx: &Connection, channel: &ChannelId, short_lived: &[GroupName]) -
 
 /// Adds, restores and removes the groups of one channel to match `wanted`.
 fn sync_groups(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     wanted: &[GroupName],
     report: &mut SyncReport,
 ) -> Result<(), Fail> {
-    let existing: BTreeMap<GroupName, Option<i64>> = {
-        let mut stmt =
-            tx.prepare_cached("SELECT name, removed_at FROM groups WHERE channel_id = ?1")?;
-        let rows = stmt.query_map([channel.as_str()], |row| {
-            Ok((GroupName::new(row.get::<_, String>(0)?), row.get(1)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let existing: BTreeMap<GroupName, Option<i64>> = tx
+        .query_map(
+            "SELECT name, removed_at FROM groups WHERE channel_id = ?1",
+            p![channel.as_str()],
+            |row| Ok((GroupName::new(row.get_text(0)?), row.int(1)?)),
+        )?
+        .into_iter()
+        .collect();
     for name in wanted {
         match existing.get(name) {
             None => {
-                tx.exec_cached(
+                tx.execute(
                     "INSERT INTO groups (channel_id, name, added_at) VALUES (?1, ?2, ?3)",
-                    params![channel.as_str(), name.as_str(), millis(now)],
+                    p![channel.as_str(), name.as_str(), millis(now)],
                 )?;
                 insert_event(
                     tx,
@@ -509,9 +507,9 @@ fn sync_groups(
                 report.added_groups.push((channel.clone(), name.clone()));
             }
             Some(Some(_)) => {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE groups SET removed_at = NULL WHERE channel_id = ?1 AND name = ?2",
-                    params![channel.as_str(), name.as_str()],
+                    p![channel.as_str(), name.as_str()],
                 )?;
                 insert_event(
                     tx,
@@ -529,9 +527,9 @@ fn sync_groups(
     }
     for (name, removed_at) in &existing {
         if removed_at.is_none() && !wanted.contains(name) {
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE groups SET removed_at = ?3 WHERE channel_id = ?1 AND name = ?2",
-                params![channel.as_str(), name.as_str(), millis(now)],
+                p![channel.as_str(), name.as_str(), millis(now)],
             )?;
             insert_event(
                 tx,
@@ -548,48 +546,49 @@ fn sync_groups(
     Ok(())
 }
 
-fn load_channels(conn: &Connection) -> Result<Vec<ChannelRow>, Fail> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id"
-    ))?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(channel_from_row(row)?);
-    }
-    Ok(out)
+fn load_channels(db: &dyn Db) -> Result<Vec<ChannelRow>, Fail> {
+    Ok(db.query_map(
+        &format!(
+            "SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id{}",
+            db.dialect().bytewise()
+        ),
+        p![],
+        channel_from_row,
+    )?)
 }
 
-pub(super) fn load_channel(conn: &Connection, id: &ChannelId) -> Result<Option<ChannelRow>, Fail> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"
-    ))?;
-    let mut rows = stmt.query([id.as_str()])?;
-    rows.next()?.map(channel_from_row).transpose()
+pub(super) fn load_channel(db: &dyn Db, id: &ChannelId) -> Result<Option<ChannelRow>, Fail> {
+    Ok(db.query_opt(
+        &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+        p![id.as_str()],
+        channel_from_row,
+    )?)
 }
 
 pub(super) fn load_group(
-    conn: &Connection,
+    db: &dyn Db,
     channel: &ChannelId,
     group: &GroupName,
 ) -> Result<Option<GroupRow>, Fail> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 AND name = ?2"
-    ))?;
-    let row = stmt
-        .query_row([channel.as_str(), group.as_str()], |row| {
-            Ok(group_from_row(row))
-        })
-        .optional()?;
-    row.transpose()
+    Ok(db.query_opt(
+        &format!("SELECT {GROUP_COLUMNS} FROM groups WHERE channel_id = ?1 AND name = ?2"),
+        p![channel.as_str(), group.as_str()],
+        group_from_row,
+    )?)
 }
 
-fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
-    let failures: i64 = row.get("reconcile_failures")?;
+/// A count column (`table.col`) as a `u32`.
+fn count_at(row: &dyn SqlRow, i: usize, col: &str) -> Result<u32, SqlError> {
+    let n = row.get_int(i)?;
+    u32::try_from(n).map_err(|_| SqlError::Column(format!("{col} holds {n}")))
+}
+
+/// Decodes a row of [`CHANNEL_COLUMNS`], by position.
+fn channel_from_row(row: &dyn SqlRow) -> Result<ChannelRow, SqlError> {
     let full = match (
-        opt_time_at(row, "full_since")?,
-        opt_time_at(row, "full_until")?,
-        row.get::<_, Option<i64>>("full_intent")?,
+        row.opt_time(9, "channels.full_since")?,
+        row.opt_time(10, "channels.full_until")?,
+        row.int(11)?,
     ) {
         (Some(since), Some(until), Some(intent)) => Some(FullHold {
             since,
@@ -599,46 +598,44 @@ fn channel_from_row(row: &Row<'_>) -> Result<ChannelRow, Fail> {
         _ => None,
     };
     Ok(ChannelRow {
-        id: ChannelId::new(row.get::<_, String>("id")?),
-        name: row.get("name")?,
-        added_at: time_at(row, "added_at")?,
-        removed_at: opt_time_at(row, "removed_at")?,
-        last_reconcile_at: opt_time_at(row, "last_reconcile_at")?,
-        config_fingerprint: row.get("config_fingerprint")?,
+        id: ChannelId::new(row.get_text(0)?),
+        name: row.get_text(1)?,
+        added_at: row.time(2, "channels.added_at")?,
+        removed_at: row.opt_time(3, "channels.removed_at")?,
+        last_reconcile_at: row.opt_time(4, "channels.last_reconcile_at")?,
+        config_fingerprint: row.text(5)?,
         reconcile: ReconcileRuntime {
-            failures: u32::try_from(failures).map_err(|_| {
-                Fail::Corrupt(format!("channels.reconcile_failures holds {failures}"))
-            })?,
-            retry_not_before: opt_time_at(row, "reconcile_retry_not_before")?,
-            error: row.get("reconcile_error")?,
+            failures: count_at(row, 6, "channels.reconcile_failures")?,
+            retry_not_before: row.opt_time(7, "channels.reconcile_retry_not_before")?,
+            error: row.text(8)?,
         },
         full,
-        settled_through_intent: row.get("settled_through_intent")?,
+        settled_through_intent: row.get_int(12)?,
     })
 }
 
 /// Ends every failure streak and hold of a channel (its config changed, or
 /// an operator said "try now"), with an event saying why.
 pub(super) fn end_streaks(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
 ) -> Result<(), Fail> {
-    let held: i64 = tx.query_row(
+    let held = tx.query_one(
         "SELECT count(*) FROM groups WHERE channel_id = ?1 AND consecutive_failures > 0",
-        [channel.as_str()],
-        |row| row.get(0),
+        p![channel.as_str()],
+        |row| row.get_int(0),
     )?;
-    tx.exec_cached(
+    tx.execute(
         "UPDATE groups SET consecutive_failures = 0, retry_not_before = NULL, \
          failure_kind = NULL, failed_step = NULL WHERE channel_id = ?1",
-        [channel.as_str()],
+        p![channel.as_str()],
     )?;
-    tx.exec_cached(
+    tx.execute(
         "UPDATE channels SET reconcile_failures = 0, reconcile_retry_not_before = NULL, \
          reconcile_error = NULL, full_since = NULL, full_until = NULL, full_intent = NULL \
          WHERE id = ?1",
-        [channel.as_str()],
+        p![channel.as_str()],
     )?;
     if held > 0 {
         insert_event(
@@ -657,38 +654,61 @@ pub(super) fn end_streaks(
 }
 
 /// Decodes a row of [`GROUP_COLUMNS`], by position.
-fn group_from_row(row: &Row<'_>) -> Result<GroupRow, Fail> {
-    let failures: i64 = row.get(6)?;
+fn group_from_row(row: &dyn SqlRow) -> Result<GroupRow, SqlError> {
     Ok(GroupRow {
-        channel_id: ChannelId::new(row.get::<_, String>(0)?),
-        name: GroupName::new(row.get::<_, String>(1)?),
-        added_at: time_at_index(row, 2, "added_at")?,
-        removed_at: opt_time_at_index(row, 3, "removed_at")?,
+        channel_id: ChannelId::new(row.get_text(0)?),
+        name: GroupName::new(row.get_text(1)?),
+        added_at: row.time(2, "groups.added_at")?,
+        removed_at: row.opt_time(3, "groups.removed_at")?,
         runtime: GroupRuntime {
-            last_error: row.get(4)?,
-            last_error_at: opt_time_at_index(row, 5, "last_error_at")?,
-            consecutive_failures: u32::try_from(failures).map_err(|_| {
-                Fail::Corrupt(format!("groups.consecutive_failures holds {failures}"))
-            })?,
-            retry_not_before: opt_time_at_index(row, 7, "retry_not_before")?,
+            last_error: row.text(4)?,
+            last_error_at: row.opt_time(5, "groups.last_error_at")?,
+            consecutive_failures: count_at(row, 6, "groups.consecutive_failures")?,
+            retry_not_before: row.opt_time(7, "groups.retry_not_before")?,
             failure_kind: row
-                .get::<_, Option<String>>(8)?
+                .text(8)?
                 .map(|k| {
                     FailureKind::parse(&k)
-                        .ok_or_else(|| Fail::Corrupt(format!("groups.failure_kind holds {k:?}")))
+                        .ok_or_else(|| SqlError::Column(format!("groups.failure_kind holds {k:?}")))
                 })
                 .transpose()?,
-            failed_step: row.get(9)?,
+            failed_step: row.text(9)?,
         },
         kind: {
-            let k: String = row.get(10)?;
-            TokenKind::parse(&k).ok_or_else(|| Fail::Corrupt(format!("groups.kind holds {k:?}")))?
+            let k = row.get_text(10)?;
+            TokenKind::parse(&k)
+                .ok_or_else(|| SqlError::Column(format!("groups.kind holds {k:?}")))?
         },
     })
 }
 
 #[cfg(test)]
 mod column_tests {
+    /// [`super::channel_from_row`] reads by position; this is the order it
+    /// reads in. Reorder both or neither.
+    #[test]
+    fn channel_columns_are_in_the_order_the_decoder_reads() {
+        let columns: Vec<&str> = super::CHANNEL_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "id",
+                "name",
+                "added_at",
+                "removed_at",
+                "last_reconcile_at",
+                "config_fingerprint",
+                "reconcile_failures",
+                "reconcile_retry_not_before",
+                "reconcile_error",
+                "full_since",
+                "full_until",
+                "full_intent",
+                "settled_through_intent"
+            ]
+        );
+    }
+
     /// [`super::group_from_row`] reads by position; this is the order it
     /// reads in. Reorder both or neither.
     #[test]

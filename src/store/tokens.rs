@@ -6,15 +6,11 @@
 //! recorded is the one worth keeping.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Row, params};
 
 use super::events::insert_event;
-use super::sql::SqliteDb;
+use super::sql::{Db, Dialect, Param, SqlError, SqlRow, p};
 use super::values::{Row as ValueRow, Values};
-use super::{
-    EventKind, ExecCached as _, Fail, IntentId, Scope, Store, StoreError, millis,
-    opt_time_at_index, screen, time_at, time_at_index,
-};
+use super::{EventKind, Fail, IntentId, Scope, Store, StoreError, millis, screen};
 use crate::domain::{AccessToken, ChannelId, GroupName, KeyId, TokenRecord, TokenState};
 
 /// A stored token with its value. `Debug` shows the value's fingerprint
@@ -51,9 +47,9 @@ pub struct LiveRecord {
     pub record: TokenRecord,
 }
 
-/// The columns every token query selects, in this order: [`token_from_row`]
-/// reads them by position (see [`super::time_at_index`] for why), and a
-/// test holds the two together.
+/// The columns every token query selects, in this order: [`TokenRow::decode`]
+/// reads them by position (a lookup by name scans the statement's column
+/// names for every value), and a test holds the two together.
 pub(super) const TOKEN_COLUMNS: &str = "key_id, channel_id, group_name, access_token, issued_at, \
      expires_at, state, state_reason, state_changed_at, last_verified_at, intent_id, refused_at, \
      access_token_enc";
@@ -65,8 +61,8 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn token(&self, key_id: &KeyId) -> Result<Option<StoredToken>, StoreError> {
-        self.read("reading a token", |conn| {
-            load_token(conn, &self.inner.values, key_id)
+        self.read_db("reading a token", |db| {
+            load_token(db, &self.inner.values, key_id)
         })
     }
 
@@ -80,15 +76,16 @@ impl Store {
         channel: &ChannelId,
         group: &GroupName,
     ) -> Result<Vec<StoredToken>, StoreError> {
-        self.read("listing a group's tokens", |conn| {
+        self.read_db("listing a group's tokens", |db| {
             query_tokens(
-                conn,
+                db,
                 &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?1 AND group_name = ?2 \
-                     ORDER BY issued_at, key_id"
+                     ORDER BY issued_at, {}",
+                    key_order(db)
                 ),
-                params![channel.as_str(), group.as_str()],
+                p![channel.as_str(), group.as_str()],
             )
         })
     }
@@ -110,21 +107,25 @@ impl Store {
 
     /// [`Self::live_tokens_of_channel`] for one channel or all: one
     /// channel's oldest first; all channels' by channel, each oldest first.
+    /// The channels come in the database's text order, which on PostgreSQL
+    /// is its collation's: callers group by channel and never rely on the
+    /// order between channels, and asking for bytes there would cost the
+    /// live-token index its use.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn live_tokens_in(&self, scope: Scope<'_>) -> Result<Vec<StoredToken>, StoreError> {
-        let mut tokens = self.read("listing live tokens", |conn| {
+        let mut tokens = self.read_db("listing live tokens", |db| {
             query_tokens(
-                conn,
+                db,
                 &self.inner.values,
                 &format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} AND state = 'live' \
                      ORDER BY channel_id",
                     scope.condition("channel_id")
                 ),
-                params![scope.param()],
+                p![scope.param()],
             )
         })?;
         oldest_first_per_channel(&mut tokens, |t| (&t.channel_id, &t.record));
@@ -138,30 +139,30 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn live_records_in(&self, scope: Scope<'_>) -> Result<Vec<LiveRecord>, StoreError> {
-        let mut records = self.read("listing live tokens", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT key_id, channel_id, group_name, issued_at, expires_at, \
-                 last_verified_at, refused_at FROM tokens WHERE {} AND state = 'live' \
-                 ORDER BY channel_id",
-                scope.condition("channel_id")
-            ))?;
-            let mut rows = stmt.query(params![scope.param()])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(LiveRecord {
-                    channel_id: ChannelId::new(row.get::<_, String>(1)?),
-                    group: GroupName::new(row.get::<_, String>(2)?),
-                    record: TokenRecord {
-                        key_id: KeyId::new(row.get::<_, String>(0)?),
-                        issued_at: time_at_index(row, 3, "issued_at")?,
-                        expires_at: time_at_index(row, 4, "expires_at")?,
-                        state: TokenState::Live,
-                        verified_at: opt_time_at_index(row, 5, "last_verified_at")?,
-                        refused_at: opt_time_at_index(row, 6, "refused_at")?,
-                    },
-                });
-            }
-            Ok(out)
+        let mut records = self.read_db("listing live tokens", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT key_id, channel_id, group_name, issued_at, expires_at, \
+                     last_verified_at, refused_at FROM tokens WHERE {} AND state = 'live' \
+                     ORDER BY channel_id",
+                    scope.condition("channel_id")
+                ),
+                p![scope.param()],
+                |row| {
+                    Ok(LiveRecord {
+                        channel_id: ChannelId::new(row.get_text(1)?),
+                        group: GroupName::new(row.get_text(2)?),
+                        record: TokenRecord {
+                            key_id: KeyId::new(row.get_text(0)?),
+                            issued_at: row.time(3, "issued_at")?,
+                            expires_at: row.time(4, "expires_at")?,
+                            state: TokenState::Live,
+                            verified_at: row.opt_time(5, "last_verified_at")?,
+                            refused_at: row.opt_time(6, "refused_at")?,
+                        },
+                    })
+                },
+            )?)
         })?;
         oldest_first_per_channel(&mut records, |t| (&t.channel_id, &t.record));
         Ok(records)
@@ -183,7 +184,7 @@ impl Store {
         state: TokenState,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        self.write("changing a token's state", |tx| {
+        self.write_db("changing a token's state", |tx| {
             let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
                 StoreError::UnknownToken {
                     key_id: key_id.clone(),
@@ -208,23 +209,23 @@ impl Store {
         scope: Scope<'_>,
         since: DateTime<Utc>,
     ) -> Result<Vec<(ChannelId, GroupName, DateTime<Utc>)>, StoreError> {
-        self.read("reading evicted short-lived tokens", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT channel_id, group_name, MAX(state_changed_at) AS at FROM tokens \
-                 WHERE {} AND state = 'gone' AND substr(key_id, 1, 3) = 'sl:' \
-                 AND state_changed_at >= ?2 GROUP BY channel_id, group_name",
-                scope.condition("channel_id")
-            ))?;
-            let mut rows = stmt.query(params![scope.param(), millis(since)])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push((
-                    ChannelId::new(row.get::<_, String>("channel_id")?),
-                    GroupName::new(row.get::<_, String>("group_name")?),
-                    time_at(row, "at")?,
-                ));
-            }
-            Ok(out)
+        self.read_db("reading evicted short-lived tokens", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT channel_id, group_name, MAX(state_changed_at) AS at FROM tokens \
+                     WHERE {} AND state = 'gone' AND substr(key_id, 1, 3) = 'sl:' \
+                     AND state_changed_at >= ?2 GROUP BY channel_id, group_name",
+                    scope.condition("channel_id")
+                ),
+                p![scope.param(), millis(since)],
+                |row| {
+                    Ok((
+                        ChannelId::new(row.get_text(0)?),
+                        GroupName::new(row.get_text(1)?),
+                        row.time(2, "at")?,
+                    ))
+                },
+            )?)
         })
     }
 
@@ -235,15 +236,15 @@ impl Store {
     /// [`StoreError::UnknownToken`], [`StoreError::Query`],
     /// [`StoreError::ReadOnly`].
     pub fn record_verified(&self, now: DateTime<Utc>, key_id: &KeyId) -> Result<(), StoreError> {
-        self.write("recording a verify", |tx| {
+        self.write_db("recording a verify", |tx| {
             let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
                 StoreError::UnknownToken {
                     key_id: key_id.clone(),
                 }
             })?;
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE tokens SET last_verified_at = ?2 WHERE key_id = ?1",
-                params![key_id.as_str(), millis(now)],
+                p![key_id.as_str(), millis(now)],
             )?;
             insert_event(
                 tx,
@@ -275,7 +276,7 @@ impl Store {
         key_id: &KeyId,
         why: &str,
     ) -> Result<(), StoreError> {
-        self.write("recording a refused token", |tx| {
+        self.write_db("recording a refused token", |tx| {
             let token = load_token(tx, &self.inner.values, key_id)?.ok_or_else(|| {
                 StoreError::UnknownToken {
                     key_id: key_id.clone(),
@@ -284,9 +285,9 @@ impl Store {
             if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
                 return Ok(());
             }
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
-                params![key_id.as_str(), millis(now)],
+                p![key_id.as_str(), millis(now)],
             )?;
             let why = screen(tx, why)?;
             insert_event(
@@ -309,7 +310,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<KeyId>, StoreError> {
-        self.write("expiring tokens", |tx| {
+        self.write_db("expiring tokens", |tx| {
             expire_in(tx, &self.inner.values, now, None)
         })
     }
@@ -324,7 +325,7 @@ impl Store {
         now: DateTime<Utc>,
         channel: &ChannelId,
     ) -> Result<Vec<KeyId>, StoreError> {
-        self.write("expiring tokens", |tx| {
+        self.write_db("expiring tokens", |tx| {
             expire_in(tx, &self.inner.values, now, Some(channel))
         })
     }
@@ -333,7 +334,7 @@ impl Store {
 /// Expires the due live tokens of one channel (or all) inside the caller's
 /// transaction.
 pub(super) fn expire_in(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     values: &Values,
     now: DateTime<Utc>,
     channel: Option<&ChannelId>,
@@ -343,9 +344,10 @@ pub(super) fn expire_in(
         values,
         &format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
-             AND (?2 IS NULL OR channel_id = ?2) ORDER BY issued_at, key_id"
+             AND (CAST(?2 AS TEXT) IS NULL OR channel_id = ?2) ORDER BY issued_at, {}",
+            key_order(tx)
         ),
-        params![millis(now), channel.map(ChannelId::as_str)],
+        p![millis(now), channel.map(ChannelId::as_str)],
     )?;
     let mut expired = Vec::with_capacity(due.len());
     for token in due {
@@ -355,21 +357,31 @@ pub(super) fn expire_in(
     Ok(expired)
 }
 
+/// The tie-break of tokens issued in the same millisecond, by key ID in
+/// byte order on both backends: SQLite compares text bytewise, and
+/// PostgreSQL's database collation might not, so it is asked for "C".
+fn key_order(db: &dyn Db) -> &'static str {
+    match db.dialect() {
+        Dialect::Sqlite => "key_id",
+        Dialect::Postgres => "key_id COLLATE \"C\"",
+    }
+}
+
 /// Writes a live token's new state and the matching event.
 pub(super) fn change_state(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     token: &StoredToken,
     state: TokenState,
     reason: &str,
 ) -> Result<(), Fail> {
     let reason = screen(tx, reason)?;
-    tx.exec_cached(
+    tx.execute(
         "UPDATE tokens SET state = ?2, state_reason = ?3, state_changed_at = ?4 WHERE key_id = ?1",
-        params![
+        p![
             token.record.key_id.as_str(),
             state.as_str(),
-            reason,
+            reason.as_str(),
             millis(now)
         ],
     )?;
@@ -392,74 +404,100 @@ pub(super) fn change_state(
 }
 
 pub(super) fn load_token(
-    conn: &Connection,
+    db: &dyn Db,
     values: &Values,
     key_id: &KeyId,
 ) -> Result<Option<StoredToken>, Fail> {
     let mut found = query_tokens(
-        conn,
+        db,
         values,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE key_id = ?1"),
-        params![key_id.as_str()],
+        p![key_id.as_str()],
     )?;
     Ok(found.pop())
 }
 
+/// The tokens a query of [`TOKEN_COLUMNS`] selects, their values opened
+/// with `values`' keyring.
 pub(super) fn query_tokens(
-    conn: &Connection,
+    db: &dyn Db,
     values: &Values,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[Param<'_>],
 ) -> Result<Vec<StoredToken>, Fail> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(token_from_row(row, values)?);
-    }
-    Ok(out)
+    // Opening a value may fail with a store error of its own (a wrong
+    // key), which a row decoder cannot return: rows are decoded first,
+    // then opened, in the same order.
+    db.query_map(sql, params, TokenRow::decode)?
+        .into_iter()
+        .map(|row| row.open(values))
+        .collect()
 }
 
-/// Decodes a row of [`TOKEN_COLUMNS`], by position, opening a sealed
-/// value with `values`' keyring.
-fn token_from_row(row: &Row<'_>, values: &Values) -> Result<StoredToken, Fail> {
-    let state: String = row.get(6)?;
-    let key_id: String = row.get(0)?;
-    let channel: String = row.get(1)?;
-    let group: String = row.get(2)?;
-    let value = values.open(
-        ValueRow {
-            key_id: &key_id,
-            channel: &channel,
-            group: &group,
-        },
-        row.get(3)?,
-        row.get(12)?,
-    )?;
-    Ok(StoredToken {
-        channel_id: ChannelId::new(channel),
-        group: GroupName::new(group),
-        record: TokenRecord {
-            key_id: KeyId::new(key_id),
-            issued_at: time_at_index(row, 4, "issued_at")?,
-            expires_at: time_at_index(row, 5, "expires_at")?,
-            state: parse_state(&state).ok_or_else(|| {
-                Fail::Corrupt(format!("tokens.state holds unknown state {state:?}"))
-            })?,
-            refused_at: opt_time_at_index(row, 11, "refused_at")?,
-            verified_at: opt_time_at_index(row, 9, "last_verified_at")?,
-        },
-        value,
-        state_reason: row.get(7)?,
-        state_changed_at: time_at_index(row, 8, "state_changed_at")?,
-        intent: row.get::<_, Option<i64>>(10)?.map(IntentId::from_raw),
-    })
+/// A row of [`TOKEN_COLUMNS`] with its value as stored.
+struct TokenRow {
+    channel_id: ChannelId,
+    group: GroupName,
+    record: TokenRecord,
+    plain: Option<String>,
+    sealed: Option<Vec<u8>>,
+    state_reason: Option<String>,
+    state_changed_at: DateTime<Utc>,
+    intent: Option<IntentId>,
+}
+
+impl TokenRow {
+    /// Decodes a row of [`TOKEN_COLUMNS`], by position.
+    fn decode(row: &dyn SqlRow) -> Result<Self, SqlError> {
+        let state = row.get_text(6)?;
+        Ok(Self {
+            channel_id: ChannelId::new(row.get_text(1)?),
+            group: GroupName::new(row.get_text(2)?),
+            record: TokenRecord {
+                key_id: KeyId::new(row.get_text(0)?),
+                issued_at: row.time(4, "issued_at")?,
+                expires_at: row.time(5, "expires_at")?,
+                state: parse_state(&state).ok_or_else(|| {
+                    SqlError::Column(format!("tokens.state holds unknown state {state:?}"))
+                })?,
+                refused_at: row.opt_time(11, "refused_at")?,
+                verified_at: row.opt_time(9, "last_verified_at")?,
+            },
+            plain: row.text(3)?,
+            sealed: row.blob(12)?,
+            state_reason: row.text(7)?,
+            state_changed_at: row.time(8, "state_changed_at")?,
+            intent: row.int(10)?.map(IntentId::from_raw),
+        })
+    }
+
+    /// The token with its value, opening a sealed one with `values`.
+    fn open(self, values: &Values) -> Result<StoredToken, Fail> {
+        let value = values.open(
+            ValueRow {
+                key_id: self.record.key_id.as_str(),
+                channel: self.channel_id.as_str(),
+                group: self.group.as_str(),
+            },
+            self.plain,
+            self.sealed,
+        )?;
+        Ok(StoredToken {
+            channel_id: self.channel_id,
+            group: self.group,
+            record: self.record,
+            value,
+            state_reason: self.state_reason,
+            state_changed_at: self.state_changed_at,
+            intent: self.intent,
+        })
+    }
 }
 
 /// Sorts each channel's run of `items` (read in channel order) oldest
 /// first, ties by key ID. By channel is the live-token index's own order,
-/// so SQLite sorts nothing; sorting each channel's few tokens here is
-/// cheaper than SQLite sorting 100,000 wide rows by issue time.
+/// so the database sorts nothing; sorting each channel's few tokens here is
+/// cheaper than the database sorting 100,000 wide rows by issue time.
 fn oldest_first_per_channel<T>(items: &mut [T], of: impl Fn(&T) -> (&ChannelId, &TokenRecord)) {
     for channel in items.chunk_by_mut(|a, b| of(a).0 == of(b).0) {
         channel.sort_by(|a, b| {
@@ -482,7 +520,109 @@ fn parse_state(name: &str) -> Option<TokenState> {
 
 #[cfg(test)]
 mod tests {
-    /// [`super::token_from_row`] reads by position; this is the order it
+    use super::super::sql::p;
+    use super::super::{Store, StoreOptions, pg};
+    use super::*;
+
+    /// A fresh store on SQLite and, when the test cluster runs, on
+    /// PostgreSQL (else one skip line, or a failure under
+    /// `LINETOKD_REQUIRE_POSTGRES=1`), each with what keeps it alive.
+    fn backends(test: &str) -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let mut out = vec![("sqlite", store, Some(dir))];
+        if let Some(db) = pg::cluster::test_db_blocking(test) {
+            let target = pg::PgTarget::parse(&db.url()).unwrap();
+            let store = Store::open_postgres(
+                &target,
+                &pg::PoolOptions::default(),
+                StoreOptions::default(),
+            )
+            .unwrap();
+            out.push(("postgres", store, None));
+        }
+        out
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    /// Every column of [`TOKEN_COLUMNS`] comes back in its field, set and
+    /// NULL, on both backends: the decoder reads by position, and
+    /// PostgreSQL's types (BIGINT, BYTEA) must read as SQLite's do.
+    #[test]
+    fn a_token_row_decodes_every_column_by_position_on_both_backends() {
+        for (name, store, _dir) in backends("token_row_decodes") {
+            let intent = store
+                .write_db("test set-up", |db| {
+                    db.batch(
+                        "INSERT INTO channels (id, name, added_at) VALUES ('1000', 'shop', 1); \
+                         INSERT INTO groups (channel_id, name, added_at) \
+                         VALUES ('1000', 'backend', 1);",
+                    )?;
+                    let intent = db.query_one(
+                        "INSERT INTO issue_intents (channel_id, group_name, started_at, \
+                         finished_at, outcome, key_id) \
+                         VALUES ('1000', 'backend', 10, 11, 'issued', 'full') RETURNING id",
+                        p![],
+                        |r| r.get_int(0),
+                    )?;
+                    db.execute(
+                        "INSERT INTO tokens (key_id, channel_id, group_name, access_token, \
+                         issued_at, expires_at, state, state_reason, state_changed_at, \
+                         last_verified_at, intent_id, refused_at) VALUES \
+                         ('full', '1000', 'backend', 'value-full', 12, 13, 'gone', 'why', 14, \
+                          15, ?1, 16), \
+                         ('bare', '1000', 'backend', 'value-bare', 20, 21, 'live', NULL, 22, \
+                          NULL, NULL, NULL)",
+                        p![intent],
+                    )?;
+                    Ok(intent)
+                })
+                .unwrap();
+            let full = store.token(&KeyId::new("full")).unwrap().unwrap();
+            assert_eq!(
+                full,
+                StoredToken {
+                    channel_id: ChannelId::new("1000"),
+                    group: GroupName::new("backend"),
+                    record: TokenRecord {
+                        key_id: KeyId::new("full"),
+                        issued_at: at(12),
+                        expires_at: at(13),
+                        state: TokenState::Gone,
+                        verified_at: Some(at(15)),
+                        refused_at: Some(at(16)),
+                    },
+                    value: AccessToken::new("value-full"),
+                    state_reason: Some("why".to_owned()),
+                    state_changed_at: at(14),
+                    intent: Some(IntentId::from_raw(intent)),
+                },
+                "{name}"
+            );
+            let bare = store.token(&KeyId::new("bare")).unwrap().unwrap();
+            assert_eq!(
+                (
+                    bare.record.state,
+                    bare.record.verified_at,
+                    bare.record.refused_at,
+                    bare.state_reason,
+                    bare.intent,
+                    bare.state_changed_at
+                ),
+                (TokenState::Live, None, None, None, None, at(22)),
+                "{name}"
+            );
+            assert_eq!(bare.value.expose(), "value-bare");
+            let live = store.live_records_in(Scope::All).unwrap();
+            assert_eq!(live.len(), 1, "{name}");
+            assert_eq!(live[0].record, bare.record, "{name}");
+        }
+    }
+
+    /// [`super::TokenRow::decode`] reads by position; this is the order it
     /// reads in. Reorder both or neither.
     #[test]
     fn token_columns_are_in_the_order_the_decoder_reads() {

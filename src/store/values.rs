@@ -33,10 +33,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::crypt::{self, CryptError, Keyring, Place};
-use super::sql::{Db, SqliteDb, p};
+use super::sql::{Db, SqlError, SqliteDb, p};
 use super::{Fail, StoreError};
 use crate::domain::{AccessToken, KeyId};
 
@@ -231,15 +231,14 @@ impl Row<'_> {
 }
 
 /// Counts one seal under `key`, refusing it past the key's limit. The
-/// row's column is named with the table: PostgreSQL finds a bare `sealed`
-/// in DO UPDATE ambiguous (`excluded` has one too).
+/// column is qualified in the update (`encryptions.sealed`) so both
+/// dialects read it as the stored row's, not the proposed one's.
 fn count_seal(tx: &dyn Db, key: u32) -> Result<(), Fail> {
     let sealed = tx.query_one(
         "INSERT INTO encryptions (enc_key_id, sealed) VALUES (?1, 1) \
-         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = encryptions.sealed + 1 \
-         RETURNING sealed",
+         ON CONFLICT (enc_key_id) DO UPDATE SET sealed = encryptions.sealed + 1 RETURNING sealed",
         p![key],
-        |r| r.get_int(0),
+        |row| row.get_int(0),
     )?;
     if u64::try_from(sealed).unwrap_or(u64::MAX) > crypt::MAX_ENCRYPTIONS_PER_KEY {
         return Err(Fail::Store(StoreError::KeyWornOut { enc_key_id: key }));
@@ -249,8 +248,8 @@ fn count_seal(tx: &dyn Db, key: u32) -> Result<(), Fail> {
 
 /// Rows per key, plaintext first: token rows and login grants together
 /// (a grant is one row, its two values under one key).
-pub(super) fn value_counts(conn: &Connection) -> Result<Vec<ValueCount>, Fail> {
-    Ok(rows_per_key(conn)?
+pub(super) fn value_counts(db: &dyn Db) -> Result<Vec<ValueCount>, Fail> {
+    Ok(rows_per_key(db)?
         .into_iter()
         .map(|r| ValueCount {
             key: r.key,
@@ -269,24 +268,19 @@ struct KeyRows {
 }
 
 /// [`KeyRows`] per key, plaintext first.
-fn rows_per_key(conn: &Connection) -> Result<Vec<KeyRows>, Fail> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT enc_key_id, sum(tokens), sum(grants) FROM ( \
+fn rows_per_key(db: &dyn Db) -> Result<Vec<KeyRows>, Fail> {
+    // The casts: PostgreSQL's sum of BIGINTs is NUMERIC.
+    let rows = db.query_map(
+        "SELECT enc_key_id, CAST(sum(tokens) AS BIGINT), CAST(sum(grants) AS BIGINT) FROM ( \
              SELECT enc_key_id, count(*) AS tokens, 0 AS grants FROM tokens GROUP BY enc_key_id \
              UNION ALL \
-             SELECT enc_key_id, 0, count(*) FROM login_grants GROUP BY enc_key_id) \
+             SELECT enc_key_id, 0, count(*) FROM login_grants GROUP BY enc_key_id) AS per_table \
          GROUP BY enc_key_id ORDER BY enc_key_id",
+        p![],
+        |row| Ok((row.int(0)?, row.get_int(1)?, row.get_int(2)?)),
     )?;
-    let rows = stmt.query_map([], |row| {
-        Ok((
-            row.get::<_, Option<i64>>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
     let mut out = Vec::new();
-    for row in rows {
-        let (key, tokens, grants) = row?;
+    for (key, tokens, grants) in rows {
         let key = key
             .map(|k| {
                 u32::try_from(k).map_err(|_| {
@@ -304,18 +298,20 @@ fn rows_per_key(conn: &Connection) -> Result<Vec<KeyRows>, Fail> {
 }
 
 /// Seals counted per key, ever.
-pub(super) fn seal_counts(conn: &Connection) -> Result<Vec<(u32, u64)>, Fail> {
-    let mut stmt =
-        conn.prepare_cached("SELECT enc_key_id, sealed FROM encryptions ORDER BY enc_key_id")?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (key, sealed) = row?;
-        if let Ok(key) = u32::try_from(key) {
-            out.push((key, u64::try_from(sealed).unwrap_or(0)));
-        }
-    }
-    Ok(out)
+pub(super) fn seal_counts(db: &dyn Db) -> Result<Vec<(u32, u64)>, Fail> {
+    let rows = db.query_map(
+        "SELECT enc_key_id, sealed FROM encryptions ORDER BY enc_key_id",
+        p![],
+        |row| Ok((row.get_int(0)?, row.get_int(1)?)),
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, sealed)| {
+            u32::try_from(key)
+                .ok()
+                .map(|key| (key, u64::try_from(sealed).unwrap_or(0)))
+        })
+        .collect())
 }
 
 /// What a writer does at open, after the migrations: refuse a database it
@@ -330,7 +326,7 @@ pub(super) fn prepare(
     // Before anything may need a temporary file (VACUUM's copy, the
     // screening table): they stay in memory, never in $TMPDIR.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    check_keys(conn, values)?;
+    check_keys(&SqliteDb::new(conn, screen), values)?;
     if values.keyring().is_some() {
         // From now on deleted content is zeroed, not left in free pages.
         conn.pragma_update(None, "secure_delete", true)?;
@@ -375,8 +371,8 @@ pub(super) fn prepare(
 
 /// Every key a row names is in the keyring, and opens a row of its own
 /// (a token row, else a login grant's access value).
-fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
-    let sealed: Vec<KeyRows> = rows_per_key(conn)?
+pub(super) fn check_keys(db: &dyn Db, values: &Values) -> Result<(), Fail> {
+    let sealed: Vec<KeyRows> = rows_per_key(db)?
         .into_iter()
         .filter(|c| c.key.is_some())
         .collect();
@@ -401,21 +397,20 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
     // One row per key, as a probe: a wrong key file under the right ID is
     // found now, not at the first revoke.
     for count in &sealed {
-        let mut stmt = conn.prepare_cached(
+        let probe = db.query_opt(
             "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
              WHERE enc_key_id = ?1 LIMIT 1",
-        )?;
-        let probe = stmt
-            .query_row([count.key], |row| {
+            p![count.key],
+            |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, Option<Vec<u8>>>(4)?,
+                    row.get_text(0)?,
+                    row.get_text(1)?,
+                    row.get_text(2)?,
+                    row.text(3)?,
+                    row.blob(4)?,
                 ))
-            })
-            .optional()?;
+            },
+        )?;
         if let Some((key_id, channel, group, plain, sealed)) = probe {
             let row = Row {
                 key_id: &key_id,
@@ -425,20 +420,13 @@ fn check_keys(conn: &Connection, values: &Values) -> Result<(), Fail> {
             values.open(row, plain, sealed)?;
             continue;
         }
-        let grant = conn
-            .prepare_cached(
-                "SELECT channel_id, subject, access_token_enc FROM login_grants \
-                 WHERE enc_key_id = ?1 LIMIT 1",
-            )?
-            .query_row([count.key], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .optional()?;
-        if let Some((channel, subject, sealed)) = grant {
+        let grant = db.query_opt(
+            "SELECT channel_id, subject, access_token_enc FROM login_grants \
+             WHERE enc_key_id = ?1 LIMIT 1",
+            p![count.key],
+            |row| Ok((row.get_text(0)?, row.get_text(1)?, row.blob(2)?)),
+        )?;
+        if let Some((channel, subject, Some(sealed))) = grant {
             super::login::open_value(
                 values,
                 &channel,
@@ -488,35 +476,33 @@ fn describe_counts(counts: &[ValueCount]) -> String {
 
 /// Seals under the active key every row that is plaintext or under
 /// another key, at most `limit` rows (all when `None`); returns how many.
-/// Runs inside the caller's transaction.
-pub(super) fn reseal(
-    tx: &SqliteDb<'_>,
-    values: &Values,
-    limit: Option<usize>,
-) -> Result<u64, Fail> {
+/// Runs inside the caller's transaction. Still SQLite's (`LIMIT -1` for
+/// no limit, rusqlite reads); it seals through [`Values::column`], which
+/// runs on both.
+pub(super) fn reseal(tx: &dyn Db, values: &Values, limit: Option<usize>) -> Result<u64, Fail> {
     let Some(keyring) = values.keyring() else {
         return Ok(0);
     };
     let active = keyring.active();
-    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    let rows = {
-        let mut stmt = tx.prepare_cached(
-            // Ranges, not `<>`: the index on enc_key_id serves them, so a
-            // step does not scan the rows already under the active key.
-            "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
-             WHERE enc_key_id IS NULL OR enc_key_id < ?1 OR enc_key_id > ?1 LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![active, limit], |row| {
+    // No limit is the most rows there can be: both dialects take a number.
+    let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = tx.query_map(
+        // Ranges, not `<>`: the index on enc_key_id serves them, so a step
+        // does not scan the rows already under the active key.
+        "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
+         WHERE enc_key_id IS NULL OR enc_key_id < ?1 OR enc_key_id > ?1 \
+         LIMIT CAST(?2 AS BIGINT)",
+        p![active, limit],
+        |row| {
             Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, Option<Vec<u8>>>(4)?,
+                row.get_text(0)?,
+                row.get_text(1)?,
+                row.get_text(2)?,
+                row.text(3)?,
+                row.blob(4)?,
             ))
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()?
-    };
+        },
+    )?;
     let mut done = 0;
     for (key_id, channel, group, plain, sealed) in rows {
         let row = Row {
@@ -529,15 +515,12 @@ pub(super) fn reseal(
         tx.execute(
             "UPDATE tokens SET access_token = NULL, access_token_enc = ?2, enc_key_id = ?3 \
              WHERE key_id = ?1",
-            p![&key_id, column.sealed.as_ref(), column.key],
+            p![key_id.as_str(), column.sealed.as_deref(), column.key],
         )?;
         done += 1;
     }
-    let left = match limit {
-        -1 => -1,
-        l => l - i64::try_from(done).unwrap_or(i64::MAX),
-    };
-    if left != 0 {
+    let left = limit.saturating_sub(i64::try_from(done).unwrap_or(i64::MAX));
+    if left > 0 {
         done += reseal_grants(tx, values, active, left)?;
     }
     Ok(done)
@@ -560,24 +543,22 @@ impl GrantValue {
 }
 
 /// Seals under the `active` key, both values under the same additional
-/// data rules as when written, at most `limit` login grants (all when
-/// negative) that are under another key; returns how many.
-fn reseal_grants(tx: &SqliteDb<'_>, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
-    let rows = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT channel_id, subject, access_token_enc, refresh_token_enc FROM login_grants \
-             WHERE enc_key_id < ?1 OR enc_key_id > ?1 LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![active, limit], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()?
-    };
+/// data rules as when written, at most `limit` login grants that are under
+/// another key; returns how many.
+fn reseal_grants(tx: &dyn Db, values: &Values, active: u32, limit: i64) -> Result<u64, Fail> {
+    let rows = tx.query_map(
+        "SELECT channel_id, subject, access_token_enc, refresh_token_enc FROM login_grants \
+         WHERE enc_key_id < ?1 OR enc_key_id > ?1 LIMIT CAST(?2 AS BIGINT)",
+        p![active, limit],
+        |row| {
+            let bytes = |i| {
+                row.blob(i)?.ok_or_else(|| {
+                    SqlError::Column(format!("login_grants column {i} is NULL, expected bytes"))
+                })
+            };
+            Ok((row.get_text(0)?, row.get_text(1)?, bytes(2)?, bytes(3)?))
+        },
+    )?;
     let mut done = 0;
     for (channel, subject, access, refresh) in rows {
         let mut sealed = Vec::with_capacity(2);
@@ -593,7 +574,13 @@ fn reseal_grants(tx: &SqliteDb<'_>, values: &Values, active: u32, limit: i64) ->
         tx.execute(
             "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
              enc_key_id = ?5 WHERE channel_id = ?1 AND subject = ?2",
-            p![&channel, &subject, &access, &refresh, key],
+            p![
+                channel.as_str(),
+                subject.as_str(),
+                access.as_slice(),
+                refresh.as_slice(),
+                key
+            ],
         )?;
         done += 1;
     }
@@ -601,16 +588,16 @@ fn reseal_grants(tx: &SqliteDb<'_>, values: &Values, active: u32, limit: i64) ->
 }
 
 /// Rows not yet under the active key (plaintext included).
-pub(super) fn off_active(conn: &Connection, values: &Values) -> Result<u64, Fail> {
+pub(super) fn off_active(db: &dyn Db, values: &Values) -> Result<u64, Fail> {
     let Some(keyring) = values.keyring() else {
         return Ok(0);
     };
-    let n: i64 = conn.query_row(
+    let n = db.query_one(
         "SELECT (SELECT count(*) FROM tokens WHERE enc_key_id IS NULL OR enc_key_id < ?1 \
          OR enc_key_id > ?1) \
          + (SELECT count(*) FROM login_grants WHERE enc_key_id < ?1 OR enc_key_id > ?1)",
-        [keyring.active()],
-        |row| row.get(0),
+        p![keyring.active()],
+        |row| row.get_int(0),
     )?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -690,6 +677,39 @@ fn checkpoint_truncate(conn: &Connection) -> Result<(), Fail> {
     ))
 }
 
+/// What a PostgreSQL writer does at open, after the migrations: refuse a
+/// database it could not fully read and seal plaintext rows when it has a
+/// keyring (one transaction), as [`prepare`] does for SQLite. PostgreSQL
+/// keeps the old row versions until its autovacuum reuses them, and its WAL
+/// and backups as the server keeps them: unlike SQLite's file, nothing
+/// here can scrub them, so the warning says so.
+pub(super) fn prepare_postgres(store: &super::Store, values: &Values) -> Result<(), StoreError> {
+    store.read_db("checking the database keys", |db| check_keys(db, values))?;
+    if values.keyring().is_none() {
+        return Ok(());
+    }
+    let sealed = store.write_db("encrypting every plaintext token value", |tx| {
+        let plaintext = tx.query_one(
+            "SELECT count(*) FROM tokens WHERE access_token IS NOT NULL",
+            p![],
+            |row| row.get_int(0),
+        )?;
+        if plaintext == 0 {
+            return Ok(0);
+        }
+        reseal(tx, values, None)
+    })?;
+    if sealed > 0 {
+        tracing::warn!(
+            sealed,
+            "encrypted every plaintext token value in the PostgreSQL database; the server's \
+             old row versions, WAL archive and backups made before now may still hold them in \
+             plaintext"
+        );
+    }
+    Ok(())
+}
+
 /// Fills the store's screening set ([`super::screen`]) with every stored
 /// token value, opening the sealed ones.
 pub(super) fn fill_screen(db: &dyn Db, values: &Values) -> Result<(), Fail> {
@@ -738,8 +758,8 @@ impl super::Store {
     /// [`StoreError::EncryptedWithoutKeys`], [`StoreError::MissingKeys`],
     /// [`StoreError::Undecryptable`] (a wrong key file), [`StoreError::Query`].
     pub fn check_value_keys(&self) -> Result<(), StoreError> {
-        self.read("checking the database keys", |conn| {
-            check_keys(conn, &self.inner.values)
+        self.read_db("checking the database keys", |db| {
+            check_keys(db, &self.inner.values)
         })
     }
 
@@ -751,7 +771,7 @@ impl super::Store {
     ///
     /// [`StoreError::Query`].
     pub fn value_counts(&self) -> Result<Vec<ValueCount>, StoreError> {
-        self.read("counting token values per key", |c| value_counts(c))
+        self.read_db("counting token values per key", value_counts)
     }
 
     /// How many values each database key has sealed, ever.
@@ -760,7 +780,7 @@ impl super::Store {
     ///
     /// [`StoreError::Query`].
     pub fn seal_counts(&self) -> Result<Vec<(u32, u64)>, StoreError> {
-        self.read("counting encryptions per key", |c| seal_counts(c))
+        self.read_db("counting encryptions per key", seal_counts)
     }
 
     /// How many stored values failed to open since this store was opened.
@@ -796,7 +816,7 @@ impl super::Store {
                 remaining: 0,
             });
         }
-        self.write("re-encrypting token values", |tx| {
+        self.write_db("re-encrypting token values", |tx| {
             let rekeyed = reseal(tx, values, Some(REKEY_BATCH))?;
             let remaining = off_active(tx, values)?;
             Ok(RekeyProgress { rekeyed, remaining })

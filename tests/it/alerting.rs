@@ -81,7 +81,7 @@ fn store_token(store: &Store, key_id: &str, value: &str, at: DateTime<Utc>) {
 
 mod store {
     use super::*;
-    use crate::support::{OnBackend, backends};
+    use crate::store::{OnBackend, backends};
 
     #[test]
     fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent_on_both_backends() {
@@ -125,7 +125,7 @@ mod store {
             .unwrap();
 
         // A restart: the notification is still in flight, with its id.
-        let b = b.reopen();
+        let b = b.restart();
         let store = &b.store;
         let states = store.notification_states().unwrap();
         assert_eq!(states.len(), 1, "{name}");
@@ -464,12 +464,14 @@ mod store {
     #[test]
     fn alerts_and_notification_states_are_listed_in_byte_order_on_both_backends() {
         for b in backends("alerts_in_byte_order") {
-            b.on_postgres(
+            if b.is_postgres() {
+                b.batch(
                 "ALTER TABLE alerts ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\"; \
                  ALTER TABLE alert_notifications \
                    ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\", \
                    ALTER COLUMN receiver TYPE TEXT COLLATE \"en-US-x-icu\";",
             );
+            }
             let store = &b.store;
             let channel = ch();
             let backend = GroupName::new("backend");

@@ -45,6 +45,10 @@ fn fixture_key(name: &str) -> Vec<u8> {
 }
 
 /// A credentials directory holding every file the bad configs refer to.
+/// A PostgreSQL URL with a password that must never be shown.
+const DATABASE_URL: &str =
+    "postgres://linetokd:pg-Passw0rd-never-shown@db.example:5432/linetokd?sslmode=disable\n";
+
 struct Credentials {
     dir: tempfile::TempDir,
 }
@@ -63,6 +67,12 @@ impl Credentials {
         write(
             &p.join("ec-p256.pem"),
             &fixture_key("ec-p256-pkcs8.pem"),
+            0o600,
+        );
+        write(&p.join("database.url"), DATABASE_URL.as_bytes(), 0o600);
+        write(
+            &p.join("mysql.url"),
+            b"mysql://root:pw@db/linetokd\n",
             0o600,
         );
         let secret = format!("{CHANNEL_SECRET}\n");
@@ -332,7 +342,12 @@ fn check_config_shows_the_ha_section() {
     let creds = Credentials::new();
     let path = creds.path().join("linetokd.toml");
 
-    fs::write(&path, format!("{VALID}\n[ha]\ninstance_id = \"web-1\"\n")).unwrap();
+    let with_pg = VALID.replace(
+        "[daemon]\n",
+        "[daemon]\ndatabase_url_file = \"${CREDENTIALS_DIRECTORY}/database.url\"\n",
+    );
+    assert_ne!(with_pg, VALID);
+    fs::write(&path, format!("{with_pg}\n[ha]\ninstance_id = \"web-1\"\n")).unwrap();
     let shown = config::check(&path, &creds.env()).unwrap().resolved;
     let table = shown.parse::<toml::Table>().unwrap();
     let ha = table["ha"].as_table().unwrap();
@@ -343,11 +358,28 @@ fn check_config_shows_the_ha_section() {
         .unwrap()
         .validate()
         .unwrap();
+    // The store is the URL file's PostgreSQL database: shown by its file,
+    // never by the URL (it holds the password).
+    assert!(!shown.contains("pg-Passw0rd-never-shown"), "{shown}");
+    let daemon = table["daemon"].as_table().unwrap();
+    assert!(!daemon.contains_key("database"), "{shown}");
+    assert!(
+        daemon["database_url_file"]
+            .as_str()
+            .unwrap()
+            .contains("database.url (secret, "),
+        "{shown}"
+    );
+    let target = valid.daemon.postgres.as_ref().unwrap();
+    assert_eq!(
+        target.redacted(),
+        "postgres://linetokd:***@db.example:5432/linetokd"
+    );
     let ha = valid.ha.unwrap();
     assert_eq!(ha.instance_id.unwrap().as_str(), "web-1");
     assert_eq!(ha.lease, Duration::from_secs(30));
 
-    fs::write(&path, format!("{VALID}\n[ha]\nlease = \"1m\"\n")).unwrap();
+    fs::write(&path, format!("{with_pg}\n[ha]\nlease = \"1m\"\n")).unwrap();
     let shown = config::check(&path, &creds.env()).unwrap().resolved;
     let table = shown.parse::<toml::Table>().unwrap();
     let ha = table["ha"].as_table().unwrap();

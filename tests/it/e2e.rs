@@ -14,6 +14,7 @@
 
 pub mod harness;
 mod operator;
+mod postgres;
 
 use std::collections::HashMap;
 

@@ -552,3 +552,71 @@ async fn a_database_owner_without_superuser_can_migrate() {
         .get(0);
     assert!(!superuser);
 }
+
+/// The store on PostgreSQL keeps one writer per database, as SQLite's lock
+/// file does: a second writer is refused naming the holder, a reader opens
+/// beside the writer, and the lock goes with the first writer. A reader of
+/// a database no writer migrated yet is told to migrate.
+#[test]
+fn one_writer_per_postgres_database_and_readers_beside_it() {
+    use linetokd::store::{Store, StoreError, StoreOptions};
+    let Some(db) = pg_harness::test_db_blocking("one_writer_per_postgres_database") else {
+        return;
+    };
+    let target = PgTarget::parse(&db.url()).unwrap();
+    let refused = Store::open_postgres_read_only(&target, None).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Pg(PgError::NeedsMigration { found: 0, .. })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("run `linetokd migrate`"),
+        "{refused}"
+    );
+
+    let options = PoolOptions::default();
+    let first = Store::open_postgres(&target, &options, StoreOptions::default()).unwrap();
+    assert!(!first.migrated().was_current());
+    let second = Store::open_postgres(&target, &options, StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(second, StoreError::Pg(PgError::WriterHeld { .. })),
+        "{second:?}"
+    );
+    let message = second.to_string();
+    assert!(
+        message.contains("another linetokd instance already writes"),
+        "{message}"
+    );
+    assert!(!message.contains("unknown"), "the holder's pid: {message}");
+
+    let reader = Store::open_postgres_read_only(&target, None).unwrap();
+    assert!(reader.is_read_only());
+    first
+        .set_note(chrono::Utc::now(), "last_reload", "ok")
+        .unwrap();
+    assert_eq!(reader.note("last_reload").unwrap().unwrap().value, "ok");
+    let write = reader
+        .set_note(chrono::Utc::now(), "last_reload", "no")
+        .unwrap_err();
+    assert!(matches!(write, StoreError::ReadOnly { .. }), "{write:?}");
+
+    drop(first);
+    // The lock is released when the writer's connection closes, which the
+    // server notices at once on a local socket; a new writer takes over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        match Store::open_postgres(&target, &options, StoreOptions::default()) {
+            Ok(store) => break store,
+            Err(StoreError::Pg(PgError::WriterHeld { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(again.migrated().was_current());
+}

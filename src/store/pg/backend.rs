@@ -5,21 +5,26 @@
 //! The store's API is synchronous (SQLite's is), so its PostgreSQL side
 //! owns a small runtime of its own (one worker thread, `linetokd-pg`) on
 //! which the pool's connection tasks run, and every statement is driven
-//! there with `block_on` from the calling thread. The caller must not be
-//! an async task: `Store::blocking` hands a PostgreSQL store's work to
-//! tokio's blocking pool. The runtime is shut down in the background when
+//! there with `block_on` from the calling thread (`sql::block_on`, which
+//! moves to a helper thread when the caller drives async tasks itself).
+//! The daemon's async code goes through `Store::blocking`, which hands a
+//! PostgreSQL store's work to tokio's blocking pool. The runtime is shut down in the background when
 //! the last clone of the store drops, wherever that happens.
 
-use super::{PgError, PgPool, PgTarget, PoolOptions};
+use super::{PgError, PgPool, PgTarget, PoolOptions, migrate};
 use crate::store::Migrated;
 use crate::store::screen::Screen;
-use crate::store::sql::{Db, PgDb, SqlError};
+use crate::store::sql::{Db, PgDb, SqlError, block_on};
 
 /// The PostgreSQL side of a store.
 pub struct Backend {
     /// `Some` until drop.
     runtime: Option<tokio::runtime::Runtime>,
     pool: PgPool,
+    /// A writer's own connection, outside the pool, holding the
+    /// session-level writer lock ([`WRITER_LOCK_KEY`]) for as long as the
+    /// store lives; `None` for a reader.
+    _writer: Option<deadpool_postgres::ClientWrapper>,
     /// Held by every write transaction of this process: the store's
     /// writes are serialized as SQLite's single writer serializes them, so
     /// a read-then-write of one transaction never interleaves with
@@ -38,13 +43,38 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// Connects to `target` (one connection proves the URL and the
-    /// credentials) and brings its schema to this binary's version.
+    /// credentials), takes the writer lock and brings its schema to this
+    /// binary's version.
     ///
     /// # Errors
     ///
-    /// [`PgError::Runtime`] when the runtime cannot start, and as
-    /// [`PgPool::connect`] and [`PgPool::migrate`].
+    /// [`PgError::Runtime`] when the runtime cannot start,
+    /// [`PgError::WriterHeld`] when another instance writes the database,
+    /// and as [`PgPool::connect`] and [`PgPool::migrate`].
     pub fn connect(target: &PgTarget, options: &PoolOptions) -> Result<(Self, Migrated), PgError> {
+        Self::open(target, options, true)
+    }
+
+    /// Connects to `target` to read beside a running daemon (`status`,
+    /// `plan`, `token`): no writer lock, no migration; the schema must be
+    /// this binary's.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::NeedsMigration`], [`PgError::TooNew`], and as
+    /// [`PgPool::connect`].
+    pub fn connect_reader(
+        target: &PgTarget,
+        options: &PoolOptions,
+    ) -> Result<(Self, Migrated), PgError> {
+        Self::open(target, options, false)
+    }
+
+    fn open(
+        target: &PgTarget,
+        options: &PoolOptions,
+        writer: bool,
+    ) -> Result<(Self, Migrated), PgError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("linetokd-pg")
@@ -53,15 +83,59 @@ impl Backend {
             .map_err(|e| PgError::Runtime {
                 reason: e.to_string(),
             })?;
-        let (pool, migrated) = runtime.block_on(async {
+        let opened = block_on(runtime.handle(), async {
             let pool = PgPool::connect(target, options).await?;
+            if !writer {
+                let found =
+                    migrate::schema_version(&*pool.get().await?)
+                        .await
+                        .map_err(|source| PgError::Query {
+                            target: pool.target().to_owned(),
+                            what: "reading the schema version",
+                            source,
+                        })?;
+                let known = migrate::latest_version();
+                if found != known {
+                    let target = pool.target().to_owned();
+                    return Err(if found > known {
+                        PgError::TooNew {
+                            target,
+                            found,
+                            known,
+                        }
+                    } else {
+                        PgError::NeedsMigration {
+                            target,
+                            found,
+                            known,
+                        }
+                    });
+                }
+                return Ok((
+                    pool,
+                    None,
+                    Migrated {
+                        from: found,
+                        to: found,
+                    },
+                ));
+            }
+            let lock = writer_lock(&pool).await?;
             let migrated = pool.migrate().await?;
-            Ok::<_, PgError>((pool, migrated))
-        })?;
+            Ok::<_, PgError>((pool, Some(lock), migrated))
+        });
+        let (pool, writer, migrated) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         Ok((
             Self {
                 runtime: Some(runtime),
                 pool,
+                _writer: writer,
                 writes: std::sync::Mutex::new(()),
             },
             migrated,
@@ -88,11 +162,10 @@ impl Backend {
         screen: &Screen,
         f: impl FnOnce(&dyn Db) -> Result<T, E>,
     ) -> Result<T, E> {
-        let runtime = self.runtime();
-        let client = runtime
-            .block_on(self.pool.get())
-            .map_err(|e| SqlError::Pool(e.to_string()))?;
-        let db = PgDb::new(&client, runtime.handle(), screen);
+        let runtime = self.runtime().handle();
+        let client =
+            block_on(runtime, self.pool.get()).map_err(|e| SqlError::Pool(e.to_string()))?;
+        let db = PgDb::new(&client, runtime, screen);
         f(&db)
     }
 
@@ -119,6 +192,47 @@ impl Backend {
             Ok(out)
         })
     }
+}
+
+/// The key of the session-level advisory lock a writer holds on its own
+/// connection: "linetokw" in ASCII, beside the migrations' "linetokd".
+pub const WRITER_LOCK_KEY: i64 = 0x6c69_6e65_746f_6b77;
+
+/// Takes the writer lock on a connection taken out of the pool for good,
+/// so the lock lives exactly as long as the store (PostgreSQL releases a
+/// session lock when its connection closes, however the process ends).
+async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, PgError> {
+    let client = deadpool_postgres::Object::take(pool.get().await?);
+    let query = |what: &'static str| {
+        move |source| PgError::Query {
+            target: pool.target().to_owned(),
+            what,
+            source,
+        }
+    };
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK_KEY])
+        .await
+        .map_err(query("taking the writer lock"))?
+        .get(0);
+    if got {
+        return Ok(client);
+    }
+    // Who holds it, for the message (the server's process ID of that
+    // connection; the lock's two halves are the key's high and low words).
+    let holder: Option<i32> = client
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid LIMIT 1",
+            &[&WRITER_LOCK_KEY],
+        )
+        .await
+        .map_err(query("looking up the writer lock's holder"))?
+        .map(|row| row.get(0));
+    Err(PgError::WriterHeld {
+        target: pool.target().to_owned(),
+        holder: holder.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),
+    })
 }
 
 /// Rolls back a transaction that did not reach its commit (an error or a

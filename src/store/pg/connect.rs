@@ -73,7 +73,7 @@ pub enum Roots {
 }
 
 /// A parsed `postgres://` URL: where to connect, as whom, and how.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgTarget {
     config: tokio_postgres::Config,
     tls: TlsMode,

@@ -87,6 +87,37 @@ pub enum PgError {
         source: tokio_postgres::Error,
     },
 
+    /// Another linetokd instance writes this database. Until the leases of
+    /// high availability are wired in (docs/design.md section 14), one
+    /// instance writes a database, as with SQLite's writer lock.
+    #[error(
+        "another linetokd instance already writes the PostgreSQL database at {target} (it holds \
+         the writer lock, PostgreSQL backend pid {holder}); stop it first: one instance per \
+         database until high availability is wired in"
+    )]
+    WriterHeld {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// The server process of the connection that holds the lock, or
+        /// "unknown".
+        holder: String,
+    },
+
+    /// The database is older than this binary and a reader does not
+    /// migrate: the daemon (or `linetokd migrate`) must run first.
+    #[error(
+        "the PostgreSQL database at {target} has schema version {found}, this linetokd reads \
+         {known}: run `linetokd migrate` or start the daemon first"
+    )]
+    NeedsMigration {
+        /// The server, as [`super::PgTarget::redacted`] prints it.
+        target: String,
+        /// The version found.
+        found: u32,
+        /// The version this binary reads.
+        known: u32,
+    },
+
     /// The database was migrated by a newer linetokd; downgrades are refused.
     #[error(
         "the PostgreSQL database at {target} has schema version {found}, but this linetokd only \

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use linetokd::domain::{ChannelId, GroupName};
-use linetokd::store::{Store, StoredToken};
+use linetokd::store::{Location, Store, StoredToken};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
@@ -425,8 +425,12 @@ pub struct Lab {
     pub url: String,
     /// The daemon's config file.
     pub config: PathBuf,
-    /// The daemon's database.
+    /// The daemon's database file (unused on PostgreSQL).
     pub db: PathBuf,
+    /// Where the daemon's store lives: `db`, or a PostgreSQL database.
+    pub location: Location,
+    /// The `[daemon]` line that names the store.
+    database_line: String,
     http: reqwest::Client,
     /// The temp dir holding everything; declared last so it is removed
     /// after the processes are gone.
@@ -439,6 +443,19 @@ impl Lab {
     /// `sandbox_log`), and writes a daemon config with `[rotation]` taken
     /// from `rotation` (TOML lines).
     pub async fn start(rotation: &str, sandbox_log: &str) -> Self {
+        Self::start_on(rotation, sandbox_log, None).await
+    }
+
+    /// [`Lab::start`] with the daemon's store in a fresh database of the
+    /// test PostgreSQL cluster (`[daemon] database_url_file`); `None`, after
+    /// the skip line, when there is no PostgreSQL (a failure under
+    /// `LINETOKD_REQUIRE_POSTGRES=1`).
+    pub async fn start_on_postgres(rotation: &str, sandbox_log: &str, test: &str) -> Option<Self> {
+        let db = crate::pg_harness::test_db(test).await?;
+        Some(Self::start_on(rotation, sandbox_log, Some(db.url())).await)
+    }
+
+    async fn start_on(rotation: &str, sandbox_log: &str, postgres: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         let mut keygen = Proc::spawn(
@@ -480,6 +497,20 @@ impl Lab {
 
         write_private(&dir.path().join("chan.secret"), SECRET);
         let db = dir.path().join("linetokd.db");
+        let (location, database_line) = match postgres {
+            None => (
+                Location::Sqlite(db.clone()),
+                format!("database = \"{}\"", db.display()),
+            ),
+            Some(url) => {
+                let file = dir.path().join("database.url");
+                write_private(&file, &url);
+                (
+                    Location::Postgres(linetokd::store::pg::PgTarget::parse(&url).unwrap()),
+                    format!("database_url_file = \"{}\"", file.display()),
+                )
+            }
+        };
         let mut groups = String::new();
         for group in GROUPS {
             groups.push_str(&format!("\n  [[channel.group]]\n  name = \"{group}\"\n"));
@@ -487,7 +518,7 @@ impl Lab {
         let config_path = dir.path().join("linetokd.toml");
         std::fs::write(
             &config_path,
-            daemon_config(dir.path(), &url, rotation, &groups),
+            daemon_config(dir.path(), &database_line, &url, rotation, &groups),
         )
         .unwrap();
 
@@ -497,6 +528,8 @@ impl Lab {
             url,
             config: config_path,
             db,
+            location,
+            database_line,
             http: reqwest::Client::new(),
             _dir: dir,
         }
@@ -512,7 +545,7 @@ impl Lab {
     /// caller's `[rotation]` lines and the channel's `[[channel.group]]`
     /// tables (`groups`, TOML).
     pub fn config_text(&self, rotation: &str, groups: &str) -> String {
-        daemon_config(self.dir(), &self.url, rotation, groups)
+        daemon_config(self.dir(), &self.database_line, &self.url, rotation, groups)
     }
 
     /// Replaces the daemon's config file as an editor does: writes a temp
@@ -564,7 +597,7 @@ impl Lab {
 
     /// The database, read-only (the daemon may be running).
     pub fn store(&self) -> Store {
-        Store::open_read_only(&self.db).unwrap()
+        Store::open_read_only_at(&self.location, None).unwrap()
     }
 
     /// Every token the store holds, group by group, oldest first.
@@ -631,14 +664,13 @@ pub fn assert_nothing_secret_in(tokens: &[SandboxToken], procs: &[&Proc]) {
 /// logs, port 0, the keygen key and the channel secret, `rotation` as the
 /// `[rotation]` lines and `groups` as the channel's `[[channel.group]]`
 /// tables.
-fn daemon_config(dir: &Path, url: &str, rotation: &str, groups: &str) -> String {
+fn daemon_config(dir: &Path, database: &str, url: &str, rotation: &str, groups: &str) -> String {
     format!(
-        "[daemon]\ndatabase = \"{db}\"\nstate_dir = \"{state}\"\nline_api = \"{url}\"\n\
+        "[daemon]\n{database}\nstate_dir = \"{state}\"\nline_api = \"{url}\"\n\
          listen = \"127.0.0.1:0\"\nlog_format = \"json\"\nrequest_timeout = \"30s\"\n\n\
          [rotation]\n{rotation}\n\n\
          [[channel]]\nid = \"{CHANNEL}\"\nname = \"chan\"\nkey_file = \"{key}\"\n\
          kid = \"{KID}\"\nsecret_file = \"{secret}\"\n{groups}",
-        db = dir.join("linetokd.db").display(),
         state = dir.display(),
         key = dir.join("keys").join("chan.private.pem").display(),
         secret = dir.join("chan.secret").display(),

@@ -1,0 +1,140 @@
+//! End to end on PostgreSQL (issue 12): the real daemon with its store in
+//! a database of the test cluster (`[daemon] database_url_file`), against
+//! the sandbox process. It issues, rotates and revokes as on SQLite, never
+//! holds more than two live tokens per group at the sandbox, stores every
+//! token LINE issued, keeps them across a restart, lets `status` read
+//! beside it, refuses a second writer, and prints neither a token nor the
+//! database password.
+//!
+//! Each test skips with one printed line when there is no PostgreSQL,
+//! unless `LINETOKD_REQUIRE_POSTGRES=1`.
+
+use super::harness::{GROUPS, Lab, Proc, Stream};
+use super::{DEBUG, ROTATING, STEADY, assert_every_token_stored, pass_done, wait_issued};
+
+/// Runs `linetokd ARGS --config <the lab's config>` to its end.
+async fn cli(lab: &Lab, name: &str, args: &[&str]) -> Proc {
+    let mut all: Vec<&str> = args.to_vec();
+    let config = lab.config.to_str().unwrap();
+    all.extend(["--config", config]);
+    let mut proc = Proc::spawn(name, &all, &[]);
+    proc.exit().await;
+    proc
+}
+
+fn stdout(proc: &Proc) -> String {
+    proc.lines()
+        .into_iter()
+        .filter(|l| l.stream == Stream::Stdout)
+        .map(|l| l.text + "\n")
+        .collect()
+}
+
+/// No group ever had more than two tokens live at the sandbox at once:
+/// checked at every instant a token was issued.
+fn assert_at_most_two_live(tokens: &[super::harness::SandboxToken], lab: &Lab) {
+    let owners: std::collections::HashMap<String, String> = lab
+        .stored()
+        .into_iter()
+        .map(|t| {
+            (
+                t.record.key_id.as_str().to_owned(),
+                t.group.as_str().to_owned(),
+            )
+        })
+        .collect();
+    for t in tokens {
+        for group in GROUPS {
+            let live = tokens
+                .iter()
+                .filter(|o| owners.get(&o.key_id).map(String::as_str) == Some(group))
+                .filter(|o| o.live_at(t.issued_at))
+                .count();
+            assert!(
+                live <= 2,
+                "group {group} had {live} live tokens at {}",
+                t.issued_at
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn on_postgres_the_daemon_issues_rotates_and_keeps_two_per_group() {
+    let Some(lab) = Lab::start_on_postgres(ROTATING, "info", "pg_daemon_rotates").await else {
+        return;
+    };
+    let mut daemon = lab.run("daemon on postgres", DEBUG, &[]);
+    // Three tokens per group: the first, and two rotations (each revoking
+    // the oldest once a third would be live).
+    wait_issued(&daemon, 3).await;
+    daemon.signal("TERM");
+    daemon.exit_ok().await;
+    let tokens = lab.tokens().await;
+    assert!(tokens.len() >= 6, "{tokens:?}");
+    assert_every_token_stored(&lab, &tokens);
+    assert_at_most_two_live(&tokens, &lab);
+    assert!(
+        !daemon.all_text().contains("pg-"),
+        "the daemon's output names no password"
+    );
+    lab.assert_nothing_secret_printed(&[&daemon]).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_daemon() {
+    let Some(lab) = Lab::start_on_postgres(STEADY, "info", "pg_daemon_restart").await else {
+        return;
+    };
+    let mut first = lab.run("first run", DEBUG, &[]);
+    first.wait_for(0, "the first pass", pass_done).await;
+    assert_eq!(first.count(0, |l| l.is("token issued")), 2);
+
+    // `status` beside the running daemon reads the same database and names
+    // it by its URL without the password (the harness's has none; the
+    // masked form is what every message uses).
+    let mut status = cli(&lab, "status", &["status", "--json"]).await;
+    status.exit_ok().await;
+    let report: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    let database = report["database"].as_str().unwrap();
+    assert!(database.starts_with("postgres://"), "{database}");
+    assert_eq!(database, lab.location.to_string());
+    let groups = report["channels"][0]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{report}");
+
+    // A second daemon on the same database is refused: one writer per
+    // database until leases are wired in.
+    let mut second = lab.run("second daemon", DEBUG, &[]);
+    let exit = second.exit().await;
+    assert_eq!(exit.code(), Some(1), "{}", second.all_text());
+    assert!(
+        second
+            .all_text()
+            .contains("another linetokd instance already writes the PostgreSQL database"),
+        "{}",
+        second.all_text()
+    );
+
+    first.signal("TERM");
+    first.exit_ok().await;
+    let tokens_before = lab.tokens().await;
+    let stored_before = lab.stored();
+    assert_eq!(stored_before.len(), 2);
+
+    let mut again = lab.run("after the restart", DEBUG, &[]);
+    again
+        .wait_for(0, "the first pass after the restart", pass_done)
+        .await;
+    assert_eq!(
+        again.count(0, |l| l.is("issuing a token")),
+        0,
+        "the restart issued a token:\n{}",
+        again.all_text()
+    );
+    again.signal("TERM");
+    again.exit_ok().await;
+    assert_eq!(lab.tokens().await.len(), tokens_before.len());
+    assert_eq!(lab.stored(), stored_before);
+    lab.assert_nothing_secret_printed(&[&first, &second, &again, &status])
+        .await;
+}
