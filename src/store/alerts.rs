@@ -13,11 +13,10 @@
 //! another's.
 
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::events::insert_event;
 use super::sql::{Db, SqlError, SqlRow, p};
-use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, screen};
+use super::{EventKind, Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, GroupName};
 
 /// The extra label some alerts carry, telling two alerts of one name and
@@ -221,7 +220,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn firing_alerts(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        self.read("listing firing alerts", |conn| firing_in(conn, None))
+        self.read_db("listing firing alerts", |db| firing_in(db, None))
     }
 
     /// States one daemon-wide warning (no channel, no group, no label):
@@ -261,7 +260,7 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn firing_in(&self, scope: AlertScope<'_>) -> Result<Vec<AlertRecord>, StoreError> {
-        self.read("listing firing alerts", |conn| firing_in(conn, Some(scope)))
+        self.read_db("listing firing alerts", |db| firing_in(db, Some(scope)))
     }
 
     /// Makes the firing alerts in `scope` exactly `now_firing`: raises the
@@ -295,19 +294,19 @@ impl Store {
         // Every text is screened before anything is compared or reported,
         // so what callers log is what is stored, and a summary the screen
         // changes is not rewritten on every sync.
-        let (wanted, firing) = self.read("listing firing alerts", |conn| {
+        let (wanted, firing) = self.read_db("listing firing alerts", |db| {
             let mut wanted: Vec<(String, AlertSpec)> = Vec::new();
             for a in now_firing.iter().filter(|a| !outside(a)) {
                 let label = match &a.label {
                     Some(l) => Some(AlertLabel {
                         name: l.name,
-                        value: screen(conn, &l.value)?,
+                        value: screen(db, &l.value)?,
                     }),
                     None => None,
                 };
                 let spec = AlertSpec {
                     group: a.group.clone(),
-                    summary: screen(conn, &a.summary)?,
+                    summary: screen(db, &a.summary)?,
                     label,
                     alertname: a.alertname,
                     severity: a.severity,
@@ -320,7 +319,7 @@ impl Store {
                 );
                 wanted.push((fp, spec));
             }
-            Ok((wanted, firing_in(conn, Some(scope))?))
+            Ok((wanted, firing_in(db, Some(scope))?))
         })?;
         let mut changes = AlertChanges::default();
         let mut refreshed = Vec::new();
@@ -344,7 +343,7 @@ impl Store {
         // The events of a daemon-wide alert are kept under the empty
         // channel ID, which no configured channel has.
         let event_channel = channel.cloned().unwrap_or_else(|| ChannelId::new(""));
-        self.write("recording alerts", |tx| {
+        self.write_db("recording alerts", |tx| {
             for spec in &changes.raised {
                 let label = spec.label.as_ref();
                 let fp = fingerprint(
@@ -355,14 +354,15 @@ impl Store {
                 );
                 let summary = &spec.summary;
                 let label_value = label.map(|l| l.value.as_str());
-                tx.exec_cached(
+                tx.execute(
                     "INSERT INTO alerts (fingerprint, channel_id, group_name, label_name, \
                      label_value, alertname, severity, summary, started_at, last_seen_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
-                     ON CONFLICT (fingerprint) DO UPDATE SET severity = ?7, summary = ?8, \
-                     started_at = ?9, last_seen_at = ?9, resolved_at = NULL",
-                    params![
-                        fp,
+                     ON CONFLICT (fingerprint) DO UPDATE SET severity = excluded.severity, \
+                     summary = excluded.summary, started_at = excluded.started_at, \
+                     last_seen_at = excluded.last_seen_at, resolved_at = NULL",
+                    p![
+                        &fp,
                         channel.map(ChannelId::as_str),
                         spec.group.as_ref().map(GroupName::as_str),
                         label.map(|l| l.name),
@@ -385,16 +385,16 @@ impl Store {
                 )?;
             }
             for (fp, spec) in &refreshed {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE alerts SET severity = ?2, summary = ?3, last_seen_at = ?4 \
                      WHERE fingerprint = ?1",
-                    params![fp, spec.severity, spec.summary, millis(now)],
+                    p![fp, spec.severity, &spec.summary, millis(now)],
                 )?;
             }
             for f in &changes.resolved {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE alerts SET resolved_at = ?2, last_seen_at = ?2 WHERE fingerprint = ?1",
-                    params![f.fingerprint, millis(now)],
+                    p![&f.fingerprint, millis(now)],
                 )?;
                 let about = f
                     .label

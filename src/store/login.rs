@@ -21,12 +21,11 @@
 //! [`Store::login_grant_tokens`].
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::crypt::Place;
 use super::events::insert_event;
-use super::sql::SqliteDb;
-use super::{EventKind, ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, time_at};
+use super::sql::{Db, SqlError, SqlRow, p};
+use super::{EventKind, Fail, Store, StoreError, millis};
 use crate::domain::{AccessToken, ChannelId, RefreshToken, subject_hash};
 
 /// The table sealed values live in (part of the additional data).
@@ -57,12 +56,12 @@ impl GrantState {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, Fail> {
+    fn parse(text: &str) -> Result<Self, SqlError> {
         Ok(match text {
             "active" => Self::Active,
             "needs_login" => Self::NeedsLogin,
             "revoked" => Self::Revoked,
-            other => return Err(Fail::Corrupt(format!("login grant state {other:?}"))),
+            other => return Err(SqlError::Column(format!("login grant state {other:?}"))),
         })
     }
 }
@@ -242,25 +241,46 @@ const GRANT_COLUMNS: &str = "channel_id, subject, access_expires_at, login_at, h
      horizon_estimated, scope, state, imported_at, last_refresh_at, consecutive_failures, \
      retry_not_before, next_refresh_at, reauth_due_notified_at, lost_refresh";
 
-fn decode(row: &Row<'_>) -> Result<GrantRecord, Fail> {
+/// How many columns [`GRANT_COLUMNS`] names: a query that selects more
+/// after them reads those from here on.
+const GRANT_COLUMN_COUNT: usize = 15;
+
+/// Decodes a row selected with [`GRANT_COLUMNS`] first (by index, in its
+/// order).
+fn decode(row: &dyn SqlRow) -> Result<GrantRecord, SqlError> {
     Ok(GrantRecord {
-        channel: ChannelId::new(row.get::<_, String>("channel_id")?),
-        subject: row.get("subject")?,
-        access_expires_at: time_at(row, "access_expires_at")?,
-        login_at: opt_time_at(row, "login_at")?,
-        horizon_at: time_at(row, "horizon_at")?,
-        horizon_estimated: row.get::<_, i64>("horizon_estimated")? != 0,
-        scope: row.get("scope")?,
-        state: GrantState::parse(&row.get::<_, String>("state")?)?,
-        imported_at: time_at(row, "imported_at")?,
-        last_refresh_at: opt_time_at(row, "last_refresh_at")?,
-        consecutive_failures: u32::try_from(row.get::<_, i64>("consecutive_failures")?)
-            .unwrap_or(u32::MAX),
-        retry_not_before: opt_time_at(row, "retry_not_before")?,
-        next_refresh_at: time_at(row, "next_refresh_at")?,
-        reauth_due_notified_at: opt_time_at(row, "reauth_due_notified_at")?,
-        lost_refresh: row.get::<_, i64>("lost_refresh")? != 0,
+        channel: ChannelId::new(row.get_text(0)?),
+        subject: row.get_text(1)?,
+        access_expires_at: row.time(2, "access_expires_at")?,
+        login_at: row.opt_time(3, "login_at")?,
+        horizon_at: row.time(4, "horizon_at")?,
+        horizon_estimated: row.get_int(5)? != 0,
+        scope: row.get_text(6)?,
+        state: GrantState::parse(&row.get_text(7)?)?,
+        imported_at: row.time(8, "imported_at")?,
+        last_refresh_at: row.opt_time(9, "last_refresh_at")?,
+        consecutive_failures: u32::try_from(row.get_int(10)?).unwrap_or(u32::MAX),
+        retry_not_before: row.opt_time(11, "retry_not_before")?,
+        next_refresh_at: row.time(12, "next_refresh_at")?,
+        reauth_due_notified_at: row.opt_time(13, "reauth_due_notified_at")?,
+        lost_refresh: row.get_int(14)? != 0,
     })
+}
+
+/// A grant with its two sealed values, as [`Store::login_grant_tokens`]
+/// selects it.
+fn decode_sealed(row: &dyn SqlRow) -> Result<(GrantRecord, Vec<u8>, Vec<u8>), SqlError> {
+    Ok((
+        decode(row)?,
+        sealed_at(row, GRANT_COLUMN_COUNT, "access_token_enc")?,
+        sealed_at(row, GRANT_COLUMN_COUNT + 1, "refresh_token_enc")?,
+    ))
+}
+
+/// A sealed value from column `i` (named `col` in errors), never NULL.
+fn sealed_at(row: &dyn SqlRow, i: usize, col: &str) -> Result<Vec<u8>, SqlError> {
+    row.blob(i)?
+        .ok_or_else(|| SqlError::Column(format!("login_grants.{col} is NULL")))
 }
 
 /// The additional data's place of one value: `kind` is `access` or
@@ -276,7 +296,7 @@ fn place<'a>(channel: &'a str, subject: &'a str, kind: &'a str) -> Place<'a> {
 
 /// An event about one grant: the subject only as its hash.
 fn grant_event(
-    tx: &SqliteDb<'_>,
+    tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
     subject: &str,
@@ -297,7 +317,7 @@ fn grant_event(
 /// grant's values, the store's and re-encryption's ([`super::values`]).
 pub(super) fn seal_value(
     values: &super::values::Values,
-    tx: &dyn super::sql::Db,
+    tx: &dyn Db,
     channel: &str,
     subject: &str,
     kind: &'static str,
@@ -338,10 +358,22 @@ fn value_error(
     })
 }
 
+/// `sum` of a condition over a group, as a BIGINT on both backends:
+/// PostgreSQL has no sum of a boolean, and its sum of a BIGINT is NUMERIC.
+macro_rules! count_if {
+    ($condition:literal) => {
+        concat!(
+            "CAST(sum(CASE WHEN ",
+            $condition,
+            " THEN 1 ELSE 0 END) AS BIGINT)"
+        )
+    };
+}
+
 impl Store {
     fn seal_login(
         &self,
-        tx: &dyn super::sql::Db,
+        tx: &dyn Db,
         channel: &str,
         subject: &str,
         kind: &'static str,
@@ -386,17 +418,15 @@ impl Store {
         g: &NewGrant,
         take_previous: bool,
     ) -> Result<(bool, Option<AccessToken>), StoreError> {
-        self.write("importing a login grant", |tx| {
+        self.write_db("importing a login grant", |tx| {
             let channel = g.channel.as_str();
             let previous = if take_previous {
-                let sealed: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT access_token_enc FROM login_grants \
-                         WHERE channel_id = ?1 AND subject = ?2",
-                        params![channel, g.subject],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
+                let sealed = tx.query_opt(
+                    "SELECT access_token_enc FROM login_grants \
+                     WHERE channel_id = ?1 AND subject = ?2",
+                    p![channel, &g.subject],
+                    |r| sealed_at(r, 0, "access_token_enc"),
+                )?;
                 sealed
                     .map(|v| self.open_login(channel, &g.subject, "access", &v))
                     .transpose()?
@@ -409,34 +439,48 @@ impl Store {
             let (refresh, _) =
                 self.seal_login(tx, channel, &g.subject, "refresh", g.refresh.expose())?;
             let replaced = tx
-                .query_row(
+                .query_opt(
                     "SELECT 1 FROM login_grants WHERE channel_id = ?1 AND subject = ?2",
-                    params![channel, g.subject],
+                    p![channel, &g.subject],
                     |_| Ok(()),
-                )
-                .optional()?
+                )?
                 .is_some();
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
                  WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
-                params![channel, g.subject, millis(now)],
+                p![channel, &g.subject, millis(now)],
             )?;
-            tx.exec_cached(
-                "INSERT OR REPLACE INTO login_grants (channel_id, subject, access_token_enc, \
+            // An upsert that sets every column, as SQLite's INSERT OR
+            // REPLACE (which PostgreSQL lacks) did by writing a new row:
+            // the replaced grant's refresh history, failures, notice and
+            // lost flag start over.
+            tx.execute(
+                "INSERT INTO login_grants (channel_id, subject, access_token_enc, \
                  refresh_token_enc, enc_key_id, access_expires_at, login_at, horizon_at, \
                  horizon_estimated, scope, state, imported_at, next_refresh_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?12)",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?12) \
+                 ON CONFLICT (channel_id, subject) DO UPDATE SET \
+                 access_token_enc = excluded.access_token_enc, \
+                 refresh_token_enc = excluded.refresh_token_enc, \
+                 enc_key_id = excluded.enc_key_id, \
+                 access_expires_at = excluded.access_expires_at, login_at = excluded.login_at, \
+                 horizon_at = excluded.horizon_at, horizon_estimated = excluded.horizon_estimated, \
+                 scope = excluded.scope, state = excluded.state, \
+                 imported_at = excluded.imported_at, last_refresh_at = NULL, \
+                 consecutive_failures = 0, retry_not_before = NULL, \
+                 next_refresh_at = excluded.next_refresh_at, reauth_due_notified_at = NULL, \
+                 lost_refresh = 0",
+                p![
                     channel,
-                    g.subject,
-                    access,
-                    refresh,
+                    &g.subject,
+                    &access,
+                    &refresh,
                     key,
                     millis(g.access_expires_at),
                     g.login_at.map(millis),
                     millis(g.horizon_at),
                     g.horizon_estimated,
-                    g.scope,
+                    &g.scope,
                     millis(now),
                     millis(g.next_refresh_at),
                 ],
@@ -477,7 +521,7 @@ impl Store {
         subject: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        self.write("recording a login import's outcome", |tx| {
+        self.write_db("recording a login import's outcome", |tx| {
             grant_event(tx, now, channel, subject, EventKind::LoginImported, detail)
         })
     }
@@ -491,12 +535,15 @@ impl Store {
         channel: &ChannelId,
         subject: &str,
     ) -> Result<Option<GrantRecord>, StoreError> {
-        self.read("reading a login grant", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GRANT_COLUMNS} FROM login_grants WHERE channel_id = ?1 AND subject = ?2"
-            ))?;
-            let mut rows = stmt.query(params![channel.as_str(), subject])?;
-            rows.next()?.map(decode).transpose()
+        self.read_db("reading a login grant", |db| {
+            Ok(db.query_opt(
+                &format!(
+                    "SELECT {GRANT_COLUMNS} FROM login_grants \
+                     WHERE channel_id = ?1 AND subject = ?2"
+                ),
+                p![channel.as_str(), subject],
+                decode,
+            )?)
         })
     }
 
@@ -510,18 +557,18 @@ impl Store {
         channel: &ChannelId,
         subject: &str,
     ) -> Result<Option<(GrantRecord, GrantTokens)>, StoreError> {
-        self.read("reading a login grant's tokens", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GRANT_COLUMNS}, access_token_enc, refresh_token_enc FROM login_grants \
-                 WHERE channel_id = ?1 AND subject = ?2"
-            ))?;
-            let mut rows = stmt.query(params![channel.as_str(), subject])?;
-            let Some(row) = rows.next()? else {
+        self.read_db("reading a login grant's tokens", |db| {
+            let found = db.query_opt(
+                &format!(
+                    "SELECT {GRANT_COLUMNS}, access_token_enc, refresh_token_enc \
+                     FROM login_grants WHERE channel_id = ?1 AND subject = ?2"
+                ),
+                p![channel.as_str(), subject],
+                decode_sealed,
+            )?;
+            let Some((record, access, refresh)) = found else {
                 return Ok(None);
             };
-            let record = decode(row)?;
-            let access: Vec<u8> = row.get("access_token_enc")?;
-            let refresh: Vec<u8> = row.get("refresh_token_enc")?;
             let access = self.open_login(channel.as_str(), subject, "access", &access)?;
             let refresh = self.open_login(channel.as_str(), subject, "refresh", &refresh)?;
             Ok(Some((
@@ -534,22 +581,22 @@ impl Store {
         })
     }
 
-    /// Every grant (without values), by channel and subject: `status`,
-    /// the module's start-up schedule and its notices.
+    /// Every grant (without values), by channel and subject (their bytes,
+    /// on both backends): `status`, the module's start-up schedule and its
+    /// notices.
     ///
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn login_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
-        self.read("listing login grants", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GRANT_COLUMNS} FROM login_grants ORDER BY channel_id, subject"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(decode(row)?);
-            }
-            Ok(out)
+        self.read_db("listing login grants", |db| {
+            let c = db.dialect().bytewise();
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {GRANT_COLUMNS} FROM login_grants ORDER BY channel_id{c}, subject{c}"
+                ),
+                p![],
+                decode,
+            )?)
         })
     }
 
@@ -563,18 +610,17 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<GrantRecord>, StoreError> {
-        self.read("listing due login grants", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {GRANT_COLUMNS} FROM login_grants WHERE state = 'active' \
-                 AND next_refresh_at <= ?1 ORDER BY next_refresh_at LIMIT ?2"
-            ))?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut rows = stmt.query(params![millis(now), limit])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(decode(row)?);
-            }
-            Ok(out)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_db("listing due login grants", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {GRANT_COLUMNS} FROM login_grants WHERE state = 'active' \
+                     AND next_refresh_at <= ?1 ORDER BY next_refresh_at \
+                     LIMIT CAST(?2 AS BIGINT)"
+                ),
+                p![millis(now), limit],
+                decode,
+            )?)
         })
     }
 
@@ -583,11 +629,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn next_login_refresh(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.read("finding the next login refresh", |conn| {
-            let ms: Option<i64> = conn.query_row(
+        self.read_db("finding the next login refresh", |db| {
+            let ms = db.query_one(
                 "SELECT min(next_refresh_at) FROM login_grants WHERE state = 'active'",
-                [],
-                |row| row.get(0),
+                p![],
+                |r| r.int(0),
             )?;
             ms.map(|ms| {
                 DateTime::from_timestamp_millis(ms)
@@ -606,13 +652,13 @@ impl Store {
         &self,
         next: &[(ChannelId, String, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
-        self.write("rescheduling login grants", |tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE login_grants SET next_refresh_at = ?3 \
-                 WHERE channel_id = ?1 AND subject = ?2",
-            )?;
+        self.write_db("rescheduling login grants", |tx| {
             for (channel, subject, at) in next {
-                stmt.execute(params![channel.as_str(), subject, millis(*at)])?;
+                tx.execute(
+                    "UPDATE login_grants SET next_refresh_at = ?3 \
+                     WHERE channel_id = ?1 AND subject = ?2",
+                    p![channel.as_str(), subject, millis(*at)],
+                )?;
             }
             Ok(())
         })
@@ -629,12 +675,8 @@ impl Store {
         channel: &ChannelId,
         subject: &str,
     ) -> Result<i64, StoreError> {
-        self.write("opening a refresh intent", |tx| {
-            tx.exec_cached(
-                "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
-                params![channel.as_str(), subject, millis(now)],
-            )?;
-            Ok(tx.last_insert_rowid())
+        self.write_db("opening a refresh intent", |tx| {
+            insert_intent(tx, now, channel.as_str(), subject)
         })
     }
 
@@ -655,16 +697,19 @@ impl Store {
         channel: &ChannelId,
         subject: &str,
     ) -> Result<Option<(i64, GrantTokens)>, StoreError> {
-        self.write("starting a login refresh", |tx| {
+        self.write_db("starting a login refresh", |tx| {
             let c = channel.as_str();
-            let sealed: Option<(Vec<u8>, Vec<u8>)> = tx
-                .query_row(
-                    "SELECT access_token_enc, refresh_token_enc FROM login_grants \
-                     WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
-                    params![c, subject],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
+            let sealed = tx.query_opt(
+                "SELECT access_token_enc, refresh_token_enc FROM login_grants \
+                 WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
+                p![c, subject],
+                |r| {
+                    Ok((
+                        sealed_at(r, 0, "access_token_enc")?,
+                        sealed_at(r, 1, "refresh_token_enc")?,
+                    ))
+                },
+            )?;
             let Some((access, refresh)) = sealed else {
                 return Ok(None);
             };
@@ -672,11 +717,8 @@ impl Store {
                 access: AccessToken::new(self.open_login(c, subject, "access", &access)?),
                 refresh: RefreshToken::new(self.open_login(c, subject, "refresh", &refresh)?),
             };
-            tx.exec_cached(
-                "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3)",
-                params![c, subject, millis(now)],
-            )?;
-            Ok(Some((tx.last_insert_rowid(), tokens)))
+            let id = insert_intent(tx, now, c, subject)?;
+            Ok(Some((id, tokens)))
         })
     }
 
@@ -697,7 +739,7 @@ impl Store {
         subject: &str,
         answer: &RefreshedGrant,
     ) -> Result<bool, StoreError> {
-        self.write("storing a refreshed login grant", |tx| {
+        self.write_db("storing a refreshed login grant", |tx| {
             if !close_intent(tx, now, intent, "refreshed")? {
                 return Ok(false);
             }
@@ -705,11 +747,11 @@ impl Store {
             let refresh = match &answer.refresh {
                 Some(r) => r.expose().to_owned(),
                 None => {
-                    let sealed: Vec<u8> = tx.query_row(
+                    let sealed = tx.query_one(
                         "SELECT refresh_token_enc FROM login_grants \
                          WHERE channel_id = ?1 AND subject = ?2",
-                        params![c, subject],
-                        |row| row.get(0),
+                        p![c, subject],
+                        |r| sealed_at(r, 0, "refresh_token_enc"),
                     )?;
                     self.open_login(c, subject, "refresh", &sealed)?
                 }
@@ -717,20 +759,23 @@ impl Store {
             let (access_enc, key) =
                 self.seal_login(tx, c, subject, "access", answer.access.expose())?;
             let (refresh_enc, _) = self.seal_login(tx, c, subject, "refresh", &refresh)?;
-            tx.exec_cached(
+            // `CAST`: PostgreSQL cannot type a parameter inside coalesce
+            // from the column alone when it is NULL.
+            tx.execute(
                 "UPDATE login_grants SET access_token_enc = ?3, refresh_token_enc = ?4, \
-                 enc_key_id = ?5, access_expires_at = ?6, scope = coalesce(?7, scope), \
+                 enc_key_id = ?5, access_expires_at = ?6, \
+                 scope = coalesce(CAST(?7 AS TEXT), scope), \
                  last_refresh_at = ?8, consecutive_failures = 0, retry_not_before = NULL, \
                  next_refresh_at = ?9, lost_refresh = 0 \
                  WHERE channel_id = ?1 AND subject = ?2",
-                params![
+                p![
                     c,
                     subject,
-                    access_enc,
-                    refresh_enc,
+                    &access_enc,
+                    &refresh_enc,
                     key,
                     millis(answer.access_expires_at),
-                    answer.scope,
+                    answer.scope.as_ref(),
                     millis(now),
                     millis(answer.next_refresh_at),
                 ],
@@ -769,7 +814,7 @@ impl Store {
         subject: &str,
         failure: &RefreshFailure,
     ) -> Result<(), StoreError> {
-        self.write("recording a failed login refresh", |tx| {
+        self.write_db("recording a failed login refresh", |tx| {
             if let Some(intent) = intent
                 && !close_intent(tx, now, intent, "failed")?
             {
@@ -778,11 +823,11 @@ impl Store {
             let c = channel.as_str();
             match failure {
                 RefreshFailure::Retry { retry_at, reason } => {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
                          retry_not_before = ?3, next_refresh_at = ?3 \
                          WHERE channel_id = ?1 AND subject = ?2",
-                        params![c, subject, millis(*retry_at)],
+                        p![c, subject, millis(*retry_at)],
                     )?;
                     let detail = format!(
                         "{reason}; retried at {}",
@@ -798,11 +843,11 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::Lost { retry_at, reason } => {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE login_grants SET consecutive_failures = consecutive_failures + 1, \
                          retry_not_before = ?3, next_refresh_at = ?3, lost_refresh = 1 \
                          WHERE channel_id = ?1 AND subject = ?2",
-                        params![c, subject, millis(*retry_at)],
+                        p![c, subject, millis(*retry_at)],
                     )?;
                     let detail = format!(
                         "the answer to a refresh was lost ({reason}): LINE may have issued a new \
@@ -819,10 +864,10 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::NeedsLogin { reason } => {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE login_grants SET state = 'needs_login', retry_not_before = NULL \
                          WHERE channel_id = ?1 AND subject = ?2",
-                        params![c, subject],
+                        p![c, subject],
                     )?;
                     grant_event(
                         tx,
@@ -834,10 +879,10 @@ impl Store {
                     )?;
                 }
                 RefreshFailure::ChannelPaused { retry_at } => {
-                    tx.exec_cached(
+                    tx.execute(
                         "UPDATE login_grants SET retry_not_before = ?3, next_refresh_at = ?3 \
                          WHERE channel_id = ?1 AND subject = ?2",
-                        params![c, subject, millis(*retry_at)],
+                        p![c, subject, millis(*retry_at)],
                     )?;
                 }
             }
@@ -861,13 +906,14 @@ impl Store {
         channel: &ChannelId,
         until: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        self.write("ending a login channel's pause", |tx| {
-            Ok(tx.exec_cached(
+        self.write_db("ending a login channel's pause", |tx| {
+            let moved = tx.execute(
                 "UPDATE login_grants SET retry_not_before = NULL, next_refresh_at = ?2 \
                  WHERE channel_id = ?1 AND state = 'active' \
                  AND next_refresh_at > ?2 AND next_refresh_at <= ?3",
-                params![channel.as_str(), millis(now), millis(until)],
-            )?)
+                p![channel.as_str(), millis(now), millis(until)],
+            )?;
+            Ok(usize::try_from(moved).unwrap_or(usize::MAX))
         })
     }
 
@@ -877,20 +923,18 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn expire_login_horizons(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.write("ending login grants at their horizon", |tx| {
-            let ended: Vec<(String, String)> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT channel_id, subject FROM login_grants \
-                     WHERE state = 'active' AND horizon_at <= ?1",
-                )?;
-                let rows = stmt.query_map([millis(now)], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
+        self.write_db("ending login grants at their horizon", |tx| {
+            let ended = tx.query_map(
+                "SELECT channel_id, subject FROM login_grants \
+                 WHERE state = 'active' AND horizon_at <= ?1",
+                p![millis(now)],
+                |r| Ok((r.get_text(0)?, r.get_text(1)?)),
+            )?;
             for (channel, subject) in &ended {
-                tx.exec_cached(
+                tx.execute(
                     "UPDATE login_grants SET state = 'needs_login' \
                      WHERE channel_id = ?1 AND subject = ?2",
-                    params![channel, subject],
+                    p![channel, subject],
                 )?;
                 grant_event(
                     tx,
@@ -917,11 +961,11 @@ impl Store {
         subject: &str,
         horizon_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.write("recording a re-login notice", |tx| {
-            let changed = tx.exec_cached(
+        self.write_db("recording a re-login notice", |tx| {
+            let changed = tx.execute(
                 "UPDATE login_grants SET reauth_due_notified_at = ?3 \
                  WHERE channel_id = ?1 AND subject = ?2 AND reauth_due_notified_at IS NULL",
-                params![channel.as_str(), subject, millis(now)],
+                p![channel.as_str(), subject, millis(now)],
             )?;
             if changed > 0 {
                 let detail = format!(
@@ -951,7 +995,7 @@ impl Store {
         channel: &ChannelId,
         detail: &str,
     ) -> Result<(), StoreError> {
-        self.write("recording a refused login channel", |tx| {
+        self.write_db("recording a refused login channel", |tx| {
             insert_event(
                 tx,
                 now,
@@ -970,22 +1014,20 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn open_refresh_intents(&self) -> Result<Vec<OpenRefreshIntent>, StoreError> {
-        self.read("listing open refresh intents", |conn| {
-            let mut stmt = conn.prepare_cached(
+        self.read_db("listing open refresh intents", |db| {
+            Ok(db.query_map(
                 "SELECT id, channel_id, subject, opened_at FROM refresh_intents \
                  WHERE closed_at IS NULL ORDER BY id",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(OpenRefreshIntent {
-                    id: row.get("id")?,
-                    channel: ChannelId::new(row.get::<_, String>("channel_id")?),
-                    subject: row.get("subject")?,
-                    opened_at: time_at(row, "opened_at")?,
-                });
-            }
-            Ok(out)
+                p![],
+                |r| {
+                    Ok(OpenRefreshIntent {
+                        id: r.get_int(0)?,
+                        channel: ChannelId::new(r.get_text(1)?),
+                        subject: r.get_text(2)?,
+                        opened_at: r.time(3, "opened_at")?,
+                    })
+                },
+            )?)
         })
     }
 
@@ -1001,14 +1043,14 @@ impl Store {
         now: DateTime<Utc>,
         intent: &OpenRefreshIntent,
     ) -> Result<(), StoreError> {
-        self.write("closing a lost refresh intent", |tx| {
+        self.write_db("closing a lost refresh intent", |tx| {
             if !close_intent(tx, now, intent.id, "lost")? {
                 return Ok(());
             }
-            tx.exec_cached(
+            tx.execute(
                 "UPDATE login_grants SET lost_refresh = 1, next_refresh_at = ?3 \
                  WHERE channel_id = ?1 AND subject = ?2 AND state = 'active'",
-                params![intent.channel.as_str(), intent.subject, millis(now)],
+                p![intent.channel.as_str(), &intent.subject, millis(now)],
             )?;
             let detail = format!(
                 "a refresh started at {} was in flight when linetokd stopped: LINE may have \
@@ -1026,9 +1068,10 @@ impl Store {
         })
     }
 
-    /// Deletes a grant (its rows are zeroed: the store runs with
-    /// `secure_delete` when encrypted) and closes any open intent. False
-    /// when there was none.
+    /// Deletes a grant and closes any open intent. False when there was
+    /// none. On SQLite its row is zeroed (an encrypted store runs with
+    /// `secure_delete`); PostgreSQL leaves the dead row to VACUUM, and it
+    /// held the values only sealed.
     ///
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
@@ -1039,15 +1082,15 @@ impl Store {
         subject: &str,
         detail: &str,
     ) -> Result<bool, StoreError> {
-        self.write("deleting a login grant", |tx| {
-            tx.exec_cached(
+        self.write_db("deleting a login grant", |tx| {
+            tx.execute(
                 "UPDATE refresh_intents SET closed_at = ?3, outcome = 'superseded' \
                  WHERE channel_id = ?1 AND subject = ?2 AND closed_at IS NULL",
-                params![channel.as_str(), subject, millis(now)],
+                p![channel.as_str(), subject, millis(now)],
             )?;
-            let deleted = tx.exec_cached(
+            let deleted = tx.execute(
                 "DELETE FROM login_grants WHERE channel_id = ?1 AND subject = ?2",
-                params![channel.as_str(), subject],
+                p![channel.as_str(), subject],
             )?;
             if deleted > 0 {
                 grant_event(tx, now, channel, subject, EventKind::LoginDeleted, detail)?;
@@ -1057,7 +1100,8 @@ impl Store {
     }
 
     /// Every login channel's [`GrantSummary`] at `now`, the notice window
-    /// being `reauth_notify_before` long; by channel ID.
+    /// being `reauth_notify_before` long; by channel ID (its bytes, on
+    /// both backends).
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -1067,67 +1111,87 @@ impl Store {
         reauth_notify_before: std::time::Duration,
     ) -> Result<Vec<GrantSummary>, StoreError> {
         let window = i64::try_from(reauth_notify_before.as_millis()).unwrap_or(i64::MAX);
-        self.read("summarising login grants", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT channel_id, \
-                   sum(state = 'active'), sum(state = 'needs_login'), sum(state = 'revoked'), \
-                   sum(state = 'active' AND horizon_at - ?2 <= ?1 AND ?1 < horizon_at), \
-                   sum(state = 'active' AND horizon_estimated != 0) \
-                 FROM login_grants GROUP BY channel_id ORDER BY channel_id",
-            )?;
-            let mut rows = stmt.query(params![millis(now), window])?;
-            let count = |row: &Row<'_>, i: usize| -> Result<u64, Fail> {
-                Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0))
-            };
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(GrantSummary {
-                    channel: ChannelId::new(row.get::<_, String>(0)?),
-                    active: count(row, 1)?,
-                    needs_login: count(row, 2)?,
-                    revoked: count(row, 3)?,
-                    reauth_due: count(row, 4)?,
-                    horizon_estimated: count(row, 5)?,
-                });
-            }
-            Ok(out)
+        self.read_db("summarising login grants", |db| {
+            Ok(db.query_map(
+                &format!(
+                    concat!(
+                        "SELECT channel_id, ",
+                        count_if!("state = 'active'"),
+                        ", ",
+                        count_if!("state = 'needs_login'"),
+                        ", ",
+                        count_if!("state = 'revoked'"),
+                        ", ",
+                        count_if!("state = 'active' AND horizon_at - ?2 <= ?1 AND ?1 < horizon_at"),
+                        ", ",
+                        count_if!("state = 'active' AND horizon_estimated != 0"),
+                        " FROM login_grants GROUP BY channel_id ORDER BY channel_id{}"
+                    ),
+                    db.dialect().bytewise()
+                ),
+                p![millis(now), window],
+                |r| {
+                    let count = |i| -> Result<u64, SqlError> {
+                        Ok(u64::try_from(r.get_int(i)?).unwrap_or(0))
+                    };
+                    Ok(GrantSummary {
+                        channel: ChannelId::new(r.get_text(0)?),
+                        active: count(1)?,
+                        needs_login: count(2)?,
+                        revoked: count(3)?,
+                        reauth_due: count(4)?,
+                        horizon_estimated: count(5)?,
+                    })
+                },
+            )?)
         })
     }
 
-    /// Grants per channel and state.
+    /// Grants per channel and state (by their bytes, on both backends).
     ///
     /// # Errors
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn login_grant_counts(&self) -> Result<Vec<GrantCount>, StoreError> {
-        self.read("counting login grants", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT channel_id, state, count(*) FROM login_grants \
-                 GROUP BY channel_id, state ORDER BY channel_id, state",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(GrantCount {
-                    channel: ChannelId::new(row.get::<_, String>(0)?),
-                    state: GrantState::parse(&row.get::<_, String>(1)?)?,
-                    grants: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                });
-            }
-            Ok(out)
+        self.read_db("counting login grants", |db| {
+            let c = db.dialect().bytewise();
+            Ok(db.query_map(
+                &format!(
+                    "SELECT channel_id, state, count(*) FROM login_grants \
+                     GROUP BY channel_id, state ORDER BY channel_id{c}, state{c}"
+                ),
+                p![],
+                |r| {
+                    Ok(GrantCount {
+                        channel: ChannelId::new(r.get_text(0)?),
+                        state: GrantState::parse(&r.get_text(1)?)?,
+                        grants: u64::try_from(r.get_int(2)?).unwrap_or(0),
+                    })
+                },
+            )?)
         })
     }
 }
 
-/// Closes an open intent; false when it was already closed (superseded).
-fn close_intent(
-    tx: &Connection,
+/// Opens a refresh intent; returns its ID (`RETURNING`, on both backends).
+fn insert_intent(
+    tx: &dyn Db,
     now: DateTime<Utc>,
-    intent: i64,
-    outcome: &str,
-) -> Result<bool, Fail> {
-    let closed = tx.exec_cached(
+    channel: &str,
+    subject: &str,
+) -> Result<i64, Fail> {
+    Ok(tx.query_one(
+        "INSERT INTO refresh_intents (channel_id, subject, opened_at) VALUES (?1, ?2, ?3) \
+         RETURNING id",
+        p![channel, subject, millis(now)],
+        |r| r.get_int(0),
+    )?)
+}
+
+/// Closes an open intent; false when it was already closed (superseded).
+fn close_intent(tx: &dyn Db, now: DateTime<Utc>, intent: i64, outcome: &str) -> Result<bool, Fail> {
+    let closed = tx.execute(
         "UPDATE refresh_intents SET closed_at = ?2, outcome = ?3 WHERE id = ?1 AND closed_at IS NULL",
-        params![intent, millis(now), outcome],
+        p![intent, millis(now), outcome],
     )?;
     Ok(closed > 0)
 }

@@ -85,7 +85,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::domain::ChannelId;
 
@@ -875,23 +875,6 @@ fn prepare_once(conn: &Connection) -> rusqlite::Result<()> {
 /// already freed its slot (schema version 4).
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
-}
-
-/// A stored time from column `col`.
-fn time_at(row: &Row<'_>, col: &str) -> Result<DateTime<Utc>, Fail> {
-    let ms: i64 = row.get(col)?;
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-}
-
-/// A stored optional time from column `col`.
-fn opt_time_at(row: &Row<'_>, col: &str) -> Result<Option<DateTime<Utc>>, Fail> {
-    let ms: Option<i64> = row.get(col)?;
-    ms.map(|ms| {
-        DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| Fail::Corrupt(format!("{col} holds {ms}, which is not a time")))
-    })
-    .transpose()
 }
 
 /// What a free-text column gets instead of a text that contained a token.

@@ -14,10 +14,10 @@
 //! when the alert fires again after a resolve, the row is started afresh.
 
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::alerts::{ALERT_COLUMNS, AlertRecord, alert_row};
-use super::{ExecCached as _, Fail, Store, StoreError, millis, opt_time_at, screen, time_at};
+use super::sql::{SqlError, SqlRow, p};
+use super::{Store, StoreError, millis, screen};
 
 /// What a notification says about an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,11 +37,11 @@ impl NotifyKind {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, Fail> {
+    fn parse(text: &str) -> Result<Self, SqlError> {
         match text {
             "firing" => Ok(Self::Firing),
             "resolved" => Ok(Self::Resolved),
-            other => Err(Fail::Corrupt(format!(
+            other => Err(SqlError::Column(format!(
                 "alert_notifications.pending_kind holds {other:?}"
             ))),
         }
@@ -104,57 +104,39 @@ impl Store {
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn alerts_to_notify(&self, since: DateTime<Utc>) -> Result<Vec<AlertRecord>, StoreError> {
-        self.read("listing alerts to notify", |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ALERT_COLUMNS} FROM alerts \
-                 WHERE resolved_at IS NULL OR resolved_at >= ?1 \
-                 ORDER BY started_at, fingerprint"
-            ))?;
-            let mut rows = stmt.query([millis(since)])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(alert_row(row)?);
-            }
-            Ok(out)
+        self.read_db("listing alerts to notify", |db| {
+            Ok(db.query_map(
+                &format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts \
+                     WHERE resolved_at IS NULL OR resolved_at >= ?1 \
+                     ORDER BY started_at, fingerprint{}",
+                    db.dialect().bytewise()
+                ),
+                p![millis(since)],
+                alert_row,
+            )?)
         })
     }
 
-    /// Every receiver's notification state, by fingerprint and receiver.
+    /// Every receiver's notification state, by fingerprint and receiver
+    /// (their bytes, on both backends).
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
     pub fn notification_states(&self) -> Result<Vec<NotifyState>, StoreError> {
-        self.read("reading alert notification state", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT fingerprint, receiver, started_at, last_sent_at, sent_count, \
-                 resolve_sent, pending_id, pending_kind, pending_since, pending_attempts, \
-                 pending_next_at FROM alert_notifications ORDER BY fingerprint, receiver",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                let pending = match row.get::<_, Option<String>>("pending_id")? {
-                    None => None,
-                    Some(id) => Some(PendingNotification {
-                        id,
-                        kind: NotifyKind::parse(&row.get::<_, String>("pending_kind")?)?,
-                        since: time_at(row, "pending_since")?,
-                        attempts: row.get("pending_attempts")?,
-                        next_at: time_at(row, "pending_next_at")?,
-                    }),
-                };
-                out.push(NotifyState {
-                    fingerprint: row.get("fingerprint")?,
-                    receiver: row.get("receiver")?,
-                    started_at: time_at(row, "started_at")?,
-                    last_sent_at: opt_time_at(row, "last_sent_at")?,
-                    sent_count: row.get("sent_count")?,
-                    resolve_sent: row.get("resolve_sent")?,
-                    pending,
-                });
-            }
-            Ok(out)
+        self.read_db("reading alert notification state", |db| {
+            let c = db.dialect().bytewise();
+            Ok(db.query_map(
+                &format!(
+                    "SELECT fingerprint, receiver, started_at, last_sent_at, sent_count, \
+                     resolve_sent, pending_id, pending_kind, pending_since, pending_attempts, \
+                     pending_next_at FROM alert_notifications \
+                     ORDER BY fingerprint{c}, receiver{c}"
+                ),
+                p![],
+                notify_state,
+            )?)
         })
     }
 
@@ -173,28 +155,34 @@ impl Store {
         id: &str,
         items: &[NotifyItem],
     ) -> Result<(), StoreError> {
-        self.write("recording an alert notification", |tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO alert_notifications (fingerprint, receiver, started_at, pending_id, \
-                 pending_kind, pending_since, pending_attempts, pending_next_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6) \
-                 ON CONFLICT (fingerprint, receiver) DO UPDATE SET \
-                 last_sent_at = CASE WHEN started_at = excluded.started_at THEN last_sent_at END, \
-                 sent_count = CASE WHEN started_at = excluded.started_at THEN sent_count ELSE 0 END, \
-                 resolve_sent = CASE WHEN started_at = excluded.started_at THEN resolve_sent ELSE 0 END, \
-                 started_at = excluded.started_at, pending_id = excluded.pending_id, \
-                 pending_kind = excluded.pending_kind, pending_since = excluded.pending_since, \
-                 pending_attempts = 0, pending_next_at = excluded.pending_next_at",
-            )?;
+        self.write_db("recording an alert notification", |tx| {
+            // The row's own columns are named with the table: PostgreSQL
+            // finds a bare name in DO UPDATE ambiguous (it is in
+            // `excluded` too).
             for item in items {
-                stmt.execute(params![
-                    item.fingerprint,
-                    receiver,
-                    millis(item.started_at),
-                    id,
-                    item.kind.as_str(),
-                    millis(now)
-                ])?;
+                tx.execute(
+                    "INSERT INTO alert_notifications (fingerprint, receiver, started_at, \
+                     pending_id, pending_kind, pending_since, pending_attempts, pending_next_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6) \
+                     ON CONFLICT (fingerprint, receiver) DO UPDATE SET \
+                     last_sent_at = CASE WHEN alert_notifications.started_at = excluded.started_at \
+                       THEN alert_notifications.last_sent_at END, \
+                     sent_count = CASE WHEN alert_notifications.started_at = excluded.started_at \
+                       THEN alert_notifications.sent_count ELSE 0 END, \
+                     resolve_sent = CASE WHEN alert_notifications.started_at = excluded.started_at \
+                       THEN alert_notifications.resolve_sent ELSE 0 END, \
+                     started_at = excluded.started_at, pending_id = excluded.pending_id, \
+                     pending_kind = excluded.pending_kind, pending_since = excluded.pending_since, \
+                     pending_attempts = 0, pending_next_at = excluded.pending_next_at",
+                    p![
+                        &item.fingerprint,
+                        receiver,
+                        millis(item.started_at),
+                        id,
+                        item.kind.as_str(),
+                        millis(now)
+                    ],
+                )?;
             }
             Ok(())
         })
@@ -212,11 +200,11 @@ impl Store {
         id: &str,
         next_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.write("recording a failed alert notification", |tx| {
-            tx.exec_cached(
+        self.write_db("recording a failed alert notification", |tx| {
+            tx.execute(
                 "UPDATE alert_notifications SET pending_attempts = pending_attempts + 1, \
                  pending_next_at = ?3 WHERE receiver = ?1 AND pending_id = ?2",
-                params![receiver, id, millis(next_at)],
+                p![receiver, id, millis(next_at)],
             )?;
             Ok(())
         })
@@ -237,16 +225,20 @@ impl Store {
         id: &str,
         delivered: bool,
     ) -> Result<(), StoreError> {
-        self.write("recording a finished alert notification", |tx| {
-            tx.exec_cached(
+        self.write_db("recording a finished alert notification", |tx| {
+            // A CASE, not SQLite's `+ (condition)`: PostgreSQL adds no
+            // boolean to a number.
+            tx.execute(
                 "UPDATE alert_notifications SET \
-                 last_sent_at = CASE pending_kind WHEN 'firing' THEN ?3 ELSE last_sent_at END, \
-                 sent_count = sent_count + (pending_kind = 'firing' AND ?4), \
+                 last_sent_at = CASE pending_kind WHEN 'firing' THEN CAST(?3 AS BIGINT) \
+                   ELSE last_sent_at END, \
+                 sent_count = sent_count + \
+                   CASE WHEN pending_kind = 'firing' AND ?4 = 1 THEN 1 ELSE 0 END, \
                  resolve_sent = CASE pending_kind WHEN 'resolved' THEN 1 ELSE resolve_sent END, \
                  pending_id = NULL, pending_kind = NULL, pending_since = NULL, \
                  pending_attempts = 0, pending_next_at = NULL \
                  WHERE receiver = ?1 AND pending_id = ?2",
-                params![receiver, id, millis(now), delivered],
+                p![receiver, id, millis(now), delivered],
             )?;
             Ok(())
         })
@@ -265,20 +257,30 @@ impl Store {
         before: DateTime<Utc>,
         receivers: &[String],
     ) -> Result<usize, StoreError> {
-        let names = serde_json::to_string(receivers).unwrap_or_else(|_| "[]".to_owned());
-        self.write("pruning alert notification state", |tx| {
-            let gone = tx.exec_cached(
-                "DELETE FROM alert_notifications \
-                 WHERE receiver NOT IN (SELECT value FROM json_each(?1))",
-                [names],
+        self.write_db("pruning alert notification state", |tx| {
+            // The receivers that have state are compared with the
+            // configured ones here, not in SQL through SQLite's
+            // `json_each` (PostgreSQL has no such function): they are a
+            // handful, and each removed one costs one DELETE.
+            let stored = tx.query_map(
+                "SELECT DISTINCT receiver FROM alert_notifications",
+                p![],
+                |r| r.get_text(0),
             )?;
-            let old = tx.exec_cached(
+            let mut gone = 0;
+            for receiver in stored.iter().filter(|r| !receivers.contains(r)) {
+                gone += tx.execute(
+                    "DELETE FROM alert_notifications WHERE receiver = ?1",
+                    p![receiver],
+                )?;
+            }
+            let old = tx.execute(
                 "DELETE FROM alert_notifications WHERE pending_id IS NULL AND NOT EXISTS \
                  (SELECT 1 FROM alerts a WHERE a.fingerprint = alert_notifications.fingerprint \
                   AND (a.resolved_at IS NULL OR a.resolved_at >= ?1))",
-                [millis(before)],
+                p![millis(before)],
             )?;
-            Ok(gone + old)
+            Ok(usize::try_from(gone + old).unwrap_or(usize::MAX))
         })
     }
 
@@ -289,20 +291,19 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn receiver_month(&self, receiver: &str, month: &str) -> Result<(u32, bool), StoreError> {
-        self.read("reading a receiver's monthly messages", |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT messages, stopped FROM alert_receiver_months \
-                     WHERE receiver = ?1 AND month = ?2",
-                )?
-                .query_row(params![receiver, month], |row| {
-                    Ok((row.get::<_, u32>(0)?, row.get::<_, bool>(1)?))
-                });
-            match row {
-                Ok(found) => Ok(found),
-                Err(rusqlite::Error::QueryReturnedNoRows) => Ok((0, false)),
-                Err(e) => Err(e.into()),
-            }
+        self.read_db("reading a receiver's monthly messages", |db| {
+            let found = db.query_opt(
+                "SELECT messages, stopped FROM alert_receiver_months \
+                 WHERE receiver = ?1 AND month = ?2",
+                p![receiver, month],
+                |r| {
+                    Ok((
+                        count(r, 0, "alert_receiver_months.messages")?,
+                        r.get_int(1)? != 0,
+                    ))
+                },
+            )?;
+            Ok(found.unwrap_or((0, false)))
         })
     }
 
@@ -319,12 +320,18 @@ impl Store {
         messages: u32,
         stop: bool,
     ) -> Result<(), StoreError> {
-        self.write("counting a receiver's monthly messages", |tx| {
-            tx.exec_cached(
+        self.write_db("counting a receiver's monthly messages", |tx| {
+            // No `max(a, b)`: PostgreSQL's max is only an aggregate (its
+            // two-value form is `greatest`, which SQLite lacks); a flag
+            // once set stays set. The row's columns are named with the
+            // table (a bare name is ambiguous to PostgreSQL here).
+            tx.execute(
                 "INSERT INTO alert_receiver_months (receiver, month, messages, stopped) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver, month) DO UPDATE SET \
-                 messages = messages + ?3, stopped = max(stopped, ?4)",
-                params![receiver, month, messages, stop],
+                 messages = alert_receiver_months.messages + excluded.messages, \
+                 stopped = CASE WHEN excluded.stopped = 1 THEN 1 \
+                   ELSE alert_receiver_months.stopped END",
+                p![receiver, month, messages, stop],
             )?;
             Ok(())
         })
@@ -338,7 +345,7 @@ impl Store {
     ///
     /// [`StoreError::Query`].
     pub fn screen_text(&self, text: &str) -> Result<String, StoreError> {
-        self.read("screening text for token values", |conn| screen(conn, text))
+        self.read_db("screening text for token values", |db| screen(db, text))
     }
 
     /// True when `text` contains any stored token value: the last check on
@@ -365,4 +372,33 @@ impl Store {
             .alerts_changed
             .send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// Decodes a row of [`Store::notification_states`]'s query (by index).
+fn notify_state(row: &dyn SqlRow) -> Result<NotifyState, SqlError> {
+    let pending = match row.text(6)? {
+        None => None,
+        Some(id) => Some(PendingNotification {
+            id,
+            kind: NotifyKind::parse(&row.get_text(7)?)?,
+            since: row.time(8, "pending_since")?,
+            attempts: count(row, 9, "alert_notifications.pending_attempts")?,
+            next_at: row.time(10, "pending_next_at")?,
+        }),
+    };
+    Ok(NotifyState {
+        fingerprint: row.get_text(0)?,
+        receiver: row.get_text(1)?,
+        started_at: row.time(2, "started_at")?,
+        last_sent_at: row.opt_time(3, "last_sent_at")?,
+        sent_count: count(row, 4, "alert_notifications.sent_count")?,
+        resolve_sent: row.get_int(5)? != 0,
+        pending,
+    })
+}
+
+/// Column `i`, named `col` in errors, as a count that fits a `u32`.
+fn count(row: &dyn SqlRow, i: usize, col: &str) -> Result<u32, SqlError> {
+    let n = row.get_int(i)?;
+    u32::try_from(n).map_err(|_| SqlError::Column(format!("{col} holds {n}")))
 }

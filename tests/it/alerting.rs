@@ -81,14 +81,20 @@ fn store_token(store: &Store, key_id: &str, value: &str, at: DateTime<Utc>) {
 
 mod store {
     use super::*;
+    use crate::store::{OnBackend, backends};
 
     #[test]
-    fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("linetokd.db");
-        let store = synced(&path);
+    fn a_notification_keeps_its_id_across_failures_and_a_restart_and_ends_sent_on_both_backends() {
+        for b in backends("notification_keeps_its_id") {
+            notification_keeps_its_id(b);
+        }
+    }
+
+    fn notification_keeps_its_id(b: OnBackend) {
+        let name = b.name;
+        let store = &b.store;
         let mut changed = store.subscribe_alerts();
-        sync(&store, t0(), &[no_live_token()]);
+        sync(store, t0(), &[no_live_token()]);
         assert!(
             changed.has_changed().unwrap(),
             "raising must wake the notifier"
@@ -117,12 +123,12 @@ mod store {
         store
             .notification_failed("ops", "id-1", at + Duration::seconds(5))
             .unwrap();
-        drop(store);
 
         // A restart: the notification is still in flight, with its id.
-        let store = Store::open(&path).unwrap();
+        let b = b.restart();
+        let store = &b.store;
         let states = store.notification_states().unwrap();
-        assert_eq!(states.len(), 1);
+        assert_eq!(states.len(), 1, "{name}");
         let pending = states[0].pending.clone().unwrap();
         assert_eq!(pending.id, "id-1");
         assert_eq!(pending.attempts, 1);
@@ -143,7 +149,7 @@ mod store {
         // Resolved: listed while recent, and the resolve is recorded once.
         let resolved_at = t0() + Duration::hours(1);
         let changed = store.subscribe_alerts();
-        sync(&store, resolved_at, &[]);
+        sync(store, resolved_at, &[]);
         assert!(changed.has_changed().unwrap());
         let alerts = store.alerts_to_notify(resolved_at).unwrap();
         assert_eq!(alerts[0].resolved_at, Some(resolved_at));
@@ -172,7 +178,7 @@ mod store {
 
         // The alert fires again: a new episode starts the row afresh.
         let again = t0() + Duration::hours(2);
-        sync(&store, again, &[no_live_token()]);
+        sync(store, again, &[no_live_token()]);
         let episode = NotifyItem {
             started_at: again,
             ..item
@@ -190,14 +196,23 @@ mod store {
             .finish_notification(again, "ops", "id-3", false)
             .unwrap();
         let state = &store.notification_states().unwrap()[0];
-        assert_eq!((state.sent_count, state.last_sent_at), (0, Some(again)));
+        assert_eq!(
+            (state.sent_count, state.last_sent_at),
+            (0, Some(again)),
+            "{name}"
+        );
     }
 
     #[test]
-    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = synced(&dir.path().join("linetokd.db"));
-        sync(&store, t0(), &[no_live_token()]);
+    fn state_of_long_resolved_alerts_and_removed_receivers_is_pruned_but_not_what_is_in_flight_on_both_backends()
+     {
+        for b in backends("notification_state_is_pruned") {
+            state_is_pruned(&b.store, b.name);
+        }
+    }
+
+    fn state_is_pruned(store: &Store, name: &str) {
+        sync(store, t0(), &[no_live_token()]);
         let fp = fingerprint(
             Some(&ch()),
             Some(&GroupName::new("backend")),
@@ -217,29 +232,42 @@ mod store {
             .begin_notification(t0(), "chat", "b", &[item])
             .unwrap();
         let resolved = t0() + Duration::hours(1);
-        sync(&store, resolved, &[]);
+        sync(store, resolved, &[]);
         let both = ["ops".to_owned(), "chat".to_owned()];
-        assert_eq!(store.prune_notifications(resolved, &both).unwrap(), 0);
+        assert_eq!(
+            store.prune_notifications(resolved, &both).unwrap(),
+            0,
+            "{name}"
+        );
         let later = resolved + Duration::days(2);
-        assert_eq!(store.prune_notifications(later, &both).unwrap(), 1);
+        assert_eq!(
+            store.prune_notifications(later, &both).unwrap(),
+            1,
+            "{name}"
+        );
         let left = store.notification_states().unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].receiver, "chat");
+        assert_eq!(left.len(), 1, "{name}");
+        assert_eq!(left[0].receiver, "chat", "{name}");
         // A receiver gone from the config takes its state with it, in
         // flight or not.
         assert_eq!(
             store
                 .prune_notifications(resolved, &["ops".to_owned()])
                 .unwrap(),
-            1
+            1,
+            "{name}"
         );
-        assert!(store.notification_states().unwrap().is_empty());
+        assert!(store.notification_states().unwrap().is_empty(), "{name}");
     }
 
     #[test]
-    fn owners_state_only_their_own_alerts_and_daemon_wide_ones_have_no_channel() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = synced(&dir.path().join("linetokd.db"));
+    fn owners_state_only_their_own_alerts_and_daemon_wide_ones_have_no_channel_on_both_backends() {
+        for b in backends("owners_state_only_their_own_alerts") {
+            owners_state_their_own(&b.store, b.name);
+        }
+    }
+
+    fn owners_state_their_own(store: &Store, name: &str) {
         let channel = ch();
         let backend = GroupName::new("backend");
         let sink = |path: &str| AlertSpec {
@@ -269,7 +297,7 @@ mod store {
             severity: "warning",
             summary: "bad kid".into(),
         };
-        sync(&store, t0(), &[no_live_token()]);
+        sync(store, t0(), &[no_live_token()]);
         let raised = store
             .sync_alerts(t0(), delivery, &[sink("/run/a.json"), sink("/run/b.env")])
             .unwrap();
@@ -284,7 +312,7 @@ mod store {
 
         // The engine states its alerts without the delivery's: they stay.
         let later = t0() + Duration::minutes(1);
-        let changes = sync(&store, later, &[]);
+        let changes = sync(store, later, &[]);
         assert_eq!(changes.resolved.len(), 1);
         assert_eq!(changes.resolved[0].alertname, "no_live_token");
         let firing = store.firing_alerts().unwrap();
@@ -303,12 +331,13 @@ mod store {
                 ("config_reload_failed", None),
                 ("sink_failing", Some("/run/a.json")),
                 ("sink_failing", Some("/run/b.env")),
-            ]
+            ],
+            "{name}"
         );
         let fingerprints: Vec<&str> = firing.iter().map(|a| a.fingerprint.as_str()).collect();
         assert!(fingerprints.contains(&"-/-/config_reload_failed"));
         assert!(fingerprints.contains(&"1000/backend/sink_failing//run/a.json"));
-        assert_eq!(firing[0].channel_id, None);
+        assert_eq!(firing[0].channel_id, None, "{name}");
 
         // One sink fixed: only its alert resolves; a changed summary is
         // kept without raising again.
@@ -323,8 +352,8 @@ mod store {
             .into_iter()
             .find(|a| a.label.as_ref().is_some_and(|(_, v)| v == "/run/b.env"))
             .unwrap();
-        assert_eq!(b_row.summary, "writing /run/b.env failed 6 times");
-        assert_eq!(b_row.started_at, t0());
+        assert_eq!(b_row.summary, "writing /run/b.env failed 6 times", "{name}");
+        assert_eq!(b_row.started_at, t0(), "{name}");
         // The daemon-wide alert resolves on its own owner's word.
         let changes = store.sync_alerts(later, daemon, &[]).unwrap();
         assert_eq!(changes.resolved.len(), 1);
@@ -425,6 +454,146 @@ mod store {
         // its own.
         let changes = sync(&store, t0(), &[]);
         assert_eq!(changes.resolved.len(), 1);
+    }
+
+    /// PostgreSQL orders text by the database's collation; a database
+    /// created under `en_US` puts `_` before `a` before `B`. SQLite
+    /// orders by bytes (`B` < `_` < `a`), and so must the store on both.
+    /// The PostgreSQL columns are switched to a linguistic collation here,
+    /// since the test cluster's own is C.
+    #[test]
+    fn alerts_and_notification_states_are_listed_in_byte_order_on_both_backends() {
+        for b in backends("alerts_in_byte_order") {
+            if b.is_postgres() {
+                b.batch(
+                "ALTER TABLE alerts ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\"; \
+                 ALTER TABLE alert_notifications \
+                   ALTER COLUMN fingerprint TYPE TEXT COLLATE \"en-US-x-icu\", \
+                   ALTER COLUMN receiver TYPE TEXT COLLATE \"en-US-x-icu\";",
+            );
+            }
+            let store = &b.store;
+            let channel = ch();
+            let backend = GroupName::new("backend");
+            let sink = |path: &str| AlertSpec {
+                group: Some(backend.clone()),
+                label: Some(AlertLabel {
+                    name: "sink",
+                    value: path.into(),
+                }),
+                alertname: "sink_failing",
+                severity: "warning",
+                summary: format!("writing {path} failed"),
+            };
+            let delivery = AlertScope {
+                channel: Some(&channel),
+                group: Some(&backend),
+                names: &["sink_failing"],
+            };
+            // All raised at one instant: the fingerprint decides.
+            store
+                .sync_alerts(
+                    t0(),
+                    delivery,
+                    &[sink("/run/a.json"), sink("/run/B.env"), sink("/run/_x")],
+                )
+                .unwrap();
+            let labels = |alerts: Vec<linetokd::store::AlertRecord>| -> Vec<String> {
+                alerts.into_iter().map(|a| a.label.unwrap().1).collect()
+            };
+            let in_bytes = ["/run/B.env", "/run/_x", "/run/a.json"];
+            assert_eq!(
+                labels(store.firing_alerts().unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                labels(store.firing_in(delivery).unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                labels(store.alerts_to_notify(t0()).unwrap()),
+                in_bytes,
+                "{}",
+                b.name
+            );
+
+            let item = NotifyItem {
+                fingerprint: fingerprint(
+                    Some(&channel),
+                    Some(&backend),
+                    "sink_failing",
+                    Some("/run/_x"),
+                ),
+                started_at: t0(),
+                kind: NotifyKind::Firing,
+            };
+            for (receiver, id) in [("chat", "1"), ("Ops", "2"), ("_all", "3")] {
+                store
+                    .begin_notification(t0(), receiver, id, std::slice::from_ref(&item))
+                    .unwrap();
+            }
+            let receivers: Vec<String> = store
+                .notification_states()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.receiver)
+                .collect();
+            assert_eq!(receivers, ["Ops", "_all", "chat"], "{}", b.name);
+        }
+    }
+
+    /// The monthly count adds up per receiver and month (the month is
+    /// text the notifier computes, `YYYY-MM`; no date arithmetic in SQL),
+    /// and a stop stays for the month: an upsert that PostgreSQL runs
+    /// without SQLite's two-value `max`.
+    #[test]
+    fn a_receivers_month_adds_up_and_stays_stopped_once_stopped_on_both_backends() {
+        for b in backends("receiver_months") {
+            let store = &b.store;
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+            store
+                .record_receiver_month("admins", "2026-03", 2, false)
+                .unwrap();
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (2, false),
+                "{}",
+                b.name
+            );
+            store
+                .record_receiver_month("admins", "2026-03", 3, true)
+                .unwrap();
+            store
+                .record_receiver_month("admins", "2026-03", 1, false)
+                .unwrap();
+            assert_eq!(
+                store.receiver_month("admins", "2026-03").unwrap(),
+                (6, true),
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                store.receiver_month("admins", "2026-04").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+            assert_eq!(
+                store.receiver_month("others", "2026-03").unwrap(),
+                (0, false),
+                "{}",
+                b.name
+            );
+        }
     }
 
     #[test]

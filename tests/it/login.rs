@@ -1850,3 +1850,525 @@ async fn the_shutdown_waits_for_a_token_refused_check_and_ends_its_wait() {
         "{answer:?}"
     );
 }
+
+/// The store's grants and refresh journal through its API alone (no LINE,
+/// no module), on SQLite and PostgreSQL.
+mod store {
+    use std::sync::Arc;
+    use std::time::Duration as StdDuration;
+
+    use chrono::{DateTime, Duration, Utc};
+    use linetokd::domain::{AccessToken, ChannelId, RefreshToken};
+    use linetokd::store::crypt::{KeyMaterial, Keyring};
+    use linetokd::store::{
+        GrantCount, GrantState, GrantSummary, NewGrant, RefreshFailure, RefreshedGrant, Store,
+        StoreOptions,
+    };
+
+    use crate::store::{OnBackend, backends_with};
+
+    fn t0() -> DateTime<Utc> {
+        crate::support::start_time()
+    }
+
+    fn ch(id: &str) -> ChannelId {
+        ChannelId::new(id)
+    }
+
+    /// Grants are stored only sealed: every store here has a key.
+    fn encrypted(test: &str) -> Vec<OnBackend> {
+        let keyring = Keyring::new([(1, KeyMaterial::generate().unwrap())], 1).unwrap();
+        let options = StoreOptions {
+            keyring: Some(Arc::new(keyring)),
+            ..StoreOptions::default()
+        };
+        backends_with(test, &options)
+    }
+
+    /// Grant `n` of `subject` on `channel`: its values name both.
+    fn grant(channel: &str, subject: &str, n: u32) -> NewGrant {
+        NewGrant {
+            channel: ch(channel),
+            subject: subject.into(),
+            access: AccessToken::new(format!("access-{channel}-{subject}-{n}")),
+            refresh: RefreshToken::new(format!("refresh-{channel}-{subject}-{n}")),
+            access_expires_at: t0() + Duration::days(30),
+            login_at: Some(t0() - Duration::days(1)),
+            horizon_at: t0() + Duration::days(89),
+            horizon_estimated: false,
+            scope: "profile openid".into(),
+            next_refresh_at: t0() + Duration::days(29),
+        }
+    }
+
+    fn values(store: &Store, channel: &str, subject: &str) -> (String, String) {
+        let (_, tokens) = store
+            .login_grant_tokens(&ch(channel), subject)
+            .unwrap()
+            .unwrap();
+        (
+            tokens.access.expose().to_owned(),
+            tokens.refresh.expose().to_owned(),
+        )
+    }
+
+    fn answer(access: &str, refresh: Option<&str>, scope: Option<&str>) -> RefreshedGrant {
+        RefreshedGrant {
+            access: AccessToken::new(access),
+            refresh: refresh.map(RefreshToken::new),
+            access_expires_at: t0() + Duration::days(60),
+            scope: scope.map(str::to_owned),
+            next_refresh_at: t0() + Duration::days(59),
+        }
+    }
+
+    #[test]
+    fn a_re_import_replaces_the_values_and_starts_the_grant_over_on_both_backends() {
+        for b in encrypted("login_re_import") {
+            let (store, name) = (&b.store, b.name);
+            let first = grant("1000", "Uone", 1);
+            assert!(!store.import_login_grant(t0(), &first).unwrap(), "{name}");
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(record.state, GrantState::Active, "{name}");
+            assert_eq!(record.access_expires_at, first.access_expires_at, "{name}");
+            assert_eq!(record.login_at, first.login_at, "{name}");
+            assert_eq!(record.horizon_at, first.horizon_at, "{name}");
+            assert_eq!(record.scope, "profile openid", "{name}");
+            assert_eq!(record.imported_at, t0(), "{name}");
+            assert_eq!(record.next_refresh_at, first.next_refresh_at, "{name}");
+            assert_eq!(
+                values(store, "1000", "Uone"),
+                ("access-1000-Uone-1".into(), "refresh-1000-Uone-1".into()),
+                "{name}"
+            );
+
+            // Failures, a notice, a lost refresh and an open intent...
+            let later = t0() + Duration::hours(1);
+            let retry_at = later + Duration::minutes(5);
+            let failure = RefreshFailure::Retry {
+                retry_at,
+                reason: "busy".into(),
+            };
+            store
+                .fail_refresh(later, None, &ch("1000"), "Uone", &failure)
+                .unwrap();
+            let lost = RefreshFailure::Lost {
+                retry_at,
+                reason: "timeout".into(),
+            };
+            store
+                .fail_refresh(later, None, &ch("1000"), "Uone", &lost)
+                .unwrap();
+            assert!(
+                store
+                    .note_reauth_due(later, &ch("1000"), "Uone", first.horizon_at)
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .note_reauth_due(later, &ch("1000"), "Uone", first.horizon_at)
+                    .unwrap(),
+                "{name}: the notice is recorded once"
+            );
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(record.consecutive_failures, 2, "{name}");
+            assert_eq!(record.retry_not_before, Some(retry_at), "{name}");
+            assert_eq!(record.next_refresh_at, retry_at, "{name}");
+            assert!(record.lost_refresh, "{name}");
+            assert_eq!(record.reauth_due_notified_at, Some(later), "{name}");
+            let (intent, _) = store
+                .begin_refresh(later, &ch("1000"), "Uone")
+                .unwrap()
+                .unwrap();
+
+            // ...all start over with a re-import, which hands back the
+            // access token it replaced and closes the intent.
+            let second = grant("1000", "Uone", 2);
+            let (replaced, previous) = store.replace_login_grant(later, &second, true).unwrap();
+            assert!(replaced, "{name}");
+            assert_eq!(
+                previous.map(|t| t.expose().to_owned()),
+                Some("access-1000-Uone-1".to_owned()),
+                "{name}"
+            );
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(
+                (
+                    record.consecutive_failures,
+                    record.retry_not_before,
+                    record.lost_refresh,
+                    record.reauth_due_notified_at,
+                    record.last_refresh_at,
+                    record.imported_at,
+                ),
+                (0, None, false, None, None, later),
+                "{name}"
+            );
+            assert!(store.open_refresh_intents().unwrap().is_empty(), "{name}");
+            // The superseded refresh lands nowhere.
+            let stale = answer("stale", Some("stale-refresh"), None);
+            assert!(
+                !store
+                    .complete_refresh(later, intent, &ch("1000"), "Uone", &stale)
+                    .unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                values(store, "1000", "Uone"),
+                ("access-1000-Uone-2".into(), "refresh-1000-Uone-2".into()),
+                "{name}"
+            );
+            // Without `take_previous` nothing is opened for the caller.
+            let (replaced, previous) = store
+                .replace_login_grant(later, &grant("1000", "Uone", 3), false)
+                .unwrap();
+            assert!(replaced && previous.is_none(), "{name}");
+            assert!(
+                store.login_grant(&ch("1000"), "Uother").unwrap().is_none(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refresh_is_journaled_and_its_answer_stored_with_the_intent_closed_on_both_backends() {
+        for b in encrypted("login_refresh_journal") {
+            let (store, name) = (&b.store, b.name);
+            store
+                .import_login_grant(t0(), &grant("1000", "Uone", 1))
+                .unwrap();
+            let at = t0() + Duration::minutes(1);
+            let (first, tokens) = store
+                .begin_refresh(at, &ch("1000"), "Uone")
+                .unwrap()
+                .unwrap();
+            assert_eq!(tokens.refresh.expose(), "refresh-1000-Uone-1", "{name}");
+            // One open intent per grant.
+            assert!(
+                store.begin_refresh(at, &ch("1000"), "Uone").is_err(),
+                "{name}"
+            );
+            let open = store.open_refresh_intents().unwrap();
+            assert_eq!(open.len(), 1, "{name}");
+            assert_eq!(
+                (
+                    open[0].id,
+                    open[0].channel.clone(),
+                    open[0].subject.as_str()
+                ),
+                (first, ch("1000"), "Uone"),
+                "{name}"
+            );
+            assert_eq!(open[0].opened_at, at, "{name}");
+
+            // LINE kept the refresh token and said no scope: both stay.
+            let done = t0() + Duration::minutes(2);
+            assert!(
+                store
+                    .complete_refresh(done, first, &ch("1000"), "Uone", &answer("a2", None, None))
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .complete_refresh(done, first, &ch("1000"), "Uone", &answer("a3", None, None))
+                    .unwrap(),
+                "{name}: an intent closes once"
+            );
+            assert_eq!(
+                values(store, "1000", "Uone"),
+                ("a2".into(), "refresh-1000-Uone-1".into()),
+                "{name}"
+            );
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(record.scope, "profile openid", "{name}");
+            assert_eq!(record.last_refresh_at, Some(done), "{name}");
+            assert_eq!(
+                record.access_expires_at,
+                t0() + Duration::days(60),
+                "{name}"
+            );
+            assert_eq!(record.next_refresh_at, t0() + Duration::days(59), "{name}");
+
+            // LINE rotated the refresh token and narrowed the scope.
+            let (second, _) = store
+                .begin_refresh(done, &ch("1000"), "Uone")
+                .unwrap()
+                .unwrap();
+            assert!(second > first, "{name}");
+            let rotated = answer("a4", Some("r4"), Some("profile"));
+            assert!(
+                store
+                    .complete_refresh(done, second, &ch("1000"), "Uone", &rotated)
+                    .unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                values(store, "1000", "Uone"),
+                ("a4".into(), "r4".into()),
+                "{name}"
+            );
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(record.scope, "profile", "{name}");
+
+            // A dead refresh token ends the grant: no refresh starts.
+            let (third, _) = store
+                .begin_refresh(done, &ch("1000"), "Uone")
+                .unwrap()
+                .unwrap();
+            let dead = RefreshFailure::NeedsLogin {
+                reason: "invalid_grant".into(),
+            };
+            store
+                .fail_refresh(done, Some(third), &ch("1000"), "Uone", &dead)
+                .unwrap();
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert_eq!(record.state, GrantState::NeedsLogin, "{name}");
+            assert!(
+                store
+                    .begin_refresh(done, &ch("1000"), "Uone")
+                    .unwrap()
+                    .is_none(),
+                "{name}"
+            );
+            assert!(store.open_refresh_intents().unwrap().is_empty(), "{name}");
+
+            // An intent left open by a crash is closed as lost: the grant
+            // is flagged and due at once.
+            store
+                .import_login_grant(done, &grant("1000", "Uone", 5))
+                .unwrap();
+            let crashed = store
+                .open_refresh_intent(done, &ch("1000"), "Uone")
+                .unwrap();
+            let restart = done + Duration::minutes(3);
+            let open = store.open_refresh_intents().unwrap();
+            assert_eq!(
+                open.iter().map(|i| i.id).collect::<Vec<_>>(),
+                [crashed],
+                "{name}"
+            );
+            store.close_lost_refresh(restart, &open[0]).unwrap();
+            let record = store.login_grant(&ch("1000"), "Uone").unwrap().unwrap();
+            assert!(record.lost_refresh, "{name}");
+            assert_eq!(record.next_refresh_at, restart, "{name}");
+            assert!(store.open_refresh_intents().unwrap().is_empty(), "{name}");
+
+            // A delete closes any open intent and is true once.
+            let (fourth, _) = store
+                .begin_refresh(restart, &ch("1000"), "Uone")
+                .unwrap()
+                .unwrap();
+            assert!(
+                store
+                    .delete_login_grant(restart, &ch("1000"), "Uone", "by request")
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .delete_login_grant(restart, &ch("1000"), "Uone", "by request")
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                store.login_grant(&ch("1000"), "Uone").unwrap().is_none(),
+                "{name}"
+            );
+            assert!(store.open_refresh_intents().unwrap().is_empty(), "{name}");
+            assert!(
+                !store
+                    .complete_refresh(restart, fourth, &ch("1000"), "Uone", &rotated)
+                    .unwrap(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn grants_are_summarised_scheduled_paused_and_ended_at_their_horizon_on_both_backends() {
+        for b in encrypted("login_schedule") {
+            let (store, name) = (&b.store, b.name);
+            assert_eq!(store.next_login_refresh().unwrap(), None, "{name}");
+            assert!(
+                store
+                    .login_grant_summary(t0(), StdDuration::from_secs(3600))
+                    .unwrap()
+                    .is_empty(),
+                "{name}"
+            );
+            let mut estimated = grant("1000", "Ua", 1);
+            estimated.horizon_estimated = true;
+            estimated.login_at = None;
+            let mut ending = grant("1000", "Ub", 1);
+            ending.horizon_at = t0() + Duration::days(2);
+            for g in [
+                estimated,
+                ending,
+                grant("2000", "Uc", 1),
+                grant("2000", "Ud", 1),
+            ] {
+                store.import_login_grant(t0(), &g).unwrap();
+            }
+            let dead = RefreshFailure::NeedsLogin {
+                reason: "invalid_grant".into(),
+            };
+            store
+                .fail_refresh(t0(), None, &ch("2000"), "Uc", &dead)
+                .unwrap();
+
+            // The notice window is 3 days: only Ub's horizon is inside it.
+            let summary = store
+                .login_grant_summary(t0(), StdDuration::from_secs(3 * 24 * 3600))
+                .unwrap();
+            assert_eq!(
+                summary,
+                [
+                    GrantSummary {
+                        channel: ch("1000"),
+                        active: 2,
+                        needs_login: 0,
+                        revoked: 0,
+                        reauth_due: 1,
+                        horizon_estimated: 1,
+                    },
+                    GrantSummary {
+                        channel: ch("2000"),
+                        active: 1,
+                        needs_login: 1,
+                        revoked: 0,
+                        reauth_due: 0,
+                        horizon_estimated: 0,
+                    },
+                ],
+                "{name}"
+            );
+            let count = |channel: &str, state, grants| GrantCount {
+                channel: ch(channel),
+                state,
+                grants,
+            };
+            assert_eq!(
+                store.login_grant_counts().unwrap(),
+                [
+                    count("1000", GrantState::Active, 2),
+                    count("2000", GrantState::Active, 1),
+                    count("2000", GrantState::NeedsLogin, 1),
+                ],
+                "{name}"
+            );
+
+            // Due: earliest first, at most `limit`, active only.
+            store
+                .reschedule_login_grants(&[
+                    (ch("1000"), "Ua".into(), t0() - Duration::hours(2)),
+                    (ch("1000"), "Ub".into(), t0() - Duration::hours(1)),
+                    (ch("2000"), "Uc".into(), t0() - Duration::hours(3)),
+                    (ch("2000"), "Ud".into(), t0() + Duration::hours(1)),
+                ])
+                .unwrap();
+            let due = |limit| -> Vec<String> {
+                store
+                    .due_login_grants(t0(), limit)
+                    .unwrap()
+                    .into_iter()
+                    .map(|g| g.subject)
+                    .collect()
+            };
+            assert_eq!(due(1), ["Ua"], "{name}");
+            assert_eq!(due(10), ["Ua", "Ub"], "{name}");
+            assert_eq!(
+                store.next_login_refresh().unwrap(),
+                Some(t0() - Duration::hours(2)),
+                "{name}"
+            );
+
+            // A paused channel's grants wait for the pause's end; a reload
+            // ends it early and makes them due now.
+            let until = t0() + Duration::hours(1);
+            store
+                .fail_refresh(
+                    t0(),
+                    None,
+                    &ch("1000"),
+                    "Ua",
+                    &RefreshFailure::ChannelPaused { retry_at: until },
+                )
+                .unwrap();
+            assert_eq!(due(10), ["Ub"], "{name}");
+            assert_eq!(
+                store.end_login_pause(t0(), &ch("1000"), until).unwrap(),
+                1,
+                "{name}"
+            );
+            let a = store.login_grant(&ch("1000"), "Ua").unwrap().unwrap();
+            assert_eq!(
+                (a.next_refresh_at, a.retry_not_before),
+                (t0(), None),
+                "{name}"
+            );
+
+            // Ub reaches its horizon.
+            let past = t0() + Duration::days(2);
+            assert_eq!(store.expire_login_horizons(past).unwrap(), 1, "{name}");
+            assert_eq!(
+                store.login_grant(&ch("1000"), "Ub").unwrap().unwrap().state,
+                GrantState::NeedsLogin,
+                "{name}"
+            );
+            assert_eq!(store.expire_login_horizons(past).unwrap(), 0, "{name}");
+        }
+    }
+
+    /// Listings are by channel and subject in byte order on both
+    /// backends, whatever collation PostgreSQL's columns have (switched to
+    /// a linguistic one here, which puts `_` before `a` before `B`).
+    #[test]
+    fn grants_are_listed_in_byte_order_on_both_backends() {
+        for b in encrypted("login_byte_order") {
+            if b.is_postgres() {
+                b.batch(
+                    "ALTER TABLE login_grants \
+                   ALTER COLUMN channel_id TYPE TEXT COLLATE \"en-US-x-icu\", \
+                   ALTER COLUMN subject TYPE TEXT COLLATE \"en-US-x-icu\";",
+                );
+            }
+            let (store, name) = (&b.store, b.name);
+            for (channel, subject) in [("a1", "Ux"), ("B1", "ub"), ("B1", "UB"), ("_1", "Ux")] {
+                store
+                    .import_login_grant(t0(), &grant(channel, subject, 1))
+                    .unwrap();
+            }
+            let listed: Vec<(String, String)> = store
+                .login_grants()
+                .unwrap()
+                .into_iter()
+                .map(|g| (g.channel.as_str().to_owned(), g.subject))
+                .collect();
+            let expected = [("B1", "UB"), ("B1", "ub"), ("_1", "Ux"), ("a1", "Ux")];
+            assert_eq!(
+                listed,
+                expected.map(|(c, s)| (c.to_owned(), s.to_owned())),
+                "{name}"
+            );
+            let channels = |names: Vec<ChannelId>| -> Vec<String> {
+                names.into_iter().map(|c| c.as_str().to_owned()).collect()
+            };
+            let by_summary = store
+                .login_grant_summary(t0(), StdDuration::from_secs(0))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.channel)
+                .collect();
+            assert_eq!(channels(by_summary), ["B1", "_1", "a1"], "{name}");
+            let by_count = store
+                .login_grant_counts()
+                .unwrap()
+                .into_iter()
+                .map(|c| c.channel)
+                .collect();
+            assert_eq!(channels(by_count), ["B1", "_1", "a1"], "{name}");
+        }
+    }
+}

@@ -1594,10 +1594,11 @@ fn a_crash_during_a_short_lived_issue_is_not_left_for_a_listing_to_settle() {
     }
 }
 
-/// A store on one backend, and where its database lives.
-struct OnBackend {
-    name: &'static str,
-    store: Store,
+/// A store on one backend, and where its database lives. The store tests
+/// of other concerns (`alerting`, `login`) use it too.
+pub(crate) struct OnBackend {
+    pub(crate) name: &'static str,
+    pub(crate) store: Store,
     at: Place,
     options: linetokd::store::StoreOptions,
     _dir: Option<TempDir>,
@@ -1613,12 +1614,12 @@ enum Place {
 /// The store on every backend this machine has: SQLite always,
 /// PostgreSQL when the test cluster runs (else one skip line, or a failure
 /// under `LINETOKD_REQUIRE_POSTGRES=1`). Each is empty and migrated.
-fn backends(test: &str) -> Vec<OnBackend> {
+pub(crate) fn backends(test: &str) -> Vec<OnBackend> {
     backends_with(test, &linetokd::store::StoreOptions::default())
 }
 
 /// [`backends`] opened with `options` (a keyring, say).
-fn backends_with(test: &str, options: &linetokd::store::StoreOptions) -> Vec<OnBackend> {
+pub(crate) fn backends_with(test: &str, options: &linetokd::store::StoreOptions) -> Vec<OnBackend> {
     let (dir, path) = fresh();
     let mut out = vec![OnBackend {
         name: "sqlite",
@@ -1683,13 +1684,13 @@ impl OnBackend {
         self.batch(sql);
     }
 
-    fn is_postgres(&self) -> bool {
+    pub(crate) fn is_postgres(&self) -> bool {
         matches!(self.at, Place::Postgres(_))
     }
 
     /// The store closed and its database opened again, as a restarted
     /// daemon opens it.
-    fn restart(self) -> Self {
+    pub(crate) fn restart(self) -> Self {
         let Self {
             name,
             store,
@@ -1732,7 +1733,7 @@ impl OnBackend {
 
     /// Runs statements on a connection of its own, beside the store: set-up
     /// and sabotage.
-    fn batch(&self, sql: &str) {
+    pub(crate) fn batch(&self, sql: &str) {
         match &self.at {
             Place::Sqlite(path) => Connection::open(path).unwrap().execute_batch(sql).unwrap(),
             Place::Postgres(url) => {
