@@ -201,7 +201,7 @@ impl DaemonConfig {
     /// `database_url_file` is set, else the SQLite file.
     pub fn store(&self) -> crate::store::Location {
         match &self.postgres {
-            Some(target) => crate::store::Location::Postgres(target.clone()),
+            Some(target) => crate::store::Location::Postgres(Box::new(target.clone())),
             None => crate::store::Location::Sqlite(self.database.clone()),
         }
     }

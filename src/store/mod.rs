@@ -152,7 +152,7 @@ pub enum Location {
     /// A SQLite database file.
     Sqlite(PathBuf),
     /// A PostgreSQL database.
-    Postgres(pg::PgTarget),
+    Postgres(Box<pg::PgTarget>),
 }
 
 impl std::fmt::Display for Location {

@@ -506,7 +506,9 @@ impl Lab {
                 let file = dir.path().join("database.url");
                 write_private(&file, &url);
                 (
-                    Location::Postgres(linetokd::store::pg::PgTarget::parse(&url).unwrap()),
+                    Location::Postgres(Box::new(
+                        linetokd::store::pg::PgTarget::parse(&url).unwrap(),
+                    )),
                     format!("database_url_file = \"{}\"", file.display()),
                 )
             }
