@@ -178,9 +178,11 @@ fn serve(weak: &Weak<Inner>, receive: &Receiver<Job>) {
 /// Runs `jobs` in one transaction, or each on its own when no batch can be
 /// opened (every job then meets the trouble itself and reports it as its
 /// own error, as it would have without batching). A lone job is batched
-/// too: its writes then share one sync.
+/// too: its writes then share one sync. A PostgreSQL store has no batch
+/// (each of its writes is a transaction of its own): its jobs run one by
+/// one.
 fn run(store: &Store, jobs: Vec<Job>) -> Vec<(Answer, Option<StoreError>)> {
-    if !begin(store) {
+    if store.inner.sqlite().is_none() || !begin(store) {
         return jobs.into_iter().map(|job| (job(store), None)).collect();
     }
     // Ends the batch even if something below panics, so that other

@@ -662,10 +662,15 @@ impl Store {
     }
 
     /// Runs `f` with this store off the async runtime, for async callers:
-    /// rusqlite blocks. A writer's jobs go to its writer thread, which
-    /// commits the jobs that arrive together in one transaction (`batch`);
-    /// the answer comes once `f`'s writes are durable. A read-only store
-    /// uses tokio's blocking pool. A job that panicked or was lost comes
+    /// rusqlite blocks, and so do PostgreSQL's statements. A writer's jobs
+    /// go to its writer thread, which on SQLite commits the jobs that
+    /// arrive together in one transaction (`batch`); the answer comes once
+    /// `f`'s writes are durable. On PostgreSQL the same thread runs each
+    /// job on its own (each write its own transaction): a plain thread, so
+    /// its statements block on the store's runtime directly (`sql::block_on`
+    /// cannot tell a blocking-pool thread from one that drives tasks, and
+    /// would hand every statement to a helper thread there). A read-only
+    /// store uses tokio's blocking pool. A job that panicked or was lost comes
     /// back as [`StoreError::Internal`].
     ///
     /// # Errors
@@ -677,9 +682,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let lost = |what: String| StoreError::Internal { what };
-        // PostgreSQL's statements block too (on the store's own runtime),
-        // and a transaction per call needs no writer thread.
-        if self.is_read_only() || self.inner.sqlite().is_none() {
+        if self.is_read_only() {
             let store = self.clone();
             return tokio::task::spawn_blocking(move || f(&store))
                 .await
