@@ -1196,7 +1196,7 @@ fn status_cmd(path: &Path, json: bool) -> Result<(), Failure> {
         &configured_channels(&config),
         &app::rules(&config.rotation, config.capacity_low_threshold),
         &state,
-        probe_daemon(&config),
+        probe_daemon(&config, &store),
     );
     report.login = status::login_status(
         &store,
@@ -1225,8 +1225,12 @@ fn exit_without_freeing<T>(big: T) {
 
 /// Whether a daemon holds the database, and where it listens for HTTP when
 /// it recorded that in its state directory ([`addresses`]).
-fn probe_daemon(config: &config::Outline) -> status::DaemonStatus {
+fn probe_daemon(config: &config::Outline, store: &Store) -> status::DaemonStatus {
     let mut daemon = status::probe_daemon_at(&config.daemon.store());
+    // On PostgreSQL the writer's lock is in the database: ask it.
+    if let Ok(Some(running)) = store.writer_present() {
+        daemon.running = Some(running);
+    }
     if daemon.running != Some(false) {
         daemon.http = addresses::read(&config.daemon.state_dir)
             .ok()

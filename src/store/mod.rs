@@ -575,6 +575,21 @@ impl Store {
         })
     }
 
+    /// Whether a writer (a daemon, or `linetokd migrate`) holds this
+    /// PostgreSQL database's writer lock: `None` on SQLite, whose lock is a
+    /// file `status` probes itself.
+    ///
+    /// # Errors
+    /// [`StoreError::Postgres`] when the lock table cannot be read.
+    pub fn writer_present(&self) -> Result<Option<bool>, StoreError> {
+        match &self.inner.conn {
+            Connections::Sqlite(_) => Ok(None),
+            Connections::Postgres(pg) => pg.writer_present().map(Some).map_err(|e| {
+                Fail::Pg(e).into_store_error(&self.inner.path, "reading the writer lock")
+            }),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path

@@ -169,6 +169,27 @@ impl Backend {
         f(&db)
     }
 
+    /// Whether some connection holds the writer lock ([`WRITER_LOCK_KEY`]),
+    /// this store's own included.
+    ///
+    /// # Errors
+    /// [`SqlError`] when the lock table cannot be read.
+    pub fn writer_present(&self) -> Result<bool, SqlError> {
+        let runtime = self.runtime().handle();
+        let client =
+            block_on(runtime, self.pool.get()).map_err(|e| SqlError::Pool(e.to_string()))?;
+        let row = block_on(
+            runtime,
+            client.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid)",
+                &[&WRITER_LOCK_KEY],
+            ),
+        )?;
+        Ok(row.get(0))
+    }
+
     /// Runs `f` in one transaction on a pooled connection, committed only
     /// when `f` succeeds and rolled back otherwise.
     ///
@@ -223,6 +244,7 @@ async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, 
     let holder: Option<i32> = client
         .query_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid LIMIT 1",
             &[&WRITER_LOCK_KEY],
         )

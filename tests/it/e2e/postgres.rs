@@ -101,6 +101,8 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
     assert_eq!(database, lab.location.to_string());
     let groups = report["channels"][0]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{report}");
+    // Whether a daemon runs is the writer lock's holder, in the database.
+    assert_eq!(report["daemon"]["running"], true, "{report}");
 
     // A second daemon on the same database is refused: one writer per
     // database until leases are wired in.
@@ -117,6 +119,10 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
 
     first.signal("TERM");
     first.exit_ok().await;
+    let mut stopped = cli(&lab, "status when stopped", &["status", "--json"]).await;
+    stopped.exit_ok().await;
+    let report: serde_json::Value = serde_json::from_str(&stdout(&stopped)).unwrap();
+    assert_eq!(report["daemon"]["running"], false, "{report}");
     let tokens_before = lab.tokens().await;
     let stored_before = lab.stored();
     assert_eq!(stored_before.len(), 2);
