@@ -610,12 +610,15 @@ impl Store {
     /// write beside them until they are (`batch`).
     ///
     /// # Errors
-    /// [`StoreError::Internal`] on PostgreSQL, whose statements go through
-    /// [`Store::read_db`] and [`Store::write_db`].
+    /// [`StoreError::Internal`] on PostgreSQL: every query runs on both
+    /// backends through [`Store::read_db`] and [`Store::write_db`], and
+    /// only the steps that rewrite the SQLite file itself (`db decrypt`'s
+    /// scrub) come here, which `cli` refuses on PostgreSQL before.
     fn connection(&self) -> Result<MutexGuard<'_, batch::Connection>, StoreError> {
         let Some(conn) = self.inner.sqlite() else {
             return Err(StoreError::Internal {
-                what: "this store operation is not available on PostgreSQL yet".to_owned(),
+                what: "this step rewrites a SQLite database file; the store is PostgreSQL"
+                    .to_owned(),
             });
         };
         let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);

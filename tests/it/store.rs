@@ -749,7 +749,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
                 retired_at: None,
             })
             .unwrap();
-        unless_unported(
+        checked(
             &b,
             store.record_event(
                 at,
@@ -762,7 +762,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
                 },
             ),
         );
-        unless_unported(
+        checked(
             &b,
             store.set_group_runtime(
                 &ch("1000"),
@@ -777,7 +777,7 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
                 },
             ),
         );
-        unless_unported(
+        checked(
             &b,
             store.reconcile(
                 at + Duration::minutes(2),
@@ -796,11 +796,11 @@ fn no_table_but_tokens_ever_holds_a_token_value() {
                 )
                 .unwrap()
         );
-        if let Some(group) = unless_unported(&b, store.group(&ch("1000"), &gr("backend"))) {
-            let runtime = group.unwrap().runtime;
-            assert_eq!(runtime.consecutive_failures, 1);
-            assert!(!runtime.last_error.unwrap().contains(value));
-        }
+        let runtime = checked(&b, store.group(&ch("1000"), &gr("backend")))
+            .unwrap()
+            .runtime;
+        assert_eq!(runtime.consecutive_failures, 1);
+        assert!(!runtime.last_error.unwrap().contains(value));
         let b = b.restart();
         assert_eq!(
             b.store.token(&kid("k1")).unwrap().unwrap().value.expose(),
@@ -1384,23 +1384,10 @@ fn groups_get_their_kind_and_short_lived_tokens_stay_out_of_the_listing() {
         let store = &b.store;
         // The kinds by group name, through the store where it can say.
         let kinds = || -> Vec<(String, TokenKind)> {
-            match unless_unported(&b, store.groups(&ch("1000"))) {
-                Some(groups) => groups
-                    .into_iter()
-                    .map(|g| (g.name.to_string(), g.kind))
-                    .collect(),
-                None => b
-                    .texts(
-                        "SELECT name, kind FROM groups WHERE channel_id = '1000' ORDER BY name",
-                        &[],
-                    )
-                    .into_iter()
-                    .map(|r| {
-                        let kind = TokenKind::parse(r[1].as_deref().unwrap()).unwrap();
-                        (r[0].clone().unwrap(), kind)
-                    })
-                    .collect(),
-            }
+            checked(&b, store.groups(&ch("1000")))
+                .into_iter()
+                .map(|g| (g.name.to_string(), g.kind))
+                .collect()
         };
         assert_eq!(
             kinds(),
@@ -1447,9 +1434,8 @@ fn groups_get_their_kind_and_short_lived_tokens_stay_out_of_the_listing() {
         issue(store, "backend", "kid-v21", "v21-VALUE", t0());
         // LINE lists no key ID at all: only the v2.1 token is missing from it.
         let later = t0() + Duration::minutes(1);
-        if let Some(report) = unless_unported(&b, store.reconcile(later, &ch("1000"), &[], 0)) {
-            assert_eq!(report.gone, vec![kid("kid-v21")]);
-        }
+        let report = checked(&b, store.reconcile(later, &ch("1000"), &[], 0));
+        assert_eq!(report.gone, vec![kid("kid-v21")]);
         assert_eq!(
             store.token(&sl).unwrap().unwrap().record.state,
             TokenState::Live
@@ -1777,76 +1763,23 @@ impl OnBackend {
 
     /// The newest event's kind and key ID.
     fn last_event(&self) -> (String, Option<String>) {
-        if let Some(events) = unless_unported(self, self.store.recent_events(1)) {
-            let e = &events[0];
-            return (
-                e.kind.as_str().to_owned(),
-                e.key_id.as_ref().map(|k| k.to_string()),
-            );
-        }
-        let mut rows = self.texts(
-            "SELECT kind, key_id FROM events ORDER BY id DESC LIMIT 1",
-            &[],
-        );
-        let mut row = rows.remove(0);
-        let key_id = row.pop().unwrap();
-        (row.pop().unwrap().unwrap(), key_id)
+        let events = checked(self, self.store.recent_events(1));
+        let e = &events[0];
+        (
+            e.kind.as_str().to_owned(),
+            e.key_id.as_ref().map(|k| k.to_string()),
+        )
     }
 }
 
-/// What a store method of a module that another branch is porting to
-/// PostgreSQL (sync, events, foreign: issue 12) answered: `None` when
-/// PostgreSQL refused it as not ported yet, so the test goes on without
-/// it; every other error fails the test. Once those modules run on
-/// PostgreSQL, every call here is checked on both backends.
-fn unless_unported<T>(b: &OnBackend, answer: Result<T, StoreError>) -> Option<T> {
-    match answer {
-        Err(StoreError::Internal { what })
-            if b.is_postgres() && what.contains("not available on PostgreSQL yet") =>
-        {
-            None
-        }
-        answer => Some(answer.unwrap_or_else(|e| panic!("{}: {e}", b.name))),
-    }
+/// `answer`, or a failure naming the backend.
+fn checked<T>(b: &OnBackend, answer: Result<T, StoreError>) -> T {
+    answer.unwrap_or_else(|e| panic!("{}: {e}", b.name))
 }
 
-/// Text as an SQL literal (test values only).
-fn lit(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// `sync_config`, or, where it is not ported yet (PostgreSQL, see
-/// [`unless_unported`]), the same channels and groups (with their kinds)
-/// written with plain SQL: what the tests of tokens and intents need.
+/// `sync_config` on `b`'s store.
 fn sync(b: &OnBackend, now: DateTime<Utc>, specs: &[ChannelSpec]) {
-    if unless_unported(b, b.store.sync_config(now, specs)).is_some() {
-        return;
-    }
-    let at = now.timestamp_millis();
-    let mut sql = String::new();
-    for spec in specs {
-        sql += &format!(
-            "INSERT INTO channels (id, name, added_at) VALUES ({}, {}, {at}) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, removed_at = NULL;",
-            lit(spec.id.as_str()),
-            lit(&spec.name)
-        );
-        for group in &spec.groups {
-            let kind = if spec.short_lived.contains(group) {
-                "short-lived"
-            } else {
-                "v2.1"
-            };
-            sql += &format!(
-                "INSERT INTO groups (channel_id, name, added_at, kind) \
-                 VALUES ({}, {}, {at}, '{kind}') ON CONFLICT (channel_id, name) \
-                 DO UPDATE SET kind = excluded.kind, removed_at = NULL;",
-                lit(spec.id.as_str()),
-                lit(group.as_str())
-            );
-        }
-    }
-    b.batch(&sql);
+    checked(b, b.store.sync_config(now, specs));
 }
 
 /// Channel `1000` with groups `backend` and `crm` ([`synced_store`] on
