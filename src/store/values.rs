@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::crypt::{self, CryptError, Keyring, Place};
-use super::sql::{Db, SqlError, SqliteDb, p};
+use super::sql::{Db, SqlError, SqlRow, SqliteDb, p};
 use super::{Fail, StoreError};
 use crate::domain::{AccessToken, KeyId};
 
@@ -219,6 +219,41 @@ pub(super) struct Row<'a> {
     pub group: &'a str,
 }
 
+/// A `tokens` row's value as stored, with what names it: the columns of
+/// [`VALUE_COLUMNS`], in order.
+struct StoredValue {
+    key_id: String,
+    channel: String,
+    group: String,
+    plain: Option<String>,
+    sealed: Option<Vec<u8>>,
+}
+
+/// The `tokens` columns [`StoredValue::decode`] reads, in its order.
+const VALUE_COLUMNS: &str = "key_id, channel_id, group_name, access_token, access_token_enc";
+
+impl StoredValue {
+    fn decode(row: &dyn SqlRow) -> Result<Self, SqlError> {
+        Ok(Self {
+            key_id: row.get_text(0)?,
+            channel: row.get_text(1)?,
+            group: row.get_text(2)?,
+            plain: row.text(3)?,
+            sealed: row.blob(4)?,
+        })
+    }
+
+    /// The value in the clear, opening a sealed one with `values`.
+    fn open(self, values: &Values) -> Result<AccessToken, Fail> {
+        let row = Row {
+            key_id: &self.key_id,
+            channel: &self.channel,
+            group: &self.group,
+        };
+        values.open(row, self.plain, self.sealed)
+    }
+}
+
 impl Row<'_> {
     fn place(&self) -> Place<'_> {
         Place {
@@ -398,26 +433,12 @@ pub(super) fn check_keys(db: &dyn Db, values: &Values) -> Result<(), Fail> {
     // found now, not at the first revoke.
     for count in &sealed {
         let probe = db.query_opt(
-            "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
-             WHERE enc_key_id = ?1 LIMIT 1",
+            &format!("SELECT {VALUE_COLUMNS} FROM tokens WHERE enc_key_id = ?1 LIMIT 1"),
             p![count.key],
-            |row| {
-                Ok((
-                    row.get_text(0)?,
-                    row.get_text(1)?,
-                    row.get_text(2)?,
-                    row.text(3)?,
-                    row.blob(4)?,
-                ))
-            },
+            StoredValue::decode,
         )?;
-        if let Some((key_id, channel, group, plain, sealed)) = probe {
-            let row = Row {
-                key_id: &key_id,
-                channel: &channel,
-                group: &group,
-            };
-            values.open(row, plain, sealed)?;
+        if let Some(probe) = probe {
+            probe.open(values)?;
             continue;
         }
         let grant = db.query_opt(
@@ -489,28 +510,24 @@ pub(super) fn reseal(tx: &dyn Db, values: &Values, limit: Option<usize>) -> Resu
     let rows = tx.query_map(
         // Ranges, not `<>`: the index on enc_key_id serves them, so a step
         // does not scan the rows already under the active key.
-        "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens \
-         WHERE enc_key_id IS NULL OR enc_key_id < ?1 OR enc_key_id > ?1 \
-         LIMIT CAST(?2 AS BIGINT)",
+        &format!(
+            "SELECT {VALUE_COLUMNS} FROM tokens \
+             WHERE enc_key_id IS NULL OR enc_key_id < ?1 OR enc_key_id > ?1 \
+             LIMIT CAST(?2 AS BIGINT)"
+        ),
         p![active, limit],
-        |row| {
-            Ok((
-                row.get_text(0)?,
-                row.get_text(1)?,
-                row.get_text(2)?,
-                row.text(3)?,
-                row.blob(4)?,
-            ))
-        },
+        StoredValue::decode,
     )?;
     let mut done = 0;
-    for (key_id, channel, group, plain, sealed) in rows {
+    for stored in rows {
+        let key_id = stored.key_id.clone();
+        let (channel, group) = (stored.channel.clone(), stored.group.clone());
+        let value = stored.open(values)?;
         let row = Row {
             key_id: &key_id,
             channel: &channel,
             group: &group,
         };
-        let value = values.open(row, plain, sealed)?;
         let column = values.column(tx, row, &value)?;
         tx.execute(
             "UPDATE tokens SET access_token = NULL, access_token_enc = ?2, enc_key_id = ?3 \
@@ -713,31 +730,29 @@ pub(super) fn prepare_postgres(store: &super::Store, values: &Values) -> Result<
 /// Fills the store's screening set ([`super::screen`]) with every stored
 /// token value, opening the sealed ones.
 pub(super) fn fill_screen(db: &dyn Db, values: &Values) -> Result<(), Fail> {
-    let sealed = db.query_map(
-        "SELECT key_id, channel_id, group_name, access_token, access_token_enc FROM tokens",
+    // Each value goes into the set as its row streams by (holding every
+    // row first would hold every value at once). A value that does not
+    // open is a store error, which a row callback cannot return: it is kept
+    // aside and the query stopped.
+    let mut failed: Option<Fail> = None;
+    let streamed = db.query_each(
+        &format!("SELECT {VALUE_COLUMNS} FROM tokens"),
         p![],
-        |r| {
-            if let Some(plain) = r.text(3)? {
-                db.screen().remember(&plain);
-                return Ok(None);
+        &mut |row| match StoredValue::decode(row)?.open(values) {
+            Ok(value) => {
+                db.screen().remember(value.expose());
+                Ok(())
             }
-            Ok(Some((
-                r.get_text(0)?,
-                r.get_text(1)?,
-                r.get_text(2)?,
-                r.blob(4)?,
-            )))
+            Err(e) => {
+                failed = Some(e);
+                Err(SqlError::Column("a stored value did not open".to_owned()))
+            }
         },
-    )?;
-    for (key_id, channel, group, value) in sealed.into_iter().flatten() {
-        let row = Row {
-            key_id: &key_id,
-            channel: &channel,
-            group: &group,
-        };
-        db.screen()
-            .remember(values.open(row, None, value)?.expose());
+    );
+    if let Some(e) = failed {
+        return Err(e);
     }
+    streamed?;
     Ok(())
 }
 
