@@ -1250,12 +1250,8 @@ fn with_last_reload(path: &Path, failure: Failure) -> Failure {
     let note = process_env()
         .ok()
         .and_then(|env| config::Settings::load(path, &env).ok())
-        .and_then(|settings| match settings.daemon.database_url_file {
-            // The rest of the file may be broken: only the store's key
-            // needs to be read.
-            None => Some(Location::Sqlite(settings.daemon.database_path())),
-            Some(_) => settings.outline().ok().map(|o| o.daemon.store()),
-        })
+        // The rest of the file may be broken: only the store's keys are read.
+        .and_then(|settings| settings.store_location().ok())
         .and_then(|location| Store::open_read_only_at(&location, None).ok())
         .and_then(|store| store.note(crate::store::LAST_RELOAD).ok().flatten());
     match note {
@@ -1308,7 +1304,12 @@ fn open_read_only(
 ) -> Result<Option<Store>, Failure> {
     match Store::open_read_only_at(db, keyring) {
         Ok(store) => Ok(Some(store)),
-        Err(StoreError::NoDatabase { .. }) => Ok(None),
+        // No file yet, or a PostgreSQL database no linetokd has migrated:
+        // nothing has run there.
+        Err(
+            StoreError::NoDatabase { .. }
+            | StoreError::Pg(crate::store::pg::PgError::NeedsMigration { found: 0, .. }),
+        ) => Ok(None),
         Err(e) => Err(Failure::Runtime(
             anyhow::Error::new(e).context("while opening the database read-only"),
         )),

@@ -16,15 +16,27 @@ pub const DEFAULT_FILTER: &str = "info";
 /// tokio-postgres logs every statement with its parameters at debug level;
 /// a parameter may be a token value (the store's own parameters print
 /// without their text, but defence in depth costs one directive), so its
-/// logs stop at info whatever `RUST_LOG` asks. Added after the caller's
-/// directives, it replaces one for the same target.
+/// logs stop at info whatever `RUST_LOG` asks: the caller's directives for
+/// it or any of its modules are dropped ([`without_postgres`]) and this one
+/// added.
 const QUIET_POSTGRES: &str = "tokio_postgres=info";
+
+/// `filter` without the directives that name tokio-postgres or one of its
+/// modules (a more specific directive, `tokio_postgres::query=debug`,
+/// would win over [`QUIET_POSTGRES`]).
+fn without_postgres(filter: &str) -> String {
+    filter
+        .split(',')
+        .filter(|d| !d.trim().starts_with("tokio_postgres"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive
 /// string (the caller reads the environment); `None` means [`DEFAULT_FILTER`].
 /// A second call is ignored, so tests may call it freely.
 pub fn init(format: LogFormat, filter: Option<&str>) {
-    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
+    let filter = EnvFilter::try_new(without_postgres(filter.unwrap_or(DEFAULT_FILTER)))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
         .add_directive(QUIET_POSTGRES.parse().expect("a valid directive"));
     let result = match format {
@@ -61,4 +73,18 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_for_tokio_postgres_are_dropped_and_the_rest_kept() {
+        assert_eq!(
+            without_postgres("debug,tokio_postgres::query=trace,hyper=warn,tokio_postgres=debug"),
+            "debug,hyper=warn"
+        );
+        assert_eq!(without_postgres("info"), "info");
+    }
 }

@@ -1425,6 +1425,24 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     read_private(path).map_err(|reason| format!("{:?} {reason}", path.display().to_string()))
 }
 
+impl Settings {
+    /// Where the store lives, from `[daemon]`'s database keys alone (the
+    /// URL file read and parsed when set): for a command that must find
+    /// the database of a config whose other parts may be broken.
+    ///
+    /// # Errors
+    /// The URL file cannot be read or holds no usable URL (the message
+    /// names the file, never the URL).
+    pub fn store_location(&self) -> Result<crate::store::Location, String> {
+        match &self.daemon.database_url_file {
+            None => Ok(crate::store::Location::Sqlite(self.daemon.database_path())),
+            Some(file) => {
+                postgres_target(file).map(|t| crate::store::Location::Postgres(Box::new(t)))
+            }
+        }
+    }
+}
+
 /// The PostgreSQL database named by the URL in the secret file `file`. The
 /// message names the file and what is wrong with the URL, never the URL
 /// itself (it holds the password).

@@ -164,6 +164,21 @@ fn serve(weak: &Weak<Inner>, receive: &Receiver<Job>) {
             // The store is gone; its callers are gone with it.
             return;
         };
+        if inner.sqlite().is_none() {
+            // PostgreSQL: no batch (each write is its own transaction), so
+            // each job is answered as soon as it ran, not after the others.
+            drop(inner);
+            for job in jobs {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let store = Store { inner };
+                let answer = job(&store);
+                drop(store);
+                answer(None);
+            }
+            continue;
+        }
         let store = Store { inner };
         let answers = run(&store, jobs);
         // Dropped before answering: the last caller to drop the store after
@@ -178,11 +193,9 @@ fn serve(weak: &Weak<Inner>, receive: &Receiver<Job>) {
 /// Runs `jobs` in one transaction, or each on its own when no batch can be
 /// opened (every job then meets the trouble itself and reports it as its
 /// own error, as it would have without batching). A lone job is batched
-/// too: its writes then share one sync. A PostgreSQL store has no batch
-/// (each of its writes is a transaction of its own): its jobs run one by
-/// one.
+/// too: its writes then share one sync.
 fn run(store: &Store, jobs: Vec<Job>) -> Vec<(Answer, Option<StoreError>)> {
-    if store.inner.sqlite().is_none() || !begin(store) {
+    if !begin(store) {
         return jobs.into_iter().map(|job| (job(store), None)).collect();
     }
     // Ends the batch even if something below panics, so that other

@@ -263,6 +263,21 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// The PostgreSQL writer lock's connection ended while linetokd ran (a
+    /// server restart or failover, a dropped idle connection, a killed
+    /// session): the lock went with it, so another instance may now write
+    /// the same database. Every write is refused and the daemon must stop
+    /// ([`StoreError::is_fatal`]); a restart takes the lock again or is
+    /// refused.
+    #[error(
+        "lost the writer lock on the PostgreSQL database at {target} (its connection ended); \
+         stopping so that two instances never write one database"
+    )]
+    WriterLockLost {
+        /// The server, as `PgTarget::redacted` prints it.
+        target: String,
+    },
+
     /// The database holds sealed token values and the store was opened
     /// without a keyring: the config lacks `[encryption]`. Refused, never
     /// started with values it cannot read.
@@ -381,11 +396,12 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the store can no longer be used safely and the daemon must
-    /// stop rather than retry: today only [`StoreError::Replaced`]. Every
+    /// stop rather than retry: [`StoreError::Replaced`] and
+    /// [`StoreError::WriterLockLost`]. Every
     /// other error concerns one operation (a refused write, a busy database,
     /// an unknown row) and the next pass may succeed.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Replaced { .. })
+        matches!(self, Self::Replaced { .. } | Self::WriterLockLost { .. })
     }
 
     /// True when the config must change before the store can be used: the

@@ -673,6 +673,13 @@ impl Store {
                         path: self.inner.path.clone(),
                     });
                 }
+                // SQLite's writer checks its file before every write; a
+                // PostgreSQL writer checks that it still holds its lock.
+                if !pg.holds_writer_lock() {
+                    return Err(StoreError::WriterLockLost {
+                        target: pg.target().to_owned(),
+                    });
+                }
                 pg.write(&self.inner.screen, f)
                     .map_err(|e| e.into_store_error(&self.inner.path, what))
             }
@@ -909,13 +916,18 @@ const MAX_TEXT_CHARS: usize = 2000;
 /// (the check runs before truncation so half a token cannot slip through),
 /// and long texts are cut.
 fn screen(db: &dyn sql::Db, text: &str) -> Result<String, Fail> {
-    if db.screen().holds(text) {
-        return Ok(WITHHELD.to_owned());
+    Ok(screen_in(db.screen(), text))
+}
+
+/// [`screen`] against the set `screen`.
+fn screen_in(screen: &screen::Screen, text: &str) -> String {
+    if screen.holds(text) {
+        return WITHHELD.to_owned();
     }
-    Ok(match text.char_indices().nth(MAX_TEXT_CHARS) {
+    match text.char_indices().nth(MAX_TEXT_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
-    })
+    }
 }
 
 fn check_parent(path: &Path) -> Result<(), StoreError> {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::alerts::{ALERT_COLUMNS, AlertRecord, alert_row};
 use super::sql::{SqlError, SqlRow, p};
-use super::{Store, StoreError, millis, screen};
+use super::{Store, StoreError, millis};
 
 /// What a notification says about an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -343,9 +343,12 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Query`].
+    /// [`StoreError::ReadOnly`]: only a writer holds the stored values to
+    /// screen against (a reader never filled its set, and would pass
+    /// everything).
     pub fn screen_text(&self, text: &str) -> Result<String, StoreError> {
-        self.read_db("screening text for token values", |db| screen(db, text))
+        self.screening()?;
+        Ok(super::screen_in(&self.inner.screen, text))
     }
 
     /// True when `text` contains any stored token value: the last check on
@@ -353,9 +356,20 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Query`].
+    /// [`StoreError::ReadOnly`], as [`Store::screen_text`].
     pub fn holds_token(&self, text: &str) -> Result<bool, StoreError> {
+        self.screening()?;
         Ok(self.inner.screen.holds(text))
+    }
+
+    /// Refuses a reader's screening: its set was never filled.
+    fn screening(&self) -> Result<(), StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly {
+                path: self.inner.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// A receiver of alert changes: its value moves whenever

@@ -464,8 +464,13 @@ impl ToSql for Param<'_> {
                 Type::BOOL => (v != 0).to_sql(ty, out),
                 _ => Err(format!("an integer parameter cannot be bound to {ty}").into()),
             },
-            Self::Text(s) => s.to_sql(ty, out),
-            Self::Blob(b) => b.to_sql(ty, out),
+            // Checked here because `accepts` takes every type (a NULL fits
+            // any): text bound where PostgreSQL inferred a number would
+            // otherwise be sent as that number's raw bytes.
+            Self::Text(s) if <&str as ToSql>::accepts(ty) => s.to_sql(ty, out),
+            Self::Blob(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
+            Self::Text(_) => Err(format!("a text parameter cannot be bound to {ty}").into()),
+            Self::Blob(_) => Err(format!("a bytes parameter cannot be bound to {ty}").into()),
         }
     }
 

@@ -304,13 +304,14 @@ struct KeyRows {
 
 /// [`KeyRows`] per key, plaintext first.
 fn rows_per_key(db: &dyn Db) -> Result<Vec<KeyRows>, Fail> {
-    // The casts: PostgreSQL's sum of BIGINTs is NUMERIC.
+    // The casts: PostgreSQL's sum of BIGINTs is NUMERIC. Plaintext (NULL)
+    // first on both: SQLite sorts NULL first, PostgreSQL last.
     let rows = db.query_map(
         "SELECT enc_key_id, CAST(sum(tokens) AS BIGINT), CAST(sum(grants) AS BIGINT) FROM ( \
              SELECT enc_key_id, count(*) AS tokens, 0 AS grants FROM tokens GROUP BY enc_key_id \
              UNION ALL \
              SELECT enc_key_id, 0, count(*) FROM login_grants GROUP BY enc_key_id) AS per_table \
-         GROUP BY enc_key_id ORDER BY enc_key_id",
+         GROUP BY enc_key_id ORDER BY enc_key_id IS NOT NULL, enc_key_id",
         p![],
         |row| Ok((row.int(0)?, row.get_int(1)?, row.get_int(2)?)),
     )?;

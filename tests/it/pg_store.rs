@@ -620,3 +620,63 @@ fn one_writer_per_postgres_database_and_readers_beside_it() {
     };
     assert!(again.migrated().was_current());
 }
+
+/// The writer lock lives on one connection: when that connection ends (a
+/// server restart, a dropped idle connection, a killed session) the lock
+/// goes with it, and the store stops writing with a fatal error rather
+/// than write beside a second instance that could now take the lock.
+#[test]
+fn a_writer_whose_lock_connection_ends_refuses_every_write() {
+    use linetokd::store::{Store, StoreError, StoreOptions};
+    let Some(db) = pg_harness::test_db_blocking("writer_lock_connection_ends") else {
+        return;
+    };
+    let target = PgTarget::parse(&db.url()).unwrap();
+    let store =
+        Store::open_postgres(&target, &PoolOptions::default(), StoreOptions::default()).unwrap();
+    store.set_note(chrono::Utc::now(), "k", "before").unwrap();
+    let killed: i64 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            db.client()
+                .await
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid",
+                    &[&linetokd::store::pg::WRITER_LOCK_KEY],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        });
+    assert_eq!(killed, 1);
+    // The driver notices the ended session as soon as it reads the
+    // server's farewell; until then a write may still pass.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match store.set_note(chrono::Utc::now(), "k", "after") {
+            Err(e) => break e,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(()) => panic!("the store kept writing without its lock"),
+        }
+    };
+    assert!(
+        matches!(refused, StoreError::WriterLockLost { .. }),
+        "{refused:?}"
+    );
+    assert!(refused.is_fatal());
+    assert!(
+        refused.to_string().contains("lost the writer lock"),
+        "{refused}"
+    );
+    // Another instance may take the database now.
+    let second =
+        Store::open_postgres(&target, &PoolOptions::default(), StoreOptions::default()).unwrap();
+    second.set_note(chrono::Utc::now(), "k", "second").unwrap();
+}

@@ -169,6 +169,13 @@ impl Backend {
         f(&db)
     }
 
+    /// Whether this writer still holds its lock: false once the lock's
+    /// connection has ended (the server released the lock with it). A
+    /// reader holds none and always answers true.
+    pub fn holds_writer_lock(&self) -> bool {
+        self._writer.as_ref().is_none_or(|c| !c.is_closed())
+    }
+
     /// Whether some connection holds the writer lock ([`WRITER_LOCK_KEY`]),
     /// this store's own included.
     ///
@@ -183,7 +190,8 @@ impl Backend {
             client.query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                 AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid)",
+                 AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid \
+                 AND objsubid = 1)",
                 &[&WRITER_LOCK_KEY],
             ),
         )?;
@@ -245,7 +253,8 @@ async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, 
         .query_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid LIMIT 1",
+             AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid \
+             AND objsubid = 1 LIMIT 1",
             &[&WRITER_LOCK_KEY],
         )
         .await

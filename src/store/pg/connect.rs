@@ -305,6 +305,20 @@ fn scrub(text: String, password: Option<&[u8]>) -> String {
     }
 }
 
+/// Idle time before the first keepalive probe, the time between probes
+/// and how many may go unanswered: a silent peer is found in about 40 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may go unacknowledged before the connection is
+/// dropped (Linux's `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Server-side bounds for every session: a statement may run 30 s, and a
+/// transaction left open and idle (a client that died mid-way) is ended
+/// after 60 s, so it cannot hold row locks for good.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000";
+
 /// Sizes and timeouts of a [`PgPool`].
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -359,6 +373,28 @@ impl PgPool {
         let mut pg_config = target.config.clone();
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(options.connect_timeout);
+        }
+        // A dead server or a dropped connection must be noticed in seconds,
+        // not after TCP's two hours: the daemon's store work runs one job
+        // at a time, and the writer lock lives on one idle connection.
+        // Keepalives probe idle connections; the user timeout bounds how
+        // long sent data may stay unacknowledged; the server bounds a
+        // statement and a transaction left idle. A URL's own settings win.
+        pg_config.keepalives(true);
+        if pg_config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            pg_config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if pg_config.get_keepalives_interval().is_none() {
+            pg_config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if pg_config.get_keepalives_retries().is_none() {
+            pg_config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+        if pg_config.get_tcp_user_timeout().is_none() {
+            pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if pg_config.get_options().is_none() {
+            pg_config.options(SESSION_OPTIONS);
         }
         // tokio-postgres bounds each host's TCP connect; the pool bounds the
         // whole creation (every host tried, then TLS and authentication),

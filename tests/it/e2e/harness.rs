@@ -450,9 +450,26 @@ impl Lab {
     /// test PostgreSQL cluster (`[daemon] database_url_file`); `None`, after
     /// the skip line, when there is no PostgreSQL (a failure under
     /// `LINETOKD_REQUIRE_POSTGRES=1`).
+    ///
+    /// The daemon connects as a role that needs its password
+    /// ([`crate::pg_harness::PASSWORD_USER`], which owns the database), so
+    /// the tests can look for the password in every output.
     pub async fn start_on_postgres(rotation: &str, sandbox_log: &str, test: &str) -> Option<Self> {
+        use crate::pg_harness::{PASSWORD, PASSWORD_USER};
         let db = crate::pg_harness::test_db(test).await?;
-        Some(Self::start_on(rotation, sandbox_log, Some(db.url())).await)
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" OWNER TO {PASSWORD_USER}",
+                db.name
+            ))
+            .await
+            .unwrap();
+        let url = format!(
+            "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/{}?sslmode=disable",
+            db.cluster.port, db.name
+        );
+        Some(Self::start_on(rotation, sandbox_log, Some(url)).await)
     }
 
     async fn start_on(rotation: &str, sandbox_log: &str, postgres: Option<String>) -> Self {

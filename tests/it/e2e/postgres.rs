@@ -22,6 +22,17 @@ async fn cli(lab: &Lab, name: &str, args: &[&str]) -> Proc {
     proc
 }
 
+/// No output names the database password (the daemon's role needs one).
+fn assert_no_password(procs: &[&Proc]) {
+    for proc in procs {
+        assert!(
+            !proc.all_text().contains(crate::pg_harness::PASSWORD),
+            "an output holds the database password:\n{}",
+            proc.all_text()
+        );
+    }
+}
+
 fn stdout(proc: &Proc) -> String {
     proc.lines()
         .into_iter()
@@ -74,10 +85,7 @@ async fn on_postgres_the_daemon_issues_rotates_and_keeps_two_per_group() {
     assert!(tokens.len() >= 6, "{tokens:?}");
     assert_every_token_stored(&lab, &tokens);
     assert_at_most_two_live(&tokens, &lab);
-    assert!(
-        !daemon.all_text().contains("pg-"),
-        "the daemon's output names no password"
-    );
+    assert_no_password(&[&daemon]);
     lab.assert_nothing_secret_printed(&[&daemon]).await;
 }
 
@@ -86,6 +94,16 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
     let Some(lab) = Lab::start_on_postgres(STEADY, "info", "pg_daemon_restart").await else {
         return;
     };
+    // Before any daemon ran, `plan` plans from nothing, as it does with
+    // no SQLite file.
+    let mut plan = cli(&lab, "plan before the first run", &["plan"]).await;
+    plan.exit_ok().await;
+    assert!(
+        stdout(&plan).contains("planning from nothing"),
+        "{}",
+        plan.all_text()
+    );
+
     let mut first = lab.run("first run", DEBUG, &[]);
     first.wait_for(0, "the first pass", pass_done).await;
     assert_eq!(first.count(0, |l| l.is("token issued")), 2);
@@ -141,6 +159,8 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
     again.exit_ok().await;
     assert_eq!(lab.tokens().await.len(), tokens_before.len());
     assert_eq!(lab.stored(), stored_before);
+    assert!(database.contains(":***@"), "{database}");
+    assert_no_password(&[&first, &second, &again, &status, &stopped]);
     lab.assert_nothing_secret_printed(&[&first, &second, &again, &status])
         .await;
 }
