@@ -30,9 +30,8 @@
 //! [`resolve_instance_id`], passing what it read.
 //!
 //! `[ha]` only makes sense with a database the instances share
-//! (PostgreSQL, `[daemon] database_url_file`); that key does not exist yet,
-//! so `[ha]` is checked on its own here, and the rule "`[ha]` needs
-//! `database_url_file`" comes with the store's wiring.
+//! (PostgreSQL, `[daemon] database_url_file`): `Settings::validate` refuses
+//! it without that key; the rest of `[ha]` is checked here.
 //!
 //! Depends on `duration`, the config's problem type and `ha::InstanceId`.
 

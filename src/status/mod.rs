@@ -57,7 +57,9 @@ use self::world::{ChannelWorld, GroupWorld, worlds};
 /// The version of the JSON shapes of both reports; bumped only when a field
 /// changes meaning or disappears (new fields may appear without a bump).
 /// Version 2: `plan`'s `counts.verify` and `counts.reconcile` are `null`
-/// unless `--all` (the routine reads are then not simulated).
+/// unless `--all` (the routine reads are then not simulated). Within it,
+/// `status`'s `daemon.lock_file` is `null` on PostgreSQL (a new kind of
+/// store; on SQLite nothing changed).
 pub const JSON_VERSION: u32 = 2;
 
 /// `f` over `items`, on as many scoped threads as there are cores (at most

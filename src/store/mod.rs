@@ -11,7 +11,7 @@
 //! their work to [`Store::blocking`], which runs a SQLite writer's jobs on
 //! its own thread and commits the jobs that arrive together in one
 //! transaction (`batch`: group commit, one fsync for many), and a
-//! PostgreSQL store's on tokio's blocking pool. Every typed query is
+//! PostgreSQL writer's there too, one by one. Every typed query is
 //! written once against [`sql::Db`] and runs on both backends through
 //! `Store::read_db`/`Store::write_db`; `screen` holds the stored
 //! values free text is screened against. The typed queries live in one
@@ -374,9 +374,10 @@ impl Store {
     /// Opens the PostgreSQL database `target` names as a writer: connects
     /// (one connection proves the URL and the credentials), applies pending
     /// migrations under the advisory lock and fills the screening set.
-    /// Many instances may open one database; which of them writes for a
-    /// channel is the lease's business (docs/design.md section 14), not
-    /// the store's.
+    /// One writer per database: a second is refused while the first holds
+    /// the writer lock, and a writer that lost its lock refuses to write
+    /// (until the leases of docs/design.md section 14 let several instances
+    /// share one database, channel by channel).
     ///
     /// # Errors
     ///

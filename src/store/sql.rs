@@ -18,9 +18,12 @@
 //! BOOLEAN, and [`SqlRow::int`] takes each as an `i64`.
 //!
 //! The PostgreSQL side is synchronous like SQLite's: [`PgDb`] runs each
-//! statement with [`block_on`] on the runtime its pool lives on (from an
-//! async task's thread, on a helper thread: the daemon's callers go
-//! through `Store::blocking`, so only tests and tools pay for that).
+//! statement with [`block_on`] on the runtime its pool lives on. From a
+//! thread inside a tokio runtime (one that drives tasks, or tokio's
+//! blocking pool, which tokio cannot tell apart) the statement runs on a
+//! helper thread instead; the daemon's writer runs its jobs on a plain
+//! thread, so only readers under `Store::blocking`, tests and the daemon's
+//! start pay for that.
 //!
 //! Depends on rusqlite and tokio-postgres; nothing above the store.
 

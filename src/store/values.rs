@@ -498,9 +498,7 @@ fn describe_counts(counts: &[ValueCount]) -> String {
 
 /// Seals under the active key every row that is plaintext or under
 /// another key, at most `limit` rows (all when `None`); returns how many.
-/// Runs inside the caller's transaction. Still SQLite's (`LIMIT -1` for
-/// no limit, rusqlite reads); it seals through [`Values::column`], which
-/// runs on both.
+/// Runs inside the caller's transaction, on either backend.
 pub(super) fn reseal(tx: &dyn Db, values: &Values, limit: Option<usize>) -> Result<u64, Fail> {
     let Some(keyring) = values.keyring() else {
         return Ok(0);

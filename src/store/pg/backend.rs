@@ -8,8 +8,10 @@
 //! there with `block_on` from the calling thread (`sql::block_on`, which
 //! moves to a helper thread when the caller drives async tasks itself).
 //! The daemon's async code goes through `Store::blocking`, which hands a
-//! PostgreSQL store's work to tokio's blocking pool. The runtime is shut down in the background when
-//! the last clone of the store drops, wherever that happens.
+//! PostgreSQL writer's work to the store's writer thread (a plain thread,
+//! so its statements block directly). The runtime is shut down in the
+//! background when the last clone of the store drops, wherever that
+//! happens.
 
 use super::{PgError, PgPool, PgTarget, PoolOptions, migrate};
 use crate::store::Migrated;

@@ -1,7 +1,9 @@
-//! The PostgreSQL store (in progress, issue 12): the connection pool, the
-//! schema, and high availability's lease and orphan statements. The typed
-//! queries of the SQLite store (`super`) get their PostgreSQL twins behind
-//! one store interface later; nothing in the daemon uses this module yet.
+//! The PostgreSQL side of the store (issue 12): the connection pool, the
+//! schema, the backend a [`super::Store`] runs its queries on (`backend`:
+//! the store's own runtime, transactions, the writer lock), the throwaway
+//! cluster of the tests and `linetokd bench --postgres` ([`cluster`]), and
+//! high availability's lease and orphan statements (not used by the daemon
+//! yet).
 //!
 //! - `connect`: [`PgTarget`] parses a `postgres://` URL (read by the caller
 //!   from the secret file `[daemon] database_url_file`) and its `sslmode`;
