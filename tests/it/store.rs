@@ -2848,3 +2848,103 @@ fn backends_and_icu(test: &str) -> Vec<OnBackend> {
     });
     out
 }
+
+/// Opens the database at `at` with `options` once the previous writer's
+/// lock is gone (PostgreSQL notices a closed connection a moment later),
+/// and answers what the open answered.
+fn open_again(at: &Place, options: &linetokd::store::StoreOptions) -> Result<Store, StoreError> {
+    let Place::Postgres(url) = at else {
+        let Place::Sqlite(path) = at else {
+            unreachable!()
+        };
+        return Store::open_with(path, options.clone());
+    };
+    let target = linetokd::store::pg::PgTarget::parse(url).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::open_postgres(
+            &target,
+            &linetokd::store::pg::PoolOptions::default(),
+            options.clone(),
+        ) {
+            Err(StoreError::Pg(linetokd::store::pg::PgError::WriterHeld { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Encryption at rest at open, on both backends: plaintext rows are sealed
+/// when a keyring comes, a database with sealed rows refuses a writer
+/// without its keys, and a new active key re-seals every row step by step.
+#[test]
+fn encryption_at_open_seals_refuses_and_rekeys_on_both_backends() {
+    use linetokd::store::crypt::{KeyMaterial, Keyring};
+    use linetokd::store::{StoreOptions, ValueCount};
+    // Key material is not Clone (it is secret): each keyring reads it
+    // from its file text, as the daemon reads key files.
+    let (three, four) = (
+        KeyMaterial::generate().unwrap().to_file_text(),
+        KeyMaterial::generate().unwrap().to_file_text(),
+    );
+    let key = |text: &str| KeyMaterial::from_file_bytes(text.as_bytes()).unwrap();
+    let with = |keys: Vec<(u32, KeyMaterial)>, active: u32| StoreOptions {
+        keyring: Some(std::sync::Arc::new(Keyring::new(keys, active).unwrap())),
+        ..StoreOptions::default()
+    };
+    for b in backends("encryption_at_open") {
+        synced(&b);
+        issue(&b.store, "backend", "k1", "plain-value-one", t0());
+        issue(&b.store, "crm", "k2", "plain-value-two", t0());
+        let counts = b.store.value_counts().unwrap();
+        assert_eq!(counts, [ValueCount { key: None, rows: 2 }], "{}", b.name);
+        let OnBackend {
+            name, store, at, ..
+        } = b;
+        drop(store);
+
+        // A keyring seals every plaintext row at open.
+        let store = open_again(&at, &with(vec![(3, key(&three))], 3)).unwrap();
+        assert_eq!(
+            store.value_counts().unwrap(),
+            [ValueCount {
+                key: Some(3),
+                rows: 2
+            }],
+            "{name}"
+        );
+        assert_eq!(
+            store.token(&kid("k1")).unwrap().unwrap().value.expose(),
+            "plain-value-one"
+        );
+        drop(store);
+
+        // Without the keys, a writer is refused, naming what is sealed.
+        let refused = open_again(&at, &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::EncryptedWithoutKeys { .. }),
+            "{name}: {refused:?}"
+        );
+        assert!(refused.needs_config_change(), "{name}");
+
+        // A new active key: each step re-seals rows until none is left.
+        let store = open_again(&at, &with(vec![(3, key(&three)), (4, key(&four))], 4)).unwrap();
+        let step = store.rekey_step().unwrap();
+        assert_eq!((step.rekeyed, step.remaining), (2, 0), "{name}");
+        assert_eq!(
+            store.value_counts().unwrap(),
+            [ValueCount {
+                key: Some(4),
+                rows: 2
+            }],
+            "{name}"
+        );
+        assert_eq!(
+            store.token(&kid("k2")).unwrap().unwrap().value.expose(),
+            "plain-value-two"
+        );
+    }
+}
