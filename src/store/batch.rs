@@ -500,12 +500,29 @@ mod tests {
         assert!(moved.exists());
     }
 
+    /// Opens `path` as a writer, retrying while the lock is held for a
+    /// moment by a child another test is starting: the writer lock is an
+    /// `flock`, which a child forked between the lock file's open and its
+    /// `exec` shares until that `exec` closes it. A writer handle of ours
+    /// kept alive would hold it for good, and the retries would run out.
+    fn open_when_free(path: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_thread_never_outlives_the_last_store_handle() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         for round in 0..20 {
-            let store = Store::open(&path).unwrap();
+            let store = open_when_free(&path);
             let key = format!("round {round}");
             store
                 .blocking(move |s| s.set_note(at(), &key, "x"))
@@ -514,7 +531,7 @@ mod tests {
             drop(store);
             // The writer lock went with the last handle: the next open of
             // the same file is not refused as a second daemon.
-            Store::open(&path).unwrap();
+            drop(open_when_free(&path));
         }
     }
 
