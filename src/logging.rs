@@ -40,13 +40,21 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
         .add_directive(QUIET_POSTGRES.parse().expect("a valid directive"));
     let result = match format {
+        // Internal errors off: with stderr gone (a dead pipe, a restarted
+        // log collector) tracing-subscriber reports a failed write with
+        // `eprintln!`, which panics in whatever thread was logging. On
+        // PostgreSQL that left a daemon hung, holding its writer lock and
+        // deaf to SIGTERM (an outside tester's run); a log line that cannot
+        // be written is dropped instead.
         LogFormat::Text => tracing_subscriber::fmt()
+            .log_internal_errors(false)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .try_init(),
         LogFormat::Json => tracing_subscriber::fmt()
+            .log_internal_errors(false)
             .json()
             .flatten_event(true)
             .with_current_span(true)

@@ -105,6 +105,17 @@ impl PgTarget {
     /// `sslmode` linetokd refuses, `require` on a unix socket.
     pub fn parse(url: &str) -> Result<Self, PgError> {
         let url = url.trim();
+        // One URL on one line: anything else (a second URL pasted below,
+        // a stray line) would be parsed into the options and could be
+        // quoted back in a message, password and all.
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(PgError::Url {
+                redacted: "<not shown>".to_owned(),
+                reason: "it holds a space or a line break; the file must hold one URL on one \
+                         line"
+                    .to_owned(),
+            });
+        }
         let Some(prefix) = PREFIXES.iter().find(|p| url.starts_with(**p)) else {
             return Err(PgError::Url {
                 redacted: "<not a postgres:// URL>".to_owned(),
@@ -199,10 +210,13 @@ impl PgTarget {
                         .to_owned(),
                 ));
             }
-            Some(other) => {
-                return Err(bad(format!(
-                    "unknown sslmode {other:?}; use require, verify-full or disable"
-                )));
+            // Not echoed: a malformed URL can carry more than the mode
+            // (a second line pasted into the file, a fragment), and every
+            // message about the URL may end up in logs and alerts.
+            Some(_) => {
+                return Err(bad(
+                    "sslmode has an unknown value; use require, verify-full or disable".to_owned(),
+                ));
             }
         };
         if only_sockets && matches!(tls, TlsMode::Require(_)) {
@@ -575,7 +589,7 @@ mod tests {
             ("prefer", "fall back"),
             ("allow", "fall back"),
             ("verify-ca", "host-name"),
-            ("bogus", "unknown sslmode"),
+            ("bogus", "sslmode has an unknown value"),
         ] {
             let e = parse_err(&format!("postgres://app:pw1234@h/db?sslmode={mode}"));
             assert!(e.contains(says), "{mode}: {e}");
@@ -592,6 +606,11 @@ mod tests {
             "postgres://app:hunter22@h/db?no_such_option=1",
             "postgres://app:hunter22@h:notaport/db",
             "postgres://app:hunter22@/db",
+            // A second URL pasted below the first, or a stray line: the
+            // tail must not be quoted back (as the sslmode's value, say).
+            "postgres://app@h/db?sslmode=disable\npostgres://app:hunter22@h/db",
+            "postgres://app@h/db?sslmode=hunter22",
+            "postgres://app:hunter22@h/db ?sslmode=disable",
         ] {
             let e = parse_err(url);
             assert!(!e.contains("hunter22") && !e.contains("er22"), "{url}: {e}");
