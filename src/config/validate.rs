@@ -1447,13 +1447,22 @@ impl Settings {
 /// message names the file and what is wrong with the URL, never the URL
 /// itself (it holds the password).
 fn postgres_target(file: &Path) -> Result<crate::store::pg::PgTarget, String> {
+    use crate::store::pg::{PgTarget, Roots, TlsMode};
+    let shown = file.display().to_string();
     let url = load_secret(file)?;
-    crate::store::pg::PgTarget::parse(url.expose()).map_err(|e| {
-        format!(
-            "{:?} does not hold a usable URL: {e}",
-            file.display().to_string()
-        )
-    })
+    let target = PgTarget::parse(url.expose())
+        .map_err(|e| format!("{shown:?} does not hold a usable URL: {e}"))?;
+    // The CA file is read only when the first connection is made; a wrong
+    // path is a config mistake, found here rather than at `run`.
+    if let TlsMode::Require(Roots::CaFile(ca)) = target.tls() {
+        if !ca.is_file() {
+            return Err(format!(
+                "{shown:?}: its URL's sslrootcert {:?} is not a readable file",
+                ca.display().to_string()
+            ));
+        }
+    }
+    Ok(target)
 }
 
 pub(super) fn load_secret(path: &Path) -> Result<Secret, String> {

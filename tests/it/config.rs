@@ -75,6 +75,11 @@ impl Credentials {
             b"mysql://root:pw@db/linetokd\n",
             0o600,
         );
+        write(
+            &p.join("database-ca.url"),
+            b"postgres://lt:pw@db.example/linetokd?sslmode=require&sslrootcert=%2Fno%2Fsuch%2Fca.pem\n",
+            0o600,
+        );
         let secret = format!("{CHANNEL_SECRET}\n");
         write(&p.join("shop-bot.secret"), secret.as_bytes(), 0o600);
         write(&p.join("world-readable.secret"), secret.as_bytes(), 0o644);
