@@ -1454,13 +1454,13 @@ fn postgres_target(file: &Path) -> Result<crate::store::pg::PgTarget, String> {
         .map_err(|e| format!("{shown:?} does not hold a usable URL: {e}"))?;
     // The CA file is read only when the first connection is made; a wrong
     // path is a config mistake, found here rather than at `run`.
-    if let TlsMode::Require(Roots::CaFile(ca)) = target.tls() {
-        if !ca.is_file() {
-            return Err(format!(
-                "{shown:?}: its URL's sslrootcert {:?} is not a readable file",
-                ca.display().to_string()
-            ));
-        }
+    if let TlsMode::Require(Roots::CaFile(ca)) = target.tls()
+        && !ca.is_file()
+    {
+        return Err(format!(
+            "{shown:?}: its URL's sslrootcert {:?} is not a readable file",
+            ca.display().to_string()
+        ));
     }
     Ok(target)
 }
