@@ -575,6 +575,16 @@ impl Lab {
         std::fs::rename(&temp, &self.config).unwrap();
     }
 
+    /// Runs `linetokd ARGS --config <the lab's config>` to its end.
+    pub async fn cli(&self, name: &str, args: &[&str]) -> Proc {
+        let mut all: Vec<&str> = args.to_vec();
+        let config = self.config.to_str().unwrap();
+        all.extend(["--config", config]);
+        let mut proc = Proc::spawn(name, &all, &[]);
+        proc.exit().await;
+        proc
+    }
+
     /// Starts `linetokd run` with `RUST_LOG=rust_log` and `env`.
     pub fn run(&self, name: &str, rust_log: &str, env: &[(&str, &str)]) -> Proc {
         let mut all = vec![("RUST_LOG", rust_log)];

@@ -13,19 +13,9 @@ use serde_json::{Value, json};
 use super::harness::{CHANNEL, Lab, Proc};
 use super::{DEBUG, STEADY, issued, pass_done, wait_issued};
 
-/// Runs `linetokd ARGS --config <the lab's config>` to its end.
-async fn cli(lab: &Lab, name: &str, args: &[&str]) -> Proc {
-    let mut all: Vec<&str> = args.to_vec();
-    let config = lab.config.to_str().unwrap();
-    all.extend(["--config", config]);
-    let mut proc = Proc::spawn(name, &all, &[]);
-    proc.exit().await;
-    proc
-}
-
 /// `linetokd status --json`, parsed.
 async fn status_json(lab: &Lab) -> Value {
-    let mut status = cli(lab, "status", &["status", "--json"]).await;
+    let mut status = lab.cli("status", &["status", "--json"]).await;
     status.exit_ok().await;
     let stdout: String = status
         .lines()
@@ -170,7 +160,7 @@ async fn a_database_deleted_under_the_daemon_stops_it_with_exit_1_naming_the_fil
 
     std::fs::remove_file(&lab.db).unwrap();
     // A write: the operator asks for a rotation.
-    let rotate = cli(&lab, "rotate", &["rotate", "--channel", CHANNEL]).await;
+    let rotate = lab.cli("rotate", &["rotate", "--channel", CHANNEL]).await;
 
     let status = daemon.exit().await;
     assert_eq!(status.code(), Some(1), "{}", daemon.all_text());

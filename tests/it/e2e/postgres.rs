@@ -12,16 +12,6 @@
 use super::harness::{GROUPS, Lab, Proc, Stream};
 use super::{DEBUG, ROTATING, STEADY, assert_every_token_stored, pass_done, wait_issued};
 
-/// Runs `linetokd ARGS --config <the lab's config>` to its end.
-async fn cli(lab: &Lab, name: &str, args: &[&str]) -> Proc {
-    let mut all: Vec<&str> = args.to_vec();
-    let config = lab.config.to_str().unwrap();
-    all.extend(["--config", config]);
-    let mut proc = Proc::spawn(name, &all, &[]);
-    proc.exit().await;
-    proc
-}
-
 /// No output names the database password (the daemon's role needs one).
 fn assert_no_password(procs: &[&Proc]) {
     for proc in procs {
@@ -96,7 +86,7 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
     };
     // Before any daemon ran, `plan` plans from nothing, as it does with
     // no SQLite file.
-    let mut plan = cli(&lab, "plan before the first run", &["plan"]).await;
+    let mut plan = lab.cli("plan before the first run", &["plan"]).await;
     plan.exit_ok().await;
     assert!(
         stdout(&plan).contains("planning from nothing"),
@@ -111,7 +101,7 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
     // `status` beside the running daemon reads the same database and names
     // it by its URL without the password (the harness's has none; the
     // masked form is what every message uses).
-    let mut status = cli(&lab, "status", &["status", "--json"]).await;
+    let mut status = lab.cli("status", &["status", "--json"]).await;
     status.exit_ok().await;
     let report: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     let database = report["database"].as_str().unwrap();
@@ -137,7 +127,7 @@ async fn on_postgres_a_restart_keeps_every_token_and_status_reads_beside_the_dae
 
     first.signal("TERM");
     first.exit_ok().await;
-    let mut stopped = cli(&lab, "status when stopped", &["status", "--json"]).await;
+    let mut stopped = lab.cli("status when stopped", &["status", "--json"]).await;
     stopped.exit_ok().await;
     let report: serde_json::Value = serde_json::from_str(&stdout(&stopped)).unwrap();
     assert_eq!(report["daemon"]["running"], false, "{report}");
