@@ -439,7 +439,7 @@ impl Store {
         if read_only {
             return Ok(store);
         }
-        values::prepare_postgres(&store, &store.inner.values)?;
+        values::prepare_postgres(&store)?;
         store.read_db("reading the stored token values", |db| {
             values::fill_screen(db, &store.inner.values)
         })?;

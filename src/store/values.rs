@@ -699,7 +699,8 @@ fn checkpoint_truncate(conn: &Connection) -> Result<(), Fail> {
 /// keeps the old row versions until its autovacuum reuses them, and its WAL
 /// and backups as the server keeps them: unlike SQLite's file, nothing
 /// here can scrub them, so the warning says so.
-pub(super) fn prepare_postgres(store: &super::Store, values: &Values) -> Result<(), StoreError> {
+pub(super) fn prepare_postgres(store: &super::Store) -> Result<(), StoreError> {
+    let values = &store.inner.values;
     store.read_db("checking the database keys", |db| check_keys(db, values))?;
     if values.keyring().is_none() {
         return Ok(());

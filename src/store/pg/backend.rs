@@ -26,7 +26,7 @@ pub struct Backend {
     /// A writer's own connection, outside the pool, holding the
     /// session-level writer lock ([`WRITER_LOCK_KEY`]) for as long as the
     /// store lives; `None` for a reader.
-    _writer: Option<deadpool_postgres::ClientWrapper>,
+    writer: Option<deadpool_postgres::ClientWrapper>,
     /// Held by every write transaction of this process: the store's
     /// writes are serialized as SQLite's single writer serializes them, so
     /// a read-then-write of one transaction never interleaves with
@@ -137,7 +137,7 @@ impl Backend {
             Self {
                 runtime: Some(runtime),
                 pool,
-                _writer: writer,
+                writer,
                 writes: std::sync::Mutex::new(()),
             },
             migrated,
@@ -175,7 +175,7 @@ impl Backend {
     /// connection has ended (the server released the lock with it). A
     /// reader holds none and always answers true.
     pub fn holds_writer_lock(&self) -> bool {
-        self._writer.as_ref().is_none_or(|c| !c.is_closed())
+        self.writer.as_ref().is_none_or(|c| !c.is_closed())
     }
 
     /// Whether some connection holds the writer lock ([`WRITER_LOCK_KEY`]),
