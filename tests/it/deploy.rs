@@ -3,13 +3,16 @@
 //! claims: the systemd unit by `systemd-analyze verify` and `security`, the
 //! sysusers file by `systemd-sysusers --dry-run`, each shipped config by the
 //! config loader (with the credentials its unit or image provides), the
-//! Dockerfile and compose file by their required pieces, and the compose
+//! Dockerfile and compose files by their required pieces, the compose
 //! demo's image layout by running the real daemon against the real sandbox
-//! with exactly those files.
+//! with exactly those files, and the HA compose file and the Kubernetes
+//! manifests by their pieces and by `linetokd check-config` on the configs
+//! they run, with the secret files laid out as the image or the kubelet
+//! lays them out.
 //!
-//! Docker itself cannot run here (no engine), so the images are not built;
-//! the systemd tools are run where installed and skipped with a printed
-//! reason where not.
+//! Docker and Kubernetes cannot run here (no engine, no cluster), so the
+//! images are not built and the manifests not applied; the systemd tools
+//! are run where installed and skipped with a printed reason where not.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -516,17 +519,23 @@ fn credential_names(config: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Makes every credential a config names in `dir`, with `mode`: keys are
-/// RSA-2048 PEMs (the fixture key), everything else a secret string.
+/// Makes every credential a config names in `dir`, with `mode`.
 fn make_credentials(dir: &Path, names: &BTreeSet<String>, mode: u32) {
-    let key = fs::read(repo("tests/fixtures/keys/rsa2048-pkcs8.pem")).unwrap();
     for name in names {
-        let body: &[u8] = if name.ends_with(".pem") {
-            &key
-        } else {
-            b"0123456789abcdef0123456789abcdef\n"
-        };
-        write_private(&dir.join(name), body, mode);
+        write_private(&dir.join(name), &credential_body(name), mode);
+    }
+}
+
+/// What a credential file named `name` holds: keys are RSA-2048 PEMs (the
+/// fixture key), `.url` files a PostgreSQL URL, everything else a secret
+/// string.
+fn credential_body(name: &str) -> Vec<u8> {
+    if name.ends_with(".pem") {
+        fs::read(repo("tests/fixtures/keys/rsa2048-pkcs8.pem")).unwrap()
+    } else if name.ends_with(".url") {
+        b"postgres://linetokd:pg-secret@postgres.example:5432/linetokd?sslmode=require\n".to_vec()
+    } else {
+        b"0123456789abcdef0123456789abcdef\n".to_vec()
     }
 }
 
@@ -676,7 +685,7 @@ fn dockerfile_is_multi_stage_small_non_root_with_volume_and_healthcheck() {
         "the default target is the runtime image"
     );
 
-    for target in ["runtime", "demo"] {
+    for target in ["runtime", "demo", "ha-demo"] {
         let stages = lineage(&all, target);
         let root_image = all
             .iter()
@@ -727,6 +736,7 @@ fn dockerfile_is_multi_stage_small_non_root_with_volume_and_healthcheck() {
 /// A `COPY` from the build context: flags, sources, destination.
 struct Copy {
     chmod: Option<u32>,
+    chown: Option<String>,
     sources: Vec<String>,
     dest: String,
 }
@@ -737,10 +747,13 @@ fn context_copies(instructions: &[Instruction], stage: &str) -> Vec<Copy> {
         .filter(|i| i.keyword == "COPY" && i.stage == stage && !i.args.contains("--from="))
         .map(|i| {
             let mut chmod = None;
+            let mut chown = None;
             let mut paths = Vec::new();
             for word in i.args.split(' ') {
                 if let Some(mode) = word.strip_prefix("--chmod=") {
                     chmod = Some(u32::from_str_radix(mode, 8).unwrap());
+                } else if let Some(owner) = word.strip_prefix("--chown=") {
+                    chown = Some(owner.to_owned());
                 } else if !word.starts_with("--") {
                     paths.push(word.to_owned());
                 }
@@ -748,6 +761,7 @@ fn context_copies(instructions: &[Instruction], stage: &str) -> Vec<Copy> {
             let dest = paths.pop().unwrap();
             Copy {
                 chmod,
+                chown,
                 sources: paths,
                 dest,
             }
@@ -796,7 +810,7 @@ fn dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_the_rest() {
         );
     }
     let all = dockerfile();
-    for stage in ["build", "runtime-base", "demo", "runtime"] {
+    for stage in ["build", "runtime-base", "demo", "ha-demo", "runtime"] {
         for copy in context_copies(&all, stage) {
             for source in &copy.sources {
                 if source != "." {
@@ -809,8 +823,12 @@ fn dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_the_rest() {
 }
 
 fn compose() -> serde_yaml_ng::Value {
-    let mut value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&read("deploy/docker/compose.yaml")).unwrap();
+    compose_file("deploy/docker/compose.yaml")
+}
+
+/// A compose file with its `<<` merge keys applied, as compose reads it.
+fn compose_file(path: &str) -> serde_yaml_ng::Value {
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(path)).unwrap();
     value.apply_merge().unwrap();
     value
 }
@@ -923,8 +941,27 @@ fn docker_config_validates_with_secrets_from_run_secrets() {
     assert!(image_env.contains("RUNTIME_DIRECTORY=/run/linetokd"));
 }
 
-/// The demo image's `/etc/linetokd`, laid out in a temp dir by the demo
-/// stage's own `COPY` and `ENV` lines.
+/// The value the image built from `target` gives the environment variable
+/// `name`: the last `ENV` setting it, base stages first.
+fn image_env(instructions: &[Instruction], target: &str, name: &str) -> Option<String> {
+    let mut stages = lineage(instructions, target);
+    stages.reverse();
+    let mut value = None;
+    for stage in &stages {
+        for env in in_stages(instructions, std::slice::from_ref(stage), "ENV") {
+            for word in env.args.split(' ') {
+                if let Some(v) = word.strip_prefix(&format!("{name}=")) {
+                    value = Some(v.to_owned());
+                }
+            }
+        }
+    }
+    value
+}
+
+/// A demo image's files from the build context (`/etc/linetokd`), laid out
+/// in a temp dir by the `COPY` lines of its stages (base stages first, so a
+/// later stage's file replaces an earlier one's) and its `ENV`.
 struct DemoImage {
     root: tempfile::TempDir,
     credentials: PathBuf,
@@ -932,21 +969,26 @@ struct DemoImage {
 
 impl DemoImage {
     fn lay_out() -> Self {
+        Self::lay_out_target("demo")
+    }
+
+    fn lay_out_target(target: &str) -> Self {
         let all = dockerfile();
         let root = tempfile::tempdir().unwrap();
-        for copy in context_copies(&all, "demo") {
-            assert_eq!(copy.sources.len(), 1);
-            let to = root.path().join(copy.dest.trim_start_matches('/'));
-            fs::create_dir_all(to.parent().unwrap()).unwrap();
-            fs::copy(repo(&copy.sources[0]), &to).unwrap();
-            let mode = copy.chmod.expect("the demo sets every file's mode");
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).unwrap();
+        let mut stages = lineage(&all, target);
+        stages.reverse();
+        for stage in &stages {
+            for copy in context_copies(&all, stage) {
+                assert_eq!(copy.sources.len(), 1);
+                let to = root.path().join(copy.dest.trim_start_matches('/'));
+                fs::create_dir_all(to.parent().unwrap()).unwrap();
+                fs::copy(repo(&copy.sources[0]), &to).unwrap();
+                let mode = copy.chmod.expect("the demo sets every file's mode");
+                fs::set_permissions(&to, fs::Permissions::from_mode(mode)).unwrap();
+            }
         }
-        let credentials = in_stages(&all, &["demo".to_owned()], "ENV")
-            .iter()
-            .find_map(|i| i.args.strip_prefix("CREDENTIALS_DIRECTORY="))
-            .expect("the demo names its credentials directory")
-            .to_owned();
+        let credentials = image_env(&all, target, "CREDENTIALS_DIRECTORY")
+            .expect("the demo names its credentials directory");
         let credentials = root.path().join(credentials.trim_start_matches('/'));
         Self { root, credentials }
     }
@@ -1047,6 +1089,477 @@ async fn demo_image_files_make_a_daemon_that_issues_from_the_demo_sandbox() {
     shutdown.cancel();
     daemon.stopped().await.unwrap();
     stop_sandbox.cancel();
+}
+
+// ---------------------------------------------------------------------------
+// High availability: the HA compose demo and the Kubernetes manifests
+
+const HA_COMPOSE: &str = "deploy/ha/compose.yaml";
+const KUBERNETES: &str = "deploy/kubernetes/linetokd.yaml";
+
+/// `linetokd check-config` (the binary cargo built) on `config`, with only
+/// the two directories the images name in its environment.
+fn check_config(config: &Path, credentials: &Path, runtime: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_linetokd"))
+        .args(["check-config", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("CREDENTIALS_DIRECTORY", credentials)
+        .env("RUNTIME_DIRECTORY", runtime)
+        .output()
+        .unwrap()
+}
+
+/// The resolved config `check-config` prints, once it passed.
+fn checked(config: &Path, credentials: &Path, runtime: &Path) -> toml::Table {
+    let out = check_config(config, credentials, runtime);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "check-config {}: {}{stdout}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.parse().unwrap()
+}
+
+/// The port of `host:port`.
+fn port_of(address: &str) -> &str {
+    address.rsplit(':').next().unwrap()
+}
+
+/// `postgres://USER:PASSWORD@HOST:PORT/DATABASE?QUERY`, in its parts.
+fn pg_url_parts(url: &str) -> [String; 6] {
+    let rest = url
+        .trim()
+        .strip_prefix("postgres://")
+        .expect("a postgres:// URL");
+    let (credentials, rest) = rest.split_once('@').unwrap();
+    let (user, password) = credentials.split_once(':').unwrap();
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (host_port, database) = location.split_once('/').unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    [user, password, host, port, database, query].map(str::to_owned)
+}
+
+#[test]
+fn ha_compose_runs_two_daemons_on_the_postgres_service_with_checked_configs() {
+    let compose = compose_file(HA_COMPOSE);
+    let services = &compose["services"];
+    let names: BTreeSet<&str> = services
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    // The daemons are the services that `run`.
+    let daemons: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| {
+            services[*n]["command"]
+                .as_sequence()
+                .and_then(|c| c.first())
+                .and_then(|c| c.as_str())
+                == Some("run")
+        })
+        .collect();
+    assert_eq!(daemons, ["linetokd-a", "linetokd-b"]);
+    assert_eq!(
+        names,
+        BTreeSet::from(["postgres", "sandbox", "linetokd-a", "linetokd-b"])
+    );
+
+    // PostgreSQL, with a health check the daemons wait for.
+    let postgres = &services["postgres"];
+    assert_eq!(postgres["image"].as_str(), Some("postgres:15"));
+    let pg_check = strings(&postgres["healthcheck"]["test"]);
+    assert!(pg_check.iter().any(|a| a == "pg_isready"), "{pg_check:?}");
+    let pg_env = |key: &str| {
+        postgres["environment"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("postgres sets {key}"))
+            .to_owned()
+    };
+
+    // The sandbox's port, where the daemons' config looks for it.
+    let sandbox = strings(&services["sandbox"]["command"]);
+    let sandbox_listen = &sandbox[sandbox.iter().position(|a| a == "--listen").unwrap() + 1];
+
+    // The image the daemons run, laid out by the Dockerfile's own lines.
+    let all = dockerfile();
+    let image = DemoImage::lay_out_target("ha-demo");
+    let image_user = in_stages(&all, &lineage(&all, "ha-demo"), "USER")
+        .last()
+        .expect("a USER")
+        .args
+        .clone();
+    let credentials_in_image = image_env(&all, "ha-demo", "CREDENTIALS_DIRECTORY").unwrap();
+    let copies: Vec<Copy> = lineage(&all, "ha-demo")
+        .iter()
+        .flat_map(|stage| context_copies(&all, stage))
+        .collect();
+
+    let runtime = tempfile::tempdir().unwrap();
+    let compose_dir = repo("deploy/ha");
+    let mut hostnames = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let mut state_volumes = BTreeSet::new();
+    let mut url_files = BTreeSet::new();
+    for name in &daemons {
+        let service = &services[*name];
+        let build = &service["build"];
+        let context = compose_dir.join(build["context"].as_str().unwrap());
+        assert_eq!(
+            context
+                .join(build["dockerfile"].as_str().unwrap())
+                .canonicalize()
+                .unwrap(),
+            repo(DOCKERFILE).canonicalize().unwrap(),
+            "{name}"
+        );
+        assert_eq!(build["target"].as_str(), Some("ha-demo"), "{name}");
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name} waits for PostgreSQL"
+        );
+        assert_ne!(service["healthcheck"]["disable"].as_bool(), Some(true));
+        assert_eq!(
+            strings(&service["healthcheck"]["test"]),
+            ["CMD", "/usr/local/bin/linetokd", "health"],
+            "{name}"
+        );
+        assert!(hostnames.insert(service["hostname"].as_str().unwrap().to_owned()));
+
+        // The config it runs, from the image.
+        let command = strings(&service["command"]);
+        assert_eq!(command[..2], ["run", "--config"]);
+        let config = image.path(&command[2]);
+        let text = fs::read_to_string(&config).unwrap();
+
+        // Its secret files are the image user's and private, as copied in.
+        let secrets = credential_names(&text);
+        assert!(secrets.contains("database.url"), "{secrets:?}");
+        for secret in &secrets {
+            let dest = format!("{credentials_in_image}/{secret}");
+            let copy = copies
+                .iter()
+                .find(|c| c.dest == dest)
+                .unwrap_or_else(|| panic!("{name}: no COPY to {dest}"));
+            assert_eq!(copy.chown.as_deref(), Some(image_user.as_str()), "{dest}");
+            assert_eq!(copy.chmod, Some(0o600), "{dest}");
+        }
+
+        let resolved = checked(&config, &image.credentials, runtime.path());
+        let ha = resolved
+            .get("ha")
+            .and_then(toml::Value::as_table)
+            .expect("[ha] in the resolved config");
+        // One shared config: the instance IDs come from the host names.
+        assert!(!ha.contains_key("instance_id"), "{ha:?}");
+        let daemon = resolved["daemon"].as_table().unwrap();
+        assert!(!daemon.contains_key("database"), "{daemon:?}");
+        let url_file = daemon["database_url_file"].as_str().unwrap();
+        assert!(url_file.ends_with("mode 0600)"), "{url_file}");
+        url_files.insert(url_file.split(" (secret").next().unwrap().to_owned());
+        assert_eq!(
+            daemon["line_api"].as_str(),
+            Some(format!("http://sandbox:{}", port_of(sandbox_listen)).as_str())
+        );
+
+        // Its listener is published on loopback, on a port of its own.
+        let listen = daemon["listen"].as_str().unwrap();
+        let ports = strings(&service["ports"]);
+        let published = ports
+            .iter()
+            .find(|p| p.ends_with(&format!(":{}", port_of(listen))))
+            .unwrap_or_else(|| panic!("{name}: {listen} is not published: {ports:?}"));
+        assert!(published.starts_with("127.0.0.1:"), "{published}");
+        assert!(host_ports.insert(published.clone()));
+
+        // A state directory (control socket) of its own.
+        let state = strings(&service["volumes"])
+            .into_iter()
+            .find(|v| v.ends_with(":/var/lib/linetokd"))
+            .unwrap_or_else(|| panic!("{name}: no volume on the state directory"));
+        assert!(state_volumes.insert(state.clone()), "{state} shared");
+    }
+    assert_eq!(hostnames.len(), 2);
+
+    // Both use the one URL file, which names the postgres service as it is
+    // set up.
+    assert_eq!(url_files.len(), 1, "{url_files:?}");
+    let url_file = PathBuf::from(url_files.pop_first().unwrap());
+    let [user, password, host, port, database, query] =
+        pg_url_parts(&fs::read_to_string(&url_file).unwrap());
+    assert!(names.contains(host.as_str()), "{host} is not a service");
+    assert_eq!(host, "postgres");
+    assert_eq!(port, "5432");
+    assert_eq!(user, pg_env("POSTGRES_USER"));
+    assert_eq!(password, pg_env("POSTGRES_PASSWORD"));
+    assert_eq!(database, pg_env("POSTGRES_DB"));
+    // The postgres image serves no TLS.
+    assert_eq!(query, "sslmode=disable");
+
+    // The check can fail: the URL file with the mode a git checkout (or a
+    // compose file secret) would give it is refused.
+    fs::set_permissions(&url_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let config = image.path("/etc/linetokd/linetokd.toml");
+    let out = check_config(&config, &image.credentials, runtime.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("daemon.database_url_file") && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+}
+
+/// Every document of a multi-document YAML file, empty ones left out.
+fn yaml_documents(path: &str) -> Vec<serde_yaml_ng::Value> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(&read(path))
+        .map(|doc| serde_yaml_ng::Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// A file mode as Kubernetes reads it: its YAML is 1.1, where `0400` is
+/// octal (YAML 1.2, serde_yaml_ng's, keeps it a string); a number without a
+/// leading 0 is decimal.
+fn kubernetes_mode(value: &serde_yaml_ng::Value) -> u32 {
+    match value {
+        serde_yaml_ng::Value::Number(n) => u32::try_from(n.as_u64().unwrap()).unwrap(),
+        serde_yaml_ng::Value::String(s) if s.starts_with('0') => u32::from_str_radix(s, 8).unwrap(),
+        other => panic!("not a mode: {other:?}"),
+    }
+}
+
+/// True when every label `selector` asks for is in `labels`.
+fn selects(selector: &serde_yaml_ng::Value, labels: &serde_yaml_ng::Value) -> bool {
+    let wanted = selector.as_mapping().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Secret files in `dir` as the kubelet mounts a secret volume: each name a
+/// symlink through `..data` into a timestamped directory holding the file,
+/// with `mode`.
+fn lay_out_like_the_kubelet(dir: &Path, names: &BTreeSet<String>, mode: u32) {
+    let stamped = dir.join("..2026_01_01_00_00_00.000000001");
+    fs::create_dir_all(&stamped).unwrap();
+    std::os::unix::fs::symlink(stamped.file_name().unwrap(), dir.join("..data")).unwrap();
+    for name in names {
+        write_private(&stamped.join(name), &credential_body(name), mode);
+        std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn kubernetes_runs_two_probed_replicas_with_a_pdb_and_read_only_secret_files() {
+    let docs = yaml_documents(KUBERNETES);
+    for doc in &docs {
+        assert!(
+            doc["apiVersion"].as_str().is_some() && doc["metadata"]["name"].as_str().is_some(),
+            "{doc:?}"
+        );
+    }
+    let of_kind = |kind: &str| -> Vec<&serde_yaml_ng::Value> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .collect()
+    };
+    // PostgreSQL is the cluster's own, not deployed here.
+    assert!(of_kind("StatefulSet").is_empty());
+    assert!(!read(KUBERNETES).contains("image: postgres"));
+
+    let deployments = of_kind("Deployment");
+    assert_eq!(deployments.len(), 1);
+    let spec = &deployments[0]["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(2));
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert!(selects(&spec["selector"]["matchLabels"], labels));
+    let pod = &spec["template"]["spec"];
+    let containers = pod["containers"].as_sequence().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    assert_eq!(container["image"].as_str(), Some("linetokd:latest"));
+    let args = strings(&container["args"]);
+    assert_eq!(args[..2], ["run", "--config"]);
+    let config_path = Path::new(&args[2]);
+
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let volume = |name: &serde_yaml_ng::Value| {
+        volumes
+            .iter()
+            .find(|v| &v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name:?}"))
+    };
+    let mounted_at = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+    };
+
+    // The config: the ConfigMap's file, mounted where `--config` looks.
+    let config_mount = mounted_at(config_path.parent().unwrap().to_str().unwrap());
+    assert_eq!(config_mount["readOnly"].as_bool(), Some(true));
+    let config_map = volume(&config_mount["name"])["configMap"]["name"].clone();
+    let config_maps = of_kind("ConfigMap");
+    let config_map = config_maps
+        .iter()
+        .find(|c| c["metadata"]["name"] == config_map)
+        .expect("the config's ConfigMap");
+    let config_text = config_map["data"][config_path.file_name().unwrap().to_str().unwrap()]
+        .as_str()
+        .unwrap();
+    let config: toml::Table = config_text.parse().unwrap();
+    let listen = config["daemon"]["listen"].as_str().unwrap();
+    let listen_port: u64 = port_of(listen).parse().unwrap();
+
+    // Liveness on /healthz, readiness on /readyz, at the config's port.
+    let port_named = |name: &str| {
+        container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no container port {name}"))
+    };
+    let probe = |kind: &str| {
+        let get = &container[kind]["httpGet"];
+        let port = match &get["port"] {
+            serde_yaml_ng::Value::String(name) => port_named(name),
+            number => number.as_u64().unwrap(),
+        };
+        (get["path"].as_str().unwrap().to_owned(), port)
+    };
+    assert_eq!(probe("livenessProbe"), ("/healthz".to_owned(), listen_port));
+    assert_eq!(probe("readinessProbe"), ("/readyz".to_owned(), listen_port));
+
+    // The image's non-root user, and its group on the secret files.
+    let all = dockerfile();
+    let user = in_stages(&all, &lineage(&all, "runtime"), "USER")
+        .last()
+        .unwrap()
+        .args
+        .clone();
+    let (uid, gid) = user.split_once(':').unwrap();
+    let security = &pod["securityContext"];
+    assert_eq!(security["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(security["runAsUser"].as_u64(), Some(uid.parse().unwrap()));
+    assert_eq!(security["runAsGroup"].as_u64(), Some(gid.parse().unwrap()));
+    assert_eq!(security["fsGroup"].as_u64(), Some(gid.parse().unwrap()));
+    let hardening = &container["securityContext"];
+    assert_eq!(hardening["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(hardening["allowPrivilegeEscalation"].as_bool(), Some(false));
+
+    // Secrets: mounted read-only, 0400, as files in the image's
+    // CREDENTIALS_DIRECTORY: exactly those the config names.
+    let mut secret_files = BTreeSet::new();
+    for mount in mounts {
+        let v = volume(&mount["name"]);
+        let sources: Vec<&serde_yaml_ng::Value> = if v.get("secret").is_some() {
+            vec![&v["secret"]]
+        } else if v.get("projected").is_some() {
+            v["projected"]["sources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|s| &s["secret"])
+                .collect()
+        } else {
+            continue;
+        };
+        assert_eq!(mount["readOnly"].as_bool(), Some(true), "{mount:?}");
+        let mode = v
+            .get("secret")
+            .or_else(|| v.get("projected"))
+            .map(|s| kubernetes_mode(&s["defaultMode"]))
+            .unwrap();
+        assert_eq!(mode, 0o400, "{v:?}");
+        let credentials = image_env(&all, "runtime", "CREDENTIALS_DIRECTORY").unwrap();
+        assert_eq!(mount["mountPath"].as_str(), Some(credentials.as_str()));
+        for source in sources {
+            assert!(source["name"].as_str().is_some(), "a Secret: {source:?}");
+            // Items name each file, so a key added to the Secret is not
+            // mounted unasked.
+            for item in source["items"].as_sequence().expect("items") {
+                assert!(item.get("mode").is_none(), "{item:?}");
+                assert!(secret_files.insert(item["path"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    let needed = credential_names(config_text);
+    assert!(needed.contains("database.url"), "{needed:?}");
+    assert_eq!(secret_files, needed, "the mounted files vs the config's");
+
+    // At least one pod through voluntary disruptions.
+    let budgets = of_kind("PodDisruptionBudget");
+    assert_eq!(budgets.len(), 1);
+    assert_eq!(budgets[0]["spec"]["minAvailable"].as_u64(), Some(1));
+    assert!(selects(
+        &budgets[0]["spec"]["selector"]["matchLabels"],
+        labels
+    ));
+
+    // A Service for the token API and a headless one for Prometheus, both
+    // on the pods' listener.
+    let services = of_kind("Service");
+    let (headless, balanced): (Vec<&serde_yaml_ng::Value>, Vec<&serde_yaml_ng::Value>) = services
+        .iter()
+        .copied()
+        .partition(|s| s["spec"]["clusterIP"].as_str() == Some("None"));
+    assert_eq!((headless.len(), balanced.len()), (1, 1));
+    for service in services {
+        assert!(selects(&service["spec"]["selector"], labels), "{service:?}");
+        let target = &service["spec"]["ports"][0]["targetPort"];
+        let target = target
+            .as_str()
+            .map_or_else(|| target.as_u64().unwrap(), port_named);
+        assert_eq!(target, listen_port);
+    }
+
+    // The config passes check-config with the files as the kubelet mounts
+    // them: symlinks, and 0440 (0400 plus fsGroup's read).
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("linetokd.toml");
+    fs::write(&config_file, config_text).unwrap();
+    let runtime = dir.path().join("run");
+    let secrets = dir.path().join("secrets");
+    lay_out_like_the_kubelet(&secrets, &needed, 0o440);
+    let resolved = checked(&config_file, &secrets, &runtime);
+    let ha = resolved
+        .get("ha")
+        .and_then(toml::Value::as_table)
+        .expect("[ha] in the resolved config");
+    // The instance ID is the default, hostname:pid: the pod's name.
+    assert!(!ha.contains_key("instance_id"), "{ha:?}");
+    assert!(
+        resolved["daemon"]["database_url_file"]
+            .as_str()
+            .unwrap()
+            .contains("(secret, "),
+        "{resolved:?}"
+    );
+    assert!(
+        listen
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .ip()
+            .is_unspecified()
+    );
+
+    // The check can fail: Kubernetes' default mode (0644) is refused.
+    let secrets = dir.path().join("default-mode");
+    lay_out_like_the_kubelet(&secrets, &needed, 0o644);
+    let out = check_config(&config_file, &secrets, &runtime);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mode 0644"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------
