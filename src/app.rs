@@ -147,6 +147,7 @@ impl Daemon {
             durability: options.durability,
             keyring: config.encryption.as_ref().map(|e| Arc::clone(&e.keyring)),
             keep_plaintext: false,
+            shared: config.ha.is_some(),
         };
         let store = tokio::task::spawn_blocking(move || Store::open_at(&location, store_options))
             .await
@@ -214,6 +215,7 @@ impl Daemon {
                 .with_store(store.clone()),
         );
         stateless.set_channels(stateless_setups(config)?);
+        let mut keeper = None;
         let rotator = Rotator::new(RotatorParts {
             store,
             line,
@@ -223,7 +225,27 @@ impl Daemon {
             concurrency: CHANNEL_CONCURRENCY,
             seed: options.seed,
             metrics: Arc::clone(&metrics),
+            leadership: leadership(config, &metrics),
         });
+        if let (Some(lead), Some(ops)) = (rotator.leadership(), rotator.store().lease_ops()) {
+            tracing::info!(instance = %lead.me(), "high availability: leading channels under leases shared with other instances");
+            let channels: crate::leader::keeper::ChannelList = {
+                let rotator = Arc::downgrade(&rotator);
+                Arc::new(move || {
+                    rotator
+                        .upgrade()
+                        .map(|r| r.channel_ids())
+                        .unwrap_or_default()
+                })
+            };
+            keeper = Some(crate::leader::keeper::Keeper::new(
+                Arc::clone(lead),
+                ops,
+                channels,
+                rotator.wakes(),
+                Arc::clone(&metrics),
+            ));
+        }
         let lost = rotator
             .start_up()
             .await
@@ -244,6 +266,12 @@ impl Daemon {
         let state = scheduler.state();
         let wakes = rotator.wakes();
         let tasks = TaskTracker::new();
+        // The keeper hands its grants back after the scheduler's last step
+        // (it takes each channel's work lock first), and the daemon's stop
+        // waits for that.
+        if let Some(keeper) = keeper {
+            tasks.spawn(keeper.run(shutdown.child_token()));
+        }
         let shutdown_child = shutdown.child_token();
         let tokens = TokenBook::new();
         // Delivery fills the book from the store and rewrites every sink
@@ -262,6 +290,18 @@ impl Daemon {
             .await
             .context("while publishing the stored tokens")?;
         tasks.spawn(Arc::clone(&delivery).run(rotator.subscribe(), shutdown.child_token()));
+        if let Some(lead) = rotator.leadership() {
+            // Channels led elsewhere reach this instance's sinks and hooks
+            // through the shared store.
+            let every = crate::leader::keeper::Keeper::tick(lead.settings().renew)
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(5));
+            let led_here: crate::delivery::LedHere = {
+                let lead = Arc::clone(lead);
+                Arc::new(move |channel: &ChannelId| lead.standing(channel).held().is_some())
+            };
+            tasks.spawn(Arc::clone(&delivery).follow(every, led_here, shutdown.child_token()));
+        }
         let alert_notifier = alerting::Notifier::new(
             rotator.store().clone(),
             Arc::clone(&http_clock),
@@ -702,6 +742,33 @@ fn log_config_warnings(config: &ValidConfig) {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+}
+
+/// Under `[ha]`, the leadership of channels: the instance ID (the
+/// configured one, else `hostname:pid`, read here), the lease, the renewal
+/// interval and the request timeout, on the suspend-counting clock.
+fn leadership(
+    config: &ValidConfig,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<crate::leader::Leadership>> {
+    let ha = config.ha.as_ref()?;
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let me = config::resolve_instance_id(ha.instance_id.as_ref(), &hostname, std::process::id());
+    let span =
+        |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    Some(crate::leader::Leadership::new(
+        crate::leader::LeaseSettings {
+            me,
+            lease: span(ha.lease),
+            renew: span(ha.renew),
+            request_timeout: span(config.daemon.request_timeout),
+        },
+        Arc::new(|| crate::ha::Mono::from_millis(crate::clock::boot_millis())),
+        Arc::clone(metrics),
+    ))
 }
 
 /// Each configured group's sinks and hook, for the delivery service.
@@ -1307,6 +1374,18 @@ impl control::Engine for Rotator {
                 .await
                 .ok()
                 .flatten()
+        })
+    }
+
+    fn led_elsewhere(&self, channel: &ChannelId) -> Option<String> {
+        let lead = self.leadership()?;
+        if lead.standing(channel).held().is_some() {
+            return None;
+        }
+        Some(match lead.last_holder(channel) {
+            Some(holder) => format!("instance {holder}"),
+            None => "no instance at the moment (its lease is free and is taken within seconds)"
+                .to_owned(),
         })
     }
 }

@@ -35,6 +35,18 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep<'_>;
 }
 
+/// Milliseconds on the machine's suspend-counting monotonic clock
+/// (`CLOCK_BOOTTIME`): it never steps and, unlike `CLOCK_MONOTONIC` (std's
+/// and tokio's `Instant`), keeps counting while the machine is suspended.
+/// A lease holder measures what is left of its grant on it
+/// (docs/design.md §14.2): a resumed machine must see its grant as over.
+pub fn boot_millis() -> i64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec / 1_000_000)
+}
+
 /// A clock shared between tasks.
 pub type SharedClock = Arc<dyn Clock>;
 

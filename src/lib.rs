@@ -140,6 +140,7 @@ pub mod forecast;
 pub mod ha;
 pub mod http;
 pub mod keygen;
+pub mod leader;
 pub mod line;
 pub mod logging;
 pub mod login;

@@ -152,6 +152,10 @@ pub struct Metrics {
     clock_skew: GaugeF,
     config_reloads: Family<ResultLabels, Counter>,
     scheduler_wakeups: Counter,
+    channel_leader: Family<ChannelLabels, Gauge>,
+    lease_takeovers: Family<ChannelLabels, Counter>,
+    lease_renew_failures: Counter,
+    fenced_writes: Counter,
     /// The channels' names, for the `channel_name` label.
     channels: RwLock<ChannelIndex>,
     /// Each configured channel's `channel` and `channel_name` label values.
@@ -328,6 +332,31 @@ impl Metrics {
             "Times the scheduler woke up to work due channels (zero between due times)",
             scheduler_wakeups.clone(),
         );
+        let channel_leader = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "channel_leader",
+            "1 while this instance leads the channel under [ha] (holds its lease), else 0",
+            channel_leader.clone(),
+        );
+        let lease_takeovers = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "lease_takeovers",
+            "Grants of a channel's lease to this instance after another instance's (or an \
+             earlier run's) grant expired or was released",
+            lease_takeovers.clone(),
+        );
+        let lease_renew_failures = Counter::default();
+        registry.register(
+            "lease_renew_failures",
+            "Lease renewals that were refused or went unanswered (each a step-down)",
+            lease_renew_failures.clone(),
+        );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "fenced_writes",
+            "Writes for a channel refused by its lease fence (this instance no longer led it)",
+            fenced_writes.clone(),
+        );
         let sink_failures = Family::<GroupLabels, Counter>::default();
         registry.register(
             "sink_failures",
@@ -446,6 +475,10 @@ impl Metrics {
             alert_notification_duration,
             alert_names: Mutex::new(Vec::new()),
             scheduler_wakeups,
+            channel_leader,
+            lease_takeovers,
+            lease_renew_failures,
+            fenced_writes,
             registry,
             token_expiry,
             next_rotation,
@@ -504,6 +537,8 @@ impl Metrics {
         self.long_lived_verified.clear();
         self.stateless_requests.clear();
         self.stateless_issues.clear();
+        self.channel_leader.clear();
+        self.lease_takeovers.clear();
     }
 
     /// The `channel` and `channel_name` labels of `channel`; an unknown
@@ -621,6 +656,38 @@ impl Metrics {
                 })
                 .set(i64::from(n));
         }
+    }
+
+    /// Whether this instance leads `channel` (`[ha]`).
+    pub fn set_leader(&self, channel: &ChannelId, leads: bool) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.channel_leader
+            .get_or_create(&ChannelLabels {
+                channel,
+                channel_name,
+            })
+            .set(i64::from(leads));
+    }
+
+    /// Counts a grant of `channel`'s lease after an earlier grant ended.
+    pub fn lease_takeover(&self, channel: &ChannelId) {
+        let (channel, channel_name) = self.channel_labels(channel);
+        self.lease_takeovers
+            .get_or_create(&ChannelLabels {
+                channel,
+                channel_name,
+            })
+            .inc();
+    }
+
+    /// Counts a lease renewal refused or unanswered.
+    pub fn lease_renew_failed(&self) {
+        self.lease_renew_failures.inc();
+    }
+
+    /// Counts a write refused by its lease fence.
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
     }
 
     /// Counts a short-lived token of ours that LINE's verify refused with

@@ -47,7 +47,18 @@ pub trait Engine: Send + Sync {
     /// Where request `id` stands; `None` when the engine cannot tell now
     /// (the store could not be read, or it knows no such request).
     fn request_outcome(&self, id: i64) -> EngineFuture<'_, Option<RequestOutcome>>;
+    /// Under `[ha]`, the instance that leads `channel` when it is another
+    /// one: its leader carries the request out, so this engine sees no
+    /// events of it and the handler asks the store instead. `None` when
+    /// this instance works the channel (always, without `[ha]`).
+    fn led_elsewhere(&self, _channel: &ChannelId) -> Option<String> {
+        None
+    }
 }
+
+/// How often a request another instance carries out is looked up in the
+/// shared store.
+const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the control socket asks of the long-lived token watchers
 /// (`linetokd long-lived retire`); `app` implements it for
@@ -152,6 +163,14 @@ impl ControlHandler {
             }
         };
         let deadline = tokio::time::Instant::now() + self.wait;
+        // Led by another instance: no event of ours will tell, and the new
+        // token's key ID is not ours to announce; the store says when the
+        // request is done.
+        let elsewhere = self.rotator.led_elsewhere(&work.channel);
+        if let Some(leader) = &elsewhere {
+            tracing::info!(channel = %work.channel, leader = %leader, "the channel is led by another instance, which carries the request out");
+            work.lagged = true;
+        }
         loop {
             self.check_done(&mut work).await;
             if work.reports.iter().all(|r| r.done) {
@@ -186,6 +205,12 @@ impl ControlHandler {
                         self.wait.as_secs()
                     ));
                 }
+                () = async {
+                    match elsewhere {
+                        Some(_) => tokio::time::sleep(ELSEWHERE_POLL).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 changed = passes.changed() => {
                     if changed.is_err() {
                         return pending(work, "the scheduler stopped".to_owned());

@@ -23,4 +23,6 @@ pub mod service;
 pub mod sink;
 
 pub use published::{GroupTokens, PublishedToken, TokenBook};
-pub use service::{Delivery, FailingSink, GroupDelivery, SinkBoard, SinkHealth, SinkRetry};
+pub use service::{
+    Delivery, FailingSink, GroupDelivery, LedHere, SinkBoard, SinkHealth, SinkRetry,
+};

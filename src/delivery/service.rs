@@ -52,6 +52,10 @@ use crate::store::{
     sink_note_key,
 };
 
+/// Whether this instance leads a channel now ([`Delivery::follow`] leaves
+/// those to the rotator's events).
+pub type LedHere = Arc<dyn Fn(&ChannelId) -> bool + Send + Sync>;
+
 /// Where one group's token goes.
 #[derive(Debug, Clone, Default)]
 pub struct GroupDelivery {
@@ -271,10 +275,24 @@ impl Delivery {
         if !self.cleaned.swap(true, Ordering::SeqCst) {
             self.remove_stale_temporaries().await;
         }
+        let loaded = self.read_live().await?;
+        for (channel, group, tokens) in loaded {
+            let has_current = tokens.current.is_some();
+            self.book.update(&channel, &group, |_| tokens);
+            if has_current {
+                self.write_sinks(&channel, &group).await;
+            }
+        }
+        self.resolve_stale_alerts().await;
+        Ok(())
+    }
+
+    /// Every configured group's live tokens in the store, newest first,
+    /// read in one query.
+    async fn read_live(&self) -> Result<Vec<(ChannelId, GroupName, GroupTokens)>, StoreError> {
         let now = self.clock.now();
         let keys: HashSet<GroupKey> = self.read_groups().keys().cloned().collect();
-        let store = self.store.clone();
-        let loaded = store
+        self.store
             .blocking(move |store| -> Result<_, StoreError> {
                 // One query for every group's live tokens, not one per group:
                 // at 100,000 groups that is the difference between a start in
@@ -311,15 +329,59 @@ impl Delivery {
                 }
                 Ok(out)
             })
-            .await?;
-        for (channel, group, tokens) in loaded {
-            let has_current = tokens.current.is_some();
-            self.book.update(&channel, &group, |_| tokens);
-            if has_current {
-                self.write_sinks(&channel, &group).await;
+            .await
+    }
+
+    /// Under `[ha]` another instance may lead a channel: what it stores
+    /// reaches this instance's book, sinks and hooks only through the
+    /// shared store. Every `every` the store's live tokens are compared
+    /// with the book; a group whose current token changed is published as
+    /// after an issue here (sinks, then its hook), one whose older tokens
+    /// changed gets its sinks rewritten. A group this instance published
+    /// itself already matches and costs nothing. Runs until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        every: Duration,
+        led_here: LedHere,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.refresh(&led_here).await {
+                tracing::warn!(error = %crate::logging::error_chain(&e), "could not read the shared store's tokens; trying again");
             }
         }
-        self.resolve_stale_alerts().await;
+    }
+
+    /// One comparison of the store with the book ([`Self::follow`]).
+    async fn refresh(self: &Arc<Self>, led_here: &LedHere) -> Result<(), StoreError> {
+        for (channel, group, stored) in self.read_live().await? {
+            // The leader publishes from its own events, in order; reading
+            // the store too could run a hook twice.
+            if led_here(&channel) {
+                continue;
+            }
+            let before = self.book.get(&channel, &group);
+            let key_of = |t: &Option<PublishedToken>| t.as_ref().map(|t| t.key_id.clone());
+            if key_of(&before.current) == key_of(&stored.current)
+                && key_of(&before.previous) == key_of(&stored.previous)
+            {
+                continue;
+            }
+            let new_current = key_of(&before.current) != key_of(&stored.current);
+            let current = stored.current.clone();
+            self.book.update(&channel, &group, |_| stored);
+            if let Some(current) = current {
+                self.write_sinks(&channel, &group).await;
+                if new_current {
+                    tracing::info!(channel = %channel, group = %group, key_id = %current.key_id, "published a token another instance stored");
+                    self.start_hook(&channel, &group, current);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -32,8 +32,10 @@ use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, Verification};
 use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
 use crate::snapshot::Snapshot;
+use crate::store::pg::{NewOrphan, RevokeOutcome};
 use crate::store::{
-    EventKind, FullHold, GroupRuntime, IssuedToken, NewEvent, ReconcileRuntime, StoreError,
+    EventKind, FullHold, GroupRuntime, IntentId, IssuedToken, NewEvent, ReconcileRuntime,
+    StoreError,
 };
 
 /// The longest lifetime a sane answer from LINE can report: its 30-day
@@ -133,6 +135,11 @@ impl Rotator {
         let view = &state.groups[gi];
         let group = &view.group;
         for step in &plan.steps {
+            // Under `[ha]` a step that calls LINE starts only while the
+            // grant has time for it (every step but closing requests).
+            if !matches!(step, Step::CloseRequests { .. }) {
+                self.line_allowed(&setup.id)?;
+            }
             let outcome = match step {
                 Step::Reconcile => self.reconcile(setup).await,
                 Step::Revoke { key_id, reason } => {
@@ -223,6 +230,7 @@ impl Rotator {
             "the channel is full: revoking superseded tokens of other groups to make room"
         );
         for (owner, key_id) in victims {
+            self.line_allowed(&setup.id)?;
             match self
                 .revoke(setup, snapshot, &owner, &key_id, RevokeReason::FreeCapacity)
                 .await
@@ -516,6 +524,15 @@ impl Rotator {
         // The intent is journaled: from here a crash leaves it open, and
         // the next start reports it (tests wait on this line to kill us).
         tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = %reason_text(reason), "issuing a token");
+        // The journal write may have taken a while: the grant must still
+        // have time for the call (docs/design.md §14.2). Nothing was sent,
+        // so the intent closes as failed, not possibly issued.
+        if let Err(e) = self.line_allowed(&setup.id) {
+            let (now, text) = (self.clock.now(), error_chain(&e));
+            self.db(move |store| store.fail_issue(now, intent, &text, false))
+                .await?;
+            return Err(StepError::Store(e));
+        }
         let issued = match self.issue_in(setup, form, token_exp).await {
             Ok(issued) => issued,
             Err(e) => {
@@ -596,18 +613,28 @@ impl Rotator {
         };
         let refused_why = refusal.clone();
         let key = issued.key_id.clone();
-        self.db(move |store| {
-            store.complete_issue(issued_at, intent, &token, &closes)?;
-            if let Some(why) = refused_why {
-                store.mark_refused(
-                    issued_at,
-                    &key,
-                    &format!("the new token failed verification: {why}"),
-                )?;
-            }
-            Ok(())
-        })
-        .await?;
+        let stored = self
+            .db(move |store| {
+                store.complete_issue(issued_at, intent, &token, &closes)?;
+                if let Some(why) = refused_why {
+                    store.mark_refused(
+                        issued_at,
+                        &key,
+                        &format!("the new token failed verification: {why}"),
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = &stored
+            && e.is_fenced()
+        {
+            // The grant ended while LINE answered: the token is an orphan,
+            // never stored, never published (docs/design.md §14.3).
+            self.orphan(setup, group, kind, intent, &issued, expires_at)
+                .await;
+        }
+        stored?;
         if let Some(why) = refusal {
             self.metrics.rotation(&setup.id, group, false);
             return Err(StepError::Contract {
@@ -638,6 +665,95 @@ impl Rotator {
             verified: verified_at.is_some(),
         });
         Ok(())
+    }
+
+    /// A token LINE issued whose store failed the fence (docs/design.md
+    /// §14.3): its key ID (never its value) goes into the unfenced orphan
+    /// record, it is revoked at LINE at once when the channel secret is
+    /// configured, and the outcome is recorded. Nothing here publishes it;
+    /// the value is dropped with `issued`.
+    async fn orphan(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupName,
+        kind: TokenKind,
+        intent: IntentId,
+        issued: &Issued,
+        expires_at: DateTime<Utc>,
+    ) {
+        let (Some(ops), Ok(fence)) = (
+            self.store.lease_ops(),
+            super::WORK_FENCE.try_with(Clone::clone),
+        ) else {
+            return;
+        };
+        tracing::error!(
+            channel = %setup.id,
+            group = %group,
+            key_id = %issued.key_id,
+            epoch = fence.epoch.0,
+            "the lease ended while LINE issued a token: it is never published (an orphan); revoking it when the channel secret allows"
+        );
+        let recorded = {
+            let (channel, group, key_id) = (setup.id.clone(), group.clone(), issued.key_id.clone());
+            let fence = fence.clone();
+            ops.run(move |pool| async move {
+                pool.record_orphan(&NewOrphan {
+                    channel: &channel,
+                    group: &group,
+                    key_id: &key_id,
+                    epoch: fence.epoch,
+                    intent,
+                    recorded_by: &fence.holder,
+                    expires_at,
+                })
+                .await
+            })
+            .await
+        };
+        if let Err(e) = recorded {
+            tracing::error!(channel = %setup.id, key_id = %issued.key_id, error = %error_chain(&e), "could not record the orphan token");
+        }
+        let outcome = match (kind, &setup.secret) {
+            (TokenKind::V21, Some(secret)) => {
+                match self
+                    .line
+                    .revoke_v21(&setup.id, secret, &issued.access_token)
+                    .await
+                {
+                    Ok(()) => RevokeOutcome::Revoked,
+                    Err(e) => RevokeOutcome::Failed(error_chain(&e)),
+                }
+            }
+            (TokenKind::ShortLived, _) => {
+                match self
+                    .revoke_short_lived(&issued.key_id, &issued.access_token)
+                    .await
+                {
+                    Ok(()) => RevokeOutcome::Revoked,
+                    Err(e) => RevokeOutcome::Failed(e.describe()),
+                }
+            }
+            (TokenKind::V21, None) => RevokeOutcome::NoSecret,
+        };
+        match &outcome {
+            RevokeOutcome::Revoked => {
+                tracing::warn!(channel = %setup.id, key_id = %issued.key_id, "orphan token revoked at LINE");
+            }
+            RevokeOutcome::Failed(why) => {
+                tracing::error!(channel = %setup.id, key_id = %issued.key_id, error = %why, "could not revoke the orphan token; it stays counted until it expires");
+            }
+            RevokeOutcome::NoSecret => {
+                tracing::error!(channel = %setup.id, key_id = %issued.key_id, "the orphan token cannot be revoked without the channel secret; it stays counted until it expires (lost_token)");
+            }
+        }
+        let key_id = issued.key_id.clone();
+        let settled = ops
+            .run(move |pool| async move { pool.settle_orphan(&key_id, &outcome).await })
+            .await;
+        if let Err(e) = settled {
+            tracing::error!(channel = %setup.id, key_id = %issued.key_id, error = %error_chain(&e), "could not record the orphan's revocation");
+        }
     }
 
     /// LINE's 30-token refusal: the channel is full at LINE right now. Not

@@ -39,13 +39,15 @@ pub use self::wakes::Wakes;
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, RequestKind, TokenKind};
 pub use crate::event::RotationEvent;
+use crate::ha::StepDown;
+use crate::leader::Leadership;
 use crate::line::LineClient;
 use crate::line::jwt::AssertionSigner;
 pub use crate::logging::error_chain;
 use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
-use crate::store::{AlertLabel, AlertScope, AlertSpec, ForeignKid, Store, StoreError};
+use crate::store::{AlertLabel, AlertScope, AlertSpec, Fence, ForeignKid, Store, StoreError};
 
 /// How many driver rounds one call of [`Rotator::work_channel`] may run.
 /// Every executed step changes the state so the next decision differs; the
@@ -90,6 +92,18 @@ pub struct RotatorParts {
     pub seed: Option<u64>,
     /// Where token and rotation metrics go.
     pub metrics: Arc<Metrics>,
+    /// Under `[ha]`: which channels this instance leads. A channel is
+    /// worked only while led, every write of its work is fenced by the
+    /// grant, and a LINE call starts only while the grant has time left.
+    /// `None`: the only writer, every channel worked.
+    pub leadership: Option<Arc<Leadership>>,
+}
+
+tokio::task_local! {
+    /// The grant the channel work running in this task is fenced with:
+    /// [`Rotator::db`] fences every store call of the work with it, and
+    /// [`Rotator::line_allowed`] asks the leadership before LINE calls.
+    static WORK_FENCE: Fence;
 }
 
 /// The rotation engine. Shared behind an `Arc` by the scheduler, the control
@@ -116,6 +130,7 @@ pub struct Rotator {
     /// Held across a judgement, so two channels' works never interleave
     /// theirs.
     skew_firing: tokio::sync::Mutex<Option<bool>>,
+    leadership: Option<Arc<Leadership>>,
 }
 
 /// A group's operator requests not yet carried out
@@ -169,6 +184,7 @@ impl Rotator {
             wakes: Arc::new(Wakes::default()),
             store_suspect: AtomicBool::new(false),
             skew_firing: tokio::sync::Mutex::new(None),
+            leadership: parts.leadership,
         })
     }
 
@@ -351,6 +367,12 @@ impl Rotator {
     /// # Errors
     /// [`StoreError`] when the store cannot be read or written.
     pub async fn start_up(&self) -> Result<usize, StoreError> {
+        // Under leases other instances' intents may be in flight: each
+        // channel's older intents are closed by its next leader instead
+        // (`take_over`).
+        if self.leadership.is_some() {
+            return Ok(0);
+        }
         let now = self.clock.now();
         let lost = self.db(move |store| store.close_lost_intents(now)).await?;
         for intent in &lost {
@@ -387,11 +409,72 @@ impl Rotator {
         let Some(setup) = self.setup(channel) else {
             return Ok(None);
         };
+        let Some(lead) = &self.leadership else {
+            return self.work_setup(&setup, cancel).await;
+        };
+        // Under `[ha]` only the leader works the channel; the keeper wakes
+        // it when this instance is granted its lease.
+        let Some(work) = lead.work(channel).await else {
+            return Ok(None);
+        };
+        let (fence, takeover) = (work.fence.clone(), work.takeover);
+        let epoch = fence.epoch;
+        let worked = WORK_FENCE
+            .scope(fence, async {
+                if takeover {
+                    self.take_over(&setup).await?;
+                    lead.taken_over(channel, epoch);
+                }
+                self.work_setup(&setup, cancel).await
+            })
+            .await;
+        drop(work);
+        match worked {
+            Err(e) if e.is_fenced() => {
+                if !matches!(e, StoreError::LeaseEnding { .. }) {
+                    self.metrics.fenced_write();
+                }
+                tracing::warn!(channel = %channel, error = %error_chain(&e), "stepping down from the channel");
+                lead.step_down(channel, epoch, StepDown::Expiring);
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// A new grant's first duty (docs/design.md §14.3): the channel's open
+    /// intents of older epochs (a predecessor's, or a run without leases)
+    /// are closed as lost, possibly issued: counted against capacity until
+    /// a key-ID listing settles them, which the policy then asks for.
+    async fn take_over(&self, setup: &ChannelSetup) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let lost = self
+            .db(move |store| store.close_intents_of_older_epochs(now))
+            .await?;
+        for intent in &lost {
+            tracing::warn!(
+                channel = %intent.channel_id,
+                group = %intent.group,
+                intent = %intent.id,
+                started_at = %intent.started_at,
+                "taking the channel over: an issuance of the previous leader was in flight; it may have issued a token, which stays counted until LINE's key-ID list settles it"
+            );
+        }
+        tracing::debug!(channel = %setup.id, lost = lost.len(), "took the channel over");
+        Ok(())
+    }
+
+    /// [`Rotator::work_channel`] for a channel this instance may work.
+    async fn work_setup(
+        &self,
+        setup: &ChannelSetup,
+        cancel: &CancellationToken,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         if self.store_suspect.load(Ordering::SeqCst) {
             self.db(Store::check_same_file).await?;
             self.store_suspect.store(false, Ordering::SeqCst);
         }
-        let next = self.work_rounds(&setup, cancel).await?;
+        let next = self.work_rounds(setup, cancel).await?;
         // LINE's answers of this work carry its Date: judged now, not at
         // the channel's next work an hour later.
         if let Some(skew) = self.line.last_clock_skew() {
@@ -420,7 +503,7 @@ impl Rotator {
             match self.round(setup).await {
                 Ok(Some(until)) => return Ok(until),
                 Ok(None) => {}
-                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) if e.is_fatal() || e.is_fenced() => return Err(e),
                 Err(e) => {
                     tracing::error!(channel = %setup.id, error = %error_chain(&e), "the store failed; looking at the channel again soon");
                     return Ok(self.clock.now() + STORE_RETRY);
@@ -682,13 +765,41 @@ impl Rotator {
             .random::<f64>()
     }
 
-    /// Runs a store call on the blocking pool: rusqlite blocks.
+    /// Runs a store call off the async runtime (both backends block).
+    /// Inside a led channel's work the store is fenced with its grant.
     async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        self.store.blocking(f).await
+        match WORK_FENCE.try_with(Clone::clone) {
+            Ok(fence) => self.store.fenced(fence).blocking(f).await,
+            Err(_) => self.store.blocking(f).await,
+        }
+    }
+
+    /// Under `[ha]`, inside a led channel's work: refuses a LINE call the
+    /// grant has too little time left for ([`Leadership::may_call_line`]).
+    /// Without leases every call is allowed.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseEnding`]: step down.
+    fn line_allowed(&self, channel: &ChannelId) -> Result<(), StoreError> {
+        let (Some(lead), Ok(epoch)) = (&self.leadership, WORK_FENCE.try_with(|f| f.epoch)) else {
+            return Ok(());
+        };
+        if lead.may_call_line(channel, epoch) {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseEnding {
+                channel: channel.clone(),
+            })
+        }
+    }
+
+    /// The leadership, under `[ha]`.
+    pub fn leadership(&self) -> Option<&Arc<Leadership>> {
+        self.leadership.as_ref()
     }
 }
 

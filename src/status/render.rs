@@ -173,6 +173,29 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
             l.error.as_deref().unwrap_or("(no message)")
         );
     }
+    if let Some(l) = &c.lease {
+        let _ = writeln!(
+            out,
+            "  lease: {} by instance {} (epoch {}), {} {}",
+            if l.valid { "led" } else { "last led" },
+            l.holder,
+            l.epoch,
+            if l.valid { "until" } else { "ended" },
+            when(now, l.valid_until)
+        );
+    }
+    for o in &c.orphans {
+        let _ = writeln!(
+            out,
+            "  orphan token {} (group {}, epoch {}, got by {} after its lease ended; never published): {}; expires {}",
+            o.key_id,
+            o.group,
+            o.epoch,
+            o.recorded_by,
+            o.revoke_outcome.as_deref().unwrap_or("not revoked yet"),
+            when(now, o.expires_at)
+        );
+    }
     if let Some(until) = c.full_until {
         let _ = writeln!(
             out,

@@ -132,6 +132,45 @@ pub struct ChannelStatus {
     pub open_intents: Vec<IntentStatus>,
     /// Issuances of the last 7 days that were lost or failed.
     pub recent_unfinished_intents: Vec<IntentStatus>,
+    /// Under `[ha]` (a shared PostgreSQL database): the channel's lease,
+    /// which instance leads it; `null` on SQLite or before any instance
+    /// led it.
+    pub lease: Option<LeaseStatus>,
+    /// Under `[ha]`: tokens a leader got after its lease ended, never
+    /// published (key IDs only).
+    pub orphans: Vec<OrphanStatus>,
+}
+
+/// A channel's lease row, judged at the database's clock.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseStatus {
+    /// The instance that holds (or last held) it.
+    pub holder: String,
+    /// The grant's epoch (its fencing token): one more per grant.
+    pub epoch: i64,
+    /// When the grant ends unless renewed (database time).
+    pub valid_until: DateTime<Utc>,
+    /// True while the grant is valid: `holder` leads the channel.
+    pub valid: bool,
+}
+
+/// A token a leader got after its lease ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanStatus {
+    /// The group it was issued for.
+    pub group: GroupName,
+    /// LINE's key ID.
+    pub key_id: KeyId,
+    /// The epoch the issue was started under.
+    pub epoch: i64,
+    /// The instance that got it.
+    pub recorded_by: String,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// When LINE lets it expire.
+    pub expires_at: DateTime<Utc>,
+    /// `revoked`, `failed`, `no_secret`, or `null` while not tried.
+    pub revoke_outcome: Option<String>,
 }
 
 /// A channel's `[channel.stateless]`, as `status` shows it.
@@ -470,7 +509,35 @@ fn channel_status(
         error: i.error.clone(),
     };
     let window_start = now - policy::rate::ISSUE_WINDOW;
+    let lease = state
+        .ha
+        .leases
+        .iter()
+        .find(|(c, _)| *c == w.id)
+        .map(|(_, l)| LeaseStatus {
+            holder: l.holder.as_str().to_owned(),
+            epoch: l.epoch.0,
+            valid_until: l.valid_until,
+            valid: state.ha.db_now.is_some_and(|db_now| l.is_valid_at(db_now)),
+        });
+    let orphans = state
+        .ha
+        .orphans
+        .iter()
+        .filter(|o| o.channel == w.id)
+        .map(|o| OrphanStatus {
+            group: o.group.clone(),
+            key_id: o.key_id.clone(),
+            epoch: o.epoch.0,
+            recorded_by: o.recorded_by.clone(),
+            recorded_at: o.recorded_at,
+            expires_at: o.expires_at,
+            revoke_outcome: o.revoke_outcome.clone(),
+        })
+        .collect();
     ChannelStatus {
+        lease,
+        orphans,
         id: w.id.clone(),
         name: w.name.clone(),
         in_config: w.managed(),

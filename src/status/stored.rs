@@ -53,6 +53,8 @@ pub struct StoredState {
     /// Each channel's stateless issuing state, as the daemon last noted
     /// it (`ok: ...` or `failing since ...`).
     pub(super) stateless: BTreeMap<ChannelId, DaemonNote>,
+    /// Under `[ha]`: the lease rows and orphans (empty on SQLite).
+    pub(super) ha: crate::store::HaState,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,7 @@ impl StoredState {
             token_values: Vec::new(),
             long_lived: Vec::new(),
             stateless: BTreeMap::new(),
+            ha: crate::store::HaState::default(),
         }
     }
 }
@@ -159,6 +162,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         }
     }
     Ok(StoredState {
+        ha: store.ha_state()?,
         channels,
         open_intents: store.open_intents()?,
         last_reload: store.note(LAST_RELOAD)?,

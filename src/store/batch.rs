@@ -172,14 +172,14 @@ fn serve(weak: &Weak<Inner>, receive: &Receiver<Job>) {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let store = Store { inner };
+                let store = Store { inner, fence: None };
                 let answer = job(&store);
                 drop(store);
                 answer(None);
             }
             continue;
         }
-        let store = Store { inner };
+        let store = Store { inner, fence: None };
         let answers = run(&store, jobs);
         // Dropped before answering: the last caller to drop the store after
         // its answer must be the one that closes it.

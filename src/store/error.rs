@@ -263,6 +263,18 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// Under `[ha]`: this instance's grant of the channel has too little
+    /// time left to start a LINE call (docs/design.md §14.2), or is no
+    /// longer held. Nothing was sent; the instance steps down.
+    #[error(
+        "channel {channel}: this instance's lease of the channel is ending or gone; no LINE call \
+         started, stepping down"
+    )]
+    LeaseEnding {
+        /// The channel.
+        channel: ChannelId,
+    },
+
     /// The PostgreSQL writer lock's connection ended while linetokd ran (a
     /// server restart or failover, a dropped idle connection, a killed
     /// session): the lock went with it, so another instance may now write
@@ -402,6 +414,19 @@ impl StoreError {
     /// an unknown row) and the next pass may succeed.
     pub fn is_fatal(&self) -> bool {
         matches!(self, Self::Replaced { .. } | Self::WriterLockLost { .. })
+    }
+
+    /// True when a write failed its lease fence (docs/design.md §14.1):
+    /// this instance no longer leads the channel, and nothing of the write
+    /// was stored.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            Self::LeaseEnding { .. }
+                | Self::Pg(
+                    super::pg::PgError::Fenced { .. } | super::pg::PgError::LeaseConflict { .. }
+                )
+        )
     }
 
     /// True when the config must change before the store can be used: the

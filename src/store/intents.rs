@@ -172,10 +172,13 @@ impl Store {
                 }
                 .into());
             }
+            // Under a lease the intent records its epoch: the next leader
+            // tells its predecessor's intents from its own by it.
+            let epoch = self.fence().map(|f| f.epoch.0);
             let id = tx.query_one(
-                "INSERT INTO issue_intents (channel_id, group_name, started_at) \
-                 VALUES (?1, ?2, ?3) RETURNING id",
-                p![channel.as_str(), group.as_str(), millis(now)],
+                "INSERT INTO issue_intents (channel_id, group_name, started_at, epoch) \
+                 VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                p![channel.as_str(), group.as_str(), millis(now), epoch],
                 |row| row.get_int(0),
             )?;
             Ok(IntentId(id))
@@ -343,14 +346,58 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::Corrupt`],
     /// [`StoreError::ReadOnly`].
     pub fn close_lost_intents(&self, now: DateTime<Utc>) -> Result<Vec<IssueIntent>, StoreError> {
+        self.close_intents_of_others(now, None)
+    }
+
+    /// A new leader's takeover of `fence.channel` (docs/design.md §14.3):
+    /// closes the channel's open intents of older epochs (and of a writer
+    /// without leases) as lost, possibly issued, as
+    /// [`Store::close_lost_intents`] closes a dead run's. The request of
+    /// such an intent may have reached LINE, so it stays counted until a
+    /// listing settles it. Run on a store fenced with the new grant.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::close_lost_intents`]; [`StoreError::Pg`] when the fence
+    /// fails.
+    pub fn close_intents_of_older_epochs(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IssueIntent>, StoreError> {
+        let Some(fence) = self.fence().cloned() else {
+            return Err(StoreError::Internal {
+                what: "a takeover's intents are closed through a store fenced with the new grant"
+                    .to_owned(),
+            });
+        };
+        self.close_intents_of_others(now, Some(&fence))
+    }
+
+    /// Closes every open intent, or with a fence the channel's open
+    /// intents of epochs before the fence's, as lost.
+    fn close_intents_of_others(
+        &self,
+        now: DateTime<Utc>,
+        fence: Option<&super::Fence>,
+    ) -> Result<Vec<IssueIntent>, StoreError> {
         self.write_db("closing issuance intents of a previous run", |tx| {
-            let open = query_intents(
-                tx,
-                &format!(
-                    "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
-                ),
-                p![],
-            )?;
+            let open = match fence {
+                None => query_intents(
+                    tx,
+                    &format!(
+                        "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' ORDER BY id"
+                    ),
+                    p![],
+                )?,
+                Some(fence) => query_intents(
+                    tx,
+                    &format!(
+                        "SELECT {INTENT_COLUMNS} FROM issue_intents WHERE outcome = 'open' \
+                         AND channel_id = ?1 AND (epoch IS NULL OR epoch < ?2) ORDER BY id"
+                    ),
+                    p![fence.channel.as_str(), fence.epoch.0],
+                )?,
+            };
             let mut closed = Vec::with_capacity(open.len());
             for mut intent in open {
                 // Only a v2.1 issuance can be settled by a key-ID listing, so

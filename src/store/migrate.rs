@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_ha_leases_and_orphans",
         sql: include_str!("../../migrations/0011_ha_leases_and_orphans.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_ha_instances",
+        sql: include_str!("../../migrations/0012_ha_instances.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

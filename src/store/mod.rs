@@ -62,6 +62,7 @@ mod error;
 mod events;
 mod foreign;
 mod intents;
+mod leases;
 mod lock;
 mod login;
 mod long_lived;
@@ -94,6 +95,7 @@ pub use error::StoreError;
 pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
 pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
+pub use leases::{HaState, OrphanRow};
 pub use lock::WriterLock;
 pub use login::{
     GrantCount, GrantRecord, GrantState, GrantSummary, GrantTokens, NewGrant, OpenRefreshIntent,
@@ -192,6 +194,10 @@ pub struct StoreOptions {
     /// Leaves plaintext rows as they are at open even with a keyring: for
     /// `linetokd db decrypt`, which is about to open every row anyway.
     pub keep_plaintext: bool,
+    /// PostgreSQL only: several instances write this database under
+    /// leases (`[ha]`), so no instance takes the one-writer lock; each
+    /// channel's writes are fenced instead ([`Store::fenced`]).
+    pub shared: bool,
 }
 
 /// How long a statement waits for a lock held by another connection (a
@@ -203,6 +209,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The lease every write of this clone checks first ([`Store::fenced`]);
+    /// `None` for an unfenced store.
+    fence: Option<Arc<Fence>>,
+}
+
+/// A channel's lease as its leader holds it: every write transaction of a
+/// [`Store::fenced`] clone begins by checking, at the database's now, that
+/// `holder` still holds `channel` with `epoch` (docs/design.md §14.1), and
+/// rolls back with [`StoreError::Fenced`] when it does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The channel the writes are for.
+    pub channel: ChannelId,
+    /// This instance.
+    pub holder: crate::ha::InstanceId,
+    /// The grant's epoch.
+    pub epoch: crate::ha::Epoch,
 }
 
 struct Inner {
@@ -355,6 +378,7 @@ impl Store {
         values::prepare(&mut conn, &values, &screen, options.keep_plaintext)
             .map_err(|e| e.into_store_error(path, "checking the stored token values"))?;
         Ok(Self {
+            fence: None,
             inner: Arc::new(Inner {
                 conn: Connections::Sqlite(Mutex::new(batch::Connection::new(conn))),
                 read_only: false,
@@ -389,7 +413,11 @@ impl Store {
         pool: &pg::PoolOptions,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let (backend, migrated) = pg::Backend::connect(target, pool)?;
+        let (backend, migrated) = if options.shared {
+            pg::Backend::connect_shared(target, pool)?
+        } else {
+            pg::Backend::connect(target, pool)?
+        };
         Self::on_postgres(target, backend, migrated, false, options.keyring)
     }
 
@@ -422,6 +450,7 @@ impl Store {
         keyring: Option<Arc<crypt::Keyring>>,
     ) -> Result<Self, StoreError> {
         let store = Self {
+            fence: None,
             inner: Arc::new(Inner {
                 conn: Connections::Postgres(backend),
                 read_only,
@@ -557,6 +586,7 @@ impl Store {
             });
         }
         Ok(Self {
+            fence: None,
             inner: Arc::new(Inner {
                 conn: Connections::Sqlite(Mutex::new(batch::Connection::new(conn))),
                 read_only: true,
@@ -675,16 +705,45 @@ impl Store {
                     });
                 }
                 // SQLite's writer checks its file before every write; a
-                // PostgreSQL writer checks that it still holds its lock.
+                // PostgreSQL writer checks that it still holds its lock
+                // (under HA there is none: the fence guards each channel).
                 if !pg.holds_writer_lock() {
                     return Err(StoreError::WriterLockLost {
                         target: pg.target().to_owned(),
                     });
                 }
-                pg.write(&self.inner.screen, f)
+                pg.write(&self.inner.screen, self.fence.as_deref(), f)
                     .map_err(|e| e.into_store_error(&self.inner.path, what))
             }
         }
+    }
+
+    /// This store with every write fenced by `fence` (docs/design.md
+    /// §14.1): each write transaction first checks the lease, at the
+    /// database's now, and fails with [`StoreError::Fenced`] (rolled back)
+    /// when `fence.holder` no longer holds `fence.channel` with
+    /// `fence.epoch`. Reads are not fenced. Only PostgreSQL has leases; a
+    /// SQLite store (one writer, its file lock) ignores the fence.
+    #[must_use]
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+            fence: Some(Arc::new(fence)),
+        }
+    }
+
+    /// The lease statements of `[ha]` (PostgreSQL); `None` on SQLite,
+    /// which has no leases.
+    pub fn lease_ops(&self) -> Option<pg::LeaseOps> {
+        match &self.inner.conn {
+            Connections::Postgres(pg) => Some(pg.lease_ops()),
+            Connections::Sqlite(_) => None,
+        }
+    }
+
+    /// The fence this clone's writes check, if any.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_deref()
     }
 
     /// Runs `f` with this store off the async runtime, for async callers:
@@ -724,8 +783,18 @@ impl Store {
             }
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // The writer thread hands each job its own clone of the store; a
+        // fenced caller's writes stay fenced there.
+        let fence = self.fence.clone();
+        let job = move |store: &Store| match fence {
+            Some(fence) => f(&Store {
+                inner: Arc::clone(&store.inner),
+                fence: Some(fence),
+            }),
+            None => f(store),
+        };
         writer
-            .send(batch::job(f, reply))
+            .send(batch::job(job, reply))
             .map_err(|_| lost("the store's writer thread has stopped".to_owned()))?;
         answer
             .await
@@ -828,6 +897,12 @@ impl From<rusqlite::Error> for Fail {
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         Self::Store(e)
+    }
+}
+
+impl From<pg::PgError> for Fail {
+    fn from(e: pg::PgError) -> Self {
+        Self::Store(StoreError::Pg(e))
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::events::insert_event;
-use super::sql::{Db, SqlError, SqlRow, p};
+use super::sql::{Db, Dialect, SqlError, SqlRow, p};
 use super::{EventKind, Fail, Store, StoreError, millis, screen};
 use crate::domain::{ChannelId, FailureKind, GroupName, TokenKind};
 
@@ -184,6 +184,11 @@ const CHANNEL_COLUMNS: &str = "id, name, added_at, removed_at, last_reconcile_at
 const GROUP_COLUMNS: &str = "channel_id, name, added_at, removed_at, last_error, last_error_at, \
                              consecutive_failures, retry_not_before, failure_kind, failed_step, kind";
 
+/// The key of the transaction-level advisory lock under which instances
+/// sharing a PostgreSQL database sync their configs: "linetoks" in ASCII,
+/// beside the migrations' "linetokd" and the writer's "linetokw".
+const CONFIG_SYNC_LOCK_KEY: i64 = 0x6c69_6e65_746f_6b73;
+
 impl Store {
     /// Makes the stored channels and groups match the config: adds new
     /// ones, marks missing ones removed (`removed_at = now`), marks returning
@@ -200,6 +205,17 @@ impl Store {
         channels: &[ChannelSpec],
     ) -> Result<SyncReport, StoreError> {
         self.write_db("syncing channels and groups from the config", |tx| {
+            // Several instances sharing a PostgreSQL database sync at once
+            // when they start together: each reads the rows, then inserts
+            // what is missing, so they take turns (a transaction-level
+            // lock, released at commit) instead of inserting twice.
+            if tx.dialect() == Dialect::Postgres {
+                tx.query_one(
+                    "SELECT CAST(pg_advisory_xact_lock(?1) AS TEXT)",
+                    p![CONFIG_SYNC_LOCK_KEY],
+                    |row| row.text(0),
+                )?;
+            }
             let mut report = SyncReport::default();
             let existing: BTreeMap<ChannelId, ChannelRow> = load_channels(tx)?
                 .into_iter()

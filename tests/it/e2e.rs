@@ -12,6 +12,7 @@
 //! Lifetimes are seconds long so a rotation happens within a test; no test
 //! sleeps: every wait is on a log line, an exit, or a reply.
 
+mod ha;
 pub mod harness;
 mod operator;
 mod postgres;

@@ -53,6 +53,7 @@ fn options(keyring: Option<Arc<Keyring>>) -> StoreOptions {
         durability: Durability::Unsynced,
         keyring,
         keep_plaintext: false,
+        shared: false,
     }
 }
 

@@ -87,6 +87,7 @@ impl Engine {
             concurrency: 1,
             seed: Some(11),
             metrics: Metrics::shared(),
+            leadership: None,
         });
         Self {
             rotator,

@@ -111,6 +111,7 @@ fn open(db: &std::path::Path, keyring: &Arc<Keyring>) -> Store {
             durability: Durability::Unsynced,
             keyring: Some(Arc::clone(keyring)),
             keep_plaintext: false,
+            shared: false,
         },
     )
     .unwrap()
@@ -879,6 +880,7 @@ async fn a_missing_key_with_grants_present_refuses_start_up_naming_it() {
             durability: Durability::Unsynced,
             keyring: Some(only_2),
             keep_plaintext: false,
+            shared: false,
         },
     )
     .unwrap_err();
@@ -895,6 +897,7 @@ async fn a_missing_key_with_grants_present_refuses_start_up_naming_it() {
             durability: Durability::Unsynced,
             keyring: None,
             keep_plaintext: false,
+            shared: false,
         },
     )
     .unwrap_err();
@@ -912,6 +915,7 @@ async fn db_decrypt_refuses_while_grants_exist_and_changes_nothing() {
             durability: Durability::Unsynced,
             keyring: Some(ring),
             keep_plaintext: true,
+            shared: false,
         },
     )
     .unwrap();

@@ -129,7 +129,7 @@ async fn fenced_write(
 ) -> Result<(), PgError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await.unwrap();
-    fence(&tx, pool, channel, me, epoch).await?;
+    fence(&*tx, pool, channel, me, epoch).await?;
     tx.execute(
         "INSERT INTO channels (id, name, added_at) VALUES ($1, $2, 0)",
         &[&format!("{channel}-{name}"), &name],
@@ -625,7 +625,7 @@ async fn a_takeover_waits_for_an_in_flight_fenced_write_and_then_sees_it() {
     let mut conn_a = pool_a.get().await.unwrap();
     let pid_a = backend_pid(&conn_a).await;
     let tx = conn_a.transaction().await.unwrap();
-    fence(&tx, &pool_a, &ch, &a, la.epoch).await.unwrap();
+    fence(&*tx, &pool_a, &ch, &a, la.epoch).await.unwrap();
     tx.execute(
         "INSERT INTO channels (id, name, added_at) VALUES ('1000000006', 'written-by-a', 0)",
         &[],
@@ -702,7 +702,7 @@ async fn a_fence_that_waited_for_the_row_is_judged_when_it_got_it() {
         tokio::spawn(async move {
             let mut conn = conn;
             let tx = conn.transaction().await.unwrap();
-            fence(&tx, &pool, &ch, &a, Epoch(1)).await
+            fence(&*tx, &pool, &ch, &a, Epoch(1)).await
         })
     };
     wait_until_blocked(&observer, pid_a, pid_locker).await;

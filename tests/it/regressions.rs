@@ -92,6 +92,7 @@ fn rotator_with_metrics(
         concurrency: 1,
         seed: Some(7),
         metrics,
+        leadership: None,
     });
     (rotator, store)
 }

@@ -13,10 +13,10 @@
 //! background when the last clone of the store drops, wherever that
 //! happens.
 
-use super::{PgError, PgPool, PgTarget, PoolOptions, migrate};
-use crate::store::Migrated;
+use super::{PgError, PgPool, PgTarget, PoolOptions, lease, migrate};
 use crate::store::screen::Screen;
 use crate::store::sql::{Db, PgDb, SqlError, block_on};
+use crate::store::{Fence, Migrated};
 
 /// The PostgreSQL side of a store.
 pub struct Backend {
@@ -54,7 +54,22 @@ impl Backend {
     /// [`PgError::WriterHeld`] when another instance writes the database,
     /// and as [`PgPool::connect`] and [`PgPool::migrate`].
     pub fn connect(target: &PgTarget, options: &PoolOptions) -> Result<(Self, Migrated), PgError> {
-        Self::open(target, options, true)
+        Self::open(target, options, Role::SoleWriter)
+    }
+
+    /// Connects to `target` as one of several instances writing it under
+    /// leases (`[ha]`, docs/design.md §14): no writer lock, each channel's
+    /// writes fenced by its lease instead; brings the schema to this
+    /// binary's version.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::connect`], without [`PgError::WriterHeld`].
+    pub fn connect_shared(
+        target: &PgTarget,
+        options: &PoolOptions,
+    ) -> Result<(Self, Migrated), PgError> {
+        Self::open(target, options, Role::SharedWriter)
     }
 
     /// Connects to `target` to read beside a running daemon (`status`,
@@ -69,13 +84,13 @@ impl Backend {
         target: &PgTarget,
         options: &PoolOptions,
     ) -> Result<(Self, Migrated), PgError> {
-        Self::open(target, options, false)
+        Self::open(target, options, Role::Reader)
     }
 
     fn open(
         target: &PgTarget,
         options: &PoolOptions,
-        writer: bool,
+        role: Role,
     ) -> Result<(Self, Migrated), PgError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -87,7 +102,7 @@ impl Backend {
             })?;
         let opened = block_on(runtime.handle(), async {
             let pool = PgPool::connect(target, options).await?;
-            if !writer {
+            if role == Role::Reader {
                 let found =
                     migrate::schema_version(&*pool.get().await?)
                         .await
@@ -122,9 +137,12 @@ impl Backend {
                     },
                 ));
             }
-            let lock = writer_lock(&pool).await?;
+            let lock = match role {
+                Role::SoleWriter => Some(writer_lock(&pool).await?),
+                Role::SharedWriter | Role::Reader => None,
+            };
             let migrated = pool.migrate().await?;
-            Ok::<_, PgError>((pool, Some(lock), migrated))
+            Ok::<_, PgError>((pool, lock, migrated))
         });
         let (pool, writer, migrated) = match opened {
             Ok(opened) => opened,
@@ -171,6 +189,16 @@ impl Backend {
         f(&db)
     }
 
+    /// The pool and runtime for statements that are not the store's
+    /// reads and writes: the lease statements of `[ha]`'s keeper, which
+    /// must not wait behind the writer thread's queue.
+    pub fn lease_ops(&self) -> LeaseOps {
+        LeaseOps {
+            pool: self.pool.clone(),
+            runtime: self.runtime().handle().clone(),
+        }
+    }
+
     /// Whether this writer still holds its lock: false once the lock's
     /// connection has ended (the server released the lock with it). A
     /// reader holds none and always answers true.
@@ -205,24 +233,92 @@ impl Backend {
     ///
     /// # Errors
     /// As [`Backend::read`], and the commit's failure.
-    pub fn write<T, E: From<SqlError>>(
+    pub fn write<T, E: From<SqlError> + From<PgError>>(
         &self,
         screen: &Screen,
+        fence: Option<&Fence>,
         f: impl FnOnce(&dyn Db) -> Result<T, E>,
     ) -> Result<T, E> {
         let _one_writer = self
             .writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.read(screen, |db| {
+        let runtime = self.runtime().handle();
+        let client =
+            block_on(runtime, self.pool.get()).map_err(|e| SqlError::Pool(e.to_string()))?;
+        let db = PgDb::new(&client, runtime, screen);
+        let db: &dyn Db = &db;
+        {
             db.batch("BEGIN")?;
             let mut open = OpenTransaction { db, open: true };
+            // The fence is the transaction's first statement: from here
+            // until the commit no takeover of the channel can commit.
+            if let Some(fence) = fence {
+                block_on(
+                    runtime,
+                    lease::fence(
+                        &**client,
+                        &self.pool,
+                        &fence.channel,
+                        &fence.holder,
+                        fence.epoch,
+                    ),
+                )?;
+            }
             let out = f(db)?;
             open.open = false;
             db.batch("COMMIT")?;
             Ok(out)
-        })
+        }
     }
+}
+
+/// Runs lease statements ([`super::lease`]) on the store's runtime, for
+/// callers on another runtime ([`Backend::lease_ops`]).
+#[derive(Debug, Clone)]
+pub struct LeaseOps {
+    pool: PgPool,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LeaseOps {
+    /// Runs `f` with the pool on the store's runtime and answers its
+    /// result; a statement cut short by the runtime's shutdown answers
+    /// [`PgError::Runtime`].
+    ///
+    /// # Errors
+    /// `f`'s, or [`PgError::Runtime`].
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, PgError>
+    where
+        T: Send + 'static,
+        F: FnOnce(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PgError>> + Send + 'static,
+    {
+        self.runtime
+            .spawn(f(self.pool.clone()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(PgError::Runtime {
+                    reason: e.to_string(),
+                })
+            })
+    }
+
+    /// The server, as messages name it (no password).
+    pub fn target(&self) -> &str {
+        self.pool.target()
+    }
+}
+
+/// How a backend uses the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Reads beside a daemon: no lock, no migration.
+    Reader,
+    /// The only writer: holds [`WRITER_LOCK_KEY`].
+    SoleWriter,
+    /// One of several writers under leases: no writer lock.
+    SharedWriter,
 }
 
 /// The key of the session-level advisory lock a writer holds on its own

@@ -41,7 +41,7 @@
 //! `domain`; nothing above the store.
 
 use chrono::{DateTime, Duration, Utc};
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::{GenericClient, Row};
 
 use super::{PgError, PgPool};
 use crate::domain::{ChannelId, GroupName, KeyId};
@@ -421,6 +421,74 @@ impl PgPool {
         Ok(table)
     }
 
+    /// Pushes `me`'s row of `ha_instances` to the database's now + `ttl`
+    /// (docs/design.md §14.4), deletes rows dead for a day, and answers
+    /// the instances alive at the database's now (`me` included), in ID
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Connect`], [`PgError::Query`].
+    pub async fn heartbeat(
+        &self,
+        me: &InstanceId,
+        ttl: Duration,
+    ) -> Result<Vec<InstanceId>, PgError> {
+        let conn = self.get().await?;
+        let upsert = format!(
+            "INSERT INTO ha_instances (instance_id, alive_until) VALUES ($1, {plus})
+             ON CONFLICT (instance_id) DO UPDATE SET alive_until = EXCLUDED.alive_until",
+            plus = plus_sql(NOW_MS, "$2"),
+        );
+        conn.execute(&upsert, &[&me.as_str(), &ttl_ms(ttl)])
+            .await
+            .map_err(self.query_error("recording this instance as alive"))?;
+        let day = Duration::days(1).num_milliseconds();
+        let sweep = format!("DELETE FROM ha_instances WHERE alive_until < {NOW_MS} - $1");
+        conn.execute(&sweep, &[&day])
+            .await
+            .map_err(self.query_error("deleting instances dead for a day"))?;
+        let alive = format!(
+            "SELECT instance_id FROM ha_instances WHERE alive_until > {NOW_MS} \
+             ORDER BY instance_id COLLATE \"C\""
+        );
+        let rows = conn
+            .query(&alive, &[])
+            .await
+            .map_err(self.query_error("reading the instances alive"))?;
+        Ok(rows
+            .iter()
+            .map(|row| InstanceId::new(row.get::<_, String>(0)))
+            .collect())
+    }
+
+    /// Each channel with operator requests not yet carried out, and the
+    /// newest such request's ID: the keeper wakes a led channel when that
+    /// grows (another instance recorded a `linetokd rotate`).
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Connect`], [`PgError::Query`].
+    pub async fn channels_with_open_requests(&self) -> Result<Vec<(ChannelId, i64)>, PgError> {
+        let conn = self.get().await?;
+        let rows = conn
+            .query(
+                "SELECT channel_id, max(id) FROM requests WHERE done_at IS NULL GROUP BY channel_id",
+                &[],
+            )
+            .await
+            .map_err(self.query_error("looking for operator requests"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    ChannelId::new(row.get::<_, String>(0)),
+                    row.get::<_, i64>(1),
+                )
+            })
+            .collect())
+    }
+
     /// Records an orphan (unfenced: the instance that lost its grant writes
     /// it) and answers the row. Recording the same key ID again changes
     /// nothing and answers the row recorded first, so a retry after an
@@ -599,8 +667,8 @@ async fn read_lease<C: GenericClient>(
 /// lease is instead: roll `tx` back (dropping it does) and step down.
 /// [`PgError::Query`] or [`PgError::BadRow`] when the statement fails:
 /// the write must not go on either.
-pub async fn fence(
-    tx: &Transaction<'_>,
+pub async fn fence<C: GenericClient>(
+    tx: &C,
     pool: &PgPool,
     channel: &ChannelId,
     me: &InstanceId,

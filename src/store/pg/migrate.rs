@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[PgMigration] = &[
         name: "0011_ha_leases_and_orphans",
         sql: include_str!("../../../migrations/postgres/0011_ha_leases_and_orphans.sql"),
     },
+    PgMigration {
+        version: 12,
+        name: "0012_ha_instances",
+        sql: include_str!("../../../migrations/postgres/0012_ha_instances.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads on PostgreSQL.

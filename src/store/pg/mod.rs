@@ -44,7 +44,7 @@ mod error;
 pub mod lease;
 pub mod migrate;
 
-pub use backend::{Backend, WRITER_LOCK_KEY};
+pub use backend::{Backend, LeaseOps, WRITER_LOCK_KEY};
 pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
 pub use error::PgError;
 pub use lease::{LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};

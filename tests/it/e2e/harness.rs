@@ -596,6 +596,64 @@ impl Lab {
         )
     }
 
+    /// Writes the config of one `[ha]` instance of the lab, `name`, with
+    /// its own state directory (`<dir>/<name>`), `ha` as its `[ha]` lines,
+    /// `request_timeout` as given, and each group writing a raw sink in
+    /// that directory (`<group>.token`). Returns the config's path.
+    pub fn ha_instance(
+        &self,
+        name: &str,
+        rotation: &str,
+        request_timeout: &str,
+        ha: &str,
+    ) -> PathBuf {
+        let state = self.dir().join(name);
+        std::fs::create_dir_all(&state).unwrap();
+        let mut groups = String::new();
+        for group in GROUPS {
+            groups.push_str(&format!(
+                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"raw\" }}]\n",
+                state.join(format!("{group}.token")).display()
+            ));
+        }
+        let text = daemon_config(
+            self.dir(),
+            &self.database_line,
+            &self.url,
+            rotation,
+            &groups,
+        )
+        .replace(
+            &format!("state_dir = \"{}\"", self.dir().display()),
+            &format!("state_dir = \"{}\"", state.display()),
+        )
+        .replace(
+            "request_timeout = \"30s\"",
+            &format!("request_timeout = \"{request_timeout}\""),
+        ) + &format!("\n[ha]\n{ha}\n");
+        let path = state.join("linetokd.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `linetokd run --config CONFIG` with `RUST_LOG=rust_log`.
+    pub fn run_config(&self, name: &str, config: &Path, rust_log: &str) -> Proc {
+        Proc::spawn(
+            name,
+            &["run", "--config", config.to_str().unwrap()],
+            &[("RUST_LOG", rust_log)],
+        )
+    }
+
+    /// Runs `linetokd ARGS --config CONFIG` to its end.
+    pub async fn cli_with(&self, name: &str, config: &Path, args: &[&str]) -> Proc {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap()]);
+        let mut proc = Proc::spawn(name, &all, &[]);
+        proc.exit().await;
+        proc
+    }
+
     /// Every token the sandbox ever issued on the channel, oldest first.
     pub async fn tokens(&self) -> Vec<SandboxToken> {
         let response = self

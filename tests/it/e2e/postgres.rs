@@ -33,7 +33,7 @@ fn stdout(proc: &Proc) -> String {
 
 /// No group ever had more than two tokens live at the sandbox at once:
 /// checked at every instant a token was issued.
-fn assert_at_most_two_live(tokens: &[super::harness::SandboxToken], lab: &Lab) {
+pub(super) fn assert_at_most_two_live(tokens: &[super::harness::SandboxToken], lab: &Lab) {
     let owners: std::collections::HashMap<String, String> = lab
         .stored()
         .into_iter()

@@ -1,0 +1,246 @@
+//! End to end under `[ha]` (issue 12): two real daemons sharing one
+//! PostgreSQL database, the sandbox as a process. One instance leads the
+//! channel (the lease row says which), only it calls LINE, the other
+//! serves the same tokens from the shared store and writes its own sinks;
+//! `linetokd rotate` on the follower is carried out by the leader; a
+//! leader killed with SIGKILL is replaced once its lease runs out, under a
+//! new epoch, and rotations go on. Checked from outside after each: at the
+//! sandbox never more than two live tokens per group, every token LINE
+//! issued is in the store, and no token value in any output.
+//!
+//! Short settings keep the tests quick: request timeout 2 s, lease 9 s,
+//! renewal every second (validation's floor: 9 > 2 + 1 + 5).
+//!
+//! Each test skips with one printed line when there is no PostgreSQL,
+//! unless `LINETOKD_REQUIRE_POSTGRES=1`.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use linetokd::domain::{ChannelId, GroupName};
+use linetokd::ha::InstanceId;
+use linetokd::store::Location;
+
+use super::harness::{CHANNEL, GROUPS, Lab, Line};
+use super::postgres::assert_at_most_two_live;
+use super::{DEBUG, ROTATING, STEADY, assert_every_token_stored, issued};
+
+const LEASE: chrono::Duration = chrono::Duration::seconds(9);
+
+fn ha(instance: &str) -> String {
+    format!("instance_id = \"{instance}\"\nlease = \"9s\"\nrenew = \"1s\"")
+}
+
+fn leading(l: &Line) -> bool {
+    l.is("leading the channel")
+}
+
+/// The channel's lease row: holder, epoch, valid until (database time).
+async fn lease_row(lab: &Lab) -> (String, i64, DateTime<Utc>) {
+    let Location::Postgres(target) = &lab.location else {
+        panic!("an HA lab runs on PostgreSQL");
+    };
+    let pool = linetokd::store::pg::PgPool::connect(target, &Default::default())
+        .await
+        .unwrap();
+    let table = pool.leases().await.unwrap();
+    let (_, lease) = table
+        .leases
+        .iter()
+        .find(|(c, _)| c.as_str() == CHANNEL)
+        .expect("the channel has a lease row");
+    (
+        lease.holder.as_str().to_owned(),
+        lease.epoch.0,
+        lease.valid_until,
+    )
+}
+
+/// Which of `names` the spreading rule prefers for the lab's channel
+/// while all are alive: the instance that leads it once they all run.
+fn preferred(names: &[&str]) -> usize {
+    let ids: Vec<InstanceId> = names.iter().map(|n| InstanceId::new(*n)).collect();
+    let best = linetokd::ha::spread::preferred(&ids, &ChannelId::new(CHANNEL)).unwrap();
+    ids.iter().position(|i| i == best).unwrap()
+}
+
+/// The newest stored token of `group`, as the store holds it.
+fn newest_value(lab: &Lab, group: &str) -> String {
+    let mut tokens = lab
+        .store()
+        .tokens_of_group(&ChannelId::new(CHANNEL), &GroupName::new(group))
+        .unwrap();
+    tokens.sort_by_key(|t| t.record.issued_at);
+    tokens.last().unwrap().value.expose().to_owned()
+}
+
+fn sink(dir: &Path, group: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{group}.token"))).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn under_ha_one_instance_leads_the_follower_serves_and_a_killed_leader_is_replaced() {
+    let Some(lab) = Lab::start_on_postgres(ROTATING, "info", "ha_failover").await else {
+        return;
+    };
+    let configs = [
+        lab.ha_instance("one", ROTATING, "2s", &ha("one")),
+        lab.ha_instance("two", ROTATING, "2s", &ha("two")),
+    ];
+    let mut procs = [
+        lab.run_config("instance one", &configs[0], DEBUG),
+        lab.run_config("instance two", &configs[1], DEBUG),
+    ];
+    let names = ["one", "two"];
+    // Whichever instance acquires first, the channel ends with the one the
+    // spreading rule prefers (the other hands it over): wait for that one.
+    let l = preferred(&names);
+    let f = 1 - l;
+    procs[l].wait_for(0, "leading the channel", leading).await;
+    // The leader issues for every group; the follower never calls LINE.
+    for group in GROUPS {
+        procs[l]
+            .wait_for(0, &format!("a token for {group}"), issued(group))
+            .await;
+    }
+    // Epoch 1, or 2 when the other instance acquired first and handed
+    // the channel over.
+    let (holder, first_epoch, _) = lease_row(&lab).await;
+    assert_eq!(holder, names[l]);
+    assert!((1..=2).contains(&first_epoch), "epoch {first_epoch}");
+
+    // The follower publishes what the leader stored: its own sink files
+    // hold each group's newest token.
+    for group in GROUPS {
+        procs[f]
+            .wait_for(0, &format!("{group}'s token published"), |line| {
+                line.is_with("published a token another instance stored", "group", group)
+            })
+            .await;
+    }
+    let follower_dir = configs[f].parent().unwrap();
+    for group in GROUPS {
+        let in_sink = sink(follower_dir, group);
+        let stored: Vec<String> = lab
+            .store()
+            .tokens_of_group(&ChannelId::new(CHANNEL), &GroupName::new(group))
+            .unwrap()
+            .into_iter()
+            .map(|t| t.value.expose().to_owned())
+            .collect();
+        assert!(
+            stored.contains(&in_sink.trim().to_owned()),
+            "the follower's sink of {group} holds no token of the store"
+        );
+    }
+
+    // kill -9 the leader: the follower takes over once the grant ran out,
+    // under epoch 2, and rotates.
+    let (_, _, valid_until_before) = lease_row(&lab).await;
+    let mark = procs[f].mark();
+    procs[l].kill9().await;
+    procs[f].wait_for(mark, "the takeover", leading).await;
+    let (holder, epoch, valid_until) = lease_row(&lab).await;
+    assert_eq!(holder, names[f]);
+    assert_eq!(epoch, first_epoch + 1);
+    // Database times: the new grant began (valid_until - lease) no later
+    // than the old grant's end plus one renewal after the reading above,
+    // the keeper's tick and slack for a loaded machine.
+    let granted_at = valid_until - LEASE;
+    let bound = valid_until_before + chrono::Duration::seconds(2) + chrono::Duration::seconds(8);
+    assert!(
+        granted_at <= bound,
+        "the takeover came at {granted_at}, the old grant ended by {valid_until_before}"
+    );
+    for group in GROUPS {
+        procs[f]
+            .wait_for(
+                mark,
+                &format!("a rotation of {group} by the new leader"),
+                issued(group),
+            )
+            .await;
+    }
+    procs[f].signal("TERM");
+    procs[f].exit_ok().await;
+    let tokens = lab.tokens().await;
+    assert_every_token_stored(&lab, &tokens);
+    assert_at_most_two_live(&tokens, &lab);
+    let newest: Vec<String> = GROUPS.iter().map(|g| newest_value(&lab, g)).collect();
+    assert!(!newest.is_empty());
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1]])
+        .await;
+}
+
+#[tokio::test]
+async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
+    let Some(lab) = Lab::start_on_postgres(STEADY, "info", "ha_rotate").await else {
+        return;
+    };
+    let configs = [
+        lab.ha_instance("one", STEADY, "2s", &ha("one")),
+        lab.ha_instance("two", STEADY, "2s", &ha("two")),
+    ];
+    let mut procs = [
+        lab.run_config("instance one", &configs[0], DEBUG),
+        lab.run_config("instance two", &configs[1], DEBUG),
+    ];
+    let l = preferred(&["one", "two"]);
+    let f = 1 - l;
+    let (led, _) = procs[l].wait_for(0, "leading the channel", leading).await;
+    // Its first pass as the leader: every group has its token (issued by
+    // it, or by the other instance before the handover).
+    procs[l].wait_for(led, "a pass", super::pass_done).await;
+    let mark = procs[l].mark();
+    // The other instance may have led (and issued) before the handover;
+    // from here it must not call LINE.
+    let follower_mark = procs[f].mark();
+    let mut rotate = lab
+        .cli_with(
+            "rotate on the follower",
+            &configs[f],
+            &["rotate", "--channel", CHANNEL, "--group", GROUPS[0]],
+        )
+        .await;
+    rotate.exit_ok().await;
+    procs[l]
+        .wait_for(mark, "the requested rotation", issued(GROUPS[0]))
+        .await;
+    assert_eq!(
+        procs[f].count(follower_mark, |line| line.is("token issued")),
+        0,
+        "the follower called LINE"
+    );
+    // `status` on either instance names the leader and its epoch.
+    let mut status = lab
+        .cli_with("status", &configs[f], &["status", "--json"])
+        .await;
+    status.exit_ok().await;
+    let text: String = status
+        .lines()
+        .into_iter()
+        .filter(|l| l.stream == super::harness::Stream::Stdout)
+        .map(|l| l.text)
+        .collect();
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let lease = &report["channels"][0]["lease"];
+    assert_eq!(lease["holder"], ["one", "two"][l], "{report}");
+    assert!(
+        lease["epoch"]
+            .as_i64()
+            .is_some_and(|e| (1..=2).contains(&e)),
+        "{report}"
+    );
+    assert_eq!(lease["valid"], true, "{report}");
+    for proc in &procs {
+        proc.signal("TERM");
+    }
+    for proc in &mut procs {
+        proc.exit_ok().await;
+    }
+    // A clean stop hands the grant back: the row ends at once.
+    let (_, _, valid_until) = lease_row(&lab).await;
+    assert!(valid_until <= Utc::now() + chrono::Duration::seconds(1));
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate])
+        .await;
+}
