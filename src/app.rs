@@ -152,6 +152,23 @@ impl Daemon {
         let store = tokio::task::spawn_blocking(move || Store::open_at(&location, store_options))
             .await
             .context("while opening the database")??;
+        if config.ha.is_none() && store.lease_ops().is_some() {
+            // This instance is about to write every channel: never beside
+            // instances that lead channels under leases.
+            let ha = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.ha_state())
+                    .await
+                    .context("while reading the instances alive")??
+            };
+            if let Some((instance, _)) = ha.instances.first() {
+                anyhow::bail!(
+                    "instances under [ha] write the PostgreSQL database {} (instance {instance} is \
+                     alive); add [ha] to this config to run beside them, or stop them first",
+                    config.daemon.store()
+                );
+            }
+        }
         // Bound before anything runs, so a taken port or state directory
         // stops the start with nothing half-started.
         let listener = bind_http(config).await?;

@@ -399,6 +399,15 @@ impl Settings {
                 &mut login_problems,
             )
         });
+        if self.ha.is_some() && !self.login_channels.is_empty() {
+            // Every instance would refresh the same grants: LINE Login's
+            // refresh tokens are not leased yet (docs/design.md §14.6).
+            login_problems.push(Problem::new(
+                "ha",
+                "cannot be used with login_channels yet: every instance would refresh the same \
+                 LINE Login grants; run LINE Login on an instance without [ha] and its own database",
+            ));
+        }
         if self.ha.is_some() && self.daemon.database_url_file.is_none() {
             login_problems.push(Problem::new(
                 "ha",

@@ -652,7 +652,12 @@ impl Rotator {
                 .channel
                 .as_ref()
                 .map_or(0, |c| c.settled_through_intent);
-            alerts.extend(standing_alerts(&foreign, &attempts, settled));
+            alerts.extend(standing_alerts(
+                &foreign,
+                &attempts,
+                settled,
+                self.leadership.is_some(),
+            ));
         }
         let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
         for (group, alert) in alerts {
@@ -848,14 +853,34 @@ pub fn alert_name(alert: &Alert) -> &'static str {
 /// The alerts a channel's listing and journal raise by themselves: one
 /// per foreign key ID listed, and `lost_token` for each group whose issue
 /// attempts of unknown outcome may have left a token
-/// ([`policy::lost_tokens`]).
+/// ([`policy::lost_tokens`]). With `adopt_lost` (under `[ha]`, where a
+/// takeover closes the previous leader's intents as possibly issued) a
+/// key ID such an attempt could have made is ours and lost, reported by
+/// `lost_token` only, never as foreign (docs/design.md §14.3).
 pub fn standing_alerts(
     foreign: &[ForeignKid],
     attempts: &[policy::UnknownOutcome],
     settled_through: i64,
+    adopt_lost: bool,
 ) -> Vec<(Option<GroupName>, Alert)> {
+    let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
+        .iter()
+        .map(|k| (k.key_id.clone(), k.first_seen_at))
+        .collect();
+    let lost = policy::lost_tokens(attempts, settled_through, &listed);
+    let adopted: Vec<&KeyId> = if adopt_lost {
+        lost.iter()
+            .flat_map(|(_, alert)| match alert {
+                Alert::LostToken { candidates, .. } => candidates.iter().collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut out: Vec<(Option<GroupName>, Alert)> = foreign
         .iter()
+        .filter(|k| !adopted.contains(&&k.key_id))
         .map(|k| {
             (
                 None,
@@ -865,15 +890,7 @@ pub fn standing_alerts(
             )
         })
         .collect();
-    let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
-        .iter()
-        .map(|k| (k.key_id.clone(), k.first_seen_at))
-        .collect();
-    out.extend(
-        policy::lost_tokens(attempts, settled_through, &listed)
-            .into_iter()
-            .map(|(g, alert)| (Some(g), alert)),
-    );
+    out.extend(lost.into_iter().map(|(g, alert)| (Some(g), alert)));
     out
 }
 
@@ -909,4 +926,50 @@ pub fn describe_alert(alert: &Alert) -> String {
 /// A short phrase for logs, status and the event history.
 pub fn revoke_reason_text(reason: policy::RevokeReason) -> &'static str {
     reason.text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn kid(key: &str, first_seen: i64) -> ForeignKid {
+        ForeignKid {
+            channel_id: ChannelId::new("1"),
+            key_id: KeyId::new(key),
+            first_seen_at: t(first_seen),
+            last_seen_at: t(first_seen),
+            gone_at: None,
+        }
+    }
+
+    fn names(alerts: &[(Option<GroupName>, Alert)]) -> Vec<&'static str> {
+        alerts.iter().map(|(_, a)| alert_name(a)).collect()
+    }
+
+    #[test]
+    fn under_ha_a_key_id_a_lost_attempt_could_have_made_is_lost_not_foreign() {
+        // A possibly-issued attempt at 10; key "late" first listed at 20
+        // (it could be the attempt's), key "early" at 5 (it cannot).
+        let attempts = [policy::UnknownOutcome {
+            intent: 7,
+            group: GroupName::new("g"),
+            started_at: t(10),
+        }];
+        let foreign = [kid("early", 5), kid("late", 20)];
+        let single = standing_alerts(&foreign, &attempts, 7, false);
+        assert_eq!(
+            names(&single),
+            ["foreign_token", "foreign_token", "lost_token"]
+        );
+        let ha = standing_alerts(&foreign, &attempts, 7, true);
+        assert_eq!(names(&ha), ["foreign_token", "lost_token"]);
+        assert!(matches!(&ha[0].1, Alert::ForeignToken { key_id } if key_id.as_str() == "early"));
+        // Without a lost attempt nothing is adopted.
+        let none = standing_alerts(&foreign, &[], 7, true);
+        assert_eq!(names(&none), ["foreign_token", "foreign_token"]);
+    }
 }

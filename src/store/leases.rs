@@ -21,6 +21,9 @@ pub struct HaState {
     pub leases: Vec<(ChannelId, Lease)>,
     /// Tokens whose store failed the fence, newest first.
     pub orphans: Vec<OrphanRow>,
+    /// The instances alive under `[ha]` (their heartbeat row is in the
+    /// database's future), by ID, with when each stops counting as alive.
+    pub instances: Vec<(String, DateTime<Utc>)>,
 }
 
 /// One recorded orphan, as `status` shows it (a key ID, never a value).
@@ -85,10 +88,20 @@ impl Store {
                 p![],
                 orphan_from_row,
             )?;
+            let instances = db.query_map(
+                &format!(
+                    "SELECT instance_id, alive_until FROM ha_instances WHERE alive_until > ?1 \
+                     ORDER BY instance_id{}",
+                    db.dialect().bytewise()
+                ),
+                p![super::millis(db_now)],
+                |row| Ok((row.get_text(0)?, row.time(1, "ha_instances.alive_until")?)),
+            )?;
             Ok(HaState {
                 db_now: Some(db_now),
                 leases,
                 orphans,
+                instances,
             })
         })
     }

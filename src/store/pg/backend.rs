@@ -139,7 +139,18 @@ impl Backend {
             }
             let lock = match role {
                 Role::SoleWriter => Some(writer_lock(&pool).await?),
-                Role::SharedWriter | Role::Reader => None,
+                Role::SharedWriter => {
+                    // Leases keep instances under [ha] apart; an instance
+                    // without them writes every channel: never beside it.
+                    if let Some(holder) = writer_lock_holder(&pool).await? {
+                        return Err(PgError::WriterHeld {
+                            target: pool.target().to_owned(),
+                            holder,
+                        });
+                    }
+                    None
+                }
+                Role::Reader => None,
             };
             let migrated = pool.migrate().await?;
             Ok::<_, PgError>((pool, lock, migrated))
@@ -345,8 +356,18 @@ async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, 
     if got {
         return Ok(client);
     }
-    // Who holds it, for the message (the server's process ID of that
-    // connection; the lock's two halves are the key's high and low words).
+    Err(PgError::WriterHeld {
+        target: pool.target().to_owned(),
+        holder: writer_lock_holder(pool)
+            .await?
+            .unwrap_or_else(|| "unknown".to_owned()),
+    })
+}
+
+/// The server's process ID of the connection that holds the writer lock,
+/// if one does (the lock's two halves are the key's high and low words).
+async fn writer_lock_holder(pool: &PgPool) -> Result<Option<String>, PgError> {
+    let client = pool.get().await?;
     let holder: Option<i32> = client
         .query_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
@@ -356,12 +377,13 @@ async fn writer_lock(pool: &PgPool) -> Result<deadpool_postgres::ClientWrapper, 
             &[&WRITER_LOCK_KEY],
         )
         .await
-        .map_err(query("looking up the writer lock's holder"))?
+        .map_err(|source| PgError::Query {
+            target: pool.target().to_owned(),
+            what: "looking up the writer lock's holder",
+            source,
+        })?
         .map(|row| row.get(0));
-    Err(PgError::WriterHeld {
-        target: pool.target().to_owned(),
-        holder: holder.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),
-    })
+    Ok(holder.map(|pid| pid.to_string()))
 }
 
 /// Rolls back a transaction that did not reach its commit (an error or a

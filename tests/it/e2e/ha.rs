@@ -211,6 +211,17 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
         0,
         "the follower called LINE"
     );
+    // An instance without [ha] would write every channel: it is refused
+    // while instances under [ha] are alive.
+    let mut sole = lab.run("an instance without [ha]", DEBUG, &[]);
+    let exit = sole.exit().await;
+    assert_eq!(exit.code(), Some(1), "{}", sole.all_text());
+    assert!(
+        sole.all_text()
+            .contains("instances under [ha] write the PostgreSQL database"),
+        "{}",
+        sole.all_text()
+    );
     // `status` on either instance names the leader and its epoch.
     let mut status = lab
         .cli_with("status", &configs[f], &["status", "--json"])
@@ -241,6 +252,6 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
     // A clean stop hands the grant back: the row ends at once.
     let (_, _, valid_until) = lease_row(&lab).await;
     assert!(valid_until <= Utc::now() + chrono::Duration::seconds(1));
-    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate])
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate, &sole])
         .await;
 }
