@@ -249,10 +249,12 @@ impl Daemon {
             let channels: crate::leader::keeper::ChannelList = {
                 let rotator = Arc::downgrade(&rotator);
                 Arc::new(move || {
-                    rotator
+                    let mut ids = rotator
                         .upgrade()
                         .map(|r| r.channel_ids())
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    ids.push(ChannelId::new(crate::leader::DAEMON_DUTIES));
+                    ids
                 })
             };
             keeper = Some(crate::leader::keeper::Keeper::new(
@@ -329,6 +331,11 @@ impl Daemon {
             },
         )
         .context("while setting up the alert notifier")?;
+        if let Some(lead) = rotator.leadership() {
+            let lead = Arc::clone(lead);
+            let every = crate::leader::keeper::Keeper::tick(lead.settings().renew);
+            alert_notifier.share(Arc::new(move || lead.has_daemon_duties()), every);
+        }
         if !options.manual_alerts {
             tasks.spawn(Arc::clone(&alert_notifier).run(shutdown.child_token()));
         }

@@ -106,7 +106,14 @@ pub struct Notifier {
     /// Per Slack URL, the earliest time of its next message.
     spacing: Mutex<HashMap<String, DateTime<Utc>>>,
     last_prune: Mutex<Option<DateTime<Utc>>>,
+    /// Under `[ha]`: whether this instance holds the daemon-wide duties
+    /// (one instance notifies, not every one), and how often to look
+    /// again, since other instances' alert changes wake no one here.
+    duty: Mutex<Option<(Duty, chrono::Duration)>>,
 }
+
+/// Whether this instance should send notifications now ([`Notifier::share`]).
+pub type Duty = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,7 +145,15 @@ impl Notifier {
             reloaded: Notify::new(),
             spacing: Mutex::new(HashMap::new()),
             last_prune: Mutex::new(None),
+            duty: Mutex::new(None),
         }))
+    }
+
+    /// Under `[ha]`: notify only while `duty` says this instance holds the
+    /// daemon-wide duties, and look at the shared store at least every
+    /// `every` (alerts other instances raise wake nothing here).
+    pub fn share(&self, duty: Duty, every: chrono::Duration) {
+        *self.duty.lock().unwrap_or_else(PoisonError::into_inner) = Some((duty, every));
     }
 
     /// Replaces the settings (a reload) and wakes the task. State of a
@@ -166,6 +181,22 @@ impl Notifier {
             // When this step began (real time): the changes it may have
             // missed came after.
             let stepped = tokio::time::Instant::now();
+            let shared = self
+                .duty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some((duty, every)) = &shared
+                && !duty()
+            {
+                // Another instance notifies; look again in a while.
+                let at = self.clock.now() + *every;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = self.clock.sleep_until(at) => {}
+                }
+                continue;
+            }
             let next = match self.step().await {
                 Ok(next) => next,
                 Err(e) if e.is_fatal() => {
@@ -176,6 +207,13 @@ impl Notifier {
                     tracing::error!(error = %crate::logging::error_chain(&e), "alert notifier could not use the database; trying again");
                     Some(self.clock.now() + STORE_RETRY)
                 }
+            };
+            let next = match &shared {
+                Some((_, every)) => {
+                    let soon = self.clock.now() + *every;
+                    Some(next.map_or(soon, |at| at.min(soon)))
+                }
+                None => next,
             };
             let clock = Arc::clone(&self.clock);
             let sleep = async move {

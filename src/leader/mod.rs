@@ -36,6 +36,11 @@ use crate::ha::{Epoch, InstanceId, Mono, Standing, StepDown, may_call_line};
 use crate::metrics::Metrics;
 use crate::store::Fence;
 
+/// The lease of the daemon-wide duties under `[ha]` (sending alert
+/// notifications): kept by the keeper like a channel's, so exactly one
+/// instance does them. No LINE channel ID is a word, so it cannot collide.
+pub const DAEMON_DUTIES: &str = "daemon";
+
 /// Reads the suspend-counting monotonic clock ([`crate::clock::boot_millis`]
 /// in production; tests may move it by hand).
 pub type MonoSource = Arc<dyn Fn() -> Mono + Send + Sync>;
@@ -216,6 +221,14 @@ impl Leadership {
     fn stepped_down(&self, channel: &ChannelId, why: &StepDown) {
         self.metrics.set_leader(channel, false);
         tracing::warn!(channel = %channel, instance = %self.settings.me, why = ?why, "no longer leading the channel");
+    }
+
+    /// Whether this instance holds the daemon-wide duties
+    /// ([`DAEMON_DUTIES`]).
+    pub fn has_daemon_duties(&self) -> bool {
+        self.standing(&ChannelId::new(DAEMON_DUTIES))
+            .held()
+            .is_some()
     }
 
     /// The channels this instance leads and their epochs.

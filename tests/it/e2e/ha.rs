@@ -37,6 +37,11 @@ fn leading(l: &Line) -> bool {
 
 /// The channel's lease row: holder, epoch, valid until (database time).
 async fn lease_row(lab: &Lab) -> (String, i64, DateTime<Utc>) {
+    lease_row_of(lab, CHANNEL).await
+}
+
+/// The lease row of `channel` (or of the daemon-wide duties).
+async fn lease_row_of(lab: &Lab, channel: &str) -> (String, i64, DateTime<Utc>) {
     let Location::Postgres(target) = &lab.location else {
         panic!("an HA lab runs on PostgreSQL");
     };
@@ -47,7 +52,7 @@ async fn lease_row(lab: &Lab) -> (String, i64, DateTime<Utc>) {
     let (_, lease) = table
         .leases
         .iter()
-        .find(|(c, _)| c.as_str() == CHANNEL)
+        .find(|(c, _)| c.as_str() == channel)
         .expect("the channel has a lease row");
     (
         lease.holder.as_str().to_owned(),
@@ -211,6 +216,11 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
         0,
         "the follower called LINE"
     );
+    // The daemon-wide duties (alert notifications) are leased like a
+    // channel: one of the two instances holds them.
+    let (duties, _, until) = lease_row_of(&lab, linetokd::leader::DAEMON_DUTIES).await;
+    assert!(["one", "two"].contains(&duties.as_str()), "{duties}");
+    assert!(until > Utc::now() - chrono::Duration::seconds(1));
     // An instance without [ha] would write every channel: it is refused
     // while instances under [ha] are alive.
     let mut sole = lab.run("an instance without [ha]", DEBUG, &[]);
