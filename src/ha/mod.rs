@@ -49,8 +49,8 @@
 //!    intent may have made is ours and lost, never foreign.
 //!
 //! Their SQL on PostgreSQL is `store::pg::lease`, tested against these
-//! functions. Not here yet (docs/design.md §14 lists them): the engine's
-//! use of these rules, followers, deployment.
+//! functions; the daemon uses them through `leader` (the keeper and the
+//! rotator's gate, docs/design.md §14.6).
 //!
 //! Pure; depends on `domain`, `policy::jitter`'s stable hash and chrono.
 

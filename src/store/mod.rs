@@ -398,10 +398,10 @@ impl Store {
     /// Opens the PostgreSQL database `target` names as a writer: connects
     /// (one connection proves the URL and the credentials), applies pending
     /// migrations under the advisory lock and fills the screening set.
-    /// One writer per database: a second is refused while the first holds
-    /// the writer lock, and a writer that lost its lock refuses to write
-    /// (until the leases of docs/design.md section 14 let several instances
-    /// share one database, channel by channel).
+    /// Without [`StoreOptions::shared`], one writer per database: a second
+    /// is refused while the first holds the writer lock, and a writer that
+    /// lost its lock refuses to write. With it (`[ha]`), no lock: each
+    /// channel's writes are fenced by its lease ([`Store::fenced`]).
     ///
     /// # Errors
     ///

@@ -2,8 +2,8 @@
 //! schema, the backend a [`super::Store`] runs its queries on (`backend`:
 //! the store's own runtime, transactions, the writer lock), the throwaway
 //! cluster of the tests and `linetokd bench --postgres` ([`cluster`]), and
-//! high availability's lease and orphan statements (not used by the daemon
-//! yet).
+//! high availability's lease, heartbeat and orphan statements (used by
+//! `leader`'s keeper and the rotator's orphan path).
 //!
 //! - `connect`: [`PgTarget`] parses a `postgres://` URL (read by the caller
 //!   from the secret file `[daemon] database_url_file`) and its `sslmode`;
