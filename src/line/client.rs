@@ -70,6 +70,23 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// for [`crate::line::login::LoginClient`]'s.
 pub type RequestObserver<E = Endpoint> = Arc<dyn Fn(E, Option<u16>, Duration) + Send + Sync>;
 
+/// A signed issue assertion, kept until it is sent
+/// ([`LineClient::sign_issue_v21`]). It can get a token from LINE until
+/// `expires_at`, so it is a secret: its `Debug` shows only the expiry.
+pub struct SignedAssertion {
+    jwt: String,
+    /// The assertion's `exp`: LINE refuses it from then on.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl fmt::Debug for SignedAssertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedAssertion")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How to reach LINE.
 #[derive(Clone)]
 pub struct LineClientConfig {
@@ -229,15 +246,65 @@ impl LineClient {
         signer: &AssertionSigner,
         lifetime: chrono::Duration,
     ) -> Result<IssueChannelAccessTokenResponse, LineError> {
+        let assertion = self.sign_issue_v21(signer, lifetime)?;
+        self.issue_v21_signed(signer, &assertion).await
+    }
+
+    /// Signs the assertion of a v2.1 issue now, without sending it: a
+    /// caller that must journal the issue first (under `[ha]`, with the
+    /// assertion's expiry, docs/design.md §14.3) signs, records, then sends
+    /// exactly this assertion with [`LineClient::issue_v21_signed`].
+    ///
+    /// # Errors
+    /// [`LineError::Assertion`] for a lifetime outside 1 s..=30 days.
+    pub fn sign_issue_v21(
+        &self,
+        signer: &AssertionSigner,
+        lifetime: chrono::Duration,
+    ) -> Result<SignedAssertion, LineError> {
+        let now = self.inner.clock.now();
+        let exp = signer
+            .claims(now, Some(lifetime))
+            .map_err(|source| LineError::Assertion {
+                endpoint: Endpoint::IssueV21,
+                source,
+            })?
+            .exp;
+        let jwt = signer
+            .sign(now, Some(lifetime))
+            .map_err(|source| LineError::Assertion {
+                endpoint: Endpoint::IssueV21,
+                source,
+            })?;
+        Ok(SignedAssertion {
+            jwt,
+            expires_at: chrono::DateTime::from_timestamp(exp, 0).unwrap_or(now),
+        })
+    }
+
+    /// [`LineClient::issue_v21`] with an assertion signed before
+    /// ([`LineClient::sign_issue_v21`]).
+    ///
+    /// # Errors
+    /// As [`LineClient::issue_v21`].
+    pub async fn issue_v21_signed(
+        &self,
+        signer: &AssertionSigner,
+        assertion: &SignedAssertion,
+    ) -> Result<IssueChannelAccessTokenResponse, LineError> {
         let endpoint = Endpoint::IssueV21;
-        let assertion = self.sign(endpoint, signer, Some(lifetime))?;
         let form = IssueChannelTokenByJwtRequest {
             grant_type: GRANT_TYPE_CLIENT_CREDENTIALS,
             client_assertion_type: CLIENT_ASSERTION_TYPE,
-            client_assertion: &assertion,
+            client_assertion: &assertion.jwt,
         };
         let answer = self
-            .call(endpoint, Some(signer.channel_id()), &form, &[&assertion])
+            .call(
+                endpoint,
+                Some(signer.channel_id()),
+                &form,
+                &[&assertion.jwt],
+            )
             .await?;
         parse(endpoint, answer)
     }

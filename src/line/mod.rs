@@ -35,7 +35,7 @@ mod skew;
 pub mod types;
 pub mod validate;
 
-pub use client::{LineClient, LineClientConfig, RequestObserver};
+pub use client::{LineClient, LineClientConfig, RequestObserver, SignedAssertion};
 pub use endpoint::Endpoint;
 pub use error::{ErrorBody, LineError, MAX_RETRY_AFTER, TransientCause, TransportError};
 pub use login::{Deauthorization, LoginClient, LoginEndpoint, LoginError, LoginTokenResponse};

@@ -29,7 +29,7 @@ use crate::domain::{
     AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, TokenKind, TokenState,
 };
 use crate::line::jwt::AssertionSigner;
-use crate::line::{LineError, Verification};
+use crate::line::{LineError, SignedAssertion, Verification};
 use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
 use crate::snapshot::Snapshot;
 use crate::store::pg::{NewOrphan, RevokeOutcome};
@@ -255,7 +255,7 @@ impl Rotator {
         let asked_at = self.clock.now();
         let settles = {
             let channel = setup.id.clone();
-            self.db(move |store| store.newest_intent_id(&channel))
+            self.db(move |store| store.settleable_through(&channel, asked_at))
                 .await?
         };
         let kids = self
@@ -349,11 +349,10 @@ impl Rotator {
         &self,
         setup: &ChannelSetup,
         form: IssueForm<'_>,
-        token_exp: Duration,
     ) -> Result<Issued, LineError> {
         match form {
-            IssueForm::V21(signer) => {
-                let r = self.line.issue_v21(signer, token_exp).await?;
+            IssueForm::V21(signer, assertion) => {
+                let r = self.line.issue_v21_signed(signer, assertion).await?;
                 Ok(Issued {
                     key_id: r.key_id,
                     access_token: r.access_token,
@@ -501,8 +500,8 @@ impl Rotator {
             .find(|g| &g.group == group)
             .map_or(TokenKind::V21, |g| g.kind);
         let form = match (kind, &setup.secret) {
-            (TokenKind::V21, _) => IssueForm::V21(signer_of(setup)?),
-            (TokenKind::ShortLived, Some(secret)) => IssueForm::ShortLived(secret),
+            (TokenKind::V21, _) => Credential::V21(signer_of(setup)?),
+            (TokenKind::ShortLived, Some(secret)) => Credential::ShortLived(secret),
             // Validation refuses this config; a store edited by hand is
             // the only way here.
             (TokenKind::ShortLived, None) => {
@@ -515,10 +514,29 @@ impl Rotator {
                 });
             }
         };
+        // The assertion is signed before the intent is journaled, the
+        // intent records its expiry, and the request carries exactly it
+        // (docs/design.md §14.3): a request a paused leader sends late is
+        // refused by LINE after that instant, which a new leader counts on.
+        let signed;
+        let form = match form {
+            Credential::V21(signer) => {
+                signed = self
+                    .line
+                    .sign_issue_v21(signer, token_exp)
+                    .map_err(StepError::Line)?;
+                IssueForm::V21(signer, &signed)
+            }
+            Credential::ShortLived(secret) => IssueForm::ShortLived(secret),
+        };
         let started = self.clock.now();
         let intent = {
             let (channel, group) = (setup.id.clone(), group.clone());
-            self.db(move |store| store.begin_issue(started, &channel, &group))
+            let exp = match form {
+                IssueForm::V21(_, assertion) => Some(assertion.expires_at),
+                IssueForm::ShortLived(_) => None,
+            };
+            self.db(move |store| store.begin_issue_with(started, &channel, &group, exp))
                 .await?
         };
         // The intent is journaled: from here a crash leaves it open, and
@@ -533,7 +551,7 @@ impl Rotator {
                 .await?;
             return Err(StepError::Store(e));
         }
-        let issued = match self.issue_in(setup, form, token_exp).await {
+        let issued = match self.issue_in(setup, form).await {
             Ok(issued) => issued,
             Err(e) => {
                 let failure = classify(&e);
@@ -989,9 +1007,18 @@ fn after_newest(now: DateTime<Utc>, state: &ChannelState, group: &GroupName) -> 
 
 /// How a token is asked for: the kind, with what that kind needs.
 #[derive(Clone, Copy)]
-enum IssueForm<'a> {
+enum Credential<'a> {
     /// v2.1, with the channel's assertion key.
     V21(&'a AssertionSigner),
+    /// Short-lived, with the channel secret.
+    ShortLived(&'a ChannelSecret),
+}
+
+/// How a token is issued, ready to send.
+#[derive(Clone, Copy)]
+enum IssueForm<'a> {
+    /// v2.1, with an assertion signed before the intent was journaled.
+    V21(&'a AssertionSigner, &'a SignedAssertion),
     /// Short-lived, with the channel secret.
     ShortLived(&'a ChannelSecret),
 }

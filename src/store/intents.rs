@@ -144,6 +144,24 @@ impl Store {
         channel: &ChannelId,
         group: &GroupName,
     ) -> Result<IntentId, StoreError> {
+        self.begin_issue_with(now, channel, group, None)
+    }
+
+    /// [`Store::begin_issue`] recording the expiry of the assertion the
+    /// request will carry (signed before, sent after; docs/design.md
+    /// §14.3): LINE refuses it from then on, so after that instant no
+    /// request of this intent can still issue a token.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin_issue`].
+    pub fn begin_issue_with(
+        &self,
+        now: DateTime<Utc>,
+        channel: &ChannelId,
+        group: &GroupName,
+        assertion_exp: Option<DateTime<Utc>>,
+    ) -> Result<IntentId, StoreError> {
         self.write_db("journaling an issuance", |tx| {
             let row = load_group(tx, channel, group)?.ok_or_else(|| StoreError::UnknownGroup {
                 channel: channel.clone(),
@@ -176,9 +194,15 @@ impl Store {
             // tells its predecessor's intents from its own by it.
             let epoch = self.fence().map(|f| f.epoch.0);
             let id = tx.query_one(
-                "INSERT INTO issue_intents (channel_id, group_name, started_at, epoch) \
-                 VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                p![channel.as_str(), group.as_str(), millis(now), epoch],
+                "INSERT INTO issue_intents (channel_id, group_name, started_at, epoch, \
+                 assertion_exp) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                p![
+                    channel.as_str(),
+                    group.as_str(),
+                    millis(now),
+                    epoch,
+                    assertion_exp.map(millis)
+                ],
                 |row| row.get_int(0),
             )?;
             Ok(IntentId(id))
@@ -494,8 +518,41 @@ impl Store {
         })
     }
 
-    /// The newest issue intent ID of a channel (0 when there is none): a
-    /// reconcile asked for after it settles every intent up to it.
+    /// Up to which intent of the channel a key-ID listing asked for at
+    /// `listing_asked_at` settles (0 when none): the newest intent, except
+    /// that a possibly-issued intent of a lease epoch (a takeover closed it,
+    /// docs/design.md §14.3) is settled only by a listing asked for after
+    /// its assertion expired plus [`crate::ha::orphan::LINE_CLOCK_ALLOWANCE`]:
+    /// before then its request may still reach LINE (a paused leader), so
+    /// the listing stops short of it and it stays counted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn settleable_through(
+        &self,
+        channel: &ChannelId,
+        listing_asked_at: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.read_db("reading which issuances a listing settles", |db| {
+            Ok(db.query_one(
+                "SELECT coalesce(max(id), 0) FROM issue_intents WHERE channel_id = ?1 AND id < \
+                 coalesce((SELECT min(id) FROM issue_intents WHERE channel_id = ?1 \
+                   AND outcome = 'lost' AND maybe_issued = 1 AND epoch IS NOT NULL \
+                   AND assertion_exp IS NOT NULL AND assertion_exp + ?3 > ?2), ?4)",
+                p![
+                    channel.as_str(),
+                    millis(listing_asked_at),
+                    crate::ha::orphan::LINE_CLOCK_ALLOWANCE.num_milliseconds(),
+                    i64::MAX
+                ],
+                |row| row.get_int(0),
+            )?)
+        })
+    }
+
+    /// The newest intent of the channel (0 when none): a key-ID listing
+    /// asked for after it settles every intent up to it.
     ///
     /// # Errors
     ///

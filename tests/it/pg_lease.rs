@@ -956,3 +956,104 @@ async fn orphans_are_recorded_once_by_key_id_and_their_revocation_settles() {
         ]
     );
 }
+
+/// A store on `db` as an instance under `[ha]` opens it (no writer lock),
+/// with one channel and one group synced.
+fn shared_store(url: &str, ch: &ChannelId, group: &GroupName) -> linetokd::store::Store {
+    let target = PgTarget::parse(url).unwrap();
+    let store = linetokd::store::Store::open_postgres(
+        &target,
+        &PoolOptions::default(),
+        linetokd::store::StoreOptions {
+            shared: true,
+            ..linetokd::store::StoreOptions::default()
+        },
+    )
+    .unwrap();
+    store
+        .sync_config(
+            DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            &[linetokd::store::ChannelSpec {
+                id: ch.clone(),
+                name: "shop-bot".into(),
+                groups: vec![group.clone()],
+                fingerprint: None,
+                short_lived: Vec::new(),
+            }],
+        )
+        .unwrap();
+    store
+}
+
+#[tokio::test]
+async fn a_takeover_closes_older_epochs_intents_which_settle_only_after_their_assertion_expired() {
+    let test = "a_takeover_closes_older_epochs_intents";
+    let Some((db, pool)) = migrated(test).await else {
+        return;
+    };
+    let (ch, group) = (ChannelId::new("1000000009"), GroupName::new("backend"));
+    let (a, b) = (InstanceId::new("a"), InstanceId::new("b"));
+    let store = {
+        let (url, ch, group) = (db.url(), ch.clone(), group.clone());
+        tokio::task::spawn_blocking(move || shared_store(&url, &ch, &group))
+            .await
+            .unwrap()
+    };
+    let (_, la) = granted(pool.acquire_lease(&ch, &a, LONG).await.unwrap());
+    let fence_a = linetokd::store::Fence {
+        channel: ch.clone(),
+        holder: a.clone(),
+        epoch: la.epoch,
+    };
+    let t = DateTime::from_timestamp(1_700_000_100, 0).unwrap();
+    let exp = t + Duration::minutes(10);
+    // A journals an issue under its grant, with its assertion's expiry,
+    // and is cut off before it learns the outcome.
+    let fenced_a = store.fenced(fence_a.clone());
+    let intent = {
+        let (ch, group) = (ch.clone(), group.clone());
+        tokio::task::spawn_blocking(move || fenced_a.begin_issue_with(t, &ch, &group, Some(exp)))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // The grant ends; B takes over under the next epoch.
+    pool.release_lease(&ch, &a, la.epoch)
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, lb) = granted(pool.acquire_lease(&ch, &b, LONG).await.unwrap());
+    assert_eq!(lb.epoch, la.epoch.next());
+    let fenced_b = store.fenced(linetokd::store::Fence {
+        channel: ch.clone(),
+        holder: b.clone(),
+        epoch: lb.epoch,
+    });
+    let (closed, before_exp, after_exp, a_write) = {
+        let (ch, group, fenced_a) = (ch.clone(), group.clone(), store.fenced(fence_a));
+        tokio::task::spawn_blocking(move || {
+            let closed = fenced_b.close_intents_of_older_epochs(t).unwrap();
+            // A listing asked for before the assertion expired (plus LINE's
+            // clock allowance) must not settle it: the request may still
+            // be on its way.
+            let before = fenced_b
+                .settleable_through(&ch, exp + Duration::minutes(4))
+                .unwrap();
+            let after = fenced_b
+                .settleable_through(&ch, exp + Duration::minutes(5) + Duration::seconds(1))
+                .unwrap();
+            // A, still believing it leads, is fenced: nothing is written.
+            let a_write = fenced_a.begin_issue_with(t, &ch, &group, Some(exp));
+            (closed, before, after, a_write)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].id, intent);
+    assert!(before_exp < intent.get(), "{before_exp}");
+    assert_eq!(after_exp, intent.get());
+    let err = a_write.unwrap_err();
+    assert!(err.is_fenced(), "{err:?}");
+    drop(store);
+}
