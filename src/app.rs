@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::addresses;
 use crate::alerting::{self, NotifierSettings};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, ShiftedClock};
 use crate::config::{self, ChannelConfig, DaemonConfig, RotationSettings, Settings, ValidConfig};
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
@@ -142,6 +142,15 @@ impl Daemon {
         shutdown: CancellationToken,
         options: RunOptions,
     ) -> anyhow::Result<Self> {
+        // Under [ha] the engine runs on the database's time: the keeper
+        // moves this clock to it at every reading of the lease table, and
+        // no channel is worked before the first (it needs a grant).
+        let (clock, shifted): (SharedClock, _) = if config.ha.is_some() {
+            let shifted = ShiftedClock::new(clock);
+            (Arc::clone(&shifted) as SharedClock, Some(shifted))
+        } else {
+            (clock, None)
+        };
         let location = config.daemon.store();
         let store_options = StoreOptions {
             durability: options.durability,
@@ -212,7 +221,7 @@ impl Daemon {
         )
         .context("while setting up the LINE client")?;
 
-        let mut rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
+        let mut rules = daemon_rules(config);
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
@@ -244,7 +253,11 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             leadership: leadership(config, &metrics),
         });
-        if let (Some(lead), Some(ops)) = (rotator.leadership(), rotator.store().lease_ops()) {
+        if let (Some(lead), Some(ops), Some(shifted)) = (
+            rotator.leadership(),
+            rotator.store().lease_ops(),
+            shifted.clone(),
+        ) {
             tracing::info!(instance = %lead.me(), "high availability: leading channels under leases shared with other instances");
             let channels: crate::leader::keeper::ChannelList = {
                 let rotator = Arc::downgrade(&rotator);
@@ -263,6 +276,7 @@ impl Daemon {
                 channels,
                 rotator.wakes(),
                 Arc::clone(&metrics),
+                shifted,
             ));
         }
         let lost = rotator
@@ -501,7 +515,7 @@ impl Daemon {
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
         let stateless = stateless_setups(config)?;
-        let new_rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
+        let new_rules = daemon_rules(config);
         new_rules
             .validate()
             .context("while checking the reloaded rotation rules")?;
@@ -789,6 +803,7 @@ fn leadership(
             lease: span(ha.lease),
             renew: span(ha.renew),
             request_timeout: span(config.daemon.request_timeout),
+            line_clock_allowance: span(ha.line_clock_allowance),
         },
         Arc::new(|| crate::ha::Mono::from_millis(crate::clock::boot_millis())),
         Arc::clone(metrics),
@@ -1265,6 +1280,17 @@ pub fn rules(r: &RotationSettings, capacity_low_threshold: u32) -> Rules {
         capacity_low_threshold,
         ..Rules::default()
     }
+}
+
+/// The rules the daemon runs by: [`rules`], and under `[ha]` its
+/// `line_clock_allowance`.
+fn daemon_rules(config: &ValidConfig) -> Rules {
+    let mut rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
+    if let Some(ha) = &config.ha {
+        rules.line_clock_allowance =
+            Duration::from_std(ha.line_clock_allowance).unwrap_or(Duration::MAX);
+    }
+    rules
 }
 
 /// The part of the config the store keeps.

@@ -72,6 +72,68 @@ impl Clock for SystemClock {
     }
 }
 
+/// Another clock moved by an offset that is set while it runs. Under
+/// `[ha]` the engine's time is the shared database's: the lease keeper
+/// measures how far the database's clock is from this host's after each
+/// reading ([`ShiftedClock::observe`]), so every instance stamps issue
+/// times and expiries, and judges them, on one clock, and a host clock set
+/// minutes wrong changes nothing.
+pub struct ShiftedClock {
+    inner: SharedClock,
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for ShiftedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShiftedClock")
+            .field("offset", &self.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShiftedClock {
+    /// `inner`, not shifted yet.
+    pub fn new(inner: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+
+    /// The unshifted clock's reading.
+    pub fn inner_now(&self) -> DateTime<Utc> {
+        self.inner.now()
+    }
+
+    /// How far this clock is moved from the inner one.
+    pub fn offset(&self) -> Duration {
+        Duration::milliseconds(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Takes in a reading of the reference clock: it said `reference`
+    /// while the inner clock went from `sent` to `received`. The offset
+    /// becomes `reference − midpoint`, wrong by at most half the round
+    /// trip.
+    pub fn observe(&self, reference: DateTime<Utc>, sent: DateTime<Utc>, received: DateTime<Utc>) {
+        let midpoint = sent + (received - sent) / 2;
+        let offset = (reference - midpoint).num_milliseconds();
+        self.offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.now() + self.offset()
+    }
+
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep<'_> {
+        // Callers read `now` again after waking: an offset that moved
+        // meanwhile costs one early or late wake-up, nothing more.
+        self.inner.sleep_until(deadline - self.offset())
+    }
+}
+
 /// A clock that only moves when told to. Clones share the same time and
 /// the same set of sleepers.
 #[derive(Debug, Clone)]

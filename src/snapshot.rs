@@ -35,6 +35,10 @@ pub struct Snapshot {
     /// by the group that made each: each may be a live token nobody
     /// recorded.
     pub unsettled: Vec<GroupName>,
+    /// Under `[ha]`: the latest assertion expiry of the unsettled
+    /// possibly-issued intents a takeover closed
+    /// ([`crate::policy::ChannelView::held_assertion_exp`]).
+    pub held_assertion_exp: Option<DateTime<Utc>>,
     /// The channel's issue attempts in the hour before `now`, by group.
     pub issues_last_hour: Vec<(GroupName, DateTime<Utc>)>,
     /// Open operator requests, by group, oldest first.
@@ -68,6 +72,7 @@ impl Snapshot {
                 .map(|k| k.key_id)
                 .collect(),
             unsettled: store.unsettled_issues(channel_id, settled)?,
+            held_assertion_exp: store.held_assertion_exp(channel_id, settled)?,
             issues: store.issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?,
             requests: store.open_requests(channel_id)?,
             evictions: Vec::new(),
@@ -240,6 +245,7 @@ impl Snapshot {
             eviction_suspects: Vec::new(),
             foreign: count(self.foreign.len()),
             lost: count(self.unsettled.len()),
+            held_assertion_exp: self.held_assertion_exp,
             issue_times_last_hour: self.issues_last_hour.iter().map(|(_, at)| *at).collect(),
             last_reconcile_at: row.and_then(|c| c.last_reconcile_at),
             reconcile_retry: row.and_then(|c| {
@@ -281,6 +287,7 @@ struct Parts {
     groups: Vec<GroupRow>,
     foreign: Vec<KeyId>,
     unsettled: Vec<GroupName>,
+    held_assertion_exp: Option<DateTime<Utc>>,
     /// Issue attempts since an hour before `now` (the bound included).
     issues: Vec<(GroupName, DateTime<Utc>)>,
     requests: Vec<(GroupName, OpenRequest)>,
@@ -307,6 +314,7 @@ impl Parts {
             groups,
             foreign: self.foreign,
             unsettled: self.unsettled,
+            held_assertion_exp: self.held_assertion_exp,
             issues_last_hour: self
                 .issues
                 .into_iter()

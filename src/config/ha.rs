@@ -6,6 +6,7 @@
 //! instance_id = "web-1"   # default: "<hostname>:<pid>", filled in by `app`
 //! lease = "30s"           # how long a grant lasts without renewal
 //! renew = "10s"           # how often the leader renews it
+//! line_clock_allowance = "5m"  # LINE's clock may be this far behind ours
 //! ```
 //!
 //! The table's presence turns HA on. The rules, each problem named by its
@@ -71,6 +72,11 @@ pub struct HaSettings {
     /// How often the leader renews.
     #[serde(deserialize_with = "duration::deserialize")]
     pub renew: Duration,
+    /// How long after an issue assertion's `exp` LINE may still accept
+    /// it (its clock behind ours): a takeover's possibly-issued intent
+    /// settles only by a listing asked for after `exp` plus this.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub line_clock_allowance: Duration,
 }
 
 impl Default for HaSettings {
@@ -79,9 +85,17 @@ impl Default for HaSettings {
             instance_id: None,
             lease: Duration::from_secs(30),
             renew: Duration::from_secs(10),
+            line_clock_allowance: DEFAULT_LINE_CLOCK_ALLOWANCE,
         }
     }
 }
+
+/// The default `line_clock_allowance`: LINE's clock may be five minutes off
+/// ours (docs/design.md §14.3).
+pub const DEFAULT_LINE_CLOCK_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest `line_clock_allowance`.
+pub const MAX_LINE_CLOCK_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
 
 /// `[ha]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +107,8 @@ pub struct HaConfig {
     pub lease: Duration,
     /// How often the leader renews.
     pub renew: Duration,
+    /// How long after an issue assertion's `exp` LINE may still accept it.
+    pub line_clock_allowance: Duration,
 }
 
 /// The instance ID to hold leases under: the configured one, else
@@ -199,6 +215,17 @@ pub(super) fn validate(
             }
         }
     }
+    if s.line_clock_allowance > MAX_LINE_CLOCK_ALLOWANCE {
+        problems.push(Problem::new(
+            "ha.line_clock_allowance",
+            format!(
+                "({}) must be at most {}: a takeover during an issuance holds the channel's \
+                 issues that long after the assertion expires",
+                fmt_dur(s.line_clock_allowance),
+                fmt_dur(MAX_LINE_CLOCK_ALLOWANCE)
+            ),
+        ));
+    }
     if problems.len() > before {
         return None;
     }
@@ -206,6 +233,7 @@ pub(super) fn validate(
         instance_id,
         lease: s.lease,
         renew: s.renew,
+        line_clock_allowance: s.line_clock_allowance,
     })
 }
 
@@ -277,6 +305,7 @@ mod tests {
                 instance_id: None,
                 lease: Duration::from_secs(30),
                 renew: Duration::from_secs(10),
+                line_clock_allowance: DEFAULT_LINE_CLOCK_ALLOWANCE,
             })
         );
     }

@@ -42,6 +42,7 @@ struct HaView {
     instance_id: Option<String>,
     lease: String,
     renew: String,
+    line_clock_allowance: String,
 }
 
 #[derive(Serialize)]
@@ -364,6 +365,7 @@ impl Settings {
                 instance_id: h.instance_id.clone(),
                 lease: fmt_dur(h.lease),
                 renew: fmt_dur(h.renew),
+                line_clock_allowance: fmt_dur(h.line_clock_allowance),
             }),
         };
         // The view holds only strings, numbers and arrays, which TOML can

@@ -12,7 +12,9 @@
 //!    [`lease_action`] says: acquire a channel nobody holds (or whose grant
 //!    expired), release one another alive instance is preferred for (under
 //!    the channel's work lock, so between steps), wait otherwise;
-//! 4. wakes the led channels that have operator requests waiting
+//! 4. moves the engine's clock to the database's time (the lease table's
+//!    reading of it), so every instance dates and judges tokens alike;
+//! 5. wakes the led channels that have operator requests waiting
 //!    (`linetokd rotate` on another instance records a row; the leader
 //!    carries it out).
 //!
@@ -29,6 +31,7 @@ use chrono::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Leadership;
+use crate::clock::ShiftedClock;
 use crate::domain::ChannelId;
 use crate::ha::spread::lease_action;
 use crate::ha::{AcquireAnswer, Epoch, InstanceId, LeaseAction, RenewAnswer, Standing, StepDown};
@@ -51,6 +54,9 @@ pub struct Keeper {
     channels: ChannelList,
     wakes: Arc<Wakes>,
     metrics: Arc<Metrics>,
+    /// The engine's clock, moved to the database's time at each reading of
+    /// the lease table.
+    time: Arc<ShiftedClock>,
     /// The newest open request seen per channel: a channel is woken when
     /// a newer one appears, not at every tick while one waits.
     requests_seen: std::sync::Mutex<std::collections::HashMap<ChannelId, i64>>,
@@ -64,6 +70,7 @@ impl Keeper {
         channels: ChannelList,
         wakes: Arc<Wakes>,
         metrics: Arc<Metrics>,
+        time: Arc<ShiftedClock>,
     ) -> Self {
         Self {
             lead,
@@ -71,6 +78,7 @@ impl Keeper {
             channels,
             wakes,
             metrics,
+            time,
             requests_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -116,12 +124,16 @@ impl Keeper {
                 return;
             }
         };
+        let sent = self.time.inner_now();
         let table = match self
             .ops
             .run(|pool| async move { pool.leases().await })
             .await
         {
-            Ok(table) => table,
+            Ok(table) => {
+                self.time.observe(table.db_now, sent, self.time.inner_now());
+                table
+            }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "could not read the channels' leases; trying again at the next tick");
                 return;

@@ -57,6 +57,9 @@ pub struct LeaseSettings {
     /// The LINE client's request timeout: a call may start only while the
     /// grant has more than this plus [`crate::ha::CALL_MARGIN`] left.
     pub request_timeout: Duration,
+    /// How long after an issue assertion's `exp` LINE may still accept it
+    /// (`[ha] line_clock_allowance`).
+    pub line_clock_allowance: Duration,
 }
 
 /// One channel as this instance sees it.

@@ -751,7 +751,17 @@ fn plan_active(
             draft.wake(rate_at);
         } else if !reconcile_fresh_for_issue {
             hold = Some(Hold::Reconcile);
-            reconcile = true;
+            // A takeover's possibly-issued attempts settle only by a
+            // listing asked for after their assertion expired: until then
+            // listing is no use (docs/design.md §14.3), so wait for it.
+            let settles_from = channel
+                .held_assertion_exp
+                .map(|exp| time::add(exp, time::non_negative(rules.line_clock_allowance)))
+                .filter(|at| *at > now);
+            match settles_from {
+                Some(at) if channel.last_reconcile_at.is_some() => draft.wake(at),
+                _ => reconcile = true,
+            }
         } else {
             let freed = revokes
                 .count()

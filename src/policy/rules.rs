@@ -89,6 +89,11 @@ pub struct Rules {
     /// or a machine that suspends must not stretch a wait unseen. Not a
     /// setting; the forecast, whose clock is virtual, plans without it.
     pub max_sleep: Duration,
+    /// Under `[ha]`: how long after an issue assertion's `exp` LINE may
+    /// still accept it. A takeover's possibly-issued intent is settled only
+    /// by a key-ID listing asked for after its assertion's `exp` plus this
+    /// (docs/design.md §14.3; default 5 min).
+    pub line_clock_allowance: Duration,
 }
 
 impl Default for Rules {
@@ -109,6 +114,7 @@ impl Default for Rules {
             deadline_margin: Duration::minutes(5),
             full_recheck: Duration::minutes(1),
             max_sleep: super::MAX_SLEEP,
+            line_clock_allowance: crate::ha::orphan::LINE_CLOCK_ALLOWANCE,
         }
     }
 }

@@ -187,4 +187,11 @@ pub struct ChannelView {
     /// another issuer's; so they are verified at once rather than at their
     /// interval.
     pub eviction_suspects: Vec<KeyId>,
+    /// Under `[ha]`: the latest assertion expiry among the unsettled
+    /// possibly-issued intents a takeover closed (a previous leader's
+    /// request may still reach LINE until then, plus
+    /// [`Rules::line_clock_allowance`](super::Rules)): no listing before
+    /// that settles them, so none is asked for only to settle them.
+    /// `None` when there are none.
+    pub held_assertion_exp: Option<DateTime<Utc>>,
 }

@@ -247,6 +247,7 @@ impl World {
             full_until: self.full_until,
             relist_needed: self.relist_needed,
             eviction_suspects: Vec::new(),
+            held_assertion_exp: None,
         }
     }
 

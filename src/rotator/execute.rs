@@ -255,7 +255,8 @@ impl Rotator {
         let asked_at = self.clock.now();
         let settles = {
             let channel = setup.id.clone();
-            self.db(move |store| store.settleable_through(&channel, asked_at))
+            let allowance = self.rules().line_clock_allowance;
+            self.db(move |store| store.settleable_through(&channel, asked_at, allowance))
                 .await?
         };
         let kids = self
@@ -645,11 +646,15 @@ impl Rotator {
             })
             .await;
         if let Err(e) = &stored
-            && e.is_fenced()
+            && self.leadership.is_some()
         {
-            // The grant ended while LINE answered: the token is an orphan,
-            // never stored, never published (docs/design.md §14.3).
-            self.orphan(setup, group, kind, intent, &issued, expires_at)
+            // Under a lease the token is an orphan whenever it could not be
+            // stored: the grant ended while LINE answered (the fence), or
+            // the database is out of reach. Never stored, never published;
+            // revoked while this instance still holds its value, so it is
+            // not left for the next leader as a lost token (docs/design.md
+            // §14.3).
+            self.orphan(setup, group, kind, intent, &issued, expires_at, e)
                 .await;
         }
         stored?;
@@ -685,11 +690,12 @@ impl Rotator {
         Ok(())
     }
 
-    /// A token LINE issued whose store failed the fence (docs/design.md
+    /// Under `[ha]`, a token LINE issued that could not be stored (`why`:
+    /// the fence failed, or the database is out of reach; docs/design.md
     /// §14.3): its key ID (never its value) goes into the unfenced orphan
-    /// record, it is revoked at LINE at once when the channel secret is
-    /// configured, and the outcome is recorded. Nothing here publishes it;
-    /// the value is dropped with `issued`.
+    /// record when the database answers, it is revoked at LINE at once when
+    /// the channel secret is configured, and the outcome is recorded.
+    /// Nothing here publishes it; the value is dropped with `issued`.
     async fn orphan(
         &self,
         setup: &ChannelSetup,
@@ -698,6 +704,7 @@ impl Rotator {
         intent: IntentId,
         issued: &Issued,
         expires_at: DateTime<Utc>,
+        why: &StoreError,
     ) {
         let (Some(ops), Ok(fence)) = (
             self.store.lease_ops(),
@@ -705,13 +712,24 @@ impl Rotator {
         ) else {
             return;
         };
-        tracing::error!(
-            channel = %setup.id,
-            group = %group,
-            key_id = %issued.key_id,
-            epoch = fence.epoch.0,
-            "the lease ended while LINE issued a token: it is never published (an orphan); revoking it when the channel secret allows"
-        );
+        if why.is_fenced() {
+            tracing::error!(
+                channel = %setup.id,
+                group = %group,
+                key_id = %issued.key_id,
+                epoch = fence.epoch.0,
+                "the lease ended while LINE issued a token: it is never published (an orphan); revoking it when the channel secret allows"
+            );
+        } else {
+            tracing::error!(
+                channel = %setup.id,
+                group = %group,
+                key_id = %issued.key_id,
+                epoch = fence.epoch.0,
+                error = %error_chain(why),
+                "the token LINE issued could not be stored: it is never published (an orphan); revoking it when the channel secret allows"
+            );
+        }
         let recorded = {
             let (channel, group, key_id) = (setup.id.clone(), group.clone(), issued.key_id.clone());
             let fence = fence.clone();

@@ -522,9 +522,11 @@ impl Store {
     /// `listing_asked_at` settles (0 when none): the newest intent, except
     /// that a possibly-issued intent of a lease epoch (a takeover closed it,
     /// docs/design.md §14.3) is settled only by a listing asked for after
-    /// its assertion expired plus [`crate::ha::orphan::LINE_CLOCK_ALLOWANCE`]:
-    /// before then its request may still reach LINE (a paused leader), so
-    /// the listing stops short of it and it stays counted.
+    /// its assertion expired plus `line_clock_allowance` (default
+    /// [`crate::ha::orphan::LINE_CLOCK_ALLOWANCE`]): before then its
+    /// request may still reach LINE (a paused leader), so the listing
+    /// stops short of it and it stays counted, unless the token it issued
+    /// is a recorded orphan LINE revoked.
     ///
     /// # Errors
     ///
@@ -533,17 +535,22 @@ impl Store {
         &self,
         channel: &ChannelId,
         listing_asked_at: DateTime<Utc>,
+        line_clock_allowance: chrono::Duration,
     ) -> Result<i64, StoreError> {
         self.read_db("reading which issuances a listing settles", |db| {
+            // An intent whose orphan was revoked is settled already: its
+            // request issued that token, and LINE no longer counts it.
             Ok(db.query_one(
                 "SELECT coalesce(max(id), 0) FROM issue_intents WHERE channel_id = ?1 AND id < \
-                 coalesce((SELECT min(id) FROM issue_intents WHERE channel_id = ?1 \
-                   AND outcome = 'lost' AND maybe_issued = 1 AND epoch IS NOT NULL \
-                   AND assertion_exp IS NOT NULL AND assertion_exp + ?3 > ?2), ?4)",
+                 coalesce((SELECT min(i.id) FROM issue_intents i WHERE i.channel_id = ?1 \
+                   AND i.outcome = 'lost' AND i.maybe_issued = 1 AND i.epoch IS NOT NULL \
+                   AND i.assertion_exp IS NOT NULL AND i.assertion_exp + ?3 > ?2 \
+                   AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
+                     AND o.revoke_outcome = 'revoked')), ?4)",
                 p![
                     channel.as_str(),
                     millis(listing_asked_at),
-                    crate::ha::orphan::LINE_CLOCK_ALLOWANCE.num_milliseconds(),
+                    line_clock_allowance.num_milliseconds(),
                     i64::MAX
                 ],
                 |row| row.get_int(0),
@@ -671,6 +678,34 @@ impl Store {
                     ))
                 },
             )?)
+        })
+    }
+
+    /// Under `[ha]`: the latest assertion expiry among the channel's
+    /// unsettled (after `settled_through`) possibly-issued intents of a
+    /// lease epoch, those a takeover closed, leaving out any whose orphan
+    /// LINE revoked: until then plus LINE's clock allowance no listing
+    /// settles them (docs/design.md §14.3). `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn held_assertion_exp(
+        &self,
+        channel: &ChannelId,
+        settled_through: i64,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read_db("reading the takeover's unsettled issuances", |db| {
+            let ms = db.query_one(
+                "SELECT max(i.assertion_exp) FROM issue_intents i WHERE i.channel_id = ?1 \
+                 AND i.id > ?2 AND i.outcome = 'lost' AND i.maybe_issued = 1 \
+                 AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
+                   AND o.revoke_outcome = 'revoked')",
+                p![channel.as_str(), settled_through],
+                |row| row.int(0),
+            )?;
+            Ok(ms.and_then(DateTime::from_timestamp_millis))
         })
     }
 

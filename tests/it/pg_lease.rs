@@ -1037,10 +1037,14 @@ async fn a_takeover_closes_older_epochs_intents_which_settle_only_after_their_as
             // clock allowance) must not settle it: the request may still
             // be on its way.
             let before = fenced_b
-                .settleable_through(&ch, exp + Duration::minutes(4))
+                .settleable_through(&ch, exp + Duration::minutes(4), Duration::minutes(5))
                 .unwrap();
             let after = fenced_b
-                .settleable_through(&ch, exp + Duration::minutes(5) + Duration::seconds(1))
+                .settleable_through(
+                    &ch,
+                    exp + Duration::minutes(5) + Duration::seconds(1),
+                    Duration::minutes(5),
+                )
                 .unwrap();
             // A, still believing it leads, is fenced: nothing is written.
             let a_write = fenced_a.begin_issue_with(t, &ch, &group, Some(exp));
