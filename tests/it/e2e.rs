@@ -13,6 +13,7 @@
 //! sleeps: every wait is on a log line, an exit, or a reply.
 
 mod ha;
+mod ha_many;
 pub mod harness;
 mod operator;
 mod postgres;
