@@ -14,6 +14,7 @@
 
 mod ha;
 mod ha_faults;
+mod ha_many;
 pub mod harness;
 mod operator;
 mod postgres;

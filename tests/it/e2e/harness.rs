@@ -443,7 +443,7 @@ impl Lab {
     /// `sandbox_log`), and writes a daemon config with `[rotation]` taken
     /// from `rotation` (TOML lines).
     pub async fn start(rotation: &str, sandbox_log: &str) -> Self {
-        Self::start_on(rotation, sandbox_log, None).await
+        Self::start_on(rotation, sandbox_log, None, &[]).await
     }
 
     /// [`Lab::start`] with the daemon's store in a fresh database of the
@@ -455,6 +455,20 @@ impl Lab {
     /// ([`crate::pg_harness::PASSWORD_USER`], which owns the database), so
     /// the tests can look for the password in every output.
     pub async fn start_on_postgres(rotation: &str, sandbox_log: &str, test: &str) -> Option<Self> {
+        Self::start_on_postgres_with_channels(rotation, sandbox_log, test, &[]).await
+    }
+
+    /// [`Lab::start_on_postgres`] with `extra` channels registered at the
+    /// sandbox beside [`CHANNEL`]: the same secret, and the keygen public
+    /// key under the kid [`kid_of`] names. The lab's own daemon config
+    /// still lists only [`CHANNEL`]; a test adds the others to the configs
+    /// it writes.
+    pub async fn start_on_postgres_with_channels(
+        rotation: &str,
+        sandbox_log: &str,
+        test: &str,
+        extra: &[&str],
+    ) -> Option<Self> {
         use crate::pg_harness::{PASSWORD, PASSWORD_USER};
         let db = crate::pg_harness::test_db(test).await?;
         db.client()
@@ -469,10 +483,15 @@ impl Lab {
             "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/{}?sslmode=disable",
             db.cluster.port, db.name
         );
-        Some(Self::start_on(rotation, sandbox_log, Some(url)).await)
+        Some(Self::start_on(rotation, sandbox_log, Some(url), extra).await)
     }
 
-    async fn start_on(rotation: &str, sandbox_log: &str, postgres: Option<String>) -> Self {
+    async fn start_on(
+        rotation: &str,
+        sandbox_log: &str,
+        postgres: Option<String>,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         let mut keygen = Proc::spawn(
@@ -483,14 +502,15 @@ impl Lab {
         keygen.exit_ok().await;
 
         let sandbox_config = dir.path().join("sandbox.toml");
-        std::fs::write(
-            &sandbox_config,
-            format!(
-                "[[channels]]\nid = \"{CHANNEL}\"\nsecret = \"{SECRET}\"\n\
-                 keys = [{{ kid = \"{KID}\", public_key_file = \"keys/chan.public.jwk\" }}]\n"
-            ),
-        )
-        .unwrap();
+        let mut channels = String::new();
+        for id in std::iter::once(&CHANNEL).chain(extra) {
+            channels.push_str(&format!(
+                "[[channels]]\nid = \"{id}\"\nsecret = \"{SECRET}\"\n\
+                 keys = [{{ kid = \"{}\", public_key_file = \"keys/chan.public.jwk\" }}]\n",
+                kid_of(id)
+            ));
+        }
+        std::fs::write(&sandbox_config, channels).unwrap();
         let sandbox = Proc::spawn(
             "sandbox",
             &[
@@ -656,9 +676,14 @@ impl Lab {
 
     /// Every token the sandbox ever issued on the channel, oldest first.
     pub async fn tokens(&self) -> Vec<SandboxToken> {
+        self.tokens_of(CHANNEL).await
+    }
+
+    /// Every token the sandbox ever issued on `channel`, oldest first.
+    pub async fn tokens_of(&self, channel: &str) -> Vec<SandboxToken> {
         let response = self
             .http
-            .get(format!("{}/_sandbox/channels/{CHANNEL}/tokens", self.url))
+            .get(format!("{}/_sandbox/channels/{channel}/tokens", self.url))
             .send()
             .await
             .unwrap();
@@ -744,6 +769,16 @@ pub fn assert_nothing_secret_in(tokens: &[SandboxToken], procs: &[&Proc]) {
                 );
             }
         }
+    }
+}
+
+/// The kid the keygen public key is registered under for `channel` at the
+/// sandbox (kids are unique across its channels): [`KID`] for [`CHANNEL`].
+pub fn kid_of(channel: &str) -> String {
+    if channel == CHANNEL {
+        KID.to_owned()
+    } else {
+        format!("{KID}-{channel}")
     }
 }
 
