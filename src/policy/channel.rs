@@ -303,6 +303,38 @@ mod tests {
     }
 
     #[test]
+    fn a_takeovers_possibly_issued_attempt_holds_issues_without_listing_until_it_can_settle() {
+        let rules = Rules {
+            line_clock_allowance: Duration::seconds(1),
+            ..Rules::default()
+        };
+        let exp = t0() + Duration::seconds(10);
+        let state = ChannelState {
+            groups: vec![group("a", vec![]), group("b", vec![])],
+            view: ChannelView {
+                lost: 1,
+                held_assertion_exp: Some(exp),
+                ..fresh_view()
+            },
+        };
+        // Before the assertion expired (plus the allowance) a listing
+        // settles nothing: no step, a wake-up then.
+        let d = drive(t0() + Duration::seconds(5), &state, &rules);
+        match d.next {
+            Next::Idle { until } => assert_eq!(until, exp + Duration::seconds(1)),
+            other => panic!("{other:?}"),
+        }
+        // From then on the listing is asked for (and then settles it).
+        let d = drive(exp + Duration::seconds(2), &state, &rules);
+        match d.next {
+            Next::Execute { plan, .. } => {
+                assert_eq!(plan.steps, vec![Step::Reconcile], "{plan:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn fifteen_new_groups_are_all_issued_in_one_pass_despite_the_budget() {
         let rules = Rules::default();
         let mut state = ChannelState {

@@ -654,8 +654,14 @@ impl Rotator {
             // revoked while this instance still holds its value, so it is
             // not left for the next leader as a lost token (docs/design.md
             // §14.3).
-            self.orphan(setup, group, kind, intent, &issued, expires_at, e)
-                .await;
+            let unstored = Unstored {
+                group,
+                kind,
+                intent,
+                issued: &issued,
+                expires_at,
+            };
+            self.orphan(setup, &unstored, e).await;
         }
         stored?;
         if let Some(why) = refusal {
@@ -696,16 +702,14 @@ impl Rotator {
     /// record when the database answers, it is revoked at LINE at once when
     /// the channel secret is configured, and the outcome is recorded.
     /// Nothing here publishes it; the value is dropped with `issued`.
-    async fn orphan(
-        &self,
-        setup: &ChannelSetup,
-        group: &GroupName,
-        kind: TokenKind,
-        intent: IntentId,
-        issued: &Issued,
-        expires_at: DateTime<Utc>,
-        why: &StoreError,
-    ) {
+    async fn orphan(&self, setup: &ChannelSetup, token: &Unstored<'_>, why: &StoreError) {
+        let Unstored {
+            group,
+            kind,
+            intent,
+            issued,
+            expires_at,
+        } = *token;
         let (Some(ops), Ok(fence)) = (
             self.store.lease_ops(),
             super::WORK_FENCE.try_with(Clone::clone),
@@ -1021,6 +1025,16 @@ fn after_newest(now: DateTime<Utc>, state: &ChannelState, group: &GroupName) -> 
         Some(newest) if newest >= now => newest + Duration::milliseconds(1),
         _ => now,
     }
+}
+
+/// A token LINE issued that could not be stored ([`Rotator::orphan`]).
+#[derive(Clone, Copy)]
+struct Unstored<'a> {
+    group: &'a GroupName,
+    kind: TokenKind,
+    intent: IntentId,
+    issued: &'a Issued,
+    expires_at: DateTime<Utc>,
 }
 
 /// How a token is asked for: the kind, with what that kind needs.
