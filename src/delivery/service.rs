@@ -52,6 +52,10 @@ use crate::store::{
     sink_note_key,
 };
 
+/// A listening connection (kept open while it is held) and the payloads
+/// of its notifications.
+type Listener = (tokio_postgres::Client, tokio::sync::mpsc::Receiver<String>);
+
 /// Whether this instance leads a channel now ([`Delivery::follow`] leaves
 /// those to the rotator's events).
 pub type LedHere = Arc<dyn Fn(&ChannelId) -> bool + Send + Sync>;
@@ -345,13 +349,53 @@ impl Delivery {
         led_here: LedHere,
         shutdown: CancellationToken,
     ) {
+        // Writers on PostgreSQL announce each change (`NOTIFY`); a
+        // notification only hastens the look, which happens every `every`
+        // anyway: notifications are lost while the listening connection
+        // is down, and it is opened again at the next look.
+        let mut listener: Option<Listener> = None;
         loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let heard = async {
+                match listener.as_mut() {
+                    Some((_, told)) => told.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
+                alive = heard => {
+                    if !alive {
+                        tracing::debug!("the notification connection ended; looking at the store every tick until it is back");
+                        listener = None;
+                    }
+                }
+            }
+            // Everything announced so far is read by this one look.
+            if let Some((_, told)) = listener.as_mut() {
+                while told.try_recv().is_ok() {}
             }
             if let Err(e) = self.refresh(&led_here).await {
                 tracing::warn!(error = %crate::logging::error_chain(&e), "could not read the shared store's tokens; trying again");
+            }
+        }
+    }
+
+    /// Listens for the writers' change notifications, when the store is
+    /// PostgreSQL and the connection opens.
+    async fn listen(&self) -> Option<Listener> {
+        let ops = self.store.lease_ops()?;
+        match ops
+            .run(|pool| async move { pool.listen(crate::store::CHANGED_NOTIFICATION).await })
+            .await
+        {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %crate::logging::error_chain(&e), "cannot listen for the other instances' changes; looking at the store every tick");
+                None
             }
         }
     }

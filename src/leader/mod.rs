@@ -151,16 +151,7 @@ impl Leadership {
     /// instance does not lead the channel (or its grant is running out,
     /// which steps it down here).
     pub async fn work(&self, channel: &ChannelId) -> Option<Work> {
-        let lock = {
-            let mut channels = self.lock();
-            Arc::clone(
-                &channels
-                    .entry(channel.clone())
-                    .or_insert_with(Lead::new)
-                    .work,
-            )
-        };
-        let guard = lock.lock_owned().await;
+        let guard = self.work_lock(channel).lock_owned().await;
         let now = self.mono_now();
         let mut channels = self.lock();
         let lead = channels.get_mut(channel)?;

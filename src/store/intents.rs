@@ -229,6 +229,8 @@ impl Store {
     ) -> Result<StoredToken, StoreError> {
         self.write_db("storing an issued token", |tx| {
             let journal = open_intent(tx, intent)?;
+            // Delivered at commit: the other instances publish it at once.
+            super::notify_changed(tx, &journal.channel_id)?;
             let values = &self.inner.values;
             if load_token(tx, values, &token.key_id)?.is_some() {
                 return Err(StoreError::DuplicateToken {

@@ -900,6 +900,25 @@ impl From<StoreError> for Fail {
     }
 }
 
+/// The PostgreSQL notification channel on which writers announce that a
+/// channel's tokens changed (the payload is the channel ID): instances
+/// that do not lead the channel publish at once instead of at their next
+/// look at the store (`Delivery::follow`).
+pub const CHANGED_NOTIFICATION: &str = "linetokd_changed";
+
+/// Announces, at the commit of `db`'s transaction, that `channel`'s tokens
+/// changed. PostgreSQL only: a SQLite store has no other instance to tell.
+fn notify_changed(db: &dyn sql::Db, channel: &ChannelId) -> Result<(), sql::SqlError> {
+    if db.dialect() == sql::Dialect::Postgres {
+        db.query_one(
+            "SELECT CAST(pg_notify(?1, ?2) AS TEXT)",
+            sql::p![CHANGED_NOTIFICATION, channel.as_str()],
+            |row| row.text(0),
+        )?;
+    }
+    Ok(())
+}
+
 impl From<pg::PgError> for Fail {
     fn from(e: pg::PgError) -> Self {
         Self::Store(StoreError::Pg(e))

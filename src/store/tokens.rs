@@ -193,6 +193,7 @@ impl Store {
             if token.record.state != TokenState::Live || state == TokenState::Live {
                 return Ok(false);
             }
+            super::notify_changed(tx, &token.channel_id)?;
             change_state(tx, now, &token, state, reason)?;
             Ok(true)
         })

@@ -1061,3 +1061,56 @@ async fn a_takeover_closes_older_epochs_intents_which_settle_only_after_their_as
     assert!(err.is_fenced(), "{err:?}");
     drop(store);
 }
+
+#[tokio::test]
+async fn a_stored_token_is_announced_to_listeners_at_commit() {
+    let Some((db, pool)) = migrated("a_stored_token_is_announced").await else {
+        return;
+    };
+    let (ch, group) = (ChannelId::new("1000000010"), GroupName::new("backend"));
+    let store = {
+        let (url, ch, group) = (db.url(), ch.clone(), group.clone());
+        tokio::task::spawn_blocking(move || shared_store(&url, &ch, &group))
+            .await
+            .unwrap()
+    };
+    let (_client, mut told) = pool
+        .listen(linetokd::store::CHANGED_NOTIFICATION)
+        .await
+        .unwrap();
+    let t = DateTime::from_timestamp(1_700_000_200, 0).unwrap();
+    let intent = {
+        let (store, ch, group) = (store.clone(), ch.clone(), group.clone());
+        tokio::task::spawn_blocking(move || store.begin_issue(t, &ch, &group).unwrap())
+            .await
+            .unwrap()
+    };
+    {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .complete_issue(
+                    t,
+                    intent,
+                    &linetokd::store::IssuedToken {
+                        key_id: KeyId::new("announcedKid0000000000"),
+                        value: linetokd::domain::AccessToken::new("announced-token-value"),
+                        issued_at: t,
+                        expires_at: t + Duration::days(30),
+                        verified_at: Some(t),
+                    },
+                    &[],
+                )
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    // Delivered at the commit, naming the channel (never a value).
+    let payload = tokio::time::timeout(StdDuration::from_secs(30), told.recv())
+        .await
+        .expect("a notification within 30 s")
+        .expect("the listener is open");
+    assert_eq!(payload, ch.as_str());
+    drop(store);
+}

@@ -362,6 +362,7 @@ impl Default for PoolOptions {
 pub struct PgPool {
     pool: Pool,
     target: Arc<PgTarget>,
+    options: PoolOptions,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -384,32 +385,7 @@ impl PgPool {
     /// connection fails (its `reason` has the server's message for a
     /// refused login).
     pub async fn connect(target: &PgTarget, options: &PoolOptions) -> Result<Self, PgError> {
-        let mut pg_config = target.config.clone();
-        if pg_config.get_connect_timeout().is_none() {
-            pg_config.connect_timeout(options.connect_timeout);
-        }
-        // A dead server or a dropped connection must be noticed in seconds,
-        // not after TCP's two hours: the daemon's store work runs one job
-        // at a time, and the writer lock lives on one idle connection.
-        // Keepalives probe idle connections; the user timeout bounds how
-        // long sent data may stay unacknowledged; the server bounds a
-        // statement and a transaction left idle. A URL's own settings win.
-        pg_config.keepalives(true);
-        if pg_config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-            pg_config.keepalives_idle(KEEPALIVE_IDLE);
-        }
-        if pg_config.get_keepalives_interval().is_none() {
-            pg_config.keepalives_interval(KEEPALIVE_INTERVAL);
-        }
-        if pg_config.get_keepalives_retries().is_none() {
-            pg_config.keepalives_retries(KEEPALIVE_RETRIES);
-        }
-        if pg_config.get_tcp_user_timeout().is_none() {
-            pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
-        }
-        if pg_config.get_options().is_none() {
-            pg_config.options(SESSION_OPTIONS);
-        }
+        let pg_config = tuned(target, options);
         // tokio-postgres bounds each host's TCP connect; the pool bounds the
         // whole creation (every host tried, then TLS and authentication),
         // so one more connect timeout's worth is left for those.
@@ -448,11 +424,119 @@ impl PgPool {
         let pool = Self {
             pool,
             target: Arc::new(target.clone()),
+            options: options.clone(),
         };
         drop(pool.get().await?);
         Ok(pool)
     }
 
+    /// A connection of its own, outside the pool, that `LISTEN`s on
+    /// `channel` (a PostgreSQL notification channel name, an identifier)
+    /// and hands each notification's payload to the receiver. The
+    /// receiver closes when the connection ends (a dropped connection
+    /// loses notifications: the caller polls as well, and listens again).
+    /// The returned client must be kept for as long as the listening goes
+    /// on; its connection's task runs on the caller's runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Connect`] when the connection cannot be opened,
+    /// [`PgError::Query`] when `LISTEN` fails.
+    pub async fn listen(
+        &self,
+        channel: &'static str,
+    ) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<String>), PgError> {
+        let config = tuned(&self.target, &self.options);
+        let (tell, told) = tokio::sync::mpsc::channel(64);
+        let connect_error = |e: tokio_postgres::Error| PgError::Connect {
+            target: self.target.redacted.clone(),
+            reason: format!("cannot open the notification connection: {e}"),
+            driver: None,
+        };
+        let client = match &self.target.tls {
+            TlsMode::Disable => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(connect_error)?;
+                tokio::spawn(forward_notifications(connection, tell));
+                client
+            }
+            TlsMode::Require(roots) => {
+                let (client, connection) = config
+                    .connect(tls_connector(roots)?)
+                    .await
+                    .map_err(connect_error)?;
+                tokio::spawn(forward_notifications(connection, tell));
+                client
+            }
+        };
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .map_err(self.query_error("listening for changes"))?;
+        Ok((client, told))
+    }
+}
+
+/// Drives a listening connection, forwarding every notification's payload
+/// until the connection ends or nobody receives any more.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tell: tokio::sync::mpsc::Sender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+        match message {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                // A full queue means a refresh is pending anyway.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                    tell.try_send(n.payload().to_owned())
+                {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// `target`'s connection settings with the daemon's defaults filled in.
+fn tuned(target: &PgTarget, options: &PoolOptions) -> tokio_postgres::Config {
+    let mut pg_config = target.config.clone();
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(options.connect_timeout);
+    }
+    // A dead server or a dropped connection must be noticed in seconds,
+    // not after TCP's two hours: the daemon's store work runs one job
+    // at a time, and the writer lock lives on one idle connection.
+    // Keepalives probe idle connections; the user timeout bounds how
+    // long sent data may stay unacknowledged; the server bounds a
+    // statement and a transaction left idle. A URL's own settings win.
+    pg_config.keepalives(true);
+    if pg_config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg_config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if pg_config.get_keepalives_interval().is_none() {
+        pg_config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if pg_config.get_keepalives_retries().is_none() {
+        pg_config.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if pg_config.get_tcp_user_timeout().is_none() {
+        pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if pg_config.get_options().is_none() {
+        pg_config.options(SESSION_OPTIONS);
+    }
+    pg_config
+}
+
+impl PgPool {
     /// A connection from the pool, opened when none is free.
     ///
     /// # Errors

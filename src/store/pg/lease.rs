@@ -174,7 +174,10 @@ pub struct Orphan {
 const DETAIL_MAX: usize = 500;
 
 impl PgPool {
-    fn query_error(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+    pub(super) fn query_error(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> PgError {
         let target = self.target().to_owned();
         move |source| PgError::Query {
             target,
