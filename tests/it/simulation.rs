@@ -863,6 +863,27 @@ impl Lab {
             .await
             .unwrap();
         thread.join().unwrap();
+        // The killed run's store writer thread is not the runtime's: a
+        // batch it had begun runs to its end holding the store (and its
+        // file lock) a moment after the runtime is gone, as a killed
+        // process's lock lasts until the kernel has closed its files. The
+        // next run starts once the lock is free; nothing signals that, so
+        // it is tried, boundedly.
+        let db = self.db_path();
+        let mut tries = 0;
+        loop {
+            match linetokd::store::WriterLock::acquire(&db) {
+                Ok(lock) => {
+                    drop(lock);
+                    break;
+                }
+                Err(linetokd::store::StoreError::Locked { .. }) if tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the killed run's database lock: {e}"),
+            }
+        }
         loop {
             match events.try_recv() {
                 Ok(event) => self.orphan_events.push(event),
