@@ -13,8 +13,12 @@
 -- seconds; the channels are spread over the instances whose row is still
 -- in the future (rendezvous hashing, src/ha/spread.rs). A stopped
 -- instance's row simply ages; rows older than a day are deleted by the
--- instances that push theirs.
+-- instances that push theirs. `incarnation` is random per process: a row
+-- still alive under another incarnation means a second process uses the
+-- same instance ID (or a previous run of this one has not aged out yet),
+-- and the newcomer waits rather than fight it for the leases.
 CREATE TABLE ha_instances (
     instance_id TEXT    NOT NULL PRIMARY KEY CHECK (length(instance_id) > 0),
-    alive_until INTEGER NOT NULL
+    alive_until INTEGER NOT NULL,
+    incarnation TEXT    NOT NULL
 ) STRICT;

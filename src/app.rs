@@ -121,6 +121,8 @@ pub struct Daemon {
     pub login: Option<Arc<crate::login::Login>>,
     /// The `[daemon]` section in force: a reload cannot change it live.
     daemon_config: DaemonConfig,
+    /// The `[ha]` section in force: a reload cannot change it live either.
+    ha_config: Option<crate::config::HaConfig>,
     clock: SharedClock,
     tasks: TaskTracker,
     /// The scheduler's task: its error is the fatal store error that
@@ -221,7 +223,7 @@ impl Daemon {
         )
         .context("while setting up the LINE client")?;
 
-        let mut rules = daemon_rules(config);
+        let mut rules = daemon_rules(config, config.ha.as_ref());
         if let Some(retry) = options.retry {
             rules.retry = retry;
         }
@@ -496,6 +498,7 @@ impl Daemon {
             long_lived,
             login,
             daemon_config: config.daemon.clone(),
+            ha_config: config.ha.clone(),
             clock: Arc::clone(&reload_clock),
             tasks,
             scheduler_task,
@@ -515,7 +518,7 @@ impl Daemon {
     pub async fn reload(&self, config: &ValidConfig) -> anyhow::Result<()> {
         let setups = channel_setups(config)?;
         let stateless = stateless_setups(config)?;
-        let new_rules = daemon_rules(config);
+        let new_rules = daemon_rules(config, self.ha_config.as_ref());
         new_rules
             .validate()
             .context("while checking the reloaded rotation rules")?;
@@ -555,6 +558,9 @@ impl Daemon {
         }
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
+        }
+        if config.ha != self.ha_config {
+            tracing::warn!("the [ha] section changed; it takes effect at the next restart");
         }
         let keys =
             |ring: Option<&crate::store::crypt::Keyring>| ring.map(|r| (r.active(), r.ids()));
@@ -800,6 +806,7 @@ fn leadership(
     Some(crate::leader::Leadership::new(
         crate::leader::LeaseSettings {
             me,
+            incarnation: format!("{:032x}", rand::random::<u128>()),
             lease: span(ha.lease),
             renew: span(ha.renew),
             request_timeout: span(config.daemon.request_timeout),
@@ -1282,11 +1289,11 @@ pub fn rules(r: &RotationSettings, capacity_low_threshold: u32) -> Rules {
     }
 }
 
-/// The rules the daemon runs by: [`rules`], and under `[ha]` its
-/// `line_clock_allowance`.
-fn daemon_rules(config: &ValidConfig) -> Rules {
+/// The rules the daemon runs by: [`rules`], and under `[ha]` (the section
+/// in force: a reload does not change it) its `line_clock_allowance`.
+fn daemon_rules(config: &ValidConfig, ha: Option<&crate::config::HaConfig>) -> Rules {
     let mut rules = rules(&config.rotation, config.alerts.capacity_low_threshold);
-    if let Some(ha) = &config.ha {
+    if let Some(ha) = ha {
         rules.line_clock_allowance =
             Duration::from_std(ha.line_clock_allowance).unwrap_or(Duration::MAX);
     }

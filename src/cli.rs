@@ -1229,7 +1229,10 @@ fn probe_daemon(config: &config::Outline, store: &Store) -> status::DaemonStatus
     let mut daemon = status::probe_daemon_at(&config.daemon.store());
     // On PostgreSQL the writer's lock is in the database: ask it.
     if let Ok(Some(running)) = store.writer_present() {
-        daemon.running = Some(running);
+        // Under [ha] no instance holds the writer lock: the instances
+        // alive (their heartbeats) are what runs.
+        let ha_alive = !running && store.ha_state().is_ok_and(|h| !h.instances.is_empty());
+        daemon.running = Some(running || ha_alive);
     }
     if daemon.running != Some(false) {
         daemon.http = addresses::read(&config.daemon.state_dir)

@@ -170,6 +170,9 @@ impl ControlHandler {
         if let Some(leader) = &elsewhere {
             tracing::info!(channel = %work.channel, leader = %leader, "the channel is led by another instance, which carries the request out");
             work.lagged = true;
+            for report in &mut work.reports {
+                report.led_by = Some(leader.clone());
+            }
         }
         loop {
             self.check_done(&mut work).await;

@@ -96,6 +96,11 @@ pub struct GroupReport {
     pub failure: Option<String>,
     /// Alerts raised for the group meanwhile.
     pub notes: Vec<String>,
+    /// Under `[ha]`: the instance that leads the channel and carries the
+    /// request out, when it is not the one asked (its new token's key ID
+    /// is then not known here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub led_by: Option<String>,
 }
 
 /// A freshly issued token, by key ID (never its value).
@@ -117,6 +122,7 @@ impl GroupReport {
             issued: None,
             failure: None,
             notes: Vec::new(),
+            led_by: None,
         }
     }
 
@@ -142,7 +148,10 @@ impl GroupReport {
                     .expires_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )),
-            None if self.done => facts.push("nothing left to do".to_owned()),
+            None if self.done => match &self.led_by {
+                Some(leader) => facts.push(format!("done by the channel's leader, {leader}")),
+                None => facts.push("nothing left to do".to_owned()),
+            },
             None => facts.push("no new token yet".to_owned()),
         }
         if let Some(failure) = &self.failure {

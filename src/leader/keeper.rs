@@ -60,6 +60,9 @@ pub struct Keeper {
     /// The newest open request seen per channel: a channel is woken when
     /// a newer one appears, not at every tick while one waits.
     requests_seen: std::sync::Mutex<std::collections::HashMap<ChannelId, i64>>,
+    /// Whether another process was last seen alive under this instance
+    /// ID (logged once per change).
+    id_taken: std::sync::atomic::AtomicBool,
 }
 
 impl Keeper {
@@ -80,6 +83,7 @@ impl Keeper {
             metrics,
             time,
             requests_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+            id_taken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -111,14 +115,39 @@ impl Keeper {
         self.renew_due().await;
         let me = self.lead.me().clone();
         let ttl = self.lead.settings().lease;
-        let alive = {
+        let beat = {
             let me = me.clone();
+            let incarnation = self.lead.settings().incarnation.clone();
             self.ops
-                .run(move |pool| async move { pool.heartbeat(&me, ttl).await })
+                .run(move |pool| async move { pool.heartbeat(&me, &incarnation, ttl).await })
                 .await
         };
-        let alive = match alive {
-            Ok(alive) => alive,
+        let alive = match beat {
+            Ok(beat) => {
+                if let Some(until) = beat.taken_until {
+                    // Another process runs under this instance ID (or this
+                    // one's previous run has not aged out): two holders of
+                    // one ID would take each other's leases for their own.
+                    // Wait, leading nothing, until the row is free.
+                    if !self
+                        .id_taken
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::error!(instance = %me, alive_until = %until, "another process is alive under this instance ID ([ha] instance_id must be unique): leading nothing until its heartbeat stops (a previous run of this instance ages out by then)");
+                    }
+                    for (channel, epoch) in self.lead.led() {
+                        self.lead.step_down(&channel, epoch, StepDown::Released);
+                    }
+                    return;
+                }
+                if self
+                    .id_taken
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!(instance = %me, "this instance ID is this process's now");
+                }
+                beat.alive
+            }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "could not record this instance as alive; trying again at the next tick");
                 return;

@@ -50,6 +50,9 @@ pub type MonoSource = Arc<dyn Fn() -> Mono + Send + Sync>;
 pub struct LeaseSettings {
     /// This instance's ID, the holder of its grants.
     pub me: InstanceId,
+    /// Random per process: tells this process's heartbeat row from another
+    /// process's under the same ID.
+    pub incarnation: String,
     /// How long a grant lasts without renewal.
     pub lease: Duration,
     /// How often a grant is renewed.

@@ -277,12 +277,24 @@ impl Rotator {
             });
         }
         for key_id in &report.new_foreign {
-            tracing::warn!(
-                channel = %setup.id,
-                key_id = %key_id,
-                first_seen = %asked_at,
-                "foreign token: LINE lists a key ID on this channel that linetokd did not issue; it counts against the 30-token cap until it expires"
-            );
+            if self.leadership.is_some() {
+                // Under [ha] it may be a token a previous leader got and
+                // lost; `lost_token` says so when an issuance could have
+                // made it.
+                tracing::warn!(
+                    channel = %setup.id,
+                    key_id = %key_id,
+                    first_seen = %asked_at,
+                    "LINE lists a key ID on this channel that linetokd has not stored: another issuer's token, or one a previous leader got and lost (see lost_token); it counts against the 30-token cap until it expires"
+                );
+            } else {
+                tracing::warn!(
+                    channel = %setup.id,
+                    key_id = %key_id,
+                    first_seen = %asked_at,
+                    "foreign token: LINE lists a key ID on this channel that linetokd did not issue; it counts against the 30-token cap until it expires"
+                );
+            }
             self.emit(RotationEvent::ForeignSeen {
                 channel: setup.id.clone(),
                 key_id: key_id.clone(),

@@ -125,6 +125,12 @@ const INTENT_COLUMNS: &str =
 const LOST_REASON: &str = "linetokd stopped while this issuance was in flight; \
                            a token LINE issued for it would show up as foreign";
 
+/// Why a takeover closed the previous leader's issuance (docs/design.md
+/// §14.3).
+const TAKEN_OVER_REASON: &str = "the previous leader's lease ended while this issuance was in \
+     flight; a token LINE issued for it is counted until a key-ID listing after its assertion \
+     expired settles it, and reported as lost, not foreign";
+
 /// The same for a short-lived group's issuance, which no listing can settle.
 const LOST_SHORT_LIVED_REASON: &str = "linetokd stopped while this short-lived issuance was in \
      flight; a token LINE issued for it cannot be seen or revoked, and lives in the channel's \
@@ -439,10 +445,10 @@ impl Store {
                     p![intent.channel_id.as_str(), intent.group.as_str()],
                     |row| row.get_int(0),
                 )? == 1;
-                let reason = if short_lived {
-                    LOST_SHORT_LIVED_REASON
-                } else {
-                    LOST_REASON
+                let reason = match (short_lived, fence.is_some()) {
+                    (true, _) => LOST_SHORT_LIVED_REASON,
+                    (false, false) => LOST_REASON,
+                    (false, true) => TAKEN_OVER_REASON,
                 };
                 tx.execute(
                     "UPDATE issue_intents SET outcome = 'lost', finished_at = ?2, error = ?3, \

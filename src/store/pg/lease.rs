@@ -91,6 +91,17 @@ pub struct LeaseTable {
     pub leases: Vec<(ChannelId, Lease)>,
 }
 
+/// What a heartbeat found ([`PgPool::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The instances alive, in ID order.
+    pub alive: Vec<InstanceId>,
+    /// When this instance's ID is alive under another process
+    /// (incarnation): until when that row counts as alive. `None`: the
+    /// row is this process's.
+    pub taken_until: Option<DateTime<Utc>>,
+}
+
 /// A token to record as an orphan: LINE issued it, its store failed the
 /// fence, it is never published. No value: only its key ID.
 #[derive(Debug, Clone, Copy)]
@@ -425,9 +436,11 @@ impl PgPool {
     }
 
     /// Pushes `me`'s row of `ha_instances` to the database's now + `ttl`
-    /// (docs/design.md §14.4), deletes rows dead for a day, and answers
-    /// the instances alive at the database's now (`me` included), in ID
-    /// order.
+    /// (docs/design.md §14.4), unless the row is alive under another
+    /// `incarnation` (a second process with the same instance ID, or this
+    /// one's previous run not yet aged out); deletes rows dead for a day;
+    /// and answers the instances alive at the database's now (`me`
+    /// included when pushed), in ID order.
     ///
     /// # Errors
     ///
@@ -435,34 +448,49 @@ impl PgPool {
     pub async fn heartbeat(
         &self,
         me: &InstanceId,
+        incarnation: &str,
         ttl: Duration,
-    ) -> Result<Vec<InstanceId>, PgError> {
+    ) -> Result<Heartbeat, PgError> {
         let conn = self.get().await?;
         let upsert = format!(
-            "INSERT INTO ha_instances (instance_id, alive_until) VALUES ($1, {plus})
-             ON CONFLICT (instance_id) DO UPDATE SET alive_until = EXCLUDED.alive_until",
+            "INSERT INTO ha_instances AS h (instance_id, alive_until, incarnation)
+             VALUES ($1, {plus}, $3)
+             ON CONFLICT (instance_id) DO UPDATE
+                SET alive_until = EXCLUDED.alive_until, incarnation = EXCLUDED.incarnation
+              WHERE h.incarnation = EXCLUDED.incarnation OR h.alive_until <= {NOW_MS}
+             RETURNING 1",
             plus = plus_sql(NOW_MS, "$2"),
         );
-        conn.execute(&upsert, &[&me.as_str(), &ttl_ms(ttl)])
+        let pushed = !conn
+            .query(&upsert, &[&me.as_str(), &ttl_ms(ttl), &incarnation])
             .await
-            .map_err(self.query_error("recording this instance as alive"))?;
+            .map_err(self.query_error("recording this instance as alive"))?
+            .is_empty();
         let day = Duration::days(1).num_milliseconds();
         let sweep = format!("DELETE FROM ha_instances WHERE alive_until < {NOW_MS} - $1");
         conn.execute(&sweep, &[&day])
             .await
             .map_err(self.query_error("deleting instances dead for a day"))?;
         let alive = format!(
-            "SELECT instance_id FROM ha_instances WHERE alive_until > {NOW_MS} \
+            "SELECT instance_id, alive_until FROM ha_instances WHERE alive_until > {NOW_MS} \
              ORDER BY instance_id COLLATE \"C\""
         );
         let rows = conn
             .query(&alive, &[])
             .await
             .map_err(self.query_error("reading the instances alive"))?;
-        Ok(rows
-            .iter()
-            .map(|row| InstanceId::new(row.get::<_, String>(0)))
-            .collect())
+        let mut beat = Heartbeat {
+            alive: Vec::with_capacity(rows.len()),
+            taken_until: None,
+        };
+        for row in &rows {
+            let id = InstanceId::new(row.get::<_, String>(0));
+            if !pushed && id == *me {
+                beat.taken_until = Some(self.time("ha_instances", "alive_until", row.get(1))?);
+            }
+            beat.alive.push(id);
+        }
+        Ok(beat)
     }
 
     /// Each channel with operator requests not yet carried out, and the

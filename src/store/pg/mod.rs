@@ -47,7 +47,7 @@ pub mod migrate;
 pub use backend::{Backend, LeaseOps, WRITER_LOCK_KEY};
 pub use connect::{PgPool, PgTarget, PoolOptions, Roots, TlsMode};
 pub use error::PgError;
-pub use lease::{LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};
+pub use lease::{Heartbeat, LeaseTable, NewOrphan, Orphan, OrphanRevoke, RevokeOutcome, fence};
 pub use migrate::{MIGRATIONS, PgMigration, latest_version};
 
 use super::Migrated;

@@ -31,8 +31,10 @@ fn ha(instance: &str) -> String {
     format!("instance_id = \"{instance}\"\nlease = \"9s\"\nrenew = \"1s\"")
 }
 
+/// A line saying this instance now leads the lab's channel (not the
+/// daemon-wide duties, which are leased too).
 fn leading(l: &Line) -> bool {
-    l.is("leading the channel")
+    l.is_with("leading the channel", "channel", CHANNEL)
 }
 
 /// The channel's lease row: holder, epoch, valid until (database time).
@@ -208,6 +210,13 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
         )
         .await;
     rotate.exit_ok().await;
+    // The follower says the leader did it (naming the holder it last read
+    // in the lease table).
+    assert!(
+        rotate.all_text().contains("done by the channel's leader"),
+        "{}",
+        rotate.all_text()
+    );
     procs[l]
         .wait_for(mark, "the requested rotation", issued(GROUPS[0]))
         .await;
@@ -244,6 +253,9 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
         .map(|l| l.text)
         .collect();
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Instances under [ha] hold no writer lock; their heartbeats say a
+    // daemon runs.
+    assert_eq!(report["daemon"]["running"], true, "{report}");
     let lease = &report["channels"][0]["lease"];
     assert_eq!(lease["holder"], ["one", "two"][l], "{report}");
     assert!(
@@ -253,6 +265,24 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
         "{report}"
     );
     assert_eq!(lease["valid"], true, "{report}");
+    // A second process under the leader's instance ID (a shared config
+    // file naming one) is noticed by its heartbeat: it leads nothing and
+    // takes no grant, rather than releasing the leader's as its own.
+    let (_, epoch_before, _) = lease_row(&lab).await;
+    let twin_config = lab.ha_instance("twin", STEADY, "2s", &ha(["one", "two"][l]));
+    let mut twin = lab.run_config("a second process under the same ID", &twin_config, DEBUG);
+    twin.wait_for(0, "the duplicate ID noticed", |line| {
+        line.begins("another process is alive under this instance ID")
+    })
+    .await;
+    // Each of its keeper's rounds stops at that heartbeat, before any
+    // decision about a lease: the leader's grant is untouched.
+    twin.signal("TERM");
+    twin.exit_ok().await;
+    assert_eq!(twin.count(0, leading), 0, "{}", twin.all_text());
+    let (holder, epoch_after, _) = lease_row(&lab).await;
+    assert_eq!(holder, ["one", "two"][l]);
+    assert_eq!(epoch_after, epoch_before);
     for proc in &procs {
         proc.signal("TERM");
     }
@@ -262,6 +292,6 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
     // A clean stop hands the grant back: the row ends at once.
     let (_, _, valid_until) = lease_row(&lab).await;
     assert!(valid_until <= Utc::now() + chrono::Duration::seconds(1));
-    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate, &sole])
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate, &sole, &twin])
         .await;
 }

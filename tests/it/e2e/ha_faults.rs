@@ -64,8 +64,10 @@ fn ha(instance: &str) -> String {
     )
 }
 
+/// A line saying this instance now leads the lab's channel (not the
+/// daemon-wide duties, which are leased too).
 fn leading(l: &Line) -> bool {
-    l.is("leading the channel")
+    l.is_with("leading the channel", "channel", CHANNEL)
 }
 
 fn issuing(l: &Line) -> bool {
