@@ -16,9 +16,13 @@
 -- instances that push theirs. `incarnation` is random per process: a row
 -- still alive under another incarnation means a second process uses the
 -- same instance ID (or a previous run of this one has not aged out yet),
--- and the newcomer waits rather than fight it for the leases.
+-- and the newcomer waits rather than fight it for the leases. `config` is
+-- a digest of the channels and groups the instance's config names: the
+-- instances share one set of groups in the store, so they warn when
+-- theirs differ.
 CREATE TABLE ha_instances (
     instance_id TEXT    NOT NULL PRIMARY KEY CHECK (length(instance_id) > 0),
     alive_until INTEGER NOT NULL,
-    incarnation TEXT    NOT NULL
+    incarnation TEXT    NOT NULL,
+    config      TEXT    NOT NULL
 ) STRICT;

@@ -255,6 +255,9 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             leadership: leadership(config, &metrics),
         });
+        if let Some(lead) = rotator.leadership() {
+            lead.set_config_digest(config_digest(config));
+        }
         if let (Some(lead), Some(ops), Some(shifted)) = (
             rotator.leadership(),
             rotator.store().lease_ops(),
@@ -558,6 +561,9 @@ impl Daemon {
         }
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
+        }
+        if let Some(lead) = self.rotator.leadership() {
+            lead.set_config_digest(config_digest(config));
         }
         if config.ha != self.ha_config {
             tracing::warn!("the [ha] section changed; it takes effect at the next restart");
@@ -1298,6 +1304,18 @@ fn daemon_rules(config: &ValidConfig, ha: Option<&crate::config::HaConfig>) -> R
             Duration::from_std(ha.line_clock_allowance).unwrap_or(Duration::MAX);
     }
     rules
+}
+
+/// A digest of the channels and groups `config` names (what the instances
+/// under `[ha]` compare: they share one set of groups in the store).
+fn config_digest(config: &ValidConfig) -> String {
+    let specs = format!("{:?}", channel_specs(config));
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, specs.as_bytes())
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The part of the config the store keeps.

@@ -10,5 +10,6 @@
 CREATE TABLE ha_instances (
     instance_id TEXT   NOT NULL PRIMARY KEY CHECK (length(instance_id) > 0),
     alive_until BIGINT NOT NULL,
-    incarnation TEXT   NOT NULL
+    incarnation TEXT   NOT NULL,
+    config      TEXT   NOT NULL
 );

@@ -63,6 +63,8 @@ pub struct Keeper {
     /// Whether another process was last seen alive under this instance
     /// ID (logged once per change).
     id_taken: std::sync::atomic::AtomicBool,
+    /// The instances last seen naming other channels or groups.
+    configs_differ: std::sync::Mutex<Vec<String>>,
 }
 
 impl Keeper {
@@ -84,6 +86,7 @@ impl Keeper {
             time,
             requests_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             id_taken: std::sync::atomic::AtomicBool::new(false),
+            configs_differ: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -118,8 +121,11 @@ impl Keeper {
         let beat = {
             let me = me.clone();
             let incarnation = self.lead.settings().incarnation.clone();
+            let config = self.lead.config_digest();
             self.ops
-                .run(move |pool| async move { pool.heartbeat(&me, &incarnation, ttl).await })
+                .run(move |pool| async move {
+                    pool.heartbeat(&me, &incarnation, &config, ttl).await
+                })
                 .await
         };
         let alive = match beat {
@@ -146,6 +152,7 @@ impl Keeper {
                 {
                     tracing::info!(instance = %me, "this instance ID is this process's now");
                 }
+                self.compare_configs(&beat.configs);
                 beat.alive
             }
             Err(e) => {
@@ -178,6 +185,32 @@ impl Keeper {
             }
         }
         self.wake_requested().await;
+    }
+
+    /// Warns, once per change, while the instances alive name different
+    /// channels or groups in their configs: they share one set of groups
+    /// in the store, which each one's start and reloads rewrite, so a
+    /// group one of them lacks is removed for all (docs/design.md §14.6).
+    fn compare_configs(&self, configs: &[(InstanceId, String)]) {
+        let mine = self.lead.config_digest();
+        let differing: Vec<String> = configs
+            .iter()
+            .filter(|(_, digest)| *digest != mine)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let mut last = self
+            .configs_differ
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == differing {
+            return;
+        }
+        if differing.is_empty() {
+            tracing::info!("every instance alive names the same channels and groups again");
+        } else {
+            tracing::error!(instances = %differing.join(", "), "instances alive name other channels or groups in their configs than this one: they share one set of groups in the database, so give every instance the same channels and groups");
+        }
+        *last = differing;
     }
 
     /// Renews every grant whose renewal is due.

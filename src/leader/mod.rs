@@ -109,6 +109,9 @@ pub struct Leadership {
     mono: MonoSource,
     metrics: Arc<Metrics>,
     channels: Mutex<HashMap<ChannelId, Lead>>,
+    /// A digest of the channels and groups this instance's config names
+    /// (set at start and on every reload): instances compare theirs.
+    config: Mutex<String>,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -127,6 +130,7 @@ impl Leadership {
             mono,
             metrics,
             channels: Mutex::new(HashMap::new()),
+            config: Mutex::new(String::new()),
         })
     }
 
@@ -138,6 +142,20 @@ impl Leadership {
     /// The settings.
     pub fn settings(&self) -> &LeaseSettings {
         &self.settings
+    }
+
+    /// Sets the digest of the channels and groups this instance's config
+    /// names.
+    pub fn set_config_digest(&self, digest: String) {
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = digest;
+    }
+
+    /// The digest [`Leadership::set_config_digest`] set.
+    pub fn config_digest(&self) -> String {
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The monotonic clock's reading now.

@@ -100,6 +100,9 @@ pub struct Heartbeat {
     /// (incarnation): until when that row counts as alive. `None`: the
     /// row is this process's.
     pub taken_until: Option<DateTime<Utc>>,
+    /// Each instance alive and the digest of the channels and groups its
+    /// config names.
+    pub configs: Vec<(InstanceId, String)>,
 }
 
 /// A token to record as an orphan: LINE issued it, its store failed the
@@ -449,20 +452,25 @@ impl PgPool {
         &self,
         me: &InstanceId,
         incarnation: &str,
+        config: &str,
         ttl: Duration,
     ) -> Result<Heartbeat, PgError> {
         let conn = self.get().await?;
         let upsert = format!(
-            "INSERT INTO ha_instances AS h (instance_id, alive_until, incarnation)
-             VALUES ($1, {plus}, $3)
+            "INSERT INTO ha_instances AS h (instance_id, alive_until, incarnation, config)
+             VALUES ($1, {plus}, $3, $4)
              ON CONFLICT (instance_id) DO UPDATE
-                SET alive_until = EXCLUDED.alive_until, incarnation = EXCLUDED.incarnation
+                SET alive_until = EXCLUDED.alive_until, incarnation = EXCLUDED.incarnation,
+                    config = EXCLUDED.config
               WHERE h.incarnation = EXCLUDED.incarnation OR h.alive_until <= {NOW_MS}
              RETURNING 1",
             plus = plus_sql(NOW_MS, "$2"),
         );
         let pushed = !conn
-            .query(&upsert, &[&me.as_str(), &ttl_ms(ttl), &incarnation])
+            .query(
+                &upsert,
+                &[&me.as_str(), &ttl_ms(ttl), &incarnation, &config],
+            )
             .await
             .map_err(self.query_error("recording this instance as alive"))?
             .is_empty();
@@ -472,7 +480,7 @@ impl PgPool {
             .await
             .map_err(self.query_error("deleting instances dead for a day"))?;
         let alive = format!(
-            "SELECT instance_id, alive_until FROM ha_instances WHERE alive_until > {NOW_MS} \
+            "SELECT instance_id, alive_until, config FROM ha_instances WHERE alive_until > {NOW_MS} \
              ORDER BY instance_id COLLATE \"C\""
         );
         let rows = conn
@@ -482,12 +490,14 @@ impl PgPool {
         let mut beat = Heartbeat {
             alive: Vec::with_capacity(rows.len()),
             taken_until: None,
+            configs: Vec::with_capacity(rows.len()),
         };
         for row in &rows {
             let id = InstanceId::new(row.get::<_, String>(0));
             if !pushed && id == *me {
                 beat.taken_until = Some(self.time("ha_instances", "alive_until", row.get(1))?);
             }
+            beat.configs.push((id.clone(), row.get::<_, String>(2)));
             beat.alive.push(id);
         }
         Ok(beat)

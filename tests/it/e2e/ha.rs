@@ -283,6 +283,24 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
     let (holder, epoch_after, _) = lease_row(&lab).await;
     assert_eq!(holder, ["one", "two"][l]);
     assert_eq!(epoch_after, epoch_before);
+    // An instance whose config names other groups is reported by the
+    // others: they share one set of groups in the database.
+    let odd_config = lab.ha_instance("odd", STEADY, "2s", &ha("odd"));
+    let text = std::fs::read_to_string(&odd_config).unwrap();
+    let cut_at = text.find("\n  [[channel.group]]\n  name = \"b\"").unwrap();
+    let rest = &text[cut_at + 1..];
+    let end = rest.find("\n\n").map_or(rest.len(), |i| i + 1);
+    std::fs::write(&odd_config, format!("{}{}", &text[..=cut_at], &rest[end..])).unwrap();
+    let mark = procs[l].mark();
+    let mut odd = lab.run_config("an instance naming other groups", &odd_config, DEBUG);
+    procs[l]
+        .wait_for(mark, "the other config reported", |line| {
+            line.begins("instances alive name other channels or groups")
+                && line.field("instances").as_deref() == Some("odd")
+        })
+        .await;
+    odd.signal("TERM");
+    odd.exit_ok().await;
     for proc in &procs {
         proc.signal("TERM");
     }
@@ -292,6 +310,6 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
     // A clean stop hands the grant back: the row ends at once.
     let (_, _, valid_until) = lease_row(&lab).await;
     assert!(valid_until <= Utc::now() + chrono::Duration::seconds(1));
-    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate, &sole, &twin])
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &rotate, &sole, &twin, &odd])
         .await;
 }
