@@ -156,6 +156,25 @@ impl ValidConfig {
                 ));
             }
         }
+        if let Some(ha) = &self.ha {
+            // After a takeover that interrupted an issuance the channel
+            // issues nothing for up to lease + assertion window + allowance;
+            // a rotation due later than that still lands before expiry.
+            let hold = ha
+                .lease
+                .saturating_add(self.rotation.assertion_window)
+                .saturating_add(ha.line_clock_allowance);
+            if self.rotation.rotate_before <= hold {
+                out.push(format!(
+                    "rotation.rotate_before ({}) is not longer than ha.lease + \
+                     rotation.assertion_window + ha.line_clock_allowance ({}): after a takeover \
+                     that interrupted an issuance the channel issues nothing for up to that \
+                     long, so a group can run out of its token meanwhile",
+                    super::duration::format(self.rotation.rotate_before),
+                    super::duration::format(hold)
+                ));
+            }
+        }
         out
     }
 

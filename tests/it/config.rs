@@ -390,6 +390,25 @@ fn check_config_shows_the_ha_section() {
     let ha = table["ha"].as_table().unwrap();
     assert!(!ha.contains_key("instance_id"), "{shown}");
     assert_eq!(ha["lease"].as_str(), Some("1m"), "{shown}");
+    assert_eq!(ha["line_clock_allowance"].as_str(), Some("5m"), "{shown}");
+
+    // A rotation due sooner before expiry than a takeover's hold can last
+    // (lease + assertion window + allowance) is allowed, with a warning.
+    let hold_warning = |rotate_before: &str| {
+        let body = format!("[rotation]\nrotate_before = \"{rotate_before}\"\n{with_pg}");
+        fs::write(&path, format!("{body}\n[ha]\n")).unwrap();
+        config::check(&path, &creds.env())
+            .unwrap()
+            .warnings
+            .into_iter()
+            .find(|w| w.contains("after a takeover that interrupted an issuance"))
+    };
+    let warned = hold_warning("10m").expect("a warning for 10m");
+    assert!(
+        warned.contains("rotation.rotate_before (10m) is not longer than"),
+        "{warned}"
+    );
+    assert_eq!(hold_warning("1h"), None);
 
     fs::write(&path, VALID).unwrap();
     let shown = config::check(&path, &creds.env()).unwrap().resolved;
