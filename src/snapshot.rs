@@ -72,11 +72,16 @@ impl Snapshot {
                 .map(|k| k.key_id)
                 .collect(),
             unsettled: store.unsettled_issues(channel_id, settled)?,
-            held_assertion_exp: store.held_assertion_exp(channel_id, settled)?,
+            held_assertion_exp: None,
             issues: store.issue_times_since(channel_id, now - policy::rate::ISSUE_WINDOW)?,
             requests: store.open_requests(channel_id)?,
             evictions: Vec::new(),
         };
+        // Held attempts are unsettled ones: the usual channel, with none,
+        // skips the read (it runs at every round).
+        if !parts.unsettled.is_empty() {
+            parts.held_assertion_exp = store.held_assertion_exp(channel_id, settled)?;
+        }
         // Only a channel with short-lived groups can have evictions: the
         // usual channel skips the read.
         if parts.groups.iter().any(|g| g.kind == TokenKind::ShortLived) {

@@ -60,7 +60,7 @@ impl Store {
                 return Ok(HaState::default());
             }
             let db_now = db.query_one(
-                "SELECT CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)",
+                &format!("SELECT {}", super::pg::lease::NOW_MS),
                 p![],
                 |row| row.time(0, "clock_timestamp()"),
             )?;

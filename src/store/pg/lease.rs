@@ -54,7 +54,8 @@ use crate::store::IntentId;
 /// latter is the transaction's start, which a fence run late in a long
 /// transaction, or a statement that waited for a lock, would read as if
 /// no time had passed.
-const NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(in crate::store) const NOW_MS: &str =
+    "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// A TTL in milliseconds, bounded so `now + ttl` cannot overflow a BIGINT
 /// before the statement clamps it to chrono's range.
