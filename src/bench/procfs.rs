@@ -38,9 +38,16 @@ pub struct Memory {
     pub rss_kib: u64,
     /// `VmHWM`: the most it was ever resident (the high-water mark).
     pub hwm_kib: u64,
+    /// `RssAnon`: the resident part of `VmRSS` that is the process's own
+    /// memory (heap, stacks), as opposed to pages of files it maps (its
+    /// binary's code and data, `RssFile`) that the kernel may share and
+    /// drop.
+    pub anon_kib: u64,
+    /// `RssFile`: resident pages of mapped files, mostly the binary.
+    pub file_kib: u64,
 }
 
-/// `VmRSS` and `VmHWM` of `pid`.
+/// `VmRSS`, `VmHWM`, `RssAnon` and `RssFile` of `pid`.
 ///
 /// # Errors
 /// When the file cannot be read or lacks either line.
@@ -48,7 +55,8 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let path = proc_file(pid, "status");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("while reading {}", path.display()))?;
-    parse_memory(&text).with_context(|| format!("{} has no VmRSS or VmHWM", path.display()))
+    parse_memory(&text)
+        .with_context(|| format!("{} lacks VmRSS, VmHWM, RssAnon or RssFile", path.display()))
 }
 
 fn proc_file(pid: u32, name: &str) -> PathBuf {
@@ -67,7 +75,8 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// `VmRSS` and `VmHWM` from the text of `/proc/<pid>/status`.
+/// `VmRSS`, `VmHWM`, `RssAnon` and `RssFile` from the text of
+/// `/proc/<pid>/status` (all four since Linux 4.5).
 pub fn parse_memory(status: &str) -> Option<Memory> {
     let field = |name: &str| {
         status.lines().find_map(|line| {
@@ -78,6 +87,8 @@ pub fn parse_memory(status: &str) -> Option<Memory> {
     Some(Memory {
         rss_kib: field("VmRSS")?,
         hwm_kib: field("VmHWM")?,
+        anon_kib: field("RssAnon")?,
+        file_kib: field("RssFile")?,
     })
 }
 
@@ -97,13 +108,15 @@ mod tests {
 
     #[test]
     fn memory_lines_in_kib() {
-        let status =
-            "Name:\tlinetokd\nVmPeak:\t  900000 kB\nVmHWM:\t   25100 kB\nVmRSS:\t   24000 kB\n";
+        let status = "Name:\tlinetokd\nVmPeak:\t  900000 kB\nVmHWM:\t   25100 kB\nVmRSS:\t   24000 kB\n\
+             RssAnon:\t    9000 kB\nRssFile:\t   14000 kB\nRssShmem:\t    1000 kB\n";
         assert_eq!(
             parse_memory(status),
             Some(Memory {
                 rss_kib: 24_000,
-                hwm_kib: 25_100
+                hwm_kib: 25_100,
+                anon_kib: 9_000,
+                file_kib: 14_000,
             })
         );
         assert_eq!(parse_memory("VmRSS:\t1 kB\n"), None);

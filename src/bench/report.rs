@@ -110,7 +110,7 @@ pub fn preamble(machine: &Machine, signature: &SignatureCost) -> String {
 pub fn table_header(per_channel: usize) -> String {
     format!(
         "\nbootstrap against the sandbox ({per_channel} groups per channel, loopback):\n\
-         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>8} {:>10} {:>11}\n",
+         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11}\n",
         "groups",
         "channels",
         "wall_s",
@@ -118,6 +118,8 @@ pub fn table_header(per_channel: usize) -> String {
         "cpu_ms/group",
         "cpu/sig",
         "rss_MiB",
+        "anon_MiB",
+        "file_MiB",
         "hwm_MiB",
         "status_ms",
         "plan30d_ms",
@@ -131,7 +133,7 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         .cpu_ms_per_group()
         .map(|cpu| cpu / signature.median_ms.max(f64::EPSILON));
     let mut row = format!(
-        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>8.1} {:>10} {:>11}\n",
+        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11}\n",
         run.groups,
         run.channels,
         run.wall.as_secs_f64(),
@@ -139,6 +141,8 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         cell(run.cpu_ms_per_group(), 3),
         cell(cpu_per_sig, 2),
         mib(run.memory.rss_kib),
+        mib(run.memory.anon_kib),
+        mib(run.memory.file_kib),
         mib(run.memory.hwm_kib),
         cell(run.status.map(stats::ms), 0),
         cell(run.plan.map(stats::ms), 0),
@@ -291,6 +295,8 @@ impl JsonLines {
                 "signature_ms": signature.median_ms,
                 "vm_rss_kib": run.memory.rss_kib,
                 "vm_hwm_kib": run.memory.hwm_kib,
+                "rss_anon_kib": run.memory.anon_kib,
+                "rss_file_kib": run.memory.file_kib,
                 "status_ms": run.status.map(stats::ms),
                 "plan_30d_ms": run.plan.map(stats::ms),
             }),
@@ -372,6 +378,8 @@ mod tests {
             memory: Memory {
                 rss_kib,
                 hwm_kib: rss_kib + 100,
+                anon_kib: rss_kib / 2,
+                file_kib: rss_kib / 2,
             },
             status: Some(Duration::from_millis(40)),
             plan: None,

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::clock::SharedClock;
 use crate::domain::{AccessToken, ChannelId, ChannelSecret, KeyId};
+use crate::line::deadline;
 use crate::line::endpoint::Endpoint;
 use crate::line::error::{self, ErrorBody, LineError};
 use crate::line::headers;
@@ -149,6 +150,8 @@ pub struct LineClient {
 
 struct Inner {
     http: reqwest::Client,
+    /// The whole-request deadline ([`LineClientConfig::timeout`]).
+    timeout: Duration,
     /// The base URL without a trailing slash; paths start with one.
     base: String,
     clock: SharedClock,
@@ -199,8 +202,10 @@ impl LineClient {
         if config.timeout.is_zero() {
             return Err(ClientSetupError::ZeroTimeout);
         }
+        // The whole-request deadline is `deadline::within`'s, not reqwest's
+        // (which fails a request resumed after a pause even when its
+        // answer has arrived); connecting keeps reqwest's own.
         let http = reqwest::Client::builder()
-            .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("linetokd/", env!("CARGO_PKG_VERSION")))
@@ -209,6 +214,7 @@ impl LineClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                timeout: config.timeout,
                 base,
                 clock,
                 observer: config.observer,
@@ -565,7 +571,9 @@ impl LineClient {
             Params::BearerJson { bearer, body } => request.bearer_auth(bearer).json(body),
         };
         let started = Instant::now();
-        let outcome = self.exchange(op, request, secrets).await;
+        let outcome = deadline::within(inner.timeout, self.exchange(op, request, secrets))
+            .await
+            .unwrap_or_else(|| Err(error::timed_out(op)));
         let latency = started.elapsed();
         let (status, request_id) = match &outcome {
             Ok(answer) => (Some(answer.status), answer.request_id.as_deref()),

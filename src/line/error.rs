@@ -587,6 +587,18 @@ pub(crate) fn transport<E: Operation>(
     }
 }
 
+/// The whole request ran past its deadline (`line::deadline`): maybe
+/// nothing was sent, maybe LINE acted and its answer never came.
+pub(crate) fn timed_out<E: Operation>(endpoint: E) -> LineError<E> {
+    LineError::Transient {
+        endpoint,
+        cause: TransientCause::Timeout,
+        retry_after: None,
+        request_id: None,
+        source: None,
+    }
+}
+
 /// A 2xx whose body does not match the contract. `reason` is serde's
 /// message with every quoted value blanked out: serde quotes the offending
 /// value (`invalid type: string "..."`), and that value could be a token.

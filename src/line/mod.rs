@@ -6,6 +6,8 @@
 //! - [`endpoint`]: the eight operations, with path, method and operationId.
 //! - [`types`]: the request and answer schemas, by their OpenAPI names.
 //! - [`client`]: [`LineClient`], one async method per operation.
+//! - `deadline`: the whole-request deadline, which still reads an answer
+//!   that arrived while the process was stopped.
 //! - [`error`]: [`LineError`], every failure classified as transient,
 //!   rate-limited, channel full (30 tokens), maybe issued (LINE said yes,
 //!   the answer is unusable), permanent or a local assertion problem.
@@ -24,6 +26,7 @@
 //! uses [`jwt`] and [`keys`] types only.
 
 pub mod client;
+mod deadline;
 pub mod endpoint;
 pub mod error;
 pub mod headers;

@@ -130,6 +130,12 @@ async fn apply_faults(State(sandbox): State<Sandbox>, req: Request, next: Next) 
         .get::<ConnectInfo<ConnKill>>()
         .map(|c| c.0.clone());
     if !decision.latency.is_zero() {
+        // Tests wait on this line to act while a request is held here.
+        tracing::debug!(
+            path = req.uri().path(),
+            latency_ms = u64::try_from(decision.latency.as_millis()).unwrap_or(u64::MAX),
+            "sandbox delaying its answer"
+        );
         tokio::time::sleep(decision.latency).await;
     }
     match decision.action {

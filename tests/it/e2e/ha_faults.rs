@@ -12,7 +12,11 @@
 //!   a token and before it stored it, for longer than its lease; the other
 //!   instance takes over and rotates. Resumed, the old leader's store of
 //!   the token fails the fence: the token is an orphan, recorded, revoked
-//!   at LINE, shown by `status`, and never published anywhere.
+//!   at LINE, shown by `status`, and never published anywhere. Also with
+//!   the stop while LINE holds the issue request: LINE answers during the
+//!   pause, and the resumed leader reads that answer although its request
+//!   deadline passed long ago, so the token is again its orphan to revoke,
+//!   not a lost token nobody can revoke.
 //! - **The database cut**: the leader reaches PostgreSQL through a TCP
 //!   proxy of the test, and LINE through another one that notes when each
 //!   request's bytes pass. The database proxy drops every connection and
@@ -564,9 +568,22 @@ async fn under_ha_a_leader_killed_after_line_issued_is_replaced_and_the_token_ne
     .await;
 }
 
-#[tokio::test]
-async fn under_ha_a_leader_paused_past_its_lease_finds_its_token_fenced_recorded_and_revoked() {
-    let Some(lab) = Lab::start_on_postgres(QUIET, "debug", "ha_split_brain").await else {
+/// Where the leader is when it is stopped (SIGSTOP) for longer than its
+/// lease, mid-issuance.
+#[derive(Clone, Copy)]
+enum Paused {
+    /// LINE has answered the issue; the leader waits for a verify that
+    /// never answers, holding a token it has not stored.
+    AfterLinesAnswer,
+    /// LINE holds the issue request (the sandbox delays its answer by
+    /// 1.5 s, under the 2 s request timeout) and answers while the leader
+    /// is stopped: resumed, the leader's request deadline has long passed,
+    /// and the answer waits in its socket.
+    WhileLineAnswers,
+}
+
+async fn split_brain(test: &str, paused: Paused) {
+    let Some(lab) = Lab::start_on_postgres(QUIET, "debug", test).await else {
         return;
     };
     let db = db(&lab).await;
@@ -574,25 +591,40 @@ async fn under_ha_a_leader_paused_past_its_lease_finds_its_token_fenced_recorded
     let f = 1 - l;
     let (_, epoch, _) = lease_row(&db).await;
 
-    // LINE issues the rotation's token and then never answers its verify:
-    // the leader holds a token it has not stored. The issue's answer has
-    // arrived before the stop, so the outcome is an orphan, not an
-    // unknown one (the request timeout cannot expire during the pause).
-    lab.set_faults(json!({"endpoints": {"/oauth2/v2.1/verify": {"hang_rate": 1.0}}}))
-        .await;
+    let fault = match paused {
+        Paused::AfterLinesAnswer => {
+            json!({"endpoints": {"/oauth2/v2.1/verify": {"hang_rate": 1.0}}})
+        }
+        Paused::WhileLineAnswers => {
+            json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1500}}})
+        }
+    };
+    lab.set_faults(fault).await;
     let mark = procs[l].mark();
+    let held = lab.sandbox.mark();
     let (at, line) = procs[l]
         .wait_for(mark, "the rotation's issuance to start", issuing)
         .await;
     let group = line.field("group").unwrap();
     let intent: i64 = line.field("intent").unwrap().parse().unwrap();
-    procs[l]
-        .wait_for(at, "LINE's answer to the issue", issue_answered)
-        .await;
+    match paused {
+        Paused::AfterLinesAnswer => {
+            procs[l]
+                .wait_for(at, "LINE's answer to the issue", issue_answered)
+                .await;
+        }
+        Paused::WhileLineAnswers => {
+            lab.sandbox
+                .wait_for(held, "the sandbox to hold the issue request", |l| {
+                    // The sandbox logs text: `path="/oauth2/v2.1/token"`.
+                    l.is("sandbox delaying its answer") && l.text.contains("/oauth2/v2.1/token\"")
+                })
+                .await;
+        }
+    }
     let follower_mark = procs[f].mark();
     procs[l].signal("STOP");
-    // The verify request in flight stays hung; nothing else should meet
-    // the fault.
+    // A request in flight keeps its fault; nothing else should meet it.
     lab.set_faults(json!({})).await;
 
     // Stopped longer than its lease: the other instance takes over, closes
@@ -704,6 +736,16 @@ async fn under_ha_a_leader_paused_past_its_lease_finds_its_token_fenced_recorded
     assert_at_most_two_live(&lab, &db).await;
     lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &status_proc])
         .await;
+}
+
+#[tokio::test]
+async fn under_ha_a_leader_paused_past_its_lease_finds_its_token_fenced_recorded_and_revoked() {
+    split_brain("ha_split_brain", Paused::AfterLinesAnswer).await;
+}
+
+#[tokio::test]
+async fn under_ha_a_leader_paused_while_line_answers_reads_the_answer_and_revokes_its_orphan() {
+    split_brain("ha_split_brain_in_flight", Paused::WhileLineAnswers).await;
 }
 
 /// The port of an `http://host:port` or `postgres://...@host:port/...`
