@@ -67,6 +67,8 @@ fn quick_bench_reports_every_figure_as_a_number() {
             "cpu_ms/group",
             "cpu/sig",
             "rss_MiB",
+            "anon_MiB",
+            "file_MiB",
             "hwm_MiB",
             "status_ms",
             "plan30d_ms"
@@ -118,6 +120,8 @@ fn quick_bench_reports_every_figure_as_a_number() {
                 "signature_ms",
                 "vm_rss_kib",
                 "vm_hwm_kib",
+                "rss_anon_kib",
+                "rss_file_kib",
                 "status_ms",
                 "plan_30d_ms",
             ],
