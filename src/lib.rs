@@ -24,7 +24,7 @@
 //!   pure, like `policy`.
 //! - [`ha`]: the pure rules of high availability: per-channel leases
 //!   judged by the database's clock, fencing, step-downs, orphaned tokens
-//!   and how channels spread over instances (not wired in yet).
+//!   and how channels spread over instances.
 //!
 //! Around it, with IO:
 //! - [`store`]: the store (tokens, the issuance journal, failure streaks
@@ -40,7 +40,12 @@
 //! - [`rotator`]: where the driver's decisions meet IO: one channel worked
 //!   until idle, every outcome stored before anyone is told.
 //! - [`event`]: what the rotator tells the rest ([`event::RotationEvent`]).
-//! - [`scheduler`]: owns every channel's due time; works the due ones.
+//! - [`scheduler`]: owns every channel's due time; works the due ones;
+//!   [`wakes`]: the channels something outside their own work (an operator
+//!   request, a reload, a new leader) asks it to look at now.
+//! - [`leader`]: under `[ha]`, this instance's leases on PostgreSQL: the
+//!   keeper task that acquires, renews and releases them by `ha`'s rules,
+//!   each channel's standing and fence, and whether it may call LINE.
 //! - [`rekey`]: re-encrypts stored token values after the active database
 //!   key changed, a small step per tick, and keeps the `linetokd_db_*`
 //!   metrics current.
@@ -107,13 +112,15 @@
 //! - `longlived` → `line`, `store`, `metrics`, `clock`, `watch`
 //! - `http` → `login` → `line`, `store`, `metrics`, `clock`
 //! - `scheduler` → `rotator` → `policy`, `snapshot`, `store`, `line`,
-//!   `event`, `metrics`, `clock`
+//!   `event`, `metrics`, `clock`, `leader`, `wakes`
+//! - `leader` → `ha`, `store`, `metrics`, `clock`, `wakes`
 //! - `status` → `snapshot`, `forecast`, `policy`, `store` (never `rotator`)
 //! - `control`, `delivery` → `event` (never `rotator`); `control` reaches
 //!   the engine only through the [`control::Engine`] contract and watches
 //!   the scheduler's progress; `demo` runs `app` and the sandbox
 //! - `snapshot` → `store`, `policy`; `forecast` → `policy`
-//! - `ha` → `domain`, `policy::jitter` (its stable hash)
+//! - `ha` → `domain`, `policy::jitter` (its stable hash); `wakes` →
+//!   `domain`
 //! - `policy`, `store`, `line`, `event` → `domain`
 //! - `sandbox` → `domain`, `accept` (its accept loop backs off like the
 //!   daemon's), `line::jwt` and `line::keys` types only; the daemon never
@@ -158,4 +165,5 @@ pub mod snapshot;
 pub mod stateless;
 pub mod status;
 pub mod store;
+pub mod wakes;
 pub mod watch;

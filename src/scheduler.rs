@@ -5,7 +5,7 @@
 //! wake-up costs work only for the channels that are due, never a walk over
 //! all of them. A channel's work returns its next due time (the driver's
 //! "idle until"); an operator request or a config reload wakes the channels
-//! it touches through [`Wakes`](crate::rotator::Wakes). There is no polling
+//! it touches through [`Wakes`](crate::wakes::Wakes). There is no polling
 //! loop: between due times the scheduler does not wake at all.
 //!
 //! After every wake-up the clock is read again, so a suspended machine or
@@ -24,8 +24,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::ChannelId;
-use crate::rotator::{Rotator, error_chain, wakes::Woken};
+use crate::rotator::{Rotator, error_chain};
 use crate::store::StoreError;
+use crate::wakes::Woken;
 
 /// What the scheduler last did, for readiness and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,6 @@
 //! Where a run happened, so figures from different machines and commits
 //! are never compared blindly: CPUs available, the `rustc` on `PATH`, and
-//! the git commit of the current directory.
+//! the git commit the binary was built from.
 //!
 //! Each is best effort: a missing tool or a directory outside a checkout
 //! leaves the field empty rather than failing the benchmark.
@@ -18,8 +18,9 @@ pub struct Machine {
     /// `rustc --version`, if a `rustc` is on `PATH` (not necessarily the
     /// one that built this binary).
     pub rustc: Option<String>,
-    /// `git rev-parse --short HEAD` of the current directory, with
-    /// `-dirty` when the work tree has changes.
+    /// The short git commit this binary was built from (`linetokd
+    /// --version`'s); `None` for a build outside a git checkout. A build
+    /// with uncommitted changes carries the commit it started from.
     pub commit: Option<String>,
 }
 
@@ -31,19 +32,11 @@ impl Machine {
     pub async fn probe() -> Self {
         let nproc = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let rustc = output("rustc", &["--version"]).await;
-        let commit = match output("git", &["rev-parse", "--short", "HEAD"]).await {
-            Some(commit) => {
-                let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
-                    .await
-                    .is_some_and(|changes| !changes.is_empty());
-                Some(if dirty {
-                    format!("{commit}-dirty")
-                } else {
-                    commit
-                })
-            }
-            None => None,
-        };
+        // The commit this binary was built from (build.rs): the figures
+        // are this binary's, wherever it runs from.
+        let commit = Some(env!("LINETOKD_GIT_COMMIT"))
+            .filter(|c| *c != "unknown")
+            .map(str::to_owned);
         Self {
             nproc,
             rustc,

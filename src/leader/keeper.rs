@@ -23,7 +23,7 @@
 //! instead of after the lease.
 //!
 //! Depends on `ha`, `store::pg` (the statements), `metrics` and
-//! `rotator::Wakes`.
+//! `wakes::Wakes`.
 
 use std::sync::Arc;
 
@@ -37,8 +37,8 @@ use crate::ha::spread::lease_action;
 use crate::ha::{AcquireAnswer, Epoch, InstanceId, LeaseAction, RenewAnswer, Standing, StepDown};
 use crate::logging::error_chain;
 use crate::metrics::Metrics;
-use crate::rotator::Wakes;
 use crate::store::pg::{LeaseOps, LeaseTable, PgError};
+use crate::wakes::Wakes;
 
 /// The configured channels, read afresh each tick (a reload changes them).
 pub type ChannelList = Arc<dyn Fn() -> Vec<ChannelId> + Send + Sync>;

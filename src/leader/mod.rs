@@ -21,7 +21,7 @@
 //! happens between steps, never with a LINE call in flight.
 //!
 //! Depends on `ha` (the rules), `store` (the fence type and the lease
-//! statements), `metrics` and `rotator::Wakes`.
+//! statements), `metrics` and `wakes::Wakes`.
 
 pub mod keeper;
 

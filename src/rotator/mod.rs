@@ -24,7 +24,6 @@
 //! [`Rules`].
 
 mod execute;
-pub mod wakes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -35,7 +34,6 @@ use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use self::wakes::Wakes;
 use crate::clock::SharedClock;
 use crate::domain::{ChannelId, ChannelSecret, GroupName, KeyId, RequestKind, TokenKind};
 pub use crate::event::RotationEvent;
@@ -48,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
 use crate::store::{AlertLabel, AlertScope, AlertSpec, Fence, ForeignKid, Store, StoreError};
+pub use crate::wakes::Wakes;
 
 /// How many driver rounds one call of [`Rotator::work_channel`] may run.
 /// Every executed step changes the state so the next decision differs; the
