@@ -21,9 +21,11 @@
 //!   its grant can pass to another instance (`ha::local`).
 //! - Headroom: a takeover may leave one token nobody can hand out (an
 //!   orphan, `ha::orphan`), so each channel keeps room for it:
-//!   `2 × groups + 1 ≤ 30` in each token pool (v2.1 and short-lived), named
-//!   by channel. A channel already over the plain limit (15 groups) is
-//!   reported once, by that rule.
+//!   `2 × v2.1 groups + 1 ≤ 30`, named by channel. A channel already over
+//!   the plain limit (15 groups) is reported once, by that rule.
+//! - No short-lived groups: a takeover could not count a paused leader's
+//!   short-lived token (no assertion expiry bounds its issue, and LINE
+//!   does not list such tokens).
 //!
 //! The default `instance_id` is not computed here: this module reads no
 //! hostname, process ID or environment (nothing below `app` does). It stays
@@ -198,21 +200,39 @@ pub(super) fn validate(
         ));
     }
     for (i, c) in channels.iter().enumerate() {
-        for kind in [TokenKind::V21, TokenKind::ShortLived] {
-            let n = groups_of_kind(c, kind);
-            // Over 15 the plain rule (`validate`) already speaks.
-            if n <= MAX_GROUPS_PER_CHANNEL && 2 * n + 1 > CHANNEL_TOKEN_CAP {
+        // A takeover bounds a paused leader's issue by its assertion's
+        // `exp` and counts what it may have issued through LINE's key-ID
+        // list (docs/design.md §14.3, §14.5). A short-lived token has
+        // neither: it is issued with the channel secret, at any later
+        // instant the request reaches LINE, and no endpoint lists it.
+        for (j, g) in c.groups.iter().enumerate() {
+            if TokenKind::parse(&g.kind) == Some(TokenKind::ShortLived) {
                 problems.push(Problem::new(
-                    format!("channel[{i}].group"),
+                    format!("channel[{i}].group[{j}].kind"),
                     format!(
-                        "has {n} {kind} groups in channel {:?}; with [ha] at most {} fit \
-                         (2 × groups + 1 ≤ {CHANNEL_TOKEN_CAP}: a takeover may leave one token \
-                         nobody can hand out, and it must not take a group's room)",
-                        c.name,
-                        (CHANNEL_TOKEN_CAP - 1) / 2
+                        "is \"short-lived\" (group {:?} of channel {:?}); [ha] keeps v2.1 \
+                         groups only: a short-lived issue has no assertion whose expiry bounds \
+                         when a paused leader's request can still reach LINE, and LINE cannot \
+                         list short-lived tokens, so a takeover could not count one; keep \
+                         short-lived groups on an instance without [ha]",
+                        g.name, c.name
                     ),
                 ));
             }
+        }
+        let n = groups_of_kind(c, TokenKind::V21);
+        // Over 15 the plain rule (`validate`) already speaks.
+        if n <= MAX_GROUPS_PER_CHANNEL && 2 * n + 1 > CHANNEL_TOKEN_CAP {
+            problems.push(Problem::new(
+                format!("channel[{i}].group"),
+                format!(
+                    "has {n} v2.1 groups in channel {:?}; with [ha] at most {} fit \
+                     (2 × groups + 1 ≤ {CHANNEL_TOKEN_CAP}: a takeover may leave one token \
+                     nobody can hand out, and it must not take a group's room)",
+                    c.name,
+                    (CHANNEL_TOKEN_CAP - 1) / 2
+                ),
+            ));
         }
     }
     if s.line_clock_allowance > MAX_LINE_CLOCK_ALLOWANCE {
@@ -388,16 +408,29 @@ mod tests {
             "{}",
             got[0].message
         );
-        // Each pool on its own: 14 of each kind fit.
-        let mut both = vec!["v2.1"; 14];
-        both.extend(["short-lived"; 14]);
-        assert!(problems(&HaSettings::default(), 10, &[channel(&both)]).is_empty());
-        let mut short = vec!["v2.1"; 2];
-        short.extend(["short-lived"; 15]);
-        let got = problems(&HaSettings::default(), 10, &[channel(&short)]);
-        assert!(got[0].message.contains("15 short-lived groups"), "{got:?}");
+        assert!(problems(&HaSettings::default(), 10, &[channel(&["v2.1"; 14])]).is_empty());
         // Over the plain limit, only the plain rule speaks.
         assert!(problems(&HaSettings::default(), 10, &[channel(&["v2.1"; 16])]).is_empty());
+    }
+
+    #[test]
+    fn short_lived_groups_are_refused_under_ha_naming_each() {
+        let got = problems(
+            &HaSettings::default(),
+            10,
+            &[channel(&["v2.1", "short-lived", "v2.1", "short-lived"])],
+        );
+        let keys: Vec<&str> = got.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["channel[0].group[1].kind", "channel[0].group[3].kind"],
+            "{got:?}"
+        );
+        assert!(
+            got[0].message.starts_with("is \"short-lived\" (group \"g1\" of channel \"shop-bot\"); [ha] keeps v2.1 groups only"),
+            "{}",
+            got[0].message
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!   instance steps down by itself.
 //! - [`may_call_line`]: only while the time left exceeds the request
 //!   timeout plus [`CALL_MARGIN`], so a call started now ends (or is given
-//!   up) before the grant can pass to another instance.
+//!   up) before the grant can pass to another instance, while the process
+//!   runs (a stopped one's call may end later: `line::deadline`).
 //! - [`may_write`]: only while leading with more than [`CALL_MARGIN`]
 //!   left; the database's fence check ([`super::lease::check`]) is the
 //!   judge, this spares it hopeless transactions.

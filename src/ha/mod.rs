@@ -25,6 +25,13 @@
 //!   ([`orphan::after_issue`]), older epochs' intents possibly issued
 //!   ([`orphan::classify_intent`], [`orphan::may_settle`]), unknown key IDs
 //!   adopted as lost, not foreign ([`orphan::classify_unknown_kid`]).
+//!   These are the model the property tests (`world_tests`) check; the
+//!   daemon carries them out in SQL and IO code rather than by calling
+//!   them: `Rotator::orphan` (after a fenced store),
+//!   `Store::close_intents_of_older_epochs` and `Store::settleable_through`
+//!   (older epochs' intents), `rotator::standing_alerts` (lost, not
+//!   foreign, in alerts; `status` and the foreign-token metric still count
+//!   such a key ID as foreign).
 //! - [`spread`]: which channels an instance tries to lead (rendezvous
 //!   hashing) and what it does about each lease ([`spread::lease_action`]).
 //!
@@ -39,7 +46,9 @@
 //!    on its monotonic clock from when its last renewal was sent; so a call
 //!    it starts is over before the database can grant the channel to
 //!    another instance, and two instances never call LINE for one channel
-//!    at overlapping instants.
+//!    at overlapping instants, unless the process was stopped or starved
+//!    during the call (its deadline then reads an answer that arrived,
+//!    `line::deadline`): that call is the paused one of invariant 5.
 //! 4. A step-down (renewal refused or unanswered, time running out, a
 //!    write fenced) is final for the epoch: leading again takes a new
 //!    grant, under a new epoch.

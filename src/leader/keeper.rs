@@ -213,37 +213,47 @@ impl Keeper {
         *last = differing;
     }
 
-    /// Renews every grant whose renewal is due.
+    /// Renews every grant whose renewal is due, all in one statement (one
+    /// round trip however many channels this instance leads), each judged
+    /// from when that statement was sent.
     async fn renew_due(&self) {
         let renew = self.lead.settings().renew;
         let ttl = self.lead.settings().lease;
-        for (channel, epoch) in self.lead.led() {
-            let Standing::Leader(held) = self.lead.standing(&channel) else {
-                continue;
-            };
-            if self.lead.mono_now() < held.renewal_due_at(renew) {
-                continue;
+        let now = self.lead.mono_now();
+        let due: Vec<(ChannelId, Epoch)> = self
+            .lead
+            .led()
+            .into_iter()
+            .filter(|(channel, _)| match self.lead.standing(channel) {
+                Standing::Leader(held) => now >= held.renewal_due_at(renew),
+                _ => false,
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let grants = due.clone();
+        let sent_at = self.lead.mono_now();
+        let answers = {
+            let me = self.lead.me().clone();
+            self.ops
+                .run(move |pool| async move { pool.renew_leases(&grants, &me, ttl).await })
+                .await
+        };
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::warn!(channels = due.len(), error = %error_chain(&e), "renewing the channels' leases failed; their outcome is unknown");
+                vec![RenewAnswer::Failed; due.len()]
             }
-            let sent_at = self.lead.mono_now();
-            let answer = {
-                let (channel, me) = (channel.clone(), self.lead.me().clone());
-                self.ops
-                    .run(move |pool| async move {
-                        pool.renew_lease(&channel, &me, epoch, ttl).await
-                    })
-                    .await
-            };
-            let answer = match answer {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::warn!(channel = %channel, error = %error_chain(&e), "renewing the channel's lease failed; its outcome is unknown");
-                    RenewAnswer::Failed
-                }
-            };
+        };
+        for ((channel, epoch), answer) in due.into_iter().zip(&answers) {
+            // Read again: a fenced write may have stepped down meanwhile,
+            // and a step-down is final.
             let (standing, step_down) = self
                 .lead
                 .standing(&channel)
-                .after_renewal(epoch, sent_at, &answer, ttl);
+                .after_renewal(epoch, sent_at, answer, ttl);
             match step_down {
                 Some(why) => {
                     self.metrics.lease_renew_failed();

@@ -26,7 +26,7 @@
 //! Depends on `domain`, `clock`, `line::jwt` and the rest of `line`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
@@ -571,9 +571,17 @@ impl LineClient {
             Params::BearerJson { bearer, body } => request.bearer_auth(bearer).json(body),
         };
         let started = Instant::now();
-        let outcome = deadline::within(inner.timeout, self.exchange(op, request, secrets))
-            .await
-            .unwrap_or_else(|| Err(error::timed_out(op)));
+        // What LINE's answer said before its body, kept outside the
+        // exchange: a deadline that passes while the body is read still
+        // knows the status (a 2xx cut short may have issued; a 429 did not).
+        let head = OnceLock::new();
+        let outcome = deadline::within(
+            inner.timeout,
+            op.label(),
+            self.exchange(op, request, secrets, &head),
+        )
+        .await
+        .unwrap_or_else(|| Err(timed_out(op, head.into_inner())));
         let latency = started.elapsed();
         let (status, request_id) = match &outcome {
             Ok(answer) => (Some(answer.status), answer.request_id.as_deref()),
@@ -599,6 +607,7 @@ impl LineClient {
         endpoint: O,
         request: reqwest::RequestBuilder,
         secrets: &[&str],
+        head: &OnceLock<Head>,
     ) -> Result<Answer, LineError<O>> {
         let inner = &*self.inner;
         let mut response = request
@@ -624,6 +633,11 @@ impl LineClient {
             );
         }
         let retry_after = headers::retry_after(response.headers(), now);
+        let _ = head.set(Head {
+            status,
+            request_id: request_id.clone(),
+            retry_after,
+        });
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -687,6 +701,37 @@ impl LineClient {
                 request_id,
             ))
         }
+    }
+}
+
+/// The part of LINE's answer that comes before its body.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    request_id: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+/// The error of a request whose deadline passed: before LINE's answer
+/// began, a timeout (on an issue call, LINE may have issued); while its
+/// body was read, what the status says, as for a body cut off.
+fn timed_out<O: Operation>(op: O, head: Option<Head>) -> LineError<O> {
+    match head {
+        None => error::timed_out(op),
+        Some(head) if head.status.is_success() => error::unread_success(
+            op,
+            head.status,
+            "the request deadline passed while the body was read".to_owned(),
+            head.request_id,
+            None,
+        ),
+        Some(head) => error::classify(
+            op,
+            head.status,
+            ErrorBody::Cut,
+            head.retry_after,
+            head.request_id,
+        ),
     }
 }
 

@@ -1164,6 +1164,67 @@ async fn an_answer_cut_off_mid_body_is_classified_by_its_status() {
     assert_reads_as_words(&err);
 }
 
+/// The status line and headers arrive, then the body stalls past the
+/// request deadline: the status still classifies the outcome.
+#[tokio::test]
+async fn a_body_that_stalls_past_the_deadline_is_classified_by_its_status() {
+    let deadline = Duration::from_millis(300);
+    // 200: LINE issued; the token is lost with the body.
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\
+                x-line-request-id: rid-stall\r\n\r\n{\"access_token\":\"eyJ";
+    let (base_url, server) = stalling_server(head).await;
+    let client = support::line_client(&base_url, &support::manual_clock(), deadline);
+    let err = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
+    assert_eq!(err.request_id(), Some("rid-stall"));
+    assert!(
+        err.to_string()
+            .contains("the request deadline passed while the body was read"),
+        "{err}"
+    );
+    assert_reads_as_words(&err);
+
+    // 429 with Retry-After: LINE refused; nothing was issued.
+    let head = "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+                retry-after: 90\r\ncontent-length: 500\r\n\r\n{\"mess";
+    let (base_url, server) = stalling_server(head).await;
+    let client = support::line_client(&base_url, &support::manual_clock(), deadline);
+    let err = client
+        .issue_v21(
+            &support::signer(CHANNEL, "kid-1"),
+            chrono::Duration::days(30),
+        )
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+    assert!(!err.may_have_issued());
+}
+
+/// A one-connection server that writes `head` and then neither writes
+/// nor closes until the client hangs up.
+async fn stalling_server(head: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_request(&mut stream).await;
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    (base_url, server)
+}
+
 #[tokio::test]
 async fn an_oversized_issue_success_may_have_issued() {
     let body = issue_answer(

@@ -150,6 +150,67 @@ async fn channel_rows(client: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
+/// An instance renews all its due grants in one statement: each is
+/// answered in the order asked, renewed or refused on its own, all at the
+/// statement's one `now`.
+#[tokio::test]
+async fn renewing_many_leases_at_once_answers_each_as_alone() {
+    let test = "renewing_many_leases_at_once_answers_each_as_alone";
+    let Some((_db, pool)) = migrated(test).await else {
+        return;
+    };
+    let (a, b) = (InstanceId::new("web-1:10"), InstanceId::new("web-2:20"));
+    let mine: Vec<ChannelId> = (1..=3)
+        .map(|i| ChannelId::new(format!("200000000{i}")))
+        .collect();
+    for ch in &mine {
+        granted(pool.acquire_lease(ch, &a, LONG).await.unwrap());
+    }
+    let theirs = ChannelId::new("2000000009");
+    granted(pool.acquire_lease(&theirs, &b, LONG).await.unwrap());
+    let absent = ChannelId::new("2000000010");
+
+    let grants = vec![
+        (mine[2].clone(), Epoch(1)),
+        (theirs.clone(), Epoch(1)),
+        (mine[0].clone(), Epoch(1)),
+        (absent.clone(), Epoch(1)),
+        (mine[1].clone(), Epoch(7)),
+    ];
+    let answers = pool.renew_leases(&grants, &a, LONG).await.unwrap();
+    assert_eq!(answers.len(), grants.len());
+    let renewed: Vec<_> = answers
+        .iter()
+        .filter_map(|answer| match answer {
+            RenewAnswer::Renewed {
+                db_now,
+                valid_until,
+            } => Some((*db_now, *valid_until)),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(answers[0], RenewAnswer::Renewed { .. }));
+    assert!(matches!(answers[2], RenewAnswer::Renewed { .. }));
+    assert_eq!(renewed.len(), 2, "{answers:?}");
+    // One statement, one now, one new valid_until for all it renewed.
+    assert_eq!(renewed[0], renewed[1]);
+    assert_eq!(renewed[0].1, renewed[0].0 + LONG);
+    assert_eq!(
+        answers[1],
+        RenewAnswer::Refused(NotHeld::OtherHolder {
+            holder: b.clone(),
+            epoch: Epoch(1)
+        })
+    );
+    assert_eq!(answers[3], RenewAnswer::Refused(NotHeld::NoLease));
+    assert_eq!(
+        answers[4],
+        RenewAnswer::Refused(NotHeld::OtherEpoch { epoch: Epoch(1) })
+    );
+    // Nothing to renew: no statement, no answers.
+    assert_eq!(pool.renew_leases(&[], &a, LONG).await.unwrap(), vec![]);
+}
+
 #[tokio::test]
 async fn acquire_renew_release_and_expiry_answer_as_the_model_does() {
     let test = "acquire_renew_release_and_expiry_answer_as_the_model_does";

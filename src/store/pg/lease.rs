@@ -12,8 +12,9 @@
 //!   valid_until <= now`: absent → epoch 1, expired → epoch + 1, a valid
 //!   row stands (even the caller's own). Concurrent acquirers serialize on
 //!   the row: exactly one is granted.
-//! - [`PgPool::renew_lease`]: `UPDATE … WHERE holder AND epoch AND
-//!   valid_until > now`: never revives a lapsed grant. Answers the new
+//! - [`PgPool::renew_leases`] (and [`PgPool::renew_lease`] for one):
+//!   `UPDATE … WHERE holder AND epoch AND valid_until > now` for all of an
+//!   instance's due grants in one statement: never revives a lapsed grant. Answers the new
 //!   `valid_until` and the database's `now`, from which the holder computes
 //!   its local deadline ([`crate::ha::local`]).
 //! - [`PgPool::release_lease`]: the same condition, `valid_until = now`.
@@ -300,39 +301,87 @@ impl PgPool {
         epoch: Epoch,
         ttl: Duration,
     ) -> Result<RenewAnswer, PgError> {
+        let mut answers = self
+            .renew_leases(&[(channel.clone(), epoch)], me, ttl)
+            .await?;
+        answers.pop().ok_or_else(|| PgError::BadRow {
+            target: self.target().to_owned(),
+            table: "channel_leases",
+            reason: "renewing one lease answered no row".to_owned(),
+        })
+    }
+
+    /// [`PgPool::renew_lease`] for every grant in `grants` at once: one
+    /// statement, so one round trip whatever the number of channels an
+    /// instance leads (renewing them one by one, thousands of channels
+    /// would take longer than a renewal interval). Each grant is judged at
+    /// the statement's one `now`; the answers come in `grants`' order.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgPool::renew_lease`]: an `Err` leaves every grant's outcome
+    /// unknown.
+    pub async fn renew_leases(
+        &self,
+        grants: &[(ChannelId, Epoch)],
+        me: &InstanceId,
+        ttl: Duration,
+    ) -> Result<Vec<RenewAnswer>, PgError> {
+        if grants.is_empty() {
+            return Ok(Vec::new());
+        }
         let conn = self.get().await?;
-        // The statement always answers one row: `now` and the new
-        // valid_until, NULL when the update matched nothing.
+        let channels: Vec<&str> = grants.iter().map(|(c, _)| c.as_str()).collect();
+        let epochs: Vec<i64> = grants.iter().map(|(_, e)| e.0).collect();
+        // One row per grant, in its order: `now` and the new valid_until,
+        // NULL where the update matched nothing.
         let sql = format!(
             "WITH t AS (SELECT {NOW_MS} AS now),
+                  g AS (SELECT * FROM unnest($1::text[], $2::bigint[])
+                                 WITH ORDINALITY AS g(channel_id, epoch, n)),
                   u AS (UPDATE channel_leases AS l
                            SET valid_until = {plus}
-                          FROM t
-                         WHERE l.channel_id = $1 AND l.holder = $2 AND l.epoch = $3
-                           AND l.valid_until > t.now
-                        RETURNING l.valid_until)
-             SELECT t.now, (SELECT valid_until FROM u) FROM t",
+                          FROM t, g
+                         WHERE l.channel_id = g.channel_id AND l.holder = $3
+                           AND l.epoch = g.epoch AND l.valid_until > t.now
+                        RETURNING l.channel_id, l.valid_until)
+             SELECT t.now, u.valid_until
+               FROM t CROSS JOIN g LEFT JOIN u ON u.channel_id = g.channel_id
+              ORDER BY g.n",
             plus = plus_sql("t.now", "$4"),
         );
-        let row = conn
-            .query_one(
-                &sql,
-                &[&channel.as_str(), &me.as_str(), &epoch.0, &ttl_ms(ttl)],
-            )
+        let rows = conn
+            .query(&sql, &[&channels, &epochs, &me.as_str(), &ttl_ms(ttl)])
             .await
-            .map_err(self.query_error("renewing a channel's lease"))?;
-        let db_now = self.time("channel_leases", "now", row.get(0))?;
-        if let Some(valid_until) = row.get::<_, Option<i64>>(1) {
-            let valid_until = self.time("channel_leases", "valid_until", valid_until)?;
-            return Ok(RenewAnswer::Renewed {
-                db_now,
-                valid_until,
+            .map_err(self.query_error("renewing the channels' leases"))?;
+        if rows.len() != grants.len() {
+            return Err(PgError::BadRow {
+                target: self.target().to_owned(),
+                table: "channel_leases",
+                reason: format!(
+                    "renewing {} leases answered {} rows",
+                    grants.len(),
+                    rows.len()
+                ),
             });
         }
-        let why = self
-            .why_not_held(&conn, "renewal", channel, me, epoch, db_now)
-            .await?;
-        Ok(RenewAnswer::Refused(why))
+        let mut answers = Vec::with_capacity(grants.len());
+        for ((channel, epoch), row) in grants.iter().zip(&rows) {
+            let db_now = self.time("channel_leases", "now", row.get(0))?;
+            if let Some(valid_until) = row.get::<_, Option<i64>>(1) {
+                let valid_until = self.time("channel_leases", "valid_until", valid_until)?;
+                answers.push(RenewAnswer::Renewed {
+                    db_now,
+                    valid_until,
+                });
+            } else {
+                let why = self
+                    .why_not_held(&conn, "renewal", channel, me, *epoch, db_now)
+                    .await?;
+                answers.push(RenewAnswer::Refused(why));
+            }
+        }
+        Ok(answers)
     }
 
     /// Ends `me`'s grant of `epoch` on `channel` at the database's now (a

@@ -550,7 +550,7 @@ async fn under_ha_a_leader_killed_while_line_is_slow_to_issue_is_replaced_and_th
     // connection go, never issues.
     failover_during_an_issuance(
         "ha_kill_slow_issue",
-        json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1500}}}),
+        json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1900}}}),
         false,
     )
     .await;
@@ -576,9 +576,10 @@ enum Paused {
     /// never answers, holding a token it has not stored.
     AfterLinesAnswer,
     /// LINE holds the issue request (the sandbox delays its answer by
-    /// 1.5 s, under the 2 s request timeout) and answers while the leader
-    /// is stopped: resumed, the leader's request deadline has long passed,
-    /// and the answer waits in its socket.
+    /// 1.9 s, under the 2 s request timeout: the test has that long to stop
+    /// the leader once the sandbox says it holds the request) and answers
+    /// while the leader is stopped: resumed, the leader's request deadline
+    /// has long passed, and the answer waits in its socket.
     WhileLineAnswers,
 }
 
@@ -596,7 +597,7 @@ async fn split_brain(test: &str, paused: Paused) {
             json!({"endpoints": {"/oauth2/v2.1/verify": {"hang_rate": 1.0}}})
         }
         Paused::WhileLineAnswers => {
-            json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1500}}})
+            json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1900}}})
         }
     };
     lab.set_faults(fault).await;
@@ -655,6 +656,16 @@ async fn split_brain(test: &str, paused: Paused) {
         })
         .await;
     assert_eq!(fenced.field("level").as_deref(), Some("ERROR"));
+    // Stopped while LINE answered, the leader read the answer because its
+    // request's deadline had passed while it could not run.
+    let read_late = procs[l].count(resumed, |l| {
+        l.begins("a LINE request's deadline passed while linetokd could not run")
+            && l.field("endpoint").as_deref() == Some("v21_issue")
+    });
+    match paused {
+        Paused::WhileLineAnswers => assert_eq!(read_late, 1),
+        Paused::AfterLinesAnswer => assert_eq!(read_late, 0),
+    }
     assert_eq!(fenced.field("group").as_deref(), Some(group.as_str()));
     assert_eq!(fenced.field("epoch"), Some(epoch.to_string()));
     let key_id = fenced.field("key_id").unwrap();
