@@ -21,7 +21,7 @@ use linetokd::domain::{ChannelId, GroupName};
 use linetokd::ha::InstanceId;
 use linetokd::store::Location;
 
-use super::harness::{CHANNEL, GROUPS, Lab, Line, SandboxToken};
+use super::harness::{CHANNEL, GROUPS, Lab, Line, SandboxToken, http_url};
 use super::postgres::assert_at_most_two_live;
 use super::{DEBUG, ROTATING, STEADY, assert_every_token_stored, issued};
 
@@ -85,6 +85,29 @@ fn sink(dir: &Path, group: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{group}.token"))).unwrap_or_default()
 }
 
+/// The value of the first sample whose line starts with `prefix` in a
+/// Prometheus text exposition.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `linetokd_channel_leader` of the lab's channel on the daemon at `url`.
+async fn leader_gauge(url: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(
+        &text,
+        &format!("linetokd_channel_leader{{channel=\"{CHANNEL}\""),
+    )
+}
+
 #[tokio::test]
 async fn under_ha_one_instance_leads_the_follower_serves_and_a_killed_leader_is_replaced() {
     let Some(lab) = Lab::start_on_postgres(ROTATING, "info", "ha_failover").await else {
@@ -141,6 +164,14 @@ async fn under_ha_one_instance_leads_the_follower_serves_and_a_killed_leader_is_
         );
     }
 
+    // The follower is ready too, and each instance's metrics say which
+    // one leads.
+    let urls = [http_url(&procs[0]).await, http_url(&procs[1]).await];
+    let ready = reqwest::get(format!("{}/readyz", urls[f])).await.unwrap();
+    assert_eq!(ready.status(), 200, "the follower's /readyz");
+    assert_eq!(leader_gauge(&urls[l]).await, Some(1.0));
+    assert_eq!(leader_gauge(&urls[f]).await.unwrap_or(0.0), 0.0);
+
     // kill -9 the leader: the follower takes over once the grant ran out,
     // under epoch 2, and rotates.
     let (_, _, valid_until_before) = lease_row(&lab).await;
@@ -168,6 +199,21 @@ async fn under_ha_one_instance_leads_the_follower_serves_and_a_killed_leader_is_
             )
             .await;
     }
+    assert_eq!(leader_gauge(&urls[f]).await, Some(1.0));
+    let metrics = reqwest::get(format!("{}/metrics", urls[f]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("linetokd_lease_takeovers_total{{channel=\"{CHANNEL}\""),
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     procs[f].signal("TERM");
     procs[f].exit_ok().await;
     let tokens = lab.tokens().await;
@@ -274,6 +320,37 @@ async fn under_ha_rotate_on_the_follower_is_carried_out_by_the_leader() {
     procs[l]
         .wait_for(mark, "the requested rotation", issued(GROUPS[0]))
         .await;
+    // An incident declared on the follower: the leader revokes every token
+    // the group had at LINE and issues a fresh one.
+    let before: Vec<String> = lab
+        .stored()
+        .iter()
+        .filter(|t| t.group.as_str() == GROUPS[1])
+        .map(|t| t.record.key_id.as_str().to_owned())
+        .collect();
+    assert!(!before.is_empty());
+    let mark = procs[l].mark();
+    let mut revoke = lab
+        .cli_with(
+            "revoke on the follower",
+            &configs[f],
+            &["revoke", "--channel", CHANNEL, "--group", GROUPS[1]],
+        )
+        .await;
+    revoke.exit_ok().await;
+    assert!(
+        revoke.all_text().contains("done by the channel's leader"),
+        "{}",
+        revoke.all_text()
+    );
+    procs[l]
+        .wait_for(mark, "the incident's fresh token", issued(GROUPS[1]))
+        .await;
+    let at_line = lab.tokens().await;
+    for key_id in &before {
+        let token = at_line.iter().find(|t| &t.key_id == key_id).unwrap();
+        assert!(token.revoked_at.is_some(), "{key_id} is still live at LINE");
+    }
     assert_eq!(
         procs[f].count(follower_mark, |line| line.is("token issued")),
         0,
