@@ -287,8 +287,9 @@ impl Metrics {
         let channel_tokens = Family::<OwnerLabels, Gauge>::default();
         registry.register(
             "channel_tokens",
-            "Live tokens on the channel by kind, ours and foreign (LINE caps each kind at 30; \
-             foreign short-lived tokens cannot be seen)",
+            "Live tokens on the channel by kind: ours, foreign, and (under [ha]) listed ones \
+             adopted as ours and lost (LINE caps each kind at 30; foreign short-lived tokens \
+             cannot be seen)",
             channel_tokens.clone(),
         );
         let short_lived_evictions = Family::<ChannelLabels, Counter>::default();
@@ -638,23 +639,35 @@ impl Metrics {
     }
 
     /// Records a channel's live token counts: ours and foreign v2.1 tokens
-    /// (LINE lists both), and our short-lived ones (nobody can list
-    /// another issuer's).
-    pub fn set_channel(&self, channel: &ChannelId, ours: u32, foreign: u32, ours_short: u32) {
+    /// (LINE lists both), listed ones adopted as ours and lost (under
+    /// `[ha]`: a series only while there are any), and our short-lived ones
+    /// (nobody can list another issuer's).
+    pub fn set_channel(
+        &self,
+        channel: &ChannelId,
+        ours: u32,
+        foreign: u32,
+        lost: u32,
+        ours_short: u32,
+    ) {
         let (channel, channel_name) = self.channel_labels(channel);
         for (owner, kind, n) in [
             ("ours", TokenKind::V21, ours),
             ("foreign", TokenKind::V21, foreign),
+            ("lost", TokenKind::V21, lost),
             ("ours", TokenKind::ShortLived, ours_short),
         ] {
-            self.channel_tokens
-                .get_or_create(&OwnerLabels {
-                    channel: channel.clone(),
-                    channel_name: channel_name.clone(),
-                    owner,
-                    kind: kind.as_str(),
-                })
-                .set(i64::from(n));
+            let labels = OwnerLabels {
+                channel: channel.clone(),
+                channel_name: channel_name.clone(),
+                owner,
+                kind: kind.as_str(),
+            };
+            if owner == "lost" && n == 0 {
+                self.channel_tokens.remove(&labels);
+                continue;
+            }
+            self.channel_tokens.get_or_create(&labels).set(i64::from(n));
         }
     }
 
@@ -1115,7 +1128,7 @@ mod tests {
         m.set_channel_names(names(&c, "shop-bot"));
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         m.set_group(&c, &g, TokenKind::V21, 2, Some(at), Some(at));
-        m.set_channel(&c, 3, 10, 0);
+        m.set_channel(&c, 3, 10, 0, 0);
         m.rotation(&c, &g, true);
         m.line_request("v21_issue", Some(200), Duration::from_millis(30));
         m.config_reload(false);

@@ -88,6 +88,28 @@ pub fn lost_tokens(
     out
 }
 
+/// The listed key IDs an instance under `[ha]` adopts as ours and lost
+/// rather than foreign (docs/design.md §14.3): every candidate of a
+/// [`lost_tokens`] alert, sorted. Without leases nothing is adopted: a
+/// single instance reports them as foreign too, since another issuer's
+/// token may have appeared in the same interval.
+pub fn adopted_as_lost(
+    attempts: &[UnknownOutcome],
+    settled_through: i64,
+    foreign: &[(KeyId, DateTime<Utc>)],
+) -> Vec<KeyId> {
+    let mut adopted: Vec<KeyId> = lost_tokens(attempts, settled_through, foreign)
+        .into_iter()
+        .flat_map(|(_, alert)| match alert {
+            Alert::LostToken { candidates, .. } => candidates,
+            _ => Vec::new(),
+        })
+        .collect();
+    adopted.sort();
+    adopted.dedup();
+    adopted
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Duration;
@@ -104,6 +126,27 @@ mod tests {
             group: GroupName::new(group),
             started_at: at,
         }
+    }
+
+    #[test]
+    fn adopted_key_ids_are_the_candidates_of_every_group_once() {
+        let crash = t0();
+        let attempts = [
+            attempt(7, "a", crash),
+            attempt(8, "b", crash + Duration::minutes(2)),
+        ];
+        let listed = [
+            (KeyId::new("before"), crash - Duration::seconds(1)),
+            (KeyId::new("after-a"), crash + Duration::minutes(1)),
+            (KeyId::new("after-b"), crash + Duration::minutes(3)),
+        ];
+        // "after-b" may be either group's; each key ID is adopted once.
+        assert_eq!(
+            adopted_as_lost(&attempts, 8, &listed),
+            vec![KeyId::new("after-a"), KeyId::new("after-b")]
+        );
+        // Nothing unknown: nothing adopted.
+        assert!(adopted_as_lost(&[], 8, &listed).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! - [`backoff`](mod@backoff): retries after failures, [`RetryState`].
 //! - [`jitter`]: the stable per-group offsets.
 //! - [`lost`]: when an issue of unknown outcome may have left a token
-//!   (`lost_token`).
+//!   (`lost_token`), and which listed key IDs `[ha]` adopts as lost.
 //! - [`skew`]: when the local clock is far enough from LINE's to alert
 //!   (`clock_skew`, with hysteresis).
 //! - `time`: saturating time arithmetic, so odd inputs never panic.
@@ -57,7 +57,7 @@ pub use backoff::{FailureKind, RetryState, backoff};
 pub use capacity::{capacity_victims, free_capacity, live_ours};
 pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadline};
 pub use jitter::{JitterPurpose, stable_jitter};
-pub use lost::{UnknownOutcome, lost_tokens};
+pub use lost::{UnknownOutcome, adopted_as_lost, lost_tokens};
 pub use plan::{
     Alert, EVICTION_ALERT_SPAN, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step,
     deadline, plan_group, rotation_due_at, token_verify_due_at, verify_due_at,

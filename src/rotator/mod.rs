@@ -607,8 +607,9 @@ impl Rotator {
     ) -> Result<(), StoreError> {
         let live_ours = policy::live_ours(now, &state.groups, TokenKind::V21);
         let live_short = policy::live_ours(now, &state.groups, TokenKind::ShortLived);
-        self.metrics
-            .set_channel(&setup.id, live_ours, state.view.foreign, live_short);
+        // Listed key IDs adopted as ours and lost (under [ha]), counted
+        // apart from the foreign ones.
+        let mut lost: u32 = 0;
         let mut alerts: Vec<(Option<GroupName>, Alert)> = Vec::new();
         for (view, plan) in state.groups.iter().zip(&decision.plans) {
             let live = view.live_tokens(now);
@@ -651,6 +652,14 @@ impl Rotator {
                 .channel
                 .as_ref()
                 .map_or(0, |c| c.settled_through_intent);
+            if self.leadership.is_some() {
+                let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
+                    .iter()
+                    .map(|k| (k.key_id.clone(), k.first_seen_at))
+                    .collect();
+                lost = u32::try_from(policy::adopted_as_lost(&attempts, settled, &listed).len())
+                    .unwrap_or(u32::MAX);
+            }
             alerts.extend(standing_alerts(
                 &foreign,
                 &attempts,
@@ -658,6 +667,13 @@ impl Rotator {
                 self.leadership.is_some(),
             ));
         }
+        self.metrics.set_channel(
+            &setup.id,
+            live_ours,
+            state.view.foreign.saturating_sub(lost),
+            lost,
+            live_short,
+        );
         let mut specs: Vec<(AlertSpec, Alert)> = Vec::new();
         for (group, alert) in alerts {
             let spec = alert_spec(group, &alert);
@@ -867,19 +883,14 @@ pub fn standing_alerts(
         .map(|k| (k.key_id.clone(), k.first_seen_at))
         .collect();
     let lost = policy::lost_tokens(attempts, settled_through, &listed);
-    let adopted: Vec<&KeyId> = if adopt_lost {
-        lost.iter()
-            .flat_map(|(_, alert)| match alert {
-                Alert::LostToken { candidates, .. } => candidates.iter().collect(),
-                _ => Vec::new(),
-            })
-            .collect()
+    let adopted: Vec<KeyId> = if adopt_lost {
+        policy::adopted_as_lost(attempts, settled_through, &listed)
     } else {
         Vec::new()
     };
     let mut out: Vec<(Option<GroupName>, Alert)> = foreign
         .iter()
-        .filter(|k| !adopted.contains(&&k.key_id))
+        .filter(|k| !adopted.contains(&k.key_id))
         .map(|k| {
             (
                 None,

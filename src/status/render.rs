@@ -112,9 +112,14 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
         title.push_str(" — not yet known to the daemon: it is added at the next start");
     }
     let _ = writeln!(out, "{title}");
+    let lost = if c.lost_live > 0 {
+        format!(", {} lost", c.lost_live)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "  v2.1 tokens: {} ours, {} foreign, {} unsettled; capacity {} of {}",
+        "  v2.1 tokens: {} ours, {} foreign{lost}, {} unsettled; capacity {} of {}",
         c.live_ours, c.foreign_live, c.unsettled, c.capacity, cap
     );
     // The short-lived pool is LINE's other 30: only our own tokens in it
@@ -296,9 +301,15 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
         }
     }
     for k in &c.foreign {
+        let what = if k.lost {
+            "lost key ID (ours: an issuance whose answer never arrived may have made it; nobody \
+             holds its value)"
+        } else {
+            "foreign key ID"
+        };
         let _ = writeln!(
             out,
-            "  foreign key ID {} (first seen {}, last seen {})",
+            "  {what} {} (first seen {}, last seen {})",
             k.key_id,
             when(now, k.first_seen_at),
             when(now, k.last_seen_at)

@@ -100,8 +100,13 @@ pub struct ChannelStatus {
     pub stateless: Option<StatelessStatus>,
     /// Live tokens linetokd issued on the channel, all groups.
     pub live_ours: u32,
-    /// Live foreign key IDs, as the last reconcile listed them.
+    /// Live foreign key IDs, as the last reconcile listed them (without
+    /// the lost ones).
     pub foreign_live: u32,
+    /// Under `[ha]`: listed key IDs adopted as ours and lost (an issuance
+    /// whose answer never arrived, a takeover's among them, may have made
+    /// each); they count against capacity like foreign ones.
+    pub lost_live: u32,
     /// Issue attempts since the last reconcile that failed or were lost:
     /// each may be a token LINE counts, so each counts against capacity.
     pub unsettled: u32,
@@ -370,11 +375,14 @@ pub struct ErrorStatus {
     pub next_retry_in_secs: Option<i64>,
 }
 
-/// A foreign key ID.
+/// A listed key ID that is not in the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct ForeignStatus {
     /// The key ID.
     pub key_id: KeyId,
+    /// True under `[ha]` when an issuance of unknown outcome may have made
+    /// it: ours and lost (`lost_token`), not another issuer's.
+    pub lost: bool,
     /// The first reconcile that saw it.
     pub first_seen_at: DateTime<Utc>,
     /// The last reconcile that saw it.
@@ -509,6 +517,21 @@ fn channel_status(
         error: i.error.clone(),
     };
     let window_start = now - policy::rate::ISSUE_WINDOW;
+    // Under [ha] (the database has lease rows) a listed key ID an
+    // issuance of unknown outcome may have made is ours and lost, as the
+    // daemon's alerts say (`rotator::standing_alerts`).
+    let adopted: Vec<KeyId> = match w.stored {
+        Some(s) if !state.ha.leases.is_empty() && !s.foreign.is_empty() => {
+            let listed: Vec<(KeyId, DateTime<Utc>)> = s
+                .foreign
+                .iter()
+                .map(|k| (k.key_id.clone(), k.first_seen_at))
+                .collect();
+            let settled = channel_row.map_or(0, |c| c.settled_through_intent);
+            policy::adopted_as_lost(&s.unknown, settled, &listed)
+        }
+        _ => Vec::new(),
+    };
     let lease = state
         .ha
         .leases
@@ -556,7 +579,8 @@ fn channel_status(
                 state_at: state.stateless.get(&w.id).map(|n| n.at),
             }),
         live_ours: cv.live_ours,
-        foreign_live: cv.foreign,
+        foreign_live: cv.foreign.saturating_sub(count(adopted.len())),
+        lost_live: count(adopted.len()),
         unsettled: cv.lost,
         capacity: policy::free_capacity(&cv, rules, 0),
         issues_last_hour: count(
@@ -587,6 +611,7 @@ fn channel_status(
                 s.foreign
                     .iter()
                     .map(|k| ForeignStatus {
+                        lost: adopted.contains(&k.key_id),
                         key_id: k.key_id.clone(),
                         first_seen_at: k.first_seen_at,
                         last_seen_at: k.last_seen_at,

@@ -61,6 +61,10 @@ pub struct StoredState {
 pub(super) struct StoredChannel {
     pub(super) snapshot: Snapshot,
     pub(super) foreign: Vec<ForeignKid>,
+    /// Issue attempts of unknown outcome within the longest token
+    /// lifetime, read only for a channel with foreign key IDs: under
+    /// `[ha]` a key ID one of them may have made is adopted as lost.
+    pub(super) unknown: Vec<crate::policy::UnknownOutcome>,
     /// Issue attempts within [`RECENT_INTENTS`] that failed or were lost.
     pub(super) recent_intents: Vec<IssueIntent>,
     /// Each group's latest hook outcome.
@@ -113,6 +117,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
                     StoredChannel {
                         snapshot,
                         foreign: Vec::new(),
+                        unknown: Vec::new(),
                         recent_intents: Vec::new(),
                         hooks: BTreeMap::new(),
                         firing: Vec::new(),
@@ -127,6 +132,21 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
         {
             c.foreign.push(kid);
         }
+    }
+    // The rare channel with foreign key IDs: one query each.
+    let since = now - crate::policy::rules::MAX_TOKEN_LIFETIME;
+    for (id, c) in channels.iter_mut().filter(|(_, c)| !c.foreign.is_empty()) {
+        c.unknown = store
+            .unknown_outcomes_since(id, since)?
+            .into_iter()
+            .map(
+                |(intent, group, started_at)| crate::policy::UnknownOutcome {
+                    intent,
+                    group,
+                    started_at,
+                },
+            )
+            .collect();
     }
     for intent in store.unfinished_intents_in(Scope::All, now - RECENT_INTENTS)? {
         if let Some(c) = channels.get_mut(&intent.channel_id) {

@@ -1586,7 +1586,7 @@ fn exported_samples() -> Vec<String> {
         Some(now),
         Some(now),
     );
-    metrics.set_channel(&channel, 1, 1, 0);
+    metrics.set_channel(&channel, 1, 1, 1, 0);
     metrics.short_lived_evicted(&channel);
     metrics.set_long_lived(&channel, Some(true), Some(now));
     metrics.rotation(&channel, &group, false);

@@ -1117,14 +1117,7 @@ async fn an_answer_cut_off_mid_body_is_classified_by_its_status() {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\
                 x-line-request-id: rid-cut\r\n\r\n{\"access_token\":\"eyJhbGciOiJIUzI1NiJ9.HOSTILE";
     let (base_url, server) = raw_server(move |_| Some(head.to_owned())).await;
-    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
-    let err = client
-        .issue_v21(
-            &support::signer(CHANNEL, "kid-1"),
-            chrono::Duration::days(30),
-        )
-        .await
-        .unwrap_err();
+    let err = issue_v21_at(&base_url, TIMEOUT).await;
     server.await.unwrap();
     assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
     assert!(err.may_have_issued());
@@ -1141,14 +1134,7 @@ async fn an_answer_cut_off_mid_body_is_classified_by_its_status() {
     let head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
                 content-length: 500\r\n\r\n{\"mess";
     let (base_url, server) = raw_server(move |_| Some(head.to_owned())).await;
-    let client = support::line_client(&base_url, &support::manual_clock(), TIMEOUT);
-    let err = client
-        .issue_v21(
-            &support::signer(CHANNEL, "kid-1"),
-            chrono::Duration::days(30),
-        )
-        .await
-        .unwrap_err();
+    let err = issue_v21_at(&base_url, TIMEOUT).await;
     server.await.unwrap();
     assert!(
         matches!(
@@ -1173,14 +1159,7 @@ async fn a_body_that_stalls_past_the_deadline_is_classified_by_its_status() {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\
                 x-line-request-id: rid-stall\r\n\r\n{\"access_token\":\"eyJ";
     let (base_url, server) = stalling_server(head).await;
-    let client = support::line_client(&base_url, &support::manual_clock(), deadline);
-    let err = client
-        .issue_v21(
-            &support::signer(CHANNEL, "kid-1"),
-            chrono::Duration::days(30),
-        )
-        .await
-        .unwrap_err();
+    let err = issue_v21_at(&base_url, deadline).await;
     server.await.unwrap();
     assert!(matches!(err, LineError::MaybeIssued { .. }), "{err:?}");
     assert_eq!(err.request_id(), Some("rid-stall"));
@@ -1195,18 +1174,22 @@ async fn a_body_that_stalls_past_the_deadline_is_classified_by_its_status() {
     let head = "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
                 retry-after: 90\r\ncontent-length: 500\r\n\r\n{\"mess";
     let (base_url, server) = stalling_server(head).await;
-    let client = support::line_client(&base_url, &support::manual_clock(), deadline);
-    let err = client
+    let err = issue_v21_at(&base_url, deadline).await;
+    server.await.unwrap();
+    assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+    assert!(!err.may_have_issued());
+}
+
+/// The error of a v2.1 issue call against the server at `base_url`.
+async fn issue_v21_at(base_url: &str, timeout: Duration) -> LineError {
+    support::line_client(base_url, &support::manual_clock(), timeout)
         .issue_v21(
             &support::signer(CHANNEL, "kid-1"),
             chrono::Duration::days(30),
         )
         .await
-        .unwrap_err();
-    server.await.unwrap();
-    assert!(matches!(err, LineError::RateLimited { .. }), "{err:?}");
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
-    assert!(!err.may_have_issued());
+        .unwrap_err()
 }
 
 /// A one-connection server that writes `head` and then neither writes

@@ -537,8 +537,35 @@ async fn failover_during_an_issuance(test: &str, fault: Value, after_answer: boo
         let dirs = [configs[0].parent().unwrap(), configs[1].parent().unwrap()];
         assert_never_published(&dirs, &[&procs[0], &procs[1]], &t.key_id, &t.access_token);
     }
+    // The listing that settled the killed issuance saw LINE's token: it is
+    // adopted as ours and lost, not foreign, in `status` and in the alert.
+    let (status_proc, report) = status(&lab, &configs[f]).await;
+    let channel = &report["channels"][0];
+    if let [lost] = unstored.as_slice() {
+        let listed = channel["foreign"].as_array().unwrap();
+        let entry = listed
+            .iter()
+            .find(|k| k["key_id"] == lost.key_id.as_str())
+            .unwrap_or_else(|| panic!("{} not listed in {channel}", lost.key_id));
+        assert_eq!(entry["lost"], true, "{channel}");
+        assert_eq!(channel["lost_live"], 1, "{channel}");
+        assert_eq!(channel["foreign_live"], 0, "{channel}");
+        let firing = channel["firing"].as_array().unwrap();
+        assert!(
+            firing
+                .iter()
+                .any(|a| a["alertname"] == "lost_token" && a["group"] == group.as_str()),
+            "{channel}"
+        );
+        assert!(
+            !firing.iter().any(|a| a["alertname"] == "foreign_token"),
+            "{channel}"
+        );
+    } else {
+        assert_eq!(channel["lost_live"], 0, "{channel}");
+    }
     assert_at_most_two_live(&lab, &db).await;
-    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1]])
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &status_proc])
         .await;
 }
 
