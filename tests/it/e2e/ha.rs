@@ -162,6 +162,26 @@ async fn under_ha_one_instance_leads_the_follower_serves_and_a_killed_leader_is_
             stored.contains(&in_sink.trim().to_owned()),
             "the follower's sink of {group} holds no token of the store"
         );
+        // The follower ran its own hook for the token it published, after
+        // writing the sink.
+        let published = lab
+            .stored()
+            .into_iter()
+            .find(|t| t.value.expose() == in_sink.trim())
+            .unwrap();
+        let key_id = published.record.key_id.as_str().to_owned();
+        procs[f]
+            .wait_for(0, &format!("the hook of {group}"), |l| {
+                l.is("hook succeeded") && l.field("key_id").as_deref() == Some(&key_id)
+            })
+            .await;
+        let hooked = std::fs::read_to_string(follower_dir.join(format!("{group}.hooked")))
+            .unwrap_or_default();
+        // (Tokens rotate every few seconds here: a later one may follow.)
+        assert!(
+            hooked.lines().any(|l| l == key_id),
+            "the follower's hook of {group} never ran for {key_id}"
+        );
     }
 
     // The follower is ready too, and each instance's metrics say which

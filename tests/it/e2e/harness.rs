@@ -619,7 +619,9 @@ impl Lab {
     /// Writes the config of one `[ha]` instance of the lab, `name`, with
     /// its own state directory (`<dir>/<name>`), `ha` as its `[ha]` lines,
     /// `request_timeout` as given, and each group writing a raw sink in
-    /// that directory (`<group>.token`). Returns the config's path.
+    /// that directory (`<group>.token`) and running an `on_rotate` hook that
+    /// appends the key ID it was run for to `<group>.hooked` there. Returns
+    /// the config's path.
     pub fn ha_instance(
         &self,
         name: &str,
@@ -631,9 +633,12 @@ impl Lab {
         std::fs::create_dir_all(&state).unwrap();
         let mut groups = String::new();
         for group in GROUPS {
+            // Each instance's hook appends the key ID it was run for.
             groups.push_str(&format!(
-                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"raw\" }}]\n",
-                state.join(format!("{group}.token")).display()
+                "\n  [[channel.group]]\n  name = \"{group}\"\n  sinks = [{{ path = \"{}\", format = \"raw\" }}]\n  \
+                 on_rotate = [\"/bin/sh\", \"-c\", \"echo \\\"$LINETOKD_KEY_ID\\\" >> {}\"]\n",
+                state.join(format!("{group}.token")).display(),
+                state.join(format!("{group}.hooked")).display()
             ));
         }
         let text = daemon_config(
