@@ -607,8 +607,9 @@ impl Rotator {
     ) -> Result<(), StoreError> {
         let live_ours = policy::live_ours(now, &state.groups, TokenKind::V21);
         let live_short = policy::live_ours(now, &state.groups, TokenKind::ShortLived);
-        // Listed key IDs adopted as ours and lost (under [ha]), counted
-        // apart from the foreign ones.
+        // Listed key IDs of ours that no instance holds (under [ha]:
+        // recorded orphans and key IDs adopted as lost), counted apart from
+        // the foreign ones.
         let mut lost: u32 = 0;
         let mut alerts: Vec<(Option<GroupName>, Alert)> = Vec::new();
         for (view, plan) in state.groups.iter().zip(&decision.plans) {
@@ -634,7 +635,7 @@ impl Rotator {
         if !snapshot.foreign.is_empty() || !snapshot.unsettled.is_empty() {
             let channel = setup.id.clone();
             let since = now - policy::rules::MAX_TOKEN_LIFETIME;
-            let (foreign, attempts) = self
+            let (foreign, orphans, attempts) = self
                 .db(move |store| {
                     let attempts = store
                         .unknown_outcomes_since(&channel, since)?
@@ -645,9 +646,19 @@ impl Rotator {
                             started_at,
                         })
                         .collect::<Vec<_>>();
-                    Ok((store.live_foreign_kids(&channel)?, attempts))
+                    Ok((
+                        store.live_foreign_kids(&channel)?,
+                        store.orphan_key_ids(&channel)?,
+                        attempts,
+                    ))
                 })
                 .await?;
+            // A listed orphan is ours and known: neither another issuer's
+            // token nor a lost one (until a listing no longer shows it).
+            let (orphaned, foreign): (Vec<ForeignKid>, Vec<ForeignKid>) = foreign
+                .into_iter()
+                .partition(|k| orphans.contains(&k.key_id));
+            lost = u32::try_from(orphaned.len()).unwrap_or(u32::MAX);
             let settled = snapshot
                 .channel
                 .as_ref()
@@ -657,8 +668,10 @@ impl Rotator {
                     .iter()
                     .map(|k| (k.key_id.clone(), k.first_seen_at))
                     .collect();
-                lost = u32::try_from(policy::adopted_as_lost(&attempts, settled, &listed).len())
-                    .unwrap_or(u32::MAX);
+                lost = lost.saturating_add(
+                    u32::try_from(policy::adopted_as_lost(&attempts, settled, &listed).len())
+                        .unwrap_or(u32::MAX),
+                );
             }
             alerts.extend(standing_alerts(
                 &foreign,

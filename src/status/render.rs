@@ -301,7 +301,9 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
         }
     }
     for k in &c.foreign {
-        let what = if k.lost {
+        let what = if k.orphan {
+            "orphan key ID (ours: its store failed the lease fence; see the orphans)"
+        } else if k.lost {
             "lost key ID (ours: an issuance whose answer never arrived may have made it; nobody \
              holds its value)"
         } else {

@@ -103,9 +103,10 @@ pub struct ChannelStatus {
     /// Live foreign key IDs, as the last reconcile listed them (without
     /// the lost ones).
     pub foreign_live: u32,
-    /// Under `[ha]`: listed key IDs adopted as ours and lost (an issuance
-    /// whose answer never arrived, a takeover's among them, may have made
-    /// each); they count against capacity like foreign ones.
+    /// Under `[ha]`: listed key IDs of ours that no instance holds:
+    /// recorded orphans, and those adopted as lost (an issuance whose
+    /// answer never arrived, a takeover's among them, may have made each);
+    /// they count against capacity like foreign ones.
     pub lost_live: u32,
     /// Issue attempts since the last reconcile that failed or were lost:
     /// each may be a token LINE counts, so each counts against capacity.
@@ -383,6 +384,9 @@ pub struct ForeignStatus {
     /// True under `[ha]` when an issuance of unknown outcome may have made
     /// it: ours and lost (`lost_token`), not another issuer's.
     pub lost: bool,
+    /// True when it is a recorded orphan (listed under the channel's
+    /// `orphans`): ours, known, never published.
+    pub orphan: bool,
     /// The first reconcile that saw it.
     pub first_seen_at: DateTime<Utc>,
     /// The last reconcile that saw it.
@@ -520,11 +524,20 @@ fn channel_status(
     // Under [ha] (the database has lease rows) a listed key ID an
     // issuance of unknown outcome may have made is ours and lost, as the
     // daemon's alerts say (`rotator::standing_alerts`).
+    // A listed key ID of a recorded orphan is ours and known: neither.
+    let orphaned: Vec<&KeyId> = state
+        .ha
+        .orphans
+        .iter()
+        .filter(|o| o.channel == w.id)
+        .map(|o| &o.key_id)
+        .collect();
     let adopted: Vec<KeyId> = match w.stored {
         Some(s) if !state.ha.leases.is_empty() && !s.foreign.is_empty() => {
             let listed: Vec<(KeyId, DateTime<Utc>)> = s
                 .foreign
                 .iter()
+                .filter(|k| !orphaned.contains(&&k.key_id))
                 .map(|k| (k.key_id.clone(), k.first_seen_at))
                 .collect();
             let settled = channel_row.map_or(0, |c| c.settled_through_intent);
@@ -532,6 +545,12 @@ fn channel_status(
         }
         _ => Vec::new(),
     };
+    let orphans_listed = w.stored.map_or(0, |s| {
+        s.foreign
+            .iter()
+            .filter(|k| orphaned.contains(&&k.key_id))
+            .count()
+    });
     let lease = state
         .ha
         .leases
@@ -579,8 +598,10 @@ fn channel_status(
                 state_at: state.stateless.get(&w.id).map(|n| n.at),
             }),
         live_ours: cv.live_ours,
-        foreign_live: cv.foreign.saturating_sub(count(adopted.len())),
-        lost_live: count(adopted.len()),
+        foreign_live: cv
+            .foreign
+            .saturating_sub(count(adopted.len() + orphans_listed)),
+        lost_live: count(adopted.len() + orphans_listed),
         unsettled: cv.lost,
         capacity: policy::free_capacity(&cv, rules, 0),
         issues_last_hour: count(
@@ -612,6 +633,7 @@ fn channel_status(
                     .iter()
                     .map(|k| ForeignStatus {
                         lost: adopted.contains(&k.key_id),
+                        orphan: orphaned.contains(&&k.key_id),
                         key_id: k.key_id.clone(),
                         first_seen_at: k.first_seen_at,
                         last_seen_at: k.last_seen_at,

@@ -662,7 +662,8 @@ impl Store {
     /// Issue attempts of a channel started at or after `since` whose
     /// outcome is unknown (lost in a crash, or failed in a way LINE may
     /// have issued anyway), settled or not, oldest first: `(intent ID,
-    /// group, started_at)`. What `lost_token` is judged from.
+    /// group, started_at)`, leaving out those whose token was recorded as
+    /// an orphan (its key ID is known). What `lost_token` is judged from.
     ///
     /// # Errors
     ///
@@ -673,10 +674,14 @@ impl Store {
         since: DateTime<Utc>,
     ) -> Result<Vec<(i64, GroupName, DateTime<Utc>)>, StoreError> {
         self.read_db("listing issuances of unknown outcome", |db| {
+            // An issuance whose token was recorded as an orphan has a known
+            // outcome: that key ID (the orphan record), not an unknown one.
             Ok(db.query_map(
-                "SELECT id, group_name, started_at FROM issue_intents WHERE channel_id = ?1 \
-                 AND started_at >= ?2 AND outcome IN ('failed', 'lost') AND maybe_issued = 1 \
-                 ORDER BY id",
+                "SELECT i.id, i.group_name, i.started_at FROM issue_intents i \
+                 WHERE i.channel_id = ?1 AND i.started_at >= ?2 \
+                 AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
+                 AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id) \
+                 ORDER BY i.id",
                 p![channel.as_str(), millis(since)],
                 |row| {
                     Ok((

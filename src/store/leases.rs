@@ -48,6 +48,24 @@ pub struct OrphanRow {
 }
 
 impl Store {
+    /// The key IDs of `channel`'s recorded orphans: tokens of ours whose
+    /// store failed the fence, known by key ID, so a listing that shows one
+    /// shows neither another issuer's token nor a lost one. Empty on
+    /// SQLite.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn orphan_key_ids(&self, channel: &ChannelId) -> Result<Vec<KeyId>, StoreError> {
+        self.read_db("reading the channel's orphaned key IDs", |db| {
+            Ok(db.query_map(
+                "SELECT key_id FROM fenced_orphans WHERE channel_id = ?1 ORDER BY id",
+                p![channel.as_str()],
+                |row| Ok(KeyId::new(row.get_text(0)?)),
+            )?)
+        })
+    }
+
     /// The lease rows and orphans (empty on SQLite).
     ///
     /// # Errors

@@ -1120,6 +1120,37 @@ async fn a_takeover_closes_older_epochs_intents_which_settle_only_after_their_as
     assert_eq!(after_exp, intent.get());
     let err = a_write.unwrap_err();
     assert!(err.is_fenced(), "{err:?}");
+
+    // The closed issuance is of unknown outcome (what `lost_token` is
+    // judged from) until A records the token it got as an orphan: then
+    // its outcome is that key ID, and the key ID is the channel's orphan.
+    let unknown = |store: linetokd::store::Store| {
+        let ch = ch.clone();
+        tokio::task::spawn_blocking(move || {
+            let unknown = store.unknown_outcomes_since(&ch, t).unwrap();
+            let orphans = store.orphan_key_ids(&ch).unwrap();
+            (unknown, orphans)
+        })
+    };
+    let (before, orphans) = unknown(store.clone()).await.unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].0, intent.get());
+    assert!(orphans.is_empty());
+    let kid = KeyId::new("orphan-of-a");
+    pool.record_orphan(&NewOrphan {
+        channel: &ch,
+        group: &group,
+        key_id: &kid,
+        epoch: la.epoch,
+        intent,
+        recorded_by: &a,
+        expires_at: exp + Duration::days(30),
+    })
+    .await
+    .unwrap();
+    let (after, orphans) = unknown(store.clone()).await.unwrap();
+    assert!(after.is_empty(), "{after:?}");
+    assert_eq!(orphans, vec![kid]);
     drop(store);
 }
 

@@ -762,6 +762,25 @@ async fn split_brain(test: &str, paused: Paused) {
     let (_, last_epoch, _) = lease_row(&db).await;
     assert!(last_epoch > epoch, "epoch {last_epoch}");
 
+    // The orphan's outcome is known: its issuance is no unknown one (no
+    // `lost_token`, for its group or another), and a listing that showed
+    // its key ID showed neither a foreign nor a lost token.
+    let (final_status, report) = status(&lab, &configs[f]).await;
+    let channel = &report["channels"][0];
+    let firing = channel["firing"].as_array().unwrap();
+    assert!(
+        !firing
+            .iter()
+            .any(|a| a["alertname"] == "lost_token" || a["alertname"] == "foreign_token"),
+        "{channel}"
+    );
+    for listed in channel["foreign"].as_array().unwrap() {
+        assert_eq!(listed["key_id"], key_id.as_str(), "{channel}");
+        assert_eq!(listed["orphan"], true, "{channel}");
+        assert_eq!(listed["lost"], false, "{channel}");
+    }
+    assert_eq!(channel["foreign_live"], 0, "{channel}");
+
     // Never stored, never in any sink, never published.
     assert!(
         !lab.stored()
@@ -772,7 +791,7 @@ async fn split_brain(test: &str, paused: Paused) {
     let dirs = [configs[0].parent().unwrap(), configs[1].parent().unwrap()];
     assert_never_published(&dirs, &[&procs[0], &procs[1]], &key_id, &value);
     assert_at_most_two_live(&lab, &db).await;
-    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &status_proc])
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &status_proc, &final_status])
         .await;
 }
 
