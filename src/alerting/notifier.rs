@@ -189,7 +189,13 @@ impl Notifier {
             if let Some((duty, every)) = &shared
                 && !duty()
             {
-                // Another instance notifies; look again in a while.
+                // Another instance notifies; look again in a while. The
+                // firing gauge still follows the shared store, so it does
+                // not keep what this instance raised before it handed a
+                // channel over.
+                if let Err(e) = self.refresh_firing().await {
+                    tracing::warn!(error = %crate::logging::error_chain(&e), "could not read the alerts for linetokd_alerts_firing");
+                }
                 let at = self.clock.now() + *every;
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -662,6 +668,14 @@ impl Notifier {
                 .collect()
         })
         .await
+    }
+
+    /// Sets `linetokd_alerts_firing` from the store, without notifying.
+    async fn refresh_firing(&self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let alerts = self.db(move |s| s.alerts_to_notify(now - LOOKBACK)).await?;
+        self.count_firing(&alerts);
+        Ok(())
     }
 
     fn count_firing(&self, alerts: &[AlertRecord]) {

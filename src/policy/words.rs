@@ -199,8 +199,8 @@ impl fmt::Display for Alert {
                 } else {
                     write!(
                         f,
-                        "listed since then and possibly ours: {} (counted as foreign until it \
-                         expires)",
+                        "listed since then and possibly ours: {} (counted against capacity \
+                         until it expires)",
                         joined(candidates)
                     )
                 }

@@ -327,9 +327,12 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
         );
     }
     for i in &c.recent_unfinished_intents {
+        let orphan = i.orphan.as_ref().map_or(String::new(), |key_id| {
+            format!(" (its token was recorded as orphan {key_id}: see the orphans)")
+        });
         let _ = writeln!(
             out,
-            "  issuance {} for {} {} {}: {}",
+            "  issuance {} for {} {} {}: {}{orphan}",
             i.id,
             i.group,
             i.outcome,

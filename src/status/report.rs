@@ -406,6 +406,9 @@ pub struct IntentStatus {
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Under `[ha]`: the key ID of the token LINE answered it with when
+    /// that token was recorded as an orphan (its outcome is known).
+    pub orphan: Option<KeyId>,
     /// Why it failed or was lost.
     pub error: Option<String>,
 }
@@ -513,6 +516,12 @@ fn channel_status(
         .collect();
     let channel_row = w.stored.and_then(|s| s.snapshot.channel.as_ref());
     let intent = |i: &IssueIntent| IntentStatus {
+        orphan: state
+            .ha
+            .orphans
+            .iter()
+            .find(|o| o.intent == i.id.get())
+            .map(|o| o.key_id.clone()),
         id: i.id.get(),
         group: i.group.clone(),
         outcome: i.outcome.as_str(),

@@ -35,6 +35,8 @@ pub struct OrphanRow {
     pub group: GroupName,
     /// LINE's key ID.
     pub key_id: KeyId,
+    /// The issuance (journal intent) that LINE answered with it.
+    pub intent: i64,
     /// The epoch its intent was committed under.
     pub epoch: Epoch,
     /// The instance that got it after losing its grant.
@@ -102,7 +104,7 @@ impl Store {
             )?;
             let orphans = db.query_map(
                 "SELECT channel_id, group_name, key_id, epoch, recorded_by, recorded_at, \
-                 expires_at, revoke_outcome FROM fenced_orphans ORDER BY id DESC",
+                 expires_at, revoke_outcome, intent_id FROM fenced_orphans ORDER BY id DESC",
                 p![],
                 orphan_from_row,
             )?;
@@ -135,5 +137,6 @@ fn orphan_from_row(row: &dyn SqlRow) -> Result<OrphanRow, SqlError> {
         recorded_at: row.time(5, "fenced_orphans.recorded_at")?,
         expires_at: row.time(6, "fenced_orphans.expires_at")?,
         revoke_outcome: row.text(7)?,
+        intent: row.get_int(8)?,
     })
 }

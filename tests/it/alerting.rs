@@ -1336,6 +1336,50 @@ mod notifier {
         assert_eq!(clock.now(), resolved);
     }
 
+    /// Under `[ha]`, an instance without the daemon-wide duties notifies
+    /// no one, but its `linetokd_alerts_firing` follows the shared store:
+    /// it does not keep an alert it raised before handing a channel over.
+    #[tokio::test]
+    async fn without_the_duties_nothing_is_sent_and_the_firing_gauge_follows_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = synced(&dir.path().join("linetokd.db"));
+        let clock = ManualClock::new(t0());
+        let metrics = Metrics::shared();
+        let fake = Fake::start(|_| (200, vec![])).await;
+        let n = notifier(
+            &store,
+            &clock,
+            &metrics,
+            vec![webhook(&fake, WebhookFormat::Alertmanager)],
+        );
+        n.share(Arc::new(|| false), Duration::seconds(10));
+        sync(&store, t0(), &[no_live_token()]);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&n).run(cancel.clone()));
+        let firing = r#"linetokd_alerts_firing{alertname="no_live_token",severity="critical"}"#;
+        // It reads the store, then sleeps one share interval.
+        assert_eq!(clock.next_deadline().await, t0() + Duration::seconds(10));
+        let text = metrics.render();
+        assert!(text.contains(&format!("{firing} 1")), "{text}");
+        // Resolved by the instance that leads now: at the next look, 0.
+        sync(&store, t0() + Duration::seconds(5), &[]);
+        clock.set(t0() + Duration::seconds(10));
+        // The woken sleeper's deadline stays listed until its task runs.
+        let next = loop {
+            let next = clock.next_deadline().await;
+            if next > t0() + Duration::seconds(10) {
+                break next;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(next, t0() + Duration::seconds(20));
+        let text = metrics.render();
+        assert!(text.contains(&format!("{firing} 0")), "{text}");
+        assert!(fake.got().is_empty());
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
     fn slack(fake: &Fake) -> Receiver {
         Receiver {
             name: "chat".into(),

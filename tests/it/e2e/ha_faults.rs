@@ -780,6 +780,13 @@ async fn split_brain(test: &str, paused: Paused) {
         assert_eq!(listed["lost"], false, "{channel}");
     }
     assert_eq!(channel["foreign_live"], 0, "{channel}");
+    let closed = channel["recent_unfinished_intents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == intent)
+        .unwrap_or_else(|| panic!("intent {intent} not in {channel}"));
+    assert_eq!(closed["orphan"], key_id.as_str(), "{channel}");
 
     // Never stored, never in any sink, never published.
     assert!(
