@@ -29,7 +29,7 @@
 //!   daemon carries them out in SQL and IO code rather than by calling
 //!   them: `Rotator::orphan` (after a fenced store),
 //!   `Store::close_intents_of_older_epochs` and `Store::settleable_through`
-//!   (older epochs' intents), `policy::adopted_as_lost` (lost, not
+//!   (older epochs' intents), `policy::Unheld` (lost, not
 //!   foreign: in alerts, `status` and the channel-token metric).
 //! - [`spread`]: which channels an instance tries to lead (rendezvous
 //!   hashing) and what it does about each lease ([`spread::lease_action`]).

@@ -88,26 +88,72 @@ pub fn lost_tokens(
     out
 }
 
-/// The listed key IDs an instance under `[ha]` adopts as ours and lost
-/// rather than foreign (docs/design.md §14.3): every candidate of a
-/// [`lost_tokens`] alert, sorted. Without leases nothing is adopted: a
-/// single instance reports them as foreign too, since another issuer's
-/// token may have appeared in the same interval.
-pub fn adopted_as_lost(
-    attempts: &[UnknownOutcome],
-    settled_through: i64,
-    foreign: &[(KeyId, DateTime<Utc>)],
-) -> Vec<KeyId> {
-    let mut adopted: Vec<KeyId> = lost_tokens(attempts, settled_through, foreign)
-        .into_iter()
-        .flat_map(|(_, alert)| match alert {
-            Alert::LostToken { candidates, .. } => candidates,
-            _ => Vec::new(),
-        })
-        .collect();
-    adopted.sort();
-    adopted.dedup();
-    adopted
+/// What a channel's listed key IDs that the store does not hold are
+/// (docs/design.md §14.3): recorded orphans (ours, known by key ID), under
+/// `[ha]` those an issuance of unknown outcome may have made (ours and
+/// lost), and the rest, another issuer's. One rule for the alerts, the
+/// metrics and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unheld {
+    /// Listed, not orphans, with when each was first seen: what a lost
+    /// attempt's token may be ([`lost_tokens`]' candidates).
+    pub candidates: Vec<(KeyId, DateTime<Utc>)>,
+    /// Listed recorded orphans.
+    pub orphans: Vec<KeyId>,
+    /// Candidates adopted as ours and lost, sorted (empty without `[ha]`).
+    pub lost: Vec<KeyId>,
+}
+
+impl Unheld {
+    /// Sorts `listed` (key ID, first seen) given the channel's recorded
+    /// `orphans` and its `attempts` of unknown outcome, `settled_through`
+    /// the last intent a listing settled. Only with `adopt_lost` (under
+    /// `[ha]`) are candidates adopted: a single instance reports them as
+    /// foreign too, since another issuer's token may have appeared in the
+    /// same interval.
+    pub fn sort(
+        listed: &[(KeyId, DateTime<Utc>)],
+        orphans: &[KeyId],
+        attempts: &[UnknownOutcome],
+        settled_through: i64,
+        adopt_lost: bool,
+    ) -> Self {
+        let (orphaned, candidates): (Vec<_>, Vec<_>) = listed
+            .iter()
+            .cloned()
+            .partition(|(k, _)| orphans.contains(k));
+        let mut lost: Vec<KeyId> = if adopt_lost {
+            lost_tokens(attempts, settled_through, &candidates)
+                .into_iter()
+                .flat_map(|(_, alert)| match alert {
+                    Alert::LostToken { candidates, .. } => candidates,
+                    _ => Vec::new(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        lost.sort();
+        lost.dedup();
+        Self {
+            candidates,
+            orphans: orphaned.into_iter().map(|(k, _)| k).collect(),
+            lost,
+        }
+    }
+
+    /// Listed key IDs of another issuer: candidates not adopted.
+    pub fn foreign(&self) -> impl Iterator<Item = &KeyId> {
+        self.candidates
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !self.lost.contains(k))
+    }
+
+    /// Listed key IDs of ours that nobody holds: orphans and lost ones.
+    pub fn ours(&self) -> usize {
+        self.orphans.len() + self.lost.len()
+    }
 }
 
 #[cfg(test)]
@@ -142,11 +188,11 @@ mod tests {
         ];
         // "after-b" may be either group's; each key ID is adopted once.
         assert_eq!(
-            adopted_as_lost(&attempts, 8, &listed),
+            Unheld::sort(&listed, &[], &attempts, 8, true).lost,
             vec![KeyId::new("after-a"), KeyId::new("after-b")]
         );
         // Nothing unknown: nothing adopted.
-        assert!(adopted_as_lost(&[], 8, &listed).is_empty());
+        assert!(Unheld::sort(&listed, &[], &[], 8, true).lost.is_empty());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub use backoff::{FailureKind, RetryState, backoff};
 pub use capacity::{capacity_victims, free_capacity, live_ours};
 pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadline};
 pub use jitter::{JitterPurpose, stable_jitter};
-pub use lost::{UnknownOutcome, adopted_as_lost, lost_tokens};
+pub use lost::{Unheld, UnknownOutcome, lost_tokens};
 pub use plan::{
     Alert, EVICTION_ALERT_SPAN, Hold, IssueReason, MAX_SLEEP, Plan, RevokeReason, Severity, Step,
     deadline, plan_group, rotation_due_at, token_verify_due_at, verify_due_at,

@@ -45,7 +45,7 @@ pub use crate::logging::error_chain;
 use crate::metrics::Metrics;
 use crate::policy::{self, Alert, Decision, Next, Rules, Severity};
 use crate::snapshot::Snapshot;
-use crate::store::{AlertLabel, AlertScope, AlertSpec, Fence, ForeignKid, Store, StoreError};
+use crate::store::{AlertLabel, AlertScope, AlertSpec, Fence, Store, StoreError};
 pub use crate::wakes::Wakes;
 
 /// How many driver rounds one call of [`Rotator::work_channel`] may run.
@@ -653,32 +653,23 @@ impl Rotator {
                     ))
                 })
                 .await?;
-            // A listed orphan is ours and known: neither another issuer's
-            // token nor a lost one (until a listing no longer shows it).
-            let (orphaned, foreign): (Vec<ForeignKid>, Vec<ForeignKid>) = foreign
-                .into_iter()
-                .partition(|k| orphans.contains(&k.key_id));
-            lost = u32::try_from(orphaned.len()).unwrap_or(u32::MAX);
             let settled = snapshot
                 .channel
                 .as_ref()
                 .map_or(0, |c| c.settled_through_intent);
-            if self.leadership.is_some() {
-                let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
-                    .iter()
-                    .map(|k| (k.key_id.clone(), k.first_seen_at))
-                    .collect();
-                lost = lost.saturating_add(
-                    u32::try_from(policy::adopted_as_lost(&attempts, settled, &listed).len())
-                        .unwrap_or(u32::MAX),
-                );
-            }
-            alerts.extend(standing_alerts(
-                &foreign,
+            let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
+                .iter()
+                .map(|k| (k.key_id.clone(), k.first_seen_at))
+                .collect();
+            let unheld = policy::Unheld::sort(
+                &listed,
+                &orphans,
                 &attempts,
                 settled,
                 self.leadership.is_some(),
-            ));
+            );
+            lost = u32::try_from(unheld.ours()).unwrap_or(u32::MAX);
+            alerts.extend(standing_alerts(&unheld, &attempts, settled));
         }
         self.metrics.set_channel(
             &setup.id,
@@ -881,34 +872,22 @@ pub fn alert_name(alert: &Alert) -> &'static str {
 /// The alerts a channel's listing and journal raise by themselves: one
 /// per foreign key ID listed, and `lost_token` for each group whose issue
 /// attempts of unknown outcome may have left a token
-/// ([`policy::lost_tokens`]). With `adopt_lost` (under `[ha]`, where a
-/// takeover closes the previous leader's intents as possibly issued) a
-/// key ID such an attempt could have made is ours and lost, reported by
-/// `lost_token` only, never as foreign (docs/design.md §14.3).
+/// ([`policy::lost_tokens`], over the listed key IDs that are not recorded
+/// orphans). A key ID `unheld` adopted as lost (under `[ha]`) is reported
+/// by `lost_token` only, never as foreign (docs/design.md §14.3).
 pub fn standing_alerts(
-    foreign: &[ForeignKid],
+    unheld: &policy::Unheld,
     attempts: &[policy::UnknownOutcome],
     settled_through: i64,
-    adopt_lost: bool,
 ) -> Vec<(Option<GroupName>, Alert)> {
-    let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
-        .iter()
-        .map(|k| (k.key_id.clone(), k.first_seen_at))
-        .collect();
-    let lost = policy::lost_tokens(attempts, settled_through, &listed);
-    let adopted: Vec<KeyId> = if adopt_lost {
-        policy::adopted_as_lost(attempts, settled_through, &listed)
-    } else {
-        Vec::new()
-    };
-    let mut out: Vec<(Option<GroupName>, Alert)> = foreign
-        .iter()
-        .filter(|k| !adopted.contains(&k.key_id))
-        .map(|k| {
+    let lost = policy::lost_tokens(attempts, settled_through, &unheld.candidates);
+    let mut out: Vec<(Option<GroupName>, Alert)> = unheld
+        .foreign()
+        .map(|key_id| {
             (
                 None,
                 Alert::ForeignToken {
-                    key_id: k.key_id.clone(),
+                    key_id: key_id.clone(),
                 },
             )
         })
@@ -954,6 +933,7 @@ pub fn revoke_reason_text(reason: policy::RevokeReason) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ForeignKid;
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
@@ -983,16 +963,24 @@ mod tests {
             started_at: t(10),
         }];
         let foreign = [kid("early", 5), kid("late", 20)];
-        let single = standing_alerts(&foreign, &attempts, 7, false);
+        let alerts = |attempts: &[policy::UnknownOutcome], adopt: bool| {
+            let listed: Vec<(KeyId, DateTime<Utc>)> = foreign
+                .iter()
+                .map(|k| (k.key_id.clone(), k.first_seen_at))
+                .collect();
+            let unheld = policy::Unheld::sort(&listed, &[], attempts, 7, adopt);
+            standing_alerts(&unheld, attempts, 7)
+        };
+        let single = alerts(&attempts, false);
         assert_eq!(
             names(&single),
             ["foreign_token", "foreign_token", "lost_token"]
         );
-        let ha = standing_alerts(&foreign, &attempts, 7, true);
+        let ha = alerts(&attempts, true);
         assert_eq!(names(&ha), ["foreign_token", "lost_token"]);
         assert!(matches!(&ha[0].1, Alert::ForeignToken { key_id } if key_id.as_str() == "early"));
         // Without a lost attempt nothing is adopted.
-        let none = standing_alerts(&foreign, &[], 7, true);
+        let none = alerts(&[], true);
         assert_eq!(names(&none), ["foreign_token", "foreign_token"]);
     }
 }

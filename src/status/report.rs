@@ -530,35 +530,25 @@ fn channel_status(
         error: i.error.clone(),
     };
     let window_start = now - policy::rate::ISSUE_WINDOW;
-    // Under [ha] (the database has lease rows) a listed key ID an
-    // issuance of unknown outcome may have made is ours and lost, as the
-    // daemon's alerts say (`rotator::standing_alerts`).
-    // A listed key ID of a recorded orphan is ours and known: neither.
-    let orphaned: Vec<&KeyId> = state
+    // Listed key IDs the store does not hold, sorted as the daemon sorts
+    // them (`policy::Unheld`): orphans, under [ha] (the database has lease
+    // rows) those adopted as lost, and foreign ones.
+    let orphans: Vec<KeyId> = state
         .ha
         .orphans
         .iter()
         .filter(|o| o.channel == w.id)
-        .map(|o| &o.key_id)
+        .map(|o| o.key_id.clone())
         .collect();
-    let adopted: Vec<KeyId> = match w.stored {
-        Some(s) if !state.ha.leases.is_empty() && !s.foreign.is_empty() => {
-            let listed: Vec<(KeyId, DateTime<Utc>)> = s
-                .foreign
-                .iter()
-                .filter(|k| !orphaned.contains(&&k.key_id))
-                .map(|k| (k.key_id.clone(), k.first_seen_at))
-                .collect();
-            let settled = channel_row.map_or(0, |c| c.settled_through_intent);
-            policy::adopted_as_lost(&s.unknown, settled, &listed)
-        }
-        _ => Vec::new(),
-    };
-    let orphans_listed = w.stored.map_or(0, |s| {
-        s.foreign
+    let unheld = w.stored.map_or_else(policy::Unheld::default, |s| {
+        let listed: Vec<(KeyId, DateTime<Utc>)> = s
+            .foreign
             .iter()
-            .filter(|k| orphaned.contains(&&k.key_id))
-            .count()
+            .map(|k| (k.key_id.clone(), k.first_seen_at))
+            .collect();
+        let settled = channel_row.map_or(0, |c| c.settled_through_intent);
+        let adopt = !state.ha.leases.is_empty();
+        policy::Unheld::sort(&listed, &orphans, &s.unknown, settled, adopt)
     });
     let lease = state
         .ha
@@ -607,10 +597,8 @@ fn channel_status(
                 state_at: state.stateless.get(&w.id).map(|n| n.at),
             }),
         live_ours: cv.live_ours,
-        foreign_live: cv
-            .foreign
-            .saturating_sub(count(adopted.len() + orphans_listed)),
-        lost_live: count(adopted.len() + orphans_listed),
+        foreign_live: cv.foreign.saturating_sub(count(unheld.ours())),
+        lost_live: count(unheld.ours()),
         unsettled: cv.lost,
         capacity: policy::free_capacity(&cv, rules, 0),
         issues_last_hour: count(
@@ -641,8 +629,8 @@ fn channel_status(
                 s.foreign
                     .iter()
                     .map(|k| ForeignStatus {
-                        lost: adopted.contains(&k.key_id),
-                        orphan: orphaned.contains(&&k.key_id),
+                        lost: unheld.lost.contains(&k.key_id),
+                        orphan: unheld.orphans.contains(&k.key_id),
                         key_id: k.key_id.clone(),
                         first_seen_at: k.first_seen_at,
                         last_seen_at: k.last_seen_at,
