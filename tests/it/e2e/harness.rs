@@ -216,13 +216,17 @@ impl Proc {
         let mut news = self.news.clone();
         let found = tokio::time::timeout(PATIENCE, async {
             loop {
+                // Mark the news seen *before* looking: a line pushed after
+                // the look then always wakes `changed` (marking it after
+                // could swallow the notice of a line the look just missed,
+                // and wait for the next line, which may never come).
+                let closed = news.borrow_and_update().1 == 2;
                 if let Some(i) = self.find(from, &pred) {
                     return Some(i);
                 }
-                let closed = news.borrow_and_update().1 == 2;
                 if closed {
                     // Both pipes are at EOF: nothing more will come.
-                    return self.find(from, &pred);
+                    return None;
                 }
                 if news.changed().await.is_err() {
                     return self.find(from, &pred);
