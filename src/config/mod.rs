@@ -3,7 +3,7 @@
 //! Three stages, each a type:
 //!
 //! 1. [`Settings::load`]: the TOML file, then `LINETOKD__SECTION__KEY`
-//!    environment overrides (through the `config` crate), then `${NAME}`
+//!    environment overrides (the `parse` module), then `${NAME}`
 //!    expansion in path values. Unknown keys are refused (`deny_unknown_fields`)
 //!    so a typo is an error naming the key, not a silently ignored line.
 //!    Serde stops at the first type error, so this stage reports one problem.
@@ -28,7 +28,8 @@
 //! Depends on `domain`, `secret`, `line::keys` (to check assertion keys),
 //! `store::crypt` (to check database keys for `[encryption]`), `ha` (the
 //! instance ID type of `[ha]`), the
-//! `config`, `toml` and `humantime` crates.
+//! `config`, `toml`, `toml_parser`, `serde_path_to_error` and `humantime`
+//! crates.
 
 mod alerts;
 pub mod duration;
@@ -40,6 +41,8 @@ mod ha;
 mod login;
 mod long_lived;
 mod masked;
+mod parse;
+mod split;
 mod stateless;
 mod validate;
 
@@ -87,41 +90,31 @@ const ENV_SECTIONS: [&str; 2] = ["daemon", "rotation"];
 /// The whole file, as written, after environment overrides and `${NAME}`
 /// expansion, with defaults filled in. Not yet validated: call
 /// [`Settings::validate`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// `[daemon]`: where the daemon keeps its state and how it talks.
-    #[serde(default)]
     pub daemon: DaemonSettings,
     /// `[rotation]`: when tokens are issued, verified, reconciled, revoked.
-    #[serde(default)]
     pub rotation: RotationSettings,
     /// `[[channel]]`: the LINE channels whose tokens linetokd keeps.
-    #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelSettings>,
     /// `[alerts]`: where raised alerts are sent.
-    #[serde(default)]
     pub alerts: AlertsSettings,
     /// `[encryption]`: the database keys sealing token values at rest;
     /// absent means values are stored in plaintext.
-    #[serde(default)]
     pub encryption: Option<EncryptionSettings>,
     /// `[[login_channel]]`: LINE Login channels whose users' tokens are
     /// kept fresh.
-    #[serde(default, rename = "login_channel")]
     pub login_channels: Vec<LoginChannelSettings>,
     /// `[login]`: the LINE Login module's timings and API keys.
-    #[serde(default)]
     pub login: LoginSettings,
     /// `[ha]`: several instances sharing one database, one leader per
     /// channel; absent means one instance.
-    #[serde(default)]
     pub ha: Option<HaSettings>,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the
     /// file.
-    #[serde(skip)]
     pub hook_search_path: Option<String>,
 }
 
@@ -347,20 +340,7 @@ impl Settings {
         origin: &Path,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let overrides = env_overrides(env)?;
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
-                    .separator("__")
-                    .source(Some(overrides.clone())),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize::<Settings>());
-        let mut settings = built.map_err(|e| ConfigError::Parse {
-            path: origin.to_path_buf(),
-            message: describe(e, &overrides),
-        })?;
+        let mut settings = parse::parse(text, origin, env)?;
         settings.expand_paths(env)?;
         settings.hook_search_path = env.get("PATH").cloned();
         Ok(settings)
@@ -540,101 +520,6 @@ pub fn environment(
     }
 }
 
-/// The `LINETOKD__SECTION__KEY` variables of `env`, keyed as the `config`
-/// crate expects. Anything else with the prefix is an error rather than
-/// ignored: a misspelt override that silently does nothing is worse.
-fn env_overrides(env: &HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
-    let mut overrides = HashMap::new();
-    let mut problems = Vec::new();
-    let mut names: Vec<&String> = env.keys().collect();
-    names.sort();
-    for name in names {
-        let Some(rest) = strip_prefix_ignore_case(name, ENV_PREFIX) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split("__").collect();
-        match parts.as_slice() {
-            [section, key]
-                if ENV_SECTIONS.contains(&section.to_ascii_lowercase().as_str())
-                    && !key.is_empty() =>
-            {
-                overrides.insert(name.clone(), env[name].clone());
-            }
-            _ => problems.push(Problem::new(
-                name.clone(),
-                "does not name a key the environment can set: use LINETOKD__DAEMON__<KEY> or \
-                 LINETOKD__ROTATION__<KEY> ([[channel]] entries live only in the file)",
-            )),
-        }
-    }
-    if problems.is_empty() {
-        Ok(overrides)
-    } else {
-        Err(ConfigError::Invalid { problems })
-    }
-}
-
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
-}
-
-/// Turns a `config` crate error into one line that starts with the key, and
-/// says which environment variable set the value when one did.
-fn describe(err: config::ConfigError, overrides: &HashMap<String, String>) -> String {
-    let (key, message) = split_key(err);
-    let Some(key) = key else { return message };
-    let from_env = overrides
-        .keys()
-        .find(|name| {
-            let dotted = name[ENV_PREFIX.len()..].replace("__", ".");
-            dotted.eq_ignore_ascii_case(&key)
-        })
-        .map(|name| format!(" (set by {name})"))
-        .unwrap_or_default();
-    format!("{key}{from_env}: {message}")
-}
-
-fn split_key(err: config::ConfigError) -> (Option<String>, String) {
-    match err {
-        config::ConfigError::At {
-            error,
-            key: Some(key),
-            ..
-        } => {
-            let (_, inner) = split_key(*error);
-            (Some(repair_key(&key)), inner)
-        }
-        config::ConfigError::Type {
-            unexpected,
-            expected,
-            key: Some(key),
-            ..
-        } => (
-            Some(repair_key(&key)),
-            format!("found {unexpected}, expected {expected}"),
-        ),
-        config::ConfigError::NotFound(key) => (Some(repair_key(&key)), "is missing".to_owned()),
-        config::ConfigError::FileParse { cause, .. } => (None, cause.to_string()),
-        other => (None, other.to_string()),
-    }
-}
-
-/// The `config` crate joins an array index and the next key without a dot
-/// (`channel[0]kid`); put the dot back so keys read as the file does.
-fn repair_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 4);
-    let mut chars = key.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c == ']' && chars.peek().is_some_and(|n| *n != '.' && *n != '[') {
-            out.push('.');
-        }
-    }
-    out
-}
-
 /// The config file's text, as [`Settings::load`] reads it (size-limited,
 /// UTF-8): for a caller that must keep the very text it validated (the
 /// daemon's copy of the config in force).
@@ -678,16 +563,6 @@ mod tests {
             s.daemon.database_path(),
             PathBuf::from("/var/lib/linetokd/linetokd.db")
         );
-    }
-
-    #[test]
-    fn array_keys_in_errors_are_dotted() {
-        assert_eq!(
-            repair_key("channel[0]group[1]hook_timeout"),
-            "channel[0].group[1].hook_timeout"
-        );
-        assert_eq!(repair_key("channel[0].kid"), "channel[0].kid");
-        assert_eq!(repair_key("a[0][1]"), "a[0][1]");
     }
 
     #[test]
