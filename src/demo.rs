@@ -374,6 +374,15 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
             format!("{}/{group}", name(channel)),
             local(*retry_at)
         ),
+        RotationEvent::ListingFailed {
+            channel,
+            error,
+            retry_at,
+        } => format!(
+            "[{now}] {:<20} FAILED  reconcile: {error} (retry at {})",
+            name(channel),
+            local(*retry_at)
+        ),
         RotationEvent::Alert {
             channel,
             group,

@@ -83,6 +83,19 @@ pub enum RotationEvent {
         /// When the group tries again.
         retry_at: DateTime<Utc>,
     },
+    /// Listing the channel's key IDs at LINE failed. Until a listing
+    /// succeeds no group of the channel is issued a token (what a group
+    /// may be issued depends on what LINE counts), so this is every
+    /// group's failure: a wrong `kid` or key shows here first, as the
+    /// listing is signed with the same assertion.
+    ListingFailed {
+        /// The channel.
+        channel: ChannelId,
+        /// The error, with its causes.
+        error: String,
+        /// When the listing is tried again.
+        retry_at: DateTime<Utc>,
+    },
     /// A condition an operator should hear about started.
     Alert {
         /// The channel.

@@ -383,6 +383,22 @@ impl Work {
                     ));
                 }
             }
+            RotationEvent::ListingFailed {
+                channel,
+                error,
+                retry_at,
+            } if channel == &self.channel => {
+                // No group of the channel is issued a token until a listing
+                // succeeds: a wrong kid or key answers here, at once,
+                // rather than after the wait.
+                let failure = format!(
+                    "reconcile (listing the channel's key IDs): {error}; the daemon retries at {}",
+                    retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                for r in self.reports.iter_mut().filter(|r| r.issued.is_none()) {
+                    r.failure = Some(failure.clone());
+                }
+            }
             RotationEvent::Alert {
                 channel,
                 group,
@@ -394,6 +410,7 @@ impl Work {
             }
             RotationEvent::Expired { .. }
             | RotationEvent::Gone { .. }
+            | RotationEvent::ListingFailed { .. }
             | RotationEvent::ForeignSeen { .. } => {}
         }
     }

@@ -564,6 +564,7 @@ impl Delivery {
             } => self.drop_token(&channel, None, &key_id).await,
             RotationEvent::ForeignSeen { .. }
             | RotationEvent::Failed { .. }
+            | RotationEvent::ListingFailed { .. }
             | RotationEvent::Alert { .. } => {}
         }
     }

@@ -999,7 +999,7 @@ impl Rotator {
             retry_not_before: Some(retry.not_before),
             error: Some(text.clone()),
         };
-        let channel = setup.id.clone();
+        let (channel, detail) = (setup.id.clone(), text.clone());
         self.db(move |store| {
             store.set_reconcile_runtime(&channel, &runtime)?;
             store.record_event(
@@ -1009,12 +1009,18 @@ impl Rotator {
                     group: None,
                     key_id: None,
                     kind: EventKind::ReconcileFailed,
-                    detail: text,
+                    detail,
                 },
             )?;
             Ok(())
         })
-        .await
+        .await?;
+        self.emit(RotationEvent::ListingFailed {
+            channel: setup.id.clone(),
+            error: text,
+            retry_at: retry.not_before,
+        });
+        Ok(())
     }
 }
 

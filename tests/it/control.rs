@@ -628,3 +628,62 @@ async fn a_revoke_line_refuses_exits_1_and_the_daemon_finishes_it_later() {
     assert_eq!(sandbox[&first["b"]].0, SandboxTokenState::Live);
     lab.stop().await;
 }
+
+/// The outside tester's case: the console's key was replaced, so LINE no
+/// longer knows the configured kid, and the hourly listing of key IDs (signed
+/// with the same assertion) fails first and is held. `linetokd rotate` ends
+/// the hold, the listing fails again, and the command answers with that
+/// failure at once (exit 1, the listing's error and when the daemon tries
+/// again) instead of waiting out its minute in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotate_line_refuses_the_kid_of_answers_the_failure_at_once() {
+    use linetokd::domain::{ChannelSecret, SigningKid};
+    use linetokd::line::keys::VerifyingKey;
+
+    let mut lab = DaemonLab::start().await;
+    lab.issued(&["a", "b"]).await;
+    let public = crate::support::fixture_key().public_jwk().to_json_pretty();
+    lab.lab
+        .sandbox
+        .register_channel(
+            ChannelId::new(LAB_CHANNEL),
+            ChannelSecret::new(LAB_SECRET),
+            vec![(
+                SigningKid::new("a-kid-the-config-does-not-name"),
+                VerifyingKey::parse(public.as_bytes()).unwrap(),
+            )],
+        )
+        .unwrap();
+    lab.lab.clock.advance(chrono::Duration::minutes(61));
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), lab.events.recv())
+            .await
+            .expect("no failed listing within 30 s")
+            .unwrap();
+        if matches!(event, RotationEvent::ListingFailed { .. }) {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    let out = run_binary(args(&["rotate", "--channel", "lab"], &lab.config)).await;
+    let took = asked.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("the request failed"), "{err}");
+    assert!(err.contains("retries at"), "{err}");
+    assert!(
+        err.contains("reconcile (listing the channel's key IDs)"),
+        "the failure names its step: {err}"
+    );
+    // Not the wait's "still in progress" after a minute: the answer came
+    // with the failure. (A bound, not a timing: the wait is 60 s.)
+    assert!(!err.contains("still in progress"), "{err}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    lab.stop().await;
+}

@@ -2604,7 +2604,9 @@ impl Checker {
                 }
                 RotationEvent::Gone { .. } => self.stats.gone_events += 1,
                 RotationEvent::ForeignSeen { .. } => self.stats.foreign_seen_events += 1,
-                RotationEvent::Failed { .. } => self.stats.failed_events += 1,
+                RotationEvent::Failed { .. } | RotationEvent::ListingFailed { .. } => {
+                    self.stats.failed_events += 1;
+                }
                 RotationEvent::Alert { alert, .. } => {
                     let kind = match alert {
                         Alert::NoLiveToken { .. } => "NoLiveToken",
