@@ -25,6 +25,7 @@
 
 mod execute;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -105,6 +106,25 @@ tokio::task_local! {
     static WORK_FENCE: Fence;
 }
 
+/// The configured channels, in config order and by ID: every round looks
+/// its channel up, and a scan of the list made each round's cost grow
+/// with the number of channels.
+struct Channels {
+    list: Arc<Vec<Arc<ChannelSetup>>>,
+    by_id: HashMap<ChannelId, Arc<ChannelSetup>>,
+}
+
+impl Channels {
+    fn new(channels: Vec<ChannelSetup>) -> Self {
+        let list: Vec<Arc<ChannelSetup>> = channels.into_iter().map(Arc::new).collect();
+        let by_id = list.iter().map(|c| (c.id.clone(), Arc::clone(c))).collect();
+        Self {
+            list: Arc::new(list),
+            by_id,
+        }
+    }
+}
+
 /// The rotation engine. Shared behind an `Arc` by the scheduler, the control
 /// socket and the HTTP API.
 pub struct Rotator {
@@ -113,7 +133,7 @@ pub struct Rotator {
     clock: SharedClock,
     /// Replaced whole on a config reload.
     rules: RwLock<Arc<Rules>>,
-    channels: RwLock<Arc<Vec<Arc<ChannelSetup>>>>,
+    channels: RwLock<Arc<Channels>>,
     events: broadcast::Sender<RotationEvent>,
     rng: Mutex<StdRng>,
     concurrency: usize,
@@ -175,7 +195,7 @@ impl Rotator {
             line: parts.line,
             clock: parts.clock,
             rules: RwLock::new(Arc::new(parts.rules)),
-            channels: RwLock::new(Arc::new(parts.channels.into_iter().map(Arc::new).collect())),
+            channels: RwLock::new(Arc::new(Channels::new(parts.channels))),
             events,
             rng: Mutex::new(rng),
             concurrency: parts.concurrency.max(1),
@@ -236,7 +256,8 @@ impl Rotator {
 
     /// The configured channels.
     pub fn channels(&self) -> Arc<Vec<Arc<ChannelSetup>>> {
-        Arc::clone(&self.channels.read().unwrap_or_else(PoisonError::into_inner))
+        let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&channels.list)
     }
 
     /// Replaces the configured channels (a config reload) and wakes every
@@ -246,13 +267,13 @@ impl Rotator {
         *self
             .channels
             .write()
-            .unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(channels.into_iter().map(Arc::new).collect());
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Channels::new(channels));
         self.wakes.wake_all();
     }
 
     fn setup(&self, channel: &ChannelId) -> Option<Arc<ChannelSetup>> {
-        self.channels().iter().find(|c| &c.id == channel).cloned()
+        let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        channels.by_id.get(channel).cloned()
     }
 
     /// Asks for a rotation of one group, or of every group of the channel,

@@ -340,16 +340,31 @@ pub(super) fn expire_in(
     now: DateTime<Utc>,
     channel: Option<&ChannelId>,
 ) -> Result<Vec<KeyId>, Fail> {
-    let due = query_tokens(
-        tx,
-        values,
-        &format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
-             AND (CAST(?2 AS TEXT) IS NULL OR channel_id = ?2) ORDER BY issued_at, {}",
-            key_order(tx)
-        ),
-        p![millis(now), channel.map(ChannelId::as_str)],
-    )?;
+    // One statement per case: with `(?2 IS NULL OR channel_id = ?2)` the
+    // planner cannot seek `tokens_live_by_channel` by channel and walks
+    // every live token of every channel, once per channel's reconcile
+    // (at 100,000 groups, 7 % of the daemon's time in a first start).
+    let order = key_order(tx);
+    let due = match channel {
+        Some(channel) => query_tokens(
+            tx,
+            values,
+            &format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?2 AND state = 'live' \
+                 AND expires_at <= ?1 ORDER BY issued_at, {order}"
+            ),
+            p![millis(now), channel.as_str()],
+        )?,
+        None => query_tokens(
+            tx,
+            values,
+            &format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
+                 ORDER BY issued_at, {order}"
+            ),
+            p![millis(now)],
+        )?,
+    };
     let mut expired = Vec::with_capacity(due.len());
     for token in due {
         change_state(tx, now, &token, TokenState::Expired, "past its expiry")?;
