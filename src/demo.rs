@@ -377,6 +377,7 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
         RotationEvent::ListingFailed {
             channel,
             error,
+            groups: _,
             retry_at,
         } => format!(
             "[{now}] {:<20} FAILED  reconcile: {error} (retry at {})",

@@ -84,13 +84,16 @@ pub enum RotationEvent {
         retry_at: DateTime<Utc>,
     },
     /// Listing the channel's key IDs at LINE failed. Until a listing
-    /// succeeds no group of the channel is issued a token (what a group
-    /// may be issued depends on what LINE counts), so this is every
-    /// group's failure: a wrong `kid` or key shows here first, as the
-    /// listing is signed with the same assertion.
+    /// succeeds no v2.1 group of the channel is issued a token (what it
+    /// may be issued depends on what LINE counts), so this is their
+    /// failure too: a wrong `kid` or key shows here first, as the listing
+    /// is signed with the same assertion. Short-lived groups, issued with
+    /// the secret and never listed, do not wait for it.
     ListingFailed {
         /// The channel.
         channel: ChannelId,
+        /// The groups whose issues wait for the listing (the v2.1 ones).
+        groups: Vec<GroupName>,
         /// The error, with its causes.
         error: String,
         /// When the listing is tried again.

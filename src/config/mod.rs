@@ -28,8 +28,7 @@
 //! Depends on `domain`, `secret`, `line::keys` (to check assertion keys),
 //! `store::crypt` (to check database keys for `[encryption]`), `ha` (the
 //! instance ID type of `[ha]`), the
-//! `config`, `toml`, `toml_parser`, `serde_path_to_error` and `humantime`
-//! crates.
+//! `config`, `toml_parser` and `humantime` crates.
 
 mod alerts;
 pub mod duration;
@@ -90,31 +89,41 @@ const ENV_SECTIONS: [&str; 2] = ["daemon", "rotation"];
 /// The whole file, as written, after environment overrides and `${NAME}`
 /// expansion, with defaults filled in. Not yet validated: call
 /// [`Settings::validate`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `[daemon]`: where the daemon keeps its state and how it talks.
+    #[serde(default)]
     pub daemon: DaemonSettings,
     /// `[rotation]`: when tokens are issued, verified, reconciled, revoked.
+    #[serde(default)]
     pub rotation: RotationSettings,
     /// `[[channel]]`: the LINE channels whose tokens linetokd keeps.
+    #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelSettings>,
     /// `[alerts]`: where raised alerts are sent.
+    #[serde(default)]
     pub alerts: AlertsSettings,
     /// `[encryption]`: the database keys sealing token values at rest;
     /// absent means values are stored in plaintext.
+    #[serde(default)]
     pub encryption: Option<EncryptionSettings>,
     /// `[[login_channel]]`: LINE Login channels whose users' tokens are
     /// kept fresh.
+    #[serde(default, rename = "login_channel")]
     pub login_channels: Vec<LoginChannelSettings>,
     /// `[login]`: the LINE Login module's timings and API keys.
+    #[serde(default)]
     pub login: LoginSettings,
     /// `[ha]`: several instances sharing one database, one leader per
     /// channel; absent means one instance.
+    #[serde(default)]
     pub ha: Option<HaSettings>,
     /// The `PATH` of the environment the file was loaded with: where
     /// validation looks for an `on_rotate` program given without a slash,
     /// as the hook will be run with the daemon's `PATH`. Not a key of the
     /// file.
+    #[serde(skip)]
     pub hook_search_path: Option<String>,
 }
 

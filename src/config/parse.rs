@@ -1,74 +1,28 @@
 //! From the config file's text and the environment to [`Settings`].
 //!
-//! Two passes, because the file and the environment differ in size and in
-//! kind:
+//! The `config` crate reads the TOML, applies the `LINETOKD__SECTION__KEY`
+//! overrides of `[daemon]` and `[rotation]`, and turns a scalar into what a
+//! key needs (`id = 1656000000` is the string `"1656000000"`).
 //!
-//! - The whole file is deserialized by the `toml` crate straight into typed
-//!   settings, with `[daemon]` and `[rotation]` kept as raw tables. A file of
-//!   100,000 groups is about 8 MB; the `config` crate's value tree of it
-//!   took about 2.5 KB per group at its peak (250 MB at 100,000 groups),
-//!   memory a long-running daemon then kept, and half of `linetokd
-//!   status`'s time.
-//! - `[daemon]` and `[rotation]`, the only sections the environment may
-//!   override (`LINETOKD__SECTION__KEY`), go through the `config` crate with
-//!   the overrides: it turns an override's text into the number or
-//!   duration the key needs, as it always has. They are a few lines.
-//!
-//! Every error starts with the key it is about (`channel[0].group[1].name`,
-//! found with `serde_path_to_error`), says which environment variable set a
-//! value when one did, and gives the line for a value in the file.
+//! It does so entry by entry: [`Parts`] cuts the text into its
+//! `[[channel]]` entries and the rest, the rest is read with the
+//! environment and each entry alone. Read whole, a file of 100,000 groups
+//! (about 8 MB) took about 2.5 KB per group at the parse's peak (the token
+//! vector and value tree of the whole document), memory a long-running
+//! daemon then kept, and half of `linetokd status`'s time. When the text is
+//! not cut, or any part fails, the whole text is read at once, as it always
+//! was: its answer and its errors are the reference, so every error reads
+//! as before, starting with the key (`channel[0].group[1].name`) and naming
+//! the environment variable that set a value when one did.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::split::Parts;
-use super::{
-    AlertsSettings, ChannelSettings, ConfigError, DaemonSettings, ENV_PREFIX, ENV_SECTIONS,
-    EncryptionSettings, HaSettings, LoginChannelSettings, LoginSettings, Problem, RotationSettings,
-    Settings,
-};
-
-/// The file's sections, as the `toml` crate deserializes them.
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSections {
-    #[serde(default)]
-    daemon: toml::Table,
-    #[serde(default)]
-    rotation: toml::Table,
-    #[serde(default)]
-    channel: Vec<ChannelSettings>,
-    #[serde(default)]
-    alerts: AlertsSettings,
-    #[serde(default)]
-    encryption: Option<EncryptionSettings>,
-    #[serde(default)]
-    login_channel: Vec<LoginChannelSettings>,
-    #[serde(default)]
-    login: LoginSettings,
-    #[serde(default)]
-    ha: Option<HaSettings>,
-}
-
-/// `[daemon]` and `[rotation]` as the file wrote them, handed to the
-/// `config` crate.
-#[derive(Serialize)]
-struct RawTunables {
-    daemon: toml::Table,
-    rotation: toml::Table,
-}
-
-/// `[daemon]` and `[rotation]` after the environment's overrides.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Tunables {
-    #[serde(default)]
-    daemon: DaemonSettings,
-    #[serde(default)]
-    rotation: RotationSettings,
-}
+use super::{ChannelSettings, ConfigError, ENV_PREFIX, ENV_SECTIONS, Problem, Settings};
 
 /// The file's text with the environment's overrides, not yet `${NAME}`
 /// expanded (see [`Settings::from_toml`]).
@@ -77,95 +31,62 @@ pub(super) fn parse(
     origin: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Settings, ConfigError> {
-    let parse_error = |message| ConfigError::Parse {
-        path: origin.to_path_buf(),
-        message,
-    };
     let overrides = env_overrides(env)?;
-    let file = parse_file(text).map_err(parse_error)?;
-    let raw = RawTunables {
-        daemon: file.daemon,
-        rotation: file.rotation,
-    };
-    // Serializing tables that came out of a TOML file cannot fail; should it
-    // ever, the message still says where.
-    let raw = toml::to_string(&raw).map_err(|e| parse_error(e.to_string()))?;
-    let tunables = config::Config::builder()
-        .add_source(config::File::from_str(&raw, config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
-                .separator("__")
-                .source(Some(overrides.clone())),
-        )
-        .build()
-        .and_then(|c| c.try_deserialize::<Tunables>())
-        .map_err(|e| parse_error(describe(e, &overrides)))?;
-    Ok(Settings {
-        daemon: tunables.daemon,
-        rotation: tunables.rotation,
-        channels: file.channel,
-        alerts: file.alerts,
-        encryption: file.encryption,
-        login_channels: file.login_channel,
-        login: file.login,
-        ha: file.ha,
-        hook_search_path: None,
+    if let Some(settings) = Parts::of(text).and_then(|parts| parse_parts(&parts, &overrides)) {
+        return Ok(settings);
+    }
+    parse_whole(text, &overrides).map_err(|e| ConfigError::Parse {
+        path: origin.to_path_buf(),
+        message: describe(e, &overrides),
     })
 }
 
-/// The file's sections: entry by entry when [`Parts`] can cut it, so the
-/// parse's peak is one channel's; else, or when any part fails, the whole
-/// text at once, whose answer and errors are the reference.
-fn parse_file(text: &str) -> Result<FileSections, String> {
-    if let Some(file) = Parts::of(text).and_then(|parts| parse_parts(&parts)) {
-        return Ok(file);
+/// `text` read by the `config` crate, with `overrides` on top when given.
+fn read<T: DeserializeOwned>(
+    text: &str,
+    overrides: Option<&HashMap<String, String>>,
+) -> Result<(T, config::Config), config::ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
+    if let Some(overrides) = overrides {
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                .separator("__")
+                .source(Some(overrides.clone())),
+        );
     }
-    parse_whole(text)
+    let built = builder.build()?;
+    Ok((built.clone().try_deserialize()?, built))
 }
 
-fn parse_whole(text: &str) -> Result<FileSections, String> {
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize(deserializer).map_err(|e| describe_file_error(&e, text))
+fn parse_whole(
+    text: &str,
+    overrides: &HashMap<String, String>,
+) -> Result<Settings, config::ConfigError> {
+    read(text, Some(overrides)).map(|(settings, _)| settings)
 }
 
-/// The sections from the parts, or `None` if any part fails to parse.
-fn parse_parts(parts: &Parts<'_>) -> Option<FileSections> {
-    /// One `[[channel]]` entry parsed alone.
+/// The settings from the parts, or `None` if any part fails.
+fn parse_parts(parts: &Parts<'_>, overrides: &HashMap<String, String>) -> Option<Settings> {
+    /// One `[[channel]]` entry read alone.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {
-        channel: [ChannelSettings; 1],
+        channel: Vec<ChannelSettings>,
     }
-    let mut file: FileSections = toml::from_str(&parts.rest).ok()?;
-    if !file.channel.is_empty() && !parts.channels.is_empty() {
-        // `channel` also set in the rest (e.g. `channel = [...]`): TOML
-        // refuses that mix, and the whole-text parse says so.
+    let (mut settings, rest): (Settings, _) = read(&parts.rest, Some(overrides)).ok()?;
+    if !parts.channels.is_empty() && rest.get::<config::Value>("channel").is_ok() {
+        // `channel` also set in the rest (`channel = []`): TOML refuses
+        // that mix, and the whole text's read says so.
         return None;
     }
-    file.channel.reserve_exact(parts.channels.len());
+    settings.channels.reserve_exact(parts.channels.len());
     for text in &parts.channels {
-        let Entry { channel: [entry] } = toml::from_str(text).ok()?;
-        file.channel.push(entry);
+        let (Entry { channel }, _) = read(text, None).ok()?;
+        let [entry] = <[ChannelSettings; 1]>::try_from(channel).ok()?;
+        settings.channels.push(entry);
     }
-    Some(file)
-}
-
-/// One line for a value of the file that serde refused: the key, what is
-/// wrong, and the line it is on.
-fn describe_file_error(err: &serde_path_to_error::Error<toml::de::Error>, text: &str) -> String {
-    let inner = err.inner();
-    let line = inner
-        .span()
-        .map(|span| {
-            let before = text.get(..span.start).unwrap_or(text);
-            format!(" (line {})", before.matches('\n').count() + 1)
-        })
-        .unwrap_or_default();
-    let message = inner.message().trim_end();
-    match err.path().to_string().as_str() {
-        "." => format!("{message}{line}"),
-        key => format!("{key}: {message}{line}"),
-    }
+    Some(settings)
 }
 
 /// The `LINETOKD__SECTION__KEY` variables of `env`, keyed as the `config`
@@ -232,7 +153,7 @@ fn split_key(err: config::ConfigError) -> (Option<String>, String) {
             ..
         } => {
             let (_, inner) = split_key(*error);
-            (Some(key), inner)
+            (Some(repair_key(&key)), inner)
         }
         config::ConfigError::Type {
             unexpected,
@@ -240,13 +161,27 @@ fn split_key(err: config::ConfigError) -> (Option<String>, String) {
             key: Some(key),
             ..
         } => (
-            Some(key),
+            Some(repair_key(&key)),
             format!("found {unexpected}, expected {expected}"),
         ),
-        config::ConfigError::NotFound(key) => (Some(key), "is missing".to_owned()),
+        config::ConfigError::NotFound(key) => (Some(repair_key(&key)), "is missing".to_owned()),
         config::ConfigError::FileParse { cause, .. } => (None, cause.to_string()),
         other => (None, other.to_string()),
     }
+}
+
+/// The `config` crate joins an array index and the next key without a dot
+/// (`channel[0]kid`); put the dot back so keys read as the file does.
+fn repair_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| *n != '.' && *n != '[') {
+            out.push('.');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -254,7 +189,8 @@ mod tests {
     use super::*;
 
     /// Every section and sub-table the file has, with sections of the rest
-    /// between channel entries and sub-tables of a channel after them.
+    /// between channel entries, sub-tables of a channel after them, and
+    /// scalars the `config` crate turns into strings.
     const EVERYTHING: &str = r#"
 # before any header
 [daemon]
@@ -262,10 +198,10 @@ state_dir = "/var/lib/x"
 [rotation]
 rotate_before = "12h"
 [[channel]]
-id = "1"
+id = 1656000000
 name = "a"
 key_file = "/k.pem"
-kid = "k"
+kid = 123
   [[channel.group]]
   name = "g1"
   sinks = [
@@ -302,41 +238,67 @@ key_files = [ { id = 1, file = "/db.key" } ]
 active = 1
 "#;
 
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
     #[test]
-    fn entry_by_entry_parses_to_what_the_whole_text_does() {
+    fn entry_by_entry_reads_what_the_whole_text_does() {
+        let overrides = env(&[("LINETOKD__ROTATION__ROTATE_BEFORE", "6h")]);
         for text in [
             EVERYTHING,
             include_str!("../../config/linetokd.toml"),
             include_str!("../../deploy/ha/linetokd.toml"),
             include_str!("../../deploy/docker/linetokd.toml"),
         ] {
-            let whole = parse_whole(text).unwrap();
+            let whole = parse_whole(text, &overrides).unwrap();
             let parts = Parts::of(text).expect("the file is cut");
-            assert_eq!(parse_parts(&parts), Some(whole), "{text}");
+            assert_eq!(parse_parts(&parts, &overrides), Some(whole), "{text}");
         }
-        let whole = parse_whole(EVERYTHING).unwrap();
-        assert_eq!(whole.channel.len(), 2);
-        assert_eq!(whole.channel[0].groups.len(), 2);
-        assert_eq!(whole.channel[1].groups[0].name, "g3");
-        assert!(whole.channel[1].long_lived.is_some());
+        let whole = parse_whole(EVERYTHING, &overrides).unwrap();
+        assert_eq!(whole.rotation.rotate_before.as_secs(), 6 * 3_600);
+        assert_eq!(whole.channels.len(), 2);
+        assert_eq!(whole.channels[0].id, "1656000000");
+        assert_eq!(whole.channels[0].kid, "123");
+        assert_eq!(whole.channels[0].groups.len(), 2);
+        assert_eq!(whole.channels[1].groups[0].name, "g3");
+        assert!(whole.channels[1].long_lived.is_some());
     }
 
     #[test]
-    fn a_mistake_in_an_entry_is_reported_as_in_the_whole_file() {
+    fn a_mistake_anywhere_is_reported_as_in_the_whole_text() {
+        let no_env = HashMap::new();
         let text = "[[channel]]\nid = \"1\"\n[[channel]]\nid = \"2\"\n\
                     [[channel.group]]\nname = \"g\"\nhook_timeout = \"soon\"\n";
-        let err = parse_file(text).unwrap_err();
+        let err = parse(text, Path::new("t.toml"), &no_env)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with("channel[1].group[0].hook_timeout: \"soon\" is not a duration"),
+            err.starts_with("t.toml: channel[1].group[0].hook_timeout: \"soon\" is not a duration"),
             "{err}"
         );
-        assert!(err.ends_with("(line 7)"), "{err}");
-        let err = parse_file("[[channel]]\nid = \"1\"\nkid = \"a\"\nkid = \"b\"\n").unwrap_err();
-        assert!(err.contains("line 4"), "{err}");
-        // `channel` in the rest and as entries: not cut, and whatever the
-        // whole text says is the answer.
-        let text = "channel = [{ id = \"0\" }]\n[[channel]]\nid = \"1\"\n";
-        assert_eq!(parse_parts(&Parts::of(text).unwrap()), None);
-        assert_eq!(parse_file(text), parse_whole(text));
+        // `channel` in the rest and as entries: not read in parts, and the
+        // whole text's read refuses the mix.
+        for text in [
+            "channel = []\n[[channel]]\nid = \"1\"\n",
+            "channel = [{ id = \"0\" }]\n[[channel]]\nid = \"1\"\n",
+        ] {
+            let parts = Parts::of(text).unwrap();
+            assert_eq!(parse_parts(&parts, &no_env), None, "{text}");
+            assert!(parse(text, Path::new("t.toml"), &no_env).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn array_keys_in_errors_are_dotted() {
+        assert_eq!(
+            repair_key("channel[0]group[1]hook_timeout"),
+            "channel[0].group[1].hook_timeout"
+        );
+        assert_eq!(repair_key("channel[0].kid"), "channel[0].kid");
+        assert_eq!(repair_key("a[0][1]"), "a[0][1]");
     }
 }

@@ -385,17 +385,23 @@ impl Work {
             }
             RotationEvent::ListingFailed {
                 channel,
+                groups,
                 error,
                 retry_at,
             } if channel == &self.channel => {
-                // No group of the channel is issued a token until a listing
+                // The groups named are not issued a token until a listing
                 // succeeds: a wrong kid or key answers here, at once,
-                // rather than after the wait.
+                // rather than after the wait. A group already carried out
+                // keeps its answer.
                 let failure = format!(
                     "reconcile (listing the channel's key IDs): {error}; the daemon retries at {}",
                     retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 );
-                for r in self.reports.iter_mut().filter(|r| r.issued.is_none()) {
+                for r in self
+                    .reports
+                    .iter_mut()
+                    .filter(|r| !r.done && r.issued.is_none() && groups.contains(&r.group))
+                {
                     r.failure = Some(failure.clone());
                 }
             }
@@ -413,5 +419,46 @@ impl Work {
             | RotationEvent::ListingFailed { .. }
             | RotationEvent::ForeignSeen { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed listing holds only the groups it names (the v2.1 ones): a
+    /// short-lived group, issued with the secret, is not answered
+    /// "failed", and neither is a group already carried out.
+    #[test]
+    fn a_failed_listing_fails_only_the_groups_it_holds_that_are_not_done() {
+        let channel = ChannelId::new("1");
+        let g = |n: &str| GroupName::new(n);
+        let mut work = Work::new(
+            channel.clone(),
+            vec![(g("v21"), 1), (g("short"), 2), (g("done"), 3)],
+        );
+        work.reports[2].done = true;
+        let retry_at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        work.apply(&RotationEvent::ListingFailed {
+            channel: ChannelId::new("2"),
+            groups: vec![g("v21")],
+            error: "another channel".to_owned(),
+            retry_at,
+        });
+        assert!(work.reports.iter().all(|r| r.failure.is_none()));
+        work.apply(&RotationEvent::ListingFailed {
+            channel,
+            groups: vec![g("v21"), g("done")],
+            error: "404 kid not found".to_owned(),
+            retry_at,
+        });
+        let failure = work.reports[0].failure.as_deref().unwrap();
+        assert!(
+            failure.starts_with("reconcile (listing the channel's key IDs): 404 kid not found;")
+                && failure.ends_with("retries at 2027-01-15T08:00:00Z"),
+            "{failure}"
+        );
+        assert_eq!(work.reports[1].failure, None, "short-lived");
+        assert_eq!(work.reports[2].failure, None, "already done");
     }
 }

@@ -1017,6 +1017,12 @@ impl Rotator {
         .await?;
         self.emit(RotationEvent::ListingFailed {
             channel: setup.id.clone(),
+            groups: state
+                .groups
+                .iter()
+                .filter(|g| g.kind == TokenKind::V21)
+                .map(|g| g.group.clone())
+                .collect(),
             error: text,
             retry_at: retry.not_before,
         });

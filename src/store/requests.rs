@@ -62,9 +62,10 @@ impl Store {
                     &format!("{kind} requested by {by}"),
                 )?;
             }
-            if kind == RequestKind::Rotate {
-                end_streaks(tx, now, channel)?;
-            }
+            // Both kinds are the operator saying "do it now" (design 4.7):
+            // a hold left by a failure the operator has since fixed must
+            // not keep the request waiting.
+            end_streaks(tx, now, channel)?;
             Ok(ids)
         })
     }

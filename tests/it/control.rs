@@ -685,5 +685,20 @@ async fn a_rotate_line_refuses_the_kid_of_answers_the_failure_at_once() {
     // with the failure. (A bound, not a timing: the wait is 60 s.)
     assert!(!err.contains("still in progress"), "{err}");
     assert!(took < Duration::from_secs(60), "{took:?}");
+
+    // An incident ends the holds too (design 4.7), so it also answers at
+    // once rather than waiting behind the listing's hold.
+    let asked = std::time::Instant::now();
+    let out = run_binary(args(
+        &["revoke", "--channel", "lab", "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    let took = asked.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("retries at"), "{err}");
+    assert!(!err.contains("still in progress"), "{err}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
     lab.stop().await;
 }

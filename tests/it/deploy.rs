@@ -1075,7 +1075,9 @@ async fn demo_image_files_make_a_daemon_that_issues_from_the_demo_sandbox() {
                     assert!(verified, "the sandbox verifies the demo's tokens");
                     issued.insert(group.as_str().to_owned(), key_id);
                 }
-                failed @ RotationEvent::Failed { .. } => panic!("{failed:?}"),
+                failed @ (RotationEvent::Failed { .. } | RotationEvent::ListingFailed { .. }) => {
+                    panic!("{failed:?}")
+                }
                 _ => {}
             }
         }
