@@ -10,6 +10,11 @@
 //! as `channel` (stable: dashboards and alerts key on it) and the
 //! configured name as `channel_name` (for people); `app` hands over the
 //! names with [`Metrics::set_channel_names`] at start and on every reload.
+//!
+//! The series every group has (expiry, next rotation, live tokens,
+//! issuances) are rows of one table written out at scrape time
+//! (`groups.rs`): as `prometheus_client` families they were the largest
+//! per-group cost of the daemon after the token itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -27,6 +32,9 @@ use prometheus_client::registry::Registry;
 
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, TokenKind};
+use groups::GroupSeries;
+
+mod groups;
 
 /// A label value shared by every series that carries it. Per-group series
 /// are most of the daemon's memory at 100,000 groups: the channel's ID and
@@ -45,11 +53,10 @@ pub struct GroupLabelValues {
     pub group: Label,
 }
 
-/// Labels of a per-group metric. One pointer to the values: a group has a
-/// series in several families (expiry, next rotation, live tokens,
-/// rotations, ...), each keyed by its labels in a hash table sized for
-/// 100,000 groups, so a key of one word instead of three saves about
-/// 200 bytes per group. Equal and hashed by the values, as before.
+/// Labels of a per-group family (sink writes, hook runs: groups that have
+/// sinks or a hook). One pointer to the values, a key of one word instead
+/// of three in each family's hash table. Equal and hashed by the values.
+/// The series every group has are rows of [`GroupSeries`] instead.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct GroupLabels {
     /// The group's label values.
@@ -76,16 +83,6 @@ pub struct OwnerLabels {
     pub kind: &'static str,
 }
 
-/// Labels of a group's live-token gauge: the group's labels and its kind.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindGroupLabels {
-    /// The group's labels.
-    #[prometheus(flatten)]
-    pub group: GroupLabels,
-    /// The kind of token the group is kept with.
-    pub kind: &'static str,
-}
-
 /// Labels of a per-channel counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
@@ -93,16 +90,6 @@ pub struct ChannelLabels {
     pub channel: Label,
     /// The channel's configured name.
     pub channel_name: Label,
-}
-
-/// Labels of the rotation counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RotationLabels {
-    /// The group's labels.
-    #[prometheus(flatten)]
-    pub group: GroupLabels,
-    /// `success` or `failure`.
-    pub result: &'static str,
 }
 
 /// Labels of the LINE request counter.
@@ -128,25 +115,15 @@ pub struct ResultLabels {
     pub result: String,
 }
 
-/// `labels` with the `kind` label.
-fn kind_labels(labels: &GroupLabels, kind: TokenKind) -> KindGroupLabels {
-    KindGroupLabels {
-        group: labels.clone(),
-        kind: kind.as_str(),
-    }
-}
-
 type GaugeF = Gauge<f64, AtomicU64>;
 
 /// Every metric linetokd exports.
 pub struct Metrics {
     registry: Registry,
-    token_expiry: Family<GroupLabels, GaugeF>,
-    next_rotation: Family<GroupLabels, GaugeF>,
-    live_tokens: Family<KindGroupLabels, Gauge>,
+    /// Expiry, next rotation, live tokens and issuances of every group.
+    groups: Arc<GroupSeries>,
     channel_tokens: Family<OwnerLabels, Gauge>,
     short_lived_evictions: Family<ChannelLabels, Counter>,
-    rotations: Family<RotationLabels, Counter>,
     line_requests: Family<RequestLabels, Counter>,
     line_latency: Family<EndpointLabels, Histogram>,
     clock_skew: GaugeF,
@@ -266,24 +243,8 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("linetokd");
-        let token_expiry = Family::<GroupLabels, GaugeF>::default();
-        registry.register(
-            "token_expiry_timestamp_seconds",
-            "When the group's current token expires (Unix time)",
-            token_expiry.clone(),
-        );
-        let next_rotation = Family::<GroupLabels, GaugeF>::default();
-        registry.register(
-            "next_rotation_timestamp_seconds",
-            "When the group's next token is due to be issued (Unix time)",
-            next_rotation.clone(),
-        );
-        let live_tokens = Family::<KindGroupLabels, Gauge>::default();
-        registry.register(
-            "live_tokens",
-            "Live tokens linetokd issued for the group (at most 2), labelled with the group's kind",
-            live_tokens.clone(),
-        );
+        let groups = Arc::new(GroupSeries::default());
+        registry.register_collector(Box::new(Arc::clone(&groups)));
         let channel_tokens = Family::<OwnerLabels, Gauge>::default();
         registry.register(
             "channel_tokens",
@@ -299,8 +260,6 @@ impl Metrics {
              (evicted by a 31st, or revoked outside linetokd)",
             short_lived_evictions.clone(),
         );
-        let rotations = Family::<RotationLabels, Counter>::default();
-        registry.register("rotations", "Token issuances by result", rotations.clone());
         let line_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "line_requests",
@@ -481,12 +440,9 @@ impl Metrics {
             lease_renew_failures,
             fenced_writes,
             registry,
-            token_expiry,
-            next_rotation,
-            live_tokens,
+            groups,
             channel_tokens,
             short_lived_evictions,
-            rotations,
             line_requests,
             line_latency,
             clock_skew,
@@ -527,12 +483,9 @@ impl Metrics {
         if only_added {
             return;
         }
-        self.token_expiry.clear();
-        self.next_rotation.clear();
-        self.live_tokens.clear();
+        self.groups.clear();
         self.channel_tokens.clear();
         self.short_lived_evictions.clear();
-        self.rotations.clear();
         self.hook_runs.clear();
         self.long_lived_valid.clear();
         self.long_lived_verified.clear();
@@ -554,13 +507,17 @@ impl Metrics {
     }
 
     fn group_labels(&self, channel: &ChannelId, group: &GroupName) -> GroupLabels {
-        let (channel, channel_name) = self.channel_labels(channel);
         GroupLabels {
-            values: Arc::new(GroupLabelValues {
-                channel,
-                channel_name,
-                group: Label::from(group.as_str()),
-            }),
+            values: Arc::new(self.group_label_values(channel, group)),
+        }
+    }
+
+    fn group_label_values(&self, channel: &ChannelId, group: &GroupName) -> GroupLabelValues {
+        let (channel, channel_name) = self.channel_labels(channel);
+        GroupLabelValues {
+            channel,
+            channel_name,
+            group: Label::from(group.as_str()),
         }
     }
 
@@ -592,42 +549,21 @@ impl Metrics {
         current_expiry: Option<DateTime<Utc>>,
         next_rotation: Option<DateTime<Utc>>,
     ) {
-        let labels = self.group_labels(channel, group);
-        // One series per group: a group that changed kind drops the other.
-        for other in [TokenKind::V21, TokenKind::ShortLived] {
-            if other != kind {
-                self.live_tokens.remove(&kind_labels(&labels, other));
-            }
-        }
-        self.live_tokens
-            .get_or_create(&kind_labels(&labels, kind))
-            .set(i64::try_from(live).unwrap_or(i64::MAX));
-        match current_expiry {
-            Some(at) => {
-                self.token_expiry.get_or_create(&labels).set(unix(at));
-            }
-            None => {
-                self.token_expiry.remove(&labels);
-            }
-        }
-        match next_rotation {
-            Some(at) => {
-                self.next_rotation.get_or_create(&labels).set(unix(at));
-            }
-            None => {
-                self.next_rotation.remove(&labels);
-            }
-        }
+        // One series per group: a group that changed kind has the other
+        // kind's no more.
+        self.groups.set(
+            self.group_label_values(channel, group),
+            kind,
+            i64::try_from(live).unwrap_or(i64::MAX),
+            current_expiry.map(unix),
+            next_rotation.map(unix),
+        );
     }
 
     /// Forgets a group that left the config.
     pub fn remove_group(&self, channel: &ChannelId, group: &GroupName) {
-        let labels = self.group_labels(channel, group);
-        for kind in [TokenKind::V21, TokenKind::ShortLived] {
-            self.live_tokens.remove(&kind_labels(&labels, kind));
-        }
-        self.token_expiry.remove(&labels);
-        self.next_rotation.remove(&labels);
+        self.groups
+            .remove_gauges(&self.group_label_values(channel, group));
         self.remove_sinks(channel, group);
     }
 
@@ -717,13 +653,8 @@ impl Metrics {
 
     /// Counts an issuance.
     pub fn rotation(&self, channel: &ChannelId, group: &GroupName, success: bool) {
-        let g = self.group_labels(channel, group);
-        self.rotations
-            .get_or_create(&RotationLabels {
-                group: g,
-                result: if success { "success" } else { "failure" },
-            })
-            .inc();
+        self.groups
+            .count_rotation(self.group_label_values(channel, group), success);
     }
 
     /// Counts a stateless token request by `result` (`hit`,
@@ -1091,6 +1022,37 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }
+    }
+
+    #[test]
+    fn a_group_has_one_kind_and_keeps_its_counters_when_it_leaves() {
+        let m = Metrics::new();
+        let (c, g) = (ChannelId::new("1"), GroupName::new("backend"));
+        m.set_channel_names(names(&c, "shop-bot"));
+        // No group yet: the per-group families are left out, as the
+        // registry leaves out an empty family.
+        assert!(!m.render().contains("linetokd_live_tokens"));
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        m.set_group(&c, &g, TokenKind::V21, 2, Some(at), None);
+        m.rotation(&c, &g, false);
+        m.rotation(&c, &g, false);
+        m.set_group(&c, &g, TokenKind::ShortLived, 1, Some(at), None);
+        let text = m.render();
+        for needle in [
+            "# TYPE linetokd_live_tokens gauge",
+            "# TYPE linetokd_rotations counter",
+            r#"linetokd_live_tokens{channel="1",channel_name="shop-bot",group="backend",kind="short-lived"} 1"#,
+            r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="failure"} 2"#,
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        assert!(!text.contains(r#"kind="v2.1""#), "{text}");
+        assert!(!text.contains("linetokd_next_rotation"), "{text}");
+        m.remove_group(&c, &g);
+        let text = m.render();
+        assert!(!text.contains("linetokd_live_tokens"), "{text}");
+        assert!(!text.contains("linetokd_token_expiry"), "{text}");
+        assert!(text.contains(r#"result="failure"} 2"#), "{text}");
     }
 
     #[test]
