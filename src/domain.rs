@@ -382,7 +382,7 @@ pub enum RequestKind {
     /// held the group).
     Rotate,
     /// `linetokd revoke`: revoke every live token of the group and issue a
-    /// fresh one.
+    /// fresh one (the channel's holds end too).
     Incident,
 }
 

@@ -8,10 +8,12 @@
 //! per-group cost of the daemon after the token itself. A row of plain
 //! numbers under one shared label set is about a third of that.
 //!
-//! The text written is the families' own: the same names, help, types and
-//! labels (`channel`, `channel_name`, `group`, and `kind` or `result`), and
-//! a family with no series is left out, as the registry leaves out an empty
-//! family.
+//! The text written is the families' own: the same names, help (with the
+//! full stop the registry adds to a registered metric's), types and labels
+//! (`channel`, `channel_name`, `group`, and `kind` or `result`), and a
+//! family with no series is left out, as the registry leaves out an empty
+//! family. The four are written after the registered metrics, as the
+//! registry writes collectors last.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -82,7 +84,7 @@ impl GroupSeries {
             } else {
                 &mut row.failed
             };
-            *count = Some(count.unwrap_or(0) + 1);
+            *count = Some(count.unwrap_or(0).saturating_add(1));
         });
     }
 
@@ -154,19 +156,19 @@ impl Collector for GroupSeries {
         gauge(
             &mut encoder,
             "token_expiry_timestamp_seconds",
-            "When the group's current token expires (Unix time)",
+            "When the group's current token expires (Unix time).",
             |row| row.expiry,
         )?;
         gauge(
             &mut encoder,
             "next_rotation_timestamp_seconds",
-            "When the group's next token is due to be issued (Unix time)",
+            "When the group's next token is due to be issued (Unix time).",
             |row| row.next_rotation,
         )?;
         if rows.values().any(|row| row.live.is_some()) {
             let mut family = encoder.encode_descriptor(
                 "live_tokens",
-                "Live tokens linetokd issued for the group (at most 2), labelled with the group's kind",
+                "Live tokens linetokd issued for the group (at most 2), labelled with the group's kind.",
                 None,
                 MetricType::Gauge,
             )?;
@@ -187,7 +189,7 @@ impl Collector for GroupSeries {
         {
             let mut family = encoder.encode_descriptor(
                 "rotations",
-                "Token issuances by result",
+                "Token issuances by result.",
                 None,
                 MetricType::Counter,
             )?;

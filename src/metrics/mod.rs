@@ -1040,6 +1040,7 @@ mod tests {
         let text = m.render();
         for needle in [
             "# TYPE linetokd_live_tokens gauge",
+            "# HELP linetokd_rotations Token issuances by result.\n",
             "# TYPE linetokd_rotations counter",
             r#"linetokd_live_tokens{channel="1",channel_name="shop-bot",group="backend",kind="short-lived"} 1"#,
             r#"linetokd_rotations_total{channel="1",channel_name="shop-bot",group="backend",result="failure"} 2"#,

@@ -297,7 +297,8 @@ impl Rotator {
 
     /// Declares an incident for one group (`linetokd revoke`): every live
     /// token of the group is revoked and a fresh one issued, touching no
-    /// other group. Kept in the store, so a restart carries it out.
+    /// other group. Kept in the store, so a restart carries it out. Like a
+    /// rotation request it ends the channel's failure streaks and holds.
     ///
     /// # Errors
     /// [`RequestError`] when the channel or group is not configured or the

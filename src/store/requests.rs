@@ -5,9 +5,9 @@
 //! told so; the issue that carries it out closes it in the same transaction
 //! that stores the new token ([`Store::complete_issue`]). So a `revoke`
 //! followed by kill -9 is carried out after the restart, and `status` and
-//! `plan` show what is pending. A `rotate` is also the operator saying "try
-//! now": accepting it ends the group's failure streak and the channel's
-//! holds.
+//! `plan` show what is pending. Either request is also the operator saying
+//! "try now": accepting it ends the channel's failure streaks and holds
+//! (design 4.7).
 
 use chrono::{DateTime, Utc};
 
@@ -19,7 +19,7 @@ use crate::domain::{ChannelId, GroupName, OpenRequest, RequestKind, RequestOutco
 
 impl Store {
     /// Records a request for each of `groups` of `channel`, with who asked,
-    /// in one transaction. A `rotate` also ends the channel's failure
+    /// in one transaction. Either kind also ends the channel's failure
     /// streaks and holds (the operator says "try now"). Returns the new
     /// request IDs in the order of `groups`.
     ///
@@ -65,7 +65,7 @@ impl Store {
             // Both kinds are the operator saying "do it now" (design 4.7):
             // a hold left by a failure the operator has since fixed must
             // not keep the request waiting.
-            end_streaks(tx, now, channel)?;
+            end_streaks(tx, now, channel, &format!("{kind} requested by {by}"))?;
             Ok(ids)
         })
     }

@@ -252,7 +252,12 @@ impl Store {
                             && row.config_fingerprint.is_some()
                             && spec.fingerprint != row.config_fingerprint
                         {
-                            end_streaks(tx, now, &spec.id)?;
+                            end_streaks(
+                                tx,
+                                now,
+                                &spec.id,
+                                "the channel's key, key ID or secret changed",
+                            )?;
                             report.changed_channels.push(spec.id.clone());
                         }
                     }
@@ -631,11 +636,12 @@ fn channel_from_row(row: &dyn SqlRow) -> Result<ChannelRow, SqlError> {
 }
 
 /// Ends every failure streak and hold of a channel (its config changed, or
-/// an operator said "try now"), with an event saying why.
+/// an operator said "try now"), with an event saying `why`.
 pub(super) fn end_streaks(
     tx: &dyn Db,
     now: DateTime<Utc>,
     channel: &ChannelId,
+    why: &str,
 ) -> Result<(), Fail> {
     let held = tx.query_one(
         "SELECT count(*) FROM groups WHERE channel_id = ?1 AND consecutive_failures > 0",
@@ -661,9 +667,7 @@ pub(super) fn end_streaks(
             None,
             None,
             EventKind::ConfigChanged,
-            &format!(
-                "the channel's key, key ID or secret changed: {held} group(s) no longer held by earlier failures"
-            ),
+            &format!("{why}: {held} group(s) no longer held by earlier failures"),
         )?;
     }
     Ok(())
