@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use super::split::Parts;
 use super::{ChannelSettings, ConfigError, ENV_PREFIX, ENV_SECTIONS, Problem, Settings};
@@ -42,10 +41,10 @@ pub(super) fn parse(
 }
 
 /// `text` read by the `config` crate, with `overrides` on top when given.
-fn read<T: DeserializeOwned>(
+fn read(
     text: &str,
     overrides: Option<&HashMap<String, String>>,
-) -> Result<(T, config::Config), config::ConfigError> {
+) -> Result<config::Config, config::ConfigError> {
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml));
     if let Some(overrides) = overrides {
@@ -55,15 +54,14 @@ fn read<T: DeserializeOwned>(
                 .source(Some(overrides.clone())),
         );
     }
-    let built = builder.build()?;
-    Ok((built.clone().try_deserialize()?, built))
+    builder.build()
 }
 
 fn parse_whole(
     text: &str,
     overrides: &HashMap<String, String>,
 ) -> Result<Settings, config::ConfigError> {
-    read(text, Some(overrides)).map(|(settings, _)| settings)
+    read(text, Some(overrides))?.try_deserialize()
 }
 
 /// The settings from the parts, or `None` if any part fails.
@@ -74,15 +72,16 @@ fn parse_parts(parts: &Parts<'_>, overrides: &HashMap<String, String>) -> Option
     struct Entry {
         channel: Vec<ChannelSettings>,
     }
-    let (mut settings, rest): (Settings, _) = read(&parts.rest, Some(overrides)).ok()?;
+    let rest = read(&parts.rest, Some(overrides)).ok()?;
     if !parts.channels.is_empty() && rest.get::<config::Value>("channel").is_ok() {
         // `channel` also set in the rest (`channel = []`): TOML refuses
         // that mix, and the whole text's read says so.
         return None;
     }
+    let mut settings: Settings = rest.try_deserialize().ok()?;
     settings.channels.reserve_exact(parts.channels.len());
     for text in &parts.channels {
-        let (Entry { channel }, _) = read(text, None).ok()?;
+        let Entry { channel } = read(text, None).ok()?.try_deserialize().ok()?;
         let [entry] = <[ChannelSettings; 1]>::try_from(channel).ok()?;
         settings.channels.push(entry);
     }

@@ -1020,7 +1020,7 @@ impl Rotator {
             groups: state
                 .groups
                 .iter()
-                .filter(|g| g.kind == TokenKind::V21)
+                .filter(|g| g.kind.is_listed())
                 .map(|g| g.group.clone())
                 .collect(),
             error: text,
