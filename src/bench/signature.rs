@@ -3,7 +3,7 @@
 //! read as a multiple of the one piece of work an issue cannot avoid.
 //!
 //! It signs with [`SigningKey::sign_rs256`], the daemon's own signing path
-//! (aws-lc-rs, the key parsed once), over a message the size of a real
+//! (aws-lc-rs, the key held parsed across the loop), over a message the size of a real
 //! assertion's header and claims.
 
 use std::time::Instant;

@@ -128,6 +128,9 @@ pub(super) fn secret_from_bytes(bytes: Vec<u8>) -> Result<Secret, String> {
     if text.trim().is_empty() {
         return Err("is empty".to_owned());
     }
+    // Read in doubling steps, the buffer is up to twice the secret; kept
+    // for every group that names the file, the slack is memory for nothing.
+    text.shrink_to_fit();
     Ok(Secret::new(text))
 }
 

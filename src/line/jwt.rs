@@ -128,6 +128,17 @@ impl AssertionSigner {
         &self.kid
     }
 
+    /// The key, for tests of who releases it.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Drops the parsed key until the next signature (see
+    /// [`SigningKey::release`]): the channel's work is done for now.
+    pub fn release_key(&self) {
+        self.key.release();
+    }
+
     /// The claims an assertion built at `now` carries.
     ///
     /// # Errors
@@ -173,7 +184,7 @@ impl AssertionSigner {
         header.typ = Some("JWT".to_owned());
         header.kid = Some(self.kid.to_string());
         // The compact JWS as `jsonwebtoken::encode` builds it, signed with
-        // the key parsed once at load (see `SigningKey::sign_rs256`).
+        // the held parsed key (see `SigningKey::sign_rs256`).
         let message = format!("{}.{}", json_part(&header)?, json_part(&claims)?);
         let signature = self
             .key

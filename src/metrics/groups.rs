@@ -5,8 +5,11 @@
 //! Why not a `prometheus_client` family per metric, as the other metrics
 //! are: each family keeps, per group, a hash-table entry, a label set and
 //! an `Arc`'d atomic, about 450 bytes a group over these four, the largest
-//! per-group cost of the daemon after the token itself. A row of plain
-//! numbers under one shared label set is about a third of that.
+//! per-group cost of the daemon after the token itself. Here a group is
+//! one table slot of 64 bytes: its two IDs (which share the config's text,
+//! so no allocation of their own) and a row of 32 bytes of numbers. The
+//! `channel_name` label is kept once per channel and looked up as the rows
+//! are written.
 //!
 //! The text written is the families' own: the same names, help (with the
 //! full stop the registry adds to a registered metric's), types and labels
@@ -16,7 +19,8 @@
 //! registry writes collectors last.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::num::NonZeroU32;
+use std::sync::{PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -24,38 +28,67 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 
-use super::GroupLabelValues;
-use crate::domain::TokenKind;
+use crate::domain::{ChannelId, GroupName, TokenKind};
 
-/// One group's numbers; `None` where the group has no such series.
-#[derive(Debug, Default)]
+/// One group's numbers, 32 bytes: with its key (the two IDs, which share
+/// the config's text) a table slot is 64 bytes. Where the group has no
+/// such series: `None`, or NaN for the two timestamps.
+#[derive(Debug, Clone, Copy)]
 struct Row {
-    /// `live_tokens`: the group's kind and its live tokens.
-    live: Option<(TokenKind, i64)>,
     /// `token_expiry_timestamp_seconds`.
-    expiry: Option<f64>,
+    expiry: f64,
     /// `next_rotation_timestamp_seconds`.
-    next_rotation: Option<f64>,
-    /// `rotations_total{result="success"}`.
-    issued: Option<u64>,
+    next_rotation: f64,
+    /// `rotations_total{result="success"}`: absent until the first.
+    issued: Option<NonZeroU32>,
     /// `rotations_total{result="failure"}`.
-    failed: Option<u64>,
+    failed: Option<NonZeroU32>,
+    /// `live_tokens`: the group's kind and its live tokens.
+    live: Option<(TokenKind, i32)>,
+}
+
+impl Default for Row {
+    fn default() -> Self {
+        Self {
+            expiry: f64::NAN,
+            next_rotation: f64::NAN,
+            issued: None,
+            failed: None,
+            live: None,
+        }
+    }
 }
 
 impl Row {
+    fn expiry(&self) -> Option<f64> {
+        Some(self.expiry).filter(|v| !v.is_nan())
+    }
+
+    fn next_rotation(&self) -> Option<f64> {
+        Some(self.next_rotation).filter(|v| !v.is_nan())
+    }
+
+    fn clear_gauges(&mut self) {
+        self.live = None;
+        self.expiry = f64::NAN;
+        self.next_rotation = f64::NAN;
+    }
+
     fn is_empty(&self) -> bool {
         self.live.is_none()
-            && self.expiry.is_none()
-            && self.next_rotation.is_none()
+            && self.expiry().is_none()
+            && self.next_rotation().is_none()
             && self.issued.is_none()
             && self.failed.is_none()
     }
 }
 
-/// Every group's row, keyed by its label values.
+/// Every group's row, keyed by its channel ID and name, and each
+/// channel's `channel_name` label, which the rows share.
 #[derive(Debug, Default)]
 pub(super) struct GroupSeries {
-    rows: RwLock<HashMap<Arc<GroupLabelValues>, Row>>,
+    rows: RwLock<HashMap<(ChannelId, GroupName), Row>>,
+    names: RwLock<HashMap<ChannelId, String>>,
 }
 
 impl GroupSeries {
@@ -63,80 +96,105 @@ impl GroupSeries {
     /// its expiry and next rotation where it has them.
     pub fn set(
         &self,
-        labels: GroupLabelValues,
+        channel: &ChannelId,
+        group: &GroupName,
         kind: TokenKind,
-        live: i64,
+        live: usize,
         expiry: Option<f64>,
         next_rotation: Option<f64>,
     ) {
-        self.update(labels, |row| {
-            row.live = Some((kind, live));
-            row.expiry = expiry;
-            row.next_rotation = next_rotation;
+        self.update(channel, group, |row| {
+            row.live = Some((kind, i32::try_from(live).unwrap_or(i32::MAX)));
+            row.expiry = expiry.unwrap_or(f64::NAN);
+            row.next_rotation = next_rotation.unwrap_or(f64::NAN);
         });
     }
 
     /// Counts one issuance of the group, by result.
-    pub fn count_rotation(&self, labels: GroupLabelValues, success: bool) {
-        self.update(labels, |row| {
+    pub fn count_rotation(&self, channel: &ChannelId, group: &GroupName, success: bool) {
+        self.update(channel, group, |row| {
             let count = if success {
                 &mut row.issued
             } else {
                 &mut row.failed
             };
-            *count = Some(count.unwrap_or(0).saturating_add(1));
+            *count = Some(count.map_or(NonZeroU32::MIN, |n| n.saturating_add(1)));
         });
     }
 
     /// Drops a group's gauges (it left the config); its counters stay, as
     /// a counter's series does.
-    pub fn remove_gauges(&self, labels: &GroupLabelValues) {
+    pub fn remove_gauges(&self, channel: &ChannelId, group: &GroupName) {
         let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(row) = rows.get_mut(labels) {
-            row.live = None;
-            row.expiry = None;
-            row.next_rotation = None;
+        let key = (channel.clone(), group.clone());
+        if let Some(row) = rows.get_mut(&key) {
+            row.clear_gauges();
             if row.is_empty() {
-                rows.remove(labels);
+                rows.remove(&key);
             }
         }
     }
 
-    /// Drops every series (a channel was renamed or removed).
-    pub fn clear(&self) {
-        self.rows
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+    /// Drops every series and takes the channels' names (a channel was
+    /// renamed or removed, or the names are set for the first time).
+    pub fn reset(&self, names: HashMap<ChannelId, String>, clear: bool) {
+        if clear {
+            self.rows
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        *self.names.write().unwrap_or_else(PoisonError::into_inner) = names;
     }
 
-    fn update(&self, labels: GroupLabelValues, change: impl FnOnce(&mut Row)) {
+    fn update(&self, channel: &ChannelId, group: &GroupName, change: impl FnOnce(&mut Row)) {
         let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(row) = rows.get_mut(&labels) {
-            change(row);
-        } else {
-            change(rows.entry(Arc::new(labels)).or_default());
+        change(rows.entry((channel.clone(), group.clone())).or_default());
+    }
+}
+
+/// A row's labels: `channel`, `channel_name`, `group`, and one more.
+struct RowLabels<'a> {
+    channel: &'a str,
+    channel_name: &'a str,
+    group: &'a str,
+    extra: Option<(&'static str, &'static str)>,
+}
+
+impl<'a> RowLabels<'a> {
+    /// The labels of the row at `key`. A channel without a name (not in
+    /// the config any more) gets an empty one, as in the other families.
+    fn of(
+        names: &'a HashMap<ChannelId, String>,
+        (channel, group): &'a (ChannelId, GroupName),
+        extra: Option<(&'static str, &'static str)>,
+    ) -> Self {
+        Self {
+            channel: channel.as_str(),
+            channel_name: names.get(channel).map_or("", String::as_str),
+            group: group.as_str(),
+            extra,
         }
     }
 }
 
-/// A group's label values and one more label.
-struct With<'a> {
-    values: &'a GroupLabelValues,
-    name: &'static str,
-    value: &'static str,
-}
-
-impl EncodeLabelSet for With<'_> {
+impl EncodeLabelSet for RowLabels<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.values.encode(encoder)?;
-        (self.name, self.value).encode(encoder.encode_label())
+        ("channel", self.channel).encode(encoder.encode_label())?;
+        ("channel_name", self.channel_name).encode(encoder.encode_label())?;
+        ("group", self.group).encode(encoder.encode_label())?;
+        if let Some(extra) = self.extra {
+            extra.encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
 impl Collector for GroupSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let rows = self.rows.read().unwrap_or_else(PoisonError::into_inner);
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+        let labels = |key, extra| RowLabels::of(&names, key, extra);
         let gauge = |encoder: &mut DescriptorEncoder,
                      name: &str,
                      help: &str,
@@ -146,9 +204,9 @@ impl Collector for GroupSeries {
                 return Ok(());
             }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, row) in rows.iter() {
+            for (key, row) in rows.iter() {
                 if let Some(v) = value(row) {
-                    family.encode_family(labels.as_ref())?.encode_gauge(&v)?;
+                    family.encode_family(&labels(key, None))?.encode_gauge(&v)?;
                 }
             }
             Ok(())
@@ -157,13 +215,13 @@ impl Collector for GroupSeries {
             &mut encoder,
             "token_expiry_timestamp_seconds",
             "When the group's current token expires (Unix time).",
-            |row| row.expiry,
+            Row::expiry,
         )?;
         gauge(
             &mut encoder,
             "next_rotation_timestamp_seconds",
             "When the group's next token is due to be issued (Unix time).",
-            |row| row.next_rotation,
+            Row::next_rotation,
         )?;
         if rows.values().any(|row| row.live.is_some()) {
             let mut family = encoder.encode_descriptor(
@@ -172,14 +230,11 @@ impl Collector for GroupSeries {
                 None,
                 MetricType::Gauge,
             )?;
-            for (labels, row) in rows.iter() {
+            for (key, row) in rows.iter() {
                 if let Some((kind, live)) = row.live {
-                    let labels = With {
-                        values: labels,
-                        name: "kind",
-                        value: kind.as_str(),
-                    };
-                    family.encode_family(&labels)?.encode_gauge(&live)?;
+                    family
+                        .encode_family(&labels(key, Some(("kind", kind.as_str()))))?
+                        .encode_gauge(&i64::from(live))?;
                 }
             }
         }
@@ -193,17 +248,12 @@ impl Collector for GroupSeries {
                 None,
                 MetricType::Counter,
             )?;
-            for (labels, row) in rows.iter() {
+            for (key, row) in rows.iter() {
                 for (result, count) in [("success", row.issued), ("failure", row.failed)] {
                     if let Some(count) = count {
-                        let labels = With {
-                            values: labels,
-                            name: "result",
-                            value: result,
-                        };
                         family
-                            .encode_family(&labels)?
-                            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                            .encode_family(&labels(key, Some(("result", result))))?
+                            .encode_counter::<NoLabelSet, _, u64>(&u64::from(count.get()), None)?;
                     }
                 }
             }

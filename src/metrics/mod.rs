@@ -479,11 +479,17 @@ impl Metrics {
         let only_added = known
             .ids()
             .all(|(id, name)| channels.name(id) == Some(name));
+        self.groups.reset(
+            channels
+                .ids()
+                .map(|(id, name)| (id.clone(), name.to_owned()))
+                .collect(),
+            !only_added,
+        );
         *known = channels;
         if only_added {
             return;
         }
-        self.groups.clear();
         self.channel_tokens.clear();
         self.short_lived_evictions.clear();
         self.hook_runs.clear();
@@ -552,9 +558,10 @@ impl Metrics {
         // One series per group: a group that changed kind has the other
         // kind's no more.
         self.groups.set(
-            self.group_label_values(channel, group),
+            channel,
+            group,
             kind,
-            i64::try_from(live).unwrap_or(i64::MAX),
+            live,
             current_expiry.map(unix),
             next_rotation.map(unix),
         );
@@ -562,8 +569,7 @@ impl Metrics {
 
     /// Forgets a group that left the config.
     pub fn remove_group(&self, channel: &ChannelId, group: &GroupName) {
-        self.groups
-            .remove_gauges(&self.group_label_values(channel, group));
+        self.groups.remove_gauges(channel, group);
         self.remove_sinks(channel, group);
     }
 
@@ -653,8 +659,7 @@ impl Metrics {
 
     /// Counts an issuance.
     pub fn rotation(&self, channel: &ChannelId, group: &GroupName, success: bool) {
-        self.groups
-            .count_rotation(self.group_label_values(channel, group), success);
+        self.groups.count_rotation(channel, group, success);
     }
 
     /// Counts a stateless token request by `result` (`hit`,

@@ -495,7 +495,13 @@ impl Rotator {
             self.db(Store::check_same_file).await?;
             self.store_suspect.store(false, Ordering::SeqCst);
         }
-        let next = self.work_rounds(setup, cancel).await?;
+        let next = self.work_rounds(setup, cancel).await;
+        // The channel's signing burst is over: its key goes back to DER
+        // until it is next due (`SigningKey`'s doc says why).
+        if let Some(signer) = &setup.signer {
+            signer.release_key();
+        }
+        let next = next?;
         // LINE's answers of this work carry its Date: judged now, not at
         // the channel's next work an hour later.
         if let Some(skew) = self.line.last_clock_skew() {
