@@ -105,11 +105,11 @@ const NEED_PUBLIC: &str = "an RSA-2048 public key is needed (JWK or PEM)";
 /// parsed until [`SigningKey::release`]. Why: a parsed key in aws-lc, with
 /// the Montgomery contexts and blinding its first signature builds, is
 /// about 5.4 KB against the DER's 1.2 KB, and a channel signs in bursts
-/// (its key-ID listing, then its groups' issues) an hour or more apart. At
-/// 15 groups a channel, holding every channel's key parsed was about 360
-/// bytes of every group's memory. The rotator releases a channel's key
-/// when the channel's work ends, so one parse (about a quarter of a
-/// signature's cost) serves the whole burst.
+/// (its key-ID listing, then its groups' issues) an hour or more apart.
+/// At 15 groups a channel (heaptrack, 10,000 groups), every channel's key
+/// held parsed was about 365 bytes of every group's memory; as DER with
+/// its public half, about 100. The rotator releases a channel's key when
+/// the channel's work ends, so one parse serves the whole burst.
 ///
 /// `Debug` prints only the public modulus fingerprint: the private key never
 /// reaches a log.
@@ -192,18 +192,19 @@ impl SigningKey {
         strip_leading_zeros(&self.public.0).len() * 8
     }
 
-    /// The parsed pair: the held one, or the DER parsed and held.
+    /// The parsed pair: the held one, or the DER parsed and held. Parsed
+    /// outside the lock (it checks the key's consistency, a fraction of a
+    /// signature): a concurrent signer waits for no parse but its own.
     fn pair(&self) -> Result<Arc<KeyPair>, KeyError> {
-        let mut parsed = self.parsed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pair) = parsed.as_ref() {
+        let held = || self.parsed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pair) = held().as_ref() {
             return Ok(Arc::clone(pair));
         }
         let pair =
             Arc::new(KeyPair::from_pkcs8(&self.der).map_err(|e| {
                 KeyError::Malformed(format!("the loaded key no longer parses ({e})"))
             })?);
-        *parsed = Some(Arc::clone(&pair));
-        Ok(pair)
+        Ok(Arc::clone(held().get_or_insert(pair)))
     }
 
     /// Drops the parsed pair (the DER stays): the holder is done signing
@@ -241,7 +242,9 @@ impl SigningKey {
     /// key again for every signature, tripling the cost of each assertion.
     ///
     /// # Errors
-    /// [`KeyError::Sign`] if the crypto library fails.
+    /// [`KeyError::Sign`] if the crypto library fails;
+    /// [`KeyError::Malformed`] if the kept DER no longer parses (a crypto
+    /// library fault: aws-lc wrote it from a key it had accepted).
     pub fn sign_rs256(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let pair = self.pair()?;
         let mut signature = vec![0; pair.public_modulus_len()];
@@ -670,9 +673,16 @@ mod tests {
         // RS256 (PKCS#1 v1.5) is deterministic: the same key, parsed again
         // from the kept DER, makes the same signature.
         assert_eq!(key.sign_rs256(b"header.claims").unwrap(), first);
-        let jwk = key.public_jwk().to_json_pretty();
-        let verifying = VerifyingKey::parse(jwk.as_bytes()).unwrap();
-        assert_eq!(verifying.modulus_bits(), 2048);
+        let jwk = key.public_jwk();
+        let n = URL_SAFE_NO_PAD.decode(&jwk.n).unwrap();
+        let e = URL_SAFE_NO_PAD.decode(&jwk.e).unwrap();
+        aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
+            .verify(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                b"header.claims",
+                &first,
+            )
+            .expect("the public half verifies the signature");
     }
 
     #[test]

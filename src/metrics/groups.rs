@@ -6,10 +6,9 @@
 //! are: each family keeps, per group, a hash-table entry, a label set and
 //! an `Arc`'d atomic, about 450 bytes a group over these four, the largest
 //! per-group cost of the daemon after the token itself. Here a group is
-//! one table slot of 64 bytes: its two IDs (which share the config's text,
-//! so no allocation of their own) and a row of 32 bytes of numbers. The
-//! `channel_name` label is kept once per channel and looked up as the rows
-//! are written.
+//! one table slot of 64 bytes: its two IDs (each a shared text, cloned by
+//! reference count) and a row of 32 bytes of numbers. The `channel_name`
+//! label is kept once per channel and looked up as the rows are written.
 //!
 //! The text written is the families' own: the same names, help (with the
 //! full stop the registry adds to a registered metric's), types and labels
@@ -20,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -30,8 +29,8 @@ use prometheus_client::metrics::MetricType;
 
 use crate::domain::{ChannelId, GroupName, TokenKind};
 
-/// One group's numbers, 32 bytes: with its key (the two IDs, which share
-/// the config's text) a table slot is 64 bytes. Where the group has no
+/// One group's numbers, 32 bytes: with its key (the two IDs, shared texts)
+/// a table slot is 64 bytes. Where the group has no
 /// such series: `None`, or NaN for the two timestamps.
 #[derive(Debug, Clone, Copy)]
 struct Row {
@@ -88,7 +87,7 @@ impl Row {
 #[derive(Debug, Default)]
 pub(super) struct GroupSeries {
     rows: RwLock<HashMap<(ChannelId, GroupName), Row>>,
-    names: RwLock<HashMap<ChannelId, String>>,
+    names: RwLock<HashMap<ChannelId, Arc<str>>>,
 }
 
 impl GroupSeries {
@@ -135,16 +134,16 @@ impl GroupSeries {
         }
     }
 
-    /// Drops every series and takes the channels' names (a channel was
-    /// renamed or removed, or the names are set for the first time).
-    pub fn reset(&self, names: HashMap<ChannelId, String>, clear: bool) {
+    /// Takes the channels' names and, with `clear` (a channel was renamed
+    /// or removed), drops every series. Both at once: no scrape sees rows
+    /// of one naming under the other's names.
+    pub fn reset(&self, names: HashMap<ChannelId, Arc<str>>, clear: bool) {
+        let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
+        let mut known = self.names.write().unwrap_or_else(PoisonError::into_inner);
         if clear {
-            self.rows
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            rows.clear();
         }
-        *self.names.write().unwrap_or_else(PoisonError::into_inner) = names;
+        *known = names;
     }
 
     fn update(&self, channel: &ChannelId, group: &GroupName, change: impl FnOnce(&mut Row)) {
@@ -165,13 +164,13 @@ impl<'a> RowLabels<'a> {
     /// The labels of the row at `key`. A channel without a name (not in
     /// the config any more) gets an empty one, as in the other families.
     fn of(
-        names: &'a HashMap<ChannelId, String>,
+        names: &'a HashMap<ChannelId, Arc<str>>,
         (channel, group): &'a (ChannelId, GroupName),
         extra: Option<(&'static str, &'static str)>,
     ) -> Self {
         Self {
             channel: channel.as_str(),
-            channel_name: names.get(channel).map_or("", String::as_str),
+            channel_name: names.get(channel).map_or("", |name| name),
             group: group.as_str(),
             extra,
         }

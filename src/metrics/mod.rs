@@ -469,10 +469,7 @@ impl Metrics {
         if *known == channels {
             return;
         }
-        *self
-            .channel_labels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = channels
+        let labels: HashMap<ChannelId, (Label, Label)> = channels
             .ids()
             .map(|(id, name)| (id.clone(), (Label::from(id.as_str()), Label::from(name))))
             .collect();
@@ -480,12 +477,16 @@ impl Metrics {
             .ids()
             .all(|(id, name)| channels.name(id) == Some(name));
         self.groups.reset(
-            channels
-                .ids()
-                .map(|(id, name)| (id.clone(), name.to_owned()))
+            labels
+                .iter()
+                .map(|(id, (_, name))| (id.clone(), Arc::clone(name)))
                 .collect(),
             !only_added,
         );
+        *self
+            .channel_labels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = labels;
         *known = channels;
         if only_added {
             return;

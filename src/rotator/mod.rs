@@ -495,13 +495,14 @@ impl Rotator {
             self.db(Store::check_same_file).await?;
             self.store_suspect.store(false, Ordering::SeqCst);
         }
-        let next = self.work_rounds(setup, cancel).await;
-        // The channel's signing burst is over: its key goes back to DER
-        // until it is next due (`SigningKey`'s doc says why).
-        if let Some(signer) = &setup.signer {
-            signer.release_key();
-        }
-        let next = next?;
+        let next = {
+            // When the work ends, however it ends (an error, a panic, the
+            // future dropped), the channel's signing burst is over: its key
+            // goes back to DER until it is next due (`SigningKey`'s doc
+            // says why).
+            let _release = ReleaseKey(setup.signer.as_ref());
+            self.work_rounds(setup, cancel).await?
+        };
         // LINE's answers of this work carry its Date: judged now, not at
         // the channel's next work an hour later.
         if let Some(skew) = self.line.last_clock_skew() {
@@ -876,6 +877,17 @@ pub const ENGINE_ALERTS: &[&str] = &[
     "lost_token",
     "short_lived_evicted",
 ];
+
+/// Releases a channel's parsed signing key when dropped.
+struct ReleaseKey<'a>(Option<&'a AssertionSigner>);
+
+impl Drop for ReleaseKey<'_> {
+    fn drop(&mut self) {
+        if let Some(signer) = self.0 {
+            signer.release_key();
+        }
+    }
+}
 
 /// The stable name of an alert, the part of its fingerprint after the
 /// channel and group.
