@@ -348,7 +348,7 @@ impl ChannelRun {
                 .state
                 .groups
                 .iter()
-                .flat_map(|g| g.live_tokens(t))
+                .flat_map(|g| g.live(t))
                 .map(|tok| tok.expires_at)
                 .min()
                 .unwrap_or(DateTime::<Utc>::MAX_UTC);

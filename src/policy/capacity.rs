@@ -35,12 +35,7 @@ pub fn free_capacity(channel: &ChannelView, rules: &Rules, revoking: u32) -> i64
 pub fn live_ours(now: DateTime<Utc>, groups: &[GroupView], kind: TokenKind) -> u32 {
     let n: usize = groups
         .iter()
-        .map(|g| {
-            g.live_tokens(now)
-                .into_iter()
-                .filter(|t| t.kind() == kind)
-                .count()
-        })
+        .map(|g| g.live(now).filter(|t| t.kind() == kind).count())
         .sum();
     u32::try_from(n).unwrap_or(u32::MAX)
 }

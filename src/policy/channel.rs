@@ -255,7 +255,7 @@ pub fn full_until(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Da
     state
         .groups
         .iter()
-        .flat_map(|g| g.live_tokens(now))
+        .flat_map(|g| g.live(now))
         .filter(|t| t.kind() == TokenKind::V21)
         .map(|t| time::add(t.expires_at, margin))
         .fold(recheck, DateTime::min)

@@ -719,8 +719,7 @@ fn plan_active(
     // issuers' v2.1 tokens on the channel, so it goes on while one is live.
     let lists = listed
         || group
-            .live_tokens(now)
-            .iter()
+            .live(now)
             .any(|t| t.kind() == crate::domain::TokenKind::V21);
     let reconcile_is_due = lists && reconcile_due_at.is_none_or(|at| now >= at);
     // After LINE's 30-token refusal our count was wrong: only a listing

@@ -93,24 +93,23 @@ impl GroupView {
     /// time; ties go to the later expiry, then to the key ID, so the order
     /// is total and stable.
     pub fn live_tokens(&self, now: DateTime<Utc>) -> Vec<&TokenRecord> {
-        let mut live: Vec<&TokenRecord> =
-            self.tokens.iter().filter(|t| t.is_live_at(now)).collect();
-        live.sort_by(|a, b| {
-            a.refused_at
-                .is_some()
-                .cmp(&b.refused_at.is_some())
-                .then(b.issued_at.cmp(&a.issued_at))
-                .then(b.expires_at.cmp(&a.expires_at))
-                .then(b.key_id.cmp(&a.key_id))
-        });
+        let mut live: Vec<&TokenRecord> = self.live(now).collect();
+        live.sort_by(|a, b| newest_usable_first(a, b));
         live
     }
 
-    /// The newest usable token, which consumers should be using.
+    /// The live tokens in no particular order, for counts and extremes:
+    /// no list to build and sort (the forecast asks this of every group
+    /// in every round).
+    pub fn live(&self, now: DateTime<Utc>) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.iter().filter(move |t| t.is_live_at(now))
+    }
+
+    /// The newest usable token, which consumers should be using: the first
+    /// of [`Self::live_tokens`], found without sorting them.
     pub fn current(&self, now: DateTime<Utc>) -> Option<&TokenRecord> {
-        self.live_tokens(now)
-            .into_iter()
-            .next()
+        self.live(now)
+            .min_by(|a, b| newest_usable_first(a, b))
             .filter(|t| t.refused_at.is_none())
     }
 
@@ -194,4 +193,16 @@ pub struct ChannelView {
     /// that settles them, so none is asked for only to settle them.
     /// `None` when there are none.
     pub held_assertion_exp: Option<DateTime<Utc>>,
+}
+
+/// The order of [`GroupView::live_tokens`]: usable before refused, then
+/// newest issue, later expiry, greater key ID first. Total, so the first
+/// is the same whether found by sorting or by `min_by`.
+fn newest_usable_first(a: &TokenRecord, b: &TokenRecord) -> std::cmp::Ordering {
+    a.refused_at
+        .is_some()
+        .cmp(&b.refused_at.is_some())
+        .then(b.issued_at.cmp(&a.issued_at))
+        .then(b.expires_at.cmp(&a.expires_at))
+        .then(b.key_id.cmp(&a.key_id))
 }
