@@ -96,6 +96,18 @@ impl Engine {
         }
     }
 
+    /// The engine on the project's sandbox, with the channel's registered
+    /// key and its secret.
+    fn on_lab(lab: &support::SandboxLab) -> Self {
+        Self::new(
+            &lab.base_url,
+            &lab.clock,
+            support::signer(LAB_CHANNEL, LAB_KID),
+            Some(LAB_SECRET),
+            generous(),
+        )
+    }
+
     /// Works the channel until it idles; returns when it is due again.
     async fn pass(&self) -> DateTime<Utc> {
         self.rotator.pass(&CancellationToken::new()).await.unwrap()
@@ -463,13 +475,7 @@ async fn an_empty_access_token_in_a_200_does_not_wedge_the_group() {
 #[tokio::test]
 async fn three_rotations_on_a_still_clock_keep_the_newest_and_revoke_the_oldest() {
     let lab = support::sandbox_lab().await;
-    let engine = Engine::new(
-        &lab.base_url,
-        &lab.clock,
-        support::signer(LAB_CHANNEL, LAB_KID),
-        Some(LAB_SECRET),
-        generous(),
-    );
+    let engine = Engine::on_lab(&lab);
     engine.pass().await;
     let t0 = lab.clock.now();
     for _ in 0..3 {
@@ -520,13 +526,7 @@ async fn three_rotations_on_a_still_clock_keep_the_newest_and_revoke_the_oldest(
 #[tokio::test]
 async fn a_channels_key_is_released_when_its_work_ends() {
     let lab = support::sandbox_lab().await;
-    let engine = Engine::new(
-        &lab.base_url,
-        &lab.clock,
-        support::signer(LAB_CHANNEL, LAB_KID),
-        Some(LAB_SECRET),
-        generous(),
-    );
+    let engine = Engine::on_lab(&lab);
     let channels = engine.rotator.channels();
     let signer = channels[0].signer.as_ref().unwrap();
     engine.pass().await;
