@@ -91,7 +91,7 @@ impl Store {
             }
             let listed: BTreeSet<&KeyId> = live_kids.iter().collect();
             let mut report = ReconcileReport {
-                expired: expire_in(tx, &self.inner.values, now, Some(channel))?,
+                expired: expire_in(tx, &self.inner.values, now, Scope::Channel(channel))?,
                 ..ReconcileReport::default()
             };
 

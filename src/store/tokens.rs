@@ -312,7 +312,7 @@ impl Store {
     /// [`StoreError::Query`], [`StoreError::ReadOnly`].
     pub fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<KeyId>, StoreError> {
         self.write_db("expiring tokens", |tx| {
-            expire_in(tx, &self.inner.values, now, None)
+            expire_in(tx, &self.inner.values, now, Scope::All)
         })
     }
 
@@ -327,7 +327,7 @@ impl Store {
         channel: &ChannelId,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.write_db("expiring tokens", |tx| {
-            expire_in(tx, &self.inner.values, now, Some(channel))
+            expire_in(tx, &self.inner.values, now, Scope::Channel(channel))
         })
     }
 }
@@ -338,33 +338,24 @@ pub(super) fn expire_in(
     tx: &dyn Db,
     values: &Values,
     now: DateTime<Utc>,
-    channel: Option<&ChannelId>,
+    scope: Scope<'_>,
 ) -> Result<Vec<KeyId>, Fail> {
-    // One statement per case: with `(?2 IS NULL OR channel_id = ?2)` the
-    // planner cannot seek `tokens_live_by_channel` by channel and walks
-    // every live token of every channel, once per channel's reconcile
-    // (at 100,000 groups, 7 % of the daemon's time in a first start).
-    let order = key_order(tx);
-    let due = match channel {
-        Some(channel) => query_tokens(
-            tx,
-            values,
-            &format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE channel_id = ?2 AND state = 'live' \
-                 AND expires_at <= ?1 ORDER BY issued_at, {order}"
-            ),
-            p![millis(now), channel.as_str()],
-        )?,
-        None => query_tokens(
-            tx,
-            values,
-            &format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE state = 'live' AND expires_at <= ?1 \
-                 ORDER BY issued_at, {order}"
-            ),
-            p![millis(now)],
-        )?,
-    };
+    // The scope's condition is one statement per case: with
+    // `(? IS NULL OR channel_id = ?)` the planner could not seek
+    // `tokens_live_by_channel` by channel and walked every live token of
+    // every channel, once per channel's reconcile (at 100,000 groups, 7 %
+    // of the daemon's time in a first start).
+    let due = query_tokens(
+        tx,
+        values,
+        &format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} AND state = 'live' \
+             AND expires_at <= ?2 ORDER BY issued_at, {}",
+            scope.condition("channel_id"),
+            key_order(tx)
+        ),
+        p![scope.param(), millis(now)],
+    )?;
     let mut expired = Vec::with_capacity(due.len());
     for token in due {
         change_state(tx, now, &token, TokenState::Expired, "past its expiry")?;

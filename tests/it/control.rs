@@ -44,6 +44,12 @@ async fn run_binary(args: Vec<String>) -> Output {
         .unwrap()
 }
 
+/// The stderr of a command that must have exited 1 (the request failed).
+fn failed(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(out), stderr(out));
+    stderr(out)
+}
+
 fn args(list: &[&str], config: &Path) -> Vec<String> {
     let mut v: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
     v.push("--config".to_owned());
@@ -583,14 +589,7 @@ async fn a_revoke_line_refuses_exits_1_and_the_daemon_finishes_it_later() {
         &lab.config,
     ))
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let err = stderr(&out);
+    let err = failed(&out);
     assert!(err.contains("the request failed"), "{err}");
     assert!(
         err.contains("revoke:") && err.contains("retries at"),
@@ -673,14 +672,7 @@ async fn a_rotate_line_refuses_the_kid_of_answers_the_failure_at_once() {
             let asked = std::time::Instant::now();
             let out = run_binary(args(command, &config)).await;
             let took = asked.elapsed();
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{}{}",
-                stdout(&out),
-                stderr(&out)
-            );
-            let err = stderr(&out);
+            let err = failed(&out);
             assert!(err.contains("retries at"), "{err}");
             assert!(!err.contains("still in progress"), "{err}");
             assert!(took < Duration::from_secs(60), "{took:?}");
