@@ -683,14 +683,20 @@ async fn split_brain(test: &str, paused: Paused) {
         })
         .await;
     assert_eq!(fenced.field("level").as_deref(), Some("ERROR"));
-    // Stopped while LINE answered, the leader read the answer because its
-    // request's deadline had passed while it could not run.
+    // Stopped while LINE answered, the leader read the answer (the orphan
+    // above is that answer). As it resumes, two of its tasks are ready at
+    // once: the request, whose deadline passed while it could not run, and
+    // the connection, with LINE's answer in its socket. Which runs first is
+    // the runtime's choice: the request sees its late deadline and reads
+    // the answer in its grace (one "could not run" line), or the
+    // connection hands the answer on first (none). Either way it is read;
+    // paused after the answer, the deadline never comes into it.
     let read_late = procs[l].count(resumed, |l| {
         l.begins("a LINE request's deadline passed while linetokd could not run")
             && l.field("endpoint").as_deref() == Some("v21_issue")
     });
     match paused {
-        Paused::WhileLineAnswers => assert_eq!(read_late, 1),
+        Paused::WhileLineAnswers => assert!(read_late <= 1, "{read_late} late reads"),
         Paused::AfterLinesAnswer => assert_eq!(read_late, 0),
     }
     assert_eq!(fenced.field("group").as_deref(), Some(group.as_str()));
