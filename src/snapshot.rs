@@ -231,6 +231,7 @@ impl Snapshot {
             issued_last_hour: u32::try_from(issued_last_hour).unwrap_or(u32::MAX),
             last_issue_at: own_issues().max(),
             retry: retry_from_runtime(&row.runtime),
+            unsettled_attempts: count(self.unsettled.iter().filter(|g| **g == row.name).count()),
             evicted_at: self
                 .evictions
                 .iter()

@@ -157,8 +157,9 @@ impl ValidConfig {
             }
         }
         if let Some(ha) = &self.ha {
-            // After a takeover that interrupted an issuance the channel
-            // issues nothing for up to lease + assertion window + allowance;
+            // After a takeover that interrupted an issuance, the group whose
+            // issuance it was issues nothing for up to lease + assertion
+            // window + allowance;
             // a rotation due later than that still lands before expiry.
             let hold = ha
                 .lease
@@ -168,8 +169,8 @@ impl ValidConfig {
                 out.push(format!(
                     "rotation.rotate_before ({}) is not longer than ha.lease + \
                      rotation.assertion_window + ha.line_clock_allowance ({}): after a takeover \
-                     that interrupted an issuance the channel issues nothing for up to that \
-                     long, so a group can run out of its token meanwhile",
+                     that interrupted a group's issuance that group issues nothing for up to \
+                     that long, so it can run out of its token meanwhile",
                     super::duration::format(self.rotation.rotate_before),
                     super::duration::format(hold)
                 ));

@@ -303,14 +303,19 @@ mod tests {
     }
 
     #[test]
-    fn a_takeovers_possibly_issued_attempt_holds_issues_without_listing_until_it_can_settle() {
+    fn a_takeovers_possibly_issued_attempt_holds_its_group_until_a_listing_can_settle_it() {
         let rules = Rules {
             line_clock_allowance: Duration::seconds(1),
             ..Rules::default()
         };
         let exp = t0() + Duration::seconds(10);
+        // Group a's issue was in flight when the previous leader died.
+        let in_doubt = GroupView {
+            unsettled_attempts: 1,
+            ..group("a", vec![])
+        };
         let state = ChannelState {
-            groups: vec![group("a", vec![]), group("b", vec![])],
+            groups: vec![in_doubt, group("b", vec![])],
             view: ChannelView {
                 lost: 1,
                 held_assertion_exp: Some(exp),
@@ -318,20 +323,78 @@ mod tests {
             },
         };
         // Before the assertion expired (plus the allowance) a listing
-        // settles nothing: no step, a wake-up then.
+        // settles nothing: a's issue waits for then, while b, with the
+        // attempt counted against the channel's capacity, is issued one.
         let d = drive(t0() + Duration::seconds(5), &state, &rules);
+        match &d.next {
+            Next::Execute { group: 1, plan } => {
+                assert!(
+                    matches!(plan.steps.as_slice(), [Step::Issue { .. }]),
+                    "{plan:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.plans[0].hold, Some(Hold::Reconcile), "{:?}", d.plans[0]);
+        assert!(d.plans[0].steps.is_empty(), "{:?}", d.plans[0]);
+        // With b served, the channel idles until a listing can settle a's
+        // attempt.
+        let served = ChannelState {
+            groups: vec![
+                state.groups[0].clone(),
+                group(
+                    "b",
+                    vec![TokenRecord::live(
+                        KeyId::new("b1"),
+                        t0(),
+                        t0() + Duration::days(30),
+                    )],
+                ),
+            ],
+            ..state.clone()
+        };
+        let d = drive(t0() + Duration::seconds(5), &served, &rules);
         match d.next {
             Next::Idle { until } => assert_eq!(until, exp + Duration::seconds(1)),
             other => panic!("{other:?}"),
         }
         // From then on the listing is asked for (and then settles it).
-        let d = drive(exp + Duration::seconds(2), &state, &rules);
+        let d = drive(exp + Duration::seconds(2), &served, &rules);
         match d.next {
             Next::Execute { plan, .. } => {
                 assert_eq!(plan.steps, vec![Step::Reconcile], "{plan:?}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Without a takeover's held attempt, an unsettled one holds every
+    /// group: a listing settles it now, before anyone's issue.
+    #[test]
+    fn an_unsettled_attempt_that_a_listing_can_settle_is_listed_before_any_issue() {
+        let in_doubt = GroupView {
+            unsettled_attempts: 1,
+            ..group("a", vec![])
+        };
+        let state = ChannelState {
+            groups: vec![in_doubt, group("b", vec![])],
+            view: ChannelView {
+                lost: 1,
+                ..fresh_view()
+            },
+        };
+        let d = drive(t0() + Duration::seconds(5), &state, &Rules::default());
+        match d.next {
+            Next::Execute { plan, .. } => {
+                assert_eq!(plan.steps, vec![Step::Reconcile], "{plan:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            d.plans.iter().all(|p| p.hold == Some(Hold::Reconcile)),
+            "{:?}",
+            d.plans
+        );
     }
 
     #[test]

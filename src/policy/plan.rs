@@ -725,9 +725,22 @@ fn plan_active(
     // After LINE's 30-token refusal our count was wrong: only a listing
     // asked for after the refusal is fresh.
     let full_until = channel.full_until.filter(|u| *u > now);
+    // A takeover's possibly-issued attempts settle only by a listing asked
+    // for after their assertion expired (docs/design.md §14.3): until then
+    // a listing is no use to them.
+    let lost_settle_from = channel
+        .held_assertion_exp
+        .map(|exp| time::add(exp, time::non_negative(rules.line_clock_allowance)))
+        .filter(|at| *at > now);
+    // Unsettled attempts make the count uncertain, so a listing settles them
+    // before any issue; while they cannot be settled yet they are counted
+    // against capacity and hold only their own groups (which may already
+    // hold a token nobody recorded), not the whole channel.
+    let lost_blocks =
+        channel.lost > 0 && (lost_settle_from.is_none() || group.unsettled_attempts > 0);
     let reconcile_fresh_for_issue = !listed
         || (!reconcile_is_due
-            && channel.lost == 0
+            && !lost_blocks
             && !channel.relist_needed
             && channel.last_reconcile_at.is_some_and(|at| {
                 now.signed_duration_since(at)
@@ -750,15 +763,11 @@ fn plan_active(
             draft.wake(rate_at);
         } else if !reconcile_fresh_for_issue {
             hold = Some(Hold::Reconcile);
-            // A takeover's possibly-issued attempts settle only by a
-            // listing asked for after their assertion expired: until then
-            // listing is no use (docs/design.md §14.3), so wait for it.
-            let settles_from = channel
-                .held_assertion_exp
-                .map(|exp| time::add(exp, time::non_negative(rules.line_clock_allowance)))
-                .filter(|at| *at > now);
-            match settles_from {
-                Some(at) if channel.last_reconcile_at.is_some() => draft.wake(at),
+            // A group holding an attempt no listing can settle yet waits
+            // for the instant one can (once the channel has been listed at
+            // all); anything else is settled by a listing now.
+            match lost_settle_from {
+                Some(at) if lost_blocks && channel.last_reconcile_at.is_some() => draft.wake(at),
                 _ => reconcile = true,
             }
         } else {

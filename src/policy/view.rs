@@ -57,6 +57,12 @@ pub struct GroupView {
     pub last_issue_at: Option<DateTime<Utc>>,
     /// The group's failure streak, if its last attempt failed.
     pub retry: Option<RetryState>,
+    /// The group's issue attempts of unknown outcome that no listing has
+    /// settled yet (a crash mid-call, an answer lost, a takeover's
+    /// possibly-issued intent): each may be a live token of the group
+    /// nobody recorded. The channel's sum is
+    /// [`ChannelView::lost`](ChannelView).
+    pub unsettled_attempts: u32,
     /// When LINE's verify last refused a short-lived token of the group
     /// that still had time left: a 31st token on the channel (anyone's) evicted it,
     /// or it was revoked outside linetokd. Raises
@@ -81,6 +87,7 @@ impl GroupView {
             issued_last_hour: 0,
             last_issue_at: None,
             retry: None,
+            unsettled_attempts: 0,
             evicted_at: None,
         }
     }

@@ -421,6 +421,69 @@ async fn two_instances(lab: &Lab, rotation: &str) -> ([std::path::PathBuf; 2], [
     (configs, procs, l)
 }
 
+/// A takeover that interrupted an issuance holds only that issuance's
+/// group, until a key-ID listing can settle it (the assertion's expiry plus
+/// LINE's clock allowance: ten minutes and a second here); the channel's
+/// other group goes on rotating under the new leader, the interrupted
+/// issuance counted against the channel's 30 meanwhile.
+#[tokio::test]
+async fn under_ha_a_takeover_of_an_interrupted_issuance_holds_only_its_group() {
+    let rules = QUIET.replace("assertion_window = \"15s\"", "assertion_window = \"10m\"");
+    assert_ne!(rules, QUIET);
+    let Some(lab) = Lab::start_on_postgres(&rules, "debug", "ha_takeover_holds_one_group").await
+    else {
+        return;
+    };
+    let db = db(&lab).await;
+    let (configs, mut procs, l) = two_instances(&lab, &rules).await;
+    let f = 1 - l;
+
+    // LINE is slow to answer issues, so the leader dies while it asks.
+    lab.set_faults(json!({"endpoints": {"/oauth2/v2.1/token": {"latency_ms": 1900}}}))
+        .await;
+    let mark = procs[l].mark();
+    let (_, line) = procs[l]
+        .wait_for(mark, "the rotation's issuance to start", issuing)
+        .await;
+    let group = line.field("group").unwrap();
+    let other = *GROUPS.iter().find(|g| **g != group).unwrap();
+    let follower_mark = procs[f].mark();
+    procs[l].kill9().await;
+    lab.set_faults(json!({})).await;
+
+    let (took, _) = procs[f]
+        .wait_for(follower_mark, "the takeover", leading)
+        .await;
+    procs[f]
+        .wait_for(took, "the interrupted issuance closed", |l| {
+            l.begins("taking the channel over: an issuance of the previous leader was in flight")
+                && l.field("group").as_deref() == Some(group.as_str())
+        })
+        .await;
+    // The other group rotates, twice, under the new leader ...
+    procs[f]
+        .wait_for_n(took, 2, &format!("two rotations of {other}"), issued(other))
+        .await;
+    // ... while the interrupted one is issued nothing: its issuance may
+    // still reach LINE for ten minutes. `status` says what it waits for.
+    assert_eq!(procs[f].count(took, issued(&group)), 0);
+    let (status_proc, report) = status(&lab, &configs[f]).await;
+    let groups = report["channels"][0]["groups"].as_array().unwrap();
+    let held = groups
+        .iter()
+        .find(|g| g["name"] == group.as_str())
+        .unwrap_or_else(|| panic!("no group {group} in {report}"));
+    assert_eq!(held["hold"]["kind"], "reconcile", "{held}");
+    let going = groups.iter().find(|g| g["name"] == other).unwrap();
+    assert!(going["hold"].is_null(), "{going}");
+
+    procs[f].signal("TERM");
+    procs[f].exit_ok().await;
+    assert_at_most_two_live(&lab, &db).await;
+    lab.assert_nothing_secret_printed(&[&procs[0], &procs[1], &status_proc])
+        .await;
+}
+
 /// Kills the leader with SIGKILL in the middle of a rotation's issuance,
 /// with `fault` set on the sandbox: after LINE answered the issue
 /// (`after_answer`), or as soon as the intent is committed. The other

@@ -49,12 +49,9 @@ use super::{DEBUG, ROTATING};
 const CHANNEL_CAP: usize = 30;
 
 /// The `[ha]` lines of instance `name`: a 9 s lease renewed every second
-/// (validation's floor with a 2 s request timeout: 9 > 2 + 1 + 5), and
-/// LINE's clock allowed to be 1 s off (see [`failover_rules`]).
+/// (validation's floor with a 2 s request timeout: 9 > 2 + 1 + 5).
 fn ha(name: &str) -> String {
-    format!(
-        "instance_id = \"{name}\"\nlease = \"9s\"\nrenew = \"1s\"\nline_clock_allowance = \"1s\""
-    )
+    format!("instance_id = \"{name}\"\nlease = \"9s\"\nrenew = \"1s\"")
 }
 
 /// The lease of [`ha`].
@@ -83,16 +80,6 @@ fn row(table: &LeaseTable, channel: &str) -> (String, i64, DateTime<Utc>) {
         lease.epoch.0,
         lease.valid_until,
     )
-}
-
-/// [`ROTATING`] with a 15 s assertion window. The leader is killed at a
-/// random instant, possibly mid-issuance: its heir then counts that
-/// issuance as possibly issued and holds the channel's issues until a
-/// listing can settle it, after the assertion's expiry plus LINE's clock
-/// allowance (docs/design.md §14.3). With the defaults (10 min and 5 min)
-/// that hold would outlast every wait here; with these it is seconds.
-fn failover_rules() -> String {
-    format!("{ROTATING}assertion_window = \"15s\"\n")
 }
 
 /// The index in `names` of the instance the spreading rule prefers for
@@ -231,7 +218,7 @@ fn channels() -> Vec<&'static str> {
 /// its groups writing raw sinks in the instance's directory) plus the
 /// [`EXTRA`] channels, each with the same groups and sinks of its own.
 fn config_for(lab: &Lab, name: &str) -> PathBuf {
-    let path = lab.ha_instance(name, &failover_rules(), "2s", &ha(name));
+    let path = lab.ha_instance(name, ROTATING, "2s", &ha(name));
     let state = path.parent().unwrap().to_owned();
     let mut text = std::fs::read_to_string(&path).unwrap();
     for id in EXTRA {
@@ -271,8 +258,7 @@ async fn first_of(
 #[tokio::test]
 async fn three_instances_spread_four_channels_and_a_killed_leaders_channels_move_to_survivors() {
     let Some(lab) =
-        Lab::start_on_postgres_with_channels(&failover_rules(), "info", "ha_many_failover", &EXTRA)
-            .await
+        Lab::start_on_postgres_with_channels(ROTATING, "info", "ha_many_failover", &EXTRA).await
     else {
         return;
     };
