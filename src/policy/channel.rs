@@ -155,7 +155,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
     }) {
         Next::FreeCapacity { group: i, victims }
     } else {
-        let latest = time::add(now, rules.max_sleep);
+        let latest = time::safety_wake(now, rules.max_sleep);
         let until = plans
             .iter()
             .map(|p| p.wake_at)
@@ -240,7 +240,7 @@ fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>, rules
     let before = plan.steps.len();
     plan.steps.retain(|s| *s != Step::Reconcile);
     if plan.steps.len() != before && plan.steps.is_empty() {
-        plan.wake_at = until.min(time::add(now, rules.max_sleep));
+        plan.wake_at = until.min(time::safety_wake(now, rules.max_sleep));
     }
 }
 

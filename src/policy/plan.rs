@@ -64,7 +64,8 @@ use crate::domain::{KeyId, RequestKind, TokenKind, TokenRecord};
 /// with nothing due, plan again within the hour. Every due time is
 /// wall-clock arithmetic; if the clock jumps, the machine suspends, or a bug
 /// computes a wake time too far ahead, this caps the damage at an hour of
-/// delay for the price of one cheap pure call.
+/// delay for the price of one cheap pure call. The cap falls on whole
+/// hours ([`time::safety_wake`]), so all channels take it in one pass.
 pub const MAX_SLEEP: Duration = Duration::hours(1);
 
 /// How long [`Alert::ShortLivedEvicted`] keeps firing after an eviction was
@@ -475,7 +476,7 @@ pub fn plan_group(
 ) -> Plan {
     let mut draft = Draft {
         now,
-        latest: time::add(now, rules.max_sleep),
+        latest: time::safety_wake(now, rules.max_sleep),
         wakes: Vec::new(),
         alerts: Vec::new(),
     };

@@ -84,7 +84,8 @@ pub struct Rules {
     /// to list the key IDs and try again (default 1 min).
     pub full_recheck: Duration,
     /// The longest the driver idles before looking at a channel again,
-    /// even with nothing due (default [`super::MAX_SLEEP`], 1 h): the
+    /// even with nothing due (default [`super::MAX_SLEEP`], 1 h; the wake
+    /// falls on the next whole multiple of it, the top of the hour): the
     /// daemon's due times are wall-clock arithmetic, and a clock that jumps
     /// or a machine that suspends must not stretch a wait unseen. Not a
     /// setting; the forecast, whose clock is virtual, plans without it.

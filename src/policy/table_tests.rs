@@ -18,6 +18,10 @@ fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_750_000_000 + secs, 0).unwrap()
 }
 
+/// How far [`t`]`(0)` is past a whole hour (1,750,000,000 s is 486,111 h
+/// and 400 s): an idle plan wakes at the next whole hour at the latest.
+const T0_PAST_THE_HOUR: i64 = 400;
+
 fn tok(key: &str, issued: i64, expires: i64) -> TokenRecord {
     TokenRecord {
         key_id: KeyId::new(key),
@@ -786,7 +790,7 @@ fn a_token_being_replaced_is_not_verified() {
 #[test]
 fn the_previous_token_is_left_to_expire_by_default() {
     let g = group(vec![tok30("prev", 0), tok30("cur", 29 * DAY)]);
-    let now = t(29 * DAY + 23 * HOUR);
+    let now = t(30 * DAY - 300);
     let g = GroupView {
         last_verified_at: Some(now),
         ..g
@@ -797,6 +801,7 @@ fn the_previous_token_is_left_to_expire_by_default() {
     };
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![]);
+    // The previous expires at t(30 d), before the next whole hour.
     assert_eq!(p.wake_at, t(30 * DAY), "wake when the previous expires");
 }
 
@@ -842,7 +847,11 @@ fn a_removed_group_is_revoked_after_its_grace_and_never_reissued() {
     let during = t(DAY + HOUR);
     let p = plan(during, &g, &channel(during, &g));
     assert_eq!((p.steps.clone(), p.next_rotation_at), (vec![], None));
-    assert_eq!(p.wake_at, t(DAY + 2 * HOUR), "at most an hour");
+    assert_eq!(
+        p.wake_at,
+        t(DAY + 2 * HOUR - T0_PAST_THE_HOUR),
+        "at the next whole hour"
+    );
     let end = t(2 * DAY);
     let p = plan(end, &g, &channel(end, &g));
     assert_eq!(
@@ -1155,7 +1164,12 @@ fn plans_with_steps_wake_now_and_idle_plans_sleep_at_most_an_hour() {
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);
-    assert_eq!((p.steps, p.wake_at), (vec![], now + Duration::hours(1)));
+    // At most an hour: at the next whole hour, when every channel's idle
+    // plan wakes.
+    assert_eq!(
+        (p.steps, p.wake_at),
+        (vec![], t(DAY + HOUR - T0_PAST_THE_HOUR))
+    );
     let c = ChannelView {
         last_reconcile_at: None,
         ..c

@@ -19,6 +19,23 @@ pub(crate) fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     })
 }
 
+/// The latest instant a plan may sleep to: the first whole multiple of
+/// `max_sleep` since the Unix epoch after `now`, so at most `max_sleep`
+/// ahead. Aligned this way, every channel's safety wake-up falls on one
+/// instant (the top of the hour by default) and the scheduler serves them
+/// all in one pass, rather than one pass per channel an hour after each
+/// channel's own last look. A `max_sleep` that is not a positive number of
+/// milliseconds, or a multiple out of range, is added plainly.
+pub(crate) fn safety_wake(now: DateTime<Utc>, max_sleep: Duration) -> DateTime<Utc> {
+    let step = max_sleep.num_milliseconds();
+    let aligned = (step > 0)
+        .then(|| now.timestamp_millis().div_euclid(step))
+        .and_then(|k| k.checked_add(1))
+        .and_then(|k| k.checked_mul(step))
+        .and_then(DateTime::from_timestamp_millis);
+    aligned.unwrap_or_else(|| add(now, max_sleep))
+}
+
 /// `t - d`, clamped to chrono's representable range.
 pub(crate) fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_sub_signed(d).unwrap_or(if d < Duration::zero() {
@@ -112,6 +129,35 @@ mod tests {
             Duration::seconds(1)
         );
         assert_eq!(non_negative(Duration::seconds(-3)), Duration::zero());
+    }
+
+    #[test]
+    fn the_safety_wake_falls_on_the_next_whole_multiple_after_now() {
+        let hour = Duration::hours(1);
+        let at = |h: u32, m: u32, s: u32, ms: i64| {
+            DateTime::parse_from_rfc3339(&format!("2026-03-01T{h:02}:{m:02}:{s:02}Z"))
+                .unwrap()
+                .to_utc()
+                + Duration::milliseconds(ms)
+        };
+        // Any instant within an hour wakes at its end: one instant for
+        // every channel, never more than an hour ahead.
+        assert_eq!(safety_wake(at(7, 0, 0, 1), hour), at(8, 0, 0, 0));
+        assert_eq!(safety_wake(at(7, 59, 59, 999), hour), at(8, 0, 0, 0));
+        assert_eq!(safety_wake(at(7, 23, 4, 500), hour), at(8, 0, 0, 0));
+        // On the hour itself: the next one, not now.
+        assert_eq!(safety_wake(at(7, 0, 0, 0), hour), at(8, 0, 0, 0));
+        // Before 1970 too.
+        let early = DateTime::from_timestamp_millis(-1).unwrap();
+        assert_eq!(safety_wake(early, hour), DateTime::UNIX_EPOCH);
+        // Nothing to align to, or past chrono's range: added plainly.
+        let t = at(7, 23, 4, 500);
+        assert_eq!(safety_wake(t, Duration::zero()), t);
+        assert_eq!(safety_wake(t, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            safety_wake(DateTime::<Utc>::MAX_UTC, hour),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     #[test]
