@@ -172,6 +172,11 @@ impl Snapshot {
                 p.unsettled.push(group);
             }
         }
+        for (channel, exp) in store.held_assertion_exps_by_channel()? {
+            if let Some(p) = parts.get_mut(&channel) {
+                p.held_assertion_exp = Some(exp);
+            }
+        }
         for (channel, group, at) in
             store.issue_times_in(Scope::All, now - policy::rate::ISSUE_WINDOW)?
         {

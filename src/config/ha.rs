@@ -239,7 +239,7 @@ pub(super) fn validate(
         problems.push(Problem::new(
             "ha.line_clock_allowance",
             format!(
-                "({}) must be at most {}: a takeover during an issuance holds the channel's \
+                "({}) must be at most {}: a takeover during an issuance holds that group's \
                  issues that long after the assertion expires",
                 fmt_dur(s.line_clock_allowance),
                 fmt_dur(MAX_LINE_CLOCK_ALLOWANCE)

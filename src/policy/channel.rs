@@ -368,6 +368,42 @@ mod tests {
         }
     }
 
+    /// After LINE's 30-token refusal, with a takeover's attempt still held,
+    /// a listing cannot clear the refusal (it settles nothing past the held
+    /// attempt): the channel waits for the instant one can, rather than
+    /// listing again and again.
+    #[test]
+    fn a_refusal_behind_a_held_attempt_waits_for_the_settle_instant_instead_of_relisting() {
+        let rules = Rules {
+            line_clock_allowance: Duration::seconds(1),
+            ..Rules::default()
+        };
+        let exp = t0() + Duration::seconds(10);
+        let in_doubt = GroupView {
+            unsettled_attempts: 1,
+            ..group("a", vec![])
+        };
+        let state = ChannelState {
+            groups: vec![in_doubt, group("b", vec![])],
+            view: ChannelView {
+                lost: 1,
+                held_assertion_exp: Some(exp),
+                relist_needed: true,
+                ..fresh_view()
+            },
+        };
+        let d = drive(t0() + Duration::seconds(5), &state, &rules);
+        match d.next {
+            Next::Idle { until } => assert_eq!(until, exp + Duration::seconds(1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            d.plans.iter().all(|p| p.hold == Some(Hold::Reconcile)),
+            "{:?}",
+            d.plans
+        );
+    }
+
     /// Without a takeover's held attempt, an unsettled one holds every
     /// group: a listing settles it now, before anyone's issue.
     #[test]

@@ -418,7 +418,7 @@ pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<
 /// Collects a plan's pieces while the rules are walked.
 struct Draft {
     now: DateTime<Utc>,
-    /// `now + max_sleep`: the latest a plan without steps wakes.
+    /// [`time::safety_wake`]: the latest a plan without steps wakes.
     latest: DateTime<Utc>,
     wakes: Vec<DateTime<Utc>>,
     alerts: Vec<Alert>,
@@ -734,8 +734,9 @@ fn plan_active(
         .map(|exp| time::add(exp, time::non_negative(rules.line_clock_allowance)))
         .filter(|at| *at > now);
     // Unsettled attempts make the count uncertain, so a listing settles them
-    // before any issue; while they cannot be settled yet they are counted
-    // against capacity and hold only their own groups (which may already
+    // before any issue. While a takeover's attempt cannot be settled yet
+    // (and with it none after it), the unsettled attempts are counted
+    // against capacity and hold only their own groups (each may already
     // hold a token nobody recorded), not the whole channel.
     let lost_blocks =
         channel.lost > 0 && (lost_settle_from.is_none() || group.unsettled_attempts > 0);
@@ -766,9 +767,17 @@ fn plan_active(
             hold = Some(Hold::Reconcile);
             // A group holding an attempt no listing can settle yet waits
             // for the instant one can (once the channel has been listed at
-            // all); anything else is settled by a listing now.
+            // all), and so does a re-listing after LINE's 30-token refusal:
+            // a listing settles nothing past a held attempt, so asking
+            // sooner would only ask again and again. Anything else is
+            // settled by a listing now.
             match lost_settle_from {
-                Some(at) if lost_blocks && channel.last_reconcile_at.is_some() => draft.wake(at),
+                Some(at)
+                    if (lost_blocks || channel.relist_needed)
+                        && channel.last_reconcile_at.is_some() =>
+                {
+                    draft.wake(at);
+                }
                 _ => reconcile = true,
             }
         } else {
@@ -791,8 +800,11 @@ fn plan_active(
                 // `full_recheck` while consumers have no token at all,
                 // every `reconcile_max_age_before_issue` for a rotation.
                 // The first slot LINE frees is then used within that, not
-                // at the next hourly reconcile.
-                if channel.foreign > 0 || channel.lost > 0 {
+                // at the next hourly reconcile. A takeover's held attempt
+                // alone frees nothing before a listing can settle it.
+                if let (0, Some(at)) = (channel.foreign, lost_settle_from) {
+                    draft.wake(at);
+                } else if channel.foreign > 0 || channel.lost > 0 {
                     let every = if usable_left {
                         rules.reconcile_max_age_before_issue
                     } else {

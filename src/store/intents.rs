@@ -722,6 +722,37 @@ impl Store {
         })
     }
 
+    /// [`Store::held_assertion_exp`] of every channel that has one, each
+    /// after its own settled watermark: what `status` and `plan` read, so
+    /// they show the holds the daemon's driver decides on.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn held_assertion_exps_by_channel(
+        &self,
+    ) -> Result<Vec<(ChannelId, DateTime<Utc>)>, StoreError> {
+        self.read_db("reading the takeovers' unsettled issuances", |db| {
+            Ok(db.query_map(
+                "SELECT i.channel_id, max(i.assertion_exp) FROM issue_intents i \
+                 LEFT JOIN channels c ON c.id = i.channel_id \
+                 WHERE i.id > coalesce(c.settled_through_intent, 0) \
+                 AND i.outcome = 'lost' AND i.maybe_issued = 1 \
+                 AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
+                   AND o.revoke_outcome = 'revoked') \
+                 GROUP BY i.channel_id",
+                p![],
+                |row| {
+                    Ok((
+                        ChannelId::new(row.get_text(0)?),
+                        row.time(1, "assertion_exp")?,
+                    ))
+                },
+            )?)
+        })
+    }
+
     /// Issue attempts of a channel whose outcome is unknown (lost in a
     /// crash, or failed in a way LINE may have issued anyway) that no
     /// reconcile has settled yet: those after intent `settled_through`,

@@ -401,7 +401,7 @@ fn check_config_shows_the_ha_section() {
             .unwrap()
             .warnings
             .into_iter()
-            .find(|w| w.contains("after a takeover that interrupted an issuance"))
+            .find(|w| w.contains("after a takeover that interrupted"))
     };
     let warned = hold_warning("10m").expect("a warning for 10m");
     assert!(

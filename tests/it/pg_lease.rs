@@ -1116,6 +1116,21 @@ async fn a_takeover_closes_older_epochs_intents_which_settle_only_after_their_as
     };
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].id, intent);
+    // Until it settles, its assertion's expiry is the channel's hold, read
+    // alike by the driver (one channel) and by `status` and `plan` (all).
+    let (alone, all) = {
+        let (ch, store) = (ch.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            (
+                store.held_assertion_exp(&ch, 0).unwrap(),
+                store.held_assertion_exps_by_channel().unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(alone, Some(exp));
+    assert_eq!(all, vec![(ch.clone(), exp)]);
     assert!(before_exp < intent.get(), "{before_exp}");
     assert_eq!(after_exp, intent.get());
     let err = a_write.unwrap_err();

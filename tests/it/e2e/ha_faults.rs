@@ -729,8 +729,8 @@ async fn split_brain(test: &str, paused: Paused) {
         })
         .await;
     assert_eq!(takeover.field("intent"), Some(intent.to_string()));
-    // The new leader holds the channel's issues: the paused issuance may
-    // still reach LINE until its assertion expires (docs/design.md 14.3).
+    // The new leader holds the paused issuance's group: it may still reach
+    // LINE until its assertion expires (docs/design.md 14.3).
     let (holder, new_epoch, _) = lease_row(&db).await;
     assert_eq!(holder, ["one", "two"][f]);
     assert_eq!(new_epoch, epoch + 1);
@@ -894,7 +894,7 @@ fn port_of(url: &str) -> u16 {
 /// reaches LINE from the end of its grant on, and the other instance
 /// takes over and rotates.
 async fn database_cut(test: &str, mid_issuance: bool) {
-    // A takeover during an issuance holds the channel's issues until the
+    // A takeover during an issuance holds that group's issues until the
     // cut leader's assertion expired (plus the allowance): short here.
     let rotating = format!("{ROTATING}assertion_window = \"15s\"\n");
     let rotating = rotating.as_str();
