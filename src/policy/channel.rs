@@ -335,8 +335,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(d.plans[0].hold, Some(Hold::Reconcile), "{:?}", d.plans[0]);
+        let settle_at = exp + Duration::seconds(1);
+        assert_eq!(
+            d.plans[0].hold,
+            Some(Hold::Settling { until: settle_at }),
+            "{:?}",
+            d.plans[0]
+        );
         assert!(d.plans[0].steps.is_empty(), "{:?}", d.plans[0]);
+        // It has no token: critical, with its next chance.
+        assert!(
+            d.plans[0].alerts.contains(&Alert::NoLiveToken {
+                next_attempt_at: Some(settle_at)
+            }),
+            "{:?}",
+            d.plans[0]
+        );
         // With b served, the channel idles until a listing can settle a's
         // attempt.
         let served = ChannelState {
@@ -393,12 +407,15 @@ mod tests {
             },
         };
         let d = drive(t0() + Duration::seconds(5), &state, &rules);
+        let settle_at = exp + Duration::seconds(1);
         match d.next {
-            Next::Idle { until } => assert_eq!(until, exp + Duration::seconds(1)),
+            Next::Idle { until } => assert_eq!(until, settle_at),
             other => panic!("{other:?}"),
         }
         assert!(
-            d.plans.iter().all(|p| p.hold == Some(Hold::Reconcile)),
+            d.plans
+                .iter()
+                .all(|p| p.hold == Some(Hold::Settling { until: settle_at })),
             "{:?}",
             d.plans
         );

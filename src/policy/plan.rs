@@ -202,6 +202,17 @@ pub enum Hold {
     /// The plan reconciles first; the issue comes in the next plan, on
     /// fresh counts.
     Reconcile,
+    /// An issue on the channel whose outcome is unknown (a takeover's:
+    /// the previous leader's request) may still reach LINE until `until`;
+    /// only a key-ID listing from then on can settle it, and until then
+    /// the group issues nothing: it may be the attempt's own group, or a
+    /// listing asked for after LINE's 30-token refusal would settle
+    /// nothing before then.
+    Settling {
+        /// When a listing can settle it (the assertion's expiry plus LINE's
+        /// clock allowance).
+        until: DateTime<Utc>,
+    },
     /// The channel is full. Free `needed` tokens elsewhere
     /// ([`capacity_victims`](super::capacity_victims)) and plan again.
     Capacity {
@@ -776,6 +787,7 @@ fn plan_active(
                     if (lost_blocks || channel.relist_needed)
                         && channel.last_reconcile_at.is_some() =>
                 {
+                    hold = Some(Hold::Settling { until: at });
                     draft.wake(at);
                 }
                 _ => reconcile = true,
@@ -869,6 +881,7 @@ fn plan_active(
     // time; its only known next chance is the next look at the group.
     let next_attempt_at = match hold {
         Some(Hold::Capacity { .. }) => None,
+        Some(Hold::Settling { until }) => Some(until.max(earliest)),
         _ => Some(earliest),
     };
     match remaining.first() {

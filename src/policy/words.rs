@@ -97,6 +97,12 @@ impl fmt::Display for Hold {
                 at(*until)
             ),
             Self::Reconcile => f.write_str("the channel's key IDs are listed first"),
+            Self::Settling { until } => write!(
+                f,
+                "an issue on the channel whose outcome is unknown may still reach LINE; \
+                 the key-ID listing that settles it comes at {}",
+                at(*until)
+            ),
             Self::Capacity { needed } => {
                 write!(f, "the channel is full: {needed} token(s) must go first")
             }
@@ -333,6 +339,7 @@ mod tests {
             (Hold::OlderTokenLive { until: t0() }, "OlderTokenLive"),
             (Hold::RateLimit { until: t0() }, "RateLimit"),
             (Hold::Reconcile, "Reconcile"),
+            (Hold::Settling { until: t0() }, "Settling"),
             (Hold::Capacity { needed: 2 }, "Capacity"),
         ] {
             assert_words(&hold.to_string(), name);

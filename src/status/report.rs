@@ -338,8 +338,8 @@ pub struct AlertLabelStatus {
 /// Why an issue waits.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldStatus {
-    /// `retry`, `older_token_live`, `rate_limit`, `reconcile` or
-    /// `capacity`.
+    /// `retry`, `older_token_live`, `rate_limit`, `reconcile`, `settling`
+    /// or `capacity`.
     pub kind: &'static str,
     /// Until when, when known.
     pub until: Option<DateTime<Utc>>,
@@ -755,6 +755,7 @@ pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
         Hold::OlderTokenLive { until } => ("older_token_live", Some(*until)),
         Hold::RateLimit { until } => ("rate_limit", Some(*until)),
         Hold::Reconcile => ("reconcile", None),
+        Hold::Settling { until } => ("settling", Some(*until)),
         Hold::Capacity { .. } => ("capacity", None),
     };
     HoldStatus {

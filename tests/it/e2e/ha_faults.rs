@@ -473,7 +473,7 @@ async fn under_ha_a_takeover_of_an_interrupted_issuance_holds_only_its_group() {
         .iter()
         .find(|g| g["name"] == group.as_str())
         .unwrap_or_else(|| panic!("no group {group} in {report}"));
-    assert_eq!(held["hold"]["kind"], "reconcile", "{held}");
+    assert_eq!(held["hold"]["kind"], "settling", "{held}");
     let going = groups.iter().find(|g| g["name"] == other).unwrap();
     assert!(going["hold"].is_null(), "{going}");
 
