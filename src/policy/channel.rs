@@ -302,26 +302,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_takeovers_possibly_issued_attempt_holds_its_group_until_a_listing_can_settle_it() {
-        let rules = Rules {
-            line_clock_allowance: Duration::seconds(1),
-            ..Rules::default()
-        };
-        let exp = t0() + Duration::seconds(10);
-        // Group a's issue was in flight when the previous leader died.
+    /// A channel whose group `a` made an issue attempt of unknown outcome
+    /// that no listing has settled (a takeover's, when `view` has a held
+    /// assertion expiry), beside a group `b`; neither has a token. `view`
+    /// gives the rest of the channel.
+    fn a_in_doubt(view: ChannelView) -> ChannelState {
         let in_doubt = GroupView {
             unsettled_attempts: 1,
             ..group("a", vec![])
         };
-        let state = ChannelState {
+        ChannelState {
             groups: vec![in_doubt, group("b", vec![])],
-            view: ChannelView {
-                lost: 1,
-                held_assertion_exp: Some(exp),
-                ..fresh_view()
-            },
-        };
+            view: ChannelView { lost: 1, ..view },
+        }
+    }
+
+    /// The default rules with LINE's clock allowed 1 s off.
+    fn one_second_allowance() -> Rules {
+        Rules {
+            line_clock_allowance: Duration::seconds(1),
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn a_takeovers_possibly_issued_attempt_holds_its_group_until_a_listing_can_settle_it() {
+        let exp = t0() + Duration::seconds(10);
+        let rules = one_second_allowance();
+        let state = a_in_doubt(ChannelView {
+            held_assertion_exp: Some(exp),
+            ..fresh_view()
+        });
         // Before the assertion expired (plus the allowance) a listing
         // settles nothing: a's issue waits for then, while b, with the
         // attempt counted against the channel's capacity, is issued one.
@@ -388,24 +399,13 @@ mod tests {
     /// listing again and again.
     #[test]
     fn a_refusal_behind_a_held_attempt_waits_for_the_settle_instant_instead_of_relisting() {
-        let rules = Rules {
-            line_clock_allowance: Duration::seconds(1),
-            ..Rules::default()
-        };
         let exp = t0() + Duration::seconds(10);
-        let in_doubt = GroupView {
-            unsettled_attempts: 1,
-            ..group("a", vec![])
-        };
-        let state = ChannelState {
-            groups: vec![in_doubt, group("b", vec![])],
-            view: ChannelView {
-                lost: 1,
-                held_assertion_exp: Some(exp),
-                relist_needed: true,
-                ..fresh_view()
-            },
-        };
+        let rules = one_second_allowance();
+        let state = a_in_doubt(ChannelView {
+            held_assertion_exp: Some(exp),
+            relist_needed: true,
+            ..fresh_view()
+        });
         let d = drive(t0() + Duration::seconds(5), &state, &rules);
         let settle_at = exp + Duration::seconds(1);
         match d.next {
@@ -425,17 +425,7 @@ mod tests {
     /// group: a listing settles it now, before anyone's issue.
     #[test]
     fn an_unsettled_attempt_that_a_listing_can_settle_is_listed_before_any_issue() {
-        let in_doubt = GroupView {
-            unsettled_attempts: 1,
-            ..group("a", vec![])
-        };
-        let state = ChannelState {
-            groups: vec![in_doubt, group("b", vec![])],
-            view: ChannelView {
-                lost: 1,
-                ..fresh_view()
-            },
-        };
+        let state = a_in_doubt(fresh_view());
         let d = drive(t0() + Duration::seconds(5), &state, &Rules::default());
         match d.next {
             Next::Execute { plan, .. } => {
