@@ -775,7 +775,6 @@ fn plan_active(
             draft.alerts.push(Alert::RateLimited { until: rate_at });
             draft.wake(rate_at);
         } else if !reconcile_fresh_for_issue {
-            hold = Some(Hold::Reconcile);
             // A group holding an attempt no listing can settle yet waits
             // for the instant one can (once the channel has been listed at
             // all), and so does a re-listing after LINE's 30-token refusal:
@@ -790,7 +789,10 @@ fn plan_active(
                     hold = Some(Hold::Settling { until: at });
                     draft.wake(at);
                 }
-                _ => reconcile = true,
+                _ => {
+                    hold = Some(Hold::Reconcile);
+                    reconcile = true;
+                }
             }
         } else {
             let freed = revokes

@@ -125,6 +125,15 @@ const INTENT_COLUMNS: &str =
 const LOST_REASON: &str = "linetokd stopped while this issuance was in flight; \
                            a token LINE issued for it would show up as foreign";
 
+/// The condition on an intent `i` that makes it a takeover's held attempt
+/// ([`Store::held_assertion_exp`]): closed as lost and possibly issued
+/// under a lease epoch, with its assertion's expiry, and not an orphan LINE
+/// already revoked. The caller adds the channel and the settled watermark.
+const HELD_INTENT: &str = "i.outcome = 'lost' AND i.maybe_issued = 1 \
+     AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
+     AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
+       AND o.revoke_outcome = 'revoked')";
+
 /// Why a takeover closed the previous leader's issuance (docs/design.md
 /// §14.3).
 const TAKEN_OVER_REASON: &str = "the previous leader's lease ended while this issuance was in \
@@ -710,11 +719,10 @@ impl Store {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.read_db("reading the takeover's unsettled issuances", |db| {
             let ms = db.query_one(
-                "SELECT max(i.assertion_exp) FROM issue_intents i WHERE i.channel_id = ?1 \
-                 AND i.id > ?2 AND i.outcome = 'lost' AND i.maybe_issued = 1 \
-                 AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
-                   AND o.revoke_outcome = 'revoked')",
+                &format!(
+                    "SELECT max(i.assertion_exp) FROM issue_intents i WHERE i.channel_id = ?1 \
+                     AND i.id > ?2 AND {HELD_INTENT}"
+                ),
                 p![channel.as_str(), settled_through],
                 |row| row.int(0),
             )?;
@@ -734,14 +742,12 @@ impl Store {
     ) -> Result<Vec<(ChannelId, DateTime<Utc>)>, StoreError> {
         self.read_db("reading the takeovers' unsettled issuances", |db| {
             Ok(db.query_map(
-                "SELECT i.channel_id, max(i.assertion_exp) FROM issue_intents i \
-                 LEFT JOIN channels c ON c.id = i.channel_id \
-                 WHERE i.id > coalesce(c.settled_through_intent, 0) \
-                 AND i.outcome = 'lost' AND i.maybe_issued = 1 \
-                 AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
-                   AND o.revoke_outcome = 'revoked') \
-                 GROUP BY i.channel_id",
+                &format!(
+                    "SELECT i.channel_id, max(i.assertion_exp) FROM issue_intents i \
+                     LEFT JOIN channels c ON c.id = i.channel_id \
+                     WHERE i.id > coalesce(c.settled_through_intent, 0) AND {HELD_INTENT} \
+                     GROUP BY i.channel_id"
+                ),
                 p![],
                 |row| {
                     Ok((
