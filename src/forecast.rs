@@ -41,12 +41,10 @@ use std::mem::Discriminant;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::domain::{
-    ChannelId, GroupName, KeyId, SHORT_LIVED_PREFIX, TokenKind, TokenRecord, TokenState,
-};
+use crate::domain::{ChannelId, GroupName, KeyId, SHORT_LIVED_PREFIX, TokenKind, TokenState};
 use crate::policy::{
     self, Alert, ChannelState, ChannelView, GroupView, IssueReason, Next, RevokeReason, Rules,
-    Step, drive, rules::SHORT_LIVED_LIFETIME,
+    Step, assume_issued, drive,
 };
 
 /// The prefix of the key IDs given to tokens the forecast imagines issued.
@@ -471,27 +469,11 @@ impl ChannelRun {
             Step::Issue {
                 reason, token_exp, ..
             } => {
-                let kind = self.state.groups[i].kind;
-                let key_id = names.fresh(kind);
-                let lifetime = match kind {
-                    TokenKind::ShortLived => SHORT_LIVED_LIFETIME,
-                    TokenKind::V21 if *token_exp > Duration::zero() => *token_exp,
-                    TokenKind::V21 => rules.token_lifetime,
-                };
-                let expires_at = t
-                    .checked_add_signed(lifetime)
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                self.state.view.issue_times_last_hour.push(t);
+                let key_id = names.fresh(self.state.groups[i].kind);
                 self.group_issues[i].push(t);
-                let g = &mut self.state.groups[i];
-                g.issued_last_hour = g.issued_last_hour.saturating_add(1);
-                g.last_issue_at = Some(t);
-                g.tokens.push(TokenRecord {
-                    verified_at: Some(t),
-                    ..TokenRecord::live(key_id.clone(), t, expires_at)
-                });
-                g.last_verified_at = Some(t);
-                g.requests.clear();
+                let expires_at =
+                    assume_issued(&mut self.state, i, t, *token_exp, rules, key_id.clone())
+                        .map_or(DateTime::<Utc>::MAX_UTC, |token| token.expires_at);
                 Action::Issue {
                     key_id,
                     reason: *reason,
@@ -573,6 +555,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::domain::TokenRecord;
     use crate::policy::{FailureKind, JitterPurpose, RetryState, stable_jitter};
 
     fn t0() -> DateTime<Utc> {

@@ -23,6 +23,7 @@
 //!   have issued": counted against capacity until a reconcile settles it.
 
 use chrono::{DateTime, Duration, Utc};
+use tokio_util::sync::CancellationToken;
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
 use crate::domain::{
@@ -30,11 +31,13 @@ use crate::domain::{
 };
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, SignedAssertion, Verification};
-use crate::policy::{self, ChannelState, IssueReason, Plan, RetryState, RevokeReason, Rules, Step};
+use crate::policy::{
+    self, ChannelState, GroupView, IssueReason, Plan, RetryState, RevokeReason, Rules, Step,
+};
 use crate::snapshot::Snapshot;
 use crate::store::pg::{NewOrphan, RevokeOutcome};
 use crate::store::{
-    EventKind, FullHold, GroupRuntime, IntentId, IssuedToken, NewEvent, ReconcileRuntime,
+    EventKind, FullHold, GroupRuntime, IntentId, IssuedToken, NewEvent, ReconcileRuntime, Store,
     StoreError,
 };
 
@@ -151,8 +154,14 @@ impl Rotator {
                     token_exp,
                     closes,
                 } => {
-                    self.issue(setup, state, group, *reason, *token_exp, closes)
-                        .await
+                    let job = IssueJob {
+                        gi,
+                        reason: *reason,
+                        token_exp: *token_exp,
+                        closes,
+                    };
+                    let outcome = self.issue_round(setup, state, &[job], None).await;
+                    outcome.into_iter().flatten().next().unwrap_or(Ok(()))
                 }
                 Step::CloseRequests { ids } => {
                     let (now, channel, ids) = (self.clock.now(), setup.id.clone(), ids.clone());
@@ -498,101 +507,270 @@ impl Rotator {
         }
     }
 
-    async fn issue(
+    /// Carries out an issue round ([`policy::issue_round`]): every member's
+    /// plan is a lone issue, done together by [`Rotator::issue_round`];
+    /// each outcome is then recorded as [`Rotator::execute`] records a
+    /// step's.
+    ///
+    /// # Errors
+    /// Only store failures; LINE's are recorded and end in a backoff.
+    pub(super) async fn execute_round(
+        &self,
+        setup: &ChannelSetup,
+        snapshot: &Snapshot,
+        state: &ChannelState,
+        round: &[(usize, Plan)],
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let members: Vec<(IssueJob<'_>, &Step)> = round
+            .iter()
+            .filter_map(|(gi, plan)| match plan.steps.as_slice() {
+                [
+                    step @ Step::Issue {
+                        reason,
+                        token_exp,
+                        closes,
+                    },
+                ] => Some((
+                    IssueJob {
+                        gi: *gi,
+                        reason: *reason,
+                        token_exp: *token_exp,
+                        closes,
+                    },
+                    step,
+                )),
+                _ => None,
+            })
+            .collect();
+        let jobs: Vec<IssueJob<'_>> = members.iter().map(|(job, _)| *job).collect();
+        self.line_allowed(&setup.id)?;
+        let outcomes = self.issue_round(setup, state, &jobs, Some(cancel)).await;
+        let mut store_error = None;
+        for ((job, step), outcome) in members.iter().zip(outcomes) {
+            match outcome {
+                // Not sent: the next round decides afresh.
+                None => {}
+                Some(Ok(())) => {
+                    self.end_streak_if_done(setup, snapshot, &state.groups[job.gi].group, step)
+                        .await?;
+                }
+                Some(Err(StepError::Store(e))) => {
+                    store_error.get_or_insert(e);
+                }
+                Some(Err(error)) => {
+                    self.record_failure(setup, state, job.gi, "issue", error)
+                        .await?;
+                }
+            }
+        }
+        store_error.map_or(Ok(()), Err)
+    }
+
+    /// Issues a token for each of `jobs` in turn (an issue round, or one
+    /// issue), as the one-at-a-time loop would, sharing the store's work:
+    /// each store job records the previous member's answer and journals
+    /// the next member's intent in one transaction, so a round of n issues
+    /// takes n + 1 store jobs instead of 2n. The channel still has one
+    /// issuance in flight at a time, and every token is stored as soon as
+    /// its answer is in: a crash leaves at most one token LINE issued
+    /// unrecorded (invariant 6). The round stops after the first member
+    /// whose issue did not simply succeed (what follows a failure is the
+    /// driver's to decide afresh), and before the next member once
+    /// `cancel` fires (the daemon is stopping). Returns each member's
+    /// outcome; `None` for members never sent.
+    async fn issue_round(
         &self,
         setup: &ChannelSetup,
         state: &ChannelState,
-        group: &GroupName,
-        reason: IssueReason,
-        token_exp: Duration,
-        closes: &[i64],
-    ) -> Result<(), StepError> {
-        let kind = state
-            .groups
-            .iter()
-            .find(|g| &g.group == group)
-            .map_or(TokenKind::V21, |g| g.kind);
-        let form = match (kind, &setup.secret) {
-            (TokenKind::V21, _) => Credential::V21(signer_of(setup)?),
-            (TokenKind::ShortLived, Some(secret)) => Credential::ShortLived(secret),
-            // Validation refuses this config; a store edited by hand is
-            // the only way here.
-            (TokenKind::ShortLived, None) => {
-                return Err(StepError::Contract {
-                    what: format!(
-                        "cannot issue a short-lived token: channel {} has no secret_file",
-                        setup.id
-                    ),
-                    kind: FailureKind::Permanent,
-                });
+        jobs: &[IssueJob<'_>],
+        cancel: Option<&CancellationToken>,
+    ) -> Vec<Option<Result<(), StepError>>> {
+        let mut outcomes: Vec<Option<Result<(), StepError>>> = jobs.iter().map(|_| None).collect();
+        // The previous member's answer, recorded with the next intent.
+        let mut answered: Option<Answered> = None;
+        for (j, job) in jobs.iter().enumerate() {
+            if j > 0 && cancel.is_some_and(CancellationToken::is_cancelled) {
+                break;
             }
-        };
-        // The assertion is signed before the intent is journaled, the
-        // intent records its expiry, and the request carries exactly it
-        // (docs/design.md §14.3): a request a paused leader sends late is
-        // refused by LINE after that instant, which a new leader counts on.
-        let signed;
-        let form = match form {
-            Credential::V21(signer) => {
-                signed = self
+            let group = &state.groups[job.gi];
+            // The assertion is signed before the intent is journaled, the
+            // intent records its expiry, and the request carries exactly it
+            // (docs/design.md §14.3): a request a paused leader sends late
+            // is refused by LINE after that instant, which a new leader
+            // counts on.
+            let form = match self.sign_for(setup, group.kind, job.token_exp) {
+                Ok(form) => form,
+                Err(e) => {
+                    outcomes[j] = Some(Err(e));
+                    break;
+                }
+            };
+            let record = answered.as_mut().and_then(|a| a.record.take());
+            let started = self.clock.now();
+            let (channel, name, exp) =
+                (setup.id.clone(), group.group.clone(), form.assertion_exp());
+            let journaled = self
+                .db(move |store| {
+                    let written = record.map(|r| r.write(store));
+                    Ok((
+                        written,
+                        store.begin_issue_with(started, &channel, &name, exp),
+                    ))
+                })
+                .await;
+            let intent = match journaled {
+                Ok((written, intent)) => {
+                    if let Some(prev) = answered.take() {
+                        let (pj, written) = (prev.j, written.unwrap_or(Ok(())));
+                        outcomes[pj] =
+                            Some(self.finish(setup, state, &jobs[pj], prev, written).await);
+                    }
+                    match intent {
+                        Ok(intent) => intent,
+                        Err(e) => {
+                            outcomes[j] = Some(Err(StepError::Store(e)));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the job is stored: neither the previous
+                    // answer nor this intent, which was never sent.
+                    match answered.take() {
+                        Some(prev) => {
+                            let pj = prev.j;
+                            outcomes[pj] =
+                                Some(self.finish(setup, state, &jobs[pj], prev, Err(e)).await);
+                        }
+                        None => outcomes[j] = Some(Err(StepError::Store(e))),
+                    }
+                    break;
+                }
+            };
+            // The intent is journaled: from here a crash leaves it open, and
+            // the next start reports it (tests wait on this line to kill us).
+            tracing::debug!(channel = %setup.id, group = %group.group, intent = %intent, reason = %reason_text(job.reason), "issuing a token");
+            // The journal write may have taken a while: the grant must still
+            // have time for the call (docs/design.md §14.2). Nothing was
+            // sent, so the intent closes as failed, not possibly issued.
+            if let Err(e) = self.line_allowed(&setup.id) {
+                let (now, text) = (self.clock.now(), error_chain(&e));
+                let failed = self
+                    .db(move |store| store.fail_issue(now, intent, &text, false))
+                    .await;
+                outcomes[j] = Some(Err(StepError::Store(failed.err().unwrap_or(e))));
+                break;
+            }
+            let answer = self.ask(setup, state, group, form.form()).await;
+            let succeeded = matches!(&answer, Answer::Issued(got) if got.refusal.is_none());
+            let record = Record::of(setup, group, intent, &answer, job.closes);
+            answered = Some(Answered {
+                j,
+                intent,
+                answer,
+                record: Some(record),
+            });
+            if !succeeded {
+                break;
+            }
+        }
+        if let Some(mut last) = answered.take() {
+            let written = match last.record.take() {
+                Some(record) => self.db(move |store| record.write(store)).await,
+                None => Ok(()),
+            };
+            let lj = last.j;
+            outcomes[lj] = Some(self.finish(setup, state, &jobs[lj], last, written).await);
+        }
+        outcomes
+    }
+
+    /// What an answer comes to once the store recorded it (`written`): a
+    /// published token, LINE's failure (the channel held when it was full),
+    /// or the store's failure (under a lease, the token is then an orphan).
+    async fn finish(
+        &self,
+        setup: &ChannelSetup,
+        state: &ChannelState,
+        job: &IssueJob<'_>,
+        answered: Answered,
+        written: Result<(), StoreError>,
+    ) -> Result<(), StepError> {
+        let group = &state.groups[job.gi];
+        let intent = answered.intent;
+        match (answered.answer, written) {
+            (Answer::Failed { .. }, Err(e)) => {
+                self.metrics.rotation(&setup.id, &group.group, false);
+                Err(StepError::Store(e))
+            }
+            (Answer::Failed { error, .. }, Ok(())) => {
+                self.metrics.rotation(&setup.id, &group.group, false);
+                if classify(&error) == FailureKind::ChannelFull {
+                    self.hold_full_channel(setup, state, &group.group, intent.get(), error)
+                        .await
+                } else {
+                    Err(StepError::Line(error))
+                }
+            }
+            (Answer::Issued(got), Err(e)) => {
+                self.unstored(setup, group, intent, &got, &e).await;
+                Err(StepError::Store(e))
+            }
+            (Answer::Issued(got), Ok(())) => self.published(setup, group, job.reason, got),
+        }
+    }
+
+    /// What a v2.1 or short-lived issue for a group of `kind` sends: the
+    /// assertion, signed now, or the channel secret.
+    fn sign_for<'s>(
+        &self,
+        setup: &'s ChannelSetup,
+        kind: TokenKind,
+        token_exp: Duration,
+    ) -> Result<Signed<'s>, StepError> {
+        match (kind, &setup.secret) {
+            (TokenKind::V21, _) => {
+                let signer = signer_of(setup)?;
+                let signed = self
                     .line
                     .sign_issue_v21(signer, token_exp)
                     .map_err(StepError::Line)?;
-                IssueForm::V21(signer, &signed)
+                Ok(Signed::V21(signer, signed))
             }
-            Credential::ShortLived(secret) => IssueForm::ShortLived(secret),
-        };
-        let started = self.clock.now();
-        let intent = {
-            let (channel, group) = (setup.id.clone(), group.clone());
-            let exp = match form {
-                IssueForm::V21(_, assertion) => Some(assertion.expires_at),
-                IssueForm::ShortLived(_) => None,
-            };
-            self.db(move |store| store.begin_issue_with(started, &channel, &group, exp))
-                .await?
-        };
-        // The intent is journaled: from here a crash leaves it open, and
-        // the next start reports it (tests wait on this line to kill us).
-        tracing::debug!(channel = %setup.id, group = %group, intent = %intent, reason = %reason_text(reason), "issuing a token");
-        // The journal write may have taken a while: the grant must still
-        // have time for the call (docs/design.md §14.2). Nothing was sent,
-        // so the intent closes as failed, not possibly issued.
-        if let Err(e) = self.line_allowed(&setup.id) {
-            let (now, text) = (self.clock.now(), error_chain(&e));
-            self.db(move |store| store.fail_issue(now, intent, &text, false))
-                .await?;
-            return Err(StepError::Store(e));
+            (TokenKind::ShortLived, Some(secret)) => Ok(Signed::ShortLived(secret)),
+            // Validation refuses this config; a store edited by hand is
+            // the only way here.
+            (TokenKind::ShortLived, None) => Err(StepError::Contract {
+                what: format!(
+                    "cannot issue a short-lived token: channel {} has no secret_file",
+                    setup.id
+                ),
+                kind: FailureKind::Permanent,
+            }),
         }
+    }
+
+    /// One issue's call to LINE in `form` for `group`, and the verify of
+    /// the token it brings.
+    async fn ask(
+        &self,
+        setup: &ChannelSetup,
+        state: &ChannelState,
+        group: &GroupView,
+        form: IssueForm<'_>,
+    ) -> Answer {
         let issued = match self.issue_in(setup, form).await {
             Ok(issued) => issued,
-            Err(e) => {
-                let failure = classify(&e);
-                self.metrics.rotation(&setup.id, group, false);
-                let now = self.clock.now();
-                let text = error_chain(&e);
-                // A v2.1 token LINE may have issued is settled by the next
-                // key-ID listing, so the attempt stays counted until then.
-                // Nothing lists short-lived tokens: such a token, if it
-                // exists, is invisible for its 30 days (later issues evict
-                // it as the oldest), so counting it would hold the pool for
-                // good. The retry is still the slow "may have issued" one.
-                let maybe = failure == FailureKind::MaybeIssued && kind.is_listed();
-                if failure == FailureKind::MaybeIssued && !kind.is_listed() {
-                    tracing::warn!(channel = %setup.id, group = %group, "LINE may have issued a short-lived token that linetokd never received; it cannot be listed or revoked, and expires in 30 days or is evicted by later issues");
-                }
-                self.db(move |store| store.fail_issue(now, intent, &text, maybe))
-                    .await?;
-                if failure == FailureKind::ChannelFull {
-                    return self
-                        .hold_full_channel(setup, state, group, intent.get(), e)
-                        .await;
-                }
-                return Err(StepError::Line(e));
+            Err(error) => {
+                return Answer::Failed {
+                    error,
+                    at: self.clock.now(),
+                };
             }
         };
-        let issued_at = after_newest(self.clock.now(), state, group);
-        // LINE's expiry lies between `started` and `issued_at` plus its
+        let issued_at = after_newest(self.clock.now(), state, &group.group);
+        // LINE's expiry lies between the start and `issued_at` plus its
         // lifetime; the later bound keeps the token counted until LINE has
         // certainly dropped it.
         let sane = (1..=MAX_SANE_EXPIRES_IN).contains(&issued.expires_in);
@@ -603,12 +781,12 @@ impl Rotator {
                 MAX_SANE_EXPIRES_IN
             });
         let refusal = if sane {
-            match self.verify_of_kind(&issued.access_token, kind).await {
+            match self.verify_of_kind(&issued.access_token, group.kind).await {
                 Ok(answer) => check_verification(&answer, setup).err(),
                 Err(e) => {
                     tracing::warn!(
                         channel = %setup.id,
-                        group = %group,
+                        group = %group.group,
                         key_id = %issued.key_id,
                         error = %error_chain(&e),
                         "could not verify the new token right away; storing and publishing it, the next verify checks it"
@@ -627,57 +805,36 @@ impl Rotator {
         } else {
             None
         };
-        let token = IssuedToken {
-            key_id: issued.key_id.clone(),
-            value: issued.access_token.clone(),
+        Answer::Issued(Got {
+            issued,
+            kind: group.kind,
             issued_at,
             expires_at,
             verified_at,
-        };
-        // A token that fails its first verify carries out no request: it
-        // is stored (LINE may count it), refused, revoked when possible, and
-        // the group retries on the transient schedule.
-        let closes: Vec<i64> = if refusal.is_none() {
-            closes.to_vec()
-        } else {
-            Vec::new()
-        };
-        let refused_why = refusal.clone();
-        let key = issued.key_id.clone();
-        let stored = self
-            .db(move |store| {
-                store.complete_issue(issued_at, intent, &token, &closes)?;
-                if let Some(why) = refused_why {
-                    store.mark_refused(
-                        issued_at,
-                        &key,
-                        &format!("the new token failed verification: {why}"),
-                    )?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = &stored
-            && self.leadership.is_some()
-        {
-            // Under a lease the token is an orphan whenever it could not be
-            // stored: the grant ended while LINE answered (the fence), or
-            // the database is out of reach. Never stored, never published;
-            // revoked while this instance still holds its value, so it is
-            // not left for the next leader as a lost token (docs/design.md
-            // §14.3).
-            let unstored = Unstored {
-                group,
-                kind,
-                intent,
-                issued: &issued,
-                expires_at,
-            };
-            self.orphan(setup, &unstored, e).await;
-        }
-        stored?;
+            refusal,
+        })
+    }
+
+    /// A token LINE issued and verify accepted, now stored: counted,
+    /// logged and published. One verify refused is stored too, and fails
+    /// the step: the group retries on the transient schedule.
+    fn published(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupView,
+        reason: IssueReason,
+        got: Got,
+    ) -> Result<(), StepError> {
+        let Got {
+            issued,
+            issued_at,
+            expires_at,
+            verified_at,
+            refusal,
+            ..
+        } = got;
         if let Some(why) = refusal {
-            self.metrics.rotation(&setup.id, group, false);
+            self.metrics.rotation(&setup.id, &group.group, false);
             return Err(StepError::Contract {
                 what: format!(
                     "the token LINE just issued ({}) failed verification: {why}",
@@ -686,10 +843,10 @@ impl Rotator {
                 kind: FailureKind::Transient,
             });
         }
-        self.metrics.rotation(&setup.id, group, true);
+        self.metrics.rotation(&setup.id, &group.group, true);
         tracing::info!(
             channel = %setup.id,
-            group = %group,
+            group = %group.group,
             key_id = %issued.key_id,
             expires_at = %expires_at,
             reason = %reason_text(reason),
@@ -697,15 +854,39 @@ impl Rotator {
         );
         self.emit(RotationEvent::Issued {
             channel: setup.id.clone(),
-            group: group.clone(),
-            key_id: issued.key_id.clone(),
-            token: issued.access_token.clone(),
+            group: group.group.clone(),
+            key_id: issued.key_id,
+            token: issued.access_token,
             issued_at,
             expires_at,
             reason,
             verified: verified_at.is_some(),
         });
         Ok(())
+    }
+
+    /// A token LINE issued that could not be stored (`why`). Without a
+    /// lease the intent stays open, so the next listing counts the token;
+    /// under a lease it is an orphan ([`Rotator::orphan`]).
+    async fn unstored(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupView,
+        intent: IntentId,
+        got: &Got,
+        why: &StoreError,
+    ) {
+        if self.leadership.is_none() {
+            return;
+        }
+        let unstored = Unstored {
+            group: &group.group,
+            kind: got.kind,
+            intent,
+            issued: &got.issued,
+            expires_at: got.expires_at,
+        };
+        self.orphan(setup, &unstored, why).await;
     }
 
     /// Under `[ha]`, a token LINE issued that could not be stored (`why`:
@@ -1061,13 +1242,40 @@ struct Unstored<'a> {
     expires_at: DateTime<Utc>,
 }
 
-/// How a token is asked for: the kind, with what that kind needs.
+/// One group's issue in an issue round: `state.groups[gi]`, and what its
+/// plan's issue step says.
 #[derive(Clone, Copy)]
-enum Credential<'a> {
-    /// v2.1, with the channel's assertion key.
-    V21(&'a AssertionSigner),
-    /// Short-lived, with the channel secret.
+pub(super) struct IssueJob<'a> {
+    gi: usize,
+    reason: IssueReason,
+    token_exp: Duration,
+    /// The operator requests the issue carries out.
+    closes: &'a [i64],
+}
+
+/// What an issue sends, ready before its intent is journaled.
+enum Signed<'a> {
+    /// v2.1: the channel's assertion key and the assertion signed with it.
+    V21(&'a AssertionSigner, SignedAssertion),
+    /// Short-lived: the channel secret.
     ShortLived(&'a ChannelSecret),
+}
+
+impl Signed<'_> {
+    fn form(&self) -> IssueForm<'_> {
+        match self {
+            Self::V21(signer, assertion) => IssueForm::V21(signer, assertion),
+            Self::ShortLived(secret) => IssueForm::ShortLived(secret),
+        }
+    }
+
+    /// The instant LINE refuses the request from: the assertion's `exp`.
+    fn assertion_exp(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::V21(_, assertion) => Some(assertion.expires_at),
+            Self::ShortLived(_) => None,
+        }
+    }
 }
 
 /// How a token is issued, ready to send.
@@ -1077,6 +1285,135 @@ enum IssueForm<'a> {
     V21(&'a AssertionSigner, &'a SignedAssertion),
     /// Short-lived, with the channel secret.
     ShortLived(&'a ChannelSecret),
+}
+
+/// What LINE made of one issue.
+enum Answer {
+    /// LINE failed or refused (`at`: when the failure came).
+    Failed { error: LineError, at: DateTime<Utc> },
+    /// LINE issued a token.
+    Issued(Got),
+}
+
+/// A member of an issue round that LINE answered, until its answer is
+/// recorded.
+struct Answered {
+    /// Its index in the round.
+    j: usize,
+    intent: IntentId,
+    answer: Answer,
+    /// What the store records; taken by the job that writes it.
+    record: Option<Record>,
+}
+
+/// A token LINE issued, with what the rotator made of it.
+struct Got {
+    issued: Issued,
+    kind: TokenKind,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    /// When verify accepted it, if it did.
+    verified_at: Option<DateTime<Utc>>,
+    /// Why it is not usable: verify refused it, or LINE gave it an absurd
+    /// lifetime.
+    refusal: Option<String>,
+}
+
+/// One issue's answer as the store records it: owned, for the store's
+/// thread.
+enum Record {
+    Failed {
+        intent: IntentId,
+        at: DateTime<Utc>,
+        text: String,
+        /// LINE may have issued a token the next listing settles.
+        maybe: bool,
+    },
+    Issued {
+        intent: IntentId,
+        token: IssuedToken,
+        closes: Vec<i64>,
+        refused: Option<String>,
+    },
+}
+
+impl Record {
+    fn of(
+        setup: &ChannelSetup,
+        group: &GroupView,
+        intent: IntentId,
+        answer: &Answer,
+        closes: &[i64],
+    ) -> Self {
+        match answer {
+            Answer::Failed { error, at } => {
+                let failure = classify(error);
+                // A v2.1 token LINE may have issued is settled by the next
+                // key-ID listing, so the attempt stays counted until then.
+                // Nothing lists short-lived tokens: such a token, if it
+                // exists, is invisible for its 30 days (later issues evict
+                // it as the oldest), so counting it would hold the pool for
+                // good. The retry is still the slow "may have issued" one.
+                let may_have_issued = failure == FailureKind::MaybeIssued;
+                if may_have_issued && !group.kind.is_listed() {
+                    tracing::warn!(channel = %setup.id, group = %group.group, "LINE may have issued a short-lived token that linetokd never received; it cannot be listed or revoked, and expires in 30 days or is evicted by later issues");
+                }
+                Self::Failed {
+                    intent,
+                    at: *at,
+                    text: error_chain(error),
+                    maybe: may_have_issued && group.kind.is_listed(),
+                }
+            }
+            Answer::Issued(got) => Self::Issued {
+                intent,
+                token: IssuedToken {
+                    key_id: got.issued.key_id.clone(),
+                    value: got.issued.access_token.clone(),
+                    issued_at: got.issued_at,
+                    expires_at: got.expires_at,
+                    verified_at: got.verified_at,
+                },
+                // A token that fails its first verify carries out no
+                // request: it is stored (LINE may count it), refused,
+                // revoked when possible, and the group retries on the
+                // transient schedule.
+                closes: if got.refusal.is_none() {
+                    closes.to_vec()
+                } else {
+                    Vec::new()
+                },
+                refused: got.refusal.clone(),
+            },
+        }
+    }
+
+    fn write(&self, store: &Store) -> Result<(), StoreError> {
+        match self {
+            Self::Failed {
+                intent,
+                at,
+                text,
+                maybe,
+            } => store.fail_issue(*at, *intent, text, *maybe),
+            Self::Issued {
+                intent,
+                token,
+                closes,
+                refused,
+            } => {
+                store.complete_issue(token.issued_at, *intent, token, closes)?;
+                if let Some(why) = refused {
+                    store.mark_refused(
+                        token.issued_at,
+                        &token.key_id,
+                        &format!("the new token failed verification: {why}"),
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The channel's assertion signer, which every v2.1 request needs. Only a

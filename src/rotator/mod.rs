@@ -54,6 +54,12 @@ pub use crate::wakes::Wakes;
 /// bound only matters if a bug made a step change nothing.
 const MAX_ROUNDS: usize = 64;
 
+/// The most issues of one channel that go to LINE together
+/// ([`policy::issue_round`]): a channel's 15 groups at a first start in one
+/// round, and never more requests in flight on one channel than LINE's
+/// rate limits shrug off.
+const MAX_ISSUE_ROUND: usize = 16;
+
 /// How soon to look again after the store failed (disk full, IO error).
 const STORE_RETRY: Duration = Duration::seconds(30);
 
@@ -528,7 +534,7 @@ impl Rotator {
             if cancel.is_cancelled() {
                 return Ok(self.clock.now());
             }
-            match self.round(setup).await {
+            match self.round(setup, cancel).await {
                 Ok(Some(until)) => return Ok(until),
                 Ok(None) => {}
                 Err(e) if e.is_fatal() || e.is_fenced() => return Err(e),
@@ -563,7 +569,11 @@ impl Rotator {
 
     /// One driver round: `Ok(None)` when something was done (drive again),
     /// `Ok(Some(until))` when the channel idles until `until`.
-    async fn round(&self, setup: &ChannelSetup) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn round(
+        &self,
+        setup: &ChannelSetup,
+        cancel: &CancellationToken,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
         let rules = self.rules();
         let mut snapshot = self.snapshot(setup, now).await?;
@@ -596,7 +606,22 @@ impl Rotator {
         let decision = policy::drive(now, &state, &rules);
         match decision.next.clone() {
             Next::Execute { group, plan } => {
-                self.execute(setup, &snapshot, &state, group, &plan).await?;
+                // Under `[ha]` issues go one round trip at a time: a
+                // takeover holds every group whose issuance it interrupted
+                // until LINE's list can settle it (docs/design.md §14.5),
+                // and a round journals each next intent before the store
+                // has seen the grant's fence again.
+                let round = if self.leadership.is_none() {
+                    policy::issue_round(now, &state, &rules, group, &plan, MAX_ISSUE_ROUND)
+                } else {
+                    Vec::new()
+                };
+                if round.len() > 1 {
+                    self.execute_round(setup, &snapshot, &state, &round, cancel)
+                        .await?;
+                } else {
+                    self.execute(setup, &snapshot, &state, group, &plan).await?;
+                }
                 Ok(None)
             }
             Next::FreeCapacity { group, victims } => {

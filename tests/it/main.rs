@@ -17,6 +17,7 @@ mod e2e;
 mod encryption;
 mod hooks;
 mod hostile;
+mod issue_round;
 mod keygen;
 mod keys;
 mod line_client;
