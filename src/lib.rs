@@ -18,8 +18,10 @@
 //! - [`policy`]: the pure rotation policy: a group's plan
 //!   ([`policy::plan_group`]) and the one channel driver ([`policy::drive`]:
 //!   execute a group's plan, free capacity, or idle until an instant) that
-//!   the rotator, `plan` and the property tests all call; its words for
-//!   people ([`policy::words`]).
+//!   the rotator, `plan` and the property tests all call; the issue round
+//!   ([`policy::issue_round`]: the lone issues of a channel the driver
+//!   would name one after another); its words for people
+//!   ([`policy::words`]).
 //! - [`forecast`]: the driver run forward in virtual time (`linetokd plan`);
 //!   pure, like `policy`.
 //! - [`ha`]: the pure rules of high availability: per-channel leases
