@@ -42,6 +42,7 @@ mod long_lived;
 mod masked;
 mod parse;
 mod split;
+mod spread;
 mod stateless;
 mod validate;
 

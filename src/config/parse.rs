@@ -79,19 +79,28 @@ fn parse_parts(parts: &Parts<'_>, overrides: &HashMap<String, String>) -> Option
         return None;
     }
     let mut settings: Settings = rest.try_deserialize().ok()?;
+    let entries = super::spread::in_order(
+        &parts.channels,
+        || (),
+        |(), _, text| {
+            // Straight from TOML first: the `config` crate's read builds a
+            // tree of its own values and merges it (about a tenth of
+            // `status`'s time at 100,000 groups). Where the two could differ
+            // (a key in another case, a number given as a string), the direct
+            // read fails and the `config` crate's decides, as before.
+            let Entry { channel } = match toml::from_str(text) {
+                Ok(entry) => entry,
+                Err(_) => read(text, None).ok()?.try_deserialize().ok()?,
+            };
+            let [entry] = <[ChannelSettings; 1]>::try_from(channel).ok()?;
+            Some(entry)
+        },
+    );
     settings.channels.reserve_exact(parts.channels.len());
-    for text in &parts.channels {
-        // Straight from TOML first: the `config` crate's read builds a
-        // tree of its own values and merges it (about a tenth of
-        // `status`'s time at 100,000 groups). Where the two could differ
-        // (a key in another case, a number given as a string), the direct
-        // read fails and the `config` crate's decides, as before.
-        let Entry { channel } = match toml::from_str(text) {
-            Ok(entry) => entry,
-            Err(_) => read(text, None).ok()?.try_deserialize().ok()?,
-        };
-        let [entry] = <[ChannelSettings; 1]>::try_from(channel).ok()?;
-        settings.channels.push(entry);
+    for (entries, ()) in entries {
+        for entry in entries {
+            settings.channels.push(entry?);
+        }
     }
     Some(settings)
 }

@@ -490,20 +490,25 @@ impl Settings {
     /// `channel`, the duplicates, `[alerts]`; every problem collected.
     fn check<T>(
         &self,
-        mut channel: impl FnMut(&mut Validator, usize, &ChannelSettings) -> Option<T>,
-    ) -> Result<Checked<T>, ConfigError> {
-        let mut v = Validator {
+        channel: impl Fn(&mut Validator, usize, &ChannelSettings) -> Option<T> + Sync,
+    ) -> Result<Checked<T>, ConfigError>
+    where
+        T: Send,
+    {
+        let validator = || Validator {
             search_path: self.hook_search_path.clone(),
             ..Validator::default()
         };
+        let mut v = validator();
         let daemon = v.daemon(self);
         v.rotation(&self.rotation);
-        let channels: Vec<Option<T>> = self
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| channel(&mut v, i, c))
-            .collect();
+        // On every core for a large config; each run's problems join in
+        // channel order.
+        let mut channels: Vec<Option<T>> = Vec::with_capacity(self.channels.len());
+        for (checked, run) in super::spread::in_order(&self.channels, validator, channel) {
+            channels.extend(checked);
+            v.problems.extend(run.problems);
+        }
         v.duplicates(self);
         let alerts = super::alerts::validate(&self.alerts, &self.channels, &mut v.problems);
         let encryption = self
