@@ -17,8 +17,10 @@
 //! - [`channel`]: [`drive`], the one per-channel loop (execute a group's
 //!   plan, free capacity, or idle until an instant) that the rotator, the
 //!   forecast and the property tests all call.
-//! - [`round`]: [`issue_round`], the lone issues of a channel that go to
-//!   LINE together, and [`assume_issued`], what a successful issue changes.
+//! - [`round`]: [`issue_round`], the lone issues of a channel decided
+//!   together (and carried out one request at a time), how long such a
+//!   decision holds, and [`assume_issued`], what a successful issue
+//!   changes.
 //! - [`capacity`]: the channel's room (invariant 3) and [`capacity_victims`].
 //! - [`rate`]: the rolling-hour issue budget (invariant 4) and its two
 //!   bounded exceptions (first-start burst, deadline rescue).
@@ -66,7 +68,7 @@ pub use plan::{
     deadline, plan_group, rotation_due_at, token_verify_due_at, verify_due_at,
 };
 pub use rate::{BudgetInput, Urgency, issue_allowed_at, next_issue_allowed_at};
-pub use round::{assume_issued, issue_round};
+pub use round::{assume_issued, issue_round, round_holds_until};
 pub use rules::{RetryRules, Rules, RulesError};
 pub use skew::clock_skew_fires;
 pub use view::{ChannelView, GroupView};

@@ -77,7 +77,7 @@ pub const EVICTION_ALERT_SPAN: Duration = Duration::hours(1);
 /// The shortest interval between two verifications or reconciles, whatever
 /// the settings say: a zero interval would make the step due again the
 /// instant it ran.
-const MIN_INTERVAL: Duration = Duration::seconds(1);
+pub(super) const MIN_INTERVAL: Duration = Duration::seconds(1);
 
 /// What to do for one group, and when to look again.
 #[derive(Debug, Clone, PartialEq)]

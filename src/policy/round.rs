@@ -1,4 +1,4 @@
-//! Issue rounds: which groups of a channel may go to LINE together.
+//! Issue rounds: which groups of a channel are decided together.
 //!
 //! # Why
 //!
@@ -8,19 +8,24 @@
 //! together), that is one state read and two store commits per token, and
 //! at bootstrap they cost about as much CPU as the RSA signature does. An
 //! issue round asks the driver again as if each issue it named had
-//! succeeded, and gathers the lone v2.1 issues it names one after another:
-//! the rotator signs them all, journals their intents in one store job,
-//! sends them together, and stores what LINE answered in one job.
-//!
+//! succeeded, and gathers the lone v2.1 issues it names one after another.
+//! The rotator still carries them out one request at a time, each token
+//! stored before the next is asked for, but reads the state once for the
+//! round and records each answer in the store job that journals the next
+//! intent.
+
 //! # Why it is safe
 //!
-//! Each group of the round is one the driver would have issued next had
-//! every earlier issue of the round succeeded, so the round is a prefix of
-//! what the one-at-a-time loop would do. An issue that fails leaves the
-//! channel with more room and budget than the round assumed, never less:
-//! every later decision of the round still keeps invariants 1 to 4 (at most
-//! two live per group, 30 per channel, the hourly budget), and the next
-//! round reads the failure from the store.
+//! Each group of the round is one the driver would have issued next, at
+//! the instant the round was decided, had every earlier issue of the round
+//! succeeded: the round is what the one-at-a-time loop would do then. The
+//! rotator stops a round at its first member that does not simply succeed
+//! (the next round reads the failure from the store), so every member sent
+//! was decided on a true picture of the channel. Time passing only loosens
+//! what the driver allows (expiries come, the hour's issues age out, holds
+//! end), except the key-ID listing, which must be fresh enough to issue on
+//! and is due again at its interval: [`round_holds_until`] is when the
+//! rotator stops sending a round's members.
 //!
 //! Only lone v2.1 issues join: a plan with a listing, verify or revoke
 //! before its issue runs on its own (each of those changes what the next
@@ -32,12 +37,12 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::channel::{ChannelState, Next, drive};
-use super::plan::{Plan, Step};
+use super::plan::{MIN_INTERVAL, Plan, Step};
 use super::rules::{Rules, SHORT_LIVED_LIFETIME};
 use super::time;
 use crate::domain::{KeyId, TokenKind, TokenRecord};
 
-/// The groups whose issues go to LINE in one round with the driver's own
+/// The groups whose issues are decided in one round with the driver's own
 /// choice (`first`, whose plan is `plan`), at most `max` in all, in the
 /// order the driver would have issued them: `first` alone unless its plan
 /// is a lone v2.1 issue.
@@ -81,6 +86,19 @@ pub fn issue_round(
         round.push((group, plan));
     }
     round
+}
+
+/// Until when the members of an issue round decided on `state` may be
+/// sent: while the listing they were decided on is fresh enough to issue
+/// on (`reconcile_max_age_before_issue`) and not yet due again
+/// (`reconcile_interval`). Without a listing, never (a member needs one).
+pub fn round_holds_until(state: &ChannelState, rules: &Rules) -> DateTime<Utc> {
+    let Some(at) = state.view.last_reconcile_at else {
+        return DateTime::<Utc>::MIN_UTC;
+    };
+    let fresh = time::add(at, time::non_negative(rules.reconcile_max_age_before_issue));
+    let due = time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL));
+    fresh.min(due)
 }
 
 /// True when `plan` is a single v2.1 issue for `state.groups[group]`.
@@ -294,6 +312,30 @@ mod tests {
         }
         let (g, plan) = first(&state, &rules);
         assert_eq!(issue_round(t0(), &state, &rules, g, &plan, 64).len(), 1);
+    }
+
+    #[test]
+    fn a_round_holds_while_its_listing_is_fresh_and_not_due() {
+        let rules = rules();
+        let state = channel(2, 0);
+        assert_eq!(
+            round_holds_until(&state, &rules),
+            t0() + rules.reconcile_max_age_before_issue
+        );
+        let often = Rules {
+            reconcile_interval: Duration::minutes(2),
+            ..rules.clone()
+        };
+        assert_eq!(
+            round_holds_until(&state, &often),
+            t0() + Duration::minutes(2)
+        );
+        let mut unlisted = state;
+        unlisted.view.last_reconcile_at = None;
+        assert_eq!(
+            round_holds_until(&unlisted, &rules),
+            DateTime::<Utc>::MIN_UTC
+        );
     }
 
     #[test]

@@ -508,9 +508,11 @@ impl Rotator {
     }
 
     /// Carries out an issue round ([`policy::issue_round`]): every member's
-    /// plan is a lone issue, done together by [`Rotator::issue_round`];
-    /// each outcome is then recorded as [`Rotator::execute`] records a
-    /// step's.
+    /// plan is a lone issue, carried out in turn by [`Rotator::issue_round`]
+    /// while the listing the round was decided on holds
+    /// ([`policy::round_holds_until`]); each outcome is then recorded as
+    /// [`Rotator::execute`] records a step's, every one of them even when
+    /// the store fails for one.
     ///
     /// # Errors
     /// Only store failures; LINE's are recorded and end in a backoff.
@@ -545,23 +547,27 @@ impl Rotator {
             .collect();
         let jobs: Vec<IssueJob<'_>> = members.iter().map(|(job, _)| *job).collect();
         self.line_allowed(&setup.id)?;
-        let outcomes = self.issue_round(setup, state, &jobs, Some(cancel)).await;
+        let until = policy::round_holds_until(state, &self.rules());
+        let outcomes = self
+            .issue_round(setup, state, &jobs, Some(Round { cancel, until }))
+            .await;
         let mut store_error = None;
         for ((job, step), outcome) in members.iter().zip(outcomes) {
-            match outcome {
+            let recorded = match outcome {
                 // Not sent: the next round decides afresh.
-                None => {}
+                None => Ok(()),
                 Some(Ok(())) => {
                     self.end_streak_if_done(setup, snapshot, &state.groups[job.gi].group, step)
-                        .await?;
+                        .await
                 }
-                Some(Err(StepError::Store(e))) => {
-                    store_error.get_or_insert(e);
-                }
+                Some(Err(StepError::Store(e))) => Err(e),
                 Some(Err(error)) => {
                     self.record_failure(setup, state, job.gi, "issue", error)
-                        .await?;
+                        .await
                 }
+            };
+            if let Err(e) = recorded {
+                store_error.get_or_insert(e);
             }
         }
         store_error.map_or(Ok(()), Err)
@@ -570,27 +576,28 @@ impl Rotator {
     /// Issues a token for each of `jobs` in turn (an issue round, or one
     /// issue), as the one-at-a-time loop would, sharing the store's work:
     /// each store job records the previous member's answer and journals
-    /// the next member's intent in one transaction, so a round of n issues
-    /// takes n + 1 store jobs instead of 2n. The channel still has one
-    /// issuance in flight at a time, and every token is stored as soon as
-    /// its answer is in: a crash leaves at most one token LINE issued
+    /// the next member's intent (one transaction on SQLite, where group
+    /// commit makes a job one; in that order on PostgreSQL), so a round of
+    /// n issues takes n + 1 store jobs instead of 2n. The channel still has
+    /// one issuance in flight at a time, and every token is stored before
+    /// the next is asked for: a crash leaves at most one token LINE issued
     /// unrecorded (invariant 6). The round stops after the first member
-    /// whose issue did not simply succeed (what follows a failure is the
-    /// driver's to decide afresh), and before the next member once
-    /// `cancel` fires (the daemon is stopping). Returns each member's
+    /// whose issue did not simply succeed, LINE's failure or the store's
+    /// (what follows a failure is the driver's to decide afresh), and
+    /// before its next member once `round` says so. Returns each member's
     /// outcome; `None` for members never sent.
     async fn issue_round(
         &self,
         setup: &ChannelSetup,
         state: &ChannelState,
         jobs: &[IssueJob<'_>],
-        cancel: Option<&CancellationToken>,
+        round: Option<Round<'_>>,
     ) -> Vec<Option<Result<(), StepError>>> {
         let mut outcomes: Vec<Option<Result<(), StepError>>> = jobs.iter().map(|_| None).collect();
         // The previous member's answer, recorded with the next intent.
         let mut answered: Option<Answered> = None;
         for (j, job) in jobs.iter().enumerate() {
-            if j > 0 && cancel.is_some_and(CancellationToken::is_cancelled) {
+            if j > 0 && round.as_ref().is_some_and(|r| r.over(self.clock.now())) {
                 break;
             }
             let group = &state.groups[job.gi];
@@ -610,13 +617,16 @@ impl Rotator {
             let started = self.clock.now();
             let (channel, name, exp) =
                 (setup.id.clone(), group.group.clone(), form.assertion_exp());
+            // The next intent only when the previous answer is recorded: a
+            // store that failed it stops the round, as it stops the loop.
             let journaled = self
                 .db(move |store| {
                     let written = record.map(|r| r.write(store));
-                    Ok((
-                        written,
-                        store.begin_issue_with(started, &channel, &name, exp),
-                    ))
+                    let intent = match written {
+                        Some(Err(_)) => None,
+                        _ => Some(store.begin_issue_with(started, &channel, &name, exp)),
+                    };
+                    Ok((written, intent))
                 })
                 .await;
             let intent = match journaled {
@@ -627,11 +637,12 @@ impl Rotator {
                             Some(self.finish(setup, state, &jobs[pj], prev, written).await);
                     }
                     match intent {
-                        Ok(intent) => intent,
-                        Err(e) => {
+                        Some(Ok(intent)) => intent,
+                        Some(Err(e)) => {
                             outcomes[j] = Some(Err(StepError::Store(e)));
                             break;
                         }
+                        None => break,
                     }
                 }
                 Err(e) => {
@@ -1293,6 +1304,19 @@ enum Answer {
     Failed { error: LineError, at: DateTime<Utc> },
     /// LINE issued a token.
     Issued(Got),
+}
+
+/// When an issue round stops before its next member: the daemon is
+/// stopping, or the listing it was decided on no longer holds.
+struct Round<'a> {
+    cancel: &'a CancellationToken,
+    until: DateTime<Utc>,
+}
+
+impl Round<'_> {
+    fn over(&self, now: DateTime<Utc>) -> bool {
+        self.cancel.is_cancelled() || now >= self.until
+    }
 }
 
 /// A member of an issue round that LINE answered, until its answer is

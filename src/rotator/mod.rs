@@ -54,10 +54,9 @@ pub use crate::wakes::Wakes;
 /// bound only matters if a bug made a step change nothing.
 const MAX_ROUNDS: usize = 64;
 
-/// The most issues of one channel that go to LINE together
+/// The most issues of one channel decided together
 /// ([`policy::issue_round`]): a channel's 15 groups at a first start in one
-/// round, and never more requests in flight on one channel than LINE's
-/// rate limits shrug off.
+/// round. They still go to LINE one at a time.
 const MAX_ISSUE_ROUND: usize = 16;
 
 /// How soon to look again after the store failed (disk full, IO error).

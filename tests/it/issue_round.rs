@@ -8,16 +8,19 @@
 //!   exactly one intent is open (that request's) and every earlier token of
 //!   the round is already stored, so a crash leaves at most one token LINE
 //!   issued unrecorded (invariant 6).
-//! - The round stops at a failure: nothing after it is journaled or sent
-//!   until the driver has decided again, so an answer that leaves open
-//!   whether LINE issued is followed by a key-ID listing before the next
-//!   issue, exactly as without rounds.
+//! - The round stops at a failure, LINE's or the store's: nothing after it
+//!   is journaled or sent until the driver has decided again, so an answer
+//!   that leaves open whether LINE issued is followed by a key-ID listing
+//!   before the next issue, exactly as without rounds.
+//! - The round stops when the listing it was decided on is too old to
+//!   issue on: the next issue waits for a fresh one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linetokd::clock::ManualClock;
 use linetokd::domain::{ChannelId, GroupName};
 use linetokd::metrics::Metrics;
 use linetokd::policy::Rules;
@@ -43,28 +46,59 @@ struct AtIssue {
 #[derive(Clone, Copy)]
 enum IssueAnswer {
     Token,
+    /// A token whose key ID LINE already gave the first one: the store
+    /// refuses to record it.
+    SameKeyIdAsTheFirst,
     /// A 500: LINE issued nothing.
     Error,
     /// A 200 without `key_id`: LINE may have issued.
     Broken,
 }
 
-/// A LINE that lists no key IDs, verifies every token as the channel's and
-/// answers the `n`th issue request with `answer(n)`; at each issue request
+/// A LINE that lists the key IDs it gave (`round-kid-0` to `-{n-1}`),
+/// verifies every token as the channel's and answers the `n`th issue
+/// request with `answer(n)`; at each issue request
 /// it records what the database at `db` holds.
 async fn mock_line(
     db: PathBuf,
     answer: fn(usize) -> IssueAnswer,
 ) -> (Mock, Arc<Mutex<Vec<AtIssue>>>) {
+    mock_line_on(db, answer, None).await
+}
+
+/// [`mock_line`], moving `clock` on by `each` at each of the first `first`
+/// issue requests (LINE answering slowly for a while).
+async fn mock_line_on(
+    db: PathBuf,
+    answer: fn(usize) -> IssueAnswer,
+    slow: Option<(ManualClock, chrono::Duration, usize)>,
+) -> (Mock, Arc<Mutex<Vec<AtIssue>>>) {
     let seen_at_issue = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen_at_issue);
     let issues = AtomicUsize::new(0);
     let mock = Mock::start(move |seen: &Seen| match seen.path.as_str() {
-        KID_LIST => Reply::json(200, r#"{"kids":[]}"#),
+        // Every token it issued is live: the key IDs `Token` answers gave.
+        KID_LIST => {
+            let kids: Vec<String> = (0..issues.load(Ordering::SeqCst))
+                .map(|n| format!("\"round-kid-{n}\""))
+                .collect();
+            Reply::json(200, &format!(r#"{{"kids":[{}]}}"#, kids.join(",")))
+        }
         ISSUE => {
             record.lock().unwrap().push(look_into(&db));
             let n = issues.fetch_add(1, Ordering::SeqCst);
+            if let Some((clock, each, first)) = &slow
+                && n < *first
+            {
+                clock.advance(*each);
+            }
             match answer(n) {
+                IssueAnswer::SameKeyIdAsTheFirst => Reply::json(
+                    200,
+                    &format!(
+                        r#"{{"access_token":"round-token-{n}","token_type":"Bearer","expires_in":2592000,"key_id":"round-kid-0"}}"#
+                    ),
+                ),
                 IssueAnswer::Token => Reply::json(
                     200,
                     &format!(
@@ -107,7 +141,11 @@ fn look_into(db: &Path) -> AtIssue {
 /// A rotator for one channel with groups `g00` to `g05`, on a clock that
 /// never moves, over a fresh store at `db`.
 fn rotator(db: &Path, base_url: &str) -> (Arc<Rotator>, Store) {
-    let clock = support::manual_clock();
+    rotator_on(db, base_url, support::manual_clock())
+}
+
+/// [`rotator`] on `clock`.
+fn rotator_on(db: &Path, base_url: &str, clock: ManualClock) -> (Arc<Rotator>, Store) {
     let store = Store::open(db).unwrap();
     let groups: Vec<GroupName> = (0..GROUPS)
         .map(|g| GroupName::new(format!("g{g:02}")))
@@ -262,4 +300,69 @@ async fn after_an_answer_that_may_have_issued_the_next_issue_waits_for_a_listing
         "the next request after the broken answer: {paths:?}"
     );
     assert_eq!(with_token(&store).len(), GROUPS - 1, "{paths:?}");
+}
+
+/// The second token cannot be stored (LINE gave it the first one's key
+/// ID): the round stops there, as the loop stops at a store failure, and
+/// no further intent is journaled or request sent in this pass.
+#[tokio::test]
+async fn a_store_failure_mid_round_stops_the_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("linetokd.db");
+    let (mock, at_issue) = mock_line(db.clone(), |n| {
+        if n == 1 {
+            IssueAnswer::SameKeyIdAsTheFirst
+        } else {
+            IssueAnswer::Token
+        }
+    })
+    .await;
+    let (rotator, store) = rotator(&db, &mock.base_url);
+
+    rotator.pass(&CancellationToken::new()).await.unwrap();
+
+    assert_eq!(
+        paths(&mock),
+        ["list", "issue", "verify", "issue", "verify"],
+        "{:?}",
+        at_issue.lock().unwrap()
+    );
+    assert_eq!(with_token(&store), ["g00"]);
+    // The unstored answer's intent stays open: LINE issued a token nobody
+    // recorded, which the next listing settles.
+    assert_eq!(store.open_intents().unwrap().len(), 1);
+}
+
+/// LINE takes two minutes for each of the first three issues: the listing
+/// the round was decided on is then over five minutes old
+/// (`reconcile_max_age_before_issue`), so the fourth waits for a fresh
+/// listing, and the rest of the channel follows in a second round.
+#[tokio::test]
+async fn a_round_stops_when_its_listing_is_too_old_to_issue_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("linetokd.db");
+    let clock = support::manual_clock();
+    let (mock, _) = mock_line_on(
+        db.clone(),
+        |_| IssueAnswer::Token,
+        Some((clock.clone(), chrono::Duration::minutes(2), 3)),
+    )
+    .await;
+    let (rotator, store) = rotator_on(&db, &mock.base_url, clock);
+
+    rotator.pass(&CancellationToken::new()).await.unwrap();
+
+    let paths = paths(&mock);
+    let mut want = vec!["list"];
+    want.extend(["issue", "verify"].repeat(3));
+    want.push("list");
+    want.extend(["issue", "verify"].repeat(3));
+    let tokens: Vec<(String, String)> = store
+        .live_tokens_of_channel(&ChannelId::new(CHANNEL))
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.group.to_string(), t.record.key_id.to_string()))
+        .collect();
+    assert_eq!(paths, want, "{tokens:?}");
+    assert_eq!(with_token(&store).len(), GROUPS);
 }
