@@ -18,14 +18,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use linetokd::clock::ManualClock;
 use linetokd::domain::{ChannelId, GroupName};
-use linetokd::metrics::Metrics;
 use linetokd::policy::Rules;
-use linetokd::rotator::{ChannelSetup, Rotator, RotatorParts};
-use linetokd::store::{ChannelSpec, Store};
+use linetokd::rotator::{ChannelSetup, Rotator};
+use linetokd::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, Mock, Reply, Seen};
@@ -147,38 +145,17 @@ fn rotator(db: &Path, base_url: &str) -> (Arc<Rotator>, Store) {
 /// [`rotator`] on `clock`.
 fn rotator_on(db: &Path, base_url: &str, clock: ManualClock) -> (Arc<Rotator>, Store) {
     let store = Store::open(db).unwrap();
-    let groups: Vec<GroupName> = (0..GROUPS)
-        .map(|g| GroupName::new(format!("g{g:02}")))
-        .collect();
-    store
-        .sync_config(
-            support::start_time(),
-            &[ChannelSpec {
-                id: ChannelId::new(CHANNEL),
-                name: "chan".into(),
-                groups: groups.clone(),
-                fingerprint: None,
-                short_lived: Vec::new(),
-            }],
-        )
-        .unwrap();
-    let rotator = Rotator::new(RotatorParts {
-        store: store.clone(),
-        line: support::line_client(base_url, &clock, Duration::from_secs(10)),
-        clock: Arc::new(clock),
-        rules: Rules::default(),
-        channels: vec![ChannelSetup {
-            id: ChannelId::new(CHANNEL),
-            name: "chan".into(),
-            signer: Some(support::signer(CHANNEL, "round-kid")),
-            secret: None,
-            groups,
-        }],
-        concurrency: 1,
-        seed: Some(7),
-        metrics: Metrics::shared(),
-        leadership: None,
-    });
+    let setup = ChannelSetup {
+        id: ChannelId::new(CHANNEL),
+        name: "chan".into(),
+        signer: Some(support::signer(CHANNEL, "round-kid")),
+        secret: None,
+        groups: (0..GROUPS)
+            .map(|g| GroupName::new(format!("g{g:02}")))
+            .collect(),
+    };
+    let rotator =
+        support::one_channel_rotator(&store, base_url, &clock, Rules::default(), setup, 7);
     (rotator, store)
 }
 

@@ -59,6 +59,42 @@ pub fn line_client(base_url: &str, clock: &ManualClock, timeout: Duration) -> Li
     LineClient::new(config, clock).unwrap()
 }
 
+/// A rotator for the one channel `setup` over `store` (its config synced
+/// at `clock`'s now), talking to LINE at `base_url` with a 10 s timeout,
+/// working one channel at a time with a fixed seed.
+pub fn one_channel_rotator(
+    store: &Store,
+    base_url: &str,
+    clock: &ManualClock,
+    rules: linetokd::policy::Rules,
+    setup: linetokd::rotator::ChannelSetup,
+    seed: u64,
+) -> Arc<linetokd::rotator::Rotator> {
+    store
+        .sync_config(
+            clock.now(),
+            &[linetokd::store::ChannelSpec {
+                id: setup.id.clone(),
+                name: setup.name.clone(),
+                groups: setup.groups.clone(),
+                fingerprint: None,
+                short_lived: Vec::new(),
+            }],
+        )
+        .unwrap();
+    linetokd::rotator::Rotator::new(linetokd::rotator::RotatorParts {
+        store: store.clone(),
+        line: line_client(base_url, clock, Duration::from_secs(10)),
+        clock: Arc::new(clock.clone()),
+        rules,
+        channels: vec![setup],
+        concurrency: 1,
+        seed: Some(seed),
+        metrics: linetokd::metrics::Metrics::shared(),
+        leadership: None,
+    })
+}
+
 /// Waits (at most 30 s) until the alerts firing in `store` satisfy `pred`
 /// and returns them. Meanwhile, when `clock` is given, moves it to each
 /// deadline something sleeps on (a sink retry, a hook's backoff), so what
