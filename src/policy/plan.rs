@@ -77,7 +77,7 @@ pub const EVICTION_ALERT_SPAN: Duration = Duration::hours(1);
 /// The shortest interval between two verifications or reconciles, whatever
 /// the settings say: a zero interval would make the step due again the
 /// instant it ran.
-pub(super) const MIN_INTERVAL: Duration = Duration::seconds(1);
+const MIN_INTERVAL: Duration = Duration::seconds(1);
 
 /// What to do for one group, and when to look again.
 #[derive(Debug, Clone, PartialEq)]
@@ -722,7 +722,7 @@ fn plan_active(
         .fold(now, DateTime::max);
     let reconcile_due_at = channel
         .last_reconcile_at
-        .map(|at| time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL)));
+        .map(|at| listing_due_at(at, rules));
     // Only v2.1 tokens are listed: a short-lived group never waits for (or
     // asks for) a listing, and its pool has no foreign or lost tokens.
     let listed = group.kind.is_listed();
@@ -755,10 +755,9 @@ fn plan_active(
         || (!reconcile_is_due
             && !lost_blocks
             && !channel.relist_needed
-            && channel.last_reconcile_at.is_some_and(|at| {
-                now.signed_duration_since(at)
-                    <= time::non_negative(rules.reconcile_max_age_before_issue)
-            }));
+            && channel
+                .last_reconcile_at
+                .is_some_and(|at| now <= listing_fresh_until(at, rules)));
 
     let mut hold = None;
     let mut room = Revokes::default();
@@ -926,4 +925,15 @@ fn plan_active(
         }
     }
     draft.finish(steps, hold, Some(earliest))
+}
+
+/// When a key-ID listing made at `at` is due again (`reconcile_interval`).
+pub(super) fn listing_due_at(at: DateTime<Utc>, rules: &Rules) -> DateTime<Utc> {
+    time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL))
+}
+
+/// The last instant a key-ID listing made at `at` is fresh enough to issue
+/// on (`reconcile_max_age_before_issue`).
+pub(super) fn listing_fresh_until(at: DateTime<Utc>, rules: &Rules) -> DateTime<Utc> {
+    time::add(at, time::non_negative(rules.reconcile_max_age_before_issue))
 }

@@ -37,7 +37,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::channel::{ChannelState, Next, drive};
-use super::plan::{MIN_INTERVAL, Plan, Step};
+use super::plan::{Plan, Step, listing_due_at, listing_fresh_until};
 use super::rules::{Rules, SHORT_LIVED_LIFETIME};
 use super::time;
 use crate::domain::{KeyId, TokenKind, TokenRecord};
@@ -96,9 +96,7 @@ pub fn round_holds_until(state: &ChannelState, rules: &Rules) -> DateTime<Utc> {
     let Some(at) = state.view.last_reconcile_at else {
         return DateTime::<Utc>::MIN_UTC;
     };
-    let fresh = time::add(at, time::non_negative(rules.reconcile_max_age_before_issue));
-    let due = time::add(at, time::at_least(rules.reconcile_interval, MIN_INTERVAL));
-    fresh.min(due)
+    listing_fresh_until(at, rules).min(listing_due_at(at, rules))
 }
 
 /// True when `plan` is a single v2.1 issue for `state.groups[group]`.
