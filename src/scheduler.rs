@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -192,22 +192,29 @@ impl Scheduler {
         due: &mut DueTimes,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let semaphore = Arc::new(Semaphore::new(self.rotator.concurrency()));
+        // A channel's task is spawned when a running one ends, not all at
+        // once: each task holds the whole state of a channel's round (about
+        // 4.7 KiB), and spawning every ready channel of a first start
+        // (6,667 at 100,000 groups) at once held 30 MiB that the allocator
+        // kept after the tasks ended.
+        let limit = self.rotator.concurrency().max(1);
+        let mut waiting = ready.into_iter();
         let mut tasks = JoinSet::new();
-        for channel in ready {
-            let rotator = Arc::clone(&self.rotator);
-            let semaphore = Arc::clone(&semaphore);
-            let cancel = shutdown.clone();
-            tasks.spawn(async move {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = semaphore.acquire_owned().await.ok();
-                let next = rotator.work_channel(&channel, &cancel).await;
-                (channel, next)
-            });
-        }
         let clock = self.rotator.clock();
         let mut fatal = None;
-        while let Some(joined) = tasks.join_next().await {
+        loop {
+            while tasks.len() < limit {
+                let Some(channel) = waiting.next() else { break };
+                let rotator = Arc::clone(&self.rotator);
+                let cancel = shutdown.clone();
+                tasks.spawn(async move {
+                    let next = rotator.work_channel(&channel, &cancel).await;
+                    (channel, next)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
             match joined {
                 Ok((channel, Ok(Some(at)))) => due.set(channel, at),
                 Ok((channel, Ok(None))) => due.remove(&channel),
