@@ -293,9 +293,6 @@ struct ChannelRun {
     managed: bool,
     /// What the driver reads, changed in place as steps succeed.
     state: ChannelState,
-    /// Each group's issue attempts in the last hour (the first-start burst
-    /// reads their count).
-    group_issues: Vec<Vec<DateTime<Utc>>>,
     /// Rounds run so far ([`MAX_ROUNDS_PER_CHANNEL`]).
     rounds: usize,
     /// The alert kinds each group (by index, as `state.groups`) has
@@ -305,23 +302,10 @@ struct ChannelRun {
 
 impl ChannelRun {
     fn new(input: ChannelInput) -> Self {
-        // The store's attempts of the last hour, by group: the views carry
-        // their count and the latest, so each counts as made at the latest.
-        // That keeps "no attempt within the hour" (the first-start burst)
-        // exact, and holds the count no shorter than the daemon would.
-        let group_issues = input
-            .groups
-            .iter()
-            .map(|g| match g.last_issue_at {
-                Some(at) => vec![at; usize::try_from(g.issued_last_hour).unwrap_or(0)],
-                None => Vec::new(),
-            })
-            .collect();
         let alerts = input.groups.iter().map(|_| Vec::new()).collect();
         Self {
             channel: input.channel,
             managed: input.managed,
-            group_issues,
             state: ChannelState {
                 groups: input.groups,
                 view: input.view,
@@ -394,16 +378,20 @@ impl ChannelRun {
         out: &mut Vec<PlannedAction>,
     ) -> Option<DateTime<Utc>> {
         let window_start = t - policy::rate::ISSUE_WINDOW;
-        self.state
-            .view
-            .issue_times_last_hour
-            .retain(|at| *at > window_start);
-        for (g, times) in self.state.groups.iter_mut().zip(&mut self.group_issues) {
-            times.retain(|at| *at > window_start);
-            g.issued_last_hour = u32::try_from(times.len()).unwrap_or(u32::MAX);
-            // As the snapshot reads it: the group's latest attempt within
-            // the hour.
-            g.last_issue_at = times.iter().copied().max();
+        // Each group's count and latest attempt, as the snapshot reads
+        // them, from the channel's attempts: the driver adds to those as
+        // it assumes issues.
+        let view = &mut self.state.view;
+        view.issues_last_hour.retain(|(_, at)| *at > window_start);
+        for g in &mut self.state.groups {
+            let own = || {
+                view.issues_last_hour
+                    .iter()
+                    .filter(|(group, _)| *group == g.group)
+                    .map(|(_, at)| *at)
+            };
+            g.issued_last_hour = u32::try_from(own().count()).unwrap_or(u32::MAX);
+            g.last_issue_at = own().max();
         }
         let decision = drive(t, &self.state, rules);
         for (i, plan) in decision.plans.iter().enumerate() {
@@ -470,7 +458,6 @@ impl ChannelRun {
                 reason, token_exp, ..
             } => {
                 let key_id = names.fresh(self.state.groups[i].kind);
-                self.group_issues[i].push(t);
                 let expires_at =
                     assume_issued(&mut self.state, i, t, *token_exp, rules, key_id.clone())
                         .map_or(DateTime::<Utc>::MAX_UTC, |token| token.expires_at);

@@ -257,7 +257,7 @@ impl Snapshot {
             foreign: count(self.foreign.len()),
             lost: count(self.unsettled.len()),
             held_assertion_exp: self.held_assertion_exp,
-            issue_times_last_hour: self.issues_last_hour.iter().map(|(_, at)| *at).collect(),
+            issues_last_hour: self.issues_last_hour.clone(),
             last_reconcile_at: row.and_then(|c| c.last_reconcile_at),
             reconcile_retry: row.and_then(|c| {
                 (c.reconcile.failures > 0).then(|| RetryState {

@@ -192,7 +192,7 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
     } else {
         ChannelView {
             live_ours,
-            issue_times_last_hour: state.view.issue_times_last_hour.clone(),
+            issues_last_hour: state.view.issues_last_hour.clone(),
             // When the channel was last listed: a short-lived group that
             // still holds a v2.1 token asks for the listing on its schedule.
             last_reconcile_at: state.view.last_reconcile_at,
@@ -467,7 +467,8 @@ mod tests {
                         t0() + Duration::days(30),
                     ));
                     state.groups[i].issued_last_hour += 1;
-                    state.view.issue_times_last_hour.push(t0());
+                    let name = state.groups[i].group.clone();
+                    state.view.issues_last_hour.push((name, t0()));
                     issued += 1;
                 }
                 Next::Idle { .. } => break,

@@ -705,7 +705,7 @@ fn plan_active(
     let rate_at = issue_allowed_at(
         now,
         &BudgetInput {
-            channel_times: &channel.issue_times_last_hour,
+            channel_attempts: &channel.issues_last_hour,
             max_per_hour: rules.max_issues_per_hour,
             urgency,
             group_last_attempt: group.last_issue_at,

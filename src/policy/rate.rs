@@ -22,8 +22,12 @@
 //!    the budget's next slot comes after its deadline, the current token's
 //!    expiry less `deadline_margin`: waiting would lose consumers their
 //!    token), its own last attempt is at least [`OVER_BUDGET_SPACING`] ago,
-//!    and the channel has fewer than [`OVER_BUDGET_FACTOR`]` × B` attempts
-//!    in the hour.
+//!    and the channel has fewer than [`OVER_BUDGET_FACTOR`]` × B` *repeat*
+//!    attempts in the hour: attempts of a group that made another after it
+//!    within the hour. A group's latest attempt is not a repeat, so the
+//!    first-start burst does not count against the rescue: a new channel of
+//!    15 groups whose first pass met 30 % errors retries its failed groups
+//!    a minute later, not an hour later.
 //!
 //! Every attempt counts in the hour whatever allowed it. Failed attempts
 //! spend the budget too, so without the rescue a run of failures (30 %
@@ -32,26 +36,32 @@
 //!
 //! # The bound this gives (what the property tests check)
 //!
-//! No rolling hour holds more than `2B + G` attempts on a channel, `G` its
-//! groups: an attempt allowed by 1 or 3 finds fewer than `2B` before it in
-//! its own hour, so the hour up to the last such attempt holds at most `2B`;
-//! after it come only bursts, at most one per group. And a group makes an
-//! over-budget attempt at most once per [`OVER_BUDGET_SPACING`]. So a crash
-//! or bug loop stays bounded at about twice the operator's budget, while a
-//! group about to lose its token still gets several tries before it does.
+//! No rolling hour holds more than `2B` repeat attempts, so no more than
+//! `2B + G` attempts on a channel, `G` its groups. Take any hour and the
+//! last attempt in it allowed by 1 or 3: the part of the hour before it
+//! lies in that attempt's own hour, which held fewer than `2B` repeats (or
+//! fewer than `B` attempts), and a subset of attempts never holds more
+//! repeats. After it come only bursts, each by a group with no other
+//! attempt in the hour, which add no repeat. And a group makes an
+//! over-budget attempt at most once per [`OVER_BUDGET_SPACING`]. So a
+//! crash or bug loop stays bounded at about twice the operator's budget,
+//! while a group about to lose its token still gets several tries before
+//! it does.
 //!
 //! Depends on chrono and the policy's time helpers only.
 
 use chrono::{DateTime, Duration, Utc};
 
 use super::time;
+use crate::domain::GroupName;
 
 /// The length of the rolling window.
 pub const ISSUE_WINDOW: Duration = Duration::hours(1);
 
 /// The channel-wide ceiling for over-budget attempts, as a multiple of
 /// `max_issues_per_hour`: a deadline rescue is refused once the hour holds
-/// this many times the budget (bursts aside, see the module documentation).
+/// this many times the budget in repeat attempts (see the module
+/// documentation).
 pub const OVER_BUDGET_FACTOR: u32 = 2;
 
 /// The least time between a group's last attempt (any outcome) and an
@@ -117,8 +127,9 @@ pub enum Urgency {
 /// What the budget knows about one group and its channel.
 #[derive(Debug, Clone, Copy)]
 pub struct BudgetInput<'a> {
-    /// The channel's attempts within the hour (older ones are ignored).
-    pub channel_times: &'a [DateTime<Utc>],
+    /// The channel's attempts within the hour, each with its group, in any
+    /// order (older ones are ignored).
+    pub channel_attempts: &'a [(GroupName, DateTime<Utc>)],
     /// `max_issues_per_hour`.
     pub max_per_hour: u32,
     /// How pressing the group's issue is.
@@ -135,7 +146,23 @@ pub struct BudgetInput<'a> {
 /// The answer only moves later as attempts are added, and a group at risk
 /// stays at risk until its tokens change, so the caller may sleep until it.
 pub fn issue_allowed_at(now: DateTime<Utc>, input: &BudgetInput<'_>) -> DateTime<Utc> {
-    let budget_at = next_issue_allowed_at(now, input.channel_times, input.max_per_hour);
+    let window_start = time::sub(now, ISSUE_WINDOW);
+    let in_hour = |at: &DateTime<Utc>| *at > window_start;
+    let max = usize::try_from(input.max_per_hour).unwrap_or(usize::MAX);
+    // Counted before anything is collected: the policy asks on every plan,
+    // and the budget is rarely spent.
+    if input.max_per_hour > 0
+        && input
+            .channel_attempts
+            .iter()
+            .filter(|(_, at)| in_hour(at))
+            .count()
+            < max
+    {
+        return now;
+    }
+    let times: Vec<DateTime<Utc>> = input.channel_attempts.iter().map(|(_, at)| *at).collect();
+    let budget_at = next_issue_allowed_at(now, &times, input.max_per_hour);
     if budget_at <= now {
         return now;
     }
@@ -151,10 +178,32 @@ pub fn issue_allowed_at(now: DateTime<Utc>, input: &BudgetInput<'_>) -> DateTime
                 .map_or(now, |last| time::add(last, OVER_BUDGET_SPACING))
                 .max(now);
             let ceiling = input.max_per_hour.saturating_mul(OVER_BUDGET_FACTOR);
-            let under_ceiling = next_issue_allowed_at(now, input.channel_times, ceiling);
+            let repeats = repeat_times(input.channel_attempts, window_start);
+            let under_ceiling = next_issue_allowed_at(now, &repeats, ceiling);
             budget_at.min(spaced.max(under_ceiling))
         }
     }
+}
+
+/// The times of the repeat attempts among `attempts` after `window_start`:
+/// every attempt of a group except its latest. As the hour moves on, a
+/// repeat leaving it makes the group's next attempt the earliest, so the
+/// count of repeats drops by one exactly when one of these times is an hour
+/// old: [`next_issue_allowed_at`] over them says when fewer remain.
+fn repeat_times(
+    attempts: &[(GroupName, DateTime<Utc>)],
+    window_start: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    let mut recent: Vec<&(GroupName, DateTime<Utc>)> = attempts
+        .iter()
+        .filter(|(_, at)| *at > window_start)
+        .collect();
+    recent.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    recent
+        .windows(2)
+        .filter(|pair| pair[0].0 == pair[1].0)
+        .map(|pair| pair[0].1)
+        .collect()
 }
 
 #[cfg(test)]
@@ -196,9 +245,22 @@ mod tests {
         );
     }
 
-    fn ask(times: &[DateTime<Utc>], urgency: Urgency, last: Option<i64>) -> BudgetInput<'_> {
+    /// Attempts at `times`, all by one other group: every one but the
+    /// latest is a repeat.
+    fn by_one(times: &[DateTime<Utc>]) -> Vec<(GroupName, DateTime<Utc>)> {
+        times
+            .iter()
+            .map(|at| (GroupName::new("other"), *at))
+            .collect()
+    }
+
+    fn ask(
+        attempts: &[(GroupName, DateTime<Utc>)],
+        urgency: Urgency,
+        last: Option<i64>,
+    ) -> BudgetInput<'_> {
         BudgetInput {
-            channel_times: times,
+            channel_attempts: attempts,
             max_per_hour: 6,
             urgency,
             group_last_attempt: last.map(t),
@@ -213,7 +275,7 @@ mod tests {
 
     #[test]
     fn within_the_budget_anyone_goes() {
-        let times = [t(-100); 5];
+        let times = by_one(&[t(-100); 5]);
         for urgency in [
             until(9_999),
             until(0),
@@ -230,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_spent_budget_holds_a_group_whose_deadline_it_keeps() {
-        let times = [t(-3000), t(-100), t(-90), t(-80), t(-70), t(-60)];
+        let times = by_one(&[t(-3000), t(-100), t(-90), t(-80), t(-70), t(-60)]);
         // The budget opens at t(600): in time for a deadline at t(600).
         assert_eq!(
             issue_allowed_at(t(0), &ask(&times, until(600), None)),
@@ -244,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_spent_budget_lets_a_group_at_risk_go_a_minute_after_its_last_try() {
-        let times = [t(-3000), t(-100), t(-90), t(-80), t(-70), t(-60)];
+        let times = by_one(&[t(-3000), t(-100), t(-90), t(-80), t(-70), t(-60)]);
         // The budget opens at t(600), after the deadline: go now...
         assert_eq!(issue_allowed_at(t(0), &ask(&times, until(599), None)), t(0));
         assert_eq!(
@@ -264,7 +326,7 @@ mod tests {
             t(40)
         );
         // The budget itself opening first wins.
-        let times = [t(-3590), t(-100), t(-90), t(-80), t(-70), t(-60)];
+        let times = by_one(&[t(-3590), t(-100), t(-90), t(-80), t(-70), t(-60)]);
         assert_eq!(
             issue_allowed_at(t(0), &ask(&times, until(0), Some(-1))),
             t(10)
@@ -272,18 +334,62 @@ mod tests {
     }
 
     #[test]
-    fn twice_the_budget_stops_rescues_but_not_first_start_bursts() {
-        let times: Vec<_> = (0..12).map(|i| t(-3000 + i * 100)).collect();
+    fn twice_the_budget_in_repeats_stops_rescues_but_not_first_start_bursts() {
+        // Thirteen attempts of one group: twelve repeats, the first of
+        // which ages out at t(600).
+        let times = by_one(&(0..13).map(|i| t(-3000 + i * 100)).collect::<Vec<_>>());
         let no_token = Urgency::NoToken {
             first_in_hour: false,
         };
-        // The first attempt of the twelve ages out at t(600).
         assert_eq!(issue_allowed_at(t(0), &ask(&times, until(0), None)), t(600));
         assert_eq!(issue_allowed_at(t(0), &ask(&times, no_token, None)), t(600));
         let burst = Urgency::NoToken {
             first_in_hour: true,
         };
         assert_eq!(issue_allowed_at(t(0), &ask(&times, burst, None)), t(0));
+    }
+
+    #[test]
+    fn a_first_start_burst_does_not_count_against_the_rescue() {
+        // Fifteen groups' first attempts a minute ago: the budget (6) is
+        // spent, but none is a repeat, so a group whose attempt failed
+        // tries again a minute after it, not an hour later.
+        let burst: Vec<_> = (0..15)
+            .map(|g| (GroupName::new(format!("g{g}")), t(-60)))
+            .collect();
+        let failed = Urgency::NoToken {
+            first_in_hour: false,
+        };
+        assert_eq!(
+            issue_allowed_at(t(0), &ask(&burst, failed, Some(-60))),
+            t(0)
+        );
+        assert_eq!(
+            issue_allowed_at(t(-30), &ask(&burst, failed, Some(-60))),
+            t(0)
+        );
+        // Their retries are repeats of the burst: twelve of them spend the
+        // rescue until the first burst attempt they repeat is an hour old.
+        let mut retried = burst.clone();
+        retried.extend((0..12).map(|g| (GroupName::new(format!("g{g}")), t(-30))));
+        assert_eq!(
+            issue_allowed_at(t(0), &ask(&retried, failed, Some(-60))),
+            t(3540)
+        );
+    }
+
+    #[test]
+    fn repeats_are_every_attempt_but_each_groups_latest() {
+        let a = |at: i64| (GroupName::new("a"), t(at));
+        let b = |at: i64| (GroupName::new("b"), t(at));
+        let attempts = [a(-10), b(-50), a(-30), a(-20), b(-4000), a(-3700)];
+        // Older than the hour: ignored (b's only recent attempt is then its
+        // latest).
+        assert_eq!(repeat_times(&attempts, t(-3600)), vec![t(-30), t(-20)]);
+        assert_eq!(
+            repeat_times(&attempts, t(-5000)),
+            vec![t(-3700), t(-30), t(-20), t(-4000)]
+        );
     }
 
     proptest! {
@@ -297,19 +403,18 @@ mod tests {
             max in 1u32..6,
         ) {
             let groups = 4;
+            let name = |g: usize| GroupName::new(format!("g{g}"));
             let mut now = t(0);
-            let mut attempts: Vec<(usize, DateTime<Utc>)> = Vec::new();
+            let mut attempts: Vec<(GroupName, DateTime<Utc>)> = Vec::new();
             let mut over: Vec<(usize, DateTime<Utc>)> = Vec::new();
             for (g, kind, gap) in steps {
                 now += Duration::seconds(gap);
-                let hour: Vec<DateTime<Utc>> = attempts
-                    .iter()
-                    .map(|(_, at)| *at)
-                    .filter(|at| *at > now - ISSUE_WINDOW)
-                    .collect();
+                let in_hour = |attempts: &[(GroupName, DateTime<Utc>)]| {
+                    attempts.iter().filter(|(_, at)| *at > now - ISSUE_WINDOW).count()
+                };
                 let last = attempts
                     .iter()
-                    .filter(|(h, at)| *h == g && *at > now - ISSUE_WINDOW)
+                    .filter(|(h, at)| *h == name(g) && *at > now - ISSUE_WINDOW)
                     .map(|(_, at)| *at)
                     .max();
                 // The worst case: every group always at risk.
@@ -318,7 +423,7 @@ mod tests {
                     _ => Urgency::NoToken { first_in_hour: kind == 2 && last.is_none() },
                 };
                 let input = BudgetInput {
-                    channel_times: &hour,
+                    channel_attempts: &attempts,
                     max_per_hour: max,
                     urgency,
                     group_last_attempt: last,
@@ -326,15 +431,18 @@ mod tests {
                 if issue_allowed_at(now, &input) > now {
                     continue;
                 }
-                if hour.len() >= max as usize {
+                if in_hour(&attempts) >= max as usize {
                     if let Some(prev) = over.iter().rev().find(|(h, _)| *h == g) {
                         prop_assert!(now - prev.1 >= OVER_BUDGET_SPACING);
                     }
                     over.push((g, now));
                 }
-                attempts.push((g, now));
-                let in_hour = attempts.iter().filter(|(_, at)| *at > now - ISSUE_WINDOW).count();
-                prop_assert!(in_hour <= 2 * max as usize + groups, "{in_hour} in an hour");
+                attempts.push((name(g), now));
+                // Every rolling hour's worst is one ending at an attempt.
+                let total = in_hour(&attempts);
+                prop_assert!(total <= 2 * max as usize + groups, "{total} in an hour");
+                let repeats = repeat_times(&attempts, now - ISSUE_WINDOW).len();
+                prop_assert!(repeats <= 2 * max as usize, "{repeats} repeats in an hour");
             }
         }
 

@@ -156,7 +156,8 @@ pub fn assume_issued(
     g.tokens.push(token.clone());
     g.last_verified_at = Some(now);
     g.requests.clear();
-    state.view.issue_times_last_hour.push(now);
+    let name = g.group.clone();
+    state.view.issues_last_hour.push((name, now));
     Some(token)
 }
 
@@ -267,7 +268,8 @@ mod tests {
             ..Rules::default()
         };
         let mut state = channel(6, 0);
-        state.view.issue_times_last_hour = vec![t0() - Duration::minutes(5); 2];
+        state.view.issues_last_hour =
+            vec![(GroupName::new("other"), t0() - Duration::minutes(5)); 2];
         // Three groups hold a token whose rotation is due, days before its
         // expiry: no rescue over the budget for them.
         let issued = t0() - rules.token_lifetime + rules.rotate_before - Duration::hours(1);
@@ -353,7 +355,10 @@ mod tests {
         assert_eq!(token.expires_at, t0() + rules.token_lifetime);
         assert_eq!(token.verified_at, Some(t0()));
         assert_eq!(state.groups[g].issued_last_hour, 1);
-        assert_eq!(state.view.issue_times_last_hour, vec![t0()]);
+        assert_eq!(
+            state.view.issues_last_hour,
+            vec![(state.groups[g].group.clone(), t0())]
+        );
         assert_eq!(live_ours(t0(), &state.groups, TokenKind::V21), 1);
     }
 }

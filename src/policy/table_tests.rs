@@ -76,6 +76,15 @@ fn channel(now: DateTime<Utc>, g: &GroupView) -> ChannelView {
     }
 }
 
+/// Channel attempts at `times`, all by one other group: every one but the
+/// latest is a repeat (what the deadline rescue's ceiling counts).
+fn by_other(times: impl IntoIterator<Item = DateTime<Utc>>) -> Vec<(GroupName, DateTime<Utc>)> {
+    times
+        .into_iter()
+        .map(|at| (GroupName::new("other"), at))
+        .collect()
+}
+
 fn plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView) -> Plan {
     plan_group(now, g, c, &rules())
 }
@@ -488,7 +497,7 @@ fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
         .map(|m| now - Duration::minutes(*m))
         .collect();
     let c = ChannelView {
-        issue_times_last_hour: attempts,
+        issues_last_hour: by_other(attempts),
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);
@@ -509,9 +518,10 @@ fn the_hourly_budget_holds_the_issue_until_the_oldest_attempt_ages_out() {
 }
 
 /// The deadline rescue (`rate`'s rule 3), case by case. Budget 6 an hour
-/// (so a ceiling of 12); the group's token expires at `expires` (minutes
-/// from now), so its deadline is 5 minutes earlier; the channel made
-/// `attempts` (minutes ago) and the group's own last attempt was `last`
+/// (so a ceiling of 12 repeats); the group's token expires at `expires`
+/// (minutes from now), so its deadline is 5 minutes earlier; the channel
+/// made `attempts` (minutes ago, all by one other group, so every one but
+/// the latest is a repeat) and the group's own last attempt was `last`
 /// minutes ago (0: 20 s ago). `held` is `None` when the issue goes ahead
 /// now, else when (seconds from now) the rate hold ends.
 #[test]
@@ -556,14 +566,14 @@ fn the_budget_lets_a_group_at_risk_go_over_within_the_bound() {
         Case {
             what: "at risk, but the channel is at twice its budget: the loop stops",
             expires: 20,
-            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8],
+            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8, 6],
             last: Some(8),
             held: Some(2 * MIN),
         },
         Case {
             what: "at twice the budget even right at expiry: still held",
             expires: 1,
-            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8],
+            attempts: vec![58, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10, 8, 6],
             last: Some(8),
             held: Some(2 * MIN),
         },
@@ -598,7 +608,7 @@ fn the_budget_lets_a_group_at_risk_go_over_within_the_bound() {
             )])
         };
         let c = ChannelView {
-            issue_times_last_hour: case.attempts.iter().map(|m| mins(-m)).collect(),
+            issues_last_hour: by_other(case.attempts.iter().map(|m| mins(-m))),
             ..channel(now, &g)
         };
         let p = plan(now, &g, &c);
@@ -631,7 +641,9 @@ fn the_budget_lets_a_group_at_risk_go_over_within_the_bound() {
 fn a_group_without_a_token_goes_over_the_budget_a_minute_apart() {
     let now = t(0);
     let mins = |m: i64| now + Duration::minutes(m);
-    let at_ceiling: Vec<_> = (0..12).map(|i| mins(-50 + i)).collect();
+    // Thirteen attempts of one other group: twelve repeats, the oldest
+    // an hour old at +10 minutes.
+    let at_ceiling: Vec<_> = (0..13).map(|i| mins(-50 + i)).collect();
     let cases = [
         // (issued in the hour, its last attempt, channel attempts, held until)
         (0, None, at_ceiling.clone(), None),
@@ -651,7 +663,7 @@ fn a_group_without_a_token_goes_over_the_budget_a_minute_apart() {
             ..group(vec![])
         };
         let c = ChannelView {
-            issue_times_last_hour: attempts,
+            issues_last_hour: by_other(attempts),
             ..channel(now, &g)
         };
         let p = plan(now, &g, &c);
@@ -1111,7 +1123,7 @@ fn a_group_without_a_token_bursts_past_the_budget_once_an_hour() {
     let now = t(0);
     let g = group(vec![]);
     let c = ChannelView {
-        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        issues_last_hour: by_other(vec![now - Duration::minutes(1); 6]),
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);
@@ -1119,25 +1131,60 @@ fn a_group_without_a_token_bursts_past_the_budget_once_an_hour() {
     // A rotation (the group has a token) is not a burst.
     let g = group(vec![tok30("a", -29 * DAY)]);
     let c = ChannelView {
-        issue_times_last_hour: vec![now - Duration::minutes(1); 6],
+        issues_last_hour: by_other(vec![now - Duration::minutes(1); 6]),
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);
     assert!(matches!(p.hold, Some(Hold::RateLimit { .. })), "{p:?}");
 }
 
+/// A new channel's first pass met errors: fifteen groups tried a minute
+/// ago, which spent the budget (6) and is more than twice it, but none of
+/// those first attempts is a repeat. A group whose attempt failed tries
+/// again now, not an hour later; one that tried 20 s ago waits out its
+/// minute.
 #[test]
-fn no_token_held_by_the_budget_is_critical() {
+fn a_failed_first_start_is_retried_a_minute_later_despite_the_burst() {
     let now = t(0);
-    // Tried within the hour already, so the first-start burst is spent; and
-    // the channel is at twice its budget, so no rescue either.
+    let burst: Vec<_> = (0..15)
+        .map(|i| {
+            let name = if i == 0 {
+                "backend".to_owned()
+            } else {
+                format!("g{i}")
+            };
+            (GroupName::new(name), now - Duration::minutes(1))
+        })
+        .collect();
     let g = GroupView {
         issued_last_hour: 1,
         last_issue_at: Some(now - Duration::minutes(1)),
         ..group(vec![])
     };
     let c = ChannelView {
-        issue_times_last_hour: vec![now - Duration::minutes(1); 12],
+        issues_last_hour: burst.clone(),
+        ..channel(now, &g)
+    };
+    assert_eq!(plan(now, &g, &c).steps, vec![issue(IssueReason::NoCurrent)]);
+    let p = plan(now - Duration::seconds(40), &g, &c);
+    assert!(
+        matches!(p.hold, Some(Hold::RateLimit { until }) if until == now),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn no_token_held_by_the_budget_is_critical() {
+    let now = t(0);
+    // Tried within the hour already, so the first-start burst is spent; and
+    // the channel is at twice its budget in repeats, so no rescue either.
+    let g = GroupView {
+        issued_last_hour: 1,
+        last_issue_at: Some(now - Duration::minutes(1)),
+        ..group(vec![])
+    };
+    let c = ChannelView {
+        issues_last_hour: by_other(vec![now - Duration::minutes(1); 13]),
         ..channel(now, &g)
     };
     let p = plan(now, &g, &c);

@@ -169,9 +169,10 @@ pub struct ChannelView {
     /// reconcile settles it (after which it is `foreign` or nothing). A
     /// non-zero count also makes the next issue reconcile first.
     pub lost: u32,
-    /// The channel's issue attempts (any outcome) within the last hour, in
-    /// any order; older ones are ignored. This is what bounds issuance.
-    pub issue_times_last_hour: Vec<DateTime<Utc>>,
+    /// The channel's issue attempts (any outcome) within the last hour, each
+    /// with its group, in any order; older ones are ignored. This is what
+    /// bounds issuance ([`rate`](super::rate)).
+    pub issues_last_hour: Vec<(GroupName, DateTime<Utc>)>,
     /// When the channel's key IDs were last listed successfully.
     pub last_reconcile_at: Option<DateTime<Utc>>,
     /// The key-ID listing's failure streak: it backs off per channel, and

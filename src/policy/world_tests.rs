@@ -15,12 +15,14 @@
 //! 3. no issue is attempted unless the channel, as last reconciled (at most
 //!    `reconcile_max_age_before_issue` ago), has room;
 //! 4. no rolling hour ever holds more than twice `max_issues_per_hour`
-//!    attempts plus one per group, and every attempt over the budget is a
-//!    first-start burst (no usable token, the group's first attempt in the
-//!    hour) or a deadline rescue (no usable token, or the budget's next slot
-//!    after the token's expiry less the margin; the group's last attempt a
-//!    minute ago or more; the channel below twice its budget), as
-//!    docs/design.md section 5.8 and `rate` state it.
+//!    repeat attempts (attempts of a group that made another after it in
+//!    the hour), so no more than twice the budget plus one per group, and
+//!    every attempt over the budget is a first-start burst (no usable
+//!    token, the group's first attempt in the hour) or a deadline rescue
+//!    (no usable token, or the budget's next slot after the token's expiry
+//!    less the margin; the group's last attempt a minute ago or more; the
+//!    channel below twice its budget in repeats), as docs/design.md
+//!    section 5.8 and `rate` state it.
 //!
 //! The world draws its randomness from a seeded splitmix64, so a failing
 //! case is reproduced by its seed.
@@ -152,8 +154,7 @@ struct World {
     known_foreign: u32,
     lost: u32,
     last_reconcile_at: Option<DateTime<Utc>>,
-    attempts: Vec<DateTime<Utc>>,
-    /// Each attempt's group, for the first-start burst.
+    /// Each attempt (any outcome) with its group.
     group_attempts: Vec<(usize, DateTime<Utc>)>,
     /// The key-ID listing's streak (per channel).
     reconcile_retry: Option<RetryState>,
@@ -194,7 +195,6 @@ impl World {
             known_foreign: 0,
             lost: 0,
             last_reconcile_at: None,
-            attempts: Vec::new(),
             group_attempts: Vec::new(),
             reconcile_retry: None,
             full_until: None,
@@ -236,11 +236,11 @@ impl World {
             live_ours: live_ours(self.now, &self.views(), TokenKind::V21),
             foreign: self.known_foreign,
             lost: self.lost,
-            issue_times_last_hour: self
-                .attempts
+            issues_last_hour: self
+                .group_attempts
                 .iter()
-                .copied()
-                .filter(|t| *t > window_start)
+                .filter(|(_, t)| *t > window_start)
+                .map(|(gi, t)| (self.groups[*gi].group.clone(), *t))
                 .collect(),
             last_reconcile_at: self.last_reconcile_at,
             reconcile_retry: self.reconcile_retry.clone(),
@@ -388,11 +388,17 @@ impl World {
         // from the world's own journal rather than the views.
         let hour_ago = now - Duration::hours(1);
         let before: Vec<DateTime<Utc>> = self
-            .attempts
+            .group_attempts
             .iter()
-            .copied()
+            .map(|(_, t)| *t)
             .filter(|t| *t > hour_ago)
             .collect();
+        let repeats_before = repeats(
+            self.group_attempts
+                .iter()
+                .filter(|(_, t)| *t > hour_ago)
+                .map(|(g, _)| *g),
+        );
         let own_last = self
             .group_attempts
             .iter()
@@ -419,19 +425,28 @@ impl World {
                     "invariant 4: group {gi} went over the budget again at {now} after {own_last:?}"
                 );
                 assert!(
-                    before.len() < 2 * budget,
-                    "invariant 4: a rescue at {now} with {} attempts in the hour",
-                    before.len()
+                    repeats_before < 2 * budget,
+                    "invariant 4: a rescue at {now} with {repeats_before} repeat attempts in the hour"
                 );
             }
         }
-        self.attempts.push(now);
         self.group_attempts.push((gi, now));
-        // The hard ceiling: twice the budget, plus one burst per group.
+        // The hard ceiling: twice the budget in repeats, so twice the
+        // budget plus one burst per group in all.
         let in_hour = before.len() + 1;
         assert!(
             in_hour <= 2 * budget + self.groups.len(),
             "invariant 4: {in_hour} attempts in the hour ending {now}"
+        );
+        let repeats_now = repeats(
+            self.group_attempts
+                .iter()
+                .filter(|(_, t)| *t > hour_ago)
+                .map(|(g, _)| *g),
+        );
+        assert!(
+            repeats_now <= 2 * budget,
+            "invariant 4: {repeats_now} repeat attempts in the hour ending {now}"
         );
         // Invariant 3: room on the channel as far as anyone could know it:
         // our recorded tokens LINE holds, the foreign ones the last reconcile
@@ -715,7 +730,6 @@ impl World {
             // Forget what can no longer matter, to keep long runs fast.
             let (now, hour_ago) = (self.now, self.now - Duration::hours(1));
             self.ours.retain(|o| o.rec.expires_at > now);
-            self.attempts.retain(|t| *t > hour_ago);
             self.group_attempts.retain(|(_, t)| *t > hour_ago);
         }
     }
@@ -791,12 +805,13 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                     age <= rules.reconcile_max_age_before_issue,
                     "issue on a stale reconcile"
                 );
-                let before: Vec<DateTime<Utc>> = c
-                    .issue_times_last_hour
+                let in_hour: Vec<&(GroupName, DateTime<Utc>)> = c
+                    .issues_last_hour
                     .iter()
-                    .copied()
-                    .filter(|t| *t > now - Duration::hours(1))
+                    .filter(|(_, t)| *t > now - Duration::hours(1))
                     .collect();
+                let before: Vec<DateTime<Utc>> = in_hour.iter().map(|(_, t)| *t).collect();
+                let repeats_before = repeats(in_hour.iter().map(|(g, _)| g.clone()));
                 // Invariant 4: over the channel's budget only as a
                 // first-start burst or a deadline rescue.
                 let budget = rules.max_issues_per_hour as usize;
@@ -815,12 +830,21 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                 assert!(
                     before.len() < budget
                         || burst
-                        || (at_risk && spaced && before.len() < 2 * budget),
+                        || (at_risk && spaced && repeats_before < 2 * budget),
                     "invariant 4: issue over the budget"
                 );
             }
         }
     }
+}
+
+/// Repeat attempts among attempts by `groups` (one item per attempt, all
+/// in one hour): every attempt but each group's latest, so the attempts
+/// less the groups that made any.
+fn repeats<G: Ord>(groups: impl Iterator<Item = G>) -> usize {
+    let all: Vec<G> = groups.collect();
+    let distinct: std::collections::BTreeSet<&G> = all.iter().collect();
+    all.len() - distinct.len()
 }
 
 /// The safety margin before expiry (docs/design.md section 5.9), from the
@@ -1021,7 +1045,10 @@ proptest! {
             live_ours: live_ours.max(u32::try_from(g.live_tokens(t(now)).len()).unwrap()),
             foreign,
             lost,
-            issue_times_last_hour: attempts.into_iter().map(t).collect(),
+            issues_last_hour: attempts
+                .into_iter()
+                .map(|at| (GroupName::new("other"), t(at)))
+                .collect(),
             last_reconcile_at: reconciled.map(t),
             ..ChannelView::default()
         };

@@ -602,9 +602,9 @@ fn channel_status(
         unsettled: cv.lost,
         capacity: policy::free_capacity(&cv, rules, 0),
         issues_last_hour: count(
-            cv.issue_times_last_hour
+            cv.issues_last_hour
                 .iter()
-                .filter(|t| **t > window_start)
+                .filter(|(_, t)| *t > window_start)
                 .count(),
         ),
         max_issues_per_hour: rules.max_issues_per_hour,

@@ -1017,6 +1017,82 @@ async fn partial_failure_for_a_day_never_starves_a_group() {
     assert!(watch.max_live_group <= 2);
 }
 
+/// A new channel of 15 groups on the default budget (6 an hour) whose
+/// first pass meets 30 % 500s on the issue endpoint: the burst spends the
+/// budget two and a half times over, yet every failed group tries again a
+/// minute later (its retries are the only repeats in the hour), so all 15
+/// are live within minutes, not an hour; and the channel's hour stays
+/// within twice the budget in repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_meets_errors_is_live_within_minutes_on_the_default_budget() {
+    let faults = Faults {
+        seed: Some(0x8_0005),
+        down: false,
+        endpoints: BTreeMap::from([(
+            Endpoint::IssueV21.path().to_owned(),
+            FaultRule {
+                error_rate: 0.30,
+                ..FaultRule::default()
+            },
+        )]),
+    };
+    let t0 = support::start_time();
+    let mut rig = Rig::start(
+        vec![chan(0, 15)],
+        rotation("30d", "24h", "30m", "6h", "1h")
+            .replace("max_issues_per_hour = 12", "max_issues_per_hour = 6"),
+        faults,
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::minutes(30)).await;
+    let attempts = rig
+        .store()
+        .issue_times_since(&rig.chans[0].id, t0 - Duration::hours(1))
+        .unwrap();
+    let failed_first = attempts.len() - 15;
+    let mut seen = std::collections::BTreeSet::new();
+    let repeats = attempts
+        .iter()
+        .filter(|(g, _)| !seen.insert(g.clone()))
+        .count();
+    let watch = rig.finish().await;
+    let end = watch.end.unwrap();
+    let first_wait = watch
+        .gaps
+        .iter()
+        .filter(|g| g.first)
+        .map(|g| g.length(end))
+        .max()
+        .unwrap();
+    println!(
+        "first start with errors: {} attempts, {failed_first} failed, longest wait for a \
+         first token {} ms\n{}",
+        attempts.len(),
+        first_wait.num_milliseconds(),
+        watch.summary()
+    );
+    assert!(
+        first_wait <= Duration::minutes(10),
+        "a group waited {first_wait} for its first token"
+    );
+    // Every group is live, so each failure was retried: the attempts past
+    // the first 15 are the failures.
+    assert!(
+        failed_first >= 3,
+        "the faults failed only {failed_first} issues: no test"
+    );
+    assert!(
+        repeats <= 2 * 6,
+        "invariant 4: {repeats} repeat attempts in the channel's hour"
+    );
+    assert!(
+        watch.later_gaps().is_empty(),
+        "groups lost their token:\n{}",
+        watch.summary()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. Verify refusing a listed token.
 
