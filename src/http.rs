@@ -611,6 +611,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         }
     }
 
+    /// Passed through so hyper writes a response body from its own buffer
+    /// with `writev`: without it hyper copies every body into its write
+    /// buffer first, a second copy of a `/metrics` page of megabytes.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(ready) => this.progressed(ready),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_flush(cx) {

@@ -124,6 +124,16 @@ impl Daemon {
     /// # Errors
     /// When `/metrics` does not answer 200 or lacks the metric.
     pub async fn metric(&self, client: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
+        let text = self.metrics_page(client).await?;
+        sample(&text, name)
+            .with_context(|| format!("http://{}/metrics has no sample {name}", self.http))
+    }
+
+    /// The daemon's whole `/metrics` page.
+    ///
+    /// # Errors
+    /// When the request fails or is refused.
+    pub async fn metrics_page(&self, client: &reqwest::Client) -> anyhow::Result<String> {
         let url = format!("http://{}/metrics", self.http);
         let response = client
             .get(&url)
@@ -135,8 +145,7 @@ impl Daemon {
             "{url} answered {}",
             response.status()
         );
-        let text = response.text().await.context("while reading /metrics")?;
-        sample(&text, name).with_context(|| format!("{url} has no sample {name}"))
+        response.text().await.context("while reading /metrics")
     }
 
     /// Sends SIGTERM and waits for the daemon to exit (SIGKILL after

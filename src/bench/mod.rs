@@ -2,8 +2,9 @@
 //! sandbox, the figures the rotation engine's targets are stated in (see
 //! README "Benchmarks"): bootstrap of N groups in wall and daemon CPU ms per
 //! group beside one RSA-2048 signature's cost, RSS after bootstrap (fixed part and
-//! per-group slope), `status` and `plan --days 30` times at each N, token
-//! API throughput and latency, and scheduler wake-ups while idle.
+//! per-group slope), one `/metrics` scrape's time and peak memory, `status`
+//! and `plan --days 30` times at each N, token API throughput and latency,
+//! and scheduler wake-ups while idle.
 //!
 //! The daemon is the real binary run as a child process with a generated
 //! config ([`lab`]); figures come from outside it: the sandbox's own book
@@ -48,7 +49,7 @@ pub use self::settings::{Flags, Settings};
 use self::daemon::Daemon;
 use self::lab::Lab;
 use self::machine::Machine;
-use self::report::{Bootstrap, Idle, JsonLines};
+use self::report::{Bootstrap, Idle, JsonLines, Scrape};
 use self::token_api::{Target, Throughput};
 use crate::line::keys::{self, SigningKey};
 
@@ -193,6 +194,7 @@ async fn bootstrap(
     let wall = started.elapsed();
     let cpu = procfs::cpu(daemon.pid())?;
     let memory = procfs::memory(daemon.pid())?;
+    let scrape = scrape(&daemon).await?;
 
     let config = lab.config_path();
     let status = commands::time(&settings.binary, &["status"], config, settings.timeout).await?;
@@ -212,6 +214,7 @@ async fn bootstrap(
         memory,
         status,
         plan,
+        scrape,
     };
 
     let (mut token_api, mut idle) = (None, None);
@@ -256,6 +259,23 @@ async fn fresh_database(
     drop(client);
     let _ = driving.await;
     Ok(cluster.url(name))
+}
+
+/// Asks the daemon for its `/metrics` page once and reads its memory after.
+async fn scrape(daemon: &Daemon) -> anyhow::Result<Scrape> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .context("while building the metrics client")?;
+    let started = Instant::now();
+    let page = daemon.metrics_page(&client).await?;
+    let elapsed = started.elapsed();
+    Ok(Scrape {
+        elapsed,
+        bytes: page.len(),
+        memory: procfs::memory(daemon.pid())?,
+    })
 }
 
 /// Reads the wake-up counter, waits `idle` (a benchmark may wait: the

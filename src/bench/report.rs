@@ -40,6 +40,20 @@ pub struct Bootstrap {
     pub status: Option<Duration>,
     /// `linetokd plan --days 30` afterwards; `None` if it hit the time limit.
     pub plan: Option<Duration>,
+    /// One `/metrics` scrape right after the bootstrap.
+    pub scrape: Scrape,
+}
+
+/// One `/metrics` scrape: what a Prometheus server costs the daemon.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scrape {
+    /// From sending the request to the last byte read.
+    pub elapsed: Duration,
+    /// The page's length.
+    pub bytes: usize,
+    /// The daemon's memory after it: `hwm_kib` is the peak of its life so
+    /// far, so above the bootstrap's it is what the scrape needed.
+    pub memory: Memory,
 }
 
 impl Bootstrap {
@@ -110,7 +124,7 @@ pub fn preamble(machine: &Machine, signature: &SignatureCost) -> String {
 pub fn table_header(per_channel: usize) -> String {
     format!(
         "\nbootstrap against the sandbox ({per_channel} groups per channel, loopback):\n\
-         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11}\n",
+         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>15}\n",
         "groups",
         "channels",
         "wall_s",
@@ -123,6 +137,8 @@ pub fn table_header(per_channel: usize) -> String {
         "hwm_MiB",
         "status_ms",
         "plan30d_ms",
+        "scrape_ms",
+        "scrape_hwm_MiB",
     )
 }
 
@@ -133,7 +149,7 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         .cpu_ms_per_group()
         .map(|cpu| cpu / signature.median_ms.max(f64::EPSILON));
     let mut row = format!(
-        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11}\n",
+        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11} {:>10} {:>15.1}\n",
         run.groups,
         run.channels,
         run.wall.as_secs_f64(),
@@ -146,6 +162,8 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         mib(run.memory.hwm_kib),
         cell(run.status.map(stats::ms), 0),
         cell(run.plan.map(stats::ms), 0),
+        cell(Some(stats::ms(run.scrape.elapsed)), 0),
+        mib(run.scrape.memory.hwm_kib),
     );
     if !run.complete() {
         let _ = writeln!(
@@ -299,6 +317,10 @@ impl JsonLines {
                 "rss_file_kib": run.memory.file_kib,
                 "status_ms": run.status.map(stats::ms),
                 "plan_30d_ms": run.plan.map(stats::ms),
+                "scrape_ms": stats::ms(run.scrape.elapsed),
+                "scrape_bytes": run.scrape.bytes,
+                "scrape_vm_rss_kib": run.scrape.memory.rss_kib,
+                "scrape_vm_hwm_kib": run.scrape.memory.hwm_kib,
             }),
         )
     }
@@ -383,6 +405,16 @@ mod tests {
             },
             status: Some(Duration::from_millis(40)),
             plan: None,
+            scrape: Scrape {
+                elapsed: Duration::from_millis(3),
+                bytes: groups * 400,
+                memory: Memory {
+                    rss_kib,
+                    hwm_kib: rss_kib + 2_000,
+                    anon_kib: rss_kib / 2,
+                    file_kib: rss_kib / 2,
+                },
+            },
         }
     }
 
@@ -403,7 +435,7 @@ mod tests {
             cells,
             [
                 "1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "9.8", "9.8", "19.6", "40",
-                "-"
+                "-", "3", "21.5"
             ]
         );
         assert!(table_row(&partial, &sig).contains("400 of 1000 groups live"));

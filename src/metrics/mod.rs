@@ -17,7 +17,7 @@
 //! per-group cost of the daemon after the token itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -120,6 +120,10 @@ type GaugeF = Gauge<f64, AtomicU64>;
 /// Every metric linetokd exports.
 pub struct Metrics {
     registry: Registry,
+    /// The length of the last exposition: the next is written into room
+    /// for it and a little more, not grown by doubling (which at 100,000
+    /// groups held the old and the new buffer, tens of megabytes, at once).
+    last_render_len: AtomicUsize,
     /// Expiry, next rotation, live tokens and issuances of every group.
     groups: Arc<GroupSeries>,
     channel_tokens: Family<OwnerLabels, Gauge>,
@@ -440,6 +444,7 @@ impl Metrics {
             lease_renew_failures,
             fenced_writes,
             registry,
+            last_render_len: AtomicUsize::new(0),
             groups,
             channel_tokens,
             short_lived_evictions,
@@ -535,9 +540,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let last = self.last_render_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last + last / 16);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        self.last_render_len.store(out.len(), Ordering::Relaxed);
         out
     }
 

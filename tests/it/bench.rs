@@ -71,7 +71,9 @@ fn quick_bench_reports_every_figure_as_a_number() {
             "file_MiB",
             "hwm_MiB",
             "status_ms",
-            "plan30d_ms"
+            "plan30d_ms",
+            "scrape_ms",
+            "scrape_hwm_MiB"
         ]
     );
     let row: Vec<&str> = line_starting(&stdout, "30 ").split_whitespace().collect();
@@ -124,6 +126,10 @@ fn quick_bench_reports_every_figure_as_a_number() {
                 "rss_file_kib",
                 "status_ms",
                 "plan_30d_ms",
+                "scrape_ms",
+                "scrape_bytes",
+                "scrape_vm_rss_kib",
+                "scrape_vm_hwm_kib",
             ],
         ),
         (
