@@ -1225,6 +1225,22 @@ mod tests {
         let err = server.write_all(&[3; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), limit);
+
+        // The same through vectored writes, as hyper sends a response body.
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = IdleTimeout::new(server, limit);
+        let (head, body) = ([4u8; 32], [5u8; 64]);
+        let slices = [io::IoSlice::new(&head), io::IoSlice::new(&body)];
+        let wrote = server.write_vectored(&slices).await.unwrap();
+        assert!(wrote > 0 && wrote <= 64, "{wrote}");
+        client.read_exact(&mut some).await.unwrap();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // 16 bytes of room: progress, so the deadline starts over.
+        assert_eq!(server.write_vectored(&slices).await.unwrap(), 16);
+        let start = Instant::now();
+        let err = server.write_vectored(&slices).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), limit);
     }
 
     #[test]

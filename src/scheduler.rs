@@ -203,7 +203,9 @@ impl Scheduler {
         let clock = self.rotator.clock();
         let mut fatal = None;
         loop {
-            while tasks.len() < limit {
+            // Once stopping (or the store failed), the channels still
+            // waiting are not started: `run` returns right after this pass.
+            while tasks.len() < limit && !shutdown.is_cancelled() && fatal.is_none() {
                 let Some(channel) = waiting.next() else { break };
                 let rotator = Arc::clone(&self.rotator);
                 let cancel = shutdown.clone();

@@ -2,7 +2,7 @@
 //! sandbox, the figures the rotation engine's targets are stated in (see
 //! README "Benchmarks"): bootstrap of N groups in wall and daemon CPU ms per
 //! group beside one RSA-2048 signature's cost, RSS after bootstrap (fixed part and
-//! per-group slope), one `/metrics` scrape's time and peak memory, `status`
+//! per-group slope), a `/metrics` scrape's time and peak memory, `status`
 //! and `plan --days 30` times at each N, token API throughput and latency,
 //! and scheduler wake-ups while idle.
 //!
@@ -261,20 +261,32 @@ async fn fresh_database(
     Ok(cluster.url(name))
 }
 
-/// Asks the daemon for its `/metrics` page once and reads its memory after.
+/// Asks the daemon for its `/metrics` page twice in a row, each time
+/// resetting its peak memory first, and reads how far each raised it.
 async fn scrape(daemon: &Daemon) -> anyhow::Result<Scrape> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
         .build()
         .context("while building the metrics client")?;
-    let started = Instant::now();
-    let page = daemon.metrics_page(&client).await?;
-    let elapsed = started.elapsed();
+    let mut peak_rise_kib = 0;
+    let mut last = None;
+    for _ in 0..2 {
+        let before = procfs::memory(daemon.pid())?;
+        procfs::reset_peak(daemon.pid())?;
+        let started = Instant::now();
+        let page = daemon.metrics_page(&client).await?;
+        let elapsed = started.elapsed();
+        let after = procfs::memory(daemon.pid())?;
+        peak_rise_kib = peak_rise_kib.max(after.hwm_kib.saturating_sub(before.rss_kib));
+        last = Some((elapsed, page.len(), after));
+    }
+    let (elapsed, bytes, memory) = last.context("no scrape ran")?;
     Ok(Scrape {
         elapsed,
-        bytes: page.len(),
-        memory: procfs::memory(daemon.pid())?,
+        bytes,
+        peak_rise_kib,
+        memory,
     })
 }
 

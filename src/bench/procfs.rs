@@ -59,6 +59,16 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
         .with_context(|| format!("{} lacks VmRSS, VmHWM, RssAnon or RssFile", path.display()))
 }
 
+/// Resets `pid`'s `VmHWM` to its `VmRSS` now (`clear_refs` value 5), so
+/// the next reading's peak is the peak since this call.
+///
+/// # Errors
+/// When the file cannot be written (the process is gone, or is not ours).
+pub fn reset_peak(pid: u32) -> anyhow::Result<()> {
+    let path = proc_file(pid, "clear_refs");
+    std::fs::write(&path, "5").with_context(|| format!("while writing {}", path.display()))
+}
+
 fn proc_file(pid: u32, name: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{name}"))
 }

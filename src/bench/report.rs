@@ -44,15 +44,19 @@ pub struct Bootstrap {
     pub scrape: Scrape,
 }
 
-/// One `/metrics` scrape: what a Prometheus server costs the daemon.
+/// Two `/metrics` scrapes in a row: what a Prometheus server costs the
+/// daemon. The first is the first of the daemon's life; the second is the
+/// steady state (the page written into room for the first's length).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scrape {
-    /// From sending the request to the last byte read.
+    /// The second scrape, from sending the request to the last byte read.
     pub elapsed: Duration,
     /// The page's length.
     pub bytes: usize,
-    /// The daemon's memory after it: `hwm_kib` is the peak of its life so
-    /// far, so above the bootstrap's it is what the scrape needed.
+    /// The most either scrape raised the daemon's peak resident memory
+    /// above its `VmRSS` just before it (the peak is reset before each).
+    pub peak_rise_kib: u64,
+    /// The daemon's memory after the second.
     pub memory: Memory,
 }
 
@@ -124,7 +128,7 @@ pub fn preamble(machine: &Machine, signature: &SignatureCost) -> String {
 pub fn table_header(per_channel: usize) -> String {
     format!(
         "\nbootstrap against the sandbox ({per_channel} groups per channel, loopback):\n\
-         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>15}\n",
+         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>16}\n",
         "groups",
         "channels",
         "wall_s",
@@ -138,7 +142,7 @@ pub fn table_header(per_channel: usize) -> String {
         "status_ms",
         "plan30d_ms",
         "scrape_ms",
-        "scrape_hwm_MiB",
+        "scrape_peak_MiB",
     )
 }
 
@@ -149,7 +153,7 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         .cpu_ms_per_group()
         .map(|cpu| cpu / signature.median_ms.max(f64::EPSILON));
     let mut row = format!(
-        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11} {:>10} {:>15.1}\n",
+        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11} {:>10} {:>16.1}\n",
         run.groups,
         run.channels,
         run.wall.as_secs_f64(),
@@ -163,7 +167,7 @@ pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
         cell(run.status.map(stats::ms), 0),
         cell(run.plan.map(stats::ms), 0),
         cell(Some(stats::ms(run.scrape.elapsed)), 0),
-        mib(run.scrape.memory.hwm_kib),
+        mib(run.scrape.peak_rise_kib),
     );
     if !run.complete() {
         let _ = writeln!(
@@ -319,8 +323,8 @@ impl JsonLines {
                 "plan_30d_ms": run.plan.map(stats::ms),
                 "scrape_ms": stats::ms(run.scrape.elapsed),
                 "scrape_bytes": run.scrape.bytes,
+                "scrape_peak_rise_kib": run.scrape.peak_rise_kib,
                 "scrape_vm_rss_kib": run.scrape.memory.rss_kib,
-                "scrape_vm_hwm_kib": run.scrape.memory.hwm_kib,
             }),
         )
     }
@@ -408,6 +412,7 @@ mod tests {
             scrape: Scrape {
                 elapsed: Duration::from_millis(3),
                 bytes: groups * 400,
+                peak_rise_kib: 2_000,
                 memory: Memory {
                     rss_kib,
                     hwm_kib: rss_kib + 2_000,
@@ -435,7 +440,7 @@ mod tests {
             cells,
             [
                 "1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "9.8", "9.8", "19.6", "40",
-                "-", "3", "21.5"
+                "-", "3", "2.0"
             ]
         );
         assert!(table_row(&partial, &sig).contains("400 of 1000 groups live"));

@@ -54,7 +54,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::backoff::FailureKind;
 use super::capacity::free_capacity;
 use super::jitter::{JitterPurpose, stable_jitter};
-use super::rate::{BudgetInput, Urgency, issue_allowed_at};
+use super::rate::{BudgetInput, ISSUE_WINDOW, Urgency, issue_allowed_at};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, GroupView};
@@ -702,7 +702,7 @@ fn plan_active(
             first_in_hour: reason == Some(IssueReason::NoCurrent) && group.issued_last_hour == 0,
         },
     };
-    let rate_at = issue_allowed_at(
+    let mut rate_at = issue_allowed_at(
         now,
         &BudgetInput {
             channel_attempts: &channel.issues_last_hour,
@@ -711,6 +711,15 @@ fn plan_active(
             group_last_attempt: group.last_issue_at,
         },
     );
+    // A group without a token that waits for the budget is due a
+    // first-start burst again once its latest attempt is an hour old: it
+    // then has no attempt in the hour. Without this it would sleep until
+    // the budget or the rescue's ceiling opened, which may be later.
+    if let (Urgency::NoToken { .. }, Some(IssueReason::NoCurrent), Some(last)) =
+        (urgency, reason, group.last_issue_at)
+    {
+        rate_at = rate_at.min(time::add(last, ISSUE_WINDOW).max(now));
+    }
     let wanted_from = if reason.is_some() {
         now
     } else {

@@ -41,8 +41,10 @@
 //! last attempt in it allowed by 1 or 3: the part of the hour before it
 //! lies in that attempt's own hour, which held fewer than `2B` repeats (or
 //! fewer than `B` attempts), and a subset of attempts never holds more
-//! repeats. After it come only bursts, each by a group with no other
-//! attempt in the hour, which add no repeat. And a group makes an
+//! repeats; the attempt itself adds at most one (it makes its group's
+//! previous attempt a repeat), so at most `2B` up to it. After it come only
+//! bursts, each by a group with no other attempt in the hour, which add no
+//! repeat. And a group makes an
 //! over-budget attempt at most once per [`OVER_BUDGET_SPACING`]. So a
 //! crash or bug loop stays bounded at about twice the operator's budget,
 //! while a group about to lose its token still gets several tries before

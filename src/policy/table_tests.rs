@@ -1173,6 +1173,30 @@ fn a_failed_first_start_is_retried_a_minute_later_despite_the_burst() {
     );
 }
 
+/// A group without a token, held because the channel is at twice its
+/// budget in repeats, is due a first-start burst again the moment its own
+/// attempt is an hour old, before the ceiling opens.
+#[test]
+fn a_held_group_without_a_token_bursts_again_when_its_attempt_ages_out() {
+    let now = t(0);
+    let g = GroupView {
+        issued_last_hour: 1,
+        last_issue_at: Some(now - Duration::minutes(50)),
+        ..group(vec![])
+    };
+    // Thirteen attempts of another group 30 minutes ago: twelve repeats,
+    // an hour old at +30 minutes.
+    let c = ChannelView {
+        issues_last_hour: by_other(vec![now - Duration::minutes(30); 13]),
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert!(
+        matches!(p.hold, Some(Hold::RateLimit { until }) if until == now + Duration::minutes(10)),
+        "{p:?}"
+    );
+}
+
 #[test]
 fn no_token_held_by_the_budget_is_critical() {
     let now = t(0);

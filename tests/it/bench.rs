@@ -73,7 +73,7 @@ fn quick_bench_reports_every_figure_as_a_number() {
             "status_ms",
             "plan30d_ms",
             "scrape_ms",
-            "scrape_hwm_MiB"
+            "scrape_peak_MiB"
         ]
     );
     let row: Vec<&str> = line_starting(&stdout, "30 ").split_whitespace().collect();
@@ -128,8 +128,8 @@ fn quick_bench_reports_every_figure_as_a_number() {
                 "plan_30d_ms",
                 "scrape_ms",
                 "scrape_bytes",
+                "scrape_peak_rise_kib",
                 "scrape_vm_rss_kib",
-                "scrape_vm_hwm_kib",
             ],
         ),
         (

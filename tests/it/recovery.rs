@@ -1021,8 +1021,8 @@ async fn partial_failure_for_a_day_never_starves_a_group() {
 /// first pass meets 30 % 500s on the issue endpoint: the burst spends the
 /// budget two and a half times over, yet every failed group tries again a
 /// minute later (its retries are the only repeats in the hour), so all 15
-/// are live within minutes, not an hour; and the channel's hour stays
-/// within twice the budget in repeats.
+/// are live within minutes (two in this run; four allowed), not an hour;
+/// and the channel's hour stays within twice the budget in repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_that_meets_errors_is_live_within_minutes_on_the_default_budget() {
     let faults = Faults {
@@ -1073,7 +1073,7 @@ async fn a_first_start_that_meets_errors_is_live_within_minutes_on_the_default_b
         watch.summary()
     );
     assert!(
-        first_wait <= Duration::minutes(10),
+        first_wait <= Duration::minutes(4),
         "a group waited {first_wait} for its first token"
     );
     // Every group is live, so each failure was retried: the attempts past
