@@ -145,6 +145,7 @@ use crate::delivery::sink::{self, SinkContext, SinkFormat};
 use crate::delivery::{GroupTokens, PublishedToken, TokenBook};
 use crate::domain::{ChannelId, GroupName};
 use crate::metrics::Metrics;
+use crate::metrics::exposition::Exposition;
 use crate::secret::Secret;
 use crate::stateless::{Stateless, StatelessError, rules::retry_after_secs};
 
@@ -667,7 +668,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// The Prometheus text exposition.
+/// The Prometheus text exposition, written while it is sent
+/// ([`Exposition`]).
 async fn metrics(State(state): State<HttpState>) -> Response {
     match &state.metrics {
         Some(metrics) => (
@@ -676,7 +678,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             )],
-            metrics.render(),
+            axum::body::Body::new(Exposition::new(Arc::clone(metrics))),
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

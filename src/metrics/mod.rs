@@ -17,12 +17,11 @@
 //! per-group cost of the daemon after the token itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,7 +33,11 @@ use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, GroupName, TokenKind};
 use groups::GroupSeries;
 
+pub mod exposition;
 mod groups;
+
+/// Every metric's name starts with this and `_`.
+const PREFIX: &str = "linetokd";
 
 /// A label value shared by every series that carries it. Per-group series
 /// are most of the daemon's memory at 100,000 groups: the channel's ID and
@@ -120,10 +123,6 @@ type GaugeF = Gauge<f64, AtomicU64>;
 /// Every metric linetokd exports.
 pub struct Metrics {
     registry: Registry,
-    /// The length of the last exposition: the next is written into room
-    /// for it and a little more, not grown by doubling (which at 100,000
-    /// groups held the old and the new buffer, tens of megabytes, at once).
-    last_render_len: AtomicUsize,
     /// Expiry, next rotation, live tokens and issuances of every group.
     groups: Arc<GroupSeries>,
     channel_tokens: Family<OwnerLabels, Gauge>,
@@ -246,9 +245,10 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("linetokd");
+        let mut registry = Registry::with_prefix(PREFIX);
+        // Not registered: written after the registry, a page of groups at
+        // a time (`exposition`).
         let groups = Arc::new(GroupSeries::default());
-        registry.register_collector(Box::new(Arc::clone(&groups)));
         let channel_tokens = Family::<OwnerLabels, Gauge>::default();
         registry.register(
             "channel_tokens",
@@ -444,7 +444,6 @@ impl Metrics {
             lease_renew_failures,
             fenced_writes,
             registry,
-            last_render_len: AtomicUsize::new(0),
             groups,
             channel_tokens,
             short_lived_evictions,
@@ -538,16 +537,11 @@ impl Metrics {
         Arc::new(Self::new())
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, whole (the HTTP
+    /// endpoint streams it instead: [`exposition::Exposition`]).
     pub fn render(&self) -> String {
-        let last = self.last_render_len.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(last + last / 16);
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        self.last_render_len.store(out.len(), Ordering::Relaxed);
-        out
+        exposition::whole(self)
     }
-
     /// Counts one scheduler wake-up that found channels due.
     pub fn scheduler_woke(&self) {
         self.scheduler_wakeups.inc();
@@ -1034,6 +1028,88 @@ mod tests {
             r#"linetokd_alert_notification_duration_seconds_count{receiver="ops"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
+
+    /// 2,500 groups span three pages of each family: every family's
+    /// `# HELP`/`# TYPE` lines come once, before its samples, each
+    /// group's sample once, a family whose only series is on the last
+    /// page still has its header, and the streamed parts are the page.
+    #[test]
+    fn the_group_series_are_written_a_page_at_a_time_as_one_page() {
+        let m = Arc::new(Metrics::new());
+        let c = ChannelId::new("1");
+        m.set_channel_names(names(&c, "shop-bot"));
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let groups: Vec<GroupName> = (0..2_500)
+            .map(|i| GroupName::new(format!("g{i:04}")))
+            .collect();
+        for g in &groups {
+            m.set_group(&c, g, TokenKind::V21, 1, Some(at), None);
+        }
+        // One group alone has a failure, and one alone a next rotation:
+        // wherever the table puts them, their families are each one
+        // header and one sample.
+        m.rotation(&c, &groups[1_234], false);
+        m.set_group(&c, &groups[2_499], TokenKind::V21, 1, Some(at), Some(at));
+
+        let mut page = exposition::Exposition::new(Arc::clone(&m));
+        let mut parts = Vec::new();
+        while let Some(part) = page.next_chunk() {
+            parts.push(part);
+        }
+        assert!(parts.len() > 1, "one part for 2,500 groups");
+        let text = parts.concat();
+        assert_eq!(text, m.render());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"));
+        assert_eq!(lines.iter().filter(|l| **l == "# EOF").count(), 1);
+        let mut order = Vec::new();
+        for family in [
+            "token_expiry_timestamp_seconds",
+            "next_rotation_timestamp_seconds",
+            "live_tokens",
+            "rotations",
+        ] {
+            let header = format!("# TYPE linetokd_{family} ");
+            let at: Vec<usize> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(&header))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(at.len(), 1, "{family}: {at:?}");
+            let help = format!("# HELP linetokd_{family} ");
+            assert_eq!(lines.iter().filter(|l| l.starts_with(&help)).count(), 1);
+            let samples: Vec<usize> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.starts_with(&format!("linetokd_{family}{{"))
+                        || l.starts_with(&format!("linetokd_{family}_total{{"))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            assert!(
+                samples.iter().all(|i| *i > at[0]),
+                "{family}: a sample before its header"
+            );
+            order.push((at[0], samples.len()));
+        }
+        assert!(order.windows(2).all(|w| w[0].0 < w[1].0), "{order:?}");
+        assert_eq!(
+            order.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            [2_500, 1, 2_500, 1]
+        );
+        for g in &groups {
+            let expiry = format!(
+                r#"linetokd_token_expiry_timestamp_seconds{{channel="1",channel_name="shop-bot",group="{g}"}} "#
+            );
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with(&expiry)).count(),
+                1,
+                "{g}"
+            );
         }
     }
 
