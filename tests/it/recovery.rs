@@ -596,6 +596,17 @@ impl Watch {
         }
     }
 
+    /// The longest any group waited for its first token.
+    fn longest_first_wait(&self) -> Duration {
+        let end = self.end.expect("the watch is closed");
+        self.gaps
+            .iter()
+            .filter(|g| g.first)
+            .map(|g| g.length(end))
+            .max()
+            .unwrap_or_else(Duration::zero)
+    }
+
     /// The gaps after a group's first token.
     fn later_gaps(&self) -> Vec<&Gap> {
         self.gaps.iter().filter(|g| !g.first).collect()
@@ -983,14 +994,7 @@ async fn partial_failure_for_a_day_never_starves_a_group() {
         })
         .sum();
     let watch = rig.finish().await;
-    let end = watch.end.unwrap();
-    let first_wait = watch
-        .gaps
-        .iter()
-        .filter(|g| g.first)
-        .map(|g| g.length(end))
-        .max()
-        .unwrap();
+    let first_wait = watch.longest_first_wait();
     println!(
         "partial failure: {issued} tokens issued; at most {busiest_hour} attempts in a \
          channel's hour (budget 12); longest wait for a first token {} ms\n{}",
@@ -1057,14 +1061,7 @@ async fn a_first_start_that_meets_errors_is_live_within_minutes_on_the_default_b
         .filter(|(g, _)| !seen.insert(g.clone()))
         .count();
     let watch = rig.finish().await;
-    let end = watch.end.unwrap();
-    let first_wait = watch
-        .gaps
-        .iter()
-        .filter(|g| g.first)
-        .map(|g| g.length(end))
-        .max()
-        .unwrap();
+    let first_wait = watch.longest_first_wait();
     println!(
         "first start with errors: {} attempts, {failed_first} failed, longest wait for a \
          first token {} ms\n{}",
