@@ -142,8 +142,10 @@ impl GroupSeries {
     }
 
     /// Takes the channels' names and, with `clear` (a channel was renamed
-    /// or removed), drops every series. Both at once: no scrape sees rows
-    /// of one naming under the other's names.
+    /// or removed), drops every series. Both at once: no page of a scrape
+    /// sees rows of one naming under the other's names (a scrape written
+    /// across the change may show the old naming in its early pages and
+    /// the new one after).
     pub fn reset(&self, names: HashMap<ChannelId, Arc<str>>, clear: bool) {
         let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
         let mut known = self.names.write().unwrap_or_else(PoisonError::into_inner);
@@ -210,6 +212,8 @@ const PAGE: usize = 1_000;
 #[derive(Debug)]
 pub(super) struct Pages {
     keys: Arc<[(ChannelId, GroupName)]>,
+    /// Groups a page ([`PAGE`]; smaller in tests).
+    size: usize,
     family: usize,
     next: usize,
     /// The family's `# HELP`/`# TYPE` lines were written (with its first
@@ -221,9 +225,14 @@ pub(super) struct Pages {
 impl GroupSeries {
     /// Starts a paged exposition of every group's series.
     pub(super) fn pages(&self) -> Pages {
+        self.pages_of(PAGE)
+    }
+
+    fn pages_of(&self, size: usize) -> Pages {
         let rows = self.rows.read().unwrap_or_else(PoisonError::into_inner);
         Pages {
             keys: rows.keys().cloned().collect(),
+            size: size.max(1),
             family: 0,
             next: 0,
             started: false,
@@ -237,7 +246,7 @@ impl GroupSeries {
         if pages.family >= FAMILIES {
             return false;
         }
-        let end = (pages.next + PAGE).min(pages.keys.len());
+        let end = pages.next.saturating_add(pages.size).min(pages.keys.len());
         // The text encoder is prometheus_client's own, run on a registry
         // of one collector holding this page: names, help, types and the
         // escaping of label values are the registry's. Every sample is one
@@ -378,5 +387,79 @@ impl Collector for Page {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every page of every family, written with pages of `size` groups.
+    fn written(series: &Arc<GroupSeries>, size: usize) -> String {
+        let mut pages = series.pages_of(size);
+        let mut out = String::new();
+        while series.write_page(&mut pages, &mut out) {}
+        out
+    }
+
+    /// Pages of one group, of seven and of all give the same text, with
+    /// a channel name that needs escaping; no groups give no text.
+    #[test]
+    fn the_page_size_does_not_change_the_text() {
+        let series = Arc::new(GroupSeries::default());
+        assert_eq!(written(&series, 7), "");
+        let c = ChannelId::new("1");
+        series.reset(
+            HashMap::from([(c.clone(), Arc::from("shop \"bot\"\\\n"))]),
+            false,
+        );
+        let at = Some(1.8e9);
+        for i in 0..50 {
+            let g = GroupName::new(format!("g{i:02}"));
+            series.set(
+                &c,
+                &g,
+                TokenKind::V21,
+                1,
+                at,
+                (i % 10 == 3).then_some(1.0e9),
+            );
+            if i % 7 == 0 {
+                series.count_rotation(&c, &g, i % 2 == 0);
+            }
+        }
+        let whole = written(&series, usize::MAX);
+        assert!(
+            whole.contains(r#"channel_name="shop \"bot\"\\\n""#),
+            "{whole}"
+        );
+        assert_eq!(written(&series, 7), whole);
+        assert_eq!(written(&series, 1), whole);
+        assert_eq!(whole.matches("# TYPE ").count(), 4, "{whole}");
+    }
+
+    /// A group removed between two pages is left out of the later ones,
+    /// and nothing else changes.
+    #[test]
+    fn a_group_removed_mid_scrape_is_left_out_of_later_pages() {
+        let series = Arc::new(GroupSeries::default());
+        let c = ChannelId::new("1");
+        for i in 0..20 {
+            let g = GroupName::new(format!("g{i:02}"));
+            series.set(&c, &g, TokenKind::V21, 1, Some(1.0e9), None);
+        }
+        let mut pages = series.pages_of(5);
+        let mut out = String::new();
+        assert!(series.write_page(&mut pages, &mut out));
+        let gone = pages.keys[19].1.clone();
+        series.remove_gauges(&c, &gone);
+        while series.write_page(&mut pages, &mut out) {}
+        assert_eq!(out.matches("# TYPE ").count(), 2, "{out}");
+        assert_eq!(
+            out.lines().filter(|l| !l.starts_with("# ")).count(),
+            2 * 19,
+            "{out}"
+        );
+        assert!(!out.contains(&format!("group=\"{gone}\"")), "{out}");
     }
 }
