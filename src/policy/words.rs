@@ -93,7 +93,7 @@ impl fmt::Display for Hold {
             ),
             Self::RateLimit { until } => write!(
                 f,
-                "the channel's hourly issue budget is spent until {}",
+                "the channel's hourly issue budget is spent; this group may try again at {}",
                 at(*until)
             ),
             Self::Reconcile => f.write_str("the channel's key IDs are listed first"),
@@ -139,7 +139,7 @@ impl fmt::Display for Alert {
             ),
             Self::RateLimited { until } => write!(
                 f,
-                "the channel's hourly issue budget is spent until {}",
+                "the channel's hourly issue budget is spent; this group may try again at {}",
                 at(*until)
             ),
             Self::PermanentFailure { failures, retry_at } => write!(

@@ -138,7 +138,7 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
     }
     let _ = writeln!(
         out,
-        "  issued in the last hour: {} of {}; last reconcile: {}; channel secret: {}",
+        "  issue attempts in the last hour: {} (budget {}); last reconcile: {}; channel secret: {}",
         c.issues_last_hour,
         c.max_issues_per_hour,
         c.last_reconcile_at
