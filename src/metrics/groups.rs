@@ -199,7 +199,22 @@ impl EncodeLabelSet for RowLabels<'_> {
 }
 
 /// The four families, in the order they are written.
-const FAMILIES: usize = 4;
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Expiry,
+    NextRotation,
+    LiveTokens,
+    Rotations,
+}
+
+impl Family {
+    const ALL: [Self; 4] = [
+        Self::Expiry,
+        Self::NextRotation,
+        Self::LiveTokens,
+        Self::Rotations,
+    ];
+}
 
 /// Groups written per page: about 110 KB of text for the largest family.
 /// Each page is written in one go under the tables' read locks, so the
@@ -214,6 +229,7 @@ pub(super) struct Pages {
     keys: Arc<[(ChannelId, GroupName)]>,
     /// Groups a page ([`PAGE`]; smaller in tests).
     size: usize,
+    /// The index in [`Family::ALL`] of the family being written.
     family: usize,
     next: usize,
     /// The family's `# HELP`/`# TYPE` lines were written (with its first
@@ -243,9 +259,9 @@ impl GroupSeries {
     /// groups have no series in its family); `false` once every family is
     /// written.
     pub(super) fn write_page(self: &Arc<Self>, pages: &mut Pages, out: &mut String) -> bool {
-        if pages.family >= FAMILIES {
+        let Some(&family) = Family::ALL.get(pages.family) else {
             return false;
-        }
+        };
         let end = pages.next.saturating_add(pages.size).min(pages.keys.len());
         // The text encoder is prometheus_client's own, run on a registry
         // of one collector holding this page: names, help, types and the
@@ -255,7 +271,7 @@ impl GroupSeries {
         let mut registry = Registry::with_prefix(super::PREFIX);
         registry.register_collector(Box::new(Page {
             series: Arc::clone(self),
-            family: pages.family,
+            family,
             keys: Arc::clone(&pages.keys),
             range: (pages.next, end),
         }));
@@ -287,7 +303,7 @@ impl GroupSeries {
 #[derive(Debug)]
 struct Page {
     series: Arc<GroupSeries>,
-    family: usize,
+    family: Family,
     keys: Arc<[(ChannelId, GroupName)]>,
     range: (usize, usize),
 }
@@ -328,19 +344,19 @@ impl Collector for Page {
             Ok(())
         };
         match self.family {
-            0 => gauge(
+            Family::Expiry => gauge(
                 &mut encoder,
                 "token_expiry_timestamp_seconds",
                 "When the group's current token expires (Unix time).",
                 Row::expiry,
             ),
-            1 => gauge(
+            Family::NextRotation => gauge(
                 &mut encoder,
                 "next_rotation_timestamp_seconds",
                 "When the group's next token is due to be issued (Unix time).",
                 Row::next_rotation,
             ),
-            2 => {
+            Family::LiveTokens => {
                 if !page.iter().any(|(_, row)| row.live.is_some()) {
                     return Ok(());
                 }
@@ -359,7 +375,7 @@ impl Collector for Page {
                 }
                 Ok(())
             }
-            _ => {
+            Family::Rotations => {
                 if !page
                     .iter()
                     .any(|(_, row)| row.issued.is_some() || row.failed.is_some())
