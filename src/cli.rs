@@ -745,8 +745,9 @@ fn bench_cmd(flags: bench::Flags) -> Result<(), Failure> {
     let binary = std::env::current_exe().map_err(|e| {
         Failure::Runtime(anyhow::Error::new(e).context("while locating the linetokd binary"))
     })?;
-    let settings = bench::Settings::resolve(flags, binary)
+    let mut settings = bench::Settings::resolve(flags, binary)
         .map_err(|message| Failure::Usage(anyhow::anyhow!(message)))?;
+    settings.daemon_env = bench::allocator_env(std::env::vars());
     runtime()?.block_on(async {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))

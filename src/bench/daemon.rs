@@ -39,18 +39,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `binary run --config config` with an empty environment (no
-    /// `LINETOKD__` override of the caller's leaks in) and waits until it
-    /// listens for HTTP.
+    /// Starts `binary run --config config` with an environment of `env`
+    /// only (no `LINETOKD__` override of the caller's leaks in) and waits
+    /// until it listens for HTTP.
     ///
     /// # Errors
     /// When it cannot be started, exits, or does not listen in time.
-    pub async fn spawn(binary: &Path, config: &Path) -> anyhow::Result<Self> {
+    pub async fn spawn(
+        binary: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
             .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

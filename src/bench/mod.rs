@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use self::settings::{Flags, Settings};
+pub use self::settings::{Flags, Settings, allocator_env};
 
 use self::daemon::Daemon;
 use self::lab::Lab;
@@ -86,7 +86,7 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
     let mut json = settings
         .json_out
         .as_deref()
-        .map(|path| JsonLines::open(path, &machine, started_at))
+        .map(|path| JsonLines::open(path, &machine, started_at, &settings.daemon_env))
         .transpose()?;
 
     // One key for every channel: RSA key generation takes a good part of a
@@ -99,7 +99,11 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
     })
     .await
     .context("the signature benchmark panicked")??;
-    write!(out, "{}", report::preamble(&machine, &signature))?;
+    write!(
+        out,
+        "{}",
+        report::preamble(&machine, &signature, &settings.daemon_env)
+    )?;
     let schedule = tokio::task::spawn_blocking(move || {
         login_schedule::measure(login_schedule::GRANTS, chrono::Utc::now())
     })
@@ -178,7 +182,8 @@ async fn bootstrap(
 ) -> anyhow::Result<Measured> {
     let lab = Lab::new(groups, settings.per_channel, key, database).await?;
     let started = Instant::now();
-    let mut daemon = Daemon::spawn(&settings.binary, lab.config_path()).await?;
+    let mut daemon =
+        Daemon::spawn(&settings.binary, lab.config_path(), &settings.daemon_env).await?;
     let mut progress = lab.progress();
     let live_groups = loop {
         let live = progress.poll(&lab);

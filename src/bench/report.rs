@@ -110,10 +110,21 @@ pub fn rss_fit(runs: &[Bootstrap]) -> Option<Line> {
     stats::least_squares(&points)
 }
 
-/// The first lines: where the run happened and the signature yardstick.
-pub fn preamble(machine: &Machine, signature: &SignatureCost) -> String {
+/// The first lines: where the run happened, the allocator settings the
+/// daemon was given (if any) and the signature yardstick.
+pub fn preamble(
+    machine: &Machine,
+    signature: &SignatureCost,
+    daemon_env: &[(String, String)],
+) -> String {
+    let env = if daemon_env.is_empty() {
+        String::new()
+    } else {
+        let pairs: Vec<String> = daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("daemon environment: {}\n", pairs.join(" "))
+    };
     format!(
-        "linetokd bench: nproc {}, {}, commit {}\n\
+        "linetokd bench: nproc {}, {}, commit {}\n{env}\
          RSA-2048 RS256 signature: {:.3} ms (median of {}, aws-lc-rs, the daemon's signing code)\n",
         machine.nproc,
         machine.rustc.as_deref().unwrap_or("rustc unknown"),
@@ -250,7 +261,12 @@ impl JsonLines {
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub fn open(path: &Path, machine: &Machine, started: DateTime<Utc>) -> anyhow::Result<Self> {
+    pub fn open(
+        path: &Path,
+        machine: &Machine,
+        started: DateTime<Utc>,
+        daemon_env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -264,6 +280,13 @@ impl JsonLines {
         common.insert("nproc".into(), json!(machine.nproc));
         common.insert("rustc".into(), json!(machine.rustc));
         common.insert("commit".into(), json!(machine.commit));
+        if !daemon_env.is_empty() {
+            let env: Map<String, Value> = daemon_env
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            common.insert("daemon_env".into(), Value::Object(env));
+        }
         Ok(Self { file, common })
     }
 

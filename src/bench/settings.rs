@@ -72,6 +72,23 @@ pub struct Settings {
     /// The daemon's store in a throwaway PostgreSQL cluster rather than a
     /// SQLite file.
     pub postgres: bool,
+    /// The C allocator's settings passed to the daemon, whose environment
+    /// is otherwise empty: the caller's `MALLOC_*` and `GLIBC_TUNABLES`
+    /// ([`allocator_env`]), so their effect on memory can be measured. The
+    /// report names them.
+    pub daemon_env: Vec<(String, String)>,
+}
+
+/// The variables of `vars` that tune glibc's allocator (`MALLOC_*`,
+/// `GLIBC_TUNABLES`), sorted by name: what the benchmark passes to the
+/// daemon.
+pub fn allocator_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut env: Vec<_> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES")
+        .collect();
+    env.sort();
+    env
 }
 
 impl Settings {
@@ -132,6 +149,7 @@ impl Settings {
             json_out: flags.json_out,
             keep: flags.keep,
             postgres: flags.postgres,
+            daemon_env: Vec::new(),
         })
     }
 }
@@ -139,6 +157,26 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_allocators_variables_reach_the_daemon() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("MALLOC_ARENA_MAX", "2"),
+            ("LINETOKD__DAEMON__STATE_DIR", "/x"),
+            ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+            ("XMALLOC_ARENA_MAX", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            allocator_env(vars),
+            [
+                ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+                ("MALLOC_ARENA_MAX", "2")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
 
     fn flags() -> Flags {
         Flags {
