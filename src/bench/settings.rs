@@ -72,20 +72,23 @@ pub struct Settings {
     /// The daemon's store in a throwaway PostgreSQL cluster rather than a
     /// SQLite file.
     pub postgres: bool,
-    /// The C allocator's settings passed to the daemon, whose environment
-    /// is otherwise empty: the caller's `MALLOC_*` and `GLIBC_TUNABLES`
-    /// ([`allocator_env`]), so their effect on memory can be measured. The
-    /// report names them.
+    /// The allocator's settings passed to the daemon, whose environment is
+    /// otherwise empty: the caller's `_RJEM_MALLOC_CONF` (jemalloc's, the
+    /// daemon's allocator), `MALLOC_*` and `GLIBC_TUNABLES` (glibc's, for
+    /// a build without it) ([`allocator_env`]), so their effect on memory
+    /// can be measured. The report names them.
     pub daemon_env: Vec<(String, String)>,
 }
 
-/// The variables of `vars` that tune glibc's allocator (`MALLOC_*`,
-/// `GLIBC_TUNABLES`), sorted by name: what the benchmark passes to the
-/// daemon.
+/// The variables of `vars` that tune an allocator (jemalloc's
+/// `_RJEM_MALLOC_CONF`; glibc's `MALLOC_*` and `GLIBC_TUNABLES`), sorted by
+/// name: what the benchmark passes to the daemon.
 pub fn allocator_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
     let mut env: Vec<_> = vars
         .into_iter()
-        .filter(|(name, _)| name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES")
+        .filter(|(name, _)| {
+            name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES" || name == "_RJEM_MALLOC_CONF"
+        })
         .collect();
     env.sort();
     env
@@ -166,13 +169,17 @@ mod tests {
             ("LINETOKD__DAEMON__STATE_DIR", "/x"),
             ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
             ("XMALLOC_ARENA_MAX", "1"),
+            ("_RJEM_MALLOC_CONF", "narenas:1"),
+            ("MALLOC_CONF", "narenas:1"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert_eq!(
             allocator_env(vars),
             [
                 ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
-                ("MALLOC_ARENA_MAX", "2")
+                ("MALLOC_ARENA_MAX", "2"),
+                ("MALLOC_CONF", "narenas:1"),
+                ("_RJEM_MALLOC_CONF", "narenas:1"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
