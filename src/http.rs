@@ -902,7 +902,7 @@ fn answer(
     let published = state.tokens.get(channel, group);
     // The book drops tokens on expiry events; judging by the clock as well
     // means a token is never served past its expiry, whatever the timing.
-    let mut live = [published.current, published.previous]
+    let mut live = [published.current, published.previous.map(|p| *p)]
         .into_iter()
         .flatten()
         .filter(|t| t.expires_at > now);
@@ -999,7 +999,7 @@ fn token_response(
 ) -> Result<Response, Refused> {
     let tokens = GroupTokens {
         current: Some(current),
-        previous,
+        previous: previous.map(Box::new),
     };
     let body = sink::render(
         SinkFormat::Json,

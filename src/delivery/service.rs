@@ -327,7 +327,7 @@ impl Delivery {
                     let mut live = live.into_iter();
                     let tokens = GroupTokens {
                         current: live.next(),
-                        previous: live.next(),
+                        previous: live.next().map(Box::new),
                     };
                     out.push((channel, group, tokens));
                 }
@@ -409,13 +409,13 @@ impl Delivery {
                 continue;
             }
             let before = self.book.get(&channel, &group);
-            let key_of = |t: &Option<PublishedToken>| t.as_ref().map(|t| t.key_id.clone());
-            if key_of(&before.current) == key_of(&stored.current)
-                && key_of(&before.previous) == key_of(&stored.previous)
+            let key_of = |t: Option<&PublishedToken>| t.map(|t| t.key_id.clone());
+            if key_of(before.current.as_ref()) == key_of(stored.current.as_ref())
+                && key_of(before.previous.as_deref()) == key_of(stored.previous.as_deref())
             {
                 continue;
             }
-            let new_current = key_of(&before.current) != key_of(&stored.current);
+            let new_current = key_of(before.current.as_ref()) != key_of(stored.current.as_ref());
             let current = stored.current.clone();
             self.book.update(&channel, &group, |_| stored);
             if let Some(current) = current {
@@ -585,7 +585,7 @@ impl Delivery {
             .map(|(_, g)| g)
             .filter(|g| {
                 let tokens = self.book.get(channel, g);
-                [tokens.current, tokens.previous]
+                [tokens.current, tokens.previous.map(|p| *p)]
                     .iter()
                     .flatten()
                     .any(|t| &t.key_id == key_id)

@@ -68,7 +68,12 @@ fn lab() -> Lab {
     let now = clock.now();
     book.update(&channel, &GroupName::new("a"), |_| GroupTokens {
         current: Some(published("kid-a2", TOKENS[0], &clock, Duration::days(30))),
-        previous: Some(published("kid-a1", TOKENS[1], &clock, Duration::days(1))),
+        previous: Some(Box::new(published(
+            "kid-a1",
+            TOKENS[1],
+            &clock,
+            Duration::days(1),
+        ))),
     });
     book.update(&channel, &GroupName::new("b"), |g| {
         g.with_new(
