@@ -1027,7 +1027,10 @@ fn spawn_control(
 /// expansion and systemd's `NOTIFY_SOCKET`/`WATCHDOG_*`).
 /// `config_text` is the file's text that `config` was validated from: kept
 /// as the config in force ([`CONFIG_IN_FORCE`]), then dropped (a config of
-/// 100,000 groups is 10 MB of text).
+/// 100,000 groups is 10 MB of text). `config` itself is dropped once the
+/// daemon has started: everything kept of it is in the daemon's parts (the
+/// group entries alone are about 150 bytes a group), and a reload reads the
+/// file anew.
 ///
 /// # Errors
 /// As [`Daemon::start`], or when the SIGHUP handler cannot be installed.
@@ -1035,7 +1038,7 @@ pub async fn run(
     config_path: &Path,
     config_text: String,
     env: &HashMap<String, String>,
-    config: &ValidConfig,
+    config: ValidConfig,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -1052,14 +1055,16 @@ pub async fn run(
     };
     let notifier = systemd_notifier(env).map(Arc::new);
     let daemon = Daemon::start(
-        config,
+        &config,
         Arc::clone(&clock),
         shutdown.clone(),
         RunOptions::default(),
     )
     .await?;
 
-    save_config_in_force(&config.daemon.state_dir, &config_text);
+    let state_dir = config.daemon.state_dir.clone();
+    drop(config);
+    save_config_in_force(&state_dir, &config_text);
     drop(config_text);
 
     // READY=1 once the store is open and the first pass has planned.
@@ -1108,7 +1113,7 @@ pub async fn run(
     }
     // No daemon runs on it any more: the commands must judge the file
     // itself again (a mistake in it is then a usage error, exit 2).
-    let _ = std::fs::remove_file(config.daemon.state_dir.join(CONFIG_IN_FORCE));
+    let _ = std::fs::remove_file(state_dir.join(CONFIG_IN_FORCE));
     // The database went away underfoot: the error names the file; exit 1.
     outcome?;
     tracing::info!("stopped");

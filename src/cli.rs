@@ -697,7 +697,7 @@ fn run_cmd(path: &Path) -> Result<(), Failure> {
             path,
             text,
             &process_env()?,
-            &config,
+            config,
             Arc::new(SystemClock),
             shutdown,
         )
