@@ -1028,9 +1028,9 @@ fn spawn_control(
 /// `config_text` is the file's text that `config` was validated from: kept
 /// as the config in force ([`CONFIG_IN_FORCE`]), then dropped (a config of
 /// 100,000 groups is 10 MB of text). `config` itself is dropped once the
-/// daemon has started: everything kept of it is in the daemon's parts (the
-/// group entries alone are about 150 bytes a group), and a reload reads the
-/// file anew.
+/// daemon has started: everything kept of it is in the daemon's parts (its
+/// group entries and their API keys' text alone are about 170 bytes a
+/// group), and a reload reads the file anew.
 ///
 /// # Errors
 /// As [`Daemon::start`], or when the SIGHUP handler cannot be installed.
@@ -1097,7 +1097,7 @@ pub async fn run(
         if let Some(n) = &notifier {
             let _ = n.reloading();
         }
-        reload(&daemon, config_path, env, cause).await;
+        reload(&daemon, config_path, env, cause, &state_dir).await;
         if let Some(n) = &notifier {
             let _ = n.ready();
         }
@@ -1138,7 +1138,17 @@ async fn file_changed(watcher: &mut Option<ConfigWatcher>) -> std::io::Result<()
 /// config in force: the error is logged with the offending keys, counted in
 /// `linetokd_config_reloads_total{result="failure"}`, and noted for
 /// `linetokd status`.
-async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cause: &str) {
+///
+/// The text applied is kept as the config in force in `state_dir`, the
+/// running daemon's (where `run` removes it when it stops), even when the
+/// new file names another one.
+async fn reload(
+    daemon: &Daemon,
+    path: &Path,
+    env: &HashMap<String, String>,
+    cause: &str,
+    state_dir: &Path,
+) {
     tracing::info!(cause, path = %path.display(), "reloading the config");
     // The text is read once: what is validated and applied is what is kept
     // as the config in force.
@@ -1151,7 +1161,7 @@ async fn reload(daemon: &Daemon, path: &Path, env: &HashMap<String, String>, cau
         Ok((text, config)) => {
             let applied = daemon.reload(&config).await;
             if applied.is_ok() {
-                save_config_in_force(&config.daemon.state_dir, &text);
+                save_config_in_force(state_dir, &text);
             }
             applied
         }

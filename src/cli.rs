@@ -747,7 +747,7 @@ fn bench_cmd(flags: bench::Flags) -> Result<(), Failure> {
     })?;
     let mut settings = bench::Settings::resolve(flags, binary)
         .map_err(|message| Failure::Usage(anyhow::anyhow!(message)))?;
-    settings.daemon_env = bench::allocator_env(std::env::vars());
+    settings.daemon_env = bench::allocator_env(std::env::vars_os());
     runtime()?.block_on(async {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))

@@ -21,6 +21,8 @@ use linetokd::cli::{self, Cli};
 /// two builds run in turn: RSS after bootstrap 24.6 MiB + 1.39 KiB a group
 /// (glibc) against 28.5 MiB + 1.14 KiB, 160 against 140 MiB at 100,000
 /// groups, with `status` and `plan` faster too (README, Benchmarks).
+/// This is the Rust code's allocator only: SQLite and aws-lc are C and
+/// call glibc's `malloc` themselves.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -9,6 +9,7 @@
 //! benchmark leaves nothing running.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -48,7 +49,7 @@ impl Daemon {
     pub async fn spawn(
         binary: &Path,
         config: &Path,
-        env: &[(String, String)],
+        env: &[(OsString, OsString)],
     ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
             .arg("run")

@@ -5,6 +5,7 @@
 //! table prints one row per N as soon as that N is measured, so a long run
 //! shows progress; the summary lines follow the table.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
@@ -115,12 +116,15 @@ pub fn rss_fit(runs: &[Bootstrap]) -> Option<Line> {
 pub fn preamble(
     machine: &Machine,
     signature: &SignatureCost,
-    daemon_env: &[(String, String)],
+    daemon_env: &[(OsString, OsString)],
 ) -> String {
     let env = if daemon_env.is_empty() {
         String::new()
     } else {
-        let pairs: Vec<String> = daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pairs: Vec<String> = daemon_env
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
         format!("daemon environment: {}\n", pairs.join(" "))
     };
     format!(
@@ -265,7 +269,7 @@ impl JsonLines {
         path: &Path,
         machine: &Machine,
         started: DateTime<Utc>,
-        daemon_env: &[(String, String)],
+        daemon_env: &[(OsString, OsString)],
     ) -> anyhow::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -283,7 +287,7 @@ impl JsonLines {
         if !daemon_env.is_empty() {
             let env: Map<String, Value> = daemon_env
                 .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
+                .map(|(k, v)| (k.to_string_lossy().into_owned(), json!(v.to_string_lossy())))
                 .collect();
             common.insert("daemon_env".into(), Value::Object(env));
         }
@@ -416,6 +420,46 @@ impl JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            nproc: 2,
+            rustc: Some("rustc 1.95.0".into()),
+            commit: Some("abc1234".into()),
+        }
+    }
+
+    fn env() -> Vec<(OsString, OsString)> {
+        vec![
+            ("MALLOC_ARENA_MAX".into(), "2".into()),
+            ("_RJEM_MALLOC_CONF".into(), "narenas:1".into()),
+        ]
+    }
+
+    #[test]
+    fn the_report_names_the_allocator_settings_the_daemon_was_given() {
+        let signature = SignatureCost {
+            median_ms: 0.2,
+            ops: 10,
+        };
+        let text = preamble(&machine(), &signature, &env());
+        assert!(
+            text.contains("daemon environment: MALLOC_ARENA_MAX=2 _RJEM_MALLOC_CONF=narenas:1\n"),
+            "{text}"
+        );
+        assert!(!preamble(&machine(), &signature, &[]).contains("environment"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench.jsonl");
+        let mut lines = JsonLines::open(&path, &machine(), Utc::now(), &env()).unwrap();
+        lines.signature(&signature).unwrap();
+        let line: Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(
+            line["daemon_env"],
+            json!({"MALLOC_ARENA_MAX": "2", "_RJEM_MALLOC_CONF": "narenas:1"})
+        );
+    }
 
     fn run(groups: usize, live: usize, rss_kib: u64) -> Bootstrap {
         Bootstrap {

@@ -2,6 +2,7 @@
 //! settings derived from them with `--quick`'s defaults filled in and every
 //! value checked, before anything is measured.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,23 +73,27 @@ pub struct Settings {
     /// The daemon's store in a throwaway PostgreSQL cluster rather than a
     /// SQLite file.
     pub postgres: bool,
-    /// The allocator's settings passed to the daemon, whose environment is
-    /// otherwise empty: the caller's `_RJEM_MALLOC_CONF` (jemalloc's, the
-    /// daemon's allocator), `MALLOC_*` and `GLIBC_TUNABLES` (glibc's, for
-    /// a build without it) ([`allocator_env`]), so their effect on memory
-    /// can be measured. The report names them.
-    pub daemon_env: Vec<(String, String)>,
+    /// The allocators' settings passed to the daemon, whose environment is
+    /// otherwise empty ([`allocator_env`]), so their effect on memory can
+    /// be measured. The report names them. Only the daemon gets them: the
+    /// timed `status` and `plan` run with an empty environment.
+    pub daemon_env: Vec<(OsString, OsString)>,
 }
 
-/// The variables of `vars` that tune an allocator (jemalloc's
-/// `_RJEM_MALLOC_CONF`; glibc's `MALLOC_*` and `GLIBC_TUNABLES`), sorted by
-/// name: what the benchmark passes to the daemon.
-pub fn allocator_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+/// The variables of `vars` (the process environment, as `vars_os` gives
+/// it: a value need not be UTF-8) that tune one of the daemon's two
+/// allocators, sorted by name: jemalloc's `_RJEM_MALLOC_CONF` (the Rust
+/// code's allocator) and glibc's `MALLOC_*` and `GLIBC_TUNABLES` (what
+/// SQLite and aws-lc allocate with, as C code calls `malloc` directly).
+pub fn allocator_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    let tunes_an_allocator = |name: &str| {
+        name == "_RJEM_MALLOC_CONF" || name == "GLIBC_TUNABLES" || name.starts_with("MALLOC_")
+    };
     let mut env: Vec<_> = vars
         .into_iter()
-        .filter(|(name, _)| {
-            name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES" || name == "_RJEM_MALLOC_CONF"
-        })
+        .filter(|(name, _)| name.to_str().is_some_and(tunes_an_allocator))
         .collect();
     env.sort();
     env
@@ -170,18 +175,30 @@ mod tests {
             ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
             ("XMALLOC_ARENA_MAX", "1"),
             ("_RJEM_MALLOC_CONF", "narenas:1"),
-            ("MALLOC_CONF", "narenas:1"),
         ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         assert_eq!(
             allocator_env(vars),
             [
                 ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
                 ("MALLOC_ARENA_MAX", "2"),
-                ("MALLOC_CONF", "narenas:1"),
                 ("_RJEM_MALLOC_CONF", "narenas:1"),
             ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        );
+    }
+
+    #[test]
+    fn a_variable_that_is_not_utf8_is_no_trouble() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let odd = OsString::from_vec(vec![b'L', 0xff, b'X']);
+        let vars = [
+            (odd.clone(), OsString::from("1")),
+            (OsString::from("MALLOC_TOP_PAD_"), odd.clone()),
+        ];
+        assert_eq!(
+            allocator_env(vars),
+            [(OsString::from("MALLOC_TOP_PAD_"), odd)]
         );
     }
 

@@ -34,7 +34,7 @@ pub struct GroupTokens {
     pub current: Option<PublishedToken>,
     /// The token `current` replaced, while it is still live. Boxed: a
     /// group has one only for the day of overlap after a rotation, and the
-    /// book keeps an entry for every group (64 bytes with it boxed, 128
+    /// book keeps an entry for every group (64 bytes with it boxed, 112
     /// inline).
     pub previous: Option<Box<PublishedToken>>,
 }

@@ -3,8 +3,8 @@
 //! groups at a time, then `# EOF`.
 //!
 //! Why: built whole, the page (about 450 bytes a group) was a String of
-//! 45 MB at 100,000 groups for every scrape, and glibc kept much of it
-//! afterwards. Written as the client reads, a scrape holds a page of text
+//! 45 MB at 100,000 groups for every scrape, and glibc's malloc (the
+//! allocator then) kept much of it afterwards. Written as the client reads, a scrape holds a page of text
 //! (about 110 KB), what hyper buffers before it writes (up to about 400
 //! KiB) and a list of the groups' keys (two shared IDs, 32 bytes, a
 //! group: 3.2 MB at 100,000). Each part is written under the tables' read locks
