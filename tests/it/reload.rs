@@ -434,3 +434,43 @@ async fn a_rejected_reload_raises_config_reload_failed_until_a_good_load() {
     lab.assert_nothing_secret_printed(&[&daemon, &again, &status])
         .await;
 }
+
+/// Found in review: a reload saved the config in force into the state
+/// directory the *new* file names, though a `[daemon]` change takes effect
+/// only at a restart, while the daemon removes the copy from its own when
+/// it stops: the copy went where no running daemon is and stayed there.
+#[tokio::test]
+async fn a_reload_keeps_the_config_in_force_where_the_running_daemon_keeps_its_state() {
+    let lab = Lab::start(STEADY, "info").await;
+    let a = group_toml(&lab, "a", None);
+    lab.replace_config(&lab.config_text(STEADY, &a));
+    let mut daemon = lab.run("daemon", DEBUG, &[]);
+    daemon.wait_for(0, "a's token", issued("a")).await;
+    let in_force = lab.dir().join(linetokd::app::CONFIG_IN_FORCE);
+    assert!(in_force.exists());
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let state = lab.dir().to_str().unwrap().to_owned();
+    let text = lab.config_text(STEADY, &a).replace(
+        &format!("state_dir = \"{state}\""),
+        &format!("state_dir = \"{}\"", elsewhere.path().display()),
+    );
+    assert_ne!(
+        text,
+        lab.config_text(STEADY, &a),
+        "the edit must move state_dir"
+    );
+    let mark = daemon.mark();
+    lab.replace_config(&text);
+    daemon
+        .wait_for(mark, "the reload applied", |l| l.is("config reloaded"))
+        .await;
+    assert_eq!(std::fs::read_to_string(&in_force).unwrap(), text);
+    let moved = elsewhere.path().join(linetokd::app::CONFIG_IN_FORCE);
+    assert!(!moved.exists(), "a copy was left in the new state_dir");
+
+    daemon.signal("TERM");
+    daemon.exit_ok().await;
+    assert!(!in_force.exists(), "the copy outlived the daemon");
+    lab.assert_nothing_secret_printed(&[&daemon]).await;
+}
