@@ -624,8 +624,9 @@ fn load_outline_or_in_force(path: &Path) -> Result<config::Outline, Failure> {
 }
 
 /// The fallback of [`load_config_or_in_force`]: `failure` stands unless the
-/// file still parses (it names the state directory), the daemon's copy is
-/// there and `load` accepts it.
+/// file still names the state directory (outside its `[[channel]]`
+/// entries, so a syntax error in one of them does not hide it), the
+/// daemon's copy is there and `load` accepts it.
 fn in_force<T>(
     path: &Path,
     failure: Failure,
@@ -635,10 +636,17 @@ fn in_force<T>(
         return Err(failure);
     };
     let env = process_env()?;
-    let Ok(settings) = config::Settings::load(path, &env) else {
-        return Err(failure);
+    let state_dir = match config::Settings::load(path, &env) {
+        Ok(settings) => settings.daemon.state_dir,
+        Err(_) => {
+            let text = config::read_text(path).ok();
+            match text.and_then(|t| config::Settings::state_dir_of(&t, path, &env)) {
+                Some(dir) => dir,
+                None => return Err(failure),
+            }
+        }
     };
-    let copy = settings.daemon.state_dir.join(app::CONFIG_IN_FORCE);
+    let copy = state_dir.join(app::CONFIG_IN_FORCE);
     if !copy.is_file() {
         return Err(failure);
     }

@@ -339,6 +339,27 @@ impl Settings {
         Self::from_toml(&read_text(path)?, path, env)
     }
 
+    /// The state directory `text` names, read from everything but its
+    /// `[[channel]]` entries: for a file that does not load because of a
+    /// mistake in an entry (even a TOML syntax error there), the commands
+    /// still find the running daemon's copy of its config. A file too
+    /// broken to be cut into entries (an unclosed header) is read for its
+    /// `[daemon]` table's lines alone. `None` when what is read does not
+    /// load either, or there is no `[daemon]` table to read.
+    pub fn state_dir_of(
+        text: &str,
+        origin: &Path,
+        env: &HashMap<String, String>,
+    ) -> Option<PathBuf> {
+        let rest = match split::Parts::of(text) {
+            Some(parts) => parts.rest,
+            None => daemon_table(text)?,
+        };
+        Self::from_toml(&rest, origin, env)
+            .ok()
+            .map(|settings| settings.daemon.state_dir)
+    }
+
     /// Like [`Settings::load`] for TOML already in memory; `origin` names it
     /// in errors.
     ///
@@ -530,6 +551,25 @@ pub fn environment(
     }
 }
 
+/// The `[daemon]` header's line and the lines after it up to the next
+/// header, as written: a line-by-line reading for a file the TOML lexer
+/// cannot cut ([`Settings::state_dir_of`]). `None` without such a header.
+fn daemon_table(text: &str) -> Option<String> {
+    let is_header = |line: &str| {
+        line.trim_start()
+            .strip_prefix("[daemon]")
+            .is_some_and(|after| after.trim().is_empty() || after.trim_start().starts_with('#'))
+    };
+    let mut lines = text.lines().skip_while(|line| !is_header(line));
+    let header = lines.next()?;
+    let mut table = format!("{header}\n");
+    for line in lines.take_while(|line| !line.trim_start().starts_with('[')) {
+        table.push_str(line);
+        table.push('\n');
+    }
+    Some(table)
+}
+
 /// The config file's text, as [`Settings::load`] reads it (size-limited,
 /// UTF-8): for a caller that must keep the very text it validated (the
 /// daemon's copy of the config in force).
@@ -561,6 +601,46 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Settings::from_toml(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn the_state_dir_is_found_despite_a_syntax_error_in_a_channel_entry() {
+        let env = HashMap::from([("STATE".to_owned(), "/srv/lt".to_owned())]);
+        let good = "[daemon]\nstate_dir = \"${STATE}/state\"\n\n\
+                    [[channel]]\nid = \"1\"\n[[channel.group]]\nname = \"a\"\n";
+        let origin = Path::new("test.toml");
+        // Found what an operator's half-finished edits leave: an unclosed
+        // header, an unclosed string, a duplicate key.
+        for broken in [
+            format!("{good}\n[[channel.group\nname = \"broken\"\n"),
+            format!("{good}\n[[channel.group]]\nname = \"broken\n"),
+            format!("{good}\n[[channel.group]]\nname = \"b\"\nname = \"c\"\n"),
+        ] {
+            assert!(
+                Settings::from_toml(&broken, origin, &env).is_err(),
+                "{broken}"
+            );
+            assert_eq!(
+                Settings::state_dir_of(&broken, origin, &env),
+                Some(PathBuf::from("/srv/lt/state")),
+                "{broken}"
+            );
+        }
+        // A mistake outside the entries hides it, as does a file too
+        // broken to cut that has no `[daemon]` table.
+        let bad_daemon = good.replace("[daemon]", "[daemon");
+        assert_eq!(Settings::state_dir_of(&bad_daemon, origin, &env), None);
+        let no_daemon = "[[channel]]\nid = \"1\"\n[[channel.group\n";
+        assert_eq!(Settings::state_dir_of(no_daemon, origin, &env), None);
+        // A header with a comment is still the header.
+        let commented = format!(
+            "{}\n[[channel.group\n",
+            good.replace("[daemon]", "[daemon]  # where it keeps state")
+        );
+        assert_eq!(
+            Settings::state_dir_of(&commented, origin, &env),
+            Some(PathBuf::from("/srv/lt/state"))
+        );
     }
 
     #[test]

@@ -449,6 +449,30 @@ async fn a_reload_keeps_the_config_in_force_where_the_running_daemon_keeps_its_s
     let in_force = lab.dir().join(linetokd::app::CONFIG_IN_FORCE);
     assert!(in_force.exists());
 
+    // Found by an outside tester: with a TOML syntax error in a channel
+    // entry the commands did not find the copy (the README says a
+    // half-finished edit never locks the operator out).
+    let original = lab.config_text(STEADY, &a);
+    let mark = daemon.mark();
+    lab.replace_config(&format!("{original}\n[[channel.group\nname = \"broken\"\n"));
+    daemon
+        .wait_for(mark, "the broken file refused", |l| {
+            l.is("config reload failed; the previous config stays in force")
+        })
+        .await;
+    let (code, status) = linetokd(
+        "status-syntax-error",
+        &["status", "--config", lab.config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{}", status.all_text());
+    assert!(
+        printed(&status, Stream::Stderr).contains("using the config the running daemon loaded"),
+        "{}",
+        status.all_text()
+    );
+
     let elsewhere = tempfile::tempdir().unwrap();
     let state = lab.dir().to_str().unwrap().to_owned();
     let text = lab.config_text(STEADY, &a).replace(
@@ -472,5 +496,5 @@ async fn a_reload_keeps_the_config_in_force_where_the_running_daemon_keeps_its_s
     daemon.signal("TERM");
     daemon.exit_ok().await;
     assert!(!in_force.exists(), "the copy outlived the daemon");
-    lab.assert_nothing_secret_printed(&[&daemon]).await;
+    lab.assert_nothing_secret_printed(&[&daemon, &status]).await;
 }
