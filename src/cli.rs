@@ -636,15 +636,17 @@ fn in_force<T>(
         return Err(failure);
     };
     let env = process_env()?;
-    let state_dir = match config::Settings::load(path, &env) {
-        Ok(settings) => settings.daemon.state_dir,
-        Err(_) => {
-            let text = config::read_text(path).ok();
-            match text.and_then(|t| config::Settings::state_dir_of(&t, path, &env)) {
-                Some(dir) => dir,
-                None => return Err(failure),
-            }
-        }
+    // The file is read once: parsed whole, or failing that, for its state
+    // directory alone.
+    let Ok(text) = config::read_text(path) else {
+        return Err(failure);
+    };
+    let state_dir = match config::Settings::from_toml(&text, path, &env) {
+        Ok(settings) => Some(settings.daemon.state_dir),
+        Err(_) => config::Settings::state_dir_of(&text, path, &env),
+    };
+    let Some(state_dir) = state_dir else {
+        return Err(failure);
     };
     let copy = state_dir.join(app::CONFIG_IN_FORCE);
     if !copy.is_file() {
