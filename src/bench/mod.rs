@@ -50,6 +50,7 @@ use self::daemon::Daemon;
 use self::lab::Lab;
 use self::machine::Machine;
 use self::report::{Bootstrap, Idle, JsonLines, Scrape};
+use self::signature::SignatureCost;
 use self::token_api::{Target, Throughput};
 use crate::line::keys::{self, SigningKey};
 
@@ -91,14 +92,12 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
 
     // One key for every channel: RSA key generation takes a good part of a
     // second, and the benchmark measures the daemon, not key generation.
-    let ops = settings.signature_ops;
-    let (key, signature) = tokio::task::spawn_blocking(move || {
-        let key = keys::generate().context("while generating the assertion key")?;
-        let cost = signature::measure(&key, ops)?;
-        anyhow::Ok((Arc::new(key), cost))
-    })
-    .await
-    .context("the signature benchmark panicked")??;
+    let key = tokio::task::spawn_blocking(keys::generate)
+        .await
+        .context("key generation panicked")?
+        .context("while generating the assertion key")?;
+    let key = Arc::new(key);
+    let signature = time_signature(&key, settings.signature_ops).await?;
     write!(
         out,
         "{}",
@@ -141,10 +140,10 @@ async fn measure(settings: &Settings, out: &mut (dyn Write + Send)) -> anyhow::R
             None => None,
         };
         let measured = bootstrap(settings, groups, &key, database.as_deref(), i == 0).await?;
-        write!(out, "{}", report::table_row(&measured.run, &signature))?;
+        write!(out, "{}", report::table_row(&measured.run))?;
         out.flush()?;
         if let Some(json) = &mut json {
-            json.bootstrap(&measured.run, settings.per_channel, &signature)?;
+            json.bootstrap(&measured.run, settings.per_channel)?;
         }
         token_api = token_api.or(measured.token_api.map(|t| (groups, t)));
         idle = idle.or(measured.idle.map(|w| (groups, w)));
@@ -169,18 +168,28 @@ struct Measured {
     idle: Option<Idle>,
 }
 
+/// Times `ops` signatures with `key` off the runtime's threads.
+async fn time_signature(key: &Arc<SigningKey>, ops: usize) -> anyhow::Result<SignatureCost> {
+    let key = Arc::clone(key);
+    tokio::task::spawn_blocking(move || signature::measure(&key, ops))
+        .await
+        .context("the signature benchmark panicked")?
+}
+
 /// Bootstraps `groups` groups with a fresh daemon, database and sandbox,
-/// times `status` and `plan`, and at the smallest N (`extras`) loads the
-/// token API and counts idle wake-ups; then stops the daemon (SIGTERM) and
-/// removes the directory.
+/// with the signature timed just before and just after, times `status` and
+/// `plan`, and at the smallest N (`extras`) loads the token API and counts
+/// idle wake-ups; then stops the daemon (SIGTERM) and removes the
+/// directory.
 async fn bootstrap(
     settings: &Settings,
     groups: usize,
-    key: &SigningKey,
+    key: &Arc<SigningKey>,
     database: Option<&str>,
     extras: bool,
 ) -> anyhow::Result<Measured> {
     let lab = Lab::new(groups, settings.per_channel, key, database).await?;
+    let before = time_signature(key, settings.signature_ops).await?;
     let started = Instant::now();
     let mut daemon =
         Daemon::spawn(&settings.binary, lab.config_path(), &settings.daemon_env).await?;
@@ -199,6 +208,8 @@ async fn bootstrap(
     let wall = started.elapsed();
     let cpu = procfs::cpu(daemon.pid())?;
     let memory = procfs::memory(daemon.pid())?;
+    // Timed while the daemon idles, before `status` and `plan` run.
+    let after = time_signature(key, settings.signature_ops).await?;
     let scrape = scrape(&daemon).await?;
 
     let config = lab.config_path();
@@ -216,6 +227,7 @@ async fn bootstrap(
         live_groups,
         wall,
         cpu,
+        signature: SignatureCost::around(before, after),
         memory,
         status,
         plan,

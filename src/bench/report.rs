@@ -35,6 +35,9 @@ pub struct Bootstrap {
     pub wall: Duration,
     /// The daemon's user + system CPU over that time.
     pub cpu: Duration,
+    /// One signature's cost timed around this bootstrap (see
+    /// [`SignatureCost::around`]): the yardstick its CPU is read against.
+    pub signature: SignatureCost,
     /// The daemon's memory at that moment.
     pub memory: Memory,
     /// `linetokd status` afterwards; `None` if it hit the time limit.
@@ -75,6 +78,13 @@ impl Bootstrap {
     /// Daemon CPU milliseconds per group; only for a complete bootstrap.
     pub fn cpu_ms_per_group(&self) -> Option<f64> {
         self.per_group(stats::ms(self.cpu))
+    }
+
+    /// Daemon CPU per group as a multiple of the signature timed around
+    /// this bootstrap; only for a complete bootstrap.
+    pub fn cpu_per_signature(&self) -> Option<f64> {
+        self.cpu_ms_per_group()
+            .map(|cpu| cpu / self.signature.median_ms.max(f64::EPSILON))
     }
 
     fn per_group(&self, total_ms: f64) -> Option<f64> {
@@ -128,9 +138,11 @@ pub fn preamble(
         format!("daemon environment: {}\n", pairs.join(" "))
     };
     format!(
-        "linetokd bench: nproc {}, {}, commit {}\n{env}\
-         RSA-2048 RS256 signature: {:.3} ms (median of {}, aws-lc-rs, the daemon's signing code)\n",
+        "linetokd bench: nproc {}, cpu {}, {}, commit {}\n{env}\
+         RSA-2048 RS256 signature: {:.3} ms (median of {}, aws-lc-rs, the daemon's signing code; \
+         timed again before and after each bootstrap: its sig_ms, which its cpu/sig divides by)\n",
         machine.nproc,
+        machine.cpu.as_deref().unwrap_or("unknown"),
         machine.rustc.as_deref().unwrap_or("rustc unknown"),
         machine.commit.as_deref().unwrap_or("unknown"),
         signature.median_ms,
@@ -143,12 +155,13 @@ pub fn preamble(
 pub fn table_header(per_channel: usize) -> String {
     format!(
         "\nbootstrap against the sandbox ({per_channel} groups per channel, loopback):\n\
-         {:>8} {:>8} {:>9} {:>9} {:>13} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>16}\n",
+         {:>8} {:>8} {:>9} {:>9} {:>13} {:>7} {:>8} {:>8} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>16}\n",
         "groups",
         "channels",
         "wall_s",
         "ms/group",
         "cpu_ms/group",
+        "sig_ms",
         "cpu/sig",
         "rss_MiB",
         "anon_MiB",
@@ -163,18 +176,16 @@ pub fn table_header(per_channel: usize) -> String {
 
 /// One row of the table, and for an incomplete bootstrap a line saying how
 /// far it got.
-pub fn table_row(run: &Bootstrap, signature: &SignatureCost) -> String {
-    let cpu_per_sig = run
-        .cpu_ms_per_group()
-        .map(|cpu| cpu / signature.median_ms.max(f64::EPSILON));
+pub fn table_row(run: &Bootstrap) -> String {
     let mut row = format!(
-        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11} {:>10} {:>16.1}\n",
+        "{:>8} {:>8} {:>9.2} {:>9} {:>13} {:>7.3} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>8.1} {:>10} {:>11} {:>10} {:>16.1}\n",
         run.groups,
         run.channels,
         run.wall.as_secs_f64(),
         cell(run.ms_per_group(), 3),
         cell(run.cpu_ms_per_group(), 3),
-        cell(cpu_per_sig, 2),
+        run.signature.median_ms,
+        cell(run.cpu_per_signature(), 2),
         mib(run.memory.rss_kib),
         mib(run.memory.anon_kib),
         mib(run.memory.file_kib),
@@ -282,6 +293,7 @@ impl JsonLines {
             json!(started.to_rfc3339_opts(SecondsFormat::Secs, true)),
         );
         common.insert("nproc".into(), json!(machine.nproc));
+        common.insert("cpu".into(), json!(machine.cpu));
         common.insert("rustc".into(), json!(machine.rustc));
         common.insert("commit".into(), json!(machine.commit));
         if !daemon_env.is_empty() {
@@ -319,16 +331,11 @@ impl JsonLines {
         )
     }
 
-    /// One bootstrap, with the signature's cost beside it.
+    /// One bootstrap, with the signature's cost timed around it.
     ///
     /// # Errors
     /// When the line cannot be written.
-    pub fn bootstrap(
-        &mut self,
-        run: &Bootstrap,
-        per_channel: usize,
-        signature: &SignatureCost,
-    ) -> anyhow::Result<()> {
+    pub fn bootstrap(&mut self, run: &Bootstrap, per_channel: usize) -> anyhow::Result<()> {
         self.write(
             "bootstrap",
             json!({
@@ -341,7 +348,9 @@ impl JsonLines {
                 "ms_per_group": run.ms_per_group(),
                 "cpu_ms": stats::ms(run.cpu),
                 "cpu_ms_per_group": run.cpu_ms_per_group(),
-                "signature_ms": signature.median_ms,
+                "signature_ms": run.signature.median_ms,
+                "signature_ops": run.signature.ops,
+                "cpu_per_signature": run.cpu_per_signature(),
                 "vm_rss_kib": run.memory.rss_kib,
                 "vm_hwm_kib": run.memory.hwm_kib,
                 "rss_anon_kib": run.memory.anon_kib,
@@ -424,6 +433,7 @@ mod tests {
     fn machine() -> Machine {
         Machine {
             nproc: 2,
+            cpu: Some("AMD EPYC".into()),
             rustc: Some("rustc 1.95.0".into()),
             commit: Some("abc1234".into()),
         }
@@ -468,6 +478,10 @@ mod tests {
             live_groups: live,
             wall: Duration::from_millis(2 * groups as u64),
             cpu: Duration::from_millis(groups as u64),
+            signature: SignatureCost {
+                median_ms: 0.25,
+                ops: 10,
+            },
             memory: Memory {
                 rss_kib,
                 hwm_kib: rss_kib + 100,
@@ -497,20 +511,27 @@ mod tests {
         assert_eq!(done.cpu_ms_per_group(), Some(1.0));
         let partial = run(1000, 400, 20_000);
         assert_eq!(partial.ms_per_group(), None);
-        let sig = SignatureCost {
-            median_ms: 0.25,
-            ops: 10,
-        };
-        let row = table_row(&done, &sig);
+        assert_eq!(done.cpu_per_signature(), Some(4.0));
+        assert_eq!(partial.cpu_per_signature(), None);
+        let row = table_row(&done);
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
             [
-                "1000", "67", "2.00", "2.000", "1.000", "4.00", "19.5", "9.8", "9.8", "19.6", "40",
-                "-", "3", "2.0"
+                "1000", "67", "2.00", "2.000", "1.000", "0.250", "4.00", "19.5", "9.8", "9.8",
+                "19.6", "40", "-", "3", "2.0"
             ]
         );
-        assert!(table_row(&partial, &sig).contains("400 of 1000 groups live"));
+        let header: Vec<String> = table_header(15)
+            .lines()
+            .last()
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(header.len(), cells.len(), "{header:?}");
+        assert_eq!(header[5], "sig_ms");
+        assert!(table_row(&partial).contains("400 of 1000 groups live"));
     }
 
     #[test]

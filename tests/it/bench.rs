@@ -65,6 +65,7 @@ fn quick_bench_reports_every_figure_as_a_number() {
             "wall_s",
             "ms/group",
             "cpu_ms/group",
+            "sig_ms",
             "cpu/sig",
             "rss_MiB",
             "anon_MiB",
@@ -85,6 +86,19 @@ fn quick_bench_reports_every_figure_as_a_number() {
         assert!(value.is_finite() && value >= 0.0, "{name} = {value}");
     }
     assert_eq!((row[0], row[1]), ("30", "2"), "30 groups on 2 channels");
+    // The row's CPU is read against the signature timed around its own
+    // bootstrap, the one it prints beside it (within the cells' rounding:
+    // three decimals for the two, two for the ratio).
+    let cell = |name: &str| -> f64 {
+        let i = header.iter().position(|h| *h == name).unwrap();
+        row[i].parse().unwrap()
+    };
+    let (cpu, sig, ratio) = (cell("cpu_ms/group"), cell("sig_ms"), cell("cpu/sig"));
+    assert!(sig > 0.0, "{row:?}");
+    assert!(
+        (cpu / sig - ratio).abs() <= 0.01 + 0.01 * ratio,
+        "cpu/sig {ratio} is not {cpu} / {sig}: {row:?}"
+    );
 
     line_starting(&stdout, "rss after bootstrap:");
     let api = line_starting(&stdout, "token API at 30 groups:");
@@ -120,6 +134,8 @@ fn quick_bench_reports_every_figure_as_a_number() {
                 "cpu_ms",
                 "cpu_ms_per_group",
                 "signature_ms",
+                "signature_ops",
+                "cpu_per_signature",
                 "vm_rss_kib",
                 "vm_hwm_kib",
                 "rss_anon_kib",
@@ -141,6 +157,7 @@ fn quick_bench_reports_every_figure_as_a_number() {
     for (name, keys) in fields {
         let record = figure(name);
         assert!(record["nproc"].as_u64().unwrap() >= 1, "{record}");
+        assert!(record.get("cpu").is_some(), "{record}");
         for key in keys {
             assert!(
                 record[key].as_f64().is_some_and(f64::is_finite),
