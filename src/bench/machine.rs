@@ -15,14 +15,9 @@ use tokio::process::Command;
 pub struct Machine {
     /// CPUs this process may use.
     pub nproc: usize,
-    /// The CPU's model name (`/proc/cpuinfo`). It matters more than the
-    /// clock when reading CPU ÷ signature: aws-lc's RSA code takes
-    /// different paths on different CPUs (AVX-512 IFMA where present), so
-    /// the signature's cost differs between models far more than the rest
-    /// of the daemon's work does. Measured on this project's machines: 0.19
-    /// to 0.30 ms a signature on one host, 0.65 to 0.99 ms on an AMD EPYC
-    /// without AVX-512, while the rest of the work per issued token took
-    /// 0.3 to 0.4 ms on the first and 0.45 to 0.6 ms on the second.
+    /// The CPU's model name (`/proc/cpuinfo`): aws-lc picks its RSA code
+    /// by CPU feature, so a signature's cost, and with it CPU ÷ signature,
+    /// is comparable only between runs on the same model.
     pub cpu: Option<String>,
     /// `rustc --version`, if a `rustc` is on `PATH` (not necessarily the
     /// one that built this binary).
@@ -88,8 +83,9 @@ mod tests {
 
     #[test]
     fn the_cpu_model_is_the_first_model_name_line() {
-        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n\
-                    processor\t: 1\nmodel name\t: AMD EPYC\n";
+        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 1\n\
+                    model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel\t\t: 1\n\
+                    model name\t: Another CPU\n";
         assert_eq!(model_name(info).as_deref(), Some("AMD EPYC"));
         assert_eq!(model_name("processor\t: 0\nmodel name\t:\n"), None);
         assert_eq!(model_name(""), None);

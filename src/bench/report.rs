@@ -140,7 +140,7 @@ pub fn preamble(
     format!(
         "linetokd bench: nproc {}, cpu {}, {}, commit {}\n{env}\
          RSA-2048 RS256 signature: {:.3} ms (median of {}, aws-lc-rs, the daemon's signing code; \
-         timed again before and after each bootstrap: its sig_ms, which its cpu/sig divides by)\n",
+         each row's sig_ms is timed again around its bootstrap, and its cpu/sig divides by that)\n",
         machine.nproc,
         machine.cpu.as_deref().unwrap_or("unknown"),
         machine.rustc.as_deref().unwrap_or("rustc unknown"),
@@ -264,7 +264,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// Appends one JSON object per figure to a file; each carries the run's
-/// start time, nproc, rustc and commit, so lines from many runs can share
+/// start time, nproc, CPU model, rustc and commit, so lines from many runs can share
 /// one file.
 pub struct JsonLines {
     file: File,
@@ -453,6 +453,12 @@ mod tests {
             ops: 10,
         };
         let text = preamble(&machine(), &signature, &env());
+        assert!(
+            text.starts_with(
+                "linetokd bench: nproc 2, cpu AMD EPYC, rustc 1.95.0, commit abc1234\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("daemon environment: MALLOC_ARENA_MAX=2 _RJEM_MALLOC_CONF=narenas:1\n"),
             "{text}"

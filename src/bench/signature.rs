@@ -16,7 +16,8 @@ use crate::line::keys::SigningKey;
 /// How one signature's cost was measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SignatureCost {
-    /// The median time of one signature, in milliseconds.
+    /// The median time of one signature, in milliseconds; for a bootstrap
+    /// ([`Self::around`]), the mean of the medians before and after it.
     pub median_ms: f64,
     /// How many signatures were timed.
     pub ops: usize,
@@ -24,10 +25,11 @@ pub struct SignatureCost {
 
 impl SignatureCost {
     /// The cost timed just before a bootstrap and just after it: the mean
-    /// of the two medians. This machine's speed drifts over minutes (a
-    /// signature took 0.65 to 0.99 ms within one hour here), so a bootstrap's
-    /// CPU is read against the yardstick of its own minutes, not one timed
-    /// at the start of a run that may last a quarter of an hour.
+    /// of the two medians. A shared machine's speed drifts (on one of this
+    /// project's, a signature took 0.65 to 0.99 ms within an hour), so a
+    /// bootstrap's CPU is read against the yardstick of its own minutes,
+    /// not one timed at the start of a run that may last a quarter of an
+    /// hour.
     pub fn around(before: Self, after: Self) -> Self {
         Self {
             median_ms: f64::midpoint(before.median_ms, after.median_ms),
