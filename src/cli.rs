@@ -1298,8 +1298,11 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
         &configured_channels(&config),
         &app::rules(&config.rotation, config.capacity_low_threshold),
         state.as_ref(),
-        until,
-        all,
+        status::PlanRequest {
+            until,
+            include_routine: all,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        },
     );
     let shown = if json {
         emit_line(to_json(&report)?)

@@ -34,10 +34,20 @@
 //! reads no clock (`now` is an argument) and does no IO. Each channel's
 //! rounds are bounded ([`MAX_ROUNDS_PER_CHANNEL`]); a forecast that hits
 //! the bound says so ([`Forecast::complete`]).
+//!
+//! Channels share nothing, so a large forecast runs on the threads the
+//! caller allows, each over a run of the channels, and the parts are put
+//! back in the order one thread would have made: rounds by instant, then
+//! by channel, each round's actions as done. Only the synthetic key IDs
+//! cross channels (`next-1`, `next-2`, ... in that order): each part
+//! names its tokens with placeholders, renamed in that order once the
+//! parts are merged, so the timeline is the same whatever the threads.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::mem::Discriminant;
+use std::panic::resume_unwind;
+use std::thread;
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -80,6 +90,15 @@ const BEYOND_ANY_HORIZON: Duration = Duration::MAX;
 /// The most plans one channel may carry out at one instant, as in the
 /// rotator: every plan changes the state, so the next one differs.
 const MAX_PLANS_PER_ROUND: usize = 64;
+
+/// Fewer channels than this per thread are not worth a thread: a small
+/// forecast takes milliseconds on one.
+const MIN_CHANNELS_PER_THREAD: usize = 256;
+
+/// Marks a placeholder key ID (a part's name for a token it imagines
+/// issued, renamed once the parts are merged). A control character: no
+/// key ID from LINE or the store contains one.
+const PLACEHOLDER_MARK: char = '\u{1}';
 
 /// What the policy is to plan for one channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,13 +192,29 @@ pub struct Forecast {
 }
 
 /// Runs the policy forward from `now` to `until`, as the rotator would if
-/// every call to LINE succeeded. See the module documentation.
+/// every call to LINE succeeded, on up to `threads` threads (the result
+/// does not depend on how many). See the module documentation.
 pub fn forecast(
     now: DateTime<Utc>,
     channels: Vec<ChannelInput>,
     rules: &Rules,
     until: DateTime<Utc>,
     routine: Routine,
+    threads: usize,
+) -> Forecast {
+    let parts = threads.min(channels.len() / MIN_CHANNELS_PER_THREAD).max(1);
+    forecast_in(now, channels, rules, until, routine, parts)
+}
+
+/// [`forecast`] cut into `parts` runs of channels, each on a thread of
+/// its own when there are two or more.
+fn forecast_in(
+    now: DateTime<Utc>,
+    channels: Vec<ChannelInput>,
+    rules: &Rules,
+    until: DateTime<Utc>,
+    routine: Routine,
+    parts: usize,
 ) -> Forecast {
     let rules = match routine {
         Routine::Simulate => rules.clone(),
@@ -197,36 +232,41 @@ pub fn forecast(
     };
     let mut names = Names::new(&channels);
     let mut runs: Vec<ChannelRun> = channels.into_iter().map(ChannelRun::new).collect();
-    let mut actions = Vec::new();
-    // When each channel is next due, earliest first; ties in channel order,
-    // as the daemon's scheduler works them. Channels share nothing
-    // (capacity and the hourly budget are per channel), so a channel is
-    // only looked at when its own plans asked: looking at it in between,
-    // as a daemon pass for another channel does, finds nothing to do by
-    // construction (plans wake at every instant their answer could change).
-    // So the cost grows with the channels' own rounds, not with channels
-    // times instants.
-    let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
-        (0..runs.len()).map(|i| Reverse((now, i))).collect();
-    let mut complete = true;
-    while let Some(Reverse((t, i))) = due.pop() {
-        if t > until {
-            break;
-        }
-        let run = &mut runs[i];
-        if run.rounds >= MAX_ROUNDS_PER_CHANNEL {
-            complete = false;
-            continue;
-        }
-        run.rounds += 1;
-        // Every plan without steps wakes strictly later; the max only keeps
-        // a bug from stalling virtual time (by the store's resolution, a
-        // millisecond, so the timeline keeps the daemon's instants).
-        let next = run
-            .round(t, &rules, &mut names, &mut actions)
-            .max(t + Duration::milliseconds(1));
-        due.push(Reverse((next, i)));
-    }
+    let chunk = runs.len().div_ceil(parts.max(1)).max(1);
+    let parts: Vec<Part> = if parts <= 1 {
+        vec![simulate(&mut runs, 0, 0, now, until, &rules)]
+    } else {
+        thread::scope(|s| {
+            let rules = &rules;
+            let handles: Vec<_> = runs
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(k, part)| s.spawn(move || simulate(part, k * chunk, k, now, until, rules)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| resume_unwind(panic)))
+                .collect()
+        })
+    };
+    let complete = parts.iter().all(|p| p.complete);
+    // The order one heap over all channels pops their rounds in: by
+    // instant, then by channel (a channel has one round an instant); the
+    // sort is stable, so each round's actions keep the order they were
+    // done in.
+    let mut done: Vec<(DateTime<Utc>, usize, PlannedAction)> =
+        parts.into_iter().flat_map(|p| p.actions).collect();
+    done.sort_by_key(|(round, channel, _)| (*round, *channel));
+    let mut renamed = HashMap::new();
+    let mut actions: Vec<PlannedAction> = done
+        .into_iter()
+        .map(|(_, _, mut planned)| {
+            if let Some(key_id) = key_id_mut(&mut planned.action) {
+                rename(key_id, &mut renamed, &mut names);
+            }
+            planned
+        })
+        .collect();
     actions.retain(|a| a.at <= until);
     // Expiries are stamped with their own instant, which a round reaches
     // exactly (plans wake at every expiry); the sort is stable, so actions
@@ -249,6 +289,120 @@ pub fn forecast(
         actions,
         complete,
         routine,
+    }
+}
+
+/// What one thread's run of channels did, each action with the instant
+/// of the round that did it and its channel's index among all channels.
+struct Part {
+    actions: Vec<(DateTime<Utc>, usize, PlannedAction)>,
+    /// False when a channel reached [`MAX_ROUNDS_PER_CHANNEL`].
+    complete: bool,
+}
+
+/// Runs `runs` (the channels from index `base` on) from `now` to `until`.
+/// When each channel is next due, earliest first; ties in channel order,
+/// as the daemon's scheduler works them. Channels share nothing (capacity
+/// and the hourly budget are per channel), so a channel is only looked at
+/// when its own plans asked: looking at it in between, as a daemon pass
+/// for another channel does, finds nothing to do by construction (plans
+/// wake at every instant their answer could change). So the cost grows
+/// with the channels' own rounds, not with channels times instants.
+fn simulate(
+    runs: &mut [ChannelRun],
+    base: usize,
+    part: usize,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    rules: &Rules,
+) -> Part {
+    let mut names = Placeholders { part, next: 0 };
+    let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
+        (0..runs.len()).map(|i| Reverse((now, i))).collect();
+    let (mut actions, mut round_out) = (Vec::new(), Vec::new());
+    let mut complete = true;
+    while let Some(Reverse((t, i))) = due.pop() {
+        if t > until {
+            break;
+        }
+        let run = &mut runs[i];
+        if run.rounds >= MAX_ROUNDS_PER_CHANNEL {
+            complete = false;
+            continue;
+        }
+        run.rounds += 1;
+        // Every plan without steps wakes strictly later; the max only keeps
+        // a bug from stalling virtual time (by the store's resolution, a
+        // millisecond, so the timeline keeps the daemon's instants).
+        let next = run
+            .round(t, rules, &mut names, &mut round_out)
+            .max(t + Duration::milliseconds(1));
+        actions.extend(round_out.drain(..).map(|a| (t, base + i, a)));
+        due.push(Reverse((next, i)));
+    }
+    Part { actions, complete }
+}
+
+/// A part's names for the tokens it imagines issued: unique across parts,
+/// kept apart from real key IDs by [`PLACEHOLDER_MARK`], and carrying the
+/// `sl:` prefix of a short-lived token, by which the driver counts it in
+/// its own pool.
+struct Placeholders {
+    part: usize,
+    next: u64,
+}
+
+impl Placeholders {
+    fn fresh(&mut self, kind: TokenKind) -> KeyId {
+        let prefix = match kind {
+            TokenKind::V21 => "",
+            TokenKind::ShortLived => SHORT_LIVED_PREFIX,
+        };
+        self.next += 1;
+        KeyId::new(format!(
+            "{prefix}{PLACEHOLDER_MARK}{}.{}",
+            self.part, self.next
+        ))
+    }
+}
+
+/// Replaces a placeholder with its synthetic name: the one given when it
+/// was first met, or the next free one. Actions are renamed in the order
+/// one thread would have done them, so the names come out as it would
+/// have given them.
+fn rename(key_id: &mut KeyId, renamed: &mut HashMap<KeyId, KeyId>, names: &mut Names) {
+    if key_id.as_str().contains(PLACEHOLDER_MARK) {
+        let name = renamed
+            .entry(key_id.clone())
+            .or_insert_with(|| names.fresh(key_id.kind()));
+        *key_id = name.clone();
+    }
+}
+
+/// The key ID an action names, if any. Every alert is listed, so a new
+/// alert that names a token cannot be missed by the renaming.
+fn key_id_mut(action: &mut Action) -> Option<&mut KeyId> {
+    match action {
+        Action::Issue { key_id, .. }
+        | Action::Revoke { key_id, .. }
+        | Action::Expire { key_id }
+        | Action::Verify { key_id } => Some(key_id),
+        Action::Reconcile => None,
+        Action::Alert(alert) => match alert {
+            Alert::ExpiresBeforeSuccessor { key_id, .. }
+            | Alert::RevokeNeedsSecret { key_id, .. }
+            | Alert::ForeignToken { key_id } => Some(key_id),
+            Alert::NoLiveToken { .. }
+            | Alert::NoCapacity { .. }
+            | Alert::RateLimited { .. }
+            | Alert::PermanentFailure { .. }
+            | Alert::TooManyLive { .. }
+            | Alert::ReconcileFailing { .. }
+            | Alert::ChannelFull { .. }
+            | Alert::CapacityLow { .. }
+            | Alert::ShortLivedEvicted { .. }
+            | Alert::LostToken { .. } => None,
+        },
     }
 }
 
@@ -321,7 +475,7 @@ impl ChannelRun {
         &mut self,
         t: DateTime<Utc>,
         rules: &Rules,
-        names: &mut Names,
+        names: &mut Placeholders,
         out: &mut Vec<PlannedAction>,
     ) -> DateTime<Utc> {
         self.expire(t, out);
@@ -374,7 +528,7 @@ impl ChannelRun {
         &mut self,
         t: DateTime<Utc>,
         rules: &Rules,
-        names: &mut Names,
+        names: &mut Placeholders,
         out: &mut Vec<PlannedAction>,
     ) -> Option<DateTime<Utc>> {
         let window_start = t - policy::rate::ISSUE_WINDOW;
@@ -422,7 +576,7 @@ impl ChannelRun {
         i: usize,
         step: &Step,
         rules: &Rules,
-        names: &mut Names,
+        names: &mut Placeholders,
         out: &mut Vec<PlannedAction>,
     ) {
         let group = self.state.groups[i].group.clone();
@@ -586,10 +740,22 @@ mod tests {
     /// The forecast with every routine read, after checking that the
     /// forecast without them changes the channels at the same instants in
     /// the same way (the promise of [`Routine::Skip`]).
+    /// Cut into parts, the forecast is the same as on one thread.
     fn run(channels: Vec<ChannelInput>, rules: &Rules, days: i64) -> Forecast {
         let until = t0() + Duration::days(days);
-        let full = forecast(t0(), channels.clone(), rules, until, Routine::Simulate);
-        let lean = forecast(t0(), channels, rules, until, Routine::Skip);
+        let full = forecast(t0(), channels.clone(), rules, until, Routine::Simulate, 1);
+        for parts in [2, 3] {
+            let cut = forecast_in(
+                t0(),
+                channels.clone(),
+                rules,
+                until,
+                Routine::Simulate,
+                parts,
+            );
+            assert_eq!(cut, full, "{parts} parts differ from one");
+        }
+        let lean = forecast(t0(), channels, rules, until, Routine::Skip, 1);
         assert_eq!(timeline(&lean), timeline(&full), "Skip and Simulate differ");
         assert_eq!(lean.complete, full.complete);
         assert!(lean.routine.is_none() && full.routine.is_some());
@@ -1003,6 +1169,69 @@ mod tests {
     }
 
     #[test]
+    fn cut_into_parts_a_forecast_of_many_channels_is_one_thread_s_names_and_all() {
+        // Channels of one to four groups: fresh groups, tokens at every
+        // age, groups without a secret (alerts naming synthetic tokens),
+        // short-lived groups (their own pool and `sl:` names), and a
+        // channel that left the config.
+        let rules = Rules::default();
+        let channels: Vec<ChannelInput> = (0..13_i64)
+            .map(|c| {
+                let channel = ChannelId::new(format!("ch{c:02}"));
+                let groups = (0..c % 4 + 1)
+                    .map(|g| {
+                        let issued = t0() - Duration::days((c * 3 + g * 5) % 29);
+                        let tokens = if (c + g) % 3 == 0 {
+                            vec![]
+                        } else {
+                            vec![token(&format!("k{c}-{g}"), issued, Duration::days(30))]
+                        };
+                        GroupView {
+                            tokens,
+                            kind: if (c + g) % 5 == 4 {
+                                TokenKind::ShortLived
+                            } else {
+                                TokenKind::V21
+                            },
+                            ..GroupView::new(
+                                channel.clone(),
+                                GroupName::new(format!("g{g}")),
+                                c % 2 == 0,
+                            )
+                        }
+                    })
+                    .collect();
+                ChannelInput {
+                    channel,
+                    managed: c != 5,
+                    groups,
+                    view: ChannelView::default(),
+                }
+            })
+            .collect();
+        let until = t0() + Duration::days(45);
+        for routine in [Routine::Simulate, Routine::Skip] {
+            let one = forecast(t0(), channels.clone(), &rules, until, routine, 8);
+            assert!(one.complete);
+            let names: Vec<&str> = one
+                .actions
+                .iter()
+                .filter_map(|a| match &a.action {
+                    Action::Issue { key_id, .. } => Some(key_id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert!(names.len() > 30, "{names:?}");
+            assert!(names.contains(&"next-1") && names.iter().any(|n| n.starts_with("sl:next-")));
+            assert!(names.iter().all(|n| !n.contains(PLACEHOLDER_MARK)));
+            for parts in [2, 5, 13, 40] {
+                let cut = forecast_in(t0(), channels.clone(), &rules, until, routine, parts);
+                assert_eq!(cut, one, "{routine:?} in {parts} parts");
+            }
+        }
+    }
+
+    #[test]
     fn nothing_is_listed_past_until_and_a_quiet_forecast_completes() {
         let rules = Rules::default();
         let f = run(vec![], &rules, 7);
@@ -1014,6 +1243,7 @@ mod tests {
             &rules,
             t0(),
             Routine::Simulate,
+            1,
         );
         assert!(f.complete);
         assert!(f.actions.iter().all(|a| a.at == t0()));

@@ -42,7 +42,7 @@ mod world;
 
 pub use daemon::{DaemonStatus, probe_daemon, probe_daemon_at};
 pub use login::{LoginChannelStatus, LoginStatus, login_status};
-pub use plan::{PlanCounts, PlanReport, PlannedStatus, plan_report, render_plan};
+pub use plan::{PlanCounts, PlanReport, PlanRequest, PlannedStatus, plan_report, render_plan};
 pub use render::render_status;
 pub use report::*;
 pub use stored::{ConfiguredChannel, StoredState, read_store};

@@ -89,17 +89,33 @@ pub struct PlannedStatus {
     pub message: String,
 }
 
-/// Runs the forecast from `now` to `until` and builds its report. `state`
-/// is `None` when there is no database yet.
+/// How far `linetokd plan` looks and what it lists.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanRequest {
+    /// The end of the forecast (inclusive).
+    pub until: DateTime<Utc>,
+    /// `--all`: simulate and list the routine verifies and reconciles.
+    pub include_routine: bool,
+    /// The most threads the forecast may run on (the timeline is the same
+    /// on any number).
+    pub threads: usize,
+}
+
+/// Runs the forecast from `now` to `request.until` and builds its report.
+/// `state` is `None` when there is no database yet.
 pub fn plan_report(
     now: DateTime<Utc>,
     database: &Location,
     configured: &[ConfiguredChannel],
     rules: &Rules,
     state: Option<&StoredState>,
-    until: DateTime<Utc>,
-    include_routine: bool,
+    request: PlanRequest,
 ) -> PlanReport {
+    let PlanRequest {
+        until,
+        include_routine,
+        threads,
+    } = request;
     let empty = StoredState::empty();
     let worlds = worlds(now, configured, state.unwrap_or(&empty));
     let names: BTreeMap<ChannelId, String> = worlds
@@ -120,7 +136,7 @@ pub fn plan_report(
     } else {
         Routine::Skip
     };
-    let f = forecast::forecast(now, inputs, rules, until, routine);
+    let f = forecast::forecast(now, inputs, rules, until, routine, threads);
     let mut counts = PlanCounts::default();
     for a in &f.actions {
         let n = match a.action {
