@@ -60,6 +60,15 @@ use crate::policy::{
 /// The prefix of the key IDs given to tokens the forecast imagines issued.
 pub const SYNTHETIC_KEY_PREFIX: &str = "next-";
 
+/// True for a key ID the forecast gave a token it imagines issued
+/// (`next-N`, or `sl:next-N` for a short-lived one).
+pub fn is_synthetic(key_id: &KeyId) -> bool {
+    let id = key_id.as_str();
+    id.strip_prefix(SHORT_LIVED_PREFIX)
+        .unwrap_or(id)
+        .starts_with(SYNTHETIC_KEY_PREFIX)
+}
+
 /// The most rounds (instants at which anything happens) one channel runs
 /// in one forecast. A year of a channel's hourly reconciles and fifteen
 /// groups' verifies is about 30,000, and the demo's 30-second intervals over
@@ -254,14 +263,16 @@ fn forecast_in(
     // instant, then by channel (a channel has one round an instant); the
     // sort is stable, so each round's actions keep the order they were
     // done in.
-    let mut done: Vec<(DateTime<Utc>, usize, PlannedAction)> =
-        parts.into_iter().flat_map(|p| p.actions).collect();
+    let mut done = Vec::with_capacity(parts.iter().map(|p| p.actions.len()).sum());
+    for part in parts {
+        done.extend(part.actions);
+    }
     done.sort_by_key(|(round, channel, _)| (*round, *channel));
     let mut renamed = HashMap::new();
     let mut actions: Vec<PlannedAction> = done
         .into_iter()
         .map(|(_, _, mut planned)| {
-            if let Some(key_id) = key_id_mut(&mut planned.action) {
+            for key_id in key_ids_mut(&mut planned.action) {
                 rename(key_id, &mut renamed, &mut names);
             }
             planned
@@ -346,7 +357,11 @@ fn simulate(
 /// A part's names for the tokens it imagines issued: unique across parts,
 /// kept apart from real key IDs by [`PLACEHOLDER_MARK`], and carrying the
 /// `sl:` prefix of a short-lived token, by which the driver counts it in
-/// its own pool.
+/// its own pool. The driver compares key IDs for equality, and orders by
+/// them only to break a tie between two live tokens of one group issued
+/// and expiring in the same millisecond, which the config's rules exclude
+/// (`rotate_before` plus jitter is shorter than the lifetime); so the
+/// decisions are those the final names would give.
 struct Placeholders {
     part: usize,
     next: u64,
@@ -359,8 +374,10 @@ impl Placeholders {
             TokenKind::ShortLived => SHORT_LIVED_PREFIX,
         };
         self.next += 1;
+        // Zero-padded, so a part's placeholders sort in the order it issued
+        // them whatever their number of digits.
         KeyId::new(format!(
-            "{prefix}{PLACEHOLDER_MARK}{}.{}",
+            "{prefix}{PLACEHOLDER_MARK}{}.{:020}",
             self.part, self.next
         ))
     }
@@ -379,19 +396,20 @@ fn rename(key_id: &mut KeyId, renamed: &mut HashMap<KeyId, KeyId>, names: &mut N
     }
 }
 
-/// The key ID an action names, if any. Every alert is listed, so a new
-/// alert that names a token cannot be missed by the renaming.
-fn key_id_mut(action: &mut Action) -> Option<&mut KeyId> {
+/// The key IDs an action names. Every alert is listed with its fields
+/// spelled out, so a new alert, or a new field, is seen here.
+fn key_ids_mut(action: &mut Action) -> Vec<&mut KeyId> {
     match action {
         Action::Issue { key_id, .. }
         | Action::Revoke { key_id, .. }
         | Action::Expire { key_id }
-        | Action::Verify { key_id } => Some(key_id),
-        Action::Reconcile => None,
+        | Action::Verify { key_id } => vec![key_id],
+        Action::Reconcile => Vec::new(),
         Action::Alert(alert) => match alert {
             Alert::ExpiresBeforeSuccessor { key_id, .. }
             | Alert::RevokeNeedsSecret { key_id, .. }
-            | Alert::ForeignToken { key_id } => Some(key_id),
+            | Alert::ForeignToken { key_id } => vec![key_id],
+            Alert::LostToken { candidates, .. } => candidates.iter_mut().collect(),
             Alert::NoLiveToken { .. }
             | Alert::NoCapacity { .. }
             | Alert::RateLimited { .. }
@@ -400,8 +418,7 @@ fn key_id_mut(action: &mut Action) -> Option<&mut KeyId> {
             | Alert::ReconcileFailing { .. }
             | Alert::ChannelFull { .. }
             | Alert::CapacityLow { .. }
-            | Alert::ShortLivedEvicted { .. }
-            | Alert::LostToken { .. } => None,
+            | Alert::ShortLivedEvicted { .. } => Vec::new(),
         },
     }
 }
@@ -740,22 +757,17 @@ mod tests {
     /// The forecast with every routine read, after checking that the
     /// forecast without them changes the channels at the same instants in
     /// the same way (the promise of [`Routine::Skip`]).
-    /// Cut into parts, the forecast is the same as on one thread.
+    ///
+    /// Both are also run in two parts, which these tests' one channel
+    /// leaves with one thread each (the merging of parts is tested below).
     fn run(channels: Vec<ChannelInput>, rules: &Rules, days: i64) -> Forecast {
         let until = t0() + Duration::days(days);
         let full = forecast(t0(), channels.clone(), rules, until, Routine::Simulate, 1);
-        for parts in [2, 3] {
-            let cut = forecast_in(
-                t0(),
-                channels.clone(),
-                rules,
-                until,
-                Routine::Simulate,
-                parts,
-            );
-            assert_eq!(cut, full, "{parts} parts differ from one");
-        }
-        let lean = forecast(t0(), channels, rules, until, Routine::Skip, 1);
+        let cut = forecast_in(t0(), channels.clone(), rules, until, Routine::Simulate, 2);
+        assert_eq!(cut, full, "two parts differ from one");
+        let lean = forecast(t0(), channels.clone(), rules, until, Routine::Skip, 1);
+        let cut = forecast_in(t0(), channels, rules, until, Routine::Skip, 2);
+        assert_eq!(cut, lean, "two parts differ from one without routine reads");
         assert_eq!(timeline(&lean), timeline(&full), "Skip and Simulate differ");
         assert_eq!(lean.complete, full.complete);
         assert!(lean.routine.is_none() && full.routine.is_some());
@@ -1171,28 +1183,39 @@ mod tests {
     #[test]
     fn cut_into_parts_a_forecast_of_many_channels_is_one_thread_s_names_and_all() {
         // Channels of one to four groups: fresh groups, tokens at every
-        // age, groups without a secret (alerts naming synthetic tokens),
-        // short-lived groups (their own pool and `sl:` names), and a
-        // channel that left the config.
-        let rules = Rules::default();
+        // age, groups without a secret (with the previous token revoked
+        // after 6 h, alerts naming synthetic tokens), short-lived groups
+        // (their own pool and `sl:` names), stored tokens whose key IDs a
+        // synthetic name would take, and a channel that left the config.
+        let rules = Rules {
+            revoke_previous_after: Some(Duration::hours(6)),
+            ..Rules::default()
+        };
         let channels: Vec<ChannelInput> = (0..13_i64)
             .map(|c| {
                 let channel = ChannelId::new(format!("ch{c:02}"));
                 let groups = (0..c % 4 + 1)
                     .map(|g| {
                         let issued = t0() - Duration::days((c * 3 + g * 5) % 29);
+                        let kind = if (c + g) % 5 == 4 {
+                            TokenKind::ShortLived
+                        } else {
+                            TokenKind::V21
+                        };
+                        let key = match (c, g, kind) {
+                            (1, 0, _) => "next-3".to_owned(),
+                            (3, 1, _) => "sl:next-5".to_owned(),
+                            (_, _, TokenKind::ShortLived) => format!("sl:k{c}-{g}"),
+                            _ => format!("k{c}-{g}"),
+                        };
                         let tokens = if (c + g) % 3 == 0 {
                             vec![]
                         } else {
-                            vec![token(&format!("k{c}-{g}"), issued, Duration::days(30))]
+                            vec![token(&key, issued, Duration::days(30))]
                         };
                         GroupView {
                             tokens,
-                            kind: if (c + g) % 5 == 4 {
-                                TokenKind::ShortLived
-                            } else {
-                                TokenKind::V21
-                            },
+                            kind,
                             ..GroupView::new(
                                 channel.clone(),
                                 GroupName::new(format!("g{g}")),
@@ -1223,12 +1246,45 @@ mod tests {
                 .collect();
             assert!(names.len() > 30, "{names:?}");
             assert!(names.contains(&"next-1") && names.iter().any(|n| n.starts_with("sl:next-")));
-            assert!(names.iter().all(|n| !n.contains(PLACEHOLDER_MARK)));
+            // Named in the order they were issued (an issue is listed at
+            // its round's instant, same-instant rounds in channel order),
+            // from one counter, passing over stored key IDs.
+            let numbers: Vec<u64> = names
+                .iter()
+                .map(|n| {
+                    let n = n.strip_prefix(SHORT_LIVED_PREFIX).unwrap_or(n);
+                    n.strip_prefix(SYNTHETIC_KEY_PREFIX)
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+            assert!(!names.contains(&"next-3") && !names.contains(&"sl:next-5"));
+            // No placeholder is left anywhere, alerts included, and an
+            // alert names a synthetic token.
+            // (`Debug` writes the mark as `\u{1}`.)
+            let written = format!("{:?}", one.actions);
+            assert!(!written.contains("\\u{1}"), "{written}");
+            assert_eq!(format!("{:?}", PLACEHOLDER_MARK), "'\\u{1}'");
+            assert!(one.actions.iter().any(|a| matches!(
+                &a.action,
+                Action::Alert(Alert::RevokeNeedsSecret { key_id, .. })
+                    if key_id.as_str().starts_with(SYNTHETIC_KEY_PREFIX)
+            )));
             for parts in [2, 5, 13, 40] {
                 let cut = forecast_in(t0(), channels.clone(), &rules, until, routine, parts);
                 assert_eq!(cut, one, "{routine:?} in {parts} parts");
             }
         }
+    }
+
+    #[test]
+    fn synthetic_key_ids_of_both_kinds_are_told_from_stored_ones() {
+        assert!(is_synthetic(&KeyId::new("next-1")));
+        assert!(is_synthetic(&KeyId::new("sl:next-12")));
+        assert!(!is_synthetic(&KeyId::new("sl:0123456789abcdef")));
+        assert!(!is_synthetic(&KeyId::new("JQs7YmBP-4aKi7TBFW6-Tw")));
     }
 
     #[test]

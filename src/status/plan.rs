@@ -233,7 +233,7 @@ fn planned_status(
         group: a.group.clone(),
         action,
         key_id: key_id.cloned(),
-        synthetic_key: key_id.is_some_and(|k| k.as_str().starts_with(SYNTHETIC_KEY_PREFIX)),
+        synthetic_key: key_id.is_some_and(forecast::is_synthetic),
         reason,
         expires_at,
         message,
