@@ -346,6 +346,7 @@ fn group_state(g: &GroupStatus) -> String {
     if !g.in_config {
         return match g.revoke_at {
             Some(at) => format!("removed: revoked at {}", ts(at)),
+            None if g.current.is_some() => "removed: not revoked, expires on its own".to_owned(),
             None => "removed".to_owned(),
         };
     }

@@ -215,8 +215,11 @@ pub struct GroupStatus {
     pub known_to_daemon: bool,
     /// When it left the config, as the store recorded it.
     pub removed_at: Option<DateTime<Utc>>,
-    /// For a removed group: when its tokens are revoked (`removal_grace`
-    /// after the removal).
+    /// For a removed group whose tokens the daemon revokes: when
+    /// (`removal_grace` after the removal). None when nothing is left to
+    /// revoke or the daemon cannot revoke: its channel has no secret, or
+    /// the channel left the config too and nobody looks after it. Such
+    /// tokens expire on their own.
     pub revoke_at: Option<DateTime<Utc>>,
     /// Live tokens of the group (2 at most, unless something went wrong).
     pub live_tokens: u32,
@@ -698,10 +701,14 @@ fn group_status(
         in_config: g.in_config,
         known_to_daemon: g.row.is_some(),
         removed_at: g.row.and_then(|r| r.removed_at),
-        revoke_at: view.removed_at.filter(|_| !live.is_empty()).map(|at| {
-            at.checked_add_signed(rules.removal_grace)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC)
-        }),
+        // `view.can_revoke` is false for a channel that left the config.
+        revoke_at: view
+            .removed_at
+            .filter(|_| view.can_revoke && !live.is_empty())
+            .map(|at| {
+                at.checked_add_signed(rules.removal_grace)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            }),
         live_tokens: count(live.len()),
         current: token(0),
         previous: token(1),

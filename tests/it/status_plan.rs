@@ -432,6 +432,71 @@ fn status_json_reports_what_the_store_knows() {
     assert_eq!(open[0]["outcome"], "open");
 }
 
+/// Only a group the daemon can revoke shows when its tokens go: one
+/// removed from a channel without a secret, or from a channel that left
+/// the config too, keeps its tokens until they expire (the daemon does not
+/// look after an unconfigured channel, and cannot revoke without a secret).
+#[test]
+fn a_removed_group_the_daemon_cannot_revoke_shows_no_revoke_time() {
+    const GONE: &str = "1000000003";
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let lab = Lab { dir, now };
+    write_config(lab.dir.path(), &lab.db());
+    let store = Store::open(&lab.db()).unwrap();
+    let mut before = specs(&["backend", "legacy"]);
+    before[1].groups.push(gr("archive"));
+    before.push(ChannelSpec {
+        id: ch(GONE),
+        name: "gone-bot".into(),
+        groups: vec![gr("old")],
+        fingerprint: None,
+        short_lived: Vec::new(),
+    });
+    store.sync_config(now - Duration::days(3), &before).unwrap();
+    let at = now - Duration::days(2);
+    issue(&store, SHOP, "legacy", "kid-legacy", VALUES[0], at);
+    issue(&store, NEWS, "archive", "kid-archive", VALUES[1], at);
+    issue(&store, GONE, "old", "kid-old", VALUES[2], at);
+    // legacy leaves a channel with a secret, archive one without, and old
+    // leaves with its whole channel.
+    store
+        .sync_config(now - Duration::hours(2), &specs(&["backend"]))
+        .unwrap();
+    drop(store);
+
+    let report = lab.json(&["status", "--json"]);
+    let legacy = group(channel(&report, SHOP), "legacy");
+    assert_eq!(time(&legacy["revoke_at"]), now + Duration::hours(22));
+    for (id, name) in [(NEWS, "archive"), (GONE, "old")] {
+        let g = group(channel(&report, id), name);
+        assert_eq!(g["in_config"], false, "{name}");
+        assert_eq!(time(&g["removed_at"]), now - Duration::hours(2), "{name}");
+        assert!(g["current"].is_object(), "{name} still holds its token");
+        assert!(g["revoke_at"].is_null(), "{name}: {g:#}");
+    }
+
+    let out = lab.run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let state = |name: &str| {
+        shown
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{shown}"))
+            .to_owned()
+    };
+    assert!(state("legacy").contains("removed: revoked at"), "{shown}");
+    for name in ["archive", "old"] {
+        let row = state(name);
+        assert!(
+            row.contains("removed: not revoked, expires on its own"),
+            "{row}"
+        );
+        assert!(!row.contains("revoked at"), "{row}");
+    }
+}
+
 #[test]
 fn status_text_is_a_table_of_key_ids() {
     let lab = lab();
