@@ -104,10 +104,10 @@ impl Snapshot {
     /// # Errors
     /// [`StoreError`] when a query fails.
     ///
-    /// The live tokens, the biggest read, come from `tokens_from`: given a
-    /// second connection to the same database, it reads them on another
-    /// thread while `store` reads the rest (given `store` itself, the two
-    /// reads take turns).
+    /// The live tokens and the group rows, the two biggest reads, come
+    /// from `tokens_from`: given a second connection to the same database,
+    /// it reads them on another thread while `store` reads the rest (given
+    /// `store` itself, the two threads take turns).
     ///
     /// Never call it inside [`Store::blocking`] on a writer store: the
     /// other thread would wait for the batch the caller's job belongs to,
@@ -118,16 +118,27 @@ impl Snapshot {
         tokens_from: &Store,
         now: DateTime<Utc>,
     ) -> Result<Vec<Self>, StoreError> {
-        let (tokens, rest) = std::thread::scope(|scope| {
-            let tokens = scope.spawn(|| tokens_from.live_records_in(Scope::All));
-            let rest = Self::read_all_but_tokens(store, now);
-            let tokens = tokens
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (tokens, rest)
+        let (big, rest) = std::thread::scope(|scope| {
+            let big = scope.spawn(|| {
+                Ok::<_, StoreError>((
+                    tokens_from.live_records_in(Scope::All)?,
+                    tokens_from.all_groups()?,
+                ))
+            });
+            let rest = Self::read_all_but_tokens_and_groups(store, now);
+            let big = big.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (big, rest)
         });
         let mut parts = rest?;
-        for t in tokens? {
+        let (tokens, groups) = big?;
+        // Rows of a channel the store does not list cannot exist (foreign
+        // keys); `get_mut` simply passes them by.
+        for g in groups {
+            if let Some(p) = parts.1.get_mut(&g.channel_id) {
+                p.groups.push(g);
+            }
+        }
+        for t in tokens {
             if let Some(p) = parts.1.get_mut(&t.channel_id) {
                 p.live.push(t);
             }
@@ -142,9 +153,9 @@ impl Snapshot {
             .collect())
     }
 
-    /// Every table [`Self::read_all`] reads but the tokens, sorted out by
-    /// channel.
-    fn read_all_but_tokens(
+    /// Every table [`Self::read_all`] reads but the tokens and the groups,
+    /// sorted out by channel.
+    fn read_all_but_tokens_and_groups(
         store: &Store,
         now: DateTime<Utc>,
     ) -> Result<(Vec<ChannelRow>, BTreeMap<ChannelId, Parts>), StoreError> {
@@ -153,13 +164,6 @@ impl Snapshot {
             .iter()
             .map(|c| (c.id.clone(), Parts::default()))
             .collect();
-        // Rows of a channel the store does not list cannot exist (foreign
-        // keys); `get_mut` simply passes them by.
-        for g in store.all_groups()? {
-            if let Some(p) = parts.get_mut(&g.channel_id) {
-                p.groups.push(g);
-            }
-        }
         for k in store.foreign_kids_in(Scope::All)? {
             if let Some(p) = parts.get_mut(&k.channel_id)
                 && k.gone_at.is_none()
@@ -307,12 +311,23 @@ struct Parts {
 
 impl Parts {
     fn assemble(self, channel: Option<ChannelRow>, now: DateTime<Utc>) -> Snapshot {
+        // One stable sort and one walk hand each group its tokens, oldest
+        // first as read, without a pass over the channel's tokens per group
+        // (at 100,000 groups that pass was a twentieth of `status`).
         let mut live = self.live;
-        let mut groups = Vec::new();
-        for row in self.groups {
-            let (tokens, rest): (Vec<LiveRecord>, Vec<LiveRecord>) =
-                live.into_iter().partition(|t| t.group == row.name);
-            live = rest;
+        live.sort_by(|a, b| a.group.cmp(&b.group));
+        let mut live = live.into_iter().peekable();
+        let mut rows = self.groups;
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut groups = Vec::with_capacity(rows.len());
+        for row in rows {
+            // Tokens of a group without a row cannot exist (foreign keys);
+            // were there any, they would be passed by, as before.
+            while live.next_if(|t| t.group < row.name).is_some() {}
+            let mut tokens = Vec::new();
+            while let Some(t) = live.next_if(|t| t.group == row.name) {
+                tokens.push(t);
+            }
             // A removed group stays while it holds a token still recorded
             // live, even past its expiry: the rotator marks it expired.
             if row.is_active() || !tokens.is_empty() {

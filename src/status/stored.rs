@@ -10,8 +10,8 @@ use super::RECENT_INTENTS;
 use crate::domain::{ChannelId, GroupName};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    AlertRecord, DaemonNote, Event, EventKind, ForeignKid, IssueIntent, LAST_RELOAD,
-    SINK_NOTE_PREFIX, STATELESS_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
+    AlertRecord, DaemonNote, Event, ForeignKid, IssueIntent, LAST_RELOAD, SINK_NOTE_PREFIX,
+    STATELESS_NOTE_PREFIX, Scope, Store, StoreError, sink_note_key,
 };
 
 /// One channel as the config file lists it: what `status` and `plan` need
@@ -153,7 +153,7 @@ pub fn read_store(store: &Store, now: DateTime<Utc>) -> Result<StoredState, Stor
             c.recent_intents.push(intent);
         }
     }
-    for event in store.latest_group_events(&[EventKind::HookSucceeded, EventKind::HookFailed])? {
+    for event in store.latest_hook_results()? {
         if let (Some(c), Some(group)) = (channels.get_mut(&event.channel_id), event.group.clone()) {
             c.hooks.insert(group, event);
         }

@@ -275,28 +275,21 @@ impl Store {
         })
     }
 
-    /// For every group of every channel, its newest event whose kind is one
-    /// of `kinds` ([`Self::latest_group_event`] for all groups at once).
+    /// For every group of every channel, its newest hook result
+    /// ([`EventKind::HookSucceeded`] or [`EventKind::HookFailed`]): what
+    /// `status` shows for each group's hook, for all groups at once.
+    ///
+    /// The kinds are written into the SQL (`HOOK_RESULT_KINDS`) rather
+    /// than bound, so that SQLite reads the partial index
+    /// `events_hook_results` (schema 13), which holds hook results only,
+    /// instead of every event ever recorded.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`], [`StoreError::Corrupt`].
-    pub fn latest_group_events(&self, kinds: &[EventKind]) -> Result<Vec<Event>, StoreError> {
-        let kinds = kinds_json(kinds);
-        self.read_db("finding each group's latest event", |db| {
-            query_events(
-                db,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ( \
-                       SELECT max(id) FROM events \
-                       WHERE group_name IS NOT NULL \
-                         AND kind IN ({}) \
-                       GROUP BY channel_id, group_name) \
-                     ORDER BY id",
-                    kinds_in(db.dialect(), 1)
-                ),
-                p![kinds.as_str()],
-            )
+    pub fn latest_hook_results(&self) -> Result<Vec<Event>, StoreError> {
+        self.read_db("finding each group's latest hook result", |db| {
+            query_events(db, &latest_hook_results_sql(), p![])
         })
     }
 
@@ -382,6 +375,22 @@ fn kinds_json(kinds: &[EventKind]) -> String {
 /// ([`kinds_json`]). The dialects unpack JSON arrays differently: SQLite
 /// with the table-valued `json_each`, PostgreSQL with the set-returning
 /// `json_array_elements_text`.
+/// [`Store::latest_hook_results`]'s query.
+pub(super) fn latest_hook_results_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ( \
+           SELECT max(id) FROM events \
+           WHERE kind IN ({HOOK_RESULT_KINDS}) AND group_name IS NOT NULL \
+           GROUP BY channel_id, group_name) \
+         ORDER BY id"
+    )
+}
+
+/// The hook result kinds as SQL literals, as the partial index
+/// `events_hook_results` (migrations/0013_status_read_indexes.sql) names
+/// them: a unit test holds the two to [`EventKind::as_str`].
+const HOOK_RESULT_KINDS: &str = "'hook_succeeded', 'hook_failed'";
+
 fn kinds_in(dialect: Dialect, n: u8) -> String {
     match dialect {
         Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),
@@ -429,5 +438,26 @@ mod tests {
                 "detail"
             ]
         );
+    }
+
+    /// The hook result read names the kinds the partial index
+    /// `events_hook_results` covers, as the store writes them: a kind
+    /// renamed in one place only would make every hook look like it never
+    /// ran, or make SQLite scan every event again.
+    #[test]
+    fn hook_result_kinds_are_the_stored_names_the_index_covers() {
+        use super::{EventKind, HOOK_RESULT_KINDS};
+        let names =
+            [EventKind::HookSucceeded, EventKind::HookFailed].map(|k| format!("'{}'", k.as_str()));
+        assert_eq!(HOOK_RESULT_KINDS, names.join(", "));
+        for migration in [
+            include_str!("../../migrations/0013_status_read_indexes.sql"),
+            include_str!("../../migrations/postgres/0013_status_read_indexes.sql"),
+        ] {
+            assert!(
+                migration.contains(&format!("WHERE kind IN ({HOOK_RESULT_KINDS})")),
+                "{migration}"
+            );
+        }
     }
 }

@@ -129,10 +129,31 @@ const LOST_REASON: &str = "linetokd stopped while this issuance was in flight; \
 /// ([`Store::held_assertion_exp`]): closed as lost and possibly issued
 /// under a lease epoch, with its assertion's expiry, and not an orphan LINE
 /// already revoked. The caller adds the channel and the settled watermark.
-const HELD_INTENT: &str = "i.outcome = 'lost' AND i.maybe_issued = 1 \
-     AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
+///
+/// The `IN` term repeats what `= 'lost'` says so that SQLite reads the
+/// partial index `issue_intents_maybe_issued` (schema 13): it uses one only
+/// when the query's WHERE contains the index's terms as written.
+const HELD_INTENT: &str = "i.outcome IN ('failed', 'lost') AND i.outcome = 'lost' \
+     AND i.maybe_issued = 1 AND i.epoch IS NOT NULL AND i.assertion_exp IS NOT NULL \
      AND NOT EXISTS (SELECT 1 FROM fenced_orphans o WHERE o.intent_id = i.id \
        AND o.revoke_outcome = 'revoked')";
+
+/// [`Store::unsettled_issues_by_channel`]'s query.
+pub(super) const UNSETTLED_BY_CHANNEL: &str = "SELECT i.channel_id, i.group_name \
+     FROM issue_intents i LEFT JOIN channels c ON c.id = i.channel_id \
+     WHERE i.id > coalesce(c.settled_through_intent, 0) \
+       AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
+     ORDER BY i.channel_id, i.id";
+
+/// [`Store::held_assertion_exps_by_channel`]'s query.
+pub(super) fn held_by_channel_sql() -> String {
+    format!(
+        "SELECT i.channel_id, max(i.assertion_exp) FROM issue_intents i \
+         LEFT JOIN channels c ON c.id = i.channel_id \
+         WHERE i.id > coalesce(c.settled_through_intent, 0) AND {HELD_INTENT} \
+         GROUP BY i.channel_id"
+    )
+}
 
 /// Why a takeover closed the previous leader's issuance (docs/design.md
 /// §14.3).
@@ -644,27 +665,22 @@ impl Store {
 
     /// [`Self::unsettled_issues`] of every channel that has any, each
     /// past its own `channels.settled_through_intent`: one `(channel,
-    /// group)` per attempt, oldest first.
+    /// group)` per attempt, by channel, oldest first within each. That
+    /// order, and the literal outcome and `maybe_issued` terms, let SQLite
+    /// read the partial index `issue_intents_maybe_issued` (schema 13)
+    /// rather than every attempt ever made.
     ///
     /// # Errors
     ///
     /// [`StoreError::Query`].
     pub fn unsettled_issues_by_channel(&self) -> Result<Vec<(ChannelId, GroupName)>, StoreError> {
         self.read_db("listing unsettled issuances", |db| {
-            Ok(db.query_map(
-                "SELECT i.channel_id, i.group_name FROM issue_intents i \
-                 LEFT JOIN channels c ON c.id = i.channel_id \
-                 WHERE i.id > coalesce(c.settled_through_intent, 0) \
-                   AND i.outcome IN ('failed', 'lost') AND i.maybe_issued = 1 \
-                 ORDER BY i.id",
-                p![],
-                |row| {
-                    Ok((
-                        ChannelId::new(row.get_text(0)?),
-                        GroupName::new(row.get_text(1)?),
-                    ))
-                },
-            )?)
+            Ok(db.query_map(UNSETTLED_BY_CHANNEL, p![], |row| {
+                Ok((
+                    ChannelId::new(row.get_text(0)?),
+                    GroupName::new(row.get_text(1)?),
+                ))
+            })?)
         })
     }
 
@@ -741,21 +757,12 @@ impl Store {
         &self,
     ) -> Result<Vec<(ChannelId, DateTime<Utc>)>, StoreError> {
         self.read_db("reading the takeovers' unsettled issuances", |db| {
-            Ok(db.query_map(
-                &format!(
-                    "SELECT i.channel_id, max(i.assertion_exp) FROM issue_intents i \
-                     LEFT JOIN channels c ON c.id = i.channel_id \
-                     WHERE i.id > coalesce(c.settled_through_intent, 0) AND {HELD_INTENT} \
-                     GROUP BY i.channel_id"
-                ),
-                p![],
-                |row| {
-                    Ok((
-                        ChannelId::new(row.get_text(0)?),
-                        row.time(1, "assertion_exp")?,
-                    ))
-                },
-            )?)
+            Ok(db.query_map(&held_by_channel_sql(), p![], |row| {
+                Ok((
+                    ChannelId::new(row.get_text(0)?),
+                    row.time(1, "assertion_exp")?,
+                ))
+            })?)
         })
     }
 

@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_ha_instances",
         sql: include_str!("../../migrations/0012_ha_instances.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_status_read_indexes",
+        sql: include_str!("../../migrations/0013_status_read_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads.

@@ -1140,4 +1140,50 @@ mod tests {
         let off = Store::open_with(&dir.path().join("off.db"), options).unwrap();
         assert_eq!(synchronous(&off), 0);
     }
+
+    /// `status` reads these across all channels; events and issue intents
+    /// grow with every rotation, so each must read its partial index
+    /// (schema 13, `tokens_short_lived_gone` before it) and never scan the
+    /// table. SQLite picks a partial index only when the query's WHERE
+    /// repeats the index's terms as written: a reworded query falls back
+    /// to a scan silently, so the plans are checked here.
+    #[test]
+    fn status_reads_of_history_use_their_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plans.db");
+        drop(Store::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (sql, index) in [
+            (events::latest_hook_results_sql(), "events_hook_results"),
+            (
+                intents::UNSETTLED_BY_CHANNEL.to_owned(),
+                "issue_intents_maybe_issued",
+            ),
+            (intents::held_by_channel_sql(), "issue_intents_maybe_issued"),
+            (tokens::evictions_sql(Scope::All), "tokens_short_lived_gone"),
+        ] {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; explain.parameter_count()];
+            let plan: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(nulls), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("INDEX {index}"))),
+                "{index} not used by {sql}:\n{}",
+                plan.join("\n")
+            );
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step == "SCAN events" || step == "SCAN i" || step == "SCAN tokens"),
+                "a full scan in {sql}:\n{}",
+                plan.join("\n")
+            );
+        }
+    }
 }

@@ -5,6 +5,8 @@
 //! then stays: LINE never brings a dead token back, and the first cause
 //! recorded is the one worth keeping.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::events::insert_event;
@@ -200,7 +202,13 @@ impl Store {
     }
 
     /// Each group's latest short-lived token found evicted (marked gone:
-    /// LINE's verify refused it with time left) at or after `since`.
+    /// LINE's verify refused it with time left) at or after `since`, by
+    /// channel and group.
+    ///
+    /// The latest per group is picked here, not by a `GROUP BY`: grouping
+    /// in SQL made SQLite walk every token ever stored in group order
+    /// rather than read the partial index `tokens_short_lived_gone`, which
+    /// holds the evicted ones only.
     ///
     /// # Errors
     ///
@@ -210,24 +218,30 @@ impl Store {
         scope: Scope<'_>,
         since: DateTime<Utc>,
     ) -> Result<Vec<(ChannelId, GroupName, DateTime<Utc>)>, StoreError> {
-        self.read_db("reading evicted short-lived tokens", |db| {
+        let rows = self.read_db("reading evicted short-lived tokens", |db| {
             Ok(db.query_map(
-                &format!(
-                    "SELECT channel_id, group_name, MAX(state_changed_at) AS at FROM tokens \
-                     WHERE {} AND state = 'gone' AND substr(key_id, 1, 3) = 'sl:' \
-                     AND state_changed_at >= ?2 GROUP BY channel_id, group_name",
-                    scope.condition("channel_id")
-                ),
+                &evictions_sql(scope),
                 p![scope.param(), millis(since)],
                 |row| {
                     Ok((
-                        ChannelId::new(row.get_text(0)?),
-                        GroupName::new(row.get_text(1)?),
-                        row.time(2, "at")?,
+                        (
+                            ChannelId::new(row.get_text(0)?),
+                            GroupName::new(row.get_text(1)?),
+                        ),
+                        row.time(2, "state_changed_at")?,
                     ))
                 },
             )?)
-        })
+        })?;
+        let mut latest: BTreeMap<(ChannelId, GroupName), DateTime<Utc>> = BTreeMap::new();
+        for (group, at) in rows {
+            let slot = latest.entry(group).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        Ok(latest
+            .into_iter()
+            .map(|((channel, group), at)| (channel, group, at))
+            .collect())
     }
 
     /// Records that LINE confirmed the token valid at `now`.
@@ -372,6 +386,16 @@ fn key_order(db: &dyn Db) -> &'static str {
         Dialect::Sqlite => "key_id",
         Dialect::Postgres => "key_id COLLATE \"C\"",
     }
+}
+
+/// [`Store::evictions_in`]'s query: `?1` the scope's channel, `?2` since.
+pub(super) fn evictions_sql(scope: Scope<'_>) -> String {
+    format!(
+        "SELECT channel_id, group_name, state_changed_at FROM tokens \
+         WHERE {} AND state = 'gone' AND substr(key_id, 1, 3) = 'sl:' \
+         AND state_changed_at >= ?2",
+        scope.condition("channel_id")
+    )
 }
 
 /// Writes a live token's new state and the matching event.

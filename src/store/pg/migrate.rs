@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[PgMigration] = &[
         name: "0012_ha_instances",
         sql: include_str!("../../../migrations/postgres/0012_ha_instances.sql"),
     },
+    PgMigration {
+        version: 13,
+        name: "0013_status_read_indexes",
+        sql: include_str!("../../../migrations/postgres/0013_status_read_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary writes and reads on PostgreSQL.
