@@ -104,7 +104,7 @@ pub enum Command {
         /// The config file.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// How many days ahead to look.
+        /// How many days ahead to look, 1 to 400.
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=400))]
         days: u32,
         /// Print JSON (a documented, versioned shape) instead of a table.

@@ -251,8 +251,9 @@ fn version_names_the_version_and_the_commit() {
     );
 }
 
-/// HEAD's short commit, when the crate is the top of a git checkout (as
-/// `build.rs` decides); `None` for a copy outside git.
+/// HEAD's short commit, `-dirty` when a source differs from it, when the
+/// crate is the top of a git checkout (as `build.rs` decides); `None` for a
+/// copy outside git.
 fn git_head_short() -> Option<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let git = |args: &[&str]| {
@@ -270,5 +271,23 @@ fn git_head_short() -> Option<String> {
     if Path::new(&top).canonicalize().ok()? != dir.canonicalize().ok()? {
         return None;
     }
-    git(&["rev-parse", "--short", "HEAD"])
+    let commit = git(&["rev-parse", "--short", "HEAD"])?;
+    // build.rs's `SOURCES`: a change to any of them marks the build.
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "migrations",
+        "build.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_some_and(|changes| !changes.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
 }
