@@ -19,6 +19,14 @@
 //! group's plan and only the issues that need a fresh listing wait; the
 //! groups' verifies and revocations go on.
 //!
+//! LINE's 429 ("too many requests") to one group is an answer about the
+//! channel: asking again at once for the next group would only be refused
+//! too, and may prolong the restriction. So while a group of the channel
+//! waits out a 429, every other group that loses nothing by waiting (its
+//! deadline is after the wait, and no operator request is open for it)
+//! waits with it ([`hold_for_line_pause`]); a group at risk of losing its
+//! token, or one an operator asked for, still goes.
+//!
 //! A channel has one pool of 30 per token kind at LINE. Each group is
 //! planned against the pool of its own kind ([`pool_view`]): v2.1 groups
 //! against the listed counts (ours, foreign, lost), short-lived groups
@@ -35,7 +43,7 @@ use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, EVICTION_ORDER_TOLERANCE, GroupView};
-use crate::domain::{GroupName, KeyId, TokenKind};
+use crate::domain::{FailureKind, GroupName, KeyId, TokenKind};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
 /// ones that still hold live tokens) and its counts. `view.live_ours` is
@@ -97,6 +105,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
         .as_ref()
         .map(|r| r.not_before)
         .filter(|at| *at > now);
+    let paused_until = line_paused_until(now, state);
     let mut plans: Vec<Plan> = state
         .groups
         .iter()
@@ -109,6 +118,9 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             let mut plan = plan_group(now, g, pool, rules);
             if let Some(until) = listing_held_until {
                 hold_listing(&mut plan, now, until, rules);
+            }
+            if let Some(until) = paused_until {
+                hold_for_line_pause(&mut plan, g, now, until, rules);
             }
             plan
         })
@@ -244,6 +256,49 @@ fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>, rules
     }
 }
 
+/// Until when LINE asked the channel to slow down: the latest retry instant
+/// of a group whose last failure was LINE's 429, if one is still ahead.
+fn line_paused_until(now: DateTime<Utc>, state: &ChannelState) -> Option<DateTime<Utc>> {
+    state
+        .groups
+        .iter()
+        .filter_map(|g| g.retry.as_ref())
+        .filter(|r| r.kind == FailureKind::RateLimited)
+        .map(|r| r.not_before)
+        .filter(|at| *at > now)
+        .max()
+}
+
+/// Makes a group wait out another group's 429 (until `until`) when it
+/// loses nothing by waiting: it has no retry of its own (that one already
+/// governs it), no open operator request (a rotation or incident asked for
+/// goes now), and its deadline is after `until` (a removed group has
+/// none). Its calls to LINE, and its wait for capacity (which would revoke
+/// tokens at LINE), move to `until`.
+fn hold_for_line_pause(
+    plan: &mut Plan,
+    group: &GroupView,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    rules: &Rules,
+) {
+    let calls_line = !plan.steps.is_empty() || matches!(plan.hold, Some(Hold::Capacity { .. }));
+    let can_wait = group.retry.is_none()
+        && group.requests.is_empty()
+        && super::plan::deadline(now, group, rules).is_none_or(|at| at > until);
+    if !calls_line || !can_wait {
+        return;
+    }
+    let issues = plan.steps.iter().any(|s| matches!(s, Step::Issue { .. }))
+        || matches!(plan.hold, Some(Hold::Capacity { .. }));
+    plan.steps.clear();
+    plan.hold = Some(Hold::LinePaused { until });
+    if issues {
+        plan.next_rotation_at = plan.next_rotation_at.map(|at| at.max(until));
+    }
+    plan.wake_at = until.min(time::safety_wake(now, rules.max_sleep));
+}
+
 /// When to try again after LINE's 30-token refusal at `now`: the next
 /// expiry LINE will honour (the earliest live token of ours on the channel,
 /// whose instant we know) plus a second's margin, but no later than
@@ -315,6 +370,86 @@ mod tests {
             groups: vec![in_doubt, group("b", vec![])],
             view: ChannelView { lost: 1, ..view },
         }
+    }
+
+    /// LINE's 429 to group `a` (waiting until `until`) beside `b`, whose
+    /// rotation is due but who can wait, and `c`, who has no token.
+    fn a_rate_limited(until: DateTime<Utc>) -> ChannelState {
+        let due = |name: &str| {
+            // Verified just now, expiring in 12 hours: due for rotation
+            // (a day ahead), with hours to its deadline.
+            let mut t = TokenRecord::live(
+                KeyId::new(format!("{name}-1")),
+                t0() - Duration::hours(708),
+                t0() + Duration::hours(12),
+            );
+            t.verified_at = Some(t0());
+            group(name, vec![t])
+        };
+        let a = GroupView {
+            retry: Some(RetryState {
+                failures: 1,
+                kind: FailureKind::RateLimited,
+                not_before: until,
+            }),
+            ..due("a")
+        };
+        ChannelState {
+            groups: vec![a, due("b"), group("c", vec![])],
+            view: fresh_view(),
+        }
+    }
+
+    #[test]
+    fn another_groups_429_holds_a_group_that_can_wait_but_not_one_at_risk() {
+        let rules = Rules::default();
+        let until = t0() + Duration::minutes(5);
+        let state = a_rate_limited(until);
+        let d = drive(t0(), &state, &rules);
+        // c has no token: it goes now, whatever LINE told a.
+        match &d.next {
+            Next::Execute { group, plan } => {
+                assert_eq!(*group, 2);
+                assert!(matches!(plan.steps.last(), Some(Step::Issue { .. })));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(d.plans[0].hold, Some(Hold::Retry { until }));
+        // b's rotation could go now, but it loses nothing by waiting.
+        let b = &d.plans[1];
+        assert!(b.steps.is_empty(), "{b:?}");
+        assert_eq!(b.hold, Some(Hold::LinePaused { until }));
+        assert_eq!(b.wake_at, until);
+        assert_eq!(b.next_rotation_at, Some(until));
+
+        // Once a may try again, so may b.
+        let d = drive(until, &state, &rules);
+        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
+        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+    }
+
+    #[test]
+    fn a_429_holds_no_group_whose_deadline_comes_first_or_an_operator_asked_for() {
+        let rules = Rules::default();
+        // A Retry-After past b's deadline (its token expires in 12 hours):
+        // b goes now rather than lose its token.
+        let until = t0() + Duration::hours(13);
+        let d = drive(t0(), &a_rate_limited(until), &rules);
+        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
+        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+
+        // An operator's `rotate` for b is "try now".
+        let until = t0() + Duration::minutes(5);
+        let mut state = a_rate_limited(until);
+        state.groups[1].requests.push(crate::domain::OpenRequest {
+            id: 7,
+            kind: crate::domain::RequestKind::Rotate,
+            at: t0(),
+            by: "test".to_owned(),
+        });
+        let d = drive(t0(), &state, &rules);
+        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
+        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
     }
 
     /// The default rules with LINE's clock allowed 1 s off.

@@ -106,6 +106,12 @@ impl fmt::Display for Hold {
             Self::Capacity { needed } => {
                 write!(f, "the channel is full: {needed} token(s) must go first")
             }
+            Self::LinePaused { until } => write!(
+                f,
+                "LINE answered another group of the channel 429 (too many requests); \
+                 this group can wait and calls LINE again at {}",
+                at(*until)
+            ),
         }
     }
 }
@@ -341,6 +347,7 @@ mod tests {
             (Hold::Reconcile, "Reconcile"),
             (Hold::Settling { until: t0() }, "Settling"),
             (Hold::Capacity { needed: 2 }, "Capacity"),
+            (Hold::LinePaused { until: t0() }, "LinePaused"),
         ] {
             assert_words(&hold.to_string(), name);
         }

@@ -341,8 +341,8 @@ pub struct AlertLabelStatus {
 /// Why an issue waits.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldStatus {
-    /// `retry`, `older_token_live`, `rate_limit`, `reconcile`, `settling`
-    /// or `capacity`.
+    /// `retry`, `older_token_live`, `rate_limit`, `reconcile`, `settling`,
+    /// `capacity` or `line_paused`.
     pub kind: &'static str,
     /// Until when, when known.
     pub until: Option<DateTime<Utc>>,
@@ -764,6 +764,7 @@ pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
         Hold::Reconcile => ("reconcile", None),
         Hold::Settling { until } => ("settling", Some(*until)),
         Hold::Capacity { .. } => ("capacity", None),
+        Hold::LinePaused { until } => ("line_paused", Some(*until)),
     };
     HoldStatus {
         kind,
