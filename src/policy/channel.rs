@@ -117,7 +117,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             };
             let mut plan = plan_group(now, g, pool, rules);
             if let Some(until) = listing_held_until {
-                hold_listing(&mut plan, now, until, rules);
+                hold_listing(&mut plan, g, now, until);
             }
             if let Some(until) = paused_until {
                 hold_for_line_pause(&mut plan, g, now, until, rules);
@@ -247,12 +247,39 @@ fn eviction_suspects(now: DateTime<Utc>, groups: &[GroupView]) -> Vec<KeyId> {
 
 /// Takes the key-ID listing out of a plan while the channel's listing
 /// streak holds it until `until`: the plan's other steps stand (verify and
-/// revoke do not need it), and a plan left without steps wakes at `until`.
-fn hold_listing(plan: &mut Plan, now: DateTime<Utc>, until: DateTime<Utc>, rules: &Rules) {
+/// revoke do not need it), and a plan left without steps wakes at `until`,
+/// or sooner when something else changes for the group first (its token
+/// expires).
+///
+/// An issue that waits for the listing waits until `until` too. The plan
+/// could not know that ([`plan_group`] sees one group, the listing's
+/// streak is the channel's), so the alerts are raised here: a group
+/// without a live token, or whose token expires before `until`, is at
+/// risk, however long the listing's backoff (30 minutes after a
+/// permanent failure such as a key LINE does not know).
+fn hold_listing(plan: &mut Plan, group: &GroupView, now: DateTime<Utc>, until: DateTime<Utc>) {
     let before = plan.steps.len();
     plan.steps.retain(|s| *s != Step::Reconcile);
     if plan.steps.len() != before && plan.steps.is_empty() {
-        plan.wake_at = until.min(time::safety_wake(now, rules.max_sleep));
+        plan.wake_at = until.min(plan.idle_until);
+    }
+    if plan.hold != Some(Hold::Reconcile) || group.removed_at.is_some() {
+        return;
+    }
+    let alert = match group.current(now) {
+        None => Alert::NoLiveToken {
+            next_attempt_at: Some(until),
+        },
+        Some(t) if t.expires_at <= until => Alert::ExpiresBeforeSuccessor {
+            key_id: t.key_id.clone(),
+            expires_at: t.expires_at,
+            next_attempt_at: until,
+        },
+        Some(_) => return,
+    };
+    let same_kind = |a: &Alert| std::mem::discriminant(a) == std::mem::discriminant(&alert);
+    if !plan.alerts.iter().any(same_kind) {
+        plan.alerts.push(alert);
     }
 }
 
@@ -296,7 +323,7 @@ fn hold_for_line_pause(
     if issues {
         plan.next_rotation_at = plan.next_rotation_at.map(|at| at.max(until));
     }
-    plan.wake_at = until.min(time::safety_wake(now, rules.max_sleep));
+    plan.wake_at = until.min(plan.idle_until);
 }
 
 /// When to try again after LINE's 30-token refusal at `now`: the next
@@ -645,6 +672,63 @@ mod tests {
             d.channel_alerts
                 .iter()
                 .any(|a| matches!(a, Alert::ReconcileFailing { failures: 3, .. }))
+        );
+    }
+
+    #[test]
+    fn a_listing_held_past_a_tokens_expiry_alerts_and_wakes_at_the_expiry() {
+        // Found by an outside test: a key LINE does not know holds the
+        // listing for 30 minutes (permanent); the groups' tokens expired
+        // meanwhile with no critical alert, and nothing woke at the expiry.
+        let rules = Rules::default();
+        let now = t0() + Duration::days(29) + Duration::hours(23);
+        let expires = now + Duration::minutes(10);
+        let tok = TokenRecord::live(KeyId::new("a-1"), t0(), expires);
+        let until = now + Duration::minutes(30);
+        let a = GroupView {
+            last_verified_at: Some(now),
+            ..group("a", vec![tok])
+        };
+        let state = ChannelState {
+            groups: vec![a, group("b", vec![])],
+            view: ChannelView {
+                last_reconcile_at: Some(now - Duration::hours(2)),
+                reconcile_retry: Some(RetryState {
+                    failures: 1,
+                    kind: FailureKind::Permanent,
+                    not_before: until,
+                }),
+                ..ChannelView::default()
+            },
+        };
+        let d = drive(now, &state, &rules);
+        let a = &d.plans[0];
+        assert_eq!(a.hold, Some(Hold::Reconcile), "{a:?}");
+        assert!(
+            a.alerts.contains(&Alert::ExpiresBeforeSuccessor {
+                key_id: KeyId::new("a-1"),
+                expires_at: expires,
+                next_attempt_at: until,
+            }),
+            "{a:?}"
+        );
+        assert_eq!(a.wake_at, expires, "the expiry, not the listing's retry: {a:?}");
+        let b = &d.plans[1];
+        assert!(
+            b.alerts.contains(&Alert::NoLiveToken {
+                next_attempt_at: Some(until)
+            }),
+            "{b:?}"
+        );
+        assert!(matches!(d.next, Next::Idle { until: at } if at == expires));
+        // At the expiry a has no token either, and says so.
+        let d = drive(expires, &state, &rules);
+        assert!(
+            d.plans[0].alerts.contains(&Alert::NoLiveToken {
+                next_attempt_at: Some(until)
+            }),
+            "{:?}",
+            d.plans[0]
         );
     }
 

@@ -88,6 +88,13 @@ pub struct Plan {
     /// them), otherwise the earliest instant anything could change, and never
     /// later than `now + MAX_SLEEP`.
     pub wake_at: DateTime<Utc>,
+    /// When to plan again were `steps` empty: the earliest instant anything
+    /// could change for the group (a token's expiry, a retry, a due time),
+    /// never later than `now + MAX_SLEEP`. Equal to `wake_at` when there
+    /// are no steps. The driver wakes by it when it takes steps out of a
+    /// plan (a held listing, a 429 pause), so that a token expiring during
+    /// the hold is still noticed (and alerted on) when it expires.
+    pub idle_until: DateTime<Utc>,
     /// The earliest a new token could be issued, if nothing else changes:
     /// the rotation time pushed back by whatever holds it (retry, rate,
     /// a live older token). `None` for a removed group. For status and
@@ -466,14 +473,16 @@ impl Draft {
         hold: Option<Hold>,
         next_rotation_at: Option<DateTime<Utc>>,
     ) -> Plan {
+        let idle_until = self.earliest_wake();
         let wake_at = if steps.is_empty() {
-            self.earliest_wake()
+            idle_until
         } else {
             self.now
         };
         Plan {
             steps,
             wake_at,
+            idle_until,
             next_rotation_at,
             hold,
             alerts: self.alerts,
