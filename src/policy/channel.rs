@@ -712,7 +712,10 @@ mod tests {
             }),
             "{a:?}"
         );
-        assert_eq!(a.wake_at, expires, "the expiry, not the listing's retry: {a:?}");
+        assert_eq!(
+            a.wake_at, expires,
+            "the expiry, not the listing's retry: {a:?}"
+        );
         let b = &d.plans[1];
         assert!(
             b.alerts.contains(&Alert::NoLiveToken {

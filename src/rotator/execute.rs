@@ -1065,6 +1065,36 @@ impl Rotator {
         })
     }
 
+    /// Holds each group of `setup` named in `groups`, whose issuance a
+    /// previous run left in flight, as after a "may have issued" failure
+    /// (docs/design.md 5.4): at least a minute, and no later than its
+    /// deadline. Without it the restarted daemon asked LINE again within a
+    /// second or two, and a daemon killed at the same step on every start
+    /// left a token nobody can revoke on every start.
+    pub(super) async fn hold_after_lost_issues(
+        &self,
+        setup: &ChannelSetup,
+        groups: &[GroupName],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let snapshot = self.snapshot(setup, now).await?;
+        let state = snapshot.state(&setup.id, setup.secret.is_some());
+        for group in groups {
+            let Some(gi) = state.groups.iter().position(|g| g.group == *group) else {
+                continue;
+            };
+            let error = StepError::Contract {
+                what: "linetokd stopped while this issuance was in flight; LINE may have \
+                       issued a token nobody can revoke, so the next attempt waits"
+                    .to_owned(),
+                kind: FailureKind::MaybeIssued,
+            };
+            self.record_failure(setup, &state, gi, "issue", error)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn record_failure(
         &self,
         setup: &ChannelSetup,

@@ -25,7 +25,7 @@
 
 mod execute;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -401,6 +401,7 @@ impl Rotator {
         }
         let now = self.clock.now();
         let lost = self.db(move |store| store.close_lost_intents(now)).await?;
+        let mut groups: BTreeMap<ChannelId, Vec<GroupName>> = BTreeMap::new();
         for intent in &lost {
             tracing::warn!(
                 channel = %intent.channel_id,
@@ -410,6 +411,17 @@ impl Rotator {
                 "an issuance was in flight when linetokd last stopped: {}",
                 intent.error.as_deref().unwrap_or("its outcome is unknown")
             );
+            let of_channel = groups.entry(intent.channel_id.clone()).or_default();
+            if !of_channel.contains(&intent.group) {
+                of_channel.push(intent.group.clone());
+            }
+        }
+        // Each such group waits as after any issue LINE may have answered.
+        // A channel no longer configured is not looked after at all.
+        for (channel, groups) in groups {
+            if let Some(setup) = self.setup(&channel) {
+                self.hold_after_lost_issues(&setup, &groups, now).await?;
+            }
         }
         Ok(lost.len())
     }

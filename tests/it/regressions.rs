@@ -53,16 +53,17 @@ async fn mock_line(failing_issues: usize) -> Mock {
 /// moves, over a fresh store in `dir`. Returns the store too, so a test can
 /// prepare what a previous run left behind.
 fn rotator(dir: &std::path::Path, base_url: &str) -> (Arc<Rotator>, Store) {
-    rotator_with_metrics(dir, base_url, Metrics::shared())
+    rotator_with_metrics(dir, base_url, Metrics::shared(), support::manual_clock())
 }
 
-/// [`rotator`], recording into `metrics`.
+/// [`rotator`], recording into `metrics`, on `clock` (which the test may
+/// move).
 fn rotator_with_metrics(
     dir: &std::path::Path,
     base_url: &str,
     metrics: Arc<Metrics>,
+    clock: linetokd::clock::ManualClock,
 ) -> (Arc<Rotator>, Store) {
-    let clock = support::manual_clock();
     let store = Store::open(&dir.join("linetokd.db")).unwrap();
     let groups = vec![GroupName::new("a"), GroupName::new("b")];
     store
@@ -112,11 +113,19 @@ fn paths(mock: &Mock) -> Vec<String> {
 /// unsettled after that reconcile; the policy asked for another reconcile,
 /// and another, until the second was over (64 requests to LINE in a burst,
 /// seen end to end after a kill -9 and a quick restart).
+///
+/// And (found by an outside test): the group whose issuance was lost asked
+/// LINE again at once after the restart; a daemon killed at that step on
+/// every start left a token nobody can revoke on every start. It now waits
+/// as after any issue LINE may have answered: a minute (its deadline, as
+/// it has no token), while the other group goes at once.
 #[tokio::test]
-async fn a_lost_issuance_is_settled_by_one_reconcile_in_the_same_second() {
+async fn a_lost_issuance_is_settled_by_one_reconcile_and_its_group_waits_a_minute() {
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_line(0).await;
-    let (rotator, store) = rotator(dir.path(), &mock.base_url);
+    let clock = support::manual_clock();
+    let (rotator, store) =
+        rotator_with_metrics(dir.path(), &mock.base_url, Metrics::shared(), clock.clone());
     // What a run killed mid-issuance leaves: an open intent, this very second.
     store
         .begin_issue(
@@ -126,11 +135,24 @@ async fn a_lost_issuance_is_settled_by_one_reconcile_in_the_same_second() {
         )
         .unwrap();
     assert_eq!(rotator.start_up().await.unwrap(), 1);
+    let a = store
+        .group(&ChannelId::new(CHANNEL), &GroupName::new("a"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        a.runtime.failure_kind,
+        Some(linetokd::domain::FailureKind::MaybeIssued)
+    );
+    let retry_at = support::start_time() + chrono::Duration::minutes(1);
+    assert_eq!(a.runtime.retry_not_before, Some(retry_at));
 
     rotator.pass(&CancellationToken::new()).await.unwrap();
-
     assert_eq!(count(&mock, KID_LIST), 1, "{:?}", paths(&mock));
-    assert_eq!(count(&mock, ISSUE), 2, "both groups got their token");
+    assert_eq!(count(&mock, ISSUE), 1, "b only: {:?}", paths(&mock));
+
+    clock.set(retry_at);
+    rotator.pass(&CancellationToken::new()).await.unwrap();
+    assert_eq!(count(&mock, ISSUE), 2, "a too: {:?}", paths(&mock));
 }
 
 /// The same bug after a failed issue: group `a`'s issue fails, and group
@@ -166,7 +188,12 @@ async fn successful_and_failed_issues_are_both_counted_in_rotations_total() {
             .into_iter()
             .collect(),
     );
-    let (rotator, _store) = rotator_with_metrics(dir.path(), &mock.base_url, Arc::clone(&metrics));
+    let (rotator, _store) = rotator_with_metrics(
+        dir.path(),
+        &mock.base_url,
+        Arc::clone(&metrics),
+        support::manual_clock(),
+    );
     rotator.pass(&CancellationToken::new()).await.unwrap();
 
     let text = metrics.render();
