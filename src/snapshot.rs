@@ -277,6 +277,8 @@ impl Snapshot {
             relist_needed: row
                 .and_then(|c| c.full.map(|f| c.settled_through_intent < f.intent))
                 .unwrap_or(false),
+            // Counted from the groups by the driver.
+            expired_since_listing: 0,
         }
     }
 

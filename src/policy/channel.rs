@@ -43,7 +43,7 @@ use super::plan::{Alert, Hold, Plan, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, EVICTION_ORDER_TOLERANCE, GroupView};
-use crate::domain::{FailureKind, GroupName, KeyId, TokenKind};
+use crate::domain::{FailureKind, GroupName, KeyId, TokenKind, TokenState};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
 /// ones that still hold live tokens) and its counts. `view.live_ours` is
@@ -199,6 +199,10 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
     if kind.is_listed() {
         ChannelView {
             live_ours,
+            expired_since_listing: state
+                .view
+                .last_reconcile_at
+                .map_or(0, |at| expired_since(at, now, &state.groups, kind)),
             ..state.view.clone()
         }
     } else {
@@ -281,6 +285,25 @@ fn hold_listing(plan: &mut Plan, group: &GroupView, now: DateTime<Utc>, until: D
     if !plan.alerts.iter().any(same_kind) {
         plan.alerts.push(alert);
     }
+}
+
+/// Our tokens of `kind` that were live at `listed` (issued by then,
+/// expiring after it) and have expired by `now`, unless revoked or found
+/// gone since ([`ChannelView::expired_since_listing`]).
+fn expired_since(
+    listed: DateTime<Utc>,
+    now: DateTime<Utc>,
+    groups: &[GroupView],
+    kind: TokenKind,
+) -> u32 {
+    let n = groups
+        .iter()
+        .flat_map(|g| &g.tokens)
+        .filter(|t| t.kind() == kind)
+        .filter(|t| matches!(t.state, TokenState::Live | TokenState::Expired))
+        .filter(|t| t.issued_at <= listed && listed < t.expires_at && t.expires_at <= now)
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Until when LINE asked the channel to slow down: the latest retry instant
@@ -751,7 +774,7 @@ mod tests {
         assert_eq!(until, t0() + Duration::milliseconds(1_700));
         state.view.full_until = Some(until);
         state.view.relist_needed = true;
-        state.view.foreign = 28;
+        state.view.foreign = 29;
         // At once: our count was wrong, so the key IDs are listed again.
         let d = drive(t0(), &state, &rules);
         match d.next {
@@ -761,8 +784,10 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        // Listed; before `until` both groups wait (nothing of ours can
-        // make room) and the channel idles no later than `until`.
+        // Listed: 29 foreign and our one fill the channel. Our token
+        // expires before `until`, but LINE may count it until then: both
+        // groups wait (nothing of ours can make room) and the channel idles
+        // no later than `until`.
         // (at the same instant: order is by the listing, not the clock)
         state.view.last_reconcile_at = Some(t0());
         state.view.relist_needed = false;
@@ -774,6 +799,37 @@ mod tests {
         match d.next {
             Next::Execute { plan, .. } => {
                 assert!(matches!(plan.steps.last(), Some(Step::Issue { .. })))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_listing_after_a_full_refusal_that_shows_room_is_used_at_once() {
+        // Found by an outside test: two foreign tokens expired after the
+        // refusal and the next listing no longer showed them, yet the
+        // groups waited for our own token's expiry, one past its deadline.
+        let rules = Rules::default();
+        let expiring = TokenRecord::live(
+            KeyId::new("old"),
+            t0() - Duration::days(30),
+            t0() + Duration::seconds(30),
+        );
+        let mut state = ChannelState {
+            groups: vec![group("a", vec![expiring]), group("b", vec![])],
+            view: fresh_view(),
+        };
+        state.view.full_until = Some(full_until(t0(), &state, &rules));
+        state.view.relist_needed = false;
+        state.view.last_reconcile_at = Some(t0() + Duration::seconds(5));
+        state.view.foreign = 27;
+        let d = drive(t0() + Duration::seconds(5), &state, &rules);
+        match d.next {
+            Next::Execute { plan, .. } => {
+                assert!(
+                    matches!(plan.steps.last(), Some(Step::Issue { .. })),
+                    "{plan:?}"
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

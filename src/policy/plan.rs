@@ -825,9 +825,17 @@ fn plan_active(
                 .saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
             let mut free = free_capacity(channel, rules, freed);
             if let Some(until) = full_until {
-                // LINE said the channel is full: only what we revoke
-                // ourselves is certainly room before `until`.
-                free = free.min(i64::from(freed));
+                // LINE said the channel is full, and a listing asked for
+                // after that refusal has counted the channel again (no
+                // issue comes before one: `relist_needed`). That count is
+                // LINE's word, newer than the refusal: room it shows was
+                // freed since (a foreign token expired) and is used at
+                // once. Only our tokens that expired after the listing may
+                // still be counted by LINE until `until`. (Trusting only
+                // our own revocations until then, as before, left a group
+                // past its deadline while LINE had room: found by an
+                // outside test.)
+                free -= i64::from(channel.expired_since_listing);
                 draft.wake(until);
             }
             if free < 1 {

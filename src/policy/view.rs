@@ -185,6 +185,13 @@ pub struct ChannelView {
     /// True after LINE's 30-token refusal until a key-ID listing asked for
     /// after it succeeds: our count was wrong, so no issue before it.
     pub relist_needed: bool,
+    /// Our tokens of the pool that the last listing counted (issued by
+    /// then, expiring after it) and whose expiry has passed since, unless
+    /// revoked or found gone. While LINE's 30-token refusal holds
+    /// (`full_until`) they still take room: LINE frees a slot only once
+    /// its own clock passes the expiry. Recounted from the groups by the
+    /// driver; callers may leave it at zero.
+    pub expired_since_listing: u32,
     /// Short-lived pool only: our oldest live short-lived tokens on the
     /// channel (every one issued within [`EVICTION_ORDER_TOLERANCE`] of the
     /// oldest: our issue times do not order tokens issued together the way

@@ -246,6 +246,7 @@ impl World {
             reconcile_retry: self.reconcile_retry.clone(),
             full_until: self.full_until,
             relist_needed: self.relist_needed,
+            expired_since_listing: 0,
             eviction_suspects: Vec::new(),
             held_assertion_exp: None,
         }
