@@ -736,10 +736,21 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
         })?;
-        // The printed commands start the way the user started us.
+        // The printed commands start the way the user started us: by name
+        // when found on PATH, else by path, made absolute so that they work
+        // from any directory (`cargo run` starts `target/release/linetokd`,
+        // relative to the repository).
         let program = std::env::args_os().next().map_or_else(
             || "linetokd".to_owned(),
-            |p| p.to_string_lossy().into_owned(),
+            |p| {
+                let path = PathBuf::from(&p);
+                let absolute = if path.components().count() > 1 && path.is_relative() {
+                    std::env::current_dir().map_or(path.clone(), |dir| dir.join(&path))
+                } else {
+                    path
+                };
+                absolute.to_string_lossy().into_owned()
+            },
         );
         demo::run(shutdown, run_for, &program, &mut std::io::stdout())
             .await
@@ -774,7 +785,11 @@ fn sandbox_cmd(listen: SocketAddr, path: &Path) -> Result<(), Failure> {
         let shutdown = app::shutdown_on_signals().map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context("while installing signal handlers"))
         })?;
-        sandbox::run(listen, path, Arc::new(SystemClock), shutdown)
+        // A config that cannot be used is a usage error (exit 2), as for
+        // the daemon's.
+        let sandbox = sandbox::load(path, Arc::new(SystemClock))
+            .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+        sandbox::serve_at(listen, sandbox, shutdown)
             .await
             .map_err(Failure::Runtime)
     })
@@ -787,12 +802,16 @@ fn assertion_cmd(
     token_exp: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
     let usage = |e: anyhow::Error| Failure::Usage(e);
+    // LINE would refuse an assertion for anything but a channel's numeric
+    // ID; say so here rather than sign one that cannot work.
+    let channel = config::check_channel_id(&channel)
+        .map_err(|why| usage(anyhow::anyhow!("--channel {why}")))?;
     let key = SigningKey::from_file(key).map_err(|e| usage(e.into()))?;
     let token_exp = token_exp
         .map(chrono::Duration::from_std)
         .transpose()
         .map_err(|e| usage(anyhow::anyhow!("--token-exp is out of range: {e}")))?;
-    let signer = AssertionSigner::new(ChannelId::new(channel), SigningKid::new(kid), key);
+    let signer = AssertionSigner::new(channel, SigningKid::new(kid), key);
     let jwt = signer
         .sign(chrono::Utc::now(), token_exp)
         .map_err(|e| usage(e.into()))?;

@@ -34,10 +34,12 @@ fn main() -> ExitCode {
         Err(failure) => {
             // `eprintln!` would panic if stderr is closed too; the exit
             // code still tells.
+            // Each cause once: some errors repeat their source in their
+            // own message, which `{:#}` would print twice.
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "linetokd: error: {:#}",
-                failure.error()
+                "linetokd: error: {}",
+                linetokd::logging::error_chain(failure.error().as_ref())
             );
             failure.exit_code()
         }

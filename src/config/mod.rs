@@ -69,7 +69,7 @@ pub use long_lived::{LongLivedConfig, LongLivedSettings, read_token_file};
 pub use stateless::{StatelessAuthKind, StatelessConfig, StatelessOutline, StatelessSettings};
 pub use validate::{
     ChannelConfig, ChannelOutline, DaemonConfig, GroupConfig, HookConfig, LogFormat, Outline,
-    SinkConfig, SinkFormat, ValidConfig,
+    SinkConfig, SinkFormat, ValidConfig, check_channel_id,
 };
 
 /// Where the daemon looks for its config file unless told otherwise.

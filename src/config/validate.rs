@@ -1257,7 +1257,13 @@ fn parse_line_api(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-pub(super) fn check_channel_id(id: &str) -> Result<ChannelId, String> {
+/// A channel ID as LINE gives it: digits only, at most
+/// `MAX_CHANNEL_ID_LEN` of them. The error completes a sentence that
+/// starts with the value's name.
+///
+/// # Errors
+/// What is wrong with `id`.
+pub fn check_channel_id(id: &str) -> Result<ChannelId, String> {
     if id.is_empty() {
         return Err("is missing: the channel ID from the LINE Developers Console".to_owned());
     }

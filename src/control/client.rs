@@ -31,6 +31,19 @@ pub enum ClientError {
         /// The cause.
         source: io::Error,
     },
+    /// The daemon closed the connection without an answer: it stopped
+    /// (or was killed) while working on the request. A request it had
+    /// recorded by then is carried out when it starts again.
+    #[error(
+        "the daemon on {} stopped before it answered; if it had recorded the request, it \
+         carries it out when it starts again (`linetokd status` lists open requests under \
+         their group)",
+        path.display()
+    )]
+    NoAnswer {
+        /// The socket path.
+        path: PathBuf,
+    },
     /// The daemon's answer could not be read.
     #[error("the daemon's answer on {} is not understood: {detail}", path.display())]
     BadResponse {
@@ -82,13 +95,42 @@ pub fn send(
         .read_line(&mut answer)
         .map_err(io("reading from", &path))?;
     if answer.is_empty() {
-        return Err(ClientError::BadResponse {
-            path,
-            detail: "the daemon closed the connection without answering".to_owned(),
-        });
+        return Err(ClientError::NoAnswer { path });
     }
     serde_json::from_str(answer.trim_end()).map_err(|e| ClientError::BadResponse {
         path,
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ChannelId;
+
+    /// Found by an outside test: a daemon killed after it recorded a
+    /// `revoke` left the CLI saying its answer was "not understood", when
+    /// the request stood and was carried out after the restart.
+    #[test]
+    fn a_daemon_that_stops_before_answering_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        // Reads the request, then goes away without a word.
+        let daemon = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            line
+        });
+        let request = Request::Rotate {
+            channel: ChannelId::new("1"),
+            group: None,
+        };
+        let err = send(dir.path(), &request, Duration::from_secs(30)).unwrap_err();
+        assert!(daemon.join().unwrap().contains("rotate"));
+        assert!(matches!(err, ClientError::NoAnswer { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("stopped before it answered"), "{text}");
+        assert!(text.contains("starts again"), "{text}");
+    }
 }

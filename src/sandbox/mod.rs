@@ -587,8 +587,28 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = SandboxConfig::load(config)?;
-    let sandbox = Sandbox::new(config, clock)?;
+    serve_at(listen, load(config, clock)?, shutdown).await
+}
+
+/// The sandbox `config` describes, on `clock`: the config half of [`run`],
+/// so the command can tell a bad config (exit 2) from a failure to serve.
+///
+/// # Errors
+/// An unreadable or invalid config, or a key file it names.
+pub fn load(config: &Path, clock: SharedClock) -> Result<Sandbox, SandboxError> {
+    Sandbox::new(SandboxConfig::load(config)?, clock)
+}
+
+/// Binds `listen`, prints the address as [`run`] does, and serves
+/// `sandbox` until `shutdown`.
+///
+/// # Errors
+/// A listen address that cannot be bound, or the server failing.
+pub async fn serve_at(
+    listen: SocketAddr,
+    sandbox: Sandbox,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("while binding the sandbox to {listen}"))?;

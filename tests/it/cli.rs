@@ -82,6 +82,20 @@ fn assertion_with_a_bad_key_or_lifetime_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("30 days"));
+
+    // LINE's channel IDs are digits: anything else is refused, not signed.
+    let out = linetokd()
+        .args(["assertion", "--channel", "abc", "--kid", "k", "--key"])
+        .arg(example_key())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--channel \"abc\"") && err.contains("numeric"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing signed");
 }
 
 #[test]

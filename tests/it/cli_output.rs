@@ -150,6 +150,36 @@ fn real_errors_still_print_and_exit_nonzero_with_a_closed_stdout() {
     );
 }
 
+/// Found by an outside test: a missing config file named its cause twice
+/// (`...: No such file or directory (os error 2): No such file or
+/// directory (os error 2)`), and the sandbox's exited 1 where every other
+/// config error exits 2.
+#[test]
+fn a_missing_config_is_exit_2_naming_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    for args in [
+        &["status"][..],
+        &["check-config"],
+        &["sandbox", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = linetokd()
+            .args(args)
+            .arg("--config")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("missing.toml"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn completion_scripts_name_every_subcommand() {
     let subcommands = [
