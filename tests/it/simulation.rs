@@ -1354,21 +1354,29 @@ impl AlertWatch {
                 f.given_up += 1;
             }
         }
-        // A notification with news: an episode the receiver had not been
-        // told of, or a resolve. Every flush carries the whole group, so
-        // news brings the alerts already told along.
+        // A notification with news, or due: an episode the receiver had not
+        // been told of, a resolve, or an alert whose own repeat interval
+        // has passed since it was last sent. Every flush carries the whole
+        // group, so news and a due repeat (a critical alert's, hourly)
+        // bring the alerts already told along.
         let mut by_time: Vec<(&str, &Sent)> = sent.iter().map(|(id, s)| (*id, s)).collect();
         by_time.sort_by_key(|(id, s)| (s.first, *id));
-        let mut told: HashSet<&EpisodeKey> = HashSet::new();
+        let mut last_sent: HashMap<&EpisodeKey, DateTime<Utc>> = HashMap::new();
         let mut news: HashSet<&str> = HashSet::new();
         for (id, s) in &by_time {
-            if s.items
-                .iter()
-                .any(|(k, status)| status == "resolved" || !told.contains(k))
-            {
+            let due = |k: &EpisodeKey, status: &str| {
+                let repeat = self
+                    .episodes
+                    .get(k)
+                    .map_or(Duration::zero(), |e| repeat_interval(&e.severity));
+                status == "resolved" || last_sent.get(k).is_none_or(|at| s.first - *at >= repeat)
+            };
+            if s.items.iter().any(|(k, status)| due(k, status)) {
                 news.insert(id);
             }
-            told.extend(s.items.keys());
+            for k in s.items.keys() {
+                last_sent.insert(k, s.first);
+            }
         }
         // Per episode: repeats no closer than the repeat interval unless
         // news came with them, at most one resolve, and one for every
