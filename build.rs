@@ -62,7 +62,16 @@ fn commit() -> Option<String> {
     // Any output means a tracked file of `SOURCES` differs from HEAD;
     // untracked files (a bench's output, an editor's backup) and the docs
     // and tests do not count.
-    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    // Without optional locks: `git status` would otherwise take the
+    // index's lock (and may rewrite it), racing a `git add` beside the
+    // build.
+    let mut status = vec![
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+    ];
     status.extend(SOURCES);
     let dirty = git(&manifest_dir, &status).is_some();
     Some(if dirty {

@@ -749,7 +749,12 @@ fn demo_cmd(run_for: Option<std::time::Duration>) -> Result<(), Failure> {
                 } else {
                     path
                 };
-                absolute.to_string_lossy().into_owned()
+                // `./target/...` reads better without its `.`.
+                let tidy: PathBuf = absolute
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect();
+                tidy.to_string_lossy().into_owned()
             },
         );
         demo::run(shutdown, run_for, &program, &mut std::io::stdout())

@@ -46,6 +46,11 @@ pub struct Snapshot {
     /// Each group's latest short-lived token found evicted within
     /// [`policy::EVICTION_ALERT_SPAN`] of `now`.
     pub evictions: Vec<(GroupName, DateTime<Utc>)>,
+    /// While LINE's 30-token refusal holds: our tokens the last listing
+    /// counted that have expired since
+    /// ([`crate::policy::ChannelView::expired_since_listing`]); zero
+    /// otherwise (the read is skipped).
+    pub expired_since_listing: u32,
 }
 
 impl Snapshot {
@@ -94,7 +99,9 @@ impl Snapshot {
                 .map(|(_, group, at)| (group, at))
                 .collect();
         }
-        Ok(parts.assemble(channel, now))
+        let mut snapshot = parts.assemble(channel, now);
+        snapshot.expired_since_listing = expired_since_listing(store, &snapshot, now)?;
+        Ok(snapshot)
     }
 
     /// Every stored channel's snapshot at `now`, as [`Self::read`] would
@@ -144,13 +151,17 @@ impl Snapshot {
             }
         }
         let (rows, mut parts) = parts;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .filter_map(|row| {
                 let p = parts.remove(&row.id)?;
                 Some(p.assemble(Some(row), now))
             })
-            .collect())
+            .map(|mut snapshot| {
+                // A query only for the rare channel under a full hold.
+                snapshot.expired_since_listing = expired_since_listing(store, &snapshot, now)?;
+                Ok(snapshot)
+            })
+            .collect()
     }
 
     /// Every table [`Self::read_all`] reads but the tokens and the groups,
@@ -247,6 +258,10 @@ impl Snapshot {
                 .filter(|(g, _)| *g == row.name)
                 .map(|(_, at)| *at)
                 .max(),
+            issue_rate_limited_until: row.runtime.retry_not_before.filter(|_| {
+                row.runtime.failure_kind == Some(FailureKind::RateLimited)
+                    && row.runtime.failed_step.as_deref() == Some("issue")
+            }),
         }
     }
 
@@ -277,8 +292,9 @@ impl Snapshot {
             relist_needed: row
                 .and_then(|c| c.full.map(|f| c.settled_through_intent < f.intent))
                 .unwrap_or(false),
-            // Counted from the groups by the driver.
-            expired_since_listing: 0,
+            // The driver takes the larger of this and its own count from
+            // the groups (which hold live tokens only, here).
+            expired_since_listing: self.expired_since_listing,
         }
     }
 
@@ -292,6 +308,24 @@ impl Snapshot {
                 .collect(),
             view: self.channel_view(),
         }
+    }
+}
+
+/// [`Snapshot::expired_since_listing`]: read only while the channel's full
+/// hold lasts and it has been listed.
+fn expired_since_listing(
+    store: &Store,
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+) -> Result<u32, StoreError> {
+    let Some(row) = &snapshot.channel else {
+        return Ok(0);
+    };
+    match (row.full, row.last_reconcile_at) {
+        (Some(full), Some(listed)) if full.until > now => {
+            store.expired_since_listing(&row.id, listed, now)
+        }
+        _ => Ok(0),
     }
 }
 
@@ -350,6 +384,7 @@ impl Parts {
                 .collect(),
             requests: self.requests,
             evictions: self.evictions,
+            expired_since_listing: 0,
         }
     }
 }

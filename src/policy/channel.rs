@@ -39,11 +39,11 @@
 use chrono::{DateTime, Utc};
 
 use super::capacity::{capacity_victims, free_capacity, live_ours};
-use super::plan::{Alert, Hold, Plan, Step, plan_group};
+use super::plan::{Alert, Hold, Plan, RevokeReason, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, EVICTION_ORDER_TOLERANCE, GroupView};
-use crate::domain::{FailureKind, GroupName, KeyId, TokenKind, TokenState};
+use crate::domain::{GroupName, KeyId, TokenKind, TokenState};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
 /// ones that still hold live tokens) and its counts. `view.live_ours` is
@@ -199,10 +199,14 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
     if kind.is_listed() {
         ChannelView {
             live_ours,
-            expired_since_listing: state
-                .view
-                .last_reconcile_at
-                .map_or(0, |at| expired_since(at, now, &state.groups, kind)),
+            // The store's count (the daemon's snapshot holds live tokens
+            // only) or the groups' own (a forecast or test keeps them).
+            expired_since_listing: state.view.expired_since_listing.max(
+                state
+                    .view
+                    .last_reconcile_at
+                    .map_or(0, |at| expired_since(at, now, &state.groups, kind)),
+            ),
             ..state.view.clone()
         }
     } else {
@@ -270,6 +274,7 @@ fn hold_listing(plan: &mut Plan, group: &GroupView, now: DateTime<Utc>, until: D
     if plan.hold != Some(Hold::Reconcile) || group.removed_at.is_some() {
         return;
     }
+    plan.next_rotation_at = plan.next_rotation_at.map(|at| at.max(until));
     let alert = match group.current(now) {
         None => Alert::NoLiveToken {
             next_attempt_at: Some(until),
@@ -306,25 +311,26 @@ fn expired_since(
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Until when LINE asked the channel to slow down: the latest retry instant
-/// of a group whose last failure was LINE's 429, if one is still ahead.
+/// Until when LINE asked the channel to issue no more: the latest retry
+/// instant of a group whose last issue LINE answered 429, if one is still
+/// ahead. Only the issue endpoint counts: LINE limits each endpoint of a
+/// channel on its own, so a 429 to a verify says nothing about issuing.
 fn line_paused_until(now: DateTime<Utc>, state: &ChannelState) -> Option<DateTime<Utc>> {
     state
         .groups
         .iter()
-        .filter_map(|g| g.retry.as_ref())
-        .filter(|r| r.kind == FailureKind::RateLimited)
-        .map(|r| r.not_before)
+        .filter_map(|g| g.issue_rate_limited_until)
         .filter(|at| *at > now)
         .max()
 }
 
-/// Makes a group wait out another group's 429 (until `until`) when it
-/// loses nothing by waiting: it has no retry of its own (that one already
-/// governs it), no open operator request (a rotation or incident asked for
-/// goes now), and its deadline is after `until` (a removed group has
-/// none). Its calls to LINE, and its wait for capacity (which would revoke
-/// tokens at LINE), move to `until`.
+/// Makes a group's issue wait out another group's 429 (until `until`) when
+/// the group loses nothing by waiting: no retry of its own is pending (that
+/// one already governs it), no operator request is open (a rotation or
+/// incident asked for goes now), and its deadline is after `until` (a
+/// removed group has none). The issue, and the revocations that would make
+/// room for it (the older token's, or another group's for capacity), move
+/// to `until`; the group's verifies and other revocations go on.
 fn hold_for_line_pause(
     plan: &mut Plan,
     group: &GroupView,
@@ -332,21 +338,35 @@ fn hold_for_line_pause(
     until: DateTime<Utc>,
     rules: &Rules,
 ) {
-    let calls_line = !plan.steps.is_empty() || matches!(plan.hold, Some(Hold::Capacity { .. }));
-    let can_wait = group.retry.is_none()
+    let issues = plan.steps.iter().any(|s| matches!(s, Step::Issue { .. }));
+    let waits_for_room = matches!(plan.hold, Some(Hold::Capacity { .. }));
+    let own_retry = group.retry.as_ref().is_some_and(|r| r.not_before > now);
+    // A group without a token never waits for another's 429: its deadline
+    // (a minute ahead, the retry cadence of a group with nothing to lose)
+    // is no room to wait in. A removed group has no deadline and can wait.
+    let at_risk = group.removed_at.is_none() && group.current(now).is_none();
+    let can_wait = !own_retry
+        && !at_risk
         && group.requests.is_empty()
         && super::plan::deadline(now, group, rules).is_none_or(|at| at > until);
-    if !calls_line || !can_wait {
+    if !(issues || waits_for_room) || !can_wait {
         return;
     }
-    let issues = plan.steps.iter().any(|s| matches!(s, Step::Issue { .. }))
-        || matches!(plan.hold, Some(Hold::Capacity { .. }));
-    plan.steps.clear();
+    plan.steps.retain(|s| {
+        !matches!(
+            s,
+            Step::Issue { .. }
+                | Step::Revoke {
+                    reason: RevokeReason::MakeRoom,
+                    ..
+                }
+        )
+    });
     plan.hold = Some(Hold::LinePaused { until });
-    if issues {
-        plan.next_rotation_at = plan.next_rotation_at.map(|at| at.max(until));
+    plan.next_rotation_at = plan.next_rotation_at.map(|at| at.max(until));
+    if plan.steps.is_empty() {
+        plan.wake_at = until.min(plan.idle_until);
     }
-    plan.wake_at = until.min(plan.idle_until);
 }
 
 /// When to try again after LINE's 30-token refusal at `now`: the next
@@ -442,6 +462,7 @@ mod tests {
                 kind: FailureKind::RateLimited,
                 not_before: until,
             }),
+            issue_rate_limited_until: Some(until),
             ..due("a")
         };
         ChannelState {
@@ -474,6 +495,31 @@ mod tests {
 
         // Once a may try again, so may b.
         let d = drive(until, &state, &rules);
+        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
+        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+    }
+
+    #[test]
+    fn a_group_without_a_token_never_waits_for_another_groups_429() {
+        // Found by an outside test: a group added during a 25 s pause
+        // waited it out, its "deadline" being the minute a group without
+        // a token retries within.
+        let rules = Rules::default();
+        let until = t0() + Duration::seconds(25);
+        let d = drive(t0(), &a_rate_limited(until), &rules);
+        assert!(d.plans[2].hold.is_none(), "{:?}", d.plans[2]);
+        assert!(matches!(d.plans[2].steps.last(), Some(Step::Issue { .. })));
+        assert_eq!(d.plans[1].hold, Some(Hold::LinePaused { until }));
+    }
+
+    #[test]
+    fn a_429_to_another_endpoint_holds_no_issue() {
+        // LINE limits each endpoint: a's 429 came from a verify.
+        let rules = Rules::default();
+        let until = t0() + Duration::minutes(5);
+        let mut state = a_rate_limited(until);
+        state.groups[0].issue_rate_limited_until = None;
+        let d = drive(t0(), &state, &rules);
         assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
         assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
     }
@@ -802,6 +848,42 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn under_a_full_hold_a_token_expired_since_the_listing_counts_as_the_store_says() {
+        // As the daemon's snapshot presents it: the expired token is no
+        // longer among the group's tokens; the store counted it. Found by
+        // review: without the store's count the group issued at the very
+        // expiry, before LINE's clock could have freed the slot.
+        let rules = Rules::default();
+        let listed = t0();
+        let mut state = ChannelState {
+            groups: vec![group("a", vec![]), group("b", vec![])],
+            view: fresh_view(),
+        };
+        let until = t0() + Duration::milliseconds(1_700);
+        state.view.full_until = Some(until);
+        state.view.last_reconcile_at = Some(listed);
+        state.view.foreign = 29;
+        state.view.expired_since_listing = 1;
+        let d = drive(t0() + Duration::milliseconds(700), &state, &rules);
+        assert!(
+            d.plans
+                .iter()
+                .all(|p| !p.steps.iter().any(|s| matches!(s, Step::Issue { .. }))),
+            "{d:?}"
+        );
+        assert!(
+            matches!(d.next, Next::Idle { until: u } if u <= until),
+            "{:?}",
+            d.next
+        );
+        // Once the hold is over the slot is LINE's to give.
+        state.view.full_until = None;
+        state.view.expired_since_listing = 0;
+        let d = drive(until, &state, &rules);
+        assert!(matches!(d.next, Next::Execute { .. }), "{:?}", d.next);
     }
 
     #[test]

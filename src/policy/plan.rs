@@ -226,9 +226,9 @@ pub enum Hold {
         /// How many tokens must go before one can be issued.
         needed: u32,
     },
-    /// LINE answered another group of the channel 429 (too many requests)
-    /// and this group can wait without losing its token: it makes no call
-    /// to LINE before `until`, the other group's retry
+    /// LINE answered another group's issue on the channel 429 (too many
+    /// requests) and this group can wait without losing its token: it
+    /// issues nothing before `until`, the other group's retry
     /// ([`drive`](super::drive)).
     LinePaused {
         /// When the other group may try again.

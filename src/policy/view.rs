@@ -69,6 +69,11 @@ pub struct GroupView {
     /// [`Alert::ShortLivedEvicted`](super::Alert::ShortLivedEvicted) for
     /// [`EVICTION_ALERT_SPAN`](super::plan::EVICTION_ALERT_SPAN).
     pub evicted_at: Option<DateTime<Utc>>,
+    /// When the group's last attempt to issue was answered 429 with a
+    /// `Retry-After`: the instant its retry waits for. LINE limits each
+    /// endpoint of a channel, so the channel's other groups hold their
+    /// issues until then too ([`drive`](super::drive)).
+    pub issue_rate_limited_until: Option<DateTime<Utc>>,
 }
 
 impl GroupView {
@@ -89,6 +94,7 @@ impl GroupView {
             retry: None,
             unsettled_attempts: 0,
             evicted_at: None,
+            issue_rate_limited_until: None,
         }
     }
 
@@ -180,7 +186,8 @@ pub struct ChannelView {
     /// never a group's verify or revoke.
     pub reconcile_retry: Option<RetryState>,
     /// LINE's 30-token refusal: until this instant the channel counts as
-    /// full (only revoking our own tokens makes room).
+    /// full as our books and the listing after the refusal say, with our
+    /// tokens expired since that listing still taking room.
     pub full_until: Option<DateTime<Utc>>,
     /// True after LINE's 30-token refusal until a key-ID listing asked for
     /// after it succeeds: our count was wrong, so no issue before it.
@@ -190,7 +197,9 @@ pub struct ChannelView {
     /// revoked or found gone. While LINE's 30-token refusal holds
     /// (`full_until`) they still take room: LINE frees a slot only once
     /// its own clock passes the expiry. Recounted from the groups by the
-    /// driver; callers may leave it at zero.
+    /// driver from the groups' tokens, and the larger count wins: the
+    /// daemon's snapshot holds live tokens only, so the store counts them
+    /// (`Store::expired_since_listing`).
     pub expired_since_listing: u32,
     /// Short-lived pool only: our oldest live short-lived tokens on the
     /// channel (every one issued within [`EVICTION_ORDER_TOLERANCE`] of the

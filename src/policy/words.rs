@@ -108,8 +108,8 @@ impl fmt::Display for Hold {
             }
             Self::LinePaused { until } => write!(
                 f,
-                "LINE answered another group of the channel 429 (too many requests); \
-                 this group can wait and calls LINE again at {}",
+                "LINE answered another group's issue on the channel 429 (too many \
+                 requests); this group can wait and issues at {} at the earliest",
                 at(*until)
             ),
         }

@@ -418,9 +418,18 @@ impl Rotator {
         }
         // Each such group waits as after any issue LINE may have answered.
         // A channel no longer configured is not looked after at all.
+        // A failure here must not stop the start: the intents are closed
+        // already, and the daemon is better running (its groups then retry
+        // as before) than down.
         for (channel, groups) in groups {
-            if let Some(setup) = self.setup(&channel) {
-                self.hold_after_lost_issues(&setup, &groups, now).await?;
+            if let Some(setup) = self.setup(&channel)
+                && let Err(e) = self.hold_after_lost_issues(&setup, &groups, now).await
+            {
+                tracing::warn!(
+                    channel = %channel,
+                    "could not hold the groups whose issuance was lost: {}",
+                    crate::logging::error_chain(&e)
+                );
             }
         }
         Ok(lost.len())

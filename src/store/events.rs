@@ -371,10 +371,6 @@ fn kinds_json(kinds: &[EventKind]) -> String {
     serde_json::Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()).to_string()
 }
 
-/// A subquery listing the names in the JSON array bound to parameter `n`
-/// ([`kinds_json`]). The dialects unpack JSON arrays differently: SQLite
-/// with the table-valued `json_each`, PostgreSQL with the set-returning
-/// `json_array_elements_text`.
 /// [`Store::latest_hook_results`]'s query.
 pub(super) fn latest_hook_results_sql() -> String {
     format!(
@@ -391,6 +387,10 @@ pub(super) fn latest_hook_results_sql() -> String {
 /// them: a unit test holds the two to [`EventKind::as_str`].
 const HOOK_RESULT_KINDS: &str = "'hook_succeeded', 'hook_failed'";
 
+/// A subquery listing the names in the JSON array bound to parameter `n`
+/// ([`kinds_json`]). The dialects unpack JSON arrays differently: SQLite
+/// with the table-valued `json_each`, PostgreSQL with the set-returning
+/// `json_array_elements_text`.
 fn kinds_in(dialect: Dialect, n: u8) -> String {
     match dialect {
         Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),

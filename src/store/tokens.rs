@@ -201,6 +201,37 @@ impl Store {
         })
     }
 
+    /// Our v2.1 tokens of `channel` that the key-ID listing at `listed`
+    /// counted and whose expiry has passed by `now`: issued by `listed`,
+    /// expiring after it (or up to a second before it, which LINE's clock
+    /// may not have reached) and by `now`, live or expired, unless the
+    /// listing itself left them out (marked expired before their expiry).
+    /// While LINE's 30-token refusal holds they may still take room at
+    /// LINE ([`crate::policy::ChannelView::expired_since_listing`]); the
+    /// snapshot holds live tokens only, so they are counted here.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    pub fn expired_since_listing(
+        &self,
+        channel: &ChannelId,
+        listed: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        self.read_db("counting tokens expired since the last listing", |db| {
+            let n = db.query_one(
+                "SELECT count(*) FROM tokens WHERE channel_id = ?1 \
+                 AND substr(key_id, 1, 3) <> 'sl:' \
+                 AND issued_at <= ?2 AND expires_at > ?2 - 1000 AND expires_at <= ?3 \
+                 AND (state = 'live' OR (state = 'expired' AND state_changed_at >= expires_at))",
+                p![channel.as_str(), millis(listed), millis(now)],
+                |row| row.get_int(0),
+            )?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+
     /// Each group's latest short-lived token found evicted (marked gone:
     /// LINE's verify refused it with time left) at or after `since`, by
     /// channel and group.

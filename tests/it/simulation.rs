@@ -1374,8 +1374,10 @@ impl AlertWatch {
             if s.items.iter().any(|(k, status)| due(k, status)) {
                 news.insert(id);
             }
+            // Repeats count from the last attempt (the delivery), as the
+            // router counts them.
             for k in s.items.keys() {
-                last_sent.insert(k, s.first);
+                last_sent.insert(k, s.last);
             }
         }
         // Per episode: repeats no closer than the repeat interval unless

@@ -487,6 +487,57 @@ fn open_intents_of_a_crashed_run_are_listed_then_closed_as_lost() {
     }
 }
 
+/// Under a full hold the policy counts our tokens that the last listing
+/// saw and that expired since (LINE may count them a moment longer); the
+/// snapshot holds live tokens only, so the store counts them.
+#[test]
+fn tokens_expired_since_a_listing_are_counted_for_a_full_hold() {
+    for b in backends("expired_since_listing") {
+        let store = &b.store;
+        sync_one_channel(store);
+        let listed = t0() + Duration::days(30) - Duration::seconds(10);
+        // Expires 10 s after the listing: counted once expired.
+        issue(store, "backend", "ours-a", "tok-a", t0());
+        // Issued after the listing: not the listing's.
+        issue(
+            store,
+            "crm",
+            "ours-b",
+            "tok-b",
+            listed + Duration::seconds(1),
+        );
+        let now = listed + Duration::seconds(11);
+        let channel = ch("1000");
+        assert_eq!(
+            store.expired_since_listing(&channel, listed, now).unwrap(),
+            1,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store
+                .expired_since_listing(&channel, listed, listed + Duration::seconds(4))
+                .unwrap(),
+            0,
+            "{}: not expired yet",
+            b.name
+        );
+        // Marked expired by the rotator: still counted.
+        assert_eq!(
+            store.expire_due_in(now, &channel).unwrap(),
+            [kid("ours-a")],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store.expired_since_listing(&channel, listed, now).unwrap(),
+            1,
+            "{}",
+            b.name
+        );
+    }
+}
+
 /// Found by an outside test: a token that expired while LINE built the
 /// list (2 ms after it was asked for) was marked gone, with a warning that
 /// someone revoked it outside linetokd. Missing that close to its expiry,
