@@ -400,27 +400,21 @@ impl Rotator {
             return Ok(0);
         }
         let now = self.clock.now();
-        let lost = self.db(move |store| store.close_lost_intents(now)).await?;
+        // Each group whose issuance was in flight waits as after any
+        // answer that may have issued, and is held before its intents
+        // close: a daemon killed in between finds them open again at its
+        // next start and holds them then, rather than asking LINE at once.
+        let open = self.db(|store| store.open_intents()).await?;
         let mut groups: BTreeMap<ChannelId, Vec<GroupName>> = BTreeMap::new();
-        for intent in &lost {
-            tracing::warn!(
-                channel = %intent.channel_id,
-                group = %intent.group,
-                intent = %intent.id,
-                started_at = %intent.started_at,
-                "an issuance was in flight when linetokd last stopped: {}",
-                intent.error.as_deref().unwrap_or("its outcome is unknown")
-            );
+        for intent in &open {
             let of_channel = groups.entry(intent.channel_id.clone()).or_default();
             if !of_channel.contains(&intent.group) {
                 of_channel.push(intent.group.clone());
             }
         }
-        // Each such group waits as after any issue LINE may have answered.
-        // A channel no longer configured is not looked after at all.
-        // A failure here must not stop the start: the intents are closed
-        // already, and the daemon is better running (its groups then retry
-        // as before) than down.
+        // A failure here must not stop the start: the daemon is better
+        // running (its groups then retry as before) than down. A channel
+        // no longer configured is not looked after at all.
         for (channel, groups) in groups {
             if let Some(setup) = self.setup(&channel)
                 && let Err(e) = self.hold_after_lost_issues(&setup, &groups, now).await
@@ -431,6 +425,17 @@ impl Rotator {
                     crate::logging::error_chain(&e)
                 );
             }
+        }
+        let lost = self.db(move |store| store.close_lost_intents(now)).await?;
+        for intent in &lost {
+            tracing::warn!(
+                channel = %intent.channel_id,
+                group = %intent.group,
+                intent = %intent.id,
+                started_at = %intent.started_at,
+                "an issuance was in flight when linetokd last stopped: {}",
+                intent.error.as_deref().unwrap_or("its outcome is unknown")
+            );
         }
         Ok(lost.len())
     }
