@@ -442,6 +442,15 @@ mod tests {
         }
     }
 
+    /// The plan issues now: nothing holds it and its last step is the issue.
+    fn assert_issues_now(plan: &Plan) {
+        assert!(plan.hold.is_none(), "{plan:?}");
+        assert!(
+            matches!(plan.steps.last(), Some(Step::Issue { .. })),
+            "{plan:?}"
+        );
+    }
+
     /// LINE's 429 to group `a` (waiting until `until`) beside `b`, whose
     /// rotation is due but who can wait, and `c`, who has no token.
     fn a_rate_limited(until: DateTime<Utc>) -> ChannelState {
@@ -495,8 +504,7 @@ mod tests {
 
         // Once a may try again, so may b.
         let d = drive(until, &state, &rules);
-        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
-        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+        assert_issues_now(&d.plans[1]);
     }
 
     #[test]
@@ -507,8 +515,7 @@ mod tests {
         let rules = Rules::default();
         let until = t0() + Duration::seconds(25);
         let d = drive(t0(), &a_rate_limited(until), &rules);
-        assert!(d.plans[2].hold.is_none(), "{:?}", d.plans[2]);
-        assert!(matches!(d.plans[2].steps.last(), Some(Step::Issue { .. })));
+        assert_issues_now(&d.plans[2]);
         assert_eq!(d.plans[1].hold, Some(Hold::LinePaused { until }));
     }
 
@@ -520,8 +527,7 @@ mod tests {
         let mut state = a_rate_limited(until);
         state.groups[0].issue_rate_limited_until = None;
         let d = drive(t0(), &state, &rules);
-        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
-        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+        assert_issues_now(&d.plans[1]);
     }
 
     #[test]
@@ -531,8 +537,7 @@ mod tests {
         // b goes now rather than lose its token.
         let until = t0() + Duration::hours(13);
         let d = drive(t0(), &a_rate_limited(until), &rules);
-        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
-        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+        assert_issues_now(&d.plans[1]);
 
         // An operator's `rotate` for b is "try now".
         let until = t0() + Duration::minutes(5);
@@ -544,8 +549,7 @@ mod tests {
             by: "test".to_owned(),
         });
         let d = drive(t0(), &state, &rules);
-        assert!(d.plans[1].hold.is_none(), "{:?}", d.plans[1]);
-        assert!(matches!(d.plans[1].steps.last(), Some(Step::Issue { .. })));
+        assert_issues_now(&d.plans[1]);
     }
 
     /// The default rules with LINE's clock allowed 1 s off.
