@@ -922,6 +922,68 @@ mod tests {
     }
 
     #[test]
+    fn a_full_channels_group_lists_ever_more_often_as_its_token_nears_expiry() {
+        // Found by an outside test: room another issuer's expiring token
+        // left between two listings was seen only after the group's token
+        // had run out. The looks now come at the deadline, then halfway to
+        // the expiry each time, down to a second.
+        let rules = Rules::default();
+        let expires = t0() + Duration::days(30);
+        let tok = TokenRecord::live(KeyId::new("a-1"), t0(), expires);
+        let state_listed_at = |at| ChannelState {
+            groups: vec![GroupView {
+                last_verified_at: Some(at),
+                ..group("a", vec![tok.clone()])
+            }],
+            view: ChannelView {
+                last_reconcile_at: Some(at),
+                foreign: 29,
+                ..ChannelView::default()
+            },
+        };
+        let lists = |d: &Decision| matches!(&d.next, Next::Execute { plan, .. } if plan.steps == [Step::Reconcile]);
+        let idles_until = |d: &Decision| match d.next {
+            Next::Idle { until } => Some(until),
+            _ => None,
+        };
+        // Listed eight minutes before the expiry: full, so the group waits
+        // for room, and looks again at its deadline (five minutes before),
+        // before the five-minute cadence would (three minutes before).
+        let listed = expires - Duration::minutes(8);
+        let s = state_listed_at(listed);
+        let d = drive(listed, &s, &rules);
+        assert!(
+            matches!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 })),
+            "{d:?}"
+        );
+        assert_eq!(idles_until(&d), Some(expires - Duration::minutes(5)));
+        assert!(lists(&drive(expires - Duration::minutes(5), &s, &rules)));
+        // Each listing halves the time left.
+        let mut listed = expires - Duration::minutes(5);
+        let mut looks = 1;
+        loop {
+            let d = drive(listed, &state_listed_at(listed), &rules);
+            let Some(next) = idles_until(&d).filter(|at| *at < expires) else {
+                break;
+            };
+            let left = expires - listed;
+            assert_eq!(next, listed + (left / 2).max(Duration::seconds(1)), "{d:?}");
+            assert!(lists(&drive(next, &state_listed_at(listed), &rules)));
+            listed = next;
+            looks += 1;
+        }
+        // The last look is within a second of the expiry, after about
+        // log2(300) of them; then the group wakes at the expiry itself.
+        assert!(expires - listed <= Duration::seconds(1), "{listed}");
+        assert!((9..=11).contains(&looks), "{looks} looks");
+        // A channel with room left lists on its usual schedule only.
+        let mut roomy = state_listed_at(expires - Duration::minutes(5));
+        roomy.view.foreign = 10;
+        let d = drive(expires - Duration::minutes(5), &roomy, &rules);
+        assert!(!lists(&d), "{d:?}");
+    }
+
+    #[test]
     fn a_group_without_a_token_retries_within_a_minute_whatever_line_asks() {
         // Found by the recovery test: once a token had expired the group
         // had no deadline, so a 429's five-minute Retry-After and the

@@ -433,12 +433,44 @@ pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<
     if group.removed_at.is_some() {
         return None;
     }
-    let margin =
-        time::non_negative(rules.deadline_margin).min(time::non_negative(rules.rotate_before) / 4);
+    let margin = deadline_margin(rules);
     Some(group.current(now).map_or_else(
         || time::add(now, NO_TOKEN_RETRY),
         |t| time::sub(t.expires_at, margin),
     ))
+}
+
+/// How long before a token's expiry its group's deadline falls
+/// (`deadline_margin`, at most a quarter of `rotate_before`).
+fn deadline_margin(rules: &Rules) -> Duration {
+    time::non_negative(rules.deadline_margin).min(time::non_negative(rules.rotate_before) / 4)
+}
+
+/// When a group that waits for room on a full channel, its last token
+/// expiring at `expires`, lists the key IDs next, the channel last listed
+/// at `listed_at`: at the deadline (`window` before the expiry), then
+/// halfway between the last listing and the expiry, and so on down to
+/// [`MIN_INTERVAL`]; `None` once no look fits before the expiry.
+///
+/// Why: other issuers' tokens expire at instants nobody tells us, so room
+/// they leave is seen only by a listing. At the usual cadence the last
+/// listing before the expiry could be minutes old, and room that appeared
+/// since was used only after the group's token had run out (an outside
+/// test saw three groups go 272–278 ms without a token while LINE had
+/// room). Halving the wait keeps the cost to about log2(window / 1 s)
+/// listings per expiring token, and bounds how late such room is seen to
+/// a second before the expiry or half the time left, whichever is more.
+fn closing_look(
+    listed_at: DateTime<Utc>,
+    expires: DateTime<Utc>,
+    window: Duration,
+) -> Option<DateTime<Utc>> {
+    let opens = time::sub(expires, window);
+    if listed_at < opens {
+        return Some(opens);
+    }
+    let at = time::add(listed_at, ((expires - listed_at) / 2).max(MIN_INTERVAL));
+    (at < expires).then_some(at)
 }
 
 /// Collects a plan's pieces while the rules are walked.
@@ -789,6 +821,9 @@ fn plan_active(
     let mut room = Revokes::default();
     let mut reconcile = reconcile_is_due;
     let mut issue = None;
+    // A capacity hold's next look before its regular one (`closing_look`):
+    // a wake-up, but not what the deadline alert judges by (below).
+    let mut closing = None;
     if let Some(reason) = reason {
         if let Some(until) = retry_until {
             hold = Some(Hold::Retry { until });
@@ -857,13 +892,26 @@ fn plan_active(
                     } else {
                         rules.full_recheck
                     };
-                    let recheck_at = channel
+                    let cadence = channel
                         .last_reconcile_at
                         .map_or(now, |at| time::add(at, time::at_least(every, MIN_INTERVAL)));
-                    if now >= recheck_at {
+                    // While the group still has a token, looks in between
+                    // tighten as it nears its expiry (`closing_look`).
+                    let last_expiry = remaining
+                        .iter()
+                        .filter(|t| t.refused_at.is_none())
+                        .map(|t| t.expires_at)
+                        .max();
+                    closing = channel
+                        .last_reconcile_at
+                        .zip(last_expiry)
+                        .and_then(|(at, e)| closing_look(at, e, deadline_margin(rules)))
+                        .filter(|look| *look < cadence);
+                    if now >= closing.unwrap_or(cadence) {
                         reconcile = true;
+                        closing = None;
                     } else {
-                        draft.wake(recheck_at);
+                        draft.wake(cadence);
                     }
                 }
             } else {
@@ -913,7 +961,10 @@ fn plan_active(
     // Deadline arithmetic (docs/design.md section 5): alert as soon as the
     // successor cannot come in time, not when the token has expired. Nothing
     // says when a full channel frees up, so a capacity hold is not given a
-    // time; its only known next chance is the next look at the group.
+    // time; its only known next chance is the next look at the group. The
+    // closing looks are a chance more, not a promise, so they wake the
+    // group only after this: were they counted, a group whose token runs
+    // out on a full channel would be critical only in its last second.
     let next_attempt_at = match hold {
         Some(Hold::Capacity { .. }) => None,
         Some(Hold::Settling { until }) => Some(until.max(earliest)),
@@ -937,6 +988,9 @@ fn plan_active(
             }
         }
         Some(_) => {}
+    }
+    if let Some(at) = closing {
+        draft.wake(at);
     }
 
     // The order: revocations that stand on their own (an incident's first),
