@@ -516,12 +516,23 @@ impl ChannelRun {
         t + Duration::seconds(1)
     }
 
-    /// Marks the tokens whose expiry has come as expired.
+    /// Marks the tokens whose expiry has come as expired, counting those
+    /// the last listing saw live as the store does
+    /// ([`policy::ChannelView::expired_since_listing`]): dropped from the
+    /// groups, they would otherwise no longer take room during a full
+    /// hold, and `plan` would show an issue before the daemon makes it.
     fn expire(&mut self, t: DateTime<Utc>, out: &mut Vec<PlannedAction>) {
+        let view = &mut self.state.view;
         for g in &mut self.state.groups {
             for tok in &mut g.tokens {
                 if tok.state == TokenState::Live && tok.expires_at <= t {
                     tok.state = TokenState::Expired;
+                    let listed = view.last_reconcile_at.is_some_and(|at| {
+                        tok.kind().is_listed() && tok.issued_at <= at && at < tok.expires_at
+                    });
+                    if listed {
+                        view.expired_since_listing = view.expired_since_listing.saturating_add(1);
+                    }
                     out.push(PlannedAction {
                         at: tok.expires_at,
                         channel: self.channel.clone(),
@@ -600,6 +611,7 @@ impl ChannelRun {
         let action = match step {
             Step::Reconcile => {
                 self.state.view.last_reconcile_at = Some(t);
+                self.state.view.expired_since_listing = 0;
                 self.state.view.lost = 0;
                 self.state.view.reconcile_retry = None;
                 self.state.view.relist_needed = false;
@@ -1047,6 +1059,38 @@ mod tests {
         for pair in issues.windows(3) {
             assert!(pair[2] - pair[0] >= Duration::hours(1), "{issues:?}");
         }
+    }
+
+    #[test]
+    fn under_a_full_hold_a_token_expired_since_the_listing_still_takes_room() {
+        // LINE refused for a full channel; the listing after it counted 29
+        // foreign tokens and a's, which expires at 700 ms. LINE may count
+        // it until the hold ends at 1.7 s, and so does the daemon (the
+        // store's count): the forecast once dropped the expired token and
+        // showed the issue at 700 ms.
+        let rules = Rules::default();
+        let expires = t0() + Duration::milliseconds(700);
+        let a = group(
+            "a",
+            true,
+            vec![token(
+                "a-cur",
+                expires - rules.token_lifetime,
+                rules.token_lifetime,
+            )],
+        );
+        let mut channel = input(vec![a, group("b", true, vec![])], Some(t0()));
+        channel.view.foreign = 29;
+        let until = t0() + Duration::milliseconds(1_700);
+        channel.view.full_until = Some(until);
+        let f = run(vec![channel], &rules, 1);
+        let issues: Vec<_> = f
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Issue { .. }))
+            .map(|a| a.at)
+            .collect();
+        assert_eq!(issues.first(), Some(&until), "{:?}", timeline(&f));
     }
 
     #[test]

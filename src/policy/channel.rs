@@ -43,7 +43,7 @@ use super::plan::{Alert, Hold, Plan, RevokeReason, Step, plan_group};
 use super::rules::Rules;
 use super::time;
 use super::view::{ChannelView, EVICTION_ORDER_TOLERANCE, GroupView};
-use crate::domain::{GroupName, KeyId, TokenKind, TokenState};
+use crate::domain::{GroupName, KeyId, TokenKind};
 
 /// One channel as the driver sees it: its groups (active ones, and removed
 /// ones that still hold live tokens) and its counts. `view.live_ours` is
@@ -199,14 +199,6 @@ fn pool_view(now: DateTime<Utc>, state: &ChannelState, kind: TokenKind) -> Chann
     if kind.is_listed() {
         ChannelView {
             live_ours,
-            // The store's count (the daemon's snapshot holds live tokens
-            // only) or the groups' own (a forecast or test keeps them).
-            expired_since_listing: state.view.expired_since_listing.max(
-                state
-                    .view
-                    .last_reconcile_at
-                    .map_or(0, |at| expired_since(at, now, &state.groups, kind)),
-            ),
             ..state.view.clone()
         }
     } else {
@@ -290,25 +282,6 @@ fn hold_listing(plan: &mut Plan, group: &GroupView, now: DateTime<Utc>, until: D
     if !plan.alerts.iter().any(same_kind) {
         plan.alerts.push(alert);
     }
-}
-
-/// Our tokens of `kind` that were live at `listed` (issued by then,
-/// expiring after it) and have expired by `now`, unless revoked or found
-/// gone since ([`ChannelView::expired_since_listing`]).
-fn expired_since(
-    listed: DateTime<Utc>,
-    now: DateTime<Utc>,
-    groups: &[GroupView],
-    kind: TokenKind,
-) -> u32 {
-    let n = groups
-        .iter()
-        .flat_map(|g| &g.tokens)
-        .filter(|t| t.kind() == kind)
-        .filter(|t| matches!(t.state, TokenState::Live | TokenState::Expired))
-        .filter(|t| t.issued_at <= listed && listed < t.expires_at && t.expires_at <= now)
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Until when LINE asked the channel to issue no more: the latest retry
@@ -841,6 +814,9 @@ mod tests {
         // (at the same instant: order is by the listing, not the clock)
         state.view.last_reconcile_at = Some(t0());
         state.view.relist_needed = false;
+        // At 800 ms our token has expired since the listing, and the store
+        // says so.
+        state.view.expired_since_listing = 1;
         let d = drive(t0() + Duration::milliseconds(800), &state, &rules);
         assert!(matches!(d.plans[1].hold, Some(Hold::Capacity { .. })));
         assert!(matches!(d.next, Next::Idle { until: u } if u <= until));

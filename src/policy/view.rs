@@ -196,10 +196,9 @@ pub struct ChannelView {
     /// then, expiring after it) and whose expiry has passed since, unless
     /// revoked or found gone. While LINE's 30-token refusal holds
     /// (`full_until`) they still take room: LINE frees a slot only once
-    /// its own clock passes the expiry. Recounted from the groups by the
-    /// driver from the groups' tokens, and the larger count wins: the
-    /// daemon's snapshot holds live tokens only, so the store counts them
-    /// (`Store::expired_since_listing`).
+    /// its own clock passes the expiry. Whoever keeps the tokens counts
+    /// them: the store for the daemon (`Store::expired_since_listing`; the
+    /// snapshot holds live tokens only), the forecast as its tokens expire.
     pub expired_since_listing: u32,
     /// Short-lived pool only: our oldest live short-lived tokens on the
     /// channel (every one issued within [`EVICTION_ORDER_TOLERANCE`] of the

@@ -246,7 +246,9 @@ impl World {
             reconcile_retry: self.reconcile_retry.clone(),
             full_until: self.full_until,
             relist_needed: self.relist_needed,
-            expired_since_listing: 0,
+            expired_since_listing: self
+                .last_reconcile_at
+                .map_or(0, |at| expired_since(at, self.now, &self.views())),
             eviction_suspects: Vec::new(),
             held_assertion_exp: None,
         }
@@ -1122,4 +1124,18 @@ fn the_hostile_world_exercises_every_path() {
     ] {
         assert!(n > 0, "no {name} in {t:?}");
     }
+}
+
+/// As the store counts them (`Store::expired_since_listing`): our v2.1
+/// tokens that were live at `listed` (issued by then, expiring after it)
+/// and have expired by `now`, unless revoked or found gone since.
+fn expired_since(listed: DateTime<Utc>, now: DateTime<Utc>, groups: &[GroupView]) -> u32 {
+    let n = groups
+        .iter()
+        .flat_map(|g| &g.tokens)
+        .filter(|t| t.kind() == TokenKind::V21)
+        .filter(|t| matches!(t.state, TokenState::Live | TokenState::Expired))
+        .filter(|t| t.issued_at <= listed && listed < t.expires_at && t.expires_at <= now)
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
