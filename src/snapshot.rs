@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenKind, TokenState};
-use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState};
+use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState, Step};
 use crate::store::{ChannelRow, GroupRow, GroupRuntime, LiveRecord, Scope, Store, StoreError};
 
 /// The store's view of one channel at one instant.
@@ -260,7 +260,7 @@ impl Snapshot {
                 .max(),
             issue_rate_limited_until: row.runtime.retry_not_before.filter(|_| {
                 row.runtime.failure_kind == Some(FailureKind::RateLimited)
-                    && row.runtime.failed_step.as_deref() == Some("issue")
+                    && row.runtime.failed_step.as_deref() == Some(Step::ISSUE)
             }),
         }
     }

@@ -149,6 +149,24 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The step's name as the store keeps it with a failure streak
+    /// (`groups.failed_step`) and logs show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Reconcile => "reconcile",
+            Self::Revoke { .. } => "revoke",
+            Self::Verify { .. } => "verify",
+            Self::Issue { .. } => Self::ISSUE,
+            Self::CloseRequests { .. } => "close requests",
+        }
+    }
+
+    /// [`Step::Issue`]'s name: a streak that failed on it with LINE's 429
+    /// pauses the channel's other issues (`GroupView::issue_rate_limited_until`).
+    pub const ISSUE: &'static str = "issue";
+}
+
 /// Why a token is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IssueReason {

@@ -111,16 +111,6 @@ fn classify(e: &LineError) -> FailureKind {
     }
 }
 
-fn step_name(step: &Step) -> &'static str {
-    match step {
-        Step::Reconcile => "reconcile",
-        Step::Revoke { .. } => "revoke",
-        Step::Verify { .. } => "verify",
-        Step::Issue { .. } => "issue",
-        Step::CloseRequests { .. } => "close requests",
-    }
-}
-
 impl Rotator {
     /// Executes `plan` for `state.groups[gi]`, stopping at the first failed
     /// step.
@@ -183,7 +173,7 @@ impl Rotator {
                 }
                 Err(error) => {
                     return self
-                        .record_failure(setup, state, gi, step_name(step), error)
+                        .record_failure(setup, state, gi, step.name(), error)
                         .await;
                 }
             }
@@ -209,7 +199,7 @@ impl Rotator {
         if row.runtime.consecutive_failures == 0 {
             return Ok(());
         }
-        let name = step_name(step);
+        let name = step.name();
         let ends =
             matches!(step, Step::Issue { .. }) || row.runtime.failed_step.as_deref() == Some(name);
         if !ends {
@@ -562,7 +552,7 @@ impl Rotator {
                 }
                 Some(Err(StepError::Store(e))) => Err(e),
                 Some(Err(error)) => {
-                    self.record_failure(setup, state, job.gi, "issue", error)
+                    self.record_failure(setup, state, job.gi, Step::ISSUE, error)
                         .await
                 }
             };
@@ -1048,7 +1038,7 @@ impl Rotator {
         self.emit(RotationEvent::Failed {
             channel: setup.id.clone(),
             group: group.clone(),
-            step: "issue",
+            step: Step::ISSUE,
             error: "the channel holds 30 live tokens at LINE".to_owned(),
             retry_at: until,
         });
@@ -1089,7 +1079,7 @@ impl Rotator {
                     .to_owned(),
                 kind: FailureKind::MaybeIssued,
             };
-            self.record_failure(setup, &state, gi, "issue", error)
+            self.record_failure(setup, &state, gi, Step::ISSUE, error)
                 .await?;
         }
         Ok(())
