@@ -901,8 +901,8 @@ mod tests {
     fn a_full_channels_group_lists_ever_more_often_as_its_token_nears_expiry() {
         // Found by an outside test: room another issuer's expiring token
         // left between two listings was seen only after the group's token
-        // had run out. The looks now come at the deadline, then halfway to
-        // the expiry each time, down to a second.
+        // had run out. The looks now come halfway to the expiry each time,
+        // down to a second.
         let rules = Rules::default();
         let expires = t0() + Duration::days(30);
         let tok = TokenRecord::live(KeyId::new("a-1"), t0(), expires);
@@ -922,20 +922,21 @@ mod tests {
             Next::Idle { until } => Some(until),
             _ => None,
         };
-        // Listed eight minutes before the expiry: full, so the group waits
-        // for room, and looks again at its deadline (five minutes before),
-        // before the five-minute cadence would (three minutes before).
-        let listed = expires - Duration::minutes(8);
+        // Listed nine minutes before the expiry: full, so the group waits
+        // for room, and looks again halfway to the expiry (4.5 minutes
+        // before), before the five-minute cadence would (four before).
+        let listed = expires - Duration::minutes(9);
         let s = state_listed_at(listed);
         let d = drive(listed, &s, &rules);
         assert!(
             matches!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 })),
             "{d:?}"
         );
-        assert_eq!(idles_until(&d), Some(expires - Duration::minutes(5)));
-        assert!(lists(&drive(expires - Duration::minutes(5), &s, &rules)));
+        let first = expires - Duration::seconds(270);
+        assert_eq!(idles_until(&d), Some(first));
+        assert!(lists(&drive(first, &s, &rules)));
         // Each listing halves the time left.
-        let mut listed = expires - Duration::minutes(5);
+        let mut listed = first;
         let mut looks = 1;
         loop {
             let d = drive(listed, &state_listed_at(listed), &rules);
@@ -957,6 +958,43 @@ mod tests {
         roomy.view.foreign = 10;
         let d = drive(expires - Duration::minutes(5), &roomy, &rules);
         assert!(!lists(&d), "{d:?}");
+    }
+
+    #[test]
+    fn groups_whose_tokens_expire_together_share_their_closing_looks() {
+        // Found by an outside test: fourteen groups issued milliseconds
+        // apart each listed at its own deadline, ten listings in 43 ms.
+        let rules = Rules::default();
+        let expires = t0() + Duration::days(30);
+        let a = TokenRecord::live(KeyId::new("a-1"), t0(), expires);
+        let later = expires + Duration::milliseconds(3);
+        let b = TokenRecord::live(KeyId::new("b-1"), t0(), later);
+        // The channel was listed at a's deadline, 3 ms before b's.
+        let listed = expires - Duration::minutes(5);
+        let state = ChannelState {
+            groups: vec![
+                GroupView {
+                    last_verified_at: Some(listed),
+                    ..group("a", vec![a])
+                },
+                GroupView {
+                    last_verified_at: Some(listed),
+                    ..group("b", vec![b])
+                },
+            ],
+            view: ChannelView {
+                last_reconcile_at: Some(listed),
+                foreign: 28,
+                ..ChannelView::default()
+            },
+        };
+        // At b's deadline nothing is listed again: the next look for both
+        // is halfway from that listing.
+        let d = drive(later - Duration::minutes(5), &state, &rules);
+        let Next::Idle { until } = d.next else {
+            panic!("listed again at b's deadline: {d:?}");
+        };
+        assert_eq!(until, listed + Duration::seconds(150));
     }
 
     #[test]

@@ -466,9 +466,9 @@ fn deadline_margin(rules: &Rules) -> Duration {
 
 /// When a group that waits for room on a full channel, its last token
 /// expiring at `expires`, lists the key IDs next, the channel last listed
-/// at `listed_at`: at the deadline (`window` before the expiry), then
-/// halfway between the last listing and the expiry, and so on down to
-/// [`MIN_INTERVAL`]; `None` once no look fits before the expiry.
+/// at `listed_at`: halfway between that listing and the expiry (at least
+/// [`MIN_INTERVAL`] after it), but not before the deadline (`window`
+/// before the expiry); `None` once no look fits before the expiry.
 ///
 /// Why: other issuers' tokens expire at instants nobody tells us, so room
 /// they leave is seen only by a listing. At the usual cadence the last
@@ -478,16 +478,17 @@ fn deadline_margin(rules: &Rules) -> Duration {
 /// room). Halving the wait keeps the cost to about log2(window / 1 s)
 /// listings per expiring token, and bounds how late such room is seen to
 /// a second before the expiry or half the time left, whichever is more.
+/// Counting from the channel's last listing, whoever asked for it, lets
+/// groups whose tokens expire close together share their looks: counted
+/// from each deadline, fourteen groups issued milliseconds apart listed
+/// ten times in 43 ms at their deadlines (found by an outside test).
 fn closing_look(
     listed_at: DateTime<Utc>,
     expires: DateTime<Utc>,
     window: Duration,
 ) -> Option<DateTime<Utc>> {
-    let opens = time::sub(expires, window);
-    if listed_at < opens {
-        return Some(opens);
-    }
-    let at = time::add(listed_at, ((expires - listed_at) / 2).max(MIN_INTERVAL));
+    let halfway = time::add(listed_at, ((expires - listed_at) / 2).max(MIN_INTERVAL));
+    let at = halfway.max(time::sub(expires, window));
     (at < expires).then_some(at)
 }
 

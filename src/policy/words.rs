@@ -131,12 +131,22 @@ impl fmt::Display for Alert {
                 key_id,
                 expires_at,
                 next_attempt_at,
-            } => write!(
+            } if next_attempt_at > expires_at => write!(
                 f,
                 "token {key_id} expires at {}, before the next possible issue at {}: \
                  consumers will lose access",
                 at(*expires_at),
                 at(*next_attempt_at)
+            ),
+            // A full channel: the next issue can come only once the token
+            // itself has expired and freed its slot, at the same instant.
+            Self::ExpiresBeforeSuccessor {
+                key_id, expires_at, ..
+            } => write!(
+                f,
+                "token {key_id} expires at {} and no successor can be issued before then: \
+                 consumers will lose access",
+                at(*expires_at)
             ),
             Self::NoCapacity { needed } => write!(
                 f,
@@ -166,8 +176,9 @@ impl fmt::Display for Alert {
             ),
             Self::ChannelFull { until } => write!(
                 f,
-                "LINE refused an issue: the channel holds 30 live tokens; trying again at {}, \
-                 when the next token LINE counts expires",
+                "LINE refused an issue: the channel holds 30 live tokens; no issue before {} \
+                 (when the next token of ours LINE counts expires, or a minute on when only \
+                 other issuers' tokens fill it), and then only into room a listing shows",
                 at(*until)
             ),
             Self::RevokeNeedsSecret { key_id, reason } => write!(
@@ -358,6 +369,34 @@ mod tests {
     }
 
     #[test]
+    fn a_token_whose_successor_can_come_only_at_its_expiry_says_so_once() {
+        // Found by an outside test: on a full channel the next issue is at
+        // the token's own expiry, and the words named that instant twice,
+        // "expires at T, before the next possible issue at T".
+        let at_expiry = Alert::ExpiresBeforeSuccessor {
+            key_id: KeyId::new("kid-1"),
+            expires_at: t0(),
+            next_attempt_at: t0(),
+        }
+        .to_string();
+        assert!(!at_expiry.contains("next possible issue"), "{at_expiry}");
+        assert!(
+            at_expiry.contains("no successor can be issued before then"),
+            "{at_expiry}"
+        );
+        let later = Alert::ExpiresBeforeSuccessor {
+            key_id: KeyId::new("kid-1"),
+            expires_at: t0(),
+            next_attempt_at: t0() + chrono::Duration::minutes(5),
+        }
+        .to_string();
+        assert!(
+            later.contains("before the next possible issue at"),
+            "{later}"
+        );
+    }
+
+    #[test]
     fn alerts_read_as_words() {
         let key_id = KeyId::new("kid-1");
         for (alert, name) in [
@@ -378,6 +417,14 @@ mod tests {
                     key_id: key_id.clone(),
                     expires_at: t0(),
                     next_attempt_at: t0(),
+                },
+                "ExpiresBeforeSuccessor",
+            ),
+            (
+                Alert::ExpiresBeforeSuccessor {
+                    key_id: key_id.clone(),
+                    expires_at: t0(),
+                    next_attempt_at: t0() + chrono::Duration::minutes(5),
                 },
                 "ExpiresBeforeSuccessor",
             ),
