@@ -144,8 +144,8 @@ impl fmt::Display for Alert {
                 key_id, expires_at, ..
             } => write!(
                 f,
-                "token {key_id} expires at {} and no successor can be issued before then: \
-                 consumers will lose access",
+                "token {key_id} expires at {} and no successor can be issued before then \
+                 unless room appears first: consumers will lose access",
                 at(*expires_at)
             ),
             Self::NoCapacity { needed } => write!(
@@ -177,8 +177,9 @@ impl fmt::Display for Alert {
             Self::ChannelFull { until } => write!(
                 f,
                 "LINE refused an issue: the channel holds 30 live tokens; no issue before {} \
-                 (when the next token of ours LINE counts expires, or a minute on when only \
-                 other issuers' tokens fill it), and then only into room a listing shows",
+                 (whichever comes first: a token of ours expiring, or a one-minute recheck, \
+                 since other issuers' expiries are known only to LINE), and then only into \
+                 room a listing of the channel's key IDs shows",
                 at(*until)
             ),
             Self::RevokeNeedsSecret { key_id, reason } => write!(

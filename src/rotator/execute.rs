@@ -1004,7 +1004,7 @@ impl Rotator {
         let now = self.clock.now();
         let until = policy::full_until(now, state, &self.rules());
         let channel = setup.id.clone();
-        let detail = format!("{}; trying again at {until}", error_chain(&error));
+        let detail = format!("{}; no issue before {until}", error_chain(&error));
         let group_name = group.clone();
         self.db(move |store| {
             store.set_channel_full(
@@ -1033,7 +1033,7 @@ impl Rotator {
             group = %group,
             request_id = error.request_id().unwrap_or("-"),
             retry_at = %until,
-            "LINE refused to issue: the channel holds 30 live tokens; listing the key IDs again and trying at the next expiry"
+            "LINE refused to issue: the channel holds 30 live tokens; listing the key IDs again, and no issue before retry_at (a token of ours expiring or a one-minute recheck, whichever comes first)"
         );
         self.emit(RotationEvent::Failed {
             channel: setup.id.clone(),

@@ -204,7 +204,7 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
     if let Some(until) = c.full_until {
         let _ = writeln!(
             out,
-            "  LINE refused an issue: the channel holds 30 live tokens; trying again {}",
+            "  LINE refused an issue: the channel holds 30 live tokens; no issue before {}, then only into room a listing shows",
             when(now, until)
         );
     }
