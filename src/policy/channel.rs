@@ -158,7 +158,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             plan: plans[i].clone(),
         }
     } else if let Some((i, victims)) = plans.iter().enumerate().find_map(|(i, p)| match p.hold {
-        Some(Hold::Capacity { needed }) => {
+        Some(Hold::Capacity { needed, .. }) => {
             let kind = state.groups[i].kind;
             let victims = capacity_victims(now, &state.groups, needed, rules, kind);
             (!victims.is_empty()).then_some((i, victims))
@@ -929,7 +929,7 @@ mod tests {
         let s = state_listed_at(listed);
         let d = drive(listed, &s, &rules);
         assert!(
-            matches!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 })),
+            matches!(d.plans[0].hold, Some(Hold::Capacity { needed: 1, .. })),
             "{d:?}"
         );
         let first = expires - Duration::seconds(270);

@@ -346,6 +346,12 @@ pub struct HoldStatus {
     pub kind: &'static str,
     /// Until when, when known.
     pub until: Option<DateTime<Utc>>,
+    /// For `capacity`: the daemon's next look for room (a key-ID listing,
+    /// or the end of LINE's 30-token answer), when there is one; the
+    /// group issues no sooner. `null` for other holds, and when only our
+    /// own tokens fill the channel (room comes when one expires or is
+    /// revoked).
+    pub next_look_at: Option<DateTime<Utc>>,
     /// In words.
     pub message: String,
 }
@@ -763,12 +769,19 @@ pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
         Hold::RateLimit { until } => ("rate_limit", Some(*until)),
         Hold::Reconcile => ("reconcile", None),
         Hold::Settling { until } => ("settling", Some(*until)),
+        // Nothing says when a full channel frees up: the hold has no end,
+        // only looks.
         Hold::Capacity { .. } => ("capacity", None),
         Hold::LinePaused { until } => ("line_paused", Some(*until)),
+    };
+    let next_look_at = match hold {
+        Hold::Capacity { next_look, .. } => *next_look,
+        _ => None,
     };
     HoldStatus {
         kind,
         until,
+        next_look_at,
         // The sentence is the hold's `Display` (`policy::words`).
         message: hold.to_string(),
     }

@@ -524,6 +524,76 @@ fn status_text_is_a_table_of_key_ids() {
     }
 }
 
+/// A full channel (28 foreign key IDs beside our 2) whose `backend` is due
+/// a rotation: `status` says when the daemon next looks for room, and that
+/// no rotation comes sooner.
+#[test]
+fn status_names_a_full_channels_next_look_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let lab = Lab { dir, now };
+    write_config(lab.dir.path(), &lab.db());
+    let store = Store::open(&lab.db()).unwrap();
+    store
+        .sync_config(now - Duration::days(40), &specs(&["backend", "crm"]))
+        .unwrap();
+    // backend's token expires in 12 hours: its rotation is due.
+    let backend_at = now - Duration::days(29) - Duration::hours(12);
+    issue(&store, SHOP, "backend", "kid-b-cur", VALUES[1], backend_at);
+    issue(
+        &store,
+        SHOP,
+        "crm",
+        "kid-crm",
+        VALUES[0],
+        now - Duration::days(1),
+    );
+    let mut listed = vec![KeyId::new("kid-b-cur"), KeyId::new("kid-crm")];
+    listed.extend((0..28).map(|i| KeyId::new(format!("kid-foreign-{i}"))));
+    store
+        .reconcile(
+            now,
+            &ch(SHOP),
+            &listed,
+            store.newest_intent_id(&ch(SHOP)).unwrap(),
+        )
+        .unwrap();
+    drop(store);
+
+    let report = lab.json(&["status", "--json"]);
+    let shop = channel(&report, SHOP);
+    assert_eq!(shop["capacity"], 0, "{shop:#}");
+    let backend = group(shop, "backend");
+    let hold = &backend["hold"];
+    assert_eq!(hold["kind"], "capacity", "{backend:#}");
+    assert_eq!(
+        hold["until"],
+        Value::Null,
+        "a full channel has no known end"
+    );
+    // Other issuers' tokens expire at instants nobody tells us: the next
+    // listing (five minutes after the last) is the next look, and the next
+    // rotation cannot come before it.
+    let look = now + Duration::minutes(5);
+    assert_eq!(time(&hold["next_look_at"]), look, "{backend:#}");
+    assert_eq!(time(&backend["next_rotation_at"]), look, "{backend:#}");
+    let message = hold["message"].as_str().unwrap();
+    assert!(
+        message.contains("the next look for room is at"),
+        "{message}"
+    );
+    // crm is not held at all.
+    assert_eq!(group(shop, "crm")["hold"], Value::Null);
+
+    let out = lab.run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("backend: waiting: the channel is full: 1 token(s) must go first; the next look for room is at"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn status_reads_while_a_writer_holds_the_database() {
     let lab = lab();
