@@ -175,20 +175,25 @@ fn specs(shop_groups: &[&str]) -> Vec<ChannelSpec> {
     ]
 }
 
-/// The store state every test reads (see the module doc), with the writer
-/// dropped afterwards.
-fn lab() -> Lab {
+/// A config, and a store whose channels (shop-bot with `shop_groups`)
+/// were configured 40 days before the lab's `now`, holding nothing else.
+fn new_lab(shop_groups: &[&str]) -> (Lab, Store) {
     let dir = tempfile::tempdir().unwrap();
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
     let lab = Lab { dir, now };
     write_config(lab.dir.path(), &lab.db());
     let store = Store::open(&lab.db()).unwrap();
     store
-        .sync_config(
-            now - Duration::days(40),
-            &specs(&["backend", "crm", "legacy"]),
-        )
+        .sync_config(now - Duration::days(40), &specs(shop_groups))
         .unwrap();
+    (lab, store)
+}
+
+/// The store state every test reads (see the module doc), with the writer
+/// dropped afterwards.
+fn lab() -> Lab {
+    let (lab, store) = new_lab(&["backend", "crm", "legacy"]);
+    let now = lab.now;
     issue(
         &store,
         SHOP,
@@ -529,14 +534,8 @@ fn status_text_is_a_table_of_key_ids() {
 /// no rotation comes sooner.
 #[test]
 fn status_names_a_full_channels_next_look_for_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
-    let lab = Lab { dir, now };
-    write_config(lab.dir.path(), &lab.db());
-    let store = Store::open(&lab.db()).unwrap();
-    store
-        .sync_config(now - Duration::days(40), &specs(&["backend", "crm"]))
-        .unwrap();
+    let (lab, store) = new_lab(&["backend", "crm"]);
+    let now = lab.now;
     // backend's token expires in 12 hours: its rotation is due.
     let backend_at = now - Duration::days(29) - Duration::hours(12);
     issue(&store, SHOP, "backend", "kid-b-cur", VALUES[1], backend_at);
