@@ -1316,25 +1316,32 @@ fn plan_cmd(path: &Path, days: u32, json: bool, all: bool) -> Result<(), Failure
         None => None,
     };
     let until = now + chrono::Duration::days(i64::from(days));
-    let report = status::plan_report(
+    let format = if json {
+        status::PlanFormat::Json
+    } else {
+        status::PlanFormat::Text
+    };
+    // Written as the forecast runs: a year of a large config is millions
+    // of actions, which are never all held.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = status::write_plan(
+        &mut out,
         now,
         db,
         &configured_channels(&config),
         &app::rules(&config.rotation, config.capacity_low_threshold),
         state.as_ref(),
         status::PlanRequest {
+            format,
             until,
             include_routine: all,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
         },
-    );
-    let shown = if json {
-        emit_line(to_json(&report)?)
-    } else {
-        emit(status::render_plan(&report))
-    };
-    exit_without_freeing((config, state, report));
-    shown
+    )
+    .and_then(|()| std::io::Write::flush(&mut out))
+    .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("while writing to stdout")));
+    exit_without_freeing((config, state));
+    written
 }
 
 /// Opens the database read-only beside a running daemon; `None` when there

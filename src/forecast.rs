@@ -42,9 +42,17 @@
 //! cross channels (`next-1`, `next-2`, ... in that order): each part
 //! names its tokens with placeholders, renamed in that order once the
 //! parts are merged, so the timeline is the same whatever the threads.
+//!
+//! The timeline is handed over a day of virtual time at a time
+//! ([`forecast_each`]): the parts run to the end of the day, their actions
+//! are merged and handed on, and only then does the next day run. Memory
+//! holds the channels' state and one day's actions, never the whole
+//! timeline, and the renaming forgets a token's name at its revocation or
+//! expiry, its last mention.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::convert::Infallible;
 use std::mem::Discriminant;
 use std::panic::resume_unwind;
 use std::thread;
@@ -200,9 +208,31 @@ pub struct Forecast {
     pub routine: Option<(usize, usize)>,
 }
 
+/// How much virtual time a forecast runs before it hands over what
+/// happened in it: only one window's actions are held at once, so a
+/// forecast of 100,000 groups over 400 days (millions of actions, more with
+/// every verify and reconcile) streams out in bounded memory. A day holds
+/// every group's verify and every channel's hourly listings, and keeps the
+/// per-window cost (a thread per part, a sort) small against the window's
+/// rounds.
+const WINDOW: Duration = Duration::days(1);
+
+/// What a forecast found besides its actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// False when a channel reached [`MAX_ROUNDS_PER_CHANNEL`] before
+    /// `until`: its timeline stops early.
+    pub complete: bool,
+    /// The routine reads simulated, as (verifies, reconciles); `None` with
+    /// [`Routine::Skip`], which does not simulate them all.
+    pub routine: Option<(usize, usize)>,
+}
+
 /// Runs the policy forward from `now` to `until`, as the rotator would if
 /// every call to LINE succeeded, on up to `threads` threads (the result
-/// does not depend on how many). See the module documentation.
+/// does not depend on how many), and collects the timeline. See the
+/// module documentation; [`forecast_each`] hands the actions over as they
+/// come instead.
 pub fn forecast(
     now: DateTime<Utc>,
     channels: Vec<ChannelInput>,
@@ -211,20 +241,63 @@ pub fn forecast(
     routine: Routine,
     threads: usize,
 ) -> Forecast {
-    let parts = threads.min(channels.len() / MIN_CHANNELS_PER_THREAD).max(1);
-    forecast_in(now, channels, rules, until, routine, parts)
+    let mut actions = Vec::new();
+    let Ok(summary) = forecast_each(now, channels, rules, until, routine, threads, |a| {
+        actions.push(a);
+        Ok::<(), Infallible>(())
+    });
+    Forecast {
+        from: now,
+        until,
+        actions,
+        complete: summary.complete,
+        routine: summary.routine,
+    }
 }
 
-/// [`forecast`] cut into `parts` runs of channels, each on a thread of
-/// its own when there are two or more.
-fn forecast_in(
+/// [`forecast`], handing each action to `emit` in time order as soon as
+/// its day ([`WINDOW`]) is done, so memory holds the channels' state and
+/// one day's actions, never the whole timeline. Stops at `emit`'s first
+/// error and returns it.
+///
+/// # Errors
+/// The first error `emit` returns.
+pub fn forecast_each<E>(
     now: DateTime<Utc>,
     channels: Vec<ChannelInput>,
     rules: &Rules,
     until: DateTime<Utc>,
     routine: Routine,
+    threads: usize,
+    emit: impl FnMut(PlannedAction) -> Result<(), E>,
+) -> Result<Summary, E> {
+    let parts = threads.min(channels.len() / MIN_CHANNELS_PER_THREAD).max(1);
+    let cut = Cut {
+        parts,
+        window: WINDOW,
+    };
+    forecast_in(now, channels, rules, until, routine, cut, emit)
+}
+
+/// How a forecast is cut up: into `parts` runs of channels, each on a
+/// thread of its own when there are two or more, and into windows of
+/// virtual time. Neither changes the timeline (tests hold it to that).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
     parts: usize,
-) -> Forecast {
+    window: Duration,
+}
+
+/// [`forecast_each`] cut as `cut` says.
+fn forecast_in<E>(
+    now: DateTime<Utc>,
+    channels: Vec<ChannelInput>,
+    rules: &Rules,
+    until: DateTime<Utc>,
+    routine: Routine,
+    cut: Cut,
+    mut emit: impl FnMut(PlannedAction) -> Result<(), E>,
+) -> Result<Summary, E> {
     let rules = match routine {
         Routine::Simulate => rules.clone(),
         Routine::Skip => Rules {
@@ -241,117 +314,163 @@ fn forecast_in(
     };
     let mut names = Names::new(&channels);
     let mut runs: Vec<ChannelRun> = channels.into_iter().map(ChannelRun::new).collect();
-    let chunk = runs.len().div_ceil(parts.max(1)).max(1);
-    let parts: Vec<Part> = if parts <= 1 {
-        vec![simulate(&mut runs, 0, 0, now, until, &rules)]
-    } else {
-        thread::scope(|s| {
-            let rules = &rules;
-            let handles: Vec<_> = runs
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(k, part)| s.spawn(move || simulate(part, k * chunk, k, now, until, rules)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| resume_unwind(panic)))
-                .collect()
-        })
-    };
-    let complete = parts.iter().all(|p| p.complete);
-    // The order one heap over all channels pops their rounds in: by
-    // instant, then by channel (a channel has one round an instant); the
-    // sort is stable, so each round's actions keep the order they were
-    // done in.
-    let mut done = Vec::with_capacity(parts.iter().map(|p| p.actions.len()).sum());
-    for part in parts {
-        done.extend(part.actions);
-    }
-    done.sort_by_key(|(round, channel, _)| (*round, *channel));
-    let mut renamed = HashMap::new();
-    let mut actions: Vec<PlannedAction> = done
-        .into_iter()
-        .map(|(_, _, mut planned)| {
-            for key_id in key_ids_mut(&mut planned.action) {
-                rename(key_id, &mut renamed, &mut names);
-            }
-            planned
-        })
+    let chunk = runs.len().div_ceil(cut.parts.max(1)).max(1);
+    let mut parts: Vec<Part> = runs
+        .chunks(chunk)
+        .enumerate()
+        .map(|(k, part)| Part::new(k, k * chunk, part.len(), now))
         .collect();
-    actions.retain(|a| a.at <= until);
-    // Expiries are stamped with their own instant, which a round reaches
-    // exactly (plans wake at every expiry); the sort is stable, so actions
-    // of one instant keep the order they were done in.
-    actions.sort_by_key(|a| a.at);
-    let routine = (routine == Routine::Simulate).then(|| {
-        let verifies = actions
-            .iter()
-            .filter(|a| matches!(a.action, Action::Verify { .. }))
-            .count();
-        let reconciles = actions
-            .iter()
-            .filter(|a| a.action == Action::Reconcile)
-            .count();
-        (verifies, reconciles)
-    });
-    Forecast {
-        from: now,
-        until,
-        actions,
-        complete,
-        routine,
+    let mut renamed = HashMap::new();
+    let (mut verifies, mut reconciles) = (0_usize, 0_usize);
+    let window = cut.window.max(Duration::milliseconds(1));
+    let mut window_end = now;
+    loop {
+        let mut done = advance(&mut parts, &mut runs, chunk, window_end, &rules);
+        // The order one heap over all channels pops their rounds in: by
+        // instant, then by channel (a channel has one round an instant);
+        // the sort is stable, so each round's actions keep the order they
+        // were done in. Windows split the rounds by instant, so taking
+        // them window by window is that order too.
+        done.sort_by_key(|(round, channel, _)| (*round, *channel));
+        let mut actions: Vec<PlannedAction> = done
+            .into_iter()
+            .map(|(_, _, mut planned)| {
+                // A token revoked or expired is named no more: its entry
+                // goes, so the map holds only the live synthetic tokens.
+                let last = matches!(
+                    planned.action,
+                    Action::Revoke { .. } | Action::Expire { .. }
+                );
+                for key_id in key_ids_mut(&mut planned.action) {
+                    rename(key_id, &mut renamed, &mut names, last);
+                }
+                planned
+            })
+            .filter(|a| a.at <= until)
+            .collect();
+        // Expiries are stamped with their own instant, which a round
+        // reaches exactly (plans wake at every expiry); the sort is
+        // stable, so actions of one instant keep the order they were done
+        // in.
+        actions.sort_by_key(|a| a.at);
+        for a in actions {
+            match a.action {
+                Action::Verify { .. } => verifies += 1,
+                Action::Reconcile => reconciles += 1,
+                _ => {}
+            }
+            emit(a)?;
+        }
+        if window_end >= until {
+            break;
+        }
+        window_end = window_end
+            .checked_add_signed(window)
+            .map_or(until, |end| end.min(until));
     }
+    Ok(Summary {
+        complete: parts.iter().all(|p| p.complete),
+        routine: (routine == Routine::Simulate).then_some((verifies, reconciles)),
+    })
 }
 
-/// What one thread's run of channels did, each action with the instant
-/// of the round that did it and its channel's index among all channels.
+/// Runs every part's rounds up to `until` (each part's channels are the
+/// `chunk` of `runs` from its base on), on a thread per part when there
+/// are two or more; returns what they did, each action with the instant of
+/// the round that did it and its channel's index among all channels.
+fn advance(
+    parts: &mut [Part],
+    runs: &mut [ChannelRun],
+    chunk: usize,
+    until: DateTime<Utc>,
+    rules: &Rules,
+) -> Vec<(DateTime<Utc>, usize, PlannedAction)> {
+    // Nothing due in this window (a quiet day of a forecast without
+    // routine reads): no threads for it.
+    if parts.iter().all(|p| p.next_due().is_none_or(|t| t > until)) {
+        return Vec::new();
+    }
+    if let [part] = parts {
+        return part.advance(runs, until, rules);
+    }
+    thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter_mut()
+            .zip(runs.chunks_mut(chunk))
+            .map(|(part, runs)| s.spawn(move || part.advance(runs, until, rules)))
+            .collect();
+        let mut done = Vec::new();
+        for h in handles {
+            done.extend(h.join().unwrap_or_else(|panic| resume_unwind(panic)));
+        }
+        done
+    })
+}
+
+/// One thread's run of channels: when each is next due, earliest first;
+/// ties in channel order, as the daemon's scheduler works them. Channels
+/// share nothing (capacity and the hourly budget are per channel), so a
+/// channel is only looked at when its own plans asked: looking at it in
+/// between, as a daemon pass for another channel does, finds nothing to do
+/// by construction (plans wake at every instant their answer could
+/// change). So the cost grows with the channels' own rounds, not with
+/// channels times instants.
 struct Part {
-    actions: Vec<(DateTime<Utc>, usize, PlannedAction)>,
-    /// False when a channel reached [`MAX_ROUNDS_PER_CHANNEL`].
+    /// The index of its first channel among all channels.
+    base: usize,
+    names: Placeholders,
+    due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+    /// False once a channel reached [`MAX_ROUNDS_PER_CHANNEL`].
     complete: bool,
 }
 
-/// Runs `runs` (the channels from index `base` on) from `now` to `until`.
-/// When each channel is next due, earliest first; ties in channel order,
-/// as the daemon's scheduler works them. Channels share nothing (capacity
-/// and the hourly budget are per channel), so a channel is only looked at
-/// when its own plans asked: looking at it in between, as a daemon pass
-/// for another channel does, finds nothing to do by construction (plans
-/// wake at every instant their answer could change). So the cost grows
-/// with the channels' own rounds, not with channels times instants.
-fn simulate(
-    runs: &mut [ChannelRun],
-    base: usize,
-    part: usize,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-    rules: &Rules,
-) -> Part {
-    let mut names = Placeholders { part, next: 0 };
-    let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
-        (0..runs.len()).map(|i| Reverse((now, i))).collect();
-    let (mut actions, mut round_out) = (Vec::new(), Vec::new());
-    let mut complete = true;
-    while let Some(Reverse((t, i))) = due.pop() {
-        if t > until {
-            break;
+impl Part {
+    /// Part number `part` of `len` channels from index `base` on, each due
+    /// at `now`.
+    fn new(part: usize, base: usize, len: usize, now: DateTime<Utc>) -> Self {
+        Self {
+            base,
+            names: Placeholders { part, next: 0 },
+            due: (0..len).map(|i| Reverse((now, i))).collect(),
+            complete: true,
         }
-        let run = &mut runs[i];
-        if run.rounds >= MAX_ROUNDS_PER_CHANNEL {
-            complete = false;
-            continue;
-        }
-        run.rounds += 1;
-        // Every plan without steps wakes strictly later; the max only keeps
-        // a bug from stalling virtual time (by the store's resolution, a
-        // millisecond, so the timeline keeps the daemon's instants).
-        let next = run
-            .round(t, rules, &mut names, &mut round_out)
-            .max(t + Duration::milliseconds(1));
-        actions.extend(round_out.drain(..).map(|a| (t, base + i, a)));
-        due.push(Reverse((next, i)));
     }
-    Part { actions, complete }
+
+    /// When its earliest channel is due.
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.due.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Runs the rounds of `runs` (its channels) due up to `until`.
+    fn advance(
+        &mut self,
+        runs: &mut [ChannelRun],
+        until: DateTime<Utc>,
+        rules: &Rules,
+    ) -> Vec<(DateTime<Utc>, usize, PlannedAction)> {
+        let (mut actions, mut round_out) = (Vec::new(), Vec::new());
+        while let Some(t) = self.next_due().filter(|t| *t <= until) {
+            let Some(Reverse((_, i))) = self.due.pop() else {
+                break;
+            };
+            let run = &mut runs[i];
+            if run.rounds >= MAX_ROUNDS_PER_CHANNEL {
+                self.complete = false;
+                continue;
+            }
+            run.rounds += 1;
+            // Every plan without steps wakes strictly later; the max only
+            // keeps a bug from stalling virtual time (by the store's
+            // resolution, a millisecond, so the timeline keeps the
+            // daemon's instants).
+            let next = run
+                .round(t, rules, &mut self.names, &mut round_out)
+                .max(t + Duration::milliseconds(1));
+            actions.extend(round_out.drain(..).map(|a| (t, self.base + i, a)));
+            self.due.push(Reverse((next, i)));
+        }
+        actions
+    }
 }
 
 /// A part's names for the tokens it imagines issued: unique across parts,
@@ -386,14 +505,24 @@ impl Placeholders {
 /// Replaces a placeholder with its synthetic name: the one given when it
 /// was first met, or the next free one. Actions are renamed in the order
 /// one thread would have done them, so the names come out as it would
-/// have given them.
-fn rename(key_id: &mut KeyId, renamed: &mut HashMap<KeyId, KeyId>, names: &mut Names) {
-    if key_id.as_str().contains(PLACEHOLDER_MARK) {
-        let name = renamed
-            .entry(key_id.clone())
-            .or_insert_with(|| names.fresh(key_id.kind()));
-        *key_id = name.clone();
+/// have given them. `last`: the token is named for the last time (it is
+/// revoked or expires), so its entry goes.
+fn rename(key_id: &mut KeyId, renamed: &mut HashMap<KeyId, KeyId>, names: &mut Names, last: bool) {
+    if !key_id.as_str().contains(PLACEHOLDER_MARK) {
+        return;
     }
+    let name = if last {
+        renamed.remove(key_id)
+    } else {
+        renamed.get(key_id).cloned()
+    };
+    *key_id = name.unwrap_or_else(|| {
+        let fresh = names.fresh(key_id.kind());
+        if !last {
+            renamed.insert(key_id.clone(), fresh.clone());
+        }
+        fresh
+    });
 }
 
 /// The key IDs an action names. Every alert is listed with its fields
@@ -423,7 +552,8 @@ fn key_ids_mut(action: &mut Action) -> Vec<&mut KeyId> {
     }
 }
 
-/// Hands out synthetic key IDs that collide with no stored one.
+/// Hands out synthetic key IDs that collide with no stored one. Only the
+/// stored ones are kept: the counter never gives a name twice.
 struct Names {
     taken: BTreeSet<KeyId>,
     next: u64,
@@ -451,7 +581,7 @@ impl Names {
         loop {
             let candidate = KeyId::new(format!("{prefix}{SYNTHETIC_KEY_PREFIX}{}", self.next));
             self.next += 1;
-            if self.taken.insert(candidate.clone()) {
+            if !self.taken.contains(&candidate) {
                 return candidate;
             }
         }
@@ -771,19 +901,48 @@ mod tests {
     /// the same way (the promise of [`Routine::Skip`]).
     ///
     /// Both are also run in two parts, which these tests' one channel
-    /// leaves with one thread each (the merging of parts is tested below).
+    /// leaves with one thread each (the merging of parts is tested below),
+    /// and in windows of an hour and of seven, which must not change them.
     fn run(channels: Vec<ChannelInput>, rules: &Rules, days: i64) -> Forecast {
         let until = t0() + Duration::days(days);
         let full = forecast(t0(), channels.clone(), rules, until, Routine::Simulate, 1);
-        let cut = forecast_in(t0(), channels.clone(), rules, until, Routine::Simulate, 2);
-        assert_eq!(cut, full, "two parts differ from one");
         let lean = forecast(t0(), channels.clone(), rules, until, Routine::Skip, 1);
-        let cut = forecast_in(t0(), channels, rules, until, Routine::Skip, 2);
-        assert_eq!(cut, lean, "two parts differ from one without routine reads");
+        for (routine, one) in [(Routine::Simulate, &full), (Routine::Skip, &lean)] {
+            for (parts, hours) in [(2, 24), (1, 1), (2, 7)] {
+                let window = Duration::hours(hours);
+                let cut = cut_up(&channels, rules, until, routine, parts, window);
+                assert_eq!(&cut, one, "{routine:?} in {parts} parts, {hours} h windows");
+            }
+        }
         assert_eq!(timeline(&lean), timeline(&full), "Skip and Simulate differ");
         assert_eq!(lean.complete, full.complete);
         assert!(lean.routine.is_none() && full.routine.is_some());
         full
+    }
+
+    /// The forecast from t0 cut into `parts` runs of channels and windows
+    /// of `window`, collected.
+    fn cut_up(
+        channels: &[ChannelInput],
+        rules: &Rules,
+        until: DateTime<Utc>,
+        routine: Routine,
+        parts: usize,
+        window: Duration,
+    ) -> Forecast {
+        let mut actions = Vec::new();
+        let cut = Cut { parts, window };
+        let Ok(summary) = forecast_in(t0(), channels.to_vec(), rules, until, routine, cut, |a| {
+            actions.push(a);
+            Ok::<(), Infallible>(())
+        });
+        Forecast {
+            from: t0(),
+            until,
+            actions,
+            complete: summary.complete,
+            routine: summary.routine,
+        }
     }
 
     /// The non-routine actions as (offset from t0, group, short text).
@@ -1316,9 +1475,41 @@ mod tests {
                 Action::Alert(Alert::RevokeNeedsSecret { key_id, .. })
                     if key_id.as_str().starts_with(SYNTHETIC_KEY_PREFIX)
             )));
-            for parts in [2, 5, 13, 40] {
-                let cut = forecast_in(t0(), channels.clone(), &rules, until, routine, parts);
-                assert_eq!(cut, one, "{routine:?} in {parts} parts");
+            // Each synthetic token is named from its issue to its revocation
+            // or expiry, and never after: the renaming forgets a name at its
+            // last use, and must not give a token two.
+            let stored: BTreeSet<&KeyId> = channels
+                .iter()
+                .flat_map(|c| &c.groups)
+                .flat_map(|g| &g.tokens)
+                .map(|t| &t.key_id)
+                .collect();
+            let mut issued = BTreeSet::new();
+            let mut gone = BTreeSet::new();
+            for a in &one.actions {
+                let mut action = a.action.clone();
+                for key_id in key_ids_mut(&mut action) {
+                    if !is_synthetic(key_id) || stored.contains(&*key_id) {
+                        continue;
+                    }
+                    assert!(
+                        !gone.contains(key_id),
+                        "{key_id} named after it went: {a:?}"
+                    );
+                    match &a.action {
+                        Action::Issue { .. } => assert!(issued.insert(key_id.clone()), "{a:?}"),
+                        _ => assert!(issued.contains(key_id), "{key_id} before its issue: {a:?}"),
+                    }
+                    if matches!(a.action, Action::Revoke { .. } | Action::Expire { .. }) {
+                        gone.insert(key_id.clone());
+                    }
+                }
+            }
+            assert!(!gone.is_empty());
+            for (parts, hours) in [(2, 24), (5, 24), (13, 24), (40, 24), (1, 3), (5, 240)] {
+                let window = Duration::hours(hours);
+                let cut = cut_up(&channels, &rules, until, routine, parts, window);
+                assert_eq!(cut, one, "{routine:?} in {parts} parts, {hours} h windows");
             }
         }
     }

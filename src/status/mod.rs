@@ -42,14 +42,14 @@ mod world;
 
 pub use daemon::{DaemonStatus, probe_daemon, probe_daemon_at};
 pub use login::{LoginChannelStatus, LoginStatus, login_status};
-pub use plan::{PlanCounts, PlanReport, PlanRequest, PlannedStatus, plan_report, render_plan};
+pub use plan::{PlanCounts, PlanFormat, PlanRequest, PlannedStatus, write_plan};
 pub use render::render_status;
 pub use report::*;
 pub use stored::{ConfiguredChannel, StoredState, read_store};
 
 use chrono::Duration;
 
-use self::render::{count, table, ts};
+use self::render::{count, ts};
 use self::report::severity_name;
 use self::stored::StoredChannel;
 use self::world::{ChannelWorld, GroupWorld, worlds};

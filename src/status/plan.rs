@@ -1,16 +1,23 @@
-//! The `plan` report: the forecast run from the world at `now`, its JSON
-//! shape and its timeline for people.
+//! The `plan` report: the forecast run from the world at `now`, written
+//! as JSON or as a timeline for people while the forecast runs.
+//!
+//! Nothing holds the whole timeline: the forecast hands over each day's
+//! actions as it finishes the day ([`forecast::forecast_each`]), and each
+//! is written and dropped. A year of 100,000 groups is millions of actions
+//! (tens of millions with `--all`), which held at once took gigabytes on
+//! the host the daemon runs on.
 
 use crate::store::Location;
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::ser::{Error as _, SerializeMap as _, SerializeSeq as _};
+use serde::{Serialize, Serializer};
 
-use super::{
-    ConfiguredChannel, JSON_VERSION, StoredState, count, severity_name, table, ts, worlds,
-};
+use super::render::row_line;
+use super::{ConfiguredChannel, JSON_VERSION, StoredState, count, severity_name, ts, worlds};
 use crate::domain::{ChannelId, GroupName, KeyId};
 use crate::forecast::{self, Action, ChannelInput, Routine, SYNTHETIC_KEY_PREFIX};
 use crate::policy::{Alert, IssueReason, RevokeReason, Rules};
@@ -18,33 +25,8 @@ use crate::policy::{Alert, IssueReason, RevokeReason, Rules};
 // ---------------------------------------------------------------------------
 // plan
 
-/// `linetokd plan --json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlanReport {
-    /// [`JSON_VERSION`].
-    pub version: u32,
-    /// Where the forecast starts (now).
-    pub from: DateTime<Utc>,
-    /// Where it ends.
-    pub until: DateTime<Utc>,
-    /// The database read: its path, or its PostgreSQL URL with the password
-    /// masked.
-    pub database: String,
-    /// False when there was no database: the forecast starts from nothing,
-    /// as a first start with this config would.
-    pub database_found: bool,
-    /// False when the forecast stopped early (its loop bound).
-    pub complete: bool,
-    /// Verifies and reconciles are listed only when asked for (`--all`);
-    /// `counts` counts them either way.
-    pub routine_listed: bool,
-    /// How many actions of each kind the forecast holds.
-    pub counts: PlanCounts,
-    /// What happens, in time order.
-    pub actions: Vec<PlannedStatus>,
-}
-
-/// Actions by kind.
+/// How many actions of each kind the forecast holds (`plan --json`'s
+/// `counts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PlanCounts {
     /// Tokens issued.
@@ -61,7 +43,21 @@ pub struct PlanCounts {
     pub alert: u32,
 }
 
-/// One planned action.
+impl PlanCounts {
+    /// Counts `action` (the routine reads are counted by the forecast).
+    fn note(&mut self, action: &Action) {
+        let n = match action {
+            Action::Issue { .. } => &mut self.issue,
+            Action::Revoke { .. } => &mut self.revoke,
+            Action::Expire { .. } => &mut self.expire,
+            Action::Verify { .. } | Action::Reconcile => return,
+            Action::Alert(_) => &mut self.alert,
+        };
+        *n = n.saturating_add(1);
+    }
+}
+
+/// One planned action (an element of `plan --json`'s `actions`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStatus {
     /// When.
@@ -89,9 +85,11 @@ pub struct PlannedStatus {
     pub message: String,
 }
 
-/// How far `linetokd plan` looks and what it lists.
+/// How far `linetokd plan` looks, what it lists and how it writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanRequest {
+    /// JSON or text.
+    pub format: PlanFormat,
     /// The end of the forecast (inclusive).
     pub until: DateTime<Utc>,
     /// `--all`: simulate and list the routine verifies and reconciles.
@@ -101,73 +99,171 @@ pub struct PlanRequest {
     pub threads: usize,
 }
 
-/// Runs the forecast from `now` to `request.until` and builds its report.
-/// `state` is `None` when there is no database yet.
-pub fn plan_report(
+/// How `linetokd plan` writes its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanFormat {
+    /// `--json`: one object. Its fields, in order: `version`
+    /// ([`JSON_VERSION`]), `from` (now), `until`, `database` (the path, or
+    /// the PostgreSQL URL with its password masked), `database_found`
+    /// (false: the forecast starts from nothing, as a first start with
+    /// this config would), `routine_listed` (`--all`), `actions` (in time
+    /// order, each a [`PlannedStatus`]), `counts` ([`PlanCounts`]: they
+    /// count the routine reads either way) and `complete` (false when the
+    /// forecast stopped early at its loop bound). The last two follow the
+    /// actions because they are known only once the actions are written.
+    Json,
+    /// The timeline as a table, with the counts below it.
+    Text,
+}
+
+/// Runs the forecast from `now` to `request.until` and writes its report
+/// to `out` as it runs. `state` is `None` when there is no database yet.
+///
+/// # Errors
+/// The first error writing to `out`.
+pub fn write_plan(
+    out: &mut dyn Write,
     now: DateTime<Utc>,
     database: &Location,
     configured: &[ConfiguredChannel],
     rules: &Rules,
     state: Option<&StoredState>,
     request: PlanRequest,
-) -> PlanReport {
-    let PlanRequest {
-        until,
-        include_routine,
-        threads,
-    } = request;
+) -> io::Result<()> {
     let empty = StoredState::empty();
     let worlds = worlds(now, configured, state.unwrap_or(&empty));
-    let names: BTreeMap<ChannelId, String> = worlds
-        .iter()
-        .map(|w| (w.id.clone(), w.name.clone()))
-        .collect();
-    let inputs: Vec<ChannelInput> = worlds
-        .iter()
-        .map(|w| ChannelInput {
-            channel: w.id.clone(),
-            managed: w.managed(),
-            groups: w.views(),
-            view: w.view.clone(),
-        })
-        .collect();
-    let routine = if include_routine {
-        Routine::Simulate
-    } else {
-        Routine::Skip
-    };
-    let f = forecast::forecast(now, inputs, rules, until, routine, threads);
-    let mut counts = PlanCounts::default();
-    for a in &f.actions {
-        let n = match a.action {
-            Action::Issue { .. } => &mut counts.issue,
-            Action::Revoke { .. } => &mut counts.revoke,
-            Action::Expire { .. } => &mut counts.expire,
-            Action::Verify { .. } | Action::Reconcile => continue,
-            Action::Alert(_) => &mut counts.alert,
-        };
-        *n = n.saturating_add(1);
-    }
-    if let Some((verifies, reconciles)) = f.routine {
-        counts.verify = Some(count(verifies));
-        counts.reconcile = Some(count(reconciles));
-    }
-    let actions = f
-        .actions
-        .iter()
-        .filter(|a| include_routine || !a.action.is_routine())
-        .map(|a| planned_status(a, &names))
-        .collect();
-    PlanReport {
-        version: JSON_VERSION,
-        from: f.from,
-        until: f.until,
+    let run = PlanRun {
+        now,
         database: database.to_string(),
         database_found: state.is_some(),
-        complete: f.complete,
-        routine_listed: include_routine,
-        counts,
-        actions,
+        request,
+        rules,
+        names: worlds
+            .iter()
+            .map(|w| (w.id.clone(), w.name.clone()))
+            .collect(),
+        inputs: Cell::new(
+            worlds
+                .iter()
+                .map(|w| ChannelInput {
+                    channel: w.id.clone(),
+                    managed: w.managed(),
+                    groups: w.views(),
+                    view: w.view.clone(),
+                })
+                .collect(),
+        ),
+    };
+    drop(worlds);
+    match request.format {
+        PlanFormat::Json => {
+            let mut json = serde_json::Serializer::pretty(&mut *out);
+            JsonPlan(&run)
+                .serialize(&mut json)
+                .map_err(io::Error::from)?;
+            writeln!(out)
+        }
+        PlanFormat::Text => write_text(out, &run),
+    }
+}
+
+/// One `plan` run: what the report says before its actions, and the
+/// forecast's input, taken by the one run of the forecast.
+struct PlanRun<'a> {
+    now: DateTime<Utc>,
+    database: String,
+    database_found: bool,
+    request: PlanRequest,
+    rules: &'a Rules,
+    /// Each channel's name, by ID.
+    names: BTreeMap<ChannelId, String>,
+    inputs: Cell<Vec<ChannelInput>>,
+}
+
+/// What a plan's report says after its actions.
+struct PlanTail {
+    counts: PlanCounts,
+    complete: bool,
+}
+
+impl PlanRun<'_> {
+    /// Runs the forecast, handing `each` the actions the report lists (the
+    /// routine reads only with `--all`), in time order. The forecast's
+    /// input is taken: a second call forecasts nothing.
+    fn forecast<E>(
+        &self,
+        mut each: impl FnMut(PlannedStatus) -> Result<(), E>,
+    ) -> Result<PlanTail, E> {
+        let PlanRequest {
+            until,
+            include_routine,
+            threads,
+            ..
+        } = self.request;
+        let routine = if include_routine {
+            Routine::Simulate
+        } else {
+            Routine::Skip
+        };
+        let mut counts = PlanCounts::default();
+        let inputs = self.inputs.take();
+        let summary =
+            forecast::forecast_each(self.now, inputs, self.rules, until, routine, threads, |a| {
+                counts.note(&a.action);
+                if include_routine || !a.action.is_routine() {
+                    each(planned_status(&a, &self.names))
+                } else {
+                    Ok(())
+                }
+            })?;
+        if let Some((verifies, reconciles)) = summary.routine {
+            counts.verify = Some(count(verifies));
+            counts.reconcile = Some(count(reconciles));
+        }
+        Ok(PlanTail {
+            counts,
+            complete: summary.complete,
+        })
+    }
+}
+
+/// `plan --json`, serialized as the forecast runs ([`PlanFormat::Json`]).
+struct JsonPlan<'a>(&'a PlanRun<'a>);
+
+impl Serialize for JsonPlan<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let run = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("version", &JSON_VERSION)?;
+        map.serialize_entry("from", &run.now)?;
+        map.serialize_entry("until", &run.request.until)?;
+        map.serialize_entry("database", &run.database)?;
+        map.serialize_entry("database_found", &run.database_found)?;
+        map.serialize_entry("routine_listed", &run.request.include_routine)?;
+        let tail = Cell::new(None);
+        map.serialize_entry("actions", &JsonActions { run, tail: &tail })?;
+        let tail = tail
+            .take()
+            .ok_or_else(|| S::Error::custom("the plan's actions were not written"))?;
+        map.serialize_entry("counts", &tail.counts)?;
+        map.serialize_entry("complete", &tail.complete)?;
+        map.end()
+    }
+}
+
+/// The `actions` array: the forecast itself, run as it is serialized; what
+/// follows the actions goes to `tail`.
+struct JsonActions<'a> {
+    run: &'a PlanRun<'a>,
+    tail: &'a Cell<Option<PlanTail>>,
+}
+
+impl Serialize for JsonActions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        let tail = self.run.forecast(|a| seq.serialize_element(&a))?;
+        self.tail.set(Some(tail));
+        seq.end()
     }
 }
 
@@ -270,49 +366,51 @@ fn revoke_reason_name(r: RevokeReason) -> &'static str {
     }
 }
 
-/// The plan as a timeline table.
-pub fn render_plan(report: &PlanReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
+/// The plan as a timeline table ([`PlanFormat::Text`]). The columns'
+/// widths are set before the first row, from the config's and the store's
+/// names: no row waits for the last to be known.
+fn write_text(out: &mut dyn Write, run: &PlanRun<'_>) -> io::Result<()> {
+    writeln!(
         out,
         "linetokd plan from {} to {}, assuming every call to LINE succeeds",
-        ts(report.from),
-        ts(report.until)
-    );
-    if !report.database_found {
-        let _ = writeln!(
+        ts(run.now),
+        ts(run.request.until)
+    )?;
+    if !run.database_found {
+        writeln!(
             out,
             "no database at {}: planning from nothing, as a first start with this config would",
-            report.database
-        );
+            run.database
+        )?;
     }
-    if report.actions.is_empty() {
-        let _ = writeln!(out, "\nnothing to do in this period");
-    } else {
-        let _ = writeln!(out);
-        let mut rows = vec![vec![
-            "TIME".to_owned(),
-            "CHANNEL".to_owned(),
-            "GROUP".to_owned(),
-            "ACTION".to_owned(),
-            "KEY".to_owned(),
-            "DETAIL".to_owned(),
-        ]];
-        for a in &report.actions {
-            rows.push(vec![
-                ts(a.at),
-                a.channel_name.clone(),
-                a.group.to_string(),
-                a.action.to_owned(),
-                a.key_id
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), ToString::to_string),
-                a.message.clone(),
-            ]);
+    let header = ["TIME", "CHANNEL", "GROUP", "ACTION", "KEY", "DETAIL"].map(str::to_owned);
+    let widths = text_widths(run, &header);
+    let (mut rows, mut any_synthetic) = (0_usize, false);
+    let tail = run.forecast(|a| {
+        if rows == 0 {
+            writeln!(out)?;
+            writeln!(out, "{}", row_line("", &widths, &header))?;
         }
-        table(&mut out, "", &rows);
+        rows += 1;
+        any_synthetic |= a.synthetic_key;
+        let key = a
+            .key_id
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let cells = [
+            ts(a.at),
+            a.channel_name,
+            a.group.to_string(),
+            a.action.to_owned(),
+            key,
+            a.message,
+        ];
+        writeln!(out, "{}", row_line("", &widths, &cells))
+    })?;
+    if rows == 0 {
+        writeln!(out, "\nnothing to do in this period")?;
     }
-    let c = &report.counts;
+    let c = &tail.counts;
     let routine = match (c.verify, c.reconcile) {
         (Some(verify), Some(reconcile)) => {
             format!("{verify} verify(ies) and {reconcile} reconcile(s)")
@@ -320,29 +418,63 @@ pub fn render_plan(report: &PlanReport) -> String {
         _ => "routine verifies and reconciles not simulated (--all simulates and lists them)"
             .to_owned(),
     };
-    let _ = writeln!(
+    writeln!(
         out,
         "\n{} issue(s), {} revocation(s), {} expiry(ies), {} alert(s); {routine}",
         c.issue, c.revoke, c.expire, c.alert,
-    );
-    if report.any_synthetic() {
-        let _ = writeln!(
+    )?;
+    if any_synthetic {
+        writeln!(
             out,
             "keys named {SYNTHETIC_KEY_PREFIX}N stand for tokens not issued yet: LINE picks their key IDs"
-        );
+        )?;
     }
-    if !report.complete {
-        let _ = writeln!(
+    if !tail.complete {
+        writeln!(
             out,
             "the forecast stopped early (too many steps): the timeline ends before {}",
-            ts(report.until)
-        );
+            ts(run.request.until)
+        )?;
     }
-    out
+    Ok(())
 }
 
-impl PlanReport {
-    fn any_synthetic(&self) -> bool {
-        self.actions.iter().any(|a| a.synthetic_key)
-    }
+/// The width of each column but the last of the plan's table: the widest
+/// of the header, and of every name the forecast can list: channel names,
+/// group names, action names, and key IDs (stored ones, and LINE's 22
+/// characters for the synthetic ones, which are shorter).
+fn text_widths(run: &PlanRun<'_>, header: &[String]) -> Vec<usize> {
+    let inputs = run.inputs.take();
+    let longest = |names: &mut dyn Iterator<Item = usize>| names.max().unwrap_or(0);
+    let known = [
+        ts(run.now).chars().count(),
+        longest(&mut run.names.values().map(|n| n.chars().count())),
+        longest(
+            &mut inputs
+                .iter()
+                .flat_map(|c| &c.groups)
+                .map(|g| g.group.as_str().chars().count()),
+        ),
+        longest(&mut ACTION_NAMES.iter().map(|a| a.len())),
+        longest(
+            &mut inputs
+                .iter()
+                .flat_map(|c| &c.groups)
+                .flat_map(|g| &g.tokens)
+                .map(|t| t.key_id.as_str().chars().count())
+                .chain([LINE_KEY_ID_LEN]),
+        ),
+    ];
+    run.inputs.set(inputs);
+    header
+        .iter()
+        .zip(known)
+        .map(|(h, k)| h.chars().count().max(k))
+        .collect()
 }
+
+/// Every `action` a plan lists.
+const ACTION_NAMES: [&str; 6] = ["issue", "revoke", "expire", "verify", "reconcile", "alert"];
+
+/// The length of a key ID LINE gives (22 base64url characters).
+const LINE_KEY_ID_LEN: usize = 22;

@@ -432,18 +432,25 @@ pub(super) fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
         })
         .collect();
     for row in rows {
-        let mut line = indent.to_owned();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
+        let _ = writeln!(out, "{}", row_line(indent, &widths, row));
     }
+}
+
+/// One row of a table whose columns are `widths` wide: each cell but the
+/// last padded to its column's width, two spaces apart, trailing blanks
+/// trimmed.
+pub(super) fn row_line(indent: &str, widths: &[usize], row: &[String]) -> String {
+    let mut line = indent.to_owned();
+    for (i, cell) in row.iter().enumerate() {
+        line.push_str(cell);
+        if i + 1 < row.len() {
+            let width = widths.get(i).copied().unwrap_or(0);
+            let pad = width.saturating_sub(cell.chars().count());
+            line.push_str(&" ".repeat(pad + 2));
+        }
+    }
+    line.truncate(line.trim_end().len());
+    line
 }
 
 /// One firing alert on one line: `firing since …: SEVERITY name (group)
