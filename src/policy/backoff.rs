@@ -67,8 +67,9 @@ impl RetryState {
     /// Then the deadline: with `deadline` (the current token's expiry less
     /// the safety margin), the attempt is moved up to the deadline; once
     /// the deadline is near or past, attempts come at most `retry.base`
-    /// apart (a minute for permanent failures), because every attempt is a
-    /// chance to keep consumers served.
+    /// apart (a minute for permanent failures and answers that may have
+    /// issued), because every attempt is a chance to keep consumers
+    /// served.
     pub fn after_failure(
         previous: Option<&RetryState>,
         now: DateTime<Utc>,
@@ -89,8 +90,15 @@ impl RetryState {
             FailureKind::MaybeIssued => jittered.max(asked).max(MAYBE_ISSUED_FLOOR),
             FailureKind::Permanent => time::non_negative(rules.permanent_interval).max(asked),
         };
+        // How often attempts may come at or past the deadline (a group
+        // without a token is always there): as often as the base allows,
+        // except where retrying fast helps nobody. A permanent failure fails
+        // the same way every time; an answer that may have issued may leave
+        // one more token nobody can revoke each time, so those stay a
+        // minute apart (LINE's own 30 tokens are the limit they would eat).
         let floor = match kind {
             FailureKind::Permanent => PERMANENT_FLOOR,
+            FailureKind::MaybeIssued => MAYBE_ISSUED_FLOOR,
             _ => time::non_negative(rules.base),
         };
         let wait = match deadline {

@@ -998,26 +998,48 @@ mod tests {
     }
 
     #[test]
-    fn a_group_without_a_token_retries_within_a_minute_whatever_line_asks() {
+    fn a_group_without_a_token_retries_at_the_base_pace_whatever_line_asks() {
         // Found by the recovery test: once a token had expired the group
         // had no deadline, so a 429's five-minute Retry-After and the
-        // growing backoff left it without a token for 14 minutes.
+        // growing backoff left it without a token for 14 minutes. Then
+        // (found by an outside test) its deadline was a minute ahead, so it
+        // retried twelve times slower than just before its token ran out.
         let rules = Rules::default();
         let g = group("a", vec![]);
         let at = crate::policy::deadline(t0(), &g, &rules);
-        assert_eq!(at, Some(t0() + crate::policy::plan::NO_TOKEN_RETRY));
-        let retry = RetryState::after_failure(
-            None,
-            t0(),
-            FailureKind::RateLimited,
-            Some(Duration::minutes(5)),
-            0.9,
-            &rules.retry,
-            at,
-        );
-        assert!(
-            retry.not_before <= t0() + crate::policy::plan::NO_TOKEN_RETRY,
-            "{retry:?}"
+        assert_eq!(at, Some(t0()), "past any deadline");
+        let mut streak = None;
+        for _ in 0..20 {
+            let retry = RetryState::after_failure(
+                streak.as_ref(),
+                t0(),
+                FailureKind::RateLimited,
+                Some(Duration::minutes(5)),
+                0.9,
+                &rules.retry,
+                at,
+            );
+            assert!(retry.not_before <= t0() + rules.retry.base, "{retry:?}");
+            streak = Some(retry);
+        }
+        // Its channel's failing listing too.
+        let state = ChannelState {
+            groups: vec![
+                g,
+                group(
+                    "b",
+                    vec![TokenRecord::live(
+                        KeyId::new("b-1"),
+                        t0(),
+                        t0() + Duration::days(30),
+                    )],
+                ),
+            ],
+            view: ChannelView::default(),
+        };
+        assert_eq!(
+            crate::policy::listing_deadline(t0(), &state, &rules),
+            Some(t0())
         );
         // A removed group has no deadline.
         let removed = GroupView {

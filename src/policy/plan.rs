@@ -442,28 +442,29 @@ fn verify_due_after(
     time::sub(time::add(since, interval), jitter)
 }
 
-/// How long a group with no usable token waits at most between failed
-/// attempts (a permanent failure aside, see [`deadline`]): its consumers are
-/// without a token, so neither a growing backoff nor a long `Retry-After`
-/// may stretch the gap; the hourly budget still bounds the attempts.
-pub const NO_TOKEN_RETRY: Duration = Duration::minutes(1);
-
 /// The instant a failing group's next attempt must come by: its current
 /// token's expiry less the safety margin (`deadline_margin`, at most a
 /// quarter of `rotate_before`). A group in the config with no usable token
-/// is past any such deadline: its next attempt comes within
-/// [`NO_TOKEN_RETRY`]. A removed group has none. (The rotator leaves a
-/// permanent failure of a group without a token at its slow pace: only a
-/// config change or an operator fixes that, and both end the hold at once.)
+/// is past any deadline: `now`, so its attempts, and its channel's key-ID
+/// listing, come at most `retry.base` apart whatever the backoff or a
+/// `Retry-After` says, as those of a group past its token's deadline do;
+/// the hourly budget (and its rescue, a minute apart) still bounds the
+/// issues. (Its deadline was once a minute ahead, so a group that lost its
+/// token retried twelve times slower than just before: an outside test
+/// saw groups wait up to two minutes more once LINE answered half the
+/// time again.) A removed group has none. (The rotator leaves a permanent
+/// failure of a group without a token at its slow pace: only a config
+/// change or an operator fixes that, and both end the hold at once.)
 pub fn deadline(now: DateTime<Utc>, group: &GroupView, rules: &Rules) -> Option<DateTime<Utc>> {
     if group.removed_at.is_some() {
         return None;
     }
     let margin = deadline_margin(rules);
-    Some(group.current(now).map_or_else(
-        || time::add(now, NO_TOKEN_RETRY),
-        |t| time::sub(t.expires_at, margin),
-    ))
+    Some(
+        group
+            .current(now)
+            .map_or(now, |t| time::sub(t.expires_at, margin)),
+    )
 }
 
 /// How long before a token's expiry its group's deadline falls

@@ -67,9 +67,7 @@ pub const ISSUE_WINDOW: Duration = Duration::hours(1);
 pub const OVER_BUDGET_FACTOR: u32 = 2;
 
 /// The least time between a group's last attempt (any outcome) and an
-/// over-budget one: at most one rescue attempt per group per minute, the
-/// same pace as a group without a token retries at
-/// ([`NO_TOKEN_RETRY`](super::plan::NO_TOKEN_RETRY)). With the default
+/// over-budget one: at most one rescue attempt per group per minute. With the default
 /// 5-minute `deadline_margin` a group at risk gets about five tries before
 /// its token expires, and the channel's ceiling still caps them all.
 pub const OVER_BUDGET_SPACING: Duration = Duration::minutes(1);
