@@ -33,7 +33,7 @@
 //! This module is pure: it depends on `policy`, `domain` and chrono only,
 //! reads no clock (`now` is an argument) and does no IO. Each channel's
 //! rounds are bounded ([`MAX_ROUNDS_PER_CHANNEL`]); a forecast that hits
-//! the bound says so ([`Forecast::complete`]).
+//! the bound says so ([`Summary::complete`]).
 //!
 //! Channels share nothing, so a large forecast runs on the threads the
 //! caller allows, each over a run of the channels, and the parts are put
@@ -231,8 +231,9 @@ pub struct Summary {
 /// Runs the policy forward from `now` to `until`, as the rotator would if
 /// every call to LINE succeeded, on up to `threads` threads (the result
 /// does not depend on how many), and collects the timeline. See the
-/// module documentation; [`forecast_each`] hands the actions over as they
-/// come instead.
+/// module documentation. For a small forecast and for tests: `plan` uses
+/// [`forecast_each`], which hands the actions over as they come instead of
+/// holding them all.
 pub fn forecast(
     now: DateTime<Utc>,
     channels: Vec<ChannelInput>,
@@ -642,8 +643,15 @@ impl ChannelRun {
             }
         }
         // As the rotator: a channel that never settles is looked at again
-        // shortly.
-        t + Duration::seconds(1)
+        // shortly; but not past one of its expiries, which a round must
+        // reach exactly (its `Expire` is stamped with that instant, and a
+        // window must not end between the two).
+        self.state
+            .groups
+            .iter()
+            .flat_map(|g| g.live(t))
+            .map(|tok| tok.expires_at)
+            .fold(t + Duration::seconds(1), DateTime::min)
     }
 
     /// Marks the tokens whose expiry has come as expired, counting those

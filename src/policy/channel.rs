@@ -158,7 +158,7 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             plan: plans[i].clone(),
         }
     } else if let Some((i, victims)) = plans.iter().enumerate().find_map(|(i, p)| match p.hold {
-        Some(Hold::Capacity { needed, .. }) => {
+        Some(Hold::Capacity { needed }) => {
             let kind = state.groups[i].kind;
             let victims = capacity_victims(now, &state.groups, needed, rules, kind);
             (!victims.is_empty()).then_some((i, victims))
@@ -176,10 +176,23 @@ pub fn drive(now: DateTime<Utc>, state: &ChannelState, rules: &Rules) -> Decisio
             .max(now);
         Next::Idle { until }
     };
-    // Only the plan being executed may have steps in the returned plans'
-    // eyes of a reader: the others are what each group would do next.
+    // A group waiting for room issues no sooner than the channel is looked
+    // at again: at once when something is done now (freeing room, another
+    // group's plan), else when the channel wakes. Its own plan knows no
+    // time for room (nothing says when a full channel frees up) and would
+    // read "now"; what frees it may be another group's (an expiry of ours,
+    // a revocation, a listing another group asks for), which only the
+    // channel's wake-up accounts for. `status` shows it as the hold's next
+    // look.
+    let next_look = match next {
+        Next::Idle { until } => until,
+        Next::Execute { .. } | Next::FreeCapacity { .. } => now,
+    };
     for p in &mut plans {
         p.wake_at = p.wake_at.max(now);
+        if matches!(p.hold, Some(Hold::Capacity { .. })) {
+            p.next_rotation_at = p.next_rotation_at.map(|at| at.max(next_look));
+        }
     }
     Decision {
         next,
@@ -995,6 +1008,84 @@ mod tests {
             panic!("listed again at b's deadline: {d:?}");
         };
         assert_eq!(until, listed + Duration::seconds(150));
+    }
+
+    #[test]
+    fn a_group_waiting_for_room_issues_no_sooner_than_the_channels_next_look() {
+        // Found by a review: a group's own plan named its next listing as
+        // its next chance, but another group's token expiring first frees
+        // room too, and the channel wakes for that.
+        let rules = Rules {
+            rotation_jitter: Duration::zero(),
+            ..Rules::default()
+        };
+        let now = t0();
+        let verified = |key: &str, issued: DateTime<Utc>, expires: DateTime<Utc>| TokenRecord {
+            verified_at: Some(now),
+            ..TokenRecord::live(KeyId::new(key), issued, expires)
+        };
+        // a's rotation is due (12 hours left); b holds its previous token,
+        // which it cannot revoke (no secret), until two minutes from now.
+        let a = GroupView {
+            last_verified_at: Some(now),
+            ..group(
+                "a",
+                vec![verified(
+                    "a-1",
+                    now - Duration::days(29) - Duration::hours(12),
+                    now + Duration::hours(12),
+                )],
+            )
+        };
+        let b = GroupView {
+            last_verified_at: Some(now),
+            can_revoke: false,
+            ..group(
+                "b",
+                vec![
+                    verified(
+                        "b-1",
+                        now - Duration::days(30) + Duration::minutes(2),
+                        now + Duration::minutes(2),
+                    ),
+                    verified("b-2", now - Duration::hours(1), now + Duration::days(30)),
+                ],
+            )
+        };
+        let state = ChannelState {
+            groups: vec![a, b],
+            view: ChannelView {
+                foreign: 27,
+                last_reconcile_at: Some(now - Duration::minutes(1)),
+                ..ChannelView::default()
+            },
+        };
+        let d = drive(now, &state, &rules);
+        assert_eq!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 }), "{d:?}");
+        // Its own next listing would be in four minutes; b's previous token
+        // expires in two, and that is when the channel looks again.
+        let look = now + Duration::minutes(2);
+        assert_eq!(d.next, Next::Idle { until: look });
+        assert_eq!(d.plans[0].next_rotation_at, Some(look));
+        let d = drive(look, &state, &rules);
+        let Next::Execute { group: 0, plan } = &d.next else {
+            panic!("a does not issue at b's expiry: {d:?}");
+        };
+        assert!(
+            plan.steps.iter().any(|s| matches!(s, Step::Issue { .. })),
+            "{plan:?}"
+        );
+
+        // With b's secret its previous token can go at once: so can a's
+        // wait.
+        let mut state = state;
+        state.groups[1].can_revoke = true;
+        let d = drive(now, &state, &rules);
+        assert!(
+            matches!(d.next, Next::FreeCapacity { group: 0, .. }),
+            "{d:?}"
+        );
+        assert_eq!(d.plans[0].next_rotation_at, Some(now));
     }
 
     #[test]

@@ -243,14 +243,6 @@ pub enum Hold {
     Capacity {
         /// How many tokens must go before one can be issued.
         needed: u32,
-        /// The group's next look for room, when the plan has one: the
-        /// key-ID listing that may show room other issuers' tokens left
-        /// (`now` when it is due), or the end of LINE's 30-token answer,
-        /// after which our tokens that expired since the listing count as
-        /// room. `None` when only our own tokens fill the channel: room
-        /// then comes when one of them expires or is revoked, which the
-        /// group's plan does not see.
-        next_look: Option<DateTime<Utc>>,
     },
     /// LINE answered another group's issue on the channel 429 (too many
     /// requests) and this group can wait without losing its token: it
@@ -903,11 +895,7 @@ fn plan_active(
             }
             if free < 1 {
                 let needed = u32::try_from(1 - free).unwrap_or(u32::MAX);
-                // When the hold could end without a listing: at the end of
-                // LINE's full answer, if our tokens that expired since the
-                // listing were all that kept the count at 30.
-                let full_ends = full_until.filter(|_| channel.expired_since_listing > 0);
-                let mut listing_at = None;
+                hold = Some(Hold::Capacity { needed });
                 draft.alerts.push(Alert::NoCapacity { needed });
                 // Foreign and unsettled tokens expire at instants nobody
                 // tells us, so the key IDs are listed again: every
@@ -918,7 +906,6 @@ fn plan_active(
                 // alone frees nothing before a listing can settle it.
                 if let (0, Some(at)) = (channel.foreign, lost_settle_from) {
                     draft.wake(at);
-                    listing_at = Some(at);
                 } else if channel.foreign > 0 || channel.lost > 0 {
                     let every = if usable_left {
                         rules.reconcile_max_age_before_issue
@@ -943,14 +930,10 @@ fn plan_active(
                     if now >= closing.unwrap_or(cadence) {
                         reconcile = true;
                         closing = None;
-                        listing_at = Some(now);
                     } else {
                         draft.wake(cadence);
-                        listing_at = Some(closing.unwrap_or(cadence));
                     }
                 }
-                let next_look = [listing_at, full_ends].into_iter().flatten().min();
-                hold = Some(Hold::Capacity { needed, next_look });
             } else {
                 // Only now, with the issue certain to be planned, does the
                 // older token go: revoking it without a successor would only
@@ -1049,17 +1032,7 @@ fn plan_active(
             });
         }
     }
-    // A group waiting for room issues at its next look at the earliest:
-    // `earliest` knows no time for room (nothing says when a full channel
-    // frees up), and would read "now".
-    let next_rotation_at = match hold {
-        Some(Hold::Capacity {
-            next_look: Some(look),
-            ..
-        }) => earliest.max(look),
-        _ => earliest,
-    };
-    draft.finish(steps, hold, Some(next_rotation_at))
+    draft.finish(steps, hold, Some(earliest))
 }
 
 /// When a key-ID listing made at `at` is due again (`reconcile_interval`).

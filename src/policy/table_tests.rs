@@ -372,111 +372,14 @@ fn a_full_channel_holds_the_issue_and_alerts() {
     };
     let p = plan(now, &g, &c);
     assert!(!p.steps.iter().any(|s| matches!(s, Step::Issue { .. })));
-    // Listed a minute ago: the next look is the listing five minutes after
-    // it, and no issue can come before.
-    let look = now + Duration::minutes(4);
-    assert_eq!(
-        p.hold,
-        Some(Hold::Capacity {
-            needed: 1,
-            next_look: Some(look)
-        })
-    );
-    assert_eq!(p.next_rotation_at, Some(look));
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
     assert!(p.alerts.contains(&Alert::NoCapacity { needed: 1 }));
     // Over the cap (the cap was lowered): more must go.
     let c = ChannelView { foreign: 12, ..c };
-    assert_eq!(
-        plan(now, &g, &c).hold,
-        Some(Hold::Capacity {
-            needed: 4,
-            next_look: Some(look)
-        })
-    );
+    assert_eq!(plan(now, &g, &c).hold, Some(Hold::Capacity { needed: 4 }));
     // One free slot: issue.
     let c = ChannelView { foreign: 8, ..c };
     assert_eq!(plan(now, &g, &c).steps, vec![issue(IssueReason::Due)]);
-}
-
-#[test]
-fn a_group_waiting_for_room_names_its_next_look() {
-    let g = group(vec![tok30("a", 0)]);
-    let now = t(29 * DAY);
-    let g = GroupView {
-        last_verified_at: Some(now),
-        ..g
-    };
-    let look = |c: &ChannelView| match plan(now, &g, c).hold {
-        Some(Hold::Capacity { next_look, .. }) => next_look,
-        other => panic!("not a capacity hold: {other:?}"),
-    };
-    let full = ChannelView {
-        live_ours: 1,
-        foreign: 29,
-        ..channel(now, &g)
-    };
-    // Listed a minute ago: the next listing, five minutes after it.
-    assert_eq!(look(&full), Some(now + Duration::minutes(4)));
-    // A token two minutes from its expiry, listed three minutes ago: the
-    // closing look (halfway from that listing to the expiry) is due, so
-    // the look is now and the plan lists.
-    let closing = GroupView {
-        last_verified_at: Some(now),
-        ..group(vec![tok("a", 0, 29 * DAY + 120)])
-    };
-    let listed = ChannelView {
-        last_reconcile_at: Some(now - Duration::minutes(3)),
-        ..full.clone()
-    };
-    let p = plan(now, &closing, &listed);
-    assert!(
-        matches!(
-            p.hold,
-            Some(Hold::Capacity {
-                next_look: Some(at),
-                ..
-            }) if at == now
-        ),
-        "{p:?}"
-    );
-    assert!(p.steps.contains(&Step::Reconcile));
-    // LINE's full answer ends before the next listing, and one of our
-    // tokens that expired since the listing was all that filled the
-    // channel: its end is the next look.
-    let answered_full = ChannelView {
-        foreign: 28,
-        expired_since_listing: 1,
-        full_until: Some(now + Duration::seconds(30)),
-        ..full.clone()
-    };
-    assert_eq!(look(&answered_full), Some(now + Duration::seconds(30)));
-    // The same answer, but nothing of ours expired since the listing: its
-    // end changes nothing, and the listing is the look.
-    let nothing_expired = ChannelView {
-        foreign: 29,
-        expired_since_listing: 0,
-        ..answered_full
-    };
-    assert_eq!(look(&nothing_expired), Some(now + Duration::minutes(4)));
-    // Only a takeover's unsettled attempt fills the channel: the listing
-    // that can settle it is the look.
-    let settle_at = now + Duration::seconds(40);
-    let lost = ChannelView {
-        foreign: 0,
-        lost: 29,
-        held_assertion_exp: Some(settle_at - Rules::default().line_clock_allowance),
-        ..full.clone()
-    };
-    assert_eq!(look(&lost), Some(settle_at));
-    // Only our own tokens fill it: room comes when one of them expires or
-    // is revoked, which this group's plan does not see.
-    let ours = ChannelView {
-        live_ours: 30,
-        foreign: 0,
-        ..full
-    };
-    assert_eq!(look(&ours), None);
-    assert_eq!(plan(now, &g, &ours).next_rotation_at, Some(now));
 }
 
 #[test]
@@ -1391,14 +1294,7 @@ fn a_full_channel_is_critical_once_the_token_expires_before_the_next_look() {
         ..ChannelView::default()
     };
     let p = plan_group(now, &g, &c, &rules);
-    // The next look is a closing one, halfway to the expiry.
-    assert_eq!(
-        p.hold,
-        Some(Hold::Capacity {
-            needed: 1,
-            next_look: Some(t(115))
-        })
-    );
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
     assert_eq!(
         critical(&p),
         vec![&Alert::ExpiresBeforeSuccessor {
@@ -1426,13 +1322,7 @@ fn a_full_channel_is_critical_once_the_token_expires_before_the_next_look() {
             ..Rules::default()
         },
     );
-    assert_eq!(
-        p.hold,
-        Some(Hold::Capacity {
-            needed: 1,
-            next_look: Some(now + Duration::minutes(5))
-        })
-    );
+    assert_eq!(p.hold, Some(Hold::Capacity { needed: 1 }));
     assert!(critical(&p).is_empty(), "{:?}", p.alerts);
 }
 
@@ -1607,11 +1497,7 @@ fn a_full_v21_pool_does_not_hold_a_short_lived_group_and_the_reverse() {
         },
     };
     let d = drive(now, &state, &rules());
-    assert!(
-        matches!(d.plans[0].hold, Some(Hold::Capacity { needed: 1, .. })),
-        "{:?}",
-        d.plans[0]
-    );
+    assert_eq!(d.plans[0].hold, Some(Hold::Capacity { needed: 1 }));
     assert_eq!(d.plans[1].steps, vec![issue(IssueReason::NoCurrent)]);
 
     // 15 short-lived groups with two tokens each fill their pool; a 16th

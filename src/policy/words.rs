@@ -103,12 +103,8 @@ impl fmt::Display for Hold {
                  the key-ID listing that settles it comes at {}",
                 at(*until)
             ),
-            Self::Capacity { needed, next_look } => {
-                write!(f, "the channel is full: {needed} token(s) must go first; ")?;
-                match next_look {
-                    Some(look) => write!(f, "the next look for room is at {}", at(*look)),
-                    None => f.write_str("room comes when a token of ours expires or is revoked"),
-                }
+            Self::Capacity { needed } => {
+                write!(f, "the channel is full: {needed} token(s) must go first")
             }
             Self::LinePaused { until } => write!(
                 f,
@@ -362,20 +358,7 @@ mod tests {
             (Hold::RateLimit { until: t0() }, "RateLimit"),
             (Hold::Reconcile, "Reconcile"),
             (Hold::Settling { until: t0() }, "Settling"),
-            (
-                Hold::Capacity {
-                    needed: 2,
-                    next_look: Some(t0()),
-                },
-                "Capacity",
-            ),
-            (
-                Hold::Capacity {
-                    needed: 2,
-                    next_look: None,
-                },
-                "Capacity",
-            ),
+            (Hold::Capacity { needed: 2 }, "Capacity"),
             (Hold::LinePaused { until: t0() }, "LinePaused"),
         ] {
             assert_words(&hold.to_string(), name);
@@ -383,15 +366,6 @@ mod tests {
         assert_eq!(
             Hold::Retry { until: t0() }.to_string(),
             "the last attempt failed; retrying at 2026-03-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            Hold::Capacity {
-                needed: 1,
-                next_look: Some(t0())
-            }
-            .to_string(),
-            "the channel is full: 1 token(s) must go first; \
-             the next look for room is at 2026-03-01T00:00:00.000Z"
         );
     }
 

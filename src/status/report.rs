@@ -346,11 +346,10 @@ pub struct HoldStatus {
     pub kind: &'static str,
     /// Until when, when known.
     pub until: Option<DateTime<Utc>>,
-    /// For `capacity`: the daemon's next look for room (a key-ID listing,
-    /// or the end of LINE's 30-token answer), when there is one; the
-    /// group issues no sooner. `null` for other holds, and when only our
-    /// own tokens fill the channel (room comes when one expires or is
-    /// revoked).
+    /// For `capacity`: when the daemon next looks at the channel, which
+    /// may show room (a key-ID listing, an expiry or revocation of ours,
+    /// the end of LINE's 30-token answer); the group issues no sooner, and
+    /// `next_rotation_at` says the same. `null` for other holds.
     pub next_look_at: Option<DateTime<Utc>>,
     /// In words.
     pub message: String,
@@ -720,7 +719,7 @@ fn group_status(
         previous: token(1),
         next_rotation_at,
         next_rotation_in_secs: next_rotation_at.map(|at| (at - now).num_seconds()),
-        hold: plan.and_then(|p| p.hold.as_ref()).map(hold_status),
+        hold: plan.and_then(hold_status),
         pending_requests: view
             .requests
             .iter()
@@ -762,7 +761,9 @@ fn group_status(
     }
 }
 
-pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
+/// What `status` says about a plan's hold, if it has one.
+pub(super) fn hold_status(plan: &Plan) -> Option<HoldStatus> {
+    let hold = plan.hold.as_ref()?;
     let (kind, until) = match hold {
         Hold::Retry { until } => ("retry", Some(*until)),
         Hold::OlderTokenLive { until } => ("older_token_live", Some(*until)),
@@ -774,17 +775,25 @@ pub(super) fn hold_status(hold: &Hold) -> HoldStatus {
         Hold::Capacity { .. } => ("capacity", None),
         Hold::LinePaused { until } => ("line_paused", Some(*until)),
     };
+    // The driver gives a group waiting for room the channel's next look as
+    // its next rotation ([`crate::policy::drive`]).
     let next_look_at = match hold {
-        Hold::Capacity { next_look, .. } => *next_look,
+        Hold::Capacity { .. } => plan.next_rotation_at,
         _ => None,
     };
-    HoldStatus {
+    // The sentence is the hold's `Display` (`policy::words`).
+    let mut message = hold.to_string();
+    if let Some(at) = next_look_at {
+        // As the holds' own words write instants (`policy::words`).
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        message.push_str(&format!("; the next look for room is at {at}"));
+    }
+    Some(HoldStatus {
         kind,
         until,
         next_look_at,
-        // The sentence is the hold's `Display` (`policy::words`).
-        message: hold.to_string(),
-    }
+        message,
+    })
 }
 
 pub(super) fn severity_name(s: Severity) -> &'static str {

@@ -557,6 +557,10 @@ fn status_names_a_full_channels_next_look_for_room() {
             store.newest_intent_id(&ch(SHOP)).unwrap(),
         )
         .unwrap();
+    // Verified just now: nothing else is due before the next listing.
+    for kid in ["kid-b-cur", "kid-crm"] {
+        store.record_verified(now, &KeyId::new(kid)).unwrap();
+    }
     drop(store);
 
     let report = lab.json(&["status", "--json"]);
@@ -571,8 +575,8 @@ fn status_names_a_full_channels_next_look_for_room() {
         "a full channel has no known end"
     );
     // Other issuers' tokens expire at instants nobody tells us: the next
-    // listing (five minutes after the last) is the next look, and the next
-    // rotation cannot come before it.
+    // listing (five minutes after the last) is when the channel is looked
+    // at next, and the next rotation cannot come before it.
     let look = now + Duration::minutes(5);
     assert_eq!(time(&hold["next_look_at"]), look, "{backend:#}");
     assert_eq!(time(&backend["next_rotation_at"]), look, "{backend:#}");
