@@ -369,6 +369,7 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
             step,
             error,
             retry_at,
+            ..
         } => format!(
             "[{now}] {:<20} FAILED  {step}: {error} (retry at {})",
             format!("{}/{group}", name(channel)),
@@ -377,8 +378,8 @@ fn describe(event: &RotationEvent, sandbox: &Sandbox, tally: &mut Tally) -> Stri
         RotationEvent::ListingFailed {
             channel,
             error,
-            groups: _,
             retry_at,
+            ..
         } => format!(
             "[{now}] {:<20} FAILED  reconcile: {error} (retry at {})",
             name(channel),

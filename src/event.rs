@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{AccessToken, ChannelId, GroupName, KeyId};
+use crate::domain::{AccessToken, ChannelId, FailureKind, GroupName, KeyId};
 use crate::policy::{Alert, IssueReason, RevokeReason};
 
 /// Something the rotator did or found.
@@ -82,6 +82,8 @@ pub enum RotationEvent {
         error: String,
         /// When the group tries again.
         retry_at: DateTime<Utc>,
+        /// How it failed.
+        kind: FailureKind,
     },
     /// Listing the channel's key IDs at LINE failed. Until a listing
     /// succeeds no v2.1 group of the channel is issued a token (what it
@@ -98,6 +100,8 @@ pub enum RotationEvent {
         error: String,
         /// When the listing is tried again.
         retry_at: DateTime<Utc>,
+        /// How it failed.
+        kind: FailureKind,
     },
     /// A condition an operator should hear about started.
     Alert {

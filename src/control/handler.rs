@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{GroupReport, IssuedKey, Request, Response};
 use crate::channel_index::ChannelIndex;
-use crate::domain::{ChannelId, GroupName, RequestOutcome};
+use crate::domain::{ChannelId, FailureKind, GroupName, RequestOutcome};
 use crate::event::RotationEvent;
 use crate::policy::joined;
 use crate::scheduler::SchedulerState;
@@ -375,11 +375,13 @@ impl Work {
                 step,
                 error,
                 retry_at,
+                kind,
             } => {
                 if let Some(r) = self.report(channel, group) {
                     r.failure = Some(format!(
-                        "{step}: {error}; the daemon retries at {}",
-                        retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        "{step}: {error}; the daemon retries at {}{}",
+                        retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        reload_hint(*kind)
                     ));
                 }
             }
@@ -388,14 +390,16 @@ impl Work {
                 groups,
                 error,
                 retry_at,
+                kind,
             } if channel == &self.channel => {
                 // The groups named are not issued a token until a listing
                 // succeeds: a wrong kid or key answers here, at once,
                 // rather than after the wait. A group already carried out
                 // keeps its answer.
                 let failure = format!(
-                    "reconcile (listing the channel's key IDs): {error}; the daemon retries at {}",
-                    retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    "reconcile (listing the channel's key IDs): {error}; the daemon retries at {}{}",
+                    retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    reload_hint(*kind)
                 );
                 for r in self
                     .reports
@@ -422,6 +426,20 @@ impl Work {
     }
 }
 
+/// What a `rotate` that failed permanently adds to its answer: it tried
+/// with the key and secret the daemon holds, and one fixed in its file is
+/// read only on a reload (found by an outside test: an operator who fixed
+/// the file and ran `rotate` was told only that the daemon retries in 30
+/// minutes).
+fn reload_hint(kind: FailureKind) -> &'static str {
+    if kind == FailureKind::Permanent {
+        "; a key or secret fixed in its file is read, and this hold ended, on a reload \
+         (SIGHUP, `systemctl reload linetokd`)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +462,7 @@ mod tests {
             groups: vec![g("v21")],
             error: "another channel".to_owned(),
             retry_at,
+            kind: FailureKind::Transient,
         });
         assert!(work.reports.iter().all(|r| r.failure.is_none()));
         work.apply(&RotationEvent::ListingFailed {
@@ -451,11 +470,13 @@ mod tests {
             groups: vec![g("v21"), g("done")],
             error: "404 kid not found".to_owned(),
             retry_at,
+            kind: FailureKind::Permanent,
         });
         let failure = work.reports[0].failure.as_deref().unwrap();
         assert!(
             failure.starts_with("reconcile (listing the channel's key IDs): 404 kid not found;")
-                && failure.ends_with("retries at 2027-01-15T08:00:00Z"),
+                && failure.contains("retries at 2027-01-15T08:00:00Z; a key or secret fixed")
+                && failure.ends_with("on a reload (SIGHUP, `systemctl reload linetokd`)"),
             "{failure}"
         );
         assert_eq!(work.reports[1].failure, None, "short-lived");

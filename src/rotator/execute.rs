@@ -1041,6 +1041,7 @@ impl Rotator {
             step: Step::ISSUE,
             error: "the channel holds 30 live tokens at LINE".to_owned(),
             retry_at: until,
+            kind: FailureKind::ChannelFull,
         });
         Ok(())
     }
@@ -1166,6 +1167,7 @@ impl Rotator {
             step,
             error: text,
             retry_at: retry.not_before,
+            kind,
         });
         Ok(())
     }
@@ -1237,6 +1239,7 @@ impl Rotator {
                 .collect(),
             error: text,
             retry_at: retry.not_before,
+            kind,
         });
         Ok(())
     }

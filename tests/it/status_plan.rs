@@ -275,6 +275,19 @@ fn lab() -> Lab {
             },
         )
         .unwrap();
+    // backend: a streak a reload ended two hours ago, its last error kept
+    // in the row.
+    store
+        .set_group_runtime(
+            &ch(SHOP),
+            &gr("backend"),
+            &GroupRuntime {
+                last_error: Some("issue: LINE answered 404 Not Found".into()),
+                last_error_at: Some(now - Duration::hours(2)),
+                ..GroupRuntime::default()
+            },
+        )
+        .unwrap();
     // news-bot: an issuance in flight.
     store
         .begin_issue(now - Duration::minutes(1), &ch(NEWS), &gr("analytics"))
@@ -390,7 +403,8 @@ fn status_json_reports_what_the_store_knows() {
         &Rules::default(),
     );
     assert_eq!(time(&backend["next_rotation_at"]), due);
-    assert!(backend["last_error"].is_null());
+    // Its ended streak's error is no running failure.
+    assert!(backend["last_error"].is_null(), "{backend:#}");
     assert!(backend["alerts"].as_array().unwrap().is_empty());
 
     let crm = group(shop, "crm");
