@@ -262,6 +262,8 @@ impl Snapshot {
                 row.runtime.failure_kind == Some(FailureKind::RateLimited)
                     && row.runtime.failed_step.as_deref() == Some(Step::ISSUE)
             }),
+            verify_rate_limited: row.runtime.failure_kind == Some(FailureKind::RateLimited)
+                && row.runtime.failed_step.as_deref() == Some(Step::VERIFY),
         }
     }
 

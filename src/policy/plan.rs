@@ -156,7 +156,7 @@ impl Step {
         match self {
             Self::Reconcile => "reconcile",
             Self::Revoke { .. } => "revoke",
-            Self::Verify { .. } => "verify",
+            Self::Verify { .. } => Self::VERIFY,
             Self::Issue { .. } => Self::ISSUE,
             Self::CloseRequests { .. } => "close requests",
         }
@@ -165,6 +165,11 @@ impl Step {
     /// [`Step::Issue`]'s name: a streak that failed on it with LINE's 429
     /// pauses the channel's other issues (`GroupView::issue_rate_limited_until`).
     pub const ISSUE: &'static str = "issue";
+
+    /// [`Step::Verify`]'s name: a streak that failed on it with LINE's 429
+    /// holds the group's verifies, not its issue
+    /// (`GroupView::verify_rate_limited`).
+    pub const VERIFY: &'static str = "verify";
 }
 
 /// Why a token is issued.
@@ -684,6 +689,12 @@ fn plan_active(
     let now = draft.now;
     let current = live.first().copied().filter(|t| t.refused_at.is_none());
     let incident = group.request(RequestKind::Incident).is_some();
+    // A 429 to the group's verify speaks for that endpoint only (LINE
+    // limits each on its own, docs/design.md §5.2): it holds the group's
+    // verifies, not an issue the group needs. (Found by an outside test: a
+    // verify 429 asking for a day held a due rotation until the deadline,
+    // where one more failure cost the token.)
+    let issue_retry_until = retry_until.filter(|_| !group.verify_rate_limited);
 
     // Revocations that stand whether or not a token is issued now. Oldest
     // first, so a failure part-way leaves the newest tokens in place. An
@@ -794,10 +805,15 @@ fn plan_active(
     } else {
         due_at.unwrap_or(now)
     };
-    let earliest = [Some(wanted_from), retry_until, Some(room_at), Some(rate_at)]
-        .into_iter()
-        .flatten()
-        .fold(now, DateTime::max);
+    let earliest = [
+        Some(wanted_from),
+        issue_retry_until,
+        Some(room_at),
+        Some(rate_at),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(now, DateTime::max);
     let reconcile_due_at = channel
         .last_reconcile_at
         .map(|at| listing_due_at(at, rules));
@@ -845,7 +861,7 @@ fn plan_active(
     // a wake-up, but not what the deadline alert judges by (below).
     let mut closing = None;
     if let Some(reason) = reason {
-        if let Some(until) = retry_until {
+        if let Some(until) = issue_retry_until {
             hold = Some(Hold::Retry { until });
         } else if room_at > now {
             hold = Some(Hold::OlderTokenLive { until: room_at });
@@ -1016,8 +1032,10 @@ fn plan_active(
     // The order: revocations that stand on their own (an incident's first),
     // then reading (reconcile, verify), then the make-room revocation and the
     // issue it exists for, last, so that any earlier failure stops the issue.
+    // While a verify 429 holds the group, only a plan that issues goes
+    // (it verifies nothing: the new token is verified by the issue itself).
     let mut steps = Vec::new();
-    if retry_until.is_none() {
+    if retry_until.is_none() || (issue.is_some() && issue_retry_until.is_none()) {
         steps = revokes.into_steps();
         if reconcile {
             steps.push(Step::Reconcile);

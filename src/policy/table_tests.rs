@@ -972,6 +972,59 @@ fn an_incident_without_the_secret_still_issues_a_fresh_token() {
 // --- 5 Failures -----------------------------------------------------------------------
 
 #[test]
+fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
+    // Found by an outside test: a verify answered 429 with a day's
+    // Retry-After held the group's due rotation until its deadline.
+    let now = t(29 * DAY);
+    let retry = RetryState {
+        failures: 1,
+        kind: FailureKind::RateLimited,
+        not_before: now + Duration::hours(1),
+    };
+    let g = GroupView {
+        retry: Some(retry.clone()),
+        verify_rate_limited: true,
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = channel(now, &g);
+    // The rotation is due (a day before the expiry): it goes now.
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)], "{p:?}");
+    assert_eq!(p.next_rotation_at, Some(now));
+    // A 429 to an issue (or a revoke) still holds it.
+    let held = GroupView {
+        verify_rate_limited: false,
+        ..g.clone()
+    };
+    assert_eq!(
+        plan(now, &held, &c).hold,
+        Some(Hold::Retry {
+            until: retry.not_before
+        })
+    );
+    // With no rotation due, the verify waits out the 429.
+    let early = t(DAY);
+    let g = GroupView {
+        retry: Some(RetryState {
+            not_before: early + Duration::hours(1),
+            ..retry
+        }),
+        last_verified_at: Some(early - Duration::days(1)),
+        ..g
+    };
+    let p = plan(early, &g, &channel(early, &g));
+    assert_eq!(p.steps, vec![], "the verify is due, but held: {p:?}");
+    let after = early + Duration::hours(1);
+    assert!(
+        plan(after, &g, &channel(after, &g))
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Verify { .. })),
+        "verified once the 429's wait is over"
+    );
+}
+
+#[test]
 fn a_retry_holds_every_request_until_its_time() {
     let now = t(29 * DAY);
     let retry = RetryState {

@@ -74,6 +74,10 @@ pub struct GroupView {
     /// endpoint of a channel, so the channel's other groups hold their
     /// issues until then too ([`drive`](super::drive)).
     pub issue_rate_limited_until: Option<DateTime<Utc>>,
+    /// True when the group's failure streak is LINE's 429 to a verify:
+    /// its `retry` then holds the group's verifies, not an issue it
+    /// needs, since LINE limits each endpoint on its own.
+    pub verify_rate_limited: bool,
 }
 
 impl GroupView {
@@ -95,6 +99,7 @@ impl GroupView {
             unsettled_attempts: 0,
             evicted_at: None,
             issue_rate_limited_until: None,
+            verify_rate_limited: false,
         }
     }
 

@@ -1138,7 +1138,7 @@ impl Rotator {
             failed_step: Some(step.to_owned()),
         };
         let event_kind = match step {
-            "verify" => Some(EventKind::VerifyFailed),
+            Step::VERIFY => Some(EventKind::VerifyFailed),
             "revoke" => Some(EventKind::RevokeFailed),
             // The issue journal records its own failures.
             _ => None,
