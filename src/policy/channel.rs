@@ -406,6 +406,18 @@ mod tests {
         }
     }
 
+    /// A group holding one token issued at t0 for 30 days, keyed `key`.
+    fn served(name: &str, key: &str) -> GroupView {
+        group(
+            name,
+            vec![TokenRecord::live(
+                KeyId::new(key),
+                t0(),
+                t0() + Duration::days(30),
+            )],
+        )
+    }
+
     fn fresh_view() -> ChannelView {
         ChannelView {
             last_reconcile_at: Some(t0()),
@@ -586,17 +598,7 @@ mod tests {
         // With b served, the channel idles until a listing can settle a's
         // attempt.
         let served = ChannelState {
-            groups: vec![
-                state.groups[0].clone(),
-                group(
-                    "b",
-                    vec![TokenRecord::live(
-                        KeyId::new("b1"),
-                        t0(),
-                        t0() + Duration::days(30),
-                    )],
-                ),
-            ],
+            groups: vec![state.groups[0].clone(), served("b", "b1")],
             ..state.clone()
         };
         let d = drive(t0() + Duration::seconds(5), &served, &rules);
@@ -1115,17 +1117,7 @@ mod tests {
         }
         // Its channel's failing listing too.
         let state = ChannelState {
-            groups: vec![
-                g,
-                group(
-                    "b",
-                    vec![TokenRecord::live(
-                        KeyId::new("b-1"),
-                        t0(),
-                        t0() + Duration::days(30),
-                    )],
-                ),
-            ],
+            groups: vec![g, served("b", "b-1")],
             view: ChannelView::default(),
         };
         assert_eq!(
@@ -1245,16 +1237,7 @@ mod tests {
         let rules = Rules::default();
         let state = ChannelState {
             groups: (0..15)
-                .map(|i| {
-                    group(
-                        &format!("g{i:02}"),
-                        vec![TokenRecord::live(
-                            KeyId::new(format!("k{i}")),
-                            t0(),
-                            t0() + Duration::days(30),
-                        )],
-                    )
-                })
+                .map(|i| served(&format!("g{i:02}"), &format!("k{i}")))
                 .collect(),
             view: fresh_view(),
         };

@@ -132,29 +132,34 @@ pub fn write_plan(
 ) -> io::Result<()> {
     let empty = StoredState::empty();
     let worlds = worlds(now, configured, state.unwrap_or(&empty));
+    let names: BTreeMap<ChannelId, String> = worlds
+        .iter()
+        .map(|w| (w.id.clone(), w.name.clone()))
+        .collect();
+    let inputs: Vec<ChannelInput> = worlds
+        .iter()
+        .map(|w| ChannelInput {
+            channel: w.id.clone(),
+            managed: w.managed(),
+            groups: w.views(),
+            view: w.view.clone(),
+        })
+        .collect();
+    drop(worlds);
+    // Taken before the forecast takes the inputs.
+    let widths = match request.format {
+        PlanFormat::Text => text_widths(now, &names, &inputs),
+        PlanFormat::Json => Vec::new(),
+    };
     let run = PlanRun {
         now,
         database: database.to_string(),
         database_found: state.is_some(),
         request,
         rules,
-        names: worlds
-            .iter()
-            .map(|w| (w.id.clone(), w.name.clone()))
-            .collect(),
-        inputs: Cell::new(
-            worlds
-                .iter()
-                .map(|w| ChannelInput {
-                    channel: w.id.clone(),
-                    managed: w.managed(),
-                    groups: w.views(),
-                    view: w.view.clone(),
-                })
-                .collect(),
-        ),
+        names,
+        inputs: Cell::new(inputs),
     };
-    drop(worlds);
     match request.format {
         PlanFormat::Json => {
             let mut json = serde_json::Serializer::pretty(&mut *out);
@@ -163,7 +168,7 @@ pub fn write_plan(
                 .map_err(io::Error::from)?;
             writeln!(out)
         }
-        PlanFormat::Text => write_text(out, &run),
+        PlanFormat::Text => write_text(out, &run, &widths),
     }
 }
 
@@ -369,7 +374,7 @@ fn revoke_reason_name(r: RevokeReason) -> &'static str {
 /// The plan as a timeline table ([`PlanFormat::Text`]). The columns'
 /// widths are set before the first row, from the config's and the store's
 /// names: no row waits for the last to be known.
-fn write_text(out: &mut dyn Write, run: &PlanRun<'_>) -> io::Result<()> {
+fn write_text(out: &mut dyn Write, run: &PlanRun<'_>, widths: &[usize]) -> io::Result<()> {
     writeln!(
         out,
         "linetokd plan from {} to {}, assuming every call to LINE succeeds",
@@ -383,13 +388,12 @@ fn write_text(out: &mut dyn Write, run: &PlanRun<'_>) -> io::Result<()> {
             run.database
         )?;
     }
-    let header = ["TIME", "CHANNEL", "GROUP", "ACTION", "KEY", "DETAIL"].map(str::to_owned);
-    let widths = text_widths(run, &header);
+    let header = TEXT_HEADER.map(str::to_owned);
     let (mut rows, mut any_synthetic) = (0_usize, false);
     let tail = run.forecast(|a| {
         if rows == 0 {
             writeln!(out)?;
-            writeln!(out, "{}", row_line("", &widths, &header))?;
+            writeln!(out, "{}", row_line("", widths, &header))?;
         }
         rows += 1;
         any_synthetic |= a.synthetic_key;
@@ -405,7 +409,7 @@ fn write_text(out: &mut dyn Write, run: &PlanRun<'_>) -> io::Result<()> {
             key,
             a.message,
         ];
-        writeln!(out, "{}", row_line("", &widths, &cells))
+        writeln!(out, "{}", row_line("", widths, &cells))
     })?;
     if rows == 0 {
         writeln!(out, "\nnothing to do in this period")?;
@@ -443,35 +447,34 @@ fn write_text(out: &mut dyn Write, run: &PlanRun<'_>) -> io::Result<()> {
 /// of the header, and of every name the forecast can list: channel names,
 /// group names, action names, and key IDs (stored ones, and LINE's 22
 /// characters for the synthetic ones, which are shorter).
-fn text_widths(run: &PlanRun<'_>, header: &[String]) -> Vec<usize> {
-    let inputs = run.inputs.take();
+fn text_widths(
+    now: DateTime<Utc>,
+    names: &BTreeMap<ChannelId, String>,
+    inputs: &[ChannelInput],
+) -> Vec<usize> {
     let longest = |names: &mut dyn Iterator<Item = usize>| names.max().unwrap_or(0);
+    let groups = || inputs.iter().flat_map(|c| &c.groups);
     let known = [
-        ts(run.now).chars().count(),
-        longest(&mut run.names.values().map(|n| n.chars().count())),
-        longest(
-            &mut inputs
-                .iter()
-                .flat_map(|c| &c.groups)
-                .map(|g| g.group.as_str().chars().count()),
-        ),
+        ts(now).chars().count(),
+        longest(&mut names.values().map(|n| n.chars().count())),
+        longest(&mut groups().map(|g| g.group.as_str().chars().count())),
         longest(&mut ACTION_NAMES.iter().map(|a| a.len())),
         longest(
-            &mut inputs
-                .iter()
-                .flat_map(|c| &c.groups)
+            &mut groups()
                 .flat_map(|g| &g.tokens)
                 .map(|t| t.key_id.as_str().chars().count())
                 .chain([LINE_KEY_ID_LEN]),
         ),
     ];
-    run.inputs.set(inputs);
-    header
+    TEXT_HEADER
         .iter()
         .zip(known)
         .map(|(h, k)| h.chars().count().max(k))
         .collect()
 }
+
+/// The plan table's header.
+const TEXT_HEADER: [&str; 6] = ["TIME", "CHANNEL", "GROUP", "ACTION", "KEY", "DETAIL"];
 
 /// Every `action` a plan lists.
 const ACTION_NAMES: [&str; 6] = ["issue", "revoke", "expire", "verify", "reconcile", "alert"];
