@@ -1032,15 +1032,22 @@ fn plan_active(
     // The order: revocations that stand on their own (an incident's first),
     // then reading (reconcile, verify), then the make-room revocation and the
     // issue it exists for, last, so that any earlier failure stops the issue.
-    // While a verify 429 holds the group, only a plan that issues goes
-    // (it verifies nothing: the new token is verified by the issue itself).
+    // A retry's wait holds every step, except one of a verify 429, which
+    // holds only the verifies: the listing an issue may need first, the
+    // revocations and the issue go on (the new token is verified by the
+    // issue itself). (Found by an outside test: holding the listing too
+    // left a due rotation waiting for the deadline whenever the channel's
+    // last listing was older than `reconcile_interval`.)
     let mut steps = Vec::new();
-    if retry_until.is_none() || (issue.is_some() && issue_retry_until.is_none()) {
+    let verifies_held = retry_until.is_some() && group.verify_rate_limited;
+    if retry_until.is_none() || verifies_held {
         steps = revokes.into_steps();
         if reconcile {
             steps.push(Step::Reconcile);
         }
-        steps.extend(verify.into_iter().map(|key_id| Step::Verify { key_id }));
+        if !verifies_held {
+            steps.extend(verify.into_iter().map(|key_id| Step::Verify { key_id }));
+        }
         steps.extend(room.into_steps());
         if let Some(reason) = issue {
             steps.push(Step::Issue {

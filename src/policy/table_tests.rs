@@ -991,6 +991,16 @@ fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
     let p = plan(now, &g, &c);
     assert_eq!(p.steps, vec![issue(IssueReason::Due)], "{p:?}");
     assert_eq!(p.next_rotation_at, Some(now));
+    // The listing the issue needs first is not held either. (The second
+    // outside run: with the channel's last listing older than the
+    // interval, the verify 429 held the listing and so the issue.)
+    let stale = ChannelView {
+        last_reconcile_at: Some(now - Duration::hours(2)),
+        ..c.clone()
+    };
+    let p = plan(now, &g, &stale);
+    assert_eq!(p.steps, vec![Step::Reconcile], "{p:?}");
+    assert_eq!(p.wake_at, now);
     // A 429 to an issue (or a revoke) still holds it.
     let held = GroupView {
         verify_rate_limited: false,

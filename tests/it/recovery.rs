@@ -1126,6 +1126,71 @@ async fn groups_whose_tokens_ran_out_retry_within_seconds_not_a_minute() {
     );
 }
 
+/// A verify answered 429 with a day's `Retry-After` holds the group's
+/// verifies, not its rotation: found twice from outside, first with the
+/// issue held, then (once that was fixed in the plan's table) with the
+/// key-ID listing the issue needs first held, so a channel whose last
+/// listing was older than `reconcile_interval` rotated only at the
+/// deadline (18 min 45 s here), where one more failure would have cost the
+/// token. Each successor comes at its due time (15 min, less a jitter of
+/// at most 10 s), a minute's slack allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_429_leaves_the_listing_and_the_due_rotation_alone() {
+    let t0 = support::start_time();
+    let chans = vec![chan(0, 2)];
+    let id = chans[0].id.clone();
+    let mut rig = Rig::start(
+        chans,
+        rotation("20m", "5m", "10s", "1m", "1m"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::seconds(30)).await;
+    rig.sandbox
+        .set_faults(Faults {
+            seed: Some(0x8_000a),
+            down: false,
+            endpoints: BTreeMap::from([(
+                Endpoint::VerifyV21.path().to_owned(),
+                FaultRule {
+                    rate_limit_rate: 1.0,
+                    retry_after_secs: 86_400,
+                    ..FaultRule::default()
+                },
+            )]),
+        })
+        .unwrap();
+    rig.run_until(t0 + Duration::minutes(3)).await;
+    for g in ["g00", "g01"] {
+        let row = rig.store().group(&id, &GroupName::new(g)).unwrap().unwrap();
+        assert_eq!(
+            (row.runtime.failure_kind, row.runtime.failed_step.as_deref()),
+            (Some(FailureKind::RateLimited), Some("verify")),
+            "{g}'s verify met the 429"
+        );
+    }
+    rig.run_until(t0 + Duration::minutes(17)).await;
+    let issued: Vec<(GroupName, DateTime<Utc>)> = rig
+        .store()
+        .issue_times_since(&id, t0)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, at)| *at > t0 + Duration::minutes(1))
+        .collect();
+    let watch = rig.finish().await;
+    assert_eq!(issued.len(), 2, "one successor a group: {issued:?}");
+    for (g, at) in &issued {
+        assert!(
+            *at <= t0 + Duration::minutes(16),
+            "{g}'s successor came at +{} s, not at its due time (+900 s)\n{}",
+            (*at - t0).num_seconds(),
+            watch.summary()
+        );
+    }
+    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+}
+
 /// A new channel of 15 groups on the default budget (6 an hour) whose
 /// first pass meets 30 % 500s on the issue endpoint: the burst spends the
 /// budget two and a half times over, yet every failed group tries again a
