@@ -797,6 +797,8 @@ fn dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_the_rest() {
     for needed in [
         "Cargo.toml",
         "Cargo.lock",
+        "build.rs",
+        "deploy/build/hot-functions.txt",
         "src/main.rs",
         "migrations/0001_init.sql",
     ] {
@@ -1690,4 +1692,34 @@ fn prometheus_rules_name_only_what_the_daemon_exports() {
         }
         None => eprintln!("promtool is not installed: the rules were checked by this test only"),
     }
+}
+
+/// `build.rs` hands `deploy/build/hot-functions.txt` to LLD as its symbol
+/// ordering file: one symbol a line, as `nm` prints them, sorted and
+/// unique (so a regenerated list diffs well), and the script that makes
+/// it writes that very path.
+#[test]
+fn the_hot_function_list_is_one_symbol_a_line_sorted_and_made_by_its_script() {
+    let list = read("deploy/build/hot-functions.txt");
+    let names: Vec<&str> = list.lines().collect();
+    assert!(names.len() > 1000, "{} names: is it whole?", names.len());
+    assert!(
+        names.windows(2).all(|w| w[0] < w[1]),
+        "sorted (C locale) and unique"
+    );
+    for name in &names {
+        assert!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()),
+            "not a symbol: {name:?}"
+        );
+    }
+    // The daemon's own code and its signing are in it.
+    assert!(
+        names.iter().any(|n| n.contains("8linetokd")),
+        "no linetokd function"
+    );
+    let build = read("build.rs");
+    assert!(build.contains("\"deploy/build/hot-functions.txt\""));
+    let script = read("deploy/build/hot-functions.sh");
+    assert!(script.contains("out=$PWD/deploy/build/hot-functions.txt"));
 }
