@@ -845,7 +845,26 @@ fn plan_active(
     // hold a token nobody recorded), not the whole channel.
     let lost_blocks =
         channel.lost > 0 && (lost_settle_from.is_none() || group.unsettled_attempts > 0);
+    // A failing listing does not stop an issue the group needs: the last
+    // listing's count stands, with our own issues and revocations since,
+    // and LINE refuses a 31st token itself (the full-channel rule, §5.3,
+    // takes it from there). Without this a listing endpoint answering 429
+    // or 500 alone held every due rotation of the channel until its tokens
+    // ran out (outside test). Only while the listing waits for its retry:
+    // at the retry it goes first again, so that issues in a row cannot
+    // starve it. Not for attempts that may have issued (only a listing
+    // settles them), not after LINE's 30-token refusal (only a listing
+    // says when room comes), and not on a channel never listed.
+    let listing_failing = listed
+        && channel
+            .reconcile_retry
+            .as_ref()
+            .is_some_and(|r| r.not_before > now)
+        && channel.last_reconcile_at.is_some()
+        && !lost_blocks
+        && !channel.relist_needed;
     let reconcile_fresh_for_issue = !listed
+        || listing_failing
         || (!reconcile_is_due
             && !lost_blocks
             && !channel.relist_needed
@@ -1042,7 +1061,9 @@ fn plan_active(
     let verifies_held = retry_until.is_some() && group.verify_rate_limited;
     if retry_until.is_none() || verifies_held {
         steps = revokes.into_steps();
-        if reconcile {
+        // A listing waiting for its retry is not asked for now (the
+        // driver's `hold_listing` says so for every step).
+        if reconcile && !(listing_failing && issue.is_some()) {
             steps.push(Step::Reconcile);
         }
         if !verifies_held {

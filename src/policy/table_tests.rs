@@ -713,6 +713,62 @@ fn a_stale_reconcile_is_redone_before_issuing() {
 }
 
 #[test]
+fn a_failing_listing_does_not_stop_a_due_rotation() {
+    // Found by an outside test: the listing endpoint alone answering 429
+    // (or 500) held every due rotation of the channel until its tokens ran
+    // out, retrying the listing and never the issue.
+    let now = t(29 * DAY);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok30("a", 0)])
+    };
+    let failing = ChannelView {
+        last_reconcile_at: Some(now - Duration::hours(2)),
+        reconcile_retry: Some(RetryState {
+            failures: 3,
+            kind: FailureKind::RateLimited,
+            not_before: now + Duration::seconds(5),
+        }),
+        ..channel(now, &g)
+    };
+    // While the listing waits for its retry the issue goes on the last
+    // count.
+    let p = plan(now, &g, &failing);
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)], "{p:?}");
+    // At its retry the listing goes first, so issues cannot starve it.
+    let retry = now + Duration::seconds(5);
+    assert_eq!(plan(retry, &g, &failing).steps, vec![Step::Reconcile]);
+    // On a full count it waits for room as ever.
+    let full = ChannelView {
+        foreign: 29,
+        ..failing.clone()
+    };
+    assert!(matches!(
+        plan(now, &g, &full).hold,
+        Some(Hold::Capacity { .. })
+    ));
+    // Not past attempts that may have issued, nor after LINE's 30-token
+    // refusal, nor on a channel never listed: only a listing may say.
+    for c in [
+        ChannelView {
+            lost: 1,
+            ..failing.clone()
+        },
+        ChannelView {
+            relist_needed: true,
+            ..failing.clone()
+        },
+        ChannelView {
+            last_reconcile_at: None,
+            ..failing.clone()
+        },
+    ] {
+        let p = plan(now, &g, &c);
+        assert_eq!(p.steps, vec![Step::Reconcile], "{c:?}: {p:?}");
+    }
+}
+
+#[test]
 fn the_channel_is_reconciled_every_interval() {
     let g = group(vec![tok30("a", 0)]);
     let now = t(DAY);

@@ -1191,6 +1191,78 @@ async fn a_verify_429_leaves_the_listing_and_the_due_rotation_alone() {
     assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
 }
 
+/// The key-ID listing alone failing (a 429 asking for a day, then 500s)
+/// holds no rotation: found from outside, where issues waited for a fresh
+/// listing until the deadline and then for ever, and every group lost its
+/// token at expiry while issue and verify worked. The last listing's count
+/// stands; each successor comes at its due time (15 min less a jitter of
+/// at most 10 s, a minute's slack allowed), and no group is ever without a
+/// live token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_listing_alone_holds_no_rotation() {
+    let t0 = support::start_time();
+    let chans = vec![chan(0, 2)];
+    let id = chans[0].id.clone();
+    let mut rig = Rig::start(
+        chans,
+        rotation("20m", "5m", "10s", "1m", "1m"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    rig.run_until(t0 + Duration::seconds(30)).await;
+    let listing_fails = |rule: FaultRule| Faults {
+        seed: Some(0x8_000b),
+        down: false,
+        endpoints: BTreeMap::from([(Endpoint::ListKids.path().to_owned(), rule)]),
+    };
+    rig.sandbox
+        .set_faults(listing_fails(FaultRule {
+            rate_limit_rate: 1.0,
+            retry_after_secs: 86_400,
+            ..FaultRule::default()
+        }))
+        .unwrap();
+    rig.run_until(t0 + Duration::minutes(17)).await;
+    rig.sandbox
+        .set_faults(listing_fails(FaultRule {
+            error_rate: 1.0,
+            ..FaultRule::default()
+        }))
+        .unwrap();
+    rig.run_until(t0 + Duration::minutes(45)).await;
+    let failed_listings = rig
+        .store()
+        .events_of_channel(&id, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::ReconcileFailed)
+        .count();
+    let issued: Vec<(GroupName, DateTime<Utc>)> = rig
+        .store()
+        .issue_times_since(&id, t0)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, at)| *at > t0 + Duration::minutes(1))
+        .collect();
+    let watch = rig.finish().await;
+    assert!(failed_listings >= 2, "{failed_listings} failed listings");
+    // Two rotations a group in 45 minutes of 20-minute tokens.
+    assert!(issued.len() >= 4, "{issued:?}\n{}", watch.summary());
+    for (g, at) in issued
+        .iter()
+        .filter(|(_, at)| *at < t0 + Duration::minutes(20))
+    {
+        assert!(
+            *at <= t0 + Duration::minutes(16),
+            "{g}'s successor came at +{} s, not at its due time (+900 s)\n{}",
+            (*at - t0).num_seconds(),
+            watch.summary()
+        );
+    }
+    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+}
+
 /// A new channel of 15 groups on the default budget (6 an hour) whose
 /// first pass meets 30 % 500s on the issue endpoint: the burst spends the
 /// budget two and a half times over, yet every failed group tries again a
