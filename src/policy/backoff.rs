@@ -93,12 +93,18 @@ impl RetryState {
         // How often attempts may come at or past the deadline (a group
         // without a token is always there): as often as the base allows,
         // except where retrying fast helps nobody. A permanent failure fails
-        // the same way every time; an answer that may have issued may leave
-        // one more token nobody can revoke each time, so those stay a
-        // minute apart (LINE's own 30 tokens are the limit they would eat).
+        // the same way every time. An answer that may have issued may leave
+        // one more token nobody can revoke each time, so a run of them stays
+        // a minute apart (LINE's own 30 tokens are the limit they would
+        // eat); but the first of a run (a crash mid-issue, one dropped
+        // answer) retries as soon as the base allows, after the listing
+        // that settles it (the plan asks for that listing first): a minute
+        // there left a group without a token for a minute while LINE
+        // answered (outside test).
+        let repeat_unknown = previous.is_some_and(|p| p.kind == FailureKind::MaybeIssued);
         let floor = match kind {
             FailureKind::Permanent => PERMANENT_FLOOR,
-            FailureKind::MaybeIssued => MAYBE_ISSUED_FLOOR,
+            FailureKind::MaybeIssued if repeat_unknown => MAYBE_ISSUED_FLOOR,
             _ => time::non_negative(rules.base),
         };
         let wait = match deadline {
@@ -268,6 +274,31 @@ mod tests {
         let s =
             RetryState::after_failure(None, t0(), FailureKind::MaybeIssued, None, 0.0, &r, None);
         assert_eq!(s.not_before, t0() + MAYBE_ISSUED_FLOOR);
+    }
+
+    #[test]
+    fn past_the_deadline_only_a_run_of_unknown_outcomes_waits_a_minute() {
+        let r = RetryRules::default();
+        let past = Some(t0() - Duration::seconds(1));
+        let unknown = |previous: Option<&RetryState>| {
+            RetryState::after_failure(
+                previous,
+                t0(),
+                FailureKind::MaybeIssued,
+                None,
+                0.9,
+                &r,
+                past,
+            )
+        };
+        // The first (a crash mid-issue, one dropped answer): the base.
+        let first = unknown(None);
+        assert_eq!(first.not_before, t0() + r.base);
+        let transient =
+            RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.9, &r, past);
+        assert_eq!(unknown(Some(&transient)).not_before, t0() + r.base);
+        // One after another: a minute apart.
+        assert_eq!(unknown(Some(&first)).not_before, t0() + MAYBE_ISSUED_FLOOR);
     }
 
     #[test]

@@ -117,10 +117,13 @@ fn paths(mock: &Mock) -> Vec<String> {
 /// And (found by an outside test): the group whose issuance was lost asked
 /// LINE again at once after the restart; a daemon killed at that step on
 /// every start left a token nobody can revoke on every start. It now waits
-/// as after any issue LINE may have answered: a minute (its deadline, as
-/// it has no token), while the other group goes at once.
+/// as after any issue LINE may have answered, while the other group goes
+/// at once: `retry.base` (5 s) for the first lost issuance of a group
+/// without a token (a minute there left it tokenless for a minute while
+/// LINE answered, another outside test), and a minute for each one after
+/// it in a row, as when the daemon is killed at that step on every start.
 #[tokio::test]
-async fn a_lost_issuance_is_settled_by_one_reconcile_and_its_group_waits_a_minute() {
+async fn a_lost_issuance_is_settled_by_one_reconcile_and_its_group_waits() {
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_line(0).await;
     let clock = support::manual_clock();
@@ -143,7 +146,7 @@ async fn a_lost_issuance_is_settled_by_one_reconcile_and_its_group_waits_a_minut
         a.runtime.failure_kind,
         Some(linetokd::domain::FailureKind::MaybeIssued)
     );
-    let retry_at = support::start_time() + chrono::Duration::minutes(1);
+    let retry_at = support::start_time() + chrono::Duration::seconds(5);
     assert_eq!(a.runtime.retry_not_before, Some(retry_at));
 
     rotator.pass(&CancellationToken::new()).await.unwrap();
@@ -153,6 +156,39 @@ async fn a_lost_issuance_is_settled_by_one_reconcile_and_its_group_waits_a_minut
     clock.set(retry_at);
     rotator.pass(&CancellationToken::new()).await.unwrap();
     assert_eq!(count(&mock, ISSUE), 2, "a too: {:?}", paths(&mock));
+}
+
+/// A daemon killed at the issue step on every start: the second lost
+/// issuance of a group in a row waits a minute, so a crash loop leaves at
+/// most one token nobody can revoke a minute.
+#[tokio::test]
+async fn lost_issuances_in_a_row_wait_a_minute_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_line(0).await;
+    let clock = support::manual_clock();
+    let (rotator, store) =
+        rotator_with_metrics(dir.path(), &mock.base_url, Metrics::shared(), clock.clone());
+    let (channel, group) = (ChannelId::new(CHANNEL), GroupName::new("a"));
+    store
+        .begin_issue(support::start_time(), &channel, &group)
+        .unwrap();
+    assert_eq!(rotator.start_up().await.unwrap(), 1);
+    let first = store.group(&channel, &group).unwrap().unwrap().runtime;
+    assert_eq!(
+        first.retry_not_before,
+        Some(support::start_time() + chrono::Duration::seconds(5))
+    );
+    // Killed again at the same step, before anything else was issued.
+    let again = support::start_time() + chrono::Duration::seconds(6);
+    clock.set(again);
+    store.begin_issue(again, &channel, &group).unwrap();
+    assert_eq!(rotator.start_up().await.unwrap(), 1);
+    let second = store.group(&channel, &group).unwrap().unwrap().runtime;
+    assert_eq!(second.consecutive_failures, 2);
+    assert_eq!(
+        second.retry_not_before,
+        Some(again + chrono::Duration::minutes(1))
+    );
 }
 
 /// The same bug after a failed issue: group `a`'s issue fails, and group
