@@ -1032,6 +1032,11 @@ fn control_cmd(path: &Path, request: control::Request) -> Result<(), Failure> {
     let text = response.describe();
     let text = text.trim_end();
     match response {
+        // Carried out, but with a failure that stays: an incident whose
+        // leaked token LINE refused to revoke (its fresh token was issued).
+        control::Response::Done { groups } if groups.iter().any(|g| g.failure.is_some()) => {
+            Err(Failure::Runtime(anyhow::anyhow!("{text}")))
+        }
         control::Response::Done { .. } | control::Response::Retired { .. } => emit_line(text),
         control::Response::Refused { .. } => Err(Failure::Usage(anyhow::anyhow!("{text}"))),
         control::Response::Failed { .. } | control::Response::Pending { .. } => {

@@ -234,13 +234,15 @@ impl Snapshot {
                 .map(|(_, at)| *at)
         };
         let issued_last_hour = own_issues().count();
+        let revoke_refused = row.runtime.failure_kind == Some(FailureKind::Permanent)
+            && row.runtime.failed_step.as_deref() == Some(Step::REVOKE);
         GroupView {
             channel: channel.clone(),
             group: row.name.clone(),
             kind: row.kind,
             tokens: tokens.iter().map(|t| t.record.clone()).collect(),
             last_verified_at: current_verified,
-            can_revoke,
+            can_revoke: can_revoke && !revoke_refused,
             removed_at: row.removed_at,
             requests: self
                 .requests
@@ -264,6 +266,7 @@ impl Snapshot {
             }),
             verify_rate_limited: row.runtime.failure_kind == Some(FailureKind::RateLimited)
                 && row.runtime.failed_step.as_deref() == Some(Step::VERIFY),
+            revoke_refused,
         }
     }
 

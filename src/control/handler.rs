@@ -12,7 +12,7 @@ use super::{GroupReport, IssuedKey, Request, Response};
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, FailureKind, GroupName, RequestOutcome};
 use crate::event::RotationEvent;
-use crate::policy::joined;
+use crate::policy::{Step, joined};
 use crate::scheduler::SchedulerState;
 
 /// A future the [`Engine`] returns (boxed, so the trait stays object safe).
@@ -91,6 +91,13 @@ struct Work {
     /// True once the handler fell behind the engine's events: some detail
     /// is lost, so an `Issued` event is not waited for.
     lagged: bool,
+    /// True for an incident (`linetokd revoke`).
+    incident: bool,
+    /// Per report: LINE refused the incident's revoke for good, so the
+    /// leaked token lives on; the daemon still issues the fresh token
+    /// (`GroupView::revoke_refused`), which the answer waits for, and the
+    /// failure stays in the answer once it comes.
+    unrevoked: Vec<bool>,
 }
 
 impl ControlHandler {
@@ -193,7 +200,12 @@ impl ControlHandler {
                 }
                 // Closed by an issue whose `Issued` event is a moment behind
                 // the commit: wait for it below.
-            } else if work.reports.iter().any(|r| r.failure.is_some()) {
+            } else if work
+                .reports
+                .iter()
+                .zip(&work.unrevoked)
+                .any(|(r, unrevoked)| r.failure.is_some() && !unrevoked)
+            {
                 return Response::Failed {
                     groups: work.reports,
                 };
@@ -274,7 +286,9 @@ impl ControlHandler {
                 }
                 let id = self.rotator.request_incident(&channel, &group, by).await?;
                 tracing::warn!(channel = %channel, group = %group, "incident declared over the control socket: revoking the group's tokens and issuing a fresh one");
-                Ok(Work::new(channel, vec![(group, id)]))
+                let mut work = Work::new(channel, vec![(group, id)]);
+                work.incident = true;
+                Ok(work)
             }
             Request::RetireLongLived { channel, .. } => Err(format!(
                 "channel {channel}: long-lived retire is not a rotation request"
@@ -305,7 +319,7 @@ fn pending(work: Work, reason: String) -> Response {
 
 impl Work {
     fn new(channel: ChannelId, requests: Vec<(GroupName, i64)>) -> Self {
-        let (reports, requests) = requests
+        let (reports, requests): (Vec<_>, Vec<_>) = requests
             .into_iter()
             .map(|(g, id)| {
                 (
@@ -316,9 +330,11 @@ impl Work {
             .unzip();
         Self {
             channel,
+            unrevoked: vec![false; reports.len()],
             reports,
             requests,
             lagged: false,
+            incident: false,
         }
     }
 
@@ -334,10 +350,14 @@ impl Work {
     }
 
     fn report(&mut self, channel: &ChannelId, group: &GroupName) -> Option<&mut GroupReport> {
+        self.index(channel, group).map(|i| &mut self.reports[i])
+    }
+
+    fn index(&self, channel: &ChannelId, group: &GroupName) -> Option<usize> {
         if channel != &self.channel {
             return None;
         }
-        self.reports.iter_mut().find(|r| &r.group == group)
+        self.reports.iter().position(|r| &r.group == group)
     }
 
     /// Folds one of the rotator's events into the reports.
@@ -350,13 +370,17 @@ impl Work {
                 expires_at,
                 ..
             } => {
-                if let Some(r) = self.report(channel, group) {
+                if let Some(i) = self.index(channel, group) {
+                    let r = &mut self.reports[i];
                     r.issued = Some(IssuedKey {
                         key_id: key_id.clone(),
                         expires_at: *expires_at,
                     });
-                    // A success after a failure ends that failure.
-                    r.failure = None;
+                    // A success after a failure ends that failure, except
+                    // the incident's revoke LINE refused: that token lives.
+                    if !self.unrevoked[i] {
+                        r.failure = None;
+                    }
                 }
             }
             RotationEvent::Revoked {
@@ -377,12 +401,26 @@ impl Work {
                 retry_at,
                 kind,
             } => {
-                if let Some(r) = self.report(channel, group) {
-                    r.failure = Some(format!(
-                        "{step}: {error}; the daemon retries at {}{}",
-                        retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        reload_hint(*kind)
-                    ));
+                let refused_for_good =
+                    self.incident && *step == Step::REVOKE && *kind == FailureKind::Permanent;
+                if let Some(i) = self.index(channel, group) {
+                    self.reports[i].failure = Some(if refused_for_good {
+                        // The daemon goes on to issue the fresh token and
+                        // does not retry this revoke (the group plans as
+                        // without the secret until the streak ends).
+                        self.unrevoked[i] = true;
+                        format!(
+                            "{step}: {error}; the leaked token was not revoked and lives \
+                             until it expires{}",
+                            reload_hint(*kind)
+                        )
+                    } else {
+                        format!(
+                            "{step}: {error}; the daemon retries at {}{}",
+                            retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            reload_hint(*kind)
+                        )
+                    });
                 }
             }
             RotationEvent::ListingFailed {

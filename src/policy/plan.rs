@@ -155,7 +155,7 @@ impl Step {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Reconcile => "reconcile",
-            Self::Revoke { .. } => "revoke",
+            Self::Revoke { .. } => Self::REVOKE,
             Self::Verify { .. } => Self::VERIFY,
             Self::Issue { .. } => Self::ISSUE,
             Self::CloseRequests { .. } => "close requests",
@@ -170,6 +170,10 @@ impl Step {
     /// holds the group's verifies, not its issue
     /// (`GroupView::verify_rate_limited`).
     pub const VERIFY: &'static str = "verify";
+
+    /// [`Step::Revoke`]'s name: a streak that failed on it for good makes
+    /// the group plan as without the secret (`GroupView::revoke_refused`).
+    pub const REVOKE: &'static str = "revoke";
 }
 
 /// Why a token is issued.
@@ -694,7 +698,11 @@ fn plan_active(
     // verifies, not an issue the group needs. (Found by an outside test: a
     // verify 429 asking for a day held a due rotation until the deadline,
     // where one more failure cost the token.)
-    let issue_retry_until = retry_until.filter(|_| !group.verify_rate_limited);
+    // A revoke LINE refuses for good holds only the revocations (none are
+    // planned: the group plans as without the secret,
+    // `GroupView::revoke_refused`).
+    let issue_retry_until =
+        retry_until.filter(|_| !group.verify_rate_limited && !group.revoke_refused);
 
     // Revocations that stand whether or not a token is issued now. Oldest
     // first, so a failure part-way leaves the newest tokens in place. An
@@ -1059,7 +1067,8 @@ fn plan_active(
     // last listing was older than `reconcile_interval`.)
     let mut steps = Vec::new();
     let verifies_held = retry_until.is_some() && group.verify_rate_limited;
-    if retry_until.is_none() || verifies_held {
+    let revokes_held = retry_until.is_some() && group.revoke_refused;
+    if retry_until.is_none() || verifies_held || revokes_held {
         steps = revokes.into_steps();
         // A listing waiting for its retry is not asked for now (the
         // driver's `hold_listing` says so for every step).

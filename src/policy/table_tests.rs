@@ -1091,6 +1091,63 @@ fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
 }
 
 #[test]
+fn a_revoke_refused_for_good_plans_as_without_the_secret() {
+    // Found by an outside test: an incident whose revoke LINE refused (a
+    // wrong secret) held the group, on the leaked token and then without
+    // one, until the revoke's slow retry.
+    let now = t(DAY);
+    let retry = RetryState {
+        failures: 1,
+        kind: FailureKind::Permanent,
+        not_before: now + Duration::minutes(30),
+    };
+    // The snapshot clears `can_revoke` with `revoke_refused`.
+    let g = GroupView {
+        retry: Some(retry),
+        revoke_refused: true,
+        can_revoke: false,
+        requests: req(RequestKind::Incident, now),
+        ..group(vec![tok30("leaked", 0)])
+    };
+    let p = plan(now, &g, &channel(now, &g));
+    assert_eq!(p.steps, vec![issue_closing(IssueReason::Incident)], "{p:?}");
+    assert!(p.alerts.contains(&Alert::RevokeNeedsSecret {
+        key_id: KeyId::new("leaked"),
+        reason: RevokeReason::Incident
+    }));
+    // A due rotation goes too; a revoke refused for any other reason (or
+    // not for good) still holds the group.
+    let later = t(29 * DAY);
+    let due = GroupView {
+        retry: Some(RetryState {
+            failures: 1,
+            kind: FailureKind::Permanent,
+            not_before: later + Duration::minutes(30),
+        }),
+        requests: vec![],
+        ..g.clone()
+    };
+    assert_eq!(
+        plan(later, &due, &channel(later, &due)).steps,
+        vec![issue(IssueReason::Due)]
+    );
+    let held = GroupView {
+        retry: Some(RetryState {
+            failures: 1,
+            kind: FailureKind::Permanent,
+            not_before: later + Duration::minutes(30),
+        }),
+        revoke_refused: false,
+        can_revoke: true,
+        ..due
+    };
+    assert!(matches!(
+        plan(later, &held, &channel(later, &held)).hold,
+        Some(Hold::Retry { .. })
+    ));
+}
+
+#[test]
 fn a_retry_holds_every_request_until_its_time() {
     let now = t(29 * DAY);
     let retry = RetryState {

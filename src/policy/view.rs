@@ -78,6 +78,15 @@ pub struct GroupView {
     /// its `retry` then holds the group's verifies, not an issue it
     /// needs, since LINE limits each endpoint on its own.
     pub verify_rate_limited: bool,
+    /// True when the group's failure streak is LINE refusing a revoke for
+    /// good (a wrong secret). The group then plans as one without the
+    /// secret (`can_revoke` is false): its issues go on, an incident still
+    /// gets its fresh token, and what should be revoked is reported and
+    /// left to expire, until the streak ends (a reload with a changed
+    /// secret, `linetokd rotate`). Holding the group instead left an
+    /// incident's group on the leaked token, then without one, until the
+    /// revoke's slow retry (outside test).
+    pub revoke_refused: bool,
 }
 
 impl GroupView {
@@ -100,6 +109,7 @@ impl GroupView {
             evicted_at: None,
             issue_rate_limited_until: None,
             verify_rate_limited: false,
+            revoke_refused: false,
         }
     }
 

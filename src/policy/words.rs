@@ -184,8 +184,9 @@ impl fmt::Display for Alert {
             ),
             Self::RevokeNeedsSecret { key_id, reason } => write!(
                 f,
-                "token {key_id} should be revoked ({reason}) but the channel has no \
-                 secret_file; it lives until it expires"
+                "token {key_id} should be revoked ({reason}) but linetokd cannot revoke \
+                 on this channel (no secret_file, or LINE refused its secret); it lives \
+                 until it expires"
             ),
             Self::CapacityLow { free, threshold } => write!(
                 f,

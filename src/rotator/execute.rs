@@ -239,7 +239,13 @@ impl Rotator {
                 Err(error) => {
                     let owner_index = state.groups.iter().position(|g| g.group == owner);
                     return self
-                        .record_failure(setup, state, owner_index.unwrap_or(gi), "revoke", error)
+                        .record_failure(
+                            setup,
+                            state,
+                            owner_index.unwrap_or(gi),
+                            Step::REVOKE,
+                            error,
+                        )
                         .await;
                 }
             }
@@ -1139,7 +1145,7 @@ impl Rotator {
         };
         let event_kind = match step {
             Step::VERIFY => Some(EventKind::VerifyFailed),
-            "revoke" => Some(EventKind::RevokeFailed),
+            Step::REVOKE => Some(EventKind::RevokeFailed),
             // The issue journal records its own failures.
             _ => None,
         };

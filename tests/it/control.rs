@@ -70,13 +70,13 @@ fn write_private(path: &Path, bytes: &[u8]) {
 /// A config in a fresh temp dir: one channel (the lab's, with its secret)
 /// and groups `a` and `b`, each with an API key; the database and the
 /// control socket in the temp dir. Returns the dir and the config path.
-fn write_config(line_api: &str) -> (TempDir, PathBuf) {
+fn write_config(line_api: &str, secret: &str) -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/rsa2048-pkcs8.pem");
     write_private(&d.join("key.pem"), &fs::read(fixture).unwrap());
-    write_private(&d.join("secret"), LAB_SECRET.as_bytes());
+    write_private(&d.join("secret"), secret.as_bytes());
     write_private(&d.join("a.apikey"), b"api-key-a-0123456789");
     write_private(&d.join("b.apikey"), b"api-key-b-0123456789");
     let toml = format!(
@@ -123,7 +123,7 @@ fn stdout(out: &Output) -> String {
 
 #[tokio::test]
 async fn rotate_revoke_and_token_with_no_daemon_running() {
-    let (dir, config) = write_config("http://127.0.0.1:9");
+    let (dir, config) = write_config("http://127.0.0.1:9", LAB_SECRET);
     let socket = dir.path().join("control.sock");
     let expected = format!(
         "no linetokd daemon is running (no control socket at {})",
@@ -259,6 +259,11 @@ struct DaemonLab {
 
 impl DaemonLab {
     async fn start() -> Self {
+        Self::start_with_secret(LAB_SECRET).await
+    }
+
+    /// [`Self::start`] with `secret` in the channel's secret file.
+    async fn start_with_secret(secret: &str) -> Self {
         let lab = sandbox_lab().await;
         // `linetokd token` (a separate process) judges expiry by the wall
         // clock, so the manual clock starts at the wall clock's whole
@@ -266,7 +271,7 @@ impl DaemonLab {
         let now = chrono::Utc::now().timestamp();
         lab.clock
             .set(chrono::DateTime::from_timestamp(now, 0).unwrap());
-        let (dir, config) = write_config(&lab.base_url);
+        let (dir, config) = write_config(&lab.base_url, secret);
         let valid = Settings::load(&config, &HashMap::new())
             .unwrap()
             .validate()
@@ -344,6 +349,57 @@ impl DaemonLab {
         self.daemon.take().unwrap().stopped().await.unwrap();
         assert!(!socket.exists(), "the control socket outlived the daemon");
     }
+}
+
+/// Found by an outside test: with a secret LINE refuses, `linetokd revoke`
+/// left the group on the leaked token (its regular rotation held too) and
+/// then without one, until the failing revoke's slow retry. A revoke LINE
+/// refuses for good now makes the group plan as without the secret: the
+/// incident's fresh token is issued at once, and the leaked token is
+/// reported and left to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
+    let mut lab = DaemonLab::start_with_secret("0123456789abcdef0123456789abcdef").await;
+    let first = lab.issued(&["a", "b"]).await;
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let mut failed = false;
+    let fresh = loop {
+        match lab.events.recv().await.unwrap() {
+            RotationEvent::Failed { group, .. } if group.as_str() == "a" => failed = true,
+            RotationEvent::Issued {
+                group,
+                key_id,
+                reason,
+                ..
+            } => {
+                assert_eq!(group.as_str(), "a", "another group was issued a token");
+                assert_eq!(reason, IssueReason::Incident);
+                break key_id;
+            }
+            _ => {}
+        }
+    };
+    assert!(failed, "the revoke was refused first: {text}");
+    let sandbox = lab.at_sandbox();
+    assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
+    // The leaked token could not be revoked: it lives until it expires.
+    assert_eq!(sandbox[&first["a"]].0, SandboxTokenState::Live);
+    // The answer waits for the fresh token and names it, with the
+    // failure that stays: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("new token {fresh}")), "{text}");
+    assert!(
+        text.contains("the leaked token was not revoked and lives until it expires"),
+        "{text}"
+    );
+    assert!(text.contains("invalid_client"), "{text}");
+    lab.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
