@@ -31,12 +31,13 @@ use std::process::Command;
 
 /// The files the binary is built from, for the `-dirty` mark
 /// (`tests/it/cli_output.rs` asks git about the same list).
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     "src",
     "migrations",
     "build.rs",
     "Cargo.toml",
     "Cargo.lock",
+    ".cargo/config.toml",
     "deploy/build/hot-functions.txt",
 ];
 

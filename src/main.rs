@@ -22,7 +22,9 @@ use linetokd::cli::{self, Cli};
 /// (glibc) against 28.5 MiB + 1.14 KiB, 160 against 140 MiB at 100,000
 /// groups, with `status` and `plan` faster too (README, Benchmarks).
 /// This is the Rust code's allocator only: SQLite and aws-lc are C and
-/// call glibc's `malloc` themselves.
+/// call glibc's `malloc` themselves. Its options (two arenas, a small
+/// thread cache) are compiled in from `.cargo/config.toml`, which says
+/// why.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

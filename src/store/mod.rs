@@ -360,6 +360,8 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -DAEMON_CACHE_KIB)
+            .map_err(open_err)?;
         prepare_once(&conn).map_err(open_err)?;
         let migrated = migrate::apply(&mut conn, migrate::MIGRATIONS)?;
         // The first write created -wal and -shm; SQLite gives them the
@@ -984,6 +986,14 @@ const STATEMENT_CACHE: usize = 256;
 /// each call with a different channel or group: a quarter of the daemon's
 /// CPU time on every pass. Our queries are simple lookups whose best plan
 /// does not depend on the value.
+/// The writer's page cache, in KiB (SQLite's default is 2,000). The daemon
+/// reads a channel's rows when it plans the channel, so what it misses
+/// comes from the OS's page cache, not the disk; a full 2 MB cache stayed
+/// resident for good once the database outgrew it. Measured with
+/// `linetokd bench`: about 1 MiB less RSS at 10,000 groups, CPU per issued
+/// token within the noise.
+const DAEMON_CACHE_KIB: i64 = 512;
+
 fn prepare_once(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.set_db_config(

@@ -313,6 +313,7 @@ fn git_head_short() -> Option<String> {
         "build.rs",
         "Cargo.toml",
         "Cargo.lock",
+        ".cargo/config.toml",
         "deploy/build/hot-functions.txt",
     ])
     .is_some_and(|changes| !changes.is_empty());

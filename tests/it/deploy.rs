@@ -798,6 +798,7 @@ fn dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_the_rest() {
         "Cargo.toml",
         "Cargo.lock",
         "build.rs",
+        ".cargo/config.toml",
         "deploy/build/hot-functions.txt",
         "src/main.rs",
         "migrations/0001_init.sql",
