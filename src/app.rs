@@ -196,7 +196,7 @@ impl Daemon {
             tracing::info!(channel = %channel, group = %group, "group added");
         }
         for (channel, group) in &synced.removed_groups {
-            tracing::warn!(channel = %channel, group = %group, "group no longer in the config: its tokens are revoked after removal_grace");
+            tracing::warn!(channel = %channel, group = %group, "group no longer in the config: {}", removal_words(config, channel));
         }
 
         let metrics = Metrics::shared();
@@ -557,7 +557,7 @@ impl Daemon {
         }
         for (channel, group) in &synced.removed_groups {
             self.metrics.remove_group(channel, group);
-            tracing::warn!(channel = %channel, group = %group, "group removed by reload: its tokens are revoked after removal_grace");
+            tracing::warn!(channel = %channel, group = %group, "group removed by reload: {}", removal_words(config, channel));
         }
         if config.daemon != self.daemon_config {
             tracing::warn!("the [daemon] section changed; it takes effect at the next restart");
@@ -1510,4 +1510,21 @@ pub fn channel_setups(config: &ValidConfig) -> anyhow::Result<Vec<ChannelSetup>>
             })
         })
         .collect()
+}
+
+/// What happens to the tokens of a group that left the config: revoked
+/// after `removal_grace` when its channel is still configured with its
+/// secret, else left to expire (the secret left with the channel). (An
+/// outside test saw the log promise a revocation `status` then said would
+/// not come.)
+fn removal_words(config: &ValidConfig, channel: &ChannelId) -> &'static str {
+    let secret = config
+        .channels
+        .iter()
+        .any(|c| &c.id == channel && c.secret.is_some());
+    if secret {
+        "its tokens are revoked after removal_grace"
+    } else {
+        "its tokens are left to expire: linetokd has no secret for its channel to revoke them with"
+    }
 }
