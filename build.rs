@@ -19,9 +19,10 @@
 //! those it runs rather than every page the kernel's fault-around maps
 //! beside them (`linetokd bench`: 16.3 → 10.1 MiB of file-backed RSS at
 //! 1,000 groups, CPU unchanged). Only for `x86_64-unknown-linux-gnu`,
-//! whose default linker since Rust 1.90 is LLD, which reads the ordering
-//! file; a build that picks its own linker (`-C linker`, a linker flavour)
-//! or sets `LINETOKD_NO_SYMBOL_ORDERING` is left alone. A name the list
+//! whose default linker since Rust 1.90 is the bundled LLD, which reads
+//! the ordering file: a toolchain older or without it, a build that picks
+//! its own linker (`-C linker`, a linker flavour, `-fuse-ld`), or one with
+//! `LINETOKD_NO_SYMBOL_ORDERING` set is left alone. A name the list
 //! holds that the build lacks (the code changed since the list was made)
 //! costs only its place, never the build; `deploy/build/hot-functions.sh`
 //! makes the list again.
@@ -52,21 +53,19 @@ fn main() {
 const HOT_FUNCTIONS: &str = "deploy/build/hot-functions.txt";
 
 /// Passes `HOT_FUNCTIONS` to LLD as its symbol ordering file, for the
-/// release binary of the one target whose default linker is LLD.
+/// release binary of the one target whose default linker is LLD, and only
+/// when that default is surely the linker: GNU ld and gold do not know the
+/// option and would fail the link.
 fn order_hot_functions() {
     println!("cargo:rerun-if-changed={HOT_FUNCTIONS}");
     println!("cargo:rerun-if-env-changed=LINETOKD_NO_SYMBOL_ORDERING");
     let env = |name: &str| std::env::var(name).unwrap_or_default();
-    // A linker other than the target's default may not know the option
-    // (GNU ld does not) and would fail the link.
-    let own_linker = env("CARGO_ENCODED_RUSTFLAGS")
-        .split('\x1f')
-        .any(|flag| flag.contains("linker") || flag.contains("link-self-contained"))
-        || std::env::var_os("RUSTC_LINKER").is_some();
     if env("TARGET") != "x86_64-unknown-linux-gnu"
         || env("PROFILE") != "release"
-        || own_linker
         || std::env::var_os("LINETOKD_NO_SYMBOL_ORDERING").is_some()
+        || chooses_own_linker(&env("CARGO_ENCODED_RUSTFLAGS"))
+        || std::env::var_os("RUSTC_LINKER").is_some()
+        || !ships_default_lld(&env("RUSTC"))
     {
         return;
     }
@@ -75,12 +74,57 @@ fn order_hot_functions() {
     };
     let list = PathBuf::from(dir).join(HOT_FUNCTIONS);
     if list.is_file() {
-        println!(
-            "cargo:rustc-link-arg-bin=linetokd=-Wl,--symbol-ordering-file={}",
-            list.display()
-        );
-        println!("cargo:rustc-link-arg-bin=linetokd=-Wl,--no-warn-symbol-ordering");
+        // `-Xlinker` pairs rather than `-Wl,`, which would split a path
+        // with a comma in it.
+        for arg in [
+            "-Xlinker".to_owned(),
+            format!("--symbol-ordering-file={}", list.display()),
+            "-Xlinker".to_owned(),
+            "--no-warn-symbol-ordering".to_owned(),
+        ] {
+            println!("cargo:rustc-link-arg-bin=linetokd={arg}");
+        }
     }
+}
+
+/// True when the flags pick a linker, a linker flavour or a `-fuse-ld`
+/// (`-C linker=`, `-C link-self-contained`, `-C linker-flavor`,
+/// `-Z linker-features`, `-C link-arg=-fuse-ld=bfd`).
+fn chooses_own_linker(encoded_rustflags: &str) -> bool {
+    encoded_rustflags.split('\x1f').any(|flag| {
+        flag.contains("linker") || flag.contains("link-self-contained") || flag.contains("fuse-ld")
+    })
+}
+
+/// True when `rustc` is 1.90 or later (LLD became x86_64 Linux's default
+/// then) and its sysroot holds the bundled LLD that default uses (a
+/// distribution's rustc may be built without it, and keep the system ld).
+fn ships_default_lld(rustc: &str) -> bool {
+    let rustc = if rustc.is_empty() { "rustc" } else { rustc };
+    let output = |args: &[&str]| {
+        Command::new(rustc)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let new_enough = output(&["--version"]).is_some_and(|v| {
+        let mut parts = v
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (1, 90)
+    });
+    let bundled = output(&["--print", "sysroot"]).is_some_and(|root| {
+        Path::new(root.trim())
+            .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+            .is_file()
+    });
+    new_enough && bundled
 }
 
 /// The short commit of HEAD, if this crate's directory is the top of a git

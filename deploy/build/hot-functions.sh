@@ -157,9 +157,15 @@ drive text &
 driver_text=$!
 drive json &
 driver_json=$!
-wait "$driver_text" "$driver_json"
+# Each driver on its own: `wait A B` reports only B's status.
+wait "$driver_text" || { echo "hot-functions.sh: the text run failed" >&2; exit 1; }
+wait "$driver_json" || { echo "hot-functions.sh: the JSON run failed" >&2; exit 1; }
 for format in text json; do
-    while kill -0 "$(cat "$work/$format/daemon.pid")" 2>/dev/null; do sleep 1; done
+    # callgrind writes its profile as the daemon exits; a minute at most.
+    for _ in $(seq 1 60); do
+        kill -0 "$(cat "$work/$format/daemon.pid")" 2>/dev/null || break
+        sleep 1
+    done
     [ -s "$work/$format/callgrind.out" ] || { echo "hot-functions.sh: no profile from the $format daemon" >&2; exit 1; }
 done
 

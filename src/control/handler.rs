@@ -94,10 +94,11 @@ struct Work {
     /// True for an incident (`linetokd revoke`).
     incident: bool,
     /// Per report: LINE refused the incident's revoke for good, so the
-    /// leaked token lives on; the daemon still issues the fresh token
-    /// (`GroupView::revoke_refused`), which the answer waits for, and the
-    /// failure stays in the answer once it comes.
-    unrevoked: Vec<bool>,
+    /// leaked token lives on. The daemon still issues the fresh token
+    /// (`GroupView::revoke_refused`), which the answer waits for; this
+    /// refusal is kept apart from the report's other failures (a success
+    /// ends those, not this) and heads its failure in the answer.
+    unrevoked: Vec<Option<String>>,
 }
 
 impl ControlHandler {
@@ -195,19 +196,14 @@ impl ControlHandler {
                 }
                 if work.announced() {
                     return Response::Done {
-                        groups: work.reports,
+                        groups: work.into_reports(),
                     };
                 }
                 // Closed by an issue whose `Issued` event is a moment behind
                 // the commit: wait for it below.
-            } else if work
-                .reports
-                .iter()
-                .zip(&work.unrevoked)
-                .any(|(r, unrevoked)| r.failure.is_some() && !unrevoked)
-            {
+            } else if work.reports.iter().any(|r| r.failure.is_some()) {
                 return Response::Failed {
-                    groups: work.reports,
+                    groups: work.into_reports(),
                 };
             }
             tokio::select! {
@@ -312,7 +308,7 @@ impl ControlHandler {
 
 fn pending(work: Work, reason: String) -> Response {
     Response::Pending {
-        groups: work.reports,
+        groups: work.into_reports(),
         reason,
     }
 }
@@ -330,12 +326,30 @@ impl Work {
             .unzip();
         Self {
             channel,
-            unrevoked: vec![false; reports.len()],
+            unrevoked: vec![None; reports.len()],
             reports,
             requests,
             lagged: false,
             incident: false,
         }
+    }
+
+    /// The reports as answered: an incident's refused revoke heads the
+    /// group's failure.
+    fn into_reports(self) -> Vec<GroupReport> {
+        self.reports
+            .into_iter()
+            .zip(self.unrevoked)
+            .map(|(mut r, refusal)| {
+                if let Some(refusal) = refusal {
+                    r.failure = Some(match r.failure.take() {
+                        Some(later) => format!("{refusal}; then {later}"),
+                        None => refusal,
+                    });
+                }
+                r
+            })
+            .collect()
     }
 
     /// True when every request an issue carried out has its new token in
@@ -376,11 +390,10 @@ impl Work {
                         key_id: key_id.clone(),
                         expires_at: *expires_at,
                     });
-                    // A success after a failure ends that failure, except
-                    // the incident's revoke LINE refused: that token lives.
-                    if !self.unrevoked[i] {
-                        r.failure = None;
-                    }
+                    // A success after a failure ends that failure (not an
+                    // incident's refused revoke, kept apart: that token
+                    // lives).
+                    r.failure = None;
                 }
             }
             RotationEvent::Revoked {
@@ -404,23 +417,22 @@ impl Work {
                 let refused_for_good =
                     self.incident && *step == Step::REVOKE && *kind == FailureKind::Permanent;
                 if let Some(i) = self.index(channel, group) {
-                    self.reports[i].failure = Some(if refused_for_good {
+                    if refused_for_good {
                         // The daemon goes on to issue the fresh token and
                         // does not retry this revoke (the group plans as
                         // without the secret until the streak ends).
-                        self.unrevoked[i] = true;
-                        format!(
+                        self.unrevoked[i] = Some(format!(
                             "{step}: {error}; the leaked token was not revoked and lives \
                              until it expires{}",
                             reload_hint(*kind)
-                        )
+                        ));
                     } else {
-                        format!(
+                        self.reports[i].failure = Some(format!(
                             "{step}: {error}; the daemon retries at {}{}",
                             retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                             reload_hint(*kind)
-                        )
-                    });
+                        ));
+                    }
                 }
             }
             RotationEvent::ListingFailed {

@@ -3,7 +3,8 @@
 //! Transient failures (network, timeout, 5xx) back off exponentially with
 //! full jitter; a 429 waits at least its `Retry-After` (capped at
 //! [`MAX_RETRY_AFTER`]); an answer that leaves open whether LINE issued
-//! waits at least [`MAYBE_ISSUED_FLOOR`]; permanent ones (bad key, unknown
+//! waits at least [`MAYBE_ISSUED_FLOOR`] (past the deadline only when the
+//! one before it was one too); permanent ones (bad key, unknown
 //! `kid`, wrong secret) retry at a slow fixed pace. Every wait is
 //! deadline-aware: while attempts fail, the next is never scheduled after
 //! the deadline (the current token's expiry less a safety margin), so a
@@ -43,7 +44,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::hours(1);
 
 /// The shortest wait after an answer that leaves open whether LINE issued:
 /// each such retry may leave a live token nobody can revoke, so they are
-/// slow, and the next step is a reconcile anyway.
+/// slow, and the next step is a reconcile anyway. Past the deadline it
+/// holds only for the second of such answers in a row: the first retries
+/// at `retry.base`.
 pub const MAYBE_ISSUED_FLOOR: Duration = Duration::minutes(1);
 
 /// The shortest wait after a permanent failure, even at the deadline: a
@@ -67,9 +70,9 @@ impl RetryState {
     /// Then the deadline: with `deadline` (the current token's expiry less
     /// the safety margin), the attempt is moved up to the deadline; once
     /// the deadline is near or past, attempts come at most `retry.base`
-    /// apart (a minute for permanent failures and answers that may have
-    /// issued), because every attempt is a chance to keep consumers
-    /// served.
+    /// apart (a minute for permanent failures, and for an answer that may
+    /// have issued right after another one), because every attempt is a
+    /// chance to keep consumers served.
     pub fn after_failure(
         previous: Option<&RetryState>,
         now: DateTime<Utc>,

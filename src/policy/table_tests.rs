@@ -1115,6 +1115,18 @@ fn a_revoke_refused_for_good_plans_as_without_the_secret() {
         key_id: KeyId::new("leaked"),
         reason: RevokeReason::Incident
     }));
+    // With two live tokens the fresh one waits for the older's expiry:
+    // never a third live token.
+    let two = GroupView {
+        tokens: vec![tok30("leaked", 0), tok30("older", -DAY)],
+        ..g.clone()
+    };
+    let p = plan(now, &two, &channel(now, &two));
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::Issue { .. })),
+        "{p:?}"
+    );
+    assert!(matches!(p.hold, Some(Hold::OlderTokenLive { .. })), "{p:?}");
     // A due rotation goes too; a revoke refused for any other reason (or
     // not for good) still holds the group.
     let later = t(29 * DAY);

@@ -474,7 +474,11 @@ impl World {
         // stands; LINE refuses a 31st token itself).
         let age = now - self.last_reconcile_at.expect("issue without any reconcile");
         assert!(
-            age <= self.p.rules.reconcile_max_age_before_issue || self.reconcile_retry.is_some(),
+            age <= self.p.rules.reconcile_max_age_before_issue
+                || self
+                    .reconcile_retry
+                    .as_ref()
+                    .is_some_and(|r| r.not_before > now),
             "issue on a reconcile {age} old"
         );
 
@@ -809,7 +813,10 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                 // stands then (LINE refuses a 31st token itself).
                 let age = now - c.last_reconcile_at.expect("issue without a reconcile");
                 assert!(
-                    age <= rules.reconcile_max_age_before_issue || c.reconcile_retry.is_some(),
+                    age <= rules.reconcile_max_age_before_issue
+                        || c.reconcile_retry
+                            .as_ref()
+                            .is_some_and(|r| r.not_before > now),
                     "issue on a stale reconcile"
                 );
                 let in_hour: Vec<&(GroupName, DateTime<Utc>)> = c
