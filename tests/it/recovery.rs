@@ -1126,6 +1126,69 @@ async fn groups_whose_tokens_ran_out_retry_within_seconds_not_a_minute() {
     );
 }
 
+/// Two groups on 20-minute tokens rotated 5 minutes ahead (jitter 10 s),
+/// verified and listed every minute: the setting of the one-endpoint
+/// failure tests below.
+async fn two_groups_on_short_tokens() -> (Rig, ChannelId) {
+    let chans = vec![chan(0, 2)];
+    let id = chans[0].id.clone();
+    let rig = Rig::start(
+        chans,
+        rotation("20m", "5m", "10s", "1m", "1m"),
+        Faults::default(),
+        |_| {},
+    )
+    .await;
+    (rig, id)
+}
+
+/// `rule` on `endpoint` alone.
+fn one_endpoint(endpoint: Endpoint, rule: FaultRule, seed: u64) -> Faults {
+    Faults {
+        seed: Some(seed),
+        down: false,
+        endpoints: BTreeMap::from([(endpoint.path().to_owned(), rule)]),
+    }
+}
+
+/// A day's 429 on every call.
+fn a_days_429() -> FaultRule {
+    FaultRule {
+        rate_limit_rate: 1.0,
+        retry_after_secs: 86_400,
+        ..FaultRule::default()
+    }
+}
+
+/// Asserts that every issue after the first minute and before `until`
+/// came by +16 min (due at +15 min less the jitter), and that no group
+/// was ever without a live token; returns how many issues that was.
+async fn successors_came_when_due(
+    rig: Rig,
+    id: &ChannelId,
+    t0: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> usize {
+    let issued: Vec<(GroupName, DateTime<Utc>)> = rig
+        .store()
+        .issue_times_since(id, t0)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, at)| *at > t0 + Duration::minutes(1))
+        .collect();
+    let watch = rig.finish().await;
+    for (g, at) in issued.iter().filter(|(_, at)| *at < until) {
+        assert!(
+            *at <= t0 + Duration::minutes(16),
+            "{g}'s successor came at +{} s, not at its due time (+900 s)\n{}",
+            (*at - t0).num_seconds(),
+            watch.summary()
+        );
+    }
+    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+    issued.len()
+}
+
 /// A verify answered 429 with a day's `Retry-After` holds the group's
 /// verifies, not its rotation: found twice from outside, first with the
 /// issue held, then (once that was fixed in the plan's table) with the
@@ -1137,29 +1200,10 @@ async fn groups_whose_tokens_ran_out_retry_within_seconds_not_a_minute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verify_429_leaves_the_listing_and_the_due_rotation_alone() {
     let t0 = support::start_time();
-    let chans = vec![chan(0, 2)];
-    let id = chans[0].id.clone();
-    let mut rig = Rig::start(
-        chans,
-        rotation("20m", "5m", "10s", "1m", "1m"),
-        Faults::default(),
-        |_| {},
-    )
-    .await;
+    let (mut rig, id) = two_groups_on_short_tokens().await;
     rig.run_until(t0 + Duration::seconds(30)).await;
     rig.sandbox
-        .set_faults(Faults {
-            seed: Some(0x8_000a),
-            down: false,
-            endpoints: BTreeMap::from([(
-                Endpoint::VerifyV21.path().to_owned(),
-                FaultRule {
-                    rate_limit_rate: 1.0,
-                    retry_after_secs: 86_400,
-                    ..FaultRule::default()
-                },
-            )]),
-        })
+        .set_faults(one_endpoint(Endpoint::VerifyV21, a_days_429(), 0x8_000a))
         .unwrap();
     rig.run_until(t0 + Duration::minutes(3)).await;
     for g in ["g00", "g01"] {
@@ -1171,24 +1215,9 @@ async fn a_verify_429_leaves_the_listing_and_the_due_rotation_alone() {
         );
     }
     rig.run_until(t0 + Duration::minutes(17)).await;
-    let issued: Vec<(GroupName, DateTime<Utc>)> = rig
-        .store()
-        .issue_times_since(&id, t0)
-        .unwrap()
-        .into_iter()
-        .filter(|(_, at)| *at > t0 + Duration::minutes(1))
-        .collect();
-    let watch = rig.finish().await;
-    assert_eq!(issued.len(), 2, "one successor a group: {issued:?}");
-    for (g, at) in &issued {
-        assert!(
-            *at <= t0 + Duration::minutes(16),
-            "{g}'s successor came at +{} s, not at its due time (+900 s)\n{}",
-            (*at - t0).num_seconds(),
-            watch.summary()
-        );
-    }
-    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+    let end = rig.now();
+    let issued = successors_came_when_due(rig, &id, t0, end).await;
+    assert_eq!(issued, 2, "one successor a group");
 }
 
 /// The key-ID listing alone failing (a 429 asking for a day, then 500s)
@@ -1201,34 +1230,18 @@ async fn a_verify_429_leaves_the_listing_and_the_due_rotation_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_listing_alone_holds_no_rotation() {
     let t0 = support::start_time();
-    let chans = vec![chan(0, 2)];
-    let id = chans[0].id.clone();
-    let mut rig = Rig::start(
-        chans,
-        rotation("20m", "5m", "10s", "1m", "1m"),
-        Faults::default(),
-        |_| {},
-    )
-    .await;
+    let (mut rig, id) = two_groups_on_short_tokens().await;
     rig.run_until(t0 + Duration::seconds(30)).await;
-    let listing_fails = |rule: FaultRule| Faults {
-        seed: Some(0x8_000b),
-        down: false,
-        endpoints: BTreeMap::from([(Endpoint::ListKids.path().to_owned(), rule)]),
-    };
     rig.sandbox
-        .set_faults(listing_fails(FaultRule {
-            rate_limit_rate: 1.0,
-            retry_after_secs: 86_400,
-            ..FaultRule::default()
-        }))
+        .set_faults(one_endpoint(Endpoint::ListKids, a_days_429(), 0x8_000b))
         .unwrap();
     rig.run_until(t0 + Duration::minutes(17)).await;
+    let failing = FaultRule {
+        error_rate: 1.0,
+        ..FaultRule::default()
+    };
     rig.sandbox
-        .set_faults(listing_fails(FaultRule {
-            error_rate: 1.0,
-            ..FaultRule::default()
-        }))
+        .set_faults(one_endpoint(Endpoint::ListKids, failing, 0x8_000b))
         .unwrap();
     rig.run_until(t0 + Duration::minutes(45)).await;
     let failed_listings = rig
@@ -1238,29 +1251,10 @@ async fn a_failing_listing_alone_holds_no_rotation() {
         .into_iter()
         .filter(|e| e.kind == EventKind::ReconcileFailed)
         .count();
-    let issued: Vec<(GroupName, DateTime<Utc>)> = rig
-        .store()
-        .issue_times_since(&id, t0)
-        .unwrap()
-        .into_iter()
-        .filter(|(_, at)| *at > t0 + Duration::minutes(1))
-        .collect();
-    let watch = rig.finish().await;
     assert!(failed_listings >= 2, "{failed_listings} failed listings");
+    let issued = successors_came_when_due(rig, &id, t0, t0 + Duration::minutes(20)).await;
     // Two rotations a group in 45 minutes of 20-minute tokens.
-    assert!(issued.len() >= 4, "{issued:?}\n{}", watch.summary());
-    for (g, at) in issued
-        .iter()
-        .filter(|(_, at)| *at < t0 + Duration::minutes(20))
-    {
-        assert!(
-            *at <= t0 + Duration::minutes(16),
-            "{g}'s successor came at +{} s, not at its due time (+900 s)\n{}",
-            (*at - t0).num_seconds(),
-            watch.summary()
-        );
-    }
-    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+    assert!(issued >= 4, "{issued} issues");
 }
 
 /// A new channel of 15 groups on the default budget (6 an hour) whose
