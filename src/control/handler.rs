@@ -426,6 +426,14 @@ impl Work {
                              until it expires{}",
                             reload_hint(*kind)
                         ));
+                    } else if *step == Step::REVOKE && *kind == FailureKind::Permanent {
+                        // Not retried at `retry_at`: the group goes on as
+                        // without the secret (`GroupView::revoke_refused`).
+                        self.reports[i].failure = Some(format!(
+                            "{step}: {error}; the group goes on without revoking until \
+                             the secret is fixed{}",
+                            reload_hint(*kind)
+                        ));
                     } else {
                         self.reports[i].failure = Some(format!(
                             "{step}: {error}; the daemon retries at {}{}",
@@ -531,5 +539,35 @@ mod tests {
         );
         assert_eq!(work.reports[1].failure, None, "short-lived");
         assert_eq!(work.reports[2].failure, None, "already done");
+    }
+
+    #[test]
+    fn a_revoke_refused_for_good_is_not_said_to_be_retried() {
+        // A reviewer's finding: a `rotate` whose make-room revoke LINE
+        // refused for good said "the daemon retries at" half an hour
+        // ahead, but the group goes on as without the secret instead.
+        let channel = ChannelId::new("1");
+        let mut work = Work::new(channel.clone(), vec![(GroupName::new("a"), 1)]);
+        let failed = |kind| RotationEvent::Failed {
+            channel: channel.clone(),
+            group: GroupName::new("a"),
+            step: Step::REVOKE,
+            error: "invalid_client".to_owned(),
+            retry_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            kind,
+        };
+        work.apply(&failed(FailureKind::Permanent));
+        let failure = work.reports[0].failure.clone().unwrap();
+        assert!(
+            failure.starts_with("revoke: invalid_client; the group goes on without revoking")
+                && !failure.contains("retries at"),
+            "{failure}"
+        );
+        work.apply(&failed(FailureKind::Transient));
+        let failure = work.reports[0].failure.clone().unwrap();
+        assert!(
+            failure.contains("retries at 2027-01-15T08:00:00Z"),
+            "{failure}"
+        );
     }
 }
