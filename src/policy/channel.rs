@@ -855,6 +855,74 @@ mod tests {
     }
 
     #[test]
+    fn a_full_refusal_with_the_listing_failing_frees_one_slot_then_tries_line() {
+        // Found by an outside test: after LINE's 30-token refusal every
+        // issue waited for a listing, and with the listing failing the
+        // groups went without a token while LINE had room again.
+        let rules = Rules::default();
+        let now = t0() + Duration::days(29);
+        let token = |key: &str, issued_days: i64| {
+            TokenRecord::live(
+                KeyId::new(key),
+                t0() + Duration::days(issued_days),
+                t0() + Duration::days(issued_days + 30),
+            )
+        };
+        // `a` is due; `b` and `c` each hold a superseded token as well.
+        let mut b = group("b", vec![token("b-old", 1), token("b", 2)]);
+        let mut c = group("c", vec![token("c-old", 1), token("c", 2)]);
+        b.can_revoke = true;
+        c.can_revoke = true;
+        let mut state = ChannelState {
+            groups: vec![group("a", vec![token("a", 0)]), b, c],
+            view: ChannelView {
+                last_reconcile_at: Some(now - Duration::minutes(2)),
+                reconcile_retry: Some(RetryState {
+                    failures: 2,
+                    kind: FailureKind::Transient,
+                    not_before: now + Duration::minutes(10),
+                }),
+                foreign: 20,
+                relist_needed: true,
+                ..ChannelView::default()
+            },
+        };
+        for g in &mut state.groups {
+            g.last_verified_at = Some(now);
+        }
+        let until = full_until(now, &state, &rules);
+        assert_eq!(until, now + rules.full_recheck);
+        state.view.full_until = Some(until);
+        // LINE counted 30 at the refusal: one slot is missing, and exactly
+        // one superseded token (the oldest) is revoked for it, not every
+        // one the stale count would take.
+        let d = drive(now, &state, &rules);
+        assert_eq!(
+            d.next,
+            Next::FreeCapacity {
+                group: 0,
+                victims: vec![(GroupName::new("b"), KeyId::new("b-old"))],
+            },
+            "{d:?}"
+        );
+        // Without anything of ours to free, `a` looks again when the hold
+        // ends, and then asks LINE (a second refusal would hold it again).
+        for g in &mut state.groups {
+            g.can_revoke = false;
+        }
+        let d = drive(now, &state, &rules);
+        assert_eq!(d.next, Next::Idle { until }, "{d:?}");
+        let d = drive(until, &state, &rules);
+        let Next::Execute { group: 0, plan } = &d.next else {
+            panic!("a does not issue when the hold ends: {d:?}");
+        };
+        assert!(
+            matches!(plan.steps.last(), Some(Step::Issue { .. })),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn under_a_full_hold_a_token_expired_since_the_listing_counts_as_the_store_says() {
         // As the daemon's snapshot presents it: the expired token is no
         // longer among the group's tokens; the store counted it. Found by

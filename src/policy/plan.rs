@@ -861,16 +861,27 @@ fn plan_active(
     // ran out (outside test). Only while the listing waits for its retry:
     // at the retry it goes first again, so that issues in a row cannot
     // starve it. Not for attempts that may have issued (only a listing
-    // settles them), not after LINE's 30-token refusal (only a listing
-    // says when room comes), and not on a channel never listed.
+    // settles them), and not on a channel never listed.
+    //
+    // After LINE's 30-token refusal the last listing's count is known to
+    // be wrong, so while the refusal's hold lasts (`full_until`) the count
+    // is LINE's own at the refusal: full. One of our superseded tokens
+    // revoked frees exactly the slot an issue needs (a revocation ends the
+    // hold), and the hold ends at the earliest expiry of ours or after
+    // `full_recheck`. Then the issue goes on the last listing's count and
+    // LINE's answer is the check: a second refusal holds the channel again.
+    // (Waiting for a listing instead, as before, left every group of the
+    // channel without a token for as long as the listing failed, while
+    // LINE had room: found by an outside test.)
     let listing_failing = listed
         && channel
             .reconcile_retry
             .as_ref()
             .is_some_and(|r| r.not_before > now)
         && channel.last_reconcile_at.is_some()
-        && !lost_blocks
-        && !channel.relist_needed;
+        && !lost_blocks;
+    // The count is the refusal's rather than a listing's.
+    let counted_at_refusal = listing_failing && channel.relist_needed;
     let reconcile_fresh_for_issue = !listed
         || listing_failing
         || (!reconcile_is_due
@@ -922,7 +933,13 @@ fn plan_active(
                 .count()
                 .saturating_add(u32::try_from(make_room.len()).unwrap_or(u32::MAX));
             let mut free = free_capacity(channel, rules, freed);
-            if let Some(until) = full_until {
+            if let (Some(until), true) = (full_until, counted_at_refusal) {
+                // LINE said the channel is full, and no listing has counted
+                // it since: LINE's count then stands (above), with only
+                // what this plan revokes freed.
+                free = i64::from(freed);
+                draft.wake(until);
+            } else if let Some(until) = full_until {
                 // LINE said the channel is full, and a listing asked for
                 // after that refusal has counted the channel again (no
                 // issue comes before one: `relist_needed`). That count is

@@ -747,15 +747,11 @@ fn a_failing_listing_does_not_stop_a_due_rotation() {
         plan(now, &g, &full).hold,
         Some(Hold::Capacity { .. })
     ));
-    // Not past attempts that may have issued, nor after LINE's 30-token
-    // refusal, nor on a channel never listed: only a listing may say.
+    // Not past attempts that may have issued, nor on a channel never
+    // listed: only a listing may say.
     for c in [
         ChannelView {
             lost: 1,
-            ..failing.clone()
-        },
-        ChannelView {
-            relist_needed: true,
             ..failing.clone()
         },
         ChannelView {
@@ -766,6 +762,67 @@ fn a_failing_listing_does_not_stop_a_due_rotation() {
         let p = plan(now, &g, &c);
         assert_eq!(p.steps, vec![Step::Reconcile], "{c:?}: {p:?}");
     }
+}
+
+#[test]
+fn a_failing_listing_after_the_full_refusal_counts_as_line_did() {
+    // Found by an outside test: after LINE's 30-token refusal every issue
+    // waited for a listing, so with the listing failing the groups went
+    // without a token (78-83 s) while LINE had room.
+    let now = t(29 * DAY);
+    let until = now + Duration::seconds(40);
+    let g = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok30("a", 0)])
+    };
+    let refused = ChannelView {
+        last_reconcile_at: Some(now - Duration::minutes(2)),
+        reconcile_retry: Some(RetryState {
+            failures: 2,
+            kind: FailureKind::Transient,
+            not_before: now + Duration::minutes(5),
+        }),
+        full_until: Some(until),
+        relist_needed: true,
+        ..channel(now, &g)
+    };
+    // The last listing's count says there is room, but LINE said full
+    // since: while the refusal's hold lasts, one slot is missing (the
+    // driver frees exactly that of our superseded tokens) and the group
+    // looks again when the hold ends.
+    let p = plan(now, &g, &refused);
+    assert_eq!(
+        (p.steps.clone(), p.hold.clone()),
+        (vec![], Some(Hold::Capacity { needed: 1 })),
+        "{p:?}"
+    );
+    assert_eq!(p.wake_at, until);
+    // Its own older token revoked frees the slot: the issue goes now.
+    let two = GroupView {
+        last_verified_at: Some(now),
+        ..group(vec![tok("old", -DAY, 30 * DAY), tok30("a", 0)])
+    };
+    let c = ChannelView {
+        live_ours: 2,
+        ..refused.clone()
+    };
+    assert_eq!(
+        plan(now, &two, &c).steps,
+        vec![
+            revoke("old", RevokeReason::MakeRoom),
+            issue(IssueReason::Due)
+        ]
+    );
+    // Once the hold is over, the issue goes on the last listing's count,
+    // and LINE's answer is the check.
+    let p = plan(until, &g, &refused);
+    assert_eq!(p.steps, vec![issue(IssueReason::Due)], "{p:?}");
+    // With the listing answering, a listing still comes first.
+    let answering = ChannelView {
+        reconcile_retry: None,
+        ..refused
+    };
+    assert_eq!(plan(now, &g, &answering).steps, vec![Step::Reconcile]);
 }
 
 #[test]

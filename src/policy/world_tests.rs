@@ -340,6 +340,7 @@ impl World {
                 }
                 self.ours[i].at_line = false;
                 self.ours[i].rec.state = TokenState::Revoked;
+                self.slot_freed();
                 Outcome::Done
             }
             Step::Verify { key_id } => {
@@ -657,9 +658,15 @@ impl World {
             self.ours[i].at_line = false;
             self.ours[i].rec.state = TokenState::Revoked;
             self.stats.victims += 1;
-            // A slot of ours is free at LINE now.
-            self.full_until = None;
+            self.slot_freed();
         }
+    }
+
+    /// A slot of ours is free at LINE now, whatever its full refusal said:
+    /// the daemon drops the refusal's hold on every revocation.
+    fn slot_freed(&mut self) {
+        self.full_until = None;
+        self.relist_needed = false;
     }
 
     /// The world's own events between ticks.

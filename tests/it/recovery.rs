@@ -1257,6 +1257,54 @@ async fn a_failing_listing_alone_holds_no_rotation() {
     assert!(issued >= 4, "{issued} issues");
 }
 
+/// The key-ID listing failing when LINE refuses a rotation as the
+/// channel's 31st token: found from outside, where every group then waited
+/// for a listing and went without a token (78-83 s) until the listing
+/// answered again, though foreign tokens had expired and LINE had room.
+/// Here 28 foreign tokens fill the channel after the last listing and
+/// expire at +15 min 30.5 s; the first rotation (+15 min less the jitter)
+/// is refused; when the refusal's hold ends (a minute on) the issue goes on
+/// the last listing's count and LINE takes it. Both successors come before
+/// the old tokens expire, and no group is ever without a live token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refusal_while_the_listing_fails_waits_a_minute_not_for_the_listing() {
+    let t0 = support::start_time();
+    let (mut rig, id) = two_groups_on_short_tokens().await;
+    rig.run_until(t0 + Duration::seconds(30)).await;
+    let failing = FaultRule {
+        error_rate: 1.0,
+        ..FaultRule::default()
+    };
+    rig.sandbox
+        .set_faults(one_endpoint(Endpoint::ListKids, failing, 0x8_000c))
+        .unwrap();
+    let expiry = t0 + Duration::minutes(15) + Duration::milliseconds(30_500);
+    rig.sandbox.add_foreign_tokens(&id, &[expiry; 28]).unwrap();
+    rig.run_until(t0 + Duration::minutes(19)).await;
+    let events = rig.store().events_of_channel(&id, 100_000).unwrap();
+    let refusals = events
+        .iter()
+        .filter(|e| e.kind == EventKind::IssueFailed && e.detail.contains("no issue before"))
+        .count();
+    assert!(refusals >= 1, "LINE never refused a 31st token");
+    let listed = rig.store().channel(&id).unwrap().unwrap().last_reconcile_at;
+    assert!(
+        listed < Some(t0 + Duration::seconds(30)),
+        "the listing answered"
+    );
+    for g in ["g00", "g01"] {
+        let live = rig.live_of(0, g);
+        assert!(
+            live.iter()
+                .any(|t| t.issued_at > t0 + Duration::minutes(14)),
+            "{g} has no successor: {live:?}"
+        );
+    }
+    let watch = rig.finish().await;
+    assert!(watch.later_gaps().is_empty(), "{}", watch.summary());
+    assert!(watch.max_live_group <= 2, "{}", watch.summary());
+}
+
 /// A new channel of 15 groups on the default budget (6 an hour) whose
 /// first pass meets 30 % 500s on the issue endpoint: the burst spends the
 /// budget two and a half times over, yet every failed group tries again a
