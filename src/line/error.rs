@@ -26,8 +26,11 @@
 //! log in again) and [`LineError::is_invalid_client`] (the channel ID or
 //! secret is wrong).
 //!
-//! Invariant: no error carries a token, a channel secret or an assertion, and
-//! every `Display` is words for an operator (endpoint, status, LINE's request
+//! Invariant: no error shows a token, a channel secret or an assertion, and
+//! none carries one but [`LineError::MaybeIssued`], which keeps the token an
+//! unusable answer brought (`carried`) so the caller can revoke it (never
+//! displayed; its `Debug` is a fingerprint). Every `Display` is words for
+//! an operator (endpoint, status, LINE's request
 //! ID), never a URL. `reqwest` errors are stored without their URL (verify
 //! puts the token in the query string, kid listing the assertion), raw bodies
 //! are never kept, and the texts LINE sends back are shortened, stripped of
@@ -41,7 +44,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::domain::KeyId;
+use crate::domain::{AccessToken, KeyId};
 use crate::line::endpoint::Endpoint;
 use crate::line::jwt::JwtError;
 use crate::line::operation::Operation;
@@ -146,6 +149,11 @@ pub enum LineError<E = Endpoint> {
         /// (the rest of it being unusable): the token to look for in the
         /// next key-ID list.
         key_id: Option<KeyId>,
+        /// The token the answer carried, when it had a well-formed
+        /// `access_token` (the rest of it being unusable): the caller can
+        /// revoke it, so that nothing is left issued
+        /// ([`LineError::take_carried_token`]). Never displayed.
+        carried: Option<AccessToken>,
         /// `X-Line-Request-Id`.
         request_id: Option<String>,
         /// The transport error, when the connection broke mid-answer.
@@ -244,6 +252,47 @@ impl<E: Operation> LineError<E> {
         match self {
             Self::MaybeIssued { key_id, .. } => key_id.as_ref(),
             _ => None,
+        }
+    }
+
+    /// The token an unusable issue answer carried
+    /// ([`LineError::MaybeIssued`]'s `carried`), taken out of the error.
+    pub fn take_carried_token(&mut self) -> Option<AccessToken> {
+        match self {
+            Self::MaybeIssued { carried, .. } => carried.take(),
+            _ => None,
+        }
+    }
+
+    /// An unusable issue answer ([`LineError::MaybeIssued`]) whose token the
+    /// caller revoked at LINE: nothing is left issued, so it is a transient
+    /// failure like any unreadable answer, retried at that pace rather than
+    /// the slow one of an attempt that may have issued. Any other error is
+    /// returned as it is.
+    #[must_use]
+    pub fn revoked_what_it_carried(self) -> Self {
+        match self {
+            Self::MaybeIssued {
+                endpoint,
+                status,
+                reason,
+                request_id,
+                source,
+                ..
+            } => Self::Transient {
+                endpoint,
+                cause: TransientCause::UnreadableAnswer {
+                    status,
+                    reason: format!(
+                        "{reason}; the token it carried was revoked at LINE, so none is left \
+                         issued"
+                    ),
+                },
+                retry_after: None,
+                request_id,
+                source,
+            },
+            other => other,
         }
     }
 
@@ -613,11 +662,13 @@ pub(crate) fn unreadable<E: Operation>(
 ) -> LineError<E> {
     let reason = blank_quoted(&reason.to_string());
     if endpoint.issues_tokens() {
+        let (key_id, carried) = readable_parts(body);
         return LineError::MaybeIssued {
             endpoint,
             status,
             reason,
-            key_id: readable_key_id(body),
+            key_id,
+            carried,
             request_id,
             source: None,
         };
@@ -648,6 +699,7 @@ pub(crate) fn unread_success<E: Operation>(
             status,
             reason,
             key_id: None,
+            carried: None,
             request_id,
             source,
         };
@@ -661,16 +713,18 @@ pub(crate) fn unread_success<E: Operation>(
     }
 }
 
-/// The `key_id` of an otherwise unusable issue answer, if the body is a
-/// JSON object whose `key_id` passes [`validate::key_id`].
-fn readable_key_id(body: &[u8]) -> Option<KeyId> {
-    match serde_json::from_slice::<serde_json::Value>(body)
-        .ok()?
-        .get("key_id")?
-    {
-        serde_json::Value::String(k) => validate::key_id(k).ok(),
-        _ => None,
-    }
+/// The `key_id` and `access_token` of an otherwise unusable issue answer,
+/// each if the body is a JSON object whose field of that name passes
+/// [`validate::key_id`] or [`validate::access_token`].
+fn readable_parts(body: &[u8]) -> (Option<KeyId>, Option<AccessToken>) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+    (
+        field("key_id").and_then(|k| validate::key_id(k).ok()),
+        field("access_token").and_then(|t| validate::access_token(t).ok()),
+    )
 }
 
 /// A transport failure from `reqwest`, stripped of its URL.
@@ -962,6 +1016,34 @@ mod tests {
         let bad = br#"{"key_id":"a b"}"#;
         let e = unreadable(Endpoint::IssueV21, ok, bad, &serde_err, None);
         assert_eq!(e.issued_key_id(), None);
+    }
+
+    #[test]
+    fn an_unusable_success_keeps_the_token_it_carried_for_revoking_never_shows_it() {
+        let serde_err = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let ok = StatusCode::OK;
+        let value = "eyJhbGciOiJIUzI1NiJ9.carried-token-value";
+        let body = format!(r#"{{"access_token":"{value}","expires_in":2592000}}"#);
+        let mut e = unreadable(Endpoint::IssueV21, ok, body.as_bytes(), &serde_err, None);
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(!shown.contains(value), "{shown}");
+        }
+        let carried = e.take_carried_token().expect("the token is kept");
+        assert_eq!(carried.expose(), value);
+        assert!(e.take_carried_token().is_none(), "taken once");
+        // Revoked: a transient failure that left nothing issued.
+        let e = e.revoked_what_it_carried();
+        assert!(e.is_transient() && !e.may_have_issued(), "{e}");
+        assert!(e.to_string().contains("revoked at LINE"), "{e}");
+        // Nothing is kept from a value not shaped like a token, nor from an
+        // answer that is not an issue's.
+        let odd = br#"{"access_token":"a
+b"}"#;
+        let mut e = unreadable(Endpoint::IssueV21, ok, odd, &serde_err, None);
+        assert!(e.take_carried_token().is_none());
+        let mut e = unreadable(Endpoint::VerifyV21, ok, body.as_bytes(), &serde_err, None);
+        assert!(e.take_carried_token().is_none());
+        assert!(!e.to_string().contains(value));
     }
 
     #[test]

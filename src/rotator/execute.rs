@@ -758,6 +758,65 @@ impl Rotator {
         }
     }
 
+    /// Revokes the token an unusable issue answer carried (`error`, a
+    /// [`LineError::MaybeIssued`]), once LINE's verify says it is a live
+    /// token of this channel: then nothing of the attempt is left issued,
+    /// and the error becomes a transient one
+    /// ([`LineError::revoked_what_it_carried`]). Otherwise (no secret for a
+    /// v2.1 token, the value not live at LINE, a call failing) the error is
+    /// returned as it is: LINE may have issued a token nobody holds, and
+    /// the next listing settles it. (An outside test saw answers without a
+    /// `key_id` leave eight such tokens, a minute apart, until the channel
+    /// was full.)
+    async fn revoke_carried(
+        &self,
+        setup: &ChannelSetup,
+        group: &GroupView,
+        error: LineError,
+        token: AccessToken,
+    ) -> LineError {
+        let kind = group.kind;
+        if kind == TokenKind::V21 && setup.secret.is_none() {
+            tracing::warn!(channel = %setup.id, group = %group.group, "LINE's unusable answer carried a token, which cannot be revoked without the channel secret; it counts until the next listing settles it");
+            return error;
+        }
+        let live = match self.verify_of_kind(&token, kind).await {
+            Ok(Verification::Valid(v)) => v.client_id == setup.id,
+            Ok(Verification::Rejected { .. }) | Err(_) => false,
+        };
+        if !live {
+            tracing::warn!(channel = %setup.id, group = %group.group, "LINE's unusable answer carried a token its verify does not accept as this channel's; LINE may have issued another, which the next listing settles");
+            return error;
+        }
+        let key_id = match kind {
+            TokenKind::V21 => error.issued_key_id().cloned(),
+            TokenKind::ShortLived => Some(KeyId::short_lived(&token)),
+        };
+        let revoked = match (kind, &setup.secret) {
+            (TokenKind::V21, Some(secret)) => self
+                .line
+                .revoke_v21(&setup.id, secret, &token)
+                .await
+                .map_err(|e| error_chain(&e)),
+            (TokenKind::ShortLived, _) => self
+                .revoke_short_lived(&KeyId::short_lived(&token), &token)
+                .await
+                .map_err(|e| e.describe()),
+            (TokenKind::V21, None) => return error,
+        };
+        let key_id = key_id.map_or_else(|| "-".to_owned(), |k| k.to_string());
+        match revoked {
+            Ok(()) => {
+                tracing::warn!(channel = %setup.id, group = %group.group, key_id = %key_id, "LINE's unusable answer carried a live token; revoked it at LINE, so the attempt left nothing issued");
+                error.revoked_what_it_carried()
+            }
+            Err(why) => {
+                tracing::error!(channel = %setup.id, group = %group.group, key_id = %key_id, error = %why, "could not revoke the token LINE's unusable answer carried; it counts until the next listing settles it");
+                error
+            }
+        }
+    }
+
     /// One issue's call to LINE in `form` for `group`, and the verify of
     /// the token it brings.
     async fn ask(
@@ -769,7 +828,10 @@ impl Rotator {
     ) -> Answer {
         let issued = match self.issue_in(setup, form).await {
             Ok(issued) => issued,
-            Err(error) => {
+            Err(mut error) => {
+                if let Some(token) = error.take_carried_token() {
+                    error = self.revoke_carried(setup, group, error, token).await;
+                }
                 return Answer::Failed {
                     error,
                     at: self.clock.now(),

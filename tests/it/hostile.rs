@@ -374,13 +374,19 @@ async fn the_reconcile_before_each_retry_does_not_end_the_failure_streak() {
     );
 }
 
+/// Every issue answered 200 with `shape` (the sandbox issued the token).
+fn issue_answers(shape: &str) -> Faults {
+    serde_json::from_value(serde_json::json!({
+        "endpoints": { ISSUE: { "malformed_rate": 1.0, "malformed_as": shape } }
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_200_that_breaks_the_contract_may_have_issued_and_lists_before_the_retry() {
     let lab = support::sandbox_lab().await;
-    let faults: Faults = serde_json::from_value(serde_json::json!({
-        "endpoints": { ISSUE: { "malformed_rate": 1.0, "malformed_as": "missing_key_id" } }
-    }))
-    .unwrap();
+    // An HTML page carries no token to revoke.
+    let faults = issue_answers("html");
     lab.sandbox.set_faults(faults).unwrap();
     let engine = Engine::new(
         &lab.base_url,
@@ -446,6 +452,68 @@ async fn a_200_that_breaks_the_contract_may_have_issued_and_lists_before_the_ret
     let foreign = engine.store.foreign_kids(&channel()).unwrap();
     assert_eq!(foreign.len(), 1);
     assert_eq!(foreign[0].key_id, lost);
+}
+
+/// An unusable 200 that still carries the token (no `key_id`): found by an
+/// outside test, where such answers a minute apart left eight tokens
+/// nobody held until the channel was full. With the secret the token is
+/// verified as the channel's, revoked at LINE, and the attempt is a
+/// transient failure; without it, LINE may have issued, as before.
+#[tokio::test]
+async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
+    let lab = support::sandbox_lab().await;
+    lab.sandbox
+        .set_faults(issue_answers("missing_key_id"))
+        .unwrap();
+    let engine = Engine::new(
+        &lab.base_url,
+        &lab.clock,
+        support::signer(LAB_CHANNEL, LAB_KID),
+        Some(LAB_SECRET),
+        generous(),
+    );
+    let t0 = lab.clock.now();
+    engine.pass().await;
+    let at_line = lab.sandbox.tokens(&channel());
+    assert_eq!(at_line.len(), 1);
+    assert_eq!(at_line[0].state, SandboxTokenState::Revoked, "{at_line:?}");
+    // Closed as failed, and not as "may have issued".
+    assert_eq!(engine.intents(), [("failed".to_owned(), 0)]);
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::Transient));
+    let error = g.runtime.last_error.clone().unwrap_or_default();
+    assert!(error.contains("revoked at LINE"), "{error}");
+    let retry = g.runtime.retry_not_before.unwrap();
+    assert!(
+        retry <= t0 + Rules::default().retry.base,
+        "retry at {retry}"
+    );
+
+    // LINE behaves again: the retry issues, and the listing finds nothing
+    // foreign.
+    lab.sandbox.set_faults(Faults::default()).unwrap();
+    lab.clock.set(retry);
+    engine.pass().await;
+    assert_eq!(engine.tokens().len(), 1);
+    assert!(engine.store.foreign_kids(&channel()).unwrap().is_empty());
+    assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
+
+    // Without the secret nothing can be revoked: LINE may have issued.
+    let lab = support::sandbox_lab().await;
+    lab.sandbox
+        .set_faults(issue_answers("missing_key_id"))
+        .unwrap();
+    let engine = Engine::new(
+        &lab.base_url,
+        &lab.clock,
+        support::signer(LAB_CHANNEL, LAB_KID),
+        None,
+        generous(),
+    );
+    engine.pass().await;
+    assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
 }
 
 #[tokio::test]
