@@ -273,6 +273,17 @@ impl Rotator {
         let report = self
             .db(move |store| store.reconcile(asked_at, &channel, &kids, settles))
             .await?;
+        // Tokens the listing found past their expiry leave the sinks and
+        // the token API as the round's own expiry marking makes them
+        // (found in the demo: a channel whose round came after its listing
+        // kept an expired token in its sinks, and printed no expiry).
+        if !report.expired.is_empty() {
+            tracing::info!(channel = %setup.id, key_ids = %policy::joined(&report.expired), "tokens expired");
+            self.emit(RotationEvent::Expired {
+                channel: setup.id.clone(),
+                key_ids: report.expired.clone(),
+            });
+        }
         for key_id in &report.gone {
             tracing::warn!(channel = %setup.id, key_id = %key_id, "a token of ours is no longer listed by LINE: marked gone");
             self.emit(RotationEvent::Gone {

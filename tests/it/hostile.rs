@@ -189,6 +189,8 @@ enum IssueAnswer {
 struct FakeLine {
     mock: Mock,
     answer: Arc<Mutex<IssueAnswer>>,
+    /// Key IDs the list leaves out ([`FakeLine::unlist`]).
+    unlisted: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeLine {
@@ -198,6 +200,8 @@ impl FakeLine {
         let n = AtomicUsize::new(0);
         let answered_empty = AtomicBool::new(false);
         let current = Arc::clone(&answer);
+        let unlisted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let left_out = Arc::clone(&unlisted);
         let mock = Mock::start(move |seen: &Seen| match seen.path.as_str() {
             ISSUE => match *current.lock().unwrap() {
                 IssueAnswer::Token => {
@@ -230,6 +234,7 @@ impl FakeLine {
                 if answered_empty.load(Ordering::SeqCst) {
                     kids.push("empty-kid".to_owned());
                 }
+                kids.retain(|k| !left_out.lock().unwrap().contains(k));
                 Reply::json(200, &serde_json::json!({ "kids": kids }).to_string())
             }
             VERIFY => Reply::json(
@@ -239,11 +244,20 @@ impl FakeLine {
             _ => Reply::json(404, r#"{"message":"Not found"}"#),
         })
         .await;
-        Self { mock, answer }
+        Self {
+            mock,
+            answer,
+            unlisted,
+        }
     }
 
     fn answer(&self, answer: IssueAnswer) {
         *self.answer.lock().unwrap() = answer;
+    }
+
+    /// The key-ID list leaves `kid` out from now on.
+    fn unlist(&self, kid: &str) {
+        self.unlisted.lock().unwrap().push(kid.to_owned());
     }
 
     fn count(&self, path: &str) -> usize {
@@ -514,6 +528,49 @@ async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
     assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
     let g = engine.group();
     assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+}
+
+/// A listing that finds a superseded token of ours dropped by LINE seconds
+/// before its expiry (LINE's clock a little ahead) marks it expired and
+/// says so, as the round's own expiry marking does. Found in the demo:
+/// such an expiry was never announced, so the sinks and the token API
+/// kept the token.
+#[tokio::test]
+async fn a_token_the_listing_finds_expired_is_announced() {
+    let line = FakeLine::start(IssueAnswer::Token).await;
+    let clock = support::manual_clock();
+    let engine = Engine::new(
+        &line.mock.base_url,
+        &clock,
+        support::signer(LAB_CHANNEL, "hostile-kid"),
+        Some(LAB_SECRET),
+        generous(),
+    );
+    let t0 = clock.now();
+    engine.pass().await;
+    clock.set(t0 + Duration::days(29) + Duration::hours(1));
+    engine.pass().await;
+    let live = |e: &Engine| {
+        e.tokens()
+            .into_iter()
+            .filter(|(_, state)| *state == TokenState::Live)
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(live(&engine), ["kid-0", "kid-1"]);
+
+    let mut events = engine.rotator.subscribe();
+    line.unlist("kid-0");
+    clock.set(t0 + Duration::days(30) - Duration::milliseconds(500));
+    engine.pass().await;
+    assert_eq!(live(&engine), ["kid-1"]);
+    let mut announced = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let RotationEvent::Expired { key_ids, .. } = event {
+            announced.extend(key_ids.into_iter().map(|k| k.as_str().to_owned()));
+        }
+    }
+    assert_eq!(announced, ["kid-0"]);
 }
 
 #[tokio::test]
