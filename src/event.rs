@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::{AccessToken, ChannelId, FailureKind, GroupName, KeyId};
-use crate::policy::{Alert, IssueReason, RevokeReason};
+use crate::policy::{Alert, IssueReason, RevokeReason, StepKind};
 
 /// Something the rotator did or found.
 #[derive(Debug, Clone)]
@@ -76,8 +76,8 @@ pub enum RotationEvent {
         channel: ChannelId,
         /// The group whose plan made the request.
         group: GroupName,
-        /// What was attempted ("issue", "verify", "revoke", "reconcile").
-        step: &'static str,
+        /// What was attempted.
+        step: StepKind,
         /// The error, with its causes.
         error: String,
         /// When the group tries again.

@@ -864,7 +864,7 @@ mod tests {
 
     use super::*;
     use crate::domain::TokenRecord;
-    use crate::policy::{FailureKind, JitterPurpose, RetryState, stable_jitter};
+    use crate::policy::{FailureKind, JitterPurpose, RetryState, StepKind, stable_jitter};
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
@@ -1151,6 +1151,7 @@ mod tests {
             retry: Some(RetryState {
                 failures: 3,
                 kind: FailureKind::Transient,
+                step: Some(StepKind::Issue),
                 not_before: t0() + Duration::minutes(7),
             }),
             ..group("backend", true, vec![])

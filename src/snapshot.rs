@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, OpenRequest, TokenKind, TokenState};
-use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState, Step};
+use crate::policy::{self, ChannelState, ChannelView, GroupView, RetryState, StepKind};
 use crate::store::{ChannelRow, GroupRow, GroupRuntime, LiveRecord, Scope, Store, StoreError};
 
 /// The store's view of one channel at one instant.
@@ -234,15 +234,13 @@ impl Snapshot {
                 .map(|(_, at)| *at)
         };
         let issued_last_hour = own_issues().count();
-        let revoke_refused = row.runtime.failure_kind == Some(FailureKind::Permanent)
-            && row.runtime.failed_step.as_deref() == Some(Step::REVOKE);
         GroupView {
             channel: channel.clone(),
             group: row.name.clone(),
             kind: row.kind,
             tokens: tokens.iter().map(|t| t.record.clone()).collect(),
             last_verified_at: current_verified,
-            can_revoke: can_revoke && !revoke_refused,
+            can_revoke,
             removed_at: row.removed_at,
             requests: self
                 .requests
@@ -260,13 +258,6 @@ impl Snapshot {
                 .filter(|(g, _)| *g == row.name)
                 .map(|(_, at)| *at)
                 .max(),
-            issue_rate_limited_until: row.runtime.retry_not_before.filter(|_| {
-                row.runtime.failure_kind == Some(FailureKind::RateLimited)
-                    && row.runtime.failed_step.as_deref() == Some(Step::ISSUE)
-            }),
-            verify_rate_limited: row.runtime.failure_kind == Some(FailureKind::RateLimited)
-                && row.runtime.failed_step.as_deref() == Some(Step::VERIFY),
-            revoke_refused,
         }
     }
 
@@ -287,6 +278,7 @@ impl Snapshot {
                 (c.reconcile.failures > 0).then(|| RetryState {
                     failures: c.reconcile.failures,
                     kind: FailureKind::Transient,
+                    step: Some(StepKind::Reconcile),
                     not_before: c
                         .reconcile
                         .retry_not_before
@@ -408,6 +400,7 @@ pub fn retry_from_runtime(runtime: &GroupRuntime) -> Option<RetryState> {
     runtime.retry_not_before.map(|not_before| RetryState {
         failures: runtime.consecutive_failures,
         kind: runtime.failure_kind.unwrap_or(FailureKind::Transient),
+        step: runtime.failed_step.as_deref().and_then(StepKind::from_name),
         not_before,
     })
 }

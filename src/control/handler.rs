@@ -12,7 +12,7 @@ use super::{GroupReport, IssuedKey, Request, Response};
 use crate::channel_index::ChannelIndex;
 use crate::domain::{ChannelId, FailureKind, GroupName, RequestOutcome};
 use crate::event::RotationEvent;
-use crate::policy::{Step, joined};
+use crate::policy::{StepKind, joined};
 use crate::scheduler::SchedulerState;
 
 /// A future the [`Engine`] returns (boxed, so the trait stays object safe).
@@ -95,7 +95,7 @@ struct Work {
     incident: bool,
     /// Per report: LINE refused the incident's revoke for good, so the
     /// leaked token lives on. The daemon still issues the fresh token
-    /// (`GroupView::revoke_refused`), which the answer waits for; this
+    /// (`RetryState::refuses_revokes`), which the answer waits for; this
     /// refusal is kept apart from the report's other failures (a success
     /// ends those, not this) and heads its failure in the answer.
     unrevoked: Vec<Option<String>>,
@@ -415,7 +415,7 @@ impl Work {
                 kind,
             } => {
                 let refused_for_good =
-                    self.incident && *step == Step::REVOKE && *kind == FailureKind::Permanent;
+                    self.incident && *step == StepKind::Revoke && *kind == FailureKind::Permanent;
                 if let Some(i) = self.index(channel, group) {
                     if refused_for_good {
                         // The daemon goes on to issue the fresh token and
@@ -426,9 +426,9 @@ impl Work {
                              until it expires{}",
                             reload_hint(*kind)
                         ));
-                    } else if *step == Step::REVOKE && *kind == FailureKind::Permanent {
+                    } else if *step == StepKind::Revoke && *kind == FailureKind::Permanent {
                         // Not retried at `retry_at`: the group goes on as
-                        // without the secret (`GroupView::revoke_refused`).
+                        // without the secret (`RetryState::refuses_revokes`).
                         self.reports[i].failure = Some(format!(
                             "{step}: {error}; the group goes on without revoking until \
                              the secret is fixed{}",
@@ -551,7 +551,7 @@ mod tests {
         let failed = |kind| RotationEvent::Failed {
             channel: channel.clone(),
             group: GroupName::new("a"),
-            step: Step::REVOKE,
+            step: StepKind::Revoke,
             error: "invalid_client".to_owned(),
             retry_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             kind,

@@ -33,8 +33,87 @@ pub struct RetryState {
     pub failures: u32,
     /// How the last attempt failed.
     pub kind: FailureKind,
+    /// The step the last attempt failed at, when known (a streak stored
+    /// before steps were kept has none): with `kind`, which of the
+    /// group's steps the streak holds ([`RetryState::holds`]).
+    pub step: Option<StepKind>,
     /// The earliest instant of the next attempt.
     pub not_before: DateTime<Utc>,
+}
+
+/// One failed attempt, as the backoff sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    /// How it failed.
+    pub kind: FailureKind,
+    /// The step it failed at.
+    pub step: StepKind,
+    /// LINE's `Retry-After`, if it sent one (capped at [`MAX_RETRY_AFTER`]).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failed {
+    /// A failure of `kind` at `step`, without a `Retry-After`.
+    pub fn at(step: StepKind, kind: FailureKind) -> Self {
+        Self {
+            kind,
+            step,
+            retry_after: None,
+        }
+    }
+
+    /// The same failure with LINE's `Retry-After`.
+    #[must_use]
+    pub fn retry_after(self, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after,
+            ..self
+        }
+    }
+}
+
+/// The kind of step a group's failure streak failed at. The store keeps
+/// its name with the streak (`groups.failed_step`), and logs and events
+/// show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// Listing the channel's valid key IDs.
+    Reconcile,
+    /// Revoking a token.
+    Revoke,
+    /// Verifying a token.
+    Verify,
+    /// Issuing a token.
+    Issue,
+    /// Closing operator requests that need no issue.
+    CloseRequests,
+}
+
+impl StepKind {
+    /// Every kind, for tests and for reading names back.
+    pub const ALL: [StepKind; 5] = [
+        Self::Reconcile,
+        Self::Revoke,
+        Self::Verify,
+        Self::Issue,
+        Self::CloseRequests,
+    ];
+
+    /// The name the store keeps and logs show.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Reconcile => "reconcile",
+            Self::Revoke => "revoke",
+            Self::Verify => "verify",
+            Self::Issue => "issue",
+            Self::CloseRequests => "close requests",
+        }
+    }
+
+    /// The kind named `name` ([`StepKind::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// The longest LINE's `Retry-After` is honoured: a 429 asking for 99999999
@@ -57,9 +136,9 @@ impl RetryState {
     /// The streak after one more failure at `now`.
     ///
     /// `previous` is the streak before it (`None` after a success);
-    /// `retry_after` is LINE's `Retry-After`, if it sent one (capped at
-    /// [`MAX_RETRY_AFTER`]); `u` is a uniform random number in `[0, 1)`
-    /// (out-of-range values are clamped).
+    /// `failed` is the attempt (its kind, step and LINE's `Retry-After`,
+    /// capped at [`MAX_RETRY_AFTER`]); `u` is a uniform random number in
+    /// `[0, 1)` (out-of-range values are clamped).
     ///
     /// - transient: `backoff(failures, u)`;
     /// - rate limited: the backoff, or longer if `Retry-After` says so;
@@ -76,12 +155,16 @@ impl RetryState {
     pub fn after_failure(
         previous: Option<&RetryState>,
         now: DateTime<Utc>,
-        kind: FailureKind,
-        retry_after: Option<Duration>,
+        failed: Failed,
         u: f64,
         rules: &RetryRules,
         deadline: Option<DateTime<Utc>>,
     ) -> RetryState {
+        let Failed {
+            kind,
+            step,
+            retry_after,
+        } = failed;
         let failures = previous.map_or(1, |p| p.failures.saturating_add(1));
         let jittered = backoff_with(rules, failures, u);
         let asked = retry_after
@@ -120,8 +203,51 @@ impl RetryState {
         RetryState {
             failures,
             kind,
+            step: Some(step),
             not_before: time::add(now, wait),
         }
+    }
+
+    /// Whether the streak holds the group's steps of `step` until
+    /// `not_before`. LINE limits and refuses each endpoint on its own, so
+    /// a streak of these speaks only for the step it failed at:
+    ///
+    /// - LINE's 429 to a verify holds the verifies, not an issue the
+    ///   group needs, the listing before it or a revocation. (Holding
+    ///   everything left a due rotation waiting for its deadline, where
+    ///   one more failure cost the token: an outside test.)
+    /// - A revoke refused for good (a wrong secret) holds the revocations:
+    ///   the group plans as one without the secret
+    ///   ([`RetryState::refuses_revokes`]), so its issues go on and an
+    ///   incident still gets its fresh token. (Holding the group left an
+    ///   incident's group on the leaked token, then without one, until the
+    ///   revoke's slow retry: an outside test.)
+    ///
+    /// Any other streak holds every step: the group's next call to LINE
+    /// waits for `not_before`.
+    pub fn holds(&self, step: StepKind) -> bool {
+        match (self.kind, self.step) {
+            (FailureKind::RateLimited, Some(StepKind::Verify)) => step == StepKind::Verify,
+            (FailureKind::Permanent, Some(StepKind::Revoke)) => step == StepKind::Revoke,
+            _ => true,
+        }
+    }
+
+    /// True when LINE refused the group's revoke for good: the group plans
+    /// as one without the secret until the streak ends (a reload with a
+    /// changed secret, `linetokd rotate`).
+    pub fn refuses_revokes(&self) -> bool {
+        self.kind == FailureKind::Permanent && self.step == Some(StepKind::Revoke)
+    }
+
+    /// When the streak is LINE's 429 to the group's issue: the instant its
+    /// retry waits for. LINE limits each endpoint of a channel, so the
+    /// channel's other issues wait until then too
+    /// ([`drive`](super::drive)); a 429 to a verify says nothing about
+    /// issuing.
+    pub fn pauses_issues_until(&self) -> Option<DateTime<Utc>> {
+        (self.kind == FailureKind::RateLimited && self.step == Some(StepKind::Issue))
+            .then_some(self.not_before)
     }
 }
 
@@ -198,8 +324,14 @@ mod tests {
     #[test]
     fn transient_failures_honour_retry_after_when_longer() {
         let r = RetryRules::default();
-        let first =
-            RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.5, &r, None);
+        let first = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::Transient),
+            0.5,
+            &r,
+            None,
+        );
         assert_eq!(
             (first.failures, first.not_before),
             (1, t0() + Duration::milliseconds(2_500))
@@ -207,8 +339,8 @@ mod tests {
         let second = RetryState::after_failure(
             Some(&first),
             t0(),
-            FailureKind::Transient,
-            Some(Duration::seconds(120)),
+            Failed::at(StepKind::Issue, FailureKind::Transient)
+                .retry_after(Some(Duration::seconds(120))),
             0.5,
             &r,
             None,
@@ -220,8 +352,8 @@ mod tests {
         let third = RetryState::after_failure(
             Some(&second),
             t0(),
-            FailureKind::Transient,
-            Some(Duration::seconds(1)),
+            Failed::at(StepKind::Issue, FailureKind::Transient)
+                .retry_after(Some(Duration::seconds(1))),
             0.5,
             &r,
             None,
@@ -233,15 +365,20 @@ mod tests {
     fn retry_after_is_capped_at_an_hour_and_never_past_the_deadline() {
         let r = RetryRules::default();
         let huge = Some(Duration::seconds(99_999_999));
-        let s =
-            RetryState::after_failure(None, t0(), FailureKind::RateLimited, huge, 0.5, &r, None);
+        let s = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::RateLimited).retry_after(huge),
+            0.5,
+            &r,
+            None,
+        );
         assert_eq!(s.not_before, t0() + MAX_RETRY_AFTER);
         let deadline = t0() + Duration::minutes(7);
         let s = RetryState::after_failure(
             None,
             t0(),
-            FailureKind::RateLimited,
-            huge,
+            Failed::at(StepKind::Issue, FailureKind::RateLimited).retry_after(huge),
             0.5,
             &r,
             Some(deadline),
@@ -258,8 +395,7 @@ mod tests {
             let s = RetryState::after_failure(
                 streak.as_ref(),
                 t0(),
-                FailureKind::Transient,
-                None,
+                Failed::at(StepKind::Issue, FailureKind::Transient),
                 0.99,
                 &r,
                 past,
@@ -267,15 +403,28 @@ mod tests {
             assert!(s.not_before <= t0() + r.base, "{s:?}");
             streak = Some(s);
         }
-        let p = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.5, &r, past);
+        let p = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::Permanent),
+            0.5,
+            &r,
+            past,
+        );
         assert_eq!(p.not_before, t0() + Duration::minutes(1));
     }
 
     #[test]
     fn an_unknown_outcome_retries_slowly() {
         let r = RetryRules::default();
-        let s =
-            RetryState::after_failure(None, t0(), FailureKind::MaybeIssued, None, 0.0, &r, None);
+        let s = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::MaybeIssued),
+            0.0,
+            &r,
+            None,
+        );
         assert_eq!(s.not_before, t0() + MAYBE_ISSUED_FLOOR);
     }
 
@@ -287,8 +436,7 @@ mod tests {
             RetryState::after_failure(
                 previous,
                 t0(),
-                FailureKind::MaybeIssued,
-                None,
+                Failed::at(StepKind::Issue, FailureKind::MaybeIssued),
                 0.9,
                 &r,
                 past,
@@ -297,8 +445,14 @@ mod tests {
         // The first (a crash mid-issue, one dropped answer): the base.
         let first = unknown(None);
         assert_eq!(first.not_before, t0() + r.base);
-        let transient =
-            RetryState::after_failure(None, t0(), FailureKind::Transient, None, 0.9, &r, past);
+        let transient = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::Transient),
+            0.9,
+            &r,
+            past,
+        );
         assert_eq!(unknown(Some(&transient)).not_before, t0() + r.base);
         // One after another: a minute apart.
         assert_eq!(unknown(Some(&first)).not_before, t0() + MAYBE_ISSUED_FLOOR);
@@ -307,10 +461,23 @@ mod tests {
     #[test]
     fn permanent_failures_retry_every_thirty_minutes() {
         let r = RetryRules::default();
-        let s = RetryState::after_failure(None, t0(), FailureKind::Permanent, None, 0.0, &r, None);
+        let s = RetryState::after_failure(
+            None,
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::Permanent),
+            0.0,
+            &r,
+            None,
+        );
         assert_eq!(s.not_before, t0() + Duration::minutes(30));
-        let s =
-            RetryState::after_failure(Some(&s), t0(), FailureKind::Permanent, None, 0.99, &r, None);
+        let s = RetryState::after_failure(
+            Some(&s),
+            t0(),
+            Failed::at(StepKind::Issue, FailureKind::Permanent),
+            0.99,
+            &r,
+            None,
+        );
         assert_eq!(
             (s.failures, s.not_before),
             (2, t0() + Duration::minutes(30))
@@ -330,5 +497,56 @@ mod tests {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             prop_assert!(backoff(attempt, lo) <= backoff(attempt, hi));
         }
+    }
+
+    #[test]
+    fn a_streak_holds_only_the_steps_it_speaks_for() {
+        let streak = |kind, step| RetryState {
+            failures: 1,
+            kind,
+            step: Some(step),
+            not_before: t0() + Duration::minutes(5),
+        };
+        for step in StepKind::ALL {
+            assert_eq!(StepKind::from_name(step.name()), Some(step));
+            assert_eq!(step.to_string(), step.name());
+        }
+        // A verify's 429: the verifies only.
+        let verify_429 = streak(FailureKind::RateLimited, StepKind::Verify);
+        for step in StepKind::ALL {
+            assert_eq!(verify_429.holds(step), step == StepKind::Verify, "{step}");
+        }
+        assert_eq!(verify_429.pauses_issues_until(), None);
+        // A revoke refused for good: the revocations only, and the group
+        // plans as without the secret.
+        let refused = streak(FailureKind::Permanent, StepKind::Revoke);
+        for step in StepKind::ALL {
+            assert_eq!(refused.holds(step), step == StepKind::Revoke, "{step}");
+        }
+        assert!(refused.refuses_revokes());
+        // An issue's 429 holds every step and pauses the channel's issues.
+        let issue_429 = streak(FailureKind::RateLimited, StepKind::Issue);
+        assert!(StepKind::ALL.into_iter().all(|s| issue_429.holds(s)));
+        assert_eq!(issue_429.pauses_issues_until(), Some(issue_429.not_before));
+        assert!(!issue_429.refuses_revokes());
+        // Anything else holds every step, and so does a streak whose step
+        // was never stored.
+        for kind in [
+            FailureKind::Transient,
+            FailureKind::MaybeIssued,
+            FailureKind::Permanent,
+        ] {
+            let s = streak(kind, StepKind::Verify);
+            assert!(
+                StepKind::ALL.into_iter().all(|step| s.holds(step)),
+                "{kind}"
+            );
+        }
+        let unknown = RetryState {
+            step: None,
+            ..refused
+        };
+        assert!(StepKind::ALL.into_iter().all(|step| unknown.holds(step)));
+        assert!(!unknown.refuses_revokes());
     }
 }

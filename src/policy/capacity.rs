@@ -55,7 +55,7 @@ pub fn capacity_victims(
     kind: TokenKind,
 ) -> Vec<(GroupName, KeyId)> {
     let mut candidates: Vec<(DateTime<Utc>, &GroupName, &KeyId)> = Vec::new();
-    for g in groups.iter().filter(|g| g.can_revoke) {
+    for g in groups.iter().filter(|g| g.revokes()) {
         match g.removed_at {
             // Nobody should still use them: the grace is over. Rank them as
             // superseded at the removal, when their use was meant to end.

@@ -305,7 +305,7 @@ fn line_paused_until(now: DateTime<Utc>, state: &ChannelState) -> Option<DateTim
     state
         .groups
         .iter()
-        .filter_map(|g| g.issue_rate_limited_until)
+        .filter_map(|g| g.retry.as_ref()?.pauses_issues_until())
         .filter(|at| *at > now)
         .max()
 }
@@ -393,7 +393,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{ChannelId, FailureKind, TokenRecord};
-    use crate::policy::{IssueReason, RetryState};
+    use crate::policy::{Failed, IssueReason, RetryState, StepKind};
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
@@ -467,9 +467,9 @@ mod tests {
             retry: Some(RetryState {
                 failures: 1,
                 kind: FailureKind::RateLimited,
+                step: Some(StepKind::Issue),
                 not_before: until,
             }),
-            issue_rate_limited_until: Some(until),
             ..due("a")
         };
         ChannelState {
@@ -523,7 +523,9 @@ mod tests {
         let rules = Rules::default();
         let until = t0() + Duration::minutes(5);
         let mut state = a_rate_limited(until);
-        state.groups[0].issue_rate_limited_until = None;
+        if let Some(r) = &mut state.groups[0].retry {
+            r.step = Some(StepKind::Verify);
+        }
         let d = drive(t0(), &state, &rules);
         assert_issues_now(&d.plans[1]);
     }
@@ -713,6 +715,7 @@ mod tests {
                 reconcile_retry: Some(RetryState {
                     failures: 3,
                     kind: FailureKind::Transient,
+                    step: Some(StepKind::Reconcile),
                     not_before: now + Duration::seconds(40),
                 }),
                 ..ChannelView::default()
@@ -765,6 +768,7 @@ mod tests {
                 reconcile_retry: Some(RetryState {
                     failures: 1,
                     kind: FailureKind::Permanent,
+                    step: Some(StepKind::Reconcile),
                     not_before: until,
                 }),
                 lost: 1,
@@ -880,6 +884,7 @@ mod tests {
                 reconcile_retry: Some(RetryState {
                     failures: 2,
                     kind: FailureKind::Transient,
+                    step: Some(StepKind::Reconcile),
                     not_before: now + Duration::minutes(10),
                 }),
                 foreign: 20,
@@ -1183,8 +1188,8 @@ mod tests {
             let retry = RetryState::after_failure(
                 streak.as_ref(),
                 t0(),
-                FailureKind::RateLimited,
-                Some(Duration::minutes(5)),
+                Failed::at(StepKind::Issue, FailureKind::RateLimited)
+                    .retry_after(Some(Duration::minutes(5))),
                 0.9,
                 &rules.retry,
                 at,

@@ -58,7 +58,7 @@ mod table_tests;
 #[cfg(test)]
 mod world_tests;
 
-pub use backoff::{FailureKind, RetryState, backoff};
+pub use backoff::{Failed, FailureKind, RetryState, StepKind, backoff};
 pub use capacity::{capacity_victims, free_capacity, live_ours};
 pub use channel::{ChannelState, Decision, Next, drive, full_until, listing_deadline};
 pub use jitter::{JitterPurpose, stable_jitter};

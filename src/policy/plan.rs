@@ -51,7 +51,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::backoff::FailureKind;
+use super::backoff::{FailureKind, StepKind};
 use super::capacity::free_capacity;
 use super::jitter::{JitterPurpose, stable_jitter};
 use super::rate::{BudgetInput, ISSUE_WINDOW, Urgency, issue_allowed_at};
@@ -150,30 +150,18 @@ pub enum Step {
 }
 
 impl Step {
-    /// The step's name as the store keeps it with a failure streak
-    /// (`groups.failed_step`) and logs show it.
-    pub fn name(&self) -> &'static str {
+    /// The step's kind: its name as the store keeps it with a failure
+    /// streak (`groups.failed_step`) and as logs show it, and what a
+    /// streak that failed at it holds ([`RetryState::holds`]).
+    pub fn kind(&self) -> StepKind {
         match self {
-            Self::Reconcile => "reconcile",
-            Self::Revoke { .. } => Self::REVOKE,
-            Self::Verify { .. } => Self::VERIFY,
-            Self::Issue { .. } => Self::ISSUE,
-            Self::CloseRequests { .. } => "close requests",
+            Self::Reconcile => StepKind::Reconcile,
+            Self::Revoke { .. } => StepKind::Revoke,
+            Self::Verify { .. } => StepKind::Verify,
+            Self::Issue { .. } => StepKind::Issue,
+            Self::CloseRequests { .. } => StepKind::CloseRequests,
         }
     }
-
-    /// [`Step::Issue`]'s name: a streak that failed on it with LINE's 429
-    /// pauses the channel's other issues (`GroupView::issue_rate_limited_until`).
-    pub const ISSUE: &'static str = "issue";
-
-    /// [`Step::Verify`]'s name: a streak that failed on it with LINE's 429
-    /// holds the group's verifies, not its issue
-    /// (`GroupView::verify_rate_limited`).
-    pub const VERIFY: &'static str = "verify";
-
-    /// [`Step::Revoke`]'s name: a streak that failed on it for good makes
-    /// the group plan as without the secret (`GroupView::revoke_refused`).
-    pub const REVOKE: &'static str = "revoke";
 }
 
 /// Why a token is issued.
@@ -638,7 +626,7 @@ impl Revokes {
         if self.contains(&token.key_id) {
             return;
         }
-        if group.can_revoke {
+        if group.revokes() {
             self.0.push((token.key_id.clone(), reason));
         } else {
             draft.alerts.push(Alert::RevokeNeedsSecret {
@@ -693,16 +681,9 @@ fn plan_active(
     let now = draft.now;
     let current = live.first().copied().filter(|t| t.refused_at.is_none());
     let incident = group.request(RequestKind::Incident).is_some();
-    // A 429 to the group's verify speaks for that endpoint only (LINE
-    // limits each on its own, docs/design.md §5.2): it holds the group's
-    // verifies, not an issue the group needs. (Found by an outside test: a
-    // verify 429 asking for a day held a due rotation until the deadline,
-    // where one more failure cost the token.)
-    // A revoke LINE refuses for good holds only the revocations (none are
-    // planned: the group plans as without the secret,
-    // `GroupView::revoke_refused`).
-    let issue_retry_until =
-        retry_until.filter(|_| !group.verify_rate_limited && !group.revoke_refused);
+    // A streak holds only the steps it speaks for (`RetryState::holds`):
+    // a verify's 429 or a revoke refused for good leaves the issue alone.
+    let issue_retry_until = retry_until.filter(|_| group.held(StepKind::Issue, now));
 
     // Revocations that stand whether or not a token is issued now. Oldest
     // first, so a failure part-way leaves the newest tokens in place. An
@@ -718,7 +699,7 @@ fn plan_active(
         revokes.want(&mut draft, group, t, RevokeReason::Refused);
     }
     if live.len() > 2 {
-        if !group.can_revoke {
+        if !group.revokes() {
             draft.alerts.push(Alert::TooManyLive { live: live.len() });
         }
         for t in live[2..].iter().rev() {
@@ -765,12 +746,12 @@ fn plan_active(
     // the issue happens now); without it, wait for all but one to expire.
     // With the secret every refused token is already being revoked, so
     // `remaining` is usable tokens, newest first.
-    let make_room: Vec<&TokenRecord> = if group.can_revoke {
+    let make_room: Vec<&TokenRecord> = if group.revokes() {
         remaining.iter().skip(1).copied().collect()
     } else {
         Vec::new()
     };
-    let room_at = if group.can_revoke || remaining.len() < 2 {
+    let room_at = if group.revokes() || remaining.len() < 2 {
         now
     } else {
         let mut expiries: Vec<DateTime<Utc>> = remaining.iter().map(|t| t.expires_at).collect();
@@ -1076,33 +1057,35 @@ fn plan_active(
     // The order: revocations that stand on their own (an incident's first),
     // then reading (reconcile, verify), then the make-room revocation and the
     // issue it exists for, last, so that any earlier failure stops the issue.
-    // A retry's wait holds every step, except one of a verify 429, which
-    // holds only the verifies: the listing an issue may need first, the
-    // revocations and the issue go on (the new token is verified by the
-    // issue itself). (Found by an outside test: holding the listing too
-    // left a due rotation waiting for the deadline whenever the channel's
-    // last listing was older than `reconcile_interval`.)
+    // A retry's wait holds the steps its streak speaks for
+    // (`RetryState::holds`): all of them, except after a verify's 429 (the
+    // verifies only: the listing an issue may need first, the revocations
+    // and the issue go on, and the new token is verified by the issue
+    // itself) or a revoke refused for good (the revocations only, and the
+    // group plans none: it plans as without the secret).
+    let held = |step| group.held(step, now);
     let mut steps = Vec::new();
-    let verifies_held = retry_until.is_some() && group.verify_rate_limited;
-    let revokes_held = retry_until.is_some() && group.revoke_refused;
-    if retry_until.is_none() || verifies_held || revokes_held {
+    if !held(StepKind::Revoke) {
         steps = revokes.into_steps();
-        // A listing waiting for its retry is not asked for now (the
-        // driver's `hold_listing` says so for every step).
-        if reconcile && !(listing_failing && issue.is_some()) {
-            steps.push(Step::Reconcile);
-        }
-        if !verifies_held {
-            steps.extend(verify.into_iter().map(|key_id| Step::Verify { key_id }));
-        }
+    }
+    // A listing waiting for its retry is not asked for now (the driver's
+    // `hold_listing` says so for every step).
+    if reconcile && !held(StepKind::Reconcile) && !(listing_failing && issue.is_some()) {
+        steps.push(Step::Reconcile);
+    }
+    if !held(StepKind::Verify) {
+        steps.extend(verify.into_iter().map(|key_id| Step::Verify { key_id }));
+    }
+    if !held(StepKind::Revoke) {
         steps.extend(room.into_steps());
-        if let Some(reason) = issue {
-            steps.push(Step::Issue {
-                reason,
-                token_exp: rules.token_lifetime,
-                closes: group.request_ids(),
-            });
-        }
+    }
+    // Planned only when the streak does not hold issues (`issue_retry_until`).
+    if let Some(reason) = issue {
+        steps.push(Step::Issue {
+            reason,
+            token_exp: rules.token_lifetime,
+            closes: group.request_ids(),
+        });
     }
     draft.finish(steps, hold, Some(earliest))
 }

@@ -727,6 +727,7 @@ fn a_failing_listing_does_not_stop_a_due_rotation() {
         reconcile_retry: Some(RetryState {
             failures: 3,
             kind: FailureKind::RateLimited,
+            step: Some(StepKind::Reconcile),
             not_before: now + Duration::seconds(5),
         }),
         ..channel(now, &g)
@@ -780,6 +781,7 @@ fn a_failing_listing_after_the_full_refusal_counts_as_line_did() {
         reconcile_retry: Some(RetryState {
             failures: 2,
             kind: FailureKind::Transient,
+            step: Some(StepKind::Reconcile),
             not_before: now + Duration::minutes(5),
         }),
         full_until: Some(until),
@@ -1092,11 +1094,11 @@ fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
     let retry = RetryState {
         failures: 1,
         kind: FailureKind::RateLimited,
+        step: Some(StepKind::Verify),
         not_before: now + Duration::hours(1),
     };
     let g = GroupView {
         retry: Some(retry.clone()),
-        verify_rate_limited: true,
         ..group(vec![tok30("a", 0)])
     };
     let c = channel(now, &g);
@@ -1116,7 +1118,10 @@ fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
     assert_eq!(p.wake_at, now);
     // A 429 to an issue (or a revoke) still holds it.
     let held = GroupView {
-        verify_rate_limited: false,
+        retry: Some(RetryState {
+            step: Some(StepKind::Issue),
+            ..retry.clone()
+        }),
         ..g.clone()
     };
     assert_eq!(
@@ -1156,13 +1161,13 @@ fn a_revoke_refused_for_good_plans_as_without_the_secret() {
     let retry = RetryState {
         failures: 1,
         kind: FailureKind::Permanent,
+        step: Some(StepKind::Revoke),
         not_before: now + Duration::minutes(30),
     };
-    // The snapshot clears `can_revoke` with `revoke_refused`.
+    // The secret is configured, but LINE refused it.
     let g = GroupView {
         retry: Some(retry),
-        revoke_refused: true,
-        can_revoke: false,
+        can_revoke: true,
         requests: req(RequestKind::Incident, now),
         ..group(vec![tok30("leaked", 0)])
     };
@@ -1191,6 +1196,7 @@ fn a_revoke_refused_for_good_plans_as_without_the_secret() {
         retry: Some(RetryState {
             failures: 1,
             kind: FailureKind::Permanent,
+            step: Some(StepKind::Revoke),
             not_before: later + Duration::minutes(30),
         }),
         requests: vec![],
@@ -1204,10 +1210,9 @@ fn a_revoke_refused_for_good_plans_as_without_the_secret() {
         retry: Some(RetryState {
             failures: 1,
             kind: FailureKind::Permanent,
+            step: Some(StepKind::Issue),
             not_before: later + Duration::minutes(30),
         }),
-        revoke_refused: false,
-        can_revoke: true,
         ..due
     };
     assert!(matches!(
@@ -1222,6 +1227,7 @@ fn a_retry_holds_every_request_until_its_time() {
     let retry = RetryState {
         failures: 2,
         kind: FailureKind::Transient,
+        step: Some(StepKind::Issue),
         not_before: now + Duration::seconds(8),
     };
     let g = GroupView {
@@ -1258,8 +1264,7 @@ fn a_permanent_failure_alerts_and_retries_slowly() {
     let retry = RetryState::after_failure(
         None,
         now,
-        FailureKind::Permanent,
-        None,
+        Failed::at(StepKind::Issue, FailureKind::Permanent),
         0.3,
         &RetryRules::default(),
         None,
@@ -1295,8 +1300,7 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
     let retry = RetryState::after_failure(
         None,
         now,
-        FailureKind::Permanent,
-        None,
+        Failed::at(StepKind::Issue, FailureKind::Permanent),
         0.0,
         &rules.retry,
         None,
@@ -1318,6 +1322,7 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
     let retry = RetryState {
         failures: 1,
         kind: FailureKind::Transient,
+        step: Some(StepKind::Issue),
         not_before: t(85),
     };
     let g = GroupView {
@@ -1330,6 +1335,7 @@ fn deadline_arithmetic_alerts_before_the_token_expires() {
     let retry = RetryState {
         failures: 9,
         kind: FailureKind::Permanent,
+        step: Some(StepKind::Issue),
         not_before: t(60 + 30 * MIN),
     };
     let g = GroupView {
@@ -1349,6 +1355,7 @@ fn no_token_and_failing_is_critical_even_while_retrying() {
         retry: Some(RetryState {
             failures: 3,
             kind: FailureKind::Transient,
+            step: Some(StepKind::Issue),
             not_before: now,
         }),
         ..group(vec![])

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::backoff::RetryState;
+use super::backoff::{RetryState, StepKind};
 use crate::domain::{
     ChannelId, GroupName, KeyId, OpenRequest, RequestKind, TokenKind, TokenRecord,
 };
@@ -34,7 +34,9 @@ pub struct GroupView {
     /// rotator verifies each new token as part of issuing it.
     pub last_verified_at: Option<DateTime<Utc>>,
     /// True when the channel secret is configured: revoking a v2.1 token
-    /// needs it, so without it tokens can only be left to expire.
+    /// needs it, so without it tokens can only be left to expire. The
+    /// policy asks [`GroupView::revokes`], which also heeds a revoke LINE
+    /// refused for good.
     pub can_revoke: bool,
     /// When the group left the config, if it did. Its tokens are revoked
     /// `removal_grace` later and it is never issued another.
@@ -69,24 +71,6 @@ pub struct GroupView {
     /// [`Alert::ShortLivedEvicted`](super::Alert::ShortLivedEvicted) for
     /// [`EVICTION_ALERT_SPAN`](super::plan::EVICTION_ALERT_SPAN).
     pub evicted_at: Option<DateTime<Utc>>,
-    /// When the group's last attempt to issue was answered 429 with a
-    /// `Retry-After`: the instant its retry waits for. LINE limits each
-    /// endpoint of a channel, so the channel's other groups hold their
-    /// issues until then too ([`drive`](super::drive)).
-    pub issue_rate_limited_until: Option<DateTime<Utc>>,
-    /// True when the group's failure streak is LINE's 429 to a verify:
-    /// its `retry` then holds the group's verifies, not an issue it
-    /// needs, since LINE limits each endpoint on its own.
-    pub verify_rate_limited: bool,
-    /// True when the group's failure streak is LINE refusing a revoke for
-    /// good (a wrong secret). The group then plans as one without the
-    /// secret (`can_revoke` is false): its issues go on, an incident still
-    /// gets its fresh token, and what should be revoked is reported and
-    /// left to expire, until the streak ends (a reload with a changed
-    /// secret, `linetokd rotate`). Holding the group instead left an
-    /// incident's group on the leaked token, then without one, until the
-    /// revoke's slow retry (outside test).
-    pub revoke_refused: bool,
 }
 
 impl GroupView {
@@ -107,10 +91,24 @@ impl GroupView {
             retry: None,
             unsettled_attempts: 0,
             evicted_at: None,
-            issue_rate_limited_until: None,
-            verify_rate_limited: false,
-            revoke_refused: false,
         }
+    }
+
+    /// Whether the group may revoke now: the channel secret is configured
+    /// and LINE has not refused a revoke of the group for good
+    /// ([`RetryState::refuses_revokes`]: until that streak ends, the group
+    /// plans as one without the secret, and what should be revoked is
+    /// reported and left to expire).
+    pub fn revokes(&self) -> bool {
+        self.can_revoke && !self.retry.as_ref().is_some_and(RetryState::refuses_revokes)
+    }
+
+    /// Whether the group's failure streak holds its steps of `step` now
+    /// ([`RetryState::holds`]).
+    pub fn held(&self, step: StepKind, now: DateTime<Utc>) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| r.not_before > now && r.holds(step))
     }
 
     /// The group's live tokens at `now` (LINE may count them all), usable

@@ -15,6 +15,7 @@ use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::backoff::StepKind;
 use super::plan::{Alert, Hold, IssueReason, RevokeReason, Severity};
 
 /// An instant as people read it in linetokd's output, to the millisecond
@@ -32,6 +33,12 @@ impl IssueReason {
             Self::Requested => "rotation requested",
             Self::Incident => "incident",
         }
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -608,8 +608,7 @@ impl World {
                     self.reconcile_retry = Some(RetryState::after_failure(
                         self.reconcile_retry.as_ref(),
                         self.now,
-                        kind,
-                        None,
+                        Failed::at(StepKind::Reconcile, kind),
                         u,
                         &self.p.rules.retry,
                         deadline,
@@ -620,14 +619,14 @@ impl World {
                     self.relist_needed = true;
                 }
                 Outcome::Failed(kind, retry_after) => {
+                    let step_kind = failed_step.as_ref().map_or(StepKind::Issue, Step::kind);
                     let u = self.rng.unit();
                     let deadline = deadline(self.now, &state.groups[gi], &self.p.rules);
                     let g = &mut self.groups[gi];
                     g.retry = Some(RetryState::after_failure(
                         g.retry.as_ref(),
                         self.now,
-                        kind,
-                        retry_after,
+                        Failed::at(step_kind, kind).retry_after(retry_after),
                         u,
                         &self.p.rules.retry,
                         deadline,
@@ -770,7 +769,8 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
     for (i, step) in plan.steps.iter().enumerate() {
         match step {
             Step::Revoke { key_id, .. } => {
-                assert!(g.can_revoke, "revoke without the secret");
+                assert!(g.revokes(), "revoke without the secret");
+                assert!(!g.held(StepKind::Revoke, now), "revoke the streak holds");
                 assert!(
                     live.iter().any(|t| t.key_id == *key_id),
                     "revoke of a token that is not live"
@@ -783,6 +783,7 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
             }
             Step::Verify { key_id } => {
                 assert!(g.removed_at.is_none());
+                assert!(!g.held(StepKind::Verify, now), "verify the streak holds");
                 assert_eq!(live.first().map(|t| &t.key_id), Some(key_id));
             }
             Step::Reconcile => {
@@ -798,7 +799,9 @@ fn check_plan(now: DateTime<Utc>, g: &GroupView, c: &ChannelView, rules: &Rules,
                 assert_eq!(*token_exp, rules.token_lifetime);
                 assert!(g.removed_at.is_none(), "issue for a removed group");
                 assert!(
-                    g.retry.as_ref().is_none_or(|r| r.not_before <= now),
+                    g.retry
+                        .as_ref()
+                        .is_none_or(|r| r.not_before <= now || !r.holds(StepKind::Issue)),
                     "issue before the retry time"
                 );
                 let remaining = live
@@ -1058,6 +1061,7 @@ proptest! {
             retry: retry.map(|(failures, permanent, at)| RetryState {
                 failures,
                 kind: if permanent { FailureKind::Permanent } else { FailureKind::Transient },
+                step: Some(StepKind::Issue),
                 not_before: t(at),
             }),
             ..GroupView::new(ChannelId::new("1"), GroupName::new("g"), can_revoke)

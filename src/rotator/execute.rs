@@ -32,7 +32,8 @@ use crate::domain::{
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, SignedAssertion, Verification};
 use crate::policy::{
-    self, ChannelState, GroupView, IssueReason, Plan, RetryState, RevokeReason, Rules, Step,
+    self, ChannelState, Failed, GroupView, IssueReason, Plan, RetryState, RevokeReason, Rules,
+    Step, StepKind,
 };
 use crate::snapshot::Snapshot;
 use crate::store::pg::{NewOrphan, RevokeOutcome};
@@ -173,7 +174,7 @@ impl Rotator {
                 }
                 Err(error) => {
                     return self
-                        .record_failure(setup, state, gi, step.name(), error)
+                        .record_failure(setup, state, gi, step.kind(), error)
                         .await;
                 }
             }
@@ -199,7 +200,7 @@ impl Rotator {
         if row.runtime.consecutive_failures == 0 {
             return Ok(());
         }
-        let name = step.name();
+        let name = step.kind().name();
         let ends =
             matches!(step, Step::Issue { .. }) || row.runtime.failed_step.as_deref() == Some(name);
         if !ends {
@@ -243,7 +244,7 @@ impl Rotator {
                             setup,
                             state,
                             owner_index.unwrap_or(gi),
-                            Step::REVOKE,
+                            StepKind::Revoke,
                             error,
                         )
                         .await;
@@ -569,7 +570,7 @@ impl Rotator {
                 }
                 Some(Err(StepError::Store(e))) => Err(e),
                 Some(Err(error)) => {
-                    self.record_failure(setup, state, job.gi, Step::ISSUE, error)
+                    self.record_failure(setup, state, job.gi, StepKind::Issue, error)
                         .await
                 }
             };
@@ -1117,7 +1118,7 @@ impl Rotator {
         self.emit(RotationEvent::Failed {
             channel: setup.id.clone(),
             group: group.clone(),
-            step: Step::ISSUE,
+            step: StepKind::Issue,
             error: "the channel holds 30 live tokens at LINE".to_owned(),
             retry_at: until,
             kind: FailureKind::ChannelFull,
@@ -1159,7 +1160,7 @@ impl Rotator {
                     .to_owned(),
                 kind: FailureKind::MaybeIssued,
             };
-            self.record_failure(setup, &state, gi, Step::ISSUE, error)
+            self.record_failure(setup, &state, gi, StepKind::Issue, error)
                 .await?;
         }
         Ok(())
@@ -1170,7 +1171,7 @@ impl Rotator {
         setup: &ChannelSetup,
         state: &ChannelState,
         gi: usize,
-        step: &'static str,
+        step: StepKind,
         error: StepError,
     ) -> Result<(), StoreError> {
         let view = &state.groups[gi];
@@ -1181,8 +1182,7 @@ impl Rotator {
         let retry = RetryState::after_failure(
             view.retry.as_ref(),
             now,
-            kind,
-            error.retry_after(),
+            Failed::at(step, kind).retry_after(error.retry_after()),
             self.jitter(),
             &rules.retry,
             // A permanent failure of a group without a token keeps its slow
@@ -1201,7 +1201,7 @@ impl Rotator {
         tracing::warn!(
             channel = %setup.id,
             group = %group,
-            step,
+            step = step.name(),
             kind = %kind,
             request_id,
             failures = retry.failures,
@@ -1214,11 +1214,11 @@ impl Rotator {
             consecutive_failures: retry.failures,
             retry_not_before: Some(retry.not_before),
             failure_kind: Some(kind),
-            failed_step: Some(step.to_owned()),
+            failed_step: Some(step.name().to_owned()),
         };
         let event_kind = match step {
-            Step::VERIFY => Some(EventKind::VerifyFailed),
-            Step::REVOKE => Some(EventKind::RevokeFailed),
+            StepKind::Verify => Some(EventKind::VerifyFailed),
+            StepKind::Revoke => Some(EventKind::RevokeFailed),
             // The issue journal records its own failures.
             _ => None,
         };
@@ -1275,8 +1275,7 @@ impl Rotator {
         let retry = RetryState::after_failure(
             previous.as_ref().filter(|_| failures_before > 0),
             now,
-            kind,
-            error.retry_after(),
+            Failed::at(StepKind::Reconcile, kind).retry_after(error.retry_after()),
             self.jitter(),
             &rules.retry,
             // As for a group: a permanent failure keeps its slow pace.

@@ -713,7 +713,7 @@ fn group_status(
         // `view.can_revoke` is false for a channel that left the config.
         revoke_at: view
             .removed_at
-            .filter(|_| view.can_revoke && !live.is_empty())
+            .filter(|_| view.revokes() && !live.is_empty())
             .map(|at| {
                 at.checked_add_signed(rules.removal_grace)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC)
