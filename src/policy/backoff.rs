@@ -291,6 +291,11 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
     }
 
+    /// A failure of an issue.
+    fn issue(kind: FailureKind) -> Failed {
+        Failed::at(StepKind::Issue, kind)
+    }
+
     #[test]
     fn ceiling_doubles_from_five_seconds_to_ten_minutes() {
         let just_under_one = 1.0 - f64::EPSILON;
@@ -324,14 +329,8 @@ mod tests {
     #[test]
     fn transient_failures_honour_retry_after_when_longer() {
         let r = RetryRules::default();
-        let first = RetryState::after_failure(
-            None,
-            t0(),
-            Failed::at(StepKind::Issue, FailureKind::Transient),
-            0.5,
-            &r,
-            None,
-        );
+        let first =
+            RetryState::after_failure(None, t0(), issue(FailureKind::Transient), 0.5, &r, None);
         assert_eq!(
             (first.failures, first.not_before),
             (1, t0() + Duration::milliseconds(2_500))
@@ -339,8 +338,7 @@ mod tests {
         let second = RetryState::after_failure(
             Some(&first),
             t0(),
-            Failed::at(StepKind::Issue, FailureKind::Transient)
-                .retry_after(Some(Duration::seconds(120))),
+            issue(FailureKind::Transient).retry_after(Some(Duration::seconds(120))),
             0.5,
             &r,
             None,
@@ -352,8 +350,7 @@ mod tests {
         let third = RetryState::after_failure(
             Some(&second),
             t0(),
-            Failed::at(StepKind::Issue, FailureKind::Transient)
-                .retry_after(Some(Duration::seconds(1))),
+            issue(FailureKind::Transient).retry_after(Some(Duration::seconds(1))),
             0.5,
             &r,
             None,
@@ -368,7 +365,7 @@ mod tests {
         let s = RetryState::after_failure(
             None,
             t0(),
-            Failed::at(StepKind::Issue, FailureKind::RateLimited).retry_after(huge),
+            issue(FailureKind::RateLimited).retry_after(huge),
             0.5,
             &r,
             None,
@@ -378,7 +375,7 @@ mod tests {
         let s = RetryState::after_failure(
             None,
             t0(),
-            Failed::at(StepKind::Issue, FailureKind::RateLimited).retry_after(huge),
+            issue(FailureKind::RateLimited).retry_after(huge),
             0.5,
             &r,
             Some(deadline),
@@ -395,7 +392,7 @@ mod tests {
             let s = RetryState::after_failure(
                 streak.as_ref(),
                 t0(),
-                Failed::at(StepKind::Issue, FailureKind::Transient),
+                issue(FailureKind::Transient),
                 0.99,
                 &r,
                 past,
@@ -403,28 +400,15 @@ mod tests {
             assert!(s.not_before <= t0() + r.base, "{s:?}");
             streak = Some(s);
         }
-        let p = RetryState::after_failure(
-            None,
-            t0(),
-            Failed::at(StepKind::Issue, FailureKind::Permanent),
-            0.5,
-            &r,
-            past,
-        );
+        let p = RetryState::after_failure(None, t0(), issue(FailureKind::Permanent), 0.5, &r, past);
         assert_eq!(p.not_before, t0() + Duration::minutes(1));
     }
 
     #[test]
     fn an_unknown_outcome_retries_slowly() {
         let r = RetryRules::default();
-        let s = RetryState::after_failure(
-            None,
-            t0(),
-            Failed::at(StepKind::Issue, FailureKind::MaybeIssued),
-            0.0,
-            &r,
-            None,
-        );
+        let s =
+            RetryState::after_failure(None, t0(), issue(FailureKind::MaybeIssued), 0.0, &r, None);
         assert_eq!(s.not_before, t0() + MAYBE_ISSUED_FLOOR);
     }
 
@@ -436,7 +420,7 @@ mod tests {
             RetryState::after_failure(
                 previous,
                 t0(),
-                Failed::at(StepKind::Issue, FailureKind::MaybeIssued),
+                issue(FailureKind::MaybeIssued),
                 0.9,
                 &r,
                 past,
@@ -445,14 +429,8 @@ mod tests {
         // The first (a crash mid-issue, one dropped answer): the base.
         let first = unknown(None);
         assert_eq!(first.not_before, t0() + r.base);
-        let transient = RetryState::after_failure(
-            None,
-            t0(),
-            Failed::at(StepKind::Issue, FailureKind::Transient),
-            0.9,
-            &r,
-            past,
-        );
+        let transient =
+            RetryState::after_failure(None, t0(), issue(FailureKind::Transient), 0.9, &r, past);
         assert_eq!(unknown(Some(&transient)).not_before, t0() + r.base);
         // One after another: a minute apart.
         assert_eq!(unknown(Some(&first)).not_before, t0() + MAYBE_ISSUED_FLOOR);
@@ -461,19 +439,12 @@ mod tests {
     #[test]
     fn permanent_failures_retry_every_thirty_minutes() {
         let r = RetryRules::default();
-        let s = RetryState::after_failure(
-            None,
-            t0(),
-            Failed::at(StepKind::Issue, FailureKind::Permanent),
-            0.0,
-            &r,
-            None,
-        );
+        let s = RetryState::after_failure(None, t0(), issue(FailureKind::Permanent), 0.0, &r, None);
         assert_eq!(s.not_before, t0() + Duration::minutes(30));
         let s = RetryState::after_failure(
             Some(&s),
             t0(),
-            Failed::at(StepKind::Issue, FailureKind::Permanent),
+            issue(FailureKind::Permanent),
             0.99,
             &r,
             None,

@@ -396,19 +396,25 @@ fn issue_answers(shape: &str) -> Faults {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_200_that_breaks_the_contract_may_have_issued_and_lists_before_the_retry() {
+/// The sandbox answering every issue with `shape`, and an engine on it
+/// with `secret`.
+async fn a_lab_answering(shape: &str, secret: Option<&str>) -> (support::SandboxLab, Engine) {
     let lab = support::sandbox_lab().await;
-    // An HTML page carries no token to revoke.
-    let faults = issue_answers("html");
-    lab.sandbox.set_faults(faults).unwrap();
+    lab.sandbox.set_faults(issue_answers(shape)).unwrap();
     let engine = Engine::new(
         &lab.base_url,
         &lab.clock,
         support::signer(LAB_CHANNEL, LAB_KID),
-        Some(LAB_SECRET),
+        secret,
         generous(),
     );
+    (lab, engine)
+}
+
+#[tokio::test]
+async fn a_200_that_breaks_the_contract_may_have_issued_and_lists_before_the_retry() {
+    // An HTML page carries no token to revoke.
+    let (lab, engine) = a_lab_answering("html", Some(LAB_SECRET)).await;
     let mut events = engine.rotator.subscribe();
 
     let t0 = lab.clock.now();
@@ -475,17 +481,7 @@ async fn a_200_that_breaks_the_contract_may_have_issued_and_lists_before_the_ret
 /// transient failure; without it, LINE may have issued, as before.
 #[tokio::test]
 async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
-    let lab = support::sandbox_lab().await;
-    lab.sandbox
-        .set_faults(issue_answers("missing_key_id"))
-        .unwrap();
-    let engine = Engine::new(
-        &lab.base_url,
-        &lab.clock,
-        support::signer(LAB_CHANNEL, LAB_KID),
-        Some(LAB_SECRET),
-        generous(),
-    );
+    let (lab, engine) = a_lab_answering("missing_key_id", Some(LAB_SECRET)).await;
     let t0 = lab.clock.now();
     engine.pass().await;
     let at_line = lab.sandbox.tokens(&channel());
@@ -513,17 +509,7 @@ async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
     assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
 
     // Without the secret nothing can be revoked: LINE may have issued.
-    let lab = support::sandbox_lab().await;
-    lab.sandbox
-        .set_faults(issue_answers("missing_key_id"))
-        .unwrap();
-    let engine = Engine::new(
-        &lab.base_url,
-        &lab.clock,
-        support::signer(LAB_CHANNEL, LAB_KID),
-        None,
-        generous(),
-    );
+    let (lab, engine) = a_lab_answering("missing_key_id", None).await;
     engine.pass().await;
     assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
     let g = engine.group();
