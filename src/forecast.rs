@@ -722,8 +722,16 @@ impl ChannelRun {
                 for step in &plan.steps {
                     self.apply(t, group, step, rules, names, out);
                 }
-                // A plan whose steps all ran ends the failure streak.
-                self.state.groups[group].retry = None;
+                // As the daemon: a plan whose steps all ran ends the
+                // failure streak when one of them was the step that
+                // failed, or an issue.
+                let g = &mut self.state.groups[group];
+                if g.retry
+                    .as_ref()
+                    .is_some_and(|r| plan.steps.iter().any(|s| r.ended_by(s.kind())))
+                {
+                    g.retry = None;
+                }
                 None
             }
             Next::FreeCapacity { victims, .. } => {
@@ -814,6 +822,12 @@ impl ChannelRun {
             .find(|tok| &tok.key_id == key_id && tok.state == TokenState::Live);
         if let Some(tok) = token {
             tok.state = TokenState::Revoked;
+        }
+        // A slot of ours is free at LINE now, whatever its 30-token refusal
+        // said: the daemon drops the refusal's hold on such a revocation.
+        if key_id.kind() == TokenKind::V21 {
+            self.state.view.full_until = None;
+            self.state.view.relist_needed = false;
         }
         for g in &mut self.state.groups {
             g.tokens.retain(|tok| tok.state == TokenState::Live);

@@ -233,6 +233,15 @@ impl RetryState {
         }
     }
 
+    /// Whether a success of `step` ends the streak: one of the step that
+    /// failed, or an issue, which is what every streak is ultimately
+    /// about. Another step succeeding says nothing about the failed one:
+    /// ending the streak there made the backoff restart at its first step
+    /// before every retry (a successful listing before each retried issue).
+    pub fn ended_by(&self, step: StepKind) -> bool {
+        step == StepKind::Issue || self.step == Some(step)
+    }
+
     /// True when LINE refused the group's revoke for good: the group plans
     /// as one without the secret until the streak ends (a reload with a
     /// changed secret, `linetokd rotate`).

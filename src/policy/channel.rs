@@ -38,6 +38,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::backoff::StepKind;
 use super::capacity::{capacity_victims, free_capacity, live_ours};
 use super::plan::{Alert, Hold, Plan, RevokeReason, Step, plan_group};
 use super::rules::Rules;
@@ -326,7 +327,7 @@ fn hold_for_line_pause(
 ) {
     let issues = plan.steps.iter().any(|s| matches!(s, Step::Issue { .. }));
     let waits_for_room = matches!(plan.hold, Some(Hold::Capacity { .. }));
-    let own_retry = group.retry.as_ref().is_some_and(|r| r.not_before > now);
+    let own_retry = group.held(StepKind::Issue, now);
     // A group without a token never waits for another's 429: its deadline
     // (a minute ahead, the retry cadence of a group with nothing to lose)
     // is no room to wait in. A removed group has no deadline and can wait.

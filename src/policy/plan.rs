@@ -587,19 +587,22 @@ pub fn plan_group(
     match group.removed_at {
         Some(removed_at) => {
             plan_removed(&mut draft, &mut revokes, group, &live, removed_at, rules);
-            let steps = if retry_until.is_some() {
-                Vec::new()
-            } else {
-                let mut steps = revokes.into_steps();
+            // The streak holds what it speaks for (`RetryState::holds`),
+            // as for an active group.
+            let mut steps = Vec::new();
+            if !group.held(StepKind::Revoke, now) {
+                steps = revokes.into_steps();
                 // A rotation means nothing for a group that left; an
                 // incident is done once nothing of it is left to revoke.
-                if !group.requests.is_empty() && steps.is_empty() {
+                if !group.requests.is_empty()
+                    && steps.is_empty()
+                    && !group.held(StepKind::CloseRequests, now)
+                {
                     steps.push(Step::CloseRequests {
                         ids: group.request_ids(),
                     });
                 }
-                steps
-            };
+            }
             draft.finish(steps, None, None)
         }
         None => plan_active(draft, revokes, group, channel, rules, &live, retry_until),

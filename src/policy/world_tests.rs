@@ -132,6 +132,8 @@ struct Stats {
     issues: u32,
     due_issues: u32,
     failures: u32,
+    /// Failures that were LINE's 429.
+    rate_limited: u32,
     capacity_holds: u32,
     rate_holds: u32,
     victims: u32,
@@ -268,15 +270,23 @@ impl World {
             .count()
     }
 
-    fn fail(&mut self) -> Option<FailureKind> {
+    /// Whether a request fails, and how: permanent (its share of the
+    /// faults), else a 429 one time in four (with a `Retry-After` of up to
+    /// ten minutes, which a verify's streak holds only the verifies for),
+    /// else transient.
+    fn fail(&mut self) -> Option<(FailureKind, Option<Duration>)> {
         if !self.rng.chance(self.p.faults.fail) {
             return None;
         }
         self.stats.failures += 1;
         Some(if self.rng.chance(self.p.faults.permanent) {
-            FailureKind::Permanent
+            (FailureKind::Permanent, None)
+        } else if self.rng.chance(0.25) {
+            self.stats.rate_limited += 1;
+            let wait = Duration::seconds(self.rng.between(1, 600));
+            (FailureKind::RateLimited, Some(wait))
         } else {
-            FailureKind::Transient
+            (FailureKind::Transient, None)
         })
     }
 
@@ -303,8 +313,8 @@ impl World {
         let now = self.now;
         match step {
             Step::Reconcile => {
-                if let Some(kind) = self.fail() {
-                    return Outcome::Failed(kind, None);
+                if let Some((kind, retry_after)) = self.fail() {
+                    return Outcome::Failed(kind, retry_after);
                 }
                 let mut surprise = false;
                 for o in self.ours.iter_mut() {
@@ -335,8 +345,8 @@ impl World {
                     .record_live(key_id)
                     .expect("revoke of a token that is not live");
                 assert_eq!(self.ours[i].group, gi, "revoke of another group's token");
-                if let Some(kind) = self.fail() {
-                    return Outcome::Failed(kind, None);
+                if let Some((kind, retry_after)) = self.fail() {
+                    return Outcome::Failed(kind, retry_after);
                 }
                 self.ours[i].at_line = false;
                 self.ours[i].rec.state = TokenState::Revoked;
@@ -350,8 +360,8 @@ impl World {
                     Some(key_id),
                     "verify of a non-current token"
                 );
-                if let Some(kind) = self.fail() {
-                    return Outcome::Failed(kind, None);
+                if let Some((kind, retry_after)) = self.fail() {
+                    return Outcome::Failed(kind, retry_after);
                 }
                 let i = self.record_live(key_id).unwrap();
                 if self.ours[i].at_line {
@@ -506,7 +516,7 @@ impl World {
             self.stats.due_issues += 1;
         }
         let line_full = self.line_count() >= self.p.rules.channel_token_cap as usize;
-        if let Some(kind) = self.fail() {
+        if let Some((kind, asked)) = self.fail() {
             if kind == FailureKind::Transient && self.rng.chance(self.p.faults.ambiguous) {
                 // The request reached LINE; the answer did not reach us.
                 self.lost += 1;
@@ -517,10 +527,11 @@ impl World {
                     });
                 }
             }
-            let retry_after = self
-                .rng
-                .chance(0.3)
-                .then(|| Duration::seconds(self.rng.between(1, 120)));
+            let retry_after = asked.or_else(|| {
+                self.rng
+                    .chance(0.3)
+                    .then(|| Duration::seconds(self.rng.between(1, 120)))
+            });
             return Outcome::Failed(kind, retry_after);
         }
         if line_full {
@@ -632,7 +643,17 @@ impl World {
                         deadline,
                     ));
                 }
-                Outcome::Done | Outcome::Surprise => self.groups[gi].retry = None,
+                // As the daemon: a success of the step that failed, or an
+                // issue, ends the streak; another step's says nothing.
+                Outcome::Done | Outcome::Surprise => {
+                    let g = &mut self.groups[gi];
+                    if g.retry
+                        .as_ref()
+                        .is_some_and(|r| plan.steps.iter().any(|s| r.ended_by(s.kind())))
+                    {
+                        g.retry = None;
+                    }
+                }
             }
         }
         panic!("the channel did not settle at {}", self.now);
@@ -1123,6 +1144,7 @@ fn the_hostile_world_exercises_every_path() {
         total.issues += s.issues;
         total.due_issues += s.due_issues;
         total.failures += s.failures;
+        total.rate_limited += s.rate_limited;
         total.capacity_holds += s.capacity_holds;
         total.rate_holds += s.rate_holds;
         total.victims += s.victims;
@@ -1136,6 +1158,7 @@ fn the_hostile_world_exercises_every_path() {
         ("issues", t.issues),
         ("due issues", t.due_issues),
         ("failures", t.failures),
+        ("429s", t.rate_limited),
         ("capacity holds", t.capacity_holds),
         ("rate holds", t.rate_holds),
         ("capacity victims", t.victims),

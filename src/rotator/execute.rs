@@ -201,8 +201,8 @@ impl Rotator {
             return Ok(());
         }
         let name = step.kind().name();
-        let ends =
-            matches!(step, Step::Issue { .. }) || row.runtime.failed_step.as_deref() == Some(name);
+        let ends = crate::snapshot::retry_from_runtime(&row.runtime)
+            .is_some_and(|r| r.ended_by(step.kind()));
         if !ends {
             return Ok(());
         }
@@ -352,8 +352,10 @@ impl Rotator {
         let key = key_id.clone();
         let why = format!("revoked: {}", revoke_reason_text(reason));
         let channel = setup.id.clone();
-        // A slot of ours is free at LINE now, whatever its full refusal said.
-        let clear_full = snapshot.channel.as_ref().is_some_and(|c| c.full.is_some());
+        // A slot of ours is free at LINE now, whatever its full refusal said
+        // (of the v2.1 pool, the one LINE's refusal and listing are about).
+        let clear_full = key_id.kind() == TokenKind::V21
+            && snapshot.channel.as_ref().is_some_and(|c| c.full.is_some());
         self.db(move |store| {
             store.set_token_state(now, &key, TokenState::Revoked, &why)?;
             if clear_full {
@@ -804,6 +806,16 @@ impl Rotator {
             TokenKind::V21 => error.issued_key_id().cloned(),
             TokenKind::ShortLived => Some(KeyId::short_lived(&token)),
         };
+        // Never one of ours: an answer that replays a stored token (a
+        // confused proxy, a replay) must not cost consumers the token they
+        // use. Unknown, or unreadable, it is left alone too.
+        if let Some(key) = key_id.clone() {
+            let stored = self.db(move |store| store.token(&key)).await;
+            if !matches!(stored, Ok(None)) {
+                tracing::warn!(channel = %setup.id, group = %group.group, "LINE's unusable answer carried a token linetokd already holds (or the store could not say); it is not revoked");
+                return error;
+            }
+        }
         let revoked = match (kind, &setup.secret) {
             (TokenKind::V21, Some(secret)) => self
                 .line

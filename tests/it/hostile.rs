@@ -40,6 +40,7 @@ use crate::support::{self, LAB_CHANNEL, LAB_KID, LAB_SECRET, Mock, Reply, Seen};
 const ISSUE: &str = "/oauth2/v2.1/token";
 const KID_LIST: &str = "/oauth2/v2.1/tokens/kid";
 const VERIFY: &str = "/oauth2/v2.1/verify";
+const REVOKE: &str = "/oauth2/v2.1/revoke";
 
 /// One channel ([`LAB_CHANNEL`]) with one group `a`, worked by a rotator
 /// on `clock` over a fresh store.
@@ -181,6 +182,9 @@ enum IssueAnswer {
     /// 200 with an empty `access_token` (LINE may have issued a token
     /// under `key_id` `empty-kid`).
     EmptyToken,
+    /// 200 that replays the first token issued, with a mistyped
+    /// `expires_in`: unusable, but carrying a token linetokd holds.
+    ReplayBroken,
 }
 
 /// A fake LINE: issues unique tokens (or fails as `answer` says), lists
@@ -221,6 +225,10 @@ impl FakeLine {
                 IssueAnswer::ServerError => {
                     Reply::json(500, r#"{"message":"Internal server error"}"#)
                 }
+                IssueAnswer::ReplayBroken => Reply::json(
+                    200,
+                    r#"{"access_token":"hostile-token-0","token_type":"Bearer","expires_in":"soon","key_id":"kid-0"}"#,
+                ),
                 IssueAnswer::EmptyToken => {
                     answered_empty.store(true, Ordering::SeqCst);
                     Reply::json(
@@ -512,6 +520,35 @@ async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
     let (lab, engine) = a_lab_answering("missing_key_id", None).await;
     engine.pass().await;
     assert_eq!(lab.sandbox.live_tokens(&channel()).len(), 1);
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+}
+
+/// An unusable 200 that carries a token linetokd already holds (a replay)
+/// is not taken for a token to revoke: the consumers keep theirs, and the
+/// attempt may have issued, as any unusable answer (review finding).
+#[tokio::test]
+async fn an_unusable_200_replaying_a_token_we_hold_revokes_nothing() {
+    let line = FakeLine::start(IssueAnswer::Token).await;
+    let clock = support::manual_clock();
+    let engine = Engine::new(
+        &line.mock.base_url,
+        &clock,
+        support::signer(LAB_CHANNEL, "hostile-kid"),
+        Some(LAB_SECRET),
+        generous(),
+    );
+    engine.pass().await;
+    line.answer(IssueAnswer::ReplayBroken);
+    engine.rotate().await;
+    engine.pass().await;
+    assert_eq!(line.count(REVOKE), 0, "a held token was revoked");
+    assert!(
+        engine
+            .tokens()
+            .iter()
+            .any(|(k, state)| k.as_str() == "kid-0" && *state == TokenState::Live)
+    );
     let g = engine.group();
     assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
 }

@@ -192,12 +192,13 @@ async fn orphans(db: &tokio_postgres::Client) -> Vec<OrphanRow> {
 
 /// How far apart the daemon's clock (the database's, measured through a
 /// round trip) and the sandbox's (this host's) may read in these tests.
-const CLOCK_READING_ERROR: chrono::Duration = chrono::Duration::seconds(2);
+const CLOCK_READING_ERROR: chrono::Duration = chrono::Duration::milliseconds(500);
 
 /// The group(s) each token the sandbox issued counts against: the store's
 /// group for a stored token, the orphan record's for an orphan, and for
 /// any other token every group with an issuance closed as possibly issued
-/// that began before LINE issued it (in these tests at most one). A token
+/// that began before LINE issued it, as far as the two clocks can tell
+/// ([`CLOCK_READING_ERROR`]; in these tests at most one). A token
 /// nothing accounts for fails the test.
 async fn owners(
     lab: &Lab,
