@@ -1096,6 +1096,62 @@ mod tests {
     }
 
     #[test]
+    fn a_full_refusal_with_the_listing_failing_frees_one_slot_as_the_daemon_does() {
+        // Found by review: the forecast kept the refusal's hold after its
+        // own revocation, so `plan` showed every superseded token revoked
+        // where the daemon revokes one and issues.
+        let rules = Rules::default();
+        let pair = |name: &str| {
+            group(
+                name,
+                true,
+                vec![
+                    token(
+                        &format!("{name}-old"),
+                        t0() - Duration::days(2),
+                        rules.token_lifetime,
+                    ),
+                    token(name, t0() - Duration::days(1), rules.token_lifetime),
+                ],
+            )
+        };
+        let mut channel = input(
+            vec![group("a", true, vec![]), pair("b"), pair("c")],
+            Some(t0() - Duration::minutes(2)),
+        );
+        channel.view.foreign = 20;
+        channel.view.full_until = Some(t0() + Duration::minutes(1));
+        channel.view.relist_needed = true;
+        channel.view.reconcile_retry = Some(RetryState {
+            failures: 2,
+            kind: FailureKind::Transient,
+            step: Some(StepKind::Reconcile),
+            not_before: t0() + Duration::minutes(10),
+        });
+        let f = run(vec![channel], &rules, 1);
+        let first: Vec<_> = timeline(&f)
+            .into_iter()
+            .filter(|(at, _, _)| *at < Duration::minutes(10))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                (
+                    Duration::zero(),
+                    "b".into(),
+                    "revoke b-old FreeCapacity".into()
+                ),
+                (
+                    Duration::zero(),
+                    "a".into(),
+                    "issue next-1 NoCurrent".into()
+                ),
+            ],
+            "{first:?}"
+        );
+    }
+
+    #[test]
     fn revoke_previous_after_shows_the_revocation() {
         let rules = Rules {
             revoke_previous_after: Some(Duration::hours(1)),
