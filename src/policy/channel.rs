@@ -16,7 +16,8 @@
 //!
 //! The key-ID listing (reconcile) is channel-wide: it backs off per
 //! channel, so while its streak runs the listing is taken out of every
-//! group's plan and only the issues that need a fresh listing wait; the
+//! group's plan and only the issues that need a fresh listing (attempts
+//! that may have issued, a channel never listed) wait; the
 //! groups' verifies and revocations go on.
 //!
 //! LINE's 429 ("too many requests") to one group is an answer about the

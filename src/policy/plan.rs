@@ -948,7 +948,13 @@ fn plan_active(
                 // The first slot LINE frees is then used within that, not
                 // at the next hourly reconcile. A takeover's held attempt
                 // alone frees nothing before a listing can settle it.
-                if let (0, Some(at)) = (channel.foreign, lost_settle_from) {
+                // Under the refusal's count with the listing failing, the
+                // hold's end (woken above) is the next chance: no listing
+                // can be asked for before its retry, which the driver wakes
+                // for. (Looks here showed in `status` as a next look at
+                // which nothing happened: an outside test.)
+                if counted_at_refusal {
+                } else if let (0, Some(at)) = (channel.foreign, lost_settle_from) {
                     draft.wake(at);
                 } else if channel.foreign > 0 || channel.lost > 0 {
                     let every = if usable_left {

@@ -777,7 +777,9 @@ fn a_failing_listing_after_the_full_refusal_counts_as_line_did() {
         ..group(vec![tok30("a", 0)])
     };
     let refused = ChannelView {
-        last_reconcile_at: Some(now - Duration::minutes(2)),
+        // Listed 4.5 min ago: a rotation waiting for room other issuers
+        // take would look again at 5 min.
+        last_reconcile_at: Some(now - Duration::seconds(270)),
         reconcile_retry: Some(RetryState {
             failures: 2,
             kind: FailureKind::Transient,
@@ -786,6 +788,7 @@ fn a_failing_listing_after_the_full_refusal_counts_as_line_did() {
         }),
         full_until: Some(until),
         relist_needed: true,
+        foreign: 20,
         ..channel(now, &g)
     };
     // The last listing's count says there is room, but LINE said full
@@ -798,6 +801,8 @@ fn a_failing_listing_after_the_full_refusal_counts_as_line_did() {
         (vec![], Some(Hold::Capacity { needed: 1 })),
         "{p:?}"
     );
+    // Nothing can change that before then (the listing waits for its
+    // retry): no look in between.
     assert_eq!(p.wake_at, until);
     // Its own older token revoked frees the slot: the issue goes now.
     let two = GroupView {

@@ -177,8 +177,9 @@ impl fmt::Display for Alert {
             ),
             Self::ReconcileFailing { failures, retry_at } => write!(
                 f,
-                "listing the channel's key IDs failed {failures} times in a row; issues wait \
-                 for a fresh listing, next attempt at {}",
+                "listing the channel's key IDs failed {failures} times in a row, next attempt \
+                 at {}; meanwhile issues go on the last listing's count (attempts that may \
+                 have issued, and a channel never listed, wait for a listing)",
                 at(*retry_at)
             ),
             Self::ChannelFull { until } => write!(
@@ -221,9 +222,9 @@ impl fmt::Display for Alert {
             } => {
                 write!(
                     f,
-                    "{attempts} issue attempt(s) of this group since {} ended without an answer \
-                     (a crash or a lost reply), so LINE may hold a token of ours nobody can hand \
-                     out or revoke; ",
+                    "{attempts} issue attempt(s) of this group since {} ended without a usable \
+                     answer (a crash, a lost reply, or a 200 linetokd could not use), so LINE may \
+                     hold a token of ours nobody can hand out or revoke; ",
                     at(*since)
                 )?;
                 if *unsettled > 0 {

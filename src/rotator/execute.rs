@@ -1084,7 +1084,8 @@ impl Rotator {
 
     /// LINE's 30-token refusal: the channel is full at LINE right now. Not
     /// a failure of the group: the channel is held until the next expiry
-    /// LINE will honour, and the next issue waits for a fresh listing.
+    /// LINE will honour, and the next issue waits for a fresh listing, or
+    /// for that instant while the listing fails (docs/design.md §5.3).
     async fn hold_full_channel(
         &self,
         setup: &ChannelSetup,
