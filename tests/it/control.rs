@@ -317,6 +317,44 @@ impl DaemonLab {
         seen
     }
 
+    /// The daemon's events for an incident of `group`, up to its fresh
+    /// token: what it revoked for the incident, and whether a step of the
+    /// group failed first. Any other group touched fails the test.
+    async fn incident_of(&mut self, group: &str) -> Incident {
+        let mut revoked = Vec::new();
+        let mut failed = false;
+        loop {
+            match self.events.recv().await.unwrap() {
+                RotationEvent::Failed { group: g, .. } if g.as_str() == group => failed = true,
+                RotationEvent::Revoked {
+                    group: g,
+                    key_id,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(g.as_str(), group, "another group was touched");
+                    assert_eq!(reason, RevokeReason::Incident);
+                    revoked.push(key_id);
+                }
+                RotationEvent::Issued {
+                    group: g,
+                    key_id,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(g.as_str(), group, "another group was issued a token");
+                    assert_eq!(reason, IssueReason::Incident);
+                    return Incident {
+                        fresh: key_id,
+                        revoked,
+                        failed,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Every v2.1 token the sandbox ever issued on the channel: key ID →
     /// (state, value).
     fn at_sandbox(&self) -> BTreeMap<KeyId, (SandboxTokenState, String)> {
@@ -368,24 +406,9 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
     ))
     .await;
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    let mut failed = false;
-    let fresh = loop {
-        match lab.events.recv().await.unwrap() {
-            RotationEvent::Failed { group, .. } if group.as_str() == "a" => failed = true,
-            RotationEvent::Issued {
-                group,
-                key_id,
-                reason,
-                ..
-            } => {
-                assert_eq!(group.as_str(), "a", "another group was issued a token");
-                assert_eq!(reason, IssueReason::Incident);
-                break key_id;
-            }
-            _ => {}
-        }
-    };
-    assert!(failed, "the revoke was refused first: {text}");
+    let incident = lab.incident_of("a").await;
+    let fresh = incident.fresh;
+    assert!(incident.failed, "the revoke was refused first: {text}");
     let sandbox = lab.at_sandbox();
     assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
     // The leaked token could not be revoked: it lives until it expires.
@@ -475,32 +498,8 @@ async fn incident_revoke_end_to_end_touches_only_its_group() {
 
     // What the daemon did, from its events: both earlier tokens revoked
     // for the incident, then exactly one fresh token issued.
-    let mut revoked = Vec::new();
-    let fresh = loop {
-        match lab.events.recv().await.unwrap() {
-            RotationEvent::Revoked {
-                group,
-                key_id,
-                reason,
-                ..
-            } => {
-                assert_eq!(group.as_str(), "a", "another group was touched");
-                assert_eq!(reason, RevokeReason::Incident);
-                revoked.push(key_id);
-            }
-            RotationEvent::Issued {
-                group,
-                key_id,
-                reason,
-                ..
-            } => {
-                assert_eq!(group.as_str(), "a", "another group was issued a token");
-                assert_eq!(reason, IssueReason::Incident);
-                break key_id;
-            }
-            _ => {}
-        }
-    };
+    let incident = lab.incident_of("a").await;
+    let (fresh, mut revoked) = (incident.fresh, incident.revoked);
     revoked.sort();
     let mut expected = a_before.clone();
     expected.sort();
@@ -745,4 +744,14 @@ async fn a_rotate_line_refuses_the_kid_of_answers_the_failure_at_once() {
     // once rather than waiting behind the listing's hold.
     failed_at_once(&["revoke", "--channel", "lab", "--group", "a"]).await;
     lab.stop().await;
+}
+
+/// What [`DaemonLab::incident_of`] saw.
+struct Incident {
+    /// The incident's fresh token.
+    fresh: KeyId,
+    /// The tokens revoked for it, in order.
+    revoked: Vec<KeyId>,
+    /// Whether a step of the group failed before the fresh token.
+    failed: bool,
 }
