@@ -28,7 +28,7 @@ use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
 use crate::delivery::{Delivery, GroupDelivery, TokenBook};
-use crate::domain::{ChannelId, GroupName, RequestOutcome, TokenKind};
+use crate::domain::{ChannelId, GroupName, KeyId, RequestOutcome, TokenKind};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
@@ -1464,6 +1464,28 @@ impl control::Engine for Rotator {
                 .await
                 .ok()
                 .flatten()
+        })
+    }
+
+    fn live_tokens<'a>(
+        &'a self,
+        channel: &'a ChannelId,
+        group: &'a GroupName,
+    ) -> control::EngineFuture<'a, Option<Vec<(KeyId, DateTime<Utc>)>>> {
+        Box::pin(async move {
+            let now = self.clock().now();
+            let (store, channel, group) = (self.store().clone(), channel.clone(), group.clone());
+            let tokens = store
+                .blocking(move |s| s.tokens_of_group(&channel, &group))
+                .await
+                .ok()?;
+            let mut live: Vec<_> = tokens
+                .into_iter()
+                .filter(|t| t.record.is_live_at(now))
+                .map(|t| (t.record.issued_at, t.record.key_id, t.record.expires_at))
+                .collect();
+            live.sort();
+            Some(live.into_iter().map(|(_, k, e)| (k, e)).collect())
         })
     }
 

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{GroupReport, IssuedKey, Request, Response};
 use crate::channel_index::ChannelIndex;
-use crate::domain::{ChannelId, FailureKind, GroupName, RequestOutcome};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ChannelId, FailureKind, GroupName, KeyId, RequestOutcome};
 use crate::event::RotationEvent;
 use crate::policy::{StepKind, joined};
 use crate::scheduler::SchedulerState;
@@ -53,6 +55,15 @@ pub trait Engine: Send + Sync {
     /// this instance works the channel (always, without `[ha]`).
     fn led_elsewhere(&self, _channel: &ChannelId) -> Option<String> {
         None
+    }
+    /// `group`'s live tokens with their expiries, oldest first; `None`
+    /// when the engine cannot tell.
+    fn live_tokens<'a>(
+        &'a self,
+        _channel: &'a ChannelId,
+        _group: &'a GroupName,
+    ) -> EngineFuture<'a, Option<Vec<(KeyId, DateTime<Utc>)>>> {
+        Box::pin(async { None })
     }
 }
 
@@ -99,6 +110,9 @@ struct Work {
     /// refusal is kept apart from the report's other failures (a success
     /// ends those, not this) and heads its failure in the answer.
     unrevoked: Vec<Option<String>>,
+    /// Per report: whether the engine was asked, after such a refusal,
+    /// what the fresh token waits for ([`ControlHandler::explain_the_wait`]).
+    asked_older: Vec<bool>,
 }
 
 impl ControlHandler {
@@ -240,6 +254,36 @@ impl ControlHandler {
                     }
                 },
             }
+            self.explain_the_wait(&mut work).await;
+        }
+    }
+
+    /// An incident whose revoke LINE refused for good, in a group holding
+    /// two live tokens: neither can be revoked, and a group never holds
+    /// three, so the fresh token comes only when the older expires, which
+    /// may be days off. The answer says so at once, naming both, rather
+    /// than "still in progress" after the wait (found by an outside test).
+    async fn explain_the_wait(&self, work: &mut Work) {
+        for i in 0..work.reports.len() {
+            if work.unrevoked[i].is_none()
+                || work.asked_older[i]
+                || work.reports[i].issued.is_some()
+            {
+                continue;
+            }
+            work.asked_older[i] = true;
+            let group = work.reports[i].group.clone();
+            let Some(live) = self.rotator.live_tokens(&work.channel, &group).await else {
+                continue;
+            };
+            if let [(older, until), (newer, _), ..] = live.as_slice() {
+                work.reports[i].failure = Some(format!(
+                    "the group holds two live tokens, {older} and {newer}, which both live until \
+                     they expire; a group never holds three, so the fresh token comes when \
+                     {older} expires at {}, and the daemon issues it then",
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
         }
     }
 
@@ -327,6 +371,7 @@ impl Work {
         Self {
             channel,
             unrevoked: vec![None; reports.len()],
+            asked_older: vec![false; reports.len()],
             reports,
             requests,
             lagged: false,

@@ -425,6 +425,45 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
     lab.stop().await;
 }
 
+/// The same with two live tokens in the group: neither can be revoked and
+/// a group never holds three, so the fresh token comes only when the older
+/// expires (days off here). The answer says so at once, naming both
+/// tokens, rather than "still in progress" after its wait (outside test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_whose_revoke_is_refused_with_two_live_tokens_says_what_it_waits_for() {
+    let mut lab = DaemonLab::start_with_secret("0123456789abcdef0123456789abcdef").await;
+    let first = lab.issued(&["a", "b"]).await;
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+    let rotate = run_binary(args(
+        &["rotate", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    assert_eq!(rotate.status.code(), Some(0), "{}", stderr(&rotate));
+    let second = lab.issued(&["a"]).await["a"].clone();
+    lab.lab.clock.advance(chrono::Duration::seconds(1));
+    let started = std::time::Instant::now();
+    let out = run_binary(args(
+        &["revoke", "--channel", LAB_CHANNEL, "--group", "a"],
+        &lab.config,
+    ))
+    .await;
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        !text.contains("still in progress"),
+        "answered after its wait ({:?}): {text}",
+        started.elapsed()
+    );
+    for key in [&first["a"], &second] {
+        assert!(text.contains(key.as_str()), "{key} not named: {text}");
+        assert_eq!(lab.at_sandbox()[key].0, SandboxTokenState::Live);
+    }
+    assert!(text.contains("never holds three"), "{text}");
+    assert!(text.contains("invalid_client"), "{text}");
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_revoke_end_to_end_touches_only_its_group() {
     let mut lab = DaemonLab::start().await;
