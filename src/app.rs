@@ -1471,7 +1471,7 @@ impl control::Engine for Rotator {
         &'a self,
         channel: &'a ChannelId,
         group: &'a GroupName,
-    ) -> control::EngineFuture<'a, Option<Vec<(KeyId, DateTime<Utc>)>>> {
+    ) -> control::EngineFuture<'a, Option<control::LiveTokens>> {
         Box::pin(async move {
             let now = self.clock().now();
             let (store, channel, group) = (self.store().clone(), channel.clone(), group.clone());

@@ -17,6 +17,10 @@ use crate::event::RotationEvent;
 use crate::policy::{StepKind, joined};
 use crate::scheduler::SchedulerState;
 
+/// A group's live tokens with their expiries, oldest first
+/// ([`Engine::live_tokens`]).
+pub type LiveTokens = Vec<(KeyId, DateTime<Utc>)>;
+
 /// A future the [`Engine`] returns (boxed, so the trait stays object safe).
 pub type EngineFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -62,7 +66,7 @@ pub trait Engine: Send + Sync {
         &'a self,
         _channel: &'a ChannelId,
         _group: &'a GroupName,
-    ) -> EngineFuture<'a, Option<Vec<(KeyId, DateTime<Utc>)>>> {
+    ) -> EngineFuture<'a, Option<LiveTokens>> {
         Box::pin(async { None })
     }
 }
