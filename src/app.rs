@@ -28,7 +28,7 @@ use crate::control::{self, ControlHandler, ControlServer};
 use crate::delivery::hook::{self, HookRetry, HookSpec};
 use crate::delivery::sink::{SinkFormat, SinkSpec};
 use crate::delivery::{Delivery, GroupDelivery, TokenBook};
-use crate::domain::{ChannelId, GroupName, KeyId, RequestOutcome, TokenKind};
+use crate::domain::{ChannelId, GroupName, RequestOutcome, TokenKind};
 use crate::http::{self, ApiKeys, HttpState, Readiness};
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineClient, LineClientConfig, RequestObserver};
