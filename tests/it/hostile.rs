@@ -263,6 +263,19 @@ impl FakeLine {
         *self.answer.lock().unwrap() = answer;
     }
 
+    /// A manual clock and an engine on this LINE with `secret`.
+    fn engine(&self, secret: Option<&str>) -> (ManualClock, Engine) {
+        let clock = support::manual_clock();
+        let engine = Engine::new(
+            &self.mock.base_url,
+            &clock,
+            support::signer(LAB_CHANNEL, "hostile-kid"),
+            secret,
+            generous(),
+        );
+        (clock, engine)
+    }
+
     /// The key-ID list leaves `kid` out from now on.
     fn unlist(&self, kid: &str) {
         self.unlisted.lock().unwrap().push(kid.to_owned());
@@ -530,14 +543,7 @@ async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
 #[tokio::test]
 async fn an_unusable_200_replaying_a_token_we_hold_revokes_nothing() {
     let line = FakeLine::start(IssueAnswer::Token).await;
-    let clock = support::manual_clock();
-    let engine = Engine::new(
-        &line.mock.base_url,
-        &clock,
-        support::signer(LAB_CHANNEL, "hostile-kid"),
-        Some(LAB_SECRET),
-        generous(),
-    );
+    let (_clock, engine) = line.engine(Some(LAB_SECRET));
     engine.pass().await;
     line.answer(IssueAnswer::ReplayBroken);
     engine.rotate().await;
@@ -561,14 +567,7 @@ async fn an_unusable_200_replaying_a_token_we_hold_revokes_nothing() {
 #[tokio::test]
 async fn a_token_the_listing_finds_expired_is_announced() {
     let line = FakeLine::start(IssueAnswer::Token).await;
-    let clock = support::manual_clock();
-    let engine = Engine::new(
-        &line.mock.base_url,
-        &clock,
-        support::signer(LAB_CHANNEL, "hostile-kid"),
-        Some(LAB_SECRET),
-        generous(),
-    );
+    let (clock, engine) = line.engine(Some(LAB_SECRET));
     let t0 = clock.now();
     engine.pass().await;
     clock.set(t0 + Duration::days(29) + Duration::hours(1));
