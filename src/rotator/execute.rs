@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
 use crate::domain::{
-    AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, TokenKind, TokenState,
+    AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, RequestKind, TokenKind, TokenState,
 };
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, SignedAssertion, Verification};
@@ -955,6 +955,27 @@ impl Rotator {
             reason,
             verified: verified_at.is_some(),
         });
+        // The incident's tokens still live were marked refused with this
+        // issue (`Store::complete_issue`): consumers must not be handed them
+        // as the previous token. Only a group that cannot revoke has any:
+        // otherwise the plan revoked every one before the issue (`group` is
+        // the state from before the plan).
+        if let Some(incident) = group
+            .request(RequestKind::Incident)
+            .filter(|_| !group.revokes())
+        {
+            for t in group
+                .live(issued_at)
+                .filter(|t| t.issued_at <= incident.at && t.refused_at.is_none())
+            {
+                tracing::warn!(channel = %setup.id, group = %group.group, key_id = %t.key_id, "{}", crate::store::CONDEMNED);
+                self.emit(RotationEvent::Gone {
+                    channel: setup.id.clone(),
+                    key_id: t.key_id.clone(),
+                    why: crate::store::CONDEMNED.to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 

@@ -317,6 +317,14 @@ impl Store {
             // The operator requests this issue carries out end with it, in
             // the same transaction: a crash never leaves a request done
             // without its token, or a token without its request closed.
+            super::requests::condemn_survivors(
+                tx,
+                now,
+                &journal.channel_id,
+                &journal.group,
+                closes,
+                &token.key_id,
+            )?;
             super::requests::close_in(tx, now, &journal.channel_id, closes, "done")?;
             insert_event(
                 tx,

@@ -71,6 +71,7 @@ mod notes;
 mod notifications;
 pub mod pg;
 mod requests;
+pub use requests::CONDEMNED;
 pub mod screen;
 pub mod sql;
 mod sync;

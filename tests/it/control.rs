@@ -422,6 +422,38 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
         "{text}"
     );
     assert!(text.contains("invalid_client"), "{text}");
+    // The leaked token stays condemned: refused in the store, so it is
+    // never handed out as the previous token. Found by an outside test:
+    // it was, and a reload with the fixed secret left it live for good.
+    let leaked = lab
+        .daemon()
+        .rotator
+        .store()
+        .token(&first["a"])
+        .unwrap()
+        .unwrap();
+    assert!(leaked.record.refused_at.is_some(), "{leaked:?}");
+    // The secret fixed and the config reloaded: the leaked token is
+    // revoked at LINE, and the fresh one stays.
+    let secret = lab.dir.path().join("secret");
+    fs::remove_file(&secret).unwrap();
+    write_private(&secret, LAB_SECRET.as_bytes());
+    let valid = Settings::load(&lab.config, &HashMap::new())
+        .unwrap()
+        .validate()
+        .unwrap();
+    lab.daemon().reload(&valid).await.unwrap();
+    let revoked = loop {
+        match lab.events.recv().await.unwrap() {
+            RotationEvent::Revoked { key_id, reason, .. } => break (key_id, reason),
+            RotationEvent::Issued { group, .. } => panic!("{group} was issued another token"),
+            _ => {}
+        }
+    };
+    assert_eq!(revoked, (first["a"].clone(), RevokeReason::Refused));
+    let sandbox = lab.at_sandbox();
+    assert_eq!(sandbox[&first["a"]].0, SandboxTokenState::Revoked);
+    assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
     lab.stop().await;
 }
 
