@@ -191,8 +191,9 @@ pub enum RevokeReason {
     MakeRoom,
     /// The group left the config and its `removal_grace` is over.
     Removed,
-    /// LINE's verify refused it, but LINE may still count it (its key-ID
-    /// list may still list it): revoke it so the slot is certainly free.
+    /// LINE's verify refused it, or an incident condemned it and could not
+    /// revoke it then (LINE refused the secret), and LINE may still count
+    /// it: revoke it so the slot is certainly free and, if leaked, dead.
     Refused,
     /// Another group of the channel needs the room
     /// ([`capacity_victims`](super::capacity_victims)).

@@ -59,7 +59,9 @@ impl RevokeReason {
             Self::MakeRoom => "making room for the next rotation",
             Self::Removed => "group removed from the config",
             Self::FreeCapacity => "freeing channel capacity",
-            Self::Refused => "refused by LINE's verify but possibly still counted",
+            Self::Refused => {
+                "refused (by LINE's verify, or leaked and condemned by an incident) but possibly still counted"
+            }
         }
     }
 }
