@@ -304,7 +304,10 @@ impl Delivery {
                 let mut live: HashMap<GroupKey, Vec<PublishedToken>> =
                     HashMap::with_capacity(keys.len());
                 for t in store.live_tokens_in(Scope::All)? {
-                    if !t.record.is_live_at(now) {
+                    // A refused token (LINE's verify refused it, or an
+                    // incident condemned it) is still counted but never
+                    // handed out: not after a restart or reload either.
+                    if !t.record.is_live_at(now) || t.record.refused_at.is_some() {
                         continue;
                     }
                     let key = (t.channel_id, t.group);

@@ -878,6 +878,66 @@ mod service {
     // published, so once `health_until` sees a round, the store shows its
     // alerts.
 
+    /// A token LINE's verify refused, or one an incident condemned, is
+    /// still live in the store but never handed out: loading the book at a
+    /// start or reload leaves it out of the sinks (found while fixing the
+    /// condemned token: the load handed it out as the previous token).
+    #[tokio::test]
+    async fn a_refused_token_is_never_loaded_into_the_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        store
+            .sync_config(
+                clock.now(),
+                &[linetokd::store::ChannelSpec {
+                    id: channel(),
+                    name: "chan".into(),
+                    groups: vec![group()],
+                    fingerprint: None,
+                    short_lived: Vec::new(),
+                }],
+            )
+            .unwrap();
+        let t0 = clock.now();
+        for (i, (key, value)) in [("leaked", "eyJ.leaked-token.sig"), ("fresh", TOKEN)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = t0 + Duration::seconds(i64::try_from(i).unwrap());
+            let intent = store.begin_issue(at, &channel(), &group()).unwrap();
+            let token = linetokd::store::IssuedToken {
+                key_id: KeyId::new(key),
+                value: AccessToken::new(value),
+                issued_at: at,
+                expires_at: at + Duration::days(30),
+                verified_at: Some(at),
+            };
+            store.complete_issue(at, intent, &token, &[]).unwrap();
+        }
+        store
+            .mark_refused(t0 + Duration::seconds(2), &KeyId::new("leaked"), "leaked")
+            .unwrap();
+        clock.set(t0 + Duration::seconds(3));
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let path = out.join("backend.json");
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: vec![json_sink(&path)],
+                hook: None,
+            },
+            HookRetry::default(),
+        )
+        .await;
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(written.contains(TOKEN), "{written}");
+        assert!(!written.contains("leaked"), "{written}");
+        running.stop().await;
+    }
+
     /// A json sink at `path`, mode 0600.
     fn json_sink(path: &Path) -> SinkSpec {
         SinkSpec {
