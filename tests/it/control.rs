@@ -23,7 +23,7 @@ use linetokd::clock::{Clock as _, SharedClock};
 use linetokd::config::Settings;
 use linetokd::control::{self, ControlError, ControlServer, Request, Response};
 use linetokd::domain::{ChannelId, GroupName, KeyId};
-use linetokd::policy::{IssueReason, RevokeReason};
+use linetokd::policy::{IssueReason, RevokeReason, StepKind};
 use linetokd::rotator::RotationEvent;
 use linetokd::sandbox::SandboxTokenState;
 use tempfile::TempDir;
@@ -433,6 +433,23 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
         .unwrap()
         .unwrap();
     assert!(leaked.record.refused_at.is_some(), "{leaked:?}");
+    // With the incident's issue the streak ended, so the daemon tries to
+    // revoke the refused token, and LINE refuses the secret again. Waited
+    // for, so that the reload below comes after it: a call with the old
+    // secret still in flight at the reload would hold the group again
+    // (found when this test hung under load).
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), lab.events.recv())
+            .await
+            .expect("no refused revoke within 30 s")
+            .unwrap();
+        if let RotationEvent::Failed { group, step, .. } = event
+            && group.as_str() == "a"
+            && step == StepKind::Revoke
+        {
+            break;
+        }
+    }
     // The secret fixed and the config reloaded: the leaked token is
     // revoked at LINE, and the fresh one stays.
     let secret = lab.dir.path().join("secret");
@@ -444,7 +461,11 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
         .unwrap();
     lab.daemon().reload(&valid).await.unwrap();
     let revoked = loop {
-        match lab.events.recv().await.unwrap() {
+        let event = tokio::time::timeout(Duration::from_secs(30), lab.events.recv())
+            .await
+            .expect("the leaked token was not revoked within 30 s of the reload")
+            .unwrap();
+        match event {
             RotationEvent::Revoked { key_id, reason, .. } => break (key_id, reason),
             RotationEvent::Issued { group, .. } => panic!("{group} was issued another token"),
             _ => {}
