@@ -1212,7 +1212,14 @@ impl Rotator {
         let group = &view.group;
         let rules: std::sync::Arc<Rules> = self.rules();
         let now = self.clock.now();
-        let kind = error.kind();
+        // A permanent failure with a key, kid or secret a reload has since
+        // replaced says nothing about the new one: recorded as permanent,
+        // it would hold the group for `permanent_interval` after the fix
+        // (found when a test reloading a fixed secret hung under load).
+        let kind = match error.kind() {
+            FailureKind::Permanent if !self.in_force(setup) => FailureKind::Transient,
+            kind => kind,
+        };
         let retry = RetryState::after_failure(
             view.retry.as_ref(),
             now,

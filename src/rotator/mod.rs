@@ -281,6 +281,13 @@ impl Rotator {
         channels.by_id.get(channel).cloned()
     }
 
+    /// Whether `setup` is still its channel's setup in force: a reload
+    /// replaces every channel's.
+    fn in_force(&self, setup: &ChannelSetup) -> bool {
+        self.setup(&setup.id)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(&s), setup))
+    }
+
     /// Asks for a rotation of one group, or of every group of the channel,
     /// now (`linetokd rotate`): a request row per group, and the channel's
     /// failure streaks and holds end (the operator says "try now"). `by`
@@ -556,7 +563,9 @@ impl Rotator {
         cancel: &CancellationToken,
     ) -> Result<DateTime<Utc>, StoreError> {
         for _ in 0..MAX_ROUNDS {
-            if cancel.is_cancelled() {
+            // A reload replaced the setup: the channel is worked again at
+            // once with the new one (its key, kid and secret).
+            if cancel.is_cancelled() || !self.in_force(setup) {
                 return Ok(self.clock.now());
             }
             match self.round(setup, cancel).await {
