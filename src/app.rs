@@ -1529,6 +1529,7 @@ pub fn channel_setups(config: &ValidConfig) -> anyhow::Result<Vec<ChannelSetup>>
                 signer,
                 secret: c.secret.clone(),
                 groups: c.groups.iter().map(|g| g.name.clone()).collect(),
+                fingerprint: Some(channel_fingerprint(c)),
             })
         })
         .collect()

@@ -1129,7 +1129,9 @@ fn long_lived_retire_cmd(path: &Path, channel: &str, yes: bool) -> Result<(), Fa
 }
 
 /// `token`: print the group's newest live, unexpired token from the store,
-/// opened read-only so it works beside a running daemon.
+/// opened read-only so it works beside a running daemon. A refused token
+/// (verify refused it, or an incident condemned it) is never printed, as
+/// delivery never hands one out.
 fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failure> {
     let config = load_config_or_in_force(path)?;
     let configured = config.channel(channel).ok_or_else(|| {
@@ -1154,7 +1156,11 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
     let now = chrono::Utc::now();
     let current = tokens
         .iter()
-        .filter(|t| t.record.state == TokenState::Live && t.record.expires_at > now)
+        .filter(|t| {
+            t.record.state == TokenState::Live
+                && t.record.refused_at.is_none()
+                && t.record.expires_at > now
+        })
         .max_by_key(|t| (t.record.issued_at, t.record.expires_at));
     match current {
         Some(token) => emit_line(token.value.expose()),

@@ -34,6 +34,11 @@ pub enum RotationEvent {
         /// False when LINE's verify could not be reached right after issue
         /// (the token is published anyway: LINE issued it a moment ago).
         verified: bool,
+        /// The group's tokens this issue condemned: an incident it carried
+        /// out could not revoke them (LINE refused the secret). Consumers
+        /// are handed none of them from this event on, not even as the
+        /// previous token; a `Gone` for each follows.
+        condemned: Vec<KeyId>,
     },
     /// A token of ours was revoked at LINE.
     Revoked {
@@ -53,8 +58,10 @@ pub enum RotationEvent {
         /// Their key IDs.
         key_ids: Vec<KeyId>,
     },
-    /// A token of ours is no longer accepted by LINE without our doing
-    /// (missing from the key-ID list, or refused by verify).
+    /// A token of ours must no longer be handed out: LINE no longer
+    /// accepts it without our doing (missing from the key-ID list, or
+    /// refused by verify), or an incident condemned it (LINE still accepts
+    /// it until linetokd can revoke it).
     Gone {
         /// The channel.
         channel: ChannelId,

@@ -1,6 +1,7 @@
 //! What a request does: asks the engine through the [`Engine`] contract,
 //! then waits for its outcome on the engine's events and request rows.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,8 +265,8 @@ impl ControlHandler {
 
     /// An incident whose revoke LINE refused for good, in a group holding
     /// two live tokens: neither can be revoked, and a group never holds
-    /// three, so the fresh token comes only when the older expires, which
-    /// may be days off. The answer says so at once, naming both, rather
+    /// three, so the fresh token comes only when the first of them expires,
+    /// which may be days off, or after a reload with the fixed secret. The answer says so at once, naming both, rather
     /// than "still in progress" after the wait (found by an outside test).
     async fn explain_the_wait(&self, work: &mut Work) {
         for i in 0..work.reports.len() {
@@ -280,11 +281,20 @@ impl ControlHandler {
             let Some(live) = self.rotator.live_tokens(&work.channel, &group).await else {
                 continue;
             };
-            if let [(older, until), (newer, _), ..] = live.as_slice() {
+            // The fresh token comes when the group is down to one live
+            // token: at the second-latest expiry (what the plan waits for).
+            let mut by_expiry = live.clone();
+            by_expiry.sort_by_key(|(_, until)| *until);
+            if let Some((older, until)) = by_expiry.len().checked_sub(2).map(|k| &by_expiry[k]) {
+                let keys: Vec<&KeyId> = live.iter().map(|(k, _)| k).collect();
                 work.reports[i].failure = Some(format!(
-                    "the group holds two live tokens, {older} and {newer}, which both live until \
-                     they expire; a group never holds three, so the fresh token comes when \
-                     {older} expires at {}, and the daemon issues it then",
+                    "the group holds {} live tokens, {}, and LINE refused to revoke them; a \
+                     group never holds more than two, so the fresh token comes when {older} \
+                     expires at {}, or at once after a reload with the fixed secret (they \
+                     are then revoked first); until then consumers keep being handed them, \
+                     the only tokens the group has",
+                    keys.len(),
+                    joined(&keys),
                     until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ));
             }
@@ -431,9 +441,13 @@ impl Work {
                 group,
                 key_id,
                 expires_at,
+                condemned,
                 ..
             } => {
                 if let Some(i) = self.index(channel, group) {
+                    if let (Some(refusal), false) = (&mut self.unrevoked[i], condemned.is_empty()) {
+                        let _ = write!(refusal, " (condemned: {})", joined(condemned));
+                    }
                     let r = &mut self.reports[i];
                     r.issued = Some(IssuedKey {
                         key_id: key_id.clone(),
@@ -471,8 +485,10 @@ impl Work {
                         // does not retry this revoke (the group plans as
                         // without the secret until the streak ends).
                         self.unrevoked[i] = Some(format!(
-                            "{step}: {error}; the leaked token was not revoked and lives \
-                             until it expires{}",
+                            "{step}: {error}; the leaked token stays live at LINE until \
+                             the secret works: once the fresh token is out it is handed \
+                             out no more, and the daemon revokes it after a reload with \
+                             the fixed secret{}",
                             reload_hint(*kind)
                         ));
                     } else if *step == StepKind::Revoke && *kind == FailureKind::Permanent {

@@ -537,6 +537,7 @@ impl Delivery {
                 token,
                 issued_at,
                 expires_at,
+                condemned,
                 ..
             } => {
                 let now = self.clock.now();
@@ -546,8 +547,16 @@ impl Delivery {
                     issued_at,
                     expires_at,
                 };
-                self.book
-                    .update(&channel, &group, |g| g.with_new(published.clone(), now));
+                // A token the issue condemned (a leaked one an incident
+                // could not revoke) goes in the same update: it is never
+                // the previous token, not even between two writes.
+                self.book.update(&channel, &group, |g| {
+                    condemned
+                        .iter()
+                        .fold(g.with_new(published.clone(), now), |g, key_id| {
+                            g.without(key_id)
+                        })
+                });
                 self.write_sinks(&channel, &group).await;
                 self.start_hook(&channel, &group, published);
             }

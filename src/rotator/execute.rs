@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChannelSetup, RotationEvent, Rotator, error_chain, revoke_reason_text};
 use crate::domain::{
-    AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, RequestKind, TokenKind, TokenState,
+    AccessToken, ChannelSecret, FailureKind, GroupName, KeyId, TokenKind, TokenState,
 };
 use crate::line::jwt::AssertionSigner;
 use crate::line::{LineError, SignedAssertion, Verification};
@@ -642,7 +642,7 @@ impl Rotator {
             let intent = match journaled {
                 Ok((written, intent)) => {
                     if let Some(prev) = answered.take() {
-                        let (pj, written) = (prev.j, written.unwrap_or(Ok(())));
+                        let (pj, written) = (prev.j, written.unwrap_or(Ok(Vec::new())));
                         outcomes[pj] =
                             Some(self.finish(setup, state, &jobs[pj], prev, written).await);
                     }
@@ -699,7 +699,7 @@ impl Rotator {
         if let Some(mut last) = answered.take() {
             let written = match last.record.take() {
                 Some(record) => self.db(move |store| record.write(store)).await,
-                None => Ok(()),
+                None => Ok(Vec::new()),
             };
             let lj = last.j;
             outcomes[lj] = Some(self.finish(setup, state, &jobs[lj], last, written).await);
@@ -707,16 +707,17 @@ impl Rotator {
         outcomes
     }
 
-    /// What an answer comes to once the store recorded it (`written`): a
-    /// published token, LINE's failure (the channel held when it was full),
-    /// or the store's failure (under a lease, the token is then an orphan).
+    /// What an answer comes to once the store recorded it (`written`, with
+    /// the tokens the issue condemned): a published token, LINE's failure
+    /// (the channel held when it was full), or the store's failure (under a
+    /// lease, the token is then an orphan).
     async fn finish(
         &self,
         setup: &ChannelSetup,
         state: &ChannelState,
         job: &IssueJob<'_>,
         answered: Answered,
-        written: Result<(), StoreError>,
+        written: Result<Vec<KeyId>, StoreError>,
     ) -> Result<(), StepError> {
         let group = &state.groups[job.gi];
         let intent = answered.intent;
@@ -725,7 +726,7 @@ impl Rotator {
                 self.metrics.rotation(&setup.id, &group.group, false);
                 Err(StepError::Store(e))
             }
-            (Answer::Failed { error, .. }, Ok(())) => {
+            (Answer::Failed { error, .. }, Ok(_)) => {
                 self.metrics.rotation(&setup.id, &group.group, false);
                 if classify(&error) == FailureKind::ChannelFull {
                     self.hold_full_channel(setup, state, &group.group, intent.get(), error)
@@ -738,7 +739,9 @@ impl Rotator {
                 self.unstored(setup, group, intent, &got, &e).await;
                 Err(StepError::Store(e))
             }
-            (Answer::Issued(got), Ok(())) => self.published(setup, group, job.reason, got),
+            (Answer::Issued(got), Ok(condemned)) => {
+                self.published(setup, group, job.reason, got, condemned)
+            }
         }
     }
 
@@ -909,14 +912,16 @@ impl Rotator {
     }
 
     /// A token LINE issued and verify accepted, now stored: counted,
-    /// logged and published. One verify refused is stored too, and fails
-    /// the step: the group retries on the transient schedule.
+    /// logged and published, without the tokens its store write condemned
+    /// (`condemned`). One verify refused is stored too, and fails the step:
+    /// the group retries on the transient schedule.
     fn published(
         &self,
         setup: &ChannelSetup,
         group: &GroupView,
         reason: IssueReason,
         got: Got,
+        condemned: Vec<KeyId>,
     ) -> Result<(), StepError> {
         let Got {
             issued,
@@ -954,27 +959,21 @@ impl Rotator {
             expires_at,
             reason,
             verified: verified_at.is_some(),
+            condemned: condemned.clone(),
         });
         // The incident's tokens still live were marked refused with this
-        // issue (`Store::complete_issue`): consumers must not be handed them
-        // as the previous token. Only a group that cannot revoke has any:
-        // otherwise the plan revoked every one before the issue (`group` is
-        // the state from before the plan).
-        if let Some(incident) = group
-            .request(RequestKind::Incident)
-            .filter(|_| !group.revokes())
-        {
-            for t in group
-                .live(issued_at)
-                .filter(|t| t.issued_at <= incident.at && t.refused_at.is_none())
-            {
-                tracing::warn!(channel = %setup.id, group = %group.group, key_id = %t.key_id, "{}", crate::store::CONDEMNED);
-                self.emit(RotationEvent::Gone {
-                    channel: setup.id.clone(),
-                    key_id: t.key_id.clone(),
-                    why: crate::store::CONDEMNED.to_owned(),
-                });
-            }
+        // issue (`Store::complete_issue`). Delivery dropped them with the
+        // publish above, so consumers were never handed one as the previous
+        // token; the `Gone` tells every other listener. Only a group that
+        // cannot revoke has any: otherwise the plan revoked each before the
+        // issue.
+        for key_id in condemned {
+            tracing::warn!(channel = %setup.id, group = %group.group, key_id = %key_id, "{}", crate::store::CONDEMNED);
+            self.emit(RotationEvent::Gone {
+                channel: setup.id.clone(),
+                key_id,
+                why: crate::store::CONDEMNED.to_owned(),
+            });
         }
         Ok(())
     }
@@ -1212,14 +1211,7 @@ impl Rotator {
         let group = &view.group;
         let rules: std::sync::Arc<Rules> = self.rules();
         let now = self.clock.now();
-        // A permanent failure with a key, kid or secret a reload has since
-        // replaced says nothing about the new one: recorded as permanent,
-        // it would hold the group for `permanent_interval` after the fix
-        // (found when a test reloading a fixed secret hung under load).
-        let kind = match error.kind() {
-            FailureKind::Permanent if !self.in_force(setup) => FailureKind::Transient,
-            kind => kind,
-        };
+        let kind = error.kind();
         let retry = RetryState::after_failure(
             view.retry.as_ref(),
             now,
@@ -1239,16 +1231,6 @@ impl Rotator {
             StepError::Line(e) => e.request_id().unwrap_or("-").to_owned(),
             _ => "-".to_owned(),
         };
-        tracing::warn!(
-            channel = %setup.id,
-            group = %group,
-            step = step.name(),
-            kind = %kind,
-            request_id,
-            failures = retry.failures,
-            retry_at = %retry.not_before,
-            "{step} failed: {text}"
-        );
         let runtime = GroupRuntime {
             last_error: Some(format!("{step}: {text}")),
             last_error_at: Some(now),
@@ -1264,23 +1246,53 @@ impl Rotator {
             _ => None,
         };
         let (channel, group_name, detail) = (setup.id.clone(), group.clone(), text.clone());
-        self.db(move |store| {
-            store.set_group_runtime(&channel, &group_name, &runtime)?;
-            if let Some(kind) = event_kind {
-                store.record_event(
-                    now,
-                    &NewEvent {
-                        channel_id: channel.clone(),
-                        group: Some(group_name.clone()),
-                        key_id: None,
-                        kind,
-                        detail,
-                    },
-                )?;
-            }
-            Ok(())
-        })
-        .await?;
+        let under = setup.fingerprint.clone();
+        let recorded = self
+            .db(move |store| {
+                // A failure with a key, kid or secret a reload has since
+                // replaced says nothing about the new ones: recorded, a
+                // permanent one would hold the group for `permanent_interval`
+                // after the fix (found when a test reloading a fixed secret hung
+                // under load; the reload may end the streaks while this call is
+                // in flight).
+                if !store.record_group_failure(&channel, &group_name, &runtime, under.as_deref())? {
+                    return Ok(false);
+                }
+                if let Some(kind) = event_kind {
+                    store.record_event(
+                        now,
+                        &NewEvent {
+                            channel_id: channel.clone(),
+                            group: Some(group_name.clone()),
+                            key_id: None,
+                            kind,
+                            detail,
+                        },
+                    )?;
+                }
+                Ok(true)
+            })
+            .await?;
+        if !recorded {
+            tracing::info!(
+                channel = %setup.id,
+                group = %group,
+                step = step.name(),
+                request_id,
+                "{step} failed with the key, kid or secret a reload has replaced since; not counted, the channel is worked again with the new ones: {text}"
+            );
+            return Ok(());
+        }
+        tracing::warn!(
+            channel = %setup.id,
+            group = %group,
+            step = step.name(),
+            kind = %kind,
+            request_id,
+            failures = retry.failures,
+            retry_at = %retry.not_before,
+            "{step} failed: {text}"
+        );
         self.emit(RotationEvent::Failed {
             channel: setup.id.clone(),
             group: group.clone(),
@@ -1326,28 +1338,38 @@ impl Rotator {
             },
         );
         let text = error.describe();
-        tracing::warn!(channel = %setup.id, kind = %kind, failures = retry.failures, retry_at = %retry.not_before, "listing the channel's key IDs failed: {text}");
         let runtime = ReconcileRuntime {
             failures: retry.failures,
             retry_not_before: Some(retry.not_before),
             error: Some(text.clone()),
         };
         let (channel, detail) = (setup.id.clone(), text.clone());
-        self.db(move |store| {
-            store.set_reconcile_runtime(&channel, &runtime)?;
-            store.record_event(
-                now,
-                &NewEvent {
-                    channel_id: channel.clone(),
-                    group: None,
-                    key_id: None,
-                    kind: EventKind::ReconcileFailed,
-                    detail,
-                },
-            )?;
-            Ok(())
-        })
-        .await?;
+        let under = setup.fingerprint.clone();
+        let recorded = self
+            .db(move |store| {
+                // As for a group's failure: one made with replaced credentials
+                // is not the channel's.
+                if !store.record_listing_failure(&channel, &runtime, under.as_deref())? {
+                    return Ok(false);
+                }
+                store.record_event(
+                    now,
+                    &NewEvent {
+                        channel_id: channel.clone(),
+                        group: None,
+                        key_id: None,
+                        kind: EventKind::ReconcileFailed,
+                        detail,
+                    },
+                )?;
+                Ok(true)
+            })
+            .await?;
+        if !recorded {
+            tracing::info!(channel = %setup.id, "listing the channel's key IDs failed with the key or kid a reload has replaced since; not counted: {text}");
+            return Ok(());
+        }
+        tracing::warn!(channel = %setup.id, kind = %kind, failures = retry.failures, retry_at = %retry.not_before, "listing the channel's key IDs failed: {text}");
         self.emit(RotationEvent::ListingFailed {
             channel: setup.id.clone(),
             groups: state
@@ -1554,21 +1576,25 @@ impl Record {
         }
     }
 
-    fn write(&self, store: &Store) -> Result<(), StoreError> {
+    /// Writes the answer; for an issued token, returns the key IDs its
+    /// store write condemned.
+    fn write(&self, store: &Store) -> Result<Vec<KeyId>, StoreError> {
         match self {
             Self::Failed {
                 intent,
                 at,
                 text,
                 maybe,
-            } => store.fail_issue(*at, *intent, text, *maybe),
+            } => store
+                .fail_issue(*at, *intent, text, *maybe)
+                .map(|()| Vec::new()),
             Self::Issued {
                 intent,
                 token,
                 closes,
                 refused,
             } => {
-                store.complete_issue(token.issued_at, *intent, token, closes)?;
+                let completed = store.complete_issue(token.issued_at, *intent, token, closes)?;
                 if let Some(why) = refused {
                     store.mark_refused(
                         token.issued_at,
@@ -1576,7 +1602,7 @@ impl Record {
                         &format!("the new token failed verification: {why}"),
                     )?;
                 }
-                Ok(())
+                Ok(completed.condemned)
             }
         }
     }

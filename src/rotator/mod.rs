@@ -76,6 +76,11 @@ pub struct ChannelSetup {
     pub secret: Option<ChannelSecret>,
     /// The configured groups.
     pub groups: Vec<GroupName>,
+    /// The digest of its credentials (ID, kid, key, secret) that the store
+    /// keeps as `channels.config_fingerprint`; `None` where the caller keeps
+    /// none. A failure of a call made under a digest the store no longer
+    /// holds (a reload replaced it) is not recorded.
+    pub fingerprint: Option<String>,
 }
 
 /// Everything a [`Rotator`] is built from.

@@ -116,6 +116,17 @@ pub struct IssuedToken {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
+/// What [`Store::complete_issue`] did: the token as stored, and the
+/// group's tokens it condemned (an incident the issue carried out could
+/// not revoke them), which consumers must be handed no more.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The new token, read back.
+    pub token: StoredToken,
+    /// Key IDs marked refused with it (`super::CONDEMNED`).
+    pub condemned: Vec<KeyId>,
+}
+
 /// The columns every intent query selects, in the order
 /// [`intent_from_row`] reads them.
 const INTENT_COLUMNS: &str =
@@ -248,8 +259,10 @@ impl Store {
     /// Stores the token LINE issued for `intent` and closes the intent, in
     /// one transaction, with an `issued` event. If the key ID had been seen
     /// as foreign (a reconcile ran while LINE was answering), it is ours and
-    /// leaves the foreign list. After this returns the token is durable and
-    /// may be published.
+    /// leaves the foreign list. The operator requests `closes` end with it;
+    /// the group's tokens an incident among them could not revoke are
+    /// condemned in the same transaction, and returned. After this returns
+    /// the token is durable and may be published.
     ///
     /// # Errors
     ///
@@ -262,7 +275,7 @@ impl Store {
         intent: IntentId,
         token: &IssuedToken,
         closes: &[i64],
-    ) -> Result<StoredToken, StoreError> {
+    ) -> Result<Completed, StoreError> {
         self.write_db("storing an issued token", |tx| {
             let journal = open_intent(tx, intent)?;
             // Delivered at commit: the other instances publish it at once.
@@ -317,7 +330,7 @@ impl Store {
             // The operator requests this issue carries out end with it, in
             // the same transaction: a crash never leaves a request done
             // without its token, or a token without its request closed.
-            super::requests::condemn_survivors(
+            let condemned = super::requests::condemn_survivors(
                 tx,
                 now,
                 &journal.channel_id,
@@ -335,8 +348,12 @@ impl Store {
                 EventKind::Issued,
                 &format!("expires at {}", token.expires_at.to_rfc3339()),
             )?;
-            load_token(tx, values, &token.key_id)?.ok_or_else(|| {
+            let stored = load_token(tx, values, &token.key_id)?.ok_or_else(|| {
                 Fail::Corrupt("the token just stored cannot be read back".to_owned())
+            })?;
+            Ok(Completed {
+                token: stored,
+                condemned,
             })
         })
     }

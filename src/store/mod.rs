@@ -95,7 +95,7 @@ pub use alerts::{AlertChanges, AlertLabel, AlertRecord, AlertScope, AlertSpec, f
 pub use error::StoreError;
 pub use events::{Event, EventKind, NewEvent};
 pub use foreign::{ForeignKid, ReconcileReport};
-pub use intents::{IntentId, IntentOutcome, IssueIntent, IssuedToken};
+pub use intents::{Completed, IntentId, IntentOutcome, IssueIntent, IssuedToken};
 pub use leases::{HaState, OrphanRow};
 pub use lock::WriterLock;
 pub use login::{

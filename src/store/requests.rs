@@ -182,9 +182,6 @@ impl Store {
     }
 }
 
-/// Closes the open requests `ids` of `channel` inside the caller's
-/// transaction. Requests of another channel or already closed are left
-/// alone.
 /// What marks a token an incident could not revoke: the words of its
 /// `refused` event.
 pub const CONDEMNED: &str = "leaked: the incident that condemned it could not revoke it (LINE \
@@ -197,7 +194,8 @@ pub const CONDEMNED: &str = "leaked: the incident that condemned it could not re
 /// handed out and left to expire; refused, they are never handed out
 /// again and are revoked as soon as the secret works (a reload with the
 /// fixed secret). (Found by an outside test: a reload with the fixed
-/// secret left the leaked token live for the rest of its life.)
+/// secret left the leaked token live for the rest of its life.) Returns
+/// their key IDs, which the caller takes out of what consumers are handed.
 pub(super) fn condemn_survivors(
     tx: &dyn Db,
     now: DateTime<Utc>,
@@ -205,11 +203,12 @@ pub(super) fn condemn_survivors(
     group: &GroupName,
     closes: &[i64],
     fresh: &KeyId,
-) -> Result<(), Fail> {
+) -> Result<Vec<KeyId>, Fail> {
+    let mut condemned = Vec::new();
     for &id in closes {
         let incident_at = tx.query_opt(
             "SELECT requested_at FROM requests WHERE id = ?1 AND channel_id = ?2 \
-             AND kind = 'incident'",
+             AND kind = 'incident' AND done_at IS NULL",
             p![id, channel.as_str()],
             |row| row.get_int(0),
         )?;
@@ -222,7 +221,7 @@ pub(super) fn condemn_survivors(
             p![channel.as_str(), group.as_str(), at, fresh.as_str()],
             |row| row.get_text(0),
         )?;
-        for key in survivors {
+        for key in survivors.into_iter().map(KeyId::new) {
             tx.execute(
                 "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
                 p![key.as_str(), millis(now)],
@@ -232,15 +231,19 @@ pub(super) fn condemn_survivors(
                 now,
                 channel,
                 Some(group),
-                Some(&KeyId::new(key)),
+                Some(&key),
                 EventKind::Refused,
                 CONDEMNED,
             )?;
+            condemned.push(key);
         }
     }
-    Ok(())
+    Ok(condemned)
 }
 
+/// Closes the open requests `ids` of `channel` inside the caller's
+/// transaction. Requests of another channel or already closed are left
+/// alone.
 pub(super) fn close_in(
     tx: &dyn Db,
     now: DateTime<Utc>,

@@ -379,36 +379,86 @@ impl Store {
         runtime: &GroupRuntime,
     ) -> Result<(), StoreError> {
         self.write_db("saving a group's runtime state", |tx| {
-            let last_error = runtime
-                .last_error
-                .as_deref()
-                .map(|e| screen(tx, e))
-                .transpose()?;
-            let changed = tx.execute(
-                "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
-                 retry_not_before = ?6, failure_kind = ?7, failed_step = ?8 \
-                 WHERE channel_id = ?1 AND name = ?2",
-                p![
-                    channel.as_str(),
-                    group.as_str(),
-                    last_error.as_deref(),
-                    runtime.last_error_at.map(millis),
-                    runtime.consecutive_failures,
-                    runtime.retry_not_before.map(millis),
-                    runtime.failure_kind.map(FailureKind::as_str),
-                    runtime.failed_step.as_deref(),
-                ],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::UnknownGroup {
-                    channel: channel.clone(),
-                    group: group.clone(),
-                }
-                .into());
-            }
-            Ok(())
+            write_group_runtime(tx, channel, group, runtime)
         })
     }
+
+    /// [`Store::set_group_runtime`] for a failure of a call made with the
+    /// channel's credentials digest `under` (`channels.config_fingerprint`):
+    /// not recorded, and false, when the store holds another digest, that
+    /// is, when a reload replaced the key, kid or secret after the call
+    /// went out. Checked in the write's own transaction, so a failure with
+    /// the old secret can never land after the reload ended the streaks
+    /// (found by review and by a test that hung under load: it held the
+    /// group for `permanent_interval` with the fixed secret).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::set_group_runtime`].
+    pub fn record_group_failure(
+        &self,
+        channel: &ChannelId,
+        group: &GroupName,
+        runtime: &GroupRuntime,
+        under: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.write_db("saving a group's failure", |tx| {
+            if replaced(tx, channel, under)? {
+                return Ok(false);
+            }
+            write_group_runtime(tx, channel, group, runtime).map(|()| true)
+        })
+    }
+}
+
+/// True when `under` is a credentials digest other than the one the store
+/// holds for `channel`: a reload changed the channel since.
+fn replaced(tx: &dyn Db, channel: &ChannelId, under: Option<&str>) -> Result<bool, Fail> {
+    let Some(under) = under else {
+        return Ok(false);
+    };
+    let stored = tx.query_opt(
+        "SELECT config_fingerprint FROM channels WHERE id = ?1",
+        p![channel.as_str()],
+        |row| row.text(0),
+    )?;
+    Ok(stored.flatten().is_some_and(|stored| stored != under))
+}
+
+fn write_group_runtime(
+    tx: &dyn Db,
+    channel: &ChannelId,
+    group: &GroupName,
+    runtime: &GroupRuntime,
+) -> Result<(), Fail> {
+    let last_error = runtime
+        .last_error
+        .as_deref()
+        .map(|e| screen(tx, e))
+        .transpose()?;
+    let changed = tx.execute(
+        "UPDATE groups SET last_error = ?3, last_error_at = ?4, consecutive_failures = ?5, \
+         retry_not_before = ?6, failure_kind = ?7, failed_step = ?8 \
+         WHERE channel_id = ?1 AND name = ?2",
+        p![
+            channel.as_str(),
+            group.as_str(),
+            last_error.as_deref(),
+            runtime.last_error_at.map(millis),
+            runtime.consecutive_failures,
+            runtime.retry_not_before.map(millis),
+            runtime.failure_kind.map(FailureKind::as_str),
+            runtime.failed_step.as_deref(),
+        ],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownGroup {
+            channel: channel.clone(),
+            group: group.clone(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 impl Store {
@@ -424,31 +474,62 @@ impl Store {
         runtime: &ReconcileRuntime,
     ) -> Result<(), StoreError> {
         self.write_db("saving a channel's listing streak", |tx| {
-            let error = runtime
-                .error
-                .as_deref()
-                .map(|e| screen(tx, e))
-                .transpose()?;
-            let changed = tx.execute(
-                "UPDATE channels SET reconcile_failures = ?2, reconcile_retry_not_before = ?3, \
-                 reconcile_error = ?4 WHERE id = ?1",
-                p![
-                    channel.as_str(),
-                    runtime.failures,
-                    runtime.retry_not_before.map(millis),
-                    error.as_deref()
-                ],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::UnknownChannel {
-                    channel: channel.clone(),
-                }
-                .into());
-            }
-            Ok(())
+            write_reconcile_runtime(tx, channel, runtime)
         })
     }
 
+    /// [`Store::set_reconcile_runtime`] for a listing made with the
+    /// credentials digest `under`: not recorded, and false, when a reload
+    /// has replaced them since (as [`Store::record_group_failure`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::set_reconcile_runtime`].
+    pub fn record_listing_failure(
+        &self,
+        channel: &ChannelId,
+        runtime: &ReconcileRuntime,
+        under: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.write_db("saving a channel's listing failure", |tx| {
+            if replaced(tx, channel, under)? {
+                return Ok(false);
+            }
+            write_reconcile_runtime(tx, channel, runtime).map(|()| true)
+        })
+    }
+}
+
+fn write_reconcile_runtime(
+    tx: &dyn Db,
+    channel: &ChannelId,
+    runtime: &ReconcileRuntime,
+) -> Result<(), Fail> {
+    let error = runtime
+        .error
+        .as_deref()
+        .map(|e| screen(tx, e))
+        .transpose()?;
+    let changed = tx.execute(
+        "UPDATE channels SET reconcile_failures = ?2, reconcile_retry_not_before = ?3, \
+         reconcile_error = ?4 WHERE id = ?1",
+        p![
+            channel.as_str(),
+            runtime.failures,
+            runtime.retry_not_before.map(millis),
+            error.as_deref()
+        ],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownChannel {
+            channel: channel.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Store {
     /// Sets (after LINE's 30-token refusal) or clears (after we freed a
     /// slot) a channel's "full at LINE" hold.
     ///

@@ -340,6 +340,7 @@ impl DaemonLab {
                     group: g,
                     key_id,
                     reason,
+                    condemned,
                     ..
                 } => {
                     assert_eq!(g.as_str(), group, "another group was issued a token");
@@ -348,6 +349,7 @@ impl DaemonLab {
                         fresh: key_id,
                         revoked,
                         failed,
+                        condemned,
                     };
                 }
                 _ => {}
@@ -394,7 +396,8 @@ impl DaemonLab {
 /// then without one, until the failing revoke's slow retry. A revoke LINE
 /// refuses for good now makes the group plan as without the secret: the
 /// incident's fresh token is issued at once, and the leaked token is
-/// reported and left to expire.
+/// condemned: handed out no more, and revoked once a reload brings the
+/// fixed secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
     let mut lab = DaemonLab::start_with_secret("0123456789abcdef0123456789abcdef").await;
@@ -411,14 +414,21 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
     assert!(incident.failed, "the revoke was refused first: {text}");
     let sandbox = lab.at_sandbox();
     assert_eq!(sandbox[&fresh].0, SandboxTokenState::Live);
-    // The leaked token could not be revoked: it lives until it expires.
+    // The leaked token could not be revoked: it stays live at LINE, and
+    // the fresh token's publication condemned it (delivery dropped it in
+    // the same update: it was never the previous token, found by review).
     assert_eq!(sandbox[&first["a"]].0, SandboxTokenState::Live);
+    assert_eq!(incident.condemned, [first["a"].clone()]);
     // The answer waits for the fresh token and names it, with the
     // failure that stays: exit 1.
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(&format!("new token {fresh}")), "{text}");
     assert!(
-        text.contains("the leaked token was not revoked and lives until it expires"),
+        text.contains("the leaked token stays live at LINE until the secret works"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("(condemned: {})", first["a"])),
         "{text}"
     );
     assert!(text.contains("invalid_client"), "{text}");
@@ -512,7 +522,7 @@ async fn an_incident_whose_revoke_is_refused_with_two_live_tokens_says_what_it_w
         assert!(text.contains(key.as_str()), "{key} not named: {text}");
         assert_eq!(lab.at_sandbox()[key].0, SandboxTokenState::Live);
     }
-    assert!(text.contains("never holds three"), "{text}");
+    assert!(text.contains("never holds more than two"), "{text}");
     assert!(text.contains("invalid_client"), "{text}");
     lab.stop().await;
 }
@@ -846,4 +856,6 @@ struct Incident {
     revoked: Vec<KeyId>,
     /// Whether a step of the group failed before the fresh token.
     failed: bool,
+    /// The tokens the fresh token's issue condemned (its event says).
+    condemned: Vec<KeyId>,
 }

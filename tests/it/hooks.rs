@@ -830,6 +830,7 @@ async fn a_run_failing_every_attempt_raises_hook_failing_and_a_newer_tokens_succ
                 expires_at: at + chrono::Duration::days(30),
                 reason: IssueReason::NoCurrent,
                 verified: true,
+                condemned: Vec::new(),
             })
             .unwrap();
     };

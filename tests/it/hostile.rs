@@ -84,6 +84,7 @@ impl Engine {
                 signer: Some(signer),
                 secret: secret.map(ChannelSecret::new),
                 groups,
+                fingerprint: None,
             }],
             concurrency: 1,
             seed: Some(11),

@@ -153,6 +153,7 @@ fn rotator_on(db: &Path, base_url: &str, clock: ManualClock) -> (Arc<Rotator>, S
         groups: (0..GROUPS)
             .map(|g| GroupName::new(format!("g{g:02}")))
             .collect(),
+        fingerprint: None,
     };
     let rotator =
         support::one_channel_rotator(&store, base_url, &clock, Rules::default(), setup, 7);

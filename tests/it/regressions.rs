@@ -89,6 +89,7 @@ fn rotator_with_metrics(
             signer: Some(support::signer(CHANNEL, "regression-kid")),
             secret: None,
             groups,
+            fingerprint: None,
         }],
         concurrency: 1,
         seed: Some(7),

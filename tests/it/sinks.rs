@@ -778,6 +778,7 @@ mod service {
                 expires_at: start + Duration::days(30),
                 reason: IssueReason::NoCurrent,
                 verified: true,
+                condemned: Vec::new(),
             })
             .unwrap();
 
@@ -1005,6 +1006,7 @@ mod service {
                     expires_at: at + Duration::days(30),
                     reason: IssueReason::NoCurrent,
                     verified: true,
+                    condemned: Vec::new(),
                 })
                 .unwrap();
         }
@@ -1016,6 +1018,57 @@ mod service {
                 .expect("the delivery service stops")
                 .unwrap();
         }
+    }
+
+    /// An incident whose revoke LINE refused condemns the leaked token with
+    /// the fresh token's issue: delivery drops it in the same update that
+    /// publishes the fresh one, so no sink write and no token API answer
+    /// ever has it as the previous token (found by review: it was handed
+    /// out as the previous token until the `Gone` that followed).
+    #[tokio::test]
+    async fn a_token_the_issue_condemned_is_never_the_previous_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = support::manual_clock();
+        let store = Store::open(&dir.path().join("linetokd.db")).unwrap();
+        let path = dir.path().join("backend.json");
+        let running = Running::start(
+            &store,
+            &clock,
+            GroupDelivery {
+                sinks: vec![json_sink(&path)],
+                hook: None,
+            },
+            HookRetry::default(),
+        )
+        .await;
+        let mut health = running.delivery.sink_health();
+        let send = |key: &str, value: &str, condemned: Vec<KeyId>| {
+            let at = clock.now();
+            running
+                .events
+                .send(RotationEvent::Issued {
+                    channel: channel(),
+                    group: group(),
+                    key_id: KeyId::new(key),
+                    token: AccessToken::new(value),
+                    issued_at: at,
+                    expires_at: at + Duration::days(30),
+                    reason: IssueReason::Incident,
+                    verified: true,
+                    condemned,
+                })
+                .unwrap();
+        };
+        send("leaked", "eyJ.leaked-token.sig", Vec::new());
+        next_round(&mut health, 1).await;
+        assert!(std::fs::read_to_string(&path).unwrap().contains("leaked"));
+        clock.set(clock.now() + Duration::seconds(1));
+        send("fresh", TOKEN, vec![KeyId::new("leaked")]);
+        next_round(&mut health, 2).await;
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(written.contains(TOKEN), "{written}");
+        assert!(!written.contains("leaked"), "{written}");
+        running.stop().await;
     }
 
     /// Waits for the group's write round `round` to be done.

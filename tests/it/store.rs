@@ -356,7 +356,8 @@ fn complete_issue_stores_the_token_and_closes_the_intent_in_one_transaction() {
 
         let stored = store
             .complete_issue(at, intent, &issued("k1", "tok-1", at), &[])
-            .unwrap();
+            .unwrap()
+            .token;
         assert_eq!(stored.record.state, TokenState::Live);
         assert_eq!(stored.record.expires_at, at + Duration::days(30));
         assert_eq!(stored.intent, Some(intent));
@@ -3022,5 +3023,165 @@ fn encryption_at_open_seals_refuses_and_rekeys_on_both_backends() {
             store.token(&kid("k2")).unwrap().unwrap().value.expose(),
             "plain-value-two"
         );
+    }
+}
+
+#[test]
+fn an_issue_condemns_the_tokens_its_incidents_could_not_revoke_on_both_backends() {
+    use linetokd::domain::RequestKind;
+    for b in backends("condemn_survivors") {
+        let store = &b.store;
+        let name = b.name;
+        store
+            .sync_config(
+                t0(),
+                &[ChannelSpec {
+                    id: ch("1000"),
+                    name: "shop-bot".into(),
+                    groups: vec![gr("backend"), gr("crm")],
+                    fingerprint: None,
+                    short_lived: Vec::new(),
+                }],
+            )
+            .unwrap();
+        let at = |secs| t0() + Duration::seconds(secs);
+        let incident = |secs| {
+            store
+                .add_requests(
+                    at(secs),
+                    &ch("1000"),
+                    &[gr("backend")],
+                    RequestKind::Incident,
+                    "alice",
+                )
+                .unwrap()[0]
+        };
+        let complete = |key: &str, secs, closes: &[i64]| {
+            let intent = store
+                .begin_issue(at(secs), &ch("1000"), &gr("backend"))
+                .unwrap();
+            let mut condemned = store
+                .complete_issue(
+                    at(secs),
+                    intent,
+                    &issued(key, &format!("tok-{key}"), at(secs)),
+                    closes,
+                )
+                .unwrap()
+                .condemned;
+            condemned.sort();
+            condemned
+        };
+        let refused = |key: &str| store.token(&kid(key)).unwrap().unwrap().record.refused_at;
+        complete("k1", 0, &[]);
+        issue(store, "crm", "c1", "tok-c1", at(0));
+        let a = incident(30);
+        // A rotation in flight when the incident was filed: its token came
+        // after the leak, so the incident does not condemn it.
+        complete("k2", 60, &[]);
+        assert_eq!(complete("k3", 120, &[a]), [kid("k1")], "{name}");
+        assert_eq!(refused("k1"), Some(at(120)), "{name}");
+        assert_eq!(refused("k2"), None, "{name}");
+        assert_eq!(b.last_event().0, "issued", "{name}");
+        // A second incident condemns what it follows, the fresh token and
+        // the other group aside; the first, closed already, adds nothing.
+        let second = incident(150);
+        assert_eq!(
+            complete("k4", 180, &[a, second]),
+            [kid("k2"), kid("k3")],
+            "{name}"
+        );
+        for key in ["k2", "k3"] {
+            assert_eq!(refused(key), Some(at(180)), "{name}: {key}");
+        }
+        assert_eq!(refused("k1"), Some(at(120)), "{name}: condemned once");
+        assert_eq!((refused("k4"), refused("c1")), (None, None), "{name}");
+        assert_eq!(
+            b.texts(
+                "SELECT key_id FROM events WHERE kind = 'refused' ORDER BY id",
+                &[]
+            ),
+            ["k1", "k2", "k3"].map(|k| vec![Some(k.to_owned())]),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failure_under_replaced_credentials_is_not_recorded_on_both_backends() {
+    for b in backends("failure_under_replaced") {
+        let store = &b.store;
+        let name = b.name;
+        let spec = |fingerprint: &str| ChannelSpec {
+            id: ch("1000"),
+            name: "shop-bot".into(),
+            groups: vec![gr("backend")],
+            fingerprint: Some(fingerprint.into()),
+            short_lived: Vec::new(),
+        };
+        store.sync_config(t0(), &[spec("old")]).unwrap();
+        let failing = GroupRuntime {
+            consecutive_failures: 1,
+            retry_not_before: Some(t0() + Duration::minutes(30)),
+            failure_kind: Some(linetokd::domain::FailureKind::Permanent),
+            ..GroupRuntime::default()
+        };
+        let listing = ReconcileRuntime {
+            failures: 1,
+            retry_not_before: Some(t0() + Duration::minutes(30)),
+            error: Some("invalid_client".into()),
+        };
+        let runtime = || {
+            store
+                .group(&ch("1000"), &gr("backend"))
+                .unwrap()
+                .unwrap()
+                .runtime
+        };
+        let listing_failures = || {
+            store
+                .channel(&ch("1000"))
+                .unwrap()
+                .unwrap()
+                .reconcile
+                .failures
+        };
+        // Made under the digest the store holds (or none known): recorded.
+        let group = gr("backend");
+        for under in [Some("old"), None] {
+            assert!(
+                store
+                    .record_group_failure(&ch("1000"), &group, &failing, under)
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                store
+                    .record_listing_failure(&ch("1000"), &listing, under)
+                    .unwrap(),
+                "{name}"
+            );
+        }
+        assert_eq!(runtime(), failing, "{name}");
+        assert_eq!(listing_failures(), 1, "{name}");
+        // The reload with the fixed secret ends the streaks; a failure of a
+        // call made before it, with the old secret, lands after: not
+        // recorded, the streaks stay ended.
+        store.sync_config(t0(), &[spec("new")]).unwrap();
+        assert_eq!(runtime(), GroupRuntime::default(), "{name}");
+        assert!(
+            !store
+                .record_group_failure(&ch("1000"), &group, &failing, Some("old"))
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .record_listing_failure(&ch("1000"), &listing, Some("old"))
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(runtime(), GroupRuntime::default(), "{name}");
+        assert_eq!(listing_failures(), 0, "{name}");
     }
 }
