@@ -208,6 +208,43 @@ impl RetryState {
         }
     }
 
+    /// A "may have issued" streak of the group's issue whose attempts a
+    /// key-ID listing has since settled without finding a key ID nobody
+    /// holds: LINE issued nothing, so the streak goes on as a transient
+    /// one. Its retry comes at the transient backoff from `now`, no later
+    /// than the retry it had, and deadline-aware as in
+    /// [`RetryState::after_failure`]; and a next unknown answer is the
+    /// first of a run again, not a repeat held a minute even past the
+    /// deadline. (Two unknown answers in a row left a group without a
+    /// token for 49 s while LINE answered every other issue: an outside
+    /// test.) `None` for any other streak.
+    pub fn settled_nothing(
+        &self,
+        now: DateTime<Utc>,
+        u: f64,
+        rules: &RetryRules,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Option<RetryState> {
+        if self.kind != FailureKind::MaybeIssued || self.step != Some(StepKind::Issue) {
+            return None;
+        }
+        let wait = backoff_with(rules, self.failures, u);
+        let wait = match deadline {
+            Some(deadline) => {
+                let left = deadline.signed_duration_since(now);
+                let floor = time::non_negative(rules.base);
+                wait.min(left.max(floor.min(wait)))
+            }
+            None => wait,
+        };
+        Some(RetryState {
+            failures: self.failures,
+            kind: FailureKind::Transient,
+            step: self.step,
+            not_before: self.not_before.min(time::add(now, wait)),
+        })
+    }
+
     /// Whether the streak holds the group's steps of `step` until
     /// `not_before`. LINE limits and refuses each endpoint on its own, so
     /// a streak of these speaks only for the step it failed at:
@@ -223,12 +260,18 @@ impl RetryState {
     ///   incident's group on the leaked token, then without one, until the
     ///   revoke's slow retry: an outside test.)
     ///
+    /// - An issue answer that may have issued holds everything but the
+    ///   listing that settles it: that listing shows whether LINE issued,
+    ///   and when it did not, the streak goes on at the transient pace
+    ///   ([`RetryState::settled_nothing`]).
+    ///
     /// Any other streak holds every step: the group's next call to LINE
     /// waits for `not_before`.
     pub fn holds(&self, step: StepKind) -> bool {
         match (self.kind, self.step) {
             (FailureKind::RateLimited, Some(StepKind::Verify)) => step == StepKind::Verify,
             (FailureKind::Permanent, Some(StepKind::Revoke)) => step == StepKind::Revoke,
+            (FailureKind::MaybeIssued, Some(StepKind::Issue)) => step != StepKind::Reconcile,
             _ => true,
         }
     }
@@ -528,5 +571,52 @@ mod tests {
         };
         assert!(StepKind::ALL.into_iter().all(|step| unknown.holds(step)));
         assert!(!unknown.refuses_revokes());
+    }
+
+    #[test]
+    fn a_settled_unknown_outcome_goes_on_at_the_transient_pace() {
+        let r = RetryRules::default();
+        let unknown =
+            RetryState::after_failure(None, t0(), issue(FailureKind::MaybeIssued), 0.5, &r, None);
+        assert_eq!(unknown.not_before, t0() + MAYBE_ISSUED_FLOOR);
+        assert!(
+            !unknown.holds(StepKind::Reconcile),
+            "the listing settles it"
+        );
+        assert!(unknown.holds(StepKind::Issue) && unknown.holds(StepKind::Verify));
+        let now = t0() + Duration::seconds(1);
+        let settled = unknown.settled_nothing(now, 0.5, &r, None).unwrap();
+        assert_eq!(settled.kind, FailureKind::Transient);
+        assert_eq!(settled.failures, 1);
+        assert_eq!(settled.not_before, now + backoff_with(&r, 1, 0.5));
+        // A next unknown answer is the first of a run again: near the
+        // deadline it waits only the base, not a minute.
+        let deadline = now + Duration::seconds(2);
+        let next = RetryState::after_failure(
+            Some(&settled),
+            now,
+            issue(FailureKind::MaybeIssued),
+            0.5,
+            &r,
+            Some(deadline),
+        );
+        assert!(next.not_before <= now + r.base, "{next:?}");
+        // Deadline-aware, and never later than the retry it had.
+        let late = unknown
+            .settled_nothing(now, 1.0, &r, Some(now - Duration::seconds(1)))
+            .unwrap();
+        assert_eq!(late.not_before, now + backoff_with(&r, 1, 1.0).min(r.base));
+        let soon = RetryState {
+            not_before: now,
+            ..unknown.clone()
+        };
+        assert_eq!(
+            soon.settled_nothing(now, 1.0, &r, None).unwrap().not_before,
+            now
+        );
+        // Only a "may have issued" streak of the issue.
+        let transient =
+            RetryState::after_failure(None, t0(), issue(FailureKind::Transient), 0.5, &r, None);
+        assert_eq!(transient.settled_nothing(now, 0.5, &r, None), None);
     }
 }

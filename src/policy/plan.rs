@@ -886,6 +886,15 @@ fn plan_active(
     if let Some(reason) = reason {
         if let Some(until) = issue_retry_until {
             hold = Some(Hold::Retry { until });
+            // An attempt that may have issued is settled by a listing,
+            // which need not wait for the retry: asked for now, it shows
+            // whether LINE issued, and when it did not, the rotator ends
+            // the "may have issued" pace (`RetryState::settled_nothing`).
+            // (Waiting for the retry's minute left a group without a token
+            // for 49 s while LINE answered: an outside test.)
+            if listed && group.unsettled_attempts > 0 && lost_settle_from.is_none() {
+                reconcile = true;
+            }
         } else if room_at > now {
             hold = Some(Hold::OlderTokenLive { until: room_at });
             draft.wake(room_at);

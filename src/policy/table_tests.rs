@@ -1092,6 +1092,53 @@ fn an_incident_without_the_secret_still_issues_a_fresh_token() {
 // --- 5 Failures -----------------------------------------------------------------------
 
 #[test]
+fn an_answer_that_may_have_issued_is_settled_by_a_listing_at_once_not_at_the_retry() {
+    // Found by an outside test: the listing came only with the retry a
+    // minute later, and two unknown answers in a row then left the group
+    // 49 s without a token while LINE answered.
+    let now = t(29 * DAY);
+    let retry = RetryState {
+        failures: 1,
+        kind: FailureKind::MaybeIssued,
+        step: Some(StepKind::Issue),
+        not_before: now + Duration::minutes(1),
+    };
+    let g = GroupView {
+        retry: Some(retry.clone()),
+        unsettled_attempts: 1,
+        ..group(vec![tok30("a", 0)])
+    };
+    let c = ChannelView {
+        lost: 1,
+        ..channel(now, &g)
+    };
+    let p = plan(now, &g, &c);
+    assert_eq!(p.steps, vec![Step::Reconcile], "{p:?}");
+    assert_eq!(
+        p.hold,
+        Some(Hold::Retry {
+            until: retry.not_before
+        })
+    );
+    // Settled (nothing unsettled any more), the retry waits its time.
+    let settled = GroupView {
+        unsettled_attempts: 0,
+        ..g.clone()
+    };
+    let p = plan(now, &settled, &channel(now, &settled));
+    assert_eq!(p.steps, vec![], "{p:?}");
+    // Another streak that holds the issue holds the listing too.
+    let transient = GroupView {
+        retry: Some(RetryState {
+            kind: FailureKind::Transient,
+            ..retry
+        }),
+        ..g
+    };
+    assert_eq!(plan(now, &transient, &c).steps, vec![]);
+}
+
+#[test]
 fn a_429_to_a_verify_holds_the_verifies_not_a_due_rotation() {
     // Found by an outside test: a verify answered 429 with a day's
     // Retry-After held the group's due rotation until its deadline.

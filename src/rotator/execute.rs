@@ -135,7 +135,7 @@ impl Rotator {
                 self.line_allowed(&setup.id)?;
             }
             let outcome = match step {
-                Step::Reconcile => self.reconcile(setup).await,
+                Step::Reconcile => self.reconcile(setup, state).await,
                 Step::Revoke { key_id, reason } => {
                     self.revoke(setup, snapshot, group, key_id, *reason).await
                 }
@@ -254,16 +254,22 @@ impl Rotator {
         Ok(())
     }
 
-    async fn reconcile(&self, setup: &ChannelSetup) -> Result<(), StepError> {
+    async fn reconcile(&self, setup: &ChannelSetup, state: &ChannelState) -> Result<(), StepError> {
         // The store needs the time the list was asked for, not received: a
         // token issued after LINE built the list must not be marked gone;
-        // and the newest intent at that time, which the listing settles.
+        // and the newest intent at that time, which the listing settles
+        // when no takeover's attempt holds it back.
         let asked_at = self.clock.now();
-        let settles = {
+        let (settles, newest) = {
             let channel = setup.id.clone();
             let allowance = self.rules().line_clock_allowance;
-            self.db(move |store| store.settleable_through(&channel, asked_at, allowance))
-                .await?
+            self.db(move |store| {
+                Ok((
+                    store.settleable_through(&channel, asked_at, allowance)?,
+                    store.newest_intent_id(&channel)?,
+                ))
+            })
+            .await?
         };
         let kids = self
             .line
@@ -318,6 +324,58 @@ impl Rotator {
             });
         }
         tracing::debug!(channel = %setup.id, ours = report.ours_live, foreign = report.foreign_live, "reconciled with LINE");
+        if report.new_foreign.is_empty() && settles >= newest {
+            self.settled_nothing(setup, state).await?;
+        }
+        Ok(())
+    }
+
+    /// After a listing that settled every attempt of the channel and found
+    /// no key ID nobody holds: LINE issued nothing for the attempts of
+    /// unknown outcome, so their groups' "may have issued" streaks go on as
+    /// transient ones ([`RetryState::settled_nothing`]).
+    async fn settled_nothing(
+        &self,
+        setup: &ChannelSetup,
+        state: &ChannelState,
+    ) -> Result<(), StoreError> {
+        let rules = self.rules();
+        let now = self.clock.now();
+        for g in state
+            .groups
+            .iter()
+            .filter(|g| g.kind.is_listed() && g.unsettled_attempts > 0)
+        {
+            let Some(retry) = g.retry.as_ref().and_then(|r| {
+                r.settled_nothing(
+                    now,
+                    self.jitter(),
+                    &rules.retry,
+                    policy::deadline(now, g, &rules),
+                )
+            }) else {
+                continue;
+            };
+            let (channel, group, under) =
+                (setup.id.clone(), g.group.clone(), setup.fingerprint.clone());
+            let not_before = retry.not_before;
+            self.db(move |store| {
+                let Some(row) = store.group(&channel, &group)? else {
+                    return Ok(());
+                };
+                let runtime = GroupRuntime {
+                    consecutive_failures: retry.failures,
+                    retry_not_before: Some(retry.not_before),
+                    failure_kind: Some(retry.kind),
+                    ..row.runtime
+                };
+                store
+                    .record_group_failure(&channel, &group, &runtime, under.as_deref())
+                    .map(|_| ())
+            })
+            .await?;
+            tracing::info!(channel = %setup.id, group = %g.group, retry_at = %not_before, "the listing shows LINE issued nothing for the attempts of unknown outcome: retrying at the transient pace");
+        }
         Ok(())
     }
 

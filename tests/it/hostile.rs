@@ -186,6 +186,10 @@ enum IssueAnswer {
     /// 200 that replays the first token issued, with a mistyped
     /// `expires_in`: unusable, but carrying a token linetokd holds.
     ReplayBroken,
+    /// 200 with an HTML page: unusable, and LINE issued nothing.
+    Html,
+    /// 200 with an HTML page, LINE having issued (and listing) a token.
+    HtmlIssued,
 }
 
 /// A fake LINE: issues unique tokens (or fails as `answer` says), lists
@@ -230,6 +234,12 @@ impl FakeLine {
                     200,
                     r#"{"access_token":"hostile-token-0","token_type":"Bearer","expires_in":"soon","key_id":"kid-0"}"#,
                 ),
+                IssueAnswer::Html => Reply::json(200, "<html>maintenance</html>"),
+                IssueAnswer::HtmlIssued => {
+                    let i = n.fetch_add(1, Ordering::SeqCst);
+                    issued.lock().unwrap().push(format!("kid-{i}"));
+                    Reply::json(200, "<html>maintenance</html>")
+                }
                 IssueAnswer::EmptyToken => {
                     answered_empty.store(true, Ordering::SeqCst);
                     Reply::json(
@@ -538,9 +548,80 @@ async fn a_200_without_a_key_id_has_the_token_it_carried_revoked() {
     assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
 }
 
+/// Unusable answers in a row near the token's expiry, where LINE issued
+/// nothing: the listing that settles each comes at once, not at the
+/// retry, and finding nothing it ends the "may have issued" pace, so the
+/// retries come at the transient backoff. Found by an outside test: a
+/// timeout and a 200 without a key ID in a row held the second retry a
+/// minute, past the expiry, and the group went 49 s without a token while
+/// LINE answered. Where LINE did issue, the minute stays.
+#[tokio::test]
+async fn unusable_answers_that_issued_nothing_retry_at_the_transient_pace() {
+    let line = FakeLine::start(IssueAnswer::Token).await;
+    let (clock, engine) = line.engine(None);
+    let t0 = clock.now();
+    engine.pass().await;
+    let base = Rules::default().retry.base;
+    // 30 s before the expiry: past the deadline margin, the rotation due.
+    clock.set(t0 + Duration::days(30) - Duration::seconds(30));
+    line.answer(IssueAnswer::Html);
+    for attempt in 1..=3u32 {
+        let at = clock.now();
+        let listings = line.count(KID_LIST);
+        engine.pass().await;
+        let g = engine.group();
+        assert_eq!(g.runtime.consecutive_failures, attempt);
+        assert_eq!(
+            g.runtime.failure_kind,
+            Some(FailureKind::Transient),
+            "attempt {attempt}: settled as issuing nothing"
+        );
+        assert!(
+            line.count(KID_LIST) > listings,
+            "attempt {attempt}: no listing"
+        );
+        let retry = g.runtime.retry_not_before.unwrap();
+        assert!(
+            retry <= at + base,
+            "attempt {attempt}: retry at {retry}, {} s after it",
+            (retry - at).num_milliseconds() as f64 / 1000.0
+        );
+        clock.set(retry);
+    }
+    line.answer(IssueAnswer::Token);
+    engine.pass().await;
+    assert_eq!(engine.group().runtime.consecutive_failures, 0);
+    assert_eq!(
+        engine
+            .tokens()
+            .iter()
+            .filter(|(_, s)| *s == TokenState::Live)
+            .count(),
+        2
+    );
+
+    // LINE issued each time: the listing finds the token nobody holds, and
+    // the next unknown answer waits a minute (each may leak a token).
+    let line = FakeLine::start(IssueAnswer::Token).await;
+    let (clock, engine) = line.engine(None);
+    let t0 = clock.now();
+    engine.pass().await;
+    clock.set(t0 + Duration::days(29));
+    line.answer(IssueAnswer::HtmlIssued);
+    engine.pass().await;
+    let g = engine.group();
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+    let retry = g.runtime.retry_not_before.unwrap();
+    assert!(
+        retry >= clock.now() + Duration::minutes(1),
+        "retry at {retry}"
+    );
+}
+
 /// An unusable 200 that carries a token linetokd already holds (a replay)
 /// is not taken for a token to revoke: the consumers keep theirs, and the
-/// attempt may have issued, as any unusable answer (review finding).
+/// attempt may have issued, as any unusable answer, until a listing
+/// settles it (review finding).
 #[tokio::test]
 async fn an_unusable_200_replaying_a_token_we_hold_revokes_nothing() {
     let line = FakeLine::start(IssueAnswer::Token).await;
@@ -556,8 +637,12 @@ async fn an_unusable_200_replaying_a_token_we_hold_revokes_nothing() {
             .iter()
             .any(|(k, state)| k.as_str() == "kid-0" && *state == TokenState::Live)
     );
+    // The attempt may have issued, as any unusable answer; the listing
+    // that settled it found no key ID nobody holds, so the retry is at the
+    // transient pace.
+    assert_eq!(engine.intents().last(), Some(&("failed".to_owned(), 1)));
     let g = engine.group();
-    assert_eq!(g.runtime.failure_kind, Some(FailureKind::MaybeIssued));
+    assert_eq!(g.runtime.failure_kind, Some(FailureKind::Transient));
 }
 
 /// A listing that finds a superseded token of ours dropped by LINE seconds
