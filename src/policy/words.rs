@@ -196,7 +196,7 @@ impl fmt::Display for Alert {
                 f,
                 "token {key_id} should be revoked ({reason}) but linetokd cannot revoke \
                  on this channel (no secret_file, or LINE refused its secret); it lives \
-                 until it expires"
+                 until it expires, or until a reload brings a secret LINE accepts"
             ),
             Self::CapacityLow { free, threshold } => write!(
                 f,

@@ -237,7 +237,20 @@ fn render_channel(out: &mut String, now: DateTime<Utc>, cap: u32, c: &ChannelSta
                 .map_or_else(|| "-".to_owned(), |t| when(now, t.expires_at)),
             g.previous.as_ref().map_or_else(
                 || "-".to_owned(),
-                |t| format!("{} (expires {})", t.key_id, span_from(now, t.expires_at)),
+                |t| {
+                    // Live at LINE, but not handed out: say so, or it
+                    // reads as the previous token consumers still get.
+                    let refused = if t.refused_at.is_some() {
+                        ", refused: not handed out"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{} (expires {}{refused})",
+                        t.key_id,
+                        span_from(now, t.expires_at)
+                    )
+                },
             ),
             g.live_tokens.to_string(),
             g.next_rotation_at

@@ -287,6 +287,10 @@ pub struct TokenStatus {
     pub expires_in_secs: i64,
     /// When LINE last confirmed it valid.
     pub last_verified_at: Option<DateTime<Utc>>,
+    /// When it was refused: LINE's verify refused it, or an incident that
+    /// could not revoke it condemned it. A refused token is live at LINE
+    /// but never handed out (sinks, token API, `linetokd token`).
+    pub refused_at: Option<DateTime<Utc>>,
 }
 
 /// Why a needed issue waits.
@@ -685,6 +689,7 @@ fn group_status(
                 .iter()
                 .find(|s| s.record.key_id == t.key_id)
                 .and_then(|s| s.record.verified_at),
+            refused_at: t.refused_at,
         })
     };
     let runtime = g.row.map(|r| &r.runtime);

@@ -443,6 +443,16 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
         .unwrap()
         .unwrap();
     assert!(leaked.record.refused_at.is_some(), "{leaked:?}");
+    // `status` shows it as the previous token, marked as not handed out
+    // (an outside tester read it as the previous token consumers get).
+    let status = run_binary(args(&["status"], &lab.config)).await;
+    let shown = stdout(&status);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(first["a"].as_str()) && l.contains("refused: not handed out")),
+        "{shown}"
+    );
     // With the incident's issue the streak ended, so the daemon tries to
     // revoke the refused token, and LINE refuses the secret again. Waited
     // for, so that the reload below comes after it: a call with the old
