@@ -446,7 +446,11 @@ impl Work {
             } => {
                 if let Some(i) = self.index(channel, group) {
                     if let (Some(refusal), false) = (&mut self.unrevoked[i], condemned.is_empty()) {
-                        let _ = write!(refusal, " (condemned: {})", joined(condemned));
+                        let _ = write!(
+                            refusal,
+                            " (condemned: {}; handed out no more)",
+                            joined(condemned)
+                        );
                     }
                     let r = &mut self.reports[i];
                     r.issued = Some(IssuedKey {
@@ -486,8 +490,7 @@ impl Work {
                         // without the secret until the streak ends).
                         self.unrevoked[i] = Some(format!(
                             "{step}: {error}; the leaked token stays live at LINE until \
-                             the secret works: once the fresh token is out it is handed \
-                             out no more, and the daemon revokes it after a reload with \
+                             the secret works: the daemon revokes it after a reload with \
                              the fixed secret{}",
                             reload_hint(*kind)
                         ));

@@ -428,7 +428,7 @@ async fn an_incident_whose_revoke_line_refuses_still_issues_a_fresh_token() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("(condemned: {})", first["a"])),
+        text.contains(&format!("(condemned: {}; handed out no more)", first["a"])),
         "{text}"
     );
     assert!(text.contains("invalid_client"), "{text}");

@@ -42,6 +42,12 @@ fn kid(id: &str) -> KeyId {
 /// One channel `1000` with groups `backend` and `crm`.
 fn synced_store(path: &Path) -> Store {
     let store = Store::open(path).unwrap();
+    sync_shop_bot(&store);
+    store
+}
+
+/// Syncs channel `1000` with groups `backend` and `crm` into `store`.
+fn sync_shop_bot(store: &Store) {
     store
         .sync_config(
             t0(),
@@ -54,7 +60,6 @@ fn synced_store(path: &Path) -> Store {
             }],
         )
         .unwrap();
-    store
 }
 
 fn issued(key_id: &str, value: &str, at: DateTime<Utc>) -> IssuedToken {
@@ -3032,18 +3037,7 @@ fn an_issue_condemns_the_tokens_its_incidents_could_not_revoke_on_both_backends(
     for b in backends("condemn_survivors") {
         let store = &b.store;
         let name = b.name;
-        store
-            .sync_config(
-                t0(),
-                &[ChannelSpec {
-                    id: ch("1000"),
-                    name: "shop-bot".into(),
-                    groups: vec![gr("backend"), gr("crm")],
-                    fingerprint: None,
-                    short_lived: Vec::new(),
-                }],
-            )
-            .unwrap();
+        sync_shop_bot(store);
         let at = |secs| t0() + Duration::seconds(secs);
         let incident = |secs| {
             store
