@@ -1156,11 +1156,7 @@ fn token_cmd(path: &Path, channel: &str, group: &GroupName) -> Result<(), Failur
     let now = chrono::Utc::now();
     let current = tokens
         .iter()
-        .filter(|t| {
-            t.record.state == TokenState::Live
-                && t.record.refused_at.is_none()
-                && t.record.expires_at > now
-        })
+        .filter(|t| t.record.is_usable_at(now))
         .max_by_key(|t| (t.record.issued_at, t.record.expires_at));
     match current {
         Some(token) => emit_line(token.value.expose()),

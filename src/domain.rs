@@ -488,7 +488,8 @@ impl TokenRecord {
         self.state == TokenState::Live && now < self.expires_at
     }
 
-    /// True while it can be handed out: live and never refused by verify.
+    /// True while it can be handed out: live and never refused (by LINE's
+    /// verify, or condemned by an incident that could not revoke it).
     pub fn is_usable_at(&self, now: DateTime<Utc>) -> bool {
         self.is_live_at(now) && self.refused_at.is_none()
     }

@@ -307,7 +307,7 @@ impl Delivery {
                     // A refused token (LINE's verify refused it, or an
                     // incident condemned it) is still counted but never
                     // handed out: not after a restart or reload either.
-                    if !t.record.is_live_at(now) || t.record.refused_at.is_some() {
+                    if !t.record.is_usable_at(now) {
                         continue;
                     }
                     let key = (t.channel_id, t.group);

@@ -193,13 +193,7 @@ impl RetryState {
             FailureKind::MaybeIssued if repeat_unknown => MAYBE_ISSUED_FLOOR,
             _ => time::non_negative(rules.base),
         };
-        let wait = match deadline {
-            Some(deadline) => {
-                let left = deadline.signed_duration_since(now);
-                wait.min(left.max(floor.min(wait)))
-            }
-            None => wait,
-        };
+        let wait = before_deadline(wait, floor, now, deadline);
         RetryState {
             failures,
             kind,
@@ -229,14 +223,7 @@ impl RetryState {
             return None;
         }
         let wait = backoff_with(rules, self.failures, u);
-        let wait = match deadline {
-            Some(deadline) => {
-                let left = deadline.signed_duration_since(now);
-                let floor = time::non_negative(rules.base);
-                wait.min(left.max(floor.min(wait)))
-            }
-            None => wait,
-        };
+        let wait = before_deadline(wait, time::non_negative(rules.base), now, deadline);
         Some(RetryState {
             failures: self.failures,
             kind: FailureKind::Transient,
@@ -310,6 +297,23 @@ impl RetryState {
 /// doubling) keeps many groups that failed together from retrying together.
 pub fn backoff(attempt: u32, u: f64) -> Duration {
     backoff_with(&RetryRules::default(), attempt, u)
+}
+
+/// `wait` moved up to the deadline: never past it while it is ahead, and
+/// `floor` apart (or `wait`, if shorter) once it is near or past.
+fn before_deadline(
+    wait: Duration,
+    floor: Duration,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+) -> Duration {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.signed_duration_since(now);
+            wait.min(left.max(floor.min(wait)))
+        }
+        None => wait,
+    }
 }
 
 /// [`backoff`] with the given rules.

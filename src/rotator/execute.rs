@@ -257,19 +257,13 @@ impl Rotator {
     async fn reconcile(&self, setup: &ChannelSetup, state: &ChannelState) -> Result<(), StepError> {
         // The store needs the time the list was asked for, not received: a
         // token issued after LINE built the list must not be marked gone;
-        // and the newest intent at that time, which the listing settles
-        // when no takeover's attempt holds it back.
+        // and the newest intent at that time, which the listing settles.
         let asked_at = self.clock.now();
-        let (settles, newest) = {
+        let settles = {
             let channel = setup.id.clone();
             let allowance = self.rules().line_clock_allowance;
-            self.db(move |store| {
-                Ok((
-                    store.settleable_through(&channel, asked_at, allowance)?,
-                    store.newest_intent_id(&channel)?,
-                ))
-            })
-            .await?
+            self.db(move |store| store.settleable_through(&channel, asked_at, allowance))
+                .await?
         };
         let kids = self
             .line
@@ -324,57 +318,70 @@ impl Rotator {
             });
         }
         tracing::debug!(channel = %setup.id, ours = report.ours_live, foreign = report.foreign_live, "reconciled with LINE");
-        if report.new_foreign.is_empty() && settles >= newest {
-            self.settled_nothing(setup, state).await?;
+        if report.new_foreign.is_empty() {
+            self.settled_nothing(setup, state, settles).await?;
         }
         Ok(())
     }
 
-    /// After a listing that settled every attempt of the channel and found
-    /// no key ID nobody holds: LINE issued nothing for the attempts of
-    /// unknown outcome, so their groups' "may have issued" streaks go on as
-    /// transient ones ([`RetryState::settled_nothing`]).
+    /// After a listing that found no key ID nobody holds and settled every
+    /// attempt of the channel (through intent `settles`): LINE issued
+    /// nothing for the attempts of unknown outcome, so their groups' "may
+    /// have issued" streaks go on as transient ones
+    /// ([`RetryState::settled_nothing`]). Reads the store only when a group
+    /// has such a streak.
     async fn settled_nothing(
         &self,
         setup: &ChannelSetup,
         state: &ChannelState,
+        settles: i64,
     ) -> Result<(), StoreError> {
         let rules = self.rules();
         let now = self.clock.now();
-        for g in state
+        let streaks: Vec<(GroupName, RetryState)> = state
             .groups
             .iter()
             .filter(|g| g.kind.is_listed() && g.unsettled_attempts > 0)
-        {
-            let Some(retry) = g.retry.as_ref().and_then(|r| {
-                r.settled_nothing(
-                    now,
-                    self.jitter(),
-                    &rules.retry,
-                    policy::deadline(now, g, &rules),
-                )
-            }) else {
-                continue;
-            };
-            let (channel, group, under) =
-                (setup.id.clone(), g.group.clone(), setup.fingerprint.clone());
-            let not_before = retry.not_before;
-            self.db(move |store| {
-                let Some(row) = store.group(&channel, &group)? else {
-                    return Ok(());
-                };
-                let runtime = GroupRuntime {
-                    consecutive_failures: retry.failures,
-                    retry_not_before: Some(retry.not_before),
-                    failure_kind: Some(retry.kind),
-                    ..row.runtime
-                };
-                store
-                    .record_group_failure(&channel, &group, &runtime, under.as_deref())
-                    .map(|_| ())
+            .filter_map(|g| {
+                let deadline = policy::deadline(now, g, &rules);
+                let retry = g.retry.as_ref()?;
+                let settled = retry.settled_nothing(now, self.jitter(), &rules.retry, deadline)?;
+                Some((g.group.clone(), settled))
+            })
+            .collect();
+        if streaks.is_empty() {
+            return Ok(());
+        }
+        let (channel, under) = (setup.id.clone(), setup.fingerprint.clone());
+        let resumed = self
+            .db(move |store| {
+                // A takeover's attempt the listing stopped short of may
+                // still have issued: then nothing is known yet. (The
+                // channel's issues run in this task, so no newer one
+                // started since the listing was asked for.)
+                if store.newest_intent_id(&channel)? > settles {
+                    return Ok(Vec::new());
+                }
+                let mut resumed = Vec::new();
+                for (group, retry) in streaks {
+                    let Some(row) = store.group(&channel, &group)? else {
+                        continue;
+                    };
+                    let runtime = GroupRuntime {
+                        consecutive_failures: retry.failures,
+                        retry_not_before: Some(retry.not_before),
+                        failure_kind: Some(retry.kind),
+                        ..row.runtime
+                    };
+                    if store.record_group_failure(&channel, &group, &runtime, under.as_deref())? {
+                        resumed.push((group, retry.not_before));
+                    }
+                }
+                Ok(resumed)
             })
             .await?;
-            tracing::info!(channel = %setup.id, group = %g.group, retry_at = %not_before, "the listing shows LINE issued nothing for the attempts of unknown outcome: retrying at the transient pace");
+        for (group, retry_at) in resumed {
+            tracing::info!(channel = %setup.id, group = %group, retry_at = %retry_at, "the listing shows LINE issued nothing for the attempts of unknown outcome: retrying at the transient pace");
         }
         Ok(())
     }

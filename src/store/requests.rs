@@ -222,19 +222,7 @@ pub(super) fn condemn_survivors(
             |row| row.get_text(0),
         )?;
         for key in survivors.into_iter().map(KeyId::new) {
-            tx.execute(
-                "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
-                p![key.as_str(), millis(now)],
-            )?;
-            insert_event(
-                tx,
-                now,
-                channel,
-                Some(group),
-                Some(&key),
-                EventKind::Refused,
-                CONDEMNED,
-            )?;
+            super::tokens::refuse_in(tx, now, channel, group, &key, CONDEMNED)?;
             condemned.push(key);
         }
     }

@@ -331,21 +331,8 @@ impl Store {
             if token.record.state != TokenState::Live || token.record.refused_at.is_some() {
                 return Ok(());
             }
-            tx.execute(
-                "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
-                p![key_id.as_str(), millis(now)],
-            )?;
             let why = screen(tx, why)?;
-            insert_event(
-                tx,
-                now,
-                &token.channel_id,
-                Some(&token.group),
-                Some(key_id),
-                EventKind::Refused,
-                &why,
-            )?;
-            Ok(())
+            refuse_in(tx, now, &token.channel_id, &token.group, key_id, &why)
         })
     }
 
@@ -578,6 +565,34 @@ fn parse_state(name: &str) -> Option<TokenState> {
     ]
     .into_iter()
     .find(|s| s.as_str() == name)
+}
+
+/// Marks the live token `key_id` of `channel`'s `group` refused at `now`,
+/// with a `refused` event carrying `why` (already screened), inside the
+/// caller's transaction: [`Store::mark_refused`] and an incident's
+/// condemnation (`requests::condemn_survivors`).
+pub(super) fn refuse_in(
+    tx: &dyn Db,
+    now: DateTime<Utc>,
+    channel: &ChannelId,
+    group: &GroupName,
+    key_id: &KeyId,
+    why: &str,
+) -> Result<(), Fail> {
+    tx.execute(
+        "UPDATE tokens SET refused_at = ?2 WHERE key_id = ?1",
+        p![key_id.as_str(), millis(now)],
+    )?;
+    insert_event(
+        tx,
+        now,
+        channel,
+        Some(group),
+        Some(key_id),
+        EventKind::Refused,
+        why,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
